@@ -1,0 +1,476 @@
+//! Wire types shared by the eBPF programs and the agent: the kernel → ring buffer contract.
+//!
+//! Every record starts with [`Header`]; `Header::kind` is a stable numeric [`EventKind`].
+//! All structs are `#[repr(C)]` with padding spelled out, and their layout is pinned by
+//! `const` asserts so a change on one side cannot silently break the other.
+#![no_std]
+
+pub const COMM_LEN: usize = 16;
+pub const PATH_LEN: usize = 256;
+pub const ARGS_LEN: usize = 512;
+/// Bytes of a write's payload captured in the kernel (enough for any qcow2 header field
+/// update, a snapshot-table entry, or to judge whether a header was overwritten randomly).
+pub const DATA_LEN: usize = 256;
+/// Bytes of an ioctl argument captured (dm_ioctl + one target spec + params, btrfs names).
+pub const IOCTL_ARG_LEN: usize = 1024;
+/// Most linux-aio iocbs inspected per `io_submit` call.
+pub const AIO_MAX_IOCBS: u32 = 8;
+/// Most iovecs summed for `writev`-style length.
+pub const IOV_MAX_SUMMED: u32 = 16;
+/// Watched directory paths hashed for path-based filtering.
+pub const MAX_PREFIX_DEPTH: usize = 64;
+
+/// Stable record identifiers. Never renumber; only append.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    ProcessFork = 1,
+    ProcessExec = 2,
+    ProcessExit = 3,
+    FileWrite = 10,
+    FileOpen = 11,
+    Namespace = 20,
+    Ioctl = 30,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::ProcessFork,
+            2 => Self::ProcessExec,
+            3 => Self::ProcessExit,
+            10 => Self::FileWrite,
+            11 => Self::FileOpen,
+            20 => Self::Namespace,
+            30 => Self::Ioctl,
+            _ => return None,
+        })
+    }
+}
+
+/// How a write-class event reached the file. Stable numbers.
+#[repr(u16)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Write = 1,
+    Pwrite = 2,
+    Writev = 3,
+    Pwritev = 4,
+    Pwritev2 = 5,
+    IoUringWrite = 6,
+    IoUringWritev = 7,
+    IoUringWriteFixed = 8,
+    AioPwrite = 9,
+    AioPwritev = 10,
+    CopyFileRange = 11,
+    Fallocate = 12,
+    Ftruncate = 13,
+    MmapShared = 14,
+    IoUringFallocate = 15,
+    Sendfile = 16,
+    Splice = 17,
+    IoUringFtruncate = 18,
+    /// A VFS-level write seen below the syscall layer (fentry backend).
+    VfsWrite = 19,
+}
+
+impl WriteOp {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::Write,
+            2 => Self::Pwrite,
+            3 => Self::Writev,
+            4 => Self::Pwritev,
+            5 => Self::Pwritev2,
+            6 => Self::IoUringWrite,
+            7 => Self::IoUringWritev,
+            8 => Self::IoUringWriteFixed,
+            9 => Self::AioPwrite,
+            10 => Self::AioPwritev,
+            11 => Self::CopyFileRange,
+            12 => Self::Fallocate,
+            13 => Self::Ftruncate,
+            14 => Self::MmapShared,
+            15 => Self::IoUringFallocate,
+            16 => Self::Sendfile,
+            17 => Self::Splice,
+            18 => Self::IoUringFtruncate,
+            19 => Self::VfsWrite,
+            _ => return None,
+        })
+    }
+}
+
+/// Path-level operations in watched directories. Stable numbers.
+#[repr(u16)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum NsOp {
+    Mkdir = 2,
+    Rename = 3,
+    Unlink = 4,
+    Rmdir = 5,
+    Link = 6,
+    Symlink = 7,
+    Chmod = 8,
+    Chown = 9,
+    Utimes = 10,
+    Truncate = 11,
+}
+
+impl NsOp {
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            2 => Self::Mkdir,
+            3 => Self::Rename,
+            4 => Self::Unlink,
+            5 => Self::Rmdir,
+            6 => Self::Link,
+            7 => Self::Symlink,
+            8 => Self::Chmod,
+            9 => Self::Chown,
+            10 => Self::Utimes,
+            11 => Self::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// `NamespaceEvent::flags` bits: how the kernel decided the event was relevant.
+pub mod ns_flags {
+    /// path1 is absolute and one of its directory prefixes hashed to a watched dir.
+    pub const ABS_PREFIX_MATCH: u16 = 1 << 0;
+    /// path1 is relative and its base directory (dirfd or cwd) is watched.
+    pub const BASE_WATCHED: u16 = 1 << 1;
+    /// path1 is relative with several components and its base is an ancestor of a watched dir.
+    pub const BASE_ANCESTOR: u16 = 1 << 2;
+    /// The path contains `//`, `/./` or `/../`; userspace must resolve it.
+    pub const UNNORMALIZED: u16 = 1 << 3;
+    /// Same as the bits above, for path2 (rename/link/symlink target).
+    pub const PATH2_MATCH: u16 = 1 << 4;
+    /// The target was named by a file descriptor (fchmod, futimens …): `target_*` is the file.
+    pub const TARGET_IS_FD: u16 = 1 << 5;
+    /// path1 could not be fully copied (longer than PATH_LEN).
+    pub const PATH1_TRUNCATED: u16 = 1 << 6;
+    pub const PATH2_TRUNCATED: u16 = 1 << 7;
+}
+
+/// `FileWriteEvent::flags` bits.
+pub mod write_flags {
+    /// The file descriptor's file is a watched directory (ioctl on a dir etc.).
+    pub const IS_DIR: u16 = 1 << 0;
+    /// Offset was taken from `f_pos` (write/writev) rather than the call.
+    pub const POS_FROM_FILE: u16 = 1 << 1;
+    /// File opened with O_APPEND: the write lands at the end of the file.
+    pub const APPEND: u16 = 1 << 2;
+    /// `len` is a lower bound (more iovecs than were summed).
+    pub const LEN_PARTIAL: u16 = 1 << 3;
+    /// The io_uring request used a registered (fixed) file; identity resolved at completion.
+    pub const FIXED_FILE: u16 = 1 << 4;
+    /// This is the source side of a copy (copy_file_range/splice/sendfile out of a watched file).
+    pub const SOURCE_SIDE: u16 = 1 << 5;
+}
+
+/// Per-CPU loss counters, index into the `LOST` map.
+pub mod lost {
+    pub const RINGBUF_FULL: u32 = 0;
+    pub const READ_FAILED: u32 = 1;
+    pub const STASH_FULL: u32 = 2;
+    /// io_uring request on a registered file: not resolvable from the submit tracepoint.
+    pub const URING_FIXED_FILE: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Common prefix of every record. 48 bytes.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct Header {
+    pub kind: u32,
+    /// Which kernel backend produced it (1 tracepoint, 2 fentry/LSM).
+    pub backend: u32,
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    /// Thread id of the acting task.
+    pub pid: u32,
+    /// Process id (thread-group id) of the acting task.
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Key of the watched-file and watched-dir maps: a file's identity.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FileKey {
+    /// Kernel-internal `dev_t` of the superblock (`MAJOR << 20 | MINOR`).
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// `sched_process_fork` for a new process (thread creations are filtered in the kernel).
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ForkEvent {
+    pub hdr: Header,
+    pub child_tgid: u32,
+    pub parent_tgid: u32,
+    pub child_start_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ExecEvent {
+    pub hdr: Header,
+    pub ppid: u32,
+    pub euid: u32,
+    pub start_ns: u64,
+    pub exe: FileKey,
+    pub cgroup_id: u64,
+    pub filename_len: u32,
+    /// Bytes of NUL-separated argv copied into `args`.
+    pub args_len: u32,
+    /// Total argv bytes in the process (≥ args_len when truncated).
+    pub args_total: u32,
+    pub old_pid: u32,
+    pub filename: [u8; PATH_LEN],
+    pub args: [u8; ARGS_LEN],
+}
+
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ExitEvent {
+    pub hdr: Header,
+    pub exit_code: i32,
+    pub _pad: u32,
+    pub start_ns: u64,
+}
+
+/// A write-class operation on a watched file (data, size or mapping changes).
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct FileWriteEvent {
+    pub hdr: Header,
+    pub op: u16,
+    pub flags: u16,
+    pub fd: i32,
+    pub file: FileKey,
+    /// Byte offset of the write (-1 when unknown).
+    pub offset: i64,
+    /// Bytes requested (truncate: the new length; mmap: mapping length).
+    pub len: u64,
+    /// fallocate mode / mmap prot<<32|flags / pwritev2 flags / source fd.
+    pub aux: u64,
+    /// File size (`i_size`) when the event was taken.
+    pub size: u64,
+    pub data_len: u32,
+    pub _pad: u32,
+    pub data: [u8; DATA_LEN],
+}
+
+/// An open of a watched file for writing, or a create inside a watched dir.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct FileOpenEvent {
+    pub hdr: Header,
+    pub fd: i32,
+    /// open(2) flags as passed.
+    pub flags: u32,
+    /// `file->f_mode` (FMODE_CREATED tells a new file).
+    pub f_mode: u32,
+    pub path_len: u32,
+    pub file: FileKey,
+    pub parent: FileKey,
+    pub size: u64,
+    pub path: [u8; PATH_LEN],
+}
+
+/// A path-level operation whose path lies in a watched directory.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct NamespaceEvent {
+    pub hdr: Header,
+    pub op: u16,
+    pub flags: u16,
+    pub dirfd: i32,
+    pub dirfd2: i32,
+    pub path1_len: u16,
+    pub path2_len: u16,
+    /// Base directory of path1 (dirfd or cwd) or, with TARGET_IS_FD, the target file.
+    pub base1: FileKey,
+    pub base2: FileKey,
+    /// rename flags / mode / uid / open flags.
+    pub aux: u64,
+    /// gid / truncate length.
+    pub aux2: u64,
+    pub path1: [u8; PATH_LEN],
+    pub path2: [u8; PATH_LEN],
+}
+
+/// An ioctl on a watched file, directory or device, with the start of its argument.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct IoctlEvent {
+    pub hdr: Header,
+    pub fd: i32,
+    pub cmd: u32,
+    pub file: FileKey,
+    pub arg: u64,
+    /// Bytes of `arg` copied into `arg_data` (0 when `arg` is not a readable pointer).
+    pub arg_len: u32,
+    pub flags: u16,
+    pub _pad: u16,
+    pub arg_data: [u8; IOCTL_ARG_LEN],
+}
+
+/// Kernel struct field offsets, located in the running kernel's BTF at load time.
+/// A zero `valid` bit means the field was not found and hooks needing it must stay idle.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_cred: u32,
+    pub task_start_boottime: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_pos: u32,
+    pub file_flags: u32,
+    pub file_mode: u32,
+    /// `file.f_path.dentry`
+    pub file_dentry: u32,
+    pub inode_ino: u32,
+    pub inode_sb: u32,
+    pub inode_size: u32,
+    pub inode_mode: u32,
+    pub sb_dev: u32,
+    pub dentry_parent: u32,
+    pub dentry_inode: u32,
+    /// `fs_struct.pwd.dentry`
+    pub fs_pwd_dentry: u32,
+    pub cred_uid: u32,
+    pub cred_euid: u32,
+    pub cred_gid: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub bprm_filename: u32,
+    pub bprm_file: u32,
+    pub req_opcode: u32,
+    pub req_flags: u32,
+    /// `io_kiocb.cqe.fd`
+    pub req_fd: u32,
+    pub req_file: u32,
+    /// `io_kiocb.cmd` + `io_rw.kiocb` + `kiocb.ki_pos`
+    pub req_rw_pos: u32,
+    /// `io_kiocb.cmd` + `io_rw.len`
+    pub req_rw_len: u32,
+    /// `io_kiocb.cmd` + `io_rw.addr`
+    pub req_rw_addr: u32,
+    /// `io_kiocb.cmd` + `io_sync.off` / `.len` / `.mode` (IORING_OP_FALLOCATE)
+    pub req_sync_off: u32,
+    pub req_sync_len: u32,
+    pub req_sync_mode: u32,
+    /// Offset of the first argument in `syscalls/sys_enter_*` records.
+    pub sc_args: u32,
+    /// Offset of `ret` in `syscalls/sys_exit_*` records.
+    pub sc_ret: u32,
+    /// Bit set of `valid::*` groups that resolved.
+    pub valid: u32,
+}
+
+/// Groups of offsets; a hook family runs only when its group resolved.
+pub mod valid {
+    pub const FILES: u32 = 1 << 0;
+    pub const PROC: u32 = 1 << 1;
+    pub const CWD: u32 = 1 << 2;
+    pub const IO_URING: u32 = 1 << 3;
+    pub const ARGS: u32 = 1 << 4;
+}
+
+/// `WATCHED_DIRS` values.
+pub mod dir_flags {
+    /// The directory itself is watched (recursively).
+    pub const WATCHED: u32 = 1 << 0;
+    /// The directory is an ancestor of a watched directory.
+    pub const ANCESTOR: u32 = 1 << 1;
+}
+
+/// FNV-1a 64 over path bytes; the kernel hashes each directory prefix of an absolute
+/// path with it and looks the hash up among the watched directories.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline(always)]
+pub fn fnv1a_step(h: u64, b: u8) -> u64 {
+    (h ^ b as u64).wrapping_mul(FNV_PRIME)
+}
+
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for &b in bytes {
+        h = fnv1a_step(h, b);
+    }
+    h
+}
+
+/// State kept between `sys_enter_open*` and `sys_exit_open*` of one thread.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct OpenStash {
+    pub path_ptr: u64,
+    pub flags: u32,
+    pub dirfd: i32,
+}
+
+/// Run-time settings the agent passes to the programs as a read-only global.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct AgentConfig {
+    /// The agent's own tgid: its reads and bookkeeping are never reported.
+    pub agent_tgid: u32,
+    /// Report every process's fork/exec/exit (needed for lineage).
+    pub process_events: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no pointers, padding is explicit.
+    unsafe impl aya::Pod for super::FileKey {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::AgentConfig {}
+    unsafe impl aya::Pod for super::OpenStash {}
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<Header>() == 48);
+    assert!(offset_of!(Header, ts_ns) == 8);
+    assert!(offset_of!(Header, comm) == 32);
+    assert!(size_of::<FileKey>() == 16);
+    assert!(size_of::<ForkEvent>() == 64);
+    assert!(size_of::<ExecEvent>() == 48 + 56 + PATH_LEN + ARGS_LEN);
+    assert!(offset_of!(ExecEvent, filename) == 104);
+    assert!(size_of::<ExitEvent>() == 64);
+    assert!(offset_of!(FileWriteEvent, file) == 56);
+    assert!(offset_of!(FileWriteEvent, offset) == 72);
+    assert!(offset_of!(FileWriteEvent, data) == 112);
+    assert!(size_of::<FileWriteEvent>() == 112 + DATA_LEN);
+    assert!(offset_of!(FileOpenEvent, file) == 64);
+    assert!(size_of::<FileOpenEvent>() == 104 + PATH_LEN);
+    assert!(offset_of!(NamespaceEvent, base1) == 64);
+    assert!(offset_of!(NamespaceEvent, path1) == 112);
+    assert!(size_of::<NamespaceEvent>() == 112 + 2 * PATH_LEN);
+    assert!(offset_of!(IoctlEvent, arg_data) == 88);
+    assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN);
+    assert!(size_of::<KernelOffsets>() == 46 * 4);
+    assert!(size_of::<AgentConfig>() == 8);
+    assert!(size_of::<OpenStash>() == 16);
+};

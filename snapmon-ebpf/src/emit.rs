@@ -1,0 +1,112 @@
+//! Record assembly shared by every backend: header fill, bounded user copies, ring output.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        generated as gen,
+    },
+    EbpfContext as _,
+};
+use snapmon_common::{lost, Header};
+
+use crate::{EVENTS, LOST};
+
+pub const BACKEND_TRACEPOINT: u32 = 1;
+
+#[inline(always)]
+pub fn fill_header(h: &mut Header, kind: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    h.kind = kind;
+    h.backend = BACKEND_TRACEPOINT;
+    h.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    h.pid = pid_tgid as u32;
+    h.tgid = (pid_tgid >> 32) as u32;
+    h.uid = uid_gid as u32;
+    h.gid = (uid_gid >> 32) as u32;
+    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+#[inline(always)]
+pub fn count_lost(cause: u32) {
+    if let Some(p) = LOST.get_ptr_mut(cause) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Copy a whole record into the ring buffer; count it as lost when the ring is full.
+#[inline(always)]
+pub fn output<T>(rec: &T) {
+    if EVENTS.output::<T>(rec, 0).is_err() {
+        count_lost(lost::RINGBUF_FULL);
+    }
+}
+
+/// Copy up to `N` bytes of user memory into `dst`; returns the bytes copied.
+#[inline(always)]
+pub unsafe fn copy_user<const N: usize>(dst: &mut [u8; N], src: u64, len: u64) -> u32 {
+    if src == 0 || len == 0 {
+        return 0;
+    }
+    let mut n = len as u32;
+    if n > N as u32 {
+        n = N as u32;
+    }
+    // Re-bound for the verifier after the clamp.
+    let n = core::hint::black_box(n) & (2 * N as u32 - 1);
+    if n == 0 || n > N as u32 {
+        return 0;
+    }
+    let r = gen::bpf_probe_read_user(dst.as_mut_ptr() as *mut _, n, src as *const _);
+    if r == 0 {
+        n
+    } else {
+        0
+    }
+}
+
+/// Copy a NUL-terminated user string; returns its length without the NUL, or 0.
+#[inline(always)]
+pub unsafe fn copy_user_str<const N: usize>(dst: &mut [u8; N], src: u64) -> u32 {
+    if src == 0 {
+        return 0;
+    }
+    let r = gen::bpf_probe_read_user_str(dst.as_mut_ptr() as *mut _, N as u32, src as *const _);
+    if r <= 0 {
+        dst[0] = 0;
+        0
+    } else {
+        (r - 1) as u32
+    }
+}
+
+#[inline(always)]
+pub unsafe fn copy_kernel_str<const N: usize>(dst: &mut [u8; N], src: *const u8) -> u32 {
+    if src.is_null() {
+        return 0;
+    }
+    let r = gen::bpf_probe_read_kernel_str(dst.as_mut_ptr() as *mut _, N as u32, src as *const _);
+    if r <= 0 {
+        0
+    } else {
+        (r - 1) as u32
+    }
+}
+
+/// Syscall tracepoint argument `i` (offsets from the format files, via `OFFSETS.sc_args`).
+#[inline(always)]
+pub fn sc_arg(ctx: &aya_ebpf::programs::TracePointContext, i: usize) -> u64 {
+    let base = crate::kernel::off!(sc_args);
+    unsafe { ctx.read_at::<u64>(base + 8 * i).unwrap_or(0) }
+}
+
+#[inline(always)]
+pub fn sc_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
+    let base = crate::kernel::off!(sc_ret);
+    unsafe { ctx.read_at::<i64>(base).unwrap_or(-1) }
+}
+
+#[allow(dead_code)]
+fn _ctx_is_used(ctx: &aya_ebpf::programs::TracePointContext) -> *mut core::ffi::c_void {
+    ctx.as_ptr()
+}

@@ -1,0 +1,47 @@
+//! ioctl hook: cmd plus a bounded copy of the argument for watched files, dirs and devices.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use snapmon_common::{valid as v, write_flags, EventKind, IOCTL_ARG_LEN};
+
+use crate::{
+    emit::{copy_user, fill_header, output, sc_arg},
+    kernel::{current_task, is_agent, valid, watched_fd},
+    SCRATCH_IOCTL,
+};
+
+#[tracepoint]
+pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    unsafe { on_ioctl(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn on_ioctl(ctx: &TracePointContext) {
+    if !valid(v::FILES) {
+        return;
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return;
+    }
+    let fd = sc_arg(ctx, 0) as i64;
+    let Some(w) = watched_fd(current_task(), fd, true) else { return };
+    let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else { return };
+    let ev = &mut *ev;
+    fill_header(&mut ev.hdr, EventKind::Ioctl as u32);
+    ev.fd = fd as i32;
+    ev.cmd = sc_arg(ctx, 1) as u32;
+    ev.file = w.key;
+    ev.arg = sc_arg(ctx, 2);
+    ev.flags = if w.is_dir { write_flags::IS_DIR } else { 0 };
+    // The _IOC size field says how much the kernel itself will read; copy at most that
+    // (or the full window for size-less cmds), which also keeps garbage out.
+    let size = ((ev.cmd >> 16) & 0x3fff) as u64;
+    let want = if size == 0 { IOCTL_ARG_LEN as u64 } else { size.max(IOCTL_ARG_LEN as u64) };
+    ev.arg_len = copy_user::<IOCTL_ARG_LEN>(&mut ev.arg_data, ev.arg, want);
+    if ev.arg_len == 0 {
+        // Pointer near the end of a mapping: retry with just the declared size.
+        ev.arg_len = copy_user::<IOCTL_ARG_LEN>(&mut ev.arg_data, ev.arg, size);
+    }
+    output(ev);
+}

@@ -1,0 +1,151 @@
+//! Kernel object walks (task → files → file → inode) using BTF offsets supplied at load time.
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use snapmon_common::{dir_flags, FileKey};
+
+use crate::{CONFIG, OFFSETS, WATCHED_DIRS, WATCHED_FILES};
+
+/// Read an offset from the load-time global; volatile so it is not constant-folded to 0.
+macro_rules! off {
+    ($f:ident) => {
+        crate::kernel::ko(&crate::OFFSETS.$f)
+    };
+}
+
+#[inline(always)]
+pub fn ko(p: &u32) -> usize {
+    unsafe { core::ptr::read_volatile(p) as usize }
+}
+pub(crate) use off;
+
+#[inline(always)]
+pub fn valid(group: u32) -> bool {
+    unsafe { core::ptr::read_volatile(&OFFSETS.valid) & group == group }
+}
+
+#[inline(always)]
+pub fn agent_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&CONFIG.agent_tgid) }
+}
+
+#[inline(always)]
+pub fn process_events() -> bool {
+    unsafe { core::ptr::read_volatile(&CONFIG.process_events) != 0 }
+}
+
+/// Read a `T` at `base + off` in kernel memory.
+#[inline(always)]
+pub unsafe fn rk<T>(base: *const u8, off: usize) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    bpf_probe_read_kernel(base.add(off) as *const T).ok()
+}
+
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// `task->files->fdt->fd[fd]`
+#[inline(always)]
+pub unsafe fn fd_to_file(task: *const u8, fd: i64) -> Option<*const u8> {
+    if fd < 0 {
+        return None;
+    }
+    let files: *const u8 = rk(task, off!(task_files))?;
+    let fdt: *const u8 = rk(files, off!(files_fdt))?;
+    let max: u32 = rk(fdt, off!(fdt_max_fds))?;
+    if fd as u64 >= max as u64 {
+        return None;
+    }
+    let fds: *const *const u8 = rk(fdt, off!(fdt_fd))?;
+    if fds.is_null() {
+        return None;
+    }
+    let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize)).ok()?;
+    if file.is_null() {
+        None
+    } else {
+        Some(file)
+    }
+}
+
+#[inline(always)]
+pub unsafe fn file_inode(file: *const u8) -> Option<*const u8> {
+    let inode: *const u8 = rk(file, off!(file_inode))?;
+    if inode.is_null() {
+        None
+    } else {
+        Some(inode)
+    }
+}
+
+#[inline(always)]
+pub unsafe fn inode_key(inode: *const u8) -> Option<FileKey> {
+    let ino: u64 = rk(inode, off!(inode_ino))?;
+    let sb: *const u8 = rk(inode, off!(inode_sb))?;
+    let dev: u32 = rk(sb, off!(sb_dev))?;
+    Some(FileKey { dev, _pad: 0, ino })
+}
+
+#[inline(always)]
+pub unsafe fn inode_size(inode: *const u8) -> u64 {
+    rk::<i64>(inode, off!(inode_size)).unwrap_or(0) as u64
+}
+
+#[inline(always)]
+pub unsafe fn dentry_inode(dentry: *const u8) -> Option<*const u8> {
+    let inode: *const u8 = rk(dentry, off!(dentry_inode))?;
+    if inode.is_null() {
+        None
+    } else {
+        Some(inode)
+    }
+}
+
+/// Identity of the directory a relative path starts from: `dirfd`'s file or the cwd.
+#[inline(always)]
+pub unsafe fn base_dir_key(task: *const u8, dirfd: i64) -> Option<FileKey> {
+    const AT_FDCWD: i64 = -100;
+    if dirfd as i32 as i64 == AT_FDCWD {
+        let fs: *const u8 = rk(task, off!(task_fs))?;
+        let dentry: *const u8 = rk(fs, off!(fs_pwd_dentry))?;
+        inode_key(dentry_inode(dentry)?)
+    } else {
+        let file = fd_to_file(task, dirfd)?;
+        inode_key(file_inode(file)?)
+    }
+}
+
+pub struct Watched {
+    pub file: *const u8,
+    pub inode: *const u8,
+    pub key: FileKey,
+    pub is_dir: bool,
+}
+
+/// The fd's file when it is a watched file, device or (with `dirs`) a watched directory.
+#[inline(always)]
+pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched> {
+    let file = fd_to_file(task, fd)?;
+    let inode = file_inode(file)?;
+    let key = inode_key(inode)?;
+    if WATCHED_FILES.get(&key).is_some() {
+        return Some(Watched { file, inode, key, is_dir: false });
+    }
+    if dirs {
+        if let Some(f) = WATCHED_DIRS.get(&key) {
+            if *f & dir_flags::WATCHED != 0 {
+                return Some(Watched { file, inode, key, is_dir: true });
+            }
+        }
+    }
+    None
+}
+
+/// Is this thread group the agent itself?
+#[inline(always)]
+pub fn is_agent(tgid: u32) -> bool {
+    tgid == agent_tgid()
+}

@@ -1,0 +1,80 @@
+//! Kernel hooks: the first stage of the flow. Each program filters in the kernel and emits
+//! one wire record (see `snapmon-common`) into `EVENTS` only for watched files and dirs.
+//!
+//! Which hook fires is the backend's business (tracepoints here); what it emits is shared by
+//! the `emit` helpers, so a second backend produces the same records.
+#![no_std]
+#![no_main]
+#![allow(static_mut_refs)]
+
+mod emit;
+mod ioctl;
+mod kernel;
+mod namespace;
+mod open;
+mod path;
+mod process;
+mod uring;
+mod write;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use snapmon_common::{
+    AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets,
+    NamespaceEvent, OpenStash,
+};
+
+/// Field offsets from the running kernel's BTF, written by the loader.
+#[no_mangle]
+static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
+
+#[no_mangle]
+static CONFIG: AgentConfig = unsafe { core::mem::zeroed() };
+
+/// Size is overridden by the loader (`--ring-buffer-size`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Watched regular files and devices, by identity. Value: reserved flags.
+#[map]
+static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Watched directories and their ancestors (`dir_flags`).
+#[map]
+static WATCHED_DIRS: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// FNV-1a hashes of the absolute paths of watched directories.
+#[map]
+static WATCHED_PREFIXES: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// open(2) arguments kept between syscall entry and exit, by thread id.
+#[map]
+static OPEN_STASH: LruHashMap<u32, OpenStash> = LruHashMap::with_max_entries(8192, 0);
+
+/// Records that could not be emitted, by cause (`snapmon_common::lost`).
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(snapmon_common::lost::COUNT, 0);
+
+// Per-CPU scratch records: larger than the 512-byte BPF stack.
+#[map]
+static SCRATCH_WRITE: PerCpuArray<FileWriteEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_NS: PerCpuArray<NamespaceEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_IOCTL: PerCpuArray<IoctlEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_OPEN: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_EXEC: PerCpuArray<snapmon_common::ExecEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

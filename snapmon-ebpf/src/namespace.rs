@@ -1,0 +1,170 @@
+//! Namespace hooks: create/rename/unlink/link/mkdir and attribute changes in watched trees.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use snapmon_common::{ns_flags, valid as v, EventKind, NsOp};
+
+use crate::{
+    emit::{fill_header, output, sc_arg},
+    kernel::{current_task, is_agent, valid, watched_fd},
+    path::{match_path, relevant},
+    SCRATCH_NS,
+};
+
+const AT_FDCWD: u64 = -100i64 as u64;
+const NONE: u64 = 0;
+
+#[inline(always)]
+fn enter() -> Option<*const u8> {
+    if !valid(v::FILES) {
+        return None;
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return None;
+    }
+    Some(current_task())
+}
+
+/// Emit a namespace record when either path lies in a watched tree.
+#[inline(always)]
+unsafe fn ns_paths(op: NsOp, dirfd1: u64, p1: u64, dirfd2: u64, p2: u64, aux: u64, aux2: u64) {
+    let Some(task) = enter() else { return };
+    let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else { return };
+    let ev = &mut *ev;
+    let m1 = match_path(task, dirfd1 as i64, p1, &mut ev.path1);
+    let mut flags = m1.flags;
+    ev.path1_len = m1.len as u16;
+    ev.base1 = m1.base;
+    ev.path2_len = 0;
+    ev.base2 = Default::default();
+    if p2 != 0 {
+        let m2 = match_path(task, dirfd2 as i64, p2, &mut ev.path2);
+        ev.path2_len = m2.len as u16;
+        ev.base2 = m2.base;
+        if relevant(m2.flags) {
+            flags |= ns_flags::PATH2_MATCH;
+        }
+        if m2.flags & ns_flags::PATH1_TRUNCATED != 0 {
+            flags |= ns_flags::PATH2_TRUNCATED;
+        }
+    }
+    if !relevant(flags) && flags & ns_flags::PATH2_MATCH == 0 {
+        return;
+    }
+    fill_header(&mut ev.hdr, EventKind::Namespace as u32);
+    ev.op = op as u16;
+    ev.flags = flags;
+    ev.dirfd = dirfd1 as i32;
+    ev.dirfd2 = dirfd2 as i32;
+    ev.aux = aux;
+    ev.aux2 = aux2;
+    output(ev);
+}
+
+/// Attribute change through a file descriptor (fchmod, fchown, futimens).
+#[inline(always)]
+unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
+    let Some(task) = enter() else { return };
+    let Some(w) = watched_fd(task, fd as i64, true) else { return };
+    let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else { return };
+    let ev = &mut *ev;
+    fill_header(&mut ev.hdr, EventKind::Namespace as u32);
+    ev.op = op as u16;
+    ev.flags = ns_flags::TARGET_IS_FD;
+    ev.dirfd = fd as i32;
+    ev.dirfd2 = 0;
+    ev.base1 = w.key;
+    ev.base2 = Default::default();
+    ev.path1_len = 0;
+    ev.path2_len = 0;
+    ev.path1[0] = 0;
+    ev.path2[0] = 0;
+    ev.aux = aux;
+    ev.aux2 = aux2;
+    output(ev);
+}
+
+macro_rules! tp {
+    ($name:ident, |$ctx:ident| $body:expr) => {
+        #[tracepoint]
+        pub fn $name($ctx: TracePointContext) -> u32 {
+            #[allow(unused_unsafe)]
+            unsafe {
+                $body
+            };
+            0
+        }
+    };
+}
+
+tp!(sys_enter_unlink, |ctx| ns_paths(NsOp::Unlink, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, 0, 0));
+tp!(sys_enter_unlinkat, |ctx| {
+    const AT_REMOVEDIR: u64 = 0x200;
+    let flag = sc_arg(&ctx, 2);
+    let op = if flag & AT_REMOVEDIR != 0 { NsOp::Rmdir } else { NsOp::Unlink };
+    ns_paths(op, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, flag, 0)
+});
+tp!(sys_enter_rmdir, |ctx| ns_paths(NsOp::Rmdir, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, 0, 0));
+tp!(sys_enter_rename, |ctx| ns_paths(NsOp::Rename, AT_FDCWD, sc_arg(&ctx, 0), AT_FDCWD, sc_arg(&ctx, 1), 0, 0));
+tp!(sys_enter_renameat, |ctx| ns_paths(
+    NsOp::Rename,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2),
+    sc_arg(&ctx, 3),
+    0,
+    0
+));
+tp!(sys_enter_renameat2, |ctx| ns_paths(
+    NsOp::Rename,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2),
+    sc_arg(&ctx, 3),
+    sc_arg(&ctx, 4),
+    0
+));
+tp!(sys_enter_link, |ctx| ns_paths(NsOp::Link, AT_FDCWD, sc_arg(&ctx, 0), AT_FDCWD, sc_arg(&ctx, 1), 0, 0));
+tp!(sys_enter_linkat, |ctx| ns_paths(
+    NsOp::Link,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2),
+    sc_arg(&ctx, 3),
+    sc_arg(&ctx, 4),
+    0
+));
+// symlink(target, linkpath): only linkpath names a place; target is content.
+tp!(sys_enter_symlink, |ctx| ns_paths(NsOp::Symlink, AT_FDCWD, sc_arg(&ctx, 1), 0, NONE, 0, 0));
+tp!(sys_enter_symlinkat, |ctx| ns_paths(NsOp::Symlink, sc_arg(&ctx, 1), sc_arg(&ctx, 2), 0, NONE, 0, 0));
+tp!(sys_enter_mkdir, |ctx| ns_paths(NsOp::Mkdir, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
+tp!(sys_enter_mkdirat, |ctx| ns_paths(NsOp::Mkdir, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
+tp!(sys_enter_chmod, |ctx| ns_paths(NsOp::Chmod, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
+tp!(sys_enter_fchmodat, |ctx| ns_paths(NsOp::Chmod, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
+tp!(sys_enter_fchmodat2, |ctx| ns_paths(NsOp::Chmod, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
+tp!(sys_enter_fchmod, |ctx| ns_fd(NsOp::Chmod, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0));
+tp!(sys_enter_chown, |ctx| ns_paths(NsOp::Chown, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), sc_arg(&ctx, 2)));
+tp!(sys_enter_lchown, |ctx| ns_paths(NsOp::Chown, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), sc_arg(&ctx, 2)));
+tp!(sys_enter_fchownat, |ctx| ns_paths(
+    NsOp::Chown,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    0,
+    NONE,
+    sc_arg(&ctx, 2),
+    sc_arg(&ctx, 3)
+));
+tp!(sys_enter_fchown, |ctx| ns_fd(NsOp::Chown, sc_arg(&ctx, 0), sc_arg(&ctx, 1), sc_arg(&ctx, 2)));
+tp!(sys_enter_truncate, |ctx| ns_paths(NsOp::Truncate, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, 0, sc_arg(&ctx, 1)));
+// utimensat(dfd, NULL, times, 0) is futimens(dfd).
+tp!(sys_enter_utimensat, |ctx| {
+    let p = sc_arg(&ctx, 1);
+    if p == 0 {
+        ns_fd(NsOp::Utimes, sc_arg(&ctx, 0), sc_arg(&ctx, 2), 0)
+    } else {
+        ns_paths(NsOp::Utimes, sc_arg(&ctx, 0), p, 0, NONE, sc_arg(&ctx, 2), sc_arg(&ctx, 3))
+    }
+});
+tp!(sys_enter_utime, |ctx| ns_paths(NsOp::Utimes, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
+tp!(sys_enter_utimes, |ctx| ns_paths(NsOp::Utimes, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
+tp!(sys_enter_futimesat, |ctx| ns_paths(NsOp::Utimes, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));

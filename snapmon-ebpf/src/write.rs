@@ -1,0 +1,278 @@
+//! Write-class syscall hooks: every way bytes, size or mappings of a watched file change.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use snapmon_common::{
+    write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, IOV_MAX_SUMMED,
+};
+
+use crate::{
+    emit::{copy_user, fill_header, output, sc_arg},
+    kernel::{current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched},
+    SCRATCH_WRITE,
+};
+use snapmon_common::valid as v;
+
+/// Where the write's offset comes from.
+pub enum Pos {
+    At(i64),
+    /// Current file position (`-1` passed to pwritev2 / io_uring, or plain write).
+    Current,
+}
+
+/// Fill and emit a write record for a watched file; `data` is a user buffer to sample.
+#[inline(always)]
+pub unsafe fn emit_write(
+    w: &Watched,
+    fd: i64,
+    op: WriteOp,
+    pos: Pos,
+    len: u64,
+    aux: u64,
+    sample: u64,
+    sample_len: u64,
+    extra_flags: u16,
+) {
+    let Some(ev) = SCRATCH_WRITE.get_ptr_mut(0) else { return };
+    let ev = &mut *ev;
+    fill_header(&mut ev.hdr, EventKind::FileWrite as u32);
+    ev.op = op as u16;
+    ev.flags = extra_flags;
+    if w.is_dir {
+        ev.flags |= write_flags::IS_DIR;
+    }
+    ev.fd = fd as i32;
+    ev.file = w.key;
+    ev.size = inode_size(w.inode);
+    ev.offset = match pos {
+        Pos::At(p) => p,
+        Pos::Current => {
+            ev.flags |= write_flags::POS_FROM_FILE;
+            const O_APPEND: u32 = 0o2000;
+            let fl: u32 = rk(w.file, off!(file_flags)).unwrap_or(0);
+            if fl & O_APPEND != 0 {
+                ev.flags |= write_flags::APPEND;
+                ev.size as i64
+            } else {
+                rk::<i64>(w.file, off!(file_pos)).unwrap_or(-1)
+            }
+        }
+    };
+    ev.len = len;
+    ev.aux = aux;
+    ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
+    output(ev);
+}
+
+#[inline(always)]
+fn enter() -> Option<*const u8> {
+    if !valid(v::FILES) {
+        return None;
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return None;
+    }
+    Some(current_task())
+}
+
+/// Sum the lengths of up to IOV_MAX_SUMMED iovecs; returns (total, first base, partial).
+#[inline(always)]
+unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, bool) {
+    let mut total = 0u64;
+    let mut first = 0u64;
+    let n = if cnt > IOV_MAX_SUMMED as u64 { IOV_MAX_SUMMED as u64 } else { cnt };
+    for i in 0..IOV_MAX_SUMMED as u64 {
+        if i >= n {
+            break;
+        }
+        let base: u64 = bpf_probe_read_user((vec + i * 16) as *const u64).unwrap_or(0);
+        let l: u64 = bpf_probe_read_user((vec + i * 16 + 8) as *const u64).unwrap_or(0);
+        if i == 0 {
+            first = base;
+        }
+        total += l;
+    }
+    (total, first, cnt > IOV_MAX_SUMMED as u64)
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let Some(task) = enter() else { return 0 };
+        let fd = sc_arg(&ctx, 0) as i64;
+        if let Some(w) = watched_fd(task, fd, false) {
+            let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+            emit_write(&w, fd, WriteOp::Write, Pos::Current, count, 0, buf, count, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let Some(task) = enter() else { return 0 };
+        let fd = sc_arg(&ctx, 0) as i64;
+        if let Some(w) = watched_fd(task, fd, false) {
+            let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
+            emit_write(&w, fd, WriteOp::Pwrite, Pos::At(pos), count, 0, buf, count, 0);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp) {
+    let Some(task) = enter() else { return };
+    let fd = sc_arg(ctx, 0) as i64;
+    let Some(w) = watched_fd(task, fd, false) else { return };
+    let (vec, cnt) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
+    let (total, first, partial) = iov_sum(vec, cnt);
+    let flags = if partial { write_flags::LEN_PARTIAL } else { 0 };
+    let (pos, aux) = match op {
+        WriteOp::Writev => (Pos::Current, 0),
+        WriteOp::Pwritev2 => {
+            let p = sc_arg(ctx, 3) as i64;
+            let pos = if p == -1 { Pos::Current } else { Pos::At(p) };
+            (pos, sc_arg(ctx, 5))
+        }
+        _ => (Pos::At(sc_arg(ctx, 3) as i64), 0),
+    };
+    // Sample the first iovec only: enough to see header fields being set.
+    let firstlen: u64 = bpf_probe_read_user((vec + 8) as *const u64).unwrap_or(0);
+    emit_write(&w, fd, op, pos, total, aux, first, firstlen, flags);
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    unsafe { vec_write(&ctx, WriteOp::Writev) };
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
+    unsafe { vec_write(&ctx, WriteOp::Pwritev) };
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
+    unsafe { vec_write(&ctx, WriteOp::Pwritev2) };
+    0
+}
+
+/// Destination-side copies: `(fd_in, off_in*, fd_out, off_out*, len, …)`.
+#[inline(always)]
+unsafe fn copy_into(ctx: &TracePointContext, op: WriteOp, out_arg: usize, off_arg: usize, len_arg: usize, in_arg: usize) {
+    let Some(task) = enter() else { return };
+    let fd = sc_arg(ctx, out_arg) as i64;
+    let Some(w) = watched_fd(task, fd, false) else { return };
+    let offp = if off_arg == usize::MAX { 0 } else { sc_arg(ctx, off_arg) };
+    let pos = if offp == 0 {
+        Pos::Current
+    } else {
+        Pos::At(bpf_probe_read_user(offp as *const i64).unwrap_or(-1))
+    };
+    let len = sc_arg(ctx, len_arg);
+    emit_write(&w, fd, op, pos, len, sc_arg(ctx, in_arg), 0, 0, 0);
+}
+
+#[tracepoint]
+pub fn sys_enter_copy_file_range(ctx: TracePointContext) -> u32 {
+    unsafe { copy_into(&ctx, WriteOp::CopyFileRange, 2, 3, 4, 0) };
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_splice(ctx: TracePointContext) -> u32 {
+    unsafe { copy_into(&ctx, WriteOp::Splice, 2, 3, 4, 0) };
+    0
+}
+
+/// sendfile64(out_fd, in_fd, offset*, count): `offset` is the *source* offset.
+#[tracepoint]
+pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    unsafe { copy_into(&ctx, WriteOp::Sendfile, 0, usize::MAX, 3, 1) };
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let Some(task) = enter() else { return 0 };
+        let fd = sc_arg(&ctx, 0) as i64;
+        if let Some(w) = watched_fd(task, fd, false) {
+            let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
+            emit_write(&w, fd, WriteOp::Fallocate, Pos::At(offset), len, mode, 0, 0, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let Some(task) = enter() else { return 0 };
+        let fd = sc_arg(&ctx, 0) as i64;
+        if let Some(w) = watched_fd(task, fd, false) {
+            let length = sc_arg(&ctx, 1);
+            emit_write(&w, fd, WriteOp::Ftruncate, Pos::At(length as i64), length, 0, 0, 0, 0);
+        }
+    }
+    0
+}
+
+/// Shared writable mappings: later stores are invisible to syscall hooks, so report the map.
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    const PROT_WRITE: u64 = 0x2;
+    const MAP_SHARED: u64 = 0x1;
+    unsafe {
+        let (prot, flags) = (sc_arg(&ctx, 2), sc_arg(&ctx, 3));
+        if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
+            return 0;
+        }
+        let Some(task) = enter() else { return 0 };
+        let fd = sc_arg(&ctx, 4) as i64;
+        if let Some(w) = watched_fd(task, fd, false) {
+            let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
+            emit_write(&w, fd, WriteOp::MmapShared, Pos::At(off), len, (prot << 32) | (flags & 0xffff_ffff), 0, 0, 0);
+        }
+    }
+    0
+}
+
+/// linux-aio: inspect each iocb of `io_submit(ctx, nr, iocbpp)`.
+#[tracepoint]
+pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
+    const IOCB_CMD_PWRITE: u16 = 1;
+    const IOCB_CMD_PWRITEV: u16 = 8;
+    unsafe {
+        let Some(task) = enter() else { return 0 };
+        let (nr, iocbpp) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        for i in 0..AIO_MAX_IOCBS as u64 {
+            if i >= nr {
+                break;
+            }
+            let Ok(iocb) = bpf_probe_read_user((iocbpp + i * 8) as *const u64) else { break };
+            let op: u16 = bpf_probe_read_user((iocb + 16) as *const u16).unwrap_or(0);
+            if op != IOCB_CMD_PWRITE && op != IOCB_CMD_PWRITEV {
+                continue;
+            }
+            let fd: u32 = bpf_probe_read_user((iocb + 20) as *const u32).unwrap_or(u32::MAX);
+            let Some(w) = watched_fd(task, fd as i64, false) else { continue };
+            let buf: u64 = bpf_probe_read_user((iocb + 24) as *const u64).unwrap_or(0);
+            let nbytes: u64 = bpf_probe_read_user((iocb + 32) as *const u64).unwrap_or(0);
+            let offset: i64 = bpf_probe_read_user((iocb + 40) as *const i64).unwrap_or(-1);
+            if op == IOCB_CMD_PWRITE {
+                emit_write(&w, fd as i64, WriteOp::AioPwrite, Pos::At(offset), nbytes, i, buf, nbytes, 0);
+            } else {
+                let (total, first, partial) = iov_sum(buf, nbytes);
+                let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
+                let firstlen: u64 = bpf_probe_read_user((buf + 8) as *const u64).unwrap_or(0);
+                emit_write(&w, fd as i64, WriteOp::AioPwritev, Pos::At(offset), total, i, first, firstlen, fl);
+            }
+        }
+    }
+    0
+}
