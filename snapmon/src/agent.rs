@@ -1,0 +1,192 @@
+//! The running agent: kernel → ring buffer → decode → enrich → classify → rules → sinks,
+//! driven by one async loop that also handles signals and periodic loss reporting.
+
+use std::{
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use serde_json::json;
+use snapmon_common::FileKey;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use crate::{
+    config::Policy,
+    kernel::loader::{self, Kernel, LoadOptions},
+    pipeline::Pipeline,
+    record::{MetricRecord, Record, StateRecord},
+    sink::{BrokenPipe, Sinks},
+    watch::{WatchMaps, WatchSet},
+};
+
+/// Kernel maps as the watch set's backing store.
+pub struct KernelMaps<'a> {
+    pub files: &'a mut BpfHashMap<MapData, FileKey, u32>,
+    pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
+    pub prefixes: &'a mut BpfHashMap<MapData, u64, u32>,
+}
+
+impl WatchMaps for KernelMaps<'_> {
+    fn add_file(&mut self, key: FileKey) -> Result<(), String> {
+        self.files.insert(key, 0, 0).map_err(|e| format!("watched-files map: {e}"))
+    }
+    fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
+        let old = self.dirs.get(&key, 0).unwrap_or(0);
+        self.dirs.insert(key, old | flags, 0).map_err(|e| format!("watched-dirs map: {e}"))
+    }
+    fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
+        self.prefixes.insert(hash, 1, 0).map_err(|e| format!("watched-prefix map: {e}"))
+    }
+}
+
+pub struct RunOptions {
+    pub policy: Policy,
+    pub policy_path: Option<PathBuf>,
+    pub extra_watch: Vec<PathBuf>,
+    pub status_interval: Duration,
+}
+
+/// Register configured stores; missing optional ones are noted, not fatal.
+fn register(policy: &Policy, extra: &[PathBuf], maps: &mut dyn WatchMaps) -> anyhow::Result<(WatchSet, Vec<String>)> {
+    let mut ws = WatchSet::default();
+    let mut notes = Vec::new();
+    for s in &policy.stores {
+        if let Err(e) = ws.add_root(&s.path, maps) {
+            if s.required {
+                anyhow::bail!("required store {}: {e}", s.path.display());
+            }
+            notes.push(format!("skipped {e}"));
+        }
+    }
+    for p in extra {
+        ws.add_root(p, maps).map_err(|e| anyhow::anyhow!("--watch {e}"))?;
+    }
+    Ok((ws, notes))
+}
+
+pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
+    let started_at = Instant::now();
+    let mut k: Kernel = loader::load(&LoadOptions {
+        ring_buffer_bytes: opts.policy.agent.ring_buffer_bytes,
+        process_events: true,
+    })?;
+    let (watch, notes) = {
+        let mut maps = KernelMaps { files: &mut k.files, dirs: &mut k.dirs, prefixes: &mut k.prefixes };
+        register(&opts.policy, &opts.extra_watch, &mut maps)?
+    };
+    let attached: Vec<_> = k.hooks.iter().filter(|h| h.attached_to.is_some()).collect();
+    if attached.is_empty() {
+        anyhow::bail!(
+            "no eBPF hook could be attached: {}",
+            k.hooks.first().and_then(|h| h.error.clone()).unwrap_or_default()
+        );
+    }
+    let mut pipe = Pipeline::new(watch, &opts.policy);
+    pipe.enricher.process_events = opts.policy.agent.process_events;
+
+    let started = StateRecord {
+        action: "started",
+        detail: json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "backend": "tracepoint",
+            "hooks": k.hooks,
+            "hooks_attached": attached.len(),
+            "hooks_total": k.hooks.len(),
+            "missing_kernel_fields": k.missing,
+            "watch": pipe.enricher.watch.stats,
+            "roots": pipe.enricher.watch.roots,
+            "notes": notes,
+            "startup_ms": started_at.elapsed().as_millis() as u64,
+        }),
+    };
+    for h in k.hooks.iter().filter(|h| h.error.is_some()) {
+        eprintln!("snapmon: hook {} not attached: {}", h.program, h.error.as_deref().unwrap_or(""));
+    }
+    if emit(&mut sinks, Record::State(started)).is_err() {
+        return Ok(());
+    }
+
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(opts.status_interval);
+    let mut last_lost = k.lost_counts();
+    let fd = AsyncFd::new(k.events.as_raw_fd()).context("polling the ring buffer")?;
+    let mut buf: Vec<Vec<u8>> = Vec::with_capacity(256);
+    let reason;
+    loop {
+        tokio::select! {
+            r = fd.readable() => {
+                let mut guard = r?;
+                guard.clear_ready();
+                if drain(&mut k, &mut pipe, &mut sinks, &mut buf).is_err() { return Ok(()); }
+            }
+            _ = tick.tick() => {
+                if report_loss(&k, &mut last_lost, &mut pipe, &mut sinks).is_err() { return Ok(()); }
+            }
+            _ = term.recv() => { reason = "SIGTERM"; break; }
+            _ = int.recv() => { reason = "SIGINT"; break; }
+        }
+    }
+    // Drain what the kernel already queued, then say goodbye.
+    if drain(&mut k, &mut pipe, &mut sinks, &mut buf).is_err() {
+        return Ok(());
+    }
+    let _ = report_loss(&k, &mut last_lost, &mut pipe, &mut sinks);
+    let stopped = StateRecord { action: "stopped", detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats()}) };
+    let _ = emit(&mut sinks, Record::State(stopped));
+    Ok(())
+}
+
+fn emit(sinks: &mut Sinks, r: Record) -> Result<(), BrokenPipe> {
+    sinks.emit(&r)?;
+    sinks.flush()
+}
+
+/// Read everything queued, in batches, then flush once.
+fn drain(k: &mut Kernel, pipe: &mut Pipeline, sinks: &mut Sinks, buf: &mut Vec<Vec<u8>>) -> Result<(), BrokenPipe> {
+    loop {
+        buf.clear();
+        while let Some(item) = k.events.next() {
+            buf.push(item.to_vec());
+            if buf.len() >= 256 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        for raw in buf.iter() {
+            let mut maps = KernelMaps { files: &mut k.files, dirs: &mut k.dirs, prefixes: &mut k.prefixes };
+            for r in pipe.handle(raw, &mut maps) {
+                sinks.emit(&r)?;
+            }
+        }
+    }
+    sinks.flush()
+}
+
+fn report_loss(k: &Kernel, last: &mut [u64; 4], pipe: &mut Pipeline, sinks: &mut Sinks) -> Result<(), BrokenPipe> {
+    let now = k.lost_counts();
+    let names = ["ringbuf_full", "read_failed", "stash_full", "io_uring_fixed_file"];
+    let delta: serde_json::Map<_, _> = now
+        .iter()
+        .zip(last.iter())
+        .zip(names)
+        .filter(|((n, l), _)| n > l)
+        .map(|((n, l), name)| (name.to_string(), json!(n - l)))
+        .collect();
+    let decode = pipe.take_decode_errors();
+    if delta.is_empty() && decode.is_empty() {
+        return Ok(());
+    }
+    *last = now;
+    let rec = MetricRecord {
+        action: "lost",
+        detail: json!({"kernel": delta, "kernel_total": now, "decoder": decode}),
+    };
+    emit(sinks, Record::Metric(rec))
+}

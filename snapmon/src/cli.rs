@@ -1,0 +1,123 @@
+//! Command line: parse arguments and dispatch to the subcommands.
+
+use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    agent::{self, RunOptions},
+    config::{Policy, DEFAULT_POLICY},
+    record::Severity,
+    sink::{Filter, Format, Output, Sinks},
+};
+
+#[derive(Parser)]
+#[command(name = "snapmon", version, about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the agent (root): watch snapshot stores and report what touches them.
+    Run(RunArgs),
+    /// Policy file tools.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy file without side effects; exit 1 on any error.
+    Check { file: PathBuf },
+    /// Print the embedded default policy.
+    Default,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Policy file (TOML). Without it the embedded default policy is used.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Extra path (file, directory or device) to watch; repeatable.
+    #[arg(long = "watch", short = 'w')]
+    pub watch: Vec<PathBuf>,
+    /// Output format (default: tail on a terminal, json otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Write records to this file instead of stdout (appends).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Only alerts at or above this severity (info, low, medium, high, critical).
+    #[arg(long, value_parser = parse_severity)]
+    pub min_severity: Option<Severity>,
+    /// Only alerts, no plain events.
+    #[arg(long)]
+    pub alerts_only: bool,
+    /// Only alerts of these rule ids; repeatable.
+    #[arg(long)]
+    pub rule: Vec<String>,
+    /// Only records whose file path contains this text; repeatable.
+    #[arg(long)]
+    pub path: Vec<String>,
+    /// Also emit fork/exec/exit records as events.
+    #[arg(long)]
+    pub process_events: bool,
+    /// Seconds between loss/status checks.
+    #[arg(long, default_value_t = 1.0)]
+    pub status_interval: f64,
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    Severity::parse(s).ok_or_else(|| format!("`{s}` is not one of info, low, medium, high, critical"))
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Run(a) => run_agent(a),
+        Cmd::Policy(PolicyCmd::Check { file }) => {
+            let p = Policy::load(&file)?;
+            println!("{}: ok ({} stores)", file.display(), p.stores.len());
+            Ok(())
+        }
+        Cmd::Policy(PolicyCmd::Default) => {
+            print!("{DEFAULT_POLICY}");
+            Ok(())
+        }
+    }
+}
+
+fn run_agent(a: RunArgs) -> anyhow::Result<()> {
+    let mut policy = match &a.config {
+        Some(p) => Policy::load(p)?,
+        None => Policy::embedded(),
+    };
+    if a.process_events {
+        policy.agent.process_events = true;
+    }
+    let (writer, is_tty): (Box<dyn std::io::Write + Send>, bool) = match &a.output {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening output file {}", p.display()))?;
+            (Box::new(f), false)
+        }
+        None => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
+    };
+    let format = a.format.unwrap_or(if is_tty { Format::Tail } else { Format::Json });
+    let filter = Filter { min_severity: a.min_severity, alerts_only: a.alerts_only, rules: a.rule, path_contains: a.path };
+    let name = a.output.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into());
+    let sinks = Sinks { outputs: vec![Output::new(name, format, is_tty, filter, writer)], host: crate::sink::hostname() };
+    let opts = RunOptions {
+        policy,
+        policy_path: a.config,
+        extra_watch: a.watch,
+        status_interval: Duration::from_secs_f64(a.status_interval.clamp(0.05, 3600.0)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(agent::run(opts, sinks))
+}

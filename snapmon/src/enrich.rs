@@ -1,0 +1,348 @@
+//! Enrich stage: kernel record → [`Event`] with the acting process, its lineage and the real
+//! paths involved; namespace records outside the watched roots are dropped here (the kernel
+//! filter is a superset).
+
+use std::{
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp};
+
+use crate::{
+    decode::{cstr, RawEvent},
+    event::{Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    lineage_bridge::Lineage,
+    watch::{normalize, WatchMaps, WatchSet},
+};
+
+/// Clock conversion from CLOCK_BOOTTIME (kernel timestamps) to wall time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub boot_to_unix_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let read = |id| {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        Clock { boot_to_unix_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME) }
+    }
+    pub fn unix_ns(&self, boot_ns: u64) -> i128 {
+        boot_ns as i128 + self.boot_to_unix_ns
+    }
+}
+
+pub fn write_op_name(op: u16) -> &'static str {
+    match WriteOp::from_u16(op) {
+        Some(WriteOp::Write) => "write",
+        Some(WriteOp::Pwrite) => "pwrite64",
+        Some(WriteOp::Writev) => "writev",
+        Some(WriteOp::Pwritev) => "pwritev",
+        Some(WriteOp::Pwritev2) => "pwritev2",
+        Some(WriteOp::IoUringWrite) => "io_uring_write",
+        Some(WriteOp::IoUringWritev) => "io_uring_writev",
+        Some(WriteOp::IoUringWriteFixed) => "io_uring_write_fixed",
+        Some(WriteOp::AioPwrite) => "aio_pwrite",
+        Some(WriteOp::AioPwritev) => "aio_pwritev",
+        Some(WriteOp::CopyFileRange) => "copy_file_range",
+        Some(WriteOp::Fallocate) => "fallocate",
+        Some(WriteOp::Ftruncate) => "ftruncate",
+        Some(WriteOp::MmapShared) => "mmap_shared_write",
+        Some(WriteOp::IoUringFallocate) => "io_uring_fallocate",
+        Some(WriteOp::Sendfile) => "sendfile",
+        Some(WriteOp::Splice) => "splice",
+        Some(WriteOp::IoUringFtruncate) => "io_uring_ftruncate",
+        Some(WriteOp::VfsWrite) => "vfs_write",
+        None => "write_unknown",
+    }
+}
+
+/// fallocate(2) mode bits by name.
+pub fn fallocate_mode(mode: u64) -> Vec<&'static str> {
+    const BITS: &[(u64, &str)] = &[
+        (0x01, "keep_size"),
+        (0x02, "punch_hole"),
+        (0x04, "no_hide_stale"),
+        (0x08, "collapse_range"),
+        (0x10, "zero_range"),
+        (0x20, "insert_range"),
+        (0x40, "unshare_range"),
+    ];
+    BITS.iter().filter(|(b, _)| mode & b != 0).map(|(_, n)| *n).collect()
+}
+
+fn fallocate_action(mode: u64) -> &'static str {
+    if mode & 0x02 != 0 {
+        "punch_hole"
+    } else if mode & 0x10 != 0 {
+        "zero_range"
+    } else if mode & 0x08 != 0 {
+        "collapse_range"
+    } else if mode & 0x20 != 0 {
+        "insert_range"
+    } else {
+        "fallocate"
+    }
+}
+
+const FMODE_CREATED: u32 = 1 << 20;
+
+/// Counters: what enrich received, emitted, and why it dropped the rest.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct EnrichStats {
+    pub received: u64,
+    pub emitted: u64,
+    pub process_only: u64,
+    pub dropped_outside_watch: u64,
+}
+
+pub struct Enricher {
+    pub clock: Clock,
+    pub watch: WatchSet,
+    pub lineage: Box<dyn Lineage>,
+    pub stats: EnrichStats,
+    /// Emit fork/exec/exit as events too (otherwise they only feed lineage).
+    pub process_events: bool,
+}
+
+impl Enricher {
+    pub fn new(watch: WatchSet, lineage: Box<dyn Lineage>) -> Self {
+        Enricher { clock: Clock::now(), watch, lineage, stats: EnrichStats::default(), process_events: false }
+    }
+
+    fn base(&mut self, raw: &RawEvent, category: &'static str, ecs_type: &'static str, action: &'static str) -> Event {
+        let h = raw.header();
+        let process = self.lineage.process(h.tgid, h.pid, h.ts_ns, h);
+        Event {
+            ts_unix_ns: self.clock.unix_ns(h.ts_ns),
+            ts_boot_ns: h.ts_ns,
+            category,
+            ecs_type,
+            action,
+            backend: if h.backend == 2 { "fentry" } else { "tracepoint" },
+            process,
+            ..Default::default()
+        }
+    }
+
+    fn file(&self, key: FileKey, size: Option<u64>) -> FileInfo {
+        FileInfo {
+            path: self.watch.path_of(&key).map(|p| Bytes::from_path(p)),
+            dev: key.dev,
+            ino: key.ino,
+            size,
+        }
+    }
+
+    /// Resolve a namespace path: absolute, or relative to its base dir / the process cwd.
+    fn resolve(&self, raw_path: &[u8], base: FileKey, tgid: u32) -> Option<PathBuf> {
+        if raw_path.is_empty() {
+            return None;
+        }
+        let p = Path::new(std::ffi::OsStr::from_bytes(raw_path));
+        if p.is_absolute() {
+            return Some(normalize(p));
+        }
+        let base_path = match self.watch.path_of(&base) {
+            Some(b) if base.ino != 0 => b.clone(),
+            _ => std::fs::read_link(format!("/proc/{tgid}/cwd")).ok()?,
+        };
+        Some(normalize(&base_path.join(p)))
+    }
+
+    /// Turn one kernel record into zero or one event.
+    pub fn enrich(&mut self, raw: &RawEvent, maps: &mut dyn WatchMaps) -> Option<Event> {
+        self.stats.received += 1;
+        self.lineage.observe(raw);
+        let ev = match raw {
+            RawEvent::Fork(_) | RawEvent::Exec(_) | RawEvent::Exit(_) => {
+                if !self.process_events {
+                    self.stats.process_only += 1;
+                    return None;
+                }
+                let (t, a) = match raw {
+                    RawEvent::Fork(_) => ("start", "fork"),
+                    RawEvent::Exec(_) => ("start", "exec"),
+                    _ => ("end", "exit"),
+                };
+                self.base(raw, "process", t, a)
+            }
+            RawEvent::Write(w) => {
+                let (action, mode) = match WriteOp::from_u16(w.op) {
+                    Some(WriteOp::Fallocate | WriteOp::IoUringFallocate) => {
+                        (fallocate_action(w.aux), fallocate_mode(w.aux))
+                    }
+                    Some(WriteOp::Ftruncate | WriteOp::IoUringFtruncate) => ("truncate", vec![]),
+                    _ => (write_op_name(w.op), vec![]),
+                };
+                let mut ev = self.base(raw, "file", "change", action);
+                ev.file = Some(self.file(w.file, Some(w.size)));
+                let n = (w.data_len as usize).min(w.data.len());
+                ev.write = Some(WriteInfo {
+                    op: write_op_name(w.op),
+                    offset: w.offset,
+                    length: w.len,
+                    offset_from_fpos: w.flags & write_flags::POS_FROM_FILE != 0,
+                    length_partial: w.flags & write_flags::LEN_PARTIAL != 0,
+                    mode,
+                    data: w.data[..n].to_vec(),
+                });
+                ev
+            }
+            RawEvent::Open(o) => {
+                let created = o.f_mode & FMODE_CREATED != 0;
+                const O_TRUNC: u32 = 0o1000;
+                let (t, a) = if created {
+                    ("creation", "create")
+                } else if o.flags & O_TRUNC != 0 {
+                    ("change", "open_truncate")
+                } else {
+                    ("access", "open_write")
+                };
+                // Learn the new file's path from its (watched) parent dir + the name used.
+                if self.watch.path_of(&o.file).is_none() {
+                    let name = cstr(&o.path, o.path_len as usize);
+                    let path = self.resolve(name, o.parent, o.hdr.tgid).or_else(|| {
+                        let base = self.watch.path_of(&o.parent)?;
+                        let leaf = Path::new(std::ffi::OsStr::from_bytes(name)).file_name()?;
+                        Some(base.join(leaf))
+                    });
+                    if let Some(p) = path {
+                        self.watch.learn(o.file, p);
+                    }
+                }
+                let mut ev = self.base(raw, "file", t, a);
+                ev.file = Some(self.file(o.file, Some(o.size)));
+                ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
+                ev
+            }
+            RawEvent::Namespace(n) => return self.namespace(raw, n, maps),
+            RawEvent::Ioctl(i) => {
+                let mut ev = self.base(raw, "file", "info", "ioctl");
+                ev.file = Some(self.file(i.file, None));
+                let n = (i.arg_len as usize).min(i.arg_data.len());
+                ev.ioctl = Some(IoctlRaw { cmd: i.cmd, arg: i.arg, arg_data: i.arg_data[..n].to_vec() });
+                ev
+            }
+        };
+        self.stats.emitted += 1;
+        Some(ev)
+    }
+
+    fn namespace(
+        &mut self,
+        raw: &RawEvent,
+        n: &snapmon_common::NamespaceEvent,
+        maps: &mut dyn WatchMaps,
+    ) -> Option<Event> {
+        let op = NsOp::from_u16(n.op);
+        let (t, a) = match op {
+            Some(NsOp::Mkdir) => ("creation", "mkdir"),
+            Some(NsOp::Rename) => ("change", "rename"),
+            Some(NsOp::Unlink) => ("deletion", "unlink"),
+            Some(NsOp::Rmdir) => ("deletion", "rmdir"),
+            Some(NsOp::Link) => ("creation", "link"),
+            Some(NsOp::Symlink) => ("creation", "symlink"),
+            Some(NsOp::Chmod) => ("change", "chmod"),
+            Some(NsOp::Chown) => ("change", "chown"),
+            Some(NsOp::Utimes) => ("change", "utimes"),
+            Some(NsOp::Truncate) => ("change", "truncate"),
+            None => ("info", "namespace_unknown"),
+        };
+        let tgid = n.hdr.tgid;
+        let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
+            (Some(self.file(n.base1, None)), None)
+        } else {
+            let p1 = self.resolve(cstr(&n.path1, n.path1_len as usize), n.base1, tgid);
+            let p2 = if n.path2_len > 0 { self.resolve(cstr(&n.path2, n.path2_len as usize), n.base2, tgid) } else { None };
+            let in1 = p1.as_deref().is_some_and(|p| self.watch.covers(p));
+            let in2 = p2.as_deref().is_some_and(|p| self.watch.covers(p));
+            if !in1 && !in2 {
+                self.stats.dropped_outside_watch += 1;
+                return None;
+            }
+            // Keep the watch set and path table current.
+            match op {
+                Some(NsOp::Rename) => {
+                    if let (Some(a), Some(b)) = (&p1, &p2) {
+                        self.watch.renamed(a, b);
+                        self.watch.observe_new_path(b, maps);
+                    }
+                }
+                Some(NsOp::Mkdir | NsOp::Link | NsOp::Symlink) => {
+                    if let Some(p) = p2.as_ref().or(p1.as_ref()) {
+                        self.watch.observe_new_path(p, maps);
+                    }
+                }
+                _ => {}
+            }
+            let fi = |p: Option<PathBuf>| FileInfo {
+                path: p.map(|p| Bytes(p.as_os_str().as_bytes().to_vec())),
+                ..Default::default()
+            };
+            // Identity for the source when we know it (unlink/rename happen before we look).
+            let mut f1 = fi(p1);
+            if let Some(key) = f1.path.as_ref().and_then(|p| self.key_for(&p.as_path())) {
+                f1.dev = key.dev;
+                f1.ino = key.ino;
+            }
+            (Some(f1), p2.map(|p| fi(Some(p))))
+        };
+        let mut ev = self.base(raw, "file", t, a);
+        ev.file = file;
+        ev.target = target;
+        match op {
+            Some(NsOp::Chmod) | Some(NsOp::Mkdir) => ev.detail.push(("mode", format!("{:#o}", n.aux))),
+            Some(NsOp::Chown) => {
+                ev.detail.push(("uid", (n.aux as u32 as i32).to_string()));
+                ev.detail.push(("gid", (n.aux2 as u32 as i32).to_string()));
+            }
+            Some(NsOp::Rename) if n.aux != 0 => ev.detail.push(("rename_flags", format!("{:#x}", n.aux))),
+            Some(NsOp::Truncate) => ev.detail.push(("length", n.aux2.to_string())),
+            _ => {}
+        }
+        self.stats.emitted += 1;
+        Some(ev)
+    }
+
+    fn key_for(&self, p: &Path) -> Option<FileKey> {
+        self.watch.paths.iter().find(|(_, v)| v.as_path() == p).map(|(k, _)| *k)
+    }
+}
+
+/// Process info for a header alone (no lineage): used when lineage is unavailable.
+pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
+    ProcessInfo {
+        pid: h.tgid,
+        tid: h.pid,
+        name: String::from_utf8_lossy(cstr(&h.comm, h.comm.len())).into_owned(),
+        uid: h.uid,
+        gid: h.gid,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallocate_modes_are_named() {
+        assert_eq!(fallocate_mode(0x03), vec!["keep_size", "punch_hole"]);
+        assert_eq!(fallocate_action(0x03), "punch_hole");
+        assert_eq!(fallocate_action(0x10), "zero_range");
+        assert_eq!(fallocate_action(0), "fallocate");
+    }
+
+    #[test]
+    fn every_write_op_has_a_name() {
+        for op in 1..=19u16 {
+            assert_ne!(write_op_name(op), "write_unknown", "op {op}");
+        }
+        assert_eq!(write_op_name(999), "write_unknown");
+    }
+}

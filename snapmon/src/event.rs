@@ -1,0 +1,164 @@
+//! The agent's event model: what the enrich stage produces and every later stage consumes.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// Bytes that are usually UTF-8 (paths, argv) but must survive when they are not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Bytes {
+    pub fn from_path(p: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        Bytes(p.as_os_str().as_bytes().to_vec())
+    }
+    pub fn is_utf8(&self) -> bool {
+        std::str::from_utf8(&self.0).is_ok()
+    }
+    /// Display form: valid UTF-8 kept, other bytes as `\xNN`; control characters escaped.
+    pub fn display(&self) -> String {
+        escape_bytes(&self.0)
+    }
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    pub fn as_path(&self) -> PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(&self.0))
+    }
+}
+
+/// Escape invalid UTF-8 and every control character so nothing raw reaches a terminal or log.
+pub fn escape_bytes(b: &[u8]) -> String {
+    let mut out = String::with_capacity(b.len());
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\u{7f}' {
+                let mut buf = [0u8; 4];
+                for byte in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            } else if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub name: String,
+    pub executable: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub entity_id: String,
+}
+
+/// Who acted: the process and how it got there.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub name: String,
+    pub executable: Bytes,
+    pub args: Vec<Bytes>,
+    pub args_truncated: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: Option<u32>,
+    pub entity_id: String,
+    pub exe_dev: u32,
+    pub exe_ino: u64,
+    pub start_ns: u64,
+    pub cwd: Option<Bytes>,
+    pub container_id: Option<String>,
+    pub systemd_unit: Option<String>,
+    pub vm_name: Option<String>,
+    pub vm_uuid: Option<String>,
+    pub parent: Option<Ancestor>,
+    /// Parent first, up to pid 1.
+    pub ancestors: Vec<Ancestor>,
+}
+
+impl ProcessInfo {
+    /// `python3 ← bash ← sshd`
+    pub fn lineage(&self) -> String {
+        let mut s = self.name.clone();
+        for a in self.ancestors.iter().take(4) {
+            s.push_str(" ← ");
+            s.push_str(&a.name);
+        }
+        if self.ancestors.len() > 4 {
+            s.push_str(" ← …");
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FileInfo {
+    pub path: Option<Bytes>,
+    pub dev: u32,
+    pub ino: u64,
+    pub size: Option<u64>,
+}
+
+/// Data/size/mapping change details.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriteInfo {
+    /// Syscall or path (`pwrite64`, `io_uring_write`, `fallocate` …).
+    pub op: &'static str,
+    pub offset: i64,
+    pub length: u64,
+    /// Offset came from the file position (write/writev).
+    pub offset_from_fpos: bool,
+    pub length_partial: bool,
+    /// fallocate mode names (`punch_hole`, `keep_size`, `zero_range` …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mode: Vec<&'static str>,
+    #[serde(skip)]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IoctlRaw {
+    pub cmd: u32,
+    pub arg: u64,
+    #[serde(skip)]
+    pub arg_data: Vec<u8>,
+}
+
+/// One observed operation, enriched.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    /// Monotonic sequence number assigned by the pipeline.
+    pub seq: u64,
+    /// Wall-clock nanoseconds since the Unix epoch.
+    pub ts_unix_ns: i128,
+    pub ts_boot_ns: u64,
+    /// ECS `event.category` (`file`, `process`).
+    pub category: &'static str,
+    /// ECS `event.type` (`change`, `creation`, `deletion`, `start`, `end`, `info`).
+    pub ecs_type: &'static str,
+    /// ECS `event.action` (`pwrite64`, `rename`, `punch_hole`, `exec` …).
+    pub action: &'static str,
+    pub backend: &'static str,
+    pub process: ProcessInfo,
+    pub file: Option<FileInfo>,
+    /// Rename/link destination.
+    pub target: Option<FileInfo>,
+    pub write: Option<WriteInfo>,
+    pub ioctl: Option<IoctlRaw>,
+    /// Namespace details (`mode`, `uid`, rename flags …).
+    pub detail: Vec<(&'static str, String)>,
+    /// Set by classify: the regions a write touched and the field-level diff.
+    pub classification: Option<crate::classify::Classification>,
+}

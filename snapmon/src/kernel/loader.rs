@@ -1,0 +1,245 @@
+//! Load stage: load the embedded eBPF object, hand it the BTF offsets, attach every hook the
+//! running kernel allows and report, per hook, what attached and why not.
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Btf as AyaBtf, Ebpf, EbpfLoader,
+};
+use snapmon_common::{AgentConfig, FileKey, KernelOffsets};
+
+use super::{
+    btf::Btf,
+    offsets::{self, format_field_offset, Missing},
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snapmon"));
+
+pub const TRACEFS: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// One hook and what the write paths it covers mean to a user.
+pub struct HookSpec {
+    pub program: &'static str,
+    pub attach: Attach,
+    pub covers: &'static str,
+}
+
+pub enum Attach {
+    /// `syscalls/<name>`
+    Syscall(&'static str),
+    /// BTF tracepoint; first name the kernel knows wins.
+    Btf(&'static [&'static str]),
+}
+
+macro_rules! sc {
+    ($name:literal, $covers:literal) => {
+        HookSpec { program: $name, attach: Attach::Syscall($name), covers: $covers }
+    };
+}
+
+pub const HOOKS: &[HookSpec] = &[
+    HookSpec { program: "sched_process_fork", attach: Attach::Btf(&["sched_process_fork"]), covers: "process lineage" },
+    HookSpec { program: "sched_process_exec", attach: Attach::Btf(&["sched_process_exec"]), covers: "process lineage" },
+    HookSpec { program: "sched_process_exit", attach: Attach::Btf(&["sched_process_exit"]), covers: "process lineage" },
+    HookSpec {
+        program: "io_uring_submit_req",
+        attach: Attach::Btf(&["io_uring_submit_req", "io_uring_submit_sqe"]),
+        covers: "io_uring writes",
+    },
+    sc!("sys_enter_write", "write"),
+    sc!("sys_enter_pwrite64", "pwrite"),
+    sc!("sys_enter_writev", "writev"),
+    sc!("sys_enter_pwritev", "pwritev"),
+    sc!("sys_enter_pwritev2", "pwritev2"),
+    sc!("sys_enter_copy_file_range", "copy_file_range"),
+    sc!("sys_enter_splice", "splice"),
+    sc!("sys_enter_sendfile64", "sendfile"),
+    sc!("sys_enter_fallocate", "fallocate/punch-hole"),
+    sc!("sys_enter_ftruncate", "ftruncate"),
+    sc!("sys_enter_mmap", "shared writable mmap"),
+    sc!("sys_enter_io_submit", "linux-aio writes"),
+    sc!("sys_enter_ioctl", "ioctls (dm, btrfs, zfs, clone, freeze)"),
+    sc!("sys_enter_openat", "open for write / create"),
+    sc!("sys_exit_openat", "open for write / create"),
+    sc!("sys_enter_open", "open for write / create"),
+    sc!("sys_exit_open", "open for write / create"),
+    sc!("sys_enter_creat", "create"),
+    sc!("sys_exit_creat", "create"),
+    sc!("sys_enter_openat2", "open for write / create"),
+    sc!("sys_exit_openat2", "open for write / create"),
+    sc!("sys_enter_unlink", "unlink"),
+    sc!("sys_enter_unlinkat", "unlink/rmdir"),
+    sc!("sys_enter_rmdir", "rmdir"),
+    sc!("sys_enter_rename", "rename"),
+    sc!("sys_enter_renameat", "rename"),
+    sc!("sys_enter_renameat2", "rename"),
+    sc!("sys_enter_link", "link"),
+    sc!("sys_enter_linkat", "link"),
+    sc!("sys_enter_symlink", "symlink"),
+    sc!("sys_enter_symlinkat", "symlink"),
+    sc!("sys_enter_mkdir", "mkdir"),
+    sc!("sys_enter_mkdirat", "mkdir"),
+    sc!("sys_enter_chmod", "chmod"),
+    sc!("sys_enter_fchmodat", "chmod"),
+    sc!("sys_enter_fchmodat2", "chmod"),
+    sc!("sys_enter_fchmod", "chmod"),
+    sc!("sys_enter_chown", "chown"),
+    sc!("sys_enter_lchown", "chown"),
+    sc!("sys_enter_fchownat", "chown"),
+    sc!("sys_enter_fchown", "chown"),
+    sc!("sys_enter_truncate", "truncate"),
+    sc!("sys_enter_utimensat", "timestamps"),
+    sc!("sys_enter_utime", "timestamps"),
+    sc!("sys_enter_utimes", "timestamps"),
+    sc!("sys_enter_futimesat", "timestamps"),
+];
+
+/// Outcome of one hook.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HookStatus {
+    pub program: &'static str,
+    pub attached_to: Option<String>,
+    pub covers: &'static str,
+    pub error: Option<String>,
+}
+
+/// The live kernel side: programs attached and the maps userspace drives.
+pub struct Kernel {
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub files: BpfHashMap<MapData, FileKey, u32>,
+    pub dirs: BpfHashMap<MapData, FileKey, u32>,
+    pub prefixes: BpfHashMap<MapData, u64, u32>,
+    pub lost: PerCpuArray<MapData, u64>,
+    pub hooks: Vec<HookStatus>,
+    pub missing: Vec<Missing>,
+    pub offsets: KernelOffsets,
+}
+
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub process_events: bool,
+}
+
+pub fn tracefs_root() -> Option<&'static str> {
+    TRACEFS.iter().copied().find(|p| std::path::Path::new(&format!("{p}/events/syscalls")).is_dir())
+}
+
+/// Preconditions, checked before touching the kernel, each as one clear sentence.
+pub fn preflight() -> anyhow::Result<&'static str> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("snapmon must run as root (it loads eBPF programs; CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE are needed)");
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing); snapmon needs CONFIG_DEBUG_INFO_BTF=y");
+    }
+    tracefs_root().context(
+        "tracefs is not mounted or has no syscall tracepoints; mount it with `mount -t tracefs tracefs /sys/kernel/tracing`",
+    )
+}
+
+fn syscall_arg_offsets(tracefs: &str) -> anyhow::Result<(u32, u32)> {
+    let enter = std::fs::read_to_string(format!("{tracefs}/events/syscalls/sys_enter_pwrite64/format"))
+        .context("reading the sys_enter_pwrite64 tracepoint format")?;
+    let exit = std::fs::read_to_string(format!("{tracefs}/events/syscalls/sys_exit_openat/format"))
+        .context("reading the sys_exit_openat tracepoint format")?;
+    let args = format_field_offset(&enter, "fd").context("no `fd` field in sys_enter_pwrite64 format")?;
+    let ret = format_field_offset(&exit, "ret").context("no `ret` field in sys_exit_openat format")?;
+    Ok((args, ret))
+}
+
+pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
+    let tracefs = preflight()?;
+    let btf_bytes = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
+    let btf = Btf::parse(&btf_bytes).context("parsing kernel BTF")?;
+    let (sc_args, sc_ret) = syscall_arg_offsets(tracefs)?;
+    let (offsets, missing) = offsets::resolve(&btf, sc_args, sc_ret);
+    let config = AgentConfig { agent_tgid: std::process::id(), process_events: opts.process_events as u32 };
+    let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
+    let mut ebpf = EbpfLoader::new()
+        .set_global("OFFSETS", &offsets, true)
+        .set_global("CONFIG", &config, true)
+        .set_max_entries("EVENTS", rb)
+        .load(OBJECT)
+        .context("loading the eBPF object into the kernel")?;
+    let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
+
+    let mut hooks = Vec::new();
+    let debug = std::env::var_os("SNAPMON_DEBUG_LOAD").is_some();
+    for spec in HOOKS {
+        let t = std::time::Instant::now();
+        let status = attach_one(&mut ebpf, spec, &aya_btf);
+        if debug {
+            eprintln!("load {} {:?} {:?}", spec.program, t.elapsed(), status.error);
+        }
+        hooks.push(status);
+    }
+    let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from object"));
+    let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+    let files = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_FILES")?)?;
+    let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
+    let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
+    let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+    Ok(Kernel { ebpf, events, files, dirs, prefixes, lost, hooks, missing, offsets })
+}
+
+fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec, btf: &AyaBtf) -> HookStatus {
+    let mut st = HookStatus { program: spec.program, attached_to: None, covers: spec.covers, error: None };
+    let Some(prog) = ebpf.program_mut(spec.program) else {
+        st.error = Some("program missing from the eBPF object".into());
+        return st;
+    };
+    let res: anyhow::Result<String> = (|| match &spec.attach {
+        Attach::Syscall(name) => {
+            let tp: &mut TracePoint = prog.try_into()?;
+            tp.load().map_err(verbose)?;
+            tp.attach("syscalls", name).map_err(verbose)?;
+            Ok(format!("tracepoint/syscalls/{name}"))
+        }
+        Attach::Btf(names) => {
+            let tp: &mut BtfTracePoint = prog.try_into()?;
+            let mut last = None;
+            for name in *names {
+                match tp.load(name, btf) {
+                    Ok(()) => {
+                        tp.attach().map_err(verbose)?;
+                        return Ok(format!("tp_btf/{name}"));
+                    }
+                    Err(e) => last = Some(verbose(e)),
+                }
+            }
+            Err(last.unwrap_or_else(|| anyhow::anyhow!("no candidate tracepoint")))
+        }
+    })();
+    match res {
+        Ok(to) => st.attached_to = Some(to),
+        Err(e) => st.error = Some(format!("{e:#}")),
+    }
+    st
+}
+
+/// Keep the verifier log: it is the only useful explanation of a rejected program.
+fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            anyhow::anyhow!("{io_error}; verifier: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+impl Kernel {
+    /// Sum of per-CPU loss counters, by cause.
+    pub fn lost_counts(&self) -> [u64; snapmon_common::lost::COUNT as usize] {
+        let mut out = [0u64; snapmon_common::lost::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(v) = self.lost.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        out
+    }
+}

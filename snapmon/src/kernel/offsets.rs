@@ -1,0 +1,184 @@
+//! Load stage: resolve every kernel struct offset the programs read from the running kernel's
+//! BTF, with name fallbacks across versions; a missing group disables its hooks, loudly.
+
+use snapmon_common::{valid, KernelOffsets};
+
+use super::btf::Btf;
+
+/// What could not be resolved, and which hook family goes dark because of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Missing {
+    pub group: &'static str,
+    pub field: String,
+    pub effect: &'static str,
+}
+
+/// First candidate `(struct, member path)` that resolves.
+fn first(btf: &Btf, cands: &[(&str, &str)]) -> Result<u32, String> {
+    let mut last = String::new();
+    for (s, m) in cands {
+        match btf.member_offset(s, m) {
+            Ok(o) => return Ok(o),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Missing>) {
+    let mut o = KernelOffsets { sc_args, sc_ret, ..Default::default() };
+    let mut missing = Vec::new();
+    let mut group = |name: &'static str, bit: u32, effect: &'static str, fields: &mut [(&mut u32, &[(&str, &str)])]| {
+        let mut ok = true;
+        for (slot, cands) in fields.iter_mut() {
+            match first(btf, cands) {
+                Ok(v) => **slot = v,
+                Err(e) => {
+                    ok = false;
+                    missing.push(Missing { group: name, field: e, effect });
+                }
+            }
+        }
+        ok.then_some(bit).unwrap_or(0)
+    };
+    let mut v = 0;
+    v |= group(
+        "files",
+        valid::FILES,
+        "no file hooks: writes, opens, ioctls and namespace operations are not observed",
+        &mut [
+            (&mut o.task_files, &[("task_struct", "files")]),
+            (&mut o.files_fdt, &[("files_struct", "fdt")]),
+            (&mut o.fdt_max_fds, &[("fdtable", "max_fds")]),
+            (&mut o.fdt_fd, &[("fdtable", "fd")]),
+            (&mut o.file_inode, &[("file", "f_inode")]),
+            (&mut o.file_pos, &[("file", "f_pos")]),
+            (&mut o.file_flags, &[("file", "f_flags")]),
+            (&mut o.file_mode, &[("file", "f_mode")]),
+            (&mut o.file_dentry, &[("file", "f_path.dentry"), ("file", "__f_path.dentry")]),
+            (&mut o.inode_ino, &[("inode", "i_ino")]),
+            (&mut o.inode_sb, &[("inode", "i_sb")]),
+            (&mut o.inode_size, &[("inode", "i_size")]),
+            (&mut o.inode_mode, &[("inode", "i_mode")]),
+            (&mut o.sb_dev, &[("super_block", "s_dev")]),
+            (&mut o.dentry_parent, &[("dentry", "d_parent")]),
+            (&mut o.dentry_inode, &[("dentry", "d_inode")]),
+            (&mut o.task_fs, &[("task_struct", "fs")]),
+            (&mut o.fs_pwd_dentry, &[("fs_struct", "pwd.dentry")]),
+        ],
+    );
+    v |= group(
+        "process",
+        valid::PROC,
+        "no process events: lineage falls back to /proc snapshots",
+        &mut [
+            (&mut o.task_tgid, &[("task_struct", "tgid")]),
+            (&mut o.task_pid, &[("task_struct", "pid")]),
+            (&mut o.task_real_parent, &[("task_struct", "real_parent")]),
+            (&mut o.task_cred, &[("task_struct", "cred")]),
+            (&mut o.task_start_boottime, &[("task_struct", "start_boottime"), ("task_struct", "real_start_time")]),
+            (&mut o.task_exit_code, &[("task_struct", "exit_code")]),
+            (&mut o.cred_uid, &[("cred", "uid")]),
+            (&mut o.cred_euid, &[("cred", "euid")]),
+            (&mut o.cred_gid, &[("cred", "gid")]),
+            (&mut o.bprm_filename, &[("linux_binprm", "filename")]),
+            (&mut o.bprm_file, &[("linux_binprm", "file")]),
+        ],
+    );
+    v |= group(
+        "args",
+        valid::ARGS,
+        "process arguments are not captured at exec",
+        &mut [
+            (&mut o.task_mm, &[("task_struct", "mm")]),
+            (&mut o.mm_arg_start, &[("mm_struct", "arg_start")]),
+            (&mut o.mm_arg_end, &[("mm_struct", "arg_end")]),
+        ],
+    );
+    v |= group(
+        "io_uring",
+        valid::IO_URING,
+        "io_uring writes are not observed",
+        &mut [
+            (&mut o.req_opcode, &[("io_kiocb", "opcode")]),
+            (&mut o.req_flags, &[("io_kiocb", "flags")]),
+            (&mut o.req_fd, &[("io_kiocb", "cqe.fd")]),
+            (&mut o.req_file, &[("io_kiocb", "file")]),
+        ],
+    );
+    // io_rw / io_sync live in io_kiocb's command area (`cmd`, at the start of the request).
+    if v & valid::IO_URING != 0 {
+        let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);
+        let rw = |m: &str| first(btf, &[("io_rw", m)]);
+        let sync = |m: &str| first(btf, &[("io_sync", m)]);
+        match (rw("kiocb.ki_pos"), rw("len"), rw("addr"), sync("off"), sync("len"), sync("mode")) {
+            (Ok(pos), Ok(len), Ok(addr), Ok(soff), Ok(slen), Ok(smode)) => {
+                o.req_rw_pos = cmd + pos;
+                o.req_rw_len = cmd + len;
+                o.req_rw_addr = cmd + addr;
+                o.req_sync_off = cmd + soff;
+                o.req_sync_len = cmd + slen;
+                o.req_sync_mode = cmd + smode;
+            }
+            _ => {
+                v &= !valid::IO_URING;
+                missing.push(Missing {
+                    group: "io_uring",
+                    field: "io_rw/io_sync layout".into(),
+                    effect: "io_uring writes are not observed",
+                });
+            }
+        }
+    }
+    // The cwd walk is part of the files group; keep a separate bit for reporting.
+    if v & valid::FILES != 0 {
+        v |= valid::CWD;
+    }
+    o.valid = v;
+    (o, missing)
+}
+
+/// Offset of field `name` in a tracepoint `format` file (`field:... name; offset:N; ...`).
+pub fn format_field_offset(format: &str, name: &str) -> Option<u32> {
+    format.lines().find_map(|l| {
+        let l = l.trim();
+        let decl = l.strip_prefix("field:")?.split(';').next()?;
+        let ident = decl.split_whitespace().last()?.split('[').next()?;
+        if ident != name {
+            return None;
+        }
+        let off = l.split(';').find_map(|p| p.trim().strip_prefix("offset:"))?;
+        off.trim().parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PWRITE_FORMAT: &str = "name: sys_enter_pwrite64\nID: 700\nformat:\n\
+        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+        \tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
+        \tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n\
+        \tfield:const char * buf;\toffset:24;\tsize:8;\tsigned:0;\n";
+
+    #[test]
+    fn parses_tracepoint_format_offsets() {
+        assert_eq!(format_field_offset(PWRITE_FORMAT, "fd"), Some(16));
+        assert_eq!(format_field_offset(PWRITE_FORMAT, "buf"), Some(24));
+        assert_eq!(format_field_offset(PWRITE_FORMAT, "__syscall_nr"), Some(8));
+        assert_eq!(format_field_offset(PWRITE_FORMAT, "missing"), None);
+    }
+
+    #[test]
+    fn resolves_all_groups_on_the_running_kernel() {
+        let data = Btf::from_sys_fs().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        let btf = Btf::parse(&data).unwrap();
+        let (o, missing) = resolve(&btf, 16, 16);
+        assert!(missing.is_empty(), "unresolved: {missing:?}");
+        assert_eq!(o.valid & valid::FILES, valid::FILES);
+        assert_eq!(o.valid & valid::IO_URING, valid::IO_URING);
+        assert_ne!(o.file_inode, o.file_pos);
+        assert!(o.task_files > 0 && o.task_tgid > 0);
+    }
+}

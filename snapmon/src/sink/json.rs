@@ -1,0 +1,287 @@
+//! Sink stage, JSON Lines: one ECS object per line (schema version 1).
+//!
+//! # Format
+//! Every line is one JSON object with nested ECS field sets:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `@timestamp` | RFC 3339 UTC with nanoseconds, when the kernel saw the operation |
+//! | `event.kind` | `event` (an observed operation), `alert` (a rule fired), `state` (agent lifecycle: `started`, `stopped`, `reloaded`), `metric` (loss and counters) |
+//! | `event.category` | `["file"]` or `["process"]` |
+//! | `event.type` | `["change"]`, `["creation"]`, `["deletion"]`, `["access"]`, `["info"]`, `["start"]`, `["end"]` |
+//! | `event.action` | operation: `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `io_uring_write`, `io_uring_writev`, `aio_pwrite`, `aio_pwritev`, `copy_file_range`, `splice`, `sendfile`, `fallocate`, `punch_hole`, `zero_range`, `truncate`, `mmap_shared_write`, `create`, `open_write`, `open_truncate`, `rename`, `unlink`, `rmdir`, `link`, `symlink`, `mkdir`, `chmod`, `chown`, `utimes`, `ioctl`, `fork`, `exec`, `exit`; for state/metric records `started`, `stopped`, `lost` … |
+//! | `event.sequence` | agent-assigned, increasing |
+//! | `event.severity`, `event.risk_score` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info) |
+//! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` |
+//! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`) |
+//! | `file.inode`, `file.device`, `file.size` | identity (`MAJOR:MINOR` of the kernel superblock) and size when seen |
+//! | `file.target_path` | rename/link destination |
+//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id` | the actor |
+//! | `process.parent.pid`, `process.parent.name`, `process.parent.executable`, `process.parent.entity_id` | its parent |
+//! | `host.hostname` | this host |
+//! | `rule.id`, `rule.name`, `threat.technique.id` | alerts only |
+//! | `message` | alerts only: one sentence naming actor, action, target and diff |
+//! | `snapmon.schema_version` | `1` |
+//! | `snapmon.backend` | `tracepoint` or `fentry` |
+//! | `snapmon.write.op`, `.offset`, `.length`, `.offset_from_fpos`, `.length_partial`, `.mode` | write details (`offset` −1 when unknown) |
+//! | `snapmon.ioctl.cmd`, `.arg`, `.name`, `.decoded` | ioctl number (hex), argument pointer, decoded argument |
+//! | `snapmon.classification` | `format`, `regions`, `changes` (`{field,before,after}`), `sample_entropy` |
+//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first |
+//! | `snapmon.process.lineage` | `python3 ← bash ← sshd` |
+//! | `snapmon.file.path_hex`, `snapmon.file.target_path_hex` | raw path bytes in hex when the path is not valid UTF-8 |
+//! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`) |
+//! | `snapmon.state` / `snapmon.metric` | state and metric payloads (hooks attached, counts by cause) |
+
+use std::io::Write;
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    event::{Bytes, Event, FileInfo},
+    record::Record,
+    watch::dev_display,
+};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// RFC 3339 UTC with nanoseconds from Unix nanoseconds.
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+pub fn now_unix_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+fn file_json(f: &FileInfo, snap: &mut Map<String, Value>, hex_key: &str) -> Value {
+    let mut o = Map::new();
+    if let Some(p) = &f.path {
+        let disp = p.display();
+        let path = p.as_path();
+        o.insert("path".into(), json!(disp));
+        if let Some(n) = path.file_name() {
+            o.insert("name".into(), json!(Bytes(n.as_encoded_bytes().to_vec()).display()));
+        }
+        if let Some(d) = path.parent() {
+            o.insert("directory".into(), json!(Bytes::from_path(d).display()));
+        }
+        if !p.is_utf8() || disp.contains("\\x") {
+            snap.insert(hex_key.into(), json!(p.hex()));
+        }
+    }
+    if f.ino != 0 {
+        o.insert("inode".into(), json!(f.ino.to_string()));
+        o.insert("device".into(), json!(dev_display(f.dev)));
+    }
+    if let Some(s) = f.size {
+        o.insert("size".into(), json!(s));
+    }
+    Value::Object(o)
+}
+
+fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
+    let mut snap = Map::new();
+    snap.insert("schema_version".into(), json!(SCHEMA_VERSION));
+    snap.insert("backend".into(), json!(e.backend));
+    let mut root = Map::new();
+    root.insert("@timestamp".into(), json!(rfc3339(e.ts_unix_ns)));
+    root.insert(
+        "event".into(),
+        json!({
+            "kind": kind,
+            "category": [e.category],
+            "type": [e.ecs_type],
+            "action": e.action,
+            "sequence": e.seq,
+            "module": "snapmon",
+            "dataset": format!("snapmon.{}", e.category),
+        }),
+    );
+    if let Some(f) = &e.file {
+        let mut fj = file_json(f, &mut snap, "file_path_hex");
+        if let Some(t) = &e.target {
+            if let Some(p) = &t.path {
+                fj["target_path"] = json!(p.display());
+                if !p.is_utf8() {
+                    snap.insert("file_target_path_hex".into(), json!(p.hex()));
+                }
+            }
+        }
+        root.insert("file".into(), fj);
+    }
+    let p = &e.process;
+    let mut pj = json!({
+        "pid": p.pid,
+        "thread": {"id": p.tid},
+        "name": p.name,
+        "executable": p.executable.display(),
+        "args": p.args.iter().map(|a| a.display()).collect::<Vec<_>>(),
+        "user": {"id": p.uid.to_string()},
+        "group": {"id": p.gid.to_string()},
+    });
+    if !p.entity_id.is_empty() {
+        pj["entity_id"] = json!(p.entity_id);
+    }
+    if p.args_truncated {
+        pj["args_truncated"] = json!(true);
+    }
+    if let Some(par) = &p.parent {
+        pj["parent"] = json!({"pid": par.pid, "name": par.name, "executable": par.executable, "entity_id": par.entity_id});
+    } else if p.ppid != 0 {
+        pj["parent"] = json!({"pid": p.ppid});
+    }
+    if let Some(c) = &p.container_id {
+        root.insert("container".into(), json!({"id": c}));
+    }
+    root.insert("process".into(), pj);
+    root.insert("host".into(), json!({"hostname": host}));
+    let mut sp = json!({
+        "ancestors": p.ancestors,
+        "lineage": p.lineage(),
+    });
+    if p.exe_ino != 0 {
+        sp["executable_identity"] = json!({"device": dev_display(p.exe_dev), "inode": p.exe_ino.to_string()});
+    }
+    if let Some(u) = &p.systemd_unit {
+        sp["systemd_unit"] = json!(u);
+    }
+    if p.vm_name.is_some() || p.vm_uuid.is_some() {
+        sp["vm"] = json!({"name": p.vm_name, "uuid": p.vm_uuid});
+    }
+    if let Some(cwd) = &p.cwd {
+        root.get_mut("process").unwrap()["working_directory"] = json!(cwd.display());
+    }
+    snap.insert("process".into(), sp);
+    if let Some(w) = &e.write {
+        snap.insert("write".into(), serde_json::to_value(w).unwrap_or(Value::Null));
+    }
+    if let Some(i) = &e.ioctl {
+        let mut ij = json!({"cmd": format!("{:#010x}", i.cmd), "arg": format!("{:#x}", i.arg), "arg_captured": i.arg_data.len()});
+        if let Some(c) = &e.classification {
+            if let Some(n) = &c.ioctl_name {
+                ij["name"] = json!(n);
+            }
+            if let Some(d) = &c.ioctl {
+                ij["decoded"] = d.clone();
+            }
+        }
+        snap.insert("ioctl".into(), ij);
+    }
+    if let Some(c) = &e.classification {
+        snap.insert("classification".into(), serde_json::to_value(c).unwrap_or(Value::Null));
+    }
+    if !e.detail.is_empty() {
+        let d: Map<String, Value> = e.detail.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        snap.insert("detail".into(), Value::Object(d));
+    }
+    root.insert("snapmon".into(), Value::Object(snap));
+    root
+}
+
+/// The ECS object for one record.
+pub fn to_value(r: &Record, host: &str) -> Value {
+    match r {
+        Record::Event(e) => Value::Object(event_json(e, host, "event")),
+        Record::Alert(a) => {
+            let mut root = event_json(&a.event, host, "alert");
+            if let Some(ev) = root.get_mut("event") {
+                ev["severity"] = json!(a.severity.ecs());
+                ev["risk_score"] = json!(a.severity.ecs());
+                ev["reason"] = json!(a.message);
+            }
+            root.insert("message".into(), json!(a.message));
+            root.insert("rule".into(), json!({"id": a.rule_id, "name": a.rule_name}));
+            root.insert(
+                "threat".into(),
+                json!({"framework": "MITRE ATT&CK", "technique": {"id": a.technique}}),
+            );
+            if let Some(s) = root.get_mut("snapmon") {
+                s["severity"] = json!(a.severity.as_str());
+                if !a.related_seq.is_empty() {
+                    s["related_sequence"] = json!(a.related_seq);
+                }
+            }
+            Value::Object(root)
+        }
+        Record::State(s) => json!({
+            "@timestamp": rfc3339(now_unix_ns()),
+            "event": {"kind": "state", "action": s.action, "module": "snapmon", "dataset": "snapmon.agent"},
+            "host": {"hostname": host},
+            "snapmon": {"schema_version": SCHEMA_VERSION, "state": s.detail},
+        }),
+        Record::Metric(m) => json!({
+            "@timestamp": rfc3339(now_unix_ns()),
+            "event": {"kind": "metric", "action": m.action, "module": "snapmon", "dataset": "snapmon.agent"},
+            "host": {"hostname": host},
+            "snapmon": {"schema_version": SCHEMA_VERSION, "metric": m.detail},
+        }),
+    }
+}
+
+/// Write one record as a line.
+pub fn write_line(w: &mut dyn Write, r: &Record, host: &str) -> std::io::Result<()> {
+    let v = to_value(r, host);
+    serde_json::to_writer(&mut *w, &v)?;
+    w.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{ProcessInfo, WriteInfo};
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
+        assert_eq!(rfc3339(1_795_887_000_123_000_000), "2026-11-28T17:30:00.123000000Z");
+    }
+
+    #[test]
+    fn event_has_ecs_shape_and_lossless_paths() {
+        let e = Event {
+            category: "file",
+            ecs_type: "change",
+            action: "pwrite64",
+            backend: "tracepoint",
+            process: ProcessInfo { pid: 7, name: "python3".into(), ..Default::default() },
+            file: Some(FileInfo { path: Some(Bytes(b"/s/bad\xff\x1bname".to_vec())), dev: 1 << 20 | 3, ino: 99, size: Some(10) }),
+            write: Some(WriteInfo { op: "pwrite64", offset: 60, length: 12, ..Default::default() }),
+            ..Default::default()
+        };
+        let v = to_value(&Record::Event(e), "h");
+        assert_eq!(v["event"]["kind"], "event");
+        assert_eq!(v["event"]["action"], "pwrite64");
+        assert_eq!(v["file"]["path"], "/s/bad\\xff\\x1bname");
+        assert_eq!(v["file"]["inode"], "99");
+        assert_eq!(v["file"]["device"], "1:3");
+        assert_eq!(v["snapmon"]["write"]["offset"], 60);
+        assert_eq!(v["snapmon"]["write"]["length"], 12);
+        assert_eq!(v["snapmon"]["file_path_hex"], Bytes(b"/s/bad\xff\x1bname".to_vec()).hex());
+        assert_eq!(v["process"]["pid"], 7);
+        assert_eq!(v["snapmon"]["schema_version"], 1);
+    }
+}

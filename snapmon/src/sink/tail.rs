@@ -1,0 +1,142 @@
+//! Sink stage, live tail: one human line per record, alerts coloured by severity, lineage
+//! compact, and nothing raw from the kernel ever reaching the terminal.
+
+use std::io::Write;
+
+use crate::{
+    event::{escape_bytes, Event},
+    record::{Record, Severity},
+    sink::json::rfc3339,
+};
+
+const RESET: &str = "\x1b[0m";
+
+fn sev_colour(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "\x1b[2m",
+        Severity::Low => "\x1b[36m",
+        Severity::Medium => "\x1b[33m",
+        Severity::High => "\x1b[31m",
+        Severity::Critical => "\x1b[1;97;41m",
+    }
+}
+
+fn time_of(unix_ns: i128) -> String {
+    // HH:MM:SS.mmm from the RFC 3339 form.
+    let s = rfc3339(unix_ns);
+    s.get(11..23).unwrap_or("").to_string()
+}
+
+fn path_of(e: &Event) -> String {
+    let f = e.file.as_ref();
+    let p = f.and_then(|f| f.path.as_ref()).map(|p| p.display());
+    let mut s = match (p, f) {
+        (Some(p), _) => p,
+        (None, Some(f)) => format!("<inode {}>", f.ino),
+        (None, None) => String::new(),
+    };
+    if let Some(t) = e.target.as_ref().and_then(|t| t.path.as_ref()) {
+        s.push_str(" → ");
+        s.push_str(&t.display());
+    }
+    s
+}
+
+/// Render one event's core line (no colour).
+pub fn event_line(e: &Event) -> String {
+    let mut s = format!("{} {:<18} {}", time_of(e.ts_unix_ns), e.action, path_of(e));
+    if let Some(w) = &e.write {
+        if w.offset >= 0 {
+            s.push_str(&format!(" @{}+{}", w.offset, w.length));
+        } else {
+            s.push_str(&format!(" +{}", w.length));
+        }
+    }
+    if let Some(c) = &e.classification {
+        if !c.regions.is_empty() {
+            s.push_str(&format!(" [{}]", c.regions.join(",")));
+        }
+        if let Some(n) = &c.ioctl_name {
+            s.push_str(&format!(" {n}"));
+        }
+        for ch in &c.changes {
+            s.push_str(&format!(" {ch}"));
+        }
+    } else if let Some(i) = &e.ioctl {
+        s.push_str(&format!(" cmd={:#010x}", i.cmd));
+    }
+    s.push_str(&format!("  {}[{}]", e.process.lineage(), e.process.pid));
+    escape_line(&s)
+}
+
+/// Escape control characters that slipped into composed text (names are escaped already).
+fn escape_line(s: &str) -> String {
+    if s.chars().any(|c| c.is_control()) {
+        escape_bytes(s.as_bytes())
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn render(r: &Record, colour: bool) -> Option<String> {
+    Some(match r {
+        Record::Event(e) => {
+            let l = event_line(e);
+            if colour {
+                format!("\x1b[2m·{RESET} {l}")
+            } else {
+                format!("· {l}")
+            }
+        }
+        Record::Alert(a) => {
+            let head = format!("{} {:<8}", a.severity.as_str().to_uppercase(), a.rule_id);
+            let body = format!("{}  {}", escape_line(&a.message), event_line(&a.event));
+            if colour {
+                format!("{}! {head}{RESET} {body}", sev_colour(a.severity))
+            } else {
+                format!("! {head} {body}")
+            }
+        }
+        Record::State(s) => format!("# {} {}", s.action, escape_line(&s.detail.to_string())),
+        Record::Metric(m) => format!("# {} {}", m.action, escape_line(&m.detail.to_string())),
+    })
+}
+
+pub fn write_line(w: &mut dyn Write, r: &Record, colour: bool) -> std::io::Result<()> {
+    if let Some(l) = render(r, colour) {
+        writeln!(w, "{l}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Ancestor, Bytes, FileInfo, ProcessInfo, WriteInfo};
+
+    fn ev() -> Event {
+        Event {
+            ts_unix_ns: 1_795_887_000_123_000_000,
+            action: "pwrite64",
+            process: ProcessInfo {
+                pid: 42,
+                name: "python3".into(),
+                ancestors: vec![
+                    Ancestor { name: "bash".into(), ..Default::default() },
+                    Ancestor { name: "sshd".into(), ..Default::default() },
+                ],
+                ..Default::default()
+            },
+            file: Some(FileInfo { path: Some(Bytes(b"/s/vm1\x1b[31m.qcow2".to_vec())), ..Default::default() }),
+            write: Some(WriteInfo { op: "pwrite64", offset: 60, length: 12, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn golden_event_line_escapes_terminal_sequences() {
+        let l = render(&Record::Event(ev()), false).unwrap();
+        assert_eq!(l, "· 17:30:00.123 pwrite64           /s/vm1\\x1b[31m.qcow2 @60+12  python3 ← bash ← sshd[42]");
+        assert!(!l.contains('\x1b'));
+    }
+}

@@ -1,0 +1,263 @@
+//! Watch set: turns configured paths into the kernel's (dev, inode) and path-hash filters,
+//! and keeps the identity → path table that the enrich stage uses to name files.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    path::{Component, Path, PathBuf},
+};
+
+use snapmon_common::{dir_flags, fnv1a, FileKey};
+
+/// Kernel-internal dev_t (`MAJOR << 20 | MINOR`) from a userspace `st_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let (ma, mi) = (libc::major(st_dev), libc::minor(st_dev));
+    (ma << 20) | (mi & 0xfffff)
+}
+
+/// `MAJOR:MINOR` for display from a kernel dev_t.
+pub fn dev_display(kdev: u32) -> String {
+    format!("{}:{}", kdev >> 20, kdev & 0xfffff)
+}
+
+pub fn key_of(md: &std::fs::Metadata) -> FileKey {
+    FileKey { dev: kernel_dev(md.dev()), _pad: 0, ino: md.ino() }
+}
+
+/// Where the filter entries go: the kernel maps in production, memory in tests.
+pub trait WatchMaps {
+    fn add_file(&mut self, key: FileKey) -> Result<(), String>;
+    fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String>;
+    fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
+}
+
+#[derive(Default, Debug)]
+pub struct MemMaps {
+    pub files: HashSet<FileKey>,
+    pub dirs: HashMap<FileKey, u32>,
+    pub prefixes: HashSet<u64>,
+}
+
+impl WatchMaps for MemMaps {
+    fn add_file(&mut self, key: FileKey) -> Result<(), String> {
+        self.files.insert(key);
+        Ok(())
+    }
+    fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
+        *self.dirs.entry(key).or_default() |= flags;
+        Ok(())
+    }
+    fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
+        self.prefixes.insert(hash);
+        Ok(())
+    }
+}
+
+/// Counts of what a registration put into the filters.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct WatchStats {
+    pub roots: usize,
+    pub files: usize,
+    pub dirs: usize,
+    pub skipped: Vec<String>,
+}
+
+/// Limits that keep a registration bounded on a huge or looping tree.
+pub const MAX_DEPTH: usize = 16;
+pub const MAX_ENTRIES: usize = 60_000;
+
+/// The userspace half of the watch set.
+#[derive(Default)]
+pub struct WatchSet {
+    /// Canonical roots (files and directories).
+    pub roots: Vec<PathBuf>,
+    /// Known identities → current path.
+    pub paths: HashMap<FileKey, PathBuf>,
+    pub dirs: HashSet<FileKey>,
+    pub stats: WatchStats,
+}
+
+/// Lexically normalize an absolute path (`.`/`..`/`//`), without touching the filesystem.
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(s) => out.push(s),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl WatchSet {
+    /// Register `path` (file, dir or device). Missing paths are reported, not fatal.
+    pub fn add_root(&mut self, path: &Path, maps: &mut dyn WatchMaps) -> Result<(), String> {
+        let canon = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let md = std::fs::metadata(&canon).map_err(|e| format!("{}: {e}", canon.display()))?;
+        self.stats.roots += 1;
+        // Hash both spellings so either absolute path matches in the kernel.
+        for p in [normalize(path), canon.clone()] {
+            if p.is_absolute() {
+                maps.add_prefix(fnv1a(p.as_os_str().as_bytes()))?;
+            }
+        }
+        // Ancestors: relative multi-component paths starting there may reach the root.
+        let mut anc = canon.parent();
+        while let Some(a) = anc {
+            if let Ok(m) = std::fs::metadata(a) {
+                maps.add_dir(key_of(&m), dir_flags::ANCESTOR)?;
+                self.paths.entry(key_of(&m)).or_insert_with(|| a.to_path_buf());
+            }
+            anc = a.parent();
+        }
+        self.roots.push(canon.clone());
+        if md.is_dir() {
+            self.add_tree(&canon, maps, 0)
+        } else {
+            self.add_file(&canon, &md, maps)
+        }
+    }
+
+    fn add_file(&mut self, p: &Path, md: &std::fs::Metadata, maps: &mut dyn WatchMaps) -> Result<(), String> {
+        let key = key_of(md);
+        maps.add_file(key)?;
+        self.paths.insert(key, p.to_path_buf());
+        self.stats.files += 1;
+        Ok(())
+    }
+
+    /// Register a directory and everything below it (bounded).
+    pub fn add_tree(&mut self, dir: &Path, maps: &mut dyn WatchMaps, depth: usize) -> Result<(), String> {
+        let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let key = key_of(&md);
+        if !self.dirs.insert(key) {
+            return Ok(()); // already known (bind mount or loop)
+        }
+        maps.add_dir(key, dir_flags::WATCHED)?;
+        self.paths.insert(key, dir.to_path_buf());
+        self.stats.dirs += 1;
+        if depth >= MAX_DEPTH {
+            self.stats.skipped.push(format!("{}: deeper than {MAX_DEPTH} levels", dir.display()));
+            return Ok(());
+        }
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                self.stats.skipped.push(format!("{}: {e}", dir.display()));
+                return Ok(());
+            }
+        };
+        for ent in rd.flatten() {
+            if self.stats.files + self.stats.dirs >= MAX_ENTRIES {
+                self.stats.skipped.push(format!("{}: more than {MAX_ENTRIES} entries", dir.display()));
+                break;
+            }
+            let p = ent.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            if m.is_dir() {
+                self.add_tree(&p, maps, depth + 1)?;
+            } else if !m.file_type().is_symlink() {
+                self.add_file(&p, &m, maps)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Is `p` (absolute, normalized) inside a watched root?
+    pub fn covers(&self, p: &Path) -> bool {
+        self.roots.iter().any(|r| p.starts_with(r))
+    }
+
+    /// A path appeared (create, mkdir, rename target): watch it if it lies in a root.
+    pub fn observe_new_path(&mut self, p: &Path, maps: &mut dyn WatchMaps) -> Option<FileKey> {
+        if !self.covers(p) {
+            return None;
+        }
+        let md = std::fs::symlink_metadata(p).ok()?;
+        if md.is_dir() {
+            let _ = self.add_tree(p, maps, 0);
+        } else if !md.file_type().is_symlink() {
+            let _ = self.add_file(p, &md, maps);
+        }
+        Some(key_of(&md))
+    }
+
+    pub fn path_of(&self, key: &FileKey) -> Option<&PathBuf> {
+        self.paths.get(key)
+    }
+
+    pub fn learn(&mut self, key: FileKey, p: PathBuf) {
+        self.paths.insert(key, p);
+    }
+
+    /// A rename moved `from` to `to`: fix every known path under it.
+    pub fn renamed(&mut self, from: &Path, to: &Path) {
+        for v in self.paths.values_mut() {
+            if let Ok(rest) = v.strip_prefix(from) {
+                *v = if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("snapmon-watch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn registers_tree_ancestors_and_prefix_hashes() {
+        let d = tmpdir("tree");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.qcow2"), b"x").unwrap();
+        std::fs::write(d.join("sub/b.qcow2"), b"y").unwrap();
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d, &mut maps).unwrap();
+        let key = key_of(&std::fs::metadata(d.join("sub/b.qcow2")).unwrap());
+        assert!(maps.files.contains(&key));
+        assert_eq!(ws.path_of(&key).unwrap(), &d.join("sub/b.qcow2"));
+        let dkey = key_of(&std::fs::metadata(&d).unwrap());
+        assert_eq!(maps.dirs[&dkey] & dir_flags::WATCHED, dir_flags::WATCHED);
+        let root = key_of(&std::fs::metadata("/").unwrap());
+        assert_eq!(maps.dirs[&root], dir_flags::ANCESTOR);
+        assert!(maps.prefixes.contains(&fnv1a(d.as_os_str().as_bytes())));
+        assert!(ws.covers(&d.join("new")));
+        assert!(!ws.covers(Path::new("/etc/passwd")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_root_is_an_error_not_a_panic() {
+        let mut ws = WatchSet::default();
+        let e = ws.add_root(Path::new("/nonexistent/snapmon"), &mut MemMaps::default()).unwrap_err();
+        assert!(e.contains("/nonexistent/snapmon"));
+    }
+
+    #[test]
+    fn normalizes_and_tracks_renames() {
+        assert_eq!(normalize(Path::new("/a/./b//../c")), PathBuf::from("/a/c"));
+        assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
+        let mut ws = WatchSet::default();
+        let k = FileKey { dev: 1, _pad: 0, ino: 2 };
+        ws.learn(k, PathBuf::from("/s/dir/f"));
+        ws.renamed(Path::new("/s/dir"), Path::new("/s/moved"));
+        assert_eq!(ws.path_of(&k).unwrap(), Path::new("/s/moved/f"));
+    }
+
+    #[test]
+    fn kernel_dev_encoding() {
+        let st = libc::makedev(8, 1);
+        assert_eq!(kernel_dev(st), (8 << 20) | 1);
+        assert_eq!(dev_display((8 << 20) | 1), "8:1");
+    }
+}
