@@ -27,5 +27,142 @@ impl Lineage for HeaderOnly {
 
 /// The lineage implementation the agent runs with.
 pub fn default_lineage() -> Box<dyn Lineage> {
-    Box::new(HeaderOnly)
+    Box::new(TableLineage::new(true))
+}
+
+/// The process table (see `lineage`) behind the [`Lineage`] seam.
+pub struct TableLineage {
+    pub table: crate::lineage::ProcessTable,
+}
+
+/// Kernel dev_t (`MAJOR << 20 | MINOR`) → userspace `st_dev`, the table's encoding.
+fn user_dev(kdev: u32) -> u64 {
+    libc::makedev(kdev >> 20, kdev & 0xfffff)
+}
+
+fn split_args(buf: &[u8], len: usize) -> Vec<Vec<u8>> {
+    let b = &buf[..len.min(buf.len())];
+    let b = b.strip_suffix(&[0]).unwrap_or(b);
+    if b.is_empty() {
+        return Vec::new();
+    }
+    b.split(|&c| c == 0).map(|s| s.to_vec()).collect()
+}
+
+impl TableLineage {
+    pub fn new(seed_procfs: bool) -> Self {
+        let boot = crate::lineage::read_boot_id().unwrap_or_default();
+        let mut table = crate::lineage::ProcessTable::new(boot).with_cgroupfs_root("/sys/fs/cgroup");
+        if seed_procfs {
+            let _ = table.seed_from_procfs(std::path::Path::new("/proc"));
+        }
+        TableLineage { table }
+    }
+
+    fn to_info(v: crate::lineage::ProcessView, tid: u32) -> ProcessInfo {
+        use crate::event::{Ancestor, Bytes};
+        ProcessInfo {
+            pid: v.pid,
+            tid,
+            ppid: v.ppid,
+            name: v.name.display(),
+            executable: Bytes(v.exe.as_bytes().to_vec()),
+            args: v.args.iter().map(|a| Bytes(a.as_bytes().to_vec())).collect(),
+            args_truncated: v.args_truncated,
+            uid: v.uid.unwrap_or(u32::MAX),
+            gid: v.gid.unwrap_or(u32::MAX),
+            euid: v.euid,
+            entity_id: v.entity_id,
+            exe_dev: crate::watch::kernel_dev(v.exe_dev),
+            exe_ino: v.exe_ino,
+            start_ns: v.start_ns,
+            cwd: v.cwd.map(|c| Bytes(c.as_bytes().to_vec())),
+            container_id: v.container_id,
+            systemd_unit: v.systemd_unit,
+            vm_name: v.vm.as_ref().and_then(|m| m.name.clone()),
+            vm_uuid: v.vm.as_ref().and_then(|m| m.uuid.clone()),
+            parent: v.parent.map(|p| Ancestor {
+                pid: p.pid,
+                name: p.name.display(),
+                executable: p.exe.display(),
+                entity_id: p.entity_id,
+            }),
+            ancestors: v
+                .ancestors
+                .into_iter()
+                .map(|a| Ancestor { pid: a.pid, name: a.name.display(), executable: a.exe.display(), entity_id: a.entity_id })
+                .collect(),
+        }
+    }
+}
+
+impl Lineage for TableLineage {
+    fn observe(&mut self, raw: &RawEvent) {
+        use crate::lineage::{ExecInfo, ExitInfo, ForkInfo};
+        match raw {
+            RawEvent::Fork(f) => self.table.observe_fork(&ForkInfo {
+                ts_ns: f.hdr.ts_ns,
+                parent_tgid: f.parent_tgid,
+                child_tgid: f.child_tgid,
+                child_start_ns: f.child_start_ns,
+            }),
+            RawEvent::Exec(e) => self.table.observe_exec(&ExecInfo {
+                ts_ns: e.hdr.ts_ns,
+                tgid: e.hdr.tgid,
+                ppid: e.ppid,
+                uid: e.hdr.uid,
+                euid: e.euid,
+                gid: e.hdr.gid,
+                start_ns: e.start_ns,
+                exe_path: crate::decode::cstr(&e.filename, e.filename_len as usize).to_vec(),
+                exe_dev: user_dev(e.exe.dev),
+                exe_ino: e.exe.ino,
+                argv: split_args(&e.args, e.args_len as usize),
+                comm: crate::decode::cstr(&e.hdr.comm, 16).to_vec(),
+                cgroup_id: e.cgroup_id,
+            }),
+            RawEvent::Exit(x) => self.table.observe_exit(&ExitInfo {
+                ts_ns: x.hdr.ts_ns,
+                tgid: x.hdr.tgid,
+                start_ns: x.start_ns,
+                exit_code: x.exit_code,
+            }),
+            _ => {}
+        }
+    }
+
+    fn process(&mut self, tgid: u32, tid: u32, ts_ns: u64, hdr: &snapmon_common::Header) -> ProcessInfo {
+        let view = match self.table.lookup(tgid, ts_ns) {
+            Some(v) => Some(v),
+            // First sight of a process (or its history was evicted): ask /proc once.
+            None if self.table.refresh_from_procfs(tgid) => self.table.lookup(tgid, ts_ns),
+            None => None,
+        };
+        match view {
+            Some(v) => Self::to_info(v, tid),
+            None => crate::enrich::header_process(hdr),
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::to_value(self.table.stats()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_buffer_splits_on_nul() {
+        assert_eq!(split_args(b"qemu-img\0snapshot\0-c\0s1\0", 24), vec![b"qemu-img".to_vec(), b"snapshot".to_vec(), b"-c".to_vec(), b"s1".to_vec()]);
+        assert_eq!(split_args(b"a\0b", 3), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert!(split_args(b"", 0).is_empty());
+    }
+
+    #[test]
+    fn dev_encodings_round_trip() {
+        let k = (253 << 20) | 3;
+        assert_eq!(crate::watch::kernel_dev(user_dev(k)), k);
+    }
 }

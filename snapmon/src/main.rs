@@ -8,6 +8,7 @@ mod decode;
 mod enrich;
 mod event;
 mod kernel;
+mod lineage;
 mod lineage_bridge;
 mod pipeline;
 mod record;
