@@ -85,6 +85,8 @@ pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
         );
     }
     let mut pipe = Pipeline::new(watch, &opts.policy);
+    let files: Vec<_> = pipe.enricher.watch.paths.iter().map(|(k, p)| (*k, p.clone())).collect();
+    pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
     pipe.enricher.process_events = opts.policy.agent.process_events;
 
     let started = StateRecord {

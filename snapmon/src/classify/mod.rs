@@ -55,10 +55,39 @@ impl Classification {
 
 /// Per-file format state kept between events.
 enum FileState {
-    Qcow2(Box<qcow2::Qcow2Shadow>),
+    Qcow2(Box<Qcow2State>),
     Lvm(Box<LvmState>),
     /// Looked at; not a format we model (yet). Re-checked when its first bytes change.
     Other,
+}
+
+struct Qcow2State {
+    shadow: qcow2::Qcow2Shadow,
+    /// Cluster where a new snapshot table is being written before the header points at it.
+    pending_table: Option<u64>,
+    /// Tables the header pointed at before its last flip (QEMU punches them right after).
+    retired_tables: Vec<(u64, u64)>,
+}
+
+/// Does a write's first bytes look like a snapshot-table entry for this image?
+/// QEMU writes a new table into free clusters before flipping the header pointer.
+fn looks_like_snapshot_entry(d: &[u8], h: &qcow2::Qcow2Header, file_len: u64) -> bool {
+    if d.len() < 40 {
+        return false;
+    }
+    let be64 = |o: usize| u64::from_be_bytes(d[o..o + 8].try_into().unwrap_or([0; 8]));
+    let be32 = |o: usize| u32::from_be_bytes(d[o..o + 4].try_into().unwrap_or([0; 4]));
+    let be16 = |o: usize| u16::from_be_bytes(d[o..o + 2].try_into().unwrap_or([0; 2]));
+    let (l1_off, l1_size, id_len, name_len, extra) = (be64(0), be32(8), be16(12), be16(14), be32(36));
+    let cs = h.cluster_size().max(512);
+    l1_off != 0
+        && l1_off % cs == 0
+        && l1_off < file_len.saturating_add(1 << 30)
+        && l1_size == h.l1_size
+        && (1..=64).contains(&id_len)
+        && name_len <= 1024
+        && extra <= 1024
+        && extra % 8 == 0
 }
 
 struct LvmState {
@@ -95,11 +124,17 @@ fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
 }
 
 fn load_state(path: &Path) -> FileState {
+    // Cheap sniff first: most files in a store are not worth a 1 MiB read.
+    let Ok(sniff) = read_prefix(path, 4096) else { return FileState::Other };
+    let lvm_label = sniff.windows(8).any(|w| w == b"LABELONE");
+    if !sniff.starts_with(b"QFI\xfb") && !lvm_label {
+        return FileState::Other;
+    }
     let Ok(head) = read_prefix(path, PROBE_BYTES) else { return FileState::Other };
     if head.starts_with(b"QFI\xfb") {
         if let Ok(mut f) = File::open(path) {
-            if let Ok(s) = qcow2::Qcow2Shadow::load(&mut f) {
-                return FileState::Qcow2(Box::new(s));
+            if let Ok(shadow) = qcow2::Qcow2Shadow::load(&mut f) {
+                return FileState::Qcow2(Box::new(Qcow2State { shadow, pending_table: None, retired_tables: Vec::new() }));
             }
         }
     }
@@ -179,34 +214,66 @@ impl Classifier {
             c.sample_entropy = Some((qcow2::shannon_entropy(&w.data) * 1000.0).round() / 1000.0);
         }
         let st = self.state.get_mut(&key)?;
+        // Nothing cut or written (ftruncate to the same size): no region.
         match st {
-            FileState::Qcow2(sh) => {
+            FileState::Qcow2(q) => {
                 c.format = "qcow2";
-                let spans = sh.image.classify(off, len.max(1));
-                for s in &spans {
-                    let l = s.region.as_label().into_owned();
-                    if c.regions.last() != Some(&l) {
-                        c.regions.push(l);
+                let sh = &mut q.shadow;
+                if len > 0 {
+                    for sp in sh.image.classify(off, len) {
+                        let l = sp.region.as_label().into_owned();
+                        if c.regions.last() != Some(&l) {
+                            c.regions.push(l);
+                        }
                     }
                 }
+                let cs = sh.image.cluster_size().max(512);
+                if c.regions == ["data"] && matches!(ev.action, "pwrite64" | "write" | "pwritev" | "pwritev2" | "writev" | "io_uring_write" | "aio_pwrite") {
+                    if looks_like_snapshot_entry(&w.data, &sh.image.header, sh.image.file_len) {
+                        q.pending_table = Some(off / cs);
+                    }
+                    if q.pending_table == Some(off / cs) {
+                        c.regions = vec!["snapshot_table".into()];
+                        c.facts.push(("snapshot_table".into(), "new table, not yet referenced by the header".into()));
+                    }
+                }
+                if c.regions == ["data"] && q.retired_tables.iter().any(|&(a, b)| off < b && off + len > a) {
+                    c.regions = vec!["snapshot_table".into()];
+                    c.facts.push(("snapshot_table".into(), "previous table, replaced by the last header update".into()));
+                }
                 let header_end = sh.raw.len() as u64;
-                let full_sample = w.data.len() as u64 == w.length && ev.action != "truncate";
-                if off < header_end && full_sample && !w.data.is_empty() {
+                let full_sample = w.data.len() as u64 == w.length && len > 0 && ev.action != "truncate";
+                if off < header_end && full_sample {
+                    // Exact and race-free: the bytes written, applied to the shadow.
                     if let Some(p) = sh.apply_header_write(off, &w.data) {
                         c.changes = p.changes.clone();
+                        let before = sh.image.clone();
                         if !sh.absorb(p) {
+                            // Pointers moved: re-read the structures they point at now.
                             self.stats.refreshes += 1;
-                            // Re-read to rebuild the map; the diff was already computed.
-                            if let Ok(mut fh) = File::open(path) {
-                                if let Ok(new) = qcow2::Qcow2Shadow::load(&mut fh) {
-                                    **sh = new;
+                            q.pending_table = None;
+                            let (old_off, old_len) = (before.header.snapshots_offset, before.snapshot_table_len);
+                            if old_off != 0 && old_off != sh.image.header.snapshots_offset {
+                                let end = old_off + old_len.max(1).div_ceil(cs) * cs;
+                                q.retired_tables.push((old_off, end));
+                                if q.retired_tables.len() > 4 {
+                                    q.retired_tables.remove(0);
                                 }
+                            }
+                            if let Some(new) = File::open(path).ok().and_then(|mut f| qcow2::Qcow2Shadow::load(&mut f).ok()) {
+                                for ch in qcow2::diff_images(&before, &new.image) {
+                                    if ch.field.starts_with("snapshot_") && !c.changes.contains(&ch) {
+                                        c.changes.push(ch);
+                                    }
+                                }
+                                *sh = new;
                             }
                         }
                     }
-                } else if c.touches_metadata() {
-                    // Large metadata rewrite (amend, rebase, commit): diff against the file.
+                } else if off < header_end && len > 0 && ev.action != "truncate" {
+                    // Whole-header rewrite (amend, rebase, commit): diff against the file.
                     self.stats.refreshes += 1;
+                    q.pending_table = None;
                     if let Ok(mut fh) = File::open(path) {
                         match sh.refresh(&mut fh) {
                             Ok(ch) => c.changes = ch,
@@ -251,6 +318,20 @@ impl Classifier {
             }
         }
         Some(c)
+    }
+
+    /// Load shadows for files that already exist, so the first change to them diffs
+    /// against their state before the agent started rather than after.
+    pub fn preload<'a>(&mut self, files: impl Iterator<Item = (&'a snapmon_common::FileKey, &'a std::path::PathBuf)>) {
+        for (k, p) in files {
+            let key = (k.dev, k.ino);
+            if !self.state.contains_key(&key) && p.is_file() {
+                let st = load_state(p);
+                if !matches!(st, FileState::Other) {
+                    self.remember(key, st);
+                }
+            }
+        }
     }
 
     /// Forget a file's shadow (unlinked, or replaced by rename).
