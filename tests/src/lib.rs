@@ -1,1 +1,217 @@
+//! Privileged end-to-end harness: start the real agent on a temp store, trigger real tools,
+//! then expect records from the triggering pid (pulsar's "trigger, then expect" shape).
+//!
+//! One agent per test binary (loading and verifying the programs takes seconds); every test
+//! gets its own subdirectory of the watched root, created before the agent starts.
 
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const TEST_DIRS: &[&str] = &[
+    "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs", "lineage", "mmap",
+    "copy", "names", "ioctl", "rules", "regions",
+];
+
+pub struct Agent {
+    child: Child,
+    pub root: PathBuf,
+    pub out: PathBuf,
+    pub started: Value,
+}
+
+fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SNAPMON_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    root.join("target/debug/snapmon")
+}
+
+static AGENT: OnceLock<Mutex<Agent>> = OnceLock::new();
+
+/// The shared agent (started on first use).
+pub fn agent() -> std::sync::MutexGuard<'static, Agent> {
+    AGENT
+        .get_or_init(|| Mutex::new(Agent::start().expect("agent failed to start")))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    fn start() -> anyhow::Result<Agent> {
+        assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root");
+        let root = std::env::temp_dir().join(format!("snapmon-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in TEST_DIRS {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        let out = root.with_extension("jsonl");
+        let _ = std::fs::remove_file(&out);
+        let mut cmd = Command::new(bin());
+        cmd.args(["run", "--format", "json", "--watch"])
+            .arg(&root)
+            .arg("--output")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // The agent must not outlive the test binary. PDEATHSIG follows the spawning *thread*,
+        // so spawn from a thread that lives as long as the process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(cmd.spawn());
+            loop {
+                std::thread::park();
+            }
+        });
+        let child = rx.recv()??;
+        let mut a = Agent { child, root, out, started: Value::Null };
+        a.started = a
+            .wait_for(Duration::from_secs(180), |v| v["event"]["kind"] == "state" && v["event"]["action"] == "started")
+            .ok_or_else(|| anyhow::anyhow!("no `started` record within 180 s"))?;
+        Ok(a)
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        assert!(TEST_DIRS.contains(&name), "add {name} to TEST_DIRS");
+        self.root.join(name)
+    }
+
+    /// All records so far.
+    pub fn records(&self) -> Vec<Value> {
+        let Ok(f) = std::fs::File::open(&self.out) else { return vec![] };
+        BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+    }
+
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.records().into_iter().find(|v| pred(v)) {
+                return Some(v);
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited early: {st}");
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until no new record arrives for `quiet`, then return the records matching `pred`.
+    pub fn settle(&mut self, quiet: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut n = self.records().len();
+        let mut since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while since.elapsed() < quiet && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let m = self.records().len();
+            if m != n {
+                n = m;
+                since = Instant::now();
+            }
+        }
+        self.records().into_iter().filter(|v| pred(v)).collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A finished trigger: the pid it ran as and its output.
+pub struct Ran {
+    pub pid: u32,
+    pub stdout: String,
+}
+
+/// Run a command to completion, failing the test if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> Ran {
+    let child = Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (run `cargo xtask setup`)"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ran { pid, stdout: String::from_utf8_lossy(&out.stdout).into_owned() }
+}
+
+/// Run a Python snippet (the "python writer" of the tests).
+pub fn python(code: &str) -> Ran {
+    run("python3", &["-c", code])
+}
+
+/// Is this record an event about `path` (file or target)?
+pub fn about(v: &Value, path: &Path) -> bool {
+    let p = path.to_string_lossy();
+    v["event"]["kind"] != "state"
+        && (v["file"]["path"].as_str() == Some(&p) || v["file"]["target_path"].as_str() == Some(&p))
+}
+
+pub fn action(v: &Value) -> &str {
+    v["event"]["action"].as_str().unwrap_or("")
+}
+
+pub fn regions(v: &Value) -> Vec<String> {
+    v["snapmon"]["classification"]["regions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+pub fn changes(v: &Value) -> Vec<String> {
+    v["snapmon"]["classification"]["changes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| format!("{}: {} → {}", c["field"].as_str().unwrap_or(""), c["before"].as_str().unwrap_or(""), c["after"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Summary of records for assertion messages.
+pub fn brief(vs: &[Value]) -> String {
+    vs.iter()
+        .map(|v| {
+            format!(
+                "{} {} @{}+{} pid={} {} {:?} {:?}",
+                action(v),
+                v["file"]["path"].as_str().unwrap_or("-"),
+                v["snapmon"]["write"]["offset"],
+                v["snapmon"]["write"]["length"],
+                v["process"]["pid"],
+                v["process"]["name"].as_str().unwrap_or(""),
+                regions(v),
+                changes(v)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

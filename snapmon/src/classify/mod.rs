@@ -242,42 +242,43 @@ impl Classifier {
                     c.facts.push(("snapshot_table".into(), "previous table, replaced by the last header update".into()));
                 }
                 let header_end = sh.raw.len() as u64;
-                let full_sample = w.data.len() as u64 == w.length && len > 0 && ev.action != "truncate";
-                if off < header_end && full_sample {
-                    // Exact and race-free: the bytes written, applied to the shadow.
-                    if let Some(p) = sh.apply_header_write(off, &w.data) {
+                let writes_bytes = ev.action != "truncate" && len > 0;
+                let full_sample = w.data.len() as u64 == w.length;
+                if off < header_end && writes_bytes {
+                    let before = sh.image.clone();
+                    // Exact and race-free: the bytes written (first DATA_LEN of them), applied.
+                    let patch = (!w.data.is_empty()).then(|| sh.apply_header_write(off, &w.data)).flatten();
+                    if let Some(p) = &patch {
                         c.changes = p.changes.clone();
-                        let before = sh.image.clone();
-                        if !sh.absorb(p) {
-                            // Pointers moved: re-read the structures they point at now.
-                            self.stats.refreshes += 1;
-                            q.pending_table = None;
-                            let (old_off, old_len) = (before.header.snapshots_offset, before.snapshot_table_len);
-                            if old_off != 0 && old_off != sh.image.header.snapshots_offset {
-                                let end = old_off + old_len.max(1).div_ceil(cs) * cs;
-                                q.retired_tables.push((old_off, end));
-                                if q.retired_tables.len() > 4 {
-                                    q.retired_tables.remove(0);
+                    }
+                    let absorbed = match patch {
+                        Some(p) if full_sample => sh.absorb(p),
+                        _ => false,
+                    };
+                    if !absorbed {
+                        // Pointers moved or the write was larger than the sample: re-read.
+                        self.stats.refreshes += 1;
+                        q.pending_table = None;
+                        let (old_off, old_len) = (before.header.snapshots_offset, before.snapshot_table_len);
+                        match File::open(path).map_err(qcow2::Qcow2Error::Io).and_then(|mut f| qcow2::Qcow2Shadow::load(&mut f)) {
+                            Ok(new) => {
+                                if old_off != 0 && old_off != new.image.header.snapshots_offset {
+                                    let end = old_off + old_len.max(1).div_ceil(cs) * cs;
+                                    q.retired_tables.push((old_off, end));
+                                    if q.retired_tables.len() > 4 {
+                                        q.retired_tables.remove(0);
+                                    }
                                 }
-                            }
-                            if let Some(new) = File::open(path).ok().and_then(|mut f| qcow2::Qcow2Shadow::load(&mut f).ok()) {
-                                for ch in qcow2::diff_images(&before, &new.image) {
-                                    if ch.field.starts_with("snapshot_") && !c.changes.contains(&ch) {
+                                let full = qcow2::diff_images(&before, &new.image);
+                                for ch in full {
+                                    let known = c.changes.iter().any(|x| x.field == ch.field);
+                                    if (!full_sample || ch.field.starts_with("snapshot_")) && !known {
                                         c.changes.push(ch);
                                     }
                                 }
                                 *sh = new;
                             }
-                        }
-                    }
-                } else if off < header_end && len > 0 && ev.action != "truncate" {
-                    // Whole-header rewrite (amend, rebase, commit): diff against the file.
-                    self.stats.refreshes += 1;
-                    q.pending_table = None;
-                    if let Ok(mut fh) = File::open(path) {
-                        match sh.refresh(&mut fh) {
-                            Ok(ch) => c.changes = ch,
-                            Err(e) => c.changes.push(Change::new("parse_error", "", e.to_string())),
+                            Err(e) => c.facts.push(("header_unparseable".into(), e.to_string())),
                         }
                     }
                 }
