@@ -25,8 +25,12 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
         return;
     }
     let fd = sc_arg(ctx, 0) as i64;
-    let Some(w) = watched_fd(current_task(), fd, true) else { return };
-    let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else { return };
+    let Some(w) = watched_fd(current_task(), fd, true) else {
+        return;
+    };
+    let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
+        return;
+    };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::Ioctl as u32);
     ev.fd = fd as i32;
@@ -37,7 +41,11 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
     // The _IOC size field says how much the kernel itself will read; copy at most that
     // (or the full window for size-less cmds), which also keeps garbage out.
     let size = ((ev.cmd >> 16) & 0x3fff) as u64;
-    let want = if size == 0 { IOCTL_ARG_LEN as u64 } else { size.max(IOCTL_ARG_LEN as u64) };
+    let want = if size == 0 {
+        IOCTL_ARG_LEN as u64
+    } else {
+        size.max(IOCTL_ARG_LEN as u64)
+    };
     ev.arg_len = copy_user::<IOCTL_ARG_LEN>(&mut ev.arg_data, ev.arg, want);
     if ev.arg_len == 0 {
         // Pointer near the end of a mapping: retry with just the declared size.

@@ -132,12 +132,22 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
     let inode = file_inode(file)?;
     let key = inode_key(inode)?;
     if WATCHED_FILES.get(&key).is_some() {
-        return Some(Watched { file, inode, key, is_dir: false });
+        return Some(Watched {
+            file,
+            inode,
+            key,
+            is_dir: false,
+        });
     }
     if dirs {
         if let Some(f) = WATCHED_DIRS.get(&key) {
             if *f & dir_flags::WATCHED != 0 {
-                return Some(Watched { file, inode, key, is_dir: true });
+                return Some(Watched {
+                    file,
+                    inode,
+                    key,
+                    is_dir: true,
+                });
             }
         }
     }

@@ -22,8 +22,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use snapmon_common::{
-    AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets,
-    NamespaceEvent, OpenStash,
+    AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets, NamespaceEvent,
+    OpenStash,
 };
 
 /// Field offsets from the running kernel's BTF, written by the loader.

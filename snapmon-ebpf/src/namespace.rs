@@ -29,7 +29,9 @@ fn enter() -> Option<*const u8> {
 #[inline(always)]
 unsafe fn ns_paths(op: NsOp, dirfd1: u64, p1: u64, dirfd2: u64, p2: u64, aux: u64, aux2: u64) {
     let Some(task) = enter() else { return };
-    let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else { return };
+    let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {
+        return;
+    };
     let ev = &mut *ev;
     let m1 = match_path(task, dirfd1 as i64, p1, &mut ev.path1);
     let mut flags = m1.flags;
@@ -65,8 +67,12 @@ unsafe fn ns_paths(op: NsOp, dirfd1: u64, p1: u64, dirfd2: u64, p2: u64, aux: u6
 #[inline(always)]
 unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     let Some(task) = enter() else { return };
-    let Some(w) = watched_fd(task, fd as i64, true) else { return };
-    let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else { return };
+    let Some(w) = watched_fd(task, fd as i64, true) else {
+        return;
+    };
+    let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {
+        return;
+    };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::Namespace as u32);
     ev.op = op as u16;
@@ -97,15 +103,43 @@ macro_rules! tp {
     };
 }
 
-tp!(sys_enter_unlink, |ctx| ns_paths(NsOp::Unlink, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, 0, 0));
+tp!(sys_enter_unlink, |ctx| ns_paths(
+    NsOp::Unlink,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    0,
+    0
+));
 tp!(sys_enter_unlinkat, |ctx| {
     const AT_REMOVEDIR: u64 = 0x200;
     let flag = sc_arg(&ctx, 2);
-    let op = if flag & AT_REMOVEDIR != 0 { NsOp::Rmdir } else { NsOp::Unlink };
+    let op = if flag & AT_REMOVEDIR != 0 {
+        NsOp::Rmdir
+    } else {
+        NsOp::Unlink
+    };
     ns_paths(op, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, flag, 0)
 });
-tp!(sys_enter_rmdir, |ctx| ns_paths(NsOp::Rmdir, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, 0, 0));
-tp!(sys_enter_rename, |ctx| ns_paths(NsOp::Rename, AT_FDCWD, sc_arg(&ctx, 0), AT_FDCWD, sc_arg(&ctx, 1), 0, 0));
+tp!(sys_enter_rmdir, |ctx| ns_paths(
+    NsOp::Rmdir,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    0,
+    0
+));
+tp!(sys_enter_rename, |ctx| ns_paths(
+    NsOp::Rename,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    AT_FDCWD,
+    sc_arg(&ctx, 1),
+    0,
+    0
+));
 tp!(sys_enter_renameat, |ctx| ns_paths(
     NsOp::Rename,
     sc_arg(&ctx, 0),
@@ -124,7 +158,15 @@ tp!(sys_enter_renameat2, |ctx| ns_paths(
     sc_arg(&ctx, 4),
     0
 ));
-tp!(sys_enter_link, |ctx| ns_paths(NsOp::Link, AT_FDCWD, sc_arg(&ctx, 0), AT_FDCWD, sc_arg(&ctx, 1), 0, 0));
+tp!(sys_enter_link, |ctx| ns_paths(
+    NsOp::Link,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    AT_FDCWD,
+    sc_arg(&ctx, 1),
+    0,
+    0
+));
 tp!(sys_enter_linkat, |ctx| ns_paths(
     NsOp::Link,
     sc_arg(&ctx, 0),
@@ -135,16 +177,93 @@ tp!(sys_enter_linkat, |ctx| ns_paths(
     0
 ));
 // symlink(target, linkpath): only linkpath names a place; target is content.
-tp!(sys_enter_symlink, |ctx| ns_paths(NsOp::Symlink, AT_FDCWD, sc_arg(&ctx, 1), 0, NONE, 0, 0));
-tp!(sys_enter_symlinkat, |ctx| ns_paths(NsOp::Symlink, sc_arg(&ctx, 1), sc_arg(&ctx, 2), 0, NONE, 0, 0));
-tp!(sys_enter_mkdir, |ctx| ns_paths(NsOp::Mkdir, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
-tp!(sys_enter_mkdirat, |ctx| ns_paths(NsOp::Mkdir, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
-tp!(sys_enter_chmod, |ctx| ns_paths(NsOp::Chmod, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
-tp!(sys_enter_fchmodat, |ctx| ns_paths(NsOp::Chmod, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
-tp!(sys_enter_fchmodat2, |ctx| ns_paths(NsOp::Chmod, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
-tp!(sys_enter_fchmod, |ctx| ns_fd(NsOp::Chmod, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0));
-tp!(sys_enter_chown, |ctx| ns_paths(NsOp::Chown, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), sc_arg(&ctx, 2)));
-tp!(sys_enter_lchown, |ctx| ns_paths(NsOp::Chown, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), sc_arg(&ctx, 2)));
+tp!(sys_enter_symlink, |ctx| ns_paths(
+    NsOp::Symlink,
+    AT_FDCWD,
+    sc_arg(&ctx, 1),
+    0,
+    NONE,
+    0,
+    0
+));
+tp!(sys_enter_symlinkat, |ctx| ns_paths(
+    NsOp::Symlink,
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2),
+    0,
+    NONE,
+    0,
+    0
+));
+tp!(sys_enter_mkdir, |ctx| ns_paths(
+    NsOp::Mkdir,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    sc_arg(&ctx, 1),
+    0
+));
+tp!(sys_enter_mkdirat, |ctx| ns_paths(
+    NsOp::Mkdir,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    0,
+    NONE,
+    sc_arg(&ctx, 2),
+    0
+));
+tp!(sys_enter_chmod, |ctx| ns_paths(
+    NsOp::Chmod,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    sc_arg(&ctx, 1),
+    0
+));
+tp!(sys_enter_fchmodat, |ctx| ns_paths(
+    NsOp::Chmod,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    0,
+    NONE,
+    sc_arg(&ctx, 2),
+    0
+));
+tp!(sys_enter_fchmodat2, |ctx| ns_paths(
+    NsOp::Chmod,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    0,
+    NONE,
+    sc_arg(&ctx, 2),
+    0
+));
+tp!(sys_enter_fchmod, |ctx| ns_fd(
+    NsOp::Chmod,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    0
+));
+tp!(sys_enter_chown, |ctx| ns_paths(
+    NsOp::Chown,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2)
+));
+tp!(sys_enter_lchown, |ctx| ns_paths(
+    NsOp::Chown,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2)
+));
 tp!(sys_enter_fchownat, |ctx| ns_paths(
     NsOp::Chown,
     sc_arg(&ctx, 0),
@@ -154,17 +273,62 @@ tp!(sys_enter_fchownat, |ctx| ns_paths(
     sc_arg(&ctx, 2),
     sc_arg(&ctx, 3)
 ));
-tp!(sys_enter_fchown, |ctx| ns_fd(NsOp::Chown, sc_arg(&ctx, 0), sc_arg(&ctx, 1), sc_arg(&ctx, 2)));
-tp!(sys_enter_truncate, |ctx| ns_paths(NsOp::Truncate, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, 0, sc_arg(&ctx, 1)));
+tp!(sys_enter_fchown, |ctx| ns_fd(
+    NsOp::Chown,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    sc_arg(&ctx, 2)
+));
+tp!(sys_enter_truncate, |ctx| ns_paths(
+    NsOp::Truncate,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    0,
+    sc_arg(&ctx, 1)
+));
 // utimensat(dfd, NULL, times, 0) is futimens(dfd).
 tp!(sys_enter_utimensat, |ctx| {
     let p = sc_arg(&ctx, 1);
     if p == 0 {
         ns_fd(NsOp::Utimes, sc_arg(&ctx, 0), sc_arg(&ctx, 2), 0)
     } else {
-        ns_paths(NsOp::Utimes, sc_arg(&ctx, 0), p, 0, NONE, sc_arg(&ctx, 2), sc_arg(&ctx, 3))
+        ns_paths(
+            NsOp::Utimes,
+            sc_arg(&ctx, 0),
+            p,
+            0,
+            NONE,
+            sc_arg(&ctx, 2),
+            sc_arg(&ctx, 3),
+        )
     }
 });
-tp!(sys_enter_utime, |ctx| ns_paths(NsOp::Utimes, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
-tp!(sys_enter_utimes, |ctx| ns_paths(NsOp::Utimes, AT_FDCWD, sc_arg(&ctx, 0), 0, NONE, sc_arg(&ctx, 1), 0));
-tp!(sys_enter_futimesat, |ctx| ns_paths(NsOp::Utimes, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, sc_arg(&ctx, 2), 0));
+tp!(sys_enter_utime, |ctx| ns_paths(
+    NsOp::Utimes,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    sc_arg(&ctx, 1),
+    0
+));
+tp!(sys_enter_utimes, |ctx| ns_paths(
+    NsOp::Utimes,
+    AT_FDCWD,
+    sc_arg(&ctx, 0),
+    0,
+    NONE,
+    sc_arg(&ctx, 1),
+    0
+));
+tp!(sys_enter_futimesat, |ctx| ns_paths(
+    NsOp::Utimes,
+    sc_arg(&ctx, 0),
+    sc_arg(&ctx, 1),
+    0,
+    NONE,
+    sc_arg(&ctx, 2),
+    0
+));

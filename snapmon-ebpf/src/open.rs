@@ -3,12 +3,17 @@
 //! Judged at syscall exit from the returned fd, so the decision uses the real file and its
 //! real parent directory (no path games); new files in watched dirs are watched at once.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use snapmon_common::{dir_flags, valid as v, EventKind, OpenStash, PATH_LEN};
 
 use crate::{
     emit::{copy_user_str, fill_header, output, sc_arg, sc_ret},
-    kernel::{current_task, dentry_inode, fd_to_file, file_inode, inode_key, inode_size, is_agent, off, rk, valid},
+    kernel::{
+        current_task, dentry_inode, fd_to_file, file_inode, inode_key, inode_size, is_agent, off,
+        rk, valid,
+    },
     OPEN_STASH, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
 };
 
@@ -27,7 +32,11 @@ fn stash(dirfd: u64, path: u64, flags: u64) {
     if is_agent((pid_tgid >> 32) as u32) {
         return;
     }
-    let s = OpenStash { path_ptr: path, flags: flags as u32, dirfd: dirfd as i32 };
+    let s = OpenStash {
+        path_ptr: path,
+        flags: flags as u32,
+        dirfd: dirfd as i32,
+    };
     let _ = OPEN_STASH.insert(&(pid_tgid as u32), &s, 0);
 }
 
@@ -53,7 +62,8 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     let how = sc_arg(&ctx, 2);
-    let flags: u64 = unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64).unwrap_or(0) };
+    let flags: u64 =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64).unwrap_or(0) };
     stash(sc_arg(&ctx, 0), sc_arg(&ctx, 1), flags);
     0
 }
@@ -61,7 +71,9 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 unsafe fn on_exit(ctx: &TracePointContext) {
     let tid = bpf_get_current_pid_tgid() as u32;
-    let Some(s) = OPEN_STASH.get(&tid) else { return };
+    let Some(s) = OPEN_STASH.get(&tid) else {
+        return;
+    };
     let s = *s;
     let _ = OPEN_STASH.remove(&tid);
     let fd = sc_ret(ctx);
@@ -69,14 +81,23 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         return;
     }
     let task = current_task();
-    let Some(file) = fd_to_file(task, fd) else { return };
-    let Some(inode) = file_inode(file) else { return };
+    let Some(file) = fd_to_file(task, fd) else {
+        return;
+    };
+    let Some(inode) = file_inode(file) else {
+        return;
+    };
     let Some(key) = inode_key(inode) else { return };
     let dentry: *const u8 = rk(file, off!(file_dentry)).unwrap_or(core::ptr::null());
     let parent: *const u8 = rk(dentry, off!(dentry_parent)).unwrap_or(core::ptr::null());
-    let pkey = dentry_inode(parent).and_then(|i| inode_key(i)).unwrap_or_default();
+    let pkey = dentry_inode(parent)
+        .and_then(|i| inode_key(i))
+        .unwrap_or_default();
     let file_watched = WATCHED_FILES.get(&key).is_some();
-    let parent_watched = WATCHED_DIRS.get(&pkey).map(|f| *f & dir_flags::WATCHED != 0).unwrap_or(false);
+    let parent_watched = WATCHED_DIRS
+        .get(&pkey)
+        .map(|f| *f & dir_flags::WATCHED != 0)
+        .unwrap_or(false);
     if !file_watched && !parent_watched {
         return;
     }
@@ -84,7 +105,9 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         // Watch it from now on, before its first write can reach us.
         let _ = WATCHED_FILES.insert(&key, &0, 0);
     }
-    let Some(ev) = SCRATCH_OPEN.get_ptr_mut(0) else { return };
+    let Some(ev) = SCRATCH_OPEN.get_ptr_mut(0) else {
+        return;
+    };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::FileOpen as u32);
     ev.fd = fd as i32;

@@ -9,7 +9,9 @@ use snapmon_common::{dir_flags, fnv1a_step, ns_flags, FileKey, FNV_OFFSET, PATH_
 
 use core::ptr::{read_volatile, write_volatile};
 
-use crate::{emit::copy_user_str, kernel::base_dir_key, PATH_STATE, WATCHED_DIRS, WATCHED_PREFIXES};
+use crate::{
+    emit::copy_user_str, kernel::base_dir_key, PATH_STATE, WATCHED_DIRS, WATCHED_PREFIXES,
+};
 
 pub struct PathMatch {
     pub flags: u16,
@@ -22,13 +24,24 @@ pub struct PathMatch {
 /// Loop-carried state lives in map memory (`PATH_STATE`, volatile) rather than registers: the
 /// verifier does not track map values, so every iteration's branches converge and prune.
 #[inline(always)]
-pub unsafe fn match_path(task: *const u8, dirfd: i64, uptr: u64, buf: &mut [u8; PATH_LEN]) -> PathMatch {
+pub unsafe fn match_path(
+    task: *const u8,
+    dirfd: i64,
+    uptr: u64,
+    buf: &mut [u8; PATH_LEN],
+) -> PathMatch {
     let len = copy_user_str::<PATH_LEN>(buf, uptr);
-    let mut m = PathMatch { flags: 0, len, base: FileKey::default() };
+    let mut m = PathMatch {
+        flags: 0,
+        len,
+        base: FileKey::default(),
+    };
     if len == 0 {
         return m;
     }
-    let Some(st) = PATH_STATE.get_ptr_mut(0) else { return m };
+    let Some(st) = PATH_STATE.get_ptr_mut(0) else {
+        return m;
+    };
     write_volatile(st, 0);
     if len as usize >= PATH_LEN - 1 {
         write_volatile(st, ns_flags::PATH1_TRUNCATED as u32);

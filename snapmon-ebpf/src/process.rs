@@ -60,7 +60,9 @@ unsafe fn on_exec(ctx: &BtfTracePointContext) {
     let task: *const u8 = ctx.arg(0);
     let old_pid: i32 = ctx.arg(1);
     let bprm: *const u8 = ctx.arg(2);
-    let Some(ev) = SCRATCH_EXEC.get_ptr_mut(0) else { return };
+    let Some(ev) = SCRATCH_EXEC.get_ptr_mut(0) else {
+        return;
+    };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::ProcessExec as u32);
     let parent: *const u8 = rk(task, off!(task_real_parent)).unwrap_or(core::ptr::null());
@@ -73,7 +75,9 @@ unsafe fn on_exec(ctx: &BtfTracePointContext) {
     let fname: *const u8 = rk(bprm, off!(bprm_filename)).unwrap_or(core::ptr::null());
     ev.filename_len = copy_kernel_str::<PATH_LEN>(&mut ev.filename, fname);
     let file: *const u8 = rk(bprm, off!(bprm_file)).unwrap_or(core::ptr::null());
-    ev.exe = file_inode(file).and_then(|i| inode_key(i)).unwrap_or_default();
+    ev.exe = file_inode(file)
+        .and_then(|i| inode_key(i))
+        .unwrap_or_default();
     ev.args_len = 0;
     ev.args_total = 0;
     if valid(v::ARGS) {
@@ -83,10 +87,15 @@ unsafe fn on_exec(ctx: &BtfTracePointContext) {
         if end > start {
             let total = end - start;
             ev.args_total = total as u32;
-            let mut n = if total > ARGS_LEN as u64 { ARGS_LEN as u32 } else { total as u32 };
+            let mut n = if total > ARGS_LEN as u64 {
+                ARGS_LEN as u32
+            } else {
+                total as u32
+            };
             n = core::hint::black_box(n) & (2 * ARGS_LEN as u32 - 1);
             if n > 0 && n <= ARGS_LEN as u32 {
-                let r = gen::bpf_probe_read_user(ev.args.as_mut_ptr() as *mut _, n, start as *const _);
+                let r =
+                    gen::bpf_probe_read_user(ev.args.as_mut_ptr() as *mut _, n, start as *const _);
                 if r == 0 {
                     ev.args_len = n;
                 }

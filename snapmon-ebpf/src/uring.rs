@@ -3,7 +3,9 @@
 //! io_uring writes never pass the write syscalls, so without this they would be invisible.
 //! Loaded as `io_uring_submit_req` (6.4+) or `io_uring_submit_sqe` (older) by the agent.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use snapmon_common::{valid as v, write_flags, WriteOp};
 
 use crate::{
@@ -35,7 +37,11 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
     let opcode: u8 = rk(req, off!(req_opcode)).unwrap_or(0);
     if !matches!(
         opcode,
-        IORING_OP_WRITEV | IORING_OP_WRITE_FIXED | IORING_OP_FALLOCATE | IORING_OP_WRITE | IORING_OP_FTRUNCATE
+        IORING_OP_WRITEV
+            | IORING_OP_WRITE_FIXED
+            | IORING_OP_FALLOCATE
+            | IORING_OP_WRITE
+            | IORING_OP_FTRUNCATE
     ) {
         return;
     }
@@ -50,23 +56,49 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
         return;
     }
     let fd: i32 = rk(req, off!(req_fd)).unwrap_or(-1);
-    let Some(w) = watched_fd(current_task(), fd as i64, false) else { return };
+    let Some(w) = watched_fd(current_task(), fd as i64, false) else {
+        return;
+    };
     match opcode {
         IORING_OP_FALLOCATE => {
             let offset: i64 = rk(req, off!(req_sync_off)).unwrap_or(-1);
             let len: u64 = rk(req, off!(req_sync_len)).unwrap_or(0);
             let mode: i32 = rk(req, off!(req_sync_mode)).unwrap_or(0);
-            emit_write(&w, fd as i64, WriteOp::IoUringFallocate, Pos::At(offset), len, mode as u64, 0, 0, 0);
+            emit_write(
+                &w,
+                fd as i64,
+                WriteOp::IoUringFallocate,
+                Pos::At(offset),
+                len,
+                mode as u64,
+                0,
+                0,
+                0,
+            );
         }
         IORING_OP_FTRUNCATE => {
             let len: i64 = rk(req, off!(req_rw_pos)).unwrap_or(0);
-            emit_write(&w, fd as i64, WriteOp::IoUringFtruncate, Pos::At(len), len as u64, 0, 0, 0, 0);
+            emit_write(
+                &w,
+                fd as i64,
+                WriteOp::IoUringFtruncate,
+                Pos::At(len),
+                len as u64,
+                0,
+                0,
+                0,
+                0,
+            );
         }
         _ => {
             let pos: i64 = rk(req, off!(req_rw_pos)).unwrap_or(-1);
             let len: u32 = rk(req, off!(req_rw_len)).unwrap_or(0);
             let addr: u64 = rk(req, off!(req_rw_addr)).unwrap_or(0);
-            let pos = if pos == -1 { Pos::Current } else { Pos::At(pos) };
+            let pos = if pos == -1 {
+                Pos::Current
+            } else {
+                Pos::At(pos)
+            };
             if opcode == IORING_OP_WRITEV {
                 // len is the iovec count here; sum what we can.
                 let mut total = 0u64;
@@ -78,11 +110,39 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
                 }
                 let first: u64 = bpf_probe_read_user(addr as *const u64).unwrap_or(0);
                 let firstlen: u64 = bpf_probe_read_user((addr + 8) as *const u64).unwrap_or(0);
-                let fl = if len > snapmon_common::IOV_MAX_SUMMED { write_flags::LEN_PARTIAL } else { 0 };
-                emit_write(&w, fd as i64, WriteOp::IoUringWritev, pos, total, opcode as u64, first, firstlen, fl);
+                let fl = if len > snapmon_common::IOV_MAX_SUMMED {
+                    write_flags::LEN_PARTIAL
+                } else {
+                    0
+                };
+                emit_write(
+                    &w,
+                    fd as i64,
+                    WriteOp::IoUringWritev,
+                    pos,
+                    total,
+                    opcode as u64,
+                    first,
+                    firstlen,
+                    fl,
+                );
             } else {
-                let op = if opcode == IORING_OP_WRITE_FIXED { WriteOp::IoUringWriteFixed } else { WriteOp::IoUringWrite };
-                emit_write(&w, fd as i64, op, pos, len as u64, opcode as u64, addr, len as u64, 0);
+                let op = if opcode == IORING_OP_WRITE_FIXED {
+                    WriteOp::IoUringWriteFixed
+                } else {
+                    WriteOp::IoUringWrite
+                };
+                emit_write(
+                    &w,
+                    fd as i64,
+                    op,
+                    pos,
+                    len as u64,
+                    opcode as u64,
+                    addr,
+                    len as u64,
+                    0,
+                );
             }
         }
     }

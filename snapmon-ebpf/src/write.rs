@@ -1,9 +1,7 @@
 //! Write-class syscall hooks: every way bytes, size or mappings of a watched file change.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use snapmon_common::{
-    write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, IOV_MAX_SUMMED,
-};
+use snapmon_common::{write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, IOV_MAX_SUMMED};
 
 use crate::{
     emit::{copy_user, fill_header, output, sc_arg},
@@ -32,7 +30,9 @@ pub unsafe fn emit_write(
     sample_len: u64,
     extra_flags: u16,
 ) {
-    let Some(ev) = SCRATCH_WRITE.get_ptr_mut(0) else { return };
+    let Some(ev) = SCRATCH_WRITE.get_ptr_mut(0) else {
+        return;
+    };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::FileWrite as u32);
     ev.op = op as u16;
@@ -80,7 +80,11 @@ fn enter() -> Option<*const u8> {
 unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, bool) {
     let mut total = 0u64;
     let mut first = 0u64;
-    let n = if cnt > IOV_MAX_SUMMED as u64 { IOV_MAX_SUMMED as u64 } else { cnt };
+    let n = if cnt > IOV_MAX_SUMMED as u64 {
+        IOV_MAX_SUMMED as u64
+    } else {
+        cnt
+    };
     for i in 0..IOV_MAX_SUMMED as u64 {
         if i >= n {
             break;
@@ -102,7 +106,17 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
         let fd = sc_arg(&ctx, 0) as i64;
         if let Some(w) = watched_fd(task, fd, false) {
             let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-            emit_write(&w, fd, WriteOp::Write, Pos::Current, count, 0, buf, count, 0);
+            emit_write(
+                &w,
+                fd,
+                WriteOp::Write,
+                Pos::Current,
+                count,
+                0,
+                buf,
+                count,
+                0,
+            );
         }
     }
     0
@@ -115,7 +129,17 @@ pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
         let fd = sc_arg(&ctx, 0) as i64;
         if let Some(w) = watched_fd(task, fd, false) {
             let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
-            emit_write(&w, fd, WriteOp::Pwrite, Pos::At(pos), count, 0, buf, count, 0);
+            emit_write(
+                &w,
+                fd,
+                WriteOp::Pwrite,
+                Pos::At(pos),
+                count,
+                0,
+                buf,
+                count,
+                0,
+            );
         }
     }
     0
@@ -125,7 +149,9 @@ pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
 unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp) {
     let Some(task) = enter() else { return };
     let fd = sc_arg(ctx, 0) as i64;
-    let Some(w) = watched_fd(task, fd, false) else { return };
+    let Some(w) = watched_fd(task, fd, false) else {
+        return;
+    };
     let (vec, cnt) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
     let (total, first, partial) = iov_sum(vec, cnt);
     let flags = if partial { write_flags::LEN_PARTIAL } else { 0 };
@@ -163,11 +189,24 @@ pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
 
 /// Destination-side copies: `(fd_in, off_in*, fd_out, off_out*, len, …)`.
 #[inline(always)]
-unsafe fn copy_into(ctx: &TracePointContext, op: WriteOp, out_arg: usize, off_arg: usize, len_arg: usize, in_arg: usize) {
+unsafe fn copy_into(
+    ctx: &TracePointContext,
+    op: WriteOp,
+    out_arg: usize,
+    off_arg: usize,
+    len_arg: usize,
+    in_arg: usize,
+) {
     let Some(task) = enter() else { return };
     let fd = sc_arg(ctx, out_arg) as i64;
-    let Some(w) = watched_fd(task, fd, false) else { return };
-    let offp = if off_arg == usize::MAX { 0 } else { sc_arg(ctx, off_arg) };
+    let Some(w) = watched_fd(task, fd, false) else {
+        return;
+    };
+    let offp = if off_arg == usize::MAX {
+        0
+    } else {
+        sc_arg(ctx, off_arg)
+    };
     let pos = if offp == 0 {
         Pos::Current
     } else {
@@ -203,7 +242,17 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
         let fd = sc_arg(&ctx, 0) as i64;
         if let Some(w) = watched_fd(task, fd, false) {
             let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
-            emit_write(&w, fd, WriteOp::Fallocate, Pos::At(offset), len, mode, 0, 0, 0);
+            emit_write(
+                &w,
+                fd,
+                WriteOp::Fallocate,
+                Pos::At(offset),
+                len,
+                mode,
+                0,
+                0,
+                0,
+            );
         }
     }
     0
@@ -216,7 +265,17 @@ pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
         let fd = sc_arg(&ctx, 0) as i64;
         if let Some(w) = watched_fd(task, fd, false) {
             let length = sc_arg(&ctx, 1);
-            emit_write(&w, fd, WriteOp::Ftruncate, Pos::At(length as i64), length, 0, 0, 0, 0);
+            emit_write(
+                &w,
+                fd,
+                WriteOp::Ftruncate,
+                Pos::At(length as i64),
+                length,
+                0,
+                0,
+                0,
+                0,
+            );
         }
     }
     0
@@ -236,7 +295,17 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
         let fd = sc_arg(&ctx, 4) as i64;
         if let Some(w) = watched_fd(task, fd, false) {
             let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
-            emit_write(&w, fd, WriteOp::MmapShared, Pos::At(off), len, (prot << 32) | (flags & 0xffff_ffff), 0, 0, 0);
+            emit_write(
+                &w,
+                fd,
+                WriteOp::MmapShared,
+                Pos::At(off),
+                len,
+                (prot << 32) | (flags & 0xffff_ffff),
+                0,
+                0,
+                0,
+            );
         }
     }
     0
@@ -254,23 +323,47 @@ pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
             if i >= nr {
                 break;
             }
-            let Ok(iocb) = bpf_probe_read_user((iocbpp + i * 8) as *const u64) else { break };
+            let Ok(iocb) = bpf_probe_read_user((iocbpp + i * 8) as *const u64) else {
+                break;
+            };
             let op: u16 = bpf_probe_read_user((iocb + 16) as *const u16).unwrap_or(0);
             if op != IOCB_CMD_PWRITE && op != IOCB_CMD_PWRITEV {
                 continue;
             }
             let fd: u32 = bpf_probe_read_user((iocb + 20) as *const u32).unwrap_or(u32::MAX);
-            let Some(w) = watched_fd(task, fd as i64, false) else { continue };
+            let Some(w) = watched_fd(task, fd as i64, false) else {
+                continue;
+            };
             let buf: u64 = bpf_probe_read_user((iocb + 24) as *const u64).unwrap_or(0);
             let nbytes: u64 = bpf_probe_read_user((iocb + 32) as *const u64).unwrap_or(0);
             let offset: i64 = bpf_probe_read_user((iocb + 40) as *const i64).unwrap_or(-1);
             if op == IOCB_CMD_PWRITE {
-                emit_write(&w, fd as i64, WriteOp::AioPwrite, Pos::At(offset), nbytes, i, buf, nbytes, 0);
+                emit_write(
+                    &w,
+                    fd as i64,
+                    WriteOp::AioPwrite,
+                    Pos::At(offset),
+                    nbytes,
+                    i,
+                    buf,
+                    nbytes,
+                    0,
+                );
             } else {
                 let (total, first, partial) = iov_sum(buf, nbytes);
                 let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
                 let firstlen: u64 = bpf_probe_read_user((buf + 8) as *const u64).unwrap_or(0);
-                emit_write(&w, fd as i64, WriteOp::AioPwritev, Pos::At(offset), total, i, first, firstlen, fl);
+                emit_write(
+                    &w,
+                    fd as i64,
+                    WriteOp::AioPwritev,
+                    Pos::At(offset),
+                    total,
+                    i,
+                    first,
+                    firstlen,
+                    fl,
+                );
             }
         }
     }

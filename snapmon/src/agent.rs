@@ -31,14 +31,20 @@ pub struct KernelMaps<'a> {
 
 impl WatchMaps for KernelMaps<'_> {
     fn add_file(&mut self, key: FileKey) -> Result<(), String> {
-        self.files.insert(key, 0, 0).map_err(|e| format!("watched-files map: {e}"))
+        self.files
+            .insert(key, 0, 0)
+            .map_err(|e| format!("watched-files map: {e}"))
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         let old = self.dirs.get(&key, 0).unwrap_or(0);
-        self.dirs.insert(key, old | flags, 0).map_err(|e| format!("watched-dirs map: {e}"))
+        self.dirs
+            .insert(key, old | flags, 0)
+            .map_err(|e| format!("watched-dirs map: {e}"))
     }
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
-        self.prefixes.insert(hash, 1, 0).map_err(|e| format!("watched-prefix map: {e}"))
+        self.prefixes
+            .insert(hash, 1, 0)
+            .map_err(|e| format!("watched-prefix map: {e}"))
     }
 }
 
@@ -50,7 +56,11 @@ pub struct RunOptions {
 }
 
 /// Register configured stores; missing optional ones are noted, not fatal.
-fn register(policy: &Policy, extra: &[PathBuf], maps: &mut dyn WatchMaps) -> anyhow::Result<(WatchSet, Vec<String>)> {
+fn register(
+    policy: &Policy,
+    extra: &[PathBuf],
+    maps: &mut dyn WatchMaps,
+) -> anyhow::Result<(WatchSet, Vec<String>)> {
     let mut ws = WatchSet::default();
     let mut notes = Vec::new();
     for s in &policy.stores {
@@ -62,7 +72,8 @@ fn register(policy: &Policy, extra: &[PathBuf], maps: &mut dyn WatchMaps) -> any
         }
     }
     for p in extra {
-        ws.add_root(p, maps).map_err(|e| anyhow::anyhow!("--watch {e}"))?;
+        ws.add_root(p, maps)
+            .map_err(|e| anyhow::anyhow!("--watch {e}"))?;
     }
     Ok((ws, notes))
 }
@@ -74,18 +85,31 @@ pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
         process_events: true,
     })?;
     let (watch, notes) = {
-        let mut maps = KernelMaps { files: &mut k.files, dirs: &mut k.dirs, prefixes: &mut k.prefixes };
+        let mut maps = KernelMaps {
+            files: &mut k.files,
+            dirs: &mut k.dirs,
+            prefixes: &mut k.prefixes,
+        };
         register(&opts.policy, &opts.extra_watch, &mut maps)?
     };
     let attached: Vec<_> = k.hooks.iter().filter(|h| h.attached_to.is_some()).collect();
     if attached.is_empty() {
         anyhow::bail!(
             "no eBPF hook could be attached: {}",
-            k.hooks.first().and_then(|h| h.error.clone()).unwrap_or_default()
+            k.hooks
+                .first()
+                .and_then(|h| h.error.clone())
+                .unwrap_or_default()
         );
     }
     let mut pipe = Pipeline::new(watch, &opts.policy);
-    let files: Vec<_> = pipe.enricher.watch.paths.iter().map(|(k, p)| (*k, p.clone())).collect();
+    let files: Vec<_> = pipe
+        .enricher
+        .watch
+        .paths
+        .iter()
+        .map(|(k, p)| (*k, p.clone()))
+        .collect();
     pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
     pipe.enricher.process_events = opts.policy.agent.process_events;
 
@@ -106,7 +130,11 @@ pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
         }),
     };
     for h in k.hooks.iter().filter(|h| h.error.is_some()) {
-        eprintln!("snapmon: hook {} not attached: {}", h.program, h.error.as_deref().unwrap_or(""));
+        eprintln!(
+            "snapmon: hook {} not attached: {}",
+            h.program,
+            h.error.as_deref().unwrap_or("")
+        );
     }
     if emit(&mut sinks, Record::State(started)).is_err() {
         return Ok(());
@@ -138,7 +166,10 @@ pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
         return Ok(());
     }
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &mut sinks);
-    let stopped = StateRecord { action: "stopped", detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats()}) };
+    let stopped = StateRecord {
+        action: "stopped",
+        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats()}),
+    };
     let _ = emit(&mut sinks, Record::State(stopped));
     Ok(())
 }
@@ -149,7 +180,12 @@ fn emit(sinks: &mut Sinks, r: Record) -> Result<(), BrokenPipe> {
 }
 
 /// Read everything queued, in batches, then flush once.
-fn drain(k: &mut Kernel, pipe: &mut Pipeline, sinks: &mut Sinks, buf: &mut Vec<Vec<u8>>) -> Result<(), BrokenPipe> {
+fn drain(
+    k: &mut Kernel,
+    pipe: &mut Pipeline,
+    sinks: &mut Sinks,
+    buf: &mut Vec<Vec<u8>>,
+) -> Result<(), BrokenPipe> {
     loop {
         buf.clear();
         while let Some(item) = k.events.next() {
@@ -162,7 +198,11 @@ fn drain(k: &mut Kernel, pipe: &mut Pipeline, sinks: &mut Sinks, buf: &mut Vec<V
             break;
         }
         for raw in buf.iter() {
-            let mut maps = KernelMaps { files: &mut k.files, dirs: &mut k.dirs, prefixes: &mut k.prefixes };
+            let mut maps = KernelMaps {
+                files: &mut k.files,
+                dirs: &mut k.dirs,
+                prefixes: &mut k.prefixes,
+            };
             for r in pipe.handle(raw, &mut maps) {
                 sinks.emit(&r)?;
             }
@@ -171,9 +211,19 @@ fn drain(k: &mut Kernel, pipe: &mut Pipeline, sinks: &mut Sinks, buf: &mut Vec<V
     sinks.flush()
 }
 
-fn report_loss(k: &Kernel, last: &mut [u64; 4], pipe: &mut Pipeline, sinks: &mut Sinks) -> Result<(), BrokenPipe> {
+fn report_loss(
+    k: &Kernel,
+    last: &mut [u64; 4],
+    pipe: &mut Pipeline,
+    sinks: &mut Sinks,
+) -> Result<(), BrokenPipe> {
     let now = k.lost_counts();
-    let names = ["ringbuf_full", "read_failed", "stash_full", "io_uring_fixed_file"];
+    let names = [
+        "ringbuf_full",
+        "read_failed",
+        "stash_full",
+        "io_uring_fixed_file",
+    ];
     let delta: serde_json::Map<_, _> = now
         .iter()
         .zip(last.iter())

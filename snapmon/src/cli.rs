@@ -13,7 +13,11 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "snapmon", version, about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF")]
+#[command(
+    name = "snapmon",
+    version,
+    about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -71,7 +75,8 @@ pub struct RunArgs {
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
-    Severity::parse(s).ok_or_else(|| format!("`{s}` is not one of info, low, medium, high, critical"))
+    Severity::parse(s)
+        .ok_or_else(|| format!("`{s}` is not one of info, low, medium, high, critical"))
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -108,16 +113,32 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         }
         None => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
     };
-    let format = a.format.unwrap_or(if is_tty { Format::Tail } else { Format::Json });
-    let filter = Filter { min_severity: a.min_severity, alerts_only: a.alerts_only, rules: a.rule, path_contains: a.path };
-    let name = a.output.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "stdout".into());
-    let sinks = Sinks { outputs: vec![Output::new(name, format, is_tty, filter, writer)], host: crate::sink::hostname() };
+    let format = a
+        .format
+        .unwrap_or(if is_tty { Format::Tail } else { Format::Json });
+    let filter = Filter {
+        min_severity: a.min_severity,
+        alerts_only: a.alerts_only,
+        rules: a.rule,
+        path_contains: a.path,
+    };
+    let name = a
+        .output
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "stdout".into());
+    let sinks = Sinks {
+        outputs: vec![Output::new(name, format, is_tty, filter, writer)],
+        host: crate::sink::hostname(),
+    };
     let opts = RunOptions {
         policy,
         policy_path: a.config,
         extra_watch: a.watch,
         status_interval: Duration::from_secs_f64(a.status_interval.clamp(0.05, 3600.0)),
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(agent::run(opts, sinks))
 }

@@ -50,7 +50,10 @@ fn default_rb() -> u32 {
 
 impl Default for AgentSection {
     fn default() -> Self {
-        AgentSection { ring_buffer_bytes: default_rb(), process_events: false }
+        AgentSection {
+            ring_buffer_bytes: default_rb(),
+            process_events: false,
+        }
     }
 }
 
@@ -66,18 +69,31 @@ pub struct Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}:{line}:{col}: {msg}")]
-    Parse { file: String, line: usize, col: usize, msg: String },
+    Parse {
+        file: String,
+        line: usize,
+        col: usize,
+        msg: String,
+    },
     #[error("{file}: {msg}")]
     Invalid { file: String, msg: String },
     #[error("{file}: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
 }
 
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -85,7 +101,12 @@ impl Policy {
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let p: Policy = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            ConfigError::Parse { file: file.into(), line, col, msg: e.message().to_string() }
+            ConfigError::Parse {
+                file: file.into(),
+                line,
+                col,
+                msg: e.message().to_string(),
+            }
         })?;
         p.validate(file)?;
         Ok(p)
@@ -93,9 +114,14 @@ impl Policy {
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let f = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| ConfigError::Io { file: f.clone(), source })?;
-        let text = String::from_utf8(text)
-            .map_err(|e| ConfigError::Invalid { file: f.clone(), msg: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()) })?;
+        let text = std::fs::read(path).map_err(|source| ConfigError::Io {
+            file: f.clone(),
+            source,
+        })?;
+        let text = String::from_utf8(text).map_err(|e| ConfigError::Invalid {
+            file: f.clone(),
+            msg: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        })?;
         Self::parse(&text, &f)
     }
 
@@ -104,14 +130,25 @@ impl Policy {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let bad = |msg: String| Err(ConfigError::Invalid { file: file.into(), msg });
+        let bad = |msg: String| {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                msg,
+            })
+        };
         for s in &self.stores {
             if !s.path.is_absolute() {
-                return bad(format!("store path `{}` must be absolute", s.path.display()));
+                return bad(format!(
+                    "store path `{}` must be absolute",
+                    s.path.display()
+                ));
             }
         }
         if !(4096..=1 << 30).contains(&self.agent.ring_buffer_bytes) {
-            return bad(format!("agent.ring_buffer_bytes {} is outside 4096..=1GiB", self.agent.ring_buffer_bytes));
+            return bad(format!(
+                "agent.ring_buffer_bytes {} is outside 4096..=1GiB",
+                self.agent.ring_buffer_bytes
+            ));
         }
         Ok(())
     }
@@ -124,9 +161,21 @@ mod tests {
     #[test]
     fn embedded_default_is_valid_and_watches_libvirt_and_lvm() {
         let p = Policy::embedded();
-        let paths: Vec<_> = p.stores.iter().map(|s| s.path.display().to_string()).collect();
-        for want in ["/var/lib/libvirt/images", "/var/lib/libvirt/qemu/snapshot", "/var/lib/libvirt/qemu/checkpoint", "/etc/lvm"] {
-            assert!(paths.iter().any(|p| p == want), "{want} missing from {paths:?}");
+        let paths: Vec<_> = p
+            .stores
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect();
+        for want in [
+            "/var/lib/libvirt/images",
+            "/var/lib/libvirt/qemu/snapshot",
+            "/var/lib/libvirt/qemu/checkpoint",
+            "/etc/lvm",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == want),
+                "{want} missing from {paths:?}"
+            );
         }
     }
 
@@ -134,7 +183,12 @@ mod tests {
     fn unknown_keys_report_line_and_column() {
         let text = "[agent]\nring_buffer_bytes = 65536\nbogus = 1\n";
         match Policy::parse(text, "p.toml") {
-            Err(ConfigError::Parse { file, line, col, msg }) => {
+            Err(ConfigError::Parse {
+                file,
+                line,
+                col,
+                msg,
+            }) => {
                 assert_eq!((file.as_str(), line, col), ("p.toml", 3, 1));
                 assert!(msg.contains("bogus"), "{msg}");
             }
@@ -144,8 +198,17 @@ mod tests {
 
     #[test]
     fn bad_types_and_values_are_errors() {
-        assert!(matches!(Policy::parse("[agent]\nring_buffer_bytes = \"x\"\n", "p"), Err(ConfigError::Parse { line: 2, .. })));
-        assert!(matches!(Policy::parse("[[store]]\npath = \"rel/x\"\n", "p"), Err(ConfigError::Invalid { .. })));
-        assert!(matches!(Policy::parse("[[store]]\npath = \"/x\"\nkind = \"floppy\"\n", "p"), Err(ConfigError::Parse { line: 3, .. })));
+        assert!(matches!(
+            Policy::parse("[agent]\nring_buffer_bytes = \"x\"\n", "p"),
+            Err(ConfigError::Parse { line: 2, .. })
+        ));
+        assert!(matches!(
+            Policy::parse("[[store]]\npath = \"rel/x\"\n", "p"),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Policy::parse("[[store]]\npath = \"/x\"\nkind = \"floppy\"\n", "p"),
+            Err(ConfigError::Parse { line: 3, .. })
+        ));
     }
 }

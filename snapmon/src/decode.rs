@@ -8,7 +8,11 @@ use snapmon_common::{
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {have} bytes is shorter than its {what} ({need} bytes)")]
-    Truncated { what: &'static str, need: usize, have: usize },
+    Truncated {
+        what: &'static str,
+        need: usize,
+        have: usize,
+    },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
 }
@@ -53,7 +57,11 @@ impl RawEvent {
 fn read<T: Copy>(buf: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if buf.len() < need {
-        return Err(DecodeError::Truncated { what, need, have: buf.len() });
+        return Err(DecodeError::Truncated {
+            what,
+            need,
+            have: buf.len(),
+        });
     }
     // SAFETY: length checked; the wire structs are repr(C) integers and byte arrays only.
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr() as *const T) })
@@ -87,7 +95,8 @@ mod tests {
 
     fn as_bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain-data struct.
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }.to_vec()
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+            .to_vec()
     }
 
     fn write_event() -> FileWriteEvent {
@@ -95,7 +104,11 @@ mod tests {
         e.hdr.kind = EventKind::FileWrite as u32;
         e.hdr.tgid = 42;
         e.op = WriteOp::Pwrite as u16;
-        e.file = FileKey { dev: 7, _pad: 0, ino: 1234 };
+        e.file = FileKey {
+            dev: 7,
+            _pad: 0,
+            ino: 1234,
+        };
         e.offset = 60;
         e.len = 12;
         e.data_len = 12;
@@ -108,7 +121,10 @@ mod tests {
         let bytes = as_bytes(&write_event());
         match decode(&bytes).unwrap() {
             RawEvent::Write(w) => {
-                assert_eq!((w.offset, w.len, w.file.ino, w.hdr.tgid), (60, 12, 1234, 42));
+                assert_eq!(
+                    (w.offset, w.len, w.file.ino, w.hdr.tgid),
+                    (60, 12, 1234, 42)
+                );
                 assert_eq!(&w.data[..4], &[0, 0, 0, 3]);
                 assert_eq!(w.data.len(), DATA_LEN);
             }
@@ -122,7 +138,10 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
         }
-        assert!(matches!(decode(&bytes[..10]), Err(DecodeError::Truncated { what: "header", .. })));
+        assert!(matches!(
+            decode(&bytes[..10]),
+            Err(DecodeError::Truncated { what: "header", .. })
+        ));
         let mut bad = bytes.clone();
         bad[..4].copy_from_slice(&999u32.to_le_bytes());
         assert_eq!(decode(&bad).unwrap_err(), DecodeError::UnknownKind(999));

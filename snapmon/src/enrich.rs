@@ -25,11 +25,16 @@ pub struct Clock {
 impl Clock {
     pub fn now() -> Self {
         let read = |id| {
-            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
             unsafe { libc::clock_gettime(id, &mut ts) };
             ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
         };
-        Clock { boot_to_unix_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME) }
+        Clock {
+            boot_to_unix_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME),
+        }
     }
     pub fn unix_ns(&self, boot_ns: u64) -> i128 {
         boot_ns as i128 + self.boot_to_unix_ns
@@ -72,7 +77,10 @@ pub fn fallocate_mode(mode: u64) -> Vec<&'static str> {
         (0x20, "insert_range"),
         (0x40, "unshare_range"),
     ];
-    BITS.iter().filter(|(b, _)| mode & b != 0).map(|(_, n)| *n).collect()
+    BITS.iter()
+        .filter(|(b, _)| mode & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
 }
 
 fn fallocate_action(mode: u64) -> &'static str {
@@ -111,10 +119,22 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn new(watch: WatchSet, lineage: Box<dyn Lineage>) -> Self {
-        Enricher { clock: Clock::now(), watch, lineage, stats: EnrichStats::default(), process_events: false }
+        Enricher {
+            clock: Clock::now(),
+            watch,
+            lineage,
+            stats: EnrichStats::default(),
+            process_events: false,
+        }
     }
 
-    fn base(&mut self, raw: &RawEvent, category: &'static str, ecs_type: &'static str, action: &'static str) -> Event {
+    fn base(
+        &mut self,
+        raw: &RawEvent,
+        category: &'static str,
+        ecs_type: &'static str,
+        action: &'static str,
+    ) -> Event {
         let h = raw.header();
         let process = self.lineage.process(h.tgid, h.pid, h.ts_ns, h);
         Event {
@@ -123,7 +143,11 @@ impl Enricher {
             category,
             ecs_type,
             action,
-            backend: if h.backend == 2 { "fentry" } else { "tracepoint" },
+            backend: if h.backend == 2 {
+                "fentry"
+            } else {
+                "tracepoint"
+            },
             process,
             ..Default::default()
         }
@@ -225,7 +249,11 @@ impl Enricher {
                 let mut ev = self.base(raw, "file", "info", "ioctl");
                 ev.file = Some(self.file(i.file, None));
                 let n = (i.arg_len as usize).min(i.arg_data.len());
-                ev.ioctl = Some(IoctlRaw { cmd: i.cmd, arg: i.arg, arg_data: i.arg_data[..n].to_vec() });
+                ev.ioctl = Some(IoctlRaw {
+                    cmd: i.cmd,
+                    arg: i.arg,
+                    arg_data: i.arg_data[..n].to_vec(),
+                });
                 ev
             }
         };
@@ -258,7 +286,11 @@ impl Enricher {
             (Some(self.file(n.base1, None)), None)
         } else {
             let p1 = self.resolve(cstr(&n.path1, n.path1_len as usize), n.base1, tgid);
-            let p2 = if n.path2_len > 0 { self.resolve(cstr(&n.path2, n.path2_len as usize), n.base2, tgid) } else { None };
+            let p2 = if n.path2_len > 0 {
+                self.resolve(cstr(&n.path2, n.path2_len as usize), n.base2, tgid)
+            } else {
+                None
+            };
             let in1 = p1.as_deref().is_some_and(|p| self.watch.covers(p));
             let in2 = p2.as_deref().is_some_and(|p| self.watch.covers(p));
             if !in1 && !in2 {
@@ -296,12 +328,16 @@ impl Enricher {
         ev.file = file;
         ev.target = target;
         match op {
-            Some(NsOp::Chmod) | Some(NsOp::Mkdir) => ev.detail.push(("mode", format!("{:#o}", n.aux))),
+            Some(NsOp::Chmod) | Some(NsOp::Mkdir) => {
+                ev.detail.push(("mode", format!("{:#o}", n.aux)))
+            }
             Some(NsOp::Chown) => {
                 ev.detail.push(("uid", (n.aux as u32 as i32).to_string()));
                 ev.detail.push(("gid", (n.aux2 as u32 as i32).to_string()));
             }
-            Some(NsOp::Rename) if n.aux != 0 => ev.detail.push(("rename_flags", format!("{:#x}", n.aux))),
+            Some(NsOp::Rename) if n.aux != 0 => {
+                ev.detail.push(("rename_flags", format!("{:#x}", n.aux)))
+            }
             Some(NsOp::Truncate) => ev.detail.push(("length", n.aux2.to_string())),
             _ => {}
         }
@@ -310,7 +346,11 @@ impl Enricher {
     }
 
     fn key_for(&self, p: &Path) -> Option<FileKey> {
-        self.watch.paths.iter().find(|(_, v)| v.as_path() == p).map(|(k, _)| *k)
+        self.watch
+            .paths
+            .iter()
+            .find(|(_, v)| v.as_path() == p)
+            .map(|(k, _)| *k)
     }
 }
 

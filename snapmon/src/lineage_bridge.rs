@@ -7,7 +7,13 @@ pub trait Lineage: Send {
     /// Feed every record (process records update the table; others may refresh it).
     fn observe(&mut self, raw: &RawEvent);
     /// The process image that was running `tgid` at `ts_ns` (CLOCK_BOOTTIME).
-    fn process(&mut self, tgid: u32, tid: u32, ts_ns: u64, hdr: &snapmon_common::Header) -> ProcessInfo;
+    fn process(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        ts_ns: u64,
+        hdr: &snapmon_common::Header,
+    ) -> ProcessInfo;
     /// Counters for the status line / metrics.
     fn stats(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -20,7 +26,13 @@ pub struct HeaderOnly;
 
 impl Lineage for HeaderOnly {
     fn observe(&mut self, _raw: &RawEvent) {}
-    fn process(&mut self, _tgid: u32, _tid: u32, _ts: u64, hdr: &snapmon_common::Header) -> ProcessInfo {
+    fn process(
+        &mut self,
+        _tgid: u32,
+        _tid: u32,
+        _ts: u64,
+        hdr: &snapmon_common::Header,
+    ) -> ProcessInfo {
         crate::enrich::header_process(hdr)
     }
 }
@@ -52,7 +64,8 @@ fn split_args(buf: &[u8], len: usize) -> Vec<Vec<u8>> {
 impl TableLineage {
     pub fn new(seed_procfs: bool) -> Self {
         let boot = crate::lineage::read_boot_id().unwrap_or_default();
-        let mut table = crate::lineage::ProcessTable::new(boot).with_cgroupfs_root("/sys/fs/cgroup");
+        let mut table =
+            crate::lineage::ProcessTable::new(boot).with_cgroupfs_root("/sys/fs/cgroup");
         if seed_procfs {
             let _ = table.seed_from_procfs(std::path::Path::new("/proc"));
         }
@@ -67,7 +80,11 @@ impl TableLineage {
             ppid: v.ppid,
             name: v.name.display(),
             executable: Bytes(v.exe.as_bytes().to_vec()),
-            args: v.args.iter().map(|a| Bytes(a.as_bytes().to_vec())).collect(),
+            args: v
+                .args
+                .iter()
+                .map(|a| Bytes(a.as_bytes().to_vec()))
+                .collect(),
             args_truncated: v.args_truncated,
             uid: v.uid.unwrap_or(u32::MAX),
             gid: v.gid.unwrap_or(u32::MAX),
@@ -90,7 +107,12 @@ impl TableLineage {
             ancestors: v
                 .ancestors
                 .into_iter()
-                .map(|a| Ancestor { pid: a.pid, name: a.name.display(), executable: a.exe.display(), entity_id: a.entity_id })
+                .map(|a| Ancestor {
+                    pid: a.pid,
+                    name: a.name.display(),
+                    executable: a.exe.display(),
+                    entity_id: a.entity_id,
+                })
                 .collect(),
         }
     }
@@ -131,7 +153,13 @@ impl Lineage for TableLineage {
         }
     }
 
-    fn process(&mut self, tgid: u32, tid: u32, ts_ns: u64, hdr: &snapmon_common::Header) -> ProcessInfo {
+    fn process(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        ts_ns: u64,
+        hdr: &snapmon_common::Header,
+    ) -> ProcessInfo {
         let view = match self.table.lookup(tgid, ts_ns) {
             Some(v) => Some(v),
             // First sight of a process (or its history was evicted): ask /proc once.
@@ -155,7 +183,15 @@ mod tests {
 
     #[test]
     fn argv_buffer_splits_on_nul() {
-        assert_eq!(split_args(b"qemu-img\0snapshot\0-c\0s1\0", 24), vec![b"qemu-img".to_vec(), b"snapshot".to_vec(), b"-c".to_vec(), b"s1".to_vec()]);
+        assert_eq!(
+            split_args(b"qemu-img\0snapshot\0-c\0s1\0", 24),
+            vec![
+                b"qemu-img".to_vec(),
+                b"snapshot".to_vec(),
+                b"-c".to_vec(),
+                b"s1".to_vec()
+            ]
+        );
         assert_eq!(split_args(b"a\0b", 3), vec![b"a".to_vec(), b"b".to_vec()]);
         assert!(split_args(b"", 0).is_empty());
     }

@@ -60,10 +60,16 @@ impl Pipeline {
             }
         };
         self.stats.decoded += 1;
-        let Some(mut ev) = self.enricher.enrich(&raw, maps) else { return Vec::new() };
+        let Some(mut ev) = self.enricher.enrich(&raw, maps) else {
+            return Vec::new();
+        };
         self.seq += 1;
         ev.seq = self.seq;
-        let path = ev.file.as_ref().and_then(|f| f.path.as_ref()).map(|p| p.as_path());
+        let path = ev
+            .file
+            .as_ref()
+            .and_then(|f| f.path.as_ref())
+            .map(|p| p.as_path());
         ev.classification = self.classifier.classify(&ev, path.as_deref());
         self.stats.events += 1;
         vec![Record::Event(ev)]
@@ -71,7 +77,10 @@ impl Pipeline {
 
     /// Decoder errors since the last call, by cause.
     pub fn take_decode_errors(&mut self) -> serde_json::Map<String, serde_json::Value> {
-        std::mem::take(&mut self.decode_errs).into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()
+        std::mem::take(&mut self.decode_errs)
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect()
     }
 
     pub fn stats(&self) -> serde_json::Value {

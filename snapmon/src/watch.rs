@@ -21,7 +21,11 @@ pub fn dev_display(kdev: u32) -> String {
 }
 
 pub fn key_of(md: &std::fs::Metadata) -> FileKey {
-    FileKey { dev: kernel_dev(md.dev()), _pad: 0, ino: md.ino() }
+    FileKey {
+        dev: kernel_dev(md.dev()),
+        _pad: 0,
+        ino: md.ino(),
+    }
 }
 
 /// Where the filter entries go: the kernel maps in production, memory in tests.
@@ -109,7 +113,9 @@ impl WatchSet {
         while let Some(a) = anc {
             if let Ok(m) = std::fs::metadata(a) {
                 maps.add_dir(key_of(&m), dir_flags::ANCESTOR)?;
-                self.paths.entry(key_of(&m)).or_insert_with(|| a.to_path_buf());
+                self.paths
+                    .entry(key_of(&m))
+                    .or_insert_with(|| a.to_path_buf());
             }
             anc = a.parent();
         }
@@ -121,7 +127,12 @@ impl WatchSet {
         }
     }
 
-    fn add_file(&mut self, p: &Path, md: &std::fs::Metadata, maps: &mut dyn WatchMaps) -> Result<(), String> {
+    fn add_file(
+        &mut self,
+        p: &Path,
+        md: &std::fs::Metadata,
+        maps: &mut dyn WatchMaps,
+    ) -> Result<(), String> {
         let key = key_of(md);
         maps.add_file(key)?;
         self.paths.insert(key, p.to_path_buf());
@@ -130,7 +141,12 @@ impl WatchSet {
     }
 
     /// Register a directory and everything below it (bounded).
-    pub fn add_tree(&mut self, dir: &Path, maps: &mut dyn WatchMaps, depth: usize) -> Result<(), String> {
+    pub fn add_tree(
+        &mut self,
+        dir: &Path,
+        maps: &mut dyn WatchMaps,
+        depth: usize,
+    ) -> Result<(), String> {
         let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let key = key_of(&md);
         if !self.dirs.insert(key) {
@@ -140,7 +156,9 @@ impl WatchSet {
         self.paths.insert(key, dir.to_path_buf());
         self.stats.dirs += 1;
         if depth >= MAX_DEPTH {
-            self.stats.skipped.push(format!("{}: deeper than {MAX_DEPTH} levels", dir.display()));
+            self.stats
+                .skipped
+                .push(format!("{}: deeper than {MAX_DEPTH} levels", dir.display()));
             return Ok(());
         }
         let rd = match std::fs::read_dir(dir) {
@@ -152,11 +170,16 @@ impl WatchSet {
         };
         for ent in rd.flatten() {
             if self.stats.files + self.stats.dirs >= MAX_ENTRIES {
-                self.stats.skipped.push(format!("{}: more than {MAX_ENTRIES} entries", dir.display()));
+                self.stats.skipped.push(format!(
+                    "{}: more than {MAX_ENTRIES} entries",
+                    dir.display()
+                ));
                 break;
             }
             let p = ent.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
             if m.is_dir() {
                 self.add_tree(&p, maps, depth + 1)?;
             } else if !m.file_type().is_symlink() {
@@ -197,7 +220,11 @@ impl WatchSet {
     pub fn renamed(&mut self, from: &Path, to: &Path) {
         for v in self.paths.values_mut() {
             if let Ok(rest) = v.strip_prefix(from) {
-                *v = if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) };
+                *v = if rest.as_os_str().is_empty() {
+                    to.to_path_buf()
+                } else {
+                    to.join(rest)
+                };
             }
         }
     }
@@ -239,7 +266,9 @@ mod tests {
     #[test]
     fn missing_root_is_an_error_not_a_panic() {
         let mut ws = WatchSet::default();
-        let e = ws.add_root(Path::new("/nonexistent/snapmon"), &mut MemMaps::default()).unwrap_err();
+        let e = ws
+            .add_root(Path::new("/nonexistent/snapmon"), &mut MemMaps::default())
+            .unwrap_err();
         assert!(e.contains("/nonexistent/snapmon"));
     }
 
@@ -248,7 +277,11 @@ mod tests {
         assert_eq!(normalize(Path::new("/a/./b//../c")), PathBuf::from("/a/c"));
         assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
         let mut ws = WatchSet::default();
-        let k = FileKey { dev: 1, _pad: 0, ino: 2 };
+        let k = FileKey {
+            dev: 1,
+            _pad: 0,
+            ino: 2,
+        };
         ws.learn(k, PathBuf::from("/s/dir/f"));
         ws.renamed(Path::new("/s/dir"), Path::new("/s/moved"));
         assert_eq!(ws.path_of(&k).unwrap(), Path::new("/s/moved/f"));

@@ -16,8 +16,8 @@ use std::{
 use serde_json::Value;
 
 pub const TEST_DIRS: &[&str] = &[
-    "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs", "lineage", "mmap",
-    "copy", "names", "ioctl", "rules", "regions",
+    "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
+    "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions",
 ];
 
 pub struct Agent {
@@ -79,9 +79,16 @@ impl Agent {
             }
         });
         let child = rx.recv()??;
-        let mut a = Agent { child, root, out, started: Value::Null };
+        let mut a = Agent {
+            child,
+            root,
+            out,
+            started: Value::Null,
+        };
         a.started = a
-            .wait_for(Duration::from_secs(180), |v| v["event"]["kind"] == "state" && v["event"]["action"] == "started")
+            .wait_for(Duration::from_secs(180), |v| {
+                v["event"]["kind"] == "state" && v["event"]["action"] == "started"
+            })
             .ok_or_else(|| anyhow::anyhow!("no `started` record within 180 s"))?;
         Ok(a)
     }
@@ -93,8 +100,14 @@ impl Agent {
 
     /// All records so far.
     pub fn records(&self) -> Vec<Value> {
-        let Ok(f) = std::fs::File::open(&self.out) else { return vec![] };
-        BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+        let Ok(f) = std::fs::File::open(&self.out) else {
+            return vec![];
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
     }
 
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
@@ -159,7 +172,10 @@ pub fn run(cmd: &str, args: &[&str]) -> Ran {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    Ran { pid, stdout: String::from_utf8_lossy(&out.stdout).into_owned() }
+    Ran {
+        pid,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
 }
 
 /// Run a Python snippet (the "python writer" of the tests).
@@ -181,7 +197,11 @@ pub fn action(v: &Value) -> &str {
 pub fn regions(v: &Value) -> Vec<String> {
     v["snapmon"]["classification"]["regions"]
         .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -190,7 +210,14 @@ pub fn changes(v: &Value) -> Vec<String> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|c| format!("{}: {} → {}", c["field"].as_str().unwrap_or(""), c["before"].as_str().unwrap_or(""), c["after"].as_str().unwrap_or("")))
+                .map(|c| {
+                    format!(
+                        "{}: {} → {}",
+                        c["field"].as_str().unwrap_or(""),
+                        c["before"].as_str().unwrap_or(""),
+                        c["after"].as_str().unwrap_or("")
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

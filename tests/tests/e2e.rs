@@ -31,27 +31,57 @@ fn started_record_lists_attached_hooks() {
         .filter(|h| h["attached_to"].is_string())
         .filter_map(|h| h["program"].as_str())
         .collect();
-    for want in ["sys_enter_pwrite64", "sys_enter_io_submit", "io_uring_submit_req", "sys_enter_fallocate", "sys_enter_renameat2", "sched_process_exec", "sys_enter_ioctl", "sys_enter_mmap"] {
+    for want in [
+        "sys_enter_pwrite64",
+        "sys_enter_io_submit",
+        "io_uring_submit_req",
+        "sys_enter_fallocate",
+        "sys_enter_renameat2",
+        "sched_process_exec",
+        "sys_enter_ioctl",
+        "sys_enter_mmap",
+    ] {
         assert!(attached.contains(&want), "{want} not attached: {hooks:?}");
     }
-    assert!(st["missing_kernel_fields"].as_array().is_some_and(|m| m.is_empty()), "{st}");
+    assert!(
+        st["missing_kernel_fields"]
+            .as_array()
+            .is_some_and(|m| m.is_empty()),
+        "{st}"
+    );
 }
 
 #[test]
 fn qemu_img_create_reports_header_writes_with_offsets() {
     let dir = agent().dir("create");
     let img = dir.join("vm1.qcow2");
-    let r = run("qemu-img", &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "16M"]);
+    let r = run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "16M"],
+    );
     let evs = events_about(&img);
-    let from_pid: Vec<_> = evs.iter().filter(|v| v["process"]["pid"] == r.pid).collect();
-    assert!(from_pid.iter().any(|v| action(v) == "create"), "{}", brief(&evs));
+    let from_pid: Vec<_> = evs
+        .iter()
+        .filter(|v| v["process"]["pid"] == r.pid)
+        .collect();
+    assert!(
+        from_pid.iter().any(|v| action(v) == "create"),
+        "{}",
+        brief(&evs)
+    );
     let w = from_pid
         .iter()
-        .find(|v| action(v) == "pwrite64" && v["snapmon"]["write"]["offset"] == 36 && v["snapmon"]["write"]["length"] == 12)
+        .find(|v| {
+            action(v) == "pwrite64"
+                && v["snapmon"]["write"]["offset"] == 36
+                && v["snapmon"]["write"]["length"] == 12
+        })
         .unwrap_or_else(|| panic!("no 12@36 write:\n{}", brief(&evs)));
     assert_eq!(w["process"]["name"], "qemu-img");
     assert_eq!(regions(w), vec!["header.l1_size", "header.l1_table_offset"]);
-    assert!(from_pid.iter().any(|v| v["snapmon"]["write"]["offset"] == 24 && v["snapmon"]["write"]["length"] == 8));
+    assert!(from_pid
+        .iter()
+        .any(|v| v["snapmon"]["write"]["offset"] == 24 && v["snapmon"]["write"]["length"] == 8));
 }
 
 #[test]
@@ -65,27 +95,55 @@ fn snapshot_create_and_delete_report_the_header_flip_and_diff() {
     let evs = events_about(&img);
     let flip = evs
         .iter()
-        .find(|v| v["process"]["pid"] == c.pid && v["snapmon"]["write"]["offset"] == 60 && v["snapmon"]["write"]["length"] == 12)
+        .find(|v| {
+            v["process"]["pid"] == c.pid
+                && v["snapmon"]["write"]["offset"] == 60
+                && v["snapmon"]["write"]["length"] == 12
+        })
         .unwrap_or_else(|| panic!("no 12@60 write from snapshot -c:\n{}", brief(&evs)));
     let ch = changes(flip);
     assert!(ch.contains(&"nb_snapshots: 1 → 2".to_string()), "{ch:?}");
-    assert!(ch.iter().any(|c| c.starts_with("snapshot_added: ") && c.ends_with("s2")), "{ch:?}");
-    assert!(evs.iter().any(|v| v["process"]["pid"] == c.pid && regions(v) == ["snapshot_table"]), "new table not labelled:\n{}", brief(&evs));
+    assert!(
+        ch.iter()
+            .any(|c| c.starts_with("snapshot_added: ") && c.ends_with("s2")),
+        "{ch:?}"
+    );
+    assert!(
+        evs.iter()
+            .any(|v| v["process"]["pid"] == c.pid && regions(v) == ["snapshot_table"]),
+        "new table not labelled:\n{}",
+        brief(&evs)
+    );
 
     let d = run("qemu-img", &["snapshot", "-d", "s2", s]);
-    let evs: Vec<_> = events_about(&img).into_iter().filter(|v| v["process"]["pid"] == d.pid).collect();
+    let evs: Vec<_> = events_about(&img)
+        .into_iter()
+        .filter(|v| v["process"]["pid"] == d.pid)
+        .collect();
     let flip = evs
         .iter()
         .find(|v| v["snapmon"]["write"]["offset"] == 60)
         .unwrap_or_else(|| panic!("no header write from snapshot -d:\n{}", brief(&evs)));
     let ch = changes(flip);
     assert!(ch.contains(&"nb_snapshots: 2 → 1".to_string()), "{ch:?}");
-    assert!(ch.iter().any(|c| c.starts_with("snapshot_removed: s2")), "{ch:?}");
+    assert!(
+        ch.iter().any(|c| c.starts_with("snapshot_removed: s2")),
+        "{ch:?}"
+    );
     let punch = evs
         .iter()
         .find(|v| action(v) == "punch_hole" && regions(v) == ["snapshot_table"])
-        .unwrap_or_else(|| panic!("old table punch not labelled snapshot_table:\n{}", brief(&evs)));
-    assert!(punch["snapmon"]["write"]["mode"].as_array().unwrap().iter().any(|m| m == "punch_hole"));
+        .unwrap_or_else(|| {
+            panic!(
+                "old table punch not labelled snapshot_table:\n{}",
+                brief(&evs)
+            )
+        });
+    assert!(punch["snapmon"]["write"]["mode"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "punch_hole"));
 }
 
 #[test]
@@ -93,19 +151,33 @@ fn python_pwrite_into_header_is_attributed_with_lineage_and_diff() {
     let dir = agent().dir("python");
     let img = qcow2(&dir, "vm1.qcow2", &["s1", "s2"]);
     events_about(&img);
-    let code = format!("import os; fd=os.open('{}', os.O_RDWR); os.pwrite(fd, b'\\0\\0\\0\\0', 60)", img.display());
+    let code = format!(
+        "import os; fd=os.open('{}', os.O_RDWR); os.pwrite(fd, b'\\0\\0\\0\\0', 60)",
+        img.display()
+    );
     let r = run("bash", &["-c", &format!("python3 -c \"{code}\"; true")]);
     let evs = events_about(&img);
     let w = evs
         .iter()
-        .find(|v| action(v) == "pwrite64" && v["snapmon"]["write"]["offset"] == 60 && v["snapmon"]["write"]["length"] == 4)
+        .find(|v| {
+            action(v) == "pwrite64"
+                && v["snapmon"]["write"]["offset"] == 60
+                && v["snapmon"]["write"]["length"] == 4
+        })
         .unwrap_or_else(|| panic!("no 4@60 write:\n{}", brief(&evs)));
     assert_eq!(w["process"]["name"], "python3");
-    assert_eq!(w["process"]["parent"]["pid"], r.pid, "parent should be the bash that ran it");
+    assert_eq!(
+        w["process"]["parent"]["pid"], r.pid,
+        "parent should be the bash that ran it"
+    );
     assert_eq!(w["process"]["parent"]["name"], "bash");
     let lineage = w["snapmon"]["process"]["lineage"].as_str().unwrap();
     assert!(lineage.starts_with("python3 ← bash"), "{lineage}");
-    assert!(changes(w).contains(&"nb_snapshots: 2 → 0".to_string()), "{:?}", changes(w));
+    assert!(
+        changes(w).contains(&"nb_snapshots: 2 → 0".to_string()),
+        "{:?}",
+        changes(w)
+    );
     assert_eq!(regions(w), vec!["header.nb_snapshots"]);
 }
 
@@ -114,7 +186,17 @@ fn dd_conv_notrunc_overwrite_is_a_write_at_offset_zero_with_high_entropy() {
     let dir = agent().dir("dd");
     let img = qcow2(&dir, "vm.qcow2", &[]);
     events_about(&img);
-    let r = run("dd", &["if=/dev/urandom", &format!("of={}", img.display()), "bs=512", "count=1", "conv=notrunc", "status=none"]);
+    let r = run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", img.display()),
+            "bs=512",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
     let evs = events_about(&img);
     let w = evs
         .iter()
@@ -123,9 +205,24 @@ fn dd_conv_notrunc_overwrite_is_a_write_at_offset_zero_with_high_entropy() {
     assert_eq!(w["snapmon"]["write"]["offset"], 0);
     assert_eq!(w["snapmon"]["write"]["length"], 512);
     assert_eq!(w["snapmon"]["write"]["offset_from_fpos"], true);
-    assert!(regions(w).first().is_some_and(|r| r == "header.magic"), "{:?}", regions(w));
-    assert!(w["snapmon"]["classification"]["sample_entropy"].as_f64().unwrap() > 7.0);
-    assert!(changes(w).iter().any(|c| c.starts_with("magic: QFI\\xfb → ")), "{:?}", changes(w));
+    assert!(
+        regions(w).first().is_some_and(|r| r == "header.magic"),
+        "{:?}",
+        regions(w)
+    );
+    assert!(
+        w["snapmon"]["classification"]["sample_entropy"]
+            .as_f64()
+            .unwrap()
+            > 7.0
+    );
+    assert!(
+        changes(w)
+            .iter()
+            .any(|c| c.starts_with("magic: QFI\\xfb → ")),
+        "{:?}",
+        changes(w)
+    );
 }
 
 #[test]
@@ -136,12 +233,31 @@ fn io_uring_writes_are_seen_at_submission() {
     events_about(&f);
     let r = run(
         "fio",
-        &["--name=u", "--thread", "--ioengine=io_uring", "--rw=randwrite", "--bs=4k", "--size=256k", "--io_size=64k", &format!("--filename={}", f.display()), "--output=/dev/null"],
+        &[
+            "--name=u",
+            "--thread",
+            "--ioengine=io_uring",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=256k",
+            "--io_size=64k",
+            &format!("--filename={}", f.display()),
+            "--output=/dev/null",
+        ],
     );
     let evs = events_about(&f);
-    let w: Vec<_> = evs.iter().filter(|v| action(v) == "io_uring_write" && v["process"]["pid"] == r.pid).collect();
-    assert!(w.len() >= 16, "expected ≥16 io_uring writes (64k/4k), got {}:\n{}", w.len(), brief(&evs));
-    assert!(w.iter().all(|v| v["snapmon"]["write"]["length"] == 4096 && v["snapmon"]["write"]["offset"].as_i64().unwrap() % 4096 == 0));
+    let w: Vec<_> = evs
+        .iter()
+        .filter(|v| action(v) == "io_uring_write" && v["process"]["pid"] == r.pid)
+        .collect();
+    assert!(
+        w.len() >= 16,
+        "expected ≥16 io_uring writes (64k/4k), got {}:\n{}",
+        w.len(),
+        brief(&evs)
+    );
+    assert!(w.iter().all(|v| v["snapmon"]["write"]["length"] == 4096
+        && v["snapmon"]["write"]["offset"].as_i64().unwrap() % 4096 == 0));
 }
 
 #[test]
@@ -152,7 +268,18 @@ fn linux_aio_writes_are_seen_per_iocb() {
     events_about(&f);
     let r = run(
         "fio",
-        &["--name=a", "--thread", "--ioengine=libaio", "--direct=1", "--iodepth=4", "--rw=write", "--bs=8k", "--size=64k", &format!("--filename={}", f.display()), "--output=/dev/null"],
+        &[
+            "--name=a",
+            "--thread",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=4",
+            "--rw=write",
+            "--bs=8k",
+            "--size=64k",
+            &format!("--filename={}", f.display()),
+            "--output=/dev/null",
+        ],
     );
     let evs = events_about(&f);
     let mut offs: Vec<i64> = evs
@@ -170,7 +297,17 @@ fn punch_hole_reports_offset_length_and_mode() {
     let dir = agent().dir("punch");
     let img = qcow2(&dir, "vm.qcow2", &["s1"]);
     events_about(&img);
-    let r = run("fallocate", &["--punch-hole", "--offset", "65536", "--length", "65536", img.to_str().unwrap()]);
+    let r = run(
+        "fallocate",
+        &[
+            "--punch-hole",
+            "--offset",
+            "65536",
+            "--length",
+            "65536",
+            img.to_str().unwrap(),
+        ],
+    );
     let evs = events_about(&img);
     let p = evs
         .iter()
@@ -178,7 +315,11 @@ fn punch_hole_reports_offset_length_and_mode() {
         .unwrap_or_else(|| panic!("no punch:\n{}", brief(&evs)));
     assert_eq!(p["snapmon"]["write"]["offset"], 65536);
     assert_eq!(p["snapmon"]["write"]["length"], 65536);
-    assert_eq!(regions(p), vec!["refcount"], "cluster 1 of a fresh image is the refcount table");
+    assert_eq!(
+        regions(p),
+        vec!["refcount"],
+        "cluster 1 of a fresh image is the refcount table"
+    );
 }
 
 #[test]
@@ -190,11 +331,17 @@ fn rename_and_unlink_in_a_watched_dir() {
     let mv = run("mv", &[a.to_str().unwrap(), b.to_str().unwrap()]);
     let rm = run("rm", &["-f", b.to_str().unwrap()]);
     let evs = agent().settle(QUIET, |v| about(v, &a) || about(v, &b));
-    let ren = evs.iter().find(|v| action(v) == "rename").unwrap_or_else(|| panic!("no rename:\n{}", brief(&evs)));
+    let ren = evs
+        .iter()
+        .find(|v| action(v) == "rename")
+        .unwrap_or_else(|| panic!("no rename:\n{}", brief(&evs)));
     assert_eq!(ren["file"]["path"], a.to_str().unwrap());
     assert_eq!(ren["file"]["target_path"], b.to_str().unwrap());
     assert_eq!(ren["process"]["pid"], mv.pid);
-    let un = evs.iter().find(|v| action(v) == "unlink").unwrap_or_else(|| panic!("no unlink:\n{}", brief(&evs)));
+    let un = evs
+        .iter()
+        .find(|v| action(v) == "unlink")
+        .unwrap_or_else(|| panic!("no unlink:\n{}", brief(&evs)));
     assert_eq!(un["file"]["path"], b.to_str().unwrap());
     assert_eq!(un["process"]["pid"], rm.pid);
 }
@@ -205,13 +352,26 @@ fn relative_and_unnormalized_paths_resolve_to_the_watched_file() {
     let f = dir.join("x.img");
     std::fs::write(&f, b"x").unwrap();
     // Relative to cwd, and an absolute path with "/./" and "//".
-    run("bash", &["-c", &format!("cd {} && mv x.img y.img", dir.display())]);
+    run(
+        "bash",
+        &["-c", &format!("cd {} && mv x.img y.img", dir.display())],
+    );
     let y = dir.join("y.img");
     let odd = format!("{}/.//y.img", dir.display());
     run("rm", &["-f", &odd]);
     let evs = agent().settle(QUIET, |v| about(v, &f) || about(v, &y));
-    assert!(evs.iter().any(|v| action(v) == "rename" && v["file"]["target_path"] == y.to_str().unwrap()), "{}", brief(&evs));
-    assert!(evs.iter().any(|v| action(v) == "unlink" && v["file"]["path"] == y.to_str().unwrap()), "{}", brief(&evs));
+    assert!(
+        evs.iter()
+            .any(|v| action(v) == "rename" && v["file"]["target_path"] == y.to_str().unwrap()),
+        "{}",
+        brief(&evs)
+    );
+    assert!(
+        evs.iter()
+            .any(|v| action(v) == "unlink" && v["file"]["path"] == y.to_str().unwrap()),
+        "{}",
+        brief(&evs)
+    );
 }
 
 #[test]
@@ -223,10 +383,16 @@ fn attribute_and_timestamp_changes_are_reported() {
     run("chmod", &["600", s]);
     run("touch", &["-d", "2001-01-01", s]);
     run("chown", &["1:1", s]);
-    python(&format!("import os; fd=os.open('{s}', os.O_RDWR); os.ftruncate(fd, 0)"));
+    python(&format!(
+        "import os; fd=os.open('{s}', os.O_RDWR); os.ftruncate(fd, 0)"
+    ));
     let evs = events_about(&f);
     for a in ["chmod", "utimes", "chown", "truncate"] {
-        assert!(evs.iter().any(|v| action(v) == a), "no {a}:\n{}", brief(&evs));
+        assert!(
+            evs.iter().any(|v| action(v) == a),
+            "no {a}:\n{}",
+            brief(&evs)
+        );
     }
     let ch = evs.iter().find(|v| action(v) == "chmod").unwrap();
     assert_eq!(ch["snapmon"]["detail"]["mode"], "0o600");
@@ -240,14 +406,23 @@ fn copied_binary_with_a_trusted_name_keeps_its_own_identity() {
     let copy = fake.join("qemu-img");
     std::fs::copy("/usr/bin/qemu-img", &copy).unwrap();
     let img = dir.join("vm.qcow2");
-    run(copy.to_str().unwrap(), &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "1M"]);
+    run(
+        copy.to_str().unwrap(),
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "1M"],
+    );
     let evs = events_about(&img);
-    let w = evs.iter().find(|v| action(v) == "pwrite64").unwrap_or_else(|| panic!("{}", brief(&evs)));
+    let w = evs
+        .iter()
+        .find(|v| action(v) == "pwrite64")
+        .unwrap_or_else(|| panic!("{}", brief(&evs)));
     assert_eq!(w["process"]["name"], "qemu-img");
     assert_eq!(w["process"]["executable"], copy.to_str().unwrap());
     let real = std::fs::metadata("/usr/bin/qemu-img").unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_ne!(w["snapmon"]["process"]["executable_identity"]["inode"], real.ino().to_string());
+    assert_ne!(
+        w["snapmon"]["process"]["executable_identity"]["inode"],
+        real.ino().to_string()
+    );
     let _ = std::fs::remove_dir_all(&fake);
 }
 
@@ -261,28 +436,61 @@ fn shared_writable_mmap_writev_and_copy_file_range_are_reported() {
         "import os, mmap\nfd=os.open('{s}', os.O_RDWR)\nm=mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ|mmap.PROT_WRITE)\nm[0:4]=b'ABCD'\nm.flush()\nos.writev(fd, [b'ab', b'cd'])\nos.pwritev(fd, [b'xy', b'z'], 100)\nsrc=os.open('/etc/hostname', os.O_RDONLY)\nos.copy_file_range(src, fd, 4, 0, 200)"
     ));
     let evs = events_about(&f);
-    let find = |a: &str| evs.iter().find(|v| action(v) == a).unwrap_or_else(|| panic!("no {a}:\n{}", brief(&evs)));
-    assert_eq!(find("mmap_shared_write")["snapmon"]["write"]["length"], 4096);
+    let find = |a: &str| {
+        evs.iter()
+            .find(|v| action(v) == a)
+            .unwrap_or_else(|| panic!("no {a}:\n{}", brief(&evs)))
+    };
+    assert_eq!(
+        find("mmap_shared_write")["snapmon"]["write"]["length"],
+        4096
+    );
     assert_eq!(find("writev")["snapmon"]["write"]["length"], 4);
     // glibc issues pwritev2 for os.pwritev.
-    let pv = evs.iter().find(|v| matches!(action(v), "pwritev" | "pwritev2")).unwrap_or_else(|| panic!("no pwritev:\n{}", brief(&evs)));
-    assert_eq!((pv["snapmon"]["write"]["offset"].as_i64(), pv["snapmon"]["write"]["length"].as_i64()), (Some(100), Some(3)));
+    let pv = evs
+        .iter()
+        .find(|v| matches!(action(v), "pwritev" | "pwritev2"))
+        .unwrap_or_else(|| panic!("no pwritev:\n{}", brief(&evs)));
+    assert_eq!(
+        (
+            pv["snapmon"]["write"]["offset"].as_i64(),
+            pv["snapmon"]["write"]["length"].as_i64()
+        ),
+        (Some(100), Some(3))
+    );
     let cfr = find("copy_file_range");
-    assert_eq!((cfr["snapmon"]["write"]["offset"].as_i64(), cfr["snapmon"]["write"]["length"].as_i64()), (Some(200), Some(4)));
+    assert_eq!(
+        (
+            cfr["snapmon"]["write"]["offset"].as_i64(),
+            cfr["snapmon"]["write"]["length"].as_i64()
+        ),
+        (Some(200), Some(4))
+    );
 }
 
 #[test]
 fn non_utf8_and_control_character_names_are_escaped_losslessly() {
     let dir = agent().dir("names");
-    let code = format!("import os; open(os.path.join(b'{}', b'bad\\xff\\x1b[31m.qcow2'), 'wb').write(b'x')", dir.display());
+    let code = format!(
+        "import os; open(os.path.join(b'{}', b'bad\\xff\\x1b[31m.qcow2'), 'wb').write(b'x')",
+        dir.display()
+    );
     python(&code);
-    let evs = agent().settle(QUIET, |v| v["file"]["directory"].as_str() == Some(dir.to_str().unwrap()));
-    let c = evs.iter().find(|v| action(v) == "create").unwrap_or_else(|| panic!("{}", brief(&evs)));
+    let evs = agent().settle(QUIET, |v| {
+        v["file"]["directory"].as_str() == Some(dir.to_str().unwrap())
+    });
+    let c = evs
+        .iter()
+        .find(|v| action(v) == "create")
+        .unwrap_or_else(|| panic!("{}", brief(&evs)));
     let p = c["file"]["path"].as_str().unwrap();
     assert!(p.ends_with("bad\\xff\\x1b[31m.qcow2"), "{p}");
     assert!(!p.contains('\x1b'));
     let hex = c["snapmon"]["file_path_hex"].as_str().unwrap();
-    let want: String = b"bad\xff\x1b[31m.qcow2".iter().map(|b| format!("{b:02x}")).collect();
+    let want: String = b"bad\xff\x1b[31m.qcow2"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert!(hex.ends_with(&want), "{hex}");
 }
 
@@ -296,18 +504,32 @@ fn ioctls_on_watched_files_carry_cmd_and_decoded_argument() {
     let evs = events_about(&f);
     let io = evs
         .iter()
-        .find(|v| action(v) == "ioctl" && v["process"]["pid"] == r.pid && v["snapmon"]["ioctl"]["cmd"] == "0x40086602")
+        .find(|v| {
+            action(v) == "ioctl"
+                && v["process"]["pid"] == r.pid
+                && v["snapmon"]["ioctl"]["cmd"] == "0x40086602"
+        })
         .unwrap_or_else(|| panic!("no FS_IOC_SETFLAGS:\n{}", brief(&evs)));
-    assert!(io["snapmon"]["ioctl"]["name"].as_str().unwrap().starts_with("FS_IOC_SETFLAGS"), "{}", io["snapmon"]["ioctl"]);
+    assert!(
+        io["snapmon"]["ioctl"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("FS_IOC_SETFLAGS"),
+        "{}",
+        io["snapmon"]["ioctl"]
+    );
 }
 
 #[test]
 fn writes_to_unwatched_files_produce_nothing() {
     let mut a = agent();
-    let other = std::env::temp_dir().join(format!("snapmon-unwatched-{}.qcow2", std::process::id()));
+    let other =
+        std::env::temp_dir().join(format!("snapmon-unwatched-{}.qcow2", std::process::id()));
     let s = other.to_str().unwrap().to_string();
     run("qemu-img", &["create", "-q", "-f", "qcow2", &s, "1M"]);
-    python(&format!("import os; fd=os.open('{s}', os.O_RDWR); os.pwrite(fd, b'xxxx', 60); os.ftruncate(fd, 0)"));
+    python(&format!(
+        "import os; fd=os.open('{s}', os.O_RDWR); os.pwrite(fd, b'xxxx', 60); os.ftruncate(fd, 0)"
+    ));
     run("rm", &["-f", &s]);
     let name = other.file_name().unwrap().to_str().unwrap().to_string();
     let evs = a.settle(QUIET, |v| v.to_string().contains(&name));

@@ -1,1 +1,123 @@
-fn main() {}
+//! xtask: setup, build, test and run helpers — the one entry point for developers and CI.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install everything the build and tests need (idempotent; fast when done).
+    Setup,
+    /// Build the agent (eBPF object embedded).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run all tests: unit tests, then the privileged end-to-end suite on this kernel.
+    Test {
+        /// Skip the privileged end-to-end suite.
+        #[arg(long)]
+        unit_only: bool,
+    },
+    /// Set up, build (release) and run the agent with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build { release } => build(release),
+        Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Run { args } => {
+            setup::setup()?;
+            build(true)?;
+            let bin = workspace().join("target/release/snapmon");
+            let args = if args.is_empty() {
+                vec!["run".to_string()]
+            } else {
+                args
+            };
+            let st = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", bin.display()))?;
+            std::process::exit(st.code().unwrap_or(1));
+        }
+    }
+}
+
+pub fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+pub fn check(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["build", "-p", "snapmon"]);
+    if release {
+        c.arg("--release");
+    }
+    check(&mut c)
+}
+
+fn test(unit_only: bool) -> anyhow::Result<()> {
+    setup::setup()?;
+    println!("== unit tests (default members)");
+    check(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "snapmon-e2e",
+        "--exclude",
+        "snapmon-ebpf",
+    ]))?;
+    if unit_only {
+        return Ok(());
+    }
+    println!(
+        "== privileged end-to-end tests on this kernel ({})",
+        kernel_release()
+    );
+    build(false)?;
+    // Serially: they share one agent and assert on pids.
+    check(
+        cargo()
+            .args(["test", "-p", "snapmon-e2e", "--", "--test-threads=1"])
+            .env("SNAPMON_BIN", workspace().join("target/debug/snapmon")),
+    )
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

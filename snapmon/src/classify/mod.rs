@@ -78,7 +78,8 @@ fn looks_like_snapshot_entry(d: &[u8], h: &qcow2::Qcow2Header, file_len: u64) ->
     let be64 = |o: usize| u64::from_be_bytes(d[o..o + 8].try_into().unwrap_or([0; 8]));
     let be32 = |o: usize| u32::from_be_bytes(d[o..o + 4].try_into().unwrap_or([0; 4]));
     let be16 = |o: usize| u16::from_be_bytes(d[o..o + 2].try_into().unwrap_or([0; 2]));
-    let (l1_off, l1_size, id_len, name_len, extra) = (be64(0), be32(8), be16(12), be16(14), be32(36));
+    let (l1_off, l1_size, id_len, name_len, extra) =
+        (be64(0), be32(8), be16(12), be16(14), be32(36));
     let cs = h.cluster_size().max(512);
     l1_off != 0
         && l1_off % cs == 0
@@ -125,23 +126,35 @@ fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
 
 fn load_state(path: &Path) -> FileState {
     // Cheap sniff first: most files in a store are not worth a 1 MiB read.
-    let Ok(sniff) = read_prefix(path, 4096) else { return FileState::Other };
+    let Ok(sniff) = read_prefix(path, 4096) else {
+        return FileState::Other;
+    };
     let lvm_label = sniff.windows(8).any(|w| w == b"LABELONE");
     if !sniff.starts_with(b"QFI\xfb") && !lvm_label {
         return FileState::Other;
     }
-    let Ok(head) = read_prefix(path, PROBE_BYTES) else { return FileState::Other };
+    let Ok(head) = read_prefix(path, PROBE_BYTES) else {
+        return FileState::Other;
+    };
     if head.starts_with(b"QFI\xfb") {
         if let Ok(mut f) = File::open(path) {
             if let Ok(shadow) = qcow2::Qcow2Shadow::load(&mut f) {
-                return FileState::Qcow2(Box::new(Qcow2State { shadow, pending_table: None, retired_tables: Vec::new() }));
+                return FileState::Qcow2(Box::new(Qcow2State {
+                    shadow,
+                    pending_table: None,
+                    retired_tables: Vec::new(),
+                }));
             }
         }
     }
     if let Ok(label) = lvm::parse_label(&head) {
         let mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
         let vg = lvm::metadata_text_from_device(&head).ok();
-        return FileState::Lvm(Box::new(LvmState { label: Some(label), mda, vg }));
+        return FileState::Lvm(Box::new(LvmState {
+            label: Some(label),
+            mda,
+            vg,
+        }));
     }
     FileState::Other
 }
@@ -163,7 +176,11 @@ fn lvm_changes(c: Vec<lvm::LvmChange>) -> Vec<Change> {
 
 impl Classifier {
     pub fn new(_policy: &crate::config::Policy) -> Self {
-        Classifier { state: HashMap::new(), order: Default::default(), stats: ClassifyStats::default() }
+        Classifier {
+            state: HashMap::new(),
+            order: Default::default(),
+            stats: ClassifyStats::default(),
+        }
     }
 
     fn remember(&mut self, key: (u32, u64), st: FileState) {
@@ -209,7 +226,10 @@ impl Classifier {
             self.remember(key, st);
         }
         let (off, len) = write_span(ev.action, w, f.size);
-        let mut c = Classification { format: "file", ..Default::default() };
+        let mut c = Classification {
+            format: "file",
+            ..Default::default()
+        };
         if off < 4096 && w.data.len() >= 64 {
             c.sample_entropy = Some((qcow2::shannon_entropy(&w.data) * 1000.0).round() / 1000.0);
         }
@@ -228,18 +248,39 @@ impl Classifier {
                     }
                 }
                 let cs = sh.image.cluster_size().max(512);
-                if c.regions == ["data"] && matches!(ev.action, "pwrite64" | "write" | "pwritev" | "pwritev2" | "writev" | "io_uring_write" | "aio_pwrite") {
+                if c.regions == ["data"]
+                    && matches!(
+                        ev.action,
+                        "pwrite64"
+                            | "write"
+                            | "pwritev"
+                            | "pwritev2"
+                            | "writev"
+                            | "io_uring_write"
+                            | "aio_pwrite"
+                    )
+                {
                     if looks_like_snapshot_entry(&w.data, &sh.image.header, sh.image.file_len) {
                         q.pending_table = Some(off / cs);
                     }
                     if q.pending_table == Some(off / cs) {
                         c.regions = vec!["snapshot_table".into()];
-                        c.facts.push(("snapshot_table".into(), "new table, not yet referenced by the header".into()));
+                        c.facts.push((
+                            "snapshot_table".into(),
+                            "new table, not yet referenced by the header".into(),
+                        ));
                     }
                 }
-                if c.regions == ["data"] && q.retired_tables.iter().any(|&(a, b)| off < b && off + len > a) {
+                if c.regions == ["data"]
+                    && q.retired_tables
+                        .iter()
+                        .any(|&(a, b)| off < b && off + len > a)
+                {
                     c.regions = vec!["snapshot_table".into()];
-                    c.facts.push(("snapshot_table".into(), "previous table, replaced by the last header update".into()));
+                    c.facts.push((
+                        "snapshot_table".into(),
+                        "previous table, replaced by the last header update".into(),
+                    ));
                 }
                 let header_end = sh.raw.len() as u64;
                 let writes_bytes = ev.action != "truncate" && len > 0;
@@ -247,7 +288,9 @@ impl Classifier {
                 if off < header_end && writes_bytes {
                     let before = sh.image.clone();
                     // Exact and race-free: the bytes written (first DATA_LEN of them), applied.
-                    let patch = (!w.data.is_empty()).then(|| sh.apply_header_write(off, &w.data)).flatten();
+                    let patch = (!w.data.is_empty())
+                        .then(|| sh.apply_header_write(off, &w.data))
+                        .flatten();
                     if let Some(p) = &patch {
                         c.changes = p.changes.clone();
                     }
@@ -259,8 +302,12 @@ impl Classifier {
                         // Pointers moved or the write was larger than the sample: re-read.
                         self.stats.refreshes += 1;
                         q.pending_table = None;
-                        let (old_off, old_len) = (before.header.snapshots_offset, before.snapshot_table_len);
-                        match File::open(path).map_err(qcow2::Qcow2Error::Io).and_then(|mut f| qcow2::Qcow2Shadow::load(&mut f)) {
+                        let (old_off, old_len) =
+                            (before.header.snapshots_offset, before.snapshot_table_len);
+                        match File::open(path)
+                            .map_err(qcow2::Qcow2Error::Io)
+                            .and_then(|mut f| qcow2::Qcow2Shadow::load(&mut f))
+                        {
                             Ok(new) => {
                                 if old_off != 0 && old_off != new.image.header.snapshots_offset {
                                     let end = old_off + old_len.max(1).div_ceil(cs) * cs;
@@ -272,7 +319,8 @@ impl Classifier {
                                 let full = qcow2::diff_images(&before, &new.image);
                                 for ch in full {
                                     let known = c.changes.iter().any(|x| x.field == ch.field);
-                                    if (!full_sample || ch.field.starts_with("snapshot_")) && !known {
+                                    if (!full_sample || ch.field.starts_with("snapshot_")) && !known
+                                    {
                                         c.changes.push(ch);
                                     }
                                 }
@@ -285,10 +333,11 @@ impl Classifier {
             }
             FileState::Lvm(l) => {
                 c.format = "lvm";
-                c.regions = lvm::classify_pv_write(l.label.as_ref(), l.mda.as_ref(), off, len.max(1))
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect();
+                c.regions =
+                    lvm::classify_pv_write(l.label.as_ref(), l.mda.as_ref(), off, len.max(1))
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
                 if c.regions.iter().any(|r| r != "lvm.data") {
                     self.stats.refreshes += 1;
                     if let Ok(head) = read_prefix(path, PROBE_BYTES) {
@@ -323,7 +372,10 @@ impl Classifier {
 
     /// Load shadows for files that already exist, so the first change to them diffs
     /// against their state before the agent started rather than after.
-    pub fn preload<'a>(&mut self, files: impl Iterator<Item = (&'a snapmon_common::FileKey, &'a std::path::PathBuf)>) {
+    pub fn preload<'a>(
+        &mut self,
+        files: impl Iterator<Item = (&'a snapmon_common::FileKey, &'a std::path::PathBuf)>,
+    ) {
         for (k, p) in files {
             let key = (k.dev, k.ino);
             if !self.state.contains_key(&key) && p.is_file() {
@@ -361,7 +413,11 @@ fn write_span(action: &str, w: &crate::event::WriteInfo, size: Option<u64>) -> (
 fn classify_ioctl(i: &crate::event::IoctlRaw) -> Classification {
     const FICLONE: u32 = 0x4004_9409;
     // FICLONE passes the source fd by value, not a pointer.
-    let arg: Vec<u8> = if i.cmd == FICLONE { (i.arg as u32).to_le_bytes().to_vec() } else { i.arg_data.clone() };
+    let arg: Vec<u8> = if i.cmd == FICLONE {
+        (i.arg as u32).to_le_bytes().to_vec()
+    } else {
+        i.arg_data.clone()
+    };
     let info = ioctl::decode_ioctl(i.cmd, &arg);
     Classification {
         format: info.family,
@@ -374,8 +430,12 @@ fn classify_ioctl(i: &crate::event::IoctlRaw) -> Classification {
 }
 
 fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) -> Classification {
-    let mut c = Classification { format: "libvirt", ..Default::default() };
-    c.facts.push(("kind".into(), format!("{:?}", lf.kind).to_lowercase()));
+    let mut c = Classification {
+        format: "libvirt",
+        ..Default::default()
+    };
+    c.facts
+        .push(("kind".into(), format!("{:?}", lf.kind).to_lowercase()));
     c.facts.push(("domain".into(), lf.domain.clone()));
     c.facts.push(("name".into(), lf.name.clone()));
     if lf.temp {
@@ -383,10 +443,16 @@ fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) 
     }
     // After the final rename the document is in place: read what it says.
     let readable = matches!(ev.action, "rename" | "create" | "link") || ev.write.is_some();
-    let target = ev.target.as_ref().and_then(|t| t.path.as_ref()).map(|p| p.as_path());
+    let target = ev
+        .target
+        .as_ref()
+        .and_then(|t| t.path.as_ref())
+        .map(|p| p.as_path());
     if readable {
         let p = target.as_deref().or(path);
-        if let Some(Ok(doc)) = p.map(|p| read_prefix(p, 1 << 20).map(|b| libvirt::parse_libvirt_xml(&b))) {
+        if let Some(Ok(doc)) =
+            p.map(|p| read_prefix(p, 1 << 20).map(|b| libvirt::parse_libvirt_xml(&b)))
+        {
             if let Ok(doc) = doc {
                 if let Some(parent) = doc.parent {
                     c.facts.push(("parent".into(), parent));
@@ -405,9 +471,20 @@ fn classify_lvm_file(ps: &str, ev: &Event, path: Option<&Path>) -> Option<Classi
     if !in_backup {
         return None;
     }
-    let mut c = Classification { format: "lvm-backup", ..Default::default() };
-    c.regions.push(if ps.starts_with("/etc/lvm/backup/") { "lvm.backup".into() } else { "lvm.archive".into() });
-    let target = ev.target.as_ref().and_then(|t| t.path.as_ref()).map(|p| p.as_path());
+    let mut c = Classification {
+        format: "lvm-backup",
+        ..Default::default()
+    };
+    c.regions.push(if ps.starts_with("/etc/lvm/backup/") {
+        "lvm.backup".into()
+    } else {
+        "lvm.archive".into()
+    });
+    let target = ev
+        .target
+        .as_ref()
+        .and_then(|t| t.path.as_ref())
+        .map(|p| p.as_path());
     let p = target.as_deref().or(path)?;
     if let Ok(b) = read_prefix(p, 4 << 20) {
         if let Ok(vg) = lvm::parse_metadata_text(&b) {

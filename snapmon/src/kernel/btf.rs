@@ -86,18 +86,27 @@ impl Btf {
         let hdr_len = u32_at(hdr, 4)? as usize;
         let (type_off, type_len) = (u32_at(hdr, 8)? as usize, u32_at(hdr, 12)? as usize);
         let (str_off, str_len) = (u32_at(hdr, 16)? as usize, u32_at(hdr, 20)? as usize);
-        let tstart = hdr_len.checked_add(type_off).ok_or(BtfError::Truncated("type offset"))?;
+        let tstart = hdr_len
+            .checked_add(type_off)
+            .ok_or(BtfError::Truncated("type offset"))?;
         let tsec = data
             .get(tstart..tstart.saturating_add(type_len))
             .ok_or(BtfError::Truncated("type section"))?;
-        let sstart = hdr_len.checked_add(str_off).ok_or(BtfError::Truncated("string offset"))?;
+        let sstart = hdr_len
+            .checked_add(str_off)
+            .ok_or(BtfError::Truncated("string offset"))?;
         let strings = data
             .get(sstart..sstart.saturating_add(str_len))
             .ok_or(BtfError::Truncated("string section"))?
             .to_vec();
 
         // Type id 0 is void.
-        let mut types = vec![Type { kind: 0, name: 0, refty: 0, members: vec![] }];
+        let mut types = vec![Type {
+            kind: 0,
+            name: 0,
+            refty: 0,
+            members: vec![],
+        }];
         let mut p = 0usize;
         while p + 12 <= tsec.len() {
             let id = types.len() as u32;
@@ -136,13 +145,24 @@ impl Btf {
                 KIND_DATASEC | KIND_ENUM64 => vlen * 12,
                 _ => return Err(BtfError::UnknownKind { kind, id }),
             };
-            p = p.checked_add(extra).ok_or(BtfError::Truncated("type entry"))?;
+            p = p
+                .checked_add(extra)
+                .ok_or(BtfError::Truncated("type entry"))?;
             if p > tsec.len() {
                 return Err(BtfError::Truncated("type entry"));
             }
-            types.push(Type { kind, name, refty: size_or_type, members });
+            types.push(Type {
+                kind,
+                name,
+                refty: size_or_type,
+                members,
+            });
         }
-        let mut btf = Btf { types, strings, structs_by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && t.name != 0 && !t.members.is_empty() {
                 let n = btf.name(t.name).to_string();
@@ -204,10 +224,11 @@ impl Btf {
         let mut bits = 0u32;
         for part in path.split('.') {
             let (off, ty, bitfield) =
-                self.find_member(id, part, 0).ok_or_else(|| BtfError::NoMember {
-                    strukt: strukt.to_string(),
-                    member: path.to_string(),
-                })?;
+                self.find_member(id, part, 0)
+                    .ok_or_else(|| BtfError::NoMember {
+                        strukt: strukt.to_string(),
+                        member: path.to_string(),
+                    })?;
             if bitfield || off % 8 != 0 {
                 return Err(BtfError::Bitfield(format!("{strukt}.{path}")));
             }
@@ -232,7 +253,11 @@ mod tests {
         let strings = b"\0int\0inner\0a\0b\0outer\0x\0u\0in\0".to_vec();
         let s = |n: &str| {
             let pat = format!("\0{n}\0");
-            strings.windows(pat.len()).position(|w| w == pat.as_bytes()).unwrap() as u32 + 1
+            strings
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap() as u32
+                + 1
         };
         let mut t = Vec::new();
         let mut push = |v: &[u32]| v.iter().for_each(|x| t.extend_from_slice(&x.to_le_bytes()));
@@ -250,7 +275,13 @@ mod tests {
         let mut out = Vec::new();
         out.extend_from_slice(&0xeb9fu16.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
-        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&t);
@@ -264,8 +295,14 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "x").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "u").unwrap(), 8);
         assert_eq!(btf.member_offset("outer", "in.b").unwrap(), 12);
-        assert!(matches!(btf.member_offset("outer", "nope"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.member_offset("missing", "x"), Err(BtfError::NoStruct(_))));
+        assert!(matches!(
+            btf.member_offset("outer", "nope"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.member_offset("missing", "x"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]

@@ -34,14 +34,30 @@ pub enum Attach {
 
 macro_rules! sc {
     ($name:literal, $covers:literal) => {
-        HookSpec { program: $name, attach: Attach::Syscall($name), covers: $covers }
+        HookSpec {
+            program: $name,
+            attach: Attach::Syscall($name),
+            covers: $covers,
+        }
     };
 }
 
 pub const HOOKS: &[HookSpec] = &[
-    HookSpec { program: "sched_process_fork", attach: Attach::Btf(&["sched_process_fork"]), covers: "process lineage" },
-    HookSpec { program: "sched_process_exec", attach: Attach::Btf(&["sched_process_exec"]), covers: "process lineage" },
-    HookSpec { program: "sched_process_exit", attach: Attach::Btf(&["sched_process_exit"]), covers: "process lineage" },
+    HookSpec {
+        program: "sched_process_fork",
+        attach: Attach::Btf(&["sched_process_fork"]),
+        covers: "process lineage",
+    },
+    HookSpec {
+        program: "sched_process_exec",
+        attach: Attach::Btf(&["sched_process_exec"]),
+        covers: "process lineage",
+    },
+    HookSpec {
+        program: "sched_process_exit",
+        attach: Attach::Btf(&["sched_process_exit"]),
+        covers: "process lineage",
+    },
     HookSpec {
         program: "io_uring_submit_req",
         attach: Attach::Btf(&["io_uring_submit_req", "io_uring_submit_sqe"]),
@@ -123,7 +139,10 @@ pub struct LoadOptions {
 }
 
 pub fn tracefs_root() -> Option<&'static str> {
-    TRACEFS.iter().copied().find(|p| std::path::Path::new(&format!("{p}/events/syscalls")).is_dir())
+    TRACEFS
+        .iter()
+        .copied()
+        .find(|p| std::path::Path::new(&format!("{p}/events/syscalls")).is_dir())
 }
 
 /// Preconditions, checked before touching the kernel, each as one clear sentence.
@@ -140,12 +159,16 @@ pub fn preflight() -> anyhow::Result<&'static str> {
 }
 
 fn syscall_arg_offsets(tracefs: &str) -> anyhow::Result<(u32, u32)> {
-    let enter = std::fs::read_to_string(format!("{tracefs}/events/syscalls/sys_enter_pwrite64/format"))
-        .context("reading the sys_enter_pwrite64 tracepoint format")?;
+    let enter = std::fs::read_to_string(format!(
+        "{tracefs}/events/syscalls/sys_enter_pwrite64/format"
+    ))
+    .context("reading the sys_enter_pwrite64 tracepoint format")?;
     let exit = std::fs::read_to_string(format!("{tracefs}/events/syscalls/sys_exit_openat/format"))
         .context("reading the sys_exit_openat tracepoint format")?;
-    let args = format_field_offset(&enter, "fd").context("no `fd` field in sys_enter_pwrite64 format")?;
-    let ret = format_field_offset(&exit, "ret").context("no `ret` field in sys_exit_openat format")?;
+    let args =
+        format_field_offset(&enter, "fd").context("no `fd` field in sys_enter_pwrite64 format")?;
+    let ret =
+        format_field_offset(&exit, "ret").context("no `ret` field in sys_exit_openat format")?;
     Ok((args, ret))
 }
 
@@ -155,7 +178,10 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let btf = Btf::parse(&btf_bytes).context("parsing kernel BTF")?;
     let (sc_args, sc_ret) = syscall_arg_offsets(tracefs)?;
     let (offsets, missing) = offsets::resolve(&btf, sc_args, sc_ret);
-    let config = AgentConfig { agent_tgid: std::process::id(), process_events: opts.process_events as u32 };
+    let config = AgentConfig {
+        agent_tgid: std::process::id(),
+        process_events: opts.process_events as u32,
+    };
     let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
     let mut ebpf = EbpfLoader::new()
         .set_global("OFFSETS", &offsets, true)
@@ -175,17 +201,35 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         }
         hooks.push(status);
     }
-    let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing from object"));
+    let take = |ebpf: &mut Ebpf, name: &str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("map {name} missing from object"))
+    };
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
     let files = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_FILES")?)?;
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
-    Ok(Kernel { ebpf, events, files, dirs, prefixes, lost, hooks, missing, offsets })
+    Ok(Kernel {
+        ebpf,
+        events,
+        files,
+        dirs,
+        prefixes,
+        lost,
+        hooks,
+        missing,
+        offsets,
+    })
 }
 
 fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec, btf: &AyaBtf) -> HookStatus {
-    let mut st = HookStatus { program: spec.program, attached_to: None, covers: spec.covers, error: None };
+    let mut st = HookStatus {
+        program: spec.program,
+        attached_to: None,
+        covers: spec.covers,
+        error: None,
+    };
     let Some(prog) = ebpf.program_mut(spec.program) else {
         st.error = Some("program missing from the eBPF object".into());
         return st;
@@ -222,10 +266,16 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec, btf: &AyaBtf) -> HookStatus {
 /// Keep the verifier log: it is the only useful explanation of a rejected program.
 fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
     match e {
-        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(12).collect();
-            anyhow::anyhow!("{io_error}; verifier: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+            anyhow::anyhow!(
+                "{io_error}; verifier: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
         }
         other => anyhow::Error::new(other),
     }

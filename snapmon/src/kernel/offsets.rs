@@ -26,16 +26,27 @@ fn first(btf: &Btf, cands: &[(&str, &str)]) -> Result<u32, String> {
 }
 
 pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Missing>) {
-    let mut o = KernelOffsets { sc_args, sc_ret, ..Default::default() };
+    let mut o = KernelOffsets {
+        sc_args,
+        sc_ret,
+        ..Default::default()
+    };
     let mut missing = Vec::new();
-    let mut group = |name: &'static str, bit: u32, effect: &'static str, fields: &mut [(&mut u32, &[(&str, &str)])]| {
+    let mut group = |name: &'static str,
+                     bit: u32,
+                     effect: &'static str,
+                     fields: &mut [(&mut u32, &[(&str, &str)])]| {
         let mut ok = true;
         for (slot, cands) in fields.iter_mut() {
             match first(btf, cands) {
                 Ok(v) => **slot = v,
                 Err(e) => {
                     ok = false;
-                    missing.push(Missing { group: name, field: e, effect });
+                    missing.push(Missing {
+                        group: name,
+                        field: e,
+                        effect,
+                    });
                 }
             }
         }
@@ -55,7 +66,10 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             (&mut o.file_pos, &[("file", "f_pos")]),
             (&mut o.file_flags, &[("file", "f_flags")]),
             (&mut o.file_mode, &[("file", "f_mode")]),
-            (&mut o.file_dentry, &[("file", "f_path.dentry"), ("file", "__f_path.dentry")]),
+            (
+                &mut o.file_dentry,
+                &[("file", "f_path.dentry"), ("file", "__f_path.dentry")],
+            ),
             (&mut o.inode_ino, &[("inode", "i_ino")]),
             (&mut o.inode_sb, &[("inode", "i_sb")]),
             (&mut o.inode_size, &[("inode", "i_size")]),
@@ -76,7 +90,13 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             (&mut o.task_pid, &[("task_struct", "pid")]),
             (&mut o.task_real_parent, &[("task_struct", "real_parent")]),
             (&mut o.task_cred, &[("task_struct", "cred")]),
-            (&mut o.task_start_boottime, &[("task_struct", "start_boottime"), ("task_struct", "real_start_time")]),
+            (
+                &mut o.task_start_boottime,
+                &[
+                    ("task_struct", "start_boottime"),
+                    ("task_struct", "real_start_time"),
+                ],
+            ),
             (&mut o.task_exit_code, &[("task_struct", "exit_code")]),
             (&mut o.cred_uid, &[("cred", "uid")]),
             (&mut o.cred_euid, &[("cred", "euid")]),
@@ -111,7 +131,14 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
         let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);
         let rw = |m: &str| first(btf, &[("io_rw", m)]);
         let sync = |m: &str| first(btf, &[("io_sync", m)]);
-        match (rw("kiocb.ki_pos"), rw("len"), rw("addr"), sync("off"), sync("len"), sync("mode")) {
+        match (
+            rw("kiocb.ki_pos"),
+            rw("len"),
+            rw("addr"),
+            sync("off"),
+            sync("len"),
+            sync("mode"),
+        ) {
             (Ok(pos), Ok(len), Ok(addr), Ok(soff), Ok(slen), Ok(smode)) => {
                 o.req_rw_pos = cmd + pos;
                 o.req_rw_len = cmd + len;
@@ -147,7 +174,9 @@ pub fn format_field_offset(format: &str, name: &str) -> Option<u32> {
         if ident != name {
             return None;
         }
-        let off = l.split(';').find_map(|p| p.trim().strip_prefix("offset:"))?;
+        let off = l
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
         off.trim().parse().ok()
     })
 }

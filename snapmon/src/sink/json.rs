@@ -83,7 +83,10 @@ fn file_json(f: &FileInfo, snap: &mut Map<String, Value>, hex_key: &str) -> Valu
         let path = p.as_path();
         o.insert("path".into(), json!(disp));
         if let Some(n) = path.file_name() {
-            o.insert("name".into(), json!(Bytes(n.as_encoded_bytes().to_vec()).display()));
+            o.insert(
+                "name".into(),
+                json!(Bytes(n.as_encoded_bytes().to_vec()).display()),
+            );
         }
         if let Some(d) = path.parent() {
             o.insert("directory".into(), json!(Bytes::from_path(d).display()));
@@ -163,7 +166,8 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         "lineage": p.lineage(),
     });
     if p.exe_ino != 0 {
-        sp["executable_identity"] = json!({"device": dev_display(p.exe_dev), "inode": p.exe_ino.to_string()});
+        sp["executable_identity"] =
+            json!({"device": dev_display(p.exe_dev), "inode": p.exe_ino.to_string()});
     }
     if let Some(u) = &p.systemd_unit {
         sp["systemd_unit"] = json!(u);
@@ -176,7 +180,10 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     }
     snap.insert("process".into(), sp);
     if let Some(w) = &e.write {
-        snap.insert("write".into(), serde_json::to_value(w).unwrap_or(Value::Null));
+        snap.insert(
+            "write".into(),
+            serde_json::to_value(w).unwrap_or(Value::Null),
+        );
     }
     if let Some(i) = &e.ioctl {
         let mut ij = json!({"cmd": format!("{:#010x}", i.cmd), "arg": format!("{:#x}", i.arg), "arg_captured": i.arg_data.len()});
@@ -191,10 +198,17 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         snap.insert("ioctl".into(), ij);
     }
     if let Some(c) = &e.classification {
-        snap.insert("classification".into(), serde_json::to_value(c).unwrap_or(Value::Null));
+        snap.insert(
+            "classification".into(),
+            serde_json::to_value(c).unwrap_or(Value::Null),
+        );
     }
     if !e.detail.is_empty() {
-        let d: Map<String, Value> = e.detail.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let d: Map<String, Value> = e
+            .detail
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         snap.insert("detail".into(), Value::Object(d));
     }
     root.insert("snapmon".into(), Value::Object(snap));
@@ -256,8 +270,14 @@ mod tests {
     #[test]
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
-        assert_eq!(rfc3339(1_795_887_000_123_000_000), "2026-11-28T17:30:00.123000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_887_000_123_000_000),
+            "2026-11-28T17:30:00.123000000Z"
+        );
     }
 
     #[test]
@@ -267,9 +287,23 @@ mod tests {
             ecs_type: "change",
             action: "pwrite64",
             backend: "tracepoint",
-            process: ProcessInfo { pid: 7, name: "python3".into(), ..Default::default() },
-            file: Some(FileInfo { path: Some(Bytes(b"/s/bad\xff\x1bname".to_vec())), dev: 1 << 20 | 3, ino: 99, size: Some(10) }),
-            write: Some(WriteInfo { op: "pwrite64", offset: 60, length: 12, ..Default::default() }),
+            process: ProcessInfo {
+                pid: 7,
+                name: "python3".into(),
+                ..Default::default()
+            },
+            file: Some(FileInfo {
+                path: Some(Bytes(b"/s/bad\xff\x1bname".to_vec())),
+                dev: 1 << 20 | 3,
+                ino: 99,
+                size: Some(10),
+            }),
+            write: Some(WriteInfo {
+                op: "pwrite64",
+                offset: 60,
+                length: 12,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let v = to_value(&Record::Event(e), "h");
@@ -280,7 +314,10 @@ mod tests {
         assert_eq!(v["file"]["device"], "1:3");
         assert_eq!(v["snapmon"]["write"]["offset"], 60);
         assert_eq!(v["snapmon"]["write"]["length"], 12);
-        assert_eq!(v["snapmon"]["file_path_hex"], Bytes(b"/s/bad\xff\x1bname".to_vec()).hex());
+        assert_eq!(
+            v["snapmon"]["file_path_hex"],
+            Bytes(b"/s/bad\xff\x1bname".to_vec()).hex()
+        );
         assert_eq!(v["process"]["pid"], 7);
         assert_eq!(v["snapmon"]["schema_version"], 1);
     }

@@ -33,7 +33,10 @@ impl Filter {
                     && self.path_ok(&a.event)
             }
             Record::Event(e) => {
-                !self.alerts_only && self.min_severity.is_none() && self.rules.is_empty() && self.path_ok(e)
+                !self.alerts_only
+                    && self.min_severity.is_none()
+                    && self.rules.is_empty()
+                    && self.path_ok(e)
             }
             Record::State(_) | Record::Metric(_) => true,
         }
@@ -42,7 +45,12 @@ impl Filter {
         if self.path_contains.is_empty() {
             return true;
         }
-        let p = e.file.as_ref().and_then(|f| f.path.as_ref()).map(|p| p.display()).unwrap_or_default();
+        let p = e
+            .file
+            .as_ref()
+            .and_then(|f| f.path.as_ref())
+            .map(|p| p.display())
+            .unwrap_or_default();
         self.path_contains.iter().any(|x| p.contains(x.as_str()))
     }
 }
@@ -70,8 +78,21 @@ pub struct Output {
 pub struct BrokenPipe;
 
 impl Output {
-    pub fn new(name: impl Into<String>, format: Format, colour: bool, filter: Filter, w: Box<dyn Write + Send>) -> Self {
-        Output { name: name.into(), format, colour, filter, writer: BufWriter::new(w), stats: SinkStats::default() }
+    pub fn new(
+        name: impl Into<String>,
+        format: Format,
+        colour: bool,
+        filter: Filter,
+        w: Box<dyn Write + Send>,
+    ) -> Self {
+        Output {
+            name: name.into(),
+            format,
+            colour,
+            filter,
+            writer: BufWriter::new(w),
+            stats: SinkStats::default(),
+        }
     }
 
     pub fn emit(&mut self, r: &Record, host: &str) -> Result<(), BrokenPipe> {
@@ -129,13 +150,23 @@ impl Sinks {
     }
     pub fn stats(&self) -> serde_json::Value {
         serde_json::Value::Object(
-            self.outputs.iter().map(|o| (o.name.clone(), serde_json::to_value(&o.stats).unwrap_or_default())).collect(),
+            self.outputs
+                .iter()
+                .map(|o| {
+                    (
+                        o.name.clone(),
+                        serde_json::to_value(&o.stats).unwrap_or_default(),
+                    )
+                })
+                .collect(),
         )
     }
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -157,11 +188,17 @@ mod tests {
 
     #[test]
     fn filters_by_severity_and_alerts_only() {
-        let f = Filter { min_severity: Some(Severity::High), ..Default::default() };
+        let f = Filter {
+            min_severity: Some(Severity::High),
+            ..Default::default()
+        };
         assert!(f.accepts(&alert(Severity::Critical)));
         assert!(!f.accepts(&alert(Severity::Medium)));
         assert!(!f.accepts(&Record::Event(Event::default())));
-        let f = Filter { alerts_only: true, ..Default::default() };
+        let f = Filter {
+            alerts_only: true,
+            ..Default::default()
+        };
         assert!(!f.accepts(&Record::Event(Event::default())));
         assert!(f.accepts(&alert(Severity::Info)));
     }
@@ -178,7 +215,13 @@ mod tests {
 
     #[test]
     fn broken_pipe_is_reported_for_a_quiet_exit() {
-        let mut o = Output::new("stdout", Format::Json, false, Filter::default(), Box::new(Closed));
+        let mut o = Output::new(
+            "stdout",
+            Format::Json,
+            false,
+            Filter::default(),
+            Box::new(Closed),
+        );
         // Buffered: the error surfaces at flush.
         assert!(o.emit(&Record::Event(Event::default()), "h").is_ok());
         assert!(o.flush().is_err());

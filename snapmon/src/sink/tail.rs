@@ -122,13 +122,27 @@ mod tests {
                 pid: 42,
                 name: "python3".into(),
                 ancestors: vec![
-                    Ancestor { name: "bash".into(), ..Default::default() },
-                    Ancestor { name: "sshd".into(), ..Default::default() },
+                    Ancestor {
+                        name: "bash".into(),
+                        ..Default::default()
+                    },
+                    Ancestor {
+                        name: "sshd".into(),
+                        ..Default::default()
+                    },
                 ],
                 ..Default::default()
             },
-            file: Some(FileInfo { path: Some(Bytes(b"/s/vm1\x1b[31m.qcow2".to_vec())), ..Default::default() }),
-            write: Some(WriteInfo { op: "pwrite64", offset: 60, length: 12, ..Default::default() }),
+            file: Some(FileInfo {
+                path: Some(Bytes(b"/s/vm1\x1b[31m.qcow2".to_vec())),
+                ..Default::default()
+            }),
+            write: Some(WriteInfo {
+                op: "pwrite64",
+                offset: 60,
+                length: 12,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
