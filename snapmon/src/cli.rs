@@ -30,6 +30,26 @@ pub enum Cmd {
     /// Policy file tools.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Offline integrity report for qcow2 images. Exit 0: no findings at --fail-on or
+    /// above; 1: findings; 2: an image could not be read.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Lowest finding severity that makes the exit status 1.
+        #[arg(long, default_value = "medium", value_parser = parse_finding_severity)]
+        fail_on: crate::classify::inspect::Severity,
+    },
+    /// Record SHA-256 and parsed header state of every image under DIRs.
+    Baseline {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compare images against a baseline file; exit 1 when anything changed or vanished.
+    Verify { baseline: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +94,22 @@ pub struct RunArgs {
     pub status_interval: f64,
 }
 
+fn parse_finding_severity(s: &str) -> Result<crate::classify::inspect::Severity, String> {
+    use crate::classify::inspect::Severity as S;
+    Ok(match s {
+        "info" => S::Info,
+        "low" => S::Low,
+        "medium" => S::Medium,
+        "high" => S::High,
+        "critical" => S::Critical,
+        _ => {
+            return Err(format!(
+                "`{s}` is not one of info, low, medium, high, critical"
+            ))
+        }
+    })
+}
+
 fn parse_severity(s: &str) -> Result<Severity, String> {
     Severity::parse(s)
         .ok_or_else(|| format!("`{s}` is not one of info, low, medium, high, critical"))
@@ -91,6 +127,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{DEFAULT_POLICY}");
             Ok(())
         }
+        Cmd::Inspect {
+            images,
+            json,
+            fail_on,
+        } => crate::offline::inspect(&images, json, fail_on),
+        Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
+        Cmd::Verify { baseline } => crate::offline::verify(&baseline),
     }
 }
 
