@@ -85,11 +85,17 @@ impl Agent {
             out,
             started: Value::Null,
         };
+        // Verifying the programs is CPU-bound: under emulation (`cargo xtask vm-test`) it can
+        // take several minutes, so the wait is configurable.
+        let secs = std::env::var("SNAPMON_E2E_START_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180);
         a.started = a
-            .wait_for(Duration::from_secs(180), |v| {
+            .wait_for(Duration::from_secs(secs), |v| {
                 v["event"]["kind"] == "state" && v["event"]["action"] == "started"
             })
-            .ok_or_else(|| anyhow::anyhow!("no `started` record within 180 s"))?;
+            .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
         Ok(a)
     }
 
