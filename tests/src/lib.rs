@@ -17,7 +17,8 @@ use serde_json::Value;
 
 pub const TEST_DIRS: &[&str] = &[
     "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
-    "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions",
+    "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
+    "storm",
 ];
 
 pub struct Agent {
@@ -27,7 +28,7 @@ pub struct Agent {
     pub started: Value,
 }
 
-fn bin() -> PathBuf {
+pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SNAPMON_BIN") {
         return PathBuf::from(p);
     }

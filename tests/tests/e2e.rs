@@ -535,3 +535,164 @@ fn writes_to_unwatched_files_produce_nothing() {
     let evs = a.settle(QUIET, |v| v.to_string().contains(&name));
     assert!(evs.is_empty(), "unwatched file reported:\n{}", brief(&evs));
 }
+
+#[test]
+fn qemu_savevm_is_attributed_to_the_vm_process_with_its_identity() {
+    let dir = agent().dir("qemu");
+    let img = qcow2(&dir, "guest.qcow2", &[]);
+    events_about(&img);
+    let uuid = "6b1c2f3e-1111-2222-3333-444455556666";
+    let drive = format!("file={},if=virtio,format=qcow2", img.display());
+    let sh = format!(
+        "printf 'savevm s1\\nquit\\n' | qemu-system-x86_64 -name guest=vmtest,debug-threads=on -uuid {uuid} -nodefaults -display none -accel tcg -m 64 -drive {drive} -monitor stdio >/dev/null"
+    );
+    run("bash", &["-c", &sh]);
+    let evs = events_about(&img);
+    let flip = evs
+        .iter()
+        .find(|v| v["snapmon"]["write"]["offset"] == 60 && v["snapmon"]["write"]["length"] == 12)
+        .unwrap_or_else(|| panic!("no header flip from savevm:\n{}", brief(&evs)));
+    assert_eq!(flip["process"]["name"], "qemu-system-x86_64");
+    assert_eq!(flip["snapmon"]["process"]["vm"]["name"], "vmtest");
+    assert_eq!(flip["snapmon"]["process"]["vm"]["uuid"], uuid);
+    assert!(
+        changes(flip).contains(&"nb_snapshots: 0 → 1".to_string()),
+        "{:?}",
+        changes(flip)
+    );
+    // QEMU writes from worker threads: attributed to the process, thread id kept.
+    let qemu_writes: Vec<_> = evs
+        .iter()
+        .filter(|v| v["process"]["name"] == "qemu-system-x86_64")
+        .collect();
+    let pid = &flip["process"]["pid"];
+    assert!(qemu_writes.iter().all(|v| &v["process"]["pid"] == pid));
+    assert!(
+        qemu_writes
+            .iter()
+            .any(|v| v["process"]["thread"]["id"] != *pid),
+        "expected worker-thread writes"
+    );
+}
+
+#[test]
+fn exec_replacing_the_image_is_attributed_by_time() {
+    let dir = agent().dir("exec");
+    let f = dir.join("state.img");
+    std::fs::write(&f, b"").unwrap();
+    let s = f.to_str().unwrap();
+    let r = run(
+        "bash",
+        &[
+            "-c",
+            &format!("echo before >> {s}; exec python3 -c \"open('{s}', 'ab').write(b'after')\""),
+        ],
+    );
+    let evs = events_about(&f);
+    let writes: Vec<_> = evs
+        .iter()
+        .filter(|v| action(v) == "write" && v["process"]["pid"] == r.pid)
+        .collect();
+    assert_eq!(writes.len(), 2, "{}", brief(&evs));
+    assert_eq!(writes[0]["process"]["name"], "bash");
+    assert_eq!(writes[1]["process"]["name"], "python3");
+    assert_ne!(
+        writes[0]["process"]["entity_id"],
+        writes[1]["process"]["entity_id"]
+    );
+    assert!(writes[1]["process"]["args"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("python3"));
+}
+
+#[test]
+fn pid_reuse_yields_a_new_entity_and_the_right_image() {
+    let dir = agent().dir("reuse");
+    let f = dir.join("log.img");
+    std::fs::write(&f, b"").unwrap();
+    let s = f.to_str().unwrap().to_string();
+    // Force the next pid with ns_last_pid (root), retrying if another process takes it first.
+    for _attempt in 0..20 {
+        let a = run(
+            "python3",
+            &["-c", &format!("open('{s}', 'ab').write(b'first')")],
+        );
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", a.pid - 1)).unwrap();
+        let b = run(
+            "dd",
+            &[
+                "if=/dev/zero",
+                &format!("of={s}"),
+                "bs=1",
+                "count=3",
+                "oflag=append",
+                "conv=notrunc",
+                "status=none",
+            ],
+        );
+        if b.pid != a.pid {
+            continue;
+        }
+        let evs = events_about(&f);
+        let mine: Vec<_> = evs
+            .iter()
+            .filter(|v| v["process"]["pid"] == a.pid && action(v) == "write")
+            .collect();
+        let first = mine
+            .iter()
+            .find(|v| v["process"]["name"] == "python3")
+            .unwrap_or_else(|| panic!("{}", brief(&evs)));
+        let second = mine
+            .iter()
+            .find(|v| v["process"]["name"] == "dd")
+            .unwrap_or_else(|| panic!("{}", brief(&evs)));
+        assert_ne!(
+            first["process"]["entity_id"],
+            second["process"]["entity_id"]
+        );
+        assert_eq!(second["process"]["executable"], "/usr/bin/dd");
+        return;
+    }
+    panic!("could not reproduce pid reuse in 20 attempts");
+}
+
+#[test]
+fn fork_storm_keeps_lineage_correct_and_loses_nothing() {
+    let dir = agent().dir("storm");
+    let f = dir.join("after.img");
+    std::fs::write(&f, b"").unwrap();
+    let s = f.to_str().unwrap();
+    let r = run("bash", &["-c", &format!("for i in $(seq 3000); do /bin/true; done; python3 -c \"open('{s}', 'ab').write(b'x')\"; true")]);
+    let evs = events_about(&f);
+    let w = evs
+        .iter()
+        .find(|v| action(v) == "write")
+        .unwrap_or_else(|| panic!("{}", brief(&evs)));
+    assert_eq!(w["process"]["name"], "python3");
+    assert_eq!(w["process"]["parent"]["pid"], r.pid);
+    assert_eq!(w["process"]["parent"]["name"], "bash");
+    let lost: Vec<_> = agent()
+        .records()
+        .into_iter()
+        .filter(|v| v["event"]["kind"] == "metric" && v["event"]["action"] == "lost")
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "agent lost records during the storm: {lost:?}"
+    );
+}
+
+#[test]
+fn refuses_to_start_without_root_with_one_clear_sentence() {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(snapmon_e2e::bin())
+        .args(["run", "--format", "json"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

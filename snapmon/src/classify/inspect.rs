@@ -953,8 +953,12 @@ mod tests {
 
     #[test]
     fn non_volatile_backing_not_flagged() {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("target-inspect-{}", std::process::id()));
+        // Must not be under /tmp (CI may clone there): /var/lib is neither volatile nor
+        // world-writable.
+        let dir = std::path::PathBuf::from(format!(
+            "/var/lib/snapmon-test-inspect-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let s = |n: &str| dir.join(n).display().to_string();
         qemu_img(&["create", "-q", "-f", "qcow2", &s("base.qcow2"), "16M"]);
