@@ -1,6 +1,7 @@
 //! xtask: setup, build, test and run helpers — the one entry point for developers and CI.
 
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -29,6 +30,24 @@ enum Cmd {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Run the end-to-end suites on stock Debian kernels under QEMU (TCG); see docs/vm-test.md.
+    VmTest {
+        /// Kernel series to boot (repeatable): 6.1, 6.12. Default: all.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Integration-test binaries of snapmon-e2e to run (repeatable): e2e, lvm. Default: all.
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Seconds one kernel may take, boot to power-off.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Seconds the harness waits for the agent's `started` record (verification is slow under TCG).
+        #[arg(long, default_value_t = 600)]
+        start_timeout: u64,
+        /// Arguments for the test binaries (a name filter, --exact …).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
     /// Set up, build (release) and run the agent with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -41,6 +60,19 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::Build { release } => build(release),
         Cmd::Test { unit_only } => test(unit_only),
+        Cmd::VmTest {
+            kernels,
+            tests,
+            timeout,
+            start_timeout,
+            test_args,
+        } => vm::vm_test(vm::Opts {
+            kernels,
+            timeout,
+            start_timeout,
+            tests,
+            test_args,
+        }),
         Cmd::Run { args } => {
             setup::setup()?;
             build(true)?;

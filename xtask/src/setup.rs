@@ -20,6 +20,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "busybox-static",
     "cpio",
+    "kmod",
+    "xz-utils",
     "rsyslog",
     "auditd",
 ];

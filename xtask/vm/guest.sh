@@ -1,0 +1,21 @@
+#!/bin/bash
+# snapmon vm-test: runs inside the guest's chroot of the host root. Loads the device-mapper
+# modules, then runs each test binary serially and prints a result marker per binary.
+set -u
+. /run/snapmon-vm.env
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+echo "SNAPMON-VM-GUEST $(uname -r) nproc=$(nproc) mem=$(awk '/MemTotal/{print $2}' /proc/meminfo)kB"
+for m in loop dm-mod dm-snapshot dm-thin-pool dm-bufio dm-persistent-data; do
+    modprobe "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
+done
+cd "$VM_WORKSPACE"
+for spec in $VM_TESTS; do
+    name=${spec%%=*}
+    bin=${spec#*=}
+    echo "SNAPMON-VM-BEGIN $name"
+    start=$(date +%s)
+    SNAPMON_BIN="$VM_SNAPMON_BIN" SNAPMON_E2E_START_TIMEOUT="$VM_START_TIMEOUT" SNAPMON_E2E_LVM=1 \
+        RUST_BACKTRACE=1 "$bin" --test-threads=1 $VM_TEST_ARGS 2>&1
+    rc=$?
+    echo "SNAPMON-VM-END $name rc=$rc secs=$(( $(date +%s) - start ))"
+done

@@ -1,0 +1,46 @@
+#!/bin/busybox sh
+# snapmon vm-test: PID 1 of the guest. Loads the 9p modules shipped in this initramfs, mounts the
+# host root read-only over virtio-9p and runs xtask/vm/guest.sh from it in a chroot with fresh
+# tmpfs/proc/sysfs/devtmpfs/tracefs/bpffs. Results go to the serial console; the host parses
+# the SNAPMON-VM-* markers and enforces the timeout.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+. /vm.env
+echo "SNAPMON-VM-BOOTED $(uname -r)"
+for m in $(cat /mods/order); do
+    insmod "/mods/$m.ko" || echo "SNAPMON-VM-WARN insmod $m failed"
+done
+R=/newroot
+mkdir -p $R
+# cache=loose: the host root does not change during a run, and TCG makes every 9p walk costly.
+if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot $R; then
+    echo "SNAPMON-VM-FATAL cannot mount the host root over 9p"
+    poweroff -f
+fi
+for d in tmp run var/tmp dev/shm; do mount -t tmpfs tmpfs $R/$d 2>/dev/null || true; done
+mount -t proc proc $R/proc
+mount -t sysfs sysfs $R/sys
+mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/shm $R/dev/pts
+mount -t tmpfs tmpfs $R/dev/shm
+mount -t devpts devpts $R/dev/pts
+mount -t tracefs tracefs $R/sys/kernel/tracing
+mount -t bpf bpf $R/sys/fs/bpf
+mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null || true
+# The guest kernel's own modules (depmod'ed on the host) replace the host's /lib/modules.
+mount -t tmpfs tmpfs $R/lib/modules
+mkdir -p "$R/lib/modules/$VM_KVER"
+mount --bind "$R$VM_MODDIR" "$R/lib/modules/$VM_KVER"
+# LVM writes backup/archive under /etc/lvm: give it a writable copy of the host's.
+mkdir -p /lvm-etc
+cp -a $R/etc/lvm/. /lvm-etc/ 2>/dev/null
+mount -t tmpfs tmpfs $R/etc/lvm
+cp -a /lvm-etc/. $R/etc/lvm/
+cp /vm.env $R/run/snapmon-vm.env
+chroot $R /bin/bash "$VM_GUEST_SCRIPT"
+echo "SNAPMON-VM-DONE"
+sync
+poweroff -f
