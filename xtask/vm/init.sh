@@ -30,10 +30,13 @@ mount -t devpts devpts $R/dev/pts
 mount -t tracefs tracefs $R/sys/kernel/tracing
 mount -t bpf bpf $R/sys/fs/bpf
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null || true
-# The guest kernel's own modules (depmod'ed on the host) replace the host's /lib/modules.
-mount -t tmpfs tmpfs $R/lib/modules
-mkdir -p "$R/lib/modules/$VM_KVER"
-mount --bind "$R$VM_MODDIR" "$R/lib/modules/$VM_KVER"
+# The guest kernel's own modules (depmod'ed on the host) replace the host's /lib/modules when
+# the host has one to mount over; guest.sh also passes `modprobe -d` so none is needed.
+if [ -d $R/lib/modules ]; then
+    mount -t tmpfs tmpfs $R/lib/modules
+    mkdir -p "$R/lib/modules/$VM_KVER"
+    mount --bind "$R$VM_MODROOT/lib/modules/$VM_KVER" "$R/lib/modules/$VM_KVER"
+fi
 # LVM writes backup/archive under /etc/lvm: give it a writable copy of the host's.
 mkdir -p /lvm-etc
 cp -a $R/etc/lvm/. /lvm-etc/ 2>/dev/null
