@@ -10,6 +10,7 @@ mod event;
 mod kernel;
 mod lineage;
 mod lineage_bridge;
+mod metrics;
 mod offline;
 mod pipeline;
 mod record;

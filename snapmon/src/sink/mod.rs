@@ -1,18 +1,67 @@
 //! Sink stage: fan records out to outputs, each with its own format and filter, counting
 //! what each received, wrote and dropped.
+//!
+//! [`SinkSet`] runs every configured sink on its own thread behind a bounded channel: `send`
+//! never blocks (a full queue is a counted `queue_full` drop for that sink only), so a slow
+//! or dead sink cannot stall the ring-buffer reader or the other sinks. [`Sinks`]/[`Output`]
+//! are the synchronous single-thread form for offline tools.
 
+pub mod chain;
+pub mod config;
+pub mod file;
 pub mod json;
+pub mod net;
+pub mod ocsf;
+mod set;
+pub mod spill;
+mod stdout;
+pub mod syslog;
 pub mod tail;
 
-use std::io::{self, BufWriter, Write};
+pub use set::{Cause, SinkCounters, SinkSet, SinkWriter, StartError};
 
-use crate::record::{Record, Severity};
+use std::{
+    io::{self, BufWriter, IsTerminal as _, Write},
+    sync::{
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+use serde_json::json;
+
+use crate::{
+    metrics::Registry,
+    record::{MetricRecord, Record, Severity},
+};
+
+use config::{ConfigError, SinkConfig, SyslogTransport};
+
+pub(crate) const RELAXED: Ordering = Ordering::Relaxed;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// JSON Lines, ECS field names.
     Json,
+    /// Human lines.
     Tail,
+    /// JSON Lines, OCSF 1.1 (File System Activity and friends).
+    Ocsf,
+}
+
+/// One record in a sink's format, without a trailing newline.
+pub fn render(format: Format, r: &Record, host: &str, colour: bool) -> Vec<u8> {
+    match format {
+        Format::Json => serde_json::to_vec(&json::to_value(r, host)).unwrap_or_default(),
+        Format::Ocsf => serde_json::to_vec(&ocsf::to_value(r, host)).unwrap_or_default(),
+        Format::Tail => tail::render(r, colour).unwrap_or_default().into_bytes(),
+    }
 }
 
 /// Which records an output takes.
@@ -104,6 +153,11 @@ impl Output {
         let res = match self.format {
             Format::Json => json::write_line(&mut self.writer, r, host),
             Format::Tail => tail::write_line(&mut self.writer, r, self.colour),
+            Format::Ocsf => {
+                let mut b = render(Format::Ocsf, r, host, false);
+                b.push(b'\n');
+                self.writer.write_all(&b)
+            }
         };
         self.account(res)
     }

@@ -1,5 +1,9 @@
 //! Sink stage, live tail: one human line per record, alerts coloured by severity, lineage
 //! compact, and nothing raw from the kernel ever reaching the terminal.
+//!
+//! On a terminal a status line sits below the last record: `CLEAR_LINE` + [`Status::line`]
+//! without a newline, wiped before the next record is printed and drawn again after it, so
+//! records scroll above it and it never pushes alerts off screen.
 
 use std::io::Write;
 
@@ -100,6 +104,50 @@ pub fn render(r: &Record, colour: bool) -> Option<String> {
         Record::State(s) => format!("# {} {}", s.action, escape_line(&s.detail.to_string())),
         Record::Metric(m) => format!("# {} {}", m.action, escape_line(&m.detail.to_string())),
     })
+}
+
+/// Carriage return + erase line: where the status line is redrawn.
+pub const CLEAR_LINE: &str = "\r\x1b[K";
+
+/// The in-place status line and the previous sample it computes rates from.
+#[derive(Debug, Default)]
+pub struct Status {
+    last: Option<(std::time::Instant, u64)>,
+    rate: f64,
+}
+
+impl Status {
+    /// `── 12.5 ev/s · 3 alerts (1 high+) · 0 lost · 58/60 hooks · 2 sink drops ──`
+    pub fn line(&mut self, s: &crate::metrics::Snapshot, now: std::time::Instant) -> String {
+        match self.last {
+            Some((t, n)) => {
+                let dt = now.duration_since(t).as_secs_f64();
+                if dt >= 0.5 {
+                    self.rate = s.events.saturating_sub(n) as f64 / dt;
+                    self.last = Some((now, s.events));
+                }
+            }
+            None => self.last = Some((now, s.events)),
+        }
+        status_text(s, self.rate)
+    }
+}
+
+/// Status text for a snapshot and rate (dim, so alerts above stay the loudest thing).
+pub fn status_text(s: &crate::metrics::Snapshot, rate: f64) -> String {
+    let mut t = format!("\x1b[2m── {rate:.1} ev/s · {} alerts", s.alerts);
+    if s.alerts_high > 0 {
+        t.push_str(&format!(" ({} high+)", s.alerts_high));
+    }
+    t.push_str(&format!(" · {} lost", s.lost));
+    if s.hooks_total > 0 {
+        t.push_str(&format!(" · {}/{} hooks", s.hooks_attached, s.hooks_total));
+    }
+    if s.sink_drops > 0 {
+        t.push_str(&format!(" · {} sink drops", s.sink_drops));
+    }
+    t.push_str(&format!(" ──{RESET}"));
+    t
 }
 
 pub fn write_line(w: &mut dyn Write, r: &Record, colour: bool) -> std::io::Result<()> {

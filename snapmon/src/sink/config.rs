@@ -1,0 +1,563 @@
+//! Sink configuration: the `[[sinks]]` entries of the policy file and `--sink` specs from the
+//! command line, parsed with serde (unknown keys are errors) and validated with context.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::record::Severity;
+
+use super::{Filter, Format};
+
+/// One output. The `type` tag picks the transport; every type takes the common options
+/// (`name`, `format`, `min_severity`, `alerts_only`, `rules`, `path_contains`, `queue`) and
+/// validation rejects options that do not apply to it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    Stdout(SinkOptions),
+    File(SinkOptions),
+    Unix(SinkOptions),
+    Tcp(SinkOptions),
+    Syslog(SinkOptions),
+}
+
+/// When buffered output reaches the kernel (`flush`) or the disk (`fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// After every record.
+    Record,
+    /// Every `flush_interval` (and at rotation and shutdown).
+    #[default]
+    Interval,
+    /// Only when the buffer fills, at rotation and at shutdown.
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    /// Local datagram socket (`/dev/log`).
+    #[default]
+    Unix,
+    Udp,
+    /// RFC 6587 octet counting, with reconnect and spill like the tcp sink.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkOptions {
+    /// Name in stats and loss records (default: `TYPE:ADDRESS`).
+    pub name: Option<String>,
+    /// `json` (ECS), `ocsf`, or `tail` (human lines). Default: json (tail for a stdout terminal).
+    pub format: Option<Format>,
+    pub min_severity: Option<Severity>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub alerts_only: bool,
+    #[serde(default)]
+    pub rules: Vec<String>,
+    #[serde(default)]
+    pub path_contains: Vec<String>,
+    /// Records buffered between the agent and this sink's thread (default 4096).
+    #[serde(default, deserialize_with = "lenient_u64_opt")]
+    pub queue: Option<u64>,
+    /// Colour for the tail format (default: on when stdout is a terminal).
+    #[serde(default, deserialize_with = "lenient_bool_opt")]
+    pub colour: Option<bool>,
+
+    // file
+    pub path: Option<PathBuf>,
+    /// Rotate when the file reaches this size (`100M`, `1G`, bytes).
+    #[serde(default, deserialize_with = "lenient_size_opt")]
+    pub rotate_size: Option<u64>,
+    /// Rotate when the file is this old (`1h`, `1d`, seconds).
+    #[serde(default, deserialize_with = "lenient_duration_opt")]
+    pub rotate_interval: Option<u64>,
+    /// Rotated files kept as `PATH.1` … `PATH.N` (default 5).
+    #[serde(default, deserialize_with = "lenient_u64_opt")]
+    pub keep: Option<u64>,
+    pub flush: Option<SyncPolicy>,
+    pub fsync: Option<SyncPolicy>,
+    /// Interval for `flush`/`fsync = "interval"` (`1s`, `500ms`; default 1s).
+    #[serde(default, deserialize_with = "lenient_millis_opt")]
+    pub flush_interval: Option<u64>,
+    /// Hash chain in every line (default true for files).
+    #[serde(default, deserialize_with = "lenient_bool_opt")]
+    pub chain: Option<bool>,
+    /// File holding the HMAC key for chain checkpoints.
+    pub key_file: Option<PathBuf>,
+    /// Records between keyed checkpoints (default 1000).
+    #[serde(default, deserialize_with = "lenient_u64_opt")]
+    pub checkpoint_every: Option<u64>,
+
+    // unix / tcp / syslog
+    /// Socket path (unix, syslog over unix) or `HOST:PORT` (tcp, syslog over udp/tcp).
+    pub address: Option<String>,
+    /// Directory for the on-disk spill used while the peer is unreachable.
+    pub spill_dir: Option<PathBuf>,
+    /// Spill bound (default 64M); records beyond it are counted as `spill_full` drops.
+    #[serde(default, deserialize_with = "lenient_size_opt")]
+    pub spill_size: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_millis_opt")]
+    pub backoff_min: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_millis_opt")]
+    pub backoff_max: Option<u64>,
+    /// A write that takes longer than this marks the peer as down (default 5s).
+    #[serde(default, deserialize_with = "lenient_millis_opt")]
+    pub write_timeout: Option<u64>,
+
+    // syslog
+    pub transport: Option<SyslogTransport>,
+    /// `kern`, `user`, `daemon`, `auth`, `authpriv`, `local0` … `local7` (default local0).
+    pub facility: Option<String>,
+    pub app_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("sink {sink}: {msg}")]
+    Invalid { sink: String, msg: String },
+    #[error("--sink `{spec}`: {msg}")]
+    Spec { spec: String, msg: String },
+}
+
+const COMMON: &[&str] = &[
+    "name",
+    "format",
+    "min_severity",
+    "alerts_only",
+    "rules",
+    "path_contains",
+    "queue",
+];
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::File(_) => "file",
+            SinkConfig::Unix(_) => "unix",
+            SinkConfig::Tcp(_) => "tcp",
+            SinkConfig::Syslog(_) => "syslog",
+        }
+    }
+    pub fn options(&self) -> &SinkOptions {
+        match self {
+            SinkConfig::Stdout(o)
+            | SinkConfig::File(o)
+            | SinkConfig::Unix(o)
+            | SinkConfig::Tcp(o)
+            | SinkConfig::Syslog(o) => o,
+        }
+    }
+    pub fn options_mut(&mut self) -> &mut SinkOptions {
+        match self {
+            SinkConfig::Stdout(o)
+            | SinkConfig::File(o)
+            | SinkConfig::Unix(o)
+            | SinkConfig::Tcp(o)
+            | SinkConfig::Syslog(o) => o,
+        }
+    }
+
+    /// The name used in stats and loss records.
+    pub fn name(&self) -> String {
+        let o = self.options();
+        if let Some(n) = &o.name {
+            return n.clone();
+        }
+        match self {
+            SinkConfig::Stdout(_) => "stdout".into(),
+            SinkConfig::File(o) => format!(
+                "file:{}",
+                o.path
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            _ => format!(
+                "{}:{}",
+                self.kind(),
+                o.address.clone().unwrap_or_else(|| "/dev/log".into())
+            ),
+        }
+    }
+
+    pub fn filter(&self) -> Filter {
+        let o = self.options();
+        Filter {
+            min_severity: o.min_severity,
+            alerts_only: o.alerts_only,
+            rules: o.rules.clone(),
+            path_contains: o.path_contains.clone(),
+        }
+    }
+
+    /// Options each type accepts besides the common ones.
+    fn allowed(&self) -> &'static [&'static str] {
+        match self {
+            SinkConfig::Stdout(_) => &["colour"],
+            SinkConfig::File(_) => &[
+                "colour",
+                "path",
+                "rotate_size",
+                "rotate_interval",
+                "keep",
+                "flush",
+                "fsync",
+                "flush_interval",
+                "chain",
+                "key_file",
+                "checkpoint_every",
+            ],
+            SinkConfig::Unix(_) | SinkConfig::Tcp(_) => &[
+                "address",
+                "spill_dir",
+                "spill_size",
+                "backoff_min",
+                "backoff_max",
+                "write_timeout",
+            ],
+            SinkConfig::Syslog(_) => &[
+                "address",
+                "transport",
+                "facility",
+                "app_name",
+                "spill_dir",
+                "spill_size",
+                "backoff_min",
+                "backoff_max",
+                "write_timeout",
+            ],
+        }
+    }
+
+    /// Reject missing, misplaced and contradictory options, naming the sink and the option.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| ConfigError::Invalid {
+            sink: self.name(),
+            msg,
+        };
+        let o = self.options();
+        let set = serde_json::to_value(o).unwrap_or_default();
+        if let Some(m) = set.as_object() {
+            for (k, v) in m {
+                let present = match v {
+                    serde_json::Value::Null => false,
+                    serde_json::Value::Bool(b) => *b,
+                    serde_json::Value::Array(a) => !a.is_empty(),
+                    _ => true,
+                };
+                if present && !COMMON.contains(&k.as_str()) && !self.allowed().contains(&k.as_str())
+                {
+                    return Err(bad(format!(
+                        "option `{k}` does not apply to a {} sink",
+                        self.kind()
+                    )));
+                }
+            }
+        }
+        if o.queue == Some(0) {
+            return Err(bad("queue must be at least 1".into()));
+        }
+        match self {
+            SinkConfig::File(_) => {
+                let Some(p) = &o.path else {
+                    return Err(bad("a file sink needs `path`".into()));
+                };
+                if p.as_os_str().is_empty() {
+                    return Err(bad("`path` is empty".into()));
+                }
+                if o.keep == Some(0) {
+                    return Err(bad("keep must be at least 1".into()));
+                }
+                if o.rotate_size == Some(0) || o.rotate_interval == Some(0) {
+                    return Err(bad("rotation thresholds must be positive".into()));
+                }
+                if o.checkpoint_every == Some(0) {
+                    return Err(bad("checkpoint_every must be at least 1".into()));
+                }
+                if o.key_file.is_some() && o.chain == Some(false) {
+                    return Err(bad("key_file needs the hash chain (chain = true)".into()));
+                }
+                if let Some(k) = &o.key_file {
+                    super::chain::load_key(k).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            SinkConfig::Unix(_) | SinkConfig::Tcp(_) => {
+                let Some(a) = &o.address else {
+                    return Err(bad(format!("a {} sink needs `address`", self.kind())));
+                };
+                if matches!(self, SinkConfig::Tcp(_)) && !a.contains(':') {
+                    return Err(bad(format!("address `{a}` is not HOST:PORT")));
+                }
+            }
+            SinkConfig::Syslog(_) => {
+                let t = o.transport.unwrap_or_default();
+                if t != SyslogTransport::Unix {
+                    match &o.address {
+                        Some(a) if a.contains(':') => {}
+                        Some(a) => return Err(bad(format!("address `{a}` is not HOST:PORT"))),
+                        None => return Err(bad("syslog over udp/tcp needs `address`".into())),
+                    }
+                }
+                if t != SyslogTransport::Tcp && (o.spill_dir.is_some() || o.spill_size.is_some()) {
+                    return Err(bad("spill applies to syslog over tcp only".into()));
+                }
+                if let Some(f) = &o.facility {
+                    if super::syslog::facility_code(f).is_none() {
+                        return Err(bad(format!("unknown syslog facility `{f}`")));
+                    }
+                }
+            }
+            SinkConfig::Stdout(_) => {}
+        }
+        if let (Some(a), Some(b)) = (o.backoff_min, o.backoff_max) {
+            if a > b {
+                return Err(bad("backoff_min is larger than backoff_max".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn queue(&self) -> usize {
+        self.options().queue.unwrap_or(4096).clamp(1, 1 << 22) as usize
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.options().flush_interval.unwrap_or(1000).max(1))
+    }
+
+    /// Parse a command-line spec: `TYPE[:ADDRESS][,key=value…]`, e.g.
+    /// `file:/var/log/snapmon.jsonl,format=json,min_severity=high,rotate_size=100M`.
+    /// `rule=` and `path_contains=` may repeat.
+    pub fn parse_spec(spec: &str) -> Result<SinkConfig, ConfigError> {
+        let err = |msg: String| ConfigError::Spec {
+            spec: spec.to_string(),
+            msg,
+        };
+        let mut parts = spec.split(',');
+        let head = parts.next().unwrap_or_default();
+        let (kind, addr) = match head.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (head, None),
+        };
+        let mut m = serde_json::Map::new();
+        m.insert("type".into(), kind.into());
+        if let Some(a) = addr.filter(|a| !a.is_empty()) {
+            let key = if kind == "file" { "path" } else { "address" };
+            m.insert(key.into(), a.into());
+        }
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(err(format!("`{kv}` is not key=value")));
+            };
+            match k {
+                "rule" | "rules" | "path_contains" => {
+                    let key = if k == "path_contains" { k } else { "rules" };
+                    let e = m
+                        .entry(key)
+                        .or_insert_with(|| serde_json::Value::Array(vec![]));
+                    if let Some(a) = e.as_array_mut() {
+                        a.push(v.into());
+                    }
+                }
+                _ => {
+                    m.insert(k.into(), v.into());
+                }
+            }
+        }
+        let c: SinkConfig =
+            serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| err(e.to_string()))?;
+        c.validate().map_err(|e| err(e.to_string()))?;
+        Ok(c)
+    }
+}
+
+/// Validate a list: each entry, and that names are unique (stats and loss records key on them).
+pub fn validate_all(configs: &[SinkConfig]) -> Result<(), ConfigError> {
+    let mut seen = std::collections::HashSet::new();
+    for c in configs {
+        c.validate()?;
+        if !seen.insert(c.name()) {
+            return Err(ConfigError::Invalid {
+                sink: c.name(),
+                msg: "two sinks have this name; give one a `name`".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient {
+    Num(u64),
+    Bool(bool),
+    Str(String),
+}
+
+fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Lenient>, D::Error> {
+    Option::<Lenient>::deserialize(d)
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(lenient_bool_opt(d)?.unwrap_or(false))
+}
+
+fn lenient_bool_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    use serde::de::Error;
+    match lenient(d)? {
+        None => Ok(None),
+        Some(Lenient::Bool(b)) => Ok(Some(b)),
+        Some(Lenient::Str(s)) if s == "true" => Ok(Some(true)),
+        Some(Lenient::Str(s)) if s == "false" => Ok(Some(false)),
+        _ => Err(D::Error::custom("expected true or false")),
+    }
+}
+
+fn lenient_u64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match lenient(d)? {
+        None => Ok(None),
+        Some(Lenient::Num(n)) => Ok(Some(n)),
+        Some(Lenient::Str(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("`{s}` is not a whole number"))),
+        Some(Lenient::Bool(_)) => Err(D::Error::custom("expected a number")),
+    }
+}
+
+/// `512`, `64K`, `100M`, `1G` (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mul)
+}
+
+/// `250ms`, `10s`, `5m`, `1h`, `1d`, or a bare number in `unit` milliseconds.
+pub fn parse_duration_ms(s: &str, unit: u64) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    let mul = match &s[split..] {
+        "" => unit,
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn lenient_size_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match lenient(d)? {
+        None => Ok(None),
+        Some(Lenient::Num(n)) => Ok(Some(n)),
+        Some(Lenient::Str(s)) => parse_size(&s)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("`{s}` is not a size like 100M"))),
+        Some(Lenient::Bool(_)) => Err(D::Error::custom("expected a size")),
+    }
+}
+
+fn duration_with<'de, D: Deserializer<'de>>(d: D, unit: u64) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match lenient(d)? {
+        None => Ok(None),
+        Some(Lenient::Num(n)) => Ok(Some(n * unit)),
+        Some(Lenient::Str(s)) => parse_duration_ms(&s, unit)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("`{s}` is not a duration like 10s"))),
+        Some(Lenient::Bool(_)) => Err(D::Error::custom("expected a duration")),
+    }
+}
+
+/// Stored in seconds; bare numbers are seconds.
+fn lenient_duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(duration_with(d, 1000)?.map(|ms| ms.div_ceil(1000)))
+}
+
+/// Stored in milliseconds; bare numbers are milliseconds.
+fn lenient_millis_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    duration_with(d, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_to_typed_config() {
+        let c = SinkConfig::parse_spec(
+            "file:/var/log/s.jsonl,format=json,min_severity=high,rotate_size=100M,rule=SM001,rule=SM002,flush=record,rotate_interval=1h",
+        )
+        .unwrap();
+        let SinkConfig::File(o) = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            o.path.as_deref(),
+            Some(std::path::Path::new("/var/log/s.jsonl"))
+        );
+        assert_eq!(o.format, Some(Format::Json));
+        assert_eq!(o.min_severity, Some(Severity::High));
+        assert_eq!(o.rotate_size, Some(100 << 20));
+        assert_eq!(o.rotate_interval, Some(3600));
+        assert_eq!(o.rules, vec!["SM001", "SM002"]);
+        assert_eq!(o.flush, Some(SyncPolicy::Record));
+        assert_eq!(c.name(), "file:/var/log/s.jsonl");
+    }
+
+    #[test]
+    fn toml_entries_deny_unknown_and_misplaced_keys() {
+        #[derive(Debug, Deserialize)]
+        struct P {
+            sinks: Vec<SinkConfig>,
+        }
+        let ok: P = toml::from_str(
+            "[[sinks]]\ntype = \"tcp\"\naddress = \"127.0.0.1:9000\"\nspill_dir = \"/tmp/s\"\nspill_size = \"10M\"\nbackoff_max = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.sinks[0].options().backoff_max, Some(30_000));
+        validate_all(&ok.sinks).unwrap();
+        let unknown = toml::from_str::<P>("[[sinks]]\ntype = \"tcp\"\nadress = \"x:1\"\n");
+        assert!(unknown.unwrap_err().to_string().contains("adress"));
+        let misplaced = SinkConfig::parse_spec("tcp:127.0.0.1:1,rotate_size=1M").unwrap_err();
+        assert!(misplaced.to_string().contains("rotate_size"), "{misplaced}");
+        assert!(SinkConfig::parse_spec("file")
+            .unwrap_err()
+            .to_string()
+            .contains("path"));
+        assert!(SinkConfig::parse_spec("tcp:localhost").is_err());
+        assert!(SinkConfig::parse_spec("syslog,facility=nope").is_err());
+        assert!(SinkConfig::parse_spec("stdout,format=xml").is_err());
+        let dup = [
+            SinkConfig::parse_spec("stdout").unwrap(),
+            SinkConfig::parse_spec("stdout").unwrap(),
+        ];
+        assert!(validate_all(&dup).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64K"), Some(65536));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_duration_ms("250ms", 1), Some(250));
+        assert_eq!(parse_duration_ms("2m", 1), Some(120_000));
+        assert_eq!(parse_duration_ms("3", 1000), Some(3000));
+        assert_eq!(parse_duration_ms("3y", 1), None);
+    }
+}

@@ -1,0 +1,446 @@
+//! The running set of sinks: one thread per sink fed by a bounded channel, per-sink
+//! counters, reopen requests, loss deltas for `lost` records, and a bounded shutdown.
+
+use super::*;
+
+/// Why a sink lost a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The sink's queue was full (the sink is slower than the event rate).
+    QueueFull,
+    /// The write failed (disk full, permission, datagram refused).
+    WriteError,
+    /// The peer was down and the spill reached its bound.
+    SpillFull,
+    /// The spill itself failed (disk error).
+    SpillError,
+    /// Still queued or spilled in memory when the agent stopped.
+    Shutdown,
+    /// The sink thread is gone.
+    SinkDead,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 6] = [
+        Cause::QueueFull,
+        Cause::WriteError,
+        Cause::SpillFull,
+        Cause::SpillError,
+        Cause::Shutdown,
+        Cause::SinkDead,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::QueueFull => "queue_full",
+            Cause::WriteError => "write_error",
+            Cause::SpillFull => "spill_full",
+            Cause::SpillError => "spill_error",
+            Cause::Shutdown => "shutdown",
+            Cause::SinkDead => "sink_dead",
+        }
+    }
+}
+
+/// What one sink did, shared between its thread, the set and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    pub name: String,
+    pub kind: &'static str,
+    pub format: String,
+    /// Offered to the sink (accepted or filtered).
+    pub received: AtomicU64,
+    pub filtered: AtomicU64,
+    pub written: AtomicU64,
+    pub rotations: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub spill_bytes: AtomicU64,
+    dropped: [AtomicU64; 6],
+    /// Records in the channel right now.
+    queued: AtomicI64,
+    /// stdout's reader went away.
+    pub closed: AtomicBool,
+    state: Mutex<String>,
+}
+
+impl SinkCounters {
+    pub fn new(name: String, kind: &'static str, format: Format) -> Self {
+        SinkCounters {
+            name,
+            kind,
+            format: format!("{format:?}").to_lowercase(),
+            state: Mutex::new("starting".into()),
+            ..Default::default()
+        }
+    }
+    pub fn lose(&self, c: Cause, n: u64) {
+        self.dropped[c as usize].fetch_add(n, RELAXED);
+    }
+    pub fn dropped(&self, c: Cause) -> u64 {
+        self.dropped[c as usize].load(RELAXED)
+    }
+    pub fn dropped_total(&self) -> u64 {
+        Cause::ALL.iter().map(|c| self.dropped(*c)).sum()
+    }
+    pub fn set_state(&self, s: &str) {
+        if let Ok(mut g) = self.state.lock() {
+            if *g != s {
+                *g = s.to_string();
+            }
+        }
+    }
+    pub fn state(&self) -> String {
+        self.state.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        let dropped: serde_json::Map<_, _> = Cause::ALL
+            .iter()
+            .filter(|c| self.dropped(**c) > 0)
+            .map(|c| (c.as_str().to_string(), json!(self.dropped(*c))))
+            .collect();
+        json!({
+            "type": self.kind,
+            "format": self.format,
+            "state": self.state(),
+            "received": self.received.load(RELAXED),
+            "filtered": self.filtered.load(RELAXED),
+            "written": self.written.load(RELAXED),
+            "dropped": self.dropped_total(),
+            "dropped_by_cause": dropped,
+            "queued": self.queued.load(RELAXED).max(0),
+            "spill_bytes": self.spill_bytes.load(RELAXED),
+            "rotations": self.rotations.load(RELAXED),
+            "disconnects": self.disconnects.load(RELAXED),
+        })
+    }
+}
+
+/// One sink's output side, driven by its thread.
+pub trait SinkWriter: Send {
+    /// Write (or spill) one record; failures are counted by the writer, never returned.
+    fn write(&mut self, r: &Record);
+    /// The queue is empty for now: flush what interactive readers should see.
+    fn idle(&mut self) {}
+    /// Periodic work: flush/fsync by policy, time rotation, reconnect, spill replay.
+    fn tick(&mut self);
+    /// Reopen the file / reconnect (SIGHUP, SIGUSR1).
+    fn reopen(&mut self);
+    /// Last flush at shutdown.
+    fn close(&mut self);
+    /// Work is pending that should not wait for the next tick (spill replay).
+    fn backlog(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("sink {sink}: {source}")]
+    Open { sink: String, source: io::Error },
+}
+
+struct Handle {
+    tx: Option<SyncSender<Arc<Record>>>,
+    filter: Filter,
+    counters: Arc<SinkCounters>,
+    reopen: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// All configured sinks, each on its own thread.
+pub struct SinkSet {
+    sinks: Vec<Handle>,
+    registry: Arc<Registry>,
+    /// Drop counts already reported by `take_drops`.
+    reported: Mutex<Vec<[u64; 6]>>,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+fn worker(
+    mut w: Box<dyn SinkWriter>,
+    rx: Receiver<Arc<Record>>,
+    reopen: Arc<AtomicBool>,
+    c: Arc<SinkCounters>,
+) {
+    let mut last_tick = Instant::now();
+    loop {
+        let wait = if w.backlog() {
+            Duration::from_millis(1)
+        } else {
+            TICK
+        };
+        match rx.recv_timeout(wait) {
+            Ok(r) => {
+                c.queued.fetch_sub(1, RELAXED);
+                w.write(&r);
+                // Batch what is already queued, then flush once.
+                for _ in 0..1024 {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            c.queued.fetch_sub(1, RELAXED);
+                            w.write(&r);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                w.idle();
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if reopen.swap(false, RELAXED) {
+            w.reopen();
+        }
+        if last_tick.elapsed() >= TICK || w.backlog() {
+            w.tick();
+            last_tick = Instant::now();
+        }
+    }
+    w.close();
+}
+
+impl SinkSet {
+    /// Open every sink (errors name the sink) and start its thread.
+    pub fn start(configs: &[SinkConfig], host: String) -> Result<SinkSet, StartError> {
+        Self::start_with(configs, host, Arc::new(Registry::default()))
+    }
+
+    /// As `start`, counting into a registry the agent (and `--metrics`) shares.
+    pub fn start_with(
+        configs: &[SinkConfig],
+        host: String,
+        registry: Arc<Registry>,
+    ) -> Result<SinkSet, StartError> {
+        config::validate_all(configs)?;
+        let mut sinks = Vec::new();
+        for c in configs {
+            let name = c.name();
+            let o = c.options();
+            let stdout_tty = matches!(c, SinkConfig::Stdout(_)) && io::stdout().is_terminal();
+            let format = o.format.unwrap_or(if stdout_tty {
+                Format::Tail
+            } else {
+                Format::Json
+            });
+            let counters = Arc::new(SinkCounters::new(name.clone(), c.kind(), format));
+            let open_err = |source: io::Error| StartError::Open {
+                sink: name.clone(),
+                source,
+            };
+            let writer: Box<dyn SinkWriter> = match c {
+                SinkConfig::Stdout(_) => Box::new(stdout::StdoutSink::new(
+                    format,
+                    o.colour.unwrap_or(stdout_tty),
+                    stdout_tty,
+                    host.clone(),
+                    registry.clone(),
+                    counters.clone(),
+                )),
+                SinkConfig::File(_) => Box::new(
+                    file::FileSink::open(c, format, host.clone(), counters.clone())
+                        .map_err(open_err)?,
+                ),
+                SinkConfig::Unix(_) | SinkConfig::Tcp(_) => {
+                    let addr = o.address.clone().unwrap_or_default();
+                    let ep = match c {
+                        SinkConfig::Unix(_) => net::Endpoint::Unix(addr.into()),
+                        _ => net::Endpoint::Tcp(addr),
+                    };
+                    let h = host.clone();
+                    Box::new(
+                        net::NetSink::new(
+                            c,
+                            ep,
+                            net::Framing::Newline,
+                            Box::new(move |r| render(format, r, &h, false)),
+                            counters.clone(),
+                        )
+                        .map_err(open_err)?,
+                    )
+                }
+                SinkConfig::Syslog(_) => {
+                    let t = o.transport.unwrap_or_default();
+                    let f = syslog::Formatter {
+                        facility: o
+                            .facility
+                            .as_deref()
+                            .and_then(syslog::facility_code)
+                            .unwrap_or(16),
+                        host: host.clone(),
+                        app: o.app_name.clone().unwrap_or_else(|| "snapmon".into()),
+                        format,
+                        pid: std::process::id(),
+                    };
+                    let addr = o.address.clone().unwrap_or_else(|| "/dev/log".into());
+                    if t == SyslogTransport::Tcp {
+                        Box::new(
+                            net::NetSink::new(
+                                c,
+                                net::Endpoint::Tcp(addr),
+                                net::Framing::OctetCount,
+                                Box::new(move |r| f.message(r)),
+                                counters.clone(),
+                            )
+                            .map_err(open_err)?,
+                        )
+                    } else {
+                        Box::new(syslog::DatagramSink::new(t, addr, f, counters.clone()))
+                    }
+                }
+            };
+            let (tx, rx) = mpsc::sync_channel(c.queue());
+            let reopen = Arc::new(AtomicBool::new(false));
+            let (r2, c2) = (reopen.clone(), counters.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("sink {}", c.kind()))
+                .spawn(move || worker(writer, rx, r2, c2))
+                .map_err(open_err)?;
+            registry.register_sink(counters.clone());
+            sinks.push(Handle {
+                tx: Some(tx),
+                filter: c.filter(),
+                counters,
+                reopen,
+                thread: Some(thread),
+            });
+        }
+        let n = sinks.len();
+        Ok(SinkSet {
+            sinks,
+            registry,
+            reported: Mutex::new(vec![[0; 6]; n]),
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Hand a record to every sink whose filter takes it. Never blocks. `Err` only when
+    /// stdout's reader has gone away (`snapmon run | head`): time to exit quietly.
+    pub fn send(&self, r: &Record) -> Result<(), BrokenPipe> {
+        self.registry.observe(r);
+        let mut shared: Option<Arc<Record>> = None;
+        let mut closed = false;
+        for h in &self.sinks {
+            let c = &h.counters;
+            c.received.fetch_add(1, RELAXED);
+            closed |= c.closed.load(RELAXED);
+            if !h.filter.accepts(r) {
+                c.filtered.fetch_add(1, RELAXED);
+                continue;
+            }
+            let Some(tx) = &h.tx else {
+                c.lose(Cause::SinkDead, 1);
+                continue;
+            };
+            let rec = shared.get_or_insert_with(|| Arc::new(r.clone())).clone();
+            c.queued.fetch_add(1, RELAXED);
+            match tx.try_send(rec) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    c.queued.fetch_sub(1, RELAXED);
+                    c.lose(Cause::QueueFull, 1);
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    c.queued.fetch_sub(1, RELAXED);
+                    c.lose(Cause::SinkDead, 1);
+                }
+            }
+        }
+        if closed {
+            Err(BrokenPipe)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ask every sink to reopen its file or reconnect (on SIGHUP/SIGUSR1).
+    pub fn reopen(&self) {
+        for h in &self.sinks {
+            h.reopen.store(true, RELAXED);
+        }
+    }
+
+    /// Drops since the last call, per sink and cause (non-zero only).
+    pub fn take_drops(&self) -> Vec<(String, &'static str, u64)> {
+        let mut out = Vec::new();
+        let Ok(mut rep) = self.reported.lock() else {
+            return out;
+        };
+        for (h, last) in self.sinks.iter().zip(rep.iter_mut()) {
+            for c in Cause::ALL {
+                let now = h.counters.dropped(c);
+                let d = now.saturating_sub(last[c as usize]);
+                if d > 0 {
+                    out.push((h.counters.name.clone(), c.as_str(), d));
+                    last[c as usize] = now;
+                }
+            }
+        }
+        out
+    }
+
+    /// A `lost` metric record for the sink drops since the last call, if any.
+    pub fn loss_record(&self) -> Option<Record> {
+        let drops = self.take_drops();
+        if drops.is_empty() {
+            return None;
+        }
+        let mut by_sink = serde_json::Map::new();
+        for (sink, cause, n) in drops {
+            let e = by_sink.entry(sink).or_insert_with(|| json!({}));
+            e[cause] = json!(n);
+        }
+        Some(Record::Metric(MetricRecord {
+            action: "lost",
+            detail: json!({ "sinks": by_sink }),
+        }))
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.sinks
+                .iter()
+                .map(|h| (h.counters.name.clone(), h.counters.to_json()))
+                .collect(),
+        )
+    }
+
+    pub fn counters(&self) -> Vec<Arc<SinkCounters>> {
+        self.sinks.iter().map(|h| h.counters.clone()).collect()
+    }
+
+    /// Close the queues, let every sink drain and flush, waiting at most `timeout` in all.
+    /// What is still queued after that is counted as `shutdown` drops.
+    pub fn shutdown(&mut self, timeout: Duration) {
+        for h in &mut self.sinks {
+            h.tx = None;
+        }
+        let deadline = Instant::now() + timeout;
+        for h in &mut self.sinks {
+            while h.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            match h.thread.take() {
+                Some(t) if t.is_finished() => {
+                    let _ = t.join();
+                }
+                Some(_) => {
+                    let left = h.counters.queued.load(RELAXED).max(0) as u64;
+                    h.counters.lose(Cause::Shutdown, left);
+                    h.counters.set_state("abandoned at shutdown");
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+impl Drop for SinkSet {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,268 @@
+//! Syslog sink: RFC 5424 messages over the local socket (`/dev/log`), UDP, or TCP with
+//! RFC 6587 octet counting (the TCP transport reuses the stream sink's reconnect and spill).
+//!
+//! `<PRI>1 TIMESTAMP HOSTNAME snapmon PID MSGID [snapmon@32473 kind="…" rule="…" severity="…" seq="…"] MSG`
+//! - PRI = facility × 8 + severity: critical→2 (crit), high→3 (err), medium→4 (warning),
+//!   low→5 (notice), info and events→6 (info), state→5, metric→4.
+//! - MSGID = `event`, `alert`, `state` or `metric`; MSG = the record in the sink's format.
+//! - 32473 is the documentation enterprise number (RFC 5612).
+
+use std::{io, net::UdpSocket, os::unix::net::UnixDatagram, path::PathBuf, sync::Arc};
+
+use super::{config::SyslogTransport, render, Cause, Format, SinkCounters, SinkWriter};
+use crate::record::{Record, Severity};
+
+pub fn facility_code(name: &str) -> Option<u8> {
+    Some(match name {
+        "kern" => 0,
+        "user" => 1,
+        "daemon" => 3,
+        "auth" => 4,
+        "syslog" => 5,
+        "authpriv" => 10,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        _ => return None,
+    })
+}
+
+fn level(r: &Record) -> u8 {
+    match r {
+        Record::Alert(a) => match a.severity {
+            Severity::Critical => 2,
+            Severity::High => 3,
+            Severity::Medium => 4,
+            Severity::Low => 5,
+            Severity::Info => 6,
+        },
+        Record::Event(_) => 6,
+        Record::State(_) => 5,
+        Record::Metric(_) => 4,
+    }
+}
+
+/// PARAM-VALUE escaping (RFC 5424 §6.3.3): `"`, `\` and `]`.
+fn sd_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | ']') {
+            o.push('\\');
+        }
+        o.push(c);
+    }
+    o
+}
+
+/// Header fields must be printable US-ASCII without spaces.
+fn header_field(s: &str, max: usize) -> String {
+    let f: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect();
+    if f.is_empty() {
+        "-".into()
+    } else {
+        f
+    }
+}
+
+pub struct Formatter {
+    pub facility: u8,
+    pub host: String,
+    pub app: String,
+    pub format: Format,
+    pub pid: u32,
+}
+
+impl Formatter {
+    /// One RFC 5424 message (no framing, no newline).
+    pub fn message(&self, r: &Record) -> Vec<u8> {
+        let pri = self.facility as u32 * 8 + level(r) as u32;
+        let ts_ns = match r {
+            Record::Event(e) => e.ts_unix_ns,
+            Record::Alert(a) => a.event.ts_unix_ns,
+            _ => super::json::now_unix_ns(),
+        };
+        // RFC 5424 allows at most 6 fractional digits.
+        let ts = super::json::rfc3339(ts_ns);
+        let ts = format!("{}Z", &ts[..26]);
+        let (msgid, sd) = match r {
+            Record::Alert(a) => (
+                "alert",
+                format!(
+                    "[snapmon@32473 kind=\"alert\" rule=\"{}\" severity=\"{}\" seq=\"{}\"]",
+                    sd_escape(&a.rule_id),
+                    a.severity.as_str(),
+                    a.event.seq
+                ),
+            ),
+            Record::Event(e) => (
+                "event",
+                format!(
+                    "[snapmon@32473 kind=\"event\" action=\"{}\" seq=\"{}\"]",
+                    sd_escape(e.action),
+                    e.seq
+                ),
+            ),
+            Record::State(s) => (
+                "state",
+                format!(
+                    "[snapmon@32473 kind=\"state\" action=\"{}\"]",
+                    sd_escape(s.action)
+                ),
+            ),
+            Record::Metric(m) => (
+                "metric",
+                format!(
+                    "[snapmon@32473 kind=\"metric\" action=\"{}\"]",
+                    sd_escape(m.action)
+                ),
+            ),
+        };
+        let mut out = format!(
+            "<{pri}>1 {ts} {} {} {} {msgid} {sd} ",
+            header_field(&self.host, 255),
+            header_field(&self.app, 48),
+            self.pid
+        )
+        .into_bytes();
+        out.extend_from_slice(&render(self.format, r, &self.host, false));
+        out
+    }
+}
+
+enum Datagram {
+    Unix(PathBuf, Option<UnixDatagram>),
+    Udp(String, Option<UdpSocket>),
+}
+
+/// Datagram transports: no connection to keep, a failed send is a counted drop.
+pub struct DatagramSink {
+    fmt: Formatter,
+    sock: Datagram,
+    counters: Arc<SinkCounters>,
+}
+
+impl DatagramSink {
+    pub fn new(
+        transport: SyslogTransport,
+        address: String,
+        fmt: Formatter,
+        counters: Arc<SinkCounters>,
+    ) -> Self {
+        let sock = match transport {
+            SyslogTransport::Udp => Datagram::Udp(address, None),
+            _ => Datagram::Unix(PathBuf::from(address), None),
+        };
+        DatagramSink {
+            fmt,
+            sock,
+            counters,
+        }
+    }
+
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        match &mut self.sock {
+            Datagram::Unix(p, s) => {
+                if s.is_none() {
+                    let d = UnixDatagram::unbound()?;
+                    d.connect(&*p)?;
+                    *s = Some(d);
+                }
+                let r = s.as_ref().map(|d| d.send(msg)).unwrap_or(Ok(0));
+                if r.is_err() {
+                    // syslogd restarted: the next record reconnects.
+                    *s = None;
+                }
+                r.map(|_| ())
+            }
+            Datagram::Udp(a, s) => {
+                if s.is_none() {
+                    let d = UdpSocket::bind(if a.starts_with('[') {
+                        "[::]:0"
+                    } else {
+                        "0.0.0.0:0"
+                    })?;
+                    d.connect(a.as_str())?;
+                    *s = Some(d);
+                }
+                // Keep under the common 64 KiB datagram limit.
+                let m = &msg[..msg.len().min(65_000)];
+                let r = s.as_ref().map(|d| d.send(m)).unwrap_or(Ok(0));
+                if r.is_err() {
+                    *s = None;
+                }
+                r.map(|_| ())
+            }
+        }
+    }
+}
+
+impl SinkWriter for DatagramSink {
+    fn write(&mut self, r: &Record) {
+        let msg = self.fmt.message(r);
+        match self.send(&msg) {
+            Ok(()) => {
+                self.counters.written.fetch_add(1, super::RELAXED);
+                self.counters.set_state("sending");
+            }
+            Err(e) => {
+                self.counters.lose(Cause::WriteError, 1);
+                self.counters.set_state(&format!("error: {e}"));
+            }
+        }
+    }
+    fn tick(&mut self) {}
+    fn reopen(&mut self) {
+        match &mut self.sock {
+            Datagram::Unix(_, s) => *s = None,
+            Datagram::Udp(_, s) => *s = None,
+        }
+    }
+    fn close(&mut self) {
+        self.counters.set_state("closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::Event, record::Alert};
+
+    #[test]
+    fn rfc5424_framing_and_escaping() {
+        let f = Formatter {
+            facility: 16,
+            host: "host 1".into(),
+            app: "snapmon".into(),
+            format: Format::Tail,
+            pid: 7,
+        };
+        let r = Record::Alert(Box::new(Alert {
+            rule_id: "SM\"]1".into(),
+            rule_name: "x".into(),
+            severity: Severity::High,
+            technique: vec![],
+            message: "bad\x1b[31m".into(),
+            event: Event {
+                seq: 9,
+                ts_unix_ns: 1_795_887_000_123_456_789,
+                ..Default::default()
+            },
+            related_seq: vec![],
+        }));
+        let m = String::from_utf8(f.message(&r)).unwrap();
+        assert!(
+            m.starts_with("<131>1 2026-11-28T17:30:00.123456Z host1 snapmon 7 alert [snapmon@32473 kind=\"alert\" rule=\"SM\\\"\\]1\" severity=\"high\" seq=\"9\"] ! HIGH"),
+            "{m}"
+        );
+        assert!(!m.contains('\x1b'));
+    }
+}
