@@ -384,6 +384,9 @@ pub struct KernelOffsets {
     pub sc_ret: u32,
     /// Bit set of `valid::*` groups that resolved.
     pub valid: u32,
+    /// `pt_regs.orig_ax`: the syscall a task is in (VFS backend dedup).
+    pub regs_orig_ax: u32,
+    pub _pad: u32,
 }
 
 /// Groups of offsets; a hook family runs only when its group resolved.
@@ -393,6 +396,13 @@ pub mod valid {
     pub const CWD: u32 = 1 << 2;
     pub const IO_URING: u32 = 1 << 3;
     pub const ARGS: u32 = 1 << 4;
+    pub const VFS: u32 = 1 << 5;
+}
+
+/// `RUNTIME` map bits, set by the agent after attaching (not known at load time).
+pub mod runtime {
+    /// The VFS write hook is live: io_uring writes are reported there, not at submission.
+    pub const VFS_WRITES: u32 = 1 << 0;
 }
 
 /// `WATCHED_DIRS` values.
@@ -470,7 +480,7 @@ const _: () = {
     assert!(size_of::<NamespaceEvent>() == 112 + 2 * PATH_LEN);
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN);
-    assert!(size_of::<KernelOffsets>() == 46 * 4);
+    assert!(size_of::<KernelOffsets>() == 48 * 4);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);
 };

@@ -12,6 +12,7 @@ use snapmon_common::{lost, Header};
 use crate::{EVENTS, LOST};
 
 pub const BACKEND_TRACEPOINT: u32 = 1;
+pub const BACKEND_VFS: u32 = 2;
 
 #[inline(always)]
 pub fn fill_header(h: &mut Header, kind: u32) {

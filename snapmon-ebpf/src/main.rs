@@ -15,11 +15,12 @@ mod open;
 mod path;
 mod process;
 mod uring;
+mod vfs;
 mod write;
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use snapmon_common::{
     AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets, NamespaceEvent,
@@ -52,6 +53,10 @@ static WATCHED_PREFIXES: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 /// open(2) arguments kept between syscall entry and exit, by thread id.
 #[map]
 static OPEN_STASH: LruHashMap<u32, OpenStash> = LruHashMap::with_max_entries(8192, 0);
+
+/// Flags the agent sets after attaching (`snapmon_common::runtime`).
+#[map]
+static RUNTIME: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Records that could not be emitted, by cause (`snapmon_common::lost`).
 #[map]

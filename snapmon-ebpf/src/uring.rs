@@ -27,6 +27,13 @@ pub fn io_uring_submit_req(ctx: BtfTracePointContext) -> u32 {
     if !valid(v::IO_URING | v::FILES) {
         return 0;
     }
+    // With the VFS hook live, io_uring writes are reported where they happen (any file).
+    if crate::RUNTIME
+        .get(0)
+        .is_some_and(|f| *f & snapmon_common::runtime::VFS_WRITES != 0)
+    {
+        return 0;
+    }
     unsafe { on_submit(&ctx) };
     0
 }

@@ -17,8 +17,9 @@ pub enum Pos {
     Current,
 }
 
-/// Fill and emit a write record for a watched file; `data` is a user buffer to sample.
+/// Fill and emit a write record for a watched file; `sample` is a user buffer to sample.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn emit_write(
     w: &Watched,
     fd: i64,
@@ -30,11 +31,40 @@ pub unsafe fn emit_write(
     sample_len: u64,
     extra_flags: u16,
 ) {
+    emit_write_from(
+        w,
+        fd,
+        op,
+        pos,
+        len,
+        aux,
+        sample,
+        sample_len,
+        extra_flags,
+        crate::emit::BACKEND_TRACEPOINT,
+    )
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit_write_from(
+    w: &Watched,
+    fd: i64,
+    op: WriteOp,
+    pos: Pos,
+    len: u64,
+    aux: u64,
+    sample: u64,
+    sample_len: u64,
+    extra_flags: u16,
+    backend: u32,
+) {
     let Some(ev) = SCRATCH_WRITE.get_ptr_mut(0) else {
         return;
     };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::FileWrite as u32);
+    ev.hdr.backend = backend;
     ev.op = op as u16;
     ev.flags = extra_flags;
     if w.is_dir {
@@ -61,6 +91,26 @@ pub unsafe fn emit_write(
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
     output(ev);
+}
+
+/// Emit a write found by the VFS backend (no user buffer to sample).
+#[inline(always)]
+pub unsafe fn emit_write_file(
+    file: *const u8,
+    inode: *const u8,
+    key: snapmon_common::FileKey,
+    op: WriteOp,
+    pos: Pos,
+    len: u64,
+    aux: u64,
+) {
+    let w = Watched {
+        file,
+        inode,
+        key,
+        is_dir: false,
+    };
+    emit_write_from(&w, -1, op, pos, len, aux, 0, 0, 0, crate::emit::BACKEND_VFS);
 }
 
 #[inline(always)]

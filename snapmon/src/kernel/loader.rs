@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, TracePoint},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use snapmon_common::{AgentConfig, FileKey, KernelOffsets};
@@ -30,6 +30,8 @@ pub enum Attach {
     Syscall(&'static str),
     /// BTF tracepoint; first name the kernel knows wins.
     Btf(&'static [&'static str]),
+    /// fentry on a kernel function (VFS backend); refused on some kernels.
+    FEntry(&'static str),
 }
 
 macro_rules! sc {
@@ -62,6 +64,11 @@ pub const HOOKS: &[HookSpec] = &[
         program: "io_uring_submit_req",
         attach: Attach::Btf(&["io_uring_submit_req", "io_uring_submit_sqe"]),
         covers: "io_uring writes",
+    },
+    HookSpec {
+        program: "rw_verify_area",
+        attach: Attach::FEntry("rw_verify_area"),
+        covers: "VFS writes below the syscall layer (io_uring incl. registered files, loop devices, kernel writers)",
     },
     sc!("sys_enter_write", "write"),
     sc!("sys_enter_pwrite64", "pwrite"),
@@ -131,6 +138,8 @@ pub struct Kernel {
     pub hooks: Vec<HookStatus>,
     pub missing: Vec<Missing>,
     pub offsets: KernelOffsets,
+    /// `tracepoint`, or `tracepoint+vfs` when the fentry write hook is live.
+    pub backend: &'static str,
 }
 
 pub struct LoadOptions {
@@ -201,6 +210,15 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         }
         hooks.push(status);
     }
+    // Tell the programs which backend owns io_uring writes now that we know what attached.
+    let vfs = hooks
+        .iter()
+        .any(|h| h.program == "rw_verify_area" && h.attached_to.is_some());
+    if vfs {
+        let mut rt: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(ebpf.map_mut("RUNTIME").context("map RUNTIME missing")?)?;
+        rt.set(0, snapmon_common::runtime::VFS_WRITES, 0)?;
+    }
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("map {name} missing from object"))
@@ -210,6 +228,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+    let backend = if vfs { "tracepoint+vfs" } else { "tracepoint" };
     Ok(Kernel {
         ebpf,
         events,
@@ -220,6 +239,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         hooks,
         missing,
         offsets,
+        backend,
     })
 }
 
@@ -240,6 +260,12 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec, btf: &AyaBtf) -> HookStatus {
             tp.load().map_err(verbose)?;
             tp.attach("syscalls", name).map_err(verbose)?;
             Ok(format!("tracepoint/syscalls/{name}"))
+        }
+        Attach::FEntry(func) => {
+            let p: &mut FEntry = prog.try_into()?;
+            p.load(func, btf).map_err(verbose)?;
+            p.attach().map_err(verbose)?;
+            Ok(format!("fentry/{func}"))
         }
         Attach::Btf(names) => {
             let tp: &mut BtfTracePoint = prog.try_into()?;

@@ -126,6 +126,12 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             (&mut o.req_file, &[("io_kiocb", "file")]),
         ],
     );
+    v |= group(
+        "vfs",
+        valid::VFS,
+        "the VFS write hook cannot tell syscall writes apart and stays idle",
+        &mut [(&mut o.regs_orig_ax, &[("pt_regs", "orig_ax")])],
+    );
     // io_rw / io_sync live in io_kiocb's command area (`cmd`, at the start of the request).
     if v & valid::IO_URING != 0 {
         let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);
