@@ -479,7 +479,8 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
         // Keep CI logs readable: the full console is in console.log.
         let shown: String = l.chars().take(400).collect();
         println!("[{}] {shown}", k.series);
-        let l = l.trim_start();
+        let plain = strip_ansi(&l);
+        let l = plain.trim_start();
         if l.starts_with("SNAPMON-VM-GUEST") {
             booted = Some(t0.elapsed().as_secs_f64());
         } else if let Some(n) = l.strip_prefix("SNAPMON-VM-BEGIN ") {
@@ -565,60 +566,81 @@ fn parse_libtest(s: &mut Suite, l: &str) {
 }
 
 fn summary(rows: &[Value]) {
+    // serde_json's Display ignores width: render cells as plain strings first.
+    let cell = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
     println!();
     println!(
-        "{:<24} {:<6} {:<10} {:>6} {:>6} {:>7} {:>7}  failed tests / errors",
+        "{:<24} {:<6} {:<8} {:>6} {:>6} {:>7} {:>6}  failed tests / errors",
         "kernel", "result", "suite", "passed", "failed", "ignored", "secs"
     );
     for r in rows {
-        let kernel = r["kernel"].as_str().unwrap_or("?");
+        let kernel = cell(&r["kernel"]);
         let res = if r["ok"] == true { "PASS" } else { "FAIL" };
-        let suites = r["suites"].as_array().cloned().unwrap_or_default();
-        if suites.is_empty() {
-            println!(
-                "{kernel:<24} {res:<6} {:<10} {:>6} {:>6} {:>7} {:>7}  {}",
-                "-",
-                "-",
-                "-",
-                "-",
-                r["secs"],
-                r["error"]
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| r["errors"].to_string())
-            );
-        }
-        for s in &suites {
-            let fails: Vec<&str> = s["failures"]
+        for s in r["suites"].as_array().into_iter().flatten() {
+            let fails: Vec<String> = s["failures"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-                .unwrap_or_default();
+                .into_iter()
+                .flatten()
+                .map(cell)
+                .collect();
             println!(
-                "{kernel:<24} {res:<6} {:<10} {:>6} {:>6} {:>7} {:>7}  {}",
-                s["name"].as_str().unwrap_or(""),
-                s["passed"],
-                s["failed"],
-                s["ignored"],
-                s["secs"],
+                "{kernel:<24} {res:<6} {:<8} {:>6} {:>6} {:>7} {:>6}  {}",
+                cell(&s["name"]),
+                cell(&s["passed"]),
+                cell(&s["failed"]),
+                cell(&s["ignored"]),
+                cell(&s["secs"]),
                 if s["rc"] == 0 {
                     String::new()
                 } else {
-                    format!("rc={} {}", s["rc"], fails.join(", "))
+                    format!("rc={} {}", cell(&s["rc"]), fails.join(", "))
                 }
             );
         }
+        let errs: Vec<String> = r["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(cell)
+            .chain(r["error"].as_str().map(String::from))
+            .collect();
         println!(
-            "{kernel:<24} total: {} s (boot to guest shell {} s){}",
-            r["secs"],
+            "{kernel:<24} {res:<6} total {} s, guest up after {} s{}",
+            cell(&r["secs"]),
             r["boot_secs"]
                 .as_f64()
                 .map(|b| format!("{b:.1}"))
                 .unwrap_or("-".into()),
-            r["errors"]
-                .as_array()
-                .filter(|e| !e.is_empty())
-                .map(|e| format!("; {}", Value::from(e.clone())))
-                .unwrap_or_default()
+            if errs.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", errs.join("; "))
+            }
         );
     }
+}
+
+/// Drop ANSI escape sequences (colour from the guest's tools) before matching markers.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for d in it.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

@@ -9,6 +9,18 @@ echo "SNAPMON-VM-GUEST $(uname -r) nproc=$(nproc) mem=$(awk '/MemTotal/{print $2
 for m in loop dm-mod dm-snapshot dm-thin-pool dm-bufio dm-persistent-data; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
+for m in ext4; do
+    modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
+done
+# /tmp on ext4, like the host's: tmpfs has no O_DIRECT before 6.6 (fio --direct=1), and a
+# copy_file_range from /etc/hostname needs both files on one filesystem (EXDEV from 9p).
+mkdir -p /run/snapmon-vm
+mount -t tmpfs -o size=3g tmpfs /run/snapmon-vm
+truncate -s 2G /run/snapmon-vm/tmp.ext4
+mkfs.ext4 -q -F /run/snapmon-vm/tmp.ext4
+mount -o loop /run/snapmon-vm/tmp.ext4 /tmp && chmod 1777 /tmp || echo "SNAPMON-VM-WARN no ext4 /tmp"
+mkdir -p /tmp/.snapmon-vm
+cp /etc/hostname /tmp/.snapmon-vm/hostname && mount --bind /tmp/.snapmon-vm/hostname /etc/hostname
 cd "$VM_WORKSPACE"
 for spec in $VM_TESTS; do
     name=${spec%%=*}
@@ -16,7 +28,7 @@ for spec in $VM_TESTS; do
     echo "SNAPMON-VM-BEGIN $name"
     start=$(date +%s)
     SNAPMON_BIN="$VM_SNAPMON_BIN" SNAPMON_E2E_START_TIMEOUT="$VM_START_TIMEOUT" SNAPMON_E2E_LVM=1 \
-        RUST_BACKTRACE=1 "$bin" --test-threads=1 $VM_TEST_ARGS 2>&1
+        RUST_BACKTRACE=1 "$bin" --test-threads=1 --color never $VM_TEST_ARGS 2>&1
     rc=$?
     echo "SNAPMON-VM-END $name rc=$rc secs=$(( $(date +%s) - start ))"
 done
