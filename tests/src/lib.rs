@@ -40,14 +40,20 @@ static AGENT: OnceLock<Mutex<Agent>> = OnceLock::new();
 
 /// The shared agent (started on first use).
 pub fn agent() -> std::sync::MutexGuard<'static, Agent> {
+    agent_with(&[])
+}
+
+/// The shared agent, also watching `extra` (devices, `/etc/lvm` …). Only the first call of a
+/// test binary starts the agent, so a binary that needs extra paths passes the same ones everywhere.
+pub fn agent_with(extra: &[PathBuf]) -> std::sync::MutexGuard<'static, Agent> {
     AGENT
-        .get_or_init(|| Mutex::new(Agent::start().expect("agent failed to start")))
+        .get_or_init(|| Mutex::new(Agent::start(extra).expect("agent failed to start")))
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
 
 impl Agent {
-    fn start() -> anyhow::Result<Agent> {
+    fn start(extra: &[PathBuf]) -> anyhow::Result<Agent> {
         assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root");
         let root = std::env::temp_dir().join(format!("snapmon-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -57,9 +63,11 @@ impl Agent {
         let out = root.with_extension("jsonl");
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--format", "json", "--watch"])
-            .arg(&root)
-            .arg("--output")
+        cmd.args(["run", "--format", "json", "--watch"]).arg(&root);
+        for p in extra {
+            cmd.arg("--watch").arg(p);
+        }
+        cmd.arg("--output")
             .arg(&out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
