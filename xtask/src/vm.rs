@@ -71,6 +71,7 @@ struct Suite {
     failed: u32,
     ignored: u32,
     failures: Vec<String>,
+    in_failures: bool,
     secs: u64,
 }
 
@@ -504,7 +505,7 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
         } else if l.starts_with("SNAPMON-VM-FATAL") || l.contains("Kernel panic") {
             fatal.push(l.to_string());
         } else if let Some(s) = cur.as_mut() {
-            parse_libtest(s, l);
+            parse_libtest(s, &plain);
         }
     }
     if timed_out {
@@ -538,14 +539,26 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
     }))
 }
 
-/// libtest's `test NAME ... FAILED` lines and its `test result:` summary.
-fn parse_libtest(s: &mut Suite, l: &str) {
-    if let Some(t) = l.strip_prefix("test ") {
-        if let Some(name) = t.strip_suffix(" ... FAILED") {
+/// libtest's closing `failures:` list (the `test NAME ... FAILED` lines interleave with the
+/// agent's stderr, the list does not) and its `test result:` summary.
+fn parse_libtest(s: &mut Suite, raw: &str) {
+    let l = raw.trim();
+    if l == "failures:" {
+        s.in_failures = true;
+        return;
+    }
+    if s.in_failures {
+        let name = raw.strip_prefix("    ").unwrap_or("");
+        let is_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        if is_name && !s.failures.iter().any(|f| f == name) {
             s.failures.push(name.to_string());
         }
     }
     if let Some(r) = l.strip_prefix("test result: ") {
+        s.in_failures = false;
         let num = |what: &str| -> u32 {
             r.split(';')
                 .find_map(|p| {
