@@ -1,5 +1,6 @@
 //! xtask: setup, build, test and run helpers — the one entry point for developers and CI.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -48,6 +49,9 @@ enum Cmd {
         #[arg(last = true)]
         test_args: Vec<String>,
     },
+    /// Benchmarks (not part of the tests): overhead vs no agent and auditd, capacity, alert
+    /// latency, footprint; writes docs/benchmarks.{md,json}. Root; about 15 minutes.
+    Bench(bench::Args),
     /// Set up, build (release) and run the agent with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             tests,
             test_args,
         }),
+        Cmd::Bench(a) => bench::main(a),
         Cmd::Run { args } => {
             setup::setup()?;
             build(true)?;

@@ -1,0 +1,423 @@
+//! `cargo xtask bench`: what the release agent costs on I/O it ignores and on trusted writes it
+//! watches (fio, side by side with no agent and with auditd, interleaved repetitions), how many
+//! relevant events/s it carries with zero loss, how fast an alert line appears, and its
+//! footprint. Results go to docs/benchmarks.md and docs/benchmarks.json.
+
+mod agent;
+mod audit;
+mod fio;
+mod load;
+mod report;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+
+use crate::{check, workspace};
+
+#[derive(clap::Args, Clone, Debug, Serialize)]
+pub struct Args {
+    /// Interleaved repetitions of the overhead matrix (no agent, snapmon, auditd each time).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Seconds per fio run (after a 1 s ramp that is not counted).
+    #[arg(long, default_value_t = 5)]
+    pub runtime: u64,
+    /// Directory for the fio targets, images and agent output. Default: a private tmpfs, so
+    /// the virtual disk's noise does not drown the hooks' cost (the strictest setting, too).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Relevant-event rates (events/s) the capacity phase steps through; 0 = flat out.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10000,25000,50000,75000,100000,150000,200000,0"
+    )]
+    pub rates: Vec<u64>,
+    /// Writer processes in the capacity phase (one watched image each).
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
+    /// Seconds per capacity step.
+    #[arg(long, default_value_t = 5.0)]
+    pub step_secs: f64,
+    #[arg(long)]
+    pub skip_overhead: bool,
+    #[arg(long)]
+    pub skip_capacity: bool,
+    /// Use this agent binary instead of building target/release/snapmon from the tree.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// Commit the --agent binary was built from (for the report).
+    #[arg(long)]
+    pub agent_rev: Option<String>,
+    /// Where benchmarks.md / benchmarks.json go.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Internal: be one load-generator process (FILE RATE SECS OUT).
+    #[arg(long, hide = true, num_args = 4)]
+    #[serde(skip)]
+    pub loadgen: Option<Vec<String>>,
+}
+
+pub const CONFIGS: &[&str] = &["none", "snapmon", "auditd"];
+pub const TARGETS: &[&str] = &["unwatched", "watched"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OverheadRun {
+    pub rep: usize,
+    pub config: &'static str,
+    pub job: &'static str,
+    pub target: &'static str,
+    pub fio: Option<fio::FioResult>,
+    pub error: Option<String>,
+    /// snapmon only: agent CPU during the run (and its drain), output counts, memory after.
+    pub agent_cpu_pct: Option<f64>,
+    pub agent_rss_kib: Option<u64>,
+    pub records: Option<agent::Count>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Startup {
+    pub phase: String,
+    pub wall_s: f64,
+    pub reported_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: report::Machine,
+    pub args: Args,
+    pub command: String,
+    pub started: String,
+    pub duration_s: f64,
+    pub auditd_unavailable: Option<String>,
+    pub auditd_note: String,
+    pub overhead: Vec<OverheadRun>,
+    pub stopped: Vec<serde_json::Value>,
+    pub startup: Vec<Startup>,
+    pub idle: Option<report::Idle>,
+    pub capacity: Vec<load::Step>,
+    pub capacity_error: Option<String>,
+}
+
+/// A tmpfs we mounted (and unmount when done).
+struct Tmpfs(PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a 9p-exported root (VM tests on this host) can keep it busy for a while.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn qemu_img(args: &[&str]) -> anyhow::Result<()> {
+    check(
+        Command::new("qemu-img")
+            .args(args)
+            .stdout(std::process::Stdio::null()),
+    )
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if let Some(lg) = &a.loadgen {
+        return load::worker(lg);
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench needs root (the agent loads eBPF programs, auditctl adds rules)");
+    }
+    let t_all = Instant::now();
+    crate::setup::setup()?;
+    let bin = match &a.agent {
+        Some(b) => b.clone(),
+        None => {
+            check(crate::cargo().args(["build", "--release", "-p", "snapmon"]))?;
+            workspace().join("target/release/snapmon")
+        }
+    };
+    let _mount;
+    let dir = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            let d = PathBuf::from(format!("/tmp/snapmon-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            check(
+                Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", "size=16g", "snapmon-bench"])
+                    .arg(&d),
+            )?;
+            _mount = Tmpfs(d.clone());
+            d
+        }
+    };
+    // Writers run from a private copy: a concurrent `cargo build` may replace our binary.
+    let exe = dir.join("xtask-loadgen");
+    std::fs::copy(std::env::current_exe()?, &exe).context("copying the load generator")?;
+    let machine = report::machine(&bin, a.agent_rev.as_deref(), &dir);
+    println!("bench: {}", machine.summary());
+    let mut res = Results {
+        machine,
+        command: report::command(&a),
+        args: a.clone(),
+        started: report::now_rfc3339(),
+        duration_s: 0.0,
+        auditd_unavailable: None,
+        auditd_note: String::new(),
+        overhead: Vec::new(),
+        stopped: Vec::new(),
+        startup: Vec::new(),
+        idle: None,
+        capacity: Vec::new(),
+        capacity_error: None,
+    };
+    let out_dir = a.out.clone().unwrap_or_else(|| workspace().join("docs"));
+    std::fs::create_dir_all(&out_dir)?;
+    let mut audit = audit::Audit::probe();
+    res.auditd_note = if audit.was_running {
+        "auditd was already running before the bench and was left running in every phase".into()
+    } else {
+        "auditd started for its phase only, stopped (and new tasks opted out with a never,task rule) outside it".into()
+    };
+    if !a.skip_overhead {
+        audit.off();
+        let r = overhead(&a, &bin, &dir, &mut audit, &mut res);
+        audit.restore();
+        r?;
+    }
+    res.auditd_unavailable = audit.unavailable.clone();
+    if !a.skip_capacity {
+        if let Err(e) = capacity(&a, &bin, &dir, &mut res) {
+            eprintln!("bench: capacity phase failed: {e:#}");
+            res.capacity_error = Some(format!("{e:#}"));
+        }
+    }
+    res.duration_s = t_all.elapsed().as_secs_f64();
+    res.machine.loadavg_end = report::loadavg();
+    report::write(&res, &out_dir)?;
+    println!(
+        "bench: done in {:.0} s; wrote {}/benchmarks.{{md,json}}",
+        res.duration_s,
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn overhead(
+    a: &Args,
+    bin: &Path,
+    dir: &Path,
+    audit: &mut audit::Audit,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    let plain_dir = dir.join("unwatched");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&plain_dir)?;
+    std::fs::create_dir_all(&store)?;
+    let plain = plain_dir.join("data.raw");
+    let image = store.join("vm-bench.qcow2");
+    let total = fio::OFFSET + fio::SIZE;
+    // Both fully allocated, same size: only the watch differs.
+    if !image.exists() {
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=full",
+            &image.to_string_lossy(),
+            &total.to_string(),
+        ])?;
+    }
+    let len = std::fs::metadata(&image)?.len();
+    if !plain.exists() {
+        let f = std::fs::File::create(&plain)?;
+        let chunk = vec![0u8; 1 << 20];
+        use std::io::Write as _;
+        let mut w = std::io::BufWriter::new(f);
+        for _ in 0..len.div_ceil(1 << 20) {
+            w.write_all(&chunk)?;
+        }
+    }
+    let agent_out = dir.join("overhead.jsonl");
+    let fio_out = dir.join("fio.json");
+    let target_path = |t: &str| if t == "watched" { &image } else { &plain };
+    for rep in 1..=a.reps {
+        for &config in CONFIGS {
+            println!("bench: overhead rep {rep}/{} config {config}", a.reps);
+            let mut ag = None;
+            let mut skip = None;
+            match config {
+                "snapmon" => {
+                    let ag_ =
+                        agent::Agent::start(bin, &[&store], &agent_out, &dir.join("agent.log"))?;
+                    res.startup.push(Startup {
+                        phase: format!("overhead rep {rep}"),
+                        wall_s: ag_.startup.as_secs_f64(),
+                        reported_ms: ag_.startup_ms_reported,
+                    });
+                    ag = Some(ag_);
+                }
+                "auditd" => {
+                    if let Err(e) = audit.on(&[&image, &plain]) {
+                        skip = Some(format!("{e:#}"));
+                    }
+                }
+                _ => {}
+            }
+            for job in fio::JOBS {
+                for &target in TARGETS {
+                    let mut run = OverheadRun {
+                        rep,
+                        config,
+                        job: job.name,
+                        target,
+                        fio: None,
+                        error: skip.clone(),
+                        agent_cpu_pct: None,
+                        agent_rss_kib: None,
+                        records: None,
+                    };
+                    if skip.is_none() {
+                        let from = ag.as_ref().map(|g: &agent::Agent| g.out_len()).unwrap_or(0);
+                        let s0 = ag.as_ref().map(|g| g.sample());
+                        let t0 = Instant::now();
+                        match fio::run(job, target_path(target), a.runtime, &fio_out) {
+                            Ok(r) => run.fio = Some(r),
+                            Err(e) => run.error = Some(format!("{e:#}")),
+                        }
+                        if let Some(g) = ag.as_mut() {
+                            g.quiesce(Duration::from_millis(1500));
+                            let s1 = g.sample();
+                            let s0 = s0.unwrap_or_default();
+                            run.agent_cpu_pct =
+                                Some((s1.cpu_s - s0.cpu_s) / t0.elapsed().as_secs_f64() * 100.0);
+                            run.agent_rss_kib = Some(s1.rss_kib);
+                            run.records = agent::count(&g.out, from).ok();
+                            if !g.alive() {
+                                bail!("the agent died during {} on {target}", job.name);
+                            }
+                            // The agent appends: emptying the file keeps tmpfs small.
+                            std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&g.out)?
+                                .set_len(0)?;
+                        } else {
+                            // Same pause as the agent's drain wait, so every config gets it.
+                            std::thread::sleep(Duration::from_millis(1500));
+                        }
+                        if let Some(f) = &run.fio {
+                            println!(
+                                "bench:   {:<22} {:<9} {:>9.1} MiB/s  p99 {:>8.1} µs{}",
+                                job.name,
+                                target,
+                                f.bw_bytes / 1048576.0,
+                                f.clat_p99_ns / 1e3,
+                                run.records
+                                    .as_ref()
+                                    .map(|c| format!(
+                                        "  agent {:.0}% cpu, {} events, {} lost",
+                                        run.agent_cpu_pct.unwrap_or(0.0),
+                                        c.events,
+                                        c.lost_kernel
+                                    ))
+                                    .unwrap_or_default()
+                            );
+                        }
+                    }
+                    res.overhead.push(run);
+                }
+            }
+            if let Some(g) = ag {
+                let (detail, st) = g.stop()?;
+                res.stopped.push(serde_json::json!({"phase": format!("overhead rep {rep}"), "exit": st, "detail": detail}));
+            }
+            if config == "auditd" {
+                audit.off();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
+    let store = dir.join("cap-store");
+    std::fs::create_dir_all(&store)?;
+    let mut images = Vec::new();
+    for i in 0..a.writers.max(1) {
+        let p = store.join(format!("vm{i}.qcow2"));
+        if !p.exists() {
+            qemu_img(&["create", "-q", "-f", "qcow2", &p.to_string_lossy(), "64M"])?;
+        }
+        images.push(p);
+    }
+    let out = dir.join("capacity.jsonl");
+    let mut ag = agent::Agent::start(bin, &[&store], &out, &dir.join("agent-cap.log"))?;
+    res.startup.push(Startup {
+        phase: "capacity".into(),
+        wall_s: ag.startup.as_secs_f64(),
+        reported_ms: ag.startup_ms_reported,
+    });
+    // Let start-up work (preload, first ticks) settle before calling it idle.
+    std::thread::sleep(Duration::from_secs(2));
+    let (s, cpu) = load::idle(&ag, 10.0);
+    res.idle = Some(report::Idle {
+        rss_kib: s.rss_kib,
+        hwm_kib: s.hwm_kib,
+        cpu_pct: cpu,
+    });
+    println!(
+        "bench: idle RSS {:.1} MiB (peak {:.1}), CPU {cpu:.2}%",
+        s.rss_kib as f64 / 1024.0,
+        s.hwm_kib as f64 / 1024.0
+    );
+    let work = dir.join("loadgen");
+    std::fs::create_dir_all(&work)?;
+    for &rate in &a.rates {
+        let st = load::step(
+            &mut ag,
+            &images,
+            rate,
+            a.step_secs,
+            &work,
+            &dir.join("xtask-loadgen"),
+        )
+        .with_context(|| format!("capacity step at {rate}/s"))?;
+        println!(
+            "bench: capacity {:>7}/s → {:>9.0}/s written, {} delivered, lost {} (kernel) {} (decoder), agent {:.0}% cpu, {:.2} cpu-s/100k, RSS {:.1} MiB{}",
+            if rate == 0 { "max".into() } else { rate.to_string() },
+            st.achieved_rate,
+            st.delivered,
+            st.lost_kernel,
+            st.lost_decoder,
+            st.agent_cpu_pct,
+            st.cpu_s_per_100k.unwrap_or(f64::NAN),
+            st.rss_kib_after as f64 / 1024.0,
+            st.latency
+                .as_ref()
+                .map(|l| format!(", latency p50 {:.2} p99 {:.2} max {:.2} ms", l.p50_ms, l.p99_ms, l.max_ms))
+                .unwrap_or_default()
+        );
+        let alive = st.agent_alive;
+        res.capacity.push(st);
+        if !alive {
+            bail!("the agent died at {rate}/s");
+        }
+        // Keep tmpfs small between steps; the agent appends.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&out)?
+            .set_len(0)?;
+    }
+    let (detail, st) = ag.stop()?;
+    res.stopped
+        .push(serde_json::json!({"phase": "capacity", "exit": st, "detail": detail}));
+    Ok(())
+}
