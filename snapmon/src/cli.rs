@@ -50,6 +50,37 @@ pub enum Cmd {
     },
     /// Compare images against a baseline file; exit 1 when anything changed or vanished.
     Verify { baseline: PathBuf },
+    /// Run the rules offline over a recording (the agent's own `--format json` output) and
+    /// print the alerts. Alert, state and metric lines in the input are skipped.
+    Replay(ReplayArgs),
+    /// Record: run the agent with `--format json --output FILE` (a replayable log).
+    Record {
+        /// JSON Lines file to append to.
+        file: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// JSON Lines recording (`snapmon record FILE` or `run --format json`); `-` for stdin.
+    pub file: PathBuf,
+    /// Policy file (TOML). Without it the embedded default policy is used.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Output format (default: tail on a terminal, json otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Only alerts at or above this severity.
+    #[arg(long, value_parser = parse_severity)]
+    pub min_severity: Option<Severity>,
+    /// Only alerts of these rule ids; repeatable.
+    #[arg(long)]
+    pub rule: Vec<String>,
+    /// Judge maintenance windows in UTC instead of this host's local time.
+    #[arg(long)]
+    pub utc: bool,
 }
 
 #[derive(Subcommand)]
@@ -118,10 +149,12 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run(a) => run_agent(a),
-        Cmd::Policy(PolicyCmd::Check { file }) => {
-            let p = Policy::load(&file)?;
-            println!("{}: ok ({} stores)", file.display(), p.stores.len());
-            Ok(())
+        Cmd::Policy(PolicyCmd::Check { file }) => policy_check(&file),
+        Cmd::Replay(r) => replay(r),
+        Cmd::Record { file, mut run } => {
+            run.format = Some(Format::Json);
+            run.output = Some(file);
+            run_agent(run)
         }
         Cmd::Policy(PolicyCmd::Default) => {
             print!("{DEFAULT_POLICY}");
@@ -184,4 +217,93 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(agent::run(opts, sinks))
+}
+
+/// Validate a policy (no side effects: it only reads the files it names) and say what the
+/// rules will trust on this host.
+fn policy_check(file: &std::path::Path) -> anyhow::Result<()> {
+    use crate::rules::{policy, Engine};
+    let p = Policy::load(file)?;
+    let e = Engine::build(&p, &policy::HostResolver, Box::new(policy::HostLocalTime))
+        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+    println!(
+        "{}: ok ({} stores, {} actor groups, {} exceptions, {} maintenance windows)",
+        file.display(),
+        p.stores.len(),
+        p.actors.len(),
+        p.exceptions.len(),
+        p.windows.len()
+    );
+    for d in crate::rules::registry::RULES {
+        let on = e.enabled_rules().contains(&d.id);
+        println!(
+            "{} {:<8} {:<3} {} — {}",
+            d.id,
+            d.severity.as_str(),
+            if on { "on" } else { "off" },
+            d.name,
+            d.summary
+        );
+    }
+    for w in &e.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    use crate::rules::{policy, replay, Engine};
+    let policy = match &a.config {
+        Some(p) => Policy::load(p)?,
+        None => Policy::embedded(),
+    };
+    let local: Box<dyn policy::LocalTime> = if a.utc {
+        Box::new(policy::FixedOffset(0))
+    } else {
+        Box::new(policy::HostLocalTime)
+    };
+    let mut engine = Engine::build(&policy, &policy::HostResolver, local)
+        .map_err(|m| anyhow::anyhow!("policy: {m}"))?;
+    for w in &engine.warnings {
+        eprintln!("snapmon: {w}");
+    }
+    let input: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&a.file)
+            .with_context(|| format!("opening {}", a.file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let (alerts, st) = replay::run(&mut engine, input);
+    let is_tty = std::io::stdout().is_terminal();
+    let format = a
+        .format
+        .unwrap_or(if is_tty { Format::Tail } else { Format::Json });
+    let filter = crate::sink::Filter {
+        min_severity: a.min_severity,
+        alerts_only: true,
+        rules: a.rule,
+        path_contains: vec![],
+    };
+    let mut out = crate::sink::Output::new("stdout", format, is_tty, filter, Box::new(std::io::stdout()));
+    let host = crate::sink::hostname();
+    for al in alerts {
+        if out
+            .emit(&crate::record::Record::Alert(Box::new(al)), &host)
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    let _ = out.flush();
+    for e in &st.errors {
+        eprintln!("snapmon: replay: {e}");
+    }
+    eprintln!(
+        "snapmon: replayed {} events ({} other records skipped, {} bad lines)",
+        st.events,
+        st.skipped,
+        st.errors.len()
+    );
+    Ok(())
 }

@@ -1,5 +1,17 @@
 //! Config: the policy file (TOML), parsed and validated with no side effects before anything
 //! is built. Unknown keys and bad values are errors with file, line and column.
+//!
+//! Why TOML: it is what operators of Rust tools already edit (Cargo, rustfmt, Vector), it has
+//! no implicit typing traps (YAML's `no` → false, `03:00` → sexagesimal), comments are
+//! allowed (JSON has none), arrays of tables (`[[actor]]`, `[[exception]]`) map one-to-one
+//! onto the structured lists a policy is made of, and the `toml` crate reports spans for
+//! every value, so semantic errors (an unknown rule id, a bad glob, an impossible window)
+//! point at file:line:column like syntax errors do.
+//!
+//! Sections: `[agent]`, `[[store]]` (what to watch), `[[actor]]` (trusted executables by
+//! identity, with optional lineage constraints), `[detection]` (lists the rules consult),
+//! `[[rule]]` (per-rule enabled/severity/threshold/window), `[[exception]]` (actor + action +
+//! target), `[[maintenance]]` (local-time windows). `docs/rules.md` is the reference.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +40,7 @@ pub enum StoreKind {
 pub struct Store {
     pub path: PathBuf,
     #[serde(default)]
+    #[allow(dead_code)] // validated and documented; classify still decides per file content
     pub kind: StoreKind,
     /// Missing paths are skipped (with a note) unless required.
     #[serde(default)]
@@ -64,6 +77,17 @@ pub struct Policy {
     pub agent: AgentSection,
     #[serde(default, rename = "store")]
     pub stores: Vec<Store>,
+    /// Trusted actor groups (`qemu`, `libvirt`, `lvm`, `btrfs`, `zfs`, `freeze`).
+    #[serde(default, rename = "actor")]
+    pub actors: Vec<crate::rules::policy::ActorSpec>,
+    #[serde(default)]
+    pub detection: crate::rules::policy::DetectionSection,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<crate::rules::policy::RuleSettings>,
+    #[serde(default, rename = "exception")]
+    pub exceptions: Vec<crate::rules::policy::ExceptionSpec>,
+    #[serde(default, rename = "maintenance")]
+    pub windows: Vec<crate::rules::policy::WindowSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +110,11 @@ pub enum ConfigError {
 
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let col = before
         .rsplit('\n')
@@ -109,6 +137,22 @@ impl Policy {
             }
         })?;
         p.validate(file)?;
+        crate::rules::policy::validate(&p.rules_policy()).map_err(|e| {
+            if e.span.is_empty() && e.span.start == 0 {
+                ConfigError::Invalid {
+                    file: file.into(),
+                    msg: e.msg,
+                }
+            } else {
+                let (line, col) = line_col(text, e.span.start);
+                ConfigError::Parse {
+                    file: file.into(),
+                    line,
+                    col,
+                    msg: e.msg,
+                }
+            }
+        })?;
         Ok(p)
     }
 
@@ -123,6 +167,17 @@ impl Policy {
             msg: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
         })?;
         Self::parse(&text, &f)
+    }
+
+    /// The rules part, borrowed, for validation and the engine.
+    pub fn rules_policy(&self) -> crate::rules::policy::RulesPolicy<'_> {
+        crate::rules::policy::RulesPolicy {
+            actors: &self.actors,
+            rules: &self.rules,
+            exceptions: &self.exceptions,
+            windows: &self.windows,
+            detection: Some(&self.detection),
+        }
     }
 
     pub fn embedded() -> Self {

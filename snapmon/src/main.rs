@@ -14,6 +14,7 @@ mod metrics;
 mod offline;
 mod pipeline;
 mod record;
+mod rules;
 mod sink;
 mod watch;
 

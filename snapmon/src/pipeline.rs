@@ -12,6 +12,10 @@ use crate::{
     enrich::Enricher,
     lineage_bridge::Lineage,
     record::Record,
+    rules::{
+        policy::{HostLocalTime, HostResolver},
+        Engine,
+    },
     watch::{WatchMaps, WatchSet},
 };
 
@@ -28,6 +32,8 @@ pub struct Pipeline {
     seq: u64,
     pub enricher: Enricher,
     pub classifier: Classifier,
+    /// Detection engine; replaced as a whole by [`Pipeline::reload`].
+    pub rules: Engine,
     pub stats: StageStats,
     decode_errs: BTreeMap<&'static str, u64>,
 }
@@ -39,10 +45,21 @@ impl Pipeline {
 
     pub fn with_lineage(watch: WatchSet, policy: &Policy, lineage: Box<dyn Lineage>) -> Self {
         let classifier = Classifier::new(policy);
+        // Policies are validated when parsed; a build error here means one was assembled in
+        // code. Run without rules rather than not at all, and say so in the warnings.
+        let rules = match Engine::build(policy, &HostResolver, Box::new(HostLocalTime)) {
+            Ok(e) => e,
+            Err(msg) => {
+                let mut e = Engine::empty();
+                e.warnings.push(format!("rules disabled: {msg}"));
+                e
+            }
+        };
         Pipeline {
             seq: 0,
             enricher: Enricher::new(watch, lineage),
             classifier,
+            rules,
             stats: StageStats::default(),
             decode_errs: BTreeMap::new(),
         }
@@ -72,7 +89,39 @@ impl Pipeline {
             .map(|p| p.as_path());
         ev.classification = self.classifier.classify(&ev, path.as_deref());
         self.stats.events += 1;
-        vec![Record::Event(ev)]
+        // Rules see events only, never alerts: no rule can fire on an alert.
+        let alerts = self.rules.process(&ev);
+        self.stats.alerts += alerts.len() as u64;
+        let mut out = Vec::with_capacity(1 + alerts.len());
+        out.push(Record::Event(ev));
+        out.extend(alerts.into_iter().map(|a| Record::Alert(Box::new(a))));
+        out
+    }
+
+    /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.
+    #[allow(dead_code)] // the lead wires it to the status tick in agent.rs
+    pub fn tick(&mut self, now_unix_ns: i128) -> Vec<Record> {
+        let alerts = self.rules.expire(now_unix_ns);
+        self.stats.alerts += alerts.len() as u64;
+        alerts
+            .into_iter()
+            .map(|a| Record::Alert(Box::new(a)))
+            .collect()
+    }
+
+    /// SIGHUP: swap in a new policy's rules, transactionally. Everything is built first; on
+    /// any error the running rules (and their state) stay as they were.
+    #[allow(dead_code)] // the lead wires SIGHUP to it in agent.rs
+    pub fn reload(&mut self, policy: Policy) -> Result<(), String> {
+        let e = Engine::build(&policy, &HostResolver, Box::new(HostLocalTime))?;
+        self.rules = e;
+        Ok(())
+    }
+
+    /// Build-time notes of the current rules (trusted tools missing on this host …).
+    #[allow(dead_code)] // for the `started` record, wired with SIGHUP
+    pub fn rule_warnings(&self) -> &[String] {
+        &self.rules.warnings
     }
 
     /// Decoder errors since the last call, by cause.
@@ -88,6 +137,8 @@ impl Pipeline {
             "pipeline": self.stats,
             "enrich": self.enricher.stats,
             "lineage": self.enricher.lineage.stats(),
+            "rules": self.rules.stats,
+            "rule_state": self.rules.state_sizes(),
         })
     }
 }

@@ -1,0 +1,513 @@
+//! Rules stage: the detection engine between classify and the sinks. Rules are indexed by
+//! event kind; stateful ones (rates, sequences, timeouts) keep bounded state; each alert
+//! names the rule, severity, ATT&CK technique, a one-sentence message, the triggering
+//! events and the actor's lineage. Pure: no kernel, no clock but the event's own time.
+
+pub mod glob;
+pub mod policy;
+pub mod registry;
+pub mod replay;
+pub mod state;
+
+use std::collections::HashMap;
+
+use crate::{
+    config::Policy,
+    event::Event,
+    record::{Alert, Severity},
+};
+use glob::Glob;
+use policy::{ActorGroup, Exception, LocalTime, Resolver, Window};
+use registry::RuleDef;
+use state::{Bounded, Rate};
+
+/// Event kinds the rule index is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Write,
+    Create,
+    Rename,
+    Delete,
+    Attr,
+    Ioctl,
+    Other,
+}
+
+const KINDS: usize = 7;
+
+impl Kind {
+    pub fn of(action: &str) -> Kind {
+        match action {
+            "create" | "mkdir" | "link" | "symlink" => Kind::Create,
+            "rename" => Kind::Rename,
+            "unlink" | "rmdir" => Kind::Delete,
+            "chmod" | "chown" | "utimes" => Kind::Attr,
+            "ioctl" => Kind::Ioctl,
+            "open_write" | "fork" | "exec" | "exit" | "" => Kind::Other,
+            _ => Kind::Write,
+        }
+    }
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a rule returns when it fires.
+#[derive(Debug, Default)]
+pub struct Hit {
+    pub message: String,
+    /// Earlier events that are part of the finding (sequence and rate rules).
+    pub related: Vec<u64>,
+    /// Overrides the rule's default severity (unless the policy set one).
+    pub severity: Option<Severity>,
+}
+
+impl Hit {
+    pub fn msg(m: String) -> Hit {
+        Hit {
+            message: m,
+            ..Default::default()
+        }
+    }
+}
+
+/// Which actor groups trust the acting process.
+#[derive(Debug, Default, Clone)]
+pub struct Trust {
+    /// Groups whose identity and lineage constraints the actor meets.
+    pub groups: Vec<String>,
+    /// The executable is one some group lists (whatever its lineage).
+    pub identity: bool,
+}
+
+impl Trust {
+    /// Trusted by this group: identity and lineage constraints.
+    pub fn by(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+    pub fn any(&self) -> bool {
+        !self.groups.is_empty()
+    }
+    pub fn identity_any(&self) -> bool {
+        self.identity
+    }
+}
+
+/// Compiled `[detection]` lists.
+pub struct Detection {
+    pub image_extensions: Vec<String>,
+    pub volatile: Vec<Glob>,
+    pub ransom: Vec<Glob>,
+    pub hidden_extensions: Vec<String>,
+    /// (glob, matches the executable path rather than the name).
+    pub suspicious: Vec<(Glob, bool)>,
+    pub admin_users: Vec<u32>,
+    pub dedupe_ns: i128,
+}
+
+/// Bounded state shared by the rules.
+pub struct State {
+    pub known_qcow2: Bounded<(u32, u64), ()>,
+    /// Last untrusted snapshot-table write per file: (seq, time).
+    pub table_writes: Bounded<(u32, u64), (u64, i128)>,
+    pub renames: Bounded<u32, Rate>,
+    pub deletions: Rate,
+    pub freezes: Bounded<(u32, u64), Box<Event>>,
+    pub created: Bounded<(u32, Vec<u8>), i128>,
+    pub disguised: Bounded<(u32, u64), ()>,
+    pub lineage_seen: Bounded<u32, ()>,
+    dedupe: Bounded<(usize, u32, u32, u64), i128>,
+}
+
+/// Caps for every state map.
+pub const STATE_CAP: usize = 4096;
+
+impl State {
+    fn new() -> State {
+        State {
+            known_qcow2: Bounded::new(STATE_CAP),
+            table_writes: Bounded::new(1024),
+            renames: Bounded::new(256),
+            deletions: Rate::default(),
+            freezes: Bounded::new(256),
+            created: Bounded::new(1024),
+            disguised: Bounded::new(STATE_CAP),
+            lineage_seen: Bounded::new(1024),
+            dedupe: Bounded::new(STATE_CAP),
+        }
+    }
+
+    /// Sizes, for the stats record and the bounded-state tests.
+    pub fn sizes(&self) -> serde_json::Value {
+        serde_json::json!({
+            "known_qcow2": self.known_qcow2.len(),
+            "table_writes": self.table_writes.len(),
+            "renames": self.renames.len(),
+            "deletions": self.deletions.hits.len(),
+            "freezes": self.freezes.len(),
+            "created": self.created.len(),
+            "disguised": self.disguised.len(),
+            "lineage_seen": self.lineage_seen.len(),
+            "dedupe": self.dedupe.len(),
+        })
+    }
+}
+
+/// What a rule sees.
+pub struct Ctx<'a> {
+    pub ev: &'a Event,
+    pub trust: &'a Trust,
+    pub det: &'a Detection,
+    pub st: &'a mut State,
+    pub threshold: u32,
+    pub window_ns: i128,
+    pub windows: &'a [Window],
+    pub local: &'a dyn LocalTime,
+}
+
+struct RuleRt {
+    def: &'static RuleDef,
+    severity: Severity,
+    severity_set: bool,
+    threshold: u32,
+    window_s: u64,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct EngineStats {
+    pub evaluated: u64,
+    pub alerts: u64,
+    pub excepted: u64,
+    pub in_window: u64,
+    pub deduped: u64,
+    pub superseded: u64,
+}
+
+pub struct Engine {
+    rules: Vec<RuleRt>,
+    index: [Vec<usize>; KINDS],
+    actors: Vec<ActorGroup>,
+    exceptions: Vec<Exception>,
+    windows: Vec<Window>,
+    det: Detection,
+    local: Box<dyn LocalTime>,
+    st: State,
+    /// Trusted paths missing on this host, pins that did not match …
+    pub warnings: Vec<String>,
+    pub stats: EngineStats,
+    /// The agent's own pid: it never alerts on itself (no loops through its own output).
+    own_pid: u32,
+}
+
+impl Engine {
+    /// Build from a policy. Validation errors are errors; missing trusted tools are warnings.
+    pub fn build(
+        p: &Policy,
+        resolver: &dyn Resolver,
+        local: Box<dyn LocalTime>,
+    ) -> Result<Engine, String> {
+        policy::validate(&p.rules_policy()).map_err(|e| e.msg)?;
+        let (actors, warnings) = policy::build_actors(&p.actors, resolver);
+        let set: HashMap<&str, &policy::RuleSettings> = p
+            .rules
+            .iter()
+            .map(|r| (r.id.get_ref().as_str(), r))
+            .collect();
+        let mut rules = Vec::new();
+        let mut index: [Vec<usize>; KINDS] = Default::default();
+        for def in registry::RULES {
+            let s = set.get(def.id);
+            if !s.and_then(|s| s.enabled).unwrap_or(def.default_enabled) {
+                continue;
+            }
+            let (t, w) = def.rate.unwrap_or((1, def.default_window));
+            let rt = RuleRt {
+                def,
+                severity: s.and_then(|s| s.severity).unwrap_or(def.severity),
+                severity_set: s.is_some_and(|s| s.severity.is_some()),
+                threshold: s
+                    .and_then(|s| s.threshold.as_ref())
+                    .map(|t| *t.get_ref())
+                    .unwrap_or(t),
+                window_s: s
+                    .and_then(|s| s.window_seconds.as_ref())
+                    .map(|w| *w.get_ref())
+                    .unwrap_or(w),
+            };
+            for k in def.kinds {
+                index[k.idx()].push(rules.len());
+            }
+            rules.push(rt);
+        }
+        let d = &p.detection;
+        let det = Detection {
+            image_extensions: d.image_extensions.clone(),
+            volatile: d
+                .volatile_paths
+                .iter()
+                .filter_map(|g| Glob::new(g.get_ref()).ok())
+                .collect(),
+            ransom: d
+                .ransom_note_names
+                .iter()
+                .filter_map(|g| Glob::new_nocase(g.get_ref()).ok())
+                .collect(),
+            hidden_extensions: d.hidden_extensions.clone(),
+            suspicious: d
+                .suspicious_ancestors
+                .iter()
+                .filter_map(|g| Some((Glob::new(g.get_ref()).ok()?, g.get_ref().contains('/'))))
+                .collect(),
+            admin_users: d.admin_users.clone(),
+            dedupe_ns: d.dedupe_seconds as i128 * 1_000_000_000,
+        };
+        Ok(Engine {
+            rules,
+            index,
+            actors,
+            exceptions: p.exceptions.iter().map(Exception::compile).collect(),
+            windows: p.windows.iter().filter_map(Window::compile).collect(),
+            det,
+            local,
+            st: State::new(),
+            warnings,
+            stats: EngineStats::default(),
+            own_pid: std::process::id(),
+        })
+    }
+
+    /// An engine with no rules (used when none could be built).
+    pub fn empty() -> Engine {
+        empty_engine()
+    }
+
+    pub fn enabled_rules(&self) -> Vec<&'static str> {
+        self.rules.iter().map(|r| r.def.id).collect()
+    }
+
+    pub fn state_sizes(&self) -> serde_json::Value {
+        self.st.sizes()
+    }
+
+    #[cfg(test)]
+    pub fn set_own_pid(&mut self, pid: u32) {
+        self.own_pid = pid;
+    }
+
+    pub fn trust_of(&self, p: &crate::event::ProcessInfo) -> Trust {
+        Trust {
+            groups: self
+                .actors
+                .iter()
+                .filter(|g| g.trusts(p))
+                .map(|g| g.name.clone())
+                .collect(),
+            identity: self
+                .actors
+                .iter()
+                .any(|g| g.has_identity(p.exe_dev, p.exe_ino)),
+        }
+    }
+
+    /// Evaluate one event. Alerts come back in rule order, after any timed-out sequences.
+    pub fn process(&mut self, ev: &Event) -> Vec<Alert> {
+        let mut out = self.expire(ev.ts_unix_ns);
+        if ev.process.pid == self.own_pid && self.own_pid != 0 {
+            return out;
+        }
+        self.stats.evaluated += 1;
+        let kind = Kind::of(ev.action);
+        // Take the pieces apart so a rule can borrow state mutably while reading the rest.
+        let trust = self.trust_of(&ev.process);
+        let mut fired: Vec<(usize, Hit)> = Vec::new();
+        {
+            let st = &mut self.st;
+            observe_into(st, ev, &trust);
+            for &i in &self.index[kind.idx()] {
+                let r = &self.rules[i];
+                let mut ctx = Ctx {
+                    ev,
+                    trust: &trust,
+                    det: &self.det,
+                    st,
+                    threshold: r.threshold,
+                    window_ns: r.window_s as i128 * 1_000_000_000,
+                    windows: &self.windows,
+                    local: self.local.as_ref(),
+                };
+                if let Some(h) = (r.def.eval)(&mut ctx) {
+                    fired.push((i, h));
+                }
+            }
+        }
+        // Most specific wins on one event.
+        let superseded: Vec<&str> = fired
+            .iter()
+            .flat_map(|(i, _)| self.rules[*i].def.supersedes.iter().copied())
+            .collect();
+        let before = fired.len();
+        fired.retain(|(i, _)| !superseded.contains(&self.rules[*i].def.id));
+        self.stats.superseded += (before - fired.len()) as u64;
+        for (i, h) in fired {
+            if let Some(a) = self.finish(i, ev, h, &trust) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// Sequence timeouts (freeze without thaw). Called on every event; `Pipeline::tick` lets
+    /// the agent call it when the host is quiet.
+    pub fn expire(&mut self, now: i128) -> Vec<Alert> {
+        let Some(i) = self.rules.iter().position(|r| r.def.id == "SM-K004") else {
+            return Vec::new();
+        };
+        let w = self.rules[i].window_s as i128 * 1_000_000_000;
+        let mut due = Vec::new();
+        self.st.freezes.retain(|_, ev| {
+            if now - ev.ts_unix_ns > w {
+                due.push(ev.as_ref().clone());
+                false
+            } else {
+                true
+            }
+        });
+        let mut out = Vec::new();
+        for ev in due {
+            let h = Hit::msg(registry::k004_message(&ev, self.rules[i].window_s));
+            let trust = self.trust_of(&ev.process);
+            if let Some(a) = self.finish(i, &ev, h, &trust) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    fn excepted(&self, id: &str, ev: &Event, trust: &Trust) -> bool {
+        let path = |f: &Option<crate::event::FileInfo>| {
+            f.as_ref()
+                .and_then(|f| f.path.as_ref())
+                .map(|p| p.0.clone())
+                .unwrap_or_default()
+        };
+        let (p, t) = (path(&ev.file), path(&ev.target));
+        self.exceptions.iter().any(|x| {
+            x.rules.iter().any(|r| r == id)
+                && x.actor.as_ref().is_none_or(|a| trust.by(a))
+                && x.executable
+                    .as_ref()
+                    .is_none_or(|g| g.matches(&ev.process.executable.0))
+                && (x.actions.is_empty() || x.actions.iter().any(|a| a == ev.action))
+                && x.target
+                    .as_ref()
+                    .is_none_or(|g| g.matches(&p) || (!t.is_empty() && g.matches(&t)))
+        })
+    }
+
+    fn finish(&mut self, i: usize, ev: &Event, h: Hit, trust: &Trust) -> Option<Alert> {
+        let r = &self.rules[i];
+        let id = r.def.id;
+        if self.excepted(id, ev, trust) {
+            self.stats.excepted += 1;
+            return None;
+        }
+        let (wday, minute) = self
+            .local
+            .local(ev.ts_unix_ns.div_euclid(1_000_000_000) as i64);
+        if self
+            .windows
+            .iter()
+            .any(|w| w.suppress.iter().any(|s| s == id) && w.contains(wday, minute))
+        {
+            self.stats.in_window += 1;
+            return None;
+        }
+        let f = ev.file.as_ref();
+        let key = (
+            i,
+            ev.process.pid,
+            f.map(|f| f.dev).unwrap_or(0),
+            f.map(|f| f.ino).unwrap_or(0),
+        );
+        // Rate rules already aggregate; everything else alerts once per actor and file.
+        if r.def.rate.is_none() {
+            if let Some(&t) = self.st.dedupe.get(&key) {
+                if ev.ts_unix_ns - t < self.det.dedupe_ns {
+                    self.stats.deduped += 1;
+                    return None;
+                }
+            }
+            self.st.dedupe.insert(key, ev.ts_unix_ns);
+            if let Some(v) = self.st.dedupe.get_mut(&key) {
+                *v = ev.ts_unix_ns;
+            }
+        }
+        let severity = match (r.severity_set, h.severity) {
+            (false, Some(s)) => s,
+            _ => r.severity,
+        };
+        let mut related = h.related;
+        related.retain(|&s| s != ev.seq);
+        related.sort_unstable();
+        related.dedup();
+        self.stats.alerts += 1;
+        Some(Alert {
+            rule_id: id.to_string(),
+            rule_name: r.def.name.to_string(),
+            severity,
+            technique: r.def.technique.iter().map(|t| t.to_string()).collect(),
+            message: h.message,
+            event: ev.clone(),
+            related_seq: related,
+        })
+    }
+}
+
+/// Facts every rule may lean on, recorded whatever rules are enabled.
+fn observe_into(st: &mut State, ev: &Event, trust: &Trust) {
+    let Some(f) = &ev.file else { return };
+    let key = (f.dev, f.ino);
+    let c = ev.classification.as_ref();
+    if c.is_some_and(|c| c.format == "qcow2") && f.ino != 0 {
+        st.known_qcow2.insert(key, ());
+    }
+    if !trust.by("qemu") && c.is_some_and(|c| c.regions.iter().any(|r| r == "snapshot_table")) {
+        st.table_writes.insert(key, (ev.seq, ev.ts_unix_ns));
+    }
+    if ev.action == "create" {
+        if let Some(p) = &f.path {
+            st.created
+                .insert((ev.process.pid, p.0.clone()), ev.ts_unix_ns);
+        }
+    }
+    if ev.action == "unlink" && f.ino != 0 {
+        st.known_qcow2.remove(&key);
+    }
+}
+
+fn empty_engine() -> Engine {
+    Engine {
+        rules: Vec::new(),
+        index: Default::default(),
+        actors: Vec::new(),
+        exceptions: Vec::new(),
+        windows: Vec::new(),
+        det: Detection {
+            image_extensions: Vec::new(),
+            volatile: Vec::new(),
+            ransom: Vec::new(),
+            hidden_extensions: Vec::new(),
+            suspicious: Vec::new(),
+            admin_users: vec![0],
+            dedupe_ns: 0,
+        },
+        local: Box::new(policy::HostLocalTime),
+        st: State::new(),
+        warnings: Vec::new(),
+        stats: EngineStats::default(),
+        own_pid: std::process::id(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

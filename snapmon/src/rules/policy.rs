@@ -1,0 +1,702 @@
+//! Rules policy model: trusted actors, per-rule settings, exceptions and maintenance windows
+//! as written in the policy file, their validation (with spans for file:line:col errors),
+//! and their compilation into what the engine consults on the hot path.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::glob::Glob;
+use crate::record::Severity;
+
+/// A named group of trusted executables (`qemu`, `libvirt`, `lvm` …), by file identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSpec {
+    pub name: Spanned<String>,
+    /// Absolute paths; the last component may be a glob (`/usr/bin/qemu-system-*`), expanded
+    /// when the policy is built. Each is resolved to (device, inode) then.
+    #[serde(default)]
+    pub executables: Vec<Spanned<String>>,
+    /// Executables trusted only while their content has this SHA-256 (hashed at build time).
+    #[serde(default)]
+    pub pinned: Vec<PinSpec>,
+    /// The parent's executable must match one of these globs.
+    #[serde(default)]
+    pub parent: Vec<Spanned<String>>,
+    /// Some ancestor's executable must match one of these globs.
+    #[serde(default)]
+    pub ancestor: Vec<Spanned<String>>,
+    /// Real uid must be one of these.
+    #[serde(default)]
+    pub users: Vec<u32>,
+    /// systemd unit must match one of these globs.
+    #[serde(default)]
+    pub systemd_units: Vec<Spanned<String>>,
+    /// `false`: only outside containers; `true`: only inside.
+    #[serde(default)]
+    pub container: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinSpec {
+    pub path: Spanned<String>,
+    pub sha256: Spanned<String>,
+}
+
+/// Per-rule overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// Rate rules: how many occurrences within `window_seconds` fire the rule.
+    #[serde(default)]
+    pub threshold: Option<Spanned<u32>>,
+    /// Rate and sequence rules: the window.
+    #[serde(default)]
+    pub window_seconds: Option<Spanned<u64>>,
+}
+
+/// A structured exception: this actor may do these actions to these targets (Falco's lesson:
+/// never a free-form condition that silently widens).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionSpec {
+    pub rules: Vec<Spanned<String>>,
+    /// A trusted actor group by name …
+    #[serde(default)]
+    pub actor: Option<Spanned<String>>,
+    /// … or an executable path glob (weaker: a path, not an identity).
+    #[serde(default)]
+    pub executable: Option<Spanned<String>>,
+    /// `event.action` values; empty = any.
+    #[serde(default)]
+    pub actions: Vec<Spanned<String>>,
+    /// File path glob (the file or the rename target); absent = any.
+    #[serde(default)]
+    pub target: Option<Spanned<String>>,
+    /// For the humans reading the policy; kept so `deny_unknown_fields` accepts it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub comment: Option<String>,
+}
+
+/// A daily window in host local time, optionally on some weekdays only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub name: Spanned<String>,
+    pub start: Spanned<String>,
+    pub end: Spanned<String>,
+    #[serde(default)]
+    pub days: Vec<Spanned<String>>,
+    /// Alerts of these rules are expected (suppressed) inside the window.
+    #[serde(default)]
+    pub suppress: Vec<Spanned<String>>,
+}
+
+fn d_image_ext() -> Vec<String> {
+    [
+        "qcow2", "qcow", "img", "raw", "qed", "vmdk", "vdi", "vhd", "vhdx", "iso",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_volatile() -> Vec<Spanned<String>> {
+    vec![]
+}
+fn d_dedupe() -> u64 {
+    10
+}
+fn d_admins() -> Vec<u32> {
+    vec![0]
+}
+
+/// Lists the rules consult (names, paths, lineages).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSection {
+    /// File extensions that name disk images.
+    #[serde(default = "d_image_ext")]
+    pub image_extensions: Vec<String>,
+    /// World-writable or volatile places a backing file should never point to.
+    #[serde(default = "d_volatile")]
+    pub volatile_paths: Vec<Spanned<String>>,
+    /// Case-insensitive name globs of ransom notes.
+    #[serde(default)]
+    pub ransom_note_names: Vec<Spanned<String>>,
+    /// Extensions that hide files from casual listings (`vss` …).
+    #[serde(default)]
+    pub hidden_extensions: Vec<String>,
+    /// Ancestors a snapshot tool should not have: globs on the executable path (with `/`)
+    /// or the process name (without).
+    #[serde(default)]
+    pub suspicious_ancestors: Vec<Spanned<String>>,
+    /// Users whose interactive sessions may run snapshot tools.
+    #[serde(default = "d_admins")]
+    pub admin_users: Vec<u32>,
+    /// The same rule, actor and file alert at most once in this many seconds.
+    #[serde(default = "d_dedupe")]
+    pub dedupe_seconds: u64,
+}
+
+impl Default for DetectionSection {
+    fn default() -> Self {
+        DetectionSection {
+            image_extensions: d_image_ext(),
+            volatile_paths: d_volatile(),
+            ransom_note_names: vec![],
+            hidden_extensions: vec![],
+            suspicious_ancestors: vec![],
+            admin_users: d_admins(),
+            dedupe_seconds: d_dedupe(),
+        }
+    }
+}
+
+/// The rules part of the policy, as parsed.
+#[derive(Debug, Clone, Default)]
+pub struct RulesPolicy<'a> {
+    pub actors: &'a [ActorSpec],
+    pub rules: &'a [RuleSettings],
+    pub exceptions: &'a [ExceptionSpec],
+    pub windows: &'a [WindowSpec],
+    pub detection: Option<&'a DetectionSection>,
+}
+
+/// A semantic error at a byte span of the policy text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanError {
+    pub span: std::ops::Range<usize>,
+    pub msg: String,
+}
+
+fn at<T>(s: &Spanned<T>, msg: impl Into<String>) -> SpanError {
+    SpanError {
+        span: s.span(),
+        msg: msg.into(),
+    }
+}
+
+/// `HH:MM` → minutes since midnight (`24:00` allowed as an end).
+pub fn parse_hhmm(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    if m >= 60 || h > 24 || (h == 24 && m != 0) {
+        return None;
+    }
+    Some(h * 60 + m)
+}
+
+pub const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+/// Actions an exception may name (the agent's `event.action` vocabulary).
+pub const KNOWN_ACTIONS: &[&str] = &[
+    "write",
+    "pwrite64",
+    "writev",
+    "pwritev",
+    "pwritev2",
+    "io_uring_write",
+    "io_uring_writev",
+    "io_uring_write_fixed",
+    "aio_pwrite",
+    "aio_pwritev",
+    "copy_file_range",
+    "splice",
+    "sendfile",
+    "fallocate",
+    "punch_hole",
+    "zero_range",
+    "collapse_range",
+    "insert_range",
+    "truncate",
+    "mmap_shared_write",
+    "create",
+    "open_write",
+    "open_truncate",
+    "rename",
+    "unlink",
+    "rmdir",
+    "link",
+    "symlink",
+    "mkdir",
+    "chmod",
+    "chown",
+    "utimes",
+    "ioctl",
+    "vfs_write",
+];
+
+/// Validate everything the rules part of a policy says, without touching the host.
+pub fn validate(p: &RulesPolicy) -> Result<(), SpanError> {
+    let known = |id: &str| super::registry::find(id).is_some();
+    let mut groups = std::collections::HashSet::new();
+    for a in p.actors {
+        if a.name.get_ref().is_empty() {
+            return Err(at(&a.name, "actor name must not be empty"));
+        }
+        if !groups.insert(a.name.get_ref().clone()) {
+            return Err(at(
+                &a.name,
+                format!("actor `{}` defined twice", a.name.get_ref()),
+            ));
+        }
+        if a.executables.is_empty() && a.pinned.is_empty() {
+            return Err(at(
+                &a.name,
+                format!("actor `{}` lists no executables", a.name.get_ref()),
+            ));
+        }
+        for e in a.executables.iter().chain(a.pinned.iter().map(|p| &p.path)) {
+            check_exe_path(e)?;
+        }
+        for pn in &a.pinned {
+            let h = pn.sha256.get_ref();
+            if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(at(&pn.sha256, "sha256 must be 64 hex digits"));
+            }
+        }
+        for g in a.parent.iter().chain(&a.ancestor).chain(&a.systemd_units) {
+            Glob::new(g.get_ref()).map_err(|e| at(g, format!("bad glob: {e}")))?;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in p.rules {
+        let id = r.id.get_ref();
+        let Some(def) = super::registry::find(id) else {
+            return Err(at(&r.id, format!("unknown rule id `{id}`")));
+        };
+        if !seen.insert(id.clone()) {
+            return Err(at(&r.id, format!("rule `{id}` configured twice")));
+        }
+        if let Some(t) = &r.threshold {
+            if def.rate.is_none() {
+                return Err(at(
+                    t,
+                    format!("rule `{id}` is not a rate rule; `threshold` does not apply"),
+                ));
+            }
+            if *t.get_ref() == 0 || *t.get_ref() > 100_000 {
+                return Err(at(t, "threshold must be within 1..=100000"));
+            }
+        }
+        if let Some(w) = &r.window_seconds {
+            if def.rate.is_none() && !def.windowed {
+                return Err(at(w, format!("rule `{id}` has no window")));
+            }
+            if *w.get_ref() == 0 || *w.get_ref() > 86_400 {
+                return Err(at(w, "window_seconds must be within 1..=86400"));
+            }
+        }
+    }
+    for x in p.exceptions {
+        if x.rules.is_empty() {
+            return Err(SpanError {
+                span: x
+                    .actor
+                    .as_ref()
+                    .or(x.executable.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(0..0),
+                msg: "exception names no rules".into(),
+            });
+        }
+        for r in &x.rules {
+            if !known(r.get_ref()) {
+                return Err(at(r, format!("unknown rule id `{}`", r.get_ref())));
+            }
+        }
+        match (&x.actor, &x.executable) {
+            (None, None) => {
+                return Err(at(
+                    &x.rules[0],
+                    "exception needs `actor` or `executable` (who is excepted)",
+                ))
+            }
+            (Some(a), _) if !groups.contains(a.get_ref()) => {
+                return Err(at(
+                    a,
+                    format!("unknown actor `{}` (define it with [[actor]])", a.get_ref()),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(e) = &x.executable {
+            Glob::new(e.get_ref()).map_err(|m| at(e, format!("bad glob: {m}")))?;
+        }
+        if let Some(t) = &x.target {
+            Glob::new(t.get_ref()).map_err(|m| at(t, format!("bad glob: {m}")))?;
+            if !t.get_ref().starts_with('/') {
+                return Err(at(t, "target glob must be absolute"));
+            }
+        }
+        for a in &x.actions {
+            if !KNOWN_ACTIONS.contains(&a.get_ref().as_str()) {
+                return Err(at(a, format!("unknown action `{}`", a.get_ref())));
+            }
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for w in p.windows {
+        if !names.insert(w.name.get_ref().clone()) {
+            return Err(at(
+                &w.name,
+                format!("window `{}` defined twice", w.name.get_ref()),
+            ));
+        }
+        let s = parse_hhmm(w.start.get_ref())
+            .filter(|&m| m < 24 * 60)
+            .ok_or_else(|| {
+                at(
+                    &w.start,
+                    format!("`{}` is not a time HH:MM (00:00–23:59)", w.start.get_ref()),
+                )
+            })?;
+        let e = parse_hhmm(w.end.get_ref()).ok_or_else(|| {
+            at(
+                &w.end,
+                format!("`{}` is not a time HH:MM (00:00–24:00)", w.end.get_ref()),
+            )
+        })?;
+        if s == e {
+            return Err(at(&w.end, "window is empty: start equals end"));
+        }
+        for d in &w.days {
+            if !DAYS.contains(&d.get_ref().to_ascii_lowercase().as_str()) {
+                return Err(at(
+                    d,
+                    format!("`{}` is not a day (sun, mon, … sat)", d.get_ref()),
+                ));
+            }
+        }
+        for r in &w.suppress {
+            if !known(r.get_ref()) {
+                return Err(at(r, format!("unknown rule id `{}`", r.get_ref())));
+            }
+        }
+    }
+    if let Some(d) = p.detection {
+        for g in d.volatile_paths.iter().chain(&d.suspicious_ancestors) {
+            Glob::new(g.get_ref()).map_err(|m| at(g, format!("bad glob: {m}")))?;
+        }
+        for g in &d.ransom_note_names {
+            Glob::new_nocase(g.get_ref()).map_err(|m| at(g, format!("bad glob: {m}")))?;
+        }
+        if d.dedupe_seconds > 86_400 {
+            return Err(SpanError {
+                span: 0..0,
+                msg: "detection.dedupe_seconds must be at most 86400".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_exe_path(e: &Spanned<String>) -> Result<(), SpanError> {
+    let p = e.get_ref();
+    if !p.starts_with('/') {
+        return Err(at(e, format!("executable `{p}` must be an absolute path")));
+    }
+    let (dir, leaf) = p.rsplit_once('/').unwrap_or(("", p));
+    if dir.contains(['*', '?', '[']) {
+        return Err(at(e, "only the last path component may be a glob"));
+    }
+    Glob::new(leaf).map_err(|m| at(e, format!("bad glob: {m}")))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Compiled form.
+
+/// How trusted paths become identities. The host's filesystem in production; a recorded
+/// table in fixture tests (identities are per host).
+pub trait Resolver {
+    /// (kernel dev, inode) of the file at `path`, following symlinks.
+    fn identity(&self, path: &str) -> Option<(u32, u64)>;
+    /// Paths in `dir` (for glob expansion).
+    fn list(&self, dir: &str) -> Vec<String>;
+    fn sha256(&self, path: &str) -> Option<String>;
+}
+
+pub struct HostResolver;
+
+impl Resolver for HostResolver {
+    fn identity(&self, path: &str) -> Option<(u32, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        m.is_file()
+            .then(|| (crate::watch::kernel_dev(m.dev()), m.ino()))
+    }
+    fn list(&self, dir: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn sha256(&self, path: &str) -> Option<String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Some(hex::encode(h.finalize()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ActorGroup {
+    pub name: String,
+    /// (dev, ino) → the configured path it came from.
+    pub ids: BTreeMap<(u32, u64), String>,
+    pub parent: Vec<Glob>,
+    pub ancestor: Vec<Glob>,
+    pub users: Vec<u32>,
+    pub units: Vec<Glob>,
+    pub container: Option<bool>,
+}
+
+impl ActorGroup {
+    /// Is this executable identity one of the group's (lineage constraints not applied)?
+    pub fn has_identity(&self, dev: u32, ino: u64) -> bool {
+        ino != 0 && self.ids.contains_key(&(dev, ino))
+    }
+
+    /// Identity and every lineage constraint.
+    pub fn trusts(&self, p: &crate::event::ProcessInfo) -> bool {
+        if !self.has_identity(p.exe_dev, p.exe_ino) {
+            return false;
+        }
+        if !self.parent.is_empty() {
+            let pe = p
+                .parent
+                .as_ref()
+                .map(|a| a.executable.as_str())
+                .or_else(|| p.ancestors.first().map(|a| a.executable.as_str()))
+                .unwrap_or("");
+            if !self.parent.iter().any(|g| g.matches(pe.as_bytes())) {
+                return false;
+            }
+        }
+        if !self.ancestor.is_empty()
+            && !p.ancestors.iter().any(|a| {
+                self.ancestor
+                    .iter()
+                    .any(|g| g.matches(a.executable.as_bytes()))
+            })
+        {
+            return false;
+        }
+        if !self.users.is_empty() && !self.users.contains(&p.uid) {
+            return false;
+        }
+        if !self.units.is_empty() {
+            let u = p.systemd_unit.as_deref().unwrap_or("");
+            if !self.units.iter().any(|g| g.matches(u.as_bytes())) {
+                return false;
+            }
+        }
+        match self.container {
+            Some(want) if want != p.container_id.is_some() => return false,
+            _ => {}
+        }
+        true
+    }
+}
+
+/// Resolve actor groups to identities. Missing paths are warnings, not errors: a policy is
+/// shared between hosts that do not all have every tool.
+pub fn build_actors(specs: &[ActorSpec], r: &dyn Resolver) -> (Vec<ActorGroup>, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut out = Vec::new();
+    let globs = |v: &[Spanned<String>]| -> Vec<Glob> {
+        v.iter()
+            .filter_map(|g| Glob::new(g.get_ref()).ok())
+            .collect()
+    };
+    for a in specs {
+        let name = a.name.get_ref().clone();
+        let mut ids = BTreeMap::new();
+        for e in &a.executables {
+            let p = e.get_ref();
+            let (dir, leaf) = p.rsplit_once('/').unwrap_or(("", p));
+            let candidates: Vec<String> = match Glob::new(leaf) {
+                Ok(g) if !g.is_literal() => {
+                    let dir = if dir.is_empty() { "/" } else { dir };
+                    let mut v: Vec<String> = r
+                        .list(dir)
+                        .into_iter()
+                        .filter(|c| {
+                            Path::new(c)
+                                .file_name()
+                                .is_some_and(|n| g.matches(n.as_encoded_bytes()))
+                        })
+                        .collect();
+                    v.sort();
+                    v
+                }
+                _ => vec![p.clone()],
+            };
+            if candidates.is_empty() {
+                warnings.push(format!(
+                    "actor `{name}`: nothing on this host matches `{p}`"
+                ));
+            }
+            for c in candidates {
+                match r.identity(&c) {
+                    Some(id) => {
+                        ids.entry(id).or_insert(c);
+                    }
+                    None => {
+                        warnings.push(format!("actor `{name}`: `{c}` does not exist on this host"))
+                    }
+                }
+            }
+        }
+        for pn in &a.pinned {
+            let p = pn.path.get_ref();
+            match (r.identity(p), r.sha256(p)) {
+                (Some(id), Some(h)) if h.eq_ignore_ascii_case(pn.sha256.get_ref()) => {
+                    ids.entry(id).or_insert_with(|| p.clone());
+                }
+                (Some(_), Some(h)) => warnings.push(format!(
+                    "actor `{name}`: `{p}` has SHA-256 {h}, not the pinned one; not trusted"
+                )),
+                _ => warnings.push(format!("actor `{name}`: `{p}` does not exist on this host")),
+            }
+        }
+        out.push(ActorGroup {
+            name,
+            ids,
+            parent: globs(&a.parent),
+            ancestor: globs(&a.ancestor),
+            users: a.users.clone(),
+            units: globs(&a.systemd_units),
+            container: a.container,
+        });
+    }
+    (out, warnings)
+}
+
+#[derive(Debug, Clone)]
+pub struct Exception {
+    pub rules: Vec<String>,
+    pub actor: Option<String>,
+    pub executable: Option<Glob>,
+    pub actions: Vec<String>,
+    pub target: Option<Glob>,
+}
+
+impl Exception {
+    pub fn compile(x: &ExceptionSpec) -> Exception {
+        Exception {
+            rules: x.rules.iter().map(|r| r.get_ref().clone()).collect(),
+            actor: x.actor.as_ref().map(|a| a.get_ref().clone()),
+            executable: x
+                .executable
+                .as_ref()
+                .and_then(|e| Glob::new(e.get_ref()).ok()),
+            actions: x.actions.iter().map(|a| a.get_ref().clone()).collect(),
+            target: x.target.as_ref().and_then(|t| Glob::new(t.get_ref()).ok()),
+        }
+    }
+}
+
+/// Local-time conversion, injectable so tests do not depend on the host's zone.
+pub trait LocalTime: Send {
+    /// (weekday 0 = Sunday, minute of the day) of a Unix time, in host local time.
+    fn local(&self, unix_s: i64) -> (u32, u32);
+}
+
+/// The host's zone, through libc `localtime_r` (honours TZ and /etc/localtime).
+pub struct HostLocalTime;
+
+impl LocalTime for HostLocalTime {
+    fn local(&self, unix_s: i64) -> (u32, u32) {
+        let t: libc::time_t = unix_s as libc::time_t;
+        // SAFETY: localtime_r writes only into `tm`; both pointers are valid.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+        if !ok {
+            let d = unix_s.div_euclid(86_400);
+            return (
+                ((d + 4).rem_euclid(7)) as u32,
+                (unix_s.rem_euclid(86_400) / 60) as u32,
+            );
+        }
+        (tm.tm_wday as u32, (tm.tm_hour * 60 + tm.tm_min) as u32)
+    }
+}
+
+/// A fixed UTC offset (tests, and `replay --utc`).
+pub struct FixedOffset(pub i64);
+
+impl LocalTime for FixedOffset {
+    fn local(&self, unix_s: i64) -> (u32, u32) {
+        let s = unix_s + self.0;
+        let d = s.div_euclid(86_400);
+        (
+            ((d + 4).rem_euclid(7)) as u32,
+            (s.rem_euclid(86_400) / 60) as u32,
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub name: String,
+    pub start: u32,
+    pub end: u32,
+    /// Bit per weekday (0 = Sunday); all set when no days are given.
+    pub days: u8,
+    pub suppress: Vec<String>,
+}
+
+impl Window {
+    pub fn compile(w: &WindowSpec) -> Option<Window> {
+        let mut days = 0u8;
+        for d in &w.days {
+            let i = DAYS
+                .iter()
+                .position(|x| *x == d.get_ref().to_ascii_lowercase())?;
+            days |= 1 << i;
+        }
+        Some(Window {
+            name: w.name.get_ref().clone(),
+            start: parse_hhmm(w.start.get_ref())?,
+            end: parse_hhmm(w.end.get_ref())?,
+            days: if days == 0 { 0x7f } else { days },
+            suppress: w.suppress.iter().map(|s| s.get_ref().clone()).collect(),
+        })
+    }
+
+    /// Is local (weekday, minute) inside? Windows may cross midnight (22:00–02:00); the
+    /// part after midnight belongs to the day the window started.
+    pub fn contains(&self, wday: u32, minute: u32) -> bool {
+        let on = |d: u32| self.days & (1 << (d % 7)) != 0;
+        if self.start < self.end {
+            on(wday) && minute >= self.start && minute < self.end
+        } else {
+            (on(wday) && minute >= self.start) || (on((wday + 6) % 7) && minute < self.end)
+        }
+    }
+}

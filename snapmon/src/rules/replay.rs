@@ -1,0 +1,534 @@
+//! Rules stage, offline: `snapmon replay` reads the agent's own `--format json` output back
+//! into [`Event`]s (the inverse of `sink::json`) and runs the rules over them. Alert, state
+//! and metric lines are skipped, so replaying a log that already holds alerts cannot make a
+//! rule fire on an alert. Write samples are not in the JSON; rules use classification fields.
+
+use std::io::BufRead;
+
+use serde_json::Value;
+
+use crate::{
+    classify::{Change, Classification},
+    event::{Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    record::Alert,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("line {line}: not JSON: {msg}")]
+    Json { line: usize, msg: String },
+    #[error("line {line}: {msg}")]
+    Shape { line: usize, msg: String },
+}
+
+/// The agent's `&'static str` vocabularies; anything else becomes `other`.
+const WORDS: &[&str] = &[
+    // categories, types
+    "file",
+    "process",
+    "change",
+    "creation",
+    "deletion",
+    "access",
+    "info",
+    "start",
+    "end",
+    // backends
+    "tracepoint",
+    "fentry",
+    // actions and write ops
+    "write",
+    "pwrite64",
+    "writev",
+    "pwritev",
+    "pwritev2",
+    "io_uring_write",
+    "io_uring_writev",
+    "io_uring_write_fixed",
+    "aio_pwrite",
+    "aio_pwritev",
+    "copy_file_range",
+    "splice",
+    "sendfile",
+    "fallocate",
+    "punch_hole",
+    "zero_range",
+    "collapse_range",
+    "insert_range",
+    "truncate",
+    "ftruncate",
+    "mmap_shared_write",
+    "io_uring_fallocate",
+    "io_uring_ftruncate",
+    "vfs_write",
+    "write_unknown",
+    "create",
+    "open_write",
+    "open_truncate",
+    "rename",
+    "unlink",
+    "rmdir",
+    "link",
+    "symlink",
+    "mkdir",
+    "chmod",
+    "chown",
+    "utimes",
+    "ioctl",
+    "fork",
+    "exec",
+    "exit",
+    "namespace_unknown",
+    // fallocate modes
+    "keep_size",
+    "no_hide_stale",
+    "unshare_range",
+    // classification formats
+    "qcow2",
+    "lvm",
+    "lvm-backup",
+    "libvirt",
+    "dm",
+    "btrfs",
+    "zfs",
+    "unknown",
+    "raw",
+    // detail keys
+    "mode",
+    "uid",
+    "gid",
+    "open_flags",
+    "rename_flags",
+    "length",
+];
+
+pub fn intern(s: &str) -> &'static str {
+    WORDS.iter().copied().find(|w| *w == s).unwrap_or("other")
+}
+
+/// Undo `event::escape_bytes`: `\xNN` → byte, `\\` → `\`.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
+            match s
+                .get(i + 2..i + 4)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                Some(v) => {
+                    out.push(v);
+                    i += 4;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// RFC 3339 UTC (`2026-11-28T18:02:11.482113000Z`) → Unix nanoseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i128> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-');
+    let (y, m, dd): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':');
+    let (h, mi, se): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&m) || !(1..=31).contains(&dd) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i128 = format!("{frac:0<9}").parse().ok()?;
+    // Howard Hinnant's days_from_civil.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + dd - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days as i128 * 86_400 + (h * 3600 + mi * 60 + se) as i128) * 1_000_000_000 + nanos)
+}
+
+/// `MAJOR:MINOR` → kernel dev (`MAJOR << 20 | MINOR`).
+fn parse_dev(s: &str) -> Option<u32> {
+    let (a, b) = s.split_once(':')?;
+    let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+    (a < 4096 && b < (1 << 20)).then_some((a << 20) | b)
+}
+
+fn u64_of(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn hex_or_display(display: &Value, hex: &Value) -> Option<Bytes> {
+    if let Some(h) = hex.as_str() {
+        if let Ok(b) = hex::decode(h) {
+            return Some(Bytes(b));
+        }
+    }
+    display.as_str().map(|s| Bytes(unescape(s)))
+}
+
+fn ancestor(v: &Value) -> Ancestor {
+    Ancestor {
+        pid: u64_of(&v["pid"]).unwrap_or(0) as u32,
+        name: str_of(&v["name"]).to_string(),
+        executable: str_of(&v["executable"]).to_string(),
+        entity_id: str_of(&v["entity_id"]).to_string(),
+    }
+}
+
+fn classification(c: &Value) -> Classification {
+    let strs = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Classification {
+        format: intern(str_of(&c["format"])),
+        regions: strs(&c["regions"]),
+        changes: c["changes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        Change::new(
+                            str_of(&x["field"]),
+                            str_of(&x["before"]),
+                            str_of(&x["after"]),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ioctl: c.get("ioctl").filter(|v| !v.is_null()).cloned(),
+        ioctl_name: c["ioctl_name"].as_str().map(String::from),
+        snapshot_destructive: c["snapshot_destructive"].as_bool().unwrap_or(false),
+        snapshot_create: c["snapshot_create"].as_bool().unwrap_or(false),
+        sample_entropy: c["sample_entropy"].as_f64(),
+        facts: c["facts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| {
+                        Some((
+                            f.get(0)?.as_str()?.to_string(),
+                            f.get(1)?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// One JSON line → an event; `Ok(None)` for lines that are not events (alerts, state …).
+pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
+    let v: Value = serde_json::from_str(line).map_err(|e| ReplayError::Json {
+        line: n,
+        msg: e.to_string(),
+    })?;
+    if !v.is_object() {
+        return Err(ReplayError::Shape {
+            line: n,
+            msg: "not a JSON object".into(),
+        });
+    }
+    if v["event"]["kind"] != "event" {
+        return Ok(None);
+    }
+    let shape = |msg: &str| ReplayError::Shape {
+        line: n,
+        msg: msg.into(),
+    };
+    let ts = parse_rfc3339(str_of(&v["@timestamp"])).ok_or_else(|| shape("bad @timestamp"))?;
+    let e = &v["event"];
+    let sm = &v["snapmon"];
+    let p = &v["process"];
+    let sp = &sm["process"];
+    let first = |x: &Value| x.get(0).and_then(|s| s.as_str()).unwrap_or("").to_string();
+    let mut process = ProcessInfo {
+        pid: u64_of(&p["pid"]).unwrap_or(0) as u32,
+        tid: u64_of(&p["thread"]["id"]).unwrap_or(0) as u32,
+        ppid: u64_of(&p["parent"]["pid"]).unwrap_or(0) as u32,
+        name: str_of(&p["name"]).to_string(),
+        executable: Bytes(unescape(str_of(&p["executable"]))),
+        args: p["args"]
+            .as_array()
+            .map(|a| a.iter().map(|x| Bytes(unescape(str_of(x)))).collect())
+            .unwrap_or_default(),
+        args_truncated: p["args_truncated"].as_bool().unwrap_or(false),
+        uid: u64_of(&p["user"]["id"]).unwrap_or(0) as u32,
+        gid: u64_of(&p["group"]["id"]).unwrap_or(0) as u32,
+        entity_id: str_of(&p["entity_id"]).to_string(),
+        cwd: p["working_directory"].as_str().map(|s| Bytes(unescape(s))),
+        container_id: v["container"]["id"].as_str().map(String::from),
+        systemd_unit: sp["systemd_unit"].as_str().map(String::from),
+        vm_name: sp["vm"]["name"].as_str().map(String::from),
+        vm_uuid: sp["vm"]["uuid"].as_str().map(String::from),
+        ancestors: sp["ancestors"]
+            .as_array()
+            .map(|a| a.iter().map(ancestor).collect())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    if p["parent"]["name"].is_string() {
+        process.parent = Some(ancestor(&p["parent"]));
+    }
+    if let (Some(d), Some(i)) = (
+        sp["executable_identity"]["device"]
+            .as_str()
+            .and_then(parse_dev),
+        u64_of(&sp["executable_identity"]["inode"]),
+    ) {
+        process.exe_dev = d;
+        process.exe_ino = i;
+    }
+    let file_of = |f: &Value, hex: &Value| -> Option<FileInfo> {
+        if !f.is_object() {
+            return None;
+        }
+        Some(FileInfo {
+            path: hex_or_display(&f["path"], hex),
+            dev: f["device"].as_str().and_then(parse_dev).unwrap_or(0),
+            ino: u64_of(&f["inode"]).unwrap_or(0),
+            size: f["size"].as_u64(),
+        })
+    };
+    let file = file_of(&v["file"], &sm["file_path_hex"]);
+    let target =
+        hex_or_display(&v["file"]["target_path"], &sm["file_target_path_hex"]).map(|p| FileInfo {
+            path: Some(p),
+            ..Default::default()
+        });
+    let write = sm["write"].as_object().map(|w| WriteInfo {
+        op: intern(w.get("op").and_then(|x| x.as_str()).unwrap_or("")),
+        offset: w.get("offset").and_then(|x| x.as_i64()).unwrap_or(-1),
+        length: w.get("length").and_then(|x| x.as_u64()).unwrap_or(0),
+        offset_from_fpos: w
+            .get("offset_from_fpos")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
+        length_partial: w
+            .get("length_partial")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
+        mode: w
+            .get("mode")
+            .and_then(|m| m.as_array())
+            .map(|a| a.iter().map(|x| intern(str_of(x))).collect())
+            .unwrap_or_default(),
+        data: Vec::new(),
+    });
+    let hexnum = |x: &Value| {
+        x.as_str()
+            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0)
+    };
+    let ioctl = sm["ioctl"].as_object().map(|i| IoctlRaw {
+        cmd: hexnum(i.get("cmd").unwrap_or(&Value::Null)) as u32,
+        arg: hexnum(i.get("arg").unwrap_or(&Value::Null)),
+        arg_data: Vec::new(),
+    });
+    let detail = sm["detail"]
+        .as_object()
+        .map(|d| {
+            d.iter()
+                .map(|(k, x)| {
+                    (
+                        intern(k),
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(Event {
+        seq: u64_of(&e["sequence"]).unwrap_or(0),
+        ts_unix_ns: ts,
+        ts_boot_ns: 0,
+        category: intern(&first(&e["category"])),
+        ecs_type: intern(&first(&e["type"])),
+        action: intern(str_of(&e["action"])),
+        backend: intern(str_of(&sm["backend"])),
+        process,
+        file,
+        target,
+        write,
+        ioctl,
+        detail,
+        classification: sm["classification"]
+            .is_object()
+            .then(|| classification(&sm["classification"])),
+    }))
+}
+
+/// What a replay saw.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReplayStats {
+    pub lines: usize,
+    pub events: usize,
+    pub skipped: usize,
+    pub errors: Vec<String>,
+}
+
+/// Run an engine over JSON Lines. Bad lines are reported and skipped, never fatal.
+pub fn run(engine: &mut super::Engine, input: impl BufRead) -> (Vec<Alert>, ReplayStats) {
+    let mut alerts = Vec::new();
+    let mut st = ReplayStats::default();
+    for (i, line) in input.lines().enumerate() {
+        let Ok(line) = line else {
+            st.errors.push(format!("line {}: unreadable", i + 1));
+            break;
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        st.lines += 1;
+        match parse_line(&line, i + 1) {
+            Ok(Some(ev)) => {
+                st.events += 1;
+                alerts.extend(engine.process(&ev));
+            }
+            Ok(None) => st.skipped += 1,
+            Err(e) => {
+                if st.errors.len() < 100 {
+                    st.errors.push(e.to_string());
+                }
+            }
+        }
+    }
+    (alerts, st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{record::Record, sink::json::to_value};
+
+    #[test]
+    fn timestamps_round_trip() {
+        for ns in [0i128, 951_782_400_000_000_001, 1_795_887_000_123_000_000] {
+            let s = crate::sink::json::rfc3339(ns);
+            assert_eq!(parse_rfc3339(&s), Some(ns), "{s}");
+        }
+        assert_eq!(parse_rfc3339("garbage"), None);
+        assert_eq!(parse_rfc3339("2026-13-01T00:00:00.0Z"), None);
+    }
+
+    #[test]
+    fn json_round_trips_to_an_equivalent_event() {
+        let ev = Event {
+            seq: 9,
+            ts_unix_ns: 1_795_887_000_123_000_000,
+            category: "file",
+            ecs_type: "change",
+            action: "pwrite64",
+            backend: "tracepoint",
+            process: ProcessInfo {
+                pid: 7,
+                name: "python3".into(),
+                executable: Bytes(b"/usr/bin/python3".to_vec()),
+                exe_dev: (254 << 20) | 1,
+                exe_ino: 42,
+                ancestors: vec![Ancestor {
+                    pid: 6,
+                    name: "bash".into(),
+                    executable: "/usr/bin/bash".into(),
+                    entity_id: String::new(),
+                }],
+                ..Default::default()
+            },
+            file: Some(FileInfo {
+                path: Some(Bytes(b"/s/a\\b\x01\xffc".to_vec())),
+                dev: 8 << 20,
+                ino: 3,
+                size: Some(10),
+            }),
+            write: Some(WriteInfo {
+                op: "pwrite64",
+                offset: 60,
+                length: 4,
+                ..Default::default()
+            }),
+            classification: Some(Classification {
+                format: "qcow2",
+                regions: vec!["header.nb_snapshots".into()],
+                changes: vec![Change::new("nb_snapshots", "3", "0")],
+                facts: vec![("k".into(), "v".into())],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let line = to_value(&Record::Event(ev.clone()), "h").to_string();
+        let back = parse_line(&line, 1).unwrap().unwrap();
+        assert_eq!(
+            back.file.as_ref().unwrap().path,
+            ev.file.as_ref().unwrap().path
+        );
+        assert_eq!(
+            (back.process.exe_dev, back.process.exe_ino),
+            ((254 << 20) | 1, 42)
+        );
+        assert_eq!(back.process.ancestors[0].name, "bash");
+        assert_eq!(back.ts_unix_ns, ev.ts_unix_ns);
+        let c = back.classification.unwrap();
+        assert_eq!((c.format, c.changes[0].after.as_str()), ("qcow2", "0"));
+        assert_eq!(c.facts, vec![("k".to_string(), "v".to_string())]);
+        // Same JSON again: the inverse is exact for everything the sink writes.
+        let again = to_value(&Record::Event(parse_line(&line, 1).unwrap().unwrap()), "h");
+        assert_eq!(again, serde_json::from_str::<Value>(&line).unwrap());
+    }
+
+    #[test]
+    fn hostile_lines_are_errors_not_panics() {
+        for l in [
+            "", "{", "[]", "42", "null", "{\"event\":{\"kind\":\"event\"}}",
+            "{\"event\":{\"kind\":\"event\"},\"@timestamp\":\"2026-01-01T00:00:00.x9Z\"}",
+            "{\"event\":{\"kind\":\"event\",\"action\":[1]},\"@timestamp\":\"2026-01-01T00:00:00.1Z\",\"file\":{\"device\":\"99999:1\",\"inode\":-1},\"snapmon\":{\"file_path_hex\":\"zz\",\"ioctl\":{\"cmd\":\"0xzz\"},\"classification\":{\"changes\":[1,{}],\"facts\":[[1],[\"a\"]]}}}",
+            "{\"event\":{\"kind\":\"alert\"}}",
+        ] {
+            let _ = parse_line(l, 1);
+        }
+        assert!(matches!(
+            parse_line("{\"event\":{\"kind\":\"alert\"}}", 1),
+            Ok(None)
+        ));
+        assert_eq!(unescape("a\\x0"), b"a\\x0");
+        assert_eq!(unescape("\\x01\\\\"), b"\x01\\");
+    }
+}
