@@ -1,0 +1,232 @@
+//! End-to-end rules: real attacks against a watched temp store with the agent running on its
+//! embedded default policy; each asserts the alert (rule, severity, actor, target, diff)
+//! arrives within one second of the attack finishing.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use snapmon_e2e::{agent, python, run};
+
+const WITHIN: Duration = Duration::from_secs(1);
+
+fn dir(name: &str) -> PathBuf {
+    let d = agent().dir("rules").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn image(d: &Path, name: &str, snaps: &[&str]) -> PathBuf {
+    let img = d.join(name);
+    let s = img.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
+    for sn in snaps {
+        run("qemu-img", &["snapshot", "-c", sn, s]);
+    }
+    img
+}
+
+fn is_alert(v: &Value, rule: &str, pid: Option<u32>) -> bool {
+    v["event"]["kind"] == "alert"
+        && v["rule"]["id"] == rule
+        && pid.is_none_or(|p| v["process"]["pid"] == p)
+}
+
+/// Wait for the alert; fail with what arrived instead.
+fn expect_alert(rule: &str, pid: Option<u32>, target: &Path) -> Value {
+    let t = target.to_string_lossy().into_owned();
+    let start = Instant::now();
+    let got = agent().wait_for(WITHIN, |v| {
+        is_alert(v, rule, pid)
+            && (v["file"]["path"].as_str() == Some(&t)
+                || v["file"]["target_path"].as_str() == Some(&t)
+                || v["message"].as_str().is_some_and(|m| m.contains(&t)))
+    });
+    match got {
+        Some(v) => {
+            assert!(start.elapsed() <= WITHIN + Duration::from_millis(100));
+            v
+        }
+        None => {
+            let alerts: Vec<String> = agent()
+                .records()
+                .into_iter()
+                .filter(|v| v["event"]["kind"] == "alert")
+                .map(|v| format!("{} {}", v["rule"]["id"], v["message"]))
+                .collect();
+            panic!(
+                "no {rule} alert about {t} within {WITHIN:?}; alerts so far:\n{}",
+                alerts.join("\n")
+            );
+        }
+    }
+}
+
+fn message(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or("")
+}
+
+#[test]
+fn python_hiding_snapshots_is_critical_and_names_the_diff() {
+    let d = dir("hide");
+    let img = image(&d, "vm1.qcow2", &["s1", "s2", "s3"]);
+    let r = python(&format!(
+        "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, (0).to_bytes(4,'big'), 60)",
+        img.to_str().unwrap()
+    ));
+    let a = expect_alert("SM-Q002", Some(r.pid), &img);
+    assert_eq!(a["snapmon"]["severity"], "critical");
+    assert_eq!(a["event"]["severity"], 99);
+    assert_eq!(a["process"]["name"], "python3");
+    assert!(message(&a).starts_with("python3 (←"), "{}", message(&a));
+    assert!(
+        message(&a).contains("set nb_snapshots 3→0 in vm1.qcow2"),
+        "{}",
+        message(&a)
+    );
+    assert_eq!(a["threat"]["technique"]["id"][0], "T1490");
+}
+
+#[test]
+fn random_bytes_over_the_header_destroy_it() {
+    let d = dir("magic");
+    let img = image(&d, "vm1.qcow2", &["s1"]);
+    let r = run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", img.display()),
+            "bs=4096",
+            "count=1",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    let a = expect_alert("SM-Q005", Some(r.pid), &img);
+    assert_eq!(a["snapmon"]["severity"], "critical");
+    assert!(message(&a).contains("magic QFI\\xfb→"), "{}", message(&a));
+}
+
+#[test]
+fn backing_file_redirected_to_tmp_is_critical() {
+    let d = dir("backing");
+    let img = image(&d, "vm1.qcow2", &[]);
+    let r = python(&format!(
+        "import os; fd=os.open({:?}, os.O_RDWR); n=b'/tmp/evil.qcow2'; os.pwrite(fd, n, 0x300); \
+         os.pwrite(fd, (0x300).to_bytes(8,'big')+len(n).to_bytes(4,'big'), 8)",
+        img.to_str().unwrap()
+    ));
+    let a = expect_alert("SM-Q004", Some(r.pid), &img);
+    assert_eq!(a["snapmon"]["severity"], "critical");
+    assert!(
+        message(&a).contains("backing_file (none)→/tmp/evil.qcow2"),
+        "{}",
+        message(&a)
+    );
+}
+
+#[test]
+fn a_renamed_copy_of_qemu_img_is_not_trusted() {
+    let d = dir("rogue");
+    let img = image(&d, "vm1.qcow2", &["s1", "s2"]);
+    let rogue = d.join("qemu-img");
+    std::fs::copy("/usr/bin/qemu-img", &rogue).unwrap();
+    let r = run(
+        rogue.to_str().unwrap(),
+        &["snapshot", "-d", "s1", img.to_str().unwrap()],
+    );
+    let a = expect_alert("SM-Q002", Some(r.pid), &img);
+    assert_eq!(a["process"]["name"], "qemu-img");
+    assert!(message(&a).contains("nb_snapshots 2→1"), "{}", message(&a));
+    expect_alert("SM-Q001", Some(r.pid), &img);
+}
+
+#[test]
+fn mass_rename_of_images_fires_once_for_the_batch() {
+    let d = dir("rename");
+    for i in 0..6 {
+        image(&d, &format!("disk{i}.qcow2"), &[]);
+    }
+    let r = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "for f in {}/disk*.qcow2; do mv \"$f\" \"$f.locked\"; done",
+                d.display()
+            ),
+        ],
+    );
+    let _ = r;
+    let a = expect_alert("SM-R001", None, &d.join("disk4.qcow2"));
+    assert_eq!(a["snapmon"]["severity"], "critical");
+    assert!(
+        message(&a).contains("renamed 5 disk images"),
+        "{}",
+        message(&a)
+    );
+    assert_eq!(
+        a["snapmon"]["related_sequence"].as_array().map(|v| v.len()),
+        Some(4)
+    );
+}
+
+#[test]
+fn hidden_file_and_ransom_note_in_the_store() {
+    let d = dir("plant");
+    let hidden = d.join(".stash");
+    let r = run("touch", &[hidden.to_str().unwrap()]);
+    let a = expect_alert("SM-H001", Some(r.pid), &hidden);
+    assert!(
+        message(&a).contains("`.stash`") && message(&a).contains("dot-file"),
+        "{}",
+        message(&a)
+    );
+    let note = d.join("HOW_TO_RECOVER_FILES.txt");
+    let r = python(&format!(
+        "open({:?}, 'w').write('pay')",
+        note.to_str().unwrap()
+    ));
+    expect_alert("SM-R002", Some(r.pid), &note);
+}
+
+#[test]
+fn backdated_image_timestamps_are_anti_forensics() {
+    let d = dir("ts");
+    let img = image(&d, "vm1.qcow2", &[]);
+    let r = run("touch", &["-d", "2020-01-01 00:00", img.to_str().unwrap()]);
+    let a = expect_alert("SM-T001", Some(r.pid), &img);
+    assert_eq!(a["threat"]["technique"]["id"][0], "T1070.006");
+}
+
+#[test]
+fn routine_qemu_img_work_stays_quiet() {
+    let d = dir("benign");
+    let img = image(&d, "vm.qcow2", &["s1", "s2"]);
+    let s = img.to_str().unwrap();
+    let mut pids = vec![];
+    for args in [
+        vec!["snapshot", "-l", s],
+        vec!["snapshot", "-a", "s1", s],
+        vec!["snapshot", "-d", "s2", s],
+        vec!["resize", "-q", s, "32M"],
+        vec!["amend", "-f", "qcow2", "-o", "lazy_refcounts=on", s],
+        vec!["bitmap", "--add", s, "b0"],
+    ] {
+        pids.push(run("qemu-img", &args).pid);
+    }
+    let loud = agent().settle(Duration::from_millis(800), |v| {
+        v["event"]["kind"] == "alert"
+            && v["event"]["severity"].as_u64().unwrap_or(0) >= 47
+            && v["file"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(d.to_str().unwrap()))
+    });
+    assert!(
+        loud.is_empty(),
+        "{:#?}",
+        loud.iter().map(message).collect::<Vec<_>>()
+    );
+}
