@@ -168,7 +168,7 @@ impl Registry {
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let mut family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
             o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         };
         let l = self.labelled.lock();

@@ -143,8 +143,10 @@ impl Chain {
         let mut v = super::json::to_value(&Record::State(StateRecord { action, detail }), host);
         v["event"]["dataset"] = json!("snapmon.chain");
         let r = serde_json::to_vec(&v).unwrap_or_default();
+        let line = self.seal(&r);
+        // Counted from this keyed record on.
         self.since_checkpoint = 0;
-        self.seal(&r)
+        line
     }
 
     pub fn header(&mut self, host: &str, file: &Path) -> Vec<u8> {
@@ -496,6 +498,52 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
     Ok(rep)
 }
 
+/// `snapmon verify-log`: print the verdict, return the exit status (0 intact, 1 tampered,
+/// 2 unreadable).
+pub fn verify_cmd(files: &[PathBuf], key_file: Option<&Path>, live: bool) -> i32 {
+    let key = match key_file.map(load_key) {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            eprintln!("snapmon: {e}");
+            return 2;
+        }
+        None => None,
+    };
+    match verify(files, key.as_deref(), live) {
+        Err(e) => {
+            eprintln!("snapmon: cannot read {e}");
+            2
+        }
+        Ok(rep) if rep.findings.is_empty() => {
+            println!(
+                "intact: {} records, seq {}..{}, {} checkpoints{} in {} file(s)",
+                rep.records,
+                rep.first_seq.unwrap_or(0),
+                rep.last_seq.unwrap_or(0),
+                rep.checkpoints,
+                if key.is_some() {
+                    " (HMAC verified)"
+                } else {
+                    ""
+                },
+                rep.files.len()
+            );
+            0
+        }
+        Ok(rep) => {
+            for f in &rep.findings {
+                println!("{f}");
+            }
+            println!(
+                "TAMPERED: {} finding(s) in {} records",
+                rep.findings.len(),
+                rep.records
+            );
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,5 +577,220 @@ mod tests {
         let l = parse_line(&line[..line.len() - 1]).unwrap();
         assert_eq!(l.record, br#"{"a":"x,\"snapmon.chain\":{\"seq\":1"}"#);
         assert_eq!(hash_of(&l.prev, 0, &l.record), l.hash);
+    }
+
+    use crate::sink::{
+        config::SinkConfig, file::FileSink, fixtures, Format, SinkCounters, SinkWriter,
+    };
+    use std::sync::Arc;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("snapmon-chain-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A keyed log of `n` events with checkpoints every 4, rotated at `rotate` bytes.
+    fn make_log(d: &Path, n: u64, rotate: Option<&str>) -> (PathBuf, PathBuf) {
+        let key = d.join("key");
+        fs::write(&key, "0123456789abcdef-secret\n").unwrap();
+        let p = d.join("s.jsonl");
+        let mut spec = format!(
+            "file:{},key_file={},checkpoint_every=4,keep=9",
+            p.display(),
+            key.display()
+        );
+        if let Some(r) = rotate {
+            spec.push_str(&format!(",rotate_size={r}"));
+        }
+        let c = SinkConfig::parse_spec(&spec).unwrap();
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
+        for i in 0..n {
+            s.write(&Record::Event(fixtures::event(i)));
+        }
+        s.close();
+        (p, key)
+    }
+
+    fn lines(p: &Path) -> Vec<String> {
+        fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+    fn put(p: &Path, l: &[String]) {
+        fs::write(p, l.join("\n") + "\n").unwrap();
+    }
+    fn check(files: &[PathBuf], key: &Path, live: bool) -> Vec<Finding> {
+        let k = load_key(key).unwrap();
+        verify(files, Some(&k), live).unwrap().findings
+    }
+    fn only(f: &[Finding], kind: Tamper, line: usize) {
+        assert!(!f.is_empty(), "nothing found");
+        assert_eq!(f[0].kind, kind, "{f:#?}");
+        assert_eq!(f[0].line, line, "{f:#?}");
+    }
+
+    #[test]
+    fn intact_log_verifies_with_and_without_key() {
+        let d = dir("ok");
+        let (p, key) = make_log(&d, 10, None);
+        assert!(check(&[p.clone()], &key, false).is_empty());
+        let rep = verify(&[p.clone()], None, false).unwrap();
+        assert!(rep.findings.is_empty());
+        // header + 10 events + 2 checkpoints + footer
+        assert_eq!(rep.records, 14);
+        assert_eq!(rep.checkpoints, 3);
+        assert_eq!(verify_cmd(&[p.clone()], Some(&key), false), 0);
+        assert_eq!(verify_cmd(&[d.join("missing")], None, false), 2);
+        // Another key: every keyed record is flagged.
+        let other = d.join("other");
+        fs::write(&other, "another-key-of-16-bytes").unwrap();
+        let f = check(&[p], &other, false);
+        assert_eq!(f[0].kind, Tamper::Unkeyed);
+        assert_eq!(f[0].line, 1);
+    }
+
+    #[test]
+    fn removal_is_caught_with_line_and_seq() {
+        let d = dir("rm");
+        let (p, key) = make_log(&d, 10, None);
+        let mut l = lines(&p);
+        l.remove(3); // seq 3 (header is seq 0)
+        put(&p, &l);
+        let f = check(&[p.clone()], &key, false);
+        only(&f, Tamper::Removed, 4);
+        assert_eq!(f[0].seq, Some(4));
+        assert!(f[0].msg.contains("expected seq 3"), "{}", f[0]);
+        assert_eq!(verify_cmd(&[p], Some(&key), false), 1);
+    }
+
+    #[test]
+    fn alteration_is_caught() {
+        let d = dir("alt");
+        let (p, key) = make_log(&d, 10, None);
+        let mut l = lines(&p);
+        l[2] = l[2].replace("\"pid\":4242", "\"pid\":4243");
+        assert!(l[2].contains("\"pid\":4243"));
+        put(&p, &l);
+        only(&check(&[p.clone()], &key, false), Tamper::Altered, 3);
+        // Re-hashing that record only moves the break to the next line.
+        let link = parse_line(l[2].as_bytes()).unwrap();
+        let mut c = Chain::new(None, 1000, link.seq, link.prev);
+        let resealed = c.seal(&link.record);
+        l[2] = String::from_utf8(resealed).unwrap().trim_end().to_string();
+        put(&p, &l);
+        only(&check(&[p], &key, false), Tamper::Altered, 4);
+    }
+
+    #[test]
+    fn reordering_is_caught() {
+        let d = dir("ord");
+        let (p, key) = make_log(&d, 10, None);
+        let mut l = lines(&p);
+        l.swap(2, 3);
+        put(&p, &l);
+        let f = check(&[p], &key, false);
+        only(&f, Tamper::Reordered, 3);
+        assert!(f.iter().all(|x| x.kind == Tamper::Reordered), "{f:#?}");
+    }
+
+    #[test]
+    fn truncation_is_caught_mid_line_and_at_line_ends() {
+        let d = dir("trunc");
+        let (p, key) = make_log(&d, 10, None);
+        let data = fs::read(&p).unwrap();
+        fs::write(&p, &data[..data.len() - 40]).unwrap();
+        let f = check(&[p.clone()], &key, false);
+        only(&f, Tamper::Truncated, 14);
+        let mut l = lines(&p);
+        l.truncate(10);
+        put(&p, &l);
+        let f = check(&[p.clone()], &key, false);
+        only(&f, Tamper::Truncated, 10);
+        // --live accepts a file that is still being written.
+        assert!(check(&[p], &key, true).is_empty());
+    }
+
+    #[test]
+    fn keyless_rewrite_and_checkpoint_removal_are_caught() {
+        let d = dir("forge");
+        let (p, key) = make_log(&d, 10, None);
+        // Drop a record and recompute the whole chain without the key.
+        let mut l = lines(&p);
+        l.remove(3);
+        let mut c = Chain::new(None, 1000, 0, ZERO);
+        let l: Vec<String> = l
+            .iter()
+            .map(|x| {
+                let k = parse_line(x.as_bytes()).unwrap();
+                String::from_utf8(c.seal(&k.record))
+                    .unwrap()
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        put(&p, &l);
+        assert!(verify(&[p.clone()], None, false)
+            .unwrap()
+            .findings
+            .is_empty());
+        let f = check(&[p.clone()], &key, false);
+        assert!(f.iter().any(|x| x.kind == Tamper::Unkeyed), "{f:#?}");
+        // Without checkpoints at all: the gap itself is a finding.
+        let (p, key) = make_log(&d, 12, None);
+        let l: Vec<String> = lines(&p)
+            .into_iter()
+            .filter(|x| !x.contains("chain_checkpoint"))
+            .collect();
+        let mut c = Chain::new(None, 1000, 0, ZERO);
+        let l: Vec<String> = l
+            .iter()
+            .map(|x| {
+                let k = parse_line(x.as_bytes()).unwrap();
+                String::from_utf8(c.seal(&k.record))
+                    .unwrap()
+                    .trim_end()
+                    .to_string()
+            })
+            .collect();
+        put(&p, &l);
+        let f = check(&[p], &key, true);
+        assert!(
+            f.iter()
+                .any(|x| x.kind == Tamper::Removed && x.msg.contains("no checkpoint")),
+            "{f:#?}"
+        );
+    }
+
+    #[test]
+    fn rotated_file_splice_and_missing_file_are_caught() {
+        let d = dir("splice");
+        let (p, key) = make_log(&d, 40, Some("3K"));
+        let n1 = d.join("s.jsonl.1");
+        let n2 = d.join("s.jsonl.2");
+        assert!(n2.exists(), "expected at least two rotations");
+        let all = [p.clone(), n1.clone(), n2.clone()];
+        assert!(check(&all, &key, false).is_empty());
+        // A rotated file left out: the next header does not link.
+        let f = check(&[p.clone(), n2.clone()], &key, false);
+        assert_eq!(f[0].kind, Tamper::Spliced, "{f:#?}");
+        assert_eq!(f[0].line, 1);
+        // A file from another chain (same seqs) swapped in for .1.
+        let other = dir("splice-other");
+        make_log(&other, 40, Some("3K"));
+        fs::copy(other.join("s.jsonl.1"), &n1).unwrap();
+        let f = check(&all, &key, false);
+        assert!(f.iter().any(|x| x.kind == Tamper::Spliced), "{f:#?}");
+        // The rotated file cut short (whole lines): caught at its end.
+        let (p, key) = make_log(&d, 40, Some("3K"));
+        let mut l = lines(&n1);
+        l.truncate(l.len() - 2);
+        put(&n1, &l);
+        let f = check(&[p, n1, n2], &key, false);
+        assert!(f.iter().any(|x| x.kind == Tamper::Truncated), "{f:#?}");
     }
 }

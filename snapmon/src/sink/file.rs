@@ -257,3 +257,140 @@ impl SinkWriter for FileSink {
         self.counters.set_state("closed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{chain::verify, fixtures};
+
+    pub(crate) fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "snapmon-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn sink(spec: &str) -> (FileSink, Arc<SinkCounters>) {
+        let c = SinkConfig::parse_spec(spec).unwrap();
+        let counters = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let s = FileSink::open(&c, Format::Json, "h".into(), counters.clone()).unwrap();
+        (s, counters)
+    }
+
+    fn lines(p: &Path) -> Vec<String> {
+        fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn size_rotation_keeps_n_files_and_one_unbroken_chain() {
+        let d = tempdir("rot");
+        let p = d.join("s.jsonl");
+        let (mut s, c) = sink(&format!(
+            "file:{},rotate_size=4K,keep=3,flush=record",
+            p.display()
+        ));
+        for i in 0..40 {
+            s.write(&Record::Event(fixtures::event(i)));
+        }
+        s.close();
+        assert_eq!(c.written.load(crate::sink::RELAXED), 40);
+        assert!(c.rotations.load(crate::sink::RELAXED) >= 3);
+        // keep=3: PATH.1..PATH.3 exist, PATH.4 never does.
+        for n in 1..=3 {
+            assert!(numbered(&p, n).exists(), "{n}");
+        }
+        assert!(!numbered(&p, 4).exists());
+        for f in [p.clone(), numbered(&p, 1), numbered(&p, 2)] {
+            let m = fs::metadata(&f).unwrap().len();
+            assert!(m <= 4096 + 2048, "{} is {m} bytes", f.display());
+            let l = lines(&f);
+            assert!(l[0].contains("\"log_header\""), "{}", l[0]);
+            assert!(l.last().unwrap().contains("\"log_closed\""));
+        }
+        // Oldest files were deleted, so the chain is checked from PATH.3 on: in any order.
+        let files = vec![p.clone(), numbered(&p, 2), numbered(&p, 3), numbered(&p, 1)];
+        let rep = verify(&files, None, false).unwrap();
+        assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
+        assert_eq!(rep.files[0], numbered(&p, 3));
+        // The newest record (seq 39 of the events) is in the live file.
+        assert!(lines(&p).iter().any(|l| l.contains("\"sequence\":39")));
+    }
+
+    #[test]
+    fn reopen_after_logrotate_moves_the_file_continues_the_chain() {
+        let d = tempdir("reopen");
+        let p = d.join("s.jsonl");
+        let (mut s, _) = sink(&format!("file:{},flush=record", p.display()));
+        for i in 0..3 {
+            s.write(&Record::Event(fixtures::event(i)));
+        }
+        // logrotate (create mode): rename, then SIGHUP.
+        fs::rename(&p, d.join("s.jsonl.1")).unwrap();
+        s.write(&Record::Event(fixtures::event(3)));
+        s.reopen();
+        s.write(&Record::Event(fixtures::event(4)));
+        s.close();
+        let old = lines(&d.join("s.jsonl.1"));
+        // Written before the reopen: still lands in the renamed file, followed by its footer.
+        assert!(old[4].contains("\"sequence\":3"), "{old:?}");
+        assert!(old[5].contains("log_closed") && old[5].contains("\"reopen\""));
+        let new = lines(&p);
+        assert!(new[0].contains("log_header"));
+        assert!(new[1].contains("\"sequence\":4"));
+        let rep = verify(&[p.clone(), d.join("s.jsonl.1")], None, false).unwrap();
+        assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
+        // A reopen with no rotation appends footer + header to the same file: still intact.
+        let (mut s, _) = sink(&format!("file:{},flush=record", p.display()));
+        s.reopen();
+        s.write(&Record::Event(fixtures::event(5)));
+        s.close();
+        let rep = verify(&[p.clone(), d.join("s.jsonl.1")], None, false).unwrap();
+        assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
+    }
+
+    #[test]
+    fn restart_continues_the_chain_and_flush_policies_apply() {
+        let d = tempdir("restart");
+        let p = d.join("s.jsonl");
+        let (mut s, _) = sink(&format!("file:{},flush=never", p.display()));
+        s.write(&Record::Event(fixtures::event(0)));
+        // flush=never: nothing reached the file yet (64 KiB buffer).
+        assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+        s.close();
+        let (mut s, _) = sink(&format!(
+            "file:{},flush=interval,flush_interval=1ms,fsync=interval",
+            p.display()
+        ));
+        s.write(&Record::Event(fixtures::event(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        s.tick();
+        assert!(lines(&p).iter().any(|l| l.contains("\"sequence\":1")));
+        s.close();
+        let rep = verify(&[p.clone()], None, false).unwrap();
+        assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
+        assert_eq!(rep.first_seq, Some(0));
+    }
+
+    #[test]
+    fn time_rotation_on_tick() {
+        let d = tempdir("trot");
+        let p = d.join("s.jsonl");
+        let (mut s, c) = sink(&format!("file:{},rotate_interval=1s", p.display()));
+        s.write(&Record::Event(fixtures::event(0)));
+        s.tick();
+        assert_eq!(c.rotations.load(crate::sink::RELAXED), 0);
+        s.opened -= Duration::from_secs(2);
+        s.tick();
+        assert_eq!(c.rotations.load(crate::sink::RELAXED), 1);
+        assert!(numbered(&p, 1).exists());
+        s.close();
+    }
+}

@@ -321,4 +321,178 @@ mod tests {
         assert_eq!(v["process"]["pid"], 7);
         assert_eq!(v["snapmon"]["schema_version"], 1);
     }
+
+    /// The ECS record as a consumer would type it: unknown fields are errors, so a field
+    /// added without updating the module doc and this struct fails here.
+    mod typed {
+        use serde::Deserialize;
+
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Ecs {
+            #[serde(rename = "@timestamp")]
+            pub timestamp: String,
+            pub event: EcsEvent,
+            pub file: Option<EcsFile>,
+            pub process: EcsProcess,
+            pub host: Host,
+            pub rule: Option<Rule>,
+            pub message: Option<String>,
+            pub threat: Option<serde_json::Value>,
+            pub snapmon: Snapmon,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct EcsEvent {
+            pub kind: String,
+            pub category: Vec<String>,
+            #[serde(rename = "type")]
+            pub ty: Vec<String>,
+            pub action: String,
+            pub sequence: u64,
+            pub module: String,
+            pub dataset: String,
+            pub severity: Option<u8>,
+            pub risk_score: Option<u8>,
+            pub reason: Option<String>,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct EcsFile {
+            pub path: String,
+            pub name: String,
+            pub directory: String,
+            pub inode: String,
+            pub device: String,
+            pub size: Option<u64>,
+            pub target_path: Option<String>,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct EcsProcess {
+            pub pid: u32,
+            pub thread: Thread,
+            pub name: String,
+            pub executable: String,
+            pub args: Vec<String>,
+            pub entity_id: Option<String>,
+            pub user: Id,
+            pub group: Id,
+            pub parent: Option<Parent>,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Thread {
+            pub id: u32,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Id {
+            pub id: String,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Parent {
+            pub pid: u32,
+            pub name: String,
+            pub executable: String,
+            pub entity_id: String,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Host {
+            pub hostname: String,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Rule {
+            pub id: String,
+            pub name: String,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Snapmon {
+            pub schema_version: u32,
+            pub backend: String,
+            pub severity: Option<String>,
+            pub write: Option<Write>,
+            pub classification: Option<Classification>,
+            pub process: SnapProcess,
+            pub file_path_hex: Option<String>,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Write {
+            pub op: String,
+            pub offset: i64,
+            pub length: u64,
+            pub offset_from_fpos: bool,
+            pub length_partial: bool,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct Classification {
+            pub format: String,
+            pub regions: Vec<String>,
+            pub changes: Vec<Change>,
+        }
+        #[derive(Deserialize, Debug, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        pub struct Change {
+            pub field: String,
+            pub before: String,
+            pub after: String,
+        }
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        pub struct SnapProcess {
+            pub ancestors: Vec<serde_json::Value>,
+            pub lineage: String,
+        }
+    }
+
+    #[test]
+    fn alert_line_deserializes_into_typed_ecs() {
+        let mut buf = Vec::new();
+        write_line(
+            &mut buf,
+            &crate::sink::fixtures::alert(5, crate::record::Severity::Critical),
+            "host1",
+        )
+        .unwrap();
+        assert!(buf.ends_with(b"\n") && buf.iter().filter(|b| **b == b'\n').count() == 1);
+        let r: typed::Ecs = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(r.timestamp, "2026-11-28T17:30:00.128000000Z");
+        assert_eq!(r.event.kind, "alert");
+        assert_eq!(r.event.category, ["file"]);
+        assert_eq!(r.event.ty, ["change"]);
+        assert_eq!(r.event.sequence, 5);
+        assert_eq!(r.event.severity, Some(99));
+        assert_eq!(r.event.dataset, "snapmon.file");
+        let f = r.file.unwrap();
+        assert_eq!(f.name, "vm1.qcow2");
+        assert_eq!(f.directory, "/var/lib/libvirt/images");
+        assert_eq!(f.device, "8:1");
+        assert_eq!(f.inode, "1234");
+        assert_eq!(r.process.parent.unwrap().name, "bash");
+        assert_eq!(r.process.args, ["python3", "-c"]);
+        assert_eq!(r.process.user.id, "0");
+        assert_eq!(r.rule.unwrap().id, "SM001");
+        assert_eq!(r.host.hostname, "host1");
+        assert_eq!(r.snapmon.schema_version, SCHEMA_VERSION);
+        assert_eq!(r.snapmon.severity.as_deref(), Some("critical"));
+        assert_eq!(r.snapmon.process.lineage, "python3 ← bash ← sshd");
+        let c = r.snapmon.classification.unwrap();
+        assert_eq!(c.regions, ["header.nb_snapshots"]);
+        assert_eq!(
+            c.changes,
+            [typed::Change {
+                field: "nb_snapshots".into(),
+                before: "3".into(),
+                after: "0".into()
+            }]
+        );
+        assert_eq!(r.snapmon.write.unwrap().offset, 60);
+        assert!(r.snapmon.file_path_hex.is_none());
+    }
 }

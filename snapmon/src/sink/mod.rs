@@ -3,8 +3,8 @@
 //!
 //! [`SinkSet`] runs every configured sink on its own thread behind a bounded channel: `send`
 //! never blocks (a full queue is a counted `queue_full` drop for that sink only), so a slow
-//! or dead sink cannot stall the ring-buffer reader or the other sinks. [`Sinks`]/[`Output`]
-//! are the synchronous single-thread form for offline tools.
+//! or dead sink cannot stall the ring-buffer reader or the other sinks. [`Output`]
+//! is the synchronous single-thread form for offline tools (`replay`).
 
 pub mod chain;
 pub mod config;
@@ -18,7 +18,7 @@ mod stdout;
 pub mod syslog;
 pub mod tail;
 
-pub use set::{Cause, SinkCounters, SinkSet, SinkWriter, StartError};
+pub use set::{Cause, SinkCounters, SinkSet, SinkWriter};
 
 use std::{
     io::{self, BufWriter, IsTerminal as _, Write},
@@ -112,8 +112,8 @@ pub struct SinkStats {
     pub dropped: u64,
 }
 
+/// One synchronous output (offline tools such as `replay`; the agent uses [`SinkSet`]).
 pub struct Output {
-    pub name: String,
     pub format: Format,
     pub colour: bool,
     pub filter: Filter,
@@ -128,14 +128,13 @@ pub struct BrokenPipe;
 
 impl Output {
     pub fn new(
-        name: impl Into<String>,
+        _name: impl Into<String>,
         format: Format,
         colour: bool,
         filter: Filter,
         w: Box<dyn Write + Send>,
     ) -> Self {
         Output {
-            name: name.into(),
             format,
             colour,
             filter,
@@ -184,43 +183,91 @@ impl Output {
     }
 }
 
-pub struct Sinks {
-    pub outputs: Vec<Output>,
-    pub host: String,
-}
-
-impl Sinks {
-    pub fn emit(&mut self, r: &Record) -> Result<(), BrokenPipe> {
-        for o in &mut self.outputs {
-            o.emit(r, &self.host)?;
-        }
-        Ok(())
-    }
-    pub fn flush(&mut self) -> Result<(), BrokenPipe> {
-        for o in &mut self.outputs {
-            o.flush()?;
-        }
-        Ok(())
-    }
-    pub fn stats(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.outputs
-                .iter()
-                .map(|o| {
-                    (
-                        o.name.clone(),
-                        serde_json::to_value(&o.stats).unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        )
-    }
-}
-
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Records for sink tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::{
+        classify::{Change, Classification},
+        event::{Ancestor, Bytes, Event, FileInfo, ProcessInfo, WriteInfo},
+        record::{Alert, Record, Severity},
+    };
+
+    pub fn event(seq: u64) -> Event {
+        Event {
+            seq,
+            ts_unix_ns: 1_795_887_000_123_000_000 + seq as i128 * 1_000_000,
+            category: "file",
+            ecs_type: "change",
+            action: "pwrite64",
+            backend: "tracepoint",
+            process: ProcessInfo {
+                pid: 4242,
+                tid: 4242,
+                ppid: 4000,
+                name: "python3".into(),
+                executable: Bytes(b"/usr/bin/python3.11".to_vec()),
+                args: vec![Bytes(b"python3".to_vec()), Bytes(b"-c".to_vec())],
+                uid: 0,
+                entity_id: "ent-4242".into(),
+                parent: Some(Ancestor {
+                    pid: 4000,
+                    name: "bash".into(),
+                    executable: "/usr/bin/bash".into(),
+                    entity_id: "ent-4000".into(),
+                }),
+                ancestors: vec![
+                    Ancestor {
+                        pid: 4000,
+                        name: "bash".into(),
+                        ..Default::default()
+                    },
+                    Ancestor {
+                        pid: 900,
+                        name: "sshd".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+            file: Some(FileInfo {
+                path: Some(Bytes(b"/var/lib/libvirt/images/vm1.qcow2".to_vec())),
+                dev: (8 << 20) | 1,
+                ino: 1234,
+                size: Some(196_624),
+            }),
+            write: Some(WriteInfo {
+                op: "pwrite64",
+                offset: 60,
+                length: 4,
+                ..Default::default()
+            }),
+            classification: Some(Classification {
+                format: "qcow2",
+                regions: vec!["header.nb_snapshots".into()],
+                changes: vec![Change::new("nb_snapshots", "3", "0")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn alert(seq: u64, sev: Severity) -> Record {
+        Record::Alert(Box::new(Alert {
+            rule_id: "SM001".into(),
+            rule_name: "Snapshot table hidden".into(),
+            severity: sev,
+            technique: vec!["T1490".into()],
+            message: "python3 (← bash ← sshd) set nb_snapshots 3→0 in vm1.qcow2".into(),
+            event: event(seq),
+            related_seq: vec![],
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -279,5 +326,80 @@ mod tests {
         // Buffered: the error surfaces at flush.
         assert!(o.emit(&Record::Event(Event::default()), "h").is_ok());
         assert!(o.flush().is_err());
+    }
+
+    /// A sink that blocks until released: stands in for a hung peer.
+    struct Stuck(Arc<std::sync::Barrier>, Arc<AtomicU64>);
+    impl SinkWriter for Stuck {
+        fn write(&mut self, _: &Record) {
+            self.0.wait();
+            self.1.fetch_add(1, RELAXED);
+        }
+        fn tick(&mut self) {}
+        fn reopen(&mut self) {}
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn a_hung_sink_neither_blocks_send_nor_the_other_sinks() {
+        let dir = std::env::temp_dir().join(format!("snapmon-set-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.jsonl");
+        let c = SinkConfig::parse_spec(&format!(
+            "file:{},flush=record,chain=false,queue=100000",
+            path.display()
+        ))
+        .unwrap();
+        let mut set = SinkSet::start(&[c], "h".into()).unwrap();
+        // Add a hung sink with a queue of 4 beside the file sink.
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let done = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(SinkCounters::new("stuck".into(), "test", Format::Json));
+        set.add_writer(
+            Box::new(Stuck(gate.clone(), done.clone())),
+            Filter::default(),
+            counters.clone(),
+            4,
+        );
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            set.send(&Record::Event(fixtures::event(i))).unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "send blocked");
+        // The hung sink took one record into write, four into its queue, dropped the rest.
+        let drops = set.take_drops();
+        let stuck: u64 = drops
+            .iter()
+            .filter(|d| d.0 == "stuck" && d.1 == "queue_full")
+            .map(|d| d.2)
+            .sum();
+        assert!((995..=996).contains(&stuck), "{drops:?}");
+        assert!(set.take_drops().is_empty(), "deltas are reported once");
+        // The file sink got everything meanwhile.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&path).unwrap().lines().count() < 1000 {
+            assert!(Instant::now() < deadline, "file sink starved");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for i in 0..10 {
+            set.send(&Record::Event(fixtures::event(1000 + i))).unwrap();
+        }
+        let Some(Record::Metric(m)) = set.loss_record() else {
+            panic!("no loss record")
+        };
+        assert_eq!(m.action, "lost");
+        assert_eq!(m.detail["sinks"]["stuck"]["queue_full"], 10, "{}", m.detail);
+        assert!(set.loss_record().is_none());
+        // Release the hung sink so shutdown can finish; it must not wait past its timeout.
+        std::thread::spawn(move || loop {
+            gate.wait();
+        });
+        set.shutdown(Duration::from_secs(5));
+        assert_eq!(counters.written.load(RELAXED), 0);
+        assert!(done.load(RELAXED) >= 1);
+        let st = set.stats();
+        assert_eq!(st[format!("file:{}", path.display())]["written"], 1010);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -293,3 +293,160 @@ impl SinkWriter for NetSink {
         !self.spill.is_empty() && self.conn.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::sink::{config::SinkConfig, fixtures, SinkSet};
+    use std::{
+        io::{BufRead, BufReader, Read},
+        net::TcpListener,
+        os::unix::net::UnixListener,
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    /// Accept one connection and read `n` lines, then hang up (the "kill").
+    fn consume<S: Read + Send + 'static>(
+        accept: impl FnOnce() -> S + Send + 'static,
+        n: usize,
+    ) -> thread::JoinHandle<Vec<u64>> {
+        thread::spawn(move || {
+            let s = accept();
+            let mut r = BufReader::new(s);
+            let mut seqs = Vec::new();
+            let mut line = String::new();
+            while seqs.len() < n {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let v: serde_json::Value = serde_json::from_str(&line).expect("whole JSON lines");
+                seqs.push(v["event"]["sequence"].as_u64().unwrap());
+            }
+            seqs
+        })
+    }
+
+    fn wait_for(set: &SinkSet, name: &str, what: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what(&set.stats()[name]) {
+            assert!(Instant::now() < deadline, "{}", set.stats());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn send(set: &SinkSet, r: std::ops::Range<u64>) {
+        for i in r {
+            set.send(&Record::Event(fixtures::event(i))).unwrap();
+        }
+    }
+
+    /// Collector killed after 50 records; 100 more arrive while it is down (spilled);
+    /// it comes back and must see all 200, in order, none twice.
+    fn kill_and_restart(
+        spec: &str,
+        name: &str,
+        listen: &dyn Fn() -> Box<dyn FnOnce() -> Box<dyn Read + Send> + Send>,
+    ) {
+        let a = consume(listen(), 50);
+        let mut set = SinkSet::start(&[SinkConfig::parse_spec(spec).unwrap()], "h".into()).unwrap();
+        wait_for(&set, name, |s| s["state"] == "connected");
+        send(&set, 0..50);
+        let first = a.join().unwrap();
+        assert_eq!(first, (0..50).collect::<Vec<_>>());
+        send(&set, 50..150);
+        wait_for(&set, name, |s| {
+            s["spill_bytes"].as_u64().unwrap() > 0 && s["written"] == 50 && s["queued"] == 0
+        });
+        let b = consume(listen(), 150);
+        send(&set, 150..200);
+        let second = b.join().unwrap();
+        assert_eq!(second, (50..200).collect::<Vec<_>>());
+        wait_for(&set, name, |s| s["written"] == 200 && s["spill_bytes"] == 0);
+        set.shutdown(Duration::from_secs(5));
+        let st = &set.stats()[name];
+        assert_eq!(st["dropped"], 0, "{st}");
+        assert!(st["disconnects"].as_u64().unwrap() >= 1);
+    }
+
+    #[test]
+    fn unix_socket_collector_killed_mid_stream_loses_nothing() {
+        let d = std::env::temp_dir().join(format!("snapmon-unix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let sock = d.join("collector.sock");
+        let spec = format!(
+            "unix:{},spill_dir={},backoff_min=5ms,backoff_max=20ms",
+            sock.display(),
+            d.join("spill").display()
+        );
+        let s2 = sock.clone();
+        kill_and_restart(&spec, &format!("unix:{}", sock.display()), &move || {
+            let _ = std::fs::remove_file(&s2);
+            let l = UnixListener::bind(&s2).unwrap();
+            let s3 = s2.clone();
+            Box::new(move || {
+                let (s, _) = l.accept().unwrap();
+                // The listener dies with the collector: reconnects fail until restart.
+                drop(l);
+                let _ = std::fs::remove_file(&s3);
+                Box::new(s) as Box<dyn Read + Send>
+            })
+        });
+        // The disk spill is drained and its segments deleted.
+        assert_eq!(std::fs::read_dir(d.join("spill")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn tcp_collector_killed_mid_stream_loses_nothing() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let spec = format!("tcp:{addr},backoff_min=5ms,backoff_max=20ms");
+        let a2 = addr.clone();
+        kill_and_restart(&spec, &format!("tcp:{addr}"), &move || {
+            let l = TcpListener::bind(&a2).unwrap();
+            Box::new(move || {
+                let (s, _) = l.accept().unwrap();
+                drop(l);
+                Box::new(s) as Box<dyn Read + Send>
+            })
+        });
+    }
+
+    #[test]
+    fn spill_bound_counts_what_it_drops() {
+        // Nobody listens: everything goes to a 2 KiB memory spill.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = format!("tcp:127.0.0.1:{port},spill_size=2K,backoff_min=1s");
+        let name = format!("tcp:127.0.0.1:{port}");
+        let mut set =
+            SinkSet::start(&[SinkConfig::parse_spec(&spec).unwrap()], "h".into()).unwrap();
+        send(&set, 0..20);
+        wait_for(&set, &name, |s| s["queued"] == 0 && s["received"] == 20);
+        let st = set.stats()[&name].clone();
+        let spilled = st["spill_bytes"].as_u64().unwrap();
+        assert!(spilled > 0 && spilled <= 2048, "{st}");
+        let dropped = st["dropped_by_cause"]["spill_full"].as_u64().unwrap();
+        assert!(dropped >= 15, "{st}");
+        let drops = set.take_drops();
+        assert_eq!(drops, vec![(name.clone(), "spill_full", dropped)]);
+        set.shutdown(Duration::from_secs(3));
+        // The memory spill could not be delivered: counted at shutdown.
+        assert!(
+            set.stats()[&name]["dropped_by_cause"]["shutdown"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    }
+}

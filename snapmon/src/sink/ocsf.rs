@@ -215,3 +215,92 @@ pub fn to_value(r: &Record, host: &str) -> Value {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::fixtures;
+
+    #[test]
+    fn alert_maps_to_file_system_activity_update() {
+        let v = to_value(&fixtures::alert(7, Severity::High), "host1");
+        assert_eq!(v["class_uid"], 1001);
+        assert_eq!(v["category_uid"], 1);
+        assert_eq!(v["activity_id"], 3);
+        assert_eq!(v["type_uid"], 100103);
+        assert_eq!(v["type_name"], "File System Activity: Update");
+        assert_eq!(v["time"], 1_795_887_000_130i64);
+        assert_eq!(v["severity_id"], 4);
+        assert_eq!(v["severity"], "High");
+        assert_eq!(v["actor"]["process"]["pid"], 4242);
+        assert_eq!(v["actor"]["process"]["name"], "python3");
+        assert_eq!(v["actor"]["process"]["file"]["path"], "/usr/bin/python3.11");
+        assert_eq!(v["actor"]["process"]["parent_process"]["pid"], 4000);
+        assert_eq!(v["actor"]["process"]["parent_process"]["name"], "bash");
+        assert_eq!(v["file"]["path"], "/var/lib/libvirt/images/vm1.qcow2");
+        assert_eq!(v["file"]["name"], "vm1.qcow2");
+        assert_eq!(v["file"]["type_id"], 1);
+        assert_eq!(v["metadata"]["product"]["name"], "snapmon");
+        assert_eq!(v["metadata"]["version"], OCSF_VERSION);
+        assert_eq!(v["metadata"]["sequence"], 7);
+        assert_eq!(v["device"]["hostname"], "host1");
+        assert_eq!(v["unmapped"]["rule"]["id"], "SM001");
+        assert_eq!(
+            v["unmapped"]["classification"]["regions"][0],
+            "header.nb_snapshots"
+        );
+        assert_eq!(v["unmapped"]["write"]["offset"], 60);
+        assert!(v["message"].as_str().unwrap().contains("nb_snapshots"));
+    }
+
+    #[test]
+    fn activities_by_action_and_lossless_paths() {
+        let mut e = fixtures::event(1);
+        for (action, id) in [
+            ("create", 1),
+            ("unlink", 4),
+            ("rmdir", 4),
+            ("rename", 5),
+            ("utimes", 6),
+            ("chmod", 7),
+            ("open_write", 14),
+            ("ioctl", 99),
+            ("punch_hole", 3),
+            ("truncate", 3),
+        ] {
+            e.action = action;
+            let v = to_value(&Record::Event(e.clone()), "h");
+            assert_eq!(v["activity_id"], id, "{action}");
+            assert_eq!(v["type_uid"], 100100 + id, "{action}");
+            assert_eq!(v["severity_id"], 1);
+        }
+        e.action = "rename";
+        e.file.as_mut().unwrap().path = Some(Bytes(b"/s/a\xff\x1b".to_vec()));
+        e.target = Some(FileInfo {
+            path: Some(Bytes(b"/s/b".to_vec())),
+            ..Default::default()
+        });
+        let v = to_value(&Record::Event(e.clone()), "h");
+        assert_eq!(v["file"]["path"], "/s/a\\xff\\x1b");
+        assert_eq!(v["unmapped"]["file_path_hex"], "2f732f61ff1b");
+        assert_eq!(v["file_result"]["path"], "/s/b");
+        e.category = "process";
+        e.action = "exit";
+        let v = to_value(&Record::Event(e), "h");
+        assert_eq!(
+            (v["class_uid"].as_u64(), v["activity_id"].as_u64()),
+            (Some(1007), Some(2))
+        );
+        let v = to_value(
+            &Record::State(crate::record::StateRecord {
+                action: "started",
+                detail: json!({}),
+            }),
+            "h",
+        );
+        assert_eq!(
+            (v["class_uid"].as_u64(), v["type_uid"].as_u64()),
+            (Some(6002), Some(600203))
+        );
+    }
+}

@@ -214,7 +214,11 @@ impl SinkSet {
         registry: Arc<Registry>,
     ) -> Result<SinkSet, StartError> {
         config::validate_all(configs)?;
-        let mut sinks = Vec::new();
+        let mut set = SinkSet {
+            sinks: Vec::new(),
+            registry: registry.clone(),
+            reported: Mutex::new(Vec::new()),
+        };
         for c in configs {
             let name = c.name();
             let o = c.options();
@@ -290,28 +294,38 @@ impl SinkSet {
                     }
                 }
             };
-            let (tx, rx) = mpsc::sync_channel(c.queue());
-            let reopen = Arc::new(AtomicBool::new(false));
-            let (r2, c2) = (reopen.clone(), counters.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("sink {}", c.kind()))
-                .spawn(move || worker(writer, rx, r2, c2))
+            set.add_writer(writer, c.filter(), counters, c.queue())
                 .map_err(open_err)?;
-            registry.register_sink(counters.clone());
-            sinks.push(Handle {
-                tx: Some(tx),
-                filter: c.filter(),
-                counters,
-                reopen,
-                thread: Some(thread),
-            });
         }
-        let n = sinks.len();
-        Ok(SinkSet {
-            sinks,
-            registry,
-            reported: Mutex::new(vec![[0; 6]; n]),
-        })
+        Ok(set)
+    }
+
+    /// Run one more sink on its own thread (any `SinkWriter`).
+    pub fn add_writer(
+        &mut self,
+        writer: Box<dyn SinkWriter>,
+        filter: Filter,
+        counters: Arc<SinkCounters>,
+        queue: usize,
+    ) -> io::Result<()> {
+        let (tx, rx) = mpsc::sync_channel(queue.max(1));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (r2, c2) = (reopen.clone(), counters.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("sink {}", counters.kind))
+            .spawn(move || worker(writer, rx, r2, c2))?;
+        self.registry.register_sink(counters.clone());
+        self.sinks.push(Handle {
+            tx: Some(tx),
+            filter,
+            counters,
+            reopen,
+            thread: Some(thread),
+        });
+        if let Ok(mut r) = self.reported.lock() {
+            r.push([0; 6]);
+        }
+        Ok(())
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -407,10 +421,6 @@ impl SinkSet {
                 .map(|h| (h.counters.name.clone(), h.counters.to_json()))
                 .collect(),
         )
-    }
-
-    pub fn counters(&self) -> Vec<Arc<SinkCounters>> {
-        self.sinks.iter().map(|h| h.counters.clone()).collect()
     }
 
     /// Close the queues, let every sink drain and flush, waiting at most `timeout` in all.

@@ -265,4 +265,134 @@ mod tests {
         );
         assert!(!m.contains('\x1b'));
     }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A real rsyslogd (a declared dependency, installed by `cargo xtask setup`): listening
+    /// on 127.0.0.1 UDP and TCP, writing what it parsed to a file.
+    struct Rsyslogd {
+        child: std::process::Child,
+        out: std::path::PathBuf,
+    }
+
+    impl Drop for Rsyslogd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn rsyslogd(dir: &std::path::Path, udp: u16, tcp: u16) -> Rsyslogd {
+        let bin = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("rsyslogd is missing: run `cargo xtask setup` (apt-get install rsyslog)");
+        let out = dir.join("out.log");
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"global(workDirectory="{d}")
+module(load="imudp")
+module(load="imtcp")
+input(type="imudp" address="127.0.0.1" port="{udp}")
+input(type="imtcp" address="127.0.0.1" port="{tcp}")
+template(name="t" type="string" string="%pri% %app-name% %msgid% %structured-data% %msg%\n")
+*.* action(type="omfile" file="{o}" template="t" flushOnTXEnd="on" asyncWriting="off")
+"#,
+                d = dir.display(),
+                o = out.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("-n")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting rsyslogd");
+        let d = Rsyslogd { child, out };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", tcp)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslogd did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        d
+    }
+
+    #[test]
+    fn alerts_reach_a_real_rsyslog_over_udp_and_tcp() {
+        use crate::sink::{config::SinkConfig, fixtures, SinkSet};
+        let dir = std::env::temp_dir().join(format!("snapmon-rsyslog-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (udp, tcp) = (free_port(), free_port());
+        let d = rsyslogd(&dir, udp, tcp);
+        let cfgs = [
+            SinkConfig::parse_spec(&format!(
+                "syslog:127.0.0.1:{tcp},transport=tcp,name=tcp,alerts_only=true"
+            ))
+            .unwrap(),
+            SinkConfig::parse_spec(&format!(
+                "syslog:127.0.0.1:{udp},transport=udp,name=udp,format=tail,facility=auth,min_severity=critical"
+            ))
+            .unwrap(),
+        ];
+        let mut set = SinkSet::start(&cfgs, "testhost".into()).unwrap();
+        set.send(&Record::Event(fixtures::event(1))).unwrap();
+        set.send(&fixtures::alert(2, Severity::High)).unwrap();
+        set.send(&fixtures::alert(3, Severity::Critical)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let got = loop {
+            let s = std::fs::read_to_string(&d.out).unwrap_or_default();
+            if s.lines().count() >= 3 {
+                break s;
+            }
+            // UDP can be lost while imudp starts: resend the UDP one (the TCP sink is exact).
+            set.send(&fixtures::alert(3, Severity::Critical)).ok();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rsyslog got only:\n{s}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        set.shutdown(std::time::Duration::from_secs(3));
+        let lines: Vec<&str> = got.lines().collect();
+        // TCP, octet counted, JSON: the high alert (local0.err = 131) then the critical (130).
+        let tcp_high = lines
+            .iter()
+            .find(|l| l.starts_with("131 "))
+            .unwrap_or_else(|| panic!("{got}"));
+        assert!(tcp_high.starts_with("131 snapmon alert [snapmon@32473 kind=\"alert\" rule=\"SM001\" severity=\"high\" seq=\"2\"] {"), "{tcp_high}");
+        let json = &tcp_high[tcp_high.find('{').unwrap()..];
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["rule"]["id"], "SM001");
+        assert_eq!(v["host"]["hostname"], "testhost");
+        assert!(
+            lines.iter().any(|l| l.starts_with("130 snapmon alert")),
+            "{got}"
+        );
+        // UDP, tail format, auth.crit = 34.
+        let udp_line = lines
+            .iter()
+            .find(|l| l.starts_with("34 "))
+            .unwrap_or_else(|| panic!("{got}"));
+        assert!(udp_line.contains("! CRITICAL SM001"), "{udp_line}");
+        // Plain events were filtered out of both.
+        assert!(!got.contains("kind=\"event\""));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

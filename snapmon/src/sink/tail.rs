@@ -58,19 +58,28 @@ pub fn event_line(e: &Event) -> String {
     }
     if let Some(c) = &e.classification {
         if !c.regions.is_empty() {
-            s.push_str(&format!(" [{}]", c.regions.join(",")));
+            s.push_str(&format!(" [{}]", raw(&c.regions.join(","))));
         }
         if let Some(n) = &c.ioctl_name {
-            s.push_str(&format!(" {n}"));
+            s.push_str(&format!(" {}", raw(n)));
         }
         for ch in &c.changes {
-            s.push_str(&format!(" {ch}"));
+            s.push_str(&format!(" {}", raw(&ch.to_string())));
         }
     } else if let Some(i) = &e.ioctl {
         s.push_str(&format!(" cmd={:#010x}", i.cmd));
     }
-    s.push_str(&format!("  {}[{}]", e.process.lineage(), e.process.pid));
-    escape_line(&s)
+    s.push_str(&format!(
+        "  {}[{}]",
+        raw(&e.process.lineage()),
+        e.process.pid
+    ));
+    s
+}
+
+/// Text from the kernel or a file that was never escaped (process names, decoded fields).
+fn raw(s: &str) -> String {
+    escape_bytes(s.as_bytes())
 }
 
 /// Escape control characters that slipped into composed text (names are escaped already).
@@ -200,5 +209,79 @@ mod tests {
         let l = render(&Record::Event(ev()), false).unwrap();
         assert_eq!(l, "· 17:30:00.123 pwrite64           /s/vm1\\x1b[31m.qcow2 @60+12  python3 ← bash ← sshd[42]");
         assert!(!l.contains('\x1b'));
+    }
+
+    #[test]
+    fn golden_alert_lines_plain_and_coloured() {
+        let a = crate::sink::fixtures::alert(3, Severity::High);
+        assert_eq!(
+            render(&a, false).unwrap(),
+            "! HIGH SM001    python3 (← bash ← sshd) set nb_snapshots 3→0 in vm1.qcow2  17:30:00.126 pwrite64           /var/lib/libvirt/images/vm1.qcow2 @60+4 [header.nb_snapshots] nb_snapshots: 3 → 0  python3 ← bash ← sshd[4242]"
+        );
+        let c = render(&crate::sink::fixtures::alert(3, Severity::Critical), true).unwrap();
+        assert!(
+            c.starts_with("\x1b[1;97;41m! CRITICAL SM001   \x1b[0m python3"),
+            "{c:?}"
+        );
+        let low = render(&crate::sink::fixtures::alert(3, Severity::Low), true).unwrap();
+        assert!(low.starts_with("\x1b[36m! LOW"), "{low:?}");
+    }
+
+    #[test]
+    fn golden_hostile_names_never_reach_the_terminal_raw() {
+        let mut e = ev();
+        e.process.name = "evil\x07\x1b]0;pwned\x07".into();
+        e.process.ancestors[0].name = "ba\rsh".into();
+        e.file.as_mut().unwrap().path = Some(Bytes(b"/s/\xc2\x9b31m\xff\n.qcow2".to_vec()));
+        e.target = Some(FileInfo {
+            path: Some(Bytes(b"/s/\x1b[2J".to_vec())),
+            ..Default::default()
+        });
+        let l = render(&Record::Event(e), true).unwrap();
+        assert_eq!(
+            l,
+            "\x1b[2m·\x1b[0m 17:30:00.123 pwrite64           /s/\\xc2\\x9b31m\\xff\\x0a.qcow2 → /s/\\x1b[2J @60+12  evil\\x07\\x1b]0;pwned\\x07 ← ba\\x0dsh ← sshd[42]"
+        );
+        // Only the sink's own colour codes remain.
+        assert_eq!(l.matches('\x1b').count(), 2);
+        assert!(!l.contains('\r') && !l.contains('\n') && !l.contains('\x07'));
+        let s = render(
+            &Record::State(crate::record::StateRecord {
+                action: "started",
+                detail: serde_json::json!({"note": "a\u{1b}[31mb"}),
+            }),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s, "# started {\"note\":\"a\\u001b[31mb\"}");
+    }
+
+    #[test]
+    fn golden_status_line() {
+        let snap = crate::metrics::Snapshot {
+            events: 1200,
+            alerts: 3,
+            alerts_high: 1,
+            lost: 0,
+            hooks_attached: 58,
+            hooks_total: 60,
+            sink_drops: 2,
+        };
+        assert_eq!(
+            status_text(&snap, 12.5),
+            "\x1b[2m── 12.5 ev/s · 3 alerts (1 high+) · 0 lost · 58/60 hooks · 2 sink drops ──\x1b[0m"
+        );
+        let mut st = Status::default();
+        let t0 = std::time::Instant::now();
+        st.line(&crate::metrics::Snapshot::default(), t0);
+        let l = st.line(
+            &crate::metrics::Snapshot {
+                events: 100,
+                ..Default::default()
+            },
+            t0 + std::time::Duration::from_secs(2),
+        );
+        assert!(l.contains("50.0 ev/s"), "{l}");
+        assert!(!l.contains('\n'));
     }
 }
