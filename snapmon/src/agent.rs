@@ -18,7 +18,7 @@ use crate::{
     kernel::loader::{self, Kernel, LoadOptions},
     pipeline::Pipeline,
     record::{MetricRecord, Record, StateRecord},
-    sink::{BrokenPipe, Sinks},
+    sink::{BrokenPipe, SinkSet},
     watch::{WatchMaps, WatchSet},
 };
 
@@ -78,7 +78,7 @@ fn register(
     Ok((ws, notes))
 }
 
-pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
+pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let started_at = Instant::now();
     let mut k: Kernel = loader::load(&LoadOptions {
         ring_buffer_bytes: opts.policy.agent.ring_buffer_bytes,
@@ -136,12 +136,15 @@ pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
             h.error.as_deref().unwrap_or("")
         );
     }
-    if emit(&mut sinks, Record::State(started)).is_err() {
+    if emit(&sinks, Record::State(started)).is_err() {
         return Ok(());
     }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    // logrotate: reopen files (and reconnect sockets).
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(opts.status_interval);
     let mut last_lost = k.lost_counts();
     let fd = AsyncFd::new(k.events.as_raw_fd()).context("polling the ring buffer")?;
@@ -152,38 +155,41 @@ pub async fn run(opts: RunOptions, mut sinks: Sinks) -> anyhow::Result<()> {
             r = fd.readable() => {
                 let mut guard = r?;
                 guard.clear_ready();
-                if drain(&mut k, &mut pipe, &mut sinks, &mut buf).is_err() { return Ok(()); }
+                if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() { return Ok(()); }
             }
             _ = tick.tick() => {
-                if report_loss(&k, &mut last_lost, &mut pipe, &mut sinks).is_err() { return Ok(()); }
+                if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
             }
+            _ = hup.recv() => sinks.reopen(),
+            _ = usr1.recv() => sinks.reopen(),
             _ = term.recv() => { reason = "SIGTERM"; break; }
             _ = int.recv() => { reason = "SIGINT"; break; }
         }
     }
     // Drain what the kernel already queued, then say goodbye.
-    if drain(&mut k, &mut pipe, &mut sinks, &mut buf).is_err() {
+    if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() {
         return Ok(());
     }
-    let _ = report_loss(&k, &mut last_lost, &mut pipe, &mut sinks);
+    let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     let stopped = StateRecord {
         action: "stopped",
         detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats()}),
     };
-    let _ = emit(&mut sinks, Record::State(stopped));
+    let _ = emit(&sinks, Record::State(stopped));
+    // Sinks drain and flush on their own threads; a dead one is not waited for forever.
+    sinks.shutdown(Duration::from_secs(5));
     Ok(())
 }
 
-fn emit(sinks: &mut Sinks, r: Record) -> Result<(), BrokenPipe> {
-    sinks.emit(&r)?;
-    sinks.flush()
+fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {
+    sinks.send(&r)
 }
 
 /// Read everything queued, in batches, then flush once.
 fn drain(
     k: &mut Kernel,
     pipe: &mut Pipeline,
-    sinks: &mut Sinks,
+    sinks: &SinkSet,
     buf: &mut Vec<Vec<u8>>,
 ) -> Result<(), BrokenPipe> {
     loop {
@@ -204,19 +210,23 @@ fn drain(
                 prefixes: &mut k.prefixes,
             };
             for r in pipe.handle(raw, &mut maps) {
-                sinks.emit(&r)?;
+                sinks.send(&r)?;
             }
         }
     }
-    sinks.flush()
+    Ok(())
 }
 
 fn report_loss(
     k: &Kernel,
     last: &mut [u64; 4],
     pipe: &mut Pipeline,
-    sinks: &mut Sinks,
+    sinks: &SinkSet,
 ) -> Result<(), BrokenPipe> {
+    // Sink drops are loss too: their own `lost` record, per sink and cause.
+    if let Some(r) = sinks.loss_record() {
+        sinks.send(&r)?;
+    }
     let now = k.lost_counts();
     let names = [
         "ringbuf_full",

@@ -9,7 +9,7 @@ use crate::{
     agent::{self, RunOptions},
     config::{Policy, DEFAULT_POLICY},
     record::Severity,
-    sink::{Filter, Format, Output, Sinks},
+    sink::{config::SinkConfig, Format, SinkSet},
 };
 
 #[derive(Parser)]
@@ -50,6 +50,19 @@ pub enum Cmd {
     },
     /// Compare images against a baseline file; exit 1 when anything changed or vanished.
     Verify { baseline: PathBuf },
+    /// Check the hash chain of snapmon log files (a file and its rotations, any order).
+    /// Exit 0: intact; 1: a record was removed, altered, reordered or the file truncated;
+    /// 2: a file could not be read.
+    VerifyLog {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// HMAC key file the sink was configured with: checkpoints must verify under it.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The newest file is still being written (need not end with `log_closed`).
+        #[arg(long)]
+        live: bool,
+    },
     /// Run the rules offline over a recording (the agent's own `--format json` output) and
     /// print the alerts. Alert, state and metric lines in the input are skipped.
     Replay(ReplayArgs),
@@ -123,6 +136,22 @@ pub struct RunArgs {
     /// Seconds between loss/status checks.
     #[arg(long, default_value_t = 1.0)]
     pub status_interval: f64,
+    /// Extra output, repeatable: `TYPE[:ADDRESS][,key=value…]`, e.g.
+    /// `file:/var/log/snapmon.jsonl,min_severity=high,rotate_size=100M`,
+    /// `tcp:127.0.0.1:9000,spill_dir=/var/lib/snapmon/spill`, `syslog,transport=unix`.
+    /// With --sink, stdout is used only when a `stdout` sink is listed.
+    #[arg(long = "sink", value_name = "SPEC", value_parser = parse_sink)]
+    pub sinks: Vec<SinkConfig>,
+    /// JSON schema for json-format outputs: ecs (default) or ocsf (OCSF 1.1).
+    #[arg(long, value_parser = ["ecs", "ocsf"])]
+    pub schema: Option<String>,
+    /// Serve Prometheus metrics on this local address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+}
+
+fn parse_sink(s: &str) -> Result<SinkConfig, String> {
+    SinkConfig::parse_spec(s).map_err(|e| e.to_string())
 }
 
 fn parse_finding_severity(s: &str) -> Result<crate::classify::inspect::Severity, String> {
@@ -167,6 +196,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => crate::offline::inspect(&images, json, fail_on),
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
+        Cmd::VerifyLog { files, key, live } => {
+            std::process::exit(crate::sink::chain::verify_cmd(&files, key.as_deref(), live))
+        }
     }
 }
 
@@ -178,35 +210,12 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     if a.process_events {
         policy.agent.process_events = true;
     }
-    let (writer, is_tty): (Box<dyn std::io::Write + Send>, bool) = match &a.output {
-        Some(p) => {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening output file {}", p.display()))?;
-            (Box::new(f), false)
-        }
-        None => (Box::new(std::io::stdout()), std::io::stdout().is_terminal()),
-    };
-    let format = a
-        .format
-        .unwrap_or(if is_tty { Format::Tail } else { Format::Json });
-    let filter = Filter {
-        min_severity: a.min_severity,
-        alerts_only: a.alerts_only,
-        rules: a.rule,
-        path_contains: a.path,
-    };
-    let name = a
-        .output
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "stdout".into());
-    let sinks = Sinks {
-        outputs: vec![Output::new(name, format, is_tty, filter, writer)],
-        host: crate::sink::hostname(),
-    };
+    let sinks = sink_configs(&a);
+    let set = SinkSet::start(&sinks, crate::sink::hostname())?;
+    if let Some(addr) = &a.metrics {
+        crate::metrics::serve(addr, set.registry().clone())
+            .with_context(|| format!("--metrics {addr}"))?;
+    }
     let opts = RunOptions {
         policy,
         policy_path: a.config,
@@ -216,7 +225,49 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(agent::run(opts, sinks))
+    rt.block_on(agent::run(opts, set))
+}
+
+/// The outputs: `--sink` specs, plus the classic one (`--output` file or stdout, with the
+/// global filters) unless `--sink` alone was given.
+fn sink_configs(a: &RunArgs) -> Vec<SinkConfig> {
+    let mut out = a.sinks.clone();
+    if a.output.is_some() || out.is_empty() {
+        let o = crate::sink::config::SinkOptions {
+            format: a.format,
+            path: a.output.clone(),
+            min_severity: a.min_severity,
+            alerts_only: a.alerts_only,
+            rules: a.rule.clone(),
+            path_contains: a.path.clone(),
+            ..Default::default()
+        };
+        out.insert(
+            0,
+            if a.output.is_some() {
+                SinkConfig::File(o)
+            } else {
+                SinkConfig::Stdout(o)
+            },
+        );
+    }
+    for c in &mut out {
+        let stdout = matches!(c, SinkConfig::Stdout(_));
+        let o = c.options_mut();
+        if stdout && o.format.is_none() {
+            o.format = Some(if std::io::stdout().is_terminal() {
+                Format::Tail
+            } else {
+                Format::Json
+            });
+        }
+        // Only JSON outputs change schema; tail stays human.
+        let json = o.format.unwrap_or(Format::Json) == Format::Json;
+        if a.schema.as_deref() == Some("ocsf") && json {
+            o.format = Some(Format::Ocsf);
+        }
+    }
+    out
 }
 
 /// Validate a policy (no side effects: it only reads the files it names) and say what the

@@ -28,8 +28,10 @@ pub enum SinkConfig {
 pub enum SyncPolicy {
     /// After every record.
     Record,
-    /// Every `flush_interval` (and at rotation and shutdown).
+    /// Whenever the sink has written everything queued so far (one call per burst).
     #[default]
+    Batch,
+    /// Every `flush_interval` (and at rotation and shutdown).
     Interval,
     /// Only when the buffer fills, at rotation and at shutdown.
     Never,

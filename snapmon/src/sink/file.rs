@@ -229,6 +229,12 @@ impl SinkWriter for FileSink {
         };
     }
 
+    fn idle(&mut self) {
+        if self.dirty && (self.flush == SyncPolicy::Batch || self.fsync == SyncPolicy::Batch) {
+            let _ = self.sync(self.fsync == SyncPolicy::Batch);
+        }
+    }
+
     fn tick(&mut self) {
         if self.dirty
             && self.last_sync.elapsed() >= self.interval
