@@ -79,14 +79,30 @@ fn verify_log_exit_codes_for_every_kind_of_tampering() {
     assert!(out.starts_with("intact: 14 records, seq 0..13"), "{out}");
 
     let cases: Vec<(&str, Box<dyn Fn(&mut Vec<String>)>, &str)> = vec![
-        ("removed", Box::new(|l| {
-            l.remove(2);
-        }), ":3: seq 3: removed"),
-        ("altered", Box::new(|l| l[2] = l[2].replace("pwrite64", "pwritev")), ":3: seq 2: altered"),
-        ("reordered", Box::new(|l| l.swap(2, 3)), ":3: seq 3: reordered"),
-        ("truncated", Box::new(|l| {
-            l.pop();
-        }), ":6: seq 5: truncated"),
+        (
+            "removed",
+            Box::new(|l| {
+                l.remove(2);
+            }),
+            ":3: seq 3: removed",
+        ),
+        (
+            "altered",
+            Box::new(|l| l[2] = l[2].replace("pwrite64", "pwritev")),
+            ":3: seq 2: altered",
+        ),
+        (
+            "reordered",
+            Box::new(|l| l.swap(2, 3)),
+            ":3: seq 3: reordered",
+        ),
+        (
+            "truncated",
+            Box::new(|l| {
+                l.pop();
+            }),
+            ":6: seq 5: truncated",
+        ),
     ];
     for (what, f, want) in cases {
         let mut l = a.clone();
@@ -102,7 +118,10 @@ fn verify_log_exit_codes_for_every_kind_of_tampering() {
     std::fs::write(&pa, bytes).unwrap();
     let (code, out) = verify(&[&pa, &pb]);
     assert_eq!(code, 1);
-    assert!(out.contains(":7: truncated: last line is incomplete"), "{out}");
+    assert!(
+        out.contains(":7: truncated: last line is incomplete"),
+        "{out}"
+    );
     // A rotated file from another chain spliced in.
     let mut other = [7u8; 32];
     write(&pa, &chain(&mut other, 0, 5));
@@ -123,7 +142,10 @@ fn bad_sink_specs_are_refused_with_context() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("rotate_size") && e.contains("does not apply to a tcp sink"), "{e}");
+    assert!(
+        e.contains("rotate_size") && e.contains("does not apply to a tcp sink"),
+        "{e}"
+    );
     let o = bin()
         .args(["run", "--sink", "file:/x,flush=sometimes"])
         .output()

@@ -31,6 +31,11 @@
 //! | `snapmon.file.path_hex`, `snapmon.file.target_path_hex` | raw path bytes in hex when the path is not valid UTF-8 |
 //! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`) |
 //! | `snapmon.state` / `snapmon.metric` | state and metric payloads (hooks attached, counts by cause) |
+//! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
+//!
+//! Loss records (`event.kind: metric`, `event.action: lost`) carry `snapmon.metric.kernel`
+//! (`{cause: n}` since the last record), `kernel_total`, `decoder`, and for sink drops
+//! `snapmon.metric.sinks` = `{sink name: {queue_full|write_error|spill_full|spill_error|shutdown|sink_dead: n}}`.
 
 use std::io::Write;
 
