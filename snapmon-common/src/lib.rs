@@ -31,6 +31,7 @@ pub enum EventKind {
     FileOpen = 11,
     Namespace = 20,
     Ioctl = 30,
+    Enforce = 40,
 }
 
 impl EventKind {
@@ -43,6 +44,7 @@ impl EventKind {
             11 => Self::FileOpen,
             20 => Self::Namespace,
             30 => Self::Ioctl,
+            40 => Self::Enforce,
             _ => return None,
         })
     }
@@ -403,6 +405,55 @@ pub mod valid {
 pub mod runtime {
     /// The VFS write hook is live: io_uring writes are reported there, not at submission.
     pub const VFS_WRITES: u32 = 1 << 0;
+    /// LSM decisions are live (monitor or enforce per protected object).
+    pub const ENFORCE_ACTIVE: u32 = 1 << 1;
+    /// Global dry-run: report what would be denied, deny nothing.
+    pub const DRY_RUN: u32 = 1 << 2;
+}
+
+/// `PROTECTED` values: operations denied to untrusted executables, plus the mode bit.
+pub mod deny {
+    pub const WRITE: u32 = 1 << 0;
+    pub const OPEN_WRITE: u32 = 1 << 1;
+    pub const TRUNCATE: u32 = 1 << 2;
+    pub const UNLINK: u32 = 1 << 3;
+    pub const RENAME: u32 = 1 << 4;
+    pub const LINK: u32 = 1 << 5;
+    pub const MMAP: u32 = 1 << 6;
+    pub const IOCTL: u32 = 1 << 7;
+    /// Ops a protected *directory* applies to its entries.
+    pub const DIR_OPS: u32 = UNLINK | RENAME | LINK;
+    /// Deny (EPERM) rather than only report.
+    pub const MODE_ENFORCE: u32 = 1 << 31;
+    pub const NAMES: [(u32, &str); 8] = [
+        (WRITE, "write"),
+        (OPEN_WRITE, "open_write"),
+        (TRUNCATE, "truncate"),
+        (UNLINK, "unlink"),
+        (RENAME, "rename"),
+        (LINK, "link"),
+        (MMAP, "mmap_write"),
+        (IOCTL, "ioctl"),
+    ];
+}
+
+/// An LSM decision on a protected object: denied, or would have been (monitor/dry-run).
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct EnforceEvent {
+    pub hdr: Header,
+    /// One `deny::*` bit: the operation judged.
+    pub op: u32,
+    /// 1 when the kernel returned EPERM.
+    pub denied: u32,
+    /// The protected object whose rule matched (file or its directory).
+    pub target: FileKey,
+    /// The object operated on (may equal `target`).
+    pub object: FileKey,
+    /// Executable identity of the actor.
+    pub exe: FileKey,
+    /// ioctl cmd / mmap prot / open f_mode / rename side.
+    pub aux: u64,
 }
 
 /// `WATCHED_DIRS` values.
@@ -483,4 +534,5 @@ const _: () = {
     assert!(size_of::<KernelOffsets>() == 48 * 4);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);
+    assert!(size_of::<EnforceEvent>() == 48 + 8 + 48 + 8);
 };

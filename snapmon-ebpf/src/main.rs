@@ -8,6 +8,7 @@
 #![allow(static_mut_refs)]
 
 mod emit;
+mod enforce;
 mod ioctl;
 mod kernel;
 mod namespace;
@@ -57,6 +58,18 @@ static OPEN_STASH: LruHashMap<u32, OpenStash> = LruHashMap::with_max_entries(819
 /// Flags the agent sets after attaching (`snapmon_common::runtime`).
 #[map]
 static RUNTIME: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Protected objects (files or store directories) → `deny::*` bits and mode.
+#[map]
+static PROTECTED: HashMap<FileKey, u32> = HashMap::with_max_entries(65536, 0);
+
+/// Executable identities allowed to touch protected objects.
+#[map]
+static TRUSTED_EXES: HashMap<FileKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// ioctl cmds judged by the enforcement hook (snapshot destroy, read-only clear …).
+#[map]
+static DENY_IOCTLS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
 
 /// Records that could not be emitted, by cause (`snapmon_common::lost`).
 #[map]

@@ -53,6 +53,7 @@ pub struct RunOptions {
     pub policy_path: Option<PathBuf>,
     pub extra_watch: Vec<PathBuf>,
     pub status_interval: Duration,
+    pub enforce: crate::enforce::Options,
 }
 
 /// Register configured stores; missing optional ones are noted, not fatal.
@@ -80,10 +81,42 @@ fn register(
 
 pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let started_at = Instant::now();
+    // Enforcement is decided (and refused) before anything is loaded.
+    let enf = &opts.enforce;
+    let plan = match enf.mode {
+        crate::enforce::Mode::Off => None,
+        _ => Some(crate::enforce::plan(enf).map_err(|e| anyhow::anyhow!("enforcement: {e}"))?),
+    };
+    let lsm_ok = plan.is_some() && crate::enforce::bpf_lsm_active().unwrap_or(false);
+    if enf.mode == crate::enforce::Mode::On && !lsm_ok {
+        anyhow::bail!(
+            "--enforce needs BPF LSM, which this kernel does not offer (see `snapmon doctor`); use --enforce=best-effort to run detection only"
+        );
+    }
     let mut k: Kernel = loader::load(&LoadOptions {
         ring_buffer_bytes: opts.policy.agent.ring_buffer_bytes,
         process_events: true,
+        lsm: lsm_ok,
     })?;
+    let enforcement = match (&plan, k.lsm) {
+        (Some(p), true) => {
+            k.apply_enforcement(p, enf.dry_run)?;
+            if enf.keep_enforcing {
+                k.pin_enforcement()
+                    .context("--keep-enforcing: pinning the LSM programs")?;
+            }
+            json!({"active": true, "dry_run": enf.dry_run, "monitor_only": enf.monitor_only,
+                   "protected": p.protected.len(), "trusted": p.trusted.iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                   "keep_enforcing": enf.keep_enforcing})
+        }
+        (Some(_), false) if enf.mode == crate::enforce::Mode::On => {
+            anyhow::bail!("--enforce: the BPF LSM hooks did not attach (see the hooks list in `snapmon doctor`)")
+        }
+        (Some(_), false) => {
+            json!({"active": false, "reason": "no BPF LSM on this kernel (best-effort: detection only)"})
+        }
+        (None, _) => json!({"active": false}),
+    };
     let (watch, notes) = {
         let mut maps = KernelMaps {
             files: &mut k.files,
@@ -118,7 +151,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         detail: json!({
             "version": env!("CARGO_PKG_VERSION"),
             "pid": std::process::id(),
-            "backend": "tracepoint",
+            "backend": k.backend,
             "hooks": k.hooks,
             "hooks_attached": attached.len(),
             "hooks_total": k.hooks.len(),
@@ -127,6 +160,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             "roots": pipe.enricher.watch.roots,
             "notes": notes,
             "startup_ms": started_at.elapsed().as_millis() as u64,
+            "enforcement": enforcement,
         }),
     };
     for h in k.hooks.iter().filter(|h| h.error.is_some()) {
@@ -211,6 +245,12 @@ fn drain(
             };
             for r in pipe.handle(raw, &mut maps) {
                 sinks.send(&r)?;
+                // Kernel enforcement decisions are alerts in their own right.
+                if let Record::Event(ev) = &r {
+                    if let Some(a) = crate::enforce::decision_alert(ev) {
+                        sinks.send(&Record::Alert(Box::new(a)))?;
+                    }
+                }
             }
         }
     }

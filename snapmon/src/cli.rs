@@ -41,6 +41,11 @@ pub enum Cmd {
         #[arg(long, default_value = "medium", value_parser = parse_finding_severity)]
         fail_on: crate::classify::inspect::Severity,
     },
+    /// Explain what this kernel allows: hooks live, write paths covered, gaps (root).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Record SHA-256 and parsed header state of every image under DIRs.
     Baseline {
         #[arg(required = true)]
@@ -136,6 +141,29 @@ pub struct RunArgs {
     /// Seconds between loss/status checks.
     #[arg(long, default_value_t = 1.0)]
     pub status_interval: f64,
+    /// Deny tampering with --protect stores in the kernel (BPF LSM). Without BPF LSM the agent
+    /// refuses to start, unless `--enforce=best-effort` (then it only detects).
+    #[arg(long, num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "best-effort"])]
+    pub enforce: Option<String>,
+    /// A snapshot store (directory or file) to protect; repeatable.
+    #[arg(long = "protect", value_name = "PATH")]
+    pub protect: Vec<PathBuf>,
+    /// An extra trusted executable (qemu, libvirt and lvm tools are trusted by default).
+    #[arg(long = "trust", value_name = "EXE")]
+    pub trust: Vec<PathBuf>,
+    /// Operations denied to untrusted executables (comma list: all, write, open_write,
+    /// truncate, unlink, rename, link, mmap_write, ioctl).
+    #[arg(long, default_value = "all", value_parser = crate::enforce::parse_ops)]
+    pub deny: u32,
+    /// Report what would be denied, deny nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Protected stores alert (SM-E002) but are not denied.
+    #[arg(long)]
+    pub monitor_only: bool,
+    /// Keep the LSM programs attached (pinned in /sys/fs/bpf/snapmon) if the agent exits.
+    #[arg(long)]
+    pub keep_enforcing: bool,
     /// Extra output, repeatable: `TYPE[:ADDRESS][,key=value…]`, e.g.
     /// `file:/var/log/snapmon.jsonl,min_severity=high,rotate_size=100M`,
     /// `tcp:127.0.0.1:9000,spill_dir=/var/lib/snapmon/spill`, `syslog,transport=unix`.
@@ -194,6 +222,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             fail_on,
         } => crate::offline::inspect(&images, json, fail_on),
+        Cmd::Doctor { json } => crate::doctor::run(json),
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
         Cmd::VerifyLog { files, key, live } => {
@@ -221,6 +250,19 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         policy_path: a.config,
         extra_watch: a.watch,
         status_interval: Duration::from_secs_f64(a.status_interval.clamp(0.05, 3600.0)),
+        enforce: crate::enforce::Options {
+            mode: match a.enforce.as_deref() {
+                None => crate::enforce::Mode::Off,
+                Some("best-effort") => crate::enforce::Mode::BestEffort,
+                Some(_) => crate::enforce::Mode::On,
+            },
+            dry_run: a.dry_run,
+            monitor_only: a.monitor_only,
+            protect: a.protect,
+            trust: a.trust,
+            deny: a.deny,
+            keep_enforcing: a.keep_enforcing,
+        },
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -336,7 +378,13 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         rules: a.rule,
         path_contains: vec![],
     };
-    let mut out = crate::sink::Output::new("stdout", format, is_tty, filter, Box::new(std::io::stdout()));
+    let mut out = crate::sink::Output::new(
+        "stdout",
+        format,
+        is_tty,
+        filter,
+        Box::new(std::io::stdout()),
+    );
     let host = crate::sink::hostname();
     for al in alerts {
         if out

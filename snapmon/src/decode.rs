@@ -1,8 +1,8 @@
 //! Decode stage: ring-buffer bytes → typed kernel records. Never panics on bad input.
 
 use snapmon_common::{
-    EventKind, ExecEvent, ExitEvent, FileOpenEvent, FileWriteEvent, ForkEvent, Header, IoctlEvent,
-    NamespaceEvent,
+    EnforceEvent, EventKind, ExecEvent, ExitEvent, FileOpenEvent, FileWriteEvent, ForkEvent,
+    Header, IoctlEvent, NamespaceEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,6 +37,7 @@ pub enum RawEvent {
     Open(Box<FileOpenEvent>),
     Namespace(Box<NamespaceEvent>),
     Ioctl(Box<IoctlEvent>),
+    Enforce(Box<EnforceEvent>),
 }
 
 impl RawEvent {
@@ -49,6 +50,7 @@ impl RawEvent {
             RawEvent::Open(e) => &e.hdr,
             RawEvent::Namespace(e) => &e.hdr,
             RawEvent::Ioctl(e) => &e.hdr,
+            RawEvent::Enforce(e) => &e.hdr,
         }
     }
 }
@@ -78,6 +80,7 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
         EventKind::FileOpen => RawEvent::Open(Box::new(read(buf, "open record")?)),
         EventKind::Namespace => RawEvent::Namespace(Box::new(read(buf, "namespace record")?)),
         EventKind::Ioctl => RawEvent::Ioctl(Box::new(read(buf, "ioctl record")?)),
+        EventKind::Enforce => RawEvent::Enforce(Box::new(read(buf, "enforce record")?)),
     })
 }
 

@@ -245,6 +245,47 @@ impl Enricher {
                 ev
             }
             RawEvent::Namespace(n) => return self.namespace(raw, n, maps),
+            RawEvent::Enforce(x) => {
+                let op = snapmon_common::deny::NAMES
+                    .iter()
+                    .find(|(b, _)| *b == x.op)
+                    .map(|(_, n)| *n)
+                    .unwrap_or("op");
+                let action = crate::enforce::action_name(op, x.denied != 0);
+                let mut ev = self.base(
+                    raw,
+                    "file",
+                    if x.denied != 0 { "denied" } else { "allowed" },
+                    action,
+                );
+                let obj = if x.object.ino != 0 {
+                    x.object
+                } else {
+                    x.target
+                };
+                ev.file = Some(self.file(obj, None));
+                ev.detail.push(("operation", op.to_string()));
+                ev.detail.push((
+                    "outcome",
+                    if x.denied != 0 {
+                        "denied"
+                    } else {
+                        "would_deny"
+                    }
+                    .to_string(),
+                ));
+                if let Some(t) = self.watch.path_of(&x.target) {
+                    ev.detail.push(("protected", Bytes::from_path(t).display()));
+                }
+                ev.detail.push((
+                    "actor_exe_identity",
+                    format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
+                ));
+                if x.aux != 0 {
+                    ev.detail.push(("aux", format!("{:#x}", x.aux)));
+                }
+                ev
+            }
             RawEvent::Ioctl(i) => {
                 let mut ev = self.base(raw, "file", "info", "ioctl");
                 ev.file = Some(self.file(i.file, None));

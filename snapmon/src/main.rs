@@ -5,6 +5,8 @@ mod classify;
 mod cli;
 mod config;
 mod decode;
+mod doctor;
+mod enforce;
 mod enrich;
 mod event;
 mod kernel;

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, TracePoint},
+    programs::{BtfTracePoint, FEntry, Lsm, TracePoint},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use snapmon_common::{AgentConfig, FileKey, KernelOffsets};
@@ -32,6 +32,8 @@ pub enum Attach {
     Btf(&'static [&'static str]),
     /// fentry on a kernel function (VFS backend); refused on some kernels.
     FEntry(&'static str),
+    /// BPF LSM hook (enforcement); attached only when enforcement is requested.
+    Lsm(&'static str),
 }
 
 macro_rules! sc {
@@ -70,6 +72,14 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::FEntry("rw_verify_area"),
         covers: "VFS writes below the syscall layer (io_uring incl. registered files, loop devices, kernel writers)",
     },
+    HookSpec { program: "lsm_file_permission", attach: Attach::Lsm("file_permission"), covers: "enforce: write" },
+    HookSpec { program: "lsm_file_open", attach: Attach::Lsm("file_open"), covers: "enforce: open for write" },
+    HookSpec { program: "lsm_path_truncate", attach: Attach::Lsm("path_truncate"), covers: "enforce: truncate" },
+    HookSpec { program: "lsm_inode_unlink", attach: Attach::Lsm("inode_unlink"), covers: "enforce: unlink" },
+    HookSpec { program: "lsm_inode_rename", attach: Attach::Lsm("inode_rename"), covers: "enforce: rename" },
+    HookSpec { program: "lsm_inode_link", attach: Attach::Lsm("inode_link"), covers: "enforce: link" },
+    HookSpec { program: "lsm_mmap_file", attach: Attach::Lsm("mmap_file"), covers: "enforce: shared writable mmap" },
+    HookSpec { program: "lsm_file_ioctl", attach: Attach::Lsm("file_ioctl"), covers: "enforce: snapshot-destroying ioctls" },
     sc!("sys_enter_write", "write"),
     sc!("sys_enter_pwrite64", "pwrite"),
     sc!("sys_enter_writev", "writev"),
@@ -140,11 +150,20 @@ pub struct Kernel {
     pub offsets: KernelOffsets,
     /// `tracepoint`, or `tracepoint+vfs` when the fentry write hook is live.
     pub backend: &'static str,
+    /// Every requested LSM hook attached.
+    pub lsm: bool,
+    pub lsm_links: Vec<(&'static str, aya::programs::lsm::LsmLink)>,
+    pub runtime: aya::maps::Array<MapData, u32>,
+    pub protected: BpfHashMap<MapData, FileKey, u32>,
+    pub trusted: BpfHashMap<MapData, FileKey, u32>,
+    pub deny_ioctls: BpfHashMap<MapData, u32, u32>,
 }
 
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     pub process_events: bool,
+    /// Attach the BPF LSM (enforcement) hooks.
+    pub lsm: bool,
 }
 
 pub fn tracefs_root() -> Option<&'static str> {
@@ -201,10 +220,14 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
 
     let mut hooks = Vec::new();
+    let mut lsm_links = Vec::new();
     let debug = std::env::var_os("SNAPMON_DEBUG_LOAD").is_some();
     for spec in HOOKS {
         let t = std::time::Instant::now();
-        let status = attach_one(&mut ebpf, spec, &aya_btf);
+        if matches!(spec.attach, Attach::Lsm(_)) && !opts.lsm {
+            continue;
+        }
+        let status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links);
         if debug {
             eprintln!("load {} {:?} {:?}", spec.program, t.elapsed(), status.error);
         }
@@ -214,11 +237,12 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let vfs = hooks
         .iter()
         .any(|h| h.program == "rw_verify_area" && h.attached_to.is_some());
-    if vfs {
-        let mut rt: aya::maps::Array<_, u32> =
-            aya::maps::Array::try_from(ebpf.map_mut("RUNTIME").context("map RUNTIME missing")?)?;
-        rt.set(0, snapmon_common::runtime::VFS_WRITES, 0)?;
-    }
+    let lsm = opts.lsm
+        && !lsm_links.is_empty()
+        && hooks
+            .iter()
+            .filter(|h| h.program.starts_with("lsm_"))
+            .all(|h| h.attached_to.is_some());
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("map {name} missing from object"))
@@ -228,6 +252,13 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+    let mut runtime = aya::maps::Array::try_from(take(&mut ebpf, "RUNTIME")?)?;
+    if vfs {
+        runtime.set(0, snapmon_common::runtime::VFS_WRITES, 0)?;
+    }
+    let protected = BpfHashMap::try_from(take(&mut ebpf, "PROTECTED")?)?;
+    let trusted = BpfHashMap::try_from(take(&mut ebpf, "TRUSTED_EXES")?)?;
+    let deny_ioctls = BpfHashMap::try_from(take(&mut ebpf, "DENY_IOCTLS")?)?;
     let backend = if vfs { "tracepoint+vfs" } else { "tracepoint" };
     Ok(Kernel {
         ebpf,
@@ -240,10 +271,21 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         missing,
         offsets,
         backend,
+        lsm,
+        lsm_links,
+        runtime,
+        protected,
+        trusted,
+        deny_ioctls,
     })
 }
 
-fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec, btf: &AyaBtf) -> HookStatus {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &HookSpec,
+    btf: &AyaBtf,
+    lsm_links: &mut Vec<(&'static str, aya::programs::lsm::LsmLink)>,
+) -> HookStatus {
     let mut st = HookStatus {
         program: spec.program,
         attached_to: None,
@@ -260,6 +302,14 @@ fn attach_one(ebpf: &mut Ebpf, spec: &HookSpec, btf: &AyaBtf) -> HookStatus {
             tp.load().map_err(verbose)?;
             tp.attach("syscalls", name).map_err(verbose)?;
             Ok(format!("tracepoint/syscalls/{name}"))
+        }
+        Attach::Lsm(hook) => {
+            let p: &mut Lsm = prog.try_into()?;
+            p.load(hook, btf).map_err(verbose)?;
+            let id = p.attach().map_err(verbose)?;
+            // Own the link: dropping it detaches, pinning it keeps enforcing after we exit.
+            lsm_links.push((spec.program, p.take_link(id)?));
+            Ok(format!("lsm/{hook}"))
         }
         Attach::FEntry(func) => {
             let p: &mut FEntry = prog.try_into()?;
@@ -297,7 +347,15 @@ fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
-            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(12)
+                .collect();
+            if tail.is_empty() {
+                return anyhow::anyhow!("{io_error}");
+            }
             anyhow::anyhow!(
                 "{io_error}; verifier: {}",
                 tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -307,7 +365,46 @@ fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
     }
 }
 
+/// Where `--keep-enforcing` pins the LSM links and maps.
+pub const PIN_DIR: &str = "/sys/fs/bpf/snapmon";
+
 impl Kernel {
+    /// Pin the LSM links (and the decision maps) so enforcement outlives the agent.
+    /// Remove with `rm -r /sys/fs/bpf/snapmon`.
+    pub fn pin_enforcement(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(PIN_DIR)?;
+        for (name, link) in self.lsm_links.drain(..) {
+            let fd: aya::programs::links::FdLink = link.into();
+            fd.pin(format!("{PIN_DIR}/{name}"))
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Load an enforcement plan into the maps, then switch decisions on.
+    pub fn apply_enforcement(
+        &mut self,
+        plan: &crate::enforce::Plan,
+        dry_run: bool,
+    ) -> anyhow::Result<()> {
+        for (k, _) in &plan.trusted {
+            self.trusted.insert(k, 1, 0)?;
+        }
+        for (cmd, _) in crate::enforce::DENY_IOCTLS {
+            self.deny_ioctls.insert(cmd, 1, 0)?;
+        }
+        for (k, m, _) in &plan.protected {
+            self.protected.insert(k, m, 0)?;
+        }
+        let mut flags =
+            self.runtime.get(&0, 0).unwrap_or(0) | snapmon_common::runtime::ENFORCE_ACTIVE;
+        if dry_run {
+            flags |= snapmon_common::runtime::DRY_RUN;
+        }
+        self.runtime.set(0, flags, 0)?;
+        Ok(())
+    }
+
     /// Sum of per-CPU loss counters, by cause.
     pub fn lost_counts(&self) -> [u64; snapmon_common::lost::COUNT as usize] {
         let mut out = [0u64; snapmon_common::lost::COUNT as usize];

@@ -113,6 +113,7 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             (&mut o.task_mm, &[("task_struct", "mm")]),
             (&mut o.mm_arg_start, &[("mm_struct", "arg_start")]),
             (&mut o.mm_arg_end, &[("mm_struct", "arg_end")]),
+            (&mut o.mm_exe_file, &[("mm_struct", "exe_file")]),
         ],
     );
     v |= group(

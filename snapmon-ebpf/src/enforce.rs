@@ -1,0 +1,221 @@
+//! Enforcement (BPF LSM): refuse snapshot-destroying operations on protected stores to
+//! untrusted executables, in the kernel, with no userspace round-trip.
+//!
+//! Decisions come only from maps the agent keeps in sync: `PROTECTED` (inode → denied ops
+//! and mode) and `TRUSTED_EXES` (executable identities). Every decision — denied, or
+//! would-be-denied in monitor/dry-run — is emitted as an `EnforceEvent`.
+
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use snapmon_common::{deny, runtime, valid as v, EnforceEvent, EventKind, FileKey};
+
+use crate::{
+    emit::{fill_header, output},
+    kernel::{current_task, dentry_inode, file_inode, inode_key, is_agent, off, rk, valid},
+    PROTECTED, RUNTIME, TRUSTED_EXES,
+};
+
+const EPERM: i32 = 1;
+
+#[inline(always)]
+fn runtime_flags() -> u32 {
+    RUNTIME.get(0).copied().unwrap_or(0)
+}
+
+/// Identity of the current task's executable (`task->mm->exe_file->f_inode`).
+#[inline(always)]
+unsafe fn current_exe() -> Option<FileKey> {
+    let mm: *const u8 = rk(current_task(), off!(task_mm))?;
+    let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
+    inode_key(file_inode(exe)?)
+}
+
+/// Decide for `op` on the object `target` (and/or its directory `dir`). Returns the LSM
+/// verdict: 0 allow, -EPERM deny.
+#[inline(always)]
+unsafe fn decide(op: u32, target: Option<FileKey>, dir: Option<FileKey>, aux: u64) -> i32 {
+    let flags = runtime_flags();
+    // Without the exe offsets every actor would look untrusted: never enforce blind.
+    if flags & runtime::ENFORCE_ACTIVE == 0 || !valid(v::FILES | v::ARGS) {
+        return 0;
+    }
+    let mut hit: Option<(FileKey, u32)> = None;
+    if let Some(t) = target {
+        if let Some(m) = PROTECTED.get(&t) {
+            if *m & op != 0 {
+                hit = Some((t, *m));
+            }
+        }
+    }
+    if hit.is_none() {
+        if let Some(d) = dir {
+            if let Some(m) = PROTECTED.get(&d) {
+                // Directory entries: only namespace ops are judged by the dir's rule.
+                if *m & op & deny::DIR_OPS != 0 {
+                    hit = Some((d, *m));
+                }
+            }
+        }
+    }
+    let Some((key, mask)) = hit else { return 0 };
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return 0;
+    }
+    let exe = current_exe();
+    if let Some(e) = exe {
+        if TRUSTED_EXES.get(&e).is_some() {
+            return 0;
+        }
+    }
+    let enforce = mask & deny::MODE_ENFORCE != 0 && flags & runtime::DRY_RUN == 0;
+    let mut ev: EnforceEvent = core::mem::zeroed();
+    fill_header(&mut ev.hdr, EventKind::Enforce as u32);
+    ev.hdr.backend = crate::emit::BACKEND_VFS;
+    ev.op = op;
+    ev.denied = enforce as u32;
+    ev.target = key;
+    ev.exe = exe.unwrap_or_default();
+    ev.aux = aux;
+    if let Some(t) = target {
+        ev.object = t;
+    }
+    output(&ev);
+    if enforce {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+/// Pass through an earlier LSM's denial untouched.
+macro_rules! prior {
+    ($ctx:expr, $n:expr) => {{
+        let ret: i32 = $ctx.arg($n);
+        if ret != 0 {
+            return ret;
+        }
+    }};
+}
+
+#[inline(always)]
+unsafe fn file_key(file: *const u8) -> Option<FileKey> {
+    inode_key(file_inode(file)?)
+}
+
+#[inline(always)]
+unsafe fn dentry_key(dentry: *const u8) -> Option<FileKey> {
+    inode_key(dentry_inode(dentry)?)
+}
+
+/// file_permission(file, mask): every read/write (syscalls, io_uring, aio) passes here.
+#[lsm(hook = "file_permission")]
+pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
+    const MAY_WRITE: i32 = 2;
+    unsafe {
+        prior!(ctx, 2);
+        let file: *const u8 = ctx.arg(0);
+        let mask: i32 = ctx.arg(1);
+        if mask & MAY_WRITE == 0 {
+            return 0;
+        }
+        decide(deny::WRITE, file_key(file), None, 0)
+    }
+}
+
+/// file_open(file): opening a protected file for writing.
+#[lsm(hook = "file_open")]
+pub fn lsm_file_open(ctx: LsmContext) -> i32 {
+    const FMODE_WRITE: u32 = 0x2;
+    unsafe {
+        prior!(ctx, 1);
+        let file: *const u8 = ctx.arg(0);
+        let mode: u32 = rk(file, off!(file_mode)).unwrap_or(0);
+        if mode & FMODE_WRITE == 0 {
+            return 0;
+        }
+        decide(deny::OPEN_WRITE, file_key(file), None, mode as u64)
+    }
+}
+
+/// path_truncate(path): truncate(2)/ftruncate(2)/O_TRUNC.
+#[lsm(hook = "path_truncate")]
+pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 1);
+        let path: *const u8 = ctx.arg(0);
+        // struct path { vfsmount *mnt; dentry *dentry; }
+        let dentry: *const u8 = rk(path, 8).unwrap_or(core::ptr::null());
+        decide(deny::TRUNCATE, dentry_key(dentry), None, 0)
+    }
+}
+
+/// inode_unlink(dir, dentry)
+#[lsm(hook = "inode_unlink")]
+pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 2);
+        let dir: *const u8 = ctx.arg(0);
+        let dentry: *const u8 = ctx.arg(1);
+        decide(deny::UNLINK, dentry_key(dentry), inode_key(dir), 0)
+    }
+}
+
+/// inode_rename(old_dir, old_dentry, new_dir, new_dentry[, flags])
+#[lsm(hook = "inode_rename")]
+pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 4);
+        let old_dir: *const u8 = ctx.arg(0);
+        let old: *const u8 = ctx.arg(1);
+        let new_dir: *const u8 = ctx.arg(2);
+        let new: *const u8 = ctx.arg(3);
+        let r = decide(deny::RENAME, dentry_key(old), inode_key(old_dir), 0);
+        if r != 0 {
+            return r;
+        }
+        // Renaming something over a protected file, or into a protected dir.
+        decide(deny::RENAME, dentry_key(new), inode_key(new_dir), 1)
+    }
+}
+
+/// inode_link(old_dentry, dir, new_dentry): hard links keep data alive outside the store.
+#[lsm(hook = "inode_link")]
+pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 3);
+        let old: *const u8 = ctx.arg(0);
+        let dir: *const u8 = ctx.arg(1);
+        decide(deny::LINK, dentry_key(old), inode_key(dir), 0)
+    }
+}
+
+/// mmap_file(file, reqprot, prot, flags): shared writable mappings bypass write hooks.
+#[lsm(hook = "mmap_file")]
+pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
+    const PROT_WRITE: u64 = 0x2;
+    const MAP_SHARED: u64 = 0x1;
+    unsafe {
+        prior!(ctx, 4);
+        let file: *const u8 = ctx.arg(0);
+        let prot: u64 = ctx.arg(2);
+        let flags: u64 = ctx.arg(3);
+        if file.is_null() || prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
+            return 0;
+        }
+        decide(deny::MMAP, file_key(file), None, prot)
+    }
+}
+
+/// file_ioctl(file, cmd, arg): snapshot-destroying ioctls and in-place attribute flips.
+#[lsm(hook = "file_ioctl")]
+pub fn lsm_file_ioctl(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 3);
+        let file: *const u8 = ctx.arg(0);
+        let cmd: u32 = ctx.arg(1);
+        if crate::DENY_IOCTLS.get(&cmd).is_none() {
+            return 0;
+        }
+        decide(deny::IOCTL, file_key(file), None, cmd as u64)
+    }
+}

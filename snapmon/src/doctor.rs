@@ -1,0 +1,238 @@
+//! `snapmon doctor`: what this kernel allows, which hooks went live, which write paths are
+//! covered, and what a gap means for the user. Loads and attaches for real, then detaches.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::kernel::loader::{self, HookStatus, LoadOptions};
+
+/// A write path and the hooks that can see it (any one attached covers it).
+const PATHS: &[(&str, &[&str], &str)] = &[
+    (
+        "write/pwrite/writev/pwritev",
+        &[
+            "sys_enter_write",
+            "sys_enter_pwrite64",
+            "sys_enter_writev",
+            "sys_enter_pwritev",
+            "sys_enter_pwritev2",
+        ],
+        "ordinary writes to images go unseen",
+    ),
+    (
+        "io_uring",
+        &["io_uring_submit_req", "rw_verify_area"],
+        "QEMU aio=io_uring guest writes go unseen",
+    ),
+    (
+        "io_uring registered files",
+        &["rw_verify_area"],
+        "io_uring writes through registered (fixed) files are counted as lost, not reported",
+    ),
+    (
+        "linux-aio",
+        &["sys_enter_io_submit"],
+        "QEMU aio=native and LVM metadata writes go unseen",
+    ),
+    (
+        "shared writable mmap",
+        &["sys_enter_mmap"],
+        "an image mapped shared-writable is not reported",
+    ),
+    (
+        "copy_file_range/splice/sendfile",
+        &[
+            "sys_enter_copy_file_range",
+            "sys_enter_splice",
+            "sys_enter_sendfile64",
+        ],
+        "copies into images go unseen",
+    ),
+    (
+        "fallocate/punch-hole",
+        &["sys_enter_fallocate"],
+        "punched snapshot tables go unseen",
+    ),
+    (
+        "truncate",
+        &["sys_enter_ftruncate", "sys_enter_truncate"],
+        "truncated images go unseen",
+    ),
+    (
+        "create/open for write",
+        &["sys_exit_openat", "sys_exit_openat2"],
+        "new files in stores are not watched automatically",
+    ),
+    (
+        "rename/unlink/link",
+        &[
+            "sys_enter_renameat2",
+            "sys_enter_unlinkat",
+            "sys_enter_linkat",
+        ],
+        "deleted or renamed images go unseen",
+    ),
+    (
+        "attributes/timestamps",
+        &[
+            "sys_enter_fchmodat",
+            "sys_enter_fchownat",
+            "sys_enter_utimensat",
+        ],
+        "timestamp tampering goes unseen",
+    ),
+    (
+        "ioctl (dm, btrfs, zfs, reflink, freeze)",
+        &["sys_enter_ioctl"],
+        "snapshot ioctls go unseen",
+    ),
+    (
+        "kernel-internal writers (loop devices, nfsd)",
+        &["rw_verify_area"],
+        "writes made by the kernel on behalf of a loop device go unseen",
+    ),
+    (
+        "process lineage",
+        &["sched_process_exec", "sched_process_fork"],
+        "alerts name processes from /proc only",
+    ),
+];
+
+#[derive(Serialize)]
+struct Coverage {
+    path: &'static str,
+    covered: bool,
+    by: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    impact: Option<&'static str>,
+}
+
+fn read_trim(p: &str) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub fn run(as_json: bool) -> anyhow::Result<()> {
+    let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let _ = crate::enforce::bpf_lsm_active(); // mounts securityfs when missing
+    let lsm = read_trim("/sys/kernel/security/lsm");
+    let lockdown = read_trim("/sys/kernel/security/lockdown");
+    let unpriv = read_trim("/proc/sys/kernel/unprivileged_bpf_disabled");
+    let bpf_lsm = lsm.as_deref().map(|l| l.split(',').any(|m| m == "bpf"));
+    let loaded = loader::load(&LoadOptions {
+        ring_buffer_bytes: 1 << 16,
+        process_events: false,
+        lsm: bpf_lsm == Some(true),
+    });
+    let (hooks, missing, backend, load_error): (Vec<HookStatus>, _, _, _) = match &loaded {
+        Ok(k) => (k.hooks.clone(), k.missing.clone(), k.backend, None),
+        Err(e) => (vec![], vec![], "none", Some(format!("{e:#}"))),
+    };
+    let live = |p: &str| {
+        hooks
+            .iter()
+            .any(|h| h.program == p && h.attached_to.is_some())
+    };
+    let coverage: Vec<Coverage> = PATHS
+        .iter()
+        .map(|(path, progs, impact)| {
+            let by: Vec<&str> = progs.iter().copied().filter(|p| live(p)).collect();
+            let covered = !by.is_empty();
+            Coverage {
+                path,
+                covered,
+                by,
+                impact: (!covered).then_some(*impact),
+            }
+        })
+        .collect();
+    let lsm_live = hooks
+        .iter()
+        .any(|h| h.program.starts_with("lsm_") && h.attached_to.is_some());
+    let lsm_refused = hooks
+        .iter()
+        .find(|h| h.program.starts_with("lsm_") && h.error.is_some())
+        .and_then(|h| h.error.clone());
+    let enforcement = match bpf_lsm {
+        Some(true) if lsm_live => "BPF LSM programs attach: enforcement (--enforce) is available",
+        Some(true) if lsm_refused.is_some() => "BPF LSM is listed but this kernel refused the LSM programs: enforcement is impossible, detection only",
+        Some(true) => "BPF LSM is enabled: enforcement is possible on this kernel",
+        Some(false) => "BPF LSM is not in the active LSM list (boot with lsm=...,bpf): enforcement is impossible, detection only",
+        None => "securityfs not mounted: cannot tell whether BPF LSM is enabled",
+    };
+    drop(loaded);
+    if as_json {
+        let v = json!({
+            "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
+            "unprivileged_bpf_disabled": unpriv, "backend": backend, "load_error": load_error,
+            "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("kernel        {kernel}");
+    println!(
+        "BTF           {}",
+        if btf {
+            "yes (/sys/kernel/btf/vmlinux)"
+        } else {
+            "NO: snapmon cannot run"
+        }
+    );
+    println!(
+        "LSMs          {}",
+        lsm.as_deref().unwrap_or("unknown (securityfs not mounted)")
+    );
+    println!("lockdown      {}", lockdown.as_deref().unwrap_or("unknown"));
+    println!("backend       {backend}");
+    println!("enforcement   {enforcement}");
+    if let Some(e) = &load_error {
+        println!("\nload failed: {e}");
+        return Ok(());
+    }
+    println!(
+        "\nhooks ({} of {} live):",
+        hooks.iter().filter(|h| h.attached_to.is_some()).count(),
+        hooks.len()
+    );
+    for h in &hooks {
+        match (&h.attached_to, &h.error) {
+            (Some(at), _) => println!("  live     {:<28} {at}", h.program),
+            (None, e) => println!(
+                "  MISSING  {:<28} {}",
+                h.program,
+                first_line(e.as_deref().unwrap_or(""))
+            ),
+        }
+    }
+    for m in &missing {
+        println!(
+            "  kernel field missing: {} ({}): {}",
+            m.field, m.group, m.effect
+        );
+    }
+    println!("\nwrite paths:");
+    for c in &coverage {
+        if c.covered {
+            println!("  covered  {:<44} by {}", c.path, c.by.join(", "));
+        } else {
+            println!("  GAP      {:<44} {}", c.path, c.impact.unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+fn first_line(s: &str) -> &str {
+    let s = s.lines().next().unwrap_or("");
+    if s.len() > 140 {
+        let mut end = 140;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        &s[..end]
+    } else {
+        s
+    }
+}

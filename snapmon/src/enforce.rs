@@ -1,0 +1,344 @@
+//! Enforcement setup: which objects are protected, which executables are trusted, and the
+//! safety checks that refuse a dangerous plan — all decided before the kernel maps are
+//! touched. The kernel (BPF LSM) then decides alone, with no userspace round-trip.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use snapmon_common::{deny, FileKey};
+
+use crate::{
+    event::Event,
+    record::{Alert, Severity},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    /// Enforcement required: refuse to start without BPF LSM.
+    On,
+    /// Enforce where possible, otherwise detect only.
+    BestEffort,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    /// Report what would be denied; deny nothing.
+    pub dry_run: bool,
+    /// Per-store: report only (monitor) rather than deny.
+    pub monitor_only: bool,
+    pub protect: Vec<PathBuf>,
+    pub trust: Vec<PathBuf>,
+    pub deny: u32,
+    /// Leave the LSM programs pinned (enforcing) if the agent dies.
+    pub keep_enforcing: bool,
+}
+
+/// Executables trusted by default (when present): the tools that legitimately rewrite
+/// snapshot stores.
+pub const DEFAULT_TRUSTED: &[&str] = &[
+    "/usr/bin/qemu-img",
+    "/usr/bin/qemu-system-x86_64",
+    "/usr/bin/qemu-system-aarch64",
+    "/usr/bin/qemu-nbd",
+    "/usr/bin/qemu-io",
+    "/usr/libexec/qemu-kvm",
+    "/usr/sbin/libvirtd",
+    "/usr/sbin/virtqemud",
+    "/usr/sbin/lvm",
+    "/sbin/lvm",
+    "/usr/sbin/dmeventd",
+    "/usr/bin/btrfs",
+    "/usr/sbin/zfs",
+];
+
+/// Snapshot-destroying or protection-removing ioctls judged by the LSM hook.
+pub const DENY_IOCTLS: &[(u32, &str)] = &[
+    (0x5000_940f, "BTRFS_IOC_SNAP_DESTROY"),
+    (0x5000_943f, "BTRFS_IOC_SNAP_DESTROY_V2"),
+    (0x4008_941a, "BTRFS_IOC_SUBVOL_SETFLAGS"),
+    (0x4008_6602, "FS_IOC_SETFLAGS"),
+    (0x401c_5820, "FS_IOC_FSSETXATTR"),
+    (0x4004_9409, "FICLONE"),
+    (0x4020_940d, "FICLONERANGE"),
+    (0xc018_9436, "FIDEDUPERANGE"),
+    (0x5a18, "ZFS_IOC_DESTROY"),
+    (0x5a19, "ZFS_IOC_ROLLBACK"),
+    (0x5a3b, "ZFS_IOC_DESTROY_SNAPS"),
+];
+
+/// Paths whose protection would break the host (package manager, init, all binaries).
+const NEVER_PROTECT: &[&str] = &[
+    "/",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/etc",
+    "/boot",
+    "/var/lib/dpkg",
+    "/var/lib/rpm",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+];
+
+pub fn parse_ops(list: &str) -> Result<u32, String> {
+    let mut m = 0;
+    for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if w == "all" {
+            m |= deny::NAMES.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
+            continue;
+        }
+        let b = deny::NAMES.iter().find(|(_, n)| *n == w).map(|(b, _)| *b);
+        m |= b.ok_or_else(|| {
+            format!(
+                "unknown operation `{w}` (one of: all, {})",
+                deny::NAMES.map(|(_, n)| n).join(", ")
+            )
+        })?;
+    }
+    Ok(m)
+}
+
+/// What the kernel maps will hold.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub protected: Vec<(FileKey, u32, PathBuf)>,
+    pub trusted: Vec<(FileKey, PathBuf)>,
+    pub notes: Vec<String>,
+}
+
+/// Build and check the plan: no side effects beyond `stat`.
+pub fn plan(o: &Options) -> Result<Plan, String> {
+    let mut p = Plan::default();
+    if o.protect.is_empty() {
+        return Err("enforcement needs at least one --protect PATH (a snapshot store)".into());
+    }
+    for t in DEFAULT_TRUSTED
+        .iter()
+        .map(PathBuf::from)
+        .chain(o.trust.iter().cloned())
+    {
+        match std::fs::metadata(&t) {
+            Ok(m) if m.is_file() => p.trusted.push((crate::watch::key_for(&t, &m), t)),
+            Ok(_) => {
+                return Err(format!(
+                    "trusted executable {} is not a regular file",
+                    t.display()
+                ))
+            }
+            Err(_) if !o.trust.contains(&t) => {}
+            Err(e) => return Err(format!("trusted executable {}: {e}", t.display())),
+        }
+    }
+    if !p.trusted.iter().any(|(_, t)| {
+        t.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("qemu"))
+    }) {
+        return Err("no QEMU executable is trusted: protecting images would block all of QEMU (install qemu or add --trust /path/to/qemu-img)".into());
+    }
+    let mode_bit = if o.monitor_only {
+        0
+    } else {
+        deny::MODE_ENFORCE
+    };
+    for path in &o.protect {
+        let canon = std::fs::canonicalize(path)
+            .map_err(|e| format!("--protect {}: {e}", path.display()))?;
+        if NEVER_PROTECT.iter().any(|n| canon == Path::new(n)) {
+            return Err(format!(
+                "refusing to protect {}: it would block the package manager or the init system; protect the snapshot store itself",
+                canon.display()
+            ));
+        }
+        for (_, t) in &p.trusted {
+            if t.starts_with(&canon) {
+                return Err(format!(
+                    "refusing to protect {}: it contains the trusted executable {}",
+                    canon.display(),
+                    t.display()
+                ));
+            }
+        }
+        let md = std::fs::metadata(&canon).map_err(|e| e.to_string())?;
+        if md.is_dir() {
+            p.protected.push((
+                crate::watch::key_for(&canon, &md),
+                (o.deny & deny::DIR_OPS) | mode_bit,
+                canon.clone(),
+            ));
+            let rd = std::fs::read_dir(&canon).map_err(|e| format!("{}: {e}", canon.display()))?;
+            for e in rd.flatten() {
+                if let Ok(m) = e.metadata() {
+                    if m.is_file() {
+                        p.protected.push((
+                            crate::watch::key_for(&e.path(), &m),
+                            o.deny | mode_bit,
+                            e.path(),
+                        ));
+                    }
+                }
+            }
+        } else {
+            p.protected.push((
+                crate::watch::key_for(&canon, &md),
+                o.deny | mode_bit,
+                canon.clone(),
+            ));
+        }
+    }
+    if o.dry_run {
+        p.notes
+            .push("dry-run: decisions are reported, nothing is denied".into());
+    }
+    Ok(p)
+}
+
+/// Is BPF LSM active? Mounts securityfs when it is missing (read-only information).
+pub fn bpf_lsm_active() -> Result<bool, String> {
+    let lsm = "/sys/kernel/security/lsm";
+    if !Path::new(lsm).exists() {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "securityfs", "securityfs", "/sys/kernel/security"])
+            .status();
+    }
+    let list = std::fs::read_to_string(lsm).map_err(|e| format!("{lsm}: {e}"))?;
+    Ok(list.trim().split(',').any(|m| m == "bpf"))
+}
+
+pub fn action_name(op: &str, denied: bool) -> &'static str {
+    let ops: &[(&str, &str, &str)] = &[
+        ("write", "deny_write", "would_deny_write"),
+        ("open_write", "deny_open_write", "would_deny_open_write"),
+        ("truncate", "deny_truncate", "would_deny_truncate"),
+        ("unlink", "deny_unlink", "would_deny_unlink"),
+        ("rename", "deny_rename", "would_deny_rename"),
+        ("link", "deny_link", "would_deny_link"),
+        ("mmap_write", "deny_mmap_write", "would_deny_mmap_write"),
+        ("ioctl", "deny_ioctl", "would_deny_ioctl"),
+    ];
+    ops.iter()
+        .find(|(o, _, _)| *o == op)
+        .map(|(_, d, w)| if denied { *d } else { *w })
+        .unwrap_or("deny")
+}
+
+/// The alert for a kernel decision on a protected store.
+pub fn decision_alert(ev: &Event) -> Option<Alert> {
+    let denied = ev.action.starts_with("deny_");
+    if !denied && !ev.action.starts_with("would_deny_") {
+        return None;
+    }
+    let op = ev
+        .detail
+        .iter()
+        .find(|(k, _)| *k == "operation")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("?");
+    let target = ev
+        .file
+        .as_ref()
+        .and_then(|f| f.path.as_ref())
+        .map(|p| p.display())
+        .unwrap_or_else(|| "a protected file".into());
+    let actor = ev.process.lineage();
+    let exe = ev.process.executable.display();
+    let message = if denied {
+        format!("{actor} was denied {op} on {target}: {exe} is not a trusted executable")
+    } else {
+        format!("{actor} would have been denied {op} on {target} (monitor/dry-run): {exe} is not a trusted executable")
+    };
+    Some(Alert {
+        rule_id: if denied { "SM-E001" } else { "SM-E002" }.into(),
+        rule_name: if denied {
+            "Tampering with a protected snapshot store blocked"
+        } else {
+            "Tampering with a protected snapshot store (not blocked: monitor mode)"
+        }
+        .into(),
+        severity: if denied {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        technique: vec!["T1490".into()],
+        message,
+        event: ev.clone(),
+        related_seq: vec![ev.seq],
+    })
+}
+
+/// Executable identity of a path, for tests and docs.
+pub fn identity(p: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(protect: &[&str]) -> Options {
+        Options {
+            mode: Mode::On,
+            dry_run: false,
+            monitor_only: false,
+            protect: protect.iter().map(PathBuf::from).collect(),
+            trust: vec![],
+            deny: parse_ops("all").unwrap(),
+            keep_enforcing: false,
+        }
+    }
+
+    #[test]
+    fn refuses_plans_that_would_break_the_host() {
+        for p in ["/usr", "/etc", "/"] {
+            let e = plan(&opts(&[p])).unwrap_err();
+            assert!(
+                e.contains("package manager") || e.contains("trusted executable"),
+                "{p}: {e}"
+            );
+        }
+        let e = plan(&opts(&["/usr/bin"])).unwrap_err();
+        assert!(e.contains("contains the trusted executable"), "{e}");
+        assert!(plan(&opts(&[])).unwrap_err().contains("--protect"));
+    }
+
+    #[test]
+    fn protects_a_store_and_its_files_with_the_mode_bit() {
+        let d = std::env::temp_dir().join(format!("snapmon-enf-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.qcow2"), b"x").unwrap();
+        let p = plan(&opts(&[d.to_str().unwrap()])).unwrap();
+        assert_eq!(p.protected.len(), 2);
+        let dir = p.protected.iter().find(|(_, _, path)| *path == d).unwrap();
+        assert_eq!(dir.1 & !deny::MODE_ENFORCE, deny::DIR_OPS);
+        assert!(p
+            .protected
+            .iter()
+            .all(|(_, m, _)| m & deny::MODE_ENFORCE != 0));
+        assert!(p.trusted.iter().any(|(_, t)| t.ends_with("qemu-img")));
+        let mut mon = opts(&[d.to_str().unwrap()]);
+        mon.monitor_only = true;
+        assert!(plan(&mon)
+            .unwrap()
+            .protected
+            .iter()
+            .all(|(_, m, _)| m & deny::MODE_ENFORCE == 0));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn operation_lists_parse_and_reject_unknown_names() {
+        assert_eq!(
+            parse_ops("write,unlink").unwrap(),
+            deny::WRITE | deny::UNLINK
+        );
+        assert!(parse_ops("write,explode").unwrap_err().contains("explode"));
+    }
+}
