@@ -28,6 +28,75 @@ pub fn key_of(md: &std::fs::Metadata) -> FileKey {
     }
 }
 
+/// Identity as the kernel sees it (`inode->i_sb->s_dev`). `stat` reports a per-subvolume
+/// anonymous device on btrfs, so for anonymous devices (major 0) the superblock's device is
+/// taken from the mount that holds `path` (mountinfo's MAJOR:MINOR is `sb->s_dev`).
+pub fn key_for(path: &Path, md: &std::fs::Metadata) -> FileKey {
+    let mut k = key_of(md);
+    if libc::major(md.dev()) == 0 {
+        if let Some(dev) = sb_dev_of(path) {
+            k.dev = dev;
+        }
+    }
+    k
+}
+
+/// Mount points and their superblock devs, longest first (read once).
+fn mounts() -> &'static [(PathBuf, u32)] {
+    static M: std::sync::OnceLock<Vec<(PathBuf, u32)>> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut v = parse_mountinfo(&text);
+        v.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
+        v
+    })
+}
+
+/// `(mount point, MAJOR<<20|MINOR)` per mountinfo line; octal escapes (`\040`) decoded.
+pub fn parse_mountinfo(text: &str) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::ffi::OsStringExt;
+    let unescape = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            if b[i] == b'\\' && octal {
+                out.push(
+                    (b[i + 1] - b'0')
+                        .wrapping_mul(64)
+                        .wrapping_add((b[i + 2] - b'0') * 8 + (b[i + 3] - b'0')),
+                );
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        PathBuf::from(std::ffi::OsString::from_vec(out))
+    };
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (_id, _parent, mm, _root, mp) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            let (ma, mi) = mm.split_once(':')?;
+            let dev = (ma.parse::<u32>().ok()? << 20) | (mi.parse::<u32>().ok()? & 0xfffff);
+            Some((unescape(mp), dev))
+        })
+        .collect()
+}
+
+fn sb_dev_of(path: &Path) -> Option<u32> {
+    let p = std::fs::canonicalize(path).ok()?;
+    mounts()
+        .iter()
+        .find(|(mp, _)| p.starts_with(mp))
+        .map(|(_, d)| *d)
+}
+
 /// Where the filter entries go: the kernel maps in production, memory in tests.
 pub trait WatchMaps {
     fn add_file(&mut self, key: FileKey) -> Result<(), String>;
@@ -112,9 +181,9 @@ impl WatchSet {
         let mut anc = canon.parent();
         while let Some(a) = anc {
             if let Ok(m) = std::fs::metadata(a) {
-                maps.add_dir(key_of(&m), dir_flags::ANCESTOR)?;
+                maps.add_dir(key_for(a, &m), dir_flags::ANCESTOR)?;
                 self.paths
-                    .entry(key_of(&m))
+                    .entry(key_for(a, &m))
                     .or_insert_with(|| a.to_path_buf());
             }
             anc = a.parent();
@@ -133,7 +202,7 @@ impl WatchSet {
         md: &std::fs::Metadata,
         maps: &mut dyn WatchMaps,
     ) -> Result<(), String> {
-        let key = key_of(md);
+        let key = key_for(p, md);
         maps.add_file(key)?;
         self.paths.insert(key, p.to_path_buf());
         self.stats.files += 1;
@@ -148,7 +217,7 @@ impl WatchSet {
         depth: usize,
     ) -> Result<(), String> {
         let md = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let key = key_of(&md);
+        let key = key_for(dir, &md);
         if !self.dirs.insert(key) {
             return Ok(()); // already known (bind mount or loop)
         }
@@ -205,7 +274,7 @@ impl WatchSet {
         } else if !md.file_type().is_symlink() {
             let _ = self.add_file(p, &md, maps);
         }
-        Some(key_of(&md))
+        Some(key_for(p, &md))
     }
 
     pub fn path_of(&self, key: &FileKey) -> Option<&PathBuf> {
@@ -285,6 +354,15 @@ mod tests {
         ws.learn(k, PathBuf::from("/s/dir/f"));
         ws.renamed(Path::new("/s/dir"), Path::new("/s/moved"));
         assert_eq!(ws.path_of(&k).unwrap(), Path::new("/s/moved/f"));
+    }
+
+    #[test]
+    fn mountinfo_gives_superblock_devs_with_escapes() {
+        let t = "29 1 0:26 / /srv/snap\\040store rw - btrfs /dev/vdb rw\n30 1 8:1 / / rw - ext4 /dev/sda1 rw\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m[0], (PathBuf::from("/srv/snap store"), 26));
+        assert_eq!(m[1], (PathBuf::from("/"), (8 << 20) | 1));
+        assert!(parse_mountinfo("garbage\n\n1 2 x:y / /").is_empty());
     }
 
     #[test]
