@@ -1,6 +1,7 @@
 //! xtask: setup, build, test and run helpers — the one entry point for developers and CI.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -36,7 +37,7 @@ enum Cmd {
         /// Kernel series to boot (repeatable): 6.1, 6.12. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// Integration-test binaries of snapmon-e2e to run (repeatable): e2e, lvm. Default: all.
+        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, lvm.
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.
@@ -52,6 +53,15 @@ enum Cmd {
     /// Benchmarks (not part of the tests): overhead vs no agent and auditd, capacity, alert
     /// latency, footprint; writes docs/benchmarks.{md,json}. Root; about 15 minutes.
     Bench(bench::Args),
+    /// Run the cargo-fuzz targets (qcow2, lvm, ioctl, libvirt); crashing inputs are kept as
+    /// regression tests under snapmon/fuzz/regressions.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// Only these targets.
+        targets: Vec<String>,
+    },
     /// Set up, build (release) and run the agent with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -78,6 +88,10 @@ fn main() -> anyhow::Result<()> {
             test_args,
         }),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::Fuzz { seconds, targets } => {
+            setup::setup()?;
+            fuzz::fuzz(seconds, &targets)
+        }
         Cmd::Run { args } => {
             setup::setup()?;
             build(true)?;
@@ -128,29 +142,107 @@ fn build(release: bool) -> anyhow::Result<()> {
 
 fn test(unit_only: bool) -> anyhow::Result<()> {
     setup::setup()?;
+    let mut tally = Tally::default();
     println!("== unit tests (default members)");
-    check(cargo().args([
+    let unit = tally.run(cargo().args([
         "test",
         "--workspace",
         "--exclude",
         "snapmon-e2e",
         "--exclude",
         "snapmon-ebpf",
-    ]))?;
-    if unit_only {
-        return Ok(());
+    ]));
+    if unit.is_err() || unit_only {
+        tally.print();
+        return unit;
     }
     println!(
         "== privileged end-to-end tests on this kernel ({})",
         kernel_release()
     );
     build(false)?;
-    // Serially: they share one agent and assert on pids.
-    check(
-        cargo()
-            .args(["test", "-p", "snapmon-e2e", "--", "--test-threads=1"])
-            .env("SNAPMON_BIN", workspace().join("target/debug/snapmon")),
-    )
+    // Serially (they share one agent per binary and assert on pids); the LVM suite needs
+    // device-mapper and runs inside `cargo xtask vm-test` only.
+    let mut targets = vec!["--test", "e2e"];
+    for t in ["rules", "btrfs"] {
+        if workspace().join(format!("tests/tests/{t}.rs")).exists() {
+            targets.extend(["--test", t]);
+        }
+    }
+    let mut c = cargo();
+    c.args(["test", "-p", "snapmon-e2e"])
+        .args(&targets)
+        .args(["--", "--test-threads=1"]);
+    c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
+    let e2e = tally.run(&mut c);
+    // Enforcement on a kernel without usable BPF LSM: only the clear-refusal test applies
+    // (the enforcing ones run in `cargo xtask vm-test`).
+    let mut c = cargo();
+    c.args([
+        "test",
+        "-p",
+        "snapmon-e2e",
+        "--test",
+        "enforce",
+        "--",
+        "--test-threads=1",
+        "host_",
+    ]);
+    c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
+    let enf = tally.run(&mut c);
+    tally.print();
+    e2e.and(enf)
+}
+
+/// Sums libtest's `test result:` lines across runs, for one closing summary line.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn run(&mut self, cmd: &mut Command) -> anyhow::Result<()> {
+        use std::io::{BufRead as _, Write as _};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {cmd:?}"))?;
+        let out = child.stdout.take().context("test stdout")?;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let num = |key: &str| {
+                    rest.split(';')
+                        .find_map(|p| {
+                            p.trim()
+                                .trim_start_matches("ok. ")
+                                .trim_start_matches("FAILED. ")
+                                .strip_suffix(key)
+                        })
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                self.passed += num(" passed");
+                self.failed += num(" failed");
+                self.ignored += num(" ignored");
+            }
+        }
+        let _ = std::io::stdout().flush();
+        let st = child.wait()?;
+        if !st.success() {
+            bail!("{cmd:?} failed: {st}");
+        }
+        Ok(())
+    }
+
+    fn print(&self) {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        );
+    }
 }
 
 fn kernel_release() -> String {

@@ -1,0 +1,12 @@
+//! Fuzz target: libvirt snapshot/checkpoint XML and path classification.
+#![no_main]
+#[allow(dead_code)]
+#[path = "../../src/classify/libvirt.rs"]
+mod libvirt;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = libvirt::parse_libvirt_xml(data);
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = libvirt::classify_libvirt_path(s);
+    }
+});
