@@ -44,6 +44,10 @@ const SERIES: &[Series] = &[
     },
 ];
 
+/// Test binaries run when `--test` is not given: the suite every kernel must pass, and the
+/// VM-only device-mapper tests.
+const DEFAULT_TESTS: &[&str] = &["e2e", "lvm"];
+
 /// Modules the initramfs loads (with their dependencies) to mount the host root.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
@@ -174,7 +178,13 @@ fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
             continue;
         }
         if let (Some(name), Some(exe)) = (m["target"]["name"].as_str(), m["executable"].as_str()) {
-            if only.is_empty() || only.iter().any(|t| t == name) {
+            // By default the suites this command exists for; others (rules, sinks …) on request.
+            let wanted = if only.is_empty() {
+                DEFAULT_TESTS.contains(&name)
+            } else {
+                only.iter().any(|t| t == name || t == "all")
+            };
+            if wanted {
                 v.push((name.to_string(), PathBuf::from(exe)));
             }
         }

@@ -1,0 +1,284 @@
+//! VM-only end-to-end: real LVM snapshots on a loop-backed PV with real device-mapper, run by
+//! `cargo xtask vm-test` (which sets `SNAPMON_E2E_LVM=1`). Without that variable every test
+//! fails, on purpose: it creates and removes block devices and changes /etc/lvm.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use serde_json::Value;
+use snapmon_e2e::{about, action, agent_with, brief, changes, regions, run, Ran};
+
+const QUIET: Duration = Duration::from_millis(1500);
+const VG: &str = "snapmonvg";
+/// No udev in the guest: LVM creates the nodes itself and does not wait for udev.
+const LVM_CONFIG: &str = "activation { udev_sync=0 udev_rules=0 monitoring=0 } \
+     devices { obtain_device_list_from_udev=0 }";
+
+struct Pv {
+    dev: PathBuf,
+}
+
+static PV: OnceLock<Pv> = OnceLock::new();
+
+fn gate() {
+    assert_eq!(
+        std::env::var("SNAPMON_E2E_LVM").as_deref(),
+        Ok("1"),
+        "the LVM tests create loop devices and device-mapper tables and rewrite /etc/lvm: \
+         they run only in the VM (`cargo xtask vm-test`), which sets SNAPMON_E2E_LVM=1"
+    );
+}
+
+/// `lvm <cmd> --config … args`, with udev out of the picture.
+fn lvm(cmd: &str, args: &[&str]) -> Ran {
+    let mut a = vec![cmd, "--config", LVM_CONFIG];
+    a.extend_from_slice(args);
+    std::env::set_var("DM_DISABLE_UDEV", "1");
+    std::env::set_var("LVM_SUPPRESS_FD_WARNINGS", "1");
+    let r = run("lvm", &a);
+    // Without udev, make sure /dev/<vg>/<lv> and /dev/mapper nodes exist for the next step.
+    run("dmsetup", &["mknodes"]);
+    r
+}
+
+/// The loop-backed PV and VG, created once before the agent starts, and the agent itself.
+fn setup() -> (
+    &'static Pv,
+    std::sync::MutexGuard<'static, snapmon_e2e::Agent>,
+) {
+    gate();
+    let pv = PV.get_or_init(|| {
+        let img = std::env::temp_dir().join(format!("snapmon-lvm-{}.img", std::process::id()));
+        run("truncate", &["-s", "512M", img.to_str().unwrap()]);
+        let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
+            .stdout
+            .trim()
+            .to_string();
+        lvm("pvcreate", &["-ff", "-y", &dev]);
+        lvm("vgcreate", &[VG, &dev]);
+        Pv {
+            dev: PathBuf::from(dev),
+        }
+    });
+    let a = agent_with(&[
+        PathBuf::from("/dev/mapper/control"),
+        pv.dev.clone(),
+        PathBuf::from("/etc/lvm"),
+    ]);
+    (pv, a)
+}
+
+fn ioctls(evs: &[Value]) -> Vec<&Value> {
+    evs.iter().filter(|v| action(v) == "ioctl").collect()
+}
+
+fn ioctl_name(v: &Value) -> &str {
+    v["snapmon"]["ioctl"]["name"].as_str().unwrap_or("")
+}
+
+fn brief_ioctls(evs: &[Value]) -> String {
+    ioctls(evs)
+        .iter()
+        .map(|v| {
+            format!(
+                "pid={} {} {}",
+                v["process"]["pid"],
+                v["snapmon"]["ioctl"]["name"],
+                v["snapmon"]["ioctl"]["decoded"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// DM_TABLE_LOADs from `pid` with a `target` target: the name reads
+/// `DM_TABLE_LOAD <dev> [<type> <params>]…`.
+fn table_load_with(evs: &[Value], pid: u32, target: &str) -> bool {
+    let (with_params, bare) = (format!("[{target} "), format!("[{target}]"));
+    ioctls(evs).iter().any(|v| {
+        let n = ioctl_name(v);
+        v["process"]["pid"] == pid
+            && n.starts_with("DM_TABLE_LOAD")
+            && (n.contains(&with_params) || n.contains(&bare))
+    })
+}
+
+/// DM_TARGET_MSG from `pid` carrying `msg` (`create_snap`, `delete`).
+fn target_msg_with(evs: &[Value], pid: u32, msg: &str) -> bool {
+    ioctls(evs).iter().any(|v| {
+        v["process"]["pid"] == pid
+            && ioctl_name(v).starts_with("DM_TARGET_MSG")
+            && (v["snapmon"]["ioctl"].to_string().contains(msg))
+    })
+}
+
+/// Everything from `pid` since the agent started, after things settle.
+fn from_pid(a: &mut snapmon_e2e::Agent, pid: u32) -> Vec<Value> {
+    a.settle(QUIET, |v| v["process"]["pid"] == pid)
+}
+
+fn pv_writes<'a>(evs: &'a [Value], dev: &Path) -> Vec<&'a Value> {
+    evs.iter()
+        .filter(|v| about(v, dev) && action(v) != "ioctl")
+        .collect()
+}
+
+fn lvm_backup_files(evs: &[Value]) -> Vec<&Value> {
+    evs.iter()
+        .filter(|v| v["snapmon"]["classification"]["format"] == "lvm-backup")
+        .collect()
+}
+
+#[test]
+fn old_style_snapshot_create_is_seen_as_dm_tables_pv_metadata_and_backup() {
+    let (pv, mut a) = setup();
+    lvm("lvcreate", &["-y", "-L", "16M", "-n", "base", VG]);
+    let r = lvm(
+        "lvcreate",
+        &["-y", "-s", "-L", "8M", "-n", "snap", &format!("{VG}/base")],
+    );
+    let evs = from_pid(&mut a, r.pid);
+    for t in ["snapshot", "snapshot-origin"] {
+        assert!(
+            table_load_with(&evs, r.pid, t),
+            "no DM_TABLE_LOAD with a {t} target from lvcreate -s:\n{}",
+            brief_ioctls(&evs)
+        );
+    }
+    let w = pv_writes(&evs, &pv.dev);
+    assert!(
+        w.iter()
+            .any(|v| regions(v).iter().any(|r| r.starts_with("lvm."))),
+        "no PV write labelled lvm.*:\n{}",
+        brief(&evs)
+    );
+    assert!(
+        w.iter()
+            .any(|v| changes(v).iter().any(|c| c.starts_with("lv_added: snap"))),
+        "no lv_added: snap diff on the PV:\n{}",
+        brief(&evs)
+    );
+    let b = lvm_backup_files(&evs);
+    for d in ["/etc/lvm/backup/", "/etc/lvm/archive/"] {
+        assert!(
+            b.iter().any(|v| {
+                [&v["file"]["path"], &v["file"]["target_path"]]
+                    .iter()
+                    .any(|p| p.as_str().is_some_and(|p| p.starts_with(d)))
+            }),
+            "no lvm-backup record under {d}:\n{}",
+            brief(&evs)
+        );
+    }
+}
+
+#[test]
+fn old_style_snapshot_remove_reports_lv_removed() {
+    let (pv, mut a) = setup();
+    lvm("lvcreate", &["-y", "-L", "16M", "-n", "base2", VG]);
+    lvm(
+        "lvcreate",
+        &[
+            "-y",
+            "-s",
+            "-L",
+            "8M",
+            "-n",
+            "snap2",
+            &format!("{VG}/base2"),
+        ],
+    );
+    let r = lvm("lvremove", &["-y", &format!("{VG}/snap2")]);
+    let evs = from_pid(&mut a, r.pid);
+    assert!(
+        ioctls(&evs)
+            .iter()
+            .any(|v| ioctl_name(v).starts_with("DM_DEV_REMOVE")),
+        "no DM_DEV_REMOVE from lvremove:\n{}",
+        brief_ioctls(&evs)
+    );
+    assert!(
+        pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
+            .iter()
+            .any(|c| c.starts_with("lv_removed: snap2"))),
+        "no lv_removed: snap2 diff on the PV:\n{}",
+        brief(&evs)
+    );
+    assert!(
+        !lvm_backup_files(&evs).is_empty(),
+        "no lvm-backup record:\n{}",
+        brief(&evs)
+    );
+}
+
+#[test]
+fn thin_snapshot_create_and_delete_are_target_messages() {
+    let (_pv, mut a) = setup();
+    lvm(
+        "lvcreate",
+        &["-y", "-L", "64M", "-T", &format!("{VG}/pool")],
+    );
+    let thin = lvm(
+        "lvcreate",
+        &[
+            "-y",
+            "-V",
+            "32M",
+            "-T",
+            &format!("{VG}/pool"),
+            "-n",
+            "thin1",
+        ],
+    );
+    let evs = from_pid(&mut a, thin.pid);
+    assert!(
+        table_load_with(&evs, thin.pid, "thin"),
+        "no DM_TABLE_LOAD with a thin target:\n{}",
+        brief_ioctls(&evs)
+    );
+    let s = lvm(
+        "lvcreate",
+        &["-y", "-s", "-n", "thinsnap", &format!("{VG}/thin1")],
+    );
+    let evs = from_pid(&mut a, s.pid);
+    assert!(
+        target_msg_with(&evs, s.pid, "create_snap"),
+        "no DM_TARGET_MSG create_snap from the thin snapshot:\n{}",
+        brief_ioctls(&evs)
+    );
+    let d = lvm("lvremove", &["-y", &format!("{VG}/thinsnap")]);
+    let evs = from_pid(&mut a, d.pid);
+    assert!(
+        target_msg_with(&evs, d.pid, "delete"),
+        "no DM_TARGET_MSG delete from lvremove of the thin snapshot:\n{}",
+        brief_ioctls(&evs)
+    );
+}
+
+#[test]
+fn lvconvert_merge_loads_a_snapshot_merge_table() {
+    let (_pv, mut a) = setup();
+    lvm("lvcreate", &["-y", "-L", "16M", "-n", "base3", VG]);
+    lvm(
+        "lvcreate",
+        &[
+            "-y",
+            "-s",
+            "-L",
+            "8M",
+            "-n",
+            "snap3",
+            &format!("{VG}/base3"),
+        ],
+    );
+    let r = lvm("lvconvert", &["-y", "--merge", &format!("{VG}/snap3")]);
+    let evs = from_pid(&mut a, r.pid);
+    assert!(
+        table_load_with(&evs, r.pid, "snapshot-merge"),
+        "no DM_TABLE_LOAD with a snapshot-merge target from lvconvert --merge:\n{}",
+        brief_ioctls(&evs)
+    );
+}
