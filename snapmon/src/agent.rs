@@ -161,6 +161,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             "notes": notes,
             "startup_ms": started_at.elapsed().as_millis() as u64,
             "enforcement": enforcement,
+            "policy": opts.policy_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
+            "rule_warnings": pipe.rule_warnings(),
         }),
     };
     for h in k.hooks.iter().filter(|h| h.error.is_some()) {
@@ -193,8 +195,15 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
+                // Sequences that time out with no event to carry them (a freeze never thawed).
+                for r in pipe.tick(crate::sink::json::now_unix_ns()) {
+                    if sinks.send(&r).is_err() { return Ok(()); }
+                }
             }
-            _ = hup.recv() => sinks.reopen(),
+            _ = hup.recv() => {
+                sinks.reopen();
+                if emit(&sinks, Record::State(reload(&opts, &mut pipe))).is_err() { return Ok(()); }
+            }
             _ = usr1.recv() => sinks.reopen(),
             _ = term.recv() => { reason = "SIGTERM"; break; }
             _ = int.recv() => { reason = "SIGINT"; break; }
@@ -213,6 +222,24 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
     sinks.shutdown(Duration::from_secs(5));
     Ok(())
+}
+
+/// SIGHUP: re-read the policy and swap the rules in only if all of it is valid.
+fn reload(opts: &RunOptions, pipe: &mut Pipeline) -> StateRecord {
+    let Some(path) = &opts.policy_path else {
+        return StateRecord { action: "reloaded", detail: json!({"policy": "<embedded default>", "changed": false}) };
+    };
+    let res = Policy::load(path).map_err(|e| e.to_string()).and_then(|p| pipe.reload(p));
+    match res {
+        Ok(()) => StateRecord {
+            action: "reloaded",
+            detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings()}),
+        },
+        Err(e) => {
+            eprintln!("snapmon: reload of {} failed, keeping the running policy: {e}", path.display());
+            StateRecord { action: "reload_failed", detail: json!({"policy": path.display().to_string(), "error": e}) }
+        }
+    }
 }
 
 fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {

@@ -239,7 +239,8 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     if a.process_events {
         policy.agent.process_events = true;
     }
-    let sinks = sink_configs(&a);
+    let mut sinks = sink_configs(&a);
+    sinks.extend(policy.sinks.iter().cloned());
     let set = SinkSet::start(&sinks, crate::sink::hostname())?;
     if let Some(addr) = &a.metrics {
         crate::metrics::serve(addr, set.registry().clone())

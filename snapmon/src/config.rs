@@ -88,6 +88,9 @@ pub struct Policy {
     pub exceptions: Vec<crate::rules::policy::ExceptionSpec>,
     #[serde(default, rename = "maintenance")]
     pub windows: Vec<crate::rules::policy::WindowSpec>,
+    /// Outputs besides the command line's (`[[sink]]`, see docs/output.md).
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<crate::sink::config::SinkConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +188,8 @@ impl Policy {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        crate::sink::config::validate_all(&self.sinks)
+            .map_err(|e| ConfigError::Invalid { file: file.into(), msg: format!("sink: {e}") })?;
         let bad = |msg: String| {
             Err(ConfigError::Invalid {
                 file: file.into(),

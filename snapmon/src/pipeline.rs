@@ -99,7 +99,6 @@ impl Pipeline {
     }
 
     /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.
-    #[allow(dead_code)] // the lead wires it to the status tick in agent.rs
     pub fn tick(&mut self, now_unix_ns: i128) -> Vec<Record> {
         let alerts = self.rules.expire(now_unix_ns);
         self.stats.alerts += alerts.len() as u64;
@@ -111,7 +110,6 @@ impl Pipeline {
 
     /// SIGHUP: swap in a new policy's rules, transactionally. Everything is built first; on
     /// any error the running rules (and their state) stay as they were.
-    #[allow(dead_code)] // the lead wires SIGHUP to it in agent.rs
     pub fn reload(&mut self, policy: Policy) -> Result<(), String> {
         let e = Engine::build(&policy, &HostResolver, Box::new(HostLocalTime))?;
         self.rules = e;
@@ -119,7 +117,6 @@ impl Pipeline {
     }
 
     /// Build-time notes of the current rules (trusted tools missing on this host …).
-    #[allow(dead_code)] // for the `started` record, wired with SIGHUP
     pub fn rule_warnings(&self) -> &[String] {
         &self.rules.warnings
     }
