@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "cpio",
     "kmod",
     "xz-utils",
+    "thin-provisioning-tools",
     "rsyslog",
     "auditd",
 ];
