@@ -480,6 +480,11 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     )?;
     writeln!(
         w,
+        "| load average at start / end | {} / {} |",
+        m.loadavg_start, m.loadavg_end
+    )?;
+    writeln!(
+        w,
         "| other snapmon agents running | {} |\n",
         if m.other_agents.is_empty() {
             "none".into()
