@@ -84,9 +84,9 @@ static SCRATCH_NS: PerCpuArray<NamespaceEvent> = PerCpuArray::with_max_entries(1
 static SCRATCH_IOCTL: PerCpuArray<IoctlEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SCRATCH_OPEN: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(1, 0);
-/// Loop-carried state of the path filter (kept in map memory for the verifier's sake).
+/// Loop state of the path filter's `bpf_loop` walk.
 #[map]
-static PATH_STATE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static PATH_WALK: PerCpuArray<path::Walk> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SCRATCH_EXEC: PerCpuArray<snapmon_common::ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 

@@ -7,11 +7,9 @@
 
 use snapmon_common::{dir_flags, fnv1a_step, ns_flags, FileKey, FNV_OFFSET, PATH_LEN};
 
-use core::ptr::{read_volatile, write_volatile};
+use aya_ebpf::helpers::generated::bpf_loop;
 
-use crate::{
-    emit::copy_user_str, kernel::base_dir_key, PATH_STATE, WATCHED_DIRS, WATCHED_PREFIXES,
-};
+use crate::{emit::copy_user_str, kernel::base_dir_key, PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES};
 
 pub struct PathMatch {
     pub flags: u16,
@@ -19,10 +17,65 @@ pub struct PathMatch {
     pub base: FileKey,
 }
 
-/// Copy `uptr` into `buf` and decide whether it is in a watched tree.
+/// Loop state of one path walk. It lives in per-CPU map memory, not on the stack: newer
+/// verifiers simulate `bpf_loop` callbacks until their states converge, and map values are
+/// not tracked precisely, so they converge at once.
+#[repr(C)]
+pub struct Walk {
+    hash: u64,
+    state: u32,
+    absolute: u32,
+}
+
+/// Callback context: only the buffer, which is the same on every iteration.
+#[repr(C)]
+struct WalkCtx {
+    buf: *const u8,
+}
+
+/// One byte position of the walk (`i` = 1..PATH_LEN). Returns 1 to stop.
 ///
-/// Loop-carried state lives in map memory (`PATH_STATE`, volatile) rather than registers: the
-/// verifier does not track map values, so every iteration's branches converge and prune.
+/// Run through `bpf_loop` so the verifier checks the body once, whatever the path length;
+/// an unrolled 256-step loop is slow to verify everywhere and rejected outright by 6.1's CFG
+/// check when the compiler lays the latch out as a fallthrough.
+#[inline(never)]
+extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
+    // Bound the index before arithmetic so the verifier sees 1 <= i < PATH_LEN.
+    if idx >= (PATH_LEN - 1) as u64 {
+        return 1;
+    }
+    let i = idx as usize + 1;
+    let Some(w) = PATH_WALK.get_ptr_mut(0) else { return 1 };
+    let w = unsafe { &mut *w };
+    let b = unsafe { (*ctx).buf };
+    let (p1, c) = unsafe { (*b.add(i - 1), *b.add(i)) };
+    w.hash = fnv1a_step(w.hash, p1);
+    if c != 0 && c != b'/' {
+        return 0;
+    }
+    // A component ended at i. Look back instead of counting: no loop-carried counters.
+    let p2 = if i >= 2 { unsafe { *b.add(i - 2) } } else { b'/' };
+    let p3 = if i >= 3 { unsafe { *b.add(i - 3) } } else { b'/' };
+    let dot = p1 == b'.' && p2 == b'/';
+    let dotdot = p1 == b'.' && p2 == b'.' && p3 == b'/';
+    let lead_dotdot = i == 2 && p1 == b'.' && p2 == b'.';
+    let absolute = w.absolute != 0;
+    // "" and "." only hide a watched prefix in absolute paths (relative ones are judged by
+    // their base dir); ".." escapes either way.
+    if dotdot || lead_dotdot || (absolute && c == b'/' && (p1 == b'/' || dot)) {
+        w.state |= ns_flags::UNNORMALIZED as u32;
+    }
+    if c == b'/' {
+        w.state |= HAS_SLASH;
+    }
+    let h = w.hash;
+    if absolute && unsafe { WATCHED_PREFIXES.get(&h) }.is_some() {
+        w.state |= ns_flags::ABS_PREFIX_MATCH as u32;
+    }
+    (c == 0) as i64
+}
+
+/// Copy `uptr` into `buf` and decide whether it is in a watched tree.
 #[inline(always)]
 pub unsafe fn match_path(
     task: *const u8,
@@ -39,48 +92,21 @@ pub unsafe fn match_path(
     if len == 0 {
         return m;
     }
-    let Some(st) = PATH_STATE.get_ptr_mut(0) else {
+    let Some(w) = PATH_WALK.get_ptr_mut(0) else {
         return m;
     };
-    write_volatile(st, 0);
-    if len as usize >= PATH_LEN - 1 {
-        write_volatile(st, ns_flags::PATH1_TRUNCATED as u32);
-    }
     let absolute = buf[0] == b'/';
-    let mut h = FNV_OFFSET;
-    for i in 1..PATH_LEN {
-        h = fnv1a_step(h, buf[i - 1]);
-        let c = buf[i];
-        if c != 0 && c != b'/' {
-            continue;
-        }
-        // A component ended at i. Look back instead of counting: no loop-carried counters.
-        let p1 = buf[i - 1];
-        let p2 = if i >= 2 { buf[i - 2] } else { b'/' };
-        let p3 = if i >= 3 { buf[i - 3] } else { b'/' };
-        let dot = p1 == b'.' && p2 == b'/';
-        let dotdot = p1 == b'.' && p2 == b'.' && p3 == b'/';
-        let lead_dotdot = i == 2 && p1 == b'.' && p2 == b'.';
-        let mut f = 0u32;
-        // "" and "." only hide a watched prefix in absolute paths (relative ones are judged by
-        // their base dir); ".." escapes either way.
-        if dotdot || lead_dotdot || (absolute && c == b'/' && (p1 == b'/' || dot)) {
-            f |= ns_flags::UNNORMALIZED as u32;
-        }
-        if c == b'/' {
-            f |= HAS_SLASH;
-        }
-        if absolute && WATCHED_PREFIXES.get(&h).is_some() {
-            f |= ns_flags::ABS_PREFIX_MATCH as u32;
-        }
-        if f != 0 {
-            write_volatile(st, read_volatile(st) | f);
-        }
-        if c == 0 {
-            break;
-        }
-    }
-    let state = read_volatile(st);
+    (*w).hash = FNV_OFFSET;
+    (*w).state = if len as usize >= PATH_LEN - 1 { ns_flags::PATH1_TRUNCATED as u32 } else { 0 };
+    (*w).absolute = absolute as u32;
+    let mut ctx = WalkCtx { buf: buf.as_ptr() };
+    bpf_loop(
+        (PATH_LEN - 1) as u32,
+        walk_step as *mut core::ffi::c_void,
+        &mut ctx as *mut WalkCtx as *mut core::ffi::c_void,
+        0,
+    );
+    let state = (*w).state;
     m.flags = (state & 0xffff) as u16;
     let has_slash = state & HAS_SLASH != 0;
     if !absolute {

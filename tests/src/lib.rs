@@ -145,7 +145,8 @@ impl Agent {
     pub fn settle(&mut self, quiet: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut n = self.records().len();
         let mut since = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous: under QEMU TCG the agent can trail a fork storm by tens of seconds.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while since.elapsed() < quiet && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
             let m = self.records().len();

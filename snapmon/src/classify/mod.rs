@@ -340,7 +340,20 @@ impl Classifier {
                         .collect();
                 if c.regions.iter().any(|r| r != "lvm.data") {
                     self.stats.refreshes += 1;
-                    if let Ok(head) = read_prefix(path, PROBE_BYTES) {
+                    // The hook fires at io_submit, before LVM's O_DIRECT write lands: give the
+                    // commit a moment (bounded; LVM metadata updates are rare) so the diff
+                    // belongs to the command that made it.
+                    let old_seq = l.vg.as_ref().map(|v| v.seqno);
+                    let mut head = read_prefix(path, PROBE_BYTES);
+                    for _ in 0..20 {
+                        let seq = head.as_ref().ok().and_then(|h| lvm::metadata_text_from_device(h).ok()).map(|v| v.seqno);
+                        if old_seq.is_none() || seq != old_seq {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        head = read_prefix(path, PROBE_BYTES);
+                    }
+                    if let Ok(head) = head {
                         let vg = lvm::metadata_text_from_device(&head).ok();
                         if let (Some(a), Some(b)) = (&l.vg, &vg) {
                             c.changes = lvm_changes(lvm::diff_vg(a, b));
