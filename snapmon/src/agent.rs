@@ -2,7 +2,7 @@
 //! driven by one async loop that also handles signals and periodic loss reporting.
 
 use std::{
-    os::fd::AsRawFd as _,
+    os::fd::AsFd as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -183,7 +183,12 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(opts.status_interval);
     let mut last_lost = k.lost_counts();
-    let fd = AsyncFd::new(k.events.as_raw_fd()).context("polling the ring buffer")?;
+    // A dup of the ring buffer fd: epoll watches the same open file, and the borrow of
+    // `k` stays free for draining.
+    let owned = k.events.as_fd().try_clone_to_owned()?;
+    // SAFETY: `owned` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
+    let fd = unsafe { AsyncFd::register(owned) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut buf: Vec<Vec<u8>> = Vec::with_capacity(256);
     let reason;
     loop {
@@ -227,17 +232,28 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
 /// SIGHUP: re-read the policy and swap the rules in only if all of it is valid.
 fn reload(opts: &RunOptions, pipe: &mut Pipeline) -> StateRecord {
     let Some(path) = &opts.policy_path else {
-        return StateRecord { action: "reloaded", detail: json!({"policy": "<embedded default>", "changed": false}) };
+        return StateRecord {
+            action: "reloaded",
+            detail: json!({"policy": "<embedded default>", "changed": false}),
+        };
     };
-    let res = Policy::load(path).map_err(|e| e.to_string()).and_then(|p| pipe.reload(p));
+    let res = Policy::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|p| pipe.reload(p));
     match res {
         Ok(()) => StateRecord {
             action: "reloaded",
             detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings()}),
         },
         Err(e) => {
-            eprintln!("snapmon: reload of {} failed, keeping the running policy: {e}", path.display());
-            StateRecord { action: "reload_failed", detail: json!({"policy": path.display().to_string(), "error": e}) }
+            eprintln!(
+                "snapmon: reload of {} failed, keeping the running policy: {e}",
+                path.display()
+            );
+            StateRecord {
+                action: "reload_failed",
+                detail: json!({"policy": path.display().to_string(), "error": e}),
+            }
         }
     }
 }

@@ -188,8 +188,10 @@ impl Policy {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        crate::sink::config::validate_all(&self.sinks)
-            .map_err(|e| ConfigError::Invalid { file: file.into(), msg: format!("sink: {e}") })?;
+        crate::sink::config::validate_all(&self.sinks).map_err(|e| ConfigError::Invalid {
+            file: file.into(),
+            msg: format!("sink: {e}"),
+        })?;
         let bad = |msg: String| {
             Err(ConfigError::Invalid {
                 file: file.into(),

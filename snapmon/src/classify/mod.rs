@@ -346,7 +346,11 @@ impl Classifier {
                     let old_seq = l.vg.as_ref().map(|v| v.seqno);
                     let mut head = read_prefix(path, PROBE_BYTES);
                     for _ in 0..20 {
-                        let seq = head.as_ref().ok().and_then(|h| lvm::metadata_text_from_device(h).ok()).map(|v| v.seqno);
+                        let seq = head
+                            .as_ref()
+                            .ok()
+                            .and_then(|h| lvm::metadata_text_from_device(h).ok())
+                            .map(|v| v.seqno);
                         if old_seq.is_none() || seq != old_seq {
                             break;
                         }

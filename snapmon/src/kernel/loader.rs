@@ -212,9 +212,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     };
     let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
     let mut ebpf = EbpfLoader::new()
-        .set_global("OFFSETS", &offsets, true)
-        .set_global("CONFIG", &config, true)
-        .set_max_entries("EVENTS", rb)
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", rb)
         .load(OBJECT)
         .context("loading the eBPF object into the kernel")?;
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;

@@ -1,0 +1,22 @@
+//! snapmon as a library: every stage of the flow (kernel hook → ring buffer → decode →
+//! lineage/enrich → classify → rules → sinks), so tools, tests and fuzzers can drive them.
+
+pub mod agent;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod doctor;
+pub mod enforce;
+pub mod enrich;
+pub mod event;
+pub mod kernel;
+pub mod lineage;
+pub mod lineage_bridge;
+pub mod metrics;
+pub mod offline;
+pub mod pipeline;
+pub mod record;
+pub mod rules;
+pub mod sink;
+pub mod watch;
