@@ -227,17 +227,17 @@ impl Enricher {
                 } else {
                     ("access", "open_write")
                 };
-                // Learn the new file's path from its (watched) parent dir + the name used.
-                if self.watch.path_of(&o.file).is_none() {
-                    let name = cstr(&o.path, o.path_len as usize);
-                    let path = self.resolve(name, o.parent, o.hdr.tgid).or_else(|| {
-                        let base = self.watch.path_of(&o.parent)?;
-                        let leaf = Path::new(std::ffi::OsStr::from_bytes(name)).file_name()?;
-                        Some(base.join(leaf))
-                    });
-                    if let Some(p) = path {
-                        self.watch.learn(o.file, p);
-                    }
+                // The file's path is its real parent dir (from the kernel) + the name's last
+                // component; always re-learn it, since inode numbers are reused after unlink.
+                let name = cstr(&o.path, o.path_len as usize);
+                let named = Path::new(std::ffi::OsStr::from_bytes(name));
+                let path = match (self.watch.path_of(&o.parent), named.file_name()) {
+                    (Some(base), Some(leaf)) => Some(base.join(leaf)),
+                    _ if named.is_absolute() => Some(normalize(named)),
+                    _ => None,
+                };
+                if let Some(p) = path {
+                    self.watch.learn(o.file, p);
                 }
                 let mut ev = self.base(raw, "file", t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));
@@ -338,12 +338,21 @@ impl Enricher {
                 self.stats.dropped_outside_watch += 1;
                 return None;
             }
+            // Identity of the source while its name is still in the table (rename and unlink
+            // have happened, or are about to, by the time we look at the filesystem).
+            let known = p1.as_deref().and_then(|p| self.key_for(p));
             // Keep the watch set and path table current.
             match op {
                 Some(NsOp::Rename) => {
                     if let (Some(a), Some(b)) = (&p1, &p2) {
                         self.watch.renamed(a, b);
                         self.watch.observe_new_path(b, maps);
+                    }
+                }
+                Some(NsOp::Unlink | NsOp::Rmdir) => {
+                    // Forget the name: the inode number may come back for another file.
+                    if let Some(p) = &p1 {
+                        self.watch.forget_path(p);
                     }
                 }
                 Some(NsOp::Mkdir | NsOp::Link | NsOp::Symlink) => {
@@ -357,9 +366,8 @@ impl Enricher {
                 path: p.map(|p| Bytes(p.as_os_str().as_bytes().to_vec())),
                 ..Default::default()
             };
-            // Identity for the source when we know it (unlink/rename happen before we look).
             let mut f1 = fi(p1);
-            if let Some(key) = f1.path.as_ref().and_then(|p| self.key_for(&p.as_path())) {
+            if let Some(key) = known {
                 f1.dev = key.dev;
                 f1.ino = key.ino;
             }

@@ -281,6 +281,11 @@ impl WatchSet {
         self.paths.get(key)
     }
 
+    /// A name went away (unlink/rmdir): drop every identity known by it.
+    pub fn forget_path(&mut self, p: &Path) {
+        self.paths.retain(|_, v| v.as_path() != p);
+    }
+
     pub fn learn(&mut self, key: FileKey, p: PathBuf) {
         self.paths.insert(key, p);
     }

@@ -696,3 +696,31 @@ fn refuses_to_start_without_root_with_one_clear_sentence() {
     assert!(err.contains("must run as root"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_reused_inode_number_is_reported_under_its_new_name() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = agent().dir("inode");
+    // ext4 hands a freed inode number to the next file created: retry until that happens.
+    for i in 0..20 {
+        let old = dir.join(format!("old{i}.qcow2"));
+        std::fs::write(&old, b"old").unwrap();
+        let ino = std::fs::metadata(&old).unwrap().ino();
+        run("rm", &[old.to_str().unwrap()]);
+        let new = dir.join(format!("new{i}.img"));
+        std::fs::write(&new, b"new").unwrap();
+        if std::fs::metadata(&new).unwrap().ino() != ino {
+            continue;
+        }
+        let r = python(&format!("open('{}', 'ab').write(b'more')", new.display()));
+        let evs = events_about(&new);
+        assert!(
+            evs.iter()
+                .any(|v| v["process"]["pid"] == r.pid && action(v) == "write"),
+            "write to the new name not reported under it:\n{}",
+            brief(&agent().settle(QUIET, |v| v["file"]["inode"] == ino.to_string()))
+        );
+        return;
+    }
+    panic!("no inode reuse in 20 attempts");
+}

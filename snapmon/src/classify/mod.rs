@@ -207,6 +207,12 @@ impl Classifier {
         if let Some(i) = &ev.ioctl {
             return Some(classify_ioctl(i));
         }
+        // A new or deleted file: any shadow under that inode number is someone else's.
+        if matches!(ev.action, "create" | "unlink") {
+            if let Some(f) = &ev.file {
+                self.forget(f.dev, f.ino);
+            }
+        }
         let path_str = path.map(|p| p.to_string_lossy().into_owned());
         // libvirt metadata and LVM text files are judged by name and, when present, content.
         if let Some(ps) = &path_str {
