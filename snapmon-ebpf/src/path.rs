@@ -45,7 +45,9 @@ extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
         return 1;
     }
     let i = idx as usize + 1;
-    let Some(w) = PATH_WALK.get_ptr_mut(0) else { return 1 };
+    let Some(w) = PATH_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
     let w = unsafe { &mut *w };
     let b = unsafe { (*ctx).buf };
     let (p1, c) = unsafe { (*b.add(i - 1), *b.add(i)) };
@@ -54,8 +56,16 @@ extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
         return 0;
     }
     // A component ended at i. Look back instead of counting: no loop-carried counters.
-    let p2 = if i >= 2 { unsafe { *b.add(i - 2) } } else { b'/' };
-    let p3 = if i >= 3 { unsafe { *b.add(i - 3) } } else { b'/' };
+    let p2 = if i >= 2 {
+        unsafe { *b.add(i - 2) }
+    } else {
+        b'/'
+    };
+    let p3 = if i >= 3 {
+        unsafe { *b.add(i - 3) }
+    } else {
+        b'/'
+    };
     let dot = p1 == b'.' && p2 == b'/';
     let dotdot = p1 == b'.' && p2 == b'.' && p3 == b'/';
     let lead_dotdot = i == 2 && p1 == b'.' && p2 == b'.';
@@ -97,7 +107,11 @@ pub unsafe fn match_path(
     };
     let absolute = buf[0] == b'/';
     (*w).hash = FNV_OFFSET;
-    (*w).state = if len as usize >= PATH_LEN - 1 { ns_flags::PATH1_TRUNCATED as u32 } else { 0 };
+    (*w).state = if len as usize >= PATH_LEN - 1 {
+        ns_flags::PATH1_TRUNCATED as u32
+    } else {
+        0
+    };
     (*w).absolute = absolute as u32;
     let mut ctx = WalkCtx { buf: buf.as_ptr() };
     bpf_loop(
