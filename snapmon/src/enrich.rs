@@ -231,9 +231,11 @@ impl Enricher {
                 // component; always re-learn it, since inode numbers are reused after unlink.
                 let name = cstr(&o.path, o.path_len as usize);
                 let named = Path::new(std::ffi::OsStr::from_bytes(name));
+                // An absolute name is taken as given: on btrfs every subvolume root is inode
+                // 256 on one superblock, so the parent's identity alone can be ambiguous.
                 let path = match (self.watch.path_of(&o.parent), named.file_name()) {
-                    (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ if named.is_absolute() => Some(normalize(named)),
+                    (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
                 };
                 if let Some(p) = path {
