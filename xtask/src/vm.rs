@@ -81,16 +81,6 @@ struct Suite {
 
 pub fn vm_test(o: Opts) -> anyhow::Result<()> {
     crate::setup::setup()?;
-    // The guest mounts fresh tmpfs there, which would hide the binaries it has to run.
-    if ["/tmp/", "/run/", "/var/tmp/", "/dev/"]
-        .iter()
-        .any(|p| workspace().starts_with(p))
-    {
-        bail!(
-            "vm-test needs the workspace outside /tmp, /run and /var/tmp (it is {})",
-            workspace().display()
-        );
-    }
     let out = workspace().join("target/vm-test");
     let cache = out.join("cache");
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;

@@ -18,7 +18,10 @@ mkdir -p /run/snapmon-vm
 mount -t tmpfs -o size=3g tmpfs /run/snapmon-vm
 truncate -s 2G /run/snapmon-vm/tmp.ext4
 mkfs.ext4 -q -F /run/snapmon-vm/tmp.ext4
+# Keep a workspace that lives under /tmp reachable across the new mount.
+case "$VM_WORKSPACE" in /tmp/*) mkdir -p /run/snapmon-vm/ws && mount --bind "$VM_WORKSPACE" /run/snapmon-vm/ws ;; esac
 mount -o loop /run/snapmon-vm/tmp.ext4 /tmp && chmod 1777 /tmp || echo "SNAPMON-VM-WARN no ext4 /tmp"
+case "$VM_WORKSPACE" in /tmp/*) mkdir -p "$VM_WORKSPACE" && mount --bind /run/snapmon-vm/ws "$VM_WORKSPACE" ;; esac
 mkdir -p /tmp/.snapmon-vm
 cp /etc/hostname /tmp/.snapmon-vm/hostname && mount --bind /tmp/.snapmon-vm/hostname /etc/hostname
 cd "$VM_WORKSPACE"

@@ -20,7 +20,13 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose ho
     echo "SNAPMON-VM-FATAL cannot mount the host root over 9p"
     poweroff -f
 fi
+# A workspace under one of the dirs that get fresh tmpfs (CI may clone into /tmp) is carried
+# over with a bind mount, so the binaries and scripts stay reachable.
+ws_hidden=0
+case "$VM_WORKSPACE" in /tmp/*|/run/*|/var/tmp/*) ws_hidden=1 ;; esac
+if [ $ws_hidden = 1 ]; then mkdir -p /ws && mount --bind "$R$VM_WORKSPACE" /ws; fi
 for d in tmp run var/tmp dev/shm; do mount -t tmpfs tmpfs $R/$d 2>/dev/null || true; done
+if [ $ws_hidden = 1 ]; then mkdir -p "$R$VM_WORKSPACE" && mount --bind /ws "$R$VM_WORKSPACE"; fi
 mount -t proc proc $R/proc
 mount -t sysfs sysfs $R/sys
 mount -t devtmpfs devtmpfs $R/dev
