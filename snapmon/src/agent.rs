@@ -82,7 +82,8 @@ fn register(
 pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let started_at = Instant::now();
     // Enforcement is decided (and refused) before anything is loaded.
-    let enf = &opts.enforce;
+    let enf_opts = crate::enforce::from_policy(&opts.enforce, &opts.policy.enforce);
+    let enf = &enf_opts;
     let plan = match enf.mode {
         crate::enforce::Mode::Off => None,
         _ => Some(crate::enforce::plan(enf).map_err(|e| anyhow::anyhow!("enforcement: {e}"))?),
@@ -207,7 +208,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 sinks.reopen();
-                if emit(&sinks, Record::State(reload(&opts, &mut pipe))).is_err() { return Ok(()); }
+                if emit(&sinks, Record::State(reload(&opts, &mut pipe, &mut k))).is_err() { return Ok(()); }
             }
             _ = usr1.recv() => sinks.reopen(),
             _ = term.recv() => { reason = "SIGTERM"; break; }
@@ -230,31 +231,60 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: re-read the policy and swap the rules in only if all of it is valid.
-fn reload(opts: &RunOptions, pipe: &mut Pipeline) -> StateRecord {
+fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord {
     let Some(path) = &opts.policy_path else {
         return StateRecord {
             action: "reloaded",
             detail: json!({"policy": "<embedded default>", "changed": false}),
         };
     };
-    let res = Policy::load(path)
-        .map_err(|e| e.to_string())
-        .and_then(|p| pipe.reload(p));
-    match res {
-        Ok(()) => StateRecord {
-            action: "reloaded",
-            detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings()}),
-        },
-        Err(e) => {
-            eprintln!(
-                "snapmon: reload of {} failed, keeping the running policy: {e}",
-                path.display()
-            );
-            StateRecord {
-                action: "reload_failed",
-                detail: json!({"policy": path.display().to_string(), "error": e}),
-            }
+    let failed = |e: String| {
+        eprintln!(
+            "snapmon: reload of {} failed, keeping the running policy: {e}",
+            path.display()
+        );
+        StateRecord {
+            action: "reload_failed",
+            detail: json!({"policy": path.display().to_string(), "error": e}),
         }
+    };
+    let policy = match Policy::load(path) {
+        Ok(p) => p,
+        Err(e) => return failed(e.to_string()),
+    };
+    // Build the enforcement plan before touching anything: all or nothing.
+    let enf = crate::enforce::from_policy(&opts.enforce, &policy.enforce);
+    let plan = match enf.mode {
+        crate::enforce::Mode::Off => None,
+        _ => match crate::enforce::plan(&enf) {
+            Ok(p) => Some(p),
+            Err(e) => return failed(format!("enforcement: {e}")),
+        },
+    };
+    if plan.is_some() && !k.lsm {
+        if enf.mode == crate::enforce::Mode::On {
+            return failed(
+                "enforcement needs the BPF LSM hooks, which were not attached at start".into(),
+            );
+        }
+    }
+    if let Err(e) = pipe.reload(policy) {
+        return failed(e);
+    }
+    let enforcement = if k.lsm {
+        match k.reapply_enforcement(plan.as_ref(), enf.dry_run) {
+            Ok(()) => {
+                json!({"active": plan.is_some(), "dry_run": enf.dry_run, "monitor_only": enf.monitor_only,
+                             "protected": plan.as_ref().map(|p| p.protected.len()).unwrap_or(0)})
+            }
+            Err(e) => json!({"active": "unknown", "error": e.to_string()}),
+        }
+    } else {
+        json!({"active": false})
+    };
+    StateRecord {
+        action: "reloaded",
+        detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings(), "enforcement": enforcement}),
     }
 }
 

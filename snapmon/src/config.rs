@@ -61,6 +61,38 @@ fn default_rb() -> u32 {
     16 << 20
 }
 
+/// `[enforce]`: protected stores (BPF LSM). `mode` and `dry_run` take effect on SIGHUP.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EnforceSection {
+    /// `off`, `monitor` (report would-be denials), `enforce` (deny), `best-effort`
+    /// (enforce where BPF LSM exists, detect elsewhere).
+    #[serde(default)]
+    pub mode: EnforceModeCfg,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub protect: Vec<PathBuf>,
+    #[serde(default)]
+    pub trust: Vec<PathBuf>,
+    /// Operations denied (`all`, `write`, `open_write`, `truncate`, `unlink`, `rename`,
+    /// `link`, `mmap_write`, `ioctl`).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub keep_enforcing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnforceModeCfg {
+    #[default]
+    Off,
+    Monitor,
+    Enforce,
+    BestEffort,
+}
+
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
@@ -88,6 +120,8 @@ pub struct Policy {
     pub exceptions: Vec<crate::rules::policy::ExceptionSpec>,
     #[serde(default, rename = "maintenance")]
     pub windows: Vec<crate::rules::policy::WindowSpec>,
+    #[serde(default)]
+    pub enforce: EnforceSection,
     /// Outputs besides the command line's (`[[sink]]`, see docs/output.md).
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::sink::config::SinkConfig>,
@@ -188,6 +222,20 @@ impl Policy {
     }
 
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        if let Err(e) = crate::enforce::parse_ops(&self.enforce.deny.join(",")) {
+            return Err(ConfigError::Invalid {
+                file: file.into(),
+                msg: format!("enforce.deny: {e}"),
+            });
+        }
+        for p in self.enforce.protect.iter().chain(&self.enforce.trust) {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    file: file.into(),
+                    msg: format!("enforce: path `{}` must be absolute", p.display()),
+                });
+            }
+        }
         crate::sink::config::validate_all(&self.sinks).map_err(|e| ConfigError::Invalid {
             file: file.into(),
             msg: format!("sink: {e}"),

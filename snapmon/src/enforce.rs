@@ -88,6 +88,36 @@ const NEVER_PROTECT: &[&str] = &[
     "/run",
 ];
 
+/// Enforcement options from the policy's `[enforce]` section, unless the command line set
+/// `--enforce` (then the command line wins; its --protect/--trust add to the policy's).
+pub fn from_policy(cli: &Options, cfg: &crate::config::EnforceSection) -> Options {
+    use crate::config::EnforceModeCfg as M;
+    if cli.mode != Mode::Off {
+        let mut o = cli.clone();
+        o.protect.extend(cfg.protect.iter().cloned());
+        o.trust.extend(cfg.trust.iter().cloned());
+        return o;
+    }
+    let deny = if cfg.deny.is_empty() {
+        parse_ops("all").unwrap_or(0)
+    } else {
+        parse_ops(&cfg.deny.join(",")).unwrap_or(0)
+    };
+    Options {
+        mode: match cfg.mode {
+            M::Off => Mode::Off,
+            M::Monitor | M::Enforce => Mode::On,
+            M::BestEffort => Mode::BestEffort,
+        },
+        dry_run: cfg.dry_run || cli.dry_run,
+        monitor_only: cfg.mode == M::Monitor,
+        protect: cfg.protect.iter().chain(&cli.protect).cloned().collect(),
+        trust: cfg.trust.iter().chain(&cli.trust).cloned().collect(),
+        deny,
+        keep_enforcing: cfg.keep_enforcing || cli.keep_enforcing,
+    }
+}
+
 pub fn parse_ops(list: &str) -> Result<u32, String> {
     let mut m = 0;
     for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -331,6 +361,35 @@ mod tests {
             .iter()
             .all(|(_, m, _)| m & deny::MODE_ENFORCE == 0));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn policy_section_drives_mode_unless_the_command_line_does() {
+        use crate::config::{EnforceModeCfg, EnforceSection};
+        let cfg = EnforceSection {
+            mode: EnforceModeCfg::Monitor,
+            protect: vec!["/srv/a".into()],
+            ..Default::default()
+        };
+        let off = Options {
+            mode: Mode::Off,
+            protect: vec![],
+            ..opts(&[])
+        };
+        let o = from_policy(&off, &cfg);
+        assert_eq!((o.mode, o.monitor_only), (Mode::On, true));
+        assert_eq!(o.protect, vec![PathBuf::from("/srv/a")]);
+        assert_eq!(o.deny, parse_ops("all").unwrap());
+        let cli = Options {
+            protect: vec!["/srv/b".into()],
+            ..opts(&[])
+        };
+        let o = from_policy(&cli, &cfg);
+        assert!(!o.monitor_only);
+        assert_eq!(
+            o.protect,
+            vec![PathBuf::from("/srv/b"), PathBuf::from("/srv/a")]
+        );
     }
 
     #[test]

@@ -268,3 +268,52 @@ fn lsm_dry_run_denies_nothing_but_reports() {
     );
     assert!(r.alerts("SM-E001").is_empty());
 }
+
+#[test]
+fn lsm_policy_reload_switches_from_monitor_to_enforce() {
+    assert!(
+        expect_lsm(),
+        "needs BPF LSM: runs inside `cargo xtask vm-test` (SNAPMON_E2E_EXPECT_LSM=1)"
+    );
+    let d = store("reload");
+    let img = d.join("vm.qcow2");
+    let policy = d.with_extension("toml");
+    let write_policy = |mode: &str| {
+        std::fs::write(
+            &policy,
+            format!(
+                "[enforce]\nmode = \"{mode}\"\nprotect = [\"{}\"]\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_policy("monitor");
+    let r = Running::start(
+        &["--config", policy.to_str().unwrap()],
+        d.with_extension("jsonl"),
+    );
+    python_pwrite(&img).expect("monitor mode must not deny");
+    assert!(
+        !r.alerts("SM-E002").is_empty(),
+        "monitor mode reports would-be denials"
+    );
+
+    write_policy("enforce");
+    unsafe { libc::kill(r.child.id() as i32, libc::SIGHUP) };
+    let end = Instant::now() + Duration::from_secs(20);
+    while !r
+        .records()
+        .iter()
+        .any(|v| v["event"]["action"] == "reloaded")
+    {
+        assert!(Instant::now() < end, "no `reloaded` record after SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let e = python_pwrite(&img).expect_err("enforce mode after reload must deny");
+    assert!(
+        e.contains("Operation not permitted") || e.contains("PermissionError"),
+        "{e}"
+    );
+    assert!(!r.alerts("SM-E001").is_empty());
+}

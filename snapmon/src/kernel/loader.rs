@@ -381,6 +381,32 @@ impl Kernel {
         Ok(())
     }
 
+    /// Replace the enforcement maps with a new plan (or none: decisions off), for SIGHUP.
+    pub fn reapply_enforcement(
+        &mut self,
+        plan: Option<&crate::enforce::Plan>,
+        dry_run: bool,
+    ) -> anyhow::Result<()> {
+        let mut flags = self.runtime.get(&0, 0).unwrap_or(0);
+        // Decisions off while the maps are rebuilt: a half-built map must not deny anyone.
+        self.runtime
+            .set(0, flags & !snapmon_common::runtime::ENFORCE_ACTIVE, 0)?;
+        let prot: Vec<FileKey> = self.protected.keys().filter_map(Result::ok).collect();
+        for k in prot {
+            let _ = self.protected.remove(&k);
+        }
+        let trusted: Vec<FileKey> = self.trusted.keys().filter_map(Result::ok).collect();
+        for k in trusted {
+            let _ = self.trusted.remove(&k);
+        }
+        flags &= !(snapmon_common::runtime::ENFORCE_ACTIVE | snapmon_common::runtime::DRY_RUN);
+        self.runtime.set(0, flags, 0)?;
+        match plan {
+            Some(p) => self.apply_enforcement(p, dry_run),
+            None => Ok(()),
+        }
+    }
+
     /// Load an enforcement plan into the maps, then switch decisions on.
     pub fn apply_enforcement(
         &mut self,
