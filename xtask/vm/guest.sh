@@ -34,7 +34,7 @@ for spec in $VM_TESTS; do
     extra=""
     lsm=0
     if [ "$name" = enforce ]; then
-        extra="lsm_"
+        extra="--skip host_"
         grep -qw bpf /sys/kernel/security/lsm 2>/dev/null || mount -t securityfs securityfs /sys/kernel/security
         grep -qw bpf /sys/kernel/security/lsm && lsm=1
     fi

@@ -401,7 +401,10 @@ impl Classifier {
     ) {
         for (k, p) in files {
             let key = (k.dev, k.ino);
-            if !self.state.contains_key(&key) && p.is_file() {
+            // Regular files and block devices (LVM PVs); never char devices, which may block.
+            use std::os::unix::fs::FileTypeExt;
+            let ok = std::fs::metadata(p).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
+            if !self.state.contains_key(&key) && ok {
                 let st = load_state(p);
                 if !matches!(st, FileState::Other) {
                     self.remember(key, st);
