@@ -111,7 +111,13 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                    "keep_enforcing": enf.keep_enforcing})
         }
         (Some(_), false) if enf.mode == crate::enforce::Mode::On => {
-            anyhow::bail!("--enforce: the BPF LSM hooks did not attach (see the hooks list in `snapmon doctor`)")
+            let why = k
+                .hooks
+                .iter()
+                .find(|h| h.program.starts_with("lsm_") && h.error.is_some())
+                .map(|h| format!("{}: {}", h.program, h.error.as_deref().unwrap_or("")))
+                .unwrap_or_default();
+            anyhow::bail!("--enforce: the BPF LSM hooks did not attach ({why})")
         }
         (Some(_), false) => {
             json!({"active": false, "reason": "no BPF LSM on this kernel (best-effort: detection only)"})
