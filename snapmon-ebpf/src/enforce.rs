@@ -87,12 +87,25 @@ unsafe fn decide(op: u32, target: Option<FileKey>, dir: Option<FileKey>, aux: u6
     }
 }
 
+/// Newer verifiers require an LSM program's return value to be provably in [-4095, 0]; the
+/// compiler folds our branches into arithmetic the verifier cannot bound, so re-check here
+/// behind `black_box` (which the compiler cannot see through).
+#[inline(always)]
+fn lsm_ret(v: i32) -> i32 {
+    let v = core::hint::black_box(v);
+    if (-4095..=0).contains(&v) {
+        v
+    } else {
+        0
+    }
+}
+
 /// Pass through an earlier LSM's denial untouched.
 macro_rules! prior {
     ($ctx:expr, $n:expr) => {{
         let ret: i32 = $ctx.arg($n);
         if ret != 0 {
-            return ret;
+            return lsm_ret(ret);
         }
     }};
 }
@@ -118,7 +131,7 @@ pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
         if mask & MAY_WRITE == 0 {
             return 0;
         }
-        decide(deny::WRITE, file_key(file), None, 0)
+        lsm_ret(decide(deny::WRITE, file_key(file), None, 0))
     }
 }
 
@@ -133,7 +146,7 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
         if mode & FMODE_WRITE == 0 {
             return 0;
         }
-        decide(deny::OPEN_WRITE, file_key(file), None, mode as u64)
+        lsm_ret(decide(deny::OPEN_WRITE, file_key(file), None, mode as u64))
     }
 }
 
@@ -145,7 +158,7 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
         let path: *const u8 = ctx.arg(0);
         // struct path { vfsmount *mnt; dentry *dentry; }
         let dentry: *const u8 = rk(path, 8).unwrap_or(core::ptr::null());
-        decide(deny::TRUNCATE, dentry_key(dentry), None, 0)
+        lsm_ret(decide(deny::TRUNCATE, dentry_key(dentry), None, 0))
     }
 }
 
@@ -156,7 +169,7 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
         prior!(ctx, 2);
         let dir: *const u8 = ctx.arg(0);
         let dentry: *const u8 = ctx.arg(1);
-        decide(deny::UNLINK, dentry_key(dentry), inode_key(dir), 0)
+        lsm_ret(decide(deny::UNLINK, dentry_key(dentry), inode_key(dir), 0))
     }
 }
 
@@ -171,10 +184,10 @@ pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
         let new: *const u8 = ctx.arg(3);
         let r = decide(deny::RENAME, dentry_key(old), inode_key(old_dir), 0);
         if r != 0 {
-            return r;
+            return lsm_ret(r);
         }
         // Renaming something over a protected file, or into a protected dir.
-        decide(deny::RENAME, dentry_key(new), inode_key(new_dir), 1)
+        lsm_ret(decide(deny::RENAME, dentry_key(new), inode_key(new_dir), 1))
     }
 }
 
@@ -185,7 +198,7 @@ pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
         prior!(ctx, 3);
         let old: *const u8 = ctx.arg(0);
         let dir: *const u8 = ctx.arg(1);
-        decide(deny::LINK, dentry_key(old), inode_key(dir), 0)
+        lsm_ret(decide(deny::LINK, dentry_key(old), inode_key(dir), 0))
     }
 }
 
@@ -202,7 +215,7 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
         if file.is_null() || prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
             return 0;
         }
-        decide(deny::MMAP, file_key(file), None, prot)
+        lsm_ret(decide(deny::MMAP, file_key(file), None, prot))
     }
 }
 
@@ -216,6 +229,6 @@ pub fn lsm_file_ioctl(ctx: LsmContext) -> i32 {
         if crate::DENY_IOCTLS.get(&cmd).is_none() {
             return 0;
         }
-        decide(deny::IOCTL, file_key(file), None, cmd as u64)
+        lsm_ret(decide(deny::IOCTL, file_key(file), None, cmd as u64))
     }
 }
