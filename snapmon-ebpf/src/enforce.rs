@@ -92,12 +92,17 @@ unsafe fn decide(op: u32, target: Option<FileKey>, dir: Option<FileKey>, aux: u6
 /// behind `black_box` (which the compiler cannot see through).
 #[inline(always)]
 fn lsm_ret(v: i32) -> i32 {
+    // Two separate signed checks, each behind black_box, so they cannot be merged into the
+    // unsigned add-and-compare the verifier does not carry back to `v`.
     let v = core::hint::black_box(v);
-    if (-4095..=0).contains(&v) {
-        v
-    } else {
-        0
+    if v > 0 {
+        return 0;
     }
+    let v = core::hint::black_box(v);
+    if v < -4095 {
+        return 0;
+    }
+    v
 }
 
 /// Pass through an earlier LSM's denial untouched.

@@ -221,18 +221,24 @@ pub fn regions(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Changes as `field: before → after`, or `field: value` when one side is empty (an item
+/// added or removed), the way the agent's own tail view prints them.
 pub fn changes(v: &Value) -> Vec<String> {
     v["snapmon"]["classification"]["changes"]
         .as_array()
         .map(|a| {
             a.iter()
                 .map(|c| {
-                    format!(
-                        "{}: {} → {}",
+                    let (f, b, af) = (
                         c["field"].as_str().unwrap_or(""),
                         c["before"].as_str().unwrap_or(""),
-                        c["after"].as_str().unwrap_or("")
-                    )
+                        c["after"].as_str().unwrap_or(""),
+                    );
+                    match (b.is_empty(), af.is_empty()) {
+                        (true, false) => format!("{f}: {af}"),
+                        (false, true) => format!("{f}: {b}"),
+                        _ => format!("{f}: {b} → {af}"),
+                    }
                 })
                 .collect()
         })

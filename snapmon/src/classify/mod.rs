@@ -351,7 +351,7 @@ impl Classifier {
                     // belongs to the command that made it.
                     let old_seq = l.vg.as_ref().map(|v| v.seqno);
                     let mut head = read_prefix(path, PROBE_BYTES);
-                    for _ in 0..20 {
+                    for _ in 0..50 {
                         let seq = head
                             .as_ref()
                             .ok()
@@ -360,7 +360,7 @@ impl Classifier {
                         if old_seq.is_none() || seq != old_seq {
                             break;
                         }
-                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        std::thread::sleep(std::time::Duration::from_millis(10));
                         head = read_prefix(path, PROBE_BYTES);
                     }
                     if let Ok(head) = head {
@@ -403,7 +403,8 @@ impl Classifier {
             let key = (k.dev, k.ino);
             // Regular files and block devices (LVM PVs); never char devices, which may block.
             use std::os::unix::fs::FileTypeExt;
-            let ok = std::fs::metadata(p).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
+            let ok =
+                std::fs::metadata(p).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
             if !self.state.contains_key(&key) && ok {
                 let st = load_state(p);
                 if !matches!(st, FileState::Other) {
