@@ -235,6 +235,22 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "utimes",
     "ioctl",
     "vfs_write",
+    "deny_write",
+    "deny_open_write",
+    "deny_truncate",
+    "deny_unlink",
+    "deny_rename",
+    "deny_link",
+    "deny_mmap_write",
+    "deny_ioctl",
+    "would_deny_write",
+    "would_deny_open_write",
+    "would_deny_truncate",
+    "would_deny_unlink",
+    "would_deny_rename",
+    "would_deny_link",
+    "would_deny_mmap_write",
+    "would_deny_ioctl",
 ];
 
 /// Validate everything the rules part of a policy says, without touching the host.

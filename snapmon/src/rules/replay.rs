@@ -21,8 +21,11 @@ pub enum ReplayError {
     Shape { line: usize, msg: String },
 }
 
-/// The agent's `&'static str` vocabularies; anything else becomes `other`.
+/// The agent's other `&'static str` vocabularies (actions are `policy::KNOWN_ACTIONS`);
+/// anything else becomes `other`.
 const WORDS: &[&str] = &[
+    "denied",
+    "allowed",
     // categories, types
     "file",
     "process",
@@ -37,44 +40,10 @@ const WORDS: &[&str] = &[
     "tracepoint",
     "fentry",
     // actions and write ops
-    "write",
-    "pwrite64",
-    "writev",
-    "pwritev",
-    "pwritev2",
-    "io_uring_write",
-    "io_uring_writev",
-    "io_uring_write_fixed",
-    "aio_pwrite",
-    "aio_pwritev",
-    "copy_file_range",
-    "splice",
-    "sendfile",
-    "fallocate",
-    "punch_hole",
-    "zero_range",
-    "collapse_range",
-    "insert_range",
-    "truncate",
     "ftruncate",
-    "mmap_shared_write",
     "io_uring_fallocate",
     "io_uring_ftruncate",
-    "vfs_write",
     "write_unknown",
-    "create",
-    "open_write",
-    "open_truncate",
-    "rename",
-    "unlink",
-    "rmdir",
-    "link",
-    "symlink",
-    "mkdir",
-    "chmod",
-    "chown",
-    "utimes",
-    "ioctl",
     "fork",
     "exec",
     "exit",
@@ -103,7 +72,12 @@ const WORDS: &[&str] = &[
 ];
 
 pub fn intern(s: &str) -> &'static str {
-    WORDS.iter().copied().find(|w| *w == s).unwrap_or("other")
+    super::policy::KNOWN_ACTIONS
+        .iter()
+        .chain(WORDS)
+        .copied()
+        .find(|w| *w == s)
+        .unwrap_or("other")
 }
 
 /// Undo `event::escape_bytes`: `\xNN` → byte, `\\` → `\`.
