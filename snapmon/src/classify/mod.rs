@@ -118,7 +118,13 @@ pub struct Classifier {
 }
 
 fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::{fs::FileTypeExt, io::AsRawFd};
     let mut f = File::open(path)?;
+    // LVM writes PVs with O_DIRECT; a buffered read racing such a write can leave stale pages
+    // in the device's page cache for good. Drop them first so we read what is on disk.
+    if f.metadata()?.file_type().is_block_device() {
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
     let mut buf = Vec::new();
     f.by_ref().take(n).read_to_end(&mut buf)?;
     Ok(buf)
