@@ -357,7 +357,7 @@ impl Classifier {
                     // belongs to the command that made it.
                     let old_seq = l.vg.as_ref().map(|v| v.seqno);
                     let mut head = read_prefix(path, PROBE_BYTES);
-                    for _ in 0..50 {
+                    for _ in 0..20 {
                         let seq = head
                             .as_ref()
                             .ok()
