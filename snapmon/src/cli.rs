@@ -148,6 +148,9 @@ pub struct RunArgs {
     /// A snapshot store (directory or file) to protect; repeatable.
     #[arg(long = "protect", value_name = "PATH")]
     pub protect: Vec<PathBuf>,
+    /// A store to protect in monitor mode only (would-be denials are reported); repeatable.
+    #[arg(long = "monitor", value_name = "PATH")]
+    pub monitor: Vec<PathBuf>,
     /// An extra trusted executable (qemu, libvirt and lvm tools are trusted by default).
     #[arg(long = "trust", value_name = "EXE")]
     pub trust: Vec<PathBuf>,
@@ -260,6 +263,7 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             dry_run: a.dry_run,
             monitor_only: a.monitor_only,
             protect: a.protect,
+            monitor: a.monitor,
             trust: a.trust,
             deny: a.deny,
             keep_enforcing: a.keep_enforcing,

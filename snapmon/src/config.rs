@@ -73,6 +73,9 @@ pub struct EnforceSection {
     pub dry_run: bool,
     #[serde(default)]
     pub protect: Vec<PathBuf>,
+    /// Stores that only report would-be denials, whatever `mode` says (per-store monitor).
+    #[serde(default)]
+    pub monitor: Vec<PathBuf>,
     #[serde(default)]
     pub trust: Vec<PathBuf>,
     /// Operations denied (`all`, `write`, `open_write`, `truncate`, `unlink`, `rename`,
@@ -228,7 +231,13 @@ impl Policy {
                 msg: format!("enforce.deny: {e}"),
             });
         }
-        for p in self.enforce.protect.iter().chain(&self.enforce.trust) {
+        for p in self
+            .enforce
+            .protect
+            .iter()
+            .chain(&self.enforce.monitor)
+            .chain(&self.enforce.trust)
+        {
             if !p.is_absolute() {
                 return Err(ConfigError::Invalid {
                     file: file.into(),

@@ -31,6 +31,8 @@ pub struct Options {
     /// Per-store: report only (monitor) rather than deny.
     pub monitor_only: bool,
     pub protect: Vec<PathBuf>,
+    /// Stores that only report (SM-E002) whatever the global mode: per-store monitor mode.
+    pub monitor: Vec<PathBuf>,
     pub trust: Vec<PathBuf>,
     pub deny: u32,
     /// Leave the LSM programs pinned (enforcing) if the agent dies.
@@ -95,6 +97,7 @@ pub fn from_policy(cli: &Options, cfg: &crate::config::EnforceSection) -> Option
     if cli.mode != Mode::Off {
         let mut o = cli.clone();
         o.protect.extend(cfg.protect.iter().cloned());
+        o.monitor.extend(cfg.monitor.iter().cloned());
         o.trust.extend(cfg.trust.iter().cloned());
         return o;
     }
@@ -112,6 +115,7 @@ pub fn from_policy(cli: &Options, cfg: &crate::config::EnforceSection) -> Option
         dry_run: cfg.dry_run || cli.dry_run,
         monitor_only: cfg.mode == M::Monitor,
         protect: cfg.protect.iter().chain(&cli.protect).cloned().collect(),
+        monitor: cfg.monitor.clone(),
         trust: cfg.trust.iter().chain(&cli.trust).cloned().collect(),
         deny,
         keep_enforcing: cfg.keep_enforcing || cli.keep_enforcing,
@@ -147,7 +151,7 @@ pub struct Plan {
 /// Build and check the plan: no side effects beyond `stat`.
 pub fn plan(o: &Options) -> Result<Plan, String> {
     let mut p = Plan::default();
-    if o.protect.is_empty() {
+    if o.protect.is_empty() && o.monitor.is_empty() {
         return Err("enforcement needs at least one --protect PATH (a snapshot store)".into());
     }
     for t in DEFAULT_TRUSTED
@@ -178,7 +182,12 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
     } else {
         deny::MODE_ENFORCE
     };
-    for path in &o.protect {
+    let stores = o
+        .protect
+        .iter()
+        .map(|p| (p, mode_bit))
+        .chain(o.monitor.iter().map(|p| (p, 0)));
+    for (path, mode_bit) in stores {
         let canon = std::fs::canonicalize(path)
             .map_err(|e| format!("--protect {}: {e}", path.display()))?;
         if NEVER_PROTECT.iter().any(|n| canon == Path::new(n)) {
@@ -319,6 +328,7 @@ mod tests {
             dry_run: false,
             monitor_only: false,
             protect: protect.iter().map(PathBuf::from).collect(),
+            monitor: vec![],
             trust: vec![],
             deny: parse_ops("all").unwrap(),
             keep_enforcing: false,
@@ -390,6 +400,23 @@ mod tests {
             o.protect,
             vec![PathBuf::from("/srv/b"), PathBuf::from("/srv/a")]
         );
+    }
+
+    #[test]
+    fn stores_can_be_monitored_while_others_are_enforced() {
+        let base = std::env::temp_dir().join(format!("snapmon-enf-mixed-{}", std::process::id()));
+        let (a, b) = (base.join("enforced"), base.join("monitored"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let mut o = opts(&[a.to_str().unwrap()]);
+        o.monitor = vec![b.clone()];
+        let p = plan(&o).unwrap();
+        for (_, m, path) in &p.protected {
+            let enforced = m & deny::MODE_ENFORCE != 0;
+            assert_eq!(enforced, path.starts_with(&a), "{}", path.display());
+        }
+        assert_eq!(p.protected.len(), 2);
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
