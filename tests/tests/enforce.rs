@@ -352,7 +352,10 @@ fn lsm_keep_enforcing_outlives_the_agent_until_unpinned() {
     // The link detaches when its last reference goes, which newer kernels defer (RCU).
     let end = Instant::now() + Duration::from_secs(10);
     while let Err(e) = python_pwrite(&img) {
-        assert!(Instant::now() < end, "still denied 10 s after unpinning: {e}");
+        assert!(
+            Instant::now() < end,
+            "still denied 10 s after unpinning: {e}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
