@@ -9,7 +9,7 @@
 //! | `event.kind` | `event` (an observed operation), `alert` (a rule fired), `state` (agent lifecycle: `started`, `stopped`, `reloaded`), `metric` (loss and counters) |
 //! | `event.category` | `["file"]` or `["process"]` |
 //! | `event.type` | `["change"]`, `["creation"]`, `["deletion"]`, `["access"]`, `["info"]`, `["start"]`, `["end"]` |
-//! | `event.action` | operation: `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `io_uring_write`, `io_uring_writev`, `aio_pwrite`, `aio_pwritev`, `copy_file_range`, `splice`, `sendfile`, `fallocate`, `punch_hole`, `zero_range`, `truncate`, `mmap_shared_write`, `create`, `open_write`, `open_truncate`, `rename`, `unlink`, `rmdir`, `link`, `symlink`, `mkdir`, `chmod`, `chown`, `utimes`, `ioctl`, `fork`, `exec`, `exit`; for state/metric records `started`, `stopped`, `lost` … |
+//! | `event.action` | operation (enforcement decisions: `deny_<op>` / `would_deny_<op>` with `event.type` `denied` / `allowed`): `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `io_uring_write`, `io_uring_writev`, `aio_pwrite`, `aio_pwritev`, `copy_file_range`, `splice`, `sendfile`, `fallocate`, `punch_hole`, `zero_range`, `truncate`, `mmap_shared_write`, `create`, `open_write`, `open_truncate`, `rename`, `unlink`, `rmdir`, `link`, `symlink`, `mkdir`, `chmod`, `chown`, `utimes`, `ioctl`, `fork`, `exec`, `exit`; for state/metric records `started`, `stopped`, `lost` … |
 //! | `event.sequence` | agent-assigned, increasing |
 //! | `event.severity`, `event.risk_score` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info) |
 //! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` |
@@ -25,12 +25,12 @@
 //! | `snapmon.backend` | `tracepoint` or `fentry` |
 //! | `snapmon.write.op`, `.offset`, `.length`, `.offset_from_fpos`, `.length_partial`, `.mode` | write details (`offset` −1 when unknown) |
 //! | `snapmon.ioctl.cmd`, `.arg`, `.name`, `.decoded` | ioctl number (hex), argument pointer, decoded argument |
-//! | `snapmon.classification` | `format`, `regions`, `changes` (`{field,before,after}`), `sample_entropy` |
+//! | `snapmon.classification` | `format`, `regions`, `changes` (`{field,before,after}`; an added/removed item has one side empty), `sample_entropy`, `ioctl_name`, `snapshot_destructive`, `snapshot_create`, `facts` (`[name, value]` pairs read from the file: libvirt domain/snapshot, LVM vg/seqno/description, `snapshot_table` notes) |
 //! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first |
 //! | `snapmon.process.lineage` | `python3 ← bash ← sshd` |
 //! | `snapmon.file.path_hex`, `snapmon.file.target_path_hex` | raw path bytes in hex when the path is not valid UTF-8 |
-//! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`) |
-//! | `snapmon.state` / `snapmon.metric` | state and metric payloads (hooks attached, counts by cause) |
+//! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`; for enforcement decisions `operation`, `outcome` (`denied`/`would_deny`), `protected`, `actor_exe_identity`, `aux`) |
+//! | `snapmon.state` / `snapmon.metric` | state and metric payloads: `started` lists `hooks` (program, `attached_to` or `error`, what it covers), `backend` (`tracepoint` or `tracepoint+vfs`), `missing_kernel_fields`, `watch`, `roots`, `enforcement` (`active`, `dry_run`, `monitor_only`, `protected`, `trusted`), `policy`, `rule_warnings`, `startup_ms`; `reloaded`/`reload_failed` name the policy and the error; `lost` gives counts by cause |
 //! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
 //!
 //! Loss records (`event.kind: metric`, `event.action: lost`) carry `snapmon.metric.kernel`
