@@ -22,6 +22,8 @@ const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const AT_FDCWD: u64 = -100i64 as u64;
+/// Levels of new, not-yet-registered subdirectories an open may sit below a watched dir.
+const MAX_NEW_DEPTH: usize = 4;
 
 #[inline(always)]
 fn stash(dirfd: u64, path: u64, flags: u64) {
@@ -94,10 +96,29 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         .and_then(|i| inode_key(i))
         .unwrap_or_default();
     let file_watched = WATCHED_FILES.get(&key).is_some();
-    let parent_watched = WATCHED_DIRS
+    let mut parent_watched = WATCHED_DIRS
         .get(&pkey)
         .map(|f| *f & dir_flags::WATCHED != 0)
         .unwrap_or(false);
+    if !file_watched && !parent_watched && pkey.ino != 0 {
+        // A directory made a moment ago inside a watched tree may not be in the map yet
+        // (userspace adds it when it sees the mkdir): judge by the nearest ancestors, and
+        // watch the directory here so the race cannot hide files created right after.
+        let mut d = parent;
+        for _ in 0..MAX_NEW_DEPTH {
+            d = rk(d, off!(dentry_parent)).unwrap_or(core::ptr::null());
+            let Some(k) = dentry_inode(d).and_then(|i| inode_key(i)) else {
+                break;
+            };
+            if let Some(f) = WATCHED_DIRS.get(&k) {
+                if *f & dir_flags::WATCHED != 0 {
+                    parent_watched = true;
+                    let _ = WATCHED_DIRS.insert(&pkey, &dir_flags::WATCHED, 0);
+                }
+                break;
+            }
+        }
+    }
     if !file_watched && !parent_watched {
         return;
     }

@@ -724,3 +724,36 @@ fn a_reused_inode_number_is_reported_under_its_new_name() {
     }
     panic!("no inode reuse in 20 attempts");
 }
+
+#[test]
+fn files_created_at_once_in_a_new_subdirectory_are_watched() {
+    let dir = agent().dir("fresh");
+    let f = dir.join("new/sub/disk.img");
+    // One shell, no pause: the agent has not seen the mkdir when the file is created.
+    let r = run(
+        "bash",
+        &[
+            "-c",
+            &format!(
+                "mkdir -p {0}/new/sub && echo data > {1} && echo more >> {1}",
+                dir.display(),
+                f.display()
+            ),
+        ],
+    );
+    let evs = events_about(&f);
+    assert!(
+        evs.iter()
+            .any(|v| action(v) == "create" && v["process"]["pid"] == r.pid),
+        "{}",
+        brief(&evs)
+    );
+    assert_eq!(
+        evs.iter()
+            .filter(|v| action(v) == "write" && v["process"]["pid"] == r.pid)
+            .count(),
+        2,
+        "{}",
+        brief(&evs)
+    );
+}
