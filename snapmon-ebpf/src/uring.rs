@@ -3,15 +3,13 @@
 //! io_uring writes never pass the write syscalls, so without this they would be invisible.
 //! Loaded as `io_uring_submit_req` (6.4+) or `io_uring_submit_sqe` (older) by the agent.
 
-use aya_ebpf::{
-    helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use snapmon_common::{valid as v, write_flags, WriteOp};
 
 use crate::{
     emit::count_lost,
     kernel::{current_task, is_agent, off, rk, valid, watched_fd},
-    write::{emit_write, Pos},
+    write::{emit_write, iov_sum, Pos},
 };
 
 const IORING_OP_WRITEV: u8 = 2;
@@ -108,20 +106,8 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
             };
             if opcode == IORING_OP_WRITEV {
                 // len is the iovec count here; sum what we can.
-                let mut total = 0u64;
-                for i in 0..snapmon_common::IOV_MAX_SUMMED as u64 {
-                    if i >= len as u64 {
-                        break;
-                    }
-                    total += bpf_probe_read_user((addr + i * 16 + 8) as *const u64).unwrap_or(0);
-                }
-                let first: u64 = bpf_probe_read_user(addr as *const u64).unwrap_or(0);
-                let firstlen: u64 = bpf_probe_read_user((addr + 8) as *const u64).unwrap_or(0);
-                let fl = if len > snapmon_common::IOV_MAX_SUMMED {
-                    write_flags::LEN_PARTIAL
-                } else {
-                    0
-                };
+                let (total, first, firstlen, partial) = iov_sum(addr, len as u64);
+                let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
                 emit_write(
                     &w,
                     fd as i64,

@@ -127,9 +127,10 @@ fn enter() -> Option<*const u8> {
 
 /// Sum the lengths of up to IOV_MAX_SUMMED iovecs; returns (total, first base, partial).
 #[inline(always)]
-unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, bool) {
+pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
     let mut total = 0u64;
     let mut first = 0u64;
+    let mut first_len = 0u64;
     let n = if cnt > IOV_MAX_SUMMED as u64 {
         IOV_MAX_SUMMED as u64
     } else {
@@ -143,10 +144,11 @@ unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, bool) {
         let l: u64 = bpf_probe_read_user((vec + i * 16 + 8) as *const u64).unwrap_or(0);
         if i == 0 {
             first = base;
+            first_len = l;
         }
         total += l;
     }
-    (total, first, cnt > IOV_MAX_SUMMED as u64)
+    (total, first, first_len, cnt > IOV_MAX_SUMMED as u64)
 }
 
 #[tracepoint]
@@ -203,7 +205,7 @@ unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp) {
         return;
     };
     let (vec, cnt) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
-    let (total, first, partial) = iov_sum(vec, cnt);
+    let (total, first, firstlen, partial) = iov_sum(vec, cnt);
     let flags = if partial { write_flags::LEN_PARTIAL } else { 0 };
     let (pos, aux) = match op {
         WriteOp::Writev => (Pos::Current, 0),
@@ -215,7 +217,6 @@ unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp) {
         _ => (Pos::At(sc_arg(ctx, 3) as i64), 0),
     };
     // Sample the first iovec only: enough to see header fields being set.
-    let firstlen: u64 = bpf_probe_read_user((vec + 8) as *const u64).unwrap_or(0);
     emit_write(&w, fd, op, pos, total, aux, first, firstlen, flags);
 }
 
@@ -400,9 +401,8 @@ pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
                     0,
                 );
             } else {
-                let (total, first, partial) = iov_sum(buf, nbytes);
+                let (total, first, firstlen, partial) = iov_sum(buf, nbytes);
                 let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
-                let firstlen: u64 = bpf_probe_read_user((buf + 8) as *const u64).unwrap_or(0);
                 emit_write(
                     &w,
                     fd as i64,

@@ -84,10 +84,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // Enforcement is decided (and refused) before anything is loaded.
     let enf_opts = crate::enforce::from_policy(&opts.enforce, &opts.policy.enforce);
     let enf = &enf_opts;
-    let plan = match enf.mode {
-        crate::enforce::Mode::Off => None,
-        _ => Some(crate::enforce::plan(enf).map_err(|e| anyhow::anyhow!("enforcement: {e}"))?),
-    };
+    let plan = crate::enforce::plan_for(enf).map_err(anyhow::Error::msg)?;
     let lsm_ok = plan.is_some() && crate::enforce::bpf_lsm_active().unwrap_or(false);
     if enf.mode == crate::enforce::Mode::On && !lsm_ok {
         anyhow::bail!(
@@ -260,19 +257,14 @@ fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord
     };
     // Build the enforcement plan before touching anything: all or nothing.
     let enf = crate::enforce::from_policy(&opts.enforce, &policy.enforce);
-    let plan = match enf.mode {
-        crate::enforce::Mode::Off => None,
-        _ => match crate::enforce::plan(&enf) {
-            Ok(p) => Some(p),
-            Err(e) => return failed(format!("enforcement: {e}")),
-        },
+    let plan = match crate::enforce::plan_for(&enf) {
+        Ok(p) => p,
+        Err(e) => return failed(e),
     };
-    if plan.is_some() && !k.lsm {
-        if enf.mode == crate::enforce::Mode::On {
-            return failed(
-                "enforcement needs the BPF LSM hooks, which were not attached at start".into(),
-            );
-        }
+    if plan.is_some() && !k.lsm && enf.mode == crate::enforce::Mode::On {
+        return failed(
+            "enforcement needs the BPF LSM hooks, which were not attached at start".into(),
+        );
     }
     if let Err(e) = pipe.reload(policy) {
         return failed(e);

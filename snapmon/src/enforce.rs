@@ -2,10 +2,7 @@
 //! safety checks that refuse a dangerous plan — all decided before the kernel maps are
 //! touched. The kernel (BPF LSM) then decides alone, with no userspace round-trip.
 
-use std::{
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use snapmon_common::{deny, FileKey};
 
@@ -239,6 +236,14 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
     Ok(p)
 }
 
+/// The plan for these options, or none when enforcement is off.
+pub fn plan_for(o: &Options) -> Result<Option<Plan>, String> {
+    match o.mode {
+        Mode::Off => Ok(None),
+        _ => plan(o).map(Some).map_err(|e| format!("enforcement: {e}")),
+    }
+}
+
 /// Is BPF LSM active? Mounts securityfs when it is missing (read-only information).
 pub fn bpf_lsm_active() -> Result<bool, String> {
     let lsm = "/sys/kernel/security/lsm";
@@ -311,11 +316,6 @@ pub fn decision_alert(ev: &Event) -> Option<Alert> {
         event: ev.clone(),
         related_seq: vec![ev.seq],
     })
-}
-
-/// Executable identity of a path, for tests and docs.
-pub fn identity(p: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(test)]

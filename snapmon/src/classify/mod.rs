@@ -7,12 +7,7 @@ pub mod libvirt;
 pub mod lvm;
 pub mod qcow2;
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    io::{Read, Seek, SeekFrom},
-    path::Path,
-};
+use std::{collections::HashMap, fs::File, io::Read, path::Path};
 
 use serde::Serialize;
 
@@ -45,12 +40,6 @@ pub struct Classification {
     /// Facts from the file itself (libvirt snapshot name and domain, LVM description …).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub facts: Vec<(String, String)>,
-}
-
-impl Classification {
-    pub fn touches_metadata(&self) -> bool {
-        self.regions.iter().any(|r| r != "data")
-    }
 }
 
 /// Per-file format state kept between events.
@@ -529,16 +518,6 @@ fn classify_lvm_file(ps: &str, ev: &Event, path: Option<&Path>) -> Option<Classi
         }
     }
     Some(c)
-}
-
-/// Read `len` bytes at `off` (helper for tests and the inspector).
-pub fn read_range(path: &Path, off: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(off))?;
-    let mut b = vec![0; len];
-    let n = f.read(&mut b)?;
-    b.truncate(n);
-    Ok(b)
 }
 
 /// Every fuzz corpus seed and every input a fuzzer ever crashed on (`snapmon/fuzz/regressions/<target>/`)

@@ -237,10 +237,6 @@ impl Btf {
         }
         Ok(bits / 8)
     }
-
-    pub fn has_struct(&self, name: &str) -> bool {
-        self.structs_by_name.contains_key(name)
-    }
 }
 
 #[cfg(test)]
