@@ -120,6 +120,15 @@ fn from_pid(a: &mut snapmon_e2e::Agent, pid: u32) -> Vec<Value> {
     a.settle(QUIET, |v| v["process"]["pid"] == pid)
 }
 
+/// Every metadata diff seen on the PV, from any pid: shows where a diff went if not to `pid`.
+fn pv_diffs(a: &mut snapmon_e2e::Agent, dev: &Path) -> String {
+    a.settle(Duration::ZERO, |v| about(v, dev) && !changes(v).is_empty())
+        .iter()
+        .map(|v| format!("pid={} {} {:?}", v["process"]["pid"], action(v), changes(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn pv_writes<'a>(evs: &'a [Value], dev: &Path) -> Vec<&'a Value> {
     evs.iter()
         .filter(|v| about(v, dev) && action(v) != "ioctl")
@@ -158,8 +167,10 @@ fn old_style_snapshot_create_is_seen_as_dm_tables_pv_metadata_and_backup() {
     assert!(
         w.iter()
             .any(|v| changes(v).iter().any(|c| c.starts_with("lv_added: snap"))),
-        "no lv_added: snap diff on the PV:\n{}",
-        brief(&evs)
+        "no lv_added: snap diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
+        r.pid,
+        brief(&evs),
+        pv_diffs(&mut a, &pv.dev)
     );
     let b = lvm_backup_files(&evs);
     for d in ["/etc/lvm/backup/", "/etc/lvm/archive/"] {
@@ -204,8 +215,10 @@ fn old_style_snapshot_remove_reports_lv_removed() {
         pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
             .iter()
             .any(|c| c.starts_with("lv_removed: snap2"))),
-        "no lv_removed: snap2 diff on the PV:\n{}",
-        brief(&evs)
+        "no lv_removed: snap2 diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
+        r.pid,
+        brief(&evs),
+        pv_diffs(&mut a, &pv.dev)
     );
     assert!(
         !lvm_backup_files(&evs).is_empty(),

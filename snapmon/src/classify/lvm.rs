@@ -474,6 +474,94 @@ pub fn metadata_text_from_device(device_bytes: &[u8]) -> Result<VgMetadata> {
     parse_metadata_text(&mt.text)
 }
 
+/// Every VG version still readable in the metadata areas' ring buffers, oldest first, up to
+/// and including the committed one (never a precommitted text beyond it).
+///
+/// LVM appends each new text at the next 512-byte boundary and only then moves the header's
+/// pointer, so earlier versions stay on disk until the ring wraps over them. An observer that
+/// reads late (the write landed long before the event was handled) still finds each
+/// intermediate version and can attribute every change to the command that wrote it.
+pub fn metadata_history(device_bytes: &[u8]) -> Vec<VgMetadata> {
+    let Ok(cur) = metadata_text_from_device(device_bytes) else {
+        return Vec::new();
+    };
+    let Ok(label) = parse_label(device_bytes) else {
+        return vec![cur];
+    };
+    let prefix = format!("{} {{", cur.vg_name);
+    let mut seen: BTreeMap<u64, VgMetadata> = BTreeMap::new();
+    for area in &label.metadata_areas {
+        let Ok(start) = usize::try_from(area.offset) else {
+            continue;
+        };
+        let Some(hdr) = device_bytes.get(start..start.saturating_add(MDA_HEADER_SIZE)) else {
+            continue;
+        };
+        let Ok(mda) = parse_mda_header(hdr) else {
+            continue;
+        };
+        let end = start
+            .saturating_add(usize::try_from(mda.size).unwrap_or(usize::MAX))
+            .min(device_bytes.len());
+        let mut at = start + MDA_HEADER_SIZE;
+        while at < end {
+            let chunk = &device_bytes[at..end];
+            if chunk.starts_with(prefix.as_bytes()) {
+                let len = chunk
+                    .iter()
+                    .take(MAX_METADATA_TEXT)
+                    .position(|&b| b == 0)
+                    .unwrap_or(chunk.len().min(MAX_METADATA_TEXT));
+                if let Ok(vg) = parse_metadata_text(&chunk[..len]) {
+                    if vg.vg_name == cur.vg_name && vg.vg_id == cur.vg_id && vg.seqno <= cur.seqno {
+                        seen.entry(vg.seqno).or_insert(vg);
+                    }
+                }
+                // Texts are contiguous: resume at the first boundary after this one.
+                at += len.div_ceil(MDA_HEADER_SIZE).max(1) * MDA_HEADER_SIZE;
+                continue;
+            }
+            at += MDA_HEADER_SIZE;
+        }
+    }
+    seen.insert(cur.seqno, cur);
+    seen.into_values().collect()
+}
+
+/// Did the command line `args` (argv, as the kernel saw it) write a VG version described as
+/// `Write from <cmd>.` / `Write[2] from <cmd>.`? LVM quotes arguments with spaces, so only
+/// plain arguments are compared, as whole words, in order.
+pub fn description_names_command(description: &str, args: &[&[u8]]) -> bool {
+    let Some((_, cmd)) = description.split_once(" from ") else {
+        return false;
+    };
+    let cmd = cmd.strip_suffix('.').unwrap_or(cmd);
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let plain: Vec<&str> = args
+        .iter()
+        .filter_map(|a| std::str::from_utf8(a).ok())
+        .filter(|a| {
+            !a.is_empty() && !a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+        })
+        .enumerate()
+        // argv[0] may be a path; LVM names the command by its basename.
+        .map(|(i, a)| {
+            if i == 0 {
+                a.rsplit('/').next().unwrap_or(a)
+            } else {
+                a
+            }
+        })
+        // `lvm lvcreate …`: LVM names the command, not the multiplexer.
+        .skip_while(|a| *a == "lvm")
+        .collect();
+    if plain.is_empty() {
+        return false;
+    }
+    let mut w = words.iter();
+    plain.iter().all(|a| w.any(|x| x == a))
+}
+
 // ---------------------------------------------------------------------------
 // Text config parser
 // ---------------------------------------------------------------------------
@@ -1394,6 +1482,59 @@ mod tests {
     const FX_BACKUP: &str = include_str!("../../tests/fixtures/backup_snapvg");
     const FX_ARCHIVE0: &str = include_str!("../../tests/fixtures/archive_snapvg_00000.vg");
     const FX_ARCHIVE1: &str = include_str!("../../tests/fixtures/archive_snapvg_00001.vg");
+
+    #[test]
+    fn history_finds_every_version_left_in_the_ring() {
+        let h = metadata_history(FX_SEQ3);
+        let seqs: Vec<u64> = h.iter().map(|v| v.seqno).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(h[2].lv("data2").is_some() && h[1].lv("data2").is_none());
+        // Nothing past the committed text: seqno 2's image has no seqno 3.
+        let seqs2: Vec<u64> = metadata_history(FX_SEQ2).iter().map(|v| v.seqno).collect();
+        assert_eq!(seqs2, vec![1, 2]);
+        assert!(metadata_history(&FX_SEQ3[..4096]).is_empty());
+        // A wrapped current text is still found (via the header), older ones as far as whole.
+        assert_eq!(
+            metadata_history(&unsparse(FX_WRAP)).last().map(|v| v.seqno),
+            Some(30)
+        );
+    }
+
+    #[test]
+    fn description_is_matched_to_the_command_line_that_wrote_it() {
+        let d = "Write from lvcreate --config 'activation { udev_sync=0 }' -y -s -L 8M -n snap snapmonvg/base.";
+        // `X` stands for the quoted `--config` value, which has spaces.
+        let argv = |s: &str| {
+            s.split(' ')
+                .map(|a| if a == "X" { "activation { x }" } else { a })
+                .map(|a| a.as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let yes = [
+            "lvm lvcreate --config X -y -s -L 8M -n snap snapmonvg/base",
+            "/sbin/lvcreate -y -s -L 8M -n snap snapmonvg/base",
+        ];
+        let no = [
+            "lvm lvcreate -y -L 16M -n base snapmonvg",
+            "lvm lvcreate -y -s -L 8M -n snap3 snapmonvg/base",
+            "python3 evil.py",
+            "",
+        ];
+        for (want, cmds) in [(true, &yes[..]), (false, &no[..])] {
+            for c in cmds {
+                let a = argv(c);
+                let a: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
+                assert_eq!(description_names_command(d, &a), want, "{c}");
+            }
+        }
+        // `Write[2] from` is the same command's second commit.
+        let a: Vec<&[u8]> = vec![b"lvm", b"lvremove", b"-y", b"vg/s"];
+        assert!(description_names_command(
+            "Write[2] from lvremove -y vg/s.",
+            &a
+        ));
+        assert!(!description_names_command("no command here", &a));
+    }
 
     /// Expand the `SPARSE1` fixture format: magic, u64 total length, then
     /// repeated {u64 offset, u32 len, bytes}.

@@ -154,6 +154,93 @@ fn load_state(path: &Path) -> FileState {
     FileState::Other
 }
 
+/// LVM's own commands (run as `lvm <cmd>` or through their symlinks).
+fn is_lvm_tool(name: &str, args: &[&[u8]]) -> bool {
+    let base = args
+        .first()
+        .and_then(|a| std::str::from_utf8(a).ok())
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .unwrap_or(name);
+    name == "lvm"
+        || base == "lvm"
+        || ["lv", "vg", "pv"].iter().any(|p| base.starts_with(p)) && base.len() > 2
+}
+
+/// Re-read a PV after a metadata write by `args` and work out which changes are this
+/// writer's. Returns the changes and the new shadow, or `None` to keep the shadow.
+///
+/// The hook fires at io_submit, before LVM's O_DIRECT write lands, so the commit gets a
+/// bounded moment to appear. The agent may also be handling the event late, after later
+/// commands committed too: versions are then attributed by LVM's own `Write from <cmd>`
+/// description, so each command's diff stays with the command that made it.
+fn lvm_refresh(
+    path: &Path,
+    shadow: Option<&lvm::VgMetadata>,
+    args: &[&[u8]],
+    lvm_tool: bool,
+) -> Option<(Vec<Change>, lvm::VgMetadata)> {
+    let old_seq = shadow.map(|v| v.seqno);
+    let mut hist = Vec::new();
+    for i in 0..20 {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        hist = read_prefix(path, PROBE_BYTES)
+            .map(|h| lvm::metadata_history(&h))
+            .unwrap_or_default();
+        let cur = hist.last().map(|v| v.seqno);
+        if old_seq.is_none() || (cur.is_some() && cur != old_seq) {
+            break;
+        }
+    }
+    let newer: Vec<&lvm::VgMetadata> = hist
+        .iter()
+        .filter(|v| old_seq.is_none_or(|o| v.seqno > o))
+        .collect();
+    let cur = hist.last()?;
+    let Some(prev) = shadow else {
+        return Some((Vec::new(), cur.clone()));
+    };
+    let mine: Vec<&lvm::VgMetadata> = newer
+        .iter()
+        .copied()
+        .filter(|v| {
+            v.description
+                .as_deref()
+                .is_some_and(|d| lvm::description_names_command(d, args))
+        })
+        .collect();
+    if let Some(last) = mine.last() {
+        let mut out = Vec::new();
+        for v in &mine {
+            // Diff against the version just before it, when the ring still holds it.
+            let before = hist
+                .iter()
+                .rev()
+                .find(|h| h.seqno < v.seqno)
+                .filter(|h| h.seqno >= prev.seqno)
+                .unwrap_or(prev);
+            out.extend(lvm_changes(lvm::diff_vg(before, v)));
+        }
+        return Some((out, (*last).clone()));
+    }
+    // An LVM command whose own version is not (yet) there: newer versions written by other
+    // LVM commands are theirs to claim.
+    let others_only = !newer.is_empty()
+        && newer.iter().all(|v| {
+            v.description
+                .as_deref()
+                .is_some_and(|d| d.starts_with("Write") && d.contains(" from "))
+        });
+    if lvm_tool && others_only {
+        return None;
+    }
+    if newer.is_empty() {
+        return None;
+    }
+    Some((lvm_changes(lvm::diff_vg(prev, cur)), cur.clone()))
+}
+
 fn lvm_changes(c: Vec<lvm::LvmChange>) -> Vec<Change> {
     c.into_iter()
         .map(|ch| {
@@ -341,33 +428,15 @@ impl Classifier {
                         .collect();
                 if c.regions.iter().any(|r| r != "lvm.data") {
                     self.stats.refreshes += 1;
-                    // The hook fires at io_submit, before LVM's O_DIRECT write lands: give the
-                    // commit a moment (bounded; LVM metadata updates are rare) so the diff
-                    // belongs to the command that made it.
-                    let old_seq = l.vg.as_ref().map(|v| v.seqno);
-                    let mut head = read_prefix(path, PROBE_BYTES);
-                    for _ in 0..20 {
-                        let seq = head
-                            .as_ref()
-                            .ok()
-                            .and_then(|h| lvm::metadata_text_from_device(h).ok())
-                            .map(|v| v.seqno);
-                        if old_seq.is_none() || seq != old_seq {
-                            break;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        head = read_prefix(path, PROBE_BYTES);
+                    let args: Vec<&[u8]> = ev.process.args.iter().map(|a| a.0.as_slice()).collect();
+                    let lvm_tool = is_lvm_tool(&ev.process.name, &args);
+                    if let Some((changes, vg)) = lvm_refresh(path, l.vg.as_ref(), &args, lvm_tool) {
+                        c.changes = changes;
+                        l.vg = Some(vg);
                     }
-                    if let Ok(head) = head {
-                        let vg = lvm::metadata_text_from_device(&head).ok();
-                        if let (Some(a), Some(b)) = (&l.vg, &vg) {
-                            c.changes = lvm_changes(lvm::diff_vg(a, b));
-                        }
+                    if let Ok(head) = read_prefix(path, 4096 + lvm::MDA_HEADER_SIZE as u64) {
                         l.label = lvm::parse_label(&head).ok();
                         l.mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
-                        if vg.is_some() {
-                            l.vg = vg;
-                        }
                     }
                 }
             }
@@ -524,6 +593,7 @@ fn classify_lvm_file(ps: &str, ev: &Event, path: Option<&Path>) -> Option<Classi
 /// runs through the same calls as the fuzz targets: typed errors, never a panic or a hang.
 #[cfg(test)]
 mod fuzz_regressions {
+
     use std::{path::PathBuf, time::Instant};
 
     fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -598,5 +668,62 @@ mod fuzz_regressions {
         each("libvirt", 1, |d| {
             let _ = super::libvirt::parse_libvirt_xml(d);
         });
+    }
+}
+
+#[cfg(test)]
+mod lvm_refresh_tests {
+    use super::*;
+
+    const FX_SEQ3: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno3.bin");
+
+    /// `X` stands for the quoted `--config` value, which has spaces.
+    fn argv(s: &str) -> Vec<Vec<u8>> {
+        s.split(' ')
+            .map(|a| if a == "X" { "activation { x }" } else { a })
+            .map(|a| a.as_bytes().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn late_pv_reread_attributes_each_version_to_the_command_that_wrote_it() {
+        let p = std::env::temp_dir().join(format!("snapmon-pv-{}", std::process::id()));
+        std::fs::write(&p, FX_SEQ3).unwrap();
+        let hist = lvm::metadata_history(FX_SEQ3);
+        let (v1, v2) = (&hist[0], &hist[1]);
+        // The agent reads after both lvcreates committed: the first one's event gets only
+        // its own LV, and the shadow stops at its version.
+        let a = argv("lvm lvcreate --config X --driverloaded n -an -Zn -L 4M -n base snapvg");
+        let a: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
+        let (ch, vg) = lvm_refresh(&p, Some(v1), &a, true).unwrap();
+        let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|c| c.contains("lv_added") && c.contains("base")),
+            "{text:?}"
+        );
+        assert!(!text.iter().any(|c| c.contains("data2")), "{text:?}");
+        assert_eq!(vg.seqno, 2);
+        // Its later events claim nothing that another LVM command wrote.
+        assert!(lvm_refresh(&p, Some(v2), &a, true).is_none());
+        // The second command's event then claims seqno 3.
+        let b = argv("lvm lvcreate --config X --driverloaded n -an -Zn -L 4M -n data2 snapvg");
+        let b: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
+        let (ch, vg) = lvm_refresh(&p, Some(v2), &b, true).unwrap();
+        let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|c| c.contains("lv_added") && c.contains("data2")),
+            "{text:?}"
+        );
+        assert_eq!(vg.seqno, 3);
+        // Anyone else writing the PV is diffed against the shadow, whoever's text it is.
+        let e = argv("python3 evil.py");
+        let e: Vec<&[u8]> = e.iter().map(|v| v.as_slice()).collect();
+        let (ch, vg) = lvm_refresh(&p, Some(v1), &e, false).unwrap();
+        let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|c| c.contains("data2")), "{text:?}");
+        assert_eq!(vg.seqno, 3);
+        let _ = std::fs::remove_file(&p);
     }
 }
