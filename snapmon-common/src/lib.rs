@@ -154,6 +154,8 @@ pub mod ns_flags {
     /// path1 could not be fully copied (longer than PATH_LEN).
     pub const PATH1_TRUNCATED: u16 = 1 << 6;
     pub const PATH2_TRUNCATED: u16 = 1 << 7;
+    /// Submitted through io_uring (IORING_OP_RENAMEAT …), not a syscall.
+    pub const VIA_IO_URING: u16 = 1 << 8;
 }
 
 /// `FileWriteEvent::flags` bits.
@@ -388,7 +390,28 @@ pub struct KernelOffsets {
     pub valid: u32,
     /// `pt_regs.orig_ax`: the syscall a task is in (VFS backend dedup).
     pub regs_orig_ax: u32,
-    pub _pad: u32,
+    /// io_uring namespace requests, in `io_kiocb.cmd` (prepped before submission is traced):
+    /// `io_rename` (RENAMEAT) …
+    pub uring_ren_odfd: u32,
+    pub uring_ren_ndfd: u32,
+    pub uring_ren_opath: u32,
+    pub uring_ren_npath: u32,
+    pub uring_ren_flags: u32,
+    /// … `io_link` (LINKAT, SYMLINKAT) …
+    pub uring_lnk_odfd: u32,
+    pub uring_lnk_ndfd: u32,
+    pub uring_lnk_opath: u32,
+    pub uring_lnk_npath: u32,
+    pub uring_lnk_flags: u32,
+    /// … `io_unlink` (UNLINKAT) …
+    pub uring_unl_dfd: u32,
+    pub uring_unl_flags: u32,
+    pub uring_unl_path: u32,
+    /// … `io_mkdir` (MKDIRAT) …
+    pub uring_mkd_dfd: u32,
+    pub uring_mkd_path: u32,
+    /// … whose paths are `struct filename *`: the kernel copy is at `filename.name`.
+    pub filename_name: u32,
 }
 
 /// Groups of offsets; a hook family runs only when its group resolved.
@@ -399,6 +422,7 @@ pub mod valid {
     pub const IO_URING: u32 = 1 << 3;
     pub const ARGS: u32 = 1 << 4;
     pub const VFS: u32 = 1 << 5;
+    pub const IO_URING_NS: u32 = 1 << 6;
 }
 
 /// `RUNTIME` map bits, set by the agent after attaching (not known at load time).
@@ -531,7 +555,7 @@ const _: () = {
     assert!(size_of::<NamespaceEvent>() == 112 + 2 * PATH_LEN);
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN);
-    assert!(size_of::<KernelOffsets>() == 48 * 4);
+    assert!(size_of::<KernelOffsets>() == 63 * 4);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);
     assert!(size_of::<EnforceEvent>() == 48 + 8 + 48 + 8);

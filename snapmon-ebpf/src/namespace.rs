@@ -28,19 +28,36 @@ fn enter() -> Option<*const u8> {
 /// Emit a namespace record when either path lies in a watched tree.
 #[inline(always)]
 unsafe fn ns_paths(op: NsOp, dirfd1: u64, p1: u64, dirfd2: u64, p2: u64, aux: u64, aux2: u64) {
+    ns_paths_from(op, dirfd1, p1, dirfd2, p2, aux, aux2, false)
+}
+
+/// As `ns_paths`; with `uring`, the paths are io_uring's kernel copies and the record says
+/// it came through io_uring.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn ns_paths_from(
+    op: NsOp,
+    dirfd1: u64,
+    p1: u64,
+    dirfd2: u64,
+    p2: u64,
+    aux: u64,
+    aux2: u64,
+    uring: bool,
+) {
     let Some(task) = enter() else { return };
     let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {
         return;
     };
     let ev = &mut *ev;
-    let m1 = match_path(task, dirfd1 as i64, p1, &mut ev.path1);
+    let m1 = match_path(task, dirfd1 as i64, p1, uring, &mut ev.path1);
     let mut flags = m1.flags;
     ev.path1_len = m1.len as u16;
     ev.base1 = m1.base;
     ev.path2_len = 0;
     ev.base2 = Default::default();
     if p2 != 0 {
-        let m2 = match_path(task, dirfd2 as i64, p2, &mut ev.path2);
+        let m2 = match_path(task, dirfd2 as i64, p2, uring, &mut ev.path2);
         ev.path2_len = m2.len as u16;
         ev.base2 = m2.base;
         if relevant(m2.flags) {
@@ -52,6 +69,9 @@ unsafe fn ns_paths(op: NsOp, dirfd1: u64, p1: u64, dirfd2: u64, p2: u64, aux: u6
     }
     if !relevant(flags) && flags & ns_flags::PATH2_MATCH == 0 {
         return;
+    }
+    if uring {
+        flags |= ns_flags::VIA_IO_URING;
     }
     fill_header(&mut ev.hdr, EventKind::Namespace as u32);
     ev.op = op as u16;

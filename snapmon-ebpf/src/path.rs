@@ -9,7 +9,11 @@ use snapmon_common::{dir_flags, fnv1a_step, ns_flags, FileKey, FNV_OFFSET, PATH_
 
 use aya_ebpf::helpers::generated::bpf_loop;
 
-use crate::{emit::copy_user_str, kernel::base_dir_key, PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES};
+use crate::{
+    emit::{copy_kernel_str, copy_user_str},
+    kernel::base_dir_key,
+    PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
+};
 
 pub struct PathMatch {
     pub flags: u16,
@@ -85,15 +89,21 @@ extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
     (c == 0) as i64
 }
 
-/// Copy `uptr` into `buf` and decide whether it is in a watched tree.
+/// Copy the path at `ptr` (user memory, or kernel memory with `kernel`, as io_uring's
+/// prepped `struct filename`) into `buf` and decide whether it is in a watched tree.
 #[inline(always)]
 pub unsafe fn match_path(
     task: *const u8,
     dirfd: i64,
-    uptr: u64,
+    ptr: u64,
+    kernel: bool,
     buf: &mut [u8; PATH_LEN],
 ) -> PathMatch {
-    let len = copy_user_str::<PATH_LEN>(buf, uptr);
+    let len = if kernel {
+        copy_kernel_str::<PATH_LEN>(buf, ptr as *const u8)
+    } else {
+        copy_user_str::<PATH_LEN>(buf, ptr)
+    };
     let mut m = PathMatch {
         flags: 0,
         len,

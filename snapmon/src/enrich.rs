@@ -392,6 +392,9 @@ impl Enricher {
             Some(NsOp::Truncate) => ev.detail.push(("length", n.aux2.to_string())),
             _ => {}
         }
+        if n.flags & ns_flags::VIA_IO_URING != 0 {
+            ev.detail.push(("via", "io_uring".into()));
+        }
         self.stats.emitted += 1;
         Some(ev)
     }

@@ -757,3 +757,65 @@ fn files_created_at_once_in_a_new_subdirectory_are_watched() {
         brief(&evs)
     );
 }
+
+/// Submit one io_uring request and wait for it; panics with the errno on failure.
+fn uring_submit(ring: &mut io_uring::IoUring, sqe: io_uring::squeue::Entry) {
+    unsafe { ring.submission().push(&sqe).expect("submission queue full") };
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let cqe = ring.completion().next().expect("no completion");
+    assert!(
+        cqe.result() >= 0,
+        "io_uring request failed: errno {}",
+        -cqe.result()
+    );
+}
+
+#[test]
+fn io_uring_rename_unlink_link_and_mkdir_are_seen() {
+    use io_uring::{opcode, types::Fd};
+    use std::{ffi::CString, os::fd::AsRawFd};
+    let dir = agent().dir("uring-ns");
+    let (a, b) = (dir.join("vm.qcow2"), dir.join("vm.qcow2.locked"));
+    let (l, sub) = (dir.join("vm.hardlink"), dir.join("sub"));
+    std::fs::write(&a, b"x").unwrap();
+    let c = |p: &Path| CString::new(p.to_str().unwrap()).unwrap();
+    let (ca, cb, cl) = (c(&a), c(&b), c(&l));
+    // Relative names against an O_PATH dirfd, as a careful attacker would pass them.
+    let dfd = std::fs::File::open(&dir).unwrap();
+    let csub = CString::new("sub").unwrap();
+    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+    let cwd = Fd(libc::AT_FDCWD);
+    uring_submit(
+        &mut ring,
+        opcode::RenameAt::new(cwd, ca.as_ptr(), cwd, cb.as_ptr()).build(),
+    );
+    uring_submit(
+        &mut ring,
+        opcode::LinkAt::new(cwd, cb.as_ptr(), cwd, cl.as_ptr()).build(),
+    );
+    uring_submit(
+        &mut ring,
+        opcode::MkDirAt::new(Fd(dfd.as_raw_fd()), csub.as_ptr())
+            .mode(0o700)
+            .build(),
+    );
+    uring_submit(&mut ring, opcode::UnlinkAt::new(cwd, cb.as_ptr()).build());
+    let me = std::process::id();
+    let evs = agent().settle(QUIET, |v| {
+        v["process"]["pid"] == me && [&a, &b, &l, &sub].iter().any(|p| about(v, p))
+    });
+    let find = |act: &str, path: &Path| {
+        evs.iter()
+            .find(|v| action(v) == act && v["file"]["path"] == path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no io_uring {act} of {}:\n{}", path.display(), brief(&evs)))
+    };
+    let ren = find("rename", &a);
+    assert_eq!(ren["file"]["target_path"], b.to_str().unwrap());
+    let lnk = find("link", &b);
+    assert_eq!(lnk["file"]["target_path"], l.to_str().unwrap());
+    find("mkdir", &sub);
+    find("unlink", &b);
+    for v in [ren, lnk] {
+        assert_eq!(v["snapmon"]["detail"]["via"], "io_uring", "{v}");
+    }
+}

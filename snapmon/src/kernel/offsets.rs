@@ -164,6 +164,63 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             }
         }
     }
+    // Namespace requests share the command area too; the paths are kernel copies.
+    if v & valid::IO_URING != 0 {
+        let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);
+        let all = |fields: &mut [(&mut u32, &str, &str)]| -> Result<(), String> {
+            for (slot, st, m) in fields.iter_mut() {
+                **slot = first(btf, &[(*st, *m)])?;
+            }
+            Ok(())
+        };
+        let (mut a, mut b, mut c, mut d, mut e) = (0, 0, 0, 0, 0);
+        let (mut f, mut g, mut h, mut i, mut j) = (0, 0, 0, 0, 0);
+        let (mut k, mut l, mut m, mut n, mut p, mut q) = (0, 0, 0, 0, 0, 0);
+        let r = all(&mut [
+            (&mut a, "io_rename", "old_dfd"),
+            (&mut b, "io_rename", "new_dfd"),
+            (&mut c, "io_rename", "oldpath"),
+            (&mut d, "io_rename", "newpath"),
+            (&mut e, "io_rename", "flags"),
+            (&mut f, "io_link", "old_dfd"),
+            (&mut g, "io_link", "new_dfd"),
+            (&mut h, "io_link", "oldpath"),
+            (&mut i, "io_link", "newpath"),
+            (&mut j, "io_link", "flags"),
+            (&mut k, "io_unlink", "dfd"),
+            (&mut l, "io_unlink", "flags"),
+            (&mut m, "io_unlink", "filename"),
+            (&mut n, "io_mkdir", "dfd"),
+            (&mut p, "io_mkdir", "filename"),
+            (&mut q, "filename", "name"),
+        ]);
+        match r {
+            Ok(()) => {
+                o.uring_ren_odfd = cmd + a;
+                o.uring_ren_ndfd = cmd + b;
+                o.uring_ren_opath = cmd + c;
+                o.uring_ren_npath = cmd + d;
+                o.uring_ren_flags = cmd + e;
+                o.uring_lnk_odfd = cmd + f;
+                o.uring_lnk_ndfd = cmd + g;
+                o.uring_lnk_opath = cmd + h;
+                o.uring_lnk_npath = cmd + i;
+                o.uring_lnk_flags = cmd + j;
+                o.uring_unl_dfd = cmd + k;
+                o.uring_unl_flags = cmd + l;
+                o.uring_unl_path = cmd + m;
+                o.uring_mkd_dfd = cmd + n;
+                o.uring_mkd_path = cmd + p;
+                o.filename_name = q;
+                v |= valid::IO_URING_NS;
+            }
+            Err(e) => missing.push(Missing {
+                group: "io_uring_ns",
+                field: e,
+                effect: "io_uring rename/unlink/link/mkdir requests are not observed",
+            }),
+        }
+    }
     // The cwd walk is part of the files group; keep a separate bit for reporting.
     if v & valid::FILES != 0 {
         v |= valid::CWD;
