@@ -26,11 +26,15 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run all tests: unit tests, then the privileged end-to-end suite on this kernel.
+    /// Run all tests: unit tests, the privileged end-to-end suites on this kernel, then the
+    /// same suites (plus LVM and enforcement) on stock Debian kernels under QEMU.
     Test {
-        /// Skip the privileged end-to-end suite.
+        /// Skip the privileged end-to-end suites (and the VMs).
         #[arg(long)]
         unit_only: bool,
+        /// Skip the stock-kernel VM runs (`cargo xtask vm-test`).
+        #[arg(long)]
+        no_vm: bool,
     },
     /// Run the end-to-end suites on stock Debian kernels under QEMU (TCG); see docs/vm-test.md.
     VmTest {
@@ -73,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::setup(),
         Cmd::Build { release } => build(release),
-        Cmd::Test { unit_only } => test(unit_only),
+        Cmd::Test { unit_only, no_vm } => test(unit_only, no_vm),
         Cmd::VmTest {
             kernels,
             tests,
@@ -140,7 +144,7 @@ fn build(release: bool) -> anyhow::Result<()> {
     check(&mut c)
 }
 
-fn test(unit_only: bool) -> anyhow::Result<()> {
+fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     setup::setup()?;
     let mut tally = Tally::default();
     println!("== unit tests (default members)");
@@ -190,8 +194,47 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     ]);
     c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
     let enf = tally.run(&mut c);
+    let vm = if no_vm {
+        Ok(())
+    } else {
+        println!("== the same suites on stock distro kernels under QEMU (cargo xtask vm-test)");
+        vm_suites(&mut tally)
+    };
     tally.print();
-    e2e.and(enf)
+    e2e.and(enf).and(vm)
+}
+
+/// `vm-test` with its defaults, its suites counted in the tally (a kernel that did not boot
+/// or finish counts as one failure).
+fn vm_suites(tally: &mut Tally) -> anyhow::Result<()> {
+    let rows = vm::vm_run(vm::Opts {
+        kernels: vec![],
+        timeout: 900,
+        start_timeout: 600,
+        tests: vec![],
+        test_args: vec![],
+    })?;
+    for r in &rows {
+        let suites = r["suites"].as_array().cloned().unwrap_or_default();
+        for s in &suites {
+            let n = |k: &str| s[k].as_u64().unwrap_or(0);
+            tally.passed += n("passed");
+            tally.failed += n("failed");
+            tally.ignored += n("ignored");
+        }
+        if r["ok"] != true
+            && suites
+                .iter()
+                .all(|s| s["failed"].as_u64().unwrap_or(0) == 0)
+        {
+            tally.failed += 1;
+        }
+    }
+    let bad = vm::failed_kernels(&rows);
+    if !bad.is_empty() {
+        bail!("vm-test failed on {bad:?}");
+    }
+    Ok(())
 }
 
 /// Sums libtest's `test result:` lines across runs, for one closing summary line.

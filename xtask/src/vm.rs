@@ -80,6 +80,24 @@ struct Suite {
 }
 
 pub fn vm_test(o: Opts) -> anyhow::Result<()> {
+    let rows = vm_run(o)?;
+    let bad = failed_kernels(&rows);
+    if !bad.is_empty() {
+        bail!("vm-test failed on {bad:?}");
+    }
+    Ok(())
+}
+
+/// Kernels whose run failed, timed out or did not finish a suite.
+pub fn failed_kernels(rows: &[Value]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r["ok"] != true)
+        .map(|r| r["kernel"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Boot each kernel, run the suites, print and save the table; one row per kernel.
+pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
     crate::setup::setup()?;
     let out = workspace().join("target/vm-test");
     let cache = out.join("cache");
@@ -128,15 +146,7 @@ pub fn vm_test(o: Opts) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", results.display()))?;
     summary(&rows);
     println!("(details: {})", results.display());
-    let bad: Vec<_> = rows
-        .iter()
-        .filter(|r| r["ok"] != true)
-        .filter_map(|r| r["kernel"].as_str())
-        .collect();
-    if !bad.is_empty() {
-        bail!("vm-test failed on {bad:?}");
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// Integration-test executables of `snapmon-e2e`, as (target name, path).
