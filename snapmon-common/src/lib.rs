@@ -156,6 +156,9 @@ pub mod ns_flags {
     pub const PATH2_TRUNCATED: u16 = 1 << 7;
     /// Submitted through io_uring (IORING_OP_RENAMEAT …), not a syscall.
     pub const VIA_IO_URING: u16 = 1 << 8;
+    /// Seen at an LSM hook (VFS backend): path1/path2 are entry names in base1/base2, or with
+    /// TARGET_IS_FD base1 is the file itself.
+    pub const VIA_VFS: u16 = 1 << 9;
 }
 
 /// `FileWriteEvent::flags` bits.
@@ -412,6 +415,17 @@ pub struct KernelOffsets {
     pub uring_mkd_path: u32,
     /// … whose paths are `struct filename *`: the kernel copy is at `filename.name`.
     pub filename_name: u32,
+    /// `dentry.d_name.name`: the entry's name for the LSM namespace hooks.
+    pub dentry_name: u32,
+    /// `pt_regs.di`: first syscall argument (tells a syscall the tracepoints reported apart).
+    pub regs_di: u32,
+    /// Index of the dentry among `inode_setattr`'s arguments (1 since 6.3 added `idmap`).
+    pub setattr_dentry_arg: u32,
+    /// `iattr.ia_valid` / `.ia_mode` / `.ia_uid` / `.ia_gid`
+    pub iattr_valid: u32,
+    pub iattr_mode: u32,
+    pub iattr_uid: u32,
+    pub iattr_gid: u32,
 }
 
 /// Groups of offsets; a hook family runs only when its group resolved.
@@ -423,6 +437,8 @@ pub mod valid {
     pub const ARGS: u32 = 1 << 4;
     pub const VFS: u32 = 1 << 5;
     pub const IO_URING_NS: u32 = 1 << 6;
+    /// Namespace and attribute changes observed at the LSM hooks (VFS backend).
+    pub const VFS_NS: u32 = 1 << 7;
 }
 
 /// `RUNTIME` map bits, set by the agent after attaching (not known at load time).
@@ -433,6 +449,8 @@ pub mod runtime {
     pub const ENFORCE_ACTIVE: u32 = 1 << 1;
     /// Global dry-run: report what would be denied, deny nothing.
     pub const DRY_RUN: u32 = 1 << 2;
+    /// The LSM namespace hooks observe: they report what the syscall hooks did not.
+    pub const LSM_OBSERVE: u32 = 1 << 3;
 }
 
 /// `PROTECTED` values: operations denied to untrusted executables, plus the mode bit.
@@ -515,6 +533,16 @@ pub struct OpenStash {
     pub dirfd: i32,
 }
 
+/// A namespace syscall the tracepoints already reported, so the LSM hook it reaches stays
+/// quiet: keyed by pid_tgid, matched on the syscall number and first argument.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default)]
+pub struct NsMark {
+    pub nr: i64,
+    pub arg0: u64,
+    pub ts_ns: u64,
+}
+
 /// Run-time settings the agent passes to the programs as a read-only global.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default)]
@@ -555,7 +583,8 @@ const _: () = {
     assert!(size_of::<NamespaceEvent>() == 112 + 2 * PATH_LEN);
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN);
-    assert!(size_of::<KernelOffsets>() == 63 * 4);
+    assert!(size_of::<KernelOffsets>() == 70 * 4);
+    assert!(size_of::<NsMark>() == 24);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);
     assert!(size_of::<EnforceEvent>() == 48 + 8 + 48 + 8);

@@ -6,12 +6,14 @@
 //! would-be-denied in monitor/dry-run — is emitted as an `EnforceEvent`.
 
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use snapmon_common::{deny, runtime, valid as v, EnforceEvent, EventKind, FileKey};
+use core::ptr::null;
+
+use snapmon_common::{deny, runtime, valid as v, EnforceEvent, EventKind, FileKey, NsOp};
 
 use crate::{
     emit::{fill_header, output},
     kernel::{current_task, dentry_inode, file_inode, inode_key, is_agent, off, rk, valid},
-    PROTECTED, RUNTIME, TRUSTED_EXES,
+    observe, PROTECTED, RUNTIME, TRUSTED_EXES,
 };
 
 const EPERM: i32 = 1;
@@ -174,7 +176,11 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
         prior!(ctx, 2);
         let dir: *const u8 = ctx.arg(0);
         let dentry: *const u8 = ctx.arg(1);
-        lsm_ret(decide(deny::UNLINK, dentry_key(dentry), inode_key(dir), 0))
+        let r = decide(deny::UNLINK, dentry_key(dentry), inode_key(dir), 0);
+        if r == 0 {
+            observe::entry(NsOp::Unlink, dir, dentry, null(), null(), 0);
+        }
+        lsm_ret(r)
     }
 }
 
@@ -192,7 +198,11 @@ pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
             return lsm_ret(r);
         }
         // Renaming something over a protected file, or into a protected dir.
-        lsm_ret(decide(deny::RENAME, dentry_key(new), inode_key(new_dir), 1))
+        let r = decide(deny::RENAME, dentry_key(new), inode_key(new_dir), 1);
+        if r == 0 {
+            observe::entry(NsOp::Rename, old_dir, old, new_dir, new, 0);
+        }
+        lsm_ret(r)
     }
 }
 
@@ -203,8 +213,74 @@ pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
         prior!(ctx, 3);
         let old: *const u8 = ctx.arg(0);
         let dir: *const u8 = ctx.arg(1);
-        lsm_ret(decide(deny::LINK, dentry_key(old), inode_key(dir), 0))
+        let new: *const u8 = ctx.arg(2);
+        let r = decide(deny::LINK, dentry_key(old), inode_key(dir), 0);
+        if r == 0 {
+            let parent: *const u8 = rk(old, off!(dentry_parent)).unwrap_or(null());
+            let old_dir = dentry_inode(parent).unwrap_or(null());
+            observe::entry(NsOp::Link, old_dir, old, dir, new, 0);
+        }
+        lsm_ret(r)
     }
+}
+
+/// inode_rmdir(dir, dentry): observation only.
+#[lsm(hook = "inode_rmdir")]
+pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 2);
+        observe::entry(NsOp::Rmdir, ctx.arg(0), ctx.arg(1), null(), null(), 0);
+    }
+    0
+}
+
+/// inode_mkdir(dir, dentry, mode): observation only (new subdirectories get watched).
+#[lsm(hook = "inode_mkdir")]
+pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 3);
+        let mode: u16 = ctx.arg(2);
+        observe::entry(
+            NsOp::Mkdir,
+            ctx.arg(0),
+            ctx.arg(1),
+            null(),
+            null(),
+            (mode & 0o7777) as u64,
+        );
+    }
+    0
+}
+
+/// inode_symlink(dir, dentry, old_name): observation only.
+#[lsm(hook = "inode_symlink")]
+pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 3);
+        observe::entry(NsOp::Symlink, ctx.arg(0), ctx.arg(1), null(), null(), 0);
+    }
+    0
+}
+
+/// inode_setattr(dentry, attr), before 6.3: observation only. The loader attaches this or
+/// `lsm_inode_setattr_idmap` by the kernel's hook signature.
+#[lsm(hook = "inode_setattr")]
+pub fn lsm_inode_setattr(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 2);
+        observe::setattr(ctx.arg(0), ctx.arg(1));
+    }
+    0
+}
+
+/// inode_setattr(idmap, dentry, attr), 6.3 and later.
+#[lsm(hook = "inode_setattr")]
+pub fn lsm_inode_setattr_idmap(ctx: LsmContext) -> i32 {
+    unsafe {
+        prior!(ctx, 3);
+        observe::setattr(ctx.arg(1), ctx.arg(2));
+    }
+    0
 }
 
 /// mmap_file(file, reqprot, prot, flags): shared writable mappings bypass write hooks.

@@ -1,6 +1,9 @@
 //! Kernel object walks (task → files → file → inode) using BTF offsets supplied at load time.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_probe_read_kernel,
+    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+};
 use snapmon_common::{dir_flags, FileKey};
 
 use crate::{CONFIG, OFFSETS, WATCHED_DIRS, WATCHED_FILES};
@@ -158,4 +161,23 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
 #[inline(always)]
 pub fn is_agent(tgid: u32) -> bool {
     tgid == agent_tgid()
+}
+
+/// The syscall the current task is in (`orig_ax`, -1 outside one) and its first argument,
+/// from its saved registers: the same values in a syscall tracepoint and an LSM hook.
+#[inline(always)]
+pub unsafe fn current_syscall() -> (i64, u64) {
+    let task = bpf_get_current_task_btf();
+    let regs = bpf_task_pt_regs(task) as *const u8;
+    (
+        rk::<i64>(regs, off!(regs_orig_ax)).unwrap_or(-1),
+        rk::<u64>(regs, off!(regs_di)).unwrap_or(0),
+    )
+}
+
+/// io-wq workers and SQPOLL threads are named `iou-wrk-*` / `iou-sqp-*`.
+#[inline(always)]
+pub fn is_io_worker() -> bool {
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
+    comm[0] == b'i' && comm[1] == b'o' && comm[2] == b'u' && comm[3] == b'-'
 }

@@ -12,6 +12,7 @@ mod enforce;
 mod ioctl;
 mod kernel;
 mod namespace;
+mod observe;
 mod open;
 mod path;
 mod process;
@@ -25,7 +26,7 @@ use aya_ebpf::{
 };
 use snapmon_common::{
     AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets, NamespaceEvent,
-    OpenStash,
+    NsMark, OpenStash,
 };
 
 /// Field offsets from the running kernel's BTF, written by the loader.
@@ -56,6 +57,10 @@ static WATCHED_PREFIXES: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 static OPEN_STASH: LruHashMap<u32, OpenStash> = LruHashMap::with_max_entries(8192, 0);
 
 /// Flags the agent sets after attaching (`snapmon_common::runtime`).
+/// Namespace syscalls the tracepoints reported, per thread (see `observe`).
+#[map]
+static NS_MARK: LruHashMap<u64, NsMark> = LruHashMap::with_max_entries(4096, 0);
+
 #[map]
 static RUNTIME: Array<u32> = Array::with_max_entries(1, 0);
 

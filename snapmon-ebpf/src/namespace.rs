@@ -68,6 +68,7 @@ pub unsafe fn ns_paths_from(
         }
     }
     if !relevant(flags) && flags & ns_flags::PATH2_MATCH == 0 {
+        crate::observe::mark(false);
         return;
     }
     if uring {
@@ -81,6 +82,9 @@ pub unsafe fn ns_paths_from(
     ev.aux = aux;
     ev.aux2 = aux2;
     output(ev);
+    if !uring {
+        crate::observe::mark(true);
+    }
 }
 
 /// Attribute change through a file descriptor (fchmod, fchown, futimens).
@@ -88,6 +92,7 @@ pub unsafe fn ns_paths_from(
 unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     let Some(task) = enter() else { return };
     let Some(w) = watched_fd(task, fd as i64, true) else {
+        crate::observe::mark(false);
         return;
     };
     let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {
@@ -108,6 +113,7 @@ unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     ev.aux = aux;
     ev.aux2 = aux2;
     output(ev);
+    crate::observe::mark(true);
 }
 
 macro_rules! tp {

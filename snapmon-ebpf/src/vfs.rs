@@ -5,15 +5,11 @@
 //! io_uring (any file, registered ones included, worker threads too), loop-device and other
 //! kernel-internal writers. Writes made inside a hooked write syscall are skipped here.
 
-use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::fentry,
-    programs::FEntryContext,
-};
+use aya_ebpf::{macros::fentry, programs::FEntryContext};
 use snapmon_common::{valid as v, WriteOp};
 
 use crate::{
-    kernel::{file_inode, inode_key, is_agent, off, rk, valid},
+    kernel::{current_syscall, file_inode, inode_key, is_agent, is_io_worker, valid},
     write::{emit_write_file, Pos},
     WATCHED_FILES,
 };
@@ -21,13 +17,6 @@ use crate::{
 /// Syscalls whose writes the tracepoint backend already reports (x86_64 numbers).
 const HOOKED_WRITE_SYSCALLS: [i64; 9] = [1, 18, 20, 296, 328, 326, 40, 275, 209];
 const NR_IO_URING_ENTER: i64 = 426;
-
-#[inline(always)]
-unsafe fn syscall_nr() -> i64 {
-    let task = bpf_get_current_task_btf();
-    let regs = bpf_task_pt_regs(task) as *const u8;
-    rk::<i64>(regs, off!(regs_orig_ax)).unwrap_or(-1)
-}
 
 /// `rw_verify_area(int rw, struct file *file, const loff_t *ppos, size_t count)`: reached from
 /// vfs_write, io_uring's io_write and aio_write alike.
@@ -56,7 +45,7 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         if WATCHED_FILES.get(&key).is_none() {
             return 0;
         }
-        let nr = syscall_nr();
+        let nr = current_syscall().0;
         if HOOKED_WRITE_SYSCALLS.contains(&nr) {
             return 0;
         }
@@ -76,11 +65,4 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         emit_write_file(file, inode, key, op, pos, count, nr as u64);
     }
     0
-}
-
-/// io-wq workers and SQPOLL threads are named `iou-wrk-*` / `iou-sqp-*`.
-#[inline(always)]
-fn is_io_worker() -> bool {
-    let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
-    comm[0] == b'i' && comm[1] == b'o' && comm[2] == b'u' && comm[3] == b'-'
 }

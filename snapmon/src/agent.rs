@@ -95,6 +95,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         ring_buffer_bytes: opts.policy.agent.ring_buffer_bytes,
         process_events: true,
         lsm: lsm_ok,
+        lsm_observe: crate::enforce::bpf_lsm_active().unwrap_or(false),
     })?;
     let enforcement = match (&plan, k.lsm) {
         (Some(p), true) => {
@@ -169,11 +170,25 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             "rule_warnings": pipe.rule_warnings(),
         }),
     };
-    for h in k.hooks.iter().filter(|h| h.error.is_some()) {
+    // One line for the LSM family: on a kernel that refuses them they all fail alike.
+    let (lsm_bad, other_bad): (Vec<_>, Vec<_>) = k
+        .hooks
+        .iter()
+        .filter(|h| h.error.is_some())
+        .partition(|h| h.program.starts_with("lsm_"));
+    for h in other_bad {
         eprintln!(
             "snapmon: hook {} not attached: {}",
             h.program,
             h.error.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(first) = lsm_bad.first() {
+        eprintln!(
+            "snapmon: {} BPF LSM hooks not attached ({}): namespace changes through aliases \
+             of watched directories are not observed; see `snapmon doctor`",
+            lsm_bad.len(),
+            first.error.as_deref().unwrap_or("")
         );
     }
     if emit(&sinks, Record::State(started)).is_err() {

@@ -73,6 +73,16 @@ const PATHS: &[(&str, &[&str], &str)] = &[
         "deleted or renamed images go unseen",
     ),
     (
+        "io_uring rename/unlink/link/mkdir",
+        &["io_uring_submit_req"],
+        "files renamed or deleted through io_uring go unseen",
+    ),
+    (
+        "namespace changes through an alias or by a kernel thread (bind mount, overlay upper dir, nfsd)",
+        &["lsm_inode_unlink", "lsm_inode_rename"],
+        "renames, unlinks, chmods through another name for a watched directory, or by nfsd/ksmbd, go unseen (the syscall hooks match path strings)",
+    ),
+    (
         "attributes/timestamps",
         &[
             "sys_enter_fchmodat",
@@ -125,6 +135,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         ring_buffer_bytes: 1 << 16,
         process_events: false,
         lsm: bpf_lsm == Some(true),
+        lsm_observe: bpf_lsm == Some(true),
     });
     let (hooks, missing, backend, load_error): (Vec<HookStatus>, _, _, _) = match &loaded {
         Ok(k) => (k.hooks.clone(), k.missing.clone(), k.backend, None),

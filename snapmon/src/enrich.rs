@@ -178,6 +178,19 @@ impl Enricher {
         Some(normalize(&base_path.join(p)))
     }
 
+    /// An entry name seen at an LSM hook, in the directory with identity `dir`: a full path
+    /// when that directory is known, else the bare name (never a guess from the cwd).
+    fn in_dir(&self, name: &[u8], dir: FileKey) -> Option<PathBuf> {
+        if name.is_empty() {
+            return None;
+        }
+        let n = Path::new(std::ffi::OsStr::from_bytes(name));
+        Some(match self.watch.path_of(&dir) {
+            Some(d) if dir.ino != 0 => normalize(&d.join(n)),
+            _ => n.to_path_buf(),
+        })
+    }
+
     /// Turn one kernel record into zero or one event.
     pub fn enrich(&mut self, raw: &RawEvent, maps: &mut dyn WatchMaps) -> Option<Event> {
         self.stats.received += 1;
@@ -328,9 +341,17 @@ impl Enricher {
         let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
             (Some(self.file(n.base1, None)), None)
         } else {
-            let p1 = self.resolve(cstr(&n.path1, n.path1_len as usize), n.base1, tgid);
+            let via_vfs = n.flags & ns_flags::VIA_VFS != 0;
+            let res = |raw: &[u8], base: FileKey| {
+                if via_vfs {
+                    self.in_dir(raw, base)
+                } else {
+                    self.resolve(raw, base, tgid)
+                }
+            };
+            let p1 = res(cstr(&n.path1, n.path1_len as usize), n.base1);
             let p2 = if n.path2_len > 0 {
-                self.resolve(cstr(&n.path2, n.path2_len as usize), n.base2, tgid)
+                res(cstr(&n.path2, n.path2_len as usize), n.base2)
             } else {
                 None
             };
@@ -394,6 +415,8 @@ impl Enricher {
         }
         if n.flags & ns_flags::VIA_IO_URING != 0 {
             ev.detail.push(("via", "io_uring".into()));
+        } else if n.flags & ns_flags::VIA_VFS != 0 {
+            ev.detail.push(("via", "lsm".into()));
         }
         self.stats.emitted += 1;
         Some(ev)

@@ -819,3 +819,170 @@ fn io_uring_rename_unlink_link_and_mkdir_are_seen() {
         assert_eq!(v["snapmon"]["detail"]["via"], "io_uring", "{v}");
     }
 }
+
+/// Does this kernel run the LSM namespace hooks (VFS backend)?
+fn lsm_observes() -> bool {
+    let a = agent();
+    let st = &a.started["snapmon"]["state"];
+    st["backend"].as_str().is_some_and(|b| b.contains("lsm"))
+}
+
+#[test]
+fn namespace_changes_through_a_bind_mount_alias_are_seen_where_lsm_allows() {
+    let dir = agent().dir("alias");
+    let alias = std::env::temp_dir().join(format!("snapmon-alias-{}", std::process::id()));
+    std::fs::create_dir_all(&alias).unwrap();
+    run(
+        "mount",
+        &["--bind", dir.to_str().unwrap(), alias.to_str().unwrap()],
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _guard = Unmount(alias.clone());
+    let (x, a, c, y) = (
+        dir.join("x.qcow2"),
+        dir.join("a.qcow2"),
+        dir.join("c.qcow2"),
+        dir.join("y.qcow2"),
+    );
+    for f in [&x, &a, &c, &y] {
+        std::fs::write(f, b"QFI").unwrap();
+    }
+    let b = dir.join("a.qcow2.locked");
+    let sub = dir.join("sub");
+    let al = |p: &Path| {
+        alias
+            .join(p.file_name().unwrap())
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let rm = run("rm", &["-f", &al(&x)]);
+    let mv = run("mv", &[&al(&a), &al(&b)]);
+    let chmod = run("chmod", &["600", &al(&c)]);
+    let mkdir = run("mkdir", &[&al(&sub)]);
+    // Through the watched name: reported once, by the syscall hook, never again by LSM.
+    let rm_y = run("rm", &["-f", y.to_str().unwrap()]);
+    let pids = [rm.pid, mv.pid, chmod.pid, mkdir.pid, rm_y.pid];
+    let evs = agent().settle(QUIET, |v| {
+        pids.iter().any(|p| v["process"]["pid"] == *p) && action(v) != "exec"
+    });
+    let y_unlinks: Vec<&Value> = evs
+        .iter()
+        .filter(|v| action(v) == "unlink" && v["process"]["pid"] == rm_y.pid)
+        .collect();
+    assert_eq!(y_unlinks.len(), 1, "one unlink of y:\n{}", brief(&evs));
+    assert!(
+        y_unlinks[0]["snapmon"]["detail"]["via"].is_null(),
+        "{}",
+        y_unlinks[0]
+    );
+    if !lsm_observes() {
+        // Tracepoint-only kernels match path strings: this is a known, reported gap.
+        assert!(
+            std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_none(),
+            "BPF LSM expected but the agent runs without it: {}",
+            agent().started
+        );
+        let hooks = agent().started["snapmon"]["state"]["hooks"].clone();
+        let unlink = hooks
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["program"] == "lsm_inode_unlink");
+        assert!(
+            unlink.is_some_and(|h| h["error"].is_string()),
+            "the started record must say why the LSM hooks are not live: {hooks}"
+        );
+        return;
+    }
+    let one = |act: &str, pid: u32, path: &Path| -> Value {
+        let hits: Vec<&Value> = evs
+            .iter()
+            .filter(|v| action(v) == act && v["process"]["pid"] == pid)
+            .collect();
+        assert_eq!(hits.len(), 1, "one {act} from {pid}:\n{}", brief(&evs));
+        assert_eq!(
+            hits[0]["file"]["path"],
+            path.to_str().unwrap(),
+            "{}",
+            hits[0]
+        );
+        assert_eq!(hits[0]["snapmon"]["detail"]["via"], "lsm", "{}", hits[0]);
+        hits[0].clone()
+    };
+    one("unlink", rm.pid, &x);
+    let r = one("rename", mv.pid, &a);
+    assert_eq!(r["file"]["target_path"], b.to_str().unwrap(), "{r}");
+    let m = one("chmod", chmod.pid, &c);
+    assert_eq!(m["snapmon"]["detail"]["mode"], "0o600", "{m}");
+    one("mkdir", mkdir.pid, &sub);
+}
+
+#[test]
+fn doctor_explains_this_kernels_hooks_and_gaps() {
+    let bin = snapmon_e2e::bin();
+    let out = std::process::Command::new(&bin)
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run snapmon doctor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: Value = serde_json::from_slice(&out.stdout).expect("doctor --json is JSON");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(d["kernel"], release.trim());
+    assert_eq!(d["btf"], true);
+    assert!(d["load_error"].is_null(), "{d}");
+    // Every hook is either live or says why not; every gap says what it means.
+    for h in d["hooks"].as_array().expect("hooks") {
+        assert!(
+            h["attached_to"].is_string() || h["error"].is_string(),
+            "{h}"
+        );
+    }
+    for c in d["coverage"].as_array().expect("coverage") {
+        assert!(c["covered"] == true || c["impact"].is_string(), "{c}");
+    }
+    let covered = |path_start: &str| {
+        d["coverage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"].as_str().unwrap_or("").starts_with(path_start))
+            .unwrap_or_else(|| panic!("no coverage entry {path_start}: {d}"))["covered"]
+            == true
+    };
+    for p in [
+        "write/pwrite",
+        "io_uring",
+        "linux-aio",
+        "rename/unlink",
+        "ioctl",
+        "process lineage",
+    ] {
+        assert!(covered(p), "{p} not covered: {d}");
+    }
+    // The agent and doctor agree on the backend.
+    assert_eq!(
+        d["backend"],
+        agent().started["snapmon"]["state"]["backend"],
+        "{d}"
+    );
+    let lsm = std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1");
+    assert_eq!(covered("namespace changes through an alias"), lsm, "{d}");
+    assert_eq!(covered("io_uring registered files"), lsm, "{d}");
+    let enf = d["enforcement"].as_str().unwrap_or("");
+    assert_eq!(
+        enf.contains("enforcement (--enforce) is available"),
+        lsm,
+        "{enf}"
+    );
+}

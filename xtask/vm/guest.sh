@@ -30,13 +30,14 @@ for spec in $VM_TESTS; do
     bin=${spec#*=}
     echo "SNAPMON-VM-BEGIN $name"
     start=$(date +%s)
-    # Stock kernels have BPF LSM: the enforcement suite runs its enforcing tests here.
+    # Stock kernels have BPF LSM: the enforcement suite runs its enforcing tests here, and
+    # every suite expects the LSM-backed observation.
     extra=""
     lsm=0
+    grep -qw bpf /sys/kernel/security/lsm 2>/dev/null || mount -t securityfs securityfs /sys/kernel/security
+    grep -qw bpf /sys/kernel/security/lsm && lsm=1
     if [ "$name" = enforce ]; then
         extra="--skip host_"
-        grep -qw bpf /sys/kernel/security/lsm 2>/dev/null || mount -t securityfs securityfs /sys/kernel/security
-        grep -qw bpf /sys/kernel/security/lsm && lsm=1
     fi
     SNAPMON_BIN="$VM_SNAPMON_BIN" SNAPMON_E2E_START_TIMEOUT="$VM_START_TIMEOUT" SNAPMON_E2E_LVM=1 \
         SNAPMON_E2E_EXPECT_LSM=$lsm RUST_BACKTRACE=1 "$bin" --test-threads=1 --color never $VM_TEST_ARGS $extra 2>&1

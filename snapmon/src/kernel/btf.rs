@@ -19,6 +19,8 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("`{0}` is a bitfield, not addressable")]
     Bitfield(String),
+    #[error("function `{0}` not found in kernel BTF")]
+    NoFunc(String),
 }
 
 const KIND_INT: u32 = 1;
@@ -56,6 +58,8 @@ struct Type {
     name: u32,
     /// Referenced type for modifiers/typedefs/pointers.
     refty: u32,
+    /// Member/parameter count.
+    vlen: u32,
     members: Vec<Member>,
 }
 
@@ -105,6 +109,7 @@ impl Btf {
             kind: 0,
             name: 0,
             refty: 0,
+            vlen: 0,
             members: vec![],
         }];
         let mut p = 0usize;
@@ -155,6 +160,7 @@ impl Btf {
                 kind,
                 name,
                 refty: size_or_type,
+                vlen: vlen as u32,
                 members,
             });
         }
@@ -213,6 +219,17 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// Number of parameters of kernel function `name` (hook signatures change across versions).
+    pub fn func_param_count(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .find(|t| t.kind == KIND_FUNC && self.name(t.name) == name)
+            .and_then(|f| self.types.get(f.refty as usize))
+            .filter(|p| p.kind == KIND_FUNC_PROTO)
+            .map(|p| p.vlen)
+            .ok_or_else(|| BtfError::NoFunc(name.to_string()))
     }
 
     /// Byte offset of a dotted member path (`f_path.dentry`) inside `strukt`.
@@ -283,6 +300,21 @@ mod tests {
         out.extend_from_slice(&t);
         out.extend_from_slice(&strings);
         out
+    }
+
+    #[test]
+    fn counts_function_parameters() {
+        let Ok(data) = Btf::from_sys_fs() else { return };
+        let btf = Btf::parse(&data).unwrap();
+        // The LSM stubs mirror the hooks: inode_unlink(dir, dentry) everywhere,
+        // inode_setattr gained `idmap` in 6.3.
+        assert_eq!(btf.func_param_count("bpf_lsm_inode_unlink").unwrap(), 2);
+        let n = btf.func_param_count("bpf_lsm_inode_setattr").unwrap();
+        assert!(n == 2 || n == 3, "{n}");
+        assert!(matches!(
+            btf.func_param_count("no_such_function_xyz"),
+            Err(BtfError::NoFunc(_))
+        ));
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum Attach {
     FEntry(&'static str),
     /// BPF LSM hook (enforcement); attached only when enforcement is requested.
     Lsm(&'static str),
+    /// BPF LSM inode hook that also observes (VFS backend, namespace side); attached
+    /// wherever BPF LSM is active.
+    LsmNs(&'static str),
 }
 
 macro_rules! sc {
@@ -75,9 +78,14 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec { program: "lsm_file_permission", attach: Attach::Lsm("file_permission"), covers: "enforce: write" },
     HookSpec { program: "lsm_file_open", attach: Attach::Lsm("file_open"), covers: "enforce: open for write" },
     HookSpec { program: "lsm_path_truncate", attach: Attach::Lsm("path_truncate"), covers: "enforce: truncate" },
-    HookSpec { program: "lsm_inode_unlink", attach: Attach::Lsm("inode_unlink"), covers: "enforce: unlink" },
-    HookSpec { program: "lsm_inode_rename", attach: Attach::Lsm("inode_rename"), covers: "enforce: rename" },
-    HookSpec { program: "lsm_inode_link", attach: Attach::Lsm("inode_link"), covers: "enforce: link" },
+    HookSpec { program: "lsm_inode_unlink", attach: Attach::LsmNs("inode_unlink"), covers: "unlink through any name or kernel thread; enforce: unlink" },
+    HookSpec { program: "lsm_inode_rename", attach: Attach::LsmNs("inode_rename"), covers: "rename through any name or kernel thread; enforce: rename" },
+    HookSpec { program: "lsm_inode_link", attach: Attach::LsmNs("inode_link"), covers: "link through any name or kernel thread; enforce: link" },
+    HookSpec { program: "lsm_inode_rmdir", attach: Attach::LsmNs("inode_rmdir"), covers: "rmdir through any name or kernel thread" },
+    HookSpec { program: "lsm_inode_mkdir", attach: Attach::LsmNs("inode_mkdir"), covers: "mkdir through any name or kernel thread" },
+    HookSpec { program: "lsm_inode_symlink", attach: Attach::LsmNs("inode_symlink"), covers: "symlink through any name or kernel thread" },
+    HookSpec { program: "lsm_inode_setattr", attach: Attach::LsmNs("inode_setattr"), covers: "chmod/chown/utimes through any name or kernel thread" },
+    HookSpec { program: "lsm_inode_setattr_idmap", attach: Attach::LsmNs("inode_setattr"), covers: "chmod/chown/utimes through any name or kernel thread" },
     HookSpec { program: "lsm_mmap_file", attach: Attach::Lsm("mmap_file"), covers: "enforce: shared writable mmap" },
     HookSpec { program: "lsm_file_ioctl", attach: Attach::Lsm("file_ioctl"), covers: "enforce: snapshot-destroying ioctls" },
     sc!("sys_enter_write", "write"),
@@ -164,6 +172,8 @@ pub struct LoadOptions {
     pub process_events: bool,
     /// Attach the BPF LSM (enforcement) hooks.
     pub lsm: bool,
+    /// Attach the BPF LSM inode hooks to observe (the kernel lists `bpf` among its LSMs).
+    pub lsm_observe: bool,
 }
 
 pub fn tracefs_root() -> Option<&'static str> {
@@ -227,6 +237,19 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         if matches!(spec.attach, Attach::Lsm(_)) && !opts.lsm {
             continue;
         }
+        if let Attach::LsmNs(hook) = spec.attach {
+            if !(opts.lsm || opts.lsm_observe) {
+                continue;
+            }
+            // One setattr program per hook signature; without the fields, none.
+            let idmap = offsets.setattr_dentry_arg == 1;
+            if hook == "inode_setattr"
+                && (offsets.valid & snapmon_common::valid::VFS_NS == 0
+                    || idmap != spec.program.ends_with("_idmap"))
+            {
+                continue;
+            }
+        }
         let status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links);
         if debug {
             eprintln!("load {} {:?} {:?}", spec.program, t.elapsed(), status.error);
@@ -237,12 +260,30 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let vfs = hooks
         .iter()
         .any(|h| h.program == "rw_verify_area" && h.attached_to.is_some());
+    // Enforcement needs every enforcing hook; observation-only ones may be missing.
+    let enforcing = |p: &str| {
+        HOOKS.iter().any(|s| {
+            s.program == p
+                && match s.attach {
+                    Attach::Lsm(_) => true,
+                    Attach::LsmNs(h) => matches!(h, "inode_unlink" | "inode_rename" | "inode_link"),
+                    _ => false,
+                }
+        })
+    };
     let lsm = opts.lsm
         && !lsm_links.is_empty()
         && hooks
             .iter()
-            .filter(|h| h.program.starts_with("lsm_"))
+            .filter(|h| enforcing(h.program))
             .all(|h| h.attached_to.is_some());
+    let observe = offsets.valid & snapmon_common::valid::VFS_NS != 0
+        && hooks.iter().any(|h| {
+            h.attached_to.is_some()
+                && HOOKS
+                    .iter()
+                    .any(|s| s.program == h.program && matches!(s.attach, Attach::LsmNs(_)))
+        });
     let take = |ebpf: &mut Ebpf, name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("map {name} missing from object"))
@@ -253,13 +294,23 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
     let mut runtime = aya::maps::Array::try_from(take(&mut ebpf, "RUNTIME")?)?;
+    let mut flags = 0;
     if vfs {
-        runtime.set(0, snapmon_common::runtime::VFS_WRITES, 0)?;
+        flags |= snapmon_common::runtime::VFS_WRITES;
     }
+    if observe {
+        flags |= snapmon_common::runtime::LSM_OBSERVE;
+    }
+    runtime.set(0, flags, 0)?;
     let protected = BpfHashMap::try_from(take(&mut ebpf, "PROTECTED")?)?;
     let trusted = BpfHashMap::try_from(take(&mut ebpf, "TRUSTED_EXES")?)?;
     let deny_ioctls = BpfHashMap::try_from(take(&mut ebpf, "DENY_IOCTLS")?)?;
-    let backend = if vfs { "tracepoint+vfs" } else { "tracepoint" };
+    let backend = match (vfs, observe) {
+        (true, true) => "tracepoint+vfs+lsm",
+        (true, false) => "tracepoint+vfs",
+        (false, true) => "tracepoint+lsm",
+        (false, false) => "tracepoint",
+    };
     Ok(Kernel {
         ebpf,
         events,
@@ -303,7 +354,7 @@ fn attach_one(
             tp.attach("syscalls", name).map_err(verbose)?;
             Ok(format!("tracepoint/syscalls/{name}"))
         }
-        Attach::Lsm(hook) => {
+        Attach::Lsm(hook) | Attach::LsmNs(hook) => {
             let p: &mut Lsm = prog.try_into()?;
             p.load(hook, btf).map_err(verbose)?;
             let id = p.attach().map_err(verbose)?;

@@ -25,6 +25,17 @@ fn first(btf: &Btf, cands: &[(&str, &str)]) -> Result<u32, String> {
     Err(last)
 }
 
+/// `inode_setattr(dentry, attr)` before 6.3, `(idmap, dentry, attr)` since: count the BPF LSM
+/// stub's parameters.
+fn setattr_dentry_arg(btf: &Btf) -> Result<u32, String> {
+    match btf.func_param_count("bpf_lsm_inode_setattr") {
+        Ok(2) => Ok(0),
+        Ok(3) => Ok(1),
+        Ok(n) => Err(format!("bpf_lsm_inode_setattr has {n} parameters")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Missing>) {
     let mut o = KernelOffsets {
         sc_args,
@@ -218,6 +229,27 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
                 group: "io_uring_ns",
                 field: e,
                 effect: "io_uring rename/unlink/link/mkdir requests are not observed",
+            }),
+        }
+    }
+    // LSM namespace observation: entry names, the syscall's first argument, setattr's iattr.
+    if v & valid::VFS != 0 {
+        let r = (|| -> Result<(), String> {
+            o.dentry_name = first(btf, &[("dentry", "d_name.name")])?;
+            o.regs_di = first(btf, &[("pt_regs", "di")])?;
+            o.iattr_valid = first(btf, &[("iattr", "ia_valid")])?;
+            o.iattr_mode = first(btf, &[("iattr", "ia_mode")])?;
+            o.iattr_uid = first(btf, &[("iattr", "ia_uid")])?;
+            o.iattr_gid = first(btf, &[("iattr", "ia_gid")])?;
+            o.setattr_dentry_arg = setattr_dentry_arg(btf)?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => v |= valid::VFS_NS,
+            Err(e) => missing.push(Missing {
+                group: "vfs_ns",
+                field: e,
+                effect: "the LSM hooks do not report namespace operations the syscall hooks miss",
             }),
         }
     }

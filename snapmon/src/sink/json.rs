@@ -29,7 +29,7 @@
 //! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first |
 //! | `snapmon.process.lineage` | `python3 ← bash ← sshd` |
 //! | `snapmon.file.path_hex`, `snapmon.file.target_path_hex` | raw path bytes in hex when the path is not valid UTF-8 |
-//! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `via` (`io_uring` for requests submitted through io_uring rather than syscalls); for enforcement decisions `operation`, `outcome` (`denied`/`would_deny`), `protected`, `actor_exe_identity`, `aux`) |
+//! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `via` (`io_uring` for requests submitted through io_uring rather than syscalls, `lsm` for operations seen only at an LSM inode hook: through a bind mount or other alias of a watched directory, or by a kernel thread such as nfsd); for enforcement decisions `operation`, `outcome` (`denied`/`would_deny`), `protected`, `actor_exe_identity`, `aux`) |
 //! | `snapmon.state` / `snapmon.metric` | state and metric payloads: `started` lists `hooks` (program, `attached_to` or `error`, what it covers), `backend` (`tracepoint` or `tracepoint+vfs`), `missing_kernel_fields`, `watch`, `roots`, `enforcement` (`active`, `dry_run`, `monitor_only`, `protected`, `trusted`), `policy`, `rule_warnings`, `startup_ms`; `reloaded`/`reload_failed` name the policy and the error; `lost` gives counts by cause |
 //! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
 //!
