@@ -229,7 +229,7 @@ fn old_style_snapshot_remove_reports_lv_removed() {
 
 #[test]
 fn thin_snapshot_create_and_delete_are_target_messages() {
-    let (_pv, mut a) = setup();
+    let (pv, mut a) = setup();
     lvm(
         "lvcreate",
         &["-y", "-L", "64M", "-T", &format!("{VG}/pool")],
@@ -262,6 +262,15 @@ fn thin_snapshot_create_and_delete_are_target_messages() {
         "no DM_TARGET_MSG create_snap from the thin snapshot:\n{}",
         brief_ioctls(&evs)
     );
+    assert!(
+        pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
+            .iter()
+            .any(|c| c.starts_with("lv_added: thinsnap"))),
+        "no lv_added: thinsnap diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
+        s.pid,
+        brief(&evs),
+        pv_diffs(&mut a, &pv.dev)
+    );
     let d = lvm("lvremove", &["-y", &format!("{VG}/thinsnap")]);
     let evs = from_pid(&mut a, d.pid);
     assert!(
@@ -269,11 +278,20 @@ fn thin_snapshot_create_and_delete_are_target_messages() {
         "no DM_TARGET_MSG delete from lvremove of the thin snapshot:\n{}",
         brief_ioctls(&evs)
     );
+    assert!(
+        pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
+            .iter()
+            .any(|c| c.starts_with("lv_removed: thinsnap"))),
+        "no lv_removed: thinsnap diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
+        d.pid,
+        brief(&evs),
+        pv_diffs(&mut a, &pv.dev)
+    );
 }
 
 #[test]
 fn lvconvert_merge_loads_a_snapshot_merge_table() {
-    let (_pv, mut a) = setup();
+    let (pv, mut a) = setup();
     lvm("lvcreate", &["-y", "-L", "16M", "-n", "base3", VG]);
     lvm(
         "lvcreate",
@@ -294,4 +312,16 @@ fn lvconvert_merge_loads_a_snapshot_merge_table() {
         "no DM_TABLE_LOAD with a snapshot-merge target from lvconvert --merge:\n{}",
         brief_ioctls(&evs)
     );
+    // The metadata records the merge, then drops the merged snapshot.
+    let w = pv_writes(&evs, &pv.dev);
+    for want in ["snapshot_merge", "lv_removed: snap3"] {
+        assert!(
+            w.iter()
+                .any(|v| changes(v).iter().any(|c| c.starts_with(want))),
+            "no {want} diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
+            r.pid,
+            brief(&evs),
+            pv_diffs(&mut a, &pv.dev)
+        );
+    }
 }
