@@ -183,7 +183,7 @@ fn file_set(path: &Path) -> Vec<PathBuf> {
             Some((n.parse().ok()?, p))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut v: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     v.push(path.to_path_buf());
     v
