@@ -15,7 +15,8 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
     config::Policy,
-    kernel::loader::{self, Kernel, LoadOptions},
+    kernel::loader::{self, Kernel, LoadOptions, RunStats},
+    metrics::{HookRuns, Registry},
     pipeline::Pipeline,
     record::{MetricRecord, Record, StateRecord},
     sink::{BrokenPipe, SinkSet},
@@ -53,6 +54,10 @@ pub struct RunOptions {
     pub policy_path: Option<PathBuf>,
     pub extra_watch: Vec<PathBuf>,
     pub status_interval: Duration,
+    /// Period of the `stats` metric record; None: only in the `stopped` record.
+    pub stats_interval: Option<Duration>,
+    /// Turn on kernel BPF run statistics for the per-hook counters.
+    pub hook_stats: bool,
     pub enforce: crate::enforce::Options,
 }
 
@@ -96,7 +101,15 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         process_events: true,
         lsm: lsm_ok,
         lsm_observe: crate::enforce::bpf_lsm_active().unwrap_or(false),
+        hook_stats: opts.hook_stats,
     })?;
+    let registry = sinks.registry().clone();
+    refresh_hook_runs(&k, &registry);
+    if let RunStats::Unavailable(why) = &k.run_stats {
+        if opts.hook_stats {
+            eprintln!("snapmon: no per-hook counters: {why}");
+        }
+    }
     let enforcement = match (&plan, k.lsm) {
         (Some(p), true) => {
             k.apply_enforcement(p, enf.dry_run)?;
@@ -161,6 +174,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             "hooks_attached": attached.len(),
             "hooks_total": k.hooks.len(),
             "missing_kernel_fields": k.missing,
+            "hook_stats": {"enabled": k.run_stats.describe().0, "note": k.run_stats.describe().1},
             "watch": pipe.enricher.watch.stats,
             "roots": pipe.enricher.watch.roots,
             "notes": notes,
@@ -202,6 +216,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(opts.status_interval);
     let mut last_lost = k.lost_counts();
+    let mut last_stats = Instant::now();
     // A dup of the ring buffer fd: epoll watches the same open file, and the borrow of
     // `k` stays free for draining.
     let owned = k.events.as_fd().try_clone_to_owned()?;
@@ -219,6 +234,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
+                refresh_hook_runs(&k, &registry);
+                if opts.stats_interval.is_some_and(|d| last_stats.elapsed() >= d) {
+                    last_stats = Instant::now();
+                    if emit(&sinks, stats_record(&pipe, &sinks)).is_err() { return Ok(()); }
+                }
                 // Sequences that time out with no event to carry them (a freeze never thawed).
                 for r in pipe.tick(crate::sink::json::now_unix_ns()) {
                     if sinks.send(&r).is_err() { return Ok(()); }
@@ -238,9 +258,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         return Ok(());
     }
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
+    refresh_hook_runs(&k, &registry);
+    let hooks = registry.hook_runs().unwrap_or_default().to_json();
     let stopped = StateRecord {
         action: "stopped",
-        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats()}),
+        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats(), "hooks": hooks}),
     };
     let _ = emit(&sinks, Record::State(stopped));
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
@@ -299,6 +321,37 @@ fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord
         action: "reloaded",
         detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings(), "enforcement": enforcement}),
     }
+}
+
+/// Read every attached program's run statistics into the metrics registry (a bpf() call per
+/// program: cheap at one refresh per status interval).
+fn refresh_hook_runs(k: &Kernel, reg: &Registry) {
+    let (enabled, note) = k.run_stats.describe();
+    reg.set_hook_runs(HookRuns {
+        enabled,
+        note,
+        programs: k.hook_runs(),
+    });
+}
+
+/// The periodic `stats` record: the status-line numbers, per-hook runs, pipeline and sinks.
+fn stats_record(pipe: &Pipeline, sinks: &SinkSet) -> Record {
+    let reg = sinks.registry();
+    let s = reg.snapshot();
+    Record::Metric(MetricRecord {
+        action: "stats",
+        detail: json!({
+            "uptime_s": reg.uptime().as_secs(),
+            "events": s.events,
+            "alerts": s.alerts,
+            "lost": s.lost,
+            "hooks_attached": s.hooks_attached,
+            "hooks_total": s.hooks_total,
+            "hooks": reg.hook_runs().unwrap_or_default().to_json(),
+            "pipeline": pipe.stats(),
+            "sinks": sinks.stats(),
+        }),
+    })
 }
 
 fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {

@@ -138,9 +138,17 @@ pub struct RunArgs {
     /// Also emit fork/exec/exit records as events.
     #[arg(long)]
     pub process_events: bool,
-    /// Seconds between loss/status checks.
+    /// Seconds between loss/status checks (and per-hook counter refreshes).
     #[arg(long, default_value_t = 1.0)]
     pub status_interval: f64,
+    /// Seconds between `stats` records (per-hook runs, pipeline and sink counters); 0: only
+    /// in the `stopped` record.
+    #[arg(long, default_value_t = 60.0)]
+    pub stats_interval: f64,
+    /// Do not turn on the kernel's BPF run statistics (per-hook counters): they cost two clock
+    /// reads per run of every BPF program on the host.
+    #[arg(long)]
+    pub no_hook_stats: bool,
     /// Deny tampering with --protect stores in the kernel (BPF LSM). Without BPF LSM the agent
     /// refuses to start, unless `--enforce=best-effort` (then it only detects).
     #[arg(long, num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "best-effort"])]
@@ -254,6 +262,9 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         policy_path: a.config,
         extra_watch: a.watch,
         status_interval: Duration::from_secs_f64(a.status_interval.clamp(0.05, 3600.0)),
+        stats_interval: (a.stats_interval > 0.0)
+            .then(|| Duration::from_secs_f64(a.stats_interval.clamp(0.05, 86_400.0))),
+        hook_stats: !a.no_hook_stats,
         enforce: crate::enforce::Options {
             mode: match a.enforce.as_deref() {
                 None => crate::enforce::Mode::Off,

@@ -277,6 +277,37 @@ impl Policy {
 mod tests {
     use super::*;
 
+    /// Policy snippets users copy from the docs must be what the parser takes (output.md
+    /// once said `[[sinks]]`, which the policy refuses as an unknown field).
+    #[test]
+    fn toml_examples_in_the_docs_parse_as_policies() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut seen = 0;
+        for doc in ["docs/output.md", "README.md"] {
+            let text = std::fs::read_to_string(root.join(doc)).unwrap();
+            for block in text.split("```toml\n").skip(1) {
+                let toml = block.split("```").next().unwrap();
+                // Deserialise only: validation would open the key files the examples name.
+                let p: Result<Policy, _> = toml::from_str(toml);
+                assert!(p.is_ok(), "{doc}: example does not parse: {p:?}\n{toml}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "the toml examples moved: found {seen}");
+        let sinks: Policy = toml::from_str(
+            std::fs::read_to_string(root.join("docs/output.md"))
+                .unwrap()
+                .split("```toml\n")
+                .nth(1)
+                .unwrap()
+                .split("```")
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(sinks.sinks.len(), 2, "the sink example defines two sinks");
+    }
+
     #[test]
     fn embedded_default_is_valid_and_watches_libvirt_and_lvm() {
         let p = Policy::embedded();

@@ -136,10 +136,18 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         process_events: false,
         lsm: bpf_lsm == Some(true),
         lsm_observe: bpf_lsm == Some(true),
+        hook_stats: true,
     });
     let (hooks, missing, backend, load_error): (Vec<HookStatus>, _, _, _) = match &loaded {
         Ok(k) => (k.hooks.clone(), k.missing.clone(), k.backend, None),
         Err(e) => (vec![], vec![], "none", Some(format!("{e:#}"))),
+    };
+    // What `snapmon_hook_runs_total` will be able to show.
+    let hook_stats = match loaded.as_ref().map(|k| k.run_stats.describe()) {
+        Ok((true, None)) => "yes (BPF_ENABLE_STATS)".to_string(),
+        Ok((true, Some(how))) => format!("yes ({how})"),
+        Ok((false, why)) => format!("NO: {}", why.unwrap_or_default()),
+        Err(_) => "unknown (load failed)".to_string(),
     };
     let live = |p: &str| {
         hooks
@@ -179,6 +187,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
             "unprivileged_bpf_disabled": unpriv, "backend": backend, "load_error": load_error,
             "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
+            "hook_run_stats": hook_stats,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -199,6 +208,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     println!("lockdown      {}", lockdown.as_deref().unwrap_or("unknown"));
     println!("backend       {backend}");
     println!("enforcement   {enforcement}");
+    println!("hook stats    {hook_stats}");
     if let Some(e) = &load_error {
         println!("\nload failed: {e}");
         return Ok(());

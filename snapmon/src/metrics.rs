@@ -6,6 +6,9 @@
 //! - `snapmon_alerts_total{rule,severity}`
 //! - `snapmon_lost_total{source,cause}`: kernel, decoder and sink losses from `lost` records
 //! - `snapmon_hook_attached{program}`: 1 attached, 0 not (from the `started` record)
+//! - `snapmon_hook_runs_total{program,attach}`, `snapmon_hook_run_seconds_total{program,attach}`:
+//!   kernel BPF run statistics per attached program, refreshed every status interval;
+//!   `snapmon_hook_stats_enabled` says whether the kernel is counting (0: those series are absent)
 //! - `snapmon_sink_{received,filtered,written,dropped}_total{sink[,cause]}`, `snapmon_sink_up{sink}`,
 //!   `snapmon_sink_spill_bytes{sink}`, `snapmon_sink_queued{sink}`
 //! - `snapmon_uptime_seconds`
@@ -37,7 +40,47 @@ pub struct Registry {
     pub hooks_total: AtomicU64,
     labelled: Mutex<Labelled>,
     sinks: Mutex<Vec<Arc<SinkCounters>>>,
+    /// None until the agent has loaded its programs.
+    hook_runs: Mutex<Option<HookRuns>>,
     started: Instant,
+}
+
+/// One attached program's kernel run statistics (`bpf_prog_info.run_cnt`, `run_time_ns`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HookRun {
+    pub program: String,
+    /// Where it is attached, e.g. `tracepoint/syscalls/sys_enter_pwrite64`.
+    pub attach: String,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+/// Per-program counters as of the last refresh, or why there are none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HookRuns {
+    /// The kernel is counting runs of our programs.
+    pub enabled: bool,
+    /// Why it is not (or how it is, when a sysctl does it for us).
+    pub note: Option<String>,
+    pub programs: Vec<HookRun>,
+}
+
+impl HookRuns {
+    /// `{"enabled": …, "note": …, "programs": {name: {attach, runs, run_ns}}}` for records.
+    pub fn to_json(&self) -> serde_json::Value {
+        let programs: serde_json::Map<_, _> = self
+            .programs
+            .iter()
+            .filter(|_| self.enabled)
+            .map(|h| {
+                (
+                    h.program.clone(),
+                    serde_json::json!({"attach": h.attach, "runs": h.runs, "run_ns": h.run_ns}),
+                )
+            })
+            .collect();
+        serde_json::json!({"enabled": self.enabled, "note": self.note, "programs": programs})
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +114,7 @@ impl Default for Registry {
             hooks_total: AtomicU64::new(0),
             labelled: Mutex::new(Labelled::default()),
             sinks: Mutex::new(Vec::new()),
+            hook_runs: Mutex::new(None),
             started: Instant::now(),
         }
     }
@@ -81,6 +125,21 @@ impl Registry {
         if let Ok(mut s) = self.sinks.lock() {
             s.push(c);
         }
+    }
+
+    /// Replace the per-program run statistics (the agent refreshes them every status interval).
+    pub fn set_hook_runs(&self, h: HookRuns) {
+        if let Ok(mut g) = self.hook_runs.lock() {
+            *g = Some(h);
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn hook_runs(&self) -> Option<HookRuns> {
+        self.hook_runs.lock().ok().and_then(|g| g.clone())
     }
 
     /// Count one record on its way to the sinks (SinkSet::send calls this).
@@ -231,6 +290,9 @@ impl Registry {
             }
         }
         drop(l);
+        if let Some(h) = self.hook_runs() {
+            render_hook_runs(&mut o, &h);
+        }
         let sinks = self.sinks.lock().map(|s| s.clone()).unwrap_or_default();
         for (name, help, get) in [
             (
@@ -308,6 +370,49 @@ impl Registry {
             self.started.elapsed().as_secs_f64()
         ));
         o
+    }
+}
+
+fn render_hook_runs(o: &mut String, h: &HookRuns) {
+    o.push_str(
+        "# HELP snapmon_hook_stats_enabled 1 if the kernel counts runs of the eBPF programs (BPF_ENABLE_STATS); 0: no snapmon_hook_run* series.\n# TYPE snapmon_hook_stats_enabled gauge\n",
+    );
+    o.push_str(&format!(
+        "snapmon_hook_stats_enabled {}\n",
+        u8::from(h.enabled)
+    ));
+    if !h.enabled {
+        return;
+    }
+    let series = [
+        (
+            "snapmon_hook_runs_total",
+            "Times the eBPF program ran (kernel BPF run statistics).",
+            (|r: &HookRun| r.runs.to_string()) as fn(&HookRun) -> String,
+        ),
+        (
+            "snapmon_hook_run_seconds_total",
+            "Time spent running the eBPF program (kernel BPF run statistics).",
+            // Exact decimal: nanoseconds do not survive a round trip through f64 for long.
+            |r| {
+                format!(
+                    "{}.{:09}",
+                    r.run_ns / 1_000_000_000,
+                    r.run_ns % 1_000_000_000
+                )
+            },
+        ),
+    ];
+    for (name, help, value) in series {
+        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for r in &h.programs {
+            o.push_str(&format!(
+                "{name}{{program=\"{}\",attach=\"{}\"}} {}\n",
+                esc(&r.program),
+                esc(&r.attach),
+                value(r)
+            ));
+        }
     }
 }
 
@@ -413,5 +518,72 @@ mod tests {
         ] {
             assert!(body.contains(want), "missing {want}\n{body}");
         }
+        // Not told about run statistics yet: nothing claimed either way.
+        assert!(!body.contains("snapmon_hook_stats_enabled"), "{body}");
+    }
+
+    fn runs(program: &str, runs: u64, run_ns: u64) -> HookRun {
+        HookRun {
+            program: program.into(),
+            attach: format!("tracepoint/syscalls/{program}"),
+            runs,
+            run_ns,
+        }
+    }
+
+    #[test]
+    fn hook_run_counters_render_per_program_with_exact_seconds() {
+        let reg = Registry::default();
+        reg.set_hook_runs(HookRuns {
+            enabled: true,
+            note: None,
+            programs: vec![
+                runs("sys_enter_pwrite64", 1234, 2_500_000_123),
+                runs("sys_enter_wr\"ite", 7, 999),
+            ],
+        });
+        let body = reg.render();
+        let ours: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("snapmon_hook_run") || l.starts_with("snapmon_hook_stats"))
+            .collect();
+        assert_eq!(
+            ours,
+            [
+                "snapmon_hook_stats_enabled 1",
+                "snapmon_hook_runs_total{program=\"sys_enter_pwrite64\",attach=\"tracepoint/syscalls/sys_enter_pwrite64\"} 1234",
+                "snapmon_hook_runs_total{program=\"sys_enter_wr\\\"ite\",attach=\"tracepoint/syscalls/sys_enter_wr\\\"ite\"} 7",
+                "snapmon_hook_run_seconds_total{program=\"sys_enter_pwrite64\",attach=\"tracepoint/syscalls/sys_enter_pwrite64\"} 2.500000123",
+                "snapmon_hook_run_seconds_total{program=\"sys_enter_wr\\\"ite\",attach=\"tracepoint/syscalls/sys_enter_wr\\\"ite\"} 0.000000999",
+            ]
+        );
+        assert!(body.contains("# TYPE snapmon_hook_runs_total counter\n"));
+        assert!(body.contains("# TYPE snapmon_hook_run_seconds_total counter\n"));
+        let j = reg.hook_runs().unwrap().to_json();
+        assert_eq!(j["programs"]["sys_enter_pwrite64"]["runs"], 1234);
+        assert_eq!(
+            j["programs"]["sys_enter_pwrite64"]["run_ns"],
+            2_500_000_123u64
+        );
+        assert_eq!(j["enabled"], true);
+    }
+
+    #[test]
+    fn hook_runs_are_absent_and_explained_when_the_kernel_does_not_count() {
+        let reg = Registry::default();
+        reg.set_hook_runs(HookRuns {
+            enabled: false,
+            note: Some("the kernel refused BPF_ENABLE_STATS (EPERM)".into()),
+            // Stale numbers must not be shown as if live.
+            programs: vec![runs("sys_enter_pwrite64", 5, 5)],
+        });
+        let body = reg.render();
+        assert!(body.contains("\nsnapmon_hook_stats_enabled 0\n"), "{body}");
+        assert!(!body.contains("snapmon_hook_runs_total"), "{body}");
+        assert!(!body.contains("snapmon_hook_run_seconds_total"), "{body}");
+        let j = reg.hook_runs().unwrap().to_json();
+        assert_eq!(j["enabled"], false);
+        assert_eq!(j["programs"], serde_json::json!({}));
+        assert!(j["note"].as_str().unwrap().contains("EPERM"));
     }
 }

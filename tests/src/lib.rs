@@ -18,7 +18,7 @@ use serde_json::Value;
 pub const TEST_DIRS: &[&str] = &[
     "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
     "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
-    "storm", "inode", "fresh", "uring-ns", "alias",
+    "storm", "inode", "fresh", "uring-ns", "alias", "outputs",
 ];
 
 pub struct Agent {
@@ -26,6 +26,19 @@ pub struct Agent {
     pub root: PathBuf,
     pub out: PathBuf,
     pub started: Value,
+    /// Reaped by `stop`: its pid may belong to someone else now.
+    stopped: bool,
+}
+
+/// What an agent runs with besides the defaults (`run --format json --watch ROOT --output OUT`).
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// More paths to watch (devices, `/etc/lvm` …).
+    pub watch: Vec<PathBuf>,
+    /// More `run` arguments: `--config` with `[[sink]]` sections, `--metrics` …
+    pub args: Vec<String>,
+    /// Where the agent's stdout goes (default: nowhere).
+    pub stdout: Option<PathBuf>,
 }
 
 pub fn bin() -> PathBuf {
@@ -47,13 +60,21 @@ pub fn agent() -> std::sync::MutexGuard<'static, Agent> {
 /// test binary starts the agent, so a binary that needs extra paths passes the same ones everywhere.
 pub fn agent_with(extra: &[PathBuf]) -> std::sync::MutexGuard<'static, Agent> {
     AGENT
-        .get_or_init(|| Mutex::new(Agent::start(extra).expect("agent failed to start")))
+        .get_or_init(|| {
+            let setup = Setup {
+                watch: extra.to_vec(),
+                ..Default::default()
+            };
+            Mutex::new(Agent::start(&setup).expect("agent failed to start"))
+        })
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
 
 impl Agent {
-    fn start(extra: &[PathBuf]) -> anyhow::Result<Agent> {
+    /// Start an agent owned by the caller (the shared one is [`agent`]); it is stopped when
+    /// dropped, or by [`Agent::stop`].
+    pub fn start(setup: &Setup) -> anyhow::Result<Agent> {
         assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root");
         let root = std::env::temp_dir().join(format!("snapmon-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -64,13 +85,18 @@ impl Agent {
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
         cmd.args(["run", "--format", "json", "--watch"]).arg(&root);
-        for p in extra {
+        for p in &setup.watch {
             cmd.arg("--watch").arg(p);
         }
+        cmd.args(&setup.args);
+        let stdout = match &setup.stdout {
+            Some(p) => Stdio::from(std::fs::File::create(p)?),
+            None => Stdio::null(),
+        };
         cmd.arg("--output")
             .arg(&out)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::inherit());
         // The agent must not outlive the test binary. PDEATHSIG follows the spawning *thread*,
         // so spawn from a thread that lives as long as the process.
@@ -93,6 +119,7 @@ impl Agent {
             root,
             out,
             started: Value::Null,
+            stopped: false,
         };
         // Verifying the programs is CPU-bound: under emulation (`cargo xtask vm-test`) it can
         // take several minutes, so the wait is configurable.
@@ -159,10 +186,37 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// SIGTERM, then wait (at most `timeout`, then SIGKILL): sinks drain, files close with
+    /// `log_closed`. Returns whether it exited 0 in time.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        if self.stopped {
+            return true;
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + timeout;
+        let ok = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st.success(),
+                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break false;
+                }
+            }
+        };
+        self.stopped = true;
+        ok
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+        if !self.stopped {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            let _ = self.child.wait();
+        }
     }
 }
 

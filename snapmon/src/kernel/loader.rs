@@ -165,6 +165,55 @@ pub struct Kernel {
     pub protected: BpfHashMap<MapData, FileKey, u32>,
     pub trusted: BpfHashMap<MapData, FileKey, u32>,
     pub deny_ioctls: BpfHashMap<MapData, u32, u32>,
+    /// Kernel BPF run statistics for the per-hook counters.
+    pub run_stats: RunStats,
+}
+
+/// Whether the kernel counts runs and run time of our programs (`bpf_prog_info.run_cnt`,
+/// `run_time_ns`). Counting costs two clock reads per run for every BPF program on the host,
+/// so the kernel only does it while someone asks.
+#[derive(Debug)]
+pub enum RunStats {
+    /// `BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`: counting lasts as long as this fd is open.
+    Enabled(std::os::fd::OwnedFd),
+    /// The bpf() command was refused, but `kernel.bpf_stats_enabled` is already 1.
+    Sysctl,
+    /// Not counting; why (refused, or turned off with `--no-hook-stats`).
+    Unavailable(String),
+}
+
+impl RunStats {
+    /// Ask the kernel to count; never fails, the reason is kept instead.
+    pub fn enable() -> RunStats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => RunStats::Enabled(fd),
+            Err(e) => {
+                let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+                    .is_ok_and(|s| s.trim() == "1");
+                if sysctl {
+                    RunStats::Sysctl
+                } else {
+                    RunStats::Unavailable(format!(
+                        "the kernel refused BPF_ENABLE_STATS ({}) and kernel.bpf_stats_enabled is 0",
+                        e.io_error
+                    ))
+                }
+            }
+        }
+    }
+
+    pub fn counting(&self) -> bool {
+        !matches!(self, RunStats::Unavailable(_))
+    }
+
+    /// For the `started` record and the metrics registry.
+    pub fn describe(&self) -> (bool, Option<String>) {
+        match self {
+            RunStats::Enabled(_) => (true, None),
+            RunStats::Sysctl => (true, Some("kernel.bpf_stats_enabled=1".into())),
+            RunStats::Unavailable(why) => (false, Some(why.clone())),
+        }
+    }
 }
 
 pub struct LoadOptions {
@@ -174,6 +223,8 @@ pub struct LoadOptions {
     pub lsm: bool,
     /// Attach the BPF LSM inode hooks to observe (the kernel lists `bpf` among its LSMs).
     pub lsm_observe: bool,
+    /// Turn on kernel BPF run statistics for the per-hook counters.
+    pub hook_stats: bool,
 }
 
 pub fn tracefs_root() -> Option<&'static str> {
@@ -311,6 +362,11 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         (false, true) => "tracepoint+lsm",
         (false, false) => "tracepoint",
     };
+    let run_stats = if opts.hook_stats {
+        RunStats::enable()
+    } else {
+        RunStats::Unavailable("turned off (--no-hook-stats)".into())
+    };
     Ok(Kernel {
         ebpf,
         events,
@@ -328,6 +384,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         protected,
         trusted,
         deny_ioctls,
+        run_stats,
     })
 }
 
@@ -480,6 +537,27 @@ impl Kernel {
         }
         self.runtime.set(0, flags, 0)?;
         Ok(())
+    }
+
+    /// Runs and run time of every attached program so far (kernel BPF run statistics);
+    /// empty when the kernel is not counting.
+    pub fn hook_runs(&self) -> Vec<crate::metrics::HookRun> {
+        if !self.run_stats.counting() {
+            return Vec::new();
+        }
+        self.hooks
+            .iter()
+            .filter_map(|h| {
+                let attach = h.attached_to.as_ref()?;
+                let info = self.ebpf.program(h.program)?.info().ok()?;
+                Some(crate::metrics::HookRun {
+                    program: h.program.to_string(),
+                    attach: attach.clone(),
+                    runs: info.run_count(),
+                    run_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     /// Sum of per-CPU loss counters, by cause.

@@ -1,4 +1,4 @@
-//! Sink configuration: the `[[sinks]]` entries of the policy file and `--sink` specs from the
+//! Sink configuration: the `[[sink]]` tables of the policy file and `--sink` specs from the
 //! command line, parsed with serde (unknown keys are errors) and validated with context.
 
 use std::{path::PathBuf, time::Duration};

@@ -328,10 +328,12 @@ mod tests {
         assert!(o.flush().is_err());
     }
 
-    /// A sink that blocks until released: stands in for a hung peer.
-    struct Stuck(Arc<std::sync::Barrier>, Arc<AtomicU64>);
+    /// A sink that blocks until released: stands in for a hung peer. Counts the writes it
+    /// entered and the ones it finished.
+    struct Stuck(Arc<std::sync::Barrier>, Arc<AtomicU64>, Arc<AtomicU64>);
     impl SinkWriter for Stuck {
         fn write(&mut self, _: &Record) {
+            self.2.fetch_add(1, RELAXED);
             self.0.wait();
             self.1.fetch_add(1, RELAXED);
         }
@@ -355,26 +357,36 @@ mod tests {
         // Add a hung sink with a queue of 4 beside the file sink.
         let gate = Arc::new(std::sync::Barrier::new(2));
         let done = Arc::new(AtomicU64::new(0));
+        let entered = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(SinkCounters::new("stuck".into(), "test", Format::Json));
         set.add_writer(
-            Box::new(Stuck(gate.clone(), done.clone())),
+            Box::new(Stuck(gate.clone(), done.clone(), entered.clone())),
             Filter::default(),
             counters.clone(),
             4,
-        );
+        )
+        .unwrap();
+        // The first record hangs the sink thread in write; wait for that so the queue count
+        // below does not depend on when a loaded machine schedules that thread.
+        set.send(&Record::Event(fixtures::event(0))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while entered.load(RELAXED) == 0 {
+            assert!(Instant::now() < deadline, "the sink thread never wrote");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let t0 = Instant::now();
-        for i in 0..1000 {
+        for i in 1..1000 {
             set.send(&Record::Event(fixtures::event(i))).unwrap();
         }
         assert!(t0.elapsed() < Duration::from_secs(2), "send blocked");
-        // The hung sink took one record into write, four into its queue, dropped the rest.
+        // The hung sink holds one record in write, four in its queue, and dropped the rest.
         let drops = set.take_drops();
         let stuck: u64 = drops
             .iter()
             .filter(|d| d.0 == "stuck" && d.1 == "queue_full")
             .map(|d| d.2)
             .sum();
-        assert!((995..=996).contains(&stuck), "{drops:?}");
+        assert_eq!(stuck, 995, "{drops:?}");
         assert!(set.take_drops().is_empty(), "deltas are reported once");
         // The file sink got everything meanwhile.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -8,7 +8,7 @@ pub struct StdoutSink {
     format: Format,
     colour: bool,
     host: String,
-    out: BufWriter<io::Stdout>,
+    out: BufWriter<Box<dyn Write + Send>>,
     /// Status line on the terminal: the registry it reads and what it last showed.
     status: Option<tail::Status>,
     registry: Arc<Registry>,
@@ -28,12 +28,33 @@ impl StdoutSink {
         registry: Arc<Registry>,
         counters: Arc<SinkCounters>,
     ) -> Self {
+        Self::with_writer(
+            Box::new(io::stdout()),
+            format,
+            colour,
+            tty,
+            host,
+            registry,
+            counters,
+        )
+    }
+
+    /// As `new`, writing to `w` (tests look at the exact bytes a terminal would get).
+    pub(crate) fn with_writer(
+        w: Box<dyn Write + Send>,
+        format: Format,
+        colour: bool,
+        tty: bool,
+        host: String,
+        registry: Arc<Registry>,
+        counters: Arc<SinkCounters>,
+    ) -> Self {
         counters.set_state("open");
         StdoutSink {
             format,
             colour,
             host,
-            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
+            out: BufWriter::with_capacity(64 * 1024, w),
             status: (tty && format == Format::Tail).then(tail::Status::default),
             registry,
             status_drawn: false,
@@ -120,5 +141,103 @@ impl SinkWriter for StdoutSink {
         }
         let r = self.out.flush();
         self.io(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        record::{Severity, StateRecord},
+        sink::{fixtures, tail::CLEAR_LINE},
+    };
+
+    /// What the terminal received.
+    #[derive(Clone, Default)]
+    struct Screen(Arc<Mutex<Vec<u8>>>);
+    impl Write for Screen {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Screen {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn sink(tty: bool) -> (StdoutSink, Screen, Arc<Registry>) {
+        let screen = Screen::default();
+        let reg = Arc::new(Registry::default());
+        reg.observe(&Record::State(StateRecord {
+            action: "started",
+            detail: serde_json::json!({"hooks": [
+                {"program": "a", "attached_to": "tp/a"}, {"program": "b", "attached_to": null}]}),
+        }));
+        let s = StdoutSink::with_writer(
+            Box::new(screen.clone()),
+            Format::Tail,
+            false,
+            tty,
+            "h".into(),
+            reg.clone(),
+            Arc::new(SinkCounters::new("stdout".into(), "stdout", Format::Tail)),
+        );
+        (s, screen, reg)
+    }
+
+    /// The status line is wiped before every record and redrawn after it, never followed by
+    /// a newline: records scroll, the status stays on the bottom line and never pushes an
+    /// alert off screen or lands in the scrollback.
+    #[test]
+    fn golden_terminal_stream_keeps_the_status_below_the_records() {
+        let (mut s, screen, reg) = sink(true);
+        let alert = fixtures::alert(3, Severity::High);
+        let event = Record::Event(fixtures::event(4));
+        reg.observe(&alert);
+        s.write(&alert);
+        s.idle();
+        reg.observe(&event);
+        s.write(&event);
+        s.idle();
+        s.close();
+        let status = |events: u64| {
+            crate::sink::tail::status_text(
+                &crate::metrics::Snapshot {
+                    events,
+                    alerts: 1,
+                    alerts_high: 1,
+                    hooks_attached: 1,
+                    hooks_total: 2,
+                    ..Default::default()
+                },
+                0.0,
+            )
+        };
+        let want = format!(
+            "{a}\n{CLEAR_LINE}{s0}{CLEAR_LINE}{e}\n{CLEAR_LINE}{s1}{CLEAR_LINE}",
+            a = tail::render(&alert, false).unwrap(),
+            e = tail::render(&event, false).unwrap(),
+            s0 = status(0),
+            s1 = status(1),
+        );
+        assert_eq!(screen.text(), want);
+        assert!(status(0).contains("0.0 ev/s · 1 alerts (1 high+) · 0 lost · 1/2 hooks"));
+    }
+
+    #[test]
+    fn a_pipe_gets_records_only() {
+        let (mut s, screen, _) = sink(false);
+        s.write(&fixtures::alert(3, Severity::High));
+        s.idle();
+        s.tick();
+        s.close();
+        let t = screen.text();
+        assert!(t.starts_with("! HIGH SM001") && t.ends_with('\n'), "{t:?}");
+        assert!(!t.contains(CLEAR_LINE) && !t.contains("ev/s"), "{t:?}");
     }
 }

@@ -111,8 +111,51 @@ pub fn render(r: &Record, colour: bool) -> Option<String> {
             }
         }
         Record::State(s) => format!("# {} {}", s.action, escape_line(&s.detail.to_string())),
+        Record::Metric(m) if m.action == "stats" => stats_line(&m.detail),
         Record::Metric(m) => format!("# {} {}", m.action, escape_line(&m.detail.to_string())),
     })
+}
+
+/// The periodic `stats` record in one short line: its JSON (every hook, every sink) is for
+/// machines and would flood a terminal. The three hooks that cost the most CPU are named.
+fn stats_line(d: &serde_json::Value) -> String {
+    let n = |k: &str| d[k].as_u64().unwrap_or(0);
+    let mut s = format!(
+        "# stats {} events · {} alerts · {} lost · {}/{} hooks",
+        n("events"),
+        n("alerts"),
+        n("lost"),
+        n("hooks_attached"),
+        n("hooks_total")
+    );
+    let hooks = &d["hooks"];
+    if hooks["enabled"] != true {
+        let why = hooks["note"].as_str().unwrap_or("unknown");
+        s.push_str(&format!(" · no hook runs: {}", escape_line(why)));
+        return s;
+    }
+    let mut progs: Vec<(&String, u64, u64)> = hooks["programs"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let g = |f: &str| v[f].as_u64().unwrap_or(0);
+                    (k, g("runs"), g("run_ns"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    progs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+    let top: Vec<String> = progs
+        .iter()
+        .take(3)
+        .filter(|p| p.1 > 0)
+        .map(|(name, runs, ns)| format!("{} {runs}× {:.1} ms", escape_line(name), *ns as f64 / 1e6))
+        .collect();
+    if !top.is_empty() {
+        s.push_str(&format!(" · busiest: {}", top.join(", ")));
+    }
+    s
 }
 
 /// Carriage return + erase line: where the status line is redrawn.
@@ -254,6 +297,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s, "# started {\"note\":\"a\\u001b[31mb\"}");
+    }
+
+    #[test]
+    fn golden_stats_record_is_one_short_line() {
+        let stats = |hooks: serde_json::Value| {
+            Record::Metric(crate::record::MetricRecord {
+                action: "stats",
+                detail: serde_json::json!({
+                    "events": 120, "alerts": 2, "lost": 1, "hooks_attached": 50, "hooks_total": 51,
+                    "hooks": hooks, "pipeline": {"received": 999}, "sinks": {"stdout": {}},
+                }),
+            })
+        };
+        let on = stats(
+            serde_json::json!({"enabled": true, "note": null, "programs": {
+                "sys_enter_openat": {"attach": "a", "runs": 64196, "run_ns": 9_718_790},
+                "sys_enter_pwrite64": {"attach": "a", "runs": 100, "run_ns": 105_393},
+                "sys_exit_openat": {"attach": "a", "runs": 64196, "run_ns": 7_504_280},
+                "sys_enter_write": {"attach": "a", "runs": 5000, "run_ns": 2_000_000},
+                "sys_enter_mkdir": {"attach": "a", "runs": 0, "run_ns": 0},
+            }}),
+        );
+        assert_eq!(
+            render(&on, true).unwrap(),
+            "# stats 120 events · 2 alerts · 1 lost · 50/51 hooks · busiest: sys_enter_openat 64196× 9.7 ms, sys_exit_openat 64196× 7.5 ms, sys_enter_write 5000× 2.0 ms"
+        );
+        let off = stats(
+            serde_json::json!({"enabled": false, "note": "the kernel refused BPF_ENABLE_STATS\u{1b}[2J", "programs": {}}),
+        );
+        assert_eq!(
+            render(&off, false).unwrap(),
+            "# stats 120 events · 2 alerts · 1 lost · 50/51 hooks · no hook runs: the kernel refused BPF_ENABLE_STATS\\x1b[2J"
+        );
     }
 
     #[test]
