@@ -41,7 +41,7 @@ enum Cmd {
         /// Kernel series to boot (repeatable): 6.1, 6.12. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, lvm.
+        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, rules, btrfs, outputs, lvm, enforce.
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.

@@ -46,7 +46,7 @@ const SERIES: &[Series] = &[
 
 /// Test binaries run when `--test` is not given: the suite every kernel must pass, and the
 /// VM-only device-mapper tests.
-const DEFAULT_TESTS: &[&str] = &["e2e", "lvm", "enforce"];
+const DEFAULT_TESTS: &[&str] = &["e2e", "rules", "btrfs", "outputs", "lvm", "enforce"];
 
 /// Modules the initramfs loads (with their dependencies) to mount the host root.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];

@@ -9,9 +9,11 @@ echo "SNAPMON-VM-GUEST $(uname -r) nproc=$(nproc) mem=$(awk '/MemTotal/{print $2
 for m in loop dm-mod dm-snapshot dm-thin-pool dm-bufio dm-persistent-data; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
-for m in ext4; do
+for m in ext4 btrfs; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
+# Loopback: the outputs suite talks to rsyslog and a socket consumer on 127.0.0.1.
+ip link set lo up 2>/dev/null || echo "SNAPMON-VM-WARN no loopback"
 # /tmp on ext4, like the host's: tmpfs has no O_DIRECT before 6.6 (fio --direct=1), and a
 # copy_file_range from /etc/hostname needs both files on one filesystem (EXDEV from 9p).
 mkdir -p /run/snapmon-vm
