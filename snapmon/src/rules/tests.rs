@@ -462,9 +462,8 @@ fn state_stays_bounded_under_floods() {
     assert!(s["renames"].as_u64().unwrap() <= 256, "{s}");
 }
 
-/// Hand-built fixtures for facilities this host cannot exercise (no device-mapper driver,
-/// btrfs subvolume ioctls not seen through the (dev, inode) filter, no ZFS): argument bytes
-/// laid out as dmsetup/lvm, btrfs-progs and zfs pass them, run through the agent's own
+/// Hand-built fixtures for facilities this host cannot exercise (no device-mapper driver, no
+/// ZFS): argument bytes laid out as dmsetup/lvm and zfs pass them, run through the agent's own
 /// classifier and JSON sink so the lines are exactly what the agent would write.
 /// Regenerate with `cargo test -p snapmon -- --ignored generate_handmade_fixtures`.
 #[test]
@@ -568,19 +567,11 @@ fn handmade() -> Vec<(&'static str, &'static str, String)> {
     let lvm = ("lvm", "/usr/sbin/lvm", 9125902);
     let dmsetup = ("dmsetup", "/usr/sbin/dmsetup", 328784);
     let rogue = ("python3", "/root/.pyenv/versions/3.11.7/bin/python3", 18504);
-    let btrfs = ("btrfs", "/usr/bin/btrfs", 10199062);
     let zfs = ("zfs", "/usr/sbin/zfs", 77);
     let ctl = "/dev/mapper/control";
     let snap = dm_arg("vg-snap", &[("snapshot", "253:1 253:2 P 8")], None);
     let msg = dm_arg("vg-pool-tpool", &[], Some("delete 1"));
     let lin = dm_arg("vg-data", &[("linear", "7:2 2048")], None);
-    let vol = |fd: i64, name: &str| {
-        let mut b = fd.to_le_bytes().to_vec();
-        let mut n = name.as_bytes().to_vec();
-        n.resize(1016, 0);
-        b.extend(n);
-        b
-    };
     let zc = |name: &str| {
         let mut b = name.as_bytes().to_vec();
         b.resize(1024, 0);
@@ -602,40 +593,6 @@ fn handmade() -> Vec<(&'static str, &'static str, String)> {
             line(ioctl_event(1, lvm, ctl, DM | 0x09, snap))
                 + &line(ioctl_event(2, dmsetup, ctl, DM | 0x0e, msg))
                 + &line(ioctl_event(3, rogue, ctl, DM | 0x09, lin)),
-        ),
-        (
-            "SM-K002",
-            "positive-readonly-cleared-and-destroy.jsonl",
-            line(ioctl_event(
-                1,
-                rogue,
-                "/srv/btrfs/snap1",
-                0x4008_941a,
-                0u64.to_le_bytes().to_vec(),
-            )) + &line(ioctl_event(
-                2,
-                rogue,
-                "/srv/btrfs",
-                0x5000_940f,
-                vol(-1, "snap1"),
-            )),
-        ),
-        (
-            "SM-K002",
-            "negative-btrfs-tool-and-set-readonly.jsonl",
-            line(ioctl_event(
-                1,
-                btrfs,
-                "/srv/btrfs",
-                0x5000_940f,
-                vol(-1, "snap1"),
-            )) + &line(ioctl_event(
-                2,
-                rogue,
-                "/srv/btrfs/snap1",
-                0x4008_941a,
-                2u64.to_le_bytes().to_vec(),
-            )),
         ),
         (
             "SM-K003",
