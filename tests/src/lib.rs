@@ -125,6 +125,60 @@ impl Agent {
             .collect()
     }
 
+    /// The raw output lines (byte-for-byte what the agent wrote) whose record matches `pred`:
+    /// fixtures are unmodified agent output, so they are not re-serialised.
+    pub fn record_lines(&self, pred: impl Fn(&Value) -> bool) -> Vec<String> {
+        let Ok(f) = std::fs::File::open(&self.out) else {
+            return vec![];
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v)))
+            .collect()
+    }
+
+    /// Where the output ends now; pass it to [`Agent::wait_from`].
+    pub fn mark(&self) -> u64 {
+        std::fs::metadata(&self.out).map_or(0, |m| m.len())
+    }
+
+    /// Like [`Agent::wait_for`], but parses only the records written after `mark`, polling
+    /// every 10 ms: cheap enough to time alert latency by, even when the output is megabytes
+    /// and the machine is emulated.
+    pub fn wait_from(
+        &mut self,
+        mark: u64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        use std::io::{Read as _, Seek as _};
+        let end = Instant::now() + timeout;
+        let mut f = std::fs::File::open(&self.out).ok()?;
+        f.seek(std::io::SeekFrom::Start(mark)).ok()?;
+        let mut buf = Vec::new();
+        loop {
+            f.read_to_end(&mut buf).ok()?;
+            if let Some(last) = buf.iter().rposition(|&b| b == b'\n') {
+                let found = buf[..last]
+                    .split(|&b| b == b'\n')
+                    .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+                    .find(|v| pred(v));
+                if found.is_some() {
+                    return found;
+                }
+                buf.drain(..=last);
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited early: {st}");
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let end = Instant::now() + timeout;
         loop {
@@ -263,4 +317,36 @@ pub fn brief(vs: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Hand recorded lines out of a VM guest (whose filesystems vanish at power-off) over the
+/// console: `SNAPMON-FIXTURE-BEGIN <rel>`, the lines, `SNAPMON-FIXTURE-END <rel> lines=N`.
+/// `cargo xtask vm-test` extracts them into `target/vm-test/<release>/fixtures/<rel>` (and,
+/// with `--save-fixtures`, into `snapmon/tests/fixtures/rules/<rel>`). Written to fd 1
+/// directly, so libtest's output capture does not swallow them.
+pub fn emit_fixture(rel: &str, lines: &[String]) {
+    use std::io::Write as _;
+    assert!(!lines.is_empty(), "fixture {rel} would be empty");
+    let mut out = format!("\nSNAPMON-FIXTURE-BEGIN {rel}\n");
+    for l in lines {
+        assert!(!l.contains('\n'));
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "SNAPMON-FIXTURE-END {rel} lines={}\n",
+        lines.len()
+    ));
+    let mut so = std::io::stdout().lock();
+    so.write_all(out.as_bytes()).unwrap();
+    so.flush().unwrap();
+}
+
+/// A line for the run's log even when the test passes (libtest captures `println!`, not fd 1):
+/// measured latencies and the like.
+pub fn note(msg: &str) {
+    use std::io::Write as _;
+    let mut so = std::io::stdout().lock();
+    let _ = writeln!(so, "\nNOTE {msg}");
+    let _ = so.flush();
 }

@@ -46,7 +46,7 @@ fn btrfs() -> (&'static Path, std::sync::MutexGuard<'static, Agent>) {
         unsafe { libc::atexit(unmount_at_exit) };
         Btrfs { mnt }
     });
-    let a = agent_with(&[fs.mnt.clone()]);
+    let a = agent_with(std::slice::from_ref(&fs.mnt));
     (&fs.mnt, a)
 }
 
