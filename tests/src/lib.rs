@@ -54,8 +54,24 @@ pub fn agent_with(extra: &[PathBuf]) -> std::sync::MutexGuard<'static, Agent> {
 
 impl Agent {
     fn start(extra: &[PathBuf]) -> anyhow::Result<Agent> {
+        Agent::launch("", &[], extra)
+    }
+
+    /// An agent of the calling test's own (not the shared one), on its own temp root
+    /// `snapmon-e2e-<pid>-<tag>`, with extra `run` arguments (`--config FILE` …). Stopped
+    /// with SIGINT when dropped.
+    pub fn spawn(tag: &str, args: &[&str], extra: &[PathBuf]) -> anyhow::Result<Agent> {
+        assert!(!tag.is_empty());
+        Agent::launch(tag, args, extra)
+    }
+
+    fn launch(tag: &str, args: &[&str], extra: &[PathBuf]) -> anyhow::Result<Agent> {
         assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root");
-        let root = std::env::temp_dir().join(format!("snapmon-e2e-{}", std::process::id()));
+        let mut name = format!("snapmon-e2e-{}", std::process::id());
+        if !tag.is_empty() {
+            name = format!("{name}-{tag}");
+        }
+        let root = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&root);
         for d in TEST_DIRS {
             std::fs::create_dir_all(root.join(d))?;
@@ -63,7 +79,10 @@ impl Agent {
         let out = root.with_extension("jsonl");
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--format", "json", "--watch"]).arg(&root);
+        cmd.args(["run", "--format", "json"])
+            .args(args)
+            .arg("--watch")
+            .arg(&root);
         for p in extra {
             cmd.arg("--watch").arg(p);
         }
@@ -106,6 +125,11 @@ impl Agent {
             })
             .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
         Ok(a)
+    }
+
+    /// Send a signal to the agent (SIGHUP reloads the policy).
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
     pub fn dir(&self, name: &str) -> PathBuf {

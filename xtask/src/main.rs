@@ -170,7 +170,7 @@ fn test(unit_only: bool) -> anyhow::Result<()> {
     // Serially (they share one agent per binary and assert on pids); the LVM suite needs
     // device-mapper and runs inside `cargo xtask vm-test` only.
     let mut targets = vec!["--test", "e2e"];
-    for t in ["rules", "btrfs"] {
+    for t in ["rules", "btrfs", "reload"] {
         if workspace().join(format!("tests/tests/{t}.rs")).exists() {
             targets.extend(["--test", t]);
         }
