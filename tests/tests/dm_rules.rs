@@ -44,6 +44,24 @@ fn lvm(cmd: &str, args: &[&str]) -> Ran {
 /// The loop device under the VG.
 static PV: OnceLock<String> = OnceLock::new();
 
+/// At exit, take down every device of the VG (the attacks leave its LVM metadata out of step
+/// with the kernel, so `vgremove` is not an option) and detach the loop device: the suites
+/// after this one in the same guest (`lvm`) must not find it while scanning.
+extern "C" fn teardown_at_exit() {
+    if let Some(pv) = PV.get() {
+        let _ = Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "for i in 1 2 3 4 5 6; do for d in $(dmsetup ls | awk '/^{VG}-|^rl/{{print $1}}'); \
+                     do dmsetup remove \"$d\" 2>/dev/null; done; done; losetup -d {pv}; \
+                     echo \"dm_rules teardown: $(dmsetup ls | grep -c '^{VG}-') {VG} devices left\""
+                ),
+            ])
+            .status();
+    }
+}
+
 /// A loop-backed VG, created before the agent starts, and the agent watching dm control.
 fn setup() -> (&'static str, std::sync::MutexGuard<'static, Agent>) {
     gate();
@@ -56,6 +74,7 @@ fn setup() -> (&'static str, std::sync::MutexGuard<'static, Agent>) {
             .to_string();
         lvm("pvcreate", &["-ff", "-y", &dev]);
         lvm("vgcreate", &[VG, &dev]);
+        unsafe { libc::atexit(teardown_at_exit) };
         dev
     });
     (pv, agent_with(&[PathBuf::from(CONTROL)]))
