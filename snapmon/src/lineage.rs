@@ -53,7 +53,9 @@ pub use self::parse::{
     container_from_cgroup, escape_bytes, is_qemu, parse_qemu_vm, systemd_unit_from_cgroup,
     unescape_bytes, CgroupInfo, ContainerRef, Tty, VmIdentity,
 };
-pub use self::procfs::{clock_ticks_per_sec, read_boot_id, ticks_to_ns};
+pub use self::procfs::{
+    cgroup2_mount, cgroup_path_by_id, clock_ticks_per_sec, read_boot_id, ticks_to_ns,
+};
 
 /// Default table bound.
 pub const DEFAULT_MAX_ENTRIES: usize = 65_536;
@@ -547,6 +549,8 @@ pub struct ProcessTable {
     /// Highest event timestamp observed (the grace-period clock).
     now_ns: u64,
     cgroups: IntMap<u64, Arc<CgroupInfo>>,
+    /// Cgroup ids whose path lookup failed (gone, no privilege): not retried per exec.
+    cgroup_misses: IntMap<u64, ()>,
     stats: TableStats,
 }
 
@@ -591,6 +595,7 @@ impl ProcessTable {
             next_tick: 0,
             now_ns: 0,
             cgroups: IntMap::default(),
+            cgroup_misses: IntMap::default(),
             stats: TableStats::default(),
         }
     }
@@ -650,6 +655,28 @@ impl ProcessTable {
             self.cgroups.insert(cgroup_id, info.clone());
         }
         info
+    }
+
+    /// A cgroup created after the seed (a container started later) is known to the kernel
+    /// events only by id: look its path up once, by file handle, so container and unit resolve.
+    fn learn_cgroup(&mut self, id: u64) {
+        if id == 0 || self.cgroups.contains_key(&id) || self.cgroup_misses.contains_key(&id) {
+            return;
+        }
+        let Some(root) = &self.cgroupfs_root else {
+            return;
+        };
+        match procfs::cgroup_path_by_id(root, id) {
+            Some(path) => {
+                self.register_cgroup_info(id, &path);
+            }
+            None => {
+                if self.cgroup_misses.len() >= MAX_CGROUPS {
+                    self.cgroup_misses.clear();
+                }
+                self.cgroup_misses.insert(id, ());
+            }
+        }
     }
 
     /// Records a fork. A late fork for a process already known from its
@@ -712,6 +739,7 @@ impl ProcessTable {
     pub fn observe_exec(&mut self, e: &ExecInfo) {
         self.stats.execs += 1;
         self.advance(e.ts_ns);
+        self.learn_cgroup(e.cgroup_id);
         let (key, fresh) = match self.find_exact(e.tgid, e.start_ns) {
             Some(k) => (k, false),
             None => {

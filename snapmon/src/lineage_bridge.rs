@@ -64,8 +64,11 @@ fn split_args(buf: &[u8], len: usize) -> Vec<Vec<u8>> {
 impl TableLineage {
     pub fn new(seed_procfs: bool) -> Self {
         let boot = crate::lineage::read_boot_id().unwrap_or_default();
-        let mut table =
-            crate::lineage::ProcessTable::new(boot).with_cgroupfs_root("/sys/fs/cgroup");
+        // cgroup v2 ids are inode numbers of the unified hierarchy, which hybrid hosts mount
+        // at /sys/fs/cgroup/unified rather than /sys/fs/cgroup.
+        let root = crate::lineage::cgroup2_mount(std::path::Path::new("/proc/self/mounts"))
+            .unwrap_or_else(|| "/sys/fs/cgroup".into());
+        let mut table = crate::lineage::ProcessTable::new(boot).with_cgroupfs_root(root);
         if seed_procfs {
             let _ = table.seed_from_procfs(std::path::Path::new("/proc"));
         }

@@ -39,6 +39,9 @@ pub struct Setup {
     pub args: Vec<String>,
     /// Where the agent's stdout goes (default: nowhere).
     pub stdout: Option<PathBuf>,
+    /// Temp root `snapmon-e2e-<pid>-<tag>` instead of `snapmon-e2e-<pid>`, so a test's own
+    /// agent does not share the shared agent's.
+    pub tag: String,
 }
 
 pub fn bin() -> PathBuf {
@@ -75,8 +78,29 @@ impl Agent {
     /// Start an agent owned by the caller (the shared one is [`agent`]); it is stopped when
     /// dropped, or by [`Agent::stop`].
     pub fn start(setup: &Setup) -> anyhow::Result<Agent> {
+        Agent::launch(setup)
+    }
+
+    /// An agent of the calling test's own (not the shared one), on its own temp root
+    /// `snapmon-e2e-<pid>-<tag>`, with extra `run` arguments (`--config FILE` …). Stopped
+    /// with SIGINT when dropped.
+    pub fn spawn(tag: &str, args: &[&str], extra: &[PathBuf]) -> anyhow::Result<Agent> {
+        assert!(!tag.is_empty());
+        Agent::launch(&Setup {
+            tag: tag.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            watch: extra.to_vec(),
+            ..Default::default()
+        })
+    }
+
+    fn launch(setup: &Setup) -> anyhow::Result<Agent> {
         assert_eq!(unsafe { libc::geteuid() }, 0, "end-to-end tests need root");
-        let root = std::env::temp_dir().join(format!("snapmon-e2e-{}", std::process::id()));
+        let mut name = format!("snapmon-e2e-{}", std::process::id());
+        if !setup.tag.is_empty() {
+            name = format!("{name}-{}", setup.tag);
+        }
+        let root = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&root);
         for d in TEST_DIRS {
             std::fs::create_dir_all(root.join(d))?;
@@ -84,11 +108,13 @@ impl Agent {
         let out = root.with_extension("jsonl");
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
-        cmd.args(["run", "--format", "json", "--watch"]).arg(&root);
+        cmd.args(["run", "--format", "json"])
+            .args(&setup.args)
+            .arg("--watch")
+            .arg(&root);
         for p in &setup.watch {
             cmd.arg("--watch").arg(p);
         }
-        cmd.args(&setup.args);
         let stdout = match &setup.stdout {
             Some(p) => Stdio::from(std::fs::File::create(p)?),
             None => Stdio::null(),
@@ -135,6 +161,11 @@ impl Agent {
         Ok(a)
     }
 
+    /// Send a signal to the agent (SIGHUP reloads the policy).
+    pub fn signal(&self, sig: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
     pub fn dir(&self, name: &str) -> PathBuf {
         assert!(TEST_DIRS.contains(&name), "add {name} to TEST_DIRS");
         self.root.join(name)
@@ -150,6 +181,60 @@ impl Agent {
             .map_while(Result::ok)
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect()
+    }
+
+    /// The raw output lines (byte-for-byte what the agent wrote) whose record matches `pred`:
+    /// fixtures are unmodified agent output, so they are not re-serialised.
+    pub fn record_lines(&self, pred: impl Fn(&Value) -> bool) -> Vec<String> {
+        let Ok(f) = std::fs::File::open(&self.out) else {
+            return vec![];
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| pred(&v)))
+            .collect()
+    }
+
+    /// Where the output ends now; pass it to [`Agent::wait_from`].
+    pub fn mark(&self) -> u64 {
+        std::fs::metadata(&self.out).map_or(0, |m| m.len())
+    }
+
+    /// Like [`Agent::wait_for`], but parses only the records written after `mark`, polling
+    /// every 10 ms: cheap enough to time alert latency by, even when the output is megabytes
+    /// and the machine is emulated.
+    pub fn wait_from(
+        &mut self,
+        mark: u64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        use std::io::{Read as _, Seek as _};
+        let end = Instant::now() + timeout;
+        let mut f = std::fs::File::open(&self.out).ok()?;
+        f.seek(std::io::SeekFrom::Start(mark)).ok()?;
+        let mut buf = Vec::new();
+        loop {
+            f.read_to_end(&mut buf).ok()?;
+            if let Some(last) = buf.iter().rposition(|&b| b == b'\n') {
+                let found = buf[..last]
+                    .split(|&b| b == b'\n')
+                    .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+                    .find(|v| pred(v));
+                if found.is_some() {
+                    return found;
+                }
+                buf.drain(..=last);
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited early: {st}");
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
@@ -317,4 +402,36 @@ pub fn brief(vs: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Hand recorded lines out of a VM guest (whose filesystems vanish at power-off) over the
+/// console: `SNAPMON-FIXTURE-BEGIN <rel>`, the lines, `SNAPMON-FIXTURE-END <rel> lines=N`.
+/// `cargo xtask vm-test` extracts them into `target/vm-test/<release>/fixtures/<rel>` (and,
+/// with `--save-fixtures`, into `snapmon/tests/fixtures/rules/<rel>`). Written to fd 1
+/// directly, so libtest's output capture does not swallow them.
+pub fn emit_fixture(rel: &str, lines: &[String]) {
+    use std::io::Write as _;
+    assert!(!lines.is_empty(), "fixture {rel} would be empty");
+    let mut out = format!("\nSNAPMON-FIXTURE-BEGIN {rel}\n");
+    for l in lines {
+        assert!(!l.contains('\n'));
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "SNAPMON-FIXTURE-END {rel} lines={}\n",
+        lines.len()
+    ));
+    let mut so = std::io::stdout().lock();
+    so.write_all(out.as_bytes()).unwrap();
+    so.flush().unwrap();
+}
+
+/// A line for the run's log even when the test passes (libtest captures `println!`, not fd 1):
+/// measured latencies and the like.
+pub fn note(msg: &str) {
+    use std::io::Write as _;
+    let mut so = std::io::stdout().lock();
+    let _ = writeln!(so, "\nNOTE {msg}");
+    let _ = so.flush();
 }

@@ -230,3 +230,141 @@ fn routine_qemu_img_work_stays_quiet() {
         loud.iter().map(message).collect::<Vec<_>>()
     );
 }
+
+/// The cgroup2 hierarchy (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup2() -> PathBuf {
+    let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    m.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// Run `qemu-img snapshot -c` the way a container runtime starts a workload at the kernel
+/// level: new pid and mount namespaces, join the cgroup `scope` (made here, under
+/// system.slice), exec. Returns the cgroup (removed by the caller's guard).
+fn qemu_img_in_cgroup(scope: &str, img: &Path, snap: &str) -> PathBuf {
+    let cg = cgroup2().join("system.slice").join(scope);
+    std::fs::create_dir_all(&cg).unwrap();
+    run(
+        "unshare",
+        &[
+            "--pid",
+            "--mount",
+            "--fork",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "echo 0 > {}/cgroup.procs && exec qemu-img snapshot -c {snap} {}",
+                cg.display(),
+                img.display()
+            ),
+        ],
+    );
+    cg
+}
+
+struct RmCgroup(PathBuf);
+impl Drop for RmCgroup {
+    fn drop(&mut self) {
+        // Empty once its only process was reaped; that can trail the exit a little.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn quiet_about(rule: &str, target: &Path) -> Vec<String> {
+    let t = target.to_string_lossy().into_owned();
+    agent()
+        .settle(Duration::from_millis(800), |v| {
+            is_alert(v, rule, None) && v["file"]["path"].as_str() == Some(&t)
+        })
+        .iter()
+        .map(|v| message(v).to_string())
+        .collect()
+}
+
+#[test]
+fn qemu_img_inside_a_container_cgroup_is_an_unusual_lineage() {
+    let d = dir("container");
+    let img = image(&d, "vm.qcow2", &[]);
+    // A docker-style scope: 64 hex digits, unique per run (so are the 12 the message shows).
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let id = format!("{ns:016x}{:016x}", std::process::id()).repeat(2);
+    let cg = RmCgroup(qemu_img_in_cgroup(
+        &format!("docker-{id}.scope"),
+        &img,
+        "s1",
+    ));
+    let a = expect_alert("SM-L001", None, &img);
+    assert_eq!(a["snapmon"]["severity"], "high");
+    assert_eq!(a["process"]["name"], "qemu-img");
+    assert_eq!(a["container"]["id"], id.as_str(), "{a}");
+    assert!(
+        message(&a).contains(&format!("inside container {}", &id[..12]))
+            && message(&a).contains("did nb_snapshots 0→1 on vm.qcow2"),
+        "{}",
+        message(&a)
+    );
+    drop(cg);
+    // The same run in a cgroup no runtime would name: trusted, quiet.
+    let plain = image(&d, "plain.qcow2", &[]);
+    let _cg = RmCgroup(qemu_img_in_cgroup(
+        &format!("snapmon-e2e-{}.scope", std::process::id()),
+        &plain,
+        "s1",
+    ));
+    let loud = quiet_about("SM-L001", &plain);
+    assert!(loud.is_empty(), "{loud:#?}");
+}
+
+#[test]
+fn qemu_img_from_a_non_admin_users_shell_is_an_unusual_lineage() {
+    let d = dir("nonadmin");
+    let img = image(&d, "vm.qcow2", &[]);
+    let nobody = run("id", &["-u", "nobody"]).stdout.trim().to_string();
+    std::os::unix::fs::chown(&img, Some(nobody.parse().unwrap()), None).unwrap();
+    // `; true` keeps bash as the parent (a lone command would be exec'd in its place).
+    let shell = |snap: &str| format!("qemu-img snapshot -c {snap} {}; true", img.display());
+    run(
+        "setpriv",
+        &[
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "bash",
+            "-c",
+            &shell("s1"),
+        ],
+    );
+    let a = expect_alert("SM-L001", None, &img);
+    assert_eq!(a["process"]["user"]["id"], nobody.as_str(), "{a}");
+    assert_eq!(a["process"]["parent"]["name"], "bash", "{a}");
+    assert!(
+        message(&a).contains(&format!("from a shell of non-admin uid {nobody}")),
+        "{}",
+        message(&a)
+    );
+    // root (an admin user) doing the same from a shell: quiet.
+    let root_img = image(&d, "root.qcow2", &[]);
+    run(
+        "bash",
+        &[
+            "-c",
+            &format!("qemu-img snapshot -c s1 {}; true", root_img.display()),
+        ],
+    );
+    let loud = quiet_about("SM-L001", &root_img);
+    assert!(loud.is_empty(), "{loud:#?}");
+}

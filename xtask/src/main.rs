@@ -41,7 +41,7 @@ enum Cmd {
         /// Kernel series to boot (repeatable): 6.1, 6.12. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, rules, btrfs, outputs, lvm, enforce.
+        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, rules, btrfs, outputs, reload, lvm, dm_rules, enforce.
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.
@@ -50,6 +50,10 @@ enum Cmd {
         /// Seconds the harness waits for the agent's `started` record (verification is slow under TCG).
         #[arg(long, default_value_t = 600)]
         start_timeout: u64,
+        /// Copy the rule fixtures the guest's tests print (`SNAPMON-FIXTURE-*` blocks) into
+        /// snapmon/tests/fixtures/rules/ (they always land in target/vm-test/<release>/fixtures/).
+        #[arg(long)]
+        save_fixtures: bool,
         /// Arguments for the test binaries (a name filter, --exact …).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             tests,
             timeout,
             start_timeout,
+            save_fixtures,
             test_args,
         } => vm::vm_test(vm::Opts {
             kernels,
@@ -90,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             start_timeout,
             tests,
             test_args,
+            save_fixtures,
         }),
         Cmd::Bench(a) => bench::main(a),
         Cmd::Fuzz { seconds, targets } => {
@@ -168,7 +174,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     // Serially (they share one agent per binary and assert on pids); the LVM suite needs
     // device-mapper and runs inside `cargo xtask vm-test` only.
     let mut targets = vec!["--test", "e2e"];
-    for t in ["rules", "btrfs", "outputs"] {
+    for t in ["rules", "btrfs", "outputs", "reload"] {
         if workspace().join(format!("tests/tests/{t}.rs")).exists() {
             targets.extend(["--test", t]);
         }

@@ -46,7 +46,9 @@ const SERIES: &[Series] = &[
 
 /// Test binaries run when `--test` is not given: the suite every kernel must pass, and the
 /// VM-only device-mapper tests.
-const DEFAULT_TESTS: &[&str] = &["e2e", "rules", "btrfs", "outputs", "lvm", "enforce"];
+const DEFAULT_TESTS: &[&str] = &[
+    "e2e", "rules", "btrfs", "outputs", "reload", "lvm", "dm_rules", "enforce",
+];
 
 /// Modules the initramfs loads (with their dependencies) to mount the host root.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
@@ -57,6 +59,8 @@ pub struct Opts {
     pub start_timeout: u64,
     pub tests: Vec<String>,
     pub test_args: Vec<String>,
+    /// Also copy the fixtures the guest emitted into `snapmon/tests/fixtures/rules/`.
+    pub save_fixtures: bool,
 }
 
 struct Kernel {
@@ -475,6 +479,7 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
     let (mut suites, mut cur): (Vec<Suite>, Option<Suite>) = (vec![], None);
     let (mut done, mut timed_out, mut booted) = (false, false, None);
     let mut fatal = vec![];
+    let (mut fixture, mut fixtures): (Option<(String, Vec<String>)>, Vec<String>) = (None, vec![]);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -487,12 +492,29 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         writeln!(log, "{l}")?;
-        // Keep CI logs readable: the full console is in console.log.
-        let shown: String = l.chars().take(400).collect();
-        println!("[{}] {shown}", k.series);
         let plain = strip_ansi(&l);
         let l = plain.trim_start();
-        if l.starts_with("SNAPMON-VM-GUEST") {
+        if let Some((rel, lines)) = fixture.as_mut() {
+            if let Some(rest) = l.strip_prefix("SNAPMON-FIXTURE-END ") {
+                match save_fixture(o, dir, rel, lines, rest) {
+                    Ok(p) => {
+                        println!("[{}] fixture {rel}: {} lines", k.series, lines.len());
+                        fixtures.push(p);
+                    }
+                    Err(e) => fatal.push(format!("fixture {rel}: {e:#}")),
+                }
+                fixture = None;
+            } else {
+                lines.push(l.to_string());
+            }
+            continue;
+        }
+        // Keep CI logs readable: the full console is in console.log.
+        let shown: String = plain.chars().take(400).collect();
+        println!("[{}] {shown}", k.series);
+        if let Some(rel) = l.strip_prefix("SNAPMON-FIXTURE-BEGIN ") {
+            fixture = Some((rel.trim().to_string(), vec![]));
+        } else if l.starts_with("SNAPMON-VM-GUEST") {
             booted = Some(t0.elapsed().as_secs_f64());
         } else if let Some(n) = l.strip_prefix("SNAPMON-VM-BEGIN ") {
             cur = Some(Suite {
@@ -524,13 +546,20 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
     let _ = child.wait();
     let secs = t0.elapsed().as_secs_f64();
     let all_ran = suites.len() == tests.len();
-    let ok = done && !timed_out && all_ran && suites.iter().all(|s| s.rc == Some(0));
+    let ok = done
+        && !timed_out
+        && all_ran
+        && suites.iter().all(|s| s.rc == Some(0))
+        && !fatal.iter().any(|f| f.starts_with("fixture "));
     let mut err = fatal;
     if timed_out {
         err.push(format!("timed out after {} s (--timeout)", o.timeout));
     }
     if let Some(s) = cur {
         err.push(format!("suite {} did not finish", s.name));
+    }
+    if let Some((rel, _)) = fixture {
+        err.push(format!("fixture {rel} was cut off"));
     }
     if !done && !timed_out {
         err.push("guest stopped before SNAPMON-VM-DONE".into());
@@ -542,11 +571,54 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
         "vm_secs": secs,
         "console": log_path,
         "errors": err,
+        "fixtures": fixtures,
         "suites": suites.iter().map(|s| json!({
             "name": s.name, "rc": s.rc, "passed": s.passed, "failed": s.failed,
             "ignored": s.ignored, "secs": s.secs, "failures": s.failures,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// Check one fixture the guest printed (complete, every line JSON, a sane relative name) and
+/// write it under `<dir>/fixtures/`, and into the source tree with `--save-fixtures`.
+fn save_fixture(
+    o: &Opts,
+    dir: &Path,
+    rel: &str,
+    lines: &[String],
+    end: &str,
+) -> anyhow::Result<String> {
+    let (end_rel, n) = end
+        .trim()
+        .rsplit_once(" lines=")
+        .context("END marker without lines=N")?;
+    if end_rel != rel || n.parse::<usize>().ok() != Some(lines.len()) {
+        bail!("END says {end:?}, got {} lines", lines.len());
+    }
+    let (group, name) = rel.split_once('/').context("not <RULE-ID>/<file>")?;
+    let word = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !word(group) || !word(name) || !(name.ends_with(".jsonl") || name.ends_with(".json")) {
+        bail!("refusing fixture name {rel:?}");
+    }
+    for (i, l) in lines.iter().enumerate() {
+        serde_json::from_str::<Value>(l)
+            .with_context(|| format!("line {} is not JSON (console noise?)", i + 1))?;
+    }
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let mut dsts = vec![dir.join("fixtures").join(rel)];
+    if o.save_fixtures {
+        dsts.push(workspace().join("snapmon/tests/fixtures/rules").join(rel));
+    }
+    for d in &dsts {
+        std::fs::create_dir_all(d.parent().unwrap())?;
+        std::fs::write(d, &body).with_context(|| format!("writing {}", d.display()))?;
+    }
+    Ok(dsts.last().unwrap().display().to_string())
 }
 
 /// libtest's closing `failures:` list (the `test NAME ... FAILED` lines interleave with the

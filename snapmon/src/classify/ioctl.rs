@@ -1147,6 +1147,9 @@ impl fmt::Display for IoctlInfo {
                     write!(f, " {}", d.name)?;
                 } else if !d.uuid.is_empty() {
                     write!(f, " uuid={}", d.uuid)?;
+                } else if let Some((ma, mi)) = d.dev_major_minor.filter(|&d| d != (0, 0)) {
+                    // libdm addresses a device it just created by number (dmsetup create).
+                    write!(f, " dev={ma}:{mi}")?;
                 }
                 for t in &d.targets {
                     if t.params.is_empty() {
@@ -1567,6 +1570,12 @@ mod tests {
             panic!()
         };
         assert_eq!(d.dev_major_minor, Some((8, 0x12345)));
+        // Addressed by number only (libdm right after DEV_CREATE): the number names it.
+        let by_dev = finish_dm(dm_header(b"", b"", 0, dev), 0);
+        assert_eq!(
+            decode_ioctl(dm_cmd(9), &by_dev).to_string(),
+            "DM_TABLE_LOAD dev=253:3"
+        );
         // Rename carries the new name after the header.
         let mut r = dm_header(b"vg-old", b"", 0, 0);
         put(&mut r, DM_IOCTL_SIZE, b"vg-new\0");

@@ -186,3 +186,56 @@ pub(super) fn split_cmdline(b: &[u8]) -> Vec<Vec<u8>> {
     }
     b.split(|&c| c == 0).map(<[u8]>::to_vec).collect()
 }
+
+/// The path (relative to the cgroup2 mount `root`, with a leading `/`, as in
+/// `/proc/PID/cgroup`) of the cgroup with this id — the kernfs node id that
+/// `bpf_get_current_cgroup_id` returns and the directory's inode number. Opened by
+/// file handle (`FILEID_KERNFS`), so no walk of the hierarchy; needs
+/// CAP_DAC_READ_SEARCH and a cgroup that still exists.
+pub fn cgroup_path_by_id(root: &Path, id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const FILEID_KERNFS: i32 = 0xfe;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    let mount = fs::File::open(root).ok()?;
+    let mut h = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `h` is a valid `struct file_handle` with 8 bytes of handle.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &mut h as *mut Handle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor the kernel just returned, owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let full = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let rel = full.strip_prefix(root).ok()?;
+    Some(format!("/{}", rel.to_string_lossy()))
+}
+
+/// Where the cgroup2 (unified) hierarchy is mounted, from a `/proc/PID/mounts` file.
+pub fn cgroup2_mount(mounts: &Path) -> Option<std::path::PathBuf> {
+    parse_cgroup2_mount(&fs::read_to_string(mounts).ok()?)
+}
+
+pub fn parse_cgroup2_mount(mounts: &str) -> Option<std::path::PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_src, dir, ty) = (f.next()?, f.next()?, f.next()?);
+        // Mount points escape blanks as octal (`\040`); cgroup mounts have none in practice.
+        (ty == "cgroup2").then(|| std::path::PathBuf::from(dir))
+    })
+}

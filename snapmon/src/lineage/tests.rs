@@ -1053,3 +1053,52 @@ fn entity_id_is_fnv1a_of_documented_input() {
     assert_ne!(entity_id("b", 7, 2, 3), entity_id("b", 7, 2, 4));
     assert_ne!(entity_id("b", 7, 2, 3), entity_id("c", 7, 2, 3));
 }
+
+#[test]
+fn cgroup2_mount_on_unified_and_hybrid_hosts() {
+    use super::procfs::parse_cgroup2_mount;
+    let unified = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
+    assert_eq!(
+        parse_cgroup2_mount(unified).as_deref(),
+        Some(Path::new("/sys/fs/cgroup"))
+    );
+    let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+                  cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n\
+                  cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+    assert_eq!(
+        parse_cgroup2_mount(hybrid).as_deref(),
+        Some(Path::new("/sys/fs/cgroup/unified"))
+    );
+    assert_eq!(parse_cgroup2_mount("cgroup /x cgroup rw 0 0\n"), None);
+}
+
+/// A cgroup made after the table was seeded resolves from the id an exec carries. Needs root
+/// (mkdir in cgroupfs, open_by_handle_at), like the end-to-end tests.
+#[test]
+fn exec_in_a_cgroup_created_later_resolves_its_container() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
+    let root = super::cgroup2_mount(Path::new("/proc/self/mounts")).expect("a cgroup2 mount");
+    let id64 = format!("{:0>64}", format!("{:x}", std::process::id()));
+    let rel = format!("/snapmon-unit-{}/docker-{id64}.scope", std::process::id());
+    let dir = root.join(rel.trim_start_matches('/'));
+    fs::create_dir_all(&dir).unwrap();
+    let ino = fs::metadata(&dir).unwrap().ino();
+    let resolved = super::cgroup_path_by_id(&root, ino);
+    let mut t = ProcessTable::new("b".to_string()).with_cgroupfs_root(&root);
+    t.observe_exec(&ExecInfo {
+        ts_ns: 10,
+        tgid: 77,
+        ppid: 1,
+        start_ns: 5,
+        exe_path: b"/usr/bin/qemu-img".to_vec(),
+        cgroup_id: ino,
+        ..Default::default()
+    });
+    let v = t.lookup(77, 20).unwrap();
+    let _ = fs::remove_dir(&dir);
+    let _ = fs::remove_dir(dir.parent().unwrap());
+    assert_eq!(resolved.as_deref(), Some(rel.as_str()));
+    assert_eq!(v.cgroup_path.as_deref(), Some(rel.as_str()));
+    assert_eq!(v.container_id.as_deref(), Some(id64.as_str()));
+    assert_eq!(v.container_runtime.as_deref(), Some("docker"));
+}
