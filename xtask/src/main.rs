@@ -45,7 +45,7 @@ enum Cmd {
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.
-        #[arg(long, default_value_t = 900)]
+        #[arg(long, default_value_t = 2400)]
         timeout: u64,
         /// Seconds the harness waits for the agent's `started` record (verification is slow under TCG).
         #[arg(long, default_value_t = 600)]
@@ -215,7 +215,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
 fn vm_suites(tally: &mut Tally) -> anyhow::Result<()> {
     let rows = vm::vm_run(vm::Opts {
         kernels: vec![],
-        timeout: 900,
+        timeout: 2400,
         start_timeout: 600,
         tests: vec![],
         test_args: vec![],
