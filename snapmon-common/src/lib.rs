@@ -328,7 +328,16 @@ pub struct IoctlEvent {
     pub flags: u16,
     pub _pad: u16,
     pub arg_data: [u8; IOCTL_ARG_LEN],
+    /// Directory holding the fd's entry, and the entry's name: names the object when its
+    /// identity is shared (every btrfs subvolume root is inode 256 on one superblock).
+    pub parent: FileKey,
+    pub name_len: u16,
+    pub _pad2: [u8; 6],
+    pub name: [u8; IOCTL_NAME_LEN],
 }
+
+/// Bytes of the entry name an ioctl record carries.
+pub const IOCTL_NAME_LEN: usize = 64;
 
 /// Kernel struct field offsets, located in the running kernel's BTF at load time.
 /// A zero `valid` bit means the field was not found and hooks needing it must stay idle.
@@ -582,7 +591,8 @@ const _: () = {
     assert!(offset_of!(NamespaceEvent, path1) == 112);
     assert!(size_of::<NamespaceEvent>() == 112 + 2 * PATH_LEN);
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
-    assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN);
+    assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
+    assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
     assert!(size_of::<KernelOffsets>() == 70 * 4);
     assert!(size_of::<NsMark>() == 24);
     assert!(size_of::<AgentConfig>() == 8);

@@ -1,11 +1,11 @@
 //! ioctl hook: cmd plus a bounded copy of the argument for watched files, dirs and devices.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use snapmon_common::{valid as v, write_flags, EventKind, IOCTL_ARG_LEN};
+use snapmon_common::{valid as v, write_flags, EventKind, FileKey, IOCTL_ARG_LEN, IOCTL_NAME_LEN};
 
 use crate::{
-    emit::{copy_user, fill_header, output, sc_arg},
-    kernel::{current_task, is_agent, valid, watched_fd},
+    emit::{copy_kernel_str, copy_user, fill_header, output, sc_arg},
+    kernel::{current_task, dentry_inode, inode_key, is_agent, off, rk, valid, watched_fd},
     SCRATCH_IOCTL,
 };
 
@@ -50,6 +50,20 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
     if ev.arg_len == 0 {
         // Pointer near the end of a mapping: retry with just the declared size.
         ev.arg_len = copy_user::<IOCTL_ARG_LEN>(&mut ev.arg_data, ev.arg, size);
+    }
+    ev.parent = FileKey::default();
+    ev.name_len = 0;
+    if valid(v::VFS_NS) {
+        let d: *const u8 = rk(w.file, off!(file_dentry)).unwrap_or(core::ptr::null());
+        let p: *const u8 = rk(d, off!(dentry_parent)).unwrap_or(core::ptr::null());
+        // A filesystem root is its own parent and has no name worth reporting.
+        if !p.is_null() && p != d {
+            if let Some(pk) = dentry_inode(p).and_then(|i| inode_key(i)) {
+                ev.parent = pk;
+                let np: *const u8 = rk(d, off!(dentry_name)).unwrap_or(core::ptr::null());
+                ev.name_len = copy_kernel_str::<IOCTL_NAME_LEN>(&mut ev.name, np) as u16;
+            }
+        }
     }
     output(ev);
 }

@@ -303,7 +303,17 @@ impl Enricher {
             }
             RawEvent::Ioctl(i) => {
                 let mut ev = self.base(raw, "file", "info", "ioctl");
-                ev.file = Some(self.file(i.file, None));
+                let mut f = self.file(i.file, None);
+                // Entry name in a known directory beats the identity's remembered path, which
+                // is ambiguous when identities are shared (btrfs subvolume roots).
+                let name = cstr(&i.name, i.name_len as usize);
+                if !name.is_empty() && !name.contains(&b'/') {
+                    if let Some(dir) = self.watch.path_of(&i.parent).filter(|_| i.parent.ino != 0) {
+                        let p = dir.join(std::ffi::OsStr::from_bytes(name));
+                        f.path = Some(Bytes(p.as_os_str().as_bytes().to_vec()));
+                    }
+                }
+                ev.file = Some(f);
                 let n = (i.arg_len as usize).min(i.arg_data.len());
                 ev.ioctl = Some(IoctlRaw {
                     cmd: i.cmd,

@@ -185,11 +185,10 @@ fn k002_fires_for_python_unprotecting_and_destroying_snapshots() {
         .unwrap_or_else(|| panic!("no SM-K002 for the clear-ro:\n{}", alerts_so_far(&a)));
     let m = v["message"].as_str().unwrap();
     assert!(m.starts_with("python3"), "{m}");
-    // Every subvolume root is inode 256 on the one superblock the agent keys btrfs by, so an
-    // ioctl on a snapshot's root dir is named by whichever subvolume root path the agent
-    // learned for that key (here the mount itself): only "somewhere on this btrfs" is certain.
+    // Every subvolume root is inode 256 on the one superblock the agent keys btrfs by; the
+    // record's entry name in its parent directory says which snapshot it was.
     assert!(
-        m.contains(&format!("cleared the read-only flag of {}", s(mnt))),
+        m.contains(&format!("cleared the read-only flag of {}", s(&s1))),
         "{m}"
     );
     assert!(m.contains("readonly=cleared"), "{m}");

@@ -13,7 +13,7 @@
 //! | `event.sequence` | agent-assigned, increasing |
 //! | `event.severity`, `event.risk_score` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info) |
 //! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` |
-//! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`) |
+//! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`); for an ioctl, the entry the descriptor was opened by, in its parent directory, so btrfs subvolume roots (all inode 256) are told apart |
 //! | `file.inode`, `file.device`, `file.size` | identity (`MAJOR:MINOR` of the kernel superblock) and size when seen |
 //! | `file.target_path` | rename/link destination |
 //! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id` | the actor |
