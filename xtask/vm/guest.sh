@@ -12,6 +12,9 @@ done
 for m in ext4 btrfs; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
+# cgroup v2, as systemd hosts have it: lineage reads container ids from it, and the rules
+# suite starts qemu-img in a container-runtime-style scope.
+grep -q " cgroup2 " /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup || echo "SNAPMON-VM-WARN no cgroup2"
 # Loopback: the outputs suite talks to rsyslog and a socket consumer on 127.0.0.1.
 ip link set lo up 2>/dev/null || echo "SNAPMON-VM-WARN no loopback"
 # /tmp on ext4, like the host's: tmpfs has no O_DIRECT before 6.6 (fio --direct=1), and a
