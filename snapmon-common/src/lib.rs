@@ -74,6 +74,11 @@ pub enum WriteOp {
     IoUringFtruncate = 18,
     /// A VFS-level write seen below the syscall layer (fentry backend).
     VfsWrite = 19,
+    /// A byte range freed or zeroed below the syscall layer (`truncate_pagecache_range`: a
+    /// loop device's discard, nfsd's fallocate).
+    VfsRangeDropped = 20,
+    /// `vfs_clone_file_range` below the syscall layer (overlayfs copy-up, nfsd CLONE).
+    VfsClone = 21,
 }
 
 impl WriteOp {
@@ -98,6 +103,8 @@ impl WriteOp {
             17 => Self::Splice,
             18 => Self::IoUringFtruncate,
             19 => Self::VfsWrite,
+            20 => Self::VfsRangeDropped,
+            21 => Self::VfsClone,
             _ => return None,
         })
     }

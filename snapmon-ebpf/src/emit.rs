@@ -13,6 +13,7 @@ use crate::{EVENTS, LOST};
 
 pub const BACKEND_TRACEPOINT: u32 = 1;
 pub const BACKEND_VFS: u32 = 2;
+pub const BACKEND_LSM: u32 = 3;
 
 #[inline(always)]
 pub fn fill_header(h: &mut Header, kind: u32) {

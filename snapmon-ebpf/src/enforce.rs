@@ -72,7 +72,7 @@ unsafe fn decide(op: u32, target: Option<FileKey>, dir: Option<FileKey>, aux: u6
     let enforce = mask & deny::MODE_ENFORCE != 0 && flags & runtime::DRY_RUN == 0;
     let mut ev: EnforceEvent = core::mem::zeroed();
     fill_header(&mut ev.hdr, EventKind::Enforce as u32);
-    ev.hdr.backend = crate::emit::BACKEND_VFS;
+    ev.hdr.backend = crate::emit::BACKEND_LSM;
     ev.op = op;
     ev.denied = enforce as u32;
     ev.target = key;

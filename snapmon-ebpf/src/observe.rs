@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
 use snapmon_common::{dir_flags, ns_flags, runtime, valid as v, EventKind, FileKey, NsMark, NsOp};
 
 use crate::{
-    emit::{copy_kernel_str, fill_header, output, BACKEND_VFS},
+    emit::{copy_kernel_str, fill_header, output, BACKEND_LSM},
     kernel::{current_syscall, dentry_inode, inode_key, is_agent, is_io_worker, off, rk, valid},
     NS_MARK, RUNTIME, SCRATCH_NS, WATCHED_DIRS, WATCHED_FILES,
 };
@@ -146,7 +146,7 @@ pub unsafe fn entry(
         ev.path1[0] = 0;
     }
     fill_header(&mut ev.hdr, EventKind::Namespace as u32);
-    ev.hdr.backend = BACKEND_VFS;
+    ev.hdr.backend = BACKEND_LSM;
     ev.op = op as u16;
     ev.flags = flags;
     ev.dirfd = -1;
@@ -210,7 +210,7 @@ pub unsafe fn setattr(dentry: *const u8, attr: *const u8) {
     };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::Namespace as u32);
-    ev.hdr.backend = BACKEND_VFS;
+    ev.hdr.backend = BACKEND_LSM;
     ev.op = op as u16;
     ev.flags = ns_flags::VIA_VFS | ns_flags::TARGET_IS_FD;
     ev.base1 = target.unwrap_or_default();

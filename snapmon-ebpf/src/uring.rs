@@ -122,8 +122,12 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
         on_namespace(req, opcode);
         return;
     }
-    // With the VFS hook live, io_uring writes are reported where they happen (any file).
-    if crate::RUNTIME
+    // With the VFS hook live, io_uring writes are reported where they happen (any file);
+    // fallocate and ftruncate are still reported here.
+    if matches!(
+        opcode,
+        IORING_OP_WRITEV | IORING_OP_WRITE_FIXED | IORING_OP_WRITE
+    ) && crate::RUNTIME
         .get(0)
         .is_some_and(|f| *f & snapmon_common::runtime::VFS_WRITES != 0)
     {

@@ -66,3 +66,87 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
     }
     0
 }
+
+const NR_IOCTL: i64 = 16;
+const NR_FALLOCATE: i64 = 285;
+const NR_COPY_FILE_RANGE: i64 = 326;
+
+/// The watched inode, unless the agent itself or a path another hook reports.
+#[inline(always)]
+unsafe fn watched_below_syscalls(
+    inode: *const u8,
+    reported_by: &[i64],
+) -> Option<snapmon_common::FileKey> {
+    if !valid(v::FILES | v::VFS) || inode.is_null() {
+        return None;
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return None;
+    }
+    let key = inode_key(inode)?;
+    WATCHED_FILES.get(&key)?;
+    let nr = current_syscall().0;
+    // io_uring requests are reported at submission.
+    if reported_by.contains(&nr) || nr == NR_IO_URING_ENTER || is_io_worker() {
+        return None;
+    }
+    Some(key)
+}
+
+/// `truncate_pagecache_range(inode, lstart, lend)`: filesystems call it when they free or zero
+/// a byte range (punch-hole, zero-range, collapse, a reflink's destination). fallocate(2),
+/// FICLONE and io_uring are reported by their own hooks; this catches the rest, which do not
+/// even pass `vfs_fallocate`: a loop device's discard (the loop driver calls the filesystem
+/// directly, from a kernel worker) or nfsd.
+#[fentry(function = "truncate_pagecache_range")]
+pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
+    unsafe {
+        let inode: *const u8 = ctx.arg(0);
+        let Some(key) =
+            watched_below_syscalls(inode, &[NR_FALLOCATE, NR_IOCTL, NR_COPY_FILE_RANGE])
+        else {
+            return 0;
+        };
+        let start: i64 = ctx.arg(1);
+        let end: i64 = ctx.arg(2);
+        emit_write_file(
+            core::ptr::null(),
+            inode,
+            key,
+            WriteOp::VfsRangeDropped,
+            Pos::At(start),
+            (end - start + 1).max(0) as u64,
+            0,
+        );
+    }
+    0
+}
+
+/// `vfs_clone_file_range(file_in, pos_in, file_out, pos_out, len, flags)`: reflinks into a
+/// watched file that neither FICLONE (ioctl hook) nor copy_file_range made, e.g. overlayfs
+/// copy-up or nfsd's CLONE.
+#[fentry(function = "vfs_clone_file_range")]
+pub fn vfs_clone_file_range(ctx: FEntryContext) -> u32 {
+    unsafe {
+        let file: *const u8 = ctx.arg(2);
+        let Some(inode) = file_inode(file) else {
+            return 0;
+        };
+        let Some(key) = watched_below_syscalls(inode, &[NR_IOCTL, NR_COPY_FILE_RANGE]) else {
+            return 0;
+        };
+        let pos_out: i64 = ctx.arg(3);
+        let len: i64 = ctx.arg(4);
+        emit_write_file(
+            file,
+            inode,
+            key,
+            WriteOp::VfsClone,
+            Pos::At(pos_out),
+            len as u64,
+            0,
+        );
+    }
+    0
+}

@@ -102,6 +102,16 @@ const PATHS: &[(&str, &[&str], &str)] = &[
         "writes made by the kernel on behalf of a loop device go unseen",
     ),
     (
+        "kernel-internal punch-hole (loop-device discard, nfsd)",
+        &["truncate_pagecache_range"],
+        "a discard through a loop device punches holes in its image unseen",
+    ),
+    (
+        "kernel-internal reflink (overlayfs copy-up, nfsd CLONE)",
+        &["vfs_clone_file_range"],
+        "extents cloned over an image by the kernel go unseen",
+    ),
+    (
         "process lineage",
         &["sched_process_exec", "sched_process_fork"],
         "alerts name processes from /proc only",

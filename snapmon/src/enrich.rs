@@ -62,6 +62,9 @@ pub fn write_op_name(op: u16) -> &'static str {
         Some(WriteOp::Splice) => "splice",
         Some(WriteOp::IoUringFtruncate) => "io_uring_ftruncate",
         Some(WriteOp::VfsWrite) => "vfs_write",
+        // The kernel freed or zeroed the range: for the data there, a punched hole.
+        Some(WriteOp::VfsRangeDropped) => "punch_hole",
+        Some(WriteOp::VfsClone) => "clone_range",
         None => "write_unknown",
     }
 }
@@ -81,6 +84,17 @@ pub fn fallocate_mode(mode: u64) -> Vec<&'static str> {
         .filter(|(b, _)| mode & b != 0)
         .map(|(_, n)| *n)
         .collect()
+}
+
+/// The `event.action` of a write record, and fallocate's mode bits by name.
+fn write_action(op: u16, aux: u64) -> (&'static str, Vec<&'static str>) {
+    match WriteOp::from_u16(op) {
+        Some(WriteOp::Fallocate | WriteOp::IoUringFallocate) => {
+            (fallocate_action(aux), fallocate_mode(aux))
+        }
+        Some(WriteOp::Ftruncate | WriteOp::IoUringFtruncate) => ("truncate", vec![]),
+        _ => (write_op_name(op), vec![]),
+    }
 }
 
 fn fallocate_action(mode: u64) -> &'static str {
@@ -143,10 +157,10 @@ impl Enricher {
             category,
             ecs_type,
             action,
-            backend: if h.backend == 2 {
-                "fentry"
-            } else {
-                "tracepoint"
+            backend: match h.backend {
+                2 => "fentry",
+                3 => "lsm",
+                _ => "tracepoint",
             },
             process,
             ..Default::default()
@@ -209,13 +223,7 @@ impl Enricher {
                 self.base(raw, "process", t, a)
             }
             RawEvent::Write(w) => {
-                let (action, mode) = match WriteOp::from_u16(w.op) {
-                    Some(WriteOp::Fallocate | WriteOp::IoUringFallocate) => {
-                        (fallocate_action(w.aux), fallocate_mode(w.aux))
-                    }
-                    Some(WriteOp::Ftruncate | WriteOp::IoUringFtruncate) => ("truncate", vec![]),
-                    _ => (write_op_name(w.op), vec![]),
-                };
+                let (action, mode) = write_action(w.op, w.aux);
                 let mut ev = self.base(raw, "file", "change", action);
                 ev.file = Some(self.file(w.file, Some(w.size)));
                 let n = (w.data_len as usize).min(w.data.len());
@@ -455,6 +463,23 @@ pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_write_action_is_one_the_policy_accepts() {
+        // Exceptions name actions; a name enrich produces but the policy rejects is unusable.
+        for op in 0..64u16 {
+            if WriteOp::from_u16(op).is_none() {
+                continue;
+            }
+            for mode in [0, 1, 2 | 1, 0x10, 8, 0x20] {
+                let (a, _) = write_action(op, mode);
+                assert!(
+                    crate::rules::policy::KNOWN_ACTIONS.contains(&a),
+                    "{op}: {a}"
+                );
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -986,3 +986,54 @@ fn doctor_explains_this_kernels_hooks_and_gaps() {
         "{enf}"
     );
 }
+
+#[test]
+fn a_discard_through_a_loop_device_punches_holes_seen_where_fentry_allows() {
+    let dir = agent().dir("discard");
+    let img = dir.join("disk.raw");
+    let s = img.to_str().unwrap();
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={s}"),
+            "bs=1M",
+            "count=4",
+            "status=none",
+        ],
+    );
+    let dev = run("losetup", &["-f", "--show", s])
+        .stdout
+        .trim()
+        .to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+    let _guard = Detach(dev.clone());
+    // The loop driver punches the hole itself, calling the filesystem from a kernel worker: no
+    // syscall names the image, and not even vfs_fallocate runs.
+    run("blkdiscard", &["-o", "1048576", "-l", "1048576", &dev]);
+    let vfs_live = agent().started["snapmon"]["state"]["hooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|h| h["program"] == "truncate_pagecache_range" && h["attached_to"].is_string());
+    let lsm = std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1");
+    // Stock kernels that allow BPF LSM allow fentry too; this host refuses both.
+    assert_eq!(vfs_live, lsm, "{}", agent().started);
+    if !vfs_live {
+        return;
+    }
+    let evs = agent().settle(QUIET, |v| about(v, &img) && action(v) == "punch_hole");
+    let hole = evs
+        .iter()
+        .find(|v| v["snapmon"]["write"]["offset"] == 1_048_576)
+        .unwrap_or_else(|| panic!("no punch_hole at 1 MiB in {s}:\n{}", brief(&evs)));
+    assert_eq!(hole["snapmon"]["write"]["length"], 1_048_576, "{hole}");
+    assert_eq!(hole["snapmon"]["backend"], "fentry", "{hole}");
+}

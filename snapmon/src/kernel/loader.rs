@@ -75,6 +75,16 @@ pub const HOOKS: &[HookSpec] = &[
         attach: Attach::FEntry("rw_verify_area"),
         covers: "VFS writes below the syscall layer (io_uring incl. registered files, loop devices, kernel writers)",
     },
+    HookSpec {
+        program: "truncate_pagecache_range",
+        attach: Attach::FEntry("truncate_pagecache_range"),
+        covers: "byte ranges freed below the syscall layer (loop-device discard, nfsd fallocate)",
+    },
+    HookSpec {
+        program: "vfs_clone_file_range",
+        attach: Attach::FEntry("vfs_clone_file_range"),
+        covers: "reflinks below the syscall layer (overlayfs copy-up, nfsd CLONE)",
+    },
     HookSpec { program: "lsm_file_permission", attach: Attach::Lsm("file_permission"), covers: "enforce: write" },
     HookSpec { program: "lsm_file_open", attach: Attach::Lsm("file_open"), covers: "enforce: open for write" },
     HookSpec { program: "lsm_path_truncate", attach: Attach::Lsm("path_truncate"), covers: "enforce: truncate" },

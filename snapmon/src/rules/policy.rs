@@ -235,6 +235,7 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "utimes",
     "ioctl",
     "vfs_write",
+    "clone_range",
     "deny_write",
     "deny_open_write",
     "deny_truncate",

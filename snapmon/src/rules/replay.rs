@@ -39,6 +39,7 @@ const WORDS: &[&str] = &[
     // backends
     "tracepoint",
     "fentry",
+    "lsm",
     // actions and write ops
     "ftruncate",
     "io_uring_fallocate",

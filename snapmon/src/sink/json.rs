@@ -22,7 +22,7 @@
 //! | `rule.id`, `rule.name`, `threat.technique.id` | alerts only |
 //! | `message` | alerts only: one sentence naming actor, action, target and diff |
 //! | `snapmon.schema_version` | `1` |
-//! | `snapmon.backend` | `tracepoint` or `fentry` |
+//! | `snapmon.backend` | hook family that saw it: `tracepoint`, `fentry` (VFS hooks) or `lsm` (LSM inode hooks, enforcement decisions) |
 //! | `snapmon.write.op`, `.offset`, `.length`, `.offset_from_fpos`, `.length_partial`, `.mode` | write details (`offset` −1 when unknown) |
 //! | `snapmon.ioctl.cmd`, `.arg`, `.name`, `.decoded` | ioctl number (hex), argument pointer, decoded argument |
 //! | `snapmon.classification` | `format`, `regions`, `changes` (`{field,before,after}`; an added/removed item has one side empty), `sample_entropy`, `ioctl_name`, `snapshot_destructive`, `snapshot_create`, `facts` (`[name, value]` pairs read from the file: libvirt domain/snapshot, LVM vg/seqno/description, `snapshot_table` notes) |
