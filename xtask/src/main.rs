@@ -219,6 +219,7 @@ fn vm_suites(tally: &mut Tally) -> anyhow::Result<()> {
         start_timeout: 600,
         tests: vec![],
         test_args: vec![],
+        save_fixtures: false,
     })?;
     for r in &rows {
         let suites = r["suites"].as_array().cloned().unwrap_or_default();
