@@ -4,6 +4,7 @@ mod bench;
 mod fuzz;
 mod setup;
 mod vm;
+mod zfs;
 
 use std::process::Command;
 
@@ -41,7 +42,7 @@ enum Cmd {
         /// Kernel series to boot (repeatable): 6.1, 6.12. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, rules, btrfs, outputs, reload, lvm, dm_rules, enforce.
+        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, rules, btrfs, outputs, reload, lvm, dm_rules, enforce, zfs.
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.

@@ -25,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "thin-provisioning-tools",
     "rsyslog",
     "auditd",
+    // pahole: 6.12's kbuild generates BTF for out-of-tree modules (the vm-test ZFS build).
+    "dwarves",
 ];
 /// From bookworm-backports: qemu-utils 10 (plain bookworm's qemu-system-x86 7.2 would remove it).
 const BACKPORTS: &[&str] = &["qemu-utils", "qemu-system-x86"];

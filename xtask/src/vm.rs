@@ -45,9 +45,10 @@ const SERIES: &[Series] = &[
 ];
 
 /// Test binaries run when `--test` is not given: the suite every kernel must pass, and the
-/// VM-only device-mapper tests.
+/// VM-only device-mapper and ZFS tests (`zfs` builds OpenZFS for the kernel first: about five
+/// minutes per kernel on two cores, once; cached after).
 const DEFAULT_TESTS: &[&str] = &[
-    "e2e", "rules", "btrfs", "outputs", "reload", "lvm", "dm_rules", "enforce",
+    "e2e", "rules", "btrfs", "outputs", "reload", "lvm", "dm_rules", "enforce", "zfs",
 ];
 
 /// Modules the initramfs loads (with their dependencies) to mount the host root.
@@ -69,6 +70,8 @@ struct Kernel {
     /// `uname -r` of the guest.
     release: String,
     root: PathBuf,
+    /// More `vm.env` entries (the ZFS build, or why there is none).
+    env: Vec<(&'static str, String)>,
 }
 
 #[derive(Default)]
@@ -119,12 +122,41 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
     println!("== vm-test: building the agent and the end-to-end test binaries");
     check(cargo().args(["build", "-p", "snapmon"]))?;
     let tests = test_binaries(&o.tests)?;
+    let want_zfs = tests.iter().any(|(n, _)| n == "zfs");
 
     let mut rows = vec![];
     for s in series {
         let t0 = Instant::now();
-        let k = fetch_kernel(s, &cache)?;
+        let mut k = fetch_kernel(s, &cache)?;
         let fetched = t0.elapsed();
+        // A series with an OpenZFS must get it (a failed build fails its zfs suite); the
+        // others run the suite as a printed skip.
+        let mut zfs_built = None;
+        if want_zfs {
+            match crate::zfs::unsupported(s.label) {
+                Some(why) => k.env.push(("VM_ZFS_SKIP", why)),
+                None => match crate::zfs::prepare(s.label, &k.release, &cache) {
+                    Ok(z) => {
+                        println!(
+                            "== vm-test [{}] OpenZFS {} ({})",
+                            s.label,
+                            z.version,
+                            z.built_secs
+                                .map_or("cached".into(), |b| format!("built in {b} s"))
+                        );
+                        zfs_built = Some(json!({"version": z.version, "build_secs": z.built_secs}));
+                        k.env.push(("VM_ZFS", z.dir.display().to_string()));
+                    }
+                    // The other suites still run; the zfs suite fails with this.
+                    Err(e) => {
+                        let why = format!("OpenZFS for {}: {e:#}", k.release);
+                        println!("vm-test: {why}");
+                        zfs_built = Some(json!({"error": why}));
+                        k.env.push(("VM_ZFS_ERROR", why));
+                    }
+                },
+            }
+        }
         println!(
             "== vm-test [{}] {} ({}, ready in {:.1} s)",
             s.label,
@@ -141,6 +173,9 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
         let mut row = row;
         row["series"] = json!(k.series);
         row["package"] = json!(k.package);
+        if let Some(z) = zfs_built {
+            row["zfs"] = z;
+        }
         row["secs"] = json!(t0.elapsed().as_secs());
         rows.push(row);
     }
@@ -239,6 +274,7 @@ fn fetch_kernel(s: &'static Series, cache: &Path) -> anyhow::Result<Kernel> {
                     package: pkg.clone(),
                     release,
                     root,
+                    env: vec![],
                 })
             }
             Err(e) => {
@@ -263,7 +299,7 @@ fn cached_deb(pkg: &str, cache: &Path) -> Option<PathBuf> {
     })
 }
 
-fn deb(pkg: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn deb(pkg: &str, cache: &Path) -> anyhow::Result<PathBuf> {
     if let Some(d) = cached_deb(pkg, cache) {
         return Ok(d);
     }
@@ -404,7 +440,12 @@ fn initramfs(
         ("VM_TESTS", specs.join(" ")),
         ("VM_TEST_ARGS", o.test_args.join(" ")),
     ];
-    let env: String = env.iter().map(|(k, v)| format!("{k}={}\n", q(v))).collect();
+    let env: String = env
+        .iter()
+        .map(|(k, v)| (*k, v))
+        .chain(k.env.iter().map(|(k, v)| (*k, v)))
+        .map(|(k, v)| format!("{k}={}\n", q(v)))
+        .collect();
     std::fs::write(stage.join("vm.env"), env)?;
 
     let img = dir.join("initramfs.cpio");

@@ -44,8 +44,18 @@ for spec in $VM_TESTS; do
     if [ "$name" = enforce ]; then
         extra="--skip host_"
     fi
+    # zfs: with the modules loaded and the userland in place (zfs.sh) when xtask built them;
+    # otherwise the suite reports why not (a skip, or the build's error).
+    wrap=""
+    zfs=0
+    if [ "$name" = zfs ] && [ -n "${VM_ZFS:-}" ]; then
+        wrap="/bin/bash ${VM_GUEST_SCRIPT%/*}/zfs.sh"
+        zfs=1
+    fi
     SNAPMON_BIN="$VM_SNAPMON_BIN" SNAPMON_E2E_START_TIMEOUT="$VM_START_TIMEOUT" SNAPMON_E2E_LVM=1 \
-        SNAPMON_E2E_EXPECT_LSM=$lsm RUST_BACKTRACE=1 "$bin" --test-threads=1 --color never $VM_TEST_ARGS $extra 2>&1
+        SNAPMON_E2E_EXPECT_LSM=$lsm SNAPMON_E2E_ZFS=$zfs SNAPMON_E2E_ZFS_SKIP="${VM_ZFS_SKIP:-}" \
+        SNAPMON_E2E_ZFS_ERROR="${VM_ZFS_ERROR:-}" RUST_BACKTRACE=1 \
+        $wrap "$bin" --test-threads=1 --color never $VM_TEST_ARGS $extra 2>&1
     rc=$?
     echo "SNAPMON-VM-END $name rc=$rc secs=$(( $(date +%s) - start ))"
 done

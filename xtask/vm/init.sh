@@ -49,6 +49,9 @@ cp -a $R/etc/lvm/. /lvm-etc/ 2>/dev/null
 mount -t tmpfs tmpfs $R/etc/lvm
 cp -a /lvm-etc/. $R/etc/lvm/
 cp /vm.env $R/run/snapmon-vm.env
+# Kernel threads resolve paths from this (initramfs) root, not the chroot's: ZFS opens file
+# vdevs from a taskq, so /tmp here must be the guest's /tmp too.
+ln -s $R/tmp /tmp
 chroot $R /bin/bash "$VM_GUEST_SCRIPT"
 echo "SNAPMON-VM-DONE"
 sync
