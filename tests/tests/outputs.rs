@@ -303,7 +303,7 @@ format = "json"
     let hook_stats = agent.started["snapmon"]["state"]["hook_stats"].clone();
     let pwrite = "snapmon_hook_runs_total{program=\"sys_enter_pwrite64\",";
     if hook_stats["enabled"] == true {
-        let before = eventually(Duration::from_secs(5), "pwrite64 run counter", || {
+        let before = eventually(Duration::from_secs(15), "pwrite64 run counter", || {
             series(&metrics(mport), pwrite).ok_or_else(|| metrics(mport))
         });
         let f = dir.join("counted.raw");
@@ -312,7 +312,7 @@ format = "json"
             f.to_str().unwrap()
         ));
         eventually(
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             "pwrite64 runs to grow by 200",
             || {
                 let now = series(&metrics(mport), pwrite).unwrap_or(0.0);
@@ -343,7 +343,7 @@ format = "json"
     for i in 0..3 {
         images.push(attack(&dir, i));
     }
-    eventually(Duration::from_secs(10), "consumer to get 3 alerts", || {
+    eventually(Duration::from_secs(30), "consumer to get 3 alerts", || {
         let got = alert_paths(&json_lines(&consumed), &images);
         (got.len() == 3).then_some(()).ok_or(format!("{got:?}"))
     });
@@ -354,7 +354,7 @@ format = "json"
     }
     let sink_line = format!("snapmon_sink_spill_bytes{{sink=\"{tcp_sink}\"}}");
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "alerts spilled while the consumer is down",
         || {
             let body = metrics(mport);
@@ -371,7 +371,7 @@ format = "json"
     }
 
     // The agent's own record of the attacks (the classic --output file).
-    let truth = eventually(Duration::from_secs(10), "every attack alerted", || {
+    let truth = eventually(Duration::from_secs(30), "every attack alerted", || {
         let got = alert_paths(&agent.records(), &images);
         (got.len() == ATTACKS)
             .then_some(got.clone())
@@ -379,7 +379,7 @@ format = "json"
     });
     assert_all_once("--output", &truth, &images);
     eventually(
-        Duration::from_secs(15),
+        Duration::from_secs(60),
         "consumer to have every alert",
         || {
             let got = alert_paths(&json_lines(&consumed), &images);
@@ -394,7 +394,7 @@ format = "json"
         &images,
     );
     let syslog = eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "rsyslog to have every alert",
         || {
             let got = syslog_alerts(&syslog_out);
@@ -411,7 +411,7 @@ format = "json"
     // A periodic stats record from after the consumer's death (it counts the disconnect)
     // comes after the 200 counted pwrites too.
     let stats = eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "a stats record counting the disconnect on stdout",
         || {
             json_lines(&stdout)
