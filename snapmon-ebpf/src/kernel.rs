@@ -159,3 +159,11 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
 pub fn is_agent(tgid: u32) -> bool {
     tgid == agent_tgid()
 }
+
+/// Identity of the current task's executable (`task->mm->exe_file->f_inode`).
+#[inline(always)]
+pub unsafe fn current_exe() -> Option<FileKey> {
+    let mm: *const u8 = rk(current_task(), off!(task_mm))?;
+    let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
+    inode_key(file_inode(exe)?)
+}

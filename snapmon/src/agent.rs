@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::json;
-use snapmon_common::FileKey;
+use snapmon_common::{FileKey, WriteFilter};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
@@ -27,6 +27,7 @@ pub struct KernelMaps<'a> {
     pub files: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: &'a mut BpfHashMap<MapData, u64, u32>,
+    pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
 }
 
 impl WatchMaps for KernelMaps<'_> {
@@ -45,6 +46,19 @@ impl WatchMaps for KernelMaps<'_> {
         self.prefixes
             .insert(hash, 1, 0)
             .map_err(|e| format!("watched-prefix map: {e}"))
+    }
+    fn set_write_filter(&mut self, key: FileKey, f: Option<&WriteFilter>) -> Result<(), String> {
+        match f {
+            Some(f) => self
+                .write_filter
+                .insert(key, *f, 0)
+                .map_err(|e| format!("write-filter map: {e}")),
+            // Already absent is fine: withdrawing is idempotent.
+            None => {
+                let _ = self.write_filter.remove(&key);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -126,6 +140,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             files: &mut k.files,
             dirs: &mut k.dirs,
             prefixes: &mut k.prefixes,
+            write_filter: &mut k.write_filter,
         };
         register(&opts.policy, &opts.extra_watch, &mut maps)?
     };
@@ -149,6 +164,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         .collect();
     pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
     pipe.enricher.process_events = opts.policy.agent.process_events;
+    // Writers the kernel may filter on classified files (their metadata writes still arrive).
+    loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
+        .context("loading trusted writers into the kernel")?;
 
     let started = StateRecord {
         action: "started",
@@ -187,6 +205,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(opts.status_interval);
     let mut last_lost = k.lost_counts();
+    let mut last_filtered = 0u64;
     // A dup of the ring buffer fd: epoll watches the same open file, and the borrow of
     // `k` stays free for draining.
     let owned = k.events.as_fd().try_clone_to_owned()?;
@@ -204,6 +223,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
+                if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 // Sequences that time out with no event to carry them (a freeze never thawed).
                 for r in pipe.tick(crate::sink::json::now_unix_ns()) {
                     if sinks.send(&r).is_err() { return Ok(()); }
@@ -225,7 +245,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     let stopped = StateRecord {
         action: "stopped",
-        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats()}),
+        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats(),
+                       "kernel": {"filtered_writes": k.filtered_count()}}),
     };
     let _ = emit(&sinks, Record::State(stopped));
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
@@ -268,6 +289,11 @@ fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord
     }
     if let Err(e) = pipe.reload(policy) {
         return failed(e);
+    }
+    if let Err(e) =
+        loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
+    {
+        eprintln!("snapmon: reload: trusted writers not updated: {e}");
     }
     let enforcement = if k.lsm {
         match k.reapply_enforcement(plan.as_ref(), enf.dry_run) {
@@ -313,6 +339,7 @@ fn drain(
                 files: &mut k.files,
                 dirs: &mut k.dirs,
                 prefixes: &mut k.prefixes,
+                write_filter: &mut k.write_filter,
             };
             for r in pipe.handle(raw, &mut maps) {
                 sinks.send(&r)?;
@@ -326,6 +353,26 @@ fn drain(
         }
     }
     Ok(())
+}
+
+/// Trusted writes dropped in the kernel since the last tick, when there were any.
+fn report_filtered(
+    k: &Kernel,
+    last: &mut u64,
+    pipe: &Pipeline,
+    sinks: &SinkSet,
+) -> Result<(), BrokenPipe> {
+    let now = k.filtered_count();
+    if now == *last {
+        return Ok(());
+    }
+    let rec = MetricRecord {
+        action: "filtered",
+        detail: json!({"kernel_writes": now - *last, "kernel_total": now,
+                       "files": pipe.classifier.filters_published()}),
+    };
+    *last = now;
+    emit(sinks, Record::Metric(rec))
 }
 
 fn report_loss(

@@ -26,6 +26,8 @@ pub struct StageStats {
     pub decode_errors: u64,
     pub events: u64,
     pub alerts: u64,
+    /// Write-filter updates the kernel map refused (the file stays fully reported).
+    pub filter_errors: u64,
 }
 
 pub struct Pipeline {
@@ -88,6 +90,13 @@ impl Pipeline {
             .and_then(|f| f.path.as_ref())
             .map(|p| p.as_path());
         ev.classification = self.classifier.classify(&ev, path.as_deref());
+        for (key, f) in self.classifier.take_filter_updates() {
+            if let Err(e) = maps.set_write_filter(key, f.as_ref()) {
+                // A full map only means more is reported; count it, keep going.
+                self.stats.filter_errors += 1;
+                let _ = e;
+            }
+        }
         self.stats.events += 1;
         // Rules see events only, never alerts: no rule can fire on an alert.
         let alerts = self.rules.process(&ev);

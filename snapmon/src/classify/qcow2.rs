@@ -1231,6 +1231,16 @@ impl Qcow2Image {
         self.map = m;
     }
 
+    /// Byte ranges whose writes matter even from QEMU: the header cluster (fields,
+    /// extensions, backing name), snapshot table, active and snapshot L1 tables, refcount
+    /// table, bitmap directory and tables, crypto header. L2 tables and refcount blocks are
+    /// left out: only untrusted writers are alerted on them.
+    pub fn metadata_ranges(&self) -> Vec<(u64, u64)> {
+        let mut v = vec![(0, self.cluster_size().max(512))];
+        v.extend(self.map.painted.iter().map(|(s, (e, _))| (*s, *e)));
+        v
+    }
+
     /// Classify a write of `len` bytes at `offset` into region spans, in
     /// offset order, adjacent bytes of one region coalesced.
     pub fn classify(&self, offset: u64, len: u64) -> Vec<RegionSpan> {
@@ -1796,6 +1806,49 @@ mod tests {
             ["header.extension.feature_names"]
         );
         assert_eq!(labels(&img.classify(65536 - 8, 8)), ["header.padding"]);
+    }
+
+    #[test]
+    fn filter_ranges_cover_every_table_but_not_l2_refblocks_or_data() {
+        let d = TmpDir::new("ranges");
+        let p = d.s("a.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            &p,
+            "64M",
+        ]);
+        qemu_img(&["snapshot", "-c", "s1", &p]);
+        let img = load(&d.path("a.qcow2"));
+        let r = crate::classify::filter::fit(img.metadata_ranges(), snapmon_common::FILTER_RANGES);
+        let covered = |o: u64| r.iter().any(|(s, e)| *s <= o && o < *e);
+        let h = &img.header;
+        let cs = img.cluster_size();
+        for o in [
+            0,
+            60,
+            112,
+            cs - 1,
+            h.l1_table_offset,
+            h.refcount_table_offset,
+            h.snapshots_offset,
+        ] {
+            assert!(covered(o), "{o} not covered by {r:?}");
+        }
+        assert!(covered(img.snapshots[0].l1_table_offset));
+        let l2 = img.l2_tables();
+        assert!(
+            !l2.is_empty() && l2.iter().all(|&o| !covered(o)),
+            "{l2:?} in {r:?}"
+        );
+        assert!(img.refcount_blocks().iter().all(|&o| !covered(o)));
+        let mut f = std::fs::File::open(d.path("a.qcow2")).unwrap();
+        let data = img.allocated_data_clusters(&mut f, 64);
+        assert!(data.len() > 16 && data.iter().all(|&o| !covered(o)));
     }
 
     #[test]
