@@ -320,7 +320,9 @@ impl Classifier {
                 let mut unparseable = false;
                 let writes_bytes = ev.action != "truncate" && len > 0;
                 let full_sample = w.data.len() as u64 == w.length;
-                if off < header_end && writes_bytes {
+                // A field rewritten with the value it has: nothing to diff or re-read.
+                let noop = full_sample && sh.is_noop_write(off, &w.data);
+                if off < header_end && writes_bytes && !noop {
                     let before = sh.image.clone();
                     // Exact and race-free: the bytes written (first DATA_LEN of them), applied.
                     let patch = (!w.data.is_empty())
