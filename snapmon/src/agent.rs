@@ -197,6 +197,12 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     if emit(&sinks, Record::State(started)).is_err() {
         return Ok(());
     }
+    // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
+    // process in /proc; that memory is free now but still held by the allocator.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
