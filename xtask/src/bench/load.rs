@@ -293,7 +293,9 @@ pub fn step(
     }
     let n_writes: u64 = writes.iter().map(|w| w.1.len() as u64).sum();
     let n_alerts: u64 = per_pid_al.iter().map(|v| v.len() as u64).sum();
-    let use_alerts = n_alerts > 0;
+    // Latency to the alert only when every write raised one; rules dedupe repeats (one
+    // alert per writer and file), and then the per-write record is the event.
+    let use_alerts = n_alerts > 0 && n_alerts == n_writes;
     let recs = if use_alerts { &per_pid_al } else { &per_pid_ev };
     let delivered: u64 = recs.iter().map(|v| v.len() as u64).sum();
     let zero_loss = delivered == n_writes && lost_kernel == 0 && lost_decoder == 0;
