@@ -218,13 +218,14 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // SAFETY: `owned` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
     let fd = unsafe { AsyncFd::register(owned) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut buf: Vec<Vec<u8>> = Vec::with_capacity(256);
     let reason;
     loop {
         tokio::select! {
             r = fd.readable() => {
                 let mut guard = r?;
                 guard.clear_ready();
-                if drain(&mut k, &mut pipe, &sinks).is_err() { return Ok(()); }
+                if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() { return Ok(()); }
             }
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
@@ -244,7 +245,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         }
     }
     // Drain what the kernel already queued, then say goodbye.
-    if drain(&mut k, &mut pipe, &sinks).is_err() {
+    if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() {
         return Ok(());
     }
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
@@ -321,28 +322,39 @@ fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {
     sinks.send(&r)
 }
 
-/// Read everything queued, handling each record in place (no copy out of the ring), and
-/// hand owned records to the sinks (no clone per record).
-fn drain(k: &mut Kernel, pipe: &mut Pipeline, sinks: &SinkSet) -> Result<(), BrokenPipe> {
-    while let Some(item) = k.events.next() {
-        let mut maps = KernelMaps {
-            files: &mut k.files,
-            dirs: &mut k.dirs,
-            prefixes: &mut k.prefixes,
-            write_filter: &mut k.write_filter,
-        };
-        let out = pipe.handle(&item, &mut maps);
-        // Release the ring space before the (possibly slower) sink hand-off.
-        drop(item);
-        for r in out {
-            // Kernel enforcement decisions are alerts in their own right.
-            let decision = match &r {
-                Record::Event(ev) => crate::enforce::decision_alert(ev),
-                _ => None,
+/// Read everything queued, in batches, then flush once.
+fn drain(
+    k: &mut Kernel,
+    pipe: &mut Pipeline,
+    sinks: &SinkSet,
+    buf: &mut Vec<Vec<u8>>,
+) -> Result<(), BrokenPipe> {
+    loop {
+        buf.clear();
+        while let Some(item) = k.events.next() {
+            buf.push(item.to_vec());
+            if buf.len() >= 256 {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            break;
+        }
+        for raw in buf.iter() {
+            let mut maps = KernelMaps {
+                files: &mut k.files,
+                dirs: &mut k.dirs,
+                prefixes: &mut k.prefixes,
+                write_filter: &mut k.write_filter,
             };
-            sinks.send_owned(r)?;
-            if let Some(a) = decision {
-                sinks.send_owned(Record::Alert(Box::new(a)))?;
+            for r in pipe.handle(raw, &mut maps) {
+                sinks.send(&r)?;
+                // Kernel enforcement decisions are alerts in their own right.
+                if let Record::Event(ev) = &r {
+                    if let Some(a) = crate::enforce::decision_alert(ev) {
+                        sinks.send(&Record::Alert(Box::new(a)))?;
+                    }
+                }
             }
         }
     }

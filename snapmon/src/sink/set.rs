@@ -335,22 +335,7 @@ impl SinkSet {
     /// Hand a record to every sink whose filter takes it. Never blocks. `Err` only when
     /// stdout's reader has gone away (`snapmon run | head`): time to exit quietly.
     pub fn send(&self, r: &Record) -> Result<(), BrokenPipe> {
-        self.send_shared(r, || Arc::new(r.clone()))
-    }
-
-    /// Like [`Self::send`] for a record the caller is done with: shared, never cloned.
-    pub fn send_owned(&self, r: Record) -> Result<(), BrokenPipe> {
-        let r = Arc::new(r);
-        self.send_shared(&r, || r.clone())
-    }
-
-    fn send_shared(
-        &self,
-        r: &Record,
-        share: impl FnOnce() -> Arc<Record>,
-    ) -> Result<(), BrokenPipe> {
         self.registry.observe(r);
-        let mut share = Some(share);
         let mut shared: Option<Arc<Record>> = None;
         let mut closed = false;
         for h in &self.sinks {
@@ -365,14 +350,7 @@ impl SinkSet {
                 c.lose(Cause::SinkDead, 1);
                 continue;
             };
-            let rec = shared
-                .get_or_insert_with(|| {
-                    share
-                        .take()
-                        .map(|f| f())
-                        .unwrap_or_else(|| Arc::new(r.clone()))
-                })
-                .clone();
+            let rec = shared.get_or_insert_with(|| Arc::new(r.clone())).clone();
             c.queued.fetch_add(1, RELAXED);
             match tx.try_send(rec) {
                 Ok(()) => {}
