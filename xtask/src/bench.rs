@@ -429,12 +429,13 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
         )
         .with_context(|| format!("capacity step at {rate}/s"))?;
         println!(
-            "bench: capacity {:>7}/s → {:>9.0}/s written, {} delivered, lost {} (kernel) {} (decoder), agent {:.0}% cpu, {:.2} cpu-s/100k, RSS {:.1} MiB{}",
+            "bench: capacity {:>7}/s → {:>9.0}/s written, {} delivered, lost {} (kernel) {} (decoder) {} (sink), agent {:.0}% cpu, {:.2} cpu-s/100k, RSS {:.1} MiB{}",
             if rate == 0 { "max".into() } else { rate.to_string() },
             st.achieved_rate,
             st.delivered,
             st.lost_kernel,
             st.lost_decoder,
+            st.lost_sink,
             st.agent_cpu_pct,
             st.cpu_s_per_100k.unwrap_or(f64::NAN),
             st.rss_kib_after as f64 / 1024.0,
