@@ -514,6 +514,38 @@ pub struct EnforceEvent {
     pub aux: u64,
 }
 
+/// Byte ranges of a classified file that every write must be reported for (`WRITE_FILTER`
+/// values): writes by trusted writers that miss all of them are dropped in the kernel.
+pub const FILTER_RANGES: usize = 16;
+
+/// Half-open byte range `[start, end)`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// `WRITE_FILTER` value: which trusted writers may skip reporting, and what they may not miss.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteFilter {
+    /// `filter_actor` bits: writers whose `TRUSTED_WRITERS` value shares one may be filtered.
+    pub actors: u32,
+    /// Ranges used in `ranges` (at most FILTER_RANGES).
+    pub count: u32,
+    pub ranges: [ByteRange; FILTER_RANGES],
+}
+
+/// `TRUSTED_WRITERS` values and `WriteFilter::actors`: the policy actor groups a file
+/// format's rules trust.
+pub mod filter_actor {
+    /// `qemu`: trusted for qcow2 images.
+    pub const QEMU: u32 = 1 << 0;
+    /// `lvm`: trusted for LVM physical volumes.
+    pub const LVM: u32 = 1 << 1;
+}
+
 /// `WATCHED_DIRS` values.
 pub mod dir_flags {
     /// The directory itself is watched (recursively).
@@ -576,6 +608,7 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::AgentConfig {}
     unsafe impl aya::Pod for super::OpenStash {}
+    unsafe impl aya::Pod for super::WriteFilter {}
 }
 
 const _: () = {
@@ -605,4 +638,7 @@ const _: () = {
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);
     assert!(size_of::<EnforceEvent>() == 48 + 8 + 48 + 8);
+    assert!(size_of::<ByteRange>() == 16);
+    assert!(offset_of!(WriteFilter, ranges) == 8);
+    assert!(size_of::<WriteFilter>() == 8 + 16 * FILTER_RANGES);
 };

@@ -12,7 +12,7 @@ use snapmon_common::{deny, runtime, valid as v, EnforceEvent, EventKind, FileKey
 
 use crate::{
     emit::{fill_header, output},
-    kernel::{current_task, dentry_inode, file_inode, inode_key, is_agent, off, rk, valid},
+    kernel::{current_exe, dentry_inode, file_inode, inode_key, is_agent, off, rk, valid},
     observe, PROTECTED, RUNTIME, TRUSTED_EXES,
 };
 
@@ -21,14 +21,6 @@ const EPERM: i32 = 1;
 #[inline(always)]
 fn runtime_flags() -> u32 {
     RUNTIME.get(0).copied().unwrap_or(0)
-}
-
-/// Identity of the current task's executable (`task->mm->exe_file->f_inode`).
-#[inline(always)]
-unsafe fn current_exe() -> Option<FileKey> {
-    let mm: *const u8 = rk(current_task(), off!(task_mm))?;
-    let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
-    inode_key(file_inode(exe)?)
 }
 
 /// Decide for `op` on the object `target` (and/or its directory `dir`). Returns the LSM

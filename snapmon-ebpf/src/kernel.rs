@@ -45,6 +45,24 @@ pub unsafe fn rk<T>(base: *const u8, off: usize) -> Option<T> {
     bpf_probe_read_kernel(base.add(off) as *const T).ok()
 }
 
+/// Two 8-byte fields of one struct, `a` before `b`: with a single helper call when both are
+/// 8-byte aligned and within 32 bytes (the fdtable and inode fields on the hot path, where
+/// each `bpf_probe_read_kernel` is a large share of the per-syscall cost), else two.
+#[inline(always)]
+pub unsafe fn rk2(base: *const u8, a: usize, b: usize) -> Option<(u64, u64)> {
+    if base.is_null() {
+        return None;
+    }
+    let d = b.wrapping_sub(a);
+    if a % 8 == 0 && b % 8 == 0 && b > a && d < 32 {
+        if let Ok(w) = bpf_probe_read_kernel(base.add(a) as *const [u64; 4]) {
+            let i = (d / 8) & 3;
+            return Some((w[0], w[i]));
+        }
+    }
+    Some((rk(base, a)?, rk(base, b)?))
+}
+
 #[inline(always)]
 pub fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
@@ -58,11 +76,12 @@ pub unsafe fn fd_to_file(task: *const u8, fd: i64) -> Option<*const u8> {
     }
     let files: *const u8 = rk(task, off!(task_files))?;
     let fdt: *const u8 = rk(files, off!(files_fdt))?;
-    let max: u32 = rk(fdt, off!(fdt_max_fds))?;
-    if fd as u64 >= max as u64 {
+    let (max, fds) = rk2(fdt, off!(fdt_max_fds), off!(fdt_fd))?;
+    // `max_fds` is an unsigned int: the low half of its 8-byte slot.
+    if fd as u64 >= max & 0xffff_ffff {
         return None;
     }
-    let fds: *const *const u8 = rk(fdt, off!(fdt_fd))?;
+    let fds = fds as *const *const u8;
     if fds.is_null() {
         return None;
     }
@@ -86,8 +105,8 @@ pub unsafe fn file_inode(file: *const u8) -> Option<*const u8> {
 
 #[inline(always)]
 pub unsafe fn inode_key(inode: *const u8) -> Option<FileKey> {
-    let ino: u64 = rk(inode, off!(inode_ino))?;
-    let sb: *const u8 = rk(inode, off!(inode_sb))?;
+    let (sb, ino) = rk2(inode, off!(inode_sb), off!(inode_ino))?;
+    let sb = sb as *const u8;
     let dev: u32 = rk(sb, off!(sb_dev))?;
     Some(FileKey { dev, _pad: 0, ino })
 }
@@ -180,4 +199,12 @@ pub unsafe fn current_syscall() -> (i64, u64) {
 pub fn is_io_worker() -> bool {
     let comm = aya_ebpf::helpers::bpf_get_current_comm().unwrap_or([0; 16]);
     comm[0] == b'i' && comm[1] == b'o' && comm[2] == b'u' && comm[3] == b'-'
+}
+
+/// Identity of the current task's executable (`task->mm->exe_file->f_inode`).
+#[inline(always)]
+pub unsafe fn current_exe() -> Option<FileKey> {
+    let mm: *const u8 = rk(current_task(), off!(task_mm))?;
+    let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
+    inode_key(file_inode(exe)?)
 }

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use snapmon_common::{
     AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets, NamespaceEvent,
-    NsMark, OpenStash,
+    NsMark, OpenStash, WriteFilter,
 };
 
 /// Field offsets from the running kernel's BTF, written by the loader.
@@ -71,6 +71,18 @@ static PROTECTED: HashMap<FileKey, u32> = HashMap::with_max_entries(65536, 0);
 /// Executable identities allowed to touch protected objects.
 #[map]
 static TRUSTED_EXES: HashMap<FileKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Classified watched files → the ranges trusted writers' writes must still be reported for.
+#[map]
+static WRITE_FILTER: HashMap<FileKey, WriteFilter> = HashMap::with_max_entries(4096, 0);
+
+/// Executable identities of trusted writers → `filter_actor` bits (from the policy's actors).
+#[map]
+static TRUSTED_WRITERS: HashMap<FileKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Writes dropped by `WRITE_FILTER` (per CPU, summed by the agent).
+#[map]
+static FILTERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// ioctl cmds judged by the enforcement hook (snapshot destroy, read-only clear …).
 #[map]

@@ -1,12 +1,16 @@
 //! Write-class syscall hooks: every way bytes, size or mappings of a watched file change.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
-use snapmon_common::{write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, IOV_MAX_SUMMED};
+use snapmon_common::{
+    write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, FILTER_RANGES, IOV_MAX_SUMMED,
+};
 
 use crate::{
     emit::{copy_user, fill_header, output, sc_arg},
-    kernel::{current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched},
-    SCRATCH_WRITE,
+    kernel::{
+        current_exe, current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched,
+    },
+    FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
 use snapmon_common::valid as v;
 
@@ -59,6 +63,27 @@ unsafe fn emit_write_from(
     extra_flags: u16,
     backend: u32,
 ) {
+    // Where the write lands first: a trusted writer's write that misses every range that
+    // matters is dropped before any record is assembled.
+    let mut flags = extra_flags;
+    let size = inode_size(w.inode);
+    let offset = match pos {
+        Pos::At(p) => p,
+        Pos::Current => {
+            flags |= write_flags::POS_FROM_FILE;
+            const O_APPEND: u32 = 0o2000;
+            let fl: u32 = rk(w.file, off!(file_flags)).unwrap_or(0);
+            if fl & O_APPEND != 0 {
+                flags |= write_flags::APPEND;
+                size as i64
+            } else {
+                rk::<i64>(w.file, off!(file_pos)).unwrap_or(-1)
+            }
+        }
+    };
+    if filtered(w, op, flags, offset, len, size) {
+        return;
+    }
     let Some(ev) = SCRATCH_WRITE.get_ptr_mut(0) else {
         return;
     };
@@ -66,31 +91,79 @@ unsafe fn emit_write_from(
     fill_header(&mut ev.hdr, EventKind::FileWrite as u32);
     ev.hdr.backend = backend;
     ev.op = op as u16;
-    ev.flags = extra_flags;
+    ev.flags = flags;
     if w.is_dir {
         ev.flags |= write_flags::IS_DIR;
     }
     ev.fd = fd as i32;
     ev.file = w.key;
-    ev.size = inode_size(w.inode);
-    ev.offset = match pos {
-        Pos::At(p) => p,
-        Pos::Current => {
-            ev.flags |= write_flags::POS_FROM_FILE;
-            const O_APPEND: u32 = 0o2000;
-            let fl: u32 = rk(w.file, off!(file_flags)).unwrap_or(0);
-            if fl & O_APPEND != 0 {
-                ev.flags |= write_flags::APPEND;
-                ev.size as i64
-            } else {
-                rk::<i64>(w.file, off!(file_pos)).unwrap_or(-1)
-            }
-        }
-    };
+    ev.size = size;
+    ev.offset = offset;
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
     output(ev);
+}
+
+/// In-kernel filter: is this a write by a trusted writer of the file's format that stays
+/// inside the file and misses every range its classifier published (`WRITE_FILTER`)?
+/// Growth, truncation, punching, mappings, copies and partial lengths are never filtered.
+#[inline(always)]
+unsafe fn filtered(w: &Watched, op: WriteOp, flags: u16, offset: i64, len: u64, size: u64) -> bool {
+    if !matches!(
+        op,
+        WriteOp::Write
+            | WriteOp::Pwrite
+            | WriteOp::Writev
+            | WriteOp::Pwritev
+            | WriteOp::Pwritev2
+            | WriteOp::IoUringWrite
+            | WriteOp::IoUringWritev
+            | WriteOp::IoUringWriteFixed
+            | WriteOp::AioPwrite
+            | WriteOp::AioPwritev
+    ) || w.is_dir
+        || flags & (write_flags::LEN_PARTIAL | write_flags::APPEND) != 0
+        || offset < 0
+        || len == 0
+    {
+        return false;
+    }
+    let Some(f) = WRITE_FILTER.get_ptr(&w.key) else {
+        return false;
+    };
+    let start = offset as u64;
+    let end = start.wrapping_add(len);
+    if end < start || end > size {
+        return false;
+    }
+    if !valid(v::ARGS) {
+        return false;
+    }
+    let Some(exe) = current_exe() else {
+        return false;
+    };
+    let Some(groups) = TRUSTED_WRITERS.get(&exe) else {
+        return false;
+    };
+    let f = &*f;
+    if *groups & f.actors == 0 {
+        return false;
+    }
+    let n = f.count;
+    for i in 0..FILTER_RANGES {
+        if i as u32 >= n {
+            break;
+        }
+        let r = &f.ranges[i];
+        if start < r.end && end > r.start {
+            return false;
+        }
+    }
+    if let Some(c) = FILTERED.get_ptr_mut(0) {
+        *c += 1;
+    }
+    true
 }
 
 /// Emit a write found by the VFS backend (no user buffer to sample).

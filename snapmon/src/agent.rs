@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::json;
-use snapmon_common::FileKey;
+use snapmon_common::{FileKey, WriteFilter};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use crate::{
@@ -28,6 +28,7 @@ pub struct KernelMaps<'a> {
     pub files: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: &'a mut BpfHashMap<MapData, u64, u32>,
+    pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
 }
 
 impl WatchMaps for KernelMaps<'_> {
@@ -46,6 +47,19 @@ impl WatchMaps for KernelMaps<'_> {
         self.prefixes
             .insert(hash, 1, 0)
             .map_err(|e| format!("watched-prefix map: {e}"))
+    }
+    fn set_write_filter(&mut self, key: FileKey, f: Option<&WriteFilter>) -> Result<(), String> {
+        match f {
+            Some(f) => self
+                .write_filter
+                .insert(key, *f, 0)
+                .map_err(|e| format!("write-filter map: {e}")),
+            // Already absent is fine: withdrawing is idempotent.
+            None => {
+                let _ = self.write_filter.remove(&key);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -140,6 +154,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             files: &mut k.files,
             dirs: &mut k.dirs,
             prefixes: &mut k.prefixes,
+            write_filter: &mut k.write_filter,
         };
         register(&opts.policy, &opts.extra_watch, &mut maps)?
     };
@@ -163,6 +178,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         .collect();
     pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
     pipe.enricher.process_events = opts.policy.agent.process_events;
+    // Writers the kernel may filter on classified files (their metadata writes still arrive).
+    loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
+        .context("loading trusted writers into the kernel")?;
 
     let started = StateRecord {
         action: "started",
@@ -208,6 +226,12 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     if emit(&sinks, Record::State(started)).is_err() {
         return Ok(());
     }
+    // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
+    // process in /proc; that memory is free now but still held by the allocator.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -217,6 +241,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(opts.status_interval);
     let mut last_lost = k.lost_counts();
     let mut last_stats = Instant::now();
+    let mut last_filtered = 0u64;
     // A dup of the ring buffer fd: epoll watches the same open file, and the borrow of
     // `k` stays free for draining.
     let owned = k.events.as_fd().try_clone_to_owned()?;
@@ -234,6 +259,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
+                if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
                 if opts.stats_interval.is_some_and(|d| last_stats.elapsed() >= d) {
                     last_stats = Instant::now();
@@ -262,7 +288,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let hooks = registry.hook_runs().unwrap_or_default().to_json();
     let stopped = StateRecord {
         action: "stopped",
-        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats(), "hooks": hooks}),
+        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats(), "hooks": hooks,
+                       "kernel": {"filtered_writes": k.filtered_count()}}),
     };
     let _ = emit(&sinks, Record::State(stopped));
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
@@ -305,6 +332,11 @@ fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord
     }
     if let Err(e) = pipe.reload(policy) {
         return failed(e);
+    }
+    if let Err(e) =
+        loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
+    {
+        eprintln!("snapmon: reload: trusted writers not updated: {e}");
     }
     let enforcement = if k.lsm {
         match k.reapply_enforcement(plan.as_ref(), enf.dry_run) {
@@ -381,6 +413,7 @@ fn drain(
                 files: &mut k.files,
                 dirs: &mut k.dirs,
                 prefixes: &mut k.prefixes,
+                write_filter: &mut k.write_filter,
             };
             for r in pipe.handle(raw, &mut maps) {
                 sinks.send(&r)?;
@@ -394,6 +427,26 @@ fn drain(
         }
     }
     Ok(())
+}
+
+/// Trusted writes dropped in the kernel since the last tick, when there were any.
+fn report_filtered(
+    k: &Kernel,
+    last: &mut u64,
+    pipe: &Pipeline,
+    sinks: &SinkSet,
+) -> Result<(), BrokenPipe> {
+    let now = k.filtered_count();
+    if now == *last {
+        return Ok(());
+    }
+    let rec = MetricRecord {
+        action: "filtered",
+        detail: json!({"kernel_writes": now - *last, "kernel_total": now,
+                       "files": pipe.classifier.filters_published()}),
+    };
+    *last = now;
+    emit(sinks, Record::Metric(rec))
 }
 
 fn report_loss(

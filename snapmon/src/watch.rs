@@ -102,6 +102,14 @@ pub trait WatchMaps {
     fn add_file(&mut self, key: FileKey) -> Result<(), String>;
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String>;
     fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
+    /// Publish (or with None withdraw) the in-kernel write filter of a classified file.
+    fn set_write_filter(
+        &mut self,
+        _key: FileKey,
+        _filter: Option<&snapmon_common::WriteFilter>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Default, Debug)]
@@ -109,6 +117,7 @@ pub struct MemMaps {
     pub files: HashSet<FileKey>,
     pub dirs: HashMap<FileKey, u32>,
     pub prefixes: HashSet<u64>,
+    pub filters: HashMap<FileKey, snapmon_common::WriteFilter>,
 }
 
 impl WatchMaps for MemMaps {
@@ -122,6 +131,17 @@ impl WatchMaps for MemMaps {
     }
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
         self.prefixes.insert(hash);
+        Ok(())
+    }
+    fn set_write_filter(
+        &mut self,
+        key: FileKey,
+        filter: Option<&snapmon_common::WriteFilter>,
+    ) -> Result<(), String> {
+        match filter {
+            Some(f) => self.filters.insert(key, *f),
+            None => self.filters.remove(&key),
+        };
         Ok(())
     }
 }

@@ -374,3 +374,96 @@ fn qemu_img_from_a_non_admin_users_shell_is_an_unusual_lineage() {
     let loud = quiet_about("SM-L001", &root_img);
     assert!(loud.is_empty(), "{loud:#?}");
 }
+
+/// Highest in-kernel filtered-write total the agent has reported so far.
+fn filtered_total() -> u64 {
+    agent()
+        .records()
+        .iter()
+        .filter(|v| v["event"]["action"] == "filtered")
+        .filter_map(|v| v["snapmon"]["metric"]["kernel_total"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn is_write_by(v: &Value, pid: u32) -> bool {
+    v["event"]["kind"] == "event" && v["process"]["pid"] == pid && v["snapmon"]["write"].is_object()
+}
+
+#[test]
+fn trusted_data_writes_are_dropped_in_the_kernel_but_metadata_and_untrusted_writes_arrive() {
+    let d = dir("filter");
+    let img = d.join("vm1.qcow2");
+    let s = img.to_str().unwrap();
+    // Preallocated metadata and no snapshot yet: guest writes overwrite allocated clusters in
+    // place (no copy-on-write, no growth), so only data clusters are written.
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            s,
+            "16M",
+        ],
+    );
+    agent().settle(Duration::from_millis(600), |_| false);
+    let before = filtered_total();
+
+    // (a) QEMU writing guest data: counted in the kernel, no events.
+    let b = run(
+        "qemu-img",
+        &[
+            "bench", "-w", "-c", "300", "-s", "4096", "-S", "8192", "-o", "4194304", s,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while filtered_total() < before + 300 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        filtered_total() >= before + 300,
+        "filtered {} → {}",
+        before,
+        filtered_total()
+    );
+    let leaked: Vec<String> = agent()
+        .records()
+        .into_iter()
+        .filter(|v| is_write_by(v, b.pid))
+        .map(|v| {
+            format!(
+                "{}+{}",
+                v["snapmon"]["write"]["offset"], v["snapmon"]["write"]["length"]
+            )
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "trusted data writes reported: {leaked:?}"
+    );
+
+    // (b) QEMU's header writes still arrive with their diff …
+    let c = run("qemu-img", &["snapshot", "-c", "s1", s]);
+    let hdr = agent().wait_for(WITHIN, |v| {
+        is_write_by(v, c.pid)
+            && v["snapmon"]["classification"]["changes"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["field"] == "nb_snapshots"))
+    });
+    assert!(hdr.is_some(), "no header write from the trusted snapshot");
+    // … and an untrusted writer is never filtered: its data write arrives, its header write alerts.
+    let p = python(&format!(
+        "import os; fd=os.open({s:?}, os.O_RDWR); os.pwrite(fd, b'x'*4096, 4194304)"
+    ));
+    let data = agent().wait_for(WITHIN, |v| is_write_by(v, p.pid));
+    assert!(data.is_some(), "untrusted data write filtered");
+    let h = python(&format!(
+        "import os; fd=os.open({s:?}, os.O_RDWR); os.pwrite(fd, (0).to_bytes(4,'big'), 60)"
+    ));
+    let a = expect_alert("SM-Q002", Some(h.pid), &img);
+    assert!(message(&a).contains("nb_snapshots 1→0"), "{}", message(&a));
+}

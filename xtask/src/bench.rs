@@ -209,6 +209,33 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The embedded default policy with fio in the `qemu` actor group: fio stands in for the
+/// VM's QEMU as the trusted writer of the watched image.
+fn bench_policy(dir: &Path) -> anyhow::Result<PathBuf> {
+    const DEFAULT: &str = include_str!("../../snapmon/default-policy.toml");
+    let fio = which("fio").context("fio not found")?;
+    let anchor = "\"/usr/bin/qemu-img\",";
+    if !DEFAULT.contains(anchor) {
+        bail!("default policy has no qemu-img entry to add fio next to");
+    }
+    let text = DEFAULT.replacen(
+        anchor,
+        &format!("{anchor}\n  {:?},", fio.display().to_string()),
+        1,
+    );
+    let p = dir.join("bench-policy.toml");
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
 fn overhead(
     a: &Args,
     bin: &Path,
@@ -256,8 +283,13 @@ fn overhead(
             let mut skip = None;
             match config {
                 "snapmon" => {
-                    let ag_ =
-                        agent::Agent::start(bin, &[&store], &agent_out, &dir.join("agent.log"))?;
+                    let ag_ = agent::Agent::start(
+                        bin,
+                        &bench_policy(dir)?,
+                        &[&store],
+                        &agent_out,
+                        &dir.join("agent.log"),
+                    )?;
                     res.startup.push(Startup {
                         phase: format!("overhead rep {rep}"),
                         wall_s: ag_.startup.as_secs_f64(),
@@ -359,7 +391,13 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
         images.push(p);
     }
     let out = dir.join("capacity.jsonl");
-    let mut ag = agent::Agent::start(bin, &[&store], &out, &dir.join("agent-cap.log"))?;
+    let mut ag = agent::Agent::start(
+        bin,
+        &bench_policy(dir)?,
+        &[&store],
+        &out,
+        &dir.join("agent-cap.log"),
+    )?;
     res.startup.push(Startup {
         phase: "capacity".into(),
         wall_s: ag.startup.as_secs_f64(),
@@ -391,12 +429,13 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
         )
         .with_context(|| format!("capacity step at {rate}/s"))?;
         println!(
-            "bench: capacity {:>7}/s → {:>9.0}/s written, {} delivered, lost {} (kernel) {} (decoder), agent {:.0}% cpu, {:.2} cpu-s/100k, RSS {:.1} MiB{}",
+            "bench: capacity {:>7}/s → {:>9.0}/s written, {} delivered, lost {} (kernel) {} (decoder) {} (sink), agent {:.0}% cpu, {:.2} cpu-s/100k, RSS {:.1} MiB{}",
             if rate == 0 { "max".into() } else { rate.to_string() },
             st.achieved_rate,
             st.delivered,
             st.lost_kernel,
             st.lost_decoder,
+            st.lost_sink,
             st.agent_cpu_pct,
             st.cpu_s_per_100k.unwrap_or(f64::NAN),
             st.rss_kib_after as f64 / 1024.0,

@@ -1394,6 +1394,33 @@ fn overlaps(w_start: u64, w_end: u64, start: u64, end: u64) -> bool {
 /// sectors 0..3, mda header at 4 KiB, text up to 1 MiB, data from 1 MiB.
 /// lvm2 writes through bcache from offset 0, so one write usually spans
 /// several regions (e.g. 4608 bytes at 0 = label + mda header).
+/// Byte ranges of a PV whose writes matter to the rules even from LVM itself: the label
+/// sectors and every metadata area (header and text), as `classify_pv_write` sees them.
+pub fn pv_metadata_ranges(label: Option<&PvLabel>, mda: Option<&MdaHeader>) -> Vec<(u64, u64)> {
+    let sector = SECTOR_SIZE as u64;
+    let hdr = MDA_HEADER_SIZE as u64;
+    let mut out = vec![(0, LABEL_SCAN_SECTORS as u64 * sector)];
+    if let Some(l) = label {
+        out.push((l.label_offset(), l.label_offset().saturating_add(sector)));
+    }
+    let mut areas: Vec<(u64, u64)> = Vec::new();
+    if let Some(m) = mda {
+        areas.push((m.start, m.size));
+    }
+    if let Some(l) = label {
+        areas.extend(l.metadata_areas.iter().map(|a| (a.offset, a.size)));
+    }
+    if areas.is_empty() {
+        areas.push((DEFAULT_MDA_START, DEFAULT_PE_START - DEFAULT_MDA_START));
+    }
+    out.extend(
+        areas
+            .into_iter()
+            .map(|(s, size)| (s, s.saturating_add(size.max(hdr)))),
+    );
+    out
+}
+
 pub fn classify_pv_write(
     label: Option<&PvLabel>,
     mda: Option<&MdaHeader>,
@@ -1474,6 +1501,26 @@ pub fn classify_pv_write(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn filter_ranges_are_the_label_sectors_and_metadata_areas() {
+        // Nothing decoded: the scan sectors and lvm2's default area.
+        assert_eq!(
+            pv_metadata_ranges(None, None),
+            vec![(0, 2048), (DEFAULT_MDA_START, DEFAULT_PE_START)]
+        );
+        let m = MdaHeader {
+            checksum: 0,
+            checksum_computed: 0,
+            checksum_ok: true,
+            version: 1,
+            start: 4096,
+            size: 1 << 20,
+            raw_locns: vec![],
+        };
+        let r = pv_metadata_ranges(None, Some(&m));
+        assert!(r.contains(&(4096, 4096 + (1 << 20))), "{r:?}");
+    }
     use super::*;
 
     const FX_SEQ2: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno2.bin");

@@ -1,6 +1,7 @@
 //! Classify stage: format intelligence. Works out what each event touched (a qcow2 header
 //! field, the snapshot table, LVM metadata, a device-mapper table load …) and the diff.
 
+pub mod filter;
 pub mod inspect;
 pub mod ioctl;
 pub mod libvirt;
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::event::Event;
 pub use qcow2::FieldChange as Change;
+use snapmon_common::{filter_actor, FileKey, WriteFilter};
 
 /// What the classify stage attaches to an event.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -104,6 +106,32 @@ pub struct Classifier {
     state: HashMap<(u32, u64), FileState>,
     order: std::collections::VecDeque<(u32, u64)>,
     pub stats: ClassifyStats,
+    /// In-kernel write filters as last published, per file.
+    published: HashMap<(u32, u64), WriteFilter>,
+    /// Filter changes not yet applied to the kernel map (None: withdraw).
+    filter_updates: Vec<(FileKey, Option<WriteFilter>)>,
+}
+
+/// Queue `f` for the kernel if it differs from what the file has now.
+fn publish(
+    published: &mut HashMap<(u32, u64), WriteFilter>,
+    updates: &mut Vec<(FileKey, Option<WriteFilter>)>,
+    key: (u32, u64),
+    f: Option<WriteFilter>,
+) {
+    let fk = FileKey {
+        dev: key.0,
+        _pad: 0,
+        ino: key.1,
+    };
+    match f {
+        Some(f) if published.get(&key) != Some(&f) => {
+            published.insert(key, f);
+            updates.push((fk, Some(f)));
+        }
+        None if published.remove(&key).is_some() => updates.push((fk, None)),
+        _ => {}
+    }
 }
 
 fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
@@ -262,6 +290,8 @@ impl Classifier {
             state: HashMap::new(),
             order: Default::default(),
             stats: ClassifyStats::default(),
+            published: HashMap::new(),
+            filter_updates: Vec::new(),
         }
     }
 
@@ -271,6 +301,8 @@ impl Classifier {
             while self.order.len() > MAX_SHADOWS {
                 if let Some(old) = self.order.pop_front() {
                     self.state.remove(&old);
+                    // Nothing left to keep its ranges current: report all its writes again.
+                    publish(&mut self.published, &mut self.filter_updates, old, None);
                 }
             }
         }
@@ -371,9 +403,13 @@ impl Classifier {
                     ));
                 }
                 let header_end = sh.raw.len() as u64;
+                let mut reread = false;
+                let mut unparseable = false;
                 let writes_bytes = ev.action != "truncate" && len > 0;
                 let full_sample = w.data.len() as u64 == w.length;
-                if off < header_end && writes_bytes {
+                // A field rewritten with the value it has: nothing to diff or re-read.
+                let noop = full_sample && sh.is_noop_write(off, &w.data);
+                if off < header_end && writes_bytes && !noop {
                     let before = sh.image.clone();
                     // Exact and race-free: the bytes written (first DATA_LEN of them), applied.
                     let patch = (!w.data.is_empty())
@@ -389,6 +425,7 @@ impl Classifier {
                     if !absorbed {
                         // Pointers moved or the write was larger than the sample: re-read.
                         self.stats.refreshes += 1;
+                        reread = true;
                         q.pending_table = None;
                         let (old_off, old_len) =
                             (before.header.snapshots_offset, before.snapshot_table_len);
@@ -414,9 +451,20 @@ impl Classifier {
                                 }
                                 *sh = new;
                             }
-                            Err(e) => c.facts.push(("header_unparseable".into(), e.to_string())),
+                            Err(e) => {
+                                unparseable = true;
+                                c.facts.push(("header_unparseable".into(), e.to_string()))
+                            }
                         }
                     }
+                }
+                // Ranges move only with the header: recompute when it changed (or on the
+                // file's first event, after the rules have seen one write of it).
+                if unparseable {
+                    publish(&mut self.published, &mut self.filter_updates, key, None);
+                } else if reread || !c.changes.is_empty() || !self.published.contains_key(&key) {
+                    let f = filter::to_wire(filter_actor::QEMU, sh.image.metadata_ranges());
+                    publish(&mut self.published, &mut self.filter_updates, key, Some(f));
                 }
             }
             FileState::Lvm(l) => {
@@ -438,9 +486,17 @@ impl Classifier {
                         l.label = lvm::parse_label(&head).ok();
                         l.mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
                     }
+                    let r = lvm::pv_metadata_ranges(l.label.as_ref(), l.mda.as_ref());
+                    let f = filter::to_wire(filter_actor::LVM, r);
+                    publish(&mut self.published, &mut self.filter_updates, key, Some(f));
+                } else if !self.published.contains_key(&key) {
+                    let r = lvm::pv_metadata_ranges(l.label.as_ref(), l.mda.as_ref());
+                    let f = filter::to_wire(filter_actor::LVM, r);
+                    publish(&mut self.published, &mut self.filter_updates, key, Some(f));
                 }
             }
             FileState::Other => {
+                publish(&mut self.published, &mut self.filter_updates, key, None);
                 // A file that becomes qcow2/LVM (creation) is picked up on its header write.
                 if off < 4096 {
                     self.state.remove(&key);
@@ -455,6 +511,16 @@ impl Classifier {
             }
         }
         Some(c)
+    }
+
+    /// Write-filter changes for the kernel since the last call, in order.
+    pub fn take_filter_updates(&mut self) -> Vec<(FileKey, Option<WriteFilter>)> {
+        std::mem::take(&mut self.filter_updates)
+    }
+
+    /// Files with a published write filter.
+    pub fn filters_published(&self) -> usize {
+        self.published.len()
     }
 
     /// Load shadows for files that already exist, so the first change to them diffs
@@ -481,6 +547,12 @@ impl Classifier {
     /// Forget a file's shadow (unlinked, or replaced by rename).
     pub fn forget(&mut self, dev: u32, ino: u64) {
         self.state.remove(&(dev, ino));
+        publish(
+            &mut self.published,
+            &mut self.filter_updates,
+            (dev, ino),
+            None,
+        );
         self.stats.shadows = self.state.len();
     }
 }
@@ -725,5 +797,62 @@ mod lvm_refresh_tests {
         assert!(text.iter().any(|c| c.contains("data2")), "{text:?}");
         assert_eq!(vg.seqno, 3);
         let _ = std::fs::remove_file(&p);
+    }
+}
+
+#[cfg(test)]
+mod filter_publishing {
+    use super::qcow2::testutil::{qemu_img, TmpDir};
+    use super::*;
+    use crate::event::{FileInfo, WriteInfo};
+
+    fn write_ev(action: &'static str, off: i64, data: &[u8], ino: u64) -> Event {
+        Event {
+            action,
+            file: Some(FileInfo {
+                dev: 7,
+                ino,
+                ..Default::default()
+            }),
+            write: Some(WriteInfo {
+                op: action,
+                offset: off,
+                length: data.len() as u64,
+                data: data.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn qcow2_ranges_are_published_on_first_sight_moved_with_the_header_and_withdrawn() {
+        let d = TmpDir::new("publish");
+        let p = d.path("a.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", &d.s("a.qcow2"), "64M"]);
+        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        // First write seen: published for QEMU with the header cluster in it.
+        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        let u = c.take_filter_updates();
+        assert_eq!(u.len(), 1, "{u:?}");
+        let f = u[0].1.expect("published");
+        assert_eq!(f.actors, filter_actor::QEMU);
+        assert_eq!(f.ranges[0].start, 0);
+        // Data again: nothing new. Same header bytes rewritten: nothing new either.
+        c.classify(&write_ev("pwrite64", 2 << 20, &[0; 512], 1), Some(&p));
+        assert!(c.take_filter_updates().is_empty());
+        // QEMU adds a snapshot: the table appears, the header changes, ranges are re-published.
+        qemu_img(&["snapshot", "-c", "s1", &d.s("a.qcow2")]);
+        let head = std::fs::read(&p).unwrap()[..104].to_vec();
+        c.classify(&write_ev("pwrite64", 0, &head, 1), Some(&p));
+        let u = c.take_filter_updates();
+        let g = u.last().and_then(|x| x.1).expect("re-published");
+        assert!(g.count > f.count || g.ranges != f.ranges, "{f:?} → {g:?}");
+        // Unlinked: withdrawn, so a reused inode number is never filtered by stale ranges.
+        let mut un = write_ev("unlink", 0, &[], 1);
+        un.write = None;
+        c.classify(&un, Some(&p));
+        let u = c.take_filter_updates();
+        assert!(matches!(u.as_slice(), [(k, None)] if k.ino == 1), "{u:?}");
     }
 }

@@ -1163,6 +1163,21 @@ impl Qcow2Image {
     }
 
     fn rebuild_map(&mut self) {
+        self.paint_map();
+        self.map.refblocks = self.refcount_blocks();
+        self.map.l2 = self.l2_tables();
+    }
+
+    /// Repaint the header-derived extents; the L2 and refcount-block sets are kept.
+    fn rebuild_map_keeping_tables(&mut self) {
+        let refblocks = std::mem::take(&mut self.map.refblocks);
+        let l2 = std::mem::take(&mut self.map.l2);
+        self.paint_map();
+        self.map.refblocks = refblocks;
+        self.map.l2 = l2;
+    }
+
+    fn paint_map(&mut self) {
         let h = &self.header;
         let cs = h.cluster_size();
         let mut m = RegionMap {
@@ -1226,9 +1241,17 @@ impl Qcow2Image {
             let (s, e) = clus(b.table_offset, u64::from(b.table_size) * 8);
             m.paint(s, e, Region::Bitmap);
         }
-        m.refblocks = self.refcount_blocks();
-        m.l2 = self.l2_tables();
         self.map = m;
+    }
+
+    /// Byte ranges whose writes matter even from QEMU: the header cluster (fields,
+    /// extensions, backing name), snapshot table, active and snapshot L1 tables, refcount
+    /// table, bitmap directory and tables, crypto header. L2 tables and refcount blocks are
+    /// left out: only untrusted writers are alerted on them.
+    pub fn metadata_ranges(&self) -> Vec<(u64, u64)> {
+        let mut v = vec![(0, self.cluster_size().max(512))];
+        v.extend(self.map.painted.iter().map(|(s, (e, _))| (*s, *e)));
+        v
     }
 
     /// Classify a write of `len` bytes at `offset` into region spans, in
@@ -1574,6 +1597,21 @@ impl Qcow2Shadow {
             && header.refcount_table_offset == self.image.header.refcount_table_offset
             && header.refcount_table_clusters == self.image.header.refcount_table_clusters
             && header.cluster_bits == self.image.header.cluster_bits;
+        // Same layout (a field rewritten in place): the region map stays valid as it is.
+        let same_layout = header == self.image.header
+            && extensions == self.image.extensions
+            && backing == self.image.backing_file
+            && patch
+                .snapshots
+                .as_ref()
+                .is_some_and(|s| s.len() == self.image.snapshots.len());
+        if same_layout {
+            return consistent;
+        }
+        let same_tables = patch
+            .snapshots
+            .as_ref()
+            .is_some_and(|s| s.len() == self.image.snapshot_l1.len());
         if let Some(s) = patch.snapshots {
             self.image.snapshot_l1.truncate(s.len());
             self.image.snapshot_table_len = s.iter().map(|e| e.entry_len).sum();
@@ -1582,8 +1620,28 @@ impl Qcow2Shadow {
         self.image.header = header;
         self.image.extensions = extensions;
         self.image.backing_file = backing;
-        self.image.rebuild_map();
+        if consistent && same_tables {
+            // L1 and refcount tables untouched: keep their (costly) cluster sets.
+            self.image.rebuild_map_keeping_tables();
+        } else {
+            self.image.rebuild_map();
+        }
         consistent
+    }
+
+    /// Would this write leave the shadow's header bytes exactly as they are (a field
+    /// rewritten with its current value)? Only when the shadow is itself consistent.
+    pub fn is_noop_write(&self, offset: u64, data: &[u8]) -> bool {
+        let Ok(o) = usize::try_from(offset) else {
+            return false;
+        };
+        let Some(end) = o.checked_add(data.len()) else {
+            return false;
+        };
+        !data.is_empty()
+            && self.raw.get(o..end) == Some(data)
+            && Qcow2Header::decode_lossy(&self.raw) == self.image.header
+            && self.image.snapshots.len() >= self.image.header.nb_snapshots as usize
     }
 
     /// Re-read the file, diff against the shadow and replace it.
@@ -1796,6 +1854,79 @@ mod tests {
             ["header.extension.feature_names"]
         );
         assert_eq!(labels(&img.classify(65536 - 8, 8)), ["header.padding"]);
+    }
+
+    #[test]
+    fn rewriting_a_field_with_its_value_is_a_noop_and_absorbing_a_change_keeps_the_map() {
+        let d = TmpDir::new("noop");
+        let p = d.s("a.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            &p,
+            "64M",
+        ]);
+        qemu_img(&["snapshot", "-c", "s1", &d.s("a.qcow2")]);
+        let mut f = std::fs::File::open(d.path("a.qcow2")).unwrap();
+        let mut sh = Qcow2Shadow::load(&mut f).unwrap();
+        let same = sh.raw[60..72].to_vec();
+        assert!(sh.is_noop_write(60, &same));
+        assert!(!sh.is_noop_write(60, &[0, 0, 0, 0]));
+        assert!(!sh.is_noop_write(u64::MAX, &same));
+        // A changed field in place (dirty bit) is absorbed without touching the table sets.
+        let l2 = sh.image.l2_tables();
+        let p = sh.apply_header_write(72, &1u64.to_be_bytes()).unwrap();
+        assert!(sh.absorb(p));
+        assert_eq!(sh.image.header.incompatible_features, 1);
+        assert_eq!(labels(&sh.image.classify(l2[0], 8)), ["l2"]);
+        assert!(!sh.is_noop_write(72, &0u64.to_be_bytes()));
+    }
+
+    #[test]
+    fn filter_ranges_cover_every_table_but_not_l2_refblocks_or_data() {
+        let d = TmpDir::new("ranges");
+        let p = d.s("a.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            &p,
+            "64M",
+        ]);
+        qemu_img(&["snapshot", "-c", "s1", &p]);
+        let img = load(&d.path("a.qcow2"));
+        let r = crate::classify::filter::fit(img.metadata_ranges(), snapmon_common::FILTER_RANGES);
+        let covered = |o: u64| r.iter().any(|(s, e)| *s <= o && o < *e);
+        let h = &img.header;
+        let cs = img.cluster_size();
+        for o in [
+            0,
+            60,
+            112,
+            cs - 1,
+            h.l1_table_offset,
+            h.refcount_table_offset,
+            h.snapshots_offset,
+        ] {
+            assert!(covered(o), "{o} not covered by {r:?}");
+        }
+        assert!(covered(img.snapshots[0].l1_table_offset));
+        let l2 = img.l2_tables();
+        assert!(
+            !l2.is_empty() && l2.iter().all(|&o| !covered(o)),
+            "{l2:?} in {r:?}"
+        );
+        assert!(img.refcount_blocks().iter().all(|&o| !covered(o)));
+        let mut f = std::fs::File::open(d.path("a.qcow2")).unwrap();
+        let data = img.allocated_data_clusters(&mut f, 64);
+        assert!(data.len() > 16 && data.iter().all(|&o| !covered(o)));
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub struct Kernel {
     pub deny_ioctls: BpfHashMap<MapData, u32, u32>,
     /// Kernel BPF run statistics for the per-hook counters.
     pub run_stats: RunStats,
+    /// Classified files → ranges trusted writers must still report (see `classify::filter`).
+    pub write_filter: BpfHashMap<MapData, FileKey, snapmon_common::WriteFilter>,
+    pub trusted_writers: BpfHashMap<MapData, FileKey, u32>,
+    pub filtered: PerCpuArray<MapData, u64>,
 }
 
 /// Whether the kernel counts runs and run time of our programs (`bpf_prog_info.run_cnt`,
@@ -366,6 +370,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let protected = BpfHashMap::try_from(take(&mut ebpf, "PROTECTED")?)?;
     let trusted = BpfHashMap::try_from(take(&mut ebpf, "TRUSTED_EXES")?)?;
     let deny_ioctls = BpfHashMap::try_from(take(&mut ebpf, "DENY_IOCTLS")?)?;
+    let write_filter = BpfHashMap::try_from(take(&mut ebpf, "WRITE_FILTER")?)?;
+    let trusted_writers = BpfHashMap::try_from(take(&mut ebpf, "TRUSTED_WRITERS")?)?;
+    let filtered = PerCpuArray::try_from(take(&mut ebpf, "FILTERED")?)?;
     let backend = match (vfs, observe) {
         (true, true) => "tracepoint+vfs+lsm",
         (true, false) => "tracepoint+vfs",
@@ -395,6 +402,9 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         trusted,
         deny_ioctls,
         run_stats,
+        write_filter,
+        trusted_writers,
+        filtered,
     })
 }
 
@@ -570,6 +580,14 @@ impl Kernel {
             .collect()
     }
 
+    /// Writes the kernel dropped as trusted writes outside every published range.
+    pub fn filtered_count(&self) -> u64 {
+        self.filtered
+            .get(&0, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Sum of per-CPU loss counters, by cause.
     pub fn lost_counts(&self) -> [u64; snapmon_common::lost::COUNT as usize] {
         let mut out = [0u64; snapmon_common::lost::COUNT as usize];
@@ -580,4 +598,21 @@ impl Kernel {
         }
         out
     }
+}
+
+/// Replace the trusted-writer identities (exe identity → `filter_actor` bits).
+pub fn set_trusted_writers(
+    map: &mut BpfHashMap<MapData, FileKey, u32>,
+    ids: &[(FileKey, u32)],
+) -> anyhow::Result<()> {
+    let old: Vec<FileKey> = map.keys().filter_map(Result::ok).collect();
+    for k in old {
+        if !ids.iter().any(|(i, _)| *i == k) {
+            let _ = map.remove(&k);
+        }
+    }
+    for (k, bits) in ids {
+        map.insert(k, bits, 0)?;
+    }
+    Ok(())
 }

@@ -294,6 +294,31 @@ impl Engine {
         self.own_pid = pid;
     }
 
+    /// Executable identities whose writes the kernel may filter, with their
+    /// `filter_actor` bits. Only groups the format rules trust by identity alone qualify:
+    /// lineage, user, unit and container constraints cannot be checked in the kernel, so a
+    /// constrained group is never filtered (its writes all reach the rules).
+    pub fn filter_writers(&self) -> Vec<(snapmon_common::FileKey, u32)> {
+        use snapmon_common::filter_actor;
+        let mut out: std::collections::BTreeMap<(u32, u64), u32> = Default::default();
+        for g in &self.actors {
+            let bit = match g.name.as_str() {
+                "qemu" => filter_actor::QEMU,
+                "lvm" => filter_actor::LVM,
+                _ => continue,
+            };
+            if g.constrained() {
+                continue;
+            }
+            for id in g.ids.keys() {
+                *out.entry(*id).or_default() |= bit;
+            }
+        }
+        out.into_iter()
+            .map(|((dev, ino), bits)| (snapmon_common::FileKey { dev, _pad: 0, ino }, bits))
+            .collect()
+    }
+
     pub fn trust_of(&self, p: &crate::event::ProcessInfo) -> Trust {
         Trust {
             groups: self

@@ -498,6 +498,15 @@ impl ActorGroup {
         ino != 0 && self.ids.contains_key(&(dev, ino))
     }
 
+    /// Trust depends on more than the identity (lineage, user, unit, container).
+    pub fn constrained(&self) -> bool {
+        !self.parent.is_empty()
+            || !self.ancestor.is_empty()
+            || !self.users.is_empty()
+            || !self.units.is_empty()
+            || self.container.is_some()
+    }
+
     /// Identity and every lineage constraint.
     pub fn trusts(&self, p: &crate::event::ProcessInfo) -> bool {
         if !self.has_identity(p.exe_dev, p.exe_ino) {

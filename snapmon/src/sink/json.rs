@@ -30,7 +30,7 @@
 //! | `snapmon.process.lineage` | `python3 ← bash ← sshd` |
 //! | `snapmon.file.path_hex`, `snapmon.file.target_path_hex` | raw path bytes in hex when the path is not valid UTF-8 |
 //! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `via` (`io_uring` for requests submitted through io_uring rather than syscalls, `lsm` for operations seen only at an LSM inode hook: through a bind mount or other alias of a watched directory, or by a kernel thread such as nfsd); for enforcement decisions `operation`, `outcome` (`denied`/`would_deny`), `protected`, `actor_exe_identity`, `aux`) |
-//! | `snapmon.state` / `snapmon.metric` | state and metric payloads: `started` lists `hooks` (program, `attached_to` or `error`, what it covers), `backend` (`tracepoint`, plus `+vfs` with the fentry write hook and `+lsm` with the LSM namespace hooks), `missing_kernel_fields`, `watch`, `roots`, `enforcement` (`active`, `dry_run`, `monitor_only`, `protected`, `trusted`), `policy`, `rule_warnings`, `startup_ms`, `hook_stats` (`enabled`, `note`: whether per-hook run counters are available); `stopped` gives final `stats`, `sinks` and `hooks` (per-program runs); `reloaded`/`reload_failed` name the policy and the error; `lost` gives counts by cause; `stats` (every `--stats-interval`) the status numbers, `hooks.programs.NAME.{attach,runs,run_ns}`, `pipeline` and `sinks` (docs/output.md) |
+//! | `snapmon.state` / `snapmon.metric` | state and metric payloads: `started` lists `hooks` (program, `attached_to` or `error`, what it covers), `backend` (`tracepoint`, plus `+vfs` with the fentry write hook and `+lsm` with the LSM namespace hooks), `missing_kernel_fields`, `watch`, `roots`, `enforcement` (`active`, `dry_run`, `monitor_only`, `protected`, `trusted`), `policy`, `rule_warnings`, `startup_ms`, `hook_stats` (`enabled`, `note`: whether per-hook run counters are available); `stopped` gives final `stats`, `sinks` and `hooks` (per-program runs); `reloaded`/`reload_failed` name the policy and the error; `lost` gives counts by cause; `filtered` counts trusted writers' writes outside every published metadata range that the kernel dropped (`kernel_writes` since the last one, `kernel_total`, `files` with a published filter), and `stopped` carries the same total as `kernel.filtered_writes`; `stats` (every `--stats-interval`) the status numbers, `hooks.programs.NAME.{attach,runs,run_ns}`, `pipeline` and `sinks` (docs/output.md) |
 //! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
 //!
 //! Loss records (`event.kind: metric`, `event.action: lost`) carry `snapmon.metric.kernel`
@@ -260,15 +260,427 @@ pub fn to_value(r: &Record, host: &str) -> Value {
     }
 }
 
+/// The same bytes `serde_json::to_vec(&to_value(r, host))` gives, written straight from the
+/// typed record: keys in the sorted order a `serde_json::Map` would give, no intermediate
+/// `Value` tree. Events and alerts are the hot path; state and metric records go the long way.
+pub fn write_record(out: &mut Vec<u8>, r: &Record, host: &str) {
+    match r {
+        Record::Event(e) => write_event(out, e, host, None),
+        Record::Alert(a) => write_event(out, &a.event, host, Some(a)),
+        _ => {
+            let _ = serde_json::to_writer(&mut *out, &to_value(r, host));
+        }
+    }
+}
+
+/// A JSON string exactly as serde_json escapes it.
+fn js(out: &mut Vec<u8>, v: &str) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// `"key":` (keys are ASCII identifiers: no escaping needed).
+fn key(out: &mut Vec<u8>, k: &str, first: &mut bool) {
+    if !std::mem::take(first) {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(k.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn num(out: &mut Vec<u8>, n: impl serde::Serialize) {
+    let _ = serde_json::to_writer(&mut *out, &n);
+}
+
+/// Any serde value through a `Value`, so its keys come out sorted like the rest.
+fn via_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let v = serde_json::to_value(v).unwrap_or(Value::Null);
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+fn write_file(out: &mut Vec<u8>, f: &FileInfo, target: Option<&Bytes>) {
+    let mut first = true;
+    out.push(b'{');
+    if f.ino != 0 {
+        key(out, "device", &mut first);
+        js(out, &dev_display(f.dev));
+    }
+    if let Some(p) = &f.path {
+        let path = p.as_path();
+        if let Some(d) = path.parent() {
+            key(out, "directory", &mut first);
+            js(out, &Bytes::from_path(d).display());
+        }
+        if f.ino != 0 {
+            key(out, "inode", &mut first);
+            out.push(b'"');
+            num(out, f.ino);
+            out.push(b'"');
+        }
+        if let Some(n) = path.file_name() {
+            key(out, "name", &mut first);
+            js(out, &Bytes(n.as_encoded_bytes().to_vec()).display());
+        }
+        key(out, "path", &mut first);
+        js(out, &p.display());
+    } else if f.ino != 0 {
+        key(out, "inode", &mut first);
+        out.push(b'"');
+        num(out, f.ino);
+        out.push(b'"');
+    }
+    if let Some(sz) = f.size {
+        key(out, "size", &mut first);
+        num(out, sz);
+    }
+    if let Some(t) = target {
+        key(out, "target_path", &mut first);
+        js(out, &t.display());
+    }
+    out.push(b'}');
+}
+
+fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::record::Alert>) {
+    let p = &e.process;
+    let mut root = true;
+    out.push(b'{');
+    key(out, "@timestamp", &mut root);
+    js(out, &rfc3339(e.ts_unix_ns));
+    if let Some(c) = &p.container_id {
+        key(out, "container", &mut root);
+        out.extend_from_slice(b"{\"id\":");
+        js(out, c);
+        out.push(b'}');
+    }
+    key(out, "event", &mut root);
+    {
+        let mut f = true;
+        out.push(b'{');
+        key(out, "action", &mut f);
+        js(out, e.action);
+        key(out, "category", &mut f);
+        out.push(b'[');
+        js(out, e.category);
+        out.push(b']');
+        key(out, "dataset", &mut f);
+        out.extend_from_slice(b"\"snapmon.");
+        // `snapmon.` + category, escaped as one string.
+        let cat = serde_json::to_string(e.category).unwrap_or_default();
+        out.extend_from_slice(&cat.as_bytes()[1..]);
+        key(out, "kind", &mut f);
+        js(out, if alert.is_some() { "alert" } else { "event" });
+        key(out, "module", &mut f);
+        js(out, "snapmon");
+        if let Some(a) = alert {
+            key(out, "reason", &mut f);
+            js(out, &a.message);
+            key(out, "risk_score", &mut f);
+            num(out, a.severity.ecs());
+        }
+        key(out, "sequence", &mut f);
+        num(out, e.seq);
+        if let Some(a) = alert {
+            key(out, "severity", &mut f);
+            num(out, a.severity.ecs());
+        }
+        key(out, "type", &mut f);
+        out.push(b'[');
+        js(out, e.ecs_type);
+        out.push(b']');
+        out.push(b'}');
+    }
+    let target = e.target.as_ref().and_then(|t| t.path.as_ref());
+    if let Some(f) = &e.file {
+        key(out, "file", &mut root);
+        write_file(out, f, target);
+    }
+    key(out, "host", &mut root);
+    out.extend_from_slice(b"{\"hostname\":");
+    js(out, host);
+    out.push(b'}');
+    if let Some(a) = alert {
+        key(out, "message", &mut root);
+        js(out, &a.message);
+    }
+    key(out, "process", &mut root);
+    {
+        let mut f = true;
+        out.push(b'{');
+        key(out, "args", &mut f);
+        out.push(b'[');
+        for (i, a) in p.args.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            js(out, &a.display());
+        }
+        out.push(b']');
+        if p.args_truncated {
+            key(out, "args_truncated", &mut f);
+            out.extend_from_slice(b"true");
+        }
+        if !p.entity_id.is_empty() {
+            key(out, "entity_id", &mut f);
+            js(out, &p.entity_id);
+        }
+        key(out, "executable", &mut f);
+        js(out, &p.executable.display());
+        key(out, "group", &mut f);
+        out.extend_from_slice(b"{\"id\":\"");
+        num(out, p.gid);
+        out.extend_from_slice(b"\"}");
+        key(out, "name", &mut f);
+        js(out, &p.name);
+        if let Some(par) = &p.parent {
+            key(out, "parent", &mut f);
+            let mut g = true;
+            out.push(b'{');
+            key(out, "entity_id", &mut g);
+            js(out, &par.entity_id);
+            key(out, "executable", &mut g);
+            js(out, &par.executable);
+            key(out, "name", &mut g);
+            js(out, &par.name);
+            key(out, "pid", &mut g);
+            num(out, par.pid);
+            out.push(b'}');
+        } else if p.ppid != 0 {
+            key(out, "parent", &mut f);
+            out.extend_from_slice(b"{\"pid\":");
+            num(out, p.ppid);
+            out.push(b'}');
+        }
+        key(out, "pid", &mut f);
+        num(out, p.pid);
+        key(out, "thread", &mut f);
+        out.extend_from_slice(b"{\"id\":");
+        num(out, p.tid);
+        out.push(b'}');
+        key(out, "user", &mut f);
+        out.extend_from_slice(b"{\"id\":\"");
+        num(out, p.uid);
+        out.extend_from_slice(b"\"}");
+        if let Some(cwd) = &p.cwd {
+            key(out, "working_directory", &mut f);
+            js(out, &cwd.display());
+        }
+        out.push(b'}');
+    }
+    if let Some(a) = alert {
+        key(out, "rule", &mut root);
+        out.extend_from_slice(b"{\"id\":");
+        js(out, &a.rule_id);
+        out.extend_from_slice(b",\"name\":");
+        js(out, &a.rule_name);
+        out.push(b'}');
+    }
+    key(out, "snapmon", &mut root);
+    {
+        let mut f = true;
+        out.push(b'{');
+        key(out, "backend", &mut f);
+        js(out, e.backend);
+        if let Some(c) = &e.classification {
+            key(out, "classification", &mut f);
+            via_value(out, c);
+        }
+        if !e.detail.is_empty() {
+            key(out, "detail", &mut f);
+            let d: Map<String, Value> = e
+                .detail
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            let _ = serde_json::to_writer(&mut *out, &d);
+        }
+        if let Some(fi) = &e.file {
+            if let Some(pth) = &fi.path {
+                if !pth.is_utf8() || pth.display().contains("\\x") {
+                    key(out, "file_path_hex", &mut f);
+                    js(out, &pth.hex());
+                }
+            }
+            if let Some(t) = target {
+                if !t.is_utf8() {
+                    key(out, "file_target_path_hex", &mut f);
+                    js(out, &t.hex());
+                }
+            }
+        }
+        if let Some(i) = &e.ioctl {
+            key(out, "ioctl", &mut f);
+            let mut ij = json!({"cmd": format!("{:#010x}", i.cmd), "arg": format!("{:#x}", i.arg), "arg_captured": i.arg_data.len()});
+            if let Some(c) = &e.classification {
+                if let Some(n) = &c.ioctl_name {
+                    ij["name"] = json!(n);
+                }
+                if let Some(d) = &c.ioctl {
+                    ij["decoded"] = d.clone();
+                }
+            }
+            let _ = serde_json::to_writer(&mut *out, &ij);
+        }
+        key(out, "process", &mut f);
+        {
+            let mut g = true;
+            out.push(b'{');
+            key(out, "ancestors", &mut g);
+            out.push(b'[');
+            for (i, a) in p.ancestors.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let mut h = true;
+                out.push(b'{');
+                if !a.entity_id.is_empty() {
+                    key(out, "entity_id", &mut h);
+                    js(out, &a.entity_id);
+                }
+                key(out, "executable", &mut h);
+                js(out, &a.executable);
+                key(out, "name", &mut h);
+                js(out, &a.name);
+                key(out, "pid", &mut h);
+                num(out, a.pid);
+                out.push(b'}');
+            }
+            out.push(b']');
+            if p.exe_ino != 0 {
+                key(out, "executable_identity", &mut g);
+                out.extend_from_slice(b"{\"device\":");
+                js(out, &dev_display(p.exe_dev));
+                out.extend_from_slice(b",\"inode\":\"");
+                num(out, p.exe_ino);
+                out.extend_from_slice(b"\"}");
+            }
+            key(out, "lineage", &mut g);
+            js(out, &p.lineage());
+            if let Some(u) = &p.systemd_unit {
+                key(out, "systemd_unit", &mut g);
+                js(out, u);
+            }
+            if p.vm_name.is_some() || p.vm_uuid.is_some() {
+                key(out, "vm", &mut g);
+                let _ = serde_json::to_writer(
+                    &mut *out,
+                    &json!({"name": p.vm_name, "uuid": p.vm_uuid}),
+                );
+            }
+            out.push(b'}');
+        }
+        if let Some(a) = alert {
+            if !a.related_seq.is_empty() {
+                key(out, "related_sequence", &mut f);
+                let _ = serde_json::to_writer(&mut *out, &a.related_seq);
+            }
+        }
+        key(out, "schema_version", &mut f);
+        num(out, SCHEMA_VERSION);
+        if let Some(a) = alert {
+            key(out, "severity", &mut f);
+            js(out, a.severity.as_str());
+        }
+        if let Some(w) = &e.write {
+            key(out, "write", &mut f);
+            let mut g = true;
+            out.push(b'{');
+            key(out, "length", &mut g);
+            num(out, w.length);
+            key(out, "length_partial", &mut g);
+            out.extend_from_slice(if w.length_partial { b"true" } else { b"false" });
+            if !w.mode.is_empty() {
+                key(out, "mode", &mut g);
+                let _ = serde_json::to_writer(&mut *out, &w.mode);
+            }
+            key(out, "offset", &mut g);
+            num(out, w.offset);
+            key(out, "offset_from_fpos", &mut g);
+            out.extend_from_slice(if w.offset_from_fpos {
+                b"true"
+            } else {
+                b"false"
+            });
+            key(out, "op", &mut g);
+            js(out, w.op);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+    if let Some(a) = alert {
+        key(out, "threat", &mut root);
+        out.extend_from_slice(b"{\"framework\":\"MITRE ATT&CK\",\"technique\":{\"id\":");
+        let _ = serde_json::to_writer(&mut *out, &a.technique);
+        out.extend_from_slice(b"}}");
+    }
+    out.push(b'}');
+}
+
 /// Write one record as a line.
 pub fn write_line(w: &mut dyn Write, r: &Record, host: &str) -> std::io::Result<()> {
-    let v = to_value(r, host);
-    serde_json::to_writer(&mut *w, &v)?;
-    w.write_all(b"\n")
+    let mut out = Vec::with_capacity(2048);
+    write_record(&mut out, r, host);
+    out.push(b'\n');
+    w.write_all(&out)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn direct_writer_gives_the_bytes_of_the_value_tree() {
+        use crate::sink::fixtures;
+        let mut recs = vec![
+            Record::Event(fixtures::event(1)),
+            fixtures::alert(2, crate::record::Severity::Critical),
+        ];
+        // Every optional part present, and bytes that need escaping.
+        let mut e = fixtures::event(3);
+        e.process.container_id = Some("c\"1".into());
+        e.process.systemd_unit = Some("x.service".into());
+        e.process.vm_name = Some("vm".into());
+        e.process.cwd = Some(Bytes(b"/r\xff".to_vec()));
+        e.process.args_truncated = true;
+        e.process.parent = None;
+        e.process.ppid = 9;
+        e.process.ancestors.push(crate::event::Ancestor {
+            pid: 1,
+            name: "init".into(),
+            executable: "/sbin/init".into(),
+            entity_id: String::new(),
+        });
+        e.detail.push(("why", "because".into()));
+        if let Some(f) = &mut e.file {
+            f.path = Some(Bytes(b"/s/a\x01\xfe.qcow2".to_vec()));
+            f.size = None;
+        }
+        e.target = Some(FileInfo {
+            path: Some(Bytes(b"/s/\xff".to_vec())),
+            ..Default::default()
+        });
+        if let Some(w) = &mut e.write {
+            w.mode = vec!["punch_hole", "keep_size"];
+            w.offset = -1;
+        }
+        e.ioctl = Some(crate::event::IoctlRaw {
+            cmd: 0x1234,
+            arg: 7,
+            arg_data: vec![1, 2],
+        });
+        recs.push(Record::Event(e.clone()));
+        e.file = None;
+        e.write = None;
+        e.classification = None;
+        recs.push(Record::Event(e));
+        for r in &recs {
+            let want = serde_json::to_vec(&to_value(r, "h\"ost")).unwrap();
+            let mut got = Vec::new();
+            write_record(&mut got, r, "h\"ost");
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want)
+            );
+        }
+    }
+
     use super::*;
     use crate::event::{ProcessInfo, WriteInfo};
 

@@ -58,7 +58,11 @@ pub enum Format {
 /// One record in a sink's format, without a trailing newline.
 pub fn render(format: Format, r: &Record, host: &str, colour: bool) -> Vec<u8> {
     match format {
-        Format::Json => serde_json::to_vec(&json::to_value(r, host)).unwrap_or_default(),
+        Format::Json => {
+            let mut out = Vec::with_capacity(2048);
+            json::write_record(&mut out, r, host);
+            out
+        }
         Format::Ocsf => serde_json::to_vec(&ocsf::to_value(r, host)).unwrap_or_default(),
         Format::Tail => tail::render(r, colour).unwrap_or_default().into_bytes(),
     }

@@ -55,10 +55,16 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
 }
 
 impl Agent {
-    pub fn start(bin: &Path, watch: &[&Path], out: &Path, log: &Path) -> anyhow::Result<Agent> {
+    pub fn start(
+        bin: &Path,
+        policy: &Path,
+        watch: &[&Path],
+        out: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Agent> {
         let _ = std::fs::remove_file(out);
         let mut cmd = Command::new(bin);
-        cmd.arg("run");
+        cmd.arg("run").arg("--config").arg(policy);
         for w in watch {
             cmd.arg("--watch").arg(w);
         }

@@ -139,6 +139,8 @@ pub struct Step {
     pub lost_records: u64,
     pub lost_kernel: u64,
     pub lost_decoder: u64,
+    /// Records the agent's output sink dropped (its queue full: the sink fell behind).
+    pub lost_sink: u64,
     pub zero_loss: bool,
     pub agent_alive: bool,
     pub agent_cpu_s: f64,
@@ -247,7 +249,7 @@ pub fn step(
     let pids: Vec<u32> = writes.iter().map(|w| w.0).collect();
     let mut per_pid_ev: Vec<Vec<(u64, Option<u64>)>> = vec![Vec::new(); pids.len()];
     let mut per_pid_al: Vec<Vec<(u64, Option<u64>)>> = vec![Vec::new(); pids.len()];
-    let (mut lost_records, mut lost_kernel, mut lost_decoder) = (0, 0, 0);
+    let (mut lost_records, mut lost_kernel, mut lost_decoder, mut lost_sink) = (0, 0, 0, 0);
     let mut off = from;
     let mut lines = 0u64;
     for l in text.split_inclusive('\n') {
@@ -266,6 +268,15 @@ pub fn step(
                     let (k, d) = agent::lost_of(&v);
                     lost_kernel += k;
                     lost_decoder += d;
+                    lost_sink += v["snapmon"]["metric"]["sinks"]
+                        .as_object()
+                        .map(|m| {
+                            m.values()
+                                .filter_map(|c| c.as_object())
+                                .flat_map(|c| c.values().filter_map(|n| n.as_u64()))
+                                .sum::<u64>()
+                        })
+                        .unwrap_or(0);
                 }
             }
             continue;
@@ -293,7 +304,9 @@ pub fn step(
     }
     let n_writes: u64 = writes.iter().map(|w| w.1.len() as u64).sum();
     let n_alerts: u64 = per_pid_al.iter().map(|v| v.len() as u64).sum();
-    let use_alerts = n_alerts > 0;
+    // Latency to the alert only when every write raised one; rules dedupe repeats (one
+    // alert per writer and file), and then the per-write record is the event.
+    let use_alerts = n_alerts > 0 && n_alerts == n_writes;
     let recs = if use_alerts { &per_pid_al } else { &per_pid_ev };
     let delivered: u64 = recs.iter().map(|v| v.len() as u64).sum();
     let zero_loss = delivered == n_writes && lost_kernel == 0 && lost_decoder == 0;
@@ -333,6 +346,7 @@ pub fn step(
         lost_records,
         lost_kernel,
         lost_decoder,
+        lost_sink,
         zero_loss,
         agent_alive: alive,
         agent_cpu_s: cpu,

@@ -515,7 +515,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     writeln!(w)?;
 
     writeln!(w, "## Overhead (fio)\n")?;
-    writeln!(w, "{} interleaved repetitions (each: no agent, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer. Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
+    writeln!(w, "{} interleaved repetitions (each: no agent, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
     if let Some(u) = &r.auditd_unavailable {
         writeln!(w, "**auditd unavailable: {u}**\n")?;
     } else {
@@ -563,7 +563,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     writeln!(w)?;
 
     writeln!(w, "## Capacity and alert latency\n")?;
-    writeln!(w, "{} writer processes, one watched qcow2 each, each doing `pwrite(fd, 12 bytes, 60)` (nb_snapshots + snapshots_offset, rewritten with the bytes already there) at a controlled rate for {} s per step; one agent for all steps, JSON to a tmpfs file. *delivered* = records of the writers' pwrite64 in the output (matched by pid); *lost* = drops the agent reported in `lost` records. Latency: each writer stamps CLOCK_REALTIME when pwrite returns; an inotify tailer stamps when the output file grew past the end of the matching line (k-th record of a pid = k-th write; only computed for loss-free steps). CPU/100k = agent CPU seconds over the step and its drain per 100 000 delivered records.\n", r.args.writers, r.args.step_secs)?;
+    writeln!(w, "{} writer processes, one watched qcow2 each, each doing `pwrite(fd, 12 bytes, 60)` (nb_snapshots + snapshots_offset, rewritten with the bytes already there) at a controlled rate for {} s per step; one agent for all steps, JSON to a tmpfs file. *delivered* = records of the writers' pwrite64 in the output (matched by pid); *lost* = drops the agent reported in `lost` records (kernel ring and decoder; drops in the output sink's queue in brackets). Latency: each writer stamps CLOCK_REALTIME when pwrite returns; an inotify tailer stamps when the output file grew past the end of the matching line (k-th record of a pid = k-th write; only computed for loss-free steps). CPU/100k = agent CPU seconds over the step and its drain per 100 000 delivered records.\n", r.args.writers, r.args.step_secs)?;
     if let Some(e) = &r.capacity_error {
         writeln!(w, "**capacity phase failed: {e}**\n")?;
     }
@@ -581,7 +581,15 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
             st.achieved_rate,
             st.delivered,
             st.writes,
-            st.lost_kernel + st.lost_decoder,
+            if st.lost_sink > 0 {
+                format!(
+                    "{} (+{} in the sink queue)",
+                    st.lost_kernel + st.lost_decoder,
+                    st.lost_sink
+                )
+            } else {
+                (st.lost_kernel + st.lost_decoder).to_string()
+            },
             if st.agent_alive { "yes" } else { "**no**" },
             st.agent_cpu_pct,
             opt(st.cpu_s_per_100k, |x| format!("{x:.2}")),
@@ -607,6 +615,10 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
         writeln!(w, "Start-up to the `started` record (spawn → line visible; {} starts): min {lo:.1} s / median {med:.1} s / max {hi:.1} s (agent-reported `startup_ms`: {}).\n", st.len(), r.startup.iter().filter_map(|s| s.reported_ms).map(|x| x.to_string()).collect::<Vec<_>>().join(", "))?;
     }
     writeln!(w, "Under load: agent CPU per fio run is in the overhead table; RSS after each run and each capacity step is in the JSON (`overhead[].agent_rss_kib`, `capacity[].rss_kib_after`).\n")?;
+    // Hand-written analysis (why a target is or is not met) survives re-runs.
+    if let Ok(notes) = std::fs::read_to_string(dir.join("benchmarks-notes.md")) {
+        w.push_str(&notes);
+    }
     std::fs::write(dir.join("benchmarks.md"), s)?;
     Ok(())
 }
