@@ -387,7 +387,7 @@ fn stats_record(pipe: &Pipeline, sinks: &SinkSet) -> Record {
 }
 
 fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {
-    sinks.send(&r)
+    sinks.send_owned(r)
 }
 
 /// Read everything queued, in batches, then flush once.
@@ -398,33 +398,47 @@ fn drain(
     buf: &mut Vec<Vec<u8>>,
 ) -> Result<(), BrokenPipe> {
     loop {
-        buf.clear();
+        // The copies' buffers are reused from chunk to chunk: no allocation per record.
+        let mut n = 0;
         while let Some(item) = k.events.next() {
-            buf.push(item.to_vec());
-            if buf.len() >= 256 {
+            match buf.get_mut(n) {
+                Some(b) => {
+                    b.clear();
+                    b.extend_from_slice(&item);
+                }
+                None => buf.push(item.to_vec()),
+            }
+            n += 1;
+            if n >= 256 {
                 break;
             }
         }
-        if buf.is_empty() {
+        if n == 0 {
             break;
         }
-        for raw in buf.iter() {
-            let mut maps = KernelMaps {
-                files: &mut k.files,
-                dirs: &mut k.dirs,
-                prefixes: &mut k.prefixes,
-                write_filter: &mut k.write_filter,
-            };
-            for r in pipe.handle(raw, &mut maps) {
-                sinks.send(&r)?;
-                // Kernel enforcement decisions are alerts in their own right.
-                if let Record::Event(ev) = &r {
-                    if let Some(a) = crate::enforce::decision_alert(ev) {
-                        sinks.send(&Record::Alert(Box::new(a)))?;
+        // One hand-off (one wake-up and one flush per sink) per chunk, not per record.
+        sinks.batch(|| -> Result<(), BrokenPipe> {
+            for raw in &buf[..n] {
+                let mut maps = KernelMaps {
+                    files: &mut k.files,
+                    dirs: &mut k.dirs,
+                    prefixes: &mut k.prefixes,
+                    write_filter: &mut k.write_filter,
+                };
+                for r in pipe.handle(raw, &mut maps) {
+                    // Kernel enforcement decisions are alerts in their own right.
+                    let decision = match &r {
+                        Record::Event(ev) => crate::enforce::decision_alert(ev),
+                        _ => None,
+                    };
+                    sinks.send_owned(r)?;
+                    if let Some(a) = decision {
+                        sinks.send_owned(Record::Alert(Box::new(a)))?;
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::{
     io::{self, BufWriter, IsTerminal as _, Write},
     sync::{
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -344,6 +344,79 @@ mod tests {
         fn tick(&mut self) {}
         fn reopen(&mut self) {}
         fn close(&mut self) {}
+    }
+
+    /// Counts what reaches it, from its own thread.
+    struct Counting(Arc<AtomicU64>, Arc<AtomicU64>);
+    impl SinkWriter for Counting {
+        fn write(&mut self, _: &Record) {
+            self.0.fetch_add(1, RELAXED);
+        }
+        fn idle(&mut self) {
+            self.1.fetch_add(1, RELAXED);
+        }
+        fn tick(&mut self) {}
+        fn reopen(&mut self) {}
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn a_batch_is_handed_over_once_when_it_ends_and_control_records_pass_a_full_queue() {
+        let mut set = SinkSet::start(&[], "h".into()).unwrap();
+        let (seen, wakes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counters = Arc::new(SinkCounters::new("count".into(), "test", Format::Json));
+        set.add_writer(
+            Box::new(Counting(seen.clone(), wakes.clone())),
+            Filter::default(),
+            counters.clone(),
+            150,
+        )
+        .unwrap();
+        let wait_for = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while seen.load(RELAXED) < n {
+                assert!(Instant::now() < deadline, "{} of {n}", seen.load(RELAXED));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        set.batch(|| {
+            for i in 0..100 {
+                set.send_owned(Record::Event(fixtures::event(i))).unwrap();
+            }
+            // Held back until the batch ends.
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(seen.load(RELAXED), 0);
+        });
+        wait_for(100);
+        assert_eq!(wakes.load(RELAXED), 1, "one wake-up for the whole batch");
+        // The bound counts records: 150 fit, the rest of a burst is dropped and counted …
+        set.batch(|| {
+            for i in 0..200 {
+                set.send(&Record::Event(fixtures::event(i))).unwrap();
+            }
+            // … but the record that reports the loss is not.
+            let lost = set.loss_record().expect("loss record");
+            assert_eq!(lost_count(&lost), 50);
+            set.send_owned(lost).unwrap();
+        });
+        wait_for(100 + 151);
+        assert_eq!(counters.dropped(Cause::QueueFull), 50);
+        set.shutdown(Duration::from_secs(5));
+        assert_eq!(
+            counters.written.load(RELAXED),
+            0,
+            "the test writer does not count"
+        );
+        assert_eq!(seen.load(RELAXED), 251);
+    }
+
+    fn lost_count(r: &Record) -> u64 {
+        match r {
+            Record::Metric(m) => m.detail["sinks"]["count"]["queue_full"]
+                .as_u64()
+                .unwrap_or(0),
+            _ => 0,
+        }
     }
 
     #[test]

@@ -140,8 +140,18 @@ pub enum StartError {
     Open { sink: String, source: io::Error },
 }
 
+/// Records go to a sink's thread in batches: one wake-up and one flush per batch, not per
+/// record.
+type Batch = Vec<Arc<Record>>;
+
+/// Records held back while a batch is open (`SinkSet::batch`) before the hand-off.
+const BATCH_MAX: usize = 256;
+
 struct Handle {
-    tx: Option<SyncSender<Arc<Record>>>,
+    /// Unbounded in batches; `queued` against `limit` bounds it in records.
+    tx: Option<Sender<Batch>>,
+    limit: usize,
+    pending: Mutex<Batch>,
     filter: Filter,
     counters: Arc<SinkCounters>,
     reopen: Arc<AtomicBool>,
@@ -154,17 +164,25 @@ pub struct SinkSet {
     registry: Arc<Registry>,
     /// Drop counts already reported by `take_drops`.
     reported: Mutex<Vec<[u64; 6]>>,
+    /// Inside `batch`: hold records until it ends (or `BATCH_MAX` are pending).
+    batching: AtomicBool,
 }
 
 const TICK: Duration = Duration::from_millis(100);
 
 fn worker(
     mut w: Box<dyn SinkWriter>,
-    rx: Receiver<Arc<Record>>,
+    rx: Receiver<Batch>,
     reopen: Arc<AtomicBool>,
     c: Arc<SinkCounters>,
 ) {
     let mut last_tick = Instant::now();
+    let write = |w: &mut Box<dyn SinkWriter>, b: Batch| {
+        c.queued.fetch_sub(b.len() as i64, RELAXED);
+        for r in b {
+            w.write(&r);
+        }
+    };
     loop {
         let wait = if w.backlog() {
             Duration::from_millis(1)
@@ -172,16 +190,12 @@ fn worker(
             TICK
         };
         match rx.recv_timeout(wait) {
-            Ok(r) => {
-                c.queued.fetch_sub(1, RELAXED);
-                w.write(&r);
-                // Batch what is already queued, then flush once.
-                for _ in 0..1024 {
+            Ok(b) => {
+                write(&mut w, b);
+                // Take what else is already queued, then flush once.
+                for _ in 0..64 {
                     match rx.try_recv() {
-                        Ok(r) => {
-                            c.queued.fetch_sub(1, RELAXED);
-                            w.write(&r);
-                        }
+                        Ok(b) => write(&mut w, b),
                         Err(_) => break,
                     }
                 }
@@ -218,6 +232,7 @@ impl SinkSet {
             sinks: Vec::new(),
             registry: registry.clone(),
             reported: Mutex::new(Vec::new()),
+            batching: AtomicBool::new(false),
         };
         for c in configs {
             let name = c.name();
@@ -308,7 +323,7 @@ impl SinkSet {
         counters: Arc<SinkCounters>,
         queue: usize,
     ) -> io::Result<()> {
-        let (tx, rx) = mpsc::sync_channel(queue.max(1));
+        let (tx, rx) = mpsc::channel();
         let reopen = Arc::new(AtomicBool::new(false));
         let (r2, c2) = (reopen.clone(), counters.clone());
         let thread = std::thread::Builder::new()
@@ -317,6 +332,8 @@ impl SinkSet {
         self.registry.register_sink(counters.clone());
         self.sinks.push(Handle {
             tx: Some(tx),
+            limit: queue.max(1),
+            pending: Mutex::new(Vec::new()),
             filter,
             counters,
             reopen,
@@ -335,9 +352,26 @@ impl SinkSet {
     /// Hand a record to every sink whose filter takes it. Never blocks. `Err` only when
     /// stdout's reader has gone away (`snapmon run | head`): time to exit quietly.
     pub fn send(&self, r: &Record) -> Result<(), BrokenPipe> {
-        self.registry.observe(r);
         let mut shared: Option<Arc<Record>> = None;
+        self.offer(r, &mut || {
+            shared.get_or_insert_with(|| Arc::new(r.clone())).clone()
+        })
+    }
+
+    /// As `send`, without copying the record.
+    pub fn send_owned(&self, r: Record) -> Result<(), BrokenPipe> {
+        let a = Arc::new(r);
+        self.offer(&a, &mut || a.clone())
+    }
+
+    /// `share` gives the queued copy, made only if some sink takes the record.
+    fn offer(&self, r: &Record, share: &mut dyn FnMut() -> Arc<Record>) -> Result<(), BrokenPipe> {
+        self.registry.observe(r);
+        // State and metric records (`lost`, `stats`, `stopped`) are few and say what was
+        // lost: they are never the ones a full queue drops.
+        let control = matches!(r, Record::State(_) | Record::Metric(_));
         let mut closed = false;
+        let batching = self.batching.load(RELAXED);
         for h in &self.sinks {
             let c = &h.counters;
             c.received.fetch_add(1, RELAXED);
@@ -346,28 +380,50 @@ impl SinkSet {
                 c.filtered.fetch_add(1, RELAXED);
                 continue;
             }
-            let Some(tx) = &h.tx else {
+            if h.tx.is_none() {
+                c.lose(Cause::SinkDead, 1);
+                continue;
+            }
+            if !control && c.queued.load(RELAXED) >= h.limit as i64 {
+                c.lose(Cause::QueueFull, 1);
+                continue;
+            }
+            let rec = share();
+            c.queued.fetch_add(1, RELAXED);
+            let Ok(mut p) = h.pending.lock() else {
+                c.queued.fetch_sub(1, RELAXED);
                 c.lose(Cause::SinkDead, 1);
                 continue;
             };
-            let rec = shared.get_or_insert_with(|| Arc::new(r.clone())).clone();
-            c.queued.fetch_add(1, RELAXED);
-            match tx.try_send(rec) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    c.queued.fetch_sub(1, RELAXED);
-                    c.lose(Cause::QueueFull, 1);
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    c.queued.fetch_sub(1, RELAXED);
-                    c.lose(Cause::SinkDead, 1);
-                }
+            p.push(rec);
+            if !batching || p.len() >= BATCH_MAX {
+                hand_off(h, &mut p);
             }
         }
         if closed {
             Err(BrokenPipe)
         } else {
             Ok(())
+        }
+    }
+
+    /// Run `f` with records held back and handed to each sink's thread in one batch when it
+    /// returns: the agent wraps each ring-buffer drain in it.
+    pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
+        let was = self.batching.swap(true, RELAXED);
+        let r = f();
+        if !was {
+            self.batching.store(false, RELAXED);
+            self.flush_pending();
+        }
+        r
+    }
+
+    fn flush_pending(&self) {
+        for h in &self.sinks {
+            if let Ok(mut p) = h.pending.lock() {
+                hand_off(h, &mut p);
+            }
         }
     }
 
@@ -426,6 +482,7 @@ impl SinkSet {
     /// Close the queues, let every sink drain and flush, waiting at most `timeout` in all.
     /// What is still queued after that is counted as `shutdown` drops.
     pub fn shutdown(&mut self, timeout: Duration) {
+        self.flush_pending();
         for h in &mut self.sinks {
             h.tx = None;
         }
@@ -446,6 +503,20 @@ impl SinkSet {
                 None => {}
             }
         }
+    }
+}
+
+/// Move a sink's pending records to its thread.
+fn hand_off(h: &Handle, p: &mut Batch) {
+    if p.is_empty() {
+        return;
+    }
+    let b = std::mem::take(p);
+    let n = b.len();
+    let sent = h.tx.as_ref().is_some_and(|tx| tx.send(b).is_ok());
+    if !sent {
+        h.counters.queued.fetch_sub(n as i64, RELAXED);
+        h.counters.lose(Cause::SinkDead, n as u64);
     }
 }
 
