@@ -552,6 +552,10 @@ pub struct ProcessTable {
     /// Cgroup ids whose path lookup failed (gone, no privilege): not retried per exec.
     cgroup_misses: IntMap<u64, ()>,
     stats: TableStats,
+    /// Bumped by every change to what a lookup can return (see [`Self::stamp`]).
+    generation: u64,
+    /// No observed fork, exec, exit or procfs read is later than this.
+    horizon_ns: u64,
 }
 
 impl fmt::Debug for ProcessTable {
@@ -596,6 +600,8 @@ impl ProcessTable {
             now_ns: 0,
             cgroups: IntMap::default(),
             cgroup_misses: IntMap::default(),
+            generation: 0,
+            horizon_ns: 0,
             stats: TableStats::default(),
         }
     }
@@ -640,6 +646,7 @@ impl ProcessTable {
     /// Records the path of a cgroup id (e.g. from a cgroup-mkdir event), so
     /// exec events carrying only the id resolve to a path.
     pub fn register_cgroup(&mut self, cgroup_id: u64, path: &str) {
+        self.generation += 1;
         self.register_cgroup_info(cgroup_id, path);
     }
 
@@ -682,6 +689,7 @@ impl ProcessTable {
     /// Records a fork. A late fork for a process already known from its
     /// exec (or procfs) is merged into that entry.
     pub fn observe_fork(&mut self, f: &ForkInfo) {
+        self.generation += 1;
         self.stats.forks += 1;
         self.advance(f.ts_ns);
         let parent_key = self
@@ -737,6 +745,7 @@ impl ProcessTable {
     /// Records an exec: a new image from `ts_ns` on. Creates the process if
     /// its fork was not (yet) seen.
     pub fn observe_exec(&mut self, e: &ExecInfo) {
+        self.generation += 1;
         self.stats.execs += 1;
         self.advance(e.ts_ns);
         self.learn_cgroup(e.cgroup_id);
@@ -785,6 +794,7 @@ impl ProcessTable {
 
     /// Records an exit; the entry stays resolvable for the grace period.
     pub fn observe_exit(&mut self, x: &ExitInfo) {
+        self.generation += 1;
         self.stats.exits += 1;
         match self.find_exact(x.tgid, x.start_ns) {
             Some(key) => self.set_exit(key, x.ts_ns, Some(x.exit_code)),
@@ -806,6 +816,19 @@ impl ProcessTable {
         Some(self.build_view(key, ts_ns))
     }
 
+    /// `(generation, horizon)`: a view looked up at `ts >= horizon` stays what a new lookup
+    /// at any later `ts` would return for as long as the generation is unchanged (nothing
+    /// observed since can have started, exec'd or exited before it). Lets callers cache.
+    pub fn stamp(&self) -> (u64, u64) {
+        (self.generation, self.horizon_ns)
+    }
+
+    /// A cached view of `(tgid, start_ns)` was used: count it and keep the entry recent.
+    pub fn note_cached_lookup(&mut self, tgid: u32, start_ns: u64) {
+        self.stats.lookups += 1;
+        self.touch((tgid, start_ns));
+    }
+
     /// Like [`Self::lookup`] without counting or touching the LRU.
     pub fn peek(&self, tgid: u32, ts_ns: u64) -> Option<ProcessView> {
         self.find_at(tgid, ts_ns).map(|k| self.build_view(k, ts_ns))
@@ -815,6 +838,8 @@ impl ProcessTable {
     /// remembers `root` for [`Self::refresh_from_procfs`]. Known processes
     /// only get missing fields filled; pids vanishing mid-read are skipped.
     pub fn seed_from_procfs(&mut self, root: &Path) -> Result<SeedStats, LineageError> {
+        self.generation += 1;
+        self.horizon_ns = self.horizon_ns.max(boottime_ns());
         self.procfs_root = root.to_path_buf();
         let pids = procfs::list_pids(root).map_err(|source| LineageError::ProcfsRoot {
             path: root.to_path_buf(),
@@ -842,6 +867,8 @@ impl ProcessTable {
     /// last given to [`Self::seed_from_procfs`] (default `/proc`), e.g. for
     /// a process first seen through a file event. False if it is gone.
     pub fn refresh_from_procfs(&mut self, tgid: u32) -> bool {
+        self.generation += 1;
+        self.horizon_ns = self.horizon_ns.max(boottime_ns());
         let root = self.procfs_root.clone();
         let hz = clock_ticks_per_sec();
         let mut keys = Vec::new();
@@ -922,6 +949,7 @@ impl ProcessTable {
     }
 
     fn advance(&mut self, ts: u64) {
+        self.horizon_ns = self.horizon_ns.max(ts);
         if ts > self.now_ns {
             self.now_ns = ts;
         }
@@ -1359,6 +1387,17 @@ impl ProcessTable {
             .filter(|c| c.id == 0 || cgroup_id == 0 || c.id == cgroup_id)
             .map(|c| c.info.clone())
     }
+}
+
+/// The clock of the kernel's event timestamps (`bpf_ktime_get_boot_ns`).
+fn boottime_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
 }
 
 fn get_in(procs: &IntMap<u32, Vec<Process>>, key: Key) -> Option<&Process> {

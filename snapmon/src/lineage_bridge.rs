@@ -45,7 +45,19 @@ pub fn default_lineage() -> Box<dyn Lineage> {
 /// The process table (see `lineage`) behind the [`Lineage`] seam.
 pub struct TableLineage {
     pub table: crate::lineage::ProcessTable,
+    /// tgid → the process as last built, valid while the table's stamp allows it: a writer
+    /// hammering an image gets its lineage built once, not per event.
+    cache: std::collections::HashMap<u32, Cached>,
 }
+
+struct Cached {
+    generation: u64,
+    start_ns: u64,
+    info: ProcessInfo,
+}
+
+/// Bound on cached processes (cleared wholesale when reached).
+const CACHE_MAX: usize = 4096;
 
 /// Kernel dev_t (`MAJOR << 20 | MINOR`) → userspace `st_dev`, the table's encoding.
 fn user_dev(kdev: u32) -> u64 {
@@ -72,7 +84,10 @@ impl TableLineage {
         if seed_procfs {
             let _ = table.seed_from_procfs(std::path::Path::new("/proc"));
         }
-        TableLineage { table }
+        TableLineage {
+            table,
+            cache: Default::default(),
+        }
     }
 
     fn to_info(v: crate::lineage::ProcessView, tid: u32) -> ProcessInfo {
@@ -163,16 +178,44 @@ impl Lineage for TableLineage {
         ts_ns: u64,
         hdr: &snapmon_common::Header,
     ) -> ProcessInfo {
+        let (generation, horizon) = self.table.stamp();
+        if ts_ns >= horizon {
+            if let Some(c) = self.cache.get(&tgid).filter(|c| c.generation == generation) {
+                let mut info = c.info.clone();
+                info.tid = tid;
+                let start = c.start_ns;
+                self.table.note_cached_lookup(tgid, start);
+                return info;
+            }
+        }
         let view = match self.table.lookup(tgid, ts_ns) {
             Some(v) => Some(v),
             // First sight of a process (or its history was evicted): ask /proc once.
             None if self.table.refresh_from_procfs(tgid) => self.table.lookup(tgid, ts_ns),
             None => None,
         };
-        match view {
-            Some(v) => Self::to_info(v, tid),
-            None => crate::enrich::header_process(hdr),
+        let Some(v) = view else {
+            return crate::enrich::header_process(hdr);
+        };
+        let start_ns = v.start_ns;
+        let info = Self::to_info(v, tid);
+        // Only a view taken at or after the horizon holds for later events (`stamp`); the
+        // stamp is read again because a procfs refresh above may have moved it.
+        let (generation, horizon) = self.table.stamp();
+        if ts_ns >= horizon {
+            if self.cache.len() >= CACHE_MAX {
+                self.cache.clear();
+            }
+            self.cache.insert(
+                tgid,
+                Cached {
+                    generation,
+                    start_ns,
+                    info: info.clone(),
+                },
+            );
         }
+        info
     }
 
     fn stats(&self) -> serde_json::Value {
@@ -203,5 +246,49 @@ mod tests {
     fn dev_encodings_round_trip() {
         let k = (253 << 20) | 3;
         assert_eq!(crate::watch::kernel_dev(user_dev(k)), k);
+    }
+
+    #[test]
+    fn cached_lineage_follows_execs_and_never_serves_an_earlier_time() {
+        use crate::lineage::{ExecInfo, ForkInfo};
+        // Far past any real boot clock, so the procfs horizon never gets in the way.
+        const T: u64 = 1 << 62;
+        let mut l = TableLineage::new(false);
+        // SAFETY: plain integers and byte arrays; all zeroes is a valid header.
+        let hdr: snapmon_common::Header = unsafe { std::mem::zeroed() };
+        let exec = |name: &str, ts: u64| ExecInfo {
+            ts_ns: ts,
+            tgid: 4242,
+            ppid: 1,
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            start_ns: T,
+            exe_path: format!("/usr/bin/{name}").into_bytes(),
+            exe_dev: 1,
+            exe_ino: 2,
+            argv: vec![name.as_bytes().to_vec()],
+            comm: name.as_bytes().to_vec(),
+            cgroup_id: 0,
+        };
+        l.table.observe_fork(&ForkInfo {
+            ts_ns: T,
+            parent_tgid: 1,
+            child_tgid: 4242,
+            child_start_ns: T,
+        });
+        l.table.observe_exec(&exec("bash", T + 10));
+        assert_eq!(l.process(4242, 4242, T + 20, &hdr).name, "bash");
+        // Served from the cache, with this event's thread.
+        let lookups = l.table.stats().lookups;
+        let p = l.process(4242, 4243, T + 30, &hdr);
+        assert_eq!((p.name.as_str(), p.tid), ("bash", 4243));
+        assert_eq!(l.table.stats().lookups, lookups + 1, "a hit still counts");
+        // An exec moves the generation: later events see the new image …
+        l.table.observe_exec(&exec("python3", T + 40));
+        assert_eq!(l.process(4242, 4242, T + 50, &hdr).name, "python3");
+        // … and an event from before it, delivered late, still gets the old one.
+        assert_eq!(l.process(4242, 4242, T + 35, &hdr).name, "bash");
+        assert_eq!(l.process(4242, 4242, T + 60, &hdr).name, "python3");
     }
 }
