@@ -227,9 +227,12 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         return Ok(());
     }
     // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
-    // process in /proc; that memory is free now but still held by the allocator.
-    #[cfg(target_env = "gnu")]
+    // process in /proc; that memory is free now but still held by the allocator (mimalloc
+    // in the agent binary, glibc for anything allocated before it or by C code).
+    // SAFETY: both only return free pages to the kernel.
     unsafe {
+        libmimalloc_sys::mi_collect(true);
+        #[cfg(target_env = "gnu")]
         libc::malloc_trim(0);
     }
 
@@ -295,6 +298,24 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
     sinks.shutdown(Duration::from_secs(5));
     Ok(())
+}
+
+/// mimalloc (the agent binary's allocator) for a long-running agent: no transparent huge
+/// pages and freed pages returned at once, so idle RSS stays what is in use (measured idle:
+/// 41.7 MiB with mimalloc's defaults, 30.1 MiB with these, 27.6 MiB with glibc).
+pub fn tune_allocator() {
+    // Option ids of mimalloc v3's `mi_option_e` (include/mimalloc.h); the crate pins the
+    // version (libmimalloc-sys 0.1.49 = mimalloc 3.3.2) but exports no names for these.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+    // SAFETY: setting options is always allowed; unknown ids are ignored with a warning.
+    // PR_SET_THP_DISABLE only changes this process's huge-page policy: mimalloc reads its
+    // THP option once, before main, so the kernel switch is what takes effect.
+    unsafe {
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
 }
 
 /// SIGHUP: re-read the policy and swap the rules in only if all of it is valid.

@@ -86,6 +86,11 @@ pub struct ProcessInfo {
     pub parent: Option<Ancestor>,
     /// Parent first, up to pid 1.
     pub ancestors: Vec<Ancestor>,
+    /// Set by the lineage table for a process it built: the JSON sink renders the
+    /// process members once and reuses them for every record sharing this cache. Whoever
+    /// changes a field above must set it to `None`.
+    pub render_cache:
+        Option<std::sync::Arc<std::sync::OnceLock<crate::sink::json::RenderedProcess>>>,
 }
 
 impl ProcessInfo {

@@ -132,6 +132,7 @@ impl TableLineage {
                     entity_id: a.entity_id,
                 })
                 .collect(),
+            render_cache: Some(Default::default()),
         }
     }
 }

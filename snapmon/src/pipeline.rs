@@ -241,6 +241,9 @@ mod cost {
         }
         let render = t.elapsed() / n;
         let body = crate::sink::render(crate::sink::Format::Json, &rec, "host", false);
+        if std::env::var_os("SNAPMON_COST_SHOW").is_some() {
+            eprintln!("{}", String::from_utf8_lossy(&body));
+        }
         let mut chain = crate::sink::chain::Chain::new(None, 1 << 30, 0, [0; 32]);
         let t = Instant::now();
         for _ in 0..n {

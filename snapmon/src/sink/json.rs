@@ -42,7 +42,7 @@ use std::io::Write;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    event::{Bytes, Event, FileInfo},
+    event::{Bytes, Event, FileInfo, ProcessInfo},
     record::Record,
     watch::dev_display,
 };
@@ -340,6 +340,151 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, target: Option<&Bytes>) {
     out.push(b'}');
 }
 
+/// The `process` and `snapmon.process` members of a process as JSON, rendered once and
+/// shared by every record of that process while its lineage is unchanged
+/// (`ProcessInfo::render_cache`).
+#[derive(Debug)]
+pub struct RenderedProcess {
+    /// `{"args":…,"pid":N` (up to the thread).
+    head: Vec<u8>,
+    /// `,"user":…}` (after the thread).
+    tail: Vec<u8>,
+    /// The whole `snapmon.process` object.
+    snapmon: Vec<u8>,
+}
+
+impl RenderedProcess {
+    fn of(p: &ProcessInfo) -> Self {
+        let mut head = Vec::with_capacity(256);
+        process_head(&mut head, p);
+        let mut tail = Vec::with_capacity(64);
+        process_tail(&mut tail, p);
+        let mut snapmon = Vec::with_capacity(1024);
+        snapmon_process(&mut snapmon, p);
+        RenderedProcess {
+            head,
+            tail,
+            snapmon,
+        }
+    }
+}
+
+fn process_head(out: &mut Vec<u8>, p: &ProcessInfo) {
+    let mut f = true;
+    out.push(b'{');
+    key(out, "args", &mut f);
+    out.push(b'[');
+    for (i, a) in p.args.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        js(out, &a.display());
+    }
+    out.push(b']');
+    if p.args_truncated {
+        key(out, "args_truncated", &mut f);
+        out.extend_from_slice(b"true");
+    }
+    if !p.entity_id.is_empty() {
+        key(out, "entity_id", &mut f);
+        js(out, &p.entity_id);
+    }
+    key(out, "executable", &mut f);
+    js(out, &p.executable.display());
+    key(out, "group", &mut f);
+    out.extend_from_slice(b"{\"id\":\"");
+    num(out, p.gid);
+    out.extend_from_slice(b"\"}");
+    key(out, "name", &mut f);
+    js(out, &p.name);
+    if let Some(par) = &p.parent {
+        key(out, "parent", &mut f);
+        let mut g = true;
+        out.push(b'{');
+        key(out, "entity_id", &mut g);
+        js(out, &par.entity_id);
+        key(out, "executable", &mut g);
+        js(out, &par.executable);
+        key(out, "name", &mut g);
+        js(out, &par.name);
+        key(out, "pid", &mut g);
+        num(out, par.pid);
+        out.push(b'}');
+    } else if p.ppid != 0 {
+        key(out, "parent", &mut f);
+        out.extend_from_slice(b"{\"pid\":");
+        num(out, p.ppid);
+        out.push(b'}');
+    }
+    key(out, "pid", &mut f);
+    num(out, p.pid);
+}
+
+/// `,"thread":{"id":N}`: the one per-event member inside `process`.
+fn write_thread(out: &mut Vec<u8>, tid: u32) {
+    out.extend_from_slice(b",\"thread\":{\"id\":");
+    num(out, tid);
+    out.push(b'}');
+}
+
+fn process_tail(out: &mut Vec<u8>, p: &ProcessInfo) {
+    let mut f = false;
+    key(out, "user", &mut f);
+    out.extend_from_slice(b"{\"id\":\"");
+    num(out, p.uid);
+    out.extend_from_slice(b"\"}");
+    if let Some(cwd) = &p.cwd {
+        key(out, "working_directory", &mut f);
+        js(out, &cwd.display());
+    }
+    out.push(b'}');
+}
+
+fn snapmon_process(out: &mut Vec<u8>, p: &ProcessInfo) {
+    let mut g = true;
+    out.push(b'{');
+    key(out, "ancestors", &mut g);
+    out.push(b'[');
+    for (i, a) in p.ancestors.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut h = true;
+        out.push(b'{');
+        if !a.entity_id.is_empty() {
+            key(out, "entity_id", &mut h);
+            js(out, &a.entity_id);
+        }
+        key(out, "executable", &mut h);
+        js(out, &a.executable);
+        key(out, "name", &mut h);
+        js(out, &a.name);
+        key(out, "pid", &mut h);
+        num(out, a.pid);
+        out.push(b'}');
+    }
+    out.push(b']');
+    if p.exe_ino != 0 {
+        key(out, "executable_identity", &mut g);
+        out.extend_from_slice(b"{\"device\":");
+        js(out, &dev_display(p.exe_dev));
+        out.extend_from_slice(b",\"inode\":\"");
+        num(out, p.exe_ino);
+        out.extend_from_slice(b"\"}");
+    }
+    key(out, "lineage", &mut g);
+    js(out, &p.lineage());
+    if let Some(u) = &p.systemd_unit {
+        key(out, "systemd_unit", &mut g);
+        js(out, u);
+    }
+    if p.vm_name.is_some() || p.vm_uuid.is_some() {
+        key(out, "vm", &mut g);
+        let _ = serde_json::to_writer(&mut *out, &json!({"name": p.vm_name, "uuid": p.vm_uuid}));
+    }
+    out.push(b'}');
+}
+
 fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::record::Alert>) {
     let p = &e.process;
     let mut root = true;
@@ -403,68 +548,18 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
         js(out, &a.message);
     }
     key(out, "process", &mut root);
-    {
-        let mut f = true;
-        out.push(b'{');
-        key(out, "args", &mut f);
-        out.push(b'[');
-        for (i, a) in p.args.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            js(out, &a.display());
+    match &p.render_cache {
+        Some(c) => {
+            let r = c.get_or_init(|| RenderedProcess::of(p));
+            out.extend_from_slice(&r.head);
+            write_thread(out, p.tid);
+            out.extend_from_slice(&r.tail);
         }
-        out.push(b']');
-        if p.args_truncated {
-            key(out, "args_truncated", &mut f);
-            out.extend_from_slice(b"true");
+        None => {
+            process_head(out, p);
+            write_thread(out, p.tid);
+            process_tail(out, p);
         }
-        if !p.entity_id.is_empty() {
-            key(out, "entity_id", &mut f);
-            js(out, &p.entity_id);
-        }
-        key(out, "executable", &mut f);
-        js(out, &p.executable.display());
-        key(out, "group", &mut f);
-        out.extend_from_slice(b"{\"id\":\"");
-        num(out, p.gid);
-        out.extend_from_slice(b"\"}");
-        key(out, "name", &mut f);
-        js(out, &p.name);
-        if let Some(par) = &p.parent {
-            key(out, "parent", &mut f);
-            let mut g = true;
-            out.push(b'{');
-            key(out, "entity_id", &mut g);
-            js(out, &par.entity_id);
-            key(out, "executable", &mut g);
-            js(out, &par.executable);
-            key(out, "name", &mut g);
-            js(out, &par.name);
-            key(out, "pid", &mut g);
-            num(out, par.pid);
-            out.push(b'}');
-        } else if p.ppid != 0 {
-            key(out, "parent", &mut f);
-            out.extend_from_slice(b"{\"pid\":");
-            num(out, p.ppid);
-            out.push(b'}');
-        }
-        key(out, "pid", &mut f);
-        num(out, p.pid);
-        key(out, "thread", &mut f);
-        out.extend_from_slice(b"{\"id\":");
-        num(out, p.tid);
-        out.push(b'}');
-        key(out, "user", &mut f);
-        out.extend_from_slice(b"{\"id\":\"");
-        num(out, p.uid);
-        out.extend_from_slice(b"\"}");
-        if let Some(cwd) = &p.cwd {
-            key(out, "working_directory", &mut f);
-            js(out, &cwd.display());
-        }
-        out.push(b'}');
     }
     if let Some(a) = alert {
         key(out, "rule", &mut root);
@@ -521,52 +616,9 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
             let _ = serde_json::to_writer(&mut *out, &ij);
         }
         key(out, "process", &mut f);
-        {
-            let mut g = true;
-            out.push(b'{');
-            key(out, "ancestors", &mut g);
-            out.push(b'[');
-            for (i, a) in p.ancestors.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                let mut h = true;
-                out.push(b'{');
-                if !a.entity_id.is_empty() {
-                    key(out, "entity_id", &mut h);
-                    js(out, &a.entity_id);
-                }
-                key(out, "executable", &mut h);
-                js(out, &a.executable);
-                key(out, "name", &mut h);
-                js(out, &a.name);
-                key(out, "pid", &mut h);
-                num(out, a.pid);
-                out.push(b'}');
-            }
-            out.push(b']');
-            if p.exe_ino != 0 {
-                key(out, "executable_identity", &mut g);
-                out.extend_from_slice(b"{\"device\":");
-                js(out, &dev_display(p.exe_dev));
-                out.extend_from_slice(b",\"inode\":\"");
-                num(out, p.exe_ino);
-                out.extend_from_slice(b"\"}");
-            }
-            key(out, "lineage", &mut g);
-            js(out, &p.lineage());
-            if let Some(u) = &p.systemd_unit {
-                key(out, "systemd_unit", &mut g);
-                js(out, u);
-            }
-            if p.vm_name.is_some() || p.vm_uuid.is_some() {
-                key(out, "vm", &mut g);
-                let _ = serde_json::to_writer(
-                    &mut *out,
-                    &json!({"name": p.vm_name, "uuid": p.vm_uuid}),
-                );
-            }
-            out.push(b'}');
+        match &p.render_cache {
+            Some(c) => out.extend_from_slice(&c.get_or_init(|| RenderedProcess::of(p)).snapmon),
+            None => snapmon_process(out, p),
         }
         if let Some(a) = alert {
             if !a.related_seq.is_empty() {
@@ -679,6 +731,40 @@ mod tests {
                 String::from_utf8_lossy(&want)
             );
         }
+        // With the process members rendered once and shared: the same bytes, filled on first
+        // use and reused, and the thread stays per record.
+        let cache: std::sync::Arc<std::sync::OnceLock<RenderedProcess>> = Default::default();
+        for (i, r) in recs.iter().enumerate() {
+            let mut r = r.clone();
+            let p = match &mut r {
+                Record::Event(e) => &mut e.process,
+                Record::Alert(a) => &mut a.event.process,
+                _ => continue,
+            };
+            p.render_cache = Some(Default::default());
+            for tid in [p.tid, p.tid + 7] {
+                if let Record::Event(e) = &mut r {
+                    e.process.tid = tid;
+                }
+                if let Record::Alert(a) = &mut r {
+                    a.event.process.tid = tid;
+                }
+                let want = serde_json::to_vec(&to_value(&r, "h")).unwrap();
+                let mut got = Vec::new();
+                write_record(&mut got, &r, "h");
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&want)
+                );
+            }
+            if i == 0 {
+                if let Record::Event(e) = &mut r {
+                    e.process.render_cache = Some(cache.clone());
+                    write_record(&mut Vec::new(), &r, "h");
+                }
+            }
+        }
+        assert!(cache.get().is_some(), "filled on first use");
     }
 
     use super::*;
