@@ -85,7 +85,7 @@ pub struct ProcessInfo {
     pub vm_uuid: Option<String>,
     pub parent: Option<Ancestor>,
     /// Parent first, up to pid 1.
-    pub ancestors: Vec<Ancestor>,
+    pub ancestors: std::sync::Arc<Vec<Ancestor>>,
     /// Set by the lineage table for a process it built: the JSON sink renders the
     /// process members once and reuses them for every record sharing this cache. Whoever
     /// changes a field above must set it to `None`.

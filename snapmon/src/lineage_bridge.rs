@@ -131,7 +131,8 @@ impl TableLineage {
                     executable: a.exe.display(),
                     entity_id: a.entity_id,
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
             render_cache: Some(Default::default()),
         }
     }

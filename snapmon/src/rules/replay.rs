@@ -275,7 +275,7 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         vm_uuid: sp["vm"]["uuid"].as_str().map(String::from),
         ancestors: sp["ancestors"]
             .as_array()
-            .map(|a| a.iter().map(ancestor).collect())
+            .map(|a| a.iter().map(ancestor).collect::<Vec<_>>().into())
             .unwrap_or_default(),
         ..Default::default()
     };
@@ -445,7 +445,8 @@ mod tests {
                     name: "bash".into(),
                     executable: "/usr/bin/bash".into(),
                     entity_id: String::new(),
-                }],
+                }]
+                .into(),
                 ..Default::default()
             },
             file: Some(FileInfo {

@@ -257,7 +257,8 @@ fn hide_event(pid: u32) -> Event {
                 name: "bash".into(),
                 executable: "/usr/bin/bash".into(),
                 ..Default::default()
-            }],
+            }]
+            .into(),
             ..Default::default()
         },
         file: Some(FileInfo {

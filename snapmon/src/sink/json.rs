@@ -167,7 +167,7 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     root.insert("process".into(), pj);
     root.insert("host".into(), json!({"hostname": host}));
     let mut sp = json!({
-        "ancestors": p.ancestors,
+        "ancestors": &*p.ancestors,
         "lineage": p.lineage(),
     });
     if p.exe_ino != 0 {
@@ -301,33 +301,20 @@ fn via_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 fn write_file(out: &mut Vec<u8>, f: &FileInfo, target: Option<&Bytes>) {
     let mut first = true;
     out.push(b'{');
-    if f.ino != 0 {
-        key(out, "device", &mut first);
-        js(out, &dev_display(f.dev));
-    }
-    if let Some(p) = &f.path {
-        let path = p.as_path();
-        if let Some(d) = path.parent() {
-            key(out, "directory", &mut first);
-            js(out, &Bytes::from_path(d).display());
+    match &f.path {
+        Some(p) => {
+            file_named(out, f.dev, f.ino, p);
+            first = false;
         }
-        if f.ino != 0 {
+        None if f.ino != 0 => {
+            key(out, "device", &mut first);
+            js(out, &dev_display(f.dev));
             key(out, "inode", &mut first);
             out.push(b'"');
             num(out, f.ino);
             out.push(b'"');
         }
-        if let Some(n) = path.file_name() {
-            key(out, "name", &mut first);
-            js(out, &Bytes(n.as_encoded_bytes().to_vec()).display());
-        }
-        key(out, "path", &mut first);
-        js(out, &p.display());
-    } else if f.ino != 0 {
-        key(out, "inode", &mut first);
-        out.push(b'"');
-        num(out, f.ino);
-        out.push(b'"');
+        None => {}
     }
     if let Some(sz) = f.size {
         key(out, "size", &mut first);
@@ -338,6 +325,62 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, target: Option<&Bytes>) {
         js(out, &t.display());
     }
     out.push(b'}');
+}
+
+/// Files rendered lately by this sink thread: the same image is written over and over, and
+/// escaping its path three ways cost more than the rest of the `file` object.
+const FILE_CACHE_MAX: usize = 256;
+
+thread_local! {
+    static FILE_CACHE: std::cell::RefCell<std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>> =
+        Default::default();
+}
+
+/// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file.
+fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
+    FILE_CACHE.with(|c| {
+        let Ok(mut c) = c.try_borrow_mut() else {
+            return file_named_uncached(out, dev, ino, p);
+        };
+        if let Some((path, bytes)) = c.get(&(dev, ino)) {
+            if path.0 == p.0 {
+                out.extend_from_slice(bytes);
+                return;
+            }
+        }
+        let mut bytes = Vec::with_capacity(64 + 3 * p.0.len());
+        file_named_uncached(&mut bytes, dev, ino, p);
+        out.extend_from_slice(&bytes);
+        if c.len() >= FILE_CACHE_MAX {
+            c.clear();
+        }
+        c.insert((dev, ino), (p.clone(), bytes));
+    })
+}
+
+fn file_named_uncached(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
+    let mut first = true;
+    if ino != 0 {
+        key(out, "device", &mut first);
+        js(out, &dev_display(dev));
+    }
+    let path = p.as_path();
+    if let Some(d) = path.parent() {
+        key(out, "directory", &mut first);
+        js(out, &Bytes::from_path(d).display());
+    }
+    if ino != 0 {
+        key(out, "inode", &mut first);
+        out.push(b'"');
+        num(out, ino);
+        out.push(b'"');
+    }
+    if let Some(n) = path.file_name() {
+        key(out, "name", &mut first);
+        js(out, &Bytes(n.as_encoded_bytes().to_vec()).display());
+    }
+    key(out, "path", &mut first);
+    js(out, &p.display());
 }
 
 /// The `process` and `snapmon.process` members of a process as JSON, rendered once and
@@ -693,7 +736,7 @@ mod tests {
         e.process.args_truncated = true;
         e.process.parent = None;
         e.process.ppid = 9;
-        e.process.ancestors.push(crate::event::Ancestor {
+        std::sync::Arc::make_mut(&mut e.process.ancestors).push(crate::event::Ancestor {
             pid: 1,
             name: "init".into(),
             executable: "/sbin/init".into(),
@@ -722,7 +765,8 @@ mod tests {
         e.write = None;
         e.classification = None;
         recs.push(Record::Event(e));
-        for r in &recs {
+        // Twice: the second pass renders from this thread's file cache.
+        for r in recs.iter().chain(recs.iter()) {
             let want = serde_json::to_vec(&to_value(r, "h\"ost")).unwrap();
             let mut got = Vec::new();
             write_record(&mut got, r, "h\"ost");

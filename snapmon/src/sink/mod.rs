@@ -236,7 +236,8 @@ pub(crate) mod fixtures {
                         name: "sshd".into(),
                         ..Default::default()
                     },
-                ],
+                ]
+                .into(),
                 ..Default::default()
             },
             file: Some(FileInfo {

@@ -230,7 +230,8 @@ mod tests {
                         name: "sshd".into(),
                         ..Default::default()
                     },
-                ],
+                ]
+                .into(),
                 ..Default::default()
             },
             file: Some(FileInfo {
@@ -274,7 +275,7 @@ mod tests {
     fn golden_hostile_names_never_reach_the_terminal_raw() {
         let mut e = ev();
         e.process.name = "evil\x07\x1b]0;pwned\x07".into();
-        e.process.ancestors[0].name = "ba\rsh".into();
+        std::sync::Arc::make_mut(&mut e.process.ancestors)[0].name = "ba\rsh".into();
         e.file.as_mut().unwrap().path = Some(Bytes(b"/s/\xc2\x9b31m\xff\n.qcow2".to_vec()));
         e.target = Some(FileInfo {
             path: Some(Bytes(b"/s/\x1b[2J".to_vec())),
