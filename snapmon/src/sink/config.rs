@@ -325,7 +325,7 @@ impl SinkConfig {
     }
 
     pub fn queue(&self) -> usize {
-        self.options().queue.unwrap_or(4096).clamp(1, 1 << 22) as usize
+        self.options().queue.unwrap_or(16384).clamp(1, 1 << 22) as usize
     }
 
     pub fn flush_interval(&self) -> Duration {
