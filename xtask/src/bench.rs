@@ -39,6 +39,10 @@ pub struct Args {
         default_value = "10000,25000,50000,75000,100000,150000,200000,0"
     )]
     pub rates: Vec<u64>,
+    /// Rates (events/s) of the alert-latency phase, where every write raises an alert
+    /// (rule dedupe off); empty to skip it.
+    #[arg(long, value_delimiter = ',', default_value = "5000,10000,25000")]
+    pub alert_rates: Vec<u64>,
     /// Writer processes in the capacity phase (one watched image each).
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
@@ -103,6 +107,9 @@ pub struct Results {
     pub idle: Option<report::Idle>,
     pub capacity: Vec<load::Step>,
     pub capacity_error: Option<String>,
+    /// Every write alerting: latency to the alert line.
+    pub alert_latency: Vec<load::Step>,
+    pub alert_latency_error: Option<String>,
 }
 
 /// A tmpfs we mounted (and unmount when done).
@@ -176,6 +183,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         idle: None,
         capacity: Vec::new(),
         capacity_error: None,
+        alert_latency: Vec::new(),
+        alert_latency_error: None,
     };
     let out_dir = a.out.clone().unwrap_or_else(|| workspace().join("docs"));
     std::fs::create_dir_all(&out_dir)?;
@@ -197,6 +206,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             eprintln!("bench: capacity phase failed: {e:#}");
             res.capacity_error = Some(format!("{e:#}"));
         }
+        if !a.alert_rates.is_empty() {
+            if let Err(e) = alert_latency(&a, &bin, &dir, &mut res) {
+                eprintln!("bench: alert-latency phase failed: {e:#}");
+                res.alert_latency_error = Some(format!("{e:#}"));
+            }
+        }
     }
     res.duration_s = t_all.elapsed().as_secs_f64();
     res.machine.loadavg_end = report::loadavg();
@@ -211,6 +226,19 @@ pub fn main(a: Args) -> anyhow::Result<()> {
 
 /// The embedded default policy with fio in the `qemu` actor group: fio stands in for the
 /// VM's QEMU as the trusted writer of the watched image.
+/// The bench policy with rule dedupe off: every untrusted header write is an alert.
+fn alert_policy(dir: &Path) -> anyhow::Result<PathBuf> {
+    let p = bench_policy(dir)?;
+    let text = std::fs::read_to_string(&p)?;
+    let anchor = "dedupe_seconds = 10";
+    if !text.contains(anchor) {
+        bail!("default policy has no `{anchor}` to turn dedupe off");
+    }
+    let q = dir.join("alert-policy.toml");
+    std::fs::write(&q, text.replacen(anchor, "dedupe_seconds = 0", 1))?;
+    Ok(q)
+}
+
 fn bench_policy(dir: &Path) -> anyhow::Result<PathBuf> {
     const DEFAULT: &str = include_str!("../../snapmon/default-policy.toml");
     let fio = which("fio").context("fio not found")?;
@@ -458,5 +486,68 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
     let (detail, st) = ag.stop()?;
     res.stopped
         .push(serde_json::json!({"phase": "capacity", "exit": st, "detail": detail}));
+    Ok(())
+}
+
+/// Alert latency: the capacity writers again, with an agent whose rules alert on every
+/// write (dedupe off), so each write's alert line can be timed.
+fn alert_latency(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
+    let store = dir.join("alert-store");
+    std::fs::create_dir_all(&store)?;
+    let mut images = Vec::new();
+    for i in 0..a.writers.max(1) {
+        let p = store.join(format!("vm{i}.qcow2"));
+        if !p.exists() {
+            qemu_img(&["create", "-q", "-f", "qcow2", &p.to_string_lossy(), "64M"])?;
+        }
+        images.push(p);
+    }
+    let out = dir.join("alerts.jsonl");
+    let mut ag = agent::Agent::start(
+        bin,
+        &alert_policy(dir)?,
+        &[&store],
+        &out,
+        &dir.join("agent-alert.log"),
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let work = dir.join("loadgen-alert");
+    std::fs::create_dir_all(&work)?;
+    for &rate in &a.alert_rates {
+        let st = load::step(
+            &mut ag,
+            &images,
+            rate,
+            a.step_secs,
+            &work,
+            &dir.join("xtask-loadgen"),
+        )
+        .with_context(|| format!("alert-latency step at {rate}/s"))?;
+        println!(
+            "bench: alerts {:>6}/s → {} alerts for {} writes{}",
+            rate,
+            st.alerts,
+            st.writes,
+            st.latency
+                .as_ref()
+                .map(|l| format!(
+                    ", latency to the {} p50 {:.2} p99 {:.2} max {:.2} ms",
+                    l.to, l.p50_ms, l.p99_ms, l.max_ms
+                ))
+                .unwrap_or_default()
+        );
+        let alive = st.agent_alive;
+        res.alert_latency.push(st);
+        if !alive {
+            bail!("the agent died at {rate}/s");
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&out)?
+            .set_len(0)?;
+    }
+    let (detail, st) = ag.stop()?;
+    res.stopped
+        .push(serde_json::json!({"phase": "alert_latency", "exit": st, "detail": detail}));
     Ok(())
 }

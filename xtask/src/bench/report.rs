@@ -389,8 +389,14 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
         },
         met: (!r.capacity.is_empty()).then(|| zl.is_some_and(|x| x >= 100_000.0)),
     });
-    let lats: Vec<_> = r
-        .capacity
+    // Alert latency from the phase where every write alerts; else (older runs, or the phase
+    // skipped) to the event record of the capacity steps.
+    let lat_steps = if r.alert_latency.is_empty() {
+        &r.capacity
+    } else {
+        &r.alert_latency
+    };
+    let lats: Vec<_> = lat_steps
         .iter()
         .filter_map(|s| s.latency.as_ref().map(|l| (s.achieved_rate, l)))
         .collect();
@@ -402,7 +408,7 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
             "not measured (no loss-free step)".into()
         } else {
             format!(
-                "to the {} record; p99 per loss-free step: {}",
+                "to the {} line; p99 per loss-free step: {}",
                 lats[0].1.to,
                 lats.iter()
                     .map(|(rate, l)| format!("{:.1} ms at {:.0}/s", l.p99_ms, rate))
@@ -567,12 +573,43 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     if let Some(e) = &r.capacity_error {
         writeln!(w, "**capacity phase failed: {e}**\n")?;
     }
+    step_table(w, &r.capacity)?;
+
+    writeln!(w, "### Alert latency\n")?;
+    writeln!(w, "The same writers against a second agent whose policy has `dedupe_seconds = 0`, so every write raises an SM-Q001 alert (a non-QEMU process rewrote qcow2 header fields) and the latency is to that alert's line. Two records per write (event and alert).\n")?;
+    if let Some(e) = &r.alert_latency_error {
+        writeln!(w, "**alert-latency phase failed: {e}**\n")?;
+    }
+    if r.alert_latency.is_empty() {
+        writeln!(w, "Not run.\n")?;
+    } else {
+        step_table(w, &r.alert_latency)?;
+    }
+
+    writeln!(w, "## Footprint\n")?;
+    if let Some(i) = &r.idle {
+        writeln!(w, "Idle (watching the capacity store, 10 s, nothing happening): RSS {:.1} MiB, peak {:.1} MiB, CPU {:.2}%.\n", i.rss_kib as f64 / 1024.0, i.hwm_kib as f64 / 1024.0, i.cpu_pct)?;
+    }
+    let st: Vec<f64> = r.startup.iter().map(|s| s.wall_s).collect();
+    if let Some((lo, med, hi)) = stats(&mut st.clone()) {
+        writeln!(w, "Start-up to the `started` record (spawn → line visible; {} starts): min {lo:.1} s / median {med:.1} s / max {hi:.1} s (agent-reported `startup_ms`: {}).\n", st.len(), r.startup.iter().filter_map(|s| s.reported_ms).map(|x| x.to_string()).collect::<Vec<_>>().join(", "))?;
+    }
+    writeln!(w, "Under load: agent CPU per fio run is in the overhead table; RSS after each run and each capacity step is in the JSON (`overhead[].agent_rss_kib`, `capacity[].rss_kib_after`).\n")?;
+    // Hand-written analysis (why a target is or is not met) survives re-runs.
+    if let Ok(notes) = std::fs::read_to_string(dir.join("benchmarks-notes.md")) {
+        w.push_str(&notes);
+    }
+    std::fs::write(dir.join("benchmarks.md"), s)?;
+    Ok(())
+}
+
+fn step_table(w: &mut String, steps: &[super::load::Step]) -> std::fmt::Result {
     writeln!(w, "| target/s | written/s | delivered | lost | agent up | agent CPU | CPU-s/100k | RSS after (peak) MiB | bytes/record | drain s | latency to | p50 ms | p99 ms | max ms | p99 from kernel entry ms |")?;
     writeln!(
         w,
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )?;
-    for st in &r.capacity {
+    for st in steps {
         let l = st.latency.as_ref();
         writeln!(
             w,
@@ -605,20 +642,5 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
         )?;
     }
     writeln!(w)?;
-
-    writeln!(w, "## Footprint\n")?;
-    if let Some(i) = &r.idle {
-        writeln!(w, "Idle (watching the capacity store, 10 s, nothing happening): RSS {:.1} MiB, peak {:.1} MiB, CPU {:.2}%.\n", i.rss_kib as f64 / 1024.0, i.hwm_kib as f64 / 1024.0, i.cpu_pct)?;
-    }
-    let st: Vec<f64> = r.startup.iter().map(|s| s.wall_s).collect();
-    if let Some((lo, med, hi)) = stats(&mut st.clone()) {
-        writeln!(w, "Start-up to the `started` record (spawn → line visible; {} starts): min {lo:.1} s / median {med:.1} s / max {hi:.1} s (agent-reported `startup_ms`: {}).\n", st.len(), r.startup.iter().filter_map(|s| s.reported_ms).map(|x| x.to_string()).collect::<Vec<_>>().join(", "))?;
-    }
-    writeln!(w, "Under load: agent CPU per fio run is in the overhead table; RSS after each run and each capacity step is in the JSON (`overhead[].agent_rss_kib`, `capacity[].rss_kib_after`).\n")?;
-    // Hand-written analysis (why a target is or is not met) survives re-runs.
-    if let Ok(notes) = std::fs::read_to_string(dir.join("benchmarks-notes.md")) {
-        w.push_str(&notes);
-    }
-    std::fs::write(dir.join("benchmarks.md"), s)?;
     Ok(())
 }
