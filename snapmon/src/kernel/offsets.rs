@@ -61,7 +61,11 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
                 }
             }
         }
-        ok.then_some(bit).unwrap_or(0)
+        if ok {
+            bit
+        } else {
+            0
+        }
     };
     let mut v = 0;
     v |= group(

@@ -510,7 +510,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
     }
     let regions = meta_regions(ev);
     // Truncating a known image to nothing has no region left to name.
-    if regions.is_empty() && !(ev.action == "open_truncate") {
+    if regions.is_empty() && (ev.action != "open_truncate") {
         return None;
     }
     let what = if regions.is_empty() {

@@ -82,7 +82,7 @@ impl Filter {
         match r {
             Record::Alert(a) => {
                 self.min_severity.is_none_or(|m| a.severity >= m)
-                    && (self.rules.is_empty() || self.rules.iter().any(|x| *x == a.rule_id))
+                    && (self.rules.is_empty() || self.rules.contains(&a.rule_id))
                     && self.path_ok(&a.event)
             }
             Record::Event(e) => {

@@ -43,14 +43,8 @@ fn auditctl(args: &[&str]) -> anyhow::Result<String> {
 
 fn status(key: &str) -> Option<u32> {
     let s = auditctl(&["-s"]).ok()?;
-    s.lines().find_map(|l| {
-        l.strip_prefix(key)?
-            .trim()
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
 }
 
 impl Audit {
@@ -116,14 +110,13 @@ impl Audit {
             bail!("auditd unavailable: {why}");
         }
         self.set_never_task(false)?;
-        if !status("pid ").is_some_and(|p| p != 0) {
+        if status("pid ").is_none_or(|p| p == 0) {
             let o = Command::new("auditd").output();
             let t0 = Instant::now();
-            while !status("pid ").is_some_and(|p| p != 0) && t0.elapsed() < Duration::from_secs(10)
-            {
+            while status("pid ").is_none_or(|p| p == 0) && t0.elapsed() < Duration::from_secs(10) {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if !status("pid ").is_some_and(|p| p != 0) {
+            if status("pid ").is_none_or(|p| p == 0) {
                 let why = match o {
                     Err(e) => format!("cannot run auditd: {e}"),
                     Ok(o) => format!(
@@ -137,14 +130,12 @@ impl Audit {
             }
             self.we_started = true;
         }
-        auditctl(&["-e", "1"]).map_err(|e| {
+        auditctl(&["-e", "1"]).inspect_err(|e| {
             self.unavailable = Some(e.to_string());
-            e
         })?;
         for p in paths {
-            auditctl(&["-w", &p.to_string_lossy(), "-p", "wa", "-k", KEY]).map_err(|e| {
+            auditctl(&["-w", &p.to_string_lossy(), "-p", "wa", "-k", KEY]).inspect_err(|e| {
                 self.unavailable = Some(e.to_string());
-                e
             })?;
             self.watches.push(p.to_path_buf());
         }
