@@ -411,6 +411,9 @@ fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {
     sinks.send_owned(r)
 }
 
+/// Longest a handled record waits in a batch for the rest of its chunk.
+const HANDOFF_AFTER: Duration = Duration::from_millis(5);
+
 /// Read everything queued, in batches, then flush once.
 fn drain(
     k: &mut Kernel,
@@ -439,7 +442,14 @@ fn drain(
         }
         // One hand-off (one wake-up and one flush per sink) per chunk, not per record.
         sinks.batch(|| -> Result<(), BrokenPipe> {
+            let mut since = Instant::now();
             for raw in &buf[..n] {
+                // A slow record (an LVM metadata re-read under load) must not hold back the
+                // ones already handled: hand over what is pending every HANDOFF_AFTER.
+                if since.elapsed() >= HANDOFF_AFTER {
+                    sinks.hand_off_pending();
+                    since = Instant::now();
+                }
                 let mut maps = KernelMaps {
                     files: &mut k.files,
                     dirs: &mut k.dirs,

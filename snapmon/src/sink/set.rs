@@ -419,6 +419,11 @@ impl SinkSet {
         r
     }
 
+    /// Inside `batch`: hand over what is pending now, without ending the batch.
+    pub fn hand_off_pending(&self) {
+        self.flush_pending();
+    }
+
     fn flush_pending(&self) {
         for h in &self.sinks {
             if let Ok(mut p) = h.pending.lock() {
