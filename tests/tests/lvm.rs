@@ -11,7 +11,10 @@ use std::{
 use serde_json::Value;
 use snapmon_e2e::{about, action, agent_with, brief, changes, regions, run, Ran};
 
-const QUIET: Duration = Duration::from_millis(1500);
+/// Silence that ends a command's records. Each LVM metadata write makes the agent re-read
+/// the PV and wait up to 200 ms for the commit; under TCG on a busy host one such record
+/// took longer than 1.5 s.
+const QUIET: Duration = Duration::from_millis(3000);
 const VG: &str = "snapmonvg";
 /// No udev in the guest: LVM creates the nodes itself and does not wait for udev.
 const LVM_CONFIG: &str = "activation { udev_sync=0 udev_rules=0 monitoring=0 } \
