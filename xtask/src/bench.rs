@@ -407,17 +407,43 @@ fn overhead(
     Ok(())
 }
 
-fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
-    let store = dir.join("cap-store");
-    std::fs::create_dir_all(&store)?;
+/// One watched qcow2 per writer process in `store` (kept between runs).
+fn writer_images(store: &Path, writers: usize) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(store)?;
     let mut images = Vec::new();
-    for i in 0..a.writers.max(1) {
+    for i in 0..writers.max(1) {
         let p = store.join(format!("vm{i}.qcow2"));
         if !p.exists() {
             qemu_img(&["create", "-q", "-f", "qcow2", &p.to_string_lossy(), "64M"])?;
         }
         images.push(p);
     }
+    Ok(images)
+}
+
+/// Keep a finished load step; stop if the agent died; empty the output for the next step.
+fn end_step(
+    steps: &mut Vec<load::Step>,
+    st: load::Step,
+    out: &Path,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let alive = st.agent_alive;
+    steps.push(st);
+    if !alive {
+        bail!("the agent died at {rate}/s");
+    }
+    // Keep tmpfs small between steps; the agent appends.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)?
+        .set_len(0)?;
+    Ok(())
+}
+
+fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
+    let store = dir.join("cap-store");
+    let images = writer_images(&store, a.writers)?;
     let out = dir.join("capacity.jsonl");
     let mut ag = agent::Agent::start(
         bin,
@@ -472,16 +498,7 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
                 .map(|l| format!(", latency p50 {:.2} p99 {:.2} max {:.2} ms", l.p50_ms, l.p99_ms, l.max_ms))
                 .unwrap_or_default()
         );
-        let alive = st.agent_alive;
-        res.capacity.push(st);
-        if !alive {
-            bail!("the agent died at {rate}/s");
-        }
-        // Keep tmpfs small between steps; the agent appends.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&out)?
-            .set_len(0)?;
+        end_step(&mut res.capacity, st, &out, rate)?;
     }
     let (detail, st) = ag.stop()?;
     res.stopped
@@ -493,15 +510,7 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
 /// write (dedupe off), so each write's alert line can be timed.
 fn alert_latency(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
     let store = dir.join("alert-store");
-    std::fs::create_dir_all(&store)?;
-    let mut images = Vec::new();
-    for i in 0..a.writers.max(1) {
-        let p = store.join(format!("vm{i}.qcow2"));
-        if !p.exists() {
-            qemu_img(&["create", "-q", "-f", "qcow2", &p.to_string_lossy(), "64M"])?;
-        }
-        images.push(p);
-    }
+    let images = writer_images(&store, a.writers)?;
     let out = dir.join("alerts.jsonl");
     let mut ag = agent::Agent::start(
         bin,
@@ -536,15 +545,7 @@ fn alert_latency(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow:
                 ))
                 .unwrap_or_default()
         );
-        let alive = st.agent_alive;
-        res.alert_latency.push(st);
-        if !alive {
-            bail!("the agent died at {rate}/s");
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&out)?
-            .set_len(0)?;
+        end_step(&mut res.alert_latency, st, &out, rate)?;
     }
     let (detail, st) = ag.stop()?;
     res.stopped

@@ -414,17 +414,13 @@ impl SinkSet {
         let r = f();
         if !was {
             self.batching.store(false, RELAXED);
-            self.flush_pending();
+            self.hand_off_pending();
         }
         r
     }
 
-    /// Inside `batch`: hand over what is pending now, without ending the batch.
+    /// Hand over what is pending now (inside `batch`: without ending the batch).
     pub fn hand_off_pending(&self) {
-        self.flush_pending();
-    }
-
-    fn flush_pending(&self) {
         for h in &self.sinks {
             if let Ok(mut p) = h.pending.lock() {
                 hand_off(h, &mut p);
@@ -487,7 +483,7 @@ impl SinkSet {
     /// Close the queues, let every sink drain and flush, waiting at most `timeout` in all.
     /// What is still queued after that is counted as `shutdown` drops.
     pub fn shutdown(&mut self, timeout: Duration) {
-        self.flush_pending();
+        self.hand_off_pending();
         for h in &mut self.sinks {
             h.tx = None;
         }
