@@ -409,6 +409,28 @@ pub fn brief(vs: &[Value]) -> String {
 /// `cargo xtask vm-test` extracts them into `target/vm-test/<release>/fixtures/<rel>` (and,
 /// with `--save-fixtures`, into `snapmon/tests/fixtures/rules/<rel>`). Written to fd 1
 /// directly, so libtest's output capture does not swallow them.
+/// `{path: "major:minor:inode"}` of the executables that exist here, in the format of the
+/// rule fixtures' identities.json (identities are per host; the guest's differ from ours).
+pub fn identities_json(paths: &[&str]) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut m = serde_json::Map::new();
+    for p in paths {
+        if let Ok(md) = std::fs::metadata(p) {
+            let d = md.dev();
+            m.insert(
+                (*p).into(),
+                Value::from(format!(
+                    "{}:{}:{}",
+                    libc::major(d),
+                    libc::minor(d),
+                    md.ino()
+                )),
+            );
+        }
+    }
+    Value::Object(m).to_string()
+}
+
 pub fn emit_fixture(rel: &str, lines: &[String]) {
     use std::io::Write as _;
     assert!(!lines.is_empty(), "fixture {rel} would be empty");

@@ -5,7 +5,6 @@
 //! Each test also prints what the agent recorded as a rule fixture (see `emit_fixture`).
 
 use std::{
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     process::{Command, Stdio},
     sync::OnceLock,
@@ -13,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{action, agent_with, emit_fixture, note, run, Agent, Ran};
+use snapmon_e2e::{action, agent_with, emit_fixture, identities_json, note, run, Agent, Ran};
 
 const VG: &str = "snapmonrl";
 const WITHIN: Duration = Duration::from_secs(1);
@@ -144,27 +143,12 @@ fn k001_alerts(a: &Agent) -> Vec<Value> {
 /// fixtures are judged against the host they were recorded on (here the VM guest, whose root
 /// is 9p).
 fn guest_identities() -> String {
-    let mut m = serde_json::Map::new();
-    for p in [
+    identities_json(&[
         "/usr/sbin/lvm",
         "/usr/sbin/dmsetup",
         "/usr/sbin/dmeventd",
         "/usr/sbin/lvmpolld",
-    ] {
-        if let Ok(md) = std::fs::metadata(p) {
-            let d = md.dev();
-            m.insert(
-                p.into(),
-                Value::from(format!(
-                    "{}:{}:{}",
-                    libc::major(d),
-                    libc::minor(d),
-                    md.ino()
-                )),
-            );
-        }
-    }
-    Value::Object(m).to_string()
+    ])
 }
 
 #[test]

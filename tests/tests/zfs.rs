@@ -5,7 +5,6 @@
 //! not. Each test also prints what the agent recorded as a rule fixture (`emit_fixture`).
 
 use std::{
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::OnceLock,
@@ -13,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{action, agent_with, emit_fixture, note, run, Agent, Ran};
+use snapmon_e2e::{action, agent_with, emit_fixture, identities_json, note, run, Agent, Ran};
 
 const POOL: &str = "snapmonzp";
 const WITHIN: Duration = Duration::from_secs(1);
@@ -131,27 +130,12 @@ fn zfs_ioctls_of(a: &Agent, pids: &[u32], all: bool) -> Vec<String> {
 /// The guest's identities of the trusted ZFS executables, in identities.json's format (the
 /// guest's /usr/sbin is a tmpfs copy with the OpenZFS userland in it, see xtask/vm/zfs.sh).
 fn guest_identities() -> String {
-    let mut m = serde_json::Map::new();
-    for p in [
+    identities_json(&[
         "/usr/sbin/zfs",
         "/usr/sbin/zpool",
         "/usr/sbin/zed",
         "/sbin/zfs",
-    ] {
-        if let Ok(md) = std::fs::metadata(p) {
-            let d = md.dev();
-            m.insert(
-                p.into(),
-                Value::from(format!(
-                    "{}:{}:{}",
-                    libc::major(d),
-                    libc::minor(d),
-                    md.ino()
-                )),
-            );
-        }
-    }
-    Value::Object(m).to_string()
+    ])
 }
 
 /// python3 issuing one ZFS ioctl with a zeroed `zfs_cmd_t` (16 KiB covers 2.1's ~13.7 KiB)
