@@ -87,6 +87,15 @@ fn hash_of(prev: &[u8; 32], seq: u64, r: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// Lower-case hex, as `hex::encode` writes it, straight into the line.
+fn push_hex(out: &mut Vec<u8>, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &x in b {
+        out.push(DIGITS[(x >> 4) as usize]);
+        out.push(DIGITS[(x & 15) as usize]);
+    }
+}
+
 fn mac_hex(key: &[u8], action: &str, seq: u64, prev: &[u8; 32]) -> String {
     let msg = format!("snapmon-chain-v1 {action} {seq} {}", hex::encode(prev));
     hex::encode(hmac_sha256(key, msg.as_bytes()))
@@ -115,20 +124,26 @@ impl Chain {
 
     /// Append the chain member to the record's JSON and advance. Returns the line with `\n`.
     pub fn seal(&mut self, r: &[u8]) -> Vec<u8> {
-        let hash = hash_of(&self.prev, self.seq, r);
-        let body = r.strip_suffix(b"}").unwrap_or(r);
         let mut line = Vec::with_capacity(r.len() + 180);
-        line.extend_from_slice(body);
+        line.extend_from_slice(r);
+        self.seal_owned(line)
+    }
+
+    /// [`Chain::seal`] on a record the caller owns: the member is appended in place, with no
+    /// copy of the record and no formatting machinery (this runs once per record).
+    pub fn seal_owned(&mut self, mut line: Vec<u8>) -> Vec<u8> {
+        let hash = hash_of(&self.prev, self.seq, &line);
+        if line.last() == Some(&b'}') {
+            line.pop();
+        }
+        line.reserve(180);
         line.extend_from_slice(CHAIN_KEY.as_bytes());
-        line.extend_from_slice(
-            format!(
-                "{},\"prev\":\"{}\",\"hash\":\"{}\"}}}}\n",
-                self.seq,
-                hex::encode(self.prev),
-                hex::encode(hash)
-            )
-            .as_bytes(),
-        );
+        let _ = serde_json::to_writer(&mut line, &self.seq);
+        line.extend_from_slice(b",\"prev\":\"");
+        push_hex(&mut line, &self.prev);
+        line.extend_from_slice(b"\",\"hash\":\"");
+        push_hex(&mut line, &hash);
+        line.extend_from_slice(b"\"}}\n");
         self.seq += 1;
         self.prev = hash;
         self.since_checkpoint += 1;
@@ -143,7 +158,7 @@ impl Chain {
         let mut v = super::json::to_value(&Record::State(StateRecord { action, detail }), host);
         v["event"]["dataset"] = json!("snapmon.chain");
         let r = serde_json::to_vec(&v).unwrap_or_default();
-        let line = self.seal(&r);
+        let line = self.seal_owned(r);
         // Counted from this keyed record on.
         self.since_checkpoint = 0;
         line

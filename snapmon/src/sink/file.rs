@@ -192,7 +192,7 @@ impl FileSink {
             self.rotate()?;
         }
         let line = match &mut self.chain {
-            Some(c) => c.seal(&body),
+            Some(c) => c.seal_owned(body),
             None => {
                 body.push(b'\n');
                 body
