@@ -116,7 +116,7 @@ pub struct State {
     pub created: Bounded<(u32, Vec<u8>), i128>,
     pub disguised: Bounded<(u32, u64), ()>,
     pub lineage_seen: Bounded<u32, ()>,
-    dedupe: Bounded<(usize, u32, u32, u64), i128>,
+    dedupe: Bounded<DedupeKey, i128>,
 }
 
 /// Caps for every state map.
@@ -163,6 +163,37 @@ pub struct Ctx<'a> {
     pub window_ns: i128,
     pub windows: &'a [Window],
     pub local: &'a dyn LocalTime,
+    /// Index of the rule being evaluated, and whether its hits are deduplicated.
+    pub rule: usize,
+    pub dedupes: bool,
+}
+
+impl Ctx<'_> {
+    /// A hit now would be dropped by dedupe (`Engine::finish`): the rule still returns it,
+    /// so what it supersedes and the state it keeps do not change, but it need not spend
+    /// time on a message nobody will read (an untrusted header writer hits on every write).
+    pub fn quiet(&self) -> bool {
+        self.dedupes && dedupe_fresh(self.st, self.det, &dedupe_key(self.rule, self.ev), self.ev)
+    }
+}
+
+type DedupeKey = (usize, u32, u32, u64);
+
+/// Alerts of one rule are deduplicated per acting process and file.
+fn dedupe_key(rule: usize, ev: &Event) -> DedupeKey {
+    let f = ev.file.as_ref();
+    (
+        rule,
+        ev.process.pid,
+        f.map(|f| f.dev).unwrap_or(0),
+        f.map(|f| f.ino).unwrap_or(0),
+    )
+}
+
+fn dedupe_fresh(st: &State, det: &Detection, key: &DedupeKey, ev: &Event) -> bool {
+    st.dedupe
+        .get(key)
+        .is_some_and(|&t| ev.ts_unix_ns - t < det.dedupe_ns)
 }
 
 struct RuleRt {
@@ -359,6 +390,8 @@ impl Engine {
                     window_ns: r.window_s as i128 * 1_000_000_000,
                     windows: &self.windows,
                     local: self.local.as_ref(),
+                    rule: i,
+                    dedupes: r.def.rate.is_none(),
                 };
                 if let Some(h) = (r.def.eval)(&mut ctx) {
                     fired.push((i, h));
@@ -447,25 +480,14 @@ impl Engine {
             self.stats.in_window += 1;
             return None;
         }
-        let f = ev.file.as_ref();
-        let key = (
-            i,
-            ev.process.pid,
-            f.map(|f| f.dev).unwrap_or(0),
-            f.map(|f| f.ino).unwrap_or(0),
-        );
         // Rate rules already aggregate; everything else alerts once per actor and file.
         if r.def.rate.is_none() {
-            if let Some(&t) = self.st.dedupe.get(&key) {
-                if ev.ts_unix_ns - t < self.det.dedupe_ns {
-                    self.stats.deduped += 1;
-                    return None;
-                }
+            let key = dedupe_key(i, ev);
+            if dedupe_fresh(&self.st, &self.det, &key, ev) {
+                self.stats.deduped += 1;
+                return None;
             }
             self.st.dedupe.insert(key, ev.ts_unix_ns);
-            if let Some(v) = self.st.dedupe.get_mut(&key) {
-                *v = ev.ts_unix_ns;
-            }
         }
         let severity = match (r.severity_set, h.severity) {
             (false, Some(s)) => s,

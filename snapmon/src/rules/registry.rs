@@ -513,6 +513,9 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
     if regions.is_empty() && (ev.action != "open_truncate") {
         return None;
     }
+    if ctx.quiet() {
+        return Some(Hit::default());
+    }
     let what = if regions.is_empty() {
         "everything".to_string()
     } else {

@@ -239,6 +239,48 @@ fn the_agent_never_alerts_on_its_own_process() {
     assert!(!e.process(&ev).is_empty());
 }
 
+#[test]
+fn deduped_hits_are_dropped_and_the_next_window_gets_a_full_message() {
+    let p = Policy::embedded();
+    let window = p.detection.dedupe_seconds as i128 * 1_000_000_000;
+    let mut e = engine(&p);
+    let mut ev = hide_event(4242);
+    if let Some(c) = &mut ev.classification {
+        c.regions = vec!["header.l1_table_offset".into()];
+        c.changes = vec![Change::new("l1_table_offset", "0x30000", "0x40000")];
+    }
+    let q001 = |a: Vec<crate::record::Alert>| {
+        a.into_iter()
+            .filter(|a| a.rule_id == "SM-Q001")
+            .map(|a| a.message)
+            .collect::<Vec<_>>()
+    };
+    let first = q001(e.process(&ev));
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].ends_with(
+            "wrote qcow2 metadata (header) in vm1.qcow2: l1_table_offset 0x30000→0x40000"
+        ),
+        "{first:?}"
+    );
+    let deduped = e.stats.deduped;
+    ev.ts_unix_ns += 1_000_000_000;
+    ev.seq += 1;
+    assert!(q001(e.process(&ev)).is_empty());
+    assert_eq!(e.stats.deduped, deduped + 1);
+    // The quiet hit still counts as fired: the more specific rule supersedes it.
+    ev.seq += 1;
+    let ids: Vec<_> = e
+        .process(&hide_event(4242))
+        .into_iter()
+        .map(|a| a.rule_id)
+        .collect();
+    assert_eq!(ids, ["SM-Q002"]);
+    ev.ts_unix_ns += window;
+    ev.seq += 1;
+    assert_eq!(q001(e.process(&ev)), first);
+}
+
 fn hide_event(pid: u32) -> Event {
     Event {
         seq: 1,
