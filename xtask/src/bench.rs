@@ -40,7 +40,7 @@ pub struct Args {
     )]
     pub rates: Vec<u64>,
     /// Rates (events/s) of the alert-latency phase, where every write raises an alert
-    /// (rule dedupe off); empty to skip it.
+    /// (rule dedupe off).
     #[arg(long, value_delimiter = ',', default_value = "5000,10000,25000")]
     pub alert_rates: Vec<u64>,
     /// Writer processes in the capacity phase (one watched image each).
@@ -53,6 +53,8 @@ pub struct Args {
     pub skip_overhead: bool,
     #[arg(long)]
     pub skip_capacity: bool,
+    #[arg(long)]
+    pub skip_alert_latency: bool,
     /// Use this agent binary instead of building target/release/snapmon from the tree.
     #[arg(long)]
     pub agent: Option<PathBuf>,
@@ -206,7 +208,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             eprintln!("bench: capacity phase failed: {e:#}");
             res.capacity_error = Some(format!("{e:#}"));
         }
-        if !a.alert_rates.is_empty() {
+        if !a.skip_alert_latency && !a.alert_rates.is_empty() {
             if let Err(e) = alert_latency(&a, &bin, &dir, &mut res) {
                 eprintln!("bench: alert-latency phase failed: {e:#}");
                 res.alert_latency_error = Some(format!("{e:#}"));
