@@ -292,13 +292,7 @@ fn num(out: &mut Vec<u8>, n: impl serde::Serialize) {
     let _ = serde_json::to_writer(&mut *out, &n);
 }
 
-/// Any serde value through a `Value`, so its keys come out sorted like the rest.
-fn via_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    let v = serde_json::to_value(v).unwrap_or(Value::Null);
-    let _ = serde_json::to_writer(&mut *out, &v);
-}
-
-/// `Classification` with its keys in sorted order, as `via_value` would give them: this
+/// `Classification` with its keys in sorted order, as its `Value` tree gives them: this
 /// runs for most records, and the detour through a `Value` tree cost a quarter of a render.
 fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) {
     let mut first = true;
