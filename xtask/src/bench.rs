@@ -32,11 +32,18 @@ pub struct Args {
     /// the virtual disk's noise does not drown the hooks' cost (the strictest setting, too).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Directory on a block-device filesystem for the on-disk overhead targets (O_DIRECT,
+    /// as QEMU's cache=none writes images). Default: a fresh directory under /var/tmp.
+    #[arg(long)]
+    pub disk_dir: Option<PathBuf>,
+    /// Skip the on-disk overhead targets.
+    #[arg(long)]
+    pub skip_disk: bool,
     /// Relevant-event rates (events/s) the capacity phase steps through; 0 = flat out.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10000,25000,50000,75000,100000,150000,200000,0"
+        default_value = "10000,25000,50000,75000,100000,125000,150000,200000,0"
     )]
     pub rates: Vec<u64>,
     /// Rates (events/s) of the alert-latency phase, where every write raises an alert
@@ -71,7 +78,8 @@ pub struct Args {
 }
 
 pub const CONFIGS: &[&str] = &["none", "snapmon", "auditd"];
-pub const TARGETS: &[&str] = &["unwatched", "watched"];
+/// The `-disk` targets are the same two files on a block-device filesystem.
+pub const TARGETS: &[&str] = &["unwatched", "watched", "unwatched-disk", "watched-disk"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OverheadRun {
@@ -103,6 +111,8 @@ pub struct Results {
     pub duration_s: f64,
     pub auditd_unavailable: Option<String>,
     pub auditd_note: String,
+    /// Where the on-disk targets ran: "<fs type> on <device> (<dir>)".
+    pub disk: Option<String>,
     pub overhead: Vec<OverheadRun>,
     pub stopped: Vec<serde_json::Value>,
     pub startup: Vec<Startup>,
@@ -179,6 +189,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         duration_s: 0.0,
         auditd_unavailable: None,
         auditd_note: String::new(),
+        disk: None,
         overhead: Vec::new(),
         stopped: Vec::new(),
         startup: Vec::new(),
@@ -273,39 +284,42 @@ fn overhead(
     audit: &mut audit::Audit,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let plain_dir = dir.join("unwatched");
-    let store = dir.join("store");
-    std::fs::create_dir_all(&plain_dir)?;
-    std::fs::create_dir_all(&store)?;
-    let plain = plain_dir.join("data.raw");
-    let image = store.join("vm-bench.qcow2");
-    let total = fio::OFFSET + fio::SIZE;
-    // Both fully allocated, same size: only the watch differs.
-    if !image.exists() {
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "preallocation=full",
-            &image.to_string_lossy(),
-            &total.to_string(),
-        ])?;
-    }
-    let len = std::fs::metadata(&image)?.len();
-    if !plain.exists() {
-        let f = std::fs::File::create(&plain)?;
-        let chunk = vec![0u8; 1 << 20];
-        use std::io::Write as _;
-        let mut w = std::io::BufWriter::new(f);
-        for _ in 0..len.div_ceil(1 << 20) {
-            w.write_all(&chunk)?;
+    let tmp = files(dir)?;
+    let disk = if a.skip_disk {
+        None
+    } else {
+        let d = disk_dir(a)?;
+        res.disk = Some(format!(
+            "{} on {} ({})",
+            report::fs_type(&d.0),
+            report::fs_source(&d.0),
+            d.0.display()
+        ));
+        println!(
+            "bench: on-disk targets in {}",
+            res.disk.as_deref().unwrap_or("")
+        );
+        Some((files(&d.0)?, d))
+    };
+    let target_path = |t: &str| -> Option<&PathBuf> {
+        match t {
+            "watched" => Some(&tmp.image),
+            "unwatched" => Some(&tmp.plain),
+            "watched-disk" => disk.as_ref().map(|d| &d.0.image),
+            "unwatched-disk" => disk.as_ref().map(|d| &d.0.plain),
+            _ => None,
         }
-    }
+    };
+    let stores: Vec<&Path> = std::iter::once(tmp.store.as_path())
+        .chain(disk.as_ref().map(|d| d.0.store.as_path()))
+        .collect();
+    let audited: Vec<&Path> = TARGETS
+        .iter()
+        .filter_map(|t| target_path(t))
+        .map(|p| p.as_path())
+        .collect();
     let agent_out = dir.join("overhead.jsonl");
     let fio_out = dir.join("fio.json");
-    let target_path = |t: &str| if t == "watched" { &image } else { &plain };
     for rep in 1..=a.reps {
         for &config in CONFIGS {
             println!("bench: overhead rep {rep}/{} config {config}", a.reps);
@@ -316,7 +330,7 @@ fn overhead(
                     let ag_ = agent::Agent::start(
                         bin,
                         &bench_policy(dir)?,
-                        &[&store],
+                        &stores,
                         &agent_out,
                         &dir.join("agent.log"),
                     )?;
@@ -328,7 +342,7 @@ fn overhead(
                     ag = Some(ag_);
                 }
                 "auditd" => {
-                    if let Err(e) = audit.on(&[&image, &plain]) {
+                    if let Err(e) = audit.on(&audited) {
                         skip = Some(format!("{e:#}"));
                     }
                 }
@@ -336,6 +350,12 @@ fn overhead(
             }
             for job in fio::JOBS {
                 for &target in TARGETS {
+                    let Some(file) = target_path(target) else {
+                        continue;
+                    };
+                    if target.ends_with("-disk") && !job.on_disk {
+                        continue;
+                    }
                     let mut run = OverheadRun {
                         rep,
                         config,
@@ -351,7 +371,7 @@ fn overhead(
                         let from = ag.as_ref().map(|g: &agent::Agent| g.out_len()).unwrap_or(0);
                         let s0 = ag.as_ref().map(|g| g.sample());
                         let t0 = Instant::now();
-                        match fio::run(job, target_path(target), a.runtime, &fio_out) {
+                        match fio::run(job, file, a.runtime, &fio_out) {
                             Ok(r) => run.fio = Some(r),
                             Err(e) => run.error = Some(format!("{e:#}")),
                         }
@@ -410,6 +430,86 @@ fn overhead(
 }
 
 /// One watched qcow2 per writer process in `store` (kept between runs).
+/// The overhead phase's files in one directory: a watched store with a preallocated qcow2,
+/// and a plain file of the same size that nothing watches.
+struct Files {
+    store: PathBuf,
+    image: PathBuf,
+    plain: PathBuf,
+}
+
+fn files(dir: &Path) -> anyhow::Result<Files> {
+    let plain_dir = dir.join("unwatched");
+    let store = dir.join("store");
+    std::fs::create_dir_all(&plain_dir)?;
+    std::fs::create_dir_all(&store)?;
+    let plain = plain_dir.join("data.raw");
+    let image = store.join("vm-bench.qcow2");
+    let total = fio::OFFSET + fio::SIZE;
+    // Both fully allocated, same size: only the watch differs.
+    if !image.exists() {
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=full",
+            &image.to_string_lossy(),
+            &total.to_string(),
+        ])?;
+    }
+    let len = std::fs::metadata(&image)?.len();
+    if !plain.exists() {
+        let f = std::fs::File::create(&plain)?;
+        let chunk = vec![0u8; 1 << 20];
+        use std::io::Write as _;
+        let mut w = std::io::BufWriter::new(f);
+        for _ in 0..len.div_ceil(1 << 20) {
+            w.write_all(&chunk)?;
+        }
+        w.into_inner()?.sync_all()?;
+    }
+    Ok(Files {
+        store,
+        image,
+        plain,
+    })
+}
+
+/// A directory for the on-disk targets (removed when done unless the user named it).
+struct DiskDir(PathBuf, bool);
+impl Drop for DiskDir {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn disk_dir(a: &Args) -> anyhow::Result<DiskDir> {
+    let (d, ours) = match &a.disk_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            PathBuf::from(format!(
+                "/var/tmp/snapmon-bench-disk-{}",
+                std::process::id()
+            )),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    let d = DiskDir(d, ours);
+    let fs = report::fs_type(&d.0);
+    if fs == "tmpfs" || fs == "ramfs" {
+        bail!(
+            "--disk-dir {} is on {fs}: the on-disk targets need a block-device filesystem",
+            d.0.display()
+        );
+    }
+    Ok(d)
+}
+
 fn writer_images(store: &Path, writers: usize) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(store)?;
     let mut images = Vec::new();

@@ -12,6 +12,8 @@ pub struct Job {
     pub bs: &'static str,
     pub engine: &'static str,
     pub iodepth: u32,
+    /// Also run against the on-disk files (the 4 KiB jobs: where a per-IO cost shows).
+    pub on_disk: bool,
 }
 
 pub const JOBS: &[Job] = &[
@@ -21,6 +23,7 @@ pub const JOBS: &[Job] = &[
         bs: "4k",
         engine: "psync",
         iodepth: 1,
+        on_disk: true,
     },
     Job {
         name: "randwrite-4k-io_uring",
@@ -28,6 +31,7 @@ pub const JOBS: &[Job] = &[
         bs: "4k",
         engine: "io_uring",
         iodepth: 16,
+        on_disk: true,
     },
     Job {
         name: "seqwrite-1m-psync",
@@ -35,6 +39,7 @@ pub const JOBS: &[Job] = &[
         bs: "1m",
         engine: "psync",
         iodepth: 1,
+        on_disk: false,
     },
 ];
 

@@ -75,6 +75,19 @@ pub fn now_rfc3339() -> String {
     sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
 }
 
+/// Filesystem type name of the filesystem holding `dir` (`tmpfs`, `ext2/ext3`, …).
+pub fn fs_type(dir: &Path) -> String {
+    sh("stat", &["-f", "-c", "%T", &dir.to_string_lossy()])
+}
+
+/// The device a directory's filesystem lives on (`/dev/vda`), for the report.
+pub fn fs_source(dir: &Path) -> String {
+    sh(
+        "findmnt",
+        &["-n", "-o", "SOURCE", "-T", &dir.to_string_lossy()],
+    )
+}
+
 pub fn machine(bin: &Path, rev: Option<&str>, dir: &Path) -> Machine {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kib: u64 = meminfo
@@ -136,7 +149,7 @@ pub fn machine(bin: &Path, rev: Option<&str>, dir: &Path) -> Machine {
             if dirty { " + uncommitted changes" } else { "" }
         )
     });
-    let fs = sh("stat", &["-f", "-c", "%T", &dir.to_string_lossy()]);
+    let fs = fs_type(dir);
     Machine {
         nproc: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -174,6 +187,12 @@ pub fn command(a: &Args) -> String {
     }
     if let Some(d) = &a.dir {
         write!(s, " --dir {}", d.display()).unwrap();
+    }
+    if let Some(d) = &a.disk_dir {
+        write!(s, " --disk-dir {}", d.display()).unwrap();
+    }
+    if a.skip_disk {
+        s.push_str(" --skip-disk");
     }
     if a.writers != 4 {
         write!(s, " --writers {}", a.writers).unwrap();
@@ -236,6 +255,9 @@ pub fn cells(r: &Results) -> Vec<Cell> {
                     .iter()
                     .filter(|x| x.job == job.name && x.target == target && x.config == config)
                     .collect();
+                if runs.is_empty() {
+                    continue;
+                }
                 let base = |rep: usize| {
                     r.overhead
                         .iter()
@@ -333,16 +355,31 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
             "unwatched",
             "throughput within noise (≤1%)",
             0.99,
-            "overhead on unwatched I/O",
+            "overhead on unwatched I/O (tmpfs)",
         ),
         (
             "watched",
             "throughput ≤3% lower",
             0.97,
-            "overhead on trusted writes to a watched image",
+            "overhead on trusted writes to a watched image (tmpfs)",
+        ),
+        (
+            "unwatched-disk",
+            "throughput within noise (≤1%)",
+            0.99,
+            "overhead on unwatched I/O (disk, O_DIRECT)",
+        ),
+        (
+            "watched-disk",
+            "throughput ≤3% lower",
+            0.97,
+            "overhead on trusted writes to a watched image (disk, O_DIRECT)",
         ),
     ] {
         let cs = snap(target);
+        if cs.is_empty() && target.ends_with("-disk") && r.disk.is_none() {
+            continue;
+        }
         if cs.is_empty() || cs.iter().any(|c| c.bw_ratio.is_none()) {
             t.push(Target {
                 name,
@@ -522,6 +559,9 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
 
     writeln!(w, "## Overhead (fio)\n")?;
     writeln!(w, "{} interleaved repetitions (each: no agent, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
+    if let Some(d) = &r.disk {
+        writeln!(w, "`-disk` files: the same two files on {d}, for the 4 KiB jobs only. The rows without the suffix are on tmpfs, where a write costs the least and a per-syscall cost shows the most; the `-disk` rows are what images on local storage written with O_DIRECT (QEMU `cache=none`) see.\n")?;
+    }
     if let Some(u) = &r.auditd_unavailable {
         writeln!(w, "**auditd unavailable: {u}**\n")?;
     } else {
