@@ -351,12 +351,11 @@ mod tests {
 
     #[test]
     fn protects_a_store_and_its_files_with_the_mode_bit() {
-        let d = std::env::temp_dir().join(format!("snapmon-enf-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::testutil::TmpDir::new("enf");
         std::fs::write(d.join("a.qcow2"), b"x").unwrap();
         let p = plan(&opts(&[d.to_str().unwrap()])).unwrap();
         assert_eq!(p.protected.len(), 2);
-        let dir = p.protected.iter().find(|(_, _, path)| *path == d).unwrap();
+        let dir = p.protected.iter().find(|(_, _, path)| *path == d.0).unwrap();
         assert_eq!(dir.1 & !deny::MODE_ENFORCE, deny::DIR_OPS);
         assert!(p
             .protected
@@ -370,7 +369,6 @@ mod tests {
             .protected
             .iter()
             .all(|(_, m, _)| m & deny::MODE_ENFORCE == 0));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -404,7 +402,7 @@ mod tests {
 
     #[test]
     fn stores_can_be_monitored_while_others_are_enforced() {
-        let base = std::env::temp_dir().join(format!("snapmon-enf-mixed-{}", std::process::id()));
+        let base = crate::testutil::TmpDir::new("enf-mixed");
         let (a, b) = (base.join("enforced"), base.join("monitored"));
         std::fs::create_dir_all(&a).unwrap();
         std::fs::create_dir_all(&b).unwrap();
@@ -416,7 +414,6 @@ mod tests {
             assert_eq!(enforced, path.starts_with(&a), "{}", path.display());
         }
         assert_eq!(p.protected.len(), 2);
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -19,4 +19,6 @@ pub mod pipeline;
 pub mod record;
 pub mod rules;
 pub mod sink;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod watch;

@@ -302,6 +302,17 @@ impl Drop for Agent {
             unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
             let _ = self.child.wait();
         }
+        // A failed test keeps the agent's output and temp root to be looked at.
+        if std::thread::panicking() {
+            eprintln!(
+                "kept the agent's output {} and temp root {}",
+                self.out.display(),
+                self.root.display()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.out);
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 }
 

@@ -759,7 +759,8 @@ mod lvm_refresh_tests {
 
     #[test]
     fn late_pv_reread_attributes_each_version_to_the_command_that_wrote_it() {
-        let p = std::env::temp_dir().join(format!("snapmon-pv-{}", std::process::id()));
+        let tmp = crate::testutil::TmpDir::new("pv");
+        let p = tmp.path("pv");
         std::fs::write(&p, FX_SEQ3).unwrap();
         let hist = lvm::metadata_history(FX_SEQ3);
         let (v1, v2) = (&hist[0], &hist[1]);
@@ -796,7 +797,6 @@ mod lvm_refresh_tests {
         let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|c| c.contains("data2")), "{text:?}");
         assert_eq!(vg.seqno, 3);
-        let _ = std::fs::remove_file(&p);
     }
 }
 

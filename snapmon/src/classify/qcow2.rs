@@ -1659,35 +1659,8 @@ pub(crate) mod testutil {
     use super::*;
     use std::path::{Path, PathBuf};
     use std::process::Command;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
-    pub struct TmpDir(pub PathBuf);
-
-    impl TmpDir {
-        pub fn new(tag: &str) -> Self {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let d = std::env::temp_dir().join(format!(
-                "snapmon-qcow2-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&d);
-            std::fs::create_dir_all(&d).expect("create temp dir");
-            Self(d)
-        }
-        pub fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-        pub fn s(&self, name: &str) -> String {
-            self.path(name).display().to_string()
-        }
-    }
-
-    impl Drop for TmpDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub use crate::testutil::TmpDir;
 
     fn run(tool: &str, args: &[&str]) -> String {
         let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {

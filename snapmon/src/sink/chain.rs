@@ -599,11 +599,8 @@ mod tests {
     };
     use std::sync::Arc;
 
-    fn dir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("snapmon-chain-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    fn dir(tag: &str) -> crate::testutil::TmpDir {
+        crate::testutil::TmpDir::new(&format!("chain-{tag}"))
     }
 
     /// A keyed log of `n` events with checkpoints every 4, rotated at `rotate` bytes.

@@ -269,15 +269,8 @@ mod tests {
     use super::*;
     use crate::sink::{chain::verify, fixtures};
 
-    pub(crate) fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "snapmon-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
+    pub(crate) fn tempdir(tag: &str) -> crate::testutil::TmpDir {
+        crate::testutil::TmpDir::new(tag)
     }
 
     fn sink(spec: &str) -> (FileSink, Arc<SinkCounters>) {

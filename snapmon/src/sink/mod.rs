@@ -422,9 +422,7 @@ mod tests {
 
     #[test]
     fn a_hung_sink_neither_blocks_send_nor_the_other_sinks() {
-        let dir = std::env::temp_dir().join(format!("snapmon-set-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::TmpDir::new("set");
         let path = dir.join("out.jsonl");
         let c = SinkConfig::parse_spec(&format!(
             "file:{},flush=record,chain=false,queue=100000",
@@ -490,6 +488,5 @@ mod tests {
         assert!(done.load(RELAXED) >= 1);
         let st = set.stats();
         assert_eq!(st[format!("file:{}", path.display())]["written"], 1010);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -373,9 +373,7 @@ mod tests {
 
     #[test]
     fn unix_socket_collector_killed_mid_stream_loses_nothing() {
-        let d = std::env::temp_dir().join(format!("snapmon-unix-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::testutil::TmpDir::new("unix");
         let sock = d.join("collector.sock");
         let spec = format!(
             "unix:{},spill_dir={},backoff_min=5ms,backoff_max=20ms",

@@ -199,8 +199,8 @@ mod tests {
 
     #[test]
     fn disk_spill_is_ordered_bounded_and_survives_reopen() {
-        let dir = std::env::temp_dir().join(format!("snapmon-spill-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = crate::testutil::TmpDir::new("spill");
+        let dir = tmp.path("spill");
         let mut s = Spill::disk(dir.clone(), 100).unwrap();
         for i in 0..20 {
             let ok = s.push(format!("line{i:02}\n").as_bytes()).unwrap();
@@ -218,6 +218,5 @@ mod tests {
         assert_eq!(got[13], b"late\n");
         assert!(s.is_empty());
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -336,9 +336,7 @@ template(name="t" type="string" string="%pri% %app-name% %msgid% %structured-dat
     #[test]
     fn alerts_reach_a_real_rsyslog_over_udp_and_tcp() {
         use crate::sink::{config::SinkConfig, fixtures, SinkSet};
-        let dir = std::env::temp_dir().join(format!("snapmon-rsyslog-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testutil::TmpDir::new("rsyslog");
         let (udp, tcp) = (free_port(), free_port());
         let d = rsyslogd(&dir, udp, tcp);
         let cfgs = [
@@ -393,6 +391,5 @@ template(name="t" type="string" string="%pri% %app-name% %msgid% %structured-dat
         assert!(udp_line.contains("! CRITICAL SM001"), "{udp_line}");
         // Plain events were filtered out of both.
         assert!(!got.contains("kind=\"event\""));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
