@@ -6,6 +6,7 @@
 mod agent;
 mod audit;
 mod fio;
+mod floor;
 mod load;
 mod report;
 
@@ -77,7 +78,8 @@ pub struct Args {
     pub loadgen: Option<Vec<String>>,
 }
 
-pub const CONFIGS: &[&str] = &["none", "snapmon", "auditd"];
+/// `floor`: a do-nothing BPF program on the write syscalls' tracepoints (see `floor`).
+pub const CONFIGS: &[&str] = &["none", "floor", "snapmon", "auditd"];
 /// The `-disk` targets are the same two files on a block-device filesystem.
 pub const TARGETS: &[&str] = &["unwatched", "watched", "unwatched-disk", "watched-disk"];
 
@@ -151,6 +153,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     let t_all = Instant::now();
     crate::setup::setup()?;
+    sweep_stale();
     let bin = match &a.agent {
         Some(b) => b.clone(),
         None => {
@@ -325,6 +328,7 @@ fn overhead(
             println!("bench: overhead rep {rep}/{} config {config}", a.reps);
             let mut ag = None;
             let mut skip = None;
+            let mut _floor = None;
             match config {
                 "snapmon" => {
                     let ag_ = agent::Agent::start(
@@ -341,6 +345,10 @@ fn overhead(
                     });
                     ag = Some(ag_);
                 }
+                "floor" => match floor::Floor::attach() {
+                    Ok(f) => _floor = Some(f),
+                    Err(e) => skip = Some(format!("{e:#}")),
+                },
                 "auditd" => {
                     if let Err(e) = audit.on(&audited) {
                         skip = Some(format!("{e:#}"));
@@ -353,7 +361,9 @@ fn overhead(
                     let Some(file) = target_path(target) else {
                         continue;
                     };
-                    if target.ends_with("-disk") && !job.on_disk {
+                    if target.ends_with("-disk") && !job.on_disk
+                        || config == "floor" && !floor::runs_in(job.name, target)
+                    {
                         continue;
                     }
                     let mut run = OverheadRun {
@@ -475,6 +485,42 @@ fn files(dir: &Path) -> anyhow::Result<Files> {
         image,
         plain,
     })
+}
+
+/// Remove what an interrupted bench left (its tmpfs mount, the on-disk files): a signal
+/// ends it without running the guards' `Drop`.
+fn sweep_stale() {
+    for (parent, prefix) in [
+        ("/tmp", "snapmon-bench-"),
+        ("/var/tmp", "snapmon-bench-disk-"),
+    ] {
+        let Ok(rd) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(prefix)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let p = e.path();
+            if report::fs_type(&p) == "tmpfs" && report::fs_source(&p) == "snapmon-bench" {
+                let _ = Command::new("umount").arg("-l").arg(&p).status();
+            }
+            match std::fs::remove_dir_all(&p) {
+                Ok(()) => println!(
+                    "bench: removed {} (left by an interrupted run)",
+                    p.display()
+                ),
+                Err(e) => eprintln!("bench: cannot remove {}: {e}", p.display()),
+            }
+        }
+    }
 }
 
 /// A directory for the on-disk targets (removed when done unless the user named it).
