@@ -355,7 +355,11 @@ mod tests {
         std::fs::write(d.join("a.qcow2"), b"x").unwrap();
         let p = plan(&opts(&[d.to_str().unwrap()])).unwrap();
         assert_eq!(p.protected.len(), 2);
-        let dir = p.protected.iter().find(|(_, _, path)| *path == d.0).unwrap();
+        let dir = p
+            .protected
+            .iter()
+            .find(|(_, _, path)| *path == d.0)
+            .unwrap();
         assert_eq!(dir.1 & !deny::MODE_ENFORCE, deny::DIR_OPS);
         assert!(p
             .protected
