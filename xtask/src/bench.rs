@@ -78,8 +78,9 @@ pub struct Args {
     pub loadgen: Option<Vec<String>>,
 }
 
-/// `floor`: a do-nothing BPF program on the write syscalls' tracepoints (see `floor`).
-pub const CONFIGS: &[&str] = &["none", "floor", "snapmon", "auditd"];
+/// `floor` / `floor-raw`: a do-nothing BPF program on the write syscalls' tracepoints / on
+/// the raw `sys_enter` tracepoint (see `floor`).
+pub const CONFIGS: &[&str] = &["none", "floor", "floor-raw", "snapmon", "auditd"];
 /// The `-disk` targets are the same two files on a block-device filesystem.
 pub const TARGETS: &[&str] = &["unwatched", "watched", "unwatched-disk", "watched-disk"];
 
@@ -345,10 +346,17 @@ fn overhead(
                     });
                     ag = Some(ag_);
                 }
-                "floor" => match floor::Floor::attach() {
-                    Ok(f) => _floor = Some(f),
-                    Err(e) => skip = Some(format!("{e:#}")),
-                },
+                "floor" | "floor-raw" => {
+                    let f = if config == "floor" {
+                        floor::Floor::attach()
+                    } else {
+                        floor::Floor::attach_raw()
+                    };
+                    match f {
+                        Ok(f) => _floor = Some(f),
+                        Err(e) => skip = Some(format!("{e:#}")),
+                    }
+                }
                 "auditd" => {
                     if let Err(e) = audit.on(&audited) {
                         skip = Some(format!("{e:#}"));
@@ -362,7 +370,7 @@ fn overhead(
                         continue;
                     };
                     if target.ends_with("-disk") && !job.on_disk
-                        || config == "floor" && !floor::runs_in(job.name, target)
+                        || config.starts_with("floor") && !floor::runs_in(job.name, target)
                     {
                         continue;
                     }

@@ -52,7 +52,9 @@ struct ProgLoad {
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
@@ -70,7 +72,7 @@ fn tracepoint_id(tp: &str) -> anyhow::Result<u64> {
     bail!("tracepoint {tp} not found under /sys/kernel/tracing/events")
 }
 
-fn load_noop() -> anyhow::Result<OwnedFd> {
+fn load_noop(prog_type: u32) -> anyhow::Result<OwnedFd> {
     let insns = [
         // r0 = 0
         Insn {
@@ -91,7 +93,7 @@ fn load_noop() -> anyhow::Result<OwnedFd> {
     let mut name = [0u8; 16];
     name[..10].copy_from_slice(b"bench_noop");
     let attr = ProgLoad {
-        prog_type: BPF_PROG_TYPE_TRACEPOINT,
+        prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -160,13 +162,54 @@ fn attach(prog: &OwnedFd, tp: &str) -> anyhow::Result<OwnedFd> {
 }
 
 impl Floor {
+    /// On the per-syscall tracepoints (perf trace buffer, then the program), as snapmon's
+    /// syscall hooks are.
     pub fn attach() -> anyhow::Result<Floor> {
-        let prog = load_noop()?;
+        let prog = load_noop(BPF_PROG_TYPE_TRACEPOINT)?;
         let mut fds = Vec::new();
         for tp in TRACEPOINTS {
             fds.push(attach(&prog, tp)?);
         }
         fds.push(prog);
         Ok(Floor { _fds: fds })
+    }
+
+    /// On the raw `sys_enter` tracepoint: called for every syscall, with no trace buffer.
+    /// The floor of a design that hooks all syscalls once and picks the writes by number.
+    pub fn attach_raw() -> anyhow::Result<Floor> {
+        use std::os::fd::AsRawFd as _;
+        let prog = load_noop(BPF_PROG_TYPE_RAW_TRACEPOINT)?;
+        #[repr(C)]
+        struct RawOpen {
+            name: u64,
+            prog_fd: u32,
+            _rest: [u8; 116],
+        }
+        let name = b"sys_enter\0";
+        let attr = RawOpen {
+            name: name.as_ptr() as u64,
+            prog_fd: prog.as_raw_fd() as u32,
+            _rest: [0; 116],
+        };
+        // SAFETY: a BPF_RAW_TRACEPOINT_OPEN attr pointing at a live name.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_RAW_TRACEPOINT_OPEN,
+                &attr as *const RawOpen,
+                std::mem::size_of::<RawOpen>(),
+            )
+        };
+        if fd < 0 {
+            bail!(
+                "attaching to raw sys_enter: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // SAFETY: a new fd that we own.
+        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Floor {
+            _fds: vec![link, prog],
+        })
     }
 }

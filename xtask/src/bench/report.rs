@@ -404,18 +404,23 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
             .join("; ");
         let met = cs.iter().all(|c| c.bw_ratio.unwrap() >= lim);
         // What any syscall-tracepoint hook pays on the same writes.
-        let floor = cells
-            .iter()
-            .find(|c| c.config == "floor" && c.target == target)
-            .and_then(|c| {
-                Some(format!(
-                    "; a do-nothing program on the same tracepoints: {} {}, fio CPU {:+.2} µs/IO",
-                    c.job,
-                    pctd(c.bw_ratio?),
-                    c.cpu_us_per_io_delta?
-                ))
-            })
-            .unwrap_or_default();
+        let floor = [
+            ("floor", "a do-nothing program on the same tracepoints"),
+            ("floor-raw", "on raw sys_enter"),
+        ]
+        .iter()
+        .filter_map(|(config, what)| {
+            let c = cells
+                .iter()
+                .find(|c| c.config == *config && c.target == target)?;
+            Some(format!(
+                "; {what}: {} {}, fio CPU {:+.2} µs/IO",
+                c.job,
+                pctd(c.bw_ratio?),
+                c.cpu_us_per_io_delta?
+            ))
+        })
+        .collect::<String>();
         let measured = measured + &floor;
         t.push(Target {
             name,
@@ -584,8 +589,8 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     writeln!(w)?;
 
     writeln!(w, "## Overhead (fio)\n")?;
-    writeln!(w, "{} interleaved repetitions (each: no agent, floor, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
-    writeln!(w, "`floor` = no agent, but a do-nothing BPF program (`r0 = 0; exit`) attached to the write syscalls' tracepoints snapmon uses ({}), on 4 KiB psync to the unwatched tmpfs file only: the cost every syscall-tracepoint hook pays before it does any work.\n", super::floor::TRACEPOINTS.join(", "))?;
+    writeln!(w, "{} interleaved repetitions (each: no agent, floor, floor-raw, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
+    writeln!(w, "`floor` = no agent, but a do-nothing BPF program (`r0 = 0; exit`) attached to the write syscalls' tracepoints snapmon uses ({}), on 4 KiB psync to the unwatched tmpfs file only: the cost every syscall-tracepoint hook pays before it does any work. `floor-raw` = the same program on the raw `sys_enter` tracepoint instead, which runs for every syscall but skips the trace buffer: the floor of a design that hooks all syscalls once and picks the writes by number.\n", super::floor::TRACEPOINTS.join(", "))?;
     if let Some(d) = &r.disk {
         writeln!(w, "`-disk` files: the same two files on {d}, for the 4 KiB jobs only. The rows without the suffix are on tmpfs, where a write costs the least and a per-syscall cost shows the most; the `-disk` rows are what images on local storage written with O_DIRECT (QEMU `cache=none`) see.\n")?;
     }
