@@ -112,6 +112,13 @@ const PATHS: &[(&str, &[&str], &str)] = &[
         "extents cloned over an image by the kernel go unseen",
     ),
     (
+        "writes by 32-bit (ia32) programs",
+        // The x86-64 syscall tracepoints skip compat syscalls; the VFS hook sees any write
+        // made outside the x86-64 write syscalls.
+        &["rw_verify_area"],
+        "a 32-bit program's writes to images go unseen (x86-64 syscall tracepoints skip compat syscalls)",
+    ),
+    (
         "process lineage",
         &["sched_process_exec", "sched_process_fork"],
         "alerts name processes from /proc only",

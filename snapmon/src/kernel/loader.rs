@@ -73,7 +73,7 @@ pub const HOOKS: &[HookSpec] = &[
     HookSpec {
         program: "rw_verify_area",
         attach: Attach::FEntry("rw_verify_area"),
-        covers: "VFS writes below the syscall layer (io_uring incl. registered files, loop devices, kernel writers)",
+        covers: "VFS writes below the syscall layer (io_uring incl. registered files, loop devices, kernel writers, 32-bit programs)",
     },
     HookSpec {
         program: "truncate_pagecache_range",
