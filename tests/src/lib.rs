@@ -44,6 +44,11 @@ pub struct Setup {
     pub tag: String,
 }
 
+/// Set by `cargo xtask vm-test` on kernels that allow BPF LSM (and fentry with it).
+pub fn expect_lsm() -> bool {
+    std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1")
+}
+
 pub fn bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SNAPMON_BIN") {
         return PathBuf::from(p);
@@ -159,6 +164,15 @@ impl Agent {
             })
             .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
         Ok(a)
+    }
+
+    /// Did `program` attach, per the `started` record?
+    pub fn hook_live(&self, program: &str) -> bool {
+        self.started["snapmon"]["state"]["hooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|h| h["program"] == program && h["attached_to"].is_string())
     }
 
     /// Send a signal to the agent (SIGHUP reloads the policy).

@@ -3,7 +3,7 @@
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
-use snapmon_e2e::{about, action, agent, brief, changes, python, regions, run};
+use snapmon_e2e::{about, action, agent, brief, changes, expect_lsm, python, regions, run};
 
 const QUIET: Duration = Duration::from_millis(600);
 
@@ -976,7 +976,7 @@ fn doctor_explains_this_kernels_hooks_and_gaps() {
         agent().started["snapmon"]["state"]["backend"],
         "{d}"
     );
-    let lsm = std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1");
+    let lsm = expect_lsm();
     assert_eq!(covered("namespace changes through an alias"), lsm, "{d}");
     assert_eq!(covered("io_uring registered files"), lsm, "{d}");
     // The syscall tracepoints never see 32-bit (compat) syscalls; only the VFS hook does.
@@ -1020,12 +1020,8 @@ fn a_discard_through_a_loop_device_punches_holes_seen_where_fentry_allows() {
     // The loop driver punches the hole itself, calling the filesystem from a kernel worker: no
     // syscall names the image, and not even vfs_fallocate runs.
     run("blkdiscard", &["-o", "1048576", "-l", "1048576", &dev]);
-    let vfs_live = agent().started["snapmon"]["state"]["hooks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|h| h["program"] == "truncate_pagecache_range" && h["attached_to"].is_string());
-    let lsm = std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1");
+    let vfs_live = agent().hook_live("truncate_pagecache_range");
+    let lsm = expect_lsm();
     // Stock kernels that allow BPF LSM allow fentry too; this host refuses both.
     assert_eq!(vfs_live, lsm, "{}", agent().started);
     if !vfs_live {
@@ -1100,12 +1096,8 @@ fn writes_by_a_32_bit_program_are_seen_where_fentry_allows() {
     let _ = std::fs::remove_file(&exe);
     let magic = std::fs::read(&img).unwrap();
     assert_eq!(&magic[..4], &[0; 4], "the i386 writer did not write");
-    let vfs_live = agent().started["snapmon"]["state"]["hooks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|h| h["program"] == "rw_verify_area" && h["attached_to"].is_string());
-    let lsm = std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1");
+    let vfs_live = agent().hook_live("rw_verify_area");
+    let lsm = expect_lsm();
     assert_eq!(vfs_live, lsm, "{}", agent().started);
     if !vfs_live {
         // Tracepoints only: the gap `snapmon doctor` reports (writes by 32-bit programs).

@@ -11,10 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-
-fn expect_lsm() -> bool {
-    std::env::var_os("SNAPMON_E2E_EXPECT_LSM").is_some_and(|v| v == "1")
-}
+use snapmon_e2e::expect_lsm;
 
 fn start_timeout() -> Duration {
     let s = std::env::var("SNAPMON_E2E_START_TIMEOUT")
