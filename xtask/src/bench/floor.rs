@@ -105,20 +105,23 @@ fn load_noop(prog_type: u32) -> anyhow::Result<OwnedFd> {
         prog_name: name,
         _rest: [0; 80],
     };
-    // SAFETY: a BPF_PROG_LOAD attr that outlives the call, pointing at live buffers.
+    sys_bpf(BPF_PROG_LOAD, &attr).context("loading the no-op program")
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new fd.
+fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> anyhow::Result<OwnedFd> {
+    // SAFETY: `attr` is a live `union bpf_attr` prefix of the size passed, pointing at live
+    // buffers for the duration of the call.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoad,
-            std::mem::size_of::<ProgLoad>(),
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
         )
     };
     if fd < 0 {
-        bail!(
-            "loading the no-op program: {}",
-            std::io::Error::last_os_error()
-        );
+        return Err(std::io::Error::last_os_error().into());
     }
     // SAFETY: a new fd that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -191,23 +194,7 @@ impl Floor {
             prog_fd: prog.as_raw_fd() as u32,
             _rest: [0; 116],
         };
-        // SAFETY: a BPF_RAW_TRACEPOINT_OPEN attr pointing at a live name.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_RAW_TRACEPOINT_OPEN,
-                &attr as *const RawOpen,
-                std::mem::size_of::<RawOpen>(),
-            )
-        };
-        if fd < 0 {
-            bail!(
-                "attaching to raw sys_enter: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: a new fd that we own.
-        let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let link = sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &attr).context("attaching to raw sys_enter")?;
         Ok(Floor {
             _fds: vec![link, prog],
         })
