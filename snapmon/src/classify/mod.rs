@@ -431,8 +431,10 @@ impl Classifier {
                             (before.header.snapshots_offset, before.snapshot_table_len);
                         match File::open(path)
                             .map_err(qcow2::Qcow2Error::Io)
-                            .and_then(|mut f| qcow2::Qcow2Shadow::load(&mut f))
-                        {
+                            .and_then(|f| {
+                                let mut f = qcow2::WithWrite::new(f, off, &w.data);
+                                qcow2::Qcow2Shadow::load(&mut f)
+                            }) {
                             Ok(new) => {
                                 if old_off != 0 && old_off != new.image.header.snapshots_offset {
                                     let end = old_off + old_len.max(1).div_ceil(cs) * cs;
@@ -823,6 +825,45 @@ mod filter_publishing {
             }),
             ..Default::default()
         }
+    }
+
+    /// Hooks fire before a write lands: a re-read during `snapshot -d`'s header write
+    /// must see the new table through the captured bytes, not the old header on disk.
+    #[test]
+    fn header_reread_racing_the_write_sees_the_captured_bytes() {
+        let d = TmpDir::new("race");
+        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let q = d.path("b.qcow2");
+        std::fs::copy(&p, &q).unwrap();
+        qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
+        let (old, mut new) = (std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
+        let flip = new[60..72].to_vec();
+        assert_ne!(old[60..72], flip[..], "snapshot -d moved the table");
+        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        // Everything qemu-img wrote except the header flip, which is still in flight.
+        new[60..72].copy_from_slice(&old[60..72]);
+        std::fs::write(&p, &new).unwrap();
+        let cl = c
+            .classify(&write_ev("pwrite64", 60, &flip, 1), Some(&p))
+            .expect("classified");
+        let ch: Vec<String> = cl
+            .changes
+            .iter()
+            .map(|c| format!("{}: {} → {}", c.field, c.before, c.after))
+            .collect();
+        assert!(ch.contains(&"nb_snapshots: 2 → 1".to_string()), "{ch:?}");
+        assert!(
+            ch.iter().any(|c| c.starts_with("snapshot_removed: s2")),
+            "{ch:?}"
+        );
+        // The flip lands: the shadow already holds it, so rewriting it changes nothing.
+        new[60..72].copy_from_slice(&flip);
+        std::fs::write(&p, &new).unwrap();
+        let cl = c
+            .classify(&write_ev("pwrite64", 60, &flip, 1), Some(&p))
+            .expect("classified");
+        assert!(cl.changes.is_empty(), "{:?}", cl.changes);
     }
 
     #[test]

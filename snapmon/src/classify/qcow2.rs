@@ -623,6 +623,49 @@ impl<'a, R: Read + Seek> Src<'a, R> {
     }
 }
 
+/// A file read as it will be once a captured write has landed. Hooks fire before
+/// the bytes reach the file, so a re-read racing the syscall would see the old
+/// header; overlaying the captured bytes makes the re-read independent of timing.
+pub struct WithWrite<'a, R> {
+    inner: R,
+    pos: u64,
+    off: u64,
+    data: &'a [u8],
+}
+
+impl<'a, R> WithWrite<'a, R> {
+    pub fn new(inner: R, off: u64, data: &'a [u8]) -> Self {
+        Self {
+            inner,
+            pos: 0,
+            off,
+            data,
+        }
+    }
+}
+
+impl<R: Read> Read for WithWrite<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let (start, end) = (self.pos, self.pos + n as u64);
+        let (ws, we) = (self.off, self.off.saturating_add(self.data.len() as u64));
+        let (a, b) = (start.max(ws), end.min(we));
+        if a < b {
+            buf[(a - start) as usize..(b - start) as usize]
+                .copy_from_slice(&self.data[(a - ws) as usize..(b - ws) as usize]);
+        }
+        self.pos = end;
+        Ok(n)
+    }
+}
+
+impl<R: Seek> Seek for WithWrite<'_, R> {
+    fn seek(&mut self, p: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(p)?;
+        Ok(self.pos)
+    }
+}
+
 /// Up to `len` bytes at `off`, clamped at EOF; callers bound `len`.
 pub fn read_at<R: Read + Seek>(r: &mut R, off: u64, len: u64) -> Result<Vec<u8>, Qcow2Error> {
     Src::new(r)?.read_clamped(off, len)
@@ -2055,6 +2098,27 @@ mod tests {
         );
         assert!(!sh.absorb(p2));
         assert!(sh.apply_header_write(1 << 20, b"x").is_none());
+    }
+
+    #[test]
+    fn with_write_overlays_the_captured_bytes_on_every_read_path() {
+        let file: Vec<u8> = (0u8..32).collect();
+        let mut r = WithWrite::new(std::io::Cursor::new(file), 6, b"ABCD");
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).unwrap();
+        assert_eq!(&all[4..12], b"\x04\x05ABCD\x0a\x0b");
+        // Reads that start inside, end inside, or miss the write.
+        let mut b = [0u8; 3];
+        r.seek(SeekFrom::Start(8)).unwrap();
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"CD\x0a");
+        r.seek(SeekFrom::Start(4)).unwrap();
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"\x04\x05A");
+        r.seek(SeekFrom::Start(20)).unwrap();
+        r.read_exact(&mut b).unwrap();
+        assert_eq!(&b, &[20, 21, 22]);
+        assert_eq!(r.seek(SeekFrom::End(0)).unwrap(), 32);
     }
 
     #[test]
