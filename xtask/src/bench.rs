@@ -7,6 +7,7 @@ mod agent;
 mod audit;
 mod fio;
 mod floor;
+mod hook;
 mod load;
 mod report;
 
@@ -63,6 +64,15 @@ pub struct Args {
     pub skip_capacity: bool,
     #[arg(long)]
     pub skip_alert_latency: bool,
+    /// Skip the hook-cost phase (tight pwrite loop under each hook layer).
+    #[arg(long)]
+    pub skip_hook: bool,
+    /// Interleaved repetitions of the hook-cost phase.
+    #[arg(long, default_value_t = 10)]
+    pub hook_reps: usize,
+    /// Timed 4 KiB pwrites per hook-cost run.
+    #[arg(long, default_value_t = 300_000)]
+    pub hook_writes: u64,
     /// Use this agent binary instead of building target/release/snapmon from the tree.
     #[arg(long)]
     pub agent: Option<PathBuf>,
@@ -76,11 +86,13 @@ pub struct Args {
     #[arg(long, hide = true, num_args = 4)]
     #[serde(skip)]
     pub loadgen: Option<Vec<String>>,
+    /// Internal: be one hook-cost write loop (FILE N).
+    #[arg(long, hide = true, num_args = 2)]
+    #[serde(skip)]
+    pub hookloop: Option<Vec<String>>,
 }
 
-/// `floor` / `floor-raw`: a do-nothing BPF program on the write syscalls' tracepoints / on
-/// the raw `sys_enter` tracepoint (see `floor`).
-pub const CONFIGS: &[&str] = &["none", "floor", "floor-raw", "snapmon", "auditd"];
+pub const CONFIGS: &[&str] = &["none", "snapmon", "auditd"];
 /// The `-disk` targets are the same two files on a block-device filesystem.
 pub const TARGETS: &[&str] = &["unwatched", "watched", "unwatched-disk", "watched-disk"];
 
@@ -117,6 +129,11 @@ pub struct Results {
     /// Where the on-disk targets ran: "<fs type> on <device> (<dir>)".
     pub disk: Option<String>,
     pub overhead: Vec<OverheadRun>,
+    /// Tight pwrite loop under each hook layer.
+    pub hook: Vec<hook::HookRun>,
+    /// The agent's programs that ran per write in the loop, with stats on (last rep).
+    pub hook_programs: Vec<hook::ProgCost>,
+    pub hook_error: Option<String>,
     pub stopped: Vec<serde_json::Value>,
     pub startup: Vec<Startup>,
     pub idle: Option<report::Idle>,
@@ -148,6 +165,9 @@ fn qemu_img(args: &[&str]) -> anyhow::Result<()> {
 pub fn main(a: Args) -> anyhow::Result<()> {
     if let Some(lg) = &a.loadgen {
         return load::worker(lg);
+    }
+    if let Some(hl) = &a.hookloop {
+        return hook::worker(hl);
     }
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (the agent loads eBPF programs, auditctl adds rules)");
@@ -195,6 +215,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         auditd_note: String::new(),
         disk: None,
         overhead: Vec::new(),
+        hook: Vec::new(),
+        hook_programs: Vec::new(),
+        hook_error: None,
         stopped: Vec::new(),
         startup: Vec::new(),
         idle: None,
@@ -218,6 +241,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         r?;
     }
     res.auditd_unavailable = audit.unavailable.clone();
+    if !a.skip_hook {
+        if let Err(e) = hook_cost(&a, &bin, &dir, &exe, &mut res) {
+            eprintln!("bench: hook-cost phase failed: {e:#}");
+            res.hook_error = Some(format!("{e:#}"));
+        }
+    }
     if !a.skip_capacity {
         if let Err(e) = capacity(&a, &bin, &dir, &mut res) {
             eprintln!("bench: capacity phase failed: {e:#}");
@@ -257,20 +286,51 @@ fn alert_policy(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn bench_policy(dir: &Path) -> anyhow::Result<PathBuf> {
-    const DEFAULT: &str = include_str!("../../snapmon/default-policy.toml");
     let fio = which("fio").context("fio not found")?;
+    trusted_policy(&dir.join("bench-policy.toml"), &fio)
+}
+
+/// The embedded default policy, written to `p`, with `exe` in the `qemu` actor group.
+fn trusted_policy(p: &Path, exe: &Path) -> anyhow::Result<PathBuf> {
+    const DEFAULT: &str = include_str!("../../snapmon/default-policy.toml");
     let anchor = "\"/usr/bin/qemu-img\",";
     if !DEFAULT.contains(anchor) {
-        bail!("default policy has no qemu-img entry to add fio next to");
+        bail!("default policy has no qemu-img entry to add a trusted writer next to");
     }
     let text = DEFAULT.replacen(
         anchor,
-        &format!("{anchor}\n  {:?},", fio.display().to_string()),
+        &format!("{anchor}\n  {:?},", exe.display().to_string()),
         1,
     );
-    let p = dir.join("bench-policy.toml");
-    std::fs::write(&p, text)?;
-    Ok(p)
+    std::fs::write(p, text)?;
+    Ok(p.to_path_buf())
+}
+
+/// The hook-cost phase on the tmpfs files, with the loop's executable trusted.
+fn hook_cost(
+    a: &Args,
+    bin: &Path,
+    dir: &Path,
+    loopgen: &Path,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    let f = files(dir)?;
+    let policy = trusted_policy(&dir.join("hook-policy.toml"), loopgen)?;
+    hook::phase(
+        &hook::Setup {
+            bin,
+            policy: &policy,
+            store: &f.store,
+            unwatched: &f.plain,
+            watched: &f.image,
+            loopgen,
+            dir,
+        },
+        a.hook_reps,
+        a.hook_writes,
+        &mut res.hook,
+        &mut res.hook_programs,
+    )
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -329,7 +389,6 @@ fn overhead(
             println!("bench: overhead rep {rep}/{} config {config}", a.reps);
             let mut ag = None;
             let mut skip = None;
-            let mut _floor = None;
             match config {
                 "snapmon" => {
                     let ag_ = agent::Agent::start(
@@ -346,17 +405,6 @@ fn overhead(
                     });
                     ag = Some(ag_);
                 }
-                "floor" | "floor-raw" => {
-                    let f = if config == "floor" {
-                        floor::Floor::attach()
-                    } else {
-                        floor::Floor::attach_raw()
-                    };
-                    match f {
-                        Ok(f) => _floor = Some(f),
-                        Err(e) => skip = Some(format!("{e:#}")),
-                    }
-                }
                 "auditd" => {
                     if let Err(e) = audit.on(&audited) {
                         skip = Some(format!("{e:#}"));
@@ -369,9 +417,7 @@ fn overhead(
                     let Some(file) = target_path(target) else {
                         continue;
                     };
-                    if target.ends_with("-disk") && !job.on_disk
-                        || config.starts_with("floor") && !floor::runs_in(job.name, target)
-                    {
+                    if target.ends_with("-disk") && !job.on_disk {
                         continue;
                     }
                     let mut run = OverheadRun {

@@ -1,13 +1,14 @@
 //! The floor under any syscall-tracepoint agent: a do-nothing BPF program (`r0 = 0; exit`)
-//! on the write syscalls' tracepoints that snapmon's write path uses. Its cost is the hooks' own (the syscall slow
+//! on the write syscalls' tracepoints that snapmon's write path uses, on raw `sys_enter`,
+//! or on an unrelated syscall's tracepoint. Its cost is the hooks' own (the syscall slow
 //! path, the perf trace buffer, the program call), with none of snapmon's work on top, so
-//! the overhead table can show how much of snapmon's cost any tracepoint design pays.
+//! the hook-cost phase can show how much of snapmon's cost any tracepoint design pays.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use anyhow::{bail, Context as _};
 
-/// The write syscalls' tracepoints (measured with the psync job, which calls pwrite64).
+/// The write syscalls' tracepoints (the hook-cost loop calls pwrite64).
 pub const TRACEPOINTS: &[&str] = &[
     "syscalls/sys_enter_write",
     "syscalls/sys_enter_pwrite64",
@@ -15,11 +16,6 @@ pub const TRACEPOINTS: &[&str] = &[
     "syscalls/sys_enter_pwritev",
     "syscalls/sys_enter_pwritev2",
 ];
-
-/// The one cell the floor runs in: a per-syscall cost shows most on 4 KiB psync to tmpfs.
-pub fn runs_in(job: &str, target: &str) -> bool {
-    job == "randwrite-4k-psync" && target == "unwatched"
-}
 
 /// Attached while alive; dropping the fds detaches and unloads.
 pub struct Floor {
@@ -53,6 +49,7 @@ struct ProgLoad {
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
@@ -168,9 +165,14 @@ impl Floor {
     /// On the per-syscall tracepoints (perf trace buffer, then the program), as snapmon's
     /// syscall hooks are.
     pub fn attach() -> anyhow::Result<Floor> {
+        Self::attach_to(TRACEPOINTS)
+    }
+
+    /// On these tracepoints (`syscalls/sys_enter_sync`: one the write loop never calls).
+    pub fn attach_to(tps: &[&str]) -> anyhow::Result<Floor> {
         let prog = load_noop(BPF_PROG_TYPE_TRACEPOINT)?;
         let mut fds = Vec::new();
-        for tp in TRACEPOINTS {
+        for tp in tps {
             fds.push(attach(&prog, tp)?);
         }
         fds.push(prog);
@@ -199,4 +201,22 @@ impl Floor {
             _fds: vec![link, prog],
         })
     }
+}
+
+/// Per-program run time accounting (`run_time_ns`, `run_cnt`) while the fd is open. It
+/// costs two clock reads per program run, so timed loops run without it.
+pub fn enable_stats() -> anyhow::Result<OwnedFd> {
+    #[repr(C)]
+    struct EnableStats {
+        kind: u32, // BPF_STATS_RUN_TIME
+        _rest: [u8; 124],
+    }
+    sys_bpf(
+        BPF_ENABLE_STATS,
+        &EnableStats {
+            kind: 0,
+            _rest: [0; 124],
+        },
+    )
+    .context("BPF_ENABLE_STATS")
 }

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 
 use serde::Serialize;
 
-use super::{fio, Args, Results, CONFIGS, TARGETS};
+use super::{fio, hook::HookCell, Args, Results, CONFIGS, TARGETS};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -203,7 +203,7 @@ pub fn command(a: &Args) -> String {
     s
 }
 
-fn stats(v: &mut [f64]) -> Option<(f64, f64, f64)> {
+pub(super) fn stats(v: &mut [f64]) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
         return None;
     }
@@ -220,7 +220,7 @@ fn median_sorted(v: &[f64]) -> f64 {
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(super) fn median(mut v: Vec<f64>) -> Option<f64> {
     stats(&mut v).map(|s| s.1)
 }
 
@@ -335,8 +335,35 @@ fn pctd(r: f64) -> String {
     format!("{:+.1}%", (r - 1.0) * 100.0)
 }
 
+/// "; tight loop: snapmon +X ns/write (+P%), of which …" for a tmpfs target.
+fn hook_summary(hooks: &[HookCell], target: &str) -> Option<String> {
+    let d = |config: &str| {
+        hooks
+            .iter()
+            .find(|c| c.target == target && c.config == config)
+            .and_then(|c| Some((c.delta_ns?, c.delta_pct?)))
+    };
+    let (sn, sp) = d("snapmon")?;
+    let mut out = format!("; tight 4 KiB pwrite loop: snapmon {sn:+.0} ns/write ({sp:+.1}%)");
+    if target == "unwatched" {
+        let parts: Vec<String> = [
+            ("slowpath", "syscall slow path alone"),
+            ("floor", "do-nothing program on the write tracepoints"),
+            ("floor-raw", "on raw sys_enter"),
+        ]
+        .iter()
+        .filter_map(|(c, what)| d(c).map(|(n, p)| format!("{what} {n:+.0} ns ({p:+.1}%)")))
+        .collect();
+        if !parts.is_empty() {
+            out += &format!("; {}", parts.join(", "));
+        }
+    }
+    Some(out)
+}
+
 pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
     let mut t = Vec::new();
+    let hooks = super::hook::cells(&r.hook);
     let snap = |target: &str| -> Vec<&Cell> {
         cells
             .iter()
@@ -403,24 +430,8 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
             .collect::<Vec<_>>()
             .join("; ");
         let met = cs.iter().all(|c| c.bw_ratio.unwrap() >= lim);
-        // What any syscall-tracepoint hook pays on the same writes.
-        let floor = [
-            ("floor", "a do-nothing program on the same tracepoints"),
-            ("floor-raw", "on raw sys_enter"),
-        ]
-        .iter()
-        .filter_map(|(config, what)| {
-            let c = cells
-                .iter()
-                .find(|c| c.config == *config && c.target == target)?;
-            Some(format!(
-                "; {what}: {} {}, fio CPU {:+.2} µs/IO",
-                c.job,
-                pctd(c.bw_ratio?),
-                c.cpu_us_per_io_delta?
-            ))
-        })
-        .collect::<String>();
+        // The same writes in the tight loop, split by hook layer.
+        let floor = hook_summary(&hooks, target).unwrap_or_default();
         let measured = measured + &floor;
         t.push(Target {
             name,
@@ -517,10 +528,11 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     let cells = cells(r);
     let targets = targets(r, &cells);
+    let hooks = super::hook::cells(&r.hook);
     let json = serde_json::json!({
         "schema": "snapmon-bench/1",
         "results": r,
-        "summary": {"cells": cells, "targets": targets},
+        "summary": {"cells": cells, "hook_cells": hooks, "targets": targets},
     });
     std::fs::write(
         dir.join("benchmarks.json"),
@@ -589,8 +601,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     writeln!(w)?;
 
     writeln!(w, "## Overhead (fio)\n")?;
-    writeln!(w, "{} interleaved repetitions (each: no agent, floor, floor-raw, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
-    writeln!(w, "`floor` = no agent, but a do-nothing BPF program (`r0 = 0; exit`) attached to the write syscalls' tracepoints snapmon uses ({}), on 4 KiB psync to the unwatched tmpfs file only: the cost every syscall-tracepoint hook pays before it does any work. `floor-raw` = the same program on the raw `sys_enter` tracepoint instead, which runs for every syscall but skips the trace buffer: the floor of a design that hooks all syscalls once and picks the writes by number.\n", super::floor::TRACEPOINTS.join(", "))?;
+    writeln!(w, "{} interleaved repetitions (each: no agent, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
     if let Some(d) = &r.disk {
         writeln!(w, "`-disk` files: the same two files on {d}, for the 4 KiB jobs only. The rows without the suffix are on tmpfs, where a write costs the least and a per-syscall cost shows the most; the `-disk` rows are what images on local storage written with O_DIRECT (QEMU `cache=none`) see.\n")?;
     }
@@ -639,6 +650,51 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
         )?;
     }
     writeln!(w)?;
+
+    writeln!(w, "## Hook cost (tight pwrite loop)\n")?;
+    writeln!(w, "One process does {} timed 4 KiB `pwrite`s (after {} warm-up writes) to the tmpfs files of the overhead table, in fio's region; the figure is its thread CPU time per write. {} interleaved repetitions, each running every config; Δ = median over repetitions of (config − none in the same repetition). Configs:\n", r.args.hook_writes, r.args.hook_writes / 4, r.args.hook_reps)?;
+    for (c, what) in super::hook::LEGEND {
+        writeln!(w, "- `{c}`: {what}")?;
+    }
+    writeln!(w)?;
+    if let Some(e) = &r.hook_error {
+        writeln!(w, "**hook-cost phase failed: {e}**\n")?;
+    }
+    if hooks.is_empty() {
+        writeln!(w, "Not run.\n")?;
+    } else {
+        writeln!(
+            w,
+            "| file | config | ns/write | Δ ns/write | Δ |\n|---|---|---|---|---|"
+        )?;
+        for c in &hooks {
+            writeln!(
+                w,
+                "| {} | {} | {} | {} | {} |",
+                c.target,
+                c.config,
+                mmm(Some(c.ns), 0),
+                opt(c.delta_ns, |x| format!("{x:+.0}")),
+                opt(c.delta_pct, |x| format!("{x:+.1}%")),
+            )?;
+        }
+        writeln!(w)?;
+    }
+    if !r.hook_programs.is_empty() {
+        writeln!(w, "Inside snapmon's programs (last repetition, one more untimed loop per file with `BPF_ENABLE_STATS` on, programs that ran at least every other write): the kernel's own `run_time_ns` per run, which excludes the call into the program and the tracepoint around it.\n")?;
+        writeln!(
+            w,
+            "| file | program | type | runs per write | ns per run |\n|---|---|---|---|---|"
+        )?;
+        for p in &r.hook_programs {
+            writeln!(
+                w,
+                "| {} | {} | {} | {:.2} | {:.0} |",
+                p.target, p.name, p.kind, p.runs_per_write, p.ns_per_run
+            )?;
+        }
+        writeln!(w)?;
+    }
 
     writeln!(w, "## Capacity and alert latency\n")?;
     writeln!(w, "{} writer processes, one watched qcow2 each, each doing `pwrite(fd, 12 bytes, 60)` (nb_snapshots + snapshots_offset, rewritten with the bytes already there) at a controlled rate for {} s per step; one agent for all steps, JSON to a tmpfs file. *delivered* = records of the writers' pwrite64 in the output (matched by pid); *lost* = drops the agent reported in `lost` records (kernel ring and decoder; drops in the output sink's queue in brackets). Latency: each writer stamps CLOCK_REALTIME when pwrite returns; an inotify tailer stamps when the output file grew past the end of the matching line (k-th record of a pid = k-th write; only computed for loss-free steps). CPU/100k = agent CPU seconds over the step and its drain per 100 000 delivered records.\n", r.args.writers, r.args.step_secs)?;
