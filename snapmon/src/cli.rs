@@ -145,10 +145,11 @@ pub struct RunArgs {
     /// in the `stopped` record.
     #[arg(long, default_value_t = 60.0)]
     pub stats_interval: f64,
-    /// Do not turn on the kernel's BPF run statistics (per-hook counters): they cost two clock
-    /// reads per run of every BPF program on the host.
+    /// Turn on the kernel's BPF run statistics (per-hook run counts and run time). Off by
+    /// default: while on, every run of every BPF program on the host pays two clock reads
+    /// (`cargo xtask bench` measures it: `snapmon+stats` in the hook-cost phase).
     #[arg(long)]
-    pub no_hook_stats: bool,
+    pub hook_stats: bool,
     /// Deny tampering with --protect stores in the kernel (BPF LSM). Without BPF LSM the agent
     /// refuses to start, unless `--enforce=best-effort` (then it only detects).
     #[arg(long, num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "best-effort"])]
@@ -264,7 +265,7 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         status_interval: Duration::from_secs_f64(a.status_interval.clamp(0.05, 3600.0)),
         stats_interval: (a.stats_interval > 0.0)
             .then(|| Duration::from_secs_f64(a.stats_interval.clamp(0.05, 86_400.0))),
-        hook_stats: !a.no_hook_stats,
+        hook_stats: a.hook_stats,
         enforce: crate::enforce::Options {
             mode: match a.enforce.as_deref() {
                 None => crate::enforce::Mode::Off,

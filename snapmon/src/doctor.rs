@@ -161,7 +161,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     };
     // What `snapmon_hook_runs_total` will be able to show.
     let hook_stats = match loaded.as_ref().map(|k| k.run_stats.describe()) {
-        Ok((true, None)) => "yes (BPF_ENABLE_STATS)".to_string(),
+        Ok((true, None)) => "yes, with --hook-stats (BPF_ENABLE_STATS)".to_string(),
         Ok((true, Some(how))) => format!("yes ({how})"),
         Ok((false, why)) => format!("NO: {}", why.unwrap_or_default()),
         Err(_) => "unknown (load failed)".to_string(),

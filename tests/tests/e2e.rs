@@ -49,6 +49,19 @@ fn started_record_lists_attached_hooks() {
             .is_some_and(|m| m.is_empty()),
         "{st}"
     );
+    // Run-time counting taxes every BPF program run on the host: off unless asked for
+    // (or already on host-wide).
+    let host_wide = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|s| s.trim() == "1");
+    assert_eq!(st["hook_stats"]["enabled"], host_wide, "{st}");
+    if !host_wide {
+        assert!(
+            st["hook_stats"]["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("--hook-stats")),
+            "{st}"
+        );
+    }
 }
 
 #[test]

@@ -291,6 +291,7 @@ format = "json"
             format!("127.0.0.1:{mport}"),
             "--stats-interval".into(),
             "2".into(),
+            "--hook-stats".into(),
         ],
         stdout: Some(stdout.clone()),
         ..Default::default()

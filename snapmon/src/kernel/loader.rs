@@ -192,19 +192,34 @@ pub enum RunStats {
     Enabled(std::os::fd::OwnedFd),
     /// The bpf() command was refused, but `kernel.bpf_stats_enabled` is already 1.
     Sysctl,
-    /// Not counting; why (refused, or turned off with `--no-hook-stats`).
+    /// Not counting; why (refused, or not asked for with `--hook-stats`).
     Unavailable(String),
 }
 
 impl RunStats {
+    /// Not asked to count: counters only when someone else already turned counting on.
+    pub fn passive() -> RunStats {
+        if Self::sysctl_on() {
+            RunStats::Sysctl
+        } else {
+            RunStats::Unavailable(
+                "off by default (each program run pays two clock reads while counting); \
+                 --hook-stats turns them on"
+                    .into(),
+            )
+        }
+    }
+
+    fn sysctl_on() -> bool {
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+    }
+
     /// Ask the kernel to count; never fails, the reason is kept instead.
     pub fn enable() -> RunStats {
         match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => RunStats::Enabled(fd),
             Err(e) => {
-                let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-                    .is_ok_and(|s| s.trim() == "1");
-                if sysctl {
+                if Self::sysctl_on() {
                     RunStats::Sysctl
                 } else {
                     RunStats::Unavailable(format!(
@@ -382,7 +397,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let run_stats = if opts.hook_stats {
         RunStats::enable()
     } else {
-        RunStats::Unavailable("turned off (--no-hook-stats)".into())
+        RunStats::passive()
     };
     Ok(Kernel {
         ebpf,

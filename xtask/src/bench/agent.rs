@@ -62,9 +62,21 @@ impl Agent {
         out: &Path,
         log: &Path,
     ) -> anyhow::Result<Agent> {
+        Self::start_with(bin, policy, watch, out, log, &[])
+    }
+
+    /// `start` with extra `snapmon run` arguments.
+    pub fn start_with(
+        bin: &Path,
+        policy: &Path,
+        watch: &[&Path],
+        out: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Agent> {
         let _ = std::fs::remove_file(out);
         let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--config").arg(policy);
+        cmd.arg("run").arg("--config").arg(policy).args(extra);
         for w in watch {
             cmd.arg("--watch").arg(w);
         }

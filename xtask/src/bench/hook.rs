@@ -15,7 +15,14 @@ use serde::Serialize;
 
 use super::{agent, fio, floor};
 
-pub const CONFIGS: &[&str] = &["none", "slowpath", "floor", "floor-raw", "snapmon"];
+pub const CONFIGS: &[&str] = &[
+    "none",
+    "slowpath",
+    "floor",
+    "floor-raw",
+    "snapmon",
+    "snapmon+stats",
+];
 pub const TARGETS: &[&str] = &["unwatched", "watched"];
 
 /// What each config is, for the report.
@@ -39,6 +46,11 @@ pub const LEGEND: &[(&str, &str)] = &[
         "snapmon",
         "the agent, default policy with the loop's executable as a trusted `qemu` writer; \
          `watched` is the preallocated qcow2 in a watched store, written in its data clusters",
+    ),
+    (
+        "snapmon+stats",
+        "the same with `--hook-stats`: the kernel's BPF run-time counting on, the agent's \
+         default until the hook-cost phase measured it",
     ),
 ];
 
@@ -204,13 +216,19 @@ pub fn phase(
                 Some(Err(e)) => skip = Some(format!("{e:#}")),
                 None => {}
             }
-            if config == "snapmon" {
-                ag = Some(agent::Agent::start(
+            if config.starts_with("snapmon") {
+                let extra: &[&str] = if config == "snapmon+stats" {
+                    &["--hook-stats"]
+                } else {
+                    &[]
+                };
+                ag = Some(agent::Agent::start_with(
                     s.bin,
                     s.policy,
                     &[s.store],
                     &s.dir.join("hook.jsonl"),
                     &s.dir.join("hook-agent.log"),
+                    extra,
                 )?);
             }
             for &target in TARGETS {
@@ -237,7 +255,7 @@ pub fn phase(
                 });
             }
             if let Some(mut g) = ag {
-                if rep == reps {
+                if rep == reps && config == "snapmon" {
                     match program_costs(s, writes) {
                         Ok(c) => *costs = c,
                         Err(e) => eprintln!("bench: per-program costs not measured: {e:#}"),
