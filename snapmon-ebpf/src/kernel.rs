@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use snapmon_common::{dir_flags, FileKey};
 
-use crate::{CONFIG, OFFSETS, WATCHED_DIRS, WATCHED_FILES};
+use crate::{CONFIG, OFFSETS, WATCHED_DIRS, WATCHED_FILES, WATCHED_INO};
 
 /// Read an offset from the load-time global; volatile so it is not constant-folded to 0.
 macro_rules! off {
@@ -106,9 +106,29 @@ pub unsafe fn file_inode(file: *const u8) -> Option<*const u8> {
 #[inline(always)]
 pub unsafe fn inode_key(inode: *const u8) -> Option<FileKey> {
     let (sb, ino) = rk2(inode, off!(inode_sb), off!(inode_ino))?;
-    let sb = sb as *const u8;
+    sb_key(sb as *const u8, ino)
+}
+
+#[inline(always)]
+unsafe fn sb_key(sb: *const u8, ino: u64) -> Option<FileKey> {
     let dev: u32 = rk(sb, off!(sb_dev))?;
     Some(FileKey { dev, _pad: 0, ino })
+}
+
+/// May an inode with this number be watched? (An array lookup the verifier inlines.)
+#[inline(always)]
+pub fn maybe_watched_ino(ino: u64) -> bool {
+    WATCHED_INO
+        .get(snapmon_common::ino_slot(ino))
+        .is_some_and(|v| *v != 0)
+}
+
+/// Mark an inode number before its key goes into `WATCHED_FILES`.
+#[inline(always)]
+pub fn mark_watched_ino(ino: u64) {
+    if let Some(p) = WATCHED_INO.get_ptr_mut(snapmon_common::ino_slot(ino)) {
+        unsafe { *p = 1 };
+    }
 }
 
 #[inline(always)]
@@ -152,7 +172,12 @@ pub struct Watched {
 pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched> {
     let file = fd_to_file(task, fd)?;
     let inode = file_inode(file)?;
-    let key = inode_key(inode)?;
+    let (sb, ino) = rk2(inode, off!(inode_sb), off!(inode_ino))?;
+    // Most writes are to unwatched files: stop before the superblock read and hash lookup.
+    if !dirs && !maybe_watched_ino(ino) {
+        return None;
+    }
+    let key = sb_key(sb as *const u8, ino)?;
     if WATCHED_FILES.get(&key).is_some() {
         return Some(Watched {
             file,

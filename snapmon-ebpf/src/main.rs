@@ -44,6 +44,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(65536, 0);
 
+/// Nonzero at `ino_slot(ino)` for every watched file's inode number (`snapmon_common::ino_slot`).
+#[map]
+static WATCHED_INO: Array<u32> = Array::with_max_entries(snapmon_common::INO_SLOTS, 0);
+
 /// Watched directories and their ancestors (`dir_flags`).
 #[map]
 static WATCHED_DIRS: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0);

@@ -124,6 +124,7 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     }
     if !file_watched {
         // Watch it from now on, before its first write can reach us.
+        crate::kernel::mark_watched_ino(key.ino);
         let _ = WATCHED_FILES.insert(&key, &0, 0);
     }
     let Some(ev) = SCRATCH_OPEN.get_ptr_mut(0) else {

@@ -26,6 +26,8 @@ use crate::{
 /// Kernel maps as the watch set's backing store.
 pub struct KernelMaps<'a> {
     pub files: &'a mut BpfHashMap<MapData, FileKey, u32>,
+    /// The write hooks' inode-number prefilter (`snapmon_common::ino_slot`).
+    pub ino_slots: &'a mut aya::maps::Array<MapData, u32>,
     pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: &'a mut BpfHashMap<MapData, u64, u32>,
     pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
@@ -33,6 +35,10 @@ pub struct KernelMaps<'a> {
 
 impl WatchMaps for KernelMaps<'_> {
     fn add_file(&mut self, key: FileKey) -> Result<(), String> {
+        // Slot first: a write between the two must not be dropped by the prefilter.
+        self.ino_slots
+            .set(snapmon_common::ino_slot(key.ino), 1, 0)
+            .map_err(|e| format!("watched-inode prefilter map: {e}"))?;
         self.files
             .insert(key, 0, 0)
             .map_err(|e| format!("watched-files map: {e}"))
@@ -152,6 +158,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let (watch, notes) = {
         let mut maps = KernelMaps {
             files: &mut k.files,
+            ino_slots: &mut k.ino_slots,
             dirs: &mut k.dirs,
             prefixes: &mut k.prefixes,
             write_filter: &mut k.write_filter,
@@ -452,6 +459,7 @@ fn drain(
                 }
                 let mut maps = KernelMaps {
                     files: &mut k.files,
+            ino_slots: &mut k.ino_slots,
                     dirs: &mut k.dirs,
                     prefixes: &mut k.prefixes,
                     write_filter: &mut k.write_filter,

@@ -160,6 +160,7 @@ pub struct Kernel {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub files: BpfHashMap<MapData, FileKey, u32>,
+    pub ino_slots: aya::maps::Array<MapData, u32>,
     pub dirs: BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: BpfHashMap<MapData, u64, u32>,
     pub lost: PerCpuArray<MapData, u64>,
@@ -370,6 +371,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     };
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
     let files = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_FILES")?)?;
+    let ino_slots = aya::maps::Array::try_from(take(&mut ebpf, "WATCHED_INO")?)?;
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
@@ -403,6 +405,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         ebpf,
         events,
         files,
+        ino_slots,
         dirs,
         prefixes,
         lost,
