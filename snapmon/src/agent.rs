@@ -459,7 +459,7 @@ fn drain(
                 }
                 let mut maps = KernelMaps {
                     files: &mut k.files,
-            ino_slots: &mut k.ino_slots,
+                    ino_slots: &mut k.ino_slots,
                     dirs: &mut k.dirs,
                     prefixes: &mut k.prefixes,
                     write_filter: &mut k.write_filter,

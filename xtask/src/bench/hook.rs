@@ -23,7 +23,8 @@ pub const CONFIGS: &[&str] = &[
     "snapmon",
     "snapmon+stats",
 ];
-pub const TARGETS: &[&str] = &["unwatched", "watched"];
+/// `getppid`: a syscall no hook is on, for what each layer taxes every other syscall.
+pub const TARGETS: &[&str] = &["unwatched", "watched", "getppid"];
 
 /// What each config is, for the report.
 pub const LEGEND: &[(&str, &str)] = &[
@@ -93,12 +94,8 @@ fn prog_stats() -> anyhow::Result<std::collections::HashMap<u64, (String, String
 fn program_costs(s: &Setup, writes: u64) -> anyhow::Result<Vec<ProgCost>> {
     let _stats = floor::enable_stats()?;
     let mut out = Vec::new();
-    for &target in TARGETS {
-        let file = if target == "watched" {
-            s.watched
-        } else {
-            s.unwatched
-        };
+    for &target in TARGETS.iter().filter(|t| **t != "getppid") {
+        let file = s.file(target);
         let before = prog_stats()?;
         run_loop(s.loopgen, file, writes)?;
         let after = prog_stats()?;
@@ -141,12 +138,28 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// One loop process (`xtask bench --hookloop FILE N`): N/4 warm-up writes, then N timed
-/// 4 KiB pwrites walking fio's region of FILE; prints CPU ns per write.
+/// 4 KiB pwrites walking fio's region of FILE; prints CPU ns per write. FILE `getppid`:
+/// the same with getppid(2) calls.
 pub fn worker(args: &[String]) -> anyhow::Result<()> {
     let [file, n] = args else {
         bail!("--hookloop FILE N");
     };
     let n: u64 = n.parse().context("N")?;
+    if file == "getppid" {
+        let call = || {
+            // SAFETY: getppid has no arguments and cannot fail.
+            unsafe { libc::syscall(libc::SYS_getppid) }
+        };
+        for _ in 0..n / 4 {
+            call();
+        }
+        let t0 = thread_cpu_ns();
+        for _ in 0..n {
+            call();
+        }
+        println!("{:.2}", (thread_cpu_ns() - t0) as f64 / n.max(1) as f64);
+        return Ok(());
+    }
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(file)
@@ -194,6 +207,16 @@ pub struct Setup<'a> {
     pub dir: &'a Path,
 }
 
+impl Setup<'_> {
+    fn file(&self, target: &str) -> &Path {
+        match target {
+            "watched" => self.watched,
+            "unwatched" => self.unwatched,
+            _ => Path::new("getppid"),
+        }
+    }
+}
+
 pub fn phase(
     s: &Setup,
     reps: usize,
@@ -232,18 +255,14 @@ pub fn phase(
                 )?);
             }
             for &target in TARGETS {
-                let file = if target == "watched" {
-                    s.watched
-                } else {
-                    s.unwatched
-                };
+                let file = s.file(target);
                 let r = match &skip {
                     Some(e) => Err(anyhow::anyhow!("{e}")),
                     None => run_loop(s.loopgen, file, writes),
                 };
                 if let Ok(ns) = &r {
                     println!(
-                        "bench: hook rep {rep}/{reps} {config:<9} {target:<9} {ns:>8.1} ns/write"
+                        "bench: hook rep {rep}/{reps} {config:<13} {target:<9} {ns:>8.1} ns/call"
                     );
                 }
                 runs.push(HookRun {
