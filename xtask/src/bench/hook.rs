@@ -145,36 +145,36 @@ pub fn worker(args: &[String]) -> anyhow::Result<()> {
         bail!("--hookloop FILE N");
     };
     let n: u64 = n.parse().context("N")?;
-    if file == "getppid" {
-        let call = || {
+    let ns = if file == "getppid" {
+        time_calls(n, |_| {
             // SAFETY: getppid has no arguments and cannot fail.
-            unsafe { libc::syscall(libc::SYS_getppid) }
-        };
-        for _ in 0..n / 4 {
-            call();
-        }
-        let t0 = thread_cpu_ns();
-        for _ in 0..n {
-            call();
-        }
-        println!("{:.2}", (thread_cpu_ns() - t0) as f64 / n.max(1) as f64);
-        return Ok(());
-    }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(file)
-        .with_context(|| format!("opening {file}"))?;
-    let buf = [0xa5u8; 4096];
-    let at = |i: u64| fio::OFFSET + (i * 4096) % fio::SIZE;
+            unsafe { libc::syscall(libc::SYS_getppid) };
+            Ok(())
+        })?
+    } else {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .with_context(|| format!("opening {file}"))?;
+        let buf = [0xa5u8; 4096];
+        time_calls(n, |i| {
+            f.write_all_at(&buf, fio::OFFSET + (i * 4096) % fio::SIZE)
+        })?
+    };
+    println!("{ns:.2}");
+    Ok(())
+}
+
+/// N/4 untimed warm-up calls, then the thread CPU ns per call over N timed ones.
+fn time_calls(n: u64, mut call: impl FnMut(u64) -> std::io::Result<()>) -> anyhow::Result<f64> {
     for i in 0..n / 4 {
-        f.write_all_at(&buf, at(i))?;
+        call(i)?;
     }
     let t0 = thread_cpu_ns();
     for i in 0..n {
-        f.write_all_at(&buf, at(i))?;
+        call(i)?;
     }
-    println!("{:.2}", (thread_cpu_ns() - t0) as f64 / n.max(1) as f64);
-    Ok(())
+    Ok((thread_cpu_ns() - t0) as f64 / n.max(1) as f64)
 }
 
 fn run_loop(loopgen: &Path, file: &Path, n: u64) -> anyhow::Result<f64> {
