@@ -33,6 +33,19 @@ pub struct KernelMaps<'a> {
     pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
 }
 
+impl<'a> KernelMaps<'a> {
+    /// The watch-set maps of a loaded kernel side.
+    pub fn of(k: &'a mut Kernel) -> Self {
+        KernelMaps {
+            files: &mut k.files,
+            ino_slots: &mut k.ino_slots,
+            dirs: &mut k.dirs,
+            prefixes: &mut k.prefixes,
+            write_filter: &mut k.write_filter,
+        }
+    }
+}
+
 impl WatchMaps for KernelMaps<'_> {
     fn add_file(&mut self, key: FileKey) -> Result<(), String> {
         // Slot first: a write between the two must not be dropped by the prefilter.
@@ -156,13 +169,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         (None, _) => json!({"active": false}),
     };
     let (watch, notes) = {
-        let mut maps = KernelMaps {
-            files: &mut k.files,
-            ino_slots: &mut k.ino_slots,
-            dirs: &mut k.dirs,
-            prefixes: &mut k.prefixes,
-            write_filter: &mut k.write_filter,
-        };
+        let mut maps = KernelMaps::of(&mut k);
         register(&opts.policy, &opts.extra_watch, &mut maps)?
     };
     let attached: Vec<_> = k.hooks.iter().filter(|h| h.attached_to.is_some()).collect();
@@ -457,13 +464,7 @@ fn drain(
                     sinks.hand_off_pending();
                     since = Instant::now();
                 }
-                let mut maps = KernelMaps {
-                    files: &mut k.files,
-                    ino_slots: &mut k.ino_slots,
-                    dirs: &mut k.dirs,
-                    prefixes: &mut k.prefixes,
-                    write_filter: &mut k.write_filter,
-                };
+                let mut maps = KernelMaps::of(k);
                 for r in pipe.handle(raw, &mut maps) {
                     // Kernel enforcement decisions are alerts in their own right.
                     let decision = match &r {
