@@ -3,6 +3,7 @@
 //! table, deleting a thin snapshot and removing a snapshot's COW device alerts within a second
 //! with actor and target; `lvm` creating and removing old-style and thin snapshots does not.
 //! Each test also prints what the agent recorded as a rule fixture (see `emit_fixture`).
+// xtask-suite: vm-only
 
 use std::{
     path::PathBuf,

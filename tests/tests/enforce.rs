@@ -2,6 +2,7 @@
 //! `SNAPMON_E2E_EXPECT_LSM=1`): untrusted writers get EPERM, trusted qemu-img still works,
 //! dry-run denies nothing but reports. On a kernel without it (this host): `--enforce`
 //! refuses to start with one clear sentence, `--enforce=best-effort` runs detection only.
+// xtask-suite: host-prefix=host_
 
 use std::{
     io::{BufRead, BufReader},

@@ -1,6 +1,7 @@
 //! VM-only end-to-end: real LVM snapshots on a loop-backed PV with real device-mapper, run by
 //! `cargo xtask vm-test` (which sets `SNAPMON_E2E_LVM=1`). Without that variable every test
 //! fails, on purpose: it creates and removes block devices and changes /etc/lvm.
+// xtask-suite: vm-only
 
 use std::{
     path::{Path, PathBuf},

@@ -3,6 +3,7 @@
 //! ZFS_IOC_DESTROY / ZFS_IOC_ROLLBACK on `/dev/zfs`, and a copy of `zfs` in `/tmp`, alert
 //! within a second naming actor and dataset; the real `/usr/sbin/zfs` doing the same does
 //! not. Each test also prints what the agent recorded as a rule fixture (`emit_fixture`).
+// xtask-suite: vm-only
 
 use std::{
     path::{Path, PathBuf},

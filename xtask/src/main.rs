@@ -3,6 +3,7 @@
 mod bench;
 mod fuzz;
 mod setup;
+mod suites;
 mod vm;
 mod zfs;
 
@@ -42,7 +43,8 @@ enum Cmd {
         /// Kernel series to boot (repeatable): 6.1, 6.12. Default: all.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: e2e, rules, btrfs, outputs, reload, lvm, dm_rules, enforce, zfs.
+        /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: every
+        /// suite in tests/tests.
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.
@@ -172,35 +174,31 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
         kernel_release()
     );
     build(false)?;
-    // Serially (they share one agent per binary and assert on pids); the LVM suite needs
-    // device-mapper and runs inside `cargo xtask vm-test` only.
-    let mut targets = vec!["--test", "e2e"];
-    for t in ["rules", "btrfs", "outputs", "reload"] {
-        if workspace().join(format!("tests/tests/{t}.rs")).exists() {
-            targets.extend(["--test", t]);
+    // Serially (they share one agent per binary and assert on pids). VM-only suites (real
+    // device-mapper, ZFS) run inside `cargo xtask vm-test` only; a suite with a host prefix runs
+    // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM).
+    let suites = suites::discover()?;
+    let mut res = Ok(());
+    let plain: Vec<&str> = suites
+        .iter()
+        .filter(|s| !s.vm_only && s.host_prefix.is_none())
+        .flat_map(|s| ["--test", s.name.as_str()])
+        .collect();
+    let mut runs: Vec<(Vec<&str>, Option<&str>)> = vec![(plain, None)];
+    for s in suites.iter().filter(|s| !s.vm_only) {
+        if let Some(p) = &s.host_prefix {
+            runs.push((vec!["--test", s.name.as_str()], Some(p.as_str())));
         }
     }
-    let mut c = cargo();
-    c.args(["test", "-p", "snapmon-e2e"])
-        .args(&targets)
-        .args(["--", "--test-threads=1"]);
-    c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
-    let e2e = tally.run(&mut c);
-    // Enforcement on a kernel without usable BPF LSM: only the clear-refusal test applies
-    // (the enforcing ones run in `cargo xtask vm-test`).
-    let mut c = cargo();
-    c.args([
-        "test",
-        "-p",
-        "snapmon-e2e",
-        "--test",
-        "enforce",
-        "--",
-        "--test-threads=1",
-        "host_",
-    ]);
-    c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
-    let enf = tally.run(&mut c);
+    for (targets, filter) in runs {
+        let mut c = cargo();
+        c.args(["test", "-p", "snapmon-e2e"])
+            .args(&targets)
+            .args(["--", "--test-threads=1"])
+            .args(filter);
+        c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
+        res = res.and(tally.run(&mut c));
+    }
     let vm = if no_vm {
         Ok(())
     } else {
@@ -208,7 +206,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
         vm_suites(&mut tally)
     };
     tally.print();
-    e2e.and(enf).and(vm)
+    res.and(vm)
 }
 
 /// `vm-test` with its defaults, its suites counted in the tally (a kernel that did not boot

@@ -44,13 +44,6 @@ const SERIES: &[Series] = &[
     },
 ];
 
-/// Test binaries run when `--test` is not given: the suite every kernel must pass, and the
-/// VM-only device-mapper and ZFS tests (`zfs` builds OpenZFS for the kernel first: about five
-/// minutes per kernel on two cores, once; cached after).
-const DEFAULT_TESTS: &[&str] = &[
-    "e2e", "rules", "btrfs", "outputs", "reload", "lvm", "dm_rules", "enforce", "zfs",
-];
-
 /// Modules the initramfs loads (with their dependencies) to mount the host root.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 
@@ -217,9 +210,9 @@ fn test_binaries(only: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
             continue;
         }
         if let (Some(name), Some(exe)) = (m["target"]["name"].as_str(), m["executable"].as_str()) {
-            // By default the suites this command exists for; others (rules, sinks …) on request.
+            // By default every suite in tests/tests (each is one integration-test target).
             let wanted = if only.is_empty() {
-                DEFAULT_TESTS.contains(&name)
+                true
             } else {
                 only.iter().any(|t| t == name || t == "all")
             };
@@ -440,10 +433,16 @@ fn initramfs(
         ("VM_TESTS", specs.join(" ")),
         ("VM_TEST_ARGS", o.test_args.join(" ")),
     ];
+    // A suite's host-only tests (`xtask-suite: host-prefix=P`) are skipped in the guest.
+    let skips: Vec<(String, String)> = crate::suites::discover()?
+        .into_iter()
+        .filter_map(|s| Some((format!("VM_SKIP_{}", s.name), s.host_prefix?)))
+        .collect();
     let env: String = env
         .iter()
         .map(|(k, v)| (*k, v))
         .chain(k.env.iter().map(|(k, v)| (*k, v)))
+        .chain(skips.iter().map(|(k, v)| (k.as_str(), v)))
         .map(|(k, v)| format!("{k}={}\n", q(v)))
         .collect();
     std::fs::write(stage.join("vm.env"), env)?;

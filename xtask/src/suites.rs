@@ -1,0 +1,93 @@
+//! The end-to-end suites, found on disk: each `tests/tests/*.rs` is one, so a new suite is one
+//! new file and no edit here. A marker line in a suite's file says where it runs:
+//! - `// xtask-suite: vm-only`: it needs what only the VM guests have (device-mapper, ZFS …);
+//! - `// xtask-suite: host-prefix=P`: its tests named `P…` run on the host only, the others in
+//!   the VM guests only (enforcement: refusal here, enforcing where BPF LSM is).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suite {
+    pub name: String,
+    pub vm_only: bool,
+    pub host_prefix: Option<String>,
+}
+
+const MARKER: &str = "// xtask-suite:";
+
+/// Every suite under `tests/tests`, sorted by name.
+pub fn discover() -> anyhow::Result<Vec<Suite>> {
+    discover_in(&crate::workspace().join("tests/tests"))
+}
+
+fn discover_in(dir: &Path) -> anyhow::Result<Vec<Suite>> {
+    let mut v = vec![];
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        let (Some(name), Some("rs")) = (
+            p.file_stem().and_then(|s| s.to_str()),
+            p.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        v.push(parse(name, &text).with_context(|| format!("{}", p.display()))?);
+    }
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+fn parse(name: &str, text: &str) -> anyhow::Result<Suite> {
+    let mut s = Suite {
+        name: name.to_string(),
+        vm_only: false,
+        host_prefix: None,
+    };
+    for m in text.lines().filter_map(|l| l.trim().strip_prefix(MARKER)) {
+        match m.trim() {
+            "vm-only" => s.vm_only = true,
+            m => match m.strip_prefix("host-prefix=") {
+                Some(p) if !p.is_empty() => s.host_prefix = Some(p.to_string()),
+                _ => anyhow::bail!("unknown marker `{MARKER} {m}` (vm-only, host-prefix=P)"),
+            },
+        }
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_decide_where_a_suite_runs() {
+        let plain = parse("e2e", "//! doc\nfn x() {}\n").unwrap();
+        assert!(!plain.vm_only && plain.host_prefix.is_none());
+        assert!(
+            parse("lvm", "//! doc\n// xtask-suite: vm-only\n")
+                .unwrap()
+                .vm_only
+        );
+        assert_eq!(
+            parse("enforce", "// xtask-suite: host-prefix=host_\n")
+                .unwrap()
+                .host_prefix
+                .as_deref(),
+            Some("host_")
+        );
+        assert!(parse("x", "// xtask-suite: vm_only\n").is_err());
+    }
+
+    #[test]
+    fn every_suite_in_the_tree_is_found() {
+        let all = discover().unwrap();
+        let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+        for n in ["e2e", "rules", "lvm", "enforce", "zfs"] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+        assert!(all.iter().any(|s| s.vm_only));
+    }
+}
