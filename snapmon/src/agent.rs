@@ -196,26 +196,25 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
         .context("loading trusted writers into the kernel")?;
 
-    let started = StateRecord {
-        action: "started",
-        detail: json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "backend": k.backend,
-            "hooks": k.hooks,
-            "hooks_attached": attached.len(),
-            "hooks_total": k.hooks.len(),
-            "missing_kernel_fields": k.missing,
-            "hook_stats": {"enabled": k.run_stats.describe().0, "note": k.run_stats.describe().1},
-            "watch": pipe.enricher.watch.stats,
-            "roots": pipe.enricher.watch.roots,
-            "notes": notes,
-            "startup_ms": started_at.elapsed().as_millis() as u64,
-            "enforcement": enforcement,
-            "policy": opts.policy_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
-            "rule_warnings": pipe.rule_warnings(),
-        }),
-    };
+    let (stats_on, stats_note) = k.run_stats.describe();
+    let started = crate::state::started(&crate::state::StartInfo {
+        backend: k.backend,
+        hooks: &k.hooks,
+        missing: &k.missing,
+        hook_stats: (stats_on, stats_note),
+        watch: &pipe.enricher.watch.stats,
+        roots: &pipe.enricher.watch.roots,
+        notes: &notes,
+        startup_ms: started_at.elapsed().as_millis() as u64,
+        enforcement,
+        policy: opts
+            .policy_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<embedded default>".into()),
+        rule_warnings: pipe.rule_warnings(),
+        sinks: crate::state::sink_list(&sinks.stats()),
+    });
     // One line for the LSM family: on a kernel that refuses them they all fail alike.
     let (lsm_bad, other_bad): (Vec<_>, Vec<_>) = k
         .hooks
@@ -237,8 +236,10 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             first.error.as_deref().unwrap_or("")
         );
     }
-    if emit(&sinks, Record::State(started)).is_err() {
-        return Ok(());
+    for r in started {
+        if emit(&sinks, Record::State(r)).is_err() {
+            return Ok(());
+        }
     }
     // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
     // process in /proc; that memory is free now but still held by the allocator (mimalloc
@@ -303,11 +304,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     refresh_hook_runs(&k, &registry);
     let hooks = registry.hook_runs().unwrap_or_default().to_json();
-    let stopped = StateRecord {
-        action: "stopped",
-        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": sinks.stats(), "hooks": hooks,
-                       "kernel": {"filtered_writes": k.filtered_count()}}),
-    };
+    let stopped = crate::state::stopped(reason, &pipe, &sinks, hooks, k.filtered_count());
     let _ = emit(&sinks, Record::State(stopped));
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
     sinks.shutdown(Duration::from_secs(5));
@@ -401,24 +398,9 @@ fn refresh_hook_runs(k: &Kernel, reg: &Registry) {
     });
 }
 
-/// The periodic `stats` record: the status-line numbers, per-hook runs, pipeline and sinks.
+/// The periodic `stats` record.
 fn stats_record(pipe: &Pipeline, sinks: &SinkSet) -> Record {
-    let reg = sinks.registry();
-    let s = reg.snapshot();
-    Record::Metric(MetricRecord {
-        action: "stats",
-        detail: json!({
-            "uptime_s": reg.uptime().as_secs(),
-            "events": s.events,
-            "alerts": s.alerts,
-            "lost": s.lost,
-            "hooks_attached": s.hooks_attached,
-            "hooks_total": s.hooks_total,
-            "hooks": reg.hook_runs().unwrap_or_default().to_json(),
-            "pipeline": pipe.stats(),
-            "sinks": sinks.stats(),
-        }),
-    })
+    crate::state::stats(pipe, sinks)
 }
 
 fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {

@@ -125,13 +125,37 @@ const PATHS: &[(&str, &[&str], &str)] = &[
     ),
 ];
 
-#[derive(Serialize)]
-struct Coverage {
-    path: &'static str,
-    covered: bool,
-    by: Vec<&'static str>,
+/// Whether one write path is seen, by which live hooks, and what a gap means.
+#[derive(Debug, Clone, Serialize)]
+pub struct Coverage {
+    pub path: &'static str,
+    pub covered: bool,
+    pub by: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    impact: Option<&'static str>,
+    pub impact: Option<&'static str>,
+}
+
+/// Every write path against the hooks that went live (doctor and the agent's `coverage`
+/// record say the same).
+pub fn coverage(hooks: &[HookStatus]) -> Vec<Coverage> {
+    let live = |p: &str| {
+        hooks
+            .iter()
+            .any(|h| h.program == p && h.attached_to.is_some())
+    };
+    PATHS
+        .iter()
+        .map(|(path, progs, impact)| {
+            let by: Vec<&str> = progs.iter().copied().filter(|p| live(p)).collect();
+            let covered = !by.is_empty();
+            Coverage {
+                path,
+                covered,
+                by,
+                impact: (!covered).then_some(*impact),
+            }
+        })
+        .collect()
 }
 
 fn read_trim(p: &str) -> Option<String> {
@@ -166,24 +190,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         Ok((false, why)) => format!("NO: {}", why.unwrap_or_default()),
         Err(_) => "unknown (load failed)".to_string(),
     };
-    let live = |p: &str| {
-        hooks
-            .iter()
-            .any(|h| h.program == p && h.attached_to.is_some())
-    };
-    let coverage: Vec<Coverage> = PATHS
-        .iter()
-        .map(|(path, progs, impact)| {
-            let by: Vec<&str> = progs.iter().copied().filter(|p| live(p)).collect();
-            let covered = !by.is_empty();
-            Coverage {
-                path,
-                covered,
-                by,
-                impact: (!covered).then_some(*impact),
-            }
-        })
-        .collect();
+    let coverage = coverage(&hooks);
     let lsm_live = hooks
         .iter()
         .any(|h| h.program.starts_with("lsm_") && h.attached_to.is_some());
@@ -230,10 +237,18 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         println!("\nload failed: {e}");
         return Ok(());
     }
+    // The same count the agent's status line and `started` record give: the hooks `run`
+    // loads. The LSM denial hooks come only with --enforce and are counted apart.
+    let (enf, det): (Vec<&HookStatus>, Vec<&HookStatus>) = hooks
+        .iter()
+        .partition(|h| crate::state::enforcement_only(h.program));
+    let live = |v: &[&HookStatus]| v.iter().filter(|h| h.attached_to.is_some()).count();
     println!(
-        "\nhooks ({} of {} live):",
-        hooks.iter().filter(|h| h.attached_to.is_some()).count(),
-        hooks.len()
+        "\nhooks ({} of {} live; --enforce adds {}, {} live):",
+        live(&det),
+        det.len(),
+        enf.len(),
+        live(&enf)
     );
     for h in &hooks {
         match (&h.attached_to, &h.error) {

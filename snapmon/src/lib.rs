@@ -2,6 +2,7 @@
 //! lineage/enrich → classify → rules → sinks), so tools, tests and fuzzers can drive them.
 
 pub mod agent;
+pub mod attack;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod pipeline;
 pub mod record;
 pub mod rules;
 pub mod sink;
+pub mod state;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod watch;

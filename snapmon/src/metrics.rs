@@ -66,18 +66,14 @@ pub struct HookRuns {
 }
 
 impl HookRuns {
-    /// `{"enabled": …, "note": …, "programs": {name: {attach, runs, run_ns}}}` for records.
+    /// `{"enabled": …, "note": …, "programs": [{program, attach, runs, run_ns}]}` for records
+    /// (an array: program names are not object keys in a record).
     pub fn to_json(&self) -> serde_json::Value {
-        let programs: serde_json::Map<_, _> = self
+        let programs: Vec<_> = self
             .programs
             .iter()
             .filter(|_| self.enabled)
-            .map(|h| {
-                (
-                    h.program.clone(),
-                    serde_json::json!({"attach": h.attach, "runs": h.runs, "run_ns": h.run_ns}),
-                )
-            })
+            .map(|h| serde_json::json!({"program": h.program, "attach": h.attach, "runs": h.runs, "run_ns": h.run_ns}))
             .collect();
         serde_json::json!({"enabled": self.enabled, "note": self.note, "programs": programs})
     }
@@ -87,7 +83,7 @@ impl HookRuns {
 struct Labelled {
     events_by_action: BTreeMap<String, u64>,
     alerts_by_rule: BTreeMap<(String, &'static str), u64>,
-    lost_by_cause: BTreeMap<(String, String), u64>,
+    lost_by_cause: BTreeMap<(&'static str, &'static str), u64>,
     hooks: BTreeMap<String, bool>,
 }
 
@@ -161,46 +157,44 @@ impl Registry {
                     .entry((a.rule_id.clone(), a.severity.as_str()))
                     .or_default() += 1;
             }
+            // One count everywhere: the summary's, which `doctor` and the log give too.
             Record::State(s) if s.action == "started" => {
-                if let Some(hooks) = s.detail["hooks"].as_array() {
-                    l.hooks = hooks
-                        .iter()
-                        .filter_map(|h| {
-                            Some((
-                                h["program"].as_str()?.to_string(),
-                                !h["attached_to"].is_null(),
-                            ))
-                        })
-                        .collect();
-                    self.hooks_total.store(l.hooks.len() as u64, Relaxed);
-                    self.hooks_attached
-                        .store(l.hooks.values().filter(|a| **a).count() as u64, Relaxed);
+                let n = |k: &str| s.detail[k].as_u64().unwrap_or(0);
+                self.hooks_total.store(n("hooks_total"), Relaxed);
+                self.hooks_attached.store(n("hooks_attached"), Relaxed);
+            }
+            Record::State(s) if s.action == "hooks" => {
+                for h in s.detail["hooks"].as_array().into_iter().flatten() {
+                    if let Some(p) = h["program"].as_str() {
+                        l.hooks.insert(p.to_string(), !h["attached_to"].is_null());
+                    }
                 }
             }
             Record::Metric(m) if m.action == "lost" => {
-                // {"kernel": {cause: n}, "decoder": {cause: n}, "sinks": {sink: {cause: n}}}
-                if let Some(o) = m.detail.as_object() {
-                    for (source, v) in o.iter().filter(|(k, _)| !k.ends_with("_total")) {
-                        let Some(causes) = v.as_object() else {
-                            continue;
-                        };
-                        for (cause, n) in causes {
-                            let pairs: Vec<(String, u64)> = match (n.as_u64(), n.as_object()) {
-                                (Some(n), _) => vec![(cause.clone(), n)],
-                                (None, Some(inner)) => inner
-                                    .iter()
-                                    .filter_map(|(c, n)| {
-                                        Some((format!("{cause}/{c}"), n.as_u64()?))
-                                    })
-                                    .collect(),
-                                _ => vec![],
-                            };
-                            for (c, n) in pairs {
-                                self.lost.fetch_add(n, Relaxed);
-                                *l.lost_by_cause.entry((source.clone(), c)).or_default() += n;
-                            }
-                        }
+                // {"kernel": {cause: n}, "decoder": {cause: n}, "sinks": [{sink, cause, count}]}
+                let mut add = |source: &'static str, cause: &str, n: u64| {
+                    // Only the closed set of causes becomes a label value.
+                    let Some(c) = LOSS_CAUSES
+                        .iter()
+                        .find(|(s, _)| *s == source)
+                        .and_then(|(_, cs)| cs.iter().find(|c| **c == cause))
+                    else {
+                        return;
+                    };
+                    self.lost.fetch_add(n, Relaxed);
+                    *l.lost_by_cause.entry((source, c)).or_default() += n;
+                };
+                for source in ["kernel", "decoder"] {
+                    for (cause, n) in m.detail[source].as_object().into_iter().flatten() {
+                        add(source, cause, n.as_u64().unwrap_or(0));
                     }
+                }
+                for d in m.detail["sinks"].as_array().into_iter().flatten() {
+                    add(
+                        "sinks",
+                        d["cause"].as_str().unwrap_or(""),
+                        d["count"].as_u64().unwrap_or(0),
+                    );
                 }
             }
             _ => {}
@@ -224,12 +218,21 @@ impl Registry {
         }
     }
 
-    /// Prometheus text exposition format 0.0.4.
+    /// Prometheus text exposition format 0.0.4: each family's samples right after its
+    /// HELP and TYPE lines, label values from closed sets (rules, causes, states, programs
+    /// and configured sink names; never an error text).
     pub fn render(&self) -> String {
         let mut o = String::new();
-        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-            o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        };
+        family(
+            &mut o,
+            "snapmon_build_info",
+            "gauge",
+            "Always 1; the labels say which snapmon this is.",
+        );
+        o.push_str(&format!(
+            "snapmon_build_info{{version=\"{}\"}} 1\n",
+            esc(env!("CARGO_PKG_VERSION"))
+        ));
         let l = self.labelled.lock();
         family(
             &mut o,
@@ -263,17 +266,32 @@ impl Registry {
             &mut o,
             "snapmon_lost_total",
             "counter",
-            "Records lost, by source and cause.",
+            "Records lost, by source and cause (every cause, 0 until it happens).",
         );
-        if let Ok(l) = &l {
-            for ((src, c), n) in &l.lost_by_cause {
+        for (source, causes) in LOSS_CAUSES {
+            for cause in *causes {
+                let n = l
+                    .as_ref()
+                    .ok()
+                    .and_then(|l| l.lost_by_cause.get(&(*source, *cause)).copied())
+                    .unwrap_or(0);
                 o.push_str(&format!(
-                    "snapmon_lost_total{{source=\"{}\",cause=\"{}\"}} {n}\n",
-                    esc(src),
-                    esc(c)
+                    "snapmon_lost_total{{source=\"{source}\",cause=\"{cause}\"}} {n}\n"
                 ));
             }
         }
+        family(
+            &mut o,
+            "snapmon_hooks",
+            "gauge",
+            "eBPF programs the agent loaded (state=attached|missing); the count the status line and doctor give.",
+        );
+        let total = self.hooks_total.load(Relaxed);
+        let attached = self.hooks_attached.load(Relaxed);
+        o.push_str(&format!(
+            "snapmon_hooks{{state=\"attached\"}} {attached}\nsnapmon_hooks{{state=\"missing\"}} {}\n",
+            total.saturating_sub(attached)
+        ));
         family(
             &mut o,
             "snapmon_hook_attached",
@@ -336,8 +354,17 @@ impl Registry {
             &mut o,
             "snapmon_sink_up",
             "gauge",
-            "1 if the sink is open or connected.",
+            "1 if the sink is open or connected; state is one of open, connected, sending, connecting, disconnected, error, closed, abandoned, other.",
         );
+        for c in &sinks {
+            let st = sink_state(&c.state());
+            let up = matches!(st, "open" | "connected" | "sending");
+            o.push_str(&format!(
+                "snapmon_sink_up{{sink=\"{}\",state=\"{st}\"}} {}\n",
+                esc(&c.name),
+                u8::from(up)
+            ));
+        }
         family(
             &mut o,
             "snapmon_sink_spill_bytes",
@@ -345,14 +372,6 @@ impl Registry {
             "Bytes waiting in the spill.",
         );
         for c in &sinks {
-            let st = c.state();
-            let up = st == "open" || st == "connected" || st == "sending";
-            o.push_str(&format!(
-                "snapmon_sink_up{{sink=\"{}\",state=\"{}\"}} {}\n",
-                esc(&c.name),
-                esc(&st),
-                u8::from(up)
-            ));
             o.push_str(&format!(
                 "snapmon_sink_spill_bytes{{sink=\"{}\"}} {}\n",
                 esc(&c.name),
@@ -370,6 +389,53 @@ impl Registry {
             self.started.elapsed().as_secs_f64()
         ));
         o
+    }
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
+/// Every loss cause by source: the kernel's (the agent's `lost` map slots), the decoder's
+/// and the sinks'. Each is exported, 0 until it happens, so an alert on `increase()` works
+/// from the first scrape.
+pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
+    (
+        "kernel",
+        &[
+            "ringbuf_full",
+            "read_failed",
+            "stash_full",
+            "io_uring_fixed_file",
+        ],
+    ),
+    ("decoder", &["decode_truncated", "decode_unknown_kind"]),
+    (
+        "sinks",
+        &[
+            "queue_full",
+            "write_error",
+            "spill_full",
+            "spill_error",
+            "shutdown",
+            "sink_dead",
+        ],
+    ),
+];
+
+/// A sink's state text (`error: No space left on device`) as a closed-set label value.
+pub fn sink_state(s: &str) -> &'static str {
+    let word = s.split([':', ' ']).next().unwrap_or("");
+    match word {
+        "open" => "open",
+        "connected" => "connected",
+        "sending" => "sending",
+        "connecting" => "connecting",
+        "disconnected" => "disconnected",
+        "error" => "error",
+        "closed" => "closed",
+        "abandoned" => "abandoned",
+        _ => "other",
     }
 }
 
@@ -492,12 +558,17 @@ mod tests {
             related_seq: vec![],
         })));
         reg.observe(&Record::State(StateRecord {
-            action: "started",
+            action: "hooks",
             detail: json!({"hooks": [{"program": "a", "attached_to": "x"}, {"program": "b", "attached_to": null}]}),
+        }));
+        reg.observe(&Record::State(StateRecord {
+            action: "started",
+            detail: json!({"hooks_attached": 1, "hooks_total": 2}),
         }));
         reg.observe(&Record::Metric(MetricRecord {
             action: "lost",
-            detail: json!({"kernel": {"ringbuf_full": 3}, "kernel_total": [3, 0], "sinks": {"tcp:x": {"queue_full": 2}}}),
+            detail: json!({"kernel": {"ringbuf_full": 3, "made_up": 9}, "kernel_total": [3, 0],
+                           "sinks": [{"sink": "tcp:x", "cause": "queue_full", "count": 2}]}),
         }));
         let s = reg.snapshot();
         assert_eq!((s.events, s.alerts, s.alerts_high, s.lost), (1, 1, 1, 5));
@@ -513,13 +584,63 @@ mod tests {
             "snapmon_events_total{action=\"pwrite64\"} 1",
             "snapmon_alerts_total{rule=\"SM001\",severity=\"critical\"} 1",
             "snapmon_lost_total{source=\"kernel\",cause=\"ringbuf_full\"} 3",
-            "snapmon_lost_total{source=\"sinks\",cause=\"tcp:x/queue_full\"} 2",
+            "snapmon_lost_total{source=\"sinks\",cause=\"queue_full\"} 2",
+            "snapmon_lost_total{source=\"decoder\",cause=\"decode_truncated\"} 0",
+            "snapmon_lost_total{source=\"sinks\",cause=\"sink_dead\"} 0",
+            "snapmon_build_info{version=\"0.1.0\"} 1",
+            "snapmon_hooks{state=\"missing\"} 1",
             "snapmon_hook_attached{program=\"b\"} 0",
         ] {
             assert!(body.contains(want), "missing {want}\n{body}");
         }
+        assert!(
+            !body.contains("made_up"),
+            "only closed-set causes become labels"
+        );
         // Not told about run statistics yet: nothing claimed either way.
         assert!(!body.contains("snapmon_hook_stats_enabled"), "{body}");
+    }
+
+    #[test]
+    fn every_sink_cause_is_a_loss_cause_and_states_are_a_closed_set() {
+        let sinks = LOSS_CAUSES.iter().find(|s| s.0 == "sinks").unwrap().1;
+        assert_eq!(sinks, Cause::ALL.map(Cause::as_str));
+        assert_eq!(
+            sink_state("error: No space left on device (os error 28)"),
+            "error"
+        );
+        assert_eq!(
+            sink_state("disconnected: Connection refused"),
+            "disconnected"
+        );
+        assert_eq!(sink_state("closed by reader"), "closed");
+        assert_eq!(sink_state("weird"), "other");
+    }
+
+    /// Each family's samples follow its own HELP/TYPE lines (the official parser types
+    /// samples by the last TYPE line seen).
+    #[test]
+    fn families_are_grouped() {
+        let reg = Registry::default();
+        reg.register_sink(Arc::new(SinkCounters::new(
+            "file:/x".into(),
+            "file",
+            crate::sink::Format::Json,
+        )));
+        let body = reg.render();
+        let mut current = String::new();
+        for l in body.lines() {
+            if let Some(t) = l.strip_prefix("# TYPE ") {
+                current = t.split(' ').next().unwrap().to_string();
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "{l}\n{body}");
+            }
+        }
+        assert!(
+            body.contains("snapmon_sink_up{sink=\"file:/x\",state=\"other\"} 0"),
+            "{body}"
+        );
     }
 
     fn runs(program: &str, runs: u64, run_ns: u64) -> HookRun {
@@ -560,11 +681,9 @@ mod tests {
         assert!(body.contains("# TYPE snapmon_hook_runs_total counter\n"));
         assert!(body.contains("# TYPE snapmon_hook_run_seconds_total counter\n"));
         let j = reg.hook_runs().unwrap().to_json();
-        assert_eq!(j["programs"]["sys_enter_pwrite64"]["runs"], 1234);
-        assert_eq!(
-            j["programs"]["sys_enter_pwrite64"]["run_ns"],
-            2_500_000_123u64
-        );
+        assert_eq!(j["programs"][0]["program"], "sys_enter_pwrite64");
+        assert_eq!(j["programs"][0]["runs"], 1234);
+        assert_eq!(j["programs"][0]["run_ns"], 2_500_000_123u64);
         assert_eq!(j["enabled"], true);
     }
 
@@ -583,7 +702,7 @@ mod tests {
         assert!(!body.contains("snapmon_hook_run_seconds_total"), "{body}");
         let j = reg.hook_runs().unwrap().to_json();
         assert_eq!(j["enabled"], false);
-        assert_eq!(j["programs"], serde_json::json!({}));
+        assert_eq!(j["programs"], serde_json::json!([]));
         assert!(j["note"].as_str().unwrap().contains("EPERM"));
     }
 }

@@ -264,7 +264,11 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
             .as_array()
             .map(|a| a.iter().map(|x| Bytes(unescape(str_of(x)))).collect())
             .unwrap_or_default(),
-        args_truncated: p["args_truncated"].as_bool().unwrap_or(false),
+        // Schema 2 moved it under `snapmon.process`; recordings of schema 1 still replay.
+        args_truncated: sp["args_truncated"]
+            .as_bool()
+            .or(p["args_truncated"].as_bool())
+            .unwrap_or(false),
         uid: u64_of(&p["user"]["id"]).unwrap_or(0) as u32,
         gid: u64_of(&p["group"]["id"]).unwrap_or(0) as u32,
         entity_id: str_of(&p["entity_id"]).to_string(),
@@ -303,11 +307,17 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         })
     };
     let file = file_of(&v["file"], &sm["file_path_hex"]);
-    let target =
-        hex_or_display(&v["file"]["target_path"], &sm["file_target_path_hex"]).map(|p| FileInfo {
-            path: Some(p),
-            ..Default::default()
-        });
+    // Rename/link destination: `snapmon.destination` (schema 2) or `file.target_path` (1).
+    let dest = &sm["destination"];
+    let target = if dest.is_object() {
+        hex_or_display(&dest["path"], &dest["path_hex"])
+    } else {
+        hex_or_display(&v["file"]["target_path"], &sm["file_target_path_hex"])
+    }
+    .map(|p| FileInfo {
+        path: Some(p),
+        ..Default::default()
+    });
     let write = sm["write"].as_object().map(|w| WriteInfo {
         op: intern(w.get("op").and_then(|x| x.as_str()).unwrap_or("")),
         offset: w.get("offset").and_then(|x| x.as_i64()).unwrap_or(-1),
@@ -468,9 +478,30 @@ mod tests {
                 facts: vec![("k".into(), "v".into())],
                 ..Default::default()
             }),
+            target: Some(FileInfo {
+                path: Some(Bytes(b"/s/.hidden\xfe".to_vec())),
+                ..Default::default()
+            }),
             ..Default::default()
         };
+        let mut ev = ev;
+        ev.process.args_truncated = true;
         let line = to_value(&Record::Event(ev.clone()), "h").to_string();
+        // Schema 1's shape of the same event still replays.
+        let mut old: Value = serde_json::from_str(&line).unwrap();
+        old["file"]["target_path"] = old["snapmon"]["destination"]["path"].take();
+        old["snapmon"]["file_target_path_hex"] = old["snapmon"]["destination"]["path_hex"].take();
+        old["snapmon"]
+            .as_object_mut()
+            .unwrap()
+            .remove("destination");
+        old["process"]["args_truncated"] = old["snapmon"]["process"]["args_truncated"].take();
+        let from_old = parse_line(&old.to_string(), 1).unwrap().unwrap();
+        assert_eq!(
+            from_old.target.unwrap().path,
+            ev.target.as_ref().unwrap().path
+        );
+        assert!(from_old.process.args_truncated);
         let back = parse_line(&line, 1).unwrap().unwrap();
         assert_eq!(
             back.file.as_ref().unwrap().path,

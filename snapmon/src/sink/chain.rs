@@ -34,8 +34,6 @@ use std::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::record::{Record, StateRecord};
-
 pub const CHAIN_KEY: &str = ",\"snapmon.chain\":{\"seq\":";
 pub const ZERO: [u8; 32] = [0; 32];
 
@@ -109,6 +107,8 @@ pub struct Chain {
     key: Option<Vec<u8>>,
     every: u64,
     since_checkpoint: u64,
+    /// The sink's format: its own records (header, checkpoint, footer) are written in it.
+    format: super::Format,
 }
 
 impl Chain {
@@ -119,7 +119,14 @@ impl Chain {
             key,
             every: every.max(1),
             since_checkpoint: 0,
+            format: super::Format::Json,
         }
+    }
+
+    /// Write the chain's own records in `format` (OCSF files get OCSF-shaped ones).
+    pub fn with_format(mut self, format: super::Format) -> Self {
+        self.format = format;
+        self
     }
 
     /// Append the chain member to the record's JSON and advance. Returns the line with `\n`.
@@ -155,8 +162,12 @@ impl Chain {
         if let Some(k) = &self.key {
             detail["hmac"] = json!(mac_hex(k, action, self.seq, &self.prev));
         }
-        let mut v = super::json::to_value(&Record::State(StateRecord { action, detail }), host);
-        v["event"]["dataset"] = json!("snapmon.chain");
+        let v = match self.format {
+            super::Format::Ocsf => {
+                super::ocsf::base_event(action, CHAIN_DATASET, "state", &detail, 1, host)
+            }
+            _ => super::json::control("state", action, CHAIN_DATASET, "state", &detail, host),
+        };
         let r = serde_json::to_vec(&v).unwrap_or_default();
         let line = self.seal_owned(r);
         // Counted from this keyed record on.
@@ -188,6 +199,9 @@ impl Chain {
         self.control("log_closed", d, host)
     }
 }
+
+/// `event.dataset` (ECS) / `unmapped.dataset` (OCSF) of the chain's own records.
+pub const CHAIN_DATASET: &str = "snapmon.chain";
 
 /// A parsed chained line.
 #[derive(Debug, Clone)]
@@ -399,8 +413,9 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
                 );
             }
             let v: Value = serde_json::from_slice(&link.record).unwrap_or(Value::Null);
-            let action = v["event"]["action"].as_str().unwrap_or("").to_string();
-            let control = v["event"]["dataset"] == "snapmon.chain";
+            let (dataset, action, state) = super::json::control_view(&v);
+            let action = action.to_string();
+            let control = dataset == CHAIN_DATASET;
             if li == 0 && !(control && action == "log_header") {
                 push(
                     ln,
@@ -463,10 +478,10 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
             }
             if control {
                 if action == "log_header" {
-                    checkpoint_every = v["snapmon"]["state"]["checkpoint_every"].as_u64();
+                    checkpoint_every = state["checkpoint_every"].as_u64();
                 }
                 if let Some(k) = key {
-                    let mac = v["snapmon"]["state"]["hmac"].as_str().unwrap_or("");
+                    let mac = state["hmac"].as_str().unwrap_or("");
                     if mac != mac_hex(k, &action, link.seq, &link.prev) {
                         push(
                             ln,
@@ -562,6 +577,7 @@ pub fn verify_cmd(files: &[PathBuf], key_file: Option<&Path>, live: bool) -> i32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Record;
 
     #[test]
     fn hmac_matches_rfc4231_case_2() {

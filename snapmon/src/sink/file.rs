@@ -74,12 +74,7 @@ impl FileSink {
             let (seq, hash) = prev
                 .map(|l| (l.seq + 1, l.hash))
                 .unwrap_or((0, chain::ZERO));
-            Some(Chain::new(
-                key,
-                o.checkpoint_every.unwrap_or(1000),
-                seq,
-                hash,
-            ))
+            Some(Chain::new(key, o.checkpoint_every.unwrap_or(1000), seq, hash).with_format(format))
         } else {
             None
         };

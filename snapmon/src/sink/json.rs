@@ -47,7 +47,13 @@ use crate::{
     watch::dev_display,
 };
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the `snapmon.*` layout: 2 moved rename/link destinations out of
+/// `file.target_path` (`snapmon.destination`), `process.args_truncated` into
+/// `snapmon.process`, and object keys that were data (sink and program names) into arrays.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The ECS release the records follow (and are validated against: schema/ecs).
+pub const ECS_VERSION: &str = "9.4.0";
 
 /// RFC 3339 UTC with nanoseconds from Unix nanoseconds.
 pub fn rfc3339(unix_ns: i128) -> String {
@@ -114,13 +120,16 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     let mut snap = Map::new();
     snap.insert("schema_version".into(), json!(SCHEMA_VERSION));
     snap.insert("backend".into(), json!(e.backend));
-    let mut root = Map::new();
+    let mut root = common(host);
     root.insert("@timestamp".into(), json!(rfc3339(e.ts_unix_ns)));
+    let (cat, cat2) = categories(e);
+    let mut category = vec![cat];
+    category.extend(cat2);
     root.insert(
         "event".into(),
         json!({
             "kind": kind,
-            "category": [e.category],
+            "category": category,
             "type": [e.ecs_type],
             "action": e.action,
             "sequence": e.seq,
@@ -130,15 +139,17 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     );
     if let Some(f) = &e.file {
         let mut fj = file_json(f, &mut snap, "file_path_hex");
-        if let Some(t) = &e.target {
-            if let Some(p) = &t.path {
-                fj["target_path"] = json!(p.display());
-                if !p.is_utf8() {
-                    snap.insert("file_target_path_hex".into(), json!(p.hex()));
-                }
-            }
+        if let Some(t) = file_type(e) {
+            fj["type"] = json!(t);
         }
         root.insert("file".into(), fj);
+    }
+    if let Some(p) = e.target.as_ref().and_then(|t| t.path.as_ref()) {
+        let mut d = json!({"path": p.display()});
+        if !p.is_utf8() {
+            d["path_hex"] = json!(p.hex());
+        }
+        snap.insert("destination".into(), d);
     }
     let p = &e.process;
     let mut pj = json!({
@@ -153,9 +164,6 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     if !p.entity_id.is_empty() {
         pj["entity_id"] = json!(p.entity_id);
     }
-    if p.args_truncated {
-        pj["args_truncated"] = json!(true);
-    }
     if let Some(par) = &p.parent {
         pj["parent"] = json!({"pid": par.pid, "name": par.name, "executable": par.executable, "entity_id": par.entity_id});
     } else if p.ppid != 0 {
@@ -165,11 +173,13 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         root.insert("container".into(), json!({"id": c}));
     }
     root.insert("process".into(), pj);
-    root.insert("host".into(), json!({"hostname": host}));
     let mut sp = json!({
         "ancestors": &*p.ancestors,
         "lineage": p.lineage(),
     });
+    if p.args_truncated {
+        sp["args_truncated"] = json!(true);
+    }
     if p.exe_ino != 0 {
         sp["executable_identity"] =
             json!({"device": dev_display(p.exe_dev), "inode": p.exe_ino.to_string()});
@@ -191,16 +201,7 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         );
     }
     if let Some(i) = &e.ioctl {
-        let mut ij = json!({"cmd": format!("{:#010x}", i.cmd), "arg": format!("{:#x}", i.arg), "arg_captured": i.arg_data.len()});
-        if let Some(c) = &e.classification {
-            if let Some(n) = &c.ioctl_name {
-                ij["name"] = json!(n);
-            }
-            if let Some(d) = &c.ioctl {
-                ij["decoded"] = d.clone();
-            }
-        }
-        snap.insert("ioctl".into(), ij);
+        snap.insert("ioctl".into(), ioctl_json(i, e.classification.as_ref()));
     }
     if let Some(c) = &e.classification {
         snap.insert(
@@ -220,6 +221,88 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     root
 }
 
+/// `snapmon.ioctl`: the number, the bare command name (never its decoded arguments: they are
+/// in `summary` and `decoded`), so a terms aggregation on the name has one bucket per command.
+fn ioctl_json(i: &crate::event::IoctlRaw, c: Option<&crate::classify::Classification>) -> Value {
+    let mut ij = json!({"cmd": format!("{:#010x}", i.cmd), "arg": format!("{:#x}", i.arg), "arg_captured": i.arg_data.len()});
+    if let Some(c) = c {
+        if let Some(n) = c.ioctl.as_ref().and_then(|d| d["name"].as_str()) {
+            ij["name"] = json!(n);
+        }
+        if let Some(n) = &c.ioctl_name {
+            ij["summary"] = json!(n);
+        }
+        if let Some(d) = &c.ioctl {
+            ij["decoded"] = d.clone();
+        }
+    }
+    ij
+}
+
+/// `event.category`: the event's own, plus `intrusion_detection` for an enforcement
+/// decision (ECS expects `allowed`/`denied` types there, not under `file`).
+fn categories(e: &Event) -> (&'static str, Option<&'static str>) {
+    match e.ecs_type {
+        "denied" | "allowed" => (e.category, Some("intrusion_detection")),
+        _ => (e.category, None),
+    }
+}
+
+/// ECS `file.type` where the operation tells it: a directory made or removed, a symlink made.
+pub fn file_type(e: &Event) -> Option<&'static str> {
+    match e.action {
+        "mkdir" | "rmdir" => Some("dir"),
+        "symlink" => Some("symlink"),
+        _ => None,
+    }
+}
+
+/// `agent`, `ecs` and `host`: the members every record carries.
+fn common(host: &str) -> Map<String, Value> {
+    let id = super::identity::get();
+    let mut agent =
+        json!({"type": super::identity::AGENT_TYPE, "version": super::identity::AGENT_VERSION});
+    if let Some(a) = &id.agent_id {
+        agent["id"] = json!(a);
+    }
+    let mut h = json!({"hostname": host, "name": host});
+    if let Some(i) = &id.host_id {
+        h["id"] = json!(i);
+    }
+    let mut root = Map::new();
+    root.insert("agent".into(), agent);
+    root.insert("ecs".into(), json!({"version": ECS_VERSION}));
+    root.insert("host".into(), h);
+    root
+}
+
+/// ECS `threat`: tactics, techniques and sub-techniques apart (`T1565.001` is a
+/// sub-technique of `T1565`), each as parallel arrays of id, name and reference.
+fn threat_json(ids: &[String]) -> Value {
+    let s = crate::attack::split(ids);
+    let mut technique = json!({
+        "id": s.techniques.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        "name": s.techniques.iter().map(|t| &t.1).collect::<Vec<_>>(),
+        "reference": s.techniques.iter().map(|t| crate::attack::technique_url(&t.0)).collect::<Vec<_>>(),
+    });
+    if !s.subs.is_empty() {
+        technique["subtechnique"] = json!({
+            "id": s.subs.iter().map(|t| t.0).collect::<Vec<_>>(),
+            "name": s.subs.iter().map(|t| t.1).collect::<Vec<_>>(),
+            "reference": s.subs.iter().map(|t| crate::attack::technique_url(t.0)).collect::<Vec<_>>(),
+        });
+    }
+    json!({
+        "framework": "MITRE ATT&CK",
+        "tactic": {
+            "id": s.tactics.iter().map(|t| t.0).collect::<Vec<_>>(),
+            "name": s.tactics.iter().map(|t| t.1).collect::<Vec<_>>(),
+            "reference": s.tactics.iter().map(|t| crate::attack::tactic_url(t.0)).collect::<Vec<_>>(),
+        },
+        "technique": technique,
+    })
+}
+
 /// The ECS object for one record.
 pub fn to_value(r: &Record, host: &str) -> Value {
     match r {
@@ -233,10 +316,7 @@ pub fn to_value(r: &Record, host: &str) -> Value {
             }
             root.insert("message".into(), json!(a.message));
             root.insert("rule".into(), json!({"id": a.rule_id, "name": a.rule_name}));
-            root.insert(
-                "threat".into(),
-                json!({"framework": "MITRE ATT&CK", "technique": {"id": a.technique}}),
-            );
+            root.insert("threat".into(), threat_json(&a.technique));
             if let Some(s) = root.get_mut("snapmon") {
                 s["severity"] = json!(a.severity.as_str());
                 if !a.related_seq.is_empty() {
@@ -245,19 +325,72 @@ pub fn to_value(r: &Record, host: &str) -> Value {
             }
             Value::Object(root)
         }
-        Record::State(s) => json!({
-            "@timestamp": rfc3339(now_unix_ns()),
-            "event": {"kind": "state", "action": s.action, "module": "snapmon", "dataset": "snapmon.agent"},
-            "host": {"hostname": host},
-            "snapmon": {"schema_version": SCHEMA_VERSION, "state": s.detail},
-        }),
-        Record::Metric(m) => json!({
-            "@timestamp": rfc3339(now_unix_ns()),
-            "event": {"kind": "metric", "action": m.action, "module": "snapmon", "dataset": "snapmon.agent"},
-            "host": {"hostname": host},
-            "snapmon": {"schema_version": SCHEMA_VERSION, "metric": m.detail},
-        }),
+        Record::State(s) => control("state", s.action, "snapmon.agent", "state", &s.detail, host),
+        Record::Metric(m) => control(
+            "metric",
+            m.action,
+            "snapmon.agent",
+            "metric",
+            &m.detail,
+            host,
+        ),
     }
+}
+
+/// A state or metric record: `event.kind` `kind`, its payload in `snapmon.<member>`.
+pub fn control(
+    kind: &str,
+    action: &str,
+    dataset: &str,
+    member: &str,
+    detail: &Value,
+    host: &str,
+) -> Value {
+    let mut root = common(host);
+    root.insert("@timestamp".into(), json!(rfc3339(now_unix_ns())));
+    root.insert(
+        "event".into(),
+        json!({"kind": kind, "action": action, "module": "snapmon", "dataset": dataset}),
+    );
+    root.insert(
+        "snapmon".into(),
+        json!({"schema_version": SCHEMA_VERSION, member: detail}),
+    );
+    Value::Object(root)
+}
+
+/// `(dataset, action, payload)` of a state or metric record in either format: ECS
+/// `event.{dataset,action}` and `snapmon.{state|metric}`, OCSF `unmapped.{…}`.
+pub fn control_view(v: &Value) -> (&str, &str, &Value) {
+    let ocsf = v.get("class_uid").is_some();
+    let (dataset, action, payload) = if ocsf {
+        let u = &v["unmapped"];
+        (
+            &u["dataset"],
+            &u["action"],
+            if u["state"].is_null() {
+                &u["metric"]
+            } else {
+                &u["state"]
+            },
+        )
+    } else {
+        let s = &v["snapmon"];
+        (
+            &v["event"]["dataset"],
+            &v["event"]["action"],
+            if s["state"].is_null() {
+                &s["metric"]
+            } else {
+                &s["state"]
+            },
+        )
+    };
+    (
+        dataset.as_str().unwrap_or(""),
+        action.as_str().unwrap_or(""),
+        payload,
+    )
 }
 
 /// The same bytes `serde_json::to_vec(&to_value(r, host))` gives, written straight from the
@@ -350,7 +483,7 @@ fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) 
     out.push(b'}');
 }
 
-fn write_file(out: &mut Vec<u8>, f: &FileInfo, target: Option<&Bytes>) {
+fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
     let mut first = true;
     out.push(b'{');
     match &f.path {
@@ -372,9 +505,9 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, target: Option<&Bytes>) {
         key(out, "size", &mut first);
         num(out, sz);
     }
-    if let Some(t) = target {
-        key(out, "target_path", &mut first);
-        js(out, &t.display());
+    if let Some(t) = ty {
+        key(out, "type", &mut first);
+        js(out, t);
     }
     out.push(b'}');
 }
@@ -476,10 +609,6 @@ fn process_head(out: &mut Vec<u8>, p: &ProcessInfo) {
         js(out, &a.display());
     }
     out.push(b']');
-    if p.args_truncated {
-        key(out, "args_truncated", &mut f);
-        out.extend_from_slice(b"true");
-    }
     if !p.entity_id.is_empty() {
         key(out, "entity_id", &mut f);
         js(out, &p.entity_id);
@@ -559,6 +688,10 @@ fn snapmon_process(out: &mut Vec<u8>, p: &ProcessInfo) {
         out.push(b'}');
     }
     out.push(b']');
+    if p.args_truncated {
+        key(out, "args_truncated", &mut g);
+        out.extend_from_slice(b"true");
+    }
     if p.exe_ino != 0 {
         key(out, "executable_identity", &mut g);
         out.extend_from_slice(b"{\"device\":");
@@ -580,18 +713,50 @@ fn snapmon_process(out: &mut Vec<u8>, p: &ProcessInfo) {
     out.push(b'}');
 }
 
+/// `"agent":{…}` of this host (constant: rendered once).
+fn write_agent(out: &mut Vec<u8>) {
+    static AGENT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    out.extend_from_slice(AGENT.get_or_init(|| {
+        let id = super::identity::get();
+        let mut v =
+            json!({"type": super::identity::AGENT_TYPE, "version": super::identity::AGENT_VERSION});
+        if let Some(a) = &id.agent_id {
+            v["id"] = json!(a);
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    }));
+}
+
+fn write_host(out: &mut Vec<u8>, host: &str) {
+    out.extend_from_slice(b"{\"hostname\":");
+    js(out, host);
+    if let Some(i) = &super::identity::get().host_id {
+        out.extend_from_slice(b",\"id\":");
+        js(out, i);
+    }
+    out.extend_from_slice(b",\"name\":");
+    js(out, host);
+    out.push(b'}');
+}
+
 fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::record::Alert>) {
     let p = &e.process;
     let mut root = true;
     out.push(b'{');
     key(out, "@timestamp", &mut root);
     js(out, &rfc3339(e.ts_unix_ns));
+    key(out, "agent", &mut root);
+    write_agent(out);
     if let Some(c) = &p.container_id {
         key(out, "container", &mut root);
         out.extend_from_slice(b"{\"id\":");
         js(out, c);
         out.push(b'}');
     }
+    key(out, "ecs", &mut root);
+    out.extend_from_slice(b"{\"version\":");
+    js(out, ECS_VERSION);
+    out.push(b'}');
     key(out, "event", &mut root);
     {
         let mut f = true;
@@ -600,7 +765,12 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
         js(out, e.action);
         key(out, "category", &mut f);
         out.push(b'[');
-        js(out, e.category);
+        let (cat, cat2) = categories(e);
+        js(out, cat);
+        if let Some(c) = cat2 {
+            out.push(b',');
+            js(out, c);
+        }
         out.push(b']');
         key(out, "dataset", &mut f);
         out.extend_from_slice(b"\"snapmon.");
@@ -632,12 +802,10 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
     let target = e.target.as_ref().and_then(|t| t.path.as_ref());
     if let Some(f) = &e.file {
         key(out, "file", &mut root);
-        write_file(out, f, target);
+        write_file(out, f, file_type(e));
     }
     key(out, "host", &mut root);
-    out.extend_from_slice(b"{\"hostname\":");
-    js(out, host);
-    out.push(b'}');
+    write_host(out, host);
     if let Some(a) = alert {
         key(out, "message", &mut root);
         js(out, &a.message);
@@ -674,6 +842,16 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
             key(out, "classification", &mut f);
             write_classification(out, c);
         }
+        if let Some(t) = target {
+            key(out, "destination", &mut f);
+            out.extend_from_slice(b"{\"path\":");
+            js(out, &t.display());
+            if !t.is_utf8() {
+                out.extend_from_slice(b",\"path_hex\":");
+                js(out, &t.hex());
+            }
+            out.push(b'}');
+        }
         if !e.detail.is_empty() {
             key(out, "detail", &mut f);
             let d: Map<String, Value> = e
@@ -683,32 +861,15 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
                 .collect();
             let _ = serde_json::to_writer(&mut *out, &d);
         }
-        if let Some(fi) = &e.file {
-            if let Some(pth) = &fi.path {
-                if !pth.is_utf8() || pth.display().contains("\\x") {
-                    key(out, "file_path_hex", &mut f);
-                    js(out, &pth.hex());
-                }
-            }
-            if let Some(t) = target {
-                if !t.is_utf8() {
-                    key(out, "file_target_path_hex", &mut f);
-                    js(out, &t.hex());
-                }
+        if let Some(pth) = e.file.as_ref().and_then(|fi| fi.path.as_ref()) {
+            if !pth.is_utf8() || pth.display().contains("\\x") {
+                key(out, "file_path_hex", &mut f);
+                js(out, &pth.hex());
             }
         }
         if let Some(i) = &e.ioctl {
             key(out, "ioctl", &mut f);
-            let mut ij = json!({"cmd": format!("{:#010x}", i.cmd), "arg": format!("{:#x}", i.arg), "arg_captured": i.arg_data.len()});
-            if let Some(c) = &e.classification {
-                if let Some(n) = &c.ioctl_name {
-                    ij["name"] = json!(n);
-                }
-                if let Some(d) = &c.ioctl {
-                    ij["decoded"] = d.clone();
-                }
-            }
-            let _ = serde_json::to_writer(&mut *out, &ij);
+            let _ = serde_json::to_writer(&mut *out, &ioctl_json(i, e.classification.as_ref()));
         }
         key(out, "process", &mut f);
         match &p.render_cache {
@@ -755,9 +916,7 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
     }
     if let Some(a) = alert {
         key(out, "threat", &mut root);
-        out.extend_from_slice(b"{\"framework\":\"MITRE ATT&CK\",\"technique\":{\"id\":");
-        let _ = serde_json::to_writer(&mut *out, &a.technique);
-        out.extend_from_slice(b"}}");
+        let _ = serde_json::to_writer(&mut *out, &threat_json(&a.technique));
     }
     out.push(b'}');
 }
@@ -937,7 +1096,10 @@ mod tests {
             Bytes(b"/s/bad\xff\x1bname".to_vec()).hex()
         );
         assert_eq!(v["process"]["pid"], 7);
-        assert_eq!(v["snapmon"]["schema_version"], 1);
+        assert_eq!(v["snapmon"]["schema_version"], SCHEMA_VERSION);
+        assert_eq!(v["ecs"]["version"], ECS_VERSION);
+        assert_eq!(v["host"]["name"], "h");
+        assert_eq!(v["agent"]["type"], "snapmon");
     }
 
     /// The ECS record as a consumer would type it: unknown fields are errors, so a field
@@ -950,6 +1112,8 @@ mod tests {
         pub struct Ecs {
             #[serde(rename = "@timestamp")]
             pub timestamp: String,
+            pub agent: serde_json::Value,
+            pub ecs: serde_json::Value,
             pub event: EcsEvent,
             pub file: Option<EcsFile>,
             pub process: EcsProcess,
@@ -983,7 +1147,8 @@ mod tests {
             pub inode: String,
             pub device: String,
             pub size: Option<u64>,
-            pub target_path: Option<String>,
+            #[serde(rename = "type")]
+            pub ty: Option<String>,
         }
         #[derive(Deserialize, Debug)]
         #[serde(deny_unknown_fields)]
@@ -1020,6 +1185,8 @@ mod tests {
         #[serde(deny_unknown_fields)]
         pub struct Host {
             pub hostname: String,
+            pub name: String,
+            pub id: Option<String>,
         }
         #[derive(Deserialize, Debug)]
         #[serde(deny_unknown_fields)]

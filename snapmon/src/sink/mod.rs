@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod config;
 pub mod file;
+pub mod identity;
 pub mod json;
 pub mod net;
 pub mod ocsf;
@@ -276,6 +277,9 @@ pub(crate) mod fixtures {
 }
 
 #[cfg(test)]
+mod schema_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::{event::Event, record::Alert};
@@ -413,9 +417,13 @@ mod tests {
 
     fn lost_count(r: &Record) -> u64 {
         match r {
-            Record::Metric(m) => m.detail["sinks"]["count"]["queue_full"]
-                .as_u64()
-                .unwrap_or(0),
+            Record::Metric(m) => m.detail["sinks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| d["sink"] == "count" && d["cause"] == "queue_full")
+                .filter_map(|d| d["count"].as_u64())
+                .sum(),
             _ => 0,
         }
     }
@@ -477,7 +485,12 @@ mod tests {
             panic!("no loss record")
         };
         assert_eq!(m.action, "lost");
-        assert_eq!(m.detail["sinks"]["stuck"]["queue_full"], 10, "{}", m.detail);
+        assert_eq!(
+            m.detail["sinks"],
+            json!([{"sink": "stuck", "cause": "queue_full", "count": 10}]),
+            "{}",
+            m.detail
+        );
         assert!(set.loss_record().is_none());
         // Release the hung sink so shutdown can finish; it must not wait past its timeout.
         std::thread::spawn(move || loop {

@@ -20,11 +20,14 @@
 use serde_json::{json, Map, Value};
 
 use crate::{
-    event::{Bytes, Event, FileInfo},
-    record::{Record, Severity},
+    event::{Bytes, Event, FileInfo, ProcessInfo},
+    record::{Alert, Record, Severity},
 };
 
 pub const OCSF_VERSION: &str = "1.1.0";
+
+/// Profiles every endpoint record declares: `host` (its `device` and `actor`).
+const PROFILES: &[&str] = &["host"];
 
 /// (class_uid, category_uid, activity_id, activity_name) for an event action.
 pub fn activity(e: &Event) -> (u32, u32, u32, &'static str) {
@@ -68,103 +71,334 @@ fn severity_name(id: u32) -> &'static str {
     }
 }
 
+/// OCSF file `type_id`: 2 folder, 7 symbolic link, 1 regular for an executable, else 0
+/// (unknown: a watched path may be an image file or a block device).
+fn file_type_id(e: Option<&Event>) -> u32 {
+    match e.and_then(crate::sink::json::file_type) {
+        Some("dir") => 2,
+        Some("symlink") => 7,
+        _ => 0,
+    }
+}
+
 fn file_obj(f: &FileInfo, type_id: u32) -> Value {
     let mut o = Map::new();
     o.insert("type_id".into(), json!(type_id));
+    let uid = (f.ino != 0).then(|| format!("{}:{}", crate::watch::dev_display(f.dev), f.ino));
+    let mut name = None;
     if let Some(p) = &f.path {
         o.insert("path".into(), json!(p.display()));
         let path = p.as_path();
-        if let Some(n) = path.file_name() {
-            o.insert(
-                "name".into(),
-                json!(Bytes(n.as_encoded_bytes().to_vec()).display()),
-            );
-        }
+        name = path
+            .file_name()
+            .map(|n| Bytes(n.as_encoded_bytes().to_vec()).display());
         if let Some(d) = path.parent() {
             o.insert("parent_folder".into(), json!(Bytes::from_path(d).display()));
         }
     }
+    // `name` is required: the last path component, else the identity, else the path itself.
+    let name = name
+        .or_else(|| uid.clone())
+        .or_else(|| f.path.as_ref().map(|p| p.display()))
+        .unwrap_or_else(|| "unknown".into());
+    o.insert("name".into(), json!(name));
     if let Some(s) = f.size {
         o.insert("size".into(), json!(s));
     }
-    if f.ino != 0 {
-        o.insert(
-            "uid".into(),
-            json!(format!("{}:{}", crate::watch::dev_display(f.dev), f.ino)),
-        );
+    if let Some(u) = uid {
+        o.insert("uid".into(), json!(u));
     }
     Value::Object(o)
 }
 
-fn event_obj(e: &Event, host: &str, ecs: &Value) -> Map<String, Value> {
-    let (class, cat, act, act_name) = activity(e);
-    let (class_name, cat_name) = match class {
-        1007 => ("Process Activity", "System Activity"),
-        _ => ("File System Activity", "System Activity"),
-    };
-    let p = &e.process;
+fn exe_obj(path: &str) -> Value {
+    let name = std::path::Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string());
+    json!({"path": path, "name": name, "type_id": 1})
+}
+
+fn process_obj(p: &ProcessInfo) -> Value {
+    let exe = p.executable.display();
     let mut process = json!({
         "pid": p.pid,
         "tid": p.tid,
         "name": p.name,
-        "uid": p.entity_id,
         "cmd_line": p.args.iter().map(|a| a.display()).collect::<Vec<_>>().join(" "),
-        "file": {"path": p.executable.display(), "name": p.executable.as_path().file_name().map(|n| Bytes(n.as_encoded_bytes().to_vec()).display()).unwrap_or_default(), "type_id": 1},
         "user": {"uid": p.uid.to_string()},
+        "lineage": std::iter::once(p.name.as_str()).chain(p.ancestors.iter().map(|a| a.name.as_str())).collect::<Vec<_>>(),
     });
+    if !p.entity_id.is_empty() {
+        process["uid"] = json!(p.entity_id);
+    }
+    if !exe.is_empty() {
+        process["file"] = exe_obj(&exe);
+    }
     if let Some(par) = &p.parent {
-        process["parent_process"] = json!({"pid": par.pid, "name": par.name, "uid": par.entity_id, "file": {"path": par.executable, "type_id": 1}});
+        let mut pp = json!({"pid": par.pid, "name": par.name});
+        if !par.entity_id.is_empty() {
+            pp["uid"] = json!(par.entity_id);
+        }
+        if !par.executable.is_empty() {
+            pp["file"] = exe_obj(&par.executable);
+        }
+        process["parent_process"] = pp;
     } else if p.ppid != 0 {
         process["parent_process"] = json!({"pid": p.ppid});
     }
-    let mut o = Map::new();
-    o.insert("class_uid".into(), json!(class));
-    o.insert("class_name".into(), json!(class_name));
-    o.insert("category_uid".into(), json!(cat));
-    o.insert("category_name".into(), json!(cat_name));
-    o.insert("activity_id".into(), json!(act));
-    o.insert("activity_name".into(), json!(act_name));
-    o.insert("type_uid".into(), json!(class * 100 + act));
+    process
+}
+
+fn device(host: &str) -> Value {
+    let mut d = json!({"hostname": host, "name": host, "type_id": 0});
+    if let Some(id) = &super::identity::get().host_id {
+        d["uid"] = json!(id);
+    }
+    d
+}
+
+fn metadata(uid: Option<String>, profiles: &[&str]) -> Value {
+    let mut m = json!({
+        "product": {"name": super::identity::AGENT_TYPE, "vendor_name": "snapmon", "version": super::identity::AGENT_VERSION},
+        "version": OCSF_VERSION,
+        "log_name": "snapmon",
+        "profiles": profiles,
+    });
+    if let Some(a) = &super::identity::get().agent_id {
+        m["product"]["uid"] = json!(a);
+    }
+    // `sequence` is a 32-bit integer in OCSF 1.1; ours is 64-bit, so it is the uid.
+    if let Some(u) = uid {
+        m["uid"] = json!(u);
+    }
+    m
+}
+
+/// Class, category, activity and type members.
+fn classify(o: &mut Map<String, Value>, class: (u32, &str), cat: (u32, &str), act: (u32, &str)) {
+    o.insert("class_uid".into(), json!(class.0));
+    o.insert("class_name".into(), json!(class.1));
+    o.insert("category_uid".into(), json!(cat.0));
+    o.insert("category_name".into(), json!(cat.1));
+    o.insert("activity_id".into(), json!(act.0));
+    o.insert("activity_name".into(), json!(act.1));
+    o.insert(
+        "type_uid".into(),
+        json!(class.0 as u64 * 100 + act.0 as u64),
+    );
+    // The type's caption; a data-specific activity name is only `activity_name`.
+    let act_caption = if act.0 == 99 { "Other" } else { act.1 };
     o.insert(
         "type_name".into(),
-        json!(format!("{class_name}: {act_name}")),
+        json!(format!("{}: {act_caption}", class.1)),
+    );
+}
+
+fn event_obj(e: &Event, host: &str, ecs: &Value) -> Map<String, Value> {
+    let (class, cat, act, act_name) = activity(e);
+    let class_name = match class {
+        1007 => "Process Activity",
+        _ => "File System Activity",
+    };
+    let mut o = Map::new();
+    classify(
+        &mut o,
+        (class, class_name),
+        (cat, "System Activity"),
+        (act, act_name),
     );
     o.insert("time".into(), json!((e.ts_unix_ns / 1_000_000) as i64));
     o.insert("severity_id".into(), json!(1));
     o.insert("severity".into(), json!("Informational"));
     // We see the call on entry: its outcome is not known.
     o.insert("status_id".into(), json!(0));
-    o.insert("actor".into(), json!({"process": process}));
-    if let Some(f) = &e.file {
-        let type_id = match e.action {
-            "mkdir" | "rmdir" => 2,
-            _ if f.path.is_some() || f.ino != 0 => 1,
-            _ => 0,
+    o.insert("status".into(), json!("Unknown"));
+    if class == 1007 {
+        // The process the activity is about, and who did it (its parent, as far as known).
+        o.insert("process".into(), process_obj(&e.process));
+        let actor = match e.process.parent.as_ref() {
+            Some(par) => {
+                let mut pp = json!({"pid": par.pid, "name": par.name});
+                if !par.entity_id.is_empty() {
+                    pp["uid"] = json!(par.entity_id);
+                }
+                json!({"process": pp})
+            }
+            None if e.process.ppid != 0 => json!({"process": {"pid": e.process.ppid}}),
+            None => json!({"user": {"uid": e.process.uid.to_string()}}),
         };
-        o.insert("file".into(), file_obj(f, type_id));
+        o.insert("actor".into(), actor);
+    } else {
+        o.insert("actor".into(), json!({"process": process_obj(&e.process)}));
+        let f = e.file.clone().unwrap_or_default();
+        o.insert("file".into(), file_obj(&f, file_type_id(Some(e))));
+        if let Some(t) = &e.target {
+            o.insert("file_result".into(), file_obj(t, 0));
+        }
     }
-    if let Some(t) = &e.target {
-        o.insert("file_result".into(), file_obj(t, 1));
-    }
-    o.insert("device".into(), json!({"hostname": host, "type_id": 0}));
-    o.insert("metadata".into(), metadata(Some(e.seq)));
+    o.insert("device".into(), device(host));
+    o.insert(
+        "metadata".into(),
+        metadata(Some(e.seq.to_string()), PROFILES),
+    );
     let mut unmapped = ecs.get("snapmon").cloned().unwrap_or_else(|| json!({}));
     unmapped["timestamp_ns"] = json!(e.ts_unix_ns.to_string());
     unmapped["action"] = json!(e.action);
+    unmapped["sequence"] = json!(e.seq);
     o.insert("unmapped".into(), unmapped);
     o
 }
 
-fn metadata(seq: Option<u64>) -> Value {
-    let mut m = json!({
-        "product": {"name": "snapmon", "vendor_name": "snapmon", "version": env!("CARGO_PKG_VERSION")},
-        "version": OCSF_VERSION,
-        "log_name": "snapmon",
-    });
-    if let Some(s) = seq {
-        m["sequence"] = json!(s);
+/// An alert as a Detection Finding (2004): the rule as the analytic, ATT&CK tactics,
+/// techniques and sub-techniques in `finding_info.attacks`, the evidence event referenced
+/// (`related_events`, by its `metadata.uid`) and its actor and file embedded (`evidences`).
+fn finding(a: &Alert, host: &str, ecs: &Value) -> Value {
+    let e = &a.event;
+    let mut o = Map::new();
+    classify(
+        &mut o,
+        (2004, "Detection Finding"),
+        (2, "Findings"),
+        (1, "Create"),
+    );
+    o.insert("time".into(), json!((e.ts_unix_ns / 1_000_000) as i64));
+    let sid = severity_id(a.severity);
+    o.insert("severity_id".into(), json!(sid));
+    o.insert("severity".into(), json!(severity_name(sid)));
+    o.insert("status_id".into(), json!(1));
+    o.insert("status".into(), json!("New"));
+    o.insert("message".into(), json!(a.message));
+    let attacks: Vec<Value> = a
+        .technique
+        .iter()
+        .map(|id| match crate::attack::lookup(id) {
+            Some(t) => {
+                let (tid, tname) = t.technique();
+                let mut at = json!({
+                    "tactic": {"uid": t.tactic_id, "name": t.tactic_name, "src_url": crate::attack::tactic_url(t.tactic_id)},
+                    "technique": {"uid": tid, "name": tname, "src_url": crate::attack::technique_url(tid)},
+                });
+                if t.is_sub() {
+                    at["sub_technique"] = json!({"uid": t.id, "name": t.name, "src_url": crate::attack::technique_url(t.id)});
+                }
+                at
+            }
+            None => json!({"technique": {"uid": id}}),
+        })
+        .collect();
+    let (class, _, act, act_name) = activity(e);
+    let evidence_type = if class == 1007 {
+        "Process Activity"
+    } else {
+        "File System Activity"
+    };
+    let mut related = vec![
+        json!({"uid": e.seq.to_string(), "type_uid": class as u64 * 100 + act as u64,
+                                  "type": format!("{evidence_type}: {act_name}")}),
+    ];
+    related.extend(a.related_seq.iter().map(|s| json!({"uid": s.to_string()})));
+    let agent = super::identity::get()
+        .agent_id
+        .clone()
+        .unwrap_or_else(|| host.to_string());
+    o.insert(
+        "finding_info".into(),
+        json!({
+            "uid": format!("{agent}:{}:{}", e.seq, a.rule_id),
+            "title": a.rule_name,
+            "desc": a.message,
+            "analytic": {"type_id": 1, "type": "Rule", "uid": a.rule_id, "name": a.rule_name},
+            "attacks": attacks,
+            "related_events": related,
+        }),
+    );
+    let mut evidence = json!({"actor": {"process": process_obj(&e.process)}});
+    if let Some(f) = &e.file {
+        evidence["file"] = file_obj(f, file_type_id(Some(e)));
     }
-    m
+    o.insert("evidences".into(), json!([evidence]));
+    o.insert("actor".into(), json!({"process": process_obj(&e.process)}));
+    o.insert("device".into(), device(host));
+    o.insert(
+        "metadata".into(),
+        metadata(Some(format!("{}:{}", e.seq, a.rule_id)), PROFILES),
+    );
+    let mut unmapped = ecs.get("snapmon").cloned().unwrap_or_else(|| json!({}));
+    unmapped["timestamp_ns"] = json!(e.ts_unix_ns.to_string());
+    unmapped["action"] = json!(e.action);
+    unmapped["sequence"] = json!(e.seq);
+    unmapped["rule"] = json!({"id": a.rule_id, "name": a.rule_name, "technique": a.technique});
+    o.insert("unmapped".into(), unmapped);
+    Value::Object(o)
+}
+
+/// An agent state record as Application Lifecycle (6002): Start, Stop, or Other with the
+/// record's action as the activity name.
+fn lifecycle(action: &str, detail: &Value, host: &str) -> Value {
+    let (id, name) = match action {
+        "started" => (3, "Start"),
+        "stopped" => (4, "Stop"),
+        other => (99, other),
+    };
+    let mut o = Map::new();
+    classify(
+        &mut o,
+        (6002, "Application Lifecycle"),
+        (6, "Application Activity"),
+        (id, name),
+    );
+    o.insert(
+        "time".into(),
+        json!((super::json::now_unix_ns() / 1_000_000) as i64),
+    );
+    o.insert("severity_id".into(), json!(1));
+    o.insert("severity".into(), json!("Informational"));
+    o.insert("message".into(), json!(format!("snapmon {action}")));
+    let mut app = json!({"name": super::identity::AGENT_TYPE, "vendor_name": "snapmon", "version": super::identity::AGENT_VERSION});
+    if let Some(a) = &super::identity::get().agent_id {
+        app["uid"] = json!(a);
+    }
+    o.insert("app".into(), app);
+    o.insert("device".into(), device(host));
+    o.insert("metadata".into(), metadata(None, PROFILES));
+    o.insert(
+        "unmapped".into(),
+        json!({"action": action, "state": detail}),
+    );
+    Value::Object(o)
+}
+
+/// A metric or chain record as a Base Event (0): it describes the agent's own output, which
+/// no OCSF 1.1 class covers. Base Event has no `device`: the host is in `unmapped.host`.
+pub fn base_event(
+    action: &str,
+    dataset: &str,
+    member: &str,
+    detail: &Value,
+    severity: u32,
+    host: &str,
+) -> Value {
+    let mut o = Map::new();
+    classify(
+        &mut o,
+        (0, "Base Event"),
+        (0, "Uncategorized"),
+        (99, action),
+    );
+    o.insert(
+        "time".into(),
+        json!((super::json::now_unix_ns() / 1_000_000) as i64),
+    );
+    o.insert("severity_id".into(), json!(severity));
+    o.insert("severity".into(), json!(severity_name(severity)));
+    o.insert("message".into(), json!(format!("snapmon {action}")));
+    o.insert("metadata".into(), metadata(None, &[]));
+    o.insert(
+        "unmapped".into(),
+        json!({"action": action, "dataset": dataset, member: detail, "host": device(host)}),
+    );
+    Value::Object(o)
 }
 
 /// The OCSF object for one record.
@@ -172,47 +406,16 @@ pub fn to_value(r: &Record, host: &str) -> Value {
     let ecs = super::json::to_value(r, host);
     match r {
         Record::Event(e) => Value::Object(event_obj(e, host, &ecs)),
-        Record::Alert(a) => {
-            let mut o = event_obj(&a.event, host, &ecs);
-            let sid = severity_id(a.severity);
-            o.insert("severity_id".into(), json!(sid));
-            o.insert("severity".into(), json!(severity_name(sid)));
-            o.insert("message".into(), json!(a.message));
-            if let Some(u) = o.get_mut("unmapped") {
-                u["rule"] = json!({"id": a.rule_id, "name": a.rule_name, "technique": a.technique});
-                u["kind"] = json!("alert");
-            }
-            Value::Object(o)
-        }
-        Record::State(s) => {
-            let (act, name) = match s.action {
-                "started" => (3, "Start"),
-                "stopped" => (4, "Stop"),
-                _ => (99, "Other"),
-            };
-            json!({
-                "class_uid": 6002, "class_name": "Application Lifecycle",
-                "category_uid": 6, "category_name": "Application Activity",
-                "activity_id": act, "activity_name": name, "type_uid": 6002 * 100 + act,
-                "time": (super::json::now_unix_ns() / 1_000_000) as i64,
-                "severity_id": 1, "severity": "Informational",
-                "app": {"name": "snapmon", "version": env!("CARGO_PKG_VERSION")},
-                "device": {"hostname": host, "type_id": 0},
-                "metadata": metadata(None),
-                "unmapped": {"action": s.action, "state": s.detail},
-            })
-        }
-        Record::Metric(m) => json!({
-            "class_uid": 0, "class_name": "Base Event",
-            "category_uid": 0, "category_name": "Uncategorized",
-            "activity_id": 99, "activity_name": "Other", "type_uid": 99,
-            "time": (super::json::now_unix_ns() / 1_000_000) as i64,
-            "severity_id": if m.action == "lost" { 3 } else { 1 },
-            "message": format!("snapmon {}", m.action),
-            "device": {"hostname": host, "type_id": 0},
-            "metadata": metadata(None),
-            "unmapped": {"action": m.action, "metric": m.detail},
-        }),
+        Record::Alert(a) => finding(a, host, &ecs),
+        Record::State(s) => lifecycle(s.action, &s.detail, host),
+        Record::Metric(m) => base_event(
+            m.action,
+            "snapmon.agent",
+            "metric",
+            &m.detail,
+            if m.action == "lost" { 3 } else { 1 },
+            host,
+        ),
     }
 }
 
@@ -222,13 +425,13 @@ mod tests {
     use crate::sink::fixtures;
 
     #[test]
-    fn alert_maps_to_file_system_activity_update() {
+    fn alert_maps_to_detection_finding() {
         let v = to_value(&fixtures::alert(7, Severity::High), "host1");
-        assert_eq!(v["class_uid"], 1001);
-        assert_eq!(v["category_uid"], 1);
-        assert_eq!(v["activity_id"], 3);
-        assert_eq!(v["type_uid"], 100103);
-        assert_eq!(v["type_name"], "File System Activity: Update");
+        assert_eq!(v["class_uid"], 2004);
+        assert_eq!(v["category_uid"], 2);
+        assert_eq!(v["activity_id"], 1);
+        assert_eq!(v["type_uid"], 200401);
+        assert_eq!(v["type_name"], "Detection Finding: Create");
         assert_eq!(v["time"], 1_795_887_000_130i64);
         assert_eq!(v["severity_id"], 4);
         assert_eq!(v["severity"], "High");
@@ -237,12 +440,16 @@ mod tests {
         assert_eq!(v["actor"]["process"]["file"]["path"], "/usr/bin/python3.11");
         assert_eq!(v["actor"]["process"]["parent_process"]["pid"], 4000);
         assert_eq!(v["actor"]["process"]["parent_process"]["name"], "bash");
-        assert_eq!(v["file"]["path"], "/var/lib/libvirt/images/vm1.qcow2");
-        assert_eq!(v["file"]["name"], "vm1.qcow2");
-        assert_eq!(v["file"]["type_id"], 1);
+        assert_eq!(
+            v["evidences"][0]["file"]["path"],
+            "/var/lib/libvirt/images/vm1.qcow2"
+        );
+        assert_eq!(v["evidences"][0]["file"]["name"], "vm1.qcow2");
         assert_eq!(v["metadata"]["product"]["name"], "snapmon");
+        assert_eq!(v["metadata"]["product"]["vendor_name"], "snapmon");
         assert_eq!(v["metadata"]["version"], OCSF_VERSION);
-        assert_eq!(v["metadata"]["sequence"], 7);
+        assert_eq!(v["metadata"]["profiles"], json!(["host"]));
+        assert_eq!(v["finding_info"]["related_events"][0]["uid"], "7");
         assert_eq!(v["device"]["hostname"], "host1");
         assert_eq!(v["unmapped"]["rule"]["id"], "SM001");
         assert_eq!(
@@ -284,12 +491,24 @@ mod tests {
         assert_eq!(v["file"]["path"], "/s/a\\xff\\x1b");
         assert_eq!(v["unmapped"]["file_path_hex"], "2f732f61ff1b");
         assert_eq!(v["file_result"]["path"], "/s/b");
+        e.action = "symlink";
+        let v = to_value(&Record::Event(e.clone()), "h");
+        assert_eq!(v["file"]["type_id"], 7, "a symlink is not a regular file");
+        e.action = "mkdir";
+        assert_eq!(
+            to_value(&Record::Event(e.clone()), "h")["file"]["type_id"],
+            2
+        );
         e.category = "process";
         e.action = "exit";
         let v = to_value(&Record::Event(e), "h");
         assert_eq!(
             (v["class_uid"].as_u64(), v["activity_id"].as_u64()),
             (Some(1007), Some(2))
+        );
+        assert_eq!(
+            v["process"]["pid"], 4242,
+            "Process Activity names its process"
         );
         let v = to_value(
             &Record::State(crate::record::StateRecord {

@@ -460,14 +460,14 @@ impl SinkSet {
         if drops.is_empty() {
             return None;
         }
-        let mut by_sink = serde_json::Map::new();
-        for (sink, cause, n) in drops {
-            let e = by_sink.entry(sink).or_insert_with(|| json!({}));
-            e[cause] = json!(n);
-        }
+        // One entry per sink and cause: a sink name is data, not an object key.
+        let sinks: Vec<_> = drops
+            .into_iter()
+            .map(|(sink, cause, n)| json!({"sink": sink, "cause": cause, "count": n}))
+            .collect();
         Some(Record::Metric(MetricRecord {
             action: "lost",
-            detail: json!({ "sinks": by_sink }),
+            detail: json!({ "sinks": sinks }),
         }))
     }
 

@@ -175,8 +175,7 @@ mod tests {
         let reg = Arc::new(Registry::default());
         reg.observe(&Record::State(StateRecord {
             action: "started",
-            detail: serde_json::json!({"hooks": [
-                {"program": "a", "attached_to": "tp/a"}, {"program": "b", "attached_to": null}]}),
+            detail: serde_json::json!({"hooks_attached": 1, "hooks_total": 2}),
         }));
         let s = StdoutSink::with_writer(
             Box::new(screen.clone()),

@@ -1,0 +1,372 @@
+//! The agent's start-up state as small records: detail records (`hooks`, `coverage`,
+//! `stores`, `kernel_fields`, `enforcement`, `rule_warnings`, `sinks`) and then one compact
+//! `started` summary, each well under the 8 KiB a stock syslog daemon takes, so nothing
+//! the old 10 KB `started` record carried is cut on the way.
+//!
+//! The details come first: whoever sees `started` has every detail record already.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::{
+    kernel::loader::{Attach, HookStatus, HOOKS},
+    kernel::offsets::Missing,
+    record::StateRecord,
+    watch::WatchStats,
+};
+
+/// Budget of one record's payload; the envelope (ECS or OCSF, plus the chain member) adds
+/// about 1 KiB.
+pub const PAYLOAD_MAX: usize = 5 * 1024;
+
+/// Hook errors are kept to their first line, this long.
+const ERROR_MAX: usize = 240;
+
+/// Everything the start-up records say.
+pub struct StartInfo<'a> {
+    pub backend: &'a str,
+    pub hooks: &'a [HookStatus],
+    pub missing: &'a [Missing],
+    /// Per-hook run counters: on, and why not (or how).
+    pub hook_stats: (bool, Option<String>),
+    pub watch: &'a WatchStats,
+    pub roots: &'a [PathBuf],
+    pub notes: &'a [String],
+    pub startup_ms: u64,
+    pub enforcement: Value,
+    pub policy: String,
+    pub rule_warnings: &'a [String],
+    /// `[{name, type, format}]` of the configured sinks.
+    pub sinks: Vec<Value>,
+}
+
+/// Programs loaded only with `--enforce` (BPF LSM denials): not counted as missing without it.
+pub fn enforcement_only(program: &str) -> bool {
+    HOOKS
+        .iter()
+        .any(|s| s.program == program && matches!(s.attach, Attach::Lsm(_)))
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("");
+    if l.len() > ERROR_MAX {
+        format!("{}…", &l[..l.floor_char_boundary(ERROR_MAX)])
+    } else {
+        l.to_string()
+    }
+}
+
+/// The reason most missing hooks share (`Operation not permitted (os error 1)` when the
+/// kernel refuses fentry/LSM), for a one-line summary.
+pub fn common_error(hooks: &[HookStatus]) -> Option<String> {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for e in hooks.iter().filter_map(|h| h.error.as_deref()) {
+        let e = first_line(e);
+        match counts.iter_mut().find(|c| c.0 == e) {
+            Some(c) => c.1 += 1,
+            None => counts.push((e, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.into_iter().next().map(|c| c.0)
+}
+
+/// `items` spread over as many `action` records as the budget needs, each
+/// `{<key>: [...], "part": i, "parts": n}` plus `extra`'s members in the first.
+fn chunked(action: &'static str, key: &str, items: Vec<Value>, extra: Value) -> Vec<StateRecord> {
+    let mut parts: Vec<Vec<Value>> = vec![vec![]];
+    let mut size = extra.to_string().len();
+    for it in items {
+        let n = it.to_string().len() + 1;
+        if size + n > PAYLOAD_MAX && !parts.last().is_some_and(Vec::is_empty) {
+            parts.push(vec![]);
+            size = 0;
+        }
+        size += n;
+        parts.last_mut().expect("one part").push(it);
+    }
+    let total = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, items)| {
+            let mut d = if i == 0 { extra.clone() } else { json!({}) };
+            d[key] = Value::Array(items);
+            d["part"] = json!(i + 1);
+            d["parts"] = json!(total);
+            StateRecord { action, detail: d }
+        })
+        .collect()
+}
+
+/// The start-up records, details first and the `started` summary last.
+pub fn started(i: &StartInfo) -> Vec<StateRecord> {
+    // The agent counts what it loaded; `doctor` counts the same set (the detection hooks).
+    let live = i.hooks.iter().filter(|h| h.attached_to.is_some()).count();
+    let hooks: Vec<Value> = i
+        .hooks
+        .iter()
+        .map(|h| {
+            json!({"program": h.program, "attached_to": h.attached_to, "covers": h.covers,
+                   "error": h.error.as_deref().map(first_line),
+                   "enforcement_only": enforcement_only(h.program)})
+        })
+        .collect();
+    let mut out = chunked("hooks", "hooks", hooks, json!({}));
+    let cov = crate::doctor::coverage(i.hooks);
+    let gaps: Vec<&crate::doctor::Coverage> = cov.iter().filter(|c| !c.covered).collect();
+    let reason = common_error(i.hooks);
+    out.extend(chunked(
+        "coverage",
+        "paths",
+        cov.iter().map(|c| json!(c)).collect(),
+        json!({"covered": cov.len() - gaps.len(), "total": cov.len(), "missing_hooks_reason": reason}),
+    ));
+    out.extend(chunked(
+        "stores",
+        "roots",
+        i.roots
+            .iter()
+            .map(|r| json!(r.display().to_string()))
+            .collect(),
+        json!({"files": i.watch.files, "dirs": i.watch.dirs, "skipped_count": i.watch.skipped.len(),
+               "notes": i.notes}),
+    ));
+    if !i.watch.skipped.is_empty() {
+        out.extend(chunked(
+            "stores_skipped",
+            "skipped",
+            i.watch.skipped.iter().map(|s| json!(s)).collect(),
+            json!({}),
+        ));
+    }
+    if !i.missing.is_empty() {
+        out.extend(chunked(
+            "kernel_fields",
+            "missing",
+            i.missing
+                .iter()
+                .map(|m| json!({"group": m.group, "field": m.field, "effect": m.effect}))
+                .collect(),
+            json!({}),
+        ));
+    }
+    let mut enf = i.enforcement.clone();
+    let trusted = enf
+        .as_object_mut()
+        .and_then(|o| o.remove("trusted"))
+        .and_then(|t| t.as_array().cloned())
+        .unwrap_or_default();
+    out.extend(chunked("enforcement", "trusted", trusted, enf.clone()));
+    if !i.rule_warnings.is_empty() {
+        out.extend(chunked(
+            "rule_warnings",
+            "warnings",
+            i.rule_warnings.iter().map(|w| json!(w)).collect(),
+            json!({}),
+        ));
+    }
+    out.extend(chunked("sinks", "sinks", i.sinks.clone(), json!({})));
+    let roots_shown: Vec<String> = i
+        .roots
+        .iter()
+        .take(3)
+        .map(|r| r.display().to_string())
+        .collect();
+    out.push(StateRecord {
+        action: "started",
+        detail: json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "backend": i.backend,
+            "hooks_attached": live,
+            "hooks_total": i.hooks.len(),
+            "hook_stats": {"enabled": i.hook_stats.0, "note": i.hook_stats.1},
+            "gaps": gaps.iter().map(|g| g.path).collect::<Vec<_>>(),
+            "missing_hooks_reason": reason,
+            "missing_kernel_fields": i.missing.len(),
+            "stores": i.roots.len(),
+            "roots": roots_shown,
+            "files": i.watch.files,
+            "dirs": i.watch.dirs,
+            "startup_ms": i.startup_ms,
+            "enforcement_active": enf["active"] == true,
+            "policy": i.policy,
+            "rule_warning_count": i.rule_warnings.len(),
+            "sink_count": i.sinks.len(),
+            "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "rule_warnings", "sinks"],
+        }),
+    });
+    out
+}
+
+/// The `stopped` record: why, and the final pipeline, sink and per-hook counters.
+pub fn stopped(
+    reason: &str,
+    pipe: &crate::pipeline::Pipeline,
+    sinks: &crate::sink::SinkSet,
+    hooks: Value,
+    filtered_writes: u64,
+) -> StateRecord {
+    StateRecord {
+        action: "stopped",
+        detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": by_name(sinks.stats()),
+                       "hooks": hooks, "kernel": {"filtered_writes": filtered_writes}}),
+    }
+}
+
+/// The periodic `stats` record: the status-line numbers, per-hook runs, pipeline and sinks.
+pub fn stats(
+    pipe: &crate::pipeline::Pipeline,
+    sinks: &crate::sink::SinkSet,
+) -> crate::record::Record {
+    let reg = sinks.registry();
+    let s = reg.snapshot();
+    crate::record::Record::Metric(crate::record::MetricRecord {
+        action: "stats",
+        detail: json!({
+            "uptime_s": reg.uptime().as_secs(),
+            "events": s.events,
+            "alerts": s.alerts,
+            "lost": s.lost,
+            "hooks_attached": s.hooks_attached,
+            "hooks_total": s.hooks_total,
+            "hooks": reg.hook_runs().unwrap_or_default().to_json(),
+            "pipeline": pipe.stats(),
+            "sinks": by_name(sinks.stats()),
+        }),
+    })
+}
+
+/// `[{name, type, format}]` of the sinks, for the `sinks` start-up record.
+pub fn sink_list(stats: &Value) -> Vec<Value> {
+    by_name(stats.clone())
+        .into_iter()
+        .map(|s| json!({"name": s["name"], "type": s["type"], "format": s["format"]}))
+        .collect()
+}
+
+/// `{name: {counters…}}` (how `SinkSet::stats` keys them) as `[{name, counters…}]`: a sink
+/// name is data (`file:/var/log/…`), never an object key in a record.
+pub fn by_name(v: Value) -> Vec<Value> {
+    match v {
+        Value::Object(o) => o
+            .into_iter()
+            .map(|(name, mut c)| {
+                if let Value::Object(m) = &mut c {
+                    if let Some(Value::Object(by_cause)) = m.remove("dropped_by_cause") {
+                        m.insert(
+                            "dropped_by_cause".into(),
+                            Value::Array(
+                                by_cause
+                                    .into_iter()
+                                    .map(|(cause, n)| json!({"cause": cause, "count": n}))
+                                    .collect(),
+                            ),
+                        );
+                    }
+                    m.insert("name".into(), json!(name));
+                }
+                c
+            })
+            .collect(),
+        Value::Array(a) => a,
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn info_fixture<'a>(
+        hooks: &'a [HookStatus],
+        watch: &'a WatchStats,
+        roots: &'a [PathBuf],
+        warnings: &'a [String],
+    ) -> StartInfo<'a> {
+        StartInfo {
+            backend: "tracepoint",
+            hooks,
+            missing: &[],
+            hook_stats: (false, Some("off".into())),
+            watch,
+            roots,
+            notes: &[],
+            startup_ms: 850,
+            enforcement: json!({"active": false, "trusted": ["/usr/bin/qemu-img"]}),
+            policy: "<embedded default>".into(),
+            rule_warnings: warnings,
+            sinks: vec![
+                json!({"name": "file:/var/log/snapmon.jsonl", "type": "file", "format": "json"}),
+            ],
+        }
+    }
+
+    /// As many hooks and roots as a big host has, with long errors: every record stays small.
+    pub(crate) fn big_start() -> (Vec<HookStatus>, WatchStats, Vec<PathBuf>, Vec<String>) {
+        let hooks = HOOKS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| HookStatus {
+                program: s.program,
+                attached_to: (i % 3 != 0).then(|| format!("tracepoint/syscalls/{}", s.program)),
+                covers: s.covers,
+                error: (i % 3 == 0).then(|| {
+                    format!(
+                        "{}\nverifier log line\n",
+                        "Operation not permitted (os error 1) ".repeat(30)
+                    )
+                }),
+            })
+            .collect();
+        let watch = WatchStats {
+            roots: 200,
+            files: 60_000,
+            dirs: 900,
+            skipped: (0..300)
+                .map(|i| format!("/srv/images/vm{i}/too-deep: depth limit"))
+                .collect(),
+        };
+        let roots = (0..200)
+            .map(|i| PathBuf::from(format!("/srv/images/pool{i}/vm-disks")))
+            .collect();
+        let warnings = (0..50)
+            .map(|i| {
+                format!("rule SM-Q00{i}: actor group `backup{i}` names no executable on this host")
+            })
+            .collect();
+        (hooks, watch, roots, warnings)
+    }
+
+    #[test]
+    fn start_records_are_small_and_lose_nothing() {
+        let (hooks, watch, roots, warnings) = big_start();
+        let recs = started(&info_fixture(&hooks, &watch, &roots, &warnings));
+        assert_eq!(recs.last().unwrap().action, "started", "summary last");
+        for r in &recs {
+            let n = r.detail.to_string().len();
+            assert!(n <= PAYLOAD_MAX + 512, "{} is {n} bytes", r.action);
+        }
+        let all = |action: &str, key: &str| -> Vec<Value> {
+            recs.iter()
+                .filter(|r| r.action == action)
+                .flat_map(|r| r.detail[key].as_array().cloned().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(all("hooks", "hooks").len(), hooks.len());
+        assert_eq!(all("stores", "roots").len(), roots.len());
+        assert_eq!(all("stores_skipped", "skipped").len(), 300);
+        assert_eq!(all("rule_warnings", "warnings").len(), 50);
+        assert_eq!(all("enforcement", "trusted"), [json!("/usr/bin/qemu-img")]);
+        let s = &recs.last().unwrap().detail;
+        assert_eq!(s["hooks_total"].as_u64(), Some(hooks.len() as u64));
+        assert_eq!(
+            s["missing_hooks_reason"]
+                .as_str()
+                .map(|r| r.len() <= ERROR_MAX + 3),
+            Some(true)
+        );
+    }
+}
