@@ -25,6 +25,8 @@ pub struct Agent {
     child: Child,
     pub root: PathBuf,
     pub out: PathBuf,
+    /// The `started` summary record, with the start-up detail records written before it
+    /// under `snapmon.state.detail.<action>` (lists spread over parts joined again).
     pub started: Value,
     /// Reaped by `stop`: its pid may belong to someone else now.
     stopped: bool,
@@ -73,6 +75,8 @@ pub fn agent_with(extra: &[PathBuf]) -> std::sync::MutexGuard<'static, Agent> {
                 watch: extra.to_vec(),
                 ..Default::default()
             };
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { libc::atexit(check_shared_agent_at_exit) };
             Mutex::new(Agent::start(&setup).expect("agent failed to start"))
         })
         .lock()
@@ -158,21 +162,33 @@ impl Agent {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(180);
-        a.started = a
-            .wait_for(Duration::from_secs(secs), |v| {
-                v["event"]["kind"] == "state" && v["event"]["action"] == "started"
-            })
-            .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
+        a.wait_for(Duration::from_secs(secs), |v| {
+            v["event"]["kind"] == "state" && v["event"]["action"] == "started"
+        })
+        .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
+        a.started = started_view(&a.records());
         Ok(a)
     }
 
-    /// Did `program` attach, per the `started` record?
-    pub fn hook_live(&self, program: &str) -> bool {
-        self.started["snapmon"]["state"]["hooks"]
+    /// Every hook the agent loaded, from its `hooks` start-up records.
+    pub fn hooks(&self) -> Vec<Value> {
+        self.started["snapmon"]["state"]["detail"]["hooks"]["hooks"]
             .as_array()
-            .into_iter()
-            .flatten()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Did `program` attach, per the start-up records?
+    pub fn hook_live(&self, program: &str) -> bool {
+        self.hooks()
+            .iter()
             .any(|h| h["program"] == program && h["attached_to"].is_string())
+    }
+
+    /// Check every line this agent wrote against the official schema of its format (ECS, or
+    /// OCSF for lines with a `class_uid`): the findings, one per bad line.
+    pub fn schema_errors(&self) -> Vec<String> {
+        schema_errors(&self.out)
     }
 
     /// Send a signal to the agent (SIGHUP reloads the policy).
@@ -285,10 +301,109 @@ impl Agent {
     }
 }
 
+/// The first `started` summary in `records`, with the detail records before it merged in.
+pub fn started_view(records: &[Value]) -> Value {
+    let Some(i) = records
+        .iter()
+        .position(|v| v["event"]["kind"] == "state" && v["event"]["action"] == "started")
+    else {
+        return Value::Null;
+    };
+    let mut started = records[i].clone();
+    let mut detail = serde_json::Map::new();
+    for v in records[..i]
+        .iter()
+        .filter(|v| v["event"]["kind"] == "state")
+    {
+        let action = v["event"]["action"].as_str().unwrap_or("").to_string();
+        let d = detail
+            .entry(action)
+            .or_insert_with(|| serde_json::json!({}));
+        for (k, x) in v["snapmon"]["state"].as_object().into_iter().flatten() {
+            match (d.get_mut(k).and_then(Value::as_array_mut), x.as_array()) {
+                (Some(have), Some(more)) => have.extend(more.iter().cloned()),
+                _ => d[k] = x.clone(),
+            }
+        }
+    }
+    started["snapmon"]["state"]["detail"] = Value::Object(detail);
+    started
+}
+
+/// Every line of a file a sink wrote, each against the official schema of its format.
+pub fn schema_errors(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return vec![];
+    };
+    let mut errs = Vec::new();
+    // A last line with no newline is a write cut short, not a record.
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    for (n, line) in complete.lines().enumerate() {
+        let ocsf = line.starts_with('{') && line.contains("\"class_uid\":");
+        let res = if ocsf {
+            snapmon_schema::ocsf::validate_line(line)
+        } else {
+            snapmon_schema::ecs::validate_line(line)
+        };
+        if let Err(e) = res {
+            errs.push(format!(
+                "{}:{}: {} invalid: {}\n    {}",
+                path.display(),
+                n + 1,
+                if ocsf { "OCSF" } else { "ECS" },
+                e.join("; "),
+                &line[..line.floor_char_boundary(400)]
+            ));
+        }
+    }
+    errs
+}
+
+/// Fail the test (or, at exit, the test binary) when an agent wrote a record its schema
+/// rejects: every record the suites produce is validated.
+fn assert_schema_valid(path: &Path) {
+    let errs = schema_errors(path);
+    assert!(
+        errs.is_empty(),
+        "{} record(s) fail schema validation:\n{}",
+        errs.len(),
+        errs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// The shared agent is a static and never dropped: at exit, stop it and validate its output;
+/// a bad record fails the whole test binary.
+extern "C" fn check_shared_agent_at_exit() {
+    let Some(m) = AGENT.get() else { return };
+    let mut a = m.lock().unwrap_or_else(|e| e.into_inner());
+    a.halt(Duration::from_secs(20));
+    let errs = schema_errors(&a.out);
+    if !errs.is_empty() {
+        eprintln!(
+            "the shared agent wrote {} record(s) that fail schema validation:\n{}",
+            errs.len(),
+            errs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        );
+        // SAFETY: ending the process from an exit handler without running the others.
+        unsafe { libc::_exit(101) };
+    }
+    let _ = std::fs::remove_file(&a.out);
+    let _ = std::fs::remove_dir_all(&a.root);
+}
+
 impl Agent {
     /// SIGTERM, then wait (at most `timeout`, then SIGKILL): sinks drain, files close with
     /// `log_closed`. Returns whether it exited 0 in time.
     pub fn stop(&mut self, timeout: Duration) -> bool {
+        let ok = self.halt(timeout);
+        if !std::thread::panicking() {
+            assert_schema_valid(&self.out);
+        }
+        ok
+    }
+
+    /// [`Agent::stop`] without the schema check.
+    fn halt(&mut self, timeout: Duration) -> bool {
         if self.stopped {
             return true;
         }
@@ -315,6 +430,10 @@ impl Drop for Agent {
         if !self.stopped {
             unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
             let _ = self.child.wait();
+            self.stopped = true;
+            if !std::thread::panicking() {
+                assert_schema_valid(&self.out);
+            }
         }
         // A failed test keeps the agent's output and temp root to be looked at.
         if std::thread::panicking() {
@@ -367,7 +486,12 @@ pub fn python(code: &str) -> Ran {
 pub fn about(v: &Value, path: &Path) -> bool {
     let p = path.to_string_lossy();
     v["event"]["kind"] != "state"
-        && (v["file"]["path"].as_str() == Some(&p) || v["file"]["target_path"].as_str() == Some(&p))
+        && (v["file"]["path"].as_str() == Some(&p) || dest(v) == Some(&*p))
+}
+
+/// A rename's or link's destination path (`snapmon.destination.path`).
+pub fn dest(v: &Value) -> Option<&str> {
+    v["snapmon"]["destination"]["path"].as_str()
 }
 
 pub fn action(v: &Value) -> &str {

@@ -144,13 +144,9 @@ fn host_enforce_without_bpf_lsm_is_refused_in_one_sentence_and_best_effort_detec
         &["--enforce=best-effort", "--protect", d.to_str().unwrap()],
         d.with_extension("jsonl"),
     );
-    let started = r
-        .records()
-        .into_iter()
-        .find(|v| v["event"]["action"] == "started")
-        .unwrap();
+    let started = snapmon_e2e::started_view(&r.records());
     assert_eq!(
-        started["snapmon"]["state"]["enforcement"]["active"], false,
+        started["snapmon"]["state"]["detail"]["enforcement"]["active"], false,
         "{started}"
     );
     // Detection still works.
@@ -176,13 +172,9 @@ fn lsm_untrusted_writers_are_denied_while_trusted_qemu_img_works() {
         ],
         d.with_extension("jsonl"),
     );
-    let started = r
-        .records()
-        .into_iter()
-        .find(|v| v["event"]["action"] == "started")
-        .unwrap();
+    let started = snapmon_e2e::started_view(&r.records());
     assert_eq!(
-        started["snapmon"]["state"]["enforcement"]["active"], true,
+        started["snapmon"]["state"]["detail"]["enforcement"]["active"], true,
         "{started}"
     );
 

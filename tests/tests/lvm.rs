@@ -180,7 +180,7 @@ fn old_style_snapshot_create_is_seen_as_dm_tables_pv_metadata_and_backup() {
     for d in ["/etc/lvm/backup/", "/etc/lvm/archive/"] {
         assert!(
             b.iter().any(|v| {
-                [&v["file"]["path"], &v["file"]["target_path"]]
+                [&v["file"]["path"], &v["snapmon"]["destination"]["path"]]
                     .iter()
                     .any(|p| p.as_str().is_some_and(|p| p.starts_with(d)))
             }),

@@ -419,9 +419,14 @@ format = "json"
                 .into_iter()
                 .find(|v| {
                     v["event"]["action"] == "stats"
-                        && v["snapmon"]["metric"]["sinks"][&tcp_sink]["disconnects"]
-                            .as_u64()
-                            .is_some_and(|n| n >= 1)
+                        && v["snapmon"]["metric"]["sinks"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|s| {
+                                s["name"] == tcp_sink.as_str()
+                                    && s["disconnects"].as_u64().is_some_and(|n| n >= 1)
+                            })
                 })
                 .ok_or_else(|| "none yet".to_string())
         },
@@ -430,14 +435,18 @@ format = "json"
     assert_eq!(m["hooks"]["enabled"], hook_stats["enabled"], "{m}");
     if hook_stats["enabled"] == true {
         assert!(
-            m["hooks"]["programs"]["sys_enter_pwrite64"]["runs"]
-                .as_u64()
+            m["hooks"]["programs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["program"] == "sys_enter_pwrite64")
+                .and_then(|p| p["runs"].as_u64())
                 .is_some_and(|n| n >= 200),
             "{}",
             m["hooks"]
         );
     } else {
-        assert_eq!(m["hooks"]["programs"], serde_json::json!({}), "{m}");
+        assert_eq!(m["hooks"]["programs"], serde_json::json!([]), "{m}");
     }
 
     // Stop: every sink drains; the file set closes with log_closed.

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, python, run};
+use snapmon_e2e::{agent, dest, python, run};
 
 const WITHIN: Duration = Duration::from_secs(1);
 
@@ -41,7 +41,7 @@ fn expect_alert(rule: &str, pid: Option<u32>, target: &Path) -> Value {
     let got = agent().wait_for(WITHIN, |v| {
         is_alert(v, rule, pid)
             && (v["file"]["path"].as_str() == Some(&t)
-                || v["file"]["target_path"].as_str() == Some(&t)
+                || dest(v) == Some(&*t)
                 || v["message"].as_str().is_some_and(|m| m.contains(&t)))
     });
     match got {
@@ -204,7 +204,12 @@ fn backdated_image_timestamps_are_anti_forensics() {
     let img = image(&d, "vm1.qcow2", &[]);
     let r = run("touch", &["-d", "2020-01-01 00:00", img.to_str().unwrap()]);
     let a = expect_alert("SM-T001", Some(r.pid), &img);
-    assert_eq!(a["threat"]["technique"]["id"][0], "T1070.006");
+    assert_eq!(a["threat"]["technique"]["id"][0], "T1070");
+    assert_eq!(
+        a["threat"]["technique"]["subtechnique"]["id"][0],
+        "T1070.006"
+    );
+    assert_eq!(a["threat"]["tactic"]["id"][0], "TA0005");
 }
 
 #[test]

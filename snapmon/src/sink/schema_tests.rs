@@ -48,6 +48,8 @@ pub(crate) fn every_record() -> Vec<Record> {
     }
     // Hostile bytes, no parent, a container, a cwd, truncated args, an unnamed file.
     let mut e = base.clone();
+    e.action = "punch_hole";
+    e.write.as_mut().unwrap().mode = vec!["punch_hole", "keep_size"];
     e.file.as_mut().unwrap().path = Some(Bytes(b"/s/\x1b[31m\xfe.qcow2".to_vec()));
     e.process.parent = None;
     e.process.container_id = Some("c0ffee".into());
@@ -55,7 +57,22 @@ pub(crate) fn every_record() -> Vec<Record> {
     e.process.args_truncated = true;
     e.process.systemd_unit = Some("backup.service".into());
     e.process.vm_name = Some("vm1".into());
-    e.detail.push(("via", "io_uring".into()));
+    e.process.exe_dev = 8 << 20 | 1;
+    e.process.exe_ino = 4242;
+    e.process.vm_uuid = Some("6f1c…".into());
+    std::sync::Arc::make_mut(&mut e.process.ancestors)[0].entity_id = "ent-4000".into();
+    // Every detail key the enricher writes.
+    for k in [
+        "mode",
+        "uid",
+        "gid",
+        "open_flags",
+        "rename_flags",
+        "length",
+        "via",
+    ] {
+        e.detail.push((k, "1".into()));
+    }
     out.push(Record::Event(e.clone()));
     e.file = Some(FileInfo {
         dev: 8 << 20 | 1,

@@ -58,13 +58,16 @@ pub fn event_line(e: &Event) -> String {
     }
     if let Some(c) = &e.classification {
         if !c.regions.is_empty() {
-            s.push_str(&format!(" [{}]", raw(&c.regions.join(","))));
+            s.push_str(&format!(" [{}]", raw(&summarise(&c.regions, ","))));
         }
         if let Some(n) = &c.ioctl_name {
             s.push_str(&format!(" {}", raw(n)));
         }
-        for ch in &c.changes {
+        for ch in c.changes.iter().take(LIST_MAX) {
             s.push_str(&format!(" {}", raw(&ch.to_string())));
+        }
+        if c.changes.len() > LIST_MAX {
+            s.push_str(&format!(" (+{} more changes)", c.changes.len() - LIST_MAX));
         }
     } else if let Some(i) = &e.ioctl {
         s.push_str(&format!(" cmd={:#010x}", i.cmd));
@@ -75,6 +78,20 @@ pub fn event_line(e: &Event) -> String {
         e.process.pid
     ));
     s
+}
+
+/// Items of a list shown on one line; the rest are counted.
+const LIST_MAX: usize = 3;
+
+/// `a,b,c,+5 more`: a long list (regions of a big write, gaps) summarised.
+fn summarise<S: AsRef<str>>(items: &[S], sep: &str) -> String {
+    let mut s: Vec<&str> = items.iter().take(LIST_MAX).map(AsRef::as_ref).collect();
+    let more;
+    if items.len() > LIST_MAX {
+        more = format!("+{} more", items.len() - LIST_MAX);
+        s.push(&more);
+    }
+    s.join(sep)
 }
 
 /// Text from the kernel or a file that was never escaped (process names, decoded fields).
@@ -103,17 +120,151 @@ pub fn render(r: &Record, colour: bool) -> Option<String> {
         }
         Record::Alert(a) => {
             let head = format!("{} {:<8}", a.severity.as_str().to_uppercase(), a.rule_id);
-            let body = format!("{}  {}", escape_line(&a.message), event_line(&a.event));
+            let body = alert_body(a);
             if colour {
                 format!("{}! {head}{RESET} {body}", sev_colour(a.severity))
             } else {
                 format!("! {head} {body}")
             }
         }
-        Record::State(s) => format!("# {} {}", s.action, escape_line(&s.detail.to_string())),
+        Record::State(s) => return state_lines(s.action, &s.detail),
         Record::Metric(m) if m.action == "stats" => stats_line(&m.detail),
-        Record::Metric(m) => format!("# {} {}", m.action, escape_line(&m.detail.to_string())),
+        Record::Metric(m) => metric_line(m.action, &m.detail),
     })
+}
+
+/// An alert on its own: when, the sentence (actor, action, target, diff), the full path,
+/// the pid and the ATT&CK ids. The event line it came from is not repeated.
+fn alert_body(a: &crate::record::Alert) -> String {
+    let e = &a.event;
+    let mut s = format!("{} {}", time_of(e.ts_unix_ns), escape_line(&a.message));
+    let path = path_of(e);
+    if !path.is_empty() {
+        s.push_str(&format!(" · {path}"));
+    }
+    s.push_str(&format!(" · pid {}", e.process.pid));
+    if !a.technique.is_empty() {
+        s.push_str(&format!(" · {}", escape_line(&a.technique.join(","))));
+    }
+    s
+}
+
+/// A state record in words. The start-up detail records are summed up by `started`, so
+/// they print nothing; `started` is the 3–5 line summary that opens the screen.
+fn state_lines(action: &str, d: &serde_json::Value) -> Option<String> {
+    let n = |k: &str| d[k].as_u64().unwrap_or(0);
+    let t = |k: &str| escape_line(d[k].as_str().unwrap_or(""));
+    Some(match action {
+        "started" => {
+            let mut lines = vec![format!(
+                "# snapmon {} started in {:.1} s: {} backend, {} of {} hooks live",
+                t("version"),
+                n("startup_ms") as f64 / 1000.0,
+                t("backend"),
+                n("hooks_attached"),
+                n("hooks_total")
+            )];
+            let gaps: Vec<String> = d["gaps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str())
+                // The name without its parenthesised examples.
+                .map(|g| escape_line(g.split(" (").next().unwrap_or(g)))
+                .collect();
+            if !gaps.is_empty() {
+                let why = d["missing_hooks_reason"]
+                    .as_str()
+                    .map(|r| format!(" ({})", escape_line(r)))
+                    .unwrap_or_default();
+                lines.push(format!(
+                    "# not covered{why}: {}; see `snapmon doctor`",
+                    summarise(&gaps, ", ")
+                ));
+            }
+            let roots: Vec<String> = d["roots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(escape_line))
+                .collect();
+            let mut shown = summarise(&roots, ", ");
+            if n("stores") as usize > roots.len() {
+                shown.push_str(&format!(", +{} more", n("stores") as usize - roots.len()));
+            }
+            lines.push(format!(
+                "# watching {} stores ({} files, {} dirs): {shown}",
+                n("stores"),
+                n("files"),
+                n("dirs")
+            ));
+            let mut last = format!(
+                "# enforcement {} · policy {}",
+                if d["enforcement_active"] == true {
+                    "on"
+                } else {
+                    "off"
+                },
+                t("policy")
+            );
+            if n("rule_warning_count") > 0 {
+                last.push_str(&format!(
+                    " · {} rule warnings (`snapmon policy check`)",
+                    n("rule_warning_count")
+                ));
+            }
+            lines.push(last);
+            lines.join("\n")
+        }
+        "stopped" => {
+            let p = &d["stats"]["pipeline"];
+            let g = |k: &str| p[k].as_u64().unwrap_or(0);
+            format!(
+                "# stopped ({}): {} events, {} alerts, {} decode errors",
+                t("reason"),
+                g("events"),
+                g("alerts"),
+                g("decode_errors")
+            )
+        }
+        "reloaded" => format!("# reloaded policy {}", t("policy")),
+        "reload_failed" => format!(
+            "# reload of {} failed, the running policy is kept: {}",
+            t("policy"),
+            t("error")
+        ),
+        "hooks" | "coverage" | "stores" | "stores_skipped" | "kernel_fields" | "enforcement"
+        | "rule_warnings" | "sinks" => return None,
+        other => format!("# {}", escape_line(other)),
+    })
+}
+
+/// A loss or filter record in words.
+fn metric_line(action: &str, d: &serde_json::Value) -> String {
+    match action {
+        "lost" => {
+            let mut parts = Vec::new();
+            for src in ["kernel", "decoder"] {
+                for (cause, n) in d[src].as_object().into_iter().flatten() {
+                    parts.push(format!("{src} {} {}", escape_line(cause), n));
+                }
+            }
+            for s in d["sinks"].as_array().into_iter().flatten() {
+                parts.push(format!(
+                    "sink {} {} {}",
+                    escape_line(s["sink"].as_str().unwrap_or("")),
+                    escape_line(s["cause"].as_str().unwrap_or("")),
+                    s["count"]
+                ));
+            }
+            format!("# LOST records: {}", summarise(&parts, " · "))
+        }
+        "filtered" => format!(
+            "# filtered {} trusted writes outside metadata in the kernel ({} since start, {} files)",
+            d["kernel_writes"], d["kernel_total"], d["files"]
+        ),
+        other => format!("# {}", escape_line(other)),
+    }
 }
 
 /// The periodic `stats` record in one short line: its JSON (every hook, every sink) is for
@@ -134,17 +285,15 @@ fn stats_line(d: &serde_json::Value) -> String {
         s.push_str(&format!(" · no hook runs: {}", escape_line(why)));
         return s;
     }
-    let mut progs: Vec<(&String, u64, u64)> = hooks["programs"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| {
-                    let g = |f: &str| v[f].as_u64().unwrap_or(0);
-                    (k, g("runs"), g("run_ns"))
-                })
-                .collect()
+    let mut progs: Vec<(&str, u64, u64)> = hooks["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            let g = |f: &str| v[f].as_u64().unwrap_or(0);
+            (v["program"].as_str().unwrap_or(""), g("runs"), g("run_ns"))
         })
-        .unwrap_or_default();
+        .collect();
     progs.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
     let top: Vec<String> = progs
         .iter()
@@ -258,13 +407,14 @@ mod tests {
     #[test]
     fn golden_alert_lines_plain_and_coloured() {
         let a = crate::sink::fixtures::alert(3, Severity::High);
+        // Its own context, not the event line again.
         assert_eq!(
             render(&a, false).unwrap(),
-            "! HIGH SM001    python3 (← bash ← sshd) set nb_snapshots 3→0 in vm1.qcow2  17:30:00.126 pwrite64           /var/lib/libvirt/images/vm1.qcow2 @60+4 [header.nb_snapshots] nb_snapshots: 3 → 0  python3 ← bash ← sshd[4242]"
+            "! HIGH SM001    17:30:00.126 python3 (← bash ← sshd) set nb_snapshots 3→0 in vm1.qcow2 · /var/lib/libvirt/images/vm1.qcow2 · pid 4242 · T1490"
         );
         let c = render(&crate::sink::fixtures::alert(3, Severity::Critical), true).unwrap();
         assert!(
-            c.starts_with("\x1b[1;97;41m! CRITICAL SM001   \x1b[0m python3"),
+            c.starts_with("\x1b[1;97;41m! CRITICAL SM001   \x1b[0m 17:30:00.126 python3"),
             "{c:?}"
         );
         let low = render(&crate::sink::fixtures::alert(3, Severity::Low), true).unwrap();
@@ -291,13 +441,16 @@ mod tests {
         assert!(!l.contains('\r') && !l.contains('\n') && !l.contains('\x07'));
         let s = render(
             &Record::State(crate::record::StateRecord {
-                action: "started",
-                detail: serde_json::json!({"note": "a\u{1b}[31mb"}),
+                action: "reload_failed",
+                detail: serde_json::json!({"policy": "/p", "error": "a\u{1b}[31mb"}),
             }),
             false,
         )
         .unwrap();
-        assert_eq!(s, "# started {\"note\":\"a\\u001b[31mb\"}");
+        assert_eq!(
+            s,
+            "# reload of /p failed, the running policy is kept: a\\x1b[31mb"
+        );
     }
 
     #[test]
@@ -312,13 +465,13 @@ mod tests {
             })
         };
         let on = stats(
-            serde_json::json!({"enabled": true, "note": null, "programs": {
-                "sys_enter_openat": {"attach": "a", "runs": 64196, "run_ns": 9_718_790},
-                "sys_enter_pwrite64": {"attach": "a", "runs": 100, "run_ns": 105_393},
-                "sys_exit_openat": {"attach": "a", "runs": 64196, "run_ns": 7_504_280},
-                "sys_enter_write": {"attach": "a", "runs": 5000, "run_ns": 2_000_000},
-                "sys_enter_mkdir": {"attach": "a", "runs": 0, "run_ns": 0},
-            }}),
+            serde_json::json!({"enabled": true, "note": null, "programs": [
+                {"program": "sys_enter_openat", "attach": "a", "runs": 64196, "run_ns": 9_718_790},
+                {"program": "sys_enter_pwrite64", "attach": "a", "runs": 100, "run_ns": 105_393},
+                {"program": "sys_exit_openat", "attach": "a", "runs": 64196, "run_ns": 7_504_280},
+                {"program": "sys_enter_write", "attach": "a", "runs": 5000, "run_ns": 2_000_000},
+                {"program": "sys_enter_mkdir", "attach": "a", "runs": 0, "run_ns": 0},
+            ]}),
         );
         assert_eq!(
             render(&on, true).unwrap(),
@@ -331,6 +484,99 @@ mod tests {
             render(&off, false).unwrap(),
             "# stats 120 events · 2 alerts · 1 lost · 50/51 hooks · no hook runs: the kernel refused BPF_ENABLE_STATS\\x1b[2J"
         );
+    }
+
+    /// What a person sees first: the start-up records of a big host, then an event. The
+    /// summary is a few lines of words; the detail records stay in the log.
+    #[test]
+    fn golden_first_screen_is_short_words_not_json() {
+        let (hooks, watch, roots, warnings) = crate::state::tests::big_start();
+        let info = crate::state::tests::info_fixture(&hooks, &watch, &roots, &warnings);
+        let mut screen: Vec<String> = crate::state::started(&info)
+            .into_iter()
+            .filter_map(|r| render(&Record::State(r), false))
+            .flat_map(|l| l.lines().map(String::from).collect::<Vec<_>>())
+            .collect();
+        screen.push(render(&Record::Event(ev()), false).unwrap());
+        assert!(screen.len() <= 10, "{}", screen.join("\n"));
+        for l in &screen {
+            assert!(
+                !l.contains('{') && !l.contains("\":"),
+                "JSON on screen: {l}"
+            );
+        }
+        let (attached, total) = (
+            hooks.iter().filter(|h| h.attached_to.is_some()).count(),
+            hooks.len(),
+        );
+        assert!(
+            screen[0].contains(&format!("{attached} of {total} hooks live")),
+            "{}",
+            screen[0]
+        );
+        assert!(
+            screen[1].starts_with("# not covered (Operation not permitted"),
+            "{}",
+            screen[1]
+        );
+        assert!(
+            screen[2].starts_with(
+                "# watching 200 stores (60000 files, 900 dirs): /srv/images/pool0/vm-disks"
+            ),
+            "{}",
+            screen[2]
+        );
+        assert!(
+            screen[2].ends_with("+197 more"),
+            "long lists are summarised: {}",
+            screen[2]
+        );
+    }
+
+    #[test]
+    fn golden_state_and_metric_records_are_words() {
+        use crate::record::{MetricRecord, StateRecord};
+        let st =
+            |action, detail| render(&Record::State(StateRecord { action, detail }), false).unwrap();
+        let me = |action, detail| {
+            render(&Record::Metric(MetricRecord { action, detail }), false).unwrap()
+        };
+        assert_eq!(
+            st(
+                "stopped",
+                serde_json::json!({"reason": "SIGTERM", "stats": {"pipeline": {"events": 12, "alerts": 1, "decode_errors": 0}}})
+            ),
+            "# stopped (SIGTERM): 12 events, 1 alerts, 0 decode errors"
+        );
+        assert_eq!(
+            me(
+                "filtered",
+                serde_json::json!({"kernel_writes": 10, "kernel_total": 50, "files": 2})
+            ),
+            "# filtered 10 trusted writes outside metadata in the kernel (50 since start, 2 files)"
+        );
+        assert_eq!(
+            me(
+                "lost",
+                serde_json::json!({"kernel": {"ringbuf_full": 3}, "sinks": [{"sink": "tcp:h:1", "cause": "spill_full", "count": 12}]})
+            ),
+            "# LOST records: kernel ringbuf_full 3 · sink tcp:h:1 spill_full 12"
+        );
+        assert_eq!(
+            st("reloaded", serde_json::json!({"policy": "/etc/p.toml"})),
+            "# reloaded policy /etc/p.toml"
+        );
+    }
+
+    #[test]
+    fn golden_long_region_lists_are_summarised() {
+        let mut e = ev();
+        e.classification = Some(crate::classify::Classification {
+            regions: (0..40).map(|i| format!("l2[{i}]")).collect(),
+            ..Default::default()
+        });
+        let l = render(&Record::Event(e), false).unwrap();
+        assert!(l.contains(" [l2[0],l2[1],l2[2],+37 more] "), "{l}");
     }
 
     #[test]
