@@ -12,11 +12,39 @@ use crate::{
     sink::{config::SinkConfig, Format, SinkSet},
 };
 
+/// Exit status of every subcommand.
+pub const EXIT_CODES: &str =
+    "Exit status: 0 ok; 1 findings (inspect, verify, verify-log, policy check: \
+something was found); 2 usage error or an input that could not be read.";
+
+/// A check ran and found something: exit 1, not 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Findings(pub String);
+
+/// An error chain as one sentence: each cause once (a typed error that already prints its
+/// source, such as an OS error, is not followed by that source again).
+pub fn one_sentence(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if t.is_empty() || s.contains(&t) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&t);
+    }
+    s
+}
+
 #[derive(Parser)]
 #[command(
     name = "snapmon",
     version,
-    about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF"
+    about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,23 +69,26 @@ pub enum Cmd {
         #[arg(long, default_value = "medium", value_parser = parse_finding_severity)]
         fail_on: crate::classify::inspect::Severity,
     },
-    /// Explain what this kernel allows: hooks live, write paths covered, gaps (root).
+    /// Explain what this kernel allows: hooks live, write paths covered, gaps. Needs root
+    /// (it loads and attaches the probes); as another user it says so and exits 2.
     Doctor {
         #[arg(long)]
         json: bool,
     },
-    /// Record SHA-256 and parsed header state of every image under DIRs.
+    /// Record SHA-256 and parsed header state of every image under DIRs. Exit 2 when a DIR
+    /// does not exist.
     Baseline {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
-    /// Compare images against a baseline file; exit 1 when anything changed or vanished.
+    /// Compare images against a baseline file. Exit 0: unchanged; 1: anything changed,
+    /// vanished or appeared; 2: the baseline could not be read.
     Verify { baseline: PathBuf },
     /// Check the hash chain of snapmon log files (a file and its rotations, any order).
     /// Exit 0: intact; 1: a record was removed, altered, reordered or the file truncated;
-    /// 2: a file could not be read.
+    /// 2: a file could not be read (3 is kept for a log cut by a crash, not tampered).
     VerifyLog {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -103,7 +134,7 @@ pub struct ReplayArgs {
 
 #[derive(Subcommand)]
 pub enum PolicyCmd {
-    /// Validate a policy file without side effects; exit 1 on any error.
+    /// Validate a policy file without side effects. Exit 0: valid; 1: invalid; 2: unreadable.
     Check { file: PathBuf },
     /// Print the embedded default policy.
     Default,
@@ -221,6 +252,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Policy(PolicyCmd::Check { file }) => policy_check(&file),
         Cmd::Replay(r) => replay(r),
         Cmd::Record { file, mut run } => {
+            // A recording is what `replay` reads: ECS JSON in FILE. Options that would make it
+            // something else are refused, not ignored.
+            if let Some(f) = run.format.filter(|f| *f != Format::Json) {
+                anyhow::bail!(
+                    "record writes JSON that replay reads; --format {} does not apply (use `run --format {}`)",
+                    format_name(f),
+                    format_name(f)
+                );
+            }
+            if run.output.is_some() {
+                anyhow::bail!("record writes to its FILE argument; --output does not apply");
+            }
+            if run.schema.as_deref() == Some("ocsf") {
+                anyhow::bail!(
+                    "replay reads ECS recordings; --schema ocsf does not apply to record"
+                );
+            }
             run.format = Some(Format::Json);
             run.output = Some(file);
             run_agent(run)
@@ -243,7 +291,62 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Json => "json",
+        Format::Tail => "tail",
+        Format::Ocsf => "ocsf",
+    }
+}
+
+/// Options that only shape the stdout/`--output` sink do nothing when `--sink` alone is
+/// given: refuse them rather than ignore them.
+fn check_run_args(a: &RunArgs) -> anyhow::Result<()> {
+    let classic = a.output.is_some() || a.sinks.is_empty();
+    if !classic {
+        let given: Vec<&str> = [
+            (a.format.is_some(), "--format"),
+            (a.min_severity.is_some(), "--min-severity"),
+            (a.alerts_only, "--alerts-only"),
+            (!a.rule.is_empty(), "--rule"),
+            (!a.path.is_empty(), "--path"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if !given.is_empty() {
+            anyhow::bail!(
+                "{} shape the stdout or --output sink, which --sink alone does not use; set them in the --sink spec (format=, min_severity=, alerts_only=, rule=, path_contains=) or add --output",
+                given.join(", ")
+            );
+        }
+    }
+    if a.schema.as_deref() == Some("ocsf") && a.format == Some(Format::Tail) && a.sinks.is_empty() {
+        anyhow::bail!("--schema ocsf applies to JSON outputs; --format tail has none");
+    }
+    Ok(())
+}
+
+/// `--metrics` on anything but loopback serves unauthenticated counters to the network:
+/// allowed, but said loudly (stderr and the `started` record).
+fn metrics_exposure(addr: &str) -> Option<String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| {
+        format!("--metrics {addr} is reachable beyond this host: the endpoint has no authentication; bind it to 127.0.0.1 or put it behind a proxy")
+    })
+}
+
 fn run_agent(a: RunArgs) -> anyhow::Result<()> {
+    check_run_args(&a)?;
+    if let Some(w) = a.metrics.as_deref().and_then(metrics_exposure) {
+        eprintln!("snapmon: warning: {w}");
+        crate::state::add_start_warning(w);
+    }
     let mut policy = match &a.config {
         Some(p) => Policy::load(p)?,
         None => Policy::embedded(),
@@ -333,9 +436,12 @@ fn sink_configs(a: &RunArgs) -> Vec<SinkConfig> {
 /// rules will trust on this host.
 fn policy_check(file: &std::path::Path) -> anyhow::Result<()> {
     use crate::rules::{policy, Engine};
-    let p = Policy::load(file)?;
+    if let Err(e) = std::fs::metadata(file) {
+        anyhow::bail!("cannot read {}: {e}", file.display());
+    }
+    let p = Policy::load(file).map_err(|e| Findings(e.to_string()))?;
     let e = Engine::build(&p, &policy::HostResolver, Box::new(policy::HostLocalTime))
-        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+        .map_err(|m| Findings(format!("{}: {m}", file.display())))?;
     println!(
         "{}: ok ({} stores, {} actor groups, {} exceptions, {} maintenance windows)",
         file.display(),
@@ -372,18 +478,23 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     } else {
         Box::new(policy::HostLocalTime)
     };
-    let mut engine = Engine::build(&policy, &policy::HostResolver, local)
-        .map_err(|m| anyhow::anyhow!("policy: {m}"))?;
-    for w in &engine.warnings {
-        eprintln!("snapmon: {w}");
-    }
+    // The input first: a missing file is the one thing to say.
     let input: Box<dyn std::io::BufRead> = if a.file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
         let f = std::fs::File::open(&a.file)
-            .with_context(|| format!("opening {}", a.file.display()))?;
+            .with_context(|| format!("cannot read {}", a.file.display()))?;
         Box::new(std::io::BufReader::new(f))
     };
+    let mut engine = Engine::build(&policy, &policy::HostResolver, local)
+        .map_err(|m| anyhow::anyhow!("policy: {m}"))?;
+    // Executables missing on this host are expected offline: one line, not one per actor.
+    if !engine.warnings.is_empty() {
+        eprintln!(
+            "snapmon: {} policy warning(s) on this host (`snapmon policy check` lists them)",
+            engine.warnings.len()
+        );
+    }
     let (alerts, st) = replay::run(&mut engine, input);
     let is_tty = std::io::stdout().is_terminal();
     let format = a

@@ -165,6 +165,15 @@ fn read_trim(p: &str) -> Option<String> {
 }
 
 pub fn run(as_json: bool) -> anyhow::Result<()> {
+    // Unprivileged, loading fails for want of rights, not for what the kernel allows: say
+    // that instead of reporting every hook missing and enforcement possible.
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        anyhow::bail!(
+            "doctor needs root to load and attach the probes (running as uid {euid}): nothing was probed, so nothing is known about this kernel yet"
+        );
+    }
     let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_default();
     let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     let _ = crate::enforce::bpf_lsm_active(); // mounts securityfs when missing
@@ -201,6 +210,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     let enforcement = match bpf_lsm {
         Some(true) if lsm_live => "BPF LSM programs attach: enforcement (--enforce) is available",
         Some(true) if lsm_refused.is_some() => "BPF LSM is listed but this kernel refused the LSM programs: enforcement is impossible, detection only",
+        Some(true) if load_error.is_some() => "BPF LSM is listed, but the programs could not be loaded: whether enforcement works is unknown",
         Some(true) => "BPF LSM is enabled: enforcement is possible on this kernel",
         Some(false) => "BPF LSM is not in the active LSM list (boot with lsm=...,bpf): enforcement is impossible, detection only",
         None => "securityfs not mounted: cannot tell whether BPF LSM is enabled",

@@ -19,7 +19,9 @@ fn main() {
         }) {
             std::process::exit(0);
         }
-        eprintln!("snapmon: {e:#}");
-        std::process::exit(1);
+        eprintln!("snapmon: {}", snapmon::cli::one_sentence(&e));
+        // 1: findings (a check that ran and found something); 2: usage or read error.
+        let findings = e.downcast_ref::<snapmon::cli::Findings>().is_some();
+        std::process::exit(if findings { 1 } else { 2 });
     }
 }

@@ -67,6 +67,12 @@ fn images_under(dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 pub fn baseline(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+    // A typo must not produce an empty baseline that `verify` then calls clean.
+    for d in dirs {
+        if let Err(e) = std::fs::metadata(d) {
+            anyhow::bail!("cannot read {}: {e}", d.display());
+        }
+    }
     let mut entries = BTreeMap::new();
     for p in images_under(dirs) {
         match inspect::baseline_entry(&p) {
@@ -85,7 +91,7 @@ pub fn baseline(dirs: &[PathBuf], out: &Path) -> anyhow::Result<()> {
 
 pub fn verify(baseline: &Path) -> anyhow::Result<()> {
     let text =
-        std::fs::read(baseline).with_context(|| format!("reading {}", baseline.display()))?;
+        std::fs::read(baseline).with_context(|| format!("cannot read {}", baseline.display()))?;
     let doc: serde_json::Value = serde_json::from_slice(&text)
         .with_context(|| format!("{} is not a snapmon baseline", baseline.display()))?;
     let entries: BTreeMap<String, BaselineEntry> =

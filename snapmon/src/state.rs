@@ -41,6 +41,19 @@ pub struct StartInfo<'a> {
     pub sinks: Vec<Value>,
 }
 
+/// Warnings found before the agent starts (`--metrics` beyond loopback), for `started`.
+static START_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub fn add_start_warning(w: String) {
+    if let Ok(mut v) = START_WARNINGS.lock() {
+        v.push(w);
+    }
+}
+
+fn start_warnings() -> Vec<String> {
+    START_WARNINGS.lock().map(|v| v.clone()).unwrap_or_default()
+}
+
 /// Programs loaded only with `--enforce` (BPF LSM denials): not counted as missing without it.
 pub fn enforcement_only(program: &str) -> bool {
     HOOKS
@@ -194,6 +207,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
             "enforcement_active": enf["active"] == true,
             "policy": i.policy,
             "rule_warning_count": i.rule_warnings.len(),
+            "warnings": start_warnings(),
             "sink_count": i.sinks.len(),
             "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "rule_warnings", "sinks"],
         }),

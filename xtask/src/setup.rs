@@ -25,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "thin-provisioning-tools",
     "rsyslog",
     "auditd",
+    // The metrics test: promtool's strict parser and a real server scraping the endpoint.
+    "prometheus",
     // pahole: 6.12's kbuild generates BTF for out-of-tree modules (the vm-test ZFS build).
     "dwarves",
 ];

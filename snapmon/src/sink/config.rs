@@ -172,13 +172,11 @@ impl SinkConfig {
         }
         match self {
             SinkConfig::Stdout(_) => "stdout".into(),
-            SinkConfig::File(o) => format!(
-                "file:{}",
-                o.path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ),
+            // No `file:` with nothing after it (a message would read `sink file:: …`).
+            SinkConfig::File(o) => match &o.path {
+                Some(p) => format!("file:{}", p.display()),
+                None => "file".into(),
+            },
             _ => format!(
                 "{}:{}",
                 self.kind(),
@@ -373,7 +371,11 @@ impl SinkConfig {
         }
         let c: SinkConfig =
             serde_json::from_value(serde_json::Value::Object(m)).map_err(|e| err(e.to_string()))?;
-        c.validate().map_err(|e| err(e.to_string()))?;
+        // The spec already names the sink: the message, not `sink NAME:` again.
+        c.validate().map_err(|e| match e {
+            ConfigError::Invalid { msg, .. } => err(msg),
+            e => err(e.to_string()),
+        })?;
         Ok(c)
     }
 }

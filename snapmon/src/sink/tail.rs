@@ -214,6 +214,12 @@ fn state_lines(action: &str, d: &serde_json::Value) -> Option<String> {
                 ));
             }
             lines.push(last);
+            for w in d["warnings"].as_array().into_iter().flatten() {
+                lines.push(format!(
+                    "# WARNING: {}",
+                    escape_line(w.as_str().unwrap_or(""))
+                ));
+            }
             lines.join("\n")
         }
         "stopped" => {
