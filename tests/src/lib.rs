@@ -162,10 +162,8 @@ impl Agent {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(180);
-        a.wait_for(Duration::from_secs(secs), |v| {
-            v["event"]["kind"] == "state" && v["event"]["action"] == "started"
-        })
-        .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
+        a.wait_for(Duration::from_secs(secs), is_started)
+            .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
         a.started = started_view(&a.records());
         Ok(a)
     }
@@ -301,14 +299,20 @@ impl Agent {
     }
 }
 
+/// The `started` summary in ECS, or OCSF's Application Lifecycle: Start (`--schema ocsf`).
+pub fn is_started(v: &Value) -> bool {
+    (v["event"]["kind"] == "state" && v["event"]["action"] == "started")
+        || (v["class_uid"] == 6002 && v["activity_id"] == 3)
+}
+
 /// The first `started` summary in `records`, with the detail records before it merged in.
 pub fn started_view(records: &[Value]) -> Value {
-    let Some(i) = records
-        .iter()
-        .position(|v| v["event"]["kind"] == "state" && v["event"]["action"] == "started")
-    else {
+    let Some(i) = records.iter().position(is_started) else {
         return Value::Null;
     };
+    if records[i].get("class_uid").is_some() {
+        return records[i].clone();
+    }
     let mut started = records[i].clone();
     let mut detail = serde_json::Map::new();
     for v in records[..i]
