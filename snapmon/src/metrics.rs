@@ -1,16 +1,21 @@
 //! Counters the agent and its sinks share, and an optional Prometheus text endpoint
-//! (`--metrics 127.0.0.1:9464`, `GET /metrics`) served by one small std thread.
+//! (`--metrics 127.0.0.1:9464`, `GET /metrics`) served by one small std thread. Each family's
+//! samples follow its own HELP/TYPE lines; label values come from closed sets (rule ids,
+//! severities, causes, sink states, program names, configured sink names), never error text.
 //!
 //! Exposed series:
-//! - `snapmon_events_total{action}`: events by operation (the hook family that saw them)
+//! - `snapmon_build_info{version}` 1
+//! - `snapmon_events_total{action}`: events by operation
 //! - `snapmon_alerts_total{rule,severity}`
-//! - `snapmon_lost_total{source,cause}`: kernel, decoder and sink losses from `lost` records
-//! - `snapmon_hook_attached{program}`: 1 attached, 0 not (from the `started` record)
+//! - `snapmon_lost_total{source,cause}`: every cause of [`LOSS_CAUSES`], 0 until it happens
+//! - `snapmon_hooks{state}`: programs loaded, `attached`/`missing` (the count `doctor` and the
+//!   status line give); `snapmon_hook_attached{program}`: 1 attached, 0 not
 //! - `snapmon_hook_runs_total{program,attach}`, `snapmon_hook_run_seconds_total{program,attach}`:
 //!   kernel BPF run statistics per attached program, refreshed every status interval;
 //!   `snapmon_hook_stats_enabled` says whether the kernel is counting (0: those series are absent)
-//! - `snapmon_sink_{received,filtered,written,dropped}_total{sink[,cause]}`, `snapmon_sink_up{sink}`,
-//!   `snapmon_sink_spill_bytes{sink}`, `snapmon_sink_queued{sink}`
+//! - `snapmon_sink_{received,filtered,written,dropped}_total{sink[,cause]}`,
+//!   `snapmon_sink_up{sink,state}` (state: open, connected, sending, connecting,
+//!   disconnected, error, closed, abandoned, other), `snapmon_sink_spill_bytes{sink}`
 //! - `snapmon_uptime_seconds`
 
 use std::{

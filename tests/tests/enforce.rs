@@ -133,7 +133,8 @@ fn host_enforce_without_bpf_lsm_is_refused_in_one_sentence_and_best_effort_detec
         .arg(&d)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    // 2: the run could not start (every subcommand: 1 is for findings).
+    assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     let last = err.trim().lines().last().unwrap_or("");
     assert!(

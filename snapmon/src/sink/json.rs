@@ -1,41 +1,44 @@
-//! Sink stage, JSON Lines: one ECS object per line (schema version 1).
+//! Sink stage, JSON Lines: one ECS object per line (ECS 9.4.0; `snapmon.*` layout version 2).
 //!
 //! # Format
-//! Every line is one JSON object with nested ECS field sets:
+//! Every line is one JSON object with nested ECS field sets. Every record validates against
+//! the vendored ECS field definitions plus the declared `snapmon.*` custom field set
+//! (`schema/ecs/snapmon_fields.json`, checked by `snapmon-schema` in unit and e2e tests): no
+//! undeclared field, no wrong type, no value outside an allowed list, and no data used as an
+//! object key (sink and program names are array members).
 //!
 //! | field | meaning |
 //! |---|---|
 //! | `@timestamp` | RFC 3339 UTC with nanoseconds, when the kernel saw the operation |
-//! | `event.kind` | `event` (an observed operation), `alert` (a rule fired), `state` (agent lifecycle: `started`, `stopped`, `reloaded`), `metric` (loss and counters) |
-//! | `event.category` | `["file"]` or `["process"]` |
-//! | `event.type` | `["change"]`, `["creation"]`, `["deletion"]`, `["access"]`, `["info"]`, `["start"]`, `["end"]` |
-//! | `event.action` | operation (enforcement decisions: `deny_<op>` / `would_deny_<op>` with `event.type` `denied` / `allowed`): `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `io_uring_write`, `io_uring_writev`, `aio_pwrite`, `aio_pwritev`, `copy_file_range`, `splice`, `sendfile`, `fallocate`, `punch_hole`, `zero_range`, `truncate`, `mmap_shared_write`, `create`, `open_write`, `open_truncate`, `rename`, `unlink`, `rmdir`, `link`, `symlink`, `mkdir`, `chmod`, `chown`, `utimes`, `ioctl`, `fork`, `exec`, `exit`; for state/metric records `started`, `stopped`, `lost`, `stats` … |
+//! | `ecs.version` | `9.4.0` |
+//! | `agent.type`, `agent.version`, `agent.id` | `snapmon`, its version, a stable per-host id derived from `/etc/machine-id` (not the machine id itself) |
+//! | `host.hostname`, `host.name`, `host.id` | this host; `host.id` is `/etc/machine-id` |
+//! | `event.kind` | `event` (an observed operation), `alert` (a rule fired), `state` (agent lifecycle: `started` and its detail records, `stopped`, `reloaded`, `reload_failed`), `metric` (loss and counters) |
+//! | `event.category` | `["file"]` or `["process"]`; enforcement decisions add `intrusion_detection` |
+//! | `event.type` | `["change"]`, `["creation"]`, `["deletion"]`, `["access"]`, `["info"]`, `["start"]`, `["end"]`, `["denied"]`/`["allowed"]` (decisions) |
+//! | `event.action` | operation (enforcement decisions: `deny_<op>` / `would_deny_<op>`): `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `io_uring_write`, `io_uring_writev`, `aio_pwrite`, `aio_pwritev`, `copy_file_range`, `splice`, `sendfile`, `fallocate`, `punch_hole`, `zero_range`, `truncate`, `mmap_shared_write`, `create`, `open_write`, `open_truncate`, `rename`, `unlink`, `rmdir`, `link`, `symlink`, `mkdir`, `chmod`, `chown`, `utimes`, `ioctl`, `fork`, `exec`, `exit`; for state/metric records the record's name (`started`, `hooks`, `stopped`, `lost`, `stats` …) |
 //! | `event.sequence` | agent-assigned, increasing |
-//! | `event.severity`, `event.risk_score` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info) |
-//! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` |
-//! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`); for an ioctl, the entry the descriptor was opened by, in its parent directory, so btrfs subvolume roots (all inode 256) are told apart |
-//! | `file.inode`, `file.device`, `file.size` | identity (`MAJOR:MINOR` of the kernel superblock) and size when seen |
-//! | `file.target_path` | rename/link destination |
-//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id` | the actor |
-//! | `process.parent.pid`, `process.parent.name`, `process.parent.executable`, `process.parent.entity_id` | its parent |
-//! | `host.hostname` | this host |
-//! | `rule.id`, `rule.name`, `threat.technique.id` | alerts only |
-//! | `message` | alerts only: one sentence naming actor, action, target and diff |
-//! | `snapmon.schema_version` | `1` |
-//! | `snapmon.backend` | hook family that saw it: `tracepoint`, `fentry` (VFS hooks) or `lsm` (LSM inode hooks, enforcement decisions) |
+//! | `event.severity`, `event.risk_score`, `event.reason` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info); the alert sentence |
+//! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` (`snapmon.agent` for state/metric, `snapmon.chain` for the chain's records) |
+//! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`); for an ioctl, the entry the descriptor was opened by |
+//! | `file.inode`, `file.device`, `file.size`, `file.type` | identity (`MAJOR:MINOR` of the kernel superblock), size when seen, `dir` (mkdir/rmdir) or `symlink` (symlink; the link's target string is not captured, so `file.target_path` is never set) |
+//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id`, `process.working_directory` | the actor |
+//! | `process.parent.pid`, `.name`, `.executable`, `.entity_id` | its parent |
+//! | `container.id` | the actor's container, when it is in one |
+//! | `rule.id`, `rule.name`, `message` | alerts only: the rule and one sentence naming actor, action, target and diff |
+//! | `threat.framework`, `threat.tactic.{id,name,reference}`, `threat.technique.{id,name,reference}`, `threat.technique.subtechnique.{id,name,reference}` | alerts only: MITRE ATT&CK, tactics and techniques apart from sub-techniques (`T1565.001` is `technique.id` `T1565` + `subtechnique.id` `T1565.001`) |
+//! | `snapmon.schema_version` | `2` |
+//! | `snapmon.backend` | hook family that saw it: `tracepoint`, `fentry` or `lsm` |
+//! | `snapmon.severity`, `snapmon.related_sequence` | alerts: severity word, sequences of earlier events the rule used |
 //! | `snapmon.write.op`, `.offset`, `.length`, `.offset_from_fpos`, `.length_partial`, `.mode` | write details (`offset` −1 when unknown) |
-//! | `snapmon.ioctl.cmd`, `.arg`, `.name`, `.decoded` | ioctl number (hex), argument pointer, decoded argument |
-//! | `snapmon.classification` | `format`, `regions`, `changes` (`{field,before,after}`; an added/removed item has one side empty), `sample_entropy`, `ioctl_name`, `snapshot_destructive`, `snapshot_create`, `facts` (`[name, value]` pairs read from the file: libvirt domain/snapshot, LVM vg/seqno/description, `snapshot_table` notes) |
-//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first |
-//! | `snapmon.process.lineage` | `python3 ← bash ← sshd` |
-//! | `snapmon.file.path_hex`, `snapmon.file.target_path_hex` | raw path bytes in hex when the path is not valid UTF-8 |
-//! | `snapmon.detail` | operation specifics (`mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `via` (`io_uring` for requests submitted through io_uring rather than syscalls, `lsm` for operations seen only at an LSM inode hook: through a bind mount or other alias of a watched directory, or by a kernel thread such as nfsd); for enforcement decisions `operation`, `outcome` (`denied`/`would_deny`), `protected`, `actor_exe_identity`, `aux`) |
-//! | `snapmon.state` / `snapmon.metric` | state and metric payloads: `started` lists `hooks` (program, `attached_to` or `error`, what it covers), `backend` (`tracepoint`, plus `+vfs` with the fentry write hook and `+lsm` with the LSM namespace hooks), `missing_kernel_fields`, `watch`, `roots`, `enforcement` (`active`, `dry_run`, `monitor_only`, `protected`, `trusted`), `policy`, `rule_warnings`, `startup_ms`, `hook_stats` (`enabled`, `note`: whether per-hook run counters are available); `stopped` gives final `stats`, `sinks` and `hooks` (per-program runs); `reloaded`/`reload_failed` name the policy and the error; `lost` gives counts by cause; `filtered` counts trusted writers' writes outside every published metadata range that the kernel dropped (`kernel_writes` since the last one, `kernel_total`, `files` with a published filter), and `stopped` carries the same total as `kernel.filtered_writes`; `stats` (every `--stats-interval`) the status numbers, `hooks.programs.NAME.{attach,runs,run_ns}`, `pipeline` and `sinks` (docs/output.md) |
+//! | `snapmon.destination.path`, `.path_hex` | rename/link destination (raw bytes in hex when not UTF-8) |
+//! | `snapmon.ioctl.cmd`, `.arg`, `.arg_captured`, `.name`, `.summary`, `.decoded` | ioctl number (hex), argument pointer, bytes captured, the bare command name (`DM_DEV_REMOVE`), the decoded one-line summary, the decoded argument (`flattened`) |
+//! | `snapmon.classification` | `format`, `regions`, `changes` (`[{field,before,after}]`), `sample_entropy`, `ioctl_name` (decoded summary), `ioctl` (`flattened`), `snapshot_destructive`, `snapshot_create`, `facts` (`[name, value]` pairs) |
+//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first; `.lineage` `python3 ← bash ← sshd`; `.args_truncated`; `.executable_identity.{device,inode}`; `.systemd_unit`; `.vm.{name,uuid}` |
+//! | `snapmon.file_path_hex` | raw path bytes in hex when the path is not valid UTF-8 or has escaped bytes |
+//! | `snapmon.detail` | operation specifics: `mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `via` (`io_uring`, `lsm`); decisions: `operation`, `outcome`, `protected`, `actor_exe_identity`, `aux` |
+//! | `snapmon.state` / `snapmon.metric` | state and metric payloads (docs/output.md, "Agent records"): start-up detail records `hooks` (`hooks: [{program, attached_to, covers, error, enforcement_only}]`, `part`/`parts`), `coverage` (`paths: [{path, covered, by, impact}]`), `stores`, `stores_skipped`, `kernel_fields`, `enforcement`, `rule_warnings`, `sinks`, then the `started` summary; `stopped` (final `stats`, `sinks: [{name, …}]`, `hooks.programs: [{program, attach, runs, run_ns}]`); `lost` (`kernel`/`decoder` `{cause: n}`, `sinks: [{sink, cause, count}]`); `filtered`; `stats` |
 //! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
-//!
-//! Loss records (`event.kind: metric`, `event.action: lost`) carry `snapmon.metric.kernel`
-//! (`{cause: n}` since the last record), `kernel_total`, `decoder`, and for sink drops
-//! `snapmon.metric.sinks` = `{sink name: {queue_full|write_error|spill_full|spill_error|shutdown|sink_dead: n}}`.
 
 use std::io::Write;
 
@@ -1103,7 +1106,9 @@ mod tests {
     }
 
     /// The ECS record as a consumer would type it: unknown fields are errors, so a field
-    /// added without updating the module doc and this struct fails here.
+    /// added without updating the module doc and this struct fails here. (Fields exist to be
+    /// accepted, not all to be read.)
+    #[allow(dead_code)]
     mod typed {
         use serde::Deserialize;
 

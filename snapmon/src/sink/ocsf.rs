@@ -1,21 +1,28 @@
-//! Sink stage, OCSF 1.1 mapping (`--schema ocsf` / `format = "ocsf"`): file operations and
-//! alerts as File System Activity (class 1001), process lifecycle as Process Activity (1007),
-//! agent start/stop as Application Lifecycle (6002), loss metrics as Base Event (0).
+//! Sink stage, OCSF 1.1.0 mapping (`--schema ocsf` / `format = "ocsf"`): file operations as
+//! File System Activity (1001), process lifecycle as Process Activity (1007), alerts as
+//! Detection Findings (2004), agent state as Application Lifecycle (6002), metrics and the
+//! chain's own records as Base Event (0). Every record validates against the vendored OCSF
+//! 1.1.0 schema (`schema/ocsf`): required attributes, types, enums and their captions,
+//! object constraints, and `metadata.profiles` declaring every profile used (`host`).
 //!
 //! | OCSF field | from |
 //! |---|---|
-//! | `class_uid`, `category_uid` | 1001/1 file, 1007/1 process, 6002/6 agent state, 0/0 metric |
-//! | `activity_id` | 1001: 1 create (`create`, `mkdir`, `link`, `symlink`), 3 update (all writes, truncate, fallocate, mmap, open_truncate), 4 delete (`unlink`, `rmdir`), 5 rename, 6 set attributes (`utimes`), 7 set security (`chmod`, `chown`), 14 open (`open_write`), 99 other (`ioctl`); 1007: 1 launch (`fork`, `exec`), 2 terminate (`exit`); 6002: 3 start, 4 stop, 99 other |
-//! | `type_uid` | `class_uid * 100 + activity_id` |
-//! | `time` | milliseconds since the epoch (`snapmon` keeps nanoseconds in `unmapped.timestamp_ns`) |
-//! | `severity_id`, `severity` | alerts: 2 low, 3 medium, 4 high, 5 critical, 1 informational; events 1 |
-//! | `message` | the alert sentence |
-//! | `actor.process` | `pid`, `tid`, `name`, `cmd_line`, `uid`, `file{path,name,type_id:1}`, `user{uid}`, `parent_process{pid,name,file}` |
-//! | `file` | `path`, `name`, `parent_folder`, `type_id` (1 regular, 2 folder for mkdir/rmdir, 0 unknown), `size`, `uid` (`DEV:INODE`) |
+//! | `class_uid`, `category_uid` | 1001/1 file, 1007/1 process, 2004/2 alert, 6002/6 agent state, 0/0 metric and chain |
+//! | `activity_id` | 1001: 1 create (`create`, `mkdir`, `link`, `symlink`), 3 update (writes, truncate, fallocate, mmap, open_truncate), 4 delete (`unlink`, `rmdir`), 5 rename, 6 set attributes (`utimes`), 7 set security (`chmod`, `chown`), 14 open (`open_write`), 99 other (`ioctl`); 1007: 1 launch (`fork`, `exec`), 2 terminate (`exit`); 2004: 1 create; 6002: 3 start, 4 stop, 99 other (`activity_name` = the record: `hooks`, `stores` …); 0: 99 |
+//! | `type_uid`, `type_name` | `class_uid * 100 + activity_id`, its caption |
+//! | `time` | milliseconds since the epoch (nanoseconds in `unmapped.timestamp_ns`) |
+//! | `severity_id`, `severity` | alerts: 1 informational, 2 low, 3 medium, 4 high, 5 critical; events and state 1; `lost` 3 |
+//! | `status_id` | events 0 Unknown (seen on entry, outcome unknown); findings 1 New |
+//! | `actor.process` | `pid`, `tid`, `name`, `uid` (entity id), `cmd_line`, `lineage`, `file{path,name,type_id:1}`, `user{uid}`, `parent_process{pid,name,uid,file}` |
+//! | `process` (1007) | the process the activity is about; `actor.process` its parent |
+//! | `file` | `path`, `name` (required: last component, else `DEV:INODE`), `parent_folder`, `type_id` (2 folder, 7 symbolic link, else 0 unknown), `size`, `uid` (`DEV:INODE`) |
 //! | `file_result` | rename/link destination |
-//! | `device` | `hostname`, `type_id` 0 |
-//! | `metadata` | `product{name:"snapmon",vendor_name:"snapmon",version}`, `version` "1.1.0", `sequence`, `log_name` |
-//! | `unmapped` | the `snapmon` object of the ECS record (write, classification, lineage, ioctl, raw path hex …) plus `rule` for alerts |
+//! | `finding_info` (2004) | `uid`, `title` (rule name), `desc` (the sentence), `analytic{type_id:1 Rule, uid: rule id, name}`, `attacks[{tactic, technique, sub_technique}]`, `related_events[{uid: the evidence event's metadata.uid, type_uid}]` |
+//! | `evidences` (2004) | `[{actor{process}, file}]` of the event that completed the rule |
+//! | `device` | `hostname`, `name`, `uid` (`/etc/machine-id`), `type_id` 0 (not in Base Event: `unmapped.host` there) |
+//! | `app` (6002), `metadata.product` | `name` `snapmon`, `vendor_name` `snapmon`, `version`, `uid` (the agent id) |
+//! | `metadata` | `version` `1.1.0`, `profiles` `["host"]`, `uid` (the event sequence; `sequence` is 32-bit in OCSF), `log_name` |
+//! | `unmapped` | the ECS record's `snapmon` object (write, classification, ioctl, lineage, raw path hex), `action`, `sequence`, and for alerts `rule{id,name,technique}`; state/metric/chain records: `action`, `dataset`, `state`/`metric` payload |
 
 use serde_json::{json, Map, Value};
 

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::{
-    event::{Bytes, Event, FileInfo, IoctlRaw},
+    event::{Bytes, FileInfo, IoctlRaw},
     record::{Alert, MetricRecord, Record, Severity, StateRecord},
     sink::{chain::Chain, fixtures, Format, SinkSet},
 };
@@ -97,6 +97,9 @@ pub(crate) fn every_record() -> Vec<Record> {
                            "detail": {"kind": "dm", "name": "vg-lv_snap", "targets": []}}),
         ),
         snapshot_destructive: true,
+        snapshot_create: true,
+        changes: vec![crate::classify::Change::new("name", "", "vg-lv_snap")],
+        regions: vec!["dm.remove".into()],
         facts: vec![("domain".into(), "vm1".into())],
         sample_entropy: Some(7.9),
         ..Default::default()
