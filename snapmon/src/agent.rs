@@ -281,7 +281,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 refresh_hook_runs(&k, &registry);
                 if opts.stats_interval.is_some_and(|d| last_stats.elapsed() >= d) {
                     last_stats = Instant::now();
-                    if emit(&sinks, stats_record(&pipe, &sinks)).is_err() { return Ok(()); }
+                    for r in crate::state::stats(&pipe, &sinks) {
+                        if emit(&sinks, r).is_err() { return Ok(()); }
+                    }
                 }
                 // Sequences that time out with no event to carry them (a freeze never thawed).
                 for r in pipe.tick(crate::sink::json::now_unix_ns()) {
@@ -303,9 +305,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     }
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     refresh_hook_runs(&k, &registry);
-    let hooks = registry.hook_runs().unwrap_or_default().to_json();
-    let stopped = crate::state::stopped(reason, &pipe, &sinks, hooks, k.filtered_count());
-    let _ = emit(&sinks, Record::State(stopped));
+    let hooks = registry.hook_runs().unwrap_or_default();
+    let stopped = crate::state::stopped(reason, &pipe, &sinks, &hooks, k.filtered_count());
+    for r in stopped {
+        let _ = emit(&sinks, r);
+    }
     // Sinks drain and flush on their own threads; a dead one is not waited for forever.
     sinks.shutdown(Duration::from_secs(5));
     Ok(())
@@ -396,11 +400,6 @@ fn refresh_hook_runs(k: &Kernel, reg: &Registry) {
         note,
         programs: k.hook_runs(),
     });
-}
-
-/// The periodic `stats` record.
-fn stats_record(pipe: &Pipeline, sinks: &SinkSet) -> Record {
-    crate::state::stats(pipe, sinks)
 }
 
 fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {

@@ -215,29 +215,66 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
     out
 }
 
-/// The `stopped` record: why, and the final pipeline, sink and per-hook counters.
+/// Per-program run counters as `hook_runs` metric records (spread over parts: sixty
+/// programs do not fit one small record), for `stats` and `stopped` to precede.
+fn hook_run_records(h: &crate::metrics::HookRuns) -> Vec<crate::record::Record> {
+    let programs = h.to_json()["programs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if programs.is_empty() {
+        return vec![];
+    }
+    chunked("hook_runs", "programs", programs, json!({}))
+        .into_iter()
+        .map(|r| {
+            crate::record::Record::Metric(crate::record::MetricRecord {
+                action: r.action,
+                detail: r.detail,
+            })
+        })
+        .collect()
+}
+
+/// `{enabled, note, busiest: [the three programs that cost the most]}`: what a `stats` or
+/// `stopped` record says of the hooks (all of them are in the `hook_runs` records).
+fn hook_summary(h: &crate::metrics::HookRuns) -> Value {
+    let mut progs: Vec<&crate::metrics::HookRun> =
+        h.programs.iter().filter(|_| h.enabled).collect();
+    progs.sort_by(|a, b| b.run_ns.cmp(&a.run_ns).then(a.program.cmp(&b.program)));
+    json!({"enabled": h.enabled, "note": h.note,
+           "busiest": progs.iter().take(3).map(|p| json!({"program": p.program, "attach": p.attach, "runs": p.runs, "run_ns": p.run_ns})).collect::<Vec<_>>()})
+}
+
+/// The `hook_runs` records, then `stopped`: why, and the final pipeline, sink and hook
+/// counters.
 pub fn stopped(
     reason: &str,
     pipe: &crate::pipeline::Pipeline,
     sinks: &crate::sink::SinkSet,
-    hooks: Value,
+    hooks: &crate::metrics::HookRuns,
     filtered_writes: u64,
-) -> StateRecord {
-    StateRecord {
+) -> Vec<crate::record::Record> {
+    let mut out = hook_run_records(hooks);
+    out.push(crate::record::Record::State(StateRecord {
         action: "stopped",
         detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": by_name(sinks.stats()),
-                       "hooks": hooks, "kernel": {"filtered_writes": filtered_writes}}),
-    }
+                       "hooks": hook_summary(hooks), "kernel": {"filtered_writes": filtered_writes}}),
+    }));
+    out
 }
 
-/// The periodic `stats` record: the status-line numbers, per-hook runs, pipeline and sinks.
+/// The `hook_runs` records, then the periodic `stats` record: the status-line numbers, the
+/// busiest hooks, pipeline and sinks.
 pub fn stats(
     pipe: &crate::pipeline::Pipeline,
     sinks: &crate::sink::SinkSet,
-) -> crate::record::Record {
+) -> Vec<crate::record::Record> {
     let reg = sinks.registry();
     let s = reg.snapshot();
-    crate::record::Record::Metric(crate::record::MetricRecord {
+    let hooks = reg.hook_runs().unwrap_or_default();
+    let mut out = hook_run_records(&hooks);
+    out.push(crate::record::Record::Metric(crate::record::MetricRecord {
         action: "stats",
         detail: json!({
             "uptime_s": reg.uptime().as_secs(),
@@ -246,11 +283,12 @@ pub fn stats(
             "lost": s.lost,
             "hooks_attached": s.hooks_attached,
             "hooks_total": s.hooks_total,
-            "hooks": reg.hook_runs().unwrap_or_default().to_json(),
+            "hooks": hook_summary(&hooks),
             "pipeline": pipe.stats(),
             "sinks": by_name(sinks.stats()),
         }),
-    })
+    }));
+    out
 }
 
 /// `[{name, type, format}]` of the sinks, for the `sinks` start-up record.

@@ -177,21 +177,23 @@ pub(crate) fn every_record() -> Vec<Record> {
         "h".into(),
     )
     .unwrap();
+    // Every program counted, with long attach points: the per-hook records stay small.
     sinks.registry().set_hook_runs(crate::metrics::HookRuns {
         enabled: true,
         note: None,
-        programs: vec![crate::metrics::HookRun {
-            program: "sys_enter_pwrite64".into(),
-            attach: "tracepoint/syscalls/sys_enter_pwrite64".into(),
-            runs: 5,
-            run_ns: 900,
-        }],
+        programs: crate::kernel::loader::HOOKS
+            .iter()
+            .map(|h| crate::metrics::HookRun {
+                program: h.program.into(),
+                attach: format!("tracepoint/syscalls/{}", h.program),
+                runs: u64::MAX / 3,
+                run_ns: u64::MAX / 5,
+            })
+            .collect(),
     });
-    out.push(crate::state::stats(&pipe, &sinks));
-    let hooks_json = sinks.registry().hook_runs().unwrap().to_json();
-    out.push(Record::State(crate::state::stopped(
-        "SIGTERM", &pipe, &sinks, hooks_json, 3,
-    )));
+    out.extend(crate::state::stats(&pipe, &sinks));
+    let hooks = sinks.registry().hook_runs().unwrap();
+    out.extend(crate::state::stopped("SIGTERM", &pipe, &sinks, &hooks, 3));
     sinks.shutdown(std::time::Duration::from_secs(2));
     out.push(Record::State(StateRecord {
         action: "reloaded",
@@ -226,6 +228,21 @@ fn fail(fmt: &str, r: &Record, line: &str, errs: &[String]) -> String {
         },
         errs.join("\n  ")
     )
+}
+
+/// No record the agent writes exceeds what a stock syslog daemon takes (8 KiB), chain member
+/// included, in either format.
+#[test]
+fn every_record_fits_in_8_kib() {
+    const MAX: usize = 8 * 1024;
+    let chain_member = 180;
+    for r in every_record() {
+        for f in [Format::Json, Format::Ocsf] {
+            let n = super::render(f, &r, "a-long-hostname.example.internal", false).len()
+                + chain_member;
+            assert!(n <= MAX, "{f:?} {} is {n} bytes", fail("", &r, "", &[]));
+        }
+    }
 }
 
 #[test]

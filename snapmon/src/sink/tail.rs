@@ -129,6 +129,8 @@ pub fn render(r: &Record, colour: bool) -> Option<String> {
         }
         Record::State(s) => return state_lines(s.action, &s.detail),
         Record::Metric(m) if m.action == "stats" => stats_line(&m.detail),
+        // The per-program counters; `stats` names the busiest.
+        Record::Metric(m) if m.action == "hook_runs" => return None,
         Record::Metric(m) => metric_line(m.action, &m.detail),
     })
 }
@@ -291,7 +293,7 @@ fn stats_line(d: &serde_json::Value) -> String {
         s.push_str(&format!(" · no hook runs: {}", escape_line(why)));
         return s;
     }
-    let mut progs: Vec<(&str, u64, u64)> = hooks["programs"]
+    let mut progs: Vec<(&str, u64, u64)> = hooks["busiest"]
         .as_array()
         .into_iter()
         .flatten()
@@ -471,7 +473,7 @@ mod tests {
             })
         };
         let on = stats(
-            serde_json::json!({"enabled": true, "note": null, "programs": [
+            serde_json::json!({"enabled": true, "note": null, "busiest": [
                 {"program": "sys_enter_openat", "attach": "a", "runs": 64196, "run_ns": 9_718_790},
                 {"program": "sys_enter_pwrite64", "attach": "a", "runs": 100, "run_ns": 105_393},
                 {"program": "sys_exit_openat", "attach": "a", "runs": 64196, "run_ns": 7_504_280},
@@ -484,7 +486,7 @@ mod tests {
             "# stats 120 events · 2 alerts · 1 lost · 50/51 hooks · busiest: sys_enter_openat 64196× 9.7 ms, sys_exit_openat 64196× 7.5 ms, sys_enter_write 5000× 2.0 ms"
         );
         let off = stats(
-            serde_json::json!({"enabled": false, "note": "the kernel refused BPF_ENABLE_STATS\u{1b}[2J", "programs": {}}),
+            serde_json::json!({"enabled": false, "note": "the kernel refused BPF_ENABLE_STATS\u{1b}[2J", "busiest": []}),
         );
         assert_eq!(
             render(&off, false).unwrap(),
