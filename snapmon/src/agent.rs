@@ -214,6 +214,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             "enforcement": enforcement,
             "policy": opts.policy_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
             "rule_warnings": pipe.rule_warnings(),
+            "previous_run": sinks.previous_run(),
         }),
     };
     // One line for the LSM family: on a kernel that refuses them they all fail alike.
@@ -235,6 +236,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
              of watched directories are not observed; see `snapmon doctor`",
             lsm_bad.len(),
             first.error.as_deref().unwrap_or("")
+        );
+    }
+    if sinks.previous_run()["clean"] == false {
+        eprintln!(
+            "snapmon: the previous run did not close its log (killed or crashed): see previous_run in the started record"
         );
     }
     if emit(&sinks, Record::State(started)).is_err() {

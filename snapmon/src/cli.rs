@@ -56,8 +56,9 @@ pub enum Cmd {
     /// Compare images against a baseline file; exit 1 when anything changed or vanished.
     Verify { baseline: PathBuf },
     /// Check the hash chain of snapmon log files (a file and its rotations, any order).
-    /// Exit 0: intact; 1: a record was removed, altered, reordered or the file truncated;
-    /// 2: a file could not be read.
+    /// Exit 0: intact; 1: tampered (a record removed, altered or reordered, a file swapped);
+    /// 2: a file could not be read; 3: truncated, not tampered (a cut tail, a run that was
+    /// killed, records lost to a full disk).
     VerifyLog {
         #[arg(required = true)]
         files: Vec<PathBuf>,
