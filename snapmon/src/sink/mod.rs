@@ -9,7 +9,9 @@
 pub mod chain;
 pub mod config;
 pub mod file;
+pub mod fit;
 pub mod json;
+pub mod nats;
 pub mod net;
 pub mod ocsf;
 mod set;

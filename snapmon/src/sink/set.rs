@@ -291,7 +291,7 @@ impl SinkSet {
                             c,
                             ep,
                             net::Framing::Newline,
-                            Box::new(move |r| render(format, r, &h, false)),
+                            Box::new(move |id, r| render_id(format, r, Some(id), &h, false)),
                             counters.clone(),
                         )
                         .map_err(open_err)?,
@@ -309,6 +309,12 @@ impl SinkSet {
                         app: o.app_name.clone().unwrap_or_else(|| "snapmon".into()),
                         format,
                         pid: std::process::id(),
+                        protocol: o.protocol.unwrap_or(if t == SyslogTransport::Unix {
+                            config::SyslogProtocol::Rfc3164
+                        } else {
+                            config::SyslogProtocol::Rfc5424
+                        }),
+                        max: c.max_message(),
                     };
                     let addr = o.address.clone().unwrap_or_else(|| "/dev/log".into());
                     if t == SyslogTransport::Tcp {
@@ -317,15 +323,37 @@ impl SinkSet {
                                 c,
                                 net::Endpoint::Tcp(addr),
                                 net::Framing::OctetCount,
-                                Box::new(move |r| f.message(r)),
+                                Box::new(move |id, r| f.message(id, r)),
                                 counters.clone(),
                             )
                             .map_err(open_err)?,
                         )
                     } else {
-                        Box::new(syslog::DatagramSink::new(t, addr, f, counters.clone()))
+                        let (d, r) = syslog::DatagramSink::new(t, addr, f, counters.clone());
+                        if let Err(e) = r {
+                            match c.on_unreachable() {
+                                config::Unreachable::Fail => {
+                                    return Err(open_err(io::Error::new(
+                                        e.kind(),
+                                        format!(
+                                            "cannot reach {}: {e} (on_unreachable = \"warn\" starts anyway)",
+                                            d.target()
+                                        ),
+                                    )))
+                                }
+                                config::Unreachable::Warn => eprintln!(
+                                    "snapmon: WARNING: sink {name}: cannot reach {}: {e}; its records are dropped and counted until it can (snapmon_sink_up 0)",
+                                    d.target()
+                                ),
+                            }
+                        }
+                        Box::new(d)
                     }
                 }
+                SinkConfig::Nats(_) => Box::new(
+                    nats::NatsSink::new(c, format, host.clone(), counters.clone())
+                        .map_err(open_err)?,
+                ),
             };
             set.add_writer(writer, c.filter(), counters, c.queue())
                 .map_err(open_err)?;
