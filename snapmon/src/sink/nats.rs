@@ -142,10 +142,14 @@ impl NatsSink {
                     .connect(servers.as_slice()),
             )
             .map_err(io::Error::other)?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(ack_timeout)
-            .ack_timeout(ack_timeout)
-            .build(client.clone());
+        let js = {
+            // The context spawns its acknowledgement task on the runtime.
+            let _in_rt = rt.enter();
+            jetstream::ContextBuilder::new()
+                .timeout(ack_timeout)
+                .ack_timeout(ack_timeout)
+                .build(client.clone())
+        };
         let mut s = NatsSink {
             rt,
             client,
