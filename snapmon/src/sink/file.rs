@@ -88,6 +88,11 @@ pub struct FileSink {
     partial: bool,
     /// What the previous run left, for the `started` record.
     previous_run: Option<Value>,
+    /// When stderr last heard of a failed write: a disk that flaps between full and not is
+    /// said once a minute, not once a record.
+    told: Option<Instant>,
+    /// The current loss was said on stderr, so its end is too.
+    told_loss: bool,
     counters: Arc<SinkCounters>,
 }
 
@@ -174,6 +179,8 @@ impl FileSink {
             durable,
             loss: None,
             partial: false,
+            told: None,
+            told_loss: false,
             previous_run: resume.as_ref().map(chain::Resume::describe),
             counters,
         };
@@ -265,10 +272,12 @@ impl FileSink {
                 LineKind::Record => written += 1,
                 LineKind::Resumed => {
                     if let Some(l) = self.loss.take() {
-                        eprintln!(
-                            "snapmon: sink {}: writing again; {} record(s) were lost to: {}",
-                            self.counters.name, l.records, l.error
-                        );
+                        if std::mem::take(&mut self.told_loss) {
+                            eprintln!(
+                                "snapmon: sink {}: writing again; {} record(s) were lost to: {}",
+                                self.counters.name, l.records, l.error
+                            );
+                        }
                     }
                 }
                 LineKind::Newline => self.partial = false,
@@ -313,11 +322,18 @@ impl FileSink {
         match &mut self.loss {
             Some(l) => l.records += lost,
             None => {
-                eprintln!(
-                    "snapmon: sink {}: write failed: {e}; records are dropped and counted ({}) until a write succeeds",
-                    self.counters.name,
-                    cause_of(&e).as_str()
-                );
+                if self
+                    .told
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    eprintln!(
+                        "snapmon: sink {}: write failed: {e}; records are dropped and counted ({}) until a write succeeds",
+                        self.counters.name,
+                        cause_of(&e).as_str()
+                    );
+                    self.told = Some(Instant::now());
+                    self.told_loss = true;
+                }
                 self.loss = Some(Loss {
                     records: lost,
                     error: e.to_string(),
