@@ -36,7 +36,7 @@
 //!
 //! Loss records (`event.kind: metric`, `event.action: lost`) carry `snapmon.metric.kernel`
 //! (`{cause: n}` since the last record), `kernel_total`, `decoder`, and for sink drops
-//! `snapmon.metric.sinks` = `{sink name: {queue_full|write_error|spill_full|spill_error|shutdown|sink_dead: n}}`.
+//! `snapmon.metric.sinks` = `{sink name: {queue_full|write_error|no_space|spill_full|spill_error|shutdown|sink_dead: n}}`.
 
 use std::io::Write;
 
