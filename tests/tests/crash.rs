@@ -24,6 +24,16 @@ fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T,
     }
 }
 
+/// As the harness: verifying the programs takes minutes under emulation (`vm-test`).
+fn start_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("SNAPMON_E2E_START_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180),
+    )
+}
+
 fn json_lines(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -65,7 +75,7 @@ fn start(work: &Path, log: &Path, key: &Path, n: usize) -> Run {
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
         .unwrap();
-    let started = eventually(Duration::from_secs(180), "the started record", || {
+    let started = eventually(start_timeout(), "the started record", || {
         json_lines(&truth)
             .into_iter()
             .find(|v| v["event"]["action"] == "started")
@@ -134,7 +144,7 @@ fn a_sigkilled_agent_leaves_a_truncated_log_never_a_tampered_one() {
     assert!(a.started["snapmon"]["state"]["previous_run"].is_null());
     let mut w = load(&work);
     // Killed while records pour in.
-    eventually(Duration::from_secs(60), "records in the log", || {
+    eventually(Duration::from_secs(300), "records in the log", || {
         let n = std::fs::metadata(&log).map_or(0, |m| m.len());
         (n > 200_000).then_some(()).ok_or(n.to_string())
     });
@@ -187,7 +197,7 @@ fn a_partial_last_line_is_continued_on_a_fresh_line() {
     let (work, log, key) = setup("partial");
     let a = start(&work, &log, &key, 1);
     let mut w = load(&work);
-    eventually(Duration::from_secs(60), "records in the log", || {
+    eventually(Duration::from_secs(300), "records in the log", || {
         let n = std::fs::metadata(&log).map_or(0, |m| m.len());
         (n > 50_000).then_some(()).ok_or(n.to_string())
     });

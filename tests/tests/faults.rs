@@ -36,6 +36,16 @@ fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T,
     }
 }
 
+/// As the harness: verifying the programs takes minutes under emulation (`vm-test`).
+fn start_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("SNAPMON_E2E_START_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180),
+    )
+}
+
 fn json_lines(p: &Path) -> Vec<Value> {
     std::fs::read_to_string(p)
         .unwrap_or_default()
@@ -74,7 +84,7 @@ impl Run {
             .spawn()
             .unwrap();
         let r = Run { child, out, err };
-        eventually(Duration::from_secs(180), "the started record", || {
+        eventually(start_timeout(), "the started record", || {
             json_lines(&r.out)
                 .iter()
                 .any(|v| v["event"]["action"] == "started")
@@ -159,13 +169,13 @@ fn a_full_disk_is_counted_said_once_and_the_file_resumes_on_a_line_boundary() {
         mnt.join("filler").to_str().unwrap()
     ));
     writes(&work.join("watch"), "full.raw", 100);
-    eventually(Duration::from_secs(30), "no_space drops", || {
+    eventually(Duration::from_secs(120), "no_space drops", || {
         let e = agent.stderr();
         e.contains("write failed").then_some(()).ok_or(e)
     });
     std::fs::remove_file(mnt.join("filler")).unwrap();
     writes(&work.join("watch"), "after.raw", 20);
-    eventually(Duration::from_secs(30), "recovery", || {
+    eventually(Duration::from_secs(120), "recovery", || {
         let e = agent.stderr();
         e.contains("writing again").then_some(()).ok_or(e)
     });
@@ -357,7 +367,7 @@ fn a_stalled_then_dead_collector_loses_nothing_acknowledged_and_counts_only_what
     let mut cp2 = collector(pp, &plain_out, false, 0);
     let mut ca2 = collector(pa, &ack_out, true, 0);
     let truth_n = || ids(&agent.out).len() as u64;
-    eventually(Duration::from_secs(60), "both sinks to catch up", || {
+    eventually(Duration::from_secs(300), "both sinks to catch up", || {
         let body = metrics();
         let n = truth_n();
         (written(&body, &plain) + 2 >= n && written(&body, &acked) + 2 >= n)

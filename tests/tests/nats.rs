@@ -220,7 +220,7 @@ fn every_record_reaches_an_r3_stream_once_across_a_leader_kill_and_a_cluster_out
     writes(&dir, "b", 30);
     std::thread::sleep(Duration::from_secs(2));
     nodes[i].start();
-    eventually(Duration::from_secs(60), "a stream leader again", leader);
+    eventually(Duration::from_secs(180), "a stream leader again", leader);
     writes(&dir, "c", 30);
 
     // The whole cluster is away for 10 s: the agent spills and says so.
@@ -229,7 +229,7 @@ fn every_record_reaches_an_r3_stream_once_across_a_leader_kill_and_a_cluster_out
     }
     let down_at = Instant::now();
     writes(&dir, "d", 30);
-    let outage = eventually(Duration::from_secs(10), "the outage in the metrics", || {
+    let outage = eventually(Duration::from_secs(30), "the outage in the metrics", || {
         let body = metrics(mport);
         match (series(&body, &up), series(&body, &spill)) {
             (Some(u), Some(s)) if u == 0.0 && s > 0.0 => Ok(body),
@@ -246,7 +246,7 @@ fn every_record_reaches_an_r3_stream_once_across_a_leader_kill_and_a_cluster_out
     }
     writes(&dir, "e", 30);
     eventually(
-        Duration::from_secs(90),
+        Duration::from_secs(300),
         "the spill to drain into the stream",
         || {
             let body = metrics(mport);
