@@ -7,40 +7,11 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use snapmon_e2e::bin;
-
-fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > end => panic!("{what} within {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// As the harness: verifying the programs takes minutes under emulation (`vm-test`).
-fn start_timeout() -> Duration {
-    Duration::from_secs(
-        std::env::var("SNAPMON_E2E_START_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(180),
-    )
-}
-
-fn json_lines(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
+use snapmon_e2e::{bin, eventually, json_lines, start_timeout};
 
 /// One agent run writing the chained `log` (and its own stdout records to `truth`).
 struct Run {

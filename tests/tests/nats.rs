@@ -14,28 +14,9 @@ use std::{
 
 use async_nats::jetstream;
 use serde_json::Value;
-use snapmon_e2e::{python, Agent};
+use snapmon_e2e::{eventually, free_port, metrics, python, series, Agent};
 
 const STREAM: &str = "SNAPMON_E2E";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > end => panic!("{what} within {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
 
 struct Node {
     name: String,
@@ -104,23 +85,6 @@ fn cluster(dir: &Path) -> Vec<Node> {
             n
         })
         .collect()
-}
-
-fn metrics(port: u16) -> String {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut body = String::new();
-    let _ = c.read_to_string(&mut body);
-    body
-}
-
-fn series(body: &str, prefix: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Some file writes the agent reports (one event each, plus the state records around them).

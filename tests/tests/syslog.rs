@@ -14,28 +14,9 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{bin, python, Agent};
+use snapmon_e2e::{bin, eventually, free_port, python, Agent};
 
 const SYSLOG_NG_ROOT: &str = "/opt/snapmon-test/syslog-ng";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let end = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(e) if Instant::now() > end => panic!("{what} within {timeout:?}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
 
 /// A daemon stopped with SIGTERM (so it flushes its files) when dropped.
 struct Daemon(Child);

@@ -402,25 +402,16 @@ impl SinkWriter for NatsSink {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        let left: Vec<Vec<u8>> = self
+        let unconfirmed: Vec<Vec<u8>> = self
             .retry
             .drain(..)
             .chain(self.inflight.drain(..).map(|(l, _)| l))
             .collect();
-        match &self.spill {
-            // Kept for the next run; the stream drops what it already has.
-            Spill::Disk(_) => {
-                for l in &left {
-                    self.spill(l);
-                }
-            }
-            Spill::Memory { lines, .. } => {
-                let n = lines.len() + left.len();
-                if n > 0 {
-                    self.counters.lose(Cause::Shutdown, n as u64);
-                }
-            }
-        }
+        // A disk spill keeps them for the next run (a stream or a consumer drops what it
+        // already has); from a memory spill they are lost.
+        let (lost, failed) = self.spill.shutdown(unconfirmed);
+        self.counters.lose(Cause::Shutdown, lost);
+        self.counters.lose(Cause::SpillError, failed);
         let _ = self.rt.block_on(self.client.flush());
         self.counters.set_state("closed");
     }

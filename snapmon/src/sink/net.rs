@@ -510,21 +510,11 @@ impl SinkWriter for NetSink {
             .drain(..)
             .chain(self.inflight.drain(..).map(|f| f.line))
             .collect();
-        match &self.spill {
-            // A disk spill keeps them for the next run (which may send some twice).
-            Spill::Disk(_) => {
-                for l in &unconfirmed {
-                    self.spill(l);
-                }
-            }
-            // A memory spill is lost: count it, with what was never confirmed.
-            Spill::Memory { lines, .. } => {
-                let n = lines.len() + unconfirmed.len();
-                if n > 0 {
-                    self.counters.lose(Cause::Shutdown, n as u64);
-                }
-            }
-        }
+        // A disk spill keeps them for the next run (a stream or a consumer drops what it
+        // already has); from a memory spill they are lost.
+        let (lost, failed) = self.spill.shutdown(unconfirmed);
+        self.counters.lose(Cause::Shutdown, lost);
+        self.counters.lose(Cause::SpillError, failed);
         self.conn = None;
         self.counters.set_state("closed");
     }

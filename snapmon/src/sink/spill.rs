@@ -113,6 +113,27 @@ impl Spill {
         }
     }
 
+    /// At shutdown, with `left` the lines a sink could not get confirmed: a disk spill keeps
+    /// them for the next run (which may deliver some twice); from a memory spill they are lost,
+    /// with what it still holds: that count is returned.
+    pub fn shutdown(&mut self, left: Vec<Vec<u8>>) -> (u64, u64) {
+        let mut kept_errors = 0;
+        match self {
+            Spill::Disk(_) => {
+                let mut lost = 0;
+                for l in &left {
+                    match self.push(l) {
+                        Ok(true) => {}
+                        Ok(false) => lost += 1,
+                        Err(_) => kept_errors += 1,
+                    }
+                }
+                (lost, kept_errors)
+            }
+            Spill::Memory { lines, .. } => ((lines.len() + left.len()) as u64, 0),
+        }
+    }
+
     /// Remove the line `peek` returned.
     pub fn pop(&mut self) {
         match self {
