@@ -14,7 +14,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{bin, eventually, free_port, python, Agent};
+use snapmon_e2e::{bin, eventually, free_port, python, start_timeout, Agent};
 
 const SYSLOG_NG_ROOT: &str = "/opt/snapmon-test/syslog-ng";
 
@@ -290,23 +290,32 @@ fn a_syslog_sink_with_no_socket_refuses_to_start_or_warns_with_sink_up_0() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("no-daemon.sock");
-    let out = Command::new(bin())
+    let errf = dir.join("stderr");
+    // An agent that ran on regardless would never exit: give it the start-up time, no more.
+    let mut c = Command::new(bin())
         .args(["run", "--format", "json", "--watch"])
         .arg(&dir)
         .arg("--sink")
         .arg(format!("syslog:{}", sock.display()))
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let status = eventually(start_timeout(), "the agent to refuse to start", || {
+        c.try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    let err = std::fs::read_to_string(&errf).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("cannot reach") && err.contains(sock.to_str().unwrap()),
         "{err}"
     );
     // Told to go on: it starts, says so on stderr, and the metric shows the sink down.
     let mport = free_port();
-    let errf = dir.join("stderr");
+    let errf = dir.join("stderr2");
     let spec = format!("syslog:{},on_unreachable=warn", sock.display());
     let mut child = Command::new(bin())
         .args(["run", "--format", "json", "--watch"])
