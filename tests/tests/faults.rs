@@ -234,7 +234,9 @@ f = open(out, "ab", buffering=0)
 print("ready", flush=True)
 while True:
     c, _ = s.accept()
-    r = c.makefile("rb", buffering=0)
+    # Byte by byte only before a stall (a kill must not lose read-ahead unseen); buffered
+    # otherwise, so a collector under emulation keeps up.
+    r = c.makefile("rb", buffering=0 if stall else -1)
     n = 0
     while stall == 0 or n < stall:
         line = r.readline()
@@ -279,8 +281,8 @@ fn a_stalled_then_dead_collector_loses_nothing_acknowledged_and_counts_only_what
     let mut cp = collector(pp, &plain_out, false, 50);
     let mut ca = collector(pa, &ack_out, true, 50);
     let (plain, acked) = (format!("tcp:127.0.0.1:{pp}"), format!("tcp:127.0.0.1:{pa}"));
-    let sp = format!("{plain},backoff_min=50ms,backoff_max=200ms,write_timeout=1s");
-    let sa = format!("{acked},ack=true,backoff_min=50ms,backoff_max=200ms,write_timeout=1s");
+    let sp = format!("{plain},backoff_min=50ms,backoff_max=200ms,write_timeout=3s");
+    let sa = format!("{acked},ack=true,backoff_min=50ms,backoff_max=200ms,write_timeout=3s");
     let mport = free_port();
     let mut agent = Run::start(
         &work,
