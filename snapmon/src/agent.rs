@@ -214,6 +214,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             .unwrap_or_else(|| "<embedded default>".into()),
         rule_warnings: pipe.rule_warnings(),
         sinks: crate::state::sink_list(&sinks.stats()),
+        previous_run: sinks.previous_run(),
     });
     // One line for the LSM family: on a kernel that refuses them they all fail alike.
     let (lsm_bad, other_bad): (Vec<_>, Vec<_>) = k
@@ -234,6 +235,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
              of watched directories are not observed; see `snapmon doctor`",
             lsm_bad.len(),
             first.error.as_deref().unwrap_or("")
+        );
+    }
+    if sinks.previous_run()["clean"] == false {
+        eprintln!(
+            "snapmon: the previous run did not close its log (killed or crashed): see previous_run in the started record"
         );
     }
     for r in started {

@@ -87,8 +87,9 @@ pub enum Cmd {
     /// vanished or appeared; 2: the baseline could not be read.
     Verify { baseline: PathBuf },
     /// Check the hash chain of snapmon log files (a file and its rotations, any order).
-    /// Exit 0: intact; 1: a record was removed, altered, reordered or the file truncated;
-    /// 2: a file could not be read (3 is kept for a log cut by a crash, not tampered).
+    /// Exit 0: intact; 1: tampered (a record removed, altered or reordered, a file swapped);
+    /// 2: a file could not be read; 3: truncated, not tampered (a cut tail, a run that was
+    /// killed, records lost to a full disk).
     VerifyLog {
         #[arg(required = true)]
         files: Vec<PathBuf>,

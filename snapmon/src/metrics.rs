@@ -420,6 +420,7 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
         &[
             "queue_full",
             "write_error",
+            "no_space",
             "spill_full",
             "spill_error",
             "shutdown",

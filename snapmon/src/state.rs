@@ -39,6 +39,8 @@ pub struct StartInfo<'a> {
     pub rule_warnings: &'a [String],
     /// `[{name, type, format}]` of the configured sinks.
     pub sinks: Vec<Value>,
+    /// How the previous run ended, from the logs it left (null when none was found).
+    pub previous_run: Value,
 }
 
 /// Warnings found before the agent starts (`--metrics` beyond loopback), for `started`.
@@ -209,6 +211,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
             "rule_warning_count": i.rule_warnings.len(),
             "warnings": start_warnings(),
             "sink_count": i.sinks.len(),
+            "previous_run": i.previous_run,
             "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "rule_warnings", "sinks"],
         }),
     });
@@ -353,6 +356,8 @@ pub(crate) mod tests {
             sinks: vec![
                 json!({"name": "file:/var/log/snapmon.jsonl", "type": "file", "format": "json"}),
             ],
+            previous_run: json!({"clean": false, "logs": [{"file": "/var/log/snapmon.jsonl",
+                "clean": false, "last_seq": 4211, "last_record_at": "2026-12-04T17:00:00Z"}]}),
         }
     }
 

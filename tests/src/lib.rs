@@ -610,3 +610,62 @@ pub fn note(msg: &str) {
     let _ = writeln!(so, "\nNOTE {msg}");
     let _ = so.flush();
 }
+
+/// An ephemeral port nobody listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns `Ok`, or fail with `what` and the last error.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > end => panic!("{what} within {timeout:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Every line of `p` that parses as JSON.
+pub fn json_lines(p: &Path) -> Vec<Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The agent's Prometheus text (empty when the endpoint is not up).
+pub fn metrics(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body
+}
+
+/// The value of the first series line (`NAME{LABELS} VALUE`) starting with `prefix`.
+pub fn series(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// How long an agent may take to start: verifying the programs takes minutes under emulation.
+pub fn start_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("SNAPMON_E2E_START_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180),
+    )
+}

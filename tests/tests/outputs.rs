@@ -370,11 +370,48 @@ format = "json"
     for i in 6..ATTACKS {
         images.push(attack(&dir, i));
     }
+    // Enough alerts for rotate_size=24K to make at least three files, whatever an alert
+    // weighs on this host: attack until the rotated set holds three files' worth.
+    let set_bytes = || -> u64 {
+        file_set(&log)
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let in_set = |images: &[PathBuf]| -> usize {
+        let all: Vec<Value> = file_set(&log).iter().flat_map(|f| json_lines(f)).collect();
+        alert_paths(&all, images).len()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the file sink to have every alert",
+        || {
+            let n = in_set(&images);
+            (n == images.len()).then_some(()).ok_or(format!("{n}"))
+        },
+    );
+    while set_bytes() < 3 * 24 * 1024 {
+        assert!(
+            images.len() < 40,
+            "40 alerts made only {} bytes",
+            set_bytes()
+        );
+        images.push(attack(&dir, images.len()));
+        eventually(
+            Duration::from_secs(30),
+            "the extra alert in the file sink",
+            || {
+                let n = in_set(&images);
+                (n == images.len()).then_some(()).ok_or(format!("{n}"))
+            },
+        );
+    }
+    let attacks = images.len();
 
     // The agent's own record of the attacks (the classic --output file).
     let truth = eventually(Duration::from_secs(30), "every attack alerted", || {
         let got = alert_paths(&agent.records(), &images);
-        (got.len() == ATTACKS)
+        (got.len() == attacks)
             .then_some(got.clone())
             .ok_or(format!("{got:?}"))
     });
@@ -384,7 +421,7 @@ format = "json"
         "consumer to have every alert",
         || {
             let got = alert_paths(&json_lines(&consumed), &images);
-            (got.len() >= ATTACKS)
+            (got.len() >= attacks)
                 .then_some(())
                 .ok_or(format!("{got:?}"))
         },
@@ -401,7 +438,7 @@ format = "json"
             let got = syslog_alerts(&syslog_out);
             let paths: Vec<Value> = got.iter().map(|(_, v)| v.clone()).collect();
             let p = alert_paths(&paths, &images);
-            (p.len() >= ATTACKS).then_some(got).ok_or(format!("{p:?}"))
+            (p.len() >= attacks).then_some(got).ok_or(format!("{p:?}"))
         },
     );
     let (pris, vals): (Vec<u32>, Vec<Value>) = syslog.into_iter().unzip();
@@ -523,7 +560,8 @@ fn tamper_cases(work: &Path, files: &[PathBuf], key: &Path) {
         }
     };
     type Edit = Box<dyn Fn(&str) -> String>;
-    let cases: Vec<(&str, usize, Edit, String)> = vec![
+    // (what, file, edit, first finding, exit code): a cut tail is truncation, not tampering.
+    let cases: Vec<(&str, usize, Edit, String, i32)> = vec![
         (
             "delete a record",
             victim,
@@ -531,6 +569,7 @@ fn tamper_cases(work: &Path, files: &[PathBuf], key: &Path) {
                 l.remove(1);
             })),
             format!(":2: seq {s2}: removed:"),
+            1,
         ),
         (
             "alter a byte",
@@ -542,12 +581,14 @@ fn tamper_cases(work: &Path, files: &[PathBuf], key: &Path) {
                 l[1].replace_range(i..i + 1, &((d + 1) % 10).to_string());
             })),
             format!(":2: seq {s1}: altered:"),
+            1,
         ),
         (
             "swap two lines",
             victim,
             Box::new(on_lines(|l| l.swap(1, 2))),
             format!(":2: seq {s2}: reordered:"),
+            1,
         ),
         (
             "truncate",
@@ -558,9 +599,10 @@ fn tamper_cases(work: &Path, files: &[PathBuf], key: &Path) {
                 t[..t.len() - 1 - last / 2].to_string()
             }),
             format!(":{last_line}: truncated: last line is incomplete"),
+            3,
         ),
     ];
-    for (n, (what, which, edit, want)) in cases.into_iter().enumerate() {
+    for (n, (what, which, edit, want, exit)) in cases.into_iter().enumerate() {
         let d = work.join(format!("tamper{n}"));
         std::fs::create_dir_all(&d).unwrap();
         let copies: Vec<PathBuf> = files
@@ -576,7 +618,7 @@ fn tamper_cases(work: &Path, files: &[PathBuf], key: &Path) {
         assert_ne!(changed, text, "{what}: the edit changed nothing");
         std::fs::write(&copies[which], changed).unwrap();
         let (code, out) = verify_log(&copies, key);
-        assert_eq!(code, 1, "{what}: {out}");
+        assert_eq!(code, exit, "{what}: {out}");
         let want = format!("{}{want}", copies[which].display());
         assert!(
             out.lines().next().is_some_and(|f| f.starts_with(&want)),

@@ -24,6 +24,16 @@ const PACKAGES: &[&str] = &[
     "xz-utils",
     "thin-provisioning-tools",
     "rsyslog",
+    // The sink tests' JetStream cluster.
+    "nats-server",
+    // syslog-ng's libraries: the daemon itself conflicts with rsyslog as a package, so it is
+    // unpacked beside it (`syslog_ng` below); these are what it links against.
+    "libivykis0",
+    "libnet1",
+    "libjson-c5",
+    "libwrap0",
+    "libpcre3",
+    "libglib2.0-0",
     "auditd",
     // The metrics test: promtool's strict parser and a real server scraping the endpoint.
     "prometheus",
@@ -36,6 +46,7 @@ const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/snapmon-backports.list";
 
 pub fn setup() -> anyhow::Result<()> {
     apt()?;
+    syslog_ng()?;
     rust_src()?;
     bpf_linker()?;
     mounts()?;
@@ -109,6 +120,36 @@ fn apt() -> anyhow::Result<()> {
             qemu_img_major()
         );
     }
+    Ok(())
+}
+
+/// Where `syslog_ng` unpacks Debian's syslog-ng-core (the sink tests start it from there).
+pub const SYSLOG_NG_ROOT: &str = "/opt/snapmon-test/syslog-ng";
+
+/// A stock syslog-ng for the sink tests, next to rsyslog: Debian's two syslog daemons conflict
+/// as packages (both provide `system-log-daemon`), so syslog-ng-core is unpacked, not
+/// installed (`dpkg-deb -x`), and run from there with its own module path.
+fn syslog_ng() -> anyhow::Result<()> {
+    let root = std::path::Path::new(SYSLOG_NG_ROOT);
+    if root.join("usr/sbin/syslog-ng").exists() {
+        return Ok(());
+    }
+    println!("setup: unpacking syslog-ng-core into {SYSLOG_NG_ROOT}");
+    let tmp = std::env::temp_dir().join(format!("snapmon-setup-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    check(
+        Command::new("apt-get")
+            .args(["download", "-q", "syslog-ng-core"])
+            .current_dir(&tmp),
+    )?;
+    let deb = std::fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download syslog-ng-core left no .deb")?;
+    std::fs::create_dir_all(root)?;
+    check(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root))?;
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
 

@@ -19,6 +19,15 @@
 //!   hash of the previous file, so rotated files splice into one chain.
 //! - `chain_checkpoint`: every `checkpoint_every` records.
 //! - `log_closed`: last line of a file closed by rotation, reopen or shutdown.
+//! - `log_resumed`: the chain goes on after a break: first line of a run that continues a
+//!   file an earlier run left (`reason: restart`, with `previous_run.clean` false when that
+//!   run did not close the file: killed or crashed), or the first line stored after failed
+//!   writes (`reason: write_error`, `lost_records`, `error`). A partial line a killed run
+//!   left is ended with a newline first, so the chain resumes on a fresh line.
+//!
+//! `verify` tells tampering (a record altered, removed, reordered, a file swapped: exit 1)
+//! from a log that is only incomplete (a cut tail, a killed run, records lost to a full disk:
+//! exit 3, "truncated, not tampered").
 //!
 //! With a key, each of the three carries `snapmon.state.hmac` = HMAC-SHA256(key,
 //! `snapmon-chain-v1 ACTION SEQ PREV`) with that record's own seq and prev, so rewriting the
@@ -28,6 +37,7 @@ use std::{
     collections::HashSet,
     fs,
     io::{self, Read, Seek, SeekFrom},
+    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
 };
 
@@ -185,6 +195,21 @@ impl Chain {
         self.control("log_header", d, host)
     }
 
+    /// `log_resumed`: the chain goes on after a restart or after failed writes; `detail`
+    /// says which (see the module doc).
+    pub fn resumed(&mut self, host: &str, file: &Path, mut detail: Value) -> Vec<u8> {
+        detail["file"] = json!(file.display().to_string());
+        detail["keyed"] = json!(self.key.is_some());
+        detail["checkpoint_every"] = json!(self.every);
+        self.control("log_resumed", detail, host)
+    }
+
+    /// Go back to the state after the last line that reached the file (a failed write).
+    pub fn rollback(&mut self, seq: u64, prev: [u8; 32]) {
+        self.seq = seq;
+        self.prev = prev;
+    }
+
     pub fn checkpoint_due(&self) -> bool {
         self.since_checkpoint >= self.every
     }
@@ -244,20 +269,94 @@ pub fn parse_line(line: &[u8]) -> Option<Link> {
     })
 }
 
-/// The last complete chained line of a file, to continue its chain after a restart.
-pub fn tail_link(path: &Path) -> io::Result<Option<Link>> {
+/// Does the file of length `len` end with a newline?
+pub fn ends_with_newline(f: &fs::File, len: u64) -> io::Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, len - 1)?;
+    Ok(b[0] == b'\n')
+}
+
+/// Where an earlier run left a chained file.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Its last whole chained line.
+    pub link: Link,
+    /// That line is the `log_closed` of a shutdown: the run ended cleanly.
+    pub clean: bool,
+    pub last_action: String,
+    /// `@timestamp` of that line: the last sign of life of a run that was killed.
+    pub last_at: Option<String>,
+    /// Bytes of an incomplete last line after it (a write cut short by a kill).
+    pub partial_bytes: usize,
+    pub file: PathBuf,
+}
+
+impl Resume {
+    /// `previous_run` of the `log_resumed` record and of the `started` record.
+    pub fn describe(&self) -> Value {
+        json!({
+            "clean": self.clean,
+            "file": self.file.display().to_string(),
+            "last_seq": self.link.seq,
+            "last_action": self.last_action,
+            "last_record_at": self.last_at,
+            "partial_line_bytes": self.partial_bytes,
+        })
+    }
+
+    /// The `log_resumed` detail for a restart.
+    pub fn detail(&self) -> Value {
+        json!({"reason": "restart", "previous_run": self.describe()})
+    }
+}
+
+/// The last whole chained line of a file and how the run that wrote it ended, to continue
+/// its chain after a restart. Only the last 256 KiB are read.
+pub fn resume_point(path: &Path) -> io::Result<Option<Resume>> {
     let mut f = fs::File::open(path)?;
     let len = f.metadata()?.len();
     let start = len.saturating_sub(256 * 1024);
     f.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
-    if !buf.ends_with(b"\n") {
-        return Ok(None);
+    // A last line without its newline: whole if it parses and its hash holds (only the
+    // newline was lost), partial otherwise.
+    let (body, mut partial_bytes) = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) if i + 1 == buf.len() => (&buf[..i], 0),
+        Some(i) => (&buf[..=i], buf.len() - i - 1),
+        None => (&buf[..0], buf.len()),
+    };
+    let tail = &buf[buf.len() - partial_bytes..];
+    let whole_tail = partial_bytes > 0
+        && parse_line(tail).is_some_and(|l| hash_of(&l.prev, l.seq, &l.record) == l.hash);
+    let mut lines: Vec<&[u8]> = body
+        .strip_suffix(b"\n")
+        .unwrap_or(body)
+        .split(|&b| b == b'\n')
+        .collect();
+    if whole_tail {
+        lines.push(tail);
+        partial_bytes = 0;
     }
-    let body = &buf[..buf.len() - 1];
-    let last = body.rsplit(|&b| b == b'\n').next().unwrap_or(body);
-    Ok(parse_line(last))
+    let Some(link) = lines.iter().rev().find_map(|l| parse_line(l)) else {
+        return Ok(None);
+    };
+    let v: Value = serde_json::from_slice(&link.record).unwrap_or(Value::Null);
+    let last_action = v["event"]["action"].as_str().unwrap_or("").to_string();
+    let clean = v["event"]["dataset"] == "snapmon.chain"
+        && last_action == "log_closed"
+        && v["snapmon"]["state"]["reason"] == "shutdown";
+    Ok(Some(Resume {
+        last_at: v["@timestamp"].as_str().map(String::from),
+        link,
+        clean,
+        last_action,
+        partial_bytes,
+        file: path.to_path_buf(),
+    }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,9 +367,16 @@ pub enum Tamper {
     Truncated,
     Spliced,
     Unkeyed,
+    /// Records the agent lost to failed writes, as its `log_resumed` line says.
+    Lost,
 }
 
 impl Tamper {
+    /// Someone changed the log (exit 1); the others only say it is incomplete (exit 3).
+    pub fn tampering(&self) -> bool {
+        !matches!(self, Tamper::Truncated | Tamper::Lost)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Tamper::Removed => "removed",
@@ -279,6 +385,7 @@ impl Tamper {
             Tamper::Truncated => "truncated",
             Tamper::Spliced => "spliced",
             Tamper::Unkeyed => "checkpoint",
+            Tamper::Lost => "lost",
         }
     }
 }
@@ -390,17 +497,36 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
                     ln,
                     None,
                     Tamper::Truncated,
-                    "last line is incomplete (file cut mid-record)".into(),
+                    "last line is incomplete (file cut mid-record: a crash, or a cut tail)".into(),
                 );
                 break;
             }
             let Some(link) = parse_line(raw) else {
-                push(
-                    ln,
-                    None,
-                    Tamper::Altered,
-                    "line has no valid snapmon.chain member".into(),
-                );
+                // A killed run's partial last line, ended by the next run, which resumes the
+                // chain where the line before this one left it.
+                let resumes = f
+                    .lines
+                    .get(li + 1)
+                    .and_then(|n| parse_line(n))
+                    .is_some_and(|n| {
+                        is_control(&n, "log_resumed")
+                            && expect.is_none_or(|(es, eh)| n.seq == es && n.prev == eh)
+                    });
+                if resumes {
+                    push(
+                        ln,
+                        None,
+                        Tamper::Truncated,
+                        "partial record of a run that was killed; the next line resumes the chain (truncated, not tampered)".into(),
+                    );
+                } else {
+                    push(
+                        ln,
+                        None,
+                        Tamper::Altered,
+                        "line has no valid snapmon.chain member".into(),
+                    );
+                }
                 continue;
             };
             let seq = Some(link.seq);
@@ -416,7 +542,7 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
             let (dataset, action, state) = super::json::control_view(&v);
             let action = action.to_string();
             let control = dataset == CHAIN_DATASET;
-            if li == 0 && !(control && action == "log_header") {
+            if li == 0 && !(control && (action == "log_header" || action == "log_resumed")) {
                 push(
                     ln,
                     seq,
@@ -477,8 +603,36 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
                 }
             }
             if control {
-                if action == "log_header" {
+                if action == "log_header" || action == "log_resumed" {
                     checkpoint_every = state["checkpoint_every"].as_u64();
+                }
+                if action == "log_resumed"
+                    && state["reason"] == "restart"
+                    && state["previous_run"]["clean"] == false
+                {
+                    push(
+                        ln,
+                        seq,
+                        Tamper::Truncated,
+                        format!(
+                            "the run before this line ended without closing the log (killed or crashed) after seq {} at {}: records it had not written yet are lost (truncated, not tampered)",
+                            state["previous_run"]["last_seq"],
+                            state["previous_run"]["last_record_at"].as_str().unwrap_or("?")
+                        ),
+                    );
+                }
+                if action == "log_resumed" && state["reason"] == "write_error" {
+                    push(
+                        ln,
+                        seq,
+                        Tamper::Lost,
+                        format!(
+                            "{} record(s) lost to failed writes ({}) from {} until this line (not tampered)",
+                            state["lost_records"],
+                            state["error"].as_str().unwrap_or("?"),
+                            state["first_lost_at"].as_str().unwrap_or("?")
+                        ),
+                    );
                 }
                 if let Some(k) = key {
                     let mac = state["hmac"].as_str().unwrap_or("");
@@ -528,8 +682,14 @@ pub fn verify(paths: &[PathBuf], key: Option<&[u8]>, live: bool) -> Result<Repor
     Ok(rep)
 }
 
+fn is_control(l: &Link, action: &str) -> bool {
+    let v: Value = serde_json::from_slice(&l.record).unwrap_or(Value::Null);
+    let (dataset, a, _) = super::json::control_view(&v);
+    dataset == CHAIN_DATASET && a == action
+}
+
 /// `snapmon verify-log`: print the verdict, return the exit status (0 intact, 1 tampered,
-/// 2 unreadable).
+/// 2 unreadable, 3 truncated or incomplete but not tampered).
 pub fn verify_cmd(files: &[PathBuf], key_file: Option<&Path>, live: bool) -> i32 {
     let key = match key_file.map(load_key) {
         Some(Ok(k)) => Some(k),
@@ -564,12 +724,24 @@ pub fn verify_cmd(files: &[PathBuf], key_file: Option<&Path>, live: bool) -> i32
             for f in &rep.findings {
                 println!("{f}");
             }
-            println!(
-                "TAMPERED: {} finding(s) in {} records",
-                rep.findings.len(),
-                rep.records
-            );
-            1
+            let tampered = rep.findings.iter().filter(|f| f.kind.tampering()).count();
+            if tampered > 0 {
+                println!(
+                    "TAMPERED: {tampered} finding(s) of tampering ({} in all) in {} records",
+                    rep.findings.len(),
+                    rep.records
+                );
+                1
+            } else {
+                println!(
+                    "truncated, not tampered: {} finding(s) in {} records, seq {}..{}; every record present is intact",
+                    rep.findings.len(),
+                    rep.records,
+                    rep.first_seq.unwrap_or(0),
+                    rep.last_seq.unwrap_or(0)
+                );
+                3
+            }
         }
     }
 }
@@ -792,6 +964,77 @@ mod tests {
                 .any(|x| x.kind == Tamper::Removed && x.msg.contains("no checkpoint")),
             "{f:#?}"
         );
+    }
+
+    /// A run killed mid-line, then restarted on the same file: the chain resumes on a fresh
+    /// line, and verify says truncated (3), never tampered; an edit is still tampering (1).
+    #[test]
+    fn a_killed_run_is_truncation_and_an_edit_after_it_is_tampering() {
+        let d = dir("crash");
+        let (p, key) = make_log(&d, 10, None);
+        // The kill: the footer and half of the last record never reached the file.
+        let mut l = lines(&p);
+        l.pop();
+        let last = l.pop().unwrap();
+        let cut = l.join("\n") + "\n" + &last[..last.len() / 2];
+        fs::write(&p, &cut).unwrap();
+        let c = SinkConfig::parse_spec(&format!(
+            "file:{},key_file={},checkpoint_every=4",
+            p.display(),
+            key.display()
+        ))
+        .unwrap();
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
+        let prev = s.previous_run().unwrap();
+        assert_eq!(prev["clean"], false, "{prev}");
+        assert!(prev["partial_line_bytes"].as_u64().unwrap() > 0, "{prev}");
+        s.write(&Record::Event(fixtures::event(99)));
+        s.close();
+        let after = lines(&p);
+        // The partial line stays as it was, on a line of its own, and the chain goes on.
+        let at = after
+            .iter()
+            .position(|x| x.contains("log_resumed"))
+            .unwrap();
+        assert_eq!(after[at - 1], last[..last.len() / 2]);
+        assert_eq!(
+            parse_line(after[at].as_bytes()).unwrap().seq,
+            parse_line(after[at - 2].as_bytes()).unwrap().seq + 1
+        );
+        let rep = verify(&[p.clone()], Some(&load_key(&key).unwrap()), false).unwrap();
+        assert!(!rep.findings.is_empty());
+        assert!(
+            rep.findings.iter().all(|f| !f.kind.tampering()),
+            "{:#?}",
+            rep.findings
+        );
+        assert_eq!(verify_cmd(&[p.clone()], Some(&key), false), 3);
+        // An edit after the crash is tampering.
+        let mut l = lines(&p);
+        l[2] = l[2].replace("\"pid\":4242", "\"pid\":4243");
+        put(&p, &l);
+        assert_eq!(verify_cmd(&[p.clone()], Some(&key), false), 1);
+        // A clean stop and restart is intact and says so.
+        let clean = dir("clean");
+        let (p, key) = make_log(&clean, 3, None);
+        let c = SinkConfig::parse_spec(&format!("file:{},key_file={}", p.display(), key.display()))
+            .unwrap();
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
+        assert_eq!(s.previous_run().unwrap()["clean"], true);
+        s.close();
+        assert_eq!(verify_cmd(&[p], Some(&key), false), 0);
+    }
+
+    #[test]
+    fn a_start_on_a_full_disk_is_an_error() {
+        let c = SinkConfig::parse_spec("file:/dev/full,chain=true").unwrap();
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let e = FileSink::open(&c, Format::Json, "h".into(), ctr)
+            .err()
+            .expect("opened");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
     }
 
     #[test]

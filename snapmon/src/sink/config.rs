@@ -20,6 +20,30 @@ pub enum SinkConfig {
     Unix(SinkOptions),
     Tcp(SinkOptions),
     Syslog(SinkOptions),
+    /// NATS JetStream: publish-acknowledged, de-duplicated by record id.
+    Nats(SinkOptions),
+}
+
+/// What a sink does when it cannot reach its target when the agent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreachable {
+    /// Refuse to start (the default for datagram syslog, which has no spill).
+    Fail,
+    /// Start anyway: a warning on stderr, `snapmon_sink_up 0`, and records spilled (tcp,
+    /// unix, nats, syslog over tcp) or dropped and counted (syslog over unix or udp).
+    Warn,
+}
+
+/// The syslog message layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogProtocol {
+    /// `<PRI>1 TIMESTAMP HOST APP PID MSGID [SD] MSG` (default for udp and tcp).
+    Rfc5424,
+    /// `<PRI>Mmm dd hh:mm:ss APP[PID]: MSG`, what syslog(3) writes to `/dev/log` and what
+    /// every local daemon parses by default (default for unix).
+    Rfc3164,
 }
 
 /// When buffered output reaches the kernel (`flush`) or the disk (`fsync`).
@@ -110,8 +134,35 @@ pub struct SinkOptions {
     #[serde(default, deserialize_with = "lenient_millis_opt")]
     pub write_timeout: Option<u64>,
 
+    /// `fail` (refuse to start) or `warn` when the target cannot be reached at start.
+    pub on_unreachable: Option<Unreachable>,
+    /// tcp/unix: count a record written only when the collector acknowledges it (`ack N`
+    /// lines, docs/output.md), and resend what it had not acknowledged after a reconnect.
+    #[serde(default, deserialize_with = "lenient_bool_opt")]
+    pub ack: Option<bool>,
+    /// Unacknowledged records in flight before the sink waits (default 1024).
+    #[serde(default, deserialize_with = "lenient_u64_opt")]
+    pub ack_window: Option<u64>,
+
     // syslog
     pub transport: Option<SyslogTransport>,
+    pub protocol: Option<SyslogProtocol>,
+    /// Largest message, header included (default 8K; 2K over udp): longer records are
+    /// shrunk, never cut into invalid JSON.
+    #[serde(default, deserialize_with = "lenient_size_opt")]
+    pub max_message: Option<u64>,
+
+    // nats
+    /// More servers of the cluster (`nats://HOST:PORT` or `HOST:PORT`); `server=` in specs.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Subjects are `PREFIX.HOST.KIND` (KIND: event, alert, state, metric); default `snapmon`.
+    pub subject_prefix: Option<String>,
+    /// The stream the subjects must land in (`Nats-Expected-Stream`).
+    pub stream: Option<String>,
+    /// Publishes awaiting their acknowledgement (default 256).
+    #[serde(default, deserialize_with = "lenient_u64_opt")]
+    pub max_inflight: Option<u64>,
     /// `kern`, `user`, `daemon`, `auth`, `authpriv`, `local0` … `local7` (default local0).
     pub facility: Option<String>,
     pub app_name: Option<String>,
@@ -124,6 +175,9 @@ pub enum ConfigError {
     #[error("--sink `{spec}`: {msg}")]
     Spec { spec: String, msg: String },
 }
+
+/// Smallest `max_message`: the syslog header and a record shrunk to its skeleton fit.
+pub const MIN_MESSAGE: u64 = 1024;
 
 const COMMON: &[&str] = &[
     "name",
@@ -143,6 +197,7 @@ impl SinkConfig {
             SinkConfig::Unix(_) => "unix",
             SinkConfig::Tcp(_) => "tcp",
             SinkConfig::Syslog(_) => "syslog",
+            SinkConfig::Nats(_) => "nats",
         }
     }
     pub fn options(&self) -> &SinkOptions {
@@ -151,7 +206,8 @@ impl SinkConfig {
             | SinkConfig::File(o)
             | SinkConfig::Unix(o)
             | SinkConfig::Tcp(o)
-            | SinkConfig::Syslog(o) => o,
+            | SinkConfig::Syslog(o)
+            | SinkConfig::Nats(o) => o,
         }
     }
     pub fn options_mut(&mut self) -> &mut SinkOptions {
@@ -160,7 +216,8 @@ impl SinkConfig {
             | SinkConfig::File(o)
             | SinkConfig::Unix(o)
             | SinkConfig::Tcp(o)
-            | SinkConfig::Syslog(o) => o,
+            | SinkConfig::Syslog(o)
+            | SinkConfig::Nats(o) => o,
         }
     }
 
@@ -219,10 +276,15 @@ impl SinkConfig {
                 "backoff_min",
                 "backoff_max",
                 "write_timeout",
+                "on_unreachable",
+                "ack",
+                "ack_window",
             ],
             SinkConfig::Syslog(_) => &[
                 "address",
                 "transport",
+                "protocol",
+                "max_message",
                 "facility",
                 "app_name",
                 "spill_dir",
@@ -230,6 +292,20 @@ impl SinkConfig {
                 "backoff_min",
                 "backoff_max",
                 "write_timeout",
+                "on_unreachable",
+            ],
+            SinkConfig::Nats(_) => &[
+                "address",
+                "servers",
+                "subject_prefix",
+                "stream",
+                "max_inflight",
+                "spill_dir",
+                "spill_size",
+                "backoff_min",
+                "backoff_max",
+                "write_timeout",
+                "on_unreachable",
             ],
         }
     }
@@ -293,6 +369,12 @@ impl SinkConfig {
                 if matches!(self, SinkConfig::Tcp(_)) && !a.contains(':') {
                     return Err(bad(format!("address `{a}` is not HOST:PORT")));
                 }
+                if o.ack_window == Some(0) {
+                    return Err(bad("ack_window must be at least 1".into()));
+                }
+                if o.ack_window.is_some() && o.ack != Some(true) {
+                    return Err(bad("ack_window needs ack = true".into()));
+                }
             }
             SinkConfig::Syslog(_) => {
                 let t = o.transport.unwrap_or_default();
@@ -311,6 +393,43 @@ impl SinkConfig {
                         return Err(bad(format!("unknown syslog facility `{f}`")));
                     }
                 }
+                if o.max_message.is_some_and(|m| m < MIN_MESSAGE) {
+                    return Err(bad(format!(
+                        "max_message must be at least {MIN_MESSAGE} bytes (room for the header and a shrunk record)"
+                    )));
+                }
+            }
+            SinkConfig::Nats(_) => {
+                let servers = self.nats_servers();
+                if servers.is_empty() {
+                    return Err(bad("a nats sink needs `address` (or `servers`)".into()));
+                }
+                for a in &servers {
+                    let hp = a.strip_prefix("nats://").unwrap_or(a);
+                    let hp = hp.rsplit('@').next().unwrap_or(hp);
+                    if !hp.contains(':') || hp.ends_with(':') {
+                        return Err(bad(format!("server `{a}` is not [nats://]HOST:PORT")));
+                    }
+                }
+                let p = self.subject_prefix();
+                if p.is_empty()
+                    || p.split('.').any(str::is_empty)
+                    || p.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
+                {
+                    return Err(bad(format!(
+                        "subject_prefix `{p}` is not a NATS subject (dot-separated tokens, no wildcards or spaces)"
+                    )));
+                }
+                if let Some(st) = &o.stream {
+                    if st.is_empty()
+                        || st.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c))
+                    {
+                        return Err(bad(format!("stream `{st}` is not a JetStream stream name")));
+                    }
+                }
+                if o.max_inflight == Some(0) {
+                    return Err(bad("max_inflight must be at least 1".into()));
+                }
             }
             SinkConfig::Stdout(_) => {}
         }
@@ -320,6 +439,41 @@ impl SinkConfig {
             }
         }
         Ok(())
+    }
+
+    /// The NATS servers to try: `address`, then `servers`.
+    pub fn nats_servers(&self) -> Vec<String> {
+        let o = self.options();
+        o.address.iter().chain(o.servers.iter()).cloned().collect()
+    }
+
+    pub fn subject_prefix(&self) -> String {
+        self.options()
+            .subject_prefix
+            .clone()
+            .unwrap_or_else(|| "snapmon".into())
+    }
+
+    /// What to do when the target is unreachable at start: datagram syslog has no spill, so
+    /// it fails by default; the others spill and warn.
+    pub fn on_unreachable(&self) -> Unreachable {
+        let o = self.options();
+        o.on_unreachable.unwrap_or(match self {
+            SinkConfig::Syslog(_) if o.transport.unwrap_or_default() != SyslogTransport::Tcp => {
+                Unreachable::Fail
+            }
+            _ => Unreachable::Warn,
+        })
+    }
+
+    /// The syslog size limit: `max_message`, or 8 KiB (2 KiB over UDP, RFC 5426's floor).
+    pub fn max_message(&self) -> usize {
+        let o = self.options();
+        o.max_message
+            .unwrap_or(match o.transport.unwrap_or_default() {
+                SyslogTransport::Udp => 2048,
+                _ => 8192,
+            }) as usize
     }
 
     pub fn queue(&self) -> usize {
@@ -355,8 +509,12 @@ impl SinkConfig {
                 return Err(err(format!("`{kv}` is not key=value")));
             };
             match k {
-                "rule" | "rules" | "path_contains" => {
-                    let key = if k == "path_contains" { k } else { "rules" };
+                "rule" | "rules" | "path_contains" | "server" | "servers" => {
+                    let key = match k {
+                        "path_contains" => k,
+                        "server" | "servers" => "servers",
+                        _ => "rules",
+                    };
                     let e = m
                         .entry(key)
                         .or_insert_with(|| serde_json::Value::Array(vec![]));
@@ -547,6 +705,30 @@ mod tests {
         assert!(SinkConfig::parse_spec("tcp:localhost").is_err());
         assert!(SinkConfig::parse_spec("syslog,facility=nope").is_err());
         assert!(SinkConfig::parse_spec("stdout,format=xml").is_err());
+        // NATS: servers repeat, subjects and stream names are checked, no side effects.
+        let n = SinkConfig::parse_spec(
+            "nats:127.0.0.1:4222,server=127.0.0.1:4223,server=nats://127.0.0.1:4224,stream=SNAPMON,subject_prefix=ops.snapmon",
+        )
+        .unwrap();
+        assert_eq!(n.nats_servers().len(), 3);
+        assert_eq!(n.name(), "nats:127.0.0.1:4222");
+        assert_eq!(n.on_unreachable(), Unreachable::Warn);
+        assert!(SinkConfig::parse_spec("nats").is_err());
+        assert!(SinkConfig::parse_spec("nats:127.0.0.1:4222,subject_prefix=a.*").is_err());
+        assert!(SinkConfig::parse_spec("nats:127.0.0.1:4222,stream=a.b").is_err());
+        assert!(SinkConfig::parse_spec("nats:127.0.0.1:4222,rotate_size=1M").is_err());
+        assert!(SinkConfig::parse_spec("nats:localhost,stream=S").is_err());
+        // Syslog: size floor, datagram transports fail when unreachable unless told.
+        assert!(SinkConfig::parse_spec("syslog,max_message=100").is_err());
+        let u = SinkConfig::parse_spec("syslog:127.0.0.1:514,transport=udp").unwrap();
+        assert_eq!(u.max_message(), 2048);
+        assert_eq!(u.on_unreachable(), Unreachable::Fail);
+        let t = SinkConfig::parse_spec("syslog:127.0.0.1:514,transport=tcp,on_unreachable=fail")
+            .unwrap();
+        assert_eq!(t.max_message(), 8192);
+        assert_eq!(t.on_unreachable(), Unreachable::Fail);
+        assert!(SinkConfig::parse_spec("tcp:127.0.0.1:1,ack_window=5").is_err());
+        assert!(SinkConfig::parse_spec("tcp:127.0.0.1:1,ack=true,ack_window=5").is_ok());
         let dup = [
             SinkConfig::parse_spec("stdout").unwrap(),
             SinkConfig::parse_spec("stdout").unwrap(),

@@ -18,6 +18,7 @@
 //! | `event.type` | `["change"]`, `["creation"]`, `["deletion"]`, `["access"]`, `["info"]`, `["start"]`, `["end"]`, `["denied"]`/`["allowed"]` (decisions) |
 //! | `event.action` | operation (enforcement decisions: `deny_<op>` / `would_deny_<op>`): `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`, `io_uring_write`, `io_uring_writev`, `aio_pwrite`, `aio_pwritev`, `copy_file_range`, `splice`, `sendfile`, `fallocate`, `punch_hole`, `zero_range`, `truncate`, `mmap_shared_write`, `create`, `open_write`, `open_truncate`, `rename`, `unlink`, `rmdir`, `link`, `symlink`, `mkdir`, `chmod`, `chown`, `utimes`, `ioctl`, `fork`, `exec`, `exit`; for state/metric records the record's name (`started`, `hooks`, `stopped`, `lost`, `stats` …) |
 //! | `event.sequence` | agent-assigned, increasing |
+//! | `event.id` | file, network and syslog sinks: the record's id, `RUN-N` (RUN random per agent start, N counting records), the same in every sink and every re-send, for de-duplication |
 //! | `event.severity`, `event.risk_score`, `event.reason` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info); the alert sentence |
 //! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` (`snapmon.agent` for state/metric, `snapmon.chain` for the chain's records) |
 //! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`); for an ioctl, the entry the descriptor was opened by |
@@ -400,11 +401,20 @@ pub fn control_view(v: &Value) -> (&str, &str, &Value) {
 /// typed record: keys in the sorted order a `serde_json::Map` would give, no intermediate
 /// `Value` tree. Events and alerts are the hot path; state and metric records go the long way.
 pub fn write_record(out: &mut Vec<u8>, r: &Record, host: &str) {
+    write_record_id(out, r, host, None)
+}
+
+/// [`write_record`] with the record's id as `event.id`.
+pub fn write_record_id(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&str>) {
     match r {
-        Record::Event(e) => write_event(out, e, host, None),
-        Record::Alert(a) => write_event(out, &a.event, host, Some(a)),
+        Record::Event(e) => write_event(out, e, host, None, id),
+        Record::Alert(a) => write_event(out, &a.event, host, Some(a), id),
         _ => {
-            let _ = serde_json::to_writer(&mut *out, &to_value(r, host));
+            let mut v = to_value(r, host);
+            if let Some(id) = id {
+                v["event"]["id"] = json!(id);
+            }
+            let _ = serde_json::to_writer(&mut *out, &v);
         }
     }
 }
@@ -742,7 +752,13 @@ fn write_host(out: &mut Vec<u8>, host: &str) {
     out.push(b'}');
 }
 
-fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::record::Alert>) {
+fn write_event(
+    out: &mut Vec<u8>,
+    e: &Event,
+    host: &str,
+    alert: Option<&crate::record::Alert>,
+    id: Option<&str>,
+) {
     let p = &e.process;
     let mut root = true;
     out.push(b'{');
@@ -780,6 +796,10 @@ fn write_event(out: &mut Vec<u8>, e: &Event, host: &str, alert: Option<&crate::r
         // `snapmon.` + category, escaped as one string.
         let cat = serde_json::to_string(e.category).unwrap_or_default();
         out.extend_from_slice(&cat.as_bytes()[1..]);
+        if let Some(id) = id {
+            key(out, "id", &mut f);
+            js(out, id);
+        }
         key(out, "kind", &mut f);
         js(out, if alert.is_some() { "alert" } else { "event" });
         key(out, "module", &mut f);

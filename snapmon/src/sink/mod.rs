@@ -9,8 +9,10 @@
 pub mod chain;
 pub mod config;
 pub mod file;
+pub mod fit;
 pub mod identity;
 pub mod json;
+pub mod nats;
 pub mod net;
 pub mod ocsf;
 mod set;
@@ -58,15 +60,68 @@ pub enum Format {
 
 /// One record in a sink's format, without a trailing newline.
 pub fn render(format: Format, r: &Record, host: &str, colour: bool) -> Vec<u8> {
+    render_id(format, r, None, host, colour)
+}
+
+/// [`render`] with the record's id (ECS `event.id`, OCSF `metadata.uid`; tail shows none).
+pub fn render_id(
+    format: Format,
+    r: &Record,
+    id: Option<RecordId>,
+    host: &str,
+    colour: bool,
+) -> Vec<u8> {
     match format {
         Format::Json => {
             let mut out = Vec::with_capacity(2048);
-            json::write_record(&mut out, r, host);
+            json::write_record_id(&mut out, r, host, id.map(|i| i.to_string()).as_deref());
             out
         }
-        Format::Ocsf => serde_json::to_vec(&ocsf::to_value(r, host)).unwrap_or_default(),
+        Format::Ocsf => {
+            let mut v = ocsf::to_value(r, host);
+            if let Some(id) = id {
+                v["metadata"]["uid"] = json!(id.to_string());
+            }
+            serde_json::to_vec(&v).unwrap_or_default()
+        }
         Format::Tail => tail::render(r, colour).unwrap_or_default().into_bytes(),
     }
+}
+
+/// A record's id: the same in every sink and in every re-send of the record, so a consumer
+/// (or JetStream, through `Nats-Msg-Id`) can drop duplicates. `RUN-N`: RUN is 16 random hex
+/// digits drawn when the agent starts, N counts the records it handed to its sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordId(pub u64);
+
+impl RecordId {
+    /// The next id of this run.
+    pub fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        RecordId(NEXT.fetch_add(1, RELAXED))
+    }
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", run_id(), self.0)
+    }
+}
+
+/// This run's random part of every record id.
+pub fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // SAFETY: fills the local buffer of the stated length.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != b.len() as isize {
+            // No entropy source: time and pid still differ between runs.
+            let t = json::now_unix_ns() as u64 ^ ((std::process::id() as u64) << 40);
+            b = t.to_be_bytes();
+        }
+        hex::encode(b)
+    })
 }
 
 /// Which records an output takes.

@@ -1,25 +1,53 @@
 //! Stream sinks (Unix socket, TCP, syslog over TCP): newline-delimited or octet-counted
 //! records, reconnect with exponential backoff, and a bounded spill replayed in order.
 //!
-//! Plain NDJSON has no acknowledgements, so the sink checks before every write whether the
-//! peer has closed its end (a killed collector) and spills instead of writing into a dead
-//! socket. What the peer had received but not yet read when it died is outside our reach.
+//! A record counts as written only once the peer has it, and what a dead connection had not
+//! confirmed is sent again after the reconnect (at least once; the record id tells copies
+//! apart):
+//! - plain mode: confirmed by the transport: TCP acknowledged it (the unacknowledged bytes in
+//!   the send queue, `TIOCOUTQ`), or, on a Unix socket, the collector read it. Bytes TCP
+//!   acknowledged but the collector had not read when it died are lost beyond anyone's
+//!   knowing: at most the collector's socket receive buffer;
+//! - `ack = true`: confirmed by the collector, which writes `ack N\n` back once it has stored
+//!   the first N records of the connection (docs/output.md). Nothing is lost to a dying
+//!   collector.
+//!
+//! Before every write the sink checks whether the peer hung up, so a killed collector does not
+//! swallow the next record. A Unix socket must belong to root (or to the agent's own user):
+//! anyone else could be impersonating the collector.
 
 use std::{
+    collections::VecDeque,
     io::{self, Write},
     net::{TcpStream, ToSocketAddrs},
-    os::{fd::AsRawFd, unix::net::UnixStream},
-    path::PathBuf,
+    os::{
+        fd::AsRawFd,
+        unix::{fs::MetadataExt as _, net::UnixStream},
+    },
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::{config::SinkConfig, spill::Spill, Cause, SinkCounters, SinkWriter};
+use super::{
+    config::{SinkConfig, Unreachable},
+    spill::Spill,
+    Cause, RecordId, SinkCounters, SinkWriter,
+};
 use crate::record::Record;
 
 pub enum Endpoint {
     Unix(PathBuf),
     Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "{}", p.display()),
+            Endpoint::Tcp(a) => f.write_str(a),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,6 +56,24 @@ pub enum Framing {
     Newline,
     /// `LEN SP payload` (RFC 6587 octet counting for syslog over TCP).
     OctetCount,
+}
+
+/// Refuse a socket someone other than root (or the agent's own user) could have put there.
+pub fn check_socket_owner(p: &Path) -> io::Result<()> {
+    let m = std::fs::metadata(p)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != 0 && m.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}, not root: refusing to send records to it (a local user could be posing as the collector)",
+                p.display(),
+                m.uid()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 enum Conn {
@@ -48,7 +94,47 @@ impl Conn {
             Conn::Tcp(s) => s.write_all(b),
         }
     }
-    /// The peer hung up (or reset): writing now would lose the record on TCP.
+    /// Bytes written but not yet confirmed: not acknowledged by the peer's TCP, or (Unix)
+    /// not yet read by the peer.
+    fn unconfirmed_bytes(&self) -> io::Result<u64> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+        if unsafe { libc::ioctl(self.fd(), libc::TIOCOUTQ, &mut n) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as u64)
+    }
+    /// Read what the peer sent, without blocking: `Ok(None)` on EOF.
+    fn read_available(&self, into: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        loop {
+            // SAFETY: reading into a local buffer of the stated length.
+            let r = unsafe {
+                libc::recv(
+                    self.fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r == 0 {
+                return Ok(None);
+            }
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(Some(total)),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            into.extend_from_slice(&buf[..r as usize]);
+            total += r as usize;
+        }
+    }
+    /// The peer hung up (or reset): writing now would lose the record on TCP. What it sent
+    /// is discarded (plain mode has no replies).
     fn peer_gone(&self) -> bool {
         let mut p = libc::pollfd {
             fd: self.fd(),
@@ -63,31 +149,36 @@ impl Conn {
         if p.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
             return true;
         }
-        // Readable: the peer sent something (ignored) or EOF.
-        let mut buf = [0u8; 512];
-        // SAFETY: reading into a local buffer of the stated length.
-        let r = unsafe {
-            libc::recv(
-                self.fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        r == 0
-            || (r < 0
-                && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
-                && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+        let mut sink = Vec::new();
+        !matches!(self.read_available(&mut sink), Ok(Some(_)))
     }
+}
+
+/// A line sent on the current connection and not yet confirmed.
+struct InFlight {
+    /// Framed bytes written on this connection up to and including this line.
+    end: u64,
+    line: Vec<u8>,
 }
 
 pub struct NetSink {
     endpoint: Endpoint,
     framing: Framing,
     /// Turns a record into one payload (no trailing newline).
-    render: Box<dyn FnMut(&Record) -> Vec<u8> + Send>,
+    render: Box<dyn FnMut(RecordId, &Record) -> Vec<u8> + Send>,
     conn: Option<Conn>,
     spill: Spill,
+    /// What a dead connection had not confirmed: sent again before the spill.
+    retry: VecDeque<Vec<u8>>,
+    inflight: VecDeque<InFlight>,
+    /// Framed bytes written on this connection.
+    sent: u64,
+    /// `ack = true`: the collector's acknowledgements, not the transport's, confirm.
+    ack: bool,
+    ack_window: usize,
+    /// Records the collector acknowledged on this connection, and its partial reply line.
+    acked: u64,
+    replies: Vec<u8>,
     backoff_min: Duration,
     backoff_max: Duration,
     backoff: Duration,
@@ -101,7 +192,7 @@ impl NetSink {
         c: &SinkConfig,
         endpoint: Endpoint,
         framing: Framing,
-        render: Box<dyn FnMut(&Record) -> Vec<u8> + Send>,
+        render: Box<dyn FnMut(RecordId, &Record) -> Vec<u8> + Send>,
         counters: Arc<SinkCounters>,
     ) -> io::Result<Self> {
         let o = c.options();
@@ -117,6 +208,13 @@ impl NetSink {
             render,
             conn: None,
             spill,
+            retry: VecDeque::new(),
+            inflight: VecDeque::new(),
+            sent: 0,
+            ack: o.ack == Some(true),
+            ack_window: o.ack_window.unwrap_or(1024).max(1) as usize,
+            acked: 0,
+            replies: Vec::new(),
             backoff_min,
             backoff_max: Duration::from_millis(o.backoff_max.unwrap_or(30_000)).max(backoff_min),
             backoff: backoff_min,
@@ -127,13 +225,27 @@ impl NetSink {
         s.counters
             .spill_bytes
             .store(s.spill.bytes(), super::RELAXED);
-        s.pump();
+        if let Err(e) = s.pump() {
+            match c.on_unreachable() {
+                Unreachable::Fail => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot reach {}: {e} (on_unreachable = \"warn\" starts anyway, spilling)", s.endpoint),
+                    ))
+                }
+                Unreachable::Warn => eprintln!(
+                    "snapmon: WARNING: sink {}: cannot reach {}: {e}; records are spilled until it can (snapmon_sink_up 0)",
+                    s.counters.name, s.endpoint
+                ),
+            }
+        }
         Ok(s)
     }
 
     fn connect(&self) -> io::Result<Conn> {
         match &self.endpoint {
             Endpoint::Unix(p) => {
+                check_socket_owner(p)?;
                 let s = UnixStream::connect(p)?;
                 s.set_write_timeout(Some(self.write_timeout))?;
                 Ok(Conn::Unix(s))
@@ -167,20 +279,103 @@ impl NetSink {
         }
     }
 
-    /// Send one spill-format line (with `\n`) now, or report why not.
-    fn send(&mut self, line: &[u8]) -> io::Result<()> {
-        let framed = self.frame(line);
-        let Some(c) = &mut self.conn else {
-            return Err(io::ErrorKind::NotConnected.into());
+    /// Count what the peer confirmed since the last call. Errors mean the peer is gone or
+    /// broke the protocol.
+    fn confirm(&mut self) -> io::Result<()> {
+        let Some(c) = &self.conn else {
+            return Ok(());
         };
-        if c.peer_gone() {
-            return Err(io::ErrorKind::ConnectionReset.into());
+        let mut n = 0u64;
+        if self.ack {
+            if c.read_available(&mut self.replies)?.is_none() {
+                return Err(io::ErrorKind::ConnectionReset.into());
+            }
+            while let Some(i) = self.replies.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.replies.drain(..=i).collect();
+                let text = String::from_utf8_lossy(&line);
+                let count = text
+                    .trim_end()
+                    .strip_prefix("ack ")
+                    .and_then(|x| x.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("collector sent {:?}, not `ack N`", text.trim_end()),
+                        )
+                    })?;
+                if count > self.acked {
+                    n += count - self.acked;
+                    self.acked = count;
+                }
+            }
+            let n = n.min(self.inflight.len() as u64);
+            self.inflight.drain(..n as usize);
+            self.counters.written.fetch_add(n, super::RELAXED);
+        } else {
+            let done = self.sent.saturating_sub(c.unconfirmed_bytes()?);
+            while self.inflight.front().is_some_and(|f| f.end <= done) {
+                self.inflight.pop_front();
+                n += 1;
+            }
+            self.counters.written.fetch_add(n, super::RELAXED);
         }
-        c.write_all(&framed)
+        Ok(())
     }
 
+    /// Send one spill-format line (with `\n`) now, or report why not.
+    fn send(&mut self, line: Vec<u8>) -> Result<(), (io::Error, Vec<u8>)> {
+        if self.conn.is_none() {
+            return Err((io::ErrorKind::NotConnected.into(), line));
+        }
+        if let Err(e) = self.confirm() {
+            return Err((e, line));
+        }
+        if self.ack {
+            // A full window waits for the collector, at most write_timeout.
+            let deadline = Instant::now() + self.write_timeout;
+            while self.inflight.len() >= self.ack_window {
+                if Instant::now() >= deadline {
+                    return Err((
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("no acknowledgement within {:?}", self.write_timeout),
+                        ),
+                        line,
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                if let Err(e) = self.confirm() {
+                    return Err((e, line));
+                }
+            }
+        }
+        let framed = self.frame(&line);
+        let Some(c) = &mut self.conn else {
+            return Err((io::ErrorKind::NotConnected.into(), line));
+        };
+        if !self.ack && c.peer_gone() {
+            return Err((io::ErrorKind::ConnectionReset.into(), line));
+        }
+        if let Err(e) = c.write_all(&framed) {
+            return Err((e, line));
+        }
+        self.sent += framed.len() as u64;
+        self.inflight.push_back(InFlight {
+            end: self.sent,
+            line,
+        });
+        Ok(())
+    }
+
+    /// The connection is gone: what it had not confirmed goes back in front of the spill.
     fn disconnected(&mut self, e: &io::Error) {
         self.conn = None;
+        for f in self.inflight.drain(..).rev() {
+            self.retry.push_front(f.line);
+        }
+        self.sent = 0;
+        self.acked = 0;
+        self.replies.clear();
         self.counters.set_state(&format!("disconnected: {e}"));
         self.counters.disconnects.fetch_add(1, super::RELAXED);
         self.next_attempt = Instant::now() + self.backoff;
@@ -197,8 +392,9 @@ impl NetSink {
             .store(self.spill.bytes(), super::RELAXED);
     }
 
-    /// Reconnect when due, then replay a bounded batch of the spill (oldest first).
-    fn pump(&mut self) {
+    /// Reconnect when due, then resend what a dead connection left and replay a bounded
+    /// batch of the spill (oldest first). Err: the peer could not be reached.
+    fn pump(&mut self) -> io::Result<()> {
         if self.conn.is_none() && Instant::now() >= self.next_attempt {
             match self.connect() {
                 Ok(c) => {
@@ -210,12 +406,23 @@ impl NetSink {
                     self.counters.set_state(&format!("connecting: {e}"));
                     self.next_attempt = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(self.backoff_max);
-                    return;
+                    return Err(e);
                 }
             }
         }
         if self.conn.is_none() {
-            return;
+            return Ok(());
+        }
+        if let Err(e) = self.confirm() {
+            self.disconnected(&e);
+            return Ok(());
+        }
+        while let Some(line) = self.retry.pop_front() {
+            if let Err((e, line)) = self.send(line) {
+                self.retry.push_front(line);
+                self.disconnected(&e);
+                return Ok(());
+            }
         }
         // Bounded so fresh records keep flowing into the spill behind the replay.
         for _ in 0..4096 {
@@ -229,12 +436,9 @@ impl NetSink {
                     continue;
                 }
             };
-            match self.send(&line) {
-                Ok(()) => {
-                    self.spill.pop();
-                    self.counters.written.fetch_add(1, super::RELAXED);
-                }
-                Err(e) => {
+            match self.send(line) {
+                Ok(()) => self.spill.pop(),
+                Err((e, _)) => {
                     self.disconnected(&e);
                     break;
                 }
@@ -243,54 +447,80 @@ impl NetSink {
         self.counters
             .spill_bytes
             .store(self.spill.bytes(), super::RELAXED);
+        Ok(())
+    }
+
+    /// Records not yet confirmed, in the retry queue or the spill.
+    fn pending(&self) -> bool {
+        !self.inflight.is_empty() || !self.retry.is_empty() || !self.spill.is_empty()
     }
 }
 
 impl SinkWriter for NetSink {
     fn write(&mut self, r: &Record) {
-        let mut line = (self.render)(r);
+        self.write_id(RecordId::next(), r)
+    }
+
+    fn write_id(&mut self, id: RecordId, r: &Record) {
+        let mut line = (self.render)(id, r);
         line.push(b'\n');
-        self.pump();
-        if self.conn.is_some() && self.spill.is_empty() {
-            match self.send(&line) {
-                Ok(()) => {
-                    self.counters.written.fetch_add(1, super::RELAXED);
+        let _ = self.pump();
+        if self.conn.is_some() && self.retry.is_empty() && self.spill.is_empty() {
+            match self.send(line) {
+                Ok(()) => return,
+                Err((e, l)) => {
+                    // Sent nowhere: it goes first on the next connection.
+                    self.retry.push_back(l);
+                    self.disconnected(&e);
                     return;
                 }
-                Err(e) => self.disconnected(&e),
             }
         }
         self.spill(&line);
     }
 
     fn tick(&mut self) {
-        self.pump();
+        let _ = self.pump();
     }
 
     fn reopen(&mut self) {
         // Reconnect: a collector that was restarted behind a load balancer, for example.
-        self.conn = None;
+        if self.conn.is_some() {
+            let _ = self.confirm();
+            self.disconnected(&io::Error::other("reopen requested"));
+        }
         self.next_attempt = Instant::now();
-        self.pump();
+        let _ = self.pump();
     }
 
     fn close(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.conn.is_some() && !self.spill.is_empty() && Instant::now() < deadline {
-            self.pump();
-        }
-        // A disk spill stays for the next run; a memory spill is lost: count it.
-        if let Spill::Memory { lines, .. } = &self.spill {
-            if !lines.is_empty() {
-                self.counters.lose(Cause::Shutdown, lines.len() as u64);
+        while self.conn.is_some() && self.pending() && Instant::now() < deadline {
+            let _ = self.pump();
+            if self.spill.is_empty() && self.retry.is_empty() {
+                // Only confirmations are outstanding.
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
+        if self.conn.is_some() {
+            let _ = self.confirm();
+        }
+        let unconfirmed: Vec<Vec<u8>> = self
+            .retry
+            .drain(..)
+            .chain(self.inflight.drain(..).map(|f| f.line))
+            .collect();
+        // A disk spill keeps them for the next run (a stream or a consumer drops what it
+        // already has); from a memory spill they are lost.
+        let (lost, failed) = self.spill.shutdown(unconfirmed);
+        self.counters.lose(Cause::Shutdown, lost);
+        self.counters.lose(Cause::SpillError, failed);
         self.conn = None;
         self.counters.set_state("closed");
     }
 
     fn backlog(&self) -> bool {
-        !self.spill.is_empty() && self.conn.is_some()
+        (!self.spill.is_empty() || !self.retry.is_empty()) && self.conn.is_some()
     }
 }
 

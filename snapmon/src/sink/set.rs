@@ -8,8 +8,10 @@ use super::*;
 pub enum Cause {
     /// The sink's queue was full (the sink is slower than the event rate).
     QueueFull,
-    /// The write failed (disk full, permission, datagram refused).
+    /// The write failed (I/O error, permission, datagram refused).
     WriteError,
+    /// The write failed for want of space (ENOSPC, EDQUOT).
+    NoSpace,
     /// The peer was down and the spill reached its bound.
     SpillFull,
     /// The spill itself failed (disk error).
@@ -21,9 +23,10 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 6] = [
+    pub const ALL: [Cause; 7] = [
         Cause::QueueFull,
         Cause::WriteError,
+        Cause::NoSpace,
         Cause::SpillFull,
         Cause::SpillError,
         Cause::Shutdown,
@@ -33,6 +36,7 @@ impl Cause {
         match self {
             Cause::QueueFull => "queue_full",
             Cause::WriteError => "write_error",
+            Cause::NoSpace => "no_space",
             Cause::SpillFull => "spill_full",
             Cause::SpillError => "spill_error",
             Cause::Shutdown => "shutdown",
@@ -54,7 +58,7 @@ pub struct SinkCounters {
     pub rotations: AtomicU64,
     pub disconnects: AtomicU64,
     pub spill_bytes: AtomicU64,
-    dropped: [AtomicU64; 6],
+    dropped: [AtomicU64; Cause::ALL.len()],
     /// Records in the channel right now.
     queued: AtomicI64,
     /// stdout's reader went away.
@@ -118,6 +122,12 @@ impl SinkCounters {
 pub trait SinkWriter: Send {
     /// Write (or spill) one record; failures are counted by the writer, never returned.
     fn write(&mut self, r: &Record);
+    /// As `write`, for a record stamped with its id (what the sink thread calls). Writers that
+    /// put the id on the wire override it.
+    fn write_id(&mut self, id: RecordId, r: &Record) {
+        let _ = id;
+        self.write(r)
+    }
     /// The queue is empty for now: flush what interactive readers should see.
     fn idle(&mut self) {}
     /// Periodic work: flush/fsync by policy, time rotation, reconnect, spill replay.
@@ -142,7 +152,7 @@ pub enum StartError {
 
 /// Records go to a sink's thread in batches: one wake-up and one flush per batch, not per
 /// record.
-type Batch = Vec<Arc<Record>>;
+type Batch = Vec<(RecordId, Arc<Record>)>;
 
 /// Records held back while a batch is open (`SinkSet::batch`) before the hand-off.
 const BATCH_MAX: usize = 256;
@@ -163,9 +173,11 @@ pub struct SinkSet {
     sinks: Vec<Handle>,
     registry: Arc<Registry>,
     /// Drop counts already reported by `take_drops`.
-    reported: Mutex<Vec<[u64; 6]>>,
+    reported: Mutex<Vec<[u64; Cause::ALL.len()]>>,
     /// Inside `batch`: hold records until it ends (or `BATCH_MAX` are pending).
     batching: AtomicBool,
+    /// What earlier runs left in the file sinks' files (`previous_run` of `started`).
+    previous_runs: Vec<serde_json::Value>,
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -179,8 +191,8 @@ fn worker(
     let mut last_tick = Instant::now();
     let write = |w: &mut Box<dyn SinkWriter>, b: Batch| {
         c.queued.fetch_sub(b.len() as i64, RELAXED);
-        for r in b {
-            w.write(&r);
+        for (id, r) in b {
+            w.write_id(id, &r);
         }
     };
     loop {
@@ -233,6 +245,7 @@ impl SinkSet {
             registry: registry.clone(),
             reported: Mutex::new(Vec::new()),
             batching: AtomicBool::new(false),
+            previous_runs: Vec::new(),
         };
         for c in configs {
             let name = c.name();
@@ -257,10 +270,15 @@ impl SinkSet {
                     registry.clone(),
                     counters.clone(),
                 )),
-                SinkConfig::File(_) => Box::new(
-                    file::FileSink::open(c, format, host.clone(), counters.clone())
-                        .map_err(open_err)?,
-                ),
+                SinkConfig::File(_) => {
+                    let f = file::FileSink::open(c, format, host.clone(), counters.clone())
+                        .map_err(open_err)?;
+                    if let Some(mut p) = f.previous_run() {
+                        p["sink"] = json!(name);
+                        set.previous_runs.push(p);
+                    }
+                    Box::new(f)
+                }
                 SinkConfig::Unix(_) | SinkConfig::Tcp(_) => {
                     let addr = o.address.clone().unwrap_or_default();
                     let ep = match c {
@@ -273,7 +291,7 @@ impl SinkSet {
                             c,
                             ep,
                             net::Framing::Newline,
-                            Box::new(move |r| render(format, r, &h, false)),
+                            Box::new(move |id, r| render_id(format, r, Some(id), &h, false)),
                             counters.clone(),
                         )
                         .map_err(open_err)?,
@@ -291,6 +309,12 @@ impl SinkSet {
                         app: o.app_name.clone().unwrap_or_else(|| "snapmon".into()),
                         format,
                         pid: std::process::id(),
+                        protocol: o.protocol.unwrap_or(if t == SyslogTransport::Unix {
+                            config::SyslogProtocol::Rfc3164
+                        } else {
+                            config::SyslogProtocol::Rfc5424
+                        }),
+                        max: c.max_message(),
                     };
                     let addr = o.address.clone().unwrap_or_else(|| "/dev/log".into());
                     if t == SyslogTransport::Tcp {
@@ -299,15 +323,37 @@ impl SinkSet {
                                 c,
                                 net::Endpoint::Tcp(addr),
                                 net::Framing::OctetCount,
-                                Box::new(move |r| f.message(r)),
+                                Box::new(move |id, r| f.message(id, r)),
                                 counters.clone(),
                             )
                             .map_err(open_err)?,
                         )
                     } else {
-                        Box::new(syslog::DatagramSink::new(t, addr, f, counters.clone()))
+                        let (d, r) = syslog::DatagramSink::new(t, addr, f, counters.clone());
+                        if let Err(e) = r {
+                            match c.on_unreachable() {
+                                config::Unreachable::Fail => {
+                                    return Err(open_err(io::Error::new(
+                                        e.kind(),
+                                        format!(
+                                            "cannot reach {}: {e} (on_unreachable = \"warn\" starts anyway)",
+                                            d.target()
+                                        ),
+                                    )))
+                                }
+                                config::Unreachable::Warn => eprintln!(
+                                    "snapmon: WARNING: sink {name}: cannot reach {}: {e}; its records are dropped and counted until it can (snapmon_sink_up 0)",
+                                    d.target()
+                                ),
+                            }
+                        }
+                        Box::new(d)
                     }
                 }
+                SinkConfig::Nats(_) => Box::new(
+                    nats::NatsSink::new(c, format, host.clone(), counters.clone())
+                        .map_err(open_err)?,
+                ),
             };
             set.add_writer(writer, c.filter(), counters, c.queue())
                 .map_err(open_err)?;
@@ -340,13 +386,25 @@ impl SinkSet {
             thread: Some(thread),
         });
         if let Ok(mut r) = self.reported.lock() {
-            r.push([0; 6]);
+            r.push([0; Cause::ALL.len()]);
         }
         Ok(())
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// How the previous run ended, from the files it left (`started.previous_run`):
+    /// `clean` is false when any file sink found its file not closed (the run was killed or
+    /// crashed); `logs` has one entry per file sink that continued a file. Null when no file
+    /// sink found an earlier file.
+    pub fn previous_run(&self) -> serde_json::Value {
+        if self.previous_runs.is_empty() {
+            return serde_json::Value::Null;
+        }
+        let clean = self.previous_runs.iter().all(|p| p["clean"] == true);
+        json!({"clean": clean, "logs": self.previous_runs})
     }
 
     /// Hand a record to every sink whose filter takes it. Never blocks. `Err` only when
@@ -372,6 +430,8 @@ impl SinkSet {
         let control = matches!(r, Record::State(_) | Record::Metric(_));
         let mut closed = false;
         let batching = self.batching.load(RELAXED);
+        // One id for every sink's copy.
+        let id = RecordId::next();
         for h in &self.sinks {
             let c = &h.counters;
             c.received.fetch_add(1, RELAXED);
@@ -395,7 +455,7 @@ impl SinkSet {
                 c.lose(Cause::SinkDead, 1);
                 continue;
             };
-            p.push(rec);
+            p.push((id, rec));
             if !batching || p.len() >= BATCH_MAX {
                 hand_off(h, &mut p);
             }

@@ -1,10 +1,14 @@
 //! Bounded spill for network sinks: lines queued while the peer is unreachable, replayed in
 //! order on reconnect. On disk (segment files, survives a restart) or in memory.
+//!
+//! Records carry command lines and paths: the directory is kept at 0700 and segments at 0600,
+//! whatever the umask or an earlier version left.
 
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
     io::{self, BufRead, BufReader, Write},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::PathBuf,
 };
 
@@ -44,6 +48,7 @@ impl Spill {
     /// Open (and adopt what an earlier run left in) `dir`.
     pub fn disk(dir: PathBuf, max: u64) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let mut segs = Vec::new();
         for e in fs::read_dir(&dir)? {
             let e = e?;
@@ -55,7 +60,11 @@ impl Spill {
             else {
                 continue;
             };
-            segs.push((id, e.metadata()?.len()));
+            let m = e.metadata()?;
+            if m.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))?;
+            }
+            segs.push((id, m.len()));
         }
         segs.sort();
         let bytes = segs.iter().map(|s| s.1).sum();
@@ -104,6 +113,27 @@ impl Spill {
         }
     }
 
+    /// At shutdown, with `left` the lines a sink could not get confirmed: a disk spill keeps
+    /// them for the next run (which may deliver some twice); from a memory spill they are lost,
+    /// with what it still holds: that count is returned.
+    pub fn shutdown(&mut self, left: Vec<Vec<u8>>) -> (u64, u64) {
+        let mut kept_errors = 0;
+        match self {
+            Spill::Disk(_) => {
+                let mut lost = 0;
+                for l in &left {
+                    match self.push(l) {
+                        Ok(true) => {}
+                        Ok(false) => lost += 1,
+                        Err(_) => kept_errors += 1,
+                    }
+                }
+                (lost, kept_errors)
+            }
+            Spill::Memory { lines, .. } => ((lines.len() + left.len()) as u64, 0),
+        }
+    }
+
     /// Remove the line `peek` returned.
     pub fn pop(&mut self) {
         match self {
@@ -139,6 +169,7 @@ impl DiskSpill {
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(self.seg_path(id))?;
             self.writer = Some(f);
             self.segs.push_back((id, 0));
@@ -218,5 +249,26 @@ mod tests {
         assert_eq!(got[13], b"late\n");
         assert!(s.is_empty());
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn spill_is_private_whatever_an_old_run_left() {
+        let tmp = crate::testutil::TmpDir::new("spill-mode");
+        let dir = tmp.path("spill");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        // A segment an older version left world-readable.
+        let old = dir.join("000000000000.seg");
+        fs::write(&old, "old\n").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut s = Spill::disk(dir.clone(), 1 << 20).unwrap();
+        assert_eq!(s.peek().unwrap().unwrap(), b"old\n");
+        s.pop();
+        s.push(b"new\n").unwrap();
+        let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for e in fs::read_dir(&dir).unwrap() {
+            assert_eq!(mode(&e.unwrap().path()), 0o600);
+        }
     }
 }

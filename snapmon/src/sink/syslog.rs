@@ -1,7 +1,13 @@
-//! Syslog sink: RFC 5424 messages over the local socket (`/dev/log`), UDP, or TCP with
-//! RFC 6587 octet counting (the TCP transport reuses the stream sink's reconnect and spill).
+//! Syslog sink: RFC 5424 messages over UDP or TCP with RFC 6587 octet counting (the TCP
+//! transport reuses the stream sink's reconnect and spill), and the local socket (`/dev/log`)
+//! in the layout syslog(3) writes there (`<PRI>Mmm dd hh:mm:ss snapmon[PID]: MSG`), which
+//! every local daemon (journald, rsyslog's imuxsock, syslog-ng's unix-dgram) parses as is.
 //!
-//! `<PRI>1 TIMESTAMP HOSTNAME snapmon PID MSGID [snapmon@32473 kind="…" rule="…" severity="…" seq="…"] MSG`
+//! No message is longer than `max_message` (8 KiB, 2 KiB over UDP; rsyslog's default limit
+//! is 8 KiB and RFC 5426 only promises 2 KiB datagrams): a longer record is shrunk by
+//! `sink::fit`, never cut into invalid JSON.
+//!
+//! `<PRI>1 TIMESTAMP HOSTNAME snapmon PID MSGID [snapmon@32473 kind="…" id="…" rule="…" severity="…" seq="…"] MSG`
 //! - PRI = facility × 8 + severity: critical→2 (crit), high→3 (err), medium→4 (warning),
 //!   low→5 (notice), info and events→6 (info), state→5, metric→4.
 //! - MSGID = `event`, `alert`, `state` or `metric`; MSG = the record in the sink's format.
@@ -9,7 +15,10 @@
 
 use std::{io, net::UdpSocket, os::unix::net::UnixDatagram, path::PathBuf, sync::Arc};
 
-use super::{config::SyslogTransport, render, Cause, Format, SinkCounters, SinkWriter};
+use super::{
+    config::{SyslogProtocol, SyslogTransport},
+    fit, render_id, Cause, Format, RecordId, SinkCounters, SinkWriter,
+};
 use crate::record::{Record, Severity};
 
 pub fn facility_code(name: &str) -> Option<u8> {
@@ -73,23 +82,65 @@ fn header_field(s: &str, max: usize) -> String {
     }
 }
 
+/// `Mmm dd hh:mm:ss` in local time, as syslog(3) writes it.
+fn rfc3164_time(unix_ns: i128) -> String {
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t = unix_ns.div_euclid(1_000_000_000) as libc::time_t;
+    // SAFETY: localtime_r fills the zeroed struct we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&t, &mut tm) };
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MON[tm.tm_mon.clamp(0, 11) as usize],
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 pub struct Formatter {
     pub facility: u8,
     pub host: String,
     pub app: String,
     pub format: Format,
     pub pid: u32,
+    pub protocol: SyslogProtocol,
+    /// Largest message (header included).
+    pub max: usize,
 }
 
 impl Formatter {
-    /// One RFC 5424 message (no framing, no newline).
-    pub fn message(&self, r: &Record) -> Vec<u8> {
+    /// One message (no framing, no newline), at most `max` bytes.
+    pub fn message(&self, id: RecordId, r: &Record) -> Vec<u8> {
         let pri = self.facility as u32 * 8 + level(r) as u32;
         let ts_ns = match r {
             Record::Event(e) => e.ts_unix_ns,
             Record::Alert(a) => a.event.ts_unix_ns,
             _ => super::json::now_unix_ns(),
         };
+        let mut out = match self.protocol {
+            SyslogProtocol::Rfc5424 => self.header_5424(pri, ts_ns, id, r),
+            SyslogProtocol::Rfc3164 => format!(
+                "<{pri}>{} {}[{}]: ",
+                rfc3164_time(ts_ns),
+                header_field(&self.app, 32),
+                self.pid
+            )
+            .into_bytes(),
+        };
+        let body = render_id(self.format, r, Some(id), &self.host, false);
+        let budget = self.max.saturating_sub(out.len());
+        out.extend_from_slice(&match self.format {
+            Format::Tail => fit::fit_text(body, budget),
+            _ => fit::fit(body, budget),
+        });
+        out
+    }
+
+    fn header_5424(&self, pri: u32, ts_ns: i128, id: RecordId, r: &Record) -> Vec<u8> {
         // RFC 5424 allows at most 6 fractional digits.
         let ts = super::json::rfc3339(ts_ns);
         let ts = format!("{}Z", &ts[..26]);
@@ -97,7 +148,7 @@ impl Formatter {
             Record::Alert(a) => (
                 "alert",
                 format!(
-                    "[snapmon@32473 kind=\"alert\" rule=\"{}\" severity=\"{}\" seq=\"{}\"]",
+                    "[snapmon@32473 kind=\"alert\" id=\"{id}\" rule=\"{}\" severity=\"{}\" seq=\"{}\"]",
                     sd_escape(&a.rule_id),
                     a.severity.as_str(),
                     a.event.seq
@@ -106,7 +157,7 @@ impl Formatter {
             Record::Event(e) => (
                 "event",
                 format!(
-                    "[snapmon@32473 kind=\"event\" action=\"{}\" seq=\"{}\"]",
+                    "[snapmon@32473 kind=\"event\" id=\"{id}\" action=\"{}\" seq=\"{}\"]",
                     sd_escape(e.action),
                     e.seq
                 ),
@@ -114,27 +165,25 @@ impl Formatter {
             Record::State(s) => (
                 "state",
                 format!(
-                    "[snapmon@32473 kind=\"state\" action=\"{}\"]",
+                    "[snapmon@32473 kind=\"state\" id=\"{id}\" action=\"{}\"]",
                     sd_escape(s.action)
                 ),
             ),
             Record::Metric(m) => (
                 "metric",
                 format!(
-                    "[snapmon@32473 kind=\"metric\" action=\"{}\"]",
+                    "[snapmon@32473 kind=\"metric\" id=\"{id}\" action=\"{}\"]",
                     sd_escape(m.action)
                 ),
             ),
         };
-        let mut out = format!(
+        format!(
             "<{pri}>1 {ts} {} {} {} {msgid} {sd} ",
             header_field(&self.host, 255),
             header_field(&self.app, 48),
             self.pid
         )
-        .into_bytes();
-        out.extend_from_slice(&render(self.format, r, &self.host, false));
-        out
+        .into_bytes()
     }
 }
 
@@ -151,37 +200,47 @@ pub struct DatagramSink {
 }
 
 impl DatagramSink {
+    /// Connects at once: `Err` when the target cannot be reached (no `/dev/log`, a socket
+    /// not owned by root, an address that does not resolve). UDP cannot tell more.
     pub fn new(
         transport: SyslogTransport,
         address: String,
         fmt: Formatter,
         counters: Arc<SinkCounters>,
-    ) -> Self {
+    ) -> (Self, io::Result<()>) {
         let sock = match transport {
             SyslogTransport::Udp => Datagram::Udp(address, None),
             _ => Datagram::Unix(PathBuf::from(address), None),
         };
-        DatagramSink {
+        let mut s = DatagramSink {
             fmt,
             sock,
             counters,
+        };
+        let r = s.connect();
+        match &r {
+            Ok(()) => s.counters.set_state("connected"),
+            Err(e) => s.counters.set_state(&format!("connecting: {e}")),
+        }
+        (s, r)
+    }
+
+    pub fn target(&self) -> String {
+        match &self.sock {
+            Datagram::Unix(p, _) => p.display().to_string(),
+            Datagram::Udp(a, _) => a.clone(),
         }
     }
 
-    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+    fn connect(&mut self) -> io::Result<()> {
         match &mut self.sock {
             Datagram::Unix(p, s) => {
                 if s.is_none() {
+                    super::net::check_socket_owner(p)?;
                     let d = UnixDatagram::unbound()?;
                     d.connect(&*p)?;
                     *s = Some(d);
                 }
-                let r = s.as_ref().map(|d| d.send(msg)).unwrap_or(Ok(0));
-                if r.is_err() {
-                    // syslogd restarted: the next record reconnects.
-                    *s = None;
-                }
-                r.map(|_| ())
             }
             Datagram::Udp(a, s) => {
                 if s.is_none() {
@@ -193,9 +252,24 @@ impl DatagramSink {
                     d.connect(a.as_str())?;
                     *s = Some(d);
                 }
-                // Keep under the common 64 KiB datagram limit.
-                let m = &msg[..msg.len().min(65_000)];
-                let r = s.as_ref().map(|d| d.send(m)).unwrap_or(Ok(0));
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        self.connect()?;
+        match &mut self.sock {
+            Datagram::Unix(_, s) => {
+                let r = s.as_ref().map(|d| d.send(msg)).unwrap_or(Ok(0));
+                if r.is_err() {
+                    // syslogd restarted: the next record reconnects.
+                    *s = None;
+                }
+                r.map(|_| ())
+            }
+            Datagram::Udp(_, s) => {
+                let r = s.as_ref().map(|d| d.send(msg)).unwrap_or(Ok(0));
                 if r.is_err() {
                     *s = None;
                 }
@@ -207,7 +281,11 @@ impl DatagramSink {
 
 impl SinkWriter for DatagramSink {
     fn write(&mut self, r: &Record) {
-        let msg = self.fmt.message(r);
+        self.write_id(RecordId::next(), r)
+    }
+
+    fn write_id(&mut self, id: RecordId, r: &Record) {
+        let msg = self.fmt.message(id, r);
         match self.send(&msg) {
             Ok(()) => {
                 self.counters.written.fetch_add(1, super::RELAXED);
@@ -244,6 +322,8 @@ mod tests {
             app: "snapmon".into(),
             format: Format::Tail,
             pid: 7,
+            protocol: SyslogProtocol::Rfc5424,
+            max: 8192,
         };
         let r = Record::Alert(Box::new(Alert {
             rule_id: "SM\"]1".into(),
@@ -258,12 +338,65 @@ mod tests {
             },
             related_seq: vec![],
         }));
-        let m = String::from_utf8(f.message(&r)).unwrap();
-        assert!(
-            m.starts_with("<131>1 2026-11-28T17:30:00.123456Z host1 snapmon 7 alert [snapmon@32473 kind=\"alert\" rule=\"SM\\\"\\]1\" severity=\"high\" seq=\"9\"] ! HIGH"),
-            "{m}"
-        );
+        let id = RecordId(5);
+        let m = String::from_utf8(f.message(id, &r)).unwrap();
+        let want = format!("<131>1 2026-11-28T17:30:00.123456Z host1 snapmon 7 alert [snapmon@32473 kind=\"alert\" id=\"{id}\" rule=\"SM\\\"\\]1\" severity=\"high\" seq=\"9\"] ! HIGH");
+        assert!(m.starts_with(&want), "{m}\n{want}");
         assert!(!m.contains('\x1b'));
+        // The local socket layout: what syslog(3) writes.
+        let f = Formatter {
+            protocol: SyslogProtocol::Rfc3164,
+            format: Format::Json,
+            ..f
+        };
+        let m = String::from_utf8(f.message(id, &r)).unwrap();
+        let (head, json) = m.split_once(": ").unwrap();
+        assert!(
+            head.starts_with("<131>") && head.ends_with(" snapmon[7]"),
+            "{head}"
+        );
+        assert_eq!(
+            head.len(),
+            "<131>Nov 28 17:30:00 snapmon[7]".len(),
+            "{head}"
+        );
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["event"]["id"], id.to_string());
+    }
+
+    #[test]
+    fn no_message_is_longer_than_the_limit_and_each_is_valid_json() {
+        let mut big = crate::sink::fixtures::event(1);
+        big.process.args = (0..400)
+            .map(|i| crate::event::Bytes(format!("--argument-{i}=value").into_bytes()))
+            .collect();
+        let r = Record::Event(big);
+        for (protocol, max) in [
+            (SyslogProtocol::Rfc5424, 2048),
+            (SyslogProtocol::Rfc5424, 8192),
+            (SyslogProtocol::Rfc3164, 1024),
+        ] {
+            let f = Formatter {
+                facility: 16,
+                host: "h".into(),
+                app: "snapmon".into(),
+                format: Format::Json,
+                pid: 7,
+                protocol,
+                max,
+            };
+            let m = f.message(RecordId(1), &r);
+            assert!(m.len() <= max, "{} > {max}", m.len());
+            let s = String::from_utf8(m).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&s[s.find('{').unwrap()..]).unwrap();
+            assert!(
+                v["snapmon"]["truncated"]["original_bytes"]
+                    .as_u64()
+                    .unwrap()
+                    > max as u64
+            );
+            assert_eq!(v["event"]["action"], "pwrite64");
+        }
     }
 
     fn free_port() -> u16 {
@@ -374,7 +507,11 @@ template(name="t" type="string" string="%pri% %app-name% %msgid% %structured-dat
             .iter()
             .find(|l| l.starts_with("131 "))
             .unwrap_or_else(|| panic!("{got}"));
-        assert!(tcp_high.starts_with("131 snapmon alert [snapmon@32473 kind=\"alert\" rule=\"SM001\" severity=\"high\" seq=\"2\"] {"), "{tcp_high}");
+        assert!(
+            tcp_high.starts_with("131 snapmon alert [snapmon@32473 kind=\"alert\" id=\"")
+                && tcp_high.contains("\" rule=\"SM001\" severity=\"high\" seq=\"2\"] {"),
+            "{tcp_high}"
+        );
         let json = &tcp_high[tcp_high.find('{').unwrap()..];
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["rule"]["id"], "SM001");
