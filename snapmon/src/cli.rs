@@ -15,7 +15,7 @@ use crate::{
 #[derive(Parser)]
 #[command(
     name = "snapmon",
-    version,
+    version = crate::build_info::LONG,
     about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF"
 )]
 pub struct Cli {
@@ -78,6 +78,9 @@ pub enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Packaging: write shell completions and man pages under DIR (`cargo xtask package`).
+    #[command(hide = true)]
+    DistAssets { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -235,6 +238,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             fail_on,
         } => crate::offline::inspect(&images, json, fail_on),
         Cmd::Doctor { json } => crate::doctor::run(json),
+        Cmd::DistAssets { dir } => crate::dist::generate(&dir).map(|_| ()),
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
         Cmd::VerifyLog { files, key, live } => {

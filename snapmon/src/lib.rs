@@ -2,10 +2,12 @@
 //! lineage/enrich → classify → rules → sinks), so tools, tests and fuzzers can drive them.
 
 pub mod agent;
+pub mod build_info;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod dist;
 pub mod doctor;
 pub mod enforce;
 pub mod enrich;
@@ -14,6 +16,7 @@ pub mod kernel;
 pub mod lineage;
 pub mod lineage_bridge;
 pub mod metrics;
+pub mod notify;
 pub mod offline;
 pub mod pipeline;
 pub mod record;

@@ -2,6 +2,8 @@
 
 mod bench;
 mod fuzz;
+mod package;
+mod rootfs;
 mod setup;
 mod suites;
 mod vm;
@@ -73,6 +75,9 @@ enum Cmd {
         /// Only these targets.
         targets: Vec<String>,
     },
+    /// Build the Debian package: target/debian/snapmon_<version>-1_amd64.deb (stripped binary,
+    /// policy conffile, systemd unit, completions, man pages) and its -dbgsym package.
+    Package,
     /// Set up, build (release) and run the agent with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -101,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             save_fixtures,
         }),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::Package => package::package().map(|_| ()),
         Cmd::Fuzz { seconds, targets } => {
             setup::setup()?;
             fuzz::fuzz(seconds, &targets)
@@ -174,6 +180,10 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
         kernel_release()
     );
     build(false)?;
+    // The package suite installs this tree's .deb into the cached clean root.
+    println!("== the Debian package and a clean Debian 12 root for it");
+    let pkg = package::package()?;
+    let rootfs = rootfs::root()?;
     // Serially (they share one agent per binary and assert on pids). VM-only suites (real
     // device-mapper, ZFS) run inside `cargo xtask vm-test` only; a suite with a host prefix runs
     // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM).
@@ -181,7 +191,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     let mut res = Ok(());
     let plain: Vec<&str> = suites
         .iter()
-        .filter(|s| !s.vm_only && s.host_prefix.is_none())
+        .filter(|s| !s.vm_only && !s.systemd && s.host_prefix.is_none())
         .flat_map(|s| ["--test", s.name.as_str()])
         .collect();
     let mut runs: Vec<(Vec<&str>, Option<&str>)> = vec![(plain, None)];
@@ -196,7 +206,9 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
             .args(&targets)
             .args(["--", "--test-threads=1"])
             .args(filter);
-        c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
+        c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"))
+            .env("SNAPMON_DEB", &pkg.deb)
+            .env("SNAPMON_ROOTFS", &rootfs);
         res = res.and(tally.run(&mut c));
     }
     let vm = if no_vm {

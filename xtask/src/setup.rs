@@ -28,6 +28,19 @@ const PACKAGES: &[&str] = &[
     // pahole: 6.12's kbuild generates BTF for out-of-tree modules (the vm-test ZFS build).
     "dwarves",
 ];
+/// Packaging and its tests (`cargo xtask package`, tests/tests/package.rs): objcopy/strip and
+/// dpkg-shlibdeps for cargo-deb, debootstrap for the clean install root and the systemd guest,
+/// systemd for `systemd-analyze security`, buildah/skopeo for the OCI image.
+const PACKAGING_PACKAGES: &[&str] = &[
+    "binutils",
+    "dpkg-dev",
+    "debootstrap",
+    "systemd",
+    "buildah",
+    "skopeo",
+];
+/// cargo-deb, pinned: `cargo xtask package` builds the .deb with it.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// From bookworm-backports: qemu-utils 10 (plain bookworm's qemu-system-x86 7.2 would remove it).
 const BACKPORTS: &[&str] = &["qemu-utils", "qemu-system-x86"];
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/snapmon-backports.list";
@@ -36,6 +49,7 @@ pub fn setup() -> anyhow::Result<()> {
     apt()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     mounts()?;
     Ok(())
 }
@@ -55,7 +69,12 @@ fn qemu_img_major() -> Option<u32> {
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .chain(PACKAGING_PACKAGES)
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     let bp_missing =
         BACKPORTS.iter().any(|p| !installed(p)) || qemu_img_major().is_none_or(|v| v < 10);
     if missing.is_empty() && !bp_missing {
@@ -212,6 +231,26 @@ fn bpf_linker() -> anyhow::Result<()> {
     )?;
     std::fs::write(&stamp, want)?;
     Ok(())
+}
+
+/// `cargo deb` at the pinned version (built once with `cargo install`, a few minutes).
+fn cargo_deb() -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if have.ends_with(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    check(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))
 }
 
 fn mounted(fstype: &str, at: &str) -> bool {
