@@ -387,6 +387,201 @@ fn host_unit_file_verifies_and_scores_what_the_docs_say() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The container image and the Kubernetes manifests, up to where no cluster runs here.
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+/// The image's filesystem: its layers (oci-archive from `cargo xtask image`) applied in order.
+fn unpack_oci(archive: &Path, into: &Path) -> Value {
+    let blobs = into.join("archive");
+    std::fs::create_dir_all(&blobs).unwrap();
+    ok(&format!(
+        "tar -xf {} -C {}",
+        archive.display(),
+        blobs.display()
+    ));
+    let blob = |digest: &str| {
+        blobs
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let json =
+        |p: PathBuf| -> Value { serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap() };
+    let index = json(blobs.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let rootfs = into.join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        ok(&format!(
+            "tar -xf {} -C {}",
+            blob(l["digest"].as_str().unwrap()).display(),
+            rootfs.display()
+        ));
+    }
+    json(blob(manifest["config"]["digest"].as_str().unwrap()))
+}
+
+#[test]
+fn host_oci_image_runs_the_packaged_binary() {
+    let archive = PathBuf::from(std::env::var_os("SNAPMON_OCI").expect(
+        "SNAPMON_OCI (target/oci/snapmon-*.oci.tar from `cargo xtask image`) is unset: run through `cargo xtask test`",
+    ));
+    let r = Root::new("oci");
+    let dir = r.tmp.join("oci");
+    let config = unpack_oci(&archive, &dir);
+    let rootfs = dir.join("rootfs");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/usr/sbin/snapmon"])
+    );
+    assert_eq!(config["config"]["Cmd"][0], "run");
+    let labels = &config["config"]["Labels"];
+    assert!(
+        labels["org.opencontainers.image.revision"]
+            .as_str()
+            .is_some_and(|c| c.len() == 40),
+        "{labels}"
+    );
+    // The same binary as the package's.
+    let pkg = r.tmp.join("deb");
+    ok(&format!(
+        "dpkg-deb -x {} {}",
+        deb().display(),
+        pkg.display()
+    ));
+    assert_eq!(
+        std::fs::read(rootfs.join("usr/sbin/snapmon")).unwrap(),
+        std::fs::read(pkg.join("usr/sbin/snapmon")).unwrap(),
+        "the image's binary is not the package's"
+    );
+    // No shell in the image: what runs is the agent alone, on the image's own libraries.
+    assert!(!rootfs.join("bin/sh").exists() && !rootfs.join("usr/bin/sh").exists());
+    for d in ["proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    ok(&format!(
+        "mount -t proc proc {0}/proc && mount --rbind /sys {0}/sys && mount --rbind /dev {0}/dev",
+        rootfs.display()
+    ));
+    let run = |args: &[&str]| {
+        let o = Command::new("chroot")
+            .arg(&rootfs)
+            .arg("/usr/sbin/snapmon")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "snapmon {args:?} in the image: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(run(&["--version"]).contains("(commit "));
+    assert!(run(&["policy", "check", "/etc/snapmon/snapmon.toml"]).contains(": ok"));
+    assert!(
+        run(&["doctor"]).contains("hooks ("),
+        "doctor in the image's root"
+    );
+}
+
+#[test]
+fn host_kubernetes_manifests_match_the_schema_and_the_policy() {
+    let validate = std::env::var("SNAPMON_KUBERNETES_VALIDATE").expect(
+        "SNAPMON_KUBERNETES_VALIDATE (set up by `cargo xtask setup`) is unset: run through `cargo xtask test`",
+    );
+    let manifest = repo("deploy/kubernetes/snapmon.yaml");
+    let o = Command::new(&validate)
+        .arg("--strict")
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    for kind in [
+        "namespace/snapmon",
+        "configmap/snapmon-policy",
+        "daemonset/snapmon",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {kind}")),
+            "{kind} not validated: {out}"
+        );
+    }
+    // The validator is not vacuous: a field the schema does not have, and a wrong type, fail.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let dir = std::env::temp_dir().join(format!("snapmon-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bad) in [
+        (
+            "unknown-field",
+            text.replace(
+                "      hostPID: true",
+                "      hostPID: true
+      hostPIDs: true",
+            ),
+        ),
+        (
+            "wrong-type",
+            text.replace("      hostPID: true", "      hostPID: \"yes\""),
+        ),
+    ] {
+        assert_ne!(bad, text);
+        let p = dir.join(format!("{name}.yaml"));
+        std::fs::write(&p, bad).unwrap();
+        let o = Command::new(&validate)
+            .arg("--strict")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{name} passed validation");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // What the DaemonSet must have, beyond the schema.
+    for needle in [
+        "hostPID: true",
+        "privileged: true",
+        "path: /sys/kernel/btf",
+        "path: /sys/fs/bpf",
+        "path: /sys/kernel/tracing",
+        "path: /var/lib/libvirt",
+        "path: /etc/lvm",
+        "prometheus.io/scrape: \"true\"",
+        "prometheus.io/port: \"9464\"",
+        "- 0.0.0.0:9464",
+        "name: SNAPMON_HOST_ROOT",
+    ] {
+        assert!(
+            text.contains(needle),
+            "deploy/kubernetes/snapmon.yaml lacks `{needle}`"
+        );
+    }
+    // The ConfigMap's policy is the embedded default, and the agent accepts it.
+    let policy: String = text
+        .split("  snapmon.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .split("\n---")
+        .next()
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let default = Command::new(snapmon_e2e::bin())
+        .args(["policy", "default"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        policy,
+        String::from_utf8_lossy(&default.stdout),
+        "ConfigMap drifted from `snapmon policy default`"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // In the systemd guest: the service under systemd as PID 1.
 
 const LOG: &str = "/var/log/snapmon/snapmon.jsonl";

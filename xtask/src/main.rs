@@ -2,6 +2,7 @@
 
 mod bench;
 mod fuzz;
+mod image;
 mod package;
 mod rootfs;
 mod setup;
@@ -78,6 +79,9 @@ enum Cmd {
     /// Build the Debian package: target/debian/snapmon_<version>-1_amd64.deb (stripped binary,
     /// policy conffile, systemd unit, completions, man pages) and its -dbgsym package.
     Package,
+    /// Build the OCI image (deploy/container/Containerfile) with buildah:
+    /// target/oci/snapmon-<version>.oci.tar. Kubernetes manifests: deploy/kubernetes/.
+    Image,
     /// Set up, build (release) and run the agent with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -107,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Cmd::Bench(a) => bench::main(a),
         Cmd::Package => package::package().map(|_| ()),
+        Cmd::Image => image::image().map(|_| ()),
         Cmd::Fuzz { seconds, targets } => {
             setup::setup()?;
             fuzz::fuzz(seconds, &targets)
@@ -184,6 +189,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     println!("== the Debian package and a clean Debian 12 root for it");
     let pkg = package::package()?;
     let rootfs = rootfs::root()?;
+    let oci = image::image()?;
     // Serially (they share one agent per binary and assert on pids). VM-only suites (real
     // device-mapper, ZFS) run inside `cargo xtask vm-test` only; a suite with a host prefix runs
     // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM).
@@ -208,7 +214,9 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
             .args(filter);
         c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"))
             .env("SNAPMON_DEB", &pkg.deb)
-            .env("SNAPMON_ROOTFS", &rootfs);
+            .env("SNAPMON_ROOTFS", &rootfs)
+            .env("SNAPMON_OCI", &oci)
+            .env("SNAPMON_KUBERNETES_VALIDATE", setup::kubernetes_validate());
         res = res.and(tally.run(&mut c));
     }
     let vm = if no_vm {

@@ -11,7 +11,6 @@ use crate::{cargo, check, workspace};
 /// What `package` made.
 pub struct Built {
     pub deb: PathBuf,
-    pub dbgsym: Option<PathBuf>,
 }
 
 /// Header of `/etc/snapmon/snapmon.toml`, above the embedded default policy.
@@ -101,7 +100,7 @@ pub fn package() -> anyhow::Result<Built> {
     let deb = found(".deb", false).context("cargo deb left no snapmon_*.deb")?;
     let dbgsym = found(".ddeb", true).or_else(|| found(".deb", true));
     report(&deb, dbgsym.as_deref(), &bin)?;
-    Ok(Built { deb, dbgsym })
+    Ok(Built { deb })
 }
 
 /// Sizes: the unstripped build, the package, the installed binary.

@@ -38,7 +38,11 @@ const PACKAGING_PACKAGES: &[&str] = &[
     "systemd",
     "buildah",
     "skopeo",
+    // A venv for kubernetes-validate (PyPI), which checks deploy/kubernetes against the schema.
+    "python3-venv",
 ];
+/// kubernetes-validate (PyPI; bundles the Kubernetes OpenAPI-derived schemas), pinned.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// cargo-deb, pinned: `cargo xtask package` builds the .deb with it.
 const CARGO_DEB_VERSION: &str = "3.8.0";
 /// From bookworm-backports: qemu-utils 10 (plain bookworm's qemu-system-x86 7.2 would remove it).
@@ -50,6 +54,7 @@ pub fn setup() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_deb()?;
+    kubernetes_validate_venv()?;
     mounts()?;
     Ok(())
 }
@@ -251,6 +256,31 @@ fn cargo_deb() -> anyhow::Result<()> {
         CARGO_DEB_VERSION,
         "--locked",
     ]))
+}
+
+/// The kubernetes-validate executable in its venv.
+pub fn kubernetes_validate() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".local/share/snapmon/kubernetes-validate/bin/kubernetes-validate")
+}
+
+fn kubernetes_validate_venv() -> anyhow::Result<()> {
+    let exe = kubernetes_validate();
+    let venv = exe.parent().and_then(|b| b.parent()).context("venv dir")?;
+    let stamp = venv.join("snapmon.stamp");
+    if exe.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    println!("setup: {KUBERNETES_VALIDATE} into {}", venv.display());
+    // Debian's python3, not a pyenv shim: the venv must outlive shell set-ups.
+    check(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(venv),
+    )?;
+    check(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))?;
+    std::fs::write(stamp, KUBERNETES_VALIDATE)?;
+    Ok(())
 }
 
 fn mounted(fstype: &str, at: &str) -> bool {

@@ -477,7 +477,15 @@ fn initramfs(
         .collect();
     let env = [
         ("VM_KVER", k.release.clone()),
-        ("VM_MODROOT", k.root.display().to_string()),
+        // Canonical: the systemd guest sees the host root under /host, where an absolute
+        // symlink (target/vm-test/cache is one in worktrees) would point out of it.
+        (
+            "VM_MODROOT",
+            std::fs::canonicalize(&k.root)
+                .unwrap_or_else(|_| k.root.clone())
+                .display()
+                .to_string(),
+        ),
         ("VM_GUEST_SCRIPT", vm.join(script).display().to_string()),
         ("VM_WORKSPACE", workspace().display().to_string()),
         (
