@@ -764,6 +764,7 @@ fn systemd_runs_the_packaged_service_supervised_and_sandboxed() {
         hidden_alert(mark).is_none(),
         "the reloaded exception did not take effect"
     );
+    ok("cp /etc/snapmon/snapmon.toml /run/snapmon-good.toml");
     ok("printf '\\n[[rule]]\\nid = 42\\n' >> /etc/snapmon/snapmon.toml");
     let failed = count("reload_failed");
     ok("systemctl reload snapmon.service");
@@ -776,6 +777,8 @@ fn systemd_runs_the_packaged_service_supervised_and_sandboxed() {
         main_pid,
         "a bad reload must not restart the agent"
     );
+    // Back to the good policy: a restart with the broken one would (rightly) fail.
+    ok("mv /run/snapmon-good.toml /etc/snapmon/snapmon.toml");
 
     // Watchdog: the agent's keep-alives hold it past WatchdogSec (shortened by a drop-in to keep
     // the guest short), and a stopped reader is killed and restarted.
