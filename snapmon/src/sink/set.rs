@@ -561,3 +561,44 @@ impl Drop for SinkSet {
         self.shutdown(Duration::from_secs(5));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes its time, counting what it has written.
+    struct Slow(Arc<AtomicU64>);
+    impl SinkWriter for Slow {
+        fn write(&mut self, _: &Record) {
+            std::thread::sleep(Duration::from_millis(50));
+            self.0.fetch_add(1, RELAXED);
+        }
+        fn tick(&mut self) {}
+        fn reopen(&mut self) {}
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn settle_returns_once_everything_handed_over_is_written() {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut set = SinkSet::start(&[], "h".into()).unwrap();
+        let c = Arc::new(SinkCounters::new("slow".into(), "test", Format::Json));
+        set.add_writer(Box::new(Slow(written.clone())), Filter::default(), c, 100)
+            .unwrap();
+        for i in 0..3 {
+            set.send_owned(Record::Event(crate::sink::fixtures::event(i)))
+                .unwrap();
+        }
+        assert!(set.settle(Duration::from_secs(5)));
+        assert_eq!(
+            written.load(RELAXED),
+            3,
+            "settle returned before the writes"
+        );
+        // Nothing new: at once.
+        let t0 = Instant::now();
+        assert!(set.settle(Duration::from_secs(5)));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        set.shutdown(Duration::from_secs(1));
+    }
+}
