@@ -12,7 +12,11 @@ use anyhow::{bail, Context as _};
 use crate::{check, workspace};
 
 pub fn image() -> anyhow::Result<PathBuf> {
-    let built = crate::package::package()?;
+    build(&crate::package::package()?)
+}
+
+/// The image of an already built package.
+pub fn build(built: &crate::package::Built) -> anyhow::Result<PathBuf> {
     let root = crate::rootfs::root()?;
     let oci = workspace().join("target/oci");
     let ctx = oci.join("context");

@@ -189,7 +189,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     println!("== the Debian package and a clean Debian 12 root for it");
     let pkg = package::package()?;
     let rootfs = rootfs::root()?;
-    let oci = image::image()?;
+    let oci = image::build(&pkg)?;
     // Serially (they share one agent per binary and assert on pids). VM-only suites (real
     // device-mapper, ZFS) run inside `cargo xtask vm-test` only; a suite with a host prefix runs
     // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM).
