@@ -247,6 +247,14 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    // systemd (Type=notify) sees the unit active only once `started` is in the log.
+    let notify = crate::notify::Notifier::from_env();
+    sinks.settle(Duration::from_secs(5));
+    notify.ready(&format!(
+        "{} of {} hooks attached",
+        attached.len(),
+        k.hooks.len()
+    ));
     // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
     // process in /proc; that memory is free now but still held by the allocator (mimalloc
     // in the agent binary, glibc for anything allocated before it or by C code).
@@ -263,6 +271,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(opts.status_interval);
+    // Keep-alives come from this loop only, so a stalled reader gets restarted.
+    let mut watchdog =
+        tokio::time::interval(notify.ping_every().unwrap_or(Duration::from_secs(86_400)));
     let mut last_lost = k.lost_counts();
     let mut last_stats = Instant::now();
     let mut last_filtered = 0u64;
@@ -296,15 +307,19 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                     if sinks.send(&r).is_err() { return Ok(()); }
                 }
             }
+            _ = watchdog.tick(), if notify.ping_every().is_some() => notify.ping(),
             _ = hup.recv() => {
+                notify.reloading();
                 sinks.reopen();
                 if emit(&sinks, Record::State(reload(&opts, &mut pipe, &mut k))).is_err() { return Ok(()); }
+                notify.ready("reloaded");
             }
             _ = usr1.recv() => sinks.reopen(),
             _ = term.recv() => { reason = "SIGTERM"; break; }
             _ = int.recv() => { reason = "SIGINT"; break; }
         }
     }
+    notify.stopping();
     // Drain what the kernel already queued, then say goodbye.
     if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() {
         return Ok(());

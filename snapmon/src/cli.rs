@@ -42,7 +42,7 @@ pub fn one_sentence(e: &anyhow::Error) -> String {
 #[derive(Parser)]
 #[command(
     name = "snapmon",
-    version,
+    version = crate::build_info::LONG,
     about = "Catch snapshot tampering on virtualization and storage hosts, live, with eBPF",
     after_help = EXIT_CODES
 )]
@@ -110,6 +110,9 @@ pub enum Cmd {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Packaging: write shell completions and man pages under DIR (`cargo xtask package`).
+    #[command(hide = true)]
+    DistAssets { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -284,6 +287,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             fail_on,
         } => crate::offline::inspect(&images, json, fail_on),
         Cmd::Doctor { json } => crate::doctor::run(json),
+        Cmd::DistAssets { dir } => crate::dist::generate(&dir).map(|_| ()),
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
         Cmd::VerifyLog { files, key, live } => {

@@ -1,5 +1,6 @@
 //! `snapmon doctor`: what this kernel allows, which hooks went live, which write paths are
 //! covered, and what a gap means for the user. Loads and attaches for real, then detaches.
+//! Exits non-zero when the agent cannot run here at all.
 
 use serde::Serialize;
 use serde_json::json;
@@ -216,6 +217,18 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         None => "securityfs not mounted: cannot tell whether BPF LSM is enabled",
     };
     drop(loaded);
+    // What keeps the agent from running here: the exit status says so (the package's
+    // postinst does not start the service then).
+    let attached = hooks.iter().filter(|h| h.attached_to.is_some()).count();
+    let cannot_run = match &load_error {
+        Some(e) => Some(format!("the eBPF programs did not load: {}", first_line(e))),
+        None if attached == 0 => Some("no hook could be attached".to_string()),
+        None => None,
+    };
+    let verdict = || match &cannot_run {
+        Some(why) => Err(anyhow::anyhow!("the agent cannot run here: {why}")),
+        None => Ok(()),
+    };
     if as_json {
         let v = json!({
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
@@ -224,7 +237,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
             "hook_run_stats": hook_stats,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return verdict();
     }
     println!("kernel        {kernel}");
     println!(
@@ -245,7 +258,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     println!("hook stats    {hook_stats}");
     if let Some(e) = &load_error {
         println!("\nload failed: {e}");
-        return Ok(());
+        return verdict();
     }
     // The same count the agent's status line and `started` record give: the hooks `run`
     // loads. The LSM denial hooks come only with --enforce and are counted apart.
@@ -284,7 +297,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
             println!("  GAP      {:<44} {}", c.path, c.impact.unwrap_or(""));
         }
     }
-    Ok(())
+    verdict()
 }
 
 fn first_line(s: &str) -> &str {

@@ -3,10 +3,12 @@
 
 pub mod agent;
 pub mod attack;
+pub mod build_info;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod dist;
 pub mod doctor;
 pub mod enforce;
 pub mod enrich;
@@ -15,6 +17,7 @@ pub mod kernel;
 pub mod lineage;
 pub mod lineage_bridge;
 pub mod metrics;
+pub mod notify;
 pub mod offline;
 pub mod pipeline;
 pub mod record;

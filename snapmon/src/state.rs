@@ -192,7 +192,9 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
     out.push(StateRecord {
         action: "started",
         detail: json!({
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::build_info::VERSION,
+            "commit": crate::build_info::COMMIT,
+            "build_date": crate::build_info::BUILD_DATE,
             "pid": std::process::id(),
             "backend": i.backend,
             "hooks_attached": live,

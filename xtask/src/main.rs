@@ -2,6 +2,9 @@
 
 mod bench;
 mod fuzz;
+mod image;
+mod package;
+mod rootfs;
 mod setup;
 mod suites;
 mod vm;
@@ -73,6 +76,12 @@ enum Cmd {
         /// Only these targets.
         targets: Vec<String>,
     },
+    /// Build the Debian package: target/debian/snapmon_<version>-1_amd64.deb (stripped binary,
+    /// policy conffile, systemd unit, completions, man pages) and its -dbgsym package.
+    Package,
+    /// Build the OCI image (deploy/container/Containerfile) with buildah:
+    /// target/oci/snapmon-<version>.oci.tar. Kubernetes manifests: deploy/kubernetes/.
+    Image,
     /// Set up, build (release) and run the agent with the given arguments.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -101,6 +110,8 @@ fn main() -> anyhow::Result<()> {
             save_fixtures,
         }),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::Package => package::package().map(|_| ()),
+        Cmd::Image => image::image().map(|_| ()),
         Cmd::Fuzz { seconds, targets } => {
             setup::setup()?;
             fuzz::fuzz(seconds, &targets)
@@ -174,6 +185,11 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
         kernel_release()
     );
     build(false)?;
+    // The package suite installs this tree's .deb into the cached clean root.
+    println!("== the Debian package and a clean Debian 12 root for it");
+    let pkg = package::package()?;
+    let rootfs = rootfs::root()?;
+    let oci = image::build(&pkg)?;
     // Serially (they share one agent per binary and assert on pids). VM-only suites (real
     // device-mapper, ZFS) run inside `cargo xtask vm-test` only; a suite with a host prefix runs
     // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM).
@@ -181,7 +197,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     let mut res = Ok(());
     let plain: Vec<&str> = suites
         .iter()
-        .filter(|s| !s.vm_only && s.host_prefix.is_none())
+        .filter(|s| !s.vm_only && !s.systemd && s.host_prefix.is_none())
         .flat_map(|s| ["--test", s.name.as_str()])
         .collect();
     let mut runs: Vec<(Vec<&str>, Option<&str>)> = vec![(plain, None)];
@@ -196,7 +212,11 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
             .args(&targets)
             .args(["--", "--test-threads=1"])
             .args(filter);
-        c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"));
+        c.env("SNAPMON_BIN", workspace().join("target/debug/snapmon"))
+            .env("SNAPMON_DEB", &pkg.deb)
+            .env("SNAPMON_ROOTFS", &rootfs)
+            .env("SNAPMON_OCI", &oci)
+            .env("SNAPMON_KUBERNETES_VALIDATE", setup::kubernetes_validate());
         res = res.and(tally.run(&mut c));
     }
     let vm = if no_vm {

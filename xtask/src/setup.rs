@@ -40,6 +40,23 @@ const PACKAGES: &[&str] = &[
     // pahole: 6.12's kbuild generates BTF for out-of-tree modules (the vm-test ZFS build).
     "dwarves",
 ];
+/// Packaging and its tests (`cargo xtask package`, tests/tests/package.rs): objcopy/strip and
+/// dpkg-shlibdeps for cargo-deb, debootstrap for the clean install root and the systemd guest,
+/// systemd for `systemd-analyze security`, buildah/skopeo for the OCI image.
+const PACKAGING_PACKAGES: &[&str] = &[
+    "binutils",
+    "dpkg-dev",
+    "debootstrap",
+    "systemd",
+    "buildah",
+    "skopeo",
+    // A venv for kubernetes-validate (PyPI), which checks deploy/kubernetes against the schema.
+    "python3-venv",
+];
+/// kubernetes-validate (PyPI; bundles the Kubernetes OpenAPI-derived schemas), pinned.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// cargo-deb, pinned: `cargo xtask package` builds the .deb with it.
+const CARGO_DEB_VERSION: &str = "3.8.0";
 /// From bookworm-backports: qemu-utils 10 (plain bookworm's qemu-system-x86 7.2 would remove it).
 const BACKPORTS: &[&str] = &["qemu-utils", "qemu-system-x86"];
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/snapmon-backports.list";
@@ -49,6 +66,8 @@ pub fn setup() -> anyhow::Result<()> {
     syslog_ng()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
+    kubernetes_validate_venv()?;
     mounts()?;
     Ok(())
 }
@@ -68,7 +87,12 @@ fn qemu_img_major() -> Option<u32> {
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .chain(PACKAGING_PACKAGES)
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     let bp_missing =
         BACKPORTS.iter().any(|p| !installed(p)) || qemu_img_major().is_none_or(|v| v < 10);
     if missing.is_empty() && !bp_missing {
@@ -254,6 +278,51 @@ fn bpf_linker() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", &prefix),
     )?;
     std::fs::write(&stamp, want)?;
+    Ok(())
+}
+
+/// `cargo deb` at the pinned version (built once with `cargo install`, a few minutes).
+fn cargo_deb() -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if have.ends_with(CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    check(Command::new("cargo").args([
+        "install",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+        "--locked",
+    ]))
+}
+
+/// The kubernetes-validate executable in its venv.
+pub fn kubernetes_validate() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".local/share/snapmon/kubernetes-validate/bin/kubernetes-validate")
+}
+
+fn kubernetes_validate_venv() -> anyhow::Result<()> {
+    let exe = kubernetes_validate();
+    let venv = exe.parent().and_then(|b| b.parent()).context("venv dir")?;
+    let stamp = venv.join("snapmon.stamp");
+    if exe.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBERNETES_VALIDATE) {
+        return Ok(());
+    }
+    println!("setup: {KUBERNETES_VALIDATE} into {}", venv.display());
+    // Debian's python3, not a pyenv shim: the venv must outlive shell set-ups.
+    check(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "venv"])
+            .arg(venv),
+    )?;
+    check(Command::new(venv.join("bin/pip")).args(["install", "-q", KUBERNETES_VALIDATE]))?;
+    std::fs::write(stamp, KUBERNETES_VALIDATE)?;
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 //! new file and no edit here. A marker line in a suite's file says where it runs:
 //! - `// xtask-suite: vm-only`: it needs what only the VM guests have (device-mapper, ZFS …);
 //! - `// xtask-suite: host-prefix=P`: its tests named `P…` run on the host only, the others in
-//!   the VM guests only (enforcement: refusal here, enforcing where BPF LSM is).
+//!   the VM guests only (enforcement: refusal here, enforcing where BPF LSM is);
+//! - `// xtask-suite: systemd`: its guest tests run in the systemd guest (systemd as PID 1 on a
+//!   debootstrap root), not in the chroot guests (the package: dpkg, systemctl).
 
 use std::path::Path;
 
@@ -13,6 +15,7 @@ pub struct Suite {
     pub name: String,
     pub vm_only: bool,
     pub host_prefix: Option<String>,
+    pub systemd: bool,
 }
 
 const MARKER: &str = "// xtask-suite:";
@@ -45,13 +48,17 @@ fn parse(name: &str, text: &str) -> anyhow::Result<Suite> {
         name: name.to_string(),
         vm_only: false,
         host_prefix: None,
+        systemd: false,
     };
     for m in text.lines().filter_map(|l| l.trim().strip_prefix(MARKER)) {
         match m.trim() {
             "vm-only" => s.vm_only = true,
+            "systemd" => s.systemd = true,
             m => match m.strip_prefix("host-prefix=") {
                 Some(p) if !p.is_empty() => s.host_prefix = Some(p.to_string()),
-                _ => anyhow::bail!("unknown marker `{MARKER} {m}` (vm-only, host-prefix=P)"),
+                _ => {
+                    anyhow::bail!("unknown marker `{MARKER} {m}` (vm-only, host-prefix=P, systemd)")
+                }
             },
         }
     }
@@ -79,6 +86,12 @@ mod tests {
             Some("host_")
         );
         assert!(parse("x", "// xtask-suite: vm_only\n").is_err());
+        let pkg = parse(
+            "package",
+            "// xtask-suite: systemd\n// xtask-suite: host-prefix=host_\n",
+        )
+        .unwrap();
+        assert!(pkg.systemd && pkg.host_prefix.as_deref() == Some("host_") && !pkg.vm_only);
     }
 
     #[test]

@@ -46,6 +46,18 @@ const SERIES: &[Series] = &[
 
 /// Modules the initramfs loads (with their dependencies) to mount the host root.
 const BOOT_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// And for the systemd guest's own root disk.
+const SYSTEMD_BOOT_MODULES: &[&str] = &["virtio_blk", "ext4"];
+
+/// What the guest boots into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    /// A busybox init that chroots into the host root read-only (`init.sh`, `guest.sh`).
+    Chroot,
+    /// systemd as PID 1 on a throw-away overlay of the debootstrap root (`init-systemd.sh`,
+    /// `systemd-guest.sh`): the suites marked `// xtask-suite: systemd`.
+    Systemd,
+}
 
 pub struct Opts {
     pub kernels: Vec<String>,
@@ -114,10 +126,25 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
 
     println!("== vm-test: building the agent and the end-to-end test binaries");
     check(cargo().args(["build", "-p", "snapmon"]))?;
-    let tests = test_binaries(&o.tests)?;
+    let all_tests = test_binaries(&o.tests)?;
+    let systemd_suites: Vec<String> = crate::suites::discover()?
+        .into_iter()
+        .filter(|s| s.systemd)
+        .map(|s| s.name)
+        .collect();
+    let (systemd_tests, tests): (Vec<_>, Vec<_>) = all_tests
+        .into_iter()
+        .partition(|(n, _)| systemd_suites.contains(n));
     let want_zfs = tests.iter().any(|(n, _)| n == "zfs");
+    // The systemd guest installs the package: build it (and the guest's disk) first.
+    let systemd_env = if systemd_tests.is_empty() {
+        None
+    } else {
+        Some(systemd_prepare(&out)?)
+    };
 
     let mut rows = vec![];
+    let first_series = series.first().map(|s| s.label);
     for s in series {
         let t0 = Instant::now();
         let mut k = fetch_kernel(s, &cache)?;
@@ -159,18 +186,39 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
         );
         let dir = out.join(&k.release);
         std::fs::create_dir_all(&dir)?;
-        let row = match boot(&o, &k, &tests, &dir) {
-            Ok(r) => r,
-            Err(e) => json!({"kernel": k.release, "ok": false, "error": format!("{e:#}")}),
-        };
-        let mut row = row;
-        row["series"] = json!(k.series);
-        row["package"] = json!(k.package);
-        if let Some(z) = zfs_built {
-            row["zfs"] = z;
+        if !tests.is_empty() {
+            let row = match boot(&o, &k, &tests, &dir, Guest::Chroot) {
+                Ok(r) => r,
+                Err(e) => json!({"kernel": k.release, "ok": false, "error": format!("{e:#}")}),
+            };
+            let mut row = row;
+            row["series"] = json!(k.series);
+            row["package"] = json!(k.package);
+            if let Some(z) = zfs_built {
+                row["zfs"] = z;
+            }
+            row["secs"] = json!(t0.elapsed().as_secs());
+            rows.push(row);
         }
-        row["secs"] = json!(t0.elapsed().as_secs());
-        rows.push(row);
+        // The systemd guest boots once, on the first kernel selected (Debian 12's own by
+        // default): what it tests is the package and the unit, not the kernel's hooks.
+        if let (Some(env), true) = (&systemd_env, first_series == Some(s.label)) {
+            let t1 = Instant::now();
+            let mut k = k;
+            k.env.extend(env.iter().cloned());
+            let sdir = dir.join("systemd");
+            std::fs::create_dir_all(&sdir)?;
+            let row = match boot(&o, &k, &systemd_tests, &sdir, Guest::Systemd) {
+                Ok(r) => r,
+                Err(e) => json!({"kernel": k.release, "ok": false, "error": format!("{e:#}")}),
+            };
+            let mut row = row;
+            row["kernel"] = json!(format!("{} (systemd)", k.release));
+            row["series"] = json!(k.series);
+            row["package"] = json!(k.package);
+            row["secs"] = json!(t1.elapsed().as_secs());
+            rows.push(row);
+        }
     }
 
     let results = out.join("results.json");
@@ -340,9 +388,14 @@ fn release_of(root: &Path) -> anyhow::Result<String> {
 }
 
 /// Boot modules with dependencies, in load order, as paths (builtins drop out).
-fn boot_modules(k: &Kernel) -> anyhow::Result<Vec<PathBuf>> {
+fn boot_modules(k: &Kernel, guest: Guest) -> anyhow::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = vec![];
-    for m in BOOT_MODULES {
+    let extra = if guest == Guest::Systemd {
+        SYSTEMD_BOOT_MODULES
+    } else {
+        &[]
+    };
+    for m in BOOT_MODULES.iter().chain(extra) {
         let o = Command::new("modprobe")
             .arg("--show-depends")
             .arg("-d")
@@ -373,6 +426,7 @@ fn initramfs(
     k: &Kernel,
     tests: &[(String, PathBuf)],
     dir: &Path,
+    guest: Guest,
 ) -> anyhow::Result<PathBuf> {
     let stage = dir.join("initramfs");
     let _ = std::fs::remove_dir_all(&stage);
@@ -382,11 +436,15 @@ fn initramfs(
     std::fs::copy("/bin/busybox", stage.join("bin/busybox"))
         .context("copying /bin/busybox (busybox-static)")?;
     let vm = workspace().join("xtask/vm");
-    std::fs::copy(vm.join("init.sh"), stage.join("init"))?;
+    let (init, script) = match guest {
+        Guest::Chroot => ("init.sh", "guest.sh"),
+        Guest::Systemd => ("init-systemd.sh", "systemd-guest.sh"),
+    };
+    std::fs::copy(vm.join(init), stage.join("init"))?;
     // The kernel execs /init: it must be executable whatever the checkout's modes are.
     std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
     let mut order = String::new();
-    for p in boot_modules(k)? {
+    for p in boot_modules(k, guest)? {
         let file = p.file_name().unwrap().to_string_lossy().into_owned();
         let name = file
             .trim_end_matches(".xz")
@@ -419,8 +477,16 @@ fn initramfs(
         .collect();
     let env = [
         ("VM_KVER", k.release.clone()),
-        ("VM_MODROOT", k.root.display().to_string()),
-        ("VM_GUEST_SCRIPT", vm.join("guest.sh").display().to_string()),
+        // Canonical: the systemd guest sees the host root under /host, where an absolute
+        // symlink (target/vm-test/cache is one in worktrees) would point out of it.
+        (
+            "VM_MODROOT",
+            std::fs::canonicalize(&k.root)
+                .unwrap_or_else(|_| k.root.clone())
+                .display()
+                .to_string(),
+        ),
+        ("VM_GUEST_SCRIPT", vm.join(script).display().to_string()),
         ("VM_WORKSPACE", workspace().display().to_string()),
         (
             "VM_SNAPMON_BIN",
@@ -461,8 +527,14 @@ fn initramfs(
     Ok(img)
 }
 
-fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow::Result<Value> {
-    let initrd = initramfs(o, k, tests, dir)?;
+fn boot(
+    o: &Opts,
+    k: &Kernel,
+    tests: &[(String, PathBuf)],
+    dir: &Path,
+    guest: Guest,
+) -> anyhow::Result<Value> {
+    let initrd = initramfs(o, k, tests, dir, guest)?;
     let log_path = dir.join("console.log");
     let mut log = std::fs::File::create(&log_path)?;
     let vmlinuz = k.root.join(format!("boot/vmlinuz-{}", k.release));
@@ -487,10 +559,18 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
     .args([
         "-virtfs",
         "local,path=/,mount_tag=hostroot,security_model=none,readonly=on",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    ]);
+    if guest == Guest::Systemd {
+        let disk = dir.join("root.qcow2");
+        crate::rootfs::overlay(&disk)?;
+        cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format=qcow2,cache=unsafe",
+            disk.display()
+        ));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let t0 = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let (tx, rx) = mpsc::channel::<String>();
@@ -617,6 +697,32 @@ fn boot(o: &Opts, k: &Kernel, tests: &[(String, PathBuf)], dir: &Path) -> anyhow
             "ignored": s.ignored, "secs": s.secs, "failures": s.failures,
         })).collect::<Vec<_>>(),
     }))
+}
+
+/// For the systemd guest: the package (built now, so the guest installs this tree's), the
+/// debootstrap root's disk image, and a qcow2 with snapshots for its libvirt store.
+fn systemd_prepare(out: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let built = crate::package::package()?;
+    crate::rootfs::ext4_image()?;
+    let qcow2 = out.join("systemd-vm1.qcow2");
+    let _ = std::fs::remove_file(&qcow2);
+    check(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow2)
+            .arg("64M"),
+    )?;
+    for snap in ["s1", "s2", "s3"] {
+        check(
+            Command::new("qemu-img")
+                .args(["snapshot", "-c", snap])
+                .arg(&qcow2),
+        )?;
+    }
+    Ok(vec![
+        ("VM_DEB", built.deb.display().to_string()),
+        ("VM_QCOW2", qcow2.display().to_string()),
+    ])
 }
 
 /// Check one fixture the guest printed (complete, every line JSON, a sane relative name) and

@@ -447,18 +447,65 @@ pub trait Resolver {
 
 pub struct HostResolver;
 
+/// Where the host's root is mounted when the agent runs in a container (`SNAPMON_HOST_ROOT`,
+/// e.g. `/host` in deploy/kubernetes): trusted executables are the node's, not the image's.
+/// Device and inode are the same through a bind mount, so identities match the kernel's.
+fn host_root() -> &'static std::path::Path {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        std::env::var_os("SNAPMON_HOST_ROOT")
+            .filter(|r| !r.is_empty())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/".into())
+    })
+}
+
+/// `path` (absolute, as the policy says) under `root`.
+fn under(root: &std::path::Path, path: &str) -> std::path::PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// The host's files seen from `root` (`/` outside containers).
+pub struct RootedResolver<'a>(pub &'a std::path::Path);
+
 impl Resolver for HostResolver {
     fn identity(&self, path: &str) -> Option<(u32, u64)> {
+        RootedResolver(host_root()).identity(path)
+    }
+    fn list(&self, dir: &str) -> Vec<String> {
+        RootedResolver(host_root()).list(dir)
+    }
+    fn sha256(&self, path: &str) -> Option<String> {
+        RootedResolver(host_root()).sha256(path)
+    }
+}
+
+impl Resolver for RootedResolver<'_> {
+    fn identity(&self, path: &str) -> Option<(u32, u64)> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
+        // Absolute symlinks on the host (/bin/qemu-img -> /usr/bin/…) point into the host's
+        // root too.
+        let mut p = under(self.0, path);
+        for _ in 0..40 {
+            match std::fs::read_link(&p) {
+                Ok(t) if t.is_absolute() && self.0 != std::path::Path::new("/") => {
+                    p = under(self.0, &t.to_string_lossy())
+                }
+                _ => break,
+            }
+        }
+        let m = std::fs::metadata(&p).ok()?;
         m.is_file()
             .then(|| (crate::watch::kernel_dev(m.dev()), m.ino()))
     }
     fn list(&self, dir: &str) -> Vec<String> {
-        std::fs::read_dir(dir)
+        std::fs::read_dir(under(self.0, dir))
             .map(|rd| {
                 rd.flatten()
-                    .map(|e| e.path().to_string_lossy().into_owned())
+                    .map(|e| {
+                        let name = e.file_name();
+                        format!("{}/{}", dir.trim_end_matches('/'), name.to_string_lossy())
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -466,7 +513,7 @@ impl Resolver for HostResolver {
     fn sha256(&self, path: &str) -> Option<String> {
         use sha2::Digest;
         use std::io::Read;
-        let mut f = std::fs::File::open(path).ok()?;
+        let mut f = std::fs::File::open(under(self.0, path)).ok()?;
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {
@@ -477,6 +524,40 @@ impl Resolver for HostResolver {
             h.update(&buf[..n]);
         }
         Some(hex::encode(h.finalize()))
+    }
+}
+
+#[cfg(test)]
+mod rooted_tests {
+    use super::*;
+
+    #[test]
+    fn a_rooted_resolver_names_the_hosts_files_by_their_host_paths() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("snapmon-rooted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/qemu-img"), b"#!").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/qemu-img", root.join("usr/bin/qemu-img-link"))
+            .unwrap();
+        let r = RootedResolver(&root);
+        let m = std::fs::metadata(root.join("usr/bin/qemu-img")).unwrap();
+        let want = Some((crate::watch::kernel_dev(m.dev()), m.ino()));
+        assert_eq!(r.identity("/usr/bin/qemu-img"), want);
+        // An absolute link resolves inside the host root, not the container's.
+        assert_eq!(r.identity("/usr/bin/qemu-img-link"), want);
+        let mut l = r.list("/usr/bin");
+        l.sort();
+        assert_eq!(l, ["/usr/bin/qemu-img", "/usr/bin/qemu-img-link"]);
+        assert!(r.sha256("/usr/bin/qemu-img").is_some());
+        assert_eq!(r.identity("/usr/bin/missing"), None);
+        // Outside a container the root is `/`: plain host paths.
+        let sh = std::fs::metadata("/bin/sh").unwrap();
+        assert_eq!(
+            RootedResolver(std::path::Path::new("/")).identity("/bin/sh"),
+            Some((crate::watch::kernel_dev(sh.dev()), sh.ino()))
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 

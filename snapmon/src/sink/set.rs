@@ -61,6 +61,10 @@ pub struct SinkCounters {
     dropped: [AtomicU64; Cause::ALL.len()],
     /// Records in the channel right now.
     queued: AtomicI64,
+    /// Records handed to the thread, and those it has written and flushed by policy since
+    /// (`SinkSet::settle` waits for the second to catch up).
+    handed: AtomicU64,
+    settled: AtomicU64,
     /// stdout's reader went away.
     pub closed: AtomicBool,
     state: Mutex<String>,
@@ -189,11 +193,13 @@ fn worker(
     c: Arc<SinkCounters>,
 ) {
     let mut last_tick = Instant::now();
-    let write = |w: &mut Box<dyn SinkWriter>, b: Batch| {
+    let write = |w: &mut Box<dyn SinkWriter>, b: Batch| -> u64 {
         c.queued.fetch_sub(b.len() as i64, RELAXED);
+        let n = b.len() as u64;
         for (id, r) in b {
             w.write_id(id, &r);
         }
+        n
     };
     loop {
         let wait = if w.backlog() {
@@ -203,15 +209,16 @@ fn worker(
         };
         match rx.recv_timeout(wait) {
             Ok(b) => {
-                write(&mut w, b);
+                let mut n = write(&mut w, b);
                 // Take what else is already queued, then flush once.
                 for _ in 0..64 {
                     match rx.try_recv() {
-                        Ok(b) => write(&mut w, b),
+                        Ok(b) => n += write(&mut w, b),
                         Err(_) => break,
                     }
                 }
                 w.idle();
+                c.settled.fetch_add(n, RELAXED);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -488,6 +495,32 @@ impl SinkSet {
         }
     }
 
+    /// Hand over what is pending and wait (at most `timeout`) until every live sink has
+    /// written and flushed (by its flush policy) all it was handed: the `started` record is
+    /// in the log before the agent tells systemd it is ready. False on timeout.
+    pub fn settle(&self, timeout: Duration) -> bool {
+        self.hand_off_pending();
+        let deadline = Instant::now() + timeout;
+        let targets: Vec<u64> = self
+            .sinks
+            .iter()
+            .map(|h| h.counters.handed.load(RELAXED))
+            .collect();
+        loop {
+            let behind = self.sinks.iter().zip(&targets).any(|(h, t)| {
+                let alive = h.thread.as_ref().is_some_and(|t| !t.is_finished());
+                alive && h.counters.settled.load(RELAXED) < *t
+            });
+            if !behind {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Ask every sink to reopen its file or reconnect (on SIGHUP/SIGUSR1).
     pub fn reopen(&self) {
         for h in &self.sinks {
@@ -575,7 +608,9 @@ fn hand_off(h: &Handle, p: &mut Batch) {
     let b = std::mem::take(p);
     let n = b.len();
     let sent = h.tx.as_ref().is_some_and(|tx| tx.send(b).is_ok());
-    if !sent {
+    if sent {
+        h.counters.handed.fetch_add(n as u64, RELAXED);
+    } else {
         h.counters.queued.fetch_sub(n as i64, RELAXED);
         h.counters.lose(Cause::SinkDead, n as u64);
     }
@@ -584,5 +619,46 @@ fn hand_off(h: &Handle, p: &mut Batch) {
 impl Drop for SinkSet {
     fn drop(&mut self) {
         self.shutdown(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes its time, counting what it has written.
+    struct Slow(Arc<AtomicU64>);
+    impl SinkWriter for Slow {
+        fn write(&mut self, _: &Record) {
+            std::thread::sleep(Duration::from_millis(50));
+            self.0.fetch_add(1, RELAXED);
+        }
+        fn tick(&mut self) {}
+        fn reopen(&mut self) {}
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn settle_returns_once_everything_handed_over_is_written() {
+        let written = Arc::new(AtomicU64::new(0));
+        let mut set = SinkSet::start(&[], "h".into()).unwrap();
+        let c = Arc::new(SinkCounters::new("slow".into(), "test", Format::Json));
+        set.add_writer(Box::new(Slow(written.clone())), Filter::default(), c, 100)
+            .unwrap();
+        for i in 0..3 {
+            set.send_owned(Record::Event(crate::sink::fixtures::event(i)))
+                .unwrap();
+        }
+        assert!(set.settle(Duration::from_secs(5)));
+        assert_eq!(
+            written.load(RELAXED),
+            3,
+            "settle returned before the writes"
+        );
+        // Nothing new: at once.
+        let t0 = Instant::now();
+        assert!(set.settle(Duration::from_secs(5)));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        set.shutdown(Duration::from_secs(1));
     }
 }
