@@ -189,7 +189,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         .take(3)
         .map(|r| r.display().to_string())
         .collect();
-    out.push(StateRecord {
+    let mut started = StateRecord {
         action: "started",
         detail: json!({
             "version": crate::build_info::VERSION,
@@ -213,10 +213,14 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
             "rule_warning_count": i.rule_warnings.len(),
             "warnings": start_warnings(),
             "sink_count": i.sinks.len(),
-            "previous_run": i.previous_run,
             "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "rule_warnings", "sinks"],
         }),
-    });
+    };
+    // Only when a file sink found a log an earlier run left.
+    if !i.previous_run.is_null() {
+        started.detail["previous_run"] = i.previous_run.clone();
+    }
+    out.push(started);
     out
 }
 
@@ -427,5 +431,16 @@ pub(crate) mod tests {
                 .map(|r| r.len() <= ERROR_MAX + 3),
             Some(true)
         );
+    }
+
+    #[test]
+    fn previous_run_is_said_only_when_an_earlier_log_was_found() {
+        let (hooks, watch, roots, warnings) = big_start();
+        let mut i = info_fixture(&hooks, &watch, &roots, &warnings);
+        let said = started(&i).pop().unwrap().detail;
+        assert_eq!(said["previous_run"]["clean"], false);
+        i.previous_run = Value::Null;
+        let fresh = started(&i).pop().unwrap().detail;
+        assert!(fresh.get("previous_run").is_none(), "{fresh}");
     }
 }
