@@ -208,7 +208,7 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     }
     for (targets, filter) in runs {
         let mut c = cargo();
-        c.args(["test", "-p", "snapmon-e2e"])
+        c.args(["test", "--no-fail-fast", "-p", "snapmon-e2e"])
             .args(&targets)
             .args(["--", "--test-threads=1"])
             .args(filter);
