@@ -1,15 +1,19 @@
 //! Pipeline: the pure part of the flow, bytes → decode → enrich → classify → rules → records.
 //! No kernel access here, so `replay` and tests drive exactly what the live agent runs.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Instant,
+};
 
 use serde_json::json;
 
 use crate::{
-    classify::Classifier,
+    classify::{recheck::Hold, Classifier, Verdict},
     config::Policy,
     decode::decode,
     enrich::Enricher,
+    event::Event,
     lineage_bridge::Lineage,
     record::Record,
     rules::{
@@ -28,6 +32,10 @@ pub struct StageStats {
     pub alerts: u64,
     /// Write-filter updates the kernel map refused (the file stays fully reported).
     pub filter_errors: u64,
+    /// Events judged only once their syscall landed (renames, header tails, first fills).
+    pub held: u64,
+    /// Follow-up events from files looked at again (shared mappings, late fills, clones).
+    pub rechecked: u64,
 }
 
 pub struct Pipeline {
@@ -38,6 +46,8 @@ pub struct Pipeline {
     pub rules: Engine,
     pub stats: StageStats,
     decode_errs: BTreeMap<&'static str, u64>,
+    /// Events judged once their syscall landed (see `classify::recheck`), oldest first.
+    held: VecDeque<(Event, Hold)>,
 }
 
 impl Pipeline {
@@ -64,6 +74,7 @@ impl Pipeline {
             rules,
             stats: StageStats::default(),
             decode_errs: BTreeMap::new(),
+            held: VecDeque::new(),
         }
     }
 
@@ -84,12 +95,35 @@ impl Pipeline {
         };
         self.seq += 1;
         ev.seq = self.seq;
+        let now = Instant::now();
+        // Held events on the same file go first, judged as they stand: this event must
+        // not be diffed against a shadow they have not updated yet.
+        let mut out = self.complete_held(now, Some(&ev), maps);
         let path = ev
             .file
             .as_ref()
             .and_then(|f| f.path.as_ref())
             .map(|p| p.as_path());
-        ev.classification = self.classifier.classify(&ev, path.as_deref());
+        match self.classifier.judge(&ev, path.as_deref(), now) {
+            Verdict::Now(c) => {
+                ev.classification = c;
+                self.finish(ev, maps, &mut out);
+            }
+            Verdict::Hold(h) => {
+                self.stats.held += 1;
+                self.held.push_back((ev, h));
+                if self.held.len() > crate::classify::recheck::MAX_HELD {
+                    if let Some((ev, h)) = self.held.pop_front() {
+                        self.complete_one(ev, h, maps, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Filter updates, rules, records: the tail every judged event goes through.
+    fn finish(&mut self, ev: Event, maps: &mut dyn WatchMaps, out: &mut Vec<Record>) {
         for (key, f) in self.classifier.take_filter_updates() {
             if let Err(e) = maps.set_write_filter(key, f.as_ref()) {
                 // A full map only means more is reported; count it, keep going.
@@ -101,10 +135,111 @@ impl Pipeline {
         // Rules see events only, never alerts: no rule can fire on an alert.
         let alerts = self.rules.process(&ev);
         self.stats.alerts += alerts.len() as u64;
-        let mut out = Vec::with_capacity(1 + alerts.len());
         out.push(Record::Event(ev));
         out.extend(alerts.into_iter().map(|a| Record::Alert(Box::new(a))));
+    }
+
+    fn complete_one(
+        &mut self,
+        mut ev: Event,
+        h: Hold,
+        maps: &mut dyn WatchMaps,
+        out: &mut Vec<Record>,
+    ) {
+        let path = ev
+            .file
+            .as_ref()
+            .and_then(|f| f.path.as_ref())
+            .map(|p| p.as_path());
+        let done = self.classifier.complete(&ev, path.as_deref(), h);
+        ev.classification = done.classification;
+        if let Some((target, key, link)) = done.placed {
+            // What a rename or link put in place is watched under its new name, even when
+            // the enrich stage looked before the name changed.
+            self.enricher.watch.placed(&target, key, link, maps);
+        }
+        self.finish(ev, maps, out);
+    }
+
+    /// Judge held events that landed, ran out of time, or (with `next`) concern the same
+    /// file or name as the event about to be judged.
+    fn complete_held(
+        &mut self,
+        now: Instant,
+        next: Option<&Event>,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        if self.held.is_empty() {
+            return out;
+        }
+        let touches = |h: &Hold| {
+            let Some(ev) = next else { return false };
+            let keys = h.keys();
+            let paths = h.paths();
+            [ev.file.as_ref(), ev.target.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|f| {
+                    (f.ino != 0 && keys.contains(&(f.dev, f.ino)))
+                        || f.path
+                            .as_ref()
+                            .is_some_and(|p| paths.contains(&p.as_path().as_path()))
+                })
+        };
+        let mut keep = VecDeque::with_capacity(self.held.len());
+        let held = std::mem::take(&mut self.held);
+        for (ev, mut h) in held {
+            let due = h.next_check <= now;
+            let go = touches(&h) || now >= h.deadline || (due && h.landed(now));
+            if go {
+                self.complete_one(ev, h, maps, &mut out);
+            } else {
+                if due {
+                    h.next_check = now + crate::classify::recheck::HOLD_STEP;
+                }
+                keep.push_back((ev, h));
+            }
+        }
+        // Events held while completing (none today) keep their place behind the rest.
+        keep.extend(std::mem::take(&mut self.held));
+        self.held = keep;
         out
+    }
+
+    /// Work that is due without an event to carry it: held events whose syscall landed
+    /// or ran out of time, and files looked at again (shared mappings, late fills).
+    pub fn poll(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<Record> {
+        let mut out = self.complete_held(now, None, maps);
+        for mut ev in self.classifier.rechecks_due(now) {
+            self.seq += 1;
+            ev.seq = self.seq;
+            self.stats.rechecked += 1;
+            self.finish(ev, maps, &mut out);
+        }
+        out
+    }
+
+    /// Judge everything held now (shutdown: nothing is lost).
+    pub fn flush_held(&mut self, maps: &mut dyn WatchMaps) -> Vec<Record> {
+        let mut out = Vec::new();
+        while let Some((ev, h)) = self.held.pop_front() {
+            self.complete_one(ev, h, maps, &mut out);
+        }
+        out
+    }
+
+    /// When [`Pipeline::poll`] next has work.
+    pub fn next_due(&self) -> Option<Instant> {
+        let held = self
+            .held
+            .iter()
+            .map(|(_, h)| h.next_check.min(h.deadline))
+            .min();
+        match (held, self.classifier.next_recheck()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.
