@@ -48,6 +48,7 @@ pub struct Pipeline {
     decode_errs: BTreeMap<&'static str, u64>,
     /// Events judged once their syscall landed (see `classify::recheck`), oldest first.
     held: VecDeque<(Event, Hold)>,
+    deleted_exe: crate::lineage_bridge::DeletedExe,
 }
 
 impl Pipeline {
@@ -75,6 +76,7 @@ impl Pipeline {
             stats: StageStats::default(),
             decode_errs: BTreeMap::new(),
             held: VecDeque::new(),
+            deleted_exe: Default::default(),
         }
     }
 
@@ -123,7 +125,7 @@ impl Pipeline {
     }
 
     /// Filter updates, rules, records: the tail every judged event goes through.
-    fn finish(&mut self, ev: Event, maps: &mut dyn WatchMaps, out: &mut Vec<Record>) {
+    fn finish(&mut self, mut ev: Event, maps: &mut dyn WatchMaps, out: &mut Vec<Record>) {
         for (key, f) in self.classifier.take_filter_updates() {
             if let Err(e) = maps.set_write_filter(key, f.as_ref()) {
                 // A full map only means more is reported; count it, keep going.
@@ -132,6 +134,14 @@ impl Pipeline {
             }
         }
         self.stats.events += 1;
+        // An event that may alert names an actor whose file was removed as such.
+        if ev
+            .classification
+            .as_ref()
+            .is_some_and(|c| c.format != "file")
+        {
+            self.deleted_exe.amend(&mut ev.process, Instant::now());
+        }
         // Rules see events only, never alerts: no rule can fire on an alert.
         let alerts = self.rules.process(&ev);
         self.stats.alerts += alerts.len() as u64;
