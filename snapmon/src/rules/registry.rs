@@ -700,7 +700,8 @@ fn q004(ctx: &mut Ctx) -> Option<Hit> {
             .iter()
             .any(|r| r == "backing_name" || r == "header.extension.backing_format")
     });
-    if ch.is_empty() && !region {
+    // A new image's backing file is set, not redirected.
+    if (ch.is_empty() && !region) || became(ev) {
         return None;
     }
     let new = ch
