@@ -600,11 +600,31 @@ fn libvirt_renaming_its_xml_new_over_its_xml_raises_nothing() {
 /// this test's own watches it, and a backup replaced by rename is SM-M002.
 #[test]
 fn an_lvm_backup_replaced_by_rename_is_caught() {
+    /// What this test adds to the host's /etc goes again, pass or fail.
+    struct Cleanup {
+        files: Vec<PathBuf>,
+        dir: Option<&'static Path>,
+    }
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for f in &self.files {
+                let _ = std::fs::remove_file(f);
+            }
+            if let Some(d) = self.dir {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
     let dir = Path::new("/etc/lvm/backup");
     let made = !dir.exists();
     std::fs::create_dir_all(dir).unwrap();
-    let mut a = Agent::spawn("replace-lvm", &[], &[dir.to_path_buf()]).expect("agent");
     let vg = dir.join(format!("snapmon_e2e_{}", std::process::id()));
+    let tmp = std::env::temp_dir().join(format!("snapmon-replace-{}-vg", std::process::id()));
+    let _cleanup = Cleanup {
+        files: vec![vg.clone(), tmp.clone()],
+        dir: made.then_some(dir),
+    };
+    let mut a = Agent::spawn("replace-lvm", &[], &[dir.to_path_buf()]).expect("agent");
     let text = |seq: u32| {
         format!(
             "contents = \"Text Format Volume Group\"\nversion = 1\n\
@@ -613,7 +633,6 @@ fn an_lvm_backup_replaced_by_rename_is_caught() {
         )
     };
     std::fs::write(&vg, text(3)).unwrap();
-    let tmp = std::env::temp_dir().join(format!("snapmon-replace-{}-vg", std::process::id()));
     std::fs::write(&tmp, text(1)).unwrap();
     a.settle(Duration::from_millis(300), |_| false);
     let mark = a.mark();
@@ -628,10 +647,6 @@ fn an_lvm_backup_replaced_by_rename_is_caught() {
         "{}",
         message(&al)
     );
-    let _ = std::fs::remove_file(&vg);
-    let _ = std::fs::remove_file(&tmp);
+    // The agent goes first: it watches the directory the cleanup removes.
     drop(a);
-    if made {
-        let _ = std::fs::remove_dir(dir);
-    }
 }
