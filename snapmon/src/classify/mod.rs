@@ -531,48 +531,47 @@ impl Classifier {
         if ev.ioctl.is_some() || !puts_bytes(ev.action) || f.ino == 0 {
             return None;
         }
-        let ps = path.to_string_lossy();
-        if libvirt::classify_libvirt_path(&ps).is_some() || lvm_text_path(&ps) {
-            return None;
-        }
         let key = (f.dev, f.ino);
         let (off, len) = write_span(ev.action, w, f.size);
-        let data = w.data.clone();
+        // Cheapest test first: most writes are to images, within the capture.
         match self.state.get(&key) {
-            None | Some(FileState::Other(_)) => {
-                let magic = self
-                    .state
-                    .get(&key)
-                    .and_then(FileState::magic_only)
-                    .is_some();
-                (off < SNIFF_SPAN || magic).then(|| recheck::HoldKind::Sniff {
-                    key,
-                    path: path.to_path_buf(),
-                    off,
-                    data,
-                })
-            }
             Some(FileState::Qcow2(q)) => {
                 let sh = &q.shadow;
                 let partial = (w.data.len() as u64) < w.length;
-                let in_header = off < sh.raw.len() as u64 && len > 0;
-                if !in_header || !partial {
+                if !partial || off >= sh.raw.len() as u64 || len == 0 {
                     return None;
                 }
-                let same_as_before = !data.is_empty()
+                let same_as_before = !w.data.is_empty()
                     && usize::try_from(off)
                         .ok()
-                        .and_then(|o| sh.raw.get(o..o.checked_add(data.len())?))
-                        == Some(&data[..]);
+                        .and_then(|o| sh.raw.get(o..o.checked_add(w.data.len())?))
+                        == Some(&w.data[..]);
                 Some(recheck::HoldKind::HeaderTail {
                     key,
                     path: path.to_path_buf(),
                     off,
-                    data,
+                    data: w.data.clone(),
                     same_as_before,
                 })
             }
             Some(FileState::Lvm(_)) => None,
+            st @ (None | Some(FileState::Other(_))) => {
+                let magic = st.and_then(FileState::magic_only).is_some();
+                if off >= SNIFF_SPAN && !magic {
+                    return None;
+                }
+                // Metadata text files are judged by name, not sniffed.
+                let ps = path.to_string_lossy();
+                if libvirt::classify_libvirt_path(&ps).is_some() || lvm_text_path(&ps) {
+                    return None;
+                }
+                Some(recheck::HoldKind::Sniff {
+                    key,
+                    path: path.to_path_buf(),
+                    off,
+                    data: w.data.clone(),
+                })
+            }
         }
     }
 
@@ -625,10 +624,16 @@ impl Classifier {
             self.rechecks.extend(keep);
             due
         };
+        // One read of a process's maps per round, however many of its mappings are due.
+        let mut maps: HashMap<u32, String> = HashMap::new();
         for mut r in due {
             let mapped = match r.why {
                 recheck::RecheckWhy::SharedMapping => {
-                    recheck::maps_file(r.template.process.pid, r.key)
+                    let pid = r.template.process.pid;
+                    let text = maps.entry(pid).or_insert_with(|| {
+                        std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default()
+                    });
+                    recheck::maps_text_has(text, r.key)
                 }
                 _ => false,
             };

@@ -131,10 +131,6 @@ impl Incoming {
     }
 }
 
-fn is_lvm_text_path(p: &str) -> bool {
-    p.starts_with("/etc/lvm/backup/") || p.starts_with("/etc/lvm/archive/")
-}
-
 impl Classifier {
     /// Judge a rename or link: by the target's kind, against the replaced file's shadow.
     /// Returns the classification and the identity now at the target (when known).
@@ -183,9 +179,9 @@ impl Classifier {
             .source
             .as_ref()
             .map(|s| s.to_string_lossy().into_owned())
-            .filter(|s| is_lvm_text_path(s));
-        if is_lvm_text_path(&target_s) || lvm_src.is_some() {
-            let ps = if is_lvm_text_path(&target_s) {
+            .filter(|s| super::lvm_text_path(s));
+        if super::lvm_text_path(&target_s) || lvm_src.is_some() {
+            let ps = if super::lvm_text_path(&target_s) {
                 target_s.into_owned()
             } else {
                 lvm_src.unwrap_or_default()
