@@ -640,7 +640,7 @@ impl Classifier {
             if let Some(c) = self.recheck(&mut r) {
                 let mut ev = (*r.template).clone();
                 let wall = crate::enrich::Clock::now();
-                let boot = boot_ns();
+                let boot = crate::lineage::boottime_ns();
                 ev.ts_boot_ns = boot;
                 ev.ts_unix_ns = wall.unix_ns(boot);
                 if ev.action == "ioctl" {
@@ -1018,16 +1018,6 @@ fn is_clone_ioctl(ev: &Event) -> bool {
     ev.ioctl
         .as_ref()
         .is_some_and(|i| i.cmd == FICLONE || i.cmd == FICLONERANGE)
-}
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: plain syscall into a stack struct.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The byte range an operation affects: truncation cuts from the new length to the old end.

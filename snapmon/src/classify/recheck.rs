@@ -285,15 +285,7 @@ mod tests {
         let d = TmpDir::new("tail");
         qemu_img(&["create", "-q", "-f", "qcow2", &d.s("vm.qcow2"), "16M"]);
         qemu_img(&["create", "-q", "-f", "qcow2", &d.s("rebased.qcow2"), "16M"]);
-        qemu_img(&[
-            "rebase",
-            "-u",
-            "-F",
-            "qcow2",
-            "-b",
-            "/dev/shm/x.qcow2",
-            &d.s("rebased.qcow2"),
-        ]);
+        super::super::qcow2::testutil::rebase_unsafe(&d.s("rebased.qcow2"), "/dev/shm/x.qcow2");
         let new_head = std::fs::read(d.path("rebased.qcow2")).unwrap()[..65536].to_vec();
         let img = d.path("vm.qcow2");
         let mut c = Classifier::new(&crate::config::Policy::embedded());

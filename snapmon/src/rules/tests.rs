@@ -593,26 +593,19 @@ fn replaces_and_late_content_alert_like_writes_and_say_how() {
 
 #[test]
 fn memfd_and_deleted_programs_are_named_by_what_they_run() {
-    let mut e = engine(&Policy::embedded());
-    let mut ev = hide_event(4242);
-    ev.process.name = "3".into();
-    ev.process.executable = Bytes(b"/memfd:evil (deleted)".to_vec());
-    let a = e.process(&ev);
-    let q = a.iter().find(|a| a.rule_id == "SM-Q002").unwrap();
-    assert!(
-        q.message.starts_with("memfd:evil (← bash)"),
-        "{}",
-        q.message
-    );
-    let mut e = engine(&Policy::embedded());
-    ev.process.executable = Bytes(b"/tmp/.x/tool (deleted)".to_vec());
-    let a = e.process(&ev);
-    let q = a.iter().find(|a| a.rule_id == "SM-Q002").unwrap();
-    assert!(
-        q.message.starts_with("/tmp/.x/tool (deleted) (← bash)"),
-        "{}",
-        q.message
-    );
+    for (exe, named) in [
+        (&b"/memfd:evil (deleted)"[..], "memfd:evil (← bash)"),
+        (b"/tmp/.x/tool (deleted)", "/tmp/.x/tool (deleted) (← bash)"),
+        (b"/usr/bin/python3", "3 (← bash)"),
+    ] {
+        let mut ev = hide_event(4242);
+        // fexecve: the kernel names the task after the descriptor (`/dev/fd/3`).
+        ev.process.name = "3".into();
+        ev.process.executable = Bytes(exe.to_vec());
+        let a = engine(&Policy::embedded()).process(&ev);
+        let q = a.iter().find(|a| a.rule_id == "SM-Q002").unwrap();
+        assert!(q.message.starts_with(named), "{}", q.message);
+    }
 }
 
 #[test]
