@@ -68,14 +68,20 @@ pub fn open(path: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// Up to `n` bytes from the start of an opened file.
-pub fn prefix_of(f: &mut File, n: u64) -> io::Result<Vec<u8>> {
+/// LVM writes PVs with O_DIRECT; a buffered read racing such a write can leave stale pages
+/// in the device's page cache for good. Drop them before reading a block device.
+pub fn drop_stale_pages(f: &File) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
-    // LVM writes PVs with O_DIRECT; a buffered read racing such a write can leave stale pages
-    // in the device's page cache for good. Drop them first so we read what is on disk.
     if f.metadata()?.file_type().is_block_device() {
+        // SAFETY: an advisory call on a descriptor we own.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     }
+    Ok(())
+}
+
+/// Up to `n` bytes from the current position (the start, for a fresh descriptor).
+pub fn prefix_of(f: &mut File, n: u64) -> io::Result<Vec<u8>> {
+    drop_stale_pages(f)?;
     let mut buf = Vec::new();
     f.by_ref().take(n).read_to_end(&mut buf)?;
     Ok(buf)

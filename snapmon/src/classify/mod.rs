@@ -84,9 +84,10 @@ impl FileState {
     }
 }
 
-/// Where content sniffing looks: an image's magic, label and header live in the first
-/// cluster, so bytes put there (by a write, copy or clone) get the file looked at again.
-const SNIFF_SPAN: u64 = 64 << 10;
+/// Where content sniffing looks: a qcow2 magic and an LVM label lie in the first 4 KiB, so
+/// bytes put there (by a write, copy or clone) get a non-image file looked at again; one that
+/// shows a magic but did not load yet is looked at after any write (MAX_MAGIC_TRIES).
+const SNIFF_SPAN: u64 = 4096;
 
 /// Actions that put bytes into a file (as opposed to cutting, punching or mapping it).
 fn puts_bytes(action: &str) -> bool {
@@ -187,7 +188,8 @@ pub struct Classifier {
     rechecks: std::collections::VecDeque<recheck::Recheck>,
     /// Files created since the agent started, with their creator's pid (bounded, oldest
     /// forgotten): what the creator writes into one is being made, not modified.
-    created: std::collections::VecDeque<(recheck::Key, u32)>,
+    created: HashMap<recheck::Key, u32>,
+    created_order: std::collections::VecDeque<recheck::Key>,
 }
 
 /// Queue `f` for the kernel if it differs from what the file has now.
@@ -226,7 +228,8 @@ fn load_state(path: &Path) -> FileState {
 /// What a file's content says it is, all read through one descriptor.
 fn load_state_from(f: &mut File) -> FileState {
     // Cheap sniff first: most files in a store are not worth a 1 MiB read.
-    let Ok(sniff) = fileread::read_at(f, 0, 4096) else {
+    let Ok(sniff) = fileread::drop_stale_pages(f).and_then(|_| fileread::read_at(f, 0, 4096))
+    else {
         return FileState::other();
     };
     let lvm_label = sniff.windows(8).any(|w| w == b"LABELONE");
@@ -380,7 +383,8 @@ impl Classifier {
             published: HashMap::new(),
             filter_updates: Vec::new(),
             rechecks: Default::default(),
-            created: Default::default(),
+            created: HashMap::new(),
+            created_order: Default::default(),
         }
     }
 
@@ -480,16 +484,15 @@ impl Classifier {
             return false;
         };
         let key = (f.dev, f.ino);
-        let Some(i) = self.created.iter().position(|(k, _)| *k == key) else {
-            return false;
-        };
-        if self.created[i].1 == ev.process.pid {
-            return true;
+        match self.created.get(&key) {
+            None => false,
+            Some(&pid) if pid == ev.process.pid => true,
+            Some(_) => {
+                // Stale keys in `created_order` are skipped when it is trimmed.
+                self.created.remove(&key);
+                false
+            }
         }
-        if ev.action != "create" {
-            self.created.remove(i);
-        }
-        false
     }
 
     /// A file seen for the first time that the agent did not see being created (its shadow
@@ -503,18 +506,27 @@ impl Classifier {
         if ev.action == "create" {
             if f.ino != 0 {
                 // A reused inode number: the new file's creator is the one that counts.
-                self.created.retain(|(k, _)| *k != key);
-                if self.created.len() >= MAX_SHADOWS {
-                    self.created.pop_front();
+                if self.created.insert(key, ev.process.pid).is_none() {
+                    self.created_order.push_back(key);
                 }
-                self.created.push_back((key, ev.process.pid));
+                while self.created.len() > MAX_SHADOWS {
+                    let Some(old) = self.created_order.pop_front() else {
+                        break;
+                    };
+                    self.created.remove(&old);
+                }
+                // Keys whose making ended leave stale entries behind: drop them now and then.
+                if self.created_order.len() > 2 * MAX_SHADOWS {
+                    let live = &self.created;
+                    self.created_order.retain(|k| live.contains_key(k));
+                }
             }
             return;
         }
         let (Some(path), Some(_)) = (path, ev.write.as_ref()) else {
             return;
         };
-        if f.ino == 0 || self.state.contains_key(&key) || self.created.iter().any(|c| c.0 == key) {
+        if f.ino == 0 || self.state.contains_key(&key) || self.created.contains_key(&key) {
             return;
         }
         let ps = path.to_string_lossy();
