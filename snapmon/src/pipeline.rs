@@ -109,7 +109,7 @@ impl Pipeline {
         match self.classifier.judge(&ev, path.as_deref(), now) {
             Verdict::Now(c) => {
                 ev.classification = c;
-                self.finish(ev, maps, &mut out);
+                self.finish(ev, now, maps, &mut out);
             }
             Verdict::Hold(h) => {
                 self.stats.held += 1;
@@ -125,7 +125,13 @@ impl Pipeline {
     }
 
     /// Filter updates, rules, records: the tail every judged event goes through.
-    fn finish(&mut self, mut ev: Event, maps: &mut dyn WatchMaps, out: &mut Vec<Record>) {
+    fn finish(
+        &mut self,
+        mut ev: Event,
+        now: Instant,
+        maps: &mut dyn WatchMaps,
+        out: &mut Vec<Record>,
+    ) {
         for (key, f) in self.classifier.take_filter_updates() {
             if let Err(e) = maps.set_write_filter(key, f.as_ref()) {
                 // A full map only means more is reported; count it, keep going.
@@ -140,7 +146,7 @@ impl Pipeline {
             .as_ref()
             .is_some_and(|c| c.format != "file")
         {
-            self.deleted_exe.amend(&mut ev.process, Instant::now());
+            self.deleted_exe.amend(&mut ev.process, now);
         }
         // Rules see events only, never alerts: no rule can fire on an alert.
         let alerts = self.rules.process(&ev);
@@ -168,7 +174,7 @@ impl Pipeline {
             // the enrich stage looked before the name changed.
             self.enricher.watch.placed(&target, key, link, maps);
         }
-        self.finish(ev, maps, out);
+        self.finish(ev, Instant::now(), maps, out);
     }
 
     /// Judge held events that landed, ran out of time, or (with `next`) concern the same
@@ -225,7 +231,7 @@ impl Pipeline {
             self.seq += 1;
             ev.seq = self.seq;
             self.stats.rechecked += 1;
-            self.finish(ev, maps, &mut out);
+            self.finish(ev, now, maps, &mut out);
         }
         out
     }

@@ -414,7 +414,9 @@ impl Classifier {
     /// Judge an event now, or say it must wait until the file shows what its syscall did.
     pub fn judge(&mut self, ev: &Event, path: Option<&Path>, now: Instant) -> Verdict {
         self.watch_later(ev, path, now);
-        self.first_sight(ev, path);
+        if ev.action == "create" {
+            self.note_creator(ev);
+        }
         if let Some(p) = replace::Pending::from_event(ev) {
             if p.located().is_none() {
                 return Verdict::Hold(recheck::Hold::new(recheck::HoldKind::Replace(p), now));
@@ -470,7 +472,7 @@ impl Classifier {
             // Bytes its creator puts into a file it just made (cp, qemu-img convert into a
             // new file, a tool writing a template): the file is being made, not modified.
             let fills = ev.write.is_some() || is_clone_ioctl(ev);
-            if fills && self.by_creator(ev) {
+            if fills && !self.created.is_empty() && self.by_creator(ev) {
                 c.facts.push(("made".into(), "by its creator".into()));
             }
         }
@@ -495,55 +497,50 @@ impl Classifier {
         }
     }
 
-    /// A file seen for the first time that the agent did not see being created (its shadow
-    /// was evicted, or it predates a narrower preload): load what it is *before* this
-    /// event's bytes land, so a header write to it still diffs against the old header.
-    fn first_sight(&mut self, ev: &Event, path: Option<&Path>) {
-        let Some(f) = ev.file.as_ref() else {
+    /// A file created (`O_CREAT` that made it): its creator's pid, until someone else
+    /// touches it.
+    fn note_creator(&mut self, ev: &Event) {
+        let Some(f) = ev.file.as_ref().filter(|f| f.ino != 0) else {
             return;
         };
         let key = (f.dev, f.ino);
-        if ev.action == "create" {
-            if f.ino != 0 {
-                // A reused inode number: the new file's creator is the one that counts.
-                if self.created.insert(key, ev.process.pid).is_none() {
-                    self.created_order.push_back(key);
-                }
-                while self.created.len() > MAX_SHADOWS {
-                    let Some(old) = self.created_order.pop_front() else {
-                        break;
-                    };
-                    self.created.remove(&old);
-                }
-                // Keys whose making ended leave stale entries behind: drop them now and then.
-                if self.created_order.len() > 2 * MAX_SHADOWS {
-                    let live = &self.created;
-                    self.created_order.retain(|k| live.contains_key(k));
-                }
-            }
-            return;
+        // A reused inode number: the new file's creator is the one that counts.
+        if self.created.insert(key, ev.process.pid).is_none() {
+            self.created_order.push_back(key);
         }
-        let (Some(path), Some(_)) = (path, ev.write.as_ref()) else {
-            return;
-        };
-        if f.ino == 0 || self.state.contains_key(&key) || self.created.contains_key(&key) {
-            return;
+        while self.created.len() > MAX_SHADOWS {
+            let Some(old) = self.created_order.pop_front() else {
+                break;
+            };
+            self.created.remove(&old);
         }
-        let ps = path.to_string_lossy();
-        if libvirt::classify_libvirt_path(&ps).is_some() || lvm_text_path(&ps) {
-            return;
+        // Keys whose making ended leave stale entries behind: drop them now and then.
+        if self.created_order.len() > 2 * MAX_SHADOWS {
+            let live = &self.created;
+            self.created_order.retain(|k| live.contains_key(k));
         }
-        let st = load_state(path);
-        self.remember(key, st);
     }
 
     /// Does this event have to wait for its syscall to land before it can be judged?
-    fn hold_for(&self, ev: &Event, path: Option<&Path>) -> Option<recheck::HoldKind> {
+    fn hold_for(&mut self, ev: &Event, path: Option<&Path>) -> Option<recheck::HoldKind> {
         let (w, f, path) = (ev.write.as_ref()?, ev.file.as_ref()?, path?);
-        if ev.ioctl.is_some() || !puts_bytes(ev.action) || f.ino == 0 {
+        if f.ino == 0 {
             return None;
         }
         let key = (f.dev, f.ino);
+        if !self.state.contains_key(&key) && !self.created.contains_key(&key) {
+            // Seen for the first time, not seen being created (its shadow was evicted, or
+            // it appeared under a name the agent learned late): load what it is *before*
+            // this event's bytes land, so a header write still diffs against the old header.
+            let ps = path.to_string_lossy();
+            if libvirt::classify_libvirt_path(&ps).is_none() && !lvm_text_path(&ps) {
+                let st = load_state(path);
+                self.remember(key, st);
+            }
+        }
+        if ev.ioctl.is_some() || !puts_bytes(ev.action) {
+            return None;
+        }
         let (off, len) = write_span(ev.action, w, f.size);
         // Cheapest test first: most writes are to images, within the capture.
         match self.state.get(&key) {
@@ -757,11 +754,11 @@ impl Classifier {
         let f = ev.file.as_ref()?;
         let key = (f.dev, f.ino);
         let path = path?;
-        let was_image = matches!(
-            self.state.get(&key),
-            Some(FileState::Qcow2(_) | FileState::Lvm(_))
-        );
-        let fresh = !self.state.contains_key(&key);
+        let (fresh, was_image) = match self.state.get(&key) {
+            None => (true, false),
+            Some(FileState::Other(_)) => (false, false),
+            Some(_) => (false, true),
+        };
         if fresh {
             let st = load_state(path);
             self.remember(key, st);
