@@ -77,11 +77,22 @@ impl Hold {
         }
     }
 
-    /// Paths this hold is about (a replace is known by name before its identity).
-    pub fn paths(&self) -> Vec<&std::path::Path> {
+    /// Is a later event about identity `key` or path `path` (raw bytes) one that must not
+    /// be judged before this hold? A replace is known by name before its identity.
+    pub fn concerns(&self, key: Option<Key>, path: Option<&[u8]>) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let by_key = |k: Key| key == Some(k);
+        let by_path = |p: &std::path::Path| path.is_some_and(|b| p.as_os_str().as_bytes() == b);
         match &self.kind {
-            HoldKind::HeaderTail { path, .. } | HoldKind::Sniff { path, .. } => vec![path],
-            HoldKind::Replace(p) => p.paths(),
+            HoldKind::HeaderTail { key, path, .. } | HoldKind::Sniff { key, path, .. } => {
+                by_key(*key) || by_path(path)
+            }
+            HoldKind::Replace(p) => {
+                p.replaced.is_some_and(by_key)
+                    || p.source_key.is_some_and(by_key)
+                    || by_path(&p.target)
+                    || p.source.as_deref().is_some_and(by_path)
+            }
         }
     }
 

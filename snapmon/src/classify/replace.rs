@@ -59,12 +59,6 @@ impl Pending {
         self.replaced.into_iter().chain(self.source_key).collect()
     }
 
-    pub fn paths(&self) -> Vec<&Path> {
-        std::iter::once(self.target.as_path())
-            .chain(self.source.as_deref())
-            .collect()
-    }
-
     /// The identity at the target once the rename or link took effect; `None` before.
     pub fn located(&self) -> Option<Key> {
         let md = std::fs::symlink_metadata(&self.target).ok()?;
