@@ -286,7 +286,21 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mut buf: Vec<Vec<u8>> = Vec::with_capacity(256);
     let reason;
     loop {
+        // Held events and rechecks (classify::recheck) are due without a record to carry them.
+        let due = pipe.next_due().map(tokio::time::Instant::from_std);
+        let later = async move {
+            match due {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = later => {
+                let mut maps = KernelMaps::of(&mut k);
+                for r in pipe.poll(Instant::now(), &mut maps) {
+                    if sinks.send_owned(r).is_err() { return Ok(()); }
+                }
+            }
             r = fd.readable() => {
                 let mut guard = r?;
                 guard.clear_ready();
@@ -320,9 +334,14 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         }
     }
     notify.stopping();
-    // Drain what the kernel already queued, then say goodbye.
+    // Drain what the kernel already queued, judge what is held, then say goodbye.
     if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() {
         return Ok(());
+    }
+    for r in pipe.flush_held(&mut KernelMaps::of(&mut k)) {
+        if sinks.send_owned(r).is_err() {
+            return Ok(());
+        }
     }
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     refresh_hook_runs(&k, &registry);

@@ -382,6 +382,11 @@ impl Enricher {
             // Identity of the source while its name is still in the table (rename and unlink
             // have happened, or are about to, by the time we look at the filesystem).
             let known = p1.as_deref().and_then(|p| self.key_for(p));
+            // Identity the target name had before: what a rename replaces.
+            let replaced = match op {
+                Some(NsOp::Rename | NsOp::Link) => p2.as_deref().and_then(|p| self.key_for(p)),
+                _ => None,
+            };
             // Keep the watch set and path table current.
             match op {
                 Some(NsOp::Rename) => {
@@ -412,7 +417,12 @@ impl Enricher {
                 f1.dev = key.dev;
                 f1.ino = key.ino;
             }
-            (Some(f1), p2.map(|p| fi(Some(p))))
+            let mut f2 = p2.map(|p| fi(Some(p)));
+            if let (Some(t), Some(k)) = (&mut f2, replaced) {
+                t.dev = k.dev;
+                t.ino = k.ino;
+            }
+            (Some(f1), f2)
         };
         let mut ev = self.base(raw, "file", t, a);
         ev.file = file;

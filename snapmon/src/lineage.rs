@@ -1390,7 +1390,7 @@ impl ProcessTable {
 }
 
 /// The clock of the kernel's event timestamps (`bpf_ktime_get_boot_ns`).
-fn boottime_ns() -> u64 {
+pub(crate) fn boottime_ns() -> u64 {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

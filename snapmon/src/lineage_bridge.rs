@@ -138,6 +138,92 @@ impl TableLineage {
     }
 }
 
+/// The executable's path as an exec record names it. An exec through a descriptor
+/// (`fexecve`, `execveat(fd, "", AT_EMPTY_PATH)`) says `/dev/fd/N`: the image is whatever
+/// that fd was, a memfd (`/memfd:NAME (deleted)`) or an unlinked file (`PATH (deleted)`),
+/// read from `/proc/PID/exe` while it is still the same image.
+fn exe_path(e: &snapmon_common::ExecEvent) -> Vec<u8> {
+    let name = crate::decode::cstr(&e.filename, e.filename_len as usize);
+    let via_fd = name.starts_with(b"/dev/fd/")
+        || (name.starts_with(b"/proc/") && name.windows(4).any(|w| w == b"/fd/"));
+    if !via_fd {
+        return name.to_vec();
+    }
+    let link = format!("/proc/{}/exe", e.hdr.tgid);
+    let same = std::fs::metadata(&link).is_ok_and(|m| crate::watch::key_of(&m) == e.exe);
+    match std::fs::read_link(&link) {
+        Ok(t) if same => {
+            use std::os::unix::ffi::OsStrExt;
+            t.as_os_str().as_bytes().to_vec()
+        }
+        // Gone already: a memfd is still known by the filesystem it lives on.
+        _ if memfd_dev() == Some(e.exe.dev) => b"/memfd:? (deleted)".to_vec(),
+        _ => name.to_vec(),
+    }
+}
+
+/// The kernel dev of memfds (the internal shmem mount), from one made for the purpose.
+fn memfd_dev() -> Option<u32> {
+    static DEV: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *DEV.get_or_init(|| {
+        // SAFETY: memfd_create with a NUL-terminated name; the fd is closed by File.
+        let fd = unsafe { libc::memfd_create(c"snapmon-probe".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        use std::os::fd::FromRawFd;
+        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+        f.metadata().ok().map(|m| crate::watch::key_of(&m).dev)
+    })
+}
+
+/// Executables removed after they started: `/proc/PID/exe` then reads `PATH (deleted)`.
+/// Looked up for events that may alert, at most once a second per process.
+#[derive(Default)]
+pub struct DeletedExe {
+    seen: std::collections::HashMap<u32, (std::time::Instant, Option<Vec<u8>>)>,
+}
+
+impl DeletedExe {
+    /// Name `p`'s executable `PATH (deleted)` when its file is gone.
+    pub fn amend(&mut self, p: &mut ProcessInfo, now: std::time::Instant) {
+        let exe = &p.executable.0;
+        if p.pid == 0 || exe.ends_with(b" (deleted)") || exe.starts_with(b"/memfd:") {
+            return;
+        }
+        let fresh = self
+            .seen
+            .get(&p.pid)
+            .filter(|(at, _)| now.duration_since(*at) < std::time::Duration::from_secs(1));
+        let deleted = match fresh {
+            Some((_, d)) => d.clone(),
+            None => {
+                let link = format!("/proc/{}/exe", p.pid);
+                let same = std::fs::metadata(&link).is_ok_and(|m| {
+                    let k = crate::watch::key_of(&m);
+                    (k.dev, k.ino) == (p.exe_dev, p.exe_ino)
+                });
+                let d = std::fs::read_link(&link)
+                    .ok()
+                    .map(|t| {
+                        use std::os::unix::ffi::OsStrExt;
+                        t.as_os_str().as_bytes().to_vec()
+                    })
+                    .filter(|t| same && t.ends_with(b" (deleted)"));
+                if self.seen.len() >= CACHE_MAX {
+                    self.seen.clear();
+                }
+                self.seen.insert(p.pid, (now, d.clone()));
+                d
+            }
+        };
+        if let Some(d) = deleted {
+            p.executable = crate::event::Bytes(d);
+            p.render_cache = None;
+        }
+    }
+}
+
 impl Lineage for TableLineage {
     fn observe(&mut self, raw: &RawEvent) {
         use crate::lineage::{ExecInfo, ExitInfo, ForkInfo};
@@ -156,7 +242,7 @@ impl Lineage for TableLineage {
                 euid: e.euid,
                 gid: e.hdr.gid,
                 start_ns: e.start_ns,
-                exe_path: crate::decode::cstr(&e.filename, e.filename_len as usize).to_vec(),
+                exe_path: exe_path(e),
                 exe_dev: user_dev(e.exe.dev),
                 exe_ino: e.exe.ino,
                 argv: split_args(&e.args, e.args_len as usize),

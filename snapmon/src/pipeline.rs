@@ -1,15 +1,19 @@
 //! Pipeline: the pure part of the flow, bytes → decode → enrich → classify → rules → records.
 //! No kernel access here, so `replay` and tests drive exactly what the live agent runs.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Instant,
+};
 
 use serde_json::json;
 
 use crate::{
-    classify::Classifier,
+    classify::{recheck::Hold, Classifier, Verdict},
     config::Policy,
     decode::decode,
     enrich::Enricher,
+    event::Event,
     lineage_bridge::Lineage,
     record::Record,
     rules::{
@@ -28,6 +32,10 @@ pub struct StageStats {
     pub alerts: u64,
     /// Write-filter updates the kernel map refused (the file stays fully reported).
     pub filter_errors: u64,
+    /// Events judged only once their syscall landed (renames, header tails, first fills).
+    pub held: u64,
+    /// Follow-up events from files looked at again (shared mappings, late fills, clones).
+    pub rechecked: u64,
 }
 
 pub struct Pipeline {
@@ -38,6 +46,9 @@ pub struct Pipeline {
     pub rules: Engine,
     pub stats: StageStats,
     decode_errs: BTreeMap<&'static str, u64>,
+    /// Events judged once their syscall landed (see `classify::recheck`), oldest first.
+    held: VecDeque<(Event, Hold)>,
+    deleted_exe: crate::lineage_bridge::DeletedExe,
 }
 
 impl Pipeline {
@@ -64,6 +75,8 @@ impl Pipeline {
             rules,
             stats: StageStats::default(),
             decode_errs: BTreeMap::new(),
+            held: VecDeque::new(),
+            deleted_exe: Default::default(),
         }
     }
 
@@ -84,12 +97,41 @@ impl Pipeline {
         };
         self.seq += 1;
         ev.seq = self.seq;
+        let now = Instant::now();
+        // Held events on the same file go first, judged as they stand: this event must
+        // not be diffed against a shadow they have not updated yet.
+        let mut out = self.complete_held(now, Some(&ev), maps);
         let path = ev
             .file
             .as_ref()
             .and_then(|f| f.path.as_ref())
             .map(|p| p.as_path());
-        ev.classification = self.classifier.classify(&ev, path.as_deref());
+        match self.classifier.judge(&ev, path.as_deref(), now) {
+            Verdict::Now(c) => {
+                ev.classification = c;
+                self.finish(ev, now, maps, &mut out);
+            }
+            Verdict::Hold(h) => {
+                self.stats.held += 1;
+                self.held.push_back((ev, h));
+                if self.held.len() > crate::classify::recheck::MAX_HELD {
+                    if let Some((ev, h)) = self.held.pop_front() {
+                        self.complete_one(ev, h, maps, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Filter updates, rules, records: the tail every judged event goes through.
+    fn finish(
+        &mut self,
+        mut ev: Event,
+        now: Instant,
+        maps: &mut dyn WatchMaps,
+        out: &mut Vec<Record>,
+    ) {
         for (key, f) in self.classifier.take_filter_updates() {
             if let Err(e) = maps.set_write_filter(key, f.as_ref()) {
                 // A full map only means more is reported; count it, keep going.
@@ -98,13 +140,121 @@ impl Pipeline {
             }
         }
         self.stats.events += 1;
+        // An event that may alert names an actor whose file was removed as such.
+        if ev
+            .classification
+            .as_ref()
+            .is_some_and(|c| c.format != "file")
+        {
+            self.deleted_exe.amend(&mut ev.process, now);
+        }
         // Rules see events only, never alerts: no rule can fire on an alert.
         let alerts = self.rules.process(&ev);
         self.stats.alerts += alerts.len() as u64;
-        let mut out = Vec::with_capacity(1 + alerts.len());
         out.push(Record::Event(ev));
         out.extend(alerts.into_iter().map(|a| Record::Alert(Box::new(a))));
+    }
+
+    fn complete_one(
+        &mut self,
+        mut ev: Event,
+        h: Hold,
+        maps: &mut dyn WatchMaps,
+        out: &mut Vec<Record>,
+    ) {
+        let path = ev
+            .file
+            .as_ref()
+            .and_then(|f| f.path.as_ref())
+            .map(|p| p.as_path());
+        let done = self.classifier.complete(&ev, path.as_deref(), h);
+        ev.classification = done.classification;
+        if let Some((target, key, link)) = done.placed {
+            // What a rename or link put in place is watched under its new name, even when
+            // the enrich stage looked before the name changed.
+            self.enricher.watch.placed(&target, key, link, maps);
+        }
+        self.finish(ev, Instant::now(), maps, out);
+    }
+
+    /// Judge held events that landed, ran out of time, or (with `next`) concern the same
+    /// file or name as the event about to be judged.
+    fn complete_held(
+        &mut self,
+        now: Instant,
+        next: Option<&Event>,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        if self.held.is_empty() {
+            return out;
+        }
+        // About the same file or name as the event to come: judged before it.
+        let touches = |h: &Hold| {
+            next.is_some_and(|ev| {
+                [ev.file.as_ref(), ev.target.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|f| {
+                        let key = (f.ino != 0).then_some((f.dev, f.ino));
+                        h.concerns(key, f.path.as_ref().map(|p| p.0.as_slice()))
+                    })
+            })
+        };
+        // No allocation unless something is due: this runs for every event while any is held.
+        let mut go = Vec::new();
+        for (i, (_, h)) in self.held.iter_mut().enumerate() {
+            let due = h.next_check <= now;
+            if touches(h) || now >= h.deadline || (due && h.landed(now)) {
+                go.push(i);
+            } else if due {
+                h.next_check = now + crate::classify::recheck::HOLD_STEP;
+            }
+        }
+        let mut taken = Vec::with_capacity(go.len());
+        for &i in go.iter().rev() {
+            taken.extend(self.held.remove(i));
+        }
+        // Oldest first.
+        for (ev, h) in taken.into_iter().rev() {
+            self.complete_one(ev, h, maps, &mut out);
+        }
         out
+    }
+
+    /// Work that is due without an event to carry it: held events whose syscall landed
+    /// or ran out of time, and files looked at again (shared mappings, late fills).
+    pub fn poll(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<Record> {
+        let mut out = self.complete_held(now, None, maps);
+        for mut ev in self.classifier.rechecks_due(now) {
+            self.seq += 1;
+            ev.seq = self.seq;
+            self.stats.rechecked += 1;
+            self.finish(ev, now, maps, &mut out);
+        }
+        out
+    }
+
+    /// Judge everything held now (shutdown: nothing is lost).
+    pub fn flush_held(&mut self, maps: &mut dyn WatchMaps) -> Vec<Record> {
+        let mut out = Vec::new();
+        while let Some((ev, h)) = self.held.pop_front() {
+            self.complete_one(ev, h, maps, &mut out);
+        }
+        out
+    }
+
+    /// When [`Pipeline::poll`] next has work.
+    pub fn next_due(&self) -> Option<Instant> {
+        let held = self
+            .held
+            .iter()
+            .map(|(_, h)| h.next_check.min(h.deadline))
+            .min();
+        match (held, self.classifier.next_recheck()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.
@@ -149,18 +299,19 @@ impl Pipeline {
     }
 }
 
-/// Cost of one relevant event through the whole userspace path, stage by stage:
-/// `cargo test --release -p snapmon pipeline_cost -- --ignored --nocapture`.
+/// Wire records as the kernel writes them, for driving the pipeline in tests.
 #[cfg(test)]
-mod cost {
-    use std::time::Instant;
-
+mod wire {
     use snapmon_common::{EventKind, FileWriteEvent, WriteOp, DATA_LEN};
 
-    use super::*;
-    use crate::watch::MemMaps;
-
-    fn raw_write(key: snapmon_common::FileKey, pid: u32, data: &[u8]) -> Vec<u8> {
+    /// A `pwrite64` of `len` bytes at `off`, the first DATA_LEN of them captured.
+    pub fn raw_write(
+        key: snapmon_common::FileKey,
+        pid: u32,
+        off: i64,
+        len: u64,
+        data: &[u8],
+    ) -> Vec<u8> {
         // SAFETY: plain-data wire struct; all zeroes is a valid value.
         let mut ev: FileWriteEvent = unsafe { std::mem::zeroed() };
         ev.hdr.kind = EventKind::FileWrite as u32;
@@ -168,21 +319,17 @@ mod cost {
         ev.hdr.pid = pid;
         ev.hdr.tgid = pid;
         // Stamped now, after the process started, as the kernel would.
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        ev.hdr.ts_ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        ev.hdr.ts_ns = crate::lineage::boottime_ns();
         ev.hdr.comm[..6].copy_from_slice(b"python");
         ev.op = WriteOp::Pwrite as u16;
         ev.fd = 3;
         ev.file = key;
-        ev.offset = 60;
-        ev.len = data.len() as u64;
+        ev.offset = off;
+        ev.len = len;
         ev.size = 196_616;
-        ev.data_len = data.len().min(DATA_LEN) as u32;
-        ev.data[..data.len()].copy_from_slice(data);
+        let n = data.len().min(DATA_LEN);
+        ev.data_len = n as u32;
+        ev.data[..n].copy_from_slice(&data[..n]);
         // SAFETY: reading the struct's bytes.
         unsafe {
             std::slice::from_raw_parts(
@@ -191,6 +338,93 @@ mod cost {
             )
         }
         .to_vec()
+    }
+}
+
+/// Events judged once their syscall landed, through the whole pure path.
+#[cfg(test)]
+mod held {
+    use super::*;
+    use crate::{
+        classify::qcow2::testutil::{qemu_img, rebase_unsafe, TmpDir},
+        watch::MemMaps,
+    };
+
+    fn events(recs: &[Record]) -> Vec<&Event> {
+        recs.iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A header cluster rewrite is held until it lands; the next write to the same image
+    /// forces it out first, judged from the file, so the order and each diff are right.
+    #[test]
+    fn a_held_write_is_judged_before_the_next_event_on_its_file() {
+        let d = TmpDir::new("held");
+        qemu_img(&["create", "-q", "-f", "qcow2", &d.s("vm.qcow2"), "16M"]);
+        qemu_img(&["create", "-q", "-f", "qcow2", &d.s("r.qcow2"), "16M"]);
+        rebase_unsafe(&d.s("r.qcow2"), "/dev/shm/x.qcow2");
+        let head = std::fs::read(d.path("r.qcow2")).unwrap()[..65536].to_vec();
+        let img = d.path("vm.qcow2");
+        let key = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d.0, &mut maps).unwrap();
+        let mut pipe = Pipeline::with_lineage(
+            ws,
+            &Policy::embedded(),
+            Box::new(crate::lineage_bridge::HeaderOnly),
+        );
+        pipe.classifier.preload(std::iter::once((&key, &img)));
+        let me = std::process::id();
+        let out = pipe.handle(&wire::raw_write(key, me, 0, 65536, &head), &mut maps);
+        assert!(events(&out).is_empty(), "judged before it landed: {out:?}");
+        assert!(pipe.next_due().is_some());
+        // It lands; the same writer's next write (the size) comes in.
+        std::fs::write(
+            &img,
+            [&head[..], &std::fs::read(&img).unwrap()[65536..]].concat(),
+        )
+        .unwrap();
+        let size = 32u64 << 20;
+        let out = pipe.handle(
+            &wire::raw_write(key, me, 24, 8, &size.to_be_bytes()),
+            &mut maps,
+        );
+        let ev = events(&out);
+        assert_eq!(ev.len(), 2, "{out:?}");
+        assert!(ev[0].seq < ev[1].seq);
+        let ch = |e: &Event| -> Vec<String> {
+            e.classification
+                .as_ref()
+                .map(|c| c.changes.iter().map(ToString::to_string).collect())
+                .unwrap_or_default()
+        };
+        assert!(
+            ch(ev[0]).contains(&"backing_file: (none) → /dev/shm/x.qcow2".to_string()),
+            "{:?}",
+            ch(ev[0])
+        );
+        assert_eq!(ch(ev[1]), ["size: 16777216 → 33554432"]);
+        assert!(pipe.next_due().is_none());
+        assert_eq!(pipe.stats.held, 1);
+    }
+}
+
+/// Cost of one relevant event through the whole userspace path, stage by stage:
+/// `cargo test --release -p snapmon pipeline_cost -- --ignored --nocapture`.
+#[cfg(test)]
+mod cost {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::watch::MemMaps;
+
+    fn raw_write(key: snapmon_common::FileKey, pid: u32, data: &[u8]) -> Vec<u8> {
+        super::wire::raw_write(key, pid, 60, data.len() as u64, data)
     }
 
     #[test]

@@ -310,6 +310,26 @@ impl WatchSet {
         self.paths.insert(key, p);
     }
 
+    /// A rename or link put identity `key` at `p` (the classifier saw it there): watch it
+    /// under that name. After a rename no other identity keeps the name; a link adds one.
+    pub fn placed(&mut self, p: &Path, key: (u32, u64), link: bool, maps: &mut dyn WatchMaps) {
+        if !self.covers(p) || !std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()) {
+            return;
+        }
+        let k = FileKey {
+            dev: key.0,
+            _pad: 0,
+            ino: key.1,
+        };
+        if !link {
+            self.paths.retain(|kk, v| *kk == k || v.as_path() != p);
+        }
+        let _ = maps.add_file(k);
+        if !(link && self.paths.contains_key(&k)) {
+            self.paths.insert(k, p.to_path_buf());
+        }
+    }
+
     /// A rename moved `from` to `to`: fix every known path under it.
     pub fn renamed(&mut self, from: &Path, to: &Path) {
         for v in self.paths.values_mut() {

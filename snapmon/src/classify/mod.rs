@@ -1,14 +1,17 @@
 //! Classify stage: format intelligence. Works out what each event touched (a qcow2 header
 //! field, the snapshot table, LVM metadata, a device-mapper table load …) and the diff.
 
+pub mod fileread;
 pub mod filter;
 pub mod inspect;
 pub mod ioctl;
 pub mod libvirt;
 pub mod lvm;
 pub mod qcow2;
+pub mod recheck;
+pub mod replace;
 
-use std::{collections::HashMap, fs::File, io::Read, path::Path};
+use std::{collections::HashMap, fs::File, path::Path, time::Instant};
 
 use serde::Serialize;
 
@@ -49,7 +52,78 @@ enum FileState {
     Qcow2(Box<Qcow2State>),
     Lvm(Box<LvmState>),
     /// Looked at; not a format we model (yet). Re-checked when its first bytes change.
-    Other,
+    Other(OtherState),
+}
+
+/// A file that did not load as an image when last looked at.
+#[derive(Default)]
+struct OtherState {
+    /// It starts with an image's magic (`qcow2`, `lvm`) but did not load: still being
+    /// filled, or a disguise that only looks like one. Why it did not load.
+    magic: Option<(&'static str, String)>,
+    /// Looks at it since it showed the magic (bounded: a file that never loads stops
+    /// costing a re-read on every write).
+    tries: u32,
+}
+
+/// Re-reads of a file that shows an image magic but does not load, before only writes to
+/// its first cluster trigger one.
+const MAX_MAGIC_TRIES: u32 = 16;
+
+impl FileState {
+    fn other() -> FileState {
+        FileState::Other(OtherState::default())
+    }
+
+    /// The format a file claims by its magic when it does not load as one.
+    fn magic_only(&self) -> Option<&'static str> {
+        match self {
+            FileState::Other(o) => o.magic.as_ref().map(|m| m.0),
+            _ => None,
+        }
+    }
+}
+
+/// Where content sniffing looks: a qcow2 magic and an LVM label lie in the first 4 KiB, so
+/// bytes put there (by a write, copy or clone) get a non-image file looked at again; one that
+/// shows a magic but did not load yet is looked at after any write (MAX_MAGIC_TRIES).
+const SNIFF_SPAN: u64 = 4096;
+
+/// Actions that put bytes into a file (as opposed to cutting, punching or mapping it).
+fn puts_bytes(action: &str) -> bool {
+    matches!(
+        action,
+        "write"
+            | "pwrite64"
+            | "writev"
+            | "pwritev"
+            | "pwritev2"
+            | "io_uring_write"
+            | "io_uring_writev"
+            | "io_uring_write_fixed"
+            | "aio_pwrite"
+            | "aio_pwritev"
+            | "copy_file_range"
+            | "splice"
+            | "sendfile"
+            | "vfs_write"
+            | "clone_range"
+    )
+}
+
+/// What the classify stage says about one event.
+pub enum Verdict {
+    /// Judged now.
+    Now(Option<Classification>),
+    /// Judged once the file shows what the syscall did: [`Classifier::complete`].
+    Hold(recheck::Hold),
+}
+
+/// A held event, judged.
+pub struct Completed {
+    pub classification: Option<Classification>,
+    /// A rename or link: the identity now at the target, to be watched under that name.
+    pub placed: Option<(std::path::PathBuf, recheck::Key, bool)>,
 }
 
 struct Qcow2State {
@@ -110,6 +184,12 @@ pub struct Classifier {
     published: HashMap<(u32, u64), WriteFilter>,
     /// Filter changes not yet applied to the kernel map (None: withdraw).
     filter_updates: Vec<(FileKey, Option<WriteFilter>)>,
+    /// Files to look at again later (shared mappings, late fills, clones).
+    rechecks: std::collections::VecDeque<recheck::Recheck>,
+    /// Files created since the agent started, with their creator's pid (bounded, oldest
+    /// forgotten): what the creator writes into one is being made, not modified.
+    created: HashMap<recheck::Key, u32>,
+    created_order: std::collections::VecDeque<recheck::Key>,
 }
 
 /// Queue `f` for the kernel if it differs from what the file has now.
@@ -135,51 +215,61 @@ fn publish(
 }
 
 fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::{fs::FileTypeExt, io::AsRawFd};
-    let mut f = File::open(path)?;
-    // LVM writes PVs with O_DIRECT; a buffered read racing such a write can leave stale pages
-    // in the device's page cache for good. Drop them first so we read what is on disk.
-    if f.metadata()?.file_type().is_block_device() {
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
-    let mut buf = Vec::new();
-    f.by_ref().take(n).read_to_end(&mut buf)?;
-    Ok(buf)
+    fileread::read_prefix(path, n)
 }
 
 fn load_state(path: &Path) -> FileState {
+    match fileread::open(path) {
+        Ok(mut f) => load_state_from(&mut f),
+        Err(_) => FileState::other(),
+    }
+}
+
+/// What a file's content says it is, all read through one descriptor.
+fn load_state_from(f: &mut File) -> FileState {
     // Cheap sniff first: most files in a store are not worth a 1 MiB read.
-    let Ok(sniff) = read_prefix(path, 4096) else {
-        return FileState::Other;
+    let Ok(sniff) = fileread::drop_stale_pages(f).and_then(|_| fileread::read_at(f, 0, 4096))
+    else {
+        return FileState::other();
     };
     let lvm_label = sniff.windows(8).any(|w| w == b"LABELONE");
-    if !sniff.starts_with(b"QFI\xfb") && !lvm_label {
-        return FileState::Other;
+    let qcow2_magic = sniff.starts_with(b"QFI\xfb");
+    if !qcow2_magic && !lvm_label {
+        return FileState::other();
     }
-    let Ok(head) = read_prefix(path, PROBE_BYTES) else {
-        return FileState::Other;
+    let magic = |fmt: &'static str, why: String| {
+        FileState::Other(OtherState {
+            magic: Some((fmt, why)),
+            tries: 0,
+        })
+    };
+    let head = match fileread::prefix_of(f, PROBE_BYTES) {
+        Ok(h) => h,
+        Err(e) => return magic(if qcow2_magic { "qcow2" } else { "lvm" }, e.to_string()),
     };
     if head.starts_with(b"QFI\xfb") {
-        if let Ok(mut f) = File::open(path) {
-            if let Ok(shadow) = qcow2::Qcow2Shadow::load(&mut f) {
-                return FileState::Qcow2(Box::new(Qcow2State {
-                    shadow,
-                    pending_table: None,
-                    retired_tables: Vec::new(),
-                }));
-            }
+        return match qcow2::Qcow2Shadow::load(f) {
+            Ok(shadow) => FileState::Qcow2(Box::new(Qcow2State {
+                shadow,
+                pending_table: None,
+                retired_tables: Vec::new(),
+            })),
+            Err(e) => magic("qcow2", e.to_string()),
+        };
+    }
+    match lvm::parse_label(&head) {
+        Ok(label) => {
+            let mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
+            let vg = lvm::metadata_text_from_device(&head).ok();
+            FileState::Lvm(Box::new(LvmState {
+                label: Some(label),
+                mda,
+                vg,
+            }))
         }
+        // LABELONE anywhere in the first 4 KiB that is not a valid label: not claimed.
+        Err(_) => FileState::other(),
     }
-    if let Ok(label) = lvm::parse_label(&head) {
-        let mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
-        let vg = lvm::metadata_text_from_device(&head).ok();
-        return FileState::Lvm(Box::new(LvmState {
-            label: Some(label),
-            mda,
-            vg,
-        }));
-    }
-    FileState::Other
 }
 
 /// LVM's own commands (run as `lvm <cmd>` or through their symlinks).
@@ -292,6 +382,9 @@ impl Classifier {
             stats: ClassifyStats::default(),
             published: HashMap::new(),
             filter_updates: Vec::new(),
+            rechecks: Default::default(),
+            created: HashMap::new(),
+            created_order: Default::default(),
         }
     }
 
@@ -309,12 +402,332 @@ impl Classifier {
         self.stats.shadows = self.state.len();
     }
 
+    /// Judge an event now, whatever has landed: what tests and one-shot callers use.
+    /// The agent's pipeline uses [`Classifier::judge`] and [`Classifier::complete`].
     pub fn classify(&mut self, ev: &Event, path: Option<&Path>) -> Option<Classification> {
+        match self.judge(ev, path, Instant::now()) {
+            Verdict::Now(c) => c,
+            Verdict::Hold(h) => self.complete(ev, path, h).classification,
+        }
+    }
+
+    /// Judge an event now, or say it must wait until the file shows what its syscall did.
+    pub fn judge(&mut self, ev: &Event, path: Option<&Path>, now: Instant) -> Verdict {
+        self.watch_later(ev, path, now);
+        if ev.action == "create" {
+            self.note_creator(ev);
+        }
+        if let Some(p) = replace::Pending::from_event(ev) {
+            if p.located().is_none() {
+                return Verdict::Hold(recheck::Hold::new(recheck::HoldKind::Replace(p), now));
+            }
+            let (c, _) = self.judge_replace(ev, &p);
+            return Verdict::Now(self.counted(ev, c));
+        }
+        if let Some(k) = self.hold_for(ev, path) {
+            return Verdict::Hold(recheck::Hold::new(k, now));
+        }
         let c = self.classify_inner(ev, path);
-        if c.is_some() {
+        Verdict::Now(self.counted(ev, c))
+    }
+
+    /// Judge a held event (landed, forced by a later event on the same file, or out of time).
+    pub fn complete(&mut self, ev: &Event, path: Option<&Path>, h: recheck::Hold) -> Completed {
+        let c = match &h.kind {
+            recheck::HoldKind::Replace(p) => {
+                let (c, placed) = self.judge_replace(ev, p);
+                let placed = placed.map(|k| (p.target.clone(), k, p.link));
+                return Completed {
+                    classification: self.counted(ev, c),
+                    placed,
+                };
+            }
+            _ => self.classify_inner(ev, path),
+        };
+        // Bytes that landed but made no image yet: look again later, for a slow writer.
+        if let recheck::HoldKind::Sniff { key, path, .. } = &h.kind {
+            let still_other = self
+                .state
+                .get(key)
+                .is_none_or(|s| matches!(s, FileState::Other(_)));
+            if still_other {
+                self.add_recheck(recheck::Recheck::new(
+                    *key,
+                    path.clone(),
+                    recheck::RecheckWhy::LateFill,
+                    ev,
+                    Instant::now(),
+                ));
+            }
+        }
+        Completed {
+            classification: self.counted(ev, c),
+            placed: None,
+        }
+    }
+
+    fn counted(&mut self, ev: &Event, mut c: Option<Classification>) -> Option<Classification> {
+        if let Some(c) = &mut c {
             self.stats.classified += 1;
+            // Bytes its creator puts into a file it just made (cp, qemu-img convert into a
+            // new file, a tool writing a template): the file is being made, not modified.
+            let fills = ev.write.is_some() || is_clone_ioctl(ev);
+            if fills && !self.created.is_empty() && self.by_creator(ev) {
+                c.facts.push(("made".into(), "by its creator".into()));
+            }
         }
         c
+    }
+
+    /// Is this event its file's creator at work, with no one else having touched it since?
+    /// The first other writer ends the making.
+    fn by_creator(&mut self, ev: &Event) -> bool {
+        let Some(f) = ev.file.as_ref().filter(|f| f.ino != 0) else {
+            return false;
+        };
+        let key = (f.dev, f.ino);
+        match self.created.get(&key) {
+            None => false,
+            Some(&pid) if pid == ev.process.pid => true,
+            Some(_) => {
+                // Stale keys in `created_order` are skipped when it is trimmed.
+                self.created.remove(&key);
+                false
+            }
+        }
+    }
+
+    /// A file created (`O_CREAT` that made it): its creator's pid, until someone else
+    /// touches it.
+    fn note_creator(&mut self, ev: &Event) {
+        let Some(f) = ev.file.as_ref().filter(|f| f.ino != 0) else {
+            return;
+        };
+        let key = (f.dev, f.ino);
+        // A reused inode number: the new file's creator is the one that counts.
+        if self.created.insert(key, ev.process.pid).is_none() {
+            self.created_order.push_back(key);
+        }
+        while self.created.len() > MAX_SHADOWS {
+            let Some(old) = self.created_order.pop_front() else {
+                break;
+            };
+            self.created.remove(&old);
+        }
+        // Keys whose making ended leave stale entries behind: drop them now and then.
+        if self.created_order.len() > 2 * MAX_SHADOWS {
+            let live = &self.created;
+            self.created_order.retain(|k| live.contains_key(k));
+        }
+    }
+
+    /// Does this event have to wait for its syscall to land before it can be judged?
+    fn hold_for(&mut self, ev: &Event, path: Option<&Path>) -> Option<recheck::HoldKind> {
+        let (w, f, path) = (ev.write.as_ref()?, ev.file.as_ref()?, path?);
+        if f.ino == 0 {
+            return None;
+        }
+        let key = (f.dev, f.ino);
+        if !self.state.contains_key(&key) && !self.created.contains_key(&key) {
+            // Seen for the first time, not seen being created (its shadow was evicted, or
+            // it appeared under a name the agent learned late): load what it is *before*
+            // this event's bytes land, so a header write still diffs against the old header.
+            let ps = path.to_string_lossy();
+            if libvirt::classify_libvirt_path(&ps).is_none() && !lvm_text_path(&ps) {
+                let st = load_state(path);
+                self.remember(key, st);
+            }
+        }
+        if ev.ioctl.is_some() || !puts_bytes(ev.action) {
+            return None;
+        }
+        let (off, len) = write_span(ev.action, w, f.size);
+        // Cheapest test first: most writes are to images, within the capture.
+        match self.state.get(&key) {
+            Some(FileState::Qcow2(q)) => {
+                let sh = &q.shadow;
+                let partial = (w.data.len() as u64) < w.length;
+                if !partial || off >= sh.raw.len() as u64 || len == 0 {
+                    return None;
+                }
+                let same_as_before = !w.data.is_empty()
+                    && usize::try_from(off)
+                        .ok()
+                        .and_then(|o| sh.raw.get(o..o.checked_add(w.data.len())?))
+                        == Some(&w.data[..]);
+                Some(recheck::HoldKind::HeaderTail {
+                    key,
+                    path: path.to_path_buf(),
+                    off,
+                    data: w.data.clone(),
+                    same_as_before,
+                })
+            }
+            Some(FileState::Lvm(_)) => None,
+            st @ (None | Some(FileState::Other(_))) => {
+                let magic = st.and_then(FileState::magic_only).is_some();
+                if off >= SNIFF_SPAN && !magic {
+                    return None;
+                }
+                // Metadata text files are judged by name, not sniffed.
+                let ps = path.to_string_lossy();
+                if libvirt::classify_libvirt_path(&ps).is_some() || lvm_text_path(&ps) {
+                    return None;
+                }
+                Some(recheck::HoldKind::Sniff {
+                    key,
+                    path: path.to_path_buf(),
+                    off,
+                    data: w.data.clone(),
+                })
+            }
+        }
+    }
+
+    /// Files whose content can change with no event to say when: a shared writable
+    /// mapping (stores land in the page cache whenever the process pleases), a clone.
+    fn watch_later(&mut self, ev: &Event, path: Option<&Path>, now: Instant) {
+        let (Some(f), Some(path)) = (ev.file.as_ref(), path) else {
+            return;
+        };
+        if f.ino == 0 {
+            return;
+        }
+        let why = match ev.action {
+            "mmap_shared_write" => recheck::RecheckWhy::SharedMapping,
+            "ioctl" if is_clone_ioctl(ev) => recheck::RecheckWhy::Clone,
+            _ => return,
+        };
+        // No digest yet: the first look always judges, since the stores or the clone may
+        // have landed before this event reached the agent.
+        let mut r = recheck::Recheck::new((f.dev, f.ino), path.to_path_buf(), why, ev, now);
+        if why == recheck::RecheckWhy::Clone {
+            // The clone is done when the ioctl returns: look soon, then once more.
+            r.next = now + recheck::LAND_DELAY;
+        }
+        self.add_recheck(r);
+    }
+
+    fn add_recheck(&mut self, r: recheck::Recheck) {
+        // One per file and reason: a newer event only refreshes who is followed up on.
+        self.rechecks
+            .retain(|x| !(x.key == r.key && x.why == r.why));
+        if self.rechecks.len() >= recheck::MAX_RECHECKS {
+            self.rechecks.pop_front();
+        }
+        self.rechecks.push_back(r);
+    }
+
+    /// When the next recheck is due.
+    pub fn next_recheck(&self) -> Option<Instant> {
+        self.rechecks.iter().map(|r| r.next).min()
+    }
+
+    /// Look again at the files that are due; a change yields a follow-up event (the
+    /// prompting event's process and file, classified by what the file holds now).
+    pub fn rechecks_due(&mut self, now: Instant) -> Vec<Event> {
+        let mut out = Vec::new();
+        let due: Vec<recheck::Recheck> = {
+            let (due, keep): (Vec<_>, Vec<_>) =
+                self.rechecks.drain(..).partition(|r| r.next <= now);
+            self.rechecks.extend(keep);
+            due
+        };
+        // One read of a process's maps per round, however many of its mappings are due.
+        let mut maps: HashMap<u32, String> = HashMap::new();
+        for mut r in due {
+            let mapped = match r.why {
+                recheck::RecheckWhy::SharedMapping => {
+                    let pid = r.template.process.pid;
+                    let text = maps.entry(pid).or_insert_with(|| {
+                        std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default()
+                    });
+                    recheck::maps_text_has(text, r.key)
+                }
+                _ => false,
+            };
+            if let Some(c) = self.recheck(&mut r) {
+                let mut ev = (*r.template).clone();
+                let wall = crate::enrich::Clock::now();
+                let boot = crate::lineage::boottime_ns();
+                ev.ts_boot_ns = boot;
+                ev.ts_unix_ns = wall.unix_ns(boot);
+                if ev.action == "ioctl" {
+                    // The clone's effect on the content, judged as a write of it.
+                    ev.action = "clone_range";
+                    ev.ioctl = None;
+                }
+                ev.detail.push(("recheck", r.why.as_str().to_string()));
+                ev.classification = Some(c);
+                self.stats.classified += 1;
+                out.push(ev);
+            }
+            if r.advance(now, mapped) {
+                self.rechecks.push_back(r);
+            }
+        }
+        out
+    }
+
+    /// Read a file again; a classification when it became an image or its header changed.
+    fn recheck(&mut self, r: &mut recheck::Recheck) -> Option<Classification> {
+        let mut f = fileread::open(&r.path).ok()?;
+        let md = f.metadata().ok()?;
+        let k = crate::watch::key_for(&r.path, &md);
+        if (k.dev, k.ino) != r.key {
+            // Another file has the name now: its own events speak for it.
+            return None;
+        }
+        let head = fileread::read_at(&f, 0, 4096).ok()?;
+        let d = recheck::digest(&head);
+        if r.last == Some(d) {
+            return None;
+        }
+        r.last = Some(d);
+        self.stats.refreshes += 1;
+        match self.state.get_mut(&r.key) {
+            Some(FileState::Qcow2(q)) => {
+                // The whole header area may have moved under a mapping: re-read it all.
+                let before = q.shadow.image.clone();
+                let new = qcow2::Qcow2Shadow::load(&mut f).ok()?;
+                let changes = qcow2::diff_images(&before, &new.image);
+                q.shadow = new;
+                q.pending_table = None;
+                if changes.is_empty() {
+                    return None;
+                }
+                let ranges = q.shadow.image.metadata_ranges();
+                let fl = filter::to_wire(filter_actor::QEMU, ranges);
+                publish(
+                    &mut self.published,
+                    &mut self.filter_updates,
+                    r.key,
+                    Some(fl),
+                );
+                Some(Classification {
+                    format: "qcow2",
+                    regions: vec!["header".into()],
+                    changes,
+                    ..Default::default()
+                })
+            }
+            Some(FileState::Lvm(_)) => None,
+            None | Some(FileState::Other(_)) => {
+                let st = load_state_from(&mut f);
+                let fmt = match &st {
+                    FileState::Qcow2(_) => "qcow2",
+                    FileState::Lvm(_) => "lvm",
+                    FileState::Other(_) => st.magic_only()?,
+                };
+                self.state.remove(&r.key);
+                self.remember(r.key, st);
+                Some(Classification {
+                    format: fmt,
+                    facts: vec![("became".into(), fmt.into())],
+                    ..Default::default()
+                })
+            }
+        }
     }
 
     fn classify_inner(&mut self, ev: &Event, path: Option<&Path>) -> Option<Classification> {
@@ -333,7 +746,7 @@ impl Classifier {
             if let Some(lf) = libvirt::classify_libvirt_path(ps) {
                 return Some(classify_libvirt(&lf, ev, path));
             }
-            if let Some(c) = classify_lvm_file(ps, ev, path) {
+            if let Some(c) = classify_lvm_file(ps, path) {
                 return Some(c);
             }
         }
@@ -341,7 +754,12 @@ impl Classifier {
         let f = ev.file.as_ref()?;
         let key = (f.dev, f.ino);
         let path = path?;
-        if !self.state.contains_key(&key) {
+        let (fresh, was_image) = match self.state.get(&key) {
+            None => (true, false),
+            Some(FileState::Other(_)) => (false, false),
+            Some(_) => (false, true),
+        };
+        if fresh {
             let st = load_state(path);
             self.remember(key, st);
         }
@@ -444,12 +862,19 @@ impl Classifier {
                                     }
                                 }
                                 let full = qcow2::diff_images(&before, &new.image);
-                                for ch in full {
-                                    let known = c.changes.iter().any(|x| x.field == ch.field);
-                                    if (!full_sample || ch.field.starts_with("snapshot_")) && !known
-                                    {
-                                        c.changes.push(ch);
+                                if full_sample {
+                                    // The captured bytes were the whole write: their diff is
+                                    // exact; the re-read adds what lies elsewhere (the
+                                    // snapshots a moved table no longer lists, each one).
+                                    for ch in full {
+                                        if !c.changes.contains(&ch) {
+                                            c.changes.push(ch);
+                                        }
                                     }
+                                } else {
+                                    // Bytes beyond the capture came from the file: the
+                                    // re-read is the truth for every field.
+                                    c.changes = full;
                                 }
                                 *sh = new;
                             }
@@ -497,20 +922,53 @@ impl Classifier {
                     publish(&mut self.published, &mut self.filter_updates, key, Some(f));
                 }
             }
-            FileState::Other => {
+            FileState::Other(o) => {
+                let (magic, tries) = (o.magic.is_some(), o.tries);
                 publish(&mut self.published, &mut self.filter_updates, key, None);
-                // A file that becomes qcow2/LVM (creation) is picked up on its header write.
-                if off < 4096 {
+                // A file that becomes qcow2/LVM (creation, a copy, a late fill) is picked up
+                // when bytes land in its first cluster; one that shows an image magic but
+                // does not load yet, on any write (bounded).
+                let resniff = (off < SNIFF_SPAN && len > 0) || (magic && tries < MAX_MAGIC_TRIES);
+                if resniff && !fresh {
                     self.state.remove(&key);
-                    let st = load_state(path);
-                    let became = !matches!(st, FileState::Other);
+                    let mut st = load_state(path);
+                    if let FileState::Other(n) = &mut st {
+                        if n.magic.is_some() {
+                            n.tries = tries + 1;
+                        }
+                    }
+                    let became = !matches!(st, FileState::Other(_));
                     self.remember(key, st);
                     if became {
-                        return self.classify_inner(ev, Some(path));
+                        let mut c = self.classify_inner(ev, Some(path));
+                        if let Some(c) = &mut c {
+                            c.facts.push(("became".into(), c.format.into()));
+                        }
+                        return c;
                     }
+                }
+                // It claims an image format by its magic: rules judge the claim (a disguise).
+                if let Some(FileState::Other(OtherState {
+                    magic: Some((fmt, why)),
+                    ..
+                })) = self.state.get(&key)
+                {
+                    c.format = fmt;
+                    c.facts.push(("header_unparseable".into(), why.clone()));
                 }
                 c.regions.push("data".into());
             }
+        }
+        // First seen as an image on this very event (a new file being filled): made, not
+        // modified; rules about changed metadata leave it to the ones about disguise.
+        if fresh
+            && !was_image
+            && matches!(
+                self.state.get(&key),
+                Some(FileState::Qcow2(_) | FileState::Lvm(_))
+            )
+        {
+            c.facts.push(("became".into(), c.format.into()));
         }
         Some(c)
     }
@@ -539,7 +997,7 @@ impl Classifier {
                 std::fs::metadata(p).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
             if !self.state.contains_key(&key) && ok {
                 let st = load_state(p);
-                if !matches!(st, FileState::Other) {
+                if !matches!(st, FileState::Other(_)) {
                     self.remember(key, st);
                 }
             }
@@ -557,6 +1015,18 @@ impl Classifier {
         );
         self.stats.shadows = self.state.len();
     }
+}
+
+fn lvm_text_path(p: &str) -> bool {
+    p.starts_with("/etc/lvm/backup/") || p.starts_with("/etc/lvm/archive/")
+}
+
+fn is_clone_ioctl(ev: &Event) -> bool {
+    const FICLONE: u32 = 0x4004_9409;
+    const FICLONERANGE: u32 = 0x4020_940d;
+    ev.ioctl
+        .as_ref()
+        .is_some_and(|i| i.cmd == FICLONE || i.cmd == FICLONERANGE)
 }
 
 /// The byte range an operation affects: truncation cuts from the new length to the old end.
@@ -606,34 +1076,26 @@ fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) 
     if lf.temp {
         c.facts.push(("temp".into(), "true".into()));
     }
-    // After the final rename the document is in place: read what it says.
+    // After the final rename the document is in place (`path` is where it is now): read
+    // what it says.
     let readable = matches!(ev.action, "rename" | "create" | "link") || ev.write.is_some();
-    let target = ev
-        .target
-        .as_ref()
-        .and_then(|t| t.path.as_ref())
-        .map(|p| p.as_path());
-    if readable {
-        let p = target.as_deref().or(path);
-        if let Some(Ok(doc)) =
-            p.map(|p| read_prefix(p, 1 << 20).map(|b| libvirt::parse_libvirt_xml(&b)))
-        {
-            if let Ok(doc) = doc {
-                if let Some(parent) = doc.parent {
-                    c.facts.push(("parent".into(), parent));
-                }
-                if let Some(d) = doc.domain_name {
-                    c.facts.push(("xml_domain".into(), d));
-                }
-            }
+    let doc = path
+        .filter(|_| readable)
+        .and_then(|p| read_prefix(p, 1 << 20).ok())
+        .and_then(|b| libvirt::parse_libvirt_xml(&b).ok());
+    if let Some(doc) = doc {
+        if let Some(parent) = doc.parent {
+            c.facts.push(("parent".into(), parent));
+        }
+        if let Some(d) = doc.domain_name {
+            c.facts.push(("xml_domain".into(), d));
         }
     }
     c
 }
 
-fn classify_lvm_file(ps: &str, ev: &Event, path: Option<&Path>) -> Option<Classification> {
-    let in_backup = ps.starts_with("/etc/lvm/backup/") || ps.starts_with("/etc/lvm/archive/");
-    if !in_backup {
+fn classify_lvm_file(ps: &str, path: Option<&Path>) -> Option<Classification> {
+    if !lvm_text_path(ps) {
         return None;
     }
     let mut c = Classification {
@@ -645,12 +1107,7 @@ fn classify_lvm_file(ps: &str, ev: &Event, path: Option<&Path>) -> Option<Classi
     } else {
         "lvm.archive".into()
     });
-    let target = ev
-        .target
-        .as_ref()
-        .and_then(|t| t.path.as_ref())
-        .map(|p| p.as_path());
-    let p = target.as_deref().or(path)?;
+    let p = path?;
     if let Ok(b) = read_prefix(p, 4 << 20) {
         if let Ok(vg) = lvm::parse_metadata_text(&b) {
             c.facts.push(("vg".into(), vg.vg_name.clone()));
@@ -864,6 +1321,31 @@ mod filter_publishing {
             .classify(&write_ev("pwrite64", 60, &flip, 1), Some(&p))
             .expect("classified");
         assert!(cl.changes.is_empty(), "{:?}", cl.changes);
+    }
+
+    /// A table rewritten elsewhere without two snapshots, then the header flipped to it:
+    /// the re-read names each hidden snapshot (not only the first of them).
+    #[test]
+    fn a_header_flip_to_a_shorter_table_names_every_snapshot_it_drops() {
+        let d = TmpDir::new("flip");
+        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        qemu_img(&["snapshot", "-c", "s3", &d.s("a.qcow2")]);
+        let q = d.path("b.qcow2");
+        std::fs::copy(&p, &q).unwrap();
+        qemu_img(&["snapshot", "-d", "s1", &d.s("b.qcow2")]);
+        qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
+        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        // Everything landed, the flip (count and table pointer, 12 bytes at 60) included.
+        let new = std::fs::read(&q).unwrap();
+        std::fs::write(&p, &new).unwrap();
+        let cl = c
+            .classify(&write_ev("pwrite64", 60, &new[60..72], 1), Some(&p))
+            .expect("classified");
+        let ch: Vec<String> = cl.changes.iter().map(ToString::to_string).collect();
+        assert!(ch.contains(&"nb_snapshots: 3 → 1".to_string()), "{ch:?}");
+        assert!(ch.contains(&"snapshot_removed: s1".to_string()), "{ch:?}");
+        assert!(ch.contains(&"snapshot_removed: s2".to_string()), "{ch:?}");
     }
 
     #[test]

@@ -1721,6 +1721,11 @@ pub(crate) mod testutil {
         run("qemu-img", args)
     }
 
+    /// `qemu-img rebase -u -F qcow2 -b BACKING IMG`: only the header changes.
+    pub fn rebase_unsafe(img: &str, backing: &str) {
+        qemu_img(&["rebase", "-u", "-F", "qcow2", "-b", backing, img]);
+    }
+
     pub fn qemu_io(img: &str, cmd: &str) {
         run("qemu-io", &["-f", "qcow2", "-c", cmd, img]);
     }

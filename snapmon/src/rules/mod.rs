@@ -5,6 +5,7 @@
 
 pub mod glob;
 pub mod policy;
+pub mod qemu_tools;
 pub mod registry;
 pub mod replay;
 pub mod state;
@@ -78,6 +79,8 @@ pub struct Trust {
     pub groups: Vec<String>,
     /// The executable is one some group lists (whatever its lineage).
     pub identity: bool,
+    /// A QEMU block-layer tool trusted as `qemu` (qemu-io, qemu-nbd, qemu-storage-daemon).
+    pub qemu_tool: Option<qemu_tools::Tool>,
 }
 
 impl Trust {
@@ -179,15 +182,23 @@ impl Ctx<'_> {
 
 type DedupeKey = (usize, u32, u32, u64);
 
-/// Alerts of one rule are deduplicated per acting process and file.
+/// Alerts of one rule are deduplicated per acting process and file. A rename or link is
+/// about its target: the identity it replaced, else its name (two doctored images renamed
+/// into place by one process are two findings).
 fn dedupe_key(rule: usize, ev: &Event) -> DedupeKey {
-    let f = ev.file.as_ref();
-    (
-        rule,
-        ev.process.pid,
-        f.map(|f| f.dev).unwrap_or(0),
-        f.map(|f| f.ino).unwrap_or(0),
-    )
+    let renamed = matches!(ev.action, "rename" | "link");
+    let f = if renamed {
+        ev.target.as_ref()
+    } else {
+        ev.file.as_ref()
+    };
+    let (dev, ino) = f.map(|f| (f.dev, f.ino)).unwrap_or((0, 0));
+    if renamed && ino == 0 {
+        if let Some(p) = f.and_then(|f| f.path.as_ref()) {
+            return (rule, ev.process.pid, u32::MAX, snapmon_common::fnv1a(&p.0));
+        }
+    }
+    (rule, ev.process.pid, dev, ino)
 }
 
 fn dedupe_fresh(st: &State, det: &Detection, key: &DedupeKey, ev: &Event) -> bool {
@@ -351,17 +362,36 @@ impl Engine {
     }
 
     pub fn trust_of(&self, p: &crate::event::ProcessInfo) -> Trust {
+        let mut groups: Vec<String> = self
+            .actors
+            .iter()
+            .filter(|g| g.trusts(p))
+            .map(|g| g.name.clone())
+            .collect();
+        // Which QEMU tool the `qemu` identity is, by the trusted path it resolved from.
+        let tool = self
+            .actors
+            .iter()
+            .filter(|g| g.name == "qemu")
+            .find_map(|g| g.ids.get(&(p.exe_dev, p.exe_ino)))
+            .and_then(|path| qemu_tools::Tool::of_path(path));
+        let mut qemu_tool = None;
+        if let Some(t) = tool.filter(|t| qemu_tools::BLOCK_TOOLS.contains(t)) {
+            let args: Vec<&[u8]> = p.args.iter().map(|a| a.0.as_slice()).collect();
+            if qemu_tools::opens_raw(&args) {
+                // Raw bytes of the image, not the qcow2 driver: a header edit like any other.
+                groups.retain(|g| g != "qemu");
+            } else if groups.iter().any(|g| g == "qemu") {
+                qemu_tool = Some(t);
+            }
+        }
         Trust {
-            groups: self
-                .actors
-                .iter()
-                .filter(|g| g.trusts(p))
-                .map(|g| g.name.clone())
-                .collect(),
+            groups,
             identity: self
                 .actors
                 .iter()
                 .any(|g| g.has_identity(p.exe_dev, p.exe_ino)),
+            qemu_tool,
         }
     }
 

@@ -32,21 +32,21 @@ pub static RULES: &[RuleDef] = &[
         name: "qcow2 metadata modified by a non-QEMU process",
         severity: Severity::High,
         technique: &["T1565.001"],
-        kinds: &[Write, Ioctl],
+        kinds: &[Write, Ioctl, Rename],
         rate: None,
         windowed: false,
         default_window: 0,
         default_enabled: true,
         supersedes: &[],
         eval: q001,
-        summary: "header, snapshot table, L1/L2, refcount or bitmap of a qcow2 image written, truncated, punched, cloned over or mapped shared-writable by an executable that is not a trusted `qemu` actor",
+        summary: "header, snapshot table, L1/L2, refcount or bitmap of a qcow2 image written, truncated, punched, cloned over, mapped shared-writable or replaced by a rename by an executable that is not a trusted `qemu` actor; info when a trusted QEMU debug tool (`qemu-io`) writes it",
     },
     RuleDef {
         id: "SM-Q002",
         name: "qcow2 snapshots hidden",
         severity: Severity::Critical,
         technique: &["T1490", "T1564"],
-        kinds: &[Write],
+        kinds: &[Write, Rename],
         rate: None,
         windowed: false,
         default_window: 0,
@@ -60,7 +60,7 @@ pub static RULES: &[RuleDef] = &[
         name: "qcow2 snapshot table rewritten",
         severity: Severity::High,
         technique: &["T1490"],
-        kinds: &[Write],
+        kinds: &[Write, Rename],
         rate: None,
         windowed: false,
         default_window: 0,
@@ -74,7 +74,7 @@ pub static RULES: &[RuleDef] = &[
         name: "qcow2 backing file redirected",
         severity: Severity::High,
         technique: &["T1565.001"],
-        kinds: &[Write],
+        kinds: &[Write, Rename],
         rate: None,
         windowed: false,
         default_window: 0,
@@ -88,7 +88,7 @@ pub static RULES: &[RuleDef] = &[
         name: "qcow2 header destroyed",
         severity: Severity::Critical,
         technique: &["T1486", "T1485"],
-        kinds: &[Write],
+        kinds: &[Write, Rename],
         rate: None,
         windowed: false,
         default_window: 0,
@@ -333,6 +333,47 @@ fn target_leaf(ev: &Event) -> Option<String> {
     Some(crate::event::escape_bytes(&b[start..]))
 }
 
+/// A rename or link judged by what it put at its target (classification fact `incoming`):
+/// the target is what the finding is about.
+fn by_target(ev: &Event) -> bool {
+    matches!(ev.action, "rename" | "link")
+        && cls(ev).is_some_and(|c| c.facts.iter().any(|f| f.0 == "incoming"))
+}
+
+/// The file a finding is about: the target of a replace, else the event's file.
+fn subject_path(ev: &Event) -> &[u8] {
+    if by_target(ev) {
+        if let Some(p) = ev.target.as_ref().and_then(|t| t.path.as_ref()) {
+            return &p.0;
+        }
+    }
+    path_bytes(ev)
+}
+
+fn subject_leaf(ev: &Event) -> String {
+    crate::event::escape_bytes(leaf_bytes(subject_path(ev)))
+}
+
+/// The file is being made, not modified: it became an image on this event (fact
+/// `became`), or its creator is filling it (fact `made`: cp, a template copy).
+fn became(ev: &Event) -> bool {
+    cls(ev).is_some_and(|c| c.facts.iter().any(|f| f.0 == "became" || f.0 == "made"))
+}
+
+/// ` by renaming X over it` for a replace, else nothing.
+fn how(ev: &Event) -> String {
+    if !by_target(ev) {
+        return String::new();
+    }
+    let src = crate::event::escape_bytes(leaf_bytes(path_bytes(ev)));
+    let replaced = cls(ev).is_some_and(|c| c.facts.iter().any(|f| f.0 == "replaced"));
+    match (ev.action, replaced) {
+        ("link", _) => format!(" by linking {src} there"),
+        (_, true) => format!(" by renaming {src} over it"),
+        _ => format!(" by renaming {src} there"),
+    }
+}
+
 fn path_bytes(ev: &Event) -> &[u8] {
     ev.file
         .as_ref()
@@ -346,14 +387,27 @@ fn dir_of(p: &[u8]) -> String {
     crate::event::escape_bytes(&p[..end.max(1).min(p.len())])
 }
 
-/// `python3 (← bash ← sshd)`: the actor and up to three ancestors.
-pub fn actor(ev: &Event) -> String {
-    let p = &ev.process;
-    let name = if p.name.is_empty() {
+/// How a message names a process: `memfd:NAME` for a program run from a memfd, `PATH
+/// (deleted)` for one whose file is gone, else its name.
+pub fn process_name(p: &crate::event::ProcessInfo) -> String {
+    let exe = p.executable.display();
+    if let Some(m) = exe.strip_prefix("/memfd:") {
+        return format!("memfd:{}", m.strip_suffix(" (deleted)").unwrap_or(m));
+    }
+    if exe.ends_with(" (deleted)") {
+        return exe;
+    }
+    if p.name.is_empty() {
         format!("pid {}", p.pid)
     } else {
         p.name.clone()
-    };
+    }
+}
+
+/// `python3 (← bash ← sshd)`: the actor and up to three ancestors.
+pub fn actor(ev: &Event) -> String {
+    let p = &ev.process;
+    let name = process_name(p);
     if p.ancestors.is_empty() {
         return name;
     }
@@ -435,6 +489,9 @@ fn verb(action: &str) -> &'static str {
         "mmap_shared_write" => "mapped shared-writable",
         "copy_file_range" | "splice" | "sendfile" => "copied bytes over",
         "ioctl" => "cloned another file over",
+        "clone_range" => "cloned blocks into",
+        "rename" => "replaced",
+        "link" => "linked",
         _ => "wrote",
     }
 }
@@ -484,10 +541,29 @@ fn leaf_bytes(p: &[u8]) -> &[u8] {
 // qcow2.
 
 fn q001(ctx: &mut Ctx) -> Option<Hit> {
-    if ctx.trust.by("qemu") {
-        return None;
-    }
     let ev = ctx.ev;
+    if ctx.trust.by("qemu") {
+        // A QEMU debugging tool on a production image: its writes go through the qcow2
+        // driver (consistent), but someone is poking at the image. A note, not an alarm.
+        let tool = ctx.trust.qemu_tool.filter(|t| t.is_debug())?;
+        let regions = meta_regions(ev);
+        if !is_qcow2(ctx) || regions.is_empty() || ctx.quiet() {
+            return None;
+        }
+        return Some(Hit {
+            message: format!(
+                "{} {} qcow2 metadata ({}) in {} through the QEMU block layer ({} is a QEMU \
+                 debugging tool)",
+                actor(ev),
+                verb(ev.action),
+                regions.join(", "),
+                leaf(ev),
+                tool.name(),
+            ),
+            severity: Some(Severity::Info),
+            ..Default::default()
+        });
+    }
     if ev.action == "ioctl" {
         // FICLONE/FICLONERANGE/FIDEDUPERANGE replace the image's blocks wholesale.
         let n = ioctl_name(ev);
@@ -495,7 +571,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
             .iter()
             .any(|c| n == *c || n.starts_with(&format!("{c} ")));
         let named = has_image_ext(leaf_bytes(path_bytes(ev)), &ctx.det.image_extensions);
-        if !clones || !(is_qcow2(ctx) || named) {
+        if !clones || !(is_qcow2(ctx) || named) || became(ev) {
             return None;
         }
         return Some(Hit::msg(format!(
@@ -505,7 +581,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
             n
         )));
     }
-    if !is_qcow2(ctx) {
+    if !is_qcow2(ctx) || became(ev) {
         return None;
     }
     let regions = meta_regions(ev);
@@ -522,16 +598,24 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
         regions.join(", ")
     };
     let d = diff_text(changes(ev, |_| true));
+    let d = if d.is_empty() {
+        String::new()
+    } else {
+        format!(": {d}")
+    };
+    if by_target(ev) {
+        return Some(Hit::msg(format!(
+            "{} replaced qcow2 image {}{}{d}",
+            actor(ev),
+            subject_leaf(ev),
+            how(ev)
+        )));
+    }
     Some(Hit::msg(format!(
-        "{} {} qcow2 metadata ({what}) in {}{}",
+        "{} {} qcow2 metadata ({what}) in {}{d}",
         actor(ev),
         verb(ev.action),
         leaf(ev),
-        if d.is_empty() {
-            String::new()
-        } else {
-            format!(": {d}")
-        }
     )))
 }
 
@@ -544,18 +628,14 @@ fn q002(ctx: &mut Ctx) -> Option<Hit> {
     }
     let hidden: Vec<&str> = changes(ev, |f| f == "snapshot_removed")
         .map(|c| c.before.as_str())
-        .take(6)
         .collect();
     let f = ev.file.as_ref()?;
     let mut h = Hit::msg(format!(
-        "{} set nb_snapshots {b}→{a} in {}{}",
+        "{} set nb_snapshots {b}→{a} in {}{}{}",
         actor(ev),
-        leaf(ev),
-        if hidden.is_empty() {
-            String::new()
-        } else {
-            format!(" (hides {})", hidden.join(", "))
-        }
+        subject_leaf(ev),
+        how(ev),
+        hidden_list(&hidden)
     ));
     // Sequence: the table was rewritten first, then the count dropped.
     if let Some(&(seq, ts)) = ctx.st.table_writes.get(&(f.dev, f.ino)) {
@@ -567,8 +647,23 @@ fn q002(ctx: &mut Ctx) -> Option<Hit> {
     Some(h)
 }
 
+/// Snapshots a message names at most (a table holds up to 65536); the rest are counted.
+const HIDDEN_NAMED: usize = 64;
+
+/// ` (hides a, b, c)`: every hidden snapshot, up to HIDDEN_NAMED, then how many more.
+fn hidden_list(hidden: &[&str]) -> String {
+    if hidden.is_empty() {
+        return String::new();
+    }
+    let named = hidden[..hidden.len().min(HIDDEN_NAMED)].join(", ");
+    match hidden.len().saturating_sub(HIDDEN_NAMED) {
+        0 => format!(" (hides {named})"),
+        more => format!(" (hides {named} and {more} more)"),
+    }
+}
+
 fn q003(ctx: &mut Ctx) -> Option<Hit> {
-    if ctx.trust.by("qemu") || !is_qcow2(ctx) {
+    if ctx.trust.by("qemu") || !is_qcow2(ctx) || became(ctx.ev) {
         return None;
     }
     let ev = ctx.ev;
@@ -587,9 +682,10 @@ fn q003(ctx: &mut Ctx) -> Option<Hit> {
         )
     } else {
         format!(
-            "{} moved the snapshot table pointer in {}: {d}",
+            "{} moved the snapshot table pointer in {}{}: {d}",
             actor(ev),
-            leaf(ev)
+            subject_leaf(ev),
+            how(ev)
         )
     }))
 }
@@ -604,7 +700,8 @@ fn q004(ctx: &mut Ctx) -> Option<Hit> {
             .iter()
             .any(|r| r == "backing_name" || r == "header.extension.backing_format")
     });
-    if ch.is_empty() && !region {
+    // A new image's backing file is set, not redirected.
+    if (ch.is_empty() && !region) || became(ev) {
         return None;
     }
     let new = ch
@@ -624,9 +721,10 @@ fn q004(ctx: &mut Ctx) -> Option<Hit> {
             .chain(ch.iter().copied().filter(|c| c.field != "backing_file")),
     );
     let mut h = Hit::msg(format!(
-        "{} redirected the backing file of {}{}{}",
+        "{} redirected the backing file of {}{}{}{}",
         actor(ev),
-        leaf(ev),
+        subject_leaf(ev),
+        how(ev),
         if d.is_empty() {
             String::new()
         } else {
@@ -650,7 +748,7 @@ fn q004(ctx: &mut Ctx) -> Option<Hit> {
 pub const HIGH_ENTROPY: f64 = 6.5;
 
 fn q005(ctx: &mut Ctx) -> Option<Hit> {
-    if !is_qcow2(ctx) {
+    if !is_qcow2(ctx) || became(ctx.ev) {
         return None;
     }
     let ev = ctx.ev;
@@ -683,9 +781,10 @@ fn q005(ctx: &mut Ctx) -> Option<Hit> {
         parts.push(format!("{} over the header", ev.action));
     }
     Some(Hit::msg(format!(
-        "{} destroyed the qcow2 header of {} ({})",
+        "{} destroyed the qcow2 header of {}{} ({})",
         actor(ev),
-        leaf(ev),
+        subject_leaf(ev),
+        how(ev),
         parts.join(", ")
     )))
 }
@@ -937,18 +1036,23 @@ fn m001(ctx: &mut Ctx) -> Option<Hit> {
         .find(|f| f.0 == "domain")
         .map(|f| f.1.as_str())
         .unwrap_or("?");
+    let replaced = c.facts.iter().any(|f| f.0 == "replaced");
     let what = match ev.action {
         "unlink" => "removed",
+        "rename" if replaced => "replaced",
+        "rename" if by_target(ev) => "renamed a file into",
         "rename" => "renamed",
+        "link" => "linked a file as",
         "create" => "created",
         "utimes" => "re-stamped",
         "chmod" | "chown" => "changed ownership or mode of",
         _ => "modified",
     };
     Some(Hit::msg(format!(
-        "{} {what} libvirt {kind} metadata {} of domain {dom}",
+        "{} {what} libvirt {kind} metadata {} of domain {dom}{}",
         actor(ev),
-        leaf(ev)
+        subject_leaf(ev),
+        how(ev)
     )))
 }
 
@@ -966,10 +1070,11 @@ fn m002(ctx: &mut Ctx) -> Option<Hit> {
     let regions = c.regions.join(", ");
     let d = diff_text(c.changes.iter());
     Some(Hit::msg(format!(
-        "{} {} LVM metadata ({regions}) in {}{}",
+        "{} {} LVM metadata ({regions}) in {}{}{}",
         actor(ev),
         verb(ev.action),
-        String::from_utf8_lossy(path_bytes(ev)),
+        String::from_utf8_lossy(subject_path(ev)),
+        how(ev),
         if d.is_empty() {
             String::new()
         } else {

@@ -524,3 +524,106 @@ fn state_stays_bounded_under_floods() {
     assert!(s["freezes"].as_u64().unwrap() <= 256, "{s}");
     assert!(s["renames"].as_u64().unwrap() <= 256, "{s}");
 }
+
+/// #14's userspace side doors, replayed from real runs: a replace is named by its target and
+/// how it was done, every hidden snapshot is listed, a header rewrite whose backing name lies
+/// past the capture shows the name, and qemu-io's routine writes are a note, not an alarm.
+#[test]
+fn replaces_and_late_content_alert_like_writes_and_say_how() {
+    let find = |fx: &str, rule: &str| {
+        let a = replay(&fixtures().join(fx));
+        a.into_iter()
+            .find(|a| a.rule_id == rule)
+            .unwrap_or_else(|| panic!("{rule} did not fire on {fx}"))
+    };
+    let q = find(
+        "SM-Q002/positive-rename-doctored-copy-over.jsonl",
+        "SM-Q002",
+    );
+    assert_eq!(q.severity, Severity::Critical);
+    assert!(
+        q.message.ends_with(
+            "set nb_snapshots 2→0 in vm1.qcow2 by renaming vm1.qcow2 over it (hides s1, s2)"
+        ),
+        "{}",
+        q.message
+    );
+    let q = find("SM-Q004/positive-header-name-past-capture.jsonl", "SM-Q004");
+    assert_eq!(q.severity, Severity::Critical);
+    assert!(
+        q.message.contains("backing_file (none)→/dev/shm/x.qcow2"),
+        "{}",
+        q.message
+    );
+    let q = find("SM-Q005/positive-rename-junk-over.jsonl", "SM-Q005");
+    assert!(
+        q.message
+            .contains("of vm4.qcow2 by renaming junk.bin over it (magic QFI\\xfb→"),
+        "{}",
+        q.message
+    );
+    let m = find("SM-M001/positive-sed-in-place.jsonl", "SM-M001");
+    assert!(
+        m.message
+            .contains("replaced libvirt snapshot metadata s1.xml of domain dom1 by renaming sed"),
+        "{}",
+        m.message
+    );
+    let h = find("SM-H002/positive-mmap-fill.jsonl", "SM-H002");
+    assert_eq!(h.event.action, "mmap_shared_write");
+    // Routine qemu-io: SM-Q001 at info, never louder.
+    let a = replay(&fixtures().join("benign/replace-and-fill-routine.jsonl"));
+    let io: Vec<_> = a
+        .iter()
+        .filter(|a| a.rule_id == "SM-Q001" && a.event.process.name == "qemu-io")
+        .collect();
+    assert!(
+        !io.is_empty() && io.iter().all(|a| a.severity == Severity::Info),
+        "{io:#?}"
+    );
+    assert!(
+        io[0].message.contains("qemu-io is a QEMU debugging tool"),
+        "{}",
+        io[0].message
+    );
+    // The same tool through the raw driver is a header edit.
+    let q = find("SM-Q001/positive-qemu-io-raw.jsonl", "SM-Q001");
+    assert_eq!(q.severity, Severity::High, "{}", q.message);
+}
+
+#[test]
+fn memfd_and_deleted_programs_are_named_by_what_they_run() {
+    for (exe, named) in [
+        (&b"/memfd:evil (deleted)"[..], "memfd:evil (← bash)"),
+        (b"/tmp/.x/tool (deleted)", "/tmp/.x/tool (deleted) (← bash)"),
+        (b"/usr/bin/python3", "3 (← bash)"),
+    ] {
+        let mut ev = hide_event(4242);
+        // fexecve: the kernel names the task after the descriptor (`/dev/fd/3`).
+        ev.process.name = "3".into();
+        ev.process.executable = Bytes(exe.to_vec());
+        let a = engine(&Policy::embedded()).process(&ev);
+        let q = a.iter().find(|a| a.rule_id == "SM-Q002").unwrap();
+        assert!(q.message.starts_with(named), "{}", q.message);
+    }
+}
+
+#[test]
+fn every_hidden_snapshot_is_named_up_to_a_bound() {
+    let mut e = engine(&Policy::embedded());
+    let mut ev = hide_event(4242);
+    let c = ev.classification.as_mut().unwrap();
+    c.changes = vec![Change::new("nb_snapshots", "70", "0")];
+    for i in 0..70 {
+        c.changes
+            .push(Change::new("snapshot_removed", format!("s{i}"), ""));
+    }
+    let a = e.process(&ev);
+    let q = a.iter().find(|a| a.rule_id == "SM-Q002").unwrap();
+    assert!(
+        q.message.contains("s0, s1, s2, s3, s4, s5, s6, s7"),
+        "{}",
+        q.message
+    );
+    assert!(q.message.contains(", s63 and 6 more)"), "{}", q.message);
+}
