@@ -32,6 +32,8 @@ pub enum EventKind {
     Namespace = 20,
     Ioctl = 30,
     Enforce = 40,
+    /// The in-kernel circuit breaker signalled (or, dry-run, would have signalled) a process.
+    Respond = 41,
 }
 
 impl EventKind {
@@ -45,6 +47,7 @@ impl EventKind {
             20 => Self::Namespace,
             30 => Self::Ioctl,
             40 => Self::Enforce,
+            41 => Self::Respond,
             _ => return None,
         })
     }
@@ -479,6 +482,91 @@ pub mod runtime {
     pub const DRY_RUN: u32 = 1 << 2;
     /// The LSM namespace hooks observe: they report what the syscall hooks did not.
     pub const LSM_OBSERVE: u32 = 1 << 3;
+    /// The circuit breaker is live (`RESPOND`, `RESPOND_PATHS`, `RESPOND_TRUSTED` loaded).
+    pub const RESPOND_ACTIVE: u32 = 1 << 4;
+}
+
+/// Circuit breaker (`RESPOND`, `RESPOND_PATHS` values and `RespondEvent::class`): which
+/// operations on a protected object draw a signal, which signal, and whether it is sent.
+pub mod respond {
+    /// A write-class operation overlapping the file's metadata ranges (`WRITE_FILTER`, or the
+    /// target's own ranges until the classifier published them).
+    pub const METADATA_WRITE: u32 = 1 << 0;
+    /// A snapshot-destroying ioctl (the `DENY_IOCTLS` cmds) on the object.
+    pub const SNAPSHOT_IOCTL: u32 = 1 << 1;
+    pub const RENAME: u32 = 1 << 2;
+    /// truncate(2), ftruncate(2).
+    pub const TRUNCATE: u32 = 1 << 3;
+    pub const UNLINK: u32 = 1 << 4;
+    pub const CLASSES: u32 = METADATA_WRITE | SNAPSHOT_IOCTL | RENAME | TRUNCATE | UNLINK;
+    /// Stable names of the classes, as the policy's `[respond] rules` lists them.
+    pub const NAMES: [(u32, &str); 5] = [
+        (METADATA_WRITE, "metadata_write"),
+        (SNAPSHOT_IOCTL, "snapshot_ioctl"),
+        (RENAME, "rename"),
+        (TRUNCATE, "truncate"),
+        (UNLINK, "unlink"),
+    ];
+    /// The value is a store directory's (ioctls on it are judged; its entries have their own).
+    pub const DIR: u32 = 1 << 8;
+    /// Send SIGKILL (else SIGSTOP).
+    pub const KILL: u32 = 1 << 16;
+    /// After the SIGSTOP, the agent freezes the process's cgroup.
+    pub const FREEZE: u32 = 1 << 17;
+    /// Report what would be done, send nothing (dry-run, or a store in monitor mode).
+    pub const DRY_RUN: u32 = 1 << 30;
+    pub const SIGKILL: u32 = 9;
+    pub const SIGSTOP: u32 = 19;
+}
+
+/// `RESPOND` value: a protected file or store directory, its `respond::*` bits, and the
+/// metadata ranges known when it was loaded (used until `WRITE_FILTER` has the file).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RespondTarget {
+    pub flags: u32,
+    /// Ranges used in `ranges` (at most FILTER_RANGES).
+    pub count: u32,
+    pub ranges: [ByteRange; FILTER_RANGES],
+}
+
+/// `RESPOND_ENTRIES` key: a protected image by its directory and name, for operations that
+/// name it relative to a directory fd or the cwd.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RespondEntry {
+    pub dir: FileKey,
+    /// FNV-1a of the entry name.
+    pub name_hash: u64,
+}
+
+/// The circuit breaker acted on the current process (or would have, with `DRY_RUN`).
+/// `hdr.ts_ns` is when the hook began judging the syscall; `signal_ns` when the signal
+/// helper returned.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct RespondEvent {
+    pub hdr: Header,
+    /// One `respond::*` class bit: what the process did.
+    pub class: u32,
+    /// Signal sent (9, 19), or 0 when nothing was sent (dry-run).
+    pub signal: u32,
+    /// `bpf_send_signal`'s return (0: queued).
+    pub ret: i32,
+    /// The matched `RESPOND`/`RESPOND_PATHS` value.
+    pub flags: u32,
+    /// The protected object: the file, the store directory, or zero when matched by path.
+    pub target: FileKey,
+    /// Executable identity of the actor.
+    pub exe: FileKey,
+    pub signal_ns: u64,
+    /// Write offset (-1 unknown) and length; 0 for other classes.
+    pub offset: i64,
+    pub len: u64,
+    /// `WriteOp` of a write, ioctl cmd, or `NsOp` of a path operation.
+    pub aux: u64,
+    /// FNV-1a of the absolute path a path operation named (0 otherwise).
+    pub path_hash: u64,
 }
 
 /// `PROTECTED` values: operations denied to untrusted executables, plus the mode bit.
@@ -621,6 +709,8 @@ mod user {
     unsafe impl aya::Pod for super::AgentConfig {}
     unsafe impl aya::Pod for super::OpenStash {}
     unsafe impl aya::Pod for super::WriteFilter {}
+    unsafe impl aya::Pod for super::RespondTarget {}
+    unsafe impl aya::Pod for super::RespondEntry {}
 }
 
 const _: () = {
@@ -653,6 +743,11 @@ const _: () = {
     assert!(size_of::<ByteRange>() == 16);
     assert!(offset_of!(WriteFilter, ranges) == 8);
     assert!(size_of::<WriteFilter>() == 8 + 16 * FILTER_RANGES);
+    assert!(size_of::<RespondTarget>() == size_of::<WriteFilter>());
+    assert!(size_of::<RespondEntry>() == 24);
+    assert!(offset_of!(RespondEvent, target) == 64);
+    assert!(offset_of!(RespondEvent, signal_ns) == 96);
+    assert!(size_of::<RespondEvent>() == 48 + 16 + 32 + 40);
 };
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
     let Some(w) = watched_fd(current_task(), fd, true) else {
         return;
     };
+    crate::respond::on_ioctl(&w, sc_arg(ctx, 1) as u32);
     let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
         return;
     };

@@ -16,6 +16,7 @@ mod observe;
 mod open;
 mod path;
 mod process;
+mod respond;
 mod uring;
 mod vfs;
 mod write;
@@ -26,7 +27,7 @@ use aya_ebpf::{
 };
 use snapmon_common::{
     AgentConfig, FileKey, FileOpenEvent, FileWriteEvent, IoctlEvent, KernelOffsets, NamespaceEvent,
-    NsMark, OpenStash, WriteFilter,
+    NsMark, OpenStash, RespondEntry, RespondEvent, RespondTarget, WriteFilter,
 };
 
 /// Field offsets from the running kernel's BTF, written by the loader.
@@ -92,6 +93,25 @@ static FILTERED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static DENY_IOCTLS: HashMap<u32, u32> = HashMap::with_max_entries(256, 0);
 
+/// Circuit breaker: protected files and store directories → `respond::*` bits and ranges.
+#[map]
+static RESPOND: HashMap<FileKey, RespondTarget> = HashMap::with_max_entries(16384, 0);
+
+/// Circuit breaker: FNV-1a of protected images' absolute paths → `respond::*` bits, for
+/// operations that name a path.
+#[map]
+static RESPOND_PATHS: HashMap<u64, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Circuit breaker: protected images by (directory, FNV-1a of the name), for operations
+/// that name them relative to a directory fd or the cwd.
+#[map]
+static RESPOND_ENTRIES: HashMap<RespondEntry, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Executable identities the circuit breaker never signals (trusted actors, package
+/// managers, init's executable).
+#[map]
+static RESPOND_TRUSTED: HashMap<FileKey, u32> = HashMap::with_max_entries(1024, 0);
+
 /// Records that could not be emitted, by cause (`snapmon_common::lost`).
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(snapmon_common::lost::COUNT, 0);
@@ -108,6 +128,14 @@ static SCRATCH_OPEN: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(
 /// Loop state of the path filter's `bpf_loop` walk.
 #[map]
 static PATH_WALK: PerCpuArray<path::Walk> = PerCpuArray::with_max_entries(1, 0);
+/// The write the circuit breaker is judging (`respond::on_write`).
+#[map]
+static RESPOND_WRITE: PerCpuArray<respond::WriteCheck> = PerCpuArray::with_max_entries(1, 0);
+/// linux-aio writes of one io_submit, judged after its loop (`respond::flush_aio`).
+#[map]
+static RESPOND_AIO: PerCpuArray<respond::WriteQueue> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SCRATCH_RESPOND: PerCpuArray<RespondEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SCRATCH_EXEC: PerCpuArray<snapmon_common::ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 

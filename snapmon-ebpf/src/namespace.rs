@@ -56,8 +56,12 @@ pub unsafe fn ns_paths_from(
     ev.base1 = m1.base;
     ev.path2_len = 0;
     ev.base2 = Default::default();
+    let mut dest = 0u64;
     if p2 != 0 {
         let m2 = match_path(task, dirfd2 as i64, p2, uring, &mut ev.path2);
+        if m2.exact {
+            dest = m2.hash;
+        }
         ev.path2_len = m2.len as u16;
         ev.base2 = m2.base;
         if relevant(m2.flags) {
@@ -71,6 +75,7 @@ pub unsafe fn ns_paths_from(
         crate::observe::mark(false);
         return;
     }
+    crate::respond::on_path(op, &m1, dest);
     if uring {
         flags |= ns_flags::VIA_IO_URING;
     }

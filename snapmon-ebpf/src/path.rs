@@ -19,6 +19,13 @@ pub struct PathMatch {
     pub flags: u16,
     pub len: u32,
     pub base: FileKey,
+    /// FNV-1a of the whole path: with `exact` or `base_entry`, what the circuit breaker
+    /// looks protected images up by.
+    pub hash: u64,
+    /// Absolute, complete and normalized: the hashes name the object exactly.
+    pub exact: bool,
+    /// A bare entry name (no `/`) in the directory `base`.
+    pub base_entry: bool,
 }
 
 /// Loop state of one path walk. It lives in per-CPU map memory, not on the stack: newer
@@ -108,6 +115,9 @@ pub unsafe fn match_path(
         flags: 0,
         len,
         base: FileKey::default(),
+        hash: 0,
+        exact: false,
+        base_entry: false,
     };
     if len == 0 {
         return m;
@@ -133,9 +143,13 @@ pub unsafe fn match_path(
     let state = (*w).state;
     m.flags = (state & 0xffff) as u16;
     let has_slash = state & HAS_SLASH != 0;
+    m.hash = (*w).hash;
+    let clean = m.flags & (ns_flags::UNNORMALIZED | ns_flags::PATH1_TRUNCATED) == 0;
+    m.exact = absolute && clean;
     if !absolute {
         if let Some(base) = base_dir_key(task, dirfd) {
             m.base = base;
+            m.base_entry = !has_slash && clean;
             if let Some(f) = WATCHED_DIRS.get(&base) {
                 if !has_slash && *f & dir_flags::WATCHED != 0 {
                     m.flags |= ns_flags::BASE_WATCHED;

@@ -84,6 +84,8 @@ unsafe fn emit_write_from(
     if filtered(w, op, flags, offset, len, size) {
         return;
     }
+    // Circuit breaker first: the signal is queued before the syscall does its work.
+    crate::respond::on_write(w, op, offset, len, size, aux, backend);
     let Some(ev) = SCRATCH_WRITE.get_ptr_mut(0) else {
         return;
     };
@@ -489,6 +491,8 @@ pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
                 );
             }
         }
+        // The circuit breaker judges the queued writes once, not once per iocb.
+        crate::respond::flush_aio();
     }
     0
 }

@@ -92,6 +92,38 @@ pub struct RunOptions {
     /// Turn on kernel BPF run statistics for the per-hook counters.
     pub hook_stats: bool,
     pub enforce: crate::enforce::Options,
+    /// `--respond MODE` (the policy's `[respond] mode` otherwise).
+    pub respond: Option<crate::respond::Mode>,
+}
+
+/// The circuit-breaker options of `policy` under the command line's, and the plan.
+fn respond_plan(
+    opts: &RunOptions,
+    policy: &Policy,
+) -> Result<Option<crate::respond::Plan>, String> {
+    use crate::config::StoreKind as K;
+    // Stores of images and devices: not libvirt's or LVM's text metadata, which admins edit.
+    let watched: Vec<PathBuf> = policy
+        .stores
+        .iter()
+        .filter(|s| !matches!(s.kind, K::Libvirt | K::Lvm))
+        .map(|s| s.path.clone())
+        .filter(|p| p.exists())
+        .chain(opts.extra_watch.iter().cloned())
+        .collect();
+    let o = crate::respond::from_policy(
+        opts.respond,
+        opts.enforce.dry_run,
+        &opts.enforce.protect,
+        &policy.respond,
+        &[
+            policy.enforce.trust.as_slice(),
+            opts.enforce.trust.as_slice(),
+        ]
+        .concat(),
+        &watched,
+    );
+    crate::respond::plan(&o, policy).map_err(|e| format!("respond: {e}"))
 }
 
 /// Register configured stores; missing optional ones are noted, not fatal.
@@ -129,6 +161,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             "--enforce needs BPF LSM, which this kernel does not offer (see `snapmon doctor`); use --enforce=best-effort to run detection only"
         );
     }
+    let respond_plan = respond_plan(&opts, &opts.policy).map_err(anyhow::Error::msg)?;
     let mut k: Kernel = loader::load(&LoadOptions {
         ring_buffer_bytes: opts.policy.agent.ring_buffer_bytes,
         process_events: true,
@@ -168,12 +201,26 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         }
         (None, _) => json!({"active": false}),
     };
+    // Protected stores are watched: the kernel judges only what its watch filter lets by.
+    let mut extra_watch = opts.extra_watch.clone();
+    for s in respond_plan.iter().flat_map(|p| &p.stores) {
+        let covered = opts
+            .policy
+            .stores
+            .iter()
+            .map(|x| &x.path)
+            .chain(&extra_watch)
+            .any(|w| std::fs::canonicalize(w).is_ok_and(|w| s.path.starts_with(w)));
+        if !covered {
+            extra_watch.push(s.path.clone());
+        }
+    }
     let (watch, notes) = {
         let mut maps = KernelMaps::of(&mut k);
-        register(&opts.policy, &opts.extra_watch, &mut maps)?
+        register(&opts.policy, &extra_watch, &mut maps)?
     };
-    let attached: Vec<_> = k.hooks.iter().filter(|h| h.attached_to.is_some()).collect();
-    if attached.is_empty() {
+    let n_attached = k.hooks.iter().filter(|h| h.attached_to.is_some()).count();
+    if n_attached == 0 {
         anyhow::bail!(
             "no eBPF hook could be attached: {}",
             k.hooks
@@ -195,6 +242,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // Writers the kernel may filter on classified files (their metadata writes still arrive).
     loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
         .context("loading trusted writers into the kernel")?;
+    let mut responder =
+        crate::respond::act::Responder::new(crate::evidence::Evidence::new(&opts.policy.evidence));
+    let response = responder
+        .apply(&mut k, respond_plan, &pipe.classifier)
+        .context("loading the circuit breaker into the kernel")?;
 
     let (stats_on, stats_note) = k.run_stats.describe();
     let started = crate::state::started(&crate::state::StartInfo {
@@ -215,6 +267,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         rule_warnings: pipe.rule_warnings(),
         sinks: crate::state::sink_list(&sinks.stats()),
         previous_run: sinks.previous_run(),
+        response: response.clone(),
+        evidence_dir: responder.evidence.dir().map(|d| d.display().to_string()),
     });
     // One line for the LSM family: on a kernel that refuses them they all fail alike.
     let (lsm_bad, other_bad): (Vec<_>, Vec<_>) = k
@@ -237,6 +291,13 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             first.error.as_deref().unwrap_or("")
         );
     }
+    // Handlers first: whoever reads `started` may signal at once (a SIGHUP before them
+    // would end the agent).
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    // logrotate: reopen files (and reconnect sockets).
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     if sinks.previous_run()["clean"] == false {
         eprintln!(
             "snapmon: the previous run did not close its log (killed or crashed): see previous_run in the started record"
@@ -252,7 +313,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     sinks.settle(Duration::from_secs(5));
     notify.ready(&format!(
         "{} of {} hooks attached",
-        attached.len(),
+        n_attached,
         k.hooks.len()
     ));
     // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
@@ -265,11 +326,6 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         libc::malloc_trim(0);
     }
 
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    // logrotate: reopen files (and reconnect sockets).
-    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
-    let mut usr1 = tokio::signal::unix::signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(opts.status_interval);
     // Keep-alives come from this loop only, so a stalled reader gets restarted.
     let mut watchdog =
@@ -304,7 +360,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             r = fd.readable() => {
                 let mut guard = r?;
                 guard.clear_ready();
-                if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() { return Ok(()); }
+                if drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf).is_err() { return Ok(()); }
             }
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
@@ -325,7 +381,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 notify.reloading();
                 sinks.reopen();
-                if emit(&sinks, Record::State(reload(&opts, &mut pipe, &mut k))).is_err() { return Ok(()); }
+                if emit(&sinks, Record::State(reload(&opts, &mut pipe, &mut k, &mut responder))).is_err() { return Ok(()); }
                 notify.ready("reloaded");
             }
             _ = usr1.recv() => sinks.reopen(),
@@ -335,7 +391,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     }
     notify.stopping();
     // Drain what the kernel already queued, judge what is held, then say goodbye.
-    if drain(&mut k, &mut pipe, &sinks, &mut buf).is_err() {
+    if drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf).is_err() {
         return Ok(());
     }
     for r in pipe.flush_held(&mut KernelMaps::of(&mut k)) {
@@ -346,7 +402,14 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     refresh_hook_runs(&k, &registry);
     let hooks = registry.hook_runs().unwrap_or_default();
-    let stopped = crate::state::stopped(reason, &pipe, &sinks, &hooks, k.filtered_count());
+    let stopped = crate::state::stopped(
+        reason,
+        &pipe,
+        &sinks,
+        &hooks,
+        k.filtered_count(),
+        &responder,
+    );
     for r in stopped {
         let _ = emit(&sinks, r);
     }
@@ -374,7 +437,12 @@ pub fn tune_allocator() {
 }
 
 /// SIGHUP: re-read the policy and swap the rules in only if all of it is valid.
-fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord {
+fn reload(
+    opts: &RunOptions,
+    pipe: &mut Pipeline,
+    k: &mut Kernel,
+    responder: &mut crate::respond::act::Responder,
+) -> StateRecord {
     let Some(path) = &opts.policy_path else {
         return StateRecord {
             action: "reloaded",
@@ -406,9 +474,38 @@ fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord
             "enforcement needs the BPF LSM hooks, which were not attached at start".into(),
         );
     }
+    let mut response_plan = match respond_plan(opts, &policy) {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    // The watch set is fixed at start: a store outside it is never seen by the kernel.
+    for p in response_plan.iter_mut() {
+        let unwatched: Vec<String> = p
+            .stores
+            .iter()
+            .filter(|s| {
+                !pipe
+                    .enricher
+                    .watch
+                    .roots
+                    .iter()
+                    .any(|r| s.path.starts_with(r))
+            })
+            .map(|s| s.path.display().to_string())
+            .collect();
+        for s in unwatched {
+            p.notes.push(format!(
+                "store {s} is not watched: restart the agent to protect it"
+            ));
+        }
+    }
     if let Err(e) = pipe.reload(policy) {
         return failed(e);
     }
+    let response = match responder.apply(k, response_plan, &pipe.classifier) {
+        Ok(v) => v,
+        Err(e) => json!({"active": "unknown", "error": format!("{e:#}")}),
+    };
     if let Err(e) =
         loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
     {
@@ -427,7 +524,7 @@ fn reload(opts: &RunOptions, pipe: &mut Pipeline, k: &mut Kernel) -> StateRecord
     };
     StateRecord {
         action: "reloaded",
-        detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings(), "enforcement": enforcement}),
+        detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings(), "enforcement": enforcement, "response": response}),
     }
 }
 
@@ -453,6 +550,7 @@ const HANDOFF_AFTER: Duration = Duration::from_millis(5);
 fn drain(
     k: &mut Kernel,
     pipe: &mut Pipeline,
+    responder: &mut crate::respond::act::Responder,
     sinks: &SinkSet,
     buf: &mut Vec<Vec<u8>>,
 ) -> Result<(), BrokenPipe> {
@@ -486,7 +584,10 @@ fn drain(
                     since = Instant::now();
                 }
                 let mut maps = KernelMaps::of(k);
-                for r in pipe.handle(raw, &mut maps) {
+                let recs = pipe.handle(raw, &mut maps);
+                // Circuit breaker, evidence: what follows from these records, sent after them.
+                let follow = responder.after(&recs, &mut pipe.classifier);
+                for r in recs.into_iter().chain(follow) {
                     // Kernel enforcement decisions are alerts in their own right.
                     let decision = match &r {
                         Record::Event(ev) => crate::enforce::decision_alert(ev),

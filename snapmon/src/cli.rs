@@ -103,6 +103,29 @@ pub enum Cmd {
     /// Run the rules offline over a recording (the agent's own `--format json` output) and
     /// print the alerts. Alert, state and metric lines in the input are skipped.
     Replay(ReplayArgs),
+    /// Undo hidden snapshots: write a copy of IMAGE whose header points at the snapshot
+    /// table an attacker hid again (found in the image, or in the agent's log and
+    /// evidence), after checking with the refcounts that nothing it needs was reused.
+    /// Exit 0: restored; 1: nothing hidden, or not safe to restore; 2: usage, read or
+    /// lock error.
+    Recover {
+        image: PathBuf,
+        /// Where the restored copy goes (must not exist).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The agent's log (`--format json`, ECS; rotations too, oldest first): the header
+        /// states it recorded and the evidence it lists. Repeatable.
+        #[arg(long = "from-log", value_name = "LOG")]
+        from_log: Vec<PathBuf>,
+        /// Restore the image itself (under QEMU's write lock), after copying it to --backup.
+        #[arg(long, requires = "backup")]
+        in_place: bool,
+        /// Where --in-place keeps the image as it was (must not exist).
+        #[arg(long)]
+        backup: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Record: run the agent with `--format json --output FILE` (a replayable log).
     Record {
         /// JSON Lines file to append to.
@@ -208,6 +231,16 @@ pub struct RunArgs {
     /// Protected stores alert (SM-E002) but are not denied.
     #[arg(long)]
     pub monitor_only: bool,
+    /// Circuit breaker, on any kernel: signal an untrusted process that tampers with a
+    /// protected image (the policy's `[respond] stores`, --protect, or every watched store),
+    /// in the same BPF program run: off, stop (SIGSTOP), kill (SIGKILL), freeze (SIGSTOP,
+    /// then its cgroup is frozen). --dry-run reports only (SM-E004).
+    #[arg(long, value_name = "MODE", value_parser = crate::respond::Mode::parse)]
+    pub respond: Option<crate::respond::Mode>,
+    /// Where evidence is saved when a high or critical rule fires on an image (default:
+    /// the policy's `[evidence] dir`, /var/lib/snapmon/evidence).
+    #[arg(long, value_name = "DIR")]
+    pub evidence_dir: Option<PathBuf>,
     /// Keep the LSM programs attached (pinned in /sys/fs/bpf/snapmon) if the agent exits.
     #[arg(long)]
     pub keep_enforcing: bool,
@@ -291,7 +324,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
         Cmd::VerifyLog { files, key, live } => {
-            std::process::exit(crate::sink::chain::verify_cmd(&files, key.as_deref(), live))
+            let code = crate::sink::chain::verify_cmd(&files, key.as_deref(), live);
+            // The evidence files the records list are part of what the chain proves.
+            let (n, problems) = crate::evidence::verify_logs(&files);
+            for p in &problems {
+                println!("{p}");
+            }
+            if n > 0 && problems.is_empty() {
+                println!("evidence: {n} file(s) match their logged SHA-256");
+            }
+            std::process::exit(if code == 0 && !problems.is_empty() {
+                1
+            } else {
+                code
+            })
+        }
+        Cmd::Recover {
+            image,
+            out,
+            from_log,
+            in_place,
+            backup,
+            json,
+        } => {
+            let req = crate::recover::Request {
+                image: &image,
+                out: out.as_deref(),
+                in_place,
+                backup: backup.as_deref(),
+                logs: &from_log,
+            };
+            match crate::recover::recover(&req) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else {
+                        print!("{r}");
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("snapmon: {e}");
+                    std::process::exit(e.exit_code())
+                }
+            }
         }
     }
 }
@@ -356,6 +432,15 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         Some(p) => Policy::load(p)?,
         None => Policy::embedded(),
     };
+    if let Some(d) = &a.evidence_dir {
+        anyhow::ensure!(
+            d.is_absolute(),
+            "--evidence-dir {} must be absolute",
+            d.display()
+        );
+        policy.evidence.dir = d.clone();
+        policy.evidence.enabled = true;
+    }
     if a.process_events {
         policy.agent.process_events = true;
     }
@@ -388,6 +473,7 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             deny: a.deny,
             keep_enforcing: a.keep_enforcing,
         },
+        respond: a.respond,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -468,6 +554,50 @@ fn policy_check(file: &std::path::Path) -> anyhow::Result<()> {
     }
     for w in &e.warnings {
         println!("warning: {w}");
+    }
+    let r = &p.respond;
+    if r.mode != crate::respond::Mode::Off {
+        let sel = crate::respond::parse_rules(&r.rules).map_err(anyhow::Error::msg)?;
+        println!(
+            "respond: {}{} on {}; kernel: {}; agent: {}",
+            r.mode.as_str(),
+            if r.dry_run { " (dry-run)" } else { "" },
+            if r.stores.is_empty() && r.monitor.is_empty() {
+                "every watched store".to_string()
+            } else {
+                r.stores
+                    .iter()
+                    .map(|s| s.display().to_string())
+                    .chain(
+                        r.monitor
+                            .iter()
+                            .map(|s| format!("{} (monitor)", s.display())),
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            snapmon_common::respond::NAMES
+                .iter()
+                .filter(|(b, _)| sel.classes & b != 0)
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
+            sel.agent_rules.join(", ")
+        );
+        for s in r.stores.iter().chain(&r.monitor) {
+            if !s.exists() {
+                println!(
+                    "warning: respond store {} does not exist on this host",
+                    s.display()
+                );
+            }
+        }
+    }
+    if p.evidence.enabled {
+        println!(
+            "evidence: {} (high and critical alerts on images)",
+            p.evidence.dir.display()
+        );
     }
     Ok(())
 }

@@ -11,7 +11,9 @@
 //! Sections: `[agent]`, `[[store]]` (what to watch), `[[actor]]` (trusted executables by
 //! identity, with optional lineage constraints), `[detection]` (lists the rules consult),
 //! `[[rule]]` (per-rule enabled/severity/threshold/window), `[[exception]]` (actor + action +
-//! target), `[[maintenance]]` (local-time windows). `docs/rules.md` is the reference.
+//! target), `[[maintenance]]` (local-time windows), `[enforce]` (BPF LSM), `[respond]` (the
+//! circuit breaker), `[evidence]`, `[[sink]]`. `docs/rules.md` is the rules' reference; README
+//! has enforcement, the circuit breaker and evidence.
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +42,7 @@ pub enum StoreKind {
 pub struct Store {
     pub path: PathBuf,
     #[serde(default)]
-    #[allow(dead_code)] // validated and documented; classify still decides per file content
+    // Classify still decides per file content; the circuit breaker skips text-metadata stores.
     pub kind: StoreKind,
     /// Missing paths are skipped (with a note) unless required.
     #[serde(default)]
@@ -98,6 +100,68 @@ pub enum EnforceModeCfg {
     BestEffort,
 }
 
+/// `[respond]`: the circuit breaker (any kernel; see `crate::respond`). Takes effect on SIGHUP.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    /// `off`, `stop` (SIGSTOP), `kill` (SIGKILL in the kernel; the agent's own responses
+    /// stop), `freeze` (SIGSTOP, then the process's cgroup v2 is frozen).
+    #[serde(default)]
+    pub mode: crate::respond::Mode,
+    /// Report what would be done (SM-E004), do nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Stores (directories or files) whose images are protected; empty: every watched store.
+    #[serde(default)]
+    pub stores: Vec<PathBuf>,
+    /// Stores that only report would-be responses, whatever `mode` says.
+    #[serde(default)]
+    pub monitor: Vec<PathBuf>,
+    /// What draws a response: the kernel's classes (`metadata_write`, `snapshot_ioctl`,
+    /// `rename`, `truncate`, `unlink`), rule ids the agent answers (`SM-R001` …), or `all`.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// More executables never signalled (trusted actors, package managers and init never are).
+    #[serde(default)]
+    pub trust: Vec<PathBuf>,
+}
+
+/// `[evidence]`: what the agent knew of an image when a high or critical rule fired on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Created 0700 if missing.
+    #[serde(default = "default_evidence_dir")]
+    pub dir: PathBuf,
+    /// Stop saving (and say so) once the directory holds this much.
+    #[serde(default = "default_evidence_mb")]
+    pub max_mb: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_evidence_dir() -> PathBuf {
+    PathBuf::from("/var/lib/snapmon/evidence")
+}
+
+fn default_evidence_mb() -> u64 {
+    1024
+}
+
+impl Default for EvidenceSection {
+    fn default() -> Self {
+        EvidenceSection {
+            enabled: true,
+            dir: default_evidence_dir(),
+            max_mb: default_evidence_mb(),
+        }
+    }
+}
+
 impl Default for AgentSection {
     fn default() -> Self {
         AgentSection {
@@ -127,6 +191,10 @@ pub struct Policy {
     pub windows: Vec<crate::rules::policy::WindowSpec>,
     #[serde(default)]
     pub enforce: EnforceSection,
+    #[serde(default)]
+    pub respond: RespondSection,
+    #[serde(default)]
+    pub evidence: EvidenceSection,
     /// Outputs besides the command line's (`[[sink]]`, see docs/output.md).
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::sink::config::SinkConfig>,
@@ -246,6 +314,19 @@ impl Policy {
                     msg: format!("enforce: path `{}` must be absolute", p.display()),
                 });
             }
+        }
+        crate::respond::validate(&self.respond).map_err(|e| ConfigError::Invalid {
+            file: file.into(),
+            msg: format!("respond: {e}"),
+        })?;
+        if !self.evidence.dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                file: file.into(),
+                msg: format!(
+                    "evidence.dir `{}` must be absolute",
+                    self.evidence.dir.display()
+                ),
+            });
         }
         crate::sink::config::validate_all(&self.sinks).map_err(|e| ConfigError::Invalid {
             file: file.into(),

@@ -2,7 +2,7 @@
 
 use snapmon_common::{
     EnforceEvent, EventKind, ExecEvent, ExitEvent, FileOpenEvent, FileWriteEvent, ForkEvent,
-    Header, IoctlEvent, NamespaceEvent,
+    Header, IoctlEvent, NamespaceEvent, RespondEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +38,7 @@ pub enum RawEvent {
     Namespace(Box<NamespaceEvent>),
     Ioctl(Box<IoctlEvent>),
     Enforce(Box<EnforceEvent>),
+    Respond(Box<RespondEvent>),
 }
 
 impl RawEvent {
@@ -51,6 +52,7 @@ impl RawEvent {
             RawEvent::Namespace(e) => &e.hdr,
             RawEvent::Ioctl(e) => &e.hdr,
             RawEvent::Enforce(e) => &e.hdr,
+            RawEvent::Respond(e) => &e.hdr,
         }
     }
 }
@@ -81,6 +83,7 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
         EventKind::Namespace => RawEvent::Namespace(Box::new(read(buf, "namespace record")?)),
         EventKind::Ioctl => RawEvent::Ioctl(Box::new(read(buf, "ioctl record")?)),
         EventKind::Enforce => RawEvent::Enforce(Box::new(read(buf, "enforce record")?)),
+        EventKind::Respond => RawEvent::Respond(Box::new(read(buf, "respond record")?)),
     })
 }
 
@@ -148,6 +151,22 @@ mod tests {
         let mut bad = bytes.clone();
         bad[..4].copy_from_slice(&999u32.to_le_bytes());
         assert_eq!(decode(&bad).unwrap_err(), DecodeError::UnknownKind(999));
+    }
+
+    #[test]
+    fn respond_records_decode_and_every_cut_is_an_error() {
+        let mut e: snapmon_common::RespondEvent = unsafe { std::mem::zeroed() };
+        e.hdr.kind = EventKind::Respond as u32;
+        e.signal = 9;
+        e.signal_ns = 1234;
+        let bytes = as_bytes(&e);
+        match decode(&bytes).unwrap() {
+            RawEvent::Respond(r) => assert_eq!((r.signal, r.signal_ns), (9, 1234)),
+            other => panic!("wrong kind: {other:?}"),
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
+        }
     }
 
     #[test]

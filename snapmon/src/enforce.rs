@@ -70,7 +70,7 @@ pub const DENY_IOCTLS: &[(u32, &str)] = &[
 ];
 
 /// Paths whose protection would break the host (package manager, init, all binaries).
-const NEVER_PROTECT: &[&str] = &[
+pub(crate) const NEVER_PROTECT: &[&str] = &[
     "/",
     "/usr",
     "/bin",

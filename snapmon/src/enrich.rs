@@ -309,6 +309,20 @@ impl Enricher {
                 }
                 ev
             }
+            RawEvent::Respond(x) => {
+                let action = crate::respond::action_name(x.signal, x.flags);
+                let ty = if x.signal == snapmon_common::respond::SIGKILL {
+                    "end"
+                } else {
+                    "change"
+                };
+                let mut ev = self.base(raw, "process", ty, action);
+                if x.target.ino != 0 {
+                    ev.file = Some(self.file(x.target, None));
+                }
+                ev.detail.extend(crate::respond::act::details(x));
+                ev
+            }
             RawEvent::Ioctl(i) => {
                 let mut ev = self.base(raw, "file", "info", "ioctl");
                 let mut f = self.file(i.file, None);

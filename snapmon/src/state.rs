@@ -41,6 +41,10 @@ pub struct StartInfo<'a> {
     pub sinks: Vec<Value>,
     /// How the previous run ended, from the logs it left (null when none was found).
     pub previous_run: Value,
+    /// The circuit breaker's plan (`respond::describe`): its stores go to a `response` record.
+    pub response: Value,
+    /// Where alert evidence is saved (None: off).
+    pub evidence_dir: Option<String>,
 }
 
 /// Warnings found before the agent starts (`--metrics` beyond loopback), for `started`.
@@ -183,6 +187,18 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         ));
     }
     out.extend(chunked("sinks", "sinks", i.sinks.clone(), json!({})));
+    let mut resp = i.response.clone();
+    let resp_stores = resp
+        .as_object_mut()
+        .and_then(|o| o.remove("stores"))
+        .and_then(|t| t.as_array().cloned())
+        .unwrap_or_default();
+    out.extend(chunked(
+        "response",
+        "response_stores",
+        resp_stores,
+        resp.clone(),
+    ));
     let roots_shown: Vec<String> = i
         .roots
         .iter()
@@ -209,11 +225,13 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
             "dirs": i.watch.dirs,
             "startup_ms": i.startup_ms,
             "enforcement_active": enf["active"] == true,
+            "response_active": resp["active"] == true,
+            "evidence_dir": i.evidence_dir,
             "policy": i.policy,
             "rule_warning_count": i.rule_warnings.len(),
             "warnings": start_warnings(),
             "sink_count": i.sinks.len(),
-            "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "rule_warnings", "sinks"],
+            "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "response", "rule_warnings", "sinks"],
         }),
     };
     // Only when a file sink found a log an earlier run left.
@@ -263,12 +281,14 @@ pub fn stopped(
     sinks: &crate::sink::SinkSet,
     hooks: &crate::metrics::HookRuns,
     filtered_writes: u64,
+    responder: &crate::respond::act::Responder,
 ) -> Vec<crate::record::Record> {
     let mut out = hook_run_records(hooks);
     out.push(crate::record::Record::State(StateRecord {
         action: "stopped",
         detail: json!({"reason": reason, "stats": pipe.stats(), "sinks": by_name(sinks.stats()),
-                       "hooks": hook_summary(hooks), "kernel": {"filtered_writes": filtered_writes}}),
+                       "hooks": hook_summary(hooks), "kernel": {"filtered_writes": filtered_writes},
+                       "response": responder.stats, "evidence": responder.evidence.stats}),
     }));
     out
 }
@@ -356,7 +376,8 @@ pub(crate) mod tests {
             roots,
             notes: &[],
             startup_ms: 850,
-            enforcement: json!({"active": false, "trusted": ["/usr/bin/qemu-img"]}),
+            enforcement: json!({"active": false, "dry_run": false, "monitor_only": false, "protected": 2,
+                                "keep_enforcing": false, "trusted": ["/usr/bin/qemu-img"]}),
             policy: "<embedded default>".into(),
             rule_warnings: warnings,
             sinks: vec![
@@ -364,6 +385,11 @@ pub(crate) mod tests {
             ],
             previous_run: json!({"clean": false, "logs": [{"file": "/var/log/snapmon.jsonl",
                 "clean": false, "last_seq": 4211, "last_record_at": "2026-12-04T17:00:00Z"}]}),
+            response: json!({"active": true, "mode": "stop", "dry_run": false,
+                "stores": [{"path": "/var/lib/libvirt/images", "monitor": false}],
+                "kernel_classes": ["header", "ioctl"], "agent_rules": ["SM-R001"], "objects": 3,
+                "images": 2, "trusted_count": 4, "notes": ["a note"]}),
+            evidence_dir: Some("/var/lib/snapmon/evidence".into()),
         }
     }
 

@@ -47,6 +47,9 @@ fn mounts() -> &'static [(PathBuf, u32)] {
     M.get_or_init(|| {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut v = parse_mountinfo(&text);
+        // Of mounts stacked on one point the last listed is the one visible: it must win
+        // the (stable) sort, or a tmpfs mounted over /dev/shm gets the hidden one's device.
+        v.reverse();
         v.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
         v
     })

@@ -133,22 +133,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::inherit());
-        // The agent must not outlive the test binary. PDEATHSIG follows the spawning *thread*,
-        // so spawn from a thread that lives as long as the process.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(cmd.spawn());
-            loop {
-                std::thread::park();
-            }
-        });
-        let child = rx.recv()??;
+        let child = spawn_tied(cmd)?;
         let mut a = Agent {
             child,
             root,
@@ -451,6 +436,26 @@ impl Drop for Agent {
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }
+}
+
+/// Spawn `cmd` so that it gets SIGTERM when the test binary dies: an agent must not outlive
+/// its tests. PDEATHSIG follows the spawning *thread*, so the spawn happens on a thread that
+/// lives as long as the process.
+pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().map_err(std::io::Error::other)?
 }
 
 /// A finished trigger: the pid it ran as and its output.

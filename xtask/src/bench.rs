@@ -10,6 +10,7 @@ mod floor;
 mod hook;
 mod load;
 mod report;
+mod respond;
 
 use std::{
     path::{Path, PathBuf},
@@ -73,6 +74,12 @@ pub struct Args {
     /// Timed 4 KiB pwrites per hook-cost run.
     #[arg(long, default_value_t = 300_000)]
     pub hook_writes: u64,
+    /// Skip the circuit-breaker phase (syscall-to-signal latency of `--respond kill`).
+    #[arg(long)]
+    pub skip_respond: bool,
+    /// Killed children timed in the circuit-breaker phase.
+    #[arg(long, default_value_t = 1000)]
+    pub respond_samples: usize,
     /// Use this agent binary instead of building target/release/snapmon from the tree.
     #[arg(long)]
     pub agent: Option<PathBuf>,
@@ -90,6 +97,10 @@ pub struct Args {
     #[arg(long, hide = true, num_args = 2)]
     #[serde(skip)]
     pub hookloop: Option<Vec<String>>,
+    /// Internal: be the circuit-breaker worker (IMAGE N).
+    #[arg(long, hide = true, num_args = 2)]
+    #[serde(skip)]
+    pub respondloop: Option<Vec<String>>,
 }
 
 pub const CONFIGS: &[&str] = &["none", "snapmon", "auditd"];
@@ -134,6 +145,9 @@ pub struct Results {
     /// The agent's programs that ran per write in the loop, with stats on (last rep).
     pub hook_programs: Vec<hook::ProgCost>,
     pub hook_error: Option<String>,
+    /// Circuit breaker: untrusted tamperer's syscall to its SIGKILL.
+    pub respond: Option<respond::Latency>,
+    pub respond_error: Option<String>,
     pub stopped: Vec<serde_json::Value>,
     pub startup: Vec<Startup>,
     pub idle: Option<report::Idle>,
@@ -168,6 +182,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     }
     if let Some(hl) = &a.hookloop {
         return hook::worker(hl);
+    }
+    if let Some(rl) = &a.respondloop {
+        return respond::worker(rl);
     }
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (the agent loads eBPF programs, auditctl adds rules)");
@@ -218,6 +235,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         hook: Vec::new(),
         hook_programs: Vec::new(),
         hook_error: None,
+        respond: None,
+        respond_error: None,
         stopped: Vec::new(),
         startup: Vec::new(),
         idle: None,
@@ -245,6 +264,15 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         if let Err(e) = hook_cost(&a, &bin, &dir, &exe, &mut res) {
             eprintln!("bench: hook-cost phase failed: {e:#}");
             res.hook_error = Some(format!("{e:#}"));
+        }
+    }
+    if !a.skip_respond {
+        match respond::phase(&bin, &dir, &exe, a.respond_samples) {
+            Ok(l) => res.respond = Some(l),
+            Err(e) => {
+                eprintln!("bench: circuit-breaker phase failed: {e:#}");
+                res.respond_error = Some(format!("{e:#}"));
+            }
         }
     }
     if !a.skip_capacity {

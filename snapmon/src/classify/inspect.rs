@@ -243,6 +243,52 @@ const MAX_L2_SCAN_BYTES: u64 = 256 << 20;
 /// gives it away; a guest planting a look-alike in its own data fails the
 /// L2 check.
 fn orphan_snapshot_table_check<F: Read + Seek>(r: &mut InspectReport, img: &Qcow2Image, f: &mut F) {
+    match find_orphan_table(img, f) {
+        OrphanTable::None => {}
+        OrphanTable::Unverified { at, name } => r.add(
+            Severity::Medium,
+            "hidden_snapshot_suspected",
+            format!(
+                "cluster {at:#x} looks like an unreferenced snapshot table ('{name}'), L2 tables too large to verify"
+            ),
+        ),
+        OrphanTable::Found { at, entries } => {
+            let names: Vec<String> = entries
+                .iter()
+                .take(16)
+                .map(|e| format!("'{}' (id {}, L1 {:#x})", e.name, e.id, e.l1_table_offset))
+                .collect();
+            r.add(
+                Severity::High,
+                "hidden_snapshot_suspected",
+                format!(
+                    "allocated but unreferenced snapshot table at {at:#x} with {} entr{}: {}",
+                    entries.len(),
+                    if entries.len() == 1 { "y" } else { "ies" },
+                    names.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// An allocated snapshot table no header field points to.
+#[derive(Debug)]
+pub enum OrphanTable {
+    None,
+    /// A candidate the L2 check could not rule out (L2 tables beyond the read budget).
+    Unverified {
+        at: u64,
+        name: String,
+    },
+    Found {
+        at: u64,
+        entries: Vec<SnapshotEntry>,
+    },
+}
+
+/// Find a snapshot table that is allocated but referenced by nothing (the first one).
+pub fn find_orphan_table<F: Read + Seek>(img: &Qcow2Image, f: &mut F) -> OrphanTable {
     let cs = img.cluster_size();
     let orphans = img.allocated_data_clusters(f, MAX_ORPHAN_PROBES);
     let is_orphan = |o: u64| orphans.binary_search(&o).is_ok();
@@ -260,35 +306,22 @@ fn orphan_snapshot_table_check<F: Read + Seek>(r: &mut InspectReport, img: &Qcow
         }
         candidates += 1;
         if candidates > MAX_ORPHAN_CANDIDATES {
-            return;
+            return OrphanTable::None;
         }
         match l2_references(img, f, &[c, first.l1_table_offset]) {
             Some(false) => {}
             Some(true) => continue,
             None => {
-                r.add(Severity::Medium, "hidden_snapshot_suspected", format!(
-                    "cluster {c:#x} looks like an unreferenced snapshot table ('{}'), L2 tables too large to verify", first.name));
-                return;
+                return OrphanTable::Unverified {
+                    at: c,
+                    name: first.name,
+                }
             }
         }
         let entries = scan_snapshot_entries(f, c, cs, MAX_SNAPSHOTS as usize);
-        let names: Vec<String> = entries
-            .iter()
-            .take(16)
-            .map(|e| format!("'{}' (id {}, L1 {:#x})", e.name, e.id, e.l1_table_offset))
-            .collect();
-        r.add(
-            Severity::High,
-            "hidden_snapshot_suspected",
-            format!(
-                "allocated but unreferenced snapshot table at {c:#x} with {} entr{}: {}",
-                entries.len(),
-                if entries.len() == 1 { "y" } else { "ies" },
-                names.join(", ")
-            ),
-        );
-        return;
+        return OrphanTable::Found { at: c, entries };
     }
+    OrphanTable::None
 }
 
 /// Does any L2 entry (active or snapshot) point at one of `targets`?

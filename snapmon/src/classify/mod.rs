@@ -190,7 +190,19 @@ pub struct Classifier {
     /// forgotten): what the creator writes into one is being made, not modified.
     created: HashMap<recheck::Key, u32>,
     created_order: std::collections::VecDeque<recheck::Key>,
+    /// Recently changed qcow2 headers as they were before their last change (evidence).
+    pre_images: std::collections::VecDeque<((u32, u64), PreImage)>,
 }
+
+/// A qcow2 shadow as it was before a header change, and the event that changed it.
+#[derive(Debug, Clone)]
+pub struct PreImage {
+    pub seq: u64,
+    pub shadow: qcow2::Qcow2Shadow,
+}
+
+/// Pre-images kept (each up to a cluster of header bytes plus the parsed tables).
+const MAX_PRE_IMAGES: usize = 32;
 
 /// Queue `f` for the kernel if it differs from what the file has now.
 fn publish(
@@ -385,6 +397,7 @@ impl Classifier {
             rechecks: Default::default(),
             created: HashMap::new(),
             created_order: Default::default(),
+            pre_images: Default::default(),
         }
     }
 
@@ -827,8 +840,10 @@ impl Classifier {
                 let full_sample = w.data.len() as u64 == w.length;
                 // A field rewritten with the value it has: nothing to diff or re-read.
                 let noop = full_sample && sh.is_noop_write(off, &w.data);
+                let mut pre = None;
                 if off < header_end && writes_bytes && !noop {
                     let before = sh.image.clone();
+                    let before_raw = sh.raw.clone();
                     // Exact and race-free: the bytes written (first DATA_LEN of them), applied.
                     let patch = (!w.data.is_empty())
                         .then(|| sh.apply_header_write(off, &w.data))
@@ -884,6 +899,23 @@ impl Classifier {
                             }
                         }
                     }
+                    pre = Some(qcow2::Qcow2Shadow {
+                        raw: before_raw,
+                        image: before,
+                    });
+                }
+                if let Some(shadow) = pre.filter(|_| !c.changes.is_empty() || unparseable) {
+                    self.pre_images.retain(|(k, _)| *k != key);
+                    if self.pre_images.len() >= MAX_PRE_IMAGES {
+                        self.pre_images.pop_front();
+                    }
+                    self.pre_images.push_back((
+                        key,
+                        PreImage {
+                            seq: ev.seq,
+                            shadow,
+                        },
+                    ));
                 }
                 // Ranges move only with the header: recompute when it changed (or on the
                 // file's first event, after the rules have seen one write of it).
@@ -976,6 +1008,39 @@ impl Classifier {
     /// Write-filter changes for the kernel since the last call, in order.
     pub fn take_filter_updates(&mut self) -> Vec<(FileKey, Option<WriteFilter>)> {
         std::mem::take(&mut self.filter_updates)
+    }
+
+    /// The qcow2 header of a file as it was before its last change, if it changed lately.
+    pub fn pre_image(&self, dev: u32, ino: u64) -> Option<&PreImage> {
+        self.pre_images
+            .iter()
+            .find(|(k, _)| *k == (dev, ino))
+            .map(|(_, p)| p)
+    }
+
+    /// The shadow of a qcow2 file: what the agent believes its header is now.
+    pub fn qcow2_shadow(&self, dev: u32, ino: u64) -> Option<&qcow2::Qcow2Shadow> {
+        match self.state.get(&(dev, ino))? {
+            FileState::Qcow2(q) => Some(&q.shadow),
+            _ => None,
+        }
+    }
+
+    /// What the write filter would hold for a file with a shadow (its metadata ranges and
+    /// trusted writers), without publishing it: the circuit breaker's ranges before the
+    /// file's first event.
+    pub fn metadata_filter(&self, dev: u32, ino: u64) -> Option<WriteFilter> {
+        match self.state.get(&(dev, ino))? {
+            FileState::Qcow2(q) => Some(filter::to_wire(
+                filter_actor::QEMU,
+                q.shadow.image.metadata_ranges(),
+            )),
+            FileState::Lvm(l) => Some(filter::to_wire(
+                filter_actor::LVM,
+                lvm::pv_metadata_ranges(l.label.as_ref(), l.mda.as_ref()),
+            )),
+            FileState::Other(_) => None,
+        }
     }
 
     /// Files with a published write filter.
@@ -1346,6 +1411,39 @@ mod filter_publishing {
         assert!(ch.contains(&"nb_snapshots: 3 → 1".to_string()), "{ch:?}");
         assert!(ch.contains(&"snapshot_removed: s1".to_string()), "{ch:?}");
         assert!(ch.contains(&"snapshot_removed: s2".to_string()), "{ch:?}");
+    }
+
+    /// Evidence needs the header as it was before the change an alert is about: kept with
+    /// the changing event's sequence; a write that changes nothing keeps none.
+    #[test]
+    fn a_header_change_keeps_the_pre_image_of_its_own_event() {
+        let d = TmpDir::new("preimage");
+        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        assert!(c.pre_image(7, 1).is_none());
+        let nb = c
+            .qcow2_shadow(7, 1)
+            .expect("shadow")
+            .image
+            .header
+            .nb_snapshots;
+        assert_eq!(nb, 2);
+        let mut ev = write_ev("pwrite64", 60, &[0, 0, 0, 0], 1);
+        ev.seq = 41;
+        c.classify(&ev, Some(&p));
+        let pre = c.pre_image(7, 1).expect("pre-image kept");
+        assert_eq!(pre.seq, 41);
+        assert_eq!(pre.shadow.image.header.nb_snapshots, 2);
+        assert_eq!(pre.shadow.image.snapshots.len(), 2);
+        assert_eq!(&pre.shadow.raw[60..64], &[0, 0, 0, 2]);
+        assert_eq!(c.qcow2_shadow(7, 1).unwrap().image.header.nb_snapshots, 0);
+        // The same bytes again: no change, the pre-image stays the one of event 41.
+        let mut again = write_ev("pwrite64", 60, &[0, 0, 0, 0], 1);
+        again.seq = 42;
+        c.classify(&again, Some(&p));
+        assert_eq!(c.pre_image(7, 1).unwrap().seq, 41);
+        assert!(c.metadata_filter(7, 1).is_some_and(|f| f.count > 0));
     }
 
     #[test]

@@ -45,6 +45,10 @@ impl Kind {
             "chmod" | "chown" | "utimes" => Kind::Attr,
             "ioctl" => Kind::Ioctl,
             "open_write" | "fork" | "exec" | "exit" | "" => Kind::Other,
+            // Circuit-breaker records (`crate::respond::ACTIONS`): alerts of their own.
+            "kill" | "stop" | "freeze" | "would_kill" | "would_stop" | "would_freeze" => {
+                Kind::Other
+            }
             _ => Kind::Write,
         }
     }

@@ -193,7 +193,12 @@ pub(crate) fn every_record() -> Vec<Record> {
     });
     out.extend(crate::state::stats(&pipe, &sinks));
     let hooks = sinks.registry().hook_runs().unwrap();
-    out.extend(crate::state::stopped("SIGTERM", &pipe, &sinks, &hooks, 3));
+    let responder = crate::respond::act::Responder::new(crate::evidence::Evidence::new(
+        &crate::config::Policy::embedded().evidence,
+    ));
+    out.extend(crate::state::stopped(
+        "SIGTERM", &pipe, &sinks, &hooks, 3, &responder,
+    ));
     sinks.shutdown(std::time::Duration::from_secs(2));
     out.push(Record::State(StateRecord {
         action: "reloaded",

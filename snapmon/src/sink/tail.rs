@@ -200,13 +200,11 @@ fn state_lines(action: &str, d: &serde_json::Value) -> Option<String> {
                 n("files"),
                 n("dirs")
             ));
+            let on_off = |k: &str| if d[k] == true { "on" } else { "off" };
             let mut last = format!(
-                "# enforcement {} · policy {}",
-                if d["enforcement_active"] == true {
-                    "on"
-                } else {
-                    "off"
-                },
+                "# enforcement {} · response {} · policy {}",
+                on_off("enforcement_active"),
+                on_off("response_active"),
                 t("policy")
             );
             if n("rule_warning_count") > 0 {
@@ -242,7 +240,7 @@ fn state_lines(action: &str, d: &serde_json::Value) -> Option<String> {
             t("error")
         ),
         "hooks" | "coverage" | "stores" | "stores_skipped" | "kernel_fields" | "enforcement"
-        | "rule_warnings" | "sinks" => return None,
+        | "rule_warnings" | "sinks" | "response" => return None,
         other => format!("# {}", escape_line(other)),
     })
 }

@@ -200,6 +200,20 @@ pub fn command(a: &Args) -> String {
     if a.step_secs != 5.0 {
         write!(s, " --step-secs {}", a.step_secs).unwrap();
     }
+    if a.respond_samples != 1000 {
+        write!(s, " --respond-samples {}", a.respond_samples).unwrap();
+    }
+    for (skip, flag) in [
+        (a.skip_overhead, "--skip-overhead"),
+        (a.skip_hook, "--skip-hook"),
+        (a.skip_respond, "--skip-respond"),
+        (a.skip_capacity, "--skip-capacity"),
+        (a.skip_alert_latency, "--skip-alert-latency"),
+    ] {
+        if skip {
+            write!(s, " {flag}").unwrap();
+        }
+    }
     s
 }
 
@@ -702,6 +716,45 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
             )?;
         }
         writeln!(w)?;
+    }
+
+    writeln!(w, "## Circuit breaker: syscall to signal\n")?;
+    writeln!(w, "`--respond kill` on a store on {}: a worker forks one child per sample; each stamps CLOCK_BOOTTIME right before `pwrite(image, 4 zero bytes, 60)` (zeroing nb_snapshots) and is killed by the tracepoint program in that syscall. *syscall → signal*: the child's stamp to the kernel's stamp after `bpf_send_signal` (from the SM-E003 alert, same clock); *hook → signal*: inside the program (the alert's `syscall_to_signal_ns`); *syscall → reaped*: to the parent's `waitpid` returning. Goal: ≤ 1 ms p99.\n", r.respond.as_ref().map(|l| l.fs.as_str()).unwrap_or("the bench dir"))?;
+    if let Some(e) = &r.respond_error {
+        writeln!(w, "**circuit-breaker phase failed: {e}**\n")?;
+    }
+    match &r.respond {
+        None => writeln!(w, "Not run.\n")?,
+        Some(l) => {
+            writeln!(
+                w,
+                "{} samples: {} killed, {} alerted; image header {}.\n",
+                l.samples,
+                l.killed,
+                l.alerted,
+                if l.header_changed {
+                    "**changed**"
+                } else {
+                    "unchanged (every write refused)"
+                }
+            )?;
+            writeln!(w, "| | p50 µs | p99 µs | max µs |\n|---|---|---|---|")?;
+            for (name, p) in [
+                ("syscall → signal", &l.syscall_to_signal),
+                ("hook → signal", &l.hook_to_signal),
+                ("syscall → reaped", &l.syscall_to_reaped),
+            ] {
+                match p {
+                    Some(p) => writeln!(
+                        w,
+                        "| {name} | {:.1} | {:.1} | {:.1} |",
+                        p.p50_us, p.p99_us, p.max_us
+                    )?,
+                    None => writeln!(w, "| {name} | — | — | — |")?,
+                }
+            }
+            writeln!(w)?;
+        }
     }
 
     writeln!(w, "## Capacity and alert latency\n")?;

@@ -1,0 +1,377 @@
+//! Evidence: when a high or critical rule fires on a qcow2 image, save what the agent knew
+//! of it before (the shadow header, snapshot-table entries, L1 locations) and what is on
+//! disk now, in a private directory, and log each file's SHA-256 in an `evidence` record.
+//! The record rides the log's hash chain, so `verify-log` also proves the files unchanged.
+
+use std::{
+    collections::VecDeque,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::{
+    classify::{
+        qcow2::{Qcow2Header, Qcow2Image, Qcow2Shadow},
+        Classifier,
+    },
+    config::EvidenceSection,
+    record::{Alert, Record, Severity, StateRecord},
+};
+
+/// The key of the file list in an `evidence` record: what `verify-log` looks for.
+pub const FILES_KEY: &str = "evidence_files";
+/// Most captures per minute (an attacker hitting many images must not fill the disk or
+/// hold the event loop).
+const PER_MINUTE: u32 = 60;
+/// The same image in the same before/after state is saved once in this long.
+const SAME_STATE: Duration = Duration::from_secs(600);
+/// Header bytes read from the image for the post-image.
+const POST_BYTES: u64 = 64 << 10;
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub saved: u64,
+    pub duplicate: u64,
+    pub rate_limited: u64,
+    pub over_quota: u64,
+    pub errors: u64,
+}
+
+pub struct Evidence {
+    dir: Option<PathBuf>,
+    max_bytes: u64,
+    used: u64,
+    minute: (Instant, u32),
+    /// (dev, ino, pre+post hash) saved lately.
+    seen: VecDeque<((u32, u64, [u8; 32]), Instant)>,
+    pub stats: Stats,
+    pub last_error: Option<String>,
+}
+
+impl Evidence {
+    pub fn new(cfg: &EvidenceSection) -> Evidence {
+        let used = if cfg.enabled { dir_bytes(&cfg.dir) } else { 0 };
+        Evidence {
+            dir: cfg.enabled.then(|| cfg.dir.clone()),
+            max_bytes: cfg.max_mb.saturating_mul(1 << 20),
+            used,
+            minute: (Instant::now(), 0),
+            seen: VecDeque::new(),
+            stats: Stats::default(),
+            last_error: None,
+        }
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Save evidence for `a` when it is high or critical and about a qcow2 image the
+    /// classifier knows; the `evidence` record to log right after the alert.
+    pub fn capture(&mut self, a: &Alert, classifier: &Classifier) -> Option<Record> {
+        let dir = self.dir.clone()?;
+        if a.severity < Severity::High {
+            return None;
+        }
+        let f = a.event.file.as_ref()?;
+        let path = f.path.as_ref()?.as_path();
+        // The pre-image of the header change this alert is about; otherwise the header is
+        // what the shadow says now (the alert precedes any change, or there was none).
+        let pre = classifier
+            .pre_image(f.dev, f.ino)
+            .filter(|p| p.seq == a.event.seq);
+        let (pre_shadow, pre_src) = match pre {
+            Some(p) => (
+                &p.shadow,
+                format!("agent shadow before the header change of event {}", p.seq),
+            ),
+            None => (
+                classifier.qcow2_shadow(f.dev, f.ino)?,
+                "agent shadow (this event did not change the header)".to_string(),
+            ),
+        };
+        let post = read_post(&path);
+        let mut h = Sha256::new();
+        h.update(&pre_shadow.raw);
+        h.update(post.as_ref().map(|b| b.as_slice()).unwrap_or(b""));
+        let state: [u8; 32] = h.finalize().into();
+        let now = Instant::now();
+        self.seen
+            .retain(|(_, t)| now.duration_since(*t) < SAME_STATE);
+        if self.seen.iter().any(|(k, _)| *k == (f.dev, f.ino, state)) {
+            self.stats.duplicate += 1;
+            return None;
+        }
+        if now.duration_since(self.minute.0) >= Duration::from_secs(60) {
+            self.minute = (now, 0);
+        }
+        if self.minute.1 >= PER_MINUTE {
+            self.stats.rate_limited += 1;
+            return None;
+        }
+        if self.used >= self.max_bytes {
+            self.stats.over_quota += 1;
+            return None;
+        }
+        self.minute.1 += 1;
+        match self.save(&dir, a, &path, pre_shadow, &pre_src, post) {
+            Ok((files, bytes)) => {
+                self.seen.push_back(((f.dev, f.ino, state), now));
+                if self.seen.len() > 4096 {
+                    self.seen.pop_front();
+                }
+                self.used += bytes;
+                self.stats.saved += 1;
+                Some(Record::State(StateRecord {
+                    action: "evidence",
+                    detail: json!({
+                        "image": path.display().to_string(),
+                        "rule": a.rule_id,
+                        "sequence": a.event.seq,
+                        "dir": files.0.display().to_string(),
+                        FILES_KEY: files.1,
+                    }),
+                }))
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                self.last_error = Some(e.clone());
+                Some(Record::State(StateRecord {
+                    action: "evidence_failed",
+                    detail: json!({"image": path.display().to_string(), "rule": a.rule_id,
+                                   "sequence": a.event.seq, "error": e}),
+                }))
+            }
+        }
+    }
+
+    fn save(
+        &self,
+        dir: &Path,
+        a: &Alert,
+        image: &Path,
+        pre: &Qcow2Shadow,
+        pre_src: &str,
+        post: Result<Vec<u8>, String>,
+    ) -> Result<((PathBuf, Vec<Value>), u64), String> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // An existing directory keeps its mode unless we own the decision: make it private.
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().replace(['/', '\\'], "_"))
+            .unwrap_or_else(|| "image".into());
+        let stamp = crate::sink::json::rfc3339(a.event.ts_unix_ns).replace(':', "");
+        let sub = dir.join(format!(
+            "{stamp}-{}-{}-{}-{name}",
+            a.event.seq, a.rule_id, a.event.process.pid
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&sub)
+            .map_err(|e| format!("{}: {e}", sub.display()))?;
+        let mut files = Vec::new();
+        let mut bytes = 0u64;
+        let mut put = |n: &str, data: &[u8]| -> Result<(), String> {
+            let p = sub.join(n);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            f.write_all(data)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            bytes += data.len() as u64;
+            files.push(json!({"path": p.display().to_string(), "sha256": hex::encode(Sha256::digest(data)), "bytes": data.len()}));
+            Ok(())
+        };
+        put("pre-header.bin", &pre.raw)?;
+        let pre_json = describe_image(&pre.image, pre_src);
+        put("pre.json", &pretty(&pre_json))?;
+        match &post {
+            Ok(b) => {
+                put("post-header.bin", b)?;
+                let desc = match Qcow2Image::read_from(
+                    &mut std::fs::File::open(image).map_err(|e| e.to_string())?,
+                ) {
+                    Ok(img) => describe_image(&img, "read from the image when the alert fired"),
+                    Err(e) => json!({"source": "read from the image when the alert fired",
+                                     "error": e.to_string(),
+                                     "header": header_json(&Qcow2Header::decode_lossy(b))}),
+                };
+                put("post.json", &pretty(&desc))?;
+            }
+            Err(e) => put(
+                "post.json",
+                &pretty(&json!({"source": "read from the image when the alert fired", "error": e})),
+            )?,
+        }
+        let meta = json!({
+            "image": image.display().to_string(),
+            "rule": {"id": a.rule_id, "name": a.rule_name, "severity": a.severity.as_str()},
+            "message": a.message,
+            "sequence": a.event.seq,
+            "process": {"pid": a.event.process.pid, "name": a.event.process.name,
+                        "executable": a.event.process.executable.display(),
+                        "lineage": a.event.process.lineage()},
+        });
+        put("alert.json", &pretty(&meta))?;
+        let _ = std::fs::File::open(&sub).and_then(|d| d.sync_all());
+        Ok(((sub, files), bytes))
+    }
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+fn read_post(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    (&mut f)
+        .take(POST_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let cs = Qcow2Header::decode_lossy(&buf).cluster_size();
+    if (512..=POST_BYTES).contains(&cs) {
+        buf.truncate(cs as usize);
+    }
+    Ok(buf)
+}
+
+fn header_json(h: &Qcow2Header) -> Value {
+    serde_json::to_value(h).unwrap_or(Value::Null)
+}
+
+/// The parts of an image recovery needs: header, snapshot table and its entries, where the
+/// active and every snapshot L1 table live.
+pub fn describe_image(img: &Qcow2Image, source: &str) -> Value {
+    let h = &img.header;
+    json!({
+        "source": source,
+        "header": header_json(h),
+        "snapshot_table": {"offset": h.snapshots_offset, "nb_snapshots": h.nb_snapshots, "bytes": img.snapshot_table_len},
+        "active_l1": {"offset": h.l1_table_offset, "entries": h.l1_size},
+        "refcount_table": {"offset": h.refcount_table_offset, "clusters": h.refcount_table_clusters},
+        "snapshots": img.snapshots.iter().map(|s| json!({
+            "id": s.id, "name": s.name, "entry_offset": s.offset,
+            "l1_table_offset": s.l1_table_offset, "l1_size": s.l1_size,
+            "date_sec": s.date_sec, "vm_state_size": s.vm_state_size,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Bytes under `dir` (one level of capture directories).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_dir(e.path()).ok())
+        .flat_map(|d| d.flatten())
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Every `{path, sha256}` listed under [`FILES_KEY`] anywhere in a record.
+fn listed(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                if k == FILES_KEY {
+                    for f in x.as_array().into_iter().flatten() {
+                        if let (Some(p), Some(h)) = (f["path"].as_str(), f["sha256"].as_str()) {
+                            out.push((p.to_string(), h.to_string()));
+                        }
+                    }
+                } else {
+                    listed(x, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| listed(x, out)),
+        _ => {}
+    }
+}
+
+/// Check every evidence file the logs list against its logged SHA-256: (files checked,
+/// problems). Lines that are not JSON are the chain check's business, not ours.
+pub fn verify_logs(logs: &[PathBuf]) -> (usize, Vec<String>) {
+    use std::io::BufRead as _;
+    let mut files = Vec::new();
+    for l in logs {
+        let Ok(f) = std::fs::File::open(l) else {
+            continue;
+        };
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            if !line.contains(FILES_KEY) {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                listed(&v, &mut files);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (p, want) in &files {
+        match std::fs::read(p) {
+            Ok(b) => {
+                let got = hex::encode(Sha256::digest(&b));
+                if &got != want {
+                    problems.push(format!(
+                        "evidence file {p} was altered: sha256 {got}, logged {want}"
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("evidence file {p} cannot be read: {e}")),
+        }
+    }
+    (files.len(), problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::qcow2::testutil::{image_with_snapshots, patch, TmpDir};
+
+    #[test]
+    fn listed_files_are_found_at_any_depth() {
+        let v = json!({"snapmon": {"state": {FILES_KEY: [{"path": "/a", "sha256": "00"}]}},
+                       "unmapped": [{FILES_KEY: [{"path": "/b", "sha256": "11"}]}]});
+        let mut out = vec![];
+        listed(&v, &mut out);
+        assert_eq!(
+            out,
+            vec![("/a".into(), "00".into()), ("/b".into(), "11".into())]
+        );
+    }
+
+    #[test]
+    fn post_image_is_one_cluster_of_the_file() {
+        let d = TmpDir::new("evidence-post");
+        let p = image_with_snapshots(&d, "a.qcow2", &[]);
+        let b = read_post(&p).unwrap();
+        assert_eq!(b.len(), 65536);
+        patch(&p, 60, &[0; 4]);
+        let img = Qcow2Image::read_from(&mut std::fs::File::open(&p).unwrap()).unwrap();
+        let j = describe_image(&img, "t");
+        assert_eq!(j["snapshot_table"]["nb_snapshots"], 0);
+        assert_ne!(j["snapshot_table"]["offset"], 0);
+    }
+}
