@@ -148,10 +148,22 @@ impl Env {
         let started = e
             .wait(0, start_timeout(), |v| v["event"]["action"] == "started")
             .expect("no `started` record");
-        let st = &started["snapmon"]["state"];
-        assert_eq!(st["response"]["active"], true, "{st}");
-        assert_eq!(st["response"]["mode"], "kill", "{st}");
-        assert_eq!(st["enforcement"]["active"], expect_lsm(), "{st}");
+        assert_eq!(
+            started["snapmon"]["state"]["response_active"], true,
+            "{started}"
+        );
+        // The plan and the enforcement state are detail records written before `started`.
+        let detail = |e: &mut Env, name: &str| {
+            e.wait(0, Duration::ZERO, |v| v["event"]["action"] == name)
+                .unwrap_or_else(|| panic!("no `{name}` record before `started`"))["snapmon"]
+                ["state"]
+                .clone()
+        };
+        let resp = detail(&mut e, "response");
+        assert_eq!(resp["active"], true, "{resp}");
+        assert_eq!(resp["mode"], "kill", "{resp}");
+        let enf = detail(&mut e, "enforcement");
+        assert_eq!(enf["active"], expect_lsm(), "{enf}");
         e
     }
 

@@ -203,7 +203,12 @@ pub(crate) fn every_record() -> Vec<Record> {
     out.push(Record::State(StateRecord {
         action: "reloaded",
         detail: json!({"policy": "/etc/snapmon/policy.toml", "rule_warnings": ["w"],
-                       "enforcement": {"active": false, "dry_run": false, "monitor_only": false, "protected": 0}}),
+                       "enforcement": {"active": true, "dry_run": false, "monitor_only": false, "protected": 2,
+                                       "keep_enforcing": false, "trusted": ["/usr/bin/qemu-img"]},
+                       "response": {"active": true, "mode": "kill", "dry_run": false,
+                                    "stores": [{"path": "/var/lib/libvirt/images", "monitor": false}],
+                                    "kernel_classes": ["header"], "agent_rules": ["SM-R001"], "objects": 3,
+                                    "images": 2, "trusted_count": 4, "notes": ["n"]}}),
     }));
     out.push(Record::State(StateRecord {
         action: "reload_failed",
