@@ -165,7 +165,7 @@ fn k001_quiet_for_lvm_creating_and_removing_snapshots() {
     });
     let names: Vec<&str> = evs
         .iter()
-        .filter_map(|v| v["snapmon"]["ioctl"]["name"].as_str())
+        .filter_map(|v| v["snapmon"]["ioctl"]["summary"].as_str())
         .collect();
     // Seen (snapshot tables, thin create_snap/delete, the COW removal) …
     let seen = |pat: &str| names.iter().any(|n| n.contains(pat));

@@ -79,8 +79,10 @@ fn ioctls(evs: &[Value]) -> Vec<&Value> {
     evs.iter().filter(|v| action(v) == "ioctl").collect()
 }
 
+/// The decoded one-line summary (`DM_TABLE_LOAD … [snapshot 254:2 …]`): `name` is the bare
+/// command, so the targets and messages are matched here.
 fn ioctl_name(v: &Value) -> &str {
-    v["snapmon"]["ioctl"]["name"].as_str().unwrap_or("")
+    v["snapmon"]["ioctl"]["summary"].as_str().unwrap_or("")
 }
 
 fn brief_ioctls(evs: &[Value]) -> String {
@@ -91,7 +93,7 @@ fn brief_ioctls(evs: &[Value]) -> String {
                 "pid={} {} {}",
                 v["process"]["pid"],
                 v["snapmon"]["ioctl"]["name"],
-                v["snapmon"]["ioctl"]["decoded"]
+                v["snapmon"]["ioctl"]["summary"]
             )
         })
         .collect::<Vec<_>>()
