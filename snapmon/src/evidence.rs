@@ -127,25 +127,18 @@ impl Evidence {
                 }
                 self.used += bytes;
                 self.stats.saved += 1;
-                Some(Record::State(StateRecord {
-                    action: "evidence",
-                    detail: json!({
-                        "image": path.display().to_string(),
-                        "rule": a.rule_id,
-                        "sequence": a.event.seq,
-                        "dir": files.0.display().to_string(),
-                        FILES_KEY: files.1,
-                    }),
-                }))
+                Some(saved_record(
+                    &path,
+                    &a.rule_id,
+                    a.event.seq,
+                    &files.0,
+                    files.1,
+                ))
             }
             Err(e) => {
                 self.stats.errors += 1;
                 self.last_error = Some(e.clone());
-                Some(Record::State(StateRecord {
-                    action: "evidence_failed",
-                    detail: json!({"image": path.display().to_string(), "rule": a.rule_id,
-                                   "sequence": a.event.seq, "error": e}),
-                }))
+                Some(failed_record(&path, &a.rule_id, a.event.seq, &e))
             }
         }
     }
@@ -343,6 +336,33 @@ pub fn verify_logs(logs: &[PathBuf]) -> (usize, Vec<String>) {
         }
     }
     (files.len(), problems)
+}
+
+/// The `evidence` record: where the files went and their hashes, chained into the log.
+pub(crate) fn saved_record(
+    image: &Path,
+    rule: &str,
+    seq: u64,
+    dir: &Path,
+    files: Vec<Value>,
+) -> Record {
+    Record::State(StateRecord {
+        action: "evidence",
+        detail: json!({
+            "image": image.display().to_string(),
+            "rule": rule,
+            "sequence": seq,
+            "dir": dir.display().to_string(),
+            FILES_KEY: files,
+        }),
+    })
+}
+
+pub(crate) fn failed_record(image: &Path, rule: &str, seq: u64, error: &str) -> Record {
+    Record::State(StateRecord {
+        action: "evidence_failed",
+        detail: json!({"image": image.display().to_string(), "rule": rule, "sequence": seq, "error": error}),
+    })
 }
 
 #[cfg(test)]

@@ -220,6 +220,23 @@ pub(crate) fn every_record() -> Vec<Record> {
                        "decoder": {"decode_truncated": 1},
                        "sinks": [{"sink": "tcp:127.0.0.1:9000", "cause": "spill_full", "count": 12}]}),
     }));
+    let img = std::path::Path::new("/var/lib/libvirt/images/vm1.qcow2");
+    out.push(crate::evidence::saved_record(
+        img,
+        "SM-Q001",
+        42,
+        std::path::Path::new("/var/lib/snapmon/evidence/vm1.qcow2-20261205T101010Z-42"),
+        vec![
+            json!({"path": "/var/lib/snapmon/evidence/vm1.qcow2-20261205T101010Z-42/pre-header.bin",
+                    "sha256": "00".repeat(32), "bytes": 512}),
+        ],
+    ));
+    out.push(crate::evidence::failed_record(
+        img,
+        "SM-Q001",
+        43,
+        "/var/lib/snapmon/evidence: Read-only file system (os error 30)",
+    ));
     out.push(Record::Metric(MetricRecord {
         action: "filtered",
         detail: json!({"kernel_writes": 10, "kernel_total": 50, "files": 2}),
