@@ -561,8 +561,9 @@ pub const RELEASE_DIR: &str = "/sys/fs/bpf/snapmon-release";
 /// the programs detach within about a second after it, writing meanwhile into a ring buffer
 /// nobody reads any more (what the agent had to report was drained before this).
 ///
-/// Without bpffs, or when a pin fails, the links are closed here, from one thread each:
-/// that overlaps some of the grace periods (measured: 0.07-1.8 s instead of 3.3 s).
+/// Without a writable bpffs the links are closed here, from one thread each: that overlaps
+/// some of the grace periods (measured: 0.07-1.8 s instead of 3.3 s). A link whose pin
+/// fails is closed at once, as before.
 /// A pin left by an agent killed between pinning and removing is removed at the next start
 /// (`release_stale`).
 fn release_links(links: Vec<(&'static str, HookLink)>) {
