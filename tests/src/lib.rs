@@ -174,6 +174,15 @@ impl Agent {
         schema_errors(&self.out)
     }
 
+    /// The agent's process id (until `stop` has reaped it).
+    pub fn pid(&self) -> u32 {
+        assert!(
+            !self.stopped,
+            "the agent was reaped: its pid may be someone else's"
+        );
+        self.child.id()
+    }
+
     /// Send a signal to the agent (SIGHUP reloads the policy).
     pub fn signal(&self, sig: i32) {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);

@@ -1,9 +1,14 @@
 //! End-to-end: real tools against a watched temp store, asserting what the agent reported.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use serde_json::Value;
-use snapmon_e2e::{about, action, agent, brief, changes, dest, expect_lsm, python, regions, run};
+use snapmon_e2e::{
+    about, action, agent, brief, changes, dest, eventually, expect_lsm, python, regions, run, Agent,
+};
 
 const QUIET: Duration = Duration::from_millis(600);
 
@@ -1131,4 +1136,70 @@ fn writes_by_a_32_bit_program_are_seen_where_fentry_allows() {
     assert_eq!(w["snapmon"]["write"]["offset"], 0, "{w}");
     assert_eq!(w["snapmon"]["write"]["length"], 4, "{w}");
     assert_eq!(w["snapmon"]["backend"], "fentry", "{w}");
+}
+
+/// Ids of the BPF programs `pid` holds (its program and link fds).
+fn prog_ids(pid: u32) -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Issue 19 item 5: an idle agent exits at once on a signal (the kernel detaches its hooks
+/// afterwards, handed over through bpffs pins), its log still ends `stopped`, `log_closed`,
+/// and its programs are really gone a little later, no pin left behind.
+#[test]
+fn an_idle_agent_exits_at_once_and_its_hooks_are_detached_after() {
+    // Left by an agent killed while handing its links over (no pid is above pid_max).
+    let stale = Path::new("/sys/fs/bpf/snapmon-release/4194305");
+    std::fs::create_dir_all(stale).unwrap();
+    let mut a = Agent::spawn("exit", &[], &[]).unwrap();
+    assert!(!stale.exists(), "a dead agent's pins are removed at start");
+    let pid = a.pid();
+    let progs = prog_ids(pid);
+    assert!(progs.len() > 10, "the agent holds programs: {progs:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = Instant::now();
+    assert!(a.stop(Duration::from_secs(60)), "the agent did not exit 0");
+    let took = t0.elapsed();
+    // The goal is 0.5 s for a release build; closing the links one by one took over 3 s.
+    assert!(took < Duration::from_millis(1500), "exit took {took:?}");
+    let recs = a.records();
+    let tail: Vec<&str> = recs.iter().rev().take(2).map(action).collect();
+    assert_eq!(tail, ["log_closed", "stopped"], "{}", brief(&recs));
+    let pins = format!("/sys/fs/bpf/snapmon-release/{pid}");
+    assert!(!Path::new(&pins).exists(), "{pins} left behind");
+    eventually(
+        Duration::from_secs(30),
+        "the agent's programs unloaded",
+        || {
+            let out = std::process::Command::new("bpftool")
+                .args(["prog", "show", "-j"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            let live: Vec<u64> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["id"].as_u64())
+                .filter(|id| progs.contains(&(*id as u32)))
+                .collect();
+            if live.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("still loaded: {live:?}"))
+            }
+        },
+    );
 }

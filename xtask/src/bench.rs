@@ -128,6 +128,16 @@ pub struct Startup {
     pub reported_ms: Option<u64>,
 }
 
+/// One idle agent stopped with SIGINT.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shutdown {
+    /// SIGINT to the process gone.
+    pub exit_s: f64,
+    pub exit: String,
+    /// The `stopped` record was found in its output.
+    pub stopped_record: bool,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub machine: report::Machine,
@@ -151,6 +161,9 @@ pub struct Results {
     pub stopped: Vec<serde_json::Value>,
     pub startup: Vec<Startup>,
     pub idle: Option<report::Idle>,
+    /// SIGINT to exit of an idle agent, one per stop (`idle_shutdown`).
+    pub shutdown: Vec<Shutdown>,
+    pub shutdown_error: Option<String>,
     pub capacity: Vec<load::Step>,
     pub capacity_error: Option<String>,
     /// Every write alerting: latency to the alert line.
@@ -240,6 +253,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         stopped: Vec::new(),
         startup: Vec::new(),
         idle: None,
+        shutdown: Vec::new(),
+        shutdown_error: None,
         capacity: Vec::new(),
         capacity_error: None,
         alert_latency: Vec::new(),
@@ -285,6 +300,12 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 eprintln!("bench: alert-latency phase failed: {e:#}");
                 res.alert_latency_error = Some(format!("{e:#}"));
             }
+        }
+        // Last: the kernel finishes detaching a stopped agent's hooks after it has exited,
+        // which must not overlap a measured phase.
+        if let Err(e) = idle_shutdown(&bin, &dir, &mut res) {
+            eprintln!("bench: idle-shutdown phase failed: {e:#}");
+            res.shutdown_error = Some(format!("{e:#}"));
         }
     }
     res.duration_s = t_all.elapsed().as_secs_f64();
@@ -510,8 +531,8 @@ fn overhead(
                 }
             }
             if let Some(g) = ag {
-                let (detail, st) = g.stop()?;
-                res.stopped.push(serde_json::json!({"phase": format!("overhead rep {rep}"), "exit": st, "detail": detail}));
+                let (detail, st, took) = g.stop()?;
+                res.stopped.push(serde_json::json!({"phase": format!("overhead rep {rep}"), "exit": st, "exit_s": took.as_secs_f64(), "detail": detail}));
             }
             if config == "auditd" {
                 audit.off();
@@ -730,9 +751,44 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
         );
         end_step(&mut res.capacity, st, &out, rate)?;
     }
-    let (detail, st) = ag.stop()?;
-    res.stopped
-        .push(serde_json::json!({"phase": "capacity", "exit": st, "detail": detail}));
+    let (detail, st, took) = ag.stop()?;
+    res.stopped.push(
+        serde_json::json!({"phase": "capacity", "exit": st, "exit_s": took.as_secs_f64(), "detail": detail}),
+    );
+    Ok(())
+}
+
+/// Stops of an idle agent (the footprint's time to exit).
+const SHUTDOWN_STOPS: usize = 5;
+
+/// Idle time to exit: an agent on the capacity store, idle for 2 s after `started`, stopped
+/// with SIGINT; SHUTDOWN_STOPS times, 3 s apart so each starts on a kernel that has finished
+/// detaching the previous one's hooks.
+fn idle_shutdown(bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
+    let store = dir.join("cap-store");
+    std::fs::create_dir_all(&store)?;
+    let out = dir.join("shutdown.jsonl");
+    for i in 1..=SHUTDOWN_STOPS {
+        let ag = agent::Agent::start(
+            bin,
+            &bench_policy(dir)?,
+            &[&store],
+            &out,
+            &dir.join("agent-shutdown.log"),
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+        let (detail, exit, took) = ag.stop()?;
+        println!(
+            "bench: idle stop {i}/{SHUTDOWN_STOPS}: exited in {:.3} s ({exit})",
+            took.as_secs_f64()
+        );
+        res.shutdown.push(Shutdown {
+            exit_s: took.as_secs_f64(),
+            exit,
+            stopped_record: !detail.is_null(),
+        });
+        std::thread::sleep(Duration::from_secs(3));
+    }
     Ok(())
 }
 
@@ -777,8 +833,9 @@ fn alert_latency(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow:
         );
         end_step(&mut res.alert_latency, st, &out, rate)?;
     }
-    let (detail, st) = ag.stop()?;
-    res.stopped
-        .push(serde_json::json!({"phase": "alert_latency", "exit": st, "detail": detail}));
+    let (detail, st, took) = ag.stop()?;
+    res.stopped.push(
+        serde_json::json!({"phase": "alert_latency", "exit": st, "exit_s": took.as_secs_f64(), "detail": detail}),
+    );
     Ok(())
 }

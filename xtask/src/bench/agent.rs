@@ -158,8 +158,9 @@ impl Agent {
         }
     }
 
-    /// SIGINT, wait for exit, return the `stopped` record's detail and the exit status.
-    pub fn stop(mut self) -> anyhow::Result<(Value, String)> {
+    /// SIGINT, wait for exit, return the `stopped` record's detail, the exit status and the
+    /// time from the signal to the process being gone (to within 2 ms).
+    pub fn stop(mut self) -> anyhow::Result<(Value, String, Duration)> {
         unsafe { libc::kill(self.pid as i32, libc::SIGINT) };
         let t0 = Instant::now();
         let st = loop {
@@ -171,14 +172,15 @@ impl Agent {
                 let _ = self.child.wait();
                 break "killed after 60 s without exiting on SIGINT".to_string();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         };
+        let took = t0.elapsed();
         let from = self.out_len().saturating_sub(1 << 20);
         let detail = find_line(&self.out, from, "\"action\":\"stopped\"")
             .and_then(|l| serde_json::from_str::<Value>(&l).ok())
             .map(|v| v["snapmon"]["state"].clone())
             .unwrap_or(Value::Null);
-        Ok((detail, st))
+        Ok((detail, st, took))
     }
 }
 

@@ -535,7 +535,70 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
             .unwrap_or_else(|| "not measured".into()),
         met: r.idle.as_ref().map(|i| i.rss_kib <= 40 * 1024),
     });
+    t.push(shutdown_target(&r.shutdown, r.shutdown_error.as_deref()));
     t
+}
+
+/// Longest an idle agent may take to exit on SIGINT (issue 19, item 5).
+const SHUTDOWN_GOAL_S: f64 = 0.5;
+
+/// The idle time-to-exit target: met when every stop exited cleanly within the goal and
+/// wrote its `stopped` record.
+fn shutdown_target(stops: &[super::Shutdown], error: Option<&str>) -> Target {
+    let goal = "idle agent exits ≤0.5 s after SIGINT, `stopped` record written";
+    let mut v: Vec<f64> = stops.iter().map(|s| s.exit_s).collect();
+    let Some((lo, med, hi)) = stats(&mut v) else {
+        return Target {
+            name: "idle shutdown",
+            goal,
+            measured: match error {
+                Some(e) => format!("not measured ({e})"),
+                None => "not measured".into(),
+            },
+            met: None,
+        };
+    };
+    let bad: Vec<String> = stops
+        .iter()
+        .filter(|s| !s.stopped_record || !s.exit.contains("exit status: 0"))
+        .map(|s| {
+            format!(
+                "{} (stopped record {})",
+                s.exit,
+                if s.stopped_record {
+                    "written"
+                } else {
+                    "missing"
+                }
+            )
+        })
+        .collect();
+    let mut measured = format!(
+        "SIGINT to exit over {} stops: min {:.3} / median {:.3} / max {:.3} s",
+        stops.len(),
+        lo,
+        med,
+        hi
+    );
+    if !bad.is_empty() {
+        measured += &format!("; unclean: {}", bad.join(", "));
+    }
+    Target {
+        name: "idle shutdown",
+        goal,
+        measured,
+        met: Some(hi <= SHUTDOWN_GOAL_S && bad.is_empty()),
+    }
+}
+
+/// The footprint section's sentence on the idle stops.
+fn shutdown_line(stops: &[super::Shutdown]) -> Option<String> {
+    let mut v: Vec<f64> = stops.iter().map(|s| s.exit_s).collect();
+    let (lo, med, hi) = stats(&mut v)?;
+    Some(format!(
+        "Exit on SIGINT, idle (2 s after `started`, SIGINT → process gone; {} stops, goal ≤{SHUTDOWN_GOAL_S} s): min {lo:.3} s / median {med:.3} s / max {hi:.3} s. The stops under load are in the JSON (`stopped[].exit_s`).\n",
+        stops.len()
+    ))
 }
 
 fn mmm(v: Option<(f64, f64, f64)>, prec: usize) -> String {
@@ -783,6 +846,9 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     if let Some((lo, med, hi)) = stats(&mut st.clone()) {
         writeln!(w, "Start-up to the `started` record (spawn → line visible; {} starts): min {lo:.1} s / median {med:.1} s / max {hi:.1} s (agent-reported `startup_ms`: {}).\n", st.len(), r.startup.iter().filter_map(|s| s.reported_ms).map(|x| x.to_string()).collect::<Vec<_>>().join(", "))?;
     }
+    if let Some(l) = shutdown_line(&r.shutdown) {
+        writeln!(w, "{l}")?;
+    }
     writeln!(w, "Under load: agent CPU per fio run is in the overhead table; RSS after each run and each capacity step is in the JSON (`overhead[].agent_rss_kib`, `capacity[].rss_kib_after`).\n")?;
     // Hand-written analysis (why a target is or is not met) survives re-runs.
     if let Ok(notes) = std::fs::read_to_string(dir.join("benchmarks-notes.md")) {
@@ -832,4 +898,55 @@ fn step_table(w: &mut String, steps: &[super::load::Step]) -> std::fmt::Result {
     }
     writeln!(w)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Shutdown;
+
+    fn stop(exit_s: f64) -> Shutdown {
+        Shutdown {
+            exit_s,
+            exit: "exit status: 0".into(),
+            stopped_record: true,
+        }
+    }
+
+    #[test]
+    fn idle_shutdown_target() {
+        let t = shutdown_target(&[stop(0.02), stop(0.4), stop(0.01)], None);
+        assert_eq!(t.met, Some(true));
+        assert!(t.measured.contains("median 0.020"), "{}", t.measured);
+        assert!(t.measured.contains("max 0.400"), "{}", t.measured);
+        // One slow stop is enough to miss the goal.
+        assert_eq!(
+            shutdown_target(&[stop(0.02), stop(3.4)], None).met,
+            Some(false)
+        );
+        // So is a stop that lost its `stopped` record or did not exit cleanly.
+        let mut s = stop(0.02);
+        s.stopped_record = false;
+        let t = shutdown_target(&[stop(0.02), s], None);
+        assert_eq!(t.met, Some(false));
+        assert!(t.measured.contains("missing"), "{}", t.measured);
+        let mut s = stop(0.02);
+        s.exit = "killed after 60 s without exiting on SIGINT".into();
+        assert_eq!(shutdown_target(&[s], None).met, Some(false));
+        // Not run: no verdict, and why.
+        let t = shutdown_target(&[], Some("agent exited before `started`"));
+        assert_eq!(t.met, None);
+        assert!(t.measured.contains("agent exited before"), "{}", t.measured);
+    }
+
+    #[test]
+    fn idle_shutdown_line() {
+        assert_eq!(shutdown_line(&[]), None);
+        let l = shutdown_line(&[stop(0.013), stop(0.011), stop(0.2)]).unwrap();
+        assert!(l.contains("3 stops"), "{l}");
+        assert!(
+            l.contains("min 0.011 s / median 0.013 s / max 0.200 s"),
+            "{l}"
+        );
+    }
 }

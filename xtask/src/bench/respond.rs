@@ -168,7 +168,7 @@ pub fn phase(bin: &Path, dir: &Path, loopgen: &Path, n: usize) -> anyhow::Result
     }
     ag.quiesce(Duration::from_secs(2));
     let header_changed = std::fs::read(&img)?[..65536] != before[..65536];
-    let (_, status) = ag.stop()?;
+    let (_, status, _) = ag.stop()?;
     // pid → (hook→signal ns, signal at boot ns), from the alerts.
     let mut alerts: HashMap<u32, (u64, u64)> = HashMap::new();
     let f = std::fs::File::open(&out)?;
