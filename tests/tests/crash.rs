@@ -3,6 +3,7 @@
 //! line after a `log_resumed` record, its `started` record says the previous run was killed,
 //! and `verify-log` says "truncated, not tampered" (exit 3), never tampering; edits to the same
 //! file are still tampering (exit 1). A clean stop and restart verifies intact (exit 0).
+// xtask-suite: host-only
 
 use std::{
     path::{Path, PathBuf},

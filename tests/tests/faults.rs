@@ -4,6 +4,7 @@
 //! Every loss must be counted with its cause and said once on stderr, nothing counted as
 //! written may be missing beyond what the documented limit allows, and the file must stay on
 //! line boundaries.
+// xtask-suite: host-only
 
 use std::{
     collections::HashSet,

@@ -4,6 +4,7 @@
 //! (SIGKILL) and restarts it, then stops the whole cluster for 10 s and brings it back. Every
 //! record the agent wrote to its file sink must be in the stream exactly once (the stream
 //! de-duplicates on `Nats-Msg-Id` = `event.id`), and the agent's metrics must show the outage.
+// xtask-suite: host-only
 
 use std::{
     collections::HashMap,

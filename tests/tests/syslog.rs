@@ -5,6 +5,7 @@
 //! included) must arrive at each of them exactly as valid JSON, and none over the size limit.
 //! A syslog sink with no socket behind it refuses to start, or warns loudly with
 //! `snapmon_sink_up 0` when told to.
+// xtask-suite: host-only
 
 use std::{
     collections::{HashMap, HashSet},
