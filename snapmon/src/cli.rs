@@ -15,7 +15,8 @@ use crate::{
 /// Exit status of every subcommand.
 pub const EXIT_CODES: &str =
     "Exit status: 0 ok; 1 findings (inspect, verify, verify-log, policy check: \
-something was found); 2 usage error or an input that could not be read.";
+something was found); 2 usage error or an input that could not be read (run: it refused \
+to start).";
 
 /// A check ran and found something: exit 1, not 2.
 #[derive(Debug, thiserror::Error)]

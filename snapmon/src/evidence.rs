@@ -127,18 +127,12 @@ impl Evidence {
                 }
                 self.used += bytes;
                 self.stats.saved += 1;
-                Some(saved_record(
-                    &path,
-                    &a.rule_id,
-                    a.event.seq,
-                    &files.0,
-                    files.1,
-                ))
+                Some(saved_record(&path, a, &files.0, files.1))
             }
             Err(e) => {
                 self.stats.errors += 1;
                 self.last_error = Some(e.clone());
-                Some(failed_record(&path, &a.rule_id, a.event.seq, &e))
+                Some(failed_record(&path, a, e))
             }
         }
     }
@@ -187,7 +181,7 @@ impl Evidence {
                 .and_then(|_| f.sync_all())
                 .map_err(|e| format!("{}: {e}", p.display()))?;
             bytes += data.len() as u64;
-            files.push(json!({"path": p.display().to_string(), "sha256": hex::encode(Sha256::digest(data)), "bytes": data.len()}));
+            files.push(file_entry(&p, data));
             Ok(())
         };
         put("pre-header.bin", &pre.raw)?;
@@ -224,6 +218,35 @@ impl Evidence {
         let _ = std::fs::File::open(&sub).and_then(|d| d.sync_all());
         Ok(((sub, files), bytes))
     }
+}
+
+/// One saved file, as the `evidence` record lists it (and `verify-log` checks it).
+pub(crate) fn file_entry(path: &Path, data: &[u8]) -> Value {
+    json!({"path": path.display().to_string(), "sha256": hex::encode(Sha256::digest(data)), "bytes": data.len()})
+}
+
+/// The `evidence` record: the image, the alert's rule and event, the directory the files are
+/// in, and each file (`file_entry`).
+pub(crate) fn saved_record(image: &Path, a: &Alert, dir: &Path, files: Vec<Value>) -> Record {
+    Record::State(StateRecord {
+        action: "evidence",
+        detail: json!({
+            "image": image.display().to_string(),
+            "rule": a.rule_id,
+            "sequence": a.event.seq,
+            "dir": dir.display().to_string(),
+            FILES_KEY: files,
+        }),
+    })
+}
+
+/// The `evidence_failed` record: what could not be saved, and why.
+pub(crate) fn failed_record(image: &Path, a: &Alert, error: String) -> Record {
+    Record::State(StateRecord {
+        action: "evidence_failed",
+        detail: json!({"image": image.display().to_string(), "rule": a.rule_id,
+                       "sequence": a.event.seq, "error": error}),
+    })
 }
 
 fn pretty(v: &Value) -> Vec<u8> {
@@ -336,33 +359,6 @@ pub fn verify_logs(logs: &[PathBuf]) -> (usize, Vec<String>) {
         }
     }
     (files.len(), problems)
-}
-
-/// The `evidence` record: where the files went and their hashes, chained into the log.
-pub(crate) fn saved_record(
-    image: &Path,
-    rule: &str,
-    seq: u64,
-    dir: &Path,
-    files: Vec<Value>,
-) -> Record {
-    Record::State(StateRecord {
-        action: "evidence",
-        detail: json!({
-            "image": image.display().to_string(),
-            "rule": rule,
-            "sequence": seq,
-            "dir": dir.display().to_string(),
-            FILES_KEY: files,
-        }),
-    })
-}
-
-pub(crate) fn failed_record(image: &Path, rule: &str, seq: u64, error: &str) -> Record {
-    Record::State(StateRecord {
-        action: "evidence_failed",
-        detail: json!({"image": image.display().to_string(), "rule": rule, "sequence": seq, "error": error}),
-    })
 }
 
 #[cfg(test)]

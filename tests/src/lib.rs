@@ -467,6 +467,32 @@ pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
     rx.recv().map_err(std::io::Error::other)?
 }
 
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no
+/// collector or agent behind (it would keep its ports and sockets, and the lock file a
+/// serialised test run holds, since it inherits the descriptor).
+pub struct Reaped(pub Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // A child already waited for is not signalled again (std knows it was reaped).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A finished trigger: the pid it ran as and its output.
 pub struct Ran {
     pub pid: u32,
@@ -549,6 +575,114 @@ pub fn changes(v: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The loss causes a sink counts (`snapmon::sink::set::Cause`): a cause name outside this list
+/// is a typo in a test, not a zero.
+pub const SINK_CAUSES: &[&str] = &[
+    "queue_full",
+    "write_error",
+    "no_space",
+    "spill_full",
+    "spill_error",
+    "shutdown",
+    "sink_dead",
+];
+
+/// The payload of a state or metric record (`snapmon.state` / `snapmon.metric`, ECS).
+fn payload(record: &Value) -> &Value {
+    match record["event"]["kind"].as_str() {
+        Some("state") => &record["snapmon"]["state"],
+        Some("metric") => &record["snapmon"]["metric"],
+        _ => panic!("not a state or metric record: {record:.600}"),
+    }
+}
+
+/// The one `stopped` record among `records`.
+pub fn stopped_record(records: &[Value]) -> &Value {
+    let mut it = records
+        .iter()
+        .filter(|v| v["event"]["kind"] == "state" && v["event"]["action"] == "stopped");
+    let st = it.next().expect("no stopped record");
+    assert!(it.next().is_none(), "more than one stopped record");
+    st
+}
+
+/// One sink's counters in a `stopped` record (`snapmon.state.sinks`) or a periodic `stats`
+/// record (`snapmon.metric.sinks`): schema 2 lists them as `[{name, received, filtered,
+/// written, dropped, dropped_by_cause, state, disconnects, …}]`. A record without that list,
+/// or without the sink, fails the test (it is never read as zeros).
+pub fn sink_counters<'a>(record: &'a Value, sink: &str) -> &'a Value {
+    let sinks = payload(record)["sinks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `sinks` list in {record:.600}"));
+    let mut it = sinks.iter().filter(|s| s["name"] == sink);
+    let c = it.next().unwrap_or_else(|| {
+        let names: Vec<&Value> = sinks.iter().map(|s| &s["name"]).collect();
+        panic!("no sink {sink:?} among {names:?}")
+    });
+    assert!(it.next().is_none(), "sink {sink:?} listed twice");
+    c
+}
+
+/// A numeric counter of [`sink_counters`] (`received`, `written`, `dropped`, `disconnects` …);
+/// an absent or non-numeric one fails the test.
+pub fn counter(sink: &Value, key: &str) -> u64 {
+    sink[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("sink counter `{key}` missing or not a count: {sink}"))
+}
+
+/// What a sink of [`sink_counters`] dropped for `cause`, from `dropped_by_cause`
+/// (`[{cause, count}]`, listing only causes with drops: an unlisted cause is 0, but the list
+/// itself must be there).
+pub fn dropped_by(sink: &Value, cause: &str) -> u64 {
+    assert!(SINK_CAUSES.contains(&cause), "unknown loss cause {cause:?}");
+    let by = sink["dropped_by_cause"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `dropped_by_cause` list: {sink}"));
+    by.iter()
+        .filter(|c| c["cause"] == cause)
+        .map(|c| {
+            c["count"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("`dropped_by_cause` entry without a count: {c}"))
+        })
+        .sum()
+}
+
+/// What a `lost` metric record (`snapmon.metric.sinks`: `[{sink, cause, count}]`) reports for
+/// `sink` and `cause` (0 when it reports only other sinks or causes). A record that is not a
+/// well-formed `lost` record fails the test.
+pub fn lost_count(record: &Value, sink: &str, cause: &str) -> u64 {
+    assert!(SINK_CAUSES.contains(&cause), "unknown loss cause {cause:?}");
+    assert!(
+        record["event"]["kind"] == "metric" && record["event"]["action"] == "lost",
+        "not a lost record: {record:.600}"
+    );
+    let entries = record["snapmon"]["metric"]["sinks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("lost record without a `sinks` list: {record:.600}"));
+    entries
+        .iter()
+        .inspect(|e| {
+            assert!(
+                e["sink"].is_string() && e["cause"].is_string() && e["count"].is_u64(),
+                "lost entry is not {{sink, cause, count}}: {e}"
+            )
+        })
+        .filter(|e| e["sink"] == sink && e["cause"] == cause)
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum()
+}
+
+/// Every sink loss of `cause` for `sink` the `lost` records among `records` reported.
+pub fn lost_total(records: &[Value], sink: &str, cause: &str) -> u64 {
+    records
+        .iter()
+        .filter(|v| v["event"]["kind"] == "metric" && v["event"]["action"] == "lost")
+        .map(|v| lost_count(v, sink, cause))
+        .sum()
 }
 
 /// Summary of records for assertion messages.
@@ -682,4 +816,60 @@ pub fn start_timeout() -> Duration {
             .and_then(|s| s.parse().ok())
             .unwrap_or(180),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stopped() -> Value {
+        json!({"event": {"kind": "state", "action": "stopped"}, "snapmon": {"state": {"sinks": [
+            {"name": "file:/a", "received": 5, "written": 3, "dropped": 2,
+             "dropped_by_cause": [{"cause": "no_space", "count": 2}]},
+            {"name": "tcp:127.0.0.1:9", "received": 5, "written": 5, "dropped": 0,
+             "dropped_by_cause": []},
+        ]}}})
+    }
+
+    #[test]
+    fn schema_2_sink_counters_are_read_by_name() {
+        let r = stopped();
+        let a = sink_counters(&r, "file:/a");
+        assert_eq!((counter(a, "received"), counter(a, "written")), (5, 3));
+        assert_eq!(dropped_by(a, "no_space"), 2);
+        assert_eq!(dropped_by(a, "write_error"), 0);
+        let lost = json!({"event": {"kind": "metric", "action": "lost"}, "snapmon": {"metric": {"sinks": [
+            {"sink": "file:/a", "cause": "no_space", "count": 2},
+            {"sink": "tcp:127.0.0.1:9", "cause": "spill_full", "count": 7},
+        ]}}});
+        assert_eq!(lost_count(&lost, "file:/a", "no_space"), 2);
+        assert_eq!(lost_total(&[lost.clone(), lost], "file:/a", "no_space"), 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "no sink")]
+    fn a_missing_sink_is_an_error() {
+        sink_counters(&stopped(), "file:/b");
+    }
+
+    #[test]
+    #[should_panic(expected = "no `sinks` list")]
+    fn the_schema_1_object_keyed_by_name_is_an_error() {
+        let old = json!({"event": {"kind": "state", "action": "stopped"},
+                         "snapmon": {"state": {"sinks": {"file:/a": {"written": 3}}}}});
+        sink_counters(&old, "file:/a");
+    }
+
+    #[test]
+    #[should_panic(expected = "missing")]
+    fn a_missing_counter_is_an_error() {
+        counter(sink_counters(&stopped(), "file:/a"), "disconnects");
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown loss cause")]
+    fn a_misspelt_cause_is_an_error() {
+        dropped_by(sink_counters(&stopped(), "file:/a"), "nospace");
+    }
 }

@@ -3,6 +3,7 @@
 //! line after a `log_resumed` record, its `started` record says the previous run was killed,
 //! and `verify-log` says "truncated, not tampered" (exit 3), never tampering; edits to the same
 //! file are still tampering (exit 1). A clean stop and restart verifies intact (exit 0).
+// xtask-suite: host-only
 
 use std::{
     path::{Path, PathBuf},
@@ -56,6 +57,14 @@ fn start(work: &Path, log: &Path, key: &Path, n: usize) -> Run {
         child,
         err,
         started,
+    }
+}
+
+/// A run a failing test left is killed, not left writing.
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -149,7 +158,7 @@ fn a_sigkilled_agent_leaves_a_truncated_log_never_a_tampered_one() {
         .unwrap()
         .to_string();
     assert!(first_new.contains("\"log_resumed\""), "{first_new:.300}");
-    let (code, out) = verify(&[log.clone()], &key);
+    let (code, out) = verify(std::slice::from_ref(&log), &key);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("truncated, not tampered"), "{out}");
     for bad in ["altered", "reordered", "removed", "spliced", "checkpoint"] {
@@ -181,7 +190,7 @@ fn a_partial_last_line_is_continued_on_a_fresh_line() {
     let last_start = body.iter().rposition(|&b| b == b'\n').unwrap() + 1;
     let cut = last_start + (body.len() - last_start) / 2;
     std::fs::write(&log, &data[..cut]).unwrap();
-    let (code, out) = verify(&[log.clone()], &key);
+    let (code, out) = verify(std::slice::from_ref(&log), &key);
     assert_eq!(code, 3, "a cut tail is truncation: {out}");
     let b = start(&work, &log, &key, 2);
     assert!(
@@ -203,7 +212,7 @@ fn a_partial_last_line_is_continued_on_a_fresh_line() {
         &data[last_start..cut],
         "the partial line was changed"
     );
-    let (code, out) = verify(&[log.clone()], &key);
+    let (code, out) = verify(std::slice::from_ref(&log), &key);
     assert_eq!(code, 3, "{out}");
     assert!(
         out.contains("partial record of a run that was killed"),
@@ -220,12 +229,13 @@ fn a_partial_last_line_is_continued_on_a_fresh_line() {
 fn edits_are_tampering(work: &Path, log: &Path, key: &Path) {
     let text = std::fs::read_to_string(log).unwrap();
     let lines: Vec<String> = text.lines().map(String::from).collect();
-    // A plain event record in the middle.
+    // A pwrite event record in the middle (the writer's first event is its `create`, which
+    // the `altered` edit would leave as it was).
     let i = lines
         .iter()
         .enumerate()
         .skip(5)
-        .find(|(_, l)| l.contains("\"kind\":\"event\""))
+        .find(|(_, l)| l.contains("\"kind\":\"event\"") && l.contains("\"pwrite64\""))
         .map(|(i, _)| i)
         .unwrap();
     type Edit = Box<dyn Fn(&mut Vec<String>)>;
@@ -265,7 +275,7 @@ fn a_clean_stop_and_restart_is_intact_and_says_so() {
         b.started["snapmon"]["state"]["previous_run"]
     );
     b.stop();
-    let (code, out) = verify(&[log.clone()], &key);
+    let (code, out) = verify(std::slice::from_ref(&log), &key);
     assert_eq!(code, 0, "{out}");
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -4,6 +4,7 @@
 //! Every loss must be counted with its cause and said once on stderr, nothing counted as
 //! written may be missing beyond what the documented limit allows, and the file must stay on
 //! line boundaries.
+// xtask-suite: host-only
 
 use std::{
     collections::HashSet,
@@ -15,7 +16,10 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{bin, eventually, free_port, json_lines, python, run, start_timeout};
+use snapmon_e2e::{
+    bin, counter, dropped_by, eventually, free_port, json_lines, lost_total, python, run, series,
+    sink_counters, start_timeout, stopped_record, Reaped,
+};
 
 /// The agent binary run directly, with its stderr kept in a file.
 struct Run {
@@ -64,12 +68,9 @@ impl Run {
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
+    /// The sink's final counters, from the `stopped` record of the agent's own output.
     fn stopped_sink(&self, name: &str) -> Value {
-        json_lines(&self.out)
-            .into_iter()
-            .find(|v| v["event"]["action"] == "stopped")
-            .expect("stopped record")["snapmon"]["state"]["sinks"][name]
-            .clone()
+        sink_counters(stopped_record(&json_lines(&self.out)), name).clone()
     }
 }
 
@@ -161,20 +162,17 @@ fn a_full_disk_is_counted_said_once_and_the_file_resumes_on_a_line_boundary() {
         .filter(|v| v["event"]["id"].is_string() && v["event"]["action"] != "stopped")
         .count() as u64;
     let st = agent.stopped_sink(&name);
-    let no_space = st["dropped_by_cause"]["no_space"].as_u64().unwrap_or(0);
+    let no_space = dropped_by(&st, "no_space");
+    let (received, written) = (counter(&st, "received"), counter(&st, "written"));
     eprintln!(
-        "full disk: received {} filtered {} written {} no_space {} in the file {}",
-        st["received"], st["filtered"], st["written"], no_space, records
+        "full disk: received {received} filtered {} written {written} no_space {no_space} in the file {records}",
+        counter(&st, "filtered"),
     );
     assert!(no_space > 0, "{st}");
+    assert_eq!(written, records, "written is what the file has: {st}");
     assert_eq!(
-        st["written"].as_u64(),
-        Some(records),
-        "written is what the file has: {st}"
-    );
-    assert_eq!(
-        st["received"].as_u64().unwrap(),
-        st["written"].as_u64().unwrap() + st["dropped"].as_u64().unwrap(),
+        received,
+        written + counter(&st, "dropped"),
         "every record written or counted lost: {st}"
     );
     assert_eq!(st["state"], "open", "recovered: {st}");
@@ -191,18 +189,21 @@ fn a_full_disk_is_counted_said_once_and_the_file_resumes_on_a_line_boundary() {
             v["event"]["action"] == "log_resumed"
                 && v["snapmon"]["state"]["reason"] == "write_error"
         })
-        .filter_map(|v| v["snapmon"]["state"]["lost_records"].as_u64())
+        .map(|v| {
+            v["snapmon"]["state"]["lost_records"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("log_resumed without lost_records: {v}"))
+        })
         .sum();
     assert_eq!(
         resumed, no_space,
         "log_resumed records account for every loss"
     );
-    let lost: u64 = json_lines(&agent.out)
-        .iter()
-        .filter(|v| v["event"]["action"] == "lost")
-        .filter_map(|v| v["snapmon"]["metric"]["sinks"][&name]["no_space"].as_u64())
-        .sum();
-    assert_eq!(lost, no_space);
+    let lost = lost_total(&json_lines(&agent.out), &name, "no_space");
+    assert_eq!(
+        lost, no_space,
+        "the lost records report every no_space drop"
+    );
     // Not tampered: verify-log says what is missing, exit 3.
     let o = Command::new(bin())
         .arg("verify-log")
@@ -221,7 +222,7 @@ fn a_full_disk_is_counted_said_once_and_the_file_resumes_on_a_line_boundary() {
 /// A collector in its own process: reads lines one byte at a time (no read-ahead that a kill
 /// would lose unseen), stores each, acknowledges (`ack N`) if asked, and stops reading after
 /// `stall_after` lines with a small receive buffer.
-fn collector(port: u16, out: &Path, ack: bool, stall_after: usize) -> Child {
+fn collector(port: u16, out: &Path, ack: bool, stall_after: usize) -> Reaped {
     const SRC: &str = r#"
 import socket, sys
 port, out, ack, stall = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
@@ -251,13 +252,15 @@ while True:
         import time
         time.sleep(3600)
 "#;
-    let mut c = Command::new("python3")
-        .args(["-c", SRC, &port.to_string()])
-        .arg(out)
-        .args([if ack { "1" } else { "0" }, &stall_after.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut c = Reaped(
+        Command::new("python3")
+            .args(["-c", SRC, &port.to_string()])
+            .arg(out)
+            .args([if ack { "1" } else { "0" }, &stall_after.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(c.stdout.as_mut().unwrap())
         .read_line(&mut line)
@@ -306,11 +309,13 @@ fn a_stalled_then_dead_collector_loses_nothing_acknowledged_and_counts_only_what
         c.read_to_string(&mut b).unwrap();
         b
     };
+    // A sink missing from the endpoint fails the test rather than reading as 0 written.
     let written = |body: &str, sink: &str| -> u64 {
-        body.lines()
-            .find(|l| l.starts_with(&format!("snapmon_sink_written_total{{sink=\"{sink}\"}}")))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
+        series(
+            body,
+            &format!("snapmon_sink_written_total{{sink=\"{sink}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no written_total for {sink}: {body}")) as u64
     };
     // Both collectors stalled after 50 lines: the sinks must not count what sits in buffers.
     std::thread::sleep(Duration::from_secs(3));
@@ -365,8 +370,8 @@ fn a_stalled_then_dead_collector_loses_nothing_acknowledged_and_counts_only_what
         "plain mode lost {lost_plain}: more than the dead collector's receive buffer holds"
     );
     let st = agent.stopped_sink(&acked);
-    assert_eq!(st["dropped"], 0, "{st}");
-    assert!(st["disconnects"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(counter(&st, "dropped"), 0, "{st}");
+    assert!(counter(&st, "disconnects") >= 1, "{st}");
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -378,21 +383,24 @@ fn a_collector_socket_planted_by_nobody_is_refused() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let sock = dir.join("collector.sock");
     // `nobody` listens where the operator's collector would.
-    let mut fake = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c"])
-        .arg(
-            "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(4)\nprint('ready', flush=True)\nc, _ = s.accept()\nprint('got a connection', flush=True)\nimport time; time.sleep(60)",
-        )
-        .arg(&sock)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // (setpriv execs python3: killing the child kills the listener.)
+    let mut fake = Reaped(
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c"])
+            .arg(
+                "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(4)\nprint('ready', flush=True)\nc, _ = s.accept()\nprint('got a connection', flush=True)\nimport time; time.sleep(60)",
+            )
+            .arg(&sock)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut out = BufReader::new(fake.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    // Told to fail: it refuses to start, naming the owner.
+    // Told to fail: it refuses to start (exit 2, as every start-up error), naming the owner.
     let o = Command::new(bin())
         .args(["run", "--watch"])
         .arg(work.join("watch"))
@@ -402,7 +410,7 @@ fn a_collector_socket_planted_by_nobody_is_refused() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("not root"), "{err}");
     // Syslog on such a socket too (datagram: fails by default).
     let o = Command::new(bin())
@@ -413,8 +421,9 @@ fn a_collector_socket_planted_by_nobody_is_refused() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not root"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("not root"), "{err}");
     // By default it starts, warns, spills, and never connects.
     let mut agent = Run::start(
         &work,

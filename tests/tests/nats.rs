@@ -4,6 +4,7 @@
 //! (SIGKILL) and restarts it, then stops the whole cluster for 10 s and brings it back. Every
 //! record the agent wrote to its file sink must be in the stream exactly once (the stream
 //! de-duplicates on `Nats-Msg-Id` = `event.id`), and the agent's metrics must show the outage.
+// xtask-suite: host-only
 
 use std::{
     collections::HashMap,
@@ -14,7 +15,9 @@ use std::{
 
 use async_nats::jetstream;
 use serde_json::Value;
-use snapmon_e2e::{eventually, free_port, metrics, python, series, Agent};
+use snapmon_e2e::{
+    counter, eventually, free_port, metrics, python, series, sink_counters, stopped_record, Agent,
+};
 
 const STREAM: &str = "SNAPMON_E2E";
 
@@ -228,16 +231,12 @@ fn every_record_reaches_an_r3_stream_once_across_a_leader_kill_and_a_cluster_out
         .into_iter()
         .filter(|v| v["event"]["id"].is_string())
         .collect();
-    let stopped = written
-        .iter()
-        .find(|v| v["event"]["action"] == "stopped")
-        .expect("stopped record");
-    let st = &stopped["snapmon"]["state"]["sinks"][&sink];
+    let st = sink_counters(stopped_record(&written), &sink);
     assert!(
-        st["disconnects"].as_u64().unwrap_or(0) >= 1,
+        counter(st, "disconnects") >= 1,
         "the outage is not counted: {st}"
     );
-    assert_eq!(st["dropped"], 0, "{st}");
+    assert_eq!(counter(st, "dropped"), 0, "{st}");
     // … against the stream, read back in full.
     let mut stream = eventually(
         Duration::from_secs(60),

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, changes, run, Agent, Ran};
+use snapmon_e2e::{agent, changes, dest, run, Agent, Ran};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -81,10 +81,10 @@ fn outside(tag: &str) -> PathBuf {
     d
 }
 
+/// Is this record about `t`: its file, or the destination of its rename or link
+/// (`snapmon.destination.path` since schema 2; `file.target_path` is ECS's symlink target)?
 fn about_path(v: &Value, t: &str) -> bool {
-    v["file"]["path"].as_str() == Some(t)
-        || v["file"]["target_path"].as_str() == Some(t)
-        || v["message"].as_str().is_some_and(|m| m.contains(t))
+    v["file"]["path"].as_str() == Some(t) || dest(v) == Some(t)
 }
 
 fn is_alert(v: &Value, rule: &str, pid: Option<u32>) -> bool {

@@ -47,7 +47,8 @@ enum Cmd {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Integration-test binaries of snapmon-e2e to run (repeatable, or `all`). Default: every
-        /// suite in tests/tests.
+        /// suite in tests/tests but the host-only ones (`// xtask-suite: host-only`), which run
+        /// in the guests only when named here.
         #[arg(long = "test")]
         tests: Vec<String>,
         /// Seconds one kernel may take, boot to power-off.
@@ -192,7 +193,8 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     let oci = image::build(&pkg)?;
     // Serially (they share one agent per binary and assert on pids). VM-only suites (real
     // device-mapper, ZFS) run inside `cargo xtask vm-test` only; a suite with a host prefix runs
-    // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM).
+    // just those tests here (enforcement: the clear refusal on a kernel without BPF LSM);
+    // host-only suites (userspace transport) run here and not in the guests.
     let suites = suites::discover()?;
     let mut res = Ok(());
     let plain: Vec<&str> = suites
@@ -229,8 +231,9 @@ fn test(unit_only: bool, no_vm: bool) -> anyhow::Result<()> {
     res.and(vm)
 }
 
-/// `vm-test` with its defaults, its suites counted in the tally (a kernel that did not boot
-/// or finish counts as one failure).
+/// `vm-test` with its defaults (every suite but the host-only ones, which the host run above
+/// covered), its suites counted in the tally (a kernel that did not boot or finish counts as
+/// one failure).
 fn vm_suites(tally: &mut Tally) -> anyhow::Result<()> {
     let rows = vm::vm_run(vm::Opts {
         kernels: vec![],

@@ -1,6 +1,9 @@
 //! The end-to-end suites, found on disk: each `tests/tests/*.rs` is one, so a new suite is one
 //! new file and no edit here. A marker line in a suite's file says where it runs:
 //! - `// xtask-suite: vm-only`: it needs what only the VM guests have (device-mapper, ZFS …);
+//! - `// xtask-suite: host-only`: it tests userspace (sinks, transports, the log), not the
+//!   kernel, so another kernel adds nothing and the guests skip it (`cargo xtask vm-test`
+//!   still runs it when named with `--test`);
 //! - `// xtask-suite: host-prefix=P`: its tests named `P…` run on the host only, the others in
 //!   the VM guests only (enforcement: refusal here, enforcing where BPF LSM is);
 //! - `// xtask-suite: systemd`: its guest tests run in the systemd guest (systemd as PID 1 on a
@@ -14,6 +17,7 @@ use anyhow::Context as _;
 pub struct Suite {
     pub name: String,
     pub vm_only: bool,
+    pub host_only: bool,
     pub host_prefix: Option<String>,
     pub systemd: bool,
 }
@@ -47,20 +51,29 @@ fn parse(name: &str, text: &str) -> anyhow::Result<Suite> {
     let mut s = Suite {
         name: name.to_string(),
         vm_only: false,
+        host_only: false,
         host_prefix: None,
         systemd: false,
     };
     for m in text.lines().filter_map(|l| l.trim().strip_prefix(MARKER)) {
         match m.trim() {
             "vm-only" => s.vm_only = true,
+            "host-only" => s.host_only = true,
             "systemd" => s.systemd = true,
             m => match m.strip_prefix("host-prefix=") {
                 Some(p) if !p.is_empty() => s.host_prefix = Some(p.to_string()),
                 _ => {
-                    anyhow::bail!("unknown marker `{MARKER} {m}` (vm-only, host-prefix=P, systemd)")
+                    anyhow::bail!(
+                        "unknown marker `{MARKER} {m}` (vm-only, host-only, host-prefix=P, systemd)"
+                    )
                 }
             },
         }
+    }
+    if s.host_only && (s.vm_only || s.host_prefix.is_some() || s.systemd) {
+        anyhow::bail!(
+            "`{MARKER} host-only` runs nowhere but the host: it cannot go with vm-only, host-prefix or systemd"
+        );
     }
     Ok(s)
 }
@@ -72,7 +85,11 @@ mod tests {
     #[test]
     fn markers_decide_where_a_suite_runs() {
         let plain = parse("e2e", "//! doc\nfn x() {}\n").unwrap();
-        assert!(!plain.vm_only && plain.host_prefix.is_none());
+        assert!(!plain.vm_only && !plain.host_only && plain.host_prefix.is_none());
+        let faults = parse("faults", "//! doc\n// xtask-suite: host-only\n").unwrap();
+        assert!(faults.host_only && !faults.vm_only && !faults.systemd);
+        assert!(parse("x", "// xtask-suite: host_only\n").is_err());
+        assert!(parse("x", "// xtask-suite: host-only\n// xtask-suite: vm-only\n").is_err());
         assert!(
             parse("lvm", "//! doc\n// xtask-suite: vm-only\n")
                 .unwrap()
@@ -102,5 +119,10 @@ mod tests {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
         assert!(all.iter().any(|s| s.vm_only));
+        // The transport suites run on the host only.
+        for n in ["crash", "faults", "nats", "syslog"] {
+            let s = all.iter().find(|s| s.name == n).unwrap();
+            assert!(s.host_only, "{n} is not marked host-only");
+        }
     }
 }

@@ -127,7 +127,23 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
     println!("== vm-test: building the agent and the end-to-end test binaries");
     check(cargo().args(["build", "-p", "snapmon"]))?;
     let all_tests = test_binaries(&o.tests)?;
-    let systemd_suites: Vec<String> = crate::suites::discover()?
+    let suites = crate::suites::discover()?;
+    // Host-only suites (userspace transport: another kernel adds nothing) are left to the
+    // host run of `cargo xtask test`, unless named with `--test`.
+    let (skipped, all_tests): (Vec<_>, Vec<_>) = all_tests.into_iter().partition(|(n, _)| {
+        suites.iter().any(|s| s.host_only && &s.name == n) && !o.tests.iter().any(|t| t == n)
+    });
+    if !skipped.is_empty() {
+        let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+        println!(
+            "== vm-test: not in the guests (xtask-suite: host-only): {}",
+            names.join(", ")
+        );
+    }
+    if all_tests.is_empty() {
+        bail!("every selected suite is host-only (name it with --test to run it in the guests)");
+    }
+    let systemd_suites: Vec<String> = suites
         .into_iter()
         .filter(|s| s.systemd)
         .map(|s| s.name)

@@ -155,6 +155,29 @@ pub(crate) fn every_record() -> Vec<Record> {
         if i == 0 {
             a.related_seq = vec![1, 2];
         }
+        // A high or critical alert on an image is followed by its evidence (or why not).
+        if i == 3 {
+            let image = std::path::Path::new("/var/lib/libvirt/images/vm1.qcow2");
+            let dir = std::path::Path::new(
+                "/var/lib/snapmon/evidence/2026-11-28T180211.482113000Z-1-SM-Q001-4242-vm1.qcow2",
+            );
+            let files = [
+                "pre-header.bin",
+                "pre.json",
+                "post-header.bin",
+                "post.json",
+                "alert.json",
+            ]
+            .iter()
+            .map(|n| crate::evidence::file_entry(&dir.join(n), n.as_bytes()))
+            .collect();
+            out.push(crate::evidence::saved_record(image, &a, dir, files));
+            out.push(crate::evidence::failed_record(
+                image,
+                &a,
+                "/var/lib/snapmon/evidence: No space left on device (os error 28)".into(),
+            ));
+        }
         out.push(Record::Alert(Box::new(a)));
     }
     // Start-up, as on a big host.
@@ -220,23 +243,6 @@ pub(crate) fn every_record() -> Vec<Record> {
                        "decoder": {"decode_truncated": 1},
                        "sinks": [{"sink": "tcp:127.0.0.1:9000", "cause": "spill_full", "count": 12}]}),
     }));
-    let img = std::path::Path::new("/var/lib/libvirt/images/vm1.qcow2");
-    out.push(crate::evidence::saved_record(
-        img,
-        "SM-Q001",
-        42,
-        std::path::Path::new("/var/lib/snapmon/evidence/vm1.qcow2-20261205T101010Z-42"),
-        vec![
-            json!({"path": "/var/lib/snapmon/evidence/vm1.qcow2-20261205T101010Z-42/pre-header.bin",
-                    "sha256": "00".repeat(32), "bytes": 512}),
-        ],
-    ));
-    out.push(crate::evidence::failed_record(
-        img,
-        "SM-Q001",
-        43,
-        "/var/lib/snapmon/evidence: Read-only file system (os error 30)",
-    ));
     out.push(Record::Metric(MetricRecord {
         action: "filtered",
         detail: json!({"kernel_writes": 10, "kernel_total": 50, "files": 2}),
