@@ -85,6 +85,8 @@ impl WatchMaps for KernelMaps<'_> {
 pub struct RunOptions {
     pub policy: Policy,
     pub policy_path: Option<PathBuf>,
+    /// `--insecure-config`: a policy file others could change is used, with a warning.
+    pub insecure_config: bool,
     pub extra_watch: Vec<PathBuf>,
     pub status_interval: Duration,
     /// Period of the `stats` metric record; None: only in the `stopped` record.
@@ -459,8 +461,17 @@ fn reload(
             detail: json!({"policy": path.display().to_string(), "error": e}),
         }
     };
-    let policy = match Policy::load(path) {
-        Ok(p) => p,
+    // Refused as at start: whoever could edit the file could silence every rule.
+    let policy = match Policy::load_trusted(path, opts.insecure_config) {
+        Ok((p, None)) => p,
+        Ok((p, Some(why))) => {
+            eprintln!(
+                "snapmon: warning: --insecure-config: using {} although {}",
+                path.display(),
+                why.what
+            );
+            p
+        }
         Err(e) => return failed(e.to_string()),
     };
     // Build the enforcement plan before touching anything: all or nothing.

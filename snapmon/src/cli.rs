@@ -170,9 +170,16 @@ pub enum PolicyCmd {
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Policy file (TOML). Without it the embedded default policy is used.
+    /// Policy file (TOML). Without it the embedded default policy is used. Refused (at start
+    /// and on SIGHUP) when a user other than root could change it: the file, or a directory
+    /// on its path, not owned by root or writable by group/others (sticky directories such
+    /// as /tmp excepted).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// Use a --config file that a user other than root could change (with a warning). Such a
+    /// user could add exceptions that silence every rule.
+    #[arg(long)]
+    pub insecure_config: bool,
     /// Extra path (file, directory or device) to watch; repeatable.
     #[arg(long = "watch", short = 'w')]
     pub watch: Vec<PathBuf>,
@@ -430,7 +437,19 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         crate::state::add_start_warning(w);
     }
     let mut policy = match &a.config {
-        Some(p) => Policy::load(p)?,
+        Some(p) => {
+            let (policy, untrusted) = Policy::load_trusted(p, a.insecure_config)?;
+            if let Some(why) = untrusted {
+                let w = format!(
+                    "--insecure-config: using {} although {}",
+                    p.display(),
+                    why.what
+                );
+                eprintln!("snapmon: warning: {w}");
+                crate::state::add_start_warning(w);
+            }
+            policy
+        }
         None => Policy::embedded(),
     };
     if let Some(d) = &a.evidence_dir {
@@ -455,6 +474,7 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         policy,
         policy_path: a.config,
+        insecure_config: a.insecure_config,
         extra_watch: a.watch,
         status_interval: Duration::from_secs_f64(a.status_interval.clamp(0.05, 3600.0)),
         stats_interval: (a.stats_interval > 0.0)
@@ -555,6 +575,14 @@ fn policy_check(file: &std::path::Path) -> anyhow::Result<()> {
     }
     for w in &e.warnings {
         println!("warning: {w}");
+    }
+    // A warning, not a finding: the file checked is often not the one deployed (a checkout,
+    // a ConfigMap's source); the agent itself refuses it.
+    if let Ok(Some(why)) = crate::config::untrusted(file) {
+        println!(
+            "warning: `snapmon run --config` refuses this file: {} (fix: {}, or run with --insecure-config)",
+            why.what, why.fix
+        );
     }
     let r = &p.respond;
     if r.mode != crate::respond::Mode::Off {

@@ -216,6 +216,130 @@ pub enum ConfigError {
         file: String,
         source: std::io::Error,
     },
+    /// A user other than root could change the file: refused unless `--insecure-config`.
+    #[error("{file}: not trusted: {why}")]
+    Untrusted { file: String, why: Untrusted },
+}
+
+/// Why a user other than root could change a policy file, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted {
+    /// What on the path is writable or owned by someone else.
+    pub what: String,
+    /// The command that fixes it.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, so a user other than root could rewrite the policy (fix: {}, or pass --insecure-config to trust it anyway)",
+            self.what, self.fix
+        )
+    }
+}
+
+/// Who besides root could change what `path` holds, if anyone: the file itself (owned by
+/// root, not group/other-writable) and every directory and symlink from `/` down to it,
+/// symlinks followed (each directory owned by root and not group/other-writable, unless
+/// sticky: then others cannot remove or rename root's entries in it). Strict by design:
+/// the policy decides what the agent stays silent about. A read-only mount is no excuse:
+/// it may be read-only only in the agent's namespace (systemd's `ProtectSystem=strict`)
+/// while users write the same files through their own.
+pub fn untrusted(path: &Path) -> std::io::Result<Option<Untrusted>> {
+    use std::{
+        ffi::OsString,
+        os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+        path::Component,
+    };
+    fn parts(p: &Path) -> Vec<OsString> {
+        p.components()
+            .rev()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
+    }
+    let owner = |p: &Path, m: &std::fs::Metadata, kind: &str, chown: &str| {
+        (m.uid() != 0).then(|| Untrusted {
+            what: format!(
+                "{kind} {} is owned by uid {}, not root",
+                p.display(),
+                m.uid()
+            ),
+            fix: format!("{chown} root {}", p.display()),
+        })
+    };
+    let writable = |p: &Path, m: &std::fs::Metadata, kind: &str| {
+        let mode = m.permissions().mode();
+        (mode & 0o022 != 0).then(|| Untrusted {
+            what: format!(
+                "{kind} {} is writable by group or others (mode {:04o}{})",
+                p.display(),
+                mode & 0o7777,
+                if kind == "directory" {
+                    ", not sticky"
+                } else {
+                    ""
+                }
+            ),
+            fix: format!("chmod go-w {}", p.display()),
+        })
+    };
+    let dir = |p: &Path, m: &std::fs::Metadata| {
+        owner(p, m, "directory", "chown").or_else(|| {
+            // Sticky: others may add entries but not replace root's.
+            if m.permissions().mode() & 0o1000 != 0 {
+                None
+            } else {
+                writable(p, m, "directory")
+            }
+        })
+    };
+    let abs = std::path::absolute(path)?;
+    let mut todo = parts(&abs);
+    let mut cur = PathBuf::from("/");
+    if let Some(u) = dir(&cur, &std::fs::metadata(&cur)?) {
+        return Ok(Some(u));
+    }
+    let mut hops = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&name);
+        let m = std::fs::symlink_metadata(&next)?;
+        if m.file_type().is_symlink() {
+            // Whoever owns a symlink in a sticky directory may replace it.
+            if let Some(u) = owner(&next, &m, "symlink", "chown -h") {
+                return Ok(Some(u));
+            }
+            hops += 1;
+            if hops > 40 {
+                return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let to = std::fs::read_link(&next)?;
+            if to.is_absolute() {
+                cur = PathBuf::from("/");
+            }
+            todo.extend(parts(&to));
+            continue;
+        }
+        let found = if todo.is_empty() {
+            owner(&next, &m, "file", "chown").or_else(|| writable(&next, &m, "file"))
+        } else {
+            dir(&next, &m)
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+        cur = next;
+    }
+    Ok(None)
 }
 
 /// 1-based line and column of a byte offset.
@@ -266,17 +390,57 @@ impl Policy {
         Ok(p)
     }
 
+    /// Read and parse `path`. A FIFO or device is refused without being opened: the agent
+    /// would wait on a FIFO forever. Whether the file is trusted is [`Policy::load_trusted`]'s.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
         let f = path.display().to_string();
-        let text = std::fs::read(path).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             file: f.clone(),
             source,
-        })?;
+        };
+        let not_file = || ConfigError::Invalid {
+            file: f.clone(),
+            msg: "not a regular file".into(),
+        };
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(not_file());
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(path)
+            .map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(not_file());
+        }
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io)?;
         let text = String::from_utf8(text).map_err(|e| ConfigError::Invalid {
             file: f.clone(),
             msg: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
         })?;
         Self::parse(&text, &f)
+    }
+
+    /// [`Policy::load`] for the agent (start and SIGHUP): a file a user other than root could
+    /// change is refused, unless `insecure` (`--insecure-config`); then why it is untrusted
+    /// comes back with the policy, to be said.
+    pub fn load_trusted(
+        path: &Path,
+        insecure: bool,
+    ) -> Result<(Self, Option<Untrusted>), ConfigError> {
+        let why = untrusted(path).map_err(|source| ConfigError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        if let Some(why) = why.clone().filter(|_| !insecure) {
+            return Err(ConfigError::Untrusted {
+                file: path.display().to_string(),
+                why,
+            });
+        }
+        Ok((Self::load(path)?, why))
     }
 
     /// The rules part, borrowed, for validation and the engine.
@@ -359,6 +523,160 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod trust {
+        use super::*;
+        use crate::testutil::TmpDir;
+        use std::os::unix::fs::PermissionsExt as _;
+
+        const NOBODY: u32 = 65534;
+
+        fn chmod(p: &Path, mode: u32) {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        fn chown(p: &Path, uid: u32) {
+            use std::os::unix::ffi::OsStrExt as _;
+            let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+            // lchown: a symlink itself, not its target.
+            assert_eq!(unsafe { libc::lchown(c.as_ptr(), uid, u32::MAX) }, 0);
+        }
+        /// A root-owned 0755 directory under $TMPDIR (root-owned, sticky) with a root-owned
+        /// 0644 policy in it; None when not run as root (ownership is the point).
+        fn setup(tag: &str) -> Option<(TmpDir, PathBuf)> {
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("skipped: needs root to own and chown files");
+                return None;
+            }
+            let d = TmpDir::new(tag);
+            chmod(&d, 0o755);
+            let p = d.path("policy.toml");
+            std::fs::write(&p, DEFAULT_POLICY).unwrap();
+            chmod(&p, 0o644);
+            assert_eq!(untrusted(&p).unwrap(), None, "the good case must pass");
+            Some((d, p))
+        }
+        fn why(p: &Path) -> String {
+            untrusted(p)
+                .unwrap()
+                .map(|u| u.to_string())
+                .unwrap_or_default()
+        }
+
+        #[test]
+        fn a_file_others_can_write_or_own_is_untrusted() {
+            let Some((_d, p)) = setup("trust-file") else {
+                return;
+            };
+            for mode in [0o666, 0o646, 0o664] {
+                chmod(&p, mode);
+                let w = why(&p);
+                assert!(
+                    w.contains(&format!("file {} is writable", p.display()))
+                        && w.contains(&format!("chmod go-w {}", p.display())),
+                    "{mode:o}: {w}"
+                );
+            }
+            chmod(&p, 0o644);
+            chown(&p, NOBODY);
+            assert!(why(&p).contains("owned by uid 65534"), "{}", why(&p));
+        }
+
+        #[test]
+        fn a_directory_on_the_path_others_can_write_or_own_is_untrusted() {
+            let Some((d, p)) = setup("trust-dir") else {
+                return;
+            };
+            let sub = d.path("etc");
+            std::fs::create_dir(&sub).unwrap();
+            chmod(&sub, 0o755);
+            let q = sub.join("policy.toml");
+            std::fs::copy(&p, &q).unwrap();
+            // Relative paths and `..` walk the same directories.
+            let rel = sub.join("..").join("etc").join("policy.toml");
+            assert_eq!(untrusted(&rel).unwrap(), None);
+            chmod(&sub, 0o777);
+            let w = why(&rel);
+            assert!(
+                w.contains(&format!("directory {} is writable", sub.display()))
+                    && w.contains("0777, not sticky"),
+                "{w}"
+            );
+            chmod(&sub, 0o775);
+            assert!(why(&q).contains("writable by group"), "{}", why(&q));
+            // Sticky and root's: others cannot replace root's file in it (/tmp's case).
+            chmod(&sub, 0o1777);
+            assert_eq!(untrusted(&q).unwrap(), None);
+            chmod(&sub, 0o755);
+            chown(&sub, NOBODY);
+            let w = why(&q);
+            assert!(
+                w.contains(&format!(
+                    "directory {} is owned by uid 65534",
+                    sub.display()
+                )),
+                "{w}"
+            );
+            // Even sticky, a directory nobody owns is theirs to change.
+            chmod(&sub, 0o1777);
+            assert!(why(&q).contains("owned by uid 65534"));
+        }
+
+        #[test]
+        fn symlinks_are_followed_and_judged_where_they_live() {
+            let Some((d, p)) = setup("trust-link") else {
+                return;
+            };
+            let open = d.path("open");
+            std::fs::create_dir(&open).unwrap();
+            chmod(&open, 0o777);
+            // A root-owned link to a good file, but in a directory anyone can write.
+            let link = open.join("policy.toml");
+            std::os::unix::fs::symlink(&p, &link).unwrap();
+            assert!(why(&link).contains("0777, not sticky"), "{}", why(&link));
+            // In a good directory, a link into the open one: judged at its target.
+            let good = d.path("good.toml");
+            std::os::unix::fs::symlink("open/policy.toml", &good).unwrap();
+            assert!(why(&good).contains("0777, not sticky"), "{}", why(&good));
+            // A link nobody owns in a sticky directory: nobody may replace it.
+            chmod(&open, 0o1777);
+            assert_eq!(untrusted(&good).unwrap(), None);
+            chown(&link, NOBODY);
+            assert!(
+                why(&good).contains(&format!("symlink {} is owned by uid 65534", link.display())),
+                "{}",
+                why(&good)
+            );
+        }
+
+        #[test]
+        fn load_trusted_refuses_unless_insecure_and_never_opens_a_fifo() {
+            let Some((d, p)) = setup("trust-load") else {
+                return;
+            };
+            assert!(Policy::load_trusted(&p, false).unwrap().1.is_none());
+            chmod(&p, 0o666);
+            let e = Policy::load_trusted(&p, false).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{}: not trusted: ", p.display()))
+                    && e.contains("--insecure-config"),
+                "{e}"
+            );
+            let (_, why) = Policy::load_trusted(&p, true).unwrap();
+            assert!(why.unwrap().what.contains("mode 0666"));
+            // No writer ever comes: a blocking open would hang the suite.
+            let fifo = d.path("fifo.toml");
+            let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                tx.send(Policy::load(&fifo).map(|_| ()).unwrap_err().to_string())
+            });
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("load blocked on a FIFO");
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+    }
 
     /// Policy snippets users copy from the docs must be what the parser takes (output.md
     /// once said `[[sinks]]`, which the policy refuses as an unknown field).

@@ -191,7 +191,7 @@ impl Evidence {
             Ok(b) => {
                 put("post-header.bin", b)?;
                 let desc = match Qcow2Image::read_from(
-                    &mut std::fs::File::open(image).map_err(|e| e.to_string())?,
+                    &mut crate::classify::fileread::open(image).map_err(|e| e.to_string())?,
                 ) {
                     Ok(img) => describe_image(&img, "read from the image when the alert fired"),
                     Err(e) => json!({"source": "read from the image when the alert fired",
@@ -257,7 +257,9 @@ fn pretty(v: &Value) -> Vec<u8> {
 
 fn read_post(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // By path, after the alert: whatever a user put there since must not stall the agent.
+    let mut f =
+        crate::classify::fileread::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = Vec::new();
     (&mut f)
         .take(POST_BYTES)

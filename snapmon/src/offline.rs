@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::classify::inspect::{self, BaselineEntry, Severity};
+use crate::classify::{
+    fileread,
+    inspect::{self, BaselineEntry, Severity},
+};
 
 /// Exit codes: 0 clean, 1 findings/changes, 2 unreadable input.
 fn exit(code: i32) -> ! {
@@ -20,12 +23,17 @@ pub fn inspect(images: &[PathBuf], json: bool, fail_on: Severity) -> anyhow::Res
     let mut worst = 0;
     let mut reports = Vec::new();
     for img in images {
-        if let Err(e) = std::fs::metadata(img) {
-            eprintln!("snapmon: {}: {e}", img.display());
-            worst = 2;
-            continue;
-        }
-        let r = inspect::inspect_image(img);
+        // Never opened blocking or through a final symlink: a FIFO named like an image
+        // would hang the inspection, a symlink could point anywhere.
+        let f = match fileread::open(img) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("snapmon: {}", unreadable(img, &e));
+                worst = 2;
+                continue;
+            }
+        };
+        let r = inspect::inspect_file(img, f);
         if r.has_findings_at_least(fail_on) && worst == 0 {
             worst = 1;
         }
@@ -39,6 +47,20 @@ pub fn inspect(images: &[PathBuf], json: bool, fail_on: Severity) -> anyhow::Res
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     exit(worst)
+}
+
+/// One sentence: why `path` was not inspected.
+fn unreadable(path: &Path, e: &fileread::OpenError) -> String {
+    let p = path.display();
+    match e {
+        fileread::OpenError::Io(e) => format!("{p}: {e}"),
+        fileread::OpenError::NotRegular(kind) => format!(
+            "{p} is a {kind}, not an image file: only regular files and block devices are read"
+        ),
+        fileread::OpenError::Symlink(to) => {
+            format!("{p} is a symlink to {to}, which is not followed: name the image itself")
+        }
+    }
 }
 
 /// Regular files under `dirs` (bounded depth), sorted.

@@ -135,11 +135,10 @@ pub fn recover(req: &Request) -> Result<Restored, RecoverError> {
                     .into(),
             )),
         };
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(req.in_place)
-        .open(req.image)
-        .map_err(io(req.image))?;
+    // Never blocking on a FIFO or writing through a symlink planted under the image's name;
+    // every later read and copy goes through this one descriptor.
+    let mut f = crate::classify::fileread::open_with(req.image, req.in_place)
+        .map_err(|e| io(req.image)(e.into()))?;
     // As qemu-img does: nobody may write (or resize) while we read; in place we write.
     let perms = if req.in_place {
         PERM_READ | PERM_WRITE
@@ -181,15 +180,11 @@ pub fn recover(req: &Request) -> Result<Restored, RecoverError> {
                 let patch = header_patch(&c);
                 if req.in_place {
                     let b = req.backup.expect("checked above");
-                    copy_synced(req.image, b)?;
+                    copy_synced(&f, req.image, b)?;
                     f.write_all_at(&patch, 60).map_err(io(req.image))?;
                     f.sync_all().map_err(io(req.image))?;
                 } else {
-                    copy_synced(req.image, dest)?;
-                    let o = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(dest)
-                        .map_err(io(dest))?;
+                    let o = copy_synced(&f, req.image, dest)?;
                     o.write_all_at(&patch, 60).map_err(io(dest))?;
                     o.sync_all().map_err(io(dest))?;
                 }
@@ -256,8 +251,11 @@ fn header_patch(c: &Candidate) -> [u8; 12] {
     p
 }
 
-fn copy_synced(from: &Path, to: &Path) -> Result<(), RecoverError> {
-    let mut src = File::open(from).map_err(io(from))?;
+/// Copy the open image (`from` names it in errors) to a new file `to`, synced; the copy's
+/// descriptor, so nothing reopens `to` by name.
+fn copy_synced(src: &File, from: &Path, to: &Path) -> Result<File, RecoverError> {
+    let mut src = src.try_clone().map_err(io(from))?;
+    src.seek(std::io::SeekFrom::Start(0)).map_err(io(from))?;
     let mut dst = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -265,7 +263,8 @@ fn copy_synced(from: &Path, to: &Path) -> Result<(), RecoverError> {
         .map_err(io(to))?;
     std::io::copy(&mut src, &mut dst).map_err(io(to))?;
     dst.flush().map_err(io(to))?;
-    dst.sync_all().map_err(io(to))
+    dst.sync_all().map_err(io(to))?;
+    Ok(dst)
 }
 
 /// Tables the image itself still holds: entries beyond `nb_snapshots` at the table the

@@ -205,3 +205,38 @@ extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+#[test]
+fn inspect_of_a_fifo_exits_2_at_once_in_one_sentence() {
+    let d = tmp("fifo");
+    let fifo = d.join("x.qcow2");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    // No writer ever comes: an open that blocks would hang here, so the wait is bounded.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snapmon"))
+        .arg("inspect")
+        .arg(&fifo)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("snapmon inspect blocked on a FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one sentence: {e}");
+    assert!(
+        e.contains(fifo.to_str().unwrap()) && e.contains("is a fifo, not an image file"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -29,6 +29,15 @@ impl OpenError {
     }
 }
 
+impl From<OpenError> for io::Error {
+    fn from(e: OpenError) -> io::Error {
+        match e {
+            OpenError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+        }
+    }
+}
+
 fn kind_name(ft: std::fs::FileType) -> &'static str {
     if ft.is_dir() {
         "directory"
@@ -45,8 +54,22 @@ fn kind_name(ft: std::fs::FileType) -> &'static str {
 
 /// Open `path` read-only for classification: `O_NONBLOCK|O_NOFOLLOW`, then an fstat check.
 pub fn open(path: &Path) -> Result<File, OpenError> {
+    open_with(path, false)
+}
+
+/// [`open`], read-write when `write` (recover's in-place fix): the same refusals.
+pub fn open_with(path: &Path, write: bool) -> Result<File, OpenError> {
+    // Refuse what lstat already shows without opening it: opening a FIFO, even without
+    // blocking, completes a writer's pending open, and opening a device can have effects.
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let ft = m.file_type();
+        if !(ft.is_file() || ft.is_block_device() || ft.is_symlink()) {
+            return Err(OpenError::NotRegular(kind_name(ft)));
+        }
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
+        .write(write)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
         .open(path);
     let f = match f {
@@ -89,11 +112,7 @@ pub fn prefix_of(f: &mut File, n: u64) -> io::Result<Vec<u8>> {
 
 /// Up to `n` bytes from the start of the file at `path`.
 pub fn read_prefix(path: &Path, n: u64) -> io::Result<Vec<u8>> {
-    let mut f = open(path).map_err(|e| match e {
-        OpenError::Io(e) => e,
-        other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
-    })?;
-    prefix_of(&mut f, n)
+    prefix_of(&mut open(path)?, n)
 }
 
 /// `len` bytes at `off` (fewer at end of file).

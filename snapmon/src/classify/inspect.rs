@@ -156,9 +156,21 @@ fn error_finding(r: &mut InspectReport, e: &Qcow2Error) {
     }
 }
 
-/// Inspect one image file offline.
+/// Inspect one image file offline. A FIFO, device or symlink at `path` is not opened
+/// (see [`super::fileread::open`]): it becomes an `io_error` finding.
 pub fn inspect_image(path: &Path) -> InspectReport {
-    let mut r = InspectReport {
+    match super::fileread::open(path) {
+        Ok(f) => inspect_file(path, f),
+        Err(e) => {
+            let mut r = empty_report(path);
+            r.add(Severity::High, "io_error", format!("cannot open: {e}"));
+            r
+        }
+    }
+}
+
+fn empty_report(path: &Path) -> InspectReport {
+    InspectReport {
         path: path.display().to_string(),
         format: "unknown",
         file_size: 0,
@@ -167,14 +179,12 @@ pub fn inspect_image(path: &Path) -> InspectReport {
         features: Vec::new(),
         snapshots: Vec::new(),
         findings: Vec::new(),
-    };
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            r.add(Severity::High, "io_error", format!("cannot open: {e}"));
-            return r;
-        }
-    };
+    }
+}
+
+/// Inspect `f`, opened from `path` by [`super::fileread::open`].
+pub fn inspect_file(path: &Path, mut f: File) -> InspectReport {
+    let mut r = empty_report(path);
     r.file_size = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut head = Vec::new();
     if let Err(e) = (&mut f).take(2 << 20).read_to_end(&mut head) {
@@ -506,7 +516,9 @@ fn follow_chain(r: &mut InspectReport, path: &Path, first: Option<&BackingName>)
             return;
         }
         let mut head = Vec::new();
-        let ok = File::open(&canon)
+        // A backing name is the image's author's to choose: it may name a FIFO or a device.
+        let ok = super::fileread::open(&canon)
+            .map_err(std::io::Error::from)
             .and_then(|f| f.take(2 << 20).read_to_end(&mut head))
             .is_ok();
         link.format = "other";
@@ -663,8 +675,10 @@ pub struct BaselineEntry {
     pub qcow2: Option<HeaderSummary>,
 }
 
+/// A FIFO, device or symlink at `path` (planted since the baseline, say) is an error, never
+/// opened or followed.
 pub fn baseline_entry(path: &Path) -> Result<BaselineEntry, Qcow2Error> {
-    let mut f = File::open(path)?;
+    let mut f = super::fileread::open(path).map_err(|e| Qcow2Error::Io(e.into()))?;
     let size = f.metadata()?.len();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -1082,5 +1096,48 @@ mod tests {
         assert!(compare_baseline(&new, &raw)
             .iter()
             .any(|c| c.to_string() == "format: qcow2 → unknown"));
+    }
+
+    /// Runs `f` on a thread: a blocking open would hang the suite, so it fails after 10 s.
+    fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("blocked: a FIFO with no writer was opened for reading")
+    }
+
+    #[test]
+    fn a_fifo_or_symlink_named_like_an_image_is_reported_not_opened() {
+        let d = TmpDir::new("inspect-fifo");
+        let fifo = d.path("x.qcow2");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        let p = fifo.clone();
+        let r = within_10s(move || inspect_image(&p));
+        let f = r.finding("io_error").unwrap_or_else(|| panic!("{r}"));
+        assert!(f.message.contains("fifo"), "{}", f.message);
+        let p = fifo.clone();
+        let e = within_10s(move || baseline_entry(&p)).unwrap_err();
+        assert!(e.to_string().contains("fifo"), "{e}");
+        // A backing file named by the image's author: a FIFO is a link of format "other".
+        let top = image_with_snapshots(&d, "top.qcow2", &[]);
+        std::fs::remove_file(&top).unwrap();
+        let s = top.to_str().unwrap();
+        let ok = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b"])
+            .arg(&fifo)
+            .arg(s)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let r = within_10s(move || inspect_image(&top));
+        assert_eq!(r.backing_chain.len(), 1, "{r}");
+        assert_eq!(r.backing_chain[0].format, "other", "{r}");
+        // A symlink is not followed.
+        std::os::unix::fs::symlink(&fifo, d.path("link.qcow2")).unwrap();
+        let r = inspect_image(&d.path("link.qcow2"));
+        let f = r.finding("io_error").unwrap_or_else(|| panic!("{r}"));
+        assert!(f.message.contains("symlink"), "{}", f.message);
     }
 }

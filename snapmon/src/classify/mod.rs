@@ -862,8 +862,10 @@ impl Classifier {
                         q.pending_table = None;
                         let (old_off, old_len) =
                             (before.header.snapshots_offset, before.snapshot_table_len);
-                        match File::open(path)
-                            .map_err(qcow2::Qcow2Error::Io)
+                        // By path, so what is there now: never block on or follow what a
+                        // user renamed over the image since the write.
+                        match fileread::open(path)
+                            .map_err(|e| qcow2::Qcow2Error::Io(e.into()))
                             .and_then(|f| {
                                 let mut f = qcow2::WithWrite::new(f, off, &w.data);
                                 qcow2::Qcow2Shadow::load(&mut f)

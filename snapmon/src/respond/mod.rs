@@ -232,7 +232,9 @@ impl Plan {
         }
         let mut magic = [0u8; 4];
         use std::io::Read as _;
-        std::fs::File::open(path)
+        // Files appear in a store as users make them: a FIFO must not stall the agent.
+        crate::classify::fileread::open(path)
+            .map_err(std::io::Error::from)
             .and_then(|mut f| f.read_exact(&mut magic))
             .is_ok_and(|_| magic == *b"QFI\xfb")
     }

@@ -513,7 +513,21 @@ impl Resolver for RootedResolver<'_> {
     fn sha256(&self, path: &str) -> Option<String> {
         use sha2::Digest;
         use std::io::Read;
-        let mut f = std::fs::File::open(under(self.0, path)).ok()?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Follows symlinks (the policy names executables by path) but never blocks on a
+        // FIFO or opens a device.
+        let p = under(self.0, path);
+        if !std::fs::metadata(&p).ok()?.is_file() {
+            return None;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(&p)
+            .ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
         loop {

@@ -1,0 +1,306 @@
+//! End-to-end findings of issue #15, "no local user can silence, stall or fool the agent":
+//! a FIFO planted by `nobody` under an image's name in a 1777 store (opened blocking, it
+//! stalled the agent's main thread: later tampering went unreported and SIGTERM unheeded),
+//! and a policy file a non-root user can write (a blanket exception and one SIGHUP silenced
+//! every rule). Attackers run as `nobody`; each test has an agent of its own.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use snapmon_e2e::{python, run, Agent};
+
+const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+/// The system python, not a pyenv shim that nobody cannot run.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A `nobody` process left running; killed (by its pid) when dropped.
+struct Background(Child);
+
+impl Background {
+    fn start(code: &str) -> Background {
+        let child = Command::new("setpriv")
+            .args(SETPRIV)
+            .args([PYTHON, "-c", code])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        Background(child)
+    }
+    fn running(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nobody_py(code: &str) {
+    run("setpriv", &[SETPRIV, &[PYTHON, "-c", code]].concat());
+}
+
+/// A 1777 store under the agent's root (as /var/lib/libvirt/images is not, but a shared
+/// scratch store may be): nobody can create files in it, not replace root's.
+fn open_store(a: &Agent) -> PathBuf {
+    let d = a.root.join("store");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&a.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+/// A root-owned qcow2 image with three snapshots.
+fn image_with_3_snapshots(d: &Path, name: &str) -> PathBuf {
+    let img = d.join(name);
+    let s = img.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
+    for sn in ["s1", "s2", "s3"] {
+        run("qemu-img", &["snapshot", "-c", sn, s]);
+    }
+    img
+}
+
+/// Root's python zeroes nb_snapshots (offset 60, 4 bytes): SM-Q002. Returns (pid, mark).
+fn hide_snapshots(a: &Agent, img: &Path) -> (u32, u64) {
+    let mark = a.mark();
+    let r = python(&format!(
+        "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, bytes(4), 60)",
+        img.to_str().unwrap()
+    ));
+    (r.pid, mark)
+}
+
+fn q002(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
+    a.wait_from(mark, timeout, |v| {
+        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
+    })
+}
+
+fn state_from(a: &mut Agent, mark: u64, timeout: Duration, actions: &[&str]) -> Option<Value> {
+    a.wait_from(mark, timeout, |v| {
+        v["event"]["kind"] == "state"
+            && actions
+                .iter()
+                .any(|x| v["event"]["action"].as_str() == Some(x))
+    })
+}
+
+#[test]
+fn a_fifo_under_an_image_name_stalls_nothing() {
+    let mut a = Agent::spawn("unblind-fifo", &[], &[]).unwrap();
+    let store = open_store(&a);
+
+    // 1. A FIFO named like an image, held open for reading: that open blocks until a writer
+    //    comes, and the agent must not be it (nor block as a reader itself).
+    let fifo = store.join("x.qcow2");
+    let mut reader = Background::start(&format!(
+        "import os; os.mkfifo({0:?}); open({0:?}, 'rb').read()",
+        fifo.to_str().unwrap()
+    ));
+    // 2. nobody's own image, written with more header than the kernel captures (so the agent
+    //    re-reads the header by path) and at once replaced by a FIFO nobody ever writes.
+    let own = store.join("own.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", own.to_str().unwrap(), "16M"],
+    );
+    run("chown", &["nobody:nogroup", own.to_str().unwrap()]);
+    nobody_py(&format!(
+        "import os, time\n\
+         p = {0:?}\n\
+         fd = os.open(p, os.O_RDWR); head = os.pread(fd, 65536, 0)\n\
+         time.sleep(1)\n\
+         os.mkfifo(p + '.fifo')\n\
+         os.pwrite(fd, head, 0); os.rename(p + '.fifo', p)",
+        own.to_str().unwrap()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fifo.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(fifo.exists(), "nobody's FIFO was not made");
+
+    // 3. Root tampering in the same store afterwards must still alert, promptly.
+    let img = image_with_3_snapshots(&store, "vm.qcow2");
+    let (pid, mark) = hide_snapshots(&a, &img);
+    if q002(&mut a, mark, pid, Duration::from_secs(5)).is_none() {
+        // A stalled agent ignores SIGTERM too: `stop` ends it with SIGKILL, so the test
+        // fails instead of hanging in the agent's Drop.
+        let heeded = a.stop(Duration::from_secs(2));
+        panic!("no SM-Q002 for nb_snapshots 3 → 0 after nobody planted FIFOs (SIGTERM heeded: {heeded}): the agent is stalled");
+    }
+    assert!(
+        reader.running(),
+        "the agent opened nobody's FIFO for writing: the blocked reader was released"
+    );
+
+    // 4. SIGTERM is heeded: the `stopped` record within 2 s, then the process exits (tearing
+    //    the probes down takes the kernel a few seconds more on some hosts).
+    let t0 = Instant::now();
+    a.signal(libc::SIGTERM);
+    // Read the file, not `wait_from`: the agent exiting is expected here.
+    while !snapmon_e2e::json_lines(&a.out)
+        .iter()
+        .any(|v| v["event"]["kind"] == "state" && v["event"]["action"] == "stopped")
+    {
+        if t0.elapsed() > Duration::from_secs(2) {
+            a.stop(Duration::from_secs(1));
+            panic!("no `stopped` record within 2 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.stop(Duration::from_secs(20)), "the agent did not exit");
+    snapmon_e2e::note(&format!(
+        "stopped and exited {:?} after SIGTERM",
+        t0.elapsed()
+    ));
+    drop(reader);
+}
+
+/// A root-owned 0755 directory under /tmp (root's, sticky) holding the default policy as a
+/// root-owned 0644 file: what an admin writes, and what the agent trusts.
+fn admin_policy(tag: &str) -> (PathBuf, PathBuf, String) {
+    let out = Command::new(snapmon_e2e::bin())
+        .args(["policy", "default"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let default = String::from_utf8(out.stdout).unwrap();
+    let dir = std::env::temp_dir().join(format!("snapmon-unblind-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, &default).unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, policy, default)
+}
+
+/// Every rule id, from `policy check`'s rule list.
+fn all_rule_ids(policy: &Path) -> Vec<String> {
+    let out = run(
+        snapmon_e2e::bin().to_str().unwrap(),
+        &["policy", "check", policy.to_str().unwrap()],
+    );
+    let ids: Vec<String> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("SM-"))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert!(ids.len() > 10, "{}", out.stdout);
+    ids
+}
+
+#[test]
+fn a_policy_others_can_write_is_refused_at_start() {
+    let (dir, policy, _) = admin_policy("start");
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut child = Command::new(snapmon_e2e::bin())
+        .args(["run", "--format", "json", "--config"])
+        .arg(&policy)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An agent that takes the file runs until stopped: give it the time a refusal needs.
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent started with a policy anyone can write");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "one sentence: {e}");
+    let p = policy.display();
+    assert!(
+        e.contains(&format!("{p}: not trusted"))
+            && e.contains("(mode 0666)")
+            && e.contains(&format!("chmod go-w {p}"))
+            && e.contains("--insecure-config"),
+        "{e}"
+    );
+    // The escape hatch starts it, and says so in the `started` record.
+    let a = Agent::spawn(
+        "unblind-insecure",
+        &["--config", policy.to_str().unwrap(), "--insecure-config"],
+        &[],
+    )
+    .expect("--insecure-config must start");
+    let warnings = a.started["snapmon"]["state"]["warnings"].to_string();
+    assert!(
+        warnings.contains("--insecure-config") && warnings.contains(&p.to_string()),
+        "{warnings}"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_policy_made_writable_and_silenced_by_nobody_is_not_reloaded() {
+    let (dir, policy, _) = admin_policy("reload");
+    let mut a = Agent::spawn(
+        "unblind-reload",
+        &["--config", policy.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let store = open_store(&a);
+    let rules = all_rule_ids(&policy);
+
+    // The admin's mistake; then nobody adds an exception for everything, and any SIGHUP
+    // (a logrotate, a package upgrade) would apply it.
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    nobody_py(&format!(
+        "open({:?}, 'a').write('\\n[[exception]]\\nrules = {:?}\\nexecutable = \"/**\"\\n')",
+        policy.to_str().unwrap(),
+        rules
+    ));
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains("executable = \"/**\""), "{text}");
+    // The file itself is a valid policy: only its permissions make it refused.
+    run(
+        snapmon_e2e::bin().to_str().unwrap(),
+        &["policy", "check", policy.to_str().unwrap()],
+    );
+
+    let mark = a.mark();
+    a.signal(libc::SIGHUP);
+    let r = state_from(
+        &mut a,
+        mark,
+        Duration::from_secs(20),
+        &["reloaded", "reload_failed"],
+    )
+    .expect("no reload record after SIGHUP");
+    assert_eq!(r["event"]["action"], "reload_failed", "{r}");
+    let err = r["snapmon"]["state"]["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains(&format!("{}: not trusted", policy.display())) && err.contains("mode 0666"),
+        "{r}"
+    );
+
+    // The running policy stayed: root's tamper still alerts.
+    let img = image_with_3_snapshots(&store, "vm.qcow2");
+    let (pid, mark) = hide_snapshots(&a, &img);
+    q002(&mut a, mark, pid, Duration::from_secs(5))
+        .expect("SM-Q002 silenced by a policy nobody wrote");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
