@@ -354,10 +354,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         };
         tokio::select! {
             _ = later => {
-                let mut maps = KernelMaps::of(&mut k);
-                for r in pipe.poll(Instant::now(), &mut maps) {
-                    if sinks.send_owned(r).is_err() { return Ok(()); }
-                }
+                let recs = pipe.poll(Instant::now(), &mut KernelMaps::of(&mut k));
+                if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
             }
             r = fd.readable() => {
                 let mut guard = r?;
@@ -375,9 +373,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                     }
                 }
                 // Sequences that time out with no event to carry them (a freeze never thawed).
-                for r in pipe.tick(crate::sink::json::now_unix_ns()) {
-                    if sinks.send(&r).is_err() { return Ok(()); }
-                }
+                let recs = pipe.tick(crate::sink::json::now_unix_ns());
+                if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
             }
             _ = watchdog.tick(), if notify.ping_every().is_some() => notify.ping(),
             _ = hup.recv() => {
@@ -396,10 +393,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     if drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf).is_err() {
         return Ok(());
     }
-    for r in pipe.flush_held(&mut KernelMaps::of(&mut k)) {
-        if sinks.send_owned(r).is_err() {
-            return Ok(());
-        }
+    let recs = pipe.flush_held(&mut KernelMaps::of(&mut k));
+    if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
+        return Ok(());
     }
     let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
     refresh_hook_runs(&k, &registry);
@@ -554,6 +550,30 @@ fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {
     sinks.send_owned(r)
 }
 
+/// Send what the pipeline produced, whichever way it came out (an event, a held event's
+/// timer, a sequence timeout, shutdown), with what follows from it: kernel enforcement
+/// decisions as alerts, the circuit breaker's answer and evidence. One path, so no alert
+/// reaches the sinks without the responder having seen it.
+fn deliver(
+    recs: Vec<Record>,
+    pipe: &mut Pipeline,
+    responder: &mut crate::respond::act::Responder,
+    sinks: &SinkSet,
+) -> Result<(), BrokenPipe> {
+    let follow = responder.after(&recs, &mut pipe.classifier);
+    for r in recs.into_iter().chain(follow) {
+        let decision = match &r {
+            Record::Event(ev) => crate::enforce::decision_alert(ev),
+            _ => None,
+        };
+        sinks.send_owned(r)?;
+        if let Some(a) = decision {
+            sinks.send_owned(Record::Alert(Box::new(a)))?;
+        }
+    }
+    Ok(())
+}
+
 /// Longest a handled record waits in a batch for the rest of its chunk.
 const HANDOFF_AFTER: Duration = Duration::from_millis(5);
 
@@ -594,21 +614,8 @@ fn drain(
                     sinks.hand_off_pending();
                     since = Instant::now();
                 }
-                let mut maps = KernelMaps::of(k);
-                let recs = pipe.handle(raw, &mut maps);
-                // Circuit breaker, evidence: what follows from these records, sent after them.
-                let follow = responder.after(&recs, &mut pipe.classifier);
-                for r in recs.into_iter().chain(follow) {
-                    // Kernel enforcement decisions are alerts in their own right.
-                    let decision = match &r {
-                        Record::Event(ev) => crate::enforce::decision_alert(ev),
-                        _ => None,
-                    };
-                    sinks.send_owned(r)?;
-                    if let Some(a) = decision {
-                        sinks.send_owned(Record::Alert(Box::new(a)))?;
-                    }
-                }
+                let recs = pipe.handle(raw, &mut KernelMaps::of(k));
+                deliver(recs, pipe, responder, sinks)?;
             }
             Ok(())
         })?;

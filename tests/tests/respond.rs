@@ -827,10 +827,13 @@ fn a_mass_rename_rule_is_answered_by_the_agent_with_stop() {
     // The kernel's rename class off: only the agent's rate rule answers.
     e.configure("mode = \"kill\"\nrules = [\"SM-R001\"]");
     let marker = e.markers.join("rate");
+    // Exactly the threshold (5), then quiet: a rename read before it lands (slow guests) is
+    // held, so the alerting one may be released by the agent's timer with no next event.
+    // That path once skipped the responder (6.12 guest: the alert came, the stop never did).
     let code = format!(
         "import os, time\n\
          d = {d:?}\n\
-         for i in range(6):\n    os.rename(f'{{d}}/disk{{i}}.qcow2', f'{{d}}/disk{{i}}.qcow2.locked')\n    time.sleep(0.05)\n\
+         for i in range(5):\n    os.rename(f'{{d}}/disk{{i}}.qcow2', f'{{d}}/disk{{i}}.qcow2.locked')\n    time.sleep(0.05)\n\
          time.sleep(1.5)\n\
          open({m:?}, 'w').write('alive')\n",
         d = dir.display().to_string(),
@@ -852,6 +855,48 @@ fn a_mass_rename_rule_is_answered_by_the_agent_with_stop() {
     assert!(!marker.exists(), "stopped process wrote its marker");
     let _ = p.kill();
     let _ = p.wait();
+}
+
+#[test]
+fn an_alert_found_by_a_later_look_is_answered_too() {
+    let mut e = env();
+    let dir = e.dir("rate");
+    // A qcow2 image built outside the stores, copied in through a shared mapping of a
+    // blank `.log`: only the agent's timed re-look sees it land (SM-H002), with no
+    // syscall event to carry the alert. That path once bypassed the responder.
+    let src = e.markers.join("late-src.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", src.to_str().unwrap(), "16M"],
+    );
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let dst = dir.join("late.log");
+    let _ = std::fs::remove_file(&dst);
+    e.configure("mode = \"kill\"\nrules = [\"SM-H002\"]");
+    let marker = e.markers.join("late");
+    let code = format!(
+        "import os, mmap, time\n\
+         data = open({src:?}, 'rb').read()\n\
+         fd = os.open({dst:?}, os.O_RDWR | os.O_CREAT, 0o644); os.ftruncate(fd, len(data))\n\
+         m = mmap.mmap(fd, len(data), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)\n\
+         os.close(fd); time.sleep(0.3)\n\
+         m[:] = data; m.flush(); m.close()\n\
+         time.sleep(3)\n\
+         open({m:?}, 'w').write('alive')\n",
+        src = src.display().to_string(),
+        dst = dst.display().to_string(),
+        m = marker.display().to_string()
+    );
+    let mark = e.mark();
+    let mut p = nobody_python(&code);
+    let pid = p.id();
+    let a = e.alert(mark, "SM-E003", pid);
+    assert_eq!(a["snapmon"]["detail"]["trigger_rule"], "SM-H002", "{a}");
+    assert_eq!(a["event"]["action"], "stop", "{a}");
+    assert_eq!(state(pid), 'T');
+    let _ = p.kill();
+    let _ = p.wait();
+    assert!(!marker.exists(), "stopped process wrote its marker");
 }
 
 #[test]
