@@ -29,28 +29,7 @@ impl Bytes {
     }
 }
 
-/// Escape invalid UTF-8 and every control character so nothing raw reaches a terminal or log.
-pub fn escape_bytes(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len());
-    for chunk in b.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || c == '\u{7f}' {
-                let mut buf = [0u8; 4];
-                for byte in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("\\x{byte:02x}"));
-                }
-            } else if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
-        }
-        for byte in chunk.invalid() {
-            out.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    out
-}
+pub use crate::text::escape_bytes;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ancestor {

@@ -29,4 +29,5 @@ pub mod sink;
 pub mod state;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod text;
 pub mod watch;

@@ -3,6 +3,9 @@
 #[allow(dead_code)]
 #[path = "../../src/classify/qcow2.rs"]
 mod qcow2;
+#[allow(dead_code)]
+#[path = "../../src/text.rs"]
+mod text;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = qcow2::parse_header(data);

@@ -135,19 +135,7 @@ fn round_up(x: u64, to: u64) -> u64 {
     x.checked_next_multiple_of(to.max(1)).unwrap_or(u64::MAX)
 }
 
-/// Escape bytes for display: printable ASCII as is, `\` doubled, anything
-/// else as `\xNN` (injective, so lossless).
-pub fn escape_bytes(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len());
-    for &c in b {
-        match c {
-            b'\\' => s.push_str("\\\\"),
-            0x20..=0x7e => s.push(c as char),
-            _ => s.push_str(&format!("\\x{c:02x}")),
-        }
-    }
-    s
-}
+pub use crate::text::escape_bytes;
 
 /// Shannon entropy in bits per byte (0.0 ..= 8.0).
 pub fn shannon_entropy(bytes: &[u8]) -> f64 {
@@ -2449,7 +2437,7 @@ mod tests {
         let rnd: Vec<u8> = (0..65536).map(|_| rng.next() as u8).collect();
         assert!(shannon_entropy(&rnd) > 7.9);
         assert!(shannon_entropy(&QCOW2_MAGIC.to_be_bytes()) <= 2.0);
-        assert_eq!(escape_bytes(b"QFI\xfb a\\\n"), "QFI\\xfb a\\\\\\x0a");
+        assert_eq!(escape_bytes(b"QFI\xfb a\\\n"), "QFI\\xfb a\\x5c\\x0a");
         assert_eq!(BackingName(b"b\xffx".to_vec()).to_string(), "b\\xffx");
     }
 

@@ -3,68 +3,7 @@
 
 use serde::Serialize;
 
-/// Escapes bytes for display: valid UTF-8 is kept, except control
-/// characters (C0, DEL, C1), bidi/format characters that can disguise a
-/// path (U+200E/F, U+202A..E, U+2066..9) and the backslash itself, which
-/// are written as `\xNN` per UTF-8 byte; invalid UTF-8 bytes become `\xNN`.
-/// Escaping the backslash keeps the mapping reversible ([`unescape_bytes`]).
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if needs_escape(c) {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    push_hex(&mut out, b);
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        for &b in chunk.invalid() {
-            push_hex(&mut out, b);
-        }
-    }
-    out
-}
-
-fn needs_escape(c: char) -> bool {
-    c == '\\'
-        || c.is_control()
-        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-fn push_hex(out: &mut String, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('\\');
-    out.push('x');
-    out.push(HEX[(b >> 4) as usize] as char);
-    out.push(HEX[(b & 0xf) as usize] as char);
-}
-
-/// Inverse of [`escape_bytes`]: every `\xNN` becomes the byte NN.
-pub fn unescape_bytes(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1] == b'x' {
-            if let Some(v) = hex_byte(b[i + 2], b[i + 3]) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
-fn hex_byte(h: u8, l: u8) -> Option<u8> {
-    let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
-    Some(d(h)? << 4 | d(l)?)
-}
+pub use crate::text::{escape_bytes, unescape_bytes};
 
 /// Last path component of `path` (bytes after the last `/`).
 pub(super) fn basename(path: &[u8]) -> &[u8] {

@@ -21,7 +21,7 @@
 //! | `event.id` | file, network and syslog sinks: the record's id, `RUN-N` (RUN random per agent start, N counting records), the same in every sink and every re-send, for de-duplication |
 //! | `event.severity`, `event.risk_score`, `event.reason` | alerts only: 21/47/73/99 for low/medium/high/critical (0 for info); the alert sentence |
 //! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` (`snapmon.agent` for state/metric, `snapmon.chain` for the chain's records) |
-//! | `file.path`, `file.name`, `file.directory` | the file (display form: invalid UTF-8 and control characters as `\xNN`); for an ioctl, the entry the descriptor was opened by |
+//! | `file.path`, `file.name`, `file.directory` | the file (display form, `text::escape_bytes`: invalid UTF-8, control and bidi characters and `\\` as `\xNN`); for an ioctl, the entry the descriptor was opened by |
 //! | `file.inode`, `file.device`, `file.size`, `file.type` | identity (`MAJOR:MINOR` of the kernel superblock), size when seen, `dir` (mkdir/rmdir) or `symlink` (symlink; the link's target string is not captured, so `file.target_path` is never set) |
 //! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id`, `process.working_directory` | the actor |
 //! | `process.parent.pid`, `.name`, `.executable`, `.entity_id` | its parent |
@@ -1123,6 +1123,27 @@ mod tests {
         assert_eq!(v["ecs"]["version"], ECS_VERSION);
         assert_eq!(v["host"]["name"], "h");
         assert_eq!(v["agent"]["type"], "snapmon");
+    }
+
+    #[test]
+    fn a_bidi_override_in_a_path_is_escaped_in_json() {
+        let e = Event {
+            category: "file",
+            ecs_type: "change",
+            action: "pwrite64",
+            file: Some(FileInfo {
+                path: Some(Bytes("/s/\u{202E}2woqc.gol".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = to_value(&Record::Event(e), "h");
+        assert_eq!(v["file"]["path"], "/s/\\xe2\\x80\\xae2woqc.gol");
+        assert_eq!(v["file"]["name"], "\\xe2\\x80\\xae2woqc.gol");
+        assert_eq!(
+            v["snapmon"]["file_path_hex"],
+            Bytes("/s/\u{202E}2woqc.gol".into()).hex()
+        );
     }
 
     /// The ECS record as a consumer would type it: unknown fields are errors, so a field

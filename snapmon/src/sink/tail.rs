@@ -99,13 +99,10 @@ fn raw(s: &str) -> String {
     escape_bytes(s.as_bytes())
 }
 
-/// Escape control characters that slipped into composed text (names are escaped already).
+/// Escape control and bidi characters that slipped into composed text (names are escaped
+/// already).
 fn escape_line(s: &str) -> String {
-    if s.chars().any(|c| c.is_control()) {
-        escape_bytes(s.as_bytes())
-    } else {
-        s.to_string()
-    }
+    crate::text::escape_composed(s)
 }
 
 pub fn render(r: &Record, colour: bool) -> Option<String> {
@@ -456,6 +453,19 @@ mod tests {
         assert_eq!(
             s,
             "# reload of /p failed, the running policy is kept: a\\x1b[31mb"
+        );
+    }
+
+    #[test]
+    fn golden_a_bidi_override_cannot_reorder_what_the_operator_reads() {
+        // Shown raw, U+202E makes "…/\u{202E}2woqc.gol" read as "…/log.qcow2".
+        let mut e = ev();
+        e.file.as_mut().unwrap().path = Some(Bytes("/s/\u{202E}2woqc.gol".into()));
+        e.process.name = "py\u{2066}thon".into();
+        let l = render(&Record::Event(e), false).unwrap();
+        assert_eq!(
+            l,
+            "· 17:30:00.123 pwrite64           /s/\\xe2\\x80\\xae2woqc.gol @60+12  py\\xe2\\x81\\xa6thon ← bash ← sshd[42]"
         );
     }
 
