@@ -457,6 +457,8 @@ pub struct KernelOffsets {
     pub iattr_mode: u32,
     pub iattr_uid: u32,
     pub iattr_gid: u32,
+    /// `task_struct.thread_info.status` (x86: `TS_COMPAT` while in a 32-bit syscall).
+    pub task_ti_status: u32,
 }
 
 /// Groups of offsets; a hook family runs only when its group resolved.
@@ -470,7 +472,13 @@ pub mod valid {
     pub const IO_URING_NS: u32 = 1 << 6;
     /// Namespace and attribute changes observed at the LSM hooks (VFS backend).
     pub const VFS_NS: u32 = 1 << 7;
+    /// 32-bit syscalls told apart at `raw_syscalls/sys_enter` (tracepoint backend).
+    pub const COMPAT: u32 = 1 << 8;
 }
+
+/// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
+/// are below 512).
+pub const COMPAT_SLOTS: u32 = 512;
 
 /// `RUNTIME` map bits, set by the agent after attaching (not known at load time).
 pub mod runtime {
@@ -735,7 +743,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 70 * 4);
+    assert!(size_of::<KernelOffsets>() == 71 * 4);
     assert!(size_of::<NsMark>() == 24);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);

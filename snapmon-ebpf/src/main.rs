@@ -7,6 +7,7 @@
 #![no_main]
 #![allow(static_mut_refs)]
 
+mod compat;
 mod emit;
 mod enforce;
 mod ioctl;

@@ -189,7 +189,7 @@ pub unsafe fn emit_write_file(
 }
 
 #[inline(always)]
-fn enter() -> Option<*const u8> {
+pub(crate) fn enter() -> Option<*const u8> {
     if !valid(v::FILES) {
         return None;
     }

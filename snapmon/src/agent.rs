@@ -93,6 +93,8 @@ pub struct RunOptions {
     pub stats_interval: Option<Duration>,
     /// Turn on kernel BPF run statistics for the per-hook counters.
     pub hook_stats: bool,
+    /// Attach the 32-bit syscall hook where fentry is refused (`--no-compat-syscalls`).
+    pub compat_syscalls: bool,
     pub enforce: crate::enforce::Options,
     /// `--respond MODE` (the policy's `[respond] mode` otherwise).
     pub respond: Option<crate::respond::Mode>,
@@ -170,6 +172,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         lsm: lsm_ok,
         lsm_observe: crate::enforce::bpf_lsm_active().unwrap_or(false),
         hook_stats: opts.hook_stats,
+        compat: opts.compat_syscalls,
     })?;
     let registry = sinks.registry().clone();
     refresh_hook_runs(&k, &registry);

@@ -216,6 +216,12 @@ pub struct RunArgs {
     /// (`cargo xtask bench` measures it: `snapmon+stats` in the hook-cost phase).
     #[arg(long)]
     pub hook_stats: bool,
+    /// Do not attach the 32-bit syscall hook (`raw_syscalls/sys_enter`, used only where fentry
+    /// is refused). It runs on every syscall of the host; without it 32-bit programs' writes
+    /// and renames go unseen there (`snapmon doctor` lists the gap). Harmless where the kernel
+    /// has no ia32 emulation.
+    #[arg(long)]
+    pub no_compat_syscalls: bool,
     /// Deny tampering with --protect stores in the kernel (BPF LSM). Without BPF LSM the agent
     /// refuses to start, unless `--enforce=best-effort` (then it only detects).
     #[arg(long, num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "best-effort"])]
@@ -480,6 +486,7 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
         stats_interval: (a.stats_interval > 0.0)
             .then(|| Duration::from_secs_f64(a.stats_interval.clamp(0.05, 86_400.0))),
         hook_stats: a.hook_stats,
+        compat_syscalls: !a.no_compat_syscalls,
         enforce: crate::enforce::Options {
             mode: match a.enforce.as_deref() {
                 None => crate::enforce::Mode::Off,

@@ -114,9 +114,9 @@ const PATHS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "writes by 32-bit (ia32) programs",
-        // The x86-64 syscall tracepoints skip compat syscalls; the VFS hook sees any write
-        // made outside the x86-64 write syscalls.
-        &["rw_verify_area"],
+        // The x86-64 syscall tracepoints skip compat syscalls: the VFS hook sees any write,
+        // `raw_syscalls/sys_enter` hands 32-bit syscalls to the native hooks.
+        &["rw_verify_area", "raw_sys_enter"],
         "a 32-bit program's writes to images go unseen (x86-64 syscall tracepoints skip compat syscalls)",
     ),
     (
@@ -188,6 +188,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         lsm: bpf_lsm == Some(true),
         lsm_observe: bpf_lsm == Some(true),
         hook_stats: true,
+        compat: true,
     });
     let (hooks, missing, backend, load_error): (Vec<HookStatus>, _, _, _) = match &loaded {
         Ok(k) => (k.hooks.clone(), k.missing.clone(), k.backend, None),

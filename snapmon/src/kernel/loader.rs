@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         fentry::FEntryLink, links::FdLink, tp_btf::BtfTracePointLink, trace_point::TracePointLink,
         BtfTracePoint, FEntry, Lsm, TracePoint,
@@ -40,7 +40,59 @@ pub enum Attach {
     /// BPF LSM inode hook that also observes (VFS backend, namespace side); attached
     /// wherever BPF LSM is active.
     LsmNs(&'static str),
+    /// `raw_syscalls/sys_enter`, handing 32-bit syscalls to the programs of [`COMPAT`];
+    /// attached only where the VFS write hook (which sees them) is not live.
+    Compat,
 }
+
+/// ia32 syscall number → the program that judges it (arch/x86/entry/syscalls/syscall_32.tbl).
+/// Native hooks where the arguments mean the same; `compat_*` where the ia32 ABI splits a
+/// 64-bit argument in two or uses 32-bit iovecs. Not here, so still unseen from 32-bit code
+/// on the tracepoint backend: opens and creates (judged at syscall exit), io_submit (32-bit
+/// iocb pointers), old_mmap, and the timestamp calls with 32-bit time structs.
+pub const COMPAT: &[(u32, &str)] = &[
+    (4, "sys_enter_write"),
+    (181, "compat_pwrite64"),
+    (146, "compat_writev"),
+    (334, "compat_pwritev"),
+    (379, "compat_pwritev2"),
+    (93, "sys_enter_ftruncate"),
+    (194, "compat_ftruncate64"),
+    (324, "compat_fallocate"),
+    (377, "sys_enter_copy_file_range"),
+    (313, "sys_enter_splice"),
+    (187, "sys_enter_sendfile64"),
+    (239, "sys_enter_sendfile64"),
+    (192, "sys_enter_mmap"),
+    (54, "sys_enter_ioctl"),
+    (10, "sys_enter_unlink"),
+    (301, "sys_enter_unlinkat"),
+    (40, "sys_enter_rmdir"),
+    (38, "sys_enter_rename"),
+    (302, "sys_enter_renameat"),
+    (353, "sys_enter_renameat2"),
+    (9, "sys_enter_link"),
+    (303, "sys_enter_linkat"),
+    (83, "sys_enter_symlink"),
+    (304, "sys_enter_symlinkat"),
+    (39, "sys_enter_mkdir"),
+    (296, "sys_enter_mkdirat"),
+    (15, "sys_enter_chmod"),
+    (94, "sys_enter_fchmod"),
+    (306, "sys_enter_fchmodat"),
+    (452, "sys_enter_fchmodat2"),
+    (182, "sys_enter_chown"),
+    (212, "sys_enter_chown"),
+    (16, "sys_enter_lchown"),
+    (198, "sys_enter_lchown"),
+    (95, "sys_enter_fchown"),
+    (207, "sys_enter_fchown"),
+    (298, "sys_enter_fchownat"),
+    // truncate64(path, len_lo, len_hi): the low half is the length the native hook reports.
+    (92, "sys_enter_truncate"),
+    (193, "sys_enter_truncate"),
+    (412, "sys_enter_utimensat"),
+];
 
 macro_rules! sc {
     ($name:literal, $covers:literal) => {
@@ -147,6 +199,11 @@ pub const HOOKS: &[HookSpec] = &[
     sc!("sys_enter_utime", "timestamps"),
     sc!("sys_enter_utimes", "timestamps"),
     sc!("sys_enter_futimesat", "timestamps"),
+    HookSpec {
+        program: "raw_sys_enter",
+        attach: Attach::Compat,
+        covers: "32-bit (ia32) programs' writes, renames, unlinks, ioctls and attribute changes",
+    },
 ];
 
 /// Outcome of one hook.
@@ -281,6 +338,8 @@ pub struct LoadOptions {
     pub lsm_observe: bool,
     /// Turn on kernel BPF run statistics for the per-hook counters.
     pub hook_stats: bool,
+    /// Attach the 32-bit syscall hook where the VFS write hook is refused (`Attach::Compat`).
+    pub compat: bool,
 }
 
 pub fn tracefs_root() -> Option<&'static str> {
@@ -356,6 +415,27 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
                 && (offsets.valid & snapmon_common::valid::VFS_NS == 0
                     || idmap != spec.program.ends_with("_idmap"))
             {
+                continue;
+            }
+        }
+        if matches!(spec.attach, Attach::Compat) {
+            if !opts.compat {
+                continue;
+            }
+            // The VFS write hook sees 32-bit writes already; do not pay for every syscall.
+            if hooks
+                .iter()
+                .any(|h: &HookStatus| h.program == "rw_verify_area" && h.attached_to.is_some())
+            {
+                continue;
+            }
+            if let Err(e) = compat_table(&mut ebpf, tracefs, &offsets) {
+                hooks.push(HookStatus {
+                    program: spec.program,
+                    attached_to: None,
+                    covers: spec.covers,
+                    error: Some(format!("{e:#}")),
+                });
                 continue;
             }
         }
@@ -480,6 +560,13 @@ fn attach_one(
             links.push((spec.program, HookLink::TracePoint(tp.take_link(id)?)));
             Ok(format!("tracepoint/syscalls/{name}"))
         }
+        Attach::Compat => {
+            let tp: &mut TracePoint = prog.try_into()?;
+            tp.load().map_err(verbose)?;
+            let id = tp.attach("raw_syscalls", "sys_enter").map_err(verbose)?;
+            links.push((spec.program, HookLink::TracePoint(tp.take_link(id)?)));
+            Ok("tracepoint/raw_syscalls/sys_enter (32-bit syscalls)".to_string())
+        }
         Attach::Lsm(hook) | Attach::LsmNs(hook) => {
             let p: &mut Lsm = prog.try_into()?;
             p.load(hook, btf).map_err(verbose)?;
@@ -516,6 +603,50 @@ fn attach_one(
         Err(e) => st.error = Some(format!("{e:#}")),
     }
     st
+}
+
+/// Fill the compat tail-call table. The table stays owned by `ebpf` (the `Kernel`): the kernel
+/// empties a program array when its last user reference goes.
+fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        offsets.valid & snapmon_common::valid::COMPAT != 0,
+        "no thread_info.status in the kernel's BTF"
+    );
+    // The native programs read arguments where `syscalls/sys_enter_*` records keep them.
+    let format = std::fs::read_to_string(format!("{tracefs}/events/raw_syscalls/sys_enter/format"))
+        .context("reading the raw_syscalls/sys_enter tracepoint format")?;
+    let (id, args) = (
+        format_field_offset(&format, "id"),
+        format_field_offset(&format, "args"),
+    );
+    anyhow::ensure!(
+        id == Some(8) && args == Some(offsets.sc_args),
+        "raw_syscalls/sys_enter keeps id at {id:?} and args at {args:?}, not 8 and {} as the syscall records",
+        offsets.sc_args
+    );
+    let mut fds = Vec::new();
+    for &(nr, name) in COMPAT {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        // Loaded already when its own tracepoint attached; a variant is loaded here. A native
+        // hook this kernel lacks (fchmodat2 before 6.6) leaves its slot empty.
+        if prog.fd().is_err() && prog.load().is_err() {
+            continue;
+        }
+        fds.push((nr, prog.fd()?.try_clone()?));
+    }
+    let mut table = ProgramArray::try_from(
+        ebpf.map_mut("COMPAT_TAIL")
+            .context("map COMPAT_TAIL missing from object")?,
+    )?;
+    for (nr, fd) in &fds {
+        table
+            .set(*nr, fd, 0)
+            .with_context(|| format!("compat slot {nr}"))?;
+    }
+    Ok(())
 }
 
 /// Keep the verifier log: it is the only useful explanation of a rejected program.

@@ -148,6 +148,12 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
         "the VFS write hook cannot tell syscall writes apart and stays idle",
         &mut [(&mut o.regs_orig_ax, &[("pt_regs", "orig_ax")])],
     );
+    v |= group(
+        "compat",
+        valid::COMPAT,
+        "32-bit (ia32) syscalls are not told apart: on the tracepoint backend their writes and namespace operations go unseen",
+        &mut [(&mut o.task_ti_status, &[("task_struct", "thread_info.status")])],
+    );
     // io_rw / io_sync live in io_kiocb's command area (`cmd`, at the start of the request).
     if v & valid::IO_URING != 0 {
         let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);
@@ -307,6 +313,7 @@ mod tests {
         assert!(missing.is_empty(), "unresolved: {missing:?}");
         assert_eq!(o.valid & valid::FILES, valid::FILES);
         assert_eq!(o.valid & valid::IO_URING, valid::IO_URING);
+        assert_eq!(o.valid & valid::COMPAT, valid::COMPAT);
         assert_ne!(o.file_inode, o.file_pos);
         assert!(o.task_files > 0 && o.task_tgid > 0);
     }
