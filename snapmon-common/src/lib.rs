@@ -7,6 +7,8 @@
 
 pub const COMM_LEN: usize = 16;
 pub const PATH_LEN: usize = 256;
+/// The kernel's PATH_MAX: no path a syscall accepts is longer (with its NUL).
+pub const PATH_MAX: usize = 4096;
 pub const ARGS_LEN: usize = 512;
 /// Bytes of a write's payload captured in the kernel (enough for any qcow2 header field
 /// update, a snapshot-table entry, or to judge whether a header was overwritten randomly).
@@ -161,7 +163,8 @@ pub mod ns_flags {
     pub const PATH2_MATCH: u16 = 1 << 4;
     /// The target was named by a file descriptor (fchmod, futimens …): `target_*` is the file.
     pub const TARGET_IS_FD: u16 = 1 << 5;
-    /// path1 could not be fully copied (longer than PATH_LEN).
+    /// path1 could not be fully copied (longer than PATH_LEN): `path1` holds its first
+    /// PATH_LEN-1 bytes and `path1_len` the whole path's length.
     pub const PATH1_TRUNCATED: u16 = 1 << 6;
     pub const PATH2_TRUNCATED: u16 = 1 << 7;
     /// Submitted through io_uring (IORING_OP_RENAMEAT …), not a syscall.
@@ -323,6 +326,7 @@ pub struct NamespaceEvent {
     pub flags: u16,
     pub dirfd: i32,
     pub dirfd2: i32,
+    /// Bytes of the path (with `PATH*_TRUNCATED`, more than the buffer holds).
     pub path1_len: u16,
     pub path2_len: u16,
     /// Base directory of path1 (dirfd or cwd) or, with TARGET_IS_FD, the target file.

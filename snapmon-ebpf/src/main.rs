@@ -129,6 +129,9 @@ static SCRATCH_OPEN: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(
 /// Loop state of the path filter's `bpf_loop` walk.
 #[map]
 static PATH_WALK: PerCpuArray<path::Walk> = PerCpuArray::with_max_entries(1, 0);
+/// A cut path read once more in full, for its length (`path::match_path`).
+#[map]
+static PATH_FULL: PerCpuArray<[u8; snapmon_common::PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);
 /// The write the circuit breaker is judging (`respond::on_write`).
 #[map]
 static RESPOND_WRITE: PerCpuArray<respond::WriteCheck> = PerCpuArray::with_max_entries(1, 0);

@@ -3,20 +3,22 @@
 //! Absolute paths: each directory prefix is FNV-1a hashed and looked up in `WATCHED_PREFIXES`.
 //! Relative paths: the base directory (dirfd or cwd) must be watched, or, for multi-component
 //! paths, an ancestor of a watched dir. Paths with `//`, `/./` or `/../` are flagged for
-//! userspace to resolve. Userspace re-checks every match exactly.
+//! userspace to resolve. Userspace re-checks every match exactly. A path longer than the
+//! record holds is flagged cut and its full length reported, for userspace to resolve.
 
-use snapmon_common::{dir_flags, fnv1a_step, ns_flags, FileKey, FNV_OFFSET, PATH_LEN};
+use snapmon_common::{dir_flags, fnv1a_step, ns_flags, FileKey, FNV_OFFSET, PATH_LEN, PATH_MAX};
 
 use aya_ebpf::helpers::generated::bpf_loop;
 
 use crate::{
     emit::{copy_kernel_str, copy_user_str},
     kernel::base_dir_key,
-    PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
+    PATH_FULL, PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
 };
 
 pub struct PathMatch {
     pub flags: u16,
+    /// Bytes copied; with `PATH1_TRUNCATED`, the whole path's length.
     pub len: u32,
     pub base: FileKey,
     /// FNV-1a of the whole path: with `exact` or `base_entry`, what the circuit breaker
@@ -128,6 +130,7 @@ pub unsafe fn match_path(
     let absolute = buf[0] == b'/';
     (*w).hash = FNV_OFFSET;
     (*w).state = if len as usize >= PATH_LEN - 1 {
+        m.len = full_len(ptr, kernel).unwrap_or(len);
         ns_flags::PATH1_TRUNCATED as u32
     } else {
         0
@@ -160,6 +163,19 @@ pub unsafe fn match_path(
         }
     }
     m
+}
+
+/// Length of a path that filled the record's buffer, read once more into per-CPU scratch:
+/// userspace tells cut paths sharing their first bytes apart by it.
+#[inline(always)]
+unsafe fn full_len(ptr: u64, kernel: bool) -> Option<u32> {
+    let buf = &mut *PATH_FULL.get_ptr_mut(0)?;
+    let len = if kernel {
+        copy_kernel_str::<PATH_MAX>(buf, ptr as *const u8)
+    } else {
+        copy_user_str::<PATH_MAX>(buf, ptr)
+    };
+    (len as usize >= PATH_LEN - 1).then_some(len)
 }
 
 /// Internal bit above the u16 wire flags.

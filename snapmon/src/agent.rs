@@ -136,7 +136,10 @@ fn register(
     extra: &[PathBuf],
     maps: &mut dyn WatchMaps,
 ) -> anyhow::Result<(WatchSet, Vec<String>)> {
-    let mut ws = WatchSet::default();
+    let mut ws = WatchSet {
+        scan_depth: Some(policy.agent.scan_depth as usize),
+        ..Default::default()
+    };
     let mut notes = Vec::new();
     for s in &policy.stores {
         if let Err(e) = ws.add_root(&s.path, maps) {
@@ -149,6 +152,17 @@ fn register(
     for p in extra {
         ws.add_root(p, maps)
             .map_err(|e| anyhow::anyhow!("--watch {e}"))?;
+    }
+    if ws.stats.too_deep > 0 {
+        // Files below are not watched: say so where an admin looks, not only in a record.
+        let w = format!(
+            "{} director{} deeper than {} levels below a store not scanned: writes to files in them go unreported (raise [agent] scan_depth; `stores_skipped` lists them)",
+            ws.stats.too_deep,
+            if ws.stats.too_deep == 1 { "y" } else { "ies" },
+            policy.agent.scan_depth
+        );
+        eprintln!("snapmon: warning: {w}");
+        crate::state::add_start_warning(w);
     }
     Ok((ws, notes))
 }

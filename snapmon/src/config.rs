@@ -57,6 +57,14 @@ pub struct AgentSection {
     /// Emit fork/exec/exit records as events too (they always feed lineage).
     #[serde(default)]
     pub process_events: bool,
+    /// Directory levels registered below a store (and below a directory made in one): files
+    /// deeper are not watched, and the agent warns at start when a store has any.
+    #[serde(default = "default_scan_depth")]
+    pub scan_depth: u32,
+}
+
+fn default_scan_depth() -> u32 {
+    crate::watch::DEFAULT_SCAN_DEPTH as u32
 }
 
 /// 8 MiB: ~22 000 write records, over 200 ms of 100 000 events/s. The agent maps the ring
@@ -167,6 +175,7 @@ impl Default for AgentSection {
         AgentSection {
             ring_buffer_bytes: default_rb(),
             process_events: false,
+            scan_depth: default_scan_depth(),
         }
     }
 }
@@ -509,6 +518,13 @@ impl Policy {
                     s.path.display()
                 ));
             }
+        }
+        // A path of PATH_MAX bytes has at most 2048 levels.
+        if !(1..=2048).contains(&self.agent.scan_depth) {
+            return bad(format!(
+                "agent.scan_depth {} is outside 1..=2048",
+                self.agent.scan_depth
+            ));
         }
         if !(4096..=1 << 30).contains(&self.agent.ring_buffer_bytes) {
             return bad(format!(

@@ -7,12 +7,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp};
+use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
     decode::{cstr, RawEvent},
     event::{Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
     lineage_bridge::Lineage,
+    longpath::{self, Cut, Look},
     watch::{normalize, WatchMaps, WatchSet},
 };
 
@@ -185,11 +186,48 @@ impl Enricher {
         if p.is_absolute() {
             return Some(normalize(p));
         }
-        let base_path = match self.watch.path_of(&base) {
-            Some(b) if base.ino != 0 => b.clone(),
-            _ => std::fs::read_link(format!("/proc/{tgid}/cwd")).ok()?,
+        Some(normalize(&self.base_path(base, tgid)?.join(p)))
+    }
+
+    /// The directory a relative path starts from: its base dir, else the process cwd.
+    fn base_path(&self, base: FileKey, tgid: u32) -> Option<PathBuf> {
+        match self.watch.path_of(&base) {
+            Some(b) if base.ino != 0 => Some(b.clone()),
+            _ => std::fs::read_link(format!("/proc/{tgid}/cwd")).ok(),
+        }
+    }
+
+    /// A path the kernel cut: the object it names when exactly one fits (see `longpath`),
+    /// else the cut shown with an ellipsis and `true` (unresolved).
+    fn resolve_cut(
+        &self,
+        cut: &Cut,
+        base: FileKey,
+        tgid: u32,
+        look: Option<Look>,
+        ino: Option<u64>,
+    ) -> (PathBuf, bool) {
+        let abs = if cut.head.starts_with(b"/") {
+            cut.clone()
+        } else {
+            match self.base_path(base, tgid) {
+                Some(b) => cut.under(&b),
+                None => return (cut.marked(), true),
+            }
         };
-        Some(normalize(&base_path.join(p)))
+        match look.and_then(|l| abs.resolve(self.watch.paths.iter(), l, ino)) {
+            Some(p) => (p, false),
+            None => (abs.marked(), true),
+        }
+    }
+
+    /// The path of a file opened by a name the kernel cut: what the process's descriptor
+    /// names, or the file's entry in its (known) parent directory.
+    fn opened_path(&self, tgid: u32, fd: i32, file: FileKey, parent: FileKey) -> Option<PathBuf> {
+        longpath::fd_path(tgid, fd, file).or_else(|| {
+            let dir = self.watch.path_of(&parent).filter(|_| parent.ino != 0)?;
+            longpath::entry_with_ino(dir, file)
+        })
     }
 
     /// An entry name seen at an LSM hook, in the directory with identity `dir`: a full path
@@ -252,9 +290,13 @@ impl Enricher {
                 // component; always re-learn it, since inode numbers are reused after unlink.
                 let name = cstr(&o.path, o.path_len as usize);
                 let named = Path::new(std::ffi::OsStr::from_bytes(name));
+                // A name that filled the buffer may be cut: neither it nor its last component
+                // names the file.
+                let cut = name.len() >= PATH_LEN - 1;
                 // An absolute name is taken as given: on btrfs every subvolume root is inode
                 // 256 on one superblock, so the parent's identity alone can be ambiguous.
                 let path = match (self.watch.path_of(&o.parent), named.file_name()) {
+                    _ if cut => self.opened_path(o.hdr.tgid, o.fd, o.file, o.parent),
                     _ if named.is_absolute() => Some(normalize(named)),
                     (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
@@ -264,6 +306,14 @@ impl Enricher {
                 }
                 let mut ev = self.base(raw, "file", t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));
+                if let Some(f) = ev.file.as_mut().filter(|f| cut && f.path.is_none()) {
+                    let c = Cut {
+                        head: name.to_vec(),
+                        len: None,
+                    };
+                    f.path = Some(Bytes::from_path(&c.marked()));
+                    ev.detail.push((longpath::DETAIL, "file".into()));
+                }
                 ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
                 ev
             }
@@ -370,6 +420,8 @@ impl Enricher {
             None => ("info", "namespace_unknown"),
         };
         let tgid = n.hdr.tgid;
+        // Which paths stay cut: the event says so (`longpath::DETAIL`).
+        let mut unresolved: Vec<&str> = Vec::new();
         let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
             (Some(self.file(n.base1, None)), None)
         } else {
@@ -381,11 +433,50 @@ impl Enricher {
                     self.resolve(raw, base, tgid)
                 }
             };
-            let p1 = res(cstr(&n.path1, n.path1_len as usize), n.base1);
-            let p2 = if n.path2_len > 0 {
-                res(cstr(&n.path2, n.path2_len as usize), n.base2)
-            } else {
-                None
+            // Paths the kernel cut (syscall arguments only: LSM names are entry names).
+            let cut_of = |flag: u16, buf: &[u8], len: u16| {
+                (!via_vfs && n.flags & flag != 0)
+                    .then(|| Cut::from_record(buf, len as usize))
+                    .flatten()
+            };
+            let cut1 = cut_of(ns_flags::PATH1_TRUNCATED, &n.path1, n.path1_len);
+            let cut2 = (n.path2_len > 0)
+                .then(|| cut_of(ns_flags::PATH2_TRUNCATED, &n.path2, n.path2_len))
+                .flatten();
+            // path1 names what was there (the table knows it); a symlink's is its content.
+            let look1 = match op {
+                Some(NsOp::Symlink) => None,
+                Some(NsOp::Mkdir) => Some(Look::Disk),
+                _ => Some(Look::Known),
+            };
+            let (p1, cut1) = match &cut1 {
+                Some(c) => {
+                    let (p, unresolved) = self.resolve_cut(c, n.base1, tgid, look1, None);
+                    (Some(p), unresolved)
+                }
+                None => (res(cstr(&n.path1, n.path1_len as usize), n.base1), false),
+            };
+            // Identity of the source while its name is still in the table (rename and unlink
+            // have happened, or are about to, by the time we look at the filesystem).
+            let known = p1
+                .as_deref()
+                .filter(|_| !cut1)
+                .and_then(|p| self.key_for(p));
+            // A rename or link target is the source's inode under a new name.
+            let same = match op {
+                Some(NsOp::Rename | NsOp::Link) => known.map(|k| k.ino),
+                _ => None,
+            };
+            let (p2, cut2) = match &cut2 {
+                Some(c) => {
+                    let (p, unresolved) =
+                        self.resolve_cut(c, n.base2, tgid, Some(Look::Disk), same);
+                    (Some(p), unresolved)
+                }
+                None if n.path2_len > 0 => {
+                    (res(cstr(&n.path2, n.path2_len as usize), n.base2), false)
+                }
+                None => (None, false),
             };
             let in1 = p1.as_deref().is_some_and(|p| self.watch.covers(p));
             let in2 = p2.as_deref().is_some_and(|p| self.watch.covers(p));
@@ -393,30 +484,40 @@ impl Enricher {
                 self.stats.dropped_outside_watch += 1;
                 return None;
             }
-            // Identity of the source while its name is still in the table (rename and unlink
-            // have happened, or are about to, by the time we look at the filesystem).
-            let known = p1.as_deref().and_then(|p| self.key_for(p));
+            if cut1 {
+                unresolved.push("file");
+            }
+            if cut2 {
+                unresolved.push("target");
+            }
             // Identity the target name had before: what a rename replaces.
             let replaced = match op {
-                Some(NsOp::Rename | NsOp::Link) => p2.as_deref().and_then(|p| self.key_for(p)),
+                Some(NsOp::Rename | NsOp::Link) => p2
+                    .as_deref()
+                    .filter(|_| !cut2)
+                    .and_then(|p| self.key_for(p)),
                 _ => None,
             };
-            // Keep the watch set and path table current.
+            // Keep the watch set and path table current (never by a cut name).
+            let (w1, w2) = (p1.as_ref().filter(|_| !cut1), p2.as_ref().filter(|_| !cut2));
             match op {
                 Some(NsOp::Rename) => {
-                    if let (Some(a), Some(b)) = (&p1, &p2) {
+                    if let (Some(a), Some(b)) = (w1, w2) {
                         self.watch.renamed(a, b);
+                    }
+                    if let Some(b) = w2 {
                         self.watch.observe_new_path(b, maps);
                     }
                 }
                 Some(NsOp::Unlink | NsOp::Rmdir) => {
                     // Forget the name: the inode number may come back for another file.
-                    if let Some(p) = &p1 {
+                    if let Some(p) = w1 {
                         self.watch.forget_path(p);
                     }
                 }
                 Some(NsOp::Mkdir | NsOp::Link | NsOp::Symlink) => {
-                    if let Some(p) = p2.as_ref().or(p1.as_ref()) {
+                    let new = if p2.is_some() { w2 } else { w1 };
+                    if let Some(p) = new {
                         self.watch.observe_new_path(p, maps);
                     }
                 }
@@ -454,6 +555,9 @@ impl Enricher {
             }
             Some(NsOp::Truncate) => ev.detail.push(("length", n.aux2.to_string())),
             _ => {}
+        }
+        if !unresolved.is_empty() {
+            ev.detail.push((longpath::DETAIL, unresolved.join(",")));
         }
         if n.flags & ns_flags::VIA_IO_URING != 0 {
             ev.detail.push(("via", "io_uring".into()));

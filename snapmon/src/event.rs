@@ -146,3 +146,13 @@ pub struct Event {
     /// Set by classify: the regions a write touched and the field-level diff.
     pub classification: Option<crate::classify::Classification>,
 }
+
+impl Event {
+    /// Is the path of `which` (`file`, `target`) only the start of one, unresolved? Its name
+    /// then tells nothing of the real one's end (its extension).
+    pub fn path_cut(&self, which: &str) -> bool {
+        self.detail
+            .iter()
+            .any(|(k, v)| *k == crate::longpath::DETAIL && v.split(',').any(|w| w == which))
+    }
+}

@@ -17,6 +17,7 @@ pub mod evidence;
 pub mod kernel;
 pub mod lineage;
 pub mod lineage_bridge;
+pub mod longpath;
 pub mod metrics;
 pub mod notify;
 pub mod offline;

@@ -417,6 +417,7 @@ pub(crate) mod tests {
             skipped: (0..300)
                 .map(|i| format!("/srv/images/vm{i}/too-deep: depth limit"))
                 .collect(),
+            too_deep: 300,
         };
         let roots = (0..200)
             .map(|i| PathBuf::from(format!("/srv/images/pool{i}/vm-disks")))

@@ -156,10 +156,13 @@ pub struct WatchStats {
     pub files: usize,
     pub dirs: usize,
     pub skipped: Vec<String>,
+    /// Directories not descended into: deeper than the scan depth below their root.
+    pub too_deep: usize,
 }
 
-/// Limits that keep a registration bounded on a huge or looping tree.
-pub const MAX_DEPTH: usize = 16;
+/// Limits that keep a registration bounded on a huge or looping tree. The depth is
+/// `[agent] scan_depth` (default: as deep as short names reach within PATH_MAX).
+pub const DEFAULT_SCAN_DEPTH: usize = 256;
 pub const MAX_ENTRIES: usize = 60_000;
 
 /// The userspace half of the watch set.
@@ -171,6 +174,8 @@ pub struct WatchSet {
     pub paths: HashMap<FileKey, PathBuf>,
     pub dirs: HashSet<FileKey>,
     pub stats: WatchStats,
+    /// Directory levels registered below a root or a new directory (None: the default).
+    pub scan_depth: Option<usize>,
 }
 
 /// Lexically normalize an absolute path (`.`/`..`/`//`), without touching the filesystem.
@@ -247,10 +252,12 @@ impl WatchSet {
         maps.add_dir(key, dir_flags::WATCHED)?;
         self.paths.insert(key, dir.to_path_buf());
         self.stats.dirs += 1;
-        if depth >= MAX_DEPTH {
+        let max = self.scan_depth.unwrap_or(DEFAULT_SCAN_DEPTH);
+        if depth >= max {
+            self.stats.too_deep += 1;
             self.stats
                 .skipped
-                .push(format!("{}: deeper than {MAX_DEPTH} levels", dir.display()));
+                .push(format!("{}: deeper than {max} levels", dir.display()));
             return Ok(());
         }
         let rd = match std::fs::read_dir(dir) {
@@ -377,6 +384,34 @@ mod tests {
         assert!(maps.prefixes.contains(&fnv1a(d.as_os_str().as_bytes())));
         assert!(ws.covers(&d.join("new")));
         assert!(!ws.covers(Path::new("/etc/passwd")));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn trees_deeper_than_sixteen_levels_are_registered_to_the_scan_depth() {
+        let d = tmpdir("deep");
+        let mut leaf = d.clone();
+        for i in 0..20 {
+            leaf = leaf.join(format!("l{i}"));
+        }
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(leaf.join("vm.qcow2"), b"x").unwrap();
+        let key = key_of(&std::fs::metadata(leaf.join("vm.qcow2")).unwrap());
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d, &mut maps).unwrap();
+        assert!(maps.files.contains(&key));
+        assert_eq!((ws.stats.too_deep, ws.stats.skipped.len()), (0, 0));
+        // A lower depth is honoured, and counted where the agent warns from.
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet {
+            scan_depth: Some(10),
+            ..Default::default()
+        };
+        ws.add_root(&d, &mut maps).unwrap();
+        assert!(!maps.files.contains(&key));
+        assert_eq!(ws.stats.too_deep, 1);
+        assert!(ws.stats.skipped[0].contains("deeper than 10 levels"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -2,7 +2,10 @@
 //! a FIFO planted by `nobody` under an image's name in a 1777 store (opened blocking, it
 //! stalled the agent's main thread: later tampering went unreported and SIGTERM unheeded),
 //! and a policy file a non-root user can write (a blanket exception and one SIGHUP silenced
-//! every rule). Attackers run as `nobody`; each test has an agent of its own.
+//! every rule), and paths longer than the 255 bytes the kernel copies (a mass rename to long
+//! names went unalerted, deep mkdirs all showed one cut path) or stores deeper than the
+//! scan went (writes there were not reported). Attackers run as `nobody`; each test has an
+//! agent of its own.
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -12,7 +15,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{python, run, Agent};
+use snapmon_e2e::{action, dest, python, run, Agent};
 
 const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
 /// The system python, not a pyenv shim that nobody cannot run.
@@ -303,4 +306,148 @@ fn a_policy_made_writable_and_silenced_by_nobody_is_not_reloaded() {
         .expect("SM-Q002 silenced by a policy nobody wrote");
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `nobody`'s python, run to completion: its pid.
+fn nobody_py_pid(code: &str) -> u32 {
+    run("setpriv", &[SETPRIV, &[PYTHON, "-c", code]].concat()).pid
+}
+
+/// A path the agent names as `want`, or as the kernel's cut copy of it (`…` appended, and
+/// the record marks that path `path_truncated`). None when it names something else.
+fn named(v: &Value, shown: Option<&str>, which: &str, want: &str) -> Option<bool> {
+    let shown = shown?;
+    if shown == want {
+        return Some(true);
+    }
+    let marked = v["snapmon"]["detail"]["path_truncated"]
+        .as_str()
+        .is_some_and(|m| m.split(',').any(|w| w == which));
+    let head = shown.strip_suffix('…')?;
+    (marked && want.starts_with(head) && head.len() >= 255).then_some(false)
+}
+
+#[test]
+fn a_mass_rename_to_names_past_255_bytes_alerts_and_names_them() {
+    let mut a = Agent::spawn("unblind-longname", &[], &[]).unwrap();
+    let store = open_store(&a);
+    // Paths of ~290 bytes (under PATH_MAX): the kernel copies 255, which ends inside the
+    // name, before its extension. The number comes first, as ransomware keeps the old name.
+    let pad = "x".repeat(230);
+    let imgs: Vec<String> = (0..6)
+        .map(|i| {
+            let p = store.join(format!("vm{i}-{pad}.qcow2"));
+            let s = p.to_str().unwrap().to_string();
+            run("qemu-img", &["create", "-q", "-f", "qcow2", &s, "1M"]);
+            run("chown", &["nobody:nogroup", &s]);
+            s
+        })
+        .collect();
+    assert!(imgs
+        .iter()
+        .all(|p| p.len() > 255 + ".qcow2".len() && p.len() < 4000));
+    let mark = a.mark();
+    let pid = nobody_py_pid(&format!(
+        "import os\nfor p in {imgs:?}: os.rename(p, p + '.locked')"
+    ));
+    let alert = a
+        .wait_from(mark, Duration::from_secs(10), |v| {
+            v["event"]["kind"] == "alert"
+                && v["rule"]["id"] == "SM-R001"
+                && v["process"]["pid"] == pid
+        })
+        .unwrap_or_else(|| {
+            let renames: Vec<Value> = a
+                .records()
+                .into_iter()
+                .filter(|v| action(v) == "rename" && v["process"]["pid"] == pid)
+                .collect();
+            panic!(
+                "no SM-R001 for 6 images renamed to long `.qcow2.locked` names: {}",
+                snapmon_e2e::brief(&renames)
+            )
+        });
+    // The alert's evidence is one of the renames, named in full (or marked cut).
+    let (src, dst) = (alert["file"]["path"].as_str(), dest(&alert));
+    let i = imgs
+        .iter()
+        .position(|p| named(&alert, src, "file", p).is_some())
+        .unwrap_or_else(|| panic!("the alert names no image: {alert}"));
+    let whole = named(&alert, src, "file", &imgs[i]).unwrap()
+        && named(&alert, dst, "target", &format!("{}.locked", imgs[i]))
+            .unwrap_or_else(|| panic!("the destination is not vm{i}'s: {alert}"));
+    snapmon_e2e::note(&format!(
+        "SM-R001 on long names; evidence named {}",
+        if whole { "in full" } else { "cut, marked" }
+    ));
+}
+
+#[test]
+fn mkdirs_past_255_bytes_are_each_named_or_marked_cut() {
+    let a = Agent::spawn("unblind-deepmkdir", &[], &[]).unwrap();
+    let store = open_store(&a);
+    // 30 levels of 19 bytes: the last 15 or so run past the 255 bytes the kernel copies.
+    let mut dirs = vec![];
+    let mut p = store.clone();
+    for i in 0..30 {
+        p = p.join(format!("level-{i:02}-aaaaaaaaaa"));
+        dirs.push(p.to_str().unwrap().to_string());
+    }
+    let deep = dirs.iter().filter(|d| d.len() > 255).count();
+    assert!(deep >= 15, "{deep}");
+    let pid = nobody_py_pid(&format!("import os\nfor d in {dirs:?}: os.mkdir(d)"));
+    let mut seen = vec![];
+    let end = Instant::now() + Duration::from_secs(10);
+    while seen.len() < dirs.len() && Instant::now() < end {
+        seen = a
+            .records()
+            .into_iter()
+            .filter(|v| action(v) == "mkdir" && v["process"]["pid"] == pid)
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(seen.len(), dirs.len(), "{}", snapmon_e2e::brief(&seen));
+    // In order, each event names its own directory, or its cut copy marked as such.
+    let mut whole = 0;
+    for (v, d) in seen.iter().zip(&dirs) {
+        match named(v, v["file"]["path"].as_str(), "file", d) {
+            Some(true) => whole += 1,
+            Some(false) => {}
+            None => panic!("mkdir of {d} ({} bytes) shown as {v}", d.len()),
+        }
+    }
+    snapmon_e2e::note(&format!(
+        "{whole} of {} mkdirs named in full ({deep} past 255 bytes)",
+        dirs.len()
+    ));
+}
+
+#[test]
+fn an_image_twenty_levels_deep_in_a_store_is_watched_from_the_start() {
+    // The store exists, with its tree, before the agent starts and scans it.
+    let store = std::env::temp_dir().join(format!("snapmon-unblind-deep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let mut d = store.join("images");
+    for i in 0..20 {
+        d = d.join(format!("l{i}"));
+    }
+    std::fs::create_dir_all(&d).unwrap();
+    let img = image_with_3_snapshots(&d, "vm.qcow2");
+    // And a tree deeper than the default scan depth (256 levels): warned about at start.
+    let mut far = store.join("far");
+    for _ in 0..260 {
+        far = far.join("d");
+    }
+    std::fs::create_dir_all(&far).unwrap();
+    let mut a = Agent::spawn("unblind-deepscan", &[], std::slice::from_ref(&store)).unwrap();
+    let (pid, mark) = hide_snapshots(&a, &img);
+    q002(&mut a, mark, pid, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no SM-Q002 for an image 20 levels down a store"));
+    let warnings = a.started["snapmon"]["state"]["warnings"].to_string();
+    assert!(
+        warnings.contains("deeper than 256 levels") && warnings.contains("scan_depth"),
+        "no scan-depth warning in `started`: {warnings}"
+    );
+    drop(a);
+    let _ = std::fs::remove_dir_all(&store);
 }

@@ -798,7 +798,10 @@ fn r001(ctx: &mut Ctx) -> Option<Hit> {
     let dst = ev.target.as_ref()?.path.as_ref()?.0.as_slice();
     let (sl, dl) = (leaf_bytes(src), leaf_bytes(dst));
     let exts = &ctx.det.image_extensions;
-    if !has_image_ext(sl, exts) {
+    // A cut name (the kernel's copy, unresolved) has lost its end: in a watched store it may
+    // be an image's, and its extension may differ. Never judged as if whole.
+    let (src_cut, dst_cut) = (ev.path_cut("file"), ev.path_cut("target"));
+    if !src_cut && !has_image_ext(sl, exts) {
         return None;
     }
     let ext = |n: &[u8]| {
@@ -806,7 +809,11 @@ fn r001(ctx: &mut Ctx) -> Option<Hit> {
             .rposition(|&c| c == b'.')
             .map(|i| n[i..].to_ascii_lowercase())
     };
-    if ext(sl) == ext(dl) {
+    if !src_cut && !dst_cut && ext(sl) == ext(dl) {
+        return None;
+    }
+    // Whatever a cut name was, renaming it to an image's name is not this shape.
+    if src_cut && !dst_cut && has_image_ext(dl, exts) {
         return None;
     }
     let (threshold, window) = (ctx.threshold as usize, ctx.window_ns);
@@ -852,8 +859,20 @@ fn new_name(ev: &Event) -> Option<&[u8]> {
     }
 }
 
+/// Is the new name only the start of one (cut, unresolved)? Then it is shown with an
+/// ellipsis, and only its start can be judged.
+fn new_name_cut(ev: &Event) -> bool {
+    match ev.action {
+        "rename" | "link" | "symlink" => ev.path_cut("target"),
+        _ => ev.path_cut("file"),
+    }
+}
+
 fn r002(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
+    if new_name_cut(ev) {
+        return None; // a glob on a whole name cannot judge its start
+    }
     let name = new_name(ev)?;
     let g = ctx.det.ransom.iter().find(|g| g.matches(name))?;
     Some(Hit::msg(format!(
@@ -871,13 +890,23 @@ fn h001(ctx: &mut Ctx) -> Option<Hit> {
         return None;
     }
     let name = new_name(ev)?;
-    if name.is_empty() {
+    // Of a cut name only the start is real: its end is the ellipsis.
+    let cut = new_name_cut(ev);
+    let seen = if cut {
+        name.strip_suffix(crate::longpath::ELLIPSIS.as_bytes())
+            .unwrap_or(name)
+    } else {
+        name
+    };
+    if seen.is_empty() {
         return None;
     }
-    let why = if name[0] == b'.' {
+    let why = if seen[0] == b'.' {
         "dot-file"
-    } else if name.iter().any(|&c| c < 0x20 || c == 0x7f) {
+    } else if seen.iter().any(|&c| c < 0x20 || c == 0x7f) {
         "control characters in the name"
+    } else if cut {
+        return None;
     } else if name.ends_with(b" ") || name.ends_with(b".") {
         "trailing space or dot"
     } else if name.ends_with("\u{a0}".as_bytes())
@@ -925,7 +954,8 @@ fn h002(ctx: &mut Ctx) -> Option<Hit> {
     ]
     .iter()
     .any(|d| ps.contains(d));
-    let wrong_name = !has_image_ext(name, &ctx.det.image_extensions) && !name.is_empty();
+    let wrong_name =
+        !has_image_ext(name, &ctx.det.image_extensions) && !name.is_empty() && !ev.path_cut("file");
     if !wrong_place && !wrong_name {
         return None;
     }
@@ -1261,6 +1291,7 @@ fn t001(ctx: &mut Ctx) -> Option<Hit> {
     let p = path_bytes(ev);
     let c = cls(ev);
     let snapshot_file = has_image_ext(leaf_bytes(p), &ctx.det.image_extensions)
+        || ev.path_cut("file")
         || c.is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
         || ev
             .file

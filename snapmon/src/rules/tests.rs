@@ -627,3 +627,49 @@ fn every_hidden_snapshot_is_named_up_to_a_bound() {
     );
     assert!(q.message.contains(", s63 and 6 more)"), "{}", q.message);
 }
+
+/// Renames whose names the kernel cut (unresolved, marked `path_truncated`): the cut name has
+/// lost its extension, and SM-R001 must not take that for "not an image".
+#[test]
+fn renames_to_cut_names_count_as_image_renames_and_whole_ones_are_judged_as_before() {
+    let renames = |src: &dyn Fn(u64) -> String, dst: &dyn Fn(u64) -> String, cut: &str| {
+        let mut e = engine(&Policy::embedded());
+        let mut fired = vec![];
+        for i in 0..6u64 {
+            let mut ev = hide_event(4242);
+            ev.seq = i + 1;
+            ev.ts_unix_ns += i as i128 * 1_000_000;
+            ev.action = "rename";
+            ev.classification = None;
+            ev.file.as_mut().unwrap().ino = 100 + i;
+            ev.file.as_mut().unwrap().path = Some(Bytes(src(i).into_bytes()));
+            ev.target = Some(FileInfo {
+                path: Some(Bytes(dst(i).into_bytes())),
+                ..Default::default()
+            });
+            if !cut.is_empty() {
+                ev.detail.push((crate::longpath::DETAIL, cut.to_string()));
+            }
+            fired.extend(e.process(&ev).into_iter().map(|a| a.rule_id));
+        }
+        fired.contains(&"SM-R001".to_string())
+    };
+    let long = "x".repeat(200);
+    let img = |i: u64| format!("/s/d{i}.qcow2");
+    let cut_dst = |i: u64| format!("/s/d{i}-{long}…");
+    let cut_src = |i: u64| format!("/s/{long}-{i}…");
+    assert!(renames(&img, &cut_dst, "target"), "image → cut name");
+    assert!(renames(&cut_src, &cut_dst, "file,target"), "cut → cut");
+    assert!(
+        renames(&cut_src, &|i| format!("/s/d{i}.locked"), "file"),
+        "cut → non-image name"
+    );
+    // Whole names: as before (and the same bytes unmarked are whole names).
+    assert!(renames(&img, &|i| format!("/s/d{i}.qcow2.locked"), ""));
+    assert!(!renames(&img, &|i| format!("/s/e{i}.qcow2"), ""));
+    assert!(
+        !renames(&cut_src, &cut_dst, ""),
+        "unmarked, `…` ends a name"
+    );
+    assert!(!renames(&cut_src, &img, "file"), "cut → image name");
+}
