@@ -1,8 +1,8 @@
 //! Heartbeat under a flood (issue #15, item 8): while `nobody` floods a watched 1777 store with
 //! header rewrites (the ring buffer never empties, so a drain that runs until it does
 //! never ends), the `stats` heartbeat keeps coming every `--stats-interval` and SIGTERM still
-//! ends the agent at once. A flood of several seconds under emulation measures the guest, not
-//! the agent: host only.
+//! ends the agent at once; and a closed stdout ends it at once, record or not. A flood of
+//! several seconds under emulation measures the guest, not the agent: host only.
 // xtask-suite: host-only
 
 use std::{
@@ -142,4 +142,41 @@ fn stats_keep_coming_and_sigterm_is_heeded_during_a_flood() {
         t.elapsed()
     ));
     drop(floods);
+}
+
+/// `snapmon run | head`: once the reader has gone the agent exits at once, even on a quiet
+/// host where no record would meet the broken pipe.
+#[test]
+fn a_closed_stdout_ends_the_agent_at_once() {
+    use std::io::BufRead as _;
+    let root = std::env::temp_dir().join(format!("snapmon-e2e-{}-epipe", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let mut cmd = Command::new(snapmon_e2e::bin());
+    cmd.args(["run", "--format", "json", "--watch"])
+        .arg(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = snapmon_e2e::spawn_tied(cmd).unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("\"action\":\"started\"") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "stdout ended before `started`"
+        );
+    }
+    drop(out);
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(3) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent still runs 3 s after its stdout's reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    snapmon_e2e::note(&format!("exited {:?} after stdout closed", t.elapsed()));
+    let _ = std::fs::remove_dir_all(&root);
 }
