@@ -358,7 +358,13 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // SAFETY: `owned` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
     let fd = unsafe { AsyncFd::register(owned) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut buf: Vec<Vec<u8>> = Vec::with_capacity(256);
+    let mut buf = Chunk::default();
+    // Records left in the ring buffer by a drain pass cut short (a flood): drained again
+    // on the loop's next turn, after whatever else is due.
+    let mut backlog = false;
+    let mut last_stats_lost = registry.snapshot().lost;
+    // EPOLLERR on stdout when its reader has gone: noticed with no record to write.
+    let stdout_err = sinks.writes_stdout().then(stdout_watch).flatten();
     let reason;
     loop {
         // Held events and rechecks (classify::recheck) are due without a record to carry them.
@@ -369,23 +375,22 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // Biased: signals, the tick (stats, loss, watchdog) and timers come before the ring
+        // buffer, and a drain pass is bounded (DRAIN_SLICE), so a flood delays none of them.
         tokio::select! {
-            _ = later => {
-                let recs = pipe.poll(Instant::now(), &mut KernelMaps::of(&mut k));
-                if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
-            }
-            r = fd.readable() => {
-                let mut guard = r?;
-                guard.clear_ready();
-                if drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf).is_err() { return Ok(()); }
-            }
+            biased;
+            _ = term.recv() => { reason = "SIGTERM"; break; }
+            _ = int.recv() => { reason = "SIGINT"; break; }
+            _ = stdout_closed(&stdout_err) => return Ok(()),
             _ = tick.tick() => {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
                 if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
-                if opts.stats_interval.is_some_and(|d| last_stats.elapsed() >= d) {
+                // Half a tick of slack: ticks jitter, and a stats interval equal to the
+                // status interval must give one record per tick, not one per two.
+                if opts.stats_interval.is_some_and(|d| last_stats.elapsed() + opts.status_interval / 2 >= d) {
                     last_stats = Instant::now();
-                    for r in crate::state::stats(&pipe, &sinks) {
+                    for r in crate::state::stats(&pipe, &sinks, &mut last_stats_lost) {
                         if emit(&sinks, r).is_err() { return Ok(()); }
                     }
                 }
@@ -401,13 +406,41 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 notify.ready("reloaded");
             }
             _ = usr1.recv() => sinks.reopen(),
-            _ = term.recv() => { reason = "SIGTERM"; break; }
-            _ = int.recv() => { reason = "SIGINT"; break; }
+            _ = later => {
+                let recs = pipe.poll(Instant::now(), &mut KernelMaps::of(&mut k));
+                if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
+            }
+            // A yield, not a ready future: the runtime turns its timer and signal drivers
+            // only when the task gives way, so the branches above would never become ready.
+            _ = tokio::task::yield_now(), if backlog => {
+                match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
+                    Ok(d) => backlog = d == Drained::More,
+                    Err(BrokenPipe) => return Ok(()),
+                }
+            }
+            r = fd.readable() => {
+                let mut guard = r?;
+                guard.clear_ready();
+                match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
+                    Ok(d) => backlog = d == Drained::More,
+                    Err(BrokenPipe) => return Ok(()),
+                }
+            }
         }
     }
     notify.stopping();
-    // Drain what the kernel already queued, judge what is held, then say goodbye.
-    if drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf).is_err() {
+    // Drain what the kernel already queued (for a bounded time: a flood does not end
+    // because we stop), judge what is held, then say goodbye.
+    if drain(
+        &mut k,
+        &mut pipe,
+        &mut responder,
+        &sinks,
+        &mut buf,
+        Instant::now() + STOP_DRAIN,
+    )
+    .is_err()
+    {
         return Ok(());
     }
     let recs = pipe.flush_held(&mut KernelMaps::of(&mut k));
@@ -523,6 +556,11 @@ fn reload(
             ));
         }
     }
+    // The watch set is built at start: a store added or removed takes a restart.
+    let restart_needed = store_changes(&opts.policy.stores, &policy.stores);
+    for n in &restart_needed {
+        eprintln!("snapmon: reload: {n}");
+    }
     if let Err(e) = pipe.reload(policy) {
         return failed(e);
     }
@@ -548,8 +586,30 @@ fn reload(
     };
     StateRecord {
         action: "reloaded",
-        detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings(), "enforcement": enforcement, "response": response}),
+        detail: json!({"policy": path.display().to_string(), "rule_warnings": pipe.rule_warnings(),
+                       "enforcement": enforcement, "response": response, "restart_needed": restart_needed}),
     }
+}
+
+/// `[[store]]` entries a reload cannot apply (the kernel's watch set is built at start), one
+/// sentence each; empty when the stores are those the agent started with.
+fn store_changes(running: &[crate::config::Store], new: &[crate::config::Store]) -> Vec<String> {
+    let has = |list: &[crate::config::Store], s: &crate::config::Store| {
+        list.iter().any(|x| x.path == s.path)
+    };
+    let added = new.iter().filter(|s| !has(running, s)).map(|s| {
+        format!(
+            "[[store]] {} added: not watched until the agent restarts",
+            s.path.display()
+        )
+    });
+    let removed = running.iter().filter(|s| !has(new, s)).map(|s| {
+        format!(
+            "[[store]] {} removed: still watched until the agent restarts",
+            s.path.display()
+        )
+    });
+    added.chain(removed).collect()
 }
 
 /// Read every attached program's run statistics into the metrics registry (a bpf() call per
@@ -594,50 +654,102 @@ fn deliver(
 /// Longest a handled record waits in a batch for the rest of its chunk.
 const HANDOFF_AFTER: Duration = Duration::from_millis(5);
 
-/// Read everything queued, in batches, then flush once.
+/// Longest one drain pass runs before the loop takes its turn (signals, ticks, timers): well
+/// inside the 100 ms a SIGTERM may wait.
+const DRAIN_SLICE: Duration = Duration::from_millis(20);
+/// Longest the shutdown drain runs: what is still queued after it is left unread.
+const STOP_DRAIN: Duration = Duration::from_millis(100);
+
+/// Whether a drain pass emptied the ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Empty,
+    /// Stopped at its deadline with records still queued.
+    More,
+}
+
+/// Ring-buffer records copied out and not yet handled; the buffers are reused from chunk to
+/// chunk (no allocation per record), and what a pass left is handled first by the next.
+#[derive(Default)]
+struct Chunk {
+    bufs: Vec<Vec<u8>>,
+    next: usize,
+    len: usize,
+}
+
+/// Read what is queued, chunk by chunk (one flush per chunk), until the ring buffer is
+/// empty or `until` has passed; checked per record, as one can take milliseconds.
 fn drain(
     k: &mut Kernel,
     pipe: &mut Pipeline,
     responder: &mut crate::respond::act::Responder,
     sinks: &SinkSet,
-    buf: &mut Vec<Vec<u8>>,
-) -> Result<(), BrokenPipe> {
+    chunk: &mut Chunk,
+    until: Instant,
+) -> Result<Drained, BrokenPipe> {
     loop {
-        // The copies' buffers are reused from chunk to chunk: no allocation per record.
-        let mut n = 0;
-        while let Some(item) = k.events.next() {
-            match buf.get_mut(n) {
-                Some(b) => {
-                    b.clear();
-                    b.extend_from_slice(&item);
+        if chunk.next == chunk.len {
+            let mut n = 0;
+            while let Some(item) = k.events.next() {
+                match chunk.bufs.get_mut(n) {
+                    Some(b) => {
+                        b.clear();
+                        b.extend_from_slice(&item);
+                    }
+                    None => chunk.bufs.push(item.to_vec()),
                 }
-                None => buf.push(item.to_vec()),
+                n += 1;
+                if n >= 256 {
+                    break;
+                }
             }
-            n += 1;
-            if n >= 256 {
-                break;
+            (chunk.next, chunk.len) = (0, n);
+            if n == 0 {
+                return Ok(Drained::Empty);
             }
-        }
-        if n == 0 {
-            break;
         }
         // One hand-off (one wake-up and one flush per sink) per chunk, not per record.
-        sinks.batch(|| -> Result<(), BrokenPipe> {
+        let out_of_time = sinks.batch(|| -> Result<bool, BrokenPipe> {
             let mut since = Instant::now();
-            for raw in &buf[..n] {
+            while chunk.next < chunk.len {
                 // A slow record (an LVM metadata re-read under load) must not hold back the
                 // ones already handled: hand over what is pending every HANDOFF_AFTER.
                 if since.elapsed() >= HANDOFF_AFTER {
                     sinks.hand_off_pending();
                     since = Instant::now();
                 }
+                let raw = &chunk.bufs[chunk.next];
+                chunk.next += 1;
                 let recs = pipe.handle(raw, &mut KernelMaps::of(k));
                 deliver(recs, pipe, responder, sinks)?;
+                if Instant::now() >= until {
+                    return Ok(true);
+                }
             }
-            Ok(())
+            Ok(false)
         })?;
+        if out_of_time {
+            return Ok(Drained::More);
+        }
     }
-    Ok(())
+}
+
+/// A watch on stdout for its reader going away (EPOLLERR on a pipe's write end), when stdout
+/// is something epoll takes (a pipe or socket; not a file or /dev/null).
+fn stdout_watch() -> Option<AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
+    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::ERROR) }.ok()
+}
+
+/// Resolves once stdout's reader has gone; never when stdout is not watched.
+async fn stdout_closed(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
+    match w {
+        Some(w) => {
+            let _ = w.ready(tokio::io::Interest::ERROR).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Trusted writes dropped in the kernel since the last tick, when there were any.
@@ -694,4 +806,32 @@ fn report_loss(
         detail: json!({"kernel": delta, "kernel_total": now, "decoder": decode}),
     };
     emit(sinks, Record::Metric(rec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Store;
+
+    fn store(p: &str) -> Store {
+        Store {
+            path: p.into(),
+            kind: Default::default(),
+            required: false,
+        }
+    }
+
+    #[test]
+    fn a_reload_names_the_stores_it_cannot_apply() {
+        let running = [store("/a"), store("/b")];
+        assert!(store_changes(&running, &[store("/b"), store("/a")]).is_empty());
+        let n = store_changes(&running, &[store("/a"), store("/c")]);
+        assert_eq!(
+            n,
+            [
+                "[[store]] /c added: not watched until the agent restarts",
+                "[[store]] /b removed: still watched until the agent restarts"
+            ]
+        );
+    }
 }

@@ -705,3 +705,24 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::metrics_exposure;
+
+    #[test]
+    fn metrics_beyond_loopback_are_warned_about() {
+        for quiet in [
+            "127.0.0.1:9464",
+            "127.0.0.2:9464",
+            "[::1]:9464",
+            "localhost:9464",
+        ] {
+            assert_eq!(metrics_exposure(quiet), None, "{quiet}");
+        }
+        for loud in ["0.0.0.0:9464", "[::]:9464", "10.1.2.3:9464", "myhost:9464"] {
+            let w = metrics_exposure(loud).unwrap_or_else(|| panic!("{loud}: no warning"));
+            assert!(w.contains(loud) && w.contains("no authentication"), "{w}");
+        }
+    }
+}

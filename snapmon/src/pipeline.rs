@@ -268,10 +268,12 @@ impl Pipeline {
     }
 
     /// SIGHUP: swap in a new policy's rules, transactionally. Everything is built first; on
-    /// any error the running rules (and their state) stay as they were.
+    /// any error the running rules (and their state) stay as they were. The new rules take
+    /// over the state of the unchanged ones (`Engine::inherit`).
     pub fn reload(&mut self, policy: Policy) -> Result<(), String> {
         let e = Engine::build(&policy, &HostResolver, Box::new(HostLocalTime))?;
-        self.rules = e;
+        let old = std::mem::replace(&mut self.rules, e);
+        self.rules.inherit(old);
         Ok(())
     }
 

@@ -295,12 +295,18 @@ pub fn stopped(
 
 /// The `hook_runs` records, then the periodic `stats` record: the status-line numbers, the
 /// busiest hooks, pipeline and sinks.
+/// `last_lost` is the `lost` total the previous `stats` record carried; it is moved on, so
+/// each record also says what was lost since the one before (a heartbeat reader need not
+/// keep state).
 pub fn stats(
     pipe: &crate::pipeline::Pipeline,
     sinks: &crate::sink::SinkSet,
+    last_lost: &mut u64,
 ) -> Vec<crate::record::Record> {
     let reg = sinks.registry();
     let s = reg.snapshot();
+    let lost_since_last = s.lost.saturating_sub(*last_lost);
+    *last_lost = s.lost;
     let hooks = reg.hook_runs().unwrap_or_default();
     let mut out = hook_run_records(&hooks);
     out.push(crate::record::Record::Metric(crate::record::MetricRecord {
@@ -310,6 +316,7 @@ pub fn stats(
             "events": s.events,
             "alerts": s.alerts,
             "lost": s.lost,
+            "lost_since_last": lost_since_last,
             "hooks_attached": s.hooks_attached,
             "hooks_total": s.hooks_total,
             "hooks": hook_summary(&hooks),

@@ -136,3 +136,82 @@ fn sighup_applies_a_good_policy_and_keeps_it_over_a_broken_one() {
     drop(a);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// Rate windows survive a reload: `nobody` renames three images to `.locked`, root sends
+/// SIGHUP (the policy gains a `[[store]]`, nothing about the rules), `nobody` renames two
+/// more: five within the window, SM-R001 fires. The `reloaded` record says the new store
+/// needs a restart.
+#[test]
+fn a_reload_between_renames_does_not_reset_the_rate() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let default = Command::new(snapmon_e2e::bin())
+        .args(["policy", "default"])
+        .output()
+        .unwrap();
+    let default = String::from_utf8(default.stdout).unwrap();
+    let base = std::env::temp_dir().join(format!("snapmon-reload-rate-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let policy = base.join("policy.toml");
+    std::fs::write(&policy, &default).unwrap();
+    let mut a = Agent::spawn("reload-rate", &["--config", policy.to_str().unwrap()], &[]).unwrap();
+    let store = a.dir("rules").join("shared");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let imgs: Vec<String> = (0..5)
+        .map(|i| {
+            let p = store.join(format!("vm{i}.qcow2"));
+            let s = p.to_str().unwrap().to_string();
+            run("qemu-img", &["create", "-q", "-f", "qcow2", &s, "1M"]);
+            run("chown", &["nobody:nogroup", &s]);
+            s
+        })
+        .collect();
+    let renames = |which: &[String]| {
+        let code = format!("import os\nfor p in {which:?}: os.rename(p, p + '.locked')");
+        run(
+            "setpriv",
+            &[
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &code,
+            ],
+        );
+    };
+    let mark = a.mark();
+    renames(&imgs[..3]);
+    let r001 = |v: &Value| v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-R001";
+    assert!(
+        a.wait_from(mark, Duration::from_secs(2), r001).is_none(),
+        "SM-R001 after 3 renames (threshold 5)"
+    );
+    let added = a.dir("rules").join("later");
+    std::fs::create_dir_all(&added).unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "{default}\n[[store]]\npath = {:?}\n",
+            added.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mark = a.mark();
+    a.signal(libc::SIGHUP);
+    let r = state_after(&mut a, mark, &["reloaded", "reload_failed"]);
+    assert_eq!(r["event"]["action"], "reloaded", "{r}");
+    let notes = r["snapmon"]["state"]["restart_needed"].to_string();
+    assert!(
+        notes.contains(added.to_str().unwrap()) && notes.contains("restart"),
+        "{r}"
+    );
+    let mark = a.mark();
+    renames(&imgs[3..]);
+    let alert = a
+        .wait_from(mark, Duration::from_secs(5), r001)
+        .expect("no SM-R001 for 3 + 2 renames across a SIGHUP: the reload reset the rate window");
+    snapmon_e2e::note(&format!("{}", alert["message"]));
+    drop(a);
+    let _ = std::fs::remove_dir_all(&base);
+}

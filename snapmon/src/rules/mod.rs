@@ -144,6 +144,19 @@ impl State {
         }
     }
 
+    /// Drop what `rule` alone keeps (its rate or sequence window): it restarts empty. Facts
+    /// every rule leans on (`observe_into`) are kept; dedupe is per rule index (`Engine::inherit`).
+    fn forget(&mut self, rule: &str) {
+        match rule {
+            "SM-R001" => self.renames.clear(),
+            "SM-B001" => self.deletions.clear(),
+            "SM-K004" => self.freezes.clear(),
+            "SM-H002" => self.disguised.clear(),
+            "SM-L001" => self.lineage_seen.clear(),
+            _ => {}
+        }
+    }
+
     /// Sizes, for the stats record and the bounded-state tests.
     pub fn sizes(&self) -> serde_json::Value {
         serde_json::json!({
@@ -217,6 +230,19 @@ struct RuleRt {
     severity_set: bool,
     threshold: u32,
     window_s: u64,
+}
+
+impl RuleRt {
+    /// The same rule with the same settings: what it has counted still means the same.
+    fn same_as(&self, o: &RuleRt) -> bool {
+        self.def.id == o.def.id
+            && (
+                self.severity,
+                self.severity_set,
+                self.threshold,
+                self.window_s,
+            ) == (o.severity, o.severity_set, o.threshold, o.window_s)
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -320,6 +346,37 @@ impl Engine {
             stats: EngineStats::default(),
             own_pid: std::process::id(),
         })
+    }
+
+    /// Take over a running engine's state on reload: the rate and sequence windows and
+    /// dedupe of every rule whose settings did not change, so a SIGHUP between an attack's
+    /// steps resets nothing. A rule added, dropped or changed starts afresh; counters carry on.
+    pub fn inherit(&mut self, old: Engine) {
+        let mut st = old.st;
+        let kept = |r: &RuleRt| self.rules.iter().position(|n| n.same_as(r));
+        for r in &old.rules {
+            if kept(r).is_none() {
+                st.forget(r.def.id);
+            }
+        }
+        for r in &self.rules {
+            if !old.rules.iter().any(|o| o.same_as(r)) {
+                st.forget(r.def.id);
+            }
+        }
+        // Dedupe is keyed by rule index, which enabling or disabling a rule shifts.
+        let remap: Vec<Option<usize>> = old.rules.iter().map(kept).collect();
+        let mut dedupe = Bounded::new(STATE_CAP);
+        for ((i, pid, dev, ino), t) in
+            std::mem::replace(&mut st.dedupe, Bounded::new(1)).into_ordered()
+        {
+            if let Some(Some(n)) = remap.get(i) {
+                dedupe.insert((*n, pid, dev, ino), t);
+            }
+        }
+        st.dedupe = dedupe;
+        self.st = st;
+        self.stats = old.stats;
     }
 
     /// An engine with no rules (used when none could be built).

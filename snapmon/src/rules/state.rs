@@ -62,6 +62,18 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+    /// Every entry, oldest first (to be re-keyed into another map).
+    pub fn into_ordered(mut self) -> Vec<(K, V)> {
+        let order = std::mem::take(&mut self.order);
+        order
+            .into_iter()
+            .filter_map(|k| self.map.remove(&k).map(|v| (k, v)))
+            .collect()
+    }
     pub fn retain(&mut self, mut f: impl FnMut(&K, &mut V) -> bool) {
         self.map.retain(|k, v| f(k, v));
         let map = &self.map;

@@ -673,3 +673,89 @@ fn renames_to_cut_names_count_as_image_renames_and_whole_ones_are_judged_as_befo
     );
     assert!(!renames(&cut_src, &img, "file"), "cut → image name");
 }
+
+/// nobody's python renaming `vm{i}.qcow2` to `.locked`, child of one shell (SM-R001's key).
+fn rename_event(i: u64) -> Event {
+    let mut ev = hide_event(5000 + i as u32);
+    ev.seq = 100 + i;
+    ev.ts_unix_ns += i as i128 * 1_000_000_000;
+    ev.action = "rename";
+    ev.classification = None;
+    ev.process.ancestors = vec![Ancestor {
+        pid: 777,
+        name: "bash".into(),
+        executable: "/usr/bin/bash".into(),
+        ..Default::default()
+    }]
+    .into();
+    let f = ev.file.as_mut().unwrap();
+    f.ino = 1000 + i;
+    f.path = Some(Bytes(format!("/s/vm{i}.qcow2").into_bytes()));
+    ev.target = Some(FileInfo {
+        path: Some(Bytes(format!("/s/vm{i}.qcow2.locked").into_bytes())),
+        ..Default::default()
+    });
+    ev
+}
+
+fn r001(alerts: &[crate::record::Alert]) -> bool {
+    alerts.iter().any(|a| a.rule_id == "SM-R001")
+}
+
+/// Three renames, a reload to `after` (inheriting or not), two more: did SM-R001 fire?
+fn renames_across_reload(after: &Policy, inherit: bool) -> bool {
+    let mut e = engine(&Policy::embedded());
+    for i in 0..3 {
+        assert!(!r001(&e.process(&rename_event(i))));
+    }
+    let mut new = engine(after);
+    if inherit {
+        new.inherit(e);
+    }
+    (3..5).any(|i| r001(&new.process(&rename_event(i))))
+}
+
+#[test]
+fn a_reload_keeps_the_windows_of_unchanged_rules() {
+    // Without carry-over the window restarts: what a SIGHUP between renames used to buy.
+    assert!(!renames_across_reload(&Policy::embedded(), false));
+    assert!(renames_across_reload(&Policy::embedded(), true));
+    // An unrelated change (another rule's severity) keeps SM-R001's window too.
+    let other = Policy::parse("[[rule]]\nid = \"SM-Q001\"\nseverity = \"low\"\n", "p").unwrap();
+    assert!(renames_across_reload(&other, true));
+    // A changed threshold restarts it: 3 + 2 under 4 would fire if the 3 were kept.
+    let changed = Policy::parse("[[rule]]\nid = \"SM-R001\"\nthreshold = 4\n", "p").unwrap();
+    assert!(!renames_across_reload(&changed, true));
+}
+
+#[test]
+fn a_reload_keeps_an_open_freeze_and_dedupe_by_rule_not_index() {
+    let mut e = engine(&Policy::embedded());
+    let hide = hide_event(4242);
+    assert!(e.process(&hide).iter().any(|a| a.rule_id == "SM-Q002"));
+    let mut freeze = hide_event(4243);
+    freeze.action = "ioctl";
+    freeze.classification = Some(Classification {
+        format: "file",
+        ioctl_name: Some("FIFREEZE".into()),
+        ..Default::default()
+    });
+    let _ = e.process(&freeze);
+    let evaluated = e.stats.evaluated;
+    // SM-Q001 off: every later rule's index shifts by one.
+    let p = Policy::parse("[[rule]]\nid = \"SM-Q001\"\nenabled = false\n", "p").unwrap();
+    let mut new = engine(&p);
+    new.inherit(e);
+    assert_eq!(new.stats.evaluated, evaluated);
+    let mut again = hide.clone();
+    again.seq += 10;
+    again.ts_unix_ns += 1_000_000_000;
+    assert!(new.process(&again).is_empty(), "the same finding again");
+    assert_eq!(new.stats.deduped, 1);
+    // The freeze from before the reload is never thawed: SM-K004 when its window ends.
+    let k004 = new.expire(freeze.ts_unix_ns + 3_600 * 1_000_000_000);
+    assert_eq!(
+        k004.iter().map(|a| a.rule_id.as_str()).collect::<Vec<_>>(),
+        ["SM-K004"]
+    );
+}

@@ -214,7 +214,7 @@ pub(crate) fn every_record() -> Vec<Record> {
             })
             .collect(),
     });
-    out.extend(crate::state::stats(&pipe, &sinks));
+    out.extend(crate::state::stats(&pipe, &sinks, &mut 0));
     let hooks = sinks.registry().hook_runs().unwrap();
     let responder = crate::respond::act::Responder::new(crate::evidence::Evidence::new(
         &crate::config::Policy::embedded().evidence,
@@ -231,7 +231,8 @@ pub(crate) fn every_record() -> Vec<Record> {
                        "response": {"active": true, "mode": "kill", "dry_run": false,
                                     "stores": [{"path": "/var/lib/libvirt/images", "monitor": false}],
                                     "kernel_classes": ["header"], "agent_rules": ["SM-R001"], "objects": 3,
-                                    "images": 2, "trusted_count": 4, "notes": ["n"]}}),
+                                    "images": 2, "trusted_count": 4, "notes": ["n"]},
+                       "restart_needed": ["[[store]] /srv/vms added: not watched until the agent restarts"]}),
     }));
     out.push(Record::State(StateRecord {
         action: "reload_failed",

@@ -182,6 +182,8 @@ pub struct SinkSet {
     batching: AtomicBool,
     /// What earlier runs left in the file sinks' files (`previous_run` of `started`).
     previous_runs: Vec<serde_json::Value>,
+    /// A stdout sink is configured: its reader going away ends the agent.
+    writes_stdout: bool,
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -253,6 +255,7 @@ impl SinkSet {
             reported: Mutex::new(Vec::new()),
             batching: AtomicBool::new(false),
             previous_runs: Vec::new(),
+            writes_stdout: configs.iter().any(|c| matches!(c, SinkConfig::Stdout(_))),
         };
         for c in configs {
             let name = c.name();
@@ -396,6 +399,11 @@ impl SinkSet {
             r.push([0; Cause::ALL.len()]);
         }
         Ok(())
+    }
+
+    /// Whether stdout is one of the sinks (so a closed stdout means "exit").
+    pub fn writes_stdout(&self) -> bool {
+        self.writes_stdout
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
