@@ -260,7 +260,7 @@ impl Enricher {
                     _ => None,
                 };
                 if let Some(p) = path {
-                    self.watch.learn(o.file, p);
+                    self.watch.seen(o.file, p, maps);
                 }
                 let mut ev = self.base(raw, "file", t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));
@@ -465,11 +465,7 @@ impl Enricher {
     }
 
     fn key_for(&self, p: &Path) -> Option<FileKey> {
-        self.watch
-            .paths
-            .iter()
-            .find(|(_, v)| v.as_path() == p)
-            .map(|(k, _)| *k)
+        self.watch.key_at(p)
     }
 }
 
