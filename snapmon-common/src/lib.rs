@@ -197,8 +197,13 @@ pub mod lost {
     pub const STASH_FULL: u32 = 2;
     /// io_uring request on a registered file: not resolvable from the submit tracepoint.
     pub const URING_FIXED_FILE: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// A new file in a watched dir the full `WATCHED_FILES` map could not take.
+    pub const WATCH_FULL: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
+
+/// Entries of the kernel's `WATCHED_FILES` map.
+pub const WATCHED_FILES_MAX: u32 = 65536;
 
 /// Common prefix of every record. 48 bytes.
 #[repr(C)]
@@ -496,6 +501,9 @@ pub mod runtime {
     pub const LSM_OBSERVE: u32 = 1 << 3;
     /// The circuit breaker is live (`RESPOND`, `RESPOND_PATHS`, `RESPOND_TRUSTED` loaded).
     pub const RESPOND_ACTIVE: u32 = 1 << 4;
+    /// `WATCHED_FILES` is past its ordinary share: new files are left to the agent, which
+    /// admits images and metadata into the headroom.
+    pub const WATCH_RESERVE: u32 = 1 << 5;
 }
 
 /// Circuit breaker (`RESPOND`, `RESPOND_PATHS` values and `RespondEvent::class`): which

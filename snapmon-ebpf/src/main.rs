@@ -44,7 +44,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// Watched regular files and devices, by identity. Value: reserved flags.
 #[map]
-static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(65536, 0);
+static WATCHED_FILES: HashMap<FileKey, u32> =
+    HashMap::with_max_entries(snapmon_common::WATCHED_FILES_MAX, 0);
 
 /// Nonzero at `ino_slot(ino)` for every watched file's inode number (`snapmon_common::ino_slot`).
 #[map]

@@ -6,16 +6,21 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use snapmon_common::{dir_flags, valid as v, EventKind, OpenStash, PATH_LEN};
+use snapmon_common::{dir_flags, lost, runtime, valid as v, EventKind, OpenStash, PATH_LEN};
 
 use crate::{
-    emit::{copy_user_str, fill_header, output, sc_arg, sc_ret},
+    emit::{copy_user_str, count_lost, fill_header, output, sc_arg, sc_ret},
     kernel::{
         current_task, dentry_inode, fd_to_file, file_inode, inode_key, inode_size, is_agent, off,
         rk, valid,
     },
-    OPEN_STASH, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
+    OPEN_STASH, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
 };
+
+#[inline(always)]
+fn runtime_flags() -> u32 {
+    RUNTIME.get(0).copied().unwrap_or(0)
+}
 
 const O_WRONLY: u64 = 0o1;
 const O_RDWR: u64 = 0o2;
@@ -122,10 +127,14 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     if !file_watched && !parent_watched {
         return;
     }
-    if !file_watched {
+    // Past the map's ordinary share the agent decides (images and metadata get the
+    // headroom, the rest is counted there), so a flood of junk cannot fill it for good.
+    if !file_watched && runtime_flags() & runtime::WATCH_RESERVE == 0 {
         // Watch it from now on, before its first write can reach us.
         crate::kernel::mark_watched_ino(key.ino);
-        let _ = WATCHED_FILES.insert(&key, &0, 0);
+        if WATCHED_FILES.insert(&key, &0, 0).is_err() {
+            count_lost(lost::WATCH_FULL);
+        }
     }
     let Some(ev) = SCRATCH_OPEN.get_ptr_mut(0) else {
         return;

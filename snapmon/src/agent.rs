@@ -31,6 +31,8 @@ pub struct KernelMaps<'a> {
     pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: &'a mut BpfHashMap<MapData, u64, u32>,
     pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
+    /// Runtime flags (`snapmon_common::runtime`): the file map's reserve bit.
+    pub runtime: &'a mut aya::maps::Array<MapData, u32>,
 }
 
 impl<'a> KernelMaps<'a> {
@@ -42,6 +44,7 @@ impl<'a> KernelMaps<'a> {
             dirs: &mut k.dirs,
             prefixes: &mut k.prefixes,
             write_filter: &mut k.write_filter,
+            runtime: &mut k.runtime,
         }
     }
 }
@@ -55,6 +58,31 @@ impl WatchMaps for KernelMaps<'_> {
         self.files
             .insert(key, 0, 0)
             .map_err(|e| format!("watched-files map: {e}"))
+    }
+    fn remove_file(&mut self, key: FileKey) {
+        // Absent already (never taken, or withdrawn before) is the wanted end state. The
+        // prefilter slot stays: other inodes may share it, and it only costs a lookup.
+        let _ = self.files.remove(&key);
+    }
+    fn set_reserve(&mut self, on: bool) -> Result<(), String> {
+        let old = self.runtime.get(&0, 0).unwrap_or(0);
+        let new = if on {
+            old | snapmon_common::runtime::WATCH_RESERVE
+        } else {
+            old & !snapmon_common::runtime::WATCH_RESERVE
+        };
+        self.runtime
+            .set(0, new, 0)
+            .map_err(|e| format!("runtime flags map: {e}"))
+    }
+    fn sweep_files(&mut self, keep: &dyn Fn(&FileKey) -> bool) -> usize {
+        let gone: Vec<FileKey> = self
+            .files
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep(k))
+            .collect();
+        gone.iter().filter(|k| self.files.remove(k).is_ok()).count()
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         let old = self.dirs.get(&key, 0).unwrap_or(0);
@@ -136,10 +164,9 @@ fn register(
     extra: &[PathBuf],
     maps: &mut dyn WatchMaps,
 ) -> anyhow::Result<(WatchSet, Vec<String>)> {
-    let mut ws = WatchSet {
-        scan_depth: Some(policy.agent.scan_depth as usize),
-        ..Default::default()
-    };
+    let mut ws = WatchSet::default();
+    ws.scan_depth = Some(policy.agent.scan_depth as usize);
+    ws.precious = crate::watch::Precious::from_policy(policy);
     let mut notes = Vec::new();
     for s in &policy.stores {
         if let Err(e) = ws.add_root(&s.path, maps) {
@@ -252,8 +279,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let files: Vec<_> = pipe
         .enricher
         .watch
-        .paths
-        .iter()
+        .known()
         .map(|(k, p)| (*k, p.clone()))
         .collect();
     pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
@@ -774,7 +800,7 @@ fn report_filtered(
 
 fn report_loss(
     k: &Kernel,
-    last: &mut [u64; 4],
+    last: &mut [u64; snapmon_common::lost::COUNT as usize],
     pipe: &mut Pipeline,
     sinks: &SinkSet,
 ) -> Result<(), BrokenPipe> {
@@ -783,12 +809,8 @@ fn report_loss(
         sinks.send(&r)?;
     }
     let now = k.lost_counts();
-    let names = [
-        "ringbuf_full",
-        "read_failed",
-        "stash_full",
-        "io_uring_fixed_file",
-    ];
+    // Slot i of the kernel's LOST map is cause i of the declared list.
+    let names = crate::metrics::kernel_loss_causes();
     let delta: serde_json::Map<_, _> = now
         .iter()
         .zip(last.iter())
@@ -797,13 +819,19 @@ fn report_loss(
         .map(|((n, l), name)| (name.to_string(), json!(n - l)))
         .collect();
     let decode = pipe.take_decode_errors();
-    if delta.is_empty() && decode.is_empty() {
+    let watch = pipe.enricher.watch.take_loss();
+    if delta.is_empty() && decode.is_empty() && watch.watch_full == 0 {
         return Ok(());
     }
     *last = now;
+    let mut detail = json!({"kernel": delta, "kernel_total": now, "decoder": decode});
+    if watch.watch_full > 0 {
+        // Files the agent could not put into the kernel's file map (see watch::admit).
+        detail["watch"] = json!({"watch_full": watch.watch_full});
+    }
     let rec = MetricRecord {
         action: "lost",
-        detail: json!({"kernel": delta, "kernel_total": now, "decoder": decode}),
+        detail,
     };
     emit(sinks, Record::Metric(rec))
 }

@@ -215,7 +215,7 @@ impl Enricher {
                 None => return (cut.marked(), true),
             }
         };
-        match look.and_then(|l| abs.resolve(self.watch.paths.iter(), l, ino)) {
+        match look.and_then(|l| abs.resolve(self.watch.known(), l, ino)) {
             Some(p) => (p, false),
             None => (abs.marked(), true),
         }
@@ -302,7 +302,7 @@ impl Enricher {
                     _ => None,
                 };
                 if let Some(p) = path {
-                    self.watch.learn(o.file, p);
+                    self.watch.seen(o.file, p, maps);
                 }
                 let mut ev = self.base(raw, "file", t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));
@@ -569,11 +569,7 @@ impl Enricher {
     }
 
     fn key_for(&self, p: &Path) -> Option<FileKey> {
-        self.watch
-            .paths
-            .iter()
-            .find(|(_, v)| v.as_path() == p)
-            .map(|(k, _)| *k)
+        self.watch.key_at(p)
     }
 }
 

@@ -189,7 +189,7 @@ impl Registry {
                     self.lost.fetch_add(n, Relaxed);
                     *l.lost_by_cause.entry((source, c)).or_default() += n;
                 };
-                for source in ["kernel", "decoder"] {
+                for source in ["kernel", "decoder", "watch"] {
                     for (cause, n) in m.detail[source].as_object().into_iter().flatten() {
                         add(source, cause, n.as_u64().unwrap_or(0));
                     }
@@ -412,9 +412,11 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
             "read_failed",
             "stash_full",
             "io_uring_fixed_file",
+            "watch_full",
         ],
     ),
     ("decoder", &["decode_truncated", "decode_unknown_kind"]),
+    ("watch", &["watch_full"]),
     (
         "sinks",
         &[
@@ -428,6 +430,15 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// The kernel's loss causes, in `LOST` map slot order (`snapmon_common::lost`).
+pub fn kernel_loss_causes() -> &'static [&'static str] {
+    LOSS_CAUSES
+        .iter()
+        .find(|(s, _)| *s == "kernel")
+        .map(|(_, c)| *c)
+        .unwrap_or(&[])
+}
 
 /// A sink's state text (`error: No space left on device`) as a closed-set label value.
 pub fn sink_state(s: &str) -> &'static str {
@@ -539,6 +550,19 @@ pub fn serve(addr: &str, reg: Arc<Registry>) -> io::Result<(SocketAddr, JoinHand
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kernel_loss_causes_name_every_lost_slot() {
+        // agent::report_loss zips the LOST map's slots with these names.
+        assert_eq!(
+            super::kernel_loss_causes().len(),
+            snapmon_common::lost::COUNT as usize
+        );
+        assert_eq!(
+            super::kernel_loss_causes()[snapmon_common::lost::WATCH_FULL as usize],
+            "watch_full"
+        );
+    }
+
     use super::*;
     use crate::{
         event::Event,

@@ -92,6 +92,8 @@ impl Pipeline {
             }
         };
         self.stats.decoded += 1;
+        // Under a flood of names the gone ones are withdrawn as we go, not only when idle.
+        self.enricher.watch.settle(Instant::now(), maps);
         let Some(mut ev) = self.enricher.enrich(&raw, maps) else {
             return Vec::new();
         };
@@ -225,6 +227,7 @@ impl Pipeline {
     /// Work that is due without an event to carry it: held events whose syscall landed
     /// or ran out of time, and files looked at again (shared mappings, late fills).
     pub fn poll(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<Record> {
+        self.enricher.watch.settle(now, maps);
         let mut out = self.complete_held(now, None, maps);
         for mut ev in self.classifier.rechecks_due(now) {
             self.seq += 1;
@@ -251,10 +254,14 @@ impl Pipeline {
             .iter()
             .map(|(_, h)| h.next_check.min(h.deadline))
             .min();
-        match (held, self.classifier.next_recheck()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            held,
+            self.classifier.next_recheck(),
+            self.enricher.watch.next_settle(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.

@@ -1,10 +1,12 @@
 //! Watch set: turns configured paths into the kernel's (dev, inode) and path-hash filters,
-//! and keeps the identity → path table that the enrich stage uses to name files.
+//! and keeps the identity ↔ path tables that the enrich stage uses to name files, indexed
+//! both ways so no event costs a scan of the table (a flood of names is routine).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Component, Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use snapmon_common::{dir_flags, fnv1a, FileKey};
@@ -103,8 +105,16 @@ fn sb_dev_of(path: &Path) -> Option<u32> {
 /// Where the filter entries go: the kernel maps in production, memory in tests.
 pub trait WatchMaps {
     fn add_file(&mut self, key: FileKey) -> Result<(), String>;
+    /// Withdraw a file whose last watched name went (absent already is fine).
+    fn remove_file(&mut self, key: FileKey);
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String>;
     fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
+    /// Past the ordinary share of the file map the kernel leaves new files to the agent,
+    /// which admits only images and metadata into the headroom.
+    fn set_reserve(&mut self, on: bool) -> Result<(), String>;
+    /// Delete the file-map entries `keep` refuses (entries whose events were lost); returns
+    /// how many went.
+    fn sweep_files(&mut self, keep: &dyn Fn(&FileKey) -> bool) -> usize;
     /// Publish (or with None withdraw) the in-kernel write filter of a classified file.
     fn set_write_filter(
         &mut self,
@@ -121,12 +131,24 @@ pub struct MemMaps {
     pub dirs: HashMap<FileKey, u32>,
     pub prefixes: HashSet<u64>,
     pub filters: HashMap<FileKey, snapmon_common::WriteFilter>,
+    /// Capacity of `files` as the kernel map has one (None: unbounded).
+    pub cap: Option<usize>,
+    pub reserve: bool,
 }
 
 impl WatchMaps for MemMaps {
     fn add_file(&mut self, key: FileKey) -> Result<(), String> {
+        if self
+            .cap
+            .is_some_and(|c| self.files.len() >= c && !self.files.contains(&key))
+        {
+            return Err("watched-files map: full".into());
+        }
         self.files.insert(key);
         Ok(())
+    }
+    fn remove_file(&mut self, key: FileKey) {
+        self.files.remove(&key);
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         *self.dirs.entry(key).or_default() |= flags;
@@ -135,6 +157,15 @@ impl WatchMaps for MemMaps {
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
         self.prefixes.insert(hash);
         Ok(())
+    }
+    fn set_reserve(&mut self, on: bool) -> Result<(), String> {
+        self.reserve = on;
+        Ok(())
+    }
+    fn sweep_files(&mut self, keep: &dyn Fn(&FileKey) -> bool) -> usize {
+        let before = self.files.len();
+        self.files.retain(|k| keep(k));
+        before - self.files.len()
     }
     fn set_write_filter(
         &mut self,
@@ -165,14 +196,89 @@ pub struct WatchStats {
 pub const DEFAULT_SCAN_DEPTH: usize = 256;
 pub const MAX_ENTRIES: usize = 60_000;
 
+/// Ordinary files are admitted to the kernel's file map up to here; the last tenth is
+/// headroom for images and metadata, so junk files cannot push out a new image.
+pub const ORDINARY_LIMIT: usize = snapmon_common::WATCHED_FILES_MAX as usize / 10 * 9;
+
+/// A gone name's identity is withdrawn from the kernel once its syscall has landed (the
+/// hooks report at syscall entry; an unlink refused by the sticky bit must not unwatch).
+const LAND: Duration = Duration::from_millis(50);
+
+/// While the map is in reserve, names are re-checked on disk this many at a time, this
+/// often: unlinks whose events the ring buffer dropped still free their entries.
+const AUDIT_BATCH: usize = 4096;
+const AUDIT_EVERY: Duration = Duration::from_millis(100);
+
+/// Names that get the file map's headroom: images by extension, metadata by store.
+#[derive(Default, Debug, Clone)]
+pub struct Precious {
+    /// Lower-case extensions (`qcow2` …).
+    pub exts: Vec<String>,
+    /// Extensions of metadata files (libvirt's XML).
+    pub meta_exts: Vec<String>,
+    /// Stores whose every file is metadata (libvirt, LVM).
+    pub meta_roots: Vec<PathBuf>,
+}
+
+impl Precious {
+    pub fn from_policy(policy: &crate::config::Policy) -> Self {
+        use crate::config::StoreKind as K;
+        Precious {
+            exts: policy
+                .detection
+                .image_extensions
+                .iter()
+                .map(|e| e.to_ascii_lowercase())
+                .collect(),
+            meta_exts: vec!["xml".into()],
+            meta_roots: policy
+                .stores
+                .iter()
+                .filter(|s| matches!(s.kind, K::Libvirt | K::Lvm))
+                .map(|s| std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()))
+                .collect(),
+        }
+    }
+
+    pub fn admits(&self, p: &Path) -> bool {
+        let ext = p
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        ext.is_some_and(|e| self.exts.contains(&e) || self.meta_exts.contains(&e))
+            || self.meta_roots.iter().any(|r| p.starts_with(r))
+    }
+}
+
+/// Files the kernel's file map could not take, by cause (reported in `lost` records).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WatchLoss {
+    /// Ordinary files refused past [`ORDINARY_LIMIT`], or any file the full map refused.
+    pub watch_full: u64,
+}
+
 /// The userspace half of the watch set.
 #[derive(Default)]
 pub struct WatchSet {
     /// Canonical roots (files and directories).
     pub roots: Vec<PathBuf>,
-    /// Known identities → current path.
-    pub paths: HashMap<FileKey, PathBuf>,
+    /// Identity → its known names, the current one last (hard links have more than one).
+    names: HashMap<FileKey, Vec<PathBuf>>,
+    /// Name → identities known by it: the index unlinks and renames look up (ordered, so
+    /// a directory's descendants are one range).
+    by_path: BTreeMap<PathBuf, Vec<FileKey>>,
     pub dirs: HashSet<FileKey>,
+    /// Identities in the kernel's file map, as far as the agent knows.
+    files: HashSet<FileKey>,
+    /// The kernel leaves new files to the agent (`runtime::WATCH_RESERVE` set).
+    reserve: bool,
+    pub precious: Precious,
+    /// Identities whose last name went, with that name: withdrawn once the syscall landed.
+    gone: VecDeque<(Instant, FileKey, PathBuf)>,
+    loss: WatchLoss,
+    warned: bool,
+    /// While in reserve: where the audit of names resumes, and when it runs next.
+    audit_from: Option<PathBuf>,
+    audit_at: Option<Instant>,
     pub stats: WatchStats,
     /// Directory levels registered below a root or a new directory (None: the default).
     pub scan_depth: Option<usize>,
@@ -193,6 +299,11 @@ pub fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Does `p` name identity `k` on disk now?
+fn resolves(p: &Path, k: FileKey) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| key_for(p, &m) == k)
+}
+
 impl WatchSet {
     /// Register `path` (file, dir or device). Missing paths are reported, not fatal.
     pub fn add_root(&mut self, path: &Path, maps: &mut dyn WatchMaps) -> Result<(), String> {
@@ -209,10 +320,11 @@ impl WatchSet {
         let mut anc = canon.parent();
         while let Some(a) = anc {
             if let Ok(m) = std::fs::metadata(a) {
-                maps.add_dir(key_for(a, &m), dir_flags::ANCESTOR)?;
-                self.paths
-                    .entry(key_for(a, &m))
-                    .or_insert_with(|| a.to_path_buf());
+                let k = key_for(a, &m);
+                maps.add_dir(k, dir_flags::ANCESTOR)?;
+                if !self.names.contains_key(&k) {
+                    self.add_name(k, a);
+                }
             }
             anc = a.parent();
         }
@@ -220,21 +332,116 @@ impl WatchSet {
         if md.is_dir() {
             self.add_tree(&canon, maps, 0)
         } else {
-            self.add_file(&canon, &md, maps)
+            self.add_file(&canon, &md, maps);
+            Ok(())
         }
     }
 
-    fn add_file(
-        &mut self,
-        p: &Path,
-        md: &std::fs::Metadata,
-        maps: &mut dyn WatchMaps,
-    ) -> Result<(), String> {
+    /// Watch a file under `p`; a map that cannot take it is counted as loss, not an error.
+    fn add_file(&mut self, p: &Path, md: &std::fs::Metadata, maps: &mut dyn WatchMaps) {
         let key = key_for(p, md);
-        maps.add_file(key)?;
-        self.paths.insert(key, p.to_path_buf());
-        self.stats.files += 1;
-        Ok(())
+        if self.admit(key, p, maps) {
+            self.add_name(key, p);
+            self.stats.files += 1;
+        }
+    }
+
+    /// Put `k` (named `p`) into the kernel's file map unless the map keeps its headroom
+    /// from it or is full; either is loss, counted and said once.
+    fn admit(&mut self, k: FileKey, p: &Path, maps: &mut dyn WatchMaps) -> bool {
+        if self.files.contains(&k) {
+            return true;
+        }
+        let precious = self.precious.admits(p);
+        let ok = if self.files.len() >= ORDINARY_LIMIT && !precious {
+            Err("kept for images and metadata".to_string())
+        } else {
+            maps.add_file(k).or_else(|e| {
+                // Full although we count less: entries whose events the ring buffer lost.
+                // Drop those the agent does not know, then try once more.
+                let files = &self.files;
+                if maps.sweep_files(&|x| files.contains(x)) > 0 {
+                    maps.add_file(k)
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        match ok {
+            Ok(()) => {
+                self.files.insert(k);
+                self.update_reserve(maps);
+                true
+            }
+            Err(e) => {
+                // The kernel may have taken it at create: withdraw, so the count stays true.
+                maps.remove_file(k);
+                self.loss.watch_full += 1;
+                if !self.warned {
+                    self.warned = true;
+                    eprintln!(
+                        "snapmon: watched-files map: {} not watched ({e}); further refusals are counted in `lost` records (watch_full)",
+                        p.display()
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    fn update_reserve(&mut self, maps: &mut dyn WatchMaps) {
+        let on = self.files.len() >= ORDINARY_LIMIT;
+        if on != self.reserve && maps.set_reserve(on).is_ok() {
+            self.reserve = on;
+            self.audit_at = on.then(Instant::now);
+        }
+    }
+
+    /// Withdraw `k` from the kernel's file map.
+    fn unwatch(&mut self, k: FileKey, maps: &mut dyn WatchMaps) {
+        if self.files.remove(&k) {
+            maps.remove_file(k);
+            self.update_reserve(maps);
+        }
+    }
+
+    /// `p` names `k` now (the current name).
+    fn add_name(&mut self, k: FileKey, p: &Path) {
+        let names = self.names.entry(k).or_default();
+        if let Some(i) = names.iter().position(|n| n == p) {
+            let n = names.remove(i);
+            names.push(n);
+        } else {
+            names.push(p.to_path_buf());
+            let keys = self.by_path.entry(p.to_path_buf()).or_default();
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+
+    /// `p` no longer names `k`; true when `k` has no name left.
+    fn remove_name(&mut self, k: FileKey, p: &Path) -> bool {
+        if let Some(keys) = self.by_path.get_mut(p) {
+            keys.retain(|x| *x != k);
+            if keys.is_empty() {
+                self.by_path.remove(p);
+            }
+        }
+        let Some(names) = self.names.get_mut(&k) else {
+            return false;
+        };
+        names.retain(|n| n != p);
+        if names.is_empty() {
+            self.names.remove(&k);
+            return true;
+        }
+        false
+    }
+
+    /// `k` lost its last name `p` (unlink, rename away or over): withdraw it once landed.
+    fn lost_name(&mut self, k: FileKey, p: PathBuf) {
+        self.gone.push_back((Instant::now(), k, p));
     }
 
     /// Register a directory and everything below it (bounded).
@@ -250,7 +457,7 @@ impl WatchSet {
             return Ok(()); // already known (bind mount or loop)
         }
         maps.add_dir(key, dir_flags::WATCHED)?;
-        self.paths.insert(key, dir.to_path_buf());
+        self.add_name(key, dir);
         self.stats.dirs += 1;
         let max = self.scan_depth.unwrap_or(DEFAULT_SCAN_DEPTH);
         if depth >= max {
@@ -282,7 +489,7 @@ impl WatchSet {
             if m.is_dir() {
                 self.add_tree(&p, maps, depth + 1)?;
             } else if !m.file_type().is_symlink() {
-                self.add_file(&p, &m, maps)?;
+                self.add_file(&p, &m, maps);
             }
         }
         Ok(())
@@ -302,22 +509,76 @@ impl WatchSet {
         if md.is_dir() {
             let _ = self.add_tree(p, maps, 0);
         } else if !md.file_type().is_symlink() {
-            let _ = self.add_file(p, &md, maps);
+            self.add_file(p, &md, maps);
         }
         Some(key_for(p, &md))
     }
 
     pub fn path_of(&self, key: &FileKey) -> Option<&PathBuf> {
-        self.paths.get(key)
+        self.names.get(key).and_then(|n| n.last())
     }
 
-    /// A name went away (unlink/rmdir): drop every identity known by it.
+    /// The identity last known by the name `p`.
+    pub fn key_at(&self, p: &Path) -> Option<FileKey> {
+        self.by_path.get(p).and_then(|k| k.last()).copied()
+    }
+
+    /// Every known identity with its current name.
+    pub fn known(&self) -> impl Iterator<Item = (&FileKey, &PathBuf)> {
+        self.names
+            .iter()
+            .filter_map(|(k, n)| n.last().map(|p| (k, p)))
+    }
+
+    /// Identities in the kernel's file map, as the agent counts them.
+    pub fn kernel_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Loss since the last call.
+    pub fn take_loss(&mut self) -> WatchLoss {
+        std::mem::take(&mut self.loss)
+    }
+
+    /// A name went away (unlink/rmdir): drop every identity known by it; one left with no
+    /// name is withdrawn from the kernel once the syscall landed ([`WatchSet::settle`]).
     pub fn forget_path(&mut self, p: &Path) {
-        self.paths.retain(|_, v| v.as_path() != p);
+        let Some(keys) = self.by_path.get(p).cloned() else {
+            return;
+        };
+        for k in keys {
+            if self.remove_name(k, p) {
+                self.lost_name(k, p.to_path_buf());
+            }
+        }
+    }
+
+    /// The kernel saw `k` opened under `p` (created, or written): its current name, and
+    /// watched if the map admits it. Inode numbers are reused after unlink: other names
+    /// it had are kept only while they still name it (hard links).
+    pub fn seen(&mut self, k: FileKey, p: PathBuf, maps: &mut dyn WatchMaps) {
+        if self.path_of(&k) != Some(&p) {
+            let stale: Vec<PathBuf> = self
+                .names
+                .get(&k)
+                .into_iter()
+                .flatten()
+                .filter(|n| **n != p && !resolves(n, k))
+                .cloned()
+                .collect();
+            for n in stale {
+                self.remove_name(k, &n);
+            }
+        }
+        // A refused file keeps its name (events still say what was made), not its watch.
+        if self.covers(&p) && !self.dirs.contains(&k) {
+            self.admit(k, &p, maps);
+        }
+        self.add_name(k, &p);
     }
 
     pub fn learn(&mut self, key: FileKey, p: PathBuf) {
-        self.paths.insert(key, p);
+        self.add_name(key, &p);
     }
 
     /// A rename or link put identity `key` at `p` (the classifier saw it there): watch it
@@ -332,23 +593,126 @@ impl WatchSet {
             ino: key.1,
         };
         if !link {
-            self.paths.retain(|kk, v| *kk == k || v.as_path() != p);
+            for other in self.by_path.get(p).cloned().unwrap_or_default() {
+                if other != k && self.remove_name(other, p) {
+                    self.lost_name(other, p.to_path_buf());
+                }
+            }
         }
-        let _ = maps.add_file(k);
-        if !(link && self.paths.contains_key(&k)) {
-            self.paths.insert(k, p.to_path_buf());
+        if !self.admit(k, p, maps) {
+            return;
+        }
+        match self.names.get_mut(&k) {
+            // A new link is another name; the current one stays what it was.
+            Some(names) if link => {
+                if !names.iter().any(|n| n == p) {
+                    names.insert(0, p.to_path_buf());
+                    self.by_path.entry(p.to_path_buf()).or_default().push(k);
+                }
+            }
+            _ => self.add_name(k, p),
         }
     }
 
-    /// A rename moved `from` to `to`: fix every known path under it.
+    /// A rename moved `from` to `to`: re-key every known name under it (one range of the
+    /// index). What the target name held, and what left the watched roots, loses that name.
     pub fn renamed(&mut self, from: &Path, to: &Path) {
-        for v in self.paths.values_mut() {
-            if let Ok(rest) = v.strip_prefix(from) {
-                *v = if rest.as_os_str().is_empty() {
-                    to.to_path_buf()
-                } else {
-                    to.join(rest)
+        if from == to {
+            return;
+        }
+        // A replaced target (a file, or an empty directory) is no longer named `to`.
+        for k in self.by_path.get(to).cloned().unwrap_or_default() {
+            if self.remove_name(k, to) {
+                self.lost_name(k, to.to_path_buf());
+            }
+        }
+        let under: Vec<PathBuf> = self
+            .by_path
+            .range::<Path, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .take_while(|(p, _)| p.starts_with(from))
+            .map(|(p, _)| p.clone())
+            .collect();
+        let inside = self.covers(to);
+        for old in under {
+            let Some(keys) = self.by_path.remove(&old) else {
+                continue;
+            };
+            let rest = old.strip_prefix(from).unwrap_or(Path::new(""));
+            let new = if rest.as_os_str().is_empty() {
+                to.to_path_buf()
+            } else {
+                to.join(rest)
+            };
+            for k in keys {
+                let Some(names) = self.names.get_mut(&k) else {
+                    continue;
                 };
+                names.retain(|n| *n != old);
+                if inside {
+                    names.push(new.clone());
+                    self.by_path.entry(new.clone()).or_default().push(k);
+                } else if names.is_empty() {
+                    // Moved out of every root: no longer ours to watch.
+                    self.names.remove(&k);
+                    self.lost_name(k, old.clone());
+                }
+            }
+        }
+    }
+
+    /// When the next gone name is due to be judged.
+    pub fn next_settle(&self) -> Option<Instant> {
+        let gone = self.gone.front().map(|(t, _, _)| *t + LAND);
+        match (gone, self.audit_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One batch of the audit: names that no longer name their identity on disk are
+    /// forgotten (their unlink or rename was lost), and their entries freed.
+    fn audit(&mut self, now: Instant, maps: &mut dyn WatchMaps) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        if self.audit_at.is_none_or(|t| now < t) {
+            return;
+        }
+        self.audit_at = Some(now + AUDIT_EVERY);
+        let start = match &self.audit_from {
+            Some(p) => Excluded(p.as_path()),
+            None => Unbounded,
+        };
+        let batch: Vec<(PathBuf, FileKey)> = self
+            .by_path
+            .range::<Path, _>((start, Unbounded))
+            .take(AUDIT_BATCH)
+            .flat_map(|(p, ks)| ks.iter().map(move |k| (p.clone(), *k)))
+            .collect();
+        self.audit_from = batch.last().map(|(p, _)| p.clone());
+        for (p, k) in batch {
+            if self.files.contains(&k) && !resolves(&p, k) && self.remove_name(k, &p) {
+                self.unwatch(k, maps);
+            }
+        }
+    }
+
+    /// Judge gone names whose syscall landed: an identity still at its old name (the
+    /// unlink or rename failed) gets it back; one without a name leaves the kernel's map.
+    pub fn settle(&mut self, now: Instant, maps: &mut dyn WatchMaps) {
+        self.audit(now, maps);
+        while let Some((t, _, _)) = self.gone.front() {
+            if now < *t + LAND {
+                break;
+            }
+            let Some((_, k, p)) = self.gone.pop_front() else {
+                break;
+            };
+            if self.names.contains_key(&k) {
+                continue; // named again meanwhile
+            }
+            if resolves(&p, k) {
+                self.add_name(k, &p);
+            } else {
+                self.unwatch(k, maps);
             }
         }
     }
@@ -428,7 +792,7 @@ mod tests {
     fn normalizes_and_tracks_renames() {
         assert_eq!(normalize(Path::new("/a/./b//../c")), PathBuf::from("/a/c"));
         assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
-        let mut ws = WatchSet::default();
+        let mut ws = over_s();
         let k = FileKey {
             dev: 1,
             _pad: 0,
@@ -437,6 +801,164 @@ mod tests {
         ws.learn(k, PathBuf::from("/s/dir/f"));
         ws.renamed(Path::new("/s/dir"), Path::new("/s/moved"));
         assert_eq!(ws.path_of(&k).unwrap(), Path::new("/s/moved/f"));
+    }
+
+    fn fk(ino: u64) -> FileKey {
+        FileKey {
+            dev: 7,
+            _pad: 0,
+            ino,
+        }
+    }
+
+    /// A watch set over the (not necessarily existing) root `/s`.
+    fn over_s() -> WatchSet {
+        WatchSet {
+            roots: vec![PathBuf::from("/s")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_directory_rename_rekeys_its_descendants_only() {
+        let mut ws = over_s();
+        let mut maps = MemMaps::default();
+        for (i, p) in [
+            "/s/dir",
+            "/s/dir/a",
+            "/s/dir/sub/b",
+            "/s/dir2/c",
+            "/s/dir.x",
+        ]
+        .iter()
+        .enumerate()
+        {
+            ws.seen(fk(i as u64 + 1), PathBuf::from(p), &mut maps);
+        }
+        ws.renamed(Path::new("/s/dir"), Path::new("/s/moved"));
+        assert_eq!(ws.path_of(&fk(1)).unwrap(), Path::new("/s/moved"));
+        assert_eq!(ws.path_of(&fk(2)).unwrap(), Path::new("/s/moved/a"));
+        assert_eq!(ws.path_of(&fk(3)).unwrap(), Path::new("/s/moved/sub/b"));
+        // Siblings that share the prefix as a string are not under it.
+        assert_eq!(ws.path_of(&fk(4)).unwrap(), Path::new("/s/dir2/c"));
+        assert_eq!(ws.path_of(&fk(5)).unwrap(), Path::new("/s/dir.x"));
+        // The index follows: lookups by the new names work, the old names are gone.
+        assert_eq!(ws.key_at(Path::new("/s/moved/sub/b")), Some(fk(3)));
+        assert_eq!(ws.key_at(Path::new("/s/dir/sub/b")), None);
+        assert_eq!(ws.key_at(Path::new("/s/dir2/c")), Some(fk(4)));
+        // Nothing left the watched roots: nothing is withdrawn.
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert_eq!(maps.files.len(), 5);
+    }
+
+    #[test]
+    fn a_rename_out_of_the_roots_or_over_a_name_withdraws_what_lost_its_name() {
+        let mut ws = over_s();
+        let mut maps = MemMaps::default();
+        ws.seen(fk(1), PathBuf::from("/s/d/a.qcow2"), &mut maps);
+        ws.seen(fk(2), PathBuf::from("/s/b.qcow2"), &mut maps);
+        ws.seen(fk(3), PathBuf::from("/s/c.qcow2"), &mut maps);
+        ws.renamed(Path::new("/s/d"), Path::new("/elsewhere/d"));
+        ws.renamed(Path::new("/s/c.qcow2"), Path::new("/s/b.qcow2"));
+        assert_eq!(ws.path_of(&fk(1)), None);
+        assert_eq!(ws.key_at(Path::new("/s/b.qcow2")), Some(fk(3)));
+        assert_eq!(ws.path_of(&fk(2)), None);
+        // Withdrawn only once the syscalls had time to land (the names do not resolve).
+        ws.settle(Instant::now(), &mut maps);
+        assert_eq!(maps.files.len(), 3);
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert_eq!(maps.files, HashSet::from([fk(3)]));
+        assert_eq!(ws.kernel_files(), 1);
+    }
+
+    #[test]
+    fn unlink_withdraws_only_the_last_name_and_only_if_it_went() {
+        let d = tmpdir("unlink");
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        std::fs::write(d.join("img.qcow2"), b"x").unwrap();
+        std::fs::write(d.join("kept.qcow2"), b"x").unwrap();
+        ws.add_root(&d, &mut maps).unwrap();
+        let key = key_for(
+            &d.join("img.qcow2"),
+            &std::fs::metadata(d.join("img.qcow2")).unwrap(),
+        );
+        // A hard link is a second name: unlinking the first leaves the file watched.
+        std::fs::hard_link(d.join("img.qcow2"), d.join("link.qcow2")).unwrap();
+        ws.observe_new_path(&d.join("link.qcow2"), &mut maps);
+        std::fs::remove_file(d.join("img.qcow2")).unwrap();
+        ws.forget_path(&d.join("img.qcow2"));
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert!(maps.files.contains(&key));
+        assert_eq!(ws.path_of(&key).unwrap(), &d.join("link.qcow2"));
+        // An unlink the kernel refused (the sticky bit): the name comes back, still watched.
+        let kept = key_for(
+            &d.join("kept.qcow2"),
+            &std::fs::metadata(d.join("kept.qcow2")).unwrap(),
+        );
+        ws.forget_path(&d.join("kept.qcow2"));
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert!(maps.files.contains(&kept));
+        assert_eq!(ws.key_at(&d.join("kept.qcow2")), Some(kept));
+        // The last name goes: withdrawn from the map and the table.
+        std::fs::remove_file(d.join("link.qcow2")).unwrap();
+        ws.forget_path(&d.join("link.qcow2"));
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert!(!maps.files.contains(&key));
+        assert_eq!(ws.path_of(&key), None);
+        assert_eq!(ws.key_at(&d.join("link.qcow2")), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn junk_cannot_take_the_headroom_of_images_and_refusals_are_counted() {
+        let mut ws = over_s();
+        ws.precious = Precious {
+            exts: vec!["qcow2".into()],
+            meta_exts: vec!["xml".into()],
+            meta_roots: vec![PathBuf::from("/s/lvm")],
+        };
+        let mut maps = MemMaps {
+            cap: Some(snapmon_common::WATCHED_FILES_MAX as usize),
+            ..Default::default()
+        };
+        for i in 0..ORDINARY_LIMIT as u64 {
+            ws.seen(fk(i + 1), PathBuf::from(format!("/s/n{i}")), &mut maps);
+        }
+        assert!(
+            maps.reserve,
+            "the kernel is told to leave new files to the agent"
+        );
+        assert_eq!(ws.take_loss(), WatchLoss::default());
+        ws.seen(fk(1 << 40), PathBuf::from("/s/junk"), &mut maps);
+        assert!(!maps.files.contains(&fk(1 << 40)));
+        assert_eq!(ws.take_loss().watch_full, 1);
+        for (i, p) in ["/s/vm.QCOW2", "/s/vm.xml", "/s/lvm/vg0"]
+            .iter()
+            .enumerate()
+        {
+            ws.seen(fk((1 << 41) + i as u64), PathBuf::from(p), &mut maps);
+            assert!(maps.files.contains(&fk((1 << 41) + i as u64)), "{p}");
+        }
+        // Entries the agent never heard of (their events were lost) fill the map: an image
+        // still gets in, by sweeping them out.
+        let mut n = 0;
+        while maps.files.len() < maps.cap.unwrap() {
+            maps.files.insert(fk((1 << 42) + n));
+            n += 1;
+        }
+        ws.seen(fk(1 << 43), PathBuf::from("/s/late.qcow2"), &mut maps);
+        assert!(maps.files.contains(&fk(1 << 43)));
+        assert!(!maps.files.contains(&fk(1 << 42)));
+        // Freed by unlinks: ordinary files are admitted again.
+        for i in 0..100u64 {
+            ws.forget_path(&PathBuf::from(format!("/s/n{i}")));
+        }
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert!(!maps.reserve);
+        ws.seen(fk(1 << 44), PathBuf::from("/s/plain"), &mut maps);
+        assert!(maps.files.contains(&fk(1 << 44)));
+        assert_eq!(ws.take_loss(), WatchLoss::default());
     }
 
     #[test]

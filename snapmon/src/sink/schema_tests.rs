@@ -240,8 +240,9 @@ pub(crate) fn every_record() -> Vec<Record> {
     }));
     out.push(Record::Metric(MetricRecord {
         action: "lost",
-        detail: json!({"kernel": {"ringbuf_full": 3, "io_uring_fixed_file": 1}, "kernel_total": [3, 0, 0, 1],
-                       "decoder": {"decode_truncated": 1},
+        detail: json!({"kernel": {"ringbuf_full": 3, "io_uring_fixed_file": 1, "watch_full": 2},
+                       "kernel_total": [3, 0, 0, 1, 2],
+                       "decoder": {"decode_truncated": 1}, "watch": {"watch_full": 4},
                        "sinks": [{"sink": "tcp:127.0.0.1:9000", "cause": "spill_full", "count": 12}]}),
     }));
     out.push(Record::Metric(MetricRecord {
