@@ -1188,13 +1188,15 @@ fn writes_by_a_32_bit_program_are_seen() {
     assert_eq!(w["snapmon"]["write"]["offset"], 0, "{w}");
     assert_eq!(w["snapmon"]["write"]["length"], 4, "{w}");
     assert_eq!(w["snapmon"]["backend"], backend, "{w}");
-    // And it is judged: the magic is gone.
-    let a = agent()
+    // And it is judged: an untrusted write over the header (SM-Q001), or the magic gone
+    // (SM-Q005), whichever of the two the backend's record raises.
+    agent()
         .wait_from(mark, Duration::from_secs(10), |v| {
-            v["event"]["kind"] == "alert" && v["process"]["pid"] == r.pid
+            v["event"]["kind"] == "alert"
+                && v["process"]["pid"] == r.pid
+                && matches!(v["rule"]["id"].as_str(), Some("SM-Q001" | "SM-Q005"))
         })
-        .unwrap_or_else(|| panic!("no alert for the i386 writer {}", r.pid));
-    assert_eq!(a["rule"]["id"], "SM-Q005", "{a}");
+        .unwrap_or_else(|| panic!("no header alert for the i386 writer {}", r.pid));
 }
 
 /// The same for a namespace operation: where fentry is refused, a 32-bit rename reaches the
