@@ -215,7 +215,7 @@ impl Enricher {
                 None => return (cut.marked(), true),
             }
         };
-        match look.and_then(|l| abs.resolve(self.watch.known(), l, ino)) {
+        match look.and_then(|l| abs.resolve(self.watch.named_with_prefix(&abs.head), l, ino)) {
             Some(p) => (p, false),
             None => (abs.marked(), true),
         }

@@ -523,6 +523,31 @@ impl WatchSet {
         self.by_path.get(p).and_then(|k| k.last()).copied()
     }
 
+    /// Every known name that begins with the bytes `head` (a path the kernel cut), with its
+    /// identity: a range of the path index, not a scan, since paths sharing a byte prefix
+    /// are contiguous in component order below the prefix's last whole directory.
+    pub fn named_with_prefix<'a>(
+        &'a self,
+        head: &'a [u8],
+    ) -> impl Iterator<Item = (&'a FileKey, &'a PathBuf)> + 'a {
+        use std::os::unix::ffi::OsStrExt as _;
+        let start = Path::new(std::ffi::OsStr::from_bytes(head));
+        // Cut at a slash: the directory's subtree (itself excluded by the byte test). Cut
+        // inside a name: the names that begin with it and their subtrees, one block.
+        let at_slash = head.ends_with(b"/");
+        self.by_path
+            .range::<Path, _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .take_while(move |(p, _)| {
+                if at_slash {
+                    p.starts_with(start)
+                } else {
+                    p.as_os_str().as_bytes().starts_with(head)
+                }
+            })
+            .filter(move |(p, _)| p.as_os_str().as_bytes().starts_with(head))
+            .flat_map(|(p, keys)| keys.iter().map(move |k| (k, p)))
+    }
+
     /// Every known identity with its current name.
     pub fn known(&self) -> impl Iterator<Item = (&FileKey, &PathBuf)> {
         self.names
@@ -975,5 +1000,42 @@ mod tests {
         let st = libc::makedev(8, 1);
         assert_eq!(kernel_dev(st), (8 << 20) | 1);
         assert_eq!(dev_display((8 << 20) | 1), "8:1");
+    }
+
+    #[test]
+    fn names_with_a_byte_prefix_come_from_the_index_alone() {
+        let mut ws = WatchSet::default();
+        let k = |ino| FileKey {
+            dev: 1,
+            ino,
+            ..Default::default()
+        };
+        for (i, p) in [
+            "/s/a", "/s/ab", "/s/ab/x", "/s/ab-", "/s/abc", "/s/abc/y", "/s/b", "/s/a/ab", "/t/ab",
+        ]
+        .iter()
+        .enumerate()
+        {
+            ws.learn(k(i as u64 + 1), PathBuf::from(p));
+        }
+        let got = |head: &str| {
+            let mut v: Vec<String> = ws
+                .named_with_prefix(head.as_bytes())
+                .map(|(_, p)| p.display().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            got("/s/ab"),
+            ["/s/ab", "/s/ab-", "/s/ab/x", "/s/abc", "/s/abc/y"]
+        );
+        assert_eq!(got("/s/ab/"), ["/s/ab/x"]);
+        assert_eq!(got("/s/abc"), ["/s/abc", "/s/abc/y"]);
+        assert_eq!(
+            got("/s/"),
+            ["/s/a", "/s/a/ab", "/s/ab", "/s/ab-", "/s/ab/x", "/s/abc", "/s/abc/y", "/s/b"]
+        );
+        assert!(got("/s/z").is_empty());
     }
 }
