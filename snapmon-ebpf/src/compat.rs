@@ -24,8 +24,8 @@ static COMPAT_TAIL: ProgramArray = ProgramArray::with_max_entries(COMPAT_SLOTS, 
 /// `TS_COMPAT` in x86 `thread_info.status`: the task is in a 32-bit syscall.
 const TS_COMPAT: u32 = 0x0002;
 
-/// Every syscall of every task passes here: one direct load (no helper call) before the
-/// native ones return.
+/// Every syscall of every task passes here: one helper call for the current task and one
+/// direct load of its status (no probe_read) before native syscalls return.
 #[tracepoint]
 pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
     unsafe {
