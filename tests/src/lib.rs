@@ -818,6 +818,60 @@ pub fn start_timeout() -> Duration {
     )
 }
 
+/// `setpriv` arguments that make the attacker: nobody, nogroup, no supplementary groups.
+pub const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+/// The system python, not a pyenv shim that nobody cannot run.
+pub const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Run `cmd` as nobody (setpriv execs it: the pid is the command's).
+pub fn as_nobody(cmd: &str, args: &[&str]) -> Ran {
+    run("setpriv", &[SETPRIV, &[cmd], args].concat())
+}
+
+/// The system python as nobody.
+pub fn nobody_py(code: &str) -> Ran {
+    as_nobody(SYSTEM_PYTHON, &["-c", code])
+}
+
+/// A 1777 store under the agent's root (as /var/lib/libvirt/images is not, but a shared
+/// scratch store may be): nobody can create files in it, not replace root's.
+pub fn open_store(a: &Agent) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = a.root.join("store");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::set_permissions(&a.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+/// A root-owned qcow2 image with three snapshots, made by qemu-img.
+pub fn image_with_3_snapshots(d: &Path, name: &str) -> PathBuf {
+    let img = d.join(name);
+    let s = img.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
+    for sn in ["s1", "s2", "s3"] {
+        run("qemu-img", &["snapshot", "-c", sn, s]);
+    }
+    img
+}
+
+/// Root's python zeroes nb_snapshots (offset 60, 4 bytes): SM-Q002. Returns (pid, mark).
+pub fn hide_snapshots(a: &Agent, img: &Path) -> (u32, u64) {
+    let mark = a.mark();
+    let r = python(&format!(
+        "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, bytes(4), 60)",
+        img.to_str().unwrap()
+    ));
+    (r.pid, mark)
+}
+
+/// The SM-Q002 alert for `pid` after `mark`.
+pub fn q002(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
+    a.wait_from(mark, timeout, |v| {
+        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

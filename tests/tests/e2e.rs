@@ -4,7 +4,8 @@ use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use snapmon_e2e::{
-    about, action, agent, brief, changes, dest, eventually, expect_lsm, python, regions, run, Agent,
+    about, action, agent, as_nobody, brief, changes, dest, eventually, expect_lsm, python, regions,
+    run, Agent,
 };
 
 const QUIET: Duration = Duration::from_millis(600);
@@ -1153,15 +1154,7 @@ fn writes_by_a_32_bit_program_are_seen() {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
     let mark = agent().mark();
-    let r = run(
-        "setpriv",
-        &[
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            exe.to_str().unwrap(),
-        ],
-    );
+    let r = as_nobody(exe.to_str().unwrap(), &[]);
     let _ = std::fs::remove_file(&exe);
     let magic = std::fs::read(&img).unwrap();
     assert_eq!(&magic[..4], &[0; 4], "the i386 writer did not write");
@@ -1215,15 +1208,7 @@ fn a_rename_by_a_32_bit_program_is_seen() {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     // nobody's own image in a sticky store, as in a shared 1777 directory.
     run("chown", &["nobody", img.to_str().unwrap()]);
-    let r = run(
-        "setpriv",
-        &[
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            exe.to_str().unwrap(),
-        ],
-    );
+    let r = as_nobody(exe.to_str().unwrap(), &[]);
     let _ = std::fs::remove_file(&exe);
     assert!(
         to.exists() && !img.exists(),

@@ -5,57 +5,14 @@
 // (100 000 files are minutes of work in the TCG guests; the kernel side is one map insert.)
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use snapmon_e2e::{python, run, Agent};
-
-const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
-/// The system python, not a pyenv shim that nobody cannot run.
-const PYTHON: &str = "/usr/bin/python3";
-
-fn nobody_py(code: &str) {
-    run("setpriv", &[SETPRIV, &[PYTHON, "-c", code]].concat());
-}
-
-/// A 1777 store under the agent's root: nobody can create files in it, not replace root's.
-fn open_store(a: &Agent) -> PathBuf {
-    let d = a.root.join("store");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::set_permissions(&a.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    d
-}
-
-/// A root-owned qcow2 image with three snapshots, made by qemu-img.
-fn image_with_3_snapshots(d: &Path, name: &str) -> PathBuf {
-    let img = d.join(name);
-    let s = img.to_str().unwrap();
-    run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
-    for sn in ["s1", "s2", "s3"] {
-        run("qemu-img", &["snapshot", "-c", sn, s]);
-    }
-    img
-}
-
-/// Root's python zeroes nb_snapshots (offset 60, 4 bytes): SM-Q002. Returns (pid, mark).
-fn hide_snapshots(a: &Agent, img: &Path) -> (u32, u64) {
-    let mark = a.mark();
-    let r = python(&format!(
-        "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, bytes(4), 60)",
-        img.to_str().unwrap()
-    ));
-    (r.pid, mark)
-}
-
-fn q002(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
-    a.wait_from(mark, timeout, |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
-    })
-}
+use snapmon_e2e::{
+    hide_snapshots, image_with_3_snapshots, nobody_py, open_store, python, q002, Agent,
+};
 
 /// The write event of `pid` on `path`.
 fn write_of(a: &mut Agent, mark: u64, pid: u32, path: &Path, timeout: Duration) -> Option<Value> {

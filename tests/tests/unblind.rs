@@ -15,11 +15,10 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{action, dest, python, run, Agent};
-
-const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
-/// The system python, not a pyenv shim that nobody cannot run.
-const PYTHON: &str = "/usr/bin/python3";
+use snapmon_e2e::{
+    action, dest, hide_snapshots, image_with_3_snapshots, nobody_py, open_store, q002, run, Agent,
+    SETPRIV, SYSTEM_PYTHON,
+};
 
 /// A `nobody` process left running; killed (by its pid) when dropped.
 struct Background(Child);
@@ -28,7 +27,7 @@ impl Background {
     fn start(code: &str) -> Background {
         let child = Command::new("setpriv")
             .args(SETPRIV)
-            .args([PYTHON, "-c", code])
+            .args([SYSTEM_PYTHON, "-c", code])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -46,47 +45,6 @@ impl Drop for Background {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn nobody_py(code: &str) {
-    run("setpriv", &[SETPRIV, &[PYTHON, "-c", code]].concat());
-}
-
-/// A 1777 store under the agent's root (as /var/lib/libvirt/images is not, but a shared
-/// scratch store may be): nobody can create files in it, not replace root's.
-fn open_store(a: &Agent) -> PathBuf {
-    let d = a.root.join("store");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::set_permissions(&a.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    d
-}
-
-/// A root-owned qcow2 image with three snapshots.
-fn image_with_3_snapshots(d: &Path, name: &str) -> PathBuf {
-    let img = d.join(name);
-    let s = img.to_str().unwrap();
-    run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
-    for sn in ["s1", "s2", "s3"] {
-        run("qemu-img", &["snapshot", "-c", sn, s]);
-    }
-    img
-}
-
-/// Root's python zeroes nb_snapshots (offset 60, 4 bytes): SM-Q002. Returns (pid, mark).
-fn hide_snapshots(a: &Agent, img: &Path) -> (u32, u64) {
-    let mark = a.mark();
-    let r = python(&format!(
-        "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, bytes(4), 60)",
-        img.to_str().unwrap()
-    ));
-    (r.pid, mark)
-}
-
-fn q002(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
-    a.wait_from(mark, timeout, |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
-    })
 }
 
 fn state_from(a: &mut Agent, mark: u64, timeout: Duration, actions: &[&str]) -> Option<Value> {
@@ -310,7 +268,7 @@ fn a_policy_made_writable_and_silenced_by_nobody_is_not_reloaded() {
 
 /// `nobody`'s python, run to completion: its pid.
 fn nobody_py_pid(code: &str) -> u32 {
-    run("setpriv", &[SETPRIV, &[PYTHON, "-c", code]].concat()).pid
+    nobody_py(code).pid
 }
 
 /// A path the agent names as `want`, or as the kernel's cut copy of it (`…` appended, and
