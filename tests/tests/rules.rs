@@ -56,9 +56,26 @@ fn expect_alert(rule: &str, pid: Option<u32>, target: &Path) -> Value {
                 .filter(|v| v["event"]["kind"] == "alert")
                 .map(|v| format!("{} {}", v["rule"]["id"], v["message"]))
                 .collect();
+            // What the agent did see of the target: tells a lost event from a misjudged one.
+            let seen: Vec<String> = agent()
+                .records()
+                .into_iter()
+                .filter(|v| v["event"]["kind"] != "alert" && v["file"]["path"].as_str() == Some(&t))
+                .map(|v| {
+                    format!(
+                        "{} {}[{}] container={} {}",
+                        v["event"]["action"],
+                        v["process"]["name"],
+                        v["process"]["pid"],
+                        v["container"]["id"],
+                        v["snapmon"]["classification"]
+                    )
+                })
+                .collect();
             panic!(
-                "no {rule} alert about {t} within {WITHIN:?}; alerts so far:\n{}",
-                alerts.join("\n")
+                "no {rule} alert about {t} within {WITHIN:?}; alerts so far:\n{}\nevents on it:\n{}",
+                alerts.join("\n"),
+                seen.join("\n")
             );
         }
     }

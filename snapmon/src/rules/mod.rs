@@ -122,7 +122,8 @@ pub struct State {
     pub freezes: Bounded<(u32, u64), Box<Event>>,
     pub created: Bounded<(u32, Vec<u8>), i128>,
     pub disguised: Bounded<(u32, u64), ()>,
-    pub lineage_seen: Bounded<u32, ()>,
+    /// Processes (pid, start) already given SM-L001: a reused pid is a new process.
+    pub lineage_seen: Bounded<(u32, u64), ()>,
     dedupe: Bounded<DedupeKey, i128>,
 }
 
@@ -197,12 +198,14 @@ impl Ctx<'_> {
     }
 }
 
-type DedupeKey = (usize, u32, u32, u64);
+/// (rule, (pid, process start), dev, ino): a reused pid is another process.
+type DedupeKey = (usize, (u32, u64), u32, u64);
 
 /// Alerts of one rule are deduplicated per acting process and file. A rename or link is
 /// about its target: the identity it replaced, else its name (two doctored images renamed
 /// into place by one process are two findings).
 fn dedupe_key(rule: usize, ev: &Event) -> DedupeKey {
+    let who = (ev.process.pid, ev.process.start_ns);
     let renamed = matches!(ev.action, "rename" | "link");
     let f = if renamed {
         ev.target.as_ref()
@@ -212,10 +215,10 @@ fn dedupe_key(rule: usize, ev: &Event) -> DedupeKey {
     let (dev, ino) = f.map(|f| (f.dev, f.ino)).unwrap_or((0, 0));
     if renamed && ino == 0 {
         if let Some(p) = f.and_then(|f| f.path.as_ref()) {
-            return (rule, ev.process.pid, u32::MAX, snapmon_common::fnv1a(&p.0));
+            return (rule, who, u32::MAX, snapmon_common::fnv1a(&p.0));
         }
     }
-    (rule, ev.process.pid, dev, ino)
+    (rule, who, dev, ino)
 }
 
 fn dedupe_fresh(st: &State, det: &Detection, key: &DedupeKey, ev: &Event) -> bool {

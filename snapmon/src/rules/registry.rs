@@ -1245,11 +1245,12 @@ fn l001(ctx: &mut Ctx) -> Option<Hit> {
     } else {
         return None;
     };
-    // Once per process: a snapshot is many writes.
-    if ctx.st.lineage_seen.contains(&p.pid) {
+    // Once per process (not per pid: pids are reused): a snapshot is many writes.
+    let who = (p.pid, p.start_ns);
+    if ctx.st.lineage_seen.contains(&who) {
         return None;
     }
-    ctx.st.lineage_seen.insert(p.pid, ());
+    ctx.st.lineage_seen.insert(who, ());
     Some(Hit::msg(format!(
         "{} {why} did {op} on {}",
         actor(ev),

@@ -759,3 +759,37 @@ fn a_reload_keeps_an_open_freeze_and_dedupe_by_rule_not_index() {
         ["SM-K004"]
     );
 }
+
+/// SM-L001 fires once per process, not once per pid: a reused pid (a new process) is judged
+/// afresh. Keyed by pid alone, a second `qemu-img` in a container that drew an earlier hit's
+/// pid went unreported.
+#[test]
+fn unusual_lineage_is_once_per_process_not_per_pid() {
+    let fx = fixtures().join("SM-L001/positive-qemu-img-in-docker-cgroup.jsonl");
+    let text = std::fs::read_to_string(&fx).unwrap();
+    let mut e = engine(&policy_for(&fx));
+    let l001 = |e: &mut Engine, ev: &Event| {
+        e.process(ev)
+            .into_iter()
+            .filter(|a| a.rule_id == "SM-L001")
+            .count()
+    };
+    let evs: Vec<Event> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(n, l)| super::replay::parse_line(l, n + 1).unwrap())
+        .collect();
+    let mut hit = None;
+    for ev in &evs {
+        if l001(&mut e, ev) > 0 {
+            hit = Some(ev.clone());
+            break;
+        }
+    }
+    let mut ev = hit.expect("the positive fixture raises SM-L001");
+    ev.seq += 100;
+    assert_eq!(l001(&mut e, &ev), 0, "the same process twice");
+    ev.process.start_ns += 1;
+    ev.seq += 1;
+    assert_eq!(l001(&mut e, &ev), 1, "a new process on the same pid");
+}
