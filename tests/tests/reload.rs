@@ -3,6 +3,7 @@
 //! SIGHUP, it reports `reloaded` and the same attack is quiet while the same attack elsewhere
 //! still alerts; after a broken file and SIGHUP it reports `reload_failed` with the error's
 //! position and keeps the last good policy (the exception stays in force).
+// xtask-suite: newest-guest
 
 use std::{
     path::{Path, PathBuf},

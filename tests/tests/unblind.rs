@@ -6,6 +6,7 @@
 //! names went unalerted, deep mkdirs all showed one cut path) or stores deeper than the
 //! scan went (writes there were not reported). Attackers run as `nobody`; each test has an
 //! agent of its own.
+// xtask-suite: newest-guest
 
 use std::{
     os::unix::fs::PermissionsExt as _,

@@ -7,7 +7,10 @@
 //! - `// xtask-suite: host-prefix=P`: its tests named `P…` run on the host only, the others in
 //!   the VM guests only (enforcement: refusal here, enforcing where BPF LSM is);
 //! - `// xtask-suite: systemd`: its guest tests run in the systemd guest (systemd as PID 1 on a
-//!   debootstrap root), not in the chroot guests (the package: dpkg, systemctl).
+//!   debootstrap root), not in the chroot guests (the package: dpkg, systemctl);
+//! - `// xtask-suite: newest-guest`: of the guests it runs in the newest kernel's only. For a
+//!   suite whose kernel side is the hook backend every guest shares (fentry), and which is
+//!   slow under TCG: a second guest costs minutes of the CI budget and tests nothing new.
 
 use std::path::Path;
 
@@ -20,6 +23,7 @@ pub struct Suite {
     pub host_only: bool,
     pub host_prefix: Option<String>,
     pub systemd: bool,
+    pub newest_guest: bool,
 }
 
 const MARKER: &str = "// xtask-suite:";
@@ -54,25 +58,27 @@ fn parse(name: &str, text: &str) -> anyhow::Result<Suite> {
         host_only: false,
         host_prefix: None,
         systemd: false,
+        newest_guest: false,
     };
     for m in text.lines().filter_map(|l| l.trim().strip_prefix(MARKER)) {
         match m.trim() {
             "vm-only" => s.vm_only = true,
             "host-only" => s.host_only = true,
             "systemd" => s.systemd = true,
+            "newest-guest" => s.newest_guest = true,
             m => match m.strip_prefix("host-prefix=") {
                 Some(p) if !p.is_empty() => s.host_prefix = Some(p.to_string()),
                 _ => {
                     anyhow::bail!(
-                        "unknown marker `{MARKER} {m}` (vm-only, host-only, host-prefix=P, systemd)"
+                        "unknown marker `{MARKER} {m}` (vm-only, host-only, host-prefix=P, systemd, newest-guest)"
                     )
                 }
             },
         }
     }
-    if s.host_only && (s.vm_only || s.host_prefix.is_some() || s.systemd) {
+    if s.host_only && (s.vm_only || s.host_prefix.is_some() || s.systemd || s.newest_guest) {
         anyhow::bail!(
-            "`{MARKER} host-only` runs nowhere but the host: it cannot go with vm-only, host-prefix or systemd"
+            "`{MARKER} host-only` runs nowhere but the host: it cannot go with vm-only, host-prefix, systemd or newest-guest"
         );
     }
     Ok(s)
@@ -109,6 +115,14 @@ mod tests {
         )
         .unwrap();
         assert!(pkg.systemd && pkg.host_prefix.as_deref() == Some("host_") && !pkg.vm_only);
+        let slow = parse("unblind", "//! doc\n// xtask-suite: newest-guest\n").unwrap();
+        assert!(slow.newest_guest && !slow.host_only && !slow.vm_only);
+        assert!(!plain.newest_guest);
+        assert!(parse(
+            "x",
+            "// xtask-suite: host-only\n// xtask-suite: newest-guest\n"
+        )
+        .is_err());
     }
 
     #[test]
@@ -123,6 +137,14 @@ mod tests {
         for n in ["crash", "faults", "nats", "syslog"] {
             let s = all.iter().find(|s| s.name == n).unwrap();
             assert!(s.host_only, "{n} is not marked host-only");
+        }
+        // The slow fentry-side suites boot in the newest guest only.
+        for n in ["unblind", "reload"] {
+            let s = all.iter().find(|s| s.name == n).unwrap();
+            assert!(
+                s.newest_guest && !s.host_only,
+                "{n} is not marked newest-guest"
+            );
         }
     }
 }

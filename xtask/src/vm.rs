@@ -143,6 +143,11 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
     if all_tests.is_empty() {
         bail!("every selected suite is host-only (name it with --test to run it in the guests)");
     }
+    let newest_only: Vec<String> = suites
+        .iter()
+        .filter(|s| s.newest_guest)
+        .map(|s| s.name.clone())
+        .collect();
     let systemd_suites: Vec<String> = suites
         .into_iter()
         .filter(|s| s.systemd)
@@ -161,6 +166,7 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
 
     let mut rows = vec![];
     let first_series = series.first().map(|s| s.label);
+    let last_series = series.last().map(|s| s.label);
     for s in series {
         let t0 = Instant::now();
         let mut k = fetch_kernel(s, &cache)?;
@@ -202,8 +208,21 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
         );
         let dir = out.join(&k.release);
         std::fs::create_dir_all(&dir)?;
-        if !tests.is_empty() {
-            let row = match boot(&o, &k, &tests, &dir, Guest::Chroot) {
+        // `newest-guest` suites run in the last kernel selected only (see suites.rs).
+        let (here, later): (Vec<_>, Vec<_>) = tests
+            .iter()
+            .cloned()
+            .partition(|(n, _)| last_series == Some(s.label) || !newest_only.contains(n));
+        if !later.is_empty() {
+            let names: Vec<&str> = later.iter().map(|(n, _)| n.as_str()).collect();
+            println!(
+                "== vm-test [{}] left to the newest guest (xtask-suite: newest-guest): {}",
+                s.label,
+                names.join(", ")
+            );
+        }
+        if !here.is_empty() {
+            let row = match boot(&o, &k, &here, &dir, Guest::Chroot) {
                 Ok(r) => r,
                 Err(e) => json!({"kernel": k.release, "ok": false, "error": format!("{e:#}")}),
             };
