@@ -56,6 +56,13 @@ impl<'a> KernelMaps<'a> {
 
 const BPF_NOEXIST: u64 = 1;
 
+/// Ordinary entries of the watched-files map, as kernel and agent counted them.
+fn ordinary_entries(share: &aya::maps::Array<MapData, u64>) -> u64 {
+    use snapmon_common::watch_share as w;
+    let s = |i| share.get(&i, 0).unwrap_or(0);
+    (s(w::KERNEL_ADDED) + s(w::AGENT_ADDED)).saturating_sub(s(w::AGENT_REMOVED))
+}
+
 impl KernelMaps<'_> {
     /// Add one to a `watch_share` slot the agent writes (it is that slot's only writer).
     fn bump(&mut self, slot: u32) {
@@ -113,9 +120,7 @@ impl WatchMaps for KernelMaps<'_> {
         self.files.get(&key, 0).is_ok()
     }
     fn ordinary_entries(&self) -> Option<u64> {
-        let s = |i| self.share.get(&i, 0).unwrap_or(0);
-        use snapmon_common::watch_share as w;
-        Some((s(w::KERNEL_ADDED) + s(w::AGENT_ADDED)).saturating_sub(s(w::AGENT_REMOVED)))
+        Some(ordinary_entries(self.share))
     }
     fn set_precious_exts(&mut self, hashes: &[u64]) -> Result<(), String> {
         for h in hashes {
@@ -475,6 +480,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
                 if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
+                registry.watch_ordinary.store(ordinary_entries(&k.watch_share), std::sync::atomic::Ordering::Relaxed);
                 // Half a tick of slack: ticks jitter, and a stats interval equal to the
                 // status interval must give one record per tick, not one per two.
                 if opts.stats_interval.is_some_and(|d| last_stats.elapsed() + opts.status_interval / 2 >= d) {
