@@ -205,6 +205,56 @@ pub mod lost {
 /// Entries of the kernel's `WATCHED_FILES` map.
 pub const WATCHED_FILES_MAX: u32 = 65536;
 
+/// Ordinary (not image, not metadata) files may hold this many `WATCHED_FILES` entries;
+/// the last tenth is headroom only images and metadata may use, so junk files cannot take
+/// the room of the next image. The kernel enforces it at create, before the agent hears.
+pub const ORDINARY_LIMIT: u32 = WATCHED_FILES_MAX / 10 * 9;
+
+/// `WATCHED_FILES` values.
+pub mod watch_value {
+    /// The entry counts towards the ordinary share (`WATCH_SHARE`): whoever deletes it
+    /// gives the room back.
+    pub const ORDINARY: u32 = 1 << 0;
+}
+
+/// Slots of the `WATCH_SHARE` array (u64 each). Each slot has one writer, so no slot needs
+/// an atomic read-modify-write across kernel and agent: ordinary entries in the map are
+/// `KERNEL_ADDED + AGENT_ADDED - AGENT_REMOVED`.
+pub mod watch_share {
+    /// Ordinary entries the open hook inserted (atomic add in the kernel).
+    pub const KERNEL_ADDED: u32 = 0;
+    /// Ordinary entries the agent inserted.
+    pub const AGENT_ADDED: u32 = 1;
+    /// Ordinary entries the agent deleted (the kernel never deletes).
+    pub const AGENT_REMOVED: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Extensions (lower case, at most this many bytes) whose files are images or metadata:
+/// FNV-1a hashes in `PRECIOUS_EXTS`, pushed by the agent.
+pub const PRECIOUS_EXT_LEN: usize = 16;
+pub const PRECIOUS_EXTS_MAX: u32 = 256;
+
+/// FNV-1a of an extension folded to lower case (ASCII), as the kernel hashes it.
+pub fn ext_hash(ext: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    for &b in ext {
+        h = fnv1a_step(h, b.to_ascii_lowercase());
+    }
+    h
+}
+
+/// `FileOpenEvent::watch`: what the open hook did with a file new to `WATCHED_FILES`.
+pub mod open_watch {
+    /// Nothing (already watched, reserve left it to the agent, or not in a watched dir).
+    pub const NONE: u32 = 0;
+    /// Inserted.
+    pub const ADMITTED: u32 = 1;
+    /// Refused and counted as `lost::WATCH_FULL` in the kernel: the agent does not count
+    /// it again.
+    pub const REFUSED: u32 = 2;
+}
+
 /// Common prefix of every record. 48 bytes.
 #[repr(C)]
 #[derive(Copy, Clone, Debug)]
@@ -319,6 +369,9 @@ pub struct FileOpenEvent {
     pub file: FileKey,
     pub parent: FileKey,
     pub size: u64,
+    /// `open_watch::*`.
+    pub watch: u32,
+    pub _pad: u32,
     pub path: [u8; PATH_LEN],
 }
 
@@ -501,8 +554,8 @@ pub mod runtime {
     pub const LSM_OBSERVE: u32 = 1 << 3;
     /// The circuit breaker is live (`RESPOND`, `RESPOND_PATHS`, `RESPOND_TRUSTED` loaded).
     pub const RESPOND_ACTIVE: u32 = 1 << 4;
-    /// `WATCHED_FILES` is past its ordinary share: new files are left to the agent, which
-    /// admits images and metadata into the headroom.
+    /// The agent counts `WATCHED_FILES` past its ordinary share: new ordinary files are
+    /// left to it (images and metadata the kernel still inserts at once).
     pub const WATCH_RESERVE: u32 = 1 << 5;
 }
 
@@ -672,6 +725,8 @@ pub mod dir_flags {
     pub const WATCHED: u32 = 1 << 0;
     /// The directory is an ancestor of a watched directory.
     pub const ANCESTOR: u32 = 1 << 1;
+    /// Every file in it is metadata (libvirt, LVM stores): admitted past the ordinary share.
+    pub const METADATA: u32 = 1 << 2;
 }
 
 /// FNV-1a 64 over path bytes; the kernel hashes each directory prefix of an absolute
@@ -748,7 +803,9 @@ const _: () = {
     assert!(offset_of!(FileWriteEvent, data) == 112);
     assert!(size_of::<FileWriteEvent>() == 112 + DATA_LEN);
     assert!(offset_of!(FileOpenEvent, file) == 64);
-    assert!(size_of::<FileOpenEvent>() == 104 + PATH_LEN);
+    assert!(offset_of!(FileOpenEvent, watch) == 104);
+    assert!(offset_of!(FileOpenEvent, path) == 112);
+    assert!(size_of::<FileOpenEvent>() == 112 + PATH_LEN);
     assert!(offset_of!(NamespaceEvent, base1) == 64);
     assert!(offset_of!(NamespaceEvent, path1) == 112);
     assert!(size_of::<NamespaceEvent>() == 112 + 2 * PATH_LEN);

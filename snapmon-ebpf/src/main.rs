@@ -5,6 +5,8 @@
 //! the `emit` helpers, so a second backend produces the same records.
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![allow(static_mut_refs)]
 
 mod compat;
@@ -46,6 +48,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static WATCHED_FILES: HashMap<FileKey, u32> =
     HashMap::with_max_entries(snapmon_common::WATCHED_FILES_MAX, 0);
+
+/// Ordinary entries of `WATCHED_FILES`, counted by kernel and agent (`watch_share`): the
+/// open hook admits an ordinary file only below `ORDINARY_LIMIT`.
+#[map]
+static WATCH_SHARE: Array<u64> = Array::with_max_entries(snapmon_common::watch_share::COUNT, 0);
+
+/// FNV-1a hashes of the lower-case extensions of image and metadata names
+/// (`snapmon_common::ext_hash`), pushed by the agent: such files always get a watch.
+#[map]
+static PRECIOUS_EXTS: HashMap<u64, u32> =
+    HashMap::with_max_entries(snapmon_common::PRECIOUS_EXTS_MAX, 0);
 
 /// Nonzero at `ino_slot(ino)` for every watched file's inode number (`snapmon_common::ino_slot`).
 #[map]

@@ -6,7 +6,10 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use snapmon_common::{dir_flags, lost, runtime, valid as v, EventKind, OpenStash, PATH_LEN};
+use snapmon_common::{
+    dir_flags, fnv1a_step, lost, open_watch, runtime, valid as v, watch_share, watch_value,
+    EventKind, FileKey, OpenStash, FNV_OFFSET, ORDINARY_LIMIT, PATH_LEN, PRECIOUS_EXT_LEN,
+};
 
 use crate::{
     emit::{copy_user_str, count_lost, fill_header, output, sc_arg, sc_ret},
@@ -14,8 +17,11 @@ use crate::{
         current_task, dentry_inode, fd_to_file, file_inode, inode_key, inode_size, is_agent, off,
         rk, valid,
     },
-    OPEN_STASH, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
+    OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES, WATCH_SHARE,
 };
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i64 = 17;
 
 #[inline(always)]
 fn runtime_flags() -> u32 {
@@ -27,6 +33,92 @@ const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const AT_FDCWD: u64 = -100i64 as u64;
+/// Is the last component of `path[..len]` an image or metadata name: its extension (the
+/// bytes after its last dot, a leading dot excepted) in `PRECIOUS_EXTS`? A cut path is not.
+#[inline(always)]
+fn precious_name(path: &[u8; PATH_LEN], len: u32) -> bool {
+    const M: usize = PATH_LEN - 1;
+    let len = len as usize;
+    if len == 0 || len >= M {
+        return false;
+    }
+    // Backwards from the end to the last dot, the extension's bytes kept reversed. Every
+    // index is masked: the verifier sees it inside the buffer whatever the compiler folds.
+    let mut ext = [0u8; PRECIOUS_EXT_LEN];
+    let mut n = 0usize;
+    let mut dot = 0usize;
+    for j in 1..=PRECIOUS_EXT_LEN + 1 {
+        if j >= len {
+            return false;
+        }
+        let c = path[(len - j) & M];
+        if c == b'/' {
+            return false;
+        }
+        if c == b'.' {
+            dot = len - j;
+            break;
+        }
+        if n < PRECIOUS_EXT_LEN {
+            ext[n & (PRECIOUS_EXT_LEN - 1)] = c;
+            n += 1;
+        }
+    }
+    // No dot within reach, an empty extension, or a name that only starts with one.
+    if dot == 0 || n == 0 || path[(dot - 1) & M] == b'/' {
+        return false;
+    }
+    let mut h = FNV_OFFSET;
+    for k in 0..PRECIOUS_EXT_LEN {
+        if k < n {
+            h = fnv1a_step(
+                h,
+                ext[(n - 1 - k) & (PRECIOUS_EXT_LEN - 1)].to_ascii_lowercase(),
+            );
+        }
+    }
+    unsafe { PRECIOUS_EXTS.get(&h).is_some() }
+}
+
+/// Ordinary entries in `WATCHED_FILES` now (`watch_share`).
+#[inline(always)]
+fn ordinary_entries() -> u64 {
+    let s = |i| WATCH_SHARE.get(i).copied().unwrap_or(0);
+    (s(watch_share::KERNEL_ADDED) + s(watch_share::AGENT_ADDED))
+        .saturating_sub(s(watch_share::AGENT_REMOVED))
+}
+
+/// Insert a file new to `WATCHED_FILES`: images and metadata always (while the map has
+/// room), others only below the ordinary share. A refusal is counted; nothing is ignored.
+#[inline(always)]
+unsafe fn admit(key: &FileKey, precious: bool) -> u32 {
+    if !precious && ordinary_entries() >= ORDINARY_LIMIT as u64 {
+        count_lost(lost::WATCH_FULL);
+        return open_watch::REFUSED;
+    }
+    // Watch it from now on, before its first write can reach us.
+    crate::kernel::mark_watched_ino(key.ino);
+    let value = if precious { 0 } else { watch_value::ORDINARY };
+    match WATCHED_FILES.insert(key, &value, BPF_NOEXIST) {
+        Ok(()) => {
+            if !precious {
+                if let Some(p) = WATCH_SHARE.get_ptr_mut(watch_share::KERNEL_ADDED) {
+                    // One atomic add (BPF_XADD): CPUs creating files at once all count.
+                    use core::intrinsics::{atomic_xadd, AtomicOrdering};
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1);
+                }
+            }
+            open_watch::ADMITTED
+        }
+        // Another CPU (or the agent) put it in meanwhile: watched, and counted once.
+        Err(e) if e as i64 == -EEXIST => open_watch::NONE,
+        Err(_) => {
+            count_lost(lost::WATCH_FULL);
+            open_watch::REFUSED
+        }
+    }
+}
+
 /// Levels of new, not-yet-registered subdirectories an open may sit below a watched dir.
 const MAX_NEW_DEPTH: usize = 4;
 
@@ -101,11 +193,8 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         .and_then(|i| inode_key(i))
         .unwrap_or_default();
     let file_watched = WATCHED_FILES.get(&key).is_some();
-    let mut parent_watched = WATCHED_DIRS
-        .get(&pkey)
-        .map(|f| *f & dir_flags::WATCHED != 0)
-        .unwrap_or(false);
-    if !file_watched && !parent_watched && pkey.ino != 0 {
+    let mut pflags = WATCHED_DIRS.get(&pkey).copied().unwrap_or(0);
+    if !file_watched && pflags & dir_flags::WATCHED == 0 && pkey.ino != 0 {
         // A directory made a moment ago inside a watched tree may not be in the map yet
         // (userspace adds it when it sees the mkdir): judge by the nearest ancestors, and
         // watch the directory here so the race cannot hide files created right after.
@@ -117,29 +206,31 @@ unsafe fn on_exit(ctx: &TracePointContext) {
             };
             if let Some(f) = WATCHED_DIRS.get(&k) {
                 if *f & dir_flags::WATCHED != 0 {
-                    parent_watched = true;
-                    let _ = WATCHED_DIRS.insert(&pkey, &dir_flags::WATCHED, 0);
+                    pflags = *f & (dir_flags::WATCHED | dir_flags::METADATA);
+                    let _ = WATCHED_DIRS.insert(&pkey, &pflags, 0);
                 }
                 break;
             }
         }
     }
-    if !file_watched && !parent_watched {
+    if !file_watched && pflags & dir_flags::WATCHED == 0 {
         return;
-    }
-    // Past the map's ordinary share the agent decides (images and metadata get the
-    // headroom, the rest is counted there), so a flood of junk cannot fill it for good.
-    if !file_watched && runtime_flags() & runtime::WATCH_RESERVE == 0 {
-        // Watch it from now on, before its first write can reach us.
-        crate::kernel::mark_watched_ino(key.ino);
-        if WATCHED_FILES.insert(&key, &0, 0).is_err() {
-            count_lost(lost::WATCH_FULL);
-        }
     }
     let Some(ev) = SCRATCH_OPEN.get_ptr_mut(0) else {
         return;
     };
     let ev = &mut *ev;
+    ev.path_len = copy_user_str::<PATH_LEN>(&mut ev.path, s.path_ptr);
+    ev.watch = open_watch::NONE;
+    if !file_watched {
+        // Images and metadata always get a watch; other files only below the ordinary
+        // share, and not at all while the agent keeps the map in reserve (it decides and
+        // counts those), so a flood of junk cannot take the room of the next image.
+        let precious = pflags & dir_flags::METADATA != 0 || precious_name(&ev.path, ev.path_len);
+        if precious || runtime_flags() & runtime::WATCH_RESERVE == 0 {
+            ev.watch = admit(&key, precious);
+        }
+    }
     fill_header(&mut ev.hdr, EventKind::FileOpen as u32);
     ev.fd = fd as i32;
     ev.flags = s.flags;
@@ -147,7 +238,7 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     ev.file = key;
     ev.parent = pkey;
     ev.size = inode_size(inode);
-    ev.path_len = copy_user_str::<PATH_LEN>(&mut ev.path, s.path_ptr);
+    ev._pad = 0;
     let _ = s.dirfd;
     output(ev);
 }

@@ -26,6 +26,9 @@ use crate::{
 /// Kernel maps as the watch set's backing store.
 pub struct KernelMaps<'a> {
     pub files: &'a mut BpfHashMap<MapData, FileKey, u32>,
+    /// Ordinary entries of `files` (`snapmon_common::watch_share`).
+    pub share: &'a mut aya::maps::Array<MapData, u64>,
+    pub precious_exts: &'a mut BpfHashMap<MapData, u64, u32>,
     /// The write hooks' inode-number prefilter (`snapmon_common::ino_slot`).
     pub ino_slots: &'a mut aya::maps::Array<MapData, u32>,
     pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
@@ -40,6 +43,8 @@ impl<'a> KernelMaps<'a> {
     pub fn of(k: &'a mut Kernel) -> Self {
         KernelMaps {
             files: &mut k.files,
+            share: &mut k.watch_share,
+            precious_exts: &mut k.precious_exts,
             ino_slots: &mut k.ino_slots,
             dirs: &mut k.dirs,
             prefixes: &mut k.prefixes,
@@ -49,20 +54,81 @@ impl<'a> KernelMaps<'a> {
     }
 }
 
+const BPF_NOEXIST: u64 = 1;
+
+/// Ordinary entries of the watched-files map, as kernel and agent counted them.
+fn ordinary_entries(share: &aya::maps::Array<MapData, u64>) -> u64 {
+    use snapmon_common::watch_share as w;
+    let s = |i| share.get(&i, 0).unwrap_or(0);
+    (s(w::KERNEL_ADDED) + s(w::AGENT_ADDED)).saturating_sub(s(w::AGENT_REMOVED))
+}
+
+impl KernelMaps<'_> {
+    /// Add one to a `watch_share` slot the agent writes (it is that slot's only writer).
+    fn bump(&mut self, slot: u32) {
+        let n = self.share.get(&slot, 0).unwrap_or(0);
+        if let Err(e) = self.share.set(slot, n + 1, 0) {
+            eprintln!("snapmon: watch-share map: {e}");
+        }
+    }
+
+    /// Delete `key` from the file map; an ordinary entry gives its room back to the share.
+    fn withdraw(&mut self, key: &FileKey) -> bool {
+        let value = self.files.get(key, 0).unwrap_or(0);
+        let gone = self.files.remove(key).is_ok();
+        if gone && value & snapmon_common::watch_value::ORDINARY != 0 {
+            self.bump(snapmon_common::watch_share::AGENT_REMOVED);
+        }
+        gone
+    }
+}
+
 impl WatchMaps for KernelMaps<'_> {
-    fn add_file(&mut self, key: FileKey) -> Result<(), String> {
+    fn add_file(&mut self, key: FileKey, ordinary: bool) -> Result<(), String> {
         // Slot first: a write between the two must not be dropped by the prefilter.
         self.ino_slots
             .set(snapmon_common::ino_slot(key.ino), 1, 0)
             .map_err(|e| format!("watched-inode prefilter map: {e}"))?;
-        self.files
-            .insert(key, 0, 0)
-            .map_err(|e| format!("watched-files map: {e}"))
+        let value = if ordinary {
+            snapmon_common::watch_value::ORDINARY
+        } else {
+            0
+        };
+        match self.files.insert(key, value, BPF_NOEXIST) {
+            Ok(()) => {
+                if ordinary {
+                    self.bump(snapmon_common::watch_share::AGENT_ADDED);
+                }
+                Ok(())
+            }
+            // In already (the kernel took it at create): its value is kept, so the ordinary
+            // share is counted once, by whoever inserted it.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!("watched-files map: {e}")),
+        }
     }
     fn remove_file(&mut self, key: FileKey) {
         // Absent already (never taken, or withdrawn before) is the wanted end state. The
         // prefilter slot stays: other inodes may share it, and it only costs a lookup.
-        let _ = self.files.remove(&key);
+        self.withdraw(&key);
+    }
+    fn has_file(&self, key: FileKey) -> bool {
+        self.files.get(&key, 0).is_ok()
+    }
+    fn ordinary_entries(&self) -> Option<u64> {
+        Some(ordinary_entries(self.share))
+    }
+    fn set_precious_exts(&mut self, hashes: &[u64]) -> Result<(), String> {
+        for h in hashes {
+            self.precious_exts
+                .insert(*h, 1, 0)
+                .map_err(|e| format!("precious-extensions map: {e}"))?;
+        }
+        Ok(())
     }
     fn set_reserve(&mut self, on: bool) -> Result<(), String> {
         let old = self.runtime.get(&0, 0).unwrap_or(0);
@@ -82,7 +148,7 @@ impl WatchMaps for KernelMaps<'_> {
             .filter_map(Result::ok)
             .filter(|k| !keep(k))
             .collect();
-        gone.iter().filter(|k| self.files.remove(k).is_ok()).count()
+        gone.iter().filter(|k| self.withdraw(k)).count()
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         let old = self.dirs.get(&key, 0).unwrap_or(0);
@@ -167,6 +233,8 @@ fn register(
     let mut ws = WatchSet::default();
     ws.scan_depth = Some(policy.agent.scan_depth as usize);
     ws.precious = crate::watch::Precious::from_policy(policy);
+    maps.set_precious_exts(&ws.precious.ext_hashes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut notes = Vec::new();
     for s in &policy.stores {
         if let Err(e) = ws.add_root(&s.path, maps) {
@@ -412,6 +480,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
                 if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
+                registry.watch_ordinary.store(ordinary_entries(&k.watch_share), std::sync::atomic::Ordering::Relaxed);
                 // Half a tick of slack: ticks jitter, and a stats interval equal to the
                 // status interval must give one record per tick, not one per two.
                 if opts.stats_interval.is_some_and(|d| last_stats.elapsed() + opts.status_interval / 2 >= d) {

@@ -302,7 +302,8 @@ impl Enricher {
                     _ => None,
                 };
                 if let Some(p) = path {
-                    self.watch.seen(o.file, p, maps);
+                    let refused = o.watch == snapmon_common::open_watch::REFUSED;
+                    self.watch.seen_opened(o.file, p, refused, maps);
                 }
                 let mut ev = self.base(raw, "file", t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));

@@ -16,6 +16,8 @@
 //! - `snapmon_sink_{received,filtered,written,dropped}_total{sink[,cause]}`,
 //!   `snapmon_sink_up{sink,state}` (state: open, connected, sending, connecting,
 //!   disconnected, error, closed, abandoned, other), `snapmon_sink_spill_bytes{sink}`
+//! - `snapmon_watch_ordinary_entries`, `snapmon_watch_ordinary_limit`: ordinary (not image,
+//!   not metadata) entries of the kernel's watched-files map, and the share they may hold
 //! - `snapmon_uptime_seconds`
 
 use std::{
@@ -43,6 +45,8 @@ pub struct Registry {
     pub lost: AtomicU64,
     pub hooks_attached: AtomicU64,
     pub hooks_total: AtomicU64,
+    /// Ordinary entries of the kernel's watched-files map (`snapmon_common::watch_share`).
+    pub watch_ordinary: AtomicU64,
     labelled: Mutex<Labelled>,
     sinks: Mutex<Vec<Arc<SinkCounters>>>,
     /// None until the agent has loaded its programs.
@@ -113,6 +117,7 @@ impl Default for Registry {
             lost: AtomicU64::new(0),
             hooks_attached: AtomicU64::new(0),
             hooks_total: AtomicU64::new(0),
+            watch_ordinary: AtomicU64::new(0),
             labelled: Mutex::new(Labelled::default()),
             sinks: Mutex::new(Vec::new()),
             hook_runs: Mutex::new(None),
@@ -385,6 +390,26 @@ impl Registry {
         }
         family(
             &mut o,
+            "snapmon_watch_ordinary_entries",
+            "gauge",
+            "Entries of the kernel's watched-files map held by files other than images and metadata.",
+        );
+        o.push_str(&format!(
+            "snapmon_watch_ordinary_entries {}\n",
+            self.watch_ordinary.load(Relaxed)
+        ));
+        family(
+            &mut o,
+            "snapmon_watch_ordinary_limit",
+            "gauge",
+            "Entries such files may hold; past it they are refused and counted as lost (watch_full), the rest is kept for images and metadata.",
+        );
+        o.push_str(&format!(
+            "snapmon_watch_ordinary_limit {}\n",
+            snapmon_common::ORDINARY_LIMIT
+        ));
+        family(
+            &mut o,
             "snapmon_uptime_seconds",
             "gauge",
             "Seconds since the agent started.",
@@ -570,6 +595,19 @@ mod tests {
     };
     use serde_json::json;
     use std::io::Read;
+
+    #[test]
+    fn the_watch_maps_ordinary_share_is_a_gauge_with_its_bound() {
+        let r = Registry::default();
+        r.watch_ordinary.store(58_000, Relaxed);
+        let t = r.render();
+        assert!(t.contains("# TYPE snapmon_watch_ordinary_entries gauge\n"));
+        assert!(t.contains("\nsnapmon_watch_ordinary_entries 58000\n"));
+        assert!(t.contains(&format!(
+            "\nsnapmon_watch_ordinary_limit {}\n",
+            snapmon_common::ORDINARY_LIMIT
+        )));
+    }
 
     #[test]
     fn counts_records_and_serves_prometheus_text() {

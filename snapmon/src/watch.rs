@@ -104,9 +104,23 @@ fn sb_dev_of(path: &Path) -> Option<u32> {
 
 /// Where the filter entries go: the kernel maps in production, memory in tests.
 pub trait WatchMaps {
-    fn add_file(&mut self, key: FileKey) -> Result<(), String>;
-    /// Withdraw a file whose last watched name went (absent already is fine).
+    /// Watch `key`; an `ordinary` (not image, not metadata) one counts towards the ordinary
+    /// share. A key in the map already is left as it is (and counted as it was).
+    fn add_file(&mut self, key: FileKey, ordinary: bool) -> Result<(), String>;
+    /// Withdraw a file whose last watched name went (absent already is fine); an ordinary
+    /// entry gives its room in the share back.
     fn remove_file(&mut self, key: FileKey);
+    /// Is `key` in the file map (the kernel may have put it there at create)?
+    fn has_file(&self, key: FileKey) -> bool;
+    /// Ordinary entries in the file map as kernel and agent counted them (None: unknown).
+    fn ordinary_entries(&self) -> Option<u64> {
+        None
+    }
+    /// Tell the kernel which extensions (`snapmon_common::ext_hash`) name images and
+    /// metadata: those it admits past the ordinary share.
+    fn set_precious_exts(&mut self, _hashes: &[u64]) -> Result<(), String> {
+        Ok(())
+    }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String>;
     fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
     /// Past the ordinary share of the file map the kernel leaves new files to the agent,
@@ -128,6 +142,8 @@ pub trait WatchMaps {
 #[derive(Default, Debug)]
 pub struct MemMaps {
     pub files: HashSet<FileKey>,
+    /// The entries of `files` counted in the ordinary share.
+    pub ordinary: HashSet<FileKey>,
     pub dirs: HashMap<FileKey, u32>,
     pub prefixes: HashSet<u64>,
     pub filters: HashMap<FileKey, snapmon_common::WriteFilter>,
@@ -137,18 +153,28 @@ pub struct MemMaps {
 }
 
 impl WatchMaps for MemMaps {
-    fn add_file(&mut self, key: FileKey) -> Result<(), String> {
-        if self
-            .cap
-            .is_some_and(|c| self.files.len() >= c && !self.files.contains(&key))
-        {
+    fn add_file(&mut self, key: FileKey, ordinary: bool) -> Result<(), String> {
+        if self.files.contains(&key) {
+            return Ok(());
+        }
+        if self.cap.is_some_and(|c| self.files.len() >= c) {
             return Err("watched-files map: full".into());
         }
         self.files.insert(key);
+        if ordinary {
+            self.ordinary.insert(key);
+        }
         Ok(())
     }
     fn remove_file(&mut self, key: FileKey) {
         self.files.remove(&key);
+        self.ordinary.remove(&key);
+    }
+    fn has_file(&self, key: FileKey) -> bool {
+        self.files.contains(&key)
+    }
+    fn ordinary_entries(&self) -> Option<u64> {
+        Some(self.ordinary.len() as u64)
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         *self.dirs.entry(key).or_default() |= flags;
@@ -165,6 +191,8 @@ impl WatchMaps for MemMaps {
     fn sweep_files(&mut self, keep: &dyn Fn(&FileKey) -> bool) -> usize {
         let before = self.files.len();
         self.files.retain(|k| keep(k));
+        let files = &self.files;
+        self.ordinary.retain(|k| files.contains(k));
         before - self.files.len()
     }
     fn set_write_filter(
@@ -197,8 +225,9 @@ pub const DEFAULT_SCAN_DEPTH: usize = 256;
 pub const MAX_ENTRIES: usize = 60_000;
 
 /// Ordinary files are admitted to the kernel's file map up to here; the last tenth is
-/// headroom for images and metadata, so junk files cannot push out a new image.
-pub const ORDINARY_LIMIT: usize = snapmon_common::WATCHED_FILES_MAX as usize / 10 * 9;
+/// headroom for images and metadata, so junk files cannot push out a new image. The
+/// kernel holds its own inserts to the same share (`snapmon_common::watch_share`).
+pub const ORDINARY_LIMIT: usize = snapmon_common::ORDINARY_LIMIT as usize;
 
 /// A gone name's identity is withdrawn from the kernel once its syscall has landed (the
 /// hooks report at syscall entry; an unlink refused by the sticky bit must not unwatch).
@@ -208,6 +237,9 @@ const LAND: Duration = Duration::from_millis(50);
 /// often: unlinks whose events the ring buffer dropped still free their entries.
 const AUDIT_BATCH: usize = 4096;
 const AUDIT_EVERY: Duration = Duration::from_millis(100);
+
+/// How often a full ordinary share may be swept of entries the agent does not know.
+const SHARE_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Names that get the file map's headroom: images by extension, metadata by store.
 #[derive(Default, Debug, Clone)]
@@ -238,6 +270,21 @@ impl Precious {
                 .map(|s| std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()))
                 .collect(),
         }
+    }
+
+    /// The kernel's form of the extensions: `snapmon_common::ext_hash` of each.
+    pub fn ext_hashes(&self) -> Vec<u64> {
+        self.exts
+            .iter()
+            .chain(&self.meta_exts)
+            .filter(|e| !e.is_empty() && e.len() <= snapmon_common::PRECIOUS_EXT_LEN)
+            .map(|e| snapmon_common::ext_hash(e.as_bytes()))
+            .collect()
+    }
+
+    /// Is every file below directory `d` metadata (a libvirt or LVM store)?
+    pub fn meta_dir(&self, d: &Path) -> bool {
+        self.meta_roots.iter().any(|r| d.starts_with(r))
     }
 
     pub fn admits(&self, p: &Path) -> bool {
@@ -279,6 +326,8 @@ pub struct WatchSet {
     /// While in reserve: where the audit of names resumes, and when it runs next.
     audit_from: Option<PathBuf>,
     audit_at: Option<Instant>,
+    /// When the ordinary share may next be swept of entries the agent never heard of.
+    share_sweep_at: Option<Instant>,
     pub stats: WatchStats,
     /// Directory levels registered below a root or a new directory (None: the default).
     pub scan_depth: Option<usize>,
@@ -353,15 +402,42 @@ impl WatchSet {
             return true;
         }
         let precious = self.precious.admits(p);
-        let ok = if self.files.len() >= ORDINARY_LIMIT && !precious {
+        // In already (the kernel took it at create, within the share): keep it.
+        if maps.has_file(k) && self.files.len() < ORDINARY_LIMIT {
+            self.files.insert(k);
+            self.update_reserve(maps);
+            return true;
+        }
+        // The share as the kernel counts it too: its inserts the agent has not heard of yet.
+        let share_full = |maps: &dyn WatchMaps| {
+            maps.ordinary_entries()
+                .is_some_and(|n| n >= ORDINARY_LIMIT as u64)
+        };
+        let mut share_full = share_full(maps) && {
+            // Full by the count although the agent knows fewer: entries whose unlink the
+            // ring buffer lost hold room. Sweep them out, at most once per interval (a flood
+            // in flight refills it, and a sweep is a walk of the whole map).
+            let now = Instant::now();
+            if !precious
+                && self.files.len() < ORDINARY_LIMIT
+                && self.share_sweep_at.is_none_or(|t| now >= t)
+            {
+                self.share_sweep_at = Some(now + SHARE_SWEEP_EVERY);
+                let files = &self.files;
+                maps.sweep_files(&|x| files.contains(x));
+            }
+            share_full(maps)
+        };
+        share_full &= !precious;
+        let ok = if (self.files.len() >= ORDINARY_LIMIT || share_full) && !precious {
             Err("kept for images and metadata".to_string())
         } else {
-            maps.add_file(k).or_else(|e| {
+            maps.add_file(k, !precious).or_else(|e| {
                 // Full although we count less: entries whose events the ring buffer lost.
                 // Drop those the agent does not know, then try once more.
                 let files = &self.files;
                 if maps.sweep_files(&|x| files.contains(x)) > 0 {
-                    maps.add_file(k)
+                    maps.add_file(k, !precious)
                 } else {
                     Err(e)
                 }
@@ -456,7 +532,12 @@ impl WatchSet {
         if !self.dirs.insert(key) {
             return Ok(()); // already known (bind mount or loop)
         }
-        maps.add_dir(key, dir_flags::WATCHED)?;
+        let meta = if self.precious.meta_dir(dir) {
+            dir_flags::METADATA
+        } else {
+            0
+        };
+        maps.add_dir(key, dir_flags::WATCHED | meta)?;
         self.add_name(key, dir);
         self.stats.dirs += 1;
         let max = self.scan_depth.unwrap_or(DEFAULT_SCAN_DEPTH);
@@ -582,6 +663,13 @@ impl WatchSet {
     /// watched if the map admits it. Inode numbers are reused after unlink: other names
     /// it had are kept only while they still name it (hard links).
     pub fn seen(&mut self, k: FileKey, p: PathBuf, maps: &mut dyn WatchMaps) {
+        self.seen_opened(k, p, false, maps)
+    }
+
+    /// [`WatchSet::seen`] for an open the kernel judged: `refused` when its hook refused
+    /// the file a watch and counted that as loss (`open_watch::REFUSED`), so the agent
+    /// neither counts it again nor takes room the kernel kept for images and metadata.
+    pub fn seen_opened(&mut self, k: FileKey, p: PathBuf, refused: bool, maps: &mut dyn WatchMaps) {
         if self.path_of(&k) != Some(&p) {
             let stale: Vec<PathBuf> = self
                 .names
@@ -596,7 +684,9 @@ impl WatchSet {
             }
         }
         // A refused file keeps its name (events still say what was made), not its watch.
-        if self.covers(&p) && !self.dirs.contains(&k) {
+        // What the kernel refused an image gets a second chance here (the map may have
+        // been swept since); ordinary files stay refused, counted once, in the kernel.
+        if self.covers(&p) && !self.dirs.contains(&k) && (!refused || self.precious.admits(&p)) {
             self.admit(k, &p, maps);
         }
         self.add_name(k, &p);
@@ -984,6 +1074,77 @@ mod tests {
         ws.seen(fk(1 << 44), PathBuf::from("/s/plain"), &mut maps);
         assert!(maps.files.contains(&fk(1 << 44)));
         assert_eq!(ws.take_loss(), WatchLoss::default());
+    }
+
+    #[test]
+    fn the_kernels_share_of_junk_holds_the_agent_too_and_its_refusals_count_once() {
+        let mut ws = over_s();
+        ws.precious = Precious {
+            exts: vec!["qcow2".into()],
+            meta_exts: vec!["xml".into()],
+            meta_roots: vec![PathBuf::from("/s/lvm")],
+        };
+        assert_eq!(
+            ws.precious.ext_hashes(),
+            vec![
+                snapmon_common::ext_hash(b"QCOW2"),
+                snapmon_common::ext_hash(b"xml")
+            ]
+        );
+        assert!(ws.precious.meta_dir(Path::new("/s/lvm/vg0")));
+        assert!(!ws.precious.meta_dir(Path::new("/s/other")));
+        let mut maps = MemMaps {
+            cap: Some(snapmon_common::WATCHED_FILES_MAX as usize),
+            ..Default::default()
+        };
+        // The kernel filled the ordinary share at create, faster than the agent heard of it
+        // (and the share was swept a moment ago: the flood is in flight).
+        ws.share_sweep_at = Some(Instant::now() + Duration::from_secs(3600));
+        for i in 0..ORDINARY_LIMIT as u64 {
+            maps.add_file(fk((1 << 30) + i), true).unwrap();
+        }
+        // The agent hears of one it admitted: in already, so neither added nor counted twice.
+        ws.seen_opened(fk(1 << 30), PathBuf::from("/s/n0"), false, &mut maps);
+        assert_eq!(maps.ordinary.len(), ORDINARY_LIMIT);
+        assert_eq!(ws.take_loss(), WatchLoss::default());
+        // One the kernel refused (and counted): not counted again, not admitted.
+        ws.seen_opened(fk(1), PathBuf::from("/s/junk"), true, &mut maps);
+        assert!(!maps.files.contains(&fk(1)));
+        assert_eq!(ws.take_loss(), WatchLoss::default());
+        // One the kernel left to the agent (reserve): the share is full, so it is refused
+        // although the agent itself knows of few files; that refusal is the agent's to count.
+        ws.seen_opened(fk(2), PathBuf::from("/s/plain"), false, &mut maps);
+        assert!(!maps.files.contains(&fk(2)));
+        assert_eq!(ws.take_loss().watch_full, 1);
+        // Images and metadata still get in, uncounted in the share.
+        for (i, p) in ["/s/vm.qcow2", "/s/vm.xml", "/s/lvm/vg0"]
+            .iter()
+            .enumerate()
+        {
+            ws.seen_opened(fk(10 + i as u64), PathBuf::from(p), false, &mut maps);
+            assert!(maps.files.contains(&fk(10 + i as u64)), "{p}");
+        }
+        // An image the kernel could not take (map full then) gets its second chance here.
+        ws.seen_opened(fk(20), PathBuf::from("/s/b.qcow2"), true, &mut maps);
+        assert!(maps.files.contains(&fk(20)));
+        assert_eq!(maps.ordinary.len(), ORDINARY_LIMIT);
+        assert_eq!(ws.take_loss(), WatchLoss::default());
+        // Entries whose events were all lost hold room in the share: swept out (once per
+        // interval), so an ordinary file gets in again.
+        ws.share_sweep_at = None;
+        maps.remove_file(fk(1 << 30));
+        maps.add_file(fk(1 << 29), true).unwrap();
+        ws.seen_opened(fk(3), PathBuf::from("/s/plain2"), false, &mut maps);
+        assert!(maps.files.contains(&fk(3)));
+        assert!(!maps.files.contains(&fk(1 << 29)), "unknown entry swept");
+        assert_eq!(ws.take_loss(), WatchLoss::default());
+        // Unlinked: the ordinary entry's room goes back to the share.
+        maps.add_file(fk(1 << 30), true).unwrap();
+        ws.forget_path(Path::new("/s/n0"));
+        ws.settle(Instant::now() + LAND, &mut maps);
+        assert!(!maps.files.contains(&fk(1 << 30)));
+        ws.seen_opened(fk(2), PathBuf::from("/s/plain"), false, &mut maps);
+        assert!(maps.files.contains(&fk(2)));
     }
 
     #[test]

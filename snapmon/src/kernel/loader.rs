@@ -220,6 +220,10 @@ pub struct Kernel {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub files: BpfHashMap<MapData, FileKey, u32>,
+    /// Ordinary entries of `files`, by who added or removed them (`snapmon_common::watch_share`).
+    pub watch_share: aya::maps::Array<MapData, u64>,
+    /// Extension hashes of image and metadata names (`snapmon_common::ext_hash`).
+    pub precious_exts: BpfHashMap<MapData, u64, u32>,
     pub ino_slots: aya::maps::Array<MapData, u32>,
     pub dirs: BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: BpfHashMap<MapData, u64, u32>,
@@ -479,6 +483,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     };
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
     let files = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_FILES")?)?;
+    let watch_share = aya::maps::Array::try_from(take(&mut ebpf, "WATCH_SHARE")?)?;
+    let precious_exts = BpfHashMap::try_from(take(&mut ebpf, "PRECIOUS_EXTS")?)?;
     let ino_slots = aya::maps::Array::try_from(take(&mut ebpf, "WATCHED_INO")?)?;
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
@@ -513,6 +519,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         ebpf,
         events,
         files,
+        watch_share,
+        precious_exts,
         ino_slots,
         dirs,
         prefixes,
