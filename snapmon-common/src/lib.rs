@@ -188,6 +188,26 @@ pub mod write_flags {
     pub const FIXED_FILE: u16 = 1 << 4;
     /// This is the source side of a copy (copy_file_range/splice/sendfile out of a watched file).
     pub const SOURCE_SIDE: u16 = 1 << 5;
+    /// A loop attach (`LOOP_SET_FD`, `LOOP_CHANGE_FD`, `LOOP_CONFIGURE`) whose *backing* fd is
+    /// a watched file: `file` is that file, and `parent` the loop device node the ioctl was
+    /// issued on (`name` is empty).
+    pub const LOOP_BACKING: u16 = 1 << 6;
+}
+
+/// Loop-device ioctls (`linux/loop.h`; plain numbers, no `_IOC` size).
+pub mod loop_ioctl {
+    pub const SET_FD: u32 = 0x4C00;
+    pub const CLR_FD: u32 = 0x4C01;
+    pub const SET_STATUS: u32 = 0x4C02;
+    pub const SET_STATUS64: u32 = 0x4C04;
+    pub const CHANGE_FD: u32 = 0x4C06;
+    pub const CONFIGURE: u32 = 0x4C0A;
+
+    /// Ioctls that give a loop device a backing file (the fd is `arg`, or `loop_config.fd`).
+    #[inline(always)]
+    pub fn attaches(cmd: u32) -> bool {
+        cmd == SET_FD || cmd == CHANGE_FD || cmd == CONFIGURE
+    }
 }
 
 /// Per-CPU loss counters, index into the `LOST` map.

@@ -1,12 +1,17 @@
 //! ioctl hook: cmd plus a bounded copy of the argument for watched files, dirs and devices.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use snapmon_common::{valid as v, write_flags, EventKind, FileKey, IOCTL_ARG_LEN, IOCTL_NAME_LEN};
+use snapmon_common::{
+    loop_ioctl, lost, valid as v, write_flags, EventKind, FileKey, IOCTL_ARG_LEN, IOCTL_NAME_LEN,
+};
 
 use crate::{
-    emit::{copy_kernel_str, copy_user, fill_header, output, sc_arg},
-    kernel::{current_task, dentry_inode, inode_key, is_agent, off, rk, valid, watched_fd},
-    SCRATCH_IOCTL,
+    emit::{copy_kernel_str, copy_user, count_lost, fill_header, output, sc_arg},
+    kernel::{
+        current_task, dentry_inode, fd_to_file, file_inode, inode_key, is_agent, mark_watched_ino,
+        off, rk, valid, watched_fd,
+    },
+    SCRATCH_IOCTL, WATCHED_FILES,
 };
 
 #[tracepoint]
@@ -25,17 +30,21 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
         return;
     }
     let fd = sc_arg(ctx, 0) as i64;
+    let cmd = sc_arg(ctx, 1) as u32;
+    if loop_ioctl::attaches(cmd) && on_loop_attach(ctx, fd, cmd) {
+        return;
+    }
     let Some(w) = watched_fd(current_task(), fd, true) else {
         return;
     };
-    crate::respond::on_ioctl(&w, sc_arg(ctx, 1) as u32);
+    crate::respond::on_ioctl(&w, cmd);
     let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
         return;
     };
     let ev = &mut *ev;
     fill_header(&mut ev.hdr, EventKind::Ioctl as u32);
     ev.fd = fd as i32;
-    ev.cmd = sc_arg(ctx, 1) as u32;
+    ev.cmd = cmd;
     ev.file = w.key;
     ev.arg = sc_arg(ctx, 2);
     ev.flags = if w.is_dir { write_flags::IS_DIR } else { 0 };
@@ -67,4 +76,57 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
         }
     }
     output(ev);
+}
+
+/// A loop attach whose backing fd is a watched file: the image gets a block-device side door
+/// (`/dev/loopN`), which the fd the ioctl is issued on does not reveal. Reported as an ioctl
+/// on the image, with the loop device node in `parent`, so the agent can watch that node as
+/// an alias. True when reported.
+#[inline(always)]
+unsafe fn on_loop_attach(ctx: &TracePointContext, fd: i64, cmd: u32) -> bool {
+    let arg = sc_arg(ctx, 2);
+    let backing: i64 = if cmd == loop_ioctl::CONFIGURE {
+        // struct loop_config { __u32 fd; … }
+        let mut b = [0u8; 4];
+        if copy_user::<4>(&mut b, arg, 4) != 4 {
+            return false;
+        }
+        u32::from_le_bytes(b) as i64
+    } else {
+        arg as u32 as i64
+    };
+    let task = current_task();
+    let Some(w) = watched_fd(task, backing, false) else {
+        return false;
+    };
+    let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
+        return false;
+    };
+    let ev = &mut *ev;
+    fill_header(&mut ev.hdr, EventKind::Ioctl as u32);
+    ev.fd = fd as i32;
+    ev.cmd = cmd;
+    ev.file = w.key;
+    ev.arg = arg;
+    ev.flags = write_flags::LOOP_BACKING;
+    ev.arg_len = if cmd == loop_ioctl::CONFIGURE {
+        copy_user::<IOCTL_ARG_LEN>(&mut ev.arg_data, arg, IOCTL_ARG_LEN as u64)
+    } else {
+        0
+    };
+    ev.parent = fd_to_file(task, fd)
+        .and_then(|f| file_inode(f))
+        .and_then(|i| inode_key(i))
+        .unwrap_or_default();
+    if ev.parent.ino != 0 {
+        // Watch the device node now: the attacker's first write through it may come before
+        // the agent has read this record. The agent adopts (or withdraws) the entry.
+        mark_watched_ino(ev.parent.ino);
+        if WATCHED_FILES.insert(&ev.parent, &0, 0).is_err() {
+            count_lost(lost::WATCH_FULL);
+        }
+    }
+    ev.name_len = 0;
+    output(ev);
+    true
 }

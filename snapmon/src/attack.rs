@@ -62,6 +62,7 @@ pub const TECHNIQUES: &[Technique] = &[
         Some(("T1070", "Indicator Removal")),
         DEFENSE_EVASION,
     ),
+    t("T1006", "Direct Volume Access", None, DEFENSE_EVASION),
     t(
         "T1059",
         "Command and Scripting Interpreter",

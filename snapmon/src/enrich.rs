@@ -3,6 +3,7 @@
 //! filter is a superset).
 
 use std::{
+    collections::HashMap,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -130,6 +131,46 @@ pub struct Enricher {
     pub stats: EnrichStats,
     /// Emit fork/exec/exit as events too (otherwise they only feed lineage).
     pub process_events: bool,
+    /// Loop device nodes over watched files, by the node's identity.
+    pub loops: HashMap<FileKey, LoopAlias>,
+}
+
+/// A loop device whose backing file is watched: its writes are the image's, `offset` bytes in.
+#[derive(Debug, Clone)]
+pub struct LoopAlias {
+    pub image: FileKey,
+    /// `lo_offset`: device byte 0 is this byte of the image.
+    pub offset: u64,
+    pub node: Option<PathBuf>,
+}
+
+impl LoopAlias {
+    fn node_name(&self, key: FileKey) -> String {
+        match &self.node {
+            Some(p) => Bytes::from_path(p).display(),
+            None => format!("{}:{}", crate::watch::dev_display(key.dev), key.ino),
+        }
+    }
+}
+
+/// The name of loop device node `key` the process used as `fd`, else a `/dev/loop*` entry
+/// with that identity.
+fn loop_node_path(tgid: u32, fd: i32, key: FileKey) -> Option<PathBuf> {
+    let is = |p: &Path| std::fs::metadata(p).is_ok_and(|md| crate::watch::key_for(p, &md) == key);
+    if let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) {
+        if is(&p) {
+            return Some(p);
+        }
+    }
+    std::fs::read_dir("/dev")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(b"loop"))
+        })
+        .find(|p| is(p))
 }
 
 impl Enricher {
@@ -140,6 +181,7 @@ impl Enricher {
             lineage,
             stats: EnrichStats::default(),
             process_events: false,
+            loops: HashMap::new(),
         }
     }
 
@@ -274,6 +316,9 @@ impl Enricher {
                     mode,
                     data: w.data[..n].to_vec(),
                 });
+                if let Some(a) = self.loops.get(&w.file) {
+                    self.through_loop(&mut ev, w.file, a.clone());
+                }
                 ev
             }
             RawEvent::Open(o) => {
@@ -393,6 +438,11 @@ impl Enricher {
                     arg: i.arg,
                     arg_data: i.arg_data[..n].to_vec(),
                 });
+                if i.flags & write_flags::LOOP_BACKING != 0 {
+                    self.loop_attached(&mut ev, i, maps);
+                } else if let Some(a) = self.loops.get(&i.file).cloned() {
+                    self.loop_ioctl(&mut ev, i, a, maps);
+                }
                 ev
             }
         };
@@ -567,6 +617,111 @@ impl Enricher {
         }
         self.stats.emitted += 1;
         Some(ev)
+    }
+
+    /// A write through a loop device over a watched file: it is the file's, at the file's
+    /// offset, and is judged as such.
+    fn through_loop(&self, ev: &mut Event, node: FileKey, a: LoopAlias) {
+        let mut f = self.file(a.image, None);
+        f.size = f
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p.as_path()).ok())
+            .map(|m| m.len());
+        ev.file = Some(f);
+        if let Some(w) = ev.write.as_mut() {
+            w.offset = w.offset.saturating_add(a.offset as i64);
+        }
+        ev.detail.push(("loop_device", a.node_name(node)));
+        ev.detail.push(("loop_offset", a.offset.to_string()));
+    }
+
+    /// A loop attach whose backing fd is a watched file (`parent` is the loop device node):
+    /// the node becomes an alias of the file.
+    fn loop_attached(
+        &mut self,
+        ev: &mut Event,
+        i: &snapmon_common::IoctlEvent,
+        maps: &mut dyn WatchMaps,
+    ) {
+        let node = i.parent;
+        let offset = if i.cmd == snapmon_common::loop_ioctl::CONFIGURE {
+            // loop_config.info.lo_offset
+            ev.ioctl
+                .as_ref()
+                .and_then(|x| x.arg_data.get(32..40))
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let a = LoopAlias {
+            image: i.file,
+            offset,
+            node: (node.ino != 0)
+                .then(|| loop_node_path(i.hdr.tgid, i.fd, node))
+                .flatten(),
+        };
+        ev.detail.push(("loop_device", a.node_name(node)));
+        ev.detail.push(("loop_role", "backing".into()));
+        if node.ino == 0 {
+            return;
+        }
+        let image = self.watch.path_of(&i.file).cloned().unwrap_or_default();
+        if self
+            .watch
+            .watch_alias(node, a.node.as_deref(), &image, maps)
+        {
+            self.loops.insert(node, a);
+        } else {
+            ev.detail.push(("loop_watch", "refused".into()));
+        }
+    }
+
+    /// An ioctl on a loop device node that aliases a watched file: a new offset moves the
+    /// mapping; a detach, or another backing file, ends it.
+    fn loop_ioctl(
+        &mut self,
+        ev: &mut Event,
+        i: &snapmon_common::IoctlEvent,
+        a: LoopAlias,
+        maps: &mut dyn WatchMaps,
+    ) {
+        use snapmon_common::loop_ioctl as lo;
+        let node = i.file;
+        ev.file = Some(self.file(a.image, None));
+        ev.detail.push(("loop_device", a.node_name(node)));
+        ev.detail.push(("loop_role", "device".into()));
+        let data = ev
+            .ioctl
+            .as_ref()
+            .map(|x| x.arg_data.as_slice())
+            .unwrap_or(&[]);
+        match i.cmd {
+            lo::SET_STATUS64 => {
+                if let Some(b) = data.get(24..32) {
+                    let o = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+                    if let Some(x) = self.loops.get_mut(&node) {
+                        x.offset = o;
+                    }
+                }
+            }
+            lo::SET_STATUS => {
+                if let Some(b) = data.get(32..36) {
+                    let o = i32::from_le_bytes(b.try_into().unwrap_or([0; 4])) as u32 as u64;
+                    if let Some(x) = self.loops.get_mut(&node) {
+                        x.offset = o;
+                    }
+                }
+            }
+            // Detached, or given a file that is not watched (a watched one arrives flagged).
+            lo::CLR_FD | lo::SET_FD | lo::CHANGE_FD | lo::CONFIGURE => {
+                self.loops.remove(&node);
+                self.watch.unwatch_alias(node, maps);
+                ev.detail.push(("loop_watch", "ended".into()));
+            }
+            _ => {}
+        }
     }
 
     fn key_for(&self, p: &Path) -> Option<FileKey> {

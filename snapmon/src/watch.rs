@@ -692,6 +692,34 @@ impl WatchSet {
         self.add_name(k, &p);
     }
 
+    /// Watch a device node that aliases a watched file (a loop device over an image) by its
+    /// own identity, named `p` when its name is known. Outside the roots by nature, so it is
+    /// admitted here rather than by [`WatchSet::seen`]. False when the map refused it.
+    pub fn watch_alias(
+        &mut self,
+        k: FileKey,
+        p: Option<&Path>,
+        image: &Path,
+        maps: &mut dyn WatchMaps,
+    ) -> bool {
+        // The image's name decides the headroom: the alias carries the image's bytes.
+        if !self.admit(k, image, maps) {
+            return false;
+        }
+        if let Some(p) = p {
+            self.add_name(k, p);
+        }
+        true
+    }
+
+    /// Stop watching an alias node (the loop device was detached or given another file).
+    pub fn unwatch_alias(&mut self, k: FileKey, maps: &mut dyn WatchMaps) {
+        for n in self.names.get(&k).cloned().unwrap_or_default() {
+            self.remove_name(k, &n);
+        }
+        self.unwatch(k, maps);
+    }
+
     pub fn learn(&mut self, key: FileKey, p: PathBuf) {
         self.add_name(key, &p);
     }

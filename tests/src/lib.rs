@@ -18,7 +18,7 @@ use serde_json::Value;
 pub const TEST_DIRS: &[&str] = &[
     "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
     "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
-    "storm", "inode", "fresh", "uring-ns", "alias", "outputs", "discard", "compat",
+    "storm", "inode", "fresh", "uring-ns", "alias", "outputs", "discard", "compat", "loop",
 ];
 
 pub struct Agent {

@@ -235,6 +235,18 @@ pub enum IoctlDetail {
         projid: Option<u32>,
         cowextsize: Option<u32>,
     },
+    /// Loop device: `LOOP_SET_FD`/`LOOP_CHANGE_FD` (backing fd by value), `LOOP_CONFIGURE`
+    /// (`struct loop_config`), `LOOP_SET_STATUS64` (`struct loop_info64`), `LOOP_SET_STATUS`
+    /// (`struct loop_info`).
+    Loop {
+        backing_fd: Option<i64>,
+        /// Where the device starts in the backing file (`lo_offset`).
+        offset: Option<u64>,
+        sizelimit: Option<u64>,
+        lo_flags: Option<u32>,
+        read_only: Option<bool>,
+        file_name: Option<RawStr>,
+    },
     Unknown(IocSplit),
 }
 
@@ -986,6 +998,77 @@ fn decode_file(cmd: u32, arg: &[u8], truncated: &mut bool) -> Option<(&'static s
 }
 
 // ---------------------------------------------------------------------------
+// Loop devices (linux/loop.h)
+// ---------------------------------------------------------------------------
+
+use snapmon_common::loop_ioctl as lo;
+
+/// `struct loop_info64`: lo_offset@24, lo_sizelimit@32, lo_flags@52, lo_file_name[64]@56.
+const LOOP_INFO64_LEN: usize = 232;
+/// `struct loop_config`: fd@0, block_size@4, info (loop_info64)@8.
+const LOOP_CONFIG_INFO: usize = 8;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+
+fn loop_info64(arg: &[u8], base: usize, fd: Option<i64>, truncated: &mut bool) -> IoctlDetail {
+    *truncated |= arg.len() < base + LOOP_INFO64_LEN;
+    let lo_flags = le_u32(arg, base + 52);
+    let (name, _) = read_cstr(arg, base + 56, 64);
+    IoctlDetail::Loop {
+        backing_fd: fd,
+        offset: le_u64(arg, base + 24),
+        sizelimit: le_u64(arg, base + 32),
+        lo_flags,
+        read_only: lo_flags.map(|f| f & LO_FLAGS_READ_ONLY != 0),
+        file_name: (!name.is_empty()).then_some(name),
+    }
+}
+
+fn decode_loop(cmd: u32, arg: &[u8], truncated: &mut bool) -> Option<(&'static str, IoctlDetail)> {
+    let by_value = |t: &mut bool| {
+        *t |= arg.len() < 4;
+        le_i64(arg, 0).or_else(|| le_i32(arg, 0).map(i64::from))
+    };
+    let bare = |fd| IoctlDetail::Loop {
+        backing_fd: fd,
+        offset: None,
+        sizelimit: None,
+        lo_flags: None,
+        read_only: None,
+        file_name: None,
+    };
+    Some(match cmd {
+        lo::SET_FD => ("LOOP_SET_FD", bare(by_value(truncated))),
+        lo::CHANGE_FD => ("LOOP_CHANGE_FD", bare(by_value(truncated))),
+        lo::CONFIGURE => {
+            let fd = le_u32(arg, 0).map(i64::from);
+            (
+                "LOOP_CONFIGURE",
+                loop_info64(arg, LOOP_CONFIG_INFO, fd, truncated),
+            )
+        }
+        lo::SET_STATUS64 => ("LOOP_SET_STATUS64", loop_info64(arg, 0, None, truncated)),
+        lo::SET_STATUS => {
+            // struct loop_info (x86_64): lo_offset is an int at 32, lo_flags at 44.
+            *truncated |= arg.len() < 48;
+            let lo_flags = le_u32(arg, 44);
+            (
+                "LOOP_SET_STATUS",
+                IoctlDetail::Loop {
+                    backing_fd: None,
+                    offset: le_i32(arg, 32).map(|o| o as u32 as u64),
+                    sizelimit: None,
+                    lo_flags,
+                    read_only: lo_flags.map(|f| f & LO_FLAGS_READ_ONLY != 0),
+                    file_name: None,
+                },
+            )
+        }
+        lo::CLR_FD => ("LOOP_CLR_FD", IoctlDetail::None),
+        _ => return None,
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Entry point
 // ---------------------------------------------------------------------------
 
@@ -998,6 +1081,15 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
         return IoctlInfo {
             cmd,
             family: "file",
+            name,
+            truncated,
+            detail,
+        };
+    }
+    if let Some((name, detail)) = decode_loop(cmd, arg, &mut truncated) {
+        return IoctlInfo {
+            cmd,
+            family: "loop",
             name,
             truncated,
             detail,
@@ -1195,6 +1287,16 @@ impl fmt::Display for IoctlInfo {
             }
             IoctlDetail::Zfs { zc_name, .. } => write!(f, " {zc_name}")?,
             IoctlDetail::Clone { src_fd } => write!(f, " src_fd={}", opt(src_fd))?,
+            IoctlDetail::Loop {
+                offset, read_only, ..
+            } => {
+                if let Some(o) = offset {
+                    write!(f, " offset={o}")?;
+                }
+                if *read_only == Some(true) {
+                    f.write_str(" read-only")?;
+                }
+            }
             IoctlDetail::CloneRange {
                 src_fd,
                 src_offset,

@@ -1114,8 +1114,9 @@ fn write_span(action: &str, w: &crate::event::WriteInfo, size: Option<u64>) -> (
 
 fn classify_ioctl(i: &crate::event::IoctlRaw) -> Classification {
     const FICLONE: u32 = 0x4004_9409;
-    // FICLONE passes the source fd by value, not a pointer.
-    let arg: Vec<u8> = if i.cmd == FICLONE {
+    use snapmon_common::loop_ioctl as lo;
+    // FICLONE and LOOP_SET_FD/LOOP_CHANGE_FD pass an fd by value, not a pointer.
+    let arg: Vec<u8> = if i.cmd == FICLONE || i.cmd == lo::SET_FD || i.cmd == lo::CHANGE_FD {
         (i.arg as u32).to_le_bytes().to_vec()
     } else {
         i.arg_data.clone()

@@ -252,6 +252,20 @@ pub static RULES: &[RuleDef] = &[
         summary: "FIFREEZE by a non-`freeze` actor with no FITHAW of the same filesystem within `window_seconds` (reported at the next event or tick after the deadline)",
     },
     RuleDef {
+        id: "SM-K005",
+        name: "watched image attached to a loop device by an untrusted process",
+        severity: Severity::Medium,
+        technique: &["T1006"],
+        kinds: &[Ioctl],
+        rate: None,
+        windowed: false,
+        default_window: 0,
+        default_enabled: true,
+        supersedes: &[],
+        eval: k005,
+        summary: "LOOP_SET_FD, LOOP_CONFIGURE or LOOP_CHANGE_FD with a watched file as the backing file, by a non-`loop` actor: the image's bytes become writable as a block device (its writes are then watched and judged as the image's, whoever attached it)",
+    },
+    RuleDef {
         id: "SM-L001",
         name: "snapshot tool run from an unusual lineage",
         severity: Severity::High,
@@ -1179,6 +1193,33 @@ fn k004(ctx: &mut Ctx) -> Option<Hit> {
     }
     // Firing happens in the engine's timer pass (Engine::expire).
     None
+}
+
+fn k005(ctx: &mut Ctx) -> Option<Hit> {
+    let ev = ctx.ev;
+    if ioctl_family(ev) != "loop" || ctx.trust.by("loop") {
+        return None;
+    }
+    // Only the attach reported for its watched backing file, not ioctls on the device.
+    let backing = ev
+        .detail
+        .iter()
+        .any(|(k, v)| *k == "loop_role" && v == "backing");
+    if !backing {
+        return None;
+    }
+    let dev = ev
+        .detail
+        .iter()
+        .find(|(k, _)| *k == "loop_device")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("a loop device");
+    Some(Hit::msg(format!(
+        "{} attached {} to {dev} ({})",
+        actor(ev),
+        String::from_utf8_lossy(path_bytes(ev)),
+        ioctl_name(ev)
+    )))
 }
 
 /// The message for a freeze that was not undone in time.

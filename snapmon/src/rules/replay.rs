@@ -61,6 +61,7 @@ const WORDS: &[&str] = &[
     "dm",
     "btrfs",
     "zfs",
+    "loop",
     "unknown",
     "raw",
     // detail keys
@@ -70,6 +71,10 @@ const WORDS: &[&str] = &[
     "open_flags",
     "rename_flags",
     "length",
+    "loop_device",
+    "loop_role",
+    "loop_offset",
+    "loop_watch",
 ];
 
 pub fn intern(s: &str) -> &'static str {

@@ -70,6 +70,10 @@ pub(crate) fn every_record() -> Vec<Record> {
         "rename_flags",
         "length",
         "via",
+        "loop_device",
+        "loop_offset",
+        "loop_role",
+        "loop_watch",
     ] {
         e.detail.push((k, "1".into()));
     }

@@ -1,0 +1,231 @@
+//! End-to-end: issue #14's loop-device side door. Attaching a watched image to a loop device
+//! (`LOOP_SET_FD` / `LOOP_CONFIGURE`) exposes its bytes as `/dev/loopN`, whose writes reach
+//! the image from the loop driver's kernel worker, where no syscall hook sees them. The agent
+//! must alert on the attach (SM-K005) and judge writes through the device as writes to the
+//! image at the image's offsets (SM-Q002 when nb_snapshots is zeroed). The benign mirror: the
+//! trusted `losetup` attaching and the trusted `qemu-img` deleting a snapshot through the
+//! device raise nothing at medium or above.
+//!
+//! Loop devices are a host-wide resource: the tests take turns, and every device attached is
+//! detached in a Drop guard.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+use serde_json::Value;
+use snapmon_e2e::{agent, image_with_3_snapshots, q002, run, Agent};
+
+const WITHIN: Duration = Duration::from_secs(1);
+const QUIET: Duration = Duration::from_millis(800);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Detaches its loop device when dropped (also when the test fails).
+struct Attached(String);
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup")
+            .args(["-d", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = agent().root.join("loop").join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Wait until the agent has handled the setup.
+fn settled() {
+    agent().settle(Duration::from_millis(300), |_| false);
+}
+
+fn is_alert(v: &Value, rule: &str) -> bool {
+    v["event"]["kind"] == "alert" && v["rule"]["id"] == rule
+}
+
+fn names(v: &Value, img: &Path) -> bool {
+    v["file"]["path"].as_str() == Some(img.to_str().unwrap())
+}
+
+fn message(v: &Value) -> String {
+    v["message"].as_str().unwrap_or("").to_string()
+}
+
+/// Alerts about `img` since `mark`, once the output is quiet.
+fn alerts_since(a: &mut Agent, mark: u64, img: &Path) -> Vec<Value> {
+    a.settle(QUIET, |_| false);
+    let out = std::cell::RefCell::new(Vec::new());
+    a.wait_from(mark, Duration::ZERO, |v| {
+        if v["event"]["kind"] == "alert" && names(v, img) {
+            out.borrow_mut().push(v.clone());
+        }
+        false
+    });
+    out.into_inner()
+}
+
+fn events_since(a: &mut Agent, mark: u64, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let out = std::cell::RefCell::new(Vec::new());
+    a.wait_from(mark, Duration::ZERO, |v| {
+        if v["event"]["kind"] == "event" && pred(v) {
+            out.borrow_mut().push(v.clone());
+        }
+        false
+    });
+    out.into_inner()
+}
+
+fn loud(alerts: &[Value]) -> Vec<String> {
+    alerts
+        .iter()
+        .filter(|v| {
+            !matches!(
+                v["snapmon"]["severity"].as_str(),
+                Some("info") | Some("low")
+            )
+        })
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["rule"]["id"],
+                v["snapmon"]["severity"],
+                message(v)
+            )
+        })
+        .collect()
+}
+
+/// Root's python attaches `img` to a free loop device itself (`LOOP_SET_FD`, as an attacker
+/// without losetup would) and zeroes nb_snapshots through the device. Returns (pid, guard).
+fn python_attach_and_hide(img: &Path) -> (u32, Attached) {
+    let code = format!(
+        r#"
+import fcntl, os, sys
+ctl = os.open("/dev/loop-control", os.O_RDWR)
+n = fcntl.ioctl(ctl, 0x4C82)  # LOOP_CTL_GET_FREE
+dev = "/dev/loop%d" % n
+lfd = os.open(dev, os.O_RDWR)
+ifd = os.open({img:?}, os.O_RDWR)
+fcntl.ioctl(lfd, 0x4C00, ifd)  # LOOP_SET_FD
+print(dev, flush=True)
+os.pwrite(lfd, bytes(4), 60)   # nb_snapshots = 0, through the device
+os.fsync(lfd)
+"#,
+        img = img.to_str().unwrap()
+    );
+    let child = Command::new("python3")
+        .args(["-c", &code])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let guard = Attached(dev.clone());
+    assert!(
+        out.status.success() && dev.starts_with("/dev/loop"),
+        "python attach failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, guard)
+}
+
+#[test]
+fn python_attaching_a_watched_image_and_hiding_snapshots_through_the_loop_device_alerts() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("attack"), "vm.qcow2");
+    settled();
+    let mark = agent().mark();
+    let (pid, _dev) = python_attach_and_hide(&img);
+    let mut a = agent();
+    let attach = a
+        .wait_from(mark, WITHIN, |v| {
+            is_alert(v, "SM-K005") && v["process"]["pid"] == pid
+        })
+        .unwrap_or_else(|| panic!("no SM-K005 for python's LOOP_SET_FD within {WITHIN:?}"));
+    assert!(names(&attach, &img), "{attach}");
+    assert!(
+        matches!(
+            attach["snapmon"]["severity"].as_str(),
+            Some("medium" | "high" | "critical")
+        ),
+        "{attach}"
+    );
+    assert!(
+        attach.to_string().contains("T1006"),
+        "the attach is direct volume access: {attach}"
+    );
+    assert!(
+        message(&attach).contains("/dev/loop"),
+        "{}",
+        message(&attach)
+    );
+    let hide = q002(&mut a, mark, pid, Duration::from_secs(5))
+        .expect("zeroing nb_snapshots through /dev/loopN raised no SM-Q002");
+    assert!(names(&hide, &img), "SM-Q002 must name the image: {hide}");
+    assert_eq!(
+        hide["snapmon"]["severity"],
+        "critical",
+        "{}",
+        message(&hide)
+    );
+}
+
+#[test]
+fn trusted_losetup_and_qemu_img_through_the_loop_device_raise_nothing_loud() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("benign"), "vm.qcow2");
+    // Room past the snapshot table: a loop device has the file's size (whole sectors), and
+    // qemu-img allocates the new table in free clusters.
+    run("truncate", &["-s", "2M", img.to_str().unwrap()]);
+    settled();
+    let mark = agent().mark();
+    let dev = run("losetup", &["--find", "--show", img.to_str().unwrap()])
+        .stdout
+        .trim()
+        .to_string();
+    let guard = Attached(dev.clone());
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    run("qemu-img", &["snapshot", "-d", "s3", &dev]);
+    drop(guard);
+    let mut a = agent();
+    let alerts = alerts_since(&mut a, mark, &img);
+    let loud = loud(&alerts);
+    assert!(
+        loud.is_empty(),
+        "trusted loop use alerted:\n{}",
+        loud.join("\n")
+    );
+    // Not vacuous: the attach was seen, and qemu-img's header write through the device was
+    // judged as a write to the image.
+    let attach = events_since(&mut a, mark, |v| {
+        names(v, &img) && v["snapmon"]["detail"]["loop_role"] == "backing"
+    });
+    assert!(!attach.is_empty(), "losetup's attach was not reported");
+    let through = events_since(&mut a, mark, |v| {
+        names(v, &img)
+            && v["snapmon"]["detail"]["loop_device"].as_str() == Some(dev.as_str())
+            && v["event"]["action"] != "ioctl"
+    });
+    assert!(
+        through
+            .iter()
+            .any(|v| v.to_string().contains("nb_snapshots")),
+        "qemu-img's nb_snapshots write through {dev} was not judged as the image's: {}",
+        through.len()
+    );
+}
