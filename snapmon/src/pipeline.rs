@@ -57,7 +57,7 @@ impl Pipeline {
     }
 
     pub fn with_lineage(watch: WatchSet, policy: &Policy, lineage: Box<dyn Lineage>) -> Self {
-        let classifier = Classifier::new(policy);
+        let classifier = Classifier::new();
         // Policies are validated when parsed; a build error here means one was assembled in
         // code. Run without rules rather than not at all, and say so in the warnings.
         let rules = match Engine::build(policy, &HostResolver, Box::new(HostLocalTime)) {

@@ -386,8 +386,14 @@ fn lvm_changes(c: Vec<lvm::LvmChange>) -> Vec<Change> {
         .collect()
 }
 
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Classifier {
-    pub fn new(_policy: &crate::config::Policy) -> Self {
+    pub fn new() -> Self {
         Classifier {
             state: HashMap::new(),
             order: Default::default(),
@@ -1363,7 +1369,7 @@ mod filter_publishing {
         let (old, mut new) = (std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
         let flip = new[60..72].to_vec();
         assert_ne!(old[60..72], flip[..], "snapshot -d moved the table");
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         // Everything qemu-img wrote except the header flip, which is still in flight.
         new[60..72].copy_from_slice(&old[60..72]);
@@ -1401,7 +1407,7 @@ mod filter_publishing {
         std::fs::copy(&p, &q).unwrap();
         qemu_img(&["snapshot", "-d", "s1", &d.s("b.qcow2")]);
         qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         // Everything landed, the flip (count and table pointer, 12 bytes at 60) included.
         let new = std::fs::read(&q).unwrap();
@@ -1421,7 +1427,7 @@ mod filter_publishing {
     fn a_header_change_keeps_the_pre_image_of_its_own_event() {
         let d = TmpDir::new("preimage");
         let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         assert!(c.pre_image(7, 1).is_none());
         let nb = c
@@ -1453,7 +1459,7 @@ mod filter_publishing {
         let d = TmpDir::new("publish");
         let p = d.path("a.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", &d.s("a.qcow2"), "64M"]);
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         // First write seen: published for QEMU with the header cluster in it.
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         let u = c.take_filter_updates();

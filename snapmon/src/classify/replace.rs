@@ -315,7 +315,7 @@ mod tests {
     }
 
     fn classifier_knowing(img: &Path) -> Classifier {
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         let k = crate::watch::key_for(img, &std::fs::metadata(img).unwrap());
         let p = img.to_path_buf();
         c.preload(std::iter::once((&k, &p)));
@@ -438,7 +438,7 @@ mod tests {
             "<domainsnapshot><name>s1</name><parent><name>s0</name></parent></domainsnapshot>",
         )
         .unwrap();
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         // sed -i: a temp file in the same directory, renamed over the XML.
         let tmp = dir.join("sedAb12Cd");
         std::fs::write(&tmp, "<domainsnapshot><name>s1</name></domainsnapshot>").unwrap();
