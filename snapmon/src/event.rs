@@ -65,11 +65,11 @@ pub struct ProcessInfo {
     pub parent: Option<Ancestor>,
     /// Parent first, up to pid 1.
     pub ancestors: std::sync::Arc<Vec<Ancestor>>,
-    /// Set by the lineage table for a process it built: the JSON sink renders the
-    /// process members once and reuses them for every record sharing this cache. Whoever
-    /// changes a field above must set it to `None`.
-    pub render_cache:
-        Option<std::sync::Arc<std::sync::OnceLock<crate::sink::json::RenderedProcess>>>,
+    /// Which build of this process this is: the lineage stage numbers each process it builds
+    /// (unique in the agent) and its clones share the number, so a consumer may reuse work
+    /// done for the same build. 0: built or changed elsewhere. Whoever changes a field above
+    /// must set it to 0.
+    pub revision: u64,
 }
 
 impl ProcessInfo {

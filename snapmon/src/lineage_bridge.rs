@@ -56,6 +56,12 @@ struct Cached {
     info: ProcessInfo,
 }
 
+/// A fresh `ProcessInfo::revision`, unique in the agent (several tables may run in a process).
+fn next_revision() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Bound on cached processes (cleared wholesale when reached).
 const CACHE_MAX: usize = 4096;
 
@@ -133,7 +139,7 @@ impl TableLineage {
                 })
                 .collect::<Vec<_>>()
                 .into(),
-            render_cache: Some(Default::default()),
+            revision: next_revision(),
         }
     }
 }
@@ -219,7 +225,7 @@ impl DeletedExe {
         };
         if let Some(d) = deleted {
             p.executable = crate::event::Bytes(d);
-            p.render_cache = None;
+            p.revision = 0;
         }
     }
 }
