@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::{
-    kernel::loader::{Attach, HookStatus, HOOKS},
+    kernel::loader::{enforcement_only, HookStatus},
     kernel::offsets::Missing,
     record::StateRecord,
     watch::WatchStats,
@@ -58,13 +58,6 @@ pub fn add_start_warning(w: String) {
 
 fn start_warnings() -> Vec<String> {
     START_WARNINGS.lock().map(|v| v.clone()).unwrap_or_default()
-}
-
-/// Programs loaded only with `--enforce` (BPF LSM denials): not counted as missing without it.
-pub fn enforcement_only(program: &str) -> bool {
-    HOOKS
-        .iter()
-        .any(|s| s.program == program && matches!(s.attach, Attach::Lsm(_)))
 }
 
 fn first_line(s: &str) -> String {
@@ -367,6 +360,7 @@ pub fn by_name(v: Value) -> Vec<Value> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernel::loader::HOOKS;
 
     pub(crate) fn info_fixture<'a>(
         hooks: &'a [HookStatus],

@@ -206,6 +206,13 @@ pub const HOOKS: &[HookSpec] = &[
     },
 ];
 
+/// Programs loaded only with `--enforce` (BPF LSM denials): not counted as missing without it.
+pub fn enforcement_only(program: &str) -> bool {
+    HOOKS
+        .iter()
+        .any(|s| s.program == program && matches!(s.attach, Attach::Lsm(_)))
+}
+
 /// Outcome of one hook.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HookStatus {
