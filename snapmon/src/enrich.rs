@@ -11,7 +11,7 @@ use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
     decode::{cstr, RawEvent},
-    event::{Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    event::{Bytes, Event, FileInfo, IoctlRaw, WriteInfo},
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     watch::{normalize, WatchMaps, WatchSet},
@@ -570,18 +570,6 @@ impl Enricher {
 
     fn key_for(&self, p: &Path) -> Option<FileKey> {
         self.watch.key_at(p)
-    }
-}
-
-/// Process info for a header alone (no lineage): used when lineage is unavailable.
-pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
-    ProcessInfo {
-        pid: h.tgid,
-        tid: h.pid,
-        name: String::from_utf8_lossy(cstr(&h.comm, h.comm.len())).into_owned(),
-        uid: h.uid,
-        gid: h.gid,
-        ..Default::default()
     }
 }
 

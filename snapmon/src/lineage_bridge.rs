@@ -33,7 +33,19 @@ impl Lineage for HeaderOnly {
         _ts: u64,
         hdr: &snapmon_common::Header,
     ) -> ProcessInfo {
-        crate::enrich::header_process(hdr)
+        header_process(hdr)
+    }
+}
+
+/// Process info for a header alone (no lineage): used when lineage is unavailable.
+pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
+    ProcessInfo {
+        pid: h.tgid,
+        tid: h.pid,
+        name: String::from_utf8_lossy(crate::decode::cstr(&h.comm, h.comm.len())).into_owned(),
+        uid: h.uid,
+        gid: h.gid,
+        ..Default::default()
     }
 }
 
@@ -289,7 +301,7 @@ impl Lineage for TableLineage {
             None => None,
         };
         let Some(v) = view else {
-            return crate::enrich::header_process(hdr);
+            return header_process(hdr);
         };
         let start_ns = v.start_ns;
         let info = Self::to_info(v, tid);
