@@ -32,7 +32,7 @@ use std::{
 
 use crate::{
     record::{Record, Severity},
-    sink::{Cause, SinkCounters},
+    sink::counters::{Cause, SinkCounters},
 };
 
 #[derive(Debug)]
@@ -655,7 +655,7 @@ mod tests {
         reg.register_sink(Arc::new(SinkCounters::new(
             "file:/x".into(),
             "file",
-            crate::sink::Format::Json,
+            "json",
         )));
         let body = reg.render();
         let mut current = String::new();

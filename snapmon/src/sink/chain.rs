@@ -805,7 +805,7 @@ mod tests {
             spec.push_str(&format!(",rotate_size={r}"));
         }
         let c = SinkConfig::parse_spec(&spec).unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
         for i in 0..n {
             s.write(&Record::Event(fixtures::event(i)));
@@ -984,7 +984,7 @@ mod tests {
             key.display()
         ))
         .unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
         let prev = s.previous_run().unwrap();
         assert_eq!(prev["clean"], false, "{prev}");
@@ -1020,7 +1020,7 @@ mod tests {
         let (p, key) = make_log(&clean, 3, None);
         let c = SinkConfig::parse_spec(&format!("file:{},key_file={}", p.display(), key.display()))
             .unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
         assert_eq!(s.previous_run().unwrap()["clean"], true);
         s.close();
@@ -1030,7 +1030,7 @@ mod tests {
     #[test]
     fn a_start_on_a_full_disk_is_an_error() {
         let c = SinkConfig::parse_spec("file:/dev/full,chain=true").unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let e = FileSink::open(&c, Format::Json, "h".into(), ctr)
             .err()
             .expect("opened");

@@ -537,7 +537,7 @@ mod tests {
 
     fn sink(spec: &str) -> (FileSink, Arc<SinkCounters>) {
         let c = SinkConfig::parse_spec(spec).unwrap();
-        let counters = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let counters = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let s = FileSink::open(&c, Format::Json, "h".into(), counters.clone()).unwrap();
         (s, counters)
     }

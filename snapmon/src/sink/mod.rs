@@ -8,6 +8,7 @@
 
 pub mod chain;
 pub mod config;
+pub mod counters;
 pub mod file;
 pub mod fit;
 pub mod identity;
@@ -21,12 +22,13 @@ mod stdout;
 pub mod syslog;
 pub mod tail;
 
-pub use set::{Cause, SinkCounters, SinkSet, SinkWriter};
+pub use counters::{Cause, SinkCounters};
+pub use set::{SinkSet, SinkWriter};
 
 use std::{
     io::{self, BufWriter, IsTerminal as _, Write},
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, Sender},
         Arc, Mutex,
     },
@@ -56,6 +58,17 @@ pub enum Format {
     Tail,
     /// JSON Lines, OCSF 1.1 (File System Activity and friends).
     Ocsf,
+}
+
+impl Format {
+    /// The name in configuration and in the sink counters: `json`, `tail`, `ocsf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Tail => "tail",
+            Format::Ocsf => "ocsf",
+        }
+    }
 }
 
 /// One record in a sink's format, without a trailing newline.
@@ -424,7 +437,11 @@ mod tests {
     fn a_batch_is_handed_over_once_when_it_ends_and_control_records_pass_a_full_queue() {
         let mut set = SinkSet::start(&[], "h".into()).unwrap();
         let (seen, wakes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let counters = Arc::new(SinkCounters::new("count".into(), "test", Format::Json));
+        let counters = Arc::new(SinkCounters::new(
+            "count".into(),
+            "test",
+            Format::Json.as_str(),
+        ));
         set.add_writer(
             Box::new(Counting(seen.clone(), wakes.clone())),
             Filter::default(),
@@ -497,7 +514,11 @@ mod tests {
         let gate = Arc::new(std::sync::Barrier::new(2));
         let done = Arc::new(AtomicU64::new(0));
         let entered = Arc::new(AtomicU64::new(0));
-        let counters = Arc::new(SinkCounters::new("stuck".into(), "test", Format::Json));
+        let counters = Arc::new(SinkCounters::new(
+            "stuck".into(),
+            "test",
+            Format::Json.as_str(),
+        ));
         set.add_writer(
             Box::new(Stuck(gate.clone(), done.clone(), entered.clone())),
             Filter::default(),

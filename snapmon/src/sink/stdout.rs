@@ -184,7 +184,11 @@ mod tests {
             tty,
             "h".into(),
             reg.clone(),
-            Arc::new(SinkCounters::new("stdout".into(), "stdout", Format::Tail)),
+            Arc::new(SinkCounters::new(
+                "stdout".into(),
+                "stdout",
+                Format::Tail.as_str(),
+            )),
         );
         (s, screen, reg)
     }
