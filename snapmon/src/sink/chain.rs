@@ -44,6 +44,8 @@ use std::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::key::load_key;
+
 pub const CHAIN_KEY: &str = ",\"snapmon.chain\":{\"seq\":";
 pub const ZERO: [u8; 32] = [0; 32];
 
@@ -62,29 +64,6 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.update(k.map(|b| b ^ 0x5c));
     outer.update(inner.finalize());
     outer.finalize().into()
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("key file {path}: {msg}")]
-pub struct KeyError {
-    path: String,
-    msg: String,
-}
-
-/// Key bytes from a file, trailing whitespace trimmed (so `echo secret > key` works).
-pub fn load_key(p: &Path) -> Result<Vec<u8>, KeyError> {
-    let err = |msg: String| KeyError {
-        path: p.display().to_string(),
-        msg,
-    };
-    let mut b = fs::read(p).map_err(|e| err(e.to_string()))?;
-    while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
-        b.pop();
-    }
-    if b.len() < 16 {
-        return Err(err("key is shorter than 16 bytes".into()));
-    }
-    Ok(b)
 }
 
 fn hash_of(prev: &[u8; 32], seq: u64, r: &[u8]) -> [u8; 32] {

@@ -137,7 +137,7 @@ impl FileSink {
             .and_then(|p| chain::resume_point(p).ok().flatten());
         let chain = if chained {
             let key = match &o.key_file {
-                Some(k) => Some(chain::load_key(k).map_err(io::Error::other)?),
+                Some(k) => Some(super::key::load_key(k).map_err(io::Error::other)?),
                 None => None,
             };
             let (seq, hash) = resume

@@ -13,6 +13,7 @@ pub mod file;
 pub mod fit;
 pub mod identity;
 pub mod json;
+pub mod key;
 pub mod nats;
 pub mod net;
 pub mod ocsf;
@@ -22,6 +23,7 @@ mod stdout;
 pub mod syslog;
 pub mod tail;
 
+pub use config::Format;
 pub use counters::{Cause, SinkCounters};
 pub use set::{SinkSet, SinkWriter};
 
@@ -46,30 +48,6 @@ use crate::{
 use config::{ConfigError, SinkConfig, SyslogTransport};
 
 pub(crate) const RELAXED: Ordering = Ordering::Relaxed;
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// JSON Lines, ECS field names.
-    Json,
-    /// Human lines.
-    Tail,
-    /// JSON Lines, OCSF 1.1 (File System Activity and friends).
-    Ocsf,
-}
-
-impl Format {
-    /// The name in configuration and in the sink counters: `json`, `tail`, `ocsf`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Tail => "tail",
-            Format::Ocsf => "ocsf",
-        }
-    }
-}
 
 /// One record in a sink's format, without a trailing newline.
 pub fn render(format: Format, r: &Record, host: &str, colour: bool) -> Vec<u8> {
@@ -147,6 +125,17 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// What a configured sink takes.
+    pub fn of(c: &SinkConfig) -> Filter {
+        let o = c.options();
+        Filter {
+            min_severity: o.min_severity,
+            alerts_only: o.alerts_only,
+            rules: o.rules.clone(),
+            path_contains: o.path_contains.clone(),
+        }
+    }
+
     pub fn accepts(&self, r: &Record) -> bool {
         match r {
             Record::Alert(a) => {

@@ -194,7 +194,7 @@ impl SinkSet {
                         facility: o
                             .facility
                             .as_deref()
-                            .and_then(syslog::facility_code)
+                            .and_then(config::facility_code)
                             .unwrap_or(16),
                         host: host.clone(),
                         app: o.app_name.clone().unwrap_or_else(|| "snapmon".into()),
@@ -246,7 +246,7 @@ impl SinkSet {
                         .map_err(open_err)?,
                 ),
             };
-            set.add_writer(writer, c.filter(), counters, c.queue())
+            set.add_writer(writer, Filter::of(&c), counters, c.queue())
                 .map_err(open_err)?;
         }
         Ok(set)
