@@ -144,7 +144,7 @@ pub struct Event {
     /// Namespace details (`mode`, `uid`, rename flags …).
     pub detail: Vec<(&'static str, String)>,
     /// Set by classify: the regions a write touched and the field-level diff.
-    pub classification: Option<crate::classify::Classification>,
+    pub classification: Option<crate::classify::classification::Classification>,
 }
 
 impl Event {

@@ -1,6 +1,7 @@
 //! Classify stage: format intelligence. Works out what each event touched (a qcow2 header
 //! field, the snapshot table, LVM metadata, a device-mapper table load …) and the diff.
 
+pub mod classification;
 pub mod fileread;
 pub mod filter;
 pub mod inspect;
@@ -16,36 +17,9 @@ use std::{collections::HashMap, fs::File, path::Path, time::Instant};
 use serde::Serialize;
 
 use crate::event::Event;
+pub use classification::Classification;
 pub use qcow2::FieldChange as Change;
 use snapmon_common::{filter_actor, FileKey, WriteFilter};
-
-/// What the classify stage attaches to an event.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Classification {
-    /// `qcow2`, `lvm`, `lvm-backup`, `libvirt`, `dm`, `btrfs`, `zfs`, `file` …
-    pub format: &'static str,
-    /// Region labels in offset order (`header.nb_snapshots`, `snapshot_table`, `data` …).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub regions: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<Change>,
-    /// Decoded ioctl.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ioctl: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ioctl_name: Option<String>,
-    /// The ioctl destroys or creates a snapshot (dm/btrfs/zfs semantics).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot_destructive: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot_create: bool,
-    /// Shannon entropy (bits/byte) of the captured write sample, when judged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sample_entropy: Option<f64>,
-    /// Facts from the file itself (libvirt snapshot name and domain, LVM description …).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub facts: Vec<(String, String)>,
-}
 
 /// Per-file format state kept between events.
 enum FileState {
