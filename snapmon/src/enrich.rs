@@ -312,7 +312,8 @@ impl Enricher {
                         len: None,
                     };
                     f.path = Some(Bytes::from_path(&c.marked()));
-                    ev.detail.push((longpath::DETAIL, "file".into()));
+                    ev.detail
+                        .push((crate::event::PATH_TRUNCATED, "file".into()));
                 }
                 ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
                 ev
@@ -420,7 +421,7 @@ impl Enricher {
             None => ("info", "namespace_unknown"),
         };
         let tgid = n.hdr.tgid;
-        // Which paths stay cut: the event says so (`longpath::DETAIL`).
+        // Which paths stay cut: the event says so (`event::PATH_TRUNCATED`).
         let mut unresolved: Vec<&str> = Vec::new();
         let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
             (Some(self.file(n.base1, None)), None)
@@ -557,7 +558,8 @@ impl Enricher {
             _ => {}
         }
         if !unresolved.is_empty() {
-            ev.detail.push((longpath::DETAIL, unresolved.join(",")));
+            ev.detail
+                .push((crate::event::PATH_TRUNCATED, unresolved.join(",")));
         }
         if n.flags & ns_flags::VIA_IO_URING != 0 {
             ev.detail.push(("via", "io_uring".into()));

@@ -147,12 +147,16 @@ pub struct Event {
     pub classification: Option<crate::classify::classification::Classification>,
 }
 
+/// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
+/// (`file`, `target`, or `file,target`; see `longpath`).
+pub const PATH_TRUNCATED: &str = "path_truncated";
+
 impl Event {
     /// Is the path of `which` (`file`, `target`) only the start of one, unresolved? Its name
     /// then tells nothing of the real one's end (its extension).
     pub fn path_cut(&self, which: &str) -> bool {
         self.detail
             .iter()
-            .any(|(k, v)| *k == crate::longpath::DETAIL && v.split(',').any(|w| w == which))
+            .any(|(k, v)| *k == PATH_TRUNCATED && v.split(',').any(|w| w == which))
     }
 }
