@@ -80,7 +80,7 @@ pub fn common_error(hooks: &[HookStatus]) -> Option<String> {
             None => counts.push((e, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts.into_iter().next().map(|c| c.0)
 }
 

@@ -302,10 +302,8 @@ impl FileSink {
         };
         // Cut what the failed write left of a line: the file stays on a line boundary.
         let at = self.stored + kept as u64;
-        if done > kept {
-            if f.set_len(at).is_err() {
-                self.partial = true;
-            }
+        if done > kept && f.set_len(at).is_err() {
+            self.partial = true;
         }
         self.partial |= newline_lost;
         self.stored = at;
@@ -637,7 +635,7 @@ mod tests {
         s.tick();
         assert!(lines(&p).iter().any(|l| l.contains("\"sequence\":1")));
         s.close();
-        let rep = verify(&[p.clone()], None, false).unwrap();
+        let rep = verify(std::slice::from_ref(&p), None, false).unwrap();
         assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
         assert_eq!(rep.first_seq, Some(0));
     }

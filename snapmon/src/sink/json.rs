@@ -529,9 +529,11 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
 /// escaping its path three ways cost more than the rest of the `file` object.
 const FILE_CACHE_MAX: usize = 256;
 
+/// (dev, ino) → the path rendered and its bytes.
+type FileCache = std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>;
+
 thread_local! {
-    static FILE_CACHE: std::cell::RefCell<std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>> =
-        Default::default();
+    static FILE_CACHE: std::cell::RefCell<FileCache> = Default::default();
 }
 
 /// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file.

@@ -246,7 +246,7 @@ impl SinkSet {
                         .map_err(open_err)?,
                 ),
             };
-            set.add_writer(writer, Filter::of(&c), counters, c.queue())
+            set.add_writer(writer, Filter::of(c), counters, c.queue())
                 .map_err(open_err)?;
         }
         Ok(set)
