@@ -23,6 +23,7 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 #[derive(Subcommand)]
 enum Cmd {
     /// Install everything the build and tests need (idempotent; fast when done).
