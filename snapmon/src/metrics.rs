@@ -554,11 +554,11 @@ mod tests {
     fn kernel_loss_causes_name_every_lost_slot() {
         // agent::report_loss zips the LOST map's slots with these names.
         assert_eq!(
-            super::kernel_loss_causes().len(),
+            kernel_loss_causes().len(),
             snapmon_common::lost::COUNT as usize
         );
         assert_eq!(
-            super::kernel_loss_causes()[snapmon_common::lost::WATCH_FULL as usize],
+            kernel_loss_causes()[snapmon_common::lost::WATCH_FULL as usize],
             "watch_full"
         );
     }

@@ -1034,7 +1034,7 @@ impl Classifier {
     /// against their state before the agent started rather than after.
     pub fn preload<'a>(
         &mut self,
-        files: impl Iterator<Item = (&'a snapmon_common::FileKey, &'a std::path::PathBuf)>,
+        files: impl Iterator<Item = (&'a FileKey, &'a std::path::PathBuf)>,
     ) {
         for (k, p) in files {
             let key = (k.dev, k.ino);
@@ -1336,7 +1336,7 @@ mod filter_publishing {
     #[test]
     fn header_reread_racing_the_write_sees_the_captured_bytes() {
         let d = TmpDir::new("race");
-        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
         let q = d.path("b.qcow2");
         std::fs::copy(&p, &q).unwrap();
         qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
@@ -1375,7 +1375,7 @@ mod filter_publishing {
     #[test]
     fn a_header_flip_to_a_shorter_table_names_every_snapshot_it_drops() {
         let d = TmpDir::new("flip");
-        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
         qemu_img(&["snapshot", "-c", "s3", &d.s("a.qcow2")]);
         let q = d.path("b.qcow2");
         std::fs::copy(&p, &q).unwrap();
@@ -1400,7 +1400,7 @@ mod filter_publishing {
     #[test]
     fn a_header_change_keeps_the_pre_image_of_its_own_event() {
         let d = TmpDir::new("preimage");
-        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
         let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         assert!(c.pre_image(7, 1).is_none());

@@ -336,7 +336,7 @@ mod tests {
         // Built outside the store: the same image with both snapshots hidden.
         let doc = outside.path("doctored.qcow2");
         std::fs::copy(&img, &doc).unwrap();
-        super::super::qcow2::testutil::patch(&doc, 60, &0u32.to_be_bytes());
+        qcow2::testutil::patch(&doc, 60, &0u32.to_be_bytes());
         std::fs::rename(&doc, &img).unwrap();
         let ev = rename_ev(&doc, &img, None, Some(old));
         let cl = c
@@ -390,7 +390,7 @@ mod tests {
         // A copy rebased onto a volatile path, renamed over the image from inside the store.
         let tmp = store.path(".tmp1");
         std::fs::copy(&img, &tmp).unwrap();
-        super::super::qcow2::testutil::rebase_unsafe(&store.s(".tmp1"), "/dev/shm/evil.qcow2");
+        qcow2::testutil::rebase_unsafe(&store.s(".tmp1"), "/dev/shm/evil.qcow2");
         let (old, new) = (key(&img), key(&tmp));
         std::fs::rename(&tmp, &img).unwrap();
         let cl = c
@@ -476,7 +476,7 @@ mod tests {
         let mut c = classifier_knowing(&img);
         let doc = store.path(".doc");
         std::fs::copy(&img, &doc).unwrap();
-        super::super::qcow2::testutil::patch(&doc, 60, &1u32.to_be_bytes());
+        qcow2::testutil::patch(&doc, 60, &1u32.to_be_bytes());
         let (old, new) = (key(&img), key(&doc));
         let ev = rename_ev(&doc, &img, Some(new), Some(old));
         // The hook fired; the rename has not happened yet.

@@ -771,7 +771,7 @@ impl Kernel {
     pub fn pin_enforcement(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(PIN_DIR)?;
         for (name, link) in self.lsm_links.drain(..) {
-            let fd: aya::programs::links::FdLink = link.into();
+            let fd: FdLink = link.into();
             fd.pin(format!("{PIN_DIR}/{name}"))
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         }

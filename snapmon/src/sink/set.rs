@@ -539,8 +539,7 @@ mod tests {
         set.add_writer(Box::new(Slow(written.clone())), Filter::default(), c, 100)
             .unwrap();
         for i in 0..3 {
-            set.send_owned(Record::Event(crate::sink::fixtures::event(i)))
-                .unwrap();
+            set.send_owned(Record::Event(fixtures::event(i))).unwrap();
         }
         assert!(set.settle(Duration::from_secs(5)));
         assert_eq!(

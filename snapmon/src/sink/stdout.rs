@@ -209,7 +209,7 @@ mod tests {
         s.idle();
         s.close();
         let status = |events: u64| {
-            crate::sink::tail::status_text(
+            tail::status_text(
                 &crate::metrics::Snapshot {
                     events,
                     alerts: 1,

@@ -391,7 +391,7 @@ mod tests {
     /// on 127.0.0.1 UDP and TCP, writing what it parsed to a file.
     struct Rsyslogd {
         child: std::process::Child,
-        out: std::path::PathBuf,
+        out: PathBuf,
     }
 
     impl Drop for Rsyslogd {
