@@ -149,7 +149,7 @@ impl Ecs {
     ) {
         for (k, v) in o {
             // A dotted key (`snapmon.chain`) is the same as the nested object.
-            if !(prefix.is_empty() && k == "@timestamp") && !k.split('.').all(crate::key_shape_ok) {
+            if !(k.split('.').all(crate::key_shape_ok) || prefix.is_empty() && k == "@timestamp") {
                 errs.push(format!(
                     "{prefix}{}{k:?}: object key is not an identifier (data used as a key?)",
                     if prefix.is_empty() { "" } else { "." }

@@ -3,7 +3,7 @@
 use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
 use crate::{
     agent::{self, RunOptions},
@@ -334,7 +334,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             fail_on,
         } => crate::offline::inspect(&images, json, fail_on),
         Cmd::Doctor { json } => crate::doctor::run(json),
-        Cmd::DistAssets { dir } => crate::dist::generate(&dir).map(|_| ()),
+        Cmd::DistAssets { dir } => crate::dist::generate(&Cli::command(), &dir).map(|_| ()),
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
         Cmd::VerifyLog { files, key, live } => {

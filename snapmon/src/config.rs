@@ -63,8 +63,11 @@ pub struct AgentSection {
     pub scan_depth: u32,
 }
 
+/// `[agent] scan_depth` when unset: as deep as short names reach within PATH_MAX.
+pub const DEFAULT_SCAN_DEPTH: usize = 256;
+
 fn default_scan_depth() -> u32 {
-    crate::watch::DEFAULT_SCAN_DEPTH as u32
+    DEFAULT_SCAN_DEPTH as u32
 }
 
 /// 8 MiB: ~22 000 write records, over 200 ms of 100 000 events/s. The agent maps the ring

@@ -59,7 +59,7 @@ impl RawEvent {
 
 /// Copy a `T` out of `buf` (wire types are plain data; any bit pattern is valid).
 fn read<T: Copy>(buf: &[u8], what: &'static str) -> Result<T, DecodeError> {
-    let need = std::mem::size_of::<T>();
+    let need = size_of::<T>();
     if buf.len() < need {
         return Err(DecodeError::Truncated {
             what,
@@ -101,8 +101,7 @@ mod tests {
 
     fn as_bytes<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain-data struct.
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, size_of::<T>()) }.to_vec()
     }
 
     fn write_event() -> FileWriteEvent {
@@ -155,7 +154,7 @@ mod tests {
 
     #[test]
     fn respond_records_decode_and_every_cut_is_an_error() {
-        let mut e: snapmon_common::RespondEvent = unsafe { std::mem::zeroed() };
+        let mut e: RespondEvent = unsafe { std::mem::zeroed() };
         e.hdr.kind = EventKind::Respond as u32;
         e.signal = 9;
         e.signal_ns = 1234;

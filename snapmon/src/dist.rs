@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use clap::CommandFactory as _;
 
-/// Write `completions/{snapmon.bash,_snapmon,snapmon.fish}` and `man/snapmon*.1` under `out`.
-pub fn generate(out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+/// Write `completions/{snapmon.bash,_snapmon,snapmon.fish}` and `man/snapmon*.1` under `out`
+/// for the command line `full` (the CLI hands itself in: it calls this, not the other way).
+pub fn generate(full: &clap::Command, out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     use clap_complete::Shell;
     let mut written = vec![];
     let comp = out.join("completions");
@@ -16,13 +16,13 @@ pub fn generate(out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        let mut cmd = public_command();
+        let mut cmd = public_command(full);
         let p = clap_complete::generate_to(shell, &mut cmd, "snapmon", &comp)
             .with_context(|| format!("{shell} completions in {}", comp.display()))?;
         written.push(p);
     }
     // One page for `snapmon`, one per subcommand (`snapmon-run.1`, `snapmon-policy-check.1` …).
-    let mut cmd = public_command().disable_help_subcommand(true);
+    let mut cmd = public_command(full).disable_help_subcommand(true);
     cmd.build();
     write_pages(cmd, &man, &mut written)?;
     Ok(written)
@@ -30,8 +30,7 @@ pub fn generate(out: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
 
 /// The command line as users see it: clap_complete lists hidden subcommands (this generator)
 /// too, so the tree is rebuilt without them.
-fn public_command() -> clap::Command {
-    let full = crate::cli::Cli::command();
+fn public_command(full: &clap::Command) -> clap::Command {
     let mut cmd = clap::Command::new("snapmon")
         .version(crate::build_info::LONG)
         .subcommand_required(true)
@@ -61,13 +60,15 @@ fn write_pages(
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
     #[test]
     fn completions_and_pages_cover_every_public_subcommand() {
         let dir = std::env::temp_dir().join(format!("snapmon-dist-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let files = generate(&dir).unwrap();
+        let files = generate(&crate::cli::Cli::command(), &dir).unwrap();
         let bash = std::fs::read_to_string(dir.join("completions/snapmon.bash")).unwrap();
         assert!(
             bash.contains("verify-log") && bash.contains("--min-severity"),

@@ -265,7 +265,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     // loads. The LSM denial hooks come only with --enforce and are counted apart.
     let (enf, det): (Vec<&HookStatus>, Vec<&HookStatus>) = hooks
         .iter()
-        .partition(|h| crate::state::enforcement_only(h.program));
+        .partition(|h| loader::enforcement_only(h.program));
     let live = |v: &[&HookStatus]| v.iter().filter(|h| h.attached_to.is_some()).count();
     println!(
         "\nhooks ({} of {} live; --enforce adds {}, {} live):",

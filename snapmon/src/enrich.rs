@@ -12,7 +12,7 @@ use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
     decode::{cstr, RawEvent},
-    event::{Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    event::{Bytes, Event, FileInfo, IoctlRaw, WriteInfo},
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     watch::{normalize, WatchMaps, WatchSet},
@@ -358,7 +358,8 @@ impl Enricher {
                         len: None,
                     };
                     f.path = Some(Bytes::from_path(&c.marked()));
-                    ev.detail.push((longpath::DETAIL, "file".into()));
+                    ev.detail
+                        .push((crate::event::PATH_TRUNCATED, "file".into()));
                 }
                 ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
                 ev
@@ -471,7 +472,7 @@ impl Enricher {
             None => ("info", "namespace_unknown"),
         };
         let tgid = n.hdr.tgid;
-        // Which paths stay cut: the event says so (`longpath::DETAIL`).
+        // Which paths stay cut: the event says so (`event::PATH_TRUNCATED`).
         let mut unresolved: Vec<&str> = Vec::new();
         let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
             (Some(self.file(n.base1, None)), None)
@@ -608,7 +609,8 @@ impl Enricher {
             _ => {}
         }
         if !unresolved.is_empty() {
-            ev.detail.push((longpath::DETAIL, unresolved.join(",")));
+            ev.detail
+                .push((crate::event::PATH_TRUNCATED, unresolved.join(",")));
         }
         if n.flags & ns_flags::VIA_IO_URING != 0 {
             ev.detail.push(("via", "io_uring".into()));
@@ -726,18 +728,6 @@ impl Enricher {
 
     fn key_for(&self, p: &Path) -> Option<FileKey> {
         self.watch.key_at(p)
-    }
-}
-
-/// Process info for a header alone (no lineage): used when lineage is unavailable.
-pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
-    ProcessInfo {
-        pid: h.tgid,
-        tid: h.pid,
-        name: String::from_utf8_lossy(cstr(&h.comm, h.comm.len())).into_owned(),
-        uid: h.uid,
-        gid: h.gid,
-        ..Default::default()
     }
 }
 

@@ -65,11 +65,11 @@ pub struct ProcessInfo {
     pub parent: Option<Ancestor>,
     /// Parent first, up to pid 1.
     pub ancestors: std::sync::Arc<Vec<Ancestor>>,
-    /// Set by the lineage table for a process it built: the JSON sink renders the
-    /// process members once and reuses them for every record sharing this cache. Whoever
-    /// changes a field above must set it to `None`.
-    pub render_cache:
-        Option<std::sync::Arc<std::sync::OnceLock<crate::sink::json::RenderedProcess>>>,
+    /// Which build of this process this is: the lineage stage numbers each process it builds
+    /// (unique in the agent) and its clones share the number, so a consumer may reuse work
+    /// done for the same build. 0: built or changed elsewhere. Whoever changes a field above
+    /// must set it to 0.
+    pub revision: u64,
 }
 
 impl ProcessInfo {
@@ -144,8 +144,12 @@ pub struct Event {
     /// Namespace details (`mode`, `uid`, rename flags …).
     pub detail: Vec<(&'static str, String)>,
     /// Set by classify: the regions a write touched and the field-level diff.
-    pub classification: Option<crate::classify::Classification>,
+    pub classification: Option<crate::classify::classification::Classification>,
 }
+
+/// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
+/// (`file`, `target`, or `file,target`; see `longpath`).
+pub const PATH_TRUNCATED: &str = "path_truncated";
 
 impl Event {
     /// Is the path of `which` (`file`, `target`) only the start of one, unresolved? Its name
@@ -153,6 +157,6 @@ impl Event {
     pub fn path_cut(&self, which: &str) -> bool {
         self.detail
             .iter()
-            .any(|(k, v)| *k == crate::longpath::DETAIL && v.split(',').any(|w| w == which))
+            .any(|(k, v)| *k == PATH_TRUNCATED && v.split(',').any(|w| w == which))
     }
 }

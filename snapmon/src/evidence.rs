@@ -42,13 +42,16 @@ pub struct Stats {
     pub errors: u64,
 }
 
+/// (dev, ino, pre+post hash) of a saved piece of evidence.
+type Saved = (u32, u64, [u8; 32]);
+
 pub struct Evidence {
     dir: Option<PathBuf>,
     max_bytes: u64,
     used: u64,
     minute: (Instant, u32),
-    /// (dev, ino, pre+post hash) saved lately.
-    seen: VecDeque<((u32, u64, [u8; 32]), Instant)>,
+    /// Saved lately, and when.
+    seen: VecDeque<(Saved, Instant)>,
     pub stats: Stats,
     pub last_error: Option<String>,
 }

@@ -673,7 +673,7 @@ impl ProcessTable {
         let Some(root) = &self.cgroupfs_root else {
             return;
         };
-        match procfs::cgroup_path_by_id(root, id) {
+        match cgroup_path_by_id(root, id) {
             Some(path) => {
                 self.register_cgroup_info(id, &path);
             }

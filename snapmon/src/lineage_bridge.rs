@@ -33,7 +33,19 @@ impl Lineage for HeaderOnly {
         _ts: u64,
         hdr: &snapmon_common::Header,
     ) -> ProcessInfo {
-        crate::enrich::header_process(hdr)
+        header_process(hdr)
+    }
+}
+
+/// Process info for a header alone (no lineage): used when lineage is unavailable.
+pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
+    ProcessInfo {
+        pid: h.tgid,
+        tid: h.pid,
+        name: String::from_utf8_lossy(crate::decode::cstr(&h.comm, h.comm.len())).into_owned(),
+        uid: h.uid,
+        gid: h.gid,
+        ..Default::default()
     }
 }
 
@@ -54,6 +66,12 @@ struct Cached {
     generation: u64,
     start_ns: u64,
     info: ProcessInfo,
+}
+
+/// A fresh `ProcessInfo::revision`, unique in the agent (several tables may run in a process).
+fn next_revision() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Bound on cached processes (cleared wholesale when reached).
@@ -133,7 +151,7 @@ impl TableLineage {
                 })
                 .collect::<Vec<_>>()
                 .into(),
-            render_cache: Some(Default::default()),
+            revision: next_revision(),
         }
     }
 }
@@ -219,7 +237,7 @@ impl DeletedExe {
         };
         if let Some(d) = deleted {
             p.executable = crate::event::Bytes(d);
-            p.render_cache = None;
+            p.revision = 0;
         }
     }
 }
@@ -283,7 +301,7 @@ impl Lineage for TableLineage {
             None => None,
         };
         let Some(v) = view else {
-            return crate::enrich::header_process(hdr);
+            return header_process(hdr);
         };
         let start_ns = v.start_ns;
         let info = Self::to_info(v, tid);

@@ -14,9 +14,6 @@ use std::{
 
 use snapmon_common::FileKey;
 
-/// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
-/// (`file`, `target`, or `file,target`).
-pub const DETAIL: &str = "path_truncated";
 /// Appended to a cut path so no reader takes it for a whole one.
 pub const ELLIPSIS: &str = "…";
 

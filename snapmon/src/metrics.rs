@@ -34,7 +34,7 @@ use std::{
 
 use crate::{
     record::{Record, Severity},
-    sink::{Cause, SinkCounters},
+    sink::counters::{Cause, SinkCounters},
 };
 
 #[derive(Debug)]
@@ -579,11 +579,11 @@ mod tests {
     fn kernel_loss_causes_name_every_lost_slot() {
         // agent::report_loss zips the LOST map's slots with these names.
         assert_eq!(
-            super::kernel_loss_causes().len(),
+            kernel_loss_causes().len(),
             snapmon_common::lost::COUNT as usize
         );
         assert_eq!(
-            super::kernel_loss_causes()[snapmon_common::lost::WATCH_FULL as usize],
+            kernel_loss_causes()[snapmon_common::lost::WATCH_FULL as usize],
             "watch_full"
         );
     }
@@ -693,7 +693,7 @@ mod tests {
         reg.register_sink(Arc::new(SinkCounters::new(
             "file:/x".into(),
             "file",
-            crate::sink::Format::Json,
+            "json",
         )));
         let body = reg.render();
         let mut current = String::new();

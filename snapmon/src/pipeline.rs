@@ -57,7 +57,7 @@ impl Pipeline {
     }
 
     pub fn with_lineage(watch: WatchSet, policy: &Policy, lineage: Box<dyn Lineage>) -> Self {
-        let classifier = Classifier::new(policy);
+        let classifier = Classifier::new();
         // Policies are validated when parsed; a build error here means one was assembled in
         // code. Run without rules rather than not at all, and say so in the warnings.
         let rules = match Engine::build(policy, &HostResolver, Box::new(HostLocalTime)) {
@@ -341,10 +341,7 @@ mod wire {
         ev.data[..n].copy_from_slice(&data[..n]);
         // SAFETY: reading the struct's bytes.
         unsafe {
-            std::slice::from_raw_parts(
-                &ev as *const _ as *const u8,
-                std::mem::size_of::<FileWriteEvent>(),
-            )
+            std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<FileWriteEvent>())
         }
         .to_vec()
     }
@@ -433,7 +430,7 @@ mod cost {
     use crate::watch::MemMaps;
 
     fn raw_write(key: snapmon_common::FileKey, pid: u32, data: &[u8]) -> Vec<u8> {
-        super::wire::raw_write(key, pid, 60, data.len() as u64, data)
+        wire::raw_write(key, pid, 60, data.len() as u64, data)
     }
 
     #[test]

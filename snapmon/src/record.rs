@@ -76,6 +76,10 @@ pub struct MetricRecord {
     pub detail: serde_json::Value,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are the bulk of records: boxing them would cost an allocation each"
+)]
 #[derive(Debug, Clone)]
 pub enum Record {
     Event(Event),

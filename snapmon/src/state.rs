@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 
 use crate::{
-    kernel::loader::{Attach, HookStatus, HOOKS},
+    kernel::loader::{enforcement_only, HookStatus},
     kernel::offsets::Missing,
     record::StateRecord,
     watch::WatchStats,
@@ -60,13 +60,6 @@ fn start_warnings() -> Vec<String> {
     START_WARNINGS.lock().map(|v| v.clone()).unwrap_or_default()
 }
 
-/// Programs loaded only with `--enforce` (BPF LSM denials): not counted as missing without it.
-pub fn enforcement_only(program: &str) -> bool {
-    HOOKS
-        .iter()
-        .any(|s| s.program == program && matches!(s.attach, Attach::Lsm(_)))
-}
-
 fn first_line(s: &str) -> String {
     let l = s.lines().next().unwrap_or("");
     if l.len() > ERROR_MAX {
@@ -87,7 +80,7 @@ pub fn common_error(hooks: &[HookStatus]) -> Option<String> {
             None => counts.push((e, 1)),
         }
     }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     counts.into_iter().next().map(|c| c.0)
 }
 
@@ -367,6 +360,7 @@ pub fn by_name(v: Value) -> Vec<Value> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernel::loader::HOOKS;
 
     pub(crate) fn info_fixture<'a>(
         hooks: &'a [HookStatus],

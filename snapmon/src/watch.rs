@@ -220,8 +220,7 @@ pub struct WatchStats {
 }
 
 /// Limits that keep a registration bounded on a huge or looping tree. The depth is
-/// `[agent] scan_depth` (default: as deep as short names reach within PATH_MAX).
-pub const DEFAULT_SCAN_DEPTH: usize = 256;
+/// `[agent] scan_depth` (`config::DEFAULT_SCAN_DEPTH` when unset).
 pub const MAX_ENTRIES: usize = 60_000;
 
 /// Ordinary files are admitted to the kernel's file map up to here; the last tenth is
@@ -540,7 +539,7 @@ impl WatchSet {
         maps.add_dir(key, dir_flags::WATCHED | meta)?;
         self.add_name(key, dir);
         self.stats.dirs += 1;
-        let max = self.scan_depth.unwrap_or(DEFAULT_SCAN_DEPTH);
+        let max = self.scan_depth.unwrap_or(crate::config::DEFAULT_SCAN_DEPTH);
         if depth >= max {
             self.stats.too_deep += 1;
             self.stats

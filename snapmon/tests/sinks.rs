@@ -78,7 +78,9 @@ fn verify_log_exit_codes_for_every_kind_of_tampering() {
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("intact: 14 records, seq 0..13"), "{out}");
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<String>)>, &str)> = vec![
+    // (case, how the log is tampered with, what verify-log says)
+    type Case = (&'static str, Box<dyn Fn(&mut Vec<String>)>, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "removed",
             Box::new(|l| {

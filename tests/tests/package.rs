@@ -740,9 +740,7 @@ fn systemd_runs_the_packaged_service_supervised_and_sandboxed() {
     );
 
     // reload: an exception for dd takes effect; a broken policy is refused and the old stays.
-    ok(&format!(
-        "cat >> /etc/snapmon/snapmon.toml <<'EOF'\n\n[[exception]]\nrules = [\"SM-Q001\", \"SM-Q002\"]\nexecutable = \"/usr/bin/dd\"\ntarget = \"/var/lib/libvirt/images/*.qcow2\"\ncomment = \"systemd test\"\nEOF"
-    ));
+    ok("cat >> /etc/snapmon/snapmon.toml <<'EOF'\n\n[[exception]]\nrules = [\"SM-Q001\", \"SM-Q002\"]\nexecutable = \"/usr/bin/dd\"\ntarget = \"/var/lib/libvirt/images/*.qcow2\"\ncomment = \"systemd test\"\nEOF");
     let reloaded = count("reloaded");
     ok("systemctl reload snapmon.service");
     wait_until("a reloaded record", Duration::from_secs(30), || {

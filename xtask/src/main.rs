@@ -3,6 +3,7 @@
 mod bench;
 mod fuzz;
 mod image;
+mod lint;
 mod package;
 mod rootfs;
 mod setup;
@@ -22,6 +23,7 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 #[derive(Subcommand)]
 enum Cmd {
     /// Install everything the build and tests need (idempotent; fast when done).
@@ -77,6 +79,15 @@ enum Cmd {
         /// Only these targets.
         targets: Vec<String>,
     },
+    /// Check that snapmon's modules import one way (no cycles) and that clippy is clean.
+    Lint {
+        /// Only the import-cycle check.
+        #[arg(long)]
+        no_clippy: bool,
+        /// Print the imports inside each cycle, with a path that makes each.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Build the Debian package: target/debian/snapmon_<version>-1_amd64.deb (stripped binary,
     /// policy conffile, systemd unit, completions, man pages) and its -dbgsym package.
     Package,
@@ -111,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             save_fixtures,
         }),
         Cmd::Bench(a) => bench::main(a),
+        Cmd::Lint { no_clippy, verbose } => lint::lint(!no_clippy, verbose),
         Cmd::Package => package::package().map(|_| ()),
         Cmd::Image => image::image().map(|_| ()),
         Cmd::Fuzz { seconds, targets } => {

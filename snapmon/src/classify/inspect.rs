@@ -613,11 +613,7 @@ fn overlap_checks(r: &mut InspectReport, img: &Qcow2Image) {
 /// Snapshots hidden by lowering nb_snapshots: QEMU writes a fresh table on
 /// every change (and sets snapshots_offset to 0 when none remain), so
 /// plausible entries past nb_snapshots mean the count was edited.
-fn hidden_snapshot_checks<F: std::io::Read + std::io::Seek>(
-    r: &mut InspectReport,
-    img: &Qcow2Image,
-    f: &mut F,
-) {
+fn hidden_snapshot_checks<F: Read + Seek>(r: &mut InspectReport, img: &Qcow2Image, f: &mut F) {
     let h = &img.header;
     if h.snapshots_offset == 0 {
         return;
@@ -1002,7 +998,7 @@ mod tests {
     fn non_volatile_backing_not_flagged() {
         // Must not be under /tmp (CI may clone there): /var/lib is neither volatile nor
         // world-writable.
-        let dir = std::path::PathBuf::from(format!(
+        let dir = PathBuf::from(format!(
             "/var/lib/snapmon-test-inspect-{}",
             std::process::id()
         ));

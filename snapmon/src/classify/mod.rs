@@ -1,6 +1,7 @@
 //! Classify stage: format intelligence. Works out what each event touched (a qcow2 header
 //! field, the snapshot table, LVM metadata, a device-mapper table load …) and the diff.
 
+pub mod classification;
 pub mod fileread;
 pub mod filter;
 pub mod inspect;
@@ -16,36 +17,9 @@ use std::{collections::HashMap, fs::File, path::Path, time::Instant};
 use serde::Serialize;
 
 use crate::event::Event;
+pub use classification::Classification;
 pub use qcow2::FieldChange as Change;
 use snapmon_common::{filter_actor, FileKey, WriteFilter};
-
-/// What the classify stage attaches to an event.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Classification {
-    /// `qcow2`, `lvm`, `lvm-backup`, `libvirt`, `dm`, `btrfs`, `zfs`, `file` …
-    pub format: &'static str,
-    /// Region labels in offset order (`header.nb_snapshots`, `snapshot_table`, `data` …).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub regions: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub changes: Vec<Change>,
-    /// Decoded ioctl.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ioctl: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ioctl_name: Option<String>,
-    /// The ioctl destroys or creates a snapshot (dm/btrfs/zfs semantics).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot_destructive: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub snapshot_create: bool,
-    /// Shannon entropy (bits/byte) of the captured write sample, when judged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sample_entropy: Option<f64>,
-    /// Facts from the file itself (libvirt snapshot name and domain, LVM description …).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub facts: Vec<(String, String)>,
-}
 
 /// Per-file format state kept between events.
 enum FileState {
@@ -386,8 +360,14 @@ fn lvm_changes(c: Vec<lvm::LvmChange>) -> Vec<Change> {
         .collect()
 }
 
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Classifier {
-    pub fn new(_policy: &crate::config::Policy) -> Self {
+    pub fn new() -> Self {
         Classifier {
             state: HashMap::new(),
             order: Default::default(),
@@ -1054,7 +1034,7 @@ impl Classifier {
     /// against their state before the agent started rather than after.
     pub fn preload<'a>(
         &mut self,
-        files: impl Iterator<Item = (&'a snapmon_common::FileKey, &'a std::path::PathBuf)>,
+        files: impl Iterator<Item = (&'a FileKey, &'a std::path::PathBuf)>,
     ) {
         for (k, p) in files {
             let key = (k.dev, k.ino);
@@ -1357,14 +1337,14 @@ mod filter_publishing {
     #[test]
     fn header_reread_racing_the_write_sees_the_captured_bytes() {
         let d = TmpDir::new("race");
-        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
         let q = d.path("b.qcow2");
         std::fs::copy(&p, &q).unwrap();
         qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
         let (old, mut new) = (std::fs::read(&p).unwrap(), std::fs::read(&q).unwrap());
         let flip = new[60..72].to_vec();
         assert_ne!(old[60..72], flip[..], "snapshot -d moved the table");
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         // Everything qemu-img wrote except the header flip, which is still in flight.
         new[60..72].copy_from_slice(&old[60..72]);
@@ -1396,13 +1376,13 @@ mod filter_publishing {
     #[test]
     fn a_header_flip_to_a_shorter_table_names_every_snapshot_it_drops() {
         let d = TmpDir::new("flip");
-        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
         qemu_img(&["snapshot", "-c", "s3", &d.s("a.qcow2")]);
         let q = d.path("b.qcow2");
         std::fs::copy(&p, &q).unwrap();
         qemu_img(&["snapshot", "-d", "s1", &d.s("b.qcow2")]);
         qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         // Everything landed, the flip (count and table pointer, 12 bytes at 60) included.
         let new = std::fs::read(&q).unwrap();
@@ -1421,8 +1401,8 @@ mod filter_publishing {
     #[test]
     fn a_header_change_keeps_the_pre_image_of_its_own_event() {
         let d = TmpDir::new("preimage");
-        let p = super::qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
+        let mut c = Classifier::new();
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         assert!(c.pre_image(7, 1).is_none());
         let nb = c
@@ -1454,7 +1434,7 @@ mod filter_publishing {
         let d = TmpDir::new("publish");
         let p = d.path("a.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", &d.s("a.qcow2"), "64M"]);
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         // First write seen: published for QEMU with the header cluster in it.
         c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
         let u = c.take_filter_updates();

@@ -299,7 +299,7 @@ mod tests {
         super::super::qcow2::testutil::rebase_unsafe(&d.s("rebased.qcow2"), "/dev/shm/x.qcow2");
         let new_head = std::fs::read(d.path("rebased.qcow2")).unwrap()[..65536].to_vec();
         let img = d.path("vm.qcow2");
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         let k = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
         c.preload(std::iter::once((&k, &img)));
         let e = ev(
@@ -338,7 +338,7 @@ mod tests {
         let src = std::fs::read(d.path("src.qcow2")).unwrap();
         let dst = d.path("x.log");
         std::fs::write(&dst, b"").unwrap();
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         let mut create = ev("create", &dst, 0, 0, &[]);
         create.process.pid = 77;
         assert!(c.classify(&create, Some(&dst)).is_none());
@@ -365,7 +365,7 @@ mod tests {
         let src = std::fs::read(d.path("src.qcow2")).unwrap();
         let dst = d.path("m.log");
         std::fs::write(&dst, vec![0u8; src.len()]).unwrap();
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         let mut e = ev("mmap_shared_write", &dst, 0, src.len() as u64, &[]);
         e.process.pid = u32::MAX; // gone: this look is the last
         let cl = c.classify(&e, Some(&dst)).unwrap();

@@ -315,7 +315,7 @@ mod tests {
     }
 
     fn classifier_knowing(img: &Path) -> Classifier {
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         let k = crate::watch::key_for(img, &std::fs::metadata(img).unwrap());
         let p = img.to_path_buf();
         c.preload(std::iter::once((&k, &p)));
@@ -336,7 +336,7 @@ mod tests {
         // Built outside the store: the same image with both snapshots hidden.
         let doc = outside.path("doctored.qcow2");
         std::fs::copy(&img, &doc).unwrap();
-        super::super::qcow2::testutil::patch(&doc, 60, &0u32.to_be_bytes());
+        qcow2::testutil::patch(&doc, 60, &0u32.to_be_bytes());
         std::fs::rename(&doc, &img).unwrap();
         let ev = rename_ev(&doc, &img, None, Some(old));
         let cl = c
@@ -390,7 +390,7 @@ mod tests {
         // A copy rebased onto a volatile path, renamed over the image from inside the store.
         let tmp = store.path(".tmp1");
         std::fs::copy(&img, &tmp).unwrap();
-        super::super::qcow2::testutil::rebase_unsafe(&store.s(".tmp1"), "/dev/shm/evil.qcow2");
+        qcow2::testutil::rebase_unsafe(&store.s(".tmp1"), "/dev/shm/evil.qcow2");
         let (old, new) = (key(&img), key(&tmp));
         std::fs::rename(&tmp, &img).unwrap();
         let cl = c
@@ -438,7 +438,7 @@ mod tests {
             "<domainsnapshot><name>s1</name><parent><name>s0</name></parent></domainsnapshot>",
         )
         .unwrap();
-        let mut c = Classifier::new(&crate::config::Policy::embedded());
+        let mut c = Classifier::new();
         // sed -i: a temp file in the same directory, renamed over the XML.
         let tmp = dir.join("sedAb12Cd");
         std::fs::write(&tmp, "<domainsnapshot><name>s1</name></domainsnapshot>").unwrap();
@@ -476,7 +476,7 @@ mod tests {
         let mut c = classifier_knowing(&img);
         let doc = store.path(".doc");
         std::fs::copy(&img, &doc).unwrap();
-        super::super::qcow2::testutil::patch(&doc, 60, &1u32.to_be_bytes());
+        qcow2::testutil::patch(&doc, 60, &1u32.to_be_bytes());
         let (old, new) = (key(&img), key(&doc));
         let ev = rename_ev(&doc, &img, Some(new), Some(old));
         // The hook fired; the rename has not happened yet.

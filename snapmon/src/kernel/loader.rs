@@ -206,6 +206,13 @@ pub const HOOKS: &[HookSpec] = &[
     },
 ];
 
+/// Programs loaded only with `--enforce` (BPF LSM denials): not counted as missing without it.
+pub fn enforcement_only(program: &str) -> bool {
+    HOOKS
+        .iter()
+        .any(|s| s.program == program && matches!(s.attach, Attach::Lsm(_)))
+}
+
 /// Outcome of one hook.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HookStatus {
@@ -772,7 +779,7 @@ impl Kernel {
     pub fn pin_enforcement(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(PIN_DIR)?;
         for (name, link) in self.lsm_links.drain(..) {
-            let fd: aya::programs::links::FdLink = link.into();
+            let fd: FdLink = link.into();
             fd.pin(format!("{PIN_DIR}/{name}"))
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         }

@@ -1077,13 +1077,13 @@ fn cgroup2_mount_on_unified_and_hybrid_hosts() {
 #[test]
 fn exec_in_a_cgroup_created_later_resolves_its_container() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "needs root");
-    let root = super::cgroup2_mount(Path::new("/proc/self/mounts")).expect("a cgroup2 mount");
+    let root = cgroup2_mount(Path::new("/proc/self/mounts")).expect("a cgroup2 mount");
     let id64 = format!("{:0>64}", format!("{:x}", std::process::id()));
     let rel = format!("/snapmon-unit-{}/docker-{id64}.scope", std::process::id());
     let dir = root.join(rel.trim_start_matches('/'));
     fs::create_dir_all(&dir).unwrap();
     let ino = fs::metadata(&dir).unwrap().ino();
-    let resolved = super::cgroup_path_by_id(&root, ino);
+    let resolved = cgroup_path_by_id(&root, ino);
     let mut t = ProcessTable::new("b".to_string()).with_cgroupfs_root(&root);
     t.observe_exec(&ExecInfo {
         ts_ns: 10,

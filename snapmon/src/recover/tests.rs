@@ -140,7 +140,7 @@ fn the_log_restores_the_table_after_the_pointer_was_overwritten_too() {
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
     patch(&p, 60, &0u32.to_be_bytes());
     patch(&p, 64, &0x7fff_0000u64.to_be_bytes());
-    let c = candidates_in_logs(&[log.clone()], &p, (0, 0)).unwrap();
+    let c = candidates_in_logs(std::slice::from_ref(&log), &p, (0, 0)).unwrap();
     assert!(
         c.iter()
             .any(|c| (c.nb_snapshots, c.snapshots_offset) == (nb, off)),

@@ -684,7 +684,7 @@ mod tests {
             ..Default::default()
         };
         let mut resp = Responder::new(Evidence::new(&cfg));
-        let mut cl = Classifier::new(&crate::config::Policy::embedded());
+        let mut cl = Classifier::new();
         let killed = kernel_event(r::SIGKILL, r::KILL | r::CLASSES);
         let a = alerts(resp.after(&[Record::Event(killed)], &mut cl));
         assert_eq!(a.len(), 1);

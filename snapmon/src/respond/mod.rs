@@ -227,7 +227,7 @@ impl Plan {
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if ext.is_some_and(|e| self.image_extensions.iter().any(|x| *x == e)) {
+        if ext.is_some_and(|e| self.image_extensions.contains(&e)) {
             return true;
         }
         let mut magic = [0u8; 4];

@@ -450,7 +450,7 @@ pub struct HostResolver;
 /// Where the host's root is mounted when the agent runs in a container (`SNAPMON_HOST_ROOT`,
 /// e.g. `/host` in deploy/kubernetes): trusted executables are the node's, not the image's.
 /// Device and inode are the same through a bind mount, so identities match the kernel's.
-fn host_root() -> &'static std::path::Path {
+fn host_root() -> &'static Path {
     static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
         std::env::var_os("SNAPMON_HOST_ROOT")
@@ -461,12 +461,12 @@ fn host_root() -> &'static std::path::Path {
 }
 
 /// `path` (absolute, as the policy says) under `root`.
-fn under(root: &std::path::Path, path: &str) -> std::path::PathBuf {
+fn under(root: &Path, path: &str) -> std::path::PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
 /// The host's files seen from `root` (`/` outside containers).
-pub struct RootedResolver<'a>(pub &'a std::path::Path);
+pub struct RootedResolver<'a>(pub &'a Path);
 
 impl Resolver for HostResolver {
     fn identity(&self, path: &str) -> Option<(u32, u64)> {
@@ -488,7 +488,7 @@ impl Resolver for RootedResolver<'_> {
         let mut p = under(self.0, path);
         for _ in 0..40 {
             match std::fs::read_link(&p) {
-                Ok(t) if t.is_absolute() && self.0 != std::path::Path::new("/") => {
+                Ok(t) if t.is_absolute() && self.0 != Path::new("/") => {
                     p = under(self.0, &t.to_string_lossy())
                 }
                 _ => break,
@@ -568,7 +568,7 @@ mod rooted_tests {
         // Outside a container the root is `/`: plain host paths.
         let sh = std::fs::metadata("/bin/sh").unwrap();
         assert_eq!(
-            RootedResolver(std::path::Path::new("/")).identity("/bin/sh"),
+            RootedResolver(Path::new("/")).identity("/bin/sh"),
             Some((crate::watch::kernel_dev(sh.dev()), sh.ino()))
         );
         let _ = std::fs::remove_dir_all(&root);

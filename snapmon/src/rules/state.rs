@@ -62,6 +62,9 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
     pub fn clear(&mut self) {
         self.map.clear();
         self.order.clear();

@@ -648,7 +648,8 @@ fn renames_to_cut_names_count_as_image_renames_and_whole_ones_are_judged_as_befo
                 ..Default::default()
             });
             if !cut.is_empty() {
-                ev.detail.push((crate::longpath::DETAIL, cut.to_string()));
+                ev.detail
+                    .push((crate::event::PATH_TRUNCATED, cut.to_string()));
             }
             fired.extend(e.process(&ev).into_iter().map(|a| a.rule_id));
         }

@@ -44,6 +44,8 @@ use std::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::key::load_key;
+
 pub const CHAIN_KEY: &str = ",\"snapmon.chain\":{\"seq\":";
 pub const ZERO: [u8; 32] = [0; 32];
 
@@ -62,29 +64,6 @@ pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.update(k.map(|b| b ^ 0x5c));
     outer.update(inner.finalize());
     outer.finalize().into()
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("key file {path}: {msg}")]
-pub struct KeyError {
-    path: String,
-    msg: String,
-}
-
-/// Key bytes from a file, trailing whitespace trimmed (so `echo secret > key` works).
-pub fn load_key(p: &Path) -> Result<Vec<u8>, KeyError> {
-    let err = |msg: String| KeyError {
-        path: p.display().to_string(),
-        msg,
-    };
-    let mut b = fs::read(p).map_err(|e| err(e.to_string()))?;
-    while b.last().is_some_and(|c| c.is_ascii_whitespace()) {
-        b.pop();
-    }
-    if b.len() < 16 {
-        return Err(err("key is shorter than 16 bytes".into()));
-    }
-    Ok(b)
 }
 
 fn hash_of(prev: &[u8; 32], seq: u64, r: &[u8]) -> [u8; 32] {
@@ -805,7 +784,7 @@ mod tests {
             spec.push_str(&format!(",rotate_size={r}"));
         }
         let c = SinkConfig::parse_spec(&spec).unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
         for i in 0..n {
             s.write(&Record::Event(fixtures::event(i)));
@@ -838,13 +817,13 @@ mod tests {
     fn intact_log_verifies_with_and_without_key() {
         let d = dir("ok");
         let (p, key) = make_log(&d, 10, None);
-        assert!(check(&[p.clone()], &key, false).is_empty());
-        let rep = verify(&[p.clone()], None, false).unwrap();
+        assert!(check(std::slice::from_ref(&p), &key, false).is_empty());
+        let rep = verify(std::slice::from_ref(&p), None, false).unwrap();
         assert!(rep.findings.is_empty());
         // header + 10 events + 2 checkpoints + footer
         assert_eq!(rep.records, 14);
         assert_eq!(rep.checkpoints, 3);
-        assert_eq!(verify_cmd(&[p.clone()], Some(&key), false), 0);
+        assert_eq!(verify_cmd(std::slice::from_ref(&p), Some(&key), false), 0);
         assert_eq!(verify_cmd(&[d.join("missing")], None, false), 2);
         // Another key: every keyed record is flagged.
         let other = d.join("other");
@@ -861,7 +840,7 @@ mod tests {
         let mut l = lines(&p);
         l.remove(3); // seq 3 (header is seq 0)
         put(&p, &l);
-        let f = check(&[p.clone()], &key, false);
+        let f = check(std::slice::from_ref(&p), &key, false);
         only(&f, Tamper::Removed, 4);
         assert_eq!(f[0].seq, Some(4));
         assert!(f[0].msg.contains("expected seq 3"), "{}", f[0]);
@@ -876,7 +855,11 @@ mod tests {
         l[2] = l[2].replace("\"pid\":4242", "\"pid\":4243");
         assert!(l[2].contains("\"pid\":4243"));
         put(&p, &l);
-        only(&check(&[p.clone()], &key, false), Tamper::Altered, 3);
+        only(
+            &check(std::slice::from_ref(&p), &key, false),
+            Tamper::Altered,
+            3,
+        );
         // Re-hashing that record only moves the break to the next line.
         let link = parse_line(l[2].as_bytes()).unwrap();
         let mut c = Chain::new(None, 1000, link.seq, link.prev);
@@ -904,12 +887,12 @@ mod tests {
         let (p, key) = make_log(&d, 10, None);
         let data = fs::read(&p).unwrap();
         fs::write(&p, &data[..data.len() - 40]).unwrap();
-        let f = check(&[p.clone()], &key, false);
+        let f = check(std::slice::from_ref(&p), &key, false);
         only(&f, Tamper::Truncated, 14);
         let mut l = lines(&p);
         l.truncate(10);
         put(&p, &l);
-        let f = check(&[p.clone()], &key, false);
+        let f = check(std::slice::from_ref(&p), &key, false);
         only(&f, Tamper::Truncated, 10);
         // --live accepts a file that is still being written.
         assert!(check(&[p], &key, true).is_empty());
@@ -934,11 +917,11 @@ mod tests {
             })
             .collect();
         put(&p, &l);
-        assert!(verify(&[p.clone()], None, false)
+        assert!(verify(std::slice::from_ref(&p), None, false)
             .unwrap()
             .findings
             .is_empty());
-        let f = check(&[p.clone()], &key, false);
+        let f = check(std::slice::from_ref(&p), &key, false);
         assert!(f.iter().any(|x| x.kind == Tamper::Unkeyed), "{f:#?}");
         // Without checkpoints at all: the gap itself is a finding.
         let (p, key) = make_log(&d, 12, None);
@@ -984,7 +967,7 @@ mod tests {
             key.display()
         ))
         .unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
         let prev = s.previous_run().unwrap();
         assert_eq!(prev["clean"], false, "{prev}");
@@ -1002,25 +985,30 @@ mod tests {
             parse_line(after[at].as_bytes()).unwrap().seq,
             parse_line(after[at - 2].as_bytes()).unwrap().seq + 1
         );
-        let rep = verify(&[p.clone()], Some(&load_key(&key).unwrap()), false).unwrap();
+        let rep = verify(
+            std::slice::from_ref(&p),
+            Some(&load_key(&key).unwrap()),
+            false,
+        )
+        .unwrap();
         assert!(!rep.findings.is_empty());
         assert!(
             rep.findings.iter().all(|f| !f.kind.tampering()),
             "{:#?}",
             rep.findings
         );
-        assert_eq!(verify_cmd(&[p.clone()], Some(&key), false), 3);
+        assert_eq!(verify_cmd(std::slice::from_ref(&p), Some(&key), false), 3);
         // An edit after the crash is tampering.
         let mut l = lines(&p);
         l[2] = l[2].replace("\"pid\":4242", "\"pid\":4243");
         put(&p, &l);
-        assert_eq!(verify_cmd(&[p.clone()], Some(&key), false), 1);
+        assert_eq!(verify_cmd(std::slice::from_ref(&p), Some(&key), false), 1);
         // A clean stop and restart is intact and says so.
         let clean = dir("clean");
         let (p, key) = make_log(&clean, 3, None);
         let c = SinkConfig::parse_spec(&format!("file:{},key_file={}", p.display(), key.display()))
             .unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let mut s = FileSink::open(&c, Format::Json, "h".into(), ctr).unwrap();
         assert_eq!(s.previous_run().unwrap()["clean"], true);
         s.close();
@@ -1030,7 +1018,7 @@ mod tests {
     #[test]
     fn a_start_on_a_full_disk_is_an_error() {
         let c = SinkConfig::parse_spec("file:/dev/full,chain=true").unwrap();
-        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let ctr = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let e = FileSink::open(&c, Format::Json, "h".into(), ctr)
             .err()
             .expect("opened");

@@ -7,7 +7,50 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::record::Severity;
 
-use super::{Filter, Format};
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON Lines, ECS field names.
+    Json,
+    /// Human lines.
+    Tail,
+    /// JSON Lines, OCSF 1.1 (File System Activity and friends).
+    Ocsf,
+}
+
+impl Format {
+    /// The name in configuration and in the sink counters: `json`, `tail`, `ocsf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Tail => "tail",
+            Format::Ocsf => "ocsf",
+        }
+    }
+}
+
+/// A syslog facility's code by name (`daemon` → 3, `local0` → 16 …).
+pub fn facility_code(name: &str) -> Option<u8> {
+    Some(match name {
+        "kern" => 0,
+        "user" => 1,
+        "daemon" => 3,
+        "auth" => 4,
+        "syslog" => 5,
+        "authpriv" => 10,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        _ => return None,
+    })
+}
 
 /// One output. The `type` tag picks the transport; every type takes the common options
 /// (`name`, `format`, `min_severity`, `alerts_only`, `rules`, `path_contains`, `queue`) and
@@ -242,16 +285,6 @@ impl SinkConfig {
         }
     }
 
-    pub fn filter(&self) -> Filter {
-        let o = self.options();
-        Filter {
-            min_severity: o.min_severity,
-            alerts_only: o.alerts_only,
-            rules: o.rules.clone(),
-            path_contains: o.path_contains.clone(),
-        }
-    }
-
     /// Options each type accepts besides the common ones.
     fn allowed(&self) -> &'static [&'static str] {
         match self {
@@ -359,7 +392,7 @@ impl SinkConfig {
                     return Err(bad("key_file needs the hash chain (chain = true)".into()));
                 }
                 if let Some(k) = &o.key_file {
-                    super::chain::load_key(k).map_err(|e| bad(e.to_string()))?;
+                    super::key::load_key(k).map_err(|e| bad(e.to_string()))?;
                 }
             }
             SinkConfig::Unix(_) | SinkConfig::Tcp(_) => {
@@ -389,7 +422,7 @@ impl SinkConfig {
                     return Err(bad("spill applies to syslog over tcp only".into()));
                 }
                 if let Some(f) = &o.facility {
-                    if super::syslog::facility_code(f).is_none() {
+                    if facility_code(f).is_none() {
                         return Err(bad(format!("unknown syslog facility `{f}`")));
                     }
                 }

@@ -137,7 +137,7 @@ impl FileSink {
             .and_then(|p| chain::resume_point(p).ok().flatten());
         let chain = if chained {
             let key = match &o.key_file {
-                Some(k) => Some(chain::load_key(k).map_err(io::Error::other)?),
+                Some(k) => Some(super::key::load_key(k).map_err(io::Error::other)?),
                 None => None,
             };
             let (seq, hash) = resume
@@ -302,10 +302,8 @@ impl FileSink {
         };
         // Cut what the failed write left of a line: the file stays on a line boundary.
         let at = self.stored + kept as u64;
-        if done > kept {
-            if f.set_len(at).is_err() {
-                self.partial = true;
-            }
+        if done > kept && f.set_len(at).is_err() {
+            self.partial = true;
         }
         self.partial |= newline_lost;
         self.stored = at;
@@ -537,7 +535,7 @@ mod tests {
 
     fn sink(spec: &str) -> (FileSink, Arc<SinkCounters>) {
         let c = SinkConfig::parse_spec(spec).unwrap();
-        let counters = Arc::new(SinkCounters::new(c.name(), "file", Format::Json));
+        let counters = Arc::new(SinkCounters::new(c.name(), "file", Format::Json.as_str()));
         let s = FileSink::open(&c, Format::Json, "h".into(), counters.clone()).unwrap();
         (s, counters)
     }
@@ -637,7 +635,7 @@ mod tests {
         s.tick();
         assert!(lines(&p).iter().any(|l| l.contains("\"sequence\":1")));
         s.close();
-        let rep = verify(&[p.clone()], None, false).unwrap();
+        let rep = verify(std::slice::from_ref(&p), None, false).unwrap();
         assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
         assert_eq!(rep.first_seq, Some(0));
     }

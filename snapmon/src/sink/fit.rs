@@ -89,10 +89,8 @@ fn candidates(
     largest: &mut Option<(usize, Vec<Seg>)>,
 ) {
     match v {
-        Value::String(s) if s.len() > SHORT => {
-            if longest.as_ref().is_none_or(|l| s.len() > l.0) {
-                *longest = Some((s.len(), path.clone()));
-            }
+        Value::String(s) if s.len() > SHORT && longest.as_ref().is_none_or(|l| s.len() > l.0) => {
+            *longest = Some((s.len(), path.clone()));
         }
         Value::Object(m) => {
             for (k, c) in m {

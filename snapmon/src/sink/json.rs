@@ -529,9 +529,11 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
 /// escaping its path three ways cost more than the rest of the `file` object.
 const FILE_CACHE_MAX: usize = 256;
 
+/// (dev, ino) → the path rendered and its bytes.
+type FileCache = std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>;
+
 thread_local! {
-    static FILE_CACHE: std::cell::RefCell<std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>> =
-        Default::default();
+    static FILE_CACHE: std::cell::RefCell<FileCache> = Default::default();
 }
 
 /// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file.
@@ -581,11 +583,43 @@ fn file_named_uncached(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
     js(out, &p.display());
 }
 
-/// The `process` and `snapmon.process` members of a process as JSON, rendered once and
-/// shared by every record of that process while its lineage is unchanged
-/// (`ProcessInfo::render_cache`).
+/// Processes rendered lately by this sink thread, by entity id: every record of a process
+/// repeats its `process` members. An entry holds for the build of the process it was rendered
+/// from (`ProcessInfo::revision`); a new build replaces it.
+const PROCESS_CACHE_MAX: usize = 1024;
+
+thread_local! {
+    static PROCESS_CACHE: std::cell::RefCell<
+        std::collections::HashMap<String, (u64, std::rc::Rc<RenderedProcess>)>,
+    > = Default::default();
+}
+
+/// `p` rendered, from this thread's cache if this build was rendered before; `None` when no
+/// build number vouches for the fields (the caller renders them inline).
+fn rendered_process(p: &ProcessInfo) -> Option<std::rc::Rc<RenderedProcess>> {
+    if p.revision == 0 {
+        return None;
+    }
+    PROCESS_CACHE.with(|c| {
+        let mut c = c.try_borrow_mut().ok()?;
+        if let Some((rev, r)) = c.get(p.entity_id.as_str()) {
+            if *rev == p.revision {
+                return Some(r.clone());
+            }
+        }
+        let r = std::rc::Rc::new(RenderedProcess::of(p));
+        if c.len() >= PROCESS_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(p.entity_id.clone(), (p.revision, r.clone()));
+        Some(r)
+    })
+}
+
+/// The `process` and `snapmon.process` members of a process as JSON, rendered once per build
+/// of the process (`rendered_process`).
 #[derive(Debug)]
-pub struct RenderedProcess {
+struct RenderedProcess {
     /// `{"args":…,"pid":N` (up to the thread).
     head: Vec<u8>,
     /// `,"user":…}` (after the thread).
@@ -834,9 +868,9 @@ fn write_event(
         js(out, &a.message);
     }
     key(out, "process", &mut root);
-    match &p.render_cache {
-        Some(c) => {
-            let r = c.get_or_init(|| RenderedProcess::of(p));
+    let cached = rendered_process(p);
+    match &cached {
+        Some(r) => {
             out.extend_from_slice(&r.head);
             write_thread(out, p.tid);
             out.extend_from_slice(&r.tail);
@@ -895,8 +929,8 @@ fn write_event(
             let _ = serde_json::to_writer(&mut *out, &ioctl_json(i, e.classification.as_ref()));
         }
         key(out, "process", &mut f);
-        match &p.render_cache {
-            Some(c) => out.extend_from_slice(&c.get_or_init(|| RenderedProcess::of(p)).snapmon),
+        match &cached {
+            Some(r) => out.extend_from_slice(&r.snapmon),
             None => snapmon_process(out, p),
         }
         if let Some(a) = alert {
@@ -1028,9 +1062,8 @@ mod tests {
                 String::from_utf8_lossy(&want)
             );
         }
-        // With the process members rendered once and shared: the same bytes, filled on first
+        // With the process members rendered once per build: the same bytes, cached on first
         // use and reused, and the thread stays per record.
-        let cache: std::sync::Arc<std::sync::OnceLock<RenderedProcess>> = Default::default();
         for (i, r) in recs.iter().enumerate() {
             let mut r = r.clone();
             let p = match &mut r {
@@ -1038,7 +1071,7 @@ mod tests {
                 Record::Alert(a) => &mut a.event.process,
                 _ => continue,
             };
-            p.render_cache = Some(Default::default());
+            p.revision = 1_000 + i as u64;
             for tid in [p.tid, p.tid + 7] {
                 if let Record::Event(e) = &mut r {
                     e.process.tid = tid;
@@ -1054,14 +1087,14 @@ mod tests {
                     String::from_utf8_lossy(&want)
                 );
             }
-            if i == 0 {
-                if let Record::Event(e) = &mut r {
-                    e.process.render_cache = Some(cache.clone());
-                    write_record(&mut Vec::new(), &r, "h");
-                }
-            }
+            let p = match &r {
+                Record::Event(e) => &e.process,
+                Record::Alert(a) => &a.event.process,
+                _ => continue,
+            };
+            let held = PROCESS_CACHE.with(|c| c.borrow().get(&p.entity_id).map(|e| e.0));
+            assert_eq!(held, Some(p.revision), "filled on first use");
         }
-        assert!(cache.get().is_some(), "filled on first use");
     }
 
     use super::*;

@@ -8,10 +8,12 @@
 
 pub mod chain;
 pub mod config;
+pub mod counters;
 pub mod file;
 pub mod fit;
 pub mod identity;
 pub mod json;
+pub mod key;
 pub mod nats;
 pub mod net;
 pub mod ocsf;
@@ -21,12 +23,14 @@ mod stdout;
 pub mod syslog;
 pub mod tail;
 
-pub use set::{Cause, SinkCounters, SinkSet, SinkWriter};
+pub use config::Format;
+pub use counters::{Cause, SinkCounters};
+pub use set::{SinkSet, SinkWriter};
 
 use std::{
     io::{self, BufWriter, IsTerminal as _, Write},
     sync::{
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError, Sender},
         Arc, Mutex,
     },
@@ -44,19 +48,6 @@ use crate::{
 use config::{ConfigError, SinkConfig, SyslogTransport};
 
 pub(crate) const RELAXED: Ordering = Ordering::Relaxed;
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    /// JSON Lines, ECS field names.
-    Json,
-    /// Human lines.
-    Tail,
-    /// JSON Lines, OCSF 1.1 (File System Activity and friends).
-    Ocsf,
-}
 
 /// One record in a sink's format, without a trailing newline.
 pub fn render(format: Format, r: &Record, host: &str, colour: bool) -> Vec<u8> {
@@ -134,6 +125,17 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// What a configured sink takes.
+    pub fn of(c: &SinkConfig) -> Filter {
+        let o = c.options();
+        Filter {
+            min_severity: o.min_severity,
+            alerts_only: o.alerts_only,
+            rules: o.rules.clone(),
+            path_contains: o.path_contains.clone(),
+        }
+    }
+
     pub fn accepts(&self, r: &Record) -> bool {
         match r {
             Record::Alert(a) => {
@@ -424,7 +426,11 @@ mod tests {
     fn a_batch_is_handed_over_once_when_it_ends_and_control_records_pass_a_full_queue() {
         let mut set = SinkSet::start(&[], "h".into()).unwrap();
         let (seen, wakes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let counters = Arc::new(SinkCounters::new("count".into(), "test", Format::Json));
+        let counters = Arc::new(SinkCounters::new(
+            "count".into(),
+            "test",
+            Format::Json.as_str(),
+        ));
         set.add_writer(
             Box::new(Counting(seen.clone(), wakes.clone())),
             Filter::default(),
@@ -497,7 +503,11 @@ mod tests {
         let gate = Arc::new(std::sync::Barrier::new(2));
         let done = Arc::new(AtomicU64::new(0));
         let entered = Arc::new(AtomicU64::new(0));
-        let counters = Arc::new(SinkCounters::new("stuck".into(), "test", Format::Json));
+        let counters = Arc::new(SinkCounters::new(
+            "stuck".into(),
+            "test",
+            Format::Json.as_str(),
+        ));
         set.add_writer(
             Box::new(Stuck(gate.clone(), done.clone(), entered.clone())),
             Filter::default(),

@@ -161,11 +161,14 @@ struct InFlight {
     line: Vec<u8>,
 }
 
+/// Turns a record into one payload (no trailing newline).
+pub type Render = Box<dyn FnMut(RecordId, &Record) -> Vec<u8> + Send>;
+
 pub struct NetSink {
     endpoint: Endpoint,
     framing: Framing,
     /// Turns a record into one payload (no trailing newline).
-    render: Box<dyn FnMut(RecordId, &Record) -> Vec<u8> + Send>,
+    render: Render,
     conn: Option<Conn>,
     spill: Spill,
     /// What a dead connection had not confirmed: sent again before the spill.
@@ -192,7 +195,7 @@ impl NetSink {
         c: &SinkConfig,
         endpoint: Endpoint,
         framing: Framing,
-        render: Box<dyn FnMut(RecordId, &Record) -> Vec<u8> + Send>,
+        render: Render,
         counters: Arc<SinkCounters>,
     ) -> io::Result<Self> {
         let o = c.options();

@@ -106,7 +106,6 @@ pub(crate) fn every_record() -> Vec<Record> {
         regions: vec!["dm.remove".into()],
         facts: vec![("domain".into(), "vm1".into())],
         sample_entropy: Some(7.9),
-        ..Default::default()
     });
     out.push(Record::Event(e));
     // Process lifecycle.
@@ -190,7 +189,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     info.missing = Box::leak(Box::new(vec![crate::kernel::offsets::Missing {
         group: "vfs",
         field: "inode.i_sb".into(),
-        effect: "no fentry write hook".into(),
+        effect: "no fentry write hook",
     }]));
     info.notes = Box::leak(Box::new(vec!["skipped /srv/x: not found".to_string()]));
     out.extend(crate::state::started(&info).into_iter().map(Record::State));

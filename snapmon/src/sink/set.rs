@@ -3,125 +3,6 @@
 
 use super::*;
 
-/// Why a sink lost a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// The sink's queue was full (the sink is slower than the event rate).
-    QueueFull,
-    /// The write failed (I/O error, permission, datagram refused).
-    WriteError,
-    /// The write failed for want of space (ENOSPC, EDQUOT).
-    NoSpace,
-    /// The peer was down and the spill reached its bound.
-    SpillFull,
-    /// The spill itself failed (disk error).
-    SpillError,
-    /// Still queued or spilled in memory when the agent stopped.
-    Shutdown,
-    /// The sink thread is gone.
-    SinkDead,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 7] = [
-        Cause::QueueFull,
-        Cause::WriteError,
-        Cause::NoSpace,
-        Cause::SpillFull,
-        Cause::SpillError,
-        Cause::Shutdown,
-        Cause::SinkDead,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::QueueFull => "queue_full",
-            Cause::WriteError => "write_error",
-            Cause::NoSpace => "no_space",
-            Cause::SpillFull => "spill_full",
-            Cause::SpillError => "spill_error",
-            Cause::Shutdown => "shutdown",
-            Cause::SinkDead => "sink_dead",
-        }
-    }
-}
-
-/// What one sink did, shared between its thread, the set and the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct SinkCounters {
-    pub name: String,
-    pub kind: &'static str,
-    pub format: String,
-    /// Offered to the sink (accepted or filtered).
-    pub received: AtomicU64,
-    pub filtered: AtomicU64,
-    pub written: AtomicU64,
-    pub rotations: AtomicU64,
-    pub disconnects: AtomicU64,
-    pub spill_bytes: AtomicU64,
-    dropped: [AtomicU64; Cause::ALL.len()],
-    /// Records in the channel right now.
-    queued: AtomicI64,
-    /// Records handed to the thread, and those it has written and flushed by policy since
-    /// (`SinkSet::settle` waits for the second to catch up).
-    handed: AtomicU64,
-    settled: AtomicU64,
-    /// stdout's reader went away.
-    pub closed: AtomicBool,
-    state: Mutex<String>,
-}
-
-impl SinkCounters {
-    pub fn new(name: String, kind: &'static str, format: Format) -> Self {
-        SinkCounters {
-            name,
-            kind,
-            format: format!("{format:?}").to_lowercase(),
-            state: Mutex::new("starting".into()),
-            ..Default::default()
-        }
-    }
-    pub fn lose(&self, c: Cause, n: u64) {
-        self.dropped[c as usize].fetch_add(n, RELAXED);
-    }
-    pub fn dropped(&self, c: Cause) -> u64 {
-        self.dropped[c as usize].load(RELAXED)
-    }
-    pub fn dropped_total(&self) -> u64 {
-        Cause::ALL.iter().map(|c| self.dropped(*c)).sum()
-    }
-    pub fn set_state(&self, s: &str) {
-        if let Ok(mut g) = self.state.lock() {
-            if *g != s {
-                *g = s.to_string();
-            }
-        }
-    }
-    pub fn state(&self) -> String {
-        self.state.lock().map(|g| g.clone()).unwrap_or_default()
-    }
-    pub fn to_json(&self) -> serde_json::Value {
-        let dropped: serde_json::Map<_, _> = Cause::ALL
-            .iter()
-            .filter(|c| self.dropped(**c) > 0)
-            .map(|c| (c.as_str().to_string(), json!(self.dropped(*c))))
-            .collect();
-        json!({
-            "type": self.kind,
-            "format": self.format,
-            "state": self.state(),
-            "received": self.received.load(RELAXED),
-            "filtered": self.filtered.load(RELAXED),
-            "written": self.written.load(RELAXED),
-            "dropped": self.dropped_total(),
-            "dropped_by_cause": dropped,
-            "queued": self.queued.load(RELAXED).max(0),
-            "spill_bytes": self.spill_bytes.load(RELAXED),
-            "rotations": self.rotations.load(RELAXED),
-            "disconnects": self.disconnects.load(RELAXED),
-        })
-    }
-}
-
 /// One sink's output side, driven by its thread.
 pub trait SinkWriter: Send {
     /// Write (or spill) one record; failures are counted by the writer, never returned.
@@ -266,7 +147,7 @@ impl SinkSet {
             } else {
                 Format::Json
             });
-            let counters = Arc::new(SinkCounters::new(name.clone(), c.kind(), format));
+            let counters = Arc::new(SinkCounters::new(name.clone(), c.kind(), format.as_str()));
             let open_err = |source: io::Error| StartError::Open {
                 sink: name.clone(),
                 source,
@@ -313,7 +194,7 @@ impl SinkSet {
                         facility: o
                             .facility
                             .as_deref()
-                            .and_then(syslog::facility_code)
+                            .and_then(config::facility_code)
                             .unwrap_or(16),
                         host: host.clone(),
                         app: o.app_name.clone().unwrap_or_else(|| "snapmon".into()),
@@ -365,7 +246,7 @@ impl SinkSet {
                         .map_err(open_err)?,
                 ),
             };
-            set.add_writer(writer, c.filter(), counters, c.queue())
+            set.add_writer(writer, Filter::of(c), counters, c.queue())
                 .map_err(open_err)?;
         }
         Ok(set)
@@ -650,12 +531,15 @@ mod tests {
     fn settle_returns_once_everything_handed_over_is_written() {
         let written = Arc::new(AtomicU64::new(0));
         let mut set = SinkSet::start(&[], "h".into()).unwrap();
-        let c = Arc::new(SinkCounters::new("slow".into(), "test", Format::Json));
+        let c = Arc::new(SinkCounters::new(
+            "slow".into(),
+            "test",
+            Format::Json.as_str(),
+        ));
         set.add_writer(Box::new(Slow(written.clone())), Filter::default(), c, 100)
             .unwrap();
         for i in 0..3 {
-            set.send_owned(Record::Event(crate::sink::fixtures::event(i)))
-                .unwrap();
+            set.send_owned(Record::Event(fixtures::event(i))).unwrap();
         }
         assert!(set.settle(Duration::from_secs(5)));
         assert_eq!(

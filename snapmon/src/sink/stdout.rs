@@ -184,7 +184,11 @@ mod tests {
             tty,
             "h".into(),
             reg.clone(),
-            Arc::new(SinkCounters::new("stdout".into(), "stdout", Format::Tail)),
+            Arc::new(SinkCounters::new(
+                "stdout".into(),
+                "stdout",
+                Format::Tail.as_str(),
+            )),
         );
         (s, screen, reg)
     }
@@ -205,7 +209,7 @@ mod tests {
         s.idle();
         s.close();
         let status = |events: u64| {
-            crate::sink::tail::status_text(
+            tail::status_text(
                 &crate::metrics::Snapshot {
                     events,
                     alerts: 1,

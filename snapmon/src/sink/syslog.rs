@@ -21,26 +21,6 @@ use super::{
 };
 use crate::record::{Record, Severity};
 
-pub fn facility_code(name: &str) -> Option<u8> {
-    Some(match name {
-        "kern" => 0,
-        "user" => 1,
-        "daemon" => 3,
-        "auth" => 4,
-        "syslog" => 5,
-        "authpriv" => 10,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        _ => return None,
-    })
-}
-
 fn level(r: &Record) -> u8 {
     match r {
         Record::Alert(a) => match a.severity {
@@ -411,7 +391,7 @@ mod tests {
     /// on 127.0.0.1 UDP and TCP, writing what it parsed to a file.
     struct Rsyslogd {
         child: std::process::Child,
-        out: std::path::PathBuf,
+        out: PathBuf,
     }
 
     impl Drop for Rsyslogd {

@@ -109,14 +109,7 @@ fn load_noop(prog_type: u32) -> anyhow::Result<OwnedFd> {
 fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> anyhow::Result<OwnedFd> {
     // SAFETY: `attr` is a live `union bpf_attr` prefix of the size passed, pointing at live
     // buffers for the duration of the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            std::mem::size_of::<T>(),
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>()) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
