@@ -12,7 +12,7 @@ use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
     decode::{cstr, RawEvent},
-    event::{Bytes, Event, FileInfo, IoctlRaw, WriteInfo},
+    event::{Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     watch::{normalize, WatchMaps, WatchSet},
@@ -142,6 +142,18 @@ pub struct LoopAlias {
     /// `lo_offset`: device byte 0 is this byte of the image.
     pub offset: u64,
     pub node: Option<PathBuf>,
+    /// The last write through the node: (boot ns, its writer).
+    pub last_front: Option<(u64, ProcessInfo)>,
+}
+
+/// How long after a write through a loop device the kernel's loop worker may still be writing
+/// it to the image (dirty pages expire after 30 s by default).
+const LOOP_REPLAY_NS: u64 = 30_000_000_000;
+
+/// A kernel thread (a child of kthreadd, no executable): on the fentry backend the loop
+/// driver's worker is seen writing the backing file itself.
+fn kernel_thread(p: &ProcessInfo) -> bool {
+    p.ppid == 2 && p.executable.0.is_empty()
 }
 
 impl LoopAlias {
@@ -316,8 +328,12 @@ impl Enricher {
                     mode,
                     data: w.data[..n].to_vec(),
                 });
-                if let Some(a) = self.loops.get(&w.file) {
-                    self.through_loop(&mut ev, w.file, a.clone());
+                if let Some(a) = self.loops.get_mut(&w.file) {
+                    a.last_front = Some((w.hdr.ts_ns, ev.process.clone()));
+                    let a = a.clone();
+                    self.through_loop(&mut ev, w.file, a);
+                } else if kernel_thread(&ev.process) {
+                    self.loop_replay(&mut ev, w.file, w.hdr.ts_ns);
                 }
                 ev
             }
@@ -638,6 +654,24 @@ impl Enricher {
         ev.detail.push(("loop_offset", a.offset.to_string()));
     }
 
+    /// The loop worker writing the backing image (seen on fentry only) replays writes made
+    /// through the device: it is attributed to the last writer through it, who was judged for
+    /// them, and says so. Writes that follow no front write (a node the agent does not know
+    /// of) keep the kernel thread as their actor and are judged as such.
+    fn loop_replay(&self, ev: &mut Event, image: FileKey, ts_ns: u64) {
+        let front = self.loops.iter().find_map(|(node, a)| {
+            let (t, p) = a.last_front.as_ref()?;
+            (a.image == image && ts_ns.saturating_sub(*t) <= LOOP_REPLAY_NS)
+                .then(|| (a.node_name(*node), p.clone()))
+        });
+        if let Some((node, p)) = front {
+            ev.detail.push(("loop_device", node));
+            ev.detail.push(("loop_role", "worker".into()));
+            ev.detail.push(("loop_worker", ev.process.name.clone()));
+            ev.process = p;
+        }
+    }
+
     /// A loop attach whose backing fd is a watched file (`parent` is the loop device node):
     /// the node becomes an alias of the file.
     fn loop_attached(
@@ -663,6 +697,7 @@ impl Enricher {
             node: (node.ino != 0)
                 .then(|| loop_node_path(i.hdr.tgid, i.fd, node))
                 .flatten(),
+            last_front: None,
         };
         ev.detail.push(("loop_device", a.node_name(node)));
         ev.detail.push(("loop_role", "backing".into()));

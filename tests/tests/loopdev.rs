@@ -228,4 +228,20 @@ fn trusted_losetup_and_qemu_img_through_the_loop_device_raise_nothing_loud() {
         "qemu-img's nb_snapshots write through {dev} was not judged as the image's: {}",
         through.len()
     );
+    // On fentry the loop worker is seen writing the image too: those writes are qemu-img's.
+    let workers: Vec<String> = through
+        .iter()
+        .filter(|v| v["snapmon"]["detail"]["loop_role"] == "worker")
+        .map(|v| {
+            format!(
+                "{} by {}",
+                v["snapmon"]["detail"]["loop_worker"], v["process"]["name"]
+            )
+        })
+        .filter(|w| !w.ends_with("by \"qemu-img\""))
+        .collect();
+    assert!(
+        workers.is_empty(),
+        "loop worker writes not attributed to qemu-img: {workers:?}"
+    );
 }

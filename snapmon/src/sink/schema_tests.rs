@@ -74,6 +74,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         "loop_offset",
         "loop_role",
         "loop_watch",
+        "loop_worker",
     ] {
         e.detail.push((k, "1".into()));
     }
