@@ -927,3 +927,24 @@ mod tests {
         dropped_by(sink_counters(&stopped(), "file:/a"), "nospace");
     }
 }
+
+/// Alerts above low, as "RULE severity message" lines (for benign tests' assertions).
+pub fn loud(alerts: &[Value]) -> Vec<String> {
+    alerts
+        .iter()
+        .filter(|v| {
+            !matches!(
+                v["snapmon"]["severity"].as_str(),
+                Some("info") | Some("low")
+            )
+        })
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["rule"]["id"],
+                v["snapmon"]["severity"],
+                v["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}

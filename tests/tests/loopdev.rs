@@ -17,7 +17,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, image_with_3_snapshots, q002, run, Agent};
+use snapmon_e2e::{agent, image_with_3_snapshots, loud, q002, run, Agent};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -85,26 +85,6 @@ fn events_since(a: &mut Agent, mark: u64, pred: impl Fn(&Value) -> bool) -> Vec<
         false
     });
     out.into_inner()
-}
-
-fn loud(alerts: &[Value]) -> Vec<String> {
-    alerts
-        .iter()
-        .filter(|v| {
-            !matches!(
-                v["snapmon"]["severity"].as_str(),
-                Some("info") | Some("low")
-            )
-        })
-        .map(|v| {
-            format!(
-                "{} {} {}",
-                v["rule"]["id"],
-                v["snapmon"]["severity"],
-                message(v)
-            )
-        })
-        .collect()
 }
 
 /// Root's python attaches `img` to a free loop device itself (`LOOP_SET_FD`, as an attacker

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, changes, dest, run, Agent, Ran};
+use snapmon_e2e::{agent, changes, dest, loud, run, Agent, Ran};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -139,26 +139,6 @@ fn alerts_since(a: &mut Agent, mark: u64, target: &Path) -> Vec<Value> {
         false
     });
     out.into_inner()
-}
-
-fn loud(alerts: &[Value]) -> Vec<String> {
-    alerts
-        .iter()
-        .filter(|v| {
-            !matches!(
-                v["snapmon"]["severity"].as_str(),
-                Some("info") | Some("low")
-            )
-        })
-        .map(|v| {
-            format!(
-                "{} {} {}",
-                v["rule"]["id"],
-                v["snapmon"]["severity"],
-                message(v)
-            )
-        })
-        .collect()
 }
 
 /// Exactly one alert of `rule` by `pid` about `target` since `mark` (a second kernel route
