@@ -407,28 +407,9 @@ impl WatchSet {
             self.update_reserve(maps);
             return true;
         }
-        // The share as the kernel counts it too: its inserts the agent has not heard of yet.
-        let share_full = |maps: &dyn WatchMaps| {
-            maps.ordinary_entries()
-                .is_some_and(|n| n >= ORDINARY_LIMIT as u64)
-        };
-        let mut share_full = share_full(maps) && {
-            // Full by the count although the agent knows fewer: entries whose unlink the
-            // ring buffer lost hold room. Sweep them out, at most once per interval (a flood
-            // in flight refills it, and a sweep is a walk of the whole map).
-            let now = Instant::now();
-            if !precious
-                && self.files.len() < ORDINARY_LIMIT
-                && self.share_sweep_at.is_none_or(|t| now >= t)
-            {
-                self.share_sweep_at = Some(now + SHARE_SWEEP_EVERY);
-                let files = &self.files;
-                maps.sweep_files(&|x| files.contains(x));
-            }
-            share_full(maps)
-        };
-        share_full &= !precious;
-        let ok = if (self.files.len() >= ORDINARY_LIMIT || share_full) && !precious {
+        let ok = if !precious
+            && (self.files.len() >= ORDINARY_LIMIT || self.ordinary_share_full(maps))
+        {
             Err("kept for images and metadata".to_string())
         } else {
             maps.add_file(k, !precious).or_else(|e| {
@@ -689,6 +670,27 @@ impl WatchSet {
             self.admit(k, &p, maps);
         }
         self.add_name(k, &p);
+    }
+
+    /// Is the ordinary share full as the kernel counts it too (its inserts the agent has not
+    /// heard of yet)? Full by the count although the agent knows fewer: entries whose unlink
+    /// the ring buffer lost hold room. They are swept out first, at most once per interval
+    /// (a flood in flight refills it, and a sweep is a walk of the whole map).
+    fn ordinary_share_full(&mut self, maps: &mut dyn WatchMaps) -> bool {
+        let full = |maps: &dyn WatchMaps| {
+            maps.ordinary_entries()
+                .is_some_and(|n| n >= ORDINARY_LIMIT as u64)
+        };
+        if !full(maps) {
+            return false;
+        }
+        let now = Instant::now();
+        if self.share_sweep_at.is_none_or(|t| now >= t) {
+            self.share_sweep_at = Some(now + SHARE_SWEEP_EVERY);
+            let files = &self.files;
+            maps.sweep_files(&|x| files.contains(x));
+        }
+        full(maps)
     }
 
     /// Watch a device node that aliases a watched file (a loop device over an image) by its
