@@ -45,6 +45,9 @@ const BATCH_MAX: usize = 256;
 struct Handle {
     /// Unbounded in batches; `queued` against `limit` bounds it in records.
     tx: Option<Sender<Batch>>,
+    /// Alerts: read by the sink's thread before anything else queued, so a flood of events
+    /// ahead of an alert does not delay it (`worker`).
+    urgent: Option<Sender<Batch>>,
     limit: usize,
     pending: Mutex<Batch>,
     filter: Filter,
@@ -69,21 +72,45 @@ pub struct SinkSet {
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// Write one batch; alerts handed over meanwhile go first, before each of its records.
+fn write_batch(
+    w: &mut Box<dyn SinkWriter>,
+    c: &SinkCounters,
+    b: Batch,
+    urgent: &Receiver<Batch>,
+) -> u64 {
+    let mut n = write_urgent(w, c, urgent);
+    c.queued.fetch_sub(b.len() as i64, RELAXED);
+    n += b.len() as u64;
+    for (id, r) in b {
+        n += write_urgent(w, c, urgent);
+        w.write_id(id, &r);
+    }
+    n
+}
+
+/// Write every alert queued on the urgent channel.
+fn write_urgent(w: &mut Box<dyn SinkWriter>, c: &SinkCounters, urgent: &Receiver<Batch>) -> u64 {
+    let mut n = 0;
+    while let Ok(b) = urgent.try_recv() {
+        c.queued.fetch_sub(b.len() as i64, RELAXED);
+        n += b.len() as u64;
+        for (id, r) in b {
+            w.write_id(id, &r);
+        }
+    }
+    n
+}
+
 fn worker(
     mut w: Box<dyn SinkWriter>,
     rx: Receiver<Batch>,
+    urgent: Receiver<Batch>,
     reopen: Arc<AtomicBool>,
     c: Arc<SinkCounters>,
 ) {
     let mut last_tick = Instant::now();
-    let write = |w: &mut Box<dyn SinkWriter>, b: Batch| -> u64 {
-        c.queued.fetch_sub(b.len() as i64, RELAXED);
-        let n = b.len() as u64;
-        for (id, r) in b {
-            w.write_id(id, &r);
-        }
-        n
-    };
+    let write = |w: &mut Box<dyn SinkWriter>, b: Batch| write_batch(w, &c, b, &urgent);
     loop {
         let wait = if w.backlog() {
             Duration::from_millis(1)
@@ -104,7 +131,11 @@ fn worker(
                 c.settled.fetch_add(n, RELAXED);
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => {
+                let n = write_urgent(&mut w, &c, &urgent);
+                c.settled.fetch_add(n, RELAXED);
+                break;
+            }
         }
         if reopen.swap(false, RELAXED) {
             w.reopen();
@@ -261,14 +292,16 @@ impl SinkSet {
         queue: usize,
     ) -> io::Result<()> {
         let (tx, rx) = mpsc::channel();
+        let (urgent_tx, urgent_rx) = mpsc::channel();
         let reopen = Arc::new(AtomicBool::new(false));
         let (r2, c2) = (reopen.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name(format!("sink {}", counters.kind))
-            .spawn(move || worker(writer, rx, r2, c2))?;
+            .spawn(move || worker(writer, rx, urgent_rx, r2, c2))?;
         self.registry.register_sink(counters.clone());
         self.sinks.push(Handle {
             tx: Some(tx),
+            urgent: Some(urgent_tx),
             limit: queue.max(1),
             pending: Mutex::new(Vec::new()),
             filter,
@@ -324,6 +357,9 @@ impl SinkSet {
         // State and metric records (`lost`, `stats`, `stopped`) are few and say what was
         // lost: they are never the ones a full queue drops.
         let control = matches!(r, Record::State(_) | Record::Metric(_));
+        // Alerts skip the queue, and have a reserve of their own the size of the queue: a
+        // flood of events can neither delay nor crowd out the alert behind it.
+        let alert = matches!(r, Record::Alert(_));
         let mut closed = false;
         let batching = self.batching.load(RELAXED);
         // One id for every sink's copy.
@@ -340,12 +376,17 @@ impl SinkSet {
                 c.lose(Cause::SinkDead, 1);
                 continue;
             }
-            if !control && c.queued.load(RELAXED) >= h.limit as i64 {
+            let limit = if alert { 2 * h.limit } else { h.limit };
+            if !control && c.queued.load(RELAXED) >= limit as i64 {
                 c.lose(Cause::QueueFull, 1);
                 continue;
             }
             let rec = share();
             c.queued.fetch_add(1, RELAXED);
+            if alert {
+                hand_off_urgent(h, (id, rec));
+                continue;
+            }
             let Ok(mut p) = h.pending.lock() else {
                 c.queued.fetch_sub(1, RELAXED);
                 c.lose(Cause::SinkDead, 1);
@@ -468,6 +509,7 @@ impl SinkSet {
         self.hand_off_pending();
         for h in &mut self.sinks {
             h.tx = None;
+            h.urgent = None;
         }
         let deadline = Instant::now() + timeout;
         for h in &mut self.sinks {
@@ -486,6 +528,23 @@ impl SinkSet {
                 None => {}
             }
         }
+    }
+}
+
+/// Hand an alert to its sink's thread at once, and wake the thread if it waits for events.
+fn hand_off_urgent(h: &Handle, item: (RecordId, Arc<Record>)) {
+    let sent = h
+        .urgent
+        .as_ref()
+        .is_some_and(|tx| tx.send(vec![item]).is_ok());
+    if sent {
+        h.counters.handed.fetch_add(1, RELAXED);
+        if let Some(tx) = &h.tx {
+            let _ = tx.send(Vec::new());
+        }
+    } else {
+        h.counters.queued.fetch_sub(1, RELAXED);
+        h.counters.lose(Cause::SinkDead, 1);
     }
 }
 
@@ -552,5 +611,53 @@ mod tests {
         assert!(set.settle(Duration::from_secs(5)));
         assert!(t0.elapsed() < Duration::from_secs(1));
         set.shutdown(Duration::from_secs(1));
+    }
+
+    /// Records in the order a writer got them: `true` for an alert.
+    struct Order(Arc<Mutex<Vec<bool>>>);
+    impl SinkWriter for Order {
+        fn write(&mut self, r: &Record) {
+            std::thread::sleep(Duration::from_millis(2));
+            self.0.lock().unwrap().push(matches!(r, Record::Alert(_)));
+        }
+        fn tick(&mut self) {}
+        fn reopen(&mut self) {}
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn an_alert_jumps_the_events_queued_ahead_and_a_full_queue() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut set = SinkSet::start(&[], "h".into()).unwrap();
+        let c = Arc::new(SinkCounters::new("o".into(), "test", Format::Json.as_str()));
+        set.add_writer(
+            Box::new(Order(order.clone())),
+            Filter::default(),
+            c.clone(),
+            200,
+        )
+        .unwrap();
+        // A flood fills the queue (200) and overflows it; the alert comes last.
+        for i in 0..300 {
+            set.send_owned(Record::Event(fixtures::event(i))).unwrap();
+        }
+        set.send_owned(fixtures::alert(300, Severity::High))
+            .unwrap();
+        assert!(set.settle(Duration::from_secs(10)));
+        set.shutdown(Duration::from_secs(1));
+        let order = order.lock().unwrap();
+        assert_eq!(
+            order.iter().filter(|&&a| a).count(),
+            1,
+            "the alert was dropped"
+        );
+        let at = order.iter().position(|&a| a).unwrap();
+        // Written within a few records of being sent (the writer was ~0.4 s behind), not
+        // after the 200 queued events.
+        assert!(at < 20, "the alert was written {at}th of {}", order.len());
+        assert!(
+            c.dropped(Cause::QueueFull) >= 90,
+            "the events beyond the queue were not dropped"
+        );
     }
 }
