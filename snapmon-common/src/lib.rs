@@ -541,6 +541,8 @@ pub struct KernelOffsets {
     pub iattr_gid: u32,
     /// `task_struct.thread_info.status` (x86: `TS_COMPAT` while in a 32-bit syscall).
     pub task_ti_status: u32,
+    /// `inode.i_uid`: the owner, which decides an event's ring lane (`lane`).
+    pub inode_uid: u32,
 }
 
 /// Groups of offsets; a hook family runs only when its group resolved.
@@ -832,7 +834,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 71 * 4);
+    assert!(size_of::<KernelOffsets>() == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);

@@ -9,7 +9,12 @@ use aya_ebpf::{
 };
 use snapmon_common::{lost, Header};
 
-use crate::{EVENTS, LOST};
+use snapmon_common::{watch_value, FileKey};
+
+use crate::{
+    kernel::{off, rk},
+    EVENTS, LOST, URGENT, WATCHED_FILES,
+};
 
 pub const BACKEND_TRACEPOINT: u32 = 1;
 pub const BACKEND_VFS: u32 = 2;
@@ -41,6 +46,40 @@ pub fn count_lost(cause: u32) {
 pub fn output<T>(rec: &T) {
     if EVENTS.output::<T>(rec, 0).is_err() {
         count_lost(lost::RINGBUF_FULL);
+    }
+}
+
+/// As `output`, into the urgent lane (`URGENT`) when `urgent`; a full urgent lane falls back
+/// to the shared one, so the lane can only make a record earlier, never lose it.
+#[inline(always)]
+pub fn output_lane<T>(rec: &T, urgent: bool) {
+    if urgent && URGENT.output::<T>(rec, 0).is_ok() {
+        return;
+    }
+    output(rec)
+}
+
+/// Whether a record by `uid` goes to the urgent lane: everything root does. An
+/// unprivileged user's own traffic (a flood of names in a 1777 store) stays in the shared
+/// lane, where it cannot delay the tamper queued behind it.
+#[inline(always)]
+pub fn urgent_actor(uid: u32) -> bool {
+    uid == 0
+}
+
+/// As `urgent_actor`, and also any record about an image or metadata file (not an
+/// ordinary `WATCHED_FILES` entry) that `uid` does not own: the user who floods cannot put
+/// its own files in the lane, and whoever touches someone else's image is heard at once.
+#[inline(always)]
+pub unsafe fn urgent_file(uid: u32, inode: *const u8, key: &FileKey) -> bool {
+    if urgent_actor(uid) {
+        return true;
+    }
+    match WATCHED_FILES.get(key) {
+        Some(v) if *v & watch_value::ORDINARY == 0 => {
+            rk::<u32>(inode, off!(inode_uid)).is_none_or(|owner| owner != uid)
+        }
+        _ => false,
     }
 }
 

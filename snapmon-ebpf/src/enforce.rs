@@ -11,7 +11,7 @@ use core::ptr::null;
 use snapmon_common::{deny, runtime, valid as v, EnforceEvent, EventKind, FileKey, NsOp};
 
 use crate::{
-    emit::{fill_header, output},
+    emit::{fill_header, output_lane, urgent_actor},
     kernel::{current_exe, dentry_inode, file_inode, inode_key, is_agent, off, rk, valid},
     observe, PROTECTED, RUNTIME, TRUSTED_EXES,
 };
@@ -73,7 +73,7 @@ unsafe fn decide(op: u32, target: Option<FileKey>, dir: Option<FileKey>, aux: u6
     if let Some(t) = target {
         ev.object = t;
     }
-    output(&ev);
+    output_lane(&ev, urgent_actor(ev.hdr.uid));
     if enforce {
         -EPERM
     } else {

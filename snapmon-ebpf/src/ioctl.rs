@@ -6,7 +6,10 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_kernel_str, copy_user, count_lost, fill_header, output, sc_arg},
+    emit::{
+        copy_kernel_str, copy_user, count_lost, fill_header, output_lane, sc_arg, urgent_actor,
+        urgent_file,
+    },
     kernel::{
         current_task, dentry_inode, fd_to_file, file_inode, inode_key, is_agent, mark_watched_ino,
         off, rk, valid, watched_fd,
@@ -75,7 +78,7 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
             }
         }
     }
-    output(ev);
+    output_lane(ev, urgent_file(ev.hdr.uid, w.inode, &w.key));
 }
 
 /// A loop attach whose backing fd is a watched file: the image gets a block-device side door
@@ -127,6 +130,6 @@ unsafe fn on_loop_attach(ctx: &TracePointContext, fd: i64, cmd: u32) -> bool {
         }
     }
     ev.name_len = 0;
-    output(ev);
+    output_lane(ev, urgent_actor(ev.hdr.uid));
     true
 }

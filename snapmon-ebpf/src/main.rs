@@ -44,6 +44,12 @@ static CONFIG: AgentConfig = unsafe { core::mem::zeroed() };
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
+/// The urgent lane (`emit::urgent_*`): drained before `EVENTS`, so no unprivileged user's
+/// flood delays what root does or what touches an image the user does not own. Sized by the
+/// loader (a quarter of `EVENTS`).
+#[map]
+static URGENT: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
+
 /// Watched regular files and devices, by identity. Value: reserved flags.
 #[map]
 static WATCHED_FILES: HashMap<FileKey, u32> =

@@ -13,7 +13,7 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns};
 use snapmon_common::{dir_flags, ns_flags, runtime, valid as v, EventKind, FileKey, NsMark, NsOp};
 
 use crate::{
-    emit::{copy_kernel_str, fill_header, output, BACKEND_LSM},
+    emit::{copy_kernel_str, fill_header, output_lane, urgent_actor, BACKEND_LSM},
     kernel::{current_syscall, dentry_inode, inode_key, is_agent, is_io_worker, off, rk, valid},
     NS_MARK, RUNTIME, SCRATCH_NS, WATCHED_DIRS, WATCHED_FILES,
 };
@@ -153,7 +153,7 @@ pub unsafe fn entry(
     ev.dirfd2 = -1;
     ev.aux = aux;
     ev.aux2 = 0;
-    output(ev);
+    output_lane(ev, urgent_actor(ev.hdr.uid));
 }
 
 const ATTR_MODE: u32 = 1 << 0;
@@ -222,5 +222,5 @@ pub unsafe fn setattr(dentry: *const u8, attr: *const u8) {
     ev.dirfd2 = -1;
     ev.aux = aux;
     ev.aux2 = aux2;
-    output(ev);
+    output_lane(ev, urgent_actor(ev.hdr.uid));
 }

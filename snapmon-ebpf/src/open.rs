@@ -12,7 +12,7 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user_str, count_lost, fill_header, output, sc_arg, sc_ret},
+    emit::{copy_user_str, count_lost, fill_header, output_lane, sc_arg, sc_ret, urgent_file},
     kernel::{
         current_task, dentry_inode, fd_to_file, file_inode, inode_key, inode_size, is_agent, off,
         rk, valid,
@@ -240,7 +240,7 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     ev.size = inode_size(inode);
     ev._pad = 0;
     let _ = s.dirfd;
-    output(ev);
+    output_lane(ev, urgent_file(ev.hdr.uid, inode, &key));
 }
 
 #[tracepoint]

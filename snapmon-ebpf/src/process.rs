@@ -8,7 +8,7 @@ use aya_ebpf::{
 use snapmon_common::{valid as v, EventKind, ExitEvent, ForkEvent, ARGS_LEN, PATH_LEN};
 
 use crate::{
-    emit::{copy_kernel_str, fill_header, output},
+    emit::{copy_kernel_str, fill_header, output_lane, urgent_actor},
     kernel::{file_inode, inode_key, off, process_events, rk, valid},
     SCRATCH_EXEC,
 };
@@ -41,7 +41,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
         ev.child_tgid = ctgid;
         ev.parent_tgid = tgid_of(parent);
         ev.child_start_ns = rk(child, off!(task_start_boottime)).unwrap_or(0);
-        output(&ev);
+        output_lane(&ev, urgent_actor(ev.hdr.uid));
     }
     0
 }
@@ -102,7 +102,7 @@ unsafe fn on_exec(ctx: &BtfTracePointContext) {
             }
         }
     }
-    output(ev);
+    output_lane(ev, urgent_actor(ev.hdr.uid));
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
@@ -119,7 +119,7 @@ pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
         fill_header(&mut ev.hdr, EventKind::ProcessExit as u32);
         ev.exit_code = rk(task, off!(task_exit_code)).unwrap_or(0);
         ev.start_ns = rk(task, off!(task_start_boottime)).unwrap_or(0);
-        output(&ev);
+        output_lane(&ev, urgent_actor(ev.hdr.uid));
     }
     0
 }

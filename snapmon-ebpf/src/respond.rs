@@ -20,7 +20,7 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{fill_header, output},
+    emit::{fill_header, output_lane, urgent_actor},
     kernel::{current_exe, is_agent, valid, Watched},
     path::PathMatch,
     DENY_IOCTLS, RESPOND, RESPOND_AIO, RESPOND_ENTRIES, RESPOND_PATHS, RESPOND_TRUSTED,
@@ -98,7 +98,7 @@ unsafe fn act(t0: u64, s: &Seen, exe: FileKey, backend: u32) {
     ev.len = s.len;
     ev.aux = s.aux;
     ev.path_hash = s.path_hash;
-    output(ev);
+    output_lane(ev, urgent_actor(ev.hdr.uid));
 }
 
 /// Does `[start, end)` meet one of the first `n` ranges?

@@ -6,7 +6,7 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user, fill_header, output, sc_arg},
+    emit::{copy_user, fill_header, output_lane, sc_arg, urgent_file},
     kernel::{
         current_exe, current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched,
     },
@@ -104,7 +104,7 @@ unsafe fn emit_write_from(
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
-    output(ev);
+    output_lane(ev, urgent_file(ev.hdr.uid, w.inode, &w.key));
 }
 
 /// In-kernel filter: is this a write by a trusted writer of the file's format that stays

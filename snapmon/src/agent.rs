@@ -452,6 +452,10 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // SAFETY: `owned` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
     let fd = unsafe { AsyncFd::register(owned) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let owned = k.urgent.as_fd().try_clone_to_owned()?;
+    // SAFETY: as above.
+    let urgent_fd = unsafe { AsyncFd::register(owned) }
+        .map_err(|e| anyhow::anyhow!("polling the urgent ring buffer: {e}"))?;
     let mut buf = Chunk::default();
     // Records left in the ring buffer by a drain pass cut short (a flood): drained again
     // on the loop's next turn, after whatever else is due.
@@ -508,6 +512,15 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             // A yield, not a ready future: the runtime turns its timer and signal drivers
             // only when the task gives way, so the branches above would never become ready.
             _ = tokio::task::yield_now(), if backlog => {
+                match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
+                    Ok(d) => backlog = d == Drained::More,
+                    Err(BrokenPipe) => return Ok(()),
+                }
+            }
+            // The urgent lane first (a drain pass reads it before the shared lane anyway).
+            r = urgent_fd.readable() => {
+                let mut guard = r?;
+                guard.clear_ready();
                 match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
                     Ok(d) => backlog = d == Drained::More,
                     Err(BrokenPipe) => return Ok(()),
@@ -755,7 +768,10 @@ const DRAIN_SLICE: Duration = Duration::from_millis(20);
 /// Longest the shutdown drain runs: what is still queued after it is left unread.
 const STOP_DRAIN: Duration = Duration::from_millis(100);
 
-/// Whether a drain pass emptied the ring buffer.
+/// Records read from the ring buffers per chunk.
+const CHUNK: usize = 256;
+
+/// Whether a drain pass emptied the ring buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drained {
     Empty,
@@ -772,8 +788,10 @@ struct Chunk {
     len: usize,
 }
 
-/// Read what is queued, chunk by chunk (one flush per chunk), until the ring buffer is
-/// empty or `until` has passed; checked per record, as one can take milliseconds.
+/// Read what is queued, chunk by chunk (one flush per chunk), until the ring buffers are
+/// empty or `until` has passed; checked per record, as one can take milliseconds. Each chunk
+/// takes the urgent lane first, so a record there waits for at most one chunk of the shared
+/// lane however deep a flood has made it.
 fn drain(
     k: &mut Kernel,
     pipe: &mut Pipeline,
@@ -785,17 +803,17 @@ fn drain(
     loop {
         if chunk.next == chunk.len {
             let mut n = 0;
-            while let Some(item) = k.events.next() {
-                match chunk.bufs.get_mut(n) {
-                    Some(b) => {
-                        b.clear();
-                        b.extend_from_slice(&item);
+            for ring in [&mut k.urgent, &mut k.events] {
+                while n < CHUNK {
+                    let Some(item) = ring.next() else { break };
+                    match chunk.bufs.get_mut(n) {
+                        Some(b) => {
+                            b.clear();
+                            b.extend_from_slice(&item);
+                        }
+                        None => chunk.bufs.push(item.to_vec()),
                     }
-                    None => chunk.bufs.push(item.to_vec()),
-                }
-                n += 1;
-                if n >= 256 {
-                    break;
+                    n += 1;
                 }
             }
             (chunk.next, chunk.len) = (0, n);

@@ -232,6 +232,18 @@ impl Agent {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Option<Value> {
+        self.wait_from_lines(mark, timeout, b"", pred)
+    }
+
+    /// As [`Agent::wait_from`], parsing only the lines that contain `needle`: a debug test
+    /// binary parses JSON slower than a flood writes it, and would time itself, not the agent.
+    pub fn wait_from_lines(
+        &mut self,
+        mark: u64,
+        timeout: Duration,
+        needle: &[u8],
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         use std::io::{Read as _, Seek as _};
         let end = Instant::now() + timeout;
         let mut f = std::fs::File::open(&self.out).ok()?;
@@ -242,6 +254,7 @@ impl Agent {
             if let Some(last) = buf.iter().rposition(|&b| b == b'\n') {
                 let found = buf[..last]
                     .split(|&b| b == b'\n')
+                    .filter(|l| needle.is_empty() || l.windows(needle.len()).any(|w| w == needle))
                     .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
                     .find(|v| pred(v));
                 if found.is_some() {
@@ -867,9 +880,30 @@ pub fn hide_snapshots(a: &Agent, img: &Path) -> (u32, u64) {
 
 /// The SM-Q002 alert for `pid` after `mark`.
 pub fn q002(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
-    a.wait_from(mark, timeout, |v| {
+    a.wait_from_lines(mark, timeout, b"SM-Q002", |v| {
         v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
     })
+}
+
+/// Alerts above low, as "RULE severity message" lines (for benign tests' assertions).
+pub fn loud(alerts: &[Value]) -> Vec<String> {
+    alerts
+        .iter()
+        .filter(|v| {
+            !matches!(
+                v["snapmon"]["severity"].as_str(),
+                Some("info") | Some("low")
+            )
+        })
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["rule"]["id"],
+                v["snapmon"]["severity"],
+                v["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -926,25 +960,4 @@ mod tests {
     fn a_misspelt_cause_is_an_error() {
         dropped_by(sink_counters(&stopped(), "file:/a"), "nospace");
     }
-}
-
-/// Alerts above low, as "RULE severity message" lines (for benign tests' assertions).
-pub fn loud(alerts: &[Value]) -> Vec<String> {
-    alerts
-        .iter()
-        .filter(|v| {
-            !matches!(
-                v["snapmon"]["severity"].as_str(),
-                Some("info") | Some("low")
-            )
-        })
-        .map(|v| {
-            format!(
-                "{} {} {}",
-                v["rule"]["id"],
-                v["snapmon"]["severity"],
-                v["message"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
 }

@@ -226,6 +226,9 @@ pub struct HookStatus {
 pub struct Kernel {
     pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
+    /// The urgent lane: root's records and those about images the actor does not own,
+    /// drained before `events` (see `snapmon-ebpf` `emit::urgent_file`).
+    pub urgent: RingBuf<MapData>,
     pub files: BpfHashMap<MapData, FileKey, u32>,
     /// Ordinary entries of `files`, by who added or removed them (`snapmon_common::watch_share`).
     pub watch_share: aya::maps::Array<MapData, u64>,
@@ -402,6 +405,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", rb)
+        .map_max_entries("URGENT", (rb / 4).max(4096))
         .load(OBJECT)
         .context("loading the eBPF object into the kernel")?;
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
@@ -489,6 +493,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
             .with_context(|| format!("map {name} missing from object"))
     };
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+    let urgent = RingBuf::try_from(take(&mut ebpf, "URGENT")?)?;
     let files = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_FILES")?)?;
     let watch_share = aya::maps::Array::try_from(take(&mut ebpf, "WATCH_SHARE")?)?;
     let precious_exts = BpfHashMap::try_from(take(&mut ebpf, "PRECIOUS_EXTS")?)?;
@@ -525,6 +530,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     Ok(Kernel {
         ebpf,
         events,
+        urgent,
         files,
         watch_share,
         precious_exts,

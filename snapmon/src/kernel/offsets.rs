@@ -89,6 +89,7 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             (&mut o.inode_sb, &[("inode", "i_sb")]),
             (&mut o.inode_size, &[("inode", "i_size")]),
             (&mut o.inode_mode, &[("inode", "i_mode")]),
+            (&mut o.inode_uid, &[("inode", "i_uid")]),
             (&mut o.sb_dev, &[("super_block", "s_dev")]),
             (&mut o.dentry_parent, &[("dentry", "d_parent")]),
             (&mut o.dentry_inode, &[("dentry", "d_inode")]),
