@@ -36,6 +36,8 @@ pub struct KernelMaps<'a> {
     pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
     /// Runtime flags (`snapmon_common::runtime`): the file map's reserve bit.
     pub runtime: &'a mut aya::maps::Array<MapData, u32>,
+    /// Loop devices over watched images, by device number (`WATCHED_RDEV`).
+    pub rdevs: &'a mut BpfHashMap<MapData, u32, FileKey>,
 }
 
 impl<'a> KernelMaps<'a> {
@@ -50,6 +52,7 @@ impl<'a> KernelMaps<'a> {
             prefixes: &mut k.prefixes,
             write_filter: &mut k.write_filter,
             runtime: &mut k.runtime,
+            rdevs: &mut k.rdevs,
         }
     }
 }
@@ -160,6 +163,18 @@ impl WatchMaps for KernelMaps<'_> {
         self.prefixes
             .insert(hash, 1, 0)
             .map_err(|e| format!("watched-prefix map: {e}"))
+    }
+    fn remove_rdev_alias(&mut self, node: FileKey) {
+        let gone: Vec<u32> = self
+            .rdevs
+            .iter()
+            .flatten()
+            .filter(|(_, n)| *n == node)
+            .map(|(r, _)| r)
+            .collect();
+        for r in gone {
+            let _ = self.rdevs.remove(&r);
+        }
     }
     fn set_write_filter(&mut self, key: FileKey, f: Option<&WriteFilter>) -> Result<(), String> {
         match f {
