@@ -711,12 +711,13 @@ impl Enricher {
         {
             self.loops.insert(node, a);
         } else {
+            maps.remove_rdev_alias(node);
             ev.detail.push(("loop_watch", "refused".into()));
         }
     }
 
     /// An ioctl on a loop device node that aliases a watched file: a new offset moves the
-    /// mapping; a detach, or another backing file, ends it.
+    /// mapping; another backing file ends it; a detach is reported and ends nothing yet.
     fn loop_ioctl(
         &mut self,
         ev: &mut Event,
@@ -751,8 +752,14 @@ impl Enricher {
                     }
                 }
             }
-            // Detached, or given a file that is not watched (a watched one arrives flagged).
-            lo::CLR_FD | lo::SET_FD | lo::CHANGE_FD | lo::CONFIGURE => {
+            // A detach only asks: while anyone holds the device open the kernel just sets
+            // autoclear and the image stays writable through it. The alias ends when the
+            // device gets another backing file (reported only when that attach succeeded).
+            lo::CLR_FD => {
+                ev.detail.push(("loop_watch", "detach_requested".into()));
+            }
+            // Given a file that is not watched (a watched one arrives flagged).
+            lo::SET_FD | lo::CHANGE_FD | lo::CONFIGURE => {
                 self.loops.remove(&node);
                 self.watch.unwatch_alias(node, maps);
                 ev.detail.push(("loop_watch", "ended".into()));
