@@ -4,7 +4,9 @@
 //! must alert on the attach (SM-K005) and judge writes through the device as writes to the
 //! image at the image's offsets (SM-Q002 when nb_snapshots is zeroed). The benign mirror: the
 //! trusted `losetup` attaching and the trusted `qemu-img` deleting a snapshot through the
-//! device raise nothing at medium or above.
+//! device raise nothing at medium or above. The alias follows the device, not the node (a
+//! `mknod` twin is the image too), outlives a detach the kernel only defers, ends when the
+//! device gets another file, and is neither made nor ended by an attach that failed.
 //!
 //! Loop devices are a host-wide resource: the tests take turns, and every device attached is
 //! detached in a Drop guard.
@@ -17,7 +19,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, image_with_3_snapshots, loud, q002, run, Agent};
+use snapmon_e2e::{agent, image_with_3_snapshots, loud, python, q002, run, Agent};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -494,4 +496,46 @@ os.unlink(twin)
             .any(|v| is_alert(v, "SM-K005") && v["process"]["pid"] == pid),
         "the attach of the image was not reported"
     );
+}
+
+#[test]
+fn losetup_detach_then_another_file_on_the_same_device_raises_nothing_about_the_image() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("relosetup"), "vm.qcow2");
+    let s = scratch("relosetup");
+    settled();
+    let mark = agent().mark();
+    let dev = run("losetup", &["--find", "--show", img.to_str().unwrap()])
+        .stdout
+        .trim()
+        .to_string();
+    let guard = Attached(dev.clone());
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    run("losetup", &["-d", &dev]);
+    run("losetup", &[&dev, s.to_str().unwrap()]);
+    let w = python(&format!(
+        "import os; fd=os.open({dev:?}, os.O_RDWR); os.pwrite(fd, bytes(64), 0); os.fsync(fd)"
+    ));
+    drop(guard);
+    let mut a = agent();
+    let alerts = alerts_since(&mut a, mark, &img);
+    let wrong: Vec<String> = alerts
+        .iter()
+        .filter(|v| v["process"]["pid"] == w.pid)
+        .map(|v| format!("{} {}", v["rule"]["id"], message(v)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the scratch file's bytes through {dev} were taken for the image's:\n{}",
+        wrong.join("\n")
+    );
+    // Not vacuous: the detach was seen, and the new attach ended the alias.
+    let detach = events_since(&mut a, mark, |v| {
+        names(v, &img) && v["snapmon"]["detail"]["loop_watch"] == "detach_requested"
+    });
+    assert!(!detach.is_empty(), "losetup -d was not reported");
+    let ended = events_since(&mut a, mark, |v| {
+        names(v, &img) && v["snapmon"]["detail"]["loop_watch"] == "ended"
+    });
+    assert!(!ended.is_empty(), "the attach of another file did not end the alias");
 }
