@@ -5,7 +5,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, tracepoint},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::TracePointContext,
 };
 use snapmon_common::{
@@ -34,6 +34,20 @@ pub struct LoopCall {
 
 #[map]
 static LOOP_CALLS: LruHashMap<u32, LoopCall> = LruHashMap::with_max_entries(1024, 0);
+
+/// Entries of `LOOP_CALLS` not yet taken at exit: every ioctl returns through the exit hook
+/// (KVM_RUN many times a second), and this array read spares them the hash lookup. A count
+/// left behind (an evicted entry, a task killed in the call) only costs that lookup.
+#[map]
+static LOOP_PENDING: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+unsafe fn pending_add(n: u64) {
+    use core::intrinsics::{atomic_xadd, AtomicOrdering};
+    if let Some(p) = LOOP_PENDING.get_ptr_mut(0) {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, n);
+    }
+}
 
 /// Loop ioctls whose effect on an alias depends on their outcome.
 #[inline(always)]
@@ -87,7 +101,9 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
             _pad: 0,
         };
         let tid = bpf_get_current_pid_tgid() as u32;
-        if LOOP_CALLS.insert(&tid, &call, 0).is_err() {
+        if LOOP_CALLS.insert(&tid, &call, 0).is_ok() {
+            pending_add(1);
+        } else {
             count_lost(lost::STASH_FULL);
         }
         return;
@@ -105,12 +121,17 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
 /// A loop attach or detach returned: reported only when it took effect.
 #[inline(always)]
 unsafe fn on_ioctl_exit(ctx: &TracePointContext) {
+    if LOOP_PENDING.get(0).is_none_or(|n| *n == 0) {
+        return;
+    }
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(c) = LOOP_CALLS.get(&tid) else {
         return;
     };
     let c = *c;
-    let _ = LOOP_CALLS.remove(&tid);
+    if LOOP_CALLS.remove(&tid).is_ok() {
+        pending_add(u64::MAX); // -1
+    }
     if sc_ret(ctx) != 0 {
         return;
     }
