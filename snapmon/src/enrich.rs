@@ -332,6 +332,7 @@ impl Enricher {
                     a.last_front = Some((w.hdr.ts_ns, ev.process.clone()));
                     let a = a.clone();
                     self.through_loop(&mut ev, w.file, a);
+                    self.other_node(&mut ev, w.hdr.tgid, w.fd, w.file);
                 } else if kernel_thread(&ev.process) {
                     self.loop_replay(&mut ev, w.file, w.hdr.ts_ns);
                 }
@@ -652,6 +653,20 @@ impl Enricher {
         }
         ev.detail.push(("loop_device", a.node_name(node)));
         ev.detail.push(("loop_offset", a.offset.to_string()));
+    }
+
+    /// A write through another node of the device than the one the attach named (a `mknod`
+    /// twin, which the kernel matched by device number): its path, when the fd still shows
+    /// it, so the report names the door actually used.
+    fn other_node(&self, ev: &mut Event, tgid: u32, fd: i32, node: FileKey) {
+        let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) else {
+            return;
+        };
+        let same = std::fs::metadata(&p).is_ok_and(|md| crate::watch::key_for(&p, &md) == node);
+        if !same {
+            ev.detail
+                .push(("loop_node", Bytes::from_path(&p).display()));
+        }
     }
 
     /// The loop worker writing the backing image (seen on fentry only) replays writes made

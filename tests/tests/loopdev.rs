@@ -296,6 +296,7 @@ fn a_second_device_node_made_with_mknod_is_the_image_too() {
         &img,
         &twin,
         r#"
+import time
 dev = free()
 lfd = os.open(dev, os.O_RDWR)
 ifd = os.open(img, os.O_RDWR)
@@ -305,6 +306,7 @@ os.mknod(scratch, 0o600 | 0o060000, os.stat(dev).st_rdev)  # S_IFBLK
 t = os.open(scratch, os.O_RDWR)
 os.pwrite(t, bytes(4), 60)   # nb_snapshots = 0, through the twin
 os.fsync(t)
+time.sleep(1)                # the node's name is read from /proc/PID/fd while it is open
 os.close(t)
 os.unlink(scratch)
 "#,
@@ -319,6 +321,11 @@ os.unlink(scratch)
             .as_str()
             .is_some_and(|d| d.starts_with("/dev/loop")),
         "the write is attributed to the loop device: {hide}"
+    );
+    assert_eq!(
+        hide["snapmon"]["detail"]["loop_node"].as_str(),
+        twin.to_str(),
+        "the report names the node used: {hide}"
     );
 }
 
