@@ -60,7 +60,8 @@ static WATCH_SHARE: Array<u64> = Array::with_max_entries(snapmon_common::watch_s
 #[map]
 static WATCHED_RDEV: HashMap<u32, FileKey> = HashMap::with_max_entries(256, 0);
 
-/// Nonzero once `WATCHED_RDEV` has had an entry: until then no write pays the `i_rdev` read.
+/// Nonzero while `WATCHED_RDEV` may have entries (set here after an insert, cleared by the
+/// agent when it empties the map): otherwise no write pays the `i_rdev` read.
 #[map]
 static RDEV_ANY: Array<u32> = Array::with_max_entries(1, 0);
 

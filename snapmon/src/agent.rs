@@ -38,6 +38,7 @@ pub struct KernelMaps<'a> {
     pub runtime: &'a mut aya::maps::Array<MapData, u32>,
     /// Loop devices over watched images, by device number (`WATCHED_RDEV`).
     pub rdevs: &'a mut BpfHashMap<MapData, u32, FileKey>,
+    pub rdev_any: &'a mut aya::maps::Array<MapData, u32>,
 }
 
 impl<'a> KernelMaps<'a> {
@@ -53,6 +54,7 @@ impl<'a> KernelMaps<'a> {
             write_filter: &mut k.write_filter,
             runtime: &mut k.runtime,
             rdevs: &mut k.rdevs,
+            rdev_any: &mut k.rdev_any,
         }
     }
 }
@@ -174,6 +176,14 @@ impl WatchMaps for KernelMaps<'_> {
             .collect();
         for r in gone {
             let _ = self.rdevs.remove(&r);
+        }
+        // The last one gone: spare every write the i_rdev read again. Cleared first and
+        // set again if the kernel added one meanwhile (it sets the flag after its insert).
+        if self.rdevs.keys().next().is_none() {
+            let _ = self.rdev_any.set(0, 0, 0);
+            if self.rdevs.keys().next().is_some() {
+                let _ = self.rdev_any.set(0, 1, 0);
+            }
         }
     }
     fn set_write_filter(&mut self, key: FileKey, f: Option<&WriteFilter>) -> Result<(), String> {

@@ -256,6 +256,8 @@ pub struct Kernel {
     pub filtered: PerCpuArray<MapData, u64>,
     /// Loop devices over watched images by device number → the attach's node (kernel-filled).
     pub rdevs: BpfHashMap<MapData, u32, FileKey>,
+    /// Nonzero while `rdevs` may have entries: the write hooks read `i_rdev` only then.
+    pub rdev_any: aya::maps::Array<MapData, u32>,
     /// The attached hooks' links (LSM ones aside, see `lsm_links`), released on drop by
     /// `release_links`.
     pub links: Vec<(&'static str, HookLink)>,
@@ -515,6 +517,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let trusted_writers = BpfHashMap::try_from(take(&mut ebpf, "TRUSTED_WRITERS")?)?;
     let filtered = PerCpuArray::try_from(take(&mut ebpf, "FILTERED")?)?;
     let rdevs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_RDEV")?)?;
+    let rdev_any = aya::maps::Array::try_from(take(&mut ebpf, "RDEV_ANY")?)?;
     let backend = match (vfs, observe) {
         (true, true) => "tracepoint+vfs+lsm",
         (true, false) => "tracepoint+vfs",
@@ -551,6 +554,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         trusted_writers,
         filtered,
         rdevs,
+        rdev_any,
         links,
     })
 }
