@@ -541,8 +541,11 @@ pub struct KernelOffsets {
     pub iattr_gid: u32,
     /// `task_struct.thread_info.status` (x86: `TS_COMPAT` while in a 32-bit syscall).
     pub task_ti_status: u32,
-    /// `inode.i_uid`: the owner, which decides an event's ring lane (`lane`).
+    /// `inode.i_uid`: the owner, which decides an event's ring lane (`emit::urgent_file`).
     pub inode_uid: u32,
+    /// `inode.i_rdev`: a device node's device number (kernel `dev_t`, major << 20 | minor),
+    /// which every node of one loop device shares, whatever its inode.
+    pub inode_rdev: u32,
 }
 
 /// Groups of offsets; a hook family runs only when its group resolved.
@@ -558,6 +561,8 @@ pub mod valid {
     pub const VFS_NS: u32 = 1 << 7;
     /// 32-bit syscalls told apart at `raw_syscalls/sys_enter` (tracepoint backend).
     pub const COMPAT: u32 = 1 << 8;
+    /// `inode.i_rdev`: any node of an attached loop device is its alias (`WATCHED_RDEV`).
+    pub const RDEV: u32 = 1 << 9;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -834,7 +839,9 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 72 * 4);
+    assert!(size_of::<KernelOffsets>() == 73 * 4);
+    assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
+    assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
     assert!(size_of::<AgentConfig>() == 8);
     assert!(size_of::<OpenStash>() == 16);

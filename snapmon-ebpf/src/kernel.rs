@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
 };
 use snapmon_common::{dir_flags, FileKey};
 
-use crate::{CONFIG, OFFSETS, WATCHED_DIRS, WATCHED_FILES, WATCHED_INO};
+use crate::{CONFIG, OFFSETS, RDEV_ANY, WATCHED_DIRS, WATCHED_FILES, WATCHED_INO, WATCHED_RDEV};
 
 /// Read an offset from the load-time global; volatile so it is not constant-folded to 0.
 macro_rules! off {
@@ -175,7 +175,12 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
     let (sb, ino) = rk2(inode, off!(inode_sb), off!(inode_ino))?;
     // Most writes are to unwatched files: stop before the superblock read and hash lookup.
     if !dirs && !maybe_watched_ino(ino) {
-        return None;
+        return rdev_alias(inode).map(|key| Watched {
+            file,
+            inode,
+            key,
+            is_dir: false,
+        });
     }
     let key = sb_key(sb as *const u8, ino)?;
     if WATCHED_FILES.get(&key).is_some() {
@@ -198,7 +203,42 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
             }
         }
     }
-    None
+    rdev_alias(inode).map(|key| Watched {
+        file,
+        inode,
+        key,
+        is_dir: false,
+    })
+}
+
+/// A device node whose device is a loop over a watched image (`WATCHED_RDEV`), whichever
+/// node it is: the identity of the node the attach named, which the agent maps to the image.
+#[inline(always)]
+pub unsafe fn rdev_alias(inode: *const u8) -> Option<FileKey> {
+    if !valid(snapmon_common::valid::RDEV) || RDEV_ANY.get(0).is_none_or(|v| *v == 0) {
+        return None;
+    }
+    let rdev: u32 = rk(inode, off!(inode_rdev))?;
+    if rdev == 0 {
+        return None;
+    }
+    WATCHED_RDEV.get(&rdev).copied()
+}
+
+/// Record that the loop device of node `inode` (identity `node`) is over a watched image.
+#[inline(always)]
+pub unsafe fn watch_rdev(inode: *const u8, node: &FileKey) {
+    if !valid(snapmon_common::valid::RDEV) {
+        return;
+    }
+    let Some(rdev) = rk::<u32>(inode, off!(inode_rdev)).filter(|r| *r != 0) else {
+        return;
+    };
+    if WATCHED_RDEV.insert(&rdev, node, 0).is_ok() {
+        if let Some(p) = RDEV_ANY.get_ptr_mut(0) {
+            *p = 1;
+        }
+    }
 }
 
 /// Is this thread group the agent itself?

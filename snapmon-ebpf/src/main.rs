@@ -60,6 +60,17 @@ static WATCHED_FILES: HashMap<FileKey, u32> =
 #[map]
 static WATCH_SHARE: Array<u64> = Array::with_max_entries(snapmon_common::watch_share::COUNT, 0);
 
+/// Loop devices over watched images, by device number (`inode.i_rdev`) → the identity of the
+/// node the attach was issued on: every node of the device (a `mknod` twin has its own inode)
+/// is that node's alias. Filled at attach; the agent withdraws entries on detach.
+#[map]
+static WATCHED_RDEV: HashMap<u32, FileKey> = HashMap::with_max_entries(256, 0);
+
+/// Nonzero while `WATCHED_RDEV` may have entries (set here after an insert, cleared by the
+/// agent when it empties the map): otherwise no write pays the `i_rdev` read.
+#[map]
+static RDEV_ANY: Array<u32> = Array::with_max_entries(1, 0);
+
 /// FNV-1a hashes of the lower-case extensions of image and metadata names
 /// (`snapmon_common::ext_hash`), pushed by the agent: such files always get a watch.
 #[map]

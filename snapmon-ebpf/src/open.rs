@@ -186,7 +186,18 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     let Some(inode) = file_inode(file) else {
         return;
     };
-    let Some(key) = inode_key(inode) else { return };
+    let Some(mut key) = inode_key(inode) else {
+        return;
+    };
+    // Any node of a loop device over a watched image opens the image's bytes.
+    let rdev = if WATCHED_FILES.get(&key).is_none() {
+        crate::kernel::rdev_alias(inode)
+    } else {
+        None
+    };
+    if let Some(k) = rdev {
+        key = k;
+    }
     let dentry: *const u8 = rk(file, off!(file_dentry)).unwrap_or(core::ptr::null());
     let parent: *const u8 = rk(dentry, off!(dentry_parent)).unwrap_or(core::ptr::null());
     let pkey = dentry_inode(parent)

@@ -36,6 +36,9 @@ pub struct KernelMaps<'a> {
     pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
     /// Runtime flags (`snapmon_common::runtime`): the file map's reserve bit.
     pub runtime: &'a mut aya::maps::Array<MapData, u32>,
+    /// Loop devices over watched images, by device number (`WATCHED_RDEV`).
+    pub rdevs: &'a mut BpfHashMap<MapData, u32, FileKey>,
+    pub rdev_any: &'a mut aya::maps::Array<MapData, u32>,
 }
 
 impl<'a> KernelMaps<'a> {
@@ -50,6 +53,8 @@ impl<'a> KernelMaps<'a> {
             prefixes: &mut k.prefixes,
             write_filter: &mut k.write_filter,
             runtime: &mut k.runtime,
+            rdevs: &mut k.rdevs,
+            rdev_any: &mut k.rdev_any,
         }
     }
 }
@@ -160,6 +165,26 @@ impl WatchMaps for KernelMaps<'_> {
         self.prefixes
             .insert(hash, 1, 0)
             .map_err(|e| format!("watched-prefix map: {e}"))
+    }
+    fn remove_rdev_alias(&mut self, node: FileKey) {
+        let gone: Vec<u32> = self
+            .rdevs
+            .iter()
+            .flatten()
+            .filter(|(_, n)| *n == node)
+            .map(|(r, _)| r)
+            .collect();
+        for r in gone {
+            let _ = self.rdevs.remove(&r);
+        }
+        // The last one gone: spare every write the i_rdev read again. Cleared first and
+        // set again if the kernel added one meanwhile (it sets the flag after its insert).
+        if self.rdevs.keys().next().is_none() {
+            let _ = self.rdev_any.set(0, 0, 0);
+            if self.rdevs.keys().next().is_some() {
+                let _ = self.rdev_any.set(0, 1, 0);
+            }
+        }
     }
     fn set_write_filter(&mut self, key: FileKey, f: Option<&WriteFilter>) -> Result<(), String> {
         match f {

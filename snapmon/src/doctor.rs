@@ -98,6 +98,11 @@ const PATHS: &[(&str, &[&str], &str)] = &[
         "snapshot ioctls go unseen",
     ),
     (
+        "loop attach/detach outcomes",
+        &["sys_exit_ioctl"],
+        "loop attaches are not reported, so writes through a loop device over an image go unseen",
+    ),
+    (
         "kernel-internal writers (loop devices, nfsd)",
         &["rw_verify_area"],
         "writes made by the kernel on behalf of a loop device go unseen",

@@ -332,6 +332,7 @@ impl Enricher {
                     a.last_front = Some((w.hdr.ts_ns, ev.process.clone()));
                     let a = a.clone();
                     self.through_loop(&mut ev, w.file, a);
+                    self.other_node(&mut ev, w.hdr.tgid, w.fd, w.file);
                 } else if kernel_thread(&ev.process) {
                     self.loop_replay(&mut ev, w.file, w.hdr.ts_ns);
                 }
@@ -654,6 +655,20 @@ impl Enricher {
         ev.detail.push(("loop_offset", a.offset.to_string()));
     }
 
+    /// A write through another node of the device than the one the attach named (a `mknod`
+    /// twin, which the kernel matched by device number): its path, when the fd still shows
+    /// it, so the report names the door actually used.
+    fn other_node(&self, ev: &mut Event, tgid: u32, fd: i32, node: FileKey) {
+        let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) else {
+            return;
+        };
+        let same = std::fs::metadata(&p).is_ok_and(|md| crate::watch::key_for(&p, &md) == node);
+        if !same {
+            ev.detail
+                .push(("loop_node", Bytes::from_path(&p).display()));
+        }
+    }
+
     /// The loop worker writing the backing image (seen on fentry only) replays writes made
     /// through the device: it is attributed to the last writer through it, who was judged for
     /// them, and says so. Writes that follow no front write (a node the agent does not know
@@ -711,12 +726,13 @@ impl Enricher {
         {
             self.loops.insert(node, a);
         } else {
+            maps.remove_rdev_alias(node);
             ev.detail.push(("loop_watch", "refused".into()));
         }
     }
 
     /// An ioctl on a loop device node that aliases a watched file: a new offset moves the
-    /// mapping; a detach, or another backing file, ends it.
+    /// mapping; another backing file ends it; a detach is reported and ends nothing yet.
     fn loop_ioctl(
         &mut self,
         ev: &mut Event,
@@ -751,8 +767,14 @@ impl Enricher {
                     }
                 }
             }
-            // Detached, or given a file that is not watched (a watched one arrives flagged).
-            lo::CLR_FD | lo::SET_FD | lo::CHANGE_FD | lo::CONFIGURE => {
+            // A detach only asks: while anyone holds the device open the kernel just sets
+            // autoclear and the image stays writable through it. The alias ends when the
+            // device gets another backing file (reported only when that attach succeeded).
+            lo::CLR_FD => {
+                ev.detail.push(("loop_watch", "detach_requested".into()));
+            }
+            // Given a file that is not watched (a watched one arrives flagged).
+            lo::SET_FD | lo::CHANGE_FD | lo::CONFIGURE => {
                 self.loops.remove(&node);
                 self.watch.unwatch_alias(node, maps);
                 ev.detail.push(("loop_watch", "ended".into()));

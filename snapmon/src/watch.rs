@@ -110,6 +110,9 @@ pub trait WatchMaps {
     /// Withdraw a file whose last watched name went (absent already is fine); an ordinary
     /// entry gives its room in the share back.
     fn remove_file(&mut self, key: FileKey);
+    /// Forget the loop devices (by device number) whose nodes alias `node`: the kernel put
+    /// them there at attach, for any other node of the same device.
+    fn remove_rdev_alias(&mut self, _node: FileKey) {}
     /// Is `key` in the file map (the kernel may have put it there at create)?
     fn has_file(&self, key: FileKey) -> bool;
     /// Ordinary entries in the file map as kernel and agent counted them (None: unknown).
@@ -715,6 +718,7 @@ impl WatchSet {
 
     /// Stop watching an alias node (the loop device was detached or given another file).
     pub fn unwatch_alias(&mut self, k: FileKey, maps: &mut dyn WatchMaps) {
+        maps.remove_rdev_alias(k);
         for n in self.names.get(&k).cloned().unwrap_or_default() {
             self.remove_name(k, &n);
         }

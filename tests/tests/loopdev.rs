@@ -4,7 +4,9 @@
 //! must alert on the attach (SM-K005) and judge writes through the device as writes to the
 //! image at the image's offsets (SM-Q002 when nb_snapshots is zeroed). The benign mirror: the
 //! trusted `losetup` attaching and the trusted `qemu-img` deleting a snapshot through the
-//! device raise nothing at medium or above.
+//! device raise nothing at medium or above. The alias follows the device, not the node (a
+//! `mknod` twin is the image too), outlives a detach the kernel only defers, ends when the
+//! device gets another file, and is neither made nor ended by an attach that failed.
 //!
 //! Loop devices are a host-wide resource: the tests take turns, and every device attached is
 //! detached in a Drop guard.
@@ -17,7 +19,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, image_with_3_snapshots, loud, q002, run, Agent};
+use snapmon_e2e::{agent, image_with_3_snapshots, loud, python, q002, run, Agent};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -224,4 +226,323 @@ fn trusted_losetup_and_qemu_img_through_the_loop_device_raise_nothing_loud() {
         workers.is_empty(),
         "loop worker writes not attributed to qemu-img: {workers:?}"
     );
+}
+
+/// Root's python runs `body` after these names: `fcntl`, `os`, `img` (the image path),
+/// `scratch` (an unwatched file's path) and `attach(fd, backing_fd)`/`free()` helpers.
+/// Prints what the body prints; every `/dev/loop*` line it prints is detached afterwards.
+fn root_py(img: &Path, scratch: &Path, body: &str) -> (u32, String, Vec<Attached>) {
+    let code = format!(
+        r#"
+import fcntl, os, sys
+img = {img:?}
+scratch = {scratch:?}
+def free():
+    ctl = os.open("/dev/loop-control", os.O_RDWR)
+    n = fcntl.ioctl(ctl, 0x4C82)  # LOOP_CTL_GET_FREE
+    os.close(ctl)
+    print("/dev/loop%d" % n, flush=True)
+    return "/dev/loop%d" % n
+def attach(lfd, bfd):
+    fcntl.ioctl(lfd, 0x4C00, bfd)  # LOOP_SET_FD
+{body}
+"#,
+        img = img.to_str().unwrap(),
+        scratch = scratch.to_str().unwrap(),
+    );
+    let child = Command::new("python3")
+        .args(["-c", &code])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let guards = stdout
+        .lines()
+        .filter(|l| l.starts_with("/dev/loop"))
+        .map(|l| Attached(l.trim().to_string()))
+        .collect();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, stdout, guards)
+}
+
+/// An unwatched scratch file of `len` bytes outside the stores.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("snapmon-loopdev-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    std::fs::write(&p, vec![0x5au8; 1 << 20]).unwrap();
+    p
+}
+
+#[test]
+fn a_second_device_node_made_with_mknod_is_the_image_too() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("mknod"), "vm.qcow2");
+    let twin = scratch("unused").with_file_name("twin");
+    let _ = std::fs::remove_file(&twin);
+    settled();
+    let mark = agent().mark();
+    // Attach, then write the header through a node of its own (same device number, another
+    // inode on another filesystem): the watch on /dev/loopN's inode does not cover it.
+    let (pid, _out, _g) = root_py(
+        &img,
+        &twin,
+        r#"
+import time
+dev = free()
+lfd = os.open(dev, os.O_RDWR)
+ifd = os.open(img, os.O_RDWR)
+attach(lfd, ifd)
+os.close(ifd)
+os.mknod(scratch, 0o600 | 0o060000, os.stat(dev).st_rdev)  # S_IFBLK
+t = os.open(scratch, os.O_RDWR)
+os.pwrite(t, bytes(4), 60)   # nb_snapshots = 0, through the twin
+os.fsync(t)
+time.sleep(1)                # the node's name is read from /proc/PID/fd while it is open
+os.close(t)
+os.unlink(scratch)
+"#,
+    );
+    let mut a = agent();
+    let hide = q002(&mut a, mark, pid, Duration::from_secs(5))
+        .expect("zeroing nb_snapshots through a mknod twin of /dev/loopN raised no SM-Q002");
+    assert!(names(&hide, &img), "SM-Q002 must name the image: {hide}");
+    assert_eq!(hide["snapmon"]["severity"], "critical", "{}", message(&hide));
+    assert!(
+        hide["snapmon"]["detail"]["loop_device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("/dev/loop")),
+        "the write is attributed to the loop device: {hide}"
+    );
+    assert_eq!(
+        hide["snapmon"]["detail"]["loop_node"].as_str(),
+        twin.to_str(),
+        "the report names the node used: {hide}"
+    );
+}
+
+#[test]
+fn a_detach_while_the_device_is_held_open_does_not_end_the_alias() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("held"), "vm.qcow2");
+    let s = scratch("held");
+    settled();
+    let mark = agent().mark();
+    // LOOP_CLR_FD on a device someone holds open only sets autoclear: the held fd still
+    // writes the image.
+    let (pid, _out, _g) = root_py(
+        &img,
+        &s,
+        r#"
+dev = free()
+lfd = os.open(dev, os.O_RDWR)
+held = os.open(dev, os.O_RDWR)
+ifd = os.open(img, os.O_RDWR)
+attach(lfd, ifd)
+os.close(ifd)
+fcntl.ioctl(lfd, 0x4C01)  # LOOP_CLR_FD: deferred, `held` is open
+os.close(lfd)
+os.pwrite(held, bytes(4), 60)
+os.fsync(held)
+os.close(held)
+"#,
+    );
+    let mut a = agent();
+    let hide = q002(&mut a, mark, pid, Duration::from_secs(5))
+        .expect("a write through a held loop device after LOOP_CLR_FD raised no SM-Q002");
+    assert!(names(&hide, &img), "{hide}");
+}
+
+#[test]
+fn a_refused_attach_of_another_file_does_not_end_the_alias() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("ebusy-end"), "vm.qcow2");
+    let s = scratch("ebusy-end");
+    settled();
+    let mark = agent().mark();
+    // A second LOOP_SET_FD on a bound device fails with EBUSY and changes nothing: the
+    // device is still the image's.
+    let (pid, _out, _g) = root_py(
+        &img,
+        &s,
+        r#"
+import errno
+dev = free()
+lfd = os.open(dev, os.O_RDWR)
+ifd = os.open(img, os.O_RDWR)
+attach(lfd, ifd)
+sfd = os.open(scratch, os.O_RDWR)
+try:
+    attach(lfd, sfd)
+    sys.exit("LOOP_SET_FD on a bound device succeeded")
+except OSError as e:
+    assert e.errno == errno.EBUSY, e
+os.pwrite(lfd, bytes(4), 60)
+os.fsync(lfd)
+"#,
+    );
+    let mut a = agent();
+    let hide = q002(&mut a, mark, pid, Duration::from_secs(5))
+        .expect("the write after a refused LOOP_SET_FD raised no SM-Q002");
+    assert!(names(&hide, &img), "{hide}");
+}
+
+#[test]
+fn a_refused_attach_of_the_image_makes_no_alias() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("ebusy-make"), "vm.qcow2");
+    let s = scratch("ebusy-make");
+    settled();
+    let mark = agent().mark();
+    // The device is the scratch file's; attaching the image to it too fails (EBUSY), and
+    // the scratch file's first bytes written through it are not the image's.
+    let (pid, _out, _g) = root_py(
+        &img,
+        &s,
+        r#"
+import errno
+dev = free()
+lfd = os.open(dev, os.O_RDWR)
+sfd = os.open(scratch, os.O_RDWR)
+attach(lfd, sfd)
+ifd = os.open(img, os.O_RDWR)
+try:
+    attach(lfd, ifd)
+    sys.exit("LOOP_SET_FD on a bound device succeeded")
+except OSError as e:
+    assert e.errno == errno.EBUSY, e
+os.pwrite(lfd, bytes(64), 0)
+os.fsync(lfd)
+"#,
+    );
+    let mut a = agent();
+    let alerts = alerts_since(&mut a, mark, &img);
+    let wrong: Vec<String> = alerts
+        .iter()
+        .filter(|v| v["process"]["pid"] == pid)
+        .map(|v| format!("{} {}", v["rule"]["id"], message(v)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "a refused attach made the device the image's:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn after_a_detach_another_file_on_the_same_device_is_not_the_image() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("reuse"), "vm.qcow2");
+    let s = scratch("reuse");
+    settled();
+    let mark = agent().mark();
+    // Attach the image with autoclear (LOOP_CONFIGURE), let the last close detach it (no
+    // ioctl says so), then attach the scratch file to the same device through a second node
+    // and write its first bytes through /dev/loopN.
+    let (pid, _out, _g) = root_py(
+        &img,
+        &s,
+        r#"
+import struct, time
+dev = free()
+lfd = os.open(dev, os.O_RDWR)
+ifd = os.open(img, os.O_RDWR)
+# struct loop_config { u32 fd; u32 block_size; struct loop_info64 info; u64 reserved[8]; }
+info = bytearray(232)
+struct.pack_into("<I", info, 52, 4)   # lo_flags = LO_FLAGS_AUTOCLEAR
+cfg = struct.pack("<II", ifd, 0) + bytes(info) + bytes(64)
+fcntl.ioctl(lfd, 0x4C0A, cfg)   # LOOP_CONFIGURE
+os.close(ifd)
+os.close(lfd)                   # last close: autoclear detaches
+for _ in range(100):
+    if not os.path.exists("/sys/block/%s/loop/backing_file" % dev[5:]):
+        break
+    time.sleep(0.05)
+else:
+    sys.exit("autoclear did not detach")
+twin = os.path.join(os.path.dirname(scratch), "reuse-twin")
+if os.path.exists(twin):
+    os.unlink(twin)
+os.mknod(twin, 0o600 | 0o060000, os.stat(dev).st_rdev)
+tfd = os.open(twin, os.O_RDWR)
+sfd = os.open(scratch, os.O_RDWR)
+attach(tfd, sfd)
+lfd = os.open(dev, os.O_RDWR)
+os.pwrite(lfd, bytes(64), 0)
+os.fsync(lfd)
+os.close(lfd)
+fcntl.ioctl(tfd, 0x4C01)        # LOOP_CLR_FD
+os.close(tfd)
+os.unlink(twin)
+"#,
+    );
+    let mut a = agent();
+    let alerts = alerts_since(&mut a, mark, &img);
+    let wrong: Vec<String> = alerts
+        .iter()
+        .filter(|v| v["process"]["pid"] == pid && v["rule"]["id"] != "SM-K005")
+        .map(|v| format!("{} {}", v["rule"]["id"], message(v)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the scratch file's bytes were taken for the image's:\n{}",
+        wrong.join("\n")
+    );
+    // Not vacuous: the image's attach was seen.
+    assert!(
+        alerts
+            .iter()
+            .any(|v| is_alert(v, "SM-K005") && v["process"]["pid"] == pid),
+        "the attach of the image was not reported"
+    );
+}
+
+#[test]
+fn losetup_detach_then_another_file_on_the_same_device_raises_nothing_about_the_image() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("relosetup"), "vm.qcow2");
+    let s = scratch("relosetup");
+    settled();
+    let mark = agent().mark();
+    let dev = run("losetup", &["--find", "--show", img.to_str().unwrap()])
+        .stdout
+        .trim()
+        .to_string();
+    let guard = Attached(dev.clone());
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    run("losetup", &["-d", &dev]);
+    run("losetup", &[&dev, s.to_str().unwrap()]);
+    let w = python(&format!(
+        "import os; fd=os.open({dev:?}, os.O_RDWR); os.pwrite(fd, bytes(64), 0); os.fsync(fd)"
+    ));
+    drop(guard);
+    let mut a = agent();
+    let alerts = alerts_since(&mut a, mark, &img);
+    let wrong: Vec<String> = alerts
+        .iter()
+        .filter(|v| v["process"]["pid"] == w.pid)
+        .map(|v| format!("{} {}", v["rule"]["id"], message(v)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the scratch file's bytes through {dev} were taken for the image's:\n{}",
+        wrong.join("\n")
+    );
+    // Not vacuous: the detach was seen, and the new attach ended the alias.
+    let detach = events_since(&mut a, mark, |v| {
+        names(v, &img) && v["snapmon"]["detail"]["loop_watch"] == "detach_requested"
+    });
+    assert!(!detach.is_empty(), "losetup -d was not reported");
+    let ended = events_since(&mut a, mark, |v| {
+        names(v, &img) && v["snapmon"]["detail"]["loop_watch"] == "ended"
+    });
+    assert!(!ended.is_empty(), "the attach of another file did not end the alias");
 }

@@ -166,6 +166,7 @@ pub const HOOKS: &[HookSpec] = &[
     sc!("sys_enter_mmap", "shared writable mmap"),
     sc!("sys_enter_io_submit", "linux-aio writes"),
     sc!("sys_enter_ioctl", "ioctls (dm, btrfs, zfs, clone, freeze)"),
+    sc!("sys_exit_ioctl", "loop attach/detach outcomes"),
     sc!("sys_enter_openat", "open for write / create"),
     sc!("sys_exit_openat", "open for write / create"),
     sc!("sys_enter_open", "open for write / create"),
@@ -256,6 +257,10 @@ pub struct Kernel {
     pub write_filter: BpfHashMap<MapData, FileKey, snapmon_common::WriteFilter>,
     pub trusted_writers: BpfHashMap<MapData, FileKey, u32>,
     pub filtered: PerCpuArray<MapData, u64>,
+    /// Loop devices over watched images by device number → the attach's node (kernel-filled).
+    pub rdevs: BpfHashMap<MapData, u32, FileKey>,
+    /// Nonzero while `rdevs` may have entries: the write hooks read `i_rdev` only then.
+    pub rdev_any: aya::maps::Array<MapData, u32>,
     /// The attached hooks' links (LSM ones aside, see `lsm_links`), released on drop by
     /// `release_links`.
     pub links: Vec<(&'static str, HookLink)>,
@@ -516,6 +521,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let write_filter = BpfHashMap::try_from(take(&mut ebpf, "WRITE_FILTER")?)?;
     let trusted_writers = BpfHashMap::try_from(take(&mut ebpf, "TRUSTED_WRITERS")?)?;
     let filtered = PerCpuArray::try_from(take(&mut ebpf, "FILTERED")?)?;
+    let rdevs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_RDEV")?)?;
+    let rdev_any = aya::maps::Array::try_from(take(&mut ebpf, "RDEV_ANY")?)?;
     let backend = match (vfs, observe) {
         (true, true) => "tracepoint+vfs+lsm",
         (true, false) => "tracepoint+vfs",
@@ -552,6 +559,8 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         write_filter,
         trusted_writers,
         filtered,
+        rdevs,
+        rdev_any,
         links,
     })
 }

@@ -155,6 +155,12 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
         "32-bit (ia32) syscalls are not told apart: on the tracepoint backend their writes and namespace operations go unseen",
         &mut [(&mut o.task_ti_status, &[("task_struct", "thread_info.status")])],
     );
+    v |= group(
+        "rdev",
+        valid::RDEV,
+        "a second node (mknod) of a loop device over a watched image is not recognised",
+        &mut [(&mut o.inode_rdev, &[("inode", "i_rdev")])],
+    );
     // io_rw / io_sync live in io_kiocb's command area (`cmd`, at the start of the request).
     if v & valid::IO_URING != 0 {
         let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);

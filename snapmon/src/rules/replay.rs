@@ -72,6 +72,7 @@ const WORDS: &[&str] = &[
     "rename_flags",
     "length",
     "loop_device",
+    "loop_node",
     "loop_role",
     "loop_offset",
     "loop_watch",

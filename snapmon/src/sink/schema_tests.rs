@@ -71,6 +71,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         "length",
         "via",
         "loop_device",
+        "loop_node",
         "loop_offset",
         "loop_role",
         "loop_watch",
