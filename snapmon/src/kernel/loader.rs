@@ -10,7 +10,7 @@ use aya::{
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
-use snapmon_common::{AgentConfig, FileKey, KernelOffsets};
+use snapmon_common::{fd_walk, AgentConfig, FileKey, KernelOffsets};
 
 use super::{
     btf::Btf,
@@ -240,6 +240,8 @@ pub struct Kernel {
     pub offsets: KernelOffsets,
     /// `tracepoint`, or `tracepoint+vfs` when the fentry write hook is live.
     pub backend: &'static str,
+    /// How the programs resolve fds: `direct` (BTF loads) or `probe_read` (`FdWalk`).
+    pub fd_walk: &'static str,
     /// Every requested LSM hook attached.
     pub lsm: bool,
     pub lsm_links: Vec<(&'static str, aya::programs::lsm::LsmLink)>,
@@ -353,6 +355,84 @@ pub struct LoadOptions {
     pub compat: bool,
 }
 
+/// The fd → inode walk for this kernel: BTF loads where `bpf_rdonly_cast` exists (6.2+),
+/// else the probe-read chain. `SNAPMON_FD_WALK=probe_read` forces the latter (how the 6.1
+/// path is verified on a newer host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdWalk {
+    pub mode: u32,
+    pub btf_file: u32,
+    /// vmlinux BTF id of the `bpf_rdonly_cast` FUNC (0 for the probe-read walk).
+    pub rdonly_cast: u32,
+}
+
+impl FdWalk {
+    pub fn choose(btf: &Btf, valid: u32) -> FdWalk {
+        const PROBE: FdWalk = FdWalk {
+            mode: fd_walk::PROBE_READ,
+            btf_file: 0,
+            rdonly_cast: 0,
+        };
+        let forced = std::env::var("SNAPMON_FD_WALK").ok();
+        if forced.as_deref() == Some("probe_read") || valid & snapmon_common::valid::FILES == 0 {
+            return PROBE;
+        }
+        match (btf.func_id("bpf_rdonly_cast"), btf.struct_id("file")) {
+            (Ok(rdonly_cast), Ok(btf_file)) => FdWalk {
+                mode: fd_walk::DIRECT,
+                btf_file,
+                rdonly_cast,
+            },
+            _ => PROBE,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        if self.mode == fd_walk::DIRECT {
+            "direct"
+        } else {
+            "probe_read"
+        }
+    }
+
+    /// The object with every `bpf_rdonly_cast` placeholder call (`fd_walk::RDONLY_CAST_MARK`)
+    /// rewritten: into the kfunc call for the direct walk (aya 0.14 relocates no kfunc
+    /// calls), into `r0 = 0` otherwise, which the verifier never reaches either way on the
+    /// probe-read walk but which no kernel can mistake for a helper.
+    pub fn patch(&self, object: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut out = object.to_vec();
+        let n = patch_marks(&mut out, *self);
+        if n == 0 && self.mode == fd_walk::DIRECT {
+            bail!("the eBPF object has no bpf_rdonly_cast placeholder call to patch");
+        }
+        Ok(out)
+    }
+}
+
+/// Rewrite each 8-byte `call RDONLY_CAST_MARK` instruction (opcode 0x85, no registers, no
+/// offset) at an 8-aligned file offset; program text is 8-aligned in the ELF. The count.
+fn patch_marks(elf: &mut [u8], walk: FdWalk) -> usize {
+    let mut mark = [0x85, 0, 0, 0, 0, 0, 0, 0];
+    mark[4..].copy_from_slice(&fd_walk::RDONLY_CAST_MARK.to_le_bytes());
+    let with: [u8; 8] = if walk.mode == fd_walk::DIRECT {
+        // BPF_JMP|BPF_CALL, src_reg BPF_PSEUDO_KFUNC_CALL (2), off 0 (vmlinux), imm btf id.
+        let mut i = [0x85, 0x20, 0, 0, 0, 0, 0, 0];
+        i[4..].copy_from_slice(&walk.rdonly_cast.to_le_bytes());
+        i
+    } else {
+        // BPF_ALU64|BPF_MOV|BPF_K: r0 = 0.
+        [0xb7, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let mut n = 0;
+    for insn in elf.chunks_exact_mut(8) {
+        if *insn == mark {
+            insn.copy_from_slice(&with);
+            n += 1;
+        }
+    }
+    n
+}
+
 pub fn tracefs_root() -> Option<&'static str> {
     TRACEFS
         .iter()
@@ -393,16 +473,20 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let btf = Btf::parse(&btf_bytes).context("parsing kernel BTF")?;
     let (sc_args, sc_ret) = syscall_arg_offsets(tracefs)?;
     let (offsets, missing) = offsets::resolve(&btf, sc_args, sc_ret);
+    let walk = FdWalk::choose(&btf, offsets.valid);
     let config = AgentConfig {
         agent_tgid: std::process::id(),
         process_events: opts.process_events as u32,
+        fd_walk: walk.mode,
+        btf_file: walk.btf_file,
     };
+    let object = walk.patch(OBJECT)?;
     let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", rb)
-        .load(OBJECT)
+        .load(&object)
         .context("loading the eBPF object into the kernel")?;
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
 
@@ -536,6 +620,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         missing,
         offsets,
         backend,
+        fd_walk: walk.name(),
         lsm,
         lsm_links,
         runtime,
