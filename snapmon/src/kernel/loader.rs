@@ -367,12 +367,16 @@ pub struct FdWalk {
 }
 
 impl FdWalk {
-    pub fn choose(btf: &Btf, valid: u32) -> FdWalk {
-        const PROBE: FdWalk = FdWalk {
+    pub const fn probe() -> FdWalk {
+        FdWalk {
             mode: fd_walk::PROBE_READ,
             btf_file: 0,
             rdonly_cast: 0,
-        };
+        }
+    }
+
+    pub fn choose(btf: &Btf, valid: u32) -> FdWalk {
+        const PROBE: FdWalk = FdWalk::probe();
         let forced = std::env::var("SNAPMON_FD_WALK").ok();
         if forced.as_deref() == Some("probe_read") || valid & snapmon_common::valid::FILES == 0 {
             return PROBE;
@@ -977,4 +981,61 @@ pub fn set_trusted_writers(
         map.insert(k, bits, 0)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The placeholder call as the eBPF object carries it, between two other instructions.
+    fn text() -> Vec<u8> {
+        let mut t = vec![0xbf, 0x16, 0, 0, 0, 0, 0, 0];
+        t.extend_from_slice(&[0x85, 0, 0, 0]);
+        t.extend_from_slice(&fd_walk::RDONLY_CAST_MARK.to_le_bytes());
+        t.extend_from_slice(&[0x85, 0, 0, 0, 14, 0, 0, 0]);
+        t
+    }
+
+    #[test]
+    fn patches_the_placeholder_into_the_kfunc_call_or_a_zero() {
+        let direct = FdWalk {
+            mode: fd_walk::DIRECT,
+            btf_file: 7,
+            rdonly_cast: 0x1234,
+        };
+        let mut t = text();
+        assert_eq!(patch_marks(&mut t, direct), 1);
+        assert_eq!(&t[8..16], &[0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
+        assert_eq!(
+            &t[16..],
+            &[0x85, 0, 0, 0, 14, 0, 0, 0],
+            "helper calls untouched"
+        );
+        let probe = FdWalk {
+            mode: fd_walk::PROBE_READ,
+            btf_file: 0,
+            rdonly_cast: 0,
+        };
+        let mut t = text();
+        assert_eq!(patch_marks(&mut t, probe), 1);
+        assert_eq!(&t[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_built_object_carries_the_placeholder() {
+        assert!(patch_marks(&mut OBJECT.to_vec(), FdWalk::probe()) > 0);
+    }
+
+    #[test]
+    fn this_kernel_gets_the_direct_walk() {
+        let data = Btf::from_sys_fs().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        let btf = Btf::parse(&data).unwrap();
+        if btf.func_id("bpf_rdonly_cast").is_err() || std::env::var_os("SNAPMON_FD_WALK").is_some()
+        {
+            return;
+        }
+        let w = FdWalk::choose(&btf, snapmon_common::valid::FILES);
+        assert_eq!(w.name(), "direct");
+        assert_ne!(w.btf_file, 0);
+    }
 }
