@@ -78,6 +78,10 @@ pub fn current_task() -> *const u8 {
 /// `task->files->fdt->fd[fd]`
 #[inline(always)]
 pub unsafe fn fd_to_file(task: *const u8, fd: i64) -> Option<*const u8> {
+    if direct_walk() {
+        // A BTF pointer: the probe reads callers make through it work as on a scalar.
+        return direct_file(fd).map(|(_, f)| f);
+    }
     if fd < 0 {
         return None;
     }
@@ -200,11 +204,11 @@ unsafe fn ld<T: Copy>(base: *const u8, off: usize) -> T {
     core::ptr::read_volatile(base.add(off) as *const T)
 }
 
-/// `task->files->fdt->fd[fd]` → (file, inode, sb, ino) by BTF loads: only the fd slot, a
-/// `struct file **` the verifier types as a scalar, is a helper read; its file is cast back
-/// to a BTF pointer with `bpf_rdonly_cast`.
+/// `task->files->fdt->fd[fd]` by BTF loads: only the fd slot, a `struct file **` the
+/// verifier types as a scalar, is a helper read. The file as that scalar and cast back to a
+/// BTF pointer with `bpf_rdonly_cast`.
 #[inline(always)]
-unsafe fn direct_inode(fd: i64) -> Option<(*const u8, *const u8, u64, u64)> {
+unsafe fn direct_file(fd: i64) -> Option<(u64, *const u8)> {
     if fd < 0 {
         return None;
     }
@@ -229,7 +233,16 @@ unsafe fn direct_inode(fd: i64) -> Option<(*const u8, *const u8, u64, u64)> {
     if file == 0 {
         return None;
     }
-    let f = rdonly_cast(file, core::ptr::read_volatile(&CONFIG.btf_file));
+    Some((
+        file,
+        rdonly_cast(file, core::ptr::read_volatile(&CONFIG.btf_file)),
+    ))
+}
+
+/// `direct_file`, on to (file, inode, sb, ino) by plain loads.
+#[inline(always)]
+unsafe fn direct_inode(fd: i64) -> Option<(*const u8, *const u8, u64, u64)> {
+    let (file, f) = direct_file(fd)?;
     let inode: *const u8 = ld(f, off!(file_inode));
     if inode.is_null() {
         return None;
@@ -311,6 +324,29 @@ pub fn is_io_worker() -> bool {
 /// Identity of the current task's executable (`task->mm->exe_file->f_inode`).
 #[inline(always)]
 pub unsafe fn current_exe() -> Option<FileKey> {
+    // Every pointer on this chain is a BTF-typed member: no cast needed, five plain loads.
+    if direct_walk() && valid(snapmon_common::valid::ARGS) {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let mm: *const u8 = ld(task, off!(task_mm));
+        if mm.is_null() {
+            return None;
+        }
+        let exe: *const u8 = ld(mm, off!(mm_exe_file));
+        if exe.is_null() {
+            return None;
+        }
+        let inode: *const u8 = ld(exe, off!(file_inode));
+        if inode.is_null() {
+            return None;
+        }
+        let ino: u64 = ld(inode, off!(inode_ino));
+        let sb: *const u8 = ld(inode, off!(inode_sb));
+        if sb.is_null() {
+            return None;
+        }
+        let dev: u32 = ld(sb, off!(sb_dev));
+        return Some(FileKey { dev, _pad: 0, ino });
+    }
     let mm: *const u8 = rk(current_task(), off!(task_mm))?;
     let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
     inode_key(file_inode(exe)?)

@@ -381,6 +381,11 @@ impl FdWalk {
         if forced.as_deref() == Some("probe_read") || valid & snapmon_common::valid::FILES == 0 {
             return PROBE;
         }
+        // The verifier refuses kfunc calls to interpreted programs.
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable");
+        if jit.is_ok_and(|j| j.trim() == "0") {
+            return PROBE;
+        }
         match (btf.func_id("bpf_rdonly_cast"), btf.struct_id("file")) {
             (Ok(rdonly_cast), Ok(btf_file)) => FdWalk {
                 mode: fd_walk::DIRECT,
