@@ -239,6 +239,30 @@ unsafe fn direct_file(fd: i64) -> Option<(u64, *const u8)> {
     ))
 }
 
+/// (dev, ino) of an inode reached by BTF loads (`direct_*` only: a scalar here fails to
+/// verify).
+#[inline(always)]
+pub unsafe fn direct_inode_key(inode: *const u8) -> Option<FileKey> {
+    let ino: u64 = ld(inode, off!(inode_ino));
+    let sb: *const u8 = ld(inode, off!(inode_sb));
+    if sb.is_null() {
+        return None;
+    }
+    let dev: u32 = ld(sb, off!(sb_dev));
+    Some(FileKey { dev, _pad: 0, ino })
+}
+
+/// A BTF pointer member of a BTF-typed object, `None` when null.
+#[inline(always)]
+pub unsafe fn direct_ptr(base: *const u8, off: usize) -> Option<*const u8> {
+    let p: *const u8 = ld(base, off);
+    if p.is_null() {
+        None
+    } else {
+        Some(p)
+    }
+}
+
 /// `direct_file`, on to (file, inode, sb, ino) by plain loads.
 #[inline(always)]
 unsafe fn direct_inode(fd: i64) -> Option<(*const u8, *const u8, u64, u64)> {
