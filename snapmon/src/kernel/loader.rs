@@ -476,13 +476,39 @@ fn syscall_arg_offsets(tracefs: &str) -> anyhow::Result<(u32, u32)> {
     Ok((args, ret))
 }
 
+/// Load and attach. Should the verifier refuse a program on the direct fd walk (a kernel
+/// whose `bpf_rdonly_cast` or BTF loads differ from what was tested), load everything once
+/// more on the probe-read walk, which every supported kernel verifies.
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
+    let k = load_walk(opts, false)?;
+    let refused = k
+        .hooks
+        .iter()
+        .find(|h| h.error.as_deref().is_some_and(|e| e.contains("verifier:")));
+    if k.fd_walk != "direct" || refused.is_none() {
+        return Ok(k);
+    }
+    if let Some(h) = refused {
+        eprintln!(
+            "snapmon: the verifier refused {} on the direct fd walk; loading the probe-read walk instead",
+            h.program
+        );
+    }
+    drop(k);
+    load_walk(opts, true)
+}
+
+fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let tracefs = preflight()?;
     let btf_bytes = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
     let btf = Btf::parse(&btf_bytes).context("parsing kernel BTF")?;
     let (sc_args, sc_ret) = syscall_arg_offsets(tracefs)?;
     let (offsets, missing) = offsets::resolve(&btf, sc_args, sc_ret);
-    let walk = FdWalk::choose(&btf, offsets.valid);
+    let walk = if probe_read {
+        FdWalk::probe()
+    } else {
+        FdWalk::choose(&btf, offsets.valid)
+    };
     let config = AgentConfig {
         agent_tgid: std::process::id(),
         process_events: opts.process_events as u32,
