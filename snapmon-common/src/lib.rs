@@ -801,6 +801,24 @@ pub struct AgentConfig {
     pub agent_tgid: u32,
     /// Report every process's fork/exec/exit (needed for lineage).
     pub process_events: u32,
+    /// How the programs walk fd → file → inode (`fd_walk`): a load-time constant, so the
+    /// verifier prunes the other walk.
+    pub fd_walk: u32,
+    /// vmlinux BTF id of `struct file`, the `bpf_rdonly_cast` target of the direct walk.
+    pub btf_file: u32,
+}
+
+/// The fd → file → inode walk the programs run (`AgentConfig::fd_walk`).
+pub mod fd_walk {
+    /// A chain of `bpf_probe_read_kernel` calls: every kernel.
+    pub const PROBE_READ: u32 = 0;
+    /// BTF pointer loads from `bpf_get_current_task_btf()`, the fd slot's file cast with the
+    /// `bpf_rdonly_cast` kfunc (6.2+).
+    pub const DIRECT: u32 = 1;
+    /// The imm of the placeholder helper call the programs carry for `bpf_rdonly_cast`: no
+    /// helper has this number. The loader rewrites each into the kfunc call (`src_reg` 2, imm
+    /// the kfunc's vmlinux BTF id) or, for the probe-read walk, into `r0 = 0`.
+    pub const RDONLY_CAST_MARK: i32 = 0x5eed_ca57;
 }
 
 #[cfg(feature = "user")]
@@ -843,7 +861,7 @@ const _: () = {
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
-    assert!(size_of::<AgentConfig>() == 8);
+    assert!(size_of::<AgentConfig>() == 16);
     assert!(size_of::<OpenStash>() == 16);
     assert!(size_of::<EnforceEvent>() == 48 + 8 + 48 + 8);
     assert!(size_of::<ByteRange>() == 16);

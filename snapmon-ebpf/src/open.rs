@@ -14,8 +14,8 @@ use snapmon_common::{
 use crate::{
     emit::{copy_user_str, count_lost, fill_header, output_lane, sc_arg, sc_ret, urgent_file},
     kernel::{
-        current_task, dentry_inode, fd_to_file, file_inode, inode_key, inode_size, is_agent, off,
-        rk, valid,
+        current_task, dentry_inode, direct_inode_key, direct_ptr, direct_walk, fd_to_file,
+        file_inode, inode_key, inode_size, is_agent, off, rk, valid,
     },
     OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES, WATCH_SHARE,
 };
@@ -183,26 +183,45 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     let Some(file) = fd_to_file(task, fd) else {
         return;
     };
-    let Some(inode) = file_inode(file) else {
-        return;
-    };
-    let Some(mut key) = inode_key(inode) else {
-        return;
+    // With the direct walk, `file` is a BTF pointer and the dentry chain is plain loads; a
+    // null is never replaced by a literal 0, which the verifier would not let us load from.
+    let direct = direct_walk();
+    let (inode, key, parent, pkey) = if direct {
+        let Some(inode) = direct_ptr(file, off!(file_inode)) else {
+            return;
+        };
+        let Some(key) = direct_inode_key(inode) else {
+            return;
+        };
+        let Some(dentry) = direct_ptr(file, off!(file_dentry)) else {
+            return;
+        };
+        let Some(parent) = direct_ptr(dentry, off!(dentry_parent)) else {
+            return;
+        };
+        let pkey = direct_ptr(parent, off!(dentry_inode))
+            .and_then(|i| direct_inode_key(i))
+            .unwrap_or_default();
+        (inode, key, parent, pkey)
+    } else {
+        let Some(inode) = file_inode(file) else {
+            return;
+        };
+        let Some(key) = inode_key(inode) else { return };
+        let dentry: *const u8 = rk(file, off!(file_dentry)).unwrap_or(core::ptr::null());
+        let parent: *const u8 = rk(dentry, off!(dentry_parent)).unwrap_or(core::ptr::null());
+        let pkey = dentry_inode(parent)
+            .and_then(|i| inode_key(i))
+            .unwrap_or_default();
+        (inode, key, parent, pkey)
     };
     // Any node of a loop device over a watched image opens the image's bytes.
-    let rdev = if WATCHED_FILES.get(&key).is_none() {
-        crate::kernel::rdev_alias(inode)
-    } else {
-        None
-    };
-    if let Some(k) = rdev {
-        key = k;
+    let mut key = key;
+    if WATCHED_FILES.get(&key).is_none() {
+        if let Some(k) = crate::kernel::rdev_alias(inode) {
+            key = k;
+        }
     }
-    let dentry: *const u8 = rk(file, off!(file_dentry)).unwrap_or(core::ptr::null());
-    let parent: *const u8 = rk(dentry, off!(dentry_parent)).unwrap_or(core::ptr::null());
-    let pkey = dentry_inode(parent)
-        .and_then(|i| inode_key(i))
-        .unwrap_or_default();
     let file_watched = WATCHED_FILES.get(&key).is_some();
     let mut pflags = WATCHED_DIRS.get(&pkey).copied().unwrap_or(0);
     if !file_watched && pflags & dir_flags::WATCHED == 0 && pkey.ino != 0 {
@@ -211,8 +230,17 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         // watch the directory here so the race cannot hide files created right after.
         let mut d = parent;
         for _ in 0..MAX_NEW_DEPTH {
-            d = rk(d, off!(dentry_parent)).unwrap_or(core::ptr::null());
-            let Some(k) = dentry_inode(d).and_then(|i| inode_key(i)) else {
+            let k = if direct {
+                let Some(up) = direct_ptr(d, off!(dentry_parent)) else {
+                    break;
+                };
+                d = up;
+                direct_ptr(d, off!(dentry_inode)).and_then(|i| direct_inode_key(i))
+            } else {
+                d = rk(d, off!(dentry_parent)).unwrap_or(core::ptr::null());
+                dentry_inode(d).and_then(|i| inode_key(i))
+            };
+            let Some(k) = k else {
                 break;
             };
             if let Some(f) = WATCHED_DIRS.get(&k) {

@@ -389,6 +389,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let (stats_on, stats_note) = k.run_stats.describe();
     let started = crate::state::started(&crate::state::StartInfo {
         backend: k.backend,
+        fd_walk: k.fd_walk,
         hooks: &k.hooks,
         missing: &k.missing,
         hook_stats: (stats_on, stats_note),

@@ -195,10 +195,17 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         hook_stats: true,
         compat: true,
     });
-    let (hooks, missing, backend, load_error): (Vec<HookStatus>, _, _, _) = match &loaded {
-        Ok(k) => (k.hooks.clone(), k.missing.clone(), k.backend, None),
-        Err(e) => (vec![], vec![], "none", Some(format!("{e:#}"))),
-    };
+    let (hooks, missing, backend, fd_walk, load_error): (Vec<HookStatus>, _, _, _, _) =
+        match &loaded {
+            Ok(k) => (
+                k.hooks.clone(),
+                k.missing.clone(),
+                k.backend,
+                k.fd_walk,
+                None,
+            ),
+            Err(e) => (vec![], vec![], "none", "none", Some(format!("{e:#}"))),
+        };
     // What `snapmon_hook_runs_total` will be able to show.
     let hook_stats = match loaded.as_ref().map(|k| k.run_stats.describe()) {
         Ok((true, None)) => "yes, with --hook-stats (BPF_ENABLE_STATS)".to_string(),
@@ -238,7 +245,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let v = json!({
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
-            "unprivileged_bpf_disabled": unpriv, "backend": backend, "load_error": load_error,
+            "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk, "load_error": load_error,
             "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
             "hook_run_stats": hook_stats,
         });
@@ -260,6 +267,14 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     );
     println!("lockdown      {}", lockdown.as_deref().unwrap_or("unknown"));
     println!("backend       {backend}");
+    println!(
+        "fd walk       {}",
+        match fd_walk {
+            "direct" => "direct (BTF loads, bpf_rdonly_cast)",
+            "probe_read" => "probe_read (bpf_probe_read_kernel chain)",
+            other => other,
+        }
+    );
     println!("enforcement   {enforcement}");
     println!("hook stats    {hook_stats}");
     if let Some(e) = &load_error {

@@ -26,6 +26,8 @@ const ERROR_MAX: usize = 240;
 /// Everything the start-up records say.
 pub struct StartInfo<'a> {
     pub backend: &'a str,
+    /// The programs' fd → inode walk: `direct` (BTF loads) or `probe_read`.
+    pub fd_walk: &'a str,
     pub hooks: &'a [HookStatus],
     pub missing: &'a [Missing],
     /// Per-hook run counters: on, and why not (or how).
@@ -206,6 +208,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
             "build_date": crate::build_info::BUILD_DATE,
             "pid": std::process::id(),
             "backend": i.backend,
+            "fd_walk": i.fd_walk,
             "hooks_attached": live,
             "hooks_total": i.hooks.len(),
             "hook_stats": {"enabled": i.hook_stats.0, "note": i.hook_stats.1},
@@ -370,6 +373,7 @@ pub(crate) mod tests {
     ) -> StartInfo<'a> {
         StartInfo {
             backend: "tracepoint",
+            fd_walk: "direct",
             hooks,
             missing: &[],
             hook_stats: (false, Some("off".into())),

@@ -221,6 +221,23 @@ impl Btf {
         None
     }
 
+    /// Type id of the named struct (the first complete definition).
+    pub fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.structs_by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| BtfError::NoStruct(name.to_string()))
+    }
+
+    /// Type id of kernel function (or kfunc) `name`.
+    pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_FUNC && self.name(t.name) == name)
+            .map(|i| i as u32)
+            .ok_or_else(|| BtfError::NoFunc(name.to_string()))
+    }
+
     /// Number of parameters of kernel function `name` (hook signatures change across versions).
     pub fn func_param_count(&self, name: &str) -> Result<u32, BtfError> {
         self.types

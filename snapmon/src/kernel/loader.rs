@@ -10,7 +10,7 @@ use aya::{
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
-use snapmon_common::{AgentConfig, FileKey, KernelOffsets};
+use snapmon_common::{fd_walk, AgentConfig, FileKey, KernelOffsets};
 
 use super::{
     btf::Btf,
@@ -244,6 +244,8 @@ pub struct Kernel {
     pub offsets: KernelOffsets,
     /// `tracepoint`, or `tracepoint+vfs` when the fentry write hook is live.
     pub backend: &'static str,
+    /// How the programs resolve fds: `direct` (BTF loads) or `probe_read` (`FdWalk`).
+    pub fd_walk: &'static str,
     /// Every requested LSM hook attached.
     pub lsm: bool,
     pub lsm_links: Vec<(&'static str, aya::programs::lsm::LsmLink)>,
@@ -361,6 +363,93 @@ pub struct LoadOptions {
     pub compat: bool,
 }
 
+/// The fd → inode walk for this kernel: BTF loads where `bpf_rdonly_cast` exists (6.2+),
+/// else the probe-read chain. `SNAPMON_FD_WALK=probe_read` forces the latter (how the 6.1
+/// path is verified on a newer host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdWalk {
+    pub mode: u32,
+    pub btf_file: u32,
+    /// vmlinux BTF id of the `bpf_rdonly_cast` FUNC (0 for the probe-read walk).
+    pub rdonly_cast: u32,
+}
+
+impl FdWalk {
+    pub const fn probe() -> FdWalk {
+        FdWalk {
+            mode: fd_walk::PROBE_READ,
+            btf_file: 0,
+            rdonly_cast: 0,
+        }
+    }
+
+    pub fn choose(btf: &Btf, valid: u32) -> FdWalk {
+        const PROBE: FdWalk = FdWalk::probe();
+        let forced = std::env::var("SNAPMON_FD_WALK").ok();
+        if forced.as_deref() == Some("probe_read") || valid & snapmon_common::valid::FILES == 0 {
+            return PROBE;
+        }
+        // The verifier refuses kfunc calls to interpreted programs.
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable");
+        if jit.is_ok_and(|j| j.trim() == "0") {
+            return PROBE;
+        }
+        match (btf.func_id("bpf_rdonly_cast"), btf.struct_id("file")) {
+            (Ok(rdonly_cast), Ok(btf_file)) => FdWalk {
+                mode: fd_walk::DIRECT,
+                btf_file,
+                rdonly_cast,
+            },
+            _ => PROBE,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        if self.mode == fd_walk::DIRECT {
+            "direct"
+        } else {
+            "probe_read"
+        }
+    }
+
+    /// The object with every `bpf_rdonly_cast` placeholder call (`fd_walk::RDONLY_CAST_MARK`)
+    /// rewritten: into the kfunc call for the direct walk (aya 0.14 relocates no kfunc
+    /// calls), into `r0 = 0` otherwise, which the verifier never reaches either way on the
+    /// probe-read walk but which no kernel can mistake for a helper.
+    pub fn patch(&self, object: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut out = object.to_vec();
+        let n = patch_marks(&mut out, *self);
+        if n == 0 && self.mode == fd_walk::DIRECT {
+            bail!("the eBPF object has no bpf_rdonly_cast placeholder call to patch");
+        }
+        Ok(out)
+    }
+}
+
+/// Rewrite each 8-byte `call RDONLY_CAST_MARK` instruction (opcode 0x85, no registers, no
+/// offset) at an 8-aligned file offset; program text is 8-aligned in the ELF. The count.
+fn patch_marks(elf: &mut [u8], walk: FdWalk) -> usize {
+    let mut mark = [0x85, 0, 0, 0, 0, 0, 0, 0];
+    mark[4..].copy_from_slice(&fd_walk::RDONLY_CAST_MARK.to_le_bytes());
+    let with: [u8; 8] = if walk.mode == fd_walk::DIRECT {
+        // BPF_JMP|BPF_CALL, src_reg BPF_PSEUDO_KFUNC_CALL (2), off 0 (vmlinux), imm btf id.
+        let mut i = [0x85, 0x20, 0, 0, 0, 0, 0, 0];
+        i[4..].copy_from_slice(&walk.rdonly_cast.to_le_bytes());
+        i
+    } else {
+        // BPF_ALU64|BPF_MOV|BPF_K: r0 = 0.
+        [0xb7, 0, 0, 0, 0, 0, 0, 0]
+    };
+    let mut n = 0;
+    for insn in elf.chunks_exact_mut(8) {
+        if *insn == mark {
+            insn.copy_from_slice(&with);
+            n += 1;
+        }
+    }
+    n
+}
+
 pub fn tracefs_root() -> Option<&'static str> {
     TRACEFS
         .iter()
@@ -395,23 +484,53 @@ fn syscall_arg_offsets(tracefs: &str) -> anyhow::Result<(u32, u32)> {
     Ok((args, ret))
 }
 
+/// Load and attach. Should the verifier refuse a program on the direct fd walk (a kernel
+/// whose `bpf_rdonly_cast` or BTF loads differ from what was tested), load everything once
+/// more on the probe-read walk, which every supported kernel verifies.
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
+    let k = load_walk(opts, false)?;
+    let refused = k
+        .hooks
+        .iter()
+        .find(|h| h.error.as_deref().is_some_and(|e| e.contains("verifier:")));
+    if k.fd_walk != "direct" || refused.is_none() {
+        return Ok(k);
+    }
+    if let Some(h) = refused {
+        eprintln!(
+            "snapmon: the verifier refused {} on the direct fd walk; loading the probe-read walk instead",
+            h.program
+        );
+    }
+    drop(k);
+    load_walk(opts, true)
+}
+
+fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let tracefs = preflight()?;
     let btf_bytes = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux")?;
     let btf = Btf::parse(&btf_bytes).context("parsing kernel BTF")?;
     let (sc_args, sc_ret) = syscall_arg_offsets(tracefs)?;
     let (offsets, missing) = offsets::resolve(&btf, sc_args, sc_ret);
+    let walk = if probe_read {
+        FdWalk::probe()
+    } else {
+        FdWalk::choose(&btf, offsets.valid)
+    };
     let config = AgentConfig {
         agent_tgid: std::process::id(),
         process_events: opts.process_events as u32,
+        fd_walk: walk.mode,
+        btf_file: walk.btf_file,
     };
+    let object = walk.patch(OBJECT)?;
     let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &config, true)
         .map_max_entries("EVENTS", rb)
         .map_max_entries("URGENT", (rb / 4).max(4096))
-        .load(OBJECT)
+        .load(&object)
         .context("loading the eBPF object into the kernel")?;
     let aya_btf = AyaBtf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
 
@@ -549,6 +668,7 @@ pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
         missing,
         offsets,
         backend,
+        fd_walk: walk.name(),
         lsm,
         lsm_links,
         runtime,
@@ -907,4 +1027,61 @@ pub fn set_trusted_writers(
         map.insert(k, bits, 0)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The placeholder call as the eBPF object carries it, between two other instructions.
+    fn text() -> Vec<u8> {
+        let mut t = vec![0xbf, 0x16, 0, 0, 0, 0, 0, 0];
+        t.extend_from_slice(&[0x85, 0, 0, 0]);
+        t.extend_from_slice(&fd_walk::RDONLY_CAST_MARK.to_le_bytes());
+        t.extend_from_slice(&[0x85, 0, 0, 0, 14, 0, 0, 0]);
+        t
+    }
+
+    #[test]
+    fn patches_the_placeholder_into_the_kfunc_call_or_a_zero() {
+        let direct = FdWalk {
+            mode: fd_walk::DIRECT,
+            btf_file: 7,
+            rdonly_cast: 0x1234,
+        };
+        let mut t = text();
+        assert_eq!(patch_marks(&mut t, direct), 1);
+        assert_eq!(&t[8..16], &[0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
+        assert_eq!(
+            &t[16..],
+            &[0x85, 0, 0, 0, 14, 0, 0, 0],
+            "helper calls untouched"
+        );
+        let probe = FdWalk {
+            mode: fd_walk::PROBE_READ,
+            btf_file: 0,
+            rdonly_cast: 0,
+        };
+        let mut t = text();
+        assert_eq!(patch_marks(&mut t, probe), 1);
+        assert_eq!(&t[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_built_object_carries_the_placeholder() {
+        assert!(patch_marks(&mut OBJECT.to_vec(), FdWalk::probe()) > 0);
+    }
+
+    #[test]
+    fn this_kernel_gets_the_direct_walk() {
+        let data = Btf::from_sys_fs().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        let btf = Btf::parse(&data).unwrap();
+        if btf.func_id("bpf_rdonly_cast").is_err() || std::env::var_os("SNAPMON_FD_WALK").is_some()
+        {
+            return;
+        }
+        let w = FdWalk::choose(&btf, snapmon_common::valid::FILES);
+        assert_eq!(w.name(), "direct");
+        assert_ne!(w.btf_file, 0);
+    }
 }

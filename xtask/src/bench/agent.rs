@@ -74,9 +74,23 @@ impl Agent {
         log: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Agent> {
+        Self::start_env(bin, policy, watch, out, log, extra, &[])
+    }
+
+    /// `start_with`, the agent's environment extended by `env`.
+    pub fn start_env(
+        bin: &Path,
+        policy: &Path,
+        watch: &[&Path],
+        out: &Path,
+        log: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let _ = std::fs::remove_file(out);
         let mut cmd = Command::new(bin);
         cmd.arg("run").arg("--config").arg(policy).args(extra);
+        cmd.envs(env.iter().copied());
         for w in watch {
             cmd.arg("--watch").arg(w);
         }

@@ -21,6 +21,7 @@ pub const CONFIGS: &[&str] = &[
     "floor",
     "floor-raw",
     "snapmon",
+    "snapmon-probe",
     "snapmon+stats",
 ];
 /// `getppid`: a syscall no hook is on, for what each layer taxes every other syscall.
@@ -47,6 +48,11 @@ pub const LEGEND: &[(&str, &str)] = &[
         "snapmon",
         "the agent, default policy with the loop's executable as a trusted `qemu` writer; \
          `watched` is the preallocated qcow2 in a watched store, written in its data clusters",
+    ),
+    (
+        "snapmon-probe",
+        "the same agent with `SNAPMON_FD_WALK=probe_read`: the fd → inode walk as a chain of \
+         `bpf_probe_read_kernel` calls (kernels without `bpf_rdonly_cast`) instead of BTF loads",
     ),
     (
         "snapmon+stats",
@@ -245,13 +251,19 @@ pub fn phase(
                 } else {
                     &[]
                 };
-                ag = Some(agent::Agent::start_with(
+                let env: &[(&str, &str)] = if config == "snapmon-probe" {
+                    &[("SNAPMON_FD_WALK", "probe_read")]
+                } else {
+                    &[]
+                };
+                ag = Some(agent::Agent::start_env(
                     s.bin,
                     s.policy,
                     &[s.store],
                     &s.dir.join("hook.jsonl"),
                     &s.dir.join("hook-agent.log"),
                     extra,
+                    env,
                 )?);
             }
             for &target in TARGETS {
