@@ -318,6 +318,13 @@ impl Enricher {
                 let (action, mode) = write_action(w.op, w.aux);
                 let mut ev = self.base(raw, "file", "change", action);
                 ev.file = Some(self.file(w.file, Some(w.size)));
+                if self.watch.stale(&w.file, w.hdr.ts_ns) {
+                    // Not the file that has the name and inode now; its own name is gone.
+                    if let Some(f) = ev.file.as_mut() {
+                        f.path = None;
+                    }
+                    ev.detail.push((crate::event::INODE_REUSED, "true".into()));
+                }
                 let n = (w.data_len as usize).min(w.data.len());
                 ev.write = Some(WriteInfo {
                     op: write_op_name(w.op),
@@ -363,12 +370,22 @@ impl Enricher {
                     (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
                 };
-                if let Some(p) = path {
+                let stale = self.watch.stale(&o.file, o.hdr.ts_ns);
+                if let Some(p) = path.clone().filter(|_| !stale) {
                     let refused = o.watch == snapmon_common::open_watch::REFUSED;
                     self.watch.seen_opened(o.file, p, refused, maps);
+                    if created {
+                        self.watch.born(o.file, o.hdr.ts_ns);
+                    }
                 }
                 let mut ev = self.base(raw, "file", t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));
+                if stale {
+                    if let Some(f) = ev.file.as_mut() {
+                        f.path = path.as_deref().map(Bytes::from_path);
+                    }
+                    ev.detail.push((crate::event::INODE_REUSED, "true".into()));
+                }
                 if let Some(f) = ev.file.as_mut().filter(|f| cut && f.path.is_none()) {
                     let c = Cut {
                         head: name.to_vec(),

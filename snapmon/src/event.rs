@@ -147,6 +147,17 @@ pub struct Event {
     pub classification: Option<crate::classify::classification::Classification>,
 }
 
+/// `snapmon.detail.inode_reused`: the record is about an earlier file with this inode number,
+/// read after the file that has it now was created (`watch::WatchSet::stale`); it is
+/// reported by its own name and judged against nothing.
+pub const INODE_REUSED: &str = "inode_reused";
+
+impl Event {
+    pub fn inode_reused(&self) -> bool {
+        self.detail.iter().any(|(k, _)| *k == INODE_REUSED)
+    }
+}
+
 /// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
 /// (`file`, `target`, or `file,target`; see `longpath`).
 pub const PATH_TRUNCATED: &str = "path_truncated";

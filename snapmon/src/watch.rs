@@ -312,6 +312,9 @@ pub struct WatchSet {
     pub roots: Vec<PathBuf>,
     /// Identity → its known names, the current one last (hard links have more than one).
     names: HashMap<FileKey, Vec<PathBuf>>,
+    /// Identity → when (kernel boot ns) its current file was created: a record from before
+    /// is about an earlier file that had the inode number ([`WatchSet::stale`]).
+    born: HashMap<FileKey, u64>,
     /// Name → identities known by it: the index unlinks and renames look up (ordered, so
     /// a directory's descendants are one range).
     by_path: BTreeMap<PathBuf, Vec<FileKey>>,
@@ -493,9 +496,24 @@ impl WatchSet {
         names.retain(|n| n != p);
         if names.is_empty() {
             self.names.remove(&k);
+            self.born.remove(&k);
             return true;
         }
         false
+    }
+
+    /// `k`'s current file was created at `ts_ns` (kernel boot time).
+    pub fn born(&mut self, k: FileKey, ts_ns: u64) {
+        let b = self.born.entry(k).or_insert(ts_ns);
+        *b = (*b).max(ts_ns);
+    }
+
+    /// Is a record taken at `ts_ns` about `k` from before its current file was created?
+    /// The two ring lanes are read out of order across actors: a late record of a deleted
+    /// junk file whose inode number an image now has must not rename the image, drop its
+    /// shadow or be judged against its bytes.
+    pub fn stale(&self, k: &FileKey, ts_ns: u64) -> bool {
+        self.born.get(k).is_some_and(|b| ts_ns < *b)
     }
 
     /// `k` lost its last name `p` (unlink, rename away or over): withdraw it once landed.
@@ -965,6 +983,22 @@ mod tests {
             roots: vec![PathBuf::from("/s")],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_record_from_before_an_inode_was_reused_is_stale_and_renames_nothing() {
+        let mut ws = over_s();
+        let mut maps = MemMaps::default();
+        // Junk n1 had inode 9 and went; the image created at t=200 has it now. The junk's
+        // create (t=100) is read afterwards, from the other ring lane.
+        ws.seen(fk(9), PathBuf::from("/s/vm.qcow2"), &mut maps);
+        ws.born(fk(9), 200);
+        assert!(ws.stale(&fk(9), 100));
+        assert!(!ws.stale(&fk(9), 200) && !ws.stale(&fk(9), 300));
+        assert!(!ws.stale(&fk(10), 100), "no birth known: nothing is stale");
+        // Once the image's last name goes, so does what it knew of its birth.
+        ws.forget_path(Path::new("/s/vm.qcow2"));
+        assert!(!ws.stale(&fk(9), 100));
     }
 
     #[test]

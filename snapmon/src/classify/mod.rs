@@ -406,6 +406,10 @@ impl Classifier {
 
     /// Judge an event now, or say it must wait until the file shows what its syscall did.
     pub fn judge(&mut self, ev: &Event, path: Option<&Path>, now: Instant) -> Verdict {
+        // About an earlier file with this inode number: its bytes and shadow are gone.
+        if ev.inode_reused() {
+            return Verdict::Now(None);
+        }
         self.watch_later(ev, path, now);
         if ev.action == "create" {
             self.note_creator(ev);
