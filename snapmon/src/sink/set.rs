@@ -605,6 +605,9 @@ mod tests {
         let t0 = Instant::now();
         set.shutdown(Duration::from_millis(100));
         assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-        assert!(c.dropped(Cause::Shutdown) > 0, "the abandoned records not counted");
+        assert!(
+            c.dropped(Cause::Shutdown) > 0,
+            "the abandoned records not counted"
+        );
     }
 }
