@@ -1,8 +1,9 @@
 //! Heartbeat under a flood (issue #15, item 8): while `nobody` floods a watched 1777 store with
 //! header rewrites (the ring buffer never empties, so a drain that runs until it does
 //! never ends), the `stats` heartbeat keeps coming every `--stats-interval` and SIGTERM still
-//! ends the agent at once; and a closed stdout ends it at once, record or not. A flood of
-//! several seconds under emulation measures the guest, not the agent: host only.
+//! ends the agent at once; and a closed stdout ends it at once, record or not. The other side
+//! of stopping at once: a burst made just before SIGINT is all in the log (issue #19 item 5).
+//! A flood of several seconds under emulation measures the guest, not the agent: host only.
 // xtask-suite: host-only
 
 use std::{
@@ -12,7 +13,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::Agent;
+use snapmon_e2e::{action, brief, python, Agent};
 
 const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
 /// The system python, not a pyenv shim that nobody cannot run.
@@ -179,4 +180,72 @@ fn a_closed_stdout_ends_the_agent_at_once() {
     }
     snapmon_e2e::note(&format!("exited {:?} after stdout closed", t.elapsed()));
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Unlinks made in the last instant before SIGINT: more than the 100 ms shutdown drain of
+/// before handled in a debug build (2 852), well within the ring buffer.
+const IN_FLIGHT: usize = 5000;
+
+/// Issue 19 item 5: a fast exit must not cost what was in flight. A burst of unlinks is made
+/// and SIGINT sent by the same process right after the last one, so the burst is still in the
+/// ring buffer (or in the pipeline, or queued for the sink) when the signal lands: every one
+/// of them is in the log, before `stopped`, which is followed only by `log_closed`.
+#[test]
+fn nothing_in_flight_at_sigint_is_lost() {
+    let mut a = Agent::spawn("inflight", &[], &[]).unwrap();
+    let dir = a.dir("names");
+    let names: Vec<String> = (0..IN_FLIGHT).map(|i| format!("inflight-{i}")).collect();
+    for n in &names {
+        std::fs::write(dir.join(n), b"x").unwrap();
+    }
+    // The creates are reported and out of the way before the burst.
+    a.settle(Duration::from_millis(600), |_| false);
+    let pid = a.pid();
+    python(&format!(
+        "import os, signal\n\
+         os.chdir({:?})\n\
+         for i in range({IN_FLIGHT}):\n\
+         \x20   os.unlink('inflight-%d' % i)\n\
+         os.kill({pid}, signal.SIGINT)",
+        dir.to_str().unwrap()
+    ));
+    assert!(a.stop(Duration::from_secs(60)), "the agent did not exit 0");
+    let recs = a.records();
+    let stopped = recs
+        .iter()
+        .position(|v| action(v) == "stopped" && v["event"]["kind"] == "state")
+        .unwrap_or_else(|| panic!("no stopped record: {}", brief(&recs)));
+    assert_eq!(
+        recs[stopped]["snapmon"]["state"]["reason"], "SIGINT",
+        "stopped by our SIGINT, not the harness's SIGTERM"
+    );
+    let tail: Vec<&str> = recs[stopped..].iter().map(action).collect();
+    assert_eq!(
+        tail,
+        ["stopped", "log_closed"],
+        "{}",
+        brief(&recs[stopped..])
+    );
+    let prefix = format!("{}/inflight-", dir.display());
+    let mut seen: Vec<&str> = recs[..stopped]
+        .iter()
+        .filter(|v| v["event"]["kind"] == "event" && action(v) == "unlink")
+        .filter_map(|v| v["file"]["path"].as_str()?.strip_prefix(prefix.as_str()))
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !seen.contains(&n.trim_start_matches("inflight-")))
+        .collect();
+    snapmon_e2e::note(&format!(
+        "{} of {IN_FLIGHT} unlinks made just before SIGINT reported before `stopped`",
+        IN_FLIGHT - missing.len()
+    ));
+    assert!(
+        missing.is_empty(),
+        "{} of {IN_FLIGHT} unlinks made just before SIGINT missing from the log: {:?}…",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 }

@@ -315,7 +315,12 @@ os.unlink(scratch)
     let hide = q002(&mut a, mark, pid, Duration::from_secs(5))
         .expect("zeroing nb_snapshots through a mknod twin of /dev/loopN raised no SM-Q002");
     assert!(names(&hide, &img), "SM-Q002 must name the image: {hide}");
-    assert_eq!(hide["snapmon"]["severity"], "critical", "{}", message(&hide));
+    assert_eq!(
+        hide["snapmon"]["severity"],
+        "critical",
+        "{}",
+        message(&hide)
+    );
     assert!(
         hide["snapmon"]["detail"]["loop_device"]
             .as_str()
@@ -544,5 +549,8 @@ fn losetup_detach_then_another_file_on_the_same_device_raises_nothing_about_the_
     let ended = events_since(&mut a, mark, |v| {
         names(v, &img) && v["snapmon"]["detail"]["loop_watch"] == "ended"
     });
-    assert!(!ended.is_empty(), "the attach of another file did not end the alias");
+    assert!(
+        !ended.is_empty(),
+        "the attach of another file did not end the alias"
+    );
 }

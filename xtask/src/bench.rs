@@ -11,6 +11,7 @@ mod hook;
 mod load;
 mod report;
 mod respond;
+mod shutdown;
 
 use std::{
     path::{Path, PathBuf},
@@ -80,6 +81,16 @@ pub struct Args {
     /// Killed children timed in the circuit-breaker phase.
     #[arg(long, default_value_t = 1000)]
     pub respond_samples: usize,
+    /// Skip the idle-shutdown phase (SIGINT to exit of an idle agent).
+    #[arg(long)]
+    pub skip_shutdown: bool,
+    /// Idle agents stopped in the idle-shutdown phase.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_stops: usize,
+    /// Run only this phase (the others as if skipped). The report then holds that phase
+    /// alone: pass --out elsewhere than docs/ unless that is what is wanted.
+    #[arg(long, value_enum)]
+    pub only: Option<Phase>,
     /// Use this agent binary instead of building target/release/snapmon from the tree.
     #[arg(long)]
     pub agent: Option<PathBuf>,
@@ -101,6 +112,30 @@ pub struct Args {
     #[arg(long, hide = true, num_args = 2)]
     #[serde(skip)]
     pub respondloop: Option<Vec<String>>,
+}
+
+/// The phases, for `--only`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Overhead,
+    Hook,
+    Respond,
+    /// With its alert-latency steps (unless --skip-alert-latency).
+    Capacity,
+    Shutdown,
+}
+
+impl Args {
+    /// `--only P`: every `--skip-*` but P's set.
+    fn select(&mut self) {
+        let Some(p) = self.only else { return };
+        self.skip_overhead = p != Phase::Overhead;
+        self.skip_hook = p != Phase::Hook;
+        self.skip_respond = p != Phase::Respond;
+        self.skip_capacity = p != Phase::Capacity;
+        self.skip_shutdown = p != Phase::Shutdown;
+    }
 }
 
 pub const CONFIGS: &[&str] = &["none", "snapmon", "auditd"];
@@ -189,7 +224,8 @@ fn qemu_img(args: &[&str]) -> anyhow::Result<()> {
     )
 }
 
-pub fn main(a: Args) -> anyhow::Result<()> {
+pub fn main(mut a: Args) -> anyhow::Result<()> {
+    a.select();
     if let Some(lg) = &a.loadgen {
         return load::worker(lg);
     }
@@ -203,7 +239,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         bail!("cargo xtask bench needs root (the agent loads eBPF programs, auditctl adds rules)");
     }
     let t_all = Instant::now();
-    crate::setup::setup()?;
+    // The shutdown phase alone needs only the agent (and fio's path for the policy): no
+    // package installs for a 1-minute measurement.
+    if a.only != Some(Phase::Shutdown) {
+        crate::setup::setup()?;
+    }
     sweep_stale();
     let bin = match &a.agent {
         Some(b) => b.clone(),
@@ -301,11 +341,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
                 res.alert_latency_error = Some(format!("{e:#}"));
             }
         }
-        // Last: the kernel finishes detaching a stopped agent's hooks after it has exited,
-        // which must not overlap a measured phase.
-        if let Err(e) = idle_shutdown(&bin, &dir, &mut res) {
-            eprintln!("bench: idle-shutdown phase failed: {e:#}");
-            res.shutdown_error = Some(format!("{e:#}"));
+    }
+    // Last: the kernel finishes detaching a stopped agent's hooks after it has exited,
+    // which must not overlap a measured phase.
+    if !a.skip_shutdown {
+        match bench_policy(&dir).and_then(|p| shutdown::phase(&bin, &p, &dir, a.shutdown_stops)) {
+            Ok(s) => res.shutdown = s,
+            Err(e) => {
+                eprintln!("bench: idle-shutdown phase failed: {e:#}");
+                res.shutdown_error = Some(format!("{e:#}"));
+            }
         }
     }
     res.duration_s = t_all.elapsed().as_secs_f64();
@@ -755,40 +800,6 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
     res.stopped.push(
         serde_json::json!({"phase": "capacity", "exit": st, "exit_s": took.as_secs_f64(), "detail": detail}),
     );
-    Ok(())
-}
-
-/// Stops of an idle agent (the footprint's time to exit).
-const SHUTDOWN_STOPS: usize = 5;
-
-/// Idle time to exit: an agent on the capacity store, idle for 2 s after `started`, stopped
-/// with SIGINT; SHUTDOWN_STOPS times, 3 s apart so each starts on a kernel that has finished
-/// detaching the previous one's hooks.
-fn idle_shutdown(bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Result<()> {
-    let store = dir.join("cap-store");
-    std::fs::create_dir_all(&store)?;
-    let out = dir.join("shutdown.jsonl");
-    for i in 1..=SHUTDOWN_STOPS {
-        let ag = agent::Agent::start(
-            bin,
-            &bench_policy(dir)?,
-            &[&store],
-            &out,
-            &dir.join("agent-shutdown.log"),
-        )?;
-        std::thread::sleep(Duration::from_secs(2));
-        let (detail, exit, took) = ag.stop()?;
-        println!(
-            "bench: idle stop {i}/{SHUTDOWN_STOPS}: exited in {:.3} s ({exit})",
-            took.as_secs_f64()
-        );
-        res.shutdown.push(Shutdown {
-            exit_s: took.as_secs_f64(),
-            exit,
-            stopped_record: !detail.is_null(),
-        });
-        std::thread::sleep(Duration::from_secs(3));
-    }
     Ok(())
 }
 

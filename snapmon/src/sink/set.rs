@@ -54,6 +54,9 @@ struct Handle {
     counters: Arc<SinkCounters>,
     reopen: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the sink's thread ends (its sender is dropped, on panic too):
+    /// shutdown waits on it, woken at once, instead of polling `is_finished`.
+    done: Receiver<()>,
 }
 
 /// All configured sinks, each on its own thread.
@@ -295,9 +298,13 @@ impl SinkSet {
         let (urgent_tx, urgent_rx) = mpsc::channel();
         let reopen = Arc::new(AtomicBool::new(false));
         let (r2, c2) = (reopen.clone(), counters.clone());
+        let (done_tx, done) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("sink {}", counters.kind))
-            .spawn(move || worker(writer, rx, urgent_rx, r2, c2))?;
+            .spawn(move || {
+                let _done = done_tx;
+                worker(writer, rx, urgent_rx, r2, c2)
+            })?;
         self.registry.register_sink(counters.clone());
         self.sinks.push(Handle {
             tx: Some(tx),
@@ -308,6 +315,7 @@ impl SinkSet {
             counters,
             reopen,
             thread: Some(thread),
+            done,
         });
         if let Ok(mut r) = self.reported.lock() {
             r.push([0; Cause::ALL.len()]);
@@ -513,19 +521,21 @@ impl SinkSet {
         }
         let deadline = Instant::now() + timeout;
         for h in &mut self.sinks {
-            while h.thread.as_ref().is_some_and(|t| !t.is_finished()) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            match h.thread.take() {
-                Some(t) if t.is_finished() => {
+            let Some(t) = h.thread.take() else { continue };
+            // Nothing is ever sent: this returns when the thread's closure has ended (its
+            // sender dropped, on panic too) or at the deadline. A 5 ms polling sleep here was
+            // most of an idle agent's exit once the hooks were released in the background.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match h.done.recv_timeout(left) {
+                // Done but for the thread's own teardown: the join is immediate.
+                Err(RecvTimeoutError::Disconnected) | Ok(()) => {
                     let _ = t.join();
                 }
-                Some(_) => {
+                Err(RecvTimeoutError::Timeout) => {
                     let left = h.counters.queued.load(RELAXED).max(0) as u64;
                     h.counters.lose(Cause::Shutdown, left);
                     h.counters.set_state("abandoned at shutdown");
                 }
-                None => {}
             }
         }
     }
@@ -658,6 +668,53 @@ mod tests {
         assert!(
             c.dropped(Cause::QueueFull) >= 90,
             "the events beyond the queue were not dropped"
+        );
+    }
+
+    fn slow_set(written: &Arc<AtomicU64>) -> (SinkSet, Arc<SinkCounters>) {
+        let mut set = SinkSet::start(&[], "h".into()).unwrap();
+        let c = Arc::new(SinkCounters::new(
+            "slow".into(),
+            "test",
+            Format::Json.as_str(),
+        ));
+        set.add_writer(
+            Box::new(Slow(written.clone())),
+            Filter::default(),
+            c.clone(),
+            100,
+        )
+        .unwrap();
+        (set, c)
+    }
+
+    #[test]
+    fn shutdown_writes_everything_handed_over_before_it_returns() {
+        let written = Arc::new(AtomicU64::new(0));
+        let (mut set, c) = slow_set(&written);
+        // Queued behind 200 ms of writes when shutdown begins.
+        for i in 0..4 {
+            set.send_owned(Record::Event(fixtures::event(i))).unwrap();
+        }
+        set.shutdown(Duration::from_secs(5));
+        assert_eq!(written.load(RELAXED), 4);
+        assert_eq!(c.dropped(Cause::Shutdown), 0);
+    }
+
+    #[test]
+    fn shutdown_gives_up_on_a_stuck_sink_at_its_deadline() {
+        let written = Arc::new(AtomicU64::new(0));
+        let (mut set, c) = slow_set(&written);
+        for i in 0..40 {
+            set.send_owned(Record::Event(fixtures::event(i))).unwrap();
+        }
+        // 40 writes take 2 s; a functional bound, not a performance target.
+        let t0 = Instant::now();
+        set.shutdown(Duration::from_millis(100));
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert!(
+            c.dropped(Cause::Shutdown) > 0,
+            "the abandoned records not counted"
         );
     }
 }

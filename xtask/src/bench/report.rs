@@ -574,11 +574,8 @@ fn shutdown_target(stops: &[super::Shutdown], error: Option<&str>) -> Target {
         })
         .collect();
     let mut measured = format!(
-        "SIGINT to exit over {} stops: min {:.3} / median {:.3} / max {:.3} s",
-        stops.len(),
-        lo,
-        med,
-        hi
+        "SIGINT to exit over {} stops: p50 {med:.3} / max {hi:.3} s (min {lo:.3})",
+        stops.len()
     );
     if !bad.is_empty() {
         measured += &format!("; unclean: {}", bad.join(", "));
@@ -596,7 +593,7 @@ fn shutdown_line(stops: &[super::Shutdown]) -> Option<String> {
     let mut v: Vec<f64> = stops.iter().map(|s| s.exit_s).collect();
     let (lo, med, hi) = stats(&mut v)?;
     Some(format!(
-        "Exit on SIGINT, idle (2 s after `started`, SIGINT → process gone; {} stops, goal ≤{SHUTDOWN_GOAL_S} s): min {lo:.3} s / median {med:.3} s / max {hi:.3} s. The stops under load are in the JSON (`stopped[].exit_s`).\n",
+        "Exit on SIGINT, idle (2 s after `started`, SIGINT → process gone; {} stops, goal ≤{SHUTDOWN_GOAL_S} s): p50 {med:.3} s / max {hi:.3} s (min {lo:.3} s). The stops under load are in the JSON (`stopped[].exit_s`).\n",
         stops.len()
     ))
 }
@@ -917,7 +914,7 @@ mod tests {
     fn idle_shutdown_target() {
         let t = shutdown_target(&[stop(0.02), stop(0.4), stop(0.01)], None);
         assert_eq!(t.met, Some(true));
-        assert!(t.measured.contains("median 0.020"), "{}", t.measured);
+        assert!(t.measured.contains("p50 0.020"), "{}", t.measured);
         assert!(t.measured.contains("max 0.400"), "{}", t.measured);
         // One slow stop is enough to miss the goal.
         assert_eq!(
@@ -944,9 +941,6 @@ mod tests {
         assert_eq!(shutdown_line(&[]), None);
         let l = shutdown_line(&[stop(0.013), stop(0.011), stop(0.2)]).unwrap();
         assert!(l.contains("3 stops"), "{l}");
-        assert!(
-            l.contains("min 0.011 s / median 0.013 s / max 0.200 s"),
-            "{l}"
-        );
+        assert!(l.contains("p50 0.013 s / max 0.200 s (min 0.011 s)"), "{l}");
     }
 }
