@@ -507,7 +507,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             _ = int.recv() => { reason = "SIGINT"; break; }
             _ = stdout_closed(&stdout_err) => return Ok(()),
             _ = tick.tick() => {
-                if report_loss(&k, &mut last_lost, &mut pipe, &sinks).is_err() { return Ok(()); }
+                if report_loss(&k, &mut last_lost, &mut pipe, &sinks, 0).is_err() { return Ok(()); }
                 if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
                 registry.watch_ordinary.store(ordinary_entries(&k.watch_share), std::sync::atomic::Ordering::Relaxed);
@@ -571,14 +571,15 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let ringbuf_full = snapmon_common::lost::RINGBUF_FULL as usize;
     let flood = k.lost_counts()[ringbuf_full] > last_lost[ringbuf_full];
     let bound = if flood { STOP_DRAIN_FLOOD } else { STOP_DRAIN };
-    if stop_drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, bound).is_err() {
-        return Ok(());
-    }
+    let unread = match stop_drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, bound) {
+        Ok(n) => n,
+        Err(BrokenPipe) => return Ok(()),
+    };
     let recs = pipe.flush_held(&mut KernelMaps::of(&mut k));
     if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
         return Ok(());
     }
-    let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks);
+    let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks, unread);
     refresh_hook_runs(&k, &registry);
     let hooks = registry.hook_runs().unwrap_or_default();
     let stopped = crate::state::stopped(
@@ -798,7 +799,9 @@ const STOP_DRAIN: Duration = Duration::from_millis(5000);
 const STOP_DRAIN_FLOOD: Duration = Duration::from_millis(100);
 
 /// The shutdown drain: every record the kernel had committed to the ring buffer when the
-/// stop came is handled (within `bound`), and none written after it is waited for.
+/// stop came is handled (within `bound`), and none written after it is waited for. Returns
+/// how many of those records were left unhandled at `bound`: loss, counted
+/// (`agent.stop_unread`).
 fn stop_drain(
     k: &mut Kernel,
     pipe: &mut Pipeline,
@@ -806,13 +809,13 @@ fn stop_drain(
     sinks: &SinkSet,
     chunk: &mut Chunk,
     bound: Duration,
-) -> Result<(), BrokenPipe> {
+) -> Result<u64, BrokenPipe> {
     let until = Instant::now() + bound;
     let pos = RingPos::map(k.events.as_fd());
     let target = pos.as_ref().map(RingPos::producer);
     loop {
         if drain(k, pipe, responder, sinks, chunk, until)? == Drained::Empty {
-            return Ok(());
+            return Ok(0);
         }
         let caught_up = chunk.next == chunk.len
             && pos
@@ -820,19 +823,25 @@ fn stop_drain(
                 .zip(target)
                 .is_some_and(|(p, t)| p.consumer() >= t);
         if caught_up {
-            return Ok(());
+            return Ok(0);
         }
         if Instant::now() >= until {
-            let unread = pos
-                .as_ref()
-                .zip(target)
-                .map(|(p, t)| format!("{} KiB", t.saturating_sub(p.consumer()) / 1024))
-                .unwrap_or_else(|| "part".into());
+            // Counted, not handled: taking records out of the ring without judging them is
+            // quick, and only what was queued at the stop is taken.
+            let mut unread = (chunk.len - chunk.next) as u64;
+            chunk.next = chunk.len;
+            if let (Some(p), Some(t)) = (pos.as_ref(), target) {
+                while p.consumer() < t {
+                    if k.events.next().is_none() {
+                        break;
+                    }
+                    unread += 1;
+                }
+            }
             eprintln!(
-                "snapmon: stopping: {unread} of what the kernel queued before the stop left unread and {} records read but not handled after {bound:?}",
-                chunk.len - chunk.next
+                "snapmon: stopping: {unread} records the kernel queued before the stop left unhandled after {bound:?} (counted as lost: agent stop_unread)"
             );
-            return Ok(());
+            return Ok(unread);
         }
     }
 }
@@ -1025,6 +1034,7 @@ fn report_loss(
     last: &mut [u64; snapmon_common::lost::COUNT as usize],
     pipe: &mut Pipeline,
     sinks: &SinkSet,
+    stop_unread: u64,
 ) -> Result<(), BrokenPipe> {
     // Sink drops are loss too: their own `lost` record, per sink and cause.
     if let Some(r) = sinks.loss_record() {
@@ -1042,7 +1052,7 @@ fn report_loss(
         .collect();
     let decode = pipe.take_decode_errors();
     let watch = pipe.enricher.watch.take_loss();
-    if delta.is_empty() && decode.is_empty() && watch.watch_full == 0 {
+    if delta.is_empty() && decode.is_empty() && watch.watch_full == 0 && stop_unread == 0 {
         return Ok(());
     }
     *last = now;
@@ -1050,6 +1060,10 @@ fn report_loss(
     if watch.watch_full > 0 {
         // Files the agent could not put into the kernel's file map (see watch::admit).
         detail["watch"] = json!({"watch_full": watch.watch_full});
+    }
+    if stop_unread > 0 {
+        // Queued before the stop, left unhandled when the stop drain ran out of time.
+        detail["agent"] = json!({"stop_unread": stop_unread});
     }
     let rec = MetricRecord {
         action: "lost",

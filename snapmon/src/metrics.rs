@@ -194,7 +194,7 @@ impl Registry {
                     self.lost.fetch_add(n, Relaxed);
                     *l.lost_by_cause.entry((source, c)).or_default() += n;
                 };
-                for source in ["kernel", "decoder", "watch"] {
+                for source in ["kernel", "decoder", "watch", "agent"] {
                     for (cause, n) in m.detail[source].as_object().into_iter().flatten() {
                         add(source, cause, n.as_u64().unwrap_or(0));
                     }
@@ -442,6 +442,7 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
     ),
     ("decoder", &["decode_truncated", "decode_unknown_kind"]),
     ("watch", &["watch_full"]),
+    ("agent", &["stop_unread"]),
     (
         "sinks",
         &[

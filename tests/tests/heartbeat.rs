@@ -138,10 +138,23 @@ fn stats_keep_coming_and_sigterm_is_heeded_during_a_flood() {
     }
     let stopped_after = t.elapsed();
     assert!(a.stop(Duration::from_secs(20)), "the agent did not exit");
+    // What the kernel had queued at the stop and the short drain left unhandled is loss,
+    // counted like any other (before: a line on stderr only).
+    let unread: u64 = a
+        .records()
+        .iter()
+        .filter(|v| v["event"]["kind"] == "metric" && v["event"]["action"] == "lost")
+        .filter_map(|v| v["snapmon"]["metric"]["agent"]["stop_unread"].as_u64())
+        .sum();
     snapmon_e2e::note(&format!(
-        "`stopped` {stopped_after:?} and exit {:?} after SIGTERM during the flood",
+        "`stopped` {stopped_after:?} and exit {:?} after SIGTERM during the flood; \
+         {unread} records queued at the stop counted as agent stop_unread",
         t.elapsed()
     ));
+    assert!(
+        unread > 0,
+        "a stop in a full ring buffer left records unhandled without a `lost` record"
+    );
     drop(floods);
 }
 

@@ -247,7 +247,7 @@ fn metric_line(action: &str, d: &serde_json::Value) -> String {
     match action {
         "lost" => {
             let mut parts = Vec::new();
-            for src in ["kernel", "decoder", "watch"] {
+            for src in ["kernel", "decoder", "watch", "agent"] {
                 for (cause, n) in d[src].as_object().into_iter().flatten() {
                     parts.push(format!("{src} {} {}", escape_line(cause), n));
                 }
