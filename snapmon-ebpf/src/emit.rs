@@ -2,8 +2,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns, generated as gen,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated as gen,
     },
     EbpfContext as _,
 };
@@ -31,7 +30,12 @@ pub fn fill_header(h: &mut Header, kind: u32) {
     h.tgid = (pid_tgid >> 32) as u32;
     h.uid = uid_gid as u32;
     h.gid = (uid_gid >> 32) as u32;
-    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // Straight into the record (the kernel zeroes it on failure): aya's wrapper zeroes a
+    // copy on the stack through a `memset` subprogram, a third frame that took io_submit's
+    // call chain (hook → respond's loop callback → memset) past 6.1's 512-byte stack.
+    unsafe {
+        gen::bpf_get_current_comm(h.comm.as_mut_ptr() as *mut _, h.comm.len() as u32);
+    }
 }
 
 #[inline(always)]
@@ -74,6 +78,13 @@ pub fn urgent_actor(uid: u32) -> bool {
 pub unsafe fn urgent_file(uid: u32, inode: *const u8, key: &FileKey) -> bool {
     if urgent_actor(uid) {
         return true;
+    }
+    // Kernels without `bpf_rdonly_cast` (the probe-read walk: 6.1) verify every write hook
+    // with the walk's extra branches; this lookup in the per-iovec and per-iocb paths took
+    // pwritev2 past 6.1's 1M-instruction limit and io_submit past its 512-byte stack. There
+    // only root's records take the urgent lane.
+    if !crate::kernel::direct_walk() {
+        return false;
     }
     match WATCHED_FILES.get(key) {
         Some(v) if *v & watch_value::ORDINARY == 0 => {

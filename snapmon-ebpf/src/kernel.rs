@@ -334,7 +334,13 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
 /// node it is: the identity of the node the attach named, which the agent maps to the image.
 #[inline(always)]
 pub unsafe fn rdev_alias(inode: *const u8) -> Option<FileKey> {
-    if !valid(snapmon_common::valid::RDEV) || RDEV_ANY.get(0).is_none_or(|v| *v == 0) {
+    // Only with the direct walk (6.2+): on the probe-read walk (6.1) these lookups in every
+    // write hook took copy_file_range, splice and pwritev2 past the verifier's 1M
+    // instructions. There a second node of a loop device is not recognised (docs/rules.md).
+    if !direct_walk()
+        || !valid(snapmon_common::valid::RDEV)
+        || RDEV_ANY.get(0).is_none_or(|v| *v == 0)
+    {
         return None;
     }
     let rdev: u32 = rk(inode, off!(inode_rdev))?;

@@ -126,6 +126,28 @@ os.fsync(lfd)
     (pid, guard)
 }
 
+/// A second node of a loop device is told by its device number only on the direct BTF fd
+/// walk (6.2+): on the probe-read walk (6.1) those lookups in every write hook break the
+/// verifier's limits (docs/rules.md, SM-K005, "not covered"). Says so when it skips.
+fn twins_unseen() -> bool {
+    let walk = agent()
+        .records()
+        .iter()
+        .find(|v| v["event"]["kind"] == "state" && v["event"]["action"] == "started")
+        .map(|v| {
+            v["snapmon"]["state"]["fd_walk"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let unseen = walk == "probe_read";
+    if unseen {
+        snapmon_e2e::note("skipped: a mknod twin is not recognised on the probe-read fd walk");
+    }
+    unseen
+}
+
 #[test]
 fn python_attaching_a_watched_image_and_hiding_snapshots_through_the_loop_device_alerts() {
     let _s = serial();
@@ -285,6 +307,9 @@ fn scratch(name: &str) -> PathBuf {
 #[test]
 fn a_second_device_node_made_with_mknod_is_the_image_too() {
     let _s = serial();
+    if twins_unseen() {
+        return;
+    }
     let img = image_with_3_snapshots(&dir("mknod"), "vm.qcow2");
     let twin = scratch("unused").with_file_name("twin");
     let _ = std::fs::remove_file(&twin);
@@ -445,6 +470,10 @@ os.fsync(lfd)
 #[test]
 fn after_a_detach_another_file_on_the_same_device_is_not_the_image() {
     let _s = serial();
+    // The new attach goes through a twin node.
+    if twins_unseen() {
+        return;
+    }
     let img = image_with_3_snapshots(&dir("reuse"), "vm.qcow2");
     let s = scratch("reuse");
     settled();
