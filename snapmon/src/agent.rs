@@ -249,6 +249,12 @@ fn respond_plan(
     crate::respond::plan(&o, policy).map_err(|e| format!("respond: {e}"))
 }
 
+/// The policy's read budget, for every bounded read from now on (start and reload).
+fn set_read_budget(policy: &Policy) {
+    let ms = policy.agent.read_budget_ms;
+    crate::classify::fileread::set_budget(Duration::from_millis(ms));
+}
+
 /// Register configured stores; missing optional ones are noted, not fatal.
 fn register(
     policy: &Policy,
@@ -354,6 +360,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             extra_watch.push(s.path.clone());
         }
     }
+    set_read_budget(&opts.policy);
     let (watch, notes) = {
         let mut maps = KernelMaps::of(&mut k);
         register(&opts.policy, &extra_watch, &mut maps)?
@@ -693,6 +700,7 @@ fn reload(
     for n in &restart_needed {
         eprintln!("snapmon: reload: {n}");
     }
+    set_read_budget(&policy);
     if let Err(e) = pipe.reload(policy) {
         return failed(e);
     }

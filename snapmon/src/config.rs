@@ -61,6 +61,15 @@ pub struct AgentSection {
     /// deeper are not watched, and the agent warns at start when a store has any.
     #[serde(default = "default_scan_depth")]
     pub scan_depth: u32,
+    /// How long the event loop waits for one read of a store file (classification, rechecks,
+    /// evidence); past it the record is judged without it and the filesystem is not read
+    /// again until the stuck read returns.
+    #[serde(default = "default_read_budget")]
+    pub read_budget_ms: u64,
+}
+
+fn default_read_budget() -> u64 {
+    crate::classify::fileread::DEFAULT_BUDGET_MS
 }
 
 /// `[agent] scan_depth` when unset: as deep as short names reach within PATH_MAX.
@@ -179,6 +188,7 @@ impl Default for AgentSection {
             ring_buffer_bytes: default_rb(),
             process_events: false,
             scan_depth: default_scan_depth(),
+            read_budget_ms: default_read_budget(),
         }
     }
 }
@@ -527,6 +537,12 @@ impl Policy {
             return bad(format!(
                 "agent.scan_depth {} is outside 1..=2048",
                 self.agent.scan_depth
+            ));
+        }
+        if !(10..=10_000).contains(&self.agent.read_budget_ms) {
+            return bad(format!(
+                "agent.read_budget_ms {} is outside 10..=10000",
+                self.agent.read_budget_ms
             ));
         }
         if !(4096..=1 << 30).contains(&self.agent.ring_buffer_bytes) {

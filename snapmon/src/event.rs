@@ -152,6 +152,10 @@ pub struct Event {
 /// reported by its own name and judged against nothing.
 pub const INODE_REUSED: &str = "inode_reused";
 
+/// `snapmon.detail.read_stalled`: a file the judgement needed did not answer within the read
+/// budget (`file: why`); the record is judged on what the event itself carries.
+pub const READ_STALLED: &str = "read_stalled";
+
 impl Event {
     pub fn inode_reused(&self) -> bool {
         self.detail.iter().any(|(k, _)| *k == INODE_REUSED)

@@ -98,10 +98,10 @@ impl Evidence {
                 "agent shadow (this event did not change the header)".to_string(),
             ),
         };
-        let post = read_post(&path);
+        let post = read_post(f.dev, &path);
         let mut h = Sha256::new();
         h.update(&pre_shadow.raw);
-        h.update(post.as_ref().map(|b| b.as_slice()).unwrap_or(b""));
+        h.update(post.as_ref().map(|(b, _)| b.as_slice()).unwrap_or(b""));
         let state: [u8; 32] = h.finalize().into();
         let now = Instant::now();
         self.seen
@@ -147,7 +147,7 @@ impl Evidence {
         image: &Path,
         pre: &Qcow2Shadow,
         pre_src: &str,
-        post: Result<Vec<u8>, String>,
+        post: Result<(Vec<u8>, Value), String>,
     ) -> Result<((PathBuf, Vec<Value>), u64), String> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -191,17 +191,9 @@ impl Evidence {
         let pre_json = describe_image(&pre.image, pre_src);
         put("pre.json", &pretty(&pre_json))?;
         match &post {
-            Ok(b) => {
+            Ok((b, desc)) => {
                 put("post-header.bin", b)?;
-                let desc = match Qcow2Image::read_from(
-                    &mut crate::classify::fileread::open(image).map_err(|e| e.to_string())?,
-                ) {
-                    Ok(img) => describe_image(&img, "read from the image when the alert fired"),
-                    Err(e) => json!({"source": "read from the image when the alert fired",
-                                     "error": e.to_string(),
-                                     "header": header_json(&Qcow2Header::decode_lossy(b))}),
-                };
-                put("post.json", &pretty(&desc))?;
+                put("post.json", &pretty(desc))?;
             }
             Err(e) => put(
                 "post.json",
@@ -258,7 +250,14 @@ fn pretty(v: &Value) -> Vec<u8> {
     b
 }
 
-fn read_post(path: &Path) -> Result<Vec<u8>, String> {
+/// The image's first cluster now and what the image says, read within the read budget.
+fn read_post(dev: u32, path: &Path) -> Result<(Vec<u8>, Value), String> {
+    let p = path.to_path_buf();
+    crate::classify::fileread::bounded(Some(dev), path, move || read_post_now(&p))
+        .unwrap_or_else(|e| Err(format!("{}: {e}", path.display())))
+}
+
+fn read_post_now(path: &Path) -> Result<(Vec<u8>, Value), String> {
     use std::io::Read as _;
     // By path, after the alert: whatever a user put there since must not stall the agent.
     let mut f =
@@ -272,7 +271,16 @@ fn read_post(path: &Path) -> Result<Vec<u8>, String> {
     if (512..=POST_BYTES).contains(&cs) {
         buf.truncate(cs as usize);
     }
-    Ok(buf)
+    let source = "read from the image when the alert fired";
+    let desc = match crate::classify::fileread::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| Qcow2Image::read_from(&mut f).map_err(|e| e.to_string()))
+    {
+        Ok(img) => describe_image(&img, source),
+        Err(e) => json!({"source": source, "error": e,
+                         "header": header_json(&Qcow2Header::decode_lossy(&buf))}),
+    };
+    Ok((buf, desc))
 }
 
 fn header_json(h: &Qcow2Header) -> Value {
@@ -387,7 +395,7 @@ mod tests {
     fn post_image_is_one_cluster_of_the_file() {
         let d = TmpDir::new("evidence-post");
         let p = image_with_snapshots(&d, "a.qcow2", &[]);
-        let b = read_post(&p).unwrap();
+        let b = read_post(0, &p).unwrap().0;
         assert_eq!(b.len(), 65536);
         patch(&p, 60, &[0; 4]);
         let img = Qcow2Image::read_from(&mut std::fs::File::open(&p).unwrap()).unwrap();

@@ -9,7 +9,7 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    classify::{recheck::Hold, Classifier, Verdict},
+    classify::{fileread, recheck::Hold, Classifier, Verdict},
     config::Policy,
     decode::decode,
     enrich::Enricher,
@@ -108,7 +108,10 @@ impl Pipeline {
             .as_ref()
             .and_then(|f| f.path.as_ref())
             .map(|p| p.as_path());
-        match self.classifier.judge(&ev, path.as_deref(), now) {
+        fileread::take_stall();
+        let verdict = self.classifier.judge(&ev, path.as_deref(), now);
+        note_stall(&mut ev);
+        match verdict {
             Verdict::Now(c) => {
                 ev.classification = c;
                 self.finish(ev, now, maps, &mut out);
@@ -169,7 +172,9 @@ impl Pipeline {
             .as_ref()
             .and_then(|f| f.path.as_ref())
             .map(|p| p.as_path());
+        fileread::take_stall();
         let done = self.classifier.complete(&ev, path.as_deref(), h);
+        note_stall(&mut ev);
         ev.classification = done.classification;
         if let Some((target, key, link)) = done.placed {
             // What a rename or link put in place is watched under its new name, even when
@@ -229,7 +234,10 @@ impl Pipeline {
     pub fn poll(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<Record> {
         self.enricher.watch.settle(now, maps);
         let mut out = self.complete_held(now, None, maps);
-        for mut ev in self.classifier.rechecks_due(now) {
+        let due = self.classifier.rechecks_due(now);
+        // A recheck that went unread makes no record; the stall is counted in `reads`.
+        fileread::take_stall();
+        for mut ev in due {
             self.seq += 1;
             ev.seq = self.seq;
             self.stats.rechecked += 1;
@@ -304,7 +312,15 @@ impl Pipeline {
             "lineage": self.enricher.lineage.stats(),
             "rules": self.rules.stats,
             "rule_state": self.rules.state_sizes(),
+            "reads": fileread::stats(),
         })
+    }
+}
+
+/// Say on the record that a file its judgement needed did not answer in time.
+fn note_stall(ev: &mut Event) {
+    if let Some(s) = fileread::take_stall() {
+        ev.detail.push((crate::event::READ_STALLED, s));
     }
 }
 

@@ -1,13 +1,21 @@
-//! Classify stage, file access: every read the classifier makes of a store file opens it
-//! here, so the reads can later move off the event loop as one unit. Opened without
-//! following a final symlink and without blocking, and only a regular file or block device
-//! is read: a FIFO or character device planted under an image's name never stalls the agent.
+//! Classify stage, file access: every read the agent makes of a store file opens it here.
+//! Opened without following a final symlink and without blocking, and only a regular file
+//! or block device is read: a FIFO or character device planted under an image's name never
+//! stalls the agent. The reads themselves run on worker threads under a time budget
+//! ([`bounded`]): a hung NFS server or a FUSE daemon that never answers costs the event loop
+//! one budget per filesystem, then its reads fail at once until the stuck one returns.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io::{self, Read},
     os::unix::fs::{FileTypeExt, OpenOptionsExt},
     path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        mpsc, Arc, Mutex, MutexGuard,
+    },
+    time::Duration,
 };
 
 /// What was found at a path instead of a readable file.
@@ -132,6 +140,236 @@ pub fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `[agent] read_budget_ms` when unset: a local disk answers in well under this; a tamper
+/// behind a stalled read is still judged within the 1 s the rules promise.
+pub const DEFAULT_BUDGET_MS: u64 = 200;
+/// Reads left stuck at once before any further one fails without being tried: each holds
+/// a thread (and its descriptor) until the filesystem answers.
+const MAX_STUCK: usize = 64;
+
+static BUDGET_MS: AtomicU64 = AtomicU64::new(DEFAULT_BUDGET_MS);
+static STARTED: AtomicU64 = AtomicU64::new(0);
+static STALLED: AtomicU64 = AtomicU64::new(0);
+static SKIPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How long the event loop waits for one bounded file operation (the policy's value).
+pub fn set_budget(d: Duration) {
+    BUDGET_MS.store(d.as_millis().clamp(1, u64::MAX as u128) as u64, Relaxed);
+}
+
+fn budget() -> Duration {
+    Duration::from_millis(BUDGET_MS.load(Relaxed))
+}
+
+/// A bounded operation that did not finish in time, or was not started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stalled {
+    /// It ran out of time; it goes on in the background and its result is dropped.
+    #[error("no answer within {0} ms")]
+    TimedOut(u64),
+    /// An earlier read on the same filesystem is still stuck: not tried.
+    #[error("an earlier read on this filesystem has been stuck for over {0} ms")]
+    Quarantined(u64),
+    /// Too many reads are stuck at once: not tried.
+    #[error("{0} reads are stuck")]
+    TooMany(usize),
+}
+
+/// Counters since start, for the `stats` record: `started` ran on a worker, `stalled` ran
+/// out of time, `skipped` were not tried, `stuck` are still waiting on their filesystem.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReadStats {
+    pub started: u64,
+    pub stalled: u64,
+    pub skipped: u64,
+    pub stuck: usize,
+}
+
+pub fn stats() -> ReadStats {
+    ReadStats {
+        started: STARTED.load(Relaxed),
+        stalled: STALLED.load(Relaxed),
+        skipped: SKIPPED.load(Relaxed),
+        stuck: pool().stuck,
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+struct Pool {
+    /// Workers waiting for a job.
+    idle: Vec<mpsc::Sender<Job>>,
+    stuck: usize,
+    /// Stuck reads per filesystem (`st_dev` as the kernel reports it).
+    stuck_devs: BTreeMap<u32, usize>,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    idle: Vec::new(),
+    stuck: 0,
+    stuck_devs: BTreeMap::new(),
+});
+
+fn pool() -> MutexGuard<'static, Pool> {
+    // Nothing under the lock can panic half-way; a poisoned pool is still consistent.
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn spawn_worker() -> io::Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("snapmon-read".into())
+        // Parsers recurse little; the default 2 MiB is address space held by every stuck one.
+        .stack_size(512 << 10)
+        .spawn(move || {
+            for job in rx {
+                job();
+            }
+        })?;
+    Ok(tx)
+}
+
+#[derive(PartialEq)]
+enum JobState {
+    Running,
+    Done,
+    Abandoned,
+}
+
+/// Run `f` (file access on the filesystem `dev`, when known) on a worker thread and wait at
+/// most the read budget for it. Past the budget the caller goes on without the result and
+/// `dev` is quarantined until `f` returns: later calls for it fail at once, so one stuck
+/// filesystem costs the event loop one budget, not one per event. `what` names the file in
+/// the note on stderr.
+pub fn bounded<T: Send + 'static>(
+    dev: Option<u32>,
+    what: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Stalled> {
+    let budget = budget();
+    let ms = budget.as_millis() as u64;
+    let worker = {
+        let mut p = pool();
+        let refused = if dev.is_some_and(|d| p.stuck_devs.contains_key(&d)) {
+            Some(Stalled::Quarantined(ms))
+        } else {
+            (p.stuck >= MAX_STUCK).then_some(Stalled::TooMany(p.stuck))
+        };
+        if let Some(e) = refused {
+            SKIPPED.fetch_add(1, Relaxed);
+            note_stall(what, &e);
+            return Err(e);
+        }
+        p.idle.pop()
+    };
+    let worker = match worker.map_or_else(spawn_worker, Ok) {
+        Ok(w) => w,
+        // No thread to be had: read inline rather than not at all (the old behaviour).
+        Err(_) => return Ok(f()),
+    };
+    STARTED.fetch_add(1, Relaxed);
+    let state = Arc::new(Mutex::new(JobState::Running));
+    let (tx, rx) = mpsc::sync_channel(1);
+    let st = state.clone();
+    let what_owned = what.to_path_buf();
+    let job: Job = Box::new(move || {
+        let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+        if *s == JobState::Abandoned {
+            drop(s);
+            released(dev, &what_owned);
+        } else {
+            // Sent under the lock: `Done` means the value is in the channel.
+            *s = JobState::Done;
+            let _ = tx.send(v);
+        }
+    });
+    if let Err(mpsc::SendError(job)) = worker.send(job) {
+        // The worker is gone (it cannot be: jobs catch panics); run the job inline.
+        job();
+    }
+    let got = match rx.recv_timeout(budget) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            if *s == JobState::Done {
+                rx.try_recv().ok()
+            } else {
+                *s = JobState::Abandoned;
+                None
+            }
+        }
+    };
+    match got {
+        Some(v) => {
+            pool().idle.push(worker);
+            v.map_err(|p| std::panic::resume_unwind(p))
+        }
+        None => {
+            // The worker ends after its job (its sender is dropped here).
+            STALLED.fetch_add(1, Relaxed);
+            let mut p = pool();
+            p.stuck += 1;
+            if let Some(d) = dev {
+                let n = p.stuck_devs.entry(d).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    eprintln!(
+                        "snapmon: reading {} took over {ms} ms; files on its filesystem \
+                         (dev {d:#x}) are not read until it answers",
+                        crate::event::Bytes::from_path(what).display()
+                    );
+                }
+            }
+            let e = Stalled::TimedOut(ms);
+            note_stall(what, &e);
+            Err(e)
+        }
+    }
+}
+
+/// [`bounded`] for file access that returns `io::Result`: a stall is `TimedOut`.
+pub fn bounded_io<T: Send + 'static>(
+    dev: Option<u32>,
+    what: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    bounded(dev, what, f).unwrap_or_else(|e| Err(io::Error::new(io::ErrorKind::TimedOut, e)))
+}
+
+thread_local! {
+    /// The last bounded operation on this thread that was not done, and its file.
+    static LAST_STALL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What went unread since the last call (`file: why`), for the record being judged.
+pub fn take_stall() -> Option<String> {
+    LAST_STALL.with(|s| s.borrow_mut().take())
+}
+
+fn note_stall(what: &Path, e: &Stalled) {
+    let msg = format!("{}: {e}", crate::event::Bytes::from_path(what).display());
+    LAST_STALL.with(|s| *s.borrow_mut() = Some(msg));
+}
+
+/// A stuck job came back: its filesystem is read again.
+fn released(dev: Option<u32>, what: &Path) {
+    let mut p = pool();
+    p.stuck = p.stuck.saturating_sub(1);
+    if let Some(d) = dev {
+        if let Some(n) = p.stuck_devs.get_mut(&d) {
+            *n -= 1;
+            if *n == 0 {
+                p.stuck_devs.remove(&d);
+                eprintln!(
+                    "snapmon: {} answered; its filesystem (dev {d:#x}) is read again",
+                    crate::event::Bytes::from_path(what).display()
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +396,65 @@ mod tests {
         assert_eq!(read_prefix(&d.path("real"), 2).unwrap(), b"QF");
         let f = open(&d.path("real")).unwrap();
         assert_eq!(read_at(&f, 2, 10).unwrap(), b"I\xfb");
+    }
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    //! The pool is process-wide: each test uses its own device numbers, and asserts on
+    //! counter deltas only where no other test can move them.
+    use super::*;
+    use std::{sync::mpsc::channel, time::Instant};
+
+    #[test]
+    fn a_stuck_read_costs_one_budget_then_its_filesystem_fails_fast_until_it_answers() {
+        let (release, gate) = channel::<()>();
+        let t = Instant::now();
+        let r = bounded(Some(0xfe01), Path::new("/nfs/vm.qcow2"), move || {
+            let _ = gate.recv();
+            7
+        });
+        let waited = t.elapsed();
+        assert!(matches!(r, Err(Stalled::TimedOut(_))), "{r:?}");
+        assert!(waited >= budget() && waited < budget() * 5, "{waited:?}");
+        // The same filesystem: not tried, no wait.
+        let t = Instant::now();
+        let r = bounded(Some(0xfe01), Path::new("/nfs/b.qcow2"), || 1);
+        assert!(matches!(r, Err(Stalled::Quarantined(_))), "{r:?}");
+        assert!(t.elapsed() < Duration::from_millis(50));
+        // Another filesystem is read as usual meanwhile.
+        assert_eq!(bounded(Some(0xfe02), Path::new("/srv/a"), || 2), Ok(2));
+        // The stuck read answers: its filesystem is read again.
+        release.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match bounded(Some(0xfe01), Path::new("/nfs/b.qcow2"), || 3) {
+                Ok(v) => break assert_eq!(v, 3),
+                Err(Stalled::Quarantined(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn results_come_back_in_order_and_panics_reach_the_caller() {
+        for i in 0..50u32 {
+            assert_eq!(bounded(Some(0xfe10), Path::new("x"), move || i * 2), Ok(i * 2));
+        }
+        // A parser bug on the worker reaches the caller as the panic it is (or, when printing
+        // its backtrace outlasts the budget, as a stall): never as a result.
+        let r = std::panic::catch_unwind(|| {
+            bounded(Some(0xfe11), Path::new("x"), || -> u8 { panic!("parser bug") })
+        });
+        assert!(matches!(r, Err(_) | Ok(Err(Stalled::TimedOut(_)))), "{r:?}");
+        // Its filesystem is read again once the job is over.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pool().stuck_devs.contains_key(&0xfe11) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The pool still works after it.
+        assert_eq!(bounded(Some(0xfe11), Path::new("x"), || 5), Ok(5));
     }
 }

@@ -149,6 +149,13 @@ pub struct ClassifyStats {
     pub errors: u64,
 }
 
+/// What a recheck reads besides the head, by what the file was (and then what it read).
+enum Reread {
+    Shadow(Option<qcow2::Qcow2Shadow>),
+    State(FileState),
+    Nothing,
+}
+
 /// Per-file format state (shadow headers) and the decoders, behind one call.
 pub struct Classifier {
     state: HashMap<(u32, u64), FileState>,
@@ -200,15 +207,21 @@ fn publish(
     }
 }
 
-fn read_prefix(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
-    fileread::read_prefix(path, n)
+/// Up to `n` bytes of the file at `path` on the filesystem `dev`, within the read budget.
+fn read_prefix(dev: Option<u32>, path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    let p = path.to_path_buf();
+    fileread::bounded_io(dev, path, move || fileread::read_prefix(&p, n))
 }
 
-fn load_state(path: &Path) -> FileState {
-    match fileread::open(path) {
+/// What the file at `path` is, within the read budget; `None` when its filesystem did not
+/// answer in time (nothing is known: the caller must not remember it as "not an image").
+fn load_state(dev: u32, path: &Path) -> Option<FileState> {
+    let p = path.to_path_buf();
+    fileread::bounded(Some(dev), path, move || match fileread::open(&p) {
         Ok(mut f) => load_state_from(&mut f),
         Err(_) => FileState::other(),
-    }
+    })
+    .ok()
 }
 
 /// What a file's content says it is, all read through one descriptor.
@@ -278,6 +291,7 @@ fn is_lvm_tool(name: &str, args: &[&[u8]]) -> bool {
 /// commands committed too: versions are then attributed by LVM's own `Write from <cmd>`
 /// description, so each command's diff stays with the command that made it.
 fn lvm_refresh(
+    dev: Option<u32>,
     path: &Path,
     shadow: Option<&lvm::VgMetadata>,
     args: &[&[u8]],
@@ -289,7 +303,7 @@ fn lvm_refresh(
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        hist = read_prefix(path, PROBE_BYTES)
+        hist = read_prefix(dev, path, PROBE_BYTES)
             .map(|h| lvm::metadata_history(&h))
             .unwrap_or_default();
         let cur = hist.last().map(|v| v.seqno);
@@ -531,8 +545,9 @@ impl Classifier {
             // this event's bytes land, so a header write still diffs against the old header.
             let ps = path.to_string_lossy();
             if libvirt::classify_libvirt_path(&ps).is_none() && !lvm_text_path(&ps) {
-                let st = load_state(path);
-                self.remember(key, st);
+                if let Some(st) = load_state(f.dev, path) {
+                    self.remember(key, st);
+                }
             }
         }
         if ev.ioctl.is_some() || !puts_bytes(ev.action) {
@@ -668,25 +683,46 @@ impl Classifier {
 
     /// Read a file again; a classification when it became an image or its header changed.
     fn recheck(&mut self, r: &mut recheck::Recheck) -> Option<Classification> {
-        let mut f = fileread::open(&r.path).ok()?;
-        let md = f.metadata().ok()?;
-        let k = crate::watch::key_for(&r.path, &md);
-        if (k.dev, k.ino) != r.key {
-            // Another file has the name now: its own events speak for it.
-            return None;
-        }
-        let head = fileread::read_at(&f, 0, 4096).ok()?;
-        let d = recheck::digest(&head);
-        if r.last == Some(d) {
-            return None;
-        }
+        let want = match self.state.get(&r.key) {
+            Some(FileState::Qcow2(_)) => Reread::Shadow(None),
+            Some(FileState::Lvm(_)) => Reread::Nothing,
+            None | Some(FileState::Other(_)) => Reread::State(FileState::other()),
+        };
+        let (at, key, last) = (r.path.clone(), r.key, r.last);
+        // All of it on the worker, under one budget: a filesystem that answers the first
+        // read may hang on the next.
+        let (d, got) = fileread::bounded(Some(r.key.0), &r.path, move || {
+            let mut f = fileread::open(&at).ok()?;
+            let md = f.metadata().ok()?;
+            let k = crate::watch::key_for(&at, &md);
+            if (k.dev, k.ino) != key {
+                // Another file has the name now: its own events speak for it.
+                return None;
+            }
+            let head = fileread::read_at(&f, 0, 4096).ok()?;
+            let d = recheck::digest(&head);
+            if last == Some(d) {
+                return None;
+            }
+            Some((
+                d,
+                match want {
+                    Reread::Shadow(_) => Reread::Shadow(qcow2::Qcow2Shadow::load(&mut f).ok()),
+                    Reread::State(_) => Reread::State(load_state_from(&mut f)),
+                    Reread::Nothing => Reread::Nothing,
+                },
+            ))
+        })
+        .ok()??;
         r.last = Some(d);
         self.stats.refreshes += 1;
         match self.state.get_mut(&r.key) {
             Some(FileState::Qcow2(q)) => {
                 // The whole header area may have moved under a mapping: re-read it all.
                 let before = q.shadow.image.clone();
-                let new = qcow2::Qcow2Shadow::load(&mut f).ok()?;
+                let Reread::Shadow(Some(new)) = got else {
+                    return None;
+                };
                 let changes = qcow2::diff_images(&before, &new.image);
                 q.shadow = new;
                 q.pending_table = None;
@@ -710,7 +746,9 @@ impl Classifier {
             }
             Some(FileState::Lvm(_)) => None,
             None | Some(FileState::Other(_)) => {
-                let st = load_state_from(&mut f);
+                let Reread::State(st) = got else {
+                    return None;
+                };
                 let fmt = match &st {
                     FileState::Qcow2(_) => "qcow2",
                     FileState::Lvm(_) => "lvm",
@@ -743,7 +781,7 @@ impl Classifier {
             if let Some(lf) = libvirt::classify_libvirt_path(ps) {
                 return Some(classify_libvirt(&lf, ev, path));
             }
-            if let Some(c) = classify_lvm_file(ps, path) {
+            if let Some(c) = classify_lvm_file(ps, path, ev.file.as_ref().map(|f| f.dev)) {
                 return Some(c);
             }
         }
@@ -757,7 +795,8 @@ impl Classifier {
             Some(_) => (false, true),
         };
         if fresh {
-            let st = load_state(path);
+            // Not read in time: judged as unknown now, read again on its next event.
+            let st = load_state(f.dev, path)?;
             self.remember(key, st);
         }
         let (off, len) = write_span(ev.action, w, f.size);
@@ -848,13 +887,20 @@ impl Classifier {
                             (before.header.snapshots_offset, before.snapshot_table_len);
                         // By path, so what is there now: never block on or follow what a
                         // user renamed over the image since the write.
-                        match fileread::open(path)
-                            .map_err(|e| qcow2::Qcow2Error::Io(e.into()))
-                            .and_then(|f| {
-                                let mut f = qcow2::WithWrite::new(f, off, &w.data);
-                                qcow2::Qcow2Shadow::load(&mut f)
-                            }) {
-                            Ok(new) => {
+                        let (at, data) = (path.to_path_buf(), w.data.clone());
+                        let loaded = fileread::bounded(Some(f.dev), path, move || {
+                            fileread::open(&at)
+                                .map_err(|e| qcow2::Qcow2Error::Io(e.into()))
+                                .and_then(|f| {
+                                    let mut f = qcow2::WithWrite::new(f, off, &data);
+                                    qcow2::Qcow2Shadow::load(&mut f)
+                                })
+                        });
+                        match loaded {
+                            // Not read in time: judged on the captured bytes alone, the
+                            // shadow left as it was (the record says the file was unread).
+                            Err(_) => {}
+                            Ok(Ok(new)) => {
                                 if old_off != 0 && old_off != new.image.header.snapshots_offset {
                                     let end = old_off + old_len.max(1).div_ceil(cs) * cs;
                                     q.retired_tables.push((old_off, end));
@@ -879,7 +925,7 @@ impl Classifier {
                                 }
                                 *sh = new;
                             }
-                            Err(e) => {
+                            Ok(Err(e)) => {
                                 unparseable = true;
                                 c.facts.push(("header_unparseable".into(), e.to_string()))
                             }
@@ -923,11 +969,11 @@ impl Classifier {
                     self.stats.refreshes += 1;
                     let args: Vec<&[u8]> = ev.process.args.iter().map(|a| a.0.as_slice()).collect();
                     let lvm_tool = is_lvm_tool(&ev.process.name, &args);
-                    if let Some((changes, vg)) = lvm_refresh(path, l.vg.as_ref(), &args, lvm_tool) {
+                    if let Some((changes, vg)) = lvm_refresh(Some(f.dev), path, l.vg.as_ref(), &args, lvm_tool) {
                         c.changes = changes;
                         l.vg = Some(vg);
                     }
-                    if let Ok(head) = read_prefix(path, 4096 + lvm::MDA_HEADER_SIZE as u64) {
+                    if let Ok(head) = read_prefix(Some(f.dev), path, 4096 + lvm::MDA_HEADER_SIZE as u64) {
                         l.label = lvm::parse_label(&head).ok();
                         l.mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
                     }
@@ -947,9 +993,14 @@ impl Classifier {
                 // when bytes land in its first cluster; one that shows an image magic but
                 // does not load yet, on any write (bounded).
                 let resniff = (off < SNIFF_SPAN && len > 0) || (magic && tries < MAX_MAGIC_TRIES);
-                if resniff && !fresh {
+                // Unread in time: the old state stands until the next write.
+                let st = if resniff && !fresh {
+                    load_state(f.dev, path)
+                } else {
+                    None
+                };
+                if let Some(mut st) = st {
                     self.state.remove(&key);
-                    let mut st = load_state(path);
                     if let FileState::Other(n) = &mut st {
                         if n.magic.is_some() {
                             n.tries = tries + 1;
@@ -1047,9 +1098,10 @@ impl Classifier {
             let ok =
                 std::fs::metadata(p).is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
             if !self.state.contains_key(&key) && ok {
-                let st = load_state(p);
-                if !matches!(st, FileState::Other(_)) {
-                    self.remember(key, st);
+                if let Some(st) = load_state(k.dev, p) {
+                    if !matches!(st, FileState::Other(_)) {
+                        self.remember(key, st);
+                    }
                 }
             }
         }
@@ -1133,7 +1185,7 @@ fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) 
     let readable = matches!(ev.action, "rename" | "create" | "link") || ev.write.is_some();
     let doc = path
         .filter(|_| readable)
-        .and_then(|p| read_prefix(p, 1 << 20).ok())
+        .and_then(|p| read_prefix(ev.file.as_ref().map(|f| f.dev), p, 1 << 20).ok())
         .and_then(|b| libvirt::parse_libvirt_xml(&b).ok());
     if let Some(doc) = doc {
         if let Some(parent) = doc.parent {
@@ -1146,7 +1198,7 @@ fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) 
     c
 }
 
-fn classify_lvm_file(ps: &str, path: Option<&Path>) -> Option<Classification> {
+fn classify_lvm_file(ps: &str, path: Option<&Path>, dev: Option<u32>) -> Option<Classification> {
     if !lvm_text_path(ps) {
         return None;
     }
@@ -1160,7 +1212,7 @@ fn classify_lvm_file(ps: &str, path: Option<&Path>) -> Option<Classification> {
         "lvm.archive".into()
     });
     let p = path?;
-    if let Ok(b) = read_prefix(p, 4 << 20) {
+    if let Ok(b) = read_prefix(dev, p, 4 << 20) {
         if let Ok(vg) = lvm::parse_metadata_text(&b) {
             c.facts.push(("vg".into(), vg.vg_name.clone()));
             c.facts.push(("seqno".into(), vg.seqno.to_string()));
@@ -1279,7 +1331,7 @@ mod lvm_refresh_tests {
         // its own LV, and the shadow stops at its version.
         let a = argv("lvm lvcreate --config X --driverloaded n -an -Zn -L 4M -n base snapvg");
         let a: Vec<&[u8]> = a.iter().map(|v| v.as_slice()).collect();
-        let (ch, vg) = lvm_refresh(&p, Some(v1), &a, true).unwrap();
+        let (ch, vg) = lvm_refresh(None, &p, Some(v1), &a, true).unwrap();
         let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
         assert!(
             text.iter()
@@ -1289,11 +1341,11 @@ mod lvm_refresh_tests {
         assert!(!text.iter().any(|c| c.contains("data2")), "{text:?}");
         assert_eq!(vg.seqno, 2);
         // Its later events claim nothing that another LVM command wrote.
-        assert!(lvm_refresh(&p, Some(v2), &a, true).is_none());
+        assert!(lvm_refresh(None, &p, Some(v2), &a, true).is_none());
         // The second command's event then claims seqno 3.
         let b = argv("lvm lvcreate --config X --driverloaded n -an -Zn -L 4M -n data2 snapvg");
         let b: Vec<&[u8]> = b.iter().map(|v| v.as_slice()).collect();
-        let (ch, vg) = lvm_refresh(&p, Some(v2), &b, true).unwrap();
+        let (ch, vg) = lvm_refresh(None, &p, Some(v2), &b, true).unwrap();
         let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
         assert!(
             text.iter()
@@ -1304,7 +1356,7 @@ mod lvm_refresh_tests {
         // Anyone else writing the PV is diffed against the shadow, whoever's text it is.
         let e = argv("python3 evil.py");
         let e: Vec<&[u8]> = e.iter().map(|v| v.as_slice()).collect();
-        let (ch, vg) = lvm_refresh(&p, Some(v1), &e, false).unwrap();
+        let (ch, vg) = lvm_refresh(None, &p, Some(v1), &e, false).unwrap();
         let text: Vec<String> = ch.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|c| c.contains("data2")), "{text:?}");
         assert_eq!(vg.seqno, 3);

@@ -100,23 +100,23 @@ impl Hold {
     pub fn landed(&self, now: Instant) -> bool {
         match &self.kind {
             HoldKind::HeaderTail {
+                key,
                 path,
                 off,
                 data,
                 same_as_before,
-                ..
             } => {
                 (!*same_as_before || now >= self.since + LAND_DELAY)
-                    && bytes_at_are(path, *off, data)
+                    && bytes_at_are(key.0, path, *off, data)
             }
             HoldKind::Sniff {
-                path, off, data, ..
+                key, path, off, data, ..
             } => {
                 if data.is_empty() {
                     // A copy or clone: no bytes to look for.
                     now >= self.since + LAND_DELAY
                 } else {
-                    bytes_at_are(path, *off, data)
+                    bytes_at_are(key.0, path, *off, data)
                 }
             }
             HoldKind::Replace(p) => p.located().is_some(),
@@ -125,12 +125,17 @@ impl Hold {
 }
 
 /// Does the file at `path` hold `data` at `off`?
-fn bytes_at_are(path: &std::path::Path, off: u64, data: &[u8]) -> bool {
-    let Ok(f) = super::fileread::open(path) else {
-        // Gone or replaced by something unreadable: nothing more will land.
-        return true;
-    };
-    super::fileread::read_at(&f, off, data.len()).is_ok_and(|b| b == data)
+fn bytes_at_are(dev: u32, path: &std::path::Path, off: u64, data: &[u8]) -> bool {
+    let (p, want) = (path.to_path_buf(), data.to_vec());
+    super::fileread::bounded(Some(dev), path, move || {
+        let Ok(f) = super::fileread::open(&p) else {
+            // Gone or replaced by something unreadable: nothing more will land.
+            return true;
+        };
+        super::fileread::read_at(&f, off, want.len()).is_ok_and(|b| b == want)
+    })
+    // Unreadable in time: waiting longer would hold the event for nothing.
+    .unwrap_or(true)
 }
 
 /// Why a file is looked at again, for the follow-up event's `recheck` detail.

@@ -86,10 +86,17 @@ enum Incoming {
     Symlink(String),
     Special(&'static str),
     Missing,
+    /// Its filesystem did not answer within the read budget.
+    Unread,
 }
 
 impl Incoming {
-    fn read(at: &Path) -> Incoming {
+    fn read(dev: Option<u32>, at: &Path) -> Incoming {
+        let p = at.to_path_buf();
+        fileread::bounded(dev, at, move || Incoming::read_now(&p)).unwrap_or(Incoming::Unread)
+    }
+
+    fn read_now(at: &Path) -> Incoming {
         match fileread::open(at) {
             Ok(mut f) => {
                 let Ok(md) = f.metadata() else {
@@ -110,10 +117,16 @@ impl Incoming {
     /// How the incoming file's first bytes read where a format's magic was.
     fn magic_text(&self, at: &Path, n: usize) -> String {
         match self {
-            Incoming::File { .. } => match fileread::open(at)
+            Incoming::File { key, .. } => match {
+                let p = at.to_path_buf();
+                fileread::bounded(Some(key.0), at, move || {
+                    fileread::open(&p)
+                        .ok()
+                        .and_then(|f| fileread::read_at(&f, 0, n).ok())
+                })
                 .ok()
-                .and_then(|f| fileread::read_at(&f, 0, n).ok())
-            {
+                .flatten()
+            } {
                 Some(b) if b.is_empty() => "(empty)".into(),
                 Some(b) => crate::event::escape_bytes(&b),
                 None => "(unreadable)".into(),
@@ -121,6 +134,7 @@ impl Incoming {
             Incoming::Symlink(to) => format!("(symlink to {to})"),
             Incoming::Special(k) => format!("({k})"),
             Incoming::Missing => "(missing)".into(),
+            Incoming::Unread => "(not read in time)".into(),
         }
     }
 }
@@ -180,14 +194,14 @@ impl Classifier {
             } else {
                 lvm_src.unwrap_or_default()
             };
-            let mut c = super::classify_lvm_file(&ps, Some(&at));
+            let mut c = super::classify_lvm_file(&ps, Some(&at), ev.file.as_ref().map(|f| f.dev));
             if let Some(c) = &mut c {
                 facts(c);
             }
             self.settle_replace(p, located);
             return (c, located);
         }
-        let incoming = Incoming::read(&at);
+        let incoming = Incoming::read(ev.file.as_ref().map(|f| f.dev), &at);
         let old = replaced.and_then(|k| self.state.get(&k));
         let mut c = Classification::default();
         match (old, &incoming) {
@@ -201,6 +215,9 @@ impl Classifier {
                 c.format = "qcow2";
                 c.changes = qcow2::diff_images(&o.shadow.image, &n.shadow.image);
             }
+            // Unread is not "no magic": the replace is reported, its content unjudged.
+            (Some(FileState::Qcow2(_)), Incoming::Unread) => c.format = "qcow2",
+            (Some(FileState::Lvm(_)), Incoming::Unread) => c.format = "lvm",
             (Some(FileState::Qcow2(o)), other) => {
                 c.format = "qcow2";
                 c.changes.push(Change::new(

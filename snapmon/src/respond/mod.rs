@@ -223,20 +223,25 @@ impl Plan {
     }
 
     /// Is this regular file a disk image (by extension, or qcow2 magic)?
-    pub fn is_image(&self, path: &Path) -> bool {
+    pub fn is_image(&self, dev: Option<u32>, path: &Path) -> bool {
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
         if ext.is_some_and(|e| self.image_extensions.contains(&e)) {
             return true;
         }
-        let mut magic = [0u8; 4];
-        use std::io::Read as _;
-        // Files appear in a store as users make them: a FIFO must not stall the agent.
-        crate::classify::fileread::open(path)
-            .map_err(std::io::Error::from)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok_and(|_| magic == *b"QFI\xfb")
+        let p = path.to_path_buf();
+        // Files appear in a store as users make them: a FIFO or a stuck filesystem must not
+        // stall the agent (unread in time: not known to be an image).
+        crate::classify::fileread::bounded_io(dev, path, move || {
+            use std::io::Read as _;
+            let mut magic = [0u8; 4];
+            crate::classify::fileread::open(&p)
+                .map_err(std::io::Error::from)
+                .and_then(|mut f| f.read_exact(&mut magic))
+                .map(|_| magic == *b"QFI\xfb")
+        })
+        .unwrap_or(false)
     }
 
     /// Add one object of `store` (also for files that appear later): images by identity,
@@ -245,7 +250,8 @@ impl Plan {
     /// Returns whether anything was added.
     pub fn add_object(&mut self, store: &Store, path: &Path, md: &std::fs::Metadata) -> bool {
         let mut bits = self.bits(store);
-        let image = md.is_file() && self.is_image(path);
+        let dev = crate::watch::key_for(path, md).dev;
+        let image = md.is_file() && self.is_image(Some(dev), path);
         if md.is_dir() {
             bits |= r::DIR;
         } else if md.is_file() && !image {
