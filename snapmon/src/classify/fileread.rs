@@ -441,12 +441,17 @@ mod bounded_tests {
     #[test]
     fn results_come_back_in_order_and_panics_reach_the_caller() {
         for i in 0..50u32 {
-            assert_eq!(bounded(Some(0xfe10), Path::new("x"), move || i * 2), Ok(i * 2));
+            assert_eq!(
+                bounded(Some(0xfe10), Path::new("x"), move || i * 2),
+                Ok(i * 2)
+            );
         }
         // A parser bug on the worker reaches the caller as the panic it is (or, when printing
         // its backtrace outlasts the budget, as a stall): never as a result.
         let r = std::panic::catch_unwind(|| {
-            bounded(Some(0xfe11), Path::new("x"), || -> u8 { panic!("parser bug") })
+            bounded(Some(0xfe11), Path::new("x"), || -> u8 {
+                panic!("parser bug")
+            })
         });
         assert!(matches!(r, Err(_) | Ok(Err(Stalled::TimedOut(_)))), "{r:?}");
         // Its filesystem is read again once the job is over.

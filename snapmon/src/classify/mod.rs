@@ -969,11 +969,15 @@ impl Classifier {
                     self.stats.refreshes += 1;
                     let args: Vec<&[u8]> = ev.process.args.iter().map(|a| a.0.as_slice()).collect();
                     let lvm_tool = is_lvm_tool(&ev.process.name, &args);
-                    if let Some((changes, vg)) = lvm_refresh(Some(f.dev), path, l.vg.as_ref(), &args, lvm_tool) {
+                    if let Some((changes, vg)) =
+                        lvm_refresh(Some(f.dev), path, l.vg.as_ref(), &args, lvm_tool)
+                    {
                         c.changes = changes;
                         l.vg = Some(vg);
                     }
-                    if let Ok(head) = read_prefix(Some(f.dev), path, 4096 + lvm::MDA_HEADER_SIZE as u64) {
+                    if let Ok(head) =
+                        read_prefix(Some(f.dev), path, 4096 + lvm::MDA_HEADER_SIZE as u64)
+                    {
                         l.label = lvm::parse_label(&head).ok();
                         l.mda = head.get(4096..).and_then(|b| lvm::parse_mda_header(b).ok());
                     }

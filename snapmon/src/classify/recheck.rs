@@ -110,7 +110,11 @@ impl Hold {
                     && bytes_at_are(key.0, path, *off, data)
             }
             HoldKind::Sniff {
-                key, path, off, data, ..
+                key,
+                path,
+                off,
+                data,
+                ..
             } => {
                 if data.is_empty() {
                     // A copy or clone: no bytes to look for.

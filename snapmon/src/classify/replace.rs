@@ -82,7 +82,10 @@ impl Pending {
 
 /// What was put at the target.
 enum Incoming {
-    File { key: Key, state: FileState },
+    File {
+        key: Key,
+        state: FileState,
+    },
     Symlink(String),
     Special(&'static str),
     Missing,
