@@ -125,6 +125,8 @@ pub trait WatchMaps {
         Ok(())
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String>;
+    /// Withdraw a directory entry (an overlay's merged-view alias, when the overlay goes).
+    fn remove_dir(&mut self, key: FileKey);
     fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
     /// Past the ordinary share of the file map the kernel leaves new files to the agent,
     /// which admits only images and metadata into the headroom.
@@ -182,6 +184,9 @@ impl WatchMaps for MemMaps {
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         *self.dirs.entry(key).or_default() |= flags;
         Ok(())
+    }
+    fn remove_dir(&mut self, key: FileKey) {
+        self.dirs.remove(&key);
     }
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
         self.prefixes.insert(hash);
