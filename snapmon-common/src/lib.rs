@@ -273,7 +273,15 @@ pub mod open_watch {
     /// Refused and counted as `lost::WATCH_FULL` in the kernel: the agent does not count
     /// it again.
     pub const REFUSED: u32 = 2;
+    /// Inserted as a candidate merged-view alias: an inode on an anonymous-device
+    /// filesystem (an overlay's) with the inode number of a watched image (`IMAGE_INO`),
+    /// opened for write. The agent confirms it against the opener's mount table or
+    /// withdraws it.
+    pub const OVERLAY: u32 = 3;
 }
+
+/// Entries of the kernel's `IMAGE_INO` set (inode numbers of watched images; LRU).
+pub const IMAGE_INO_MAX: u32 = 16384;
 
 /// Common prefix of every record. 48 bytes.
 #[repr(C)]

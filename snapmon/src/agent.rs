@@ -39,6 +39,8 @@ pub struct KernelMaps<'a> {
     /// Loop devices over watched images, by device number (`WATCHED_RDEV`).
     pub rdevs: &'a mut BpfHashMap<MapData, u32, FileKey>,
     pub rdev_any: &'a mut aya::maps::Array<MapData, u32>,
+    /// Inode numbers of watched images (`IMAGE_INO`).
+    pub image_ino: &'a mut BpfHashMap<MapData, u64, u32>,
 }
 
 impl<'a> KernelMaps<'a> {
@@ -55,6 +57,7 @@ impl<'a> KernelMaps<'a> {
             runtime: &mut k.runtime,
             rdevs: &mut k.rdevs,
             rdev_any: &mut k.rdev_any,
+            image_ino: &mut k.image_ino,
         }
     }
 }
@@ -160,6 +163,11 @@ impl WatchMaps for KernelMaps<'_> {
         self.dirs
             .insert(key, old | flags, 0)
             .map_err(|e| format!("watched-dirs map: {e}"))
+    }
+    fn note_image(&mut self, key: FileKey) {
+        // An LRU set: never full, and a number left behind by a gone image costs at most a
+        // candidate the agent withdraws.
+        let _ = self.image_ino.insert(key.ino, 1, 0);
     }
     fn remove_dir(&mut self, key: FileKey) {
         // Absent already is the wanted end state.

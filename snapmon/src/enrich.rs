@@ -384,6 +384,18 @@ impl Enricher {
                     (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
                 };
+                // The kernel took an overlay's inode for an image's by its number: confirmed
+                // here, or withdrawn and dropped (not a file of ours).
+                if o.watch == snapmon_common::open_watch::OVERLAY
+                    && self.overlays.alias(&o.file).is_none()
+                    && self
+                        .overlays
+                        .foreign_open(o.hdr.tgid, o.fd, o.file, named, &mut self.watch, maps)
+                        .is_none()
+                {
+                    self.stats.dropped_outside_watch += 1;
+                    return None;
+                }
                 // Through an overlay's merged view: the real file's open (or create).
                 if let Some(al) = self.overlay_opened(o.file, o.parent, named, maps) {
                     let mut ev = self.base(raw, "file", t, a);

@@ -452,6 +452,111 @@ impl Overlays {
     }
 }
 
+/// What `/proc/PID` says of a file opened through an overlay: the path used (in the
+/// opener's mount namespace), the overlay's mount point there, and the file in its upper dir.
+struct Seen {
+    used: PathBuf,
+    mount_point: PathBuf,
+    real: std::fs::Metadata,
+}
+
+/// The file behind fd `fd` of `tgid`, on overlay device `dev`, in the opener's own mount
+/// namespace. `Err` when the process or its fd is gone; `Ok(None)` when it is not a file of
+/// an overlay with an upper dir (a lower layer's file, copied up, is not the image).
+fn seen_by(tgid: u32, fd: i32, dev: u32) -> Result<Option<Seen>, ()> {
+    let used = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")).map_err(|_| ())?;
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/mountinfo")).map_err(|_| ())?;
+    let (mounts, _) = parse(&text);
+    let Some(m) = mounts
+        .iter()
+        .filter(|m| m.dev == dev && used.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.as_os_str().len())
+    else {
+        return Ok(None);
+    };
+    let Some(upper) = &m.upper else {
+        return Ok(None);
+    };
+    let rel = used.strip_prefix(&m.mount_point).unwrap_or(Path::new(""));
+    let root = m.root.strip_prefix("/").unwrap_or(&m.root);
+    let real = upper.join(root).join(rel);
+    // Through the opener's root: its mount namespace may show other directories there.
+    let via =
+        Path::new(&format!("/proc/{tgid}/root")).join(real.strip_prefix("/").unwrap_or(&real));
+    match std::fs::metadata(&via) {
+        Ok(real) => Ok(Some(Seen {
+            used,
+            mount_point: m.mount_point.clone(),
+            real,
+        })),
+        Err(_) => Err(()),
+    }
+}
+
+impl Overlays {
+    /// An open for write the kernel took for a merged-view alias of an image by its inode
+    /// number alone (`open_watch::OVERLAY`: an overlay the agent has no alias for, in
+    /// another mount namespace or mounted a moment ago). Confirmed when the opener's mount
+    /// table maps the file to the image in the upper dir; withdrawn when it maps it
+    /// elsewhere (a lower layer's image copied up: the image is untouched). When the opener
+    /// is gone already, taken as the image's if exactly one image has that number.
+    pub fn foreign_open(
+        &mut self,
+        tgid: u32,
+        fd: i32,
+        file: FileKey,
+        named: &Path,
+        ws: &mut WatchSet,
+        maps: &mut dyn WatchMaps,
+    ) -> Option<Alias> {
+        let images: Vec<(FileKey, PathBuf)> = ws
+            .known()
+            .filter(|(k, p)| {
+                k.ino == file.ino
+                    && **k != file
+                    && !self.aliases.contains_key(k)
+                    && !ws.dirs.contains(k)
+                    && ws.precious.admits(p)
+            })
+            .map(|(k, p)| (*k, p.clone()))
+            .collect();
+        let alias = match seen_by(tgid, fd, file.dev) {
+            Ok(Some(seen)) => images
+                .iter()
+                .find(|(_, p)| {
+                    std::fs::metadata(p)
+                        .is_ok_and(|md| md.dev() == seen.real.dev() && md.ino() == seen.real.ino())
+                })
+                .map(|(k, p)| Alias {
+                    real: *k,
+                    real_path: p.clone(),
+                    merged: seen.used.clone(),
+                    mount_point: seen.mount_point.clone(),
+                    is_dir: false,
+                }),
+            Ok(None) => None,
+            Err(()) if images.len() == 1 => Some(Alias {
+                real: images[0].0,
+                real_path: images[0].1.clone(),
+                merged: named.to_path_buf(),
+                mount_point: PathBuf::from("?"),
+                is_dir: false,
+            }),
+            Err(()) => None,
+        };
+        match alias {
+            Some(a) if ws.watch_alias(file, None, &a.real_path, maps) => {
+                self.aliases.insert(file, a.clone());
+                Some(a)
+            }
+            _ => {
+                maps.remove_file(file);
+                None
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
