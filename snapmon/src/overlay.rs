@@ -204,6 +204,9 @@ pub struct Rescan {
 #[derive(Debug, Default)]
 pub struct Overlays {
     mounts: HashMap<u32, Tracked>,
+    /// Overlay mount ids over no store: a mount's layers never change, so they are judged
+    /// once (a container host mounts and unmounts overlays all day).
+    ignored: std::collections::HashSet<u32>,
     aliases: HashMap<FileKey, Alias>,
 }
 
@@ -243,25 +246,24 @@ impl Overlays {
                 r.removed.push(t.m.mount_point);
             }
         }
+        self.ignored.retain(|id| found.iter().any(|m| m.id == *id));
         for m in found {
-            if self.mounts.contains_key(&m.id) {
+            if self.mounts.contains_key(&m.id) || self.ignored.contains(&m.id) {
                 continue;
             }
-            let Some(upper) = m
+            let upper = m
                 .upper
                 .as_ref()
-                .map(|u| std::fs::canonicalize(u).unwrap_or_else(|_| normalize(u)))
-            else {
+                .map(|u| std::fs::canonicalize(u).unwrap_or_else(|_| normalize(u)));
+            // A store in the upper dir, or the upper dir in a store.
+            let Some(upper) = upper.filter(|u| {
+                ws.roots
+                    .iter()
+                    .any(|root| u.starts_with(root) || root.starts_with(u))
+            }) else {
+                self.ignored.insert(m.id);
                 continue;
             };
-            // A store in the upper dir, or the upper dir in a store.
-            if !ws
-                .roots
-                .iter()
-                .any(|root| upper.starts_with(root) || root.starts_with(&upper))
-            {
-                continue;
-            }
             let mut t = Tracked {
                 m,
                 upper,
@@ -436,15 +438,17 @@ impl Overlays {
                     t.aliases.push(a);
                 }
             }
-            // Not an image (no alias of its own): still the real file's, this once.
+            // Not an image (no alias of its own): still the real file's, this once; the
+            // kernel's entry for the overlay inode (taken at create) goes.
             None if !self.aliases.contains_key(&k) => {
+                maps.remove_file(k);
                 return Some(Alias {
                     real: real_key,
                     real_path: real.clone(),
                     merged: d.merged.join(leaf),
                     mount_point: d.mount_point,
                     is_dir: false,
-                })
+                });
             }
             None => {}
         }
@@ -706,9 +710,8 @@ mod tests {
         );
     }
 
-    /// A real overlay needs root: as far as a test without it can go, the bookkeeping with
-    /// a mount table that names directories on disk (the merged view faked by a symlink-free
-    /// copy of the tree is not an overlay, so only the no-overlay paths are checked here).
+    /// The bookkeeping of mounts (aliases need a real overlay, hence root: the e2e suite
+    /// `tests/tests/overlay.rs` makes them).
     #[test]
     fn overlays_not_over_a_store_are_ignored_and_gone_ones_dropped() {
         let mut ws = WatchSet::default();
@@ -717,7 +720,12 @@ mod tests {
         let mut o = Overlays::default();
         let r = o.rescan(OVL, &mut ws, &mut maps);
         assert!(r.added.is_empty() && o.mounts().next().is_none());
-        let over = OVL.replace("upperdir=/srv/upper", "upperdir=/srv/store/up");
+        // Another mount (a mount's layers never change: id 49 is not looked at again).
+        let over = OVL
+            .replace("49 27", "50 27")
+            .replace("upperdir=/srv/upper", "upperdir=/srv/store/up");
+        assert_eq!(o.rescan(OVL, &mut ws, &mut maps), Rescan::default());
+        assert!(o.ignored.contains(&49));
         let r = o.rescan(&over, &mut ws, &mut maps);
         assert_eq!(
             r.added,
