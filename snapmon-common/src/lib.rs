@@ -554,7 +554,12 @@ pub struct KernelOffsets {
     /// `inode.i_rdev`: a device node's device number (kernel `dev_t`, major << 20 | minor),
     /// which every node of one loop device shares, whatever its inode.
     pub inode_rdev: u32,
+    /// `super_block.s_magic` (an `unsigned long`): an overlay's files are told by it.
+    pub sb_magic: u32,
 }
+
+/// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// Groups of offsets; a hook family runs only when its group resolved.
 pub mod valid {
@@ -571,6 +576,8 @@ pub mod valid {
     pub const COMPAT: u32 = 1 << 8;
     /// `inode.i_rdev`: any node of an attached loop device is its alias (`WATCHED_RDEV`).
     pub const RDEV: u32 = 1 << 9;
+    /// `super_block.s_magic`: the open hook's overlay candidates (`open_watch::OVERLAY`).
+    pub const SB_MAGIC: u32 = 1 << 10;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -865,7 +872,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 73 * 4);
+    assert!(size_of::<KernelOffsets>() == 74 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);

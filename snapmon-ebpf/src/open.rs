@@ -231,6 +231,11 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     if key.dev >> 20 == 0
         && WATCHED_FILES.get(&key).is_none()
         && IMAGE_INO.get(&key.ino).is_some()
+        && valid(v::SB_MAGIC)
+        // Not another btrfs subvolume's file (their inode numbers repeat): an overlay's.
+        && rk::<u64>(inode, off!(inode_sb))
+            .and_then(|sb| rk::<u64>(sb as *const u8, off!(sb_magic)))
+            == Some(snapmon_common::OVERLAYFS_SUPER_MAGIC)
     {
         overlay = admit(&key, true) == open_watch::ADMITTED;
     }
