@@ -555,7 +555,9 @@ impl Enricher {
                 if via_vfs {
                     self.in_dir(raw, base)
                 } else {
+                    // A path through an overlay's merged view names the store's file.
                     self.resolve(raw, base, tgid)
+                        .map(|p| self.overlays.real_of(&p).unwrap_or(p))
                 }
             };
             // Paths the kernel cut (syscall arguments only: LSM names are entry names).

@@ -219,6 +219,22 @@ impl Overlays {
         self.aliases.get(k)
     }
 
+    /// The path below the upper dir that `p`, a path through the merged view of a tracked
+    /// overlay, names (whether or not it exists there).
+    pub fn real_of(&self, p: &Path) -> Option<PathBuf> {
+        let t = self
+            .mounts
+            .values()
+            .filter(|t| p.starts_with(&t.m.mount_point))
+            .max_by_key(|t| t.m.mount_point.as_os_str().len())?;
+        let rel = p.strip_prefix(&t.m.mount_point).ok()?;
+        let root = t.m.root.strip_prefix("/").unwrap_or(&t.m.root);
+        let mut real = t.upper.clone();
+        // Component by component: `join("")` would leave a trailing slash.
+        real.extend(root.components().chain(rel.components()));
+        Some(real)
+    }
+
     /// Overlays over a store now tracked (mount points).
     pub fn mounts(&self) -> impl Iterator<Item = &Path> {
         self.mounts.values().map(|t| t.m.mount_point.as_path())
@@ -264,6 +280,10 @@ impl Overlays {
                 self.ignored.insert(m.id);
                 continue;
             };
+            // Namespace changes by absolute path through the view (unlink, rename, mkdir,
+            // truncate) reach the syscall hooks' prefix filter too; the agent maps them to
+            // the upper dir ([`Overlays::real_of`]).
+            let _ = maps.add_prefix(snapmon_common::fnv1a(m.mount_point.as_os_str().as_bytes()));
             let mut t = Tracked {
                 m,
                 upper,
@@ -681,6 +701,29 @@ mod tests {
         let (m, e) = parse(&t);
         assert_eq!(m.len(), 1);
         assert_eq!(e, vec![MountinfoError::NoSeparator]);
+    }
+
+    #[test]
+    fn paths_through_a_tracked_view_map_to_the_upper_dir() {
+        let mut ws = WatchSet::default();
+        ws.roots = vec![PathBuf::from("/srv/store")];
+        let mut maps = MemMaps::default();
+        let mut o = Overlays::default();
+        let line = OVL.replace("upperdir=/srv/upper", "upperdir=/srv/store");
+        o.rescan(&line, &mut ws, &mut maps);
+        assert!(maps
+            .prefixes
+            .contains(&snapmon_common::fnv1a(b"/srv/merged")));
+        assert_eq!(
+            o.real_of(Path::new("/srv/merged/a/v.qcow2")),
+            Some("/srv/store/a/v.qcow2".into())
+        );
+        assert_eq!(
+            o.real_of(Path::new("/srv/merged")),
+            Some("/srv/store".into())
+        );
+        assert_eq!(o.real_of(Path::new("/srv/merged2/v.qcow2")), None);
+        assert_eq!(o.real_of(Path::new("/elsewhere")), None);
     }
 
     #[test]

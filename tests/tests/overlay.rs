@@ -176,6 +176,41 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
 }
 
 #[test]
+fn an_image_deleted_or_renamed_through_the_merged_view_is_reported_as_the_stores() {
+    let l = layout(&dir("names"));
+    let del = image_with_3_snapshots(&l.store, "del.qcow2");
+    let mv = image_with_3_snapshots(&l.store, "mv.qcow2");
+    settled(&mut agent());
+    let _m = mount(&l);
+    settled(&mut agent());
+    let mark = agent().mark();
+    let p = |n: &str| l.merged.join(n).to_str().unwrap().to_string();
+    let r = python(&format!(
+        "import os; os.unlink({:?}); os.rename({:?}, {:?})",
+        p("del.qcow2"),
+        p("mv.qcow2"),
+        p("moved.qcow2")
+    ));
+    let mut a = agent();
+    let is = |v: &Value, action: &str, path: &Path| {
+        v["event"]["kind"] == "event"
+            && v["event"]["action"] == action
+            && v["process"]["pid"] == r.pid
+            && v["file"]["path"].as_str() == Some(path.to_str().unwrap())
+    };
+    a.wait_from(mark, WITHIN, |v| is(v, "unlink", &del))
+        .expect("the unlink through the merged view was not reported on the store's image");
+    let moved = a
+        .wait_from(mark, WITHIN, |v| is(v, "rename", &mv))
+        .expect("the rename through the merged view was not reported on the store's image");
+    assert_eq!(
+        snapmon_e2e::dest(&moved),
+        Some(l.store.join("moved.qcow2").to_str().unwrap()),
+        "{moved}"
+    );
+}
+
+#[test]
 fn trusted_qemu_img_through_the_merged_view_raises_nothing_loud() {
     let l = layout(&dir("benign"));
     let img = image_with_3_snapshots(&l.store, "vm.qcow2");
