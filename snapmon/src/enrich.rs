@@ -633,7 +633,9 @@ impl Enricher {
                         self.watch.renamed(a, b);
                     }
                     if let Some(b) = w2 {
-                        self.watch.observe_new_path(b, maps);
+                        if let Some(k) = self.watch.observe_new_path(b, maps) {
+                            self.overlays.appeared(k, b, &mut self.watch, maps);
+                        }
                     }
                 }
                 Some(NsOp::Unlink | NsOp::Rmdir) => {
@@ -645,7 +647,11 @@ impl Enricher {
                 Some(NsOp::Mkdir | NsOp::Link | NsOp::Symlink) => {
                     let new = if p2.is_some() { w2 } else { w1 };
                     if let Some(p) = new {
-                        self.watch.observe_new_path(p, maps);
+                        // In a store that is an overlay's upper dir: aliased too (a directory
+                        // made through the view is watched there from now on).
+                        if let Some(k) = self.watch.observe_new_path(p, maps) {
+                            self.overlays.appeared(k, p, &mut self.watch, maps);
+                        }
                     }
                 }
                 _ => {}
@@ -714,7 +720,8 @@ impl Enricher {
     }
 
     /// The real file behind an open through an overlay's merged view: an aliased file, or
-    /// one made in an aliased directory (watched and aliased now).
+    /// one made in an aliased directory or by a path through the view (watched and aliased
+    /// now).
     fn overlay_opened(
         &mut self,
         file: FileKey,
@@ -725,10 +732,14 @@ impl Enricher {
         if let Some(a) = self.overlays.alias(&file) {
             return Some(a.clone());
         }
-        self.overlays.alias(&parent).filter(|a| a.is_dir)?;
-        let leaf = Path::new(named.file_name()?);
-        self.overlays
-            .created_in(parent, leaf, file, &mut self.watch, maps)
+        let merged = match self.overlays.alias(&parent).filter(|a| a.is_dir) {
+            Some(d) => d.merged.join(named.file_name()?),
+            // A directory made through the view a moment ago (the kernel watched it at the
+            // open, below an aliased one): named by the absolute path used.
+            None if named.is_absolute() => normalize(named),
+            None => return None,
+        };
+        self.overlays.created(&merged, file, &mut self.watch, maps)
     }
 
     /// A record about a merged-view identity: it is the real file's, and says which view.

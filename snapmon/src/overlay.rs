@@ -432,26 +432,25 @@ impl Overlays {
         }
     }
 
-    /// A file was opened (created) through the merged view in aliased directory `dir`, as
-    /// `leaf`, with overlay identity `k`: the real file is below the upper dir, watched and
+    /// A file was opened (created) as `merged`, a path through the merged view of a tracked
+    /// overlay, with overlay identity `k`: the real file is below the upper dir, watched and
     /// aliased here. Returns the alias.
-    pub fn created_in(
+    pub fn created(
         &mut self,
-        dir: FileKey,
-        leaf: &Path,
+        merged: &Path,
         k: FileKey,
         ws: &mut WatchSet,
         maps: &mut dyn WatchMaps,
     ) -> Option<Alias> {
-        let d = self.aliases.get(&dir).filter(|a| a.is_dir)?.clone();
-        let real = d.real_path.join(leaf);
-        let real_key = ws.observe_new_path(&real, maps)?;
-        let id = self
+        let real = self.real_of(merged)?;
+        let t = self
             .mounts
             .values()
-            .find(|t| t.m.mount_point == d.mount_point && real.starts_with(&t.upper))
-            .map(|t| t.m.id)?;
-        let t = self.mounts.get(&id)?.clone();
+            .filter(|t| t.m.dev == k.dev && merged.starts_with(&t.m.mount_point))
+            .max_by_key(|t| t.m.mount_point.as_os_str().len())?
+            .clone();
+        let id = t.m.id;
+        let real_key = ws.observe_new_path(&real, maps)?;
         match self.make_alias(&t.m, &t.upper, real_key, &real, ws, maps) {
             Some(a) => {
                 if let Some(t) = self.mounts.get_mut(&id) {
@@ -464,9 +463,9 @@ impl Overlays {
                 maps.remove_file(k);
                 return Some(Alias {
                     real: real_key,
-                    real_path: real.clone(),
-                    merged: d.merged.join(leaf),
-                    mount_point: d.mount_point,
+                    real_path: real,
+                    merged: merged.to_path_buf(),
+                    mount_point: t.m.mount_point,
                     is_dir: false,
                 });
             }

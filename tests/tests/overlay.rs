@@ -170,6 +170,25 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
         panic!("an image made through the merged view: no SM-Q002 within {WITHIN:?}")
     });
     assert_names_real(&hide, &l.store.join("new.qcow2"), &made);
+    // So is one made in a directory made through the view.
+    drop(a);
+    let deep = l.merged.join("sub").join("deep.qcow2");
+    std::fs::create_dir(l.merged.join("sub")).unwrap();
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", deep.to_str().unwrap(), "16M"],
+    );
+    run(
+        "qemu-img",
+        &["snapshot", "-c", "s1", deep.to_str().unwrap()],
+    );
+    let mut a = agent();
+    settled(&mut a);
+    let (pid, mark) = hide_through(&a, &deep);
+    let hide = q002(&mut a, mark, pid, WITHIN).unwrap_or_else(|| {
+        panic!("an image made in a directory made through the view: no SM-Q002 within {WITHIN:?}")
+    });
+    assert_names_real(&hide, &l.store.join("sub").join("deep.qcow2"), &deep);
     // Unmounted: the aliases go (a new mount of the same dirs is a new overlay).
     drop(a);
     drop(_m);
