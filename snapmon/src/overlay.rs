@@ -4,9 +4,11 @@
 //! A write through the merged view reaches the upper file from inside the kernel; the
 //! syscall hooks see the overlay inode, which is not in `WATCHED_FILES`. Each such overlay
 //! inode of a watched image (and of each watched directory, so creates through the view
-//! are seen) goes into the kernel's maps as an alias, and its records are the real file's.
-//! Lower layers get none: a write through the view copies the file up into the upper dir
-//! and leaves the lower file untouched.
+//! are seen) goes into the kernel's maps as an alias, and its records are the real file's;
+//! paths through the view name the files below the upper dir. Overlays the agent's mount
+//! table does not show (other mount namespaces) are caught by the open hook on an image's
+//! inode number and confirmed here from the opener's own mount table. Lower layers get no
+//! alias: a write through the view copies the file up and leaves the lower file untouched.
 
 use std::{
     collections::HashMap,
@@ -207,6 +209,7 @@ pub struct Overlays {
     /// Overlay mount ids over no store: a mount's layers never change, so they are judged
     /// once (a container host mounts and unmounts overlays all day).
     ignored: std::collections::HashSet<u32>,
+    /// Merged-view identity → the real file or directory (tracked and foreign overlays).
     aliases: HashMap<FileKey, Alias>,
 }
 
@@ -241,7 +244,7 @@ impl Overlays {
     }
 
     /// Bring the tracked overlays in line with mount table `text`: aliases for overlays new
-    /// over a store, none left for those gone. A remount with other layers is a new mount id.
+    /// over a store, none left for those gone (overlayfs refuses new layers on a remount).
     pub fn rescan(&mut self, text: &str, ws: &mut WatchSet, maps: &mut dyn WatchMaps) -> Rescan {
         let (found, errors) = parse(text);
         let mut r = Rescan {
