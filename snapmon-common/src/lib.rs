@@ -273,7 +273,15 @@ pub mod open_watch {
     /// Refused and counted as `lost::WATCH_FULL` in the kernel: the agent does not count
     /// it again.
     pub const REFUSED: u32 = 2;
+    /// Inserted as a candidate merged-view alias: an inode on an anonymous-device
+    /// filesystem (an overlay's) with the inode number of a watched image (`IMAGE_INO`),
+    /// opened for write. The agent confirms it against the opener's mount table or
+    /// withdraws it.
+    pub const OVERLAY: u32 = 3;
 }
+
+/// Entries of the kernel's `IMAGE_INO` set (inode numbers of watched images; LRU).
+pub const IMAGE_INO_MAX: u32 = 16384;
 
 /// Common prefix of every record. 48 bytes.
 #[repr(C)]
@@ -546,7 +554,12 @@ pub struct KernelOffsets {
     /// `inode.i_rdev`: a device node's device number (kernel `dev_t`, major << 20 | minor),
     /// which every node of one loop device shares, whatever its inode.
     pub inode_rdev: u32,
+    /// `super_block.s_magic` (an `unsigned long`): an overlay's files are told by it.
+    pub sb_magic: u32,
 }
+
+/// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
 
 /// Groups of offsets; a hook family runs only when its group resolved.
 pub mod valid {
@@ -563,6 +576,8 @@ pub mod valid {
     pub const COMPAT: u32 = 1 << 8;
     /// `inode.i_rdev`: any node of an attached loop device is its alias (`WATCHED_RDEV`).
     pub const RDEV: u32 = 1 << 9;
+    /// `super_block.s_magic`: the open hook's overlay candidates (`open_watch::OVERLAY`).
+    pub const SB_MAGIC: u32 = 1 << 10;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -857,7 +872,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 73 * 4);
+    assert!(size_of::<KernelOffsets>() == 74 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);

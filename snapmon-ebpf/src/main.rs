@@ -82,6 +82,13 @@ static PRECIOUS_EXTS: HashMap<u64, u32> =
 #[map]
 static WATCHED_INO: Array<u32> = Array::with_max_entries(snapmon_common::INO_SLOTS, 0);
 
+/// Inode numbers of watched images and metadata, set by the agent: an overlay over a
+/// store shows its files under the same numbers, on the overlay's anonymous device, in
+/// whichever mount namespace it was mounted (`open_watch::OVERLAY`).
+#[map]
+static IMAGE_INO: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(snapmon_common::IMAGE_INO_MAX, 0);
+
 /// Watched directories and their ancestors (`dir_flags`).
 #[map]
 static WATCHED_DIRS: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0);

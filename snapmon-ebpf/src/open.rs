@@ -17,7 +17,8 @@ use crate::{
         current_task, dentry_inode, direct_inode_key, direct_ptr, direct_walk, fd_to_file,
         file_inode, inode_key, inode_size, is_agent, off, rk, valid,
     },
-    OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES, WATCH_SHARE,
+    IMAGE_INO, OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
+    WATCH_SHARE,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -222,6 +223,22 @@ unsafe fn on_exit(ctx: &TracePointContext) {
             key = k;
         }
     }
+    // An overlay's file (anonymous device) with a watched image's inode number, opened for
+    // write through a merged view the agent has no alias for (another mount namespace, or
+    // one mounted a moment ago): watched from here, before its first write; the agent
+    // confirms it or withdraws it.
+    let mut overlay = false;
+    if key.dev >> 20 == 0
+        && WATCHED_FILES.get(&key).is_none()
+        && IMAGE_INO.get(&key.ino).is_some()
+        && valid(v::SB_MAGIC)
+        // Not another btrfs subvolume's file (their inode numbers repeat): an overlay's.
+        && rk::<u64>(inode, off!(inode_sb))
+            .and_then(|sb| rk::<u64>(sb as *const u8, off!(sb_magic)))
+            == Some(snapmon_common::OVERLAYFS_SUPER_MAGIC)
+    {
+        overlay = admit(&key, true) == open_watch::ADMITTED;
+    }
     let file_watched = WATCHED_FILES.get(&key).is_some();
     let mut pflags = WATCHED_DIRS.get(&pkey).copied().unwrap_or(0);
     if !file_watched && pflags & dir_flags::WATCHED == 0 && pkey.ino != 0 {
@@ -260,7 +277,11 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     };
     let ev = &mut *ev;
     ev.path_len = copy_user_str::<PATH_LEN>(&mut ev.path, s.path_ptr);
-    ev.watch = open_watch::NONE;
+    ev.watch = if overlay {
+        open_watch::OVERLAY
+    } else {
+        open_watch::NONE
+    };
     if !file_watched {
         // Images and metadata always get a watch; other files only below the ordinary
         // share, and not at all while the agent keeps the map in reserve (it decides and

@@ -39,6 +39,8 @@ pub struct KernelMaps<'a> {
     /// Loop devices over watched images, by device number (`WATCHED_RDEV`).
     pub rdevs: &'a mut BpfHashMap<MapData, u32, FileKey>,
     pub rdev_any: &'a mut aya::maps::Array<MapData, u32>,
+    /// Inode numbers of watched images (`IMAGE_INO`).
+    pub image_ino: &'a mut BpfHashMap<MapData, u64, u32>,
 }
 
 impl<'a> KernelMaps<'a> {
@@ -55,6 +57,7 @@ impl<'a> KernelMaps<'a> {
             runtime: &mut k.runtime,
             rdevs: &mut k.rdevs,
             rdev_any: &mut k.rdev_any,
+            image_ino: &mut k.image_ino,
         }
     }
 }
@@ -160,6 +163,15 @@ impl WatchMaps for KernelMaps<'_> {
         self.dirs
             .insert(key, old | flags, 0)
             .map_err(|e| format!("watched-dirs map: {e}"))
+    }
+    fn note_image(&mut self, key: FileKey) {
+        // An LRU set: never full, and a number left behind by a gone image costs at most a
+        // candidate the agent withdraws.
+        let _ = self.image_ino.insert(key.ino, 1, 0);
+    }
+    fn remove_dir(&mut self, key: FileKey) {
+        // Absent already is the wanted end state.
+        let _ = self.dirs.remove(&key);
     }
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
         self.prefixes
@@ -383,6 +395,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         .map(|(k, p)| (*k, p.clone()))
         .collect();
     pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
+    // Overlays over a store mounted before the start, then as the mount table changes.
+    rescan_overlays(&mut pipe, &mut k);
+    let mounts_fd = mount_table_watch();
     pipe.enricher.process_events = opts.policy.agent.process_events;
     // Writers the kernel may filter on classified files (their metadata writes still arrive).
     loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
@@ -538,6 +553,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 notify.ready("reloaded");
             }
             _ = usr1.recv() => sinks.reopen(),
+            _ = mount_table_changed(&mounts_fd) => rescan_overlays(&mut pipe, &mut k),
             _ = later => {
                 let recs = pipe.poll(Instant::now(), &mut KernelMaps::of(&mut k));
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
@@ -1005,6 +1021,74 @@ fn stdout_watch() -> Option<AsyncFd<std::os::fd::OwnedFd>> {
     let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
     // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::ERROR) }.ok()
+}
+
+/// The agent's mount table, polled for changes (`POLLPRI`); None when it cannot be, said once.
+fn mount_table_watch() -> Option<AsyncFd<std::os::fd::OwnedFd>> {
+    let f = std::fs::File::open(crate::overlay::MOUNTINFO).and_then(|f| {
+        // SAFETY: an OwnedFd moved into the AsyncFd, which closes it only on drop.
+        unsafe {
+            AsyncFd::register_with_interest(
+                std::os::fd::OwnedFd::from(f),
+                tokio::io::Interest::PRIORITY,
+            )
+        }
+        .map_err(std::io::Error::from)
+    });
+    match f {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!(
+                "snapmon: {}: {e}: overlays mounted over a store after the start are not watched",
+                crate::overlay::MOUNTINFO
+            );
+            None
+        }
+    }
+}
+
+/// The mount table changed (a mount or unmount in the agent's mount namespace).
+async fn mount_table_changed(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
+    let Some(w) = w else {
+        return std::future::pending().await;
+    };
+    match w.ready(tokio::io::Interest::PRIORITY).await {
+        // The kernel re-arms on the next change: poll itself took note of this one.
+        Ok(mut g) => g.clear_ready(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Re-read the mount table and bring the overlay aliases in line; what changed is said on
+/// stderr (the records carry `snapmon.detail.overlay_*` on each event through a view).
+fn rescan_overlays(pipe: &mut Pipeline, k: &mut Kernel) {
+    let text = match std::fs::read_to_string(crate::overlay::MOUNTINFO) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("snapmon: {}: {e}", crate::overlay::MOUNTINFO);
+            return;
+        }
+    };
+    let r = pipe.enricher.rescan_overlays(&text, &mut KernelMaps::of(k));
+    for (mp, upper, n) in &r.added {
+        eprintln!(
+            "snapmon: overlay at {} has {} as its upper dir: {n} merged-view aliases watched",
+            mp.display(),
+            upper.display()
+        );
+    }
+    for mp in &r.removed {
+        eprintln!(
+            "snapmon: overlay at {} unmounted: its aliases withdrawn",
+            mp.display()
+        );
+    }
+    if r.refused > 0 {
+        eprintln!(
+            "snapmon: {} merged-view aliases of images refused by the watched-files map: writes through them go unseen",
+            r.refused
+        );
+    }
 }
 
 /// Resolves once stdout's reader has gone; never when stdout is not watched.

@@ -103,6 +103,13 @@ const PATHS: &[(&str, &[&str], &str)] = &[
         "loop attaches are not reported, so writes through a loop device over an image go unseen",
     ),
     (
+        // Overlays in the agent's mount namespace are aliased from its mount table; the
+        // open hook catches those in any other (docs/rules.md, Overlays).
+        "writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)",
+        &["sys_exit_openat", "sys_exit_openat2"],
+        "a store that is the upper dir of an overlay in another mount namespace (a container, nobody's user namespace) is written through its merged view unseen",
+    ),
+    (
         "kernel-internal writers (loop devices, nfsd)",
         &["rw_verify_area"],
         "writes made by the kernel on behalf of a loop device go unseen",

@@ -133,6 +133,8 @@ pub struct Enricher {
     pub process_events: bool,
     /// Loop device nodes over watched files, by the node's identity.
     pub loops: HashMap<FileKey, LoopAlias>,
+    /// Overlay mounts over stores and the merged-view identities of their files.
+    pub overlays: crate::overlay::Overlays,
 }
 
 /// A loop device whose backing file is watched: its writes are the image's, `offset` bytes in.
@@ -194,7 +196,17 @@ impl Enricher {
             stats: EnrichStats::default(),
             process_events: false,
             loops: HashMap::new(),
+            overlays: Default::default(),
         }
+    }
+
+    /// Bring the overlay aliases in line with the mount table `text` (mountinfo).
+    pub fn rescan_overlays(
+        &mut self,
+        text: &str,
+        maps: &mut dyn WatchMaps,
+    ) -> crate::overlay::Rescan {
+        self.overlays.rescan(text, &mut self.watch, maps)
     }
 
     fn base(
@@ -335,7 +347,9 @@ impl Enricher {
                     mode,
                     data: w.data[..n].to_vec(),
                 });
-                if let Some(a) = self.loops.get_mut(&w.file) {
+                if let Some(a) = self.overlays.alias(&w.file).cloned() {
+                    self.through_overlay(&mut ev, &a, Some(w.size));
+                } else if let Some(a) = self.loops.get_mut(&w.file) {
                     a.last_front = Some((w.hdr.ts_ns, ev.process.clone()));
                     let a = a.clone();
                     self.through_loop(&mut ev, w.file, a);
@@ -370,12 +384,37 @@ impl Enricher {
                     (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
                 };
+                // The kernel took an overlay's inode for an image's by its number: confirmed
+                // here, or withdrawn and dropped (not a file of ours).
+                if o.watch == snapmon_common::open_watch::OVERLAY
+                    && self.overlays.alias(&o.file).is_none()
+                    && self
+                        .overlays
+                        .foreign_open(o.hdr.tgid, o.fd, o.file, named, &mut self.watch, maps)
+                        .is_none()
+                {
+                    self.stats.dropped_outside_watch += 1;
+                    return None;
+                }
+                // Through an overlay's merged view: the real file's open (or create).
+                if let Some(al) = self.overlay_opened(o.file, o.parent, named, maps) {
+                    let mut ev = self.base(raw, "file", t, a);
+                    if created {
+                        self.watch.born(al.real, o.hdr.ts_ns);
+                    }
+                    self.through_overlay(&mut ev, &al, Some(o.size));
+                    ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
+                    self.stats.emitted += 1;
+                    return Some(ev);
+                }
                 let stale = self.watch.stale(&o.file, o.hdr.ts_ns);
                 if let Some(p) = path.clone().filter(|_| !stale) {
                     let refused = o.watch == snapmon_common::open_watch::REFUSED;
-                    self.watch.seen_opened(o.file, p, refused, maps);
+                    self.watch.seen_opened(o.file, p.clone(), refused, maps);
                     if created {
                         self.watch.born(o.file, o.hdr.ts_ns);
+                        // A new image in a store that is an overlay's upper dir.
+                        self.overlays.appeared(o.file, &p, &mut self.watch, maps);
                     }
                 }
                 let mut ev = self.base(raw, "file", t, a);
@@ -516,7 +555,9 @@ impl Enricher {
                 if via_vfs {
                     self.in_dir(raw, base)
                 } else {
+                    // A path through an overlay's merged view names the store's file.
                     self.resolve(raw, base, tgid)
+                        .map(|p| self.overlays.real_of(&p).unwrap_or(p))
                 }
             };
             // Paths the kernel cut (syscall arguments only: LSM names are entry names).
@@ -592,7 +633,9 @@ impl Enricher {
                         self.watch.renamed(a, b);
                     }
                     if let Some(b) = w2 {
-                        self.watch.observe_new_path(b, maps);
+                        if let Some(k) = self.watch.observe_new_path(b, maps) {
+                            self.overlays.appeared(k, b, &mut self.watch, maps);
+                        }
                     }
                 }
                 Some(NsOp::Unlink | NsOp::Rmdir) => {
@@ -604,7 +647,11 @@ impl Enricher {
                 Some(NsOp::Mkdir | NsOp::Link | NsOp::Symlink) => {
                     let new = if p2.is_some() { w2 } else { w1 };
                     if let Some(p) = new {
-                        self.watch.observe_new_path(p, maps);
+                        // In a store that is an overlay's upper dir: aliased too (a directory
+                        // made through the view is watched there from now on).
+                        if let Some(k) = self.watch.observe_new_path(p, maps) {
+                            self.overlays.appeared(k, p, &mut self.watch, maps);
+                        }
                     }
                 }
                 _ => {}
@@ -670,6 +717,42 @@ impl Enricher {
         }
         ev.detail.push(("loop_device", a.node_name(node)));
         ev.detail.push(("loop_offset", a.offset.to_string()));
+    }
+
+    /// The real file behind an open through an overlay's merged view: an aliased file, or
+    /// one made in an aliased directory or by a path through the view (watched and aliased
+    /// now).
+    fn overlay_opened(
+        &mut self,
+        file: FileKey,
+        parent: FileKey,
+        named: &Path,
+        maps: &mut dyn WatchMaps,
+    ) -> Option<crate::overlay::Alias> {
+        if let Some(a) = self.overlays.alias(&file) {
+            return Some(a.clone());
+        }
+        let merged = match self.overlays.alias(&parent).filter(|a| a.is_dir) {
+            Some(d) => d.merged.join(named.file_name()?),
+            // A directory made through the view a moment ago (the kernel watched it at the
+            // open, below an aliased one): named by the absolute path used.
+            None if named.is_absolute() => normalize(named),
+            None => return None,
+        };
+        self.overlays.created(&merged, file, &mut self.watch, maps)
+    }
+
+    /// A record about a merged-view identity: it is the real file's, and says which view.
+    fn through_overlay(&self, ev: &mut Event, a: &crate::overlay::Alias, size: Option<u64>) {
+        let mut f = self.file(a.real, size);
+        if f.path.is_none() {
+            f.path = Some(Bytes::from_path(&a.real_path));
+        }
+        ev.file = Some(f);
+        ev.detail
+            .push(("overlay_mount", Bytes::from_path(&a.mount_point).display()));
+        ev.detail
+            .push(("overlay_path", Bytes::from_path(&a.merged).display()));
     }
 
     /// A write through another node of the device than the one the attach named (a `mknod`

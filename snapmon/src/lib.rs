@@ -21,6 +21,7 @@ pub mod longpath;
 pub mod metrics;
 pub mod notify;
 pub mod offline;
+pub mod overlay;
 pub mod pipeline;
 pub mod record;
 pub mod recover;

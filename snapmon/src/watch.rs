@@ -125,6 +125,11 @@ pub trait WatchMaps {
         Ok(())
     }
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String>;
+    /// `key` is a watched image or metadata file: the kernel takes an overlay inode with its
+    /// inode number for a candidate alias (`open_watch::OVERLAY`).
+    fn note_image(&mut self, _key: FileKey) {}
+    /// Withdraw a directory entry (an overlay's merged-view alias, when the overlay goes).
+    fn remove_dir(&mut self, key: FileKey);
     fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
     /// Past the ordinary share of the file map the kernel leaves new files to the agent,
     /// which admits only images and metadata into the headroom.
@@ -182,6 +187,9 @@ impl WatchMaps for MemMaps {
     fn add_dir(&mut self, key: FileKey, flags: u32) -> Result<(), String> {
         *self.dirs.entry(key).or_default() |= flags;
         Ok(())
+    }
+    fn remove_dir(&mut self, key: FileKey) {
+        self.dirs.remove(&key);
     }
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
         self.prefixes.insert(hash);
@@ -336,6 +344,8 @@ pub struct WatchSet {
     pub stats: WatchStats,
     /// Directory levels registered below a root or a new directory (None: the default).
     pub scan_depth: Option<usize>,
+    /// Admitting an alias (loop node, overlay inode), not a file of its own.
+    aliasing: bool,
 }
 
 /// Lexically normalize an absolute path (`.`/`..`/`//`), without touching the filesystem.
@@ -411,6 +421,9 @@ impl WatchSet {
         if maps.has_file(k) && self.files.len() < ORDINARY_LIMIT {
             self.files.insert(k);
             self.update_reserve(maps);
+            if precious && !self.aliasing {
+                maps.note_image(k);
+            }
             return true;
         }
         let ok = if !precious
@@ -433,6 +446,9 @@ impl WatchSet {
             Ok(()) => {
                 self.files.insert(k);
                 self.update_reserve(maps);
+                if precious && !self.aliasing {
+                    maps.note_image(k);
+                }
                 true
             }
             Err(e) => {
@@ -725,7 +741,10 @@ impl WatchSet {
         maps: &mut dyn WatchMaps,
     ) -> bool {
         // The image's name decides the headroom: the alias carries the image's bytes.
-        if !self.admit(k, image, maps) {
+        self.aliasing = true;
+        let ok = self.admit(k, image, maps);
+        self.aliasing = false;
+        if !ok {
             return false;
         }
         if let Some(p) = p {

@@ -19,6 +19,7 @@ pub const TEST_DIRS: &[&str] = &[
     "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
     "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
     "storm", "inode", "fresh", "uring-ns", "alias", "outputs", "discard", "compat", "loop",
+    "overlay",
 ];
 
 pub struct Agent {

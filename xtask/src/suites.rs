@@ -138,6 +138,15 @@ mod tests {
             let s = all.iter().find(|s| s.name == n).unwrap();
             assert!(s.host_only, "{n} is not marked host-only");
         }
+        // The side doors run on the host and in every guest (their kernel side is the
+        // tracepoint hooks, which differ between the 6.1 and 6.12 fd walks).
+        for n in ["loopdev", "overlay"] {
+            let s = all.iter().find(|s| s.name == n).unwrap();
+            assert!(
+                !s.host_only && !s.vm_only && !s.newest_guest && s.host_prefix.is_none(),
+                "{n} does not run everywhere"
+            );
+        }
         // The slow fentry-side suites boot in the newest guest only.
         for n in ["unblind", "reload"] {
             let s = all.iter().find(|s| s.name == n).unwrap();

@@ -9,7 +9,7 @@ echo "SNAPMON-VM-GUEST $(uname -r) nproc=$(nproc) mem=$(awk '/MemTotal/{print $2
 for m in loop dm-mod dm-snapshot dm-thin-pool dm-bufio dm-persistent-data; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
-for m in ext4 btrfs; do
+for m in ext4 btrfs overlay; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
 # cgroup v2, as systemd hosts have it: lineage reads container ids from it, and the rules

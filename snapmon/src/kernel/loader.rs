@@ -263,6 +263,8 @@ pub struct Kernel {
     pub rdevs: BpfHashMap<MapData, u32, FileKey>,
     /// Nonzero while `rdevs` may have entries: the write hooks read `i_rdev` only then.
     pub rdev_any: aya::maps::Array<MapData, u32>,
+    /// Inode numbers of watched images (`IMAGE_INO`, LRU): the open hook's overlay candidates.
+    pub image_ino: BpfHashMap<MapData, u64, u32>,
     /// The attached hooks' links (LSM ones aside, see `lsm_links`), released on drop by
     /// `release_links`.
     pub links: Vec<(&'static str, HookLink)>,
@@ -642,6 +644,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let filtered = PerCpuArray::try_from(take(&mut ebpf, "FILTERED")?)?;
     let rdevs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_RDEV")?)?;
     let rdev_any = aya::maps::Array::try_from(take(&mut ebpf, "RDEV_ANY")?)?;
+    let image_ino = BpfHashMap::try_from(take(&mut ebpf, "IMAGE_INO")?)?;
     let backend = match (vfs, observe) {
         (true, true) => "tracepoint+vfs+lsm",
         (true, false) => "tracepoint+vfs",
@@ -681,6 +684,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         filtered,
         rdevs,
         rdev_any,
+        image_ino,
         links,
     })
 }

@@ -161,6 +161,12 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
         "a second node (mknod) of a loop device over a watched image is not recognised",
         &mut [(&mut o.inode_rdev, &[("inode", "i_rdev")])],
     );
+    v |= group(
+        "sb_magic",
+        valid::SB_MAGIC,
+        "a store written through an overlay in another mount namespace is not seen",
+        &mut [(&mut o.sb_magic, &[("super_block", "s_magic")])],
+    );
     // io_rw / io_sync live in io_kiocb's command area (`cmd`, at the start of the request).
     if v & valid::IO_URING != 0 {
         let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);

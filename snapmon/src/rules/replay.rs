@@ -76,6 +76,8 @@ const WORDS: &[&str] = &[
     "loop_role",
     "loop_offset",
     "loop_watch",
+    "overlay_mount",
+    "overlay_path",
 ];
 
 pub fn intern(s: &str) -> &'static str {

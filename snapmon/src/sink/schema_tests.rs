@@ -76,6 +76,8 @@ pub(crate) fn every_record() -> Vec<Record> {
         "loop_role",
         "loop_watch",
         "loop_worker",
+        "overlay_mount",
+        "overlay_path",
     ] {
         e.detail.push((k, "1".into()));
     }
