@@ -76,6 +76,8 @@ const WORDS: &[&str] = &[
     "loop_role",
     "loop_offset",
     "loop_watch",
+    crate::event::DROPPED,
+    crate::event::DROPPED_RECORD,
 ];
 
 pub fn intern(s: &str) -> &'static str {
