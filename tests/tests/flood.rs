@@ -280,7 +280,10 @@ fn small_ring_agent(tag: &str) -> (Agent, std::path::PathBuf) {
     // Outside the agent's root (which `spawn` recreates), root-owned, 0644 in sticky /tmp.
     let policy = std::env::temp_dir().join(format!("snapmon-e2e-{}-{tag}.toml", std::process::id()));
     std::fs::write(&policy, SMALL_RING).unwrap();
-    let a = Agent::spawn(tag, &["--config", policy.to_str().unwrap()], &[]).unwrap();
+    let a = Agent::spawn(tag, &["--config", policy.to_str().unwrap()], &[]);
+    // Read at start (no reload here): nothing left behind in /tmp.
+    let _ = std::fs::remove_file(&policy);
+    let a = a.unwrap();
     let store = open_store(&a);
     (a, store)
 }
