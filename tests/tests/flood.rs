@@ -1,6 +1,7 @@
 //! Issue #15 findings that take a flood of names by `nobody` in a 1777 store: a path table
 //! scanned per event (70 unlinks/s, SIGTERM unheeded) and a watched-files map that filled
-//! for good (the next image's tampering unseen). Each test has an agent of its own.
+//! for good (the next image's tampering unseen); and issue #14's last item, a flood that drops
+//! records about an image is itself an alert (SM-A001). Each test has an agent of its own.
 // xtask-suite: host-only
 // (100 000 files are minutes of work in the TCG guests; the kernel side is one map insert.)
 
