@@ -219,7 +219,31 @@ pub mod lost {
     pub const URING_FIXED_FILE: u32 = 3;
     /// A new file in a watched dir the full `WATCHED_FILES` map could not take.
     pub const WATCH_FULL: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A record about an image or metadata file (a `WATCHED_FILES` entry without
+    /// `watch_value::ORDINARY`) that neither ring lane could take: counted here, not as
+    /// `RINGBUF_FULL`, and named in `BLINDED`, since a tamper may be what was lost.
+    pub const PRECIOUS_DROPPED: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// The kernel's `BLINDED` map (per CPU, one slot): the last record about an image or
+/// metadata file this CPU dropped (`lost::PRECIOUS_DROPPED`), so the agent can name the file
+/// and the actor. Written only on that failure path, in place through the map value.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Blinded {
+    /// CLOCK_BOOTTIME of the dropped record (`Header::ts_ns`); 0: none yet on this CPU.
+    pub ts_ns: u64,
+    /// The watched file the record was about.
+    pub file: FileKey,
+    /// `EventKind` of the dropped record.
+    pub kind: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Entries of the kernel's `WATCHED_FILES` map.
@@ -846,6 +870,7 @@ mod user {
     unsafe impl aya::Pod for super::WriteFilter {}
     unsafe impl aya::Pod for super::RespondTarget {}
     unsafe impl aya::Pod for super::RespondEntry {}
+    unsafe impl aya::Pod for super::Blinded {}
 }
 
 const _: () = {
@@ -878,6 +903,9 @@ const _: () = {
     assert!(size_of::<NsMark>() == 24);
     assert!(size_of::<AgentConfig>() == 16);
     assert!(size_of::<OpenStash>() == 16);
+    assert!(size_of::<Blinded>() == 64);
+    assert!(offset_of!(Blinded, file) == 8);
+    assert!(offset_of!(Blinded, comm) == 48);
     assert!(size_of::<EnforceEvent>() == 48 + 8 + 48 + 8);
     assert!(size_of::<ByteRange>() == 16);
     assert!(offset_of!(WriteFilter, ranges) == 8);

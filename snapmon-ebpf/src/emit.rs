@@ -8,11 +8,11 @@ use aya_ebpf::{
 };
 use snapmon_common::{lost, Header};
 
-use snapmon_common::{watch_value, FileKey};
+use snapmon_common::FileKey;
 
 use crate::{
     kernel::{off, rk},
-    EVENTS, LOST, URGENT, WATCHED_FILES,
+    BLINDED, EVENTS, LOST, URGENT,
 };
 
 pub const BACKEND_TRACEPOINT: u32 = 1;
@@ -71,27 +71,56 @@ pub fn urgent_actor(uid: u32) -> bool {
     uid == 0
 }
 
-/// As `urgent_actor`, and also any record about an image or metadata file (not an
-/// ordinary `WATCHED_FILES` entry) that `uid` does not own: the user who floods cannot put
-/// its own files in the lane, and whoever touches someone else's image is heard at once.
+/// As `urgent_actor`, and also any record about an image or metadata file (`precious`: not
+/// an ordinary `WATCHED_FILES` entry) that `uid` does not own: the user who floods cannot
+/// put its own files in the lane, and whoever touches someone else's image is heard at once.
 #[inline(always)]
-pub unsafe fn urgent_file(uid: u32, inode: *const u8, key: &FileKey) -> bool {
+pub unsafe fn urgent_file(uid: u32, inode: *const u8, precious: bool) -> bool {
     if urgent_actor(uid) {
         return true;
     }
     // Kernels without `bpf_rdonly_cast` (the probe-read walk: 6.1) verify every write hook
-    // with the walk's extra branches; this lookup in the per-iovec and per-iocb paths took
+    // with the walk's extra branches; the owner test in the per-iovec and per-iocb paths took
     // pwritev2 past 6.1's 1M-instruction limit and io_submit past its 512-byte stack. There
     // only root's records take the urgent lane.
     if !crate::kernel::direct_walk() {
         return false;
     }
-    match WATCHED_FILES.get(key) {
-        Some(v) if *v & watch_value::ORDINARY == 0 => {
-            rk::<u32>(inode, off!(inode_uid)).is_none_or(|owner| owner != uid)
-        }
-        _ => false,
+    precious && rk::<u32>(inode, off!(inode_uid)).is_none_or(|owner| owner != uid)
+}
+
+/// As `output_lane`, for a record about the watched file `key`. When neither lane has room
+/// for a record about an image or metadata file (`precious`), the loss is counted apart
+/// (`lost::PRECIOUS_DROPPED`) and the record's file and actor kept in `BLINDED`: a flood
+/// may be hiding a tamper, and the agent says so. Only the failure path pays for it.
+#[inline(always)]
+pub unsafe fn output_file<T>(rec: &T, urgent: bool, precious: bool, key: &FileKey) {
+    if urgent && URGENT.output::<T>(rec, 0).is_ok() {
+        return;
     }
+    if EVENTS.output::<T>(rec, 0).is_ok() {
+        return;
+    }
+    if !precious {
+        count_lost(lost::RINGBUF_FULL);
+        return;
+    }
+    // Written in place through the map value: no stack copy (6.1's 512 bytes are spent).
+    // Before the count, so the agent that sees the count grow finds a file to name.
+    if let Some(b) = BLINDED.get_ptr_mut(0) {
+        // Every record starts with its `Header` (`#[repr(C)]`, snapmon-common).
+        let h = &*(rec as *const T as *const Header);
+        let b = &mut *b;
+        b.ts_ns = h.ts_ns;
+        b.file = *key;
+        b.kind = h.kind;
+        b.pid = h.pid;
+        b.tgid = h.tgid;
+        b.uid = h.uid;
+        b.gid = h.gid;
+        b.comm = h.comm;
+    }
+    count_lost(lost::PRECIOUS_DROPPED);
 }
 
 /// Copy up to `N` bytes of user memory into `dst`; returns the bytes copied.

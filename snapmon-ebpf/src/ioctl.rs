@@ -15,7 +15,7 @@ use snapmon_common::{
 
 use crate::{
     emit::{
-        copy_kernel_str, copy_user, count_lost, fill_header, output_lane, sc_arg, sc_ret,
+        copy_kernel_str, copy_user, count_lost, fill_header, output_file, sc_arg, sc_ret,
         urgent_actor, urgent_file,
     },
     kernel::{
@@ -207,7 +207,7 @@ unsafe fn report(w: &crate::kernel::Watched, fd: i64, cmd: u32, arg: u64) {
             }
         }
     }
-    output_lane(ev, urgent_file(ev.hdr.uid, w.inode, &w.key));
+    output_file(ev, urgent_file(ev.hdr.uid, w.inode, w.precious), w.precious, &w.key);
 }
 
 /// A loop attach whose backing fd is a watched file: the image gets a block-device side door
@@ -254,6 +254,6 @@ unsafe fn on_loop_attach(fd: i64, cmd: u32, arg: u64) -> bool {
             watch_rdev(i, &ev.parent);
         }
     }
-    output_lane(ev, urgent_actor(ev.hdr.uid));
+    output_file(ev, urgent_actor(ev.hdr.uid), w.precious, &w.key);
     true
 }

@@ -176,6 +176,9 @@ pub struct Watched {
     pub inode: *const u8,
     pub key: FileKey,
     pub is_dir: bool,
+    /// An image or metadata file (its `WATCHED_FILES` entry is not `watch_value::ORDINARY`),
+    /// or a loop device over a watched image: its lost records are `lost::PRECIOUS_DROPPED`.
+    pub precious: bool,
 }
 
 /// `bpf_rdonly_cast(obj, btf_id)`: aya 0.14 relocates no kfunc calls, so this is a helper
@@ -294,6 +297,7 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
             inode,
             key,
             is_dir: false,
+            precious: true,
         });
     }
     let key = if direct_walk() {
@@ -302,12 +306,13 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
     } else {
         sb_key(sb as *const u8, ino)?
     };
-    if WATCHED_FILES.get(&key).is_some() {
+    if let Some(v) = WATCHED_FILES.get(&key) {
         return Some(Watched {
             file,
             inode,
             key,
             is_dir: false,
+            precious: *v & snapmon_common::watch_value::ORDINARY == 0,
         });
     }
     if dirs {
@@ -318,6 +323,7 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
                     inode,
                     key,
                     is_dir: true,
+                    precious: false,
                 });
             }
         }
@@ -327,6 +333,7 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
         inode,
         key,
         is_dir: false,
+        precious: true,
     })
 }
 

@@ -156,6 +156,11 @@ static RESPOND_TRUSTED: HashMap<FileKey, u32> = HashMap::with_max_entries(1024, 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(snapmon_common::lost::COUNT, 0);
 
+/// The last image or metadata record each CPU dropped (`emit::output_file`): per CPU, so a
+/// slot has one writer and the agent never reads a file from one drop and an actor from another.
+#[map]
+static BLINDED: PerCpuArray<snapmon_common::Blinded> = PerCpuArray::with_max_entries(1, 0);
+
 // Per-CPU scratch records: larger than the 512-byte BPF stack.
 #[map]
 static SCRATCH_WRITE: PerCpuArray<FileWriteEvent> = PerCpuArray::with_max_entries(1, 0);

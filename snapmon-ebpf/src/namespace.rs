@@ -4,7 +4,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use snapmon_common::{ns_flags, valid as v, EventKind, NsOp};
 
 use crate::{
-    emit::{fill_header, output_lane, sc_arg, urgent_actor, urgent_file},
+    emit::{fill_header, output_file, output_lane, sc_arg, urgent_actor, urgent_file},
     kernel::{current_task, is_agent, valid, watched_fd},
     path::{match_path, relevant},
     SCRATCH_NS,
@@ -117,7 +117,7 @@ unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     ev.path2[0] = 0;
     ev.aux = aux;
     ev.aux2 = aux2;
-    output_lane(ev, urgent_file(ev.hdr.uid, w.inode, &w.key));
+    output_file(ev, urgent_file(ev.hdr.uid, w.inode, w.precious), w.precious, &w.key);
     crate::observe::mark(true);
 }
 

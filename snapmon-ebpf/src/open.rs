@@ -12,7 +12,7 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user_str, count_lost, fill_header, output_lane, sc_arg, sc_ret, urgent_file},
+    emit::{copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file},
     kernel::{
         current_task, dentry_inode, direct_inode_key, direct_ptr, direct_walk, fd_to_file,
         file_inode, inode_key, inode_size, is_agent, off, rk, valid,
@@ -239,7 +239,10 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     {
         overlay = admit(&key, true) == open_watch::ADMITTED;
     }
-    let file_watched = WATCHED_FILES.get(&key).is_some();
+    // Entry value: an image or metadata file (not ORDINARY) is `precious` to `output_file`.
+    let entry = WATCHED_FILES.get(&key).copied();
+    let file_watched = entry.is_some();
+    let mut precious = entry.is_some_and(|v| v & watch_value::ORDINARY == 0);
     let mut pflags = WATCHED_DIRS.get(&pkey).copied().unwrap_or(0);
     if !file_watched && pflags & dir_flags::WATCHED == 0 && pkey.ino != 0 {
         // A directory made a moment ago inside a watched tree may not be in the map yet
@@ -286,7 +289,7 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         // Images and metadata always get a watch; other files only below the ordinary
         // share, and not at all while the agent keeps the map in reserve (it decides and
         // counts those), so a flood of junk cannot take the room of the next image.
-        let precious = pflags & dir_flags::METADATA != 0 || precious_name(&ev.path, ev.path_len);
+        precious = pflags & dir_flags::METADATA != 0 || precious_name(&ev.path, ev.path_len);
         if precious || runtime_flags() & runtime::WATCH_RESERVE == 0 {
             ev.watch = admit(&key, precious);
         }
@@ -300,7 +303,7 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     ev.size = inode_size(inode);
     ev._pad = 0;
     let _ = s.dirfd;
-    output_lane(ev, urgent_file(ev.hdr.uid, inode, &key));
+    output_file(ev, urgent_file(ev.hdr.uid, inode, precious), precious, &key);
 }
 
 #[tracepoint]

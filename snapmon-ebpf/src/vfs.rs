@@ -6,7 +6,7 @@
 //! kernel-internal writers. Writes made inside a hooked write syscall are skipped here.
 
 use aya_ebpf::{macros::fentry, programs::FEntryContext};
-use snapmon_common::{valid as v, WriteOp};
+use snapmon_common::{valid as v, watch_value, WriteOp};
 
 use crate::{
     kernel::{current_syscall, file_inode, inode_key, is_agent, is_io_worker, valid},
@@ -42,9 +42,10 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         let Some(key) = inode_key(inode) else {
             return 0;
         };
-        if WATCHED_FILES.get(&key).is_none() {
+        let Some(value) = WATCHED_FILES.get(&key) else {
             return 0;
-        }
+        };
+        let precious = *value & watch_value::ORDINARY == 0;
         let nr = current_syscall().0;
         if HOOKED_WRITE_SYSCALLS.contains(&nr) {
             return 0;
@@ -62,7 +63,7 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         } else {
             WriteOp::VfsWrite
         };
-        emit_write_file(file, inode, key, op, pos, count, nr as u64);
+        emit_write_file(file, inode, (key, precious), op, pos, count, nr as u64);
     }
     0
 }
@@ -71,12 +72,13 @@ const NR_IOCTL: i64 = 16;
 const NR_FALLOCATE: i64 = 285;
 const NR_COPY_FILE_RANGE: i64 = 326;
 
-/// The watched inode, unless the agent itself or a path another hook reports.
+/// The watched inode and whether it is an image or metadata file, unless the agent itself
+/// or a path another hook reports.
 #[inline(always)]
 unsafe fn watched_below_syscalls(
     inode: *const u8,
     reported_by: &[i64],
-) -> Option<snapmon_common::FileKey> {
+) -> Option<(snapmon_common::FileKey, bool)> {
     if !valid(v::FILES | v::VFS) || inode.is_null() {
         return None;
     }
@@ -85,13 +87,13 @@ unsafe fn watched_below_syscalls(
         return None;
     }
     let key = inode_key(inode)?;
-    WATCHED_FILES.get(&key)?;
+    let precious = *WATCHED_FILES.get(&key)? & watch_value::ORDINARY == 0;
     let nr = current_syscall().0;
     // io_uring requests are reported at submission.
     if reported_by.contains(&nr) || nr == NR_IO_URING_ENTER || is_io_worker() {
         return None;
     }
-    Some(key)
+    Some((key, precious))
 }
 
 /// `truncate_pagecache_range(inode, lstart, lend)`: filesystems call it when they free or zero

@@ -6,7 +6,7 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user, fill_header, output_lane, sc_arg, urgent_file},
+    emit::{copy_user, fill_header, output_file, sc_arg, urgent_file},
     kernel::{
         current_exe, current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched,
     },
@@ -104,7 +104,7 @@ unsafe fn emit_write_from(
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
-    output_lane(ev, urgent_file(ev.hdr.uid, w.inode, &w.key));
+    output_file(ev, urgent_file(ev.hdr.uid, w.inode, w.precious), w.precious, &w.key);
 }
 
 /// In-kernel filter: is this a write by a trusted writer of the file's format that stays
@@ -173,7 +173,7 @@ unsafe fn filtered(w: &Watched, op: WriteOp, flags: u16, offset: i64, len: u64, 
 pub unsafe fn emit_write_file(
     file: *const u8,
     inode: *const u8,
-    key: snapmon_common::FileKey,
+    (key, precious): (snapmon_common::FileKey, bool),
     op: WriteOp,
     pos: Pos,
     len: u64,
@@ -184,6 +184,7 @@ pub unsafe fn emit_write_file(
         inode,
         key,
         is_dir: false,
+        precious,
     };
     emit_write_from(&w, -1, op, pos, len, aux, 0, 0, 0, crate::emit::BACKEND_VFS);
 }

@@ -488,6 +488,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     }
 
     let mut tick = tokio::time::interval(opts.status_interval);
+    let mut blind_check = tokio::time::interval(BLIND_CHECK.min(opts.status_interval));
     // Keep-alives come from this loop only, so a stalled reader gets restarted.
     let mut watchdog =
         tokio::time::interval(notify.ping_every().unwrap_or(Duration::from_secs(86_400)));
@@ -529,7 +530,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             _ = int.recv() => { reason = "SIGINT"; break; }
             _ = stdout_closed(&stdout_err) => return Ok(()),
             _ = tick.tick() => {
-                if report_loss(&k, &mut last_lost, &mut pipe, &sinks, 0).is_err() { return Ok(()); }
+                if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err() { return Ok(()); }
                 if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
                 registry.watch_ordinary.store(ordinary_entries(&k.watch_share), std::sync::atomic::Ordering::Relaxed);
@@ -544,6 +545,15 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 // Sequences that time out with no event to carry them (a freeze never thawed).
                 let recs = pipe.tick(crate::sink::json::now_unix_ns());
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
+            }
+            // Records about an image dropped (a flood): said within BLIND_CHECK, not a tick.
+            _ = blind_check.tick() => {
+                let precious = snapmon_common::lost::PRECIOUS_DROPPED;
+                if k.lost_count(precious) > last_lost[precious as usize]
+                    && report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err()
+                {
+                    return Ok(());
+                }
             }
             _ = watchdog.tick(), if notify.ping_every().is_some() => notify.ping(),
             _ = hup.recv() => {
@@ -591,8 +601,13 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // goodbye.
     // Overflowing since the last tick: the kernel is dropping records anyway (and says so in
     // `lost`), and reading on would not end the flood: the short bound.
-    let ringbuf_full = snapmon_common::lost::RINGBUF_FULL as usize;
-    let flood = k.lost_counts()[ringbuf_full] > last_lost[ringbuf_full];
+    let now_lost = k.lost_counts();
+    let flood = [
+        snapmon_common::lost::RINGBUF_FULL,
+        snapmon_common::lost::PRECIOUS_DROPPED,
+    ]
+    .iter()
+    .any(|&c| now_lost[c as usize] > last_lost[c as usize]);
     let bound = if flood { STOP_DRAIN_FLOOD } else { STOP_DRAIN };
     let unread = match stop_drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, bound) {
         Ok(n) => n,
@@ -602,7 +617,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
         return Ok(());
     }
-    let _ = report_loss(&k, &mut last_lost, &mut pipe, &sinks, unread);
+    let _ = report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, unread);
     refresh_hook_runs(&k, &registry);
     let hooks = registry.hook_runs().unwrap_or_default();
     let stopped = crate::state::stopped(
@@ -809,6 +824,10 @@ fn deliver(
 
 /// Longest a handled record waits in a batch for the rest of its chunk.
 const HANDOFF_AFTER: Duration = Duration::from_millis(5);
+
+/// How often the loop looks for dropped records about images (`lost::PRECIOUS_DROPPED`,
+/// one map read): SM-A001 comes within this of the loss, whatever the status interval.
+const BLIND_CHECK: Duration = Duration::from_millis(250);
 
 /// Longest one drain pass runs before the loop takes its turn (signals, ticks, timers): well
 /// inside the 100 ms a SIGTERM may wait.
@@ -1121,10 +1140,20 @@ fn report_filtered(
     emit(sinks, Record::Metric(rec))
 }
 
+/// Records about images or metadata the kernel dropped between two readings of `LOST`;
+/// any other cause (ordinary files, paths, stash) is not a blinding.
+fn precious_dropped(now: &[u64], last: &[u64]) -> u64 {
+    let i = snapmon_common::lost::PRECIOUS_DROPPED as usize;
+    now[i].saturating_sub(last[i])
+}
+
+/// The `lost` record for what was lost since the last call; when records about images or
+/// metadata were among it, also the `blinded` event naming the last of them (SM-A001).
 fn report_loss(
-    k: &Kernel,
+    k: &mut Kernel,
     last: &mut [u64; snapmon_common::lost::COUNT as usize],
     pipe: &mut Pipeline,
+    responder: &mut crate::respond::act::Responder,
     sinks: &SinkSet,
     stop_unread: u64,
 ) -> Result<(), BrokenPipe> {
@@ -1147,6 +1176,7 @@ fn report_loss(
     if delta.is_empty() && decode.is_empty() && watch.watch_full == 0 && stop_unread == 0 {
         return Ok(());
     }
+    let blinded = precious_dropped(&now, last);
     *last = now;
     let mut detail = json!({"kernel": delta, "kernel_total": now, "decoder": decode});
     if watch.watch_full > 0 {
@@ -1161,7 +1191,16 @@ fn report_loss(
         action: "lost",
         detail,
     };
-    emit(sinks, Record::Metric(rec))
+    emit(sinks, Record::Metric(rec))?;
+    if blinded == 0 {
+        return Ok(());
+    }
+    // The slot is written before the count on each CPU: a grown count has a file to name.
+    let Some(b) = k.last_blinded() else {
+        return Ok(());
+    };
+    let recs = pipe.blinded(&b, blinded, &mut KernelMaps::of(k));
+    deliver(recs, pipe, responder, sinks)
 }
 
 #[cfg(test)]
@@ -1175,6 +1214,35 @@ mod tests {
             kind: Default::default(),
             required: false,
         }
+    }
+
+    #[test]
+    fn only_dropped_image_records_are_a_blinding() {
+        use snapmon_common::lost;
+        let last = [0u64; lost::COUNT as usize];
+        let mut now = last;
+        // A flood of junk names: the shared ring overflowed, nothing about an image lost.
+        now[lost::RINGBUF_FULL as usize] = 50_000;
+        now[lost::WATCH_FULL as usize] = 7;
+        assert_eq!(precious_dropped(&now, &last), 0);
+        now[lost::PRECIOUS_DROPPED as usize] = 12;
+        assert_eq!(precious_dropped(&now, &last), 12);
+        // Counted once: the next reading starts from this one.
+        assert_eq!(precious_dropped(&now, &now), 0);
+    }
+
+    #[test]
+    fn the_newest_cpu_slot_names_the_blinding() {
+        use snapmon_common::Blinded;
+        let at = |ts_ns, tgid| Blinded {
+            ts_ns,
+            tgid,
+            ..Default::default()
+        };
+        let pick = loader::newest_blinded([at(5, 1), Blinded::default(), at(9, 2), at(7, 3)]);
+        assert_eq!(pick.map(|b| b.tgid), Some(2));
+        // No CPU dropped one yet: nothing to name.
+        assert!(loader::newest_blinded([Blinded::default(); 4]).is_none());
     }
 
     #[test]

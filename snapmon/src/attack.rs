@@ -64,6 +64,12 @@ pub const TECHNIQUES: &[Technique] = &[
     ),
     t("T1006", "Direct Volume Access", None, DEFENSE_EVASION),
     t(
+        "T1562.001",
+        "Disable or Modify Tools",
+        Some(("T1562", "Impair Defenses")),
+        DEFENSE_EVASION,
+    ),
+    t(
         "T1059",
         "Command and Scripting Interpreter",
         None,

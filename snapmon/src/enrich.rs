@@ -152,6 +152,20 @@ pub struct LoopAlias {
 /// it to the image (dirty pages expire after 30 s by default).
 const LOOP_REPLAY_NS: u64 = 30_000_000_000;
 
+/// Directory entries the `blinded` event reads at most to name a file the agent never
+/// heard of (a store of 100 000 junk names is read in a few tens of milliseconds).
+const BLINDED_LOOKUP: usize = 200_000;
+
+/// The name under which process `tgid` holds file `key` open, if it still does.
+fn held_open(tgid: u32, key: FileKey) -> Option<PathBuf> {
+    std::fs::read_dir(format!("/proc/{tgid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|p| p.is_absolute())
+        .find(|p| std::fs::metadata(p).is_ok_and(|md| crate::watch::key_for(p, &md) == key))
+}
+
 /// A kernel thread (a child of kthreadd, no executable): on the fentry backend the loop
 /// driver's worker is seen writing the backing file itself.
 fn kernel_thread(p: &ProcessInfo) -> bool {
@@ -230,6 +244,61 @@ impl Enricher {
                 _ => "tracepoint",
             },
             process,
+            ..Default::default()
+        }
+    }
+
+    /// The `blinded` event for `dropped` records about images or metadata files the kernel
+    /// could not queue, `b` the last of them: its file and actor, named as any event's.
+    pub fn blinded(&mut self, b: &snapmon_common::Blinded, dropped: u64) -> Event {
+        use snapmon_common::EventKind;
+        let hdr = snapmon_common::Header {
+            kind: b.kind,
+            backend: 1,
+            ts_ns: b.ts_ns,
+            pid: b.pid,
+            tgid: b.tgid,
+            uid: b.uid,
+            gid: b.gid,
+            comm: b.comm,
+        };
+        let record = match EventKind::from_u32(b.kind) {
+            Some(EventKind::FileWrite) => "write",
+            Some(EventKind::FileOpen) => "open",
+            Some(EventKind::Namespace) => "namespace",
+            Some(EventKind::Ioctl) => "ioctl",
+            _ => "other",
+        };
+        // Its create may have been dropped too: look for it among the actor's open files,
+        // then in the watched directories, and keep the name.
+        if self.watch.path_of(&b.file).is_none() {
+            let found = held_open(b.tgid, b.file)
+                .or_else(|| self.watch.find_name(&b.file, BLINDED_LOOKUP));
+            if let Some(p) = found {
+                self.watch.learn(b.file, p);
+            }
+        }
+        let mut process = self.lineage.process(b.tgid, b.pid, b.ts_ns, &hdr);
+        // The exec the lineage missed may be among the lost records: the kernel's own word
+        // (credentials and name at the drop) wins over a stale entry.
+        let comm = cstr(&b.comm, b.comm.len());
+        let name = process.name.as_bytes();
+        if process.uid != b.uid || !name.starts_with(comm) {
+            process = crate::lineage_bridge::header_process(&hdr);
+        }
+        Event {
+            ts_unix_ns: self.clock.unix_ns(b.ts_ns),
+            ts_boot_ns: b.ts_ns,
+            category: "file",
+            ecs_type: "info",
+            action: crate::event::BLINDED,
+            backend: "tracepoint",
+            process,
+            file: Some(self.file(b.file, None)),
+            detail: vec![
+                (crate::event::DROPPED, dropped.to_string()),
+                (crate::event::DROPPED_RECORD, record.to_string()),
+            ],
             ..Default::default()
         }
     }

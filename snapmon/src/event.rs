@@ -162,6 +162,17 @@ impl Event {
     }
 }
 
+/// `event.action` of the event the agent makes when the kernel dropped records about an
+/// image or metadata file (`lost::PRECIOUS_DROPPED`): `file` is the last such file, `process`
+/// the actor of that record. Rule SM-A001 judges it.
+pub const BLINDED: &str = "blinded";
+/// `snapmon.detail.dropped`: records about images or metadata files dropped since the last
+/// `blinded` event (all files, not only `file`).
+pub const DROPPED: &str = "dropped";
+/// `snapmon.detail.dropped_record`: what the last dropped record was (`write`, `open`,
+/// `namespace`, `ioctl`).
+pub const DROPPED_RECORD: &str = "dropped_record";
+
 /// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
 /// (`file`, `target`, or `file,target`; see `longpath`).
 pub const PATH_TRUNCATED: &str = "path_truncated";

@@ -438,6 +438,7 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
             "stash_full",
             "io_uring_fixed_file",
             "watch_full",
+            "precious_dropped",
         ],
     ),
     ("decoder", &["decode_truncated", "decode_unknown_kind"]),
@@ -586,6 +587,10 @@ mod tests {
         assert_eq!(
             kernel_loss_causes()[snapmon_common::lost::WATCH_FULL as usize],
             "watch_full"
+        );
+        assert_eq!(
+            kernel_loss_causes()[snapmon_common::lost::PRECIOUS_DROPPED as usize],
+            "precious_dropped"
         );
     }
 

@@ -272,6 +272,26 @@ impl Pipeline {
         .min()
     }
 
+    /// The kernel dropped `dropped` records about images or metadata files since the last
+    /// call, `last` the newest (`Kernel::last_blinded`): one `blinded` event for all of them,
+    /// judged by the rules (SM-A001) like any other. Nothing when none was dropped.
+    pub fn blinded(
+        &mut self,
+        last: &snapmon_common::Blinded,
+        dropped: u64,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        if dropped == 0 {
+            return out;
+        }
+        let mut ev = self.enricher.blinded(last, dropped);
+        self.seq += 1;
+        ev.seq = self.seq;
+        self.finish(ev, Instant::now(), maps, &mut out);
+        out
+    }
+
     /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.
     pub fn tick(&mut self, now_unix_ns: i128) -> Vec<Record> {
         let alerts = self.rules.expire(now_unix_ns);
@@ -433,6 +453,133 @@ mod held {
         assert_eq!(ch(ev[1]), ["size: 16777216 → 33554432"]);
         assert!(pipe.next_due().is_none());
         assert_eq!(pipe.stats.held, 1);
+    }
+}
+
+/// Records about images the kernel dropped: the `blinded` event and its SM-A001 alert.
+#[cfg(test)]
+mod blinded {
+    use super::*;
+    use crate::{record::Severity, rules::replay, testutil::TmpDir, watch::MemMaps};
+    use snapmon_common::{Blinded, EventKind};
+
+    fn dropped_write(key: snapmon_common::FileKey, pid: u32) -> Blinded {
+        let mut comm = [0u8; 16];
+        comm[..7].copy_from_slice(b"python3");
+        Blinded {
+            ts_ns: 1_000_000,
+            file: key,
+            kind: EventKind::FileWrite as u32,
+            pid,
+            tgid: pid,
+            uid: 65534,
+            gid: 65534,
+            comm,
+            ..Default::default()
+        }
+    }
+
+    fn alerts(recs: &[Record]) -> Vec<&crate::record::Alert> {
+        recs.iter()
+            .filter_map(|r| match r {
+                Record::Alert(a) => Some(a.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tick_with_dropped_image_records_is_one_alert_naming_the_file() {
+        let d = TmpDir::new("blinded");
+        let (vm1, vm2) = (d.path("vm1.qcow2"), d.path("vm2.qcow2"));
+        std::fs::write(&vm1, b"QFI\xfb").unwrap();
+        std::fs::write(&vm2, b"QFI\xfb").unwrap();
+        let key = |p: &std::path::Path| crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d.0, &mut maps).unwrap();
+        let mut pipe = Pipeline::with_lineage(
+            ws,
+            &Policy::embedded(),
+            Box::new(crate::lineage_bridge::HeaderOnly),
+        );
+        // Nothing dropped: nothing said.
+        assert!(pipe
+            .blinded(&dropped_write(key(&vm1), 1234), 0, &mut maps)
+            .is_empty());
+        let out = pipe.blinded(&dropped_write(key(&vm1), 1234), 12, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert_eq!(a[0].rule_id, "SM-A001");
+        assert_eq!(a[0].severity, Severity::High);
+        assert_eq!(a[0].technique, ["T1562.001"]);
+        assert_eq!(
+            a[0].message,
+            "events lost on vm1.qcow2 while the ring buffer was full (12 records about images or \
+             metadata dropped; last actor python3 uid 65534 pid 1234): tampering may be hidden"
+        );
+        // The event it judged is in the output too, so a replay of the log finds it again.
+        let ev = &a[0].event;
+        assert_eq!(ev.action, crate::event::BLINDED);
+        let path = ev.file.as_ref().and_then(|f| f.path.as_ref());
+        assert_eq!(path.map(|p| p.display()), Some(vm1.display().to_string()));
+        let line = crate::sink::json::to_value(&out[0], "h").to_string();
+        let mut e = Engine::build(
+            &Policy::embedded(),
+            &HostResolver,
+            Box::new(crate::rules::policy::FixedOffset(0)),
+        )
+        .unwrap();
+        let (again, _) = replay::run(&mut e, line.as_bytes());
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].message, a[0].message);
+        // The next tick's drops, about another image: one alert again, naming that one.
+        let out = pipe.blinded(&dropped_write(key(&vm2), 1234), 3, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert!(a[0].message.starts_with("events lost on vm2.qcow2"), "{}", a[0].message);
+        assert!(a[0].message.contains("(3 records"), "{}", a[0].message);
+    }
+
+    #[test]
+    fn an_image_whose_create_was_lost_too_is_found_in_its_store() {
+        let d = TmpDir::new("blinded-unheard");
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d.0, &mut maps).unwrap();
+        let mut pipe = Pipeline::with_lineage(
+            ws,
+            &Policy::embedded(),
+            Box::new(crate::lineage_bridge::HeaderOnly),
+        );
+        // Made after the scan, and the agent never heard of it.
+        let mine = d.path("mine.qcow2");
+        std::fs::write(&mine, b"x").unwrap();
+        let key = crate::watch::key_for(&mine, &std::fs::metadata(&mine).unwrap());
+        let out = pipe.blinded(&dropped_write(key, 9), 2, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert!(a[0].message.starts_with("events lost on mine.qcow2 "), "{}", a[0].message);
+        assert_eq!(pipe.enricher.watch.path_of(&key), Some(&mine));
+    }
+
+    #[test]
+    fn a_file_the_agent_cannot_name_is_named_by_its_identity() {
+        let mut maps = MemMaps::default();
+        let mut pipe = Pipeline::with_lineage(
+            WatchSet::default(),
+            &Policy::embedded(),
+            Box::new(crate::lineage_bridge::HeaderOnly),
+        );
+        let key = snapmon_common::FileKey {
+            dev: (8 << 20) | 1,
+            _pad: 0,
+            ino: 77,
+        };
+        let out = pipe.blinded(&dropped_write(key, 9), 1, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert!(a[0].message.starts_with("events lost on 8:1:77 "), "{}", a[0].message);
     }
 }
 

@@ -616,6 +616,33 @@ impl WatchSet {
         self.names.get(key).and_then(|n| n.last())
     }
 
+    /// A name for `key` found on disk, in the watched directories, when the agent never
+    /// heard of it (its create was among the records a flood dropped). Reads directory
+    /// entries (their inode numbers, no stat but for a match), at most `budget` of them.
+    pub fn find_name(&self, key: &FileKey, budget: usize) -> Option<PathBuf> {
+        use std::os::unix::fs::DirEntryExt as _;
+        let mut left = budget;
+        for dir in self.dirs.iter().filter_map(|d| self.path_of(d)) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if left == 0 {
+                    return None;
+                }
+                left -= 1;
+                if e.ino() != key.ino {
+                    continue;
+                }
+                let p = e.path();
+                if std::fs::symlink_metadata(&p).is_ok_and(|md| key_for(&p, &md) == *key) {
+                    return Some(p);
+                }
+            }
+        }
+        None
+    }
+
     /// The identity last known by the name `p`.
     pub fn key_at(&self, p: &Path) -> Option<FileKey> {
         self.by_path.get(p).and_then(|k| k.last()).copied()

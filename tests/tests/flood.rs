@@ -1,6 +1,7 @@
 //! Issue #15 findings that take a flood of names by `nobody` in a 1777 store: a path table
 //! scanned per event (70 unlinks/s, SIGTERM unheeded) and a watched-files map that filled
-//! for good (the next image's tampering unseen). Each test has an agent of its own.
+//! for good (the next image's tampering unseen); and issue #14's last item, a flood that drops
+//! records about an image is itself an alert (SM-A001). Each test has an agent of its own.
 // xtask-suite: host-only
 // (100 000 files are minutes of work in the TCG guests; the kernel side is one map insert.)
 
@@ -267,6 +268,232 @@ fn files_nobody_made_and_deleted_leave_the_watch_map() {
     assert!(
         seen.is_some(),
         "writes to a new ordinary file are not seen: the map stayed full"
+    );
+    stops_within_2s(&mut a);
+}
+
+/// The smallest ring the agent takes (`agent.ring_buffer_bytes`; the urgent lane is then
+/// 4 KiB too): a dozen write records fill a lane, so a flood by one user drops records.
+const SMALL_RING: &str = "[agent]\nring_buffer_bytes = 4096\n";
+
+/// An agent of its own on a 4 KiB ring, with a 1777 store.
+fn small_ring_agent(tag: &str) -> (Agent, std::path::PathBuf) {
+    // Outside the agent's root (which `spawn` recreates), root-owned, 0644 in sticky /tmp.
+    let policy = std::env::temp_dir().join(format!("snapmon-e2e-{}-{tag}.toml", std::process::id()));
+    std::fs::write(&policy, SMALL_RING).unwrap();
+    let a = Agent::spawn(tag, &["--config", policy.to_str().unwrap()], &[]);
+    // Read at start (no reload here): nothing left behind in /tmp.
+    let _ = std::fs::remove_file(&policy);
+    let a = a.unwrap();
+    let store = open_store(&a);
+    (a, store)
+}
+
+/// The records written after `mark`.
+fn records_after(a: &Agent, mark: u64) -> Vec<Value> {
+    use std::io::{Read as _, Seek as _};
+    let mut f = std::fs::File::open(&a.out).unwrap();
+    f.seek(std::io::SeekFrom::Start(mark)).unwrap();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).unwrap();
+    buf.split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
+}
+
+/// The SM-A001 alerts after `mark`.
+fn blinded_alerts(a: &Agent, mark: u64) -> Vec<Value> {
+    records_after(a, mark)
+        .into_iter()
+        .filter(|v| v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-A001")
+        .collect()
+}
+
+/// Kernel loss of `cause` counted in `lost` records after `mark`.
+fn kernel_lost_after(a: &Agent, mark: u64, cause: &str) -> u64 {
+    records_after(a, mark)
+        .iter()
+        .filter(|v| v["event"]["kind"] == "metric" && v["event"]["action"] == "lost")
+        .filter_map(|v| v["snapmon"]["metric"]["kernel"][cause].as_u64())
+        .sum()
+}
+
+/// A root-made image on a 4 KiB ring: qemu-img's own burst may overflow it (and is rightly
+/// SM-A001); wait until that loss has been reported, so what follows starts clean.
+fn quiet_image(store: &Path, name: &str) -> std::path::PathBuf {
+    let img = image_with_3_snapshots(store, name);
+    std::thread::sleep(Duration::from_millis(1500));
+    img
+}
+
+/// Wall-clock nanoseconds of a record's `@timestamp` (`2026-11-28T18:10:52.682469425Z`).
+fn unix_ns(v: &Value) -> i128 {
+    let s = v["@timestamp"].as_str().unwrap_or("");
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i32>().ok()).unwrap_or(0);
+    // SAFETY: a zeroed `tm` is valid; timegm only reads it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = num(0..4) - 1900;
+    tm.tm_mon = num(5..7) - 1;
+    tm.tm_mday = num(8..10);
+    tm.tm_hour = num(11..13);
+    tm.tm_min = num(14..16);
+    tm.tm_sec = num(17..19);
+    let secs = unsafe { libc::timegm(&mut tm) } as i128;
+    let frac = s.get(20..29).and_then(|x| x.parse::<i128>().ok()).unwrap_or(0);
+    secs * 1_000_000_000 + frac
+}
+
+fn now_unix_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+/// Iterations of the mixed flood: a few seconds of python as nobody.
+const BLIND_FLOOD: usize = 20_000;
+
+#[test]
+fn a_flood_that_drops_image_records_raises_monitoring_blinded_within_1s() {
+    let (mut a, store) = small_ring_agent("flood-blind");
+    // Root's image writable by anyone (careless mode), and nobody's own image: records about
+    // both are precious; root's goes to the urgent lane (nobody does not own it), nobody's to
+    // the shared one, where nobody's junk names flood it.
+    let shared = quiet_image(&store, "shared.qcow2");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let mark = a.mark();
+    let t0 = Instant::now();
+    let mut flooder = std::process::Command::new("setpriv")
+        .args(snapmon_e2e::SETPRIV)
+        .arg(snapmon_e2e::SYSTEM_PYTHON)
+        .arg("-c")
+        .arg(format!(
+            "import os\n\
+             os.chdir({:?})\n\
+             s = os.open({:?}, os.O_RDWR)\n\
+             m = os.open('mine.qcow2', os.O_RDWR | os.O_CREAT, 0o600)\n\
+             blk = bytes(512)\n\
+             for i in range({BLIND_FLOOD}):\n\
+             \x20   os.pwrite(s, blk, 8 << 20)\n\
+             \x20   os.pwrite(m, blk, 0)\n\
+             \x20   os.close(os.open('n%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))\n\
+             \x20   os.unlink('n%d' % i)",
+            store.to_str().unwrap(),
+            shared.to_str().unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let nobody = flooder.id();
+    // Read as the agent writes (10 ms polls), during the flood and up to 1 s after it.
+    let mut alert = None;
+    let mut seen_at = 0;
+    let mut ended: Option<Instant> = None;
+    while alert.is_none() && ended.is_none_or(|e| e.elapsed() < Duration::from_secs(1)) {
+        alert = a.wait_from_lines(mark, Duration::from_millis(100), b"SM-A001", |v| {
+            v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-A001"
+        });
+        seen_at = now_unix_ns();
+        if ended.is_none() && flooder.try_wait().unwrap().is_some() {
+            ended = Some(Instant::now());
+        }
+    }
+    let status = flooder.wait().unwrap();
+    assert!(status.success(), "the flood failed");
+    let flood_took = ended.map_or(t0.elapsed(), |e| e - t0);
+    let first = blinded_alerts(&a, mark).into_iter().next();
+    let precious = kernel_lost_after(&a, mark, "precious_dropped");
+    snapmon_e2e::note(&format!(
+        "mixed flood of {BLIND_FLOOD} by nobody took {flood_took:?}: kernel precious_dropped \
+         {precious}, ringbuf_full {}; SM-A001 {}",
+        kernel_lost_after(&a, mark, "ringbuf_full"),
+        first
+            .as_ref()
+            .map(|v| v["message"].to_string())
+            .unwrap_or_else(|| "none".into())
+    ));
+    assert!(
+        precious > 0,
+        "the flood dropped no image record on a 4 KiB ring (it cannot test the rule)"
+    );
+    let alert = alert.expect("no SM-A001 within 1 s of a flood that dropped image records");
+    let first = first.unwrap();
+    // The event's time is the last dropped record's: the alert came this long after that loss.
+    let latency = Duration::from_nanos((seen_at - unix_ns(&alert)).max(0) as u64);
+    snapmon_e2e::note(&format!("SM-A001 read {latency:?} after the loss it names"));
+    assert!(latency < Duration::from_secs(1), "SM-A001 came {latency:?} after the loss");
+    let msg = first["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("events lost on shared.qcow2") || msg.contains("events lost on mine.qcow2"),
+        "SM-A001 does not name the image: {msg}"
+    );
+    assert!(msg.contains("uid 65534"), "SM-A001 does not name nobody: {msg}");
+    assert_eq!(first["process"]["pid"], nobody, "{first}");
+    assert_eq!(first["snapmon"]["severity"], "high");
+    assert_eq!(first["event"]["action"], "blinded");
+    assert!(
+        first["threat"]["technique"]["id"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "T1562")),
+        "{}",
+        first["threat"]
+    );
+    snapmon_e2e::emit_fixture(
+        "SM-A001/positive-nobody-flood.jsonl",
+        &a.record_lines(|v| {
+            (v["event"]["kind"] == "event" && v["event"]["action"] == "blinded")
+                || (v["event"]["kind"] == "metric"
+                    && v["snapmon"]["metric"]["kernel"]["precious_dropped"].is_u64())
+        }),
+    );
+    stops_within_2s(&mut a);
+}
+
+#[test]
+fn a_flood_of_junk_names_alone_is_loss_but_not_blinding() {
+    let (mut a, store) = small_ring_agent("flood-junk-only");
+    // An image in the store nobody does not touch: nothing about it is queued, nothing lost.
+    let _img = quiet_image(&store, "vm.qcow2");
+    let mark = a.mark();
+    nobody_py(&format!(
+        "import os\n\
+         os.chdir({:?})\n\
+         for i in range({BLIND_FLOOD}):\n\
+         \x20   os.close(os.open('n%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))\n\
+         \x20   os.unlink('n%d' % i)",
+        store.to_str().unwrap()
+    ));
+    // Two status ticks: any loss is reported by then.
+    std::thread::sleep(Duration::from_secs(2));
+    let ringbuf = kernel_lost_after(&a, mark, "ringbuf_full");
+    let precious = kernel_lost_after(&a, mark, "precious_dropped");
+    let blinded = blinded_alerts(&a, mark);
+    snapmon_e2e::note(&format!(
+        "junk flood of {BLIND_FLOOD} by nobody: kernel ringbuf_full {ringbuf}, \
+         precious_dropped {precious}, SM-A001 {}",
+        blinded.len()
+    ));
+    assert!(ringbuf > 0, "the junk flood lost nothing on a 4 KiB ring: no test");
+    assert_eq!(precious, 0, "ordinary names counted as image records");
+    assert!(blinded.is_empty(), "SM-A001 for a flood of junk: {blinded:?}");
+    let mut n = 0;
+    snapmon_e2e::emit_fixture(
+        "SM-A001/negative-junk-flood.jsonl",
+        &a.record_lines(|v| {
+            let after = v["snapmon"]["metric"]["kernel"]["precious_dropped"].is_null();
+            let junk = v["event"]["kind"] == "event"
+                && v["file"]["name"].as_str().is_some_and(|n| n.starts_with('n'));
+            let loss = v["event"]["kind"] == "metric" && v["event"]["action"] == "lost";
+            after && (junk || loss)
+        })
+        .into_iter()
+        .filter(|l| {
+            n += 1;
+            n <= 40 || l.contains("\"lost\"")
+        })
+        .collect::<Vec<_>>(),
     );
     stops_within_2s(&mut a);
 }

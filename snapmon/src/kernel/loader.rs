@@ -239,6 +239,8 @@ pub struct Kernel {
     pub dirs: BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: BpfHashMap<MapData, u64, u32>,
     pub lost: PerCpuArray<MapData, u64>,
+    /// The last image or metadata record each CPU dropped (`lost::PRECIOUS_DROPPED`).
+    pub blinded: PerCpuArray<MapData, snapmon_common::Blinded>,
     pub hooks: Vec<HookStatus>,
     pub missing: Vec<Missing>,
     pub offsets: KernelOffsets,
@@ -627,6 +629,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
+    let blinded = PerCpuArray::try_from(take(&mut ebpf, "BLINDED")?)?;
     let mut runtime = aya::maps::Array::try_from(take(&mut ebpf, "RUNTIME")?)?;
     let mut flags = 0;
     if vfs {
@@ -667,6 +670,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         dirs,
         prefixes,
         lost,
+        blinded,
         hooks,
         missing,
         offsets,
@@ -1063,6 +1067,29 @@ impl Kernel {
         }
         out
     }
+
+    /// Sum of the per-CPU loss counters of one cause (`snapmon_common::lost`).
+    pub fn lost_count(&self, cause: u32) -> u64 {
+        self.lost
+            .get(&cause, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// The newest record about an image or metadata file any CPU dropped, if one was.
+    pub fn last_blinded(&self) -> Option<snapmon_common::Blinded> {
+        newest_blinded(self.blinded.get(&0, 0).ok()?.iter().copied())
+    }
+}
+
+/// Of the per-CPU `BLINDED` slots, the one written last (a slot never written is all zero).
+pub fn newest_blinded(
+    slots: impl IntoIterator<Item = snapmon_common::Blinded>,
+) -> Option<snapmon_common::Blinded> {
+    slots
+        .into_iter()
+        .filter(|b| b.ts_ns != 0)
+        .max_by_key(|b| b.ts_ns)
 }
 
 /// Replace the trusted-writer identities (exe identity → `filter_actor` bits).

@@ -57,6 +57,10 @@ impl Mode {
 /// sequence.
 pub const DEFAULT_AGENT_RULES: &[&str] = &["SM-B001", "SM-K004", "SM-R001"];
 
+/// Rules whose event's actor is not who did it: SM-A001 names the last actor whose record
+/// a flood dropped, not the flooder. Never answered (not even with `all`).
+pub const UNANSWERABLE_RULES: &[&str] = &["SM-A001"];
+
 /// Package managers: never signalled, whatever they touch.
 pub const PACKAGE_MANAGERS: &[&str] = &[
     "/usr/bin/dpkg",
@@ -98,9 +102,18 @@ pub fn parse_rules(list: &[String]) -> Result<Selection, String> {
     for w in list.iter().map(|w| w.trim()) {
         if w == "all" {
             s.classes |= r::CLASSES;
-            s.agent_rules.extend(registry::RULES.iter().map(|d| d.id));
+            s.agent_rules.extend(
+                registry::RULES
+                    .iter()
+                    .map(|d| d.id)
+                    .filter(|id| !UNANSWERABLE_RULES.contains(id)),
+            );
         } else if let Some((b, _)) = r::NAMES.iter().find(|(_, n)| *n == w) {
             s.classes |= b;
+        } else if UNANSWERABLE_RULES.contains(&w) {
+            return Err(format!(
+                "rule `{w}` cannot draw a response: its actor is not the one who caused it"
+            ));
         } else if let Some(d) = registry::find(w) {
             s.agent_rules.push(d.id);
         } else {
@@ -539,7 +552,12 @@ mod tests {
         let s = parse_rules(&["metadata_write".into(), "SM-K004".into()]).unwrap();
         assert_eq!(s.classes, r::METADATA_WRITE);
         assert_eq!(s.agent_rules, vec!["SM-K004"]);
-        assert!(parse_rules(&["all".into()]).unwrap().agent_rules.len() == registry::RULES.len());
+        // Every rule but those whose actor is not the culprit (SM-A001).
+        let all = parse_rules(&["all".into()]).unwrap().agent_rules;
+        assert_eq!(all.len(), registry::RULES.len() - UNANSWERABLE_RULES.len());
+        assert!(!all.contains(&"SM-A001"));
+        let e = parse_rules(&["SM-A001".into()]).unwrap_err();
+        assert!(e.contains("SM-A001") && e.contains("cannot draw a response"), "{e}");
         let e = parse_rules(&["metadata_wrte".into()]).unwrap_err();
         assert!(
             e.contains("metadata_wrte") && e.contains("metadata_write"),

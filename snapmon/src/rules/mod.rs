@@ -31,10 +31,12 @@ pub enum Kind {
     Delete,
     Attr,
     Ioctl,
+    /// The agent's own `blinded` event: records about an image were lost (SM-A001).
+    Loss,
     Other,
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 8;
 
 impl Kind {
     pub fn of(action: &str) -> Kind {
@@ -44,6 +46,7 @@ impl Kind {
             "unlink" | "rmdir" => Kind::Delete,
             "chmod" | "chown" | "utimes" => Kind::Attr,
             "ioctl" => Kind::Ioctl,
+            crate::event::BLINDED => Kind::Loss,
             "open_write" | "fork" | "exec" | "exit" | "" => Kind::Other,
             // Circuit-breaker records (`crate::respond::ACTIONS`): alerts of their own.
             "kill" | "stop" | "freeze" | "would_kill" | "would_stop" | "would_freeze" => {

@@ -252,6 +252,7 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "would_deny_link",
     "would_deny_mmap_write",
     "would_deny_ioctl",
+    crate::event::BLINDED,
 ];
 
 /// Validate everything the rules part of a policy says, without touching the host.

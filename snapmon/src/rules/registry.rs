@@ -307,6 +307,20 @@ pub static RULES: &[RuleDef] = &[
         eval: t001,
         summary: "utimes on a disk image or snapshot metadata file by a process no actor group trusts (not counting the creator stamping a file it just created)",
     },
+    RuleDef {
+        id: "SM-A001",
+        name: "monitoring blinded",
+        severity: Severity::High,
+        technique: &["T1562.001"],
+        kinds: &[Loss],
+        rate: None,
+        windowed: false,
+        default_window: 0,
+        default_enabled: true,
+        supersedes: &[],
+        eval: a001,
+        summary: "the kernel dropped records about a watched image or metadata file because both ring-buffer lanes were full (a flood): whatever those records said went unjudged; names the last such file and its actor",
+    },
 ];
 
 pub fn find(id: &str) -> Option<&'static RuleDef> {
@@ -1355,5 +1369,35 @@ fn t001(ctx: &mut Ctx) -> Option<Hit> {
         "{} changed the timestamps of {}",
         actor(ev),
         String::from_utf8_lossy(p)
+    )))
+}
+
+/// SM-A001: the agent's own `blinded` event (`Pipeline::blinded`): records about an image or
+/// metadata file were dropped, so a tamper of it may have gone unseen.
+fn a001(ctx: &mut Ctx) -> Option<Hit> {
+    let ev = ctx.ev;
+    if ev.action != crate::event::BLINDED {
+        return None;
+    }
+    let detail = |k: &str| {
+        ev.detail
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let dropped = detail(crate::event::DROPPED).unwrap_or("some");
+    let file = match ev.file.as_ref() {
+        Some(f) if f.path.is_none() => {
+            format!("{}:{}", crate::watch::dev_display(f.dev), f.ino)
+        }
+        _ => leaf(ev),
+    };
+    let p = &ev.process;
+    Some(Hit::msg(format!(
+        "events lost on {file} while the ring buffer was full ({dropped} records about images or \
+         metadata dropped; last actor {} uid {} pid {}): tampering may be hidden",
+        process_name(p),
+        p.uid,
+        p.pid
     )))
 }

@@ -78,6 +78,9 @@ const WORDS: &[&str] = &[
     "loop_watch",
     "overlay_mount",
     "overlay_path",
+    crate::event::DROPPED,
+    crate::event::DROPPED_RECORD,
+    crate::event::READ_STALLED,
 ];
 
 pub fn intern(s: &str) -> &'static str {

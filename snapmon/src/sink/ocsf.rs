@@ -8,7 +8,7 @@
 //! | OCSF field | from |
 //! |---|---|
 //! | `class_uid`, `category_uid` | 1001/1 file, 1007/1 process, 2004/2 alert, 6002/6 agent state, 0/0 metric and chain |
-//! | `activity_id` | 1001: 1 create (`create`, `mkdir`, `link`, `symlink`), 3 update (writes, truncate, fallocate, mmap, open_truncate), 4 delete (`unlink`, `rmdir`), 5 rename, 6 set attributes (`utimes`), 7 set security (`chmod`, `chown`), 14 open (`open_write`), 99 other (`ioctl`); 1007: 1 launch (`fork`, `exec`), 2 terminate (`exit`); 2004: 1 create; 6002: 3 start, 4 stop, 99 other (`activity_name` = the record: `hooks`, `stores` …); 0: 99 |
+//! | `activity_id` | 1001: 1 create (`create`, `mkdir`, `link`, `symlink`), 3 update (writes, truncate, fallocate, mmap, open_truncate), 4 delete (`unlink`, `rmdir`), 5 rename, 6 set attributes (`utimes`), 7 set security (`chmod`, `chown`), 14 open (`open_write`), 99 other (`ioctl`, `blinded`); 1007: 1 launch (`fork`, `exec`), 2 terminate (`exit`); 2004: 1 create; 6002: 3 start, 4 stop, 99 other (`activity_name` = the record: `hooks`, `stores` …); 0: 99 |
 //! | `type_uid`, `type_name` | `class_uid * 100 + activity_id`, its caption |
 //! | `time` | milliseconds since the epoch (nanoseconds in `unmapped.timestamp_ns`) |
 //! | `severity_id`, `severity` | alerts: 1 informational, 2 low, 3 medium, 4 high, 5 critical; events and state 1; `lost` 3 |
@@ -51,7 +51,7 @@ pub fn activity(e: &Event) -> (u32, u32, u32, &'static str) {
         "utimes" => (6, "Set Attributes"),
         "chmod" | "chown" => (7, "Set Security"),
         "open_write" => (14, "Open"),
-        "ioctl" => (99, "Other"),
+        "ioctl" | crate::event::BLINDED => (99, "Other"),
         _ => (3, "Update"),
     };
     (1001, 1, id, name)
