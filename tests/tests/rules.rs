@@ -21,7 +21,14 @@ fn dir(name: &str) -> PathBuf {
 fn image(d: &Path, name: &str, snaps: &[&str]) -> PathBuf {
     let img = d.join(name);
     let s = img.to_str().unwrap();
-    run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
+    let made = run("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
+    // The agent first reads a file when it handles the file's first event: a step that
+    // changes the image before then is read as part of what the image was (a debug agent
+    // under load lagged past a `qemu-img snapshot` that followed at once).
+    let seen = agent().wait_for(Duration::from_secs(10), |v| {
+        v["process"]["pid"] == made.pid && v["file"]["path"].as_str() == Some(s)
+    });
+    assert!(seen.is_some(), "the agent did not report qemu-img create of {s}");
     for sn in snaps {
         run("qemu-img", &["snapshot", "-c", sn, s]);
     }
