@@ -165,6 +165,7 @@ pub const HOOKS: &[HookSpec] = &[
     sc!("sys_enter_ftruncate", "ftruncate"),
     sc!("sys_enter_mmap", "shared writable mmap"),
     sc!("sys_enter_io_submit", "linux-aio writes"),
+    sc!("sys_enter_io_uring_register", "io_uring registered (fixed) files"),
     sc!("sys_enter_ioctl", "ioctls (dm, btrfs, zfs, clone, freeze)"),
     sc!("sys_exit_ioctl", "loop attach/detach outcomes"),
     sc!("sys_enter_openat", "open for write / create"),
