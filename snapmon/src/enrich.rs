@@ -267,6 +267,7 @@ impl Enricher {
             Some(EventKind::FileOpen) => "open",
             Some(EventKind::Namespace) => "namespace",
             Some(EventKind::Ioctl) => "ioctl",
+            Some(EventKind::UringRegister) => "io_uring_register",
             _ => "other",
         };
         // Its create may have been dropped too: look for it among the actor's open files,

@@ -170,7 +170,7 @@ pub const BLINDED: &str = "blinded";
 /// `blinded` event (all files, not only `file`).
 pub const DROPPED: &str = "dropped";
 /// `snapmon.detail.dropped_record`: what the last dropped record was (`write`, `open`,
-/// `namespace`, `ioctl`).
+/// `namespace`, `ioctl`, `io_uring_register`).
 pub const DROPPED_RECORD: &str = "dropped_record";
 
 /// `event.action` of a watched file put into an io_uring registered-file table
