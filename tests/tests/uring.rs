@@ -5,18 +5,19 @@
 //! must be alerted on from the registration (SM-U001, medium or above), by every files
 //! route: `IORING_REGISTER_FILES` (with a sparse slot), `IORING_REGISTER_FILES2` (sparse) +
 //! `IORING_REGISTER_FILES_UPDATE2`, and a sparse table filled by an `IORING_OP_FILES_UPDATE`
-//! request submitted through the ring itself. The benign mirror: `qemu-io --aio io_uring` writing an
-//! image raises nothing at medium or above (QEMU 10 registers no files; the trusted `qemu`
-//! group registering is covered by SM-U001's fixtures).
+//! request submitted through the ring itself. The benign mirror: `qemu-io --aio io_uring`
+//! writing an image raises nothing at medium or above (QEMU 10 registers no files; the
+//! trusted `qemu` group registering is covered by SM-U001's fixtures).
 //!
-//! The attacker is Python with raw syscalls (`ctypes`): `uring_fixed.py` beside this file.
+//! The attacker is Python with raw syscalls (`ctypes`): `uring_fixed.py` beside this file;
+//! and a static i386 program, whose compat `io_uring_register` only `raw_syscalls` sees.
 
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use snapmon_e2e::{
-    action, agent, image_with_3_snapshots, loud, note, open_store, run, Agent, SETPRIV,
-    SYSTEM_PYTHON,
+    action, agent, as_nobody, c_string, i386_program, image_with_3_snapshots, loud, mov, note,
+    open_store, run, Agent, SETPRIV, SYSTEM_PYTHON,
 };
 
 const WITHIN: Duration = Duration::from_secs(1);
@@ -124,4 +125,61 @@ fn qemu_io_writing_through_io_uring_raises_nothing_loud() {
         .filter(|v| v["event"]["kind"] == "alert")
         .collect();
     assert!(loud(&alerts).is_empty(), "{:?}", loud(&alerts));
+}
+
+/// A static i386 program, every syscall a compat one (`int 0x80`): open(img, O_RDWR),
+/// io_uring_setup(4, params zeroed on the stack), io_uring_register(ring,
+/// IORING_REGISTER_FILES, &fd, 1).
+fn i386_registrar(img: &Path) -> Vec<u8> {
+    i386_program(
+        |at| {
+            let mut c = Vec::new();
+            mov(&mut c, 0xb8, 5); // eax = open
+            mov(&mut c, 0xbb, at); // ebx = path
+            mov(&mut c, 0xb9, 2); // ecx = O_RDWR
+            c.extend_from_slice(&[0xcd, 0x80, 0x50, 0x89, 0xe5]); // int 0x80; push eax; ebp = &fd
+            c.extend_from_slice(&[0x81, 0xec, 0x80, 0, 0, 0, 0x89, 0xe7]); // esp -= 128; edi = esp
+            mov(&mut c, 0xb9, 32); // ecx = 32 dwords
+            c.extend_from_slice(&[0x31, 0xc0, 0xf3, 0xab]); // eax = 0; rep stosd
+            mov(&mut c, 0xb8, 425); // eax = io_uring_setup
+            mov(&mut c, 0xbb, 4); // ebx = entries
+            c.extend_from_slice(&[0x89, 0xe1, 0xcd, 0x80, 0x89, 0xc3]); // ecx = esp; int 0x80; ebx = ring
+            mov(&mut c, 0xb8, 427); // eax = io_uring_register
+            mov(&mut c, 0xb9, 2); // ecx = IORING_REGISTER_FILES
+            c.extend_from_slice(&[0x89, 0xea]); // edx = &fd
+            mov(&mut c, 0xbe, 1); // esi = 1
+            c.extend_from_slice(&[0xcd, 0x80]);
+            c
+        },
+        &c_string(img),
+    )
+}
+
+/// The x86-64 syscall tracepoints never see a 32-bit program's `io_uring_register`: where
+/// the VFS hook is refused, `raw_syscalls/sys_enter` hands it to the native hook. (Where it
+/// is live, the compat hook stands down and the VFS hook sees the ring's writes themselves.)
+#[test]
+fn a_32_bit_program_registering_an_image_is_alerted() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut a = agent();
+    if !a.hook_live("raw_sys_enter") {
+        note("raw_sys_enter not live (the VFS hook is): compat registration not checked");
+        return;
+    }
+    let store = open_store(&a);
+    let img = image_with_3_snapshots(&store, "fixed-i386.qcow2");
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let exe = std::env::temp_dir().join(format!("snapmon-i386-uring-{}", std::process::id()));
+    std::fs::write(&exe, i386_registrar(&img)).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mark = a.mark();
+    let pid = as_nobody(exe.to_str().unwrap(), &[]).pid;
+    let _ = std::fs::remove_file(&exe);
+    let al = u001(&mut a, mark, pid)
+        .unwrap_or_else(|| panic!("no SM-U001 within {WITHIN:?} for the i386 registrar {pid}"));
+    assert_eq!(
+        al["snapmon"]["detail"]["io_uring_register"], "register_files",
+        "{al}"
+    );
+    assert_eq!(al["snapmon"]["detail"]["io_uring_slot"], "0", "{al}");
 }

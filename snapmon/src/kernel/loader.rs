@@ -92,6 +92,8 @@ pub const COMPAT: &[(u32, &str)] = &[
     (92, "sys_enter_truncate"),
     (193, "sys_enter_truncate"),
     (412, "sys_enter_utimensat"),
+    // Same arguments: the files structs carry 64-bit pointers on either ABI.
+    (427, "sys_enter_io_uring_register"),
 ];
 
 macro_rules! sc {
