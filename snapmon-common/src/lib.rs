@@ -36,6 +36,8 @@ pub enum EventKind {
     Enforce = 40,
     /// The in-kernel circuit breaker signalled (or, dry-run, would have signalled) a process.
     Respond = 41,
+    /// A watched file entered an io_uring registered-file table (`UringRegisterEvent`).
+    UringRegister = 50,
 }
 
 impl EventKind {
@@ -50,6 +52,7 @@ impl EventKind {
             30 => Self::Ioctl,
             40 => Self::Enforce,
             41 => Self::Respond,
+            50 => Self::UringRegister,
             _ => return None,
         })
     }
@@ -208,6 +211,27 @@ pub mod loop_ioctl {
     pub fn attaches(cmd: u32) -> bool {
         cmd == SET_FD || cmd == CHANGE_FD || cmd == CONFIGURE
     }
+}
+
+/// io_uring registered (fixed) files: how a file enters a ring's table. The opcode word of
+/// `UringRegisterEvent` is the `io_uring_register(2)` opcode, or `VIA_SQE | 20` for an
+/// `IORING_OP_FILES_UPDATE` request submitted through the ring itself.
+pub mod uring_register {
+    pub const REGISTER_FILES: u32 = 2;
+    pub const REGISTER_FILES_UPDATE: u32 = 6;
+    pub const REGISTER_FILES2: u32 = 13;
+    pub const REGISTER_FILES_UPDATE2: u32 = 14;
+    /// `IORING_REGISTER_USE_REGISTERED_RING`: the ring fd is itself a registered index.
+    pub const USE_REGISTERED_RING: u32 = 1 << 31;
+    /// `IORING_OP_FILES_UPDATE` (an SQE opcode), marked apart from the register opcodes.
+    pub const OP_FILES_UPDATE: u32 = 20;
+    pub const VIA_SQE: u32 = 1 << 16;
+    /// fds read per registration: larger tables are reported cut (`CUT`).
+    pub const MAX_FDS: u32 = 64;
+    /// Flag: the call passed more fds than the kernel hook reads.
+    pub const CUT: u32 = 1 << 0;
+    /// Flag: `ring_fd` is an index into the task's registered rings, not an fd.
+    pub const RING_REGISTERED: u32 = 1 << 1;
 }
 
 /// Per-CPU loss counters, index into the `LOST` map.
@@ -472,6 +496,31 @@ pub struct IoctlEvent {
     pub name: [u8; IOCTL_NAME_LEN],
 }
 
+/// A watched file put into an io_uring registered-file table (`io_uring_register(2)` files
+/// opcodes, or `IORING_OP_FILES_UPDATE`): later requests name it by `slot` with
+/// `IOSQE_FIXED_FILE`, which the submit hook cannot resolve, so the registration is the
+/// record. One per watched fd.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct UringRegisterEvent {
+    pub hdr: Header,
+    pub file: FileKey,
+    /// The registered fd (in the registering task).
+    pub fd: i32,
+    /// The ring's fd (or, with `uring_register::RING_REGISTERED`, its registered index).
+    pub ring_fd: i32,
+    /// Index in the ring's file table: the update offset plus the fd's position.
+    pub slot: u32,
+    /// `uring_register::*` opcode word.
+    pub opcode: u32,
+    /// `uring_register::CUT` / `RING_REGISTERED`.
+    pub flags: u32,
+    /// fds the call passed (`nr_args` or the struct's `nr`).
+    pub nr: u32,
+    /// File size (`i_size`) when registered.
+    pub size: u64,
+}
+
 /// Bytes of the entry name an ioctl record carries.
 pub const IOCTL_NAME_LEN: usize = 64;
 
@@ -580,6 +629,11 @@ pub struct KernelOffsets {
     pub inode_rdev: u32,
     /// `super_block.s_magic` (an `unsigned long`): an overlay's files are told by it.
     pub sb_magic: u32,
+    /// `io_rsrc_update.arg` / `.nr_args` / `.offset` in `io_kiocb`'s command area: an
+    /// `IORING_OP_FILES_UPDATE` request's fds array, count and first table slot.
+    pub uring_upd_arg: u32,
+    pub uring_upd_nr: u32,
+    pub uring_upd_off: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
@@ -602,6 +656,8 @@ pub mod valid {
     pub const RDEV: u32 = 1 << 9;
     /// `super_block.s_magic`: the open hook's overlay candidates (`open_watch::OVERLAY`).
     pub const SB_MAGIC: u32 = 1 << 10;
+    /// `io_rsrc_update`: fixed-file updates submitted through a ring are read.
+    pub const IO_URING_UPD: u32 = 1 << 11;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -897,7 +953,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 74 * 4);
+    assert!(size_of::<KernelOffsets>() == 77 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
@@ -915,6 +971,10 @@ const _: () = {
     assert!(offset_of!(RespondEvent, target) == 64);
     assert!(offset_of!(RespondEvent, signal_ns) == 96);
     assert!(size_of::<RespondEvent>() == 48 + 16 + 32 + 40);
+    assert!(offset_of!(UringRegisterEvent, file) == 48);
+    assert!(offset_of!(UringRegisterEvent, slot) == 72);
+    assert!(offset_of!(UringRegisterEvent, size) == 88);
+    assert!(size_of::<UringRegisterEvent>() == 96);
 };
 
 #[cfg(test)]

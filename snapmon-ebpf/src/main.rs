@@ -185,6 +185,12 @@ static RESPOND_AIO: PerCpuArray<respond::WriteQueue> = PerCpuArray::with_max_ent
 #[map]
 static SCRATCH_RESPOND: PerCpuArray<RespondEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
+static SCRATCH_URING: PerCpuArray<snapmon_common::UringRegisterEvent> =
+    PerCpuArray::with_max_entries(1, 0);
+/// Loop state of an io_uring files registration being read (`uring::register_step`).
+#[map]
+static REG_WALK: PerCpuArray<uring::RegWalk> = PerCpuArray::with_max_entries(1, 0);
+#[map]
 static SCRATCH_EXEC: PerCpuArray<snapmon_common::ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[cfg(not(test))]

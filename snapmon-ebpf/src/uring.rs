@@ -2,15 +2,22 @@
 //!
 //! io_uring writes never pass the write syscalls, so without this they would be invisible.
 //! Loaded as `io_uring_submit_req` (6.4+) or `io_uring_submit_sqe` (older) by the agent.
+//! Writes through registered (fixed) files name a table slot, not an fd: the registration
+//! of a watched file (`sys_enter_io_uring_register`) is reported instead.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use snapmon_common::{valid as v, write_flags, NsOp, WriteOp};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, NsOp, WriteOp};
 
 use crate::{
-    emit::count_lost,
-    kernel::{current_task, is_agent, off, rk, valid, watched_fd},
+    emit::{count_lost, fill_header, output_file, sc_arg, urgent_file},
+    kernel::{current_task, inode_size, is_agent, off, rk, valid, watched_fd},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos},
+    REG_WALK, SCRATCH_URING,
 };
 
 const IORING_OP_WRITEV: u8 = 2;
@@ -114,10 +121,27 @@ unsafe fn on_namespace(req: *const u8, opcode: u8) {
     }
 }
 
+/// `IORING_OP_FILES_UPDATE`: the registration by way of the ring itself.
+const IORING_OP_FILES_UPDATE: u8 = 20;
+
 #[inline(always)]
 unsafe fn on_submit(ctx: &BtfTracePointContext) {
     let req: *const u8 = ctx.arg(0);
     let opcode: u8 = rk(req, off!(req_opcode)).unwrap_or(0);
+    if opcode == IORING_OP_FILES_UPDATE {
+        // Prepped before submission is traced: the SQE's addr, len and off, as the kernel
+        // copied them. The submitter's fds (SQPOLL threads share its file table).
+        let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+        if valid(v::IO_URING_UPD) && !is_agent(tgid) {
+            let fds: u64 = rk(req, off!(uring_upd_arg)).unwrap_or(0);
+            let nr: u32 = rk(req, off!(uring_upd_nr)).unwrap_or(0);
+            let slot: u32 = rk(req, off!(uring_upd_off)).unwrap_or(0);
+            // The ring's fd is not at hand here; -1. Stack: `register_step` (144 → 160) on this
+            // hook's frame (320) and its entry (32) is 512, 6.1's limit: grow neither.
+            walk_fds(fds, nr, slot, -1, ur::VIA_SQE | ur::OP_FILES_UPDATE, 0);
+        }
+        return;
+    }
     if (IORING_OP_RENAMEAT..=IORING_OP_LINKAT).contains(&opcode) {
         on_namespace(req, opcode);
         return;
@@ -149,7 +173,8 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
     }
     let flags: u32 = rk(req, off!(req_flags)).unwrap_or(0);
     if flags & REQ_F_FIXED_FILE != 0 {
-        // Registered files are resolved only by the VFS backend; count the blind spot.
+        // The slot is not resolved here (the VFS backend sees the write itself); count the
+        // blind spot. The file's registration was reported (`sys_enter_io_uring_register`).
         count_lost(snapmon_common::lost::URING_FIXED_FILE);
         return;
     }
@@ -232,4 +257,149 @@ unsafe fn on_submit(ctx: &BtfTracePointContext) {
             }
         }
     }
+}
+
+/// One `io_uring_register` files call being read (`register_step`): in per-CPU map memory,
+/// as `path::Walk`, so the callback's state converges at once.
+#[repr(C)]
+pub struct RegWalk {
+    /// User array of `int` fds.
+    fds: u64,
+    /// fds to read (≤ `uring_register::MAX_FDS`) and passed in all.
+    n: u32,
+    nr: u32,
+    /// Table slot of the first fd.
+    offset: u32,
+    ring_fd: i32,
+    opcode: u32,
+    flags: u32,
+}
+
+/// Registered files: requests naming a table slot (`IOSQE_FIXED_FILE`) cannot be resolved
+/// at submission, so the registration of a watched file is the record (`UringRegisterEvent`).
+/// Every files opcode is read: the initial table (sparse `-1` slots included) and updates.
+#[tracepoint]
+pub fn sys_enter_io_uring_register(ctx: TracePointContext) -> u32 {
+    if !valid(v::FILES) {
+        return 0;
+    }
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return 0;
+    }
+    unsafe { on_register(&ctx) };
+    0
+}
+
+#[inline(always)]
+unsafe fn on_register(ctx: &TracePointContext) {
+    let (ring_fd, raw, arg, nr_args) = (
+        sc_arg(ctx, 0),
+        sc_arg(ctx, 1) as u32,
+        sc_arg(ctx, 2),
+        sc_arg(ctx, 3) as u32,
+    );
+    let flags = if raw & ur::USE_REGISTERED_RING != 0 {
+        ur::RING_REGISTERED
+    } else {
+        0
+    };
+    let opcode = raw & !ur::USE_REGISTERED_RING;
+    let u32_at = |o: u64| bpf_probe_read_user((arg + o) as *const u32).unwrap_or(0);
+    let u64_at = |o: u64| bpf_probe_read_user((arg + o) as *const u64).unwrap_or(0);
+    // (fds, nr, offset), from the layouts in include/uapi/linux/io_uring.h.
+    let (fds, nr, offset) = match opcode {
+        ur::REGISTER_FILES => (arg, nr_args, 0),
+        // io_uring_rsrc_register {u32 nr; u32 flags; u64 resv2; u64 data; u64 tags}
+        ur::REGISTER_FILES2 => (u64_at(16), u32_at(0), 0),
+        // io_uring_files_update {u32 offset; u32 resv; u64 fds}
+        ur::REGISTER_FILES_UPDATE => (u64_at(8), nr_args, u32_at(0)),
+        // io_uring_rsrc_update2 {u32 offset; u32 resv; u64 data; u64 tags; u32 nr; u32 resv2}
+        ur::REGISTER_FILES_UPDATE2 => (u64_at(8), u32_at(24), u32_at(0)),
+        _ => return,
+    };
+    walk_fds(fds, nr, offset, ring_fd as i32, opcode, flags);
+}
+
+/// Test the first `uring_register::MAX_FDS` of `nr` user fds at `fds` with `watched_fd`,
+/// one record per watched one, in a `bpf_loop` (the body is verified once).
+#[inline(always)]
+unsafe fn walk_fds(fds: u64, nr: u32, offset: u32, ring_fd: i32, opcode: u32, mut flags: u32) {
+    if fds == 0 || nr == 0 {
+        return;
+    }
+    let Some(w) = REG_WALK.get_ptr_mut(0) else {
+        return;
+    };
+    let n = if nr > ur::MAX_FDS {
+        flags |= ur::CUT;
+        ur::MAX_FDS
+    } else {
+        nr
+    };
+    *w = RegWalk {
+        fds,
+        n,
+        nr,
+        offset,
+        ring_fd,
+        opcode,
+        flags,
+    };
+    bpf_loop(
+        ur::MAX_FDS,
+        register_step as *mut core::ffi::c_void,
+        core::ptr::null_mut(),
+        0,
+    );
+}
+
+#[inline(never)]
+extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(w) = REG_WALK.get(0) else {
+        return 1;
+    };
+    if i >= w.n as u64 || i >= ur::MAX_FDS as u64 {
+        return 1;
+    }
+    unsafe {
+        let Ok(fd) = bpf_probe_read_user((w.fds + i * 4) as *const i32) else {
+            return 1;
+        };
+        // -1: a sparse slot; -2 (IORING_REGISTER_FILES_SKIP): an update leaving the slot.
+        if fd < 0 {
+            return 0;
+        }
+        let Some(f) = watched_fd(current_task(), fd as i64, false) else {
+            return 0;
+        };
+        if f.is_dir {
+            return 0;
+        }
+        let Some(ev) = SCRATCH_URING.get_ptr_mut(0) else {
+            return 1;
+        };
+        let ev = &mut *ev;
+        fill_header(&mut ev.hdr, EventKind::UringRegister as u32);
+        ev.file = f.key;
+        ev.fd = fd;
+        ev.ring_fd = w.ring_fd;
+        // IORING_FILE_INDEX_ALLOC (offset ~0): the kernel picks the slots.
+        ev.slot = if w.offset == u32::MAX {
+            u32::MAX
+        } else {
+            w.offset.wrapping_add(i as u32)
+        };
+        ev.opcode = w.opcode;
+        ev.flags = w.flags;
+        ev.nr = w.nr;
+        ev.size = inode_size(f.inode);
+        output_file(
+            ev,
+            urgent_file(ev.hdr.uid, f.inode, f.precious),
+            f.precious,
+            &f.key,
+        );
+    }
+    0
 }

@@ -2,7 +2,7 @@
 
 use snapmon_common::{
     EnforceEvent, EventKind, ExecEvent, ExitEvent, FileOpenEvent, FileWriteEvent, ForkEvent,
-    Header, IoctlEvent, NamespaceEvent, RespondEvent,
+    Header, IoctlEvent, NamespaceEvent, RespondEvent, UringRegisterEvent,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,6 +39,7 @@ pub enum RawEvent {
     Ioctl(Box<IoctlEvent>),
     Enforce(Box<EnforceEvent>),
     Respond(Box<RespondEvent>),
+    UringRegister(UringRegisterEvent),
 }
 
 impl RawEvent {
@@ -53,6 +54,7 @@ impl RawEvent {
             RawEvent::Ioctl(e) => &e.hdr,
             RawEvent::Enforce(e) => &e.hdr,
             RawEvent::Respond(e) => &e.hdr,
+            RawEvent::UringRegister(e) => &e.hdr,
         }
     }
 }
@@ -84,6 +86,7 @@ pub fn decode(buf: &[u8]) -> Result<RawEvent, DecodeError> {
         EventKind::Ioctl => RawEvent::Ioctl(Box::new(read(buf, "ioctl record")?)),
         EventKind::Enforce => RawEvent::Enforce(Box::new(read(buf, "enforce record")?)),
         EventKind::Respond => RawEvent::Respond(Box::new(read(buf, "respond record")?)),
+        EventKind::UringRegister => RawEvent::UringRegister(read(buf, "io_uring register record")?),
     })
 }
 
@@ -165,6 +168,38 @@ mod tests {
         }
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} decoded");
+        }
+    }
+
+    #[test]
+    fn uring_register_records_decode_and_every_cut_is_an_error() {
+        let mut e: UringRegisterEvent = unsafe { std::mem::zeroed() };
+        e.hdr.kind = EventKind::UringRegister as u32;
+        e.file = FileKey {
+            dev: 7,
+            _pad: 0,
+            ino: 99,
+        };
+        (e.fd, e.ring_fd, e.slot, e.opcode) = (5, 3, 2, 13);
+        let bytes = as_bytes(&e);
+        match decode(&bytes).unwrap() {
+            RawEvent::UringRegister(r) => assert_eq!(
+                (r.file.ino, r.fd, r.ring_fd, r.slot, r.opcode),
+                (99, 5, 3, 2, 13)
+            ),
+            other => panic!("wrong kind: {other:?}"),
+        }
+        for cut in 0..bytes.len() {
+            let err = decode(&bytes[..cut]).unwrap_err();
+            let what = if cut < size_of::<Header>() {
+                "header"
+            } else {
+                "io_uring register record"
+            };
+            assert!(
+                matches!(err, DecodeError::Truncated { what: w, need, have } if w == what && have == cut && need > cut),
+                "cut at {cut}: {err:?}"
+            );
         }
     }
 

@@ -28,7 +28,12 @@ const PATHS: &[(&str, &[&str], &str)] = &[
     (
         "io_uring registered files",
         &["rw_verify_area"],
-        "io_uring writes through registered (fixed) files are counted as lost, not reported",
+        "io_uring writes through registered (fixed) files are counted as lost, not reported (their registration is: SM-U001)",
+    ),
+    (
+        "io_uring fixed-file registration",
+        &["sys_enter_io_uring_register"],
+        "a watched image registered as an io_uring fixed file goes unreported, and so, without the VFS hook, do the ring's writes to it",
     ),
     (
         "linux-aio",

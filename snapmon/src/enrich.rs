@@ -267,13 +267,14 @@ impl Enricher {
             Some(EventKind::FileOpen) => "open",
             Some(EventKind::Namespace) => "namespace",
             Some(EventKind::Ioctl) => "ioctl",
+            Some(EventKind::UringRegister) => "io_uring_register",
             _ => "other",
         };
         // Its create may have been dropped too: look for it among the actor's open files,
         // then in the watched directories, and keep the name.
         if self.watch.path_of(&b.file).is_none() {
-            let found = held_open(b.tgid, b.file)
-                .or_else(|| self.watch.find_name(&b.file, BLINDED_LOOKUP));
+            let found =
+                held_open(b.tgid, b.file).or_else(|| self.watch.find_name(&b.file, BLINDED_LOOKUP));
             if let Some(p) = found {
                 self.watch.learn(b.file, p);
             }
@@ -560,6 +561,40 @@ impl Enricher {
                     ev.file = Some(self.file(x.target, None));
                 }
                 ev.detail.extend(crate::respond::act::details(x));
+                ev
+            }
+            RawEvent::UringRegister(u) => {
+                use crate::event as e;
+                use snapmon_common::uring_register as ur;
+                let mut ev = self.base(raw, "file", "change", e::URING_REGISTER_FILES);
+                ev.file = Some(self.file(u.file, Some(u.size)));
+                if self.watch.stale(&u.file, u.hdr.ts_ns) {
+                    if let Some(f) = ev.file.as_mut() {
+                        f.path = None;
+                    }
+                    ev.detail.push((e::INODE_REUSED, "true".into()));
+                }
+                let route = e::URING_ROUTES
+                    .iter()
+                    .find(|(op, _)| *op == u.opcode)
+                    .map_or_else(|| format!("opcode_{}", u.opcode), |(_, n)| (*n).to_string());
+                let ring = if u.flags & ur::RING_REGISTERED != 0 {
+                    format!("registered:{}", u.ring_fd)
+                } else {
+                    u.ring_fd.to_string()
+                };
+                ev.detail.push((e::URING_REGISTER, route));
+                let slot = match u.slot {
+                    u32::MAX => "alloc".to_string(),
+                    n => n.to_string(),
+                };
+                ev.detail.push((e::URING_SLOT, slot));
+                ev.detail.push((e::URING_FD, u.fd.to_string()));
+                ev.detail.push((e::URING_RING_FD, ring));
+                if u.flags & ur::CUT != 0 {
+                    ev.detail
+                        .push((e::URING_CUT, format!("{} of {}", ur::MAX_FDS, u.nr)));
+                }
                 ev
             }
             RawEvent::Ioctl(i) => {

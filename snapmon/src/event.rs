@@ -170,8 +170,48 @@ pub const BLINDED: &str = "blinded";
 /// `blinded` event (all files, not only `file`).
 pub const DROPPED: &str = "dropped";
 /// `snapmon.detail.dropped_record`: what the last dropped record was (`write`, `open`,
-/// `namespace`, `ioctl`).
+/// `namespace`, `ioctl`, `io_uring_register`).
 pub const DROPPED_RECORD: &str = "dropped_record";
+
+/// `event.action` of a watched file put into an io_uring registered-file table
+/// (`UringRegisterEvent`): the ring's writes to it name a slot and are not seen one by one
+/// on the tracepoint backend. Rule SM-U001 judges it.
+pub const URING_REGISTER_FILES: &str = "io_uring_register_files";
+/// `snapmon.detail.io_uring_register`: how the file entered the table (`URING_ROUTES`).
+pub const URING_REGISTER: &str = "io_uring_register";
+/// `snapmon.detail.io_uring_slot`: its index in the ring's file table (`alloc`: the kernel
+/// picks it, `IORING_FILE_INDEX_ALLOC`).
+pub const URING_SLOT: &str = "io_uring_slot";
+/// `snapmon.detail.io_uring_fd`: the fd registered (in the actor's table).
+pub const URING_FD: &str = "io_uring_fd";
+/// `snapmon.detail.io_uring_ring_fd`: the ring's fd (`registered:N` for a registered ring,
+/// `-1` for `op_files_update`, where it is not at hand).
+pub const URING_RING_FD: &str = "io_uring_ring_fd";
+/// `snapmon.detail.io_uring_cut`: the call passed more fds than the kernel reads (`64 of N`).
+pub const URING_CUT: &str = "io_uring_cut";
+/// `io_uring_register` values, by `snapmon_common::uring_register` opcode word.
+pub const URING_ROUTES: &[(u32, &str)] = &[
+    (
+        snapmon_common::uring_register::REGISTER_FILES,
+        "register_files",
+    ),
+    (
+        snapmon_common::uring_register::REGISTER_FILES2,
+        "register_files2",
+    ),
+    (
+        snapmon_common::uring_register::REGISTER_FILES_UPDATE,
+        "register_files_update",
+    ),
+    (
+        snapmon_common::uring_register::REGISTER_FILES_UPDATE2,
+        "register_files_update2",
+    ),
+    (
+        snapmon_common::uring_register::VIA_SQE | snapmon_common::uring_register::OP_FILES_UPDATE,
+        "op_files_update",
+    ),
+];
 
 /// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
 /// (`file`, `target`, or `file,target`; see `longpath`).

@@ -907,6 +907,51 @@ pub fn loud(alerts: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// `mov r32, imm32` (`op` = 0xb8 + register).
+pub fn mov(c: &mut Vec<u8>, op: u8, v: u32) {
+    c.push(op);
+    c.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A static i386 ELF (tests of 32-bit programs: e2e, uring): `code(data_at)` (which must not depend on `data_at` for its length)
+/// followed by `data`, then `exit(0)`; every syscall through `int 0x80`: compat syscalls,
+/// which the x86-64 syscall tracepoints never see.
+pub fn i386_program(code: impl Fn(u32) -> Vec<u8>, data: &[u8]) -> Vec<u8> {
+    const BASE: u32 = 0x0804_8000;
+    const HDR: u32 = 52 + 32;
+    let with_exit = |at: u32| {
+        let mut c = code(at);
+        mov(&mut c, 0xb8, 1); // eax = exit
+        c.extend_from_slice(&[0x31, 0xdb, 0xcd, 0x80]); // ebx = 0; int 0x80
+        c
+    };
+    let data_at = BASE + HDR + with_exit(0).len() as u32;
+    let mut body = with_exit(data_at);
+    body.extend_from_slice(data);
+    let total = HDR + body.len() as u32;
+    let mut elf = b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
+    for h in [2u16, 3] {
+        elf.extend_from_slice(&h.to_le_bytes()); // ET_EXEC, EM_386
+    }
+    for w in [1u32, BASE + HDR, 52, 0, 0] {
+        elf.extend_from_slice(&w.to_le_bytes()); // version, entry, phoff, shoff, flags
+    }
+    for h in [52u16, 32, 1, 0, 0, 0] {
+        elf.extend_from_slice(&h.to_le_bytes()); // ehsize, phentsize, phnum, sh*
+    }
+    for w in [1u32, 0, BASE, BASE, total, total, 5, 0x1000] {
+        elf.extend_from_slice(&w.to_le_bytes()); // PT_LOAD, R+X
+    }
+    elf.extend_from_slice(&body);
+    elf
+}
+
+pub fn c_string(p: &Path) -> Vec<u8> {
+    let mut b = p.as_os_str().as_encoded_bytes().to_vec();
+    b.push(0);
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

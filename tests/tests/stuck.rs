@@ -132,7 +132,7 @@ fn detail<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 fn a_store_that_stops_answering_delays_no_alert_elsewhere_nor_the_stop() {
     let fs = StuckFs::mount("stuck-reads");
     let local = fs.mnt.parent().unwrap().join("src.qcow2");
-    let mut a = Agent::spawn("stuck-reads", &[], &[fs.mnt.clone()]).unwrap();
+    let mut a = Agent::spawn("stuck-reads", &[], std::slice::from_ref(&fs.mnt)).unwrap();
     let _answer = AnswerOnDrop(&fs);
     let store = open_store(&a);
     let img = image_with_3_snapshots(&store, "vm1.qcow2");
@@ -204,7 +204,7 @@ fn an_agent_starts_on_a_store_that_does_not_answer() {
     let fs = StuckFs::mount("stuck-start");
     fs.hang("hang-reads");
     let t0 = Instant::now();
-    let mut a = Agent::spawn("stuck-start", &[], &[fs.mnt.clone()]).unwrap();
+    let mut a = Agent::spawn("stuck-start", &[], std::slice::from_ref(&fs.mnt)).unwrap();
     let _answer = AnswerOnDrop(&fs);
     let up = t0.elapsed();
     let store = open_store(&a);
@@ -249,7 +249,7 @@ fn an_agent_starts_on_a_store_that_does_not_answer() {
 #[test]
 fn a_store_that_hangs_every_request_delays_no_alert_elsewhere() {
     let fs = StuckFs::mount("stuck-all");
-    let mut a = Agent::spawn("stuck-all", &[], &[fs.mnt.clone()]).unwrap();
+    let mut a = Agent::spawn("stuck-all", &[], std::slice::from_ref(&fs.mnt)).unwrap();
     let _answer = AnswerOnDrop(&fs);
     let store = open_store(&a);
     let img = image_with_3_snapshots(&store, "vm1.qcow2");

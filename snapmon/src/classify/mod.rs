@@ -151,7 +151,8 @@ pub struct ClassifyStats {
 
 /// What a recheck reads besides the head, by what the file was (and then what it read).
 enum Reread {
-    Shadow(Option<qcow2::Qcow2Shadow>),
+    // Boxed: one lives for one recheck, and the shadow dwarfs the other variants.
+    Shadow(Option<Box<qcow2::Qcow2Shadow>>),
     State(FileState),
     Nothing,
 }
@@ -707,7 +708,9 @@ impl Classifier {
             Some((
                 d,
                 match want {
-                    Reread::Shadow(_) => Reread::Shadow(qcow2::Qcow2Shadow::load(&mut f).ok()),
+                    Reread::Shadow(_) => {
+                        Reread::Shadow(qcow2::Qcow2Shadow::load(&mut f).ok().map(Box::new))
+                    }
                     Reread::State(_) => Reread::State(load_state_from(&mut f)),
                     Reread::Nothing => Reread::Nothing,
                 },
@@ -724,7 +727,7 @@ impl Classifier {
                     return None;
                 };
                 let changes = qcow2::diff_images(&before, &new.image);
-                q.shadow = new;
+                q.shadow = *new;
                 q.pending_table = None;
                 if changes.is_empty() {
                     return None;

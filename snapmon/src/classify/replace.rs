@@ -120,20 +120,21 @@ impl Incoming {
     /// How the incoming file's first bytes read where a format's magic was.
     fn magic_text(&self, at: &Path, n: usize) -> String {
         match self {
-            Incoming::File { key, .. } => match {
+            Incoming::File { key, .. } => {
                 let p = at.to_path_buf();
-                fileread::bounded(Some(key.0), at, move || {
+                let head = fileread::bounded(Some(key.0), at, move || {
                     fileread::open(&p)
                         .ok()
                         .and_then(|f| fileread::read_at(&f, 0, n).ok())
                 })
                 .ok()
-                .flatten()
-            } {
-                Some(b) if b.is_empty() => "(empty)".into(),
-                Some(b) => crate::event::escape_bytes(&b),
-                None => "(unreadable)".into(),
-            },
+                .flatten();
+                match head {
+                    Some(b) if b.is_empty() => "(empty)".into(),
+                    Some(b) => crate::event::escape_bytes(&b),
+                    None => "(unreadable)".into(),
+                }
+            }
             Incoming::Symlink(to) => format!("(symlink to {to})"),
             Incoming::Special(k) => format!("({k})"),
             Incoming::Missing => "(missing)".into(),

@@ -92,6 +92,8 @@ pub const COMPAT: &[(u32, &str)] = &[
     (92, "sys_enter_truncate"),
     (193, "sys_enter_truncate"),
     (412, "sys_enter_utimensat"),
+    // Same arguments: the files structs carry 64-bit pointers on either ABI.
+    (427, "sys_enter_io_uring_register"),
 ];
 
 macro_rules! sc {
@@ -165,6 +167,7 @@ pub const HOOKS: &[HookSpec] = &[
     sc!("sys_enter_ftruncate", "ftruncate"),
     sc!("sys_enter_mmap", "shared writable mmap"),
     sc!("sys_enter_io_submit", "linux-aio writes"),
+    sc!("sys_enter_io_uring_register", "io_uring registered (fixed) files"),
     sc!("sys_enter_ioctl", "ioctls (dm, btrfs, zfs, clone, freeze)"),
     sc!("sys_exit_ioctl", "loop attach/detach outcomes"),
     sc!("sys_enter_openat", "open for write / create"),

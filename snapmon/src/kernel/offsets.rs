@@ -255,6 +255,28 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             }),
         }
     }
+    // IORING_OP_FILES_UPDATE's prepped arguments, in the same command area.
+    if v & valid::IO_URING != 0 {
+        let cmd = first(btf, &[("io_kiocb", "cmd")]).unwrap_or(0);
+        let f = |m: &str| first(btf, &[("io_rsrc_update", m)]);
+        match (f("arg"), f("nr_args"), f("offset")) {
+            (Ok(arg), Ok(nr), Ok(off)) => {
+                o.uring_upd_arg = cmd + arg;
+                o.uring_upd_nr = cmd + nr;
+                o.uring_upd_off = cmd + off;
+                v |= valid::IO_URING_UPD;
+            }
+            (arg, nr, off) => missing.push(Missing {
+                group: "io_uring_upd",
+                field: [arg, nr, off]
+                    .into_iter()
+                    .find_map(|r| r.err())
+                    .unwrap_or_default(),
+                effect:
+                    "fixed files added through the ring (IORING_OP_FILES_UPDATE) are not reported",
+            }),
+        }
+    }
     // LSM namespace observation: entry names, the syscall's first argument, setattr's iattr.
     if v & valid::VFS != 0 {
         let r = (|| -> Result<(), String> {

@@ -33,10 +33,12 @@ pub enum Kind {
     Ioctl,
     /// The agent's own `blinded` event: records about an image were lost (SM-A001).
     Loss,
+    /// A watched file put into an io_uring registered-file table (SM-U001).
+    Register,
     Other,
 }
 
-const KINDS: usize = 8;
+const KINDS: usize = 9;
 
 impl Kind {
     pub fn of(action: &str) -> Kind {
@@ -47,6 +49,7 @@ impl Kind {
             "chmod" | "chown" | "utimes" => Kind::Attr,
             "ioctl" => Kind::Ioctl,
             crate::event::BLINDED => Kind::Loss,
+            crate::event::URING_REGISTER_FILES => Kind::Register,
             "open_write" | "fork" | "exec" | "exit" | "" => Kind::Other,
             // Circuit-breaker records (`crate::respond::ACTIONS`): alerts of their own.
             "kill" | "stop" | "freeze" | "would_kill" | "would_stop" | "would_freeze" => {

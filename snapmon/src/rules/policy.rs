@@ -209,6 +209,7 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "io_uring_write",
     "io_uring_writev",
     "io_uring_write_fixed",
+    "io_uring_register_files",
     "aio_pwrite",
     "aio_pwritev",
     "copy_file_range",

@@ -321,6 +321,20 @@ pub static RULES: &[RuleDef] = &[
         eval: a001,
         summary: "the kernel dropped records about a watched image or metadata file because both ring-buffer lanes were full (a flood): whatever those records said went unjudged; names the last such file and its actor",
     },
+    RuleDef {
+        id: "SM-U001",
+        name: "watched image registered as an io_uring fixed file by an untrusted process",
+        severity: Severity::Medium,
+        technique: &["T1562.001", "T1565.001"],
+        kinds: &[Register],
+        rate: None,
+        windowed: false,
+        default_window: 0,
+        default_enabled: true,
+        supersedes: &[],
+        eval: u001,
+        summary: "a disk image or snapshot metadata file put into an io_uring registered-file table (`io_uring_register` files opcodes) by a process no actor group trusts: the ring's writes to it then name a table slot (`IOSQE_FIXED_FILE`) and, on the tracepoint backend, are counted as lost rather than judged one by one; info when a trusted QEMU debugging tool (`qemu-io`) does it, nothing for the rest of the `qemu` group (QEMU with `aio=io_uring` registers its images)",
+    },
 ];
 
 pub fn find(id: &str) -> Option<&'static RuleDef> {
@@ -1399,5 +1413,54 @@ fn a001(ctx: &mut Ctx) -> Option<Hit> {
         process_name(p),
         p.uid,
         p.pid
+    )))
+}
+
+/// SM-U001: a watched image or metadata file registered as an io_uring fixed file.
+fn u001(ctx: &mut Ctx) -> Option<Hit> {
+    let ev = ctx.ev;
+    if ev.action != crate::event::URING_REGISTER_FILES {
+        return None;
+    }
+    let p = path_bytes(ev);
+    let c = cls(ev);
+    let snapshot_file = has_image_ext(leaf_bytes(p), &ctx.det.image_extensions)
+        || ev.path_cut("file")
+        || c.is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
+        || ev
+            .file
+            .as_ref()
+            .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)));
+    if !snapshot_file {
+        return None;
+    }
+    let slot = ev
+        .detail
+        .iter()
+        .find(|(k, _)| *k == crate::event::URING_SLOT)
+        .map_or("?", |(_, v)| v.as_str());
+    if ctx.trust.by("qemu") {
+        // QEMU with aio=io_uring registers its images; a debugging tool doing it is a note.
+        let tool = ctx.trust.qemu_tool.filter(|t| t.is_debug())?;
+        return Some(Hit {
+            message: format!(
+                "{} registered {} as an io_uring fixed file (slot {slot}; {} is a QEMU \
+                 debugging tool)",
+                actor(ev),
+                leaf(ev),
+                tool.name()
+            ),
+            severity: Some(Severity::Info),
+            ..Default::default()
+        });
+    }
+    if ctx.trust.any() {
+        return None;
+    }
+    Some(Hit::msg(format!(
+        "{} registered {} as an io_uring fixed file (slot {slot}): its writes through the \
+         ring are not seen one by one",
+        actor(ev),
+        leaf(ev)
     )))
 }

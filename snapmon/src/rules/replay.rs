@@ -73,6 +73,12 @@ const WORDS: &[&str] = &[
     "length",
     "loop_device",
     "loop_node",
+    // io_uring registration (`event::URING_*`)
+    "io_uring_register",
+    "io_uring_slot",
+    "io_uring_fd",
+    "io_uring_ring_fd",
+    "io_uring_cut",
     "loop_role",
     "loop_offset",
     "loop_watch",

@@ -51,7 +51,7 @@ pub fn activity(e: &Event) -> (u32, u32, u32, &'static str) {
         "utimes" => (6, "Set Attributes"),
         "chmod" | "chown" => (7, "Set Security"),
         "open_write" => (14, "Open"),
-        "ioctl" | crate::event::BLINDED => (99, "Other"),
+        "ioctl" | crate::event::BLINDED | crate::event::URING_REGISTER_FILES => (99, "Other"),
         _ => (3, "Update"),
     };
     (1001, 1, id, name)

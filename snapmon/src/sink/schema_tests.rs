@@ -78,6 +78,11 @@ pub(crate) fn every_record() -> Vec<Record> {
         "loop_worker",
         "overlay_mount",
         "overlay_path",
+        "io_uring_register",
+        "io_uring_slot",
+        "io_uring_fd",
+        "io_uring_ring_fd",
+        "io_uring_cut",
     ] {
         e.detail.push((k, "1".into()));
     }
