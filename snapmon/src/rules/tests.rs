@@ -290,18 +290,20 @@ fn hide_event(pid: u32) -> Event {
         action: "pwrite64",
         process: ProcessInfo {
             pid,
-            name: "python3".into(),
-            executable: Bytes(b"/usr/bin/python3".to_vec()),
             exe_dev: 1,
             exe_ino: 99,
-            ancestors: vec![Ancestor {
-                pid: 1,
-                name: "bash".into(),
-                executable: "/usr/bin/bash".into(),
+            ..ProcessInfo::with_names(crate::event::ProcessNames {
+                name: "python3".into(),
+                executable: Bytes(b"/usr/bin/python3".to_vec()),
+                ancestors: vec![Ancestor {
+                    pid: 1,
+                    name: "bash".into(),
+                    executable: "/usr/bin/bash".into(),
+                    ..Default::default()
+                }]
+                .into(),
                 ..Default::default()
-            }]
-            .into(),
-            ..Default::default()
+            })
         },
         file: Some(FileInfo {
             path: Some(Bytes(b"/var/lib/libvirt/images/vm1.qcow2".to_vec())),

@@ -1122,8 +1122,10 @@ mod tests {
             backend: "tracepoint",
             process: ProcessInfo {
                 pid: 7,
-                name: "python3".into(),
-                ..Default::default()
+                ..ProcessInfo::with_names(crate::event::ProcessNames {
+                    name: "python3".into(),
+                    ..Default::default()
+                })
             },
             file: Some(FileInfo {
                 path: Some(Bytes(b"/s/bad\xff\x1bname".to_vec())),

@@ -272,31 +272,33 @@ pub(crate) mod fixtures {
                 pid: 4242,
                 tid: 4242,
                 ppid: 4000,
-                name: "python3".into(),
-                executable: Bytes(b"/usr/bin/python3.11".to_vec()),
-                args: vec![Bytes(b"python3".to_vec()), Bytes(b"-c".to_vec())],
                 uid: 0,
-                entity_id: "ent-4242".into(),
-                parent: Some(Ancestor {
-                    pid: 4000,
-                    name: "bash".into(),
-                    executable: "/usr/bin/bash".into(),
-                    entity_id: "ent-4000".into(),
-                }),
-                ancestors: vec![
-                    Ancestor {
+                ..ProcessInfo::with_names(crate::event::ProcessNames {
+                    name: "python3".into(),
+                    executable: Bytes(b"/usr/bin/python3.11".to_vec()),
+                    args: vec![Bytes(b"python3".to_vec()), Bytes(b"-c".to_vec())],
+                    entity_id: "ent-4242".into(),
+                    parent: Some(Ancestor {
                         pid: 4000,
                         name: "bash".into(),
-                        ..Default::default()
-                    },
-                    Ancestor {
-                        pid: 900,
-                        name: "sshd".into(),
-                        ..Default::default()
-                    },
-                ]
-                .into(),
-                ..Default::default()
+                        executable: "/usr/bin/bash".into(),
+                        entity_id: "ent-4000".into(),
+                    }),
+                    ancestors: vec![
+                        Ancestor {
+                            pid: 4000,
+                            name: "bash".into(),
+                            ..Default::default()
+                        },
+                        Ancestor {
+                            pid: 900,
+                            name: "sshd".into(),
+                            ..Default::default()
+                        },
+                    ]
+                    .into(),
+                    ..Default::default()
+                })
             },
             file: Some(FileInfo {
                 path: Some(Bytes(b"/var/lib/libvirt/images/vm1.qcow2".to_vec())),
