@@ -997,18 +997,20 @@ fn drain(
         let out_of_time = sinks.batch(|| -> Result<bool, BrokenPipe> {
             let mut since = Instant::now();
             while chunk.next < chunk.len {
-                // A slow record (an LVM metadata re-read under load) must not hold back the
-                // ones already handled: hand over what is pending every HANDOFF_AFTER.
-                if since.elapsed() >= HANDOFF_AFTER {
-                    sinks.hand_off_pending();
-                    since = Instant::now();
-                }
                 let raw = &chunk.bufs[chunk.next];
                 chunk.next += 1;
                 let recs = pipe.handle(raw, &mut KernelMaps::of(k));
                 deliver(recs, pipe, responder, sinks)?;
-                if Instant::now() >= until {
+                // One clock read per record serves both checks.
+                let now = Instant::now();
+                if now >= until {
                     return Ok(true);
+                }
+                // A slow record (an LVM metadata re-read under load) must not hold back the
+                // ones already handled: hand over what is pending every HANDOFF_AFTER.
+                if now.duration_since(since) >= HANDOFF_AFTER {
+                    sinks.hand_off_pending();
+                    since = now;
                 }
             }
             Ok(false)
