@@ -76,12 +76,26 @@ pub fn rfc3339(unix_ns: i128) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    let (hh, mm, ss) = (sod / 3600, (sod % 3600) / 60, sod % 60);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{nanos:09}Z");
+    }
+    // Every record's timestamp: digits by hand, `format!` cost a sixth of a render.
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    let put = |b: &mut [u8], at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut b, 0, 4, y as u64);
+    put(&mut b, 5, 2, m as u64);
+    put(&mut b, 8, 2, d as u64);
+    put(&mut b, 11, 2, hh as u64);
+    put(&mut b, 14, 2, mm as u64);
+    put(&mut b, 17, 2, ss as u64);
+    put(&mut b, 20, 9, u64::from(nanos));
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 pub fn now_unix_ns() -> i128 {
@@ -919,7 +933,8 @@ fn write_event(
             let _ = serde_json::to_writer(&mut *out, &d);
         }
         if let Some(pth) = e.file.as_ref().and_then(|fi| fi.path.as_ref()) {
-            if !pth.is_utf8() || pth.display().contains("\\x") {
+            // Invalid UTF-8 or anything escaped, as `file_json` asks, without escaping.
+            if crate::text::plain(&pth.0).is_none() {
                 key(out, "file_path_hex", &mut f);
                 js(out, &pth.hex());
             }
@@ -1099,6 +1114,39 @@ mod tests {
 
     use super::*;
     use crate::event::{ProcessInfo, WriteInfo};
+
+    #[test]
+    fn rfc3339_by_hand_is_what_formatting_gives() {
+        let slow = |unix_ns: i128| {
+            let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+            let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+            let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+                sod / 3600,
+                (sod % 3600) / 60,
+                sod % 60
+            )
+        };
+        let mut ns: i128 = -62_167_219_200_000_000_001; // just before year 0
+        let step = 7_919_393_939_393_939;
+        while ns < 253_402_300_800_000_000_123 {
+            assert_eq!(rfc3339(ns), slow(ns), "{ns}");
+            ns += step;
+        }
+        for ns in [-1, 0, 999_999_999, i64::MAX as i128, -(i64::MAX as i128)] {
+            assert_eq!(rfc3339(ns), slow(ns), "{ns}");
+        }
+    }
 
     #[test]
     fn rfc3339_known_instants() {
