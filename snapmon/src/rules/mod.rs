@@ -511,6 +511,10 @@ impl Engine {
     /// Sequence timeouts (freeze without thaw). Called on every event; `Pipeline::tick` lets
     /// the agent call it when the host is quiet.
     pub fn expire(&mut self, now: i128) -> Vec<Alert> {
+        // Called per event: nothing frozen, nothing to look up.
+        if self.st.freezes.is_empty() {
+            return Vec::new();
+        }
         let Some(i) = self.rules.iter().position(|r| r.def.id == "SM-K004") else {
             return Vec::new();
         };
@@ -536,12 +540,11 @@ impl Engine {
     }
 
     fn excepted(&self, id: &str, ev: &Event, trust: &Trust) -> bool {
-        let path = |f: &Option<crate::event::FileInfo>| {
+        fn path(f: &Option<crate::event::FileInfo>) -> &[u8] {
             f.as_ref()
                 .and_then(|f| f.path.as_ref())
-                .map(|p| p.0.clone())
-                .unwrap_or_default()
-        };
+                .map_or(&[], |p| p.0.as_slice())
+        }
         let (p, t) = (path(&ev.file), path(&ev.target));
         self.exceptions.iter().any(|x| {
             x.rules.iter().any(|r| r == id)
@@ -552,7 +555,7 @@ impl Engine {
                 && (x.actions.is_empty() || x.actions.iter().any(|a| a == ev.action))
                 && x.target
                     .as_ref()
-                    .is_none_or(|g| g.matches(&p) || (!t.is_empty() && g.matches(&t)))
+                    .is_none_or(|g| g.matches(p) || (!t.is_empty() && g.matches(t)))
         })
     }
 
@@ -563,14 +566,19 @@ impl Engine {
             self.stats.excepted += 1;
             return None;
         }
-        let (wday, minute) = self
-            .local
-            .local(ev.ts_unix_ns.div_euclid(1_000_000_000) as i64);
-        if self
+        // Local time only when a window could suppress this rule: most hits have none.
+        let mut suppressing = self
             .windows
             .iter()
-            .any(|w| w.suppress.iter().any(|s| s == id) && w.contains(wday, minute))
-        {
+            .filter(|w| w.suppress.iter().any(|s| s == id))
+            .peekable();
+        let suppressed = suppressing.peek().is_some() && {
+            let (wday, minute) = self
+                .local
+                .local(ev.ts_unix_ns.div_euclid(1_000_000_000) as i64);
+            suppressing.any(|w| w.contains(wday, minute))
+        };
+        if suppressed {
             self.stats.in_window += 1;
             return None;
         }
