@@ -960,14 +960,14 @@ fn h002(ctx: &mut Ctx) -> Option<Hit> {
     let f = ev.file.as_ref()?;
     let p = path_bytes(ev);
     let name = leaf_bytes(p);
-    // ASCII needles: found in the bytes exactly where in their lossy text, without it.
+    let ps = String::from_utf8_lossy(p);
     let wrong_place = [
         "/etc/lvm/",
         "/libvirt/qemu/snapshot/",
         "/libvirt/qemu/checkpoint/",
     ]
     .iter()
-    .any(|d| p.windows(d.len()).any(|w| w == d.as_bytes()));
+    .any(|d| ps.contains(d));
     let wrong_name =
         !has_image_ext(name, &ctx.det.image_extensions) && !name.is_empty() && !ev.path_cut("file");
     if !wrong_place && !wrong_name {
