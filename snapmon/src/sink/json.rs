@@ -435,6 +435,15 @@ pub fn write_record_id(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&st
 
 /// A JSON string exactly as serde_json escapes it.
 fn js(out: &mut Vec<u8>, v: &str) {
+    // serde_json escapes only `"`, `\` and C0 controls: without them the bytes go as they
+    // are, skipping its serializer (a dozen strings per record).
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(v.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+        return;
+    }
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
@@ -543,23 +552,38 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
 /// escaping its path three ways cost more than the rest of the `file` object.
 const FILE_CACHE_MAX: usize = 256;
 
+/// A file's path and its members rendered.
+type RenderedFile = std::rc::Rc<(Bytes, Vec<u8>)>;
+
 /// (dev, ino) → the path rendered and its bytes.
-type FileCache = std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>;
+type FileCache = std::collections::HashMap<(u32, u64), RenderedFile>;
 
 thread_local! {
     static FILE_CACHE: std::cell::RefCell<FileCache> = Default::default();
+    /// The file rendered last: a flood on one image finds it without hashing.
+    static LAST_FILE: std::cell::RefCell<Option<((u32, u64), RenderedFile)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file.
 fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
-    FILE_CACHE.with(|c| {
+    let hit = LAST_FILE.with(|l| {
+        let l = l.try_borrow().ok()?;
+        let (k, r) = l.as_ref()?;
+        (*k == (dev, ino) && r.0 == *p).then(|| out.extend_from_slice(&r.1))
+    });
+    if hit.is_some() {
+        return;
+    }
+    let r = FILE_CACHE.with(|c| {
         let Ok(mut c) = c.try_borrow_mut() else {
-            return file_named_uncached(out, dev, ino, p);
+            file_named_uncached(out, dev, ino, p);
+            return None;
         };
-        if let Some((path, bytes)) = c.get(&(dev, ino)) {
-            if path.0 == p.0 {
-                out.extend_from_slice(bytes);
-                return;
+        if let Some(r) = c.get(&(dev, ino)) {
+            if r.0 == *p {
+                out.extend_from_slice(&r.1);
+                return Some(r.clone());
             }
         }
         let mut bytes = Vec::with_capacity(64 + 3 * p.0.len());
@@ -568,8 +592,17 @@ fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
         if c.len() >= FILE_CACHE_MAX {
             c.clear();
         }
-        c.insert((dev, ino), (p.clone(), bytes));
-    })
+        let r = std::rc::Rc::new((p.clone(), bytes));
+        c.insert((dev, ino), r.clone());
+        Some(r)
+    });
+    if let Some(r) = r {
+        LAST_FILE.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                *l = Some(((dev, ino), r));
+            }
+        });
+    }
 }
 
 fn file_named_uncached(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
@@ -608,12 +641,39 @@ thread_local! {
     > = Default::default();
 }
 
+thread_local! {
+    /// The build rendered last: a writer's records come in runs, found without hashing.
+    static LAST_PROCESS: std::cell::RefCell<Option<(u64, std::rc::Rc<RenderedProcess>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// `p` rendered, from this thread's cache if this build was rendered before; `None` when no
 /// build number vouches for the fields (the caller renders them inline).
 fn rendered_process(p: &ProcessInfo) -> Option<std::rc::Rc<RenderedProcess>> {
     if p.revision == 0 {
         return None;
     }
+    // Revisions are unique in the agent: the same number is the same build.
+    let last = LAST_PROCESS.with(|l| {
+        l.try_borrow()
+            .ok()?
+            .as_ref()
+            .filter(|(rev, _)| *rev == p.revision)
+            .map(|(_, r)| r.clone())
+    });
+    if last.is_some() {
+        return last;
+    }
+    let r = rendered_process_keyed(p)?;
+    LAST_PROCESS.with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = Some((p.revision, r.clone()));
+        }
+    });
+    Some(r)
+}
+
+fn rendered_process_keyed(p: &ProcessInfo) -> Option<std::rc::Rc<RenderedProcess>> {
     PROCESS_CACHE.with(|c| {
         let mut c = c.try_borrow_mut().ok()?;
         if let Some((rev, r)) = c.get(p.entity_id.as_str()) {
@@ -1114,6 +1174,17 @@ mod tests {
 
     use super::*;
     use crate::event::{ProcessInfo, WriteInfo};
+
+    #[test]
+    fn strings_written_straight_are_what_serde_json_writes() {
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| format!("a{}b", b as char)).collect();
+        cases.extend(["", "plain", "caf\u{e9} \u{202e}x", "q\"uote\\", "\u{7f}\u{85}"].map(String::from));
+        for c in cases {
+            let mut got = Vec::new();
+            js(&mut got, &c);
+            assert_eq!(got, serde_json::to_vec(&c).unwrap(), "{c:?}");
+        }
+    }
 
     #[test]
     fn rfc3339_by_hand_is_what_formatting_gives() {
