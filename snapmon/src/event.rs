@@ -47,7 +47,7 @@ pub struct Ancestor {
 /// thread and freed on a sink's. They read as fields of their own (`p.name`, through `Deref`);
 /// writing one (`DerefMut`) copies them first if shared and sets `revision` to 0, as a change
 /// must.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,
@@ -83,6 +83,28 @@ pub struct ProcessNames {
     pub parent: Option<Ancestor>,
     /// Parent first, up to pid 1.
     pub ancestors: std::sync::Arc<Vec<Ancestor>>,
+}
+
+impl Default for ProcessInfo {
+    /// No names yet: one shared empty set, not an allocation (an event starts from this).
+    fn default() -> Self {
+        static EMPTY: std::sync::OnceLock<std::sync::Arc<ProcessNames>> =
+            std::sync::OnceLock::new();
+        ProcessInfo {
+            pid: 0,
+            tid: 0,
+            ppid: 0,
+            args_truncated: false,
+            uid: 0,
+            gid: 0,
+            euid: None,
+            exe_dev: 0,
+            exe_ino: 0,
+            start_ns: 0,
+            revision: 0,
+            names: EMPTY.get_or_init(Default::default).clone(),
+        }
+    }
 }
 
 impl std::ops::Deref for ProcessInfo {
