@@ -272,6 +272,9 @@ pub struct Engine {
     pub stats: EngineStats,
     /// The agent's own pid: it never alerts on itself (no loops through its own output).
     own_pid: u32,
+    /// The trust of the process build (`ProcessInfo::revision`) judged last: a writer's
+    /// events come in runs, and a build's fields, so its trust, do not change.
+    trust_memo: Option<(u64, std::sync::Arc<Trust>)>,
 }
 
 impl Engine {
@@ -348,6 +351,7 @@ impl Engine {
             warnings,
             stats: EngineStats::default(),
             own_pid: std::process::id(),
+            trust_memo: None,
         })
     }
 
@@ -459,6 +463,21 @@ impl Engine {
         }
     }
 
+    /// [`Engine::trust_of`], remembered for the last build judged: an unnumbered process
+    /// (revision 0, built or changed elsewhere) is judged afresh every time.
+    pub(crate) fn trust_for(&mut self, p: &crate::event::ProcessInfo) -> std::sync::Arc<Trust> {
+        if let Some((rev, t)) = &self.trust_memo {
+            if p.revision != 0 && *rev == p.revision {
+                return t.clone();
+            }
+        }
+        let t = std::sync::Arc::new(self.trust_of(p));
+        if p.revision != 0 {
+            self.trust_memo = Some((p.revision, t.clone()));
+        }
+        t
+    }
+
     /// Evaluate one event. Alerts come back in rule order, after any timed-out sequences.
     pub fn process(&mut self, ev: &Event) -> Vec<Alert> {
         let mut out = self.expire(ev.ts_unix_ns);
@@ -468,7 +487,7 @@ impl Engine {
         self.stats.evaluated += 1;
         let kind = Kind::of(ev.action);
         // Take the pieces apart so a rule can borrow state mutably while reading the rest.
-        let trust = self.trust_of(&ev.process);
+        let trust = self.trust_for(&ev.process);
         let mut fired: Vec<(usize, Hit)> = Vec::new();
         {
             let st = &mut self.st;
@@ -655,6 +674,7 @@ fn empty_engine() -> Engine {
         warnings: Vec::new(),
         stats: EngineStats::default(),
         own_pid: std::process::id(),
+        trust_memo: None,
     }
 }
 
