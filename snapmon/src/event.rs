@@ -253,12 +253,21 @@ mod tests {
         };
         let mut ev = built.clone();
         ev.tid = 8;
-        assert!(ev.shares_names(&built), "an event's copy allocated its names");
+        assert!(
+            ev.shares_names(&built),
+            "an event's copy allocated its names"
+        );
         assert_eq!(ev.revision, 42, "numbers alone keep the build's revision");
         ev.executable = Bytes(b"/usr/bin/qemu-img (deleted)".to_vec());
         assert!(!ev.shares_names(&built));
-        assert_eq!(ev.revision, 0, "a changed process kept the build's revision");
-        assert_eq!(built.executable.0, b"", "the write reached the shared names");
+        assert_eq!(
+            ev.revision, 0,
+            "a changed process kept the build's revision"
+        );
+        assert_eq!(
+            built.executable.0, b"",
+            "the write reached the shared names"
+        );
         assert_eq!((ev.name.as_str(), ev.args.len()), ("qemu-img", 1));
         // Sole owner: written in place, and still no longer that build.
         built.name.push('x');

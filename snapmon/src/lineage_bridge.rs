@@ -45,8 +45,7 @@ pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
         uid: h.uid,
         gid: h.gid,
         ..ProcessInfo::with_names(crate::event::ProcessNames {
-            name: String::from_utf8_lossy(crate::decode::cstr(&h.comm, h.comm.len()))
-                .into_owned(),
+            name: String::from_utf8_lossy(crate::decode::cstr(&h.comm, h.comm.len())).into_owned(),
             ..Default::default()
         })
     }

@@ -1836,7 +1836,10 @@ mod tests {
 
     #[test]
     fn header_labels_need_no_formatting_and_say_what_formatting_would() {
-        let names = HEADER_FIELDS.iter().map(|f| f.0).chain(["reserved", "padding"]);
+        let names = HEADER_FIELDS
+            .iter()
+            .map(|f| f.0)
+            .chain(["reserved", "padding"]);
         for name in names {
             let l = Region::Header(name).as_label();
             assert!(matches!(l, Cow::Borrowed(_)), "{name} is formatted");

@@ -809,9 +809,15 @@ fn remembered_trust_belongs_to_one_build() {
     other.revision = 8;
     assert!(e.trust_for(&qemu).by("qemu"));
     assert!(e.trust_for(&qemu).by("qemu"), "remembered");
-    assert!(!e.trust_for(&other).by("qemu"), "the pid's next build got the last one's trust");
+    assert!(
+        !e.trust_for(&other).by("qemu"),
+        "the pid's next build got the last one's trust"
+    );
     (qemu.revision, other.revision) = (0, 0);
     assert!(e.trust_for(&qemu).by("qemu"));
-    assert!(!e.trust_for(&other).by("qemu"), "an unnumbered process got the last one's trust");
+    assert!(
+        !e.trust_for(&other).by("qemu"),
+        "an unnumbered process got the last one's trust"
+    );
     assert!(e.trust_for(&qemu).by("qemu"));
 }

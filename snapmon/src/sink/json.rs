@@ -1178,7 +1178,16 @@ mod tests {
     #[test]
     fn strings_written_straight_are_what_serde_json_writes() {
         let mut cases: Vec<String> = (0u8..0x80).map(|b| format!("a{}b", b as char)).collect();
-        cases.extend(["", "plain", "caf\u{e9} \u{202e}x", "q\"uote\\", "\u{7f}\u{85}"].map(String::from));
+        cases.extend(
+            [
+                "",
+                "plain",
+                "caf\u{e9} \u{202e}x",
+                "q\"uote\\",
+                "\u{7f}\u{85}",
+            ]
+            .map(String::from),
+        );
         for c in cases {
             let mut got = Vec::new();
             js(&mut got, &c);
