@@ -41,22 +41,40 @@ pub struct Ancestor {
 }
 
 /// Who acted: the process and how it got there.
-#[derive(Debug, Clone, Default)]
+///
+/// The names (everything allocated) sit behind an `Arc` shared by every event of one build of
+/// the process: an event costs a reference count, not a dozen allocations made on the agent's
+/// thread and freed on a sink's. They read as fields of their own (`p.name`, through `Deref`);
+/// writing one (`DerefMut`) copies them first if shared and sets `revision` to 0, as a change
+/// must.
+#[derive(Debug, Clone)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,
     pub ppid: u32,
-    pub name: String,
-    pub executable: Bytes,
-    pub args: Vec<Bytes>,
     pub args_truncated: bool,
     pub uid: u32,
     pub gid: u32,
     pub euid: Option<u32>,
-    pub entity_id: String,
     pub exe_dev: u32,
     pub exe_ino: u64,
     pub start_ns: u64,
+    /// Which build of this process this is: the lineage stage numbers each process it builds
+    /// (unique in the agent) and its clones share the number, so a consumer may reuse work
+    /// done for the same build. 0: built or changed elsewhere. Whoever changes a field of
+    /// this struct must set it to 0 (a change to the names does so itself).
+    pub revision: u64,
+    /// Read and written through `Deref`/`DerefMut`, which keep `revision` honest.
+    pub names: std::sync::Arc<ProcessNames>,
+}
+
+/// The allocated part of a [`ProcessInfo`], shared between its clones.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessNames {
+    pub name: String,
+    pub executable: Bytes,
+    pub args: Vec<Bytes>,
+    pub entity_id: String,
     pub cwd: Option<Bytes>,
     pub container_id: Option<String>,
     pub systemd_unit: Option<String>,
@@ -65,11 +83,57 @@ pub struct ProcessInfo {
     pub parent: Option<Ancestor>,
     /// Parent first, up to pid 1.
     pub ancestors: std::sync::Arc<Vec<Ancestor>>,
-    /// Which build of this process this is: the lineage stage numbers each process it builds
-    /// (unique in the agent) and its clones share the number, so a consumer may reuse work
-    /// done for the same build. 0: built or changed elsewhere. Whoever changes a field above
-    /// must set it to 0.
-    pub revision: u64,
+}
+
+impl Default for ProcessInfo {
+    /// No names yet: one shared empty set, not an allocation (an event starts from this).
+    fn default() -> Self {
+        static EMPTY: std::sync::OnceLock<std::sync::Arc<ProcessNames>> =
+            std::sync::OnceLock::new();
+        ProcessInfo {
+            pid: 0,
+            tid: 0,
+            ppid: 0,
+            args_truncated: false,
+            uid: 0,
+            gid: 0,
+            euid: None,
+            exe_dev: 0,
+            exe_ino: 0,
+            start_ns: 0,
+            revision: 0,
+            names: EMPTY.get_or_init(Default::default).clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for ProcessInfo {
+    type Target = ProcessNames;
+    fn deref(&self) -> &ProcessNames {
+        &self.names
+    }
+}
+
+impl std::ops::DerefMut for ProcessInfo {
+    fn deref_mut(&mut self) -> &mut ProcessNames {
+        self.revision = 0;
+        std::sync::Arc::make_mut(&mut self.names)
+    }
+}
+
+impl ProcessInfo {
+    /// A process with these names, its numbers left to the caller.
+    pub fn with_names(names: ProcessNames) -> Self {
+        ProcessInfo {
+            names: std::sync::Arc::new(names),
+            ..Default::default()
+        }
+    }
+
+    /// Do `self` and `other` share their names (one build's clones)?
+    pub fn shares_names(&self, other: &ProcessInfo) -> bool {
+        std::sync::Arc::ptr_eq(&self.names, &other.names)
+    }
 }
 
 impl ProcessInfo {
@@ -224,5 +288,44 @@ impl Event {
         self.detail
             .iter()
             .any(|(k, v)| *k == PATH_TRUNCATED && v.split(',').any(|w| w == which))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_names_until_one_is_written_and_the_writer_loses_its_revision() {
+        let mut built = ProcessInfo {
+            pid: 7,
+            revision: 42,
+            ..ProcessInfo::with_names(ProcessNames {
+                name: "qemu-img".into(),
+                args: vec![Bytes(b"qemu-img".to_vec())],
+                ..Default::default()
+            })
+        };
+        let mut ev = built.clone();
+        ev.tid = 8;
+        assert!(
+            ev.shares_names(&built),
+            "an event's copy allocated its names"
+        );
+        assert_eq!(ev.revision, 42, "numbers alone keep the build's revision");
+        ev.executable = Bytes(b"/usr/bin/qemu-img (deleted)".to_vec());
+        assert!(!ev.shares_names(&built));
+        assert_eq!(
+            ev.revision, 0,
+            "a changed process kept the build's revision"
+        );
+        assert_eq!(
+            built.executable.0, b"",
+            "the write reached the shared names"
+        );
+        assert_eq!((ev.name.as_str(), ev.args.len()), ("qemu-img", 1));
+        // Sole owner: written in place, and still no longer that build.
+        built.name.push('x');
+        assert_eq!((built.name.as_str(), built.revision), ("qemu-imgx", 0));
     }
 }

@@ -42,10 +42,12 @@ pub fn header_process(h: &snapmon_common::Header) -> ProcessInfo {
     ProcessInfo {
         pid: h.tgid,
         tid: h.pid,
-        name: String::from_utf8_lossy(crate::decode::cstr(&h.comm, h.comm.len())).into_owned(),
         uid: h.uid,
         gid: h.gid,
-        ..Default::default()
+        ..ProcessInfo::with_names(crate::event::ProcessNames {
+            name: String::from_utf8_lossy(crate::decode::cstr(&h.comm, h.comm.len())).into_owned(),
+            ..Default::default()
+        })
     }
 }
 
@@ -109,11 +111,8 @@ impl TableLineage {
     }
 
     fn to_info(v: crate::lineage::ProcessView, tid: u32) -> ProcessInfo {
-        use crate::event::{Ancestor, Bytes};
-        ProcessInfo {
-            pid: v.pid,
-            tid,
-            ppid: v.ppid,
+        use crate::event::{Ancestor, Bytes, ProcessNames};
+        let names = ProcessNames {
             name: v.name.display(),
             executable: Bytes(v.exe.as_bytes().to_vec()),
             args: v
@@ -121,14 +120,7 @@ impl TableLineage {
                 .iter()
                 .map(|a| Bytes(a.as_bytes().to_vec()))
                 .collect(),
-            args_truncated: v.args_truncated,
-            uid: v.uid.unwrap_or(u32::MAX),
-            gid: v.gid.unwrap_or(u32::MAX),
-            euid: v.euid,
             entity_id: v.entity_id,
-            exe_dev: crate::watch::kernel_dev(v.exe_dev),
-            exe_ino: v.exe_ino,
-            start_ns: v.start_ns,
             cwd: v.cwd.map(|c| Bytes(c.as_bytes().to_vec())),
             container_id: v.container_id,
             systemd_unit: v.systemd_unit,
@@ -151,7 +143,20 @@ impl TableLineage {
                 })
                 .collect::<Vec<_>>()
                 .into(),
+        };
+        ProcessInfo {
+            pid: v.pid,
+            tid,
+            ppid: v.ppid,
+            args_truncated: v.args_truncated,
+            uid: v.uid.unwrap_or(u32::MAX),
+            gid: v.gid.unwrap_or(u32::MAX),
+            euid: v.euid,
+            exe_dev: crate::watch::kernel_dev(v.exe_dev),
+            exe_ino: v.exe_ino,
+            start_ns: v.start_ns,
             revision: next_revision(),
+            ..ProcessInfo::with_names(names)
         }
     }
 }

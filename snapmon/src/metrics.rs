@@ -156,7 +156,13 @@ impl Registry {
         match r {
             Record::Event(e) => {
                 self.events.fetch_add(1, Relaxed);
-                *l.events_by_action.entry(e.action.to_string()).or_default() += 1;
+                // Looked up by `&str`: `entry` would allocate the key for every event.
+                match l.events_by_action.get_mut(e.action) {
+                    Some(n) => *n += 1,
+                    None => {
+                        l.events_by_action.insert(e.action.to_string(), 1);
+                    }
+                }
             }
             Record::Alert(a) => {
                 self.alerts.fetch_add(1, Relaxed);

@@ -7,6 +7,9 @@
 /// Invalid UTF-8 bytes become `\xNN`. Escaping the backslash keeps it reversible
 /// ([`unescape_bytes`]).
 pub fn escape_bytes(bytes: &[u8]) -> String {
+    if let Some(s) = plain(bytes) {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -24,6 +27,14 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// `bytes` as text when [`escape_bytes`] leaves them as they are (valid UTF-8, nothing to
+/// escape), checked without building the escaped copy.
+pub fn plain(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .filter(|s| !s.chars().any(needs_escape))
 }
 
 /// Composed text whose parts are escaped already (a message naming escaped paths): control
@@ -95,6 +106,31 @@ fn hex_byte(h: u8, l: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_is_exactly_what_escaping_leaves_alone() {
+        let cases: &[&[u8]] = &[
+            b"/var/lib/images/vm1.qcow2",
+            b"",
+            b"caf\xc3\xa9",
+            "café/ünï".as_bytes(),
+            b"a\\b",
+            b"a\x41",
+            b"tab\there",
+            b"del\x7f",
+            b"bad\xff utf8",
+            "rtl\u{202e}2woc".as_bytes(),
+            "c1\u{85}".as_bytes(),
+        ];
+        for &c in cases {
+            let esc = escape_bytes(c);
+            let escaped = std::str::from_utf8(c).is_err() || esc.contains("\\x");
+            assert_eq!(plain(c).is_none(), escaped, "{esc}");
+            if let Some(p) = plain(c) {
+                assert_eq!(p, esc);
+            }
+        }
+    }
 
     #[test]
     fn bidi_controls_that_reorder_a_line_are_escaped() {

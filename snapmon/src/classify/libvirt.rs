@@ -207,6 +207,11 @@ pub struct LibvirtFile {
 /// and the session equivalent under `<home>/.config/libvirt/qemu/...` (also
 /// written `~/.config/...`), plus their `.xml.new` temp files.
 pub fn classify_libvirt_path(path: &str) -> Option<LibvirtFile> {
+    // Most paths are images: their last component tells at once, before any splitting.
+    let last = path.trim_end_matches('/');
+    if !last.ends_with(".xml") && !last.ends_with(".xml.new") {
+        return None;
+    }
     let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     // Dot components could make a lookalike resolve elsewhere: refuse them.
     if comps.iter().any(|c| *c == "." || *c == "..") || comps.len() < 6 {

@@ -778,7 +778,8 @@ impl Classifier {
                 self.forget(f.dev, f.ino);
             }
         }
-        let path_str = path.map(|p| p.to_string_lossy().into_owned());
+        // Borrowed for a UTF-8 path: this runs for every write.
+        let path_str = path.map(|p| p.to_string_lossy());
         // libvirt metadata and LVM text files are judged by name and, when present, content.
         if let Some(ps) = &path_str {
             if let Some(lf) = libvirt::classify_libvirt_path(ps) {

@@ -278,6 +278,9 @@ pub struct Engine {
     pub stats: EngineStats,
     /// The agent's own pid: it never alerts on itself (no loops through its own output).
     own_pid: u32,
+    /// The trust of the process build (`ProcessInfo::revision`) judged last: a writer's
+    /// events come in runs, and a build's fields, so its trust, do not change.
+    trust_memo: Option<(u64, std::sync::Arc<Trust>)>,
 }
 
 impl Engine {
@@ -354,6 +357,7 @@ impl Engine {
             warnings,
             stats: EngineStats::default(),
             own_pid: std::process::id(),
+            trust_memo: None,
         })
     }
 
@@ -465,6 +469,21 @@ impl Engine {
         }
     }
 
+    /// [`Engine::trust_of`], remembered for the last build judged: an unnumbered process
+    /// (revision 0, built or changed elsewhere) is judged afresh every time.
+    pub(crate) fn trust_for(&mut self, p: &crate::event::ProcessInfo) -> std::sync::Arc<Trust> {
+        if let Some((rev, t)) = &self.trust_memo {
+            if p.revision != 0 && *rev == p.revision {
+                return t.clone();
+            }
+        }
+        let t = std::sync::Arc::new(self.trust_of(p));
+        if p.revision != 0 {
+            self.trust_memo = Some((p.revision, t.clone()));
+        }
+        t
+    }
+
     /// Evaluate one event. Alerts come back in rule order, after any timed-out sequences.
     pub fn process(&mut self, ev: &Event) -> Vec<Alert> {
         let mut out = self.expire(ev.ts_unix_ns);
@@ -474,7 +493,7 @@ impl Engine {
         self.stats.evaluated += 1;
         let kind = Kind::of(ev.action);
         // Take the pieces apart so a rule can borrow state mutably while reading the rest.
-        let trust = self.trust_of(&ev.process);
+        let trust = self.trust_for(&ev.process);
         let mut fired: Vec<(usize, Hit)> = Vec::new();
         {
             let st = &mut self.st;
@@ -517,6 +536,10 @@ impl Engine {
     /// Sequence timeouts (freeze without thaw). Called on every event; `Pipeline::tick` lets
     /// the agent call it when the host is quiet.
     pub fn expire(&mut self, now: i128) -> Vec<Alert> {
+        // Called per event: nothing frozen, nothing to look up.
+        if self.st.freezes.is_empty() {
+            return Vec::new();
+        }
         let Some(i) = self.rules.iter().position(|r| r.def.id == "SM-K004") else {
             return Vec::new();
         };
@@ -542,12 +565,11 @@ impl Engine {
     }
 
     fn excepted(&self, id: &str, ev: &Event, trust: &Trust) -> bool {
-        let path = |f: &Option<crate::event::FileInfo>| {
+        fn path(f: &Option<crate::event::FileInfo>) -> &[u8] {
             f.as_ref()
                 .and_then(|f| f.path.as_ref())
-                .map(|p| p.0.clone())
-                .unwrap_or_default()
-        };
+                .map_or(&[], |p| p.0.as_slice())
+        }
         let (p, t) = (path(&ev.file), path(&ev.target));
         self.exceptions.iter().any(|x| {
             x.rules.iter().any(|r| r == id)
@@ -558,7 +580,7 @@ impl Engine {
                 && (x.actions.is_empty() || x.actions.iter().any(|a| a == ev.action))
                 && x.target
                     .as_ref()
-                    .is_none_or(|g| g.matches(&p) || (!t.is_empty() && g.matches(&t)))
+                    .is_none_or(|g| g.matches(p) || (!t.is_empty() && g.matches(t)))
         })
     }
 
@@ -569,14 +591,19 @@ impl Engine {
             self.stats.excepted += 1;
             return None;
         }
-        let (wday, minute) = self
-            .local
-            .local(ev.ts_unix_ns.div_euclid(1_000_000_000) as i64);
-        if self
+        // Local time only when a window could suppress this rule: most hits have none.
+        let mut suppressing = self
             .windows
             .iter()
-            .any(|w| w.suppress.iter().any(|s| s == id) && w.contains(wday, minute))
-        {
+            .filter(|w| w.suppress.iter().any(|s| s == id))
+            .peekable();
+        let suppressed = suppressing.peek().is_some() && {
+            let (wday, minute) = self
+                .local
+                .local(ev.ts_unix_ns.div_euclid(1_000_000_000) as i64);
+            suppressing.any(|w| w.contains(wday, minute))
+        };
+        if suppressed {
             self.stats.in_window += 1;
             return None;
         }
@@ -653,6 +680,7 @@ fn empty_engine() -> Engine {
         warnings: Vec::new(),
         stats: EngineStats::default(),
         own_pid: std::process::id(),
+        trust_memo: None,
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::{
     classify::{Change, Classification},
-    event::{Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    event::{Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, ProcessNames, WriteInfo},
     record::Alert,
 };
 
@@ -271,23 +271,13 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
     let p = &v["process"];
     let sp = &sm["process"];
     let first = |x: &Value| x.get(0).and_then(|s| s.as_str()).unwrap_or("").to_string();
-    let mut process = ProcessInfo {
-        pid: u64_of(&p["pid"]).unwrap_or(0) as u32,
-        tid: u64_of(&p["thread"]["id"]).unwrap_or(0) as u32,
-        ppid: u64_of(&p["parent"]["pid"]).unwrap_or(0) as u32,
+    let names = ProcessNames {
         name: str_of(&p["name"]).to_string(),
         executable: Bytes(unescape(str_of(&p["executable"]))),
         args: p["args"]
             .as_array()
             .map(|a| a.iter().map(|x| Bytes(unescape(str_of(x)))).collect())
             .unwrap_or_default(),
-        // Schema 2 moved it under `snapmon.process`; recordings of schema 1 still replay.
-        args_truncated: sp["args_truncated"]
-            .as_bool()
-            .or(p["args_truncated"].as_bool())
-            .unwrap_or(false),
-        uid: u64_of(&p["user"]["id"]).unwrap_or(0) as u32,
-        gid: u64_of(&p["group"]["id"]).unwrap_or(0) as u32,
         entity_id: str_of(&p["entity_id"]).to_string(),
         cwd: p["working_directory"].as_str().map(|s| Bytes(unescape(s))),
         container_id: v["container"]["id"].as_str().map(String::from),
@@ -299,6 +289,19 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
             .map(|a| a.iter().map(ancestor).collect::<Vec<_>>().into())
             .unwrap_or_default(),
         ..Default::default()
+    };
+    let mut process = ProcessInfo {
+        pid: u64_of(&p["pid"]).unwrap_or(0) as u32,
+        tid: u64_of(&p["thread"]["id"]).unwrap_or(0) as u32,
+        ppid: u64_of(&p["parent"]["pid"]).unwrap_or(0) as u32,
+        // Schema 2 moved it under `snapmon.process`; recordings of schema 1 still replay.
+        args_truncated: sp["args_truncated"]
+            .as_bool()
+            .or(p["args_truncated"].as_bool())
+            .unwrap_or(false),
+        uid: u64_of(&p["user"]["id"]).unwrap_or(0) as u32,
+        gid: u64_of(&p["group"]["id"]).unwrap_or(0) as u32,
+        ..ProcessInfo::with_names(names)
     };
     if p["parent"]["name"].is_string() {
         process.parent = Some(ancestor(&p["parent"]));
@@ -463,18 +466,20 @@ mod tests {
             backend: "tracepoint",
             process: ProcessInfo {
                 pid: 7,
-                name: "python3".into(),
-                executable: Bytes(b"/usr/bin/python3".to_vec()),
                 exe_dev: (254 << 20) | 1,
                 exe_ino: 42,
-                ancestors: vec![Ancestor {
-                    pid: 6,
-                    name: "bash".into(),
-                    executable: "/usr/bin/bash".into(),
-                    entity_id: String::new(),
-                }]
-                .into(),
-                ..Default::default()
+                ..ProcessInfo::with_names(ProcessNames {
+                    name: "python3".into(),
+                    executable: Bytes(b"/usr/bin/python3".to_vec()),
+                    ancestors: vec![Ancestor {
+                        pid: 6,
+                        name: "bash".into(),
+                        executable: "/usr/bin/bash".into(),
+                        entity_id: String::new(),
+                    }]
+                    .into(),
+                    ..Default::default()
+                })
             },
             file: Some(FileInfo {
                 path: Some(Bytes(b"/s/a\\b\x01\xffc".to_vec())),

@@ -290,18 +290,20 @@ fn hide_event(pid: u32) -> Event {
         action: "pwrite64",
         process: ProcessInfo {
             pid,
-            name: "python3".into(),
-            executable: Bytes(b"/usr/bin/python3".to_vec()),
             exe_dev: 1,
             exe_ino: 99,
-            ancestors: vec![Ancestor {
-                pid: 1,
-                name: "bash".into(),
-                executable: "/usr/bin/bash".into(),
+            ..ProcessInfo::with_names(crate::event::ProcessNames {
+                name: "python3".into(),
+                executable: Bytes(b"/usr/bin/python3".to_vec()),
+                ancestors: vec![Ancestor {
+                    pid: 1,
+                    name: "bash".into(),
+                    executable: "/usr/bin/bash".into(),
+                    ..Default::default()
+                }]
+                .into(),
                 ..Default::default()
-            }]
-            .into(),
-            ..Default::default()
+            })
         },
         file: Some(FileInfo {
             path: Some(Bytes(b"/var/lib/libvirt/images/vm1.qcow2".to_vec())),
@@ -793,4 +795,29 @@ fn unusual_lineage_is_once_per_process_not_per_pid() {
     ev.process.start_ns += 1;
     ev.seq += 1;
     assert_eq!(l001(&mut e, &ev), 1, "a new process on the same pid");
+}
+
+/// The trust remembered for a process build is never another build's: a pid reused by an
+/// untrusted program (a new build, a new revision) or an unnumbered process is judged afresh.
+#[test]
+fn remembered_trust_belongs_to_one_build() {
+    let mut e = engine(&Policy::embedded());
+    let (dev, ino) = Recorded::load().identity("/usr/bin/qemu-img").unwrap();
+    let mut qemu = hide_event(10).process;
+    (qemu.exe_dev, qemu.exe_ino, qemu.revision) = (dev, ino, 7);
+    let mut other = hide_event(10).process;
+    other.revision = 8;
+    assert!(e.trust_for(&qemu).by("qemu"));
+    assert!(e.trust_for(&qemu).by("qemu"), "remembered");
+    assert!(
+        !e.trust_for(&other).by("qemu"),
+        "the pid's next build got the last one's trust"
+    );
+    (qemu.revision, other.revision) = (0, 0);
+    assert!(e.trust_for(&qemu).by("qemu"));
+    assert!(
+        !e.trust_for(&other).by("qemu"),
+        "an unnumbered process got the last one's trust"
+    );
+    assert!(e.trust_for(&qemu).by("qemu"));
 }

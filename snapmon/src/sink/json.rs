@@ -76,12 +76,26 @@ pub fn rfc3339(unix_ns: i128) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    let (hh, mm, ss) = (sod / 3600, (sod % 3600) / 60, sod % 60);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{nanos:09}Z");
+    }
+    // Every record's timestamp: digits by hand, `format!` cost a sixth of a render.
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    let put = |b: &mut [u8], at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut b, 0, 4, y as u64);
+    put(&mut b, 5, 2, m as u64);
+    put(&mut b, 8, 2, d as u64);
+    put(&mut b, 11, 2, hh as u64);
+    put(&mut b, 14, 2, mm as u64);
+    put(&mut b, 17, 2, ss as u64);
+    put(&mut b, 20, 9, u64::from(nanos));
+    String::from_utf8_lossy(&b).into_owned()
 }
 
 pub fn now_unix_ns() -> i128 {
@@ -421,6 +435,15 @@ pub fn write_record_id(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&st
 
 /// A JSON string exactly as serde_json escapes it.
 fn js(out: &mut Vec<u8>, v: &str) {
+    // serde_json escapes only `"`, `\` and C0 controls: without them the bytes go as they
+    // are, skipping its serializer (a dozen strings per record).
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(v.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+        return;
+    }
     let _ = serde_json::to_writer(&mut *out, v);
 }
 
@@ -529,23 +552,38 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
 /// escaping its path three ways cost more than the rest of the `file` object.
 const FILE_CACHE_MAX: usize = 256;
 
+/// A file's path and its members rendered.
+type RenderedFile = std::rc::Rc<(Bytes, Vec<u8>)>;
+
 /// (dev, ino) → the path rendered and its bytes.
-type FileCache = std::collections::HashMap<(u32, u64), (Bytes, Vec<u8>)>;
+type FileCache = std::collections::HashMap<(u32, u64), RenderedFile>;
 
 thread_local! {
     static FILE_CACHE: std::cell::RefCell<FileCache> = Default::default();
+    /// The file rendered last: a flood on one image finds it without hashing.
+    static LAST_FILE: std::cell::RefCell<Option<((u32, u64), RenderedFile)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file.
 fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
-    FILE_CACHE.with(|c| {
+    let hit = LAST_FILE.with(|l| {
+        let l = l.try_borrow().ok()?;
+        let (k, r) = l.as_ref()?;
+        (*k == (dev, ino) && r.0 == *p).then(|| out.extend_from_slice(&r.1))
+    });
+    if hit.is_some() {
+        return;
+    }
+    let r = FILE_CACHE.with(|c| {
         let Ok(mut c) = c.try_borrow_mut() else {
-            return file_named_uncached(out, dev, ino, p);
+            file_named_uncached(out, dev, ino, p);
+            return None;
         };
-        if let Some((path, bytes)) = c.get(&(dev, ino)) {
-            if path.0 == p.0 {
-                out.extend_from_slice(bytes);
-                return;
+        if let Some(r) = c.get(&(dev, ino)) {
+            if r.0 == *p {
+                out.extend_from_slice(&r.1);
+                return Some(r.clone());
             }
         }
         let mut bytes = Vec::with_capacity(64 + 3 * p.0.len());
@@ -554,8 +592,17 @@ fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
         if c.len() >= FILE_CACHE_MAX {
             c.clear();
         }
-        c.insert((dev, ino), (p.clone(), bytes));
-    })
+        let r = std::rc::Rc::new((p.clone(), bytes));
+        c.insert((dev, ino), r.clone());
+        Some(r)
+    });
+    if let Some(r) = r {
+        LAST_FILE.with(|l| {
+            if let Ok(mut l) = l.try_borrow_mut() {
+                *l = Some(((dev, ino), r));
+            }
+        });
+    }
 }
 
 fn file_named_uncached(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
@@ -594,12 +641,39 @@ thread_local! {
     > = Default::default();
 }
 
+thread_local! {
+    /// The build rendered last: a writer's records come in runs, found without hashing.
+    static LAST_PROCESS: std::cell::RefCell<Option<(u64, std::rc::Rc<RenderedProcess>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// `p` rendered, from this thread's cache if this build was rendered before; `None` when no
 /// build number vouches for the fields (the caller renders them inline).
 fn rendered_process(p: &ProcessInfo) -> Option<std::rc::Rc<RenderedProcess>> {
     if p.revision == 0 {
         return None;
     }
+    // Revisions are unique in the agent: the same number is the same build.
+    let last = LAST_PROCESS.with(|l| {
+        l.try_borrow()
+            .ok()?
+            .as_ref()
+            .filter(|(rev, _)| *rev == p.revision)
+            .map(|(_, r)| r.clone())
+    });
+    if last.is_some() {
+        return last;
+    }
+    let r = rendered_process_keyed(p)?;
+    LAST_PROCESS.with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = Some((p.revision, r.clone()));
+        }
+    });
+    Some(r)
+}
+
+fn rendered_process_keyed(p: &ProcessInfo) -> Option<std::rc::Rc<RenderedProcess>> {
     PROCESS_CACHE.with(|c| {
         let mut c = c.try_borrow_mut().ok()?;
         if let Some((rev, r)) = c.get(p.entity_id.as_str()) {
@@ -919,7 +993,8 @@ fn write_event(
             let _ = serde_json::to_writer(&mut *out, &d);
         }
         if let Some(pth) = e.file.as_ref().and_then(|fi| fi.path.as_ref()) {
-            if !pth.is_utf8() || pth.display().contains("\\x") {
+            // Invalid UTF-8 or anything escaped, as `file_json` asks, without escaping.
+            if crate::text::plain(&pth.0).is_none() {
                 key(out, "file_path_hex", &mut f);
                 js(out, &pth.hex());
             }
@@ -1101,6 +1176,59 @@ mod tests {
     use crate::event::{ProcessInfo, WriteInfo};
 
     #[test]
+    fn strings_written_straight_are_what_serde_json_writes() {
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| format!("a{}b", b as char)).collect();
+        cases.extend(
+            [
+                "",
+                "plain",
+                "caf\u{e9} \u{202e}x",
+                "q\"uote\\",
+                "\u{7f}\u{85}",
+            ]
+            .map(String::from),
+        );
+        for c in cases {
+            let mut got = Vec::new();
+            js(&mut got, &c);
+            assert_eq!(got, serde_json::to_vec(&c).unwrap(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_by_hand_is_what_formatting_gives() {
+        let slow = |unix_ns: i128| {
+            let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+            let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+            let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            let z = days + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+                sod / 3600,
+                (sod % 3600) / 60,
+                sod % 60
+            )
+        };
+        let mut ns: i128 = -62_167_219_200_000_000_001; // just before year 0
+        let step = 7_919_393_939_393_939;
+        while ns < 253_402_300_800_000_000_123 {
+            assert_eq!(rfc3339(ns), slow(ns), "{ns}");
+            ns += step;
+        }
+        for ns in [-1, 0, 999_999_999, i64::MAX as i128, -(i64::MAX as i128)] {
+            assert_eq!(rfc3339(ns), slow(ns), "{ns}");
+        }
+    }
+
+    #[test]
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(
@@ -1122,8 +1250,10 @@ mod tests {
             backend: "tracepoint",
             process: ProcessInfo {
                 pid: 7,
-                name: "python3".into(),
-                ..Default::default()
+                ..ProcessInfo::with_names(crate::event::ProcessNames {
+                    name: "python3".into(),
+                    ..Default::default()
+                })
             },
             file: Some(FileInfo {
                 path: Some(Bytes(b"/s/bad\xff\x1bname".to_vec())),

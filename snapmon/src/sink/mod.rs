@@ -65,7 +65,7 @@ pub fn render_id(
     match format {
         Format::Json => {
             let mut out = Vec::with_capacity(2048);
-            json::write_record_id(&mut out, r, host, id.map(|i| i.to_string()).as_deref());
+            json::write_record_id(&mut out, r, host, id.map(RecordId::text).as_deref());
             out
         }
         Format::Ocsf => {
@@ -90,6 +90,29 @@ impl RecordId {
     pub fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         RecordId(NEXT.fetch_add(1, RELAXED))
+    }
+}
+
+impl RecordId {
+    /// As `to_string`, without the formatting machinery: every record's JSON carries one.
+    pub fn text(self) -> String {
+        let run = run_id();
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = self.0;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut s = String::with_capacity(run.len() + 1 + digits.len() - at);
+        s.push_str(run);
+        s.push('-');
+        s.extend(digits[at..].iter().map(|&d| char::from(d)));
+        s
     }
 }
 
@@ -272,31 +295,33 @@ pub(crate) mod fixtures {
                 pid: 4242,
                 tid: 4242,
                 ppid: 4000,
-                name: "python3".into(),
-                executable: Bytes(b"/usr/bin/python3.11".to_vec()),
-                args: vec![Bytes(b"python3".to_vec()), Bytes(b"-c".to_vec())],
                 uid: 0,
-                entity_id: "ent-4242".into(),
-                parent: Some(Ancestor {
-                    pid: 4000,
-                    name: "bash".into(),
-                    executable: "/usr/bin/bash".into(),
-                    entity_id: "ent-4000".into(),
-                }),
-                ancestors: vec![
-                    Ancestor {
+                ..ProcessInfo::with_names(crate::event::ProcessNames {
+                    name: "python3".into(),
+                    executable: Bytes(b"/usr/bin/python3.11".to_vec()),
+                    args: vec![Bytes(b"python3".to_vec()), Bytes(b"-c".to_vec())],
+                    entity_id: "ent-4242".into(),
+                    parent: Some(Ancestor {
                         pid: 4000,
                         name: "bash".into(),
-                        ..Default::default()
-                    },
-                    Ancestor {
-                        pid: 900,
-                        name: "sshd".into(),
-                        ..Default::default()
-                    },
-                ]
-                .into(),
-                ..Default::default()
+                        executable: "/usr/bin/bash".into(),
+                        entity_id: "ent-4000".into(),
+                    }),
+                    ancestors: vec![
+                        Ancestor {
+                            pid: 4000,
+                            name: "bash".into(),
+                            ..Default::default()
+                        },
+                        Ancestor {
+                            pid: 900,
+                            name: "sshd".into(),
+                            ..Default::default()
+                        },
+                    ]
+                    .into(),
+                    ..Default::default()
+                })
             },
             file: Some(FileInfo {
                 path: Some(Bytes(b"/var/lib/libvirt/images/vm1.qcow2".to_vec())),
@@ -340,6 +365,13 @@ mod schema_tests;
 mod tests {
     use super::*;
     use crate::{event::Event, record::Alert};
+
+    #[test]
+    fn record_id_text_is_its_display() {
+        for n in [0, 1, 9, 10, 4242, 1 << 40, u64::MAX] {
+            assert_eq!(RecordId(n).text(), RecordId(n).to_string());
+        }
+    }
 
     fn alert(sev: Severity) -> Record {
         Record::Alert(Box::new(Alert {

@@ -372,19 +372,21 @@ mod tests {
             action: "pwrite64",
             process: ProcessInfo {
                 pid: 42,
-                name: "python3".into(),
-                ancestors: vec![
-                    Ancestor {
-                        name: "bash".into(),
-                        ..Default::default()
-                    },
-                    Ancestor {
-                        name: "sshd".into(),
-                        ..Default::default()
-                    },
-                ]
-                .into(),
-                ..Default::default()
+                ..ProcessInfo::with_names(crate::event::ProcessNames {
+                    name: "python3".into(),
+                    ancestors: vec![
+                        Ancestor {
+                            name: "bash".into(),
+                            ..Default::default()
+                        },
+                        Ancestor {
+                            name: "sshd".into(),
+                            ..Default::default()
+                        },
+                    ]
+                    .into(),
+                    ..Default::default()
+                })
             },
             file: Some(FileInfo {
                 path: Some(Bytes(b"/s/vm1\x1b[31m.qcow2".to_vec())),
