@@ -207,7 +207,12 @@ unsafe fn report(w: &crate::kernel::Watched, fd: i64, cmd: u32, arg: u64) {
             }
         }
     }
-    output_file(ev, urgent_file(ev.hdr.uid, w.inode, w.precious), w.precious, &w.key);
+    output_file(
+        ev,
+        urgent_file(ev.hdr.uid, w.inode, w.precious),
+        w.precious,
+        &w.key,
+    );
 }
 
 /// A loop attach whose backing fd is a watched file: the image gets a block-device side door

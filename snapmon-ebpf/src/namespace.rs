@@ -117,7 +117,12 @@ unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     ev.path2[0] = 0;
     ev.aux = aux;
     ev.aux2 = aux2;
-    output_file(ev, urgent_file(ev.hdr.uid, w.inode, w.precious), w.precious, &w.key);
+    output_file(
+        ev,
+        urgent_file(ev.hdr.uid, w.inode, w.precious),
+        w.precious,
+        &w.key,
+    );
     crate::observe::mark(true);
 }
 

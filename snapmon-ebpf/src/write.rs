@@ -104,7 +104,12 @@ unsafe fn emit_write_from(
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
-    output_file(ev, urgent_file(ev.hdr.uid, w.inode, w.precious), w.precious, &w.key);
+    output_file(
+        ev,
+        urgent_file(ev.hdr.uid, w.inode, w.precious),
+        w.precious,
+        &w.key,
+    );
 }
 
 /// In-kernel filter: is this a write by a trusted writer of the file's format that stays

@@ -624,7 +624,14 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
         return Ok(());
     }
-    let _ = report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, unread);
+    let _ = report_loss(
+        &mut k,
+        &mut last_lost,
+        &mut pipe,
+        &mut responder,
+        &sinks,
+        unread,
+    );
     refresh_hook_runs(&k, &registry);
     let hooks = registry.hook_runs().unwrap_or_default();
     let stopped = crate::state::stopped(

@@ -537,7 +537,11 @@ mod blinded {
         let out = pipe.blinded(&dropped_write(key(&vm2), 1234), 3, &mut maps);
         let a = alerts(&out);
         assert_eq!(a.len(), 1, "{out:?}");
-        assert!(a[0].message.starts_with("events lost on vm2.qcow2"), "{}", a[0].message);
+        assert!(
+            a[0].message.starts_with("events lost on vm2.qcow2"),
+            "{}",
+            a[0].message
+        );
         assert!(a[0].message.contains("(3 records"), "{}", a[0].message);
     }
 
@@ -559,7 +563,11 @@ mod blinded {
         let out = pipe.blinded(&dropped_write(key, 9), 2, &mut maps);
         let a = alerts(&out);
         assert_eq!(a.len(), 1, "{out:?}");
-        assert!(a[0].message.starts_with("events lost on mine.qcow2 "), "{}", a[0].message);
+        assert!(
+            a[0].message.starts_with("events lost on mine.qcow2 "),
+            "{}",
+            a[0].message
+        );
         assert_eq!(pipe.enricher.watch.path_of(&key), Some(&mine));
     }
 
@@ -579,7 +587,11 @@ mod blinded {
         let out = pipe.blinded(&dropped_write(key, 9), 1, &mut maps);
         let a = alerts(&out);
         assert_eq!(a.len(), 1, "{out:?}");
-        assert!(a[0].message.starts_with("events lost on 8:1:77 "), "{}", a[0].message);
+        assert!(
+            a[0].message.starts_with("events lost on 8:1:77 "),
+            "{}",
+            a[0].message
+        );
     }
 }
 

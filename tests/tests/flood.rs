@@ -279,7 +279,8 @@ const SMALL_RING: &str = "[agent]\nring_buffer_bytes = 4096\n";
 /// An agent of its own on a 4 KiB ring, with a 1777 store.
 fn small_ring_agent(tag: &str) -> (Agent, std::path::PathBuf) {
     // Outside the agent's root (which `spawn` recreates), root-owned, 0644 in sticky /tmp.
-    let policy = std::env::temp_dir().join(format!("snapmon-e2e-{}-{tag}.toml", std::process::id()));
+    let policy =
+        std::env::temp_dir().join(format!("snapmon-e2e-{}-{tag}.toml", std::process::id()));
     std::fs::write(&policy, SMALL_RING).unwrap();
     let a = Agent::spawn(tag, &["--config", policy.to_str().unwrap()], &[]);
     // Read at start (no reload here): nothing left behind in /tmp.
@@ -339,7 +340,10 @@ fn unix_ns(v: &Value) -> i128 {
     tm.tm_min = num(14..16);
     tm.tm_sec = num(17..19);
     let secs = unsafe { libc::timegm(&mut tm) } as i128;
-    let frac = s.get(20..29).and_then(|x| x.parse::<i128>().ok()).unwrap_or(0);
+    let frac = s
+        .get(20..29)
+        .and_then(|x| x.parse::<i128>().ok())
+        .unwrap_or(0);
     secs * 1_000_000_000 + frac
 }
 
@@ -423,13 +427,19 @@ fn a_flood_that_drops_image_records_raises_monitoring_blinded_within_1s() {
     // The event's time is the last dropped record's: the alert came this long after that loss.
     let latency = Duration::from_nanos((seen_at - unix_ns(&alert)).max(0) as u64);
     snapmon_e2e::note(&format!("SM-A001 read {latency:?} after the loss it names"));
-    assert!(latency < Duration::from_secs(1), "SM-A001 came {latency:?} after the loss");
+    assert!(
+        latency < Duration::from_secs(1),
+        "SM-A001 came {latency:?} after the loss"
+    );
     let msg = first["message"].as_str().unwrap_or("");
     assert!(
         msg.contains("events lost on shared.qcow2") || msg.contains("events lost on mine.qcow2"),
         "SM-A001 does not name the image: {msg}"
     );
-    assert!(msg.contains("uid 65534"), "SM-A001 does not name nobody: {msg}");
+    assert!(
+        msg.contains("uid 65534"),
+        "SM-A001 does not name nobody: {msg}"
+    );
     assert_eq!(first["process"]["pid"], nobody, "{first}");
     assert_eq!(first["snapmon"]["severity"], "high");
     assert_eq!(first["event"]["action"], "blinded");
@@ -475,16 +485,24 @@ fn a_flood_of_junk_names_alone_is_loss_but_not_blinding() {
          precious_dropped {precious}, SM-A001 {}",
         blinded.len()
     ));
-    assert!(ringbuf > 0, "the junk flood lost nothing on a 4 KiB ring: no test");
+    assert!(
+        ringbuf > 0,
+        "the junk flood lost nothing on a 4 KiB ring: no test"
+    );
     assert_eq!(precious, 0, "ordinary names counted as image records");
-    assert!(blinded.is_empty(), "SM-A001 for a flood of junk: {blinded:?}");
+    assert!(
+        blinded.is_empty(),
+        "SM-A001 for a flood of junk: {blinded:?}"
+    );
     let mut n = 0;
     snapmon_e2e::emit_fixture(
         "SM-A001/negative-junk-flood.jsonl",
         &a.record_lines(|v| {
             let after = v["snapmon"]["metric"]["kernel"]["precious_dropped"].is_null();
             let junk = v["event"]["kind"] == "event"
-                && v["file"]["name"].as_str().is_some_and(|n| n.starts_with('n'));
+                && v["file"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with('n'));
             let loss = v["event"]["kind"] == "metric" && v["event"]["action"] == "lost";
             after && (junk || loss)
         })

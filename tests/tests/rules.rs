@@ -28,7 +28,10 @@ fn image(d: &Path, name: &str, snaps: &[&str]) -> PathBuf {
     let seen = agent().wait_for(Duration::from_secs(10), |v| {
         v["process"]["pid"] == made.pid && v["file"]["path"].as_str() == Some(s)
     });
-    assert!(seen.is_some(), "the agent did not report qemu-img create of {s}");
+    assert!(
+        seen.is_some(),
+        "the agent did not report qemu-img create of {s}"
+    );
     for sn in snaps {
         run("qemu-img", &["snapshot", "-c", sn, s]);
     }

@@ -557,7 +557,10 @@ mod tests {
         assert_eq!(all.len(), registry::RULES.len() - UNANSWERABLE_RULES.len());
         assert!(!all.contains(&"SM-A001"));
         let e = parse_rules(&["SM-A001".into()]).unwrap_err();
-        assert!(e.contains("SM-A001") && e.contains("cannot draw a response"), "{e}");
+        assert!(
+            e.contains("SM-A001") && e.contains("cannot draw a response"),
+            "{e}"
+        );
         let e = parse_rules(&["metadata_wrte".into()]).unwrap_err();
         assert!(
             e.contains("metadata_wrte") && e.contains("metadata_write"),
