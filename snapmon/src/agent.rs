@@ -373,6 +373,9 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         }
     }
     set_read_budget(&opts.policy);
+    if let Err(e) = crate::classify::fileread::heed_stop_signals() {
+        eprintln!("snapmon: a stop during a stuck read waits for the read budget: {e}");
+    }
     let (watch, notes) = {
         let mut maps = KernelMaps::of(&mut k);
         register(&opts.policy, &extra_watch, &mut maps)?

@@ -140,9 +140,15 @@ pub fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// `[agent] read_budget_ms` when unset: a local disk answers in well under this, and the
-/// loop, waiting on a stuck read, still heeds a signal within the 100 ms it promises.
-pub const DEFAULT_BUDGET_MS: u64 = 100;
+/// `[agent] read_budget_ms` when unset: a local disk answers, and a header parses, in well
+/// under this, even in a debug agent under emulation (100 ms was not: a tmpfs re-read ran
+/// out of it in a TCG guest); a tamper behind a stuck read is still judged within 1 s.
+pub const DEFAULT_BUDGET_MS: u64 = 250;
+/// Once a stop is asked for, a wait on a slow read lasts at most this: the loop heeds a
+/// signal within the 100 ms it promises, whatever the budget.
+const STOP_WAIT: Duration = Duration::from_millis(20);
+/// How often a waiting loop looks whether a stop was asked for.
+const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Reads left stuck at once before any further one fails without being tried: each holds
 /// a thread (and its descriptor) until the filesystem answers.
 const MAX_STUCK: usize = 64;
@@ -151,6 +157,19 @@ static BUDGET_MS: AtomicU64 = AtomicU64::new(DEFAULT_BUDGET_MS);
 static STARTED: AtomicU64 = AtomicU64::new(0);
 static STALLED: AtomicU64 = AtomicU64::new(0);
 static SKIPPED: AtomicU64 = AtomicU64::new(0);
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on SIGTERM and SIGINT (besides what else handles them) cut short any wait on a
+/// read: the event loop may be inside one when the signal comes, and cannot see it there.
+pub fn heed_stop_signals() -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the action is one atomic store, async-signal-safe.
+        unsafe {
+            signal_hook_registry::register(sig, || STOPPING.store(true, Relaxed))?;
+        }
+    }
+    Ok(())
+}
 
 /// How long the event loop waits for one bounded file operation (the policy's value).
 pub fn set_budget(d: Duration) {
@@ -288,9 +307,9 @@ pub fn bounded<T: Send + 'static>(
         // The worker is gone (it cannot be: jobs catch panics); run the job inline.
         job();
     }
-    let got = match rx.recv_timeout(budget) {
-        Ok(v) => Some(v),
-        Err(_) => {
+    let got = match wait(&rx, budget) {
+        Some(v) => Some(v),
+        None => {
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             if *s == JobState::Done {
                 rx.try_recv().ok()
@@ -324,6 +343,30 @@ pub fn bounded<T: Send + 'static>(
             let e = Stalled::TimedOut(ms);
             note_stall(what, &e);
             Err(e)
+        }
+    }
+}
+
+/// The job's result within `budget`, or within [`STOP_WAIT`] once a stop is asked for.
+fn wait<T>(rx: &mpsc::Receiver<T>, budget: Duration) -> Option<T> {
+    let start = std::time::Instant::now();
+    let mut stop_seen: Option<std::time::Instant> = None;
+    loop {
+        let now = std::time::Instant::now();
+        if stop_seen.is_none() && STOPPING.load(Relaxed) {
+            stop_seen = Some(now);
+        }
+        let end = match stop_seen {
+            Some(t) => (start + budget).min(t + STOP_WAIT),
+            None => start + budget,
+        };
+        if now >= end {
+            return rx.try_recv().ok();
+        }
+        match rx.recv_timeout(WAIT_SLICE.min(end - now)) {
+            Ok(v) => return Some(v),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
         }
     }
 }
@@ -406,8 +449,16 @@ mod bounded_tests {
     use super::*;
     use std::{sync::mpsc::channel, time::Instant};
 
+    /// The stop flag and the budget are process-wide: these tests take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn a_stuck_read_costs_one_budget_then_its_filesystem_fails_fast_until_it_answers() {
+        let _turn = serial();
         let (release, gate) = channel::<()>();
         let t = Instant::now();
         let r = bounded(Some(0xfe01), Path::new("/nfs/vm.qcow2"), move || {
@@ -439,7 +490,25 @@ mod bounded_tests {
     }
 
     #[test]
+    fn a_stop_cuts_a_wait_on_a_slow_read_short() {
+        let _turn = serial();
+        let (tx, rx) = mpsc::channel::<u8>();
+        let (_keep, never) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = never.recv_timeout(Duration::from_secs(5));
+            let _ = tx.send(1);
+        });
+        STOPPING.store(true, Relaxed);
+        let t = Instant::now();
+        let got = wait(&rx, Duration::from_secs(5));
+        STOPPING.store(false, Relaxed);
+        assert_eq!(got, None);
+        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+    }
+
+    #[test]
     fn results_come_back_in_order_and_panics_reach_the_caller() {
+        let _turn = serial();
         for i in 0..50u32 {
             assert_eq!(
                 bounded(Some(0xfe10), Path::new("x"), move || i * 2),
