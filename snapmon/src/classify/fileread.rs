@@ -503,7 +503,11 @@ mod bounded_tests {
         let got = wait(&rx, Duration::from_secs(5));
         STOPPING.store(false, Relaxed);
         assert_eq!(got, None);
-        assert!(t.elapsed() < Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
