@@ -403,6 +403,19 @@ mod held {
 
     /// A header cluster rewrite is held until it lands; the next write to the same image
     /// forces it out first, judged from the file, so the order and each diff are right.
+    /// A pipeline on the embedded policy watching `root`, lineage from record headers only.
+    pub(super) fn header_only_pipe(root: &std::path::Path) -> (MemMaps, Pipeline) {
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(root, &mut maps).unwrap();
+        let pipe = Pipeline::with_lineage(
+            ws,
+            &Policy::embedded(),
+            Box::new(crate::lineage_bridge::HeaderOnly),
+        );
+        (maps, pipe)
+    }
+
     #[test]
     fn a_held_write_is_judged_before_the_next_event_on_its_file() {
         let d = TmpDir::new("held");
@@ -412,14 +425,7 @@ mod held {
         let head = std::fs::read(d.path("r.qcow2")).unwrap()[..65536].to_vec();
         let img = d.path("vm.qcow2");
         let key = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
-        let mut maps = MemMaps::default();
-        let mut ws = WatchSet::default();
-        ws.add_root(&d.0, &mut maps).unwrap();
-        let mut pipe = Pipeline::with_lineage(
-            ws,
-            &Policy::embedded(),
-            Box::new(crate::lineage_bridge::HeaderOnly),
-        );
+        let (mut maps, mut pipe) = header_only_pipe(&d.0);
         pipe.classifier.preload(std::iter::once((&key, &img)));
         let me = std::process::id();
         let out = pipe.handle(&wire::raw_write(key, me, 0, 65536, &head), &mut maps);
@@ -459,6 +465,7 @@ mod held {
 /// Records about images the kernel dropped: the `blinded` event and its SM-A001 alert.
 #[cfg(test)]
 mod blinded {
+    use super::held::header_only_pipe;
     use super::*;
     use crate::{record::Severity, rules::replay, testutil::TmpDir, watch::MemMaps};
     use snapmon_common::{Blinded, EventKind};
@@ -495,14 +502,7 @@ mod blinded {
         std::fs::write(&vm1, b"QFI\xfb").unwrap();
         std::fs::write(&vm2, b"QFI\xfb").unwrap();
         let key = |p: &std::path::Path| crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
-        let mut maps = MemMaps::default();
-        let mut ws = WatchSet::default();
-        ws.add_root(&d.0, &mut maps).unwrap();
-        let mut pipe = Pipeline::with_lineage(
-            ws,
-            &Policy::embedded(),
-            Box::new(crate::lineage_bridge::HeaderOnly),
-        );
+        let (mut maps, mut pipe) = header_only_pipe(&d.0);
         // Nothing dropped: nothing said.
         assert!(pipe
             .blinded(&dropped_write(key(&vm1), 1234), 0, &mut maps)
@@ -548,14 +548,7 @@ mod blinded {
     #[test]
     fn an_image_whose_create_was_lost_too_is_found_in_its_store() {
         let d = TmpDir::new("blinded-unheard");
-        let mut maps = MemMaps::default();
-        let mut ws = WatchSet::default();
-        ws.add_root(&d.0, &mut maps).unwrap();
-        let mut pipe = Pipeline::with_lineage(
-            ws,
-            &Policy::embedded(),
-            Box::new(crate::lineage_bridge::HeaderOnly),
-        );
+        let (mut maps, mut pipe) = header_only_pipe(&d.0);
         // Made after the scan, and the agent never heard of it.
         let mine = d.path("mine.qcow2");
         std::fs::write(&mine, b"x").unwrap();

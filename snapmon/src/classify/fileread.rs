@@ -492,8 +492,8 @@ mod bounded_tests {
     #[test]
     fn a_stop_cuts_a_wait_on_a_slow_read_short() {
         let _turn = serial();
-        let (tx, rx) = mpsc::channel::<u8>();
-        let (_keep, never) = mpsc::channel::<()>();
+        let (tx, rx) = channel::<u8>();
+        let (_keep, never) = channel::<()>();
         std::thread::spawn(move || {
             let _ = never.recv_timeout(Duration::from_secs(5));
             let _ = tx.send(1);

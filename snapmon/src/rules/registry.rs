@@ -1353,23 +1353,28 @@ fn l002(ctx: &mut Ctx) -> Option<Hit> {
     )))
 }
 
+/// The event is about an image or snapshot metadata: by name, by content, or an identity
+/// known to be a qcow2 (a cut path is given the benefit of the doubt).
+fn about_snapshot_file(ctx: &Ctx) -> bool {
+    let ev = ctx.ev;
+    has_image_ext(leaf_bytes(path_bytes(ev)), &ctx.det.image_extensions)
+        || ev.path_cut("file")
+        || cls(ev).is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
+        || ev
+            .file
+            .as_ref()
+            .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)))
+}
+
 fn t001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
     if ev.action != "utimes" || ctx.trust.any() {
         return None;
     }
-    let p = path_bytes(ev);
-    let c = cls(ev);
-    let snapshot_file = has_image_ext(leaf_bytes(p), &ctx.det.image_extensions)
-        || ev.path_cut("file")
-        || c.is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
-        || ev
-            .file
-            .as_ref()
-            .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)));
-    if !snapshot_file {
+    if !about_snapshot_file(ctx) {
         return None;
     }
+    let p = path_bytes(ev);
     // `touch new-file` creates, then stamps: not anti-forensics.
     if ctx
         .st
@@ -1422,16 +1427,7 @@ fn u001(ctx: &mut Ctx) -> Option<Hit> {
     if ev.action != crate::event::URING_REGISTER_FILES {
         return None;
     }
-    let p = path_bytes(ev);
-    let c = cls(ev);
-    let snapshot_file = has_image_ext(leaf_bytes(p), &ctx.det.image_extensions)
-        || ev.path_cut("file")
-        || c.is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
-        || ev
-            .file
-            .as_ref()
-            .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)));
-    if !snapshot_file {
+    if !about_snapshot_file(ctx) {
         return None;
     }
     let slot = ev
