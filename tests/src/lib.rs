@@ -31,6 +31,18 @@ pub struct Agent {
     pub started: Value,
     /// Reaped by `stop`: its pid may belong to someone else now.
     stopped: bool,
+    /// The output parsed so far: a poll parses only what was written since the last one.
+    parsed: Mutex<Parsed>,
+}
+
+/// The agent's output file read up to `off`; a partial last line is kept back in `tail`.
+#[derive(Default)]
+struct Parsed {
+    /// (dev, ino) of the file read: another file at the same path starts over.
+    id: (u64, u64),
+    off: u64,
+    tail: Vec<u8>,
+    recs: Vec<Value>,
 }
 
 /// What an agent runs with besides the defaults (`run --format json --watch ROOT --output OUT`).
@@ -141,6 +153,7 @@ impl Agent {
             out,
             started: Value::Null,
             stopped: false,
+            parsed: Mutex::default(),
         };
         // Verifying the programs is CPU-bound: under emulation (`cargo xtask vm-test`) it can
         // take several minutes, so the wait is configurable.
@@ -196,14 +209,50 @@ impl Agent {
 
     /// All records so far.
     pub fn records(&self) -> Vec<Value> {
-        let Ok(f) = std::fs::File::open(&self.out) else {
-            return vec![];
+        self.parsed().recs.clone()
+    }
+
+    /// How many records the agent has written so far.
+    pub fn count(&self) -> usize {
+        self.parsed().recs.len()
+    }
+
+    /// The output parsed up to its last complete line. Re-parsing the whole file on every
+    /// poll cost the test process more CPU than the agent under emulation, and the agent
+    /// shares that CPU.
+    fn parsed(&self) -> std::sync::MutexGuard<'_, Parsed> {
+        use std::io::{Read as _, Seek as _};
+        use std::os::unix::fs::MetadataExt as _;
+        let mut p = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(mut f) = std::fs::File::open(&self.out) else {
+            return p;
         };
-        BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
+        let Ok(md) = f.metadata() else { return p };
+        if (md.dev(), md.ino()) != p.id || md.len() < p.off {
+            *p = Parsed {
+                id: (md.dev(), md.ino()),
+                ..Parsed::default()
+            };
+        }
+        if f.seek(std::io::SeekFrom::Start(p.off)).is_err() {
+            return p;
+        }
+        let mut buf = std::mem::take(&mut p.tail);
+        let before = buf.len();
+        if f.read_to_end(&mut buf).is_err() {
+            buf.truncate(before);
+            p.tail = buf;
+            return p;
+        }
+        p.off += (buf.len() - before) as u64;
+        let done = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let new: Vec<Value> = buf[..done]
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        p.recs.extend(new);
+        p.tail = buf.split_off(done);
+        p
     }
 
     /// The raw output lines (byte-for-byte what the agent wrote) whose record matches `pred`:
@@ -275,9 +324,14 @@ impl Agent {
 
     pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let end = Instant::now() + timeout;
+        let mut seen = 0;
         loop {
-            if let Some(v) = self.records().into_iter().find(|v| pred(v)) {
-                return Some(v);
+            {
+                let p = self.parsed();
+                if let Some(v) = p.recs[seen..].iter().find(|v| pred(v)) {
+                    return Some(v.clone());
+                }
+                seen = p.recs.len();
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("agent exited early: {st}");
@@ -291,13 +345,13 @@ impl Agent {
 
     /// Wait until no new record arrives for `quiet`, then return the records matching `pred`.
     pub fn settle(&mut self, quiet: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let mut n = self.records().len();
+        let mut n = self.count();
         let mut since = Instant::now();
         // Generous: under QEMU TCG the agent can trail a fork storm by tens of seconds.
         let deadline = Instant::now() + Duration::from_secs(90);
         while since.elapsed() < quiet && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
-            let m = self.records().len();
+            let m = self.count();
             if m != n {
                 n = m;
                 since = Instant::now();
