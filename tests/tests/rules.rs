@@ -1,6 +1,7 @@
 //! End-to-end rules: real attacks against a watched temp store with the agent running on its
 //! embedded default policy; each asserts the alert (rule, severity, actor, target, diff)
 //! arrives within one second of the attack finishing.
+// xtask-suite: newest-guest
 
 use std::{
     path::{Path, PathBuf},
@@ -47,7 +48,6 @@ fn is_alert(v: &Value, rule: &str, pid: Option<u32>) -> bool {
 /// Wait for the alert; fail with what arrived instead.
 fn expect_alert(rule: &str, pid: Option<u32>, target: &Path) -> Value {
     let t = target.to_string_lossy().into_owned();
-    let start = Instant::now();
     let got = agent().wait_for(WITHIN, |v| {
         is_alert(v, rule, pid)
             && (v["file"]["path"].as_str() == Some(&t)
@@ -55,10 +55,7 @@ fn expect_alert(rule: &str, pid: Option<u32>, target: &Path) -> Value {
                 || v["message"].as_str().is_some_and(|m| m.contains(&t)))
     });
     match got {
-        Some(v) => {
-            assert!(start.elapsed() <= WITHIN + Duration::from_millis(100));
-            v
-        }
+        Some(v) => v,
         None => {
             let alerts: Vec<String> = agent()
                 .records()
