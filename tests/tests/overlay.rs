@@ -98,6 +98,45 @@ fn hide_through(a: &Agent, path: &Path) -> (u32, u64) {
     (r.pid, mark)
 }
 
+/// The SM-Q002 alert for `pid`'s write to `path`, or a failure that says whether it came late
+/// (a slow guest) or not at all, with what the agent recorded about the file.
+fn expect_hidden(a: &mut Agent, mark: u64, pid: u32, what: &str, path: &Path) -> Value {
+    if let Some(v) = q002(a, mark, pid, WITHIN) {
+        return v;
+    }
+    let late = q002(a, mark, pid, Duration::from_secs(5));
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let seen: Vec<String> = a
+        .records()
+        .into_iter()
+        .filter(|v| {
+            [&v["file"]["path"], &v["snapmon"]["detail"]["overlay_path"]]
+                .iter()
+                .any(|p| p.as_str().is_some_and(|p| p.ends_with(name)))
+        })
+        .map(|v| {
+            format!(
+                "{} {} {}[{}] {} {}",
+                v["event"]["action"],
+                v["file"]["path"],
+                v["process"]["name"],
+                v["process"]["pid"],
+                v["rule"]["id"],
+                v["snapmon"]["classification"]
+            )
+        })
+        .collect();
+    panic!(
+        "{what}: no SM-Q002 within {WITHIN:?} ({}); records about {name}:\n{}",
+        if late.is_some() {
+            "it came within 5 s more"
+        } else {
+            "nor 5 s later"
+        },
+        seen.join("\n")
+    );
+}
+
 /// The SM-Q002 alert for a write through `merged` names the real image and the view.
 fn assert_names_real(hide: &Value, img: &Path, merged: &Path) {
     assert_eq!(
@@ -130,9 +169,13 @@ fn an_overlay_mounted_before_the_start_over_a_store_is_watched_through_its_merge
     let mut a = Agent::spawn("ovlpre", &[], std::slice::from_ref(&l.store)).expect("agent");
     let through = l.merged.join("pre.qcow2");
     let (pid, mark) = hide_through(&a, &through);
-    let hide = q002(&mut a, mark, pid, WITHIN).unwrap_or_else(|| {
-        panic!("zeroing nb_snapshots through the merged view raised no SM-Q002 within {WITHIN:?}")
-    });
+    let hide = expect_hidden(
+        &mut a,
+        mark,
+        pid,
+        "zeroing nb_snapshots through the merged view",
+        &through,
+    );
     assert_names_real(&hide, &img, &through);
     assert!(a.stop(Duration::from_secs(10)), "the agent did not stop");
     drop(_m);
@@ -149,9 +192,13 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
     settled(&mut a);
     let through = l.merged.join("vm.qcow2");
     let (pid, mark) = hide_through(&a, &through);
-    let hide = q002(&mut a, mark, pid, WITHIN).unwrap_or_else(|| {
-        panic!("zeroing nb_snapshots through the merged view raised no SM-Q002 within {WITHIN:?}")
-    });
+    let hide = expect_hidden(
+        &mut a,
+        mark,
+        pid,
+        "zeroing nb_snapshots through the merged view",
+        &through,
+    );
     assert_names_real(&hide, &img, &through);
     // A new image made through the view is the store's too: watched and judged.
     drop(a);
@@ -166,9 +213,13 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
     let mut a = agent();
     settled(&mut a);
     let (pid, mark) = hide_through(&a, &made);
-    let hide = q002(&mut a, mark, pid, WITHIN).unwrap_or_else(|| {
-        panic!("an image made through the merged view: no SM-Q002 within {WITHIN:?}")
-    });
+    let hide = expect_hidden(
+        &mut a,
+        mark,
+        pid,
+        "an image made through the merged view",
+        &made,
+    );
     assert_names_real(&hide, &l.store.join("new.qcow2"), &made);
     // So is one made in a directory made through the view.
     drop(a);
@@ -185,9 +236,13 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
     let mut a = agent();
     settled(&mut a);
     let (pid, mark) = hide_through(&a, &deep);
-    let hide = q002(&mut a, mark, pid, WITHIN).unwrap_or_else(|| {
-        panic!("an image made in a directory made through the view: no SM-Q002 within {WITHIN:?}")
-    });
+    let hide = expect_hidden(
+        &mut a,
+        mark,
+        pid,
+        "an image made in a directory made through the view",
+        &deep,
+    );
     assert_names_real(&hide, &l.store.join("sub").join("deep.qcow2"), &deep);
     // Unmounted: the aliases go (a new mount of the same dirs is a new overlay).
     drop(a);
@@ -322,9 +377,13 @@ fn nobody_in_a_user_namespace_writing_through_its_own_overlay_over_a_store_alert
     let bytes = std::fs::read(&img).unwrap();
     assert_eq!(&bytes[60..64], &[0, 0, 0, 0], "the write did not land");
     let mut a = agent();
-    let hide = q002(&mut a, mark, pid, WITHIN).unwrap_or_else(|| {
-        panic!("nobody's write through its own overlay raised no SM-Q002 within {WITHIN:?}")
-    });
+    let hide = expect_hidden(
+        &mut a,
+        mark,
+        pid,
+        "nobody's write through its own overlay",
+        &img,
+    );
     assert_eq!(
         hide["file"]["path"].as_str(),
         Some(img.to_str().unwrap()),
