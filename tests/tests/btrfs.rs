@@ -2,6 +2,7 @@
 //! subvolume (whose `stat` device differs from the superblock's) are seen and decoded, and
 //! SM-K002 fires for an untrusted process unprotecting or destroying a snapshot but not for
 //! btrfs-progs doing the same.
+// xtask-suite: newest-guest
 
 use std::{
     path::{Path, PathBuf},

@@ -4,6 +4,7 @@
 //! with actor and target; `lvm` creating and removing old-style and thin snapshots does not.
 //! Each test also prints what the agent recorded as a rule fixture (see `emit_fixture`).
 // xtask-suite: vm-only
+// xtask-suite: newest-guest
 
 use std::{
     path::PathBuf,

@@ -1,6 +1,7 @@
 //! Output formats against their real consumers: a live agent's OCSF stream (every line
 //! validated against OCSF 1.1.0 when it stops), and the Prometheus endpoint parsed by
 //! promtool and scraped by a real Prometheus server started on loopback.
+// xtask-suite: host-only
 
 use std::{
     io::{Read, Write},

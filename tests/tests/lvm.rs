@@ -2,6 +2,7 @@
 //! `cargo xtask vm-test` (which sets `SNAPMON_E2E_LVM=1`). Without that variable every test
 //! fails, on purpose: it creates and removes block devices and changes /etc/lvm.
 // xtask-suite: vm-only
+// xtask-suite: newest-guest
 
 use std::{
     path::{Path, PathBuf},

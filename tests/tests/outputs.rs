@@ -4,6 +4,7 @@
 //! killed mid-stream and restarted; every alert must reach every sink, the per-hook counters
 //! must count the attack writes, and `verify-log` must accept the file set and catch each
 //! kind of tampering at the right line.
+// xtask-suite: host-only
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

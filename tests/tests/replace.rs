@@ -4,6 +4,7 @@
 //! `nobody` in a 1777 store where root is not needed; each has a benign mirror by the
 //! trusted tool that raises nothing at medium or above. On kernels with fentry/LSM a second
 //! route sees the same syscalls: each finding must still alert exactly once.
+// xtask-suite: newest-guest
 
 use std::{
     path::{Path, PathBuf},

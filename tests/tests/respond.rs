@@ -8,6 +8,7 @@
 //! through its policy and SIGHUP (which is also what proves `[respond]` reloads). In the VM
 //! guests, where BPF LSM exists, the same agent also enforces on the stores the attacks hit,
 //! so every test here also proves the two agree.
+// xtask-suite: newest-guest
 
 use std::{
     io::{BufRead as _, BufReader},

@@ -4,6 +4,7 @@
 //! within a second naming actor and dataset; the real `/usr/sbin/zfs` doing the same does
 //! not. Each test also prints what the agent recorded as a rule fixture (`emit_fixture`).
 // xtask-suite: vm-only
+// xtask-suite: newest-guest
 
 use std::{
     path::{Path, PathBuf},

@@ -156,7 +156,6 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
     let (systemd_tests, tests): (Vec<_>, Vec<_>) = all_tests
         .into_iter()
         .partition(|(n, _)| systemd_suites.contains(n));
-    let want_zfs = tests.iter().any(|(n, _)| n == "zfs");
     // The systemd guest installs the package: build it (and the guest's disk) first.
     let systemd_env = if systemd_tests.is_empty() {
         None
@@ -171,10 +170,24 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
         let t0 = Instant::now();
         let mut k = fetch_kernel(s, &cache)?;
         let fetched = t0.elapsed();
-        // A series with an OpenZFS must get it (a failed build fails its zfs suite); the
-        // others run the suite as a printed skip.
+        // `newest-guest` suites run in the last kernel selected only (see suites.rs).
+        let (here, later): (Vec<_>, Vec<_>) = tests
+            .iter()
+            .cloned()
+            .partition(|(n, _)| last_series == Some(s.label) || !newest_only.contains(n));
+        if !later.is_empty() {
+            let names: Vec<&str> = later.iter().map(|(n, _)| n.as_str()).collect();
+            println!(
+                "== vm-test [{}] left to the newest guest (xtask-suite: newest-guest): {}",
+                s.label,
+                names.join(", ")
+            );
+        }
+        // A guest that runs the zfs suite on a series with an OpenZFS must get it (a failed
+        // build fails its zfs suite); other series run the suite as a printed skip. No other
+        // guest builds it: a module build costs minutes of the CI budget.
         let mut zfs_built = None;
-        if want_zfs {
+        if here.iter().any(|(n, _)| n == "zfs") {
             match crate::zfs::unsupported(s.label) {
                 Some(why) => k.env.push(("VM_ZFS_SKIP", why)),
                 None => match crate::zfs::prepare(s.label, &k.release, &cache) {
@@ -208,19 +221,6 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
         );
         let dir = out.join(&k.release);
         std::fs::create_dir_all(&dir)?;
-        // `newest-guest` suites run in the last kernel selected only (see suites.rs).
-        let (here, later): (Vec<_>, Vec<_>) = tests
-            .iter()
-            .cloned()
-            .partition(|(n, _)| last_series == Some(s.label) || !newest_only.contains(n));
-        if !later.is_empty() {
-            let names: Vec<&str> = later.iter().map(|(n, _)| n.as_str()).collect();
-            println!(
-                "== vm-test [{}] left to the newest guest (xtask-suite: newest-guest): {}",
-                s.label,
-                names.join(", ")
-            );
-        }
         if !here.is_empty() {
             let row = match boot(&o, &k, &here, &dir, Guest::Chroot) {
                 Ok(r) => r,
