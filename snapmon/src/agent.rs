@@ -530,7 +530,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         };
         // Biased: signals, the tick (stats, loss, watchdog) and timers come before the ring
         // buffer, and a drain pass is bounded (DRAIN_SLICE), so a flood delays none of them.
-        tokio::select! {
+        // Every branch but the ring buffers' says `false`: those three share one drain pass.
+        let drain_due = tokio::select! {
             biased;
             _ = term.recv() => { reason = "SIGTERM"; break; }
             _ = int.recv() => { reason = "SIGINT"; break; }
@@ -555,6 +556,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 // Sequences that time out with no event to carry them (a freeze never thawed).
                 let recs = pipe.tick(crate::sink::json::now_unix_ns());
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
+                false
             }
             // Records about an image dropped (a flood): said within BLIND_CHECK, not a tick.
             _ = blind_check.tick() => {
@@ -564,44 +566,34 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 {
                     return Ok(());
                 }
+                false
             }
-            _ = watchdog.tick(), if notify.ping_every().is_some() => notify.ping(),
+            _ = watchdog.tick(), if notify.ping_every().is_some() => { notify.ping(); false }
             _ = hup.recv() => {
                 notify.reloading();
                 sinks.reopen();
                 if emit(&sinks, Record::State(reload(&opts, &mut pipe, &mut k, &mut responder))).is_err() { return Ok(()); }
                 notify.ready("reloaded");
+                false
             }
-            _ = usr1.recv() => sinks.reopen(),
-            _ = mount_table_changed(&mounts_fd) => rescan_overlays(&mut pipe, &mut k),
+            _ = usr1.recv() => { sinks.reopen(); false }
+            _ = mount_table_changed(&mounts_fd) => { rescan_overlays(&mut pipe, &mut k); false }
             _ = later => {
                 let recs = pipe.poll(Instant::now(), &mut KernelMaps::of(&mut k));
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
+                false
             }
             // A yield, not a ready future: the runtime turns its timer and signal drivers
             // only when the task gives way, so the branches above would never become ready.
-            _ = tokio::task::yield_now(), if backlog => {
-                match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
-                    Ok(d) => backlog = d == Drained::More,
-                    Err(BrokenPipe) => return Ok(()),
-                }
-            }
+            _ = tokio::task::yield_now(), if backlog => true,
             // The urgent lane first (a drain pass reads it before the shared lane anyway).
-            r = urgent_fd.readable() => {
-                let mut guard = r?;
-                guard.clear_ready();
-                match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
-                    Ok(d) => backlog = d == Drained::More,
-                    Err(BrokenPipe) => return Ok(()),
-                }
-            }
-            r = fd.readable() => {
-                let mut guard = r?;
-                guard.clear_ready();
-                match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
-                    Ok(d) => backlog = d == Drained::More,
-                    Err(BrokenPipe) => return Ok(()),
-                }
+            r = urgent_fd.readable() => { r?.clear_ready(); true }
+            r = fd.readable() => { r?.clear_ready(); true }
+        };
+        if drain_due {
+            match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
+                Ok(d) => backlog = d == Drained::More,
+                Err(BrokenPipe) => return Ok(()),
             }
         }
     }
