@@ -41,6 +41,8 @@
 //! | `snapmon.state` / `snapmon.metric` | state and metric payloads (docs/output.md, "Agent records"): start-up detail records `hooks` (`hooks: [{program, attached_to, covers, error, enforcement_only}]`, `part`/`parts`), `coverage` (`paths: [{path, covered, by, impact}]`), `stores`, `stores_skipped`, `kernel_fields`, `enforcement`, `rule_warnings`, `sinks`, then the `started` summary; `stopped` (final `stats`, `sinks: [{name, …}]`, `hooks.programs: [{program, attach, runs, run_ns}]`); `lost` (`kernel`/`decoder`/`watch`/`agent` `{cause: n}`, `sinks: [{sink, cause, count}]`); `filtered`; `stats`; `evidence` (`image`, `rule`, `sequence`, `dir`, `evidence_files: [{path, sha256, bytes}]`) and `evidence_failed` (`image`, `rule`, `sequence`, `error`) after a high or critical alert on an image |
 //! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
 
+use crate::event::Action;
+
 use std::io::Write;
 
 use serde_json::{json, Map, Value};
@@ -269,8 +271,8 @@ fn categories(e: &Event) -> (&'static str, Option<&'static str>) {
 /// ECS `file.type` where the operation tells it: a directory made or removed, a symlink made.
 pub fn file_type(e: &Event) -> Option<&'static str> {
     match e.action {
-        "mkdir" | "rmdir" => Some("dir"),
-        "symlink" => Some("symlink"),
+        Action::Mkdir | Action::Rmdir => Some("dir"),
+        Action::Symlink => Some("symlink"),
         _ => None,
     }
 }
@@ -889,7 +891,7 @@ fn write_event(
         let mut f = true;
         out.push(b'{');
         key(out, "action", &mut f);
-        js(out, e.action);
+        js(out, e.action.as_str());
         key(out, "category", &mut f);
         out.push(b'[');
         let (cat, cat2) = categories(e);
@@ -1246,7 +1248,7 @@ mod tests {
         let e = Event {
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
+            action: Action::Pwrite64,
             backend: "tracepoint",
             process: ProcessInfo {
                 pid: 7,
@@ -1293,7 +1295,7 @@ mod tests {
         let e = Event {
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
+            action: Action::Pwrite64,
             file: Some(FileInfo {
                 path: Some(Bytes("/s/\u{202E}2woqc.gol".into())),
                 ..Default::default()

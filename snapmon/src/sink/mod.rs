@@ -279,7 +279,7 @@ pub fn hostname() -> String {
 pub(crate) mod fixtures {
     use crate::{
         classify::{Change, Classification},
-        event::{Ancestor, Bytes, Event, FileInfo, ProcessInfo, WriteInfo},
+        event::{Action, Ancestor, Bytes, Event, FileInfo, ProcessInfo, WriteInfo},
         record::{Alert, Record, Severity},
     };
 
@@ -289,7 +289,7 @@ pub(crate) mod fixtures {
             ts_unix_ns: 1_795_887_000_123_000_000 + seq as i128 * 1_000_000,
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
+            action: Action::Pwrite64,
             backend: "tracepoint",
             process: ProcessInfo {
                 pid: 4242,
