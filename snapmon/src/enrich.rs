@@ -243,11 +243,9 @@ impl Enricher {
             category,
             ecs_type,
             action,
-            backend: match h.backend {
-                2 => "fentry",
-                3 => "lsm",
-                _ => "tracepoint",
-            },
+            // Every program sets it; a number this agent does not know was reported as the
+            // default backend before it was an enum, and still is.
+            backend: snapmon_common::Backend::from_u32(h.backend).unwrap_or_default(),
             process,
             ..Default::default()
         }
@@ -298,7 +296,7 @@ impl Enricher {
             category: "file",
             ecs_type: "info",
             action: Action::Blinded,
-            backend: "tracepoint",
+            backend: snapmon_common::Backend::Tracepoint,
             process,
             file: Some(self.file(b.file, None)),
             detail: vec![

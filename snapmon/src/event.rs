@@ -321,7 +321,7 @@ pub struct Event {
     pub ecs_type: &'static str,
     /// ECS `event.action` (`pwrite64`, `rename`, `punch_hole`, `exec` …).
     pub action: Action,
-    pub backend: &'static str,
+    pub backend: snapmon_common::Backend,
     pub process: ProcessInfo,
     pub file: Option<FileInfo>,
     /// Rename/link destination.

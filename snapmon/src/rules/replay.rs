@@ -38,10 +38,6 @@ const WORDS: &[&str] = &[
     "info",
     "start",
     "end",
-    // backends
-    "tracepoint",
-    "fentry",
-    "lsm",
     // actions and write ops
     "ftruncate",
     "io_uring_fallocate",
@@ -391,6 +387,9 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         .ok()
         .filter(|a| *a != Action::Unset)
         .ok_or_else(|| shape(&format!("unknown event.action `{action}`")))?;
+    let backend = str_of(&sm["backend"]);
+    let backend = snapmon_common::Backend::from_name(backend)
+        .ok_or_else(|| shape(&format!("unknown snapmon.backend `{backend}`")))?;
     Ok(Some(Event {
         seq: u64_of(&e["sequence"]).unwrap_or(0),
         ts_unix_ns: ts,
@@ -398,7 +397,7 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         category: intern(&first(&e["category"])),
         ecs_type: intern(&first(&e["type"])),
         action,
-        backend: intern(str_of(&sm["backend"])),
+        backend,
         process,
         file,
         target,
@@ -468,7 +467,7 @@ mod tests {
     fn an_unknown_or_missing_action_is_an_error_naming_the_line() {
         let line = |a: &str| {
             format!(
-                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","action":{a}}}}}"#
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","action":{a}}},"snapmon":{{"backend":"lsm"}}}}"#
             )
         };
         for a in [r#""explode""#, r#""""#, "null", "7"] {
@@ -477,6 +476,11 @@ mod tests {
         }
         let ok = parse_line(&line(r#""punch_hole""#), 1).unwrap().unwrap();
         assert_eq!(ok.action, Action::PunchHole);
+        assert_eq!(ok.backend, snapmon_common::Backend::Lsm);
+        let e = parse_line(&line(r#""write""#).replace("lsm", "ebpf"), 4)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "line 4: unknown snapmon.backend `ebpf`");
     }
 
     #[test]
@@ -487,7 +491,7 @@ mod tests {
             category: "file",
             ecs_type: "change",
             action: Action::Pwrite64,
-            backend: "tracepoint",
+            backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
                 pid: 7,
                 exe_dev: (254 << 20) | 1,

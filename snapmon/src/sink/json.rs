@@ -139,7 +139,7 @@ fn file_json(f: &FileInfo, snap: &mut Map<String, Value>, hex_key: &str) -> Valu
 fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     let mut snap = Map::new();
     snap.insert("schema_version".into(), json!(SCHEMA_VERSION));
-    snap.insert("backend".into(), json!(e.backend));
+    snap.insert("backend".into(), json!(e.backend.as_str()));
     let mut root = common(host);
     root.insert("@timestamp".into(), json!(rfc3339(e.ts_unix_ns)));
     let (cat, cat2) = categories(e);
@@ -970,7 +970,7 @@ fn write_event(
         let mut f = true;
         out.push(b'{');
         key(out, "backend", &mut f);
-        js(out, e.backend);
+        js(out, e.backend.as_str());
         if let Some(c) = &e.classification {
             key(out, "classification", &mut f);
             write_classification(out, c);
@@ -1249,7 +1249,7 @@ mod tests {
             category: "file",
             ecs_type: "change",
             action: Action::Pwrite64,
-            backend: "tracepoint",
+            backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
                 pid: 7,
                 ..ProcessInfo::with_names(crate::event::ProcessNames {

@@ -290,7 +290,7 @@ pub(crate) mod fixtures {
             category: "file",
             ecs_type: "change",
             action: Action::Pwrite64,
-            backend: "tracepoint",
+            backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
                 pid: 4242,
                 tid: 4242,

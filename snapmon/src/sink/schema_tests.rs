@@ -139,7 +139,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         } else {
             Action::WouldDenyWrite
         };
-        e.backend = "lsm";
+        e.backend = snapmon_common::Backend::Lsm;
         e.detail = vec![
             ("operation", "write".into()),
             ("outcome", outcome.into()),
