@@ -2,13 +2,12 @@
 //! safety checks that refuse a dangerous plan — all decided before the kernel maps are
 //! touched. The kernel (BPF LSM) then decides alone, with no userspace round-trip.
 
-use crate::event::Action;
 use std::path::{Path, PathBuf};
 
 use snapmon_common::{deny, FileKey};
 
 use crate::{
-    event::Event,
+    event::{Action, Event},
     record::{Alert, Severity},
 };
 
