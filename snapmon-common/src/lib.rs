@@ -58,6 +58,42 @@ impl EventKind {
     }
 }
 
+/// Which kernel backend produced a record (`Header::backend`). Stable numbers; the programs
+/// write them as `emit::BACKEND_*`.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    #[default]
+    Tracepoint = 1,
+    /// fentry/fexit on VFS functions.
+    Fentry = 2,
+    Lsm = 3,
+}
+
+impl Backend {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Tracepoint,
+            2 => Self::Fentry,
+            3 => Self::Lsm,
+            _ => return None,
+        })
+    }
+    /// `snapmon.backend` in the agent's output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "tracepoint",
+            Self::Fentry => "fentry",
+            Self::Lsm => "lsm",
+        }
+    }
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Self::Tracepoint, Self::Fentry, Self::Lsm]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+    }
+}
+
 /// How a write-class event reached the file. Stable numbers.
 #[repr(u16)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -932,6 +968,7 @@ mod user {
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<Header>() == 48);
+    assert!(size_of::<Backend>() == size_of::<u32>());
     assert!(offset_of!(Header, ts_ns) == 8);
     assert!(offset_of!(Header, comm) == 32);
     assert!(size_of::<FileKey>() == 16);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use snapmon_common::{deny, FileKey};
 
 use crate::{
-    event::Event,
+    event::{Action, Event},
     record::{Alert, Severity},
 };
 
@@ -256,27 +256,28 @@ pub fn bpf_lsm_active() -> Result<bool, String> {
     Ok(list.trim().split(',').any(|m| m == "bpf"))
 }
 
-pub fn action_name(op: &str, denied: bool) -> &'static str {
-    let ops: &[(&str, &str, &str)] = &[
-        ("write", "deny_write", "would_deny_write"),
-        ("open_write", "deny_open_write", "would_deny_open_write"),
-        ("truncate", "deny_truncate", "would_deny_truncate"),
-        ("unlink", "deny_unlink", "would_deny_unlink"),
-        ("rename", "deny_rename", "would_deny_rename"),
-        ("link", "deny_link", "would_deny_link"),
-        ("mmap_write", "deny_mmap_write", "would_deny_mmap_write"),
-        ("ioctl", "deny_ioctl", "would_deny_ioctl"),
+pub fn action_name(op: &str, denied: bool) -> Action {
+    use Action as A;
+    let ops: &[(&str, Action, Action)] = &[
+        ("write", A::DenyWrite, A::WouldDenyWrite),
+        ("open_write", A::DenyOpenWrite, A::WouldDenyOpenWrite),
+        ("truncate", A::DenyTruncate, A::WouldDenyTruncate),
+        ("unlink", A::DenyUnlink, A::WouldDenyUnlink),
+        ("rename", A::DenyRename, A::WouldDenyRename),
+        ("link", A::DenyLink, A::WouldDenyLink),
+        ("mmap_write", A::DenyMmapWrite, A::WouldDenyMmapWrite),
+        ("ioctl", A::DenyIoctl, A::WouldDenyIoctl),
     ];
     ops.iter()
         .find(|(o, _, _)| *o == op)
         .map(|(_, d, w)| if denied { *d } else { *w })
-        .unwrap_or("deny")
+        .unwrap_or(A::DenyUnknown)
 }
 
 /// The alert for a kernel decision on a protected store.
 pub fn decision_alert(ev: &Event) -> Option<Alert> {
-    let denied = ev.action.starts_with("deny_");
-    if !denied && !ev.action.starts_with("would_deny_") {
+    let denied = ev.action.as_str().starts_with("deny_");
+    if !denied && !ev.action.as_str().starts_with("would_deny_") {
         return None;
     }
     let op = ev

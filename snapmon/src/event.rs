@@ -184,6 +184,129 @@ pub struct IoctlRaw {
     pub arg_data: Vec<u8>,
 }
 
+/// ECS `event.action`: every operation the agent reports, its name written once (strum
+/// derives `as_str`/`FromStr` from it). Policy exceptions and replay parse through it, so an
+/// action the agent emits is one they accept, and an unknown name is an error.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+    strum::Display,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Action {
+    /// An event not given one yet (`Event::default`, tests); the agent never emits it.
+    #[default]
+    #[strum(serialize = "")]
+    Unset,
+    // Data writes, by syscall or path.
+    Write,
+    #[strum(serialize = "pwrite64")]
+    Pwrite64,
+    Writev,
+    Pwritev,
+    #[strum(serialize = "pwritev2")]
+    Pwritev2,
+    IoUringWrite,
+    IoUringWritev,
+    IoUringWriteFixed,
+    AioPwrite,
+    AioPwritev,
+    CopyFileRange,
+    Splice,
+    Sendfile,
+    MmapSharedWrite,
+    /// A VFS-level write seen below the syscall layer (fentry backend).
+    VfsWrite,
+    /// A write record whose `WriteOp` this agent does not know.
+    WriteUnknown,
+    // Size and allocation changes.
+    Fallocate,
+    PunchHole,
+    ZeroRange,
+    CollapseRange,
+    InsertRange,
+    Truncate,
+    /// A reflink (`FICLONE*` ioctl, or `vfs_clone_file_range` below the syscall layer).
+    CloneRange,
+    // Opens and namespace operations.
+    Create,
+    OpenWrite,
+    OpenTruncate,
+    Rename,
+    Unlink,
+    Rmdir,
+    Link,
+    Symlink,
+    Mkdir,
+    Chmod,
+    Chown,
+    Utimes,
+    /// A namespace record whose `NsOp` this agent does not know.
+    NamespaceUnknown,
+    Ioctl,
+    /// A watched file put into an io_uring registered-file table (`UringRegisterEvent`): the
+    /// ring's writes to it name a slot and are not seen one by one on the tracepoint
+    /// backend. Rule SM-U001 judges it.
+    IoUringRegisterFiles,
+    /// The kernel dropped records about an image or metadata file
+    /// (`lost::PRECIOUS_DROPPED`): `file` is the last such file, `process` the actor of that
+    /// record. Rule SM-A001 judges it.
+    Blinded,
+    // Process lifecycle.
+    Fork,
+    Exec,
+    Exit,
+    // LSM decisions on protected stores (`enforce::action_name`).
+    DenyWrite,
+    DenyOpenWrite,
+    DenyTruncate,
+    DenyUnlink,
+    DenyRename,
+    DenyLink,
+    DenyMmapWrite,
+    DenyIoctl,
+    WouldDenyWrite,
+    WouldDenyOpenWrite,
+    WouldDenyTruncate,
+    WouldDenyUnlink,
+    WouldDenyRename,
+    WouldDenyLink,
+    WouldDenyMmapWrite,
+    WouldDenyIoctl,
+    /// A decision on an operation bit this agent does not know.
+    #[strum(serialize = "deny")]
+    DenyUnknown,
+    // Circuit-breaker records (`respond::action_name`).
+    Kill,
+    Stop,
+    Freeze,
+    WouldKill,
+    WouldStop,
+    WouldFreeze,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One observed operation, enriched.
 #[derive(Debug, Clone, Default)]
 pub struct Event {
@@ -197,8 +320,8 @@ pub struct Event {
     /// ECS `event.type` (`change`, `creation`, `deletion`, `start`, `end`, `info`).
     pub ecs_type: &'static str,
     /// ECS `event.action` (`pwrite64`, `rename`, `punch_hole`, `exec` …).
-    pub action: &'static str,
-    pub backend: &'static str,
+    pub action: Action,
+    pub backend: snapmon_common::Backend,
     pub process: ProcessInfo,
     pub file: Option<FileInfo>,
     /// Rename/link destination.
@@ -226,10 +349,6 @@ impl Event {
     }
 }
 
-/// `event.action` of the event the agent makes when the kernel dropped records about an
-/// image or metadata file (`lost::PRECIOUS_DROPPED`): `file` is the last such file, `process`
-/// the actor of that record. Rule SM-A001 judges it.
-pub const BLINDED: &str = "blinded";
 /// `snapmon.detail.dropped`: records about images or metadata files dropped since the last
 /// `blinded` event (all files, not only `file`).
 pub const DROPPED: &str = "dropped";
@@ -237,10 +356,6 @@ pub const DROPPED: &str = "dropped";
 /// `namespace`, `ioctl`, `io_uring_register`).
 pub const DROPPED_RECORD: &str = "dropped_record";
 
-/// `event.action` of a watched file put into an io_uring registered-file table
-/// (`UringRegisterEvent`): the ring's writes to it name a slot and are not seen one by one
-/// on the tracepoint backend. Rule SM-U001 judges it.
-pub const URING_REGISTER_FILES: &str = "io_uring_register_files";
 /// `snapmon.detail.io_uring_register`: how the file entered the table (`URING_ROUTES`).
 pub const URING_REGISTER: &str = "io_uring_register";
 /// `snapmon.detail.io_uring_slot`: its index in the ring's file table (`alloc`: the kernel
@@ -294,6 +409,16 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_action_parses_back_from_its_name() {
+        use strum::IntoEnumIterator;
+        for a in Action::iter() {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a), "{a}");
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+        assert!("other".parse::<Action>().is_err());
+    }
 
     #[test]
     fn clones_share_names_until_one_is_written_and_the_writer_loses_its_revision() {

@@ -157,10 +157,10 @@ impl Registry {
             Record::Event(e) => {
                 self.events.fetch_add(1, Relaxed);
                 // Looked up by `&str`: `entry` would allocate the key for every event.
-                match l.events_by_action.get_mut(e.action) {
+                match l.events_by_action.get_mut(e.action.as_str()) {
                     Some(n) => *n += 1,
                     None => {
-                        l.events_by_action.insert(e.action.to_string(), 1);
+                        l.events_by_action.insert(e.action.as_str().to_string(), 1);
                     }
                 }
             }
@@ -601,6 +601,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::event::Action;
     use crate::{
         event::Event,
         record::{Alert, MetricRecord, StateRecord},
@@ -625,7 +626,7 @@ mod tests {
     fn counts_records_and_serves_prometheus_text() {
         let reg = Arc::new(Registry::default());
         reg.observe(&Record::Event(Event {
-            action: "pwrite64",
+            action: Action::Pwrite64,
             ..Default::default()
         }));
         reg.observe(&Record::Alert(Box::new(Alert {

@@ -520,7 +520,7 @@ mod blinded {
         );
         // The event it judged is in the output too, so a replay of the log finds it again.
         let ev = &a[0].event;
-        assert_eq!(ev.action, crate::event::BLINDED);
+        assert_eq!(ev.action, crate::event::Action::Blinded);
         let path = ev.file.as_ref().and_then(|f| f.path.as_ref());
         assert_eq!(path.map(|p| p.display()), Some(vm1.display().to_string()));
         let line = crate::sink::json::to_value(&out[0], "h").to_string();

@@ -1,6 +1,8 @@
 //! Classify stage: format intelligence. Works out what each event touched (a qcow2 header
 //! field, the snapshot table, LVM metadata, a device-mapper table load …) and the diff.
 
+use crate::event::Action;
+
 pub mod classification;
 pub mod fileread;
 pub mod filter;
@@ -426,7 +428,7 @@ impl Classifier {
             return Verdict::Now(None);
         }
         self.watch_later(ev, path, now);
-        if ev.action == "create" {
+        if ev.action == Action::Create {
             self.note_creator(ev);
         }
         if let Some(p) = replace::Pending::from_event(ev) {
@@ -551,10 +553,10 @@ impl Classifier {
                 }
             }
         }
-        if ev.ioctl.is_some() || !puts_bytes(ev.action) {
+        if ev.ioctl.is_some() || !puts_bytes(ev.action.as_str()) {
             return None;
         }
-        let (off, len) = write_span(ev.action, w, f.size);
+        let (off, len) = write_span(ev.action.as_str(), w, f.size);
         // Cheapest test first: most writes are to images, within the capture.
         match self.state.get(&key) {
             Some(FileState::Qcow2(q)) => {
@@ -607,8 +609,8 @@ impl Classifier {
             return;
         }
         let why = match ev.action {
-            "mmap_shared_write" => recheck::RecheckWhy::SharedMapping,
-            "ioctl" if is_clone_ioctl(ev) => recheck::RecheckWhy::Clone,
+            Action::MmapSharedWrite => recheck::RecheckWhy::SharedMapping,
+            Action::Ioctl if is_clone_ioctl(ev) => recheck::RecheckWhy::Clone,
             _ => return,
         };
         // No digest yet: the first look always judges, since the stores or the clone may
@@ -665,9 +667,9 @@ impl Classifier {
                 let boot = crate::lineage::boottime_ns();
                 ev.ts_boot_ns = boot;
                 ev.ts_unix_ns = wall.unix_ns(boot);
-                if ev.action == "ioctl" {
+                if ev.action == Action::Ioctl {
                     // The clone's effect on the content, judged as a write of it.
-                    ev.action = "clone_range";
+                    ev.action = Action::CloneRange;
                     ev.ioctl = None;
                 }
                 ev.detail.push(("recheck", r.why.as_str().to_string()));
@@ -773,7 +775,7 @@ impl Classifier {
             return Some(classify_ioctl(i));
         }
         // A new or deleted file: any shadow under that inode number is someone else's.
-        if matches!(ev.action, "create" | "unlink") {
+        if matches!(ev.action, Action::Create | Action::Unlink) {
             if let Some(f) = &ev.file {
                 self.forget(f.dev, f.ino);
             }
@@ -803,7 +805,7 @@ impl Classifier {
             let st = load_state(f.dev, path)?;
             self.remember(key, st);
         }
-        let (off, len) = write_span(ev.action, w, f.size);
+        let (off, len) = write_span(ev.action.as_str(), w, f.size);
         let mut c = Classification {
             format: "file",
             ..Default::default()
@@ -829,13 +831,13 @@ impl Classifier {
                 if c.regions == ["data"]
                     && matches!(
                         ev.action,
-                        "pwrite64"
-                            | "write"
-                            | "pwritev"
-                            | "pwritev2"
-                            | "writev"
-                            | "io_uring_write"
-                            | "aio_pwrite"
+                        Action::Pwrite64
+                            | Action::Write
+                            | Action::Pwritev
+                            | Action::Pwritev2
+                            | Action::Writev
+                            | Action::IoUringWrite
+                            | Action::AioPwrite
                     )
                 {
                     if looks_like_snapshot_entry(&w.data, &sh.image.header, sh.image.file_len) {
@@ -863,7 +865,7 @@ impl Classifier {
                 let header_end = sh.raw.len() as u64;
                 let mut reread = false;
                 let mut unparseable = false;
-                let writes_bytes = ev.action != "truncate" && len > 0;
+                let writes_bytes = ev.action != Action::Truncate && len > 0;
                 let full_sample = w.data.len() as u64 == w.length;
                 // A field rewritten with the value it has: nothing to diff or re-read.
                 let noop = full_sample && sh.is_noop_write(off, &w.data);
@@ -1190,7 +1192,8 @@ fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) 
     }
     // After the final rename the document is in place (`path` is where it is now): read
     // what it says.
-    let readable = matches!(ev.action, "rename" | "create" | "link") || ev.write.is_some();
+    let readable =
+        matches!(ev.action, Action::Rename | Action::Create | Action::Link) || ev.write.is_some();
     let doc = path
         .filter(|_| readable)
         .and_then(|p| read_prefix(ev.file.as_ref().map(|f| f.dev), p, 1 << 20).ok())
@@ -1377,7 +1380,7 @@ mod filter_publishing {
     use super::*;
     use crate::event::{FileInfo, WriteInfo};
 
-    fn write_ev(action: &'static str, off: i64, data: &[u8], ino: u64) -> Event {
+    fn write_ev(action: Action, off: i64, data: &[u8], ino: u64) -> Event {
         Event {
             action,
             file: Some(FileInfo {
@@ -1386,7 +1389,7 @@ mod filter_publishing {
                 ..Default::default()
             }),
             write: Some(WriteInfo {
-                op: action,
+                op: action.as_str(),
                 offset: off,
                 length: data.len() as u64,
                 data: data.to_vec(),
@@ -1409,12 +1412,12 @@ mod filter_publishing {
         let flip = new[60..72].to_vec();
         assert_ne!(old[60..72], flip[..], "snapshot -d moved the table");
         let mut c = Classifier::new();
-        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        c.classify(&write_ev(Action::Pwrite64, 1 << 20, &[0; 512], 1), Some(&p));
         // Everything qemu-img wrote except the header flip, which is still in flight.
         new[60..72].copy_from_slice(&old[60..72]);
         std::fs::write(&p, &new).unwrap();
         let cl = c
-            .classify(&write_ev("pwrite64", 60, &flip, 1), Some(&p))
+            .classify(&write_ev(Action::Pwrite64, 60, &flip, 1), Some(&p))
             .expect("classified");
         let ch: Vec<String> = cl
             .changes
@@ -1430,7 +1433,7 @@ mod filter_publishing {
         new[60..72].copy_from_slice(&flip);
         std::fs::write(&p, &new).unwrap();
         let cl = c
-            .classify(&write_ev("pwrite64", 60, &flip, 1), Some(&p))
+            .classify(&write_ev(Action::Pwrite64, 60, &flip, 1), Some(&p))
             .expect("classified");
         assert!(cl.changes.is_empty(), "{:?}", cl.changes);
     }
@@ -1447,12 +1450,12 @@ mod filter_publishing {
         qemu_img(&["snapshot", "-d", "s1", &d.s("b.qcow2")]);
         qemu_img(&["snapshot", "-d", "s2", &d.s("b.qcow2")]);
         let mut c = Classifier::new();
-        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        c.classify(&write_ev(Action::Pwrite64, 1 << 20, &[0; 512], 1), Some(&p));
         // Everything landed, the flip (count and table pointer, 12 bytes at 60) included.
         let new = std::fs::read(&q).unwrap();
         std::fs::write(&p, &new).unwrap();
         let cl = c
-            .classify(&write_ev("pwrite64", 60, &new[60..72], 1), Some(&p))
+            .classify(&write_ev(Action::Pwrite64, 60, &new[60..72], 1), Some(&p))
             .expect("classified");
         let ch: Vec<String> = cl.changes.iter().map(ToString::to_string).collect();
         assert!(ch.contains(&"nb_snapshots: 3 → 1".to_string()), "{ch:?}");
@@ -1467,7 +1470,7 @@ mod filter_publishing {
         let d = TmpDir::new("preimage");
         let p = qcow2::testutil::image_with_snapshots(&d, "a.qcow2", &[]);
         let mut c = Classifier::new();
-        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        c.classify(&write_ev(Action::Pwrite64, 1 << 20, &[0; 512], 1), Some(&p));
         assert!(c.pre_image(7, 1).is_none());
         let nb = c
             .qcow2_shadow(7, 1)
@@ -1476,7 +1479,7 @@ mod filter_publishing {
             .header
             .nb_snapshots;
         assert_eq!(nb, 2);
-        let mut ev = write_ev("pwrite64", 60, &[0, 0, 0, 0], 1);
+        let mut ev = write_ev(Action::Pwrite64, 60, &[0, 0, 0, 0], 1);
         ev.seq = 41;
         c.classify(&ev, Some(&p));
         let pre = c.pre_image(7, 1).expect("pre-image kept");
@@ -1486,7 +1489,7 @@ mod filter_publishing {
         assert_eq!(&pre.shadow.raw[60..64], &[0, 0, 0, 2]);
         assert_eq!(c.qcow2_shadow(7, 1).unwrap().image.header.nb_snapshots, 0);
         // The same bytes again: no change, the pre-image stays the one of event 41.
-        let mut again = write_ev("pwrite64", 60, &[0, 0, 0, 0], 1);
+        let mut again = write_ev(Action::Pwrite64, 60, &[0, 0, 0, 0], 1);
         again.seq = 42;
         c.classify(&again, Some(&p));
         assert_eq!(c.pre_image(7, 1).unwrap().seq, 41);
@@ -1500,24 +1503,24 @@ mod filter_publishing {
         qemu_img(&["create", "-q", "-f", "qcow2", &d.s("a.qcow2"), "64M"]);
         let mut c = Classifier::new();
         // First write seen: published for QEMU with the header cluster in it.
-        c.classify(&write_ev("pwrite64", 1 << 20, &[0; 512], 1), Some(&p));
+        c.classify(&write_ev(Action::Pwrite64, 1 << 20, &[0; 512], 1), Some(&p));
         let u = c.take_filter_updates();
         assert_eq!(u.len(), 1, "{u:?}");
         let f = u[0].1.expect("published");
         assert_eq!(f.actors, filter_actor::QEMU);
         assert_eq!(f.ranges[0].start, 0);
         // Data again: nothing new. Same header bytes rewritten: nothing new either.
-        c.classify(&write_ev("pwrite64", 2 << 20, &[0; 512], 1), Some(&p));
+        c.classify(&write_ev(Action::Pwrite64, 2 << 20, &[0; 512], 1), Some(&p));
         assert!(c.take_filter_updates().is_empty());
         // QEMU adds a snapshot: the table appears, the header changes, ranges are re-published.
         qemu_img(&["snapshot", "-c", "s1", &d.s("a.qcow2")]);
         let head = std::fs::read(&p).unwrap()[..104].to_vec();
-        c.classify(&write_ev("pwrite64", 0, &head, 1), Some(&p));
+        c.classify(&write_ev(Action::Pwrite64, 0, &head, 1), Some(&p));
         let u = c.take_filter_updates();
         let g = u.last().and_then(|x| x.1).expect("re-published");
         assert!(g.count > f.count || g.ranges != f.ranges, "{f:?} → {g:?}");
         // Unlinked: withdrawn, so a reused inode number is never filtered by stale ranges.
-        let mut un = write_ev("unlink", 0, &[], 1);
+        let mut un = write_ev(Action::Unlink, 0, &[], 1);
         un.write = None;
         c.classify(&un, Some(&p));
         let u = c.take_filter_updates();

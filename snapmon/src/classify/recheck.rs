@@ -263,9 +263,10 @@ mod tests {
     use super::super::qcow2::testutil::{qemu_img, TmpDir};
     use super::super::{Classifier, Verdict};
     use super::*;
+    use crate::event::Action;
     use crate::event::{Bytes, FileInfo, WriteInfo};
 
-    fn ev(action: &'static str, p: &Path, off: i64, len: u64, data: &[u8]) -> Event {
+    fn ev(action: Action, p: &Path, off: i64, len: u64, data: &[u8]) -> Event {
         let md = std::fs::metadata(p).unwrap();
         let k = crate::watch::key_for(p, &md);
         Event {
@@ -276,8 +277,8 @@ mod tests {
                 ino: k.ino,
                 size: Some(md.len()),
             }),
-            write: (action != "create").then(|| WriteInfo {
-                op: action,
+            write: (action != Action::Create).then(|| WriteInfo {
+                op: action.as_str(),
                 offset: off,
                 length: len,
                 data: data.to_vec(),
@@ -312,7 +313,7 @@ mod tests {
         let k = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
         c.preload(std::iter::once((&k, &img)));
         let e = ev(
-            "pwrite64",
+            Action::Pwrite64,
             &img,
             0,
             65536,
@@ -348,10 +349,10 @@ mod tests {
         let dst = d.path("x.log");
         std::fs::write(&dst, b"").unwrap();
         let mut c = Classifier::new();
-        let mut create = ev("create", &dst, 0, 0, &[]);
+        let mut create = ev(Action::Create, &dst, 0, 0, &[]);
         create.process.pid = 77;
         assert!(c.classify(&create, Some(&dst)).is_none());
-        let mut e = ev("copy_file_range", &dst, 0, src.len() as u64, &[]);
+        let mut e = ev(Action::CopyFileRange, &dst, 0, src.len() as u64, &[]);
         e.process.pid = 77;
         let h = held(&mut c, &e, &dst);
         assert!(matches!(h.kind, HoldKind::Sniff { .. }), "{h:?}");
@@ -375,7 +376,7 @@ mod tests {
         let dst = d.path("m.log");
         std::fs::write(&dst, vec![0u8; src.len()]).unwrap();
         let mut c = Classifier::new();
-        let mut e = ev("mmap_shared_write", &dst, 0, src.len() as u64, &[]);
+        let mut e = ev(Action::MmapSharedWrite, &dst, 0, src.len() as u64, &[]);
         e.process.pid = u32::MAX; // gone: this look is the last
         let cl = c.classify(&e, Some(&dst)).unwrap();
         assert_eq!(cl.format, "file");
@@ -385,7 +386,7 @@ mod tests {
         assert_eq!(f.len(), 1);
         let c1 = f[0].classification.as_ref().unwrap();
         assert_eq!(c1.format, "qcow2");
-        assert_eq!(f[0].action, "mmap_shared_write");
+        assert_eq!(f[0].action, Action::MmapSharedWrite);
         assert!(f[0]
             .detail
             .contains(&("recheck", "shared_mapping".to_string())));

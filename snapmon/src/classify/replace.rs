@@ -2,6 +2,8 @@
 //! judged by the target's kind (libvirt XML, LVM backup/archive, image) and compared, field
 //! by field, with the shadow of the file it replaced, the same diff a header write gets.
 
+use crate::event::Action;
+
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -30,8 +32,8 @@ impl Pending {
     /// A rename or link with a target path; `None` for everything else.
     pub fn from_event(ev: &Event) -> Option<Pending> {
         let link = match ev.action {
-            "rename" => false,
-            "link" => true,
+            Action::Rename => false,
+            Action::Link => true,
             _ => return None,
         };
         let target = ev.target.as_ref()?.path.as_ref()?.as_path();
@@ -328,7 +330,7 @@ mod tests {
             size: None,
         };
         Event {
-            action: "rename",
+            action: Action::Rename,
             file: Some(fi(src, src_key)),
             target: Some(fi(dst, replaced)),
             ..Default::default()
@@ -376,7 +378,7 @@ mod tests {
         let again = c
             .classify(
                 &Event {
-                    action: "pwrite64",
+                    action: Action::Pwrite64,
                     file: Some(FileInfo {
                         dev: key(&img).0,
                         ino: key(&img).1,

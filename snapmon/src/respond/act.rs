@@ -3,6 +3,8 @@
 //! cgroups, answer the rules the kernel cannot judge with SIGSTOP or a freeze, and have
 //! evidence saved when a high or critical rule fires on an image.
 
+use crate::event::Action;
+
 use std::collections::VecDeque;
 
 use anyhow::Context as _;
@@ -209,7 +211,7 @@ impl Responder {
 
     /// Files that appear in a store later (created, renamed or linked in) are protected too.
     fn track(&mut self, ev: &Event) {
-        if !matches!(ev.action, "create" | "rename" | "link") {
+        if !matches!(ev.action, Action::Create | Action::Rename | Action::Link) {
             return;
         }
         let (Some(plan), Some(maps)) = (&mut self.plan, &mut self.maps) else {
@@ -246,8 +248,8 @@ impl Responder {
         let mut ev = ev.clone();
         let pid = ev.process.pid;
         let class = detail(&ev, "operation").unwrap_or("?").to_string();
-        let signalled =
-            !ev.action.starts_with("would_") && detail(&ev, "outcome") == Some("signalled");
+        let signalled = !ev.action.as_str().starts_with("would_")
+            && detail(&ev, "outcome") == Some("signalled");
         // An operation matched by path names the image, not the directory it was relative to.
         if let (Some(h), Some(plan)) = (detail(&ev, "path_hash"), &self.plan) {
             let dir = ev.file.as_ref().map(|f| (f.dev, f.ino));
@@ -267,7 +269,7 @@ impl Responder {
                 ev.file = Some(f);
             }
         }
-        if class == "metadata_write" && ev.action == "kill" && signalled {
+        if class == "metadata_write" && ev.action == Action::Kill && signalled {
             if let Some(f) = &ev.file {
                 self.killed.push_back((pid, f.dev, f.ino));
                 if self.killed.len() > 256 {
@@ -275,8 +277,8 @@ impl Responder {
                 }
             }
         }
-        let mut what = ev.action.trim_start_matches("would_").to_string();
-        if ev.action == "freeze" && signalled {
+        let mut what = ev.action.as_str().trim_start_matches("would_").to_string();
+        if ev.action == Action::Freeze && signalled {
             match self.freeze(pid) {
                 Ok(cg) => {
                     ev.detail.push(("cgroup", cg.clone()));
@@ -301,7 +303,7 @@ impl Responder {
                     ev.detail.push(("resume", format!("kill -CONT {pid}")));
                 }
             }
-        } else if ev.action == "stop" && signalled {
+        } else if ev.action == Action::Stop && signalled {
             ev.detail.push(("resume", format!("kill -CONT {pid}")));
         }
         let target = ev
@@ -323,7 +325,7 @@ impl Responder {
             "unlink" => "unlinking",
             _ => "touching",
         };
-        let message = if ev.action.starts_with("would_") {
+        let message = if ev.action.as_str().starts_with("would_") {
             format!(
                 "{} would have been {} (dry-run/monitor) for {deed} {target}: {} is not a trusted executable",
                 ev.process.lineage(),
@@ -345,7 +347,7 @@ impl Responder {
                 detail(&ev, "outcome").unwrap_or("?")
             )
         };
-        let attempted = !ev.action.starts_with("would_");
+        let attempted = !ev.action.as_str().starts_with("would_");
         alert(ev, attempted, message)
     }
 
@@ -417,28 +419,32 @@ impl Responder {
         let verb;
         let mut outcome = Ok(());
         if dry {
-            out.action = if freeze { "would_freeze" } else { "would_stop" };
+            out.action = if freeze {
+                Action::WouldFreeze
+            } else {
+                Action::WouldStop
+            };
             verb = if freeze { "frozen" } else { "stopped" };
         } else if freeze {
             match self.freeze(pid) {
                 Ok(cg) => {
-                    out.action = "freeze";
+                    out.action = Action::Freeze;
                     out.detail.push(("cgroup", cg));
                     verb = "frozen";
                 }
                 Err(e) => {
                     out.detail.push(("freeze_refused", e));
-                    out.action = "stop";
+                    out.action = Action::Stop;
                     verb = "stopped";
                     outcome = signal_verified(pid, p.start_ns, libc::SIGSTOP);
                 }
             }
         } else {
-            out.action = "stop";
+            out.action = Action::Stop;
             verb = "stopped";
             outcome = signal_verified(pid, p.start_ns, libc::SIGSTOP);
         }
-        if !dry && outcome.is_ok() && out.action != "freeze" {
+        if !dry && outcome.is_ok() && out.action != Action::Freeze {
             out.detail.push(("signal", "SIGSTOP".into()));
             out.detail.push(("resume", format!("kill -CONT {pid}")));
         }
@@ -702,7 +708,7 @@ mod tests {
         let dry = kernel_event(0, r::KILL | r::DRY_RUN | r::CLASSES);
         let a = alerts(resp.after(&[Record::Event(dry)], &mut cl));
         assert_eq!(a[0].rule_id, "SM-E004");
-        assert_eq!(a[0].event.action, "would_kill");
+        assert_eq!(a[0].event.action, Action::WouldKill);
         assert!(
             a[0].message.contains("would have been killed"),
             "{}",

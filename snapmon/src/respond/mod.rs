@@ -501,15 +501,16 @@ pub fn describe(p: Option<&Plan>) -> serde_json::Value {
 }
 
 /// ECS action of a kernel response record.
-pub fn action_name(signal: u32, flags: u32) -> &'static str {
+pub fn action_name(signal: u32, flags: u32) -> crate::event::Action {
+    use crate::event::Action;
     let freeze = flags & r::FREEZE != 0;
     match (signal, flags & r::KILL != 0, freeze) {
-        (0, true, _) => "would_kill",
-        (0, false, true) => "would_freeze",
-        (0, false, false) => "would_stop",
-        (_, true, _) => "kill",
-        (_, false, true) => "freeze",
-        _ => "stop",
+        (0, true, _) => Action::WouldKill,
+        (0, false, true) => Action::WouldFreeze,
+        (0, false, false) => Action::WouldStop,
+        (_, true, _) => Action::Kill,
+        (_, false, true) => Action::Freeze,
+        _ => Action::Stop,
     }
 }
 
@@ -531,13 +532,13 @@ pub fn signal_name(sig: u32) -> &'static str {
 }
 
 /// Every action a response record or alert event can carry.
-pub const ACTIONS: &[&str] = &[
-    "kill",
-    "stop",
-    "freeze",
-    "would_kill",
-    "would_stop",
-    "would_freeze",
+pub const ACTIONS: &[crate::event::Action] = &[
+    crate::event::Action::Kill,
+    crate::event::Action::Stop,
+    crate::event::Action::Freeze,
+    crate::event::Action::WouldKill,
+    crate::event::Action::WouldStop,
+    crate::event::Action::WouldFreeze,
 ];
 
 #[cfg(test)]
@@ -660,13 +661,13 @@ mod tests {
 
     #[test]
     fn actions_name_what_was_done() {
-        assert_eq!(action_name(9, r::KILL), "kill");
-        assert_eq!(action_name(0, r::KILL), "would_kill");
-        assert_eq!(action_name(19, r::FREEZE), "freeze");
-        assert_eq!(action_name(19, 0), "stop");
-        assert_eq!(action_name(0, 0), "would_stop");
+        assert_eq!(action_name(9, r::KILL).as_str(), "kill");
+        assert_eq!(action_name(0, r::KILL).as_str(), "would_kill");
+        assert_eq!(action_name(19, r::FREEZE).as_str(), "freeze");
+        assert_eq!(action_name(19, 0).as_str(), "stop");
+        assert_eq!(action_name(0, 0).as_str(), "would_stop");
         for a in ACTIONS {
-            assert_eq!(crate::rules::Kind::of(a), crate::rules::Kind::Other, "{a}");
+            assert_eq!(crate::rules::Kind::of(*a), crate::rules::Kind::Other, "{a}");
         }
     }
 }

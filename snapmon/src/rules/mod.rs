@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use crate::{
     config::Policy,
-    event::Event,
+    event::{Action, Event},
     record::{Alert, Severity},
 };
 use glob::Glob;
@@ -41,21 +41,66 @@ pub enum Kind {
 const KINDS: usize = 9;
 
 impl Kind {
-    pub fn of(action: &str) -> Kind {
+    /// Which rules an action reaches. Exhaustive: a new action must be placed here.
+    pub fn of(action: Action) -> Kind {
+        use Action as A;
         match action {
-            "create" | "mkdir" | "link" | "symlink" => Kind::Create,
-            "rename" => Kind::Rename,
-            "unlink" | "rmdir" => Kind::Delete,
-            "chmod" | "chown" | "utimes" => Kind::Attr,
-            "ioctl" => Kind::Ioctl,
-            crate::event::BLINDED => Kind::Loss,
-            crate::event::URING_REGISTER_FILES => Kind::Register,
-            "open_write" | "fork" | "exec" | "exit" | "" => Kind::Other,
-            // Circuit-breaker records (`crate::respond::ACTIONS`): alerts of their own.
-            "kill" | "stop" | "freeze" | "would_kill" | "would_stop" | "would_freeze" => {
+            A::Create | A::Mkdir | A::Link | A::Symlink => Kind::Create,
+            A::Rename => Kind::Rename,
+            A::Unlink | A::Rmdir => Kind::Delete,
+            A::Chmod | A::Chown | A::Utimes => Kind::Attr,
+            A::Ioctl => Kind::Ioctl,
+            A::Blinded => Kind::Loss,
+            A::IoUringRegisterFiles => Kind::Register,
+            A::OpenWrite | A::Fork | A::Exec | A::Exit | A::Unset => Kind::Other,
+            // Circuit-breaker records: alerts of their own.
+            A::Kill | A::Stop | A::Freeze | A::WouldKill | A::WouldStop | A::WouldFreeze => {
                 Kind::Other
             }
-            _ => Kind::Write,
+            A::Write
+            | A::Pwrite64
+            | A::Writev
+            | A::Pwritev
+            | A::Pwritev2
+            | A::IoUringWrite
+            | A::IoUringWritev
+            | A::IoUringWriteFixed
+            | A::AioPwrite
+            | A::AioPwritev
+            | A::CopyFileRange
+            | A::Splice
+            | A::Sendfile
+            | A::MmapSharedWrite
+            | A::VfsWrite
+            | A::WriteUnknown
+            | A::Fallocate
+            | A::PunchHole
+            | A::ZeroRange
+            | A::CollapseRange
+            | A::InsertRange
+            | A::Truncate
+            | A::CloneRange
+            | A::OpenTruncate
+            | A::NamespaceUnknown => Kind::Write,
+            // LSM decisions: `enforce::decision_alert` judges them; the write rules saw them
+            // so far and still do.
+            A::DenyWrite
+            | A::DenyOpenWrite
+            | A::DenyTruncate
+            | A::DenyUnlink
+            | A::DenyRename
+            | A::DenyLink
+            | A::DenyMmapWrite
+            | A::DenyIoctl
+            | A::WouldDenyWrite
+            | A::WouldDenyOpenWrite
+            | A::WouldDenyTruncate
+            | A::WouldDenyUnlink
+            | A::WouldDenyRename
+            | A::WouldDenyLink
+            | A::WouldDenyMmapWrite
+            | A::WouldDenyIoctl
+            | A::DenyUnknown => Kind::Write,
         }
     }
     fn idx(self) -> usize {
@@ -212,7 +257,7 @@ type DedupeKey = (usize, (u32, u64), u32, u64);
 /// into place by one process are two findings).
 fn dedupe_key(rule: usize, ev: &Event) -> DedupeKey {
     let who = (ev.process.pid, ev.process.start_ns);
-    let renamed = matches!(ev.action, "rename" | "link");
+    let renamed = matches!(ev.action, Action::Rename | Action::Link);
     let f = if renamed {
         ev.target.as_ref()
     } else {
@@ -577,7 +622,7 @@ impl Engine {
                 && x.executable
                     .as_ref()
                     .is_none_or(|g| g.matches(&ev.process.executable.0))
-                && (x.actions.is_empty() || x.actions.iter().any(|a| a == ev.action))
+                && (x.actions.is_empty() || x.actions.contains(&ev.action))
                 && x.target
                     .as_ref()
                     .is_none_or(|g| g.matches(p) || (!t.is_empty() && g.matches(t)))
@@ -648,13 +693,13 @@ fn observe_into(st: &mut State, ev: &Event, trust: &Trust) {
     if !trust.by("qemu") && c.is_some_and(|c| c.regions.iter().any(|r| r == "snapshot_table")) {
         st.table_writes.insert(key, (ev.seq, ev.ts_unix_ns));
     }
-    if ev.action == "create" {
+    if ev.action == Action::Create {
         if let Some(p) = &f.path {
             st.created
                 .insert((ev.process.pid, p.0.clone()), ev.ts_unix_ns);
         }
     }
-    if ev.action == "unlink" && f.ino != 0 {
+    if ev.action == Action::Unlink && f.ino != 0 {
         st.known_qcow2.remove(&key);
     }
 }

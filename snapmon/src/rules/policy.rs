@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::glob::Glob;
-use crate::record::Severity;
+use crate::{event::Action, record::Severity};
 
 /// A named group of trusted executables (`qemu`, `libvirt`, `lvm` …), by file identity.
 #[derive(Debug, Clone, Deserialize)]
@@ -199,62 +199,10 @@ pub fn parse_hhmm(s: &str) -> Option<u32> {
 
 pub const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
-/// Actions an exception may name (the agent's `event.action` vocabulary).
-pub const KNOWN_ACTIONS: &[&str] = &[
-    "write",
-    "pwrite64",
-    "writev",
-    "pwritev",
-    "pwritev2",
-    "io_uring_write",
-    "io_uring_writev",
-    "io_uring_write_fixed",
-    "io_uring_register_files",
-    "aio_pwrite",
-    "aio_pwritev",
-    "copy_file_range",
-    "splice",
-    "sendfile",
-    "fallocate",
-    "punch_hole",
-    "zero_range",
-    "collapse_range",
-    "insert_range",
-    "truncate",
-    "mmap_shared_write",
-    "create",
-    "open_write",
-    "open_truncate",
-    "rename",
-    "unlink",
-    "rmdir",
-    "link",
-    "symlink",
-    "mkdir",
-    "chmod",
-    "chown",
-    "utimes",
-    "ioctl",
-    "vfs_write",
-    "clone_range",
-    "deny_write",
-    "deny_open_write",
-    "deny_truncate",
-    "deny_unlink",
-    "deny_rename",
-    "deny_link",
-    "deny_mmap_write",
-    "deny_ioctl",
-    "would_deny_write",
-    "would_deny_open_write",
-    "would_deny_truncate",
-    "would_deny_unlink",
-    "would_deny_rename",
-    "would_deny_link",
-    "would_deny_mmap_write",
-    "would_deny_ioctl",
-    crate::event::BLINDED,
-];
+/// An action an exception may name: any the agent emits (`Action`), never the empty one.
+pub fn exception_action(s: &str) -> Option<Action> {
+    s.parse().ok().filter(|a| *a != Action::Unset)
+}
 
 /// Validate everything the rules part of a policy says, without touching the host.
 pub fn validate(p: &RulesPolicy) -> Result<(), SpanError> {
@@ -360,7 +308,7 @@ pub fn validate(p: &RulesPolicy) -> Result<(), SpanError> {
             }
         }
         for a in &x.actions {
-            if !KNOWN_ACTIONS.contains(&a.get_ref().as_str()) {
+            if exception_action(a.get_ref()).is_none() {
                 return Err(at(a, format!("unknown action `{}`", a.get_ref())));
             }
         }
@@ -725,7 +673,7 @@ pub struct Exception {
     pub rules: Vec<String>,
     pub actor: Option<String>,
     pub executable: Option<Glob>,
-    pub actions: Vec<String>,
+    pub actions: Vec<Action>,
     pub target: Option<Glob>,
 }
 
@@ -738,7 +686,12 @@ impl Exception {
                 .executable
                 .as_ref()
                 .and_then(|e| Glob::new(e.get_ref()).ok()),
-            actions: x.actions.iter().map(|a| a.get_ref().clone()).collect(),
+            // Validated already: an unknown name cannot reach here.
+            actions: x
+                .actions
+                .iter()
+                .filter_map(|a| exception_action(a.get_ref()))
+                .collect(),
             target: x.target.as_ref().and_then(|t| Glob::new(t.get_ref()).ok()),
         }
     }

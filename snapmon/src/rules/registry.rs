@@ -2,6 +2,8 @@
 //! severity, its ATT&CK techniques, the event kinds it looks at (the engine's index) and a
 //! pure evaluation over the event, the actor's trust and bounded state.
 
+use crate::event::Action;
+
 use super::{Ctx, Hit, Kind};
 use crate::{event::Event, record::Severity};
 
@@ -378,7 +380,7 @@ fn target_leaf(ev: &Event) -> Option<String> {
 /// A rename or link judged by what it put at its target (classification fact `incoming`):
 /// the target is what the finding is about.
 fn by_target(ev: &Event) -> bool {
-    matches!(ev.action, "rename" | "link")
+    matches!(ev.action, Action::Rename | Action::Link)
         && cls(ev).is_some_and(|c| c.facts.iter().any(|f| f.0 == "incoming"))
 }
 
@@ -410,7 +412,7 @@ fn how(ev: &Event) -> String {
     let src = crate::event::escape_bytes(leaf_bytes(path_bytes(ev)));
     let replaced = cls(ev).is_some_and(|c| c.facts.iter().any(|f| f.0 == "replaced"));
     match (ev.action, replaced) {
-        ("link", _) => format!(" by linking {src} there"),
+        (Action::Link, _) => format!(" by linking {src} there"),
         (_, true) => format!(" by renaming {src} over it"),
         _ => format!(" by renaming {src} there"),
     }
@@ -597,7 +599,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
                 "{} {} qcow2 metadata ({}) in {} through the QEMU block layer ({} is a QEMU \
                  debugging tool)",
                 actor(ev),
-                verb(ev.action),
+                verb(ev.action.as_str()),
                 regions.join(", "),
                 leaf(ev),
                 tool.name(),
@@ -606,7 +608,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
             ..Default::default()
         });
     }
-    if ev.action == "ioctl" {
+    if ev.action == Action::Ioctl {
         // FICLONE/FICLONERANGE/FIDEDUPERANGE replace the image's blocks wholesale.
         let n = ioctl_name(ev);
         let clones = ["FICLONE", "FICLONERANGE", "FIDEDUPERANGE"]
@@ -628,7 +630,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
     }
     let regions = meta_regions(ev);
     // Truncating a known image to nothing has no region left to name.
-    if regions.is_empty() && (ev.action != "open_truncate") {
+    if regions.is_empty() && (ev.action != Action::OpenTruncate) {
         return None;
     }
     if ctx.quiet() {
@@ -656,7 +658,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
     Some(Hit::msg(format!(
         "{} {} qcow2 metadata ({what}) in {}{d}",
         actor(ev),
-        verb(ev.action),
+        verb(ev.action.as_str()),
         leaf(ev),
     )))
 }
@@ -719,7 +721,7 @@ fn q003(ctx: &mut Ctx) -> Option<Hit> {
         format!(
             "{} {} snapshot table entries in {}",
             actor(ev),
-            verb(ev.action),
+            verb(ev.action.as_str()),
             leaf(ev)
         )
     } else {
@@ -803,10 +805,10 @@ fn q005(ctx: &mut Ctx) -> Option<Hit> {
     // Truncation counts only when the new length cuts into the header (growing is creation).
     let cut_header = match ev.action {
         // `qemu-img create` over an existing image truncates it first: legitimate.
-        "truncate" | "open_truncate" if ctx.trust.by("qemu") => false,
-        "truncate" => ev.write.as_ref().is_some_and(|w| w.length < 104),
-        "open_truncate" => true,
-        a => is_destructive_op(a),
+        Action::Truncate | Action::OpenTruncate if ctx.trust.by("qemu") => false,
+        Action::Truncate => ev.write.as_ref().is_some_and(|w| w.length < 104),
+        Action::OpenTruncate => true,
+        a => is_destructive_op(a.as_str()),
     };
     let wiped = touches_magic && cut_header;
     if magic.is_none() && entropy.is_none() && !wiped {
@@ -894,7 +896,7 @@ fn r001(ctx: &mut Ctx) -> Option<Hit> {
 
 fn new_name(ev: &Event) -> Option<&[u8]> {
     match ev.action {
-        "rename" | "link" | "symlink" => {
+        Action::Rename | Action::Link | Action::Symlink => {
             ev.target.as_ref()?.path.as_ref().map(|p| leaf_bytes(&p.0))
         }
         _ => Some(leaf_bytes(path_bytes(ev))),
@@ -905,7 +907,7 @@ fn new_name(ev: &Event) -> Option<&[u8]> {
 /// ellipsis, and only its start can be judged.
 fn new_name_cut(ev: &Event) -> bool {
     match ev.action {
-        "rename" | "link" | "symlink" => ev.path_cut("target"),
+        Action::Rename | Action::Link | Action::Symlink => ev.path_cut("target"),
         _ => ev.path_cut("file"),
     }
 }
@@ -969,7 +971,7 @@ fn h001(ctx: &mut Ctx) -> Option<Hit> {
         actor(ev),
         crate::event::escape_bytes(name),
         dir_of(match ev.action {
-            "rename" | "link" | "symlink" => ev
+            Action::Rename | Action::Link | Action::Symlink => ev
                 .target
                 .as_ref()
                 .and_then(|t| t.path.as_ref())
@@ -1034,7 +1036,7 @@ pub fn deleted_snapshots(ev: &Event) -> Vec<String> {
             _ => {}
         }
     }
-    if c.format == "libvirt" && ev.action == "unlink" {
+    if c.format == "libvirt" && ev.action == Action::Unlink {
         let fact = |k: &str| c.facts.iter().find(|f| f.0 == k).map(|f| f.1.clone());
         if fact("kind").as_deref() == Some("snapshot") && fact("temp").is_none() {
             out.push(fact("name").unwrap_or_else(|| leaf(ev)));
@@ -1093,7 +1095,7 @@ fn changes_something(action: &str) -> bool {
 fn m001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
     let c = cls(ev)?;
-    if c.format != "libvirt" || !changes_something(ev.action) || ctx.trust.by("libvirt") {
+    if c.format != "libvirt" || !changes_something(ev.action.as_str()) || ctx.trust.by("libvirt") {
         return None;
     }
     let kind = c
@@ -1110,14 +1112,14 @@ fn m001(ctx: &mut Ctx) -> Option<Hit> {
         .unwrap_or("?");
     let replaced = c.facts.iter().any(|f| f.0 == "replaced");
     let what = match ev.action {
-        "unlink" => "removed",
-        "rename" if replaced => "replaced",
-        "rename" if by_target(ev) => "renamed a file into",
-        "rename" => "renamed",
-        "link" => "linked a file as",
-        "create" => "created",
-        "utimes" => "re-stamped",
-        "chmod" | "chown" => "changed ownership or mode of",
+        Action::Unlink => "removed",
+        Action::Rename if replaced => "replaced",
+        Action::Rename if by_target(ev) => "renamed a file into",
+        Action::Rename => "renamed",
+        Action::Link => "linked a file as",
+        Action::Create => "created",
+        Action::Utimes => "re-stamped",
+        Action::Chmod | Action::Chown => "changed ownership or mode of",
         _ => "modified",
     };
     Some(Hit::msg(format!(
@@ -1136,7 +1138,7 @@ fn m002(ctx: &mut Ctx) -> Option<Hit> {
         "lvm" => c.regions.iter().any(|r| r != "lvm.data"),
         _ => false,
     };
-    if !meta || !changes_something(ev.action) || ctx.trust.by("lvm") {
+    if !meta || !changes_something(ev.action.as_str()) || ctx.trust.by("lvm") {
         return None;
     }
     let regions = c.regions.join(", ");
@@ -1144,7 +1146,7 @@ fn m002(ctx: &mut Ctx) -> Option<Hit> {
     Some(Hit::msg(format!(
         "{} {} LVM metadata ({regions}) in {}{}{}",
         actor(ev),
-        verb(ev.action),
+        verb(ev.action.as_str()),
         String::from_utf8_lossy(subject_path(ev)),
         how(ev),
         if d.is_empty() {
@@ -1278,7 +1280,9 @@ pub fn snapshot_op(ev: &Event) -> Option<String> {
     {
         return Some(format!("{} {}", ch.field, ch.after));
     }
-    if c.format == "libvirt" && matches!(ev.action, "unlink" | "rename" | "create") {
+    if c.format == "libvirt"
+        && matches!(ev.action, Action::Unlink | Action::Rename | Action::Create)
+    {
         return Some(format!("{} of {}", ev.action, leaf(ev)));
     }
     None
@@ -1368,7 +1372,7 @@ fn about_snapshot_file(ctx: &Ctx) -> bool {
 
 fn t001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
-    if ev.action != "utimes" || ctx.trust.any() {
+    if ev.action != Action::Utimes || ctx.trust.any() {
         return None;
     }
     if !about_snapshot_file(ctx) {
@@ -1395,7 +1399,7 @@ fn t001(ctx: &mut Ctx) -> Option<Hit> {
 /// metadata file were dropped, so a tamper of it may have gone unseen.
 fn a001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
-    if ev.action != crate::event::BLINDED {
+    if ev.action != Action::Blinded {
         return None;
     }
     let detail = |k: &str| {
@@ -1424,7 +1428,7 @@ fn a001(ctx: &mut Ctx) -> Option<Hit> {
 /// SM-U001: a watched image or metadata file registered as an io_uring fixed file.
 fn u001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
-    if ev.action != crate::event::URING_REGISTER_FILES {
+    if ev.action != Action::IoUringRegisterFiles {
         return None;
     }
     if !about_snapshot_file(ctx) {

@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::{
     classify::{Change, Classification},
-    event::{Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, ProcessNames, WriteInfo},
+    event::{
+        Action, Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, ProcessNames, WriteInfo,
+    },
     record::Alert,
 };
 
@@ -21,8 +23,8 @@ pub enum ReplayError {
     Shape { line: usize, msg: String },
 }
 
-/// The agent's other `&'static str` vocabularies (actions are `policy::KNOWN_ACTIONS`);
-/// anything else becomes `other`.
+/// The agent's other `&'static str` vocabularies (actions parse as `Action`, write ops by
+/// their action's name or one of these); anything else becomes `other`.
 const WORDS: &[&str] = &[
     "denied",
     "allowed",
@@ -36,10 +38,6 @@ const WORDS: &[&str] = &[
     "info",
     "start",
     "end",
-    // backends
-    "tracepoint",
-    "fentry",
-    "lsm",
     // actions and write ops
     "ftruncate",
     "io_uring_fallocate",
@@ -90,12 +88,12 @@ const WORDS: &[&str] = &[
 ];
 
 pub fn intern(s: &str) -> &'static str {
-    super::policy::KNOWN_ACTIONS
-        .iter()
-        .chain(WORDS)
-        .copied()
-        .find(|w| *w == s)
-        .unwrap_or("other")
+    if let Ok(a) = s.parse::<Action>().map(Action::as_str) {
+        if !a.is_empty() {
+            return a;
+        }
+    }
+    WORDS.iter().copied().find(|w| *w == s).unwrap_or("other")
 }
 
 /// Undo `event::escape_bytes`: `\xNN` → byte, `\\` → `\`.
@@ -382,14 +380,24 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
                 .collect()
         })
         .unwrap_or_default();
+    // The rules index events by action: one this agent does not know is refused, not guessed.
+    let action = str_of(&e["action"]);
+    let action = action
+        .parse::<Action>()
+        .ok()
+        .filter(|a| *a != Action::Unset)
+        .ok_or_else(|| shape(&format!("unknown event.action `{action}`")))?;
+    let backend = str_of(&sm["backend"]);
+    let backend = snapmon_common::Backend::from_name(backend)
+        .ok_or_else(|| shape(&format!("unknown snapmon.backend `{backend}`")))?;
     Ok(Some(Event {
         seq: u64_of(&e["sequence"]).unwrap_or(0),
         ts_unix_ns: ts,
         ts_boot_ns: 0,
         category: intern(&first(&e["category"])),
         ecs_type: intern(&first(&e["type"])),
-        action: intern(str_of(&e["action"])),
-        backend: intern(str_of(&sm["backend"])),
+        action,
+        backend,
         process,
         file,
         target,
@@ -456,14 +464,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_or_missing_action_is_an_error_naming_the_line() {
+        let line = |a: &str| {
+            format!(
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","action":{a}}},"snapmon":{{"backend":"lsm"}}}}"#
+            )
+        };
+        for a in [r#""explode""#, r#""""#, "null", "7"] {
+            let e = parse_line(&line(a), 3).unwrap_err().to_string();
+            assert!(e.starts_with("line 3: unknown event.action `"), "{a}: {e}");
+        }
+        let ok = parse_line(&line(r#""punch_hole""#), 1).unwrap().unwrap();
+        assert_eq!(ok.action, Action::PunchHole);
+        assert_eq!(ok.backend, snapmon_common::Backend::Lsm);
+        let e = parse_line(&line(r#""write""#).replace("lsm", "ebpf"), 4)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "line 4: unknown snapmon.backend `ebpf`");
+    }
+
+    #[test]
     fn json_round_trips_to_an_equivalent_event() {
         let ev = Event {
             seq: 9,
             ts_unix_ns: 1_795_887_000_123_000_000,
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
-            backend: "tracepoint",
+            action: Action::Pwrite64,
+            backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
                 pid: 7,
                 exe_dev: (254 << 20) | 1,

@@ -1,6 +1,8 @@
 //! Rules tests: policy validation, exceptions, windows, reload, bounded state, and every
 //! default rule against fixtures recorded from real tool runs.
 
+use crate::event::Action;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -287,7 +289,7 @@ fn hide_event(pid: u32) -> Event {
         ts_unix_ns: 1_795_887_000_000_000_000,
         category: "file",
         ecs_type: "change",
-        action: "pwrite64",
+        action: Action::Pwrite64,
         process: ProcessInfo {
             pid,
             exe_dev: 1,
@@ -488,7 +490,7 @@ fn state_stays_bounded_under_floods() {
         f.path = Some(Bytes(format!("/s/d{i}.qcow2").into_bytes()));
         match i % 5 {
             0 => {
-                ev.action = "rename";
+                ev.action = Action::Rename;
                 ev.target = Some(FileInfo {
                     path: Some(Bytes(format!("/s/d{i}.qcow2.locked").into_bytes())),
                     ..Default::default()
@@ -496,14 +498,14 @@ fn state_stays_bounded_under_floods() {
                 ev.classification = None;
             }
             1 => {
-                ev.action = "create";
+                ev.action = Action::Create;
                 ev.classification = None;
             }
             2 => {
                 ev.classification.as_mut().unwrap().regions = vec!["snapshot_table".into()];
             }
             3 => {
-                ev.action = "ioctl";
+                ev.action = Action::Ioctl;
                 ev.classification = Some(Classification {
                     format: "file",
                     ioctl_name: Some("FIFREEZE".into()),
@@ -572,7 +574,7 @@ fn replaces_and_late_content_alert_like_writes_and_say_how() {
         m.message
     );
     let h = find("SM-H002/positive-mmap-fill.jsonl", "SM-H002");
-    assert_eq!(h.event.action, "mmap_shared_write");
+    assert_eq!(h.event.action, Action::MmapSharedWrite);
     // Routine qemu-io: SM-Q001 at info, never louder.
     let a = replay(&fixtures().join("benign/replace-and-fill-routine.jsonl"));
     let io: Vec<_> = a
@@ -641,7 +643,7 @@ fn renames_to_cut_names_count_as_image_renames_and_whole_ones_are_judged_as_befo
             let mut ev = hide_event(4242);
             ev.seq = i + 1;
             ev.ts_unix_ns += i as i128 * 1_000_000;
-            ev.action = "rename";
+            ev.action = Action::Rename;
             ev.classification = None;
             ev.file.as_mut().unwrap().ino = 100 + i;
             ev.file.as_mut().unwrap().path = Some(Bytes(src(i).into_bytes()));
@@ -682,7 +684,7 @@ fn rename_event(i: u64) -> Event {
     let mut ev = hide_event(5000 + i as u32);
     ev.seq = 100 + i;
     ev.ts_unix_ns += i as i128 * 1_000_000_000;
-    ev.action = "rename";
+    ev.action = Action::Rename;
     ev.classification = None;
     ev.process.ancestors = vec![Ancestor {
         pid: 777,
@@ -737,7 +739,7 @@ fn a_reload_keeps_an_open_freeze_and_dedupe_by_rule_not_index() {
     let hide = hide_event(4242);
     assert!(e.process(&hide).iter().any(|a| a.rule_id == "SM-Q002"));
     let mut freeze = hide_event(4243);
-    freeze.action = "ioctl";
+    freeze.action = Action::Ioctl;
     freeze.classification = Some(Classification {
         format: "file",
         ioctl_name: Some("FIFREEZE".into()),

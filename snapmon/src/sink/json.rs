@@ -41,6 +41,8 @@
 //! | `snapmon.state` / `snapmon.metric` | state and metric payloads (docs/output.md, "Agent records"): start-up detail records `hooks` (`hooks: [{program, attached_to, covers, error, enforcement_only}]`, `part`/`parts`), `coverage` (`paths: [{path, covered, by, impact}]`), `stores`, `stores_skipped`, `kernel_fields`, `enforcement`, `rule_warnings`, `sinks`, then the `started` summary; `stopped` (final `stats`, `sinks: [{name, …}]`, `hooks.programs: [{program, attach, runs, run_ns}]`); `lost` (`kernel`/`decoder`/`watch`/`agent` `{cause: n}`, `sinks: [{sink, cause, count}]`); `filtered`; `stats`; `evidence` (`image`, `rule`, `sequence`, `dir`, `evidence_files: [{path, sha256, bytes}]`) and `evidence_failed` (`image`, `rule`, `sequence`, `error`) after a high or critical alert on an image |
 //! | `snapmon.chain` | file sinks only, a top-level dotted key, last member of the line: `{seq, prev, hash}` of the tamper-evident hash chain (see `sink::chain` and docs/output.md) |
 
+use crate::event::Action;
+
 use std::io::Write;
 
 use serde_json::{json, Map, Value};
@@ -137,7 +139,7 @@ fn file_json(f: &FileInfo, snap: &mut Map<String, Value>, hex_key: &str) -> Valu
 fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
     let mut snap = Map::new();
     snap.insert("schema_version".into(), json!(SCHEMA_VERSION));
-    snap.insert("backend".into(), json!(e.backend));
+    snap.insert("backend".into(), json!(e.backend.as_str()));
     let mut root = common(host);
     root.insert("@timestamp".into(), json!(rfc3339(e.ts_unix_ns)));
     let (cat, cat2) = categories(e);
@@ -269,8 +271,8 @@ fn categories(e: &Event) -> (&'static str, Option<&'static str>) {
 /// ECS `file.type` where the operation tells it: a directory made or removed, a symlink made.
 pub fn file_type(e: &Event) -> Option<&'static str> {
     match e.action {
-        "mkdir" | "rmdir" => Some("dir"),
-        "symlink" => Some("symlink"),
+        Action::Mkdir | Action::Rmdir => Some("dir"),
+        Action::Symlink => Some("symlink"),
         _ => None,
     }
 }
@@ -889,7 +891,7 @@ fn write_event(
         let mut f = true;
         out.push(b'{');
         key(out, "action", &mut f);
-        js(out, e.action);
+        js(out, e.action.as_str());
         key(out, "category", &mut f);
         out.push(b'[');
         let (cat, cat2) = categories(e);
@@ -968,7 +970,7 @@ fn write_event(
         let mut f = true;
         out.push(b'{');
         key(out, "backend", &mut f);
-        js(out, e.backend);
+        js(out, e.backend.as_str());
         if let Some(c) = &e.classification {
             key(out, "classification", &mut f);
             write_classification(out, c);
@@ -1246,8 +1248,8 @@ mod tests {
         let e = Event {
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
-            backend: "tracepoint",
+            action: Action::Pwrite64,
+            backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
                 pid: 7,
                 ..ProcessInfo::with_names(crate::event::ProcessNames {
@@ -1293,7 +1295,7 @@ mod tests {
         let e = Event {
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
+            action: Action::Pwrite64,
             file: Some(FileInfo {
                 path: Some(Bytes("/s/\u{202E}2woqc.gol".into())),
                 ..Default::default()

@@ -279,7 +279,7 @@ pub fn hostname() -> String {
 pub(crate) mod fixtures {
     use crate::{
         classify::{Change, Classification},
-        event::{Ancestor, Bytes, Event, FileInfo, ProcessInfo, WriteInfo},
+        event::{Action, Ancestor, Bytes, Event, FileInfo, ProcessInfo, WriteInfo},
         record::{Alert, Record, Severity},
     };
 
@@ -289,8 +289,8 @@ pub(crate) mod fixtures {
             ts_unix_ns: 1_795_887_000_123_000_000 + seq as i128 * 1_000_000,
             category: "file",
             ecs_type: "change",
-            action: "pwrite64",
-            backend: "tracepoint",
+            action: Action::Pwrite64,
+            backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
                 pid: 4242,
                 tid: 4242,

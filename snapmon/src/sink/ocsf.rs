@@ -24,6 +24,8 @@
 //! | `metadata` | `version` `1.1.0`, `profiles` `["host"]`, `uid` (the event sequence; `sequence` is 32-bit in OCSF), `log_name` |
 //! | `unmapped` | the ECS record's `snapmon` object (write, classification, ioctl, lineage, raw path hex), `action`, `sequence`, and for alerts `rule{id,name,technique}`; state/metric/chain records: `action`, `dataset`, `state`/`metric` payload |
 
+use crate::event::Action;
+
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -40,18 +42,18 @@ const PROFILES: &[&str] = &["host"];
 pub fn activity(e: &Event) -> (u32, u32, u32, &'static str) {
     if e.category == "process" {
         return match e.action {
-            "exit" => (1007, 1, 2, "Terminate"),
+            Action::Exit => (1007, 1, 2, "Terminate"),
             _ => (1007, 1, 1, "Launch"),
         };
     }
     let (id, name) = match e.action {
-        "create" | "mkdir" | "link" | "symlink" => (1, "Create"),
-        "unlink" | "rmdir" => (4, "Delete"),
-        "rename" => (5, "Rename"),
-        "utimes" => (6, "Set Attributes"),
-        "chmod" | "chown" => (7, "Set Security"),
-        "open_write" => (14, "Open"),
-        "ioctl" | crate::event::BLINDED | crate::event::URING_REGISTER_FILES => (99, "Other"),
+        Action::Create | Action::Mkdir | Action::Link | Action::Symlink => (1, "Create"),
+        Action::Unlink | Action::Rmdir => (4, "Delete"),
+        Action::Rename => (5, "Rename"),
+        Action::Utimes => (6, "Set Attributes"),
+        Action::Chmod | Action::Chown => (7, "Set Security"),
+        Action::OpenWrite => (14, "Open"),
+        Action::Ioctl | Action::Blinded | Action::IoUringRegisterFiles => (99, "Other"),
         _ => (3, "Update"),
     };
     (1001, 1, id, name)
@@ -482,13 +484,13 @@ mod tests {
             ("punch_hole", 3),
             ("truncate", 3),
         ] {
-            e.action = action;
+            e.action = action.parse().unwrap();
             let v = to_value(&Record::Event(e.clone()), "h");
             assert_eq!(v["activity_id"], id, "{action}");
             assert_eq!(v["type_uid"], 100100 + id, "{action}");
             assert_eq!(v["severity_id"], 1);
         }
-        e.action = "rename";
+        e.action = Action::Rename;
         e.file.as_mut().unwrap().path = Some(Bytes(b"/s/a\xff\x1b".to_vec()));
         e.target = Some(FileInfo {
             path: Some(Bytes(b"/s/b".to_vec())),
@@ -498,16 +500,16 @@ mod tests {
         assert_eq!(v["file"]["path"], "/s/a\\xff\\x1b");
         assert_eq!(v["unmapped"]["file_path_hex"], "2f732f61ff1b");
         assert_eq!(v["file_result"]["path"], "/s/b");
-        e.action = "symlink";
+        e.action = Action::Symlink;
         let v = to_value(&Record::Event(e.clone()), "h");
         assert_eq!(v["file"]["type_id"], 7, "a symlink is not a regular file");
-        e.action = "mkdir";
+        e.action = Action::Mkdir;
         assert_eq!(
             to_value(&Record::Event(e.clone()), "h")["file"]["type_id"],
             2
         );
         e.category = "process";
-        e.action = "exit";
+        e.action = Action::Exit;
         let v = to_value(&Record::Event(e), "h");
         assert_eq!(
             (v["class_uid"].as_u64(), v["activity_id"].as_u64()),

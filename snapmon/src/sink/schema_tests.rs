@@ -3,6 +3,8 @@
 //! types, values outside allowed lists, missing required fields and data used as object keys
 //! all fail here.
 
+use crate::event::Action;
+
 use serde_json::{json, Value};
 
 use crate::{
@@ -32,7 +34,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         ("truncate", "change"),
     ] {
         let mut e = base.clone();
-        e.action = action;
+        e.action = action.parse().unwrap();
         e.ecs_type = ty;
         if matches!(action, "rename" | "link") {
             e.target = Some(FileInfo {
@@ -48,7 +50,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     }
     // Hostile bytes, no parent, a container, a cwd, truncated args, an unnamed file.
     let mut e = base.clone();
-    e.action = "punch_hole";
+    e.action = Action::PunchHole;
     e.write.as_mut().unwrap().mode = vec!["punch_hole", "keep_size"];
     e.file.as_mut().unwrap().path = Some(Bytes(b"/s/\x1b[31m\xfe.qcow2".to_vec()));
     e.process.parent = None;
@@ -95,7 +97,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     out.push(Record::Event(e));
     // An ioctl with its decoded argument.
     let mut e = base.clone();
-    e.action = "ioctl";
+    e.action = Action::Ioctl;
     e.write = None;
     e.ioctl = Some(IoctlRaw {
         cmd: 0xc138fd04,
@@ -122,7 +124,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         let mut e = base.clone();
         e.category = "process";
         e.ecs_type = if action == "exit" { "end" } else { "start" };
-        e.action = action;
+        e.action = action.parse().unwrap();
         e.file = None;
         e.write = None;
         e.classification = None;
@@ -133,11 +135,11 @@ pub(crate) fn every_record() -> Vec<Record> {
         let mut e = base.clone();
         e.ecs_type = ty;
         e.action = if ty == "denied" {
-            "deny_write"
+            Action::DenyWrite
         } else {
-            "would_deny_write"
+            Action::WouldDenyWrite
         };
-        e.backend = "lsm";
+        e.backend = snapmon_common::Backend::Lsm;
         e.detail = vec![
             ("operation", "write".into()),
             ("outcome", outcome.into()),

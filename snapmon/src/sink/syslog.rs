@@ -138,7 +138,7 @@ impl Formatter {
                 "event",
                 format!(
                     "[snapmon@32473 kind=\"event\" id=\"{id}\" action=\"{}\" seq=\"{}\"]",
-                    sd_escape(e.action),
+                    sd_escape(e.action.as_str()),
                     e.seq
                 ),
             ),

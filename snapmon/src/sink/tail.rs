@@ -364,12 +364,13 @@ pub fn write_line(w: &mut dyn Write, r: &Record, colour: bool) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Action;
     use crate::event::{Ancestor, Bytes, FileInfo, ProcessInfo, WriteInfo};
 
     fn ev() -> Event {
         Event {
             ts_unix_ns: 1_795_887_000_123_000_000,
-            action: "pwrite64",
+            action: Action::Pwrite64,
             process: ProcessInfo {
                 pid: 42,
                 ..ProcessInfo::with_names(crate::event::ProcessNames {
