@@ -178,6 +178,12 @@ impl WatchMaps for KernelMaps<'_> {
             .insert(hash, 1, 0)
             .map_err(|e| format!("watched-prefix map: {e}"))
     }
+    fn add_rdev_alias(&mut self, rdev: u32, node: FileKey) {
+        // As the kernel's attach hook: the entry first, then the flag the write hooks read.
+        if self.rdevs.insert(rdev, node, 0).is_ok() {
+            let _ = self.rdev_any.set(0, 1, 0);
+        }
+    }
     fn remove_rdev_alias(&mut self, node: FileKey) {
         let gone: Vec<u32> = self
             .rdevs
@@ -400,6 +406,8 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     pipe.classifier.preload(files.iter().map(|(k, p)| (k, p)));
     // Overlays over a store mounted before the start, then as the mount table changes.
     rescan_overlays(&mut pipe, &mut k);
+    // Loop devices attached to images before the start: their attach was never seen.
+    seed_loops(&mut pipe, &mut k);
     let mounts_fd = mount_table_watch();
     pipe.enricher.process_events = opts.policy.agent.process_events;
     // Writers the kernel may filter on classified files (their metadata writes still arrive).
@@ -1139,6 +1147,18 @@ fn rescan_overlays(pipe: &mut Pipeline, k: &mut Kernel) {
             "snapmon: {} merged-view aliases of images refused by the watched-files map: writes through them go unseen",
             r.refused
         );
+    }
+}
+
+/// Watch the loop devices already over watched images (`/sys/block/loop*/loop`) as their
+/// attach would have; each one seeded is said on stderr.
+fn seed_loops(pipe: &mut Pipeline, k: &mut Kernel) {
+    let seeded = pipe.enricher.seed_loops(
+        std::path::Path::new(crate::enrich::SYS_BLOCK),
+        &mut KernelMaps::of(k),
+    );
+    for s in seeded {
+        eprintln!("snapmon: {s}");
     }
 }
 

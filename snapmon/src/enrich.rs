@@ -206,7 +206,92 @@ fn loop_node_path(tgid: u32, fd: i32, key: FileKey) -> Option<PathBuf> {
         .find(|p| is(p))
 }
 
+/// Where the loop devices say what they are over (`loopN/loop/backing_file`, `offset`).
+pub const SYS_BLOCK: &str = "/sys/block";
+
+/// A loop device over a file, as `sys_block/loopN/loop` tells it: (node, backing file,
+/// offset). A backing file the kernel calls "(deleted)" has no name to match and is left out.
+fn attached_loops(sys_block: &Path) -> Vec<(PathBuf, PathBuf, u64)> {
+    let Ok(rd) = std::fs::read_dir(sys_block) else {
+        return vec![];
+    };
+    let mut out: Vec<_> = rd
+        .flatten()
+        .filter(|e| e.file_name().as_bytes().starts_with(b"loop"))
+        .filter_map(|e| {
+            let d = e.path().join("loop");
+            let b = std::fs::read_to_string(d.join("backing_file")).ok()?;
+            let b = b.trim_end_matches('\n');
+            if b.ends_with(" (deleted)") {
+                return None;
+            }
+            let offset = std::fs::read_to_string(d.join("offset"))
+                .ok()
+                .and_then(|o| o.trim().parse().ok())
+                .unwrap_or(0);
+            Some((
+                Path::new("/dev").join(e.file_name()),
+                PathBuf::from(b),
+                offset,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 impl Enricher {
+    /// Alias the loop devices attached to watched files before the agent started, as their
+    /// attach would have (the node and its device number go into the kernel's maps). Says
+    /// what it seeded, one line each.
+    pub fn seed_loops(&mut self, sys_block: &Path, maps: &mut dyn WatchMaps) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut said = vec![];
+        for (dev, backing, offset) in attached_loops(sys_block) {
+            let Some(image) = std::fs::metadata(&backing)
+                .ok()
+                .map(|md| crate::watch::key_for(&backing, &md))
+                .filter(|k| self.watch.path_of(k).is_some())
+            else {
+                continue;
+            };
+            let Ok(md) = std::fs::metadata(&dev) else {
+                continue;
+            };
+            let node = crate::watch::key_for(&dev, &md);
+            if self.loops.contains_key(&node) {
+                continue;
+            }
+            let name = self.watch.path_of(&image).cloned().unwrap_or_default();
+            if !self.watch.watch_alias(node, Some(&dev), &name, maps) {
+                said.push(format!(
+                    "loop device {} over {} refused by the watched-files map: writes through it go unseen",
+                    dev.display(),
+                    name.display()
+                ));
+                continue;
+            }
+            // The kernel's dev_t: MKDEV(major, minor) = major << 20 | minor.
+            let rdev = (libc::major(md.rdev()) << 20) | libc::minor(md.rdev());
+            maps.add_rdev_alias(rdev, node);
+            self.loops.insert(
+                node,
+                LoopAlias {
+                    image,
+                    offset,
+                    node: Some(dev.clone()),
+                    last_front: None,
+                },
+            );
+            said.push(format!(
+                "loop device {} attached to {} (offset {offset}) before the start: watched as the image",
+                dev.display(),
+                name.display()
+            ));
+        }
+        said
+    }
+
     pub fn new(watch: WatchSet, lineage: Box<dyn Lineage>) -> Self {
         Enricher {
             clock: Clock::now(),

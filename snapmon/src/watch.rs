@@ -113,6 +113,9 @@ pub trait WatchMaps {
     /// Forget the loop devices (by device number) whose nodes alias `node`: the kernel put
     /// them there at attach, for any other node of the same device.
     fn remove_rdev_alias(&mut self, _node: FileKey) {}
+    /// Take loop device `rdev` (the kernel's `MKDEV` encoding) for `node`, as the attach
+    /// hook does: for a device attached before the agent started.
+    fn add_rdev_alias(&mut self, _rdev: u32, _node: FileKey) {}
     /// Is `key` in the file map (the kernel may have put it there at create)?
     fn has_file(&self, key: FileKey) -> bool;
     /// Ordinary entries in the file map as kernel and agent counted them (None: unknown).

@@ -583,3 +583,32 @@ fn losetup_detach_then_another_file_on_the_same_device_raises_nothing_about_the_
         "the attach of another file did not end the alias"
     );
 }
+
+#[test]
+fn a_loop_device_attached_before_the_start_is_the_image() {
+    let _s = serial();
+    // The image lives outside the temp root a test-own agent makes afresh at its start.
+    let d = scratch("seed").with_file_name("seed-store");
+    std::fs::create_dir_all(&d).unwrap();
+    let img = image_with_3_snapshots(&d, "vm.qcow2");
+    let dev = run("losetup", &["--find", "--show", img.to_str().unwrap()])
+        .stdout
+        .trim()
+        .to_string();
+    let _guard = Attached(dev.clone());
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    let mut a = Agent::spawn("loopseed", &[], std::slice::from_ref(&d)).expect("agent");
+    let mark = a.mark();
+    let w = python(&format!(
+        "import os; fd=os.open({dev:?}, os.O_RDWR); os.pwrite(fd, bytes(4), 60); os.fsync(fd)"
+    ));
+    let hide = q002(&mut a, mark, w.pid, Duration::from_secs(5)).unwrap_or_else(|| {
+        panic!("zeroing nb_snapshots through {dev}, attached before the start, raised no SM-Q002")
+    });
+    assert!(names(&hide, &img), "SM-Q002 must name the image: {hide}");
+    assert_eq!(
+        hide["snapmon"]["detail"]["loop_device"].as_str(),
+        Some(dev.as_str()),
+        "{hide}"
+    );
+}
