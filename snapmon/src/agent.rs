@@ -599,7 +599,14 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             r = fd.readable() => { r?.clear_ready(); true }
         };
         if drain_due {
-            match drain(&mut k, &mut pipe, &mut responder, &sinks, &mut buf, Instant::now() + DRAIN_SLICE) {
+            match drain(
+                &mut k,
+                &mut pipe,
+                &mut responder,
+                &sinks,
+                &mut buf,
+                Instant::now() + DRAIN_SLICE,
+            ) {
                 Ok(d) => backlog = d == Drained::More,
                 Err(BrokenPipe) => return Ok(()),
             }
