@@ -404,25 +404,9 @@ pub unsafe fn current_exe() -> Option<FileKey> {
     // Every pointer on this chain is a BTF-typed member: no cast needed, five plain loads.
     if direct_walk() && valid(snapmon_common::valid::ARGS) {
         let task = bpf_get_current_task_btf() as *const u8;
-        let mm: *const u8 = ld(task, off!(task_mm));
-        if mm.is_null() {
-            return None;
-        }
-        let exe: *const u8 = ld(mm, off!(mm_exe_file));
-        if exe.is_null() {
-            return None;
-        }
-        let inode: *const u8 = ld(exe, off!(file_inode));
-        if inode.is_null() {
-            return None;
-        }
-        let ino: u64 = ld(inode, off!(inode_ino));
-        let sb: *const u8 = ld(inode, off!(inode_sb));
-        if sb.is_null() {
-            return None;
-        }
-        let dev: u32 = ld(sb, off!(sb_dev));
-        return Some(FileKey { dev, _pad: 0, ino });
+        let mm = direct_ptr(task, off!(task_mm))?;
+        let exe = direct_ptr(mm, off!(mm_exe_file))?;
+        return direct_inode_key(direct_ptr(exe, off!(file_inode))?);
     }
     let mm: *const u8 = rk(current_task(), off!(task_mm))?;
     let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
