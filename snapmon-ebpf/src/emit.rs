@@ -1,10 +1,7 @@
 //! Record assembly shared by every backend: header fill, bounded user copies, ring output.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated as gen,
-    },
-    EbpfContext as _,
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated as gen,
 };
 use snapmon_common::{lost, Header};
 
@@ -185,9 +182,4 @@ pub fn sc_arg(ctx: &aya_ebpf::programs::TracePointContext, i: usize) -> u64 {
 pub fn sc_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
     let base = crate::kernel::off!(sc_ret);
     unsafe { ctx.read_at::<i64>(base).unwrap_or(-1) }
-}
-
-#[allow(dead_code)]
-fn _ctx_is_used(ctx: &aya_ebpf::programs::TracePointContext) -> *mut core::ffi::c_void {
-    ctx.as_ptr()
 }

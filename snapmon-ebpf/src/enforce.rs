@@ -156,7 +156,7 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
         prior!(ctx, 1);
         let path: *const u8 = ctx.arg(0);
         // struct path { vfsmount *mnt; dentry *dentry; }
-        let dentry: *const u8 = rk(path, 8).unwrap_or(core::ptr::null());
+        let dentry: *const u8 = rk(path, 8).unwrap_or(null());
         lsm_ret(decide(deny::TRUNCATE, dentry_key(dentry), None, 0))
     }
 }

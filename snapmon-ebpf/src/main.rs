@@ -7,8 +7,7 @@
 #![no_main]
 #![feature(core_intrinsics)]
 #![feature(asm_experimental_arch)]
-#![allow(internal_features)]
-#![allow(static_mut_refs)]
+#![allow(internal_features, reason = "core_intrinsics for the BPF target")]
 
 mod compat;
 mod emit;

@@ -34,7 +34,10 @@ unsafe fn ns_paths(op: NsOp, dirfd1: u64, p1: u64, dirfd2: u64, p2: u64, aux: u6
 /// As `ns_paths`; with `uring`, the paths are io_uring's kernel copies and the record says
 /// it came through io_uring.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined into each hook: a struct would cost stack the 6.1 verifier counts"
+)]
 pub unsafe fn ns_paths_from(
     op: NsOp,
     dirfd1: u64,
@@ -130,7 +133,7 @@ macro_rules! tp {
     ($name:ident, |$ctx:ident| $body:expr) => {
         #[tracepoint]
         pub fn $name($ctx: TracePointContext) -> u32 {
-            #[allow(unused_unsafe)]
+            #[allow(unused_unsafe, reason = "some bodies call no unsafe function")]
             unsafe {
                 $body
             };

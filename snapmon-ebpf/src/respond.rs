@@ -149,7 +149,10 @@ pub struct WriteQueue {
 /// records in one run, and eight inlined judgements pushed it past the verifier's
 /// complexity limit on 6.1.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined into each hook: a struct would cost stack the 6.1 verifier counts"
+)]
 pub unsafe fn on_write(
     w: &Watched,
     op: WriteOp,

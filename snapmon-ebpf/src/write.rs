@@ -23,7 +23,10 @@ pub enum Pos {
 
 /// Fill and emit a write record for a watched file; `sample` is a user buffer to sample.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined into each hook: a struct would cost stack the 6.1 verifier counts"
+)]
 pub unsafe fn emit_write(
     w: &Watched,
     fd: i64,
@@ -50,7 +53,10 @@ pub unsafe fn emit_write(
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined into each hook: a struct would cost stack the 6.1 verifier counts"
+)]
 unsafe fn emit_write_from(
     w: &Watched,
     fd: i64,

@@ -356,7 +356,10 @@ struct ImageData {
 }
 
 impl ImageData {
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one field each of the image a process build is made of"
+    )]
     fn new(
         exe: &[u8],
         dev: u64,

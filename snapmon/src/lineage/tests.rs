@@ -752,7 +752,10 @@ impl FakeProc {
         fs::write(&p, name).unwrap();
         p
     }
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "a fake /proc entry: one argument per file the real one has"
+    )]
     fn add(
         &self,
         pid: u32,

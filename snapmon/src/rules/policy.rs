@@ -83,7 +83,10 @@ pub struct ExceptionSpec {
     pub target: Option<Spanned<String>>,
     /// For the humans reading the policy; kept so `deny_unknown_fields` accepts it.
     #[serde(default)]
-    #[allow(dead_code)]
+    #[allow(
+        dead_code,
+        reason = "read by humans only; kept so deny_unknown_fields accepts it"
+    )]
     pub comment: Option<String>,
 }
 

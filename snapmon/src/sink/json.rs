@@ -1314,7 +1314,7 @@ mod tests {
     /// The ECS record as a consumer would type it: unknown fields are errors, so a field
     /// added without updating the module doc and this struct fails here. (Fields exist to be
     /// accepted, not all to be read.)
-    #[allow(dead_code)]
+    #[allow(dead_code, reason = "fields exist to be accepted, not all to be read")]
     mod typed {
         use serde::Deserialize;
 
