@@ -15,6 +15,9 @@ use std::{
 
 use serde_json::Value;
 
+mod expect;
+pub use expect::{line, Expect, Severity};
+
 pub const TEST_DIRS: &[&str] = &[
     "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
     "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
@@ -933,11 +936,10 @@ pub fn hide_snapshots(a: &Agent, img: &Path) -> (u32, u64) {
     (r.pid, mark)
 }
 
-/// The SM-Q002 alert for `pid` after `mark`.
+/// The SM-Q002 alert for `pid` after `mark` (`None` for a test that times it or asserts its
+/// absence; [`Agent::expect`] fails with the near misses).
 pub fn q002(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
-    a.wait_from_lines(mark, timeout, b"SM-Q002", |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
-    })
+    a.find(&Expect::alert("SM-Q002").pid(pid).since(mark), timeout)
 }
 
 /// Alerts above low, as "RULE severity message" lines (for benign tests' assertions).

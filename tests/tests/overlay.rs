@@ -88,6 +88,20 @@ fn settled(a: &mut Agent) {
     a.settle(Duration::from_millis(300), |_| false);
 }
 
+/// A store under the shared agent's root with `images` (three snapshots each), and its
+/// overlay mounted: each step once the agent has handled the one before.
+fn overlay_store(name: &str, images: &[&str]) -> (Layout, Vec<PathBuf>, Mounted) {
+    let l = layout(&dir(name));
+    let imgs = images
+        .iter()
+        .map(|n| image_with_3_snapshots(&l.store, n))
+        .collect();
+    settled(&mut agent());
+    let m = mount(&l);
+    settled(&mut agent());
+    (l, imgs, m)
+}
+
 /// Root's python zeroes nb_snapshots of `path` (a merged-view path). Returns (pid, mark).
 fn hide_through(a: &Agent, path: &Path) -> (u32, u64) {
     let mark = a.mark();
@@ -184,12 +198,9 @@ fn an_overlay_mounted_before_the_start_over_a_store_is_watched_through_its_merge
 
 #[test]
 fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged_view() {
-    let l = layout(&dir("after"));
-    let img = image_with_3_snapshots(&l.store, "vm.qcow2");
-    settled(&mut agent());
-    let _m = mount(&l);
+    let (l, imgs, _m) = overlay_store("after", &["vm.qcow2"]);
+    let img = &imgs[0];
     let mut a = agent();
-    settled(&mut a);
     let through = l.merged.join("vm.qcow2");
     let (pid, mark) = hide_through(&a, &through);
     let hide = expect_hidden(
@@ -199,7 +210,7 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
         "zeroing nb_snapshots through the merged view",
         &through,
     );
-    assert_names_real(&hide, &img, &through);
+    assert_names_real(&hide, img, &through);
     // A new image made through the view is the store's too: watched and judged.
     drop(a);
     let made = l.merged.join("new.qcow2");
@@ -251,12 +262,8 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
 
 #[test]
 fn an_image_deleted_or_renamed_through_the_merged_view_is_reported_as_the_stores() {
-    let l = layout(&dir("names"));
-    let del = image_with_3_snapshots(&l.store, "del.qcow2");
-    let mv = image_with_3_snapshots(&l.store, "mv.qcow2");
-    settled(&mut agent());
-    let _m = mount(&l);
-    settled(&mut agent());
+    let (l, imgs, _m) = overlay_store("names", &["del.qcow2", "mv.qcow2"]);
+    let (del, mv) = (&imgs[0], &imgs[1]);
     let mark = agent().mark();
     let p = |n: &str| l.merged.join(n).to_str().unwrap().to_string();
     let r = python(&format!(
@@ -272,10 +279,10 @@ fn an_image_deleted_or_renamed_through_the_merged_view_is_reported_as_the_stores
             && v["process"]["pid"] == r.pid
             && v["file"]["path"].as_str() == Some(path.to_str().unwrap())
     };
-    a.wait_from(mark, WITHIN, |v| is(v, "unlink", &del))
+    a.wait_from(mark, WITHIN, |v| is(v, "unlink", del))
         .expect("the unlink through the merged view was not reported on the store's image");
     let moved = a
-        .wait_from(mark, WITHIN, |v| is(v, "rename", &mv))
+        .wait_from(mark, WITHIN, |v| is(v, "rename", mv))
         .expect("the rename through the merged view was not reported on the store's image");
     assert_eq!(
         snapmon_e2e::dest(&moved),
@@ -286,11 +293,8 @@ fn an_image_deleted_or_renamed_through_the_merged_view_is_reported_as_the_stores
 
 #[test]
 fn trusted_qemu_img_through_the_merged_view_raises_nothing_loud() {
-    let l = layout(&dir("benign"));
-    let img = image_with_3_snapshots(&l.store, "vm.qcow2");
-    settled(&mut agent());
-    let _m = mount(&l);
-    settled(&mut agent());
+    let (l, imgs, _m) = overlay_store("benign", &["vm.qcow2"]);
+    let img = &imgs[0];
     let mark = agent().mark();
     let through = l.merged.join("vm.qcow2");
     run(

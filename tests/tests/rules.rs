@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, dest, python, run};
+use snapmon_e2e::{agent, python, run, Expect};
 
 const WITHIN: Duration = Duration::from_secs(1);
 
@@ -45,47 +45,14 @@ fn is_alert(v: &Value, rule: &str, pid: Option<u32>) -> bool {
         && pid.is_none_or(|p| v["process"]["pid"] == p)
 }
 
-/// Wait for the alert; fail with what arrived instead.
+/// Wait for the alert; fail with the near misses (alerts of the rule elsewhere, and what the
+/// agent saw of the target: a lost event reads differently from a misjudged one).
 fn expect_alert(rule: &str, pid: Option<u32>, target: &Path) -> Value {
-    let t = target.to_string_lossy().into_owned();
-    let got = agent().wait_for(WITHIN, |v| {
-        is_alert(v, rule, pid)
-            && (v["file"]["path"].as_str() == Some(&t)
-                || dest(v) == Some(&*t)
-                || v["message"].as_str().is_some_and(|m| m.contains(&t)))
-    });
-    match got {
-        Some(v) => v,
-        None => {
-            let alerts: Vec<String> = agent()
-                .records()
-                .into_iter()
-                .filter(|v| v["event"]["kind"] == "alert")
-                .map(|v| format!("{} {}", v["rule"]["id"], v["message"]))
-                .collect();
-            // What the agent did see of the target: tells a lost event from a misjudged one.
-            let seen: Vec<String> = agent()
-                .records()
-                .into_iter()
-                .filter(|v| v["event"]["kind"] != "alert" && v["file"]["path"].as_str() == Some(&t))
-                .map(|v| {
-                    format!(
-                        "{} {}[{}] container={} {}",
-                        v["event"]["action"],
-                        v["process"]["name"],
-                        v["process"]["pid"],
-                        v["container"]["id"],
-                        v["snapmon"]["classification"]
-                    )
-                })
-                .collect();
-            panic!(
-                "no {rule} alert about {t} within {WITHIN:?}; alerts so far:\n{}\nevents on it:\n{}",
-                alerts.join("\n"),
-                seen.join("\n")
-            );
-        }
+    let mut e = Expect::alert(rule).mentions(target);
+    if let Some(p) = pid {
+        e = e.pid(p);
     }
+    agent().expect(e, WITHIN)
 }
 
 fn message(v: &Value) -> &str {
