@@ -9,11 +9,11 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Mutex, OnceLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, changes, dest, loud, run, Agent, Ran};
+use snapmon_e2e::{agent, changes, dest, loud, run, Agent, Expect, Ran};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -98,30 +98,13 @@ fn message(v: &Value) -> &str {
     v["message"].as_str().unwrap_or("")
 }
 
-/// Wait (from `mark`) for `rule` about `target`; fail with the alerts that came instead.
+/// Wait (from `mark`) for `rule` about `target`; fail with the near misses.
 fn expect_in(a: &mut Agent, mark: u64, rule: &str, pid: Option<u32>, target: &Path) -> Value {
-    let t = target.to_string_lossy().into_owned();
-    let start = Instant::now();
-    match a.wait_from(mark, WITHIN, |v| {
-        is_alert(v, rule, pid) && about_path(v, &t)
-    }) {
-        Some(v) => {
-            assert!(start.elapsed() <= WITHIN + Duration::from_millis(100));
-            v
-        }
-        None => {
-            let alerts: Vec<String> = a
-                .records()
-                .into_iter()
-                .filter(|v| v["event"]["kind"] == "alert")
-                .map(|v| format!("{} {}", v["rule"]["id"], v["message"]))
-                .collect();
-            panic!(
-                "no {rule} alert about {t} within {WITHIN:?}; alerts so far:\n{}",
-                alerts.join("\n")
-            );
-        }
+    let mut e = Expect::alert(rule).path(target).since(mark);
+    if let Some(p) = pid {
+        e = e.pid(p);
     }
+    a.expect(e, WITHIN)
 }
 
 fn expect_alert(rule: &str, pid: Option<u32>, target: &Path, mark: u64) -> Value {
