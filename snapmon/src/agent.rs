@@ -561,6 +561,11 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                     purge_when_quiet();
                 }
                 received_at_tick = pipe.stats.received;
+                // Loop devices detached at their last close: no ioctl says so (sysfs does).
+                if !pipe.enricher.loops.is_empty() {
+                    let recs = pipe.check_loops(std::path::Path::new(crate::enrich::SYS_DEV_BLOCK), &mut KernelMaps::of(&mut k));
+                    if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
+                }
                 // Sequences that time out with no event to carry them (a freeze never thawed).
                 let recs = pipe.tick(crate::sink::json::now_unix_ns());
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }

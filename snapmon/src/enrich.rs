@@ -209,6 +209,9 @@ fn loop_node_path(tgid: u32, fd: i32, key: FileKey) -> Option<PathBuf> {
 /// Where the loop devices say what they are over (`loopN/loop/backing_file`, `offset`).
 pub const SYS_BLOCK: &str = "/sys/block";
 
+/// The block devices by number (`MAJ:MIN`, links into [`SYS_BLOCK`]).
+pub const SYS_DEV_BLOCK: &str = "/sys/dev/block";
+
 /// A loop device over a file, as `sys_block/loopN/loop` tells it: (node, backing file,
 /// offset). A backing file the kernel calls "(deleted)" has no name to match and is left out.
 fn attached_loops(sys_block: &Path) -> Vec<(PathBuf, PathBuf, u64)> {
@@ -290,6 +293,78 @@ impl Enricher {
             ));
         }
         said
+    }
+
+    /// The aliased loop devices that are no longer over their image: detached (no
+    /// `loop/` under the device in `sys_dev_block`, `MAJ:MIN`) or over a file of another
+    /// identity. The kernel detaches at the last close (autoclear, a deferred `LOOP_CLR_FD`)
+    /// with no ioctl to say so; this looks, once per aliased device (a stat of its node, a
+    /// sysfs read, a stat of the backing file), withdraws each such alias from the kernel's
+    /// maps and returns one `loop_detached` event on its image (`loop_watch: ended`). A
+    /// backing file shown "(deleted)", or one that cannot be looked at, is left as it is.
+    pub fn check_loops(&mut self, sys_dev_block: &Path, maps: &mut dyn WatchMaps) -> Vec<Event> {
+        use std::os::unix::fs::MetadataExt;
+        if self.loops.is_empty() {
+            return vec![];
+        }
+        let gone: Vec<FileKey> = self
+            .loops
+            .iter()
+            .filter(|(node, a)| {
+                // The node as the alias knows it; renamed or gone: nothing to look up by.
+                let Some(p) = a.node.as_deref() else {
+                    return false;
+                };
+                let Ok(md) = std::fs::metadata(p) else {
+                    return false;
+                };
+                if crate::watch::key_for(p, &md) != **node {
+                    return false;
+                }
+                let sys = sys_dev_block.join(format!(
+                    "{}:{}/loop/backing_file",
+                    libc::major(md.rdev()),
+                    libc::minor(md.rdev())
+                ));
+                match std::fs::read_to_string(&sys) {
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                    Ok(b) => {
+                        let b = b.trim_end_matches('\n');
+                        if b.ends_with(" (deleted)") {
+                            return false;
+                        }
+                        let b = Path::new(b);
+                        std::fs::metadata(b)
+                            .is_ok_and(|md| crate::watch::key_for(b, &md) != a.image)
+                    }
+                }
+            })
+            .map(|(node, _)| *node)
+            .collect();
+        let mut out = Vec::with_capacity(gone.len());
+        for node in gone {
+            let Some(a) = self.loops.remove(&node) else {
+                continue;
+            };
+            self.watch.unwatch_alias(node, maps);
+            let ts = crate::lineage::boottime_ns();
+            out.push(Event {
+                ts_unix_ns: self.clock.unix_ns(ts),
+                ts_boot_ns: ts,
+                category: "file",
+                ecs_type: "info",
+                action: Action::LoopDetached,
+                backend: snapmon_common::Backend::Tracepoint,
+                file: Some(self.file(a.image, None)),
+                detail: vec![
+                    ("loop_device", a.node_name(node)),
+                    ("loop_watch", "ended".into()),
+                ],
+                ..Default::default()
+            });
+            self.stats.emitted += 1;
+        }
+        out
     }
 
     pub fn new(watch: WatchSet, lineage: Box<dyn Lineage>) -> Self {

@@ -262,6 +262,10 @@ pub enum Action {
     /// (`lost::PRECIOUS_DROPPED`): `file` is the last such file, `process` the actor of that
     /// record. Rule SM-A001 judges it.
     Blinded,
+    /// A loop device over a watched file was found detached, or over another file, on the
+    /// agent's tick (a detach at last close, autoclear: no ioctl says so): the alias ended
+    /// (`loop_watch: ended`). The actor is unknown (the last closer), so it names none.
+    LoopDetached,
     // Process lifecycle.
     Fork,
     Exec,

@@ -292,6 +292,22 @@ impl Pipeline {
         out
     }
 
+    /// Loop devices found no longer over their image (a detach at last close): one
+    /// `loop_detached` event each, judged like any other (`Enricher::check_loops`).
+    pub fn check_loops(
+        &mut self,
+        sys_dev_block: &std::path::Path,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        for mut ev in self.enricher.check_loops(sys_dev_block, maps) {
+            self.seq += 1;
+            ev.seq = self.seq;
+            self.finish(ev, Instant::now(), maps, &mut out);
+        }
+        out
+    }
+
     /// Timed-out sequences (a freeze never thawed) when no event arrives to carry them.
     pub fn tick(&mut self, now_unix_ns: i128) -> Vec<Record> {
         let alerts = self.rules.expire(now_unix_ns);
@@ -666,5 +682,115 @@ mod cost {
             handle + render + seal,
             1e9 / (handle + render + seal).as_nanos() as f64
         );
+    }
+}
+
+/// A loop device over an image detached at its last close: found on the tick by sysfs.
+#[cfg(test)]
+mod loops {
+    use super::held::header_only_pipe;
+    use crate::{enrich::LoopAlias, testutil::TmpDir};
+
+    /// A pipeline watching `vm.qcow2`, with `node` (a plain file: device number 0:0, so
+    /// its sysfs entry is `sys/0:0/loop`) as a loop device over it.
+    fn aliased(
+        d: &TmpDir,
+    ) -> (
+        crate::watch::MemMaps,
+        super::Pipeline,
+        snapmon_common::FileKey,
+        std::path::PathBuf,
+    ) {
+        let key = |p: &std::path::Path| crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
+        let store = d.path("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let img = store.join("vm.qcow2");
+        std::fs::write(&img, b"QFI\xfb").unwrap();
+        std::fs::write(d.path("loop7"), b"").unwrap();
+        let (mut maps, mut pipe) = header_only_pipe(&store);
+        let node = key(&d.path("loop7"));
+        assert!(pipe
+            .enricher
+            .watch
+            .watch_alias(node, Some(&d.path("loop7")), &img, &mut maps));
+        pipe.enricher.loops.insert(
+            node,
+            LoopAlias {
+                image: key(&img),
+                offset: 0,
+                node: Some(d.path("loop7")),
+                last_front: None,
+            },
+        );
+        std::fs::create_dir_all(d.path("sys/0:0/loop")).unwrap();
+        std::fs::write(
+            d.path("sys/0:0/loop/backing_file"),
+            format!("{}\n", img.display()),
+        )
+        .unwrap();
+        (maps, pipe, node, img)
+    }
+
+    fn ended(recs: &[crate::record::Record]) -> Vec<&crate::event::Event> {
+        recs.iter()
+            .filter_map(|r| match r {
+                crate::record::Record::Event(e)
+                    if e.action == crate::event::Action::LoopDetached =>
+                {
+                    Some(e)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_device_still_over_its_image_stays_aliased() {
+        let d = TmpDir::new("loops-kept");
+        let (mut maps, mut pipe, node, _) = aliased(&d);
+        assert!(pipe.check_loops(&d.path("sys"), &mut maps).is_empty());
+        // Deleted while attached: nothing to compare, the device still writes it.
+        let b = d.path("sys/0:0/loop/backing_file");
+        std::fs::write(&b, "/somewhere/vm.qcow2 (deleted)\n").unwrap();
+        assert!(pipe.check_loops(&d.path("sys"), &mut maps).is_empty());
+        assert!(pipe.enricher.loops.contains_key(&node));
+        assert!(maps.files.contains(&node));
+    }
+
+    #[test]
+    fn a_detached_device_ends_the_alias_with_one_record_on_the_image() {
+        let d = TmpDir::new("loops-detached");
+        let (mut maps, mut pipe, node, img) = aliased(&d);
+        std::fs::remove_dir_all(d.path("sys/0:0/loop")).unwrap();
+        let out = pipe.check_loops(&d.path("sys"), &mut maps);
+        let e = ended(&out);
+        assert_eq!(e.len(), 1, "{out:?}");
+        let f = e[0].file.as_ref().unwrap();
+        assert_eq!(
+            f.path.as_ref().unwrap().0,
+            img.as_os_str().as_encoded_bytes()
+        );
+        assert!(e[0].detail.contains(&("loop_watch", "ended".to_string())));
+        assert!(e[0]
+            .detail
+            .contains(&("loop_device", d.path("loop7").display().to_string())));
+        assert!(!pipe.enricher.loops.contains_key(&node));
+        assert!(!maps.files.contains(&node), "the node is still watched");
+        // Said once.
+        assert!(pipe.check_loops(&d.path("sys"), &mut maps).is_empty());
+    }
+
+    #[test]
+    fn a_device_over_another_file_ends_the_alias() {
+        let d = TmpDir::new("loops-other");
+        let (mut maps, mut pipe, node, _) = aliased(&d);
+        std::fs::write(d.path("other"), b"").unwrap();
+        std::fs::write(
+            d.path("sys/0:0/loop/backing_file"),
+            format!("{}\n", d.path("other").display()),
+        )
+        .unwrap();
+        assert_eq!(ended(&pipe.check_loops(&d.path("sys"), &mut maps)).len(), 1);
+        assert!(!maps.files.contains(&node));
     }
 }

@@ -53,6 +53,8 @@ impl Kind {
             A::Blinded => Kind::Loss,
             A::IoUringRegisterFiles => Kind::Register,
             A::OpenWrite | A::Fork | A::Exec | A::Exit | A::Unset => Kind::Other,
+            // The agent's own word that an alias ended: no actor to judge.
+            A::LoopDetached => Kind::Other,
             // Circuit-breaker records: alerts of their own.
             A::Kill | A::Stop | A::Freeze | A::WouldKill | A::WouldStop | A::WouldFreeze => {
                 Kind::Other

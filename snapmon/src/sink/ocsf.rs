@@ -53,7 +53,9 @@ pub fn activity(e: &Event) -> (u32, u32, u32, &'static str) {
         Action::Utimes => (6, "Set Attributes"),
         Action::Chmod | Action::Chown => (7, "Set Security"),
         Action::OpenWrite => (14, "Open"),
-        Action::Ioctl | Action::Blinded | Action::IoUringRegisterFiles => (99, "Other"),
+        Action::Ioctl | Action::Blinded | Action::IoUringRegisterFiles | Action::LoopDetached => {
+            (99, "Other")
+        }
         _ => (3, "Update"),
     };
     (1001, 1, id, name)
