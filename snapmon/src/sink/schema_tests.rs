@@ -119,6 +119,18 @@ pub(crate) fn every_record() -> Vec<Record> {
         sample_entropy: Some(7.9),
     });
     out.push(Record::Event(e));
+    // The agent's own word that a loop alias ended: no actor (process left at its default).
+    let mut e = base.clone();
+    e.action = Action::LoopDetached;
+    e.ecs_type = "info";
+    e.write = None;
+    e.classification = None;
+    e.process = Default::default();
+    e.detail = vec![
+        ("loop_device", "/dev/loop0".into()),
+        ("loop_watch", "ended".into()),
+    ];
+    out.push(Record::Event(e));
     // Process lifecycle.
     for action in ["fork", "exec", "exit"] {
         let mut e = base.clone();
