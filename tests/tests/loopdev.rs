@@ -19,7 +19,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, image_with_3_snapshots, loud, python, q002, run, Agent};
+use snapmon_e2e::{agent, image_with_3_snapshots, loud, python, q002, run, Agent, Expect};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -582,6 +582,77 @@ fn losetup_detach_then_another_file_on_the_same_device_raises_nothing_about_the_
         !ended.is_empty(),
         "the attach of another file did not end the alias"
     );
+}
+
+#[test]
+fn a_detach_at_last_close_ends_the_alias_with_a_record() {
+    let _s = serial();
+    let img = image_with_3_snapshots(&dir("autoclear"), "vm.qcow2");
+    let s = scratch("autoclear");
+    settled();
+    let mark = agent().mark();
+    // `losetup -d` while a holder keeps the device open only sets autoclear: the kernel
+    // detaches at the holder's close, and no ioctl says so, only /sys/block/loopN/loop
+    // going away.
+    let dev = run("losetup", &["--find", "--show", img.to_str().unwrap()])
+        .stdout
+        .trim()
+        .to_string();
+    let guard = Attached(dev.clone());
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    python(&format!(
+        r#"
+import os, subprocess, sys, time
+held = os.open({dev:?}, os.O_RDWR)
+subprocess.run(["losetup", "-d", {dev:?}], check=True)
+if not os.path.exists("/sys/block/%s/loop/backing_file" % {dev:?}[5:]):
+    sys.exit("losetup -d detached a held device at once")
+os.close(held)                  # the last close: the deferred detach happens
+for _ in range(100):
+    if not os.path.exists("/sys/block/%s/loop/backing_file" % {dev:?}[5:]):
+        break
+    time.sleep(0.05)
+else:
+    sys.exit("the last close did not detach")
+"#
+    ));
+    let mut a = agent();
+    let ended = a.expect(
+        Expect::event("loop_detached").path(&img).since(mark),
+        Duration::from_secs(3),
+    );
+    assert_eq!(ended["snapmon"]["detail"]["loop_watch"], "ended", "{ended}");
+    assert_eq!(
+        ended["snapmon"]["detail"]["loop_device"].as_str(),
+        Some(dev.as_str()),
+        "{ended}"
+    );
+    // The device is free again: another file on it, written through the same node, is not
+    // the image.
+    let mark2 = a.mark();
+    drop(a);
+    run("losetup", &[&dev, s.to_str().unwrap()]);
+    let w = python(&format!(
+        "import os; fd=os.open({dev:?}, os.O_RDWR); os.pwrite(fd, bytes(64), 0); os.fsync(fd)"
+    ));
+    drop(guard);
+    let mut a = agent();
+    let alerts = alerts_since(&mut a, mark2, &img);
+    let wrong: Vec<String> = alerts
+        .iter()
+        .filter(|v| v["process"]["pid"] == w.pid)
+        .map(|v| format!("{} {}", v["rule"]["id"], message(v)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the scratch file's bytes through {dev} were taken for the image's:\n{}",
+        wrong.join("\n")
+    );
+    // One record ended the watch: the new attach found no alias left to end.
+    let ends = events_since(&mut a, mark, |v| {
+        names(v, &img) && v["snapmon"]["detail"]["loop_watch"] == "ended"
+    });
+    assert_eq!(ends.len(), 1, "{ends:?}");
 }
 
 #[test]
