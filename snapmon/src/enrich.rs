@@ -299,9 +299,10 @@ impl Enricher {
     /// `loop/` under the device in `sys_dev_block`, `MAJ:MIN`) or over a file of another
     /// identity. The kernel detaches at the last close (autoclear, a deferred `LOOP_CLR_FD`)
     /// with no ioctl to say so; this looks, once per aliased device (a stat of its node, a
-    /// sysfs read, a stat of the backing file), withdraws each such alias from the kernel's
-    /// maps and returns one `loop_detached` event on its image (`loop_watch: ended`). A
-    /// backing file shown "(deleted)", or one that cannot be looked at, is left as it is.
+    /// sysfs read, and a stat of the backing file only when it is not at the image's name),
+    /// withdraws each such alias from the kernel's maps and returns one `loop_detached`
+    /// event on its image (`loop_watch: ended`). A backing file shown "(deleted)", or one
+    /// that cannot be looked at, is left as it is.
     pub fn check_loops(&mut self, sys_dev_block: &Path, maps: &mut dyn WatchMaps) -> Vec<Event> {
         use std::os::unix::fs::MetadataExt;
         if self.loops.is_empty() {
@@ -334,6 +335,13 @@ impl Enricher {
                             return false;
                         }
                         let b = Path::new(b);
+                        // At the image's own name: the same file, with no look at the store's
+                        // filesystem (a stuck one would hold the loop). Only another name
+                        // (another file, or the image by a name the agent does not know) is
+                        // looked at.
+                        if self.watch.path_of(&a.image).is_some_and(|p| p == b) {
+                            return false;
+                        }
                         std::fs::metadata(b)
                             .is_ok_and(|md| crate::watch::key_for(b, &md) != a.image)
                     }

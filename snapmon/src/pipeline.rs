@@ -747,10 +747,14 @@ mod loops {
     #[test]
     fn a_device_still_over_its_image_stays_aliased() {
         let d = TmpDir::new("loops-kept");
-        let (mut maps, mut pipe, node, _) = aliased(&d);
+        let (mut maps, mut pipe, node, img) = aliased(&d);
+        assert!(pipe.check_loops(&d.path("sys"), &mut maps).is_empty());
+        // By a name the agent does not know (a hard link outside the store): same identity.
+        std::fs::hard_link(&img, d.path("alias.img")).unwrap();
+        let b = d.path("sys/0:0/loop/backing_file");
+        std::fs::write(&b, format!("{}\n", d.path("alias.img").display())).unwrap();
         assert!(pipe.check_loops(&d.path("sys"), &mut maps).is_empty());
         // Deleted while attached: nothing to compare, the device still writes it.
-        let b = d.path("sys/0:0/loop/backing_file");
         std::fs::write(&b, "/somewhere/vm.qcow2 (deleted)\n").unwrap();
         assert!(pipe.check_loops(&d.path("sys"), &mut maps).is_empty());
         assert!(pipe.enricher.loops.contains_key(&node));
