@@ -5,8 +5,9 @@
 //! image at the image's offsets (SM-Q002 when nb_snapshots is zeroed). The benign mirror: the
 //! trusted `losetup` attaching and the trusted `qemu-img` deleting a snapshot through the
 //! device raise nothing at medium or above. The alias follows the device, not the node (a
-//! `mknod` twin is the image too), outlives a detach the kernel only defers, ends when the
-//! device gets another file, and is neither made nor ended by an attach that failed.
+//! `mknod` twin is the image too), outlives a detach the kernel only defers, ends with a
+//! `loop_detached` record when that detach happens at the last close, ends when the device
+//! gets another file, and is neither made nor ended by an attach that failed.
 //!
 //! Loop devices are a host-wide resource: the tests take turns, and every device attached is
 //! detached in a Drop guard.
