@@ -96,11 +96,25 @@ fn write_action(op: u16, aux: u64) -> (Action, Vec<&'static str>) {
             (fallocate_action(aux), fallocate_mode(aux))
         }
         Some(WriteOp::Ftruncate | WriteOp::IoUringFtruncate) => (Action::Truncate, vec![]),
-        // The other ops' names are actions of the same name (checked by a test).
-        _ => (
-            write_op_name(op).parse().unwrap_or(Action::WriteUnknown),
-            vec![],
-        ),
+        Some(WriteOp::Write) => (Action::Write, vec![]),
+        Some(WriteOp::Pwrite) => (Action::Pwrite64, vec![]),
+        Some(WriteOp::Writev) => (Action::Writev, vec![]),
+        Some(WriteOp::Pwritev) => (Action::Pwritev, vec![]),
+        Some(WriteOp::Pwritev2) => (Action::Pwritev2, vec![]),
+        Some(WriteOp::IoUringWrite) => (Action::IoUringWrite, vec![]),
+        Some(WriteOp::IoUringWritev) => (Action::IoUringWritev, vec![]),
+        Some(WriteOp::IoUringWriteFixed) => (Action::IoUringWriteFixed, vec![]),
+        Some(WriteOp::AioPwrite) => (Action::AioPwrite, vec![]),
+        Some(WriteOp::AioPwritev) => (Action::AioPwritev, vec![]),
+        Some(WriteOp::CopyFileRange) => (Action::CopyFileRange, vec![]),
+        Some(WriteOp::MmapShared) => (Action::MmapSharedWrite, vec![]),
+        Some(WriteOp::Sendfile) => (Action::Sendfile, vec![]),
+        Some(WriteOp::Splice) => (Action::Splice, vec![]),
+        Some(WriteOp::VfsWrite) => (Action::VfsWrite, vec![]),
+        // The kernel freed or zeroed the range: for the data there, a punched hole.
+        Some(WriteOp::VfsRangeDropped) => (Action::PunchHole, vec![]),
+        Some(WriteOp::VfsClone) => (Action::CloneRange, vec![]),
+        None => (Action::WriteUnknown, vec![]),
     }
 }
 

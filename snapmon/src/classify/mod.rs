@@ -66,25 +66,79 @@ impl FileState {
 const SNIFF_SPAN: u64 = 4096;
 
 /// Actions that put bytes into a file (as opposed to cutting, punching or mapping it).
-fn puts_bytes(action: &str) -> bool {
-    matches!(
-        action,
-        "write"
-            | "pwrite64"
-            | "writev"
-            | "pwritev"
-            | "pwritev2"
-            | "io_uring_write"
-            | "io_uring_writev"
-            | "io_uring_write_fixed"
-            | "aio_pwrite"
-            | "aio_pwritev"
-            | "copy_file_range"
-            | "splice"
-            | "sendfile"
-            | "vfs_write"
-            | "clone_range"
-    )
+fn puts_bytes(action: Action) -> bool {
+    use Action as A;
+    match action {
+        A::Write
+        | A::Pwrite64
+        | A::Writev
+        | A::Pwritev
+        | A::Pwritev2
+        | A::IoUringWrite
+        | A::IoUringWritev
+        | A::IoUringWriteFixed
+        | A::AioPwrite
+        | A::AioPwritev
+        | A::CopyFileRange
+        | A::Splice
+        | A::Sendfile
+        | A::VfsWrite
+        | A::CloneRange => true,
+        // Mapped writes are not seen byte by byte; size changes and namespace operations
+        // carry no data.
+        A::MmapSharedWrite
+        | A::WriteUnknown
+        | A::Fallocate
+        | A::PunchHole
+        | A::ZeroRange
+        | A::CollapseRange
+        | A::InsertRange
+        | A::Truncate
+        | A::Create
+        | A::OpenWrite
+        | A::OpenTruncate
+        | A::Rename
+        | A::Unlink
+        | A::Rmdir
+        | A::Link
+        | A::Symlink
+        | A::Mkdir
+        | A::Chmod
+        | A::Chown
+        | A::Utimes
+        | A::NamespaceUnknown
+        | A::Ioctl
+        | A::IoUringRegisterFiles
+        | A::Blinded
+        | A::Fork
+        | A::Exec
+        | A::Exit
+        | A::Unset => false,
+        // The agent's own decisions.
+        A::DenyWrite
+        | A::DenyOpenWrite
+        | A::DenyTruncate
+        | A::DenyUnlink
+        | A::DenyRename
+        | A::DenyLink
+        | A::DenyMmapWrite
+        | A::DenyIoctl
+        | A::DenyUnknown
+        | A::WouldDenyWrite
+        | A::WouldDenyOpenWrite
+        | A::WouldDenyTruncate
+        | A::WouldDenyUnlink
+        | A::WouldDenyRename
+        | A::WouldDenyLink
+        | A::WouldDenyMmapWrite
+        | A::WouldDenyIoctl
+        | A::Kill
+        | A::Stop
+        | A::Freeze
+        | A::WouldKill
+        | A::WouldStop
+        | A::WouldFreeze => false,
+    }
 }
 
 /// What the classify stage says about one event.
@@ -553,10 +607,10 @@ impl Classifier {
                 }
             }
         }
-        if ev.ioctl.is_some() || !puts_bytes(ev.action.as_str()) {
+        if ev.ioctl.is_some() || !puts_bytes(ev.action) {
             return None;
         }
-        let (off, len) = write_span(ev.action.as_str(), w, f.size);
+        let (off, len) = write_span(ev.action, w, f.size);
         // Cheapest test first: most writes are to images, within the capture.
         match self.state.get(&key) {
             Some(FileState::Qcow2(q)) => {
@@ -805,7 +859,7 @@ impl Classifier {
             let st = load_state(f.dev, path)?;
             self.remember(key, st);
         }
-        let (off, len) = write_span(ev.action.as_str(), w, f.size);
+        let (off, len) = write_span(ev.action, w, f.size);
         let mut c = Classification {
             format: "file",
             ..Default::default()
@@ -1143,10 +1197,10 @@ fn is_clone_ioctl(ev: &Event) -> bool {
 }
 
 /// The byte range an operation affects: truncation cuts from the new length to the old end.
-fn write_span(action: &str, w: &crate::event::WriteInfo, size: Option<u64>) -> (u64, u64) {
+fn write_span(action: Action, w: &crate::event::WriteInfo, size: Option<u64>) -> (u64, u64) {
     let off = w.offset.max(0) as u64;
     match action {
-        "truncate" => {
+        Action::Truncate => {
             let old = size.unwrap_or(0);
             if w.length < old {
                 (w.length, old - w.length)
