@@ -401,6 +401,85 @@ impl Serialize for Action {
     }
 }
 
+/// ECS `event.category`: which kind of object an event is about.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Category {
+    /// Only `Event::default`'s; the agent never emits it.
+    #[default]
+    #[strum(serialize = "")]
+    Unset,
+    File,
+    Process,
+}
+
+/// ECS `event.type`: what happened to the object.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum EventType {
+    /// Only `Event::default`'s; the agent never emits it.
+    #[default]
+    #[strum(serialize = "")]
+    Unset,
+    Change,
+    Creation,
+    Deletion,
+    Access,
+    Info,
+    Start,
+    End,
+    /// An LSM decision carried out (ECS puts it in `intrusion_detection` too).
+    Denied,
+    /// An LSM decision in monitor mode.
+    Allowed,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Serialize for Category {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One observed operation, enriched.
 #[derive(Debug, Clone, Default)]
 pub struct Event {
@@ -410,9 +489,9 @@ pub struct Event {
     pub ts_unix_ns: i128,
     pub ts_boot_ns: u64,
     /// ECS `event.category` (`file`, `process`).
-    pub category: &'static str,
+    pub category: Category,
     /// ECS `event.type` (`change`, `creation`, `deletion`, `start`, `end`, `info`).
-    pub ecs_type: &'static str,
+    pub ecs_type: EventType,
     /// ECS `event.action` (`pwrite64`, `rename`, `punch_hole`, `exec` …).
     pub action: Action,
     pub backend: snapmon_common::Backend,
@@ -503,6 +582,19 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_category_and_type_parses_back_from_its_name() {
+        use strum::IntoEnumIterator;
+        for c in Category::iter() {
+            assert_eq!(c.as_str().parse::<Category>(), Ok(c), "{c:?}");
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        for t in EventType::iter() {
+            assert_eq!(t.as_str().parse::<EventType>(), Ok(t), "{t:?}");
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+    }
 
     #[test]
     fn decisions_agree_with_the_names_they_replaced() {

@@ -10,7 +10,8 @@ use serde_json::Value;
 use crate::{
     classify::{Change, Classification},
     event::{
-        Action, Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, ProcessNames, WriteInfo,
+        Action, Ancestor, Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo,
+        ProcessNames, WriteInfo,
     },
     record::Alert,
 };
@@ -26,9 +27,10 @@ pub enum ReplayError {
 /// The agent's other `&'static str` vocabularies (actions parse as `Action`, write ops by
 /// their action's name or one of these); anything else becomes `other`.
 const WORDS: &[&str] = &[
+    // Once categories and types; kept while another field (a detail key, a format) may
+    // hold the same word.
     "denied",
     "allowed",
-    // categories, types
     "file",
     "process",
     "change",
@@ -390,12 +392,25 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
     let backend = str_of(&sm["backend"]);
     let backend = snapmon_common::Backend::from_name(backend)
         .ok_or_else(|| shape(&format!("unknown snapmon.backend `{backend}`")))?;
+    // `Unset` ("") is no value: a missing field is an error too.
+    let category = first(&e["category"]);
+    let category = category
+        .parse::<Category>()
+        .ok()
+        .filter(|c| *c != Category::Unset)
+        .ok_or_else(|| shape(&format!("unknown event.category `{category}`")))?;
+    let ecs_type = first(&e["type"]);
+    let ecs_type = ecs_type
+        .parse::<EventType>()
+        .ok()
+        .filter(|t| *t != EventType::Unset)
+        .ok_or_else(|| shape(&format!("unknown event.type `{ecs_type}`")))?;
     Ok(Some(Event {
         seq: u64_of(&e["sequence"]).unwrap_or(0),
         ts_unix_ns: ts,
         ts_boot_ns: 0,
-        category: intern(&first(&e["category"])),
-        ecs_type: intern(&first(&e["type"])),
+        category,
+        ecs_type,
         action,
         backend,
         process,
@@ -467,7 +482,7 @@ mod tests {
     fn an_unknown_or_missing_action_is_an_error_naming_the_line() {
         let line = |a: &str| {
             format!(
-                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","action":{a}}},"snapmon":{{"backend":"lsm"}}}}"#
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","category":["file"],"type":["change"],"action":{a}}},"snapmon":{{"backend":"lsm"}}}}"#
             )
         };
         for a in [r#""explode""#, r#""""#, "null", "7"] {
@@ -484,12 +499,47 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_or_missing_category_or_type_is_an_error_naming_the_line() {
+        let line = |c: &str, t: &str| {
+            format!(
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","category":{c},"type":{t},"action":"exit"}},"snapmon":{{"backend":"lsm"}}}}"#
+            )
+        };
+        for c in [r#"["device"]"#, r#"[""]"#, "[]", "null", r#""process""#] {
+            let e = parse_line(&line(c, r#"["end"]"#), 5)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("line 5: unknown event.category `"),
+                "{c}: {e}"
+            );
+        }
+        for t in [r#"["ended"]"#, "[]", r#"[7]"#] {
+            let e = parse_line(&line(r#"["process"]"#, t), 6)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("line 6: unknown event.type `"), "{t}: {e}");
+        }
+        let ok = parse_line(&line(r#"["process"]"#, r#"["end"]"#), 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ok.category, ok.ecs_type),
+            (Category::Process, EventType::End)
+        );
+        let e = parse_line(&line(r#"["File"]"#, r#"["end"]"#), 2)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "line 2: unknown event.category `File`");
+    }
+
+    #[test]
     fn json_round_trips_to_an_equivalent_event() {
         let ev = Event {
             seq: 9,
             ts_unix_ns: 1_795_887_000_123_000_000,
-            category: "file",
-            ecs_type: "change",
+            category: Category::File,
+            ecs_type: EventType::Change,
             action: Action::Pwrite64,
             backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {

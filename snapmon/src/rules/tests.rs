@@ -287,8 +287,8 @@ fn hide_event(pid: u32) -> Event {
     Event {
         seq: 1,
         ts_unix_ns: 1_795_887_000_000_000_000,
-        category: "file",
-        ecs_type: "change",
+        category: crate::event::Category::File,
+        ecs_type: crate::event::EventType::Change,
         action: Action::Pwrite64,
         process: ProcessInfo {
             pid,

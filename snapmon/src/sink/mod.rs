@@ -287,8 +287,8 @@ pub(crate) mod fixtures {
         Event {
             seq,
             ts_unix_ns: 1_795_887_000_123_000_000 + seq as i128 * 1_000_000,
-            category: "file",
-            ecs_type: "change",
+            category: crate::event::Category::File,
+            ecs_type: crate::event::EventType::Change,
             action: Action::Pwrite64,
             backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {

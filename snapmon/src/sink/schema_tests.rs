@@ -35,7 +35,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     ] {
         let mut e = base.clone();
         e.action = action.parse().unwrap();
-        e.ecs_type = ty;
+        e.ecs_type = ty.parse().unwrap();
         if matches!(action, "rename" | "link") {
             e.target = Some(FileInfo {
                 path: Some(Bytes(b"/var/lib/libvirt/images/.hidden\xff".to_vec())),
@@ -122,8 +122,10 @@ pub(crate) fn every_record() -> Vec<Record> {
     // Process lifecycle.
     for action in ["fork", "exec", "exit"] {
         let mut e = base.clone();
-        e.category = "process";
-        e.ecs_type = if action == "exit" { "end" } else { "start" };
+        e.category = crate::event::Category::Process;
+        e.ecs_type = if action == "exit" { "end" } else { "start" }
+            .parse()
+            .unwrap();
         e.action = action.parse().unwrap();
         e.file = None;
         e.write = None;
@@ -133,7 +135,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     // Enforcement decisions.
     for (ty, outcome) in [("denied", "denied"), ("allowed", "would_deny")] {
         let mut e = base.clone();
-        e.ecs_type = ty;
+        e.ecs_type = ty.parse().unwrap();
         e.action = if ty == "denied" {
             Action::DenyWrite
         } else {
