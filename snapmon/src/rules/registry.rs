@@ -5,7 +5,7 @@
 use crate::event::Action;
 
 use super::{Ctx, Hit, Kind};
-use crate::{event::Event, record::Severity};
+use crate::{classify::Format, event::Event, record::Severity};
 
 pub struct RuleDef {
     pub id: &'static str,
@@ -498,7 +498,7 @@ fn diff_text<'a>(it: impl Iterator<Item = &'a crate::classify::Change>) -> Strin
 }
 
 fn is_qcow2(ctx: &Ctx) -> bool {
-    cls(ctx.ev).is_some_and(|c| c.format == "qcow2")
+    cls(ctx.ev).is_some_and(|c| c.format == Format::Qcow2)
         || ctx
             .ev
             .file
@@ -675,7 +675,7 @@ fn ioctl_family(ev: &Event) -> &str {
         .and_then(|c| c.ioctl.as_ref())
         .and_then(|v| v.get("family"))
         .and_then(|v| v.as_str())
-        .unwrap_or_else(|| cls(ev).map(|c| c.format).unwrap_or(""))
+        .unwrap_or_else(|| cls(ev).map(|c| c.format.as_str()).unwrap_or(""))
 }
 
 fn has_image_ext(name: &[u8], exts: &[String]) -> bool {
@@ -1098,7 +1098,7 @@ fn h001(ctx: &mut Ctx) -> Option<Hit> {
 
 fn h002(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
-    if cls(ev).is_none_or(|c| c.format != "qcow2") {
+    if cls(ev).is_none_or(|c| c.format != Format::Qcow2) {
         return None;
     }
     let f = ev.file.as_ref()?;
@@ -1150,7 +1150,7 @@ pub fn deleted_snapshots(ev: &Event) -> Vec<String> {
             _ => {}
         }
     }
-    if c.format == "libvirt" && ev.action == Action::Unlink {
+    if c.format == Format::Libvirt && ev.action == Action::Unlink {
         let fact = |k: &str| c.facts.iter().find(|f| f.0 == k).map(|f| f.1.clone());
         if fact("kind").as_deref() == Some("snapshot") && fact("temp").is_none() {
             out.push(fact("name").unwrap_or_else(|| leaf(ev)));
@@ -1210,7 +1210,7 @@ fn changes_something(action: Action) -> bool {
 fn m001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
     let c = cls(ev)?;
-    if c.format != "libvirt" || !changes_something(ev.action) || ctx.trust.by("libvirt") {
+    if c.format != Format::Libvirt || !changes_something(ev.action) || ctx.trust.by("libvirt") {
         return None;
     }
     let kind = c
@@ -1249,9 +1249,17 @@ fn m002(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
     let c = cls(ev)?;
     let meta = match c.format {
-        "lvm-backup" => true,
-        "lvm" => c.regions.iter().any(|r| r != "lvm.data"),
-        _ => false,
+        Format::LvmBackup => true,
+        Format::Lvm => c.regions.iter().any(|r| r != "lvm.data"),
+        Format::Unset
+        | Format::Qcow2
+        | Format::Libvirt
+        | Format::Dm
+        | Format::Btrfs
+        | Format::Zfs
+        | Format::Loop
+        | Format::Unknown
+        | Format::File => false,
     };
     if !meta || !changes_something(ev.action) || ctx.trust.by("lvm") {
         return None;
@@ -1395,7 +1403,7 @@ pub fn snapshot_op(ev: &Event) -> Option<String> {
     {
         return Some(format!("{} {}", ch.field, ch.after));
     }
-    if c.format == "libvirt"
+    if c.format == Format::Libvirt
         && matches!(ev.action, Action::Unlink | Action::Rename | Action::Create)
     {
         return Some(format!("{} of {}", ev.action, leaf(ev)));
@@ -1478,7 +1486,12 @@ fn about_snapshot_file(ctx: &Ctx) -> bool {
     let ev = ctx.ev;
     has_image_ext(leaf_bytes(path_bytes(ev)), &ctx.det.image_extensions)
         || ev.path_cut("file")
-        || cls(ev).is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
+        || cls(ev).is_some_and(|c| {
+            matches!(
+                c.format,
+                Format::Qcow2 | Format::Libvirt | Format::LvmBackup | Format::Lvm
+            )
+        })
         || ev
             .file
             .as_ref()

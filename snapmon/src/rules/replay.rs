@@ -8,7 +8,7 @@ use std::io::BufRead;
 use serde_json::Value;
 
 use crate::{
-    classify::{Change, Classification},
+    classify::{Change, Classification, Format},
     event::{
         Action, Ancestor, Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo,
         ProcessNames, WriteInfo,
@@ -198,7 +198,13 @@ fn ancestor(v: &Value) -> Ancestor {
     }
 }
 
-fn classification(c: &Value) -> Classification {
+/// Err: the message for an unknown `format`.
+fn classification(c: &Value) -> Result<Classification, String> {
+    // "" (`Format::Unset`) is what an unclassified one carries.
+    let format = str_of(&c["format"]);
+    let format = format
+        .parse::<Format>()
+        .map_err(|_| format!("unknown snapmon.classification.format `{format}`"))?;
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
             .map(|a| {
@@ -208,8 +214,8 @@ fn classification(c: &Value) -> Classification {
             })
             .unwrap_or_default()
     };
-    Classification {
-        format: intern(str_of(&c["format"])),
+    Ok(Classification {
+        format,
         regions: strs(&c["regions"]),
         changes: c["changes"]
             .as_array()
@@ -243,7 +249,7 @@ fn classification(c: &Value) -> Classification {
                     .collect()
             })
             .unwrap_or_default(),
-    }
+    })
 }
 
 /// One JSON line → an event; `Ok(None)` for lines that are not events (alerts, state …).
@@ -421,7 +427,9 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         detail,
         classification: sm["classification"]
             .is_object()
-            .then(|| classification(&sm["classification"])),
+            .then(|| classification(&sm["classification"]))
+            .transpose()
+            .map_err(|m| shape(&m))?,
     }))
 }
 
@@ -534,6 +542,26 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_classification_format_is_an_error_naming_the_line() {
+        let line = |f: &str| {
+            format!(
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","category":["file"],"type":["change"],"action":"pwrite64"}},"snapmon":{{"backend":"lsm","classification":{{"format":{f}}}}}}}"#
+            )
+        };
+        let e = parse_line(&line(r#""vmdk""#), 8).unwrap_err().to_string();
+        assert_eq!(e, "line 8: unknown snapmon.classification.format `vmdk`");
+        for (f, want) in [
+            (r#""lvm-backup""#, Format::LvmBackup),
+            (r#""file""#, Format::File),
+            // An unclassified one carries no name.
+            (r#""""#, Format::Unset),
+        ] {
+            let ok = parse_line(&line(f), 1).unwrap().unwrap();
+            assert_eq!(ok.classification.unwrap().format, want, "{f}");
+        }
+    }
+
+    #[test]
     fn json_round_trips_to_an_equivalent_event() {
         let ev = Event {
             seq: 9,
@@ -572,7 +600,7 @@ mod tests {
                 ..Default::default()
             }),
             classification: Some(Classification {
-                format: "qcow2",
+                format: Format::Qcow2,
                 regions: vec!["header.nb_snapshots".into()],
                 changes: vec![Change::new("nb_snapshots", "3", "0")],
                 facts: vec![("k".into(), "v".into())],
@@ -614,7 +642,10 @@ mod tests {
         assert_eq!(back.process.ancestors[0].name, "bash");
         assert_eq!(back.ts_unix_ns, ev.ts_unix_ns);
         let c = back.classification.unwrap();
-        assert_eq!((c.format, c.changes[0].after.as_str()), ("qcow2", "0"));
+        assert_eq!(
+            (c.format.as_str(), c.changes[0].after.as_str()),
+            ("qcow2", "0")
+        );
         assert_eq!(c.facts, vec![("k".to_string(), "v".to_string())]);
         // Same JSON again: the inverse is exact for everything the sink writes.
         let again = to_value(&Record::Event(parse_line(&line, 1).unwrap().unwrap()), "h");

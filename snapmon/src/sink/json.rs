@@ -501,7 +501,7 @@ fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) 
         let _ = serde_json::to_writer(&mut *out, &c.facts);
     }
     key(out, "format", &mut first);
-    js(out, c.format);
+    js(out, c.format.as_str());
     if let Some(i) = &c.ioctl {
         key(out, "ioctl", &mut first);
         let _ = serde_json::to_writer(&mut *out, i);
@@ -1119,7 +1119,7 @@ mod tests {
         for entropy in [7.25, f64::NAN] {
             let mut e = e.clone();
             e.classification = Some(crate::classify::Classification {
-                format: "dm",
+                format: crate::classify::Format::Dm,
                 regions: vec!["header.nb_snapshots".into(), "l1\"table".into()],
                 changes: vec![
                     crate::classify::Change::new("nb_snapshots", "3", "0"),

@@ -336,7 +336,7 @@ pub(crate) mod fixtures {
                 ..Default::default()
             }),
             classification: Some(Classification {
-                format: "qcow2",
+                format: crate::classify::Format::Qcow2,
                 regions: vec!["header.nb_snapshots".into()],
                 changes: vec![Change::new("nb_snapshots", "3", "0")],
                 ..Default::default()

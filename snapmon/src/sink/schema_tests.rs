@@ -105,7 +105,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         arg_data: vec![0; 8],
     });
     e.classification = Some(crate::classify::Classification {
-        format: "dm",
+        format: crate::classify::Format::Dm,
         ioctl_name: Some("DM_DEV_REMOVE vg-lv_snap".into()),
         ioctl: Some(
             json!({"cmd": 3241737476u32, "family": "dm", "name": "DM_DEV_REMOVE", "truncated": false,
