@@ -24,22 +24,10 @@ pub enum ReplayError {
     Shape { line: usize, msg: String },
 }
 
-/// The agent's other `&'static str` vocabularies (actions parse as `Action`, write ops by
-/// their action's name or one of these); anything else becomes `other`.
+/// The agent's remaining `&'static str` vocabularies: write ops (by their action's name or
+/// one of these), fallocate modes and detail keys. Anything else becomes `other`.
+/// Actions, categories, types and formats parse through their enums instead.
 const WORDS: &[&str] = &[
-    // Once categories and types; kept while another field (a detail key, a format) may
-    // hold the same word.
-    "denied",
-    "allowed",
-    "file",
-    "process",
-    "change",
-    "creation",
-    "deletion",
-    "access",
-    "info",
-    "start",
-    "end",
     // actions and write ops
     "ftruncate",
     "io_uring_fallocate",
@@ -53,17 +41,6 @@ const WORDS: &[&str] = &[
     "keep_size",
     "no_hide_stale",
     "unshare_range",
-    // classification formats
-    "qcow2",
-    "lvm",
-    "lvm-backup",
-    "libvirt",
-    "dm",
-    "btrfs",
-    "zfs",
-    "loop",
-    "unknown",
-    "raw",
     // detail keys
     "mode",
     "uid",
