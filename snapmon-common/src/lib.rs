@@ -284,6 +284,48 @@ pub mod lost {
     /// `RINGBUF_FULL`, and named in `BLINDED`, since a tamper may be what was lost.
     pub const PRECIOUS_DROPPED: u32 = 5;
     pub const COUNT: u32 = 6;
+
+    /// The causes above by name: slot `c as u32` of the kernel's `LOST` map counts cause `c`.
+    /// The numbers are the constants' (the programs use those), so they stay stable.
+    #[repr(u32)]
+    #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum LostCause {
+        RingbufFull = RINGBUF_FULL,
+        ReadFailed = READ_FAILED,
+        StashFull = STASH_FULL,
+        UringFixedFile = URING_FIXED_FILE,
+        WatchFull = WATCH_FULL,
+        PreciousDropped = PRECIOUS_DROPPED,
+    }
+
+    impl LostCause {
+        /// In slot order.
+        pub const ALL: [Self; COUNT as usize] = [
+            Self::RingbufFull,
+            Self::ReadFailed,
+            Self::StashFull,
+            Self::UringFixedFile,
+            Self::WatchFull,
+            Self::PreciousDropped,
+        ];
+        pub fn from_u32(v: u32) -> Option<Self> {
+            Self::ALL.get(v as usize).copied()
+        }
+        /// The cause in the agent's `lost` records and `snapmon_lost_total{cause}`.
+        pub const fn as_str(self) -> &'static str {
+            match self {
+                Self::RingbufFull => "ringbuf_full",
+                Self::ReadFailed => "read_failed",
+                Self::StashFull => "stash_full",
+                Self::UringFixedFile => "io_uring_fixed_file",
+                Self::WatchFull => "watch_full",
+                Self::PreciousDropped => "precious_dropped",
+            }
+        }
+        pub fn from_name(s: &str) -> Option<Self> {
+            Self::ALL.into_iter().find(|c| c.as_str() == s)
+        }
+    }
 }
 
 /// The kernel's `BLINDED` map (per CPU, one slot): the last record about an image or
@@ -969,6 +1011,12 @@ const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<Header>() == 48);
     assert!(size_of::<Backend>() == size_of::<u32>());
+    // `LostCause::ALL` is in slot order: `from_u32` indexes it.
+    let mut i = 0;
+    while i < lost::LostCause::ALL.len() {
+        assert!(lost::LostCause::ALL[i] as u32 == i as u32);
+        i += 1;
+    }
     assert!(offset_of!(Header, ts_ns) == 8);
     assert!(offset_of!(Header, comm) == 32);
     assert!(size_of::<FileKey>() == 16);

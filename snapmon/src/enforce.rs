@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use snapmon_common::{deny, FileKey};
 
 use crate::{
-    event::{Action, Event},
+    event::{Action, Decision, Event},
     record::{Alert, Severity},
 };
 
@@ -276,10 +276,13 @@ pub fn action_name(op: &str, denied: bool) -> Action {
 
 /// The alert for a kernel decision on a protected store.
 pub fn decision_alert(ev: &Event) -> Option<Alert> {
-    let denied = ev.action.as_str().starts_with("deny_");
-    if !denied && !ev.action.as_str().starts_with("would_deny_") {
-        return None;
-    }
+    let denied = match ev.action.decision() {
+        Some(Decision::Denied) => true,
+        Some(Decision::WouldDeny) => false,
+        Some(Decision::UnknownDeny | Decision::Responded | Decision::WouldRespond) | None => {
+            return None
+        }
+    };
     let op = ev
         .detail
         .iter()

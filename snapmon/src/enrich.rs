@@ -13,7 +13,7 @@ use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 use crate::{
     decode::{cstr, RawEvent},
     event::Action,
-    event::{Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    event::{Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     watch::{normalize, WatchMaps, WatchSet},
@@ -96,11 +96,25 @@ fn write_action(op: u16, aux: u64) -> (Action, Vec<&'static str>) {
             (fallocate_action(aux), fallocate_mode(aux))
         }
         Some(WriteOp::Ftruncate | WriteOp::IoUringFtruncate) => (Action::Truncate, vec![]),
-        // The other ops' names are actions of the same name (checked by a test).
-        _ => (
-            write_op_name(op).parse().unwrap_or(Action::WriteUnknown),
-            vec![],
-        ),
+        Some(WriteOp::Write) => (Action::Write, vec![]),
+        Some(WriteOp::Pwrite) => (Action::Pwrite64, vec![]),
+        Some(WriteOp::Writev) => (Action::Writev, vec![]),
+        Some(WriteOp::Pwritev) => (Action::Pwritev, vec![]),
+        Some(WriteOp::Pwritev2) => (Action::Pwritev2, vec![]),
+        Some(WriteOp::IoUringWrite) => (Action::IoUringWrite, vec![]),
+        Some(WriteOp::IoUringWritev) => (Action::IoUringWritev, vec![]),
+        Some(WriteOp::IoUringWriteFixed) => (Action::IoUringWriteFixed, vec![]),
+        Some(WriteOp::AioPwrite) => (Action::AioPwrite, vec![]),
+        Some(WriteOp::AioPwritev) => (Action::AioPwritev, vec![]),
+        Some(WriteOp::CopyFileRange) => (Action::CopyFileRange, vec![]),
+        Some(WriteOp::MmapShared) => (Action::MmapSharedWrite, vec![]),
+        Some(WriteOp::Sendfile) => (Action::Sendfile, vec![]),
+        Some(WriteOp::Splice) => (Action::Splice, vec![]),
+        Some(WriteOp::VfsWrite) => (Action::VfsWrite, vec![]),
+        // The kernel freed or zeroed the range: for the data there, a punched hole.
+        Some(WriteOp::VfsRangeDropped) => (Action::PunchHole, vec![]),
+        Some(WriteOp::VfsClone) => (Action::CloneRange, vec![]),
+        None => (Action::WriteUnknown, vec![]),
     }
 }
 
@@ -399,8 +413,8 @@ impl Enricher {
     fn base(
         &mut self,
         raw: &RawEvent,
-        category: &'static str,
-        ecs_type: &'static str,
+        category: Category,
+        ecs_type: EventType,
         action: Action,
     ) -> Event {
         let h = raw.header();
@@ -461,8 +475,8 @@ impl Enricher {
         Event {
             ts_unix_ns: self.clock.unix_ns(b.ts_ns),
             ts_boot_ns: b.ts_ns,
-            category: "file",
-            ecs_type: "info",
+            category: Category::File,
+            ecs_type: EventType::Info,
             action: Action::Blinded,
             backend: snapmon_common::Backend::Tracepoint,
             process,
@@ -561,15 +575,15 @@ impl Enricher {
                     return None;
                 }
                 let (t, a) = match raw {
-                    RawEvent::Fork(_) => ("start", Action::Fork),
-                    RawEvent::Exec(_) => ("start", Action::Exec),
-                    _ => ("end", Action::Exit),
+                    RawEvent::Fork(_) => (EventType::Start, Action::Fork),
+                    RawEvent::Exec(_) => (EventType::Start, Action::Exec),
+                    _ => (EventType::End, Action::Exit),
                 };
-                self.base(raw, "process", t, a)
+                self.base(raw, Category::Process, t, a)
             }
             RawEvent::Write(w) => {
                 let (action, mode) = write_action(w.op, w.aux);
-                let mut ev = self.base(raw, "file", "change", action);
+                let mut ev = self.base(raw, Category::File, EventType::Change, action);
                 ev.file = Some(self.file(w.file, Some(w.size)));
                 if self.watch.stale(&w.file, w.hdr.ts_ns) {
                     // Not the file that has the name and inode now; its own name is gone.
@@ -604,11 +618,11 @@ impl Enricher {
                 let created = o.f_mode & FMODE_CREATED != 0;
                 const O_TRUNC: u32 = 0o1000;
                 let (t, a) = if created {
-                    ("creation", Action::Create)
+                    (EventType::Creation, Action::Create)
                 } else if o.flags & O_TRUNC != 0 {
-                    ("change", Action::OpenTruncate)
+                    (EventType::Change, Action::OpenTruncate)
                 } else {
-                    ("access", Action::OpenWrite)
+                    (EventType::Access, Action::OpenWrite)
                 };
                 // The file's path is its real parent dir (from the kernel) + the name's last
                 // component; always re-learn it, since inode numbers are reused after unlink.
@@ -639,7 +653,7 @@ impl Enricher {
                 }
                 // Through an overlay's merged view: the real file's open (or create).
                 if let Some(al) = self.overlay_opened(o.file, o.parent, named, maps) {
-                    let mut ev = self.base(raw, "file", t, a);
+                    let mut ev = self.base(raw, Category::File, t, a);
                     if created {
                         self.watch.born(al.real, o.hdr.ts_ns);
                     }
@@ -658,7 +672,7 @@ impl Enricher {
                         self.overlays.appeared(o.file, &p, &mut self.watch, maps);
                     }
                 }
-                let mut ev = self.base(raw, "file", t, a);
+                let mut ev = self.base(raw, Category::File, t, a);
                 ev.file = Some(self.file(o.file, Some(o.size)));
                 if stale {
                     if let Some(f) = ev.file.as_mut() {
@@ -688,8 +702,12 @@ impl Enricher {
                 let action = crate::enforce::action_name(op, x.denied != 0);
                 let mut ev = self.base(
                     raw,
-                    "file",
-                    if x.denied != 0 { "denied" } else { "allowed" },
+                    Category::File,
+                    if x.denied != 0 {
+                        EventType::Denied
+                    } else {
+                        EventType::Allowed
+                    },
                     action,
                 );
                 let obj = if x.object.ino != 0 {
@@ -723,11 +741,11 @@ impl Enricher {
             RawEvent::Respond(x) => {
                 let action = crate::respond::action_name(x.signal, x.flags);
                 let ty = if x.signal == snapmon_common::respond::SIGKILL {
-                    "end"
+                    EventType::End
                 } else {
-                    "change"
+                    EventType::Change
                 };
-                let mut ev = self.base(raw, "process", ty, action);
+                let mut ev = self.base(raw, Category::Process, ty, action);
                 if x.target.ino != 0 {
                     ev.file = Some(self.file(x.target, None));
                 }
@@ -737,7 +755,12 @@ impl Enricher {
             RawEvent::UringRegister(u) => {
                 use crate::event as e;
                 use snapmon_common::uring_register as ur;
-                let mut ev = self.base(raw, "file", "change", Action::IoUringRegisterFiles);
+                let mut ev = self.base(
+                    raw,
+                    Category::File,
+                    EventType::Change,
+                    Action::IoUringRegisterFiles,
+                );
                 ev.file = Some(self.file(u.file, Some(u.size)));
                 if self.watch.stale(&u.file, u.hdr.ts_ns) {
                     if let Some(f) = ev.file.as_mut() {
@@ -769,7 +792,7 @@ impl Enricher {
                 ev
             }
             RawEvent::Ioctl(i) => {
-                let mut ev = self.base(raw, "file", "info", Action::Ioctl);
+                let mut ev = self.base(raw, Category::File, EventType::Info, Action::Ioctl);
                 let mut f = self.file(i.file, None);
                 // Entry name in a known directory beats the identity's remembered path, which
                 // is ambiguous when identities are shared (btrfs subvolume roots).
@@ -807,17 +830,17 @@ impl Enricher {
     ) -> Option<Event> {
         let op = NsOp::from_u16(n.op);
         let (t, a) = match op {
-            Some(NsOp::Mkdir) => ("creation", Action::Mkdir),
-            Some(NsOp::Rename) => ("change", Action::Rename),
-            Some(NsOp::Unlink) => ("deletion", Action::Unlink),
-            Some(NsOp::Rmdir) => ("deletion", Action::Rmdir),
-            Some(NsOp::Link) => ("creation", Action::Link),
-            Some(NsOp::Symlink) => ("creation", Action::Symlink),
-            Some(NsOp::Chmod) => ("change", Action::Chmod),
-            Some(NsOp::Chown) => ("change", Action::Chown),
-            Some(NsOp::Utimes) => ("change", Action::Utimes),
-            Some(NsOp::Truncate) => ("change", Action::Truncate),
-            None => ("info", Action::NamespaceUnknown),
+            Some(NsOp::Mkdir) => (EventType::Creation, Action::Mkdir),
+            Some(NsOp::Rename) => (EventType::Change, Action::Rename),
+            Some(NsOp::Unlink) => (EventType::Deletion, Action::Unlink),
+            Some(NsOp::Rmdir) => (EventType::Deletion, Action::Rmdir),
+            Some(NsOp::Link) => (EventType::Creation, Action::Link),
+            Some(NsOp::Symlink) => (EventType::Creation, Action::Symlink),
+            Some(NsOp::Chmod) => (EventType::Change, Action::Chmod),
+            Some(NsOp::Chown) => (EventType::Change, Action::Chown),
+            Some(NsOp::Utimes) => (EventType::Change, Action::Utimes),
+            Some(NsOp::Truncate) => (EventType::Change, Action::Truncate),
+            None => (EventType::Info, Action::NamespaceUnknown),
         };
         let tgid = n.hdr.tgid;
         // Which paths stay cut: the event says so (`event::PATH_TRUNCATED`).
@@ -947,7 +970,7 @@ impl Enricher {
             }
             (Some(f1), f2)
         };
-        let mut ev = self.base(raw, "file", t, a);
+        let mut ev = self.base(raw, Category::File, t, a);
         ev.file = file;
         ev.target = target;
         match op {

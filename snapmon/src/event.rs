@@ -303,9 +303,182 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+
+    /// Which decision of the agent's own an action records, `None` for an observed operation.
+    /// Exhaustive: a new action must be placed here.
+    pub fn decision(self) -> Option<Decision> {
+        use Action as A;
+        Some(match self {
+            A::DenyWrite
+            | A::DenyOpenWrite
+            | A::DenyTruncate
+            | A::DenyUnlink
+            | A::DenyRename
+            | A::DenyLink
+            | A::DenyMmapWrite
+            | A::DenyIoctl => Decision::Denied,
+            A::WouldDenyWrite
+            | A::WouldDenyOpenWrite
+            | A::WouldDenyTruncate
+            | A::WouldDenyUnlink
+            | A::WouldDenyRename
+            | A::WouldDenyLink
+            | A::WouldDenyMmapWrite
+            | A::WouldDenyIoctl => Decision::WouldDeny,
+            A::DenyUnknown => Decision::UnknownDeny,
+            A::Kill | A::Stop | A::Freeze => Decision::Responded,
+            A::WouldKill | A::WouldStop | A::WouldFreeze => Decision::WouldRespond,
+            A::Unset
+            | A::Write
+            | A::Pwrite64
+            | A::Writev
+            | A::Pwritev
+            | A::Pwritev2
+            | A::IoUringWrite
+            | A::IoUringWritev
+            | A::IoUringWriteFixed
+            | A::AioPwrite
+            | A::AioPwritev
+            | A::CopyFileRange
+            | A::Splice
+            | A::Sendfile
+            | A::MmapSharedWrite
+            | A::VfsWrite
+            | A::WriteUnknown
+            | A::Fallocate
+            | A::PunchHole
+            | A::ZeroRange
+            | A::CollapseRange
+            | A::InsertRange
+            | A::Truncate
+            | A::CloneRange
+            | A::Create
+            | A::OpenWrite
+            | A::OpenTruncate
+            | A::Rename
+            | A::Unlink
+            | A::Rmdir
+            | A::Link
+            | A::Symlink
+            | A::Mkdir
+            | A::Chmod
+            | A::Chown
+            | A::Utimes
+            | A::NamespaceUnknown
+            | A::Ioctl
+            | A::IoUringRegisterFiles
+            | A::Blinded
+            | A::Fork
+            | A::Exec
+            | A::Exit => return None,
+        })
+    }
+
+    /// A monitor-mode record (`would_*`): what the LSM or circuit breaker would have done.
+    pub fn is_dry_run(self) -> bool {
+        matches!(
+            self.decision(),
+            Some(Decision::WouldDeny | Decision::WouldRespond)
+        )
+    }
+}
+
+/// What an [`Action`] of the agent's own decision records (`Action::decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The LSM refused the operation (`deny_*`).
+    Denied,
+    /// The LSM would have refused it, in monitor mode (`would_deny_*`).
+    WouldDeny,
+    /// A decision on an operation bit this agent does not know (`deny`): whether it was
+    /// carried out is not known either, so it raises no decision alert.
+    UnknownDeny,
+    /// The circuit breaker signalled the actor (`kill`, `stop`, `freeze`).
+    Responded,
+    /// It would have, in monitor mode (`would_kill` …).
+    WouldRespond,
 }
 
 impl Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// ECS `event.category`: which kind of object an event is about.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Category {
+    /// Only `Event::default`'s; the agent never emits it.
+    #[default]
+    #[strum(serialize = "")]
+    Unset,
+    File,
+    Process,
+}
+
+/// ECS `event.type`: what happened to the object.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum EventType {
+    /// Only `Event::default`'s; the agent never emits it.
+    #[default]
+    #[strum(serialize = "")]
+    Unset,
+    Change,
+    Creation,
+    Deletion,
+    Access,
+    Info,
+    Start,
+    End,
+    /// An LSM decision carried out (ECS puts it in `intrusion_detection` too).
+    Denied,
+    /// An LSM decision in monitor mode.
+    Allowed,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Serialize for Category {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for EventType {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
@@ -320,9 +493,9 @@ pub struct Event {
     pub ts_unix_ns: i128,
     pub ts_boot_ns: u64,
     /// ECS `event.category` (`file`, `process`).
-    pub category: &'static str,
+    pub category: Category,
     /// ECS `event.type` (`change`, `creation`, `deletion`, `start`, `end`, `info`).
-    pub ecs_type: &'static str,
+    pub ecs_type: EventType,
     /// ECS `event.action` (`pwrite64`, `rename`, `punch_hole`, `exec` …).
     pub action: Action,
     pub backend: snapmon_common::Backend,
@@ -413,6 +586,39 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_category_and_type_parses_back_from_its_name() {
+        use strum::IntoEnumIterator;
+        for c in Category::iter() {
+            assert_eq!(c.as_str().parse::<Category>(), Ok(c), "{c:?}");
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        for t in EventType::iter() {
+            assert_eq!(t.as_str().parse::<EventType>(), Ok(t), "{t:?}");
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+    }
+
+    #[test]
+    fn decisions_agree_with_the_names_they_replaced() {
+        // enforce and respond used to test these prefixes.
+        use strum::IntoEnumIterator;
+        for a in Action::iter() {
+            let n = a.as_str();
+            assert_eq!(a.is_dry_run(), n.starts_with("would_"), "{n}");
+            assert_eq!(
+                a.decision() == Some(Decision::Denied),
+                n.starts_with("deny_"),
+                "{n}"
+            );
+            assert_eq!(
+                a.decision() == Some(Decision::WouldDeny),
+                n.starts_with("would_deny_"),
+                "{n}"
+            );
+        }
+    }
 
     #[test]
     fn every_action_parses_back_from_its_name() {

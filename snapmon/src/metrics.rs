@@ -32,6 +32,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use snapmon_common::lost::LostCause;
+
 use crate::{
     record::{Record, Severity},
     sink::counters::{Cause, SinkCounters},
@@ -436,17 +438,7 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str) {
 /// and the sinks'. Each is exported, 0 until it happens, so an alert on `increase()` works
 /// from the first scrape.
 pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
-    (
-        "kernel",
-        &[
-            "ringbuf_full",
-            "read_failed",
-            "stash_full",
-            "io_uring_fixed_file",
-            "watch_full",
-            "precious_dropped",
-        ],
-    ),
+    ("kernel", &KERNEL_LOSS_CAUSES),
     ("decoder", &["decode_truncated", "decode_unknown_kind"]),
     ("watch", &["watch_full"]),
     ("agent", &["stop_unread"]),
@@ -466,12 +458,19 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
 
 /// The kernel's loss causes, in `LOST` map slot order (`snapmon_common::lost`).
 pub fn kernel_loss_causes() -> &'static [&'static str] {
-    LOSS_CAUSES
-        .iter()
-        .find(|(s, _)| *s == "kernel")
-        .map(|(_, c)| *c)
-        .unwrap_or(&[])
+    &KERNEL_LOSS_CAUSES
 }
+
+/// `LostCause` names, by slot: written once, in snapmon-common.
+const KERNEL_LOSS_CAUSES: [&str; LostCause::ALL.len()] = {
+    let mut names = [""; LostCause::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = LostCause::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 
 /// A sink's state text (`error: No space left on device`) as a closed-set label value.
 pub fn sink_state(s: &str) -> &'static str {
@@ -598,6 +597,12 @@ mod tests {
             kernel_loss_causes()[snapmon_common::lost::PRECIOUS_DROPPED as usize],
             "precious_dropped"
         );
+        for (slot, c) in LostCause::ALL.into_iter().enumerate() {
+            assert_eq!(LostCause::from_u32(slot as u32), Some(c));
+            assert_eq!(LostCause::from_name(c.as_str()), Some(c));
+        }
+        assert_eq!(LostCause::from_u32(snapmon_common::lost::COUNT), None);
+        assert_eq!(LostCause::from_name("ringbuf"), None);
     }
 
     use super::*;

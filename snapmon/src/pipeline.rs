@@ -149,7 +149,7 @@ impl Pipeline {
         if ev
             .classification
             .as_ref()
-            .is_some_and(|c| c.format != "file")
+            .is_some_and(|c| c.format != crate::classify::Format::File)
         {
             self.deleted_exe.amend(&mut ev.process, now);
         }

@@ -12,6 +12,8 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
+use super::Format;
+
 // ---------------------------------------------------------------------------
 // Bounded byte helpers
 // ---------------------------------------------------------------------------
@@ -161,7 +163,7 @@ impl IocSplit {
 pub struct IoctlInfo {
     pub cmd: u32,
     /// "dm", "btrfs", "zfs", "file" or "unknown".
-    pub family: &'static str,
+    pub family: Format,
     pub name: &'static str,
     /// The captured argument ended before a field the decoder needed.
     pub truncated: bool,
@@ -1080,7 +1082,7 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
     if let Some((name, detail)) = decode_file(cmd, arg, &mut truncated) {
         return IoctlInfo {
             cmd,
-            family: "file",
+            family: Format::File,
             name,
             truncated,
             detail,
@@ -1089,7 +1091,7 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
     if let Some((name, detail)) = decode_loop(cmd, arg, &mut truncated) {
         return IoctlInfo {
             cmd,
-            family: "loop",
+            family: Format::Loop,
             name,
             truncated,
             detail,
@@ -1105,7 +1107,7 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
         let d = decode_dm(split.nr, arg, &mut truncated);
         return IoctlInfo {
             cmd,
-            family: "dm",
+            family: Format::Dm,
             name,
             truncated,
             detail: IoctlDetail::Dm(d),
@@ -1115,7 +1117,7 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
         let (name, detail) = decode_btrfs(cmd, arg, &mut truncated);
         return IoctlInfo {
             cmd,
-            family: "btrfs",
+            family: Format::Btrfs,
             name,
             truncated,
             detail,
@@ -1125,7 +1127,7 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
         let (zc_name, t) = read_cstr(arg, 0, ZFS_MAXNAMELEN);
         return IoctlInfo {
             cmd,
-            family: "zfs",
+            family: Format::Zfs,
             name,
             truncated: t,
             detail: IoctlDetail::Zfs {
@@ -1136,7 +1138,7 @@ pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {
     }
     IoctlInfo {
         cmd,
-        family: "unknown",
+        family: Format::Unknown,
         name: "UNKNOWN",
         truncated: false,
         detail: IoctlDetail::Unknown(split),
@@ -1158,7 +1160,7 @@ impl IoctlInfo {
     /// clearing a subvolume's read-only flag. ZFS: the destructive list.
     pub fn is_snapshot_destructive(&self) -> bool {
         match self.family {
-            "dm" => {
+            Format::Dm => {
                 let Some(d) = self.dm() else { return false };
                 match self.name {
                     "DM_TARGET_MSG" => d
@@ -1174,7 +1176,7 @@ impl IoctlInfo {
                     _ => false,
                 }
             }
-            "btrfs" => {
+            Format::Btrfs => {
                 matches!(
                     self.name,
                     "BTRFS_IOC_SNAP_DESTROY" | "BTRFS_IOC_SNAP_DESTROY_V2"
@@ -1186,7 +1188,7 @@ impl IoctlInfo {
                     }
                 )
             }
-            "zfs" => matches!(
+            Format::Zfs => matches!(
                 self.detail,
                 IoctlDetail::Zfs {
                     destructive: true,
@@ -1201,7 +1203,7 @@ impl IoctlInfo {
     /// btrfs SNAP_CREATE(_V2), ZFS SNAPSHOT / POOL_CHECKPOINT.
     pub fn is_snapshot_create(&self) -> bool {
         match self.family {
-            "dm" => {
+            Format::Dm => {
                 let Some(d) = self.dm() else { return false };
                 match self.name {
                     "DM_TARGET_MSG" => d
@@ -1212,11 +1214,11 @@ impl IoctlInfo {
                     _ => false,
                 }
             }
-            "btrfs" => matches!(
+            Format::Btrfs => matches!(
                 self.name,
                 "BTRFS_IOC_SNAP_CREATE" | "BTRFS_IOC_SNAP_CREATE_V2"
             ),
-            "zfs" => matches!(self.name, "ZFS_IOC_SNAPSHOT" | "ZFS_IOC_POOL_CHECKPOINT"),
+            Format::Zfs => matches!(self.name, "ZFS_IOC_SNAPSHOT" | "ZFS_IOC_POOL_CHECKPOINT"),
             _ => false,
         }
     }
@@ -1711,7 +1713,10 @@ mod tests {
     #[test]
     fn btrfs_snap_create_v1_and_v2() {
         let i = decode_ioctl(BTRFS_IOC_SNAP_CREATE, &vol_args(5, b"snap0\0"));
-        assert_eq!((i.family, i.name), ("btrfs", "BTRFS_IOC_SNAP_CREATE"));
+        assert_eq!(
+            (i.family.as_str(), i.name),
+            ("btrfs", "BTRFS_IOC_SNAP_CREATE")
+        );
         assert_eq!(
             i.detail,
             IoctlDetail::BtrfsVolArgs {
@@ -1780,7 +1785,7 @@ mod tests {
         let d = decode_ioctl(BTRFS_IOC_DEFAULT_SUBVOL, &256u64.to_le_bytes());
         assert_eq!(d.to_string(), "BTRFS_IOC_DEFAULT_SUBVOL subvolid=256");
         let o = decode_ioctl(ioc(3, 0x94, 0x70, 16), &[]);
-        assert_eq!((o.family, o.name), ("btrfs", "BTRFS_IOC_OTHER"));
+        assert_eq!((o.family.as_str(), o.name), ("btrfs", "BTRFS_IOC_OTHER"));
     }
 
     #[test]
@@ -1824,7 +1829,7 @@ mod tests {
         put(&mut arg, 0, b"tank/vm@daily\0");
         for (cmd, name, destructive) in table {
             let i = decode_ioctl(cmd, &arg);
-            assert_eq!((i.family, i.name), ("zfs", name), "{cmd:#x}");
+            assert_eq!((i.family.as_str(), i.name), ("zfs", name), "{cmd:#x}");
             assert_eq!(i.is_snapshot_destructive(), destructive, "{name}");
             assert!(!i.truncated);
         }
@@ -1854,7 +1859,7 @@ mod tests {
     fn file_clone_and_range() {
         let i = decode_ioctl(FICLONE, &7i32.to_le_bytes());
         assert_eq!(
-            (i.family, i.to_string()),
+            (i.family.as_str(), i.to_string()),
             ("file", "FICLONE src_fd=7".into())
         );
         let i = decode_ioctl(FICLONE, &9i64.to_le_bytes());

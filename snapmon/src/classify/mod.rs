@@ -19,7 +19,7 @@ use std::{collections::HashMap, fs::File, path::Path, time::Instant};
 use serde::Serialize;
 
 use crate::event::Event;
-pub use classification::Classification;
+pub use classification::{Classification, Format};
 pub use qcow2::FieldChange as Change;
 use snapmon_common::{filter_actor, FileKey, WriteFilter};
 
@@ -36,7 +36,7 @@ enum FileState {
 struct OtherState {
     /// It starts with an image's magic (`qcow2`, `lvm`) but did not load: still being
     /// filled, or a disguise that only looks like one. Why it did not load.
-    magic: Option<(&'static str, String)>,
+    magic: Option<(Format, String)>,
     /// Looks at it since it showed the magic (bounded: a file that never loads stops
     /// costing a re-read on every write).
     tries: u32,
@@ -52,7 +52,7 @@ impl FileState {
     }
 
     /// The format a file claims by its magic when it does not load as one.
-    fn magic_only(&self) -> Option<&'static str> {
+    fn magic_only(&self) -> Option<Format> {
         match self {
             FileState::Other(o) => o.magic.as_ref().map(|m| m.0),
             _ => None,
@@ -66,25 +66,79 @@ impl FileState {
 const SNIFF_SPAN: u64 = 4096;
 
 /// Actions that put bytes into a file (as opposed to cutting, punching or mapping it).
-fn puts_bytes(action: &str) -> bool {
-    matches!(
-        action,
-        "write"
-            | "pwrite64"
-            | "writev"
-            | "pwritev"
-            | "pwritev2"
-            | "io_uring_write"
-            | "io_uring_writev"
-            | "io_uring_write_fixed"
-            | "aio_pwrite"
-            | "aio_pwritev"
-            | "copy_file_range"
-            | "splice"
-            | "sendfile"
-            | "vfs_write"
-            | "clone_range"
-    )
+fn puts_bytes(action: Action) -> bool {
+    use Action as A;
+    match action {
+        A::Write
+        | A::Pwrite64
+        | A::Writev
+        | A::Pwritev
+        | A::Pwritev2
+        | A::IoUringWrite
+        | A::IoUringWritev
+        | A::IoUringWriteFixed
+        | A::AioPwrite
+        | A::AioPwritev
+        | A::CopyFileRange
+        | A::Splice
+        | A::Sendfile
+        | A::VfsWrite
+        | A::CloneRange => true,
+        // Mapped writes are not seen byte by byte; size changes and namespace operations
+        // carry no data.
+        A::MmapSharedWrite
+        | A::WriteUnknown
+        | A::Fallocate
+        | A::PunchHole
+        | A::ZeroRange
+        | A::CollapseRange
+        | A::InsertRange
+        | A::Truncate
+        | A::Create
+        | A::OpenWrite
+        | A::OpenTruncate
+        | A::Rename
+        | A::Unlink
+        | A::Rmdir
+        | A::Link
+        | A::Symlink
+        | A::Mkdir
+        | A::Chmod
+        | A::Chown
+        | A::Utimes
+        | A::NamespaceUnknown
+        | A::Ioctl
+        | A::IoUringRegisterFiles
+        | A::Blinded
+        | A::Fork
+        | A::Exec
+        | A::Exit
+        | A::Unset => false,
+        // The agent's own decisions.
+        A::DenyWrite
+        | A::DenyOpenWrite
+        | A::DenyTruncate
+        | A::DenyUnlink
+        | A::DenyRename
+        | A::DenyLink
+        | A::DenyMmapWrite
+        | A::DenyIoctl
+        | A::DenyUnknown
+        | A::WouldDenyWrite
+        | A::WouldDenyOpenWrite
+        | A::WouldDenyTruncate
+        | A::WouldDenyUnlink
+        | A::WouldDenyRename
+        | A::WouldDenyLink
+        | A::WouldDenyMmapWrite
+        | A::WouldDenyIoctl
+        | A::Kill
+        | A::Stop
+        | A::Freeze
+        | A::WouldKill
+        | A::WouldStop
+        | A::WouldFreeze => false,
+    }
 }
 
 /// What the classify stage says about one event.
@@ -239,7 +293,7 @@ fn load_state_from(f: &mut File) -> FileState {
     if !qcow2_magic && !lvm_label {
         return FileState::other();
     }
-    let magic = |fmt: &'static str, why: String| {
+    let magic = |fmt: Format, why: String| {
         FileState::Other(OtherState {
             magic: Some((fmt, why)),
             tries: 0,
@@ -247,7 +301,16 @@ fn load_state_from(f: &mut File) -> FileState {
     };
     let head = match fileread::prefix_of(f, PROBE_BYTES) {
         Ok(h) => h,
-        Err(e) => return magic(if qcow2_magic { "qcow2" } else { "lvm" }, e.to_string()),
+        Err(e) => {
+            return magic(
+                if qcow2_magic {
+                    Format::Qcow2
+                } else {
+                    Format::Lvm
+                },
+                e.to_string(),
+            )
+        }
     };
     if head.starts_with(b"QFI\xfb") {
         return match qcow2::Qcow2Shadow::load(f) {
@@ -256,7 +319,7 @@ fn load_state_from(f: &mut File) -> FileState {
                 pending_table: None,
                 retired_tables: Vec::new(),
             })),
-            Err(e) => magic("qcow2", e.to_string()),
+            Err(e) => magic(Format::Qcow2, e.to_string()),
         };
     }
     match lvm::parse_label(&head) {
@@ -553,10 +616,10 @@ impl Classifier {
                 }
             }
         }
-        if ev.ioctl.is_some() || !puts_bytes(ev.action.as_str()) {
+        if ev.ioctl.is_some() || !puts_bytes(ev.action) {
             return None;
         }
-        let (off, len) = write_span(ev.action.as_str(), w, f.size);
+        let (off, len) = write_span(ev.action, w, f.size);
         // Cheapest test first: most writes are to images, within the capture.
         match self.state.get(&key) {
             Some(FileState::Qcow2(q)) => {
@@ -743,7 +806,7 @@ impl Classifier {
                     Some(fl),
                 );
                 Some(Classification {
-                    format: "qcow2",
+                    format: Format::Qcow2,
                     regions: vec!["header".into()],
                     changes,
                     ..Default::default()
@@ -755,15 +818,15 @@ impl Classifier {
                     return None;
                 };
                 let fmt = match &st {
-                    FileState::Qcow2(_) => "qcow2",
-                    FileState::Lvm(_) => "lvm",
+                    FileState::Qcow2(_) => Format::Qcow2,
+                    FileState::Lvm(_) => Format::Lvm,
                     FileState::Other(_) => st.magic_only()?,
                 };
                 self.state.remove(&r.key);
                 self.remember(r.key, st);
                 Some(Classification {
                     format: fmt,
-                    facts: vec![("became".into(), fmt.into())],
+                    facts: vec![("became".into(), fmt.as_str().into())],
                     ..Default::default()
                 })
             }
@@ -805,9 +868,9 @@ impl Classifier {
             let st = load_state(f.dev, path)?;
             self.remember(key, st);
         }
-        let (off, len) = write_span(ev.action.as_str(), w, f.size);
+        let (off, len) = write_span(ev.action, w, f.size);
         let mut c = Classification {
-            format: "file",
+            format: Format::File,
             ..Default::default()
         };
         if off < 4096 && w.data.len() >= 64 {
@@ -817,7 +880,7 @@ impl Classifier {
         // Nothing cut or written (ftruncate to the same size): no region.
         match st {
             FileState::Qcow2(q) => {
-                c.format = "qcow2";
+                c.format = Format::Qcow2;
                 let sh = &mut q.shadow;
                 if len > 0 {
                     for sp in sh.image.classify(off, len) {
@@ -965,7 +1028,7 @@ impl Classifier {
                 }
             }
             FileState::Lvm(l) => {
-                c.format = "lvm";
+                c.format = Format::Lvm;
                 c.regions =
                     lvm::classify_pv_write(l.label.as_ref(), l.mda.as_ref(), off, len.max(1))
                         .into_iter()
@@ -1021,7 +1084,7 @@ impl Classifier {
                     if became {
                         let mut c = self.classify_inner(ev, Some(path));
                         if let Some(c) = &mut c {
-                            c.facts.push(("became".into(), c.format.into()));
+                            c.facts.push(("became".into(), c.format.as_str().into()));
                         }
                         return c;
                     }
@@ -1032,7 +1095,7 @@ impl Classifier {
                     ..
                 })) = self.state.get(&key)
                 {
-                    c.format = fmt;
+                    c.format = *fmt;
                     c.facts.push(("header_unparseable".into(), why.clone()));
                 }
                 c.regions.push("data".into());
@@ -1047,7 +1110,7 @@ impl Classifier {
                 Some(FileState::Qcow2(_) | FileState::Lvm(_))
             )
         {
-            c.facts.push(("became".into(), c.format.into()));
+            c.facts.push(("became".into(), c.format.as_str().into()));
         }
         Some(c)
     }
@@ -1143,10 +1206,10 @@ fn is_clone_ioctl(ev: &Event) -> bool {
 }
 
 /// The byte range an operation affects: truncation cuts from the new length to the old end.
-fn write_span(action: &str, w: &crate::event::WriteInfo, size: Option<u64>) -> (u64, u64) {
+fn write_span(action: Action, w: &crate::event::WriteInfo, size: Option<u64>) -> (u64, u64) {
     let off = w.offset.max(0) as u64;
     match action {
-        "truncate" => {
+        Action::Truncate => {
             let old = size.unwrap_or(0);
             if w.length < old {
                 (w.length, old - w.length)
@@ -1180,7 +1243,7 @@ fn classify_ioctl(i: &crate::event::IoctlRaw) -> Classification {
 
 fn classify_libvirt(lf: &libvirt::LibvirtFile, ev: &Event, path: Option<&Path>) -> Classification {
     let mut c = Classification {
-        format: "libvirt",
+        format: Format::Libvirt,
         ..Default::default()
     };
     c.facts
@@ -1214,7 +1277,7 @@ fn classify_lvm_file(ps: &str, path: Option<&Path>, dev: Option<u32>) -> Option<
         return None;
     }
     let mut c = Classification {
-        format: "lvm-backup",
+        format: Format::LvmBackup,
         ..Default::default()
     };
     c.regions.push(if ps.starts_with("/etc/lvm/backup/") {

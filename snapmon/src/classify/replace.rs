@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{
     fileread, libvirt, load_state_from, lvm, lvm_changes, publish, qcow2, recheck::Key, Change,
-    Classification, Classifier, FileState,
+    Classification, Classifier, FileState, Format,
 };
 use crate::event::{Bytes, Event};
 
@@ -218,14 +218,14 @@ impl Classifier {
                     ..
                 },
             ) => {
-                c.format = "qcow2";
+                c.format = Format::Qcow2;
                 c.changes = qcow2::diff_images(&o.shadow.image, &n.shadow.image);
             }
             // Unread is not "no magic": the replace is reported, its content unjudged.
-            (Some(FileState::Qcow2(_)), Incoming::Unread) => c.format = "qcow2",
-            (Some(FileState::Lvm(_)), Incoming::Unread) => c.format = "lvm",
+            (Some(FileState::Qcow2(_)), Incoming::Unread) => c.format = Format::Qcow2,
+            (Some(FileState::Lvm(_)), Incoming::Unread) => c.format = Format::Lvm,
             (Some(FileState::Qcow2(o)), other) => {
-                c.format = "qcow2";
+                c.format = Format::Qcow2;
                 c.changes.push(Change::new(
                     "magic",
                     qcow2::escape_bytes(&o.shadow.image.header.magic.to_be_bytes()),
@@ -239,13 +239,13 @@ impl Classifier {
                     ..
                 },
             ) => {
-                c.format = "lvm";
+                c.format = Format::Lvm;
                 if let (Some(a), Some(b)) = (&o.vg, &n.vg) {
                     c.changes = lvm_changes(lvm::diff_vg(a, b));
                 }
             }
             (Some(FileState::Lvm(_)), other) => {
-                c.format = "lvm";
+                c.format = Format::Lvm;
                 c.changes
                     .push(Change::new("label", "LABELONE", other.magic_text(&at, 8)));
             }
@@ -255,14 +255,14 @@ impl Classifier {
                     state: FileState::Qcow2(_),
                     ..
                 },
-            ) => c.format = "qcow2",
+            ) => c.format = Format::Qcow2,
             (
                 _,
                 Incoming::File {
                     state: FileState::Lvm(_),
                     ..
                 },
-            ) => c.format = "lvm",
+            ) => c.format = Format::Lvm,
             (_, Incoming::File { state, .. }) => {
                 if let Some(fmt) = state.magic_only() {
                     c.format = fmt;

@@ -248,8 +248,7 @@ impl Responder {
         let mut ev = ev.clone();
         let pid = ev.process.pid;
         let class = detail(&ev, "operation").unwrap_or("?").to_string();
-        let signalled = !ev.action.as_str().starts_with("would_")
-            && detail(&ev, "outcome") == Some("signalled");
+        let signalled = !ev.action.is_dry_run() && detail(&ev, "outcome") == Some("signalled");
         // An operation matched by path names the image, not the directory it was relative to.
         if let (Some(h), Some(plan)) = (detail(&ev, "path_hash"), &self.plan) {
             let dir = ev.file.as_ref().map(|f| (f.dev, f.ino));
@@ -277,7 +276,7 @@ impl Responder {
                 }
             }
         }
-        let mut what = ev.action.as_str().trim_start_matches("would_").to_string();
+        let mut what = ev.action;
         if ev.action == Action::Freeze && signalled {
             match self.freeze(pid) {
                 Ok(cg) => {
@@ -298,7 +297,7 @@ impl Responder {
                     ));
                 }
                 Err(e) => {
-                    what = "stop".into();
+                    what = Action::Stop;
                     ev.detail.push(("freeze_refused", e));
                     ev.detail.push(("resume", format!("kill -CONT {pid}")));
                 }
@@ -325,29 +324,29 @@ impl Responder {
             "unlink" => "unlinking",
             _ => "touching",
         };
-        let message = if ev.action.as_str().starts_with("would_") {
+        let message = if ev.action.is_dry_run() {
             format!(
                 "{} would have been {} (dry-run/monitor) for {deed} {target}: {} is not a trusted executable",
                 ev.process.lineage(),
-                past(&what),
+                past(what),
                 ev.process.executable.display()
             )
         } else if signalled {
             format!(
                 "{} was {} ({sig} {latency} after the syscall, in the kernel) for {deed} {target}: {} is not a trusted executable",
                 ev.process.lineage(),
-                past(&what),
+                past(what),
                 ev.process.executable.display()
             )
         } else {
             format!(
                 "{} could not be {} for {deed} {target}: the kernel refused the signal ({})",
                 ev.process.lineage(),
-                past(&what),
+                past(what),
                 detail(&ev, "outcome").unwrap_or("?")
             )
         };
-        let attempted = !ev.action.as_str().starts_with("would_");
+        let attempted = !ev.action.is_dry_run();
         alert(ev, attempted, message)
     }
 
@@ -482,10 +481,12 @@ impl Responder {
     }
 }
 
-fn past(verb: &str) -> &'static str {
-    match verb {
-        "kill" => "killed",
-        "freeze" => "frozen",
+/// What a response did to the actor, in a message (a dry run's as if carried out).
+fn past(what: Action) -> &'static str {
+    match what {
+        Action::Kill | Action::WouldKill => "killed",
+        Action::Freeze | Action::WouldFreeze => "frozen",
+        // Stop, and what a freeze falls back to.
         _ => "stopped",
     }
 }

@@ -689,7 +689,7 @@ fn observe_into(st: &mut State, ev: &Event, trust: &Trust) {
     let Some(f) = &ev.file else { return };
     let key = (f.dev, f.ino);
     let c = ev.classification.as_ref();
-    if c.is_some_and(|c| c.format == "qcow2") && f.ino != 0 {
+    if c.is_some_and(|c| c.format == crate::classify::Format::Qcow2) && f.ino != 0 {
         st.known_qcow2.insert(key, ());
     }
     if !trust.by("qemu") && c.is_some_and(|c| c.regions.iter().any(|r| r == "snapshot_table")) {

@@ -5,7 +5,7 @@
 use crate::event::Action;
 
 use super::{Ctx, Hit, Kind};
-use crate::{event::Event, record::Severity};
+use crate::{classify::Format, event::Event, record::Severity};
 
 pub struct RuleDef {
     pub id: &'static str,
@@ -498,7 +498,7 @@ fn diff_text<'a>(it: impl Iterator<Item = &'a crate::classify::Change>) -> Strin
 }
 
 fn is_qcow2(ctx: &Ctx) -> bool {
-    cls(ctx.ev).is_some_and(|c| c.format == "qcow2")
+    cls(ctx.ev).is_some_and(|c| c.format == Format::Qcow2)
         || ctx
             .ev
             .file
@@ -524,32 +524,146 @@ fn meta_regions(ev: &Event) -> Vec<&str> {
     v
 }
 
-fn verb(action: &str) -> &'static str {
+fn verb(action: Action) -> &'static str {
+    use Action as A;
     match action {
-        "truncate" | "open_truncate" => "truncated",
-        "punch_hole" => "punched a hole in",
-        "zero_range" => "zeroed a range of",
-        "collapse_range" | "insert_range" => "shifted",
-        "mmap_shared_write" => "mapped shared-writable",
-        "copy_file_range" | "splice" | "sendfile" => "copied bytes over",
-        "ioctl" => "cloned another file over",
-        "clone_range" => "cloned blocks into",
-        "rename" => "replaced",
-        "link" => "linked",
-        _ => "wrote",
+        A::Truncate | A::OpenTruncate => "truncated",
+        A::PunchHole => "punched a hole in",
+        A::ZeroRange => "zeroed a range of",
+        A::CollapseRange | A::InsertRange => "shifted",
+        A::MmapSharedWrite => "mapped shared-writable",
+        A::CopyFileRange | A::Splice | A::Sendfile => "copied bytes over",
+        A::Ioctl => "cloned another file over",
+        A::CloneRange => "cloned blocks into",
+        A::Rename => "replaced",
+        A::Link => "linked",
+        A::Write
+        | A::Pwrite64
+        | A::Writev
+        | A::Pwritev
+        | A::Pwritev2
+        | A::IoUringWrite
+        | A::IoUringWritev
+        | A::IoUringWriteFixed
+        | A::AioPwrite
+        | A::AioPwritev
+        | A::VfsWrite
+        | A::WriteUnknown
+        | A::Fallocate
+        | A::Create
+        | A::OpenWrite
+        | A::Unlink
+        | A::Rmdir
+        | A::Symlink
+        | A::Mkdir
+        | A::Chmod
+        | A::Chown
+        | A::Utimes
+        | A::NamespaceUnknown
+        | A::IoUringRegisterFiles
+        | A::Blinded
+        | A::Fork
+        | A::Exec
+        | A::Exit
+        | A::Unset
+        // The write rules see LSM decisions too (`Kind::of`).
+        | A::DenyWrite
+        | A::DenyOpenWrite
+        | A::DenyTruncate
+        | A::DenyUnlink
+        | A::DenyRename
+        | A::DenyLink
+        | A::DenyMmapWrite
+        | A::DenyIoctl
+        | A::DenyUnknown
+        | A::WouldDenyWrite
+        | A::WouldDenyOpenWrite
+        | A::WouldDenyTruncate
+        | A::WouldDenyUnlink
+        | A::WouldDenyRename
+        | A::WouldDenyLink
+        | A::WouldDenyMmapWrite
+        | A::WouldDenyIoctl
+        | A::Kill
+        | A::Stop
+        | A::Freeze
+        | A::WouldKill
+        | A::WouldStop
+        | A::WouldFreeze => "wrote",
     }
 }
 
-fn is_destructive_op(action: &str) -> bool {
-    matches!(
-        action,
-        "punch_hole"
-            | "zero_range"
-            | "collapse_range"
-            | "insert_range"
-            | "truncate"
-            | "open_truncate"
-    )
+/// Cuts, punches or shifts what was there.
+fn is_destructive_op(action: Action) -> bool {
+    use Action as A;
+    match action {
+        A::PunchHole
+        | A::ZeroRange
+        | A::CollapseRange
+        | A::InsertRange
+        | A::Truncate
+        | A::OpenTruncate => true,
+        A::Write
+        | A::Pwrite64
+        | A::Writev
+        | A::Pwritev
+        | A::Pwritev2
+        | A::IoUringWrite
+        | A::IoUringWritev
+        | A::IoUringWriteFixed
+        | A::AioPwrite
+        | A::AioPwritev
+        | A::CopyFileRange
+        | A::Splice
+        | A::Sendfile
+        | A::MmapSharedWrite
+        | A::VfsWrite
+        | A::WriteUnknown
+        | A::Fallocate
+        | A::CloneRange
+        | A::Create
+        | A::OpenWrite
+        | A::Rename
+        | A::Unlink
+        | A::Rmdir
+        | A::Link
+        | A::Symlink
+        | A::Mkdir
+        | A::Chmod
+        | A::Chown
+        | A::Utimes
+        | A::NamespaceUnknown
+        | A::Ioctl
+        | A::IoUringRegisterFiles
+        | A::Blinded
+        | A::Fork
+        | A::Exec
+        | A::Exit
+        | A::Unset
+        | A::DenyWrite
+        | A::DenyOpenWrite
+        | A::DenyTruncate
+        | A::DenyUnlink
+        | A::DenyRename
+        | A::DenyLink
+        | A::DenyMmapWrite
+        | A::DenyIoctl
+        | A::DenyUnknown
+        | A::WouldDenyWrite
+        | A::WouldDenyOpenWrite
+        | A::WouldDenyTruncate
+        | A::WouldDenyUnlink
+        | A::WouldDenyRename
+        | A::WouldDenyLink
+        | A::WouldDenyMmapWrite
+        | A::WouldDenyIoctl
+        | A::Kill
+        | A::Stop
+        | A::Freeze
+        | A::WouldKill
+        | A::WouldStop
+        | A::WouldFreeze => false,
+    }
 }
 
 fn ioctl_name(ev: &Event) -> &str {
@@ -561,7 +675,7 @@ fn ioctl_family(ev: &Event) -> &str {
         .and_then(|c| c.ioctl.as_ref())
         .and_then(|v| v.get("family"))
         .and_then(|v| v.as_str())
-        .unwrap_or_else(|| cls(ev).map(|c| c.format).unwrap_or(""))
+        .unwrap_or_else(|| cls(ev).map(|c| c.format.as_str()).unwrap_or(""))
 }
 
 fn has_image_ext(name: &[u8], exts: &[String]) -> bool {
@@ -599,7 +713,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
                 "{} {} qcow2 metadata ({}) in {} through the QEMU block layer ({} is a QEMU \
                  debugging tool)",
                 actor(ev),
-                verb(ev.action.as_str()),
+                verb(ev.action),
                 regions.join(", "),
                 leaf(ev),
                 tool.name(),
@@ -658,7 +772,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
     Some(Hit::msg(format!(
         "{} {} qcow2 metadata ({what}) in {}{d}",
         actor(ev),
-        verb(ev.action.as_str()),
+        verb(ev.action),
         leaf(ev),
     )))
 }
@@ -721,7 +835,7 @@ fn q003(ctx: &mut Ctx) -> Option<Hit> {
         format!(
             "{} {} snapshot table entries in {}",
             actor(ev),
-            verb(ev.action.as_str()),
+            verb(ev.action),
             leaf(ev)
         )
     } else {
@@ -808,7 +922,7 @@ fn q005(ctx: &mut Ctx) -> Option<Hit> {
         Action::Truncate | Action::OpenTruncate if ctx.trust.by("qemu") => false,
         Action::Truncate => ev.write.as_ref().is_some_and(|w| w.length < 104),
         Action::OpenTruncate => true,
-        a => is_destructive_op(a.as_str()),
+        a => is_destructive_op(a),
     };
     let wiped = touches_magic && cut_header;
     if magic.is_none() && entropy.is_none() && !wiped {
@@ -984,7 +1098,7 @@ fn h001(ctx: &mut Ctx) -> Option<Hit> {
 
 fn h002(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
-    if cls(ev).is_none_or(|c| c.format != "qcow2") {
+    if cls(ev).is_none_or(|c| c.format != Format::Qcow2) {
         return None;
     }
     let f = ev.file.as_ref()?;
@@ -1036,7 +1150,7 @@ pub fn deleted_snapshots(ev: &Event) -> Vec<String> {
             _ => {}
         }
     }
-    if c.format == "libvirt" && ev.action == Action::Unlink {
+    if c.format == Format::Libvirt && ev.action == Action::Unlink {
         let fact = |k: &str| c.facts.iter().find(|f| f.0 == k).map(|f| f.1.clone());
         if fact("kind").as_deref() == Some("snapshot") && fact("temp").is_none() {
             out.push(fact("name").unwrap_or_else(|| leaf(ev)));
@@ -1088,14 +1202,15 @@ fn b001(ctx: &mut Ctx) -> Option<Hit> {
 // ---------------------------------------------------------------------------------------
 // Tool metadata.
 
-fn changes_something(action: &str) -> bool {
-    action != "open_write" && action != "ioctl"
+/// Anything but an open for writing or an ioctl (judged by what it did, elsewhere).
+fn changes_something(action: Action) -> bool {
+    !matches!(action, Action::OpenWrite | Action::Ioctl)
 }
 
 fn m001(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
     let c = cls(ev)?;
-    if c.format != "libvirt" || !changes_something(ev.action.as_str()) || ctx.trust.by("libvirt") {
+    if c.format != Format::Libvirt || !changes_something(ev.action) || ctx.trust.by("libvirt") {
         return None;
     }
     let kind = c
@@ -1134,11 +1249,19 @@ fn m002(ctx: &mut Ctx) -> Option<Hit> {
     let ev = ctx.ev;
     let c = cls(ev)?;
     let meta = match c.format {
-        "lvm-backup" => true,
-        "lvm" => c.regions.iter().any(|r| r != "lvm.data"),
-        _ => false,
+        Format::LvmBackup => true,
+        Format::Lvm => c.regions.iter().any(|r| r != "lvm.data"),
+        Format::Unset
+        | Format::Qcow2
+        | Format::Libvirt
+        | Format::Dm
+        | Format::Btrfs
+        | Format::Zfs
+        | Format::Loop
+        | Format::Unknown
+        | Format::File => false,
     };
-    if !meta || !changes_something(ev.action.as_str()) || ctx.trust.by("lvm") {
+    if !meta || !changes_something(ev.action) || ctx.trust.by("lvm") {
         return None;
     }
     let regions = c.regions.join(", ");
@@ -1146,7 +1269,7 @@ fn m002(ctx: &mut Ctx) -> Option<Hit> {
     Some(Hit::msg(format!(
         "{} {} LVM metadata ({regions}) in {}{}{}",
         actor(ev),
-        verb(ev.action.as_str()),
+        verb(ev.action),
         String::from_utf8_lossy(subject_path(ev)),
         how(ev),
         if d.is_empty() {
@@ -1280,7 +1403,7 @@ pub fn snapshot_op(ev: &Event) -> Option<String> {
     {
         return Some(format!("{} {}", ch.field, ch.after));
     }
-    if c.format == "libvirt"
+    if c.format == Format::Libvirt
         && matches!(ev.action, Action::Unlink | Action::Rename | Action::Create)
     {
         return Some(format!("{} of {}", ev.action, leaf(ev)));
@@ -1363,7 +1486,12 @@ fn about_snapshot_file(ctx: &Ctx) -> bool {
     let ev = ctx.ev;
     has_image_ext(leaf_bytes(path_bytes(ev)), &ctx.det.image_extensions)
         || ev.path_cut("file")
-        || cls(ev).is_some_and(|c| matches!(c.format, "qcow2" | "libvirt" | "lvm-backup" | "lvm"))
+        || cls(ev).is_some_and(|c| {
+            matches!(
+                c.format,
+                Format::Qcow2 | Format::Libvirt | Format::LvmBackup | Format::Lvm
+            )
+        })
         || ev
             .file
             .as_ref()

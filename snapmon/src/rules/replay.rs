@@ -8,9 +8,10 @@ use std::io::BufRead;
 use serde_json::Value;
 
 use crate::{
-    classify::{Change, Classification},
+    classify::{Change, Classification, Format},
     event::{
-        Action, Ancestor, Bytes, Event, FileInfo, IoctlRaw, ProcessInfo, ProcessNames, WriteInfo,
+        Action, Ancestor, Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo,
+        ProcessNames, WriteInfo,
     },
     record::Alert,
 };
@@ -23,21 +24,10 @@ pub enum ReplayError {
     Shape { line: usize, msg: String },
 }
 
-/// The agent's other `&'static str` vocabularies (actions parse as `Action`, write ops by
-/// their action's name or one of these); anything else becomes `other`.
+/// The agent's remaining `&'static str` vocabularies: write ops (by their action's name or
+/// one of these), fallocate modes and detail keys. Anything else becomes `other`.
+/// Actions, categories, types and formats parse through their enums instead.
 const WORDS: &[&str] = &[
-    "denied",
-    "allowed",
-    // categories, types
-    "file",
-    "process",
-    "change",
-    "creation",
-    "deletion",
-    "access",
-    "info",
-    "start",
-    "end",
     // actions and write ops
     "ftruncate",
     "io_uring_fallocate",
@@ -51,17 +41,6 @@ const WORDS: &[&str] = &[
     "keep_size",
     "no_hide_stale",
     "unshare_range",
-    // classification formats
-    "qcow2",
-    "lvm",
-    "lvm-backup",
-    "libvirt",
-    "dm",
-    "btrfs",
-    "zfs",
-    "loop",
-    "unknown",
-    "raw",
     // detail keys
     "mode",
     "uid",
@@ -196,7 +175,13 @@ fn ancestor(v: &Value) -> Ancestor {
     }
 }
 
-fn classification(c: &Value) -> Classification {
+/// Err: the message for an unknown `format`.
+fn classification(c: &Value) -> Result<Classification, String> {
+    // "" (`Format::Unset`) is what an unclassified one carries.
+    let format = str_of(&c["format"]);
+    let format = format
+        .parse::<Format>()
+        .map_err(|_| format!("unknown snapmon.classification.format `{format}`"))?;
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
             .map(|a| {
@@ -206,8 +191,8 @@ fn classification(c: &Value) -> Classification {
             })
             .unwrap_or_default()
     };
-    Classification {
-        format: intern(str_of(&c["format"])),
+    Ok(Classification {
+        format,
         regions: strs(&c["regions"]),
         changes: c["changes"]
             .as_array()
@@ -241,7 +226,7 @@ fn classification(c: &Value) -> Classification {
                     .collect()
             })
             .unwrap_or_default(),
-    }
+    })
 }
 
 /// One JSON line → an event; `Ok(None)` for lines that are not events (alerts, state …).
@@ -390,12 +375,25 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
     let backend = str_of(&sm["backend"]);
     let backend = snapmon_common::Backend::from_name(backend)
         .ok_or_else(|| shape(&format!("unknown snapmon.backend `{backend}`")))?;
+    // `Unset` ("") is no value: a missing field is an error too.
+    let category = first(&e["category"]);
+    let category = category
+        .parse::<Category>()
+        .ok()
+        .filter(|c| *c != Category::Unset)
+        .ok_or_else(|| shape(&format!("unknown event.category `{category}`")))?;
+    let ecs_type = first(&e["type"]);
+    let ecs_type = ecs_type
+        .parse::<EventType>()
+        .ok()
+        .filter(|t| *t != EventType::Unset)
+        .ok_or_else(|| shape(&format!("unknown event.type `{ecs_type}`")))?;
     Ok(Some(Event {
         seq: u64_of(&e["sequence"]).unwrap_or(0),
         ts_unix_ns: ts,
         ts_boot_ns: 0,
-        category: intern(&first(&e["category"])),
-        ecs_type: intern(&first(&e["type"])),
+        category,
+        ecs_type,
         action,
         backend,
         process,
@@ -406,7 +404,9 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         detail,
         classification: sm["classification"]
             .is_object()
-            .then(|| classification(&sm["classification"])),
+            .then(|| classification(&sm["classification"]))
+            .transpose()
+            .map_err(|m| shape(&m))?,
     }))
 }
 
@@ -467,7 +467,7 @@ mod tests {
     fn an_unknown_or_missing_action_is_an_error_naming_the_line() {
         let line = |a: &str| {
             format!(
-                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","action":{a}}},"snapmon":{{"backend":"lsm"}}}}"#
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","category":["file"],"type":["change"],"action":{a}}},"snapmon":{{"backend":"lsm"}}}}"#
             )
         };
         for a in [r#""explode""#, r#""""#, "null", "7"] {
@@ -484,12 +484,67 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_or_missing_category_or_type_is_an_error_naming_the_line() {
+        let line = |c: &str, t: &str| {
+            format!(
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","category":{c},"type":{t},"action":"exit"}},"snapmon":{{"backend":"lsm"}}}}"#
+            )
+        };
+        for c in [r#"["device"]"#, r#"[""]"#, "[]", "null", r#""process""#] {
+            let e = parse_line(&line(c, r#"["end"]"#), 5)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("line 5: unknown event.category `"),
+                "{c}: {e}"
+            );
+        }
+        for t in [r#"["ended"]"#, "[]", r#"[7]"#] {
+            let e = parse_line(&line(r#"["process"]"#, t), 6)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("line 6: unknown event.type `"), "{t}: {e}");
+        }
+        let ok = parse_line(&line(r#"["process"]"#, r#"["end"]"#), 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ok.category, ok.ecs_type),
+            (Category::Process, EventType::End)
+        );
+        let e = parse_line(&line(r#"["File"]"#, r#"["end"]"#), 2)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "line 2: unknown event.category `File`");
+    }
+
+    #[test]
+    fn an_unknown_classification_format_is_an_error_naming_the_line() {
+        let line = |f: &str| {
+            format!(
+                r#"{{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{{"kind":"event","category":["file"],"type":["change"],"action":"pwrite64"}},"snapmon":{{"backend":"lsm","classification":{{"format":{f}}}}}}}"#
+            )
+        };
+        let e = parse_line(&line(r#""vmdk""#), 8).unwrap_err().to_string();
+        assert_eq!(e, "line 8: unknown snapmon.classification.format `vmdk`");
+        for (f, want) in [
+            (r#""lvm-backup""#, Format::LvmBackup),
+            (r#""file""#, Format::File),
+            // An unclassified one carries no name.
+            (r#""""#, Format::Unset),
+        ] {
+            let ok = parse_line(&line(f), 1).unwrap().unwrap();
+            assert_eq!(ok.classification.unwrap().format, want, "{f}");
+        }
+    }
+
+    #[test]
     fn json_round_trips_to_an_equivalent_event() {
         let ev = Event {
             seq: 9,
             ts_unix_ns: 1_795_887_000_123_000_000,
-            category: "file",
-            ecs_type: "change",
+            category: Category::File,
+            ecs_type: EventType::Change,
             action: Action::Pwrite64,
             backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
@@ -522,7 +577,7 @@ mod tests {
                 ..Default::default()
             }),
             classification: Some(Classification {
-                format: "qcow2",
+                format: Format::Qcow2,
                 regions: vec!["header.nb_snapshots".into()],
                 changes: vec![Change::new("nb_snapshots", "3", "0")],
                 facts: vec![("k".into(), "v".into())],
@@ -564,7 +619,10 @@ mod tests {
         assert_eq!(back.process.ancestors[0].name, "bash");
         assert_eq!(back.ts_unix_ns, ev.ts_unix_ns);
         let c = back.classification.unwrap();
-        assert_eq!((c.format, c.changes[0].after.as_str()), ("qcow2", "0"));
+        assert_eq!(
+            (c.format.as_str(), c.changes[0].after.as_str()),
+            ("qcow2", "0")
+        );
         assert_eq!(c.facts, vec![("k".to_string(), "v".to_string())]);
         // Same JSON again: the inverse is exact for everything the sink writes.
         let again = to_value(&Record::Event(parse_line(&line, 1).unwrap().unwrap()), "h");

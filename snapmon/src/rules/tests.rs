@@ -287,8 +287,8 @@ fn hide_event(pid: u32) -> Event {
     Event {
         seq: 1,
         ts_unix_ns: 1_795_887_000_000_000_000,
-        category: "file",
-        ecs_type: "change",
+        category: crate::event::Category::File,
+        ecs_type: crate::event::EventType::Change,
         action: Action::Pwrite64,
         process: ProcessInfo {
             pid,
@@ -314,7 +314,7 @@ fn hide_event(pid: u32) -> Event {
             size: Some(1 << 20),
         }),
         classification: Some(Classification {
-            format: "qcow2",
+            format: crate::classify::Format::Qcow2,
             regions: vec!["header.nb_snapshots".into()],
             changes: vec![Change::new("nb_snapshots", "3", "0")],
             ..Default::default()
@@ -507,7 +507,7 @@ fn state_stays_bounded_under_floods() {
             3 => {
                 ev.action = Action::Ioctl;
                 ev.classification = Some(Classification {
-                    format: "file",
+                    format: crate::classify::Format::File,
                     ioctl_name: Some("FIFREEZE".into()),
                     ..Default::default()
                 });
@@ -741,7 +741,7 @@ fn a_reload_keeps_an_open_freeze_and_dedupe_by_rule_not_index() {
     let mut freeze = hide_event(4243);
     freeze.action = Action::Ioctl;
     freeze.classification = Some(Classification {
-        format: "file",
+        format: crate::classify::Format::File,
         ioctl_name: Some("FIFREEZE".into()),
         ..Default::default()
     });

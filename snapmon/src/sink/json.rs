@@ -154,7 +154,7 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
             "action": e.action,
             "sequence": e.seq,
             "module": "snapmon",
-            "dataset": format!("snapmon.{}", e.category),
+            "dataset": format!("snapmon.{}", e.category.as_str()),
         }),
     );
     if let Some(f) = &e.file {
@@ -262,9 +262,18 @@ fn ioctl_json(i: &crate::event::IoctlRaw, c: Option<&crate::classify::Classifica
 /// `event.category`: the event's own, plus `intrusion_detection` for an enforcement
 /// decision (ECS expects `allowed`/`denied` types there, not under `file`).
 fn categories(e: &Event) -> (&'static str, Option<&'static str>) {
+    use crate::event::EventType as T;
+    let cat = e.category.as_str();
     match e.ecs_type {
-        "denied" | "allowed" => (e.category, Some("intrusion_detection")),
-        _ => (e.category, None),
+        T::Denied | T::Allowed => (cat, Some("intrusion_detection")),
+        T::Unset
+        | T::Change
+        | T::Creation
+        | T::Deletion
+        | T::Access
+        | T::Info
+        | T::Start
+        | T::End => (cat, None),
     }
 }
 
@@ -492,7 +501,7 @@ fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) 
         let _ = serde_json::to_writer(&mut *out, &c.facts);
     }
     key(out, "format", &mut first);
-    js(out, c.format);
+    js(out, c.format.as_str());
     if let Some(i) = &c.ioctl {
         key(out, "ioctl", &mut first);
         let _ = serde_json::to_writer(&mut *out, i);
@@ -904,7 +913,7 @@ fn write_event(
         key(out, "dataset", &mut f);
         out.extend_from_slice(b"\"snapmon.");
         // `snapmon.` + category, escaped as one string.
-        let cat = serde_json::to_string(e.category).unwrap_or_default();
+        let cat = serde_json::to_string(e.category.as_str()).unwrap_or_default();
         out.extend_from_slice(&cat.as_bytes()[1..]);
         if let Some(id) = id {
             key(out, "id", &mut f);
@@ -928,7 +937,7 @@ fn write_event(
         }
         key(out, "type", &mut f);
         out.push(b'[');
-        js(out, e.ecs_type);
+        js(out, e.ecs_type.as_str());
         out.push(b']');
         out.push(b'}');
     }
@@ -1110,7 +1119,7 @@ mod tests {
         for entropy in [7.25, f64::NAN] {
             let mut e = e.clone();
             e.classification = Some(crate::classify::Classification {
-                format: "dm",
+                format: crate::classify::Format::Dm,
                 regions: vec!["header.nb_snapshots".into(), "l1\"table".into()],
                 changes: vec![
                     crate::classify::Change::new("nb_snapshots", "3", "0"),
@@ -1246,8 +1255,8 @@ mod tests {
     #[test]
     fn event_has_ecs_shape_and_lossless_paths() {
         let e = Event {
-            category: "file",
-            ecs_type: "change",
+            category: crate::event::Category::File,
+            ecs_type: crate::event::EventType::Change,
             action: Action::Pwrite64,
             backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
@@ -1293,8 +1302,8 @@ mod tests {
     #[test]
     fn a_bidi_override_in_a_path_is_escaped_in_json() {
         let e = Event {
-            category: "file",
-            ecs_type: "change",
+            category: crate::event::Category::File,
+            ecs_type: crate::event::EventType::Change,
             action: Action::Pwrite64,
             file: Some(FileInfo {
                 path: Some(Bytes("/s/\u{202E}2woqc.gol".into())),

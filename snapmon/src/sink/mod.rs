@@ -287,8 +287,8 @@ pub(crate) mod fixtures {
         Event {
             seq,
             ts_unix_ns: 1_795_887_000_123_000_000 + seq as i128 * 1_000_000,
-            category: "file",
-            ecs_type: "change",
+            category: crate::event::Category::File,
+            ecs_type: crate::event::EventType::Change,
             action: Action::Pwrite64,
             backend: snapmon_common::Backend::Tracepoint,
             process: ProcessInfo {
@@ -336,7 +336,7 @@ pub(crate) mod fixtures {
                 ..Default::default()
             }),
             classification: Some(Classification {
-                format: "qcow2",
+                format: crate::classify::Format::Qcow2,
                 regions: vec!["header.nb_snapshots".into()],
                 changes: vec![Change::new("nb_snapshots", "3", "0")],
                 ..Default::default()

@@ -29,7 +29,7 @@ use crate::event::Action;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    event::{Bytes, Event, FileInfo, ProcessInfo},
+    event::{Bytes, Category, Event, FileInfo, ProcessInfo},
     record::{Alert, Record, Severity},
 };
 
@@ -40,7 +40,7 @@ const PROFILES: &[&str] = &["host"];
 
 /// (class_uid, category_uid, activity_id, activity_name) for an event action.
 pub fn activity(e: &Event) -> (u32, u32, u32, &'static str) {
-    if e.category == "process" {
+    if e.category == Category::Process {
         return match e.action {
             Action::Exit => (1007, 1, 2, "Terminate"),
             _ => (1007, 1, 1, "Launch"),
@@ -510,7 +510,7 @@ mod tests {
             to_value(&Record::Event(e.clone()), "h")["file"]["type_id"],
             2
         );
-        e.category = "process";
+        e.category = Category::Process;
         e.action = Action::Exit;
         let v = to_value(&Record::Event(e), "h");
         assert_eq!(

@@ -35,7 +35,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     ] {
         let mut e = base.clone();
         e.action = action.parse().unwrap();
-        e.ecs_type = ty;
+        e.ecs_type = ty.parse().unwrap();
         if matches!(action, "rename" | "link") {
             e.target = Some(FileInfo {
                 path: Some(Bytes(b"/var/lib/libvirt/images/.hidden\xff".to_vec())),
@@ -105,7 +105,7 @@ pub(crate) fn every_record() -> Vec<Record> {
         arg_data: vec![0; 8],
     });
     e.classification = Some(crate::classify::Classification {
-        format: "dm",
+        format: crate::classify::Format::Dm,
         ioctl_name: Some("DM_DEV_REMOVE vg-lv_snap".into()),
         ioctl: Some(
             json!({"cmd": 3241737476u32, "family": "dm", "name": "DM_DEV_REMOVE", "truncated": false,
@@ -134,8 +134,10 @@ pub(crate) fn every_record() -> Vec<Record> {
     // Process lifecycle.
     for action in ["fork", "exec", "exit"] {
         let mut e = base.clone();
-        e.category = "process";
-        e.ecs_type = if action == "exit" { "end" } else { "start" };
+        e.category = crate::event::Category::Process;
+        e.ecs_type = if action == "exit" { "end" } else { "start" }
+            .parse()
+            .unwrap();
         e.action = action.parse().unwrap();
         e.file = None;
         e.write = None;
@@ -145,7 +147,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     // Enforcement decisions.
     for (ty, outcome) in [("denied", "denied"), ("allowed", "would_deny")] {
         let mut e = base.clone();
-        e.ecs_type = ty;
+        e.ecs_type = ty.parse().unwrap();
         e.action = if ty == "denied" {
             Action::DenyWrite
         } else {
