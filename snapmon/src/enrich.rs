@@ -373,8 +373,8 @@ impl Enricher {
             out.push(Event {
                 ts_unix_ns: self.clock.unix_ns(ts),
                 ts_boot_ns: ts,
-                category: "file",
-                ecs_type: "info",
+                category: Category::File,
+                ecs_type: EventType::Info,
                 action: Action::LoopDetached,
                 backend: snapmon_common::Backend::Tracepoint,
                 file: Some(self.file(a.image, None)),

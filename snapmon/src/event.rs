@@ -368,6 +368,7 @@ impl Action {
             | A::Ioctl
             | A::IoUringRegisterFiles
             | A::Blinded
+            | A::LoopDetached
             | A::Fork
             | A::Exec
             | A::Exit => return None,

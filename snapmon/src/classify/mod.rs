@@ -110,6 +110,7 @@ fn puts_bytes(action: Action) -> bool {
         | A::Ioctl
         | A::IoUringRegisterFiles
         | A::Blinded
+        | A::LoopDetached
         | A::Fork
         | A::Exec
         | A::Exit

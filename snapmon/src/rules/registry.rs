@@ -562,6 +562,7 @@ fn verb(action: Action) -> &'static str {
         | A::NamespaceUnknown
         | A::IoUringRegisterFiles
         | A::Blinded
+        | A::LoopDetached
         | A::Fork
         | A::Exec
         | A::Exit
@@ -636,6 +637,7 @@ fn is_destructive_op(action: Action) -> bool {
         | A::Ioctl
         | A::IoUringRegisterFiles
         | A::Blinded
+        | A::LoopDetached
         | A::Fork
         | A::Exec
         | A::Exit

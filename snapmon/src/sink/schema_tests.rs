@@ -122,7 +122,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     // The agent's own word that a loop alias ended: no actor (process left at its default).
     let mut e = base.clone();
     e.action = Action::LoopDetached;
-    e.ecs_type = "info";
+    e.ecs_type = crate::event::EventType::Info;
     e.write = None;
     e.classification = None;
     e.process = Default::default();
