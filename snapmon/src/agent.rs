@@ -1141,6 +1141,13 @@ fn rescan_overlays(pipe: &mut Pipeline, k: &mut Kernel) {
         }
     };
     let r = pipe.enricher.rescan_overlays(&text, &mut KernelMaps::of(k));
+    pipe.classifier.preload(r.found.iter().map(|(k, p)| (k, p)));
+    for (_, p) in &r.found {
+        eprintln!(
+            "snapmon: {} was made through an overlay's merged view before its mount was seen: watched from now",
+            p.display()
+        );
+    }
     for (mp, upper, n) in &r.added {
         eprintln!(
             "snapmon: overlay at {} has {} as its upper dir: {n} merged-view aliases watched",

@@ -199,6 +199,11 @@ pub struct Rescan {
     pub removed: Vec<PathBuf>,
     /// Aliases the kernel's file map refused.
     pub refused: usize,
+    /// Files and directories found below a new overlay's upper dir that the agent had not
+    /// seen made: made through the merged view before the mount table said so (the hooks saw
+    /// them on an overlay inode that had no alias yet). Now watched; their shadows want
+    /// loading, so their first change diffs against what is there now.
+    pub found: Vec<(FileKey, PathBuf)>,
     pub errors: Vec<MountinfoError>,
 }
 
@@ -292,7 +297,7 @@ impl Overlays {
                 upper,
                 aliases: Vec::new(),
             };
-            let refused = self.alias_all(&mut t, ws, maps);
+            let refused = self.alias_all(&mut t, ws, maps, &mut r.found);
             r.refused += refused;
             r.added
                 .push((t.m.mount_point.clone(), t.upper.clone(), t.aliases.len()));
@@ -301,10 +306,44 @@ impl Overlays {
         r
     }
 
-    /// Alias every watched directory and image under the overlay's upper dir; returns how
-    /// many the file map refused.
-    fn alias_all(&mut self, t: &mut Tracked, ws: &mut WatchSet, maps: &mut dyn WatchMaps) -> usize {
-        let mut head = t.upper.as_os_str().as_bytes().to_vec();
+    /// Alias every watched directory and image under the overlay's upper dir, and watch (and
+    /// alias) what is there but was never seen made; returns how many the file map refused.
+    fn alias_all(
+        &mut self,
+        t: &mut Tracked,
+        ws: &mut WatchSet,
+        maps: &mut dyn WatchMaps,
+        found: &mut Vec<(FileKey, PathBuf)>,
+    ) -> usize {
+        let under = Self::known_under(&t.upper, ws);
+        let dirs: Vec<PathBuf> = under
+            .iter()
+            .filter(|(k, _)| ws.dirs.contains(k))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut refused = self.alias_each(t, under, ws, maps);
+        // Only now, with the directories aliased (so a create through the view from here on
+        // reaches the hooks as one in a watched directory), look for what was made through
+        // the view before: an entry on disk the watch set does not name.
+        let mut new = Vec::new();
+        for d in dirs {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for p in rd.flatten().map(|e| e.path()) {
+                if ws.key_at(&p).is_none() && ws.observe_new_path(&p, maps).is_some() {
+                    new.extend(Self::known_under(&p, ws));
+                }
+            }
+        }
+        found.extend(new.iter().filter(|(k, _)| !ws.dirs.contains(k)).cloned());
+        refused += self.alias_each(t, new, ws, maps);
+        refused
+    }
+
+    /// The watch set's entries at and below `top`.
+    fn known_under(top: &Path, ws: &WatchSet) -> Vec<(FileKey, PathBuf)> {
+        let mut head = top.as_os_str().as_bytes().to_vec();
         if !head.ends_with(b"/") {
             head.push(b'/');
         }
@@ -312,9 +351,20 @@ impl Overlays {
             .named_with_prefix(&head)
             .map(|(k, p)| (*k, p.clone()))
             .collect();
-        if let Some(k) = ws.key_at(&t.upper) {
-            under.push((k, t.upper.clone()));
+        if let Some(k) = ws.key_at(top) {
+            under.push((k, top.to_path_buf()));
         }
+        under
+    }
+
+    /// Alias each of `under` through `t`; returns how many the file map refused.
+    fn alias_each(
+        &mut self,
+        t: &mut Tracked,
+        under: Vec<(FileKey, PathBuf)>,
+        ws: &mut WatchSet,
+        maps: &mut dyn WatchMaps,
+    ) -> usize {
         let mut refused = 0;
         for (k, p) in under {
             if !ws.covers(&p) {
@@ -780,5 +830,47 @@ mod tests {
         assert_eq!(o.rescan(&over, &mut ws, &mut maps), Rescan::default());
         let r = o.rescan("", &mut ws, &mut maps);
         assert_eq!(r.removed, vec![PathBuf::from("/srv/merged")]);
+    }
+
+    /// The mount table trails the mount: an image made through the view before the rescan
+    /// left no record the agent could see (its create hit an overlay inode with no alias).
+    /// The rescan finds it below the upper dir and watches it, its directories' contents too.
+    #[test]
+    fn what_was_made_before_the_rescan_is_found_and_watched() {
+        let t = crate::testutil::TmpDir::new("ovl-found");
+        let store = std::fs::canonicalize(&*t).unwrap().join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let mut ws = WatchSet::default();
+        let mut maps = MemMaps::default();
+        ws.add_root(&store, &mut maps).unwrap();
+        std::fs::write(store.join("made.qcow2"), b"QFI\xfb").unwrap();
+        std::fs::create_dir(store.join("sub")).unwrap();
+        std::fs::write(store.join("sub/deep.qcow2"), b"QFI\xfb").unwrap();
+        std::fs::write(store.join("notes.txt"), b"junk").unwrap();
+        assert!(ws.key_at(&store.join("made.qcow2")).is_none());
+        let line = OVL.replace(
+            "upperdir=/srv/upper",
+            &format!("upperdir={}", store.display()),
+        );
+        let mut o = Overlays::default();
+        let r = o.rescan(&line, &mut ws, &mut maps);
+        assert_eq!(r.added.len(), 1, "{r:?}");
+        let mut found: Vec<PathBuf> = r.found.iter().map(|(_, p)| p.clone()).collect();
+        found.sort();
+        // Every file, as a store's are at the start (ordinary ones within their share).
+        assert_eq!(
+            found,
+            vec![
+                store.join("made.qcow2"),
+                store.join("notes.txt"),
+                store.join("sub/deep.qcow2")
+            ]
+        );
+        for (k, p) in &r.found {
+            assert_eq!(ws.key_at(p), Some(*k));
+            assert!(maps.has_file(*k), "{} not in the file map", p.display());
+        }
+        // Seen again: nothing new is found.
+        assert!(o.rescan(&line, &mut ws, &mut maps).found.is_empty());
     }
 }
