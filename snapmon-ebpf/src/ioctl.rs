@@ -19,7 +19,7 @@ use crate::{
         urgent_actor, urgent_file,
     },
     kernel::{
-        current_task, dentry_inode, fd_to_file, file_inode, inode_key, is_agent, mark_watched_ino,
+        current_task, dentry_inode, enter, fd_to_file, file_inode, inode_key, mark_watched_ino,
         off, rk, valid, watch_rdev, watched_fd,
     },
     SCRATCH_IOCTL, WATCHED_FILES,
@@ -82,13 +82,9 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn on_ioctl(ctx: &TracePointContext) {
-    if !valid(v::FILES) {
+    let Some(pid_tgid) = enter(v::FILES) else {
         return;
-    }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return;
-    }
+    };
     let fd = sc_arg(ctx, 0) as i64;
     let cmd = sc_arg(ctx, 1) as u32;
     let arg = sc_arg(ctx, 2);
@@ -103,7 +99,7 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
             cmd,
             _pad: 0,
         };
-        let tid = bpf_get_current_pid_tgid() as u32;
+        let tid = pid_tgid as u32;
         if LOOP_CALLS.insert(&tid, &call, 0).is_ok() {
             pending_add(1);
         } else {

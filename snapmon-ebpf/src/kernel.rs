@@ -1,7 +1,7 @@
 //! Kernel object walks (task → files → file → inode) using BTF offsets supplied at load time.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 use snapmon_common::{dir_flags, fd_walk, FileKey};
@@ -377,6 +377,20 @@ pub unsafe fn watch_rdev(inode: *const u8, node: &FileKey) {
 #[inline(always)]
 pub fn is_agent(tgid: u32) -> bool {
     tgid == agent_tgid()
+}
+
+/// The prologue every hook shares: nothing before the loader found the offsets of `group`
+/// (`snapmon_common::valid`), nothing of the agent's own. The current `pid_tgid`.
+#[inline(always)]
+pub fn enter(group: u32) -> Option<u64> {
+    if !valid(group) {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    Some(pid_tgid)
 }
 
 /// The syscall the current task is in (`orig_ax`, -1 outside one) and its first argument,

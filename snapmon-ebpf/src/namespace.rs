@@ -1,29 +1,18 @@
 //! Namespace hooks: create/rename/unlink/link/mkdir and attribute changes in watched trees.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use snapmon_common::{ns_flags, valid as v, EventKind, NsOp};
+use snapmon_common::{ns_flags, EventKind, NsOp};
 
 use crate::{
     emit::{fill_header, output_file, output_lane, sc_arg, urgent_actor, urgent_file},
-    kernel::{current_task, is_agent, valid, watched_fd},
+    kernel::watched_fd,
     path::{match_path, relevant},
+    write::enter,
     SCRATCH_NS,
 };
 
 const AT_FDCWD: u64 = -100i64 as u64;
 const NONE: u64 = 0;
-
-#[inline(always)]
-fn enter() -> Option<*const u8> {
-    if !valid(v::FILES) {
-        return None;
-    }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return None;
-    }
-    Some(current_task())
-}
 
 /// Emit a namespace record when either path lies in a watched tree.
 #[inline(always)]

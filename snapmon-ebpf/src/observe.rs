@@ -14,7 +14,7 @@ use snapmon_common::{dir_flags, ns_flags, runtime, valid as v, EventKind, FileKe
 
 use crate::{
     emit::{copy_kernel_str, fill_header, output_lane, urgent_actor, BACKEND_LSM},
-    kernel::{current_syscall, dentry_inode, inode_key, is_agent, is_io_worker, off, rk, valid},
+    kernel::{current_syscall, dentry_inode, enter, inode_key, is_io_worker, off, rk},
     NS_MARK, RUNTIME, SCRATCH_NS, WATCHED_DIRS, WATCHED_FILES,
 };
 
@@ -53,11 +53,13 @@ pub unsafe fn mark(reported: bool) {
 /// one a syscall hook already reported (that mark is consumed).
 #[inline(always)]
 unsafe fn should_report() -> bool {
-    if !observing() || !valid(v::VFS_NS | v::FILES) {
+    if !observing() {
         return false;
     }
-    let id = bpf_get_current_pid_tgid();
-    if is_agent((id >> 32) as u32) || is_io_worker() {
+    let Some(id) = enter(v::VFS_NS | v::FILES) else {
+        return false;
+    };
+    if is_io_worker() {
         return false;
     }
     let (nr, arg0) = current_syscall();

@@ -14,8 +14,8 @@ use snapmon_common::{
 use crate::{
     emit::{copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file},
     kernel::{
-        current_task, dentry_inode, direct_inode_key, direct_ptr, direct_walk, fd_to_file,
-        file_inode, inode_key, inode_size, is_agent, off, rk, valid,
+        current_task, dentry_inode, direct_inode_key, direct_ptr, direct_walk, enter, fd_to_file,
+        file_inode, inode_key, inode_size, off, rk, valid,
     },
     IMAGE_INO, OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
     WATCH_SHARE,
@@ -125,13 +125,12 @@ const MAX_NEW_DEPTH: usize = 4;
 
 #[inline(always)]
 fn stash(dirfd: u64, path: u64, flags: u64) {
-    if flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 || !valid(v::FILES) {
+    if flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_agent((pid_tgid >> 32) as u32) {
+    let Some(pid_tgid) = enter(v::FILES) else {
         return;
-    }
+    };
     let s = OpenStash {
         path_ptr: path,
         flags: flags as u32,

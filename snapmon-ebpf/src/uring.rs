@@ -14,7 +14,7 @@ use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, N
 
 use crate::{
     emit::{count_lost, fill_header, output_file, sc_arg, urgent_file},
-    kernel::{current_task, inode_size, is_agent, off, rk, valid, watched_fd},
+    kernel::{current_task, enter, inode_size, off, rk, valid, watched_fd},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos},
     REG_WALK, SCRATCH_URING,
@@ -138,8 +138,7 @@ const IORING_OP_FILES_UPDATE: u8 = 20;
 /// off, as the kernel copied them. The submitter's fds (SQPOLL threads share its table).
 #[inline(never)]
 unsafe fn on_files_update(req: *const u8) {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if valid(v::IO_URING_UPD) && !is_agent(tgid) {
+    if enter(v::IO_URING_UPD).is_some() {
         let fds: u64 = rk(req, off!(uring_upd_arg)).unwrap_or(0);
         let nr: u32 = rk(req, off!(uring_upd_nr)).unwrap_or(0);
         let slot: u32 = rk(req, off!(uring_upd_off)).unwrap_or(0);
@@ -175,8 +174,8 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
     ) {
         return;
     }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
+    // `io_uring_submit_req` checked the offsets.
+    if enter(v::IO_URING | v::FILES).is_none() {
         return;
     }
     let flags: u32 = rk(req, off!(req_flags)).unwrap_or(0);
@@ -288,14 +287,9 @@ pub struct RegWalk {
 /// Every files opcode is read: the initial table (sparse `-1` slots included) and updates.
 #[tracepoint]
 pub fn sys_enter_io_uring_register(ctx: TracePointContext) -> u32 {
-    if !valid(v::FILES) {
-        return 0;
+    if enter(v::FILES).is_some() {
+        unsafe { on_register(&ctx) };
     }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return 0;
-    }
-    unsafe { on_register(&ctx) };
     0
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::{macros::fentry, programs::FEntryContext};
 use snapmon_common::{valid as v, watch_value, WriteOp};
 
 use crate::{
-    kernel::{current_syscall, file_inode, inode_key, is_agent, is_io_worker, valid},
+    kernel::{current_syscall, enter, file_inode, inode_key, is_io_worker},
     write::{emit_write_file, Pos},
     WATCHED_FILES,
 };
@@ -23,16 +23,9 @@ const NR_IO_URING_ENTER: i64 = 426;
 #[fentry(function = "rw_verify_area")]
 pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
     const WRITE: i32 = 1;
-    if !valid(v::FILES | v::VFS) {
-        return 0;
-    }
     unsafe {
         let rw: i32 = ctx.arg(0);
-        if rw != WRITE {
-            return 0;
-        }
-        let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-        if is_agent(tgid) {
+        if rw != WRITE || enter(v::FILES | v::VFS).is_none() {
             return 0;
         }
         let file: *const u8 = ctx.arg(1);
@@ -79,13 +72,10 @@ unsafe fn watched_below_syscalls(
     inode: *const u8,
     reported_by: &[i64],
 ) -> Option<(snapmon_common::FileKey, bool)> {
-    if !valid(v::FILES | v::VFS) || inode.is_null() {
+    if inode.is_null() {
         return None;
     }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return None;
-    }
+    enter(v::FILES | v::VFS)?;
     let key = inode_key(inode)?;
     let precious = *WATCHED_FILES.get(&key)? & watch_value::ORDINARY == 0;
     let nr = current_syscall().0;

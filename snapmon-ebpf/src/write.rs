@@ -8,7 +8,8 @@ use snapmon_common::{
 use crate::{
     emit::{copy_user, fill_header, output_file, sc_arg, urgent_file},
     kernel::{
-        current_exe, current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched,
+        current_exe, current_task, enter as enter_hook, inode_size, off, rk, valid, watched_fd,
+        Watched,
     },
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
@@ -200,15 +201,10 @@ pub unsafe fn emit_write_file(
     emit_write_from(&w, -1, op, pos, len, aux, 0, 0, 0, crate::emit::BACKEND_VFS);
 }
 
+/// `kernel::enter` for the fd hooks: the current task, whose fds they look up.
 #[inline(always)]
 pub(crate) fn enter() -> Option<*const u8> {
-    if !valid(v::FILES) {
-        return None;
-    }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return None;
-    }
+    enter_hook(v::FILES)?;
     Some(current_task())
 }
 
