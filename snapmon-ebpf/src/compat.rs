@@ -9,12 +9,12 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::TracePointContext,
 };
-use snapmon_common::{valid as v, write_flags, WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
+use snapmon_common::{valid as v, WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 
 use crate::{
     emit::sc_arg,
     kernel::{off, valid, watched_fd},
-    write::{emit_write, enter, Pos},
+    write::{emit_write, enter, IovSum, Pos, WriteRec},
 };
 
 /// Programs by ia32 syscall number, filled by the loader (`kernel::compat`).
@@ -60,17 +60,8 @@ pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
         if let Some(w) = watched_fd(task, fd, false) {
             let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
             let pos = split(&ctx, 3) as i64;
-            emit_write(
-                &w,
-                fd,
-                WriteOp::Pwrite,
-                Pos::At(pos),
-                count,
-                0,
-                buf,
-                count,
-                0,
-            );
+            let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+            emit_write(&w, r.sample(buf, count));
         }
     }
     0
@@ -85,7 +76,7 @@ pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
         if let Some(w) = watched_fd(task, fd, false) {
             let length = split(&ctx, 1);
             let op = WriteOp::Ftruncate;
-            emit_write(&w, fd, op, Pos::At(length as i64), length, 0, 0, 0, 0);
+            emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
         }
     }
     0
@@ -100,16 +91,15 @@ pub fn compat_fallocate(ctx: TracePointContext) -> u32 {
         if let Some(w) = watched_fd(task, fd, false) {
             let (mode, offset, len) = (sc_arg(&ctx, 1), split(&ctx, 2) as i64, split(&ctx, 4));
             let op = WriteOp::Fallocate;
-            emit_write(&w, fd, op, Pos::At(offset), len, mode, 0, 0, 0);
+            emit_write(&w, WriteRec::new(fd, op, Pos::At(offset), len).aux(mode));
         }
     }
     0
 }
 
-/// Sum of up to IOV_MAX_SUMMED `compat_iovec`s (two u32s each): (total, first base, first
-/// length, partial).
+/// Sum of up to IOV_MAX_SUMMED `compat_iovec`s (two u32s each).
 #[inline(always)]
-unsafe fn iov32_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
+unsafe fn iov32_sum(vec: u64, cnt: u64) -> IovSum {
     let (mut total, mut first, mut first_len) = (0u64, 0u64, 0u64);
     for i in 0..IOV_MAX_SUMMED as u64 {
         if i >= cnt {
@@ -122,7 +112,12 @@ unsafe fn iov32_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
         }
         total += e[1] as u64;
     }
-    (total, first, first_len, cnt > IOV_MAX_SUMMED as u64)
+    IovSum {
+        total,
+        first,
+        first_len,
+        partial: cnt > IOV_MAX_SUMMED as u64,
+    }
 }
 
 #[inline(always)]
@@ -132,8 +127,7 @@ unsafe fn vec_write32(ctx: &TracePointContext, op: WriteOp) {
     let Some(w) = watched_fd(task, fd, false) else {
         return;
     };
-    let (total, first, firstlen, partial) = iov32_sum(sc_arg(ctx, 1), sc_arg(ctx, 2));
-    let flags = if partial { write_flags::LEN_PARTIAL } else { 0 };
+    let sum = iov32_sum(sc_arg(ctx, 1), sc_arg(ctx, 2));
     let (pos, aux) = match op {
         WriteOp::Writev => (Pos::Current, 0),
         WriteOp::Pwritev2 => {
@@ -143,7 +137,7 @@ unsafe fn vec_write32(ctx: &TracePointContext, op: WriteOp) {
         }
         _ => (Pos::At(split(ctx, 3) as i64), 0),
     };
-    emit_write(&w, fd, op, pos, total, aux, first, firstlen, flags);
+    emit_write(&w, WriteRec::iov(fd, op, pos, sum).aux(aux));
 }
 
 /// writev(fd, compat_iovec *, vlen)

@@ -10,13 +10,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, NsOp, WriteOp};
+use snapmon_common::{uring_register as ur, valid as v, EventKind, NsOp, WriteOp};
 
 use crate::{
     emit::{count_lost, fill_header, output_file, sc_arg, urgent_file},
     kernel::{current_task, enter, inode_size, off, rk, valid, watched_fd},
     namespace::ns_paths_from,
-    write::{emit_write, iov_sum, Pos},
+    write::{emit_write, iov_sum, Pos, WriteRec},
     REG_WALK, SCRATCH_URING,
 };
 
@@ -194,31 +194,13 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
             let offset: i64 = rk(req, off!(req_sync_off)).unwrap_or(-1);
             let len: u64 = rk(req, off!(req_sync_len)).unwrap_or(0);
             let mode: i32 = rk(req, off!(req_sync_mode)).unwrap_or(0);
-            emit_write(
-                &w,
-                fd as i64,
-                WriteOp::IoUringFallocate,
-                Pos::At(offset),
-                len,
-                mode as u64,
-                0,
-                0,
-                0,
-            );
+            let r = WriteRec::new(fd as i64, WriteOp::IoUringFallocate, Pos::At(offset), len);
+            emit_write(&w, r.aux(mode as u64));
         }
         IORING_OP_FTRUNCATE => {
             let len: i64 = rk(req, off!(req_rw_pos)).unwrap_or(0);
-            emit_write(
-                &w,
-                fd as i64,
-                WriteOp::IoUringFtruncate,
-                Pos::At(len),
-                len as u64,
-                0,
-                0,
-                0,
-                0,
-            );
+            let op = WriteOp::IoUringFtruncate;
+            emit_write(&w, WriteRec::new(fd as i64, op, Pos::At(len), len as u64));
         }
         _ => {
             let pos: i64 = rk(req, off!(req_rw_pos)).unwrap_or(-1);
@@ -231,36 +213,17 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
             };
             if opcode == IORING_OP_WRITEV {
                 // len is the iovec count here; sum what we can.
-                let (total, first, firstlen, partial) = iov_sum(addr, len as u64);
-                let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
-                emit_write(
-                    &w,
-                    fd as i64,
-                    WriteOp::IoUringWritev,
-                    pos,
-                    total,
-                    opcode as u64,
-                    first,
-                    firstlen,
-                    fl,
-                );
+                let sum = iov_sum(addr, len as u64);
+                let r = WriteRec::iov(fd as i64, WriteOp::IoUringWritev, pos, sum);
+                emit_write(&w, r.aux(opcode as u64));
             } else {
                 let op = if opcode == IORING_OP_WRITE_FIXED {
                     WriteOp::IoUringWriteFixed
                 } else {
                     WriteOp::IoUringWrite
                 };
-                emit_write(
-                    &w,
-                    fd as i64,
-                    op,
-                    pos,
-                    len as u64,
-                    opcode as u64,
-                    addr,
-                    len as u64,
-                    0,
-                );
+                let r = WriteRec::new(fd as i64, op, pos, len as u64);
+                emit_write(&w, r.aux(opcode as u64).sample(addr, len as u64));
             }
         }
     }

@@ -10,7 +10,7 @@ use snapmon_common::{valid as v, watch_value, WriteOp};
 
 use crate::{
     kernel::{current_syscall, enter, file_inode, inode_key, is_io_worker},
-    write::{emit_write_file, Pos},
+    write::{emit_write_file, Pos, WriteRec},
     WATCHED_FILES,
 };
 
@@ -56,7 +56,8 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         } else {
             WriteOp::VfsWrite
         };
-        emit_write_file(file, inode, (key, precious), op, pos, count, nr as u64);
+        let r = WriteRec::new(-1, op, pos, count).aux(nr as u64);
+        emit_write_file(file, inode, (key, precious), r);
     }
     0
 }
@@ -102,15 +103,9 @@ pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
         };
         let start: i64 = ctx.arg(1);
         let end: i64 = ctx.arg(2);
-        emit_write_file(
-            core::ptr::null(),
-            inode,
-            key,
-            WriteOp::VfsRangeDropped,
-            Pos::At(start),
-            (end - start + 1).max(0) as u64,
-            0,
-        );
+        let len = (end - start + 1).max(0) as u64;
+        let r = WriteRec::new(-1, WriteOp::VfsRangeDropped, Pos::At(start), len);
+        emit_write_file(core::ptr::null(), inode, key, r);
     }
     0
 }
@@ -130,15 +125,8 @@ pub fn vfs_clone_file_range(ctx: FEntryContext) -> u32 {
         };
         let pos_out: i64 = ctx.arg(3);
         let len: i64 = ctx.arg(4);
-        emit_write_file(
-            file,
-            inode,
-            key,
-            WriteOp::VfsClone,
-            Pos::At(pos_out),
-            len as u64,
-            0,
-        );
+        let r = WriteRec::new(-1, WriteOp::VfsClone, Pos::At(pos_out), len as u64);
+        emit_write_file(file, inode, key, r);
     }
     0
 }
