@@ -4,16 +4,16 @@
 //! or to a variant here where the ia32 ABI splits a 64-bit argument or uses 32-bit iovecs.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_get_current_task_btf},
+    helpers::bpf_probe_read_user,
     macros::{map, tracepoint},
     maps::ProgramArray,
     programs::TracePointContext,
 };
-use snapmon_common::{valid as v, WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
+use snapmon_common::{WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 
 use crate::{
     emit::sc_arg,
-    kernel::{off, valid, watched_fd},
+    kernel::{in_compat, watched_fd},
     write::{emit_write, enter, IovSum, Pos, WriteRec},
 };
 
@@ -21,20 +21,12 @@ use crate::{
 #[map]
 static COMPAT_TAIL: ProgramArray = ProgramArray::with_max_entries(COMPAT_SLOTS, 0);
 
-/// `TS_COMPAT` in x86 `thread_info.status`: the task is in a 32-bit syscall.
-const TS_COMPAT: u32 = 0x0002;
-
 /// Every syscall of every task passes here: one helper call for the current task and one
 /// direct load of its status (no probe_read) before native syscalls return.
 #[tracepoint]
 pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
     unsafe {
-        if !valid(v::COMPAT) {
-            return 0;
-        }
-        let task = bpf_get_current_task_btf() as *const u8;
-        let status = core::ptr::read_volatile(task.add(off!(task_ti_status)) as *const u32);
-        if status & TS_COMPAT == 0 {
+        if !in_compat() {
             return 0;
         }
         let nr = ctx.read_at::<i64>(8).unwrap_or(-1);

@@ -7,10 +7,7 @@ use snapmon_common::{lost, Header};
 
 use snapmon_common::FileKey;
 
-use crate::{
-    kernel::{off, rk},
-    BLINDED, EVENTS, LOST, URGENT,
-};
+use crate::{kernel::Inode, BLINDED, EVENTS, LOST, URGENT};
 
 pub const BACKEND_TRACEPOINT: u32 = 1;
 pub const BACKEND_VFS: u32 = 2;
@@ -72,7 +69,7 @@ pub fn urgent_actor(uid: u32) -> bool {
 /// an ordinary `WATCHED_FILES` entry) that `uid` does not own: the user who floods cannot
 /// put its own files in the lane, and whoever touches someone else's image is heard at once.
 #[inline(always)]
-pub unsafe fn urgent_file(uid: u32, inode: *const u8, precious: bool) -> bool {
+pub unsafe fn urgent_file(uid: u32, inode: Inode, precious: bool) -> bool {
     if urgent_actor(uid) {
         return true;
     }
@@ -83,7 +80,7 @@ pub unsafe fn urgent_file(uid: u32, inode: *const u8, precious: bool) -> bool {
     if !crate::kernel::direct_walk() {
         return false;
     }
-    precious && rk::<u32>(inode, off!(inode_uid)).is_none_or(|owner| owner != uid)
+    precious && inode.uid().is_none_or(|owner| owner != uid)
 }
 
 /// As `output_lane`, for a record about the watched file `key`. When neither lane has room

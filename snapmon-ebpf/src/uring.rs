@@ -14,7 +14,7 @@ use snapmon_common::{uring_register as ur, valid as v, EventKind, NsOp, WriteOp}
 
 use crate::{
     emit::{count_lost, fill_header, output_file, sc_arg, urgent_file},
-    kernel::{current_task, enter, inode_size, off, rk, valid, watched_fd},
+    kernel::{enter, off, rk, valid, watched_fd, Task},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos, WriteRec},
     REG_WALK, SCRATCH_URING,
@@ -186,7 +186,7 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
         return;
     }
     let fd: i32 = rk(req, off!(req_fd)).unwrap_or(-1);
-    let Some(w) = watched_fd(current_task(), fd as i64, false) else {
+    let Some(w) = watched_fd(Task::current(), fd as i64, false) else {
         return;
     };
     match opcode {
@@ -335,7 +335,7 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         if fd < 0 {
             return 0;
         }
-        let Some(f) = watched_fd(current_task(), fd as i64, false) else {
+        let Some(f) = watched_fd(Task::current(), fd as i64, false) else {
             return 0;
         };
         if f.is_dir {
@@ -358,7 +358,7 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         ev.opcode = w.opcode;
         ev.flags = w.flags;
         ev.nr = w.nr;
-        ev.size = inode_size(f.inode);
+        ev.size = f.inode.size();
         output_file(
             ev,
             urgent_file(ev.hdr.uid, f.inode, f.precious),

@@ -9,7 +9,7 @@ use aya_ebpf::{macros::fentry, programs::FEntryContext};
 use snapmon_common::{valid as v, watch_value, WriteOp};
 
 use crate::{
-    kernel::{current_syscall, enter, file_inode, inode_key, is_io_worker},
+    kernel::{current_syscall, enter, is_io_worker, File, Inode},
     write::{emit_write_file, Pos, WriteRec},
     WATCHED_FILES,
 };
@@ -28,11 +28,11 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         if rw != WRITE || enter(v::FILES | v::VFS).is_none() {
             return 0;
         }
-        let file: *const u8 = ctx.arg(1);
-        let Some(inode) = file_inode(file) else {
+        let file = File::new(ctx.arg(1));
+        let Some(inode) = file.inode() else {
             return 0;
         };
-        let Some(key) = inode_key(inode) else {
+        let Some(key) = inode.key() else {
             return 0;
         };
         let Some(value) = WATCHED_FILES.get(&key) else {
@@ -70,14 +70,14 @@ const NR_COPY_FILE_RANGE: i64 = 326;
 /// or a path another hook reports.
 #[inline(always)]
 unsafe fn watched_below_syscalls(
-    inode: *const u8,
+    inode: Inode,
     reported_by: &[i64],
 ) -> Option<(snapmon_common::FileKey, bool)> {
     if inode.is_null() {
         return None;
     }
     enter(v::FILES | v::VFS)?;
-    let key = inode_key(inode)?;
+    let key = inode.key()?;
     let precious = *WATCHED_FILES.get(&key)? & watch_value::ORDINARY == 0;
     let nr = current_syscall().0;
     // io_uring requests are reported at submission.
@@ -95,7 +95,7 @@ unsafe fn watched_below_syscalls(
 #[fentry(function = "truncate_pagecache_range")]
 pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
     unsafe {
-        let inode: *const u8 = ctx.arg(0);
+        let inode = Inode::new(ctx.arg(0));
         let Some(key) =
             watched_below_syscalls(inode, &[NR_FALLOCATE, NR_IOCTL, NR_COPY_FILE_RANGE])
         else {
@@ -105,7 +105,7 @@ pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
         let end: i64 = ctx.arg(2);
         let len = (end - start + 1).max(0) as u64;
         let r = WriteRec::new(-1, WriteOp::VfsRangeDropped, Pos::At(start), len);
-        emit_write_file(core::ptr::null(), inode, key, r);
+        emit_write_file(File::null(), inode, key, r);
     }
     0
 }
@@ -116,8 +116,8 @@ pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
 #[fentry(function = "vfs_clone_file_range")]
 pub fn vfs_clone_file_range(ctx: FEntryContext) -> u32 {
     unsafe {
-        let file: *const u8 = ctx.arg(2);
-        let Some(inode) = file_inode(file) else {
+        let file = File::new(ctx.arg(2));
+        let Some(inode) = file.inode() else {
             return 0;
         };
         let Some(key) = watched_below_syscalls(inode, &[NR_IOCTL, NR_COPY_FILE_RANGE]) else {

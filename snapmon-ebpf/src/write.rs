@@ -7,10 +7,7 @@ use snapmon_common::{
 
 use crate::{
     emit::{copy_user, fill_header, output_file, sc_arg, urgent_file},
-    kernel::{
-        current_exe, current_task, enter as enter_hook, inode_size, off, rk, valid, watched_fd,
-        Watched,
-    },
+    kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Task, Watched},
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
 use snapmon_common::valid as v;
@@ -106,18 +103,17 @@ unsafe fn emit_write_from(w: &Watched, r: WriteRec, backend: u32) {
     // Where the write lands first: a trusted writer's write that misses every range that
     // matters is dropped before any record is assembled.
     let mut flags = extra_flags;
-    let size = inode_size(w.inode);
+    let size = w.inode.size();
     let offset = match pos {
         Pos::At(p) => p,
         Pos::Current => {
             flags |= write_flags::POS_FROM_FILE;
             const O_APPEND: u32 = 0o2000;
-            let fl: u32 = rk(w.file, off!(file_flags)).unwrap_or(0);
-            if fl & O_APPEND != 0 {
+            if w.file.flags() & O_APPEND != 0 {
                 flags |= write_flags::APPEND;
                 size as i64
             } else {
-                rk::<i64>(w.file, off!(file_pos)).unwrap_or(-1)
+                w.file.pos()
             }
         }
     };
@@ -216,8 +212,8 @@ unsafe fn filtered(w: &Watched, op: WriteOp, flags: u16, offset: i64, len: u64, 
 /// Emit a write found by the VFS backend (`r` has no fd and no user buffer to sample).
 #[inline(always)]
 pub unsafe fn emit_write_file(
-    file: *const u8,
-    inode: *const u8,
+    file: File,
+    inode: Inode,
     (key, precious): (snapmon_common::FileKey, bool),
     r: WriteRec,
 ) {
@@ -233,9 +229,9 @@ pub unsafe fn emit_write_file(
 
 /// `kernel::enter` for the fd hooks: the current task, whose fds they look up.
 #[inline(always)]
-pub(crate) fn enter() -> Option<*const u8> {
+pub(crate) fn enter() -> Option<Task> {
     enter_hook(v::FILES)?;
-    Some(current_task())
+    Some(Task::current())
 }
 
 /// The lengths of an iovec array summed (`iov_sum`).
