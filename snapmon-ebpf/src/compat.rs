@@ -14,7 +14,7 @@ use snapmon_common::{WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 use crate::{
     emit::sc_arg,
     kernel::{in_compat, watched_fd},
-    write::{emit_write, enter, IovSum, Pos, WriteRec},
+    write::{emit_write, enter, vec_write, Abi, IovSum, Pos, WriteRec},
 };
 
 /// Programs by ia32 syscall number, filled by the loader (`kernel::compat`).
@@ -39,7 +39,7 @@ pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
 
 /// A 64-bit value the ia32 ABI passes as two registers, low first.
 #[inline(always)]
-fn split(ctx: &TracePointContext, lo: usize) -> u64 {
+pub(crate) fn split(ctx: &TracePointContext, lo: usize) -> u64 {
     (sc_arg(ctx, lo) & 0xffff_ffff) | (sc_arg(ctx, lo + 1) << 32)
 }
 
@@ -91,7 +91,7 @@ pub fn compat_fallocate(ctx: TracePointContext) -> u32 {
 
 /// Sum of up to IOV_MAX_SUMMED `compat_iovec`s (two u32s each).
 #[inline(always)]
-unsafe fn iov32_sum(vec: u64, cnt: u64) -> IovSum {
+pub(crate) unsafe fn iov32_sum(vec: u64, cnt: u64) -> IovSum {
     let (mut total, mut first, mut first_len) = (0u64, 0u64, 0u64);
     for i in 0..IOV_MAX_SUMMED as u64 {
         if i >= cnt {
@@ -112,43 +112,23 @@ unsafe fn iov32_sum(vec: u64, cnt: u64) -> IovSum {
     }
 }
 
-#[inline(always)]
-unsafe fn vec_write32(ctx: &TracePointContext, op: WriteOp) {
-    let Some(task) = enter() else { return };
-    let fd = sc_arg(ctx, 0) as i64;
-    let Some(w) = watched_fd(task, fd, false) else {
-        return;
-    };
-    let sum = iov32_sum(sc_arg(ctx, 1), sc_arg(ctx, 2));
-    let (pos, aux) = match op {
-        WriteOp::Writev => (Pos::Current, 0),
-        WriteOp::Pwritev2 => {
-            let p = split(ctx, 3) as i64;
-            let pos = if p == -1 { Pos::Current } else { Pos::At(p) };
-            (pos, sc_arg(ctx, 5))
-        }
-        _ => (Pos::At(split(ctx, 3) as i64), 0),
-    };
-    emit_write(&w, WriteRec::iov(fd, op, pos, sum).aux(aux));
-}
-
 /// writev(fd, compat_iovec *, vlen)
 #[tracepoint]
 pub fn compat_writev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write32(&ctx, WriteOp::Writev) };
+    unsafe { vec_write(&ctx, WriteOp::Writev, Abi::Ia32) };
     0
 }
 
 /// pwritev(fd, compat_iovec *, vlen, pos_lo, pos_hi)
 #[tracepoint]
 pub fn compat_pwritev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write32(&ctx, WriteOp::Pwritev) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev, Abi::Ia32) };
     0
 }
 
 /// pwritev2(fd, compat_iovec *, vlen, pos_lo, pos_hi, flags)
 #[tracepoint]
 pub fn compat_pwritev2(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write32(&ctx, WriteOp::Pwritev2) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev2, Abi::Ia32) };
     0
 }

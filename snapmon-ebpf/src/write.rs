@@ -303,42 +303,59 @@ pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The syscall ABI a hook reads its arguments in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Abi {
+    Native,
+    /// 32-bit: `compat_iovec`s, 64-bit offsets split in two slots (`compat`).
+    Ia32,
+}
+
+/// writev, pwritev, pwritev2: `(fd, iov, vlen, pos…, flags)`.
 #[inline(always)]
-unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp) {
+pub(crate) unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp, abi: Abi) {
     let Some(task) = enter() else { return };
     let fd = sc_arg(ctx, 0) as i64;
     let Some(w) = watched_fd(task, fd, false) else {
         return;
     };
     let (vec, cnt) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
-    let sum = iov_sum(vec, cnt);
+    let sum = match abi {
+        Abi::Native => iov_sum(vec, cnt),
+        Abi::Ia32 => crate::compat::iov32_sum(vec, cnt),
+    };
+    // Read only by the ops that have a position.
+    let pos_at = || match abi {
+        Abi::Native => sc_arg(ctx, 3) as i64,
+        Abi::Ia32 => crate::compat::split(ctx, 3) as i64,
+    };
     let (pos, aux) = match op {
         WriteOp::Writev => (Pos::Current, 0),
         WriteOp::Pwritev2 => {
-            let p = sc_arg(ctx, 3) as i64;
+            let p = pos_at();
             let pos = if p == -1 { Pos::Current } else { Pos::At(p) };
             (pos, sc_arg(ctx, 5))
         }
-        _ => (Pos::At(sc_arg(ctx, 3) as i64), 0),
+        _ => (Pos::At(pos_at()), 0),
     };
     emit_write(&w, WriteRec::iov(fd, op, pos, sum).aux(aux));
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write(&ctx, WriteOp::Writev) };
+    unsafe { vec_write(&ctx, WriteOp::Writev, Abi::Native) };
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write(&ctx, WriteOp::Pwritev) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev, Abi::Native) };
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write(&ctx, WriteOp::Pwritev2) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev2, Abi::Native) };
     0
 }
 
