@@ -13,8 +13,8 @@ use snapmon_common::{WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 
 use crate::{
     emit::sc_arg,
-    kernel::{in_compat, watched_fd},
-    write::{emit_write, enter, vec_write, Abi, IovSum, Pos, WriteRec},
+    kernel::in_compat,
+    write::{emit_write, vec_write, watched_arg, Abi, IovSum, Pos, WriteRec},
 };
 
 /// Programs by ia32 syscall number, filled by the loader (`kernel::compat`).
@@ -47,14 +47,13 @@ pub(crate) fn split(ctx: &TracePointContext, lo: usize) -> u64 {
 #[tracepoint]
 pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-            let pos = split(&ctx, 3) as i64;
-            let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
-            emit_write(&w, r.sample(buf, count));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let pos = split(&ctx, 3) as i64;
+        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+        emit_write(&w, r.sample(buf, count));
     }
     0
 }
@@ -63,13 +62,12 @@ pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let length = split(&ctx, 1);
-            let op = WriteOp::Ftruncate;
-            emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let length = split(&ctx, 1);
+        let op = WriteOp::Ftruncate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
     }
     0
 }
@@ -78,13 +76,12 @@ pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn compat_fallocate(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (mode, offset, len) = (sc_arg(&ctx, 1), split(&ctx, 2) as i64, split(&ctx, 4));
-            let op = WriteOp::Fallocate;
-            emit_write(&w, WriteRec::new(fd, op, Pos::At(offset), len).aux(mode));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (mode, offset, len) = (sc_arg(&ctx, 1), split(&ctx, 2) as i64, split(&ctx, 4));
+        let op = WriteOp::Fallocate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(offset), len).aux(mode));
     }
     0
 }

@@ -7,7 +7,10 @@ use snapmon_common::{lost, Header};
 
 use snapmon_common::FileKey;
 
-use crate::{kernel::Inode, BLINDED, EVENTS, LOST, URGENT};
+use crate::{
+    kernel::{Inode, Watched},
+    BLINDED, EVENTS, LOST, URGENT,
+};
 
 pub const BACKEND_TRACEPOINT: u32 = 1;
 pub const BACKEND_VFS: u32 = 2;
@@ -115,6 +118,17 @@ pub unsafe fn output_file<T>(rec: &T, urgent: bool, precious: bool, key: &FileKe
         b.comm = h.comm;
     }
     count_lost(lost::PRECIOUS_DROPPED);
+}
+
+/// `output_file` for a record by `uid` about the watched file `w`.
+#[inline(always)]
+pub unsafe fn output_watched<T>(rec: &T, uid: u32, w: &Watched) {
+    output_file(
+        rec,
+        urgent_file(uid, w.inode, w.precious),
+        w.precious,
+        &w.key,
+    );
 }
 
 /// Copy up to `N` bytes of user memory into `dst`; returns the bytes copied.

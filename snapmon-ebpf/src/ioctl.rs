@@ -15,8 +15,8 @@ use snapmon_common::{
 
 use crate::{
     emit::{
-        copy_kernel_str, copy_user, count_lost, fill_header, output_file, sc_arg, sc_ret,
-        urgent_actor, urgent_file,
+        copy_kernel_str, copy_user, count_lost, fill_header, output_file, output_watched, sc_arg,
+        sc_ret, urgent_actor,
     },
     kernel::{enter, in_compat, mark_watched_ino, valid, watch_rdev, watched_fd, Task, Watched},
     SCRATCH_IOCTL, WATCHED_FILES,
@@ -190,12 +190,7 @@ unsafe fn report(w: &Watched, fd: i64, cmd: u32, arg: u64) {
             }
         }
     }
-    output_file(
-        ev,
-        urgent_file(ev.hdr.uid, w.inode, w.precious),
-        w.precious,
-        &w.key,
-    );
+    output_watched(ev, ev.hdr.uid, &w);
 }
 
 /// A loop attach whose backing fd is a watched file: the image gets a block-device side door

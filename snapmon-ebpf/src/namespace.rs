@@ -4,7 +4,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use snapmon_common::{ns_flags, EventKind, NsOp};
 
 use crate::{
-    emit::{fill_header, output_file, output_lane, sc_arg, urgent_actor, urgent_file},
+    emit::{fill_header, output_lane, output_watched, sc_arg, urgent_actor},
     kernel::watched_fd,
     path::{match_path, relevant},
     write::enter,
@@ -109,12 +109,7 @@ unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     ev.path2[0] = 0;
     ev.aux = aux;
     ev.aux2 = aux2;
-    output_file(
-        ev,
-        urgent_file(ev.hdr.uid, w.inode, w.precious),
-        w.precious,
-        &w.key,
-    );
+    output_watched(ev, ev.hdr.uid, &w);
     crate::observe::mark(true);
 }
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use snapmon_common::{uring_register as ur, valid as v, EventKind, NsOp, WriteOp};
 
 use crate::{
-    emit::{count_lost, fill_header, output_file, sc_arg, urgent_file},
+    emit::{count_lost, fill_header, output_watched, sc_arg},
     kernel::{enter, off, rk, valid, watched_fd, Task},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos, WriteRec},
@@ -359,12 +359,7 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         ev.flags = w.flags;
         ev.nr = w.nr;
         ev.size = f.inode.size();
-        output_file(
-            ev,
-            urgent_file(ev.hdr.uid, f.inode, f.precious),
-            f.precious,
-            &f.key,
-        );
+        output_watched(ev, ev.hdr.uid, &f);
     }
     0
 }

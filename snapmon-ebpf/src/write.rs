@@ -6,7 +6,7 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user, fill_header, output_file, sc_arg, urgent_file},
+    emit::{copy_user, fill_header, output_watched, sc_arg},
     kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Task, Watched},
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
@@ -140,12 +140,7 @@ unsafe fn emit_write_from(w: &Watched, r: WriteRec, backend: u32) {
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
-    output_file(
-        ev,
-        urgent_file(ev.hdr.uid, w.inode, w.precious),
-        w.precious,
-        &w.key,
-    );
+    output_watched(ev, ev.hdr.uid, &w);
 }
 
 /// In-kernel filter: is this a write by a trusted writer of the file's format that stays
@@ -244,6 +239,14 @@ pub struct IovSum {
     pub partial: bool,
 }
 
+/// `enter`, then the fd in argument `slot` when it is a watched file (`watched_fd`).
+#[inline(always)]
+pub(crate) unsafe fn watched_arg(ctx: &TracePointContext, slot: usize) -> Option<(i64, Watched)> {
+    let task = enter()?;
+    let fd = sc_arg(ctx, slot) as i64;
+    Some((fd, watched_fd(task, fd, false)?))
+}
+
 /// Sum the lengths of up to IOV_MAX_SUMMED iovecs.
 #[inline(always)]
 pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> IovSum {
@@ -278,13 +281,12 @@ pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> IovSum {
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-            let r = WriteRec::new(fd, WriteOp::Write, Pos::Current, count);
-            emit_write(&w, r.sample(buf, count));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let r = WriteRec::new(fd, WriteOp::Write, Pos::Current, count);
+        emit_write(&w, r.sample(buf, count));
     }
     0
 }
@@ -292,13 +294,12 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
-            let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
-            emit_write(&w, r.sample(buf, count));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
+        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+        emit_write(&w, r.sample(buf, count));
     }
     0
 }
@@ -314,9 +315,7 @@ pub enum Abi {
 /// writev, pwritev, pwritev2: `(fd, iov, vlen, pos…, flags)`.
 #[inline(always)]
 pub(crate) unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp, abi: Abi) {
-    let Some(task) = enter() else { return };
-    let fd = sc_arg(ctx, 0) as i64;
-    let Some(w) = watched_fd(task, fd, false) else {
+    let Some((fd, w)) = watched_arg(ctx, 0) else {
         return;
     };
     let (vec, cnt) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
@@ -369,9 +368,7 @@ unsafe fn copy_into(
     len_arg: usize,
     in_arg: usize,
 ) {
-    let Some(task) = enter() else { return };
-    let fd = sc_arg(ctx, out_arg) as i64;
-    let Some(w) = watched_fd(task, fd, false) else {
+    let Some((fd, w)) = watched_arg(ctx, out_arg) else {
         return;
     };
     let offp = if off_arg == usize::MAX {
@@ -410,13 +407,12 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
-            let r = WriteRec::new(fd, WriteOp::Fallocate, Pos::At(offset), len);
-            emit_write(&w, r.aux(mode));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
+        let r = WriteRec::new(fd, WriteOp::Fallocate, Pos::At(offset), len);
+        emit_write(&w, r.aux(mode));
     }
     0
 }
@@ -424,13 +420,12 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let length = sc_arg(&ctx, 1);
-            let op = WriteOp::Ftruncate;
-            emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let length = sc_arg(&ctx, 1);
+        let op = WriteOp::Ftruncate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
     }
     0
 }
@@ -445,13 +440,12 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
         if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
             return 0;
         }
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 4) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
-            let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
-            emit_write(&w, r.aux((prot << 32) | (flags & 0xffff_ffff)));
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 4) else {
+            return 0;
+        };
+        let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
+        let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
+        emit_write(&w, r.aux((prot << 32) | (flags & 0xffff_ffff)));
     }
     0
 }
