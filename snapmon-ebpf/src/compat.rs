@@ -4,37 +4,29 @@
 //! or to a variant here where the ia32 ABI splits a 64-bit argument or uses 32-bit iovecs.
 
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_get_current_task_btf},
+    helpers::bpf_probe_read_user,
     macros::{map, tracepoint},
     maps::ProgramArray,
     programs::TracePointContext,
 };
-use snapmon_common::{valid as v, write_flags, WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
+use snapmon_common::{WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 
 use crate::{
     emit::sc_arg,
-    kernel::{off, valid, watched_fd},
-    write::{emit_write, enter, Pos},
+    kernel::in_compat,
+    write::{emit_write, vec_write, watched_arg, Abi, IovSum, Pos, WriteRec},
 };
 
 /// Programs by ia32 syscall number, filled by the loader (`kernel::compat`).
 #[map]
 static COMPAT_TAIL: ProgramArray = ProgramArray::with_max_entries(COMPAT_SLOTS, 0);
 
-/// `TS_COMPAT` in x86 `thread_info.status`: the task is in a 32-bit syscall.
-const TS_COMPAT: u32 = 0x0002;
-
 /// Every syscall of every task passes here: one helper call for the current task and one
 /// direct load of its status (no probe_read) before native syscalls return.
 #[tracepoint]
 pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
     unsafe {
-        if !valid(v::COMPAT) {
-            return 0;
-        }
-        let task = bpf_get_current_task_btf() as *const u8;
-        let status = core::ptr::read_volatile(task.add(off!(task_ti_status)) as *const u32);
-        if status & TS_COMPAT == 0 {
+        if !in_compat() {
             return 0;
         }
         let nr = ctx.read_at::<i64>(8).unwrap_or(-1);
@@ -47,7 +39,7 @@ pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
 
 /// A 64-bit value the ia32 ABI passes as two registers, low first.
 #[inline(always)]
-fn split(ctx: &TracePointContext, lo: usize) -> u64 {
+pub(crate) fn split(ctx: &TracePointContext, lo: usize) -> u64 {
     (sc_arg(ctx, lo) & 0xffff_ffff) | (sc_arg(ctx, lo + 1) << 32)
 }
 
@@ -55,23 +47,13 @@ fn split(ctx: &TracePointContext, lo: usize) -> u64 {
 #[tracepoint]
 pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-            let pos = split(&ctx, 3) as i64;
-            emit_write(
-                &w,
-                fd,
-                WriteOp::Pwrite,
-                Pos::At(pos),
-                count,
-                0,
-                buf,
-                count,
-                0,
-            );
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let pos = split(&ctx, 3) as i64;
+        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+        emit_write(&w, r.sample(buf, count));
     }
     0
 }
@@ -80,13 +62,12 @@ pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let length = split(&ctx, 1);
-            let op = WriteOp::Ftruncate;
-            emit_write(&w, fd, op, Pos::At(length as i64), length, 0, 0, 0, 0);
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let length = split(&ctx, 1);
+        let op = WriteOp::Ftruncate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
     }
     0
 }
@@ -95,21 +76,19 @@ pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn compat_fallocate(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (mode, offset, len) = (sc_arg(&ctx, 1), split(&ctx, 2) as i64, split(&ctx, 4));
-            let op = WriteOp::Fallocate;
-            emit_write(&w, fd, op, Pos::At(offset), len, mode, 0, 0, 0);
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (mode, offset, len) = (sc_arg(&ctx, 1), split(&ctx, 2) as i64, split(&ctx, 4));
+        let op = WriteOp::Fallocate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(offset), len).aux(mode));
     }
     0
 }
 
-/// Sum of up to IOV_MAX_SUMMED `compat_iovec`s (two u32s each): (total, first base, first
-/// length, partial).
+/// Sum of up to IOV_MAX_SUMMED `compat_iovec`s (two u32s each).
 #[inline(always)]
-unsafe fn iov32_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
+pub(crate) unsafe fn iov32_sum(vec: u64, cnt: u64) -> IovSum {
     let (mut total, mut first, mut first_len) = (0u64, 0u64, 0u64);
     for i in 0..IOV_MAX_SUMMED as u64 {
         if i >= cnt {
@@ -122,47 +101,31 @@ unsafe fn iov32_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
         }
         total += e[1] as u64;
     }
-    (total, first, first_len, cnt > IOV_MAX_SUMMED as u64)
-}
-
-#[inline(always)]
-unsafe fn vec_write32(ctx: &TracePointContext, op: WriteOp) {
-    let Some(task) = enter() else { return };
-    let fd = sc_arg(ctx, 0) as i64;
-    let Some(w) = watched_fd(task, fd, false) else {
-        return;
-    };
-    let (total, first, firstlen, partial) = iov32_sum(sc_arg(ctx, 1), sc_arg(ctx, 2));
-    let flags = if partial { write_flags::LEN_PARTIAL } else { 0 };
-    let (pos, aux) = match op {
-        WriteOp::Writev => (Pos::Current, 0),
-        WriteOp::Pwritev2 => {
-            let p = split(ctx, 3) as i64;
-            let pos = if p == -1 { Pos::Current } else { Pos::At(p) };
-            (pos, sc_arg(ctx, 5))
-        }
-        _ => (Pos::At(split(ctx, 3) as i64), 0),
-    };
-    emit_write(&w, fd, op, pos, total, aux, first, firstlen, flags);
+    IovSum {
+        total,
+        first,
+        first_len,
+        partial: cnt > IOV_MAX_SUMMED as u64,
+    }
 }
 
 /// writev(fd, compat_iovec *, vlen)
 #[tracepoint]
 pub fn compat_writev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write32(&ctx, WriteOp::Writev) };
+    unsafe { vec_write(&ctx, WriteOp::Writev, Abi::Ia32) };
     0
 }
 
 /// pwritev(fd, compat_iovec *, vlen, pos_lo, pos_hi)
 #[tracepoint]
 pub fn compat_pwritev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write32(&ctx, WriteOp::Pwritev) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev, Abi::Ia32) };
     0
 }
 
 /// pwritev2(fd, compat_iovec *, vlen, pos_lo, pos_hi, flags)
 #[tracepoint]
 pub fn compat_pwritev2(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write32(&ctx, WriteOp::Pwritev2) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev2, Abi::Ia32) };
     0
 }

@@ -8,7 +8,7 @@ use snapmon_common::{lost, Header};
 use snapmon_common::FileKey;
 
 use crate::{
-    kernel::{off, rk},
+    kernel::{Inode, Watched},
     BLINDED, EVENTS, LOST, URGENT,
 };
 
@@ -72,7 +72,7 @@ pub fn urgent_actor(uid: u32) -> bool {
 /// an ordinary `WATCHED_FILES` entry) that `uid` does not own: the user who floods cannot
 /// put its own files in the lane, and whoever touches someone else's image is heard at once.
 #[inline(always)]
-pub unsafe fn urgent_file(uid: u32, inode: *const u8, precious: bool) -> bool {
+pub unsafe fn urgent_file(uid: u32, inode: Inode, precious: bool) -> bool {
     if urgent_actor(uid) {
         return true;
     }
@@ -83,7 +83,7 @@ pub unsafe fn urgent_file(uid: u32, inode: *const u8, precious: bool) -> bool {
     if !crate::kernel::direct_walk() {
         return false;
     }
-    precious && rk::<u32>(inode, off!(inode_uid)).is_none_or(|owner| owner != uid)
+    precious && inode.uid().is_none_or(|owner| owner != uid)
 }
 
 /// As `output_lane`, for a record about the watched file `key`. When neither lane has room
@@ -118,6 +118,17 @@ pub unsafe fn output_file<T>(rec: &T, urgent: bool, precious: bool, key: &FileKe
         b.comm = h.comm;
     }
     count_lost(lost::PRECIOUS_DROPPED);
+}
+
+/// `output_file` for a record by `uid` about the watched file `w`.
+#[inline(always)]
+pub unsafe fn output_watched<T>(rec: &T, uid: u32, w: &Watched) {
+    output_file(
+        rec,
+        urgent_file(uid, w.inode, w.precious),
+        w.precious,
+        &w.key,
+    );
 }
 
 /// Copy up to `N` bytes of user memory into `dst`; returns the bytes copied.

@@ -12,7 +12,7 @@ use snapmon_common::{deny, runtime, valid as v, EnforceEvent, EventKind, FileKey
 
 use crate::{
     emit::{fill_header, output_lane, urgent_actor},
-    kernel::{current_exe, dentry_inode, file_inode, inode_key, is_agent, off, rk, valid},
+    kernel::{current_exe, is_agent, rk, valid, Dentry, File, Inode},
     observe, PROTECTED, RUNTIME, TRUSTED_EXES,
 };
 
@@ -109,28 +109,18 @@ macro_rules! prior {
     }};
 }
 
-#[inline(always)]
-unsafe fn file_key(file: *const u8) -> Option<FileKey> {
-    inode_key(file_inode(file)?)
-}
-
-#[inline(always)]
-unsafe fn dentry_key(dentry: *const u8) -> Option<FileKey> {
-    inode_key(dentry_inode(dentry)?)
-}
-
 /// file_permission(file, mask): every read/write (syscalls, io_uring, aio) passes here.
 #[lsm(hook = "file_permission")]
 pub fn lsm_file_permission(ctx: LsmContext) -> i32 {
     const MAY_WRITE: i32 = 2;
     unsafe {
         prior!(ctx, 2);
-        let file: *const u8 = ctx.arg(0);
+        let file = File::new(ctx.arg(0));
         let mask: i32 = ctx.arg(1);
         if mask & MAY_WRITE == 0 {
             return 0;
         }
-        lsm_ret(decide(deny::WRITE, file_key(file), None, 0))
+        lsm_ret(decide(deny::WRITE, file.key(), None, 0))
     }
 }
 
@@ -140,12 +130,12 @@ pub fn lsm_file_open(ctx: LsmContext) -> i32 {
     const FMODE_WRITE: u32 = 0x2;
     unsafe {
         prior!(ctx, 1);
-        let file: *const u8 = ctx.arg(0);
-        let mode: u32 = rk(file, off!(file_mode)).unwrap_or(0);
+        let file = File::new(ctx.arg(0));
+        let mode = file.mode();
         if mode & FMODE_WRITE == 0 {
             return 0;
         }
-        lsm_ret(decide(deny::OPEN_WRITE, file_key(file), None, mode as u64))
+        lsm_ret(decide(deny::OPEN_WRITE, file.key(), None, mode as u64))
     }
 }
 
@@ -156,8 +146,8 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
         prior!(ctx, 1);
         let path: *const u8 = ctx.arg(0);
         // struct path { vfsmount *mnt; dentry *dentry; }
-        let dentry: *const u8 = rk(path, 8).unwrap_or(null());
-        lsm_ret(decide(deny::TRUNCATE, dentry_key(dentry), None, 0))
+        let dentry = Dentry::new(rk(path, 8).unwrap_or(null()));
+        lsm_ret(decide(deny::TRUNCATE, dentry.key(), None, 0))
     }
 }
 
@@ -166,11 +156,11 @@ pub fn lsm_path_truncate(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 2);
-        let dir: *const u8 = ctx.arg(0);
-        let dentry: *const u8 = ctx.arg(1);
-        let r = decide(deny::UNLINK, dentry_key(dentry), inode_key(dir), 0);
+        let dir = Inode::new(ctx.arg(0));
+        let dentry = Dentry::new(ctx.arg(1));
+        let r = decide(deny::UNLINK, dentry.key(), dir.key(), 0);
         if r == 0 {
-            observe::entry(NsOp::Unlink, dir, dentry, null(), null(), 0);
+            observe::entry(NsOp::Unlink, dir, dentry, Inode::null(), Dentry::null(), 0);
         }
         lsm_ret(r)
     }
@@ -181,16 +171,16 @@ pub fn lsm_inode_unlink(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 4);
-        let old_dir: *const u8 = ctx.arg(0);
-        let old: *const u8 = ctx.arg(1);
-        let new_dir: *const u8 = ctx.arg(2);
-        let new: *const u8 = ctx.arg(3);
-        let r = decide(deny::RENAME, dentry_key(old), inode_key(old_dir), 0);
+        let old_dir = Inode::new(ctx.arg(0));
+        let old = Dentry::new(ctx.arg(1));
+        let new_dir = Inode::new(ctx.arg(2));
+        let new = Dentry::new(ctx.arg(3));
+        let r = decide(deny::RENAME, old.key(), old_dir.key(), 0);
         if r != 0 {
             return lsm_ret(r);
         }
         // Renaming something over a protected file, or into a protected dir.
-        let r = decide(deny::RENAME, dentry_key(new), inode_key(new_dir), 1);
+        let r = decide(deny::RENAME, new.key(), new_dir.key(), 1);
         if r == 0 {
             observe::entry(NsOp::Rename, old_dir, old, new_dir, new, 0);
         }
@@ -203,13 +193,12 @@ pub fn lsm_inode_rename(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 3);
-        let old: *const u8 = ctx.arg(0);
-        let dir: *const u8 = ctx.arg(1);
-        let new: *const u8 = ctx.arg(2);
-        let r = decide(deny::LINK, dentry_key(old), inode_key(dir), 0);
+        let old = Dentry::new(ctx.arg(0));
+        let dir = Inode::new(ctx.arg(1));
+        let new = Dentry::new(ctx.arg(2));
+        let r = decide(deny::LINK, old.key(), dir.key(), 0);
         if r == 0 {
-            let parent: *const u8 = rk(old, off!(dentry_parent)).unwrap_or(null());
-            let old_dir = dentry_inode(parent).unwrap_or(null());
+            let old_dir = old.parent().inode().unwrap_or(Inode::null());
             observe::entry(NsOp::Link, old_dir, old, dir, new, 0);
         }
         lsm_ret(r)
@@ -221,7 +210,8 @@ pub fn lsm_inode_link(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 2);
-        observe::entry(NsOp::Rmdir, ctx.arg(0), ctx.arg(1), null(), null(), 0);
+        let (dir, dentry) = (Inode::new(ctx.arg(0)), Dentry::new(ctx.arg(1)));
+        observe::entry(NsOp::Rmdir, dir, dentry, Inode::null(), Dentry::null(), 0);
     }
     0
 }
@@ -231,15 +221,10 @@ pub fn lsm_inode_rmdir(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 3);
+        let (dir, dentry) = (Inode::new(ctx.arg(0)), Dentry::new(ctx.arg(1)));
         let mode: u16 = ctx.arg(2);
-        observe::entry(
-            NsOp::Mkdir,
-            ctx.arg(0),
-            ctx.arg(1),
-            null(),
-            null(),
-            (mode & 0o7777) as u64,
-        );
+        let aux = (mode & 0o7777) as u64;
+        observe::entry(NsOp::Mkdir, dir, dentry, Inode::null(), Dentry::null(), aux);
     }
     0
 }
@@ -249,7 +234,8 @@ pub fn lsm_inode_mkdir(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 3);
-        observe::entry(NsOp::Symlink, ctx.arg(0), ctx.arg(1), null(), null(), 0);
+        let (dir, dentry) = (Inode::new(ctx.arg(0)), Dentry::new(ctx.arg(1)));
+        observe::entry(NsOp::Symlink, dir, dentry, Inode::null(), Dentry::null(), 0);
     }
     0
 }
@@ -260,7 +246,7 @@ pub fn lsm_inode_symlink(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_setattr(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 2);
-        observe::setattr(ctx.arg(0), ctx.arg(1));
+        observe::setattr(Dentry::new(ctx.arg(0)), ctx.arg(1));
     }
     0
 }
@@ -270,7 +256,7 @@ pub fn lsm_inode_setattr(ctx: LsmContext) -> i32 {
 pub fn lsm_inode_setattr_idmap(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 3);
-        observe::setattr(ctx.arg(1), ctx.arg(2));
+        observe::setattr(Dentry::new(ctx.arg(1)), ctx.arg(2));
     }
     0
 }
@@ -282,13 +268,13 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
     const MAP_SHARED: u64 = 0x1;
     unsafe {
         prior!(ctx, 4);
-        let file: *const u8 = ctx.arg(0);
+        let file = File::new(ctx.arg(0));
         let prot: u64 = ctx.arg(2);
         let flags: u64 = ctx.arg(3);
         if file.is_null() || prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
             return 0;
         }
-        lsm_ret(decide(deny::MMAP, file_key(file), None, prot))
+        lsm_ret(decide(deny::MMAP, file.key(), None, prot))
     }
 }
 
@@ -297,11 +283,11 @@ pub fn lsm_mmap_file(ctx: LsmContext) -> i32 {
 pub fn lsm_file_ioctl(ctx: LsmContext) -> i32 {
     unsafe {
         prior!(ctx, 3);
-        let file: *const u8 = ctx.arg(0);
+        let file = File::new(ctx.arg(0));
         let cmd: u32 = ctx.arg(1);
         if crate::DENY_IOCTLS.get(&cmd).is_none() {
             return 0;
         }
-        lsm_ret(decide(deny::IOCTL, file_key(file), None, cmd as u64))
+        lsm_ret(decide(deny::IOCTL, file.key(), None, cmd as u64))
     }
 }

@@ -15,13 +15,10 @@ use snapmon_common::{
 
 use crate::{
     emit::{
-        copy_kernel_str, copy_user, count_lost, fill_header, output_file, sc_arg, sc_ret,
-        urgent_actor, urgent_file,
+        copy_kernel_str, copy_user, count_lost, fill_header, output_file, output_watched, sc_arg,
+        sc_ret, urgent_actor,
     },
-    kernel::{
-        current_task, dentry_inode, fd_to_file, file_inode, inode_key, is_agent, mark_watched_ino,
-        off, rk, valid, watch_rdev, watched_fd,
-    },
+    kernel::{enter, in_compat, mark_watched_ino, valid, watch_rdev, watched_fd, Task, Watched},
     SCRATCH_IOCTL, WATCHED_FILES,
 };
 
@@ -58,16 +55,6 @@ fn loop_binding(cmd: u32) -> bool {
     loop_ioctl::attaches(cmd) || cmd == loop_ioctl::CLR_FD
 }
 
-/// In a 32-bit syscall: handed here by `compat`, which has no exit hook to finish it.
-#[inline(always)]
-unsafe fn in_compat() -> bool {
-    if !valid(v::COMPAT) {
-        return false;
-    }
-    let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf() as *const u8;
-    core::ptr::read_volatile(task.add(off!(task_ti_status)) as *const u32) & 0x0002 != 0
-}
-
 #[tracepoint]
 pub fn sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     unsafe { on_ioctl(&ctx) };
@@ -82,19 +69,16 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 unsafe fn on_ioctl(ctx: &TracePointContext) {
-    if !valid(v::FILES) {
+    let Some(pid_tgid) = enter(v::FILES) else {
         return;
-    }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return;
-    }
+    };
     let fd = sc_arg(ctx, 0) as i64;
     let cmd = sc_arg(ctx, 1) as u32;
     let arg = sc_arg(ctx, 2);
+    // Not in a 32-bit syscall: handed here by `compat`, which has no exit hook to finish it.
     if loop_binding(cmd) && !in_compat() {
         // The circuit breaker judges before the effect; the record waits for the outcome.
-        if let Some(w) = watched_fd(current_task(), fd, true) {
+        if let Some(w) = watched_fd(Task::current(), fd, true) {
             crate::respond::on_ioctl(&w, cmd);
         }
         let call = LoopCall {
@@ -103,7 +87,7 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
             cmd,
             _pad: 0,
         };
-        let tid = bpf_get_current_pid_tgid() as u32;
+        let tid = pid_tgid as u32;
         if LOOP_CALLS.insert(&tid, &call, 0).is_ok() {
             pending_add(1);
         } else {
@@ -114,7 +98,7 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
     if loop_ioctl::attaches(cmd) && on_loop_attach(fd, cmd, arg) {
         return;
     }
-    let Some(w) = watched_fd(current_task(), fd, true) else {
+    let Some(w) = watched_fd(Task::current(), fd, true) else {
         return;
     };
     crate::respond::on_ioctl(&w, cmd);
@@ -141,7 +125,7 @@ unsafe fn on_ioctl_exit(ctx: &TracePointContext) {
     if loop_ioctl::attaches(c.cmd) && on_loop_attach(c.fd, c.cmd, c.arg) {
         return;
     }
-    if let Some(w) = watched_fd(current_task(), c.fd, true) {
+    if let Some(w) = watched_fd(Task::current(), c.fd, true) {
         report(&w, c.fd, c.cmd, c.arg);
     }
 }
@@ -180,7 +164,7 @@ unsafe fn fill(
 
 /// An ioctl on a watched file, dir or device, with the entry's name in its directory.
 #[inline(always)]
-unsafe fn report(w: &crate::kernel::Watched, fd: i64, cmd: u32, arg: u64) {
+unsafe fn report(w: &Watched, fd: i64, cmd: u32, arg: u64) {
     let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
         return;
     };
@@ -196,23 +180,17 @@ unsafe fn report(w: &crate::kernel::Watched, fd: i64, cmd: u32, arg: u64) {
     let flags = if w.is_dir { write_flags::IS_DIR } else { 0 };
     fill(ev, fd, cmd, w.key, arg, flags, want, size);
     if valid(v::VFS_NS) {
-        let d: *const u8 = rk(w.file, off!(file_dentry)).unwrap_or(core::ptr::null());
-        let p: *const u8 = rk(d, off!(dentry_parent)).unwrap_or(core::ptr::null());
+        let d = w.file.dentry();
+        let p = d.parent();
         // A filesystem root is its own parent and has no name worth reporting.
         if !p.is_null() && p != d {
-            if let Some(pk) = dentry_inode(p).and_then(|i| inode_key(i)) {
+            if let Some(pk) = p.key() {
                 ev.parent = pk;
-                let np: *const u8 = rk(d, off!(dentry_name)).unwrap_or(core::ptr::null());
-                ev.name_len = copy_kernel_str::<IOCTL_NAME_LEN>(&mut ev.name, np) as u16;
+                ev.name_len = copy_kernel_str::<IOCTL_NAME_LEN>(&mut ev.name, d.name()) as u16;
             }
         }
     }
-    output_file(
-        ev,
-        urgent_file(ev.hdr.uid, w.inode, w.precious),
-        w.precious,
-        &w.key,
-    );
+    output_watched(ev, ev.hdr.uid, &w);
 }
 
 /// A loop attach whose backing fd is a watched file: the image gets a block-device side door
@@ -231,7 +209,7 @@ unsafe fn on_loop_attach(fd: i64, cmd: u32, arg: u64) -> bool {
     } else {
         arg as u32 as i64
     };
-    let task = current_task();
+    let task = Task::current();
     let Some(w) = watched_fd(task, backing, false) else {
         return false;
     };
@@ -245,8 +223,8 @@ unsafe fn on_loop_attach(fd: i64, cmd: u32, arg: u64) -> bool {
         0
     };
     fill(ev, fd, cmd, w.key, arg, write_flags::LOOP_BACKING, want, 0);
-    let node = fd_to_file(task, fd).and_then(|f| file_inode(f));
-    ev.parent = node.and_then(|i| inode_key(i)).unwrap_or_default();
+    let node = task.fd_file(fd).and_then(|f| f.inode());
+    ev.parent = node.and_then(|i| i.key()).unwrap_or_default();
     if ev.parent.ino != 0 {
         // Watch the device node now: the attacker's first write through it may come before
         // the agent has read this record. The agent adopts (or withdraws) the entry. Any

@@ -1,7 +1,9 @@
-//! Kernel object walks (task → files → file → inode) using BTF offsets supplied at load time.
+//! Kernel object walks (task → files → file → inode) using BTF offsets supplied at load time,
+//! through typed pointers (`Task`, `File`, `Inode`, `Dentry`, `SuperBlock`, `Mm`) whose methods
+//! are the reads: probe reads, or `direct_*` plain loads through a BTF pointer.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_probe_read_kernel,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
 use snapmon_common::{dir_flags, fd_walk, FileKey};
@@ -70,60 +72,370 @@ pub unsafe fn rk2(base: *const u8, a: usize, b: usize) -> Option<(u64, u64)> {
     Some((rk(base, a)?, rk(base, b)?))
 }
 
-#[inline(always)]
-pub fn current_task() -> *const u8 {
-    unsafe { bpf_get_current_task() as *const u8 }
+/// A kernel pointer to one struct type. Reads through it are probe reads (`rk`), which work
+/// on any pointer; the `direct_*` ones are plain loads (`ld`), which verify only through a
+/// BTF pointer (`Task::current_btf`, `fd_walk::DIRECT`'s files and what hangs off them).
+macro_rules! kernel_ptr {
+    ($($(#[$m:meta])* $name:ident;)*) => {$(
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq)]
+        #[repr(transparent)]
+        pub struct $name(*const u8);
+
+        #[allow(dead_code, reason = "the same accessors for every pointer type")]
+        impl $name {
+            #[inline(always)]
+            pub const fn new(p: *const u8) -> Self {
+                Self(p)
+            }
+
+            #[inline(always)]
+            pub const fn null() -> Self {
+                Self(core::ptr::null())
+            }
+
+            #[inline(always)]
+            pub fn as_ptr(self) -> *const u8 {
+                self.0
+            }
+
+            #[inline(always)]
+            pub fn is_null(self) -> bool {
+                self.0.is_null()
+            }
+
+            /// `None` for a null pointer.
+            #[inline(always)]
+            fn non_null(p: *const u8) -> Option<Self> {
+                if p.is_null() {
+                    None
+                } else {
+                    Some(Self(p))
+                }
+            }
+
+            /// A member pointer by probe read (`None` when the read fails; may be null).
+            #[inline(always)]
+            unsafe fn rk_ptr<T: From<*const u8>>(self, off: usize) -> Option<T> {
+                rk::<*const u8>(self.0, off).map(T::from)
+            }
+
+            /// A BTF pointer member by plain load, `None` when null.
+            #[inline(always)]
+            unsafe fn ld_ptr<T: From<*const u8>>(self, off: usize) -> Option<T> {
+                let p: *const u8 = ld(self.0, off);
+                if p.is_null() {
+                    None
+                } else {
+                    Some(T::from(p))
+                }
+            }
+        }
+
+        impl From<*const u8> for $name {
+            #[inline(always)]
+            fn from(p: *const u8) -> Self {
+                Self(p)
+            }
+        }
+    )*};
 }
 
-/// `task->files->fdt->fd[fd]`
-#[inline(always)]
-pub unsafe fn fd_to_file(task: *const u8, fd: i64) -> Option<*const u8> {
-    if direct_walk() {
-        // A BTF pointer: the probe reads callers make through it work as on a scalar.
-        return direct_file(fd).map(|(_, f)| f);
+kernel_ptr! {
+    /// `struct task_struct *`
+    Task;
+    /// `struct file *`
+    File;
+    /// `struct inode *`
+    Inode;
+    /// `struct dentry *`
+    Dentry;
+    /// `struct super_block *`
+    SuperBlock;
+    /// `struct mm_struct *`
+    Mm;
+}
+
+impl Task {
+    /// The current task as a scalar: probe reads only.
+    #[inline(always)]
+    pub fn current() -> Self {
+        Self(unsafe { bpf_get_current_task() } as *const u8)
     }
-    if fd < 0 {
-        return None;
+
+    /// The current task as a BTF pointer: `direct_*` reads too.
+    #[inline(always)]
+    pub fn current_btf() -> Self {
+        Self(unsafe { bpf_get_current_task_btf() } as *const u8)
     }
-    let files: *const u8 = rk(task, off!(task_files))?;
-    let fdt: *const u8 = rk(files, off!(files_fdt))?;
-    let (max, fds) = rk2(fdt, off!(fdt_max_fds), off!(fdt_fd))?;
-    // `max_fds` is an unsigned int: the low half of its 8-byte slot.
-    if fd as u64 >= max & 0xffff_ffff {
-        return None;
+
+    /// `task->files->fdt->fd[fd]`
+    #[inline(always)]
+    pub unsafe fn fd_file(self, fd: i64) -> Option<File> {
+        if direct_walk() {
+            // A BTF pointer: the probe reads callers make through it work as on a scalar.
+            return direct_file(fd).map(|(_, f)| f);
+        }
+        if fd < 0 {
+            return None;
+        }
+        let files: *const u8 = rk(self.0, off!(task_files))?;
+        let fdt: *const u8 = rk(files, off!(files_fdt))?;
+        let (max, fds) = rk2(fdt, off!(fdt_max_fds), off!(fdt_fd))?;
+        // `max_fds` is an unsigned int: the low half of its 8-byte slot.
+        if fd as u64 >= max & 0xffff_ffff {
+            return None;
+        }
+        let fds = fds as *const *const u8;
+        if fds.is_null() {
+            return None;
+        }
+        let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize)).ok()?;
+        File::non_null(file)
     }
-    let fds = fds as *const *const u8;
-    if fds.is_null() {
-        return None;
+
+    /// Identity of the directory a relative path starts from: `dirfd`'s file or the cwd.
+    #[inline(always)]
+    pub unsafe fn base_dir_key(self, dirfd: i64) -> Option<FileKey> {
+        const AT_FDCWD: i64 = -100;
+        if dirfd as i32 as i64 == AT_FDCWD {
+            let fs: *const u8 = rk(self.0, off!(task_fs))?;
+            let dentry: Dentry = Dentry::new(rk(fs, off!(fs_pwd_dentry))?);
+            dentry.inode()?.key()
+        } else {
+            self.fd_file(dirfd)?.inode()?.key()
+        }
     }
-    let file: *const u8 = bpf_probe_read_kernel(fds.add(fd as usize)).ok()?;
-    if file.is_null() {
-        None
-    } else {
-        Some(file)
+
+    /// `task->mm` (null for a kernel thread).
+    #[inline(always)]
+    pub unsafe fn mm(self) -> Option<Mm> {
+        self.rk_ptr(off!(task_mm))
+    }
+
+    #[inline(always)]
+    pub unsafe fn direct_mm(self) -> Option<Mm> {
+        self.ld_ptr(off!(task_mm))
+    }
+
+    #[inline(always)]
+    pub unsafe fn real_parent(self) -> Option<Task> {
+        self.rk_ptr(off!(task_real_parent))
+    }
+
+    #[inline(always)]
+    pub unsafe fn tgid(self) -> u32 {
+        rk::<i32>(self.0, off!(task_tgid)).unwrap_or(0) as u32
+    }
+
+    #[inline(always)]
+    pub unsafe fn pid(self) -> u32 {
+        rk::<i32>(self.0, off!(task_pid)).unwrap_or(0) as u32
+    }
+
+    #[inline(always)]
+    pub unsafe fn start_boottime(self) -> u64 {
+        rk(self.0, off!(task_start_boottime)).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    pub unsafe fn exit_code(self) -> i32 {
+        rk(self.0, off!(task_exit_code)).unwrap_or(0)
+    }
+
+    /// `task->cred->euid` (`u32::MAX` when unreadable).
+    #[inline(always)]
+    pub unsafe fn euid(self) -> u32 {
+        let cred: *const u8 = rk(self.0, off!(task_cred)).unwrap_or(core::ptr::null());
+        rk(cred, off!(cred_euid)).unwrap_or(u32::MAX)
+    }
+
+    /// `thread_info.status` by a plain load (a BTF task only).
+    #[inline(always)]
+    pub unsafe fn direct_ti_status(self) -> u32 {
+        ld(self.0, off!(task_ti_status))
     }
 }
 
+/// `TS_COMPAT` in x86 `thread_info.status`: the task is in a 32-bit syscall.
+const TS_COMPAT: u32 = 0x0002;
+
+/// Is the current task in a 32-bit (ia32) syscall? One helper call and one direct load.
 #[inline(always)]
-pub unsafe fn file_inode(file: *const u8) -> Option<*const u8> {
-    let inode: *const u8 = rk(file, off!(file_inode))?;
-    if inode.is_null() {
-        None
-    } else {
-        Some(inode)
+pub unsafe fn in_compat() -> bool {
+    valid(snapmon_common::valid::COMPAT) && Task::current_btf().direct_ti_status() & TS_COMPAT != 0
+}
+
+impl File {
+    /// `file->f_inode`, `None` when null.
+    #[inline(always)]
+    pub unsafe fn inode(self) -> Option<Inode> {
+        Inode::non_null(rk(self.0, off!(file_inode))?)
+    }
+
+    #[inline(always)]
+    pub unsafe fn direct_inode(self) -> Option<Inode> {
+        self.ld_ptr(off!(file_inode))
+    }
+
+    /// `file->f_path.dentry` (null when unreadable).
+    #[inline(always)]
+    pub unsafe fn dentry(self) -> Dentry {
+        self.rk_ptr(off!(file_dentry)).unwrap_or(Dentry::null())
+    }
+
+    #[inline(always)]
+    pub unsafe fn direct_dentry(self) -> Option<Dentry> {
+        self.ld_ptr(off!(file_dentry))
+    }
+
+    /// The identity of the file's inode.
+    #[inline(always)]
+    pub unsafe fn key(self) -> Option<FileKey> {
+        self.inode()?.key()
+    }
+
+    /// `file->f_flags` (0 when unreadable).
+    #[inline(always)]
+    pub unsafe fn flags(self) -> u32 {
+        rk(self.0, off!(file_flags)).unwrap_or(0)
+    }
+
+    /// `file->f_mode` (0 when unreadable).
+    #[inline(always)]
+    pub unsafe fn mode(self) -> u32 {
+        rk(self.0, off!(file_mode)).unwrap_or(0)
+    }
+
+    /// `file->f_pos` (-1 when unreadable).
+    #[inline(always)]
+    pub unsafe fn pos(self) -> i64 {
+        rk(self.0, off!(file_pos)).unwrap_or(-1)
     }
 }
 
-#[inline(always)]
-pub unsafe fn inode_key(inode: *const u8) -> Option<FileKey> {
-    let (sb, ino) = rk2(inode, off!(inode_sb), off!(inode_ino))?;
-    sb_key(sb as *const u8, ino)
+impl Inode {
+    /// (dev, ino)
+    #[inline(always)]
+    pub unsafe fn key(self) -> Option<FileKey> {
+        let (sb, ino) = self.sb_ino()?;
+        sb.key(ino)
+    }
+
+    /// (dev, ino) by plain loads (a BTF inode only: a scalar here fails to verify).
+    #[inline(always)]
+    pub unsafe fn direct_key(self) -> Option<FileKey> {
+        let ino: u64 = ld(self.0, off!(inode_ino));
+        let sb: SuperBlock = self.ld_ptr(off!(inode_sb))?;
+        Some(sb.direct_key(ino))
+    }
+
+    /// `i_sb` and `i_ino`, in one helper call where the layout allows (`rk2`).
+    #[inline(always)]
+    unsafe fn sb_ino(self) -> Option<(SuperBlock, u64)> {
+        let (sb, ino) = rk2(self.0, off!(inode_sb), off!(inode_ino))?;
+        Some((SuperBlock(sb as *const u8), ino))
+    }
+
+    /// `i_size` (0 when unreadable).
+    #[inline(always)]
+    pub unsafe fn size(self) -> u64 {
+        rk::<i64>(self.0, off!(inode_size)).unwrap_or(0) as u64
+    }
+
+    /// `i_rdev`, the device number of a device node.
+    #[inline(always)]
+    pub unsafe fn rdev(self) -> Option<u32> {
+        rk(self.0, off!(inode_rdev))
+    }
+
+    /// `i_uid`, the owner.
+    #[inline(always)]
+    pub unsafe fn uid(self) -> Option<u32> {
+        rk(self.0, off!(inode_uid))
+    }
+
+    #[inline(always)]
+    pub unsafe fn sb(self) -> Option<SuperBlock> {
+        self.rk_ptr(off!(inode_sb))
+    }
 }
 
-#[inline(always)]
-unsafe fn sb_key(sb: *const u8, ino: u64) -> Option<FileKey> {
-    let dev: u32 = rk(sb, off!(sb_dev))?;
-    Some(FileKey { dev, _pad: 0, ino })
+impl SuperBlock {
+    /// (dev, ino) of inode number `ino` on this superblock.
+    #[inline(always)]
+    unsafe fn key(self, ino: u64) -> Option<FileKey> {
+        let dev: u32 = rk(self.0, off!(sb_dev))?;
+        Some(FileKey { dev, _pad: 0, ino })
+    }
+
+    #[inline(always)]
+    unsafe fn direct_key(self, ino: u64) -> FileKey {
+        let dev: u32 = ld(self.0, off!(sb_dev));
+        FileKey { dev, _pad: 0, ino }
+    }
+
+    #[inline(always)]
+    pub unsafe fn magic(self) -> Option<u64> {
+        rk(self.0, off!(sb_magic))
+    }
+}
+
+impl Dentry {
+    /// `d_inode`, `None` when null (a negative dentry).
+    #[inline(always)]
+    pub unsafe fn inode(self) -> Option<Inode> {
+        Inode::non_null(rk(self.0, off!(dentry_inode))?)
+    }
+
+    #[inline(always)]
+    pub unsafe fn direct_inode(self) -> Option<Inode> {
+        self.ld_ptr(off!(dentry_inode))
+    }
+
+    /// `d_parent` (null when unreadable).
+    #[inline(always)]
+    pub unsafe fn parent(self) -> Dentry {
+        self.rk_ptr(off!(dentry_parent)).unwrap_or(Dentry::null())
+    }
+
+    #[inline(always)]
+    pub unsafe fn direct_parent(self) -> Option<Dentry> {
+        self.ld_ptr(off!(dentry_parent))
+    }
+
+    /// `d_name.name`, a kernel string (null when unreadable).
+    #[inline(always)]
+    pub unsafe fn name(self) -> *const u8 {
+        rk(self.0, off!(dentry_name)).unwrap_or(core::ptr::null())
+    }
+
+    /// The identity of the dentry's inode.
+    #[inline(always)]
+    pub unsafe fn key(self) -> Option<FileKey> {
+        self.inode()?.key()
+    }
+}
+
+impl Mm {
+    #[inline(always)]
+    pub unsafe fn exe_file(self) -> Option<File> {
+        self.rk_ptr(off!(mm_exe_file))
+    }
+
+    #[inline(always)]
+    pub unsafe fn direct_exe_file(self) -> Option<File> {
+        self.ld_ptr(off!(mm_exe_file))
+    }
+
+    /// `[arg_start, arg_end)`, the user memory of the command line (0s when unreadable).
+    #[inline(always)]
+    pub unsafe fn args(self) -> (u64, u64) {
+        (
+            rk(self.0, off!(mm_arg_start)).unwrap_or(0),
+            rk(self.0, off!(mm_arg_end)).unwrap_or(0),
+        )
+    }
 }
 
 /// May an inode with this number be watched? (An array lookup the verifier inlines.)
@@ -142,38 +454,9 @@ pub fn mark_watched_ino(ino: u64) {
     }
 }
 
-#[inline(always)]
-pub unsafe fn inode_size(inode: *const u8) -> u64 {
-    rk::<i64>(inode, off!(inode_size)).unwrap_or(0) as u64
-}
-
-#[inline(always)]
-pub unsafe fn dentry_inode(dentry: *const u8) -> Option<*const u8> {
-    let inode: *const u8 = rk(dentry, off!(dentry_inode))?;
-    if inode.is_null() {
-        None
-    } else {
-        Some(inode)
-    }
-}
-
-/// Identity of the directory a relative path starts from: `dirfd`'s file or the cwd.
-#[inline(always)]
-pub unsafe fn base_dir_key(task: *const u8, dirfd: i64) -> Option<FileKey> {
-    const AT_FDCWD: i64 = -100;
-    if dirfd as i32 as i64 == AT_FDCWD {
-        let fs: *const u8 = rk(task, off!(task_fs))?;
-        let dentry: *const u8 = rk(fs, off!(fs_pwd_dentry))?;
-        inode_key(dentry_inode(dentry)?)
-    } else {
-        let file = fd_to_file(task, dirfd)?;
-        inode_key(file_inode(file)?)
-    }
-}
-
 pub struct Watched {
-    pub file: *const u8,
-    pub inode: *const u8,
+    pub file: File,
+    pub inode: Inode,
     pub key: FileKey,
     pub is_dir: bool,
     /// An image or metadata file (its `WATCHED_FILES` entry is not `watch_value::ORDINARY`),
@@ -211,12 +494,12 @@ unsafe fn ld<T: Copy>(base: *const u8, off: usize) -> T {
 /// verifier types as a scalar, is a helper read. The file as that scalar and cast back to a
 /// BTF pointer with `bpf_rdonly_cast`.
 #[inline(always)]
-unsafe fn direct_file(fd: i64) -> Option<(u64, *const u8)> {
+unsafe fn direct_file(fd: i64) -> Option<(u64, File)> {
     if fd < 0 {
         return None;
     }
-    let task = bpf_get_current_task_btf() as *const u8;
-    let files: *const u8 = ld(task, off!(task_files));
+    let task = Task::current_btf();
+    let files: *const u8 = ld(task.0, off!(task_files));
     if files.is_null() {
         return None;
     }
@@ -238,56 +521,33 @@ unsafe fn direct_file(fd: i64) -> Option<(u64, *const u8)> {
     }
     Some((
         file,
-        rdonly_cast(file, core::ptr::read_volatile(&CONFIG.btf_file)),
+        File(rdonly_cast(
+            file,
+            core::ptr::read_volatile(&CONFIG.btf_file),
+        )),
     ))
-}
-
-/// (dev, ino) of an inode reached by BTF loads (`direct_*` only: a scalar here fails to
-/// verify).
-#[inline(always)]
-pub unsafe fn direct_inode_key(inode: *const u8) -> Option<FileKey> {
-    let ino: u64 = ld(inode, off!(inode_ino));
-    let sb: *const u8 = ld(inode, off!(inode_sb));
-    if sb.is_null() {
-        return None;
-    }
-    let dev: u32 = ld(sb, off!(sb_dev));
-    Some(FileKey { dev, _pad: 0, ino })
-}
-
-/// A BTF pointer member of a BTF-typed object, `None` when null.
-#[inline(always)]
-pub unsafe fn direct_ptr(base: *const u8, off: usize) -> Option<*const u8> {
-    let p: *const u8 = ld(base, off);
-    if p.is_null() {
-        None
-    } else {
-        Some(p)
-    }
 }
 
 /// `direct_file`, on to (file, inode, sb, ino) by plain loads.
 #[inline(always)]
-unsafe fn direct_inode(fd: i64) -> Option<(*const u8, *const u8, u64, u64)> {
+unsafe fn direct_inode(fd: i64) -> Option<(File, Inode, SuperBlock, u64)> {
     let (file, f) = direct_file(fd)?;
-    let inode: *const u8 = ld(f, off!(file_inode));
-    if inode.is_null() {
-        return None;
-    }
-    let ino: u64 = ld(inode, off!(inode_ino));
-    let sb: u64 = ld(inode, off!(inode_sb));
-    Some((file as *const u8, inode, sb, ino))
+    let inode = f.direct_inode()?;
+    let ino: u64 = ld(inode.0, off!(inode_ino));
+    let sb: SuperBlock = SuperBlock(ld(inode.0, off!(inode_sb)));
+    // The file as the scalar the fd table held: probe reads only.
+    Some((File(file as *const u8), inode, sb, ino))
 }
 
 /// The fd's file when it is a watched file, device or (with `dirs`) a watched directory.
 #[inline(always)]
-pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched> {
+pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
     let (file, inode, sb, ino) = if direct_walk() {
         direct_inode(fd)?
     } else {
-        let file = fd_to_file(task, fd)?;
-        let inode = file_inode(file)?;
-        let (sb, ino) = rk2(inode, off!(inode_sb), off!(inode_ino))?;
+        let file = task.fd_file(fd)?;
+        let inode = file.inode()?;
+        let (sb, ino) = inode.sb_ino()?;
         (file, inode, sb, ino)
     };
     // Most writes are to unwatched files: stop before the superblock read and hash lookup.
@@ -301,10 +561,9 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
         });
     }
     let key = if direct_walk() {
-        let dev: u32 = ld(sb as *const u8, off!(sb_dev));
-        FileKey { dev, _pad: 0, ino }
+        sb.direct_key(ino)
     } else {
-        sb_key(sb as *const u8, ino)?
+        sb.key(ino)?
     };
     if let Some(v) = WATCHED_FILES.get(&key) {
         return Some(Watched {
@@ -340,7 +599,7 @@ pub unsafe fn watched_fd(task: *const u8, fd: i64, dirs: bool) -> Option<Watched
 /// A device node whose device is a loop over a watched image (`WATCHED_RDEV`), whichever
 /// node it is: the identity of the node the attach named, which the agent maps to the image.
 #[inline(always)]
-pub unsafe fn rdev_alias(inode: *const u8) -> Option<FileKey> {
+pub unsafe fn rdev_alias(inode: Inode) -> Option<FileKey> {
     // Only with the direct walk (6.2+): on the probe-read walk (6.1) these lookups in every
     // write hook took copy_file_range, splice and pwritev2 past the verifier's 1M
     // instructions. There a second node of a loop device is not recognised (docs/rules.md).
@@ -350,7 +609,7 @@ pub unsafe fn rdev_alias(inode: *const u8) -> Option<FileKey> {
     {
         return None;
     }
-    let rdev: u32 = rk(inode, off!(inode_rdev))?;
+    let rdev = inode.rdev()?;
     if rdev == 0 {
         return None;
     }
@@ -359,11 +618,11 @@ pub unsafe fn rdev_alias(inode: *const u8) -> Option<FileKey> {
 
 /// Record that the loop device of node `inode` (identity `node`) is over a watched image.
 #[inline(always)]
-pub unsafe fn watch_rdev(inode: *const u8, node: &FileKey) {
+pub unsafe fn watch_rdev(inode: Inode, node: &FileKey) {
     if !valid(snapmon_common::valid::RDEV) {
         return;
     }
-    let Some(rdev) = rk::<u32>(inode, off!(inode_rdev)).filter(|r| *r != 0) else {
+    let Some(rdev) = inode.rdev().filter(|r| *r != 0) else {
         return;
     };
     if WATCHED_RDEV.insert(&rdev, node, 0).is_ok() {
@@ -377,6 +636,20 @@ pub unsafe fn watch_rdev(inode: *const u8, node: &FileKey) {
 #[inline(always)]
 pub fn is_agent(tgid: u32) -> bool {
     tgid == agent_tgid()
+}
+
+/// The prologue every hook shares: nothing before the loader found the offsets of `group`
+/// (`snapmon_common::valid`), nothing of the agent's own. The current `pid_tgid`.
+#[inline(always)]
+pub fn enter(group: u32) -> Option<u64> {
+    if !valid(group) {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent((pid_tgid >> 32) as u32) {
+        return None;
+    }
+    Some(pid_tgid)
 }
 
 /// The syscall the current task is in (`orig_ax`, -1 outside one) and its first argument,
@@ -403,12 +676,8 @@ pub fn is_io_worker() -> bool {
 pub unsafe fn current_exe() -> Option<FileKey> {
     // Every pointer on this chain is a BTF-typed member: no cast needed, five plain loads.
     if direct_walk() && valid(snapmon_common::valid::ARGS) {
-        let task = bpf_get_current_task_btf() as *const u8;
-        let mm = direct_ptr(task, off!(task_mm))?;
-        let exe = direct_ptr(mm, off!(mm_exe_file))?;
-        return direct_inode_key(direct_ptr(exe, off!(file_inode))?);
+        let mm = Task::current_btf().direct_mm()?;
+        return mm.direct_exe_file()?.direct_inode()?.direct_key();
     }
-    let mm: *const u8 = rk(current_task(), off!(task_mm))?;
-    let exe: *const u8 = rk(mm, off!(mm_exe_file))?;
-    inode_key(file_inode(exe)?)
+    Task::current().mm()?.exe_file()?.inode()?.key()
 }

@@ -1,29 +1,18 @@
 //! Namespace hooks: create/rename/unlink/link/mkdir and attribute changes in watched trees.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use snapmon_common::{ns_flags, valid as v, EventKind, NsOp};
+use snapmon_common::{ns_flags, EventKind, NsOp};
 
 use crate::{
-    emit::{fill_header, output_file, output_lane, sc_arg, urgent_actor, urgent_file},
-    kernel::{current_task, is_agent, valid, watched_fd},
+    emit::{fill_header, output_lane, output_watched, sc_arg, urgent_actor},
+    kernel::watched_fd,
     path::{match_path, relevant},
+    write::enter,
     SCRATCH_NS,
 };
 
 const AT_FDCWD: u64 = -100i64 as u64;
 const NONE: u64 = 0;
-
-#[inline(always)]
-fn enter() -> Option<*const u8> {
-    if !valid(v::FILES) {
-        return None;
-    }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return None;
-    }
-    Some(current_task())
-}
 
 /// Emit a namespace record when either path lies in a watched tree.
 #[inline(always)]
@@ -120,19 +109,18 @@ unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     ev.path2[0] = 0;
     ev.aux = aux;
     ev.aux2 = aux2;
-    output_file(
-        ev,
-        urgent_file(ev.hdr.uid, w.inode, w.precious),
-        w.precious,
-        &w.key,
-    );
+    output_watched(ev, ev.hdr.uid, &w);
     crate::observe::mark(true);
 }
 
+/// A syscall tracepoint program: `tp!(name(slot, …) => body)` names the argument slots in
+/// order (`_` skips one) and binds each name to a reader of its slot, so the body reads
+/// `slot()` where it needs it, as often as the old `sc_arg` calls did; the body runs unsafe.
 macro_rules! tp {
-    ($name:ident, |$ctx:ident| $body:expr) => {
+    ($name:ident($($slot:tt),*) => $body:expr) => {
         #[tracepoint]
-        pub fn $name($ctx: TracePointContext) -> u32 {
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            tp!(@bind ctx, 0, $($slot),*);
             #[allow(unused_unsafe, reason = "some bodies call no unsafe function")]
             unsafe {
                 $body
@@ -140,234 +128,76 @@ macro_rules! tp {
             0
         }
     };
+    (@bind $ctx:ident, $i:expr, _ $(, $rest:tt)*) => {
+        tp!(@bind $ctx, $i + 1, $($rest),*)
+    };
+    (@bind $ctx:ident, $i:expr, $slot:ident $(, $rest:tt)*) => {
+        let $slot = || sc_arg(&$ctx, $i);
+        tp!(@bind $ctx, $i + 1, $($rest),*)
+    };
+    (@bind $ctx:ident, $i:expr,) => {};
 }
 
-tp!(sys_enter_unlink, |ctx| ns_paths(
-    NsOp::Unlink,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    0,
-    0
-));
-tp!(sys_enter_unlinkat, |ctx| {
+tp!(sys_enter_unlink(path) => ns_paths(NsOp::Unlink, AT_FDCWD, path(), 0, NONE, 0, 0));
+tp!(sys_enter_unlinkat(dfd, path, flag) => {
     const AT_REMOVEDIR: u64 = 0x200;
-    let flag = sc_arg(&ctx, 2);
+    let flag = flag();
     let op = if flag & AT_REMOVEDIR != 0 {
         NsOp::Rmdir
     } else {
         NsOp::Unlink
     };
-    ns_paths(op, sc_arg(&ctx, 0), sc_arg(&ctx, 1), 0, NONE, flag, 0)
+    ns_paths(op, dfd(), path(), 0, NONE, flag, 0)
 });
-tp!(sys_enter_rmdir, |ctx| ns_paths(
-    NsOp::Rmdir,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    0,
-    0
-));
-tp!(sys_enter_rename, |ctx| ns_paths(
-    NsOp::Rename,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    AT_FDCWD,
-    sc_arg(&ctx, 1),
-    0,
-    0
-));
-tp!(sys_enter_renameat, |ctx| ns_paths(
-    NsOp::Rename,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2),
-    sc_arg(&ctx, 3),
-    0,
-    0
-));
-tp!(sys_enter_renameat2, |ctx| ns_paths(
-    NsOp::Rename,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2),
-    sc_arg(&ctx, 3),
-    sc_arg(&ctx, 4),
-    0
-));
-tp!(sys_enter_link, |ctx| ns_paths(
-    NsOp::Link,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    AT_FDCWD,
-    sc_arg(&ctx, 1),
-    0,
-    0
-));
-tp!(sys_enter_linkat, |ctx| ns_paths(
-    NsOp::Link,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2),
-    sc_arg(&ctx, 3),
-    sc_arg(&ctx, 4),
-    0
-));
+tp!(sys_enter_rmdir(path) => ns_paths(NsOp::Rmdir, AT_FDCWD, path(), 0, NONE, 0, 0));
+tp!(sys_enter_rename(old, new) => ns_paths(NsOp::Rename, AT_FDCWD, old(), AT_FDCWD, new(), 0, 0));
+tp!(sys_enter_renameat(odfd, old, ndfd, new) => {
+    ns_paths(NsOp::Rename, odfd(), old(), ndfd(), new(), 0, 0)
+});
+tp!(sys_enter_renameat2(odfd, old, ndfd, new, flags) => {
+    ns_paths(NsOp::Rename, odfd(), old(), ndfd(), new(), flags(), 0)
+});
+tp!(sys_enter_link(old, new) => ns_paths(NsOp::Link, AT_FDCWD, old(), AT_FDCWD, new(), 0, 0));
+tp!(sys_enter_linkat(odfd, old, ndfd, new, flags) => {
+    ns_paths(NsOp::Link, odfd(), old(), ndfd(), new(), flags(), 0)
+});
 // symlink(target, linkpath): only linkpath names a place; target is content.
-tp!(sys_enter_symlink, |ctx| ns_paths(
-    NsOp::Symlink,
-    AT_FDCWD,
-    sc_arg(&ctx, 1),
-    0,
-    NONE,
-    0,
-    0
-));
-tp!(sys_enter_symlinkat, |ctx| ns_paths(
-    NsOp::Symlink,
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2),
-    0,
-    NONE,
-    0,
-    0
-));
-tp!(sys_enter_mkdir, |ctx| ns_paths(
-    NsOp::Mkdir,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    sc_arg(&ctx, 1),
-    0
-));
-tp!(sys_enter_mkdirat, |ctx| ns_paths(
-    NsOp::Mkdir,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    0,
-    NONE,
-    sc_arg(&ctx, 2),
-    0
-));
-tp!(sys_enter_chmod, |ctx| ns_paths(
-    NsOp::Chmod,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    sc_arg(&ctx, 1),
-    0
-));
-tp!(sys_enter_fchmodat, |ctx| ns_paths(
-    NsOp::Chmod,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    0,
-    NONE,
-    sc_arg(&ctx, 2),
-    0
-));
-tp!(sys_enter_fchmodat2, |ctx| ns_paths(
-    NsOp::Chmod,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    0,
-    NONE,
-    sc_arg(&ctx, 2),
-    0
-));
-tp!(sys_enter_fchmod, |ctx| ns_fd(
-    NsOp::Chmod,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    0
-));
-tp!(sys_enter_chown, |ctx| ns_paths(
-    NsOp::Chown,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2)
-));
-tp!(sys_enter_lchown, |ctx| ns_paths(
-    NsOp::Chown,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2)
-));
-tp!(sys_enter_fchownat, |ctx| ns_paths(
-    NsOp::Chown,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    0,
-    NONE,
-    sc_arg(&ctx, 2),
-    sc_arg(&ctx, 3)
-));
-tp!(sys_enter_fchown, |ctx| ns_fd(
-    NsOp::Chown,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    sc_arg(&ctx, 2)
-));
-tp!(sys_enter_truncate, |ctx| ns_paths(
-    NsOp::Truncate,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    0,
-    sc_arg(&ctx, 1)
-));
+tp!(sys_enter_symlink(_, link) => ns_paths(NsOp::Symlink, AT_FDCWD, link(), 0, NONE, 0, 0));
+tp!(sys_enter_symlinkat(_, dfd, link) => ns_paths(NsOp::Symlink, dfd(), link(), 0, NONE, 0, 0));
+tp!(sys_enter_mkdir(path, mode) => ns_paths(NsOp::Mkdir, AT_FDCWD, path(), 0, NONE, mode(), 0));
+tp!(sys_enter_mkdirat(dfd, path, mode) => ns_paths(NsOp::Mkdir, dfd(), path(), 0, NONE, mode(), 0));
+tp!(sys_enter_chmod(path, mode) => ns_paths(NsOp::Chmod, AT_FDCWD, path(), 0, NONE, mode(), 0));
+tp!(sys_enter_fchmodat(dfd, path, mode) => ns_paths(NsOp::Chmod, dfd(), path(), 0, NONE, mode(), 0));
+tp!(sys_enter_fchmodat2(dfd, path, mode) => {
+    ns_paths(NsOp::Chmod, dfd(), path(), 0, NONE, mode(), 0)
+});
+tp!(sys_enter_fchmod(fd, mode) => ns_fd(NsOp::Chmod, fd(), mode(), 0));
+tp!(sys_enter_chown(path, uid, gid) => {
+    ns_paths(NsOp::Chown, AT_FDCWD, path(), 0, NONE, uid(), gid())
+});
+tp!(sys_enter_lchown(path, uid, gid) => {
+    ns_paths(NsOp::Chown, AT_FDCWD, path(), 0, NONE, uid(), gid())
+});
+tp!(sys_enter_fchownat(dfd, path, uid, gid) => {
+    ns_paths(NsOp::Chown, dfd(), path(), 0, NONE, uid(), gid())
+});
+tp!(sys_enter_fchown(fd, uid, gid) => ns_fd(NsOp::Chown, fd(), uid(), gid()));
+tp!(sys_enter_truncate(path, length) => {
+    ns_paths(NsOp::Truncate, AT_FDCWD, path(), 0, NONE, 0, length())
+});
 // utimensat(dfd, NULL, times, 0) is futimens(dfd).
-tp!(sys_enter_utimensat, |ctx| {
-    let p = sc_arg(&ctx, 1);
-    if p == 0 {
-        ns_fd(NsOp::Utimes, sc_arg(&ctx, 0), sc_arg(&ctx, 2), 0)
+tp!(sys_enter_utimensat(dfd, path, times, flags) => {
+    let path = path();
+    if path == 0 {
+        ns_fd(NsOp::Utimes, dfd(), times(), 0)
     } else {
-        ns_paths(
-            NsOp::Utimes,
-            sc_arg(&ctx, 0),
-            p,
-            0,
-            NONE,
-            sc_arg(&ctx, 2),
-            sc_arg(&ctx, 3),
-        )
+        ns_paths(NsOp::Utimes, dfd(), path, 0, NONE, times(), flags())
     }
 });
-tp!(sys_enter_utime, |ctx| ns_paths(
-    NsOp::Utimes,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    sc_arg(&ctx, 1),
-    0
-));
-tp!(sys_enter_utimes, |ctx| ns_paths(
-    NsOp::Utimes,
-    AT_FDCWD,
-    sc_arg(&ctx, 0),
-    0,
-    NONE,
-    sc_arg(&ctx, 1),
-    0
-));
-tp!(sys_enter_futimesat, |ctx| ns_paths(
-    NsOp::Utimes,
-    sc_arg(&ctx, 0),
-    sc_arg(&ctx, 1),
-    0,
-    NONE,
-    sc_arg(&ctx, 2),
-    0
-));
+tp!(sys_enter_utime(path, times) => ns_paths(NsOp::Utimes, AT_FDCWD, path(), 0, NONE, times(), 0));
+tp!(sys_enter_utimes(path, times) => {
+    ns_paths(NsOp::Utimes, AT_FDCWD, path(), 0, NONE, times(), 0)
+});
+tp!(sys_enter_futimesat(dfd, path, times) => {
+    ns_paths(NsOp::Utimes, dfd(), path(), 0, NONE, times(), 0)
+});

@@ -14,7 +14,7 @@ use snapmon_common::{dir_flags, ns_flags, runtime, valid as v, EventKind, FileKe
 
 use crate::{
     emit::{copy_kernel_str, fill_header, output_lane, urgent_actor, BACKEND_LSM},
-    kernel::{current_syscall, dentry_inode, inode_key, is_agent, is_io_worker, off, rk, valid},
+    kernel::{current_syscall, enter, is_io_worker, off, rk, Dentry, Inode},
     NS_MARK, RUNTIME, SCRATCH_NS, WATCHED_DIRS, WATCHED_FILES,
 };
 
@@ -53,11 +53,13 @@ pub unsafe fn mark(reported: bool) {
 /// one a syscall hook already reported (that mark is consumed).
 #[inline(always)]
 unsafe fn should_report() -> bool {
-    if !observing() || !valid(v::VFS_NS | v::FILES) {
+    if !observing() {
         return false;
     }
-    let id = bpf_get_current_pid_tgid();
-    if is_agent((id >> 32) as u32) || is_io_worker() {
+    let Some(id) = enter(v::VFS_NS | v::FILES) else {
+        return false;
+    };
+    if is_io_worker() {
         return false;
     }
     let (nr, arg0) = current_syscall();
@@ -86,32 +88,20 @@ unsafe fn watched_file(k: Option<FileKey>) -> bool {
 }
 
 #[inline(always)]
-unsafe fn name_of(dentry: *const u8, buf: &mut [u8; snapmon_common::PATH_LEN]) -> u16 {
-    let p: *const u8 = rk(dentry, off!(dentry_name)).unwrap_or(core::ptr::null());
-    copy_kernel_str(buf, p) as u16
+unsafe fn name_of(dentry: Dentry, buf: &mut [u8; snapmon_common::PATH_LEN]) -> u16 {
+    copy_kernel_str(buf, dentry.name()) as u16
 }
 
 /// An entry operation: `dentry` in directory `dir` (and, for rename/link, `dentry2` in
 /// `dir2`, the new name).
 #[inline(always)]
-pub unsafe fn entry(
-    op: NsOp,
-    dir: *const u8,
-    dentry: *const u8,
-    dir2: *const u8,
-    dentry2: *const u8,
-    aux: u64,
-) {
+pub unsafe fn entry(op: NsOp, dir: Inode, dentry: Dentry, dir2: Inode, dentry2: Dentry, aux: u64) {
     if !should_report() {
         return;
     }
-    let k1 = inode_key(dir);
-    let k2 = if dir2.is_null() {
-        None
-    } else {
-        inode_key(dir2)
-    };
-    let target = dentry_inode(dentry).and_then(|i| inode_key(i));
+    let k1 = dir.key();
+    let k2 = if dir2.is_null() { None } else { dir2.key() };
+    let target = dentry.key();
     let (w1, w2) = (watched_dir(k1), watched_dir(k2));
     let wt = watched_file(target);
     if !w1 && !w2 && !wt {
@@ -168,7 +158,7 @@ const ATTR_KILL: u32 = (1 << 11) | (1 << 12) | (1 << 14);
 /// `inode_setattr(…, dentry, attr)`: chmod, chown, utimes. Size changes are left to the
 /// write/truncate hooks (open with O_TRUNC lands here too).
 #[inline(always)]
-pub unsafe fn setattr(dentry: *const u8, attr: *const u8) {
+pub unsafe fn setattr(dentry: Dentry, attr: *const u8) {
     let valid_bits: u32 = rk(attr, off!(iattr_valid)).unwrap_or(0);
     if valid_bits & (ATTR_SIZE | ATTR_KILL) != 0 {
         return;
@@ -197,13 +187,9 @@ pub unsafe fn setattr(dentry: *const u8, attr: *const u8) {
     if !should_report() {
         return;
     }
-    let target = dentry_inode(dentry).and_then(|i| inode_key(i));
-    if !watched_file(target) {
-        let parent: *const u8 = rk(dentry, off!(dentry_parent)).unwrap_or(core::ptr::null());
-        let pdir = dentry_inode(parent);
-        if !watched_dir(pdir.and_then(|i| inode_key(i))) {
-            return;
-        }
+    let target = dentry.key();
+    if !watched_file(target) && !watched_dir(dentry.parent().key()) {
+        return;
     }
     let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {
         return;

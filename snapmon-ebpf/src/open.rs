@@ -13,10 +13,7 @@ use snapmon_common::{
 
 use crate::{
     emit::{copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file},
-    kernel::{
-        current_task, dentry_inode, direct_inode_key, direct_ptr, direct_walk, fd_to_file,
-        file_inode, inode_key, inode_size, is_agent, off, rk, valid,
-    },
+    kernel::{direct_walk, enter, valid, Task},
     IMAGE_INO, OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
     WATCH_SHARE,
 };
@@ -125,13 +122,12 @@ const MAX_NEW_DEPTH: usize = 4;
 
 #[inline(always)]
 fn stash(dirfd: u64, path: u64, flags: u64) {
-    if flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 || !valid(v::FILES) {
+    if flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_agent((pid_tgid >> 32) as u32) {
+    let Some(pid_tgid) = enter(v::FILES) else {
         return;
-    }
+    };
     let s = OpenStash {
         path_ptr: path,
         flags: flags as u32,
@@ -180,40 +176,37 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     if fd < 0 {
         return;
     }
-    let task = current_task();
-    let Some(file) = fd_to_file(task, fd) else {
+    let Some(file) = Task::current().fd_file(fd) else {
         return;
     };
     // With the direct walk, `file` is a BTF pointer and the dentry chain is plain loads; a
     // null is never replaced by a literal 0, which the verifier would not let us load from.
     let direct = direct_walk();
     let (inode, key, parent, pkey) = if direct {
-        let Some(inode) = direct_ptr(file, off!(file_inode)) else {
+        let Some(inode) = file.direct_inode() else {
             return;
         };
-        let Some(key) = direct_inode_key(inode) else {
+        let Some(key) = inode.direct_key() else {
             return;
         };
-        let Some(dentry) = direct_ptr(file, off!(file_dentry)) else {
+        let Some(dentry) = file.direct_dentry() else {
             return;
         };
-        let Some(parent) = direct_ptr(dentry, off!(dentry_parent)) else {
+        let Some(parent) = dentry.direct_parent() else {
             return;
         };
-        let pkey = direct_ptr(parent, off!(dentry_inode))
-            .and_then(|i| direct_inode_key(i))
+        let pkey = parent
+            .direct_inode()
+            .and_then(|i| i.direct_key())
             .unwrap_or_default();
         (inode, key, parent, pkey)
     } else {
-        let Some(inode) = file_inode(file) else {
+        let Some(inode) = file.inode() else {
             return;
         };
-        let Some(key) = inode_key(inode) else { return };
-        let dentry: *const u8 = rk(file, off!(file_dentry)).unwrap_or(core::ptr::null());
-        let parent: *const u8 = rk(dentry, off!(dentry_parent)).unwrap_or(core::ptr::null());
-        let pkey = dentry_inode(parent)
-            .and_then(|i| inode_key(i))
-            .unwrap_or_default();
+        let Some(key) = inode.key() else { return };
+        let parent = file.dentry().parent();
+        let pkey = parent.key().unwrap_or_default();
         (inode, key, parent, pkey)
     };
     // Any node of a loop device over a watched image opens the image's bytes.
@@ -233,9 +226,7 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         && IMAGE_INO.get(&key.ino).is_some()
         && valid(v::SB_MAGIC)
         // Not another btrfs subvolume's file (their inode numbers repeat): an overlay's.
-        && rk::<u64>(inode, off!(inode_sb))
-            .and_then(|sb| rk::<u64>(sb as *const u8, off!(sb_magic)))
-            == Some(snapmon_common::OVERLAYFS_SUPER_MAGIC)
+        && inode.sb().and_then(|sb| sb.magic()) == Some(snapmon_common::OVERLAYFS_SUPER_MAGIC)
     {
         overlay = admit(&key, true) == open_watch::ADMITTED;
     }
@@ -251,14 +242,14 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         let mut d = parent;
         for _ in 0..MAX_NEW_DEPTH {
             let k = if direct {
-                let Some(up) = direct_ptr(d, off!(dentry_parent)) else {
+                let Some(up) = d.direct_parent() else {
                     break;
                 };
                 d = up;
-                direct_ptr(d, off!(dentry_inode)).and_then(|i| direct_inode_key(i))
+                d.direct_inode().and_then(|i| i.direct_key())
             } else {
-                d = rk(d, off!(dentry_parent)).unwrap_or(core::ptr::null());
-                dentry_inode(d).and_then(|i| inode_key(i))
+                d = d.parent();
+                d.key()
             };
             let Some(k) = k else {
                 break;
@@ -297,10 +288,10 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     fill_header(&mut ev.hdr, EventKind::FileOpen as u32);
     ev.fd = fd as i32;
     ev.flags = s.flags;
-    ev.f_mode = rk(file, off!(file_mode)).unwrap_or(0);
+    ev.f_mode = file.mode();
     ev.file = key;
     ev.parent = pkey;
-    ev.size = inode_size(inode);
+    ev.size = inode.size();
     ev._pad = 0;
     let _ = s.dirfd;
     output_file(ev, urgent_file(ev.hdr.uid, inode, precious), precious, &key);

@@ -12,7 +12,7 @@ use aya_ebpf::helpers::generated::bpf_loop;
 
 use crate::{
     emit::{copy_kernel_str, copy_user_str},
-    kernel::base_dir_key,
+    kernel::Task,
     PATH_FULL, PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
 };
 
@@ -102,7 +102,7 @@ extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
 /// prepped `struct filename`) into `buf` and decide whether it is in a watched tree.
 #[inline(always)]
 pub unsafe fn match_path(
-    task: *const u8,
+    task: Task,
     dirfd: i64,
     ptr: u64,
     kernel: bool,
@@ -150,7 +150,7 @@ pub unsafe fn match_path(
     let clean = m.flags & (ns_flags::UNNORMALIZED | ns_flags::PATH1_TRUNCATED) == 0;
     m.exact = absolute && clean;
     if !absolute {
-        if let Some(base) = base_dir_key(task, dirfd) {
+        if let Some(base) = task.base_dir_key(dirfd) {
             m.base = base;
             m.base_entry = !has_slash && clean;
             if let Some(f) = WATCHED_DIRS.get(&base) {

@@ -11,7 +11,7 @@
 //! `TRUSTED_WRITERS`. Every decision is emitted as a `RespondEvent`.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
+    bpf_ktime_get_boot_ns,
     generated::{bpf_loop, bpf_send_signal},
 };
 use snapmon_common::{
@@ -21,7 +21,7 @@ use snapmon_common::{
 
 use crate::{
     emit::{fill_header, output_lane, urgent_actor},
-    kernel::{current_exe, is_agent, valid, Watched},
+    kernel::{current_exe, enter, Watched},
     path::PathMatch,
     DENY_IOCTLS, RESPOND, RESPOND_AIO, RESPOND_ENTRIES, RESPOND_PATHS, RESPOND_TRUSTED,
     RESPOND_WRITE, RUNTIME, SCRATCH_RESPOND, TRUSTED_WRITERS, WRITE_FILTER,
@@ -39,8 +39,8 @@ fn active() -> bool {
 /// in `RESPOND_TRUSTED`, or a trusted writer (`actors`) of the file's format.
 #[inline(always)]
 unsafe fn untrusted_actor(actors: u32) -> Option<FileKey> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid <= 1 || is_agent(tgid) || !valid(v::FILES | v::ARGS) {
+    let tgid = (enter(v::FILES | v::ARGS)? >> 32) as u32;
+    if tgid <= 1 {
         return None;
     }
     let exe = current_exe()?;

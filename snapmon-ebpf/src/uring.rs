@@ -10,13 +10,13 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, NsOp, WriteOp};
+use snapmon_common::{uring_register as ur, valid as v, EventKind, NsOp, WriteOp};
 
 use crate::{
-    emit::{count_lost, fill_header, output_file, sc_arg, urgent_file},
-    kernel::{current_task, inode_size, is_agent, off, rk, valid, watched_fd},
+    emit::{count_lost, fill_header, output_watched, sc_arg},
+    kernel::{enter, off, rk, valid, watched_fd, Task},
     namespace::ns_paths_from,
-    write::{emit_write, iov_sum, Pos},
+    write::{emit_write, iov_sum, Pos, WriteRec},
     REG_WALK, SCRATCH_URING,
 };
 
@@ -138,8 +138,7 @@ const IORING_OP_FILES_UPDATE: u8 = 20;
 /// off, as the kernel copied them. The submitter's fds (SQPOLL threads share its table).
 #[inline(never)]
 unsafe fn on_files_update(req: *const u8) {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if valid(v::IO_URING_UPD) && !is_agent(tgid) {
+    if enter(v::IO_URING_UPD).is_some() {
         let fds: u64 = rk(req, off!(uring_upd_arg)).unwrap_or(0);
         let nr: u32 = rk(req, off!(uring_upd_nr)).unwrap_or(0);
         let slot: u32 = rk(req, off!(uring_upd_off)).unwrap_or(0);
@@ -175,8 +174,8 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
     ) {
         return;
     }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
+    // `io_uring_submit_req` checked the offsets.
+    if enter(v::IO_URING | v::FILES).is_none() {
         return;
     }
     let flags: u32 = rk(req, off!(req_flags)).unwrap_or(0);
@@ -187,7 +186,7 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
         return;
     }
     let fd: i32 = rk(req, off!(req_fd)).unwrap_or(-1);
-    let Some(w) = watched_fd(current_task(), fd as i64, false) else {
+    let Some(w) = watched_fd(Task::current(), fd as i64, false) else {
         return;
     };
     match opcode {
@@ -195,31 +194,13 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
             let offset: i64 = rk(req, off!(req_sync_off)).unwrap_or(-1);
             let len: u64 = rk(req, off!(req_sync_len)).unwrap_or(0);
             let mode: i32 = rk(req, off!(req_sync_mode)).unwrap_or(0);
-            emit_write(
-                &w,
-                fd as i64,
-                WriteOp::IoUringFallocate,
-                Pos::At(offset),
-                len,
-                mode as u64,
-                0,
-                0,
-                0,
-            );
+            let r = WriteRec::new(fd as i64, WriteOp::IoUringFallocate, Pos::At(offset), len);
+            emit_write(&w, r.aux(mode as u64));
         }
         IORING_OP_FTRUNCATE => {
             let len: i64 = rk(req, off!(req_rw_pos)).unwrap_or(0);
-            emit_write(
-                &w,
-                fd as i64,
-                WriteOp::IoUringFtruncate,
-                Pos::At(len),
-                len as u64,
-                0,
-                0,
-                0,
-                0,
-            );
+            let op = WriteOp::IoUringFtruncate;
+            emit_write(&w, WriteRec::new(fd as i64, op, Pos::At(len), len as u64));
         }
         _ => {
             let pos: i64 = rk(req, off!(req_rw_pos)).unwrap_or(-1);
@@ -232,36 +213,17 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
             };
             if opcode == IORING_OP_WRITEV {
                 // len is the iovec count here; sum what we can.
-                let (total, first, firstlen, partial) = iov_sum(addr, len as u64);
-                let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
-                emit_write(
-                    &w,
-                    fd as i64,
-                    WriteOp::IoUringWritev,
-                    pos,
-                    total,
-                    opcode as u64,
-                    first,
-                    firstlen,
-                    fl,
-                );
+                let sum = iov_sum(addr, len as u64);
+                let r = WriteRec::iov(fd as i64, WriteOp::IoUringWritev, pos, sum);
+                emit_write(&w, r.aux(opcode as u64));
             } else {
                 let op = if opcode == IORING_OP_WRITE_FIXED {
                     WriteOp::IoUringWriteFixed
                 } else {
                     WriteOp::IoUringWrite
                 };
-                emit_write(
-                    &w,
-                    fd as i64,
-                    op,
-                    pos,
-                    len as u64,
-                    opcode as u64,
-                    addr,
-                    len as u64,
-                    0,
-                );
+                let r = WriteRec::new(fd as i64, op, pos, len as u64);
+                emit_write(&w, r.aux(opcode as u64).sample(addr, len as u64));
             }
         }
     }
@@ -288,14 +250,9 @@ pub struct RegWalk {
 /// Every files opcode is read: the initial table (sparse `-1` slots included) and updates.
 #[tracepoint]
 pub fn sys_enter_io_uring_register(ctx: TracePointContext) -> u32 {
-    if !valid(v::FILES) {
-        return 0;
+    if enter(v::FILES).is_some() {
+        unsafe { on_register(&ctx) };
     }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return 0;
-    }
-    unsafe { on_register(&ctx) };
     0
 }
 
@@ -378,7 +335,7 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         if fd < 0 {
             return 0;
         }
-        let Some(f) = watched_fd(current_task(), fd as i64, false) else {
+        let Some(f) = watched_fd(Task::current(), fd as i64, false) else {
             return 0;
         };
         if f.is_dir {
@@ -401,13 +358,8 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         ev.opcode = w.opcode;
         ev.flags = w.flags;
         ev.nr = w.nr;
-        ev.size = inode_size(f.inode);
-        output_file(
-            ev,
-            urgent_file(ev.hdr.uid, f.inode, f.precious),
-            f.precious,
-            &f.key,
-        );
+        ev.size = f.inode.size();
+        output_watched(ev, ev.hdr.uid, &f);
     }
     0
 }

@@ -9,8 +9,8 @@ use aya_ebpf::{macros::fentry, programs::FEntryContext};
 use snapmon_common::{valid as v, watch_value, WriteOp};
 
 use crate::{
-    kernel::{current_syscall, file_inode, inode_key, is_agent, is_io_worker, valid},
-    write::{emit_write_file, Pos},
+    kernel::{current_syscall, enter, is_io_worker, File, Inode},
+    write::{emit_write_file, Pos, WriteRec},
     WATCHED_FILES,
 };
 
@@ -23,23 +23,16 @@ const NR_IO_URING_ENTER: i64 = 426;
 #[fentry(function = "rw_verify_area")]
 pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
     const WRITE: i32 = 1;
-    if !valid(v::FILES | v::VFS) {
-        return 0;
-    }
     unsafe {
         let rw: i32 = ctx.arg(0);
-        if rw != WRITE {
+        if rw != WRITE || enter(v::FILES | v::VFS).is_none() {
             return 0;
         }
-        let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-        if is_agent(tgid) {
-            return 0;
-        }
-        let file: *const u8 = ctx.arg(1);
-        let Some(inode) = file_inode(file) else {
+        let file = File::new(ctx.arg(1));
+        let Some(inode) = file.inode() else {
             return 0;
         };
-        let Some(key) = inode_key(inode) else {
+        let Some(key) = inode.key() else {
             return 0;
         };
         let Some(value) = WATCHED_FILES.get(&key) else {
@@ -63,7 +56,8 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         } else {
             WriteOp::VfsWrite
         };
-        emit_write_file(file, inode, (key, precious), op, pos, count, nr as u64);
+        let r = WriteRec::new(-1, op, pos, count).aux(nr as u64);
+        emit_write_file(file, inode, (key, precious), r);
     }
     0
 }
@@ -76,17 +70,14 @@ const NR_COPY_FILE_RANGE: i64 = 326;
 /// or a path another hook reports.
 #[inline(always)]
 unsafe fn watched_below_syscalls(
-    inode: *const u8,
+    inode: Inode,
     reported_by: &[i64],
 ) -> Option<(snapmon_common::FileKey, bool)> {
-    if !valid(v::FILES | v::VFS) || inode.is_null() {
+    if inode.is_null() {
         return None;
     }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return None;
-    }
-    let key = inode_key(inode)?;
+    enter(v::FILES | v::VFS)?;
+    let key = inode.key()?;
     let precious = *WATCHED_FILES.get(&key)? & watch_value::ORDINARY == 0;
     let nr = current_syscall().0;
     // io_uring requests are reported at submission.
@@ -104,7 +95,7 @@ unsafe fn watched_below_syscalls(
 #[fentry(function = "truncate_pagecache_range")]
 pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
     unsafe {
-        let inode: *const u8 = ctx.arg(0);
+        let inode = Inode::new(ctx.arg(0));
         let Some(key) =
             watched_below_syscalls(inode, &[NR_FALLOCATE, NR_IOCTL, NR_COPY_FILE_RANGE])
         else {
@@ -112,15 +103,9 @@ pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
         };
         let start: i64 = ctx.arg(1);
         let end: i64 = ctx.arg(2);
-        emit_write_file(
-            core::ptr::null(),
-            inode,
-            key,
-            WriteOp::VfsRangeDropped,
-            Pos::At(start),
-            (end - start + 1).max(0) as u64,
-            0,
-        );
+        let len = (end - start + 1).max(0) as u64;
+        let r = WriteRec::new(-1, WriteOp::VfsRangeDropped, Pos::At(start), len);
+        emit_write_file(File::null(), inode, key, r);
     }
     0
 }
@@ -131,8 +116,8 @@ pub fn truncate_pagecache_range(ctx: FEntryContext) -> u32 {
 #[fentry(function = "vfs_clone_file_range")]
 pub fn vfs_clone_file_range(ctx: FEntryContext) -> u32 {
     unsafe {
-        let file: *const u8 = ctx.arg(2);
-        let Some(inode) = file_inode(file) else {
+        let file = File::new(ctx.arg(2));
+        let Some(inode) = file.inode() else {
             return 0;
         };
         let Some(key) = watched_below_syscalls(inode, &[NR_IOCTL, NR_COPY_FILE_RANGE]) else {
@@ -140,15 +125,8 @@ pub fn vfs_clone_file_range(ctx: FEntryContext) -> u32 {
         };
         let pos_out: i64 = ctx.arg(3);
         let len: i64 = ctx.arg(4);
-        emit_write_file(
-            file,
-            inode,
-            key,
-            WriteOp::VfsClone,
-            Pos::At(pos_out),
-            len as u64,
-            0,
-        );
+        let r = WriteRec::new(-1, WriteOp::VfsClone, Pos::At(pos_out), len as u64);
+        emit_write_file(file, inode, key, r);
     }
     0
 }

@@ -6,10 +6,8 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user, fill_header, output_file, sc_arg, urgent_file},
-    kernel::{
-        current_exe, current_task, inode_size, is_agent, off, rk, valid, watched_fd, Watched,
-    },
+    emit::{copy_user, fill_header, output_watched, sc_arg},
+    kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Task, Watched},
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
 use snapmon_common::valid as v;
@@ -21,25 +19,78 @@ pub enum Pos {
     Current,
 }
 
-/// Fill and emit a write record for a watched file; `sample` is a user buffer to sample.
+/// One write-class operation as a hook saw it, for `emit_write`. Passed by value into
+/// inlined code: its fields stay in registers, as the positional arguments did.
+pub struct WriteRec {
+    /// The fd written through (-1: none, the VFS backend).
+    pub fd: i64,
+    pub op: WriteOp,
+    pub pos: Pos,
+    pub len: u64,
+    /// The op's extra word (fallocate mode, a copy's source fd, the iocb index …).
+    pub aux: u64,
+    /// A user buffer to sample (0: none) and its length.
+    pub sample: u64,
+    pub sample_len: u64,
+    /// `write_flags` the hook already knows (`LEN_PARTIAL`).
+    pub flags: u16,
+}
+
+impl WriteRec {
+    /// `len` bytes at `pos` through `fd`: no aux word, no sample, no flags.
+    #[inline(always)]
+    pub fn new(fd: i64, op: WriteOp, pos: Pos, len: u64) -> Self {
+        WriteRec {
+            fd,
+            op,
+            pos,
+            len,
+            aux: 0,
+            sample: 0,
+            sample_len: 0,
+            flags: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn aux(self, aux: u64) -> Self {
+        WriteRec { aux, ..self }
+    }
+
+    /// Sample `len` bytes of the user buffer `buf`.
+    #[inline(always)]
+    pub fn sample(self, buf: u64, len: u64) -> Self {
+        WriteRec {
+            sample: buf,
+            sample_len: len,
+            ..self
+        }
+    }
+
+    /// An iovec write: its summed length, a sample of the first iovec (enough to see header
+    /// fields being set), and `LEN_PARTIAL` when the sum stopped short.
+    #[inline(always)]
+    pub fn iov(fd: i64, op: WriteOp, pos: Pos, s: IovSum) -> Self {
+        WriteRec {
+            flags: if s.partial {
+                write_flags::LEN_PARTIAL
+            } else {
+                0
+            },
+            ..WriteRec::new(fd, op, pos, s.total).sample(s.first, s.first_len)
+        }
+    }
+}
+
+/// Fill and emit a write record for a watched file.
 #[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "inlined into each hook: a struct would cost stack the 6.1 verifier counts"
-)]
-pub unsafe fn emit_write(
-    w: &Watched,
-    fd: i64,
-    op: WriteOp,
-    pos: Pos,
-    len: u64,
-    aux: u64,
-    sample: u64,
-    sample_len: u64,
-    extra_flags: u16,
-) {
-    emit_write_from(
-        w,
+pub unsafe fn emit_write(w: &Watched, r: WriteRec) {
+    emit_write_from(w, r, crate::emit::BACKEND_TRACEPOINT)
+}
+
+#[inline(always)]
+unsafe fn emit_write_from(w: &Watched, r: WriteRec, backend: u32) {
+    let WriteRec {
         fd,
         op,
         pos,
@@ -47,43 +98,22 @@ pub unsafe fn emit_write(
         aux,
         sample,
         sample_len,
-        extra_flags,
-        crate::emit::BACKEND_TRACEPOINT,
-    )
-}
-
-#[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "inlined into each hook: a struct would cost stack the 6.1 verifier counts"
-)]
-unsafe fn emit_write_from(
-    w: &Watched,
-    fd: i64,
-    op: WriteOp,
-    pos: Pos,
-    len: u64,
-    aux: u64,
-    sample: u64,
-    sample_len: u64,
-    extra_flags: u16,
-    backend: u32,
-) {
+        flags: extra_flags,
+    } = r;
     // Where the write lands first: a trusted writer's write that misses every range that
     // matters is dropped before any record is assembled.
     let mut flags = extra_flags;
-    let size = inode_size(w.inode);
+    let size = w.inode.size();
     let offset = match pos {
         Pos::At(p) => p,
         Pos::Current => {
             flags |= write_flags::POS_FROM_FILE;
             const O_APPEND: u32 = 0o2000;
-            let fl: u32 = rk(w.file, off!(file_flags)).unwrap_or(0);
-            if fl & O_APPEND != 0 {
+            if w.file.flags() & O_APPEND != 0 {
                 flags |= write_flags::APPEND;
                 size as i64
             } else {
-                rk::<i64>(w.file, off!(file_pos)).unwrap_or(-1)
+                w.file.pos()
             }
         }
     };
@@ -110,12 +140,7 @@ unsafe fn emit_write_from(
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
-    output_file(
-        ev,
-        urgent_file(ev.hdr.uid, w.inode, w.precious),
-        w.precious,
-        &w.key,
-    );
+    output_watched(ev, ev.hdr.uid, &w);
 }
 
 /// In-kernel filter: is this a write by a trusted writer of the file's format that stays
@@ -179,16 +204,13 @@ unsafe fn filtered(w: &Watched, op: WriteOp, flags: u16, offset: i64, len: u64, 
     true
 }
 
-/// Emit a write found by the VFS backend (no user buffer to sample).
+/// Emit a write found by the VFS backend (`r` has no fd and no user buffer to sample).
 #[inline(always)]
 pub unsafe fn emit_write_file(
-    file: *const u8,
-    inode: *const u8,
+    file: File,
+    inode: Inode,
     (key, precious): (snapmon_common::FileKey, bool),
-    op: WriteOp,
-    pos: Pos,
-    len: u64,
-    aux: u64,
+    r: WriteRec,
 ) {
     let w = Watched {
         file,
@@ -197,24 +219,37 @@ pub unsafe fn emit_write_file(
         is_dir: false,
         precious,
     };
-    emit_write_from(&w, -1, op, pos, len, aux, 0, 0, 0, crate::emit::BACKEND_VFS);
+    emit_write_from(&w, r, crate::emit::BACKEND_VFS);
 }
 
+/// `kernel::enter` for the fd hooks: the current task, whose fds they look up.
 #[inline(always)]
-pub(crate) fn enter() -> Option<*const u8> {
-    if !valid(v::FILES) {
-        return None;
-    }
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if is_agent(tgid) {
-        return None;
-    }
-    Some(current_task())
+pub(crate) fn enter() -> Option<Task> {
+    enter_hook(v::FILES)?;
+    Some(Task::current())
 }
 
-/// Sum the lengths of up to IOV_MAX_SUMMED iovecs; returns (total, first base, partial).
+/// The lengths of an iovec array summed (`iov_sum`).
+pub struct IovSum {
+    pub total: u64,
+    /// The first iovec's base and length.
+    pub first: u64,
+    pub first_len: u64,
+    /// More than `IOV_MAX_SUMMED` iovecs: `total` is short.
+    pub partial: bool,
+}
+
+/// `enter`, then the fd in argument `slot` when it is a watched file (`watched_fd`).
 #[inline(always)]
-pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
+pub(crate) unsafe fn watched_arg(ctx: &TracePointContext, slot: usize) -> Option<(i64, Watched)> {
+    let task = enter()?;
+    let fd = sc_arg(ctx, slot) as i64;
+    Some((fd, watched_fd(task, fd, false)?))
+}
+
+/// Sum the lengths of up to IOV_MAX_SUMMED iovecs.
+#[inline(always)]
+pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> IovSum {
     let mut total = 0u64;
     let mut first = 0u64;
     let mut first_len = 0u64;
@@ -235,28 +270,23 @@ pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> (u64, u64, u64, bool) {
         }
         total += l;
     }
-    (total, first, first_len, cnt > IOV_MAX_SUMMED as u64)
+    IovSum {
+        total,
+        first,
+        first_len,
+        partial: cnt > IOV_MAX_SUMMED as u64,
+    }
 }
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-            emit_write(
-                &w,
-                fd,
-                WriteOp::Write,
-                Pos::Current,
-                count,
-                0,
-                buf,
-                count,
-                0,
-            );
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let r = WriteRec::new(fd, WriteOp::Write, Pos::Current, count);
+        emit_write(&w, r.sample(buf, count));
     }
     0
 }
@@ -264,64 +294,67 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
-            emit_write(
-                &w,
-                fd,
-                WriteOp::Pwrite,
-                Pos::At(pos),
-                count,
-                0,
-                buf,
-                count,
-                0,
-            );
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
+        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+        emit_write(&w, r.sample(buf, count));
     }
     0
 }
 
+/// The syscall ABI a hook reads its arguments in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Abi {
+    Native,
+    /// 32-bit: `compat_iovec`s, 64-bit offsets split in two slots (`compat`).
+    Ia32,
+}
+
+/// writev, pwritev, pwritev2: `(fd, iov, vlen, pos…, flags)`.
 #[inline(always)]
-unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp) {
-    let Some(task) = enter() else { return };
-    let fd = sc_arg(ctx, 0) as i64;
-    let Some(w) = watched_fd(task, fd, false) else {
+pub(crate) unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp, abi: Abi) {
+    let Some((fd, w)) = watched_arg(ctx, 0) else {
         return;
     };
     let (vec, cnt) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
-    let (total, first, firstlen, partial) = iov_sum(vec, cnt);
-    let flags = if partial { write_flags::LEN_PARTIAL } else { 0 };
+    let sum = match abi {
+        Abi::Native => iov_sum(vec, cnt),
+        Abi::Ia32 => crate::compat::iov32_sum(vec, cnt),
+    };
+    // Read only by the ops that have a position.
+    let pos_at = || match abi {
+        Abi::Native => sc_arg(ctx, 3) as i64,
+        Abi::Ia32 => crate::compat::split(ctx, 3) as i64,
+    };
     let (pos, aux) = match op {
         WriteOp::Writev => (Pos::Current, 0),
         WriteOp::Pwritev2 => {
-            let p = sc_arg(ctx, 3) as i64;
+            let p = pos_at();
             let pos = if p == -1 { Pos::Current } else { Pos::At(p) };
             (pos, sc_arg(ctx, 5))
         }
-        _ => (Pos::At(sc_arg(ctx, 3) as i64), 0),
+        _ => (Pos::At(pos_at()), 0),
     };
-    // Sample the first iovec only: enough to see header fields being set.
-    emit_write(&w, fd, op, pos, total, aux, first, firstlen, flags);
+    emit_write(&w, WriteRec::iov(fd, op, pos, sum).aux(aux));
 }
 
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write(&ctx, WriteOp::Writev) };
+    unsafe { vec_write(&ctx, WriteOp::Writev, Abi::Native) };
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write(&ctx, WriteOp::Pwritev) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev, Abi::Native) };
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
-    unsafe { vec_write(&ctx, WriteOp::Pwritev2) };
+    unsafe { vec_write(&ctx, WriteOp::Pwritev2, Abi::Native) };
     0
 }
 
@@ -335,9 +368,7 @@ unsafe fn copy_into(
     len_arg: usize,
     in_arg: usize,
 ) {
-    let Some(task) = enter() else { return };
-    let fd = sc_arg(ctx, out_arg) as i64;
-    let Some(w) = watched_fd(task, fd, false) else {
+    let Some((fd, w)) = watched_arg(ctx, out_arg) else {
         return;
     };
     let offp = if off_arg == usize::MAX {
@@ -351,7 +382,7 @@ unsafe fn copy_into(
         Pos::At(bpf_probe_read_user(offp as *const i64).unwrap_or(-1))
     };
     let len = sc_arg(ctx, len_arg);
-    emit_write(&w, fd, op, pos, len, sc_arg(ctx, in_arg), 0, 0, 0);
+    emit_write(&w, WriteRec::new(fd, op, pos, len).aux(sc_arg(ctx, in_arg)));
 }
 
 #[tracepoint]
@@ -376,22 +407,12 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
-            emit_write(
-                &w,
-                fd,
-                WriteOp::Fallocate,
-                Pos::At(offset),
-                len,
-                mode,
-                0,
-                0,
-                0,
-            );
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
+        let r = WriteRec::new(fd, WriteOp::Fallocate, Pos::At(offset), len);
+        emit_write(&w, r.aux(mode));
     }
     0
 }
@@ -399,22 +420,12 @@ pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 0) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let length = sc_arg(&ctx, 1);
-            emit_write(
-                &w,
-                fd,
-                WriteOp::Ftruncate,
-                Pos::At(length as i64),
-                length,
-                0,
-                0,
-                0,
-                0,
-            );
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 0) else {
+            return 0;
+        };
+        let length = sc_arg(&ctx, 1);
+        let op = WriteOp::Ftruncate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
     }
     0
 }
@@ -429,22 +440,12 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
         if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
             return 0;
         }
-        let Some(task) = enter() else { return 0 };
-        let fd = sc_arg(&ctx, 4) as i64;
-        if let Some(w) = watched_fd(task, fd, false) {
-            let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
-            emit_write(
-                &w,
-                fd,
-                WriteOp::MmapShared,
-                Pos::At(off),
-                len,
-                (prot << 32) | (flags & 0xffff_ffff),
-                0,
-                0,
-                0,
-            );
-        }
+        let Some((fd, w)) = watched_arg(&ctx, 4) else {
+            return 0;
+        };
+        let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
+        let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
+        emit_write(&w, r.aux((prot << 32) | (flags & 0xffff_ffff)));
     }
     0
 }
@@ -475,32 +476,15 @@ pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
             let buf: u64 = bpf_probe_read_user((iocb + 24) as *const u64).unwrap_or(0);
             let nbytes: u64 = bpf_probe_read_user((iocb + 32) as *const u64).unwrap_or(0);
             let offset: i64 = bpf_probe_read_user((iocb + 40) as *const i64).unwrap_or(-1);
+            let (fd, pos) = (fd as i64, Pos::At(offset));
+            // Two calls, as before: each branch inlines its own emit (the verifier's view of
+            // this eight-iocb loop is the one that reached 6.1's limits).
             if op == IOCB_CMD_PWRITE {
-                emit_write(
-                    &w,
-                    fd as i64,
-                    WriteOp::AioPwrite,
-                    Pos::At(offset),
-                    nbytes,
-                    i,
-                    buf,
-                    nbytes,
-                    0,
-                );
+                let r = WriteRec::new(fd, WriteOp::AioPwrite, pos, nbytes);
+                emit_write(&w, r.sample(buf, nbytes).aux(i));
             } else {
-                let (total, first, firstlen, partial) = iov_sum(buf, nbytes);
-                let fl = if partial { write_flags::LEN_PARTIAL } else { 0 };
-                emit_write(
-                    &w,
-                    fd as i64,
-                    WriteOp::AioPwritev,
-                    Pos::At(offset),
-                    total,
-                    i,
-                    first,
-                    firstlen,
-                    fl,
-                );
+                let r = WriteRec::iov(fd, WriteOp::AioPwritev, pos, iov_sum(buf, nbytes));
+                emit_write(&w, r.aux(i));
             }
         }
         // The circuit breaker judges the queued writes once, not once per iocb.
