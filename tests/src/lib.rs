@@ -2,7 +2,7 @@
 //! then expect records from the triggering pid (pulsar's "trigger, then expect" shape).
 //!
 //! One agent per test binary (loading and verifying the programs takes seconds); every test
-//! gets its own subdirectory of the watched root, created before the agent starts.
+//! gets its own subdirectory of the watched root from [`Agent::dir`], made on first use.
 
 use std::{
     io::{BufRead, BufReader},
@@ -17,13 +17,6 @@ use serde_json::Value;
 
 mod expect;
 pub use expect::{line, Expect, Severity};
-
-pub const TEST_DIRS: &[&str] = &[
-    "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
-    "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
-    "storm", "inode", "fresh", "uring-ns", "alias", "outputs", "discard", "compat", "loop",
-    "overlay",
-];
 
 pub struct Agent {
     child: Child,
@@ -127,9 +120,7 @@ impl Agent {
         }
         let root = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&root);
-        for d in TEST_DIRS {
-            std::fs::create_dir_all(root.join(d))?;
-        }
+        std::fs::create_dir_all(&root)?;
         let out = root.with_extension("jsonl");
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
@@ -205,9 +196,32 @@ impl Agent {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
-    pub fn dir(&self, name: &str) -> PathBuf {
-        assert!(TEST_DIRS.contains(&name), "add {name} to TEST_DIRS");
-        self.root.join(name)
+    /// The test directory `name` under the watched root, made on first use. Returns once
+    /// the agent has recorded the mkdir: from then on it sees what happens inside.
+    pub fn dir(&mut self, name: &str) -> PathBuf {
+        assert!(
+            !name.is_empty() && !name.contains('/'),
+            "one directory under the root, not {name:?}"
+        );
+        let d = self.root.join(name);
+        let mark = self.mark();
+        match std::fs::create_dir(&d) {
+            // Made (and waited for) by an earlier test of this binary.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return d,
+            r => r.unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display())),
+        }
+        let me = std::process::id();
+        let within = Duration::from_secs(60);
+        if self
+            .wait_from(mark, within, |v| records_mkdir(v, &d, me))
+            .is_none()
+        {
+            panic!(
+                "the agent recorded no mkdir of {} by pid {me} within {within:?}",
+                d.display()
+            );
+        }
+        d
     }
 
     /// All records so far.
@@ -362,6 +376,19 @@ impl Agent {
         }
         self.records().into_iter().filter(|v| pred(v)).collect()
     }
+}
+
+/// Is `v` the agent's record of `pid` making directory `d` (ECS, or OCSF File System
+/// Activity: Create of a folder)?
+fn records_mkdir(v: &Value, d: &Path, pid: u32) -> bool {
+    let Some(d) = d.to_str() else { return false };
+    let (what, actor) = if v.get("class_uid").is_some() {
+        let folder = v["class_uid"] == 1001 && v["activity_id"] == 1 && v["file"]["type_id"] == 2;
+        (folder, &v["actor"]["process"]["pid"])
+    } else {
+        (v["event"]["action"] == "mkdir", &v["process"]["pid"])
+    };
+    what && v["file"]["path"] == d && *actor == pid
 }
 
 /// The `started` summary in ECS, or OCSF's Application Lifecycle: Start (`--schema ocsf`).

@@ -44,7 +44,7 @@ impl Drop for Attached {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = agent().root.join("loop").join(name);
+    let d = agent().dir("loop").join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

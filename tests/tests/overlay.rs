@@ -78,7 +78,7 @@ fn mount(l: &Layout) -> Mounted {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = agent().root.join("overlay").join(name);
+    let d = agent().dir("overlay").join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }

@@ -21,7 +21,7 @@ const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"
 
 /// A 1777 directory under the shared agent's root (sticky: nobody owns what it replaces).
 fn dir(name: &str) -> PathBuf {
-    let d = agent().root.join("replace").join(name);
+    let d = agent().dir("replace").join(name);
     open_dir(&d);
     d
 }

@@ -91,7 +91,7 @@ fn nobody_registering_an_image_as_an_io_uring_fixed_file_is_alerted() {
 
 #[test]
 fn qemu_io_writing_through_io_uring_raises_nothing_loud() {
-    let a = agent();
+    let mut a = agent();
     let d = a.dir("uring");
     let img = image_with_3_snapshots(&d, "uring-benign.qcow2");
     run(
