@@ -58,6 +58,12 @@ pub struct Expect {
     path: Option<Naming>,
     severity: Option<Severity>,
     message: Vec<String>,
+    /// `snapmon.detail.<key>` is this string.
+    detail: Vec<(String, String)>,
+    /// `snapmon.write.offset`.
+    offset: Option<u64>,
+    /// A `snapmon.classification.changes` entry: this field, to this value.
+    change: Option<(String, String)>,
     since: Option<u64>,
     /// After a miss, how much longer to wait to tell "late" from "never".
     grace: Duration,
@@ -73,6 +79,9 @@ impl Expect {
             path: None,
             severity: None,
             message: vec![],
+            detail: vec![],
+            offset: None,
+            change: None,
             since: None,
             grace: Duration::from_secs(5),
         }
@@ -92,6 +101,11 @@ impl Expect {
             action: Some(action.into()),
             ..Expect::new("event")
         }
+    }
+
+    /// An event record of any action (narrow it by path, offset or change).
+    pub fn any_event() -> Expect {
+        Expect::new("event")
     }
 
     /// By this process.
@@ -121,6 +135,25 @@ impl Expect {
     /// The message contains `text` (may be given more than once).
     pub fn message_has(mut self, text: &str) -> Expect {
         self.message.push(text.into());
+        self
+    }
+
+    /// `snapmon.detail.<key>` is `value` (`write_op`, `loop_watch` …; may be given more
+    /// than once).
+    pub fn detail(mut self, key: &str, value: &str) -> Expect {
+        self.detail.push((key.into(), value.into()));
+        self
+    }
+
+    /// A write at this offset (`snapmon.write.offset`).
+    pub fn offset(mut self, offset: u64) -> Expect {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Its classification changes header `field` to `after` (as the record spells it).
+    pub fn change(mut self, field: &str, after: &str) -> Expect {
+        self.change = Some((field.into(), after.into()));
         self
     }
 
@@ -183,6 +216,28 @@ impl Expect {
                 m.push(format!("message without {t:?}"));
             }
         }
+        for (k, want) in &self.detail {
+            let got = &v["snapmon"]["detail"][k.as_str()];
+            if got != want.as_str() {
+                m.push(format!("detail.{k} {}", s(got)));
+            }
+        }
+        if let Some(o) = self.offset {
+            if v["snapmon"]["write"]["offset"] != o {
+                m.push(format!("offset {}", v["snapmon"]["write"]["offset"]));
+            }
+        }
+        if let Some((field, after)) = &self.change {
+            let changed = v["snapmon"]["classification"]["changes"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["field"] == field.as_str() && c["after"] == after.as_str())
+                });
+            if !changed {
+                m.push(format!("no change of {field} to {after}"));
+            }
+        }
         m
     }
 
@@ -234,6 +289,15 @@ impl std::fmt::Display for Expect {
         }
         for t in &self.message {
             write!(f, " saying {t:?}")?;
+        }
+        for (k, v) in &self.detail {
+            write!(f, " with {k} {v:?}")?;
+        }
+        if let Some(o) = self.offset {
+            write!(f, " at offset {o}")?;
+        }
+        if let Some((field, after)) = &self.change {
+            write!(f, " changing {field} to {after}")?;
         }
         Ok(())
     }

@@ -53,6 +53,9 @@ pub struct Setup {
     /// Temp root `snapmon-e2e-<pid>-<tag>` instead of `snapmon-e2e-<pid>`, so a test's own
     /// agent does not share the shared agent's.
     pub tag: String,
+    /// A root the caller prepared (mounts, modes, a policy naming its paths) instead of a
+    /// fresh temp one: watched as it is, not emptied first.
+    pub root: Option<PathBuf>,
 }
 
 /// Set by `cargo xtask vm-test` on kernels that allow BPF LSM (and fentry with it).
@@ -118,9 +121,15 @@ impl Agent {
         if !setup.tag.is_empty() {
             name = format!("{name}-{}", setup.tag);
         }
-        let root = std::env::temp_dir().join(name);
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root)?;
+        let root = match &setup.root {
+            Some(r) => r.clone(),
+            None => {
+                let root = std::env::temp_dir().join(name);
+                let _ = std::fs::remove_dir_all(&root);
+                std::fs::create_dir_all(&root)?;
+                root
+            }
+        };
         let out = root.with_extension("jsonl");
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
