@@ -386,6 +386,17 @@ impl Agent {
         panic!("{msg}");
     }
 
+    /// [`Agent::expect`] for a test that times the agent: `within` counts from `t0` (the
+    /// trigger finished), a miss waits 20 s more to tell late from never, and the latency is
+    /// noted in the run's log under `what`.
+    pub fn expect_timed(&mut self, e: Expect, within: Duration, t0: Instant, what: &str) -> Value {
+        let rule = e.rule.clone().unwrap_or_default();
+        let left = within.saturating_sub(t0.elapsed());
+        let v = self.expect(e.grace(Duration::from_secs(20)), left);
+        crate::note(&format!("{rule} for {what} after {:?}", t0.elapsed()));
+        v
+    }
+
     /// The first record matching `e`, waiting up to `timeout`: for a test that asserts an
     /// absence, or times the alert itself.
     pub fn find(&mut self, e: &Expect, timeout: Duration) -> Option<Value> {

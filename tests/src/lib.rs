@@ -16,7 +16,9 @@ use std::{
 use serde_json::Value;
 
 mod expect;
+mod loopvg;
 pub use expect::{line, Expect, Severity};
+pub use loopvg::{lvm, LoopVg};
 
 pub struct Agent {
     child: Child,
