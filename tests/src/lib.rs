@@ -576,6 +576,40 @@ pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
     rx.recv().map_err(std::io::Error::other)?
 }
 
+/// The agent binary run directly (`run --format json --stats-interval 0 --watch WATCH ARGS
+/// --output OUT`, stderr to the file `err`), for a test that kills it, restarts it on the same
+/// files or starves its sinks, as the harness's [`Agent`] would not let it: the child and its
+/// `started` record, once written (a start that fails says what stderr said). The child is
+/// killed when dropped, so a failing test leaves no agent writing.
+pub fn start_raw(watch: &Path, args: &[&str], out: &Path, err: &Path) -> (Reaped, Value) {
+    let child = Command::new(bin())
+        .args([
+            "run",
+            "--format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--watch",
+        ])
+        .arg(watch)
+        .args(args)
+        .arg("--output")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap();
+    let child = Reaped(child);
+    let started = eventually(start_timeout(), "the started record", || {
+        json_lines(out)
+            .into_iter()
+            .find(|v| v["event"]["action"] == "started")
+            .ok_or_else(|| std::fs::read_to_string(err).unwrap_or_default())
+    });
+    (child, started)
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no
 /// collector or agent behind (it would keep its ports and sockets, and the lock file a
 /// serialised test run holds, since it inherits the descriptor).
