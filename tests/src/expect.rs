@@ -52,7 +52,8 @@ enum Naming {
 #[must_use = "an expectation does nothing until passed to Agent::expect"]
 pub struct Expect {
     kind: &'static str,
-    rule: Option<String>,
+    /// Any of these rules (empty: any rule, or none).
+    rules: Vec<String>,
     action: Option<String>,
     pid: Option<u32>,
     path: Option<Naming>,
@@ -62,8 +63,12 @@ pub struct Expect {
     detail: Vec<(String, String)>,
     /// `snapmon.write.offset`.
     offset: Option<u64>,
-    /// A `snapmon.classification.changes` entry: this field, to this value.
-    change: Option<(String, String)>,
+    /// A `snapmon.classification.changes` entry: this field (to this value).
+    change: Option<(String, Option<String>)>,
+    /// `snapmon.write` is there.
+    write: bool,
+    /// `snapmon.classification.format`.
+    format: Option<String>,
     since: Option<u64>,
     /// After a miss, how much longer to wait to tell "late" from "never".
     grace: Duration,
@@ -73,7 +78,7 @@ impl Expect {
     fn new(kind: &'static str) -> Expect {
         Expect {
             kind,
-            rule: None,
+            rules: vec![],
             action: None,
             pid: None,
             path: None,
@@ -82,6 +87,8 @@ impl Expect {
             detail: vec![],
             offset: None,
             change: None,
+            write: false,
+            format: None,
             since: None,
             grace: Duration::from_secs(5),
         }
@@ -90,7 +97,7 @@ impl Expect {
     /// An alert of `rule` (`SM-Q002` …).
     pub fn alert(rule: &str) -> Expect {
         Expect {
-            rule: Some(rule.into()),
+            rules: vec![rule.into()],
             ..Expect::new("alert")
         }
     }
@@ -145,6 +152,30 @@ impl Expect {
         self
     }
 
+    /// An alert of `rule` will do as well (for a record whose rule depends on the backend).
+    pub fn or_rule(mut self, rule: &str) -> Expect {
+        self.rules.push(rule.into());
+        self
+    }
+
+    /// A write (it has `snapmon.write`).
+    pub fn write(mut self) -> Expect {
+        self.write = true;
+        self
+    }
+
+    /// Classified as `format` (`snapmon.classification.format`: `qcow2`, `libvirt` …).
+    pub fn format(mut self, format: &str) -> Expect {
+        self.format = Some(format.into());
+        self
+    }
+
+    /// Its classification changes header `field`, to anything.
+    pub fn changes(mut self, field: &str) -> Expect {
+        self.change = Some((field.into(), None));
+        self
+    }
+
     /// A write at this offset (`snapmon.write.offset`).
     pub fn offset(mut self, offset: u64) -> Expect {
         self.offset = Some(offset);
@@ -153,7 +184,7 @@ impl Expect {
 
     /// Its classification changes header `field` to `after` (as the record spells it).
     pub fn change(mut self, field: &str, after: &str) -> Expect {
-        self.change = Some((field.into(), after.into()));
+        self.change = Some((field.into(), Some(after.into())));
         self
     }
 
@@ -177,10 +208,8 @@ impl Expect {
         if v["event"]["kind"] != self.kind {
             m.push(format!("kind {}", s(&v["event"]["kind"])));
         }
-        if let Some(r) = &self.rule {
-            if v["rule"]["id"] != r.as_str() {
-                m.push(format!("rule {}", s(&v["rule"]["id"])));
-            }
+        if !self.rules.is_empty() && !self.rules.iter().any(|r| v["rule"]["id"] == r.as_str()) {
+            m.push(format!("rule {}", s(&v["rule"]["id"])));
         }
         if let Some(a) = &self.action {
             if v["event"]["action"] != a.as_str() {
@@ -231,11 +260,22 @@ impl Expect {
             let changed = v["snapmon"]["classification"]["changes"]
                 .as_array()
                 .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["field"] == field.as_str() && c["after"] == after.as_str())
+                    c.iter().any(|c| {
+                        c["field"] == field.as_str()
+                            && after.as_ref().is_none_or(|a| c["after"] == a.as_str())
+                    })
                 });
             if !changed {
-                m.push(format!("no change of {field} to {after}"));
+                m.push(format!("no change of {field}"));
+            }
+        }
+        if self.write && !v["snapmon"]["write"].is_object() {
+            m.push("not a write".into());
+        }
+        if let Some(f) = &self.format {
+            let got = &v["snapmon"]["classification"]["format"];
+            if got != f.as_str() {
+                m.push(format!("format {}", s(got)));
             }
         }
         m
@@ -251,10 +291,7 @@ impl Expect {
         if v["event"]["kind"] == "state" {
             return false;
         }
-        let same_what = self
-            .rule
-            .as_ref()
-            .is_some_and(|r| v["rule"]["id"] == r.as_str())
+        let same_what = self.rules.iter().any(|r| v["rule"]["id"] == r.as_str())
             || self
                 .action
                 .as_ref()
@@ -273,8 +310,11 @@ impl Expect {
 impl std::fmt::Display for Expect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.kind)?;
-        for x in [&self.rule, &self.action].into_iter().flatten() {
-            write!(f, " {x}")?;
+        if !self.rules.is_empty() {
+            write!(f, " {}", self.rules.join(" or "))?;
+        }
+        if let Some(a) = &self.action {
+            write!(f, " {a}")?;
         }
         if let Some(p) = self.pid {
             write!(f, " by pid {p}")?;
@@ -296,8 +336,16 @@ impl std::fmt::Display for Expect {
         if let Some(o) = self.offset {
             write!(f, " at offset {o}")?;
         }
-        if let Some((field, after)) = &self.change {
-            write!(f, " changing {field} to {after}")?;
+        match &self.change {
+            Some((field, Some(after))) => write!(f, " changing {field} to {after}")?,
+            Some((field, None)) => write!(f, " changing {field}")?,
+            None => {}
+        }
+        if self.write {
+            write!(f, " writing")?;
+        }
+        if let Some(x) = &self.format {
+            write!(f, " of a {x} file")?;
         }
         Ok(())
     }
@@ -390,7 +438,7 @@ impl Agent {
     /// trigger finished), a miss waits 20 s more to tell late from never, and the latency is
     /// noted in the run's log under `what`.
     pub fn expect_timed(&mut self, e: Expect, within: Duration, t0: Instant, what: &str) -> Value {
-        let rule = e.rule.clone().unwrap_or_default();
+        let rule = e.rules.join(" or ");
         let left = within.saturating_sub(t0.elapsed());
         let v = self.expect(e.grace(Duration::from_secs(20)), left);
         crate::note(&format!("{rule} for {what} after {:?}", t0.elapsed()));
@@ -404,7 +452,10 @@ impl Agent {
             // Only lines naming the rule are parsed: a debug test binary parses slower than
             // a flood is written.
             Some(mark) => {
-                let needle = e.rule.as_deref().unwrap_or("").as_bytes().to_vec();
+                let needle = match e.rules.as_slice() {
+                    [one] => one.as_bytes().to_vec(),
+                    _ => vec![],
+                };
                 self.wait_from_lines(mark, timeout, &needle, |v| e.matches(v))
             }
             None => self.wait_for(timeout, |v| e.matches(v)),
