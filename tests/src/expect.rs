@@ -10,32 +10,10 @@ use std::{
 };
 
 use serde_json::Value;
+pub use snapmon_schema::record::Severity;
+use snapmon_schema::record::{Kind, Record};
 
 use crate::Agent;
-
-/// `snapmon.severity`, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    /// A record's severity (`None` when it has none, or one this list does not know).
-    pub fn of(v: &Value) -> Option<Severity> {
-        Some(match v["snapmon"]["severity"].as_str()? {
-            "info" => Severity::Info,
-            "low" => Severity::Low,
-            "medium" => Severity::Medium,
-            "high" => Severity::High,
-            "critical" => Severity::Critical,
-            _ => return None,
-        })
-    }
-}
 
 /// How a record may name a path.
 #[derive(Debug, Clone)]
@@ -51,7 +29,7 @@ enum Naming {
 #[derive(Debug, Clone)]
 #[must_use = "an expectation does nothing until passed to Agent::expect"]
 pub struct Expect {
-    kind: &'static str,
+    kind: Kind,
     /// Any of these rules (empty: any rule, or none).
     rules: Vec<String>,
     action: Option<String>,
@@ -75,7 +53,7 @@ pub struct Expect {
 }
 
 impl Expect {
-    fn new(kind: &'static str) -> Expect {
+    fn new(kind: Kind) -> Expect {
         Expect {
             kind,
             rules: vec![],
@@ -98,7 +76,7 @@ impl Expect {
     pub fn alert(rule: &str) -> Expect {
         Expect {
             rules: vec![rule.into()],
-            ..Expect::new("alert")
+            ..Expect::new(Kind::Alert)
         }
     }
 
@@ -106,13 +84,13 @@ impl Expect {
     pub fn event(action: &str) -> Expect {
         Expect {
             action: Some(action.into()),
-            ..Expect::new("event")
+            ..Expect::new(Kind::Event)
         }
     }
 
     /// An event record of any action (narrow it by path, offset or change).
     pub fn any_event() -> Expect {
-        Expect::new("event")
+        Expect::new(Kind::Event)
     }
 
     /// By this process.
@@ -203,79 +181,85 @@ impl Expect {
 
     /// What `v` lacks to be the expected record (empty: it matches).
     pub fn misses(&self, v: &Value) -> Vec<String> {
+        let r = match Record::of(v) {
+            Ok(r) => r,
+            Err(e) => return vec![format!("not an ECS record ({e})")],
+        };
         let mut m = vec![];
-        let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
-        if v["event"]["kind"] != self.kind {
-            m.push(format!("kind {}", s(&v["event"]["kind"])));
+        let s = |x: Option<&str>| x.unwrap_or("-").to_string();
+        if r.event.kind != self.kind {
+            m.push(format!("kind {}", r.event.kind.as_str()));
         }
-        if !self.rules.is_empty() && !self.rules.iter().any(|r| v["rule"]["id"] == r.as_str()) {
-            m.push(format!("rule {}", s(&v["rule"]["id"])));
+        if !self.rules.is_empty() && !self.rules.iter().any(|x| r.rule_id() == Some(x)) {
+            m.push(format!("rule {}", s(r.rule_id())));
         }
         if let Some(a) = &self.action {
-            if v["event"]["action"] != a.as_str() {
-                m.push(format!("action {}", s(&v["event"]["action"])));
+            if r.action() != Some(a) {
+                m.push(format!("action {}", s(r.action())));
             }
         }
         if let Some(p) = self.pid {
-            if v["process"]["pid"] != p {
-                m.push(format!("pid {}", v["process"]["pid"]));
+            if r.pid() != Some(p) {
+                m.push(format!(
+                    "pid {}",
+                    s(r.pid().map(|p| p.to_string()).as_deref())
+                ));
             }
         }
         if let Some(n) = &self.path {
             let (Naming::About(p) | Naming::Mentions(p)) = n;
-            let about = v["file"]["path"] == p.as_str() || crate::dest(v) == Some(p.as_str());
             let named = matches!(n, Naming::Mentions(_))
-                && v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(p.as_str()));
-            if !about && !named {
-                m.push(format!("path {}", s(&v["file"]["path"])));
+                && r.message.as_ref().is_some_and(|m| m.contains(p.as_str()));
+            if !r.is_about(p) && !named {
+                m.push(format!("path {}", s(r.path())));
             }
         }
         if let Some(min) = self.severity {
-            if Severity::of(v).is_none_or(|s| s < min) {
-                m.push(format!("severity {}", s(&v["snapmon"]["severity"])));
+            if r.snapmon.severity.is_none_or(|s| s < min) {
+                m.push(format!(
+                    "severity {}",
+                    s(r.snapmon.severity.map(Severity::as_str))
+                ));
             }
         }
         for t in &self.message {
-            if !v["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(t.as_str()))
-            {
+            if !r.message.as_ref().is_some_and(|m| m.contains(t.as_str())) {
                 m.push(format!("message without {t:?}"));
             }
         }
         for (k, want) in &self.detail {
-            let got = &v["snapmon"]["detail"][k.as_str()];
+            let got = &r.snapmon.detail[k.as_str()];
             if got != want.as_str() {
-                m.push(format!("detail.{k} {}", s(got)));
+                m.push(format!("detail.{k} {}", s(got.as_str())));
             }
         }
+        let write = r.snapmon.write.as_ref();
         if let Some(o) = self.offset {
-            if v["snapmon"]["write"]["offset"] != o {
-                m.push(format!("offset {}", v["snapmon"]["write"]["offset"]));
+            if write.map(|w| w.offset) != i64::try_from(o).ok() {
+                m.push(format!(
+                    "offset {}",
+                    s(write.map(|w| w.offset.to_string()).as_deref())
+                ));
             }
         }
+        let class = &r.snapmon.classification;
         if let Some((field, after)) = &self.change {
-            let changed = v["snapmon"]["classification"]["changes"]
-                .as_array()
-                .is_some_and(|c| {
-                    c.iter().any(|c| {
-                        c["field"] == field.as_str()
-                            && after.as_ref().is_none_or(|a| c["after"] == a.as_str())
-                    })
-                });
+            let changed = class["changes"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["field"] == field.as_str()
+                        && after.as_ref().is_none_or(|a| c["after"] == a.as_str())
+                })
+            });
             if !changed {
                 m.push(format!("no change of {field}"));
             }
         }
-        if self.write && !v["snapmon"]["write"].is_object() {
+        if self.write && write.is_none() {
             m.push("not a write".into());
         }
         if let Some(f) = &self.format {
-            let got = &v["snapmon"]["classification"]["format"];
-            if got != f.as_str() {
-                m.push(format!("format {}", s(got)));
+            if class["format"] != f.as_str() {
+                m.push(format!("format {}", s(class["format"].as_str())));
             }
         }
         m
@@ -288,28 +272,24 @@ impl Expect {
     /// Is `v` near the expected record: the same rule (or action) otherwise wrong, or any
     /// record about the same file or by the same process (what the agent did see)?
     fn near(&self, v: &Value) -> bool {
-        if v["event"]["kind"] == "state" {
+        let Ok(r) = Record::of(v) else { return false };
+        if r.event.kind == Kind::State {
             return false;
         }
-        let same_what = self.rules.iter().any(|r| v["rule"]["id"] == r.as_str())
-            || self
-                .action
-                .as_ref()
-                .is_some_and(|a| v["event"]["action"] == a.as_str());
+        let same_what = self.rules.iter().any(|x| r.rule_id() == Some(x))
+            || self.action.as_ref().is_some_and(|a| r.action() == Some(a));
         let same_path = self.path.as_ref().is_some_and(|n| {
             let (Naming::About(p) | Naming::Mentions(p)) = n;
-            v["file"]["path"] == p.as_str()
-                || crate::dest(v) == Some(p.as_str())
-                || v["snapmon"]["detail"]["overlay_path"] == p.as_str()
+            r.is_about(p) || r.snapmon.detail["overlay_path"] == p.as_str()
         });
-        let same_pid = self.pid.is_some_and(|p| v["process"]["pid"] == p);
+        let same_pid = self.pid.is_some_and(|p| r.pid() == Some(p));
         same_what || same_path || same_pid
     }
 }
 
 impl std::fmt::Display for Expect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.kind)?;
+        write!(f, "{}", self.kind.as_str())?;
         if !self.rules.is_empty() {
             write!(f, " {}", self.rules.join(" or "))?;
         }
@@ -354,30 +334,33 @@ impl std::fmt::Display for Expect {
 /// One record on one line, for failure messages: kind, rule or action, actor, file, and
 /// what the agent made of it.
 pub fn line(v: &Value) -> String {
-    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let Ok(r) = Record::of(v) else {
+        let raw = v.to_string();
+        return raw[..raw.floor_char_boundary(300)].to_string();
+    };
+    let s = |x: Option<&str>| x.unwrap_or("-").to_string();
+    let proc = r.process.as_ref();
     let mut l = format!(
         "{} {} {}[{}] {}",
-        s(&v["event"]["kind"]),
-        v["rule"]["id"]
-            .as_str()
-            .unwrap_or_else(|| v["event"]["action"].as_str().unwrap_or("-")),
-        s(&v["process"]["name"]),
-        v["process"]["pid"],
-        s(&v["file"]["path"]),
+        r.event.kind.as_str(),
+        s(r.rule_id().or(r.action())),
+        s(proc.and_then(|p| p.name.as_deref())),
+        s(r.pid().map(|p| p.to_string()).as_deref()),
+        s(r.path()),
     );
-    if let Some(d) = crate::dest(v) {
+    if let Some(d) = r.dest() {
         let _ = write!(l, " → {d}");
     }
-    if let Some(o) = v["snapmon"]["detail"]["overlay_path"].as_str() {
+    if let Some(o) = r.snapmon.detail["overlay_path"].as_str() {
         let _ = write!(l, " (via {o})");
     }
-    if let Some(sev) = v["snapmon"]["severity"].as_str() {
-        let _ = write!(l, " {sev}");
+    if let Some(sev) = r.snapmon.severity {
+        let _ = write!(l, " {}", sev.as_str());
     }
-    if let Some(m) = v["message"].as_str() {
+    if let Some(m) = &r.message {
         let _ = write!(l, ": {}", &m[..m.floor_char_boundary(200)]);
-    } else if !v["snapmon"]["classification"].is_null() {
-        let c = v["snapmon"]["classification"].to_string();
+    } else if !r.snapmon.classification.is_null() {
+        let c = r.snapmon.classification.to_string();
         let _ = write!(l, " {}", &c[..c.floor_char_boundary(200)]);
     }
     l
@@ -460,5 +443,45 @@ impl Agent {
             }
             None => self.wait_for(timeout, |v| e.matches(v)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_miss_names_each_field_that_differs() {
+        let v = json!({
+            "event": {"kind": "alert", "action": "pwrite64"},
+            "rule": {"id": "SM-Q002"},
+            "process": {"pid": 7, "name": "python3"},
+            "file": {"path": "/s/a"},
+            "snapmon": {"severity": "high", "write": {"offset": 60, "length": 4},
+                        "detail": {"loop_device": "/dev/loop0"}},
+        });
+        let hit = Expect::alert("SM-Q002")
+            .pid(7)
+            .path("/s/a")
+            .offset(60)
+            .write()
+            .detail("loop_device", "/dev/loop0")
+            .severity_at_least(Severity::High);
+        assert!(hit.matches(&v), "{:?}", hit.misses(&v));
+        let miss = Expect::alert("SM-Q001")
+            .or_rule("SM-Q005")
+            .pid(8)
+            .severity_at_least(Severity::Critical);
+        assert_eq!(miss.misses(&v), ["rule SM-Q002", "pid 7", "severity high"]);
+        assert_eq!(Expect::event("pwrite64").misses(&v), ["kind alert"]);
+        assert!(Expect::alert("SM-Q001").or_rule("SM-Q002").matches(&v));
+        assert_eq!(line(&v), "alert SM-Q002 python3[7] /s/a high");
+    }
+
+    #[test]
+    fn a_record_that_is_not_ecs_is_a_miss() {
+        let ocsf = json!({"class_uid": 1001, "activity_id": 1});
+        assert_eq!(Expect::any_event().misses(&ocsf).len(), 1);
     }
 }
