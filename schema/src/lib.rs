@@ -3,9 +3,11 @@
 //! of them. Unit tests (snapmon) and the end-to-end harness (snapmon-e2e) both use it.
 //!
 //! Each validator returns every violation it finds as one readable line naming the field.
+//! [`record`] has typed views of the ECS records, for tests that read records back.
 
 pub mod ecs;
 pub mod ocsf;
+pub mod record;
 
 /// The JSON type of a value, for messages.
 pub(crate) fn kind(v: &serde_json::Value) -> &'static str {

@@ -10,32 +10,10 @@ use std::{
 };
 
 use serde_json::Value;
+pub use snapmon_schema::record::Severity;
+use snapmon_schema::record::{Kind, Record};
 
 use crate::Agent;
-
-/// `snapmon.severity`, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    /// A record's severity (`None` when it has none, or one this list does not know).
-    pub fn of(v: &Value) -> Option<Severity> {
-        Some(match v["snapmon"]["severity"].as_str()? {
-            "info" => Severity::Info,
-            "low" => Severity::Low,
-            "medium" => Severity::Medium,
-            "high" => Severity::High,
-            "critical" => Severity::Critical,
-            _ => return None,
-        })
-    }
-}
 
 /// How a record may name a path.
 #[derive(Debug, Clone)]
@@ -51,28 +29,44 @@ enum Naming {
 #[derive(Debug, Clone)]
 #[must_use = "an expectation does nothing until passed to Agent::expect"]
 pub struct Expect {
-    kind: &'static str,
-    rule: Option<String>,
+    kind: Kind,
+    /// Any of these rules (empty: any rule, or none).
+    rules: Vec<String>,
     action: Option<String>,
     pid: Option<u32>,
     path: Option<Naming>,
     severity: Option<Severity>,
     message: Vec<String>,
+    /// `snapmon.detail.<key>` is this string.
+    detail: Vec<(String, String)>,
+    /// `snapmon.write.offset`.
+    offset: Option<u64>,
+    /// A `snapmon.classification.changes` entry: this field (to this value).
+    change: Option<(String, Option<String>)>,
+    /// `snapmon.write` is there.
+    write: bool,
+    /// `snapmon.classification.format`.
+    format: Option<String>,
     since: Option<u64>,
     /// After a miss, how much longer to wait to tell "late" from "never".
     grace: Duration,
 }
 
 impl Expect {
-    fn new(kind: &'static str) -> Expect {
+    fn new(kind: Kind) -> Expect {
         Expect {
             kind,
-            rule: None,
+            rules: vec![],
             action: None,
             pid: None,
             path: None,
             severity: None,
             message: vec![],
+            detail: vec![],
+            offset: None,
+            change: None,
+            write: false,
+            format: None,
             since: None,
             grace: Duration::from_secs(5),
         }
@@ -81,8 +75,8 @@ impl Expect {
     /// An alert of `rule` (`SM-Q002` …).
     pub fn alert(rule: &str) -> Expect {
         Expect {
-            rule: Some(rule.into()),
-            ..Expect::new("alert")
+            rules: vec![rule.into()],
+            ..Expect::new(Kind::Alert)
         }
     }
 
@@ -90,8 +84,13 @@ impl Expect {
     pub fn event(action: &str) -> Expect {
         Expect {
             action: Some(action.into()),
-            ..Expect::new("event")
+            ..Expect::new(Kind::Event)
         }
+    }
+
+    /// An event record of any action (narrow it by path, offset or change).
+    pub fn any_event() -> Expect {
+        Expect::new(Kind::Event)
     }
 
     /// By this process.
@@ -124,6 +123,49 @@ impl Expect {
         self
     }
 
+    /// `snapmon.detail.<key>` is `value` (`write_op`, `loop_watch` …; may be given more
+    /// than once).
+    pub fn detail(mut self, key: &str, value: &str) -> Expect {
+        self.detail.push((key.into(), value.into()));
+        self
+    }
+
+    /// An alert of `rule` will do as well (for a record whose rule depends on the backend).
+    pub fn or_rule(mut self, rule: &str) -> Expect {
+        self.rules.push(rule.into());
+        self
+    }
+
+    /// A write (it has `snapmon.write`).
+    pub fn write(mut self) -> Expect {
+        self.write = true;
+        self
+    }
+
+    /// Classified as `format` (`snapmon.classification.format`: `qcow2`, `libvirt` …).
+    pub fn format(mut self, format: &str) -> Expect {
+        self.format = Some(format.into());
+        self
+    }
+
+    /// Its classification changes header `field`, to anything.
+    pub fn changes(mut self, field: &str) -> Expect {
+        self.change = Some((field.into(), None));
+        self
+    }
+
+    /// A write at this offset (`snapmon.write.offset`).
+    pub fn offset(mut self, offset: u64) -> Expect {
+        self.offset = Some(offset);
+        self
+    }
+
+    /// Its classification changes header `field` to `after` (as the record spells it).
+    pub fn change(mut self, field: &str, after: &str) -> Expect {
+        self.change = Some((field.into(), Some(after.into())));
+        self
+    }
+
     /// Written after `mark` ([`Agent::mark`]); without it every record counts.
     pub fn since(mut self, mark: u64) -> Expect {
         self.since = Some(mark);
@@ -139,48 +181,85 @@ impl Expect {
 
     /// What `v` lacks to be the expected record (empty: it matches).
     pub fn misses(&self, v: &Value) -> Vec<String> {
+        let r = match Record::of(v) {
+            Ok(r) => r,
+            Err(e) => return vec![format!("not an ECS record ({e})")],
+        };
         let mut m = vec![];
-        let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
-        if v["event"]["kind"] != self.kind {
-            m.push(format!("kind {}", s(&v["event"]["kind"])));
+        let s = |x: Option<&str>| x.unwrap_or("-").to_string();
+        if r.event.kind != self.kind {
+            m.push(format!("kind {}", r.event.kind.as_str()));
         }
-        if let Some(r) = &self.rule {
-            if v["rule"]["id"] != r.as_str() {
-                m.push(format!("rule {}", s(&v["rule"]["id"])));
-            }
+        if !self.rules.is_empty() && !self.rules.iter().any(|x| r.rule_id() == Some(x)) {
+            m.push(format!("rule {}", s(r.rule_id())));
         }
         if let Some(a) = &self.action {
-            if v["event"]["action"] != a.as_str() {
-                m.push(format!("action {}", s(&v["event"]["action"])));
+            if r.action() != Some(a) {
+                m.push(format!("action {}", s(r.action())));
             }
         }
         if let Some(p) = self.pid {
-            if v["process"]["pid"] != p {
-                m.push(format!("pid {}", v["process"]["pid"]));
+            if r.pid() != Some(p) {
+                m.push(format!(
+                    "pid {}",
+                    s(r.pid().map(|p| p.to_string()).as_deref())
+                ));
             }
         }
         if let Some(n) = &self.path {
             let (Naming::About(p) | Naming::Mentions(p)) = n;
-            let about = v["file"]["path"] == p.as_str() || crate::dest(v) == Some(p.as_str());
             let named = matches!(n, Naming::Mentions(_))
-                && v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains(p.as_str()));
-            if !about && !named {
-                m.push(format!("path {}", s(&v["file"]["path"])));
+                && r.message.as_ref().is_some_and(|m| m.contains(p.as_str()));
+            if !r.is_about(p) && !named {
+                m.push(format!("path {}", s(r.path())));
             }
         }
         if let Some(min) = self.severity {
-            if Severity::of(v).is_none_or(|s| s < min) {
-                m.push(format!("severity {}", s(&v["snapmon"]["severity"])));
+            if r.snapmon.severity.is_none_or(|s| s < min) {
+                m.push(format!(
+                    "severity {}",
+                    s(r.snapmon.severity.map(Severity::as_str))
+                ));
             }
         }
         for t in &self.message {
-            if !v["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(t.as_str()))
-            {
+            if !r.message.as_ref().is_some_and(|m| m.contains(t.as_str())) {
                 m.push(format!("message without {t:?}"));
+            }
+        }
+        for (k, want) in &self.detail {
+            let got = &r.snapmon.detail[k.as_str()];
+            if got != want.as_str() {
+                m.push(format!("detail.{k} {}", s(got.as_str())));
+            }
+        }
+        let write = r.snapmon.write.as_ref();
+        if let Some(o) = self.offset {
+            if write.map(|w| w.offset) != i64::try_from(o).ok() {
+                m.push(format!(
+                    "offset {}",
+                    s(write.map(|w| w.offset.to_string()).as_deref())
+                ));
+            }
+        }
+        let class = &r.snapmon.classification;
+        if let Some((field, after)) = &self.change {
+            let changed = class["changes"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["field"] == field.as_str()
+                        && after.as_ref().is_none_or(|a| c["after"] == a.as_str())
+                })
+            });
+            if !changed {
+                m.push(format!("no change of {field}"));
+            }
+        }
+        if self.write && write.is_none() {
+            m.push("not a write".into());
+        }
+        if let Some(f) = &self.format {
+            if class["format"] != f.as_str() {
+                m.push(format!("format {}", s(class["format"].as_str())));
             }
         }
         m
@@ -193,33 +272,29 @@ impl Expect {
     /// Is `v` near the expected record: the same rule (or action) otherwise wrong, or any
     /// record about the same file or by the same process (what the agent did see)?
     fn near(&self, v: &Value) -> bool {
-        if v["event"]["kind"] == "state" {
+        let Ok(r) = Record::of(v) else { return false };
+        if r.event.kind == Kind::State {
             return false;
         }
-        let same_what = self
-            .rule
-            .as_ref()
-            .is_some_and(|r| v["rule"]["id"] == r.as_str())
-            || self
-                .action
-                .as_ref()
-                .is_some_and(|a| v["event"]["action"] == a.as_str());
+        let same_what = self.rules.iter().any(|x| r.rule_id() == Some(x))
+            || self.action.as_ref().is_some_and(|a| r.action() == Some(a));
         let same_path = self.path.as_ref().is_some_and(|n| {
             let (Naming::About(p) | Naming::Mentions(p)) = n;
-            v["file"]["path"] == p.as_str()
-                || crate::dest(v) == Some(p.as_str())
-                || v["snapmon"]["detail"]["overlay_path"] == p.as_str()
+            r.is_about(p) || r.snapmon.detail["overlay_path"] == p.as_str()
         });
-        let same_pid = self.pid.is_some_and(|p| v["process"]["pid"] == p);
+        let same_pid = self.pid.is_some_and(|p| r.pid() == Some(p));
         same_what || same_path || same_pid
     }
 }
 
 impl std::fmt::Display for Expect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.kind)?;
-        for x in [&self.rule, &self.action].into_iter().flatten() {
-            write!(f, " {x}")?;
+        write!(f, "{}", self.kind.as_str())?;
+        if !self.rules.is_empty() {
+            write!(f, " {}", self.rules.join(" or "))?;
+        }
+        if let Some(a) = &self.action {
+            write!(f, " {a}")?;
         }
         if let Some(p) = self.pid {
             write!(f, " by pid {p}")?;
@@ -235,6 +310,23 @@ impl std::fmt::Display for Expect {
         for t in &self.message {
             write!(f, " saying {t:?}")?;
         }
+        for (k, v) in &self.detail {
+            write!(f, " with {k} {v:?}")?;
+        }
+        if let Some(o) = self.offset {
+            write!(f, " at offset {o}")?;
+        }
+        match &self.change {
+            Some((field, Some(after))) => write!(f, " changing {field} to {after}")?,
+            Some((field, None)) => write!(f, " changing {field}")?,
+            None => {}
+        }
+        if self.write {
+            write!(f, " writing")?;
+        }
+        if let Some(x) = &self.format {
+            write!(f, " of a {x} file")?;
+        }
         Ok(())
     }
 }
@@ -242,30 +334,33 @@ impl std::fmt::Display for Expect {
 /// One record on one line, for failure messages: kind, rule or action, actor, file, and
 /// what the agent made of it.
 pub fn line(v: &Value) -> String {
-    let s = |x: &Value| x.as_str().unwrap_or("-").to_string();
+    let Ok(r) = Record::of(v) else {
+        let raw = v.to_string();
+        return raw[..raw.floor_char_boundary(300)].to_string();
+    };
+    let s = |x: Option<&str>| x.unwrap_or("-").to_string();
+    let proc = r.process.as_ref();
     let mut l = format!(
         "{} {} {}[{}] {}",
-        s(&v["event"]["kind"]),
-        v["rule"]["id"]
-            .as_str()
-            .unwrap_or_else(|| v["event"]["action"].as_str().unwrap_or("-")),
-        s(&v["process"]["name"]),
-        v["process"]["pid"],
-        s(&v["file"]["path"]),
+        r.event.kind.as_str(),
+        s(r.rule_id().or(r.action())),
+        s(proc.and_then(|p| p.name.as_deref())),
+        s(r.pid().map(|p| p.to_string()).as_deref()),
+        s(r.path()),
     );
-    if let Some(d) = crate::dest(v) {
+    if let Some(d) = r.dest() {
         let _ = write!(l, " → {d}");
     }
-    if let Some(o) = v["snapmon"]["detail"]["overlay_path"].as_str() {
+    if let Some(o) = r.snapmon.detail["overlay_path"].as_str() {
         let _ = write!(l, " (via {o})");
     }
-    if let Some(sev) = v["snapmon"]["severity"].as_str() {
-        let _ = write!(l, " {sev}");
+    if let Some(sev) = r.snapmon.severity {
+        let _ = write!(l, " {}", sev.as_str());
     }
-    if let Some(m) = v["message"].as_str() {
+    if let Some(m) = &r.message {
         let _ = write!(l, ": {}", &m[..m.floor_char_boundary(200)]);
-    } else if !v["snapmon"]["classification"].is_null() {
-        let c = v["snapmon"]["classification"].to_string();
+    } else if !r.snapmon.classification.is_null() {
+        let c = r.snapmon.classification.to_string();
         let _ = write!(l, " {}", &c[..c.floor_char_boundary(200)]);
     }
     l
@@ -322,6 +417,17 @@ impl Agent {
         panic!("{msg}");
     }
 
+    /// [`Agent::expect`] for a test that times the agent: `within` counts from `t0` (the
+    /// trigger finished), a miss waits 20 s more to tell late from never, and the latency is
+    /// noted in the run's log under `what`.
+    pub fn expect_timed(&mut self, e: Expect, within: Duration, t0: Instant, what: &str) -> Value {
+        let rule = e.rules.join(" or ");
+        let left = within.saturating_sub(t0.elapsed());
+        let v = self.expect(e.grace(Duration::from_secs(20)), left);
+        crate::note(&format!("{rule} for {what} after {:?}", t0.elapsed()));
+        v
+    }
+
     /// The first record matching `e`, waiting up to `timeout`: for a test that asserts an
     /// absence, or times the alert itself.
     pub fn find(&mut self, e: &Expect, timeout: Duration) -> Option<Value> {
@@ -329,10 +435,53 @@ impl Agent {
             // Only lines naming the rule are parsed: a debug test binary parses slower than
             // a flood is written.
             Some(mark) => {
-                let needle = e.rule.as_deref().unwrap_or("").as_bytes().to_vec();
+                let needle = match e.rules.as_slice() {
+                    [one] => one.as_bytes().to_vec(),
+                    _ => vec![],
+                };
                 self.wait_from_lines(mark, timeout, &needle, |v| e.matches(v))
             }
             None => self.wait_for(timeout, |v| e.matches(v)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_miss_names_each_field_that_differs() {
+        let v = json!({
+            "event": {"kind": "alert", "action": "pwrite64"},
+            "rule": {"id": "SM-Q002"},
+            "process": {"pid": 7, "name": "python3"},
+            "file": {"path": "/s/a"},
+            "snapmon": {"severity": "high", "write": {"offset": 60, "length": 4},
+                        "detail": {"loop_device": "/dev/loop0"}},
+        });
+        let hit = Expect::alert("SM-Q002")
+            .pid(7)
+            .path("/s/a")
+            .offset(60)
+            .write()
+            .detail("loop_device", "/dev/loop0")
+            .severity_at_least(Severity::High);
+        assert!(hit.matches(&v), "{:?}", hit.misses(&v));
+        let miss = Expect::alert("SM-Q001")
+            .or_rule("SM-Q005")
+            .pid(8)
+            .severity_at_least(Severity::Critical);
+        assert_eq!(miss.misses(&v), ["rule SM-Q002", "pid 7", "severity high"]);
+        assert_eq!(Expect::event("pwrite64").misses(&v), ["kind alert"]);
+        assert!(Expect::alert("SM-Q001").or_rule("SM-Q002").matches(&v));
+        assert_eq!(line(&v), "alert SM-Q002 python3[7] /s/a high");
+    }
+
+    #[test]
+    fn a_record_that_is_not_ecs_is_a_miss() {
+        let ocsf = json!({"class_uid": 1001, "activity_id": 1});
+        assert_eq!(Expect::any_event().misses(&ocsf).len(), 1);
     }
 }

@@ -2,7 +2,7 @@
 //! then expect records from the triggering pid (pulsar's "trigger, then expect" shape).
 //!
 //! One agent per test binary (loading and verifying the programs takes seconds); every test
-//! gets its own subdirectory of the watched root, created before the agent starts.
+//! gets its own subdirectory of the watched root from [`Agent::dir`], made on first use.
 
 use std::{
     io::{BufRead, BufReader},
@@ -16,14 +16,9 @@ use std::{
 use serde_json::Value;
 
 mod expect;
+mod loopvg;
 pub use expect::{line, Expect, Severity};
-
-pub const TEST_DIRS: &[&str] = &[
-    "create", "snapshot", "python", "dd", "uring", "aio", "punch", "rename", "paths", "attrs",
-    "lineage", "mmap", "copy", "names", "ioctl", "rules", "regions", "qemu", "exec", "reuse",
-    "storm", "inode", "fresh", "uring-ns", "alias", "outputs", "discard", "compat", "loop",
-    "overlay",
-];
+pub use loopvg::{lvm, LoopVg};
 
 pub struct Agent {
     child: Child,
@@ -60,6 +55,9 @@ pub struct Setup {
     /// Temp root `snapmon-e2e-<pid>-<tag>` instead of `snapmon-e2e-<pid>`, so a test's own
     /// agent does not share the shared agent's.
     pub tag: String,
+    /// A root the caller prepared (mounts, modes, a policy naming its paths) instead of a
+    /// fresh temp one: watched as it is, not emptied first.
+    pub root: Option<PathBuf>,
 }
 
 /// Set by `cargo xtask vm-test` on kernels that allow BPF LSM (and fentry with it).
@@ -125,11 +123,15 @@ impl Agent {
         if !setup.tag.is_empty() {
             name = format!("{name}-{}", setup.tag);
         }
-        let root = std::env::temp_dir().join(name);
-        let _ = std::fs::remove_dir_all(&root);
-        for d in TEST_DIRS {
-            std::fs::create_dir_all(root.join(d))?;
-        }
+        let root = match &setup.root {
+            Some(r) => r.clone(),
+            None => {
+                let root = std::env::temp_dir().join(name);
+                let _ = std::fs::remove_dir_all(&root);
+                std::fs::create_dir_all(&root)?;
+                root
+            }
+        };
         let out = root.with_extension("jsonl");
         let _ = std::fs::remove_file(&out);
         let mut cmd = Command::new(bin());
@@ -205,9 +207,32 @@ impl Agent {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
-    pub fn dir(&self, name: &str) -> PathBuf {
-        assert!(TEST_DIRS.contains(&name), "add {name} to TEST_DIRS");
-        self.root.join(name)
+    /// The test directory `name` under the watched root, made on first use. Returns once
+    /// the agent has recorded the mkdir: from then on it sees what happens inside.
+    pub fn dir(&mut self, name: &str) -> PathBuf {
+        assert!(
+            !name.is_empty() && !name.contains('/'),
+            "one directory under the root, not {name:?}"
+        );
+        let d = self.root.join(name);
+        let mark = self.mark();
+        match std::fs::create_dir(&d) {
+            // Made (and waited for) by an earlier test of this binary.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return d,
+            r => r.unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display())),
+        }
+        let me = std::process::id();
+        let within = Duration::from_secs(60);
+        if self
+            .wait_from(mark, within, |v| records_mkdir(v, &d, me))
+            .is_none()
+        {
+            panic!(
+                "the agent recorded no mkdir of {} by pid {me} within {within:?}",
+                d.display()
+            );
+        }
+        d
     }
 
     /// All records so far.
@@ -362,6 +387,19 @@ impl Agent {
         }
         self.records().into_iter().filter(|v| pred(v)).collect()
     }
+}
+
+/// Is `v` the agent's record of `pid` making directory `d` (ECS, or OCSF File System
+/// Activity: Create of a folder)?
+fn records_mkdir(v: &Value, d: &Path, pid: u32) -> bool {
+    let Some(d) = d.to_str() else { return false };
+    let (what, actor) = if v.get("class_uid").is_some() {
+        let folder = v["class_uid"] == 1001 && v["activity_id"] == 1 && v["file"]["type_id"] == 2;
+        (folder, &v["actor"]["process"]["pid"])
+    } else {
+        (v["event"]["action"] == "mkdir", &v["process"]["pid"])
+    };
+    what && v["file"]["path"] == d && *actor == pid
 }
 
 /// The `started` summary in ECS, or OCSF's Application Lifecycle: Start (`--schema ocsf`).
@@ -536,6 +574,40 @@ pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
         }
     });
     rx.recv().map_err(std::io::Error::other)?
+}
+
+/// The agent binary run directly (`run --format json --stats-interval 0 --watch WATCH ARGS
+/// --output OUT`, stderr to the file `err`), for a test that kills it, restarts it on the same
+/// files or starves its sinks, as the harness's [`Agent`] would not let it: the child and its
+/// `started` record, once written (a start that fails says what stderr said). The child is
+/// killed when dropped, so a failing test leaves no agent writing.
+pub fn start_raw(watch: &Path, args: &[&str], out: &Path, err: &Path) -> (Reaped, Value) {
+    let child = Command::new(bin())
+        .args([
+            "run",
+            "--format",
+            "json",
+            "--stats-interval",
+            "0",
+            "--watch",
+        ])
+        .arg(watch)
+        .args(args)
+        .arg("--output")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap();
+    let child = Reaped(child);
+    let started = eventually(start_timeout(), "the started record", || {
+        json_lines(out)
+            .into_iter()
+            .find(|v| v["event"]["action"] == "started")
+            .ok_or_else(|| std::fs::read_to_string(err).unwrap_or_default())
+    });
+    (child, started)
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves no

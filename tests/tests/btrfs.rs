@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{action, agent_with, brief, python, run, Agent, Ran};
+use snapmon_e2e::{action, agent_with, brief, python, run, Agent, Expect, Ran};
 
 fn sh(cmd: &str) {
     let st = Command::new("bash").args(["-c", cmd]).status().unwrap();
@@ -151,10 +151,8 @@ fn py_btrfs(op: &str, path: &Path) -> Ran {
 /// The SM-K002 alert from `pid`, waited for at most [`WITHIN`].
 fn k002_from(a: &mut Agent, pid: u32) -> Option<(Value, Duration)> {
     let t0 = Instant::now();
-    a.wait_for(WITHIN, |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-K002" && v["process"]["pid"] == pid
-    })
-    .map(|v| (v, t0.elapsed()))
+    a.find(&Expect::alert("SM-K002").pid(pid), WITHIN)
+        .map(|v| (v, t0.elapsed()))
 }
 
 fn alerts_so_far(a: &Agent) -> String {

@@ -7,16 +7,17 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
 use serde_json::Value;
-use snapmon_e2e::{bin, eventually, json_lines, start_timeout};
+use snapmon_e2e::{bin, eventually, start_raw, Reaped};
 
 /// One agent run writing the chained `log` (and its own stdout records to `truth`).
 struct Run {
-    child: Child,
+    /// A run a failing test left is killed, not left writing.
+    child: Reaped,
     err: PathBuf,
     started: Value,
 }
@@ -24,47 +25,16 @@ struct Run {
 fn start(work: &Path, log: &Path, key: &Path, n: usize) -> Run {
     let err = work.join(format!("stderr{n}"));
     let truth = work.join(format!("truth{n}.jsonl"));
-    let child = Command::new(bin())
-        .args([
-            "run",
-            "--format",
-            "json",
-            "--stats-interval",
-            "0",
-            "--watch",
-        ])
-        .arg(work.join("watch"))
-        .arg("--sink")
-        .arg(format!(
-            "file:{},key_file={},checkpoint_every=50",
-            log.display(),
-            key.display()
-        ))
-        .arg("--output")
-        .arg(&truth)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    let started = eventually(start_timeout(), "the started record", || {
-        json_lines(&truth)
-            .into_iter()
-            .find(|v| v["event"]["action"] == "started")
-            .ok_or_else(|| std::fs::read_to_string(&err).unwrap_or_default())
-    });
+    let sink = format!(
+        "file:{},key_file={},checkpoint_every=50",
+        log.display(),
+        key.display()
+    );
+    let (child, started) = start_raw(&work.join("watch"), &["--sink", &sink], &truth, &err);
     Run {
         child,
         err,
         started,
-    }
-}
-
-/// A run a failing test left is killed, not left writing.
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

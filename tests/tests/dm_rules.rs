@@ -14,69 +14,24 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{action, agent_with, emit_fixture, identities_json, note, run, Agent, Ran};
+use snapmon_e2e::{
+    action, agent_with, emit_fixture, identities_json, lvm, run, Agent, Expect, LoopVg, Ran,
+};
 
 const VG: &str = "snapmonrl";
 const WITHIN: Duration = Duration::from_secs(1);
 const CONTROL: &str = "/dev/mapper/control";
-/// No udev in the guest: LVM creates the nodes itself and does not wait for udev.
-const LVM_CONFIG: &str = "activation { udev_sync=0 udev_rules=0 monitoring=0 } \
-     devices { obtain_device_list_from_udev=0 }";
-
-fn gate() {
-    assert_eq!(
-        std::env::var("SNAPMON_E2E_LVM").as_deref(),
-        Ok("1"),
-        "these tests create loop devices and device-mapper tables: they run only in the VM \
-         (`cargo xtask vm-test`), which sets SNAPMON_E2E_LVM=1"
-    );
-}
-
-fn lvm(cmd: &str, args: &[&str]) -> Ran {
-    let mut a = vec![cmd, "--config", LVM_CONFIG];
-    a.extend_from_slice(args);
-    std::env::set_var("DM_DISABLE_UDEV", "1");
-    std::env::set_var("LVM_SUPPRESS_FD_WARNINGS", "1");
-    let r = run("lvm", &a);
-    run("dmsetup", &["mknodes"]);
-    r
-}
 
 /// The loop device under the VG.
 static PV: OnceLock<String> = OnceLock::new();
 
-/// At exit, take down every device of the VG (the attacks leave its LVM metadata out of step
-/// with the kernel, so `vgremove` is not an option) and detach the loop device: the suites
-/// after this one in the same guest (`lvm`) must not find it while scanning.
-extern "C" fn teardown_at_exit() {
-    if let Some(pv) = PV.get() {
-        let _ = Command::new("bash")
-            .args([
-                "-c",
-                &format!(
-                    "for i in 1 2 3 4 5 6; do for d in $(dmsetup ls | awk '/^{VG}-|^rl/{{print $1}}'); \
-                     do dmsetup remove \"$d\" 2>/dev/null; done; done; losetup -d {pv}; \
-                     echo \"dm_rules teardown: $(dmsetup ls | grep -c '^{VG}-') {VG} devices left\""
-                ),
-            ])
-            .status();
-    }
-}
-
-/// A loop-backed VG, created before the agent starts, and the agent watching dm control.
+/// A loop-backed VG, created before the agent starts (and taken down at exit with the
+/// suite's own `rl…` tables, so the suites after this one in the same guest do not find
+/// them), and the agent watching dm control.
 fn setup() -> (&'static str, std::sync::MutexGuard<'static, Agent>) {
-    gate();
     let pv = PV.get_or_init(|| {
-        let img = std::env::temp_dir().join(format!("snapmon-dmrules-{}.img", std::process::id()));
-        run("truncate", &["-s", "512M", img.to_str().unwrap()]);
-        let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
-            .stdout
-            .trim()
-            .to_string();
-        lvm("pvcreate", &["-ff", "-y", &dev]);
-        lvm("vgcreate", &[VG, &dev]);
-        unsafe { libc::atexit(teardown_at_exit) };
-        dev
+        let dev = LoopVg::lvm(VG, "512M").removing("rl").keep();
+        dev.to_str().unwrap().to_string()
     });
     (pv, agent_with(&[PathBuf::from(CONTROL)]))
 }
@@ -212,21 +167,12 @@ fn k001_for(a: &mut Agent, bin: &str, args: &[&str], what: &str) -> (u32, Value)
     let (pid, ok, err) = rogue(bin, args);
     assert!(ok, "dmsetup {args:?}: {err}");
     let t0 = Instant::now();
-    let got = a.wait_from(mark, WITHIN, |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-K001" && v["process"]["pid"] == pid
-    });
-    let Some(v) = got else {
-        let late = a.wait_from(mark, Duration::from_secs(20), |v| {
-            v["event"]["kind"] == "alert"
-                && v["rule"]["id"] == "SM-K001"
-                && v["process"]["pid"] == pid
-        });
-        panic!(
-            "no SM-K001 for {what} within {WITHIN:?} (after 20 s: {late:?}); K001 so far:\n{:#?}",
-            k001_alerts(a)
-        );
-    };
-    note(&format!("SM-K001 for {what} after {:?}", t0.elapsed()));
+    let v = a.expect_timed(
+        Expect::alert("SM-K001").pid(pid).since(mark),
+        WITHIN,
+        t0,
+        what,
+    );
     (pid, v)
 }
 

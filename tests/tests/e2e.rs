@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 use serde_json::Value;
 use snapmon_e2e::{
     about, action, agent, as_nobody, brief, c_string, changes, dest, eventually, expect_lsm,
-    i386_program, mov, python, regions, run, Agent,
+    i386_program, mov, python, regions, run, Agent, Expect,
 };
 
 const QUIET: Duration = Duration::from_millis(600);
@@ -1140,13 +1140,13 @@ fn writes_by_a_32_bit_program_are_seen() {
     assert_eq!(w["snapmon"]["backend"], backend, "{w}");
     // And it is judged: an untrusted write over the header (SM-Q001), or the magic gone
     // (SM-Q005), whichever of the two the backend's record raises.
-    agent()
-        .wait_from(mark, Duration::from_secs(10), |v| {
-            v["event"]["kind"] == "alert"
-                && v["process"]["pid"] == r.pid
-                && matches!(v["rule"]["id"].as_str(), Some("SM-Q001" | "SM-Q005"))
-        })
-        .unwrap_or_else(|| panic!("no header alert for the i386 writer {}", r.pid));
+    agent().expect(
+        Expect::alert("SM-Q001")
+            .or_rule("SM-Q005")
+            .pid(r.pid)
+            .since(mark),
+        Duration::from_secs(10),
+    );
 }
 
 /// The same for a namespace operation: where fentry is refused, a 32-bit rename reaches the

@@ -11,19 +11,19 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use serde_json::Value;
 use snapmon_e2e::{
     bin, counter, dropped_by, eventually, free_port, json_lines, lost_total, python, run, series,
-    sink_counters, start_timeout, stopped_record, Reaped,
+    sink_counters, start_raw, stopped_record, Reaped,
 };
 
 /// The agent binary run directly, with its stderr kept in a file.
 struct Run {
-    child: Child,
+    child: Reaped,
     pub out: PathBuf,
     pub err: PathBuf,
 }
@@ -32,33 +32,8 @@ impl Run {
     fn start(dir: &Path, watch: &Path, args: &[&str]) -> Run {
         let out = dir.join("truth.jsonl");
         let err = dir.join("stderr");
-        let child = Command::new(bin())
-            .args([
-                "run",
-                "--format",
-                "json",
-                "--stats-interval",
-                "0",
-                "--watch",
-            ])
-            .arg(watch)
-            .args(args)
-            .arg("--output")
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        let r = Run { child, out, err };
-        eventually(start_timeout(), "the started record", || {
-            json_lines(&r.out)
-                .iter()
-                .any(|v| v["event"]["action"] == "started")
-                .then_some(())
-                .ok_or_else(|| std::fs::read_to_string(&r.err).unwrap_or_default())
-        });
-        r
+        let (child, _) = start_raw(watch, args, &out, &err);
+        Run { child, out, err }
     }
     fn stop(&mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -71,13 +46,6 @@ impl Run {
     /// The sink's final counters, from the `stopped` record of the agent's own output.
     fn stopped_sink(&self, name: &str) -> Value {
         sink_counters(stopped_record(&json_lines(&self.out)), name).clone()
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -400,30 +368,24 @@ fn a_collector_socket_planted_by_nobody_is_refused() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
-    // Told to fail: it refuses to start (exit 2, as every start-up error), naming the owner.
-    let o = Command::new(bin())
-        .args(["run", "--watch"])
-        .arg(work.join("watch"))
-        .arg("--sink")
-        .arg(format!("unix:{},on_unreachable=fail", sock.display()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("not root"), "{err}");
-    // Syslog on such a socket too (datagram: fails by default).
-    let o = Command::new(bin())
-        .args(["run", "--watch"])
-        .arg(work.join("watch"))
-        .arg("--sink")
-        .arg(format!("syslog:{}", sock.display()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("not root"), "{err}");
+    // Told to fail: it refuses to start (exit 2, as every start-up error), naming the owner;
+    // syslog on such a socket too (datagram: fails by default).
+    for sink in [
+        format!("unix:{},on_unreachable=fail", sock.display()),
+        format!("syslog:{}", sock.display()),
+    ] {
+        let o = Command::new(bin())
+            .args(["run", "--watch"])
+            .arg(work.join("watch"))
+            .arg("--sink")
+            .arg(&sink)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{sink}: {err}");
+        assert!(err.contains("not root"), "{sink}: {err}");
+    }
     // By default it starts, warns, spills, and never connects.
     let mut agent = Run::start(
         &work,

@@ -6,7 +6,7 @@
 // (100 000 files are minutes of work in the TCG guests; the kernel side is one map insert.)
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -178,20 +178,31 @@ fn a_flood_of_names_by_nobody_delays_neither_tampering_alerts_nor_shutdown() {
     stops_within_2s(&mut a);
 }
 
+/// An agent of its own (`tag`) and its open store, in which nobody has made `n` empty files
+/// (each unlinked again at once with `unlink`).
+fn agent_after_files(tag: &str, n: usize, unlink: bool) -> (Agent, PathBuf) {
+    let a = Agent::spawn(tag, &[], &[]).unwrap();
+    let store = open_store(&a);
+    let mut code = format!(
+        "import os\n\
+         os.chdir({:?})\n\
+         for i in range({n}):\n\
+         \x20   os.close(os.open('n%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))",
+        store.to_str().unwrap()
+    );
+    if unlink {
+        code.push_str("\n    os.unlink('n%d' % i)");
+    }
+    nobody_py(&code);
+    (a, store)
+}
+
 /// Empty files nobody made past the watched-files map's size (65 536).
 const JUNK: usize = 66_000;
 
 #[test]
 fn junk_files_by_nobody_leave_room_for_the_next_image() {
-    let mut a = Agent::spawn("flood-junk", &[], &[]).unwrap();
-    let store = open_store(&a);
-    nobody_py(&format!(
-        "import os\n\
-         os.chdir({:?})\n\
-         for i in range({JUNK}):\n\
-         \x20   os.close(os.open('n%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))",
-        store.to_str().unwrap()
-    ));
+    let (mut a, store) = agent_after_files("flood-junk", JUNK, false);
     // Root makes an image afterwards (qemu-img, as an admin would) and tampers with it:
     // the write is seen and alerted although the junk outnumbers the map.
     let img = image_with_3_snapshots(&store, "vm.qcow2");
@@ -227,16 +238,7 @@ const CHURN: usize = 70_000;
 
 #[test]
 fn files_nobody_made_and_deleted_leave_the_watch_map() {
-    let mut a = Agent::spawn("flood-churn", &[], &[]).unwrap();
-    let store = open_store(&a);
-    nobody_py(&format!(
-        "import os\n\
-         os.chdir({:?})\n\
-         for i in range({CHURN}):\n\
-         \x20   os.close(os.open('n%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))\n\
-         \x20   os.unlink('n%d' % i)",
-        store.to_str().unwrap()
-    ));
+    let (mut a, store) = agent_after_files("flood-churn", CHURN, true);
     let img = image_with_3_snapshots(&store, "vm.qcow2");
     let (pid, mark) = hide_snapshots(&a, &img);
     assert!(
@@ -277,7 +279,7 @@ fn files_nobody_made_and_deleted_leave_the_watch_map() {
 const SMALL_RING: &str = "[agent]\nring_buffer_bytes = 4096\n";
 
 /// An agent of its own on a 4 KiB ring, with a 1777 store.
-fn small_ring_agent(tag: &str) -> (Agent, std::path::PathBuf) {
+fn small_ring_agent(tag: &str) -> (Agent, PathBuf) {
     // Outside the agent's root (which `spawn` recreates), root-owned, 0644 in sticky /tmp.
     let policy =
         std::env::temp_dir().join(format!("snapmon-e2e-{}-{tag}.toml", std::process::id()));
@@ -321,7 +323,7 @@ fn kernel_lost_after(a: &Agent, mark: u64, cause: &str) -> u64 {
 
 /// A root-made image on a 4 KiB ring: qemu-img's own burst may overflow it (and is rightly
 /// SM-A001); wait until that loss has been reported, so what follows starts clean.
-fn quiet_image(store: &Path, name: &str) -> std::path::PathBuf {
+fn quiet_image(store: &Path, name: &str) -> PathBuf {
     let img = image_with_3_snapshots(store, name);
     std::thread::sleep(Duration::from_millis(1500));
     img

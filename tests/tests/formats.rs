@@ -103,7 +103,7 @@ fn query(port: u16, q: &str) -> Value {
 fn the_metrics_endpoint_parses_strictly_and_a_real_prometheus_scrapes_it() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let a = Agent::spawn("prom", &["--metrics", &addr], &[]).unwrap();
+    let mut a = Agent::spawn("prom", &["--metrics", &addr], &[]).unwrap();
     let d = a.dir("outputs");
     python(&format!(
         "open({:?}, 'wb').write(b'y'*64)",

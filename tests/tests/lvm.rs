@@ -11,66 +11,24 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{about, action, agent_with, brief, changes, regions, run, Ran};
+use snapmon_e2e::{about, action, agent_with, brief, changes, lvm, regions, Agent, LoopVg};
 
 /// Silence that ends a command's records. Each LVM metadata write makes the agent re-read
 /// the PV and wait up to 200 ms for the commit; under TCG on a busy host one such record
 /// took longer than 1.5 s.
 const QUIET: Duration = Duration::from_millis(3000);
 const VG: &str = "snapmonvg";
-/// No udev in the guest: LVM creates the nodes itself and does not wait for udev.
-const LVM_CONFIG: &str = "activation { udev_sync=0 udev_rules=0 monitoring=0 } \
-     devices { obtain_device_list_from_udev=0 }";
 
-struct Pv {
-    dev: PathBuf,
-}
+/// The loop device under the VG.
+static PV: OnceLock<PathBuf> = OnceLock::new();
 
-static PV: OnceLock<Pv> = OnceLock::new();
-
-fn gate() {
-    assert_eq!(
-        std::env::var("SNAPMON_E2E_LVM").as_deref(),
-        Ok("1"),
-        "the LVM tests create loop devices and device-mapper tables and rewrite /etc/lvm: \
-         they run only in the VM (`cargo xtask vm-test`), which sets SNAPMON_E2E_LVM=1"
-    );
-}
-
-/// `lvm <cmd> --config … args`, with udev out of the picture.
-fn lvm(cmd: &str, args: &[&str]) -> Ran {
-    let mut a = vec![cmd, "--config", LVM_CONFIG];
-    a.extend_from_slice(args);
-    std::env::set_var("DM_DISABLE_UDEV", "1");
-    std::env::set_var("LVM_SUPPRESS_FD_WARNINGS", "1");
-    let r = run("lvm", &a);
-    // Without udev, make sure /dev/<vg>/<lv> and /dev/mapper nodes exist for the next step.
-    run("dmsetup", &["mknodes"]);
-    r
-}
-
-/// The loop-backed PV and VG, created once before the agent starts, and the agent itself.
-fn setup() -> (
-    &'static Pv,
-    std::sync::MutexGuard<'static, snapmon_e2e::Agent>,
-) {
-    gate();
-    let pv = PV.get_or_init(|| {
-        let img = std::env::temp_dir().join(format!("snapmon-lvm-{}.img", std::process::id()));
-        run("truncate", &["-s", "512M", img.to_str().unwrap()]);
-        let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
-            .stdout
-            .trim()
-            .to_string();
-        lvm("pvcreate", &["-ff", "-y", &dev]);
-        lvm("vgcreate", &[VG, &dev]);
-        Pv {
-            dev: PathBuf::from(dev),
-        }
-    });
+/// The loop-backed PV and VG, created once before the agent starts (taken down at exit),
+/// and the agent itself.
+fn setup() -> (&'static Path, std::sync::MutexGuard<'static, Agent>) {
+    let pv = PV.get_or_init(|| LoopVg::lvm(VG, "512M").keep());
     let a = agent_with(&[
         PathBuf::from("/dev/mapper/control"),
-        pv.dev.clone(),
+        pv.clone(),
         PathBuf::from("/etc/lvm"),
     ]);
     (pv, a)
@@ -123,12 +81,12 @@ fn target_msg_with(evs: &[Value], pid: u32, msg: &str) -> bool {
 }
 
 /// Everything from `pid` since the agent started, after things settle.
-fn from_pid(a: &mut snapmon_e2e::Agent, pid: u32) -> Vec<Value> {
+fn from_pid(a: &mut Agent, pid: u32) -> Vec<Value> {
     a.settle(QUIET, |v| v["process"]["pid"] == pid)
 }
 
 /// Every metadata diff seen on the PV, from any pid: shows where a diff went if not to `pid`.
-fn pv_diffs(a: &mut snapmon_e2e::Agent, dev: &Path) -> String {
+fn pv_diffs(a: &mut Agent, dev: &Path) -> String {
     a.settle(Duration::ZERO, |v| about(v, dev) && !changes(v).is_empty())
         .iter()
         .map(|v| format!("pid={} {} {:?}", v["process"]["pid"], action(v), changes(v)))
@@ -140,6 +98,19 @@ fn pv_writes<'a>(evs: &'a [Value], dev: &Path) -> Vec<&'a Value> {
     evs.iter()
         .filter(|v| about(v, dev) && action(v) != "ioctl")
         .collect()
+}
+
+/// A write of `pid` (among its records `evs`) to the PV whose metadata diff has a change
+/// starting with `want`; a miss fails with `pid`'s records and every diff on the PV.
+fn assert_pv_diff(a: &mut Agent, evs: &[Value], pv: &Path, pid: u32, want: &str) {
+    assert!(
+        pv_writes(evs, pv)
+            .iter()
+            .any(|v| changes(v).iter().any(|c| c.starts_with(want))),
+        "no {want} diff on the PV from pid {pid}:\n{}\nPV diffs from any pid:\n{}",
+        brief(evs),
+        pv_diffs(a, pv)
+    );
 }
 
 fn lvm_backup_files(evs: &[Value]) -> Vec<&Value> {
@@ -164,21 +135,14 @@ fn old_style_snapshot_create_is_seen_as_dm_tables_pv_metadata_and_backup() {
             brief_ioctls(&evs)
         );
     }
-    let w = pv_writes(&evs, &pv.dev);
+    let w = pv_writes(&evs, pv);
     assert!(
         w.iter()
             .any(|v| regions(v).iter().any(|r| r.starts_with("lvm."))),
         "no PV write labelled lvm.*:\n{}",
         brief(&evs)
     );
-    assert!(
-        w.iter()
-            .any(|v| changes(v).iter().any(|c| c.starts_with("lv_added: snap"))),
-        "no lv_added: snap diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
-        r.pid,
-        brief(&evs),
-        pv_diffs(&mut a, &pv.dev)
-    );
+    assert_pv_diff(&mut a, &evs, pv, r.pid, "lv_added: snap");
     let b = lvm_backup_files(&evs);
     for d in ["/etc/lvm/backup/", "/etc/lvm/archive/"] {
         assert!(
@@ -218,15 +182,7 @@ fn old_style_snapshot_remove_reports_lv_removed() {
         "no DM_DEV_REMOVE from lvremove:\n{}",
         brief_ioctls(&evs)
     );
-    assert!(
-        pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
-            .iter()
-            .any(|c| c.starts_with("lv_removed: snap2"))),
-        "no lv_removed: snap2 diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
-        r.pid,
-        brief(&evs),
-        pv_diffs(&mut a, &pv.dev)
-    );
+    assert_pv_diff(&mut a, &evs, pv, r.pid, "lv_removed: snap2");
     assert!(
         !lvm_backup_files(&evs).is_empty(),
         "no lvm-backup record:\n{}",
@@ -269,15 +225,7 @@ fn thin_snapshot_create_and_delete_are_target_messages() {
         "no DM_TARGET_MSG create_snap from the thin snapshot:\n{}",
         brief_ioctls(&evs)
     );
-    assert!(
-        pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
-            .iter()
-            .any(|c| c.starts_with("lv_added: thinsnap"))),
-        "no lv_added: thinsnap diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
-        s.pid,
-        brief(&evs),
-        pv_diffs(&mut a, &pv.dev)
-    );
+    assert_pv_diff(&mut a, &evs, pv, s.pid, "lv_added: thinsnap");
     let d = lvm("lvremove", &["-y", &format!("{VG}/thinsnap")]);
     let evs = from_pid(&mut a, d.pid);
     assert!(
@@ -285,15 +233,7 @@ fn thin_snapshot_create_and_delete_are_target_messages() {
         "no DM_TARGET_MSG delete from lvremove of the thin snapshot:\n{}",
         brief_ioctls(&evs)
     );
-    assert!(
-        pv_writes(&evs, &pv.dev).iter().any(|v| changes(v)
-            .iter()
-            .any(|c| c.starts_with("lv_removed: thinsnap"))),
-        "no lv_removed: thinsnap diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
-        d.pid,
-        brief(&evs),
-        pv_diffs(&mut a, &pv.dev)
-    );
+    assert_pv_diff(&mut a, &evs, pv, d.pid, "lv_removed: thinsnap");
 }
 
 #[test]
@@ -320,15 +260,7 @@ fn lvconvert_merge_loads_a_snapshot_merge_table() {
         brief_ioctls(&evs)
     );
     // The metadata records the merge, then drops the merged snapshot.
-    let w = pv_writes(&evs, &pv.dev);
     for want in ["snapshot_merge", "lv_removed: snap3"] {
-        assert!(
-            w.iter()
-                .any(|v| changes(v).iter().any(|c| c.starts_with(want))),
-            "no {want} diff on the PV from pid {}:\n{}\nPV diffs from any pid:\n{}",
-            r.pid,
-            brief(&evs),
-            pv_diffs(&mut a, &pv.dev)
-        );
+        assert_pv_diff(&mut a, &evs, pv, r.pid, want);
     }
 }

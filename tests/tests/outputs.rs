@@ -298,7 +298,7 @@ format = "json"
         ..Default::default()
     })
     .expect("agent with four sinks failed to start");
-    let dir = agent.root.join("outputs");
+    let dir = agent.dir("outputs");
     let tcp_sink = format!("tcp:127.0.0.1:{tcp}");
 
     // Per-hook counters: every pwrite we make is a run of the pwrite64 tracepoint program.

@@ -17,7 +17,9 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{agent, image_with_3_snapshots, loud, python, q002, run, Agent, SETPRIV};
+use snapmon_e2e::{
+    agent, image_with_3_snapshots, loud, python, run, Agent, Expect, Severity, SETPRIV,
+};
 
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
@@ -78,7 +80,7 @@ fn mount(l: &Layout) -> Mounted {
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = agent().root.join("overlay").join(name);
+    let d = agent().dir("overlay").join(name);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -103,7 +105,7 @@ fn overlay_store(name: &str, images: &[&str]) -> (Layout, Vec<PathBuf>, Mounted)
 }
 
 /// Root's python zeroes nb_snapshots of `path` (a merged-view path). Returns (pid, mark).
-fn hide_through(a: &Agent, path: &Path) -> (u32, u64) {
+fn zero_through(a: &Agent, path: &Path) -> (u32, u64) {
     let mark = a.mark();
     let r = python(&format!(
         "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, bytes(4), 60); os.fsync(fd)",
@@ -112,64 +114,24 @@ fn hide_through(a: &Agent, path: &Path) -> (u32, u64) {
     (r.pid, mark)
 }
 
-/// The SM-Q002 alert for `pid`'s write to `path`, or a failure that says whether it came late
-/// (a slow guest) or not at all, with what the agent recorded about the file.
-fn expect_hidden(a: &mut Agent, mark: u64, pid: u32, what: &str, path: &Path) -> Value {
-    if let Some(v) = q002(a, mark, pid, WITHIN) {
-        return v;
-    }
-    let late = q002(a, mark, pid, Duration::from_secs(5));
-    let name = path.file_name().unwrap().to_str().unwrap();
-    let seen: Vec<String> = a
-        .records()
-        .into_iter()
-        .filter(|v| {
-            [&v["file"]["path"], &v["snapmon"]["detail"]["overlay_path"]]
-                .iter()
-                .any(|p| p.as_str().is_some_and(|p| p.ends_with(name)))
-        })
-        .map(|v| {
-            format!(
-                "{} {} {}[{}] {} {}",
-                v["event"]["action"],
-                v["file"]["path"],
-                v["process"]["name"],
-                v["process"]["pid"],
-                v["rule"]["id"],
-                v["snapmon"]["classification"]
-            )
-        })
-        .collect();
-    panic!(
-        "{what}: no SM-Q002 within {WITHIN:?} ({}); records about {name}:\n{}",
-        if late.is_some() {
-            "it came within 5 s more"
-        } else {
-            "nor 5 s later"
-        },
-        seen.join("\n")
-    );
+/// The SM-Q002 alert, medium or above, for `pid`'s write through the view at `merged`: it
+/// names the real image `img`, and the view it went through.
+fn hidden_via(a: &mut Agent, mark: u64, pid: u32, img: &Path, merged: &Path) -> Value {
+    a.expect(
+        Expect::alert("SM-Q002")
+            .pid(pid)
+            .path(img)
+            .detail("overlay_path", merged.to_str().unwrap())
+            .severity_at_least(Severity::Medium)
+            .since(mark),
+        WITHIN,
+    )
 }
 
-/// The SM-Q002 alert for a write through `merged` names the real image and the view.
-fn assert_names_real(hide: &Value, img: &Path, merged: &Path) {
-    assert_eq!(
-        hide["file"]["path"].as_str(),
-        Some(img.to_str().unwrap()),
-        "SM-Q002 must name the real image: {hide}"
-    );
-    assert_eq!(
-        hide["snapmon"]["detail"]["overlay_path"].as_str(),
-        Some(merged.to_str().unwrap()),
-        "the record says which view the write went through: {hide}"
-    );
-    assert!(
-        matches!(
-            hide["snapmon"]["severity"].as_str(),
-            Some("medium" | "high" | "critical")
-        ),
-        "{hide}"
-    );
+/// Root's python zeroes nb_snapshots through `merged`: the SM-Q002 alert about `img`.
+fn hide_through(a: &mut Agent, img: &Path, merged: &Path) -> Value {
+    let (pid, mark) = zero_through(a, merged);
+    hidden_via(a, mark, pid, img, merged)
 }
 
 /// Stopped before the shared agent's binary exits: the harness checks it at exit.
@@ -181,16 +143,7 @@ fn an_overlay_mounted_before_the_start_over_a_store_is_watched_through_its_merge
     let img = image_with_3_snapshots(&l.store, "pre.qcow2");
     let _m = mount(&l);
     let mut a = Agent::spawn("ovlpre", &[], std::slice::from_ref(&l.store)).expect("agent");
-    let through = l.merged.join("pre.qcow2");
-    let (pid, mark) = hide_through(&a, &through);
-    let hide = expect_hidden(
-        &mut a,
-        mark,
-        pid,
-        "zeroing nb_snapshots through the merged view",
-        &through,
-    );
-    assert_names_real(&hide, &img, &through);
+    hide_through(&mut a, &img, &l.merged.join("pre.qcow2"));
     assert!(a.stop(Duration::from_secs(10)), "the agent did not stop");
     drop(_m);
     let _ = std::fs::remove_dir_all(&base);
@@ -201,16 +154,7 @@ fn an_overlay_mounted_after_the_start_over_a_store_is_watched_through_its_merged
     let (l, imgs, _m) = overlay_store("after", &["vm.qcow2"]);
     let img = &imgs[0];
     let mut a = agent();
-    let through = l.merged.join("vm.qcow2");
-    let (pid, mark) = hide_through(&a, &through);
-    let hide = expect_hidden(
-        &mut a,
-        mark,
-        pid,
-        "zeroing nb_snapshots through the merged view",
-        &through,
-    );
-    assert_names_real(&hide, img, &through);
+    hide_through(&mut a, img, &l.merged.join("vm.qcow2"));
 }
 
 /// The mount table trails the mount: an image made through the view before the agent saw the
@@ -272,15 +216,7 @@ fn an_image_made_through_a_merged_view_mounted_after_the_start_is_watched() {
     }
     let mut a = agent();
     settled(&mut a);
-    let (pid, mark) = hide_through(&a, &made);
-    let hide = expect_hidden(
-        &mut a,
-        mark,
-        pid,
-        "an image made through the merged view",
-        &made,
-    );
-    assert_names_real(&hide, &l.store.join("new.qcow2"), &made);
+    hide_through(&mut a, &l.store.join("new.qcow2"), &made);
     // So is one made in a directory made through the view.
     drop(a);
     let deep = l.merged.join("sub").join("deep.qcow2");
@@ -295,15 +231,7 @@ fn an_image_made_through_a_merged_view_mounted_after_the_start_is_watched() {
     );
     let mut a = agent();
     settled(&mut a);
-    let (pid, mark) = hide_through(&a, &deep);
-    let hide = expect_hidden(
-        &mut a,
-        mark,
-        pid,
-        "an image made in a directory made through the view",
-        &deep,
-    );
-    assert_names_real(&hide, &l.store.join("sub").join("deep.qcow2"), &deep);
+    hide_through(&mut a, &l.store.join("sub").join("deep.qcow2"), &deep);
     // Unmounted: the aliases go (a new mount of the same dirs is a new overlay).
     drop(a);
     drop(_m);
@@ -322,17 +250,15 @@ fn an_image_deleted_or_renamed_through_the_merged_view_is_reported_as_the_stores
         p("moved.qcow2")
     ));
     let mut a = agent();
-    let is = |v: &Value, action: &str, path: &Path| {
-        v["event"]["kind"] == "event"
-            && v["event"]["action"] == action
-            && v["process"]["pid"] == r.pid
-            && v["file"]["path"].as_str() == Some(path.to_str().unwrap())
-    };
-    a.wait_from(mark, WITHIN, |v| is(v, "unlink", del))
-        .expect("the unlink through the merged view was not reported on the store's image");
-    let moved = a
-        .wait_from(mark, WITHIN, |v| is(v, "rename", mv))
-        .expect("the rename through the merged view was not reported on the store's image");
+    // Reported on the store's images.
+    a.expect(
+        Expect::event("unlink").pid(r.pid).path(del).since(mark),
+        WITHIN,
+    );
+    let moved = a.expect(
+        Expect::event("rename").pid(r.pid).path(mv).since(mark),
+        WITHIN,
+    );
     assert_eq!(
         snapmon_e2e::dest(&moved),
         Some(l.store.join("moved.qcow2").to_str().unwrap()),
@@ -352,14 +278,11 @@ fn trusted_qemu_img_through_the_merged_view_raises_nothing_loud() {
     );
     let mut a = agent();
     a.settle(QUIET, |_| false);
-    let seen = std::cell::RefCell::new(Vec::new());
-    a.wait_from(mark, Duration::ZERO, |v| {
-        if v["file"]["path"].as_str() == Some(img.to_str().unwrap()) {
-            seen.borrow_mut().push(v.clone());
-        }
-        false
-    });
-    let seen = seen.into_inner();
+    let seen: Vec<Value> = a
+        .since(mark)
+        .into_iter()
+        .filter(|v| v["file"]["path"].as_str() == Some(img.to_str().unwrap()))
+        .collect();
     let alerts: Vec<Value> = seen
         .iter()
         .filter(|v| v["event"]["kind"] == "alert")
@@ -430,23 +353,7 @@ fn nobody_in_a_user_namespace_writing_through_its_own_overlay_over_a_store_alert
     let bytes = std::fs::read(&img).unwrap();
     assert_eq!(&bytes[60..64], &[0, 0, 0, 0], "the write did not land");
     let mut a = agent();
-    let hide = expect_hidden(
-        &mut a,
-        mark,
-        pid,
-        "nobody's write through its own overlay",
-        &img,
-    );
-    assert_eq!(
-        hide["file"]["path"].as_str(),
-        Some(img.to_str().unwrap()),
-        "{hide}"
-    );
-    assert_eq!(
-        hide["snapmon"]["detail"]["overlay_path"].as_str(),
-        Some(m.join("vm.qcow2").to_str().unwrap()),
-        "{hide}"
-    );
+    let hide = hidden_via(&mut a, mark, pid, &img, &m.join("vm.qcow2"));
     // `?` when the writer was gone before the agent could read its mount table.
     snapmon_e2e::note(&format!(
         "nobody's overlay, in its own mount namespace: overlay_mount {}",
@@ -482,19 +389,18 @@ fn a_write_through_an_overlay_whose_lower_layer_is_a_store_raises_nothing_about_
     let m = mount(&l);
     let mut a = agent();
     settled(&mut a);
-    let (pid, mark) = hide_through(&a, &l.merged.join("vm.qcow2"));
+    let (pid, mark) = zero_through(&a, &l.merged.join("vm.qcow2"));
     a.settle(QUIET, |_| false);
-    let about = std::cell::RefCell::new(Vec::new());
-    a.wait_from(mark, Duration::ZERO, |v| {
-        if v["file"]["path"].as_str() == Some(img.to_str().unwrap()) && v["process"]["pid"] == pid {
-            about.borrow_mut().push(v.clone());
-        }
-        false
-    });
+    let about: Vec<Value> = a
+        .since(mark)
+        .into_iter()
+        .filter(|v| {
+            v["file"]["path"].as_str() == Some(img.to_str().unwrap()) && v["process"]["pid"] == pid
+        })
+        .collect();
     drop(a);
     drop(m);
     assert_eq!(std::fs::read(&img).unwrap(), before, "the image changed");
-    let about = about.into_inner();
     assert!(
         about.is_empty(),
         "the copy-up's write was reported as the image's:\n{}",

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{python, run, Agent};
+use snapmon_e2e::{hide_snapshots as hide, run, Agent, Expect};
 
 const WITHIN: Duration = Duration::from_secs(1);
 
@@ -27,32 +27,19 @@ fn image(d: &Path, name: &str) -> PathBuf {
     img
 }
 
-/// python3 zeroing nb_snapshots: SM-Q002 under the default policy. Returns the pid.
-fn hide(a: &Agent, img: &Path) -> (u32, u64) {
-    let mark = a.mark();
-    let r = python(&format!(
-        "import os; fd=os.open({:?}, os.O_RDWR); os.pwrite(fd, (0).to_bytes(4,'big'), 60)",
-        img.to_str().unwrap()
-    ));
-    (r.pid, mark)
-}
-
-fn q002_from(a: &mut Agent, mark: u64, pid: u32, timeout: Duration) -> Option<Value> {
-    a.wait_from(mark, timeout, |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-Q002" && v["process"]["pid"] == pid
-    })
+/// The SM-Q002 alert for `pid` after `mark`; fails with the near misses.
+fn q002(a: &mut Agent, mark: u64, pid: u32) -> Value {
+    a.expect(Expect::alert("SM-Q002").pid(pid).since(mark), WITHIN)
 }
 
 /// The attack was seen (its classified write arrived) and raised no SM-Q002.
 fn assert_seen_but_quiet(a: &mut Agent, mark: u64, pid: u32, why: &str) {
-    let seen = a.wait_from(mark, Duration::from_secs(5), |v| {
-        v["event"]["kind"] == "event"
-            && v["process"]["pid"] == pid
-            && v["event"]["action"] == "pwrite64"
-    });
-    assert!(seen.is_some(), "{why}: the write itself was not reported");
+    a.expect(
+        Expect::event("pwrite64").pid(pid).since(mark),
+        Duration::from_secs(5),
+    );
     // Alerts follow their event at once; give a slow machine a margin all the same.
-    let alert = q002_from(a, mark, pid, Duration::from_millis(800));
+    let alert = snapmon_e2e::q002(a, mark, pid, Duration::from_millis(800));
     assert!(alert.is_none(), "{why}: {alert:#?}");
 }
 
@@ -84,7 +71,7 @@ fn sighup_applies_a_good_policy_and_keeps_it_over_a_broken_one() {
 
     // 1. The file's policy is the default one: the attack alerts.
     let (pid, mark) = hide(&a, &img);
-    let first = q002_from(&mut a, mark, pid, WITHIN).expect("no SM-Q002 before any reload");
+    let first = q002(&mut a, mark, pid);
     let exe = first["process"]["executable"].as_str().unwrap().to_string();
 
     // 2. A structured exception for exactly this actor, action and target; SIGHUP.
@@ -110,7 +97,8 @@ fn sighup_applies_a_good_policy_and_keeps_it_over_a_broken_one() {
     assert_seen_but_quiet(&mut a, mark, pid, "excepted actor and target");
     // The exception is that actor on that target, not the rule switched off.
     let (pid, mark) = hide(&a, &image(&other_dir, "vm1.qcow2"));
-    q002_from(&mut a, mark, pid, WITHIN).expect("the same attack elsewhere must still alert");
+    // The same attack elsewhere still alerts.
+    q002(&mut a, mark, pid);
 
     // 3. A broken file (and without the exception): refused, the running policy kept.
     std::fs::write(&policy, format!("{default}\n[[rule]]\nid = \"SM-NOPE\"\n")).unwrap();
@@ -133,7 +121,8 @@ fn sighup_applies_a_good_policy_and_keeps_it_over_a_broken_one() {
         "after a failed reload the exception must hold",
     );
     let (pid, mark) = hide(&a, &image(&other_dir, "vm2.qcow2"));
-    q002_from(&mut a, mark, pid, WITHIN).expect("and the rule itself stays on");
+    // And the rule itself stays on.
+    q002(&mut a, mark, pid);
     drop(a);
     let _ = std::fs::remove_dir_all(&base);
 }
@@ -183,9 +172,12 @@ fn a_reload_between_renames_does_not_reset_the_rate() {
     };
     let mark = a.mark();
     renames(&imgs[..3]);
-    let r001 = |v: &Value| v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-R001";
     assert!(
-        a.wait_from(mark, Duration::from_secs(2), r001).is_none(),
+        a.find(
+            &Expect::alert("SM-R001").since(mark),
+            Duration::from_secs(2)
+        )
+        .is_none(),
         "SM-R001 after 3 renames (threshold 5)"
     );
     let added = a.dir("rules").join("later");
@@ -209,9 +201,8 @@ fn a_reload_between_renames_does_not_reset_the_rate() {
     );
     let mark = a.mark();
     renames(&imgs[3..]);
-    let alert = a
-        .wait_from(mark, Duration::from_secs(5), r001)
-        .expect("no SM-R001 for 3 + 2 renames across a SIGHUP: the reload reset the rate window");
+    // Missing, the reload reset the rate window.
+    let alert = a.expect(Expect::alert("SM-R001").since(mark), Duration::from_secs(5));
     snapmon_e2e::note(&format!("{}", alert["message"]));
     drop(a);
     let _ = std::fs::remove_dir_all(&base);

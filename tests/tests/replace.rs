@@ -21,7 +21,7 @@ const SETPRIV: &[&str] = &["--reuid=nobody", "--regid=nogroup", "--clear-groups"
 
 /// A 1777 directory under the shared agent's root (sticky: nobody owns what it replaces).
 fn dir(name: &str) -> PathBuf {
-    let d = agent().root.join("replace").join(name);
+    let d = agent().dir("replace").join(name);
     open_dir(&d);
     d
 }
@@ -273,10 +273,10 @@ fn cp_of_an_image_to_a_log_name_alerts_every_time() {
         let dst = d.join(format!("x{i}.log"));
         let mark = agent().mark();
         let r = as_nobody("cp", &[src.to_str().unwrap(), dst.to_str().unwrap()]);
-        let t = dst.to_string_lossy().into_owned();
-        let got = agent().wait_from(mark, WITHIN, |v| {
-            is_alert(v, "SM-H002", Some(r.pid)) && about_path(v, &t)
-        });
+        let got = agent().find(
+            &Expect::alert("SM-H002").pid(r.pid).path(&dst).since(mark),
+            WITHIN,
+        );
         if got.is_none() {
             missed.push(i);
         }
@@ -539,15 +539,13 @@ fn libvirt_renaming_its_xml_new_over_its_xml_raises_nothing() {
             ),
         ],
     );
-    let seen = t.agent.wait_from(mark, Duration::from_secs(5), |v| {
-        v["event"]["kind"] == "event"
-            && v["event"]["action"] == "rename"
-            && v["process"]["pid"] == r.pid
-            && v["snapmon"]["classification"]["format"] == "libvirt"
-    });
-    assert!(
-        seen.is_some(),
-        "the rename was not judged as libvirt metadata"
+    // Judged as libvirt metadata.
+    t.agent.expect(
+        Expect::event("rename")
+            .pid(r.pid)
+            .format("libvirt")
+            .since(mark),
+        Duration::from_secs(5),
     );
     let got = alerts_since(&mut t.agent, mark, &xml);
     assert!(loud(&got).is_empty(), "{:#?}", loud(&got));

@@ -20,7 +20,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{expect_lsm, note};
+use snapmon_e2e::{expect_lsm, note, Agent, Expect, Setup};
 
 /// Stores: plain temp dirs, plus a private tmpfs and a loop-mounted ext4, so the kill's
 /// effect on the triggering write is measured on both.
@@ -32,9 +32,8 @@ const STORES: &[&str] = &[
 const NOT_ENFORCED: &[&str] = &["rate", "dry", "recover"];
 
 struct Env {
-    child: Child,
+    agent: Agent,
     root: PathBuf,
-    out: PathBuf,
     policy: PathBuf,
     base: String,
     markers: PathBuf,
@@ -46,15 +45,6 @@ fn env() -> MutexGuard<'static, Env> {
     ENV.get_or_init(|| Mutex::new(Env::start()))
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-}
-
-fn start_timeout() -> Duration {
-    Duration::from_secs(
-        std::env::var("SNAPMON_E2E_START_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(180),
-    )
 }
 
 fn sh(cmd: &str) {
@@ -124,48 +114,29 @@ impl Env {
                 .stdout,
         )
         .unwrap();
-        let out = root.join("agent.jsonl");
         let policy = root.join("policy.toml");
         write_policy(&root, &policy, &base, r#"mode = "kill""#);
-        let mut cmd = Command::new(snapmon_e2e::bin());
-        cmd.args(["run", "--format", "json", "--config"])
-            .arg(&policy)
-            .arg("--watch")
-            .arg(&root)
-            .arg("--output")
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = snapmon_e2e::spawn_tied(cmd).unwrap();
-        let mut e = Env {
-            child,
+        let agent = Agent::start(&Setup {
+            args: vec!["--config".into(), policy.display().to_string()],
+            root: Some(root.clone()),
+            ..Default::default()
+        })
+        .expect("agent failed to start");
+        let st = &agent.started["snapmon"]["state"];
+        assert_eq!(st["response_active"], true, "{}", agent.started);
+        // The plan and the enforcement state are detail records written before `started`.
+        let resp = &st["detail"]["response"];
+        assert_eq!(resp["active"], true, "{resp}");
+        assert_eq!(resp["mode"], "kill", "{resp}");
+        let enf = &st["detail"]["enforcement"];
+        assert_eq!(enf["active"], expect_lsm(), "{enf}");
+        Env {
+            agent,
             root,
-            out,
             policy,
             base,
             markers,
-        };
-        let started = e
-            .wait(0, start_timeout(), |v| v["event"]["action"] == "started")
-            .expect("no `started` record");
-        assert_eq!(
-            started["snapmon"]["state"]["response_active"], true,
-            "{started}"
-        );
-        // The plan and the enforcement state are detail records written before `started`.
-        let detail = |e: &mut Env, name: &str| {
-            e.wait(0, Duration::ZERO, |v| v["event"]["action"] == name)
-                .unwrap_or_else(|| panic!("no `{name}` record before `started`"))["snapmon"]
-                ["state"]
-                .clone()
-        };
-        let resp = detail(&mut e, "response");
-        assert_eq!(resp["active"], true, "{resp}");
-        assert_eq!(resp["mode"], "kill", "{resp}");
-        let enf = detail(&mut e, "enforcement");
-        assert_eq!(enf["active"], expect_lsm(), "{enf}");
-        e
+        }
     }
 
     fn dir(&self, store: &str) -> PathBuf {
@@ -177,7 +148,7 @@ impl Env {
         write_policy(&self.root, &self.policy, &self.base, respond);
         let mark = self.mark();
         assert_eq!(
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) },
+            unsafe { libc::kill(self.agent.pid() as i32, libc::SIGHUP) },
             0
         );
         let r = self
@@ -194,42 +165,26 @@ impl Env {
     }
 
     fn mark(&self) -> u64 {
-        std::fs::metadata(&self.out).map_or(0, |m| m.len())
+        self.agent.mark()
     }
 
-    /// The first record after `mark` matching `pred`, polling every 20 ms.
+    /// The first record after `mark` matching `pred` (state records: alerts and events are
+    /// waited for with [`Env::expect`]).
     fn wait(
         &mut self,
         mark: u64,
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Option<Value> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(v) = self.since(mark).into_iter().find(|v| pred(v)) {
-                return Some(v);
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("agent exited: {st}");
-            }
-            if Instant::now() > end {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.agent.wait_from(mark, timeout, pred)
     }
 
-    fn since(&self, mark: u64) -> Vec<Value> {
-        use std::io::{Read as _, Seek as _};
-        let Ok(mut f) = std::fs::File::open(&self.out) else {
-            return vec![];
-        };
-        let _ = f.seek(std::io::SeekFrom::Start(mark));
-        let mut s = String::new();
-        let _ = f.read_to_string(&mut s);
-        s.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+    fn since(&mut self, mark: u64) -> Vec<Value> {
+        self.agent.since(mark)
+    }
+
+    fn expect(&mut self, e: Expect, within: Duration) -> Value {
+        self.agent.expect(e, within)
     }
 
     /// A qcow2 image with two snapshots, writable by the attacker, known to the agent
@@ -242,34 +197,21 @@ impl Env {
         run("qemu-img", &["snapshot", "-c", "s1", s]);
         run("qemu-img", &["snapshot", "-c", "s2", s]);
         std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let p = s.to_string();
-        self.wait(mark, Duration::from_secs(60), |v| {
-            v["file"]["path"] == p.as_str() && v["event"]["action"] == "pwrite64"
-        })
-        .unwrap_or_else(|| panic!("the agent never saw {p}"));
+        self.expect(
+            Expect::event("pwrite64").path(&img).since(mark),
+            Duration::from_secs(60),
+        );
         img
     }
 
     fn alert(&mut self, mark: u64, rule: &str, pid: u32) -> Value {
-        self.wait(mark, Duration::from_secs(30), |v| {
-            v["event"]["kind"] == "alert" && v["rule"]["id"] == rule && v["process"]["pid"] == pid
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no {rule} alert for pid {pid}; alerts: {:?}",
-                self.since(mark)
-                    .iter()
-                    .filter(|v| v["event"]["kind"] == "alert")
-                    .map(|v| format!(
-                        "{} {} {}",
-                        v["rule"]["id"], v["process"]["pid"], v["message"]
-                    ))
-                    .collect::<Vec<_>>()
-            )
-        })
+        self.expect(
+            Expect::alert(rule).pid(pid).since(mark),
+            Duration::from_secs(30),
+        )
     }
 
-    fn no_alerts_from(&self, mark: u64, name: &str) {
+    fn no_alerts_from(&mut self, mark: u64, name: &str) {
         let bad: Vec<_> = self
             .since(mark)
             .into_iter()
@@ -453,11 +395,10 @@ fn kill_stops_a_python_hiding_snapshots_before_it_writes_its_marker() {
             .output()
             .unwrap();
         assert!(!o.status.success(), "{engine}: fio's writer must die");
-        let a = e
-            .wait(mark, Duration::from_secs(30), |v| {
-                v["rule"]["id"] == "SM-E003" && v["snapmon"]["detail"]["write_op"] == op
-            })
-            .unwrap_or_else(|| panic!("no SM-E003 for the {engine} write"));
+        let a = e.expect(
+            Expect::alert("SM-E003").detail("write_op", op).since(mark),
+            Duration::from_secs(30),
+        );
         assert_eq!(a["snapmon"]["detail"]["signal"], "SIGKILL", "{a}");
         assert!(header(img) == before, "{engine}: the header changed");
     }
@@ -556,7 +497,7 @@ fn evidence_is_saved_hashed_into_the_log_and_an_edit_is_caught() {
     let verify = |e: &Env| {
         Command::new(snapmon_e2e::bin())
             .args(["verify-log", "--live"])
-            .arg(&e.out)
+            .arg(&e.agent.out)
             .output()
             .unwrap()
     };
@@ -935,16 +876,14 @@ fn recover_gives_hidden_snapshots_back_from_the_agents_log() {
     }
     run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x44 0 64k", &s]);
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
-    e.wait(mark, Duration::from_secs(60), |v| {
-        v["file"]["path"] == s.as_str()
-            && v["snapmon"]["classification"]["changes"]
-                .as_array()
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["field"] == "nb_snapshots" && c["after"] == "3")
-                })
-    })
-    .expect("the agent did not log the third snapshot");
+    // The agent logged the third snapshot.
+    e.expect(
+        Expect::any_event()
+            .path(&img)
+            .change("nb_snapshots", "3")
+            .since(mark),
+        Duration::from_secs(60),
+    );
     e.configure(r#"mode = "kill""#);
     // A monitor store: the attack lands, the agent logs it (SM-E004), the header is lost.
     let mark = e.mark();
@@ -954,17 +893,18 @@ fn recover_gives_hidden_snapshots_back_from_the_agents_log() {
     let pid = p.id();
     assert!(wait_exit(&mut p, Duration::from_secs(20)).success());
     e.alert(mark, "SM-E004", pid);
-    e.wait(mark, Duration::from_secs(30), |v| {
-        v["file"]["path"] == s.as_str() && v["snapmon"]["write"]["offset"] == 64
-    })
-    .expect("the pointer overwrite was not logged");
+    // The pointer overwrite was logged.
+    e.expect(
+        Expect::any_event().path(&img).offset(64).since(mark),
+        Duration::from_secs(30),
+    );
     assert!(snap_names(&run("qemu-img", &["snapshot", "-l", "-U", &s])).is_empty());
     let fixed = e.dir("recover").join("fixed.qcow2");
     let o = Command::new(snapmon_e2e::bin())
         .args(["recover", &s, "--out"])
         .arg(&fixed)
         .arg("--from-log")
-        .arg(&e.out)
+        .arg(&e.agent.out)
         .output()
         .unwrap();
     let text =

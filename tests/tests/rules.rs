@@ -26,12 +26,9 @@ fn image(d: &Path, name: &str, snaps: &[&str]) -> PathBuf {
     // The agent first reads a file when it handles the file's first event: a step that
     // changes the image before then is read as part of what the image was (a debug agent
     // under load lagged past a `qemu-img snapshot` that followed at once).
-    let seen = agent().wait_for(Duration::from_secs(10), |v| {
-        v["process"]["pid"] == made.pid && v["file"]["path"].as_str() == Some(s)
-    });
-    assert!(
-        seen.is_some(),
-        "the agent did not report qemu-img create of {s}"
+    agent().expect(
+        Expect::any_event().pid(made.pid).path(&img),
+        Duration::from_secs(10),
     );
     for sn in snaps {
         run("qemu-img", &["snapshot", "-c", sn, s]);
@@ -113,14 +110,12 @@ fn backing_file_redirected_to_tmp_is_critical() {
     // under emulation) may also alert on the name write alone (region only, high); the alert
     // carrying the redirect is the one that must be critical.
     expect_alert("SM-Q004", Some(r.pid), &img);
-    let a = agent()
-        .wait_for(WITHIN, |v| {
-            is_alert(v, "SM-Q004", Some(r.pid))
-                && v["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("backing_file (none)→/tmp/evil.qcow2"))
-        })
-        .unwrap_or_else(|| panic!("no SM-Q004 carrying the redirect diff"));
+    let a = agent().expect(
+        Expect::alert("SM-Q004")
+            .pid(r.pid)
+            .message_has("backing_file (none)→/tmp/evil.qcow2"),
+        WITHIN,
+    );
     assert_eq!(a["snapmon"]["severity"], "critical", "{}", message(&a));
 }
 
@@ -444,19 +439,19 @@ fn trusted_data_writes_are_dropped_in_the_kernel_but_metadata_and_untrusted_writ
 
     // (b) QEMU's header writes still arrive with their diff …
     let c = run("qemu-img", &["snapshot", "-c", "s1", s]);
-    let hdr = agent().wait_for(WITHIN, |v| {
-        is_write_by(v, c.pid)
-            && v["snapmon"]["classification"]["changes"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["field"] == "nb_snapshots"))
-    });
-    assert!(hdr.is_some(), "no header write from the trusted snapshot");
+    agent().expect(
+        Expect::any_event()
+            .pid(c.pid)
+            .write()
+            .changes("nb_snapshots"),
+        WITHIN,
+    );
     // … and an untrusted writer is never filtered: its data write arrives, its header write alerts.
     let p = python(&format!(
         "import os; fd=os.open({s:?}, os.O_RDWR); os.pwrite(fd, b'x'*4096, 4194304)"
     ));
-    let data = agent().wait_for(WITHIN, |v| is_write_by(v, p.pid));
-    assert!(data.is_some(), "untrusted data write filtered");
+    // Not filtered.
+    agent().expect(Expect::any_event().pid(p.pid).write(), WITHIN);
     let h = python(&format!(
         "import os; fd=os.open({s:?}, os.O_RDWR); os.pwrite(fd, (0).to_bytes(4,'big'), 60)"
     ));

@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 use snapmon_e2e::{
-    about, action, hide_snapshots, image_with_3_snapshots, open_store, python, q002, Agent,
+    action, hide_snapshots, image_with_3_snapshots, open_store, python, q002, Agent, Expect,
     SYSTEM_PYTHON,
 };
 
@@ -159,14 +159,10 @@ fn a_store_that_stops_answering_delays_no_alert_elsewhere_nor_the_stop() {
     prompt(&alert, took, "while the other store's reads hang");
 
     // The stuck store's write is reported, saying what went unread.
-    let rec = a
-        .wait_for(Duration::from_secs(5), |v| {
-            v["process"]["pid"] == stuck_pid
-                && action(v) == "pwrite64"
-                && about(v, &fs.image())
-                && v["event"]["kind"] == "event"
-        })
-        .expect("no record of the write to the stuck store");
+    let rec = a.expect(
+        Expect::event("pwrite64").pid(stuck_pid).path(fs.image()),
+        Duration::from_secs(5),
+    );
     let why = detail(&rec, "read_stalled").unwrap_or_else(|| panic!("no read_stalled: {rec}"));
     assert!(why.contains("vm.qcow2"), "{why}");
 

@@ -17,7 +17,7 @@ use std::{path::Path, time::Duration};
 use serde_json::Value;
 use snapmon_e2e::{
     action, agent, as_nobody, c_string, i386_program, image_with_3_snapshots, loud, mov, note,
-    open_store, run, Agent, SETPRIV, SYSTEM_PYTHON,
+    open_store, run, Agent, Expect, SETPRIV, SYSTEM_PYTHON,
 };
 
 const WITHIN: Duration = Duration::from_secs(1);
@@ -39,9 +39,7 @@ fn fixed_file_attack(img: &Path, mode: &str) -> u32 {
 }
 
 fn u001(a: &mut Agent, mark: u64, pid: u32) -> Option<Value> {
-    a.wait_from_lines(mark, WITHIN, b"SM-U001", |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-U001" && v["process"]["pid"] == pid
-    })
+    a.find(&Expect::alert("SM-U001").pid(pid).since(mark), WITHIN)
 }
 
 fn nb_snapshots(img: &Path) -> u32 {
@@ -91,7 +89,7 @@ fn nobody_registering_an_image_as_an_io_uring_fixed_file_is_alerted() {
 
 #[test]
 fn qemu_io_writing_through_io_uring_raises_nothing_loud() {
-    let a = agent();
+    let mut a = agent();
     let d = a.dir("uring");
     let img = image_with_3_snapshots(&d, "uring-benign.qcow2");
     run(

@@ -14,7 +14,9 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{action, agent_with, emit_fixture, identities_json, note, run, Agent, Ran};
+use snapmon_e2e::{
+    action, agent_with, emit_fixture, identities_json, note, run, Agent, Expect, LoopVg, Ran,
+};
 
 const POOL: &str = "snapmonzp";
 const WITHIN: Duration = Duration::from_secs(1);
@@ -59,35 +61,12 @@ fn mnt(name: &str) -> PathBuf {
     std::env::temp_dir().join("snapmon-zfs").join(name)
 }
 
-static POOL_UP: OnceLock<()> = OnceLock::new();
+static POOL_UP: OnceLock<PathBuf> = OnceLock::new();
 
-extern "C" fn teardown_at_exit() {
-    let _ = Command::new("/usr/sbin/zpool")
-        .args(["destroy", "-f", POOL])
-        .status();
-}
-
-/// A pool on a file vdev, created before the agent starts, and the agent watching /dev/zfs.
+/// A pool on a file vdev, created before the agent starts (destroyed at exit), and the
+/// agent watching /dev/zfs.
 fn setup() -> std::sync::MutexGuard<'static, Agent> {
-    POOL_UP.get_or_init(|| {
-        let img = std::env::temp_dir().join("snapmon-zfs.img");
-        run("truncate", &["-s", "256M", img.to_str().unwrap()]);
-        // No cachefile: /etc is the host's, read-only; nothing mounted outside /tmp.
-        run(
-            "/usr/sbin/zpool",
-            &[
-                "create",
-                "-f",
-                "-o",
-                "cachefile=none",
-                "-m",
-                "none",
-                POOL,
-                img.to_str().unwrap(),
-            ],
-        );
-        unsafe { libc::atexit(teardown_at_exit) };
-    });
+    POOL_UP.get_or_init(|| LoopVg::zfs(POOL, "256M").keep());
     agent_with(&[PathBuf::from(DEV)])
 }
 
@@ -175,25 +154,29 @@ fn python_ioctl(cmd: u32, name: &str) -> (u32, String) {
     (pid, String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-/// Wait for the SM-K003 alert of `pid`, at most [`WITHIN`] after `t0` (the actor finished).
+/// The SM-K003 alert of `pid`, at most [`WITHIN`] after `t0` (the actor finished), high.
 fn k003_for(a: &mut Agent, mark: u64, pid: u32, t0: Instant, what: &str) -> Value {
-    let got = a.wait_from(mark, WITHIN, |v| {
-        v["event"]["kind"] == "alert" && v["rule"]["id"] == "SM-K003" && v["process"]["pid"] == pid
-    });
-    let Some(v) = got else {
-        let late = a.wait_from(mark, Duration::from_secs(20), |v| {
-            v["event"]["kind"] == "alert"
-                && v["rule"]["id"] == "SM-K003"
-                && v["process"]["pid"] == pid
-        });
-        panic!(
-            "no SM-K003 for {what} within {WITHIN:?} (after 20 s: {late:?}); K003 so far:\n{:#?}",
-            k003_alerts(a)
-        );
-    };
-    note(&format!("SM-K003 for {what} after {:?}", t0.elapsed()));
+    let v = a.expect_timed(
+        Expect::alert("SM-K003").pid(pid).since(mark),
+        WITHIN,
+        t0,
+        what,
+    );
     assert_eq!(v["snapmon"]["severity"], "high", "{v}");
     v
+}
+
+/// A mounted dataset `name` with a file `data` holding `before`, and two snapshots of it
+/// (`snaps`), by trusted `zfs`: the dataset's name and the file.
+fn dataset_with_snapshots(name: &str, snaps: [&str; 2]) -> (String, PathBuf) {
+    dataset(name);
+    let d = ds(name);
+    let file = mnt(name).join("data");
+    std::fs::write(&file, b"before").unwrap();
+    for s in snaps {
+        zfs(&["snapshot", &format!("{d}@{s}")]);
+    }
+    (d, file)
 }
 
 #[test]
@@ -250,12 +233,7 @@ fn k003_fires_for_python_destroy_and_rollback() {
         return;
     }
     let mut a = setup();
-    dataset("py");
-    let d = ds("py");
-    let file = mnt("py").join("data");
-    std::fs::write(&file, b"before").unwrap();
-    zfs(&["snapshot", &format!("{d}@daily")]);
-    zfs(&["snapshot", &format!("{d}@hourly")]);
+    let (d, file) = dataset_with_snapshots("py", ["daily", "hourly"]);
     a.settle(Duration::from_millis(1500), |_| false);
     let mut pids = vec![];
 
@@ -335,12 +313,7 @@ fn k003_fires_for_a_zfs_copy_in_tmp() {
         return;
     }
     let mut a = setup();
-    dataset("copy");
-    let d = ds("copy");
-    let file = mnt("copy").join("data");
-    std::fs::write(&file, b"before").unwrap();
-    zfs(&["snapshot", &format!("{d}@keep")]);
-    zfs(&["snapshot", &format!("{d}@last")]);
+    let (d, file) = dataset_with_snapshots("copy", ["keep", "last"]);
     let dir = std::env::temp_dir().join("rogue-zfs");
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join("zfs");

@@ -1185,6 +1185,7 @@ mod tests {
 
     use super::*;
     use crate::event::{ProcessInfo, WriteInfo};
+    use snapmon_schema::record::{Kind, Record as View};
 
     #[test]
     fn strings_written_straight_are_what_serde_json_writes() {
@@ -1281,19 +1282,21 @@ mod tests {
             ..Default::default()
         };
         let v = to_value(&Record::Event(e), "h");
-        assert_eq!(v["event"]["kind"], "event");
-        assert_eq!(v["event"]["action"], "pwrite64");
-        assert_eq!(v["file"]["path"], "/s/bad\\xff\\x1bname");
-        assert_eq!(v["file"]["inode"], "99");
-        assert_eq!(v["file"]["device"], "1:3");
-        assert_eq!(v["snapmon"]["write"]["offset"], 60);
-        assert_eq!(v["snapmon"]["write"]["length"], 12);
+        let r = View::of(&v).unwrap();
+        assert_eq!(r.event.kind, Kind::Event);
+        assert_eq!(r.action(), Some("pwrite64"));
+        assert_eq!(r.path(), Some("/s/bad\\xff\\x1bname"));
+        let f = r.file.as_ref().unwrap();
+        assert_eq!(f.inode.as_deref(), Some("99"));
+        assert_eq!(f.device.as_deref(), Some("1:3"));
+        let w = r.snapmon.write.as_ref().unwrap();
+        assert_eq!((w.offset, w.length), (60, 12));
         assert_eq!(
-            v["snapmon"]["file_path_hex"],
-            Bytes(b"/s/bad\xff\x1bname".to_vec()).hex()
+            r.snapmon.file_path_hex,
+            Some(Bytes(b"/s/bad\xff\x1bname".to_vec()).hex())
         );
-        assert_eq!(v["process"]["pid"], 7);
-        assert_eq!(v["snapmon"]["schema_version"], SCHEMA_VERSION);
+        assert_eq!(r.pid(), Some(7));
+        assert_eq!(r.snapmon.schema_version, Some(SCHEMA_VERSION));
         assert_eq!(v["ecs"]["version"], ECS_VERSION);
         assert_eq!(v["host"]["name"], "h");
         assert_eq!(v["agent"]["type"], "snapmon");
@@ -1311,12 +1314,13 @@ mod tests {
             }),
             ..Default::default()
         };
-        let v = to_value(&Record::Event(e), "h");
-        assert_eq!(v["file"]["path"], "/s/\\xe2\\x80\\xae2woqc.gol");
-        assert_eq!(v["file"]["name"], "\\xe2\\x80\\xae2woqc.gol");
+        let r = View::of(&to_value(&Record::Event(e), "h")).unwrap();
+        assert_eq!(r.path(), Some("/s/\\xe2\\x80\\xae2woqc.gol"));
+        let name = r.file.as_ref().and_then(|f| f.name.as_deref());
+        assert_eq!(name, Some("\\xe2\\x80\\xae2woqc.gol"));
         assert_eq!(
-            v["snapmon"]["file_path_hex"],
-            Bytes("/s/\u{202E}2woqc.gol".into()).hex()
+            r.snapmon.file_path_hex,
+            Some(Bytes("/s/\u{202E}2woqc.gol".into()).hex())
         );
     }
 

@@ -293,6 +293,7 @@ impl SinkWriter for DatagramSink {
 mod tests {
     use super::*;
     use crate::{event::Event, record::Alert};
+    use snapmon_schema::record::Record as View;
 
     #[test]
     fn rfc5424_framing_and_escaping() {
@@ -340,8 +341,8 @@ mod tests {
             "<131>Nov 28 17:30:00 snapmon[7]".len(),
             "{head}"
         );
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        assert_eq!(v["event"]["id"], id.to_string());
+        let r = View::parse(json.as_bytes()).unwrap();
+        assert_eq!(r.event.id, Some(id.to_string()));
     }
 
     #[test]
@@ -375,7 +376,7 @@ mod tests {
                     .unwrap()
                     > max as u64
             );
-            assert_eq!(v["event"]["action"], "pwrite64");
+            assert_eq!(View::of(&v).unwrap().action(), Some("pwrite64"));
         }
     }
 
@@ -494,7 +495,7 @@ template(name="t" type="string" string="%pri% %app-name% %msgid% %structured-dat
         );
         let json = &tcp_high[tcp_high.find('{').unwrap()..];
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        assert_eq!(v["rule"]["id"], "SM001");
+        assert_eq!(View::of(&v).unwrap().rule_id(), Some("SM001"));
         assert_eq!(v["host"]["hostname"], "testhost");
         assert!(
             lines.iter().any(|l| l.starts_with("130 snapmon alert")),
