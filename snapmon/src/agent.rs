@@ -46,18 +46,19 @@ pub struct KernelMaps<'a> {
 impl<'a> KernelMaps<'a> {
     /// The watch-set maps of a loaded kernel side.
     pub fn of(k: &'a mut Kernel) -> Self {
+        let w = &mut k.watch;
         KernelMaps {
-            files: &mut k.files,
-            share: &mut k.watch_share,
-            precious_exts: &mut k.precious_exts,
-            ino_slots: &mut k.ino_slots,
-            dirs: &mut k.dirs,
-            prefixes: &mut k.prefixes,
-            write_filter: &mut k.write_filter,
+            files: &mut w.files,
+            share: &mut w.share,
+            precious_exts: &mut w.precious_exts,
+            ino_slots: &mut w.ino_slots,
+            dirs: &mut w.dirs,
+            prefixes: &mut w.prefixes,
+            write_filter: &mut w.write_filter,
             runtime: &mut k.runtime,
-            rdevs: &mut k.rdevs,
-            rdev_any: &mut k.rdev_any,
-            image_ino: &mut k.image_ino,
+            rdevs: &mut w.rdevs,
+            rdev_any: &mut w.rdev_any,
+            image_ino: &mut w.image_ino,
         }
     }
 }
@@ -334,12 +335,12 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     })?;
     let registry = sinks.registry().clone();
     refresh_hook_runs(&k, &registry);
-    if let RunStats::Unavailable(why) = &k.run_stats {
+    if let RunStats::Unavailable(why) = &k.counters.run_stats {
         if opts.hook_stats {
             eprintln!("snapmon: no per-hook counters: {why}");
         }
     }
-    let enforcement = match (&plan, k.lsm) {
+    let enforcement = match (&plan, k.enforce.lsm) {
         (Some(p), true) => {
             k.apply_enforcement(p, enf.dry_run)?;
             if enf.keep_enforcing {
@@ -352,6 +353,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         }
         (Some(_), false) if enf.mode == crate::enforce::Mode::On => {
             let why = k
+                .info
                 .hooks
                 .iter()
                 .find(|h| h.program.starts_with("lsm_") && h.error.is_some())
@@ -386,11 +388,17 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         let mut maps = KernelMaps::of(&mut k);
         register(&opts.policy, &extra_watch, &mut maps)?
     };
-    let n_attached = k.hooks.iter().filter(|h| h.attached_to.is_some()).count();
+    let n_attached = k
+        .info
+        .hooks
+        .iter()
+        .filter(|h| h.attached_to.is_some())
+        .count();
     if n_attached == 0 {
         anyhow::bail!(
             "no eBPF hook could be attached: {}",
-            k.hooks
+            k.info
+                .hooks
                 .first()
                 .and_then(|h| h.error.clone())
                 .unwrap_or_default()
@@ -411,7 +419,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     let mounts_fd = mount_table_watch();
     pipe.enricher.process_events = opts.policy.agent.process_events;
     // Writers the kernel may filter on classified files (their metadata writes still arrive).
-    loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
+    loader::set_trusted_writers(&mut k.watch.trusted_writers, &pipe.rules.filter_writers())
         .context("loading trusted writers into the kernel")?;
     let mut responder =
         crate::respond::act::Responder::new(crate::evidence::Evidence::new(&opts.policy.evidence));
@@ -419,12 +427,12 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         .apply(&mut k, respond_plan, &pipe.classifier)
         .context("loading the circuit breaker into the kernel")?;
 
-    let (stats_on, stats_note) = k.run_stats.describe();
+    let (stats_on, stats_note) = k.counters.run_stats.describe();
     let started = crate::state::started(&crate::state::StartInfo {
-        backend: k.backend,
-        fd_walk: k.fd_walk,
-        hooks: &k.hooks,
-        missing: &k.missing,
+        backend: k.info.backend,
+        fd_walk: k.info.fd_walk,
+        hooks: &k.info.hooks,
+        missing: &k.info.missing,
         hook_stats: (stats_on, stats_note),
         watch: &pipe.enricher.watch.stats,
         roots: &pipe.enricher.watch.roots,
@@ -444,6 +452,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     });
     // One line for the LSM family: on a kernel that refuses them they all fail alike.
     let (lsm_bad, other_bad): (Vec<_>, Vec<_>) = k
+        .info
         .hooks
         .iter()
         .filter(|h| h.error.is_some())
@@ -486,7 +495,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     notify.ready(&format!(
         "{} of {} hooks attached",
         n_attached,
-        k.hooks.len()
+        k.info.hooks.len()
     ));
     // Start-up parsed the kernel's BTF (twice: offsets and BTF tracepoints) and read every
     // process in /proc; that memory is free now but still held by the allocator (mimalloc
@@ -504,18 +513,18 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // Keep-alives come from this loop only, so a stalled reader gets restarted.
     let mut watchdog =
         tokio::time::interval(notify.ping_every().unwrap_or(Duration::from_secs(86_400)));
-    let mut last_lost = k.lost_counts();
+    let mut last_lost = k.counters.lost_counts();
     let mut last_stats = Instant::now();
     let mut last_filtered = 0u64;
     // Records received by the last tick: none since means quiet (`purge_when_quiet`).
     let mut received_at_tick = 0u64;
     // A dup of the ring buffer fd: epoll watches the same open file, and the borrow of
     // `k` stays free for draining.
-    let owned = k.events.as_fd().try_clone_to_owned()?;
+    let owned = k.rings.events.as_fd().try_clone_to_owned()?;
     // SAFETY: `owned` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
     let fd = unsafe { AsyncFd::register(owned) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let owned = k.urgent.as_fd().try_clone_to_owned()?;
+    let owned = k.rings.urgent.as_fd().try_clone_to_owned()?;
     // SAFETY: as above.
     let urgent_fd = unsafe { AsyncFd::register(owned) }
         .map_err(|e| anyhow::anyhow!("polling the urgent ring buffer: {e}"))?;
@@ -548,7 +557,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
                 if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err() { return Ok(()); }
                 if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
-                registry.watch_ordinary.store(ordinary_entries(&k.watch_share), std::sync::atomic::Ordering::Relaxed);
+                registry.watch_ordinary.store(ordinary_entries(&k.watch.share), std::sync::atomic::Ordering::Relaxed);
                 // Half a tick of slack: ticks jitter, and a stats interval equal to the
                 // status interval must give one record per tick, not one per two.
                 if opts.stats_interval.is_some_and(|d| last_stats.elapsed() + opts.status_interval / 2 >= d) {
@@ -574,7 +583,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
             // Records about an image dropped (a flood): said within BLIND_CHECK, not a tick.
             _ = blind_check.tick() => {
                 let precious = snapmon_common::lost::PRECIOUS_DROPPED;
-                if k.lost_count(precious) > last_lost[precious as usize]
+                if k.counters.lost_count(precious) > last_lost[precious as usize]
                     && report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err()
                 {
                     return Ok(());
@@ -623,7 +632,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
     // goodbye.
     // Overflowing since the last tick: the kernel is dropping records anyway (and says so in
     // `lost`), and reading on would not end the flood: the short bound.
-    let now_lost = k.lost_counts();
+    let now_lost = k.counters.lost_counts();
     let flood = [
         snapmon_common::lost::RINGBUF_FULL,
         snapmon_common::lost::PRECIOUS_DROPPED,
@@ -654,7 +663,7 @@ pub async fn run(opts: RunOptions, mut sinks: SinkSet) -> anyhow::Result<()> {
         &pipe,
         &sinks,
         &hooks,
-        k.filtered_count(),
+        k.counters.filtered_count(),
         &responder,
     );
     for r in stopped {
@@ -746,7 +755,7 @@ fn reload(
         Ok(p) => p,
         Err(e) => return failed(e),
     };
-    if plan.is_some() && !k.lsm && enf.mode == crate::enforce::Mode::On {
+    if plan.is_some() && !k.enforce.lsm && enf.mode == crate::enforce::Mode::On {
         return failed(
             "enforcement needs the BPF LSM hooks, which were not attached at start".into(),
         );
@@ -790,11 +799,11 @@ fn reload(
         Err(e) => json!({"active": "unknown", "error": format!("{e:#}")}),
     };
     if let Err(e) =
-        loader::set_trusted_writers(&mut k.trusted_writers, &pipe.rules.filter_writers())
+        loader::set_trusted_writers(&mut k.watch.trusted_writers, &pipe.rules.filter_writers())
     {
         eprintln!("snapmon: reload: trusted writers not updated: {e}");
     }
-    let enforcement = if k.lsm {
+    let enforcement = if k.enforce.lsm {
         match k.reapply_enforcement(plan.as_ref(), enf.dry_run) {
             Ok(()) => {
                 json!({"active": plan.is_some(), "dry_run": enf.dry_run, "monitor_only": enf.monitor_only,
@@ -836,7 +845,7 @@ fn store_changes(running: &[crate::config::Store], new: &[crate::config::Store])
 /// Read every attached program's run statistics into the metrics registry (a bpf() call per
 /// program: cheap at one refresh per status interval).
 fn refresh_hook_runs(k: &Kernel, reg: &Registry) {
-    let (enabled, note) = k.run_stats.describe();
+    let (enabled, note) = k.counters.run_stats.describe();
     reg.set_hook_runs(HookRuns {
         enabled,
         note,
@@ -904,7 +913,7 @@ fn stop_drain(
     bound: Duration,
 ) -> Result<u64, BrokenPipe> {
     let until = Instant::now() + bound;
-    let pos = RingPos::map(k.events.as_fd());
+    let pos = RingPos::map(k.rings.events.as_fd());
     let target = pos.as_ref().map(RingPos::producer);
     loop {
         if drain(k, pipe, responder, sinks, chunk, until)? == Drained::Empty {
@@ -925,7 +934,7 @@ fn stop_drain(
             chunk.next = chunk.len;
             if let (Some(p), Some(t)) = (pos.as_ref(), target) {
                 while p.consumer() < t {
-                    if k.events.next().is_none() {
+                    if k.rings.events.next().is_none() {
                         break;
                     }
                     unread += 1;
@@ -1040,7 +1049,7 @@ fn drain(
     loop {
         if chunk.next == chunk.len {
             let mut n = 0;
-            for ring in [&mut k.urgent, &mut k.events] {
+            for ring in [&mut k.rings.urgent, &mut k.rings.events] {
                 while n < CHUNK {
                     let Some(item) = ring.next() else { break };
                     match chunk.bufs.get_mut(n) {
@@ -1191,7 +1200,7 @@ fn report_filtered(
     pipe: &Pipeline,
     sinks: &SinkSet,
 ) -> Result<(), BrokenPipe> {
-    let now = k.filtered_count();
+    let now = k.counters.filtered_count();
     if now == *last {
         return Ok(());
     }
@@ -1225,7 +1234,7 @@ fn report_loss(
     if let Some(r) = sinks.loss_record() {
         sinks.send(&r)?;
     }
-    let now = k.lost_counts();
+    let now = k.counters.lost_counts();
     // Slot i of the kernel's LOST map is cause i of the declared list.
     let names = crate::metrics::kernel_loss_causes();
     let delta: serde_json::Map<_, _> = now
@@ -1260,7 +1269,7 @@ fn report_loss(
         return Ok(());
     }
     // The slot is written before the count on each CPU: a grown count has a file to name.
-    let Some(b) = k.last_blinded() else {
+    let Some(b) = k.counters.last_blinded() else {
         return Ok(());
     };
     let recs = pipe.blinded(&b, blinded, &mut KernelMaps::of(k));
