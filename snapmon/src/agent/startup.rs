@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind},
@@ -25,6 +24,7 @@ use crate::{
     pipeline::Pipeline,
     record::Record,
     sink::SinkSet,
+    state::{Enforcement, EnforcementSettings},
     watch::{WatchMaps, WatchSet},
 };
 
@@ -160,9 +160,17 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
                 k.pin_enforcement()
                     .context("--keep-enforcing: pinning the LSM programs")?;
             }
-            json!({"active": true, "dry_run": enf.dry_run, "monitor_only": enf.monitor_only,
-                   "protected": p.protected.len(), "trusted": p.trusted.iter().map(|(_, t)| t).collect::<Vec<_>>(),
-                   "keep_enforcing": enf.keep_enforcing})
+            Enforcement {
+                active: true,
+                reason: None,
+                settings: Some(EnforcementSettings {
+                    dry_run: enf.dry_run,
+                    monitor_only: enf.monitor_only,
+                    protected: p.protected.len(),
+                    trusted: p.trusted.iter().map(|(_, t)| t.as_path()).collect(),
+                    keep_enforcing: enf.keep_enforcing,
+                }),
+            }
         }
         (Some(_), false) if enf.mode == crate::enforce::Mode::On => {
             let why = k
@@ -174,10 +182,12 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
                 .unwrap_or_default();
             anyhow::bail!("--enforce: the BPF LSM hooks did not attach ({why})")
         }
-        (Some(_), false) => {
-            json!({"active": false, "reason": "no BPF LSM on this kernel (best-effort: detection only)"})
-        }
-        (None, _) => json!({"active": false}),
+        (Some(_), false) => Enforcement {
+            active: false,
+            reason: Some("no BPF LSM on this kernel (best-effort: detection only)"),
+            settings: None,
+        },
+        (None, _) => Enforcement::default(),
     };
     // Protected stores are watched: the kernel judges only what its watch filter lets by.
     let mut extra_watch = opts.extra_watch.clone();
