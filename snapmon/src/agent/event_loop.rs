@@ -10,10 +10,12 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    deliver, emit, ordinary_entries, purge_when_quiet, refresh_hook_runs,
+    kernel_maps::{ordinary_entries, KernelMaps},
+    memory::purge_when_quiet,
+    mounts::{mount_table_changed, rescan_overlays},
+    output::{deliver, emit, refresh_hook_runs},
     reload::reload,
-    startup::{Running, Signals},
-    KernelMaps, RunOptions,
+    startup::{RunOptions, Running, Signals},
 };
 use crate::{
     kernel::loader::Kernel,
@@ -429,74 +431,6 @@ fn stdout_watch() -> Option<AsyncFd<std::os::fd::OwnedFd>> {
     let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
     // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which closes it only on drop.
     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::ERROR) }.ok()
-}
-
-/// The agent's mount table, polled for changes (`POLLPRI`); None when it cannot be, said once.
-pub(super) fn mount_table_watch() -> Option<AsyncFd<std::os::fd::OwnedFd>> {
-    let f = std::fs::File::open(crate::overlay::MOUNTINFO).and_then(|f| {
-        // SAFETY: an OwnedFd moved into the AsyncFd, which closes it only on drop.
-        unsafe {
-            AsyncFd::register_with_interest(
-                std::os::fd::OwnedFd::from(f),
-                tokio::io::Interest::PRIORITY,
-            )
-        }
-        .map_err(std::io::Error::from)
-    });
-    match f {
-        Ok(f) => Some(f),
-        Err(e) => {
-            eprintln!(
-                "snapmon: {}: {e}: overlays mounted over a store after the start are not watched",
-                crate::overlay::MOUNTINFO
-            );
-            None
-        }
-    }
-}
-
-/// The mount table changed (a mount or unmount in the agent's mount namespace).
-async fn mount_table_changed(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
-    let Some(w) = w else {
-        return std::future::pending().await;
-    };
-    match w.ready(tokio::io::Interest::PRIORITY).await {
-        // The kernel re-arms on the next change: poll itself took note of this one.
-        Ok(mut g) => g.clear_ready(),
-        Err(_) => std::future::pending().await,
-    }
-}
-
-/// Re-read the mount table and bring the overlay aliases in line; what changed is said on
-/// stderr (the records carry `snapmon.detail.overlay_*` on each event through a view).
-pub(super) fn rescan_overlays(pipe: &mut Pipeline, k: &mut Kernel) {
-    let text = match std::fs::read_to_string(crate::overlay::MOUNTINFO) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("snapmon: {}: {e}", crate::overlay::MOUNTINFO);
-            return;
-        }
-    };
-    let r = pipe.enricher.rescan_overlays(&text, &mut KernelMaps::of(k));
-    for (mp, upper, n) in &r.added {
-        eprintln!(
-            "snapmon: overlay at {} has {} as its upper dir: {n} merged-view aliases watched",
-            mp.display(),
-            upper.display()
-        );
-    }
-    for mp in &r.removed {
-        eprintln!(
-            "snapmon: overlay at {} unmounted: its aliases withdrawn",
-            mp.display()
-        );
-    }
-    if r.refused > 0 {
-        eprintln!(
-            "snapmon: {} merged-view aliases of images refused by the watched-files map: writes through them go unseen",
-            r.refused
-        );
-    }
 }
 
 /// Resolves once stdout's reader has gone; never when stdout is not watched.

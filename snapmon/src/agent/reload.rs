@@ -3,10 +3,7 @@
 
 use serde_json::json;
 
-use super::{
-    startup::{respond_plan, set_read_budget},
-    RunOptions,
-};
+use super::startup::{respond_plan, set_read_budget, RunOptions};
 use crate::{
     config::Policy,
     kernel::loader::{self, Kernel},

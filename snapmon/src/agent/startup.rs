@@ -13,9 +13,10 @@ use tokio::{
 };
 
 use super::{
-    allocator_steady, emit,
-    event_loop::{mount_table_watch, rescan_overlays},
-    refresh_hook_runs, KernelMaps, RunOptions,
+    kernel_maps::KernelMaps,
+    memory::allocator_steady,
+    mounts::{mount_table_watch, rescan_overlays, seed_loops},
+    output::{emit, refresh_hook_runs},
 };
 use crate::{
     config::Policy,
@@ -100,6 +101,24 @@ fn register(
         crate::state::add_start_warning(w);
     }
     Ok((ws, notes))
+}
+
+pub struct RunOptions {
+    pub policy: Policy,
+    pub policy_path: Option<PathBuf>,
+    /// `--insecure-config`: a policy file others could change is used, with a warning.
+    pub insecure_config: bool,
+    pub extra_watch: Vec<PathBuf>,
+    pub status_interval: Duration,
+    /// Period of the `stats` metric record; None: only in the `stopped` record.
+    pub stats_interval: Option<Duration>,
+    /// Turn on kernel BPF run statistics for the per-hook counters.
+    pub hook_stats: bool,
+    /// Attach the 32-bit syscall hook where fentry is refused (`--no-compat-syscalls`).
+    pub compat_syscalls: bool,
+    pub enforce: crate::enforce::Options,
+    /// `--respond MODE` (the policy's `[respond] mode` otherwise).
+    pub respond: Option<crate::respond::Mode>,
 }
 
 /// What start-up hands the event loop.
@@ -344,16 +363,4 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
         },
         mounts: mounts_fd,
     }))
-}
-
-/// Watch the loop devices already over watched images (`/sys/block/loop*/loop`) as their
-/// attach would have; each one seeded is said on stderr.
-fn seed_loops(pipe: &mut Pipeline, k: &mut Kernel) {
-    let seeded = pipe.enricher.seed_loops(
-        std::path::Path::new(crate::enrich::SYS_BLOCK),
-        &mut KernelMaps::of(k),
-    );
-    for s in seeded {
-        eprintln!("snapmon: {s}");
-    }
 }
