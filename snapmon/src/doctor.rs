@@ -210,16 +210,16 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     let (hooks, missing, backend, fd_walk, load_error): (Vec<HookStatus>, _, _, _, _) =
         match &loaded {
             Ok(k) => (
-                k.hooks.clone(),
-                k.missing.clone(),
-                k.backend,
-                k.fd_walk,
+                k.info.hooks.clone(),
+                k.info.missing.clone(),
+                k.info.backend,
+                k.info.fd_walk,
                 None,
             ),
             Err(e) => (vec![], vec![], "none", "none", Some(format!("{e:#}"))),
         };
     // What `snapmon_hook_runs_total` will be able to show.
-    let hook_stats = match loaded.as_ref().map(|k| k.run_stats.describe()) {
+    let hook_stats = match loaded.as_ref().map(|k| k.counters.run_stats.describe()) {
         Ok((true, None)) => "yes, with --hook-stats (BPF_ENABLE_STATS)".to_string(),
         Ok((true, Some(how))) => format!("yes ({how})"),
         Ok((false, why)) => format!("NO: {}", why.unwrap_or_default()),

@@ -5,8 +5,9 @@
 //!
 //! The details come first: whoever sees `started` has every detail record already.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
@@ -36,7 +37,7 @@ pub struct StartInfo<'a> {
     pub roots: &'a [PathBuf],
     pub notes: &'a [String],
     pub startup_ms: u64,
-    pub enforcement: Value,
+    pub enforcement: Enforcement<'a>,
     pub policy: String,
     pub rule_warnings: &'a [String],
     /// `[{name, type, format}]` of the configured sinks.
@@ -48,6 +49,83 @@ pub struct StartInfo<'a> {
     /// Where alert evidence is saved (None: off).
     pub evidence_dir: Option<String>,
 }
+
+/// Enforcement as start-up found it: active or not, why not, and the settings it runs with.
+#[derive(Debug, Default, Serialize)]
+pub struct Enforcement<'a> {
+    pub active: bool,
+    /// Why it is off although asked for (best-effort on a kernel without BPF LSM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    #[serde(flatten)]
+    pub settings: Option<EnforcementSettings<'a>>,
+}
+
+/// The settings of a loaded enforcement plan.
+#[derive(Debug, Serialize)]
+pub struct EnforcementSettings<'a> {
+    pub dry_run: bool,
+    pub monitor_only: bool,
+    /// Protected objects in the plan.
+    pub protected: usize,
+    /// The trusted executables (the `enforcement` detail records list them).
+    pub trusted: Vec<&'a Path>,
+    pub keep_enforcing: bool,
+}
+
+/// The `started` summary; each detail record carries the rest. Fields in the order the
+/// record always listed them (serde_json without `preserve_order` sorts keys either way).
+#[derive(Serialize)]
+struct Started<'a> {
+    version: &'static str,
+    commit: &'static str,
+    build_date: &'static str,
+    pid: u32,
+    backend: &'a str,
+    fd_walk: &'a str,
+    hooks_attached: usize,
+    hooks_total: usize,
+    hook_stats: HookStats<'a>,
+    gaps: Vec<&'static str>,
+    missing_hooks_reason: Option<String>,
+    missing_kernel_fields: usize,
+    stores: usize,
+    /// The first three roots (`stores` records list them all).
+    roots: Vec<String>,
+    files: usize,
+    dirs: usize,
+    startup_ms: u64,
+    enforcement_active: bool,
+    response_active: bool,
+    evidence_dir: Option<&'a str>,
+    policy: &'a str,
+    rule_warning_count: usize,
+    warnings: Vec<String>,
+    sink_count: usize,
+    details: &'static [&'static str],
+    /// Only when a file sink found a log an earlier run left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_run: Option<&'a Value>,
+}
+
+/// Per-hook run counters: on, and why not (or how).
+#[derive(Serialize)]
+struct HookStats<'a> {
+    enabled: bool,
+    note: Option<&'a str>,
+}
+
+/// The detail records `started` follows, by action.
+const DETAILS: &[&str] = &[
+    "hooks",
+    "coverage",
+    "stores",
+    "kernel_fields",
+    "enforcement",
+    "response",
+    "rule_warnings",
+    "sinks",
+];
 
 /// Warnings found before the agent starts (`--metrics` beyond loopback), for `started`.
 static START_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -166,7 +244,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
             json!({}),
         ));
     }
-    let mut enf = i.enforcement.clone();
+    let mut enf = serde_json::to_value(&i.enforcement).expect("the enforcement summary serializes");
     let trusted = enf
         .as_object_mut()
         .and_then(|o| o.remove("trusted"))
@@ -200,40 +278,41 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         .take(3)
         .map(|r| r.display().to_string())
         .collect();
-    let mut started = StateRecord {
-        action: "started",
-        detail: json!({
-            "version": crate::build_info::VERSION,
-            "commit": crate::build_info::COMMIT,
-            "build_date": crate::build_info::BUILD_DATE,
-            "pid": std::process::id(),
-            "backend": i.backend,
-            "fd_walk": i.fd_walk,
-            "hooks_attached": live,
-            "hooks_total": i.hooks.len(),
-            "hook_stats": {"enabled": i.hook_stats.0, "note": i.hook_stats.1},
-            "gaps": gaps.iter().map(|g| g.path).collect::<Vec<_>>(),
-            "missing_hooks_reason": reason,
-            "missing_kernel_fields": i.missing.len(),
-            "stores": i.roots.len(),
-            "roots": roots_shown,
-            "files": i.watch.files,
-            "dirs": i.watch.dirs,
-            "startup_ms": i.startup_ms,
-            "enforcement_active": enf["active"] == true,
-            "response_active": resp["active"] == true,
-            "evidence_dir": i.evidence_dir,
-            "policy": i.policy,
-            "rule_warning_count": i.rule_warnings.len(),
-            "warnings": start_warnings(),
-            "sink_count": i.sinks.len(),
-            "details": ["hooks", "coverage", "stores", "kernel_fields", "enforcement", "response", "rule_warnings", "sinks"],
-        }),
+    let started = Started {
+        version: crate::build_info::VERSION,
+        commit: crate::build_info::COMMIT,
+        build_date: crate::build_info::BUILD_DATE,
+        pid: std::process::id(),
+        backend: i.backend,
+        fd_walk: i.fd_walk,
+        hooks_attached: live,
+        hooks_total: i.hooks.len(),
+        hook_stats: HookStats {
+            enabled: i.hook_stats.0,
+            note: i.hook_stats.1.as_deref(),
+        },
+        gaps: gaps.iter().map(|g| g.path).collect(),
+        missing_hooks_reason: reason,
+        missing_kernel_fields: i.missing.len(),
+        stores: i.roots.len(),
+        roots: roots_shown,
+        files: i.watch.files,
+        dirs: i.watch.dirs,
+        startup_ms: i.startup_ms,
+        enforcement_active: enf["active"] == true,
+        response_active: resp["active"] == true,
+        evidence_dir: i.evidence_dir.as_deref(),
+        policy: &i.policy,
+        rule_warning_count: i.rule_warnings.len(),
+        warnings: start_warnings(),
+        sink_count: i.sinks.len(),
+        details: DETAILS,
+        previous_run: (!i.previous_run.is_null()).then_some(&i.previous_run),
     };
-    // Only when a file sink found a log an earlier run left.
-    if !i.previous_run.is_null() {
-        started.detail["previous_run"] = i.previous_run.clone();
-    }
+    let started = StateRecord {
+        action: "started",
+        detail: serde_json::to_value(&started).expect("the started summary serializes"),
+    };
     out.push(started);
     out
 }
@@ -381,8 +460,17 @@ pub(crate) mod tests {
             roots,
             notes: &[],
             startup_ms: 850,
-            enforcement: json!({"active": false, "dry_run": false, "monitor_only": false, "protected": 2,
-                                "keep_enforcing": false, "trusted": ["/usr/bin/qemu-img"]}),
+            enforcement: Enforcement {
+                active: false,
+                reason: None,
+                settings: Some(EnforcementSettings {
+                    dry_run: false,
+                    monitor_only: false,
+                    protected: 2,
+                    trusted: vec![Path::new("/usr/bin/qemu-img")],
+                    keep_enforcing: false,
+                }),
+            },
             policy: "<embedded default>".into(),
             rule_warnings: warnings,
             sinks: vec![
@@ -475,4 +563,51 @@ pub(crate) mod tests {
         let fresh = started(&i).pop().unwrap().detail;
         assert!(fresh.get("previous_run").is_none(), "{fresh}");
     }
+
+    /// Build and process fields of a `started` summary, checked and blanked.
+    fn blank_build_fields(mut s: Value) -> String {
+        assert_eq!(s["pid"], std::process::id());
+        assert_eq!(s["version"], crate::build_info::VERSION);
+        assert_eq!(s["commit"], crate::build_info::COMMIT);
+        assert_eq!(s["build_date"], crate::build_info::BUILD_DATE);
+        for k in ["pid", "version", "commit", "build_date"] {
+            s[k] = json!("*");
+        }
+        s.to_string()
+    }
+
+    /// The start-up records byte for byte as they were when built with `json!` (the typed
+    /// summary must not change what a reader of the log sees, keys and their order included).
+    #[test]
+    fn the_started_summary_keeps_its_bytes() {
+        let (hooks, watch, roots, warnings) = big_start();
+        let mut i = info_fixture(&hooks, &watch, &roots, &warnings);
+        let recs = started(&i);
+        let said = blank_build_fields(recs.last().unwrap().detail.clone());
+        assert_eq!(said, STARTED);
+        let enf = recs.iter().find(|r| r.action == "enforcement").unwrap();
+        assert_eq!(enf.detail.to_string(), ENFORCEMENT);
+        i.previous_run = Value::Null;
+        i.evidence_dir = None;
+        let bare = blank_build_fields(started(&i).pop().unwrap().detail);
+        assert_eq!(bare, STARTED_BARE);
+    }
+
+    #[test]
+    fn enforcement_says_only_what_applies() {
+        let off = Enforcement::default();
+        assert_eq!(serde_json::to_string(&off).unwrap(), r#"{"active":false}"#);
+        let refused = Enforcement {
+            reason: Some("no BPF LSM"),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&refused).unwrap(),
+            json!({"active": false, "reason": "no BPF LSM"})
+        );
+    }
+
+    const STARTED: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":"/var/lib/snapmon/evidence","fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","previous_run":{"clean":false,"logs":[{"clean":false,"file":"/var/log/snapmon.jsonl","last_record_at":"2026-12-04T17:00:00Z","last_seq":4211}]},"response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"version":"*","warnings":[]}"#;
+    const STARTED_BARE: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":null,"fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"version":"*","warnings":[]}"#;
+    const ENFORCEMENT: &str = r#"{"active":false,"dry_run":false,"keep_enforcing":false,"monitor_only":false,"part":1,"parts":1,"protected":2,"trusted":["/usr/bin/qemu-img"]}"#;
 }

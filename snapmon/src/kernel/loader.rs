@@ -226,24 +226,73 @@ pub struct HookStatus {
     pub error: Option<String>,
 }
 
-/// The live kernel side: programs attached and the maps userspace drives.
+/// The live kernel side: programs attached and the maps userspace drives, grouped by role so
+/// that callers borrow only the part they drive.
 pub struct Kernel {
+    /// The loaded object: the programs, and the maps not taken below (the circuit
+    /// breaker's, taken by `respond::act::Maps`).
     pub ebpf: Ebpf,
+    pub rings: Rings,
+    pub watch: Watch,
+    pub enforce: Enforce,
+    pub counters: Counters,
+    /// Runtime flags (`snapmon_common::runtime`), shared by the watch set (reserve bit),
+    /// enforcement and the circuit breaker.
+    pub runtime: aya::maps::Array<MapData, u32>,
+    pub info: LoadInfo,
+    pub links: Links,
+}
+
+/// The ring buffers the programs write records into.
+pub struct Rings {
     pub events: RingBuf<MapData>,
     /// The urgent lane: root's records and those about images the actor does not own,
     /// drained before `events` (see `snapmon-ebpf` `emit::urgent_file`).
     pub urgent: RingBuf<MapData>,
+}
+
+/// The maps behind the watch set (`agent::KernelMaps`) and the trusted-writer filter.
+pub struct Watch {
     pub files: BpfHashMap<MapData, FileKey, u32>,
     /// Ordinary entries of `files`, by who added or removed them (`snapmon_common::watch_share`).
-    pub watch_share: aya::maps::Array<MapData, u64>,
+    pub share: aya::maps::Array<MapData, u64>,
     /// Extension hashes of image and metadata names (`snapmon_common::ext_hash`).
     pub precious_exts: BpfHashMap<MapData, u64, u32>,
     pub ino_slots: aya::maps::Array<MapData, u32>,
     pub dirs: BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: BpfHashMap<MapData, u64, u32>,
+    /// Classified files → ranges trusted writers must still report (see `classify::filter`).
+    pub write_filter: BpfHashMap<MapData, FileKey, snapmon_common::WriteFilter>,
+    pub trusted_writers: BpfHashMap<MapData, FileKey, u32>,
+    /// Loop devices over watched images by device number → the attach's node (kernel-filled).
+    pub rdevs: BpfHashMap<MapData, u32, FileKey>,
+    /// Nonzero while `rdevs` may have entries: the write hooks read `i_rdev` only then.
+    pub rdev_any: aya::maps::Array<MapData, u32>,
+    /// Inode numbers of watched images (`IMAGE_INO`, LRU): the open hook's overlay candidates.
+    pub image_ino: BpfHashMap<MapData, u64, u32>,
+}
+
+/// The BPF LSM enforcement side: whether it can decide, and the maps it decides from.
+pub struct Enforce {
+    /// Every requested LSM hook attached.
+    pub lsm: bool,
+    pub protected: BpfHashMap<MapData, FileKey, u32>,
+    pub trusted: BpfHashMap<MapData, FileKey, u32>,
+    pub deny_ioctls: BpfHashMap<MapData, u32, u32>,
+}
+
+/// What the kernel counts: loss, blindings, filtered writes and program run statistics.
+pub struct Counters {
     pub lost: PerCpuArray<MapData, u64>,
     /// The last image or metadata record each CPU dropped (`lost::PRECIOUS_DROPPED`).
     pub blinded: PerCpuArray<MapData, snapmon_common::Blinded>,
+    pub filtered: PerCpuArray<MapData, u64>,
+    /// Kernel BPF run statistics for the per-hook counters.
+    pub run_stats: RunStats,
+}
+
+/// What the load found and chose: per-hook outcomes, BTF fields, and the access modes.
+pub struct LoadInfo {
     pub hooks: Vec<HookStatus>,
     pub missing: Vec<Missing>,
     pub offsets: KernelOffsets,
@@ -251,28 +300,14 @@ pub struct Kernel {
     pub backend: &'static str,
     /// How the programs resolve fds: `direct` (BTF loads) or `probe_read` (`FdWalk`).
     pub fd_walk: &'static str,
-    /// Every requested LSM hook attached.
-    pub lsm: bool,
-    pub lsm_links: Vec<(&'static str, aya::programs::lsm::LsmLink)>,
-    pub runtime: aya::maps::Array<MapData, u32>,
-    pub protected: BpfHashMap<MapData, FileKey, u32>,
-    pub trusted: BpfHashMap<MapData, FileKey, u32>,
-    pub deny_ioctls: BpfHashMap<MapData, u32, u32>,
-    /// Kernel BPF run statistics for the per-hook counters.
-    pub run_stats: RunStats,
-    /// Classified files → ranges trusted writers must still report (see `classify::filter`).
-    pub write_filter: BpfHashMap<MapData, FileKey, snapmon_common::WriteFilter>,
-    pub trusted_writers: BpfHashMap<MapData, FileKey, u32>,
-    pub filtered: PerCpuArray<MapData, u64>,
-    /// Loop devices over watched images by device number → the attach's node (kernel-filled).
-    pub rdevs: BpfHashMap<MapData, u32, FileKey>,
-    /// Nonzero while `rdevs` may have entries: the write hooks read `i_rdev` only then.
-    pub rdev_any: aya::maps::Array<MapData, u32>,
-    /// Inode numbers of watched images (`IMAGE_INO`, LRU): the open hook's overlay candidates.
-    pub image_ino: BpfHashMap<MapData, u64, u32>,
-    /// The attached hooks' links (LSM ones aside, see `lsm_links`), released on drop by
-    /// `release_links`.
-    pub links: Vec<(&'static str, HookLink)>,
+}
+
+/// The attached hooks' links.
+pub struct Links {
+    /// The LSM links: pinned by `--keep-enforcing`, else detached on drop.
+    pub lsm: Vec<(&'static str, aya::programs::lsm::LsmLink)>,
+    /// Every other hook's link, released on drop by `release_links`.
+    pub hooks: Vec<(&'static str, HookLink)>,
 }
 
 /// One attached hook's link, owned here rather than by its program so that dropping the
@@ -497,10 +532,11 @@ fn syscall_arg_offsets(tracefs: &str) -> anyhow::Result<(u32, u32)> {
 pub fn load(opts: &LoadOptions) -> anyhow::Result<Kernel> {
     let k = load_walk(opts, false)?;
     let refused = k
+        .info
         .hooks
         .iter()
         .find(|h| h.error.as_deref().is_some_and(|e| e.contains("verifier:")));
-    if k.fd_walk != "direct" || refused.is_none() {
+    if k.info.fd_walk != "direct" || refused.is_none() {
         return Ok(k);
     }
     if let Some(h) = refused {
@@ -664,35 +700,44 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     };
     Ok(Kernel {
         ebpf,
-        events,
-        urgent,
-        files,
-        watch_share,
-        precious_exts,
-        ino_slots,
-        dirs,
-        prefixes,
-        lost,
-        blinded,
-        hooks,
-        missing,
-        offsets,
-        backend,
-        fd_walk: walk.name(),
-        lsm,
-        lsm_links,
+        rings: Rings { events, urgent },
+        watch: Watch {
+            files,
+            share: watch_share,
+            precious_exts,
+            ino_slots,
+            dirs,
+            prefixes,
+            write_filter,
+            trusted_writers,
+            rdevs,
+            rdev_any,
+            image_ino,
+        },
+        enforce: Enforce {
+            lsm,
+            protected,
+            trusted,
+            deny_ioctls,
+        },
+        counters: Counters {
+            lost,
+            blinded,
+            filtered,
+            run_stats,
+        },
         runtime,
-        protected,
-        trusted,
-        deny_ioctls,
-        run_stats,
-        write_filter,
-        trusted_writers,
-        filtered,
-        rdevs,
-        rdev_any,
-        image_ino,
-        links,
+        info: LoadInfo {
+            hooks,
+            missing,
+            offsets,
+            backend,
+            fd_walk: walk.name(),
+        },
+        links: Links {
+            lsm: lsm_links,
+            hooks: links,
+        },
     })
 }
 
@@ -961,7 +1006,7 @@ fn release_stale() {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        release_links(std::mem::take(&mut self.links));
+        release_links(std::mem::take(&mut self.links.hooks));
     }
 }
 
@@ -973,7 +1018,7 @@ impl Kernel {
     /// Remove with `rm -r /sys/fs/bpf/snapmon`.
     pub fn pin_enforcement(&mut self) -> anyhow::Result<()> {
         std::fs::create_dir_all(PIN_DIR)?;
-        for (name, link) in self.lsm_links.drain(..) {
+        for (name, link) in self.links.lsm.drain(..) {
             let fd: FdLink = link.into();
             fd.pin(format!("{PIN_DIR}/{name}"))
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
@@ -991,13 +1036,18 @@ impl Kernel {
         // Decisions off while the maps are rebuilt: a half-built map must not deny anyone.
         self.runtime
             .set(0, flags & !snapmon_common::runtime::ENFORCE_ACTIVE, 0)?;
-        let prot: Vec<FileKey> = self.protected.keys().filter_map(Result::ok).collect();
+        let prot: Vec<FileKey> = self
+            .enforce
+            .protected
+            .keys()
+            .filter_map(Result::ok)
+            .collect();
         for k in prot {
-            let _ = self.protected.remove(&k);
+            let _ = self.enforce.protected.remove(&k);
         }
-        let trusted: Vec<FileKey> = self.trusted.keys().filter_map(Result::ok).collect();
+        let trusted: Vec<FileKey> = self.enforce.trusted.keys().filter_map(Result::ok).collect();
         for k in trusted {
-            let _ = self.trusted.remove(&k);
+            let _ = self.enforce.trusted.remove(&k);
         }
         flags &= !(snapmon_common::runtime::ENFORCE_ACTIVE | snapmon_common::runtime::DRY_RUN);
         self.runtime.set(0, flags, 0)?;
@@ -1014,13 +1064,13 @@ impl Kernel {
         dry_run: bool,
     ) -> anyhow::Result<()> {
         for (k, _) in &plan.trusted {
-            self.trusted.insert(k, 1, 0)?;
+            self.enforce.trusted.insert(k, 1, 0)?;
         }
         for (cmd, _) in crate::enforce::DENY_IOCTLS {
-            self.deny_ioctls.insert(cmd, 1, 0)?;
+            self.enforce.deny_ioctls.insert(cmd, 1, 0)?;
         }
         for (k, m, _) in &plan.protected {
-            self.protected.insert(k, m, 0)?;
+            self.enforce.protected.insert(k, m, 0)?;
         }
         let mut flags =
             self.runtime.get(&0, 0).unwrap_or(0) | snapmon_common::runtime::ENFORCE_ACTIVE;
@@ -1034,10 +1084,11 @@ impl Kernel {
     /// Runs and run time of every attached program so far (kernel BPF run statistics);
     /// empty when the kernel is not counting.
     pub fn hook_runs(&self) -> Vec<crate::metrics::HookRun> {
-        if !self.run_stats.counting() {
+        if !self.counters.run_stats.counting() {
             return Vec::new();
         }
-        self.hooks
+        self.info
+            .hooks
             .iter()
             .filter_map(|h| {
                 let attach = h.attached_to.as_ref()?;
@@ -1051,7 +1102,9 @@ impl Kernel {
             })
             .collect()
     }
+}
 
+impl Counters {
     /// Writes the kernel dropped as trusted writes outside every published range.
     pub fn filtered_count(&self) -> u64 {
         self.filtered

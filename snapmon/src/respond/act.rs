@@ -79,7 +79,10 @@ impl Maps {
             self.trusted.insert(key, 1, 0).context("RESPOND_TRUSTED")?;
         }
         for (cmd, _) in crate::enforce::DENY_IOCTLS {
-            k.deny_ioctls.insert(cmd, 1, 0).context("DENY_IOCTLS")?;
+            k.enforce
+                .deny_ioctls
+                .insert(cmd, 1, 0)
+                .context("DENY_IOCTLS")?;
         }
         for (key, t, _) in &p.targets {
             self.targets.insert(key, t, 0).context("RESPOND")?;
