@@ -8,7 +8,9 @@
 
 use serde::Serialize;
 
-/// `snapmon.write.op`: the syscall or path of a write record (`enrich`).
+/// `snapmon.write.op`: the syscall or path of a write record (`enrich`). Most names are
+/// actions' too, but it is its own list: the op is how the file was written, the action what
+/// it did (`ftruncate` is a `truncate`, a `fallocate` with `punch_hole` a `punch_hole`).
 #[derive(
     Debug,
     Clone,
@@ -89,13 +91,6 @@ impl WriteOp {
             None => Self::WriteUnknown,
         }
     }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Unknown(s) => s,
-            k => k.into(),
-        }
-    }
 }
 
 /// `snapmon.write.mode`: one fallocate(2) mode bit by name.
@@ -132,13 +127,6 @@ impl FallocMode {
             .filter(|(b, _)| mode & b != 0)
             .map(|(_, m)| m)
             .collect()
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Unknown(s) => s,
-            k => k.into(),
-        }
     }
 }
 
@@ -220,18 +208,16 @@ pub enum DetailKey {
     Unknown(String),
 }
 
-impl DetailKey {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Unknown(s) => s,
-            k => k.into(),
-        }
-    }
-}
-
 macro_rules! word_impls {
     ($($t:ident),*) => {$(
         impl $t {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    Self::Unknown(s) => s,
+                    k => k.into(),
+                }
+            }
+
             /// The word of a name; one this build does not know is kept as `Unknown`.
             pub fn from_name(s: &str) -> Self {
                 s.parse().unwrap_or_else(|_| Self::Unknown(s.to_string()))
