@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use snapmon_common::{deny, FileKey};
 
 use crate::{
-    event::{Action, Decision, Event},
+    event::{Action, Decision, DetailKey, Event},
     record::{Alert, Severity},
 };
 
@@ -283,12 +283,7 @@ pub fn decision_alert(ev: &Event) -> Option<Alert> {
             return None
         }
     };
-    let op = ev
-        .detail
-        .iter()
-        .find(|(k, _)| *k == "operation")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("?");
+    let op = ev.detail_value(DetailKey::Operation).unwrap_or("?");
     let target = ev
         .file
         .as_ref()

@@ -13,7 +13,10 @@ use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 use crate::{
     decode::{cstr, RawEvent},
     event::Action,
-    event::{Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
+    event::{
+        Bytes, Category, DetailKey, Event, EventType, FallocMode, FileInfo, IoctlRaw, ProcessInfo,
+        WriteInfo,
+    },
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     watch::{normalize, WatchMaps, WatchSet},
@@ -44,56 +47,11 @@ impl Clock {
     }
 }
 
-pub fn write_op_name(op: u16) -> &'static str {
-    match WriteOp::from_u16(op) {
-        Some(WriteOp::Write) => "write",
-        Some(WriteOp::Pwrite) => "pwrite64",
-        Some(WriteOp::Writev) => "writev",
-        Some(WriteOp::Pwritev) => "pwritev",
-        Some(WriteOp::Pwritev2) => "pwritev2",
-        Some(WriteOp::IoUringWrite) => "io_uring_write",
-        Some(WriteOp::IoUringWritev) => "io_uring_writev",
-        Some(WriteOp::IoUringWriteFixed) => "io_uring_write_fixed",
-        Some(WriteOp::AioPwrite) => "aio_pwrite",
-        Some(WriteOp::AioPwritev) => "aio_pwritev",
-        Some(WriteOp::CopyFileRange) => "copy_file_range",
-        Some(WriteOp::Fallocate) => "fallocate",
-        Some(WriteOp::Ftruncate) => "ftruncate",
-        Some(WriteOp::MmapShared) => "mmap_shared_write",
-        Some(WriteOp::IoUringFallocate) => "io_uring_fallocate",
-        Some(WriteOp::Sendfile) => "sendfile",
-        Some(WriteOp::Splice) => "splice",
-        Some(WriteOp::IoUringFtruncate) => "io_uring_ftruncate",
-        Some(WriteOp::VfsWrite) => "vfs_write",
-        // The kernel freed or zeroed the range: for the data there, a punched hole.
-        Some(WriteOp::VfsRangeDropped) => "punch_hole",
-        Some(WriteOp::VfsClone) => "clone_range",
-        None => "write_unknown",
-    }
-}
-
-/// fallocate(2) mode bits by name.
-pub fn fallocate_mode(mode: u64) -> Vec<&'static str> {
-    const BITS: &[(u64, &str)] = &[
-        (0x01, "keep_size"),
-        (0x02, "punch_hole"),
-        (0x04, "no_hide_stale"),
-        (0x08, "collapse_range"),
-        (0x10, "zero_range"),
-        (0x20, "insert_range"),
-        (0x40, "unshare_range"),
-    ];
-    BITS.iter()
-        .filter(|(b, _)| mode & b != 0)
-        .map(|(_, n)| *n)
-        .collect()
-}
-
 /// The `event.action` of a write record, and fallocate's mode bits by name.
-fn write_action(op: u16, aux: u64) -> (Action, Vec<&'static str>) {
+fn write_action(op: u16, aux: u64) -> (Action, Vec<FallocMode>) {
     match WriteOp::from_u16(op) {
         Some(WriteOp::Fallocate | WriteOp::IoUringFallocate) => {
-            (fallocate_action(aux), fallocate_mode(aux))
+            (fallocate_action(aux), FallocMode::of_bits(aux))
         }
         Some(WriteOp::Ftruncate | WriteOp::IoUringFtruncate) => (Action::Truncate, vec![]),
         Some(WriteOp::Write) => (Action::Write, vec![]),
@@ -379,8 +337,8 @@ impl Enricher {
                 backend: snapmon_common::Backend::Tracepoint,
                 file: Some(self.file(a.image, None)),
                 detail: vec![
-                    ("loop_device", a.node_name(node)),
-                    ("loop_watch", "ended".into()),
+                    (DetailKey::LoopDevice, a.node_name(node)),
+                    (DetailKey::LoopWatch, "ended".into()),
                 ],
                 ..Default::default()
             });
@@ -482,8 +440,8 @@ impl Enricher {
             process,
             file: Some(self.file(b.file, None)),
             detail: vec![
-                (crate::event::DROPPED, dropped.to_string()),
-                (crate::event::DROPPED_RECORD, record.to_string()),
+                (DetailKey::Dropped, dropped.to_string()),
+                (DetailKey::DroppedRecord, record.to_string()),
             ],
             ..Default::default()
         }
@@ -590,11 +548,11 @@ impl Enricher {
                     if let Some(f) = ev.file.as_mut() {
                         f.path = None;
                     }
-                    ev.detail.push((crate::event::INODE_REUSED, "true".into()));
+                    ev.detail.push((DetailKey::InodeReused, "true".into()));
                 }
                 let n = (w.data_len as usize).min(w.data.len());
                 ev.write = Some(WriteInfo {
-                    op: write_op_name(w.op),
+                    op: crate::event::WriteOp::of_record(w.op),
                     offset: w.offset,
                     length: w.len,
                     offset_from_fpos: w.flags & write_flags::POS_FROM_FILE != 0,
@@ -658,7 +616,8 @@ impl Enricher {
                         self.watch.born(al.real, o.hdr.ts_ns);
                     }
                     self.through_overlay(&mut ev, &al, Some(o.size));
-                    ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
+                    ev.detail
+                        .push((DetailKey::OpenFlags, format!("{:#o}", o.flags)));
                     self.stats.emitted += 1;
                     return Some(ev);
                 }
@@ -678,7 +637,7 @@ impl Enricher {
                     if let Some(f) = ev.file.as_mut() {
                         f.path = path.as_deref().map(Bytes::from_path);
                     }
-                    ev.detail.push((crate::event::INODE_REUSED, "true".into()));
+                    ev.detail.push((DetailKey::InodeReused, "true".into()));
                 }
                 if let Some(f) = ev.file.as_mut().filter(|f| cut && f.path.is_none()) {
                     let c = Cut {
@@ -686,10 +645,10 @@ impl Enricher {
                         len: None,
                     };
                     f.path = Some(Bytes::from_path(&c.marked()));
-                    ev.detail
-                        .push((crate::event::PATH_TRUNCATED, "file".into()));
+                    ev.detail.push((DetailKey::PathTruncated, "file".into()));
                 }
-                ev.detail.push(("open_flags", format!("{:#o}", o.flags)));
+                ev.detail
+                    .push((DetailKey::OpenFlags, format!("{:#o}", o.flags)));
                 ev
             }
             RawEvent::Namespace(n) => return self.namespace(raw, n, maps),
@@ -716,9 +675,9 @@ impl Enricher {
                     x.target
                 };
                 ev.file = Some(self.file(obj, None));
-                ev.detail.push(("operation", op.to_string()));
+                ev.detail.push((DetailKey::Operation, op.to_string()));
                 ev.detail.push((
-                    "outcome",
+                    DetailKey::Outcome,
                     if x.denied != 0 {
                         "denied"
                     } else {
@@ -727,14 +686,15 @@ impl Enricher {
                     .to_string(),
                 ));
                 if let Some(t) = self.watch.path_of(&x.target) {
-                    ev.detail.push(("protected", Bytes::from_path(t).display()));
+                    ev.detail
+                        .push((DetailKey::Protected, Bytes::from_path(t).display()));
                 }
                 ev.detail.push((
-                    "actor_exe_identity",
+                    DetailKey::ActorExeIdentity,
                     format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
                 ));
                 if x.aux != 0 {
-                    ev.detail.push(("aux", format!("{:#x}", x.aux)));
+                    ev.detail.push((DetailKey::Aux, format!("{:#x}", x.aux)));
                 }
                 ev
             }
@@ -766,7 +726,7 @@ impl Enricher {
                     if let Some(f) = ev.file.as_mut() {
                         f.path = None;
                     }
-                    ev.detail.push((e::INODE_REUSED, "true".into()));
+                    ev.detail.push((DetailKey::InodeReused, "true".into()));
                 }
                 let route = e::URING_ROUTES
                     .iter()
@@ -777,17 +737,19 @@ impl Enricher {
                 } else {
                     u.ring_fd.to_string()
                 };
-                ev.detail.push((e::URING_REGISTER, route));
+                ev.detail.push((DetailKey::IoUringRegister, route));
                 let slot = match u.slot {
                     u32::MAX => "alloc".to_string(),
                     n => n.to_string(),
                 };
-                ev.detail.push((e::URING_SLOT, slot));
-                ev.detail.push((e::URING_FD, u.fd.to_string()));
-                ev.detail.push((e::URING_RING_FD, ring));
+                ev.detail.push((DetailKey::IoUringSlot, slot));
+                ev.detail.push((DetailKey::IoUringFd, u.fd.to_string()));
+                ev.detail.push((DetailKey::IoUringRingFd, ring));
                 if u.flags & ur::CUT != 0 {
-                    ev.detail
-                        .push((e::URING_CUT, format!("{} of {}", ur::MAX_FDS, u.nr)));
+                    ev.detail.push((
+                        DetailKey::IoUringCut,
+                        format!("{} of {}", ur::MAX_FDS, u.nr),
+                    ));
                 }
                 ev
             }
@@ -843,7 +805,7 @@ impl Enricher {
             None => (EventType::Info, Action::NamespaceUnknown),
         };
         let tgid = n.hdr.tgid;
-        // Which paths stay cut: the event says so (`event::PATH_TRUNCATED`).
+        // Which paths stay cut: the event says so (`DetailKey::PathTruncated`).
         let mut unresolved: Vec<&str> = Vec::new();
         let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
             (Some(self.file(n.base1, None)), None)
@@ -975,26 +937,28 @@ impl Enricher {
         ev.target = target;
         match op {
             Some(NsOp::Chmod) | Some(NsOp::Mkdir) => {
-                ev.detail.push(("mode", format!("{:#o}", n.aux)))
+                ev.detail.push((DetailKey::Mode, format!("{:#o}", n.aux)))
             }
             Some(NsOp::Chown) => {
-                ev.detail.push(("uid", (n.aux as u32 as i32).to_string()));
-                ev.detail.push(("gid", (n.aux2 as u32 as i32).to_string()));
+                ev.detail
+                    .push((DetailKey::Uid, (n.aux as u32 as i32).to_string()));
+                ev.detail
+                    .push((DetailKey::Gid, (n.aux2 as u32 as i32).to_string()));
             }
-            Some(NsOp::Rename) if n.aux != 0 => {
-                ev.detail.push(("rename_flags", format!("{:#x}", n.aux)))
-            }
-            Some(NsOp::Truncate) => ev.detail.push(("length", n.aux2.to_string())),
+            Some(NsOp::Rename) if n.aux != 0 => ev
+                .detail
+                .push((DetailKey::RenameFlags, format!("{:#x}", n.aux))),
+            Some(NsOp::Truncate) => ev.detail.push((DetailKey::Length, n.aux2.to_string())),
             _ => {}
         }
         if !unresolved.is_empty() {
             ev.detail
-                .push((crate::event::PATH_TRUNCATED, unresolved.join(",")));
+                .push((DetailKey::PathTruncated, unresolved.join(",")));
         }
         if n.flags & ns_flags::VIA_IO_URING != 0 {
-            ev.detail.push(("via", "io_uring".into()));
+            ev.detail.push((DetailKey::Via, "io_uring".into()));
         } else if n.flags & ns_flags::VIA_VFS != 0 {
-            ev.detail.push(("via", "lsm".into()));
+            ev.detail.push((DetailKey::Via, "lsm".into()));
         }
         self.stats.emitted += 1;
         Some(ev)
@@ -1013,8 +977,9 @@ impl Enricher {
         if let Some(w) = ev.write.as_mut() {
             w.offset = w.offset.saturating_add(a.offset as i64);
         }
-        ev.detail.push(("loop_device", a.node_name(node)));
-        ev.detail.push(("loop_offset", a.offset.to_string()));
+        ev.detail.push((DetailKey::LoopDevice, a.node_name(node)));
+        ev.detail
+            .push((DetailKey::LoopOffset, a.offset.to_string()));
     }
 
     /// The real file behind an open through an overlay's merged view: an aliased file, or
@@ -1047,10 +1012,14 @@ impl Enricher {
             f.path = Some(Bytes::from_path(&a.real_path));
         }
         ev.file = Some(f);
-        ev.detail
-            .push(("overlay_mount", Bytes::from_path(&a.mount_point).display()));
-        ev.detail
-            .push(("overlay_path", Bytes::from_path(&a.merged).display()));
+        ev.detail.push((
+            DetailKey::OverlayMount,
+            Bytes::from_path(&a.mount_point).display(),
+        ));
+        ev.detail.push((
+            DetailKey::OverlayPath,
+            Bytes::from_path(&a.merged).display(),
+        ));
     }
 
     /// A write through another node of the device than the one the attach named (a `mknod`
@@ -1063,7 +1032,7 @@ impl Enricher {
         let same = std::fs::metadata(&p).is_ok_and(|md| crate::watch::key_for(&p, &md) == node);
         if !same {
             ev.detail
-                .push(("loop_node", Bytes::from_path(&p).display()));
+                .push((DetailKey::LoopNode, Bytes::from_path(&p).display()));
         }
     }
 
@@ -1078,9 +1047,10 @@ impl Enricher {
                 .then(|| (a.node_name(*node), p.clone()))
         });
         if let Some((node, p)) = front {
-            ev.detail.push(("loop_device", node));
-            ev.detail.push(("loop_role", "worker".into()));
-            ev.detail.push(("loop_worker", ev.process.name.clone()));
+            ev.detail.push((DetailKey::LoopDevice, node));
+            ev.detail.push((DetailKey::LoopRole, "worker".into()));
+            ev.detail
+                .push((DetailKey::LoopWorker, ev.process.name.clone()));
             ev.process = p;
         }
     }
@@ -1112,8 +1082,8 @@ impl Enricher {
                 .flatten(),
             last_front: None,
         };
-        ev.detail.push(("loop_device", a.node_name(node)));
-        ev.detail.push(("loop_role", "backing".into()));
+        ev.detail.push((DetailKey::LoopDevice, a.node_name(node)));
+        ev.detail.push((DetailKey::LoopRole, "backing".into()));
         if node.ino == 0 {
             return;
         }
@@ -1125,7 +1095,7 @@ impl Enricher {
             self.loops.insert(node, a);
         } else {
             maps.remove_rdev_alias(node);
-            ev.detail.push(("loop_watch", "refused".into()));
+            ev.detail.push((DetailKey::LoopWatch, "refused".into()));
         }
     }
 
@@ -1141,8 +1111,8 @@ impl Enricher {
         use snapmon_common::loop_ioctl as lo;
         let node = i.file;
         ev.file = Some(self.file(a.image, None));
-        ev.detail.push(("loop_device", a.node_name(node)));
-        ev.detail.push(("loop_role", "device".into()));
+        ev.detail.push((DetailKey::LoopDevice, a.node_name(node)));
+        ev.detail.push((DetailKey::LoopRole, "device".into()));
         let data = ev
             .ioctl
             .as_ref()
@@ -1169,13 +1139,14 @@ impl Enricher {
             // autoclear and the image stays writable through it. The alias ends when the
             // device gets another backing file (reported only when that attach succeeded).
             lo::CLR_FD => {
-                ev.detail.push(("loop_watch", "detach_requested".into()));
+                ev.detail
+                    .push((DetailKey::LoopWatch, "detach_requested".into()));
             }
             // Given a file that is not watched (a watched one arrives flagged).
             lo::SET_FD | lo::CHANGE_FD | lo::CONFIGURE => {
                 self.loops.remove(&node);
                 self.watch.unwatch_alias(node, maps);
-                ev.detail.push(("loop_watch", "ended".into()));
+                ev.detail.push((DetailKey::LoopWatch, "ended".into()));
             }
             _ => {}
         }
@@ -1207,7 +1178,10 @@ mod tests {
 
     #[test]
     fn fallocate_modes_are_named() {
-        assert_eq!(fallocate_mode(0x03), vec!["keep_size", "punch_hole"]);
+        assert_eq!(
+            write_action(WriteOp::Fallocate as u16, 0x03).1,
+            [FallocMode::KeepSize, FallocMode::PunchHole]
+        );
         assert_eq!(fallocate_action(0x03).as_str(), "punch_hole");
         assert_eq!(fallocate_action(0x10).as_str(), "zero_range");
         assert_eq!(fallocate_action(0).as_str(), "fallocate");
@@ -1216,8 +1190,15 @@ mod tests {
     #[test]
     fn every_write_op_has_a_name() {
         for op in 1..=19u16 {
-            assert_ne!(write_op_name(op), "write_unknown", "op {op}");
+            assert_ne!(
+                crate::event::WriteOp::of_record(op),
+                crate::event::WriteOp::WriteUnknown,
+                "op {op}"
+            );
         }
-        assert_eq!(write_op_name(999), "write_unknown");
+        assert_eq!(
+            crate::event::WriteOp::of_record(999).as_str(),
+            "write_unknown"
+        );
     }
 }

@@ -30,6 +30,7 @@ impl Bytes {
 }
 
 pub use crate::text::escape_bytes;
+pub use crate::vocab::{DetailKey, FallocMode, WriteOp};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ancestor {
@@ -163,7 +164,7 @@ pub struct FileInfo {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WriteInfo {
     /// Syscall or path (`pwrite64`, `io_uring_write`, `fallocate` …).
-    pub op: &'static str,
+    pub op: WriteOp,
     pub offset: i64,
     pub length: u64,
     /// Offset came from the file position (write/writev).
@@ -171,7 +172,7 @@ pub struct WriteInfo {
     pub length_partial: bool,
     /// fallocate mode names (`punch_hole`, `keep_size`, `zero_range` …).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub mode: Vec<&'static str>,
+    pub mode: Vec<FallocMode>,
     #[serde(skip)]
     pub data: Vec<u8>,
 }
@@ -507,46 +508,36 @@ pub struct Event {
     pub write: Option<WriteInfo>,
     pub ioctl: Option<IoctlRaw>,
     /// Namespace details (`mode`, `uid`, rename flags …).
-    pub detail: Vec<(&'static str, String)>,
+    pub detail: Vec<(DetailKey, String)>,
     /// Set by classify: the regions a write touched and the field-level diff.
     pub classification: Option<crate::classify::classification::Classification>,
 }
 
-/// `snapmon.detail.inode_reused`: the record is about an earlier file with this inode number,
-/// read after the file that has it now was created (`watch::WatchSet::stale`); it is
-/// reported by its own name and judged against nothing.
-pub const INODE_REUSED: &str = "inode_reused";
-
-/// `snapmon.detail.read_stalled`: a file the judgement needed did not answer within the read
-/// budget (`file: why`); the record is judged on what the event itself carries.
-pub const READ_STALLED: &str = "read_stalled";
-
 impl Event {
+    /// The value of a detail key, the first if several.
+    pub fn detail_value(&self, key: DetailKey) -> Option<&str> {
+        self.detail
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     pub fn inode_reused(&self) -> bool {
-        self.detail.iter().any(|(k, _)| *k == INODE_REUSED)
+        self.detail
+            .iter()
+            .any(|(k, _)| *k == DetailKey::InodeReused)
+    }
+
+    /// Is the path of `which` (`file`, `target`) only the start of one, unresolved? Its name
+    /// then tells nothing of the real one's end (its extension).
+    pub fn path_cut(&self, which: &str) -> bool {
+        self.detail
+            .iter()
+            .any(|(k, v)| *k == DetailKey::PathTruncated && v.split(',').any(|w| w == which))
     }
 }
 
-/// `snapmon.detail.dropped`: records about images or metadata files dropped since the last
-/// `blinded` event (all files, not only `file`).
-pub const DROPPED: &str = "dropped";
-/// `snapmon.detail.dropped_record`: what the last dropped record was (`write`, `open`,
-/// `namespace`, `ioctl`, `io_uring_register`).
-pub const DROPPED_RECORD: &str = "dropped_record";
-
-/// `snapmon.detail.io_uring_register`: how the file entered the table (`URING_ROUTES`).
-pub const URING_REGISTER: &str = "io_uring_register";
-/// `snapmon.detail.io_uring_slot`: its index in the ring's file table (`alloc`: the kernel
-/// picks it, `IORING_FILE_INDEX_ALLOC`).
-pub const URING_SLOT: &str = "io_uring_slot";
-/// `snapmon.detail.io_uring_fd`: the fd registered (in the actor's table).
-pub const URING_FD: &str = "io_uring_fd";
-/// `snapmon.detail.io_uring_ring_fd`: the ring's fd (`registered:N` for a registered ring,
-/// `-1` for `op_files_update`, where it is not at hand).
-pub const URING_RING_FD: &str = "io_uring_ring_fd";
-/// `snapmon.detail.io_uring_cut`: the call passed more fds than the kernel reads (`64 of N`).
-pub const URING_CUT: &str = "io_uring_cut";
-/// `io_uring_register` values, by `snapmon_common::uring_register` opcode word.
+/// `snapmon.detail.io_uring_register` values, by `snapmon_common::uring_register` opcode word.
 pub const URING_ROUTES: &[(u32, &str)] = &[
     (
         snapmon_common::uring_register::REGISTER_FILES,
@@ -569,20 +560,6 @@ pub const URING_ROUTES: &[(u32, &str)] = &[
         "op_files_update",
     ),
 ];
-
-/// `snapmon.detail.path_truncated`: which of an event's paths are cut and unresolved
-/// (`file`, `target`, or `file,target`; see `longpath`).
-pub const PATH_TRUNCATED: &str = "path_truncated";
-
-impl Event {
-    /// Is the path of `which` (`file`, `target`) only the start of one, unresolved? Its name
-    /// then tells nothing of the real one's end (its extension).
-    pub fn path_cut(&self, which: &str) -> bool {
-        self.detail
-            .iter()
-            .any(|(k, v)| *k == PATH_TRUNCATED && v.split(',').any(|w| w == which))
-    }
-}
 
 #[cfg(test)]
 mod tests {

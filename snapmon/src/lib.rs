@@ -32,4 +32,5 @@ pub mod state;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod text;
+pub mod vocab;
 pub mod watch;

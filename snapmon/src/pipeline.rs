@@ -356,7 +356,7 @@ impl Pipeline {
 /// Say on the record that a file its judgement needed did not answer in time.
 fn note_stall(ev: &mut Event) {
     if let Some(s) = fileread::take_stall() {
-        ev.detail.push((crate::event::READ_STALLED, s));
+        ev.detail.push((crate::event::DetailKey::ReadStalled, s));
     }
 }
 
@@ -774,10 +774,13 @@ mod loops {
             f.path.as_ref().unwrap().0,
             img.as_os_str().as_encoded_bytes()
         );
-        assert!(e[0].detail.contains(&("loop_watch", "ended".to_string())));
         assert!(e[0]
             .detail
-            .contains(&("loop_device", d.path("loop7").display().to_string())));
+            .contains(&(crate::event::DetailKey::LoopWatch, "ended".to_string())));
+        assert!(e[0].detail.contains(&(
+            crate::event::DetailKey::LoopDevice,
+            d.path("loop7").display().to_string()
+        )));
         assert!(!pipe.enricher.loops.contains_key(&node));
         assert!(!maps.files.contains(&node), "the node is still watched");
         // Said once.

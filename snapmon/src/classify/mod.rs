@@ -736,7 +736,8 @@ impl Classifier {
                     ev.action = Action::CloneRange;
                     ev.ioctl = None;
                 }
-                ev.detail.push(("recheck", r.why.as_str().to_string()));
+                ev.detail
+                    .push((crate::event::DetailKey::Recheck, r.why.as_str().to_string()));
                 ev.classification = Some(c);
                 self.stats.classified += 1;
                 out.push(ev);
@@ -1453,7 +1454,7 @@ mod filter_publishing {
                 ..Default::default()
             }),
             write: Some(WriteInfo {
-                op: action.as_str(),
+                op: action.as_str().parse().unwrap(),
                 offset: off,
                 length: data.len() as u64,
                 data: data.to_vec(),

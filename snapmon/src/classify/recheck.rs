@@ -278,7 +278,7 @@ mod tests {
                 size: Some(md.len()),
             }),
             write: (action != Action::Create).then(|| WriteInfo {
-                op: action.as_str(),
+                op: action.as_str().parse().unwrap(),
                 offset: off,
                 length: len,
                 data: data.to_vec(),
@@ -387,9 +387,10 @@ mod tests {
         let c1 = f[0].classification.as_ref().unwrap();
         assert_eq!(c1.format, "qcow2");
         assert_eq!(f[0].action, Action::MmapSharedWrite);
-        assert!(f[0]
-            .detail
-            .contains(&("recheck", "shared_mapping".to_string())));
+        assert!(f[0].detail.contains(&(
+            crate::event::DetailKey::Recheck,
+            "shared_mapping".to_string()
+        )));
         // The process is gone: nothing more to look at.
         assert!(c.next_recheck().is_none());
     }

@@ -386,7 +386,7 @@ mod tests {
                         size: None,
                     }),
                     write: Some(crate::event::WriteInfo {
-                        op: "pwrite64",
+                        op: crate::event::WriteOp::Pwrite64,
                         offset: 60,
                         length: 4,
                         data: 2u32.to_be_bytes().to_vec(),

@@ -14,7 +14,7 @@ use snapmon_common::{respond as r, runtime, FileKey, RespondEntry, RespondTarget
 use super::{cgroup::Hierarchy, Mode, Plan};
 use crate::{
     classify::Classifier,
-    event::{Bytes, Event},
+    event::{Bytes, DetailKey, Event, WriteOp},
     evidence::Evidence,
     kernel::loader::Kernel,
     record::{Alert, Record, Severity},
@@ -250,10 +250,14 @@ impl Responder {
     fn kernel_alert(&mut self, ev: &Event) -> Alert {
         let mut ev = ev.clone();
         let pid = ev.process.pid;
-        let class = detail(&ev, "operation").unwrap_or("?").to_string();
-        let signalled = !ev.action.is_dry_run() && detail(&ev, "outcome") == Some("signalled");
+        let class = ev
+            .detail_value(DetailKey::Operation)
+            .unwrap_or("?")
+            .to_string();
+        let signalled =
+            !ev.action.is_dry_run() && ev.detail_value(DetailKey::Outcome) == Some("signalled");
         // An operation matched by path names the image, not the directory it was relative to.
-        if let (Some(h), Some(plan)) = (detail(&ev, "path_hash"), &self.plan) {
+        if let (Some(h), Some(plan)) = (ev.detail_value(DetailKey::PathHash), &self.plan) {
             let dir = ev.file.as_ref().map(|f| (f.dev, f.ino));
             let by_path = plan.paths.iter().find(|(x, _, _)| format!("{x:016x}") == h);
             let by_entry = plan.entries.iter().find(|(e, _, _)| {
@@ -283,9 +287,9 @@ impl Responder {
         if ev.action == Action::Freeze && signalled {
             match self.freeze(pid) {
                 Ok(cg) => {
-                    ev.detail.push(("cgroup", cg.clone()));
+                    ev.detail.push((DetailKey::Cgroup, cg.clone()));
                     ev.detail.push((
-                        "resume",
+                        DetailKey::Resume,
                         format!(
                             "echo 0 > {}/cgroup.freeze; kill -CONT {pid}",
                             self.cgroups
@@ -301,12 +305,14 @@ impl Responder {
                 }
                 Err(e) => {
                     what = Action::Stop;
-                    ev.detail.push(("freeze_refused", e));
-                    ev.detail.push(("resume", format!("kill -CONT {pid}")));
+                    ev.detail.push((DetailKey::FreezeRefused, e));
+                    ev.detail
+                        .push((DetailKey::Resume, format!("kill -CONT {pid}")));
                 }
             }
         } else if ev.action == Action::Stop && signalled {
-            ev.detail.push(("resume", format!("kill -CONT {pid}")));
+            ev.detail
+                .push((DetailKey::Resume, format!("kill -CONT {pid}")));
         }
         let target = ev
             .file
@@ -314,11 +320,12 @@ impl Responder {
             .and_then(|f| f.path.as_ref())
             .map(|p| p.display())
             .unwrap_or_else(|| "a protected object".into());
-        let latency = detail(&ev, "syscall_to_signal_ns")
+        let latency = ev
+            .detail_value(DetailKey::SyscallToSignalNs)
             .and_then(|v| v.parse::<u64>().ok())
             .map(fmt_ns)
             .unwrap_or_default();
-        let sig = detail(&ev, "signal").unwrap_or("").to_string();
+        let sig = ev.detail_value(DetailKey::Signal).unwrap_or("").to_string();
         let deed = match class.as_str() {
             "metadata_write" => "writing the metadata of",
             "snapshot_ioctl" => "a snapshot-destroying ioctl on",
@@ -346,7 +353,7 @@ impl Responder {
                 "{} could not be {} for {deed} {target}: the kernel refused the signal ({})",
                 ev.process.lineage(),
                 past(what),
-                detail(&ev, "outcome").unwrap_or("?")
+                ev.detail_value(DetailKey::Outcome).unwrap_or("?")
             )
         };
         let attempted = !ev.action.is_dry_run();
@@ -415,8 +422,8 @@ impl Responder {
         let dry = plan.dry_run || store.dry;
         let freeze = plan.mode == Mode::Freeze;
         let mut out = ev.clone();
-        out.detail.push(("responder", "agent".into()));
-        out.detail.push(("trigger_rule", a.rule_id.clone()));
+        out.detail.push((DetailKey::Responder, "agent".into()));
+        out.detail.push((DetailKey::TriggerRule, a.rule_id.clone()));
         let pid = p.pid;
         let verb;
         let mut outcome = Ok(());
@@ -431,11 +438,11 @@ impl Responder {
             match self.freeze(pid) {
                 Ok(cg) => {
                     out.action = Action::Freeze;
-                    out.detail.push(("cgroup", cg));
+                    out.detail.push((DetailKey::Cgroup, cg));
                     verb = "frozen";
                 }
                 Err(e) => {
-                    out.detail.push(("freeze_refused", e));
+                    out.detail.push((DetailKey::FreezeRefused, e));
                     out.action = Action::Stop;
                     verb = "stopped";
                     outcome = signal_verified(pid, p.start_ns, libc::SIGSTOP);
@@ -447,11 +454,13 @@ impl Responder {
             outcome = signal_verified(pid, p.start_ns, libc::SIGSTOP);
         }
         if !dry && outcome.is_ok() && out.action != Action::Freeze {
-            out.detail.push(("signal", "SIGSTOP".into()));
-            out.detail.push(("resume", format!("kill -CONT {pid}")));
+            out.detail.push((DetailKey::Signal, "SIGSTOP".into()));
+            out.detail
+                .push((DetailKey::Resume, format!("kill -CONT {pid}")));
         }
         let lat = boottime_ns().saturating_sub(ev.ts_boot_ns);
-        out.detail.push(("syscall_to_signal_ns", lat.to_string()));
+        out.detail
+            .push((DetailKey::SyscallToSignalNs, lat.to_string()));
         let acted = !dry;
         let message = match (&outcome, dry) {
             (_, true) => format!(
@@ -469,7 +478,7 @@ impl Responder {
             ),
             (Err(e), false) => {
                 self.stats.signal_failed += 1;
-                out.detail.push(("outcome", e.clone()));
+                out.detail.push((DetailKey::Outcome, e.clone()));
                 format!(
                     "{} could not be {verb} after {}: {e}",
                     p.lineage(),
@@ -494,15 +503,8 @@ fn past(what: Action) -> &'static str {
     }
 }
 
-fn detail<'a>(ev: &'a Event, key: &str) -> Option<&'a str> {
-    ev.detail
-        .iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 fn is_kernel_response(ev: &Event) -> bool {
-    super::ACTIONS.contains(&ev.action) && detail(ev, "responder") == Some("kernel")
+    super::ACTIONS.contains(&ev.action) && ev.detail_value(DetailKey::Responder) == Some("kernel")
 }
 
 fn alert(ev: Event, acted: bool, message: String) -> Alert {
@@ -527,13 +529,13 @@ fn alert(ev: Event, acted: bool, message: String) -> Alert {
 }
 
 /// The detail of a kernel response record (`snapmon.detail` of its event and alert).
-pub fn details(x: &snapmon_common::RespondEvent) -> Vec<(&'static str, String)> {
+pub fn details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, String)> {
     let mut d = vec![
-        ("responder", "kernel".to_string()),
-        ("operation", super::class_name(x.class).to_string()),
-        ("signal", super::signal_name(x.signal).to_string()),
+        (DetailKey::Responder, "kernel".to_string()),
+        (DetailKey::Operation, super::class_name(x.class).to_string()),
+        (DetailKey::Signal, super::signal_name(x.signal).to_string()),
         (
-            "outcome",
+            DetailKey::Outcome,
             match (x.signal, x.ret) {
                 (0, _) => "would_signal".to_string(),
                 (_, 0) => "signalled".to_string(),
@@ -541,32 +543,30 @@ pub fn details(x: &snapmon_common::RespondEvent) -> Vec<(&'static str, String)> 
             },
         ),
         (
-            "syscall_to_signal_ns",
+            DetailKey::SyscallToSignalNs,
             x.signal_ns.saturating_sub(x.hdr.ts_ns).to_string(),
         ),
         // CLOCK_BOOTTIME of the signal: lets a caller time it from its own stamp.
-        ("signal_boottime_ns", x.signal_ns.to_string()),
+        (DetailKey::SignalBoottimeNs, x.signal_ns.to_string()),
         (
-            "actor_exe_identity",
+            DetailKey::ActorExeIdentity,
             format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
         ),
     ];
     match x.class {
         r::METADATA_WRITE | r::TRUNCATE if x.path_hash == 0 => {
-            d.push(("offset", x.offset.to_string()));
-            d.push(("length", x.len.to_string()));
-            if let Some(op) = snapmon_common::WriteOp::from_u16(x.aux as u16) {
-                d.push((
-                    "write_op",
-                    crate::enrich::write_op_name(op as u16).to_string(),
-                ));
+            d.push((DetailKey::Offset, x.offset.to_string()));
+            d.push((DetailKey::Length, x.len.to_string()));
+            let op = WriteOp::of_record(x.aux as u16);
+            if op != WriteOp::WriteUnknown {
+                d.push((DetailKey::WriteOp, op.as_str().to_string()));
             }
         }
-        r::SNAPSHOT_IOCTL => d.push(("ioctl_cmd", format!("{:#010x}", x.aux))),
+        r::SNAPSHOT_IOCTL => d.push((DetailKey::IoctlCmd, format!("{:#010x}", x.aux))),
         _ => {}
     }
     if x.path_hash != 0 {
-        d.push(("path_hash", format!("{:016x}", x.path_hash)));
+        d.push((DetailKey::PathHash, format!("{:016x}", x.path_hash)));
     }
     d
 }
@@ -704,11 +704,20 @@ mod tests {
             a[0].message,
             "python3 was killed (SIGKILL 8.2 µs after the syscall, in the kernel) for writing the metadata of /srv/images/vm.qcow2: /usr/bin/python3 is not a trusted executable"
         );
-        assert_eq!(detail(&a[0].event, "syscall_to_signal_ns"), Some("8200"));
-        assert_eq!(detail(&a[0].event, "write_op"), Some("pwrite64"));
+        assert_eq!(
+            a[0].event.detail_value(DetailKey::SyscallToSignalNs),
+            Some("8200")
+        );
+        assert_eq!(
+            a[0].event.detail_value(DetailKey::WriteOp),
+            Some("pwrite64")
+        );
         let stopped = kernel_event(r::SIGSTOP, r::CLASSES);
         let a = alerts(resp.after(&[Record::Event(stopped)], &mut cl));
-        assert_eq!(detail(&a[0].event, "resume"), Some("kill -CONT 4242"));
+        assert_eq!(
+            a[0].event.detail_value(DetailKey::Resume),
+            Some("kill -CONT 4242")
+        );
         let dry = kernel_event(0, r::KILL | r::DRY_RUN | r::CLASSES);
         let a = alerts(resp.after(&[Record::Event(dry)], &mut cl));
         assert_eq!(a[0].rule_id, "SM-E004");
@@ -721,10 +730,10 @@ mod tests {
         assert_eq!(resp.stats.kernel, 3);
         // A refused helper is said as such.
         let mut failed = kernel_event(r::SIGKILL, r::KILL);
-        failed.detail.retain(|(k, _)| *k != "outcome");
+        failed.detail.retain(|(k, _)| *k != DetailKey::Outcome);
         failed
             .detail
-            .push(("outcome", "failed: Operation not permitted".into()));
+            .push((DetailKey::Outcome, "failed: Operation not permitted".into()));
         let a = alerts(resp.after(&[Record::Event(failed)], &mut cl));
         assert!(
             a[0].message.contains("could not be killed"),

@@ -2,7 +2,7 @@
 //! severity, its ATT&CK techniques, the event kinds it looks at (the engine's index) and a
 //! pure evaluation over the event, the actor's trust and bounded state.
 
-use crate::event::Action;
+use crate::event::{Action, DetailKey};
 
 use super::{Ctx, Hit, Kind};
 use crate::{classify::Format, event::Event, record::Severity};
@@ -1356,18 +1356,12 @@ fn k005(ctx: &mut Ctx) -> Option<Hit> {
         return None;
     }
     // Only the attach reported for its watched backing file, not ioctls on the device.
-    let backing = ev
-        .detail
-        .iter()
-        .any(|(k, v)| *k == "loop_role" && v == "backing");
+    let backing = ev.detail_value(DetailKey::LoopRole) == Some("backing");
     if !backing {
         return None;
     }
     let dev = ev
-        .detail
-        .iter()
-        .find(|(k, _)| *k == "loop_device")
-        .map(|(_, v)| v.as_str())
+        .detail_value(DetailKey::LoopDevice)
         .unwrap_or("a loop device");
     Some(Hit::msg(format!(
         "{} attached {} to {dev} ({})",
@@ -1532,13 +1526,7 @@ fn a001(ctx: &mut Ctx) -> Option<Hit> {
     if ev.action != Action::Blinded {
         return None;
     }
-    let detail = |k: &str| {
-        ev.detail
-            .iter()
-            .find(|(key, _)| *key == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let dropped = detail(crate::event::DROPPED).unwrap_or("some");
+    let dropped = ev.detail_value(DetailKey::Dropped).unwrap_or("some");
     let file = match ev.file.as_ref() {
         Some(f) if f.path.is_none() => {
             format!("{}:{}", crate::watch::dev_display(f.dev), f.ino)
@@ -1564,11 +1552,7 @@ fn u001(ctx: &mut Ctx) -> Option<Hit> {
     if !about_snapshot_file(ctx) {
         return None;
     }
-    let slot = ev
-        .detail
-        .iter()
-        .find(|(k, _)| *k == crate::event::URING_SLOT)
-        .map_or("?", |(_, v)| v.as_str());
+    let slot = ev.detail_value(DetailKey::IoUringSlot).unwrap_or("?");
     if ctx.trust.by("qemu") {
         // QEMU with aio=io_uring registers its images; a debugging tool doing it is a note.
         let tool = ctx.trust.qemu_tool.filter(|t| t.is_debug())?;

@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::{
     classify::{Change, Classification, Format},
     event::{
-        Action, Ancestor, Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo,
-        ProcessNames, WriteInfo,
+        Action, Ancestor, Bytes, Category, DetailKey, Event, EventType, FallocMode, FileInfo,
+        IoctlRaw, ProcessInfo, ProcessNames, WriteInfo, WriteOp,
     },
     record::Alert,
 };
@@ -22,57 +22,6 @@ pub enum ReplayError {
     Json { line: usize, msg: String },
     #[error("line {line}: {msg}")]
     Shape { line: usize, msg: String },
-}
-
-/// The agent's remaining `&'static str` vocabularies: write ops (by their action's name or
-/// one of these), fallocate modes and detail keys. Anything else becomes `other`.
-/// Actions, categories, types and formats parse through their enums instead.
-const WORDS: &[&str] = &[
-    // actions and write ops
-    "ftruncate",
-    "io_uring_fallocate",
-    "io_uring_ftruncate",
-    "write_unknown",
-    "fork",
-    "exec",
-    "exit",
-    "namespace_unknown",
-    // fallocate modes
-    "keep_size",
-    "no_hide_stale",
-    "unshare_range",
-    // detail keys
-    "mode",
-    "uid",
-    "gid",
-    "open_flags",
-    "rename_flags",
-    "length",
-    "loop_device",
-    "loop_node",
-    // io_uring registration (`event::URING_*`)
-    "io_uring_register",
-    "io_uring_slot",
-    "io_uring_fd",
-    "io_uring_ring_fd",
-    "io_uring_cut",
-    "loop_role",
-    "loop_offset",
-    "loop_watch",
-    "overlay_mount",
-    "overlay_path",
-    crate::event::DROPPED,
-    crate::event::DROPPED_RECORD,
-    crate::event::READ_STALLED,
-];
-
-pub fn intern(s: &str) -> &'static str {
-    if let Ok(a) = s.parse::<Action>().map(Action::as_str) {
-        if !a.is_empty() {
-            return a;
-        }
-    }
-    WORDS.iter().copied().find(|w| *w == s).unwrap_or("other")
 }
 
 /// Undo `event::escape_bytes`: `\xNN` → byte, `\\` → `\`.
@@ -322,7 +271,9 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         ..Default::default()
     });
     let write = sm["write"].as_object().map(|w| WriteInfo {
-        op: intern(w.get("op").and_then(|x| x.as_str()).unwrap_or("")),
+        // Write ops, modes and detail keys this build does not know parse to their `Unknown`
+        // (`vocab`): kept as written, so the event still replays and renders back unchanged.
+        op: WriteOp::from_name(w.get("op").and_then(|x| x.as_str()).unwrap_or("")),
         offset: w.get("offset").and_then(|x| x.as_i64()).unwrap_or(-1),
         length: w.get("length").and_then(|x| x.as_u64()).unwrap_or(0),
         offset_from_fpos: w
@@ -336,7 +287,7 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         mode: w
             .get("mode")
             .and_then(|m| m.as_array())
-            .map(|a| a.iter().map(|x| intern(str_of(x))).collect())
+            .map(|a| a.iter().map(|x| FallocMode::from_name(str_of(x))).collect())
             .unwrap_or_default(),
         data: Vec::new(),
     });
@@ -356,7 +307,7 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
             d.iter()
                 .map(|(k, x)| {
                     (
-                        intern(k),
+                        DetailKey::from_name(k),
                         x.as_str()
                             .map(String::from)
                             .unwrap_or_else(|| x.to_string()),
@@ -571,11 +522,16 @@ mod tests {
                 size: Some(10),
             }),
             write: Some(WriteInfo {
-                op: "pwrite64",
+                op: WriteOp::Pwrite64,
                 offset: 60,
                 length: 4,
+                mode: vec![FallocMode::KeepSize, FallocMode::from_name("newer_bit")],
                 ..Default::default()
             }),
+            detail: vec![
+                (DetailKey::LoopDevice, "/dev/loop0".into()),
+                (DetailKey::from_name("newer_key"), "x".into()),
+            ],
             classification: Some(Classification {
                 format: Format::Qcow2,
                 regions: vec!["header.nb_snapshots".into()],
@@ -627,6 +583,30 @@ mod tests {
         // Same JSON again: the inverse is exact for everything the sink writes.
         let again = to_value(&Record::Event(parse_line(&line, 1).unwrap().unwrap()), "h");
         assert_eq!(again, serde_json::from_str::<Value>(&line).unwrap());
+    }
+
+    #[test]
+    fn words_this_build_does_not_know_are_kept_as_written() {
+        let line = r#"{"@timestamp":"2026-11-28T18:02:11.482113000Z","event":{"kind":"event","category":["file"],"type":["change"],"action":"fallocate"},"snapmon":{"backend":"tracepoint","write":{"op":"io_uring_fallocate2","mode":["keep_size","future_bit"]},"detail":{"via":"lsm","future_key":"7"}}}"#;
+        let ev = parse_line(line, 1).unwrap().unwrap();
+        let w = ev.write.as_ref().unwrap();
+        assert_eq!(w.op, WriteOp::Unknown("io_uring_fallocate2".into()));
+        assert_eq!(
+            w.mode,
+            [
+                FallocMode::KeepSize,
+                FallocMode::Unknown("future_bit".into())
+            ]
+        );
+        assert_eq!(ev.detail_value(DetailKey::Via), Some("lsm"));
+        assert_eq!(
+            ev.detail_value(DetailKey::Unknown("future_key".into())),
+            Some("7")
+        );
+        let back = to_value(&Record::Event(ev), "h");
+        assert_eq!(back["snapmon"]["write"]["op"], "io_uring_fallocate2");
+        assert_eq!(back["snapmon"]["write"]["mode"][1], "future_bit");
+        assert_eq!(back["snapmon"]["detail"]["future_key"], "7");
     }
 
     #[test]

@@ -653,7 +653,7 @@ fn renames_to_cut_names_count_as_image_renames_and_whole_ones_are_judged_as_befo
             });
             if !cut.is_empty() {
                 ev.detail
-                    .push((crate::event::PATH_TRUNCATED, cut.to_string()));
+                    .push((crate::event::DetailKey::PathTruncated, cut.to_string()));
             }
             fired.extend(e.process(&ev).into_iter().map(|a| a.rule_id));
         }

@@ -233,7 +233,7 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         let d: Map<String, Value> = e
             .detail
             .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
+            .map(|(k, v)| (k.as_str().to_string(), json!(v)))
             .collect();
         snap.insert("detail".into(), Value::Object(d));
     }
@@ -999,7 +999,7 @@ fn write_event(
             let d: Map<String, Value> = e
                 .detail
                 .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
+                .map(|(k, v)| (k.as_str().to_string(), json!(v)))
                 .collect();
             let _ = serde_json::to_writer(&mut *out, &d);
         }
@@ -1052,7 +1052,7 @@ fn write_event(
                 b"false"
             });
             key(out, "op", &mut g);
-            js(out, w.op);
+            js(out, w.op.as_str());
             out.push(b'}');
         }
         out.push(b'}');
@@ -1096,7 +1096,11 @@ mod tests {
             executable: "/sbin/init".into(),
             entity_id: String::new(),
         });
-        e.detail.push(("why", "because".into()));
+        // A key only replay makes (one this build does not know), rendered as read.
+        e.detail.push((
+            crate::event::DetailKey::Unknown("why".into()),
+            "because".into(),
+        ));
         if let Some(f) = &mut e.file {
             f.path = Some(Bytes(b"/s/a\x01\xfe.qcow2".to_vec()));
             f.size = None;
@@ -1106,7 +1110,10 @@ mod tests {
             ..Default::default()
         });
         if let Some(w) = &mut e.write {
-            w.mode = vec!["punch_hole", "keep_size"];
+            w.mode = vec![
+                crate::event::FallocMode::PunchHole,
+                crate::event::FallocMode::KeepSize,
+            ];
             w.offset = -1;
         }
         e.ioctl = Some(crate::event::IoctlRaw {
@@ -1274,7 +1281,7 @@ mod tests {
                 size: Some(10),
             }),
             write: Some(WriteInfo {
-                op: "pwrite64",
+                op: crate::event::WriteOp::Pwrite64,
                 offset: 60,
                 length: 12,
                 ..Default::default()

@@ -330,7 +330,7 @@ pub(crate) mod fixtures {
                 size: Some(196_624),
             }),
             write: Some(WriteInfo {
-                op: "pwrite64",
+                op: crate::event::WriteOp::Pwrite64,
                 offset: 60,
                 length: 4,
                 ..Default::default()

@@ -3,7 +3,7 @@
 //! types, values outside allowed lists, missing required fields and data used as object keys
 //! all fail here.
 
-use crate::event::Action;
+use crate::event::{Action, DetailKey, FallocMode};
 
 use serde_json::{json, Value};
 
@@ -51,7 +51,7 @@ pub(crate) fn every_record() -> Vec<Record> {
     // Hostile bytes, no parent, a container, a cwd, truncated args, an unnamed file.
     let mut e = base.clone();
     e.action = Action::PunchHole;
-    e.write.as_mut().unwrap().mode = vec!["punch_hole", "keep_size"];
+    e.write.as_mut().unwrap().mode = vec![FallocMode::PunchHole, FallocMode::KeepSize];
     e.file.as_mut().unwrap().path = Some(Bytes(b"/s/\x1b[31m\xfe.qcow2".to_vec()));
     e.process.parent = None;
     e.process.container_id = Some("c0ffee".into());
@@ -63,30 +63,26 @@ pub(crate) fn every_record() -> Vec<Record> {
     e.process.exe_ino = 4242;
     e.process.vm_uuid = Some("6f1c…".into());
     std::sync::Arc::make_mut(&mut e.process.ancestors)[0].entity_id = "ent-4000".into();
-    // Every detail key the enricher writes.
-    for k in [
-        "mode",
-        "uid",
-        "gid",
-        "open_flags",
-        "rename_flags",
-        "length",
-        "via",
-        "loop_device",
-        "loop_node",
-        "loop_offset",
-        "loop_role",
-        "loop_watch",
-        "loop_worker",
-        "overlay_mount",
-        "overlay_path",
-        "io_uring_register",
-        "io_uring_slot",
-        "io_uring_fd",
-        "io_uring_ring_fd",
-        "io_uring_cut",
-    ] {
-        e.detail.push((k, "1".into()));
+    // Every detail key the agent writes, but the response records' ones, which
+    // snapmon_fields.json does not declare yet (a gap of the schema, not of this test).
+    let undeclared = [
+        DetailKey::Responder,
+        DetailKey::TriggerRule,
+        DetailKey::Signal,
+        DetailKey::SyscallToSignalNs,
+        DetailKey::SignalBoottimeNs,
+        DetailKey::Cgroup,
+        DetailKey::FreezeRefused,
+        DetailKey::Resume,
+        DetailKey::Offset,
+        DetailKey::WriteOp,
+        DetailKey::IoctlCmd,
+        DetailKey::PathHash,
+    ];
+    for k in <DetailKey as strum::IntoEnumIterator>::iter() {
+        if !matches!(k, DetailKey::Unknown(_)) && !undeclared.contains(&k) {
+            e.detail.push((k, "1".into()));
+        }
     }
     out.push(Record::Event(e.clone()));
     e.file = Some(FileInfo {
@@ -127,8 +123,8 @@ pub(crate) fn every_record() -> Vec<Record> {
     e.classification = None;
     e.process = Default::default();
     e.detail = vec![
-        ("loop_device", "/dev/loop0".into()),
-        ("loop_watch", "ended".into()),
+        (DetailKey::LoopDevice, "/dev/loop0".into()),
+        (DetailKey::LoopWatch, "ended".into()),
     ];
     out.push(Record::Event(e));
     // Process lifecycle.
@@ -155,11 +151,11 @@ pub(crate) fn every_record() -> Vec<Record> {
         };
         e.backend = snapmon_common::Backend::Lsm;
         e.detail = vec![
-            ("operation", "write".into()),
-            ("outcome", outcome.into()),
-            ("protected", "/var/lib/libvirt/images".into()),
-            ("actor_exe_identity", "8:1:42".into()),
-            ("aux", "0x2".into()),
+            (DetailKey::Operation, "write".into()),
+            (DetailKey::Outcome, outcome.into()),
+            (DetailKey::Protected, "/var/lib/libvirt/images".into()),
+            (DetailKey::ActorExeIdentity, "8:1:42".into()),
+            (DetailKey::Aux, "0x2".into()),
         ];
         out.push(Record::Event(e));
     }

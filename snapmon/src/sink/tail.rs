@@ -394,7 +394,7 @@ mod tests {
                 ..Default::default()
             }),
             write: Some(WriteInfo {
-                op: "pwrite64",
+                op: crate::event::WriteOp::Pwrite64,
                 offset: 60,
                 length: 12,
                 ..Default::default()
