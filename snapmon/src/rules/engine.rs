@@ -9,6 +9,7 @@ use super::{
     def::RuleDef,
     family::kernel,
     glob::Glob,
+    helpers::file_path,
     policy::{self, ActorGroup, Exception, Resolver},
     qemu_tools, registry,
     state::Bounded,
@@ -352,12 +353,7 @@ impl Engine {
     }
 
     fn excepted(&self, id: &str, ev: &Event, trust: &Trust) -> bool {
-        fn path(f: &Option<crate::event::FileInfo>) -> &[u8] {
-            f.as_ref()
-                .and_then(|f| f.path.as_ref())
-                .map_or(&[], |p| p.0.as_slice())
-        }
-        let (p, t) = (path(&ev.file), path(&ev.target));
+        let (p, t) = (file_path(ev.file.as_ref()), file_path(ev.target.as_ref()));
         self.exceptions.iter().any(|x| {
             x.rules.iter().any(|r| r == id)
                 && x.actor.as_ref().is_none_or(|a| trust.by(a))

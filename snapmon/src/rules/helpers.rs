@@ -4,7 +4,7 @@
 use super::ctx::Ctx;
 use crate::{
     classify::{Change, Classification, Format},
-    event::{Action, Event, ProcessInfo},
+    event::{Action, Event, FileInfo, ProcessInfo},
 };
 
 pub(super) fn cls(ev: &Event) -> Option<&Classification> {
@@ -84,9 +84,12 @@ pub(super) fn how(ev: &Event) -> String {
 }
 
 pub(super) fn path_bytes(ev: &Event) -> &[u8] {
-    ev.file
-        .as_ref()
-        .and_then(|f| f.path.as_ref())
+    file_path(ev.file.as_ref())
+}
+
+/// A file's path, empty when it has none.
+pub(super) fn file_path(f: Option<&FileInfo>) -> &[u8] {
+    f.and_then(|f| f.path.as_ref())
         .map(|p| p.0.as_slice())
         .unwrap_or(b"")
 }
@@ -163,12 +166,24 @@ pub(super) fn diff_text<'a>(it: impl Iterator<Item = &'a Change>) -> String {
 }
 
 pub(super) fn is_qcow2(ctx: &Ctx) -> bool {
-    cls(ctx.ev).is_some_and(|c| c.format == Format::Qcow2)
-        || ctx
-            .ev
-            .file
-            .as_ref()
-            .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)))
+    cls(ctx.ev).is_some_and(|c| c.format == Format::Qcow2) || known_qcow2(ctx)
+}
+
+/// The event's file is an identity already seen holding a qcow2 image.
+fn known_qcow2(ctx: &Ctx) -> bool {
+    ctx.ev
+        .file
+        .as_ref()
+        .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)))
+}
+
+/// `a, b, c, …`: the first `most` labels, an ellipsis when there are more.
+pub(super) fn first_few(labels: &[String], most: usize) -> String {
+    let mut s = labels[..labels.len().min(most)].join(", ");
+    if labels.len() > most {
+        s.push_str(", …");
+    }
+    s
 }
 
 pub(super) fn meta_regions(ev: &Event) -> Vec<&str> {
@@ -337,6 +352,12 @@ pub(super) fn ioctl_name(ev: &Event) -> &str {
     cls(ev).and_then(|c| c.ioctl_name.as_deref()).unwrap_or("")
 }
 
+/// The decoded ioctl name `n` is `name`, alone or followed by its arguments.
+pub(super) fn ioctl_is(n: &str, name: &str) -> bool {
+    n.strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+}
+
 pub(super) fn ioctl_family(ev: &Event) -> &str {
     cls(ev)
         .and_then(|c| c.ioctl.as_ref())
@@ -397,8 +418,5 @@ pub(super) fn about_snapshot_file(ctx: &Ctx) -> bool {
                 Format::Qcow2 | Format::Libvirt | Format::LvmBackup | Format::Lvm
             )
         })
-        || ev
-            .file
-            .as_ref()
-            .is_some_and(|f| ctx.st.known_qcow2.contains(&(f.dev, f.ino)))
+        || known_qcow2(ctx)
 }

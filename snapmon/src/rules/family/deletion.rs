@@ -6,7 +6,7 @@ use crate::rules::{
         Kind::{Delete, Ioctl, Write},
     },
     def::RuleDef,
-    helpers::{actor, cls, fact, leaf},
+    helpers::{actor, cls, fact, first_few, leaf},
 };
 use crate::{classify::Format, event::Action, event::Event, record::Severity};
 
@@ -38,10 +38,12 @@ pub fn deleted_snapshots(ev: &Event) -> Vec<String> {
             _ => {}
         }
     }
-    if c.format == Format::Libvirt && ev.action == Action::Unlink {
-        if fact(c, "kind") == Some("snapshot") && fact(c, "temp").is_none() {
-            out.push(fact(c, "name").map_or_else(|| leaf(ev), str::to_string));
-        }
+    if c.format == Format::Libvirt
+        && ev.action == Action::Unlink
+        && fact(c, "kind") == Some("snapshot")
+        && fact(c, "temp").is_none()
+    {
+        out.push(fact(c, "name").map_or_else(|| leaf(ev), str::to_string));
     }
     if c.snapshot_destructive {
         out.push(format!("ioctl#{}", ev.seq));
@@ -65,20 +67,12 @@ fn b001(ctx: &mut Ctx) -> Option<Hit> {
     if n < ctx.threshold as usize {
         return None;
     }
-    let labels = ctx.st.deletions.labels();
-    let seqs = ctx.st.deletions.seqs();
-    ctx.st.deletions.clear();
+    let (labels, seqs) = ctx.st.deletions.take();
     let mut h = Hit::msg(format!(
-        "{} snapshots deleted within {} s ({}{}), the last by {} in {}",
+        "{} snapshots deleted within {} s ({}), the last by {} in {}",
         labels.len(),
         ctx.window_ns / 1_000_000_000,
-        labels
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-        if labels.len() > 5 { ", …" } else { "" },
+        first_few(&labels, 5),
         actor(ev),
         leaf(ev)
     ));

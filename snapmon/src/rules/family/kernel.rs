@@ -4,7 +4,7 @@
 use crate::rules::{
     ctx::{Ctx, Hit, Kind::Ioctl},
     def::RuleDef,
-    helpers::{actor, cls, detail, ioctl_family, ioctl_name, leaf, path_bytes},
+    helpers::{actor, cls, detail, ioctl_family, ioctl_is, ioctl_name, leaf, path_bytes},
 };
 use crate::{event::Event, record::Severity};
 
@@ -139,9 +139,9 @@ fn k004(ctx: &mut Ctx) -> Option<Hit> {
     let n = ioctl_name(ev);
     let f = ev.file.as_ref()?;
     let key = (f.dev, f.ino);
-    if n == "FITHAW" || n.starts_with("FITHAW ") {
+    if ioctl_is(n, "FITHAW") {
         ctx.st.freezes.remove(&key);
-    } else if (n == "FIFREEZE" || n.starts_with("FIFREEZE ")) && !ctx.trust.by("freeze") {
+    } else if ioctl_is(n, "FIFREEZE") && !ctx.trust.by("freeze") {
         ctx.st.freezes.insert(key, Box::new(ev.clone()));
     }
     // Firing happens in the engine's timer pass (Engine::expire).

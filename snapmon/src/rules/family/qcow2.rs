@@ -8,9 +8,9 @@ use crate::rules::{
     },
     def::RuleDef,
     helpers::{
-        actor, became, by_target, changes, cls, diff_text, has_image_ext, how, ioctl_name,
-        is_destructive_op, is_qcow2, leaf, leaf_bytes, meta_regions, path_bytes, subject_leaf,
-        verb,
+        actor, became, by_target, changes, cls, diff_text, has_image_ext, how, ioctl_is,
+        ioctl_name, is_destructive_op, is_qcow2, leaf, leaf_bytes, meta_regions, path_bytes,
+        subject_leaf, verb,
     },
 };
 use crate::{event::Action, record::Severity};
@@ -119,7 +119,7 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
         let n = ioctl_name(ev);
         let clones = ["FICLONE", "FICLONERANGE", "FIDEDUPERANGE"]
             .iter()
-            .any(|c| n == *c || n.starts_with(&format!("{c} ")));
+            .any(|c| ioctl_is(n, c));
         let named = has_image_ext(leaf_bytes(path_bytes(ev)), &ctx.det.image_extensions);
         if !clones || !(is_qcow2(ctx) || named) || became(ev) {
             return None;

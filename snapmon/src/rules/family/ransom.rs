@@ -9,8 +9,8 @@ use crate::rules::{
     },
     def::RuleDef,
     helpers::{
-        actor, dir_of, has_image_ext, leaf, leaf_bytes, new_name, new_name_cut, path_bytes,
-        target_leaf,
+        actor, dir_of, first_few, has_image_ext, leaf, leaf_bytes, new_name, new_name_cut,
+        path_bytes, target_leaf,
     },
 };
 
@@ -82,21 +82,13 @@ fn r001(ctx: &mut Ctx) -> Option<Hit> {
     if rate.add(ev.ts_unix_ns, window, ev.seq, label) < threshold {
         return None;
     }
-    let labels = rate.labels();
-    let seqs = rate.seqs();
-    rate.clear();
+    let (labels, seqs) = rate.take();
     let mut h = Hit::msg(format!(
-        "{} renamed {} disk images to new extensions within {} s ({}{})",
+        "{} renamed {} disk images to new extensions within {} s ({})",
         actor(ev),
         labels.len(),
         window / 1_000_000_000,
-        labels
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", "),
-        if labels.len() > 3 { ", …" } else { "" }
+        first_few(&labels, 3)
     ));
     h.related = seqs;
     Some(h)
