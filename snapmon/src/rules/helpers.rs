@@ -20,11 +20,6 @@ pub(super) fn leaf(ev: &Event) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-pub(super) fn target_leaf(ev: &Event) -> Option<String> {
-    let p = ev.target.as_ref()?.path.as_ref()?;
-    Some(crate::event::escape_bytes(leaf_bytes(&p.0)))
-}
-
 /// The first value of an event detail (`loop_device`, `io_uring_slot` …).
 pub(super) fn detail<'a>(ev: &'a Event, key: &str) -> Option<&'a str> {
     ev.detail
@@ -61,12 +56,6 @@ pub(super) fn subject_path(ev: &Event) -> &[u8] {
 
 pub(super) fn subject_leaf(ev: &Event) -> String {
     crate::event::escape_bytes(leaf_bytes(subject_path(ev)))
-}
-
-/// The file is being made, not modified: it became an image on this event (fact
-/// `became`), or its creator is filling it (fact `made`: cp, a template copy).
-pub(super) fn became(ev: &Event) -> bool {
-    cls(ev).is_some_and(|c| has_fact(c, "became") || has_fact(c, "made"))
 }
 
 /// ` by renaming X over it` for a replace, else nothing.
@@ -165,12 +154,8 @@ pub(super) fn diff_text<'a>(it: impl Iterator<Item = &'a Change>) -> String {
         .join(", ")
 }
 
-pub(super) fn is_qcow2(ctx: &Ctx) -> bool {
-    cls(ctx.ev).is_some_and(|c| c.format == Format::Qcow2) || known_qcow2(ctx)
-}
-
 /// The event's file is an identity already seen holding a qcow2 image.
-fn known_qcow2(ctx: &Ctx) -> bool {
+pub(super) fn known_qcow2(ctx: &Ctx) -> bool {
     ctx.ev
         .file
         .as_ref()
@@ -184,24 +169,6 @@ pub(super) fn first_few(labels: &[String], most: usize) -> String {
         s.push_str(", …");
     }
     s
-}
-
-pub(super) fn meta_regions(ev: &Event) -> Vec<&str> {
-    let mut v: Vec<&str> = Vec::new();
-    for r in cls(ev).into_iter().flat_map(|c| c.regions.iter()) {
-        if r == "data" {
-            continue;
-        }
-        let top = if r.starts_with("header") {
-            "header"
-        } else {
-            r.as_str()
-        };
-        if !v.contains(&top) {
-            v.push(top);
-        }
-    }
-    v
 }
 
 pub(super) fn verb(action: Action) -> &'static str {
@@ -274,80 +241,6 @@ pub(super) fn verb(action: Action) -> &'static str {
     }
 }
 
-/// Cuts, punches or shifts what was there.
-pub(super) fn is_destructive_op(action: Action) -> bool {
-    use Action as A;
-    match action {
-        A::PunchHole
-        | A::ZeroRange
-        | A::CollapseRange
-        | A::InsertRange
-        | A::Truncate
-        | A::OpenTruncate => true,
-        A::Write
-        | A::Pwrite64
-        | A::Writev
-        | A::Pwritev
-        | A::Pwritev2
-        | A::IoUringWrite
-        | A::IoUringWritev
-        | A::IoUringWriteFixed
-        | A::AioPwrite
-        | A::AioPwritev
-        | A::CopyFileRange
-        | A::Splice
-        | A::Sendfile
-        | A::MmapSharedWrite
-        | A::VfsWrite
-        | A::WriteUnknown
-        | A::Fallocate
-        | A::CloneRange
-        | A::Create
-        | A::OpenWrite
-        | A::Rename
-        | A::Unlink
-        | A::Rmdir
-        | A::Link
-        | A::Symlink
-        | A::Mkdir
-        | A::Chmod
-        | A::Chown
-        | A::Utimes
-        | A::NamespaceUnknown
-        | A::Ioctl
-        | A::IoUringRegisterFiles
-        | A::Blinded
-        | A::LoopDetached
-        | A::Fork
-        | A::Exec
-        | A::Exit
-        | A::Unset
-        | A::DenyWrite
-        | A::DenyOpenWrite
-        | A::DenyTruncate
-        | A::DenyUnlink
-        | A::DenyRename
-        | A::DenyLink
-        | A::DenyMmapWrite
-        | A::DenyIoctl
-        | A::DenyUnknown
-        | A::WouldDenyWrite
-        | A::WouldDenyOpenWrite
-        | A::WouldDenyTruncate
-        | A::WouldDenyUnlink
-        | A::WouldDenyRename
-        | A::WouldDenyLink
-        | A::WouldDenyMmapWrite
-        | A::WouldDenyIoctl
-        | A::Kill
-        | A::Stop
-        | A::Freeze
-        | A::WouldKill
-        | A::WouldStop
-        | A::WouldFreeze => false,
-    }
-}
-
 pub(super) fn ioctl_name(ev: &Event) -> &str {
     cls(ev).and_then(|c| c.ioctl_name.as_deref()).unwrap_or("")
 }
@@ -356,14 +249,6 @@ pub(super) fn ioctl_name(ev: &Event) -> &str {
 pub(super) fn ioctl_is(n: &str, name: &str) -> bool {
     n.strip_prefix(name)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
-}
-
-pub(super) fn ioctl_family(ev: &Event) -> &str {
-    cls(ev)
-        .and_then(|c| c.ioctl.as_ref())
-        .and_then(|v| v.get("family"))
-        .and_then(|v| v.as_str())
-        .unwrap_or_else(|| cls(ev).map(|c| c.format.as_str()).unwrap_or(""))
 }
 
 pub(super) fn has_image_ext(name: &[u8], exts: &[String]) -> bool {

@@ -4,7 +4,7 @@
 use crate::rules::{
     ctx::{Ctx, Hit, Kind::Ioctl},
     def::RuleDef,
-    helpers::{actor, cls, detail, ioctl_family, ioctl_is, ioctl_name, leaf, path_bytes},
+    helpers::{actor, cls, detail, ioctl_is, ioctl_name, leaf, path_bytes},
 };
 use crate::{event::Event, record::Severity};
 
@@ -177,4 +177,13 @@ pub fn k004_message(ev: &Event, window_s: u64) -> String {
         actor(ev),
         String::from_utf8_lossy(path_bytes(ev))
     )
+}
+
+/// The facility an ioctl belongs to (`dm`, `btrfs`, `zfs`, `loop`), else the file's format.
+fn ioctl_family(ev: &Event) -> &str {
+    cls(ev)
+        .and_then(|c| c.ioctl.as_ref())
+        .and_then(|v| v.get("family"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| cls(ev).map(|c| c.format.as_str()).unwrap_or(""))
 }

@@ -8,12 +8,15 @@ use crate::rules::{
     },
     def::RuleDef,
     helpers::{
-        actor, became, by_target, changes, cls, diff_text, has_image_ext, how, ioctl_is,
-        ioctl_name, is_destructive_op, is_qcow2, leaf, leaf_bytes, meta_regions, path_bytes,
-        subject_leaf, verb,
+        actor, by_target, changes, cls, diff_text, has_fact, has_image_ext, how, ioctl_is,
+        ioctl_name, known_qcow2, leaf, leaf_bytes, path_bytes, subject_leaf, verb,
     },
 };
-use crate::{event::Action, record::Severity};
+use crate::{
+    classify::Format,
+    event::{Action, Event},
+    record::Severity,
+};
 
 pub const Q001: RuleDef = RuleDef {
     id: "SM-Q001",
@@ -337,4 +340,108 @@ fn q005(ctx: &mut Ctx) -> Option<Hit> {
         how(ev),
         parts.join(", ")
     )))
+}
+
+/// The file is being made, not modified: it became an image on this event (fact
+/// `became`), or its creator is filling it (fact `made`: cp, a template copy).
+fn became(ev: &Event) -> bool {
+    cls(ev).is_some_and(|c| has_fact(c, "became") || has_fact(c, "made"))
+}
+
+/// A qcow2 image: by this event's content, or an identity already seen holding one.
+fn is_qcow2(ctx: &Ctx) -> bool {
+    cls(ctx.ev).is_some_and(|c| c.format == Format::Qcow2) || known_qcow2(ctx)
+}
+
+/// The metadata regions written, the header's fields as one `header`; data is not metadata.
+fn meta_regions(ev: &Event) -> Vec<&str> {
+    let mut v: Vec<&str> = Vec::new();
+    for r in cls(ev).into_iter().flat_map(|c| c.regions.iter()) {
+        if r == "data" {
+            continue;
+        }
+        let top = if r.starts_with("header") {
+            "header"
+        } else {
+            r.as_str()
+        };
+        if !v.contains(&top) {
+            v.push(top);
+        }
+    }
+    v
+}
+
+/// Cuts, punches or shifts what was there.
+fn is_destructive_op(action: Action) -> bool {
+    use Action as A;
+    match action {
+        A::PunchHole
+        | A::ZeroRange
+        | A::CollapseRange
+        | A::InsertRange
+        | A::Truncate
+        | A::OpenTruncate => true,
+        A::Write
+        | A::Pwrite64
+        | A::Writev
+        | A::Pwritev
+        | A::Pwritev2
+        | A::IoUringWrite
+        | A::IoUringWritev
+        | A::IoUringWriteFixed
+        | A::AioPwrite
+        | A::AioPwritev
+        | A::CopyFileRange
+        | A::Splice
+        | A::Sendfile
+        | A::MmapSharedWrite
+        | A::VfsWrite
+        | A::WriteUnknown
+        | A::Fallocate
+        | A::CloneRange
+        | A::Create
+        | A::OpenWrite
+        | A::Rename
+        | A::Unlink
+        | A::Rmdir
+        | A::Link
+        | A::Symlink
+        | A::Mkdir
+        | A::Chmod
+        | A::Chown
+        | A::Utimes
+        | A::NamespaceUnknown
+        | A::Ioctl
+        | A::IoUringRegisterFiles
+        | A::Blinded
+        | A::LoopDetached
+        | A::Fork
+        | A::Exec
+        | A::Exit
+        | A::Unset
+        | A::DenyWrite
+        | A::DenyOpenWrite
+        | A::DenyTruncate
+        | A::DenyUnlink
+        | A::DenyRename
+        | A::DenyLink
+        | A::DenyMmapWrite
+        | A::DenyIoctl
+        | A::DenyUnknown
+        | A::WouldDenyWrite
+        | A::WouldDenyOpenWrite
+        | A::WouldDenyTruncate
+        | A::WouldDenyUnlink
+        | A::WouldDenyRename
+        | A::WouldDenyLink
+        | A::WouldDenyMmapWrite
+        | A::WouldDenyIoctl
+        | A::Kill
+        | A::Stop
+        | A::Freeze
+        | A::WouldKill
+        | A::WouldStop
+        | A::WouldFreeze => false,
+    }
 }

@@ -1,7 +1,6 @@
 //! Rules, ransomware shapes (SM-R001, SM-R002): images renamed to new extensions in a burst, and
 //! ransom notes dropped in a store.
 
-use crate::record::Severity;
 use crate::rules::{
     ctx::{
         Ctx, Hit,
@@ -10,9 +9,10 @@ use crate::rules::{
     def::RuleDef,
     helpers::{
         actor, dir_of, first_few, has_image_ext, leaf, leaf_bytes, new_name, new_name_cut,
-        path_bytes, target_leaf,
+        path_bytes,
     },
 };
+use crate::{event::Event, record::Severity};
 
 pub const R001: RuleDef = RuleDef {
     id: "SM-R001",
@@ -108,4 +108,9 @@ fn r002(ctx: &mut Ctx) -> Option<Hit> {
         dir_of(path_bytes(ev)),
         g.as_str()
     )))
+}
+
+fn target_leaf(ev: &Event) -> Option<String> {
+    let p = ev.target.as_ref()?.path.as_ref()?;
+    Some(crate::event::escape_bytes(leaf_bytes(&p.0)))
 }
