@@ -1,4 +1,4 @@
-//! Rules, a rule's definition: its stable id, name, default severity and settings, ATT&CK
+//! Rules stage, a rule's definition: its stable id, name, default severity and settings, ATT&CK
 //! techniques, the event kinds it is indexed by, and its evaluation.
 
 use super::ctx::{Ctx, Hit, Kind};

@@ -1,5 +1,5 @@
-//! Rules, what the families share: reading an event's file, target, classification and
-//! actor, and naming them in a one-sentence message.
+//! Rules stage, what the families share: reading an event's file, target, classification and actor,
+//! and naming them in a one-sentence message.
 
 use super::ctx::Ctx;
 use crate::{

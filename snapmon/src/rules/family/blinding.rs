@@ -1,5 +1,5 @@
-//! Rules, blinding (SM-A001, SM-U001): records about watched files lost, and watched files put
-//! where their writes are no longer seen one by one.
+//! Rules stage, blinding (SM-A001, SM-U001): records about watched files lost, and watched files
+//! put where their writes are no longer seen one by one.
 
 use crate::rules::{
     ctx::{

@@ -1,4 +1,5 @@
-//! Rules, deletion bursts (SM-B001): distinct snapshots deleted within a window, by any actor.
+//! Rules stage, deletion bursts (SM-B001): distinct snapshots deleted within a window, by any
+//! actor.
 
 use crate::rules::{
     ctx::{

@@ -1,5 +1,5 @@
-//! Rules, hiding (SM-H001, SM-H002): hidden files planted in a store, and qcow2 images disguised
-//! by name or place.
+//! Rules stage, hiding (SM-H001, SM-H002): hidden files planted in a store, and qcow2 images
+//! disguised by name or place.
 
 use crate::rules::{
     ctx::{

@@ -1,5 +1,5 @@
-//! Rules, kernel snapshot facilities (SM-K001–K005): device-mapper, btrfs, ZFS, filesystem freeze
-//! and loop-device ioctls by untrusted processes.
+//! Rules stage, kernel snapshot facilities (SM-K001–K005): device-mapper, btrfs, ZFS, filesystem
+//! freeze and loop-device ioctls by untrusted processes.
 
 use crate::rules::{
     ctx::{Ctx, Hit, Kind::Ioctl},

@@ -1,4 +1,4 @@
-//! Rules, lineage and time (SM-L001, SM-L002): snapshot operations from an unusual lineage or
+//! Rules stage, lineage and time (SM-L001, SM-L002): snapshot operations from an unusual lineage or
 //! outside maintenance windows.
 
 use crate::rules::{

@@ -1,5 +1,5 @@
-//! Rules, tool metadata (SM-M001, SM-M002): libvirt snapshot XML and LVM metadata changed by a
-//! process outside the tool's actor group.
+//! Rules stage, tool metadata (SM-M001, SM-M002): libvirt snapshot XML and LVM metadata changed by
+//! a process outside the tool's actor group.
 
 use crate::rules::{
     ctx::{

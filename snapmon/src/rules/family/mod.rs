@@ -1,4 +1,4 @@
-//! Rules, the default rules by family: each file holds its rules' definitions next to their
+//! Rules stage, the default rules by family: each file holds its rules' definitions next to their
 //! evaluation; `registry` puts them in order.
 
 pub mod blinding;

@@ -1,4 +1,4 @@
-//! Rules, qcow2 family (SM-Q001–Q005): metadata, snapshot table, snapshot count, backing file
+//! Rules stage, qcow2 family (SM-Q001–Q005): metadata, snapshot table, snapshot count, backing file
 //! and header of a qcow2 image changed by whoever may not.
 
 use crate::rules::{

@@ -1,5 +1,5 @@
-//! Rules, ransomware shapes (SM-R001, SM-R002): images renamed to new extensions in a burst, and
-//! ransom notes dropped in a store.
+//! Rules stage, ransomware shapes (SM-R001, SM-R002): images renamed to new extensions in a burst,
+//! and ransom notes dropped in a store.
 
 use crate::rules::{
     ctx::{

@@ -1,4 +1,4 @@
-//! Rules, timestamps (SM-T001): a snapshot file re-stamped by an untrusted process.
+//! Rules stage, timestamps (SM-T001): a snapshot file re-stamped by an untrusted process.
 
 use crate::rules::{
     ctx::{Ctx, Hit, Kind::Attr},
