@@ -128,6 +128,13 @@ impl Rate {
     pub fn clear(&mut self) {
         self.hits.clear();
     }
+    /// What fired: the distinct labels, first seen first, and the events behind them. The
+    /// window restarts empty.
+    pub fn take(&mut self) -> (Vec<String>, Vec<u64>) {
+        let fired = (self.labels(), self.seqs());
+        self.clear();
+        fired
+    }
 }
 
 #[cfg(test)]

@@ -523,7 +523,7 @@ fn state_stays_bounded_under_floods() {
     let s = e.state_sizes();
     for (k, v) in s.as_object().unwrap() {
         let n = v.as_u64().unwrap() as usize;
-        assert!(n <= super::STATE_CAP, "{k} = {n}");
+        assert!(n <= super::ctx::STATE_CAP, "{k} = {n}");
     }
     assert!(s["freezes"].as_u64().unwrap() <= 256, "{s}");
     assert!(s["renames"].as_u64().unwrap() <= 256, "{s}");
