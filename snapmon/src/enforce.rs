@@ -157,7 +157,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
         .chain(o.trust.iter().cloned())
     {
         match std::fs::metadata(&t) {
-            Ok(m) if m.is_file() => p.trusted.push((crate::watch::key_for(&t, &m), t)),
+            Ok(m) if m.is_file() => p.trusted.push((crate::paths::key_for(&t, &m), t)),
             Ok(_) => {
                 return Err(format!(
                     "trusted executable {} is not a regular file",
@@ -205,7 +205,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
         let md = std::fs::metadata(&canon).map_err(|e| e.to_string())?;
         if md.is_dir() {
             p.protected.push((
-                crate::watch::key_for(&canon, &md),
+                crate::paths::key_for(&canon, &md),
                 (o.deny & deny::DIR_OPS) | mode_bit,
                 canon.clone(),
             ));
@@ -214,7 +214,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
                 if let Ok(m) = e.metadata() {
                     if m.is_file() {
                         p.protected.push((
-                            crate::watch::key_for(&e.path(), &m),
+                            crate::paths::key_for(&e.path(), &m),
                             o.deny | mode_bit,
                             e.path(),
                         ));
@@ -223,7 +223,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
             }
         } else {
             p.protected.push((
-                crate::watch::key_for(&canon, &md),
+                crate::paths::key_for(&canon, &md),
                 o.deny | mode_bit,
                 canon.clone(),
             ));

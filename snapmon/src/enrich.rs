@@ -11,38 +11,15 @@ use std::{
 use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
+    clock::Clock,
     decode::{cstr, RawEvent},
     event::Action,
     event::{Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
-    watch::{normalize, WatchMaps, WatchSet},
+    paths::normalize,
+    watch::{WatchMaps, WatchSet},
 };
-
-/// Clock conversion from CLOCK_BOOTTIME (kernel timestamps) to wall time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub boot_to_unix_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let read = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
-        Clock {
-            boot_to_unix_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME),
-        }
-    }
-    pub fn unix_ns(&self, boot_ns: u64) -> i128 {
-        boot_ns as i128 + self.boot_to_unix_ns
-    }
-}
 
 pub fn write_op_name(op: u16) -> &'static str {
     match WriteOp::from_u16(op) {
@@ -182,7 +159,7 @@ fn held_open(tgid: u32, key: FileKey) -> Option<PathBuf> {
         .flatten()
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
         .filter(|p| p.is_absolute())
-        .find(|p| std::fs::metadata(p).is_ok_and(|md| crate::watch::key_for(p, &md) == key))
+        .find(|p| std::fs::metadata(p).is_ok_and(|md| crate::paths::key_for(p, &md) == key))
 }
 
 /// A kernel thread (a child of kthreadd, no executable): on the fentry backend the loop
@@ -195,7 +172,7 @@ impl LoopAlias {
     fn node_name(&self, key: FileKey) -> String {
         match &self.node {
             Some(p) => Bytes::from_path(p).display(),
-            None => format!("{}:{}", crate::watch::dev_display(key.dev), key.ino),
+            None => format!("{}:{}", crate::paths::dev_display(key.dev), key.ino),
         }
     }
 }
@@ -203,7 +180,7 @@ impl LoopAlias {
 /// The name of loop device node `key` the process used as `fd`, else a `/dev/loop*` entry
 /// with that identity.
 fn loop_node_path(tgid: u32, fd: i32, key: FileKey) -> Option<PathBuf> {
-    let is = |p: &Path| std::fs::metadata(p).is_ok_and(|md| crate::watch::key_for(p, &md) == key);
+    let is = |p: &Path| std::fs::metadata(p).is_ok_and(|md| crate::paths::key_for(p, &md) == key);
     if let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) {
         if is(&p) {
             return Some(p);
@@ -267,7 +244,7 @@ impl Enricher {
         for (dev, backing, offset) in attached_loops(sys_block) {
             let Some(image) = std::fs::metadata(&backing)
                 .ok()
-                .map(|md| crate::watch::key_for(&backing, &md))
+                .map(|md| crate::paths::key_for(&backing, &md))
                 .filter(|k| self.watch.path_of(k).is_some())
             else {
                 continue;
@@ -275,7 +252,7 @@ impl Enricher {
             let Ok(md) = std::fs::metadata(&dev) else {
                 continue;
             };
-            let node = crate::watch::key_for(&dev, &md);
+            let node = crate::paths::key_for(&dev, &md);
             if self.loops.contains_key(&node) {
                 continue;
             }
@@ -333,7 +310,7 @@ impl Enricher {
                 let Ok(md) = std::fs::metadata(p) else {
                     return false;
                 };
-                if crate::watch::key_for(p, &md) != **node {
+                if crate::paths::key_for(p, &md) != **node {
                     return false;
                 }
                 let sys = sys_dev_block.join(format!(
@@ -357,7 +334,7 @@ impl Enricher {
                             return false;
                         }
                         std::fs::metadata(b)
-                            .is_ok_and(|md| crate::watch::key_for(b, &md) != a.image)
+                            .is_ok_and(|md| crate::paths::key_for(b, &md) != a.image)
                     }
                 }
             })
@@ -731,7 +708,7 @@ impl Enricher {
                 }
                 ev.detail.push((
                     "actor_exe_identity",
-                    format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
+                    format!("{}:{}", crate::paths::dev_display(x.exe.dev), x.exe.ino),
                 ));
                 if x.aux != 0 {
                     ev.detail.push(("aux", format!("{:#x}", x.aux)));
@@ -1060,7 +1037,7 @@ impl Enricher {
         let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) else {
             return;
         };
-        let same = std::fs::metadata(&p).is_ok_and(|md| crate::watch::key_for(&p, &md) == node);
+        let same = std::fs::metadata(&p).is_ok_and(|md| crate::paths::key_for(&p, &md) == node);
         if !same {
             ev.detail
                 .push(("loop_node", Bytes::from_path(&p).display()));

@@ -268,7 +268,7 @@ mod tests {
 
     fn ev(action: Action, p: &Path, off: i64, len: u64, data: &[u8]) -> Event {
         let md = std::fs::metadata(p).unwrap();
-        let k = crate::watch::key_for(p, &md);
+        let k = crate::paths::key_for(p, &md);
         Event {
             action,
             file: Some(FileInfo {
@@ -310,7 +310,7 @@ mod tests {
         let new_head = std::fs::read(d.path("rebased.qcow2")).unwrap()[..65536].to_vec();
         let img = d.path("vm.qcow2");
         let mut c = Classifier::new();
-        let k = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
+        let k = crate::paths::key_for(&img, &std::fs::metadata(&img).unwrap());
         c.preload(std::iter::once((&k, &img)));
         let e = ev(
             Action::Pwrite64,
@@ -404,7 +404,7 @@ mod tests {
         assert!(!maps_text_has("garbage\n\n", (1, 1)));
         // Our own maps hold our executable's identity.
         let exe = std::fs::metadata("/proc/self/exe").unwrap();
-        let k = crate::watch::key_of(&exe);
+        let k = crate::paths::key_of(&exe);
         let own = std::fs::read_to_string("/proc/self/maps").unwrap();
         assert!(maps_text_has(&own, (k.dev, k.ino)));
         assert!(!maps_text_has("", (k.dev, k.ino)));

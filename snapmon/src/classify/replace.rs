@@ -64,7 +64,7 @@ impl Pending {
     /// The identity at the target once the rename or link took effect; `None` before.
     pub fn located(&self) -> Option<Key> {
         let md = std::fs::symlink_metadata(&self.target).ok()?;
-        let k = crate::watch::key_for(&self.target, &md);
+        let k = crate::paths::key_for(&self.target, &md);
         let k = (k.dev, k.ino);
         if let Some(s) = self.source_key {
             return (k == s).then_some(k);
@@ -107,7 +107,7 @@ impl Incoming {
                 let Ok(md) = f.metadata() else {
                     return Incoming::Missing;
                 };
-                let k = crate::watch::key_for(at, &md);
+                let k = crate::paths::key_for(at, &md);
                 Incoming::File {
                     key: (k.dev, k.ino),
                     state: load_state_from(&mut f),
@@ -316,7 +316,7 @@ mod tests {
     use crate::event::FileInfo;
 
     fn key(p: &Path) -> Key {
-        let k = crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
+        let k = crate::paths::key_for(p, &std::fs::metadata(p).unwrap());
         (k.dev, k.ino)
     }
 
@@ -339,7 +339,7 @@ mod tests {
 
     fn classifier_knowing(img: &Path) -> Classifier {
         let mut c = Classifier::new();
-        let k = crate::watch::key_for(img, &std::fs::metadata(img).unwrap());
+        let k = crate::paths::key_for(img, &std::fs::metadata(img).unwrap());
         let p = img.to_path_buf();
         c.preload(std::iter::once((&k, &p)));
         c
@@ -436,7 +436,7 @@ mod tests {
         // A symlink renamed over an image points it elsewhere: never followed, named.
         qemu_img(&["create", "-q", "-f", "qcow2", &store.s("vm2.qcow2"), "16M"]);
         let img2 = store.path("vm2.qcow2");
-        let k = crate::watch::key_for(&img2, &std::fs::metadata(&img2).unwrap());
+        let k = crate::paths::key_for(&img2, &std::fs::metadata(&img2).unwrap());
         c.preload(std::iter::once((&k, &img2)));
         let link = store.path("ln");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();

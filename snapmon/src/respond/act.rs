@@ -233,7 +233,7 @@ impl Responder {
         if !(md.is_file() || md.is_dir()) {
             return;
         }
-        let key = crate::watch::key_for(&p, &md);
+        let key = crate::paths::key_for(&p, &md);
         if plan.targets.iter().any(|(k, _, _)| *k == key) {
             return;
         }
@@ -262,7 +262,7 @@ impl Responder {
                     ..Default::default()
                 };
                 if let Ok(m) = std::fs::metadata(p) {
-                    let k = crate::watch::key_for(p, &m);
+                    let k = crate::paths::key_for(p, &m);
                     (f.dev, f.ino) = (k.dev, k.ino);
                 }
                 ev.file = Some(f);
@@ -360,7 +360,7 @@ impl Responder {
             use std::os::unix::fs::MetadataExt as _;
             let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
             let m = std::fs::metadata(format!("/proc/{p}/exe")).ok()?;
-            let dev = crate::watch::kernel_dev(m.dev());
+            let dev = crate::paths::kernel_dev(m.dev());
             plan?
                 .is_trusted(dev, m.ino())
                 .then(|| exe.display().to_string())
@@ -545,7 +545,7 @@ pub fn details(x: &snapmon_common::RespondEvent) -> Vec<(&'static str, String)> 
         ("signal_boottime_ns", x.signal_ns.to_string()),
         (
             "actor_exe_identity",
-            format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
+            format!("{}:{}", crate::paths::dev_display(x.exe.dev), x.exe.ino),
         ),
     ];
     match x.class {

@@ -263,14 +263,14 @@ impl Plan {
     /// Returns whether anything was added.
     pub fn add_object(&mut self, store: &Store, path: &Path, md: &std::fs::Metadata) -> bool {
         let mut bits = self.bits(store);
-        let dev = crate::watch::key_for(path, md).dev;
+        let dev = crate::paths::key_for(path, md).dev;
         let image = md.is_file() && self.is_image(Some(dev), path);
         if md.is_dir() {
             bits |= r::DIR;
         } else if md.is_file() && !image {
             return false;
         }
-        let key = crate::watch::key_for(path, md);
+        let key = crate::paths::key_for(path, md);
         let t = RespondTarget {
             flags: bits,
             ..Default::default()
@@ -287,7 +287,7 @@ impl Plan {
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
             if let Ok(dm) = std::fs::metadata(dir) {
                 let e = RespondEntry {
-                    dir: crate::watch::key_for(dir, &dm),
+                    dir: crate::paths::key_for(dir, &dm),
                     name_hash: fnv1a(name.as_bytes()),
                 };
                 self.entries.push((e, bits, path.to_path_buf()));
@@ -328,7 +328,7 @@ fn trusted(o: &Options, policy: &crate::config::Policy) -> Result<Vec<(FileKey, 
     let mut add = |p: PathBuf, required: bool| -> Result<(), String> {
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => {
-                let k = crate::watch::key_for(&p, &m);
+                let k = crate::paths::key_for(&p, &m);
                 if !out.iter().any(|(x, _)| *x == k) {
                     out.push((k, p));
                 }

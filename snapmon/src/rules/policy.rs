@@ -449,7 +449,7 @@ impl Resolver for RootedResolver<'_> {
         }
         let m = std::fs::metadata(&p).ok()?;
         m.is_file()
-            .then(|| (crate::watch::kernel_dev(m.dev()), m.ino()))
+            .then(|| (crate::paths::kernel_dev(m.dev()), m.ino()))
     }
     fn list(&self, dir: &str) -> Vec<String> {
         std::fs::read_dir(under(self.0, dir))
@@ -509,7 +509,7 @@ mod rooted_tests {
             .unwrap();
         let r = RootedResolver(&root);
         let m = std::fs::metadata(root.join("usr/bin/qemu-img")).unwrap();
-        let want = Some((crate::watch::kernel_dev(m.dev()), m.ino()));
+        let want = Some((crate::paths::kernel_dev(m.dev()), m.ino()));
         assert_eq!(r.identity("/usr/bin/qemu-img"), want);
         // An absolute link resolves inside the host root, not the container's.
         assert_eq!(r.identity("/usr/bin/qemu-img-link"), want);
@@ -522,7 +522,7 @@ mod rooted_tests {
         let sh = std::fs::metadata("/bin/sh").unwrap();
         assert_eq!(
             RootedResolver(Path::new("/")).identity("/bin/sh"),
-            Some((crate::watch::kernel_dev(sh.dev()), sh.ino()))
+            Some((crate::paths::kernel_dev(sh.dev()), sh.ino()))
         );
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -330,7 +330,7 @@ impl FileSink {
                 self.loss = Some(Loss {
                     records: lost,
                     error: e.to_string(),
-                    first_lost_at: super::json::rfc3339(super::json::now_unix_ns()),
+                    first_lost_at: crate::clock::rfc3339(crate::clock::now_unix_ns()),
                 });
             }
         }

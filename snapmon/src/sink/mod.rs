@@ -131,7 +131,7 @@ pub fn run_id() -> &'static str {
         let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
         if n != b.len() as isize {
             // No entropy source: time and pid still differ between runs.
-            let t = json::now_unix_ns() as u64 ^ ((std::process::id() as u64) << 40);
+            let t = crate::clock::now_unix_ns() as u64 ^ ((std::process::id() as u64) << 40);
             b = t.to_be_bytes();
         }
         hex::encode(b)
