@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use snapmon_common::{deny, FileKey};
 
 use crate::{
-    event::{Action, Decision, Event},
+    event::{Decision, Event},
     record::{Alert, Severity},
 };
 
@@ -254,24 +254,6 @@ pub fn bpf_lsm_active() -> Result<bool, String> {
     }
     let list = std::fs::read_to_string(lsm).map_err(|e| format!("{lsm}: {e}"))?;
     Ok(list.trim().split(',').any(|m| m == "bpf"))
-}
-
-pub fn action_name(op: &str, denied: bool) -> Action {
-    use Action as A;
-    let ops: &[(&str, Action, Action)] = &[
-        ("write", A::DenyWrite, A::WouldDenyWrite),
-        ("open_write", A::DenyOpenWrite, A::WouldDenyOpenWrite),
-        ("truncate", A::DenyTruncate, A::WouldDenyTruncate),
-        ("unlink", A::DenyUnlink, A::WouldDenyUnlink),
-        ("rename", A::DenyRename, A::WouldDenyRename),
-        ("link", A::DenyLink, A::WouldDenyLink),
-        ("mmap_write", A::DenyMmapWrite, A::WouldDenyMmapWrite),
-        ("ioctl", A::DenyIoctl, A::WouldDenyIoctl),
-    ];
-    ops.iter()
-        .find(|(o, _, _)| *o == op)
-        .map(|(_, d, w)| if denied { *d } else { *w })
-        .unwrap_or(A::DenyUnknown)
 }
 
 /// The alert for a kernel decision on a protected store.

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
+use snapmon_common::{ns_flags, respond as r, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
     clock::Clock,
@@ -47,6 +47,48 @@ pub fn write_op_name(op: u16) -> &'static str {
         Some(WriteOp::VfsClone) => "clone_range",
         None => "write_unknown",
     }
+}
+
+/// The detail of a kernel response record (`snapmon.detail` of its event and alert).
+pub fn response_details(x: &snapmon_common::RespondEvent) -> Vec<(&'static str, String)> {
+    let mut d = vec![
+        ("responder", "kernel".to_string()),
+        ("operation", crate::actions::class_name(x.class).to_string()),
+        ("signal", crate::actions::signal_name(x.signal).to_string()),
+        (
+            "outcome",
+            match (x.signal, x.ret) {
+                (0, _) => "would_signal".to_string(),
+                (_, 0) => "signalled".to_string(),
+                (_, e) => format!("failed: {}", std::io::Error::from_raw_os_error(-e)),
+            },
+        ),
+        (
+            "syscall_to_signal_ns",
+            x.signal_ns.saturating_sub(x.hdr.ts_ns).to_string(),
+        ),
+        // CLOCK_BOOTTIME of the signal: lets a caller time it from its own stamp.
+        ("signal_boottime_ns", x.signal_ns.to_string()),
+        (
+            "actor_exe_identity",
+            format!("{}:{}", crate::paths::dev_display(x.exe.dev), x.exe.ino),
+        ),
+    ];
+    match x.class {
+        r::METADATA_WRITE | r::TRUNCATE if x.path_hash == 0 => {
+            d.push(("offset", x.offset.to_string()));
+            d.push(("length", x.len.to_string()));
+            if let Some(op) = WriteOp::from_u16(x.aux as u16) {
+                d.push(("write_op", write_op_name(op as u16).to_string()));
+            }
+        }
+        r::SNAPSHOT_IOCTL => d.push(("ioctl_cmd", format!("{:#010x}", x.aux))),
+        _ => {}
+    }
+    if x.path_hash != 0 {
+        d.push(("path_hash", format!("{:016x}", x.path_hash)));
+    }
+    d
 }
 
 /// fallocate(2) mode bits by name.
@@ -676,7 +718,7 @@ impl Enricher {
                     .find(|(b, _)| *b == x.op)
                     .map(|(_, n)| *n)
                     .unwrap_or("op");
-                let action = crate::enforce::action_name(op, x.denied != 0);
+                let action = crate::actions::deny_action(op, x.denied != 0);
                 let mut ev = self.base(
                     raw,
                     Category::File,
@@ -716,7 +758,7 @@ impl Enricher {
                 ev
             }
             RawEvent::Respond(x) => {
-                let action = crate::respond::action_name(x.signal, x.flags);
+                let action = crate::actions::response_action(x.signal, x.flags);
                 let ty = if x.signal == snapmon_common::respond::SIGKILL {
                     EventType::End
                 } else {
@@ -726,7 +768,7 @@ impl Enricher {
                 if x.target.ino != 0 {
                     ev.file = Some(self.file(x.target, None));
                 }
-                ev.detail.extend(crate::respond::act::details(x));
+                ev.detail.extend(response_details(x));
                 ev
             }
             RawEvent::UringRegister(u) => {

@@ -1,6 +1,7 @@
 //! snapmon as a library: every stage of the flow (kernel hook → ring buffer → decode →
 //! lineage/enrich → classify → rules → sinks), so tools, tests and fuzzers can drive them.
 
+pub mod actions;
 pub mod agent;
 pub mod attack;
 pub mod build_info;

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use snapmon_common::{respond as r, runtime, FileKey, RespondEntry, RespondTarget};
+use snapmon_common::{runtime, FileKey, RespondEntry, RespondTarget};
 
 use super::{cgroup::Hierarchy, Mode, Plan};
 use crate::{
@@ -523,51 +523,6 @@ fn alert(ev: Event, acted: bool, message: String) -> Alert {
     }
 }
 
-/// The detail of a kernel response record (`snapmon.detail` of its event and alert).
-pub fn details(x: &snapmon_common::RespondEvent) -> Vec<(&'static str, String)> {
-    let mut d = vec![
-        ("responder", "kernel".to_string()),
-        ("operation", super::class_name(x.class).to_string()),
-        ("signal", super::signal_name(x.signal).to_string()),
-        (
-            "outcome",
-            match (x.signal, x.ret) {
-                (0, _) => "would_signal".to_string(),
-                (_, 0) => "signalled".to_string(),
-                (_, e) => format!("failed: {}", std::io::Error::from_raw_os_error(-e)),
-            },
-        ),
-        (
-            "syscall_to_signal_ns",
-            x.signal_ns.saturating_sub(x.hdr.ts_ns).to_string(),
-        ),
-        // CLOCK_BOOTTIME of the signal: lets a caller time it from its own stamp.
-        ("signal_boottime_ns", x.signal_ns.to_string()),
-        (
-            "actor_exe_identity",
-            format!("{}:{}", crate::paths::dev_display(x.exe.dev), x.exe.ino),
-        ),
-    ];
-    match x.class {
-        r::METADATA_WRITE | r::TRUNCATE if x.path_hash == 0 => {
-            d.push(("offset", x.offset.to_string()));
-            d.push(("length", x.len.to_string()));
-            if let Some(op) = snapmon_common::WriteOp::from_u16(x.aux as u16) {
-                d.push((
-                    "write_op",
-                    crate::enrich::write_op_name(op as u16).to_string(),
-                ));
-            }
-        }
-        r::SNAPSHOT_IOCTL => d.push(("ioctl_cmd", format!("{:#010x}", x.aux))),
-        _ => {}
-    }
-    if x.path_hash != 0 {
-        d.push(("path_hash", format!("{:016x}", x.path_hash)));
-    }
-    d
-}
-
 /// CLOCK_BOOTTIME, the clock of the kernel's event timestamps.
 pub fn boottime_ns() -> u64 {
     let mut t = libc::timespec {
@@ -648,6 +603,7 @@ pub fn signal_verified(pid: u32, start_ns: u64, sig: i32) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use snapmon_common::respond as r;
 
     fn kernel_event(signal: u32, flags: u32) -> Event {
         let mut x: snapmon_common::RespondEvent = unsafe { std::mem::zeroed() };
@@ -660,7 +616,7 @@ mod tests {
         x.len = 4;
         x.aux = snapmon_common::WriteOp::Pwrite as u64;
         let mut ev = Event {
-            action: super::super::action_name(signal, flags),
+            action: crate::actions::response_action(signal, flags),
             seq: 7,
             ..Default::default()
         };
@@ -671,7 +627,7 @@ mod tests {
             path: Some(Bytes(b"/srv/images/vm.qcow2".to_vec())),
             ..Default::default()
         });
-        ev.detail = details(&x);
+        ev.detail = crate::enrich::response_details(&x);
         ev
     }
 

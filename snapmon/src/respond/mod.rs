@@ -500,37 +500,6 @@ pub fn describe(p: Option<&Plan>) -> serde_json::Value {
     })
 }
 
-/// ECS action of a kernel response record.
-pub fn action_name(signal: u32, flags: u32) -> crate::event::Action {
-    use crate::event::Action;
-    let freeze = flags & r::FREEZE != 0;
-    match (signal, flags & r::KILL != 0, freeze) {
-        (0, true, _) => Action::WouldKill,
-        (0, false, true) => Action::WouldFreeze,
-        (0, false, false) => Action::WouldStop,
-        (_, true, _) => Action::Kill,
-        (_, false, true) => Action::Freeze,
-        _ => Action::Stop,
-    }
-}
-
-pub fn class_name(class: u32) -> &'static str {
-    r::NAMES
-        .iter()
-        .find(|(b, _)| *b == class)
-        .map(|(_, n)| *n)
-        .unwrap_or("unknown")
-}
-
-pub fn signal_name(sig: u32) -> &'static str {
-    match sig {
-        9 => "SIGKILL",
-        19 => "SIGSTOP",
-        0 => "none",
-        _ => "other",
-    }
-}
-
 /// Every action a response record or alert event can carry.
 pub const ACTIONS: &[crate::event::Action] = &[
     crate::event::Action::Kill,
@@ -661,6 +630,7 @@ mod tests {
 
     #[test]
     fn actions_name_what_was_done() {
+        use crate::actions::response_action as action_name;
         assert_eq!(action_name(9, r::KILL).as_str(), "kill");
         assert_eq!(action_name(0, r::KILL).as_str(), "would_kill");
         assert_eq!(action_name(19, r::FREEZE).as_str(), "freeze");
