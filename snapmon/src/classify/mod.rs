@@ -495,7 +495,7 @@ impl Classifier {
         if ev.action == Action::Create {
             self.note_creator(ev);
         }
-        if let Some(p) = replace::Pending::from_event(ev) {
+        if let Some(p) = recheck::Pending::from_event(ev) {
             if p.located().is_none() {
                 return Verdict::Hold(recheck::Hold::new(recheck::HoldKind::Replace(p), now));
             }
