@@ -85,7 +85,7 @@ fn severity_name(id: u32) -> &'static str {
 /// OCSF file `type_id`: 2 folder, 7 symbolic link, 1 regular for an executable, else 0
 /// (unknown: a watched path may be an image file or a block device).
 fn file_type_id(e: Option<&Event>) -> u32 {
-    match e.and_then(crate::sink::json::file_type) {
+    match e.and_then(super::json::file_type) {
         Some("dir") => 2,
         Some("symlink") => 7,
         _ => 0,

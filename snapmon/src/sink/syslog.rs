@@ -16,8 +16,11 @@
 use std::{io, net::UdpSocket, os::unix::net::UnixDatagram, path::PathBuf, sync::Arc};
 
 use super::{
-    config::{SyslogProtocol, SyslogTransport},
-    fit, render_id, Cause, Format, RecordId, SinkCounters, SinkWriter,
+    config::{Format, SyslogProtocol, SyslogTransport},
+    counters::{Cause, SinkCounters, RELAXED},
+    fit,
+    render::{render_id, RecordId},
+    writer::SinkWriter,
 };
 use crate::record::{Record, Severity};
 
@@ -268,7 +271,7 @@ impl SinkWriter for DatagramSink {
         let msg = self.fmt.message(id, r);
         match self.send(&msg) {
             Ok(()) => {
-                self.counters.written.fetch_add(1, super::RELAXED);
+                self.counters.written.fetch_add(1, RELAXED);
                 self.counters.set_state("sending");
             }
             Err(e) => {
