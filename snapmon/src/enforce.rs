@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use snapmon_common::{deny, FileKey};
 
+pub use crate::config::parse_ops;
+
 use crate::{
     event::{Decision, Event},
     record::{Alert, Severity},
@@ -117,24 +119,6 @@ pub fn from_policy(cli: &Options, cfg: &crate::config::EnforceSection) -> Option
         deny,
         keep_enforcing: cfg.keep_enforcing || cli.keep_enforcing,
     }
-}
-
-pub fn parse_ops(list: &str) -> Result<u32, String> {
-    let mut m = 0;
-    for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        if w == "all" {
-            m |= deny::NAMES.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
-            continue;
-        }
-        let b = deny::NAMES.iter().find(|(_, n)| *n == w).map(|(b, _)| *b);
-        m |= b.ok_or_else(|| {
-            format!(
-                "unknown operation `{w}` (one of: all, {})",
-                deny::NAMES.map(|(_, n)| n).join(", ")
-            )
-        })?;
-    }
-    Ok(m)
 }
 
 /// What the kernel maps will hold.

@@ -26,6 +26,7 @@ pub mod offline;
 pub mod overlay;
 pub mod paths;
 pub mod pipeline;
+pub mod policy_check;
 pub mod record;
 pub mod recover;
 pub mod respond;

@@ -13,44 +13,11 @@ pub mod cgroup;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use snapmon_common::{fnv1a, respond as r, FileKey, RespondEntry, RespondTarget};
 
 use crate::{config::RespondSection, rules::registry};
 
-/// `[respond] mode` / `--respond`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    #[default]
-    Off,
-    /// SIGSTOP: the operator decides (`kill -CONT` or `kill`).
-    Stop,
-    /// SIGKILL in the kernel; the agent's own (later) responses stop instead.
-    Kill,
-    /// SIGSTOP in the kernel, then the agent freezes the process's whole cgroup (v2).
-    Freeze,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Result<Mode, String> {
-        Ok(match s {
-            "off" => Mode::Off,
-            "stop" => Mode::Stop,
-            "kill" => Mode::Kill,
-            "freeze" => Mode::Freeze,
-            _ => return Err(format!("`{s}` is not one of off, stop, kill, freeze")),
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Stop => "stop",
-            Mode::Kill => "kill",
-            Mode::Freeze => "freeze",
-        }
-    }
-}
+pub use crate::config::RespondMode as Mode;
 
 /// Rules the kernel cannot judge, answered by the agent unless the policy lists others: a
 /// mass rename and a burst of snapshot deletions are rates, a freeze never thawed is a
