@@ -18,6 +18,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use snapmon_common::deny;
+use toml::Spanned;
+
+use crate::record::Severity;
 
 /// The embedded default, used by `snapmon run` without `--config`.
 pub const DEFAULT_POLICY: &str = include_str!("../default-policy.toml");
@@ -120,6 +124,25 @@ pub enum EnforceModeCfg {
     BestEffort,
 }
 
+/// `[enforce] deny` / `--deny`: operation names to the kernel's `deny` bits.
+pub fn parse_ops(list: &str) -> Result<u32, String> {
+    let mut m = 0;
+    for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        if w == "all" {
+            m |= deny::NAMES.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
+            continue;
+        }
+        let b = deny::NAMES.iter().find(|(_, n)| *n == w).map(|(b, _)| *b);
+        m |= b.ok_or_else(|| {
+            format!(
+                "unknown operation `{w}` (one of: all, {})",
+                deny::NAMES.map(|(_, n)| n).join(", ")
+            )
+        })?;
+    }
+    Ok(m)
+}
+
 /// `[respond]`: the circuit breaker (any kernel; see `crate::respond`). Takes effect on SIGHUP.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -127,7 +150,7 @@ pub struct RespondSection {
     /// `off`, `stop` (SIGSTOP), `kill` (SIGKILL in the kernel; the agent's own responses
     /// stop), `freeze` (SIGSTOP, then the process's cgroup v2 is frozen).
     #[serde(default)]
-    pub mode: crate::respond::Mode,
+    pub mode: RespondMode,
     /// Report what would be done (SM-E004), do nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -144,6 +167,40 @@ pub struct RespondSection {
     /// More executables never signalled (trusted actors, package managers and init never are).
     #[serde(default)]
     pub trust: Vec<PathBuf>,
+}
+
+/// `[respond] mode` / `--respond`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RespondMode {
+    #[default]
+    Off,
+    /// SIGSTOP: the operator decides (`kill -CONT` or `kill`).
+    Stop,
+    /// SIGKILL in the kernel; the agent's own (later) responses stop instead.
+    Kill,
+    /// SIGSTOP in the kernel, then the agent freezes the process's whole cgroup (v2).
+    Freeze,
+}
+
+impl RespondMode {
+    pub fn parse(s: &str) -> Result<RespondMode, String> {
+        Ok(match s {
+            "off" => RespondMode::Off,
+            "stop" => RespondMode::Stop,
+            "kill" => RespondMode::Kill,
+            "freeze" => RespondMode::Freeze,
+            _ => return Err(format!("`{s}` is not one of off, stop, kill, freeze")),
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RespondMode::Off => "off",
+            RespondMode::Stop => "stop",
+            RespondMode::Kill => "kill",
+            RespondMode::Freeze => "freeze",
+        }
+    }
 }
 
 /// `[evidence]`: what the agent knew of an image when a high or critical rule fired on it.
@@ -202,15 +259,15 @@ pub struct Policy {
     pub stores: Vec<Store>,
     /// Trusted actor groups (`qemu`, `libvirt`, `lvm`, `btrfs`, `zfs`, `freeze`).
     #[serde(default, rename = "actor")]
-    pub actors: Vec<crate::rules::policy::ActorSpec>,
+    pub actors: Vec<ActorSpec>,
     #[serde(default)]
-    pub detection: crate::rules::policy::DetectionSection,
+    pub detection: DetectionSection,
     #[serde(default, rename = "rule")]
-    pub rules: Vec<crate::rules::policy::RuleSettings>,
+    pub rules: Vec<RuleSettings>,
     #[serde(default, rename = "exception")]
-    pub exceptions: Vec<crate::rules::policy::ExceptionSpec>,
+    pub exceptions: Vec<ExceptionSpec>,
     #[serde(default, rename = "maintenance")]
-    pub windows: Vec<crate::rules::policy::WindowSpec>,
+    pub windows: Vec<WindowSpec>,
     #[serde(default)]
     pub enforce: EnforceSection,
     #[serde(default)]
@@ -220,6 +277,169 @@ pub struct Policy {
     /// Outputs besides the command line's (`[[sink]]`, see docs/output.md).
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::sink::config::SinkConfig>,
+}
+
+/// A named group of trusted executables (`qemu`, `libvirt`, `lvm` …), by file identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSpec {
+    pub name: Spanned<String>,
+    /// Absolute paths; the last component may be a glob (`/usr/bin/qemu-system-*`), expanded
+    /// when the policy is built. Each is resolved to (device, inode) then.
+    #[serde(default)]
+    pub executables: Vec<Spanned<String>>,
+    /// Executables trusted only while their content has this SHA-256 (hashed at build time).
+    #[serde(default)]
+    pub pinned: Vec<PinSpec>,
+    /// The parent's executable must match one of these globs.
+    #[serde(default)]
+    pub parent: Vec<Spanned<String>>,
+    /// Some ancestor's executable must match one of these globs.
+    #[serde(default)]
+    pub ancestor: Vec<Spanned<String>>,
+    /// Real uid must be one of these.
+    #[serde(default)]
+    pub users: Vec<u32>,
+    /// systemd unit must match one of these globs.
+    #[serde(default)]
+    pub systemd_units: Vec<Spanned<String>>,
+    /// `false`: only outside containers; `true`: only inside.
+    #[serde(default)]
+    pub container: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinSpec {
+    pub path: Spanned<String>,
+    pub sha256: Spanned<String>,
+}
+
+/// Per-rule overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    pub id: Spanned<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// Rate rules: how many occurrences within `window_seconds` fire the rule.
+    #[serde(default)]
+    pub threshold: Option<Spanned<u32>>,
+    /// Rate and sequence rules: the window.
+    #[serde(default)]
+    pub window_seconds: Option<Spanned<u64>>,
+}
+
+/// A structured exception: this actor may do these actions to these targets (Falco's lesson:
+/// never a free-form condition that silently widens).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionSpec {
+    pub rules: Vec<Spanned<String>>,
+    /// A trusted actor group by name …
+    #[serde(default)]
+    pub actor: Option<Spanned<String>>,
+    /// … or an executable path glob (weaker: a path, not an identity).
+    #[serde(default)]
+    pub executable: Option<Spanned<String>>,
+    /// `event.action` values; empty = any.
+    #[serde(default)]
+    pub actions: Vec<Spanned<String>>,
+    /// File path glob (the file or the rename target); absent = any.
+    #[serde(default)]
+    pub target: Option<Spanned<String>>,
+    /// For the humans reading the policy; kept so `deny_unknown_fields` accepts it.
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "read by humans only; kept so deny_unknown_fields accepts it"
+    )]
+    pub comment: Option<String>,
+}
+
+/// A daily window in host local time, optionally on some weekdays only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub name: Spanned<String>,
+    pub start: Spanned<String>,
+    pub end: Spanned<String>,
+    #[serde(default)]
+    pub days: Vec<Spanned<String>>,
+    /// Alerts of these rules are expected (suppressed) inside the window.
+    #[serde(default)]
+    pub suppress: Vec<Spanned<String>>,
+}
+
+fn d_image_ext() -> Vec<String> {
+    [
+        "qcow2", "qcow", "img", "raw", "qed", "vmdk", "vdi", "vhd", "vhdx", "iso",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_volatile() -> Vec<Spanned<String>> {
+    vec![]
+}
+fn d_dedupe() -> u64 {
+    10
+}
+fn d_admins() -> Vec<u32> {
+    vec![0]
+}
+
+/// Lists the rules consult (names, paths, lineages).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSection {
+    /// File extensions that name disk images.
+    #[serde(default = "d_image_ext")]
+    pub image_extensions: Vec<String>,
+    /// World-writable or volatile places a backing file should never point to.
+    #[serde(default = "d_volatile")]
+    pub volatile_paths: Vec<Spanned<String>>,
+    /// Case-insensitive name globs of ransom notes.
+    #[serde(default)]
+    pub ransom_note_names: Vec<Spanned<String>>,
+    /// Extensions that hide files from casual listings (`vss` …).
+    #[serde(default)]
+    pub hidden_extensions: Vec<String>,
+    /// Ancestors a snapshot tool should not have: globs on the executable path (with `/`)
+    /// or the process name (without).
+    #[serde(default)]
+    pub suspicious_ancestors: Vec<Spanned<String>>,
+    /// Users whose interactive sessions may run snapshot tools.
+    #[serde(default = "d_admins")]
+    pub admin_users: Vec<u32>,
+    /// The same rule, actor and file alert at most once in this many seconds.
+    #[serde(default = "d_dedupe")]
+    pub dedupe_seconds: u64,
+}
+
+impl Default for DetectionSection {
+    fn default() -> Self {
+        DetectionSection {
+            image_extensions: d_image_ext(),
+            volatile_paths: d_volatile(),
+            ransom_note_names: vec![],
+            hidden_extensions: vec![],
+            suspicious_ancestors: vec![],
+            admin_users: d_admins(),
+            dedupe_seconds: d_dedupe(),
+        }
+    }
+}
+
+/// The rules part of the policy, as parsed.
+#[derive(Debug, Clone, Default)]
+pub struct RulesPolicy<'a> {
+    pub actors: &'a [ActorSpec],
+    pub rules: &'a [RuleSettings],
+    pub exceptions: &'a [ExceptionSpec],
+    pub windows: &'a [WindowSpec],
+    pub detection: Option<&'a DetectionSection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -382,7 +602,10 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 impl Policy {
-    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+    /// The policy text as TOML, with the checks of config's own sections (paths absolute,
+    /// ranges, `enforce.deny` names). The stages check theirs in [`crate::policy_check`],
+    /// which defines `Policy::parse`, `load`, `load_trusted` and `embedded`.
+    pub fn parse_own(text: &str, file: &str) -> Result<Self, ConfigError> {
         let p: Policy = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             ConfigError::Parse {
@@ -393,28 +616,12 @@ impl Policy {
             }
         })?;
         p.validate(file)?;
-        crate::rules::policy::validate(&p.rules_policy()).map_err(|e| {
-            if e.span.is_empty() && e.span.start == 0 {
-                ConfigError::Invalid {
-                    file: file.into(),
-                    msg: e.msg,
-                }
-            } else {
-                let (line, col) = line_col(text, e.span.start);
-                ConfigError::Parse {
-                    file: file.into(),
-                    line,
-                    col,
-                    msg: e.msg,
-                }
-            }
-        })?;
         Ok(p)
     }
 
-    /// Read and parse `path`. A FIFO or device is refused without being opened: the agent
-    /// would wait on a FIFO forever. Whether the file is trusted is [`Policy::load_trusted`]'s.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// The text of the policy file `path`. A FIFO or device is refused without being opened:
+    /// the agent would wait on a FIFO forever.
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
         use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
         let f = path.display().to_string();
         let io = |source| ConfigError::Io {
@@ -438,36 +645,15 @@ impl Policy {
         }
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(io)?;
-        let text = String::from_utf8(text).map_err(|e| ConfigError::Invalid {
+        String::from_utf8(text).map_err(|e| ConfigError::Invalid {
             file: f.clone(),
             msg: format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-        })?;
-        Self::parse(&text, &f)
-    }
-
-    /// [`Policy::load`] for the agent (start and SIGHUP): a file a user other than root could
-    /// change is refused, unless `insecure` (`--insecure-config`); then why it is untrusted
-    /// comes back with the policy, to be said.
-    pub fn load_trusted(
-        path: &Path,
-        insecure: bool,
-    ) -> Result<(Self, Option<Untrusted>), ConfigError> {
-        let why = untrusted(path).map_err(|source| ConfigError::Io {
-            file: path.display().to_string(),
-            source,
-        })?;
-        if let Some(why) = why.clone().filter(|_| !insecure) {
-            return Err(ConfigError::Untrusted {
-                file: path.display().to_string(),
-                why,
-            });
-        }
-        Ok((Self::load(path)?, why))
+        })
     }
 
     /// The rules part, borrowed, for validation and the engine.
-    pub fn rules_policy(&self) -> crate::rules::policy::RulesPolicy<'_> {
-        crate::rules::policy::RulesPolicy {
+    pub fn rules_policy(&self) -> RulesPolicy<'_> {
+        RulesPolicy {
             actors: &self.actors,
             rules: &self.rules,
             exceptions: &self.exceptions,
@@ -476,12 +662,8 @@ impl Policy {
         }
     }
 
-    pub fn embedded() -> Self {
-        Self::parse(DEFAULT_POLICY, "<embedded default policy>").expect("embedded policy is valid")
-    }
-
     fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        if let Err(e) = crate::enforce::parse_ops(&self.enforce.deny.join(",")) {
+        if let Err(e) = parse_ops(&self.enforce.deny.join(",")) {
             return Err(ConfigError::Invalid {
                 file: file.into(),
                 msg: format!("enforce.deny: {e}"),
@@ -501,10 +683,6 @@ impl Policy {
                 });
             }
         }
-        crate::respond::validate(&self.respond).map_err(|e| ConfigError::Invalid {
-            file: file.into(),
-            msg: format!("respond: {e}"),
-        })?;
         if !self.evidence.dir.is_absolute() {
             return Err(ConfigError::Invalid {
                 file: file.into(),
@@ -514,10 +692,6 @@ impl Policy {
                 ),
             });
         }
-        crate::sink::config::validate_all(&self.sinks).map_err(|e| ConfigError::Invalid {
-            file: file.into(),
-            msg: format!("sink: {e}"),
-        })?;
         let bad = |msg: String| {
             Err(ConfigError::Invalid {
                 file: file.into(),

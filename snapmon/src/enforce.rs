@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use snapmon_common::{deny, FileKey};
 
+pub use crate::config::parse_ops;
+
 use crate::{
     event::{Action, Decision, DetailKey, Event},
     record::{Alert, Severity},
@@ -119,24 +121,6 @@ pub fn from_policy(cli: &Options, cfg: &crate::config::EnforceSection) -> Option
     }
 }
 
-pub fn parse_ops(list: &str) -> Result<u32, String> {
-    let mut m = 0;
-    for w in list.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        if w == "all" {
-            m |= deny::NAMES.iter().map(|(b, _)| b).fold(0, |a, b| a | b);
-            continue;
-        }
-        let b = deny::NAMES.iter().find(|(_, n)| *n == w).map(|(b, _)| *b);
-        m |= b.ok_or_else(|| {
-            format!(
-                "unknown operation `{w}` (one of: all, {})",
-                deny::NAMES.map(|(_, n)| n).join(", ")
-            )
-        })?;
-    }
-    Ok(m)
-}
-
 /// What the kernel maps will hold.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -157,7 +141,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
         .chain(o.trust.iter().cloned())
     {
         match std::fs::metadata(&t) {
-            Ok(m) if m.is_file() => p.trusted.push((crate::watch::key_for(&t, &m), t)),
+            Ok(m) if m.is_file() => p.trusted.push((crate::paths::key_for(&t, &m), t)),
             Ok(_) => {
                 return Err(format!(
                     "trusted executable {} is not a regular file",
@@ -205,7 +189,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
         let md = std::fs::metadata(&canon).map_err(|e| e.to_string())?;
         if md.is_dir() {
             p.protected.push((
-                crate::watch::key_for(&canon, &md),
+                crate::paths::key_for(&canon, &md),
                 (o.deny & deny::DIR_OPS) | mode_bit,
                 canon.clone(),
             ));
@@ -214,7 +198,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
                 if let Ok(m) = e.metadata() {
                     if m.is_file() {
                         p.protected.push((
-                            crate::watch::key_for(&e.path(), &m),
+                            crate::paths::key_for(&e.path(), &m),
                             o.deny | mode_bit,
                             e.path(),
                         ));
@@ -223,7 +207,7 @@ pub fn plan(o: &Options) -> Result<Plan, String> {
             }
         } else {
             p.protected.push((
-                crate::watch::key_for(&canon, &md),
+                crate::paths::key_for(&canon, &md),
                 o.deny | mode_bit,
                 canon.clone(),
             ));
@@ -254,24 +238,6 @@ pub fn bpf_lsm_active() -> Result<bool, String> {
     }
     let list = std::fs::read_to_string(lsm).map_err(|e| format!("{lsm}: {e}"))?;
     Ok(list.trim().split(',').any(|m| m == "bpf"))
-}
-
-pub fn action_name(op: &str, denied: bool) -> Action {
-    use Action as A;
-    let ops: &[(&str, Action, Action)] = &[
-        ("write", A::DenyWrite, A::WouldDenyWrite),
-        ("open_write", A::DenyOpenWrite, A::WouldDenyOpenWrite),
-        ("truncate", A::DenyTruncate, A::WouldDenyTruncate),
-        ("unlink", A::DenyUnlink, A::WouldDenyUnlink),
-        ("rename", A::DenyRename, A::WouldDenyRename),
-        ("link", A::DenyLink, A::WouldDenyLink),
-        ("mmap_write", A::DenyMmapWrite, A::WouldDenyMmapWrite),
-        ("ioctl", A::DenyIoctl, A::WouldDenyIoctl),
-    ];
-    ops.iter()
-        .find(|(o, _, _)| *o == op)
-        .map(|(_, d, w)| if denied { *d } else { *w })
-        .unwrap_or(A::DenyUnknown)
 }
 
 /// The alert for a kernel decision on a protected store.

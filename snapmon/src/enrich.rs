@@ -8,9 +8,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use snapmon_common::{ns_flags, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
+use snapmon_common::{ns_flags, respond as r, write_flags, FileKey, NsOp, WriteOp, PATH_LEN};
 
 use crate::{
+    clock::Clock,
     decode::{cstr, RawEvent},
     event::Action,
     event::{
@@ -19,32 +20,52 @@ use crate::{
     },
     lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
-    watch::{normalize, WatchMaps, WatchSet},
+    paths::normalize,
+    watch::{WatchMaps, WatchSet},
 };
 
-/// Clock conversion from CLOCK_BOOTTIME (kernel timestamps) to wall time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub boot_to_unix_ns: i128,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let read = |id| {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            unsafe { libc::clock_gettime(id, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        };
-        Clock {
-            boot_to_unix_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_BOOTTIME),
+/// The detail of a kernel response record (`snapmon.detail` of its event and alert).
+pub fn response_details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, String)> {
+    let mut d = vec![
+        (DetailKey::Responder, "kernel".to_string()),
+        (DetailKey::Operation, crate::actions::class_name(x.class).to_string()),
+        (DetailKey::Signal, crate::actions::signal_name(x.signal).to_string()),
+        (
+            DetailKey::Outcome,
+            match (x.signal, x.ret) {
+                (0, _) => "would_signal".to_string(),
+                (_, 0) => "signalled".to_string(),
+                (_, e) => format!("failed: {}", std::io::Error::from_raw_os_error(-e)),
+            },
+        ),
+        (
+            DetailKey::SyscallToSignalNs,
+            x.signal_ns.saturating_sub(x.hdr.ts_ns).to_string(),
+        ),
+        // CLOCK_BOOTTIME of the signal: lets a caller time it from its own stamp.
+        (DetailKey::SignalBoottimeNs, x.signal_ns.to_string()),
+        (
+            DetailKey::ActorExeIdentity,
+            format!("{}:{}", crate::paths::dev_display(x.exe.dev), x.exe.ino),
+        ),
+    ];
+    match x.class {
+        r::METADATA_WRITE | r::TRUNCATE if x.path_hash == 0 => {
+            d.push((DetailKey::Offset, x.offset.to_string()));
+            d.push((DetailKey::Length, x.len.to_string()));
+            let op = WriteOp::of_record(x.aux as u16);
+            if op != WriteOp::WriteUnknown {
+                d.push((DetailKey::WriteOp, op.as_str().to_string()));
+            }
         }
+        r::SNAPSHOT_IOCTL => d.push((DetailKey::IoctlCmd, format!("{:#010x}", x.aux))),
+        _ => {}
     }
-    pub fn unix_ns(&self, boot_ns: u64) -> i128 {
-        boot_ns as i128 + self.boot_to_unix_ns
+    if x.path_hash != 0 {
+        d.push((DetailKey::PathHash, format!("{:016x}", x.path_hash)));
     }
+    d
+}
 }
 
 /// The `event.action` of a write record, and fallocate's mode bits by name.
@@ -140,7 +161,7 @@ fn held_open(tgid: u32, key: FileKey) -> Option<PathBuf> {
         .flatten()
         .filter_map(|fd| std::fs::read_link(fd.path()).ok())
         .filter(|p| p.is_absolute())
-        .find(|p| std::fs::metadata(p).is_ok_and(|md| crate::watch::key_for(p, &md) == key))
+        .find(|p| std::fs::metadata(p).is_ok_and(|md| crate::paths::key_for(p, &md) == key))
 }
 
 /// A kernel thread (a child of kthreadd, no executable): on the fentry backend the loop
@@ -153,7 +174,7 @@ impl LoopAlias {
     fn node_name(&self, key: FileKey) -> String {
         match &self.node {
             Some(p) => Bytes::from_path(p).display(),
-            None => format!("{}:{}", crate::watch::dev_display(key.dev), key.ino),
+            None => format!("{}:{}", crate::paths::dev_display(key.dev), key.ino),
         }
     }
 }
@@ -161,7 +182,7 @@ impl LoopAlias {
 /// The name of loop device node `key` the process used as `fd`, else a `/dev/loop*` entry
 /// with that identity.
 fn loop_node_path(tgid: u32, fd: i32, key: FileKey) -> Option<PathBuf> {
-    let is = |p: &Path| std::fs::metadata(p).is_ok_and(|md| crate::watch::key_for(p, &md) == key);
+    let is = |p: &Path| std::fs::metadata(p).is_ok_and(|md| crate::paths::key_for(p, &md) == key);
     if let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) {
         if is(&p) {
             return Some(p);
@@ -225,7 +246,7 @@ impl Enricher {
         for (dev, backing, offset) in attached_loops(sys_block) {
             let Some(image) = std::fs::metadata(&backing)
                 .ok()
-                .map(|md| crate::watch::key_for(&backing, &md))
+                .map(|md| crate::paths::key_for(&backing, &md))
                 .filter(|k| self.watch.path_of(k).is_some())
             else {
                 continue;
@@ -233,7 +254,7 @@ impl Enricher {
             let Ok(md) = std::fs::metadata(&dev) else {
                 continue;
             };
-            let node = crate::watch::key_for(&dev, &md);
+            let node = crate::paths::key_for(&dev, &md);
             if self.loops.contains_key(&node) {
                 continue;
             }
@@ -291,7 +312,7 @@ impl Enricher {
                 let Ok(md) = std::fs::metadata(p) else {
                     return false;
                 };
-                if crate::watch::key_for(p, &md) != **node {
+                if crate::paths::key_for(p, &md) != **node {
                     return false;
                 }
                 let sys = sys_dev_block.join(format!(
@@ -315,7 +336,7 @@ impl Enricher {
                             return false;
                         }
                         std::fs::metadata(b)
-                            .is_ok_and(|md| crate::watch::key_for(b, &md) != a.image)
+                            .is_ok_and(|md| crate::paths::key_for(b, &md) != a.image)
                     }
                 }
             })
@@ -658,7 +679,7 @@ impl Enricher {
                     .find(|(b, _)| *b == x.op)
                     .map(|(_, n)| *n)
                     .unwrap_or("op");
-                let action = crate::enforce::action_name(op, x.denied != 0);
+                let action = crate::actions::deny_action(op, x.denied != 0);
                 let mut ev = self.base(
                     raw,
                     Category::File,
@@ -691,7 +712,7 @@ impl Enricher {
                 }
                 ev.detail.push((
                     DetailKey::ActorExeIdentity,
-                    format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
+                    format!("{}:{}", crate::paths::dev_display(x.exe.dev), x.exe.ino),
                 ));
                 if x.aux != 0 {
                     ev.detail.push((DetailKey::Aux, format!("{:#x}", x.aux)));
@@ -699,7 +720,7 @@ impl Enricher {
                 ev
             }
             RawEvent::Respond(x) => {
-                let action = crate::respond::action_name(x.signal, x.flags);
+                let action = crate::actions::response_action(x.signal, x.flags);
                 let ty = if x.signal == snapmon_common::respond::SIGKILL {
                     EventType::End
                 } else {
@@ -709,7 +730,7 @@ impl Enricher {
                 if x.target.ino != 0 {
                     ev.file = Some(self.file(x.target, None));
                 }
-                ev.detail.extend(crate::respond::act::details(x));
+                ev.detail.extend(response_details(x));
                 ev
             }
             RawEvent::UringRegister(u) => {
@@ -1029,7 +1050,7 @@ impl Enricher {
         let Ok(p) = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")) else {
             return;
         };
-        let same = std::fs::metadata(&p).is_ok_and(|md| crate::watch::key_for(&p, &md) == node);
+        let same = std::fs::metadata(&p).is_ok_and(|md| crate::paths::key_for(&p, &md) == node);
         if !same {
             ev.detail
                 .push((DetailKey::LoopNode, Bytes::from_path(&p).display()));

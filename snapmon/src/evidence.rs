@@ -161,7 +161,7 @@ impl Evidence {
             .file_name()
             .map(|n| n.to_string_lossy().replace(['/', '\\'], "_"))
             .unwrap_or_else(|| "image".into());
-        let stamp = crate::sink::json::rfc3339(a.event.ts_unix_ns).replace(':', "");
+        let stamp = crate::clock::rfc3339(a.event.ts_unix_ns).replace(':', "");
         let sub = dir.join(format!(
             "{stamp}-{}-{}-{}-{name}",
             a.event.seq, a.rule_id, a.event.process.pid

@@ -152,7 +152,7 @@ impl TableLineage {
             uid: v.uid.unwrap_or(u32::MAX),
             gid: v.gid.unwrap_or(u32::MAX),
             euid: v.euid,
-            exe_dev: crate::watch::kernel_dev(v.exe_dev),
+            exe_dev: crate::paths::kernel_dev(v.exe_dev),
             exe_ino: v.exe_ino,
             start_ns: v.start_ns,
             revision: next_revision(),
@@ -173,7 +173,7 @@ fn exe_path(e: &snapmon_common::ExecEvent) -> Vec<u8> {
         return name.to_vec();
     }
     let link = format!("/proc/{}/exe", e.hdr.tgid);
-    let same = std::fs::metadata(&link).is_ok_and(|m| crate::watch::key_of(&m) == e.exe);
+    let same = std::fs::metadata(&link).is_ok_and(|m| crate::paths::key_of(&m) == e.exe);
     match std::fs::read_link(&link) {
         Ok(t) if same => {
             use std::os::unix::ffi::OsStrExt;
@@ -196,7 +196,7 @@ fn memfd_dev() -> Option<u32> {
         }
         use std::os::fd::FromRawFd;
         let f = unsafe { std::fs::File::from_raw_fd(fd) };
-        f.metadata().ok().map(|m| crate::watch::key_of(&m).dev)
+        f.metadata().ok().map(|m| crate::paths::key_of(&m).dev)
     })
 }
 
@@ -223,7 +223,7 @@ impl DeletedExe {
             None => {
                 let link = format!("/proc/{}/exe", p.pid);
                 let same = std::fs::metadata(&link).is_ok_and(|m| {
-                    let k = crate::watch::key_of(&m);
+                    let k = crate::paths::key_of(&m);
                     (k.dev, k.ino) == (p.exe_dev, p.exe_ino)
                 });
                 let d = std::fs::read_link(&link)
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn dev_encodings_round_trip() {
         let k = (253 << 20) | 3;
-        assert_eq!(crate::watch::kernel_dev(user_dev(k)), k);
+        assert_eq!(crate::paths::kernel_dev(user_dev(k)), k);
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub fn entry_with_ino(dir: &Path, key: FileKey) -> Option<PathBuf> {
         return None; // hard links: more than one name
     }
     let md = std::fs::symlink_metadata(&p).ok()?;
-    (crate::watch::key_for(&p, &md) == key).then_some(p)
+    (crate::paths::key_for(&p, &md) == key).then_some(p)
 }
 
 /// The path an open file descriptor of a live process names, when it is the object `key`
@@ -208,7 +208,7 @@ pub fn fd_path(tgid: u32, fd: i32, key: FileKey) -> Option<PathBuf> {
     }
     let p = std::fs::read_link(format!("/proc/{tgid}/fd/{fd}")).ok()?;
     let md = std::fs::symlink_metadata(&p).ok()?;
-    (p.is_absolute() && crate::watch::key_for(&p, &md) == key).then_some(p)
+    (p.is_absolute() && crate::paths::key_for(&p, &md) == key).then_some(p)
 }
 
 #[cfg(test)]
@@ -236,7 +236,7 @@ mod tests {
     fn key(p: &Path) -> FileKey {
         let md = std::fs::symlink_metadata(p).unwrap();
         FileKey {
-            dev: crate::watch::kernel_dev(md.dev()),
+            dev: crate::paths::kernel_dev(md.dev()),
             _pad: 0,
             ino: md.ino(),
         }

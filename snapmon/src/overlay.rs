@@ -18,7 +18,8 @@ use std::{
 
 use snapmon_common::{dir_flags, FileKey};
 
-use crate::watch::{normalize, WatchMaps, WatchSet};
+use crate::paths::normalize;
+use crate::watch::{WatchMaps, WatchSet};
 
 /// The agent's mount table; it signals changes with `POLLPRI`.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";

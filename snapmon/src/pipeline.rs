@@ -440,7 +440,7 @@ mod held {
         rebase_unsafe(&d.s("r.qcow2"), "/dev/shm/x.qcow2");
         let head = std::fs::read(d.path("r.qcow2")).unwrap()[..65536].to_vec();
         let img = d.path("vm.qcow2");
-        let key = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
+        let key = crate::paths::key_for(&img, &std::fs::metadata(&img).unwrap());
         let (mut maps, mut pipe) = header_only_pipe(&d.0);
         pipe.classifier.preload(std::iter::once((&key, &img)));
         let me = std::process::id();
@@ -517,7 +517,7 @@ mod blinded {
         let (vm1, vm2) = (d.path("vm1.qcow2"), d.path("vm2.qcow2"));
         std::fs::write(&vm1, b"QFI\xfb").unwrap();
         std::fs::write(&vm2, b"QFI\xfb").unwrap();
-        let key = |p: &std::path::Path| crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
+        let key = |p: &std::path::Path| crate::paths::key_for(p, &std::fs::metadata(p).unwrap());
         let (mut maps, mut pipe) = header_only_pipe(&d.0);
         // Nothing dropped: nothing said.
         assert!(pipe
@@ -568,7 +568,7 @@ mod blinded {
         // Made after the scan, and the agent never heard of it.
         let mine = d.path("mine.qcow2");
         std::fs::write(&mine, b"x").unwrap();
-        let key = crate::watch::key_for(&mine, &std::fs::metadata(&mine).unwrap());
+        let key = crate::paths::key_for(&mine, &std::fs::metadata(&mine).unwrap());
         let out = pipe.blinded(&dropped_write(key, 9), 2, &mut maps);
         let a = alerts(&out);
         assert_eq!(a.len(), 1, "{out:?}");
@@ -632,7 +632,7 @@ mod cost {
         let img = d.path("a.qcow2");
         let bytes = std::fs::read(&img).unwrap();
         let md = std::fs::metadata(&img).unwrap();
-        let key = crate::watch::key_for(&img, &md);
+        let key = crate::paths::key_for(&img, &md);
         let mut maps = MemMaps::default();
         let mut ws = WatchSet::default();
         ws.add_root(&d.0, &mut maps).unwrap();
@@ -701,7 +701,7 @@ mod loops {
         snapmon_common::FileKey,
         std::path::PathBuf,
     ) {
-        let key = |p: &std::path::Path| crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
+        let key = |p: &std::path::Path| crate::paths::key_for(p, &std::fs::metadata(p).unwrap());
         let store = d.path("store");
         std::fs::create_dir_all(&store).unwrap();
         let img = store.join("vm.qcow2");

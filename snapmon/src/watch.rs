@@ -4,103 +4,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
-    path::{Component, Path, PathBuf},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use snapmon_common::{dir_flags, fnv1a, FileKey};
 
-/// Kernel-internal dev_t (`MAJOR << 20 | MINOR`) from a userspace `st_dev`.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let (ma, mi) = (libc::major(st_dev), libc::minor(st_dev));
-    (ma << 20) | (mi & 0xfffff)
-}
-
-/// `MAJOR:MINOR` for display from a kernel dev_t.
-pub fn dev_display(kdev: u32) -> String {
-    format!("{}:{}", kdev >> 20, kdev & 0xfffff)
-}
-
-pub fn key_of(md: &std::fs::Metadata) -> FileKey {
-    FileKey {
-        dev: kernel_dev(md.dev()),
-        _pad: 0,
-        ino: md.ino(),
-    }
-}
-
-/// Identity as the kernel sees it (`inode->i_sb->s_dev`). `stat` reports a per-subvolume
-/// anonymous device on btrfs, so for anonymous devices (major 0) the superblock's device is
-/// taken from the mount that holds `path` (mountinfo's MAJOR:MINOR is `sb->s_dev`).
-pub fn key_for(path: &Path, md: &std::fs::Metadata) -> FileKey {
-    let mut k = key_of(md);
-    if libc::major(md.dev()) == 0 {
-        if let Some(dev) = sb_dev_of(path) {
-            k.dev = dev;
-        }
-    }
-    k
-}
-
-/// Mount points and their superblock devs, longest first (read once).
-fn mounts() -> &'static [(PathBuf, u32)] {
-    static M: std::sync::OnceLock<Vec<(PathBuf, u32)>> = std::sync::OnceLock::new();
-    M.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut v = parse_mountinfo(&text);
-        // Of mounts stacked on one point the last listed is the one visible: it must win
-        // the (stable) sort, or a tmpfs mounted over /dev/shm gets the hidden one's device.
-        v.reverse();
-        v.sort_by_key(|(p, _)| std::cmp::Reverse(p.as_os_str().len()));
-        v
-    })
-}
-
-/// `(mount point, MAJOR<<20|MINOR)` per mountinfo line; octal escapes (`\040`) decoded.
-pub fn parse_mountinfo(text: &str) -> Vec<(PathBuf, u32)> {
-    use std::os::unix::ffi::OsStringExt;
-    let unescape = |s: &str| {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            let octal = b
-                .get(i + 1..i + 4)
-                .is_some_and(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-            if b[i] == b'\\' && octal {
-                out.push(
-                    (b[i + 1] - b'0')
-                        .wrapping_mul(64)
-                        .wrapping_add((b[i + 2] - b'0') * 8 + (b[i + 3] - b'0')),
-                );
-                i += 4;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        PathBuf::from(std::ffi::OsString::from_vec(out))
-    };
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let (_id, _parent, mm, _root, mp) =
-                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            let (ma, mi) = mm.split_once(':')?;
-            let dev = (ma.parse::<u32>().ok()? << 20) | (mi.parse::<u32>().ok()? & 0xfffff);
-            Some((unescape(mp), dev))
-        })
-        .collect()
-}
-
-fn sb_dev_of(path: &Path) -> Option<u32> {
-    let p = std::fs::canonicalize(path).ok()?;
-    mounts()
-        .iter()
-        .find(|(mp, _)| p.starts_with(mp))
-        .map(|(_, d)| *d)
-}
+use crate::paths::{key_for, normalize};
 
 /// Where the filter entries go: the kernel maps in production, memory in tests.
 pub trait WatchMaps {
@@ -349,21 +260,6 @@ pub struct WatchSet {
     pub scan_depth: Option<usize>,
     /// Admitting an alias (loop node, overlay inode), not a file of its own.
     aliasing: bool,
-}
-
-/// Lexically normalize an absolute path (`.`/`..`/`//`), without touching the filesystem.
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(s) => out.push(s),
-            _ => {}
-        }
-    }
-    out
 }
 
 /// Does `p` name identity `k` on disk now?
@@ -936,6 +832,7 @@ impl WatchSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths::key_of;
 
     fn tmpdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("snapmon-watch-{name}-{}", std::process::id()));
@@ -1261,22 +1158,6 @@ mod tests {
         assert!(!maps.files.contains(&fk(1 << 30)));
         ws.seen_opened(fk(2), PathBuf::from("/s/plain"), false, &mut maps);
         assert!(maps.files.contains(&fk(2)));
-    }
-
-    #[test]
-    fn mountinfo_gives_superblock_devs_with_escapes() {
-        let t = "29 1 0:26 / /srv/snap\\040store rw - btrfs /dev/vdb rw\n30 1 8:1 / / rw - ext4 /dev/sda1 rw\n";
-        let m = parse_mountinfo(t);
-        assert_eq!(m[0], (PathBuf::from("/srv/snap store"), 26));
-        assert_eq!(m[1], (PathBuf::from("/"), (8 << 20) | 1));
-        assert!(parse_mountinfo("garbage\n\n1 2 x:y / /").is_empty());
-    }
-
-    #[test]
-    fn kernel_dev_encoding() {
-        let st = libc::makedev(8, 1);
-        assert_eq!(kernel_dev(st), (8 << 20) | 1);
-        assert_eq!(dev_display((8 << 20) | 1), "8:1");
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(super) async fn run(
                     if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
                 }
                 // Sequences that time out with no event to carry them (a freeze never thawed).
-                let recs = pipe.tick(crate::sink::json::now_unix_ns());
+                let recs = pipe.tick(crate::clock::now_unix_ns());
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
                 false
             }

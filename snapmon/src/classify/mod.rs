@@ -495,7 +495,7 @@ impl Classifier {
         if ev.action == Action::Create {
             self.note_creator(ev);
         }
-        if let Some(p) = replace::Pending::from_event(ev) {
+        if let Some(p) = recheck::Pending::from_event(ev) {
             if p.located().is_none() {
                 return Verdict::Hold(recheck::Hold::new(recheck::HoldKind::Replace(p), now));
             }
@@ -727,7 +727,7 @@ impl Classifier {
             };
             if let Some(c) = self.recheck(&mut r) {
                 let mut ev = (*r.template).clone();
-                let wall = crate::enrich::Clock::now();
+                let wall = crate::clock::Clock::now();
                 let boot = crate::lineage::boottime_ns();
                 ev.ts_boot_ns = boot;
                 ev.ts_unix_ns = wall.unix_ns(boot);
@@ -762,7 +762,7 @@ impl Classifier {
         let (d, got) = fileread::bounded(Some(r.key.0), &r.path, move || {
             let mut f = fileread::open(&at).ok()?;
             let md = f.metadata().ok()?;
-            let k = crate::watch::key_for(&at, &md);
+            let k = crate::paths::key_for(&at, &md);
             if (k.dev, k.ino) != key {
                 // Another file has the name now: its own events speak for it.
                 return None;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::event::Event;
+use crate::event::{Action, Bytes, Event};
 
 /// How often a held event's readiness is tested.
 pub const HOLD_STEP: Duration = Duration::from_millis(2);
@@ -46,7 +46,77 @@ pub enum HoldKind {
         data: Vec<u8>,
     },
     /// A rename or link into a store: judged by what it put at the target.
-    Replace(super::replace::Pending),
+    Replace(Pending),
+}
+
+/// A rename or link whose effect is judged once it is visible at the target.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub target: PathBuf,
+    pub source: Option<PathBuf>,
+    /// Identity that held the target's name before (from the path table), if any.
+    pub replaced: Option<Key>,
+    /// Identity of the source, when the agent knew it.
+    pub source_key: Option<Key>,
+    pub link: bool,
+}
+
+fn key_of_info(f: Option<&crate::event::FileInfo>) -> Option<Key> {
+    f.filter(|f| f.ino != 0).map(|f| (f.dev, f.ino))
+}
+
+impl Pending {
+    /// A rename or link with a target path; `None` for everything else.
+    pub fn from_event(ev: &Event) -> Option<Pending> {
+        let link = match ev.action {
+            Action::Rename => false,
+            Action::Link => true,
+            _ => return None,
+        };
+        let target = ev.target.as_ref()?.path.as_ref()?.as_path();
+        let source = ev
+            .file
+            .as_ref()
+            .and_then(|f| f.path.as_ref())
+            .map(Bytes::as_path);
+        if source.as_deref() == Some(target.as_path()) || !target.is_absolute() {
+            return None;
+        }
+        let replaced = key_of_info(ev.target.as_ref());
+        let source_key = key_of_info(ev.file.as_ref());
+        Some(Pending {
+            target,
+            source,
+            // A rename of a file onto another name of itself changes nothing.
+            replaced: replaced.filter(|r| Some(*r) != source_key),
+            source_key,
+            link,
+        })
+    }
+
+    pub fn keys(&self) -> Vec<Key> {
+        self.replaced.into_iter().chain(self.source_key).collect()
+    }
+
+    /// The identity at the target once the rename or link took effect; `None` before.
+    pub fn located(&self) -> Option<Key> {
+        let md = std::fs::symlink_metadata(&self.target).ok()?;
+        let k = crate::paths::key_for(&self.target, &md);
+        let k = (k.dev, k.ino);
+        if let Some(s) = self.source_key {
+            return (k == s).then_some(k);
+        }
+        if let Some(r) = self.replaced {
+            return (k != r).then_some(k);
+        }
+        // Nothing known about either side: a link took effect when the name exists, a
+        // rename when the source name is gone as well.
+        let source_gone = self
+            .source
+            .as_ref()
+            .is_none_or(|s| std::fs::symlink_metadata(s).is_err());
+        (self.link || source_gone).then_some(k)
+    }
 }
 
 /// An event the classifier judges later.
@@ -268,7 +338,7 @@ mod tests {
 
     fn ev(action: Action, p: &Path, off: i64, len: u64, data: &[u8]) -> Event {
         let md = std::fs::metadata(p).unwrap();
-        let k = crate::watch::key_for(p, &md);
+        let k = crate::paths::key_for(p, &md);
         Event {
             action,
             file: Some(FileInfo {
@@ -310,7 +380,7 @@ mod tests {
         let new_head = std::fs::read(d.path("rebased.qcow2")).unwrap()[..65536].to_vec();
         let img = d.path("vm.qcow2");
         let mut c = Classifier::new();
-        let k = crate::watch::key_for(&img, &std::fs::metadata(&img).unwrap());
+        let k = crate::paths::key_for(&img, &std::fs::metadata(&img).unwrap());
         c.preload(std::iter::once((&k, &img)));
         let e = ev(
             Action::Pwrite64,
@@ -405,7 +475,7 @@ mod tests {
         assert!(!maps_text_has("garbage\n\n", (1, 1)));
         // Our own maps hold our executable's identity.
         let exe = std::fs::metadata("/proc/self/exe").unwrap();
-        let k = crate::watch::key_of(&exe);
+        let k = crate::paths::key_of(&exe);
         let own = std::fs::read_to_string("/proc/self/maps").unwrap();
         assert!(maps_text_has(&own, (k.dev, k.ino)));
         assert!(!maps_text_has("", (k.dev, k.ino)));

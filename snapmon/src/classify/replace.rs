@@ -2,85 +2,14 @@
 //! judged by the target's kind (libvirt XML, LVM backup/archive, image) and compared, field
 //! by field, with the shadow of the file it replaced, the same diff a header write gets.
 
-use crate::event::Action;
-
 use std::path::{Path, PathBuf};
 
 use super::{
-    fileread, libvirt, load_state_from, lvm, lvm_changes, publish, qcow2, recheck::Key, Change,
-    Classification, Classifier, FileState, Format,
+    fileread, libvirt, load_state_from, lvm, lvm_changes, publish, qcow2,
+    recheck::{Key, Pending},
+    Change, Classification, Classifier, FileState, Format,
 };
 use crate::event::{Bytes, Event};
-
-/// A rename or link whose effect is judged once it is visible at the target.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub target: PathBuf,
-    pub source: Option<PathBuf>,
-    /// Identity that held the target's name before (from the path table), if any.
-    pub replaced: Option<Key>,
-    /// Identity of the source, when the agent knew it.
-    pub source_key: Option<Key>,
-    pub link: bool,
-}
-
-fn key_of_info(f: Option<&crate::event::FileInfo>) -> Option<Key> {
-    f.filter(|f| f.ino != 0).map(|f| (f.dev, f.ino))
-}
-
-impl Pending {
-    /// A rename or link with a target path; `None` for everything else.
-    pub fn from_event(ev: &Event) -> Option<Pending> {
-        let link = match ev.action {
-            Action::Rename => false,
-            Action::Link => true,
-            _ => return None,
-        };
-        let target = ev.target.as_ref()?.path.as_ref()?.as_path();
-        let source = ev
-            .file
-            .as_ref()
-            .and_then(|f| f.path.as_ref())
-            .map(Bytes::as_path);
-        if source.as_deref() == Some(target.as_path()) || !target.is_absolute() {
-            return None;
-        }
-        let replaced = key_of_info(ev.target.as_ref());
-        let source_key = key_of_info(ev.file.as_ref());
-        Some(Pending {
-            target,
-            source,
-            // A rename of a file onto another name of itself changes nothing.
-            replaced: replaced.filter(|r| Some(*r) != source_key),
-            source_key,
-            link,
-        })
-    }
-
-    pub fn keys(&self) -> Vec<Key> {
-        self.replaced.into_iter().chain(self.source_key).collect()
-    }
-
-    /// The identity at the target once the rename or link took effect; `None` before.
-    pub fn located(&self) -> Option<Key> {
-        let md = std::fs::symlink_metadata(&self.target).ok()?;
-        let k = crate::watch::key_for(&self.target, &md);
-        let k = (k.dev, k.ino);
-        if let Some(s) = self.source_key {
-            return (k == s).then_some(k);
-        }
-        if let Some(r) = self.replaced {
-            return (k != r).then_some(k);
-        }
-        // Nothing known about either side: a link took effect when the name exists, a
-        // rename when the source name is gone as well.
-        let source_gone = self
-            .source
-            .as_ref()
-            .is_none_or(|s| std::fs::symlink_metadata(s).is_err());
-        (self.link || source_gone).then_some(k)
-    }
-}
 
 /// What was put at the target.
 enum Incoming {
@@ -107,7 +36,7 @@ impl Incoming {
                 let Ok(md) = f.metadata() else {
                     return Incoming::Missing;
                 };
-                let k = crate::watch::key_for(at, &md);
+                let k = crate::paths::key_for(at, &md);
                 Incoming::File {
                     key: (k.dev, k.ino),
                     state: load_state_from(&mut f),
@@ -313,10 +242,11 @@ mod tests {
 
     use super::super::qcow2::testutil::{image_with_snapshots, qemu_img, TmpDir};
     use super::*;
+    use crate::event::Action;
     use crate::event::FileInfo;
 
     fn key(p: &Path) -> Key {
-        let k = crate::watch::key_for(p, &std::fs::metadata(p).unwrap());
+        let k = crate::paths::key_for(p, &std::fs::metadata(p).unwrap());
         (k.dev, k.ino)
     }
 
@@ -339,7 +269,7 @@ mod tests {
 
     fn classifier_knowing(img: &Path) -> Classifier {
         let mut c = Classifier::new();
-        let k = crate::watch::key_for(img, &std::fs::metadata(img).unwrap());
+        let k = crate::paths::key_for(img, &std::fs::metadata(img).unwrap());
         let p = img.to_path_buf();
         c.preload(std::iter::once((&k, &p)));
         c
@@ -436,7 +366,7 @@ mod tests {
         // A symlink renamed over an image points it elsewhere: never followed, named.
         qemu_img(&["create", "-q", "-f", "qcow2", &store.s("vm2.qcow2"), "16M"]);
         let img2 = store.path("vm2.qcow2");
-        let k = crate::watch::key_for(&img2, &std::fs::metadata(&img2).unwrap());
+        let k = crate::paths::key_for(&img2, &std::fs::metadata(&img2).unwrap());
         c.preload(std::iter::once((&k, &img2)));
         let link = store.path("ln");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use snapmon_common::{respond as r, runtime, FileKey, RespondEntry, RespondTarget};
+use snapmon_common::{runtime, FileKey, RespondEntry, RespondTarget};
 
 use super::{cgroup::Hierarchy, Mode, Plan};
 use crate::{
@@ -236,7 +236,7 @@ impl Responder {
         if !(md.is_file() || md.is_dir()) {
             return;
         }
-        let key = crate::watch::key_for(&p, &md);
+        let key = crate::paths::key_for(&p, &md);
         if plan.targets.iter().any(|(k, _, _)| *k == key) {
             return;
         }
@@ -269,7 +269,7 @@ impl Responder {
                     ..Default::default()
                 };
                 if let Ok(m) = std::fs::metadata(p) {
-                    let k = crate::watch::key_for(p, &m);
+                    let k = crate::paths::key_for(p, &m);
                     (f.dev, f.ino) = (k.dev, k.ino);
                 }
                 ev.file = Some(f);
@@ -370,7 +370,7 @@ impl Responder {
             use std::os::unix::fs::MetadataExt as _;
             let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
             let m = std::fs::metadata(format!("/proc/{p}/exe")).ok()?;
-            let dev = crate::watch::kernel_dev(m.dev());
+            let dev = crate::paths::kernel_dev(m.dev());
             plan?
                 .is_trusted(dev, m.ino())
                 .then(|| exe.display().to_string())
@@ -528,49 +528,6 @@ fn alert(ev: Event, acted: bool, message: String) -> Alert {
     }
 }
 
-/// The detail of a kernel response record (`snapmon.detail` of its event and alert).
-pub fn details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, String)> {
-    let mut d = vec![
-        (DetailKey::Responder, "kernel".to_string()),
-        (DetailKey::Operation, super::class_name(x.class).to_string()),
-        (DetailKey::Signal, super::signal_name(x.signal).to_string()),
-        (
-            DetailKey::Outcome,
-            match (x.signal, x.ret) {
-                (0, _) => "would_signal".to_string(),
-                (_, 0) => "signalled".to_string(),
-                (_, e) => format!("failed: {}", std::io::Error::from_raw_os_error(-e)),
-            },
-        ),
-        (
-            DetailKey::SyscallToSignalNs,
-            x.signal_ns.saturating_sub(x.hdr.ts_ns).to_string(),
-        ),
-        // CLOCK_BOOTTIME of the signal: lets a caller time it from its own stamp.
-        (DetailKey::SignalBoottimeNs, x.signal_ns.to_string()),
-        (
-            DetailKey::ActorExeIdentity,
-            format!("{}:{}", crate::watch::dev_display(x.exe.dev), x.exe.ino),
-        ),
-    ];
-    match x.class {
-        r::METADATA_WRITE | r::TRUNCATE if x.path_hash == 0 => {
-            d.push((DetailKey::Offset, x.offset.to_string()));
-            d.push((DetailKey::Length, x.len.to_string()));
-            let op = WriteOp::of_record(x.aux as u16);
-            if op != WriteOp::WriteUnknown {
-                d.push((DetailKey::WriteOp, op.as_str().to_string()));
-            }
-        }
-        r::SNAPSHOT_IOCTL => d.push((DetailKey::IoctlCmd, format!("{:#010x}", x.aux))),
-        _ => {}
-    }
-    if x.path_hash != 0 {
-        d.push((DetailKey::PathHash, format!("{:016x}", x.path_hash)));
-    }
-    d
-}
-
 /// CLOCK_BOOTTIME, the clock of the kernel's event timestamps.
 pub fn boottime_ns() -> u64 {
     let mut t = libc::timespec {
@@ -651,6 +608,7 @@ pub fn signal_verified(pid: u32, start_ns: u64, sig: i32) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use snapmon_common::respond as r;
 
     fn kernel_event(signal: u32, flags: u32) -> Event {
         let mut x: snapmon_common::RespondEvent = unsafe { std::mem::zeroed() };
@@ -663,7 +621,7 @@ mod tests {
         x.len = 4;
         x.aux = snapmon_common::WriteOp::Pwrite as u64;
         let mut ev = Event {
-            action: super::super::action_name(signal, flags),
+            action: crate::actions::response_action(signal, flags),
             seq: 7,
             ..Default::default()
         };
@@ -674,7 +632,7 @@ mod tests {
             path: Some(Bytes(b"/srv/images/vm.qcow2".to_vec())),
             ..Default::default()
         });
-        ev.detail = details(&x);
+        ev.detail = crate::enrich::response_details(&x);
         ev
     }
 

@@ -13,44 +13,11 @@ pub mod cgroup;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use snapmon_common::{fnv1a, respond as r, FileKey, RespondEntry, RespondTarget};
 
 use crate::{config::RespondSection, rules::registry};
 
-/// `[respond] mode` / `--respond`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    #[default]
-    Off,
-    /// SIGSTOP: the operator decides (`kill -CONT` or `kill`).
-    Stop,
-    /// SIGKILL in the kernel; the agent's own (later) responses stop instead.
-    Kill,
-    /// SIGSTOP in the kernel, then the agent freezes the process's whole cgroup (v2).
-    Freeze,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Result<Mode, String> {
-        Ok(match s {
-            "off" => Mode::Off,
-            "stop" => Mode::Stop,
-            "kill" => Mode::Kill,
-            "freeze" => Mode::Freeze,
-            _ => return Err(format!("`{s}` is not one of off, stop, kill, freeze")),
-        })
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Stop => "stop",
-            Mode::Kill => "kill",
-            Mode::Freeze => "freeze",
-        }
-    }
-}
+pub use crate::config::RespondMode as Mode;
 
 /// Rules the kernel cannot judge, answered by the agent unless the policy lists others: a
 /// mass rename and a burst of snapshot deletions are rates, a freeze never thawed is a
@@ -263,14 +230,14 @@ impl Plan {
     /// Returns whether anything was added.
     pub fn add_object(&mut self, store: &Store, path: &Path, md: &std::fs::Metadata) -> bool {
         let mut bits = self.bits(store);
-        let dev = crate::watch::key_for(path, md).dev;
+        let dev = crate::paths::key_for(path, md).dev;
         let image = md.is_file() && self.is_image(Some(dev), path);
         if md.is_dir() {
             bits |= r::DIR;
         } else if md.is_file() && !image {
             return false;
         }
-        let key = crate::watch::key_for(path, md);
+        let key = crate::paths::key_for(path, md);
         let t = RespondTarget {
             flags: bits,
             ..Default::default()
@@ -287,7 +254,7 @@ impl Plan {
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
             if let Ok(dm) = std::fs::metadata(dir) {
                 let e = RespondEntry {
-                    dir: crate::watch::key_for(dir, &dm),
+                    dir: crate::paths::key_for(dir, &dm),
                     name_hash: fnv1a(name.as_bytes()),
                 };
                 self.entries.push((e, bits, path.to_path_buf()));
@@ -328,7 +295,7 @@ fn trusted(o: &Options, policy: &crate::config::Policy) -> Result<Vec<(FileKey, 
     let mut add = |p: PathBuf, required: bool| -> Result<(), String> {
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => {
-                let k = crate::watch::key_for(&p, &m);
+                let k = crate::paths::key_for(&p, &m);
                 if !out.iter().any(|(x, _)| *x == k) {
                     out.push((k, p));
                 }
@@ -500,37 +467,6 @@ pub fn describe(p: Option<&Plan>) -> serde_json::Value {
     })
 }
 
-/// ECS action of a kernel response record.
-pub fn action_name(signal: u32, flags: u32) -> crate::event::Action {
-    use crate::event::Action;
-    let freeze = flags & r::FREEZE != 0;
-    match (signal, flags & r::KILL != 0, freeze) {
-        (0, true, _) => Action::WouldKill,
-        (0, false, true) => Action::WouldFreeze,
-        (0, false, false) => Action::WouldStop,
-        (_, true, _) => Action::Kill,
-        (_, false, true) => Action::Freeze,
-        _ => Action::Stop,
-    }
-}
-
-pub fn class_name(class: u32) -> &'static str {
-    r::NAMES
-        .iter()
-        .find(|(b, _)| *b == class)
-        .map(|(_, n)| *n)
-        .unwrap_or("unknown")
-}
-
-pub fn signal_name(sig: u32) -> &'static str {
-    match sig {
-        9 => "SIGKILL",
-        19 => "SIGSTOP",
-        0 => "none",
-        _ => "other",
-    }
-}
-
 /// Every action a response record or alert event can carry.
 pub const ACTIONS: &[crate::event::Action] = &[
     crate::event::Action::Kill,
@@ -661,6 +597,7 @@ mod tests {
 
     #[test]
     fn actions_name_what_was_done() {
+        use crate::actions::response_action as action_name;
         assert_eq!(action_name(9, r::KILL).as_str(), "kill");
         assert_eq!(action_name(0, r::KILL).as_str(), "would_kill");
         assert_eq!(action_name(19, r::FREEZE).as_str(), "freeze");

@@ -4,7 +4,6 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::glob::Glob;
@@ -12,168 +11,9 @@ use super::glob::Glob;
 pub use super::window::{FixedOffset, HostLocalTime, LocalTime, Window};
 use crate::{event::Action, record::Severity};
 
-/// A named group of trusted executables (`qemu`, `libvirt`, `lvm` …), by file identity.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ActorSpec {
-    pub name: Spanned<String>,
-    /// Absolute paths; the last component may be a glob (`/usr/bin/qemu-system-*`), expanded
-    /// when the policy is built. Each is resolved to (device, inode) then.
-    #[serde(default)]
-    pub executables: Vec<Spanned<String>>,
-    /// Executables trusted only while their content has this SHA-256 (hashed at build time).
-    #[serde(default)]
-    pub pinned: Vec<PinSpec>,
-    /// The parent's executable must match one of these globs.
-    #[serde(default)]
-    pub parent: Vec<Spanned<String>>,
-    /// Some ancestor's executable must match one of these globs.
-    #[serde(default)]
-    pub ancestor: Vec<Spanned<String>>,
-    /// Real uid must be one of these.
-    #[serde(default)]
-    pub users: Vec<u32>,
-    /// systemd unit must match one of these globs.
-    #[serde(default)]
-    pub systemd_units: Vec<Spanned<String>>,
-    /// `false`: only outside containers; `true`: only inside.
-    #[serde(default)]
-    pub container: Option<bool>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PinSpec {
-    pub path: Spanned<String>,
-    pub sha256: Spanned<String>,
-}
-
-/// Per-rule overrides.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSettings {
-    pub id: Spanned<String>,
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    #[serde(default)]
-    pub severity: Option<Severity>,
-    /// Rate rules: how many occurrences within `window_seconds` fire the rule.
-    #[serde(default)]
-    pub threshold: Option<Spanned<u32>>,
-    /// Rate and sequence rules: the window.
-    #[serde(default)]
-    pub window_seconds: Option<Spanned<u64>>,
-}
-
-/// A structured exception: this actor may do these actions to these targets (Falco's lesson:
-/// never a free-form condition that silently widens).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExceptionSpec {
-    pub rules: Vec<Spanned<String>>,
-    /// A trusted actor group by name …
-    #[serde(default)]
-    pub actor: Option<Spanned<String>>,
-    /// … or an executable path glob (weaker: a path, not an identity).
-    #[serde(default)]
-    pub executable: Option<Spanned<String>>,
-    /// `event.action` values; empty = any.
-    #[serde(default)]
-    pub actions: Vec<Spanned<String>>,
-    /// File path glob (the file or the rename target); absent = any.
-    #[serde(default)]
-    pub target: Option<Spanned<String>>,
-    /// For the humans reading the policy; kept so `deny_unknown_fields` accepts it.
-    #[serde(default)]
-    #[allow(
-        dead_code,
-        reason = "read by humans only; kept so deny_unknown_fields accepts it"
-    )]
-    pub comment: Option<String>,
-}
-
-/// A daily window in host local time, optionally on some weekdays only.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowSpec {
-    pub name: Spanned<String>,
-    pub start: Spanned<String>,
-    pub end: Spanned<String>,
-    #[serde(default)]
-    pub days: Vec<Spanned<String>>,
-    /// Alerts of these rules are expected (suppressed) inside the window.
-    #[serde(default)]
-    pub suppress: Vec<Spanned<String>>,
-}
-
-fn d_image_ext() -> Vec<String> {
-    [
-        "qcow2", "qcow", "img", "raw", "qed", "vmdk", "vdi", "vhd", "vhdx", "iso",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-fn d_volatile() -> Vec<Spanned<String>> {
-    vec![]
-}
-fn d_dedupe() -> u64 {
-    10
-}
-fn d_admins() -> Vec<u32> {
-    vec![0]
-}
-
-/// Lists the rules consult (names, paths, lineages).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectionSection {
-    /// File extensions that name disk images.
-    #[serde(default = "d_image_ext")]
-    pub image_extensions: Vec<String>,
-    /// World-writable or volatile places a backing file should never point to.
-    #[serde(default = "d_volatile")]
-    pub volatile_paths: Vec<Spanned<String>>,
-    /// Case-insensitive name globs of ransom notes.
-    #[serde(default)]
-    pub ransom_note_names: Vec<Spanned<String>>,
-    /// Extensions that hide files from casual listings (`vss` …).
-    #[serde(default)]
-    pub hidden_extensions: Vec<String>,
-    /// Ancestors a snapshot tool should not have: globs on the executable path (with `/`)
-    /// or the process name (without).
-    #[serde(default)]
-    pub suspicious_ancestors: Vec<Spanned<String>>,
-    /// Users whose interactive sessions may run snapshot tools.
-    #[serde(default = "d_admins")]
-    pub admin_users: Vec<u32>,
-    /// The same rule, actor and file alert at most once in this many seconds.
-    #[serde(default = "d_dedupe")]
-    pub dedupe_seconds: u64,
-}
-
-impl Default for DetectionSection {
-    fn default() -> Self {
-        DetectionSection {
-            image_extensions: d_image_ext(),
-            volatile_paths: d_volatile(),
-            ransom_note_names: vec![],
-            hidden_extensions: vec![],
-            suspicious_ancestors: vec![],
-            admin_users: d_admins(),
-            dedupe_seconds: d_dedupe(),
-        }
-    }
-}
-
-/// The rules part of the policy, as parsed.
-#[derive(Debug, Clone, Default)]
-pub struct RulesPolicy<'a> {
-    pub actors: &'a [ActorSpec],
-    pub rules: &'a [RuleSettings],
-    pub exceptions: &'a [ExceptionSpec],
-    pub windows: &'a [WindowSpec],
-    pub detection: Option<&'a DetectionSection>,
-}
+pub use crate::config::{
+    ActorSpec, DetectionSection, ExceptionSpec, PinSpec, RuleSettings, RulesPolicy, WindowSpec,
+};
 
 /// A semantic error at a byte span of the policy text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,7 +291,7 @@ impl Resolver for RootedResolver<'_> {
         }
         let m = std::fs::metadata(&p).ok()?;
         m.is_file()
-            .then(|| (crate::watch::kernel_dev(m.dev()), m.ino()))
+            .then(|| (crate::paths::kernel_dev(m.dev()), m.ino()))
     }
     fn list(&self, dir: &str) -> Vec<String> {
         std::fs::read_dir(under(self.0, dir))
@@ -511,7 +351,7 @@ mod rooted_tests {
             .unwrap();
         let r = RootedResolver(&root);
         let m = std::fs::metadata(root.join("usr/bin/qemu-img")).unwrap();
-        let want = Some((crate::watch::kernel_dev(m.dev()), m.ino()));
+        let want = Some((crate::paths::kernel_dev(m.dev()), m.ino()));
         assert_eq!(r.identity("/usr/bin/qemu-img"), want);
         // An absolute link resolves inside the host root, not the container's.
         assert_eq!(r.identity("/usr/bin/qemu-img-link"), want);
@@ -524,7 +364,7 @@ mod rooted_tests {
         let sh = std::fs::metadata("/bin/sh").unwrap();
         assert_eq!(
             RootedResolver(Path::new("/")).identity("/bin/sh"),
-            Some((crate::watch::kernel_dev(sh.dev()), sh.ino()))
+            Some((crate::paths::kernel_dev(sh.dev()), sh.ino()))
         );
         let _ = std::fs::remove_dir_all(&root);
     }

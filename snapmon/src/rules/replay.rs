@@ -407,7 +407,7 @@ mod tests {
     #[test]
     fn timestamps_round_trip() {
         for ns in [0i128, 951_782_400_000_000_001, 1_795_887_000_123_000_000] {
-            let s = crate::sink::json::rfc3339(ns);
+            let s = crate::clock::rfc3339(ns);
             assert_eq!(parse_rfc3339(&s), Some(ns), "{s}");
         }
         assert_eq!(parse_rfc3339("garbage"), None);

@@ -44,27 +44,10 @@ use std::{
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::key::load_key;
+use super::key::{hmac_sha256, load_key};
 
 pub const CHAIN_KEY: &str = ",\"snapmon.chain\":{\"seq\":";
 pub const ZERO: [u8; 32] = [0; 32];
-
-/// HMAC-SHA256 (RFC 2104) over sha2.
-pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(msg);
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
 
 fn hash_of(prev: &[u8; 32], seq: u64, r: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -97,7 +80,7 @@ pub struct Chain {
     every: u64,
     since_checkpoint: u64,
     /// The sink's format: its own records (header, checkpoint, footer) are written in it.
-    format: super::Format,
+    format: super::config::Format,
 }
 
 impl Chain {
@@ -108,12 +91,12 @@ impl Chain {
             key,
             every: every.max(1),
             since_checkpoint: 0,
-            format: super::Format::Json,
+            format: super::config::Format::Json,
         }
     }
 
     /// Write the chain's own records in `format` (OCSF files get OCSF-shaped ones).
-    pub fn with_format(mut self, format: super::Format) -> Self {
+    pub fn with_format(mut self, format: super::config::Format) -> Self {
         self.format = format;
         self
     }
@@ -152,7 +135,7 @@ impl Chain {
             detail["hmac"] = json!(mac_hex(k, action, self.seq, &self.prev));
         }
         let v = match self.format {
-            super::Format::Ocsf => {
+            super::config::Format::Ocsf => {
                 super::ocsf::base_event(action, CHAIN_DATASET, "state", &detail, 1, host)
             }
             _ => super::json::control("state", action, CHAIN_DATASET, "state", &detail, host),

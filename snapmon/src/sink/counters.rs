@@ -8,6 +8,8 @@ use std::sync::{
 
 use serde_json::json;
 
+pub(crate) const RELAXED: std::sync::atomic::Ordering = Relaxed;
+
 /// Why a sink lost a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {

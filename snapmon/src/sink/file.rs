@@ -23,8 +23,10 @@ use serde_json::{json, Value};
 
 use super::{
     chain::{self, Chain},
-    config::{SinkConfig, SyncPolicy},
-    render_id, Cause, Format, RecordId, SinkCounters, SinkWriter,
+    config::{Format, SinkConfig, SyncPolicy},
+    counters::{Cause, SinkCounters, RELAXED},
+    render::{render, render_id, RecordId},
+    writer::SinkWriter,
 };
 use crate::record::Record;
 
@@ -282,7 +284,7 @@ impl FileSink {
                 self.durable = l;
             }
         }
-        self.counters.written.fetch_add(written, super::RELAXED);
+        self.counters.written.fetch_add(written, RELAXED);
         let kept = whole.checked_sub(1).map_or(0, |i| self.marks[i].end);
         let lost: u64 = self.marks[whole..]
             .iter()
@@ -330,7 +332,7 @@ impl FileSink {
                 self.loss = Some(Loss {
                     records: lost,
                     error: e.to_string(),
-                    first_lost_at: super::json::rfc3339(super::json::now_unix_ns()),
+                    first_lost_at: crate::clock::rfc3339(crate::clock::now_unix_ns()),
                 });
             }
         }
@@ -372,7 +374,7 @@ impl FileSink {
             }
         }
         fs::rename(&self.path, numbered(&self.path, 1))?;
-        self.counters.rotations.fetch_add(1, super::RELAXED);
+        self.counters.rotations.fetch_add(1, RELAXED);
         self.open_current(None)
     }
 
@@ -405,7 +407,7 @@ impl FileSink {
                 action: "log_resumed",
                 detail,
             });
-            let mut line = super::render(self.format, &r, &self.host, self.colour);
+            let mut line = render(self.format, &r, &self.host, self.colour);
             line.push(b'\n');
             self.put(line, LineKind::Resumed);
         }
@@ -560,8 +562,8 @@ mod tests {
             s.write(&Record::Event(fixtures::event(i)));
         }
         s.close();
-        assert_eq!(c.written.load(crate::sink::RELAXED), 40);
-        assert!(c.rotations.load(crate::sink::RELAXED) >= 3);
+        assert_eq!(c.written.load(RELAXED), 40);
+        assert!(c.rotations.load(RELAXED) >= 3);
         // keep=3: PATH.1..PATH.3 exist, PATH.4 never does.
         for n in 1..=3 {
             assert!(numbered(&p, n).exists(), "{n}");
@@ -647,10 +649,10 @@ mod tests {
         let (mut s, c) = sink(&format!("file:{},rotate_interval=1s", p.display()));
         s.write(&Record::Event(fixtures::event(0)));
         s.tick();
-        assert_eq!(c.rotations.load(crate::sink::RELAXED), 0);
+        assert_eq!(c.rotations.load(RELAXED), 0);
         s.opened -= Duration::from_secs(2);
         s.tick();
-        assert_eq!(c.rotations.load(crate::sink::RELAXED), 1);
+        assert_eq!(c.rotations.load(RELAXED), 1);
         assert!(numbered(&p, 1).exists());
         s.close();
     }

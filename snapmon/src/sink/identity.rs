@@ -3,6 +3,13 @@
 
 use std::sync::OnceLock;
 
+/// This host's name, as the kernel has it (ECS `host.name`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// The agent's ECS `agent.type` and OCSF product name.
 pub const AGENT_TYPE: &str = "snapmon";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -23,7 +30,7 @@ impl Identity {
         if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Identity::default();
         }
-        let mac = super::chain::hmac_sha256(id.as_bytes(), b"snapmon agent id v1");
+        let mac = super::key::hmac_sha256(id.as_bytes(), b"snapmon agent id v1");
         let h = hex::encode(&mac[..16]);
         let agent = format!(
             "{}-{}-{}-{}-{}",

@@ -3,6 +3,8 @@
 
 use std::{fs, path::Path};
 
+use sha2::{Digest, Sha256};
+
 #[derive(Debug, thiserror::Error)]
 #[error("key file {path}: {msg}")]
 pub struct KeyError {
@@ -24,4 +26,21 @@ pub fn load_key(p: &Path) -> Result<Vec<u8>, KeyError> {
         return Err(err("key is shorter than 16 bytes".into()));
     }
     Ok(b)
+}
+
+/// HMAC-SHA256 (RFC 2104) over sha2.
+pub fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }

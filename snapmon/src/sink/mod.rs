@@ -23,256 +23,19 @@ mod stdout;
 pub mod syslog;
 pub mod tail;
 
+mod filter;
+mod output;
+mod render;
+mod writer;
+
 pub use config::Format;
 pub use counters::{Cause, SinkCounters};
-pub use set::{SinkSet, SinkWriter};
-
-use std::{
-    io::{self, BufWriter, IsTerminal as _, Write},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, Sender},
-        Arc, Mutex,
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
-
-use serde_json::json;
-
-use crate::{
-    metrics::Registry,
-    record::{MetricRecord, Record, Severity},
-};
-
-use config::{ConfigError, SinkConfig, SyslogTransport};
-
-pub(crate) const RELAXED: Ordering = Ordering::Relaxed;
-
-/// One record in a sink's format, without a trailing newline.
-pub fn render(format: Format, r: &Record, host: &str, colour: bool) -> Vec<u8> {
-    render_id(format, r, None, host, colour)
-}
-
-/// [`render`] with the record's id (ECS `event.id`, OCSF `metadata.uid`; tail shows none).
-pub fn render_id(
-    format: Format,
-    r: &Record,
-    id: Option<RecordId>,
-    host: &str,
-    colour: bool,
-) -> Vec<u8> {
-    match format {
-        Format::Json => {
-            let mut out = Vec::with_capacity(2048);
-            json::write_record_id(&mut out, r, host, id.map(RecordId::text).as_deref());
-            out
-        }
-        Format::Ocsf => {
-            let mut v = ocsf::to_value(r, host);
-            if let Some(id) = id {
-                v["metadata"]["uid"] = json!(id.to_string());
-            }
-            serde_json::to_vec(&v).unwrap_or_default()
-        }
-        Format::Tail => tail::render(r, colour).unwrap_or_default().into_bytes(),
-    }
-}
-
-/// A record's id: the same in every sink and in every re-send of the record, so a consumer
-/// (or JetStream, through `Nats-Msg-Id`) can drop duplicates. `RUN-N`: RUN is 16 random hex
-/// digits drawn when the agent starts, N counts the records it handed to its sinks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordId(pub u64);
-
-impl RecordId {
-    /// The next id of this run.
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        RecordId(NEXT.fetch_add(1, RELAXED))
-    }
-}
-
-impl RecordId {
-    /// As `to_string`, without the formatting machinery: every record's JSON carries one.
-    pub fn text(self) -> String {
-        let run = run_id();
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = self.0;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let mut s = String::with_capacity(run.len() + 1 + digits.len() - at);
-        s.push_str(run);
-        s.push('-');
-        s.extend(digits[at..].iter().map(|&d| char::from(d)));
-        s
-    }
-}
-
-impl std::fmt::Display for RecordId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", run_id(), self.0)
-    }
-}
-
-/// This run's random part of every record id.
-pub fn run_id() -> &'static str {
-    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    RUN.get_or_init(|| {
-        let mut b = [0u8; 8];
-        // SAFETY: fills the local buffer of the stated length.
-        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-        if n != b.len() as isize {
-            // No entropy source: time and pid still differ between runs.
-            let t = json::now_unix_ns() as u64 ^ ((std::process::id() as u64) << 40);
-            b = t.to_be_bytes();
-        }
-        hex::encode(b)
-    })
-}
-
-/// Which records an output takes.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub min_severity: Option<Severity>,
-    pub alerts_only: bool,
-    pub rules: Vec<String>,
-    pub path_contains: Vec<String>,
-}
-
-impl Filter {
-    /// What a configured sink takes.
-    pub fn of(c: &SinkConfig) -> Filter {
-        let o = c.options();
-        Filter {
-            min_severity: o.min_severity,
-            alerts_only: o.alerts_only,
-            rules: o.rules.clone(),
-            path_contains: o.path_contains.clone(),
-        }
-    }
-
-    pub fn accepts(&self, r: &Record) -> bool {
-        match r {
-            Record::Alert(a) => {
-                self.min_severity.is_none_or(|m| a.severity >= m)
-                    && (self.rules.is_empty() || self.rules.contains(&a.rule_id))
-                    && self.path_ok(&a.event)
-            }
-            Record::Event(e) => {
-                !self.alerts_only
-                    && self.min_severity.is_none()
-                    && self.rules.is_empty()
-                    && self.path_ok(e)
-            }
-            Record::State(_) | Record::Metric(_) => true,
-        }
-    }
-    fn path_ok(&self, e: &crate::event::Event) -> bool {
-        if self.path_contains.is_empty() {
-            return true;
-        }
-        let p = e
-            .file
-            .as_ref()
-            .and_then(|f| f.path.as_ref())
-            .map(|p| p.display())
-            .unwrap_or_default();
-        self.path_contains.iter().any(|x| p.contains(x.as_str()))
-    }
-}
-
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct SinkStats {
-    pub received: u64,
-    pub written: u64,
-    pub filtered: u64,
-    pub dropped: u64,
-}
-
-/// One synchronous output (offline tools such as `replay`; the agent uses [`SinkSet`]).
-pub struct Output {
-    pub format: Format,
-    pub colour: bool,
-    pub filter: Filter,
-    pub writer: BufWriter<Box<dyn Write + Send>>,
-    pub stats: SinkStats,
-}
-
-/// A write failed because the reader went away: stop quietly (ripgrep's rule).
-#[derive(Debug, thiserror::Error)]
-#[error("output closed")]
-pub struct BrokenPipe;
-
-impl Output {
-    pub fn new(
-        _name: impl Into<String>,
-        format: Format,
-        colour: bool,
-        filter: Filter,
-        w: Box<dyn Write + Send>,
-    ) -> Self {
-        Output {
-            format,
-            colour,
-            filter,
-            writer: BufWriter::new(w),
-            stats: SinkStats::default(),
-        }
-    }
-
-    pub fn emit(&mut self, r: &Record, host: &str) -> Result<(), BrokenPipe> {
-        self.stats.received += 1;
-        if !self.filter.accepts(r) {
-            self.stats.filtered += 1;
-            return Ok(());
-        }
-        let res = match self.format {
-            Format::Json => json::write_line(&mut self.writer, r, host),
-            Format::Tail => tail::write_line(&mut self.writer, r, self.colour),
-            Format::Ocsf => {
-                let mut b = render(Format::Ocsf, r, host, false);
-                b.push(b'\n');
-                self.writer.write_all(&b)
-            }
-        };
-        self.account(res)
-    }
-
-    fn account(&mut self, res: io::Result<()>) -> Result<(), BrokenPipe> {
-        match res {
-            Ok(()) => {
-                self.stats.written += 1;
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(BrokenPipe),
-            Err(_) => {
-                self.stats.dropped += 1;
-                Ok(())
-            }
-        }
-    }
-
-    pub fn flush(&mut self) -> Result<(), BrokenPipe> {
-        match self.writer.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(BrokenPipe),
-            _ => Ok(()),
-        }
-    }
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
+pub use filter::Filter;
+pub use identity::hostname;
+pub use output::{BrokenPipe, Output, SinkStats};
+pub use render::{render, render_id, run_id, RecordId};
+pub use set::SinkSet;
+pub use writer::SinkWriter;
 
 /// Records for sink tests.
 #[cfg(test)]
@@ -363,8 +126,19 @@ mod schema_tests;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{event::Event, record::Alert};
+    use std::{
+        io::{self, Write},
+        sync::{atomic::AtomicU64, Arc},
+        time::{Duration, Instant},
+    };
+
+    use serde_json::json;
+
+    use super::{config::SinkConfig, counters::RELAXED, *};
+    use crate::{
+        event::Event,
+        record::{Alert, Record, Severity},
+    };
 
     #[test]
     fn record_id_text_is_its_display() {

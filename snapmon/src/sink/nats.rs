@@ -19,10 +19,11 @@ use std::{
 use async_nats::{header, jetstream, HeaderMap};
 
 use super::{
-    config::{SinkConfig, Unreachable},
-    render_id,
+    config::{Format, SinkConfig, Unreachable},
+    counters::{Cause, SinkCounters, RELAXED},
+    render::{render_id, RecordId},
     spill::Spill,
-    Cause, Format, RecordId, SinkCounters, SinkWriter,
+    writer::SinkWriter,
 };
 use crate::record::Record;
 
@@ -169,9 +170,7 @@ impl NatsSink {
             next_attempt: Instant::now(),
             counters,
         };
-        s.counters
-            .spill_bytes
-            .store(s.spill.bytes(), super::RELAXED);
+        s.counters.spill_bytes.store(s.spill.bytes(), RELAXED);
         // Reachable means connected within a couple of seconds.
         let deadline = Instant::now() + Duration::from_secs(2).min(ack_timeout * 2);
         while !s.connected() && Instant::now() < deadline {
@@ -256,7 +255,7 @@ impl NatsSink {
                 }
             }
         }
-        self.counters.written.fetch_add(n, super::RELAXED);
+        self.counters.written.fetch_add(n, RELAXED);
         match res {
             Ok(()) => Ok(()),
             Err((e, l)) => {
@@ -276,7 +275,7 @@ impl NatsSink {
             self.retry.push_front(l);
         }
         if self.up {
-            self.counters.disconnects.fetch_add(1, super::RELAXED);
+            self.counters.disconnects.fetch_add(1, RELAXED);
         }
         self.up = false;
         self.counters.set_state(&format!("disconnected: {e}"));
@@ -290,9 +289,7 @@ impl NatsSink {
             Ok(false) => self.counters.lose(Cause::SpillFull, 1),
             Err(_) => self.counters.lose(Cause::SpillError, 1),
         }
-        self.counters
-            .spill_bytes
-            .store(self.spill.bytes(), super::RELAXED);
+        self.counters.spill_bytes.store(self.spill.bytes(), RELAXED);
     }
 
     /// The oldest queued line (retry first, then the spill).
@@ -352,9 +349,7 @@ impl NatsSink {
             }
         }
         let _ = self.settle(0);
-        self.counters
-            .spill_bytes
-            .store(self.spill.bytes(), super::RELAXED);
+        self.counters.spill_bytes.store(self.spill.bytes(), RELAXED);
     }
 }
 

@@ -31,8 +31,10 @@ use std::{
 
 use super::{
     config::{SinkConfig, Unreachable},
+    counters::{Cause, SinkCounters, RELAXED},
+    render::RecordId,
     spill::Spill,
-    Cause, RecordId, SinkCounters, SinkWriter,
+    writer::SinkWriter,
 };
 use crate::record::Record;
 
@@ -225,9 +227,7 @@ impl NetSink {
             write_timeout: Duration::from_millis(o.write_timeout.unwrap_or(5000).max(1)),
             counters,
         };
-        s.counters
-            .spill_bytes
-            .store(s.spill.bytes(), super::RELAXED);
+        s.counters.spill_bytes.store(s.spill.bytes(), RELAXED);
         if let Err(e) = s.pump() {
             match c.on_unreachable() {
                 Unreachable::Fail => {
@@ -313,14 +313,14 @@ impl NetSink {
             }
             let n = n.min(self.inflight.len() as u64);
             self.inflight.drain(..n as usize);
-            self.counters.written.fetch_add(n, super::RELAXED);
+            self.counters.written.fetch_add(n, RELAXED);
         } else {
             let done = self.sent.saturating_sub(c.unconfirmed_bytes()?);
             while self.inflight.front().is_some_and(|f| f.end <= done) {
                 self.inflight.pop_front();
                 n += 1;
             }
-            self.counters.written.fetch_add(n, super::RELAXED);
+            self.counters.written.fetch_add(n, RELAXED);
         }
         Ok(())
     }
@@ -380,7 +380,7 @@ impl NetSink {
         self.acked = 0;
         self.replies.clear();
         self.counters.set_state(&format!("disconnected: {e}"));
-        self.counters.disconnects.fetch_add(1, super::RELAXED);
+        self.counters.disconnects.fetch_add(1, RELAXED);
         self.next_attempt = Instant::now() + self.backoff;
     }
 
@@ -390,9 +390,7 @@ impl NetSink {
             Ok(false) => self.counters.lose(Cause::SpillFull, 1),
             Err(_) => self.counters.lose(Cause::SpillError, 1),
         }
-        self.counters
-            .spill_bytes
-            .store(self.spill.bytes(), super::RELAXED);
+        self.counters.spill_bytes.store(self.spill.bytes(), RELAXED);
     }
 
     /// Reconnect when due, then resend what a dead connection left and replay a bounded
@@ -447,9 +445,7 @@ impl NetSink {
                 }
             }
         }
-        self.counters
-            .spill_bytes
-            .store(self.spill.bytes(), super::RELAXED);
+        self.counters.spill_bytes.store(self.spill.bytes(), RELAXED);
         Ok(())
     }
 

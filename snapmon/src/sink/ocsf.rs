@@ -85,7 +85,7 @@ fn severity_name(id: u32) -> &'static str {
 /// OCSF file `type_id`: 2 folder, 7 symbolic link, 1 regular for an executable, else 0
 /// (unknown: a watched path may be an image file or a block device).
 fn file_type_id(e: Option<&Event>) -> u32 {
-    match e.and_then(crate::sink::json::file_type) {
+    match e.and_then(super::json::file_type) {
         Some("dir") => 2,
         Some("symlink") => 7,
         _ => 0,
@@ -95,7 +95,7 @@ fn file_type_id(e: Option<&Event>) -> u32 {
 fn file_obj(f: &FileInfo, type_id: u32) -> Value {
     let mut o = Map::new();
     o.insert("type_id".into(), json!(type_id));
-    let uid = (f.ino != 0).then(|| format!("{}:{}", crate::watch::dev_display(f.dev), f.ino));
+    let uid = (f.ino != 0).then(|| format!("{}:{}", crate::paths::dev_display(f.dev), f.ino));
     let mut name = None;
     if let Some(p) = &f.path {
         o.insert("path".into(), json!(p.display()));
@@ -361,7 +361,7 @@ fn lifecycle(action: &str, detail: &Value, host: &str) -> Value {
     );
     o.insert(
         "time".into(),
-        json!((super::json::now_unix_ns() / 1_000_000) as i64),
+        json!((crate::clock::now_unix_ns() / 1_000_000) as i64),
     );
     o.insert("severity_id".into(), json!(1));
     o.insert("severity".into(), json!("Informational"));
@@ -399,7 +399,7 @@ pub fn base_event(
     );
     o.insert(
         "time".into(),
-        json!((super::json::now_unix_ns() / 1_000_000) as i64),
+        json!((crate::clock::now_unix_ns() / 1_000_000) as i64),
     );
     o.insert("severity_id".into(), json!(severity));
     o.insert("severity".into(), json!(severity_name(severity)));

@@ -1,31 +1,34 @@
 //! The running set of sinks: one thread per sink fed by a bounded channel, per-sink
 //! counters, reopen requests, loss deltas for `lost` records, and a bounded shutdown.
 
-use super::*;
+use std::{
+    io::{self, IsTerminal as _},
+    sync::{
+        atomic::AtomicBool,
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
-/// One sink's output side, driven by its thread.
-pub trait SinkWriter: Send {
-    /// Write (or spill) one record; failures are counted by the writer, never returned.
-    fn write(&mut self, r: &Record);
-    /// As `write`, for a record stamped with its id (what the sink thread calls). Writers that
-    /// put the id on the wire override it.
-    fn write_id(&mut self, id: RecordId, r: &Record) {
-        let _ = id;
-        self.write(r)
-    }
-    /// The queue is empty for now: flush what interactive readers should see.
-    fn idle(&mut self) {}
-    /// Periodic work: flush/fsync by policy, time rotation, reconnect, spill replay.
-    fn tick(&mut self);
-    /// Reopen the file / reconnect (SIGHUP, SIGUSR1).
-    fn reopen(&mut self);
-    /// Last flush at shutdown.
-    fn close(&mut self);
-    /// Work is pending that should not wait for the next tick (spill replay).
-    fn backlog(&self) -> bool {
-        false
-    }
-}
+use serde_json::json;
+
+use super::{
+    config::{self, ConfigError, Format, SinkConfig, SyslogTransport},
+    counters::{Cause, SinkCounters, RELAXED},
+    file,
+    filter::Filter,
+    nats, net,
+    output::BrokenPipe,
+    render::{render_id, RecordId},
+    stdout, syslog,
+    writer::SinkWriter,
+};
+use crate::{
+    metrics::Registry,
+    record::{MetricRecord, Record},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -582,7 +585,11 @@ impl Drop for SinkSet {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
+
     use super::*;
+    use crate::record::Severity;
+    use crate::sink::fixtures;
 
     /// A writer that takes its time, counting what it has written.
     struct Slow(Arc<AtomicU64>);

@@ -2,7 +2,20 @@
 //! (events/s, alerts, lost, hooks) kept at the bottom and redrawn in place, so it never
 //! scrolls the alerts away.
 
-use super::*;
+use std::{
+    io::{self, BufWriter, Write},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{
+    config::Format,
+    counters::{Cause, SinkCounters, RELAXED},
+    render::render,
+    tail,
+    writer::SinkWriter,
+};
+use crate::{metrics::Registry, record::Record};
 
 pub struct StdoutSink {
     format: Format,
@@ -146,6 +159,8 @@ impl SinkWriter for StdoutSink {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::{
         record::{Severity, StateRecord},

@@ -16,8 +16,11 @@
 use std::{io, net::UdpSocket, os::unix::net::UnixDatagram, path::PathBuf, sync::Arc};
 
 use super::{
-    config::{SyslogProtocol, SyslogTransport},
-    fit, render_id, Cause, Format, RecordId, SinkCounters, SinkWriter,
+    config::{Format, SyslogProtocol, SyslogTransport},
+    counters::{Cause, SinkCounters, RELAXED},
+    fit,
+    render::{render_id, RecordId},
+    writer::SinkWriter,
 };
 use crate::record::{Record, Severity};
 
@@ -99,7 +102,7 @@ impl Formatter {
         let ts_ns = match r {
             Record::Event(e) => e.ts_unix_ns,
             Record::Alert(a) => a.event.ts_unix_ns,
-            _ => super::json::now_unix_ns(),
+            _ => crate::clock::now_unix_ns(),
         };
         let mut out = match self.protocol {
             SyslogProtocol::Rfc5424 => self.header_5424(pri, ts_ns, id, r),
@@ -122,7 +125,7 @@ impl Formatter {
 
     fn header_5424(&self, pri: u32, ts_ns: i128, id: RecordId, r: &Record) -> Vec<u8> {
         // RFC 5424 allows at most 6 fractional digits.
-        let ts = super::json::rfc3339(ts_ns);
+        let ts = crate::clock::rfc3339(ts_ns);
         let ts = format!("{}Z", &ts[..26]);
         let (msgid, sd) = match r {
             Record::Alert(a) => (
@@ -268,7 +271,7 @@ impl SinkWriter for DatagramSink {
         let msg = self.fmt.message(id, r);
         match self.send(&msg) {
             Ok(()) => {
-                self.counters.written.fetch_add(1, super::RELAXED);
+                self.counters.written.fetch_add(1, RELAXED);
                 self.counters.set_state("sending");
             }
             Err(e) => {

@@ -8,9 +8,9 @@
 use std::io::Write;
 
 use crate::{
+    clock::rfc3339,
     event::{escape_bytes, Event},
     record::{Record, Severity},
-    sink::json::rfc3339,
 };
 
 const RESET: &str = "\x1b[0m";

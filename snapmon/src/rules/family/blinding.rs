@@ -54,7 +54,7 @@ fn a001(ctx: &mut Ctx) -> Option<Hit> {
     let dropped = ev.detail_value(DetailKey::Dropped).unwrap_or("some");
     let file = match ev.file.as_ref() {
         Some(f) if f.path.is_none() => {
-            format!("{}:{}", crate::watch::dev_display(f.dev), f.ino)
+            format!("{}:{}", crate::paths::dev_display(f.dev), f.ino)
         }
         _ => leaf(ev),
     };
