@@ -12,34 +12,13 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
-use super::Format;
+use crate::Format;
 
 // ---------------------------------------------------------------------------
 // Bounded byte helpers
 // ---------------------------------------------------------------------------
 
-fn le_u16(b: &[u8], off: usize) -> Option<u16> {
-    let s = b.get(off..off.checked_add(2)?)?;
-    Some(u16::from_le_bytes(s.try_into().ok()?))
-}
-
-fn le_u32(b: &[u8], off: usize) -> Option<u32> {
-    let s = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes(s.try_into().ok()?))
-}
-
-fn le_i32(b: &[u8], off: usize) -> Option<i32> {
-    le_u32(b, off).map(|v| v as i32)
-}
-
-fn le_u64(b: &[u8], off: usize) -> Option<u64> {
-    let s = b.get(off..off.checked_add(8)?)?;
-    Some(u64::from_le_bytes(s.try_into().ok()?))
-}
-
-fn le_i64(b: &[u8], off: usize) -> Option<i64> {
-    le_u64(b, off).map(|v| v as i64)
-}
+use crate::bytes::{le_i32, le_i64, le_u16, le_u32, le_u64};
 
 /// A C string copied out of a captured buffer, kept as raw bytes.
 ///

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::FieldChange;
+
 /// Size of a label sector (lvm2 `LABEL_SIZE`).
 pub const SECTOR_SIZE: usize = 512;
 /// lvm2 scans this many sectors from the start of the device for a label.
@@ -108,15 +110,7 @@ pub fn calc_crc(initial: u32, buf: &[u8]) -> u32 {
 // Little-endian readers that never panic
 // ---------------------------------------------------------------------------
 
-fn le_u32(b: &[u8], off: usize) -> Option<u32> {
-    let s = b.get(off..off.checked_add(4)?)?;
-    Some(u32::from_le_bytes(s.try_into().ok()?))
-}
-
-fn le_u64(b: &[u8], off: usize) -> Option<u64> {
-    let s = b.get(off..off.checked_add(8)?)?;
-    Some(u64::from_le_bytes(s.try_into().ok()?))
-}
+use crate::bytes::{le_u32, le_u64};
 
 fn need(b: &[u8], n: usize) -> Result<()> {
     if b.len() < n {
@@ -1153,73 +1147,85 @@ pub enum LvmChange {
     },
 }
 
-fn snap_suffix(f: &mut fmt::Formatter<'_>, of: &Option<String>) -> fmt::Result {
+fn with_origin(name: &str, of: &Option<String>) -> String {
     match of {
-        Some(o) => write!(f, " (snapshot of {o})"),
-        None => Ok(()),
+        Some(o) => format!("{name} (snapshot of {o})"),
+        None => name.to_string(),
     }
 }
 
-impl fmt::Display for LvmChange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+fn with_device(name: &str, device: &Option<String>) -> String {
+    match device {
+        Some(d) => format!("{name} ({d})"),
+        None => name.to_string(),
+    }
+}
+
+impl LvmChange {
+    /// The change as the classification reports it: `field`, and the value before and after
+    /// (an added or removed item, a merge or the description has only an `after`).
+    pub fn field_change(&self) -> FieldChange {
         match self {
-            LvmChange::VgRenamed { before, after } => write!(f, "vg_renamed: {before} → {after}"),
-            LvmChange::Seqno { before, after } => write!(f, "seqno: {before} → {after}"),
-            LvmChange::Description { text } => write!(f, "description: {text}"),
+            LvmChange::VgRenamed { before, after } => FieldChange::new("vg_renamed", before, after),
+            LvmChange::Seqno { before, after } => {
+                FieldChange::new("seqno", before.to_string(), after.to_string())
+            }
+            LvmChange::Description { text } => FieldChange::new("description", "", text),
             LvmChange::LvAdded {
                 name, snapshot_of, ..
-            } => {
-                write!(f, "lv_added: {name}")?;
-                snap_suffix(f, snapshot_of)
-            }
+            } => FieldChange::new("lv_added", "", with_origin(name, snapshot_of)),
             LvmChange::LvRemoved {
                 name, snapshot_of, ..
-            } => {
-                write!(f, "lv_removed: {name}")?;
-                snap_suffix(f, snapshot_of)
-            }
-            LvmChange::LvRenamed { before, after } => write!(f, "lv_renamed: {before} → {after}"),
+            } => FieldChange::new("lv_removed", "", with_origin(name, snapshot_of)),
+            LvmChange::LvRenamed { before, after } => FieldChange::new("lv_renamed", before, after),
             LvmChange::LvStatus {
                 name,
                 before,
                 after,
-            } => write!(
-                f,
-                "lv_status: {name} [{}] → [{}]",
-                before.join(", "),
-                after.join(", ")
+            } => FieldChange::new(
+                "lv_status",
+                format!("{name} [{}]", before.join(", ")),
+                format!("[{}]", after.join(", ")),
             ),
             LvmChange::LvSegments {
                 name,
                 before,
                 after,
-            } => write!(
-                f,
-                "lv_segments: {name} {} → {}",
-                before.join(","),
-                after.join(",")
+            } => FieldChange::new(
+                "lv_segments",
+                format!("{name} {}", before.join(",")),
+                after.join(","),
             ),
             LvmChange::LvResized {
                 name,
                 before_extents,
                 after_extents,
-            } => write!(
-                f,
-                "lv_resized: {name} {before_extents} → {after_extents} extents"
+            } => FieldChange::new(
+                "lv_resized",
+                format!("{name} {before_extents}"),
+                format!("{after_extents} extents"),
             ),
-            LvmChange::SnapshotMergeStarted { name, origin } => match origin {
-                Some(o) => write!(f, "snapshot_merge: {name} into {o}"),
-                None => write!(f, "snapshot_merge: {name}"),
-            },
-            LvmChange::PvAdded { name, device } => match device {
-                Some(d) => write!(f, "pv_added: {name} ({d})"),
-                None => write!(f, "pv_added: {name}"),
-            },
-            LvmChange::PvRemoved { name, device } => match device {
-                Some(d) => write!(f, "pv_removed: {name} ({d})"),
-                None => write!(f, "pv_removed: {name}"),
-            },
+            LvmChange::SnapshotMergeStarted { name, origin } => FieldChange::new(
+                "snapshot_merge",
+                "",
+                match origin {
+                    Some(o) => format!("{name} into {o}"),
+                    None => name.clone(),
+                },
+            ),
+            LvmChange::PvAdded { name, device } => {
+                FieldChange::new("pv_added", "", with_device(name, device))
+            }
+            LvmChange::PvRemoved { name, device } => {
+                FieldChange::new("pv_removed", "", with_device(name, device))
+            }
         }
+    }
+}
+
+impl fmt::Display for LvmChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.field_change().fmt(f)
     }
 }
 
@@ -1523,12 +1529,12 @@ mod tests {
     }
     use super::*;
 
-    const FX_SEQ2: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno2.bin");
-    const FX_SEQ3: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno3.bin");
-    const FX_WRAP: &[u8] = include_bytes!("../../tests/fixtures/pv_wrap_sparse.bin");
-    const FX_BACKUP: &str = include_str!("../../tests/fixtures/backup_snapvg");
-    const FX_ARCHIVE0: &str = include_str!("../../tests/fixtures/archive_snapvg_00000.vg");
-    const FX_ARCHIVE1: &str = include_str!("../../tests/fixtures/archive_snapvg_00001.vg");
+    const FX_SEQ2: &[u8] = include_bytes!("../tests/fixtures/pv_seqno2.bin");
+    const FX_SEQ3: &[u8] = include_bytes!("../tests/fixtures/pv_seqno3.bin");
+    const FX_WRAP: &[u8] = include_bytes!("../tests/fixtures/pv_wrap_sparse.bin");
+    const FX_BACKUP: &str = include_str!("../tests/fixtures/backup_snapvg");
+    const FX_ARCHIVE0: &str = include_str!("../tests/fixtures/archive_snapvg_00000.vg");
+    const FX_ARCHIVE1: &str = include_str!("../tests/fixtures/archive_snapvg_00001.vg");
 
     #[test]
     fn history_finds_every_version_left_in_the_ring() {

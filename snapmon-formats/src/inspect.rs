@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::qcow2::{
+use crate::qcow2::{
     parse_head, read_at, scan_snapshot_entries, shannon_entropy, BackingName, ExtensionData,
     FieldChange, HeaderSummary, Qcow2Error, Qcow2Header, Qcow2Image, SnapshotEntry,
     COMPAT_LAZY_REFCOUNTS, EXT_ENCRYPTION, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
@@ -26,27 +26,7 @@ use super::qcow2::{
 pub const MAX_CHAIN: usize = 16;
 const VOLATILE_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        })
-    }
-}
+pub use crate::Severity;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -157,9 +137,9 @@ fn error_finding(r: &mut InspectReport, e: &Qcow2Error) {
 }
 
 /// Inspect one image file offline. A FIFO, device or symlink at `path` is not opened
-/// (see [`super::fileread::open`]): it becomes an `io_error` finding.
+/// (see [`crate::file::open`]): it becomes an `io_error` finding.
 pub fn inspect_image(path: &Path) -> InspectReport {
-    match super::fileread::open(path) {
+    match crate::file::open(path) {
         Ok(f) => inspect_file(path, f),
         Err(e) => {
             let mut r = empty_report(path);
@@ -182,7 +162,7 @@ fn empty_report(path: &Path) -> InspectReport {
     }
 }
 
-/// Inspect `f`, opened from `path` by [`super::fileread::open`].
+/// Inspect `f`, opened from `path` by [`crate::file::open`].
 pub fn inspect_file(path: &Path, mut f: File) -> InspectReport {
     let mut r = empty_report(path);
     r.file_size = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -362,7 +342,7 @@ fn l2_references<F: Read + Seek>(img: &Qcow2Image, f: &mut F, targets: &[u64]) -
     Some(false)
 }
 
-fn header_checks(r: &mut InspectReport, h: &Qcow2Header, exts: &[super::qcow2::HeaderExtension]) {
+fn header_checks(r: &mut InspectReport, h: &Qcow2Header, exts: &[crate::qcow2::HeaderExtension]) {
     use Severity::*;
     let inc = h.incompatible_features;
     if inc & INCOMPAT_DIRTY != 0 {
@@ -517,7 +497,7 @@ fn follow_chain(r: &mut InspectReport, path: &Path, first: Option<&BackingName>)
         }
         let mut head = Vec::new();
         // A backing name is the image's author's to choose: it may name a FIFO or a device.
-        let ok = super::fileread::open(&canon)
+        let ok = crate::file::open(&canon)
             .map_err(std::io::Error::from)
             .and_then(|f| f.take(2 << 20).read_to_end(&mut head))
             .is_ok();
@@ -674,7 +654,7 @@ pub struct BaselineEntry {
 /// A FIFO, device or symlink at `path` (planted since the baseline, say) is an error, never
 /// opened or followed.
 pub fn baseline_entry(path: &Path) -> Result<BaselineEntry, Qcow2Error> {
-    let mut f = super::fileread::open(path).map_err(|e| Qcow2Error::Io(e.into()))?;
+    let mut f = crate::file::open(path).map_err(|e| Qcow2Error::Io(e.into()))?;
     let size = f.metadata()?.len();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -792,8 +772,8 @@ pub fn compare_baseline(old: &BaselineEntry, new: &BaselineEntry) -> Vec<FieldCh
 
 #[cfg(test)]
 mod tests {
-    use super::super::qcow2::testutil::*;
     use super::*;
+    use crate::qcow2::testutil::*;
 
     fn codes(r: &InspectReport) -> Vec<&'static str> {
         r.findings.iter().map(|f| f.code).collect()
