@@ -1,6 +1,13 @@
 //! File baselines: size, hash and qcow2 identity, compared field by field.
 
-use super::*;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::qcow2::{HeaderSummary, Qcow2Error, Qcow2Image};
+use crate::FieldChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaselineEntry {

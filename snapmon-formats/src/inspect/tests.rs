@@ -1,7 +1,10 @@
 //! Tests on real qemu-img images, damaged on purpose.
 
+use std::path::PathBuf;
+
 use super::*;
 use crate::qcow2::testutil::*;
+use crate::qcow2::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 
 fn codes(r: &InspectReport) -> Vec<&'static str> {
     r.findings.iter().map(|f| f.code).collect()

@@ -1,6 +1,10 @@
 //! btrfs subvolume and snapshot ioctls (`linux/btrfs.h`).
 
-use super::*;
+use super::dm::flag_names;
+use super::info::IoctlDetail;
+use super::ioc::IocSplit;
+use super::raw::read_cstr;
+use crate::bytes::{le_i64, le_u64};
 
 pub const BTRFS_IOCTL_TYPE: u8 = 0x94;
 pub const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;

@@ -1,6 +1,16 @@
 //! The entry point: which decoder a cmd goes to.
 
-use super::*;
+use std::fmt;
+
+use super::btrfs::{decode_btrfs, BTRFS_IOCTL_TYPE};
+use super::dm::{decode_dm, DmIoctl, DmMessageKind, DM_IOCTL_TYPE, DM_NAMES};
+use super::file::decode_file;
+use super::info::{IoctlDetail, IoctlInfo};
+use super::ioc::IocSplit;
+use super::loopdev::decode_loop;
+use super::raw::read_cstr;
+use super::zfs::{zfs_name, ZFS_DESTRUCTIVE, ZFS_MAXNAMELEN};
+use crate::Format;
 
 /// Decode an ioctl from its cmd and the captured argument bytes.
 pub fn decode_ioctl(cmd: u32, arg: &[u8]) -> IoctlInfo {

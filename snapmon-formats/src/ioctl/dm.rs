@@ -1,6 +1,9 @@
 //! device-mapper ioctls (`linux/dm-ioctl.h`).
 
-use super::*;
+use serde::Serialize;
+
+use super::raw::{read_cstr, RawStr};
+use crate::bytes::{le_i32, le_u32, le_u64};
 
 pub const DM_IOCTL_TYPE: u8 = 0xfd;
 /// sizeof(struct dm_ioctl).

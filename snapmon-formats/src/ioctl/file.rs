@@ -1,6 +1,8 @@
 //! Generic file ioctls: clone, dedupe, freeze (`linux/fs.h`).
 
-use super::*;
+use super::dm::flag_names;
+use super::info::{DedupeDest, IoctlDetail};
+use crate::bytes::{le_i32, le_i64, le_u16, le_u32, le_u64};
 
 pub const FICLONE: u32 = 0x4004_9409;
 pub const FICLONERANGE: u32 = 0x4020_940d;

@@ -1,6 +1,11 @@
 //! The decoded ioctl, as the classification reports it.
 
-use super::*;
+use serde::Serialize;
+
+use super::dm::DmIoctl;
+use super::ioc::IocSplit;
+use super::raw::RawStr;
+use crate::Format;
 
 /// One decoded ioctl.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

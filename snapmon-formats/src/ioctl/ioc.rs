@@ -1,6 +1,6 @@
 //! The `_IOC` split of an ioctl cmd: direction, type, number, size.
 
-use super::*;
+use serde::Serialize;
 
 pub const IOC_NONE: u32 = 0;
 pub const IOC_WRITE: u32 = 1;

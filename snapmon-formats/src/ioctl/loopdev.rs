@@ -1,8 +1,10 @@
 //! Loop device ioctls (`linux/loop.h`).
 
-use super::*;
-
 use snapmon_common::loop_ioctl as lo;
+
+use super::info::IoctlDetail;
+use super::raw::read_cstr;
+use crate::bytes::{le_i32, le_i64, le_u32, le_u64};
 
 /// `struct loop_info64`: lo_offset@24, lo_sizelimit@32, lo_flags@52, lo_file_name[64]@56.
 const LOOP_INFO64_LEN: usize = 232;

@@ -8,13 +8,6 @@
 //! panics on short or hostile input: missing fields are `None` and the
 //! result is marked `truncated`.
 
-use std::fmt;
-
-use serde::{Serialize, Serializer};
-
-use crate::bytes::{le_i32, le_i64, le_u16, le_u32, le_u64};
-use crate::Format;
-
 mod raw;
 pub use raw::*;
 
@@ -37,7 +30,6 @@ mod file;
 pub use file::*;
 
 mod loopdev;
-use loopdev::*;
 
 mod decode;
 pub use decode::*;

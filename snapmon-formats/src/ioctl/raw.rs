@@ -1,6 +1,8 @@
 //! C strings copied out of a captured argument, kept as raw bytes.
 
-use super::*;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
 
 /// A C string copied out of a captured buffer, kept as raw bytes.
 ///

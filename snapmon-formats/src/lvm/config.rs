@@ -1,6 +1,9 @@
 //! lvm2's text config syntax, parsed into a bounded tree.
 
-use super::*;
+use serde::Serialize;
+
+use super::base::Result;
+use super::base::{LvmError, MAX_DEPTH, MAX_METADATA_TEXT};
 
 /// A value in LVM's text config format.
 #[derive(Debug, Clone, PartialEq, Serialize)]

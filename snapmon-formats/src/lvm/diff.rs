@@ -1,6 +1,12 @@
 //! What changed between two versions of a VG's metadata.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use super::metadata::{LogicalVolume, PhysicalVolume, VgMetadata};
+use crate::FieldChange;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "change", rename_all = "snake_case")]

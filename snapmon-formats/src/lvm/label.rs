@@ -1,6 +1,14 @@
 //! The PV label (`label_header`, `pv_header`) in the first sectors.
 
-use super::*;
+use serde::Serialize;
+
+use super::base::Result;
+use super::base::{
+    need, LvmError, DISK_LOCN_LEN, INITIAL_CRC, LABEL_HEADER_LEN, LABEL_ID, LABEL_SCAN_SECTORS,
+    LVM2_LABEL_TYPE, MAX_DISK_LOCNS, PV_UUID_LEN, SECTOR_SIZE,
+};
+use super::crc::calc_crc;
+use crate::bytes::{le_u32, le_u64};
 
 /// `struct disk_locn`: a byte range on the PV (size 0 = "to end of device").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

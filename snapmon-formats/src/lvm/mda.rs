@@ -1,6 +1,18 @@
 //! The metadata area header and the text it points at, wrapped or not.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::base::Result;
+use super::base::{
+    need, LvmError, INITIAL_CRC, MAX_METADATA_TEXT, MDA_FIXED_LEN, MDA_HEADER_SIZE, MDA_MAGIC,
+    RAW_LOCN_IGNORED, RAW_LOCN_LEN,
+};
+use super::crc::calc_crc;
+use super::label::{parse_label, PvLabel};
+use super::metadata::{parse_metadata_text, VgMetadata};
+use crate::bytes::{le_u32, le_u64};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RawLocn {

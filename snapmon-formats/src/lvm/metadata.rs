@@ -1,6 +1,12 @@
 //! The VG metadata model: VG, PVs, LVs and their segments.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::base::LvmError;
+use super::base::Result;
+use super::config::{parse_config, ConfigSection};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PhysicalVolume {

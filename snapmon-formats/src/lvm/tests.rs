@@ -1,5 +1,6 @@
 //! Tests against captured lvm2 metadata and hostile bytes.
 
+use super::base::{DEFAULT_MDA_START, DEFAULT_PE_START, MAX_DEPTH, MAX_DISK_LOCNS};
 #[test]
 fn filter_ranges_are_the_label_sectors_and_metadata_areas() {
     // Nothing decoded: the scan sectors and lvm2's default area.

@@ -1,6 +1,10 @@
 //! Classifying a write to a PV by the on-disk structure it lands on.
 
-use super::*;
+use super::base::{
+    DEFAULT_MDA_START, DEFAULT_PE_START, LABEL_SCAN_SECTORS, MDA_HEADER_SIZE, SECTOR_SIZE,
+};
+use super::label::PvLabel;
+use super::mda::MdaHeader;
 
 pub const REGION_LABEL: &str = "lvm.label";
 pub const REGION_MDA_HEADER: &str = "lvm.mda_header";

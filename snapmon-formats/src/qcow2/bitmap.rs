@@ -1,6 +1,14 @@
 //! The persistent bitmap directory.
 
-use super::*;
+use std::io::{Read, Seek};
+
+use serde::{Deserialize, Serialize};
+
+use super::base::{
+    align8, escape_bytes, invalid, too_large, Qcow2Error, MAX_BITMAPS, MAX_BITMAP_DIR,
+};
+use super::reader::Src;
+use crate::bytes::{be_u16_padded, be_u32_padded, be_u64_padded};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BitmapEntry {

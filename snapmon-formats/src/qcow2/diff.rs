@@ -1,6 +1,12 @@
 //! Field-level diffs between two versions of an image.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::base::FieldChange;
+use super::extension::BackingName;
+use super::header::Qcow2Header;
+use super::image::Qcow2Image;
+use super::snapshot::SnapshotEntry;
 
 const NONE: &str = "(none)";
 

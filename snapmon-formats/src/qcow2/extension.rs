@@ -1,6 +1,16 @@
 //! Header extensions: backing format, feature names, bitmaps, external data file.
 
-use super::*;
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::base::{align8, escape_bytes, invalid, Qcow2Error};
+use super::base::{
+    EXT_BACKING_FORMAT, EXT_BITMAPS, EXT_ENCRYPTION, EXT_EXTERNAL_DATA_FILE, EXT_FEATURE_NAMES,
+};
+use super::header::{parse_header, Qcow2Header};
+use crate::bytes::{be_u32_padded, be_u64_padded};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureName {

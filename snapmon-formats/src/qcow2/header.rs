@@ -1,6 +1,12 @@
 //! The qcow2 header: fields, feature bits and validation.
 
-use super::*;
+use serde::{Deserialize, Serialize};
+
+use super::base::{
+    escape_bytes, invalid, too_large, Qcow2Error, INCOMPAT_COMPRESSION, MAX_BACKING_NAME,
+    MAX_L1_BYTES, MAX_REFTABLE_BYTES, MAX_SNAPSHOTS, QCOW2_MAGIC,
+};
+use crate::bytes::{be_padded, be_u32_padded, be_u64_padded};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Qcow2Header {

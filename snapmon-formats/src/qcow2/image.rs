@@ -1,6 +1,20 @@
 //! A loaded image: header, tables and their extents.
 
-use super::*;
+use std::io::{Read, Seek};
+
+use serde::{Deserialize, Serialize};
+
+use super::base::{
+    align8, round_up, Qcow2Error, AUTOCLEAR_BITMAPS, HEADER_FIELDS, L1_OFFSET_MASK, MAX_L1_BYTES,
+    MAX_REFTABLE_BYTES, MAX_SNAPSHOT_L1_TOTAL, REFT_OFFSET_MASK,
+};
+use super::bitmap::{read_bitmap_dir, BitmapEntry};
+use super::extension::{parse_head, BackingName, ExtensionData, HeaderExtension};
+use super::header::Qcow2Header;
+use super::reader::{u64s, Src};
+use super::region::{Region, RegionMap, RegionSpan};
+use super::snapshot::{read_snapshot_table, SnapshotEntry};
+use crate::bytes::{be_padded, be_u32_padded};
 
 #[derive(Debug, Clone)]
 pub struct Qcow2Image {

@@ -1,6 +1,9 @@
 //! Bounded reads from a possibly hostile image file.
 
-use super::*;
+use std::io::{Read, Seek, SeekFrom};
+
+use super::base::Qcow2Error;
+use crate::bytes::be_u64_padded;
 
 pub(super) struct Src<'a, R> {
     r: &'a mut R,

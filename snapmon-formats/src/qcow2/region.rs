@@ -1,6 +1,12 @@
 //! Region map: what a byte range of the image holds.
 
-use super::*;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use super::extension::extension_name;
 
 /// What a byte of the image file is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

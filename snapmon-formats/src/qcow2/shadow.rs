@@ -1,6 +1,14 @@
 //! The shadow: the last known image, patched by observed header writes.
 
-use super::*;
+use std::io::{Read, Seek};
+
+use super::base::{FieldChange, Qcow2Error, SHADOW_BYTES};
+use super::diff::{diff_backing, diff_headers, diff_images};
+use super::extension::{parse_head, BackingName};
+use super::header::Qcow2Header;
+use super::image::Qcow2Image;
+use super::reader::Src;
+use super::snapshot::SnapshotEntry;
 
 /// Captured header write applied to the shadow's raw bytes.
 #[derive(Debug, Clone)]

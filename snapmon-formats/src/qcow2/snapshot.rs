@@ -1,6 +1,16 @@
 //! The snapshot table.
 
-use super::*;
+use std::io::{Read, Seek};
+
+use serde::{Deserialize, Serialize};
+
+use super::base::{
+    align8, escape_bytes, too_large, Qcow2Error, MAX_L1_BYTES, MAX_SNAPSHOTS, MAX_SNAPSHOT_EXTRA,
+    MAX_SNAPSHOT_TABLE,
+};
+use super::header::Qcow2Header;
+use super::reader::Src;
+use crate::bytes::{be_u16_padded, be_u32_padded, be_u64_padded};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotEntry {

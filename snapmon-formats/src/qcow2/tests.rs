@@ -1,7 +1,12 @@
 //! Tests against real qemu-img images and mutated bytes.
 
+use std::borrow::Cow;
+use std::io::{Read, Seek, SeekFrom};
+
+use super::base::{align8, L1_OFFSET_MASK};
 use super::testutil::*;
 use super::*;
+use crate::bytes::be_u64_padded;
 
 #[test]
 fn header_labels_need_no_formatting_and_say_what_formatting_would() {

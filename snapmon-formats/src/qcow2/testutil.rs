@@ -1,9 +1,10 @@
 //! Real images from the installed qemu-img, in per-test temp dirs.
 
-use super::*;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::*;
 pub use crate::testutil::TmpDir;
 
 fn run(tool: &str, args: &[&str]) -> String {
