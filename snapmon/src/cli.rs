@@ -67,8 +67,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
         /// Lowest finding severity that makes the exit status 1.
-        #[arg(long, default_value = "medium", value_parser = parse_finding_severity)]
-        fail_on: crate::classify::inspect::Severity,
+        #[arg(long, default_value = "medium", value_parser = parse_severity)]
+        fail_on: Severity,
     },
     /// Explain what this kernel allows: hooks live, write paths covered, gaps. Needs root
     /// (it loads and attaches the probes); as another user it says so and exits 2.
@@ -274,22 +274,6 @@ pub struct RunArgs {
 
 fn parse_sink(s: &str) -> Result<SinkConfig, String> {
     SinkConfig::parse_spec(s).map_err(|e| e.to_string())
-}
-
-fn parse_finding_severity(s: &str) -> Result<crate::classify::inspect::Severity, String> {
-    use crate::classify::inspect::Severity as S;
-    Ok(match s {
-        "info" => S::Info,
-        "low" => S::Low,
-        "medium" => S::Medium,
-        "high" => S::High,
-        "critical" => S::Critical,
-        _ => {
-            return Err(format!(
-                "`{s}` is not one of info, low, medium, high, critical"
-            ))
-        }
-    })
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {

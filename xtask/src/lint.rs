@@ -1,4 +1,5 @@
-//! `cargo xtask lint`: snapmon's modules must import one way (no cycles), and clippy be clean.
+//! `cargo xtask lint`: the modules of snapmon and snapmon-formats must import one way (no
+//! cycles), and clippy be clean.
 //!
 //! The import graph is built from the crate's own paths (`use crate::…`, `super::…`, `self::…`,
 //! names bound by `use` and child modules), each resolved to the file of the deepest module that
@@ -13,27 +14,32 @@ use anyhow::{bail, Context as _};
 use crate::{cargo, check, workspace};
 
 pub fn lint(clippy: bool, verbose: bool) -> anyhow::Result<()> {
-    let src = workspace().join("snapmon/src");
-    let files = read_tree(&src)?;
-    let graph = Graph::build(&files, "lib.rs")?;
-    let cycles = graph.cycles();
-    for c in &cycles {
-        println!("import cycle ({} files):", c.len());
-        for f in c {
-            println!("  snapmon/src/{f}");
-        }
-        if verbose {
-            for (from, to, why) in graph.edges_within(c) {
-                println!("    {from} -> {to}  ({why})");
+    let mut cycles = 0;
+    // The agent and the format parsers it builds on: each crate's modules import one way.
+    for krate in ["snapmon", "snapmon-formats"] {
+        let src = workspace().join(krate).join("src");
+        let files = read_tree(&src)?;
+        let graph = Graph::build(&files, "lib.rs")?;
+        let found = graph.cycles();
+        for c in &found {
+            println!("import cycle ({} files):", c.len());
+            for f in c {
+                println!("  {krate}/src/{f}");
+            }
+            if verbose {
+                for (from, to, why) in graph.edges_within(c) {
+                    println!("    {from} -> {to}  ({why})");
+                }
             }
         }
+        println!(
+            "== {krate}: {} modules in {} files, {} import cycles",
+            graph.modules.len(),
+            graph.files.len(),
+            found.len()
+        );
+        cycles += found.len();
     }
-    println!(
-        "== {} modules in {} files, {} import cycles",
-        graph.modules.len(),
-        graph.files.len(),
-        cycles.len()
-    );
     let clippy = if !clippy {
         Ok(())
     } else {
@@ -51,8 +57,8 @@ pub fn lint(clippy: bool, verbose: bool) -> anyhow::Result<()> {
             "warnings",
         ]))
     };
-    if !cycles.is_empty() {
-        bail!("{} import cycles in snapmon/src", cycles.len());
+    if cycles > 0 {
+        bail!("{cycles} import cycles");
     }
     clippy
 }

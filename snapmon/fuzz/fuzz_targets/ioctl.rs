@@ -1,8 +1,6 @@
 //! Fuzz target: ioctl argument decoding (dm, btrfs, zfs, clone, freeze) for any cmd.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/classify/ioctl.rs"]
-mod ioctl;
+use snapmon_formats::ioctl;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {

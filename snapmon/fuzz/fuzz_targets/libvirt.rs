@@ -1,8 +1,6 @@
 //! Fuzz target: libvirt snapshot/checkpoint XML and path classification.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/classify/libvirt.rs"]
-mod libvirt;
+use snapmon_formats::libvirt;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = libvirt::parse_libvirt_xml(data);

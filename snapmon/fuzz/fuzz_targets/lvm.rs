@@ -1,8 +1,6 @@
 //! Fuzz target: LVM label, metadata-area header and text metadata on hostile devices.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/classify/lvm.rs"]
-mod lvm;
+use snapmon_formats::lvm;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let label = lvm::parse_label(data).ok();

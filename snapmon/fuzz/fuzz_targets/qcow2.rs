@@ -1,11 +1,6 @@
 //! Fuzz target: qcow2 parsing, region classification and shadow patching on hostile images.
 #![no_main]
-#[allow(dead_code)]
-#[path = "../../src/classify/qcow2.rs"]
-mod qcow2;
-#[allow(dead_code)]
-#[path = "../../src/text.rs"]
-mod text;
+use snapmon_formats::qcow2;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let _ = qcow2::parse_header(data);

@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{self, Read},
-    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    os::unix::fs::FileTypeExt,
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -18,86 +18,7 @@ use std::{
     time::Duration,
 };
 
-/// What was found at a path instead of a readable file.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The final component is a symlink (its target, when readable).
-    #[error("a symlink to {0}")]
-    Symlink(String),
-    /// A FIFO, socket, character device or directory: never read.
-    #[error("not a regular file or block device ({0})")]
-    NotRegular(&'static str),
-}
-
-impl OpenError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, OpenError::Io(e) if e.kind() == io::ErrorKind::NotFound)
-    }
-}
-
-impl From<OpenError> for io::Error {
-    fn from(e: OpenError) -> io::Error {
-        match e {
-            OpenError::Io(e) => e,
-            other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
-        }
-    }
-}
-
-fn kind_name(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_char_device() {
-        "character device"
-    } else {
-        "other"
-    }
-}
-
-/// Open `path` read-only for classification: `O_NONBLOCK|O_NOFOLLOW`, then an fstat check.
-pub fn open(path: &Path) -> Result<File, OpenError> {
-    open_with(path, false)
-}
-
-/// [`open`], read-write when `write` (recover's in-place fix): the same refusals.
-pub fn open_with(path: &Path, write: bool) -> Result<File, OpenError> {
-    // Refuse what lstat already shows without opening it: opening a FIFO, even without
-    // blocking, completes a writer's pending open, and opening a device can have effects.
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        let ft = m.file_type();
-        if !(ft.is_file() || ft.is_block_device() || ft.is_symlink()) {
-            return Err(OpenError::NotRegular(kind_name(ft)));
-        }
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path);
-    let f = match f {
-        Ok(f) => f,
-        // O_NOFOLLOW on a symlink: ELOOP. Say where it points.
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            let to = std::fs::read_link(path)
-                .map(|t| crate::event::Bytes::from_path(&t).display())
-                .unwrap_or_else(|_| "?".into());
-            return Err(OpenError::Symlink(to));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let ft = f.metadata()?.file_type();
-    if ft.is_file() || ft.is_block_device() {
-        Ok(f)
-    } else {
-        Err(OpenError::NotRegular(kind_name(ft)))
-    }
-}
+pub use snapmon_formats::file::{open, open_with, OpenError};
 
 /// LVM writes PVs with O_DIRECT; a buffered read racing such a write can leave stale pages
 /// in the device's page cache for good. Drop them before reading a block device.

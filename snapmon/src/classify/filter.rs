@@ -81,4 +81,48 @@ mod tests {
         );
         assert_eq!(f.ranges[2], ByteRange::default());
     }
+
+    #[test]
+    fn filter_ranges_cover_every_table_but_not_l2_refblocks_or_data() {
+        use crate::classify::qcow2::testutil::{load, qemu_img, TmpDir};
+        let d = TmpDir::new("ranges");
+        let p = d.s("a.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            &p,
+            "64M",
+        ]);
+        qemu_img(&["snapshot", "-c", "s1", &p]);
+        let img = load(&d.path("a.qcow2"));
+        let r = fit(img.metadata_ranges(), FILTER_RANGES);
+        let covered = |o: u64| r.iter().any(|(s, e)| *s <= o && o < *e);
+        let h = &img.header;
+        let cs = img.cluster_size();
+        for o in [
+            0,
+            60,
+            112,
+            cs - 1,
+            h.l1_table_offset,
+            h.refcount_table_offset,
+            h.snapshots_offset,
+        ] {
+            assert!(covered(o), "{o} not covered by {r:?}");
+        }
+        assert!(covered(img.snapshots[0].l1_table_offset));
+        let l2 = img.l2_tables();
+        assert!(
+            !l2.is_empty() && l2.iter().all(|&o| !covered(o)),
+            "{l2:?} in {r:?}"
+        );
+        assert!(img.refcount_blocks().iter().all(|&o| !covered(o)));
+        let mut f = std::fs::File::open(d.path("a.qcow2")).unwrap();
+        let data = img.allocated_data_clusters(&mut f, 64);
+        assert!(data.len() > 16 && data.iter().all(|&o| !covered(o)));
+    }
 }

@@ -6,13 +6,10 @@ use crate::event::Action;
 pub mod classification;
 pub mod fileread;
 pub mod filter;
-pub mod inspect;
-pub mod ioctl;
-pub mod libvirt;
-pub mod lvm;
-pub mod qcow2;
 pub mod recheck;
 pub mod replace;
+// The parsers live in their own crate; these paths stay for the agent's callers.
+pub use snapmon_formats::{inspect, ioctl, libvirt, lvm, qcow2};
 
 use std::{collections::HashMap, fs::File, path::Path, time::Instant};
 
@@ -427,18 +424,7 @@ fn lvm_refresh(
 }
 
 fn lvm_changes(c: Vec<lvm::LvmChange>) -> Vec<Change> {
-    c.into_iter()
-        .map(|ch| {
-            let s = ch.to_string();
-            match s.split_once(": ") {
-                Some((f, rest)) => match rest.split_once(" → ") {
-                    Some((b, a)) => Change::new(f, b, a),
-                    None => Change::new(f, "", rest),
-                },
-                None => Change::new("lvm", "", s),
-            }
-        })
-        .collect()
+    c.iter().map(lvm::LvmChange::field_change).collect()
 }
 
 impl Default for Classifier {
@@ -1386,7 +1372,7 @@ mod fuzz_regressions {
 mod lvm_refresh_tests {
     use super::*;
 
-    const FX_SEQ3: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno3.bin");
+    const FX_SEQ3: &[u8] = include_bytes!("../../../snapmon-formats/tests/fixtures/pv_seqno3.bin");
 
     /// `X` stands for the quoted `--config` value, which has spaces.
     fn argv(s: &str) -> Vec<Vec<u8>> {

@@ -1,4 +1,4 @@
-//! Classify stage: libvirt snapshot/checkpoint XML and metadata path decoding.
+//! libvirt snapshot/checkpoint XML and metadata path decoding.
 //!
 //! libvirt keeps one XML file per snapshot or checkpoint under the QEMU
 //! driver's `snapshotDir` / `checkpointDir` (see `src/qemu/qemu_conf.c`) and

@@ -1,0 +1,137 @@
+//! OpenZFS ioctls on `/dev/zfs` (`sys/fs/zfs.h`).
+
+/// `ZFS_IOC_FIRST` = 'Z' << 8; Linux ZFS passes the enum value as the cmd.
+pub const ZFS_IOC_FIRST: u32 = 0x5a00;
+/// `zc_name[MAXPATHLEN]`.
+pub const ZFS_MAXNAMELEN: usize = 4096;
+
+/// `zfs_ioc_t` from OpenZFS `include/sys/fs/zfs.h`, indexed by cmd - 0x5a00.
+const ZFS_NAMES: [&str; 0x5a] = [
+    "ZFS_IOC_POOL_CREATE",
+    "ZFS_IOC_POOL_DESTROY",
+    "ZFS_IOC_POOL_IMPORT",
+    "ZFS_IOC_POOL_EXPORT",
+    "ZFS_IOC_POOL_CONFIGS",
+    "ZFS_IOC_POOL_STATS",
+    "ZFS_IOC_POOL_TRYIMPORT",
+    "ZFS_IOC_POOL_SCAN",
+    "ZFS_IOC_POOL_FREEZE",
+    "ZFS_IOC_POOL_UPGRADE",
+    "ZFS_IOC_POOL_GET_HISTORY",
+    "ZFS_IOC_VDEV_ADD",
+    "ZFS_IOC_VDEV_REMOVE",
+    "ZFS_IOC_VDEV_SET_STATE",
+    "ZFS_IOC_VDEV_ATTACH",
+    "ZFS_IOC_VDEV_DETACH",
+    "ZFS_IOC_VDEV_SETPATH",
+    "ZFS_IOC_VDEV_SETFRU",
+    "ZFS_IOC_OBJSET_STATS",
+    "ZFS_IOC_OBJSET_ZPLPROPS",
+    "ZFS_IOC_DATASET_LIST_NEXT",
+    "ZFS_IOC_SNAPSHOT_LIST_NEXT",
+    "ZFS_IOC_SET_PROP",
+    "ZFS_IOC_CREATE",
+    "ZFS_IOC_DESTROY",
+    "ZFS_IOC_ROLLBACK",
+    "ZFS_IOC_RENAME",
+    "ZFS_IOC_RECV",
+    "ZFS_IOC_SEND",
+    "ZFS_IOC_INJECT_FAULT",
+    "ZFS_IOC_CLEAR_FAULT",
+    "ZFS_IOC_INJECT_LIST_NEXT",
+    "ZFS_IOC_ERROR_LOG",
+    "ZFS_IOC_CLEAR",
+    "ZFS_IOC_PROMOTE",
+    "ZFS_IOC_SNAPSHOT",
+    "ZFS_IOC_DSOBJ_TO_DSNAME",
+    "ZFS_IOC_OBJ_TO_PATH",
+    "ZFS_IOC_POOL_SET_PROPS",
+    "ZFS_IOC_POOL_GET_PROPS",
+    "ZFS_IOC_SET_FSACL",
+    "ZFS_IOC_GET_FSACL",
+    "ZFS_IOC_SHARE",
+    "ZFS_IOC_INHERIT_PROP",
+    "ZFS_IOC_SMB_ACL",
+    "ZFS_IOC_USERSPACE_ONE",
+    "ZFS_IOC_USERSPACE_MANY",
+    "ZFS_IOC_USERSPACE_UPGRADE",
+    "ZFS_IOC_HOLD",
+    "ZFS_IOC_RELEASE",
+    "ZFS_IOC_GET_HOLDS",
+    "ZFS_IOC_OBJSET_RECVD_PROPS",
+    "ZFS_IOC_VDEV_SPLIT",
+    "ZFS_IOC_NEXT_OBJ",
+    "ZFS_IOC_DIFF",
+    "ZFS_IOC_TMP_SNAPSHOT",
+    "ZFS_IOC_OBJ_TO_STATS",
+    "ZFS_IOC_SPACE_WRITTEN",
+    "ZFS_IOC_SPACE_SNAPS",
+    "ZFS_IOC_DESTROY_SNAPS",
+    "ZFS_IOC_POOL_REGUID",
+    "ZFS_IOC_POOL_REOPEN",
+    "ZFS_IOC_SEND_PROGRESS",
+    "ZFS_IOC_LOG_HISTORY",
+    "ZFS_IOC_SEND_NEW",
+    "ZFS_IOC_SEND_SPACE",
+    "ZFS_IOC_CLONE",
+    "ZFS_IOC_BOOKMARK",
+    "ZFS_IOC_GET_BOOKMARKS",
+    "ZFS_IOC_DESTROY_BOOKMARKS",
+    "ZFS_IOC_RECV_NEW",
+    "ZFS_IOC_POOL_SYNC",
+    "ZFS_IOC_CHANNEL_PROGRAM",
+    "ZFS_IOC_LOAD_KEY",
+    "ZFS_IOC_UNLOAD_KEY",
+    "ZFS_IOC_CHANGE_KEY",
+    "ZFS_IOC_REMAP",
+    "ZFS_IOC_POOL_CHECKPOINT",
+    "ZFS_IOC_POOL_DISCARD_CHECKPOINT",
+    "ZFS_IOC_POOL_INITIALIZE",
+    "ZFS_IOC_POOL_TRIM",
+    "ZFS_IOC_REDACT",
+    "ZFS_IOC_GET_BOOKMARK_PROPS",
+    "ZFS_IOC_WAIT",
+    "ZFS_IOC_WAIT_FS",
+    "ZFS_IOC_VDEV_GET_PROPS",
+    "ZFS_IOC_VDEV_SET_PROPS",
+    "ZFS_IOC_POOL_SCRUB",
+    "ZFS_IOC_POOL_PREFETCH",
+    "ZFS_IOC_DDT_PRUNE",
+];
+
+/// Linux-only block at 'Z' << 8 + 0x81.
+const ZFS_LINUX_NAMES: [&str; 8] = [
+    "ZFS_IOC_EVENTS_NEXT",
+    "ZFS_IOC_EVENTS_CLEAR",
+    "ZFS_IOC_EVENTS_SEEK",
+    "ZFS_IOC_NEXTBOOT",
+    "ZFS_IOC_JAIL",
+    "ZFS_IOC_UNJAIL",
+    "ZFS_IOC_SET_BOOTENV",
+    "ZFS_IOC_GET_BOOTENV",
+];
+
+pub(super) const ZFS_DESTRUCTIVE: [&str; 8] = [
+    "ZFS_IOC_DESTROY",
+    "ZFS_IOC_DESTROY_SNAPS",
+    "ZFS_IOC_ROLLBACK",
+    "ZFS_IOC_RENAME",
+    "ZFS_IOC_POOL_DISCARD_CHECKPOINT",
+    "ZFS_IOC_CHANNEL_PROGRAM",
+    "ZFS_IOC_RECV",
+    "ZFS_IOC_PROMOTE",
+];
+
+pub(super) fn zfs_name(cmd: u32) -> Option<&'static str> {
+    if cmd & 0xffff_ff00 != ZFS_IOC_FIRST {
+        return None;
+    }
+    let idx = (cmd & 0xff) as usize;
+    if idx < ZFS_NAMES.len() {
+        Some(ZFS_NAMES[idx])
+    } else if (0x81..0x81 + ZFS_LINUX_NAMES.len()).contains(&idx) {
+        Some(ZFS_LINUX_NAMES[idx - 0x81])
+    } else {
+        Some("ZFS_IOC_OTHER")
+    }
+}
