@@ -9,7 +9,7 @@ use snapmon_common::{deny, FileKey};
 pub use crate::config::parse_ops;
 
 use crate::{
-    event::{Action, Decision, DetailKey, Event},
+    event::{Decision, DetailKey, Event},
     record::{Alert, Severity},
 };
 

@@ -53,8 +53,8 @@ pub fn response_details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, Str
         r::METADATA_WRITE | r::TRUNCATE if x.path_hash == 0 => {
             d.push((DetailKey::Offset, x.offset.to_string()));
             d.push((DetailKey::Length, x.len.to_string()));
-            let op = WriteOp::of_record(x.aux as u16);
-            if op != WriteOp::WriteUnknown {
+            let op = crate::event::WriteOp::of_record(x.aux as u16);
+            if op != crate::event::WriteOp::WriteUnknown {
                 d.push((DetailKey::WriteOp, op.as_str().to_string()));
             }
         }
@@ -65,7 +65,6 @@ pub fn response_details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, Str
         d.push((DetailKey::PathHash, format!("{:016x}", x.path_hash)));
     }
     d
-}
 }
 
 /// The `event.action` of a write record, and fallocate's mode bits by name.

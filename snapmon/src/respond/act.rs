@@ -14,7 +14,7 @@ use snapmon_common::{runtime, FileKey, RespondEntry, RespondTarget};
 use super::{cgroup::Hierarchy, Mode, Plan};
 use crate::{
     classify::Classifier,
-    event::{Bytes, DetailKey, Event, WriteOp},
+    event::{Bytes, DetailKey, Event},
     evidence::Evidence,
     kernel::loader::Kernel,
     record::{Alert, Record, Severity},

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::glob::Glob;
 // Engines are built with these; they stay reachable where the policy's other parts are.
 pub use super::window::{FixedOffset, HostLocalTime, LocalTime, Window};
-use crate::{event::Action, record::Severity};
+use crate::event::Action;
 
 pub use crate::config::{
     ActorSpec, DetectionSection, ExceptionSpec, PinSpec, RuleSettings, RulesPolicy, WindowSpec,
