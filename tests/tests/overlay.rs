@@ -180,15 +180,7 @@ fn an_image_made_through_a_view_before_the_agent_saw_the_mount_is_found() {
     }
     drop(resume);
     settled(&mut a);
-    let (pid, mark) = hide_through(&a, &made);
-    let hide = expect_hidden(
-        &mut a,
-        mark,
-        pid,
-        "an image made before the mount was seen",
-        &made,
-    );
-    assert_names_real(&hide, &l.store.join("early.qcow2"), &made);
+    hide_through(&mut a, &l.store.join("early.qcow2"), &made);
     drop(a);
     drop(m);
 }
