@@ -432,11 +432,12 @@ impl Agent {
     /// absence, or times the alert itself.
     pub fn find(&mut self, e: &Expect, timeout: Duration) -> Option<Value> {
         match e.since {
-            // Only lines naming the rule are parsed: a debug test binary parses slower than
-            // a flood is written.
+            // Only lines naming the rule (or the action) are parsed: a debug test binary
+            // parses slower than a flood is written.
             Some(mark) => {
-                let needle = match e.rules.as_slice() {
-                    [one] => one.as_bytes().to_vec(),
+                let needle = match (e.rules.as_slice(), &e.action) {
+                    ([one], _) => one.as_bytes().to_vec(),
+                    ([], Some(a)) => format!("\"{a}\"").into_bytes(),
                     _ => vec![],
                 };
                 self.wait_from_lines(mark, timeout, &needle, |v| e.matches(v))

@@ -278,12 +278,13 @@ fn trusted_losetup_and_qemu_img_through_the_loop_device_raise_nothing_loud() {
 }
 
 /// Root's python runs `body` after these names: `fcntl`, `os`, `img` (the image path),
-/// `scratch` (an unwatched file's path) and `attach(fd, backing_fd)`/`free()` helpers.
+/// `scratch` (an unwatched file's path) and `attach(fd, backing_fd)`, `refused(fd,
+/// backing_fd)` (an attach that must fail with EBUSY) and `free()` helpers.
 /// Prints what the body prints; every `/dev/loop*` line it prints is detached afterwards.
 fn root_py(img: &Path, scratch: &Path, body: &str) -> (u32, String, Vec<Attached>) {
     let code = format!(
         r#"
-import fcntl, os, sys
+import errno, fcntl, os, sys
 img = {img:?}
 scratch = {scratch:?}
 def free():
@@ -294,6 +295,13 @@ def free():
     return "/dev/loop%d" % n
 def attach(lfd, bfd):
     fcntl.ioctl(lfd, 0x4C00, bfd)  # LOOP_SET_FD
+def refused(lfd, bfd):
+    try:
+        attach(lfd, bfd)
+    except OSError as e:
+        assert e.errno == errno.EBUSY, e
+        return
+    sys.exit("LOOP_SET_FD on a bound device succeeded")
 {body}
 "#,
         img = img.to_str().unwrap(),
@@ -417,17 +425,11 @@ fn a_refused_attach_of_another_file_does_not_end_the_alias() {
         &img,
         &s,
         r#"
-import errno
 dev = free()
 lfd = os.open(dev, os.O_RDWR)
 ifd = os.open(img, os.O_RDWR)
 attach(lfd, ifd)
-sfd = os.open(scratch, os.O_RDWR)
-try:
-    attach(lfd, sfd)
-    sys.exit("LOOP_SET_FD on a bound device succeeded")
-except OSError as e:
-    assert e.errno == errno.EBUSY, e
+refused(lfd, os.open(scratch, os.O_RDWR))
 os.pwrite(lfd, bytes(4), 60)
 os.fsync(lfd)
 "#,
@@ -447,17 +449,11 @@ fn a_refused_attach_of_the_image_makes_no_alias() {
         &img,
         &s,
         r#"
-import errno
 dev = free()
 lfd = os.open(dev, os.O_RDWR)
 sfd = os.open(scratch, os.O_RDWR)
 attach(lfd, sfd)
-ifd = os.open(img, os.O_RDWR)
-try:
-    attach(lfd, ifd)
-    sys.exit("LOOP_SET_FD on a bound device succeeded")
-except OSError as e:
-    assert e.errno == errno.EBUSY, e
+refused(lfd, os.open(img, os.O_RDWR))
 os.pwrite(lfd, bytes(64), 0)
 os.fsync(lfd)
 "#,

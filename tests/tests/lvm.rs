@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use snapmon_e2e::{about, action, agent_with, brief, changes, lvm, regions, Agent, LoopVg};
+use snapmon_e2e::{about, action, agent_with, brief, changes, lvm, regions, Agent, LoopVg, Ran};
 
 /// Silence that ends a command's records. Each LVM metadata write makes the agent re-read
 /// the PV and wait up to 200 ms for the commit; under TCG on a busy host one such record
@@ -119,14 +119,31 @@ fn lvm_backup_files(evs: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// An LV `base<n>` and its old-style snapshot `snap<n>`, by trusted `lvm`: the snapshot's
+/// `lvcreate -s`.
+fn old_style_snapshot(n: &str) -> Ran {
+    lvm(
+        "lvcreate",
+        &["-y", "-L", "16M", "-n", &format!("base{n}"), VG],
+    );
+    lvm(
+        "lvcreate",
+        &[
+            "-y",
+            "-s",
+            "-L",
+            "8M",
+            "-n",
+            &format!("snap{n}"),
+            &format!("{VG}/base{n}"),
+        ],
+    )
+}
+
 #[test]
 fn old_style_snapshot_create_is_seen_as_dm_tables_pv_metadata_and_backup() {
     let (pv, mut a) = setup();
-    lvm("lvcreate", &["-y", "-L", "16M", "-n", "base", VG]);
-    let r = lvm(
-        "lvcreate",
-        &["-y", "-s", "-L", "8M", "-n", "snap", &format!("{VG}/base")],
-    );
+    let r = old_style_snapshot("");
     let evs = from_pid(&mut a, r.pid);
     for t in ["snapshot", "snapshot-origin"] {
         assert!(
@@ -160,19 +177,7 @@ fn old_style_snapshot_create_is_seen_as_dm_tables_pv_metadata_and_backup() {
 #[test]
 fn old_style_snapshot_remove_reports_lv_removed() {
     let (pv, mut a) = setup();
-    lvm("lvcreate", &["-y", "-L", "16M", "-n", "base2", VG]);
-    lvm(
-        "lvcreate",
-        &[
-            "-y",
-            "-s",
-            "-L",
-            "8M",
-            "-n",
-            "snap2",
-            &format!("{VG}/base2"),
-        ],
-    );
+    old_style_snapshot("2");
     let r = lvm("lvremove", &["-y", &format!("{VG}/snap2")]);
     let evs = from_pid(&mut a, r.pid);
     assert!(
@@ -239,19 +244,7 @@ fn thin_snapshot_create_and_delete_are_target_messages() {
 #[test]
 fn lvconvert_merge_loads_a_snapshot_merge_table() {
     let (pv, mut a) = setup();
-    lvm("lvcreate", &["-y", "-L", "16M", "-n", "base3", VG]);
-    lvm(
-        "lvcreate",
-        &[
-            "-y",
-            "-s",
-            "-L",
-            "8M",
-            "-n",
-            "snap3",
-            &format!("{VG}/base3"),
-        ],
-    );
+    old_style_snapshot("3");
     let r = lvm("lvconvert", &["-y", "--merge", &format!("{VG}/snap3")]);
     let evs = from_pid(&mut a, r.pid);
     assert!(

@@ -8,7 +8,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -138,20 +137,8 @@ except OSError as e:
 "#;
 
 fn python_ioctl(cmd: u32, name: &str) -> (u32, String) {
-    let c = Command::new("python3")
-        .args(["-c", PY_IOCTL, &format!("{cmd:#x}"), name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = c.id();
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "python3: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (pid, String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let r = run("python3", &["-c", PY_IOCTL, &format!("{cmd:#x}"), name]);
+    (r.pid, r.stdout.trim().to_string())
 }
 
 /// The SM-K003 alert of `pid`, at most [`WITHIN`] after `t0` (the actor finished), high.
@@ -290,21 +277,7 @@ fn k003_fires_for_python_destroy_and_rollback() {
 
 /// Run the rogue copy of `zfs` to completion.
 fn rogue(bin: &Path, args: &[&str]) -> u32 {
-    let c = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = c.id();
-    let o = c.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "{} {args:?}: {}",
-        bin.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    pid
+    run(bin.to_str().unwrap(), args).pid
 }
 
 #[test]
