@@ -2,6 +2,8 @@
 //! paths involved; namespace records outside the watched roots are dropped here (the kernel
 //! filter is a superset).
 
+pub mod lineage;
+
 use std::{
     collections::HashMap,
     os::unix::ffi::OsStrExt,
@@ -15,11 +17,11 @@ use crate::{
     decode::{cstr, RawEvent},
     event::Action,
     event::{Bytes, Category, Event, EventType, FileInfo, IoctlRaw, ProcessInfo, WriteInfo},
-    lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     paths::normalize,
     watch::{WatchMaps, WatchSet},
 };
+use lineage::Lineage;
 
 pub fn write_op_name(op: u16) -> &'static str {
     match WriteOp::from_u16(op) {
@@ -489,7 +491,7 @@ impl Enricher {
         let comm = cstr(&b.comm, b.comm.len());
         let name = process.name.as_bytes();
         if process.uid != b.uid || !name.starts_with(comm) {
-            process = crate::lineage_bridge::header_process(&hdr);
+            process = lineage::header_process(&hdr);
         }
         Event {
             ts_unix_ns: self.clock.unix_ns(b.ts_ns),
