@@ -1,5 +1,6 @@
 //! Config: the policy file (TOML), parsed and validated with no side effects before anything
-//! is built. Unknown keys and bad values are errors with file, line and column.
+//! is built. Unknown keys and bad values are errors with file, line and column. Plain data and
+//! the checks of config's own fields: the stages check their sections (`crate::policy_check`).
 //!
 //! Why TOML: it is what operators of Rust tools already edit (Cargo, rustfmt, Vector), it has
 //! no implicit typing traps (YAML's `no` → false, `03:00` → sexagesimal), comments are

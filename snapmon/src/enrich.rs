@@ -2,6 +2,8 @@
 //! paths involved; namespace records outside the watched roots are dropped here (the kernel
 //! filter is a superset).
 
+pub mod lineage;
+
 use std::{
     collections::HashMap,
     os::unix::ffi::OsStrExt,
@@ -18,11 +20,11 @@ use crate::{
         Bytes, Category, DetailKey, Event, EventType, FallocMode, FileInfo, IoctlRaw, ProcessInfo,
         WriteInfo,
     },
-    lineage_bridge::Lineage,
     longpath::{self, Cut, Look},
     paths::normalize,
     watch::{WatchMaps, WatchSet},
 };
+use lineage::Lineage;
 
 /// The detail of a kernel response record (`snapmon.detail` of its event and alert).
 pub fn response_details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, String)> {
@@ -448,7 +450,7 @@ impl Enricher {
         let comm = cstr(&b.comm, b.comm.len());
         let name = process.name.as_bytes();
         if process.uid != b.uid || !name.starts_with(comm) {
-            process = crate::lineage_bridge::header_process(&hdr);
+            process = lineage::header_process(&hdr);
         }
         Event {
             ts_unix_ns: self.clock.unix_ns(b.ts_ns),

@@ -271,7 +271,7 @@ pub enum Action {
     Fork,
     Exec,
     Exit,
-    // LSM decisions on protected stores (`enforce::action_name`).
+    // LSM decisions on protected stores (`actions::deny_action`).
     DenyWrite,
     DenyOpenWrite,
     DenyTruncate,
@@ -291,7 +291,7 @@ pub enum Action {
     /// A decision on an operation bit this agent does not know.
     #[strum(serialize = "deny")]
     DenyUnknown,
-    // Circuit-breaker records (`respond::action_name`).
+    // Circuit-breaker records (`actions::response_action`).
     Kill,
     Stop,
     Freeze,

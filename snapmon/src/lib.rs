@@ -18,7 +18,6 @@ pub mod event;
 pub mod evidence;
 pub mod kernel;
 pub mod lineage;
-pub mod lineage_bridge;
 pub mod longpath;
 pub mod metrics;
 pub mod notify;

@@ -12,9 +12,9 @@ use crate::{
     classify::{fileread, recheck::Hold, Classifier, Verdict},
     config::Policy,
     decode::decode,
+    enrich::lineage::Lineage,
     enrich::Enricher,
     event::Event,
-    lineage_bridge::Lineage,
     record::Record,
     rules::{
         policy::{HostLocalTime, HostResolver},
@@ -48,12 +48,12 @@ pub struct Pipeline {
     decode_errs: BTreeMap<&'static str, u64>,
     /// Events judged once their syscall landed (see `classify::recheck`), oldest first.
     held: VecDeque<(Event, Hold)>,
-    deleted_exe: crate::lineage_bridge::DeletedExe,
+    deleted_exe: crate::enrich::lineage::DeletedExe,
 }
 
 impl Pipeline {
     pub fn new(watch: WatchSet, policy: &Policy) -> Self {
-        Self::with_lineage(watch, policy, crate::lineage_bridge::default_lineage())
+        Self::with_lineage(watch, policy, crate::enrich::lineage::default_lineage())
     }
 
     pub fn with_lineage(watch: WatchSet, policy: &Policy, lineage: Box<dyn Lineage>) -> Self {
@@ -427,7 +427,7 @@ mod held {
         let pipe = Pipeline::with_lineage(
             ws,
             &Policy::embedded(),
-            Box::new(crate::lineage_bridge::HeaderOnly),
+            Box::new(crate::enrich::lineage::HeaderOnly),
         );
         (maps, pipe)
     }
@@ -586,7 +586,7 @@ mod blinded {
         let mut pipe = Pipeline::with_lineage(
             WatchSet::default(),
             &Policy::embedded(),
-            Box::new(crate::lineage_bridge::HeaderOnly),
+            Box::new(crate::enrich::lineage::HeaderOnly),
         );
         let key = snapmon_common::FileKey {
             dev: (8 << 20) | 1,

@@ -457,7 +457,7 @@ fn maintenance_windows_in_local_time() {
 
 #[test]
 fn reload_is_transactional() {
-    use crate::{lineage_bridge::HeaderOnly, pipeline::Pipeline, watch::WatchSet};
+    use crate::{enrich::lineage::HeaderOnly, pipeline::Pipeline, watch::WatchSet};
     let mut pipe = Pipeline::with_lineage(
         WatchSet::default(),
         &Policy::embedded(),
