@@ -1,6 +1,9 @@
 //! Tests against captured lvm2 metadata and hostile bytes.
 
 use super::base::{DEFAULT_MDA_START, DEFAULT_PE_START, MAX_DEPTH, MAX_DISK_LOCNS};
+use super::*;
+use crate::FieldChange;
+
 #[test]
 fn filter_ranges_are_the_label_sectors_and_metadata_areas() {
     // Nothing decoded: the scan sectors and lvm2's default area.
@@ -20,7 +23,6 @@ fn filter_ranges_are_the_label_sectors_and_metadata_areas() {
     let r = pv_metadata_ranges(None, Some(&m));
     assert!(r.contains(&(4096, 4096 + (1 << 20))), "{r:?}");
 }
-use super::*;
 
 const FX_SEQ2: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno2.bin");
 const FX_SEQ3: &[u8] = include_bytes!("../../tests/fixtures/pv_seqno3.bin");
@@ -946,4 +948,114 @@ fn mutation_loop_no_panic() {
     }
     // Many single-byte mutations land in padding: some must still decode.
     assert!(ok > 0);
+}
+
+/// What classify did before `field_change`: split the text on the first ": " and " → ".
+fn split_text(c: &LvmChange) -> FieldChange {
+    let s = c.to_string();
+    let (f, rest) = s.split_once(": ").unwrap();
+    match rest.split_once(" → ") {
+        Some((b, a)) => FieldChange::new(f, b, a),
+        None => FieldChange::new(f, "", rest),
+    }
+}
+
+#[test]
+fn field_change_is_what_splitting_the_text_gave_for_every_kind_of_change() {
+    let s = |v: &str| v.to_string();
+    let v = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let changes = [
+        LvmChange::VgRenamed {
+            before: s("vg0"),
+            after: s("vg1"),
+        },
+        LvmChange::Seqno {
+            before: 2,
+            after: 3,
+        },
+        LvmChange::Description {
+            text: s("Created *after* executing 'lvcreate -s'"),
+        },
+        LvmChange::LvAdded {
+            name: s("snap"),
+            snapshot_of: Some(s("base")),
+            seg_types: v(&["striped"]),
+        },
+        LvmChange::LvAdded {
+            name: s("data"),
+            snapshot_of: None,
+            seg_types: vec![],
+        },
+        LvmChange::LvRemoved {
+            name: s("snap"),
+            snapshot_of: Some(s("base")),
+            seg_types: vec![],
+        },
+        LvmChange::LvRemoved {
+            name: s("data"),
+            snapshot_of: None,
+            seg_types: vec![],
+        },
+        LvmChange::LvRenamed {
+            before: s("a"),
+            after: s("b"),
+        },
+        LvmChange::LvStatus {
+            name: s("a"),
+            before: v(&["READ", "WRITE"]),
+            after: v(&["READ"]),
+        },
+        LvmChange::LvSegments {
+            name: s("a"),
+            before: v(&["striped"]),
+            after: v(&["thin", "striped"]),
+        },
+        LvmChange::LvResized {
+            name: s("a"),
+            before_extents: 1,
+            after_extents: 2,
+        },
+        LvmChange::SnapshotMergeStarted {
+            name: s("snap"),
+            origin: Some(s("base")),
+        },
+        LvmChange::SnapshotMergeStarted {
+            name: s("snap"),
+            origin: None,
+        },
+        LvmChange::PvAdded {
+            name: s("pv1"),
+            device: Some(s("/dev/sdb")),
+        },
+        LvmChange::PvAdded {
+            name: s("pv1"),
+            device: None,
+        },
+        LvmChange::PvRemoved {
+            name: s("pv0"),
+            device: Some(s("/dev/sda")),
+        },
+        LvmChange::PvRemoved {
+            name: s("pv0"),
+            device: None,
+        },
+    ];
+    for c in &changes {
+        assert_eq!(c.field_change(), split_text(c), "{c:?}");
+    }
+}
+
+#[test]
+fn a_description_holding_an_arrow_stays_whole() {
+    let c = LvmChange::Description { text: s_arrow() };
+    assert_eq!(
+        c.field_change(),
+        FieldChange::new("description", "", s_arrow())
+    );
+    // The text round trip cut it in two.
+    assert_ne!(split_text(&c), c.field_change());
+}
+
+fn s_arrow() -> String {
+    "Created *after* executing 'lvrename vg a → b'".to_string()
 }
