@@ -73,8 +73,13 @@ pub struct AgentSection {
     pub read_budget_ms: u64,
 }
 
+/// `[agent] read_budget_ms` when unset: a local disk answers, and a header parses, in well
+/// under this, even in a debug agent under emulation (100 ms was not: a tmpfs re-read ran
+/// out of it in a TCG guest); a tamper behind a stuck read is still judged within 1 s.
+pub const DEFAULT_BUDGET_MS: u64 = 250;
+
 fn default_read_budget() -> u64 {
-    crate::classify::fileread::DEFAULT_BUDGET_MS
+    DEFAULT_BUDGET_MS
 }
 
 /// `[agent] scan_depth` when unset: as deep as short names reach within PATH_MAX.

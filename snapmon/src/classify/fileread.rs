@@ -61,10 +61,7 @@ pub fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// `[agent] read_budget_ms` when unset: a local disk answers, and a header parses, in well
-/// under this, even in a debug agent under emulation (100 ms was not: a tmpfs re-read ran
-/// out of it in a TCG guest); a tamper behind a stuck read is still judged within 1 s.
-pub const DEFAULT_BUDGET_MS: u64 = 250;
+pub use crate::config::DEFAULT_BUDGET_MS;
 /// Once a stop is asked for, a wait on a slow read lasts at most this: the loop heeds a
 /// signal within the 100 ms it promises, whatever the budget.
 const STOP_WAIT: Duration = Duration::from_millis(20);
