@@ -18,7 +18,7 @@ use super::{
     startup::{RunOptions, Running, Signals},
 };
 use crate::{
-    kernel::loader::Kernel,
+    kernel::loader::{Counters, Kernel},
     pipeline::Pipeline,
     record::{MetricRecord, Record},
     sink::{BrokenPipe, SinkSet},
@@ -92,7 +92,7 @@ pub(super) async fn run(
             _ = stdout_closed(&stdout_err) => return Ok(()),
             _ = tick.tick() => {
                 if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err() { return Ok(()); }
-                if report_filtered(&k, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
+                if report_filtered(&k.counters, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
                 registry.watch_ordinary.store(ordinary_entries(&k.watch.share), std::sync::atomic::Ordering::Relaxed);
                 // Half a tick of slack: ticks jitter, and a stats interval equal to the
@@ -445,12 +445,12 @@ async fn stdout_closed(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
 
 /// Trusted writes dropped in the kernel since the last tick, when there were any.
 fn report_filtered(
-    k: &Kernel,
+    counters: &Counters,
     last: &mut u64,
     pipe: &Pipeline,
     sinks: &SinkSet,
 ) -> Result<(), BrokenPipe> {
-    let now = k.counters.filtered_count();
+    let now = counters.filtered_count();
     if now == *last {
         return Ok(());
     }
