@@ -13,10 +13,12 @@ use anyhow::{bail, Context as _};
 
 use crate::{cargo, check, workspace};
 
+/// The agent and the format parsers it builds on: each crate's modules import one way.
+const CRATES: [&str; 2] = ["snapmon", "snapmon-formats"];
+
 pub fn lint(clippy: bool, verbose: bool) -> anyhow::Result<()> {
     let mut cycles = 0;
-    // The agent and the format parsers it builds on: each crate's modules import one way.
-    for krate in ["snapmon", "snapmon-formats"] {
+    for krate in CRATES {
         let src = workspace().join(krate).join("src");
         let files = read_tree(&src)?;
         let graph = Graph::build(&files, "lib.rs")?;
@@ -669,6 +671,34 @@ mod tests {
             .keys()
             .map(|&(a, b)| (g.files[a].clone(), g.files[b].clone()))
             .collect()
+    }
+
+    /// The tree itself: `cargo xtask test` (CI) runs this, so a new import cycle fails there
+    /// and not only in `cargo xtask lint`.
+    #[test]
+    fn this_workspace_imports_one_way() {
+        for krate in CRATES {
+            let src = crate::workspace().join(krate).join("src");
+            let files = read_tree(&src).expect("read the tree");
+            let g = Graph::build(&files, "lib.rs").expect("build the graph");
+            let cycles: Vec<String> = g
+                .cycles()
+                .iter()
+                .map(|c| {
+                    let edges: Vec<String> = g
+                        .edges_within(c)
+                        .into_iter()
+                        .map(|(a, b, why)| format!("{a} -> {b} ({why})"))
+                        .collect();
+                    edges.join("\n  ")
+                })
+                .collect();
+            assert!(
+                cycles.is_empty(),
+                "{krate}/src has import cycles:\n  {}",
+                cycles.join("\n\n  ")
+            );
+        }
     }
 
     #[test]
