@@ -509,12 +509,31 @@ impl Agent {
         ok
     }
 
+    /// Wait for the agent to exit on its own (a signal the test sent), then check its output
+    /// as [`Agent::stop`] does; past `timeout` it is killed and this is false. No SIGTERM of
+    /// the harness's races the test's own signal.
+    pub fn exited(&mut self, timeout: Duration) -> bool {
+        let ok = self.reap(timeout);
+        if !std::thread::panicking() {
+            assert_schema_valid(&self.out);
+        }
+        ok
+    }
+
     /// [`Agent::stop`] without the schema check.
     fn halt(&mut self, timeout: Duration) -> bool {
         if self.stopped {
             return true;
         }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.reap(timeout)
+    }
+
+    /// Wait up to `timeout` for the agent to exit (then kill it): did it exit 0?
+    fn reap(&mut self, timeout: Duration) -> bool {
+        if self.stopped {
+            return true;
+        }
         let end = Instant::now() + timeout;
         let ok = loop {
             match self.child.try_wait() {

@@ -222,7 +222,12 @@ fn nothing_in_flight_at_sigint_is_lost() {
          os.kill({pid}, signal.SIGINT)",
         dir.to_str().unwrap()
     ));
-    assert!(a.stop(Duration::from_secs(60)), "the agent did not exit 0");
+    // Not `stop`: its SIGTERM, pending beside our SIGINT on a loaded machine, could be
+    // the one the agent's loop takes first.
+    assert!(
+        a.exited(Duration::from_secs(60)),
+        "the agent did not exit 0"
+    );
     let recs = a.records();
     let stopped = recs
         .iter()

@@ -678,7 +678,7 @@ mod tests {
     #[test]
     fn this_workspace_imports_one_way() {
         for krate in CRATES {
-            let src = crate::workspace().join(krate).join("src");
+            let src = workspace().join(krate).join("src");
             let files = read_tree(&src).expect("read the tree");
             let g = Graph::build(&files, "lib.rs").expect("build the graph");
             let cycles: Vec<String> = g
@@ -687,7 +687,6 @@ mod tests {
                 .map(|c| {
                     let edges: Vec<String> = g
                         .edges_within(c)
-                        .into_iter()
                         .map(|(a, b, why)| format!("{a} -> {b} ({why})"))
                         .collect();
                     edges.join("\n  ")

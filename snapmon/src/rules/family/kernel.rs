@@ -161,7 +161,9 @@ fn k005(ctx: &mut Ctx) -> Option<Hit> {
     if !backing {
         return None;
     }
-    let dev = ev.detail_value(DetailKey::LoopDevice).unwrap_or("a loop device");
+    let dev = ev
+        .detail_value(DetailKey::LoopDevice)
+        .unwrap_or("a loop device");
     Some(Hit::msg(format!(
         "{} attached {} to {dev} ({})",
         actor(ev),

@@ -386,7 +386,7 @@ fn bench_policy(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// The embedded default policy, written to `p`, with `exe` in the `qemu` actor group.
 fn trusted_policy(p: &Path, exe: &Path) -> anyhow::Result<PathBuf> {
-    const DEFAULT: &str = include_str!("../../snapmon/default-policy.toml");
+    const DEFAULT: &str = include_str!("../../../snapmon/default-policy.toml");
     let anchor = "\"/usr/bin/qemu-img\",";
     if !DEFAULT.contains(anchor) {
         bail!("default policy has no qemu-img entry to add a trusted writer next to");

@@ -30,8 +30,14 @@ use lineage::Lineage;
 pub fn response_details(x: &snapmon_common::RespondEvent) -> Vec<(DetailKey, String)> {
     let mut d = vec![
         (DetailKey::Responder, "kernel".to_string()),
-        (DetailKey::Operation, crate::actions::class_name(x.class).to_string()),
-        (DetailKey::Signal, crate::actions::signal_name(x.signal).to_string()),
+        (
+            DetailKey::Operation,
+            crate::actions::class_name(x.class).to_string(),
+        ),
+        (
+            DetailKey::Signal,
+            crate::actions::signal_name(x.signal).to_string(),
+        ),
         (
             DetailKey::Outcome,
             match (x.signal, x.ret) {
