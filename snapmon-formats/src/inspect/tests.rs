@@ -329,14 +329,19 @@ fn a_fifo_or_symlink_named_like_an_image_is_reported_not_opened() {
     let top = image_with_snapshots(&d, "top.qcow2", &[]);
     std::fs::remove_file(&top).unwrap();
     let s = top.to_str().unwrap();
-    let ok = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b"])
-        .arg(&fifo)
-        .arg(s)
-        .arg("16M")
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-F",
+        "raw",
+        "-b",
+        fifo.to_str().unwrap(),
+        s,
+        "16M",
+    ]);
     let r = within_10s(move || inspect_image(&top));
     assert_eq!(r.backing_chain.len(), 1, "{r}");
     assert_eq!(r.backing_chain[0].format, "other", "{r}");

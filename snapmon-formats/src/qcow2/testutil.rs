@@ -7,10 +7,16 @@ use std::process::Command;
 use super::*;
 pub use crate::testutil::TmpDir;
 
+/// `tool ARGS` as it ran, whatever its exit status; a missing tool fails the test saying which
+/// package these tests need.
+pub fn tool_output(tool: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tool).args(args).output().unwrap_or_else(|e| {
+        panic!("`{tool}` is required by these tests (apt-get install qemu-utils) but could not run: {e}")
+    })
+}
+
 fn run(tool: &str, args: &[&str]) -> String {
-    let out = Command::new(tool).args(args).output().unwrap_or_else(|e| {
-            panic!("`{tool}` is required by these tests (apt-get install qemu-utils) but could not run: {e}")
-        });
+    let out = tool_output(tool, args);
     assert!(
         out.status.success(),
         "{tool} {args:?} failed: {}",

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::*;
-use crate::classify::qcow2::testutil::{patch, qemu_img, qemu_io, TmpDir};
+use crate::classify::qcow2::testutil::{patch, qemu_img, qemu_io, tool_output, TmpDir};
 
 const PATTERNS: [(&str, u8); 3] = [("s1", 0x11), ("s2", 0x22), ("s3", 0x33)];
 
@@ -31,7 +31,7 @@ fn header(p: &Path) -> (u32, u64) {
 }
 
 fn out(p: &Path, tool: &str, args: &[&str]) -> (bool, String) {
-    let o = Command::new(tool).args(args).arg(p).output().unwrap();
+    let o = tool_output(tool, &[args, &[p.to_str().unwrap()]].concat());
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
@@ -155,11 +155,7 @@ fn the_log_restores_the_table_after_the_pointer_was_overwritten_too() {
 }
 
 fn repair_leaks(p: &Path) {
-    let o = Command::new("qemu-img")
-        .args(["check", "-r", "leaks"])
-        .arg(p)
-        .output()
-        .unwrap();
+    let o = tool_output("qemu-img", &["check", "-r", "leaks", p.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("Repairing"),
         "{o:?}"
