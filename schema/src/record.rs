@@ -33,28 +33,8 @@ impl Kind {
     }
 }
 
-/// `snapmon.severity`, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-}
+/// `snapmon.severity`, in order: the agent's own ladder.
+pub use snapmon_formats::Severity;
 
 /// One ECS record.
 #[derive(Debug, Clone, Deserialize)]
