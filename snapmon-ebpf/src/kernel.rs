@@ -58,6 +58,10 @@ pub unsafe fn rk<T>(base: *const u8, off: usize) -> Option<T> {
 /// 8-byte aligned and within 32 bytes (the fdtable and inode fields on the hot path, where
 /// each `bpf_probe_read_kernel` is a large share of the per-syscall cost), else two.
 #[inline(always)]
+#[allow(
+    clippy::manual_is_multiple_of,
+    reason = "is_multiple_of's zero check changes the BPF code of every hot-path caller"
+)]
 pub unsafe fn rk2(base: *const u8, a: usize, b: usize) -> Option<(u64, u64)> {
     if base.is_null() {
         return None;

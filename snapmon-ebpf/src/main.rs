@@ -8,6 +8,10 @@
 #![feature(core_intrinsics)]
 #![feature(asm_experimental_arch)]
 #![allow(internal_features, reason = "core_intrinsics for the BPF target")]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya's maps take `impl Borrow<K>`: a key passed by reference stays the stack slot the helper is given"
+)]
 
 mod compat;
 mod emit;

@@ -140,7 +140,7 @@ unsafe fn emit_write_from(w: &Watched, r: WriteRec, backend: u32) {
     ev.len = len;
     ev.aux = aux;
     ev.data_len = copy_user::<DATA_LEN>(&mut ev.data, sample, sample_len);
-    output_watched(ev, ev.hdr.uid, &w);
+    output_watched(ev, ev.hdr.uid, w);
 }
 
 /// In-kernel filter: is this a write by a trusted writer of the file's format that stays

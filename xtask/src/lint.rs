@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
@@ -46,7 +47,7 @@ pub fn lint(clippy: bool, verbose: bool) -> anyhow::Result<()> {
         Ok(())
     } else {
         // The eBPF crate is no_std for the BPF target: its host test harness cannot link
-        // (`cargo xtask test` leaves it out for the same reason).
+        // (`cargo xtask test` leaves it out for the same reason), so it is linted apart.
         println!("== cargo clippy --workspace --exclude snapmon-ebpf --all-targets -- -D warnings");
         check(cargo().args([
             "clippy",
@@ -58,6 +59,30 @@ pub fn lint(clippy: bool, verbose: bool) -> anyhow::Result<()> {
             "-D",
             "warnings",
         ]))
+        .and_then(|()| {
+            // As snapmon/build.rs compiles it: nightly, on the BPF target, with core built.
+            let args = [
+                "clippy",
+                "-p",
+                "snapmon-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ];
+            println!("== cargo +nightly {}", args.join(" "));
+            check(
+                Command::new("rustup")
+                    .current_dir(workspace())
+                    .args(["run", "nightly", "cargo"])
+                    .args(args)
+                    .env_remove("RUSTC")
+                    .env_remove("RUSTC_WRAPPER"),
+            )
+        })
     };
     if cycles > 0 {
         bail!("{cycles} import cycles");
