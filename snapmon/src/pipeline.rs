@@ -93,7 +93,7 @@ impl Pipeline {
         };
         self.stats.decoded += 1;
         // Under a flood of names the gone ones are withdrawn as we go, not only when idle.
-        self.enricher.watch.settle(Instant::now(), maps);
+        self.enricher.settle(Instant::now(), maps);
         let Some(mut ev) = self.enricher.enrich(&raw, maps) else {
             return Vec::new();
         };
@@ -232,7 +232,7 @@ impl Pipeline {
     /// Work that is due without an event to carry it: held events whose syscall landed
     /// or ran out of time, and files looked at again (shared mappings, late fills).
     pub fn poll(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<Record> {
-        self.enricher.watch.settle(now, maps);
+        self.enricher.settle(now, maps);
         let mut out = self.complete_held(now, None, maps);
         let due = self.classifier.rechecks_due(now);
         // A recheck that went unread makes no record; the stall is counted in `reads`.

@@ -156,6 +156,12 @@ pub const ORDINARY_LIMIT: usize = snapmon_common::ORDINARY_LIMIT as usize;
 /// A gone name's identity is withdrawn from the kernel once its syscall has landed (the
 /// hooks report at syscall entry; an unlink refused by the sticky bit must not unwatch).
 const LAND: Duration = Duration::from_millis(50);
+/// A name a namespace record announced (at syscall entry) that is not there yet is looked at
+/// again this often until it is, for at most `NEW_WAIT` (then its syscall failed).
+const NEW_RETRY: Duration = Duration::from_millis(2);
+const NEW_WAIT: Duration = Duration::from_secs(1);
+/// Names awaited at once; past it the oldest is given up (a flood of failing mkdirs).
+const MAX_LANDING: usize = 256;
 
 /// While the map is in reserve, names are re-checked on disk this many at a time, this
 /// often: unlinks whose events the ring buffer dropped still free their entries.
@@ -248,6 +254,9 @@ pub struct WatchSet {
     pub precious: Precious,
     /// Identities whose last name went, with that name: withdrawn once the syscall landed.
     gone: VecDeque<(Instant, FileKey, PathBuf)>,
+    /// Names announced before their syscall made them (mkdir, link, rename target): the
+    /// agent may read the record before the kernel has made the name.
+    landing: VecDeque<(Instant, PathBuf)>,
     loss: WatchLoss,
     warned: bool,
     /// While in reserve: where the audit of names resumes, and when it runs next.
@@ -509,6 +518,34 @@ impl WatchSet {
             self.add_file(p, &md, maps);
         }
         Some(key_for(p, &md))
+    }
+
+    /// [`WatchSet::observe_new_path`] for a name a syscall is making: the hooks report at
+    /// entry, so a name not there yet is looked at again as the syscall lands
+    /// ([`WatchSet::settle`]). Without this a directory made while the agent ran could stay
+    /// unwatched for good: relative and LSM-seen changes inside it went unreported.
+    pub fn observe_landing(&mut self, p: &Path, maps: &mut dyn WatchMaps) -> Option<FileKey> {
+        let k = self.observe_new_path(p, maps);
+        if k.is_none() && self.covers(p) && !self.landing.iter().any(|(_, q)| q == p) {
+            if self.landing.len() >= MAX_LANDING {
+                self.landing.pop_front();
+            }
+            self.landing.push_back((Instant::now(), p.to_path_buf()));
+        }
+        k
+    }
+
+    /// Awaited names that are there now: watched, and returned (overlays alias them).
+    fn land_new(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<(FileKey, PathBuf)> {
+        let mut made = Vec::new();
+        for (t, p) in std::mem::take(&mut self.landing) {
+            match self.observe_new_path(&p, maps) {
+                Some(k) => made.push((k, p)),
+                None if now < t + NEW_WAIT => self.landing.push_back((t, p)),
+                None => {}
+            }
+        }
+        made
     }
 
     pub fn path_of(&self, key: &FileKey) -> Option<&PathBuf> {
@@ -774,10 +811,8 @@ impl WatchSet {
     /// When the next gone name is due to be judged.
     pub fn next_settle(&self) -> Option<Instant> {
         let gone = self.gone.front().map(|(t, _, _)| *t + LAND);
-        match (gone, self.audit_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let landing = (!self.landing.is_empty()).then(|| Instant::now() + NEW_RETRY);
+        [gone, self.audit_at, landing].into_iter().flatten().min()
     }
 
     /// One batch of the audit: names that no longer name their identity on disk are
@@ -808,7 +843,13 @@ impl WatchSet {
 
     /// Judge gone names whose syscall landed: an identity still at its old name (the
     /// unlink or rename failed) gets it back; one without a name leaves the kernel's map.
-    pub fn settle(&mut self, now: Instant, maps: &mut dyn WatchMaps) {
+    /// Returns the awaited names that are made now, watched.
+    pub fn settle(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<(FileKey, PathBuf)> {
+        let made = if self.landing.is_empty() {
+            Vec::new()
+        } else {
+            self.land_new(now, maps)
+        };
         self.audit(now, maps);
         while let Some((t, _, _)) = self.gone.front() {
             if now < *t + LAND {
@@ -826,6 +867,7 @@ impl WatchSet {
                 self.unwatch(k, maps);
             }
         }
+        made
     }
 }
 
@@ -839,6 +881,47 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// The hooks report a mkdir at syscall entry: the agent can read the record before the
+    /// kernel made the directory (seen in a 6.1 guest, where relative renames inside such a
+    /// directory then went unseen for good). The name is looked at again as it lands.
+    #[test]
+    fn a_directory_announced_before_it_exists_is_watched_once_made() {
+        let d = tmpdir("landing");
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d, &mut maps).unwrap();
+        let sub = d.join("sub");
+        assert_eq!(ws.observe_landing(&sub, &mut maps), None);
+        let before = ws.next_settle().expect("a retry is due");
+        assert!(before <= Instant::now() + NEW_RETRY);
+        // Not made yet: still awaited.
+        assert!(ws.settle(Instant::now(), &mut maps).is_empty());
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("x.qcow2"), b"x").unwrap();
+        let made = ws.settle(Instant::now(), &mut maps);
+        let k = key_of(&std::fs::metadata(&sub).unwrap());
+        assert_eq!(made, vec![(k, sub.clone())]);
+        assert!(maps.dirs.contains_key(&k), "the kernel's dir map has it");
+        let f = key_of(&std::fs::metadata(sub.join("x.qcow2")).unwrap());
+        assert!(maps.files.contains(&f), "and what was made in it");
+        assert!(ws.settle(Instant::now(), &mut maps).is_empty());
+        // A name never made (the syscall failed) is given up after NEW_WAIT.
+        let never = d.join("never");
+        assert_eq!(ws.observe_landing(&never, &mut maps), None);
+        assert!(ws.settle(Instant::now() + NEW_WAIT, &mut maps).is_empty());
+        assert!(ws.landing.is_empty());
+        assert!(ws
+            .next_settle()
+            .is_none_or(|t| t > Instant::now() + NEW_RETRY));
+        // Outside every root: never awaited.
+        assert_eq!(
+            ws.observe_landing(Path::new("/elsewhere/x"), &mut maps),
+            None
+        );
+        assert!(ws.landing.is_empty());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

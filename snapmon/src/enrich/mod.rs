@@ -387,6 +387,14 @@ impl Enricher {
         }
     }
 
+    /// The watch set's due work ([`WatchSet::settle`]); names made since their record was
+    /// read are aliased through the overlays over them, as at once they would have been.
+    pub fn settle(&mut self, now: std::time::Instant, maps: &mut dyn WatchMaps) {
+        for (k, p) in self.watch.settle(now, maps) {
+            self.overlays.appeared(k, &p, &mut self.watch, maps);
+        }
+    }
+
     /// Bring the overlay aliases in line with the mount table `text` (mountinfo).
     pub fn rescan_overlays(
         &mut self,
@@ -921,7 +929,7 @@ impl Enricher {
                         self.watch.renamed(a, b);
                     }
                     if let Some(b) = w2 {
-                        if let Some(k) = self.watch.observe_new_path(b, maps) {
+                        if let Some(k) = self.watch.observe_landing(b, maps) {
                             self.overlays.appeared(k, b, &mut self.watch, maps);
                         }
                     }
@@ -937,7 +945,7 @@ impl Enricher {
                     if let Some(p) = new {
                         // In a store that is an overlay's upper dir: aliased too (a directory
                         // made through the view is watched there from now on).
-                        if let Some(k) = self.watch.observe_new_path(p, maps) {
+                        if let Some(k) = self.watch.observe_landing(p, maps) {
                             self.overlays.appeared(k, p, &mut self.watch, maps);
                         }
                     }
