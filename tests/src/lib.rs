@@ -232,6 +232,22 @@ impl Agent {
                 d.display()
             );
         }
+        // The hook reports the mkdir at entry: the agent may read it before the kernel made
+        // the directory, and then watches it as the name lands, at the latest while it
+        // handles a later record. This file is made after the mkdir returned, so once its
+        // record is out, `d` is watched (relative and LSM-seen changes in it reported).
+        let sync = self.root.join(format!(".made-{name}"));
+        let mark = self.mark();
+        std::fs::write(&sync, b"").unwrap_or_else(|e| panic!("{}: {e}", sync.display()));
+        if self
+            .wait_from(mark, within, |v| records_create(v, &sync, me))
+            .is_none()
+        {
+            panic!(
+                "the agent recorded no create of {} by pid {me} within {within:?}",
+                sync.display()
+            );
+        }
         d
     }
 
@@ -391,6 +407,18 @@ impl Agent {
 
 /// Is `v` the agent's record of `pid` making directory `d` (ECS, or OCSF File System
 /// Activity: Create of a folder)?
+/// Is `v` the agent's record of `pid` creating the file `f` (ECS, or OCSF file create)?
+fn records_create(v: &Value, f: &Path, pid: u32) -> bool {
+    let Some(f) = f.to_str() else { return false };
+    let (what, actor) = if v.get("class_uid").is_some() {
+        let file = v["class_uid"] == 1001 && v["activity_id"] == 1 && v["file"]["type_id"] == 1;
+        (file, &v["actor"]["process"]["pid"])
+    } else {
+        (v["event"]["action"] == "create", &v["process"]["pid"])
+    };
+    what && v["file"]["path"] == f && *actor == pid
+}
+
 fn records_mkdir(v: &Value, d: &Path, pid: u32) -> bool {
     let Some(d) = d.to_str() else { return false };
     let (what, actor) = if v.get("class_uid").is_some() {
