@@ -1064,6 +1064,7 @@ const _: () = {
 
 #[cfg(test)]
 mod ino_slot_tests {
+    extern crate std;
     use super::*;
 
     /// Filesystems hand out inode numbers in runs: a run of 64 Ki never shares a slot, so
@@ -1071,7 +1072,7 @@ mod ino_slot_tests {
     #[test]
     fn a_run_of_inode_numbers_fills_distinct_slots() {
         for base in [0u64, 1 << 20, 0x1234_5678_0000, u64::MAX - 0xffff] {
-            let mut seen = [false; INO_SLOTS as usize];
+            let mut seen = std::vec![false; INO_SLOTS as usize];
             for ino in base..=base + 0xffff {
                 let s = ino_slot(ino);
                 assert!(s < INO_SLOTS);

@@ -389,7 +389,7 @@ impl Agent {
         }
         let waited = start.elapsed();
         let late = (!e.grace.is_zero()).then(|| match self.find(&e, e.grace) {
-            Some(_) => format!("it came {:?} later", start.elapsed() - waited),
+            Some(_) => format!("it came {:?} later", start.elapsed().saturating_sub(waited)),
             None => format!("nor {:?} later", e.grace),
         });
         let near: Vec<Value> = self

@@ -275,12 +275,11 @@ fn every_record_reaches_rsyslog_and_syslog_ng_over_udp_tcp_and_unix_as_valid_jso
     let copy = |input: &str| -> (usize, Value) {
         rs_text
             .lines()
-            .filter_map(|l| {
+            .find_map(|l| {
                 let msg = l.strip_prefix(&format!("{input} "))?;
                 let v: Value = serde_json::from_str(msg.trim()).ok()?;
                 (v["event"]["id"] == big_id).then_some((l.len(), v))
             })
-            .next()
             .unwrap_or_else(|| panic!("{big_id} not received on {input}"))
     };
     let (udp_len, v) = copy("imudp");

@@ -85,7 +85,7 @@ pub fn parse_label(device_bytes: &[u8]) -> Result<PvLabel> {
                 let end = (off + SECTOR_SIZE).min(device_bytes.len());
                 return parse_label_sector(&device_bytes[off..end], sector as u64);
             }
-            Some(_) => continue,
+            Some(_) => {}
             None => break,
         }
     }

@@ -199,10 +199,9 @@ pub fn bounded<T: Send + 'static>(
         }
         p.idle.pop()
     };
-    let worker = match worker.map_or_else(spawn_worker, Ok) {
-        Ok(w) => w,
-        // No thread to be had: read inline rather than not at all (the old behaviour).
-        Err(_) => return Ok(f()),
+    // No thread to be had: read inline rather than not at all (the old behaviour).
+    let Ok(worker) = worker.map_or_else(spawn_worker, Ok) else {
+        return Ok(f());
     };
     STARTED.fetch_add(1, Relaxed);
     let state = Arc::new(Mutex::new(JobState::Running));

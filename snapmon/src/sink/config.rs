@@ -565,7 +565,7 @@ impl SinkConfig {
         // The spec already names the sink: the message, not `sink NAME:` again.
         c.validate().map_err(|e| match e {
             ConfigError::Invalid { msg, .. } => err(msg),
-            e => err(e.to_string()),
+            e @ ConfigError::Spec { .. } => err(e.to_string()),
         })?;
         Ok(c)
     }

@@ -429,7 +429,7 @@ fn the_old_shapes_fail_validation() {
 
 /// Writes every record's ECS line to $SNAPMON_DUMP (for reviewing the custom field set).
 #[test]
-#[ignore]
+#[ignore = "a tool, not a check: writes every ECS line to $SNAPMON_DUMP"]
 fn dump_ecs_lines() {
     let mut out = String::new();
     for r in every_record() {
