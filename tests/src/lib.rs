@@ -236,7 +236,8 @@ impl Agent {
         // the directory, and then watches it as the name lands, at the latest while it
         // handles a later record. This file is made after the mkdir returned, so once its
         // record is out, `d` is watched (relative and LSM-seen changes in it reported).
-        let sync = self.root.join(format!(".made-{name}"));
+        // Not a dot-file: a hidden file planted in a store is an alert of its own (T1564).
+        let sync = self.root.join(format!("made-{name}"));
         let mark = self.mark();
         std::fs::write(&sync, b"").unwrap_or_else(|e| panic!("{}: {e}", sync.display()));
         if self
@@ -411,8 +412,8 @@ impl Agent {
 fn records_create(v: &Value, f: &Path, pid: u32) -> bool {
     let Some(f) = f.to_str() else { return false };
     let (what, actor) = if v.get("class_uid").is_some() {
-        let file = v["class_uid"] == 1001 && v["activity_id"] == 1 && v["file"]["type_id"] == 1;
-        (file, &v["actor"]["process"]["pid"])
+        let made = v["class_uid"] == 1001 && v["activity_id"] == 1;
+        (made, &v["actor"]["process"]["pid"])
     } else {
         (v["event"]["action"] == "create", &v["process"]["pid"])
     };
