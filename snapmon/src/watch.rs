@@ -159,9 +159,9 @@ const LAND: Duration = Duration::from_millis(50);
 /// A name a namespace record announced (at syscall entry) that is not there yet is looked at
 /// again this often until it is, for at most `NEW_WAIT` (then its syscall failed).
 const NEW_RETRY: Duration = Duration::from_millis(2);
-const NEW_WAIT: Duration = Duration::from_secs(1);
+const NEW_WAIT: Duration = Duration::from_millis(250);
 /// Names awaited at once; past it the oldest is given up (a flood of failing mkdirs).
-const MAX_LANDING: usize = 256;
+const MAX_LANDING: usize = 64;
 
 /// While the map is in reserve, names are re-checked on disk this many at a time, this
 /// often: unlinks whose events the ring buffer dropped still free their entries.
@@ -257,6 +257,8 @@ pub struct WatchSet {
     /// Names announced before their syscall made them (mkdir, link, rename target): the
     /// agent may read the record before the kernel has made the name.
     landing: VecDeque<(Instant, PathBuf)>,
+    /// When every awaited name is looked at next; in between only the newest is.
+    landing_at: Option<Instant>,
     loss: WatchLoss,
     warned: bool,
     /// While in reserve: where the audit of names resumes, and when it runs next.
@@ -536,9 +538,17 @@ impl WatchSet {
     }
 
     /// Awaited names that are there now: watched, and returned (overlays alias them).
+    /// This runs before each record is handled, so its cost is bounded: all names every
+    /// `NEW_RETRY`, else only the newest, whose syscall the record in hand most likely
+    /// follows (a later syscall of the thread that made it).
     fn land_new(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<(FileKey, PathBuf)> {
+        let all = self.landing_at.is_none_or(|t| now >= t);
+        let from = if all { 0 } else { self.landing.len() - 1 };
+        if all {
+            self.landing_at = Some(now + NEW_RETRY);
+        }
         let mut made = Vec::new();
-        for (t, p) in std::mem::take(&mut self.landing) {
+        for (t, p) in self.landing.split_off(from) {
             match self.observe_new_path(&p, maps) {
                 Some(k) => made.push((k, p)),
                 None if now < t + NEW_WAIT => self.landing.push_back((t, p)),
@@ -811,7 +821,10 @@ impl WatchSet {
     /// When the next gone name is due to be judged.
     pub fn next_settle(&self) -> Option<Instant> {
         let gone = self.gone.front().map(|(t, _, _)| *t + LAND);
-        let landing = (!self.landing.is_empty()).then(|| Instant::now() + NEW_RETRY);
+        let landing = (!self.landing.is_empty()).then(|| {
+            self.landing_at
+                .unwrap_or_else(|| Instant::now() + NEW_RETRY)
+        });
         [gone, self.audit_at, landing].into_iter().flatten().min()
     }
 
@@ -921,6 +934,25 @@ mod tests {
             None
         );
         assert!(ws.landing.is_empty());
+        // The cost before each record is bounded: between full passes only the newest
+        // awaited name is looked at.
+        let mut ws = WatchSet::default();
+        ws.add_root(&d, &mut maps).unwrap();
+        let (a, b) = (d.join("a"), d.join("b"));
+        ws.observe_landing(&a, &mut maps);
+        ws.observe_landing(&b, &mut maps);
+        let t0 = Instant::now();
+        assert!(
+            ws.settle(t0, &mut maps).is_empty(),
+            "a full pass, nothing made"
+        );
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        let made = |v: Vec<(FileKey, PathBuf)>| v.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
+        let between = made(ws.settle(t0 + NEW_RETRY / 2, &mut maps));
+        assert_eq!(between, vec![b.clone()], "only the newest between passes");
+        let next = made(ws.settle(t0 + NEW_RETRY, &mut maps));
+        assert_eq!(next, vec![a.clone()], "every name at the next full pass");
         let _ = std::fs::remove_dir_all(&d);
     }
 
