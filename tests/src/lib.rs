@@ -224,7 +224,7 @@ impl Agent {
         let me = std::process::id();
         let within = Duration::from_secs(60);
         if self
-            .wait_from(mark, within, |v| records_mkdir(v, &d, me))
+            .wait_from(mark, within, |v| records_made(v, &d, me, Made::Dir))
             .is_none()
         {
             panic!(
@@ -241,7 +241,7 @@ impl Agent {
         let mark = self.mark();
         std::fs::write(&sync, b"").unwrap_or_else(|e| panic!("{}: {e}", sync.display()));
         if self
-            .wait_from(mark, within, |v| records_create(v, &sync, me))
+            .wait_from(mark, within, |v| records_made(v, &sync, me, Made::File))
             .is_none()
         {
             panic!(
@@ -406,29 +406,29 @@ impl Agent {
     }
 }
 
-/// Is `v` the agent's record of `pid` making directory `d` (ECS, or OCSF File System
-/// Activity: Create of a folder)?
-/// Is `v` the agent's record of `pid` creating the file `f` (ECS, or OCSF file create)?
-fn records_create(v: &Value, f: &Path, pid: u32) -> bool {
-    let Some(f) = f.to_str() else { return false };
-    let (what, actor) = if v.get("class_uid").is_some() {
-        let made = v["class_uid"] == 1001 && v["activity_id"] == 1;
-        (made, &v["actor"]["process"]["pid"])
-    } else {
-        (v["event"]["action"] == "create", &v["process"]["pid"])
-    };
-    what && v["file"]["path"] == f && *actor == pid
+/// What [`records_made`] looks for.
+#[derive(Clone, Copy, PartialEq)]
+enum Made {
+    Dir,
+    File,
 }
 
-fn records_mkdir(v: &Value, d: &Path, pid: u32) -> bool {
-    let Some(d) = d.to_str() else { return false };
-    let (what, actor) = if v.get("class_uid").is_some() {
-        let folder = v["class_uid"] == 1001 && v["activity_id"] == 1 && v["file"]["type_id"] == 2;
-        (folder, &v["actor"]["process"]["pid"])
-    } else {
-        (v["event"]["action"] == "mkdir", &v["process"]["pid"])
+/// Is `v` the agent's record of `pid` making `path` (ECS `mkdir`/`create`, or OCSF File
+/// System Activity: Create, of a folder for a directory)?
+fn records_made(v: &Value, path: &Path, pid: u32, made: Made) -> bool {
+    let Some(path) = path.to_str() else {
+        return false;
     };
-    what && v["file"]["path"] == d && *actor == pid
+    let (what, actor) = if v.get("class_uid").is_some() {
+        let create = v["class_uid"] == 1001 && v["activity_id"] == 1;
+        // An OCSF create need not carry a file type: only a folder's is checked.
+        let kind = made == Made::File || v["file"]["type_id"] == 2;
+        (create && kind, &v["actor"]["process"]["pid"])
+    } else {
+        let action = if made == Made::Dir { "mkdir" } else { "create" };
+        (v["event"]["action"] == action, &v["process"]["pid"])
+    };
+    what && v["file"]["path"] == path && *actor == pid
 }
 
 /// The `started` summary in ECS, or OCSF's Application Lifecycle: Start (`--schema ocsf`).
