@@ -17,12 +17,16 @@ use crate::{cargo, check, workspace};
 /// The agent and the format parsers it builds on: each crate's modules import one way.
 const CRATES: [&str; 2] = ["snapmon", "snapmon-formats"];
 
+/// The file-level import graph of `krate/src`.
+fn crate_graph(krate: &str) -> anyhow::Result<Graph> {
+    let files = read_tree(&workspace().join(krate).join("src"))?;
+    Graph::build(&files, "lib.rs")
+}
+
 pub fn lint(clippy: bool, verbose: bool) -> anyhow::Result<()> {
     let mut cycles = 0;
     for krate in CRATES {
-        let src = workspace().join(krate).join("src");
-        let files = read_tree(&src)?;
-        let graph = Graph::build(&files, "lib.rs")?;
+        let graph = crate_graph(krate)?;
         let found = graph.cycles();
         for c in &found {
             println!("import cycle ({} files):", c.len());
@@ -703,9 +707,7 @@ mod tests {
     #[test]
     fn this_workspace_imports_one_way() {
         for krate in CRATES {
-            let src = workspace().join(krate).join("src");
-            let files = read_tree(&src).expect("read the tree");
-            let g = Graph::build(&files, "lib.rs").expect("build the graph");
+            let g = crate_graph(krate).expect("the crate's import graph");
             let cycles: Vec<String> = g
                 .cycles()
                 .iter()
