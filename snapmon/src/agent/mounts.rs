@@ -54,10 +54,12 @@ pub(super) fn rescan_overlays(pipe: &mut Pipeline, k: &mut Kernel) {
     };
     let r = pipe.enricher.rescan_overlays(&text, &mut KernelMaps::of(k));
     pipe.classifier.preload(r.found.iter().map(|(k, p)| (k, p)));
-    for (_, p) in &r.found {
+    // One line, not one per file: a store can hold many files the watch set never named.
+    if let Some((_, first)) = r.found.first() {
         eprintln!(
-            "snapmon: {} was made through an overlay's merged view before its mount was seen: watched from now",
-            p.display()
+            "snapmon: {} file(s) made through an overlay's merged view before its mount was seen (first {}): watched from now",
+            r.found.len(),
+            first.display()
         );
     }
     for (mp, upper, n) in &r.added {
