@@ -305,3 +305,45 @@ pub fn read_from(path: &Path, from: u64) -> anyhow::Result<String> {
     f.read_to_string(&mut s)?;
     Ok(s)
 }
+
+/// `snapmon run` arguments for the raw `sys_enter` syscall hook.
+pub const RAW_HOOK_ARGS: [&str; 2] = ["--syscall-hook", "raw"];
+
+/// Whether this agent build takes `--syscall-hook` (named in `snapmon run --help`); the
+/// error says why the raw configs are not measured.
+pub fn raw_hook_support(bin: &Path) -> Result<(), String> {
+    let out = Command::new(bin)
+        .args(["run", "--help"])
+        .output()
+        .map_err(|e| format!("running {} run --help: {e}", bin.display()))?;
+    if help_has_flag(&String::from_utf8_lossy(&out.stdout), RAW_HOOK_ARGS[0]) {
+        Ok(())
+    } else {
+        Err("not available in this build (`snapmon run --help` has no --syscall-hook)".into())
+    }
+}
+
+/// `flag` as an option of its own in clap help text, not as a prefix of a longer one.
+fn help_has_flag(help: &str, flag: &str) -> bool {
+    help.split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == '<')
+        .any(|w| w == flag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_flag_is_matched_whole() {
+        assert!(help_has_flag(
+            "      --syscall-hook <MODE>\n          Which hook",
+            "--syscall-hook"
+        ));
+        assert!(help_has_flag("  --syscall-hook=<MODE>", "--syscall-hook"));
+        assert!(!help_has_flag(
+            "      --syscall-hooks-off\n  --no-compat-syscalls",
+            "--syscall-hook"
+        ));
+        assert!(!help_has_flag("uses the syscall hook", "--syscall-hook"));
+    }
+}

@@ -21,6 +21,7 @@ pub const CONFIGS: &[&str] = &[
     "floor",
     "floor-raw",
     "snapmon",
+    "snapmon-raw",
     "snapmon-probe",
     "snapmon+stats",
 ];
@@ -48,6 +49,11 @@ pub const LEGEND: &[(&str, &str)] = &[
         "snapmon",
         "the agent, default policy with the loop's executable as a trusted `qemu` writer; \
          `watched` is the preallocated qcow2 in a watched store, written in its data clusters",
+    ),
+    (
+        "snapmon-raw",
+        "the same agent started with `--syscall-hook raw`: its syscall hooks as one program on \
+         raw `sys_enter` that picks the syscalls by number (only where the build has the flag)",
     ),
     (
         "snapmon-probe",
@@ -172,7 +178,10 @@ pub fn worker(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// N/4 untimed warm-up calls, then the thread CPU ns per call over N timed ones.
-fn time_calls(n: u64, mut call: impl FnMut(u64) -> std::io::Result<()>) -> anyhow::Result<f64> {
+pub(super) fn time_calls(
+    n: u64,
+    mut call: impl FnMut(u64) -> std::io::Result<()>,
+) -> anyhow::Result<f64> {
     for i in 0..n / 4 {
         call(i)?;
     }
@@ -183,7 +192,7 @@ fn time_calls(n: u64, mut call: impl FnMut(u64) -> std::io::Result<()>) -> anyho
     Ok((thread_cpu_ns() - t0) as f64 / n.max(1) as f64)
 }
 
-fn run_loop(loopgen: &Path, file: &Path, n: u64) -> anyhow::Result<f64> {
+pub(super) fn run_loop(loopgen: &Path, file: &Path, n: u64) -> anyhow::Result<f64> {
     let out = Command::new(loopgen)
         .args(["bench", "--hookloop"])
         .arg(file)
@@ -230,6 +239,7 @@ pub fn phase(
     runs: &mut Vec<HookRun>,
     costs: &mut Vec<ProgCost>,
 ) -> anyhow::Result<()> {
+    let raw = agent::raw_hook_support(s.bin);
     for rep in 1..=reps {
         for &config in CONFIGS {
             let mut skip = None;
@@ -245,11 +255,16 @@ pub fn phase(
                 Some(Err(e)) => skip = Some(format!("{e:#}")),
                 None => {}
             }
-            if config.starts_with("snapmon") {
-                let extra: &[&str] = if config == "snapmon+stats" {
-                    &["--hook-stats"]
-                } else {
-                    &[]
+            if config == "snapmon-raw" {
+                if let Err(e) = &raw {
+                    skip = Some(e.clone());
+                }
+            }
+            if config.starts_with("snapmon") && skip.is_none() {
+                let extra: &[&str] = match config {
+                    "snapmon+stats" => &["--hook-stats"],
+                    "snapmon-raw" => &agent::RAW_HOOK_ARGS,
+                    _ => &[],
                 };
                 let env: &[(&str, &str)] = if config == "snapmon-probe" {
                     &[("SNAPMON_FD_WALK", "probe_read")]
@@ -314,9 +329,18 @@ pub struct HookCell {
 }
 
 pub fn cells(runs: &[HookRun]) -> Vec<HookCell> {
+    cells_for(runs, TARGETS, CONFIGS)
+}
+
+/// `cells` over these targets and configs (the syscall-mix phase has its own).
+pub fn cells_for(
+    runs: &[HookRun],
+    targets: &[&'static str],
+    configs: &[&'static str],
+) -> Vec<HookCell> {
     let mut out = Vec::new();
-    for &target in TARGETS {
-        for &config in CONFIGS {
+    for &target in targets {
+        for &config in configs {
             let ok: Vec<(usize, f64)> = runs
                 .iter()
                 .filter(|r| r.target == target && r.config == config)
@@ -350,6 +374,41 @@ pub fn cells(runs: &[HookRun]) -> Vec<HookCell> {
         }
     }
     out
+}
+
+/// Median over repetitions of (`config` − `base`) on `target`, each pair from one
+/// repetition: the cost of `config` over a floor measured beside it, not over one
+/// measured minutes apart.
+pub fn paired_delta(runs: &[HookRun], target: &str, config: &str, base: &str) -> Option<f64> {
+    let ns = |c: &str, rep: usize| {
+        runs.iter()
+            .find(|r| r.target == target && r.config == c && r.rep == rep)
+            .and_then(|r| r.ns_per_write)
+    };
+    super::report::median(
+        runs.iter()
+            .filter(|r| r.target == target && r.config == config)
+            .filter_map(|r| Some(r.ns_per_write? - ns(base, r.rep)?))
+            .collect(),
+    )
+}
+
+/// Why a config has no measurement at all (every run of it failed or was skipped).
+pub fn unmeasured(runs: &[HookRun], configs: &[&'static str]) -> Vec<(&'static str, String)> {
+    configs
+        .iter()
+        .filter(|c| {
+            runs.iter().any(|r| r.config == **c)
+                && runs
+                    .iter()
+                    .filter(|r| r.config == **c)
+                    .all(|r| r.ns_per_write.is_none())
+        })
+        .filter_map(|c| {
+            let e = runs.iter().find(|r| r.config == *c)?.error.clone()?;
+            Some((*c, e))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod fio;
 mod floor;
 mod hook;
 mod load;
+mod mix;
 mod report;
 mod respond;
 mod shutdown;
@@ -75,6 +76,16 @@ pub struct Args {
     /// Timed 4 KiB pwrites per hook-cost run.
     #[arg(long, default_value_t = 300_000)]
     pub hook_writes: u64,
+    /// Skip the VM-host syscall-mix phase (QEMU-like ppoll/read/ioctl/io_uring_enter
+    /// traffic beside the writes, under each hook mode).
+    #[arg(long)]
+    pub skip_mix: bool,
+    /// Interleaved repetitions of the syscall-mix phase.
+    #[arg(long, default_value_t = 10)]
+    pub mix_reps: usize,
+    /// Timed iterations per syscall-mix run (13 syscalls each).
+    #[arg(long, default_value_t = 40_000)]
+    pub mix_iters: u64,
     /// Skip the circuit-breaker phase (syscall-to-signal latency of `--respond kill`).
     #[arg(long)]
     pub skip_respond: bool,
@@ -108,6 +119,10 @@ pub struct Args {
     #[arg(long, hide = true, num_args = 2)]
     #[serde(skip)]
     pub hookloop: Option<Vec<String>>,
+    /// Internal: be one syscall-mix loop (UNWATCHED WATCHED N).
+    #[arg(long, hide = true, num_args = 3)]
+    #[serde(skip)]
+    pub mixloop: Option<Vec<String>>,
     /// Internal: be the circuit-breaker worker (IMAGE N).
     #[arg(long, hide = true, num_args = 2)]
     #[serde(skip)]
@@ -120,6 +135,8 @@ pub struct Args {
 pub enum Phase {
     Overhead,
     Hook,
+    /// The VM-host syscall mix.
+    Mix,
     Respond,
     /// With its alert-latency steps (unless --skip-alert-latency).
     Capacity,
@@ -132,6 +149,7 @@ impl Args {
         let Some(p) = self.only else { return };
         self.skip_overhead = p != Phase::Overhead;
         self.skip_hook = p != Phase::Hook;
+        self.skip_mix = p != Phase::Mix;
         self.skip_respond = p != Phase::Respond;
         self.skip_capacity = p != Phase::Capacity;
         self.skip_shutdown = p != Phase::Shutdown;
@@ -190,6 +208,9 @@ pub struct Results {
     /// The agent's programs that ran per write in the loop, with stats on (last rep).
     pub hook_programs: Vec<hook::ProgCost>,
     pub hook_error: Option<String>,
+    /// The VM-host syscall mix under each hook mode (target "mix", ns per iteration).
+    pub mix: Vec<hook::HookRun>,
+    pub mix_error: Option<String>,
     /// Circuit breaker: untrusted tamperer's syscall to its SIGKILL.
     pub respond: Option<respond::Latency>,
     pub respond_error: Option<String>,
@@ -231,6 +252,9 @@ pub fn main(mut a: Args) -> anyhow::Result<()> {
     }
     if let Some(hl) = &a.hookloop {
         return hook::worker(hl);
+    }
+    if let Some(ml) = &a.mixloop {
+        return mix::worker(ml);
     }
     if let Some(rl) = &a.respondloop {
         return respond::worker(rl);
@@ -288,6 +312,8 @@ pub fn main(mut a: Args) -> anyhow::Result<()> {
         hook: Vec::new(),
         hook_programs: Vec::new(),
         hook_error: None,
+        mix: Vec::new(),
+        mix_error: None,
         respond: None,
         respond_error: None,
         stopped: Vec::new(),
@@ -319,6 +345,12 @@ pub fn main(mut a: Args) -> anyhow::Result<()> {
         if let Err(e) = hook_cost(&a, &bin, &dir, &exe, &mut res) {
             eprintln!("bench: hook-cost phase failed: {e:#}");
             res.hook_error = Some(format!("{e:#}"));
+        }
+    }
+    if !a.skip_mix {
+        if let Err(e) = syscall_mix(&a, &bin, &dir, &exe, &mut res) {
+            eprintln!("bench: syscall-mix phase failed: {e:#}");
+            res.mix_error = Some(format!("{e:#}"));
         }
     }
     if !a.skip_respond {
@@ -424,6 +456,32 @@ fn hook_cost(
         a.hook_writes,
         &mut res.hook,
         &mut res.hook_programs,
+    )
+}
+
+/// The syscall-mix phase on the hook-cost phase's files, the loop's executable trusted.
+fn syscall_mix(
+    a: &Args,
+    bin: &Path,
+    dir: &Path,
+    loopgen: &Path,
+    res: &mut Results,
+) -> anyhow::Result<()> {
+    let f = files(dir)?;
+    let policy = trusted_policy(&dir.join("hook-policy.toml"), loopgen)?;
+    mix::phase(
+        &hook::Setup {
+            bin,
+            policy: &policy,
+            store: &f.store,
+            unwatched: &f.plain,
+            watched: &f.image,
+            loopgen,
+            dir,
+        },
+        a.mix_reps,
+        a.mix_iters,
+        &mut res.mix,
     )
 }
 

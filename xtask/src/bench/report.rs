@@ -206,6 +206,7 @@ pub fn command(a: &Args) -> String {
     for (skip, flag) in [
         (a.skip_overhead, "--skip-overhead"),
         (a.skip_hook, "--skip-hook"),
+        (a.skip_mix, "--skip-mix"),
         (a.skip_respond, "--skip-respond"),
         (a.skip_capacity, "--skip-capacity"),
         (a.skip_alert_latency, "--skip-alert-latency"),
@@ -539,6 +540,200 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
     t
 }
 
+/// Issue #19's hook-cost limits over the do-nothing floor of the same mode, same run
+/// (ns per 4 KiB pwrite), and the getppid cost measured before the issue.
+const UNWATCHED_OVER_FLOOR_NS: f64 = 60.0;
+const WATCHED_OVER_FLOOR_NS: f64 = 150.0;
+const GETPPID_BEFORE_NS: f64 = 52.0;
+const ZERO_LOSS_RATE: u64 = 150_000;
+const CPU_STEP_RATE: u64 = 100_000;
+const CPU_S_PER_100K: f64 = 0.5;
+
+/// Issue #19's targets, each judged from this run alone: hook costs paired per repetition
+/// against the floor measured beside them, capacity from its 150 000/s and 100 000/s steps.
+pub fn issue19_targets(
+    hook: &[super::hook::HookRun],
+    mix: &[super::hook::HookRun],
+    capacity: &[super::load::Step],
+    alert_latency: &[super::load::Step],
+    idle: Option<&Idle>,
+) -> Vec<Target> {
+    use super::hook::paired_delta;
+    let mut t = Vec::new();
+    // Why (config, target) has no delta: the error of one of its runs, if any ran.
+    let missing = |config: &str, target: &str| {
+        hook.iter()
+            .filter(|r| r.config == config && r.target == target)
+            .find_map(|r| r.error.clone())
+            .map(|e| format!("{config}: {e}"))
+            .unwrap_or_else(|| "not measured".into())
+    };
+    for (name, goal, target, config, base, limit) in [
+        (
+            "unwatched 4 KiB pwrite, tracepoint mode",
+            "≤ floor + 60 ns",
+            "unwatched",
+            "snapmon",
+            "floor",
+            UNWATCHED_OVER_FLOOR_NS,
+        ),
+        (
+            "unwatched 4 KiB pwrite, raw mode",
+            "≤ floor-raw + 60 ns",
+            "unwatched",
+            "snapmon-raw",
+            "floor-raw",
+            UNWATCHED_OVER_FLOOR_NS,
+        ),
+        (
+            "trusted 4 KiB pwrite to a watched image (data cluster), tracepoint mode",
+            "≤ floor + 150 ns",
+            "watched",
+            "snapmon",
+            "floor",
+            WATCHED_OVER_FLOOR_NS,
+        ),
+        (
+            "trusted 4 KiB pwrite to a watched image (data cluster), raw mode",
+            "≤ floor-raw + 150 ns",
+            "watched",
+            "snapmon-raw",
+            "floor-raw",
+            WATCHED_OVER_FLOOR_NS,
+        ),
+        (
+            "unhooked syscall (getppid), tracepoint mode",
+            "≤ none + 52 ns (before #19)",
+            "getppid",
+            "snapmon",
+            "none",
+            GETPPID_BEFORE_NS,
+        ),
+        (
+            "unhooked syscall (getppid), raw mode",
+            "≤ none + 52 ns (before #19)",
+            "getppid",
+            "snapmon-raw",
+            "none",
+            GETPPID_BEFORE_NS,
+        ),
+    ] {
+        let d = paired_delta(hook, target, config, base);
+        t.push(Target {
+            name,
+            goal,
+            measured: match d {
+                Some(d) => format!(
+                    "{config} {:+.0} ns over {base} (median of same-repetition pairs)",
+                    d
+                ),
+                None => missing(config, target),
+            },
+            met: d.map(|d| d <= limit),
+        });
+    }
+    let step = |steps: &[super::load::Step], rate: u64| {
+        steps.iter().find(|s| s.target_rate == rate).cloned()
+    };
+    let zl = step(capacity, ZERO_LOSS_RATE);
+    t.push(Target {
+        name: "zero loss at 150 000 relevant events/s",
+        goal: "no record lost (kernel, decoder or sink)",
+        measured: match &zl {
+            Some(s) => format!(
+                "{:.0} written/s, {} of {} delivered, lost {} (+{} in the sink queue)",
+                s.achieved_rate,
+                s.delivered,
+                s.writes,
+                s.lost_kernel + s.lost_decoder,
+                s.lost_sink
+            ),
+            None => "no 150000/s step in this run".into(),
+        },
+        met: zl.map(|s| {
+            s.zero_loss && s.lost_sink == 0 && s.achieved_rate >= 0.99 * ZERO_LOSS_RATE as f64
+        }),
+    });
+    let cpu = step(capacity, CPU_STEP_RATE).and_then(|s| s.cpu_s_per_100k);
+    t.push(Target {
+        name: "agent CPU per 100k records (100 000/s step)",
+        goal: "≤ 0.5 CPU-s per 100 000 records",
+        measured: match cpu {
+            Some(c) => format!("{c:.2} CPU-s per 100 000 delivered records"),
+            None => "no 100000/s step with records in this run".into(),
+        },
+        met: cpu.map(|c| c <= CPU_S_PER_100K),
+    });
+    let lat_steps = if alert_latency.is_empty() {
+        capacity
+    } else {
+        alert_latency
+    };
+    let p99s: Vec<(f64, f64)> = lat_steps
+        .iter()
+        .filter_map(|s| s.latency.as_ref().map(|l| (s.achieved_rate, l.p99_ms)))
+        .collect();
+    let worst = p99s.iter().map(|x| x.1).reduce(f64::max);
+    t.push(Target {
+        name: "p99 alert latency (kept)",
+        goal: "p99 ≤ 10 ms",
+        measured: match worst {
+            Some(w) => format!(
+                "worst p99 {w:.1} ms over {} loss-free step(s) ({})",
+                p99s.len(),
+                p99s.iter()
+                    .map(|(r, p)| format!("{p:.1} ms at {r:.0}/s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "not measured (no loss-free step)".into(),
+        },
+        met: worst.map(|w| w <= 10.0),
+    });
+    t.push(Target {
+        name: "idle RSS (kept)",
+        goal: "≤ 40 MiB",
+        measured: idle
+            .map(|i| format!("{:.1} MiB", i.rss_kib as f64 / 1024.0))
+            .unwrap_or_else(|| "not measured".into()),
+        met: idle.map(|i| i.rss_kib <= 40 * 1024),
+    });
+    let v = super::mix::verdict(mix);
+    t.push(Target {
+        name: "syscall-hook mode on a VM host",
+        goal: "raw the default only where it wins the syscall-mix phase",
+        measured: mix_verdict_text(&v, mix),
+        met: None,
+    });
+    t
+}
+
+/// The mix phase's verdict in words.
+fn mix_verdict_text(v: &super::mix::Verdict, mix: &[super::hook::HookRun]) -> String {
+    use super::mix::Verdict as V;
+    match v {
+        V::RawWins {
+            by_ns,
+            faster_reps,
+            reps,
+        } => format!("raw wins: {by_ns:.0} ns less per mix iteration than tracepoint mode (faster in {faster_reps} of {reps} repetitions)"),
+        V::TracepointWins {
+            by_ns,
+            faster_reps,
+            reps,
+        } => format!("tracepoint mode wins: raw costs {by_ns:.0} ns more per mix iteration (slower in {faster_reps} of {reps} repetitions); keep tracepoints the default"),
+        V::RawNotMeasured => format!(
+            "no verdict: snapmon-raw {}",
+            super::hook::unmeasured(mix, &["snapmon-raw"])
+                .into_iter()
+                .next()
+                .map(|x| x.1)
+                .unwrap_or_else(|| "not measured".into())
+        ),
+        V::TracepointNotMeasured => "no verdict: the syscall-mix phase did not measure snapmon".into(),
+    }
+}
+
 /// Longest an idle agent may take to exit on SIGINT (issue 19, item 5).
 const SHUTDOWN_GOAL_S: f64 = 0.5;
 
@@ -611,10 +806,19 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     let cells = cells(r);
     let targets = targets(r, &cells);
     let hooks = super::hook::cells(&r.hook);
+    let mix = super::hook::cells_for(&r.mix, super::mix::TARGETS, super::mix::CONFIGS);
+    let verdict = super::mix::verdict(&r.mix);
+    let t19 = issue19_targets(
+        &r.hook,
+        &r.mix,
+        &r.capacity,
+        &r.alert_latency,
+        r.idle.as_ref(),
+    );
     let json = serde_json::json!({
         "schema": "snapmon-bench/1",
         "results": r,
-        "summary": {"cells": cells, "hook_cells": hooks, "targets": targets},
+        "summary": {"cells": cells, "hook_cells": hooks, "mix_cells": mix, "mix_verdict": verdict, "targets": targets, "targets_19": t19},
     });
     std::fs::write(
         dir.join("benchmarks.json"),
@@ -665,22 +869,11 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     }
 
     writeln!(w, "## Targets (issue #9)\n")?;
-    writeln!(w, "| target | goal | measured | met |\n|---|---|---|---|")?;
-    for t in &targets {
-        writeln!(
-            w,
-            "| {} | {} | {} | {} |",
-            t.name,
-            t.goal,
-            t.measured,
-            match t.met {
-                Some(true) => "**met**",
-                Some(false) => "**not met**",
-                None => "n/a",
-            }
-        )?;
-    }
-    writeln!(w)?;
+    target_table(w, &targets)?;
+
+    writeln!(w, "## Targets (issue #19)\n")?;
+    writeln!(w, "Each row from this run alone: hook costs are medians over repetitions of (config − its floor) paired within a repetition (the hook-cost phase below), capacity rows from the 150 000/s and 100 000/s capacity steps. Load average at start / end {} / {} on {} CPUs: on a loaded machine these are upper bounds.\n", m.loadavg_start, m.loadavg_end, m.nproc)?;
+    target_table(w, &t19)?;
 
     writeln!(w, "## Overhead (fio)\n")?;
     writeln!(w, "{} interleaved repetitions (each: no agent, snapmon, auditd), {} s per run after a 1 s ramp, `--direct=1 --thread --numjobs=1`, writes at offset 64 MiB..320 MiB (guest data clusters of the watched qcow2, preallocated; the unwatched file is a same-size plain file). \"watched\" = the image is in a `--watch` directory (snapmon) / has an `auditctl -w <file> -p wa` rule (auditd); fio is the trusted writer (the agent runs the default policy with fio added to the `qemu` actor group, so its writes outside the image's metadata ranges are dropped in the kernel). Values are min / **median** / max; ratios are the median over repetitions of (config ÷ no agent in the same repetition). Agent columns: its CPU during the run, records written and kernel drops per run (medians).\n", r.args.reps, r.args.runtime)?;
@@ -778,6 +971,47 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
         writeln!(w)?;
     }
 
+    for (c, e) in super::hook::unmeasured(&r.hook, super::hook::CONFIGS) {
+        writeln!(w, "`{c}`: {e}.\n")?;
+    }
+
+    writeln!(w, "## VM-host syscall mix\n")?;
+    writeln!(w, "One process does {} timed iterations (after {} warm-up ones) of a QEMU-host-like syscall mix, {} syscalls each, on the hook-cost phase's tmpfs files; the figure is its thread CPU time per iteration. {} interleaved repetitions, each running every config; Δ = median over repetitions of (config − none in the same repetition). Per iteration:\n", r.args.mix_iters, r.args.mix_iters / 4, super::mix::syscalls_per_iter(), r.args.mix_reps)?;
+    for (call, n) in super::mix::MIX {
+        writeln!(w, "- {n} × {call}")?;
+    }
+    writeln!(w, "\nThe proportions are assumed, not traced from a running guest: a KVM vCPU thread's most frequent syscall is `ioctl(KVM_RUN)` (a cheap FIONREAD ioctl stands in: the hooks see the syscall, not what it does), QEMU's main loop and IO threads wake in `ppoll` on event notifiers, clear them with an eventfd `read` and kick each other with an eventfd `write`, virtio-blk with `aio=io_uring` submits through `io_uring_enter` and with `aio=threads` writes with `pwrite`. Writes are 2 of the 13 syscalls; a raw `sys_enter` hook runs on all 13, the per-syscall tracepoints on the 3 writes (2 pwrite + the eventfd write).\n\nConfigs:\n")?;
+    for (c, what) in super::mix::LEGEND {
+        writeln!(w, "- `{c}`: {what}")?;
+    }
+    writeln!(w)?;
+    if let Some(e) = &r.mix_error {
+        writeln!(w, "**syscall-mix phase failed: {e}**\n")?;
+    }
+    if mix.is_empty() {
+        writeln!(w, "Not run.\n")?;
+    } else {
+        writeln!(
+            w,
+            "| config | ns/iteration | Δ ns/iteration | Δ |\n|---|---|---|---|"
+        )?;
+        for c in &mix {
+            writeln!(
+                w,
+                "| {} | {} | {} | {} |",
+                c.config,
+                mmm(Some(c.ns), 0),
+                opt(c.delta_ns, |x| format!("{x:+.0}")),
+                opt(c.delta_pct, |x| format!("{x:+.1}%")),
+            )?;
+        }
+        writeln!(w)?;
+        for (c, e) in super::hook::unmeasured(&r.mix, super::mix::CONFIGS) {
+            writeln!(w, "`{c}`: {e}.\n")?;
+        }
+        writeln!(w, "Verdict: {}.\n", mix_verdict_text(&verdict, &r.mix))?;
+    }
+
     writeln!(w, "## Circuit breaker: syscall to signal\n")?;
     writeln!(w, "`--respond kill` on a store on {}: a worker forks one child per sample; each stamps CLOCK_BOOTTIME right before `pwrite(image, 4 zero bytes, 60)` (zeroing nb_snapshots) and is killed by the tracepoint program in that syscall. *syscall → signal*: the child's stamp to the kernel's stamp after `bpf_send_signal` (from the SM-E003 alert, same clock); *hook → signal*: inside the program (the alert's `syscall_to_signal_ns`); *syscall → reaped*: to the parent's `waitpid` returning. Goal: ≤ 1 ms p99.\n", r.respond.as_ref().map(|l| l.fs.as_str()).unwrap_or("the bench dir"))?;
     if let Some(e) = &r.respond_error {
@@ -853,6 +1087,25 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::write(dir.join("benchmarks.md"), s)?;
     Ok(())
+}
+
+fn target_table(w: &mut String, targets: &[Target]) -> std::fmt::Result {
+    writeln!(w, "| target | goal | measured | met |\n|---|---|---|---|")?;
+    for t in targets {
+        writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            t.measured,
+            match t.met {
+                Some(true) => "**met**",
+                Some(false) => "**not met**",
+                None => "n/a",
+            }
+        )?;
+    }
+    writeln!(w)
 }
 
 fn step_table(w: &mut String, steps: &[super::load::Step]) -> std::fmt::Result {
@@ -934,6 +1187,164 @@ mod tests {
         let t = shutdown_target(&[], Some("agent exited before `started`"));
         assert_eq!(t.met, None);
         assert!(t.measured.contains("agent exited before"), "{}", t.measured);
+    }
+
+    use crate::bench::{
+        hook::HookRun,
+        load::{Latency, Step},
+    };
+
+    fn hr(rep: usize, target: &'static str, config: &'static str, ns: f64) -> HookRun {
+        HookRun {
+            rep,
+            config,
+            target,
+            ns_per_write: Some(ns),
+            error: None,
+        }
+    }
+
+    fn step(rate: u64, achieved: f64, lost: u64, sink: u64, cpu: f64, p99: Option<f64>) -> Step {
+        Step {
+            target_rate: rate,
+            writers: 4,
+            secs: 5.0,
+            writes: 1000,
+            achieved_rate: achieved,
+            delivered: 1000 - lost - sink,
+            alerts: 0,
+            lost_records: 0,
+            lost_kernel: lost,
+            lost_decoder: 0,
+            lost_sink: sink,
+            zero_loss: lost + sink == 0,
+            agent_alive: true,
+            agent_cpu_s: 0.0,
+            cpu_s_per_100k: Some(cpu),
+            agent_cpu_pct: 0.0,
+            rss_kib_after: 0,
+            hwm_kib_after: 0,
+            drain_s: 0.0,
+            bytes_per_record: 0.0,
+            latency: p99.map(|p| Latency {
+                to: "event",
+                n: 10,
+                p50_ms: 0.1,
+                p99_ms: p,
+                max_ms: p,
+                from_entry_p50_ms: 0.1,
+                from_entry_p99_ms: p,
+            }),
+        }
+    }
+
+    fn verdict_of<'a>(t: &'a [Target], name: &str) -> &'a Target {
+        t.iter().find(|t| t.name == name).unwrap()
+    }
+
+    /// The hook rows compare with the floor of the same repetition: rep 2 runs slow for
+    /// every config, so unpaired medians (snapmon 1561 vs floor 1500 = +61) would miss the
+    /// 60 ns goal that the paired deltas (+59, +59, +61 → +59) meet.
+    #[test]
+    fn issue19_hook_rows_pair_with_the_floor_of_the_same_repetition() {
+        let mut hook = vec![
+            hr(1, "unwatched", "floor", 1400.0),
+            hr(1, "unwatched", "snapmon", 1459.0),
+            hr(2, "unwatched", "floor", 2000.0),
+            hr(2, "unwatched", "snapmon", 2059.0),
+            hr(3, "unwatched", "floor", 1500.0),
+            hr(3, "unwatched", "snapmon", 1561.0),
+            hr(1, "watched", "floor", 1400.0),
+            hr(1, "watched", "snapmon", 1551.0),
+            hr(1, "getppid", "none", 400.0),
+            hr(1, "getppid", "snapmon", 452.0),
+            hr(1, "getppid", "snapmon-raw", 453.0),
+        ];
+        let t = issue19_targets(&hook, &[], &[], &[], None);
+        let u = verdict_of(&t, "unwatched 4 KiB pwrite, tracepoint mode");
+        assert_eq!(u.met, Some(true), "{}", u.measured);
+        assert!(u.measured.contains("+59 ns over floor"), "{}", u.measured);
+        // 151 over the floor misses the 150 ns goal; exactly 52 over none meets getppid's.
+        assert_eq!(
+            verdict_of(
+                &t,
+                "trusted 4 KiB pwrite to a watched image (data cluster), tracepoint mode"
+            )
+            .met,
+            Some(false)
+        );
+        assert_eq!(
+            verdict_of(&t, "unhooked syscall (getppid), tracepoint mode").met,
+            Some(true)
+        );
+        assert_eq!(
+            verdict_of(&t, "unhooked syscall (getppid), raw mode").met,
+            Some(false)
+        );
+        // A raw mode the build lacks is no verdict, with the reason, never "met".
+        hook.push(HookRun {
+            rep: 1,
+            config: "snapmon-raw",
+            target: "unwatched",
+            ns_per_write: None,
+            error: Some("not available in this build".into()),
+        });
+        let t = issue19_targets(&hook, &[], &[], &[], None);
+        let r = verdict_of(&t, "unwatched 4 KiB pwrite, raw mode");
+        assert_eq!(r.met, None);
+        assert!(r.measured.contains("not available"), "{}", r.measured);
+    }
+
+    #[test]
+    fn issue19_capacity_rows() {
+        let t = |steps: &[Step]| issue19_targets(&[], &[], steps, &[], None);
+        let zl = "zero loss at 150 000 relevant events/s";
+        let cpu = "agent CPU per 100k records (100 000/s step)";
+        let ok = [
+            step(100_000, 99_950.0, 0, 0, 0.49, Some(3.0)),
+            step(150_000, 149_900.0, 0, 0, 0.4, Some(9.0)),
+        ];
+        let v = t(&ok);
+        assert_eq!(verdict_of(&v, zl).met, Some(true));
+        assert_eq!(verdict_of(&v, cpu).met, Some(true));
+        assert_eq!(verdict_of(&v, "p99 alert latency (kept)").met, Some(true));
+        // Loss in the sink queue is loss; so is a step whose writers fell short of 150k/s;
+        // and the CPU row reads the 100k step, not the cheaper 150k one.
+        let v = t(&[
+            step(100_000, 99_950.0, 0, 0, 0.51, Some(3.0)),
+            step(150_000, 149_900.0, 0, 7, 0.4, None),
+        ]);
+        assert_eq!(verdict_of(&v, zl).met, Some(false));
+        assert_eq!(verdict_of(&v, cpu).met, Some(false));
+        assert_eq!(
+            verdict_of(&t(&[step(150_000, 120_000.0, 0, 0, 0.4, Some(1.0))]), zl).met,
+            Some(false)
+        );
+        assert_eq!(
+            verdict_of(
+                &t(&[step(10_000, 9_999.0, 0, 0, 0.4, Some(11.0))]),
+                "p99 alert latency (kept)"
+            )
+            .met,
+            Some(false)
+        );
+        // No such step: no verdict.
+        let v = t(&[step(125_000, 124_900.0, 0, 0, 0.4, None)]);
+        assert_eq!(verdict_of(&v, zl).met, None);
+        assert_eq!(verdict_of(&v, cpu).met, None);
+    }
+
+    #[test]
+    fn issue19_idle_rss() {
+        let idle = |kib| Idle {
+            rss_kib: kib,
+            hwm_kib: kib,
+            cpu_pct: 0.0,
+        };
+        let v = issue19_targets(&[], &[], &[], &[], Some(&idle(40 * 1024)));
+        assert_eq!(verdict_of(&v, "idle RSS (kept)").met, Some(true));
+        let v = issue19_targets(&[], &[], &[], &[], Some(&idle(40 * 1024 + 1)));
+        assert_eq!(verdict_of(&v, "idle RSS (kept)").met, Some(false));
     }
 
     #[test]
