@@ -83,7 +83,7 @@ pub struct Args {
     /// Interleaved repetitions of the syscall-mix phase.
     #[arg(long, default_value_t = 10)]
     pub mix_reps: usize,
-    /// Timed iterations per syscall-mix run (13 syscalls each).
+    /// Timed iterations per syscall-mix run (15 syscalls each).
     #[arg(long, default_value_t = 40_000)]
     pub mix_iters: u64,
     /// Skip the circuit-breaker phase (syscall-to-signal latency of `--respond kill`).
