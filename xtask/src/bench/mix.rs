@@ -225,7 +225,14 @@ pub fn phase(
                 None => run_mix(s, iters),
             };
             if let Ok(ns) = &r {
-                println!("bench: mix rep {rep}/{reps} {config:<11} {ns:>9.1} ns/iteration");
+                // The loop's writes are trusted: a stream of events here would mean the
+                // policy did not take, and the agent's cost is not the one meant.
+                let events = ag
+                    .as_ref()
+                    .and_then(|g: &agent::Agent| agent::count(&g.out, 0).ok())
+                    .map(|c| format!(", agent wrote {} events", c.events))
+                    .unwrap_or_default();
+                println!("bench: mix rep {rep}/{reps} {config:<11} {ns:>9.1} ns/iteration{events}");
             }
             runs.push(HookRun {
                 rep,
