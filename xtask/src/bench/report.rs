@@ -722,6 +722,11 @@ fn mix_verdict_text(v: &super::mix::Verdict, mix: &[super::hook::HookRun]) -> St
             faster_reps,
             reps,
         } => format!("tracepoint mode wins: raw costs {by_ns:.0} ns more per mix iteration (slower in {faster_reps} of {reps} repetitions); keep tracepoints the default"),
+        V::NoClearWinner {
+            raw_minus_tracepoint_ns,
+            raw_faster_reps,
+            reps,
+        } => format!("no clear winner: raw {raw_minus_tracepoint_ns:+.0} ns per mix iteration against tracepoint mode, faster in {raw_faster_reps} of {reps} repetitions (a winner needs ≥5 repetitions and 3 in 4 of them); keep tracepoints the default until a quieter run decides"),
         V::RawNotMeasured => format!(
             "no verdict: snapmon-raw {}",
             super::hook::unmeasured(mix, &["snapmon-raw"])
