@@ -54,6 +54,20 @@ pub unsafe fn rk<T>(base: *const u8, off: usize) -> Option<T> {
     bpf_probe_read_kernel(base.add(off) as *const T).ok()
 }
 
+/// A scalar field of a BTF pointer (a `tp_btf` argument): a plain load with the direct walk,
+/// a probe read on the probe-read walk (whose programs stay as verified on 6.1).
+#[inline(always)]
+pub unsafe fn rbtf<T: Copy>(btf: *const u8, off: usize) -> Option<T> {
+    if direct_walk() {
+        if btf.is_null() {
+            return None;
+        }
+        Some(ld(btf, off))
+    } else {
+        rk(btf, off)
+    }
+}
+
 /// Two 8-byte fields of one struct, `a` before `b`: with a single helper call when both are
 /// 8-byte aligned and within 32 bytes (the fdtable and inode fields on the hot path, where
 /// each `bpf_probe_read_kernel` is a large share of the per-syscall cost), else two.

@@ -15,7 +15,7 @@ use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, N
 
 use crate::{
     emit::{count_lost, fill_header, output_watched, sc_arg},
-    kernel::{enter, fixed_file, off, rk, valid, watched_fd, Fixed, Task},
+    kernel::{enter, fixed_file, off, rbtf, rk, valid, watched_fd, Fixed, Task},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos, WriteRec},
     REG_WALK, SCRATCH_URING,
@@ -36,7 +36,7 @@ pub fn io_uring_submit_req(ctx: BtfTracePointContext) -> u32 {
     }
     unsafe {
         let req: *const u8 = ctx.arg(0);
-        let opcode: u8 = rk(req, off!(req_opcode)).unwrap_or(0);
+        let opcode: u8 = rbtf(req, off!(req_opcode)).unwrap_or(0);
         // Two frames apart: the registration walk (`register_step` in a `bpf_loop`) under
         // the write path's 320-byte frame took 6.1's combined stack to 544 bytes.
         if opcode == IORING_OP_FILES_UPDATE {
@@ -179,9 +179,9 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
     if enter(v::IO_URING | v::FILES).is_none() {
         return;
     }
-    let flags: u32 = rk(req, off!(req_flags)).unwrap_or(0);
+    let flags: u32 = rbtf(req, off!(req_flags)).unwrap_or(0);
     // The sqe's fd, or with a registered file its table slot.
-    let fd: i32 = rk(req, off!(req_fd)).unwrap_or(-1);
+    let fd: i32 = rbtf(req, off!(req_fd)).unwrap_or(-1);
     let (w, rec_flags) = if flags & REQ_F_FIXED_FILE != 0 {
         match fixed_file(req, fd as u32) {
             Fixed::Resolved(Some(w)) => (w, write_flags::FIXED_FILE),

@@ -379,3 +379,45 @@ fn first_line(s: &str) -> &str {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(program: &'static str, live: bool) -> HookStatus {
+        HookStatus {
+            program,
+            attached_to: live.then(|| program.to_string()),
+            covers: "",
+            error: (!live).then(|| "refused".to_string()),
+        }
+    }
+
+    /// The submit hook covers writes through registered files only where it reads the
+    /// ring's file table; the VFS hook covers them either way.
+    #[test]
+    fn fixed_file_writes_are_covered_only_where_the_table_is_read() {
+        let fixed = |hooks: &[HookStatus], resolved: bool| {
+            coverage(hooks, resolved)
+                .into_iter()
+                .find(|c| c.path == FIXED_FILES_PATH)
+                .expect("the path is listed")
+        };
+        let tp = [
+            hook("io_uring_submit_req", true),
+            hook("rw_verify_area", false),
+        ];
+        let c = fixed(&tp, true);
+        assert!(c.covered && c.by == ["io_uring_submit_req"]);
+        let c = fixed(&tp, false);
+        assert!(!c.covered && c.impact.is_some_and(|i| i.contains("SM-U001")));
+        // The other io_uring paths do not depend on it.
+        let io = coverage(&tp, false);
+        assert!(io.iter().find(|c| c.path == "io_uring").unwrap().covered);
+        let vfs = [
+            hook("io_uring_submit_req", true),
+            hook("rw_verify_area", true),
+        ];
+        assert_eq!(fixed(&vfs, false).by, ["rw_verify_area"]);
+    }
+}

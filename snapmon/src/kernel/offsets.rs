@@ -409,6 +409,9 @@ mod tests {
         assert_eq!(o.valid & valid::FILES, valid::FILES);
         assert_eq!(o.valid & valid::IO_URING, valid::IO_URING);
         assert_eq!(o.valid & valid::COMPAT, valid::COMPAT);
+        // One of the two registered-file table shapes, and the ring within the request.
+        assert_eq!(o.valid & valid::IO_URING_FIXED, valid::IO_URING_FIXED);
+        assert!(o.req_ctx > 0 && o.uring_ft_slots > 0 && o.uring_ft_nr != o.uring_ft_slots);
         assert_ne!(o.file_inode, o.file_pos);
         assert!(o.task_files > 0 && o.task_tgid > 0);
     }
