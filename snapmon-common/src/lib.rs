@@ -223,7 +223,7 @@ pub mod write_flags {
     pub const APPEND: u16 = 1 << 2;
     /// `len` is a lower bound (more iovecs than were summed).
     pub const LEN_PARTIAL: u16 = 1 << 3;
-    /// The io_uring request used a registered (fixed) file; identity resolved at completion.
+    /// The io_uring request used a registered (fixed) file: `fd` is its table slot.
     pub const FIXED_FILE: u16 = 1 << 4;
     /// This is the source side of a copy (copy_file_range/splice/sendfile out of a watched file).
     pub const SOURCE_SIDE: u16 = 1 << 5;
@@ -275,7 +275,8 @@ pub mod lost {
     pub const RINGBUF_FULL: u32 = 0;
     pub const READ_FAILED: u32 = 1;
     pub const STASH_FULL: u32 = 2;
-    /// io_uring request on a registered file: not resolvable from the submit tracepoint.
+    /// io_uring request on a registered file the submit hook could not resolve (no readable
+    /// file table on this kernel, or the probe-read fd walk).
     pub const URING_FIXED_FILE: u32 = 3;
     /// A new file in a watched dir the full `WATCHED_FILES` map could not take.
     pub const WATCH_FULL: u32 = 4;
@@ -712,6 +713,18 @@ pub struct KernelOffsets {
     pub uring_upd_arg: u32,
     pub uring_upd_nr: u32,
     pub uring_upd_off: u32,
+    /// `io_kiocb.ctx`: the ring a request belongs to.
+    pub req_ctx: u32,
+    /// The ring's registered-file table (`valid::IO_URING_FIXED`): its slot count
+    /// (`io_ring_ctx.file_table.data.nr` since 6.13, `.nr_user_files` before) and slot array
+    /// (`.file_table.data.nodes` / `.file_table.files`).
+    pub uring_ft_nr: u32,
+    pub uring_ft_slots: u32,
+    /// 1 when a slot holds an `io_rsrc_node *` (6.13+), 0 when it is the tagged file pointer
+    /// itself (`io_fixed_file.file_ptr`).
+    pub uring_ft_nodes: u32,
+    /// `io_rsrc_node.file_ptr` (6.13+).
+    pub uring_node_file: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
@@ -736,6 +749,9 @@ pub mod valid {
     pub const SB_MAGIC: u32 = 1 << 10;
     /// `io_rsrc_update`: fixed-file updates submitted through a ring are read.
     pub const IO_URING_UPD: u32 = 1 << 11;
+    /// The ring's registered-file table: writes through fixed files are resolved and judged
+    /// one by one (with the direct fd walk only).
+    pub const IO_URING_FIXED: u32 = 1 << 12;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -1038,7 +1054,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 77 * 4);
+    assert!(size_of::<KernelOffsets>() == 82 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);

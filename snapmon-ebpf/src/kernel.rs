@@ -54,6 +54,20 @@ pub unsafe fn rk<T>(base: *const u8, off: usize) -> Option<T> {
     bpf_probe_read_kernel(base.add(off) as *const T).ok()
 }
 
+/// A scalar field of a BTF pointer (a `tp_btf` argument): a plain load with the direct walk,
+/// a probe read on the probe-read walk (whose programs stay as verified on 6.1).
+#[inline(always)]
+pub unsafe fn rbtf<T: Copy>(btf: *const u8, off: usize) -> Option<T> {
+    if direct_walk() {
+        if btf.is_null() {
+            return None;
+        }
+        Some(ld(btf, off))
+    } else {
+        rk(btf, off)
+    }
+}
+
 /// Two 8-byte fields of one struct, `a` before `b`: with a single helper call when both are
 /// 8-byte aligned and within 32 bytes (the fdtable and inode fields on the hot path, where
 /// each `bpf_probe_read_kernel` is a large share of the per-syscall cost), else two.
@@ -202,6 +216,20 @@ impl Task {
     #[inline(always)]
     pub unsafe fn base_dir_key(self, dirfd: i64) -> Option<FileKey> {
         const AT_FDCWD: i64 = -100;
+        if direct_walk() {
+            // As `fd_file`: the current task's, by BTF loads.
+            return if dirfd as i32 as i64 == AT_FDCWD {
+                let fs: *const u8 = ld(Task::current_btf().0, off!(task_fs));
+                if fs.is_null() {
+                    return None;
+                }
+                let dentry: Dentry = Dentry::non_null(ld(fs, off!(fs_pwd_dentry)))?;
+                dentry.direct_inode()?.direct_key()
+            } else {
+                let (_, _, sb, ino) = direct_inode(dirfd)?;
+                Some(sb.direct_key(ino))
+            };
+        }
         if dirfd as i32 as i64 == AT_FDCWD {
             let fs: *const u8 = rk(self.0, off!(task_fs))?;
             let dentry: Dentry = Dentry::new(rk(fs, off!(fs_pwd_dentry))?);
@@ -347,6 +375,12 @@ impl Inode {
         rk::<i64>(self.0, off!(inode_size)).unwrap_or(0) as u64
     }
 
+    /// `i_size` by a plain load (a BTF inode only).
+    #[inline(always)]
+    pub unsafe fn direct_size(self) -> u64 {
+        ld::<i64>(self.0, off!(inode_size)) as u64
+    }
+
     /// `i_rdev`, the device number of a device node.
     #[inline(always)]
     pub unsafe fn rdev(self) -> Option<u32> {
@@ -466,6 +500,21 @@ pub struct Watched {
     /// An image or metadata file (its `WATCHED_FILES` entry is not `watch_value::ORDINARY`),
     /// or a loop device over a watched image: its lost records are `lost::PRECIOUS_DROPPED`.
     pub precious: bool,
+    /// `i_size` read where the inode was found, with the direct walk (unused, 0, without it).
+    pub size: u64,
+}
+
+impl Watched {
+    /// `i_size`: the direct walk's load where the inode was found, else a probe read now
+    /// (the probe-read programs stay as they were: 6.1's verifier budget).
+    #[inline(always)]
+    pub unsafe fn size(&self) -> u64 {
+        if direct_walk() {
+            self.size
+        } else {
+            self.inode.size()
+        }
+    }
 }
 
 /// `bpf_rdonly_cast(obj, btf_id)`: aya 0.14 relocates no kfunc calls, so this is a helper
@@ -554,6 +603,26 @@ pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
         let (sb, ino) = inode.sb_ino()?;
         (file, inode, sb, ino)
     };
+    watched_inode(file, inode, sb, ino, dirs)
+}
+
+/// `watched_fd` past the fd: is this (file, inode) watched? With the direct walk `inode` and
+/// `sb` are BTF pointers (plain loads), else scalars (probe reads).
+#[inline(always)]
+unsafe fn watched_inode(
+    file: File,
+    inode: Inode,
+    sb: SuperBlock,
+    ino: u64,
+    dirs: bool,
+) -> Option<Watched> {
+    let size = || {
+        if direct_walk() {
+            inode.direct_size()
+        } else {
+            0
+        }
+    };
     // Most writes are to unwatched files: stop before the superblock read and hash lookup.
     if !dirs && !maybe_watched_ino(ino) {
         return rdev_alias(inode).map(|key| Watched {
@@ -562,6 +631,7 @@ pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
             key,
             is_dir: false,
             precious: true,
+            size: size(),
         });
     }
     let key = if direct_walk() {
@@ -576,6 +646,7 @@ pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
             key,
             is_dir: false,
             precious: *v & snapmon_common::watch_value::ORDINARY == 0,
+            size: size(),
         });
     }
     if dirs {
@@ -587,6 +658,7 @@ pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
                     key,
                     is_dir: true,
                     precious: false,
+                    size: size(),
                 });
             }
         }
@@ -597,7 +669,64 @@ pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
         key,
         is_dir: false,
         precious: true,
+        size: size(),
     })
+}
+
+/// What a request naming a registered-file slot writes (`fixed_file`).
+pub enum Fixed {
+    /// The slot's file, when it is watched.
+    Resolved(Option<Watched>),
+    /// The table is not read on this kernel or load (`valid::IO_URING_FIXED`, direct walk).
+    Unresolved,
+}
+
+/// The file in slot `slot` of `req`'s ring's registered-file table (`IOSQE_FIXED_FILE`),
+/// when watched. The request's own `file` is not assigned before it is issued; the table is
+/// what the kernel will look the slot up in. `req` is the tracepoint's BTF pointer: the ring
+/// by a plain load, the slot array and slot by probe reads (pointers the verifier types as
+/// scalars), the file cast back to BTF (`bpf_rdonly_cast`) and walked as `direct_inode`.
+#[inline(always)]
+pub unsafe fn fixed_file(req: *const u8, slot: u32) -> Fixed {
+    if !direct_walk() || !valid(snapmon_common::valid::IO_URING_FIXED) {
+        return Fixed::Unresolved;
+    }
+    Fixed::Resolved(fixed_file_watched(req, slot))
+}
+
+#[inline(always)]
+unsafe fn fixed_file_watched(req: *const u8, slot: u32) -> Option<Watched> {
+    let ctx: *const u8 = ld(req, off!(req_ctx));
+    if ctx.is_null() {
+        return None;
+    }
+    // The kernel's own bound (`io_rsrc_node_lookup`, `io_file_get_fixed`).
+    let nr: u32 = ld(ctx, off!(uring_ft_nr));
+    if slot >= nr {
+        return None;
+    }
+    let slots: u64 = rk(ctx, off!(uring_ft_slots))?;
+    if slots == 0 {
+        return None;
+    }
+    let mut ptr: u64 = bpf_probe_read_kernel((slots as *const u64).add(slot as usize)).ok()?;
+    if ko(&OFFSETS.uring_ft_nodes) != 0 {
+        // 6.13+: the slot is an `io_rsrc_node *` (null: an empty slot).
+        ptr = rk(ptr as *const u8, off!(uring_node_file))?;
+    }
+    // The low bits tag the pointer (`FFS_NOWAIT`, `FFS_ISREG`, 6.1's `FFS_SCM`).
+    let file = ptr & !7;
+    if file == 0 {
+        return None;
+    }
+    let f = File(rdonly_cast(
+        file,
+        core::ptr::read_volatile(&CONFIG.btf_file),
+    ));
+    let inode = f.direct_inode()?;
+    let ino: u64 = ld(inode.0, off!(inode_ino));
+    let sb: SuperBlock = SuperBlock(ld(inode.0, off!(inode_sb)));
+    watched_inode(File(file as *const u8), inode, sb, ino, false)
 }
 
 /// A device node whose device is a loop over a watched image (`WATCHED_RDEV`), whichever

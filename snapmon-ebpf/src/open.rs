@@ -291,7 +291,11 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     ev.f_mode = file.mode();
     ev.file = key;
     ev.parent = pkey;
-    ev.size = inode.size();
+    ev.size = if direct {
+        inode.direct_size()
+    } else {
+        inode.size()
+    };
     ev._pad = 0;
     let _ = s.dirfd;
     output_file(ev, urgent_file(ev.hdr.uid, inode, precious), precious, &key);

@@ -2,19 +2,20 @@
 //!
 //! io_uring writes never pass the write syscalls, so without this they would be invisible.
 //! Loaded as `io_uring_submit_req` (6.4+) or `io_uring_submit_sqe` (older) by the agent.
-//! Writes through registered (fixed) files name a table slot, not an fd: the registration
-//! of a watched file (`sys_enter_io_uring_register`) is reported instead.
+//! Writes through registered (fixed) files name a table slot, not an fd: with the direct fd
+//! walk the slot is looked up in the ring's file table and the write judged as any other;
+//! everywhere the registration of a watched file (`sys_enter_io_uring_register`) is reported.
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_loop},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use snapmon_common::{uring_register as ur, valid as v, EventKind, NsOp, WriteOp};
+use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, NsOp, WriteOp};
 
 use crate::{
     emit::{count_lost, fill_header, output_watched, sc_arg},
-    kernel::{enter, off, rk, valid, watched_fd, Task},
+    kernel::{enter, fixed_file, off, rbtf, rk, valid, watched_fd, Fixed, Task},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos, WriteRec},
     REG_WALK, SCRATCH_URING,
@@ -35,7 +36,7 @@ pub fn io_uring_submit_req(ctx: BtfTracePointContext) -> u32 {
     }
     unsafe {
         let req: *const u8 = ctx.arg(0);
-        let opcode: u8 = rk(req, off!(req_opcode)).unwrap_or(0);
+        let opcode: u8 = rbtf(req, off!(req_opcode)).unwrap_or(0);
         // Two frames apart: the registration walk (`register_step` in a `bpf_loop`) under
         // the write path's 320-byte frame took 6.1's combined stack to 544 bytes.
         if opcode == IORING_OP_FILES_UPDATE {
@@ -178,16 +179,25 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
     if enter(v::IO_URING | v::FILES).is_none() {
         return;
     }
-    let flags: u32 = rk(req, off!(req_flags)).unwrap_or(0);
-    if flags & REQ_F_FIXED_FILE != 0 {
-        // The slot is not resolved here (the VFS backend sees the write itself); count the
-        // blind spot. The file's registration was reported (`sys_enter_io_uring_register`).
-        count_lost(snapmon_common::lost::URING_FIXED_FILE);
-        return;
-    }
-    let fd: i32 = rk(req, off!(req_fd)).unwrap_or(-1);
-    let Some(w) = watched_fd(Task::current(), fd as i64, false) else {
-        return;
+    let flags: u32 = rbtf(req, off!(req_flags)).unwrap_or(0);
+    // The sqe's fd, or with a registered file its table slot.
+    let fd: i32 = rbtf(req, off!(req_fd)).unwrap_or(-1);
+    let (w, rec_flags) = if flags & REQ_F_FIXED_FILE != 0 {
+        match fixed_file(req, fd as u32) {
+            Fixed::Resolved(Some(w)) => (w, write_flags::FIXED_FILE),
+            Fixed::Resolved(None) => return,
+            Fixed::Unresolved => {
+                // The table is not read here: count the blind spot. The file's registration
+                // was reported (`sys_enter_io_uring_register`).
+                count_lost(snapmon_common::lost::URING_FIXED_FILE);
+                return;
+            }
+        }
+    } else {
+        let Some(w) = watched_fd(Task::current(), fd as i64, false) else {
+            return;
+        };
+        (w, 0)
     };
     match opcode {
         IORING_OP_FALLOCATE => {
@@ -195,12 +205,13 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
             let len: u64 = rk(req, off!(req_sync_len)).unwrap_or(0);
             let mode: i32 = rk(req, off!(req_sync_mode)).unwrap_or(0);
             let r = WriteRec::new(fd as i64, WriteOp::IoUringFallocate, Pos::At(offset), len);
-            emit_write(&w, r.aux(mode as u64));
+            emit_write(&w, r.aux(mode as u64).flags(rec_flags));
         }
         IORING_OP_FTRUNCATE => {
             let len: i64 = rk(req, off!(req_rw_pos)).unwrap_or(0);
             let op = WriteOp::IoUringFtruncate;
-            emit_write(&w, WriteRec::new(fd as i64, op, Pos::At(len), len as u64));
+            let r = WriteRec::new(fd as i64, op, Pos::At(len), len as u64);
+            emit_write(&w, r.flags(rec_flags));
         }
         _ => {
             let pos: i64 = rk(req, off!(req_rw_pos)).unwrap_or(-1);
@@ -215,7 +226,7 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
                 // len is the iovec count here; sum what we can.
                 let sum = iov_sum(addr, len as u64);
                 let r = WriteRec::iov(fd as i64, WriteOp::IoUringWritev, pos, sum);
-                emit_write(&w, r.aux(opcode as u64));
+                emit_write(&w, r.aux(opcode as u64).flags(rec_flags));
             } else {
                 let op = if opcode == IORING_OP_WRITE_FIXED {
                     WriteOp::IoUringWriteFixed
@@ -223,7 +234,8 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
                     WriteOp::IoUringWrite
                 };
                 let r = WriteRec::new(fd as i64, op, pos, len as u64);
-                emit_write(&w, r.aux(opcode as u64).sample(addr, len as u64));
+                let r = r.aux(opcode as u64).flags(rec_flags);
+                emit_write(&w, r.sample(addr, len as u64));
             }
         }
     }
@@ -245,8 +257,9 @@ pub struct RegWalk {
     flags: u32,
 }
 
-/// Registered files: requests naming a table slot (`IOSQE_FIXED_FILE`) cannot be resolved
-/// at submission, so the registration of a watched file is the record (`UringRegisterEvent`).
+/// Registered files: requests naming a table slot (`IOSQE_FIXED_FILE`) are resolved at
+/// submission only with the direct walk, so the registration of a watched file is a record
+/// too (`UringRegisterEvent`): the alert where the writes cannot be judged.
 /// Every files opcode is read: the initial table (sparse `-1` slots included) and updates.
 #[tracepoint]
 pub fn sys_enter_io_uring_register(ctx: TracePointContext) -> u32 {
@@ -358,7 +371,7 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         ev.opcode = w.opcode;
         ev.flags = w.flags;
         ev.nr = w.nr;
-        ev.size = f.inode.size();
+        ev.size = f.size();
         output_watched(ev, ev.hdr.uid, &f);
     }
     0

@@ -57,6 +57,15 @@ impl WriteRec {
         WriteRec { aux, ..self }
     }
 
+    /// Add `write_flags` the hook knows (`FIXED_FILE`).
+    #[inline(always)]
+    pub fn flags(self, flags: u16) -> Self {
+        WriteRec {
+            flags: self.flags | flags,
+            ..self
+        }
+    }
+
     /// Sample `len` bytes of the user buffer `buf`.
     #[inline(always)]
     pub fn sample(self, buf: u64, len: u64) -> Self {
@@ -103,7 +112,7 @@ unsafe fn emit_write_from(w: &Watched, r: WriteRec, backend: u32) {
     // Where the write lands first: a trusted writer's write that misses every range that
     // matters is dropped before any record is assembled.
     let mut flags = extra_flags;
-    let size = w.inode.size();
+    let size = w.size();
     let offset = match pos {
         Pos::At(p) => p,
         Pos::Current => {
@@ -218,6 +227,12 @@ pub unsafe fn emit_write_file(
         key,
         is_dir: false,
         precious,
+        // A probe read: `inode` came from one here (`Watched::size`).
+        size: if crate::kernel::direct_walk() {
+            inode.size()
+        } else {
+            0
+        },
     };
     emit_write_from(&w, r, crate::emit::BACKEND_VFS);
 }

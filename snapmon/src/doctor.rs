@@ -26,8 +26,8 @@ const PATHS: &[(&str, &[&str], &str)] = &[
         "QEMU aio=io_uring guest writes go unseen",
     ),
     (
-        "io_uring registered files",
-        &["rw_verify_area"],
+        FIXED_FILES_PATH,
+        &["rw_verify_area", "io_uring_submit_req"],
         "io_uring writes through registered (fixed) files are counted as lost, not reported (their registration is: SM-U001)",
     ),
     (
@@ -155,7 +155,11 @@ pub struct Coverage {
 
 /// Every write path against the hooks that went live (doctor and the agent's `coverage`
 /// record say the same).
-pub fn coverage(hooks: &[HookStatus]) -> Vec<Coverage> {
+/// The submit hook covers writes through registered files only where it reads the ring's
+/// file table (`LoadInfo::fixed_files`).
+const FIXED_FILES_PATH: &str = "io_uring registered files";
+
+pub fn coverage(hooks: &[HookStatus], fixed_files: bool) -> Vec<Coverage> {
     let live = |p: &str| {
         hooks
             .iter()
@@ -164,7 +168,12 @@ pub fn coverage(hooks: &[HookStatus]) -> Vec<Coverage> {
     PATHS
         .iter()
         .map(|(path, progs, impact)| {
-            let by: Vec<&str> = progs.iter().copied().filter(|p| live(p)).collect();
+            let by: Vec<&str> = progs
+                .iter()
+                .copied()
+                .filter(|p| live(p))
+                .filter(|p| fixed_files || *path != FIXED_FILES_PATH || *p != "io_uring_submit_req")
+                .collect();
             let covered = !by.is_empty();
             Coverage {
                 path,
@@ -174,6 +183,15 @@ pub fn coverage(hooks: &[HookStatus]) -> Vec<Coverage> {
             }
         })
         .collect()
+}
+
+/// How writes through io_uring registered (fixed) files are seen by the submit hook.
+fn fixed_files_note(resolved: bool, fd_walk: &str) -> &'static str {
+    match (resolved, fd_walk) {
+        (true, _) => "resolved in the ring's file table: each write judged",
+        (false, "direct") => "file table not in this kernel's BTF: registration alerted on (SM-U001), writes counted as lost",
+        (false, _) => "probe_read walk: registration alerted on (SM-U001), writes counted as lost",
+    }
 }
 
 fn read_trim(p: &str) -> Option<String> {
@@ -207,17 +225,31 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         hook_stats: true,
         compat: true,
     });
-    let (hooks, missing, backend, fd_walk, load_error): (Vec<HookStatus>, _, _, _, _) =
-        match &loaded {
-            Ok(k) => (
-                k.info.hooks.clone(),
-                k.info.missing.clone(),
-                k.info.backend,
-                k.info.fd_walk,
-                None,
-            ),
-            Err(e) => (vec![], vec![], "none", "none", Some(format!("{e:#}"))),
-        };
+    let (hooks, missing, backend, fd_walk, fixed_files, load_error): (
+        Vec<HookStatus>,
+        _,
+        _,
+        _,
+        _,
+        _,
+    ) = match &loaded {
+        Ok(k) => (
+            k.info.hooks.clone(),
+            k.info.missing.clone(),
+            k.info.backend,
+            k.info.fd_walk,
+            k.info.fixed_files,
+            None,
+        ),
+        Err(e) => (
+            vec![],
+            vec![],
+            "none",
+            "none",
+            false,
+            Some(format!("{e:#}")),
+        ),
+    };
     // What `snapmon_hook_runs_total` will be able to show.
     let hook_stats = match loaded.as_ref().map(|k| k.counters.run_stats.describe()) {
         Ok((true, None)) => "yes, with --hook-stats (BPF_ENABLE_STATS)".to_string(),
@@ -225,7 +257,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         Ok((false, why)) => format!("NO: {}", why.unwrap_or_default()),
         Err(_) => "unknown (load failed)".to_string(),
     };
-    let coverage = coverage(&hooks);
+    let coverage = coverage(&hooks, fixed_files);
     let lsm_live = hooks
         .iter()
         .any(|h| h.program.starts_with("lsm_") && h.attached_to.is_some());
@@ -258,6 +290,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         let v = json!({
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
             "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk, "load_error": load_error,
+            "io_uring_fixed_files": fixed_files_note(fixed_files, fd_walk),
             "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
             "hook_run_stats": hook_stats,
         });
@@ -287,6 +320,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
             other => other,
         }
     );
+    println!("fixed files   {}", fixed_files_note(fixed_files, fd_walk));
     println!("enforcement   {enforcement}");
     println!("hook stats    {hook_stats}");
     if let Some(e) = &load_error {
@@ -343,5 +377,47 @@ fn first_line(s: &str) -> &str {
         &s[..end]
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(program: &'static str, live: bool) -> HookStatus {
+        HookStatus {
+            program,
+            attached_to: live.then(|| program.to_string()),
+            covers: "",
+            error: (!live).then(|| "refused".to_string()),
+        }
+    }
+
+    /// The submit hook covers writes through registered files only where it reads the
+    /// ring's file table; the VFS hook covers them either way.
+    #[test]
+    fn fixed_file_writes_are_covered_only_where_the_table_is_read() {
+        let fixed = |hooks: &[HookStatus], resolved: bool| {
+            coverage(hooks, resolved)
+                .into_iter()
+                .find(|c| c.path == FIXED_FILES_PATH)
+                .expect("the path is listed")
+        };
+        let tp = [
+            hook("io_uring_submit_req", true),
+            hook("rw_verify_area", false),
+        ];
+        let c = fixed(&tp, true);
+        assert!(c.covered && c.by == ["io_uring_submit_req"]);
+        let c = fixed(&tp, false);
+        assert!(!c.covered && c.impact.is_some_and(|i| i.contains("SM-U001")));
+        // The other io_uring paths do not depend on it.
+        let io = coverage(&tp, false);
+        assert!(io.iter().find(|c| c.path == "io_uring").unwrap().covered);
+        let vfs = [
+            hook("io_uring_submit_req", true),
+            hook("rw_verify_area", true),
+        ];
+        assert_eq!(fixed(&vfs, false).by, ["rw_verify_area"]);
     }
 }

@@ -29,6 +29,8 @@ pub struct StartInfo<'a> {
     pub backend: &'a str,
     /// The programs' fd → inode walk: `direct` (BTF loads) or `probe_read`.
     pub fd_walk: &'a str,
+    /// Writes through io_uring registered files are judged (`LoadInfo::fixed_files`).
+    pub fixed_files: bool,
     pub hooks: &'a [HookStatus],
     pub missing: &'a [Missing],
     /// Per-hook run counters: on, and why not (or how).
@@ -206,7 +208,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         })
         .collect();
     let mut out = chunked("hooks", "hooks", hooks, json!({}));
-    let cov = crate::doctor::coverage(i.hooks);
+    let cov = crate::doctor::coverage(i.hooks, i.fixed_files);
     let gaps: Vec<&crate::doctor::Coverage> = cov.iter().filter(|c| !c.covered).collect();
     let reason = common_error(i.hooks);
     out.extend(chunked(
@@ -453,6 +455,7 @@ pub(crate) mod tests {
         StartInfo {
             backend: "tracepoint",
             fd_walk: "direct",
+            fixed_files: true,
             hooks,
             missing: &[],
             hook_stats: (false, Some("off".into())),

@@ -187,6 +187,20 @@ impl Agent {
             .any(|h| h["program"] == program && h["attached_to"].is_string())
     }
 
+    /// The hooks covering write path `path` (as `snapmon doctor` names it), per the
+    /// start-up `coverage` records.
+    pub fn covered_by(&self, path: &str) -> Vec<String> {
+        let detail = &self.started["snapmon"]["state"]["detail"]["coverage"]["paths"];
+        detail
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["path"] == path)
+            .flat_map(|c| c["by"].as_array().cloned().unwrap_or_default())
+            .filter_map(|h| h.as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Check every line this agent wrote against the official schema of its format (ECS, or
     /// OCSF for lines with a `class_uid`): the findings, one per bad line.
     pub fn schema_errors(&self) -> Vec<String> {

@@ -1,13 +1,15 @@
 //! End-to-end: issue #14 item 4, io_uring registered (fixed) files. A request with
-//! `IOSQE_FIXED_FILE` names a slot of the ring's file table, not an fd, so the submit hook
-//! cannot tell which file it writes (it counts the write as lost). `nobody` registering
-//! root's 0666 image in a 1777 store as a fixed file, then zeroing nb_snapshots through it,
-//! must be alerted on from the registration (SM-U001, medium or above), by every files
+//! `IOSQE_FIXED_FILE` names a slot of the ring's file table, not an fd. With the direct fd
+//! walk (6.2+) the submit hook looks the slot up in the ring's table and judges the write as
+//! a plain one: `nobody` zeroing nb_snapshots of root's 0666 image in a 1777 store through a
+//! fixed file raises SM-Q002 with the field change. Everywhere (and alone on the probe-read
+//! walk, 6.1) the registration is alerted on (SM-U001, medium or above), by every files
 //! route: `IORING_REGISTER_FILES` (with a sparse slot), `IORING_REGISTER_FILES2` (sparse) +
 //! `IORING_REGISTER_FILES_UPDATE2`, and a sparse table filled by an `IORING_OP_FILES_UPDATE`
-//! request submitted through the ring itself. The benign mirror: `qemu-io --aio io_uring`
-//! writing an image raises nothing at medium or above (QEMU 10 registers no files; the
-//! trusted `qemu` group registering is covered by SM-U001's fixtures).
+//! request submitted through the ring itself. The benign mirrors: `qemu-io --aio io_uring`
+//! writing an image raises nothing at medium or above (QEMU 10 registers no files), nor does
+//! a trusted `qemu`-group writer (a policy naming a copy of python3) writing a data cluster
+//! through a fixed file.
 //!
 //! The attacker is Python with raw syscalls (`ctypes`): `uring_fixed.py` beside this file;
 //! and a static i386 program, whose compat `io_uring_register` only `raw_syscalls` sees.
@@ -20,12 +22,24 @@ use snapmon_e2e::{
     open_store, run, Agent, Expect, SETPRIV, SYSTEM_PYTHON,
 };
 
+/// Does this agent judge writes through fixed files? Everywhere the direct fd walk runs
+/// (the probe-read walk, 6.1, keeps to the registration alert).
+fn fixed_files_judged(a: &Agent) -> bool {
+    a.started["snapmon"]["state"]["detail"]["fd_walk"] != "probe_read"
+}
+
+/// … and then `snapmon doctor`'s coverage names the submit hook for them.
+fn assert_fixed_files_covered(a: &Agent) {
+    let by = a.covered_by("io_uring registered files");
+    assert!(by.iter().any(|h| h == "io_uring_submit_req"), "{by:?}");
+}
+
 const WITHIN: Duration = Duration::from_secs(1);
 const QUIET: Duration = Duration::from_millis(800);
 const ATTACK: &str = include_str!("uring_fixed.py");
 
-/// nobody registers `img` by `mode` (`files`, `update`) and writes nb_snapshots = 0 through
-/// the fixed file; returns its pid.
+/// nobody registers `img` by `mode` (`files`, `update`, `sqe`) and writes nb_snapshots = 0
+/// through the fixed file; returns its pid.
 fn fixed_file_attack(img: &Path, mode: &str) -> u32 {
     run(
         "setpriv",
@@ -180,4 +194,110 @@ fn a_32_bit_program_registering_an_image_is_alerted() {
         "{al}"
     );
     assert_eq!(al["snapmon"]["detail"]["io_uring_slot"], "0", "{al}");
+}
+
+/// The same attack, judged per write: the header change of a fixed-file write raises the
+/// alert a plain pwrite raises, with the diff, and names the slot (base: counted as lost).
+#[test]
+fn nobody_zeroing_nb_snapshots_through_a_fixed_file_raises_the_header_alert() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut a = agent();
+    if !fixed_files_judged(&a) {
+        note("the submit hook does not read the ring's file table here (probe-read walk)");
+        return;
+    }
+    let store = open_store(&a);
+    for (mode, slot) in [("files", "1"), ("update", "3"), ("sqe", "2")] {
+        let img = image_with_3_snapshots(&store, &format!("fixed-q-{mode}.qcow2"));
+        std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mark = a.mark();
+        let pid = fixed_file_attack(&img, mode);
+        assert_eq!(nb_snapshots(&img), 0, "{mode}: the write did not land");
+        let e = Expect::alert("SM-Q002")
+            .pid(pid)
+            .path(&img)
+            .since(mark)
+            .change("nb_snapshots", "0")
+            .detail("io_uring_slot", slot)
+            .grace(Duration::ZERO);
+        let al = a.expect(e, WITHIN);
+        assert_eq!(al["event"]["action"], "io_uring_write", "{al}");
+        let msg = al["message"].as_str().unwrap_or("");
+        assert!(msg.contains("nb_snapshots 3→0"), "{mode}: {msg}");
+    }
+    assert_fixed_files_covered(&a);
+    assert!(a.schema_errors().is_empty(), "{:?}", a.schema_errors());
+}
+
+/// The benign mirror: a `qemu`-group writer (a policy naming a copy of python3 among QEMU's
+/// executables) registering the image and writing a data cluster through the fixed file
+/// raises nothing at medium or above; its header rewrite (the value it had) is still a write
+/// judged on its own, seen with its slot.
+#[test]
+fn a_trusted_qemu_writing_through_a_fixed_file_raises_nothing_loud() {
+    let base = std::env::temp_dir().join(format!("snapmon-uring-{}-policy", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let qemu = base.join("qemu-system-x86_64");
+    std::fs::copy(SYSTEM_PYTHON, &qemu).unwrap();
+    let default = run(snapmon_e2e::bin().to_str().unwrap(), &["policy", "default"]).stdout;
+    let policy = default.replace(
+        "\"/usr/bin/qemu-system-*\",",
+        &format!("\"/usr/bin/qemu-system-*\", {:?},", qemu.to_str().unwrap()),
+    );
+    assert_ne!(policy, default);
+    let p = base.join("policy.toml");
+    std::fs::write(&p, policy).unwrap();
+    let mut a = Agent::spawn("uring-trusted", &["--config", p.to_str().unwrap()], &[])
+        .expect("agent with a trusted qemu copy");
+    if !fixed_files_judged(&a) {
+        note("the submit hook does not read the ring's file table here (probe-read walk)");
+        return;
+    }
+    let d = a.dir("uring-trusted");
+    let img = image_with_3_snapshots(&d, "vm.qcow2");
+    let s = img.to_str().unwrap();
+    // A guest cluster QEMU allocated, and where it lies in the file.
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x11 0 64k", s]);
+    let map = run("qemu-img", &["map", "--output=json", "-f", "qcow2", s]).stdout;
+    let map: Value = serde_json::from_str(&map).unwrap();
+    let data = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["data"] == true && m["offset"].is_u64())
+        .unwrap_or_else(|| panic!("no allocated cluster: {map}"))["offset"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(QUIET);
+    let mark = a.mark();
+    let ran = run(
+        qemu.to_str().unwrap(),
+        &[
+            "-c",
+            ATTACK,
+            s,
+            "files",
+            &format!("{data}:{}", "5a".repeat(4096)),
+            "60:00000003",
+        ],
+    );
+    let e = Expect::any_event()
+        .pid(ran.pid)
+        .path(&img)
+        .since(mark)
+        .write()
+        .offset(60)
+        .detail("io_uring_slot", "1")
+        .grace(Duration::ZERO);
+    a.expect(e, WITHIN);
+    std::thread::sleep(QUIET);
+    let alerts: Vec<Value> = a
+        .records()
+        .into_iter()
+        .filter(|v| v["event"]["kind"] == "alert" && snapmon_e2e::about(v, &img))
+        .collect();
+    assert!(loud(&alerts).is_empty(), "{:?}", loud(&alerts));
+    assert_eq!(nb_snapshots(&img), 3);
+    assert_fixed_files_covered(&a);
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -1,5 +1,5 @@
 """nobody's side of tests/uring.rs: register IMAGE as an io_uring fixed file by MODE and
-zero nb_snapshots through it (IOSQE_FIXED_FILE). Raw syscalls: Python has no io_uring.
+zero nb_snapshots through it (IOSQE_FIXED_FILE), or write each OFFSET:HEX given after MODE. Raw syscalls: Python has no io_uring.
 MODE: files (IORING_REGISTER_FILES, a sparse slot first), update (REGISTER_FILES2 sparse,
 then REGISTER_FILES_UPDATE2), sqe (REGISTER_FILES2 sparse, then IORING_OP_FILES_UPDATE)."""
 import ctypes, mmap, os, struct, sys
@@ -60,8 +60,13 @@ if mode == "sqe":
     r = submit(struct.pack("BBHiQQII", 20, 0, 0, -1, slot, ctypes.addressof(fds), 1, 0))
     if r != 1:
         sys.exit("IORING_OP_FILES_UPDATE: %d" % r)
-buf = ctypes.create_string_buffer(4)
-# IORING_OP_WRITE (23), IOSQE_FIXED_FILE: nb_snapshots (offset 60) := 0.
-res = submit(struct.pack("BBHiQQII", 23, 1, 0, slot, 60, ctypes.addressof(buf), 4, 0))
-print(res)
-sys.exit(0 if res == 4 else 1)
+# IORING_OP_WRITE (23), IOSQE_FIXED_FILE, each OFFSET:HEX after MODE; by default
+# nb_snapshots (offset 60) := 0.
+ok = True
+for w in sys.argv[3:] or ["60:00000000"]:
+    off, data = w.split(":")
+    buf = ctypes.create_string_buffer(bytes.fromhex(data), len(data) // 2)
+    res = submit(struct.pack("BBHiQQII", 23, 1, 0, slot, int(off), ctypes.addressof(buf), len(buf), 0))
+    print(res)
+    ok = ok and res == len(buf)
+sys.exit(0 if ok else 1)

@@ -273,6 +273,7 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
     let started = crate::state::started(&crate::state::StartInfo {
         backend: k.info.backend,
         fd_walk: k.info.fd_walk,
+        fixed_files: k.info.fixed_files,
         hooks: &k.info.hooks,
         missing: &k.info.missing,
         hook_stats: (stats_on, stats_note),

@@ -596,13 +596,20 @@ impl Enricher {
                     mode,
                     data: w.data[..n].to_vec(),
                 });
+                // An io_uring registered file: `fd` is its slot in the ring's table.
+                let fixed = w.flags & write_flags::FIXED_FILE != 0;
+                if fixed {
+                    ev.detail.push((DetailKey::IoUringSlot, w.fd.to_string()));
+                }
                 if let Some(a) = self.overlays.alias(&w.file).cloned() {
                     self.through_overlay(&mut ev, &a, Some(w.size));
                 } else if let Some(a) = self.loops.get_mut(&w.file) {
                     a.last_front = Some((w.hdr.ts_ns, ev.process.clone()));
                     let a = a.clone();
                     self.through_loop(&mut ev, w.file, a);
-                    self.other_node(&mut ev, w.hdr.tgid, w.fd, w.file);
+                    if !fixed {
+                        self.other_node(&mut ev, w.hdr.tgid, w.fd, w.file);
+                    }
                 } else if kernel_thread(&ev.process) {
                     self.loop_replay(&mut ev, w.file, w.hdr.ts_ns);
                 }

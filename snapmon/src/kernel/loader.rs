@@ -300,6 +300,9 @@ pub struct LoadInfo {
     pub backend: &'static str,
     /// How the programs resolve fds: `direct` (BTF loads) or `probe_read` (`FdWalk`).
     pub fd_walk: &'static str,
+    /// The submit hook resolves registered (fixed) files in the ring's table: the direct
+    /// walk and `valid::IO_URING_FIXED`. Else their writes are counted as lost.
+    pub fixed_files: bool,
 }
 
 /// The attached hooks' links.
@@ -733,6 +736,8 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             offsets,
             backend,
             fd_walk: walk.name(),
+            fixed_files: walk.mode == fd_walk::DIRECT
+                && offsets.valid & snapmon_common::valid::IO_URING_FIXED != 0,
         },
         links: Links {
             lsm: lsm_links,

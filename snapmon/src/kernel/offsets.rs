@@ -36,6 +36,46 @@ fn setattr_dentry_arg(btf: &Btf) -> Result<u32, String> {
     }
 }
 
+/// The two shapes of the ring's registered-file table, newest first, as
+/// `(io_kiocb.ctx, slot count, slot array, slots are nodes, io_rsrc_node.file_ptr)`:
+/// 6.13+ `ctx->file_table.data.{nr, nodes}` of `io_rsrc_node *` (whose `file_ptr` is the
+/// tagged file); before, `ctx->nr_user_files` and `ctx->file_table.files`, an array of
+/// `io_fixed_file` that are the tagged file pointer itself.
+const FIXED_FILE_TABLES: &[(&str, &str, Option<&str>)] = &[
+    (
+        "file_table.data.nr",
+        "file_table.data.nodes",
+        Some("file_ptr"),
+    ),
+    ("nr_user_files", "file_table.files", None),
+];
+
+fn fixed_file_table(btf: &Btf) -> Result<(u32, u32, u32, u32, u32), String> {
+    let ctx = first(btf, &[("io_kiocb", "ctx")])?;
+    let mut last = String::new();
+    for (nr, slots, node_file) in FIXED_FILE_TABLES {
+        let r = (|| -> Result<_, String> {
+            let nr = first(btf, &[("io_ring_ctx", nr)])?;
+            let slots = first(btf, &[("io_ring_ctx", slots)])?;
+            Ok(match node_file {
+                Some(m) => (ctx, nr, slots, 1, first(btf, &[("io_rsrc_node", m)])?),
+                // `io_fixed_file` is one `unsigned long file_ptr`: the slot is 8 bytes.
+                None => {
+                    if first(btf, &[("io_fixed_file", "file_ptr")])? != 0 {
+                        return Err("io_fixed_file.file_ptr is not its only field".into());
+                    }
+                    (ctx, nr, slots, 0, 0)
+                }
+            })
+        })();
+        match r {
+            Ok(t) => return Ok(t),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Missing>) {
     let mut o = KernelOffsets {
         sc_args,
@@ -277,6 +317,26 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
             }),
         }
     }
+    // The ring's registered-file table, for requests naming a slot (`IOSQE_FIXED_FILE`).
+    if v & valid::IO_URING != 0 {
+        match fixed_file_table(btf) {
+            Ok(t) => {
+                (
+                    o.req_ctx,
+                    o.uring_ft_nr,
+                    o.uring_ft_slots,
+                    o.uring_ft_nodes,
+                    o.uring_node_file,
+                ) = t;
+                v |= valid::IO_URING_FIXED;
+            }
+            Err(e) => missing.push(Missing {
+                group: "io_uring_fixed",
+                field: e,
+                effect: "io_uring writes through registered (fixed) files are not judged one by one: their registration is reported instead (SM-U001)",
+            }),
+        }
+    }
     // LSM namespace observation: entry names, the syscall's first argument, setattr's iattr.
     if v & valid::VFS != 0 {
         let r = (|| -> Result<(), String> {
@@ -349,6 +409,9 @@ mod tests {
         assert_eq!(o.valid & valid::FILES, valid::FILES);
         assert_eq!(o.valid & valid::IO_URING, valid::IO_URING);
         assert_eq!(o.valid & valid::COMPAT, valid::COMPAT);
+        // One of the two registered-file table shapes, and the ring within the request.
+        assert_eq!(o.valid & valid::IO_URING_FIXED, valid::IO_URING_FIXED);
+        assert!(o.req_ctx > 0 && o.uring_ft_slots > 0 && o.uring_ft_nr != o.uring_ft_slots);
         assert_ne!(o.file_inode, o.file_pos);
         assert!(o.task_files > 0 && o.task_tgid > 0);
     }
