@@ -99,10 +99,10 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
         // A QEMU debugging tool on a production image: its writes go through the qcow2
         // driver (consistent), but someone is poking at the image. A note, not an alarm.
         let tool = ctx.trust.qemu_tool.filter(|t| t.is_debug())?;
-        let regions = meta_regions(ev);
-        if !is_qcow2(ctx) || regions.is_empty() || ctx.quiet() {
+        if !is_qcow2(ctx) || !has_meta_region(ev) || ctx.quiet() {
             return None;
         }
+        let regions = meta_regions(ev);
         return Some(Hit {
             message: format!(
                 "{} {} qcow2 metadata ({}) in {} through the QEMU block layer ({} is a QEMU \
@@ -137,14 +137,15 @@ fn q001(ctx: &mut Ctx) -> Option<Hit> {
     if !is_qcow2(ctx) || became(ev) {
         return None;
     }
-    let regions = meta_regions(ev);
     // Truncating a known image to nothing has no region left to name.
-    if regions.is_empty() && (ev.action != Action::OpenTruncate) {
+    if !has_meta_region(ev) && (ev.action != Action::OpenTruncate) {
         return None;
     }
+    // A repeat (the common case under load) needs no message: name the regions after.
     if ctx.quiet() {
         return Some(Hit::default());
     }
+    let regions = meta_regions(ev);
     let what = if regions.is_empty() {
         "everything".to_string()
     } else {
@@ -370,6 +371,14 @@ fn meta_regions(ev: &Event) -> Vec<&str> {
         }
     }
     v
+}
+
+/// Whether `meta_regions` is non-empty, without collecting it.
+fn has_meta_region(ev: &Event) -> bool {
+    cls(ev)
+        .into_iter()
+        .flat_map(|c| c.regions.iter())
+        .any(|r| r != "data")
 }
 
 /// Cuts, punches or shifts what was there.
