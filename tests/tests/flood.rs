@@ -517,3 +517,81 @@ fn a_flood_of_junk_names_alone_is_loss_but_not_blinding() {
     );
     stops_within_2s(&mut a);
 }
+
+/// An alert about `img` after `mark`: its own `unlink` event, or SM-A001 naming it.
+fn unlink_or_blinded(v: &Value, img: &Path) -> bool {
+    let path = img.to_str().unwrap();
+    let name = img.file_name().unwrap().to_str().unwrap();
+    let unlink = v["event"]["kind"] == "event"
+        && v["event"]["action"] == "unlink"
+        && v["file"]["path"] == path;
+    let blinded = v["event"]["kind"] == "alert"
+        && v["rule"]["id"] == "SM-A001"
+        && v["message"].as_str().is_some_and(|m| m.contains(name));
+    unlink || blinded
+}
+
+#[test]
+fn an_image_deleted_by_name_in_a_floods_shadow_is_alerted_within_1s() {
+    let (mut a, store) = small_ring_agent("flood-shadow-unlink");
+    // nobody's own image in the 1777 store: nobody may delete it, and its unlink record (by
+    // name, no watched inode) goes to the shared lane, behind nobody's flood of junk names.
+    let img = quiet_image(&store, "mine.qcow2");
+    snapmon_e2e::run("chown", &["nobody:nogroup", img.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mark = a.mark();
+    let mut flooder = std::process::Command::new("setpriv")
+        .args(snapmon_e2e::SETPRIV)
+        .arg(snapmon_e2e::SYSTEM_PYTHON)
+        .arg("-c")
+        .arg(format!(
+            "import os, sys, time\n\
+             os.chdir({:?})\n\
+             for i in range({BLIND_FLOOD}):\n\
+             \x20   os.close(os.open('n%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))\n\
+             \x20   os.unlink('n%d' % i)\n\
+             \x20   if i == {}:\n\
+             \x20       os.unlink('mine.qcow2')\n\
+             \x20       print(time.time_ns(), flush=True)",
+            store.to_str().unwrap(),
+            BLIND_FLOOD / 2,
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = None;
+    let mut ended: Option<Instant> = None;
+    while seen.is_none() && ended.is_none_or(|e| e.elapsed() < Duration::from_millis(1500)) {
+        if let Some(v) = a.wait_from_lines(mark, Duration::from_millis(100), b"mine.qcow2", |v| {
+            unlink_or_blinded(v, &img)
+        }) {
+            seen = Some((v, now_unix_ns()));
+        }
+        if ended.is_none() && flooder.try_wait().unwrap().is_some() {
+            ended = Some(Instant::now());
+        }
+    }
+    let out = flooder.wait_with_output().unwrap();
+    assert!(out.status.success(), "the flood failed");
+    assert!(!img.exists(), "nobody did not delete its image");
+    let unlinked: i128 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    snapmon_e2e::note(&format!(
+        "junk flood of {BLIND_FLOOD} by nobody with an unlink of its image: kernel \
+         ringbuf_full {}, precious_dropped {}, namespace_dropped {}; seen {}",
+        kernel_lost_after(&a, mark, "ringbuf_full"),
+        kernel_lost_after(&a, mark, "precious_dropped"),
+        kernel_lost_after(&a, mark, "namespace_dropped"),
+        seen.as_ref()
+            .map(|(v, _)| format!("{} {}", v["event"]["action"], v["message"]))
+            .unwrap_or_else(|| "nothing".into())
+    ));
+    let (v, at) = seen.expect("the image's unlink in the flood's shadow went unreported");
+    let latency = Duration::from_nanos((at - unlinked).max(0) as u64);
+    snapmon_e2e::note(&format!("reported {latency:?} after the unlink"));
+    assert!(latency < Duration::from_secs(1), "reported {latency:?} after the unlink");
+    if v["event"]["kind"] == "alert" {
+        assert_eq!(v["event"]["action"], "blinded", "{v}");
+        assert_eq!(v["file"]["path"], img.to_str().unwrap(), "{v}");
+    }
+    stops_within_2s(&mut a);
+}
