@@ -48,8 +48,8 @@ pub enum Attach {
 /// ia32 syscall number → the program that judges it (arch/x86/entry/syscalls/syscall_32.tbl).
 /// Native hooks where the arguments mean the same; `compat_*` where the ia32 ABI splits a
 /// 64-bit argument in two or uses 32-bit iovecs. Not here, so still unseen from 32-bit code
-/// on the tracepoint backend: opens and creates (judged at syscall exit), io_submit (32-bit
-/// iocb pointers), old_mmap, and the timestamp calls with 32-bit time structs.
+/// on the tracepoint backend: opens and creates (judged at syscall exit) and the timestamp
+/// calls with 32-bit time structs.
 pub const COMPAT: &[(u32, &str)] = &[
     (4, "sys_enter_write"),
     (181, "compat_pwrite64"),
@@ -63,7 +63,11 @@ pub const COMPAT: &[(u32, &str)] = &[
     (313, "sys_enter_splice"),
     (187, "sys_enter_sendfile64"),
     (239, "sys_enter_sendfile64"),
-    (192, "sys_enter_mmap"),
+    // old_mmap takes its arguments by pointer; mmap2 its offset in pages.
+    (90, "compat_old_mmap"),
+    (192, "compat_mmap2"),
+    // 32-bit iocb pointers (the iocbs themselves are the same on either ABI).
+    (248, "compat_io_submit"),
     (54, "sys_enter_ioctl"),
     (10, "sys_enter_unlink"),
     (301, "sys_enter_unlinkat"),
