@@ -198,17 +198,17 @@ impl Task {
         File::non_null(file)
     }
 
-    /// Identity of the directory a relative path starts from: `dirfd`'s file or the cwd.
+    /// The directory a relative path starts from: `dirfd`'s dentry or the cwd's.
     #[inline(always)]
-    pub unsafe fn base_dir_key(self, dirfd: i64) -> Option<FileKey> {
+    pub unsafe fn base_dir(self, dirfd: i64) -> Option<Dentry> {
         const AT_FDCWD: i64 = -100;
-        if dirfd as i32 as i64 == AT_FDCWD {
+        let d = if dirfd as i32 as i64 == AT_FDCWD {
             let fs: *const u8 = rk(self.0, off!(task_fs))?;
-            let dentry: Dentry = Dentry::new(rk(fs, off!(fs_pwd_dentry))?);
-            dentry.inode()?.key()
+            Dentry::new(rk(fs, off!(fs_pwd_dentry))?)
         } else {
-            self.fd_file(dirfd)?.inode()?.key()
-        }
+            self.fd_file(dirfd)?.dentry()
+        };
+        (!d.is_null()).then_some(d)
     }
 
     /// `task->mm` (null for a kernel thread).
