@@ -14,7 +14,9 @@ use snapmon_common::{WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 use crate::{
     emit::sc_arg,
     kernel::in_compat,
-    write::{emit_write, vec_write, watched_arg, Abi, IovSum, Pos, WriteRec},
+    write::{
+        aio_submit, emit_write, mmap_shared, vec_write, watched_arg, Abi, IovSum, Pos, WriteRec,
+    },
 };
 
 /// Programs by ia32 syscall number, filled by the loader (`kernel::compat`).
@@ -127,5 +129,52 @@ pub fn compat_pwritev(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn compat_pwritev2(ctx: TracePointContext) -> u32 {
     unsafe { vec_write(&ctx, WriteOp::Pwritev2, Abi::Ia32) };
+    0
+}
+
+/// io_submit(ctx_id, nr, compat_uptr_t *iocbpp)
+#[tracepoint]
+pub fn compat_io_submit(ctx: TracePointContext) -> u32 {
+    unsafe { aio_submit(&ctx, Abi::Ia32) };
+    0
+}
+
+/// The six u32s `old_mmap` takes by pointer (`struct mmap_arg_struct32`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MmapArgs32 {
+    addr: u32,
+    len: u32,
+    prot: u32,
+    flags: u32,
+    fd: u32,
+    offset: u32,
+}
+
+/// old_mmap(struct mmap_arg_struct32 *): i386's `mmap`, every argument in memory.
+#[tracepoint]
+pub fn compat_old_mmap(ctx: TracePointContext) -> u32 {
+    unsafe {
+        let Ok(a) = bpf_probe_read_user(sc_arg(&ctx, 0) as *const MmapArgs32) else {
+            return 0;
+        };
+        let (prot, flags) = (a.prot as u64, a.flags as u64);
+        mmap_shared(
+            a.len as u64,
+            prot,
+            flags,
+            a.fd as i32 as i64,
+            a.offset as i64,
+        );
+    }
+    0
+}
+
+/// mmap2(addr, len, prot, flags, fd, pgoff): the offset in 4096-byte units on x86.
+#[tracepoint]
+pub fn compat_mmap2(ctx: TracePointContext) -> u32 {
+    let a = |i| sc_arg(&ctx, i);
+    let (fd, off) = (a(4) as i32 as i64, (a(5) & 0xffff_ffff) << 12);
+    unsafe { mmap_shared(a(1), a(2), a(3), fd, off as i64) };
     0
 }

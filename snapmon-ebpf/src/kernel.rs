@@ -212,31 +212,30 @@ impl Task {
         File::non_null(file)
     }
 
-    /// Identity of the directory a relative path starts from: `dirfd`'s file or the cwd.
+    /// The directory a relative path starts from: `dirfd`'s dentry or the cwd's.
     #[inline(always)]
-    pub unsafe fn base_dir_key(self, dirfd: i64) -> Option<FileKey> {
+    pub unsafe fn base_dir(self, dirfd: i64) -> Option<Dentry> {
         const AT_FDCWD: i64 = -100;
         if direct_walk() {
-            // As `fd_file`: the current task's, by BTF loads.
+            // As `fd_file`: the current task's, by BTF loads. Callers read on from the dentry
+            // by probe reads, which take a BTF pointer as well as a scalar.
             return if dirfd as i32 as i64 == AT_FDCWD {
                 let fs: *const u8 = ld(Task::current_btf().0, off!(task_fs));
                 if fs.is_null() {
                     return None;
                 }
-                let dentry: Dentry = Dentry::non_null(ld(fs, off!(fs_pwd_dentry)))?;
-                dentry.direct_inode()?.direct_key()
+                Dentry::non_null(ld(fs, off!(fs_pwd_dentry)))
             } else {
-                let (_, _, sb, ino) = direct_inode(dirfd)?;
-                Some(sb.direct_key(ino))
+                direct_file(dirfd)?.1.direct_dentry()
             };
         }
-        if dirfd as i32 as i64 == AT_FDCWD {
+        let d = if dirfd as i32 as i64 == AT_FDCWD {
             let fs: *const u8 = rk(self.0, off!(task_fs))?;
-            let dentry: Dentry = Dentry::new(rk(fs, off!(fs_pwd_dentry))?);
-            dentry.inode()?.key()
+            Dentry::new(rk(fs, off!(fs_pwd_dentry))?)
         } else {
-            self.fd_file(dirfd)?.inode()?.key()
-        }
+            self.fd_file(dirfd)?.dentry()
+        };
+        (!d.is_null()).then_some(d)
     }
 
     /// `task->mm` (null for a kernel thread).

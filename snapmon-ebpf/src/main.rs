@@ -176,6 +176,9 @@ static SCRATCH_OPEN: PerCpuArray<FileOpenEvent> = PerCpuArray::with_max_entries(
 /// Loop state of the path filter's `bpf_loop` walk.
 #[map]
 static PATH_WALK: PerCpuArray<path::Walk> = PerCpuArray::with_max_entries(1, 0);
+/// Loop state of the walk up from a base directory not (yet) in `WATCHED_DIRS`.
+#[map]
+static UP_WALK: PerCpuArray<path::UpWalk> = PerCpuArray::with_max_entries(1, 0);
 /// A cut path read once more in full, for its length (`path::match_path`).
 #[map]
 static PATH_FULL: PerCpuArray<[u8; snapmon_common::PATH_MAX]> = PerCpuArray::with_max_entries(1, 0);

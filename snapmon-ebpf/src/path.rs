@@ -2,7 +2,8 @@
 //!
 //! Absolute paths: each directory prefix is FNV-1a hashed and looked up in `WATCHED_PREFIXES`.
 //! Relative paths: the base directory (dirfd or cwd) must be watched, or, for multi-component
-//! paths, an ancestor of a watched dir. Paths with `//`, `/./` or `/../` are flagged for
+//! paths, an ancestor of a watched dir; a base not in the map yet (made a moment ago) is
+//! judged by its nearest registered ancestor. Paths with `//`, `/./` or `/../` are flagged for
 //! userspace to resolve. Userspace re-checks every match exactly. A path longer than the
 //! record holds is flagged cut and its full length reported, for userspace to resolve.
 
@@ -12,8 +13,8 @@ use aya_ebpf::helpers::generated::bpf_loop;
 
 use crate::{
     emit::{copy_kernel_str, copy_user_str},
-    kernel::Task,
-    PATH_FULL, PATH_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
+    kernel::{Dentry, Task},
+    PATH_FULL, PATH_WALK, UP_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
 };
 
 pub struct PathMatch {
@@ -150,19 +151,83 @@ pub unsafe fn match_path(
     let clean = m.flags & (ns_flags::UNNORMALIZED | ns_flags::PATH1_TRUNCATED) == 0;
     m.exact = absolute && clean;
     if !absolute {
-        if let Some(base) = task.base_dir_key(dirfd) {
-            m.base = base;
-            m.base_entry = !has_slash && clean;
-            if let Some(f) = WATCHED_DIRS.get(&base) {
-                if !has_slash && *f & dir_flags::WATCHED != 0 {
-                    m.flags |= ns_flags::BASE_WATCHED;
-                } else if has_slash {
-                    m.flags |= ns_flags::BASE_ANCESTOR;
+        if let Some(dir) = task.base_dir(dirfd) {
+            if let Some(base) = dir.key() {
+                m.base = base;
+                m.base_entry = !has_slash && clean;
+                let f = match WATCHED_DIRS.get(&base) {
+                    Some(f) => Some(*f),
+                    None => new_dir_flags(dir, &base),
+                };
+                if let Some(f) = f {
+                    if !has_slash && f & dir_flags::WATCHED != 0 {
+                        m.flags |= ns_flags::BASE_WATCHED;
+                    } else if has_slash {
+                        m.flags |= ns_flags::BASE_ANCESTOR;
+                    }
                 }
             }
         }
     }
     m
+}
+
+/// Levels of new, not-yet-registered directories a base may sit below a watched one (as
+/// `open`'s creates).
+const MAX_NEW_DEPTH: u32 = 4;
+
+/// Loop state of the walk up from a base directory not in `WATCHED_DIRS`.
+#[repr(C)]
+pub struct UpWalk {
+    dentry: u64,
+    /// The first registered ancestor's `dir_flags`, `u32::MAX` while none is found.
+    flags: u32,
+    _pad: u32,
+}
+
+/// One level up (`bpf_loop` callback, verified once whatever the depth). Returns 1 to stop.
+#[inline(never)]
+extern "C" fn up_step(_idx: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(w) = UP_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    let w = unsafe { &mut *w };
+    let up = unsafe { Dentry::new(w.dentry as *const u8).parent() };
+    if up.is_null() || up.as_ptr() as u64 == w.dentry {
+        return 1; // the root is its own parent
+    }
+    let Some(k) = (unsafe { up.key() }) else {
+        return 1;
+    };
+    if let Some(f) = unsafe { WATCHED_DIRS.get(&k) } {
+        w.flags = *f;
+        return 1;
+    }
+    w.dentry = up.as_ptr() as u64;
+    0
+}
+
+/// A directory made a moment ago inside a watched tree is not in the map until userspace
+/// sees its mkdir land: judge it by its nearest registered ancestor, and register it as
+/// that ancestor's (as `open` does for creates), so the ops that follow cost one lookup.
+#[inline(always)]
+unsafe fn new_dir_flags(dir: Dentry, key: &FileKey) -> Option<u32> {
+    let w = UP_WALK.get_ptr_mut(0)?;
+    (*w).dentry = dir.as_ptr() as u64;
+    (*w).flags = u32::MAX;
+    bpf_loop(
+        MAX_NEW_DEPTH,
+        up_step as *mut core::ffi::c_void,
+        core::ptr::null_mut(),
+        0,
+    );
+    let f = (*w).flags;
+    if f == u32::MAX || f & dir_flags::WATCHED == 0 {
+        return None;
+    }
+    let f = f & (dir_flags::WATCHED | dir_flags::METADATA);
+    let _ = WATCHED_DIRS.insert(key, &f, 0);
+    Some(f)
 }
 
 /// Length of a path that filled the record's buffer, read once more into per-CPU scratch:

@@ -448,62 +448,79 @@ pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
 /// Shared writable mappings: later stores are invisible to syscall hooks, so report the map.
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    let a = |i| sc_arg(&ctx, i);
+    unsafe { mmap_shared(a(1), a(2), a(3), a(4) as i64, a(5) as i64) };
+    0
+}
+
+/// A mapping of `len` bytes at `off` of `fd`, reported if shared and writable (mmap, and the
+/// ia32 `old_mmap`/`mmap2` in `compat`).
+#[inline(always)]
+pub(crate) unsafe fn mmap_shared(len: u64, prot: u64, flags: u64, fd: i64, off: i64) {
     const PROT_WRITE: u64 = 0x2;
     const MAP_SHARED: u64 = 0x1;
-    unsafe {
-        let (prot, flags) = (sc_arg(&ctx, 2), sc_arg(&ctx, 3));
-        if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
-            return 0;
-        }
-        let Some((fd, w)) = watched_arg(&ctx, 4) else {
-            return 0;
-        };
-        let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
-        let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
-        emit_write(&w, r.aux((prot << 32) | (flags & 0xffff_ffff)));
+    if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
+        return;
     }
-    0
+    let Some(task) = enter() else { return };
+    let Some(w) = watched_fd(task, fd, false) else {
+        return;
+    };
+    let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
+    emit_write(&w, r.aux((prot << 32) | (flags & 0xffff_ffff)));
 }
 
 /// linux-aio: inspect each iocb of `io_submit(ctx, nr, iocbpp)`.
 #[tracepoint]
 pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
+    unsafe { aio_submit(&ctx, Abi::Native) };
+    0
+}
+
+/// io_submit's iocbs. Their layout is the same on either ABI; from 32-bit code the array
+/// holds 32-bit pointers and a PWRITEV's buffer is `compat_iovec`s.
+#[inline(always)]
+pub(crate) unsafe fn aio_submit(ctx: &TracePointContext, abi: Abi) {
     const IOCB_CMD_PWRITE: u16 = 1;
     const IOCB_CMD_PWRITEV: u16 = 8;
-    unsafe {
-        let Some(task) = enter() else { return 0 };
-        let (nr, iocbpp) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-        for i in 0..AIO_MAX_IOCBS as u64 {
-            if i >= nr {
-                break;
-            }
-            let Ok(iocb) = bpf_probe_read_user((iocbpp + i * 8) as *const u64) else {
-                break;
-            };
-            let op: u16 = bpf_probe_read_user((iocb + 16) as *const u16).unwrap_or(0);
-            if op != IOCB_CMD_PWRITE && op != IOCB_CMD_PWRITEV {
-                continue;
-            }
-            let fd: u32 = bpf_probe_read_user((iocb + 20) as *const u32).unwrap_or(u32::MAX);
-            let Some(w) = watched_fd(task, fd as i64, false) else {
-                continue;
-            };
-            let buf: u64 = bpf_probe_read_user((iocb + 24) as *const u64).unwrap_or(0);
-            let nbytes: u64 = bpf_probe_read_user((iocb + 32) as *const u64).unwrap_or(0);
-            let offset: i64 = bpf_probe_read_user((iocb + 40) as *const i64).unwrap_or(-1);
-            let (fd, pos) = (fd as i64, Pos::At(offset));
-            // Two calls, as before: each branch inlines its own emit (the verifier's view of
-            // this eight-iocb loop is the one that reached 6.1's limits).
-            if op == IOCB_CMD_PWRITE {
-                let r = WriteRec::new(fd, WriteOp::AioPwrite, pos, nbytes);
-                emit_write(&w, r.sample(buf, nbytes).aux(i));
-            } else {
-                let r = WriteRec::iov(fd, WriteOp::AioPwritev, pos, iov_sum(buf, nbytes));
-                emit_write(&w, r.aux(i));
-            }
+    let Some(task) = enter() else { return };
+    let (nr, iocbpp) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
+    for i in 0..AIO_MAX_IOCBS as u64 {
+        if i >= nr {
+            break;
         }
-        // The circuit breaker judges the queued writes once, not once per iocb.
-        crate::respond::flush_aio();
+        let iocb = match abi {
+            Abi::Native => bpf_probe_read_user((iocbpp + i * 8) as *const u64),
+            Abi::Ia32 => bpf_probe_read_user((iocbpp + i * 4) as *const u32).map(u64::from),
+        };
+        let Ok(iocb) = iocb else {
+            break;
+        };
+        let op: u16 = bpf_probe_read_user((iocb + 16) as *const u16).unwrap_or(0);
+        if op != IOCB_CMD_PWRITE && op != IOCB_CMD_PWRITEV {
+            continue;
+        }
+        let fd: u32 = bpf_probe_read_user((iocb + 20) as *const u32).unwrap_or(u32::MAX);
+        let Some(w) = watched_fd(task, fd as i64, false) else {
+            continue;
+        };
+        let buf: u64 = bpf_probe_read_user((iocb + 24) as *const u64).unwrap_or(0);
+        let nbytes: u64 = bpf_probe_read_user((iocb + 32) as *const u64).unwrap_or(0);
+        let offset: i64 = bpf_probe_read_user((iocb + 40) as *const i64).unwrap_or(-1);
+        let (fd, pos) = (fd as i64, Pos::At(offset));
+        // Two calls, as before: each branch inlines its own emit (the verifier's view of
+        // this eight-iocb loop is the one that reached 6.1's limits).
+        if op == IOCB_CMD_PWRITE {
+            let r = WriteRec::new(fd, WriteOp::AioPwrite, pos, nbytes);
+            emit_write(&w, r.sample(buf, nbytes).aux(i));
+        } else {
+            let sum = match abi {
+                Abi::Native => iov_sum(buf, nbytes),
+                Abi::Ia32 => crate::compat::iov32_sum(buf, nbytes),
+            };
+            emit_write(&w, WriteRec::iov(fd, WriteOp::AioPwritev, pos, sum).aux(i));
+        }
     }
-    0
+    // The circuit breaker judges the queued writes once, not once per iocb.
+    crate::respond::flush_aio();
 }

@@ -1105,7 +1105,8 @@ pub fn mov(c: &mut Vec<u8>, op: u8, v: u32) {
 
 /// A static i386 ELF (tests of 32-bit programs: e2e, uring): `code(data_at)` (which must not depend on `data_at` for its length)
 /// followed by `data`, then `exit(0)`; every syscall through `int 0x80`: compat syscalls,
-/// which the x86-64 syscall tracepoints never see.
+/// which the x86-64 syscall tracepoints never see. One writable segment: the code may fill
+/// in `data` (fds, pointers) before handing it to a syscall.
 pub fn i386_program(code: impl Fn(u32) -> Vec<u8>, data: &[u8]) -> Vec<u8> {
     const BASE: u32 = 0x0804_8000;
     const HDR: u32 = 52 + 32;
@@ -1129,11 +1130,18 @@ pub fn i386_program(code: impl Fn(u32) -> Vec<u8>, data: &[u8]) -> Vec<u8> {
     for h in [52u16, 32, 1, 0, 0, 0] {
         elf.extend_from_slice(&h.to_le_bytes()); // ehsize, phentsize, phnum, sh*
     }
-    for w in [1u32, 0, BASE, BASE, total, total, 5, 0x1000] {
-        elf.extend_from_slice(&w.to_le_bytes()); // PT_LOAD, R+X
+    for w in [1u32, 0, BASE, BASE, total, total, 7, 0x1000] {
+        elf.extend_from_slice(&w.to_le_bytes()); // PT_LOAD, R+W+X
     }
     elf.extend_from_slice(&body);
     elf
+}
+
+/// `mov dword [at], v`.
+pub fn store(c: &mut Vec<u8>, at: u32, v: u32) {
+    c.extend_from_slice(&[0xc7, 0x05]);
+    c.extend_from_slice(&at.to_le_bytes());
+    c.extend_from_slice(&v.to_le_bytes());
 }
 
 pub fn c_string(p: &Path) -> Vec<u8> {

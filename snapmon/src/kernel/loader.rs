@@ -48,8 +48,8 @@ pub enum Attach {
 /// ia32 syscall number → the program that judges it (arch/x86/entry/syscalls/syscall_32.tbl).
 /// Native hooks where the arguments mean the same; `compat_*` where the ia32 ABI splits a
 /// 64-bit argument in two or uses 32-bit iovecs. Not here, so still unseen from 32-bit code
-/// on the tracepoint backend: opens and creates (judged at syscall exit), io_submit (32-bit
-/// iocb pointers), old_mmap, and the timestamp calls with 32-bit time structs.
+/// on the tracepoint backend: opens and creates (judged at syscall exit) and the timestamp
+/// calls with 32-bit time structs.
 pub const COMPAT: &[(u32, &str)] = &[
     (4, "sys_enter_write"),
     (181, "compat_pwrite64"),
@@ -63,7 +63,11 @@ pub const COMPAT: &[(u32, &str)] = &[
     (313, "sys_enter_splice"),
     (187, "sys_enter_sendfile64"),
     (239, "sys_enter_sendfile64"),
-    (192, "sys_enter_mmap"),
+    // old_mmap takes its arguments by pointer; mmap2 its offset in pages.
+    (90, "compat_old_mmap"),
+    (192, "compat_mmap2"),
+    // 32-bit iocb pointers (the iocbs themselves are the same on either ABI).
+    (248, "compat_io_submit"),
     (54, "sys_enter_ioctl"),
     (10, "sys_enter_unlink"),
     (301, "sys_enter_unlinkat"),
@@ -614,14 +618,23 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             {
                 continue;
             }
-            if let Err(e) = compat_table(&mut ebpf, tracefs, &offsets) {
-                hooks.push(HookStatus {
-                    program: spec.program,
+            match compat_table(&mut ebpf, tracefs, &offsets) {
+                Err(e) => {
+                    hooks.push(HookStatus {
+                        program: spec.program,
+                        attached_to: None,
+                        covers: spec.covers,
+                        error: Some(format!("{e:#}")),
+                    });
+                    continue;
+                }
+                // A variant the verifier refused: its syscall stays unseen from 32-bit code.
+                Ok(refused) => hooks.extend(refused.into_iter().map(|(program, e)| HookStatus {
+                    program,
                     attached_to: None,
                     covers: spec.covers,
-                    error: Some(format!("{e:#}")),
-                });
-                continue;
+                    error: Some(e),
+                })),
             }
         }
         let status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
@@ -817,8 +830,13 @@ fn attach_one(
 }
 
 /// Fill the compat tail-call table. The table stays owned by `ebpf` (the `Kernel`): the kernel
-/// empties a program array when its last user reference goes.
-fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyhow::Result<()> {
+/// empties a program array when its last user reference goes. Returns the `compat_*`
+/// variants that would not load, with why.
+fn compat_table(
+    ebpf: &mut Ebpf,
+    tracefs: &str,
+    offsets: &KernelOffsets,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
     anyhow::ensure!(
         offsets.valid & snapmon_common::valid::COMPAT != 0,
         "no thread_info.status in the kernel's BTF"
@@ -835,7 +853,7 @@ fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyh
         "raw_syscalls/sys_enter keeps id at {id:?} and args at {args:?}, not 8 and {} as the syscall records",
         offsets.sc_args
     );
-    let mut fds = Vec::new();
+    let (mut fds, mut refused) = (Vec::new(), Vec::new());
     for &(nr, name) in COMPAT {
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
@@ -843,8 +861,13 @@ fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyh
             .try_into()?;
         // Loaded already when its own tracepoint attached; a variant is loaded here. A native
         // hook this kernel lacks (fchmodat2 before 6.6) leaves its slot empty.
-        if prog.fd().is_err() && prog.load().is_err() {
-            continue;
+        if prog.fd().is_err() {
+            if let Err(e) = prog.load() {
+                if name.starts_with("compat_") && !refused.iter().any(|(n, _)| *n == name) {
+                    refused.push((name, format!("{:#}", verbose(e))));
+                }
+                continue;
+            }
         }
         fds.push((nr, prog.fd()?.try_clone()?));
     }
@@ -857,7 +880,7 @@ fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyh
             .set(*nr, fd, 0)
             .with_context(|| format!("compat slot {nr}"))?;
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// Keep the verifier log: it is the only useful explanation of a rejected program.
