@@ -361,6 +361,24 @@ pub mod watch_value {
     /// The entry counts towards the ordinary share (`WATCH_SHARE`): whoever deletes it
     /// gives the room back.
     pub const ORDINARY: u32 = 1 << 0;
+    /// The bits above `GEN_SHIFT` hold the low bits of the file's `i_generation`: an inode
+    /// with that number but another generation is a later file (the watched one was freed
+    /// unseen) and is not watched. Without this bit the generation is unknown (a
+    /// filesystem that does not tell it to userspace) and any inode of that number matches.
+    pub const GEN: u32 = 1 << 1;
+    pub const GEN_SHIFT: u32 = 2;
+
+    /// `flags` with generation `generation` recorded.
+    #[inline(always)]
+    pub const fn with_generation(flags: u32, generation: u32) -> u32 {
+        (flags & (GEN - 1)) | GEN | (generation << GEN_SHIFT)
+    }
+
+    /// Is an entry of value `v` the file whose inode has generation `generation`?
+    #[inline(always)]
+    pub const fn same_file(v: u32, generation: u32) -> bool {
+        v & GEN == 0 || (v ^ (generation << GEN_SHIFT)) >> GEN_SHIFT == 0
+    }
 }
 
 /// Slots of the `WATCH_SHARE` array (u64 each). Each slot has one writer, so no slot needs
@@ -712,6 +730,9 @@ pub struct KernelOffsets {
     pub uring_upd_arg: u32,
     pub uring_upd_nr: u32,
     pub uring_upd_off: u32,
+    /// `inode.i_generation`: told with (dev, ino), which file an entry of `WATCHED_FILES` is
+    /// (`watch_value::GEN`), so a reused inode number is not judged as the deleted file.
+    pub inode_generation: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
@@ -736,6 +757,8 @@ pub mod valid {
     pub const SB_MAGIC: u32 = 1 << 10;
     /// `io_rsrc_update`: fixed-file updates submitted through a ring are read.
     pub const IO_URING_UPD: u32 = 1 << 11;
+    /// `inode.i_generation`: `WATCHED_FILES` entries are checked against the inode's.
+    pub const GENERATION: u32 = 1 << 12;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -1038,7 +1061,8 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 77 * 4);
+    assert!(size_of::<KernelOffsets>() == 78 * 4);
+    assert!(offset_of!(KernelOffsets, inode_generation) == 77 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);

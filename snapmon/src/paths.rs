@@ -40,6 +40,28 @@ pub fn key_for(path: &Path, md: &std::fs::Metadata) -> FileKey {
     k
 }
 
+/// The `i_generation` of the regular file at `p` (`FS_IOC_GETVERSION`), when it is still
+/// identity `k`: with (dev, ino) it tells a file from a later one that reuses its inode
+/// number. `None` where the filesystem does not tell it (tmpfs, overlayfs) or `p` is not
+/// that regular file now. Opened without following a symlink, blocking or a controlling tty.
+pub fn generation_of(p: &Path, k: FileKey) -> Option<u32> {
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p)
+        .ok()?;
+    let md = f.metadata().ok()?;
+    if !md.is_file() || key_for(p, &md) != k {
+        return None;
+    }
+    // The kernel stores an int through the `long *` the number is declared with.
+    let mut g: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETVERSION writes at most a `long` to the pointer given.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut g) };
+    (r == 0).then_some(g as u32)
+}
+
 /// Mount points and their superblock devs, longest first (read once).
 fn mounts() -> &'static [(PathBuf, u32)] {
     static M: std::sync::OnceLock<Vec<(PathBuf, u32)>> = std::sync::OnceLock::new();
