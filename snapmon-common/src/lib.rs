@@ -1106,3 +1106,27 @@ mod ino_slot_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod watch_value_tests {
+    use super::watch_value::*;
+
+    /// An entry matches its own file's generation, not another's (within the 30 bits kept),
+    /// and an entry made without one matches any; the ordinary bit survives.
+    #[test]
+    fn an_entry_matches_its_generation_only() {
+        for g in [0u32, 1, 0x3fff_ffff, 0xdead_beef, u32::MAX] {
+            for flags in [0, ORDINARY] {
+                let v = with_generation(flags, g);
+                assert_eq!(v & ORDINARY, flags);
+                assert!(v & GEN != 0);
+                assert!(same_file(v, g));
+                assert!(!same_file(v, g ^ 1));
+                assert!(!same_file(v, g.wrapping_add(1 << 29)));
+                assert!(same_file(flags, g), "no generation recorded: any matches");
+            }
+        }
+        // Only the low 30 bits are kept: the top two do not tell files apart.
+        assert!(same_file(with_generation(0, 5), 5 | (3 << 30)));
+    }
+}

@@ -155,4 +155,28 @@ mod tests {
         assert_eq!(kernel_dev(st), (8 << 20) | 1);
         assert_eq!(dev_display((8 << 20) | 1), "8:1");
     }
+
+    /// The generation is read from the file the key names, never from what replaced it or
+    /// a symlink to it.
+    #[test]
+    fn generation_of_reads_only_the_file_the_key_names() {
+        use std::os::fd::AsRawFd;
+        let d = std::env::temp_dir().join(format!("snapmon-gen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let (f, g, l) = (d.join("f"), d.join("g"), d.join("l"));
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::write(&g, b"y").unwrap();
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        let key = |p: &Path| key_for(p, &std::fs::metadata(p).unwrap());
+        let file = std::fs::File::open(&f).unwrap();
+        let mut want: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETVERSION writes at most a `long`.
+        let ok = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut want) } == 0;
+        assert_eq!(generation_of(&f, key(&f)), ok.then_some(want as u32));
+        assert_eq!(generation_of(&g, key(&f)), None, "another file at the name");
+        assert_eq!(generation_of(&l, key(&f)), None, "a symlink is not followed");
+        assert_eq!(generation_of(&d, key(&d)), None, "not a regular file");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -978,6 +978,25 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// What the scan watches carries its inode generation where the filesystem tells it, so
+    /// the kernel can tell the file from a later one with its number.
+    #[test]
+    fn the_scan_watches_files_with_their_inode_generation() {
+        let d = tmpdir("generation");
+        std::fs::write(d.join("a.qcow2"), b"x").unwrap();
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d, &mut maps).unwrap();
+        let p = d.join("a.qcow2");
+        let key = key_of(&std::fs::metadata(&p).unwrap());
+        assert!(maps.files.contains(&key));
+        assert_eq!(
+            maps.generations.get(&key).copied(),
+            crate::paths::generation_of(&p, key)
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn registers_tree_ancestors_and_prefix_hashes() {
         let d = tmpdir("tree");
