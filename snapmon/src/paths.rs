@@ -40,6 +40,10 @@ pub fn key_for(path: &Path, md: &std::fs::Metadata) -> FileKey {
     k
 }
 
+/// Filesystems whose `FS_IOC_GETVERSION` is the inode's `i_generation` (`statfs` magics):
+/// ext2/3/4, XFS, btrfs.
+const GENERATION_FS: [i64; 3] = [0xef53, 0x5846_5342, 0x9123_683e];
+
 /// The `i_generation` of the regular file at `p` (`FS_IOC_GETVERSION`), when it is still
 /// identity `k`: with (dev, ino) it tells a file from a later one that reuses its inode
 /// number. `None` where the filesystem does not tell it (tmpfs, overlayfs) or `p` is not
@@ -53,6 +57,15 @@ pub fn generation_of(p: &Path, k: FileKey) -> Option<u32> {
         .ok()?;
     let md = f.metadata().ok()?;
     if !md.is_file() || key_for(p, &md) != k {
+        return None;
+    }
+    // Only where the ioctl is the inode's own `i_generation`, which the kernel compares: a
+    // FUSE server may answer it with anything, and a wrong one would blind the watch.
+    // SAFETY: fstatfs fills the zeroed struct it is given.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut sf) } != 0
+        || !GENERATION_FS.contains(&(sf.f_type as i64))
+    {
         return None;
     }
     // The kernel stores an int through the `long *` the number is declared with.
