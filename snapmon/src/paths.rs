@@ -188,7 +188,11 @@ mod tests {
         let ok = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut want) } == 0;
         assert_eq!(generation_of(&f, key(&f)), ok.then_some(want as u32));
         assert_eq!(generation_of(&g, key(&f)), None, "another file at the name");
-        assert_eq!(generation_of(&l, key(&f)), None, "a symlink is not followed");
+        assert_eq!(
+            generation_of(&l, key(&f)),
+            None,
+            "a symlink is not followed"
+        );
         assert_eq!(generation_of(&d, key(&d)), None, "not a regular file");
         let _ = std::fs::remove_dir_all(&d);
     }

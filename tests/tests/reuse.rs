@@ -89,8 +89,7 @@ fn about_any(a: &mut Agent, mark: u64, ino: u64, paths: &[&Path]) -> Vec<Value> 
         .into_iter()
         .filter(|v| {
             let text = v.to_string();
-            v["file"]["inode"].as_str() == Some(&ino)
-                || paths.iter().any(|p| text.contains(s(p)))
+            v["file"]["inode"].as_str() == Some(&ino) || paths.iter().any(|p| text.contains(s(p)))
         })
         .collect()
 }
@@ -158,7 +157,7 @@ fn an_image_the_kernel_watched_freed_unseen_lends_its_inode_to_nobody_unjudged()
     qcow2(&img);
     // The kernel watched it at create: the snapshot's header write is reported.
     a.expect(
-        Expect::event("write").path(&img).since(mark),
+        Expect::any_event().write().path(&img).since(mark),
         Duration::from_secs(20),
     );
     freed_unseen_then_reused(&mut a, &fs.ext4, &img, "made");
@@ -189,7 +188,7 @@ fn images_on_ext4_and_tmpfs_still_alert_whoever_watched_them() {
         let mark = a.mark();
         qcow2(&made);
         a.expect(
-            Expect::event("write").path(&made).since(mark),
+            Expect::any_event().write().path(&made).since(mark),
             Duration::from_secs(20),
         );
         hide_snapshots(&mut a, &made);
