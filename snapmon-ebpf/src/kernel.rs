@@ -484,6 +484,15 @@ pub fn maybe_watched_ino(ino: u64) -> bool {
         .is_some_and(|v| *v != 0)
 }
 
+/// Keep `key`'s `WATCHED_FILES` entry, without its generation: from now on it matches any
+/// inode with that number, as an entry made without one does.
+#[inline(always)]
+pub unsafe fn forget_generation(key: &FileKey) {
+    if let Some(v) = WATCHED_FILES.get_ptr_mut(key) {
+        *v &= watch_value::GEN - 1;
+    }
+}
+
 /// Mark an inode number before its key goes into `WATCHED_FILES`.
 #[inline(always)]
 pub fn mark_watched_ino(ino: u64) {

@@ -194,3 +194,19 @@ fn images_on_ext4_and_tmpfs_still_alert_whoever_watched_them() {
         hide_snapshots(&mut a, &made);
     }
 }
+
+/// The owner can give an inode a new generation (`chattr -v`, `FS_IOC_SETVERSION`): the
+/// file stays watched, and hiding its snapshots after that still alerts.
+#[test]
+fn a_generation_changed_by_its_owner_does_not_unwatch_the_image() {
+    let (fs, mut a) = fs();
+    let img = fs.ext4.join("store/renumbered.qcow2");
+    let mark = a.mark();
+    qcow2(&img);
+    a.expect(
+        Expect::any_event().write().path(&img).since(mark),
+        Duration::from_secs(20),
+    );
+    run("chattr", &["-v", "12345", s(&img)]);
+    hide_snapshots(&mut a, &img);
+}
