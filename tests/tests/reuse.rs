@@ -74,23 +74,22 @@ fn fs() -> (&'static Fs, std::sync::MutexGuard<'static, Agent>) {
                 qcow2(&m.join("store").join(name));
             }
         }
-        // A header without snapshots, for nobody to copy.
+        // An image's first cluster, with its snapshot, for nobody to copy.
         qcow2(&ext4.join("out/header.qcow2"));
-        run("qemu-img", &["snapshot", "-d", "s1", s(&ext4.join("out/header.qcow2"))]);
         Fs { base, ext4, tmpfs }
     });
     let a = agent_with(&[fs.ext4.join("store"), fs.tmpfs.join("store")]);
     (fs, a)
 }
 
-/// Everything since `mark` by process `pid`, naming `path`, or about inode `ino` by
+/// Everything since `mark` by processes `pids`, naming `path`, or about inode `ino` by
 /// anything but qemu-img (whose late records of the image itself may still come).
-fn about_any(a: &mut Agent, mark: u64, pid: u32, ino: u64, path: &Path) -> Vec<Value> {
+fn about_any(a: &mut Agent, mark: u64, pids: &[u32], ino: u64, path: &Path) -> Vec<Value> {
     let ino = ino.to_string();
     a.since(mark)
         .into_iter()
         .filter(|v| {
-            v["process"]["pid"] == pid
+            pids.iter().any(|p| v["process"]["pid"] == *p)
                 || v.to_string().contains(s(path))
                 || (v["file"]["inode"].as_str() == Some(&ino) && v["process"]["name"] != "qemu-img")
         })
@@ -110,8 +109,8 @@ fn barrier(a: &mut Agent, store: &Path, tag: &str) {
 }
 
 /// Delete watched image `img` through a symlink to its store, which no hook matches as a
-/// watched name; have nobody create files in `out` until one gets its inode number, and
-/// write a qcow2 header without snapshots into it. Nothing may be said about either.
+/// watched name; have nobody create files in `out` until one gets its inode number, make
+/// it an image and hide its snapshot. Nothing may be said about it.
 fn freed_unseen_then_reused(a: &mut Agent, mnt: &Path, img: &Path, tag: &str) {
     let ino = std::fs::metadata(img).unwrap().ino();
     let via = mnt.join(format!("via-{tag}"));
@@ -129,13 +128,18 @@ fn freed_unseen_then_reused(a: &mut Agent, mnt: &Path, img: &Path, tag: &str) {
     }
     let f = reused.unwrap_or_else(|| panic!("inode {ino} not reused in 32 files"));
     let mark = a.mark();
-    let r = nobody_py(&format!(
-        "d = open('{}', 'rb').read(); f = open('{}', 'r+b'); f.write(d); f.flush()",
+    // Make it an image, then hide its snapshot: SM-Q002 had the old image been watched.
+    let made = nobody_py(&format!(
+        "d = open('{}', 'rb').read(65536); f = open('{}', 'r+b'); f.write(d); f.flush()",
         s(&out.join("header.qcow2")),
         s(&f)
     ));
+    let hid = nobody_py(&format!(
+        "import os; fd = os.open('{}', os.O_RDWR); os.pwrite(fd, (0).to_bytes(4, 'big'), 60)",
+        s(&f)
+    ));
     barrier(a, &mnt.join("store"), tag);
-    let said = about_any(a, mark, r.pid, ino, &f);
+    let said = about_any(a, mark, &[made.pid, hid.pid], ino, &f);
     assert!(
         said.is_empty(),
         "nobody's file {} (inode {ino} of the freed {}) was judged as the image:\n{}",
