@@ -362,6 +362,24 @@ pub mod watch_value {
     /// The entry counts towards the ordinary share (`WATCH_SHARE`): whoever deletes it
     /// gives the room back.
     pub const ORDINARY: u32 = 1 << 0;
+    /// The bits above `GEN_SHIFT` hold the low bits of the file's `i_generation`: an inode
+    /// with that number but another generation is a later file (the watched one was freed
+    /// unseen) and is not watched. Without this bit the generation is unknown (a
+    /// filesystem that does not tell it to userspace) and any inode of that number matches.
+    pub const GEN: u32 = 1 << 1;
+    pub const GEN_SHIFT: u32 = 2;
+
+    /// `flags` with generation `generation` recorded.
+    #[inline(always)]
+    pub const fn with_generation(flags: u32, generation: u32) -> u32 {
+        (flags & (GEN - 1)) | GEN | (generation << GEN_SHIFT)
+    }
+
+    /// Is an entry of value `v` the file whose inode has generation `generation`?
+    #[inline(always)]
+    pub const fn same_file(v: u32, generation: u32) -> bool {
+        v & GEN == 0 || (v ^ (generation << GEN_SHIFT)) >> GEN_SHIFT == 0
+    }
 }
 
 /// Slots of the `WATCH_SHARE` array (u64 each). Each slot has one writer, so no slot needs
@@ -725,6 +743,9 @@ pub struct KernelOffsets {
     pub uring_ft_nodes: u32,
     /// `io_rsrc_node.file_ptr` (6.13+).
     pub uring_node_file: u32,
+    /// `inode.i_generation`: told with (dev, ino), which file an entry of `WATCHED_FILES` is
+    /// (`watch_value::GEN`), so a reused inode number is not judged as the deleted file.
+    pub inode_generation: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
@@ -752,6 +773,8 @@ pub mod valid {
     /// The ring's registered-file table: writes through fixed files are resolved and judged
     /// one by one (with the direct fd walk only).
     pub const IO_URING_FIXED: u32 = 1 << 12;
+    /// `inode.i_generation`: `WATCHED_FILES` entries are checked against the inode's.
+    pub const GENERATION: u32 = 1 << 13;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
@@ -1054,7 +1077,8 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 82 * 4);
+    assert!(size_of::<KernelOffsets>() == 83 * 4);
+    assert!(offset_of!(KernelOffsets, inode_generation) == 82 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
@@ -1096,5 +1120,29 @@ mod ino_slot_tests {
                 seen[s as usize] = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod watch_value_tests {
+    use super::watch_value::*;
+
+    /// An entry matches its own file's generation, not another's (within the 30 bits kept),
+    /// and an entry made without one matches any; the ordinary bit survives.
+    #[test]
+    fn an_entry_matches_its_generation_only() {
+        for g in [0u32, 1, 0x3fff_ffff, 0xdead_beef, u32::MAX] {
+            for flags in [0, ORDINARY] {
+                let v = with_generation(flags, g);
+                assert_eq!(v & ORDINARY, flags);
+                assert!(v & GEN != 0);
+                assert!(same_file(v, g));
+                assert!(!same_file(v, g ^ 1));
+                assert!(!same_file(v, g.wrapping_add(1 << 29)));
+                assert!(same_file(flags, g), "no generation recorded: any matches");
+            }
+        }
+        // Only the low 30 bits are kept: the top two do not tell files apart.
+        assert!(same_file(with_generation(0, 5), 5 | (3 << 30)));
     }
 }

@@ -101,8 +101,18 @@ unsafe fn on_ioctl(ctx: &TracePointContext) {
     let Some(w) = watched_fd(Task::current(), fd, true) else {
         return;
     };
+    if !w.is_dir && sets_generation(cmd) {
+        crate::kernel::forget_generation(&w.key);
+    }
     crate::respond::on_ioctl(&w, cmd);
     report(&w, fd, cmd, arg);
+}
+
+/// `FS_IOC_SETVERSION` / `EXT4_IOC_SETVERSION` (and their 32-bit forms): the owner gives the
+/// inode a new `i_generation` (`chattr -v`), which must not make the file's entry another's.
+#[inline(always)]
+fn sets_generation(cmd: u32) -> bool {
+    matches!(cmd, 0x4008_7602 | 0x4004_7602 | 0x4008_6604 | 0x4004_6604)
 }
 
 /// A loop attach or detach returned: reported only when it took effect.

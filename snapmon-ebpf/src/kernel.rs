@@ -6,7 +6,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
 };
-use snapmon_common::{dir_flags, fd_walk, FileKey};
+use snapmon_common::{dir_flags, fd_walk, watch_value, FileKey};
 
 use crate::{CONFIG, OFFSETS, RDEV_ANY, WATCHED_DIRS, WATCHED_FILES, WATCHED_INO, WATCHED_RDEV};
 
@@ -396,6 +396,40 @@ impl Inode {
     pub unsafe fn sb(self) -> Option<SuperBlock> {
         self.rk_ptr(off!(inode_sb))
     }
+
+    /// `i_generation`, by a plain load with the direct walk (whose inodes are BTF pointers)
+    /// or a probe read; `None` when unreadable or not located.
+    #[inline(always)]
+    pub unsafe fn generation(self, direct: bool) -> Option<u32> {
+        if !valid(snapmon_common::valid::GENERATION) {
+            return None;
+        }
+        if direct {
+            return Some(ld(self.0, off!(inode_generation)));
+        }
+        rk(self.0, off!(inode_generation))
+    }
+
+    /// Is this inode the file a `WATCHED_FILES` entry of value `v` was made for? An entry
+    /// without a generation, or an unreadable one, matches: a failed read must not blind us.
+    #[inline(always)]
+    pub unsafe fn is_entry_file(self, v: u32, direct: bool) -> bool {
+        if v & watch_value::GEN == 0 {
+            return true;
+        }
+        self.generation(direct)
+            .is_none_or(|g| watch_value::same_file(v, g))
+    }
+
+    /// The `WATCHED_FILES` value for a new entry of this inode: `flags`, and its generation
+    /// when readable.
+    #[inline(always)]
+    pub unsafe fn entry_value(self, flags: u32, direct: bool) -> u32 {
+        match self.generation(direct) {
+            Some(g) => watch_value::with_generation(flags, g),
+            None => flags,
+        }
+    }
 }
 
 impl SuperBlock {
@@ -481,6 +515,15 @@ pub fn maybe_watched_ino(ino: u64) -> bool {
     WATCHED_INO
         .get(snapmon_common::ino_slot(ino))
         .is_some_and(|v| *v != 0)
+}
+
+/// Keep `key`'s `WATCHED_FILES` entry, without its generation: from now on it matches any
+/// inode with that number, as an entry made without one does.
+#[inline(always)]
+pub unsafe fn forget_generation(key: &FileKey) {
+    if let Some(v) = WATCHED_FILES.get_ptr_mut(key) {
+        *v &= watch_value::GEN - 1;
+    }
 }
 
 /// Mark an inode number before its key goes into `WATCHED_FILES`.
@@ -639,14 +682,18 @@ unsafe fn watched_inode(
         sb.key(ino)?
     };
     if let Some(v) = WATCHED_FILES.get(&key) {
-        return Some(Watched {
-            file,
-            inode,
-            key,
-            is_dir: false,
-            precious: *v & snapmon_common::watch_value::ORDINARY == 0,
-            size: size(),
-        });
+        let v = *v;
+        // Another generation: the watched file was freed unseen and its number reused.
+        if inode.is_entry_file(v, direct_walk()) {
+            return Some(Watched {
+                file,
+                inode,
+                key,
+                is_dir: false,
+                precious: v & watch_value::ORDINARY == 0,
+                size: size(),
+            });
+        }
     }
     if dirs {
         if let Some(f) = WATCHED_DIRS.get(&key) {

@@ -88,18 +88,24 @@ fn ordinary_entries() -> u64 {
 
 /// Insert a file new to `WATCHED_FILES`: images and metadata always (while the map has
 /// room), others only below the ordinary share. A refusal is counted; nothing is ignored.
+///
+/// `value` is the entry's (`Inode::entry_value`); `stale` the value of an entry of an earlier
+/// file with this inode number, which the new entry replaces.
 #[inline(always)]
-unsafe fn admit(key: &FileKey, precious: bool) -> u32 {
+unsafe fn admit(key: &FileKey, value: u32, stale: Option<u32>) -> u32 {
+    let precious = value & watch_value::ORDINARY == 0;
     if !precious && ordinary_entries() >= ORDINARY_LIMIT as u64 {
         count_lost(lost::WATCH_FULL);
         return open_watch::REFUSED;
     }
     // Watch it from now on, before its first write can reach us.
     crate::kernel::mark_watched_ino(key.ino);
-    let value = if precious { 0 } else { watch_value::ORDINARY };
-    match WATCHED_FILES.insert(key, &value, BPF_NOEXIST) {
+    let flags = if stale.is_some() { 0 } else { BPF_NOEXIST };
+    // A replaced ordinary entry is counted in the share already.
+    let counted = stale.is_some_and(|v| v & watch_value::ORDINARY != 0);
+    match WATCHED_FILES.insert(key, &value, flags) {
         Ok(()) => {
-            if !precious {
+            if !precious && !counted {
                 if let Some(p) = WATCH_SHARE.get_ptr_mut(watch_share::KERNEL_ADDED) {
                     // One atomic add (BPF_XADD): CPUs creating files at once all count.
                     use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -211,9 +217,11 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     };
     // Any node of a loop device over a watched image opens the image's bytes.
     let mut key = key;
+    let mut aliased = false;
     if WATCHED_FILES.get(&key).is_none() {
         if let Some(k) = crate::kernel::rdev_alias(inode) {
             key = k;
+            aliased = true;
         }
     }
     // An overlay's file (anonymous device) with a watched image's inode number, opened for
@@ -228,10 +236,16 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         // Not another btrfs subvolume's file (their inode numbers repeat): an overlay's.
         && inode.sb().and_then(|sb| sb.magic()) == Some(snapmon_common::OVERLAYFS_SUPER_MAGIC)
     {
-        overlay = admit(&key, true) == open_watch::ADMITTED;
+        overlay = admit(&key, inode.entry_value(0, direct), None) == open_watch::ADMITTED;
     }
     // Entry value: an image or metadata file (not ORDINARY) is `precious` to `output_file`.
-    let entry = WATCHED_FILES.get(&key).copied();
+    let mut entry = WATCHED_FILES.get(&key).copied();
+    // An entry of another generation is a freed file's (its number reused): not this file,
+    // whose entry, if it gets one, replaces it. An alias's entry is the node's, not this one's.
+    let stale = entry.filter(|v| !aliased && !inode.is_entry_file(*v, direct));
+    if stale.is_some() {
+        entry = None;
+    }
     let file_watched = entry.is_some();
     let mut precious = entry.is_some_and(|v| v & watch_value::ORDINARY == 0);
     let mut pflags = WATCHED_DIRS.get(&pkey).copied().unwrap_or(0);
@@ -282,7 +296,8 @@ unsafe fn on_exit(ctx: &TracePointContext) {
         // counts those), so a flood of junk cannot take the room of the next image.
         precious = pflags & dir_flags::METADATA != 0 || precious_name(&ev.path, ev.path_len);
         if precious || runtime_flags() & runtime::WATCH_RESERVE == 0 {
-            ev.watch = admit(&key, precious);
+            let flags = if precious { 0 } else { watch_value::ORDINARY };
+            ev.watch = admit(&key, inode.entry_value(flags, direct), stale);
         }
     }
     fill_header(&mut ev.hdr, EventKind::FileOpen as u32);

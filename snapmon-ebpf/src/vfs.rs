@@ -38,7 +38,11 @@ pub fn rw_verify_area(ctx: FEntryContext) -> u32 {
         let Some(value) = WATCHED_FILES.get(&key) else {
             return 0;
         };
-        let precious = *value & watch_value::ORDINARY == 0;
+        let value = *value;
+        if !inode.is_entry_file(value, false) {
+            return 0;
+        }
+        let precious = value & watch_value::ORDINARY == 0;
         let nr = current_syscall().0;
         if HOOKED_WRITE_SYSCALLS.contains(&nr) {
             return 0;
@@ -78,7 +82,12 @@ unsafe fn watched_below_syscalls(
     }
     enter(v::FILES | v::VFS)?;
     let key = inode.key()?;
-    let precious = *WATCHED_FILES.get(&key)? & watch_value::ORDINARY == 0;
+    let value = *WATCHED_FILES.get(&key)?;
+    // Another generation: a later file with a freed watched file's number.
+    if !inode.is_entry_file(value, false) {
+        return None;
+    }
+    let precious = value & watch_value::ORDINARY == 0;
     let nr = current_syscall().0;
     // io_uring requests are reported at submission.
     if reported_by.contains(&nr) || nr == NR_IO_URING_ENTER || is_io_worker() {

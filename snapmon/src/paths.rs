@@ -40,6 +40,41 @@ pub fn key_for(path: &Path, md: &std::fs::Metadata) -> FileKey {
     k
 }
 
+/// Filesystems whose `FS_IOC_GETVERSION` is the inode's `i_generation` (`statfs` magics):
+/// ext2/3/4, XFS, btrfs.
+const GENERATION_FS: [i64; 3] = [0xef53, 0x5846_5342, 0x9123_683e];
+
+/// The `i_generation` of the regular file at `p` (`FS_IOC_GETVERSION`), when it is still
+/// identity `k`: with (dev, ino) it tells a file from a later one that reuses its inode
+/// number. `None` where the filesystem does not tell it (tmpfs, overlayfs) or `p` is not
+/// that regular file now. Opened without following a symlink, blocking or a controlling tty.
+pub fn generation_of(p: &Path, k: FileKey) -> Option<u32> {
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p)
+        .ok()?;
+    let md = f.metadata().ok()?;
+    if !md.is_file() || key_for(p, &md) != k {
+        return None;
+    }
+    // Only where the ioctl is the inode's own `i_generation`, which the kernel compares: a
+    // FUSE server may answer it with anything, and a wrong one would blind the watch.
+    // SAFETY: fstatfs fills the zeroed struct it is given.
+    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut sf) } != 0
+        || !GENERATION_FS.contains(&(sf.f_type as i64))
+    {
+        return None;
+    }
+    // The kernel stores an int through the `long *` the number is declared with.
+    let mut g: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETVERSION writes at most a `long` to the pointer given.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut g) };
+    (r == 0).then_some(g as u32)
+}
+
 /// Mount points and their superblock devs, longest first (read once).
 fn mounts() -> &'static [(PathBuf, u32)] {
     static M: std::sync::OnceLock<Vec<(PathBuf, u32)>> = std::sync::OnceLock::new();
@@ -132,5 +167,33 @@ mod tests {
         let st = libc::makedev(8, 1);
         assert_eq!(kernel_dev(st), (8 << 20) | 1);
         assert_eq!(dev_display((8 << 20) | 1), "8:1");
+    }
+
+    /// The generation is read from the file the key names, never from what replaced it or
+    /// a symlink to it.
+    #[test]
+    fn generation_of_reads_only_the_file_the_key_names() {
+        use std::os::fd::AsRawFd;
+        let d = std::env::temp_dir().join(format!("snapmon-gen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let (f, g, l) = (d.join("f"), d.join("g"), d.join("l"));
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::write(&g, b"y").unwrap();
+        std::os::unix::fs::symlink(&f, &l).unwrap();
+        let key = |p: &Path| key_for(p, &std::fs::metadata(p).unwrap());
+        let file = std::fs::File::open(&f).unwrap();
+        let mut want: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETVERSION writes at most a `long`.
+        let ok = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut want) } == 0;
+        assert_eq!(generation_of(&f, key(&f)), ok.then_some(want as u32));
+        assert_eq!(generation_of(&g, key(&f)), None, "another file at the name");
+        assert_eq!(
+            generation_of(&l, key(&f)),
+            None,
+            "a symlink is not followed"
+        );
+        assert_eq!(generation_of(&d, key(&d)), None, "not a regular file");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

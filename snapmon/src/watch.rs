@@ -17,7 +17,14 @@ use crate::paths::{key_for, normalize};
 pub trait WatchMaps {
     /// Watch `key`; an `ordinary` (not image, not metadata) one counts towards the ordinary
     /// share. A key in the map already is left as it is (and counted as it was).
-    fn add_file(&mut self, key: FileKey, ordinary: bool) -> Result<(), String>;
+    /// `generation`: the file's `i_generation` when known (`paths::generation_of`), which
+    /// the kernel checks the inode against on every hit.
+    fn add_file(
+        &mut self,
+        key: FileKey,
+        ordinary: bool,
+        generation: Option<u32>,
+    ) -> Result<(), String>;
     /// Withdraw a file whose last watched name went (absent already is fine); an ordinary
     /// entry gives its room in the share back.
     fn remove_file(&mut self, key: FileKey);
@@ -69,13 +76,20 @@ pub struct MemMaps {
     pub dirs: HashMap<FileKey, u32>,
     pub prefixes: HashSet<u64>,
     pub filters: HashMap<FileKey, snapmon_common::WriteFilter>,
+    /// The generations `files` were added with, where known.
+    pub generations: HashMap<FileKey, u32>,
     /// Capacity of `files` as the kernel map has one (None: unbounded).
     pub cap: Option<usize>,
     pub reserve: bool,
 }
 
 impl WatchMaps for MemMaps {
-    fn add_file(&mut self, key: FileKey, ordinary: bool) -> Result<(), String> {
+    fn add_file(
+        &mut self,
+        key: FileKey,
+        ordinary: bool,
+        generation: Option<u32>,
+    ) -> Result<(), String> {
         if self.files.contains(&key) {
             return Ok(());
         }
@@ -83,6 +97,9 @@ impl WatchMaps for MemMaps {
             return Err("watched-files map: full".into());
         }
         self.files.insert(key);
+        if let Some(g) = generation {
+            self.generations.insert(key, g);
+        }
         if ordinary {
             self.ordinary.insert(key);
         }
@@ -91,6 +108,7 @@ impl WatchMaps for MemMaps {
     fn remove_file(&mut self, key: FileKey) {
         self.files.remove(&key);
         self.ordinary.remove(&key);
+        self.generations.remove(&key);
     }
     fn has_file(&self, key: FileKey) -> bool {
         self.files.contains(&key)
@@ -341,12 +359,16 @@ impl WatchSet {
         {
             Err("kept for images and metadata".to_string())
         } else {
-            maps.add_file(k, !precious).or_else(|e| {
+            // An alias is admitted under the image's name: not the node's generation.
+            let generation = (!self.aliasing)
+                .then(|| crate::paths::generation_of(p, k))
+                .flatten();
+            maps.add_file(k, !precious, generation).or_else(|e| {
                 // Full although we count less: entries whose events the ring buffer lost.
                 // Drop those the agent does not know, then try once more.
                 let files = &self.files;
                 if maps.sweep_files(&|x| files.contains(x)) > 0 {
-                    maps.add_file(k, !precious)
+                    maps.add_file(k, !precious, generation)
                 } else {
                     Err(e)
                 }
@@ -956,6 +978,25 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// What the scan watches carries its inode generation where the filesystem tells it, so
+    /// the kernel can tell the file from a later one with its number.
+    #[test]
+    fn the_scan_watches_files_with_their_inode_generation() {
+        let d = tmpdir("generation");
+        std::fs::write(d.join("a.qcow2"), b"x").unwrap();
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.add_root(&d, &mut maps).unwrap();
+        let p = d.join("a.qcow2");
+        let key = key_of(&std::fs::metadata(&p).unwrap());
+        assert!(maps.files.contains(&key));
+        assert_eq!(
+            maps.generations.get(&key).copied(),
+            crate::paths::generation_of(&p, key)
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn registers_tree_ancestors_and_prefix_hashes() {
         let d = tmpdir("tree");
@@ -1229,7 +1270,7 @@ mod tests {
         // (and the share was swept a moment ago: the flood is in flight).
         ws.share_sweep_at = Some(Instant::now() + Duration::from_secs(3600));
         for i in 0..ORDINARY_LIMIT as u64 {
-            maps.add_file(fk((1 << 30) + i), true).unwrap();
+            maps.add_file(fk((1 << 30) + i), true, None).unwrap();
         }
         // The agent hears of one it admitted: in already, so neither added nor counted twice.
         ws.seen_opened(fk(1 << 30), PathBuf::from("/s/n0"), false, &mut maps);
@@ -1261,13 +1302,13 @@ mod tests {
         // interval), so an ordinary file gets in again.
         ws.share_sweep_at = None;
         maps.remove_file(fk(1 << 30));
-        maps.add_file(fk(1 << 29), true).unwrap();
+        maps.add_file(fk(1 << 29), true, None).unwrap();
         ws.seen_opened(fk(3), PathBuf::from("/s/plain2"), false, &mut maps);
         assert!(maps.files.contains(&fk(3)));
         assert!(!maps.files.contains(&fk(1 << 29)), "unknown entry swept");
         assert_eq!(ws.take_loss(), WatchLoss::default());
         // Unlinked: the ordinary entry's room goes back to the share.
-        maps.add_file(fk(1 << 30), true).unwrap();
+        maps.add_file(fk(1 << 30), true, None).unwrap();
         ws.forget_path(Path::new("/s/n0"));
         ws.settle(Instant::now() + LAND, &mut maps);
         assert!(!maps.files.contains(&fk(1 << 30)));

@@ -75,15 +75,21 @@ impl KernelMaps<'_> {
 }
 
 impl WatchMaps for KernelMaps<'_> {
-    fn add_file(&mut self, key: FileKey, ordinary: bool) -> Result<(), String> {
+    fn add_file(
+        &mut self,
+        key: FileKey,
+        ordinary: bool,
+        generation: Option<u32>,
+    ) -> Result<(), String> {
+        use snapmon_common::watch_value;
         // Slot first: a write between the two must not be dropped by the prefilter.
         self.ino_slots
             .set(snapmon_common::ino_slot(key.ino), 1, 0)
             .map_err(|e| format!("watched-inode prefilter map: {e}"))?;
-        let value = if ordinary {
-            snapmon_common::watch_value::ORDINARY
-        } else {
-            0
+        let flags = if ordinary { watch_value::ORDINARY } else { 0 };
+        let value = match generation {
+            Some(g) => watch_value::with_generation(flags, g),
+            None => flags,
         };
         match self.files.insert(key, value, BPF_NOEXIST) {
             Ok(()) => {

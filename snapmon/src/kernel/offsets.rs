@@ -202,6 +202,12 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
         &mut [(&mut o.inode_rdev, &[("inode", "i_rdev")])],
     );
     v |= group(
+        "generation",
+        valid::GENERATION,
+        "a watched file freed unseen (deleted in another mount namespace, through a bind mount or a symlinked directory) leaves its inode number watched: a later file with that number is judged as the old one",
+        &mut [(&mut o.inode_generation, &[("inode", "i_generation")])],
+    );
+    v |= group(
         "sb_magic",
         valid::SB_MAGIC,
         "a store written through an overlay in another mount namespace is not seen",
