@@ -13,7 +13,24 @@ fn main() -> anyhow::Result<()> {
         [aya_build::Package { name: "snapmon-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Nightly,
     )
-    .context("building the eBPF programs failed; run `cargo xtask setup` first (needs rust-src for nightly and bpf-linker)")
+    .context("building the eBPF programs failed; run `cargo xtask setup` first (needs rust-src for nightly and bpf-linker)")?;
+    strip_debug();
+    Ok(())
+}
+
+/// Drop the object's DWARF (three quarters of its 7.7 MB) and keep `.BTF`/`.BTF.ext`, which
+/// is all the loader reads: the object is embedded in the agent, and parsing it at start put
+/// the whole of it in the idle RSS. Without llvm-objcopy the object stays as built.
+fn strip_debug() {
+    println!("cargo:rerun-if-env-changed=SNAPMON_OBJCOPY");
+    let Some(out) = std::env::var_os("OUT_DIR") else { return };
+    let obj = std::path::Path::new(&out).join("snapmon");
+    let tool = std::env::var("SNAPMON_OBJCOPY").unwrap_or_else(|_| "llvm-objcopy".into());
+    match std::process::Command::new(&tool).arg("--strip-debug").arg(&obj).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => println!("cargo:warning={tool} --strip-debug exited {s}: the eBPF object keeps its DWARF"),
+        Err(e) => println!("cargo:warning={tool} not run ({e}): the eBPF object keeps its DWARF"),
+    }
 }
 
 fn git(args: &[&str]) -> Option<String> {

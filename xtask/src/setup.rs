@@ -39,6 +39,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // pahole: 6.12's kbuild generates BTF for out-of-tree modules (the vm-test ZFS build).
     "dwarves",
+    // llvm-objcopy: snapmon's build.rs strips the DWARF from the embedded eBPF object.
+    "llvm",
 ];
 /// Packaging and its tests (`cargo xtask package`, tests/tests/package.rs): objcopy/strip and
 /// dpkg-shlibdeps for cargo-deb, debootstrap for the clean install root and the systemd guest,
