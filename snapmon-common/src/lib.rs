@@ -712,6 +712,17 @@ pub struct KernelOffsets {
     pub uring_upd_arg: u32,
     pub uring_upd_nr: u32,
     pub uring_upd_off: u32,
+    /// `pt_regs.si` / `.dx` / `.r10` / `.r8` / `.r9`: with `regs_di`, the native syscall
+    /// arguments the raw syscall hook (`tp_btf/sys_enter`) reads from the saved registers.
+    pub regs_si: u32,
+    pub regs_dx: u32,
+    pub regs_r10: u32,
+    pub regs_r8: u32,
+    pub regs_r9: u32,
+    /// `pt_regs.bx` / `.cx` / `.bp`: with `dx`, `si`, `di`, an ia32 syscall's arguments.
+    pub regs_bx: u32,
+    pub regs_cx: u32,
+    pub regs_bp: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
@@ -736,11 +747,17 @@ pub mod valid {
     pub const SB_MAGIC: u32 = 1 << 10;
     /// `io_rsrc_update`: fixed-file updates submitted through a ring are read.
     pub const IO_URING_UPD: u32 = 1 << 11;
+    /// `pt_regs` argument registers: the raw syscall hook (`--syscall-hook raw`) can run.
+    pub const REGS_ARGS: u32 = 1 << 12;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
 /// are below 512).
 pub const COMPAT_SLOTS: u32 = 512;
+
+/// Slots of each tail-call table of the raw syscall hook (`--syscall-hook raw`): one per
+/// native or ia32 syscall number (all hooked ones are below 512).
+pub const RAW_SLOTS: u32 = 512;
 
 /// `RUNTIME` map bits, set by the agent after attaching (not known at load time).
 pub mod runtime {
@@ -1038,7 +1055,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 77 * 4);
+    assert!(size_of::<KernelOffsets>() == 85 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);

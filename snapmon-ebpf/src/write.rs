@@ -1,12 +1,13 @@
 //! Write-class syscall hooks: every way bytes, size or mappings of a watched file change.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+
 use snapmon_common::{
     write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, FILTER_RANGES, IOV_MAX_SUMMED,
 };
 
 use crate::{
-    emit::{copy_user, fill_header, output_watched, sc_arg},
+    emit::{copy_user, fill_header, output_watched, sc_arg, SysArgs},
     kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Task, Watched},
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
@@ -241,7 +242,7 @@ pub struct IovSum {
 
 /// `enter`, then the fd in argument `slot` when it is a watched file (`watched_fd`).
 #[inline(always)]
-pub(crate) unsafe fn watched_arg(ctx: &TracePointContext, slot: usize) -> Option<(i64, Watched)> {
+pub(crate) unsafe fn watched_arg<C: SysArgs>(ctx: &C, slot: usize) -> Option<(i64, Watched)> {
     let task = enter()?;
     let fd = sc_arg(ctx, slot) as i64;
     Some((fd, watched_fd(task, fd, false)?))
@@ -278,29 +279,39 @@ pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> IovSum {
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn write<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let (buf, count) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
         let r = WriteRec::new(fd, WriteOp::Write, Pos::Current, count);
         emit_write(&w, r.sample(buf, count));
     }
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    unsafe { write(&ctx) };
     0
+}
+
+#[inline(always)]
+pub(crate) unsafe fn pwrite64<C: SysArgs>(ctx: &C) {
+    unsafe {
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
+        };
+        let (buf, count, pos) = (sc_arg(ctx, 1), sc_arg(ctx, 2), sc_arg(ctx, 3) as i64);
+        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+        emit_write(&w, r.sample(buf, count));
+    }
 }
 
 #[tracepoint]
 pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
-    unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
-        };
-        let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
-        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
-        emit_write(&w, r.sample(buf, count));
-    }
+    unsafe { pwrite64(&ctx) };
     0
 }
 
@@ -314,7 +325,7 @@ pub enum Abi {
 
 /// writev, pwritev, pwritev2: `(fd, iov, vlen, pos…, flags)`.
 #[inline(always)]
-pub(crate) unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp, abi: Abi) {
+pub(crate) unsafe fn vec_write<C: SysArgs>(ctx: &C, op: WriteOp, abi: Abi) {
     let Some((fd, w)) = watched_arg(ctx, 0) else {
         return;
     };
@@ -360,8 +371,8 @@ pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
 
 /// Destination-side copies: `(fd_in, off_in*, fd_out, off_out*, len, …)`.
 #[inline(always)]
-unsafe fn copy_into(
-    ctx: &TracePointContext,
+pub(crate) unsafe fn copy_into<C: SysArgs>(
+    ctx: &C,
     op: WriteOp,
     out_arg: usize,
     off_arg: usize,
@@ -404,60 +415,75 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn fallocate<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
+        let (mode, offset, len) = (sc_arg(ctx, 1), sc_arg(ctx, 2) as i64, sc_arg(ctx, 3));
         let r = WriteRec::new(fd, WriteOp::Fallocate, Pos::At(offset), len);
         emit_write(&w, r.aux(mode));
     }
+}
+
+#[tracepoint]
+pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+    unsafe { fallocate(&ctx) };
     0
+}
+
+#[inline(always)]
+pub(crate) unsafe fn ftruncate<C: SysArgs>(ctx: &C) {
+    unsafe {
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
+        };
+        let length = sc_arg(ctx, 1);
+        let op = WriteOp::Ftruncate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
+    }
 }
 
 #[tracepoint]
 pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
-    unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
-        };
-        let length = sc_arg(&ctx, 1);
-        let op = WriteOp::Ftruncate;
-        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
-    }
+    unsafe { ftruncate(&ctx) };
     0
 }
 
 /// Shared writable mappings: later stores are invisible to syscall hooks, so report the map.
-#[tracepoint]
-pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn mmap<C: SysArgs>(ctx: &C) {
     const PROT_WRITE: u64 = 0x2;
     const MAP_SHARED: u64 = 0x1;
     unsafe {
-        let (prot, flags) = (sc_arg(&ctx, 2), sc_arg(&ctx, 3));
+        let (prot, flags) = (sc_arg(ctx, 2), sc_arg(ctx, 3));
         if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
-            return 0;
+            return;
         }
-        let Some((fd, w)) = watched_arg(&ctx, 4) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 4) else {
+            return;
         };
-        let (len, off) = (sc_arg(&ctx, 1), sc_arg(&ctx, 5) as i64);
+        let (len, off) = (sc_arg(ctx, 1), sc_arg(ctx, 5) as i64);
         let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
         emit_write(&w, r.aux((prot << 32) | (flags & 0xffff_ffff)));
     }
+}
+
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    unsafe { mmap(&ctx) };
     0
 }
 
 /// linux-aio: inspect each iocb of `io_submit(ctx, nr, iocbpp)`.
-#[tracepoint]
-pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn io_submit<C: SysArgs>(ctx: &C) {
     const IOCB_CMD_PWRITE: u16 = 1;
     const IOCB_CMD_PWRITEV: u16 = 8;
     unsafe {
-        let Some(task) = enter() else { return 0 };
-        let (nr, iocbpp) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let Some(task) = enter() else { return };
+        let (nr, iocbpp) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
         for i in 0..AIO_MAX_IOCBS as u64 {
             if i >= nr {
                 break;
@@ -490,5 +516,10 @@ pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
         // The circuit breaker judges the queued writes once, not once per iocb.
         crate::respond::flush_aio();
     }
+}
+
+#[tracepoint]
+pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
+    unsafe { io_submit(&ctx) };
     0
 }

@@ -182,7 +182,7 @@ fn read_trim(p: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-pub fn run(as_json: bool) -> anyhow::Result<()> {
+pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<()> {
     // Unprivileged, loading fails for want of rights, not for what the kernel allows: say
     // that instead of reporting every hook missing and enforcement possible.
     // SAFETY: geteuid has no preconditions.
@@ -206,6 +206,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         lsm_observe: bpf_lsm == Some(true),
         hook_stats: true,
         compat: true,
+        syscall_hook,
     });
     let (hooks, missing, backend, fd_walk, load_error): (Vec<HookStatus>, _, _, _, _) =
         match &loaded {
@@ -257,7 +258,8 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let v = json!({
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
-            "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk, "load_error": load_error,
+            "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk,
+            "syscall_hook": syscall_hook.name(), "load_error": load_error,
             "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
             "hook_run_stats": hook_stats,
         });
@@ -285,6 +287,13 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
             "direct" => "direct (BTF loads, bpf_rdonly_cast)",
             "probe_read" => "probe_read (bpf_probe_read_kernel chain)",
             other => other,
+        }
+    );
+    println!(
+        "syscall hook  {}",
+        match syscall_hook {
+            loader::SyscallHook::Tracepoint => "tracepoint (one syscalls/sys_enter_* program per syscall)",
+            loader::SyscallHook::Raw => "raw (tp_btf/sys_enter for every syscall, handlers by number; the rest on tracepoints)",
         }
     );
     println!("enforcement   {enforcement}");

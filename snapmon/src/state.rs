@@ -29,6 +29,8 @@ pub struct StartInfo<'a> {
     pub backend: &'a str,
     /// The programs' fd → inode walk: `direct` (BTF loads) or `probe_read`.
     pub fd_walk: &'a str,
+    /// How the syscall entry hooks run: `tracepoint` or `raw` (`--syscall-hook`).
+    pub syscall_hook: &'a str,
     pub hooks: &'a [HookStatus],
     pub missing: &'a [Missing],
     /// Per-hook run counters: on, and why not (or how).
@@ -83,6 +85,7 @@ struct Started<'a> {
     pid: u32,
     backend: &'a str,
     fd_walk: &'a str,
+    syscall_hook: &'a str,
     hooks_attached: usize,
     hooks_total: usize,
     hook_stats: HookStats<'a>,
@@ -200,9 +203,14 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         .hooks
         .iter()
         .map(|h| {
-            json!({"program": h.program, "attached_to": h.attached_to, "covers": h.covers,
+            let mut v = json!({"program": h.program, "attached_to": h.attached_to, "covers": h.covers,
                    "error": h.error.as_deref().map(first_line),
-                   "enforcement_only": enforcement_only(h.program)})
+                   "enforcement_only": enforcement_only(h.program)});
+            // Only in raw mode: the `tp_btf/sys_enter` program that runs the hook's code.
+            if let Some(handler) = h.handler {
+                v["handler"] = json!(handler);
+            }
+            v
         })
         .collect();
     let mut out = chunked("hooks", "hooks", hooks, json!({}));
@@ -285,6 +293,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         pid: std::process::id(),
         backend: i.backend,
         fd_walk: i.fd_walk,
+        syscall_hook: i.syscall_hook,
         hooks_attached: live,
         hooks_total: i.hooks.len(),
         hook_stats: HookStats {
@@ -453,6 +462,7 @@ pub(crate) mod tests {
         StartInfo {
             backend: "tracepoint",
             fd_walk: "direct",
+            syscall_hook: "tracepoint",
             hooks,
             missing: &[],
             hook_stats: (false, Some("off".into())),
@@ -501,6 +511,7 @@ pub(crate) mod tests {
                         "Operation not permitted (os error 1) ".repeat(30)
                     )
                 }),
+                handler: None,
             })
             .collect();
         let watch = WatchStats {

@@ -96,6 +96,81 @@ pub const COMPAT: &[(u32, &str)] = &[
     (427, "sys_enter_io_uring_register"),
 ];
 
+/// How the syscall entry hooks run (`--syscall-hook`, `SNAPMON_SYSCALL_HOOK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyscallHook {
+    /// One `tracepoint/syscalls/sys_enter_*` program per hooked syscall: nothing runs on the
+    /// syscalls nobody hooks.
+    #[default]
+    Tracepoint,
+    /// One `tp_btf/sys_enter` program (`syscall_enter`) for every syscall, tail-calling the
+    /// handler of the syscall's number ([`RAW`]): cheaper per hooked syscall, dearer on
+    /// every other one. Needs `tp_btf` and the direct fd walk (6.2+).
+    Raw,
+}
+
+impl SyscallHook {
+    pub const ALL: [SyscallHook; 2] = [SyscallHook::Tracepoint, SyscallHook::Raw];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SyscallHook::Tracepoint => "tracepoint",
+            SyscallHook::Raw => "raw",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SyscallHook> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// `SNAPMON_SYSCALL_HOOK` (how tests and benches pick the mode), else the default; an
+    /// unknown value is an error, not a silent default.
+    pub fn from_env() -> anyhow::Result<SyscallHook> {
+        match std::env::var("SNAPMON_SYSCALL_HOOK") {
+            Ok(v) if !v.is_empty() => Self::parse(&v).with_context(|| {
+                format!("SNAPMON_SYSCALL_HOOK={v}: expected `tracepoint` or `raw`")
+            }),
+            _ => Ok(SyscallHook::default()),
+        }
+    }
+}
+
+/// The raw hook's handlers: (x86_64 syscall number, the tracepoint program whose code it runs,
+/// the `tp_btf/sys_enter` program). The hooks not here stay on their tracepoints in raw mode.
+pub const RAW: &[(u32, &str, &str)] = &[
+    (1, "sys_enter_write", "raw_write"),
+    (18, "sys_enter_pwrite64", "raw_pwrite64"),
+    (20, "sys_enter_writev", "raw_writev"),
+    (296, "sys_enter_pwritev", "raw_pwritev"),
+    (328, "sys_enter_pwritev2", "raw_pwritev2"),
+    (326, "sys_enter_copy_file_range", "raw_copy_file_range"),
+    (275, "sys_enter_splice", "raw_splice"),
+    (40, "sys_enter_sendfile64", "raw_sendfile64"),
+    (285, "sys_enter_fallocate", "raw_fallocate"),
+    (77, "sys_enter_ftruncate", "raw_ftruncate"),
+    (9, "sys_enter_mmap", "raw_mmap"),
+    (209, "sys_enter_io_submit", "raw_io_submit"),
+];
+
+/// The raw handler of a tracepoint or compat program ([`RAW`], `compat_*` → `raw_compat_*`).
+pub fn raw_handler(program: &str) -> Option<&'static str> {
+    if let Some((_, _, raw)) = RAW.iter().find(|(_, p, _)| *p == program) {
+        return Some(raw);
+    }
+    const COMPAT_RAW: &[(&str, &str)] = &[
+        ("compat_pwrite64", "raw_compat_pwrite64"),
+        ("compat_ftruncate64", "raw_compat_ftruncate64"),
+        ("compat_fallocate", "raw_compat_fallocate"),
+        ("compat_writev", "raw_compat_writev"),
+        ("compat_pwritev", "raw_compat_pwritev"),
+        ("compat_pwritev2", "raw_compat_pwritev2"),
+    ];
+    COMPAT_RAW
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map(|(_, r)| *r)
+}
+
 macro_rules! sc {
     ($name:literal, $covers:literal) => {
         HookSpec {
@@ -224,6 +299,10 @@ pub struct HookStatus {
     pub attached_to: Option<String>,
     pub covers: &'static str,
     pub error: Option<String>,
+    /// The program that runs this hook's code when it is not `program` itself: its
+    /// `tp_btf/sys_enter` handler in raw mode (`--syscall-hook raw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<&'static str>,
 }
 
 /// The live kernel side: programs attached and the maps userspace drives, grouped by role so
@@ -300,6 +379,8 @@ pub struct LoadInfo {
     pub backend: &'static str,
     /// How the programs resolve fds: `direct` (BTF loads) or `probe_read` (`FdWalk`).
     pub fd_walk: &'static str,
+    /// How the syscall entry hooks run (each hook's `attached_to` says where it runs).
+    pub syscall_hook: SyscallHook,
 }
 
 /// The attached hooks' links.
@@ -403,6 +484,8 @@ pub struct LoadOptions {
     pub hook_stats: bool,
     /// Attach the 32-bit syscall hook where the VFS write hook is refused (`Attach::Compat`).
     pub compat: bool,
+    /// How the syscall entry hooks run.
+    pub syscall_hook: SyscallHook,
 }
 
 /// The fd → inode walk for this kernel: BTF loads where `bpf_rdonly_cast` exists (6.2+),
@@ -582,6 +665,9 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let mut links = Vec::new();
     release_stale();
     let debug = std::env::var_os("SNAPMON_DEBUG_LOAD").is_some();
+    if opts.syscall_hook == SyscallHook::Raw {
+        hooks.push(raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links)?);
+    }
     for spec in HOOKS {
         let t = std::time::Instant::now();
         if matches!(spec.attach, Attach::Lsm(_)) && !opts.lsm {
@@ -600,6 +686,16 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                 continue;
             }
         }
+        if let (SyscallHook::Raw, Some(raw)) = (opts.syscall_hook, raw_handler(spec.program)) {
+            hooks.push(HookStatus {
+                program: spec.program,
+                attached_to: Some(raw_attached_to(spec.program)),
+                covers: spec.covers,
+                error: None,
+                handler: Some(raw),
+            });
+            continue;
+        }
         if matches!(spec.attach, Attach::Compat) {
             if !opts.compat {
                 continue;
@@ -611,17 +707,52 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             {
                 continue;
             }
-            if let Err(e) = compat_table(&mut ebpf, tracefs, &offsets) {
+            let raw = opts.syscall_hook == SyscallHook::Raw;
+            if raw {
+                match raw_compat_table(&mut ebpf, &aya_btf, &offsets) {
+                    Ok(None) => {
+                        // Every 32-bit syscall is handed on by `syscall_enter`.
+                        hooks.push(HookStatus {
+                            program: spec.program,
+                            attached_to: Some(
+                                "tp_btf/sys_enter (syscall_enter, 32-bit syscalls by RAW_COMPAT_TAIL)".into(),
+                            ),
+                            covers: spec.covers,
+                            error: None,
+                            handler: Some("syscall_enter"),
+                        });
+                        continue;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        hooks.push(HookStatus {
+                            program: spec.program,
+                            attached_to: None,
+                            covers: spec.covers,
+                            error: Some(format!("{e:#}")),
+                            handler: None,
+                        });
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = compat_table(&mut ebpf, tracefs, &offsets, raw) {
                 hooks.push(HookStatus {
                     program: spec.program,
                     attached_to: None,
                     covers: spec.covers,
                     error: Some(format!("{e:#}")),
+                    handler: None,
                 });
                 continue;
             }
         }
-        let status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
+        let mut status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
+        if let (Attach::Compat, SyscallHook::Raw, Some(at)) =
+            (&spec.attach, opts.syscall_hook, status.attached_to.as_mut())
+        {
+            at.push_str("; the raw handlers' by tp_btf/sys_enter (RAW_COMPAT_TAIL)");
+        }
         if debug {
             eprintln!("load {} {:?} {:?}", spec.program, t.elapsed(), status.error);
         }
@@ -733,6 +864,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             offsets,
             backend,
             fd_walk: walk.name(),
+            syscall_hook: opts.syscall_hook,
         },
         links: Links {
             lsm: lsm_links,
@@ -753,6 +885,7 @@ fn attach_one(
         attached_to: None,
         covers: spec.covers,
         error: None,
+        handler: None,
     };
     let Some(prog) = ebpf.program_mut(spec.program) else {
         st.error = Some("program missing from the eBPF object".into());
@@ -813,7 +946,12 @@ fn attach_one(
 
 /// Fill the compat tail-call table. The table stays owned by `ebpf` (the `Kernel`): the kernel
 /// empties a program array when its last user reference goes.
-fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyhow::Result<()> {
+fn compat_table(
+    ebpf: &mut Ebpf,
+    tracefs: &str,
+    offsets: &KernelOffsets,
+    raw: bool,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         offsets.valid & snapmon_common::valid::COMPAT != 0,
         "no thread_info.status in the kernel's BTF"
@@ -832,6 +970,10 @@ fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyh
     );
     let mut fds = Vec::new();
     for &(nr, name) in COMPAT {
+        // In raw mode `syscall_enter` hands these on: only the rest come here.
+        if raw && raw_handler(name).is_some() {
+            continue;
+        }
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -853,6 +995,118 @@ fn compat_table(ebpf: &mut Ebpf, tracefs: &str, offsets: &KernelOffsets) -> anyh
             .with_context(|| format!("compat slot {nr}"))?;
     }
     Ok(())
+}
+
+/// Where a hook runs in raw mode: its handler, by the native syscall number.
+fn raw_attached_to(program: &str) -> String {
+    match RAW.iter().find(|(_, p, _)| *p == program) {
+        Some((nr, _, raw)) => format!("tp_btf/sys_enter ({raw}, syscall {nr})"),
+        None => "tp_btf/sys_enter".into(),
+    }
+}
+
+/// Load a program as a `tp_btf/sys_enter` tail-call target (loaded, never attached).
+fn load_sys_enter<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    btf: &AyaBtf,
+) -> anyhow::Result<&'a BtfTracePoint> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load("sys_enter", btf)
+            .map_err(verbose)
+            .with_context(|| format!("--syscall-hook raw: loading {name}"))?;
+    }
+    Ok(prog)
+}
+
+/// `--syscall-hook raw`: load every handler of [`RAW`] into `RAW_TAIL` by native syscall
+/// number, then attach `syscall_enter`. Any failure is an error: a raw mode that silently
+/// hooks less than the tracepoints would be worse than no choice.
+fn raw_hook(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    walk: FdWalk,
+    offsets: &KernelOffsets,
+    links: &mut Vec<(&'static str, HookLink)>,
+) -> anyhow::Result<HookStatus> {
+    if walk.mode != fd_walk::DIRECT {
+        bail!(
+            "--syscall-hook raw needs the direct fd walk (bpf_rdonly_cast, Linux 6.2+), and this load has the {} walk; use --syscall-hook tracepoint",
+            walk.name()
+        );
+    }
+    anyhow::ensure!(
+        offsets.valid & snapmon_common::valid::REGS_ARGS != 0,
+        "--syscall-hook raw: the kernel's BTF has no pt_regs argument registers; use --syscall-hook tracepoint"
+    );
+    let mut fds = Vec::new();
+    for &(nr, _, raw) in RAW {
+        fds.push((nr, load_sys_enter(ebpf, raw, btf)?.fd()?.try_clone()?));
+    }
+    let mut table = ProgramArray::try_from(
+        ebpf.map_mut("RAW_TAIL")
+            .context("map RAW_TAIL missing from object")?,
+    )?;
+    for (nr, fd) in &fds {
+        table
+            .set(*nr, fd, 0)
+            .with_context(|| format!("raw slot {nr}"))?;
+    }
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("syscall_enter")
+        .context("program syscall_enter missing from the eBPF object")?
+        .try_into()?;
+    prog.load("sys_enter", btf)
+        .map_err(verbose)
+        .context("--syscall-hook raw: loading syscall_enter (tp_btf/sys_enter)")?;
+    let id = prog
+        .attach()
+        .map_err(verbose)
+        .context("--syscall-hook raw: attaching tp_btf/sys_enter")?;
+    links.push(("syscall_enter", HookLink::Btf(prog.take_link(id)?)));
+    Ok(HookStatus {
+        program: "syscall_enter",
+        attached_to: Some("tp_btf/sys_enter".into()),
+        covers: "raw syscall hook: hands each hooked syscall to its handler by number",
+        error: None,
+        handler: None,
+    })
+}
+
+/// Raw mode's share of the 32-bit table: every [`COMPAT`] entry with a raw handler goes into
+/// `RAW_COMPAT_TAIL`. The names of those left to the classic table (`raw_syscalls/sys_enter`),
+/// or None when there are none.
+fn raw_compat_table(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    offsets: &KernelOffsets,
+) -> anyhow::Result<Option<Vec<&'static str>>> {
+    anyhow::ensure!(
+        offsets.valid & snapmon_common::valid::COMPAT != 0,
+        "no thread_info.status in the kernel's BTF"
+    );
+    let mut fds = Vec::new();
+    let mut rest = Vec::new();
+    for &(nr, name) in COMPAT {
+        match raw_handler(name) {
+            Some(raw) => fds.push((nr, load_sys_enter(ebpf, raw, btf)?.fd()?.try_clone()?)),
+            None => rest.push(name),
+        }
+    }
+    let mut table = ProgramArray::try_from(
+        ebpf.map_mut("RAW_COMPAT_TAIL")
+            .context("map RAW_COMPAT_TAIL missing from object")?,
+    )?;
+    for (nr, fd) in &fds {
+        table
+            .set(*nr, fd, 0)
+            .with_context(|| format!("raw compat slot {nr}"))?;
+    }
+    Ok((!rest.is_empty()).then_some(rest))
 }
 
 /// Keep the verifier log: it is the only useful explanation of a rejected program.
@@ -1092,9 +1346,13 @@ impl Kernel {
             .iter()
             .filter_map(|h| {
                 let attach = h.attached_to.as_ref()?;
-                let info = self.ebpf.program(h.program)?.info().ok()?;
+                let info = self
+                    .ebpf
+                    .program(h.handler.unwrap_or(h.program))?
+                    .info()
+                    .ok()?;
                 Some(crate::metrics::HookRun {
-                    program: h.program.to_string(),
+                    program: h.handler.unwrap_or(h.program).to_string(),
                     attach: attach.clone(),
                     runs: info.run_count(),
                     run_ns: info.run_time().as_nanos() as u64,
