@@ -4,7 +4,8 @@
 //! with the arguments read from the saved registers instead of a tracepoint record.
 //!
 //! Tail-call targets must share the caller's program type and attach target: the loader
-//! loads every handler as `tp_btf/sys_enter` without attaching it.
+//! loads every handler as `tp_btf/sys_enter` without attaching it. The namespace handlers
+//! (`raw_unlink` …) are made beside their tracepoints by `namespace`'s `tp!`.
 
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
@@ -50,7 +51,7 @@ pub struct RegArgs([u64; 6]);
 
 impl RegArgs {
     #[inline(always)]
-    unsafe fn of(ctx: &BtfTracePointContext) -> Self {
+    pub(crate) unsafe fn of(ctx: &BtfTracePointContext) -> Self {
         let regs: *const u8 = ctx.arg(0);
         RegArgs(regs_args(regs, in_compat()))
     }
@@ -92,6 +93,12 @@ raw! {
     raw_ftruncate |a| write::ftruncate(a);
     raw_mmap |a| write::mmap(a);
     raw_io_submit |a| write::io_submit(a);
+    raw_ioctl |a| crate::ioctl::on_ioctl(a);
+    raw_io_uring_register |a| crate::uring::io_uring_register(a);
+    raw_openat |a| crate::open::openat(a);
+    raw_open |a| crate::open::open(a);
+    raw_creat |a| crate::open::creat(a);
+    raw_openat2 |a| crate::open::openat2(a);
     raw_compat_pwrite64 |a| crate::compat::pwrite64(a);
     raw_compat_ftruncate64 |a| crate::compat::ftruncate64(a);
     raw_compat_fallocate |a| crate::compat::fallocate(a);

@@ -136,7 +136,8 @@ impl SyscallHook {
 }
 
 /// The raw hook's handlers: (x86_64 syscall number, the tracepoint program whose code it runs,
-/// the `tp_btf/sys_enter` program). The hooks not here stay on their tracepoints in raw mode.
+/// the `tp_btf/sys_enter` program): every `sys_enter_*` hook. The exit hooks (`sys_exit_*`)
+/// stay on their tracepoints in raw mode.
 pub const RAW: &[(u32, &str, &str)] = &[
     (1, "sys_enter_write", "raw_write"),
     (18, "sys_enter_pwrite64", "raw_pwrite64"),
@@ -150,6 +151,37 @@ pub const RAW: &[(u32, &str, &str)] = &[
     (77, "sys_enter_ftruncate", "raw_ftruncate"),
     (9, "sys_enter_mmap", "raw_mmap"),
     (209, "sys_enter_io_submit", "raw_io_submit"),
+    (427, "sys_enter_io_uring_register", "raw_io_uring_register"),
+    (16, "sys_enter_ioctl", "raw_ioctl"),
+    (257, "sys_enter_openat", "raw_openat"),
+    (2, "sys_enter_open", "raw_open"),
+    (85, "sys_enter_creat", "raw_creat"),
+    (437, "sys_enter_openat2", "raw_openat2"),
+    (87, "sys_enter_unlink", "raw_unlink"),
+    (263, "sys_enter_unlinkat", "raw_unlinkat"),
+    (84, "sys_enter_rmdir", "raw_rmdir"),
+    (82, "sys_enter_rename", "raw_rename"),
+    (264, "sys_enter_renameat", "raw_renameat"),
+    (316, "sys_enter_renameat2", "raw_renameat2"),
+    (86, "sys_enter_link", "raw_link"),
+    (265, "sys_enter_linkat", "raw_linkat"),
+    (88, "sys_enter_symlink", "raw_symlink"),
+    (266, "sys_enter_symlinkat", "raw_symlinkat"),
+    (83, "sys_enter_mkdir", "raw_mkdir"),
+    (258, "sys_enter_mkdirat", "raw_mkdirat"),
+    (90, "sys_enter_chmod", "raw_chmod"),
+    (268, "sys_enter_fchmodat", "raw_fchmodat"),
+    (452, "sys_enter_fchmodat2", "raw_fchmodat2"),
+    (91, "sys_enter_fchmod", "raw_fchmod"),
+    (92, "sys_enter_chown", "raw_chown"),
+    (94, "sys_enter_lchown", "raw_lchown"),
+    (260, "sys_enter_fchownat", "raw_fchownat"),
+    (93, "sys_enter_fchown", "raw_fchown"),
+    (76, "sys_enter_truncate", "raw_truncate"),
+    (280, "sys_enter_utimensat", "raw_utimensat"),
+    (132, "sys_enter_utime", "raw_utime"),
+    (235, "sys_enter_utimes", "raw_utimes"),
+    (261, "sys_enter_futimesat", "raw_futimesat"),
 ];
 
 /// The raw handler of a tracepoint or compat program ([`RAW`], `compat_*` → `raw_compat_*`).
@@ -1459,6 +1491,64 @@ mod tests {
         let mut t = text();
         assert_eq!(patch_marks(&mut t, probe), 1);
         assert_eq!(&t[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn raw_mode_has_a_handler_for_every_syscall_entry_hook_and_32_bit_slot() {
+        for spec in HOOKS {
+            if let Attach::Syscall(name) = spec.attach {
+                assert_eq!(
+                    raw_handler(name).is_some(),
+                    name.starts_with("sys_enter_"),
+                    "{name}"
+                );
+            }
+        }
+        for (nr, name) in COMPAT {
+            assert!(raw_handler(name).is_some(), "ia32 {nr} {name}");
+        }
+        let mut nrs: Vec<u32> = RAW.iter().map(|(nr, _, _)| *nr).collect();
+        nrs.sort_unstable();
+        nrs.dedup();
+        assert_eq!(nrs.len(), RAW.len(), "one handler per syscall number");
+        assert!(nrs.iter().all(|nr| *nr < snapmon_common::RAW_SLOTS));
+    }
+
+    /// The numbers of [`RAW`] are the x86_64 syscall numbers the kernel headers give.
+    #[test]
+    fn raw_mode_numbers_are_the_x86_64_syscall_numbers() {
+        let Ok(h) = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+        else {
+            return;
+        };
+        let nr = |name: &str| {
+            h.lines().find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define") && w.next() == Some(&format!("__NR_{name}")))
+                    .then(|| w.next()?.parse::<u32>().ok())
+                    .flatten()
+            })
+        };
+        let mut checked = 0;
+        for (n, program, _) in RAW {
+            let name = program.trim_start_matches("sys_enter_");
+            // sendfile64 is `sendfile` on x86_64; headers older than the syscall lack it.
+            let name = if name == "sendfile64" { "sendfile" } else { name };
+            if let Some(want) = nr(name) {
+                assert_eq!(*n, want, "{program}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "only {checked} numbers found in the header");
+    }
+
+    #[test]
+    fn syscall_hook_modes_parse_by_name_only() {
+        for m in SyscallHook::ALL {
+            assert_eq!(SyscallHook::parse(m.name()), Some(m));
+        }
+        assert_eq!(SyscallHook::parse("Raw"), None);
+        assert_eq!(SyscallHook::default(), SyscallHook::Tracepoint);
     }
 
     #[test]
