@@ -12,7 +12,9 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file, SysArgs},
+    emit::{
+        copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file, SysArgs,
+    },
     kernel::{direct_walk, enter, valid, Task},
     IMAGE_INO, OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
     WATCH_SHARE,

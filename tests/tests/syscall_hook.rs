@@ -81,7 +81,10 @@ fn raw_mode_runs_the_write_hooks_on_tp_btf_and_still_alerts() {
         .iter()
         .find(|h| h["program"] == "syscall_enter")
         .unwrap_or_else(|| panic!("no syscall_enter hook: {hooks:?}"));
-    assert_eq!(dispatcher["attached_to"], "tp_btf/sys_enter", "{dispatcher}");
+    assert_eq!(
+        dispatcher["attached_to"], "tp_btf/sys_enter",
+        "{dispatcher}"
+    );
     for want in WRITE_HOOKS {
         let h = hooks
             .iter()
@@ -128,7 +131,10 @@ fn raw_mode_runs_the_write_hooks_on_tp_btf_and_still_alerts() {
         return;
     }
     let w = a.expect(
-        Expect::event("pwrite64").pid(r.pid).path(&img32).since(mark),
+        Expect::event("pwrite64")
+            .pid(r.pid)
+            .path(&img32)
+            .since(mark),
         WITHIN,
     );
     assert_eq!(w["snapmon"]["write"]["offset"], 60, "{w}");

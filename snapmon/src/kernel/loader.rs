@@ -1517,8 +1517,7 @@ mod tests {
     /// The numbers of [`RAW`] are the x86_64 syscall numbers the kernel headers give.
     #[test]
     fn raw_mode_numbers_are_the_x86_64_syscall_numbers() {
-        let Ok(h) = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
-        else {
+        let Ok(h) = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") else {
             return;
         };
         let nr = |name: &str| {
@@ -1533,7 +1532,11 @@ mod tests {
         for (n, program, _) in RAW {
             let name = program.trim_start_matches("sys_enter_");
             // sendfile64 is `sendfile` on x86_64; headers older than the syscall lack it.
-            let name = if name == "sendfile64" { "sendfile" } else { name };
+            let name = if name == "sendfile64" {
+                "sendfile"
+            } else {
+                name
+            };
             if let Some(want) = nr(name) {
                 assert_eq!(*n, want, "{program}");
                 checked += 1;
