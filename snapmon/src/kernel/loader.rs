@@ -751,7 +751,8 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                             ),
                             covers: spec.covers,
                             error: None,
-                            handler: Some("syscall_enter"),
+                            // Its runs are syscall_enter's, counted under that hook.
+                            handler: None,
                         });
                         continue;
                     }
