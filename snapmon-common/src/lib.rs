@@ -746,6 +746,17 @@ pub struct KernelOffsets {
     /// `inode.i_generation`: told with (dev, ino), which file an entry of `WATCHED_FILES` is
     /// (`watch_value::GEN`), so a reused inode number is not judged as the deleted file.
     pub inode_generation: u32,
+    /// `pt_regs.si` / `.dx` / `.r10` / `.r8` / `.r9`: with `regs_di`, the native syscall
+    /// arguments the raw syscall hook (`tp_btf/sys_enter`) reads from the saved registers.
+    pub regs_si: u32,
+    pub regs_dx: u32,
+    pub regs_r10: u32,
+    pub regs_r8: u32,
+    pub regs_r9: u32,
+    /// `pt_regs.bx` / `.cx` / `.bp`: with `dx`, `si`, `di`, an ia32 syscall's arguments.
+    pub regs_bx: u32,
+    pub regs_cx: u32,
+    pub regs_bp: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
@@ -775,11 +786,17 @@ pub mod valid {
     pub const IO_URING_FIXED: u32 = 1 << 12;
     /// `inode.i_generation`: `WATCHED_FILES` entries are checked against the inode's.
     pub const GENERATION: u32 = 1 << 13;
+    /// `pt_regs` argument registers: the raw syscall hook (`--syscall-hook raw`) can run.
+    pub const REGS_ARGS: u32 = 1 << 14;
 }
 
 /// Slots of the compat tail-call table: one per ia32 syscall number the hooks handle (all
 /// are below 512).
 pub const COMPAT_SLOTS: u32 = 512;
+
+/// Slots of each tail-call table of the raw syscall hook (`--syscall-hook raw`): one per
+/// native or ia32 syscall number (all hooked ones are below 512).
+pub const RAW_SLOTS: u32 = 512;
 
 /// `RUNTIME` map bits, set by the agent after attaching (not known at load time).
 pub mod runtime {
@@ -1077,7 +1094,7 @@ const _: () = {
     assert!(offset_of!(IoctlEvent, arg_data) == 88);
     assert!(offset_of!(IoctlEvent, parent) == 88 + IOCTL_ARG_LEN);
     assert!(size_of::<IoctlEvent>() == 88 + IOCTL_ARG_LEN + 24 + IOCTL_NAME_LEN);
-    assert!(size_of::<KernelOffsets>() == 83 * 4);
+    assert!(size_of::<KernelOffsets>() == 91 * 4);
     assert!(offset_of!(KernelOffsets, inode_generation) == 82 * 4);
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);

@@ -12,7 +12,7 @@ use aya_ebpf::{
 use snapmon_common::{WriteOp, COMPAT_SLOTS, IOV_MAX_SUMMED};
 
 use crate::{
-    emit::sc_arg,
+    emit::{sc_arg, SysArgs},
     kernel::in_compat,
     write::{
         aio_submit, emit_write, mmap_shared, vec_write, watched_arg, Abi, IovSum, Pos, WriteRec,
@@ -41,50 +41,65 @@ pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
 
 /// A 64-bit value the ia32 ABI passes as two registers, low first.
 #[inline(always)]
-pub(crate) fn split(ctx: &TracePointContext, lo: usize) -> u64 {
+pub(crate) fn split<C: SysArgs>(ctx: &C, lo: usize) -> u64 {
     (sc_arg(ctx, lo) & 0xffff_ffff) | (sc_arg(ctx, lo + 1) << 32)
 }
 
 /// pwrite64(fd, buf, count, pos_lo, pos_hi)
-#[tracepoint]
-pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn pwrite64<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
-        let pos = split(&ctx, 3) as i64;
+        let (buf, count) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
+        let pos = split(ctx, 3) as i64;
         let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
         emit_write(&w, r.sample(buf, count));
     }
+}
+
+#[tracepoint]
+pub fn compat_pwrite64(ctx: TracePointContext) -> u32 {
+    unsafe { pwrite64(&ctx) };
     0
 }
 
 /// ftruncate64(fd, len_lo, len_hi)
-#[tracepoint]
-pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn ftruncate64<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let length = split(&ctx, 1);
+        let length = split(ctx, 1);
         let op = WriteOp::Ftruncate;
         emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
     }
+}
+
+#[tracepoint]
+pub fn compat_ftruncate64(ctx: TracePointContext) -> u32 {
+    unsafe { ftruncate64(&ctx) };
     0
 }
 
 /// fallocate(fd, mode, off_lo, off_hi, len_lo, len_hi)
-#[tracepoint]
-pub fn compat_fallocate(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn fallocate<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let (mode, offset, len) = (sc_arg(&ctx, 1), split(&ctx, 2) as i64, split(&ctx, 4));
+        let (mode, offset, len) = (sc_arg(ctx, 1), split(ctx, 2) as i64, split(ctx, 4));
         let op = WriteOp::Fallocate;
         emit_write(&w, WriteRec::new(fd, op, Pos::At(offset), len).aux(mode));
     }
+}
+
+#[tracepoint]
+pub fn compat_fallocate(ctx: TracePointContext) -> u32 {
+    unsafe { fallocate(&ctx) };
     0
 }
 
@@ -152,11 +167,11 @@ struct MmapArgs32 {
 }
 
 /// old_mmap(struct mmap_arg_struct32 *): i386's `mmap`, every argument in memory.
-#[tracepoint]
-pub fn compat_old_mmap(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn old_mmap<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Ok(a) = bpf_probe_read_user(sc_arg(&ctx, 0) as *const MmapArgs32) else {
-            return 0;
+        let Ok(a) = bpf_probe_read_user(sc_arg(ctx, 0) as *const MmapArgs32) else {
+            return;
         };
         let (prot, flags) = (a.prot as u64, a.flags as u64);
         mmap_shared(
@@ -167,14 +182,24 @@ pub fn compat_old_mmap(ctx: TracePointContext) -> u32 {
             a.offset as i64,
         );
     }
+}
+
+#[tracepoint]
+pub fn compat_old_mmap(ctx: TracePointContext) -> u32 {
+    unsafe { old_mmap(&ctx) };
     0
 }
 
 /// mmap2(addr, len, prot, flags, fd, pgoff): the offset in 4096-byte units on x86.
-#[tracepoint]
-pub fn compat_mmap2(ctx: TracePointContext) -> u32 {
-    let a = |i| sc_arg(&ctx, i);
+#[inline(always)]
+pub(crate) unsafe fn mmap2<C: SysArgs>(ctx: &C) {
+    let a = |i| sc_arg(ctx, i);
     let (fd, off) = (a(4) as i32 as i64, (a(5) & 0xffff_ffff) << 12);
     unsafe { mmap_shared(a(1), a(2), a(3), fd, off as i64) };
+}
+
+#[tracepoint]
+pub fn compat_mmap2(ctx: TracePointContext) -> u32 {
+    unsafe { mmap2(&ctx) };
     0
 }

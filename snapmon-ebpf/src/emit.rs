@@ -182,11 +182,27 @@ pub unsafe fn copy_kernel_str<const N: usize>(dst: &mut [u8; N], src: *const u8)
     }
 }
 
-/// Syscall tracepoint argument `i` (offsets from the format files, via `OFFSETS.sc_args`).
+/// Where a syscall hook reads its arguments: a `syscalls/sys_enter_*` record, or the saved
+/// registers the raw hook (`tp_btf/sys_enter`) is handed. The handlers are generic over it,
+/// so both syscall-hook modes run the same code.
+pub trait SysArgs {
+    /// Argument `i` (0-5) of the native syscall.
+    fn arg(&self, i: usize) -> u64;
+}
+
+impl SysArgs for aya_ebpf::programs::TracePointContext {
+    /// At `OFFSETS.sc_args` (from the format files) + 8 per argument.
+    #[inline(always)]
+    fn arg(&self, i: usize) -> u64 {
+        let base = crate::kernel::off!(sc_args);
+        unsafe { self.read_at::<u64>(base + 8 * i).unwrap_or(0) }
+    }
+}
+
+/// Syscall argument `i`, wherever `ctx` keeps it.
 #[inline(always)]
-pub fn sc_arg(ctx: &aya_ebpf::programs::TracePointContext, i: usize) -> u64 {
-    let base = crate::kernel::off!(sc_args);
-    unsafe { ctx.read_at::<u64>(base + 8 * i).unwrap_or(0) }
+pub fn sc_arg<C: SysArgs>(ctx: &C, i: usize) -> u64 {
+    ctx.arg(i)
 }
 
 #[inline(always)]

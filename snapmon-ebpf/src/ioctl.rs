@@ -68,7 +68,7 @@ pub fn sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-unsafe fn on_ioctl(ctx: &TracePointContext) {
+pub(crate) unsafe fn on_ioctl<C: crate::emit::SysArgs>(ctx: &C) {
     let Some(pid_tgid) = enter(v::FILES) else {
         return;
     };

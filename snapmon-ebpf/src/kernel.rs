@@ -291,6 +291,33 @@ impl Task {
 /// `TS_COMPAT` in x86 `thread_info.status`: the task is in a 32-bit syscall.
 const TS_COMPAT: u32 = 0x0002;
 
+/// The six syscall arguments from the saved registers `regs` (a BTF `struct pt_regs *`),
+/// by plain loads at offsets from the running kernel's BTF: `di si dx r10 r8 r9` natively,
+/// `bx cx dx si di bp` for an ia32 syscall.
+#[inline(always)]
+pub unsafe fn regs_args(regs: *const u8, ia32: bool) -> [u64; 6] {
+    let r = |o: usize| -> u64 { ld(regs, o) };
+    if ia32 {
+        [
+            r(off!(regs_bx)),
+            r(off!(regs_cx)),
+            r(off!(regs_dx)),
+            r(off!(regs_si)),
+            r(off!(regs_di)),
+            r(off!(regs_bp)),
+        ]
+    } else {
+        [
+            r(off!(regs_di)),
+            r(off!(regs_si)),
+            r(off!(regs_dx)),
+            r(off!(regs_r10)),
+            r(off!(regs_r8)),
+            r(off!(regs_r9)),
+        ]
+    }
+}
+
 /// Is the current task in a 32-bit (ia32) syscall? One helper call and one direct load.
 #[inline(always)]
 pub unsafe fn in_compat() -> bool {

@@ -23,6 +23,7 @@ mod observe;
 mod open;
 mod path;
 mod process;
+mod raw;
 mod respond;
 mod uring;
 mod vfs;

@@ -1,12 +1,16 @@
 //! Namespace hooks: create/rename/unlink/link/mkdir and attribute changes in watched trees.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use snapmon_common::{ns_flags, EventKind, NsOp};
 
 use crate::{
     emit::{fill_header, output_lane, output_watched, sc_arg, urgent_actor},
     kernel::watched_fd,
     path::{match_path, relevant},
+    raw::RegArgs,
     write::enter,
     SCRATCH_NS,
 };
@@ -113,14 +117,27 @@ unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
     crate::observe::mark(true);
 }
 
-/// A syscall tracepoint program: `tp!(name(slot, …) => body)` names the argument slots in
-/// order (`_` skips one) and binds each name to a reader of its slot, so the body reads
-/// `slot()` where it needs it, as often as the old `sc_arg` calls did; the body runs unsafe.
+/// A syscall hook in both modes: `tp!(name / raw_name(slot, …) => body)` makes the
+/// tracepoint program `name` and the raw handler `raw_name` (`tp_btf/sys_enter`, see `raw`)
+/// of one body. It names the argument slots in order (`_` skips one) and binds each name to
+/// a reader of its slot, so the body reads `slot()` where it needs it, as often as the old
+/// `sc_arg` calls did; the body runs unsafe.
 macro_rules! tp {
-    ($name:ident($($slot:tt),*) => $body:expr) => {
+    ($name:ident / $raw:ident($($slot:tt),*) => $body:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
             tp!(@bind ctx, 0, $($slot),*);
+            #[allow(unused_unsafe, reason = "some bodies call no unsafe function")]
+            unsafe {
+                $body
+            };
+            0
+        }
+
+        #[btf_tracepoint(function = "sys_enter")]
+        pub fn $raw(ctx: BtfTracePointContext) -> u32 {
+            let args = unsafe { RegArgs::of(&ctx) };
+            tp!(@bind args, 0, $($slot),*);
             #[allow(unused_unsafe, reason = "some bodies call no unsafe function")]
             unsafe {
                 $body
@@ -138,8 +155,8 @@ macro_rules! tp {
     (@bind $ctx:ident, $i:expr,) => {};
 }
 
-tp!(sys_enter_unlink(path) => ns_paths(NsOp::Unlink, AT_FDCWD, path(), 0, NONE, 0, 0));
-tp!(sys_enter_unlinkat(dfd, path, flag) => {
+tp!(sys_enter_unlink / raw_unlink(path) => ns_paths(NsOp::Unlink, AT_FDCWD, path(), 0, NONE, 0, 0));
+tp!(sys_enter_unlinkat / raw_unlinkat(dfd, path, flag) => {
     const AT_REMOVEDIR: u64 = 0x200;
     let flag = flag();
     let op = if flag & AT_REMOVEDIR != 0 {
@@ -149,44 +166,44 @@ tp!(sys_enter_unlinkat(dfd, path, flag) => {
     };
     ns_paths(op, dfd(), path(), 0, NONE, flag, 0)
 });
-tp!(sys_enter_rmdir(path) => ns_paths(NsOp::Rmdir, AT_FDCWD, path(), 0, NONE, 0, 0));
-tp!(sys_enter_rename(old, new) => ns_paths(NsOp::Rename, AT_FDCWD, old(), AT_FDCWD, new(), 0, 0));
-tp!(sys_enter_renameat(odfd, old, ndfd, new) => {
+tp!(sys_enter_rmdir / raw_rmdir(path) => ns_paths(NsOp::Rmdir, AT_FDCWD, path(), 0, NONE, 0, 0));
+tp!(sys_enter_rename / raw_rename(old, new) => ns_paths(NsOp::Rename, AT_FDCWD, old(), AT_FDCWD, new(), 0, 0));
+tp!(sys_enter_renameat / raw_renameat(odfd, old, ndfd, new) => {
     ns_paths(NsOp::Rename, odfd(), old(), ndfd(), new(), 0, 0)
 });
-tp!(sys_enter_renameat2(odfd, old, ndfd, new, flags) => {
+tp!(sys_enter_renameat2 / raw_renameat2(odfd, old, ndfd, new, flags) => {
     ns_paths(NsOp::Rename, odfd(), old(), ndfd(), new(), flags(), 0)
 });
-tp!(sys_enter_link(old, new) => ns_paths(NsOp::Link, AT_FDCWD, old(), AT_FDCWD, new(), 0, 0));
-tp!(sys_enter_linkat(odfd, old, ndfd, new, flags) => {
+tp!(sys_enter_link / raw_link(old, new) => ns_paths(NsOp::Link, AT_FDCWD, old(), AT_FDCWD, new(), 0, 0));
+tp!(sys_enter_linkat / raw_linkat(odfd, old, ndfd, new, flags) => {
     ns_paths(NsOp::Link, odfd(), old(), ndfd(), new(), flags(), 0)
 });
 // symlink(target, linkpath): only linkpath names a place; target is content.
-tp!(sys_enter_symlink(_, link) => ns_paths(NsOp::Symlink, AT_FDCWD, link(), 0, NONE, 0, 0));
-tp!(sys_enter_symlinkat(_, dfd, link) => ns_paths(NsOp::Symlink, dfd(), link(), 0, NONE, 0, 0));
-tp!(sys_enter_mkdir(path, mode) => ns_paths(NsOp::Mkdir, AT_FDCWD, path(), 0, NONE, mode(), 0));
-tp!(sys_enter_mkdirat(dfd, path, mode) => ns_paths(NsOp::Mkdir, dfd(), path(), 0, NONE, mode(), 0));
-tp!(sys_enter_chmod(path, mode) => ns_paths(NsOp::Chmod, AT_FDCWD, path(), 0, NONE, mode(), 0));
-tp!(sys_enter_fchmodat(dfd, path, mode) => ns_paths(NsOp::Chmod, dfd(), path(), 0, NONE, mode(), 0));
-tp!(sys_enter_fchmodat2(dfd, path, mode) => {
+tp!(sys_enter_symlink / raw_symlink(_, link) => ns_paths(NsOp::Symlink, AT_FDCWD, link(), 0, NONE, 0, 0));
+tp!(sys_enter_symlinkat / raw_symlinkat(_, dfd, link) => ns_paths(NsOp::Symlink, dfd(), link(), 0, NONE, 0, 0));
+tp!(sys_enter_mkdir / raw_mkdir(path, mode) => ns_paths(NsOp::Mkdir, AT_FDCWD, path(), 0, NONE, mode(), 0));
+tp!(sys_enter_mkdirat / raw_mkdirat(dfd, path, mode) => ns_paths(NsOp::Mkdir, dfd(), path(), 0, NONE, mode(), 0));
+tp!(sys_enter_chmod / raw_chmod(path, mode) => ns_paths(NsOp::Chmod, AT_FDCWD, path(), 0, NONE, mode(), 0));
+tp!(sys_enter_fchmodat / raw_fchmodat(dfd, path, mode) => ns_paths(NsOp::Chmod, dfd(), path(), 0, NONE, mode(), 0));
+tp!(sys_enter_fchmodat2 / raw_fchmodat2(dfd, path, mode) => {
     ns_paths(NsOp::Chmod, dfd(), path(), 0, NONE, mode(), 0)
 });
-tp!(sys_enter_fchmod(fd, mode) => ns_fd(NsOp::Chmod, fd(), mode(), 0));
-tp!(sys_enter_chown(path, uid, gid) => {
+tp!(sys_enter_fchmod / raw_fchmod(fd, mode) => ns_fd(NsOp::Chmod, fd(), mode(), 0));
+tp!(sys_enter_chown / raw_chown(path, uid, gid) => {
     ns_paths(NsOp::Chown, AT_FDCWD, path(), 0, NONE, uid(), gid())
 });
-tp!(sys_enter_lchown(path, uid, gid) => {
+tp!(sys_enter_lchown / raw_lchown(path, uid, gid) => {
     ns_paths(NsOp::Chown, AT_FDCWD, path(), 0, NONE, uid(), gid())
 });
-tp!(sys_enter_fchownat(dfd, path, uid, gid) => {
+tp!(sys_enter_fchownat / raw_fchownat(dfd, path, uid, gid) => {
     ns_paths(NsOp::Chown, dfd(), path(), 0, NONE, uid(), gid())
 });
-tp!(sys_enter_fchown(fd, uid, gid) => ns_fd(NsOp::Chown, fd(), uid(), gid()));
-tp!(sys_enter_truncate(path, length) => {
+tp!(sys_enter_fchown / raw_fchown(fd, uid, gid) => ns_fd(NsOp::Chown, fd(), uid(), gid()));
+tp!(sys_enter_truncate / raw_truncate(path, length) => {
     ns_paths(NsOp::Truncate, AT_FDCWD, path(), 0, NONE, 0, length())
 });
 // utimensat(dfd, NULL, times, 0) is futimens(dfd).
-tp!(sys_enter_utimensat(dfd, path, times, flags) => {
+tp!(sys_enter_utimensat / raw_utimensat(dfd, path, times, flags) => {
     let path = path();
     if path == 0 {
         ns_fd(NsOp::Utimes, dfd(), times(), 0)
@@ -194,10 +211,10 @@ tp!(sys_enter_utimensat(dfd, path, times, flags) => {
         ns_paths(NsOp::Utimes, dfd(), path, 0, NONE, times(), flags())
     }
 });
-tp!(sys_enter_utime(path, times) => ns_paths(NsOp::Utimes, AT_FDCWD, path(), 0, NONE, times(), 0));
-tp!(sys_enter_utimes(path, times) => {
+tp!(sys_enter_utime / raw_utime(path, times) => ns_paths(NsOp::Utimes, AT_FDCWD, path(), 0, NONE, times(), 0));
+tp!(sys_enter_utimes / raw_utimes(path, times) => {
     ns_paths(NsOp::Utimes, AT_FDCWD, path(), 0, NONE, times(), 0)
 });
-tp!(sys_enter_futimesat(dfd, path, times) => {
+tp!(sys_enter_futimesat / raw_futimesat(dfd, path, times) => {
     ns_paths(NsOp::Utimes, dfd(), path(), 0, NONE, times(), 0)
 });

@@ -12,7 +12,9 @@ use snapmon_common::{
 };
 
 use crate::{
-    emit::{copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file},
+    emit::{
+        copy_user_str, count_lost, fill_header, output_file, sc_arg, sc_ret, urgent_file, SysArgs,
+    },
     kernel::{direct_walk, enter, valid, Task},
     IMAGE_INO, OPEN_STASH, PRECIOUS_EXTS, RUNTIME, SCRATCH_OPEN, WATCHED_DIRS, WATCHED_FILES,
     WATCH_SHARE,
@@ -142,31 +144,51 @@ fn stash(dirfd: u64, path: u64, flags: u64) {
     let _ = OPEN_STASH.insert(&(pid_tgid as u32), &s, 0);
 }
 
+#[inline(always)]
+pub(crate) fn openat<C: SysArgs>(ctx: &C) {
+    stash(sc_arg(ctx, 0), sc_arg(ctx, 1), sc_arg(ctx, 2));
+}
+
 #[tracepoint]
 pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    stash(sc_arg(&ctx, 0), sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+    openat(&ctx);
     0
+}
+
+#[inline(always)]
+pub(crate) fn open<C: SysArgs>(ctx: &C) {
+    stash(AT_FDCWD, sc_arg(ctx, 0), sc_arg(ctx, 1));
 }
 
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    stash(AT_FDCWD, sc_arg(&ctx, 0), sc_arg(&ctx, 1));
+    open(&ctx);
     0
+}
+
+#[inline(always)]
+pub(crate) fn creat<C: SysArgs>(ctx: &C) {
+    stash(AT_FDCWD, sc_arg(ctx, 0), O_CREAT | O_WRONLY | O_TRUNC);
 }
 
 #[tracepoint]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    stash(AT_FDCWD, sc_arg(&ctx, 0), O_CREAT | O_WRONLY | O_TRUNC);
+    creat(&ctx);
     0
 }
 
 /// openat2(dfd, path, struct open_how *how, size): flags are `how->flags`.
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    let how = sc_arg(&ctx, 2);
+#[inline(always)]
+pub(crate) fn openat2<C: SysArgs>(ctx: &C) {
+    let how = sc_arg(ctx, 2);
     let flags: u64 =
         unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64).unwrap_or(0) };
-    stash(sc_arg(&ctx, 0), sc_arg(&ctx, 1), flags);
+    stash(sc_arg(ctx, 0), sc_arg(ctx, 1), flags);
+}
+
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    openat2(&ctx);
     0
 }
 

@@ -263,14 +263,19 @@ pub struct RegWalk {
 /// Every files opcode is read: the initial table (sparse `-1` slots included) and updates.
 #[tracepoint]
 pub fn sys_enter_io_uring_register(ctx: TracePointContext) -> u32 {
-    if enter(v::FILES).is_some() {
-        unsafe { on_register(&ctx) };
-    }
+    unsafe { io_uring_register(&ctx) };
     0
 }
 
 #[inline(always)]
-unsafe fn on_register(ctx: &TracePointContext) {
+pub(crate) unsafe fn io_uring_register<C: crate::emit::SysArgs>(ctx: &C) {
+    if enter(v::FILES).is_some() {
+        on_register(ctx);
+    }
+}
+
+#[inline(always)]
+unsafe fn on_register<C: crate::emit::SysArgs>(ctx: &C) {
     let (ring_fd, raw, arg, nr_args) = (
         sc_arg(ctx, 0),
         sc_arg(ctx, 1) as u32,

@@ -1,12 +1,13 @@
 //! Write-class syscall hooks: every way bytes, size or mappings of a watched file change.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+
 use snapmon_common::{
     write_flags, EventKind, WriteOp, AIO_MAX_IOCBS, DATA_LEN, FILTER_RANGES, IOV_MAX_SUMMED,
 };
 
 use crate::{
-    emit::{copy_user, fill_header, output_watched, sc_arg},
+    emit::{copy_user, fill_header, output_watched, sc_arg, SysArgs},
     kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Task, Watched},
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
@@ -256,7 +257,7 @@ pub struct IovSum {
 
 /// `enter`, then the fd in argument `slot` when it is a watched file (`watched_fd`).
 #[inline(always)]
-pub(crate) unsafe fn watched_arg(ctx: &TracePointContext, slot: usize) -> Option<(i64, Watched)> {
+pub(crate) unsafe fn watched_arg<C: SysArgs>(ctx: &C, slot: usize) -> Option<(i64, Watched)> {
     let task = enter()?;
     let fd = sc_arg(ctx, slot) as i64;
     Some((fd, watched_fd(task, fd, false)?))
@@ -293,29 +294,39 @@ pub(crate) unsafe fn iov_sum(vec: u64, cnt: u64) -> IovSum {
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn write<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let (buf, count) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2));
+        let (buf, count) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
         let r = WriteRec::new(fd, WriteOp::Write, Pos::Current, count);
         emit_write(&w, r.sample(buf, count));
     }
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    unsafe { write(&ctx) };
     0
+}
+
+#[inline(always)]
+pub(crate) unsafe fn pwrite64<C: SysArgs>(ctx: &C) {
+    unsafe {
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
+        };
+        let (buf, count, pos) = (sc_arg(ctx, 1), sc_arg(ctx, 2), sc_arg(ctx, 3) as i64);
+        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
+        emit_write(&w, r.sample(buf, count));
+    }
 }
 
 #[tracepoint]
 pub fn sys_enter_pwrite64(ctx: TracePointContext) -> u32 {
-    unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
-        };
-        let (buf, count, pos) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2), sc_arg(&ctx, 3) as i64);
-        let r = WriteRec::new(fd, WriteOp::Pwrite, Pos::At(pos), count);
-        emit_write(&w, r.sample(buf, count));
-    }
+    unsafe { pwrite64(&ctx) };
     0
 }
 
@@ -329,7 +340,7 @@ pub enum Abi {
 
 /// writev, pwritev, pwritev2: `(fd, iov, vlen, pos…, flags)`.
 #[inline(always)]
-pub(crate) unsafe fn vec_write(ctx: &TracePointContext, op: WriteOp, abi: Abi) {
+pub(crate) unsafe fn vec_write<C: SysArgs>(ctx: &C, op: WriteOp, abi: Abi) {
     let Some((fd, w)) = watched_arg(ctx, 0) else {
         return;
     };
@@ -375,8 +386,8 @@ pub fn sys_enter_pwritev2(ctx: TracePointContext) -> u32 {
 
 /// Destination-side copies: `(fd_in, off_in*, fd_out, off_out*, len, …)`.
 #[inline(always)]
-unsafe fn copy_into(
-    ctx: &TracePointContext,
+pub(crate) unsafe fn copy_into<C: SysArgs>(
+    ctx: &C,
     op: WriteOp,
     out_arg: usize,
     off_arg: usize,
@@ -419,37 +430,53 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+#[inline(always)]
+pub(crate) unsafe fn fallocate<C: SysArgs>(ctx: &C) {
     unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
         };
-        let (mode, offset, len) = (sc_arg(&ctx, 1), sc_arg(&ctx, 2) as i64, sc_arg(&ctx, 3));
+        let (mode, offset, len) = (sc_arg(ctx, 1), sc_arg(ctx, 2) as i64, sc_arg(ctx, 3));
         let r = WriteRec::new(fd, WriteOp::Fallocate, Pos::At(offset), len);
         emit_write(&w, r.aux(mode));
     }
+}
+
+#[tracepoint]
+pub fn sys_enter_fallocate(ctx: TracePointContext) -> u32 {
+    unsafe { fallocate(&ctx) };
     0
+}
+
+#[inline(always)]
+pub(crate) unsafe fn ftruncate<C: SysArgs>(ctx: &C) {
+    unsafe {
+        let Some((fd, w)) = watched_arg(ctx, 0) else {
+            return;
+        };
+        let length = sc_arg(ctx, 1);
+        let op = WriteOp::Ftruncate;
+        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
+    }
 }
 
 #[tracepoint]
 pub fn sys_enter_ftruncate(ctx: TracePointContext) -> u32 {
-    unsafe {
-        let Some((fd, w)) = watched_arg(&ctx, 0) else {
-            return 0;
-        };
-        let length = sc_arg(&ctx, 1);
-        let op = WriteOp::Ftruncate;
-        emit_write(&w, WriteRec::new(fd, op, Pos::At(length as i64), length));
-    }
+    unsafe { ftruncate(&ctx) };
     0
 }
 
 /// Shared writable mappings: later stores are invisible to syscall hooks, so report the map.
+/// Shared writable mappings (native `mmap`).
+#[inline(always)]
+pub(crate) unsafe fn mmap<C: SysArgs>(ctx: &C) {
+    let a = |i| sc_arg(ctx, i);
+    unsafe { mmap_shared(a(1), a(2), a(3), a(4) as i64, a(5) as i64) };
+}
+
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
-    let a = |i| sc_arg(&ctx, i);
-    unsafe { mmap_shared(a(1), a(2), a(3), a(4) as i64, a(5) as i64) };
+    unsafe { mmap(&ctx) };
     0
 }
 
@@ -471,16 +498,21 @@ pub(crate) unsafe fn mmap_shared(len: u64, prot: u64, flags: u64, fd: i64, off: 
 }
 
 /// linux-aio: inspect each iocb of `io_submit(ctx, nr, iocbpp)`.
+#[inline(always)]
+pub(crate) unsafe fn io_submit<C: SysArgs>(ctx: &C) {
+    unsafe { aio_submit(ctx, Abi::Native) };
+}
+
 #[tracepoint]
 pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
-    unsafe { aio_submit(&ctx, Abi::Native) };
+    unsafe { io_submit(&ctx) };
     0
 }
 
 /// io_submit's iocbs. Their layout is the same on either ABI; from 32-bit code the array
 /// holds 32-bit pointers and a PWRITEV's buffer is `compat_iovec`s.
 #[inline(always)]
-pub(crate) unsafe fn aio_submit(ctx: &TracePointContext, abi: Abi) {
+pub(crate) unsafe fn aio_submit<C: SysArgs>(ctx: &C, abi: Abi) {
     const IOCB_CMD_PWRITE: u16 = 1;
     const IOCB_CMD_PWRITEV: u16 = 8;
     let Some(task) = enter() else { return };

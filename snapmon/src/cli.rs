@@ -5,6 +5,8 @@ use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 
+use crate::kernel::loader::SyscallHook;
+
 use crate::{
     agent::{self, RunOptions},
     config::{Policy, DEFAULT_POLICY},
@@ -75,6 +77,10 @@ pub enum Cmd {
     Doctor {
         #[arg(long)]
         json: bool,
+        /// Probe this syscall-hook mode (`tracepoint` or `raw`; default: SNAPMON_SYSCALL_HOOK,
+        /// else `tracepoint`), as `run --syscall-hook` would load it.
+        #[arg(long, value_name = "MODE", value_parser = parse_syscall_hook)]
+        syscall_hook: Option<SyscallHook>,
     },
     /// Record SHA-256 and parsed header state of every image under DIRs. Exit 2 when a DIR
     /// does not exist.
@@ -222,6 +228,12 @@ pub struct RunArgs {
     /// has no ia32 emulation.
     #[arg(long)]
     pub no_compat_syscalls: bool,
+    /// How the syscall entry hooks run: `tracepoint` (one `syscalls/sys_enter_*` program per
+    /// hooked syscall) or `raw` (one `tp_btf/sys_enter` program for every syscall, dispatching
+    /// by number: cheaper per write, dearer on every other syscall; Linux 6.2+). Default:
+    /// SNAPMON_SYSCALL_HOOK, else `tracepoint`. `started` and `snapmon doctor` say which runs.
+    #[arg(long, value_name = "MODE", value_parser = parse_syscall_hook)]
+    pub syscall_hook: Option<SyscallHook>,
     /// Deny tampering with --protect stores in the kernel (BPF LSM). Without BPF LSM the agent
     /// refuses to start, unless `--enforce=best-effort` (then it only detects).
     #[arg(long, num_args = 0..=1, default_missing_value = "on", value_parser = ["on", "best-effort"])]
@@ -317,7 +329,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             fail_on,
         } => crate::offline::inspect(&images, json, fail_on),
-        Cmd::Doctor { json } => crate::doctor::run(json),
+        Cmd::Doctor { json, syscall_hook } => {
+            let mode = match syscall_hook {
+                Some(m) => m,
+                None => SyscallHook::from_env()?,
+            };
+            crate::doctor::run(json, mode)
+        }
         Cmd::DistAssets { dir } => crate::dist::generate(&Cli::command(), &dir).map(|_| ()),
         Cmd::Baseline { dirs, out } => crate::offline::baseline(&dirs, &out),
         Cmd::Verify { baseline } => crate::offline::verify(&baseline),
@@ -471,6 +489,10 @@ fn run_agent(a: RunArgs) -> anyhow::Result<()> {
             .then(|| Duration::from_secs_f64(a.stats_interval.clamp(0.05, 86_400.0))),
         hook_stats: a.hook_stats,
         compat_syscalls: !a.no_compat_syscalls,
+        syscall_hook: match a.syscall_hook {
+            Some(m) => m,
+            None => SyscallHook::from_env()?,
+        },
         enforce: crate::enforce::Options {
             mode: match a.enforce.as_deref() {
                 None => crate::enforce::Mode::Off,
@@ -688,6 +710,11 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         st.errors.len()
     );
     Ok(())
+}
+
+/// `--syscall-hook MODE`.
+fn parse_syscall_hook(s: &str) -> Result<SyscallHook, String> {
+    SyscallHook::parse(s).ok_or_else(|| format!("`{s}`: expected `tracepoint` or `raw`"))
 }
 
 #[cfg(test)]

@@ -200,7 +200,7 @@ fn read_trim(p: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-pub fn run(as_json: bool) -> anyhow::Result<()> {
+pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<()> {
     // Unprivileged, loading fails for want of rights, not for what the kernel allows: say
     // that instead of reporting every hook missing and enforcement possible.
     // SAFETY: geteuid has no preconditions.
@@ -224,6 +224,7 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         lsm_observe: bpf_lsm == Some(true),
         hook_stats: true,
         compat: true,
+        syscall_hook,
     });
     let (hooks, missing, backend, fd_walk, fixed_files, load_error): (
         Vec<HookStatus>,
@@ -289,7 +290,8 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let v = json!({
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
-            "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk, "load_error": load_error,
+            "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk,
+            "syscall_hook": syscall_hook.name(), "load_error": load_error,
             "io_uring_fixed_files": fixed_files_note(fixed_files, fd_walk),
             "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
             "hook_run_stats": hook_stats,
@@ -321,6 +323,13 @@ pub fn run(as_json: bool) -> anyhow::Result<()> {
         }
     );
     println!("fixed files   {}", fixed_files_note(fixed_files, fd_walk));
+    println!(
+        "syscall hook  {}",
+        match syscall_hook {
+            loader::SyscallHook::Tracepoint => "tracepoint (one syscalls/sys_enter_* program per syscall)",
+            loader::SyscallHook::Raw => "raw (tp_btf/sys_enter for every syscall, handlers by number; the rest on tracepoints)",
+        }
+    );
     println!("enforcement   {enforcement}");
     println!("hook stats    {hook_stats}");
     if let Some(e) = &load_error {

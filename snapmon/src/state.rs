@@ -31,6 +31,8 @@ pub struct StartInfo<'a> {
     pub fd_walk: &'a str,
     /// Writes through io_uring registered files are judged (`LoadInfo::fixed_files`).
     pub fixed_files: bool,
+    /// How the syscall entry hooks run: `tracepoint` or `raw` (`--syscall-hook`).
+    pub syscall_hook: &'a str,
     pub hooks: &'a [HookStatus],
     pub missing: &'a [Missing],
     /// Per-hook run counters: on, and why not (or how).
@@ -85,6 +87,7 @@ struct Started<'a> {
     pid: u32,
     backend: &'a str,
     fd_walk: &'a str,
+    syscall_hook: &'a str,
     hooks_attached: usize,
     hooks_total: usize,
     hook_stats: HookStats<'a>,
@@ -202,9 +205,14 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         .hooks
         .iter()
         .map(|h| {
-            json!({"program": h.program, "attached_to": h.attached_to, "covers": h.covers,
+            let mut v = json!({"program": h.program, "attached_to": h.attached_to, "covers": h.covers,
                    "error": h.error.as_deref().map(first_line),
-                   "enforcement_only": enforcement_only(h.program)})
+                   "enforcement_only": enforcement_only(h.program)});
+            // Only in raw mode: the `tp_btf/sys_enter` program that runs the hook's code.
+            if let Some(handler) = h.handler {
+                v["handler"] = json!(handler);
+            }
+            v
         })
         .collect();
     let mut out = chunked("hooks", "hooks", hooks, json!({}));
@@ -287,6 +295,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         pid: std::process::id(),
         backend: i.backend,
         fd_walk: i.fd_walk,
+        syscall_hook: i.syscall_hook,
         hooks_attached: live,
         hooks_total: i.hooks.len(),
         hook_stats: HookStats {
@@ -456,6 +465,7 @@ pub(crate) mod tests {
             backend: "tracepoint",
             fd_walk: "direct",
             fixed_files: true,
+            syscall_hook: "tracepoint",
             hooks,
             missing: &[],
             hook_stats: (false, Some("off".into())),
@@ -504,6 +514,7 @@ pub(crate) mod tests {
                         "Operation not permitted (os error 1) ".repeat(30)
                     )
                 }),
+                handler: None,
             })
             .collect();
         let watch = WatchStats {
@@ -610,7 +621,7 @@ pub(crate) mod tests {
         );
     }
 
-    const STARTED: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":"/var/lib/snapmon/evidence","fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","previous_run":{"clean":false,"logs":[{"clean":false,"file":"/var/log/snapmon.jsonl","last_record_at":"2026-12-04T17:00:00Z","last_seq":4211}]},"response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"version":"*","warnings":[]}"#;
-    const STARTED_BARE: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":null,"fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"version":"*","warnings":[]}"#;
+    const STARTED: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":"/var/lib/snapmon/evidence","fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","previous_run":{"clean":false,"logs":[{"clean":false,"file":"/var/log/snapmon.jsonl","last_record_at":"2026-12-04T17:00:00Z","last_seq":4211}]},"response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"syscall_hook":"tracepoint","version":"*","warnings":[]}"#;
+    const STARTED_BARE: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":null,"fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"syscall_hook":"tracepoint","version":"*","warnings":[]}"#;
     const ENFORCEMENT: &str = r#"{"active":false,"dry_run":false,"keep_enforcing":false,"monitor_only":false,"part":1,"parts":1,"protected":2,"trusted":["/usr/bin/qemu-img"]}"#;
 }

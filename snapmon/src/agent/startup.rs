@@ -116,6 +116,8 @@ pub struct RunOptions {
     pub hook_stats: bool,
     /// Attach the 32-bit syscall hook where fentry is refused (`--no-compat-syscalls`).
     pub compat_syscalls: bool,
+    /// `--syscall-hook`: how the syscall entry hooks run.
+    pub syscall_hook: loader::SyscallHook,
     pub enforce: crate::enforce::Options,
     /// `--respond MODE` (the policy's `[respond] mode` otherwise).
     pub respond: Option<crate::respond::Mode>,
@@ -164,6 +166,7 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
         lsm_observe: crate::enforce::bpf_lsm_active().unwrap_or(false),
         hook_stats: opts.hook_stats,
         compat: opts.compat_syscalls,
+        syscall_hook: opts.syscall_hook,
     })?;
     let registry = sinks.registry().clone();
     refresh_hook_runs(&k, &registry);
@@ -274,6 +277,7 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
         backend: k.info.backend,
         fd_walk: k.info.fd_walk,
         fixed_files: k.info.fixed_files,
+        syscall_hook: k.info.syscall_hook.name(),
         hooks: &k.info.hooks,
         missing: &k.info.missing,
         hook_stats: (stats_on, stats_note),

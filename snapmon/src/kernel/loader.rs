@@ -100,6 +100,116 @@ pub const COMPAT: &[(u32, &str)] = &[
     (427, "sys_enter_io_uring_register"),
 ];
 
+/// How the syscall entry hooks run (`--syscall-hook`, `SNAPMON_SYSCALL_HOOK`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyscallHook {
+    /// One `tracepoint/syscalls/sys_enter_*` program per hooked syscall: nothing runs on the
+    /// syscalls nobody hooks.
+    #[default]
+    Tracepoint,
+    /// One `tp_btf/sys_enter` program (`syscall_enter`) for every syscall, tail-calling the
+    /// handler of the syscall's number ([`RAW`]): cheaper per hooked syscall, dearer on
+    /// every other one. Needs `tp_btf` and the direct fd walk (6.2+).
+    Raw,
+}
+
+impl SyscallHook {
+    pub const ALL: [SyscallHook; 2] = [SyscallHook::Tracepoint, SyscallHook::Raw];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SyscallHook::Tracepoint => "tracepoint",
+            SyscallHook::Raw => "raw",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SyscallHook> {
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// `SNAPMON_SYSCALL_HOOK` (how tests and benches pick the mode), else the default; an
+    /// unknown value is an error, not a silent default.
+    pub fn from_env() -> anyhow::Result<SyscallHook> {
+        match std::env::var("SNAPMON_SYSCALL_HOOK") {
+            Ok(v) if !v.is_empty() => Self::parse(&v).with_context(|| {
+                format!("SNAPMON_SYSCALL_HOOK={v}: expected `tracepoint` or `raw`")
+            }),
+            _ => Ok(SyscallHook::default()),
+        }
+    }
+}
+
+/// The raw hook's handlers: (x86_64 syscall number, the tracepoint program whose code it runs,
+/// the `tp_btf/sys_enter` program): every `sys_enter_*` hook. The exit hooks (`sys_exit_*`)
+/// stay on their tracepoints in raw mode.
+pub const RAW: &[(u32, &str, &str)] = &[
+    (1, "sys_enter_write", "raw_write"),
+    (18, "sys_enter_pwrite64", "raw_pwrite64"),
+    (20, "sys_enter_writev", "raw_writev"),
+    (296, "sys_enter_pwritev", "raw_pwritev"),
+    (328, "sys_enter_pwritev2", "raw_pwritev2"),
+    (326, "sys_enter_copy_file_range", "raw_copy_file_range"),
+    (275, "sys_enter_splice", "raw_splice"),
+    (40, "sys_enter_sendfile64", "raw_sendfile64"),
+    (285, "sys_enter_fallocate", "raw_fallocate"),
+    (77, "sys_enter_ftruncate", "raw_ftruncate"),
+    (9, "sys_enter_mmap", "raw_mmap"),
+    (209, "sys_enter_io_submit", "raw_io_submit"),
+    (427, "sys_enter_io_uring_register", "raw_io_uring_register"),
+    (16, "sys_enter_ioctl", "raw_ioctl"),
+    (257, "sys_enter_openat", "raw_openat"),
+    (2, "sys_enter_open", "raw_open"),
+    (85, "sys_enter_creat", "raw_creat"),
+    (437, "sys_enter_openat2", "raw_openat2"),
+    (87, "sys_enter_unlink", "raw_unlink"),
+    (263, "sys_enter_unlinkat", "raw_unlinkat"),
+    (84, "sys_enter_rmdir", "raw_rmdir"),
+    (82, "sys_enter_rename", "raw_rename"),
+    (264, "sys_enter_renameat", "raw_renameat"),
+    (316, "sys_enter_renameat2", "raw_renameat2"),
+    (86, "sys_enter_link", "raw_link"),
+    (265, "sys_enter_linkat", "raw_linkat"),
+    (88, "sys_enter_symlink", "raw_symlink"),
+    (266, "sys_enter_symlinkat", "raw_symlinkat"),
+    (83, "sys_enter_mkdir", "raw_mkdir"),
+    (258, "sys_enter_mkdirat", "raw_mkdirat"),
+    (90, "sys_enter_chmod", "raw_chmod"),
+    (268, "sys_enter_fchmodat", "raw_fchmodat"),
+    (452, "sys_enter_fchmodat2", "raw_fchmodat2"),
+    (91, "sys_enter_fchmod", "raw_fchmod"),
+    (92, "sys_enter_chown", "raw_chown"),
+    (94, "sys_enter_lchown", "raw_lchown"),
+    (260, "sys_enter_fchownat", "raw_fchownat"),
+    (93, "sys_enter_fchown", "raw_fchown"),
+    (76, "sys_enter_truncate", "raw_truncate"),
+    (280, "sys_enter_utimensat", "raw_utimensat"),
+    (132, "sys_enter_utime", "raw_utime"),
+    (235, "sys_enter_utimes", "raw_utimes"),
+    (261, "sys_enter_futimesat", "raw_futimesat"),
+];
+
+/// The raw handler of a tracepoint or compat program ([`RAW`], `compat_*` → `raw_compat_*`).
+pub fn raw_handler(program: &str) -> Option<&'static str> {
+    if let Some((_, _, raw)) = RAW.iter().find(|(_, p, _)| *p == program) {
+        return Some(raw);
+    }
+    const COMPAT_RAW: &[(&str, &str)] = &[
+        ("compat_pwrite64", "raw_compat_pwrite64"),
+        ("compat_ftruncate64", "raw_compat_ftruncate64"),
+        ("compat_fallocate", "raw_compat_fallocate"),
+        ("compat_writev", "raw_compat_writev"),
+        ("compat_pwritev", "raw_compat_pwritev"),
+        ("compat_pwritev2", "raw_compat_pwritev2"),
+        ("compat_io_submit", "raw_compat_io_submit"),
+        ("compat_old_mmap", "raw_compat_old_mmap"),
+        ("compat_mmap2", "raw_compat_mmap2"),
+    ];
+    COMPAT_RAW
+        .iter()
+        .find(|(p, _)| *p == program)
+        .map(|(_, r)| *r)
+}
+
 macro_rules! sc {
     ($name:literal, $covers:literal) => {
         HookSpec {
@@ -228,6 +338,10 @@ pub struct HookStatus {
     pub attached_to: Option<String>,
     pub covers: &'static str,
     pub error: Option<String>,
+    /// The program that runs this hook's code when it is not `program` itself: its
+    /// `tp_btf/sys_enter` handler in raw mode (`--syscall-hook raw`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handler: Option<&'static str>,
 }
 
 /// The live kernel side: programs attached and the maps userspace drives, grouped by role so
@@ -307,6 +421,8 @@ pub struct LoadInfo {
     /// The submit hook resolves registered (fixed) files in the ring's table: the direct
     /// walk and `valid::IO_URING_FIXED`. Else their writes are counted as lost.
     pub fixed_files: bool,
+    /// How the syscall entry hooks run (each hook's `attached_to` says where it runs).
+    pub syscall_hook: SyscallHook,
 }
 
 /// The attached hooks' links.
@@ -410,6 +526,8 @@ pub struct LoadOptions {
     pub hook_stats: bool,
     /// Attach the 32-bit syscall hook where the VFS write hook is refused (`Attach::Compat`).
     pub compat: bool,
+    /// How the syscall entry hooks run.
+    pub syscall_hook: SyscallHook,
 }
 
 /// The fd → inode walk for this kernel: BTF loads where `bpf_rdonly_cast` exists (6.2+),
@@ -589,6 +707,9 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let mut links = Vec::new();
     release_stale();
     let debug = std::env::var_os("SNAPMON_DEBUG_LOAD").is_some();
+    if opts.syscall_hook == SyscallHook::Raw {
+        hooks.push(raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links)?);
+    }
     for spec in HOOKS {
         let t = std::time::Instant::now();
         if matches!(spec.attach, Attach::Lsm(_)) && !opts.lsm {
@@ -607,6 +728,16 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                 continue;
             }
         }
+        if let (SyscallHook::Raw, Some(raw)) = (opts.syscall_hook, raw_handler(spec.program)) {
+            hooks.push(HookStatus {
+                program: spec.program,
+                attached_to: Some(raw_attached_to(spec.program)),
+                covers: spec.covers,
+                error: None,
+                handler: Some(raw),
+            });
+            continue;
+        }
         if matches!(spec.attach, Attach::Compat) {
             if !opts.compat {
                 continue;
@@ -618,13 +749,44 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             {
                 continue;
             }
-            match compat_table(&mut ebpf, tracefs, &offsets) {
+            let raw = opts.syscall_hook == SyscallHook::Raw;
+            if raw {
+                match raw_compat_table(&mut ebpf, &aya_btf, &offsets) {
+                    Ok(None) => {
+                        // Every 32-bit syscall is handed on by `syscall_enter`.
+                        hooks.push(HookStatus {
+                            program: spec.program,
+                            attached_to: Some(
+                                "tp_btf/sys_enter (syscall_enter, 32-bit syscalls by RAW_COMPAT_TAIL)".into(),
+                            ),
+                            covers: spec.covers,
+                            error: None,
+                            // Its runs are syscall_enter's, counted under that hook.
+                            handler: None,
+                        });
+                        continue;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        hooks.push(HookStatus {
+                            program: spec.program,
+                            attached_to: None,
+                            covers: spec.covers,
+                            error: Some(format!("{e:#}")),
+                            handler: None,
+                        });
+                        continue;
+                    }
+                }
+            }
+            match compat_table(&mut ebpf, tracefs, &offsets, raw) {
                 Err(e) => {
                     hooks.push(HookStatus {
                         program: spec.program,
                         attached_to: None,
                         covers: spec.covers,
                         error: Some(format!("{e:#}")),
+                        handler: None,
                     });
                     continue;
                 }
@@ -634,10 +796,16 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                     attached_to: None,
                     covers: spec.covers,
                     error: Some(e),
+                    handler: None,
                 })),
             }
         }
-        let status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
+        let mut status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
+        if let (Attach::Compat, SyscallHook::Raw, Some(at)) =
+            (&spec.attach, opts.syscall_hook, status.attached_to.as_mut())
+        {
+            at.push_str("; the raw handlers' by tp_btf/sys_enter (RAW_COMPAT_TAIL)");
+        }
         if debug {
             eprintln!("load {} {:?} {:?}", spec.program, t.elapsed(), status.error);
         }
@@ -751,6 +919,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             fd_walk: walk.name(),
             fixed_files: walk.mode == fd_walk::DIRECT
                 && offsets.valid & snapmon_common::valid::IO_URING_FIXED != 0,
+            syscall_hook: opts.syscall_hook,
         },
         links: Links {
             lsm: lsm_links,
@@ -771,6 +940,7 @@ fn attach_one(
         attached_to: None,
         covers: spec.covers,
         error: None,
+        handler: None,
     };
     let Some(prog) = ebpf.program_mut(spec.program) else {
         st.error = Some("program missing from the eBPF object".into());
@@ -836,6 +1006,7 @@ fn compat_table(
     ebpf: &mut Ebpf,
     tracefs: &str,
     offsets: &KernelOffsets,
+    raw: bool,
 ) -> anyhow::Result<Vec<(&'static str, String)>> {
     anyhow::ensure!(
         offsets.valid & snapmon_common::valid::COMPAT != 0,
@@ -855,6 +1026,10 @@ fn compat_table(
     );
     let (mut fds, mut refused) = (Vec::new(), Vec::new());
     for &(nr, name) in COMPAT {
+        // In raw mode `syscall_enter` hands these on: only the rest come here.
+        if raw && raw_handler(name).is_some() {
+            continue;
+        }
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -881,6 +1056,118 @@ fn compat_table(
             .with_context(|| format!("compat slot {nr}"))?;
     }
     Ok(refused)
+}
+
+/// Where a hook runs in raw mode: its handler, by the native syscall number.
+fn raw_attached_to(program: &str) -> String {
+    match RAW.iter().find(|(_, p, _)| *p == program) {
+        Some((nr, _, raw)) => format!("tp_btf/sys_enter ({raw}, syscall {nr})"),
+        None => "tp_btf/sys_enter".into(),
+    }
+}
+
+/// Load a program as a `tp_btf/sys_enter` tail-call target (loaded, never attached).
+fn load_sys_enter<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+    btf: &AyaBtf,
+) -> anyhow::Result<&'a BtfTracePoint> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load("sys_enter", btf)
+            .map_err(verbose)
+            .with_context(|| format!("--syscall-hook raw: loading {name}"))?;
+    }
+    Ok(prog)
+}
+
+/// `--syscall-hook raw`: load every handler of [`RAW`] into `RAW_TAIL` by native syscall
+/// number, then attach `syscall_enter`. Any failure is an error: a raw mode that silently
+/// hooks less than the tracepoints would be worse than no choice.
+fn raw_hook(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    walk: FdWalk,
+    offsets: &KernelOffsets,
+    links: &mut Vec<(&'static str, HookLink)>,
+) -> anyhow::Result<HookStatus> {
+    if walk.mode != fd_walk::DIRECT {
+        bail!(
+            "--syscall-hook raw needs the direct fd walk (bpf_rdonly_cast, Linux 6.2+), and this load has the {} walk; use --syscall-hook tracepoint",
+            walk.name()
+        );
+    }
+    anyhow::ensure!(
+        offsets.valid & snapmon_common::valid::REGS_ARGS != 0,
+        "--syscall-hook raw: the kernel's BTF has no pt_regs argument registers; use --syscall-hook tracepoint"
+    );
+    let mut fds = Vec::new();
+    for &(nr, _, raw) in RAW {
+        fds.push((nr, load_sys_enter(ebpf, raw, btf)?.fd()?.try_clone()?));
+    }
+    let mut table = ProgramArray::try_from(
+        ebpf.map_mut("RAW_TAIL")
+            .context("map RAW_TAIL missing from object")?,
+    )?;
+    for (nr, fd) in &fds {
+        table
+            .set(*nr, fd, 0)
+            .with_context(|| format!("raw slot {nr}"))?;
+    }
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("syscall_enter")
+        .context("program syscall_enter missing from the eBPF object")?
+        .try_into()?;
+    prog.load("sys_enter", btf)
+        .map_err(verbose)
+        .context("--syscall-hook raw: loading syscall_enter (tp_btf/sys_enter)")?;
+    let id = prog
+        .attach()
+        .map_err(verbose)
+        .context("--syscall-hook raw: attaching tp_btf/sys_enter")?;
+    links.push(("syscall_enter", HookLink::Btf(prog.take_link(id)?)));
+    Ok(HookStatus {
+        program: "syscall_enter",
+        attached_to: Some("tp_btf/sys_enter".into()),
+        covers: "raw syscall hook: hands each hooked syscall to its handler by number",
+        error: None,
+        handler: None,
+    })
+}
+
+/// Raw mode's share of the 32-bit table: every [`COMPAT`] entry with a raw handler goes into
+/// `RAW_COMPAT_TAIL`. The names of those left to the classic table (`raw_syscalls/sys_enter`),
+/// or None when there are none.
+fn raw_compat_table(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    offsets: &KernelOffsets,
+) -> anyhow::Result<Option<Vec<&'static str>>> {
+    anyhow::ensure!(
+        offsets.valid & snapmon_common::valid::COMPAT != 0,
+        "no thread_info.status in the kernel's BTF"
+    );
+    let mut fds = Vec::new();
+    let mut rest = Vec::new();
+    for &(nr, name) in COMPAT {
+        match raw_handler(name) {
+            Some(raw) => fds.push((nr, load_sys_enter(ebpf, raw, btf)?.fd()?.try_clone()?)),
+            None => rest.push(name),
+        }
+    }
+    let mut table = ProgramArray::try_from(
+        ebpf.map_mut("RAW_COMPAT_TAIL")
+            .context("map RAW_COMPAT_TAIL missing from object")?,
+    )?;
+    for (nr, fd) in &fds {
+        table
+            .set(*nr, fd, 0)
+            .with_context(|| format!("raw compat slot {nr}"))?;
+    }
+    Ok((!rest.is_empty()).then_some(rest))
 }
 
 /// Keep the verifier log: it is the only useful explanation of a rejected program.
@@ -1120,9 +1407,13 @@ impl Kernel {
             .iter()
             .filter_map(|h| {
                 let attach = h.attached_to.as_ref()?;
-                let info = self.ebpf.program(h.program)?.info().ok()?;
+                let info = self
+                    .ebpf
+                    .program(h.handler.unwrap_or(h.program))?
+                    .info()
+                    .ok()?;
                 Some(crate::metrics::HookRun {
-                    program: h.program.to_string(),
+                    program: h.handler.unwrap_or(h.program).to_string(),
                     attach: attach.clone(),
                     runs: info.run_count(),
                     run_ns: info.run_time().as_nanos() as u64,
@@ -1229,6 +1520,67 @@ mod tests {
         let mut t = text();
         assert_eq!(patch_marks(&mut t, probe), 1);
         assert_eq!(&t[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn raw_mode_has_a_handler_for_every_syscall_entry_hook_and_32_bit_slot() {
+        for spec in HOOKS {
+            if let Attach::Syscall(name) = spec.attach {
+                assert_eq!(
+                    raw_handler(name).is_some(),
+                    name.starts_with("sys_enter_"),
+                    "{name}"
+                );
+            }
+        }
+        for (nr, name) in COMPAT {
+            assert!(raw_handler(name).is_some(), "ia32 {nr} {name}");
+        }
+        let mut nrs: Vec<u32> = RAW.iter().map(|(nr, _, _)| *nr).collect();
+        nrs.sort_unstable();
+        nrs.dedup();
+        assert_eq!(nrs.len(), RAW.len(), "one handler per syscall number");
+        assert!(nrs.iter().all(|nr| *nr < snapmon_common::RAW_SLOTS));
+    }
+
+    /// The numbers of [`RAW`] are the x86_64 syscall numbers the kernel headers give.
+    #[test]
+    fn raw_mode_numbers_are_the_x86_64_syscall_numbers() {
+        let Ok(h) = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h") else {
+            return;
+        };
+        let nr = |name: &str| {
+            h.lines().find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define") && w.next() == Some(&format!("__NR_{name}")))
+                    .then(|| w.next()?.parse::<u32>().ok())
+                    .flatten()
+            })
+        };
+        let mut checked = 0;
+        for (n, program, _) in RAW {
+            let name = program.trim_start_matches("sys_enter_");
+            // sendfile64 is `sendfile` on x86_64; headers older than the syscall lack it.
+            let name = if name == "sendfile64" {
+                "sendfile"
+            } else {
+                name
+            };
+            if let Some(want) = nr(name) {
+                assert_eq!(*n, want, "{program}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "only {checked} numbers found in the header");
+    }
+
+    #[test]
+    fn syscall_hook_modes_parse_by_name_only() {
+        for m in SyscallHook::ALL {
+            assert_eq!(SyscallHook::parse(m.name()), Some(m));
+        }
+        assert_eq!(SyscallHook::parse("Raw"), None);
+        assert_eq!(SyscallHook::default(), SyscallHook::Tracepoint);
     }
 
     #[test]

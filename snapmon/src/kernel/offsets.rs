@@ -196,6 +196,22 @@ pub fn resolve(btf: &Btf, sc_args: u32, sc_ret: u32) -> (KernelOffsets, Vec<Miss
         &mut [(&mut o.task_ti_status, &[("task_struct", "thread_info.status")])],
     );
     v |= group(
+        "regs_args",
+        valid::REGS_ARGS,
+        "--syscall-hook raw cannot read syscall arguments and refuses to start",
+        &mut [
+            (&mut o.regs_di, &[("pt_regs", "di")]),
+            (&mut o.regs_si, &[("pt_regs", "si")]),
+            (&mut o.regs_dx, &[("pt_regs", "dx")]),
+            (&mut o.regs_r10, &[("pt_regs", "r10")]),
+            (&mut o.regs_r8, &[("pt_regs", "r8")]),
+            (&mut o.regs_r9, &[("pt_regs", "r9")]),
+            (&mut o.regs_bx, &[("pt_regs", "bx")]),
+            (&mut o.regs_cx, &[("pt_regs", "cx")]),
+            (&mut o.regs_bp, &[("pt_regs", "bp")]),
+        ],
+    );
+    v |= group(
         "rdev",
         valid::RDEV,
         "a second node (mknod) of a loop device over a watched image is not recognised",
@@ -418,6 +434,8 @@ mod tests {
         // One of the two registered-file table shapes, and the ring within the request.
         assert_eq!(o.valid & valid::IO_URING_FIXED, valid::IO_URING_FIXED);
         assert!(o.req_ctx > 0 && o.uring_ft_slots > 0 && o.uring_ft_nr != o.uring_ft_slots);
+        assert_eq!(o.valid & valid::REGS_ARGS, valid::REGS_ARGS);
+        assert_ne!(o.regs_r10, o.regs_dx);
         assert_ne!(o.file_inode, o.file_pos);
         assert!(o.task_files > 0 && o.task_tgid > 0);
     }
