@@ -486,6 +486,10 @@ impl Serialize for EventType {
     }
 }
 
+/// `dropped_record` of a `blinded` event for an image whose name went with dropped path
+/// records (`Enricher::blinded_names`); SM-A001 words it apart.
+pub const DROPPED_PATH: &str = "path";
+
 /// One observed operation, enriched.
 #[derive(Debug, Clone, Default)]
 pub struct Event {

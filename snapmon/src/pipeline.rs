@@ -292,6 +292,28 @@ impl Pipeline {
         out
     }
 
+    /// The kernel dropped `dropped` path records in watched trees since the last call, `last`
+    /// the newest (`Kernel::last_blinded`, slot `NAMESPACE`): a `blinded` event, judged by
+    /// the rules (SM-A001), for each watched image or metadata file of its store whose name
+    /// went unheard (`Enricher::blinded_names`). Nothing when none did.
+    pub fn blinded_names(
+        &mut self,
+        last: &snapmon_common::Blinded,
+        dropped: u64,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        if dropped == 0 {
+            return out;
+        }
+        for mut ev in self.enricher.blinded_names(last, dropped) {
+            self.seq += 1;
+            ev.seq = self.seq;
+            self.finish(ev, Instant::now(), maps, &mut out);
+        }
+        out
+    }
+
     /// Loop devices found no longer over their image (a detach at last close): one
     /// `loop_detached` event each, judged like any other (`Enricher::check_loops`).
     pub fn check_loops(
