@@ -367,6 +367,8 @@ impl Enricher {
                 ecs_type: EventType::Info,
                 action: Action::LoopDetached,
                 backend: snapmon_common::Backend::Tracepoint,
+                // The detach came at someone's last close, by no record the agent read.
+                no_actor: true,
                 file: Some(self.file(a.image, None)),
                 detail: vec![
                     (DetailKey::LoopDevice, a.node_name(node)),
