@@ -79,7 +79,11 @@ pub unsafe fn ns_paths_from(
     ev.aux = aux;
     ev.aux2 = aux2;
     // The store the path was matched in: path1's base dir, else path2's (a rename into it).
-    let base = if relevant(m1.flags) { &ev.base1 } else { &ev.base2 };
+    let base = if relevant(m1.flags) {
+        &ev.base1
+    } else {
+        &ev.base2
+    };
     output_ns(ev, urgent_actor(ev.hdr.uid), base, op as u32);
     if !uring {
         crate::observe::mark(true);

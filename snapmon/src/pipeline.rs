@@ -628,7 +628,11 @@ mod blinded {
              naming paths in watched stores dropped; last actor python3 uid 65534 pid 9): a \
              delete or rename of it may be hidden"
         );
-        assert!(msgs[1].starts_with("vm2.qcow2 went from its store"), "{}", msgs[1]);
+        assert!(
+            msgs[1].starts_with("vm2.qcow2 went from its store"),
+            "{}",
+            msgs[1]
+        );
         assert_eq!(a[0].rule_id, "SM-A001");
         assert_eq!(a[0].event.process.pid, 9);
         // Said once: the names are no longer watched.

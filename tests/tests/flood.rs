@@ -605,7 +605,10 @@ fn an_image_deleted_by_name_in_a_floods_shadow_is_alerted_within_1s() {
     let (v, at) = seen.expect("the image's unlink in the flood's shadow went unreported");
     let latency = Duration::from_nanos((at - unlinked).max(0) as u64);
     snapmon_e2e::note(&format!("reported {latency:?} after the unlink"));
-    assert!(latency < Duration::from_secs(1), "reported {latency:?} after the unlink");
+    assert!(
+        latency < Duration::from_secs(1),
+        "reported {latency:?} after the unlink"
+    );
     if v["event"]["kind"] == "alert" {
         assert_eq!(v["event"]["action"], "blinded", "{v}");
         assert_eq!(v["file"]["path"], img.to_str().unwrap(), "{v}");

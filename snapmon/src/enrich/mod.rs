@@ -528,7 +528,10 @@ impl Enricher {
                 }),
                 detail: vec![
                     (DetailKey::Dropped, dropped.to_string()),
-                    (DetailKey::DroppedRecord, crate::event::DROPPED_PATH.to_string()),
+                    (
+                        DetailKey::DroppedRecord,
+                        crate::event::DROPPED_PATH.to_string(),
+                    ),
                 ],
                 ..Default::default()
             });

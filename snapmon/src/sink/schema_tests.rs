@@ -363,12 +363,18 @@ fn a_record_with_no_actor_names_none_in_any_format() {
         })
         .expect("every_record has a record with no actor");
     assert_eq!(e.action, Action::LoopDetached);
-    for r in [Record::Event(e.clone()), Record::Alert(Box::new(no_actor_alert(e)))] {
+    for r in [
+        Record::Event(e.clone()),
+        Record::Alert(Box::new(no_actor_alert(e))),
+    ] {
         let line = String::from_utf8(super::render(Format::Json, &r, "h", false)).unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert!(v.get("process").is_none(), "ECS names an actor: {line}");
         assert!(v["snapmon"].get("process").is_none(), "{line}");
-        assert!(v.get("user").is_none() && v.get("container").is_none(), "{line}");
+        assert!(
+            v.get("user").is_none() && v.get("container").is_none(),
+            "{line}"
+        );
         snapmon_schema::ecs::validate_line(&line).unwrap();
         // The slow path (`to_value`, tests and fixtures) says the same.
         let slow = super::json::to_value(&r, "h");
@@ -388,7 +394,14 @@ fn a_record_with_no_actor_names_none_in_any_format() {
         assert!(!line.contains("pid 0") && !line.contains("[0]"), "{line}");
     }
     // A replay of the JSON line keeps it actorless.
-    let line = super::json::to_value(&every_record().into_iter().find(|r| matches!(r, Record::Event(e) if e.no_actor)).unwrap(), "h").to_string();
+    let line = super::json::to_value(
+        &every_record()
+            .into_iter()
+            .find(|r| matches!(r, Record::Event(e) if e.no_actor))
+            .unwrap(),
+        "h",
+    )
+    .to_string();
     let back = crate::rules::replay::parse_line(&line, 1).unwrap().unwrap();
     assert!(back.no_actor);
 }
