@@ -548,20 +548,11 @@ mod tests {
         // A flood of junk names: the shared ring overflowed, nothing about an image lost.
         now[lost::RINGBUF_FULL as usize] = 50_000;
         now[lost::WATCH_FULL as usize] = 7;
-        assert_eq!(
-            dropped(snapmon_common::lost::PRECIOUS_DROPPED, &now, &last),
-            0
-        );
+        assert_eq!(dropped(lost::PRECIOUS_DROPPED, &now, &last), 0);
         now[lost::PRECIOUS_DROPPED as usize] = 12;
-        assert_eq!(
-            dropped(snapmon_common::lost::PRECIOUS_DROPPED, &now, &last),
-            12
-        );
+        assert_eq!(dropped(lost::PRECIOUS_DROPPED, &now, &last), 12);
         // Counted once: the next reading starts from this one.
-        assert_eq!(
-            dropped(snapmon_common::lost::PRECIOUS_DROPPED, &now, &now),
-            0
-        );
+        assert_eq!(dropped(lost::PRECIOUS_DROPPED, &now, &now), 0);
     }
 
     #[test]
