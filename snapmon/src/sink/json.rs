@@ -23,7 +23,7 @@
 //! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` (`snapmon.agent` for state/metric, `snapmon.chain` for the chain's records) |
 //! | `file.path`, `file.name`, `file.directory` | the file (display form, `text::escape_bytes`: invalid UTF-8, control and bidi characters and `\\` as `\xNN`); for an ioctl, the entry the descriptor was opened by |
 //! | `file.inode`, `file.device`, `file.size`, `file.type` | identity (`MAJOR:MINOR` of the kernel superblock), size when seen, `dir` (mkdir/rmdir) or `symlink` (symlink; the link's target string is not captured, so `file.target_path` is never set) |
-//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id`, `process.working_directory` | the actor |
+//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id`, `process.working_directory` | the actor; absent (with `snapmon.process`) on a record no process made (`loop_detached`) |
 //! | `process.parent.pid`, `.name`, `.executable`, `.entity_id` | its parent |
 //! | `container.id` | the actor's container, when it is in one |
 //! | `rule.id`, `rule.name`, `message` | alerts only: the rule and one sentence naming actor, action, target and diff |

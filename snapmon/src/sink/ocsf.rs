@@ -14,6 +14,7 @@
 //! | `severity_id`, `severity` | alerts: 1 informational, 2 low, 3 medium, 4 high, 5 critical; events and state 1; `lost` 3 |
 //! | `status_id` | events 0 Unknown (seen on entry, outcome unknown); findings 1 New |
 //! | `actor.process` | `pid`, `tid`, `name`, `uid` (entity id), `cmd_line`, `lineage`, `file{path,name,type_id:1}`, `user{uid}`, `parent_process{pid,name,uid,file}` |
+//! | `actor.invoked_by` | `snapmon`, alone, on a record no process made (`loop_detached`) |
 //! | `process` (1007) | the process the activity is about; `actor.process` its parent |
 //! | `file` | `path`, `name` (required: last component, else `DEV:INODE`), `parent_folder`, `type_id` (2 folder, 7 symbolic link, else 0 unknown), `size`, `uid` (`DEV:INODE`) |
 //! | `file_result` | rename/link destination |
