@@ -284,7 +284,12 @@ pub mod lost {
     /// `watch_value::ORDINARY`) that neither ring lane could take: counted here, not as
     /// `RINGBUF_FULL`, and named in `BLINDED`, since a tamper may be what was lost.
     pub const PRECIOUS_DROPPED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// A record naming a path in a watched tree (unlink, rename, link … of a name) that
+    /// neither ring lane could take: counted here, not as `RINGBUF_FULL`, and its store and
+    /// actor kept in `BLINDED` slot `blinded_slot::NAMESPACE`, since the name may have been an
+    /// image's (the agent looks: SM-A001 when a watched image's name went unheard).
+    pub const NAMESPACE_DROPPED: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// The causes above by name: slot `c as u32` of the kernel's `LOST` map counts cause `c`.
     /// The numbers are the constants' (the programs use those), so they stay stable.
@@ -297,6 +302,7 @@ pub mod lost {
         UringFixedFile = URING_FIXED_FILE,
         WatchFull = WATCH_FULL,
         PreciousDropped = PRECIOUS_DROPPED,
+        NamespaceDropped = NAMESPACE_DROPPED,
     }
 
     impl LostCause {
@@ -308,6 +314,7 @@ pub mod lost {
             Self::UringFixedFile,
             Self::WatchFull,
             Self::PreciousDropped,
+            Self::NamespaceDropped,
         ];
         pub fn from_u32(v: u32) -> Option<Self> {
             Self::ALL.get(v as usize).copied()
@@ -321,6 +328,7 @@ pub mod lost {
                 Self::UringFixedFile => "io_uring_fixed_file",
                 Self::WatchFull => "watch_full",
                 Self::PreciousDropped => "precious_dropped",
+                Self::NamespaceDropped => "namespace_dropped",
             }
         }
         pub fn from_name(s: &str) -> Option<Self> {
@@ -329,15 +337,26 @@ pub mod lost {
     }
 }
 
-/// The kernel's `BLINDED` map (per CPU, one slot): the last record about an image or
-/// metadata file this CPU dropped (`lost::PRECIOUS_DROPPED`), so the agent can name the file
-/// and the actor. Written only on that failure path, in place through the map value.
+/// Slots of the kernel's `BLINDED` map.
+pub mod blinded_slot {
+    /// The last record about an image or metadata file dropped (`lost::PRECIOUS_DROPPED`).
+    pub const FILE: u32 = 0;
+    /// The last path record in a watched tree dropped (`lost::NAMESPACE_DROPPED`): `file` is
+    /// the directory its relative path started from, zero for an absolute path.
+    pub const NAMESPACE: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// The kernel's `BLINDED` map (per CPU, `blinded_slot::COUNT` slots): the last record of
+/// each kind this CPU dropped (`lost::PRECIOUS_DROPPED`, `lost::NAMESPACE_DROPPED`), so the
+/// agent can name the file or store and the actor. Written only on those failure paths, in
+/// place through the map value.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blinded {
     /// CLOCK_BOOTTIME of the dropped record (`Header::ts_ns`); 0: none yet on this CPU.
     pub ts_ns: u64,
-    /// The watched file the record was about.
+    /// The watched file the record was about (slot `NAMESPACE`: its path's base directory).
     pub file: FileKey,
     /// `EventKind` of the dropped record.
     pub kind: u32,
@@ -345,7 +364,8 @@ pub struct Blinded {
     pub tgid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad: u32,
+    /// Slot `NAMESPACE`: the dropped record's `NsOp`; 0 (padding) in slot `FILE`.
+    pub op: u32,
     pub comm: [u8; COMM_LEN],
 }
 

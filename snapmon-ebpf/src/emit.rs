@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, generated as gen,
 };
-use snapmon_common::{lost, Header};
+use snapmon_common::{blinded_slot, lost, Header};
 
 use snapmon_common::FileKey;
 
@@ -102,9 +102,16 @@ pub unsafe fn output_file<T>(rec: &T, urgent: bool, precious: bool, key: &FileKe
         count_lost(lost::RINGBUF_FULL);
         return;
     }
-    // Written in place through the map value: no stack copy (6.1's 512 bytes are spent).
     // Before the count, so the agent that sees the count grow finds a file to name.
-    if let Some(b) = BLINDED.get_ptr_mut(0) {
+    note_blinded(blinded_slot::FILE, rec, key, 0);
+    count_lost(lost::PRECIOUS_DROPPED);
+}
+
+/// Keep the dropped record's header and `key` in `BLINDED` slot `slot`. Written in place
+/// through the map value: no stack copy (6.1's 512 bytes are spent).
+#[inline(always)]
+unsafe fn note_blinded<T>(slot: u32, rec: &T, key: &FileKey, op: u32) {
+    if let Some(b) = BLINDED.get_ptr_mut(slot) {
         // Every record starts with its `Header` (`#[repr(C)]`, snapmon-common).
         let h = &*(rec as *const T as *const Header);
         let b = &mut *b;
@@ -115,9 +122,25 @@ pub unsafe fn output_file<T>(rec: &T, urgent: bool, precious: bool, key: &FileKe
         b.tgid = h.tgid;
         b.uid = h.uid;
         b.gid = h.gid;
+        b.op = op;
         b.comm = h.comm;
     }
-    count_lost(lost::PRECIOUS_DROPPED);
+}
+
+/// As `output_lane`, for a path record (`op`) in a watched tree whose path started from the
+/// directory `base` (zero: absolute). When neither lane has room, the loss is counted apart
+/// (`lost::NAMESPACE_DROPPED`) and the store and actor kept in `BLINDED`: the name may have
+/// been an image's, and the agent looks whether one went unheard.
+#[inline(always)]
+pub unsafe fn output_ns<T>(rec: &T, urgent: bool, base: &FileKey, op: u32) {
+    if urgent && URGENT.output::<T>(rec, 0).is_ok() {
+        return;
+    }
+    if EVENTS.output::<T>(rec, 0).is_ok() {
+        return;
+    }
+    note_blinded(blinded_slot::NAMESPACE, rec, base, op);
+    count_lost(lost::NAMESPACE_DROPPED);
 }
 
 /// `output_file` for a record by `uid` about the watched file `w`.

@@ -160,10 +160,13 @@ static RESPOND_TRUSTED: HashMap<FileKey, u32> = HashMap::with_max_entries(1024, 
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(snapmon_common::lost::COUNT, 0);
 
-/// The last image or metadata record each CPU dropped (`emit::output_file`): per CPU, so a
-/// slot has one writer and the agent never reads a file from one drop and an actor from another.
+/// The last image or metadata record (`emit::output_file`) and the last path record in a
+/// watched tree (`emit::output_ns`) each CPU dropped (`snapmon_common::blinded_slot`): per
+/// CPU, so a slot has one writer and the agent never reads a file from one drop and an actor
+/// from another.
 #[map]
-static BLINDED: PerCpuArray<snapmon_common::Blinded> = PerCpuArray::with_max_entries(1, 0);
+static BLINDED: PerCpuArray<snapmon_common::Blinded> =
+    PerCpuArray::with_max_entries(snapmon_common::blinded_slot::COUNT, 0);
 
 // Per-CPU scratch records: larger than the 512-byte BPF stack.
 #[map]

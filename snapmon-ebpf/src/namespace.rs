@@ -7,7 +7,7 @@ use aya_ebpf::{
 use snapmon_common::{ns_flags, EventKind, NsOp};
 
 use crate::{
-    emit::{fill_header, output_lane, output_watched, sc_arg, urgent_actor},
+    emit::{fill_header, output_ns, output_watched, sc_arg, urgent_actor},
     kernel::watched_fd,
     path::{match_path, relevant},
     raw::RegArgs,
@@ -82,7 +82,13 @@ pub unsafe fn ns_paths_from(
     ev.dirfd2 = dirfd2 as i32;
     ev.aux = aux;
     ev.aux2 = aux2;
-    output_lane(ev, urgent_actor(ev.hdr.uid));
+    // The store the path was matched in: path1's base dir, else path2's (a rename into it).
+    let base = if relevant(m1.flags) {
+        &ev.base1
+    } else {
+        &ev.base2
+    };
+    output_ns(ev, urgent_actor(ev.hdr.uid), base, op as u32);
     if !uring {
         crate::observe::mark(true);
     }

@@ -486,6 +486,10 @@ impl Serialize for EventType {
     }
 }
 
+/// `dropped_record` of a `blinded` event for an image whose name went with dropped path
+/// records (`Enricher::blinded_names`); SM-A001 words it apart.
+pub const DROPPED_PATH: &str = "path";
+
 /// One observed operation, enriched.
 #[derive(Debug, Clone, Default)]
 pub struct Event {
@@ -501,7 +505,11 @@ pub struct Event {
     /// ECS `event.action` (`pwrite64`, `rename`, `punch_hole`, `exec` …).
     pub action: Action,
     pub backend: snapmon_common::Backend,
+    /// Who did it; left at its default when `no_actor`.
     pub process: ProcessInfo,
+    /// No process did it in a record: the agent saw it itself (a loop device found detached
+    /// in sysfs). Outputs leave the actor out (never pid 0, never "root").
+    pub no_actor: bool,
     pub file: Option<FileInfo>,
     /// Rename/link destination.
     pub target: Option<FileInfo>,

@@ -292,6 +292,28 @@ impl Pipeline {
         out
     }
 
+    /// The kernel dropped `dropped` path records in watched trees since the last call, `last`
+    /// the newest (`Kernel::last_blinded`, slot `NAMESPACE`): a `blinded` event, judged by
+    /// the rules (SM-A001), for each watched image or metadata file of its store whose name
+    /// went unheard (`Enricher::blinded_names`). Nothing when none did.
+    pub fn blinded_names(
+        &mut self,
+        last: &snapmon_common::Blinded,
+        dropped: u64,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        if dropped == 0 {
+            return out;
+        }
+        for mut ev in self.enricher.blinded_names(last, dropped) {
+            self.seq += 1;
+            ev.seq = self.seq;
+            self.finish(ev, Instant::now(), maps, &mut out);
+        }
+        out
+    }
+
     /// Loop devices found no longer over their image (a detach at last close): one
     /// `loop_detached` event each, judged like any other (`Enricher::check_loops`).
     pub fn check_loops(
@@ -559,6 +581,85 @@ mod blinded {
             a[0].message
         );
         assert!(a[0].message.contains("(3 records"), "{}", a[0].message);
+    }
+
+    /// A path record the kernel dropped in the store `dir` (`blinded_slot::NAMESPACE`).
+    fn dropped_name(dir: snapmon_common::FileKey, pid: u32) -> Blinded {
+        Blinded {
+            kind: EventKind::Namespace as u32,
+            op: snapmon_common::NsOp::Unlink as u32,
+            ..dropped_write(dir, pid)
+        }
+    }
+
+    #[test]
+    fn an_image_gone_by_a_dropped_name_is_one_alert_per_image_and_junk_is_none() {
+        let d = TmpDir::new("blinded-names");
+        let (vm1, vm2, junk) = (d.path("vm1.qcow2"), d.path("vm2.qcow2"), d.path("n1"));
+        for p in [&vm1, &vm2, &junk] {
+            std::fs::write(p, b"QFI\xfb").unwrap();
+        }
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.precious = crate::watch::Precious::from_policy(&Policy::embedded());
+        ws.add_root(&d.0, &mut maps).unwrap();
+        let mut pipe = Pipeline::with_lineage(
+            ws,
+            &Policy::embedded(),
+            Box::new(crate::enrich::lineage::HeaderOnly),
+        );
+        let key = |p: &std::path::Path| crate::paths::key_for(p, &std::fs::metadata(p).unwrap());
+        let store = key(&d.0);
+        // Junk names went (a flood of them): loss, no blinding.
+        std::fs::remove_file(&junk).unwrap();
+        assert!(alerts(&pipe.blinded_names(&dropped_name(store, 9), 500, &mut maps)).is_empty());
+        // An image deleted, another replaced by a rename over it: one alert each.
+        std::fs::remove_file(&vm1).unwrap();
+        std::fs::write(d.path("x"), b"").unwrap();
+        std::fs::rename(d.path("x"), &vm2).unwrap();
+        let out = pipe.blinded_names(&dropped_name(store, 9), 500, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 2, "{out:?}");
+        let mut msgs: Vec<&str> = a.iter().map(|a| a.message.as_str()).collect();
+        msgs.sort();
+        assert_eq!(
+            msgs[0],
+            "vm1.qcow2 went from its store unheard while the ring buffer was full (500 records \
+             naming paths in watched stores dropped; last actor python3 uid 65534 pid 9): a \
+             delete or rename of it may be hidden"
+        );
+        assert!(
+            msgs[1].starts_with("vm2.qcow2 went from its store"),
+            "{}",
+            msgs[1]
+        );
+        assert_eq!(a[0].rule_id, "SM-A001");
+        assert_eq!(a[0].event.process.pid, 9);
+        // Said once: the names are no longer watched.
+        assert!(pipe.enricher.watch.key_at(&vm1).is_none());
+        assert!(alerts(&pipe.blinded_names(&dropped_name(store, 9), 5, &mut maps)).is_empty());
+        // An absolute path (no store known): every store is looked at.
+        std::fs::write(d.path("vm3.qcow2"), b"QFI\xfb").unwrap();
+        let vm3 = d.path("vm3.qcow2");
+        let k3 = key(&vm3);
+        pipe.enricher.watch.learn(k3, vm3.clone());
+        std::fs::remove_file(&vm3).unwrap();
+        let none = snapmon_common::FileKey::default();
+        let out = pipe.blinded_names(&dropped_name(none, 9), 1, &mut maps);
+        // Its alert may be deduplicated (tmpfs hands vm1's inode on): the event is there.
+        let named = |r: &Record| match r {
+            Record::Event(e) => e
+                .file
+                .as_ref()
+                .and_then(|f| f.path.as_ref())
+                .map(|p| p.display()),
+            _ => None,
+        };
+        let vm3s = vm3.display().to_string();
+        assert!(
+            out.iter().any(|r| named(r) == Some(vm3s.clone())),
+            "{out:?}"
+        );
     }
 
     #[test]

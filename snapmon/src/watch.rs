@@ -641,6 +641,29 @@ impl WatchSet {
             .flat_map(|(p, keys)| keys.iter().map(move |k| (k, p)))
     }
 
+    /// Watched images and metadata files below `dir` (every one when None) whose current
+    /// name no longer names them on disk: what an unlink or rename the kernel dropped
+    /// (`lost::NAMESPACE_DROPPED`) took unheard. Looks at no more than `budget` names.
+    pub fn unheard_gone(&self, dir: Option<&Path>, budget: usize) -> Vec<(FileKey, PathBuf)> {
+        let names: Box<dyn Iterator<Item = (&PathBuf, &Vec<FileKey>)>> = match dir {
+            Some(d) => Box::new(
+                self.by_path
+                    .range::<Path, _>((std::ops::Bound::Included(d), std::ops::Bound::Unbounded))
+                    .take_while(move |(p, _)| p.starts_with(d)),
+            ),
+            None => Box::new(self.by_path.iter()),
+        };
+        names
+            .filter(|(p, _)| self.precious.admits(p))
+            .flat_map(|(p, keys)| keys.iter().map(move |k| (*k, p)))
+            // Only its current name: an older one of a hard link may be gone by rights.
+            .filter(|(k, p)| self.path_of(k) == Some(*p))
+            .take(budget)
+            .filter(|(k, p)| !resolves(p, *k))
+            .map(|(k, p)| (k, p.clone()))
+            .collect()
+    }
+
     /// Every known identity with its current name.
     pub fn known(&self) -> impl Iterator<Item = (&FileKey, &PathBuf)> {
         self.names

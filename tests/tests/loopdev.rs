@@ -588,7 +588,7 @@ else:
 "#
     ));
     let mut a = agent();
-    a.expect(
+    let v = a.expect(
         Expect::event("loop_detached")
             .path(&img)
             .detail("loop_watch", "ended")
@@ -596,6 +596,8 @@ else:
             .since(mark),
         Duration::from_secs(3),
     );
+    // The agent saw the detach in sysfs, not who did it: no actor (pid 0, user "0": root).
+    assert!(v.get("process").is_none(), "an actor invented: {v}");
     // The device is free again: another file on it, written through the same node, is not
     // the image.
     let mark2 = a.mark();

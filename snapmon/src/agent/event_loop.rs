@@ -119,8 +119,9 @@ pub(super) async fn run(
             }
             // Records about an image dropped (a flood): said within BLIND_CHECK, not a tick.
             _ = blind_check.tick() => {
-                let precious = snapmon_common::lost::PRECIOUS_DROPPED;
-                if k.counters.lost_count(precious) > last_lost[precious as usize]
+                use snapmon_common::lost::{NAMESPACE_DROPPED, PRECIOUS_DROPPED};
+                let grew = |c: u32| k.counters.lost_count(c) > last_lost[c as usize];
+                if (grew(PRECIOUS_DROPPED) || grew(NAMESPACE_DROPPED))
                     && report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err()
                 {
                     return Ok(());
@@ -173,6 +174,7 @@ pub(super) async fn run(
     let flood = [
         snapmon_common::lost::RINGBUF_FULL,
         snapmon_common::lost::PRECIOUS_DROPPED,
+        snapmon_common::lost::NAMESPACE_DROPPED,
     ]
     .iter()
     .any(|&c| now_lost[c as usize] > last_lost[c as usize]);
@@ -463,11 +465,11 @@ fn report_filtered(
     emit(sinks, Record::Metric(rec))
 }
 
-/// Records about images or metadata the kernel dropped between two readings of `LOST`;
-/// any other cause (ordinary files, paths, stash) is not a blinding.
-fn precious_dropped(now: &[u64], last: &[u64]) -> u64 {
-    let i = snapmon_common::lost::PRECIOUS_DROPPED as usize;
-    now[i].saturating_sub(last[i])
+/// Records of cause `c` (`snapmon_common::lost`) the kernel dropped between two readings of
+/// `LOST`. Dropped records about images or metadata are a blinding; dropped path records
+/// may be (`Pipeline::blinded_names` looks); any other cause (ordinary files, stash) is not.
+fn dropped(c: u32, now: &[u64], last: &[u64]) -> u64 {
+    now[c as usize].saturating_sub(last[c as usize])
 }
 
 /// The `lost` record for what was lost since the last call; when records about images or
@@ -499,7 +501,8 @@ fn report_loss(
     if delta.is_empty() && decode.is_empty() && watch.watch_full == 0 && stop_unread == 0 {
         return Ok(());
     }
-    let blinded = precious_dropped(&now, last);
+    let blinded = dropped(snapmon_common::lost::PRECIOUS_DROPPED, &now, last);
+    let names = dropped(snapmon_common::lost::NAMESPACE_DROPPED, &now, last);
     *last = now;
     let mut detail = json!({"kernel": delta, "kernel_total": now, "decoder": decode});
     if watch.watch_full > 0 {
@@ -515,15 +518,21 @@ fn report_loss(
         detail,
     };
     emit(sinks, Record::Metric(rec))?;
-    if blinded == 0 {
-        return Ok(());
+    use snapmon_common::blinded_slot;
+    // A slot is written before its count on each CPU: a grown count has a file to name.
+    if blinded > 0 {
+        if let Some(b) = k.counters.last_blinded(blinded_slot::FILE) {
+            let recs = pipe.blinded(&b, blinded, &mut KernelMaps::of(k));
+            deliver(recs, pipe, responder, sinks)?;
+        }
     }
-    // The slot is written before the count on each CPU: a grown count has a file to name.
-    let Some(b) = k.counters.last_blinded() else {
-        return Ok(());
-    };
-    let recs = pipe.blinded(&b, blinded, &mut KernelMaps::of(k));
-    deliver(recs, pipe, responder, sinks)
+    if names > 0 {
+        if let Some(b) = k.counters.last_blinded(blinded_slot::NAMESPACE) {
+            let recs = pipe.blinded_names(&b, names, &mut KernelMaps::of(k));
+            deliver(recs, pipe, responder, sinks)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -539,11 +548,11 @@ mod tests {
         // A flood of junk names: the shared ring overflowed, nothing about an image lost.
         now[lost::RINGBUF_FULL as usize] = 50_000;
         now[lost::WATCH_FULL as usize] = 7;
-        assert_eq!(precious_dropped(&now, &last), 0);
+        assert_eq!(dropped(lost::PRECIOUS_DROPPED, &now, &last), 0);
         now[lost::PRECIOUS_DROPPED as usize] = 12;
-        assert_eq!(precious_dropped(&now, &last), 12);
+        assert_eq!(dropped(lost::PRECIOUS_DROPPED, &now, &last), 12);
         // Counted once: the next reading starts from this one.
-        assert_eq!(precious_dropped(&now, &now), 0);
+        assert_eq!(dropped(lost::PRECIOUS_DROPPED, &now, &now), 0);
     }
 
     #[test]

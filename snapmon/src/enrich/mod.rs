@@ -161,6 +161,10 @@ const LOOP_REPLAY_NS: u64 = 30_000_000_000;
 /// heard of (a store of 100 000 junk names is read in a few tens of milliseconds).
 const BLINDED_LOOKUP: usize = 200_000;
 
+/// Names of watched images a dropped path record makes the agent look at (a stat each):
+/// its store's, or every store's for an absolute path.
+const GONE_LOOKUP: usize = 20_000;
+
 /// The name under which process `tgid` holds file `key` open, if it still does.
 fn held_open(tgid: u32, key: FileKey) -> Option<PathBuf> {
     std::fs::read_dir(format!("/proc/{tgid}/fd"))
@@ -363,6 +367,8 @@ impl Enricher {
                 ecs_type: EventType::Info,
                 action: Action::LoopDetached,
                 backend: snapmon_common::Backend::Tracepoint,
+                // The detach came at someone's last close, by no record the agent read.
+                no_actor: true,
                 file: Some(self.file(a.image, None)),
                 detail: vec![
                     (DetailKey::LoopDevice, a.node_name(node)),
@@ -431,16 +437,6 @@ impl Enricher {
     /// could not queue, `b` the last of them: its file and actor, named as any event's.
     pub fn blinded(&mut self, b: &snapmon_common::Blinded, dropped: u64) -> Event {
         use snapmon_common::EventKind;
-        let hdr = snapmon_common::Header {
-            kind: b.kind,
-            backend: 1,
-            ts_ns: b.ts_ns,
-            pid: b.pid,
-            tgid: b.tgid,
-            uid: b.uid,
-            gid: b.gid,
-            comm: b.comm,
-        };
         let record = match EventKind::from_u32(b.kind) {
             Some(EventKind::FileWrite) => "write",
             Some(EventKind::FileOpen) => "open",
@@ -458,14 +454,7 @@ impl Enricher {
                 self.watch.learn(b.file, p);
             }
         }
-        let mut process = self.lineage.process(b.tgid, b.pid, b.ts_ns, &hdr);
-        // The exec the lineage missed may be among the lost records: the kernel's own word
-        // (credentials and name at the drop) wins over a stale entry.
-        let comm = cstr(&b.comm, b.comm.len());
-        let name = process.name.as_bytes();
-        if process.uid != b.uid || !name.starts_with(comm) {
-            process = lineage::header_process(&hdr);
-        }
+        let process = self.dropper(b);
         Event {
             ts_unix_ns: self.clock.unix_ns(b.ts_ns),
             ts_boot_ns: b.ts_ns,
@@ -481,6 +470,73 @@ impl Enricher {
             ],
             ..Default::default()
         }
+    }
+
+    /// The actor of a record the kernel dropped (`Blinded`), named as any event's.
+    fn dropper(&mut self, b: &snapmon_common::Blinded) -> ProcessInfo {
+        let hdr = snapmon_common::Header {
+            kind: b.kind,
+            backend: 1,
+            ts_ns: b.ts_ns,
+            pid: b.pid,
+            tgid: b.tgid,
+            uid: b.uid,
+            gid: b.gid,
+            comm: b.comm,
+        };
+        let process = self.lineage.process(b.tgid, b.pid, b.ts_ns, &hdr);
+        // The exec the lineage missed may be among the lost records: the kernel's own word
+        // (credentials and name at the drop) wins over a stale entry.
+        let comm = cstr(&b.comm, b.comm.len());
+        let name = process.name.as_bytes();
+        if process.uid != b.uid || !name.starts_with(comm) {
+            return lineage::header_process(&hdr);
+        }
+        process
+    }
+
+    /// The `blinded` events for `dropped` path records in watched trees the kernel could not
+    /// queue (`lost::NAMESPACE_DROPPED`), `b` the last of them: one per watched image or
+    /// metadata file in its store (every store when its path was absolute) whose name went
+    /// unheard, a delete or rename among the lost. A flood of other names is loss, no more.
+    pub fn blinded_names(&mut self, b: &snapmon_common::Blinded, dropped: u64) -> Vec<Event> {
+        let store = (b.file.ino != 0)
+            .then(|| self.watch.path_of(&b.file).cloned())
+            .flatten();
+        let gone = self.watch.unheard_gone(store.as_deref(), GONE_LOOKUP);
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let process = self.dropper(b);
+        let mut out = Vec::with_capacity(gone.len());
+        for (key, path) in gone {
+            // Its name is gone: the agent stops watching it, as the unlink would have.
+            self.watch.forget_path(&path);
+            out.push(Event {
+                ts_unix_ns: self.clock.unix_ns(b.ts_ns),
+                ts_boot_ns: b.ts_ns,
+                category: Category::File,
+                ecs_type: EventType::Info,
+                action: Action::Blinded,
+                backend: snapmon_common::Backend::Tracepoint,
+                process: process.clone(),
+                file: Some(FileInfo {
+                    path: Some(Bytes::from_path(&path)),
+                    dev: key.dev,
+                    ino: key.ino,
+                    size: None,
+                }),
+                detail: vec![
+                    (DetailKey::Dropped, dropped.to_string()),
+                    (
+                        DetailKey::DroppedRecord,
+                        crate::event::DROPPED_PATH.to_string(),
+                    ),
+                ],
+                ..Default::default()
+            });
+        }
+        out
     }
 
     fn file(&self, key: FileKey, size: Option<u64>) -> FileInfo {

@@ -1451,9 +1451,10 @@ impl Counters {
             .unwrap_or(0)
     }
 
-    /// The newest record about an image or metadata file any CPU dropped, if one was.
-    pub fn last_blinded(&self) -> Option<snapmon_common::Blinded> {
-        newest_blinded(self.blinded.get(&0, 0).ok()?.iter().copied())
+    /// The newest record of `slot` (`snapmon_common::blinded_slot`: about an image or
+    /// metadata file, or a path in a watched tree) any CPU dropped, if one was.
+    pub fn last_blinded(&self, slot: u32) -> Option<snapmon_common::Blinded> {
+        newest_blinded(self.blinded.get(&slot, 0).ok()?.iter().copied())
     }
 }
 

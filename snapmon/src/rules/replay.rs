@@ -348,6 +348,8 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         action,
         backend,
         process,
+        // The agent's own observation: written with no `process` at all.
+        no_actor: !p.is_object(),
         file,
         target,
         write,

@@ -23,7 +23,7 @@
 //! | `event.module`, `event.dataset` | `snapmon`, `snapmon.<category>` (`snapmon.agent` for state/metric, `snapmon.chain` for the chain's records) |
 //! | `file.path`, `file.name`, `file.directory` | the file (display form, `text::escape_bytes`: invalid UTF-8, control and bidi characters and `\\` as `\xNN`); for an ioctl, the entry the descriptor was opened by |
 //! | `file.inode`, `file.device`, `file.size`, `file.type` | identity (`MAJOR:MINOR` of the kernel superblock), size when seen, `dir` (mkdir/rmdir) or `symlink` (symlink; the link's target string is not captured, so `file.target_path` is never set) |
-//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id`, `process.working_directory` | the actor |
+//! | `process.pid`, `process.thread.id`, `process.name`, `process.executable`, `process.args`, `process.entity_id`, `process.user.id`, `process.group.id`, `process.working_directory` | the actor; absent (with `snapmon.process`) on a record no process made (`loop_detached`) |
 //! | `process.parent.pid`, `.name`, `.executable`, `.entity_id` | its parent |
 //! | `container.id` | the actor's container, when it is in one |
 //! | `rule.id`, `rule.name`, `message` | alerts only: the rule and one sentence naming actor, action, target and diff |
@@ -126,7 +126,39 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         }
         snap.insert("destination".into(), d);
     }
-    let p = &e.process;
+    // The agent's own observation has no actor: no `process` at all, not pid 0 / uid 0.
+    if !e.no_actor {
+        process_json(&e.process, &mut root, &mut snap);
+    }
+    if let Some(w) = &e.write {
+        snap.insert(
+            "write".into(),
+            serde_json::to_value(w).unwrap_or(Value::Null),
+        );
+    }
+    if let Some(i) = &e.ioctl {
+        snap.insert("ioctl".into(), ioctl_json(i, e.classification.as_ref()));
+    }
+    if let Some(c) = &e.classification {
+        snap.insert(
+            "classification".into(),
+            serde_json::to_value(c).unwrap_or(Value::Null),
+        );
+    }
+    if !e.detail.is_empty() {
+        let d: Map<String, Value> = e
+            .detail
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), json!(v)))
+            .collect();
+        snap.insert("detail".into(), Value::Object(d));
+    }
+    root.insert("snapmon".into(), Value::Object(snap));
+    root
+}
+
+/// The actor: ECS `process` (and `container`) in `root`, the rest in `snapmon.process`.
+fn process_json(p: &ProcessInfo, root: &mut Map<String, Value>, snap: &mut Map<String, Value>) {
     let mut pj = json!({
         "pid": p.pid,
         "thread": {"id": p.tid},
@@ -169,31 +201,6 @@ fn event_json(e: &Event, host: &str, kind: &str) -> Map<String, Value> {
         root.get_mut("process").unwrap()["working_directory"] = json!(cwd.display());
     }
     snap.insert("process".into(), sp);
-    if let Some(w) = &e.write {
-        snap.insert(
-            "write".into(),
-            serde_json::to_value(w).unwrap_or(Value::Null),
-        );
-    }
-    if let Some(i) = &e.ioctl {
-        snap.insert("ioctl".into(), ioctl_json(i, e.classification.as_ref()));
-    }
-    if let Some(c) = &e.classification {
-        snap.insert(
-            "classification".into(),
-            serde_json::to_value(c).unwrap_or(Value::Null),
-        );
-    }
-    if !e.detail.is_empty() {
-        let d: Map<String, Value> = e
-            .detail
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), json!(v)))
-            .collect();
-        snap.insert("detail".into(), Value::Object(d));
-    }
-    root.insert("snapmon".into(), Value::Object(snap));
-    root
 }
 
 /// `snapmon.ioctl`: the number, the bare command name (never its decoded arguments: they are
@@ -840,7 +847,7 @@ fn write_event(
     js(out, &rfc3339(e.ts_unix_ns));
     key(out, "agent", &mut root);
     write_agent(out);
-    if let Some(c) = &p.container_id {
+    if let Some(c) = p.container_id.as_ref().filter(|_| !e.no_actor) {
         key(out, "container", &mut root);
         out.extend_from_slice(b"{\"id\":");
         js(out, c);
@@ -907,18 +914,25 @@ fn write_event(
         key(out, "message", &mut root);
         js(out, &a.message);
     }
-    key(out, "process", &mut root);
-    let cached = rendered_process(p);
-    match &cached {
-        Some(r) => {
-            out.extend_from_slice(&r.head);
-            write_thread(out, p.tid);
-            out.extend_from_slice(&r.tail);
-        }
-        None => {
-            process_head(out, p);
-            write_thread(out, p.tid);
-            process_tail(out, p);
+    // The agent's own observation has no actor: no `process` at all, not pid 0 / uid 0.
+    let cached = if e.no_actor {
+        None
+    } else {
+        rendered_process(p)
+    };
+    if !e.no_actor {
+        key(out, "process", &mut root);
+        match &cached {
+            Some(r) => {
+                out.extend_from_slice(&r.head);
+                write_thread(out, p.tid);
+                out.extend_from_slice(&r.tail);
+            }
+            None => {
+                process_head(out, p);
+                write_thread(out, p.tid);
+                process_tail(out, p);
+            }
         }
     }
     if let Some(a) = alert {
@@ -969,10 +983,12 @@ fn write_event(
             key(out, "ioctl", &mut f);
             let _ = serde_json::to_writer(&mut *out, &ioctl_json(i, e.classification.as_ref()));
         }
-        key(out, "process", &mut f);
-        match &cached {
-            Some(r) => out.extend_from_slice(&r.snapmon),
-            None => snapmon_process(out, p),
+        if !e.no_actor {
+            key(out, "process", &mut f);
+            match &cached {
+                Some(r) => out.extend_from_slice(&r.snapmon),
+                None => snapmon_process(out, p),
+            }
         }
         if let Some(a) = alert {
             if !a.related_seq.is_empty() {

@@ -14,6 +14,7 @@
 //! | `severity_id`, `severity` | alerts: 1 informational, 2 low, 3 medium, 4 high, 5 critical; events and state 1; `lost` 3 |
 //! | `status_id` | events 0 Unknown (seen on entry, outcome unknown); findings 1 New |
 //! | `actor.process` | `pid`, `tid`, `name`, `uid` (entity id), `cmd_line`, `lineage`, `file{path,name,type_id:1}`, `user{uid}`, `parent_process{pid,name,uid,file}` |
+//! | `actor.invoked_by` | `snapmon`, alone, on a record no process made (`loop_detached`) |
 //! | `process` (1007) | the process the activity is about; `actor.process` its parent |
 //! | `file` | `path`, `name` (required: last component, else `DEV:INODE`), `parent_folder`, `type_id` (2 folder, 7 symbolic link, else 0 unknown), `size`, `uid` (`DEV:INODE`) |
 //! | `file_result` | rename/link destination |
@@ -130,6 +131,20 @@ fn exe_obj(path: &str) -> Value {
     json!({"path": path, "name": name, "type_id": 1})
 }
 
+/// `actor.invoked_by` of a record no process made (`Event::no_actor`): the agent saw it
+/// itself. OCSF 1.1's actor needs one of process, user, session or invoked_by; a made-up
+/// process (pid 0, uid 0) would name root.
+pub const NO_ACTOR_INVOKED_BY: &str = "snapmon";
+
+/// The event's `actor`: its process, or for the agent's own observation `invoked_by` alone.
+fn actor_obj(e: &Event) -> Value {
+    if e.no_actor {
+        json!({"invoked_by": NO_ACTOR_INVOKED_BY})
+    } else {
+        json!({"process": process_obj(&e.process)})
+    }
+}
+
 fn process_obj(p: &ProcessInfo) -> Value {
     let exe = p.executable.display();
     let mut process = json!({
@@ -241,7 +256,7 @@ fn event_obj(e: &Event, host: &str, ecs: &Value) -> Map<String, Value> {
         };
         o.insert("actor".into(), actor);
     } else {
-        o.insert("actor".into(), json!({"process": process_obj(&e.process)}));
+        o.insert("actor".into(), actor_obj(e));
         let f = e.file.clone().unwrap_or_default();
         o.insert("file".into(), file_obj(&f, file_type_id(Some(e))));
         if let Some(t) = &e.target {
@@ -324,12 +339,12 @@ fn finding(a: &Alert, host: &str, ecs: &Value) -> Value {
             "related_events": related,
         }),
     );
-    let mut evidence = json!({"actor": {"process": process_obj(&e.process)}});
+    let mut evidence = json!({"actor": actor_obj(e)});
     if let Some(f) = &e.file {
         evidence["file"] = file_obj(f, file_type_id(Some(e)));
     }
     o.insert("evidences".into(), json!([evidence]));
-    o.insert("actor".into(), json!({"process": process_obj(&e.process)}));
+    o.insert("actor".into(), actor_obj(e));
     o.insert("device".into(), device(host));
     o.insert(
         "metadata".into(),

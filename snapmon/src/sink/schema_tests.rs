@@ -107,11 +107,14 @@ pub(crate) fn every_record() -> Vec<Record> {
     e.write = None;
     e.classification = None;
     e.process = Default::default();
+    e.no_actor = true;
     e.detail = vec![
         (DetailKey::LoopDevice, "/dev/loop0".into()),
         (DetailKey::LoopWatch, "ended".into()),
     ];
-    out.push(Record::Event(e));
+    out.push(Record::Event(e.clone()));
+    // An alert judged on such a record: its finding has no actor either.
+    out.push(Record::Alert(Box::new(no_actor_alert(e))));
     // Process lifecycle.
     for action in ["fork", "exec", "exit"] {
         let mut e = base.clone();
@@ -332,6 +335,75 @@ fn chain_records_are_valid_in_their_file_format() {
             assert!(res.is_ok(), "{format:?} {res:?}\n{line}");
         }
     }
+}
+
+fn no_actor_alert(event: crate::event::Event) -> Alert {
+    Alert {
+        rule_id: "SM-L001".into(),
+        rule_name: "x".into(),
+        severity: Severity::Medium,
+        technique: vec!["T1562.001".into()],
+        message: "m".into(),
+        event,
+        related_seq: vec![],
+    }
+}
+
+/// A record no process made (the agent's own word: a loop device found detached in sysfs)
+/// names no actor in any format: ECS leaves `process` out (pid 0 and user "0" would blame
+/// root), OCSF's required actor is `invoked_by` alone, the tail line shows no pid; each still
+/// valid against its schema. Syslog carries these same renderings as its message.
+#[test]
+fn a_record_with_no_actor_names_none_in_any_format() {
+    let e = every_record()
+        .into_iter()
+        .find_map(|r| match r {
+            Record::Event(e) if e.no_actor => Some(e),
+            _ => None,
+        })
+        .expect("every_record has a record with no actor");
+    assert_eq!(e.action, Action::LoopDetached);
+    for r in [
+        Record::Event(e.clone()),
+        Record::Alert(Box::new(no_actor_alert(e))),
+    ] {
+        let line = String::from_utf8(super::render(Format::Json, &r, "h", false)).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert!(v.get("process").is_none(), "ECS names an actor: {line}");
+        assert!(v["snapmon"].get("process").is_none(), "{line}");
+        assert!(
+            v.get("user").is_none() && v.get("container").is_none(),
+            "{line}"
+        );
+        snapmon_schema::ecs::validate_line(&line).unwrap();
+        // The slow path (`to_value`, tests and fixtures) says the same.
+        let slow = super::json::to_value(&r, "h");
+        assert!(slow.get("process").is_none(), "{slow}");
+        assert!(slow["snapmon"].get("process").is_none(), "{slow}");
+
+        let line = String::from_utf8(super::render(Format::Ocsf, &r, "h", false)).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["actor"], json!({"invoked_by": "snapmon"}), "{line}");
+        if let Some(ev) = v["evidences"].get(0) {
+            assert_eq!(ev["actor"], json!({"invoked_by": "snapmon"}), "{line}");
+        }
+        assert!(!line.contains("\"pid\":0"), "OCSF names pid 0: {line}");
+        snapmon_schema::ocsf::validate_line(&line).unwrap();
+
+        let line = String::from_utf8(super::render(Format::Tail, &r, "h", false)).unwrap();
+        assert!(!line.contains("pid 0") && !line.contains("[0]"), "{line}");
+    }
+    // A replay of the JSON line keeps it actorless.
+    let line = super::json::to_value(
+        &every_record()
+            .into_iter()
+            .find(|r| matches!(r, Record::Event(e) if e.no_actor))
+            .unwrap(),
+        "h",
+    )
+    .to_string();
+    let back = crate::rules::replay::parse_line(&line, 1).unwrap().unwrap();
+    assert!(back.no_actor);
 }
 
 /// The alert's OCSF finding carries the ATT&CK split, the analytic and its evidence.

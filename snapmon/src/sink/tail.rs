@@ -72,11 +72,16 @@ pub fn event_line(e: &Event) -> String {
     } else if let Some(i) = &e.ioctl {
         s.push_str(&format!(" cmd={:#010x}", i.cmd));
     }
-    s.push_str(&format!(
-        "  {}[{}]",
-        raw(&e.process.lineage()),
-        e.process.pid
-    ));
+    if e.no_actor {
+        // The agent's own observation: no process to name (not pid 0).
+        s.push_str("  (seen by the agent, no actor)");
+    } else {
+        s.push_str(&format!(
+            "  {}[{}]",
+            raw(&e.process.lineage()),
+            e.process.pid
+        ));
+    }
     s
 }
 
@@ -141,7 +146,9 @@ fn alert_body(a: &crate::record::Alert) -> String {
     if !path.is_empty() {
         s.push_str(&format!(" · {path}"));
     }
-    s.push_str(&format!(" · pid {}", e.process.pid));
+    if !e.no_actor {
+        s.push_str(&format!(" · pid {}", e.process.pid));
+    }
     if !a.technique.is_empty() {
         s.push_str(&format!(" · {}", escape_line(&a.technique.join(","))));
     }

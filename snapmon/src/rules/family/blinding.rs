@@ -26,7 +26,7 @@ pub const A001: RuleDef = RuleDef {
     default_enabled: true,
     supersedes: &[],
     eval: a001,
-    summary: "the kernel dropped records about a watched image or metadata file because both ring-buffer lanes were full (a flood): whatever those records said went unjudged; names the last such file and its actor",
+    summary: "the kernel dropped records about a watched image or metadata file because both ring-buffer lanes were full (a flood): whatever those records said went unjudged; names the last such file and its actor. Also when path records in a watched store were dropped and a watched image or metadata file of that store is no longer at its name (a delete or rename went unheard): names that file and the last dropper",
 };
 
 pub const U001: RuleDef = RuleDef {
@@ -59,6 +59,16 @@ fn a001(ctx: &mut Ctx) -> Option<Hit> {
         _ => leaf(ev),
     };
     let p = &ev.process;
+    if ev.detail_value(DetailKey::DroppedRecord) == Some(crate::event::DROPPED_PATH) {
+        return Some(Hit::msg(format!(
+            "{file} went from its store unheard while the ring buffer was full ({dropped} \
+             records naming paths in watched stores dropped; last actor {} uid {} pid {}): \
+             a delete or rename of it may be hidden",
+            process_name(p),
+            p.uid,
+            p.pid
+        )));
+    }
     Some(Hit::msg(format!(
         "events lost on {file} while the ring buffer was full ({dropped} records about images or \
          metadata dropped; last actor {} uid {} pid {}): tampering may be hidden",
