@@ -256,8 +256,8 @@ pub enum Action {
     NamespaceUnknown,
     Ioctl,
     /// A watched file put into an io_uring registered-file table (`UringRegisterEvent`): the
-    /// ring's writes to it name a slot and are not seen one by one on the tracepoint
-    /// backend. Rule SM-U001 judges it.
+    /// ring's writes to it name a slot, which only the direct walk's submit hook resolves.
+    /// Rule SM-U001 judges it.
     IoUringRegisterFiles,
     /// The kernel dropped records about an image or metadata file
     /// (`lost::PRECIOUS_DROPPED`): `file` is the last such file, `process` the actor of that

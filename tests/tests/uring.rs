@@ -25,7 +25,7 @@ use snapmon_e2e::{
 /// Does this agent judge writes through fixed files? Everywhere the direct fd walk runs
 /// (the probe-read walk, 6.1, keeps to the registration alert).
 fn fixed_files_judged(a: &Agent) -> bool {
-    a.started["snapmon"]["state"]["detail"]["fd_walk"] != "probe_read"
+    a.started["snapmon"]["state"]["fd_walk"] != "probe_read"
 }
 
 /// … and then `snapmon doctor`'s coverage names the submit hook for them.

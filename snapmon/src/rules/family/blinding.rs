@@ -41,7 +41,7 @@ pub const U001: RuleDef = RuleDef {
     default_enabled: true,
     supersedes: &[],
     eval: u001,
-    summary: "a disk image or snapshot metadata file put into an io_uring registered-file table (`io_uring_register` files opcodes) by a process no actor group trusts: the ring's writes to it then name a table slot (`IOSQE_FIXED_FILE`) and, on the tracepoint backend, are counted as lost rather than judged one by one; info when a trusted QEMU debugging tool (`qemu-io`) does it, nothing for the rest of the `qemu` group (QEMU with `aio=io_uring` registers its images)",
+    summary: "a disk image or snapshot metadata file put into an io_uring registered-file table (`io_uring_register` files opcodes) by a process no actor group trusts: the ring's writes to it then name a table slot (`IOSQE_FIXED_FILE`) and, where the submit hook cannot read the ring's file table (the probe-read walk, 6.1) and the VFS hook is refused, are counted as lost rather than judged one by one; info when a trusted QEMU debugging tool (`qemu-io`) does it, nothing for the rest of the `qemu` group (QEMU with `aio=io_uring` registers its images)",
 };
 
 /// SM-A001: the agent's own `blinded` event (`Pipeline::blinded`): records about an image or
@@ -108,7 +108,7 @@ fn u001(ctx: &mut Ctx) -> Option<Hit> {
     }
     Some(Hit::msg(format!(
         "{} registered {} as an io_uring fixed file (slot {slot}): its writes through the \
-         ring are not seen one by one",
+         ring name the slot, not the file",
         actor(ev),
         leaf(ev)
     )))
