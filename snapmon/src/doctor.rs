@@ -399,6 +399,7 @@ mod tests {
             attached_to: live.then(|| program.to_string()),
             covers: "",
             error: (!live).then(|| "refused".to_string()),
+            handler: None,
         }
     }
 
