@@ -69,6 +69,8 @@ pub struct Engine {
     /// The trust of the process build (`ProcessInfo::revision`) judged last: a writer's
     /// events come in runs, and a build's fields, so its trust, do not change.
     trust_memo: Option<(u64, std::sync::Arc<Trust>)>,
+    /// `process`'s hits of one event, kept between events for its allocation.
+    fired: Vec<(usize, Hit)>,
 }
 
 impl Engine {
@@ -146,6 +148,7 @@ impl Engine {
             stats: EngineStats::default(),
             own_pid: std::process::id(),
             trust_memo: None,
+            fired: Vec::new(),
         })
     }
 
@@ -282,7 +285,9 @@ impl Engine {
         let kind = Kind::of(ev.action);
         // Take the pieces apart so a rule can borrow state mutably while reading the rest.
         let trust = self.trust_for(&ev.process);
-        let mut fired: Vec<(usize, Hit)> = Vec::new();
+        // Reused: a rule fires (if only as a deduped repeat) on most records of a flood.
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
         {
             let st = &mut self.st;
             observe_into(st, ev, &trust);
@@ -313,11 +318,12 @@ impl Engine {
         let before = fired.len();
         fired.retain(|(i, _)| !superseded.contains(&self.rules[*i].def.id));
         self.stats.superseded += (before - fired.len()) as u64;
-        for (i, h) in fired {
+        for (i, h) in fired.drain(..) {
             if let Some(a) = self.finish(i, ev, h, &trust) {
                 out.push(a);
             }
         }
+        self.fired = fired;
         out
     }
 
@@ -464,5 +470,6 @@ fn empty_engine() -> Engine {
         stats: EngineStats::default(),
         own_pid: std::process::id(),
         trust_memo: None,
+        fired: Vec::new(),
     }
 }

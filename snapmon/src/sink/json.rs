@@ -48,7 +48,7 @@ use std::io::Write;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    clock::{now_unix_ns, rfc3339},
+    clock::{now_unix_ns, rfc3339, write_rfc3339},
     event::{Bytes, Event, FileInfo, ProcessInfo},
     paths::dev_display,
     record::Record,
@@ -844,7 +844,9 @@ fn write_event(
     let mut root = true;
     out.push(b'{');
     key(out, "@timestamp", &mut root);
-    js(out, &rfc3339(e.ts_unix_ns));
+    out.push(b'"');
+    write_rfc3339(out, e.ts_unix_ns);
+    out.push(b'"');
     key(out, "agent", &mut root);
     write_agent(out);
     if let Some(c) = p.container_id.as_ref().filter(|_| !e.no_actor) {
