@@ -23,12 +23,20 @@ fn main() -> anyhow::Result<()> {
 /// the whole of it in the idle RSS. Without llvm-objcopy the object stays as built.
 fn strip_debug() {
     println!("cargo:rerun-if-env-changed=SNAPMON_OBJCOPY");
-    let Some(out) = std::env::var_os("OUT_DIR") else { return };
+    let Some(out) = std::env::var_os("OUT_DIR") else {
+        return;
+    };
     let obj = std::path::Path::new(&out).join("snapmon");
     let tool = std::env::var("SNAPMON_OBJCOPY").unwrap_or_else(|_| "llvm-objcopy".into());
-    match std::process::Command::new(&tool).arg("--strip-debug").arg(&obj).status() {
+    match std::process::Command::new(&tool)
+        .arg("--strip-debug")
+        .arg(&obj)
+        .status()
+    {
         Ok(s) if s.success() => {}
-        Ok(s) => println!("cargo:warning={tool} --strip-debug exited {s}: the eBPF object keeps its DWARF"),
+        Ok(s) => println!(
+            "cargo:warning={tool} --strip-debug exited {s}: the eBPF object keeps its DWARF"
+        ),
         Err(e) => println!("cargo:warning={tool} not run ({e}): the eBPF object keeps its DWARF"),
     }
 }
