@@ -47,18 +47,28 @@ const GENERATION_FS: [i64; 3] = [0xef53, 0x5846_5342, 0x9123_683e];
 /// The `i_generation` of the regular file at `p` (`FS_IOC_GETVERSION`), when it is still
 /// identity `k`: with (dev, ino) it tells a file from a later one that reuses its inode
 /// number. `None` where the filesystem does not tell it (tmpfs, overlayfs) or `p` is not
-/// that regular file now. Opened without following a symlink, blocking or a controlling tty.
+/// that regular file now.
+///
+/// Only a regular file is ever opened for reading: `p` is first held by an `O_PATH` fd, which
+/// runs no driver's open. Opening a watched block device (an LV's node) would raise its open
+/// count, and lvremove or a thin activation then finds the LV busy and gives up.
 pub fn generation_of(p: &Path, k: FileKey) -> Option<u32> {
     use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
-    let f = std::fs::OpenOptions::new()
+    let held = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(p)
         .ok()?;
-    let md = f.metadata().ok()?;
+    let md = held.metadata().ok()?;
     if !md.is_file() || key_for(p, &md) != k {
         return None;
     }
+    // The same inode, reopened for the ioctl (an O_PATH fd takes none).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", held.as_raw_fd()))
+        .ok()?;
     // Only where the ioctl is the inode's own `i_generation`, which the kernel compares: a
     // FUSE server may answer it with anything, and a wrong one would blind the watch.
     // SAFETY: fstatfs fills the zeroed struct it is given.
