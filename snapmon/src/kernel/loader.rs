@@ -344,6 +344,19 @@ pub struct HookStatus {
     pub handler: Option<&'static str>,
 }
 
+impl HookStatus {
+    /// A hook that did not attach, and why.
+    fn refused(program: &'static str, covers: &'static str, error: String) -> HookStatus {
+        HookStatus {
+            program,
+            attached_to: None,
+            covers,
+            error: Some(error),
+            handler: None,
+        }
+    }
+}
+
 /// The live kernel side: programs attached and the maps userspace drives, grouped by role so
 /// that callers borrow only the part they drive.
 pub struct Kernel {
@@ -768,36 +781,30 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                     }
                     Ok(Some(_)) => {}
                     Err(e) => {
-                        hooks.push(HookStatus {
-                            program: spec.program,
-                            attached_to: None,
-                            covers: spec.covers,
-                            error: Some(format!("{e:#}")),
-                            handler: None,
-                        });
+                        hooks.push(HookStatus::refused(
+                            spec.program,
+                            spec.covers,
+                            format!("{e:#}"),
+                        ));
                         continue;
                     }
                 }
             }
             match compat_table(&mut ebpf, tracefs, &offsets, raw) {
                 Err(e) => {
-                    hooks.push(HookStatus {
-                        program: spec.program,
-                        attached_to: None,
-                        covers: spec.covers,
-                        error: Some(format!("{e:#}")),
-                        handler: None,
-                    });
+                    hooks.push(HookStatus::refused(
+                        spec.program,
+                        spec.covers,
+                        format!("{e:#}"),
+                    ));
                     continue;
                 }
                 // A variant the verifier refused: its syscall stays unseen from 32-bit code.
-                Ok(refused) => hooks.extend(refused.into_iter().map(|(program, e)| HookStatus {
-                    program,
-                    attached_to: None,
-                    covers: spec.covers,
-                    error: Some(e),
-                    handler: None,
-                })),
+                Ok(refused) => hooks.extend(
+                    refused
+                        .into_iter()
+                        .map(|(program, e)| HookStatus::refused(program, spec.covers, e)),
+                ),
             }
         }
         let mut status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
