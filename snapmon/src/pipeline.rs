@@ -281,15 +281,11 @@ impl Pipeline {
         dropped: u64,
         maps: &mut dyn WatchMaps,
     ) -> Vec<Record> {
-        let mut out = Vec::new();
         if dropped == 0 {
-            return out;
+            return Vec::new();
         }
-        let mut ev = self.enricher.blinded(last, dropped);
-        self.seq += 1;
-        ev.seq = self.seq;
-        self.finish(ev, Instant::now(), maps, &mut out);
-        out
+        let ev = self.enricher.blinded(last, dropped);
+        self.judge_own([ev], maps)
     }
 
     /// The kernel dropped `dropped` path records in watched trees since the last call, `last`
@@ -302,11 +298,21 @@ impl Pipeline {
         dropped: u64,
         maps: &mut dyn WatchMaps,
     ) -> Vec<Record> {
-        let mut out = Vec::new();
         if dropped == 0 {
-            return out;
+            return Vec::new();
         }
-        for mut ev in self.enricher.blinded_names(last, dropped) {
+        let evs = self.enricher.blinded_names(last, dropped);
+        self.judge_own(evs, maps)
+    }
+
+    /// Events the agent makes itself (no ring record): numbered and judged like any other.
+    fn judge_own(
+        &mut self,
+        evs: impl IntoIterator<Item = Event>,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        let mut out = Vec::new();
+        for mut ev in evs {
             self.seq += 1;
             ev.seq = self.seq;
             self.finish(ev, Instant::now(), maps, &mut out);

@@ -455,6 +455,19 @@ impl Enricher {
             }
         }
         let process = self.dropper(b);
+        let file = self.file(b.file, None);
+        self.blinded_event(b, process, file, dropped, record)
+    }
+
+    /// A `blinded` event: `dropped` records of kind `record` lost, `b` the last, about `file`.
+    fn blinded_event(
+        &self,
+        b: &snapmon_common::Blinded,
+        process: ProcessInfo,
+        file: FileInfo,
+        dropped: u64,
+        record: &str,
+    ) -> Event {
         Event {
             ts_unix_ns: self.clock.unix_ns(b.ts_ns),
             ts_boot_ns: b.ts_ns,
@@ -463,7 +476,7 @@ impl Enricher {
             action: Action::Blinded,
             backend: snapmon_common::Backend::Tracepoint,
             process,
-            file: Some(self.file(b.file, None)),
+            file: Some(file),
             detail: vec![
                 (DetailKey::Dropped, dropped.to_string()),
                 (DetailKey::DroppedRecord, record.to_string()),
@@ -512,29 +525,19 @@ impl Enricher {
         for (key, path) in gone {
             // Its name is gone: the agent stops watching it, as the unlink would have.
             self.watch.forget_path(&path);
-            out.push(Event {
-                ts_unix_ns: self.clock.unix_ns(b.ts_ns),
-                ts_boot_ns: b.ts_ns,
-                category: Category::File,
-                ecs_type: EventType::Info,
-                action: Action::Blinded,
-                backend: snapmon_common::Backend::Tracepoint,
-                process: process.clone(),
-                file: Some(FileInfo {
-                    path: Some(Bytes::from_path(&path)),
-                    dev: key.dev,
-                    ino: key.ino,
-                    size: None,
-                }),
-                detail: vec![
-                    (DetailKey::Dropped, dropped.to_string()),
-                    (
-                        DetailKey::DroppedRecord,
-                        crate::event::DROPPED_PATH.to_string(),
-                    ),
-                ],
-                ..Default::default()
-            });
+            let file = FileInfo {
+                path: Some(Bytes::from_path(&path)),
+                dev: key.dev,
+                ino: key.ino,
+                size: None,
+            };
+            out.push(self.blinded_event(
+                b,
+                process.clone(),
+                file,
+                dropped,
+                crate::event::DROPPED_PATH,
+            ));
         }
         out
     }
