@@ -193,23 +193,29 @@ pub(super) fn time_calls(
 }
 
 pub(super) fn run_loop(loopgen: &Path, file: &Path, n: u64) -> anyhow::Result<f64> {
-    let out = Command::new(loopgen)
-        .args(["bench", "--hookloop"])
+    let mut cmd = Command::new(loopgen);
+    cmd.args(["bench", "--hookloop"])
         .arg(file)
-        .arg(n.to_string())
+        .arg(n.to_string());
+    ns_from(cmd, "write loop")
+}
+
+/// Run a timing loop of `cargo xtask bench` (stdin closed) and read the ns it prints.
+pub(super) fn ns_from(mut cmd: Command, what: &str) -> anyhow::Result<f64> {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .context("running the write loop")?;
+        .with_context(|| format!("running the {what}"))?;
     if !out.status.success() {
         bail!(
-            "write loop failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .context("write loop output")
+        .with_context(|| format!("{what} output"))
 }
 
 pub struct Setup<'a> {
@@ -232,6 +238,67 @@ impl Setup<'_> {
     }
 }
 
+/// What one config of a timed phase puts in place; dropped (detached, stopped) after it.
+pub(super) struct Armed {
+    pub _floor: Option<floor::Floor>,
+    pub agent: Option<agent::Agent>,
+    /// Why the config cannot run here (a floor that would not attach, no raw mode).
+    pub skip: Option<String>,
+}
+
+/// Put `config` in place: its do-nothing floor, or the agent with its flags (output in
+/// `DIR/NAME.jsonl`), unless it cannot run here. `raw`: whether the agent has raw mode.
+pub(super) fn arm(
+    s: &Setup,
+    config: &str,
+    raw: &Result<(), String>,
+    name: &str,
+) -> anyhow::Result<Armed> {
+    let mut a = Armed {
+        _floor: None,
+        agent: None,
+        skip: None,
+    };
+    let f = match config {
+        "slowpath" => Some(floor::Floor::attach_to(&["syscalls/sys_enter_sync"])),
+        "floor" => Some(floor::Floor::attach()),
+        "floor-raw" => Some(floor::Floor::attach_raw()),
+        _ => None,
+    };
+    match f {
+        Some(Ok(f)) => a._floor = Some(f),
+        Some(Err(e)) => a.skip = Some(format!("{e:#}")),
+        None => {}
+    }
+    if config == "snapmon-raw" {
+        if let Err(e) = raw {
+            a.skip = Some(e.clone());
+        }
+    }
+    if config.starts_with("snapmon") && a.skip.is_none() {
+        let extra: &[&str] = match config {
+            "snapmon+stats" => &["--hook-stats"],
+            "snapmon-raw" => &agent::RAW_HOOK_ARGS,
+            _ => &[],
+        };
+        let env: &[(&str, &str)] = if config == "snapmon-probe" {
+            &[("SNAPMON_FD_WALK", "probe_read")]
+        } else {
+            &[]
+        };
+        a.agent = Some(agent::Agent::start_env(
+            s.bin,
+            s.policy,
+            &[s.store],
+            &s.dir.join(format!("{name}.jsonl")),
+            &s.dir.join(format!("{name}-agent.log")),
+            extra,
+            env,
+        )?);
+    }
+    Ok(a)
+}
+
 pub fn phase(
     s: &Setup,
     reps: usize,
@@ -242,45 +309,11 @@ pub fn phase(
     let raw = agent::raw_hook_support(s.bin);
     for rep in 1..=reps {
         for &config in CONFIGS {
-            let mut skip = None;
-            let (mut _floor, mut ag) = (None, None);
-            let f = match config {
-                "slowpath" => Some(floor::Floor::attach_to(&["syscalls/sys_enter_sync"])),
-                "floor" => Some(floor::Floor::attach()),
-                "floor-raw" => Some(floor::Floor::attach_raw()),
-                _ => None,
-            };
-            match f {
-                Some(Ok(f)) => _floor = Some(f),
-                Some(Err(e)) => skip = Some(format!("{e:#}")),
-                None => {}
-            }
-            if config == "snapmon-raw" {
-                if let Err(e) = &raw {
-                    skip = Some(e.clone());
-                }
-            }
-            if config.starts_with("snapmon") && skip.is_none() {
-                let extra: &[&str] = match config {
-                    "snapmon+stats" => &["--hook-stats"],
-                    "snapmon-raw" => &agent::RAW_HOOK_ARGS,
-                    _ => &[],
-                };
-                let env: &[(&str, &str)] = if config == "snapmon-probe" {
-                    &[("SNAPMON_FD_WALK", "probe_read")]
-                } else {
-                    &[]
-                };
-                ag = Some(agent::Agent::start_env(
-                    s.bin,
-                    s.policy,
-                    &[s.store],
-                    &s.dir.join("hook.jsonl"),
-                    &s.dir.join("hook-agent.log"),
-                    extra,
-                    env,
-                )?);
-            }
+            let Armed {
+                _floor,
+                agent: ag,
+                skip,
+            } = arm(s, config, &raw, "hook")?;
             for &target in TARGETS {
                 let file = s.file(target);
                 let r = match &skip {

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 
 use super::{
-    agent, fio, floor,
+    agent, fio,
     hook::{self, HookRun},
 };
 
@@ -158,24 +158,12 @@ pub fn worker(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn run_mix(s: &hook::Setup, n: u64) -> anyhow::Result<f64> {
-    let out = std::process::Command::new(s.loopgen)
-        .args(["bench", "--mixloop"])
+    let mut cmd = std::process::Command::new(s.loopgen);
+    cmd.args(["bench", "--mixloop"])
         .arg(s.unwatched)
         .arg(s.watched)
-        .arg(n.to_string())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .context("running the syscall-mix loop")?;
-    if !out.status.success() {
-        bail!(
-            "syscall-mix loop failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("syscall-mix loop output")
+        .arg(n.to_string());
+    hook::ns_from(cmd, "syscall-mix loop")
 }
 
 /// Each repetition runs every config once, in turn.
@@ -188,38 +176,11 @@ pub fn phase(
     let raw = agent::raw_hook_support(s.bin);
     for rep in 1..=reps {
         for &config in CONFIGS {
-            let mut skip = None;
-            let (mut _floor, mut ag) = (None, None);
-            let f = match config {
-                "floor" => Some(floor::Floor::attach()),
-                "floor-raw" => Some(floor::Floor::attach_raw()),
-                _ => None,
-            };
-            match f {
-                Some(Ok(f)) => _floor = Some(f),
-                Some(Err(e)) => skip = Some(format!("{e:#}")),
-                None => {}
-            }
-            if config == "snapmon-raw" {
-                if let Err(e) = &raw {
-                    skip = Some(e.clone());
-                }
-            }
-            if config.starts_with("snapmon") && skip.is_none() {
-                let extra: &[&str] = if config == "snapmon-raw" {
-                    &agent::RAW_HOOK_ARGS
-                } else {
-                    &[]
-                };
-                ag = Some(agent::Agent::start_with(
-                    s.bin,
-                    s.policy,
-                    &[s.store],
-                    &s.dir.join("mix.jsonl"),
-                    &s.dir.join("mix-agent.log"),
-                    extra,
-                )?);
-            }
+            let hook::Armed {
+                _floor,
+                agent: ag,
+                skip,
+            } = hook::arm(s, config, &raw, "mix")?;
             let r = match &skip {
                 Some(e) => Err(anyhow::anyhow!("{e}")),
                 None => run_mix(s, iters),
