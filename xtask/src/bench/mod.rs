@@ -432,7 +432,27 @@ fn trusted_policy(p: &Path, exe: &Path) -> anyhow::Result<PathBuf> {
     Ok(p.to_path_buf())
 }
 
-/// The hook-cost phase on the tmpfs files, with the loop's executable trusted.
+/// The tight-loop phases' files (tmpfs) and policy, with the loop's executable trusted.
+fn with_setup(
+    bin: &Path,
+    dir: &Path,
+    loopgen: &Path,
+    run: impl FnOnce(&hook::Setup) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let f = files(dir)?;
+    let policy = trusted_policy(&dir.join("hook-policy.toml"), loopgen)?;
+    run(&hook::Setup {
+        bin,
+        policy: &policy,
+        store: &f.store,
+        unwatched: &f.plain,
+        watched: &f.image,
+        loopgen,
+        dir,
+    })
+}
+
+/// The hook-cost phase.
 fn hook_cost(
     a: &Args,
     bin: &Path,
@@ -440,26 +460,18 @@ fn hook_cost(
     loopgen: &Path,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let f = files(dir)?;
-    let policy = trusted_policy(&dir.join("hook-policy.toml"), loopgen)?;
-    hook::phase(
-        &hook::Setup {
-            bin,
-            policy: &policy,
-            store: &f.store,
-            unwatched: &f.plain,
-            watched: &f.image,
-            loopgen,
-            dir,
-        },
-        a.hook_reps,
-        a.hook_writes,
-        &mut res.hook,
-        &mut res.hook_programs,
-    )
+    with_setup(bin, dir, loopgen, |s| {
+        hook::phase(
+            s,
+            a.hook_reps,
+            a.hook_writes,
+            &mut res.hook,
+            &mut res.hook_programs,
+        )
+    })
 }
 
-/// The syscall-mix phase on the hook-cost phase's files, the loop's executable trusted.
+/// The syscall-mix phase, on the hook-cost phase's files.
 fn syscall_mix(
     a: &Args,
     bin: &Path,
@@ -467,22 +479,9 @@ fn syscall_mix(
     loopgen: &Path,
     res: &mut Results,
 ) -> anyhow::Result<()> {
-    let f = files(dir)?;
-    let policy = trusted_policy(&dir.join("hook-policy.toml"), loopgen)?;
-    mix::phase(
-        &hook::Setup {
-            bin,
-            policy: &policy,
-            store: &f.store,
-            unwatched: &f.plain,
-            watched: &f.image,
-            loopgen,
-            dir,
-        },
-        a.mix_reps,
-        a.mix_iters,
-        &mut res.mix,
-    )
+    with_setup(bin, dir, loopgen, |s| {
+        mix::phase(s, a.mix_reps, a.mix_iters, &mut res.mix)
+    })
 }
 
 fn which(name: &str) -> Option<PathBuf> {
