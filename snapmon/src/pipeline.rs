@@ -826,7 +826,6 @@ mod loops {
                 image: key(&img),
                 offset: 0,
                 node: Some(d.path("loop7")),
-                last_front: None,
             },
         );
         std::fs::create_dir_all(d.path("sys/0:0/loop")).unwrap();
@@ -906,5 +905,65 @@ mod loops {
         .unwrap();
         assert_eq!(ended(&pipe.check_loops(&d.path("sys"), &mut maps)).len(), 1);
         assert!(!maps.files.contains(&node));
+    }
+
+    /// Header lineage, but `KTHREAD` is a kernel thread (a child of kthreadd, no executable).
+    struct WithKthread;
+    const KTHREAD: u32 = 77_777;
+    impl crate::enrich::lineage::Lineage for WithKthread {
+        fn observe(&mut self, _raw: &crate::decode::RawEvent) {}
+        fn process(
+            &mut self,
+            _tgid: u32,
+            _tid: u32,
+            _ts: u64,
+            hdr: &snapmon_common::Header,
+        ) -> crate::event::ProcessInfo {
+            let mut p = crate::enrich::lineage::header_process(hdr);
+            if hdr.tgid == KTHREAD {
+                p.ppid = 2;
+            }
+            p
+        }
+    }
+
+    /// The loop worker writes the image after the write through the device, and the agent
+    /// may read that only after its tick found the device detached (a busy host, a lagging
+    /// agent): the write is still the front writer's, not a kernel thread's.
+    #[test]
+    fn the_workers_write_read_after_the_detach_is_the_front_writers() {
+        let d = TmpDir::new("loops-replay");
+        let (mut maps, mut pipe, node, img) = aliased(&d);
+        pipe.enricher.lineage = Box::new(WithKthread);
+        let image = crate::paths::key_for(&img, &std::fs::metadata(&img).unwrap());
+        let data = [0u8; 512];
+        let front = 4_242;
+        pipe.handle(
+            &super::wire::raw_write(node, front, 1 << 20, 512, &data),
+            &mut maps,
+        );
+        std::fs::remove_dir_all(d.path("sys/0:0/loop")).unwrap();
+        assert_eq!(ended(&pipe.check_loops(&d.path("sys"), &mut maps)).len(), 1);
+        let mut out = pipe.handle(
+            &super::wire::raw_write(image, KTHREAD, 1 << 20, 512, &data),
+            &mut maps,
+        );
+        out.extend(pipe.flush_held(&mut maps));
+        let worker: Vec<_> = out
+            .iter()
+            .filter_map(|r| match r {
+                crate::record::Record::Event(e) if e.seq > 1 => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(worker.len(), 1, "{out:?}");
+        assert_eq!(worker[0].process.pid, front, "{:?}", worker[0]);
+        assert!(
+            worker[0]
+                .detail
+                .contains(&(crate::event::DetailKey::LoopRole, "worker".to_string())),
+            "{:?}",
+            worker[0]
+        );
     }
 }

@@ -140,6 +140,17 @@ pub struct Enricher {
     pub loops: HashMap<FileKey, LoopAlias>,
     /// Overlay mounts over stores and the merged-view identities of their files.
     pub overlays: crate::overlay::Overlays,
+    /// The last write through a loop device, by the image's identity. Kept apart from
+    /// `loops`: the loop worker's writes may be read after the device was found detached.
+    loop_fronts: HashMap<FileKey, LoopFront>,
+}
+
+/// A write through a loop device node: when, by whom, and the node's name.
+#[derive(Debug, Clone)]
+struct LoopFront {
+    ts_ns: u64,
+    process: ProcessInfo,
+    node: String,
 }
 
 /// A loop device whose backing file is watched: its writes are the image's, `offset` bytes in.
@@ -149,8 +160,6 @@ pub struct LoopAlias {
     /// `lo_offset`: device byte 0 is this byte of the image.
     pub offset: u64,
     pub node: Option<PathBuf>,
-    /// The last write through the node: (boot ns, its writer).
-    pub last_front: Option<(u64, ProcessInfo)>,
 }
 
 /// How long after a write through a loop device the kernel's loop worker may still be writing
@@ -287,7 +296,6 @@ impl Enricher {
                     image,
                     offset,
                     node: Some(dev.clone()),
-                    last_front: None,
                 },
             );
             said.push(format!(
@@ -390,6 +398,7 @@ impl Enricher {
             process_events: false,
             loops: HashMap::new(),
             overlays: Default::default(),
+            loop_fronts: HashMap::new(),
         }
     }
 
@@ -662,9 +671,8 @@ impl Enricher {
                 }
                 if let Some(a) = self.overlays.alias(&w.file).cloned() {
                     self.through_overlay(&mut ev, &a, Some(w.size));
-                } else if let Some(a) = self.loops.get_mut(&w.file) {
-                    a.last_front = Some((w.hdr.ts_ns, ev.process.clone()));
-                    let a = a.clone();
+                } else if let Some(a) = self.loops.get(&w.file).cloned() {
+                    self.front_written(&a, w.file, w.hdr.ts_ns, &ev.process);
                     self.through_loop(&mut ev, w.file, a);
                     if !fixed {
                         self.other_node(&mut ev, w.hdr.tgid, w.fd, w.file);
@@ -1143,18 +1151,33 @@ impl Enricher {
     /// them, and says so. Writes that follow no front write (a node the agent does not know
     /// of) keep the kernel thread as their actor and are judged as such.
     fn loop_replay(&self, ev: &mut Event, image: FileKey, ts_ns: u64) {
-        let front = self.loops.iter().find_map(|(node, a)| {
-            let (t, p) = a.last_front.as_ref()?;
-            (a.image == image && ts_ns.saturating_sub(*t) <= LOOP_REPLAY_NS)
-                .then(|| (a.node_name(*node), p.clone()))
-        });
-        if let Some((node, p)) = front {
-            ev.detail.push((DetailKey::LoopDevice, node));
-            ev.detail.push((DetailKey::LoopRole, "worker".into()));
-            ev.detail
-                .push((DetailKey::LoopWorker, ev.process.name.clone()));
-            ev.process = p;
-        }
+        let Some(f) = self
+            .loop_fronts
+            .get(&image)
+            .filter(|f| ts_ns.saturating_sub(f.ts_ns) <= LOOP_REPLAY_NS)
+        else {
+            return;
+        };
+        ev.detail.push((DetailKey::LoopDevice, f.node.clone()));
+        ev.detail.push((DetailKey::LoopRole, "worker".into()));
+        ev.detail
+            .push((DetailKey::LoopWorker, ev.process.name.clone()));
+        ev.process = f.process.clone();
+    }
+
+    /// Remember `process`'s write through loop node `node` (alias `a`) for the worker's
+    /// writes of it, even after the device is detached; fronts past the window are dropped.
+    fn front_written(&mut self, a: &LoopAlias, node: FileKey, ts_ns: u64, process: &ProcessInfo) {
+        self.loop_fronts
+            .retain(|_, f| ts_ns.saturating_sub(f.ts_ns) <= LOOP_REPLAY_NS);
+        self.loop_fronts.insert(
+            a.image,
+            LoopFront {
+                ts_ns,
+                process: process.clone(),
+                node: a.node_name(node),
+            },
+        );
     }
 
     /// A loop attach whose backing fd is a watched file (`parent` is the loop device node):
@@ -1182,7 +1205,6 @@ impl Enricher {
             node: (node.ino != 0)
                 .then(|| loop_node_path(i.hdr.tgid, i.fd, node))
                 .flatten(),
-            last_front: None,
         };
         ev.detail.push((DetailKey::LoopDevice, a.node_name(node)));
         ev.detail.push((DetailKey::LoopRole, "backing".into()));
