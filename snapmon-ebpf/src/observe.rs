@@ -82,9 +82,18 @@ unsafe fn watched_dir(k: Option<FileKey>) -> bool {
         .is_some_and(|f| *f & dir_flags::WATCHED != 0)
 }
 
+/// The identity of `dentry`'s inode, and whether that inode is a watched file: its
+/// `WATCHED_FILES` entry was made for it, not for a freed file whose number it reuses.
 #[inline(always)]
-unsafe fn watched_file(k: Option<FileKey>) -> bool {
-    k.is_some_and(|k| WATCHED_FILES.get(&k).is_some())
+unsafe fn watched_target(dentry: Dentry) -> (Option<FileKey>, bool) {
+    let Some(inode) = dentry.inode() else {
+        return (None, false);
+    };
+    let k = inode.key();
+    let w = k
+        .and_then(|k| WATCHED_FILES.get(&k))
+        .is_some_and(|v| inode.is_entry_file(*v, false));
+    (k, w)
 }
 
 #[inline(always)]
@@ -101,9 +110,8 @@ pub unsafe fn entry(op: NsOp, dir: Inode, dentry: Dentry, dir2: Inode, dentry2: 
     }
     let k1 = dir.key();
     let k2 = if dir2.is_null() { None } else { dir2.key() };
-    let target = dentry.key();
+    let (target, wt) = watched_target(dentry);
     let (w1, w2) = (watched_dir(k1), watched_dir(k2));
-    let wt = watched_file(target);
     if !w1 && !w2 && !wt {
         return;
     }
@@ -187,8 +195,8 @@ pub unsafe fn setattr(dentry: Dentry, attr: *const u8) {
     if !should_report() {
         return;
     }
-    let target = dentry.key();
-    if !watched_file(target) && !watched_dir(dentry.parent().key()) {
+    let (target, wt) = watched_target(dentry);
+    if !wt && !watched_dir(dentry.parent().key()) {
         return;
     }
     let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {

@@ -116,6 +116,10 @@ fn freed_unseen_then_reused(a: &mut Agent, mnt: &Path, img: &Path, tag: &str) {
     let via = mnt.join(format!("via-{tag}"));
     std::os::unix::fs::symlink(mnt.join("store"), &via).unwrap();
     run("rm", &[s(&via.join(img.file_name().unwrap()))]);
+    // The mark goes after the delete's own records (where a hook sees it) and before the
+    // touches: theirs count too (touch sets the times of the file it made), however late.
+    barrier(a, &mnt.join("store"), &format!("{tag}-gone"));
+    let mark = a.mark();
     let out = mnt.join("out");
     let mut reused = None;
     for i in 0..32 {
@@ -127,7 +131,6 @@ fn freed_unseen_then_reused(a: &mut Agent, mnt: &Path, img: &Path, tag: &str) {
         }
     }
     let f = reused.unwrap_or_else(|| panic!("inode {ino} not reused in 32 files"));
-    let mark = a.mark();
     // Make it an image, then hide its snapshot: SM-Q002 had the old image been watched.
     let made = nobody_py(&format!(
         "d = open('{}', 'rb').read(65536); f = open('{}', 'r+b'); f.write(d); f.flush()",
