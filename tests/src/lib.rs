@@ -327,6 +327,22 @@ impl Agent {
             .collect()
     }
 
+    /// Returns once the agent has reported a write root makes now to a file in its root.
+    /// Root's records share one lane, read in order: by then the agent has read those of
+    /// everything root did before, however far behind it was (under TCG, seconds).
+    pub fn barrier(&mut self) {
+        let f = self.root.join("barrier.img");
+        let mark = self.mark();
+        let r = python(&format!(
+            "open({:?}, 'ab').write(b'x')",
+            f.to_str().unwrap()
+        ));
+        self.expect(
+            Expect::event("write").pid(r.pid).path(&f).since(mark),
+            Duration::from_secs(90),
+        );
+    }
+
     /// Where the output ends now; pass it to [`Agent::wait_from`].
     pub fn mark(&self) -> u64 {
         std::fs::metadata(&self.out).map_or(0, |m| m.len())

@@ -13,9 +13,9 @@ use std::{
 use serde_json::Value;
 use snapmon_e2e::{about, action, agent_with, brief, changes, lvm, regions, Agent, LoopVg, Ran};
 
-/// Silence that ends a command's records. Each LVM metadata write makes the agent re-read
-/// the PV and wait up to 200 ms for the commit; under TCG on a busy host one such record
-/// took longer than 1.5 s.
+/// Silence that ends a command's records, once the agent has caught up with them (a
+/// barrier: under TCG it trailed lvcreate by more than 3 s). Each LVM metadata write makes
+/// the agent re-read the PV and wait up to 200 ms for the commit.
 const QUIET: Duration = Duration::from_millis(3000);
 const VG: &str = "snapmonvg";
 
@@ -82,6 +82,7 @@ fn target_msg_with(evs: &[Value], pid: u32, msg: &str) -> bool {
 
 /// Everything from `pid` since the agent started, after things settle.
 fn from_pid(a: &mut Agent, pid: u32) -> Vec<Value> {
+    a.barrier();
     a.settle(QUIET, |v| v["process"]["pid"] == pid)
 }
 
