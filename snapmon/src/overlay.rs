@@ -456,6 +456,17 @@ impl Overlays {
         }
     }
 
+    /// A file was just created with merged-view identity `k`: an alias of `k` is a freed
+    /// file's, whose inode number the new one got. Dropped, so the new file gets its own.
+    pub fn reborn(&mut self, k: FileKey, ws: &mut WatchSet, maps: &mut dyn WatchMaps) {
+        if self.aliases.get(&k).is_some_and(|a| !a.is_dir) {
+            self.drop_alias(k, ws, maps);
+            for t in self.mounts.values_mut() {
+                t.aliases.retain(|a| *a != k);
+            }
+        }
+    }
+
     /// A watched file appeared at `real` (created in a store): alias it through every
     /// tracked overlay whose upper dir holds it.
     pub fn appeared(

@@ -707,20 +707,29 @@ impl Enricher {
                     (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
                 };
-                // The kernel took an overlay's inode for an image's by its number: confirmed
-                // here, or withdrawn and dropped (not a file of ours).
-                if o.watch == snapmon_common::open_watch::OVERLAY
-                    && self.overlays.alias(&o.file).is_none()
-                    && self
-                        .overlays
-                        .foreign_open(o.hdr.tgid, o.fd, o.file, named, &mut self.watch, maps)
-                        .is_none()
-                {
-                    self.stats.dropped_outside_watch += 1;
-                    return None;
+                // Made through a view with the number of a freed file an alias was for.
+                if created {
+                    self.overlays.reborn(o.file, &mut self.watch, maps);
                 }
-                // Through an overlay's merged view: the real file's open (or create).
-                if let Some(al) = self.overlay_opened(o.file, o.parent, named, maps) {
+                // Through a tracked overlay's merged view: the real file's open (or create).
+                let mut via = self.overlay_opened(o.file, o.parent, named, maps);
+                // Else the kernel took an overlay's inode for an image's by its number (a
+                // foreign overlay's): confirmed here, or withdrawn and dropped (not ours).
+                if via.is_none() && o.watch == snapmon_common::open_watch::OVERLAY {
+                    via = self.overlays.foreign_open(
+                        o.hdr.tgid,
+                        o.fd,
+                        o.file,
+                        named,
+                        &mut self.watch,
+                        maps,
+                    );
+                    if via.is_none() {
+                        self.stats.dropped_outside_watch += 1;
+                        return None;
+                    }
+                }
+                if let Some(al) = via {
                     let mut ev = self.base(raw, Category::File, t, a);
                     if created {
                         self.watch.born(al.real, o.hdr.ts_ns);
