@@ -814,7 +814,17 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             at.push_str("; the raw handlers' by tp_btf/sys_enter (RAW_COMPAT_TAIL)");
         }
         if debug {
-            eprintln!("load {} {:?} {:?}", spec.program, t.elapsed(), status.error);
+            // The verifier's instruction count: the start's cost, free of the host's load.
+            let verified = ebpf
+                .program(spec.program)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            eprintln!(
+                "load {} {:?} {:?} verified_insns={verified:?}",
+                spec.program,
+                t.elapsed(),
+                status.error
+            );
         }
         hooks.push(status);
     }
