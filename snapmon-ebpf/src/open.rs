@@ -338,26 +338,10 @@ unsafe fn on_exit(ctx: &TracePointContext) {
     output_file(ev, urgent_file(ev.hdr.uid, inode, precious), precious, &key);
 }
 
+/// The exit of every open syscall (openat, open, creat, openat2): one program, verified
+/// once, attached to each (the agent's `Attach::SyscallShared`).
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    unsafe { on_exit(&ctx) };
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    unsafe { on_exit(&ctx) };
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    unsafe { on_exit(&ctx) };
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
     unsafe { on_exit(&ctx) };
     0
 }

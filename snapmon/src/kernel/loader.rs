@@ -31,6 +31,9 @@ pub struct HookSpec {
 pub enum Attach {
     /// `syscalls/<name>`
     Syscall(&'static str),
+    /// `syscalls/<the hook's program name>`, running the code of syscall program `code`,
+    /// loaded (and verified) once for every hook that shares it.
+    SyscallShared(&'static str),
     /// BTF tracepoint; first name the kernel knows wins.
     Btf(&'static [&'static str]),
     /// fentry on a kernel function (VFS backend); refused on some kernels.
@@ -287,11 +290,23 @@ pub const HOOKS: &[HookSpec] = &[
     sc!("sys_enter_openat", "open for write / create"),
     sc!("sys_exit_openat", "open for write / create"),
     sc!("sys_enter_open", "open for write / create"),
-    sc!("sys_exit_open", "open for write / create"),
+    HookSpec {
+        program: "sys_exit_open",
+        attach: Attach::SyscallShared("sys_exit_openat"),
+        covers: "open for write / create",
+    },
     sc!("sys_enter_creat", "create"),
-    sc!("sys_exit_creat", "create"),
+    HookSpec {
+        program: "sys_exit_creat",
+        attach: Attach::SyscallShared("sys_exit_openat"),
+        covers: "create",
+    },
     sc!("sys_enter_openat2", "open for write / create"),
-    sc!("sys_exit_openat2", "open for write / create"),
+    HookSpec {
+        program: "sys_exit_openat2",
+        attach: Attach::SyscallShared("sys_exit_openat"),
+        covers: "open for write / create",
+    },
     sc!("sys_enter_unlink", "unlink"),
     sc!("sys_enter_unlinkat", "unlink/rmdir"),
     sc!("sys_enter_rmdir", "rmdir"),
@@ -959,7 +974,14 @@ fn attach_one(
         error: None,
         handler: None,
     };
-    let Some(prog) = ebpf.program_mut(spec.program) else {
+    let code = match spec.attach {
+        Attach::SyscallShared(code) => {
+            st.handler = Some(code);
+            code
+        }
+        _ => spec.program,
+    };
+    let Some(prog) = ebpf.program_mut(code) else {
         st.error = Some("program missing from the eBPF object".into());
         return st;
     };
@@ -970,6 +992,16 @@ fn attach_one(
             let id = tp.attach("syscalls", name).map_err(verbose)?;
             links.push((spec.program, HookLink::TracePoint(tp.take_link(id)?)));
             Ok(format!("tracepoint/syscalls/{name}"))
+        }
+        Attach::SyscallShared(_) => {
+            let tp: &mut TracePoint = prog.try_into()?;
+            // Verified with the hook that loaded it first.
+            if tp.fd().is_err() {
+                tp.load().map_err(verbose)?;
+            }
+            let id = tp.attach("syscalls", spec.program).map_err(verbose)?;
+            links.push((spec.program, HookLink::TracePoint(tp.take_link(id)?)));
+            Ok(format!("tracepoint/syscalls/{}", spec.program))
         }
         Attach::Compat => {
             let tp: &mut TracePoint = prog.try_into()?;
@@ -1419,11 +1451,16 @@ impl Kernel {
         if !self.counters.run_stats.counting() {
             return Vec::new();
         }
+        // A program shared by several hooks counts its runs once.
+        let mut seen = std::collections::HashSet::new();
         self.info
             .hooks
             .iter()
             .filter_map(|h| {
                 let attach = h.attached_to.as_ref()?;
+                if !seen.insert(h.handler.unwrap_or(h.program)) {
+                    return None;
+                }
                 let info = self
                     .ebpf
                     .program(h.handler.unwrap_or(h.program))?
