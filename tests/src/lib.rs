@@ -166,14 +166,14 @@ impl Agent {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(180);
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         a.wait_for(Duration::from_secs(secs), is_started)
             .ok_or_else(|| anyhow::anyhow!("no `started` record within {secs} s"))?;
-        // The start is most of what a guest suite costs: say it, for the CI budget.
-        eprintln!(
-            "snapmon-e2e: agent started in {:.1} s",
+        // The start is most of what a guest suite costs: said, for the CI budget.
+        note(&format!(
+            "agent started in {:.1} s",
             t.elapsed().as_secs_f64()
-        );
+        ));
         a.started = started_view(&a.records());
         Ok(a)
     }

@@ -254,7 +254,7 @@ fn an_image_made_through_a_view_with_a_freed_images_inode_number_is_watched() {
     let gone = image_with_3_snapshots(&l.store, "gone.qcow2");
     let ino = std::fs::metadata(&gone).unwrap().ino();
     let _m = mount(&l);
-    let mut a = Agent::spawn("reborn", &[], &[l.store.clone()]).unwrap();
+    let mut a = Agent::spawn("reborn", &[], std::slice::from_ref(&l.store)).unwrap();
     std::fs::remove_file(l.merged.join("gone.qcow2")).unwrap();
     settled(&mut a);
     let name = (0..64)

@@ -52,6 +52,9 @@ fn qcow2(img: &Path) {
 
 const BEFORE: [&str; 2] = ["pre-gone.qcow2", "pre-kept.qcow2"];
 
+/// Appended to by [`barrier`]; made with the images, before the agent starts.
+const BARRIER: &str = "barrier.img";
+
 fn fs() -> (&'static Fs, std::sync::MutexGuard<'static, Agent>) {
     let fs = FS.get_or_init(|| {
         let base = std::env::temp_dir().join(format!("snapmon-reuse-{}", std::process::id()));
@@ -73,6 +76,7 @@ fn fs() -> (&'static Fs, std::sync::MutexGuard<'static, Agent>) {
             for name in BEFORE {
                 qcow2(&m.join("store").join(name));
             }
+            std::fs::write(m.join("store").join(BARRIER), b"").unwrap();
         }
         // An image's first cluster, with its snapshot, for nobody to copy.
         qcow2(&ext4.join("out/header.qcow2"));
@@ -97,9 +101,10 @@ fn about_any(a: &mut Agent, mark: u64, pids: &[u32], ino: u64, path: &Path) -> V
 }
 
 /// A write the agent must report, after everything before it: what it did not report by
-/// then it will not.
-fn barrier(a: &mut Agent, store: &Path, tag: &str) {
-    let f = store.join(format!("barrier-{tag}.img"));
+/// then it will not. To a file made at setup: a new one would take the freed inode number
+/// the test waits to see reused.
+fn barrier(a: &mut Agent, store: &Path) {
+    let f = store.join(BARRIER);
     let mark = a.mark();
     let r = python(&format!("open('{}', 'ab').write(b'x')", s(&f)));
     a.expect(
@@ -118,7 +123,7 @@ fn freed_unseen_then_reused(a: &mut Agent, mnt: &Path, img: &Path, tag: &str) {
     run("rm", &[s(&via.join(img.file_name().unwrap()))]);
     // The mark goes after the delete's own records (where a hook sees it) and before the
     // touches: theirs count too (touch sets the times of the file it made), however late.
-    barrier(a, &mnt.join("store"), &format!("{tag}-gone"));
+    barrier(a, &mnt.join("store"));
     let mark = a.mark();
     let out = mnt.join("out");
     let mut reused = None;
@@ -141,7 +146,7 @@ fn freed_unseen_then_reused(a: &mut Agent, mnt: &Path, img: &Path, tag: &str) {
         "import os; fd = os.open('{}', os.O_RDWR); os.pwrite(fd, (0).to_bytes(4, 'big'), 60)",
         s(&f)
     ));
-    barrier(a, &mnt.join("store"), tag);
+    barrier(a, &mnt.join("store"));
     let said = about_any(a, mark, &[made.pid, hid.pid], ino, &f);
     assert!(
         said.is_empty(),
