@@ -705,7 +705,10 @@ fn load_either(opts: &LoadOptions) -> anyhow::Result<Kernel> {
 fn release_object_pages() {
     const PAGE: usize = 4096;
     let start = OBJECT.as_ptr() as usize;
-    let (from, to) = (start.next_multiple_of(PAGE), (start + OBJECT.len()) / PAGE * PAGE);
+    let (from, to) = (
+        start.next_multiple_of(PAGE),
+        (start + OBJECT.len()) / PAGE * PAGE,
+    );
     if to > from {
         // SAFETY: the range lies inside OBJECT, a read-only mapping of the executable that
         // nothing writes; MADV_DONTNEED on it only drops this process's page-table entries.
@@ -1579,7 +1582,8 @@ mod tests {
     fn present_pages(from: usize, to: usize) -> usize {
         use std::io::{Read as _, Seek as _};
         let mut pm = std::fs::File::open("/proc/self/pagemap").unwrap();
-        pm.seek(std::io::SeekFrom::Start((from / 4096 * 8) as u64)).unwrap();
+        pm.seek(std::io::SeekFrom::Start((from / 4096 * 8) as u64))
+            .unwrap();
         let mut b = vec![0u8; (to - from) / 4096 * 8];
         pm.read_exact(&mut b).unwrap();
         b.chunks_exact(8)
@@ -1590,7 +1594,10 @@ mod tests {
     #[test]
     fn the_embedded_object_is_unmapped_once_loaded() {
         let start = OBJECT.as_ptr() as usize;
-        let (from, to) = (start.next_multiple_of(4096), (start + OBJECT.len()) / 4096 * 4096);
+        let (from, to) = (
+            start.next_multiple_of(4096),
+            (start + OBJECT.len()) / 4096 * 4096,
+        );
         assert!(to - from > 1 << 20, "object of {} bytes", OBJECT.len());
         // Read as the loader does (a copy to patch): every page is mapped.
         let copy = OBJECT.to_vec();

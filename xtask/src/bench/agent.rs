@@ -88,7 +88,9 @@ pub fn mem_parts(smaps: &str, exe: &Path) -> MemParts {
         let name = map_name(line);
         part = Some(match name {
             Some(n) if n.starts_with("anon_inode:bpf-map") => |p| &mut p.bpf_maps_kib,
-            Some(n) if n == exe || n.strip_suffix(" (deleted)") == Some(&exe) => |p| &mut p.binary_kib,
+            Some(n) if n == exe || n.strip_suffix(" (deleted)") == Some(&exe) => {
+                |p| &mut p.binary_kib
+            }
             Some(n) if n.starts_with('/') => |p| &mut p.files_kib,
             _ => |p| &mut p.anon_kib,
         });
