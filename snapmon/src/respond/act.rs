@@ -31,8 +31,7 @@ pub struct Maps {
 impl Maps {
     pub fn take(k: &mut Kernel) -> anyhow::Result<Maps> {
         let mut take = |n: &str| {
-            k.ebpf
-                .take_map(n)
+            k.take_map(n)
                 .with_context(|| format!("map {n} missing from the eBPF object"))
         };
         Ok(Maps {

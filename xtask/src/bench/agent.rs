@@ -54,6 +54,66 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Where an agent's resident memory is, from /proc/PID/smaps, in KiB: so an idle RSS over
+/// its target says whether heap, the kernel's ring buffers or the binary grew.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemParts {
+    /// Heap, thread stacks and every other anonymous mapping.
+    pub anon_kib: u64,
+    /// BPF maps the agent mmaps: the ring buffers (each mapped twice for wrap-around reads).
+    pub bpf_maps_kib: u64,
+    /// The agent's executable: text, read-only data (the embedded eBPF object among it).
+    pub binary_kib: u64,
+    /// Shared libraries and any other file.
+    pub files_kib: u64,
+}
+
+/// `MemParts` of the smaps text of a process whose executable is `exe`.
+pub fn mem_parts(smaps: &str, exe: &Path) -> MemParts {
+    let exe = exe.to_string_lossy();
+    let mut p = MemParts::default();
+    let mut part: Option<fn(&mut MemParts) -> &mut u64> = None;
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some(kib) = first.strip_suffix(':').and(f.next()) {
+            if first == "Rss:" {
+                if let (Some(get), Ok(k)) = (part, kib.parse::<u64>()) {
+                    *get(&mut p) += k;
+                }
+            }
+            continue;
+        }
+        // A mapping's header: range perms offset dev inode [name].
+        let name = map_name(line);
+        part = Some(match name {
+            Some(n) if n.starts_with("anon_inode:bpf-map") => |p| &mut p.bpf_maps_kib,
+            Some(n) if n == exe || n.strip_suffix(" (deleted)") == Some(&exe) => {
+                |p| &mut p.binary_kib
+            }
+            Some(n) if n.starts_with('/') => |p| &mut p.files_kib,
+            _ => |p| &mut p.anon_kib,
+        });
+    }
+    p
+}
+
+/// The name field of an smaps header line, if it has one (a path may hold spaces).
+fn map_name(line: &str) -> Option<&str> {
+    let mut rest = line;
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        rest = &rest[rest.find(char::is_whitespace)?..];
+    }
+    Some(rest.trim()).filter(|n| !n.is_empty())
+}
+
+pub fn mem_parts_of(pid: u32, exe: &Path) -> Option<MemParts> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+    Some(mem_parts(&text, &exe))
+}
+
 impl Agent {
     pub fn start(
         bin: &Path,
@@ -345,5 +405,34 @@ mod tests {
             "--syscall-hook"
         ));
         assert!(!help_has_flag("uses the syscall hook", "--syscall-hook"));
+    }
+
+    #[test]
+    fn smaps_is_split_into_heap_ring_buffers_binary_and_files() {
+        let smaps = "\
+20000000000-20040000000 rw-p 00000000 00:00 0 
+Size:            1048576 kB
+Rss:               12008 kB
+VmFlags: rd wr mr mw me ac sd
+5639faae0000-5639fb05c000 r--p 00000000 fe:00 10010762                   /opt/snap mon/snapmon
+Rss:                5168 kB
+5639fb05c000-5639fb6e9000 r-xp 0057b000 fe:00 10010762                   /opt/snap mon/snapmon (deleted)
+Rss:                5872 kB
+7fc336615000-7fc337616000 r--s 00001000 00:10 20                         anon_inode:bpf-map
+Rss:               16388 kB
+7fc337a8f000-7fc337be5000 r-xp 00026000 fe:00 326279                     /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                 964 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+Rss:                 108 kB
+";
+        assert_eq!(
+            mem_parts(smaps, Path::new("/opt/snap mon/snapmon")),
+            MemParts {
+                anon_kib: 12008 + 108,
+                bpf_maps_kib: 16388,
+                binary_kib: 5168 + 5872,
+                files_kib: 964,
+            }
+        );
     }
 }

@@ -813,16 +813,19 @@ fn capacity(a: &Args, bin: &Path, dir: &Path, res: &mut Results) -> anyhow::Resu
     // Let start-up work (preload, first ticks) settle before calling it idle.
     std::thread::sleep(Duration::from_secs(2));
     let (s, cpu) = load::idle(&ag, 10.0);
-    res.idle = Some(report::Idle {
+    let idle = report::Idle {
         rss_kib: s.rss_kib,
         hwm_kib: s.hwm_kib,
         cpu_pct: cpu,
-    });
+        parts: agent::mem_parts_of(ag.pid, bin),
+    };
     println!(
-        "bench: idle RSS {:.1} MiB (peak {:.1}), CPU {cpu:.2}%",
+        "bench: idle RSS {:.1} MiB{} (peak {:.1}), CPU {cpu:.2}%",
         s.rss_kib as f64 / 1024.0,
+        idle.parts_text(),
         s.hwm_kib as f64 / 1024.0
     );
+    res.idle = Some(idle);
     let work = dir.join("loadgen");
     std::fs::create_dir_all(&work)?;
     for &rate in &a.rates {

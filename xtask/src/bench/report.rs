@@ -54,6 +54,25 @@ pub struct Idle {
     pub rss_kib: u64,
     pub hwm_kib: u64,
     pub cpu_pct: f64,
+    /// Where the idle RSS is (smaps), when it could be read.
+    pub parts: Option<super::agent::MemParts>,
+}
+
+impl Idle {
+    /// ", of which heap … MiB, …": what a regression of the idle RSS came from.
+    pub fn parts_text(&self) -> String {
+        let Some(p) = self.parts else {
+            return String::new();
+        };
+        let mib = |k: u64| k as f64 / 1024.0;
+        format!(
+            " (heap and other anonymous {:.1} MiB, BPF ring buffers {:.1} MiB, agent binary {:.1} MiB, libraries {:.1} MiB)",
+            mib(p.anon_kib),
+            mib(p.bpf_maps_kib),
+            mib(p.binary_kib),
+            mib(p.files_kib)
+        )
+    }
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -528,8 +547,9 @@ pub fn targets(r: &Results, cells: &[Cell]) -> Vec<Target> {
             .as_ref()
             .map(|i| {
                 format!(
-                    "{:.1} MiB RSS (peak {:.1} MiB)",
+                    "{:.1} MiB RSS{} (peak {:.1} MiB)",
                     i.rss_kib as f64 / 1024.0,
+                    i.parts_text(),
                     i.hwm_kib as f64 / 1024.0
                 )
             })
@@ -1087,7 +1107,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
 
     writeln!(w, "## Footprint\n")?;
     if let Some(i) = &r.idle {
-        writeln!(w, "Idle (watching the capacity store, 10 s, nothing happening): RSS {:.1} MiB, peak {:.1} MiB, CPU {:.2}%.\n", i.rss_kib as f64 / 1024.0, i.hwm_kib as f64 / 1024.0, i.cpu_pct)?;
+        writeln!(w, "Idle (watching the capacity store, 10 s, nothing happening): RSS {:.1} MiB{}, peak {:.1} MiB, CPU {:.2}%.\n", i.rss_kib as f64 / 1024.0, i.parts_text(), i.hwm_kib as f64 / 1024.0, i.cpu_pct)?;
     }
     let st: Vec<f64> = r.startup.iter().map(|s| s.wall_s).collect();
     if let Some((lo, med, hi)) = stats(&mut st.clone()) {
@@ -1356,6 +1376,7 @@ mod tests {
             rss_kib: kib,
             hwm_kib: kib,
             cpu_pct: 0.0,
+            parts: None,
         };
         let v = issue19_targets(&[], &[], &[], &[], Some(&idle(40 * 1024)));
         assert_eq!(verdict_of(&v, "idle RSS (kept)").met, Some(true));
