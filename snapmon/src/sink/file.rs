@@ -11,6 +11,7 @@
 //! that run closed it (see `sink::chain`).
 
 use std::{
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::OpenOptionsExt as _,
@@ -25,13 +26,17 @@ use super::{
     chain::{self, Chain},
     config::{Format, SinkConfig, SyncPolicy},
     counters::{Cause, SinkCounters, RELAXED},
-    render::{render, render_id, RecordId},
+    render::{render, render_id, render_json_lean, RecordId},
     writer::SinkWriter,
 };
 use crate::record::Record;
 
 /// Buffered bytes that trigger a write to the kernel whatever the flush policy.
 const BUF_MAX: usize = 64 * 1024;
+
+/// Process builds remembered as carried in full by the current file; past this the memory
+/// starts over (the next record of each build is full again).
+const CARRIED_MAX: usize = 4096;
 
 /// One line in the buffer.
 struct Mark {
@@ -96,6 +101,11 @@ pub struct FileSink {
     /// The current loss was said on stderr, so its end is too.
     told_loss: bool,
     counters: Arc<SinkCounters>,
+    /// Process builds (entity id → revision) whose ancestry a record already stored in, or
+    /// buffered for, the current file carried in full: their next events are lean (JSON
+    /// only). Forgotten whenever a file starts or a write fails, so every file holds each
+    /// ancestry it refers to.
+    carried: HashMap<String, u64>,
 }
 
 fn open_append(p: &Path) -> io::Result<File> {
@@ -180,6 +190,7 @@ impl FileSink {
             told_loss: false,
             previous_run: resume.as_ref().map(chain::Resume::describe),
             counters,
+            carried: HashMap::new(),
         };
         s.open_current(resume.as_ref())?;
         // The opening lines go to the file now: a start on a full disk is an error.
@@ -203,6 +214,7 @@ impl FileSink {
         }
         self.file = Some(f);
         self.opened = Instant::now();
+        self.carried.clear();
         self.end_partial_line();
         if let Some(c) = &mut self.chain {
             let line = match resume {
@@ -312,6 +324,8 @@ impl FileSink {
         if let Some(c) = &mut self.chain {
             c.rollback(self.durable.0, self.durable.1);
         }
+        // The lost lines may have been the ones that carried an ancestry.
+        self.carried.clear();
         self.counters.lose(cause_of(&e), lost);
         self.counters.set_state(&format!("error: {e}"));
         match &mut self.loss {
@@ -423,12 +437,39 @@ impl FileSink {
         self.partial |= self.stored > 0 && !chain::ends_with_newline(&f, self.stored)?;
         self.file = Some(f);
         self.opened = Instant::now();
+        self.carried.clear();
         self.end_partial_line();
         if let Some(c) = &mut self.chain {
             let h = c.header(&self.host, &self.path);
             self.put(h, LineKind::Control);
         }
         Ok(())
+    }
+
+    /// Whether `r` can go lean in the current file: an event of a process build whose
+    /// ancestry the file already carried. Otherwise the build is remembered as carried now
+    /// (its record is rendered in full).
+    fn lean(&mut self, r: &Record) -> bool {
+        let Record::Event(e) = r else { return false };
+        let p = &e.process;
+        if self.format != Format::Json || e.no_actor || p.revision == 0 || p.entity_id.is_empty() {
+            return false;
+        }
+        if self.carried.get(p.entity_id.as_str()) == Some(&p.revision) {
+            return true;
+        }
+        if self.carried.len() >= CARRIED_MAX {
+            self.carried.clear();
+        }
+        self.carried.insert(p.entity_id.clone(), p.revision);
+        false
+    }
+
+    fn render(&self, id: RecordId, r: &Record, lean: bool) -> Vec<u8> {
+        match self.format {
+            Format::Json => render_json_lean(r, id, &self.host, lean),
+            _ => render_id(self.format, r, Some(id), &self.host, self.colour),
+        }
     }
 
     /// Buffer one record (and the lines that go before it); write by policy. Failed writes
@@ -438,7 +479,8 @@ impl FileSink {
         if self.loss.is_some() && !self.marks.iter().any(|m| m.kind == LineKind::Resumed) {
             self.put_loss();
         }
-        let mut body = render_id(self.format, r, Some(id), &self.host, self.colour);
+        let lean = self.lean(r);
+        let mut body = self.render(id, r, lean);
         // Rotate before sealing so the record's chain seq lands after the new header.
         let chain_len = if self.chain.is_some() { 180 } else { 1 };
         if self.due_rotation(body.len() + chain_len) {
@@ -447,6 +489,10 @@ impl FileSink {
             if let Err(e) = self.rotate() {
                 self.counters.set_state(&format!("error: {e}"));
                 self.ensure_open()?;
+            }
+            // The file it lands in may not have carried its ancestry.
+            if lean && !self.lean(r) {
+                body = self.render(id, r, false);
             }
         }
         let line = match &mut self.chain {
@@ -640,6 +686,110 @@ mod tests {
         let rep = verify(std::slice::from_ref(&p), None, false).unwrap();
         assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
         assert_eq!(rep.first_seq, Some(0));
+    }
+
+    /// Whether each line of `p` (events and alerts only) carries `snapmon.process.ancestors`.
+    fn carries_ancestry(p: &Path) -> Vec<(String, bool)> {
+        lines(p)
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["process"].is_object())
+            .map(|v| {
+                let kind = v["event"]["kind"].as_str().unwrap().to_string();
+                (kind, v["snapmon"]["process"]["ancestors"].is_array())
+            })
+            .collect()
+    }
+
+    fn build(seq: u64, revision: u64) -> Record {
+        let mut e = fixtures::event(seq);
+        e.process.revision = revision;
+        Record::Event(e)
+    }
+
+    #[test]
+    fn ancestry_is_written_once_per_process_build_and_file_and_replays_whole() {
+        let d = tempdir("lean");
+        let p = d.join("s.jsonl");
+        let (mut s, _) = sink(&format!("file:{},flush=record", p.display()));
+        s.write(&build(0, 7));
+        s.write(&build(1, 7));
+        // Alerts stand alone: always the whole ancestry.
+        let mut a = fixtures::alert(2, crate::record::Severity::High);
+        if let Record::Alert(a) = &mut a {
+            a.event.process.revision = 7;
+        }
+        s.write(&a);
+        s.write(&build(3, 7));
+        // Another build of the process (the lineage stage renumbers on any change).
+        s.write(&build(4, 8));
+        s.write(&build(5, 8));
+        // Unnumbered: nothing vouches it is the same, so always whole.
+        s.write(&build(6, 0));
+        s.write(&build(7, 0));
+        // logrotate moved the file: the new one carries its own.
+        fs::rename(&p, d.join("s.jsonl.1")).unwrap();
+        s.reopen();
+        s.write(&build(8, 8));
+        s.write(&build(9, 8));
+        s.close();
+        let has =
+            |f: &Path| -> Vec<bool> { carries_ancestry(f).into_iter().map(|x| x.1).collect() };
+        assert_eq!(
+            has(&d.join("s.jsonl.1")),
+            [true, false, true, false, true, false, true, true]
+        );
+        assert_eq!(carries_ancestry(&d.join("s.jsonl.1"))[2].0, "alert");
+        assert_eq!(has(&p), [true, false]);
+        let l = lines(&d.join("s.jsonl.1"));
+        assert!(
+            l[2].len() + 60 < l[1].len(),
+            "lean {} vs {}",
+            l[2].len(),
+            l[1].len()
+        );
+        // Replay gives every lean event its ancestry back, from the file alone.
+        for f in [d.join("s.jsonl.1"), p.clone()] {
+            let mut seen = crate::rules::replay::Ancestries::default();
+            let mut n = 0;
+            for (i, l) in lines(&f).iter().enumerate() {
+                if let Some(e) = crate::rules::replay::parse_line_with(l, i + 1, &mut seen).unwrap()
+                {
+                    let got: Vec<(u32, &str)> = e
+                        .process
+                        .ancestors
+                        .iter()
+                        .map(|a| (a.pid, a.name.as_str()))
+                        .collect();
+                    assert_eq!(got, [(4000, "bash"), (900, "sshd")], "line {}", i + 1);
+                    n += 1;
+                }
+            }
+            assert!(n >= 2);
+        }
+        let rep = verify(&[p.clone(), d.join("s.jsonl.1")], None, false).unwrap();
+        assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
+    }
+
+    #[test]
+    fn every_rotated_file_carries_the_ancestry_its_lean_lines_refer_to() {
+        let d = tempdir("leanrot");
+        let p = d.join("s.jsonl");
+        let (mut s, c) = sink(&format!(
+            "file:{},rotate_size=4K,keep=9,flush=record",
+            p.display()
+        ));
+        for i in 0..40 {
+            s.write(&build(i, 7));
+        }
+        s.close();
+        assert!(c.rotations.load(RELAXED) >= 3);
+        for f in [p.clone(), numbered(&p, 1), numbered(&p, 2), numbered(&p, 3)] {
+            let has: Vec<bool> = carries_ancestry(&f).into_iter().map(|x| x.1).collect();
+            assert!(has.len() >= 2, "{}: {has:?}", f.display());
+            assert!(has[0], "{}: the first event is whole", f.display());
+            assert!(!has[1..].iter().any(|&x| x), "{}: {has:?}", f.display());
+        }
     }
 
     #[test]
