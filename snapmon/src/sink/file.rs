@@ -26,7 +26,8 @@ use super::{
     chain::{self, Chain},
     config::{Format, SinkConfig, SyncPolicy},
     counters::{Cause, SinkCounters, RELAXED},
-    render::{render, render_id, render_json_lean, RecordId},
+    json,
+    render::{render, render_id, RecordId},
     writer::SinkWriter,
 };
 use crate::record::Record;
@@ -235,6 +236,11 @@ impl FileSink {
 
     fn put(&mut self, line: Vec<u8>, kind: LineKind) {
         self.buf.extend_from_slice(&line);
+        self.mark(kind);
+    }
+
+    /// The line that now ends the buffer is complete: remember where it ends.
+    fn mark(&mut self, kind: LineKind) {
         let link = self.chain.as_ref().map(|c| (c.seq, c.prev));
         self.marks.push(Mark {
             end: self.buf.len(),
@@ -393,11 +399,15 @@ impl FileSink {
     }
 
     fn due_rotation(&self, next: usize) -> bool {
-        if self.size() == 0 {
+        self.due_rotation_from(self.size(), next)
+    }
+
+    /// [`Self::due_rotation`] for a file of logical size `size`.
+    fn due_rotation_from(&self, size: u64, next: usize) -> bool {
+        if size == 0 {
             return false;
         }
-        self.rotate_size
-            .is_some_and(|m| self.size() + next as u64 > m)
+        self.rotate_size.is_some_and(|m| size + next as u64 > m)
             || self
                 .rotate_every
                 .is_some_and(|d| self.opened.elapsed() >= d)
@@ -465,10 +475,31 @@ impl FileSink {
         false
     }
 
-    fn render(&self, id: RecordId, r: &Record, lean: bool) -> Vec<u8> {
+    /// Append `r` to the write buffer, unsealed and without its newline.
+    fn render_into(&mut self, id: RecordId, r: &Record, lean: bool) {
         match self.format {
-            Format::Json => render_json_lean(r, id, &self.host, lean),
-            _ => render_id(self.format, r, Some(id), &self.host, self.colour),
+            Format::Json => json::write_record_lean(
+                &mut self.buf,
+                r,
+                &self.host,
+                Some(id.text().as_str()),
+                lean,
+            ),
+            _ => self.buf.extend_from_slice(&render_id(
+                self.format,
+                r,
+                Some(id),
+                &self.host,
+                self.colour,
+            )),
+        }
+    }
+
+    /// End the record that starts at `start` in the buffer: the chain member, or a newline.
+    fn seal(&mut self, start: usize) {
+        match &mut self.chain {
+            Some(c) => c.seal_in(&mut self.buf, start),
+            None => self.buf.push(b'\n'),
         }
     }
 
@@ -480,10 +511,15 @@ impl FileSink {
             self.put_loss();
         }
         let lean = self.lean(r);
-        let mut body = self.render(id, r, lean);
+        // Rendered straight into the write buffer: no copy, no allocation per record.
+        let start = self.buf.len();
+        self.render_into(id, r, lean);
         // Rotate before sealing so the record's chain seq lands after the new header.
         let chain_len = if self.chain.is_some() { 180 } else { 1 };
-        if self.due_rotation(body.len() + chain_len) {
+        let body = self.buf.len() - start;
+        if self.due_rotation_from(self.stored + start as u64, body + chain_len) {
+            // Out of the buffer while the old file is closed: it goes to the new one.
+            self.buf.truncate(start);
             // A failed rotation keeps writing to the current file (or reopens it), and is
             // tried again at the next record.
             if let Err(e) = self.rotate() {
@@ -491,18 +527,14 @@ impl FileSink {
                 self.ensure_open()?;
             }
             // The file it lands in may not have carried its ancestry.
-            if lean && !self.lean(r) {
-                body = self.render(id, r, false);
-            }
+            let lean = lean && self.lean(r);
+            let start = self.buf.len();
+            self.render_into(id, r, lean);
+            self.seal(start);
+        } else {
+            self.seal(start);
         }
-        let line = match &mut self.chain {
-            Some(c) => c.seal_owned(body),
-            None => {
-                body.push(b'\n');
-                body
-            }
-        };
-        self.put(line, LineKind::Record);
+        self.mark(LineKind::Record);
         if self.chain.as_ref().is_some_and(Chain::checkpoint_due) {
             if let Some(c) = &mut self.chain {
                 let cp = c.checkpoint(&self.host);

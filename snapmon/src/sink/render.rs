@@ -38,14 +38,6 @@ pub fn render_id(
     }
 }
 
-/// A record in ECS JSON with its id, lean or not (`json::write_record_lean`), without a
-/// trailing newline.
-pub fn render_json_lean(r: &Record, id: RecordId, host: &str, lean: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2048);
-    json::write_record_lean(&mut out, r, host, Some(&id.text()), lean);
-    out
-}
-
 /// A record's id: the same in every sink and in every re-send of the record, so a consumer
 /// (or JetStream, through `Nats-Msg-Id`) can drop duplicates. `RUN-N`: RUN is 16 random hex
 /// digits drawn when the agent starts, N counts the records it handed to its sinks.
