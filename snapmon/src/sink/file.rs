@@ -30,13 +30,13 @@ use super::{
     render::{render, render_id, RecordId},
     writer::SinkWriter,
 };
-use crate::record::Record;
+use crate::{event::Ancestor, record::Record};
 
 /// Buffered bytes that trigger a write to the kernel whatever the flush policy.
 const BUF_MAX: usize = 64 * 1024;
 
-/// Process builds remembered as carried in full by the current file; past this the memory
-/// starts over (the next record of each build is full again).
+/// Processes whose ancestry the current file is remembered to carry; past this the memory
+/// starts over (the next record of each is full again).
 const CARRIED_MAX: usize = 4096;
 
 /// One line in the buffer.
@@ -102,11 +102,11 @@ pub struct FileSink {
     /// The current loss was said on stderr, so its end is too.
     told_loss: bool,
     counters: Arc<SinkCounters>,
-    /// Process builds (entity id → revision) whose ancestry a record already stored in, or
-    /// buffered for, the current file carried in full: their next events are lean (JSON
-    /// only). Forgotten whenever a file starts or a write fails, so every file holds each
-    /// ancestry it refers to.
-    carried: HashMap<String, u64>,
+    /// Processes (entity id → ancestry) whose ancestry a record already stored in, or
+    /// buffered for, the current file carried in full: their next events with the same
+    /// ancestry are lean (JSON only). Forgotten whenever a file starts or a write fails, so
+    /// every file holds each ancestry it refers to.
+    carried: HashMap<String, Arc<Vec<Ancestor>>>,
 }
 
 fn open_append(p: &Path) -> io::Result<File> {
@@ -456,22 +456,31 @@ impl FileSink {
         Ok(())
     }
 
-    /// Whether `r` can go lean in the current file: an event of a process build whose
-    /// ancestry the file already carried. Otherwise the build is remembered as carried now
-    /// (its record is rendered in full).
+    /// Whether `r` can go lean in the current file: an event of a process whose ancestry,
+    /// as it is now, the file already carried. Otherwise its ancestry is remembered as carried
+    /// now (its record is rendered in full). By content, not by the lineage stage's build
+    /// number: that is renewed at every fork or exit on the host, the ancestry seldom.
     fn lean(&mut self, r: &Record) -> bool {
         let Record::Event(e) = r else { return false };
         let p = &e.process;
-        if self.format != Format::Json || e.no_actor || p.revision == 0 || p.entity_id.is_empty() {
+        if self.format != Format::Json || e.no_actor || p.entity_id.is_empty() {
             return false;
         }
-        if self.carried.get(p.entity_id.as_str()) == Some(&p.revision) {
-            return true;
+        if let Some(c) = self.carried.get_mut(p.entity_id.as_str()) {
+            if Arc::ptr_eq(c, &p.ancestors) {
+                return true;
+            }
+            if **c == *p.ancestors {
+                // The same ancestry in a new build: compare by pointer from now on.
+                *c = p.ancestors.clone();
+                return true;
+            }
         }
         if self.carried.len() >= CARRIED_MAX {
             self.carried.clear();
         }
-        self.carried.insert(p.entity_id.clone(), p.revision);
+        self.carried
+            .insert(p.entity_id.clone(), p.ancestors.clone());
         false
     }
 
@@ -739,8 +748,21 @@ mod tests {
         Record::Event(e)
     }
 
+    /// The fixture's process after a reparent to init (ancestry changed, build renumbered).
+    fn reparented(seq: u64) -> Record {
+        let mut e = fixtures::event(seq);
+        e.process.ancestors = vec![Ancestor {
+            pid: 1,
+            name: "systemd".into(),
+            ..Default::default()
+        }]
+        .into();
+        e.process.revision = 9;
+        Record::Event(e)
+    }
+
     #[test]
-    fn ancestry_is_written_once_per_process_build_and_file_and_replays_whole() {
+    fn ancestry_is_written_once_per_process_ancestry_and_file_and_replays_whole() {
         let d = tempdir("lean");
         let p = d.join("s.jsonl");
         let (mut s, _) = sink(&format!("file:{},flush=record", p.display()));
@@ -753,23 +775,26 @@ mod tests {
         }
         s.write(&a);
         s.write(&build(3, 7));
-        // Another build of the process (the lineage stage renumbers on any change).
+        // Rebuilt by the lineage stage (any fork or exit on the host renumbers), or not
+        // numbered at all: the same ancestry, so still lean.
         s.write(&build(4, 8));
-        s.write(&build(5, 8));
-        // Unnumbered: nothing vouches it is the same, so always whole.
-        s.write(&build(6, 0));
-        s.write(&build(7, 0));
+        s.write(&build(5, 0));
+        // Reparented: the new ancestry is written once, then the old one again.
+        s.write(&reparented(6));
+        s.write(&reparented(7));
+        s.write(&build(8, 10));
+        s.write(&build(9, 10));
         // logrotate moved the file: the new one carries its own.
         fs::rename(&p, d.join("s.jsonl.1")).unwrap();
         s.reopen();
-        s.write(&build(8, 8));
-        s.write(&build(9, 8));
+        s.write(&build(10, 10));
+        s.write(&build(11, 10));
         s.close();
         let has =
             |f: &Path| -> Vec<bool> { carries_ancestry(f).into_iter().map(|x| x.1).collect() };
         assert_eq!(
             has(&d.join("s.jsonl.1")),
-            [true, false, true, false, true, false, true, true]
+            [true, false, true, false, false, false, true, false, true, false]
         );
         assert_eq!(carries_ancestry(&d.join("s.jsonl.1"))[2].0, "alert");
         assert_eq!(has(&p), [true, false]);
@@ -781,23 +806,31 @@ mod tests {
             l[1].len()
         );
         // Replay gives every lean event its ancestry back, from the file alone.
-        for f in [d.join("s.jsonl.1"), p.clone()] {
+        let whole = [(4000, "bash"), (900, "sshd")];
+        let init = [(1, "systemd")];
+        let want: [&[(u32, &str)]; 9] = [
+            &whole, &whole, &whole, &whole, &whole, &init, &init, &whole, &whole,
+        ];
+        for (f, want) in [(d.join("s.jsonl.1"), &want[..]), (p.clone(), &want[7..])] {
             let mut seen = crate::rules::replay::Ancestries::default();
-            let mut n = 0;
+            let mut got = Vec::new();
             for (i, l) in lines(&f).iter().enumerate() {
                 if let Some(e) = crate::rules::replay::parse_line_with(l, i + 1, &mut seen).unwrap()
                 {
-                    let got: Vec<(u32, &str)> = e
+                    let a: Vec<(u32, String)> = e
                         .process
                         .ancestors
                         .iter()
-                        .map(|a| (a.pid, a.name.as_str()))
+                        .map(|a| (a.pid, a.name.clone()))
                         .collect();
-                    assert_eq!(got, [(4000, "bash"), (900, "sshd")], "line {}", i + 1);
-                    n += 1;
+                    got.push(a);
                 }
             }
-            assert!(n >= 2);
+            let want: Vec<Vec<(u32, String)>> = want
+                .iter()
+                .map(|w| w.iter().map(|(p, n)| (*p, n.to_string())).collect())
+                .collect();
+            assert_eq!(got, want, "{}", f.display());
         }
         let rep = verify(&[p.clone(), d.join("s.jsonl.1")], None, false).unwrap();
         assert!(rep.findings.is_empty(), "{:#?}", rep.findings);

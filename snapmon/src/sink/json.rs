@@ -35,7 +35,7 @@
 //! | `snapmon.destination.path`, `.path_hex` | rename/link destination (raw bytes in hex when not UTF-8) |
 //! | `snapmon.ioctl.cmd`, `.arg`, `.arg_captured`, `.name`, `.summary`, `.decoded` | ioctl number (hex), argument pointer, bytes captured, the bare command name (`DM_DEV_REMOVE`), the decoded one-line summary, the decoded argument (`flattened`) |
 //! | `snapmon.classification` | `format`, `regions`, `changes` (`[{field,before,after}]`), `sample_entropy`, `ioctl_name` (decoded summary), `ioctl` (`flattened`), `snapshot_destructive`, `snapshot_create`, `facts` (`[name, value]` pairs read from the file: libvirt domain/snapshot, LVM vg/seqno/description, `snapshot_table` notes; `incoming`/`replaced` for a rename or link judged by its target, `became`/`made` for a file being made, `header_unparseable`) |
-//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first (a file sink writes it once per process build and file: docs/output.md); `.lineage` `python3 ← bash ← sshd`; `.args_truncated`; `.executable_identity.{device,inode}`; `.systemd_unit`; `.vm.{name,uuid}` |
+//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first (a file sink writes it once per process and ancestry in each file: docs/output.md); `.lineage` `python3 ← bash ← sshd`; `.args_truncated`; `.executable_identity.{device,inode}`; `.systemd_unit`; `.vm.{name,uuid}` |
 //! | `snapmon.file_path_hex` | raw path bytes in hex when the path is not valid UTF-8 or has escaped bytes |
 //! | `snapmon.detail` | operation specifics: `mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `recheck` (`late_fill`, `shared_mapping`, `clone`: a follow-up event from a later look at the file), `via` (`io_uring`, `lsm`), `loop_device`, `loop_role` (`backing`: a loop attach of the watched file; `device`: an ioctl on a loop device over it), `loop_offset` (a write through a loop device over the file, mapped to the file's offsets; docs/rules.md SM-K005), `loop_node` (that write went through another node of the device, e.g. a `mknod` twin: its path), `loop_watch` (`ended`: on the attach of another file, or a `loop_detached` event; `refused`, `detach_requested`), `loop_worker` (the kernel thread that wrote, with `loop_role: worker`), `io_uring_register`, `io_uring_slot`, `io_uring_fd`, `io_uring_ring_fd`, `io_uring_cut` (an `io_uring_register_files` event: how a watched file entered a ring's registered-file table, its slot, the fd, the ring's fd, and `64 of N` when the call passed more fds than the kernel reads; SM-U001; on a write through a registered file, `io_uring_slot` is the slot it named), `overlay_mount`, `overlay_path` (the record is about a file in a store written or opened through an overlay's merged view: the overlay's mount point and the path used; docs/rules.md, Overlays), `path_truncated` (`file`, `target`, `file,target`: that path is the kernel's cut copy with `…`, unresolved; docs/output.md), `inode_reused` (`true`: the record is about an earlier file with this inode number, read after the current one was created; named by its own name, never judged), `dropped`, `dropped_record` (on a `blinded` event: records about images or metadata the kernel dropped since the last one, and what the last was; SM-A001), `read_stalled` (a file the judgement needed did not answer within `[agent] read_budget_ms`: `FILE: why`; docs/rules.md, Stuck filesystems); decisions: `operation`, `outcome`, `protected`, `actor_exe_identity`, `aux` |
 //! | `snapmon.state` / `snapmon.metric` | state and metric payloads (docs/output.md, "Agent records"): start-up detail records `hooks` (`hooks: [{program, attached_to, covers, error, enforcement_only}]`, `part`/`parts`), `coverage` (`paths: [{path, covered, by, impact}]`), `stores`, `stores_skipped`, `kernel_fields`, `enforcement`, `rule_warnings`, `sinks`, then the `started` summary; `stopped` (final `stats`, `sinks: [{name, …}]`, `hooks.programs: [{program, attach, runs, run_ns}]`); `lost` (`kernel`/`decoder`/`watch`/`agent` `{cause: n}`, `sinks: [{sink, cause, count}]`); `filtered`; `stats`; `evidence` (`image`, `rule`, `sequence`, `dir`, `evidence_files: [{path, sha256, bytes}]`) and `evidence_failed` (`image`, `rule`, `sequence`, `error`) after a high or critical alert on an image |
@@ -396,9 +396,9 @@ pub fn write_record_id(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&st
     write_record_lean(out, r, host, id, false)
 }
 
-/// [`write_record_id`]; with `lean`, an event (never an alert) whose process has a build
-/// number leaves out `snapmon.process.ancestors`: the file sink's stream already carried them
-/// for that build (docs/output.md, "Ancestry once per process").
+/// [`write_record_id`]; with `lean`, an event (never an alert) leaves out
+/// `snapmon.process.ancestors`: the file sink's file already carried that process's ancestry
+/// as it is (docs/output.md, "Ancestry once per process").
 pub fn write_record_lean(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&str>, lean: bool) {
     match r {
         Record::Event(e) => write_event(out, e, host, None, id, lean),
@@ -1010,7 +1010,7 @@ fn write_event(
             match &cached {
                 Some(r) if lean => out.extend_from_slice(&r.snapmon_lean),
                 Some(r) => out.extend_from_slice(&r.snapmon),
-                None => snapmon_process(out, p, true),
+                None => snapmon_process(out, p, !lean),
             }
         }
         if let Some(a) = alert {
