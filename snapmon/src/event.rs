@@ -32,7 +32,7 @@ impl Bytes {
 pub use crate::text::escape_bytes;
 pub use crate::vocab::{DetailKey, FallocMode, WriteOp};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Ancestor {
     pub pid: u32,
     pub name: String,

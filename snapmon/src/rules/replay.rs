@@ -178,8 +178,22 @@ fn classification(c: &Value) -> Result<Classification, String> {
     })
 }
 
+/// Ancestries seen so far, by process entity id: a lean event (no `snapmon.process.ancestors`,
+/// the file carried them in an earlier record of the same process) gets them back from here.
+#[derive(Debug, Default)]
+pub struct Ancestries(std::collections::HashMap<String, std::sync::Arc<Vec<Ancestor>>>);
+
 /// One JSON line → an event; `Ok(None)` for lines that are not events (alerts, state …).
 pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
+    parse_line_with(line, n, &mut Ancestries::default())
+}
+
+/// [`parse_line`] within a recording: ancestries are remembered for the lean lines after.
+pub fn parse_line_with(
+    line: &str,
+    n: usize,
+    seen: &mut Ancestries,
+) -> Result<Option<Event>, ReplayError> {
     let v: Value = serde_json::from_str(line).map_err(|e| ReplayError::Json {
         line: n,
         msg: e.to_string(),
@@ -216,10 +230,27 @@ pub fn parse_line(line: &str, n: usize) -> Result<Option<Event>, ReplayError> {
         systemd_unit: sp["systemd_unit"].as_str().map(String::from),
         vm_name: sp["vm"]["name"].as_str().map(String::from),
         vm_uuid: sp["vm"]["uuid"].as_str().map(String::from),
-        ancestors: sp["ancestors"]
-            .as_array()
-            .map(|a| a.iter().map(ancestor).collect::<Vec<_>>().into())
-            .unwrap_or_default(),
+        ancestors: match sp["ancestors"].as_array() {
+            Some(a) => {
+                let a: std::sync::Arc<Vec<Ancestor>> =
+                    a.iter().map(ancestor).collect::<Vec<_>>().into();
+                let id = str_of(&p["entity_id"]);
+                if !id.is_empty() {
+                    // Bounded against a hostile recording; a lean line after the reset
+                    // replays with no ancestry, as a recording of schema 1 might.
+                    if seen.0.len() >= 65_536 {
+                        seen.0.clear();
+                    }
+                    seen.0.insert(id.to_string(), a.clone());
+                }
+                a
+            }
+            None => seen
+                .0
+                .get(str_of(&p["entity_id"]))
+                .cloned()
+                .unwrap_or_default(),
+        },
         ..Default::default()
     };
     let mut process = ProcessInfo {
@@ -376,6 +407,7 @@ pub struct ReplayStats {
 pub fn run(engine: &mut super::Engine, input: impl BufRead) -> (Vec<Alert>, ReplayStats) {
     let mut alerts = Vec::new();
     let mut st = ReplayStats::default();
+    let mut seen = Ancestries::default();
     for (i, line) in input.lines().enumerate() {
         let Ok(line) = line else {
             st.errors.push(format!("line {}: unreadable", i + 1));
@@ -385,7 +417,7 @@ pub fn run(engine: &mut super::Engine, input: impl BufRead) -> (Vec<Alert>, Repl
             continue;
         }
         st.lines += 1;
-        match parse_line(&line, i + 1) {
+        match parse_line_with(&line, i + 1, &mut seen) {
             Ok(Some(ev)) => {
                 st.events += 1;
                 alerts.extend(engine.process(&ev));

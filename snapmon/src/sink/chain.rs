@@ -111,22 +111,28 @@ impl Chain {
     /// [`Chain::seal`] on a record the caller owns: the member is appended in place, with no
     /// copy of the record and no formatting machinery (this runs once per record).
     pub fn seal_owned(&mut self, mut line: Vec<u8>) -> Vec<u8> {
-        let hash = hash_of(&self.prev, self.seq, &line);
-        if line.last() == Some(&b'}') {
+        self.seal_in(&mut line, 0);
+        line
+    }
+
+    /// [`Chain::seal`] on the record that is `line` from `start` on (the file sink renders
+    /// straight into its write buffer): sealed in place, with its `\n`.
+    pub fn seal_in(&mut self, line: &mut Vec<u8>, start: usize) {
+        let hash = hash_of(&self.prev, self.seq, &line[start..]);
+        if line.len() > start && line.last() == Some(&b'}') {
             line.pop();
         }
         line.reserve(180);
         line.extend_from_slice(CHAIN_KEY.as_bytes());
-        let _ = serde_json::to_writer(&mut line, &self.seq);
+        let _ = serde_json::to_writer(&mut *line, &self.seq);
         line.extend_from_slice(b",\"prev\":\"");
-        push_hex(&mut line, &self.prev);
+        push_hex(line, &self.prev);
         line.extend_from_slice(b"\",\"hash\":\"");
-        push_hex(&mut line, &hash);
+        push_hex(line, &hash);
         line.extend_from_slice(b"\"}}\n");
         self.seq += 1;
         self.prev = hash;
         self.since_checkpoint += 1;
-        line
     }
 
     fn control(&mut self, action: &'static str, mut detail: Value, host: &str) -> Vec<u8> {

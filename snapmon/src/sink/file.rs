@@ -11,6 +11,7 @@
 //! that run closed it (see `sink::chain`).
 
 use std::{
+    collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::OpenOptionsExt as _,
@@ -25,13 +26,18 @@ use super::{
     chain::{self, Chain},
     config::{Format, SinkConfig, SyncPolicy},
     counters::{Cause, SinkCounters, RELAXED},
+    json,
     render::{render, render_id, RecordId},
     writer::SinkWriter,
 };
-use crate::record::Record;
+use crate::{event::Ancestor, record::Record};
 
 /// Buffered bytes that trigger a write to the kernel whatever the flush policy.
 const BUF_MAX: usize = 64 * 1024;
+
+/// Processes whose ancestry the current file is remembered to carry; past this the memory
+/// starts over (the next record of each is full again).
+const CARRIED_MAX: usize = 4096;
 
 /// One line in the buffer.
 struct Mark {
@@ -96,6 +102,11 @@ pub struct FileSink {
     /// The current loss was said on stderr, so its end is too.
     told_loss: bool,
     counters: Arc<SinkCounters>,
+    /// Processes (entity id → ancestry) whose ancestry a record already stored in, or
+    /// buffered for, the current file carried in full: their next events with the same
+    /// ancestry are lean (JSON only). Forgotten whenever a file starts or a write fails, so
+    /// every file holds each ancestry it refers to.
+    carried: HashMap<String, Arc<Vec<Ancestor>>>,
 }
 
 fn open_append(p: &Path) -> io::Result<File> {
@@ -180,6 +191,7 @@ impl FileSink {
             told_loss: false,
             previous_run: resume.as_ref().map(chain::Resume::describe),
             counters,
+            carried: HashMap::new(),
         };
         s.open_current(resume.as_ref())?;
         // The opening lines go to the file now: a start on a full disk is an error.
@@ -203,6 +215,7 @@ impl FileSink {
         }
         self.file = Some(f);
         self.opened = Instant::now();
+        self.carried.clear();
         self.end_partial_line();
         if let Some(c) = &mut self.chain {
             let line = match resume {
@@ -223,6 +236,11 @@ impl FileSink {
 
     fn put(&mut self, line: Vec<u8>, kind: LineKind) {
         self.buf.extend_from_slice(&line);
+        self.mark(kind);
+    }
+
+    /// The line that now ends the buffer is complete: remember where it ends.
+    fn mark(&mut self, kind: LineKind) {
         let link = self.chain.as_ref().map(|c| (c.seq, c.prev));
         self.marks.push(Mark {
             end: self.buf.len(),
@@ -312,6 +330,8 @@ impl FileSink {
         if let Some(c) = &mut self.chain {
             c.rollback(self.durable.0, self.durable.1);
         }
+        // The lost lines may have been the ones that carried an ancestry.
+        self.carried.clear();
         self.counters.lose(cause_of(&e), lost);
         self.counters.set_state(&format!("error: {e}"));
         match &mut self.loss {
@@ -379,11 +399,15 @@ impl FileSink {
     }
 
     fn due_rotation(&self, next: usize) -> bool {
-        if self.size() == 0 {
+        self.due_rotation_from(self.size(), next)
+    }
+
+    /// [`Self::due_rotation`] for a file of logical size `size`.
+    fn due_rotation_from(&self, size: u64, next: usize) -> bool {
+        if size == 0 {
             return false;
         }
-        self.rotate_size
-            .is_some_and(|m| self.size() + next as u64 > m)
+        self.rotate_size.is_some_and(|m| size + next as u64 > m)
             || self
                 .rotate_every
                 .is_some_and(|d| self.opened.elapsed() >= d)
@@ -423,12 +447,69 @@ impl FileSink {
         self.partial |= self.stored > 0 && !chain::ends_with_newline(&f, self.stored)?;
         self.file = Some(f);
         self.opened = Instant::now();
+        self.carried.clear();
         self.end_partial_line();
         if let Some(c) = &mut self.chain {
             let h = c.header(&self.host, &self.path);
             self.put(h, LineKind::Control);
         }
         Ok(())
+    }
+
+    /// Whether `r` can go lean in the current file: an event of a process whose ancestry,
+    /// as it is now, the file already carried. Otherwise its ancestry is remembered as carried
+    /// now (its record is rendered in full). By content, not by the lineage stage's build
+    /// number: that is renewed at every fork or exit on the host, the ancestry seldom.
+    fn lean(&mut self, r: &Record) -> bool {
+        let Record::Event(e) = r else { return false };
+        let p = &e.process;
+        if self.format != Format::Json || e.no_actor || p.entity_id.is_empty() {
+            return false;
+        }
+        if let Some(c) = self.carried.get_mut(p.entity_id.as_str()) {
+            if Arc::ptr_eq(c, &p.ancestors) {
+                return true;
+            }
+            if **c == *p.ancestors {
+                // The same ancestry in a new build: compare by pointer from now on.
+                *c = p.ancestors.clone();
+                return true;
+            }
+        }
+        if self.carried.len() >= CARRIED_MAX {
+            self.carried.clear();
+        }
+        self.carried
+            .insert(p.entity_id.clone(), p.ancestors.clone());
+        false
+    }
+
+    /// Append `r` to the write buffer, unsealed and without its newline.
+    fn render_into(&mut self, id: RecordId, r: &Record, lean: bool) {
+        match self.format {
+            Format::Json => json::write_record_lean(
+                &mut self.buf,
+                r,
+                &self.host,
+                Some(id.text().as_str()),
+                lean,
+            ),
+            _ => self.buf.extend_from_slice(&render_id(
+                self.format,
+                r,
+                Some(id),
+                &self.host,
+                self.colour,
+            )),
+        }
+    }
+
+    /// End the record that starts at `start` in the buffer: the chain member, or a newline.
+    fn seal(&mut self, start: usize) {
+        match &mut self.chain {
+            Some(c) => c.seal_in(&mut self.buf, start),
+            None => self.buf.push(b'\n'),
+        }
     }
 
     /// Buffer one record (and the lines that go before it); write by policy. Failed writes
@@ -438,25 +519,31 @@ impl FileSink {
         if self.loss.is_some() && !self.marks.iter().any(|m| m.kind == LineKind::Resumed) {
             self.put_loss();
         }
-        let mut body = render_id(self.format, r, Some(id), &self.host, self.colour);
+        let lean = self.lean(r);
+        // Rendered straight into the write buffer: no copy, no allocation per record.
+        let start = self.buf.len();
+        self.render_into(id, r, lean);
         // Rotate before sealing so the record's chain seq lands after the new header.
         let chain_len = if self.chain.is_some() { 180 } else { 1 };
-        if self.due_rotation(body.len() + chain_len) {
+        let body = self.buf.len() - start;
+        if self.due_rotation_from(self.stored + start as u64, body + chain_len) {
+            // Out of the buffer while the old file is closed: it goes to the new one.
+            self.buf.truncate(start);
             // A failed rotation keeps writing to the current file (or reopens it), and is
             // tried again at the next record.
             if let Err(e) = self.rotate() {
                 self.counters.set_state(&format!("error: {e}"));
                 self.ensure_open()?;
             }
+            // The file it lands in may not have carried its ancestry.
+            let lean = lean && self.lean(r);
+            let start = self.buf.len();
+            self.render_into(id, r, lean);
+            self.seal(start);
+        } else {
+            self.seal(start);
         }
-        let line = match &mut self.chain {
-            Some(c) => c.seal_owned(body),
-            None => {
-                body.push(b'\n');
-                body
-            }
-        };
-        self.put(line, LineKind::Record);
+        self.mark(LineKind::Record);
         if self.chain.as_ref().is_some_and(Chain::checkpoint_due) {
             if let Some(c) = &mut self.chain {
                 let cp = c.checkpoint(&self.host);
@@ -640,6 +727,134 @@ mod tests {
         let rep = verify(std::slice::from_ref(&p), None, false).unwrap();
         assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
         assert_eq!(rep.first_seq, Some(0));
+    }
+
+    /// Whether each line of `p` (events and alerts only) carries `snapmon.process.ancestors`.
+    fn carries_ancestry(p: &Path) -> Vec<(String, bool)> {
+        lines(p)
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["process"].is_object())
+            .map(|v| {
+                let kind = v["event"]["kind"].as_str().unwrap().to_string();
+                (kind, v["snapmon"]["process"]["ancestors"].is_array())
+            })
+            .collect()
+    }
+
+    fn build(seq: u64, revision: u64) -> Record {
+        let mut e = fixtures::event(seq);
+        e.process.revision = revision;
+        Record::Event(e)
+    }
+
+    /// The fixture's process after a reparent to init (ancestry changed, build renumbered).
+    fn reparented(seq: u64) -> Record {
+        let mut e = fixtures::event(seq);
+        e.process.ancestors = vec![Ancestor {
+            pid: 1,
+            name: "systemd".into(),
+            ..Default::default()
+        }]
+        .into();
+        e.process.revision = 9;
+        Record::Event(e)
+    }
+
+    #[test]
+    fn ancestry_is_written_once_per_process_ancestry_and_file_and_replays_whole() {
+        let d = tempdir("lean");
+        let p = d.join("s.jsonl");
+        let (mut s, _) = sink(&format!("file:{},flush=record", p.display()));
+        s.write(&build(0, 7));
+        s.write(&build(1, 7));
+        // Alerts stand alone: always the whole ancestry.
+        let mut a = fixtures::alert(2, crate::record::Severity::High);
+        if let Record::Alert(a) = &mut a {
+            a.event.process.revision = 7;
+        }
+        s.write(&a);
+        s.write(&build(3, 7));
+        // Rebuilt by the lineage stage (any fork or exit on the host renumbers), or not
+        // numbered at all: the same ancestry, so still lean.
+        s.write(&build(4, 8));
+        s.write(&build(5, 0));
+        // Reparented: the new ancestry is written once, then the old one again.
+        s.write(&reparented(6));
+        s.write(&reparented(7));
+        s.write(&build(8, 10));
+        s.write(&build(9, 10));
+        // logrotate moved the file: the new one carries its own.
+        fs::rename(&p, d.join("s.jsonl.1")).unwrap();
+        s.reopen();
+        s.write(&build(10, 10));
+        s.write(&build(11, 10));
+        s.close();
+        let has =
+            |f: &Path| -> Vec<bool> { carries_ancestry(f).into_iter().map(|x| x.1).collect() };
+        assert_eq!(
+            has(&d.join("s.jsonl.1")),
+            [true, false, true, false, false, false, true, false, true, false]
+        );
+        assert_eq!(carries_ancestry(&d.join("s.jsonl.1"))[2].0, "alert");
+        assert_eq!(has(&p), [true, false]);
+        let l = lines(&d.join("s.jsonl.1"));
+        assert!(
+            l[2].len() + 60 < l[1].len(),
+            "lean {} vs {}",
+            l[2].len(),
+            l[1].len()
+        );
+        // Replay gives every lean event its ancestry back, from the file alone.
+        let whole = [(4000, "bash"), (900, "sshd")];
+        let init = [(1, "systemd")];
+        let want: [&[(u32, &str)]; 9] = [
+            &whole, &whole, &whole, &whole, &whole, &init, &init, &whole, &whole,
+        ];
+        for (f, want) in [(d.join("s.jsonl.1"), &want[..]), (p.clone(), &want[7..])] {
+            let mut seen = crate::rules::replay::Ancestries::default();
+            let mut got = Vec::new();
+            for (i, l) in lines(&f).iter().enumerate() {
+                if let Some(e) = crate::rules::replay::parse_line_with(l, i + 1, &mut seen).unwrap()
+                {
+                    let a: Vec<(u32, String)> = e
+                        .process
+                        .ancestors
+                        .iter()
+                        .map(|a| (a.pid, a.name.clone()))
+                        .collect();
+                    got.push(a);
+                }
+            }
+            let want: Vec<Vec<(u32, String)>> = want
+                .iter()
+                .map(|w| w.iter().map(|(p, n)| (*p, n.to_string())).collect())
+                .collect();
+            assert_eq!(got, want, "{}", f.display());
+        }
+        let rep = verify(&[p.clone(), d.join("s.jsonl.1")], None, false).unwrap();
+        assert!(rep.findings.is_empty(), "{:#?}", rep.findings);
+    }
+
+    #[test]
+    fn every_rotated_file_carries_the_ancestry_its_lean_lines_refer_to() {
+        let d = tempdir("leanrot");
+        let p = d.join("s.jsonl");
+        let (mut s, c) = sink(&format!(
+            "file:{},rotate_size=4K,keep=9,flush=record",
+            p.display()
+        ));
+        for i in 0..40 {
+            s.write(&build(i, 7));
+        }
+        s.close();
+        assert!(c.rotations.load(RELAXED) >= 3);
+        for f in [p.clone(), numbered(&p, 1), numbered(&p, 2), numbered(&p, 3)] {
+            let has: Vec<bool> = carries_ancestry(&f).into_iter().map(|x| x.1).collect();
+            assert!(has.len() >= 2, "{}: {has:?}", f.display());
+            assert!(has[0], "{}: the first event is whole", f.display());
+            assert!(!has[1..].iter().any(|&x| x), "{}: {has:?}", f.display());
+        }
     }
 
     #[test]

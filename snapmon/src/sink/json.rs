@@ -35,7 +35,7 @@
 //! | `snapmon.destination.path`, `.path_hex` | rename/link destination (raw bytes in hex when not UTF-8) |
 //! | `snapmon.ioctl.cmd`, `.arg`, `.arg_captured`, `.name`, `.summary`, `.decoded` | ioctl number (hex), argument pointer, bytes captured, the bare command name (`DM_DEV_REMOVE`), the decoded one-line summary, the decoded argument (`flattened`) |
 //! | `snapmon.classification` | `format`, `regions`, `changes` (`[{field,before,after}]`), `sample_entropy`, `ioctl_name` (decoded summary), `ioctl` (`flattened`), `snapshot_destructive`, `snapshot_create`, `facts` (`[name, value]` pairs read from the file: libvirt domain/snapshot, LVM vg/seqno/description, `snapshot_table` notes; `incoming`/`replaced` for a rename or link judged by its target, `became`/`made` for a file being made, `header_unparseable`) |
-//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first; `.lineage` `python3 ← bash ← sshd`; `.args_truncated`; `.executable_identity.{device,inode}`; `.systemd_unit`; `.vm.{name,uuid}` |
+//! | `snapmon.process.ancestors` | `[{pid,name,executable,entity_id}]`, parent first (a file sink writes it once per process and ancestry in each file: docs/output.md); `.lineage` `python3 ← bash ← sshd`; `.args_truncated`; `.executable_identity.{device,inode}`; `.systemd_unit`; `.vm.{name,uuid}` |
 //! | `snapmon.file_path_hex` | raw path bytes in hex when the path is not valid UTF-8 or has escaped bytes |
 //! | `snapmon.detail` | operation specifics: `mode`, `uid`, `gid`, `open_flags`, `rename_flags`, `length`, `recheck` (`late_fill`, `shared_mapping`, `clone`: a follow-up event from a later look at the file), `via` (`io_uring`, `lsm`), `loop_device`, `loop_role` (`backing`: a loop attach of the watched file; `device`: an ioctl on a loop device over it), `loop_offset` (a write through a loop device over the file, mapped to the file's offsets; docs/rules.md SM-K005), `loop_node` (that write went through another node of the device, e.g. a `mknod` twin: its path), `loop_watch` (`ended`: on the attach of another file, or a `loop_detached` event; `refused`, `detach_requested`), `loop_worker` (the kernel thread that wrote, with `loop_role: worker`), `io_uring_register`, `io_uring_slot`, `io_uring_fd`, `io_uring_ring_fd`, `io_uring_cut` (an `io_uring_register_files` event: how a watched file entered a ring's registered-file table, its slot, the fd, the ring's fd, and `64 of N` when the call passed more fds than the kernel reads; SM-U001; on a write through a registered file, `io_uring_slot` is the slot it named), `overlay_mount`, `overlay_path` (the record is about a file in a store written or opened through an overlay's merged view: the overlay's mount point and the path used; docs/rules.md, Overlays), `path_truncated` (`file`, `target`, `file,target`: that path is the kernel's cut copy with `…`, unresolved; docs/output.md), `inode_reused` (`true`: the record is about an earlier file with this inode number, read after the current one was created; named by its own name, never judged), `dropped`, `dropped_record` (on a `blinded` event: records about images or metadata the kernel dropped since the last one, and what the last was; SM-A001), `read_stalled` (a file the judgement needed did not answer within `[agent] read_budget_ms`: `FILE: why`; docs/rules.md, Stuck filesystems); decisions: `operation`, `outcome`, `protected`, `actor_exe_identity`, `aux` |
 //! | `snapmon.state` / `snapmon.metric` | state and metric payloads (docs/output.md, "Agent records"): start-up detail records `hooks` (`hooks: [{program, attached_to, covers, error, enforcement_only}]`, `part`/`parts`), `coverage` (`paths: [{path, covered, by, impact}]`), `stores`, `stores_skipped`, `kernel_fields`, `enforcement`, `rule_warnings`, `sinks`, then the `started` summary; `stopped` (final `stats`, `sinks: [{name, …}]`, `hooks.programs: [{program, attach, runs, run_ns}]`); `lost` (`kernel`/`decoder`/`watch`/`agent` `{cause: n}`, `sinks: [{sink, cause, count}]`); `filtered`; `stats`; `evidence` (`image`, `rule`, `sequence`, `dir`, `evidence_files: [{path, sha256, bytes}]`) and `evidence_failed` (`image`, `rule`, `sequence`, `error`) after a high or critical alert on an image |
@@ -393,9 +393,16 @@ pub fn write_record(out: &mut Vec<u8>, r: &Record, host: &str) {
 
 /// [`write_record`] with the record's id as `event.id`.
 pub fn write_record_id(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&str>) {
+    write_record_lean(out, r, host, id, false)
+}
+
+/// [`write_record_id`]; with `lean`, an event (never an alert) leaves out
+/// `snapmon.process.ancestors`: the file sink's file already carried that process's ancestry
+/// as it is (docs/output.md, "Ancestry once per process").
+pub fn write_record_lean(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&str>, lean: bool) {
     match r {
-        Record::Event(e) => write_event(out, e, host, None, id),
-        Record::Alert(a) => write_event(out, &a.event, host, Some(a), id),
+        Record::Event(e) => write_event(out, e, host, None, id, lean),
+        Record::Alert(a) => write_event(out, &a.event, host, Some(a), id, false),
         _ => {
             let mut v = to_value(r, host);
             if let Some(id) = id {
@@ -673,6 +680,8 @@ struct RenderedProcess {
     tail: Vec<u8>,
     /// The whole `snapmon.process` object.
     snapmon: Vec<u8>,
+    /// The same without `ancestors` (a lean record).
+    snapmon_lean: Vec<u8>,
 }
 
 impl RenderedProcess {
@@ -682,11 +691,14 @@ impl RenderedProcess {
         let mut tail = Vec::with_capacity(64);
         process_tail(&mut tail, p);
         let mut snapmon = Vec::with_capacity(1024);
-        snapmon_process(&mut snapmon, p);
+        snapmon_process(&mut snapmon, p, true);
+        let mut snapmon_lean = Vec::with_capacity(256);
+        snapmon_process(&mut snapmon_lean, p, false);
         RenderedProcess {
             head,
             tail,
             snapmon,
+            snapmon_lean,
         }
     }
 }
@@ -758,30 +770,12 @@ fn process_tail(out: &mut Vec<u8>, p: &ProcessInfo) {
     out.push(b'}');
 }
 
-fn snapmon_process(out: &mut Vec<u8>, p: &ProcessInfo) {
+fn snapmon_process(out: &mut Vec<u8>, p: &ProcessInfo, ancestors: bool) {
     let mut g = true;
     out.push(b'{');
-    key(out, "ancestors", &mut g);
-    out.push(b'[');
-    for (i, a) in p.ancestors.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let mut h = true;
-        out.push(b'{');
-        if !a.entity_id.is_empty() {
-            key(out, "entity_id", &mut h);
-            js(out, &a.entity_id);
-        }
-        key(out, "executable", &mut h);
-        js(out, &a.executable);
-        key(out, "name", &mut h);
-        js(out, &a.name);
-        key(out, "pid", &mut h);
-        num(out, a.pid);
-        out.push(b'}');
+    if ancestors {
+        write_ancestors(out, p, &mut g);
     }
-    out.push(b']');
     if p.args_truncated {
         key(out, "args_truncated", &mut g);
         out.extend_from_slice(b"true");
@@ -805,6 +799,31 @@ fn snapmon_process(out: &mut Vec<u8>, p: &ProcessInfo) {
         let _ = serde_json::to_writer(&mut *out, &json!({"name": p.vm_name, "uuid": p.vm_uuid}));
     }
     out.push(b'}');
+}
+
+/// `"ancestors":[…]`, the bulk of `snapmon.process`.
+fn write_ancestors(out: &mut Vec<u8>, p: &ProcessInfo, g: &mut bool) {
+    key(out, "ancestors", g);
+    out.push(b'[');
+    for (i, a) in p.ancestors.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut h = true;
+        out.push(b'{');
+        if !a.entity_id.is_empty() {
+            key(out, "entity_id", &mut h);
+            js(out, &a.entity_id);
+        }
+        key(out, "executable", &mut h);
+        js(out, &a.executable);
+        key(out, "name", &mut h);
+        js(out, &a.name);
+        key(out, "pid", &mut h);
+        num(out, a.pid);
+        out.push(b'}');
+    }
+    out.push(b']');
 }
 
 /// `"agent":{…}` of this host (constant: rendered once).
@@ -839,6 +858,7 @@ fn write_event(
     host: &str,
     alert: Option<&crate::record::Alert>,
     id: Option<&str>,
+    lean: bool,
 ) {
     let p = &e.process;
     let mut root = true;
@@ -988,8 +1008,9 @@ fn write_event(
         if !e.no_actor {
             key(out, "process", &mut f);
             match &cached {
+                Some(r) if lean => out.extend_from_slice(&r.snapmon_lean),
                 Some(r) => out.extend_from_slice(&r.snapmon),
-                None => snapmon_process(out, p),
+                None => snapmon_process(out, p, !lean),
             }
         }
         if let Some(a) = alert {

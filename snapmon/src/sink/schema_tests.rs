@@ -311,6 +311,27 @@ fn every_ecs_record_is_valid_ecs() {
     assert_all_valid("ECS", Format::Json, snapmon_schema::ecs::validate_line);
 }
 
+/// The file sink's lean events (ancestry carried earlier in the file) are valid ECS too.
+#[test]
+fn every_lean_ecs_record_is_valid_ecs() {
+    let bad: Vec<String> = every_record()
+        .into_iter()
+        .filter_map(|mut r| {
+            if let Record::Event(e) = &mut r {
+                // Only a numbered build can go lean.
+                e.process.revision = 1;
+            }
+            let mut b = Vec::new();
+            crate::sink::json::write_record_lean(&mut b, &r, "host1", Some("run-1"), true);
+            let line = String::from_utf8(b).unwrap();
+            snapmon_schema::ecs::validate_line(&line)
+                .err()
+                .map(|e| fail("lean ECS", &r, &line, &e))
+        })
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
+}
+
 #[test]
 fn every_ocsf_record_is_valid_ocsf() {
     assert_all_valid("OCSF", Format::Ocsf, snapmon_schema::ocsf::validate_line);
