@@ -1689,6 +1689,30 @@ mod tests {
         assert_eq!(&t[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
     }
 
+    /// Every syscall hook's code is a program of the object; a shared one serves only
+    /// tracepoints of its own kind (an exit's `ret` is where every exit keeps it).
+    #[test]
+    fn every_syscall_hook_names_a_program_of_the_object() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+        for spec in HOOKS {
+            let code = match spec.attach {
+                Attach::Syscall(name) => name,
+                Attach::SyscallShared(code) => {
+                    let kind = |n: &str| n.split('_').take(2).collect::<Vec<_>>().join("_");
+                    assert_eq!(kind(code), kind(spec.program), "{}", spec.program);
+                    assert_ne!(code, spec.program, "{} shares with itself", spec.program);
+                    code
+                }
+                _ => continue,
+            };
+            assert!(
+                obj.programs.contains_key(code),
+                "{}: no program {code} in the object",
+                spec.program
+            );
+        }
+    }
+
     #[test]
     fn raw_mode_has_a_handler_for_every_syscall_entry_hook_and_32_bit_slot() {
         for spec in HOOKS {
