@@ -236,6 +236,13 @@ fn an_image_made_through_a_merged_view_mounted_after_the_start_is_watched() {
 /// without a name (seen in the 6.12 guest, whose /tmp is ext4).
 #[test]
 fn an_image_made_through_a_view_with_a_freed_images_inode_number_is_watched() {
+    // The alias bookkeeping is the agent's, the same on every kernel; the guests keep the
+    // 'made' test above, which took this path there, and are spared one more agent start
+    // (a minute under TCG, against the CI budget).
+    if std::env::var("SNAPMON_E2E_LVM").as_deref() == Ok("1") {
+        snapmon_e2e::note("skipped in the guests: its own agent start; run on the host");
+        return;
+    }
     let base = std::env::temp_dir().join(format!("snapmon-e2e-reborn-{}", std::process::id()));
     let fs = base.join("fs");
     std::fs::create_dir_all(&fs).unwrap();
