@@ -943,11 +943,16 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     } else {
         RunStats::passive()
     };
+    // One fd per program: hooks that share one (`Attach::SyscallShared`) name it alike.
+    let mut kept = std::collections::HashSet::new();
     let programs = hooks
         .iter()
         .filter(|h| h.attached_to.is_some())
         .filter_map(|h| {
             let name = h.handler.unwrap_or(h.program);
+            if !kept.insert(name) {
+                return None;
+            }
             let fd = ebpf.program(name)?.fd().ok()?.try_clone().ok()?;
             Some((name, fd))
         })
