@@ -608,6 +608,19 @@ fn show(prop: &str) -> String {
         .to_string()
 }
 
+/// Several properties from one `systemctl show`: one snapshot of the unit. Separate calls
+/// can straddle a change (`active` read before a SIGKILL is reaped, `MainPID` after it).
+fn show_all<const N: usize>(props: [&str; N]) -> [String; N] {
+    let args: String = props.iter().map(|p| format!(" -p {p}")).collect();
+    let out = ok(&format!("systemctl show{args} snapmon.service"));
+    props.map(|p| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(p)?.strip_prefix('='))
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -794,7 +807,8 @@ fn systemd_runs_the_packaged_service_supervised_and_sandboxed() {
     let started = count("started");
     ok(&format!("kill -STOP {pid}"));
     wait_until("the watchdog's restart", start_timeout, || {
-        show("NRestarts") == "1" && show("ActiveState") == "active" && show("MainPID") != pid
+        let [n, active, main] = show_all(["NRestarts", "ActiveState", "MainPID"]);
+        n == "1" && active == "active" && main != pid && main != "0"
     });
     assert!(
         journal().contains("Watchdog timeout"),
@@ -809,12 +823,14 @@ fn systemd_runs_the_packaged_service_supervised_and_sandboxed() {
     let started = count("started");
     ok("systemctl kill -s KILL snapmon.service");
     wait_until("the restart after SIGKILL", start_timeout, || {
-        show("ActiveState") == "active" && show("SubState") == "running" && show("MainPID") != pid
+        let [active, sub, main] = show_all(["ActiveState", "SubState", "MainPID"]);
+        active == "active" && sub == "running" && main != pid && main != "0"
     });
     assert_eq!(
         count("started"),
         started + 1,
-        "restarted agent wrote started"
+        "restarted agent wrote started; journal:\n{}",
+        journal()
     );
 
     // Purge: stopped (a stopped record), unit gone, the log stays.

@@ -338,7 +338,9 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
     }
     // systemd (Type=notify) sees the unit active only once `started` is in the log.
     let notify = crate::notify::Notifier::from_env();
-    sinks.settle(Duration::from_secs(5));
+    if !sinks.settle(Duration::from_secs(30)) {
+        eprintln!("snapmon: the `started` record is not written after 30 s (a sink is stuck); ready anyway");
+    }
     notify.ready(&format!(
         "{} of {} hooks attached",
         n_attached,
