@@ -125,7 +125,9 @@ pub fn vm_run(o: Opts) -> anyhow::Result<Vec<Value>> {
     }
 
     println!("== vm-test: building the agent and the end-to-end test binaries");
-    check(cargo().args(["build", "-p", "snapmon"]))?;
+    // The guests run the release agent, as shipped: under TCG a debug agent spends seconds of
+    // every start parsing BTF and relocating the object, and lags the tests' writes.
+    check(cargo().args(["build", "--release", "-p", "snapmon"]))?;
     let all_tests = test_binaries(&o.tests)?;
     let suites = crate::suites::discover()?;
     // Host-only suites (userspace transport: another kernel adds nothing) are left to the
@@ -526,7 +528,7 @@ fn initramfs(
         (
             "VM_SNAPMON_BIN",
             workspace()
-                .join("target/debug/snapmon")
+                .join("target/release/snapmon")
                 .display()
                 .to_string(),
         ),
