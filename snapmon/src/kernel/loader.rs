@@ -16,6 +16,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use super::{
     btf::Btf,
     offsets::{self, format_field_offset, Missing},
+    verify::{self, Load, Loaded},
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snapmon"));
@@ -767,23 +768,24 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     if opts.syscall_hook == SyscallHook::Raw {
         hooks.push(raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links)?);
     }
+    // Everything `attach_one` would load, verified up front on several threads.
+    let t = std::time::Instant::now();
+    let jobs: Vec<(&'static str, Load)> = HOOKS
+        .iter()
+        .filter(|spec| !skipped(spec, opts, &offsets))
+        .filter(|spec| {
+            !(opts.syscall_hook == SyscallHook::Raw && raw_handler(spec.program).is_some())
+        })
+        .filter_map(|spec| Some((code_of(spec), load_of(&spec.attach)?)))
+        .collect();
+    let preloaded = verify::load_all(&mut ebpf, &aya_btf, &jobs, &verify::sizes(&object), debug);
+    if debug {
+        eprintln!("verified {} programs in {:?}", preloaded.len(), t.elapsed());
+    }
     for spec in HOOKS {
         let t = std::time::Instant::now();
-        if matches!(spec.attach, Attach::Lsm(_)) && !opts.lsm {
+        if skipped(spec, opts, &offsets) {
             continue;
-        }
-        if let Attach::LsmNs(hook) = spec.attach {
-            if !(opts.lsm || opts.lsm_observe) {
-                continue;
-            }
-            // One setattr program per hook signature; without the fields, none.
-            let idmap = offsets.setattr_dentry_arg == 1;
-            if hook == "inode_setattr"
-                && (offsets.valid & snapmon_common::valid::VFS_NS == 0
-                    || idmap != spec.program.ends_with("_idmap"))
-            {
-                continue;
-            }
         }
         if let (SyscallHook::Raw, Some(raw)) = (opts.syscall_hook, raw_handler(spec.program)) {
             hooks.push(HookStatus {
@@ -851,7 +853,8 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                 ),
             }
         }
-        let mut status = attach_one(&mut ebpf, spec, &aya_btf, &mut lsm_links, &mut links);
+        let pre = preloaded.get(code_of(spec));
+        let mut status = attach_one(&mut ebpf, spec, pre, &aya_btf, &mut lsm_links, &mut links);
         if let (Attach::Compat, SyscallHook::Raw, Some(at)) =
             (&spec.attach, opts.syscall_hook, status.attached_to.as_mut())
         {
@@ -1011,9 +1014,48 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     })
 }
 
+/// A hook this start leaves out: LSM programs without BPF LSM, and the setattr program of
+/// the other hook signature (or both, without the fields).
+fn skipped(spec: &HookSpec, opts: &LoadOptions, offsets: &KernelOffsets) -> bool {
+    match spec.attach {
+        Attach::Lsm(_) => !opts.lsm,
+        Attach::LsmNs(hook) => {
+            let idmap = offsets.setattr_dentry_arg == 1;
+            !(opts.lsm || opts.lsm_observe)
+                || (hook == "inode_setattr"
+                    && (offsets.valid & snapmon_common::valid::VFS_NS == 0
+                        || idmap != spec.program.ends_with("_idmap")))
+        }
+        _ => false,
+    }
+}
+
+/// The program whose code a hook runs (its own, or the shared one it names).
+fn code_of(spec: &HookSpec) -> &'static str {
+    match spec.attach {
+        Attach::SyscallShared(code) => code,
+        _ => spec.program,
+    }
+}
+
+/// How the verifier loads a hook's program; none for the compat table (loaded with its
+/// variants by `compat_table`).
+fn load_of(attach: &Attach) -> Option<Load> {
+    Some(match *attach {
+        Attach::Syscall(_) | Attach::SyscallShared(_) => Load::TracePoint,
+        Attach::Compat => return None,
+        Attach::Lsm(hook) | Attach::LsmNs(hook) => Load::Lsm(hook),
+        Attach::FEntry(func) => Load::FEntry(func),
+        Attach::Btf(names) => Load::Btf(names),
+    })
+}
+
+/// Attach `spec`'s program, loading it unless `pre` (the parallel load) did; a refusal there
+/// is this hook's error.
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &HookSpec,
+    pre: Option<&Loaded>,
     btf: &AyaBtf,
     lsm_links: &mut Vec<(&'static str, aya::programs::lsm::LsmLink)>,
     links: &mut Vec<(&'static str, HookLink)>,
@@ -1025,28 +1067,35 @@ fn attach_one(
         error: None,
         handler: None,
     };
-    let code = match spec.attach {
-        Attach::SyscallShared(code) => {
-            st.handler = Some(code);
-            code
-        }
-        _ => spec.program,
-    };
+    let code = code_of(spec);
+    if let Attach::SyscallShared(code) = spec.attach {
+        st.handler = Some(code);
+    }
     let Some(prog) = ebpf.program_mut(code) else {
         st.error = Some("program missing from the eBPF object".into());
         return st;
     };
+    let btf_name = match pre {
+        Some(Err(e)) => {
+            st.error = Some(e.clone());
+            return st;
+        }
+        Some(Ok(name)) => *name,
+        None => None,
+    };
     let res: anyhow::Result<String> = (|| match &spec.attach {
         Attach::Syscall(name) => {
             let tp: &mut TracePoint = prog.try_into()?;
-            tp.load().map_err(verbose)?;
+            if tp.fd().is_err() {
+                tp.load().map_err(verbose)?;
+            }
             let id = tp.attach("syscalls", name).map_err(verbose)?;
             links.push((spec.program, HookLink::TracePoint(tp.take_link(id)?)));
             Ok(format!("tracepoint/syscalls/{name}"))
         }
         Attach::SyscallShared(_) => {
             let tp: &mut TracePoint = prog.try_into()?;
-            // Verified with the hook that loaded it first.
+            // Verified once, for every hook that runs it.
             if tp.fd().is_err() {
                 tp.load().map_err(verbose)?;
             }
@@ -1063,7 +1112,9 @@ fn attach_one(
         }
         Attach::Lsm(hook) | Attach::LsmNs(hook) => {
             let p: &mut Lsm = prog.try_into()?;
-            p.load(hook, btf).map_err(verbose)?;
+            if p.fd().is_err() {
+                p.load(hook, btf).map_err(verbose)?;
+            }
             let id = p.attach().map_err(verbose)?;
             // Own the link: dropping it detaches, pinning it keeps enforcing after we exit.
             lsm_links.push((spec.program, p.take_link(id)?));
@@ -1071,13 +1122,20 @@ fn attach_one(
         }
         Attach::FEntry(func) => {
             let p: &mut FEntry = prog.try_into()?;
-            p.load(func, btf).map_err(verbose)?;
+            if p.fd().is_err() {
+                p.load(func, btf).map_err(verbose)?;
+            }
             let id = p.attach().map_err(verbose)?;
             links.push((spec.program, HookLink::FEntry(p.take_link(id)?)));
             Ok(format!("fentry/{func}"))
         }
         Attach::Btf(names) => {
             let tp: &mut BtfTracePoint = prog.try_into()?;
+            if let (Some(name), Ok(_)) = (btf_name, tp.fd()) {
+                let id = tp.attach().map_err(verbose)?;
+                links.push((spec.program, HookLink::Btf(tp.take_link(id)?)));
+                return Ok(format!("tp_btf/{name}"));
+            }
             let mut last = None;
             for name in *names {
                 match tp.load(name, btf) {
@@ -1271,7 +1329,7 @@ fn raw_compat_table(
 }
 
 /// Keep the verifier log: it is the only useful explanation of a rejected program.
-fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
+pub(super) fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
     match e {
         aya::programs::ProgramError::LoadError {
             io_error,
@@ -1714,6 +1772,31 @@ mod tests {
                 obj.programs.contains_key(code),
                 "{}: no program {code} in the object",
                 spec.program
+            );
+        }
+    }
+
+    /// The parallel load verifies the costliest programs first: each one the attach loop
+    /// would load has a size in the object (by the name it is loaded under), and each named
+    /// costliest is a hook's program.
+    #[test]
+    fn every_loaded_program_has_a_size_to_order_its_verification() {
+        let sizes = verify::sizes(OBJECT);
+        for spec in HOOKS {
+            if load_of(&spec.attach).is_none() {
+                continue;
+            }
+            let code = code_of(spec);
+            assert!(
+                sizes.get(code).is_some_and(|&n| n > 0),
+                "{}: no size for {code}",
+                spec.program
+            );
+        }
+        for c in verify::COSTLIEST {
+            assert!(
+                HOOKS.iter().any(|s| code_of(s) == *c && load_of(&s.attach).is_some()),
+                "{c} is no hook's program"
             );
         }
     }

@@ -3,3 +3,4 @@
 pub mod btf;
 pub mod loader;
 pub mod offsets;
+pub mod verify;
