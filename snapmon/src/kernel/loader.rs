@@ -1701,8 +1701,16 @@ mod tests {
             .count()
     }
 
+    /// Tests that read the embedded object fault its pages back in: the unmapping test must
+    /// not run beside them.
+    fn reading_the_object() -> std::sync::MutexGuard<'static, ()> {
+        static READERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        READERS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn the_embedded_object_is_unmapped_once_loaded() {
+        let _alone = reading_the_object();
         let start = OBJECT.as_ptr() as usize;
         let (from, to) = (
             start.next_multiple_of(4096),
@@ -1756,6 +1764,7 @@ mod tests {
     /// tracepoints of its own kind (an exit's `ret` is where every exit keeps it).
     #[test]
     fn every_syscall_hook_names_a_program_of_the_object() {
+        let _alone = reading_the_object();
         let obj = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
         for spec in HOOKS {
             let code = match spec.attach {
@@ -1781,6 +1790,7 @@ mod tests {
     /// costliest is a hook's program.
     #[test]
     fn every_loaded_program_has_a_size_to_order_its_verification() {
+        let _alone = reading_the_object();
         let sizes = verify::sizes(OBJECT);
         for spec in HOOKS {
             if load_of(&spec.attach).is_none() {
@@ -1864,6 +1874,7 @@ mod tests {
 
     #[test]
     fn the_built_object_carries_the_placeholder() {
+        let _alone = reading_the_object();
         assert!(patch_marks(&mut OBJECT.to_vec(), FdWalk::probe()) > 0);
     }
 
