@@ -16,7 +16,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use super::{
     btf::Btf,
     offsets::{self, format_field_offset, Missing},
-    verify::{self, Load, Loaded},
+    verify::{self, verbose, Load, Loaded},
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snapmon"));
@@ -1326,32 +1326,6 @@ fn raw_compat_table(
             .with_context(|| format!("raw compat slot {nr}"))?;
     }
     Ok((!rest.is_empty()).then_some(rest))
-}
-
-/// Keep the verifier log: it is the only useful explanation of a rejected program.
-pub(super) fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
-    match e {
-        aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .filter(|l| !l.trim().is_empty())
-                .take(12)
-                .collect();
-            if tail.is_empty() {
-                return anyhow::anyhow!("{io_error}");
-            }
-            anyhow::anyhow!(
-                "{io_error}; verifier: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )
-        }
-        other => anyhow::Error::new(other),
-    }
 }
 
 /// Where links are handed to the kernel to detach after the agent is gone (`release_links`),

@@ -84,7 +84,7 @@ pub fn load_all(
 }
 
 fn load_one(prog: &mut Program, how: Load, btf: &AyaBtf) -> Loaded {
-    let err = |e| format!("{:#}", super::loader::verbose(e));
+    let err = |e| format!("{:#}", verbose(e));
     let wrong = |e: aya::programs::ProgramError| format!("{e:#}");
     match how {
         Load::TracePoint => {
@@ -145,4 +145,30 @@ pub fn sizes(object: &[u8]) -> HashMap<String, u64> {
         .filter(|s| s.kind() == object::SymbolKind::Text)
         .filter_map(|s| Some((s.name().ok()?.to_string(), s.size())))
         .collect()
+}
+
+/// Keep the verifier log: it is the only useful explanation of a rejected program.
+pub fn verbose(e: aya::programs::ProgramError) -> anyhow::Error {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .filter(|l| !l.trim().is_empty())
+                .take(12)
+                .collect();
+            if tail.is_empty() {
+                return anyhow::anyhow!("{io_error}");
+            }
+            anyhow::anyhow!(
+                "{io_error}; verifier: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+        }
+        other => anyhow::Error::new(other),
+    }
 }
