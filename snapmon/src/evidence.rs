@@ -28,6 +28,13 @@ pub const FILES_KEY: &str = "evidence_files";
 /// Most captures per minute (an attacker hitting many images must not fill the disk or
 /// hold the event loop).
 const PER_MINUTE: u32 = 60;
+/// Most reads of an image per minute, saved or found the same: each costs a read of the
+/// image's metadata and a hash (~250 µs), on the event loop. A flood of alerts must not
+/// turn into a flood of reads (seen: 5 000 alerts/s took 107% CPU, p99 latency 2 s).
+const READS_PER_MINUTE: u32 = 600;
+/// Recent attempts remembered by their in-memory state, so a state seen again costs a
+/// compare, not a read (two alternating states fit).
+const RECENT: usize = 8;
 /// The same image in the same before/after state is saved once in this long.
 const SAME_STATE: Duration = Duration::from_secs(600);
 /// Header bytes read from the image for the post-image.
@@ -36,6 +43,8 @@ const POST_BYTES: u64 = 64 << 10;
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Stats {
     pub saved: u64,
+    /// Image reads made to compare or save (at most `READS_PER_MINUTE`).
+    pub reads: u64,
     pub duplicate: u64,
     pub rate_limited: u64,
     pub over_quota: u64,
@@ -45,11 +54,38 @@ pub struct Stats {
 /// (dev, ino, pre+post hash) of a saved piece of evidence.
 type Saved = (u32, u64, [u8; 32]);
 
+/// This minute's captures.
+struct Window {
+    start: Instant,
+    saved: u32,
+    reads: u32,
+}
+
+impl Window {
+    fn new(start: Instant) -> Window {
+        Window {
+            start,
+            saved: 0,
+            reads: 0,
+        }
+    }
+}
+
+/// An attempted capture, by the agent's shadows of the image before and now.
+struct Attempt {
+    key: (u32, u64),
+    pre: Vec<u8>,
+    now: Vec<u8>,
+    at: Instant,
+}
+
 pub struct Evidence {
     dir: Option<PathBuf>,
     max_bytes: u64,
     used: u64,
-    minute: (Instant, u32),
+    minute: Window,
+    /// The in-memory states (shadow before, shadow now) captures were attempted on lately.
+    recent: VecDeque<Attempt>,
     /// Saved lately, and when.
     seen: VecDeque<(Saved, Instant)>,
     pub stats: Stats,
@@ -63,7 +99,8 @@ impl Evidence {
             dir: cfg.enabled.then(|| cfg.dir.clone()),
             max_bytes: cfg.max_mb.saturating_mul(1 << 20),
             used,
-            minute: (Instant::now(), 0),
+            minute: Window::new(Instant::now()),
+            recent: VecDeque::new(),
             seen: VecDeque::new(),
             stats: Stats::default(),
             last_error: None,
@@ -98,30 +135,57 @@ impl Evidence {
                 "agent shadow (this event did not change the header)".to_string(),
             ),
         };
+        let now_raw = classifier
+            .qcow2_shadow(f.dev, f.ino)
+            .map_or(&[][..], |s| s.raw.as_slice());
+        let now = Instant::now();
+        // The same states as an attempt lately: the image says what it said then.
+        if let Some(r) = self
+            .recent
+            .iter()
+            .find(|r| r.key == (f.dev, f.ino) && r.pre == pre_shadow.raw && r.now == now_raw)
+        {
+            if now.duration_since(r.at) < SAME_STATE {
+                self.stats.duplicate += 1;
+                return None;
+            }
+        }
+        if now.duration_since(self.minute.start) >= Duration::from_secs(60) {
+            self.minute = Window::new(now);
+        }
+        if self.used >= self.max_bytes {
+            self.stats.over_quota += 1;
+            return None;
+        }
+        if self.minute.saved >= PER_MINUTE || self.minute.reads >= READS_PER_MINUTE {
+            self.stats.rate_limited += 1;
+            return None;
+        }
+        self.minute.reads += 1;
+        self.stats.reads += 1;
+        self.recent
+            .retain(|r| r.key != (f.dev, f.ino) || r.pre != pre_shadow.raw || r.now != now_raw);
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(Attempt {
+            key: (f.dev, f.ino),
+            pre: pre_shadow.raw.clone(),
+            now: now_raw.to_vec(),
+            at: now,
+        });
         let post = read_post(f.dev, &path);
         let mut h = Sha256::new();
         h.update(&pre_shadow.raw);
         h.update(post.as_ref().map(|(b, _)| b.as_slice()).unwrap_or(b""));
         let state: [u8; 32] = h.finalize().into();
-        let now = Instant::now();
         self.seen
             .retain(|(_, t)| now.duration_since(*t) < SAME_STATE);
         if self.seen.iter().any(|(k, _)| *k == (f.dev, f.ino, state)) {
             self.stats.duplicate += 1;
             return None;
         }
-        if now.duration_since(self.minute.0) >= Duration::from_secs(60) {
-            self.minute = (now, 0);
-        }
-        if self.minute.1 >= PER_MINUTE {
-            self.stats.rate_limited += 1;
-            return None;
-        }
-        if self.used >= self.max_bytes {
-            self.stats.over_quota += 1;
-            return None;
-        }
-        self.minute.1 += 1;
+        self.minute.saved += 1;
         match self.save(&dir, a, &path, pre_shadow, &pre_src, post) {
             Ok((files, bytes)) => {
                 self.seen.push_back(((f.dev, f.ino, state), now));
@@ -133,6 +197,8 @@ impl Evidence {
                 Some(saved_record(&path, a, &files.0, files.1))
             }
             Err(e) => {
+                // Not saved: the same state is tried again on its next alert.
+                self.recent.pop_back();
                 self.stats.errors += 1;
                 self.last_error = Some(e.clone());
                 Some(failed_record(&path, a, e))
@@ -378,6 +444,7 @@ pub fn verify_logs(logs: &[PathBuf]) -> (usize, Vec<String>) {
 mod tests {
     use super::*;
     use crate::classify::qcow2::testutil::{image_with_snapshots, patch, TmpDir};
+    use crate::config::EvidenceSection;
 
     #[test]
     fn listed_files_are_found_at_any_depth() {
@@ -402,5 +469,79 @@ mod tests {
         let j = describe_image(&img, "t");
         assert_eq!(j["snapshot_table"]["nb_snapshots"], 0);
         assert_ne!(j["snapshot_table"]["offset"], 0);
+    }
+
+    fn header_alert(p: &Path, seq: u64, nb: u32) -> (Alert, crate::event::Event) {
+        use crate::event::{Action, Event, FileInfo, WriteInfo};
+        let ev = Event {
+            action: Action::Pwrite64,
+            seq,
+            file: Some(FileInfo {
+                dev: 7,
+                ino: 1,
+                path: Some(crate::event::Bytes(p.as_os_str().as_encoded_bytes().to_vec())),
+                ..Default::default()
+            }),
+            write: Some(WriteInfo {
+                op: Action::Pwrite64.as_str().parse().unwrap(),
+                offset: 60,
+                length: 4,
+                data: nb.to_be_bytes().to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let a = Alert {
+            rule_id: "SM-Q001".into(),
+            rule_name: "t".into(),
+            severity: Severity::High,
+            technique: vec![],
+            message: "m".into(),
+            event: ev.clone(),
+            related_seq: vec![],
+        };
+        (a, ev)
+    }
+
+    /// A flood of alerts is not a flood of image reads: a state seen lately costs a
+    /// compare, two alternating states are read once each, and new states at most
+    /// `READS_PER_MINUTE` times a minute (seen: every alert read and hashed the image).
+    #[test]
+    fn a_flood_of_alerts_reads_the_image_a_bounded_number_of_times() {
+        let d = TmpDir::new("evidence-flood");
+        let p = image_with_snapshots(&d, "a.qcow2", &[]);
+        let mut ev = Evidence::new(&EvidenceSection {
+            dir: d.path("ev"),
+            ..Default::default()
+        });
+        let mut c = Classifier::new();
+        // First sight: the shadow is the image as made, two snapshots.
+        c.classify(&header_alert(&p, 1, 2).1, Some(&p));
+        // Hidden (0) and back (2), the bytes landing each time, 1000 times over.
+        let mut saved = 0;
+        for i in 0..1000u64 {
+            let nb = if i % 2 == 0 { 0 } else { 2 };
+            let (a, e) = header_alert(&p, 100 + i, nb);
+            patch(&p, 60, &nb.to_be_bytes());
+            c.classify(&e, Some(&p));
+            saved += usize::from(ev.capture(&a, &c).is_some());
+        }
+        assert_eq!((ev.stats.reads, ev.stats.saved), (2, 2), "{:?}", ev.stats);
+        assert_eq!(saved, 2);
+        assert_eq!(ev.stats.duplicate, 998);
+        // Ten states in turn, more than are remembered: each alert reads the image, finds
+        // it saved already, and the reads stop at the minute's budget.
+        for i in 0..(READS_PER_MINUTE as u64 + 100) {
+            let nb = 3 + (i % 10) as u32;
+            let (a, e) = header_alert(&p, 5000 + i, nb);
+            patch(&p, 60, &nb.to_be_bytes());
+            c.classify(&e, Some(&p));
+            ev.capture(&a, &c);
+        }
+        assert_eq!(ev.stats.reads, u64::from(READS_PER_MINUTE), "{:?}", ev.stats);
+        // 2 → 3 once, then 12 → 3 and the nine others.
+        assert_eq!(ev.stats.saved, 2 + 11, "{:?}", ev.stats);
+        // Past the budget, the eight states remembered are still known; the others wait.
+        assert_eq!(ev.stats.rate_limited, 22, "{:?}", ev.stats);
     }
 }
