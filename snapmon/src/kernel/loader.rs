@@ -1779,7 +1779,9 @@ mod tests {
         }
         for c in verify::COSTLIEST {
             assert!(
-                HOOKS.iter().any(|s| code_of(s) == *c && load_of(&s.attach).is_some()),
+                HOOKS
+                    .iter()
+                    .any(|s| code_of(s) == *c && load_of(&s.attach).is_some()),
                 "{c} is no hook's program"
             );
         }
