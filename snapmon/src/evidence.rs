@@ -479,7 +479,9 @@ mod tests {
             file: Some(FileInfo {
                 dev: 7,
                 ino: 1,
-                path: Some(crate::event::Bytes(p.as_os_str().as_encoded_bytes().to_vec())),
+                path: Some(crate::event::Bytes(
+                    p.as_os_str().as_encoded_bytes().to_vec(),
+                )),
                 ..Default::default()
             }),
             write: Some(WriteInfo {
@@ -538,7 +540,12 @@ mod tests {
             c.classify(&e, Some(&p));
             ev.capture(&a, &c);
         }
-        assert_eq!(ev.stats.reads, u64::from(READS_PER_MINUTE), "{:?}", ev.stats);
+        assert_eq!(
+            ev.stats.reads,
+            u64::from(READS_PER_MINUTE),
+            "{:?}",
+            ev.stats
+        );
         // 2 → 3 once, then 12 → 3 and the nine others.
         assert_eq!(ev.stats.saved, 2 + 11, "{:?}", ev.stats);
         // Past the budget, the eight states remembered are still known; the others wait.

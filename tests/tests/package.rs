@@ -816,7 +816,10 @@ fn systemd_runs_the_packaged_service_supervised_and_sandboxed() {
         let [n, active, sub, main] = show_all(["NRestarts", "ActiveState", "SubState", "MainPID"]);
         n == "1" && active == "active" && sub == "running" && main != main_pid && main != "0"
     });
-    eprintln!("the watchdog's restart took {:.1} s", t2.elapsed().as_secs_f64());
+    eprintln!(
+        "the watchdog's restart took {:.1} s",
+        t2.elapsed().as_secs_f64()
+    );
     assert!(
         journal().contains("Watchdog timeout"),
         "restarted, but not by the watchdog:\n{}",
