@@ -211,6 +211,12 @@ pub mod ns_flags {
     /// Seen at an LSM hook (VFS backend): path1/path2 are entry names in base1/base2, or with
     /// TARGET_IS_FD base1 is the file itself.
     pub const VIA_VFS: u16 = 1 << 9;
+    /// A path's last component is the name of a watched image or metadata file
+    /// (`WATCHED_LEAVES`) though no prefix matched: a symlinked or bind-mounted store, or
+    /// another mount namespace. Userspace resolves the directory through the filesystem.
+    pub const LEAF_MATCH: u16 = 1 << 10;
+    /// The same for path2.
+    pub const LEAF2_MATCH: u16 = 1 << 11;
 }
 
 /// `FileWriteEvent::flags` bits.
@@ -419,6 +425,15 @@ pub mod watch_share {
 /// FNV-1a hashes in `PRECIOUS_EXTS`, pushed by the agent.
 pub const PRECIOUS_EXT_LEN: usize = 16;
 pub const PRECIOUS_EXTS_MAX: u32 = 256;
+
+/// Distinct last components (FNV-1a, `leaf_hash`) of watched image and metadata names the
+/// kernel matches paths against (`ns_flags::LEAF_MATCH`).
+pub const WATCHED_LEAVES_MAX: u32 = 16384;
+
+/// FNV-1a of a path's last component, byte for byte, as the kernel's path walk hashes it.
+pub fn leaf_hash(name: &[u8]) -> u64 {
+    fnv1a(name)
+}
 
 /// FNV-1a of an extension folded to lower case (ASCII), as the kernel hashes it.
 pub fn ext_hash(ext: &[u8]) -> u64 {

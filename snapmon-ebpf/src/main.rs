@@ -101,6 +101,13 @@ static WATCHED_DIRS: HashMap<FileKey, u32> = HashMap::with_max_entries(16384, 0)
 #[map]
 static WATCHED_PREFIXES: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 
+/// FNV-1a hashes of the last components of watched image and metadata names
+/// (`snapmon_common::leaf_hash`): a path that ends in one is sent up though its directories
+/// match no watched prefix (a symlinked or bind-mounted store).
+#[map]
+static WATCHED_LEAVES: HashMap<u64, u32> =
+    HashMap::with_max_entries(snapmon_common::WATCHED_LEAVES_MAX, 0);
+
 /// open(2) arguments kept between syscall entry and exit, by thread id.
 #[map]
 static OPEN_STASH: LruHashMap<u32, OpenStash> = LruHashMap::with_max_entries(8192, 0);

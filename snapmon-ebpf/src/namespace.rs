@@ -9,7 +9,7 @@ use snapmon_common::{ns_flags, EventKind, NsOp};
 use crate::{
     emit::{fill_header, output_ns, output_watched, sc_arg, urgent_actor},
     kernel::watched_fd,
-    path::{match_path, relevant},
+    path::{by_prefix, match_path, relevant},
     raw::RegArgs,
     write::enter,
     SCRATCH_NS,
@@ -53,6 +53,7 @@ pub unsafe fn ns_paths_from(
     ev.path2_len = 0;
     ev.base2 = Default::default();
     let mut dest = 0u64;
+    let mut m2_by_prefix = false;
     if p2 != 0 {
         let m2 = match_path(task, dirfd2 as i64, p2, uring, &mut ev.path2);
         if m2.exact {
@@ -63,11 +64,21 @@ pub unsafe fn ns_paths_from(
         if relevant(m2.flags) {
             flags |= ns_flags::PATH2_MATCH;
         }
+        if m2.flags & ns_flags::LEAF_MATCH != 0 {
+            flags |= ns_flags::LEAF2_MATCH;
+        }
+        m2_by_prefix = by_prefix(m2.flags);
         if m2.flags & ns_flags::PATH1_TRUNCATED != 0 {
             flags |= ns_flags::PATH2_TRUNCATED;
         }
     }
     if !relevant(flags) && flags & ns_flags::PATH2_MATCH == 0 {
+        crate::observe::mark(false);
+        return;
+    }
+    // Matched by a last component alone: where the LSM hooks observe, they see the operation
+    // by the directory's identity, surely; the agent would only have to guess it here.
+    if !uring && !by_prefix(m1.flags) && !m2_by_prefix && crate::observe::observing() {
         crate::observe::mark(false);
         return;
     }

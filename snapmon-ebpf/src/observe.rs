@@ -22,8 +22,9 @@ const NR_IO_URING_ENTER: i64 = 426;
 /// A mark older than this belongs to some earlier syscall.
 const MARK_TTL_NS: u64 = 1_000_000_000;
 
+/// The LSM hooks report namespace operations (`runtime::LSM_OBSERVE`).
 #[inline(always)]
-fn observing() -> bool {
+pub fn observing() -> bool {
     RUNTIME
         .get(0)
         .is_some_and(|f| *f & runtime::LSM_OBSERVE != 0)

@@ -14,7 +14,7 @@ use aya_ebpf::helpers::generated::bpf_loop;
 use crate::{
     emit::{copy_kernel_str, copy_user_str},
     kernel::{Dentry, Task},
-    PATH_FULL, PATH_WALK, UP_WALK, WATCHED_DIRS, WATCHED_PREFIXES,
+    PATH_FULL, PATH_WALK, UP_WALK, WATCHED_DIRS, WATCHED_LEAVES, WATCHED_PREFIXES,
 };
 
 pub struct PathMatch {
@@ -37,6 +37,8 @@ pub struct PathMatch {
 #[repr(C)]
 pub struct Walk {
     hash: u64,
+    /// FNV-1a of the current component (the last one, once the walk ends).
+    leaf: u64,
     state: u32,
     absolute: u32,
 }
@@ -66,6 +68,11 @@ extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
     let b = unsafe { (*ctx).buf };
     let (p1, c) = unsafe { (*b.add(i - 1), *b.add(i)) };
     w.hash = fnv1a_step(w.hash, p1);
+    w.leaf = if p1 == b'/' {
+        FNV_OFFSET
+    } else {
+        fnv1a_step(w.leaf, p1)
+    };
     if c != 0 && c != b'/' {
         return 0;
     }
@@ -95,6 +102,9 @@ extern "C" fn walk_step(idx: u64, ctx: *mut WalkCtx) -> i64 {
     let h = w.hash;
     if absolute && unsafe { WATCHED_PREFIXES.get(&h) }.is_some() {
         w.state |= ns_flags::ABS_PREFIX_MATCH as u32;
+    }
+    if c == 0 && unsafe { WATCHED_LEAVES.get(&w.leaf) }.is_some() {
+        w.state |= ns_flags::LEAF_MATCH as u32;
     }
     (c == 0) as i64
 }
@@ -130,6 +140,7 @@ pub unsafe fn match_path(
     };
     let absolute = buf[0] == b'/';
     (*w).hash = FNV_OFFSET;
+    (*w).leaf = FNV_OFFSET;
     (*w).state = if len as usize >= PATH_LEN - 1 {
         m.len = full_len(ptr, kernel).unwrap_or(len);
         ns_flags::PATH1_TRUNCATED as u32
@@ -248,6 +259,12 @@ const HAS_SLASH: u32 = 1 << 16;
 
 #[inline(always)]
 pub fn relevant(flags: u16) -> bool {
+    by_prefix(flags) || flags & ns_flags::LEAF_MATCH != 0
+}
+
+/// Matched by its directories (not by its last component alone).
+#[inline(always)]
+pub fn by_prefix(flags: u16) -> bool {
     flags
         & (ns_flags::ABS_PREFIX_MATCH
             | ns_flags::BASE_WATCHED

@@ -52,6 +52,12 @@ pub trait WatchMaps {
     /// Withdraw a directory entry (an overlay's merged-view alias, when the overlay goes).
     fn remove_dir(&mut self, key: FileKey);
     fn add_prefix(&mut self, hash: u64) -> Result<(), String>;
+    /// Match (or stop matching) paths whose last component hashes to `hash`
+    /// (`snapmon_common::leaf_hash`) whatever their directories: a watched image or metadata
+    /// file's name, for paths through a symlinked or bind-mounted store.
+    fn set_leaf(&mut self, _hash: u64, _on: bool) -> Result<(), String> {
+        Ok(())
+    }
     /// Past the ordinary share of the file map the kernel leaves new files to the agent,
     /// which admits only images and metadata into the headroom.
     fn set_reserve(&mut self, on: bool) -> Result<(), String>;
@@ -75,6 +81,7 @@ pub struct MemMaps {
     pub ordinary: HashSet<FileKey>,
     pub dirs: HashMap<FileKey, u32>,
     pub prefixes: HashSet<u64>,
+    pub leaves: HashSet<u64>,
     pub filters: HashMap<FileKey, snapmon_common::WriteFilter>,
     /// The generations `files` were added with, where known.
     pub generations: HashMap<FileKey, u32>,
@@ -125,6 +132,14 @@ impl WatchMaps for MemMaps {
     }
     fn add_prefix(&mut self, hash: u64) -> Result<(), String> {
         self.prefixes.insert(hash);
+        Ok(())
+    }
+    fn set_leaf(&mut self, hash: u64, on: bool) -> Result<(), String> {
+        if on {
+            self.leaves.insert(hash);
+        } else {
+            self.leaves.remove(&hash);
+        }
         Ok(())
     }
     fn set_reserve(&mut self, on: bool) -> Result<(), String> {
@@ -289,7 +304,14 @@ pub struct WatchSet {
     pub scan_depth: Option<usize>,
     /// Admitting an alias (loop node, overlay inode), not a file of its own.
     aliasing: bool,
+    /// Watched image and metadata names by their last component's hash: how many.
+    leaves: HashMap<u64, u32>,
+    /// Leaf hashes to put into (true) or take out of the kernel's set.
+    leaf_changes: Vec<(u64, bool)>,
 }
+
+/// Names looked at for one `gone_by_leaf`.
+const GONE_BY_LEAF: usize = 64;
 
 /// Does `p` name identity `k` on disk now?
 fn resolves(p: &Path, k: FileKey) -> bool {
@@ -423,11 +445,68 @@ impl WatchSet {
             names.push(n);
         } else {
             names.push(p.to_path_buf());
-            let keys = self.by_path.entry(p.to_path_buf()).or_default();
-            if !keys.contains(&k) {
-                keys.push(k);
+            self.index(p, k);
+        }
+    }
+
+    /// `by_path` gets `p` → `k` (the kernel's leaf set the name, if it is new there).
+    fn index(&mut self, p: &Path, k: FileKey) {
+        let new = !self.by_path.contains_key(p);
+        let keys = self.by_path.entry(p.to_path_buf()).or_default();
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+        if new {
+            self.leaf(p, true);
+        }
+    }
+
+    /// Count a watched image or metadata name in (or out of) the kernel's leaf set.
+    fn leaf(&mut self, p: &Path, added: bool) {
+        let Some(name) = p.file_name().filter(|_| self.precious.admits(p)) else {
+            return;
+        };
+        let h = snapmon_common::leaf_hash(name.as_bytes());
+        let n = self.leaves.entry(h).or_default();
+        let was = *n > 0;
+        if added {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        let is = *n > 0;
+        if !is {
+            self.leaves.remove(&h);
+        }
+        if was != is {
+            self.leaf_changes.push((h, is));
+        }
+    }
+
+    /// Tell the kernel the leaf names that came and went since the last call.
+    fn publish_leaves(&mut self, maps: &mut dyn WatchMaps) {
+        for (h, on) in std::mem::take(&mut self.leaf_changes) {
+            if let Err(e) = maps.set_leaf(h, on) {
+                self.loss.watch_full += 1;
+                if !self.warned {
+                    self.warned = true;
+                    eprintln!(
+                        "snapmon: {e}: a name of a watched image is not matched through symlinked or bind-mounted stores; further refusals are counted in `lost` records (watch_full)"
+                    );
+                }
             }
         }
+    }
+
+    /// Watched image and metadata names whose last component is `leaf` and that no longer
+    /// name their file: what an unlink or rename through another path to the store took.
+    pub fn gone_by_leaf(&self, leaf: &std::ffi::OsStr) -> Vec<(FileKey, PathBuf)> {
+        self.known()
+            .filter(|(_, p)| p.file_name() == Some(leaf) && self.precious.admits(p))
+            .take(GONE_BY_LEAF)
+            .filter(|(k, p)| !resolves(p, **k))
+            .map(|(k, p)| (*k, p.clone()))
+            .collect()
     }
 
     /// `p` no longer names `k`; true when `k` has no name left.
@@ -436,6 +515,7 @@ impl WatchSet {
             keys.retain(|x| *x != k);
             if keys.is_empty() {
                 self.by_path.remove(p);
+                self.leaf(p, false);
             }
         }
         let Some(names) = self.names.get_mut(&k) else {
@@ -810,7 +890,7 @@ impl WatchSet {
             Some(names) if link => {
                 if !names.iter().any(|n| n == p) {
                     names.insert(0, p.to_path_buf());
-                    self.by_path.entry(p.to_path_buf()).or_default().push(k);
+                    self.index(p, k);
                 }
             }
             _ => self.add_name(k, p),
@@ -840,6 +920,7 @@ impl WatchSet {
             let Some(keys) = self.by_path.remove(&old) else {
                 continue;
             };
+            self.leaf(&old, false);
             let rest = old.strip_prefix(from).unwrap_or(Path::new(""));
             let new = if rest.as_os_str().is_empty() {
                 to.to_path_buf()
@@ -853,7 +934,7 @@ impl WatchSet {
                 names.retain(|n| *n != old);
                 if inside {
                     names.push(new.clone());
-                    self.by_path.entry(new.clone()).or_default().push(k);
+                    self.index(&new, k);
                 } else if names.is_empty() {
                     // Moved out of every root: no longer ours to watch.
                     self.names.remove(&k);
@@ -903,6 +984,9 @@ impl WatchSet {
     /// unlink or rename failed) gets it back; one without a name leaves the kernel's map.
     /// Returns the awaited names that are made now, watched.
     pub fn settle(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<(FileKey, PathBuf)> {
+        if !self.leaf_changes.is_empty() {
+            self.publish_leaves(maps);
+        }
         let made = if self.landing.is_empty() {
             Vec::new()
         } else {

@@ -15,6 +15,7 @@ pub struct KernelMaps<'a> {
     pub ino_slots: &'a mut aya::maps::Array<MapData, u32>,
     pub dirs: &'a mut BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: &'a mut BpfHashMap<MapData, u64, u32>,
+    pub leaves: &'a mut BpfHashMap<MapData, u64, u32>,
     pub write_filter: &'a mut BpfHashMap<MapData, FileKey, WriteFilter>,
     /// Runtime flags (`snapmon_common::runtime`): the file map's reserve bit.
     pub runtime: &'a mut aya::maps::Array<MapData, u32>,
@@ -36,6 +37,7 @@ impl<'a> KernelMaps<'a> {
             ino_slots: &mut w.ino_slots,
             dirs: &mut w.dirs,
             prefixes: &mut w.prefixes,
+            leaves: &mut w.leaves,
             write_filter: &mut w.write_filter,
             runtime: &mut k.runtime,
             rdevs: &mut w.rdevs,
@@ -166,6 +168,17 @@ impl WatchMaps for KernelMaps<'_> {
         self.prefixes
             .insert(hash, 1, 0)
             .map_err(|e| format!("watched-prefix map: {e}"))
+    }
+    fn set_leaf(&mut self, hash: u64, on: bool) -> Result<(), String> {
+        if on {
+            self.leaves
+                .insert(hash, 1, 0)
+                .map_err(|e| format!("watched-leaves map: {e}"))
+        } else {
+            // Absent already is the wanted end state.
+            let _ = self.leaves.remove(&hash);
+            Ok(())
+        }
     }
     fn add_rdev_alias(&mut self, rdev: u32, node: FileKey) {
         // As the kernel's attach hook: the entry first, then the flag the write hooks read.

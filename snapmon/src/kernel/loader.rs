@@ -414,6 +414,8 @@ pub struct Watch {
     pub ino_slots: aya::maps::Array<MapData, u32>,
     pub dirs: BpfHashMap<MapData, FileKey, u32>,
     pub prefixes: BpfHashMap<MapData, u64, u32>,
+    /// Last components of watched image and metadata names (`snapmon_common::leaf_hash`).
+    pub leaves: BpfHashMap<MapData, u64, u32>,
     /// Classified files → ranges trusted writers must still report (see `classify::filter`).
     pub write_filter: BpfHashMap<MapData, FileKey, snapmon_common::WriteFilter>,
     pub trusted_writers: BpfHashMap<MapData, FileKey, u32>,
@@ -915,6 +917,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let ino_slots = aya::maps::Array::try_from(take(&mut ebpf, "WATCHED_INO")?)?;
     let dirs = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_DIRS")?)?;
     let prefixes = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_PREFIXES")?)?;
+    let leaves = BpfHashMap::try_from(take(&mut ebpf, "WATCHED_LEAVES")?)?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)?;
     let blinded = PerCpuArray::try_from(take(&mut ebpf, "BLINDED")?)?;
     let mut runtime = aya::maps::Array::try_from(take(&mut ebpf, "RUNTIME")?)?;
@@ -978,6 +981,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             ino_slots,
             dirs,
             prefixes,
+            leaves,
             write_filter,
             trusted_writers,
             rdevs,
