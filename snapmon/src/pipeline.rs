@@ -967,3 +967,209 @@ mod loops {
         );
     }
 }
+
+/// Namespace operations through a symlinked store: matched in the kernel by the watched
+/// names' last components (`WATCHED_LEAVES`), resolved here to the store's names.
+#[cfg(test)]
+mod linked {
+    use super::*;
+    use crate::{classify::qcow2::testutil::TmpDir, watch::MemMaps};
+    use snapmon_common::{ns_flags, EventKind, NamespaceEvent, NsOp, PATH_LEN};
+    use std::path::Path;
+
+    /// The record of `op` on `p1` (and `p2`) by pid `pid`, as the kernel sends it when the
+    /// paths matched by their last component only (`leaf`, `leaf2`).
+    fn ns(op: NsOp, pid: u32, p1: &Path, p2: Option<&Path>, flags: u16) -> Vec<u8> {
+        // SAFETY: plain-data wire struct; all zeroes is a valid value.
+        let mut ev: NamespaceEvent = unsafe { std::mem::zeroed() };
+        ev.hdr.kind = EventKind::Namespace as u32;
+        ev.hdr.backend = 1;
+        ev.hdr.pid = pid;
+        ev.hdr.tgid = pid;
+        ev.hdr.uid = 65534;
+        ev.hdr.ts_ns = crate::lineage::boottime_ns();
+        ev.hdr.comm[..7].copy_from_slice(b"python3");
+        ev.op = op as u16;
+        ev.flags = flags;
+        let put = |buf: &mut [u8; PATH_LEN], p: &Path| {
+            let b = p.as_os_str().as_encoded_bytes();
+            buf[..b.len()].copy_from_slice(b);
+            b.len() as u16
+        };
+        ev.path1_len = put(&mut ev.path1, p1);
+        if let Some(p) = p2 {
+            ev.path2_len = put(&mut ev.path2, p);
+        }
+        // SAFETY: reading the struct's bytes.
+        unsafe {
+            std::slice::from_raw_parts(&ev as *const _ as *const u8, size_of::<NamespaceEvent>())
+        }
+        .to_vec()
+    }
+
+    fn pipe_on(store: &Path) -> (MemMaps, Pipeline) {
+        let mut maps = MemMaps::default();
+        let mut ws = WatchSet::default();
+        ws.precious = crate::watch::Precious::from_policy(&Policy::embedded());
+        ws.add_root(store, &mut maps).unwrap();
+        let mut pipe = Pipeline::with_lineage(
+            ws,
+            &Policy::embedded(),
+            Box::new(crate::enrich::lineage::HeaderOnly),
+        );
+        pipe.poll(Instant::now(), &mut maps);
+        (maps, pipe)
+    }
+
+    fn path_of(f: Option<&crate::event::FileInfo>) -> Option<String> {
+        f.and_then(|f| f.path.as_ref()).map(|p| p.display())
+    }
+
+    #[test]
+    fn the_kernel_gets_the_last_components_of_image_names_only() {
+        let d = TmpDir::new("leaves");
+        let s = d.path("store");
+        std::fs::create_dir(&s).unwrap();
+        for n in ["vm1.qcow2", "notes.txt"] {
+            std::fs::write(s.join(n), b"x").unwrap();
+        }
+        let (mut maps, mut pipe) = pipe_on(&s);
+        let h = |n: &str| snapmon_common::leaf_hash(n.as_bytes());
+        assert!(maps.leaves.contains(&h("vm1.qcow2")), "{:?}", maps.leaves);
+        assert!(!maps.leaves.contains(&h("notes.txt")));
+        // Its name gone (seen), it is withdrawn; a new image's name comes in.
+        std::fs::rename(s.join("vm1.qcow2"), s.join("vm2.qcow2")).unwrap();
+        let r = ns(
+            NsOp::Rename,
+            9,
+            &s.join("vm1.qcow2"),
+            Some(&s.join("vm2.qcow2")),
+            ns_flags::ABS_PREFIX_MATCH | ns_flags::PATH2_MATCH,
+        );
+        pipe.handle(&r, &mut maps);
+        pipe.poll(Instant::now(), &mut maps);
+        assert!(!maps.leaves.contains(&h("vm1.qcow2")), "{:?}", maps.leaves);
+        assert!(maps.leaves.contains(&h("vm2.qcow2")), "{:?}", maps.leaves);
+    }
+
+    /// The finding: renames through a symlink to the store matched no watched prefix and
+    /// went unheard, five images to `.locked` included.
+    #[test]
+    fn renames_through_a_symlinked_store_are_the_stores_and_a_mass_rename_alerts() {
+        let d = TmpDir::new("linked");
+        let s = d.path("store");
+        std::fs::create_dir(&s).unwrap();
+        for i in 0..5 {
+            std::fs::write(s.join(format!("vm{i}.qcow2")), b"QFI\xfb").unwrap();
+        }
+        let via = d.path("via");
+        std::os::unix::fs::symlink(&s, &via).unwrap();
+        let (mut maps, mut pipe) = pipe_on(&s);
+        let mut out = Vec::new();
+        for i in 0..5 {
+            let (a, b) = (format!("vm{i}.qcow2"), format!("vm{i}.qcow2.locked"));
+            std::fs::rename(via.join(&a), via.join(&b)).unwrap();
+            let r = ns(
+                NsOp::Rename,
+                4242,
+                &via.join(&a),
+                Some(&via.join(&b)),
+                ns_flags::LEAF_MATCH,
+            );
+            out.extend(pipe.handle(&r, &mut maps));
+        }
+        let evs: Vec<&Event> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) if e.action == crate::event::Action::Rename => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evs.len(), 5, "{out:?}");
+        let e = evs[0];
+        assert_eq!(
+            path_of(e.file.as_ref()),
+            Some(s.join("vm0.qcow2").display().to_string())
+        );
+        assert_eq!(
+            path_of(e.target.as_ref()),
+            Some(s.join("vm0.qcow2.locked").display().to_string())
+        );
+        assert_eq!(
+            e.detail_value(crate::vocab::DetailKey::LinkPath),
+            Some(
+                format!(
+                    "{},{}",
+                    via.join("vm0.qcow2").display(),
+                    via.join("vm0.qcow2.locked").display()
+                )
+                .as_str()
+            )
+        );
+        let rules: Vec<&str> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Alert(a) => Some(a.rule_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(rules.contains(&"SM-R001"), "{rules:?}");
+    }
+
+    #[test]
+    fn a_name_like_an_images_elsewhere_is_not_the_image() {
+        let d = TmpDir::new("leaf-elsewhere");
+        let s = d.path("store");
+        let other = d.path("other");
+        std::fs::create_dir(&s).unwrap();
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(s.join("vm1.qcow2"), b"QFI\xfb").unwrap();
+        std::fs::write(other.join("vm1.qcow2"), b"QFI\xfb").unwrap();
+        let (mut maps, mut pipe) = pipe_on(&s);
+        std::fs::remove_file(other.join("vm1.qcow2")).unwrap();
+        let r = ns(
+            NsOp::Unlink,
+            9,
+            &other.join("vm1.qcow2"),
+            None,
+            ns_flags::LEAF_MATCH,
+        );
+        assert!(pipe.handle(&r, &mut maps).is_empty());
+        assert!(pipe.enricher.watch.key_at(&s.join("vm1.qcow2")).is_some());
+    }
+
+    /// The symlink removed before the agent looks: an unlink is matched to the one watched
+    /// name of that last component that is gone.
+    #[test]
+    fn an_unlink_whose_symlink_is_gone_too_is_matched_to_the_gone_name() {
+        let d = TmpDir::new("leaf-gone");
+        let s = d.path("store");
+        std::fs::create_dir(&s).unwrap();
+        std::fs::write(s.join("vm1.qcow2"), b"QFI\xfb").unwrap();
+        let via = d.path("via");
+        std::os::unix::fs::symlink(&s, &via).unwrap();
+        let (mut maps, mut pipe) = pipe_on(&s);
+        std::fs::remove_file(via.join("vm1.qcow2")).unwrap();
+        std::fs::remove_file(&via).unwrap();
+        let r = ns(
+            NsOp::Unlink,
+            9,
+            &via.join("vm1.qcow2"),
+            None,
+            ns_flags::LEAF_MATCH,
+        );
+        let out = pipe.handle(&r, &mut maps);
+        let e = out
+            .iter()
+            .find_map(|r| match r {
+                Record::Event(e) if e.action == crate::event::Action::Unlink => Some(e),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no unlink: {out:?}"));
+        assert_eq!(
+            path_of(e.file.as_ref()),
+            Some(s.join("vm1.qcow2").display().to_string())
+        );
+        assert!(pipe.enricher.watch.key_at(&s.join("vm1.qcow2")).is_none());
+    }
+}

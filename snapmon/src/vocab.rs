@@ -169,6 +169,9 @@ pub enum DetailKey {
     // Overlays: the mount point and the path used through the merged view.
     OverlayMount,
     OverlayPath,
+    /// The path as the process gave it, through a symlinked or bind-mounted store (or
+    /// another mount namespace): `file.path`/`destination.path` name the store's file.
+    LinkPath,
     /// Which of an event's paths are cut and unresolved (`file`, `target`, or `file,target`;
     /// see `longpath`).
     PathTruncated,

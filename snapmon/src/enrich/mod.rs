@@ -572,6 +572,36 @@ impl Enricher {
         Some(normalize(&self.base_path(base, tgid)?.join(p)))
     }
 
+    /// `p`, which the kernel matched by its last component only: the watched name it reaches
+    /// through a symlinked or bind-mounted store, or from another mount namespace (its
+    /// directory looked up in the process's root, or ours once the process is gone, and
+    /// known by identity), or, for an unlink or rename whose directory cannot be looked up
+    /// (the symlink removed at once), the one watched name of that last component that no
+    /// longer names its file.
+    fn through_link(&self, p: &Path, tgid: u32, op: Option<NsOp>) -> Option<PathBuf> {
+        let (dir, leaf) = (p.parent()?, p.file_name()?);
+        let rel = dir.strip_prefix("/").ok()?.to_path_buf();
+        let found = crate::classify::fileread::bounded(None, dir, move || {
+            let key = |p: PathBuf| std::fs::metadata(&p).map(|m| crate::paths::key_for(&p, &m));
+            key(Path::new("/proc")
+                .join(tgid.to_string())
+                .join("root")
+                .join(&rel))
+            .or_else(|_| key(Path::new("/").join(&rel)))
+        });
+        if let Ok(Ok(k)) = found {
+            let q = self.watch.path_of(&k)?.join(leaf);
+            return self.watch.covers(&q).then_some(q);
+        }
+        if !matches!(op, Some(NsOp::Unlink | NsOp::Rename)) {
+            return None;
+        }
+        match self.watch.gone_by_leaf(leaf).as_slice() {
+            [(_, q)] => Some(q.clone()),
+            _ => None,
+        }
+    }
+
     /// The directory a relative path starts from: its base dir, else the process cwd.
     fn base_path(&self, base: FileKey, tgid: u32) -> Option<PathBuf> {
         match self.watch.path_of(&base) {
@@ -926,6 +956,8 @@ impl Enricher {
         let tgid = n.hdr.tgid;
         // Which paths stay cut: the event says so (`DetailKey::PathTruncated`).
         let mut unresolved: Vec<&str> = Vec::new();
+        // Paths given through a symlinked or bind-mounted store (`DetailKey::LinkPath`).
+        let mut linked: Vec<String> = Vec::new();
         let (file, target) = if n.flags & ns_flags::TARGET_IS_FD != 0 {
             (Some(self.file(n.base1, None)), None)
         } else {
@@ -962,6 +994,24 @@ impl Enricher {
                 }
                 None => (res(cstr(&n.path1, n.path1_len as usize), n.base1), false),
             };
+            // A path that matched the kernel by its last component only: through a symlinked
+            // or bind-mounted store, the store's own name.
+            let p1 = match p1 {
+                Some(p)
+                    if !cut1
+                        && n.flags & (ns_flags::LEAF_MATCH | ns_flags::LEAF2_MATCH) != 0
+                        && !self.watch.covers(&p) =>
+                {
+                    match self.through_link(&p, tgid, op) {
+                        Some(q) => {
+                            linked.push(p.display().to_string());
+                            Some(q)
+                        }
+                        None => Some(p),
+                    }
+                }
+                other => other,
+            };
             // Identity of the source while its name is still in the table (rename and unlink
             // have happened, or are about to, by the time we look at the filesystem).
             let known = p1
@@ -983,6 +1033,24 @@ impl Enricher {
                     (res(cstr(&n.path2, n.path2_len as usize), n.base2), false)
                 }
                 None => (None, false),
+            };
+            // Either path's last component may be the one that matched (a rename's target
+            // is often a new name): both are resolved.
+            let p2 = match p2 {
+                Some(p)
+                    if !cut2
+                        && n.flags & (ns_flags::LEAF_MATCH | ns_flags::LEAF2_MATCH) != 0
+                        && !self.watch.covers(&p) =>
+                {
+                    match self.through_link(&p, tgid, None) {
+                        Some(q) => {
+                            linked.push(p.display().to_string());
+                            Some(q)
+                        }
+                        None => Some(p),
+                    }
+                }
+                other => other,
             };
             let in1 = p1.as_deref().is_some_and(|p| self.watch.covers(p));
             let in2 = p2.as_deref().is_some_and(|p| self.watch.covers(p));
@@ -1073,6 +1141,9 @@ impl Enricher {
         if !unresolved.is_empty() {
             ev.detail
                 .push((DetailKey::PathTruncated, unresolved.join(",")));
+        }
+        if !linked.is_empty() {
+            ev.detail.push((DetailKey::LinkPath, linked.join(",")));
         }
         if n.flags & ns_flags::VIA_IO_URING != 0 {
             ev.detail.push((DetailKey::Via, "io_uring".into()));
