@@ -1,0 +1,247 @@
+//! Namespace operations that reach a store through another name of it (#14, side doors): a
+//! symlink to the store, a bind mount of it. The kernel's path filter matched no watched
+//! prefix there, so a mass rename to `.locked` or a snapshot XML removed that way went
+//! unheard on the tracepoint backend. Now the last component is matched against the watched
+//! names (`WATCHED_LEAVES`) and the agent resolves the directory by identity. The guests' LSM
+//! hooks see these operations by the directory's identity already; this suite is the
+//! syscall route's.
+// xtask-suite: host-only
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use serde_json::Value;
+use snapmon_e2e::{loud, nobody_py, open_store, run, Agent, Expect};
+
+const SOON: Duration = Duration::from_secs(5);
+
+/// One agent for the suite, on the default policy with a copy of python3 in the `libvirt`
+/// group (the trusted side of the benign tests).
+struct Suite {
+    agent: Agent,
+    libvirtd: PathBuf,
+}
+
+fn suite() -> std::sync::MutexGuard<'static, Suite> {
+    static S: OnceLock<Mutex<Suite>> = OnceLock::new();
+    S.get_or_init(|| {
+        let base =
+            std::env::temp_dir().join(format!("snapmon-linked-{}-policy", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let libvirtd = base.join("libvirtd");
+        std::fs::copy("/usr/bin/python3", &libvirtd).unwrap();
+        let default = run(snapmon_e2e::bin().to_str().unwrap(), &["policy", "default"]).stdout;
+        let policy = default.replace(
+            "\"/usr/sbin/libvirtd\",",
+            &format!("\"/usr/sbin/libvirtd\", {:?},", libvirtd.to_str().unwrap()),
+        );
+        assert_ne!(policy, default);
+        let p = base.join("policy.toml");
+        std::fs::write(&p, policy).unwrap();
+        let agent = Agent::spawn("linked", &["--config", p.to_str().unwrap()], &[])
+            .expect("agent with a trusted libvirtd");
+        Mutex::new(Suite { agent, libvirtd })
+    })
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A fresh path in /tmp (sticky, as any user's scratch place is) for a link to a store.
+fn scratch(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("snapmon-linked-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// A libvirt snapshot XML of domain `dom` under the agent's root, its directory watched.
+fn snapshot_xml(a: &mut Agent, dom: &str, name: &str) -> PathBuf {
+    let d = a
+        .root
+        .join("libvirt/home/.config/libvirt/qemu/snapshot")
+        .join(dom);
+    std::fs::create_dir_all(&d).unwrap();
+    let xml = d.join(format!("{name}.xml"));
+    let mark = a.mark();
+    std::fs::write(
+        &xml,
+        format!("<domainsnapshot><name>{name}</name></domainsnapshot>\n"),
+    )
+    .unwrap();
+    a.expect(
+        Expect::any_event()
+            .pid(std::process::id())
+            .path(&xml)
+            .since(mark),
+        SOON,
+    );
+    xml
+}
+
+fn alerts_about(a: &mut Agent, mark: u64, p: &Path) -> Vec<Value> {
+    a.settle(Duration::from_millis(500), |_| false);
+    a.since(mark)
+        .into_iter()
+        .filter(|v| v["event"]["kind"] == "alert")
+        .filter(|v| {
+            v["file"]["path"].as_str() == p.to_str()
+                || v["snapmon"]["destination"]["path"].as_str() == p.to_str()
+        })
+        .collect()
+}
+
+/// The finding: `nobody` renamed five of its images in a 1777 store to `.locked` through a
+/// symlink it made in /tmp, and nothing was reported.
+#[test]
+fn nobody_renaming_images_through_a_symlink_to_the_store_is_a_mass_rename() {
+    let mut t = suite();
+    let store = open_store(&t.agent);
+    let imgs: Vec<PathBuf> = (0..5)
+        .map(|i| {
+            let p = store.join(format!("locked-{i}.qcow2"));
+            run("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "1M"]);
+            run("chown", &["nobody:nogroup", s(&p)]);
+            p
+        })
+        .collect();
+    let via = scratch("via");
+    let names: Vec<&str> = imgs
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap())
+        .collect();
+    let mark = t.agent.mark();
+    let r = nobody_py(&format!(
+        "import os\nos.symlink({store:?}, {via:?})\n\
+         for n in {names:?}: os.rename({via:?} + '/' + n, {via:?} + '/' + n + '.locked')\n\
+         os.unlink({via:?})",
+        store = s(&store),
+        via = s(&via),
+    ));
+    let alert = t
+        .agent
+        .expect(Expect::alert("SM-R001").pid(r.pid).since(mark), SOON);
+    // Named by the store's names, with the path as given kept beside.
+    let file = alert["file"]["path"].as_str().unwrap_or("");
+    assert!(
+        file.starts_with(s(&store)) && file.ends_with(".qcow2"),
+        "the alert names {file}, not a store image: {alert}"
+    );
+    let given = alert["snapmon"]["detail"]["link_path"]
+        .as_str()
+        .unwrap_or("");
+    assert!(given.starts_with(s(&via)), "link_path {given:?}: {alert}");
+    // Every rename is there, by the store's names.
+    for p in &imgs {
+        t.agent
+            .expect(Expect::event("rename").pid(r.pid).path(p).since(mark), SOON);
+    }
+}
+
+/// Root removes a snapshot's libvirt XML through a bind mount of its directory: SM-M001,
+/// as by its own name.
+#[test]
+fn root_removing_snapshot_metadata_through_a_bind_mount_is_caught() {
+    let mut t = suite();
+    let xml = snapshot_xml(&mut t.agent, "dom-bind", "s1");
+    let bind = scratch("bind");
+    std::fs::create_dir_all(&bind).unwrap();
+    run("mount", &["--bind", s(xml.parent().unwrap()), s(&bind)]);
+    let mark = t.agent.mark();
+    let rm = Command::new("rm")
+        .arg(bind.join("s1.xml"))
+        .status()
+        .unwrap();
+    let _ = Command::new("umount").arg(&bind).status();
+    let _ = std::fs::remove_dir(&bind);
+    assert!(rm.success());
+    let a = t
+        .agent
+        .expect(Expect::alert("SM-M001").path(&xml).since(mark), SOON);
+    assert_eq!(
+        a["snapmon"]["detail"]["link_path"],
+        s(&bind.join("s1.xml")),
+        "{a}"
+    );
+}
+
+/// The benign mirror: libvirt writing `s1.xml.new` and renaming it over its XML, through a
+/// symlink to its snapshot directory, is seen (as the store's names) and raises nothing at
+/// medium or above.
+#[test]
+fn libvirt_replacing_its_xml_through_a_symlinked_directory_raises_nothing() {
+    let mut t = suite();
+    let xml = snapshot_xml(&mut t.agent, "dom-link", "s2");
+    let via = scratch("libvirt-link");
+    std::os::unix::fs::symlink(xml.parent().unwrap(), &via).unwrap();
+    let mark = t.agent.mark();
+    let helper = t.libvirtd.clone();
+    let r = run(
+        s(&helper),
+        &[
+            "-c",
+            &format!(
+                "import os\n\
+                 x = {x:?}\n\
+                 fd = os.open(x + '.new', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)\n\
+                 os.write(fd, b'<domainsnapshot><name>s2</name><description>y</description></domainsnapshot>\\n')\n\
+                 os.fsync(fd); os.close(fd); os.rename(x + '.new', x)",
+                x = s(&via.join("s2.xml"))
+            ),
+        ],
+    );
+    let _ = std::fs::remove_file(&via);
+    let ev = t.agent.expect(
+        Expect::event("rename").pid(r.pid).path(&xml).since(mark),
+        SOON,
+    );
+    assert!(
+        ev["snapmon"]["detail"]["link_path"]
+            .as_str()
+            .is_some_and(|l| l.contains(s(&via))),
+        "{ev}"
+    );
+    let got = alerts_about(&mut t.agent, mark, &xml);
+    assert!(loud(&got).is_empty(), "{:#?}", loud(&got));
+}
+
+/// A file merely named like a watched image, elsewhere, is not the image: its removal is
+/// not reported, and the image stays watched.
+#[test]
+fn a_file_named_like_an_image_elsewhere_is_not_reported() {
+    let mut t = suite();
+    let store = open_store(&t.agent);
+    let img = store.join("twin.qcow2");
+    run("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "1M"]);
+    let other = scratch("twin-dir");
+    let mark = t.agent.mark();
+    let r = nobody_py(&format!(
+        "import os\nos.mkdir({d:?})\nopen({d:?} + '/twin.qcow2', 'w').write('x')\n\
+         os.unlink({d:?} + '/twin.qcow2')\nos.rmdir({d:?})",
+        d = s(&other)
+    ));
+    t.agent.settle(Duration::from_millis(500), |_| false);
+    let said: Vec<Value> = t
+        .agent
+        .since(mark)
+        .into_iter()
+        .filter(|v| v["process"]["pid"] == r.pid)
+        .collect();
+    assert!(said.is_empty(), "{said:#?}");
+    // The image is still the image: root hiding its (no) snapshots is still judged.
+    let mark = t.agent.mark();
+    let w = snapmon_e2e::python(&format!(
+        "import os; fd = os.open({:?}, os.O_RDWR); os.pwrite(fd, b'QFI\\xfa', 0)",
+        s(&img)
+    ));
+    t.agent.expect(
+        Expect::alert("SM-Q005").pid(w.pid).path(&img).since(mark),
+        SOON,
+    );
+}
