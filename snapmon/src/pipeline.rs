@@ -94,7 +94,11 @@ impl Pipeline {
         self.stats.decoded += 1;
         // Under a flood of names the gone ones are withdrawn as we go, not only when idle.
         self.enricher.settle(Instant::now(), maps);
-        let Some(mut ev) = self.enricher.enrich(&raw, maps) else {
+        let ev = self.enricher.enrich(&raw, maps);
+        // A name this record made is matched by its last component from the next syscall on
+        // (a rename through a symlinked store right after the create).
+        self.enricher.watch.publish_leaves(maps);
+        let Some(mut ev) = ev else {
             return Vec::new();
         };
         self.seq += 1;

@@ -484,7 +484,10 @@ impl WatchSet {
     }
 
     /// Tell the kernel the leaf names that came and went since the last call.
-    fn publish_leaves(&mut self, maps: &mut dyn WatchMaps) {
+    pub fn publish_leaves(&mut self, maps: &mut dyn WatchMaps) {
+        if self.leaf_changes.is_empty() {
+            return;
+        }
         for (h, on) in std::mem::take(&mut self.leaf_changes) {
             if let Err(e) = maps.set_leaf(h, on) {
                 self.loss.watch_full += 1;
@@ -984,9 +987,7 @@ impl WatchSet {
     /// unlink or rename failed) gets it back; one without a name leaves the kernel's map.
     /// Returns the awaited names that are made now, watched.
     pub fn settle(&mut self, now: Instant, maps: &mut dyn WatchMaps) -> Vec<(FileKey, PathBuf)> {
-        if !self.leaf_changes.is_empty() {
-            self.publish_leaves(maps);
-        }
+        self.publish_leaves(maps);
         let made = if self.landing.is_empty() {
             Vec::new()
         } else {

@@ -67,7 +67,16 @@ fn snapshot_xml(a: &mut Agent, dom: &str, name: &str) -> PathBuf {
         .root
         .join("libvirt/home/.config/libvirt/qemu/snapshot")
         .join(dom);
+    let me = std::process::id();
+    let mark = a.mark();
     std::fs::create_dir_all(&d).unwrap();
+    a.expect(Expect::event("mkdir").pid(me).path(&d).since(mark), SOON);
+    // A new directory is watched once its mkdir landed, at the latest when the agent handles
+    // a later record: this one's.
+    let sync = a.root.join(format!("made-{dom}"));
+    let mark = a.mark();
+    std::fs::write(&sync, b"").unwrap();
+    a.expect(Expect::any_event().pid(me).path(&sync).since(mark), SOON);
     let xml = d.join(format!("{name}.xml"));
     let mark = a.mark();
     std::fs::write(
@@ -75,13 +84,7 @@ fn snapshot_xml(a: &mut Agent, dom: &str, name: &str) -> PathBuf {
         format!("<domainsnapshot><name>{name}</name></domainsnapshot>\n"),
     )
     .unwrap();
-    a.expect(
-        Expect::any_event()
-            .pid(std::process::id())
-            .path(&xml)
-            .since(mark),
-        SOON,
-    );
+    a.expect(Expect::any_event().pid(me).path(&xml).since(mark), SOON);
     xml
 }
 

@@ -575,9 +575,9 @@ impl Enricher {
     /// `p`, which the kernel matched by its last component only: the watched name it reaches
     /// through a symlinked or bind-mounted store, or from another mount namespace (its
     /// directory looked up in the process's root, or ours once the process is gone, and
-    /// known by identity), or, for an unlink or rename whose directory cannot be looked up
-    /// (the symlink removed at once), the one watched name of that last component that no
-    /// longer names its file.
+    /// known by identity), or, for an unlink or rename whose directory no longer leads there
+    /// (the symlink removed, the bind mount undone at once), the one watched name of that last
+    /// component that no longer names its file.
     fn through_link(&self, p: &Path, tgid: u32, op: Option<NsOp>) -> Option<PathBuf> {
         let (dir, leaf) = (p.parent()?, p.file_name()?);
         let rel = dir.strip_prefix("/").ok()?.to_path_buf();
@@ -589,9 +589,13 @@ impl Enricher {
                 .join(&rel))
             .or_else(|_| key(Path::new("/").join(&rel)))
         });
-        if let Ok(Ok(k)) = found {
-            let q = self.watch.path_of(&k)?.join(leaf);
-            return self.watch.covers(&q).then_some(q);
+        if let Some(q) = found
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|k| Some(self.watch.path_of(&k)?.join(leaf)))
+            .filter(|q| self.watch.covers(q))
+        {
+            return Some(q);
         }
         if !matches!(op, Some(NsOp::Unlink | NsOp::Rename)) {
             return None;
@@ -731,8 +735,20 @@ impl Enricher {
                 let cut = name.len() >= PATH_LEN - 1;
                 // An absolute name is taken as given: on btrfs every subvolume root is inode
                 // 256 on one superblock, so the parent's identity alone can be ambiguous.
+                // One outside every store, through a symlinked or bind-mounted one, is the
+                // store's name when that name is this very file.
                 let path = match (self.watch.path_of(&o.parent), named.file_name()) {
                     _ if cut => self.opened_path(o.hdr.tgid, o.fd, o.file, o.parent),
+                    (Some(base), Some(leaf))
+                        if named.is_absolute() && !self.watch.covers(&normalize(named)) =>
+                    {
+                        let real = base.join(leaf);
+                        Some(if names_file(&real, o.file) {
+                            real
+                        } else {
+                            normalize(named)
+                        })
+                    }
                     _ if named.is_absolute() => Some(normalize(named)),
                     (Some(base), Some(leaf)) => Some(base.join(leaf)),
                     _ => None,
@@ -995,7 +1011,9 @@ impl Enricher {
                 None => (res(cstr(&n.path1, n.path1_len as usize), n.base1), false),
             };
             // A path that matched the kernel by its last component only: through a symlinked
-            // or bind-mounted store, the store's own name.
+            // or bind-mounted store, the store's own name. `moved`: path1's directory as
+            // given, and the store's.
+            let mut moved: Option<(PathBuf, PathBuf)> = None;
             let p1 = match p1 {
                 Some(p)
                     if !cut1
@@ -1005,6 +1023,10 @@ impl Enricher {
                     match self.through_link(&p, tgid, op) {
                         Some(q) => {
                             linked.push(p.display().to_string());
+                            moved = p
+                                .parent()
+                                .zip(q.parent())
+                                .map(|(a, b)| (a.to_path_buf(), b.to_path_buf()));
                             Some(q)
                         }
                         None => Some(p),
@@ -1042,7 +1064,14 @@ impl Enricher {
                         && n.flags & (ns_flags::LEAF_MATCH | ns_flags::LEAF2_MATCH) != 0
                         && !self.watch.covers(&p) =>
                 {
-                    match self.through_link(&p, tgid, None) {
+                    // In the directory path1 was resolved from: the same directory (its
+                    // symlink may be gone by now).
+                    let same_dir = moved
+                        .as_ref()
+                        .filter(|(given, _)| p.parent() == Some(given.as_path()))
+                        .zip(p.file_name())
+                        .map(|((_, real), leaf)| real.join(leaf));
+                    match same_dir.or_else(|| self.through_link(&p, tgid, None)) {
                         Some(q) => {
                             linked.push(p.display().to_string());
                             Some(q)
@@ -1359,6 +1388,15 @@ impl Enricher {
     fn key_for(&self, p: &Path) -> Option<FileKey> {
         self.watch.key_at(p)
     }
+}
+
+/// Does `p` name the file `k` now (looked at under the read budget)?
+fn names_file(p: &Path, k: FileKey) -> bool {
+    let q = p.to_path_buf();
+    crate::classify::fileread::bounded(Some(k.dev), p, move || {
+        std::fs::symlink_metadata(&q).is_ok_and(|m| crate::paths::key_for(&q, &m) == k)
+    })
+    .unwrap_or(false)
 }
 
 #[cfg(test)]
