@@ -1056,6 +1056,7 @@ impl Enricher {
                 }
                 None => (None, false),
             };
+            let raw2_dir = p2.as_deref().and_then(Path::parent).map(Path::to_path_buf);
             // Either path's last component may be the one that matched (a rename's target
             // is often a new name): both are resolved.
             let p2 = match p2 {
@@ -1071,7 +1072,10 @@ impl Enricher {
                         .filter(|(given, _)| p.parent() == Some(given.as_path()))
                         .zip(p.file_name())
                         .map(|((_, real), leaf)| real.join(leaf));
-                    match same_dir.or_else(|| self.through_link(&p, tgid, None)) {
+                    // A rename's target that replaced a watched file: that file's name is
+                    // gone by leaf too, when the symlink went before we looked.
+                    let op2 = op.filter(|o| matches!(o, NsOp::Rename));
+                    match same_dir.or_else(|| self.through_link(&p, tgid, op2)) {
                         Some(q) => {
                             linked.push(p.display().to_string());
                             Some(q)
@@ -1080,6 +1084,25 @@ impl Enricher {
                     }
                 }
                 other => other,
+            };
+            // path1 in the directory the target was found in, when only the target could be
+            // placed (a temp file renamed over a watched one through a symlink now gone).
+            let p1 = match (p1, &p2) {
+                (Some(a), Some(b))
+                    if moved.is_none()
+                        && !cut1
+                        && n.flags & (ns_flags::LEAF_MATCH | ns_flags::LEAF2_MATCH) != 0
+                        && !self.watch.covers(&a)
+                        && self.watch.covers(b)
+                        && a.parent().is_some()
+                        && a.parent() == raw2_dir.as_deref() =>
+                {
+                    Some(
+                        b.parent()
+                            .map_or(a.clone(), |d| d.join(a.file_name().unwrap_or_default())),
+                    )
+                }
+                (a, _) => a,
             };
             let in1 = p1.as_deref().is_some_and(|p| self.watch.covers(p));
             let in2 = p2.as_deref().is_some_and(|p| self.watch.covers(p));
