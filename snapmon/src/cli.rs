@@ -77,8 +77,8 @@ pub enum Cmd {
     Doctor {
         #[arg(long)]
         json: bool,
-        /// Probe this syscall-hook mode (`tracepoint` or `raw`; default: SNAPMON_SYSCALL_HOOK,
-        /// else `tracepoint`), as `run --syscall-hook` would load it.
+        /// Probe this syscall-hook mode (`auto`, `tracepoint` or `raw`; default:
+        /// SNAPMON_SYSCALL_HOOK, else `auto`), as `run --syscall-hook` would load it.
         #[arg(long, value_name = "MODE", value_parser = parse_syscall_hook)]
         syscall_hook: Option<SyscallHook>,
     },
@@ -229,9 +229,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_compat_syscalls: bool,
     /// How the syscall entry hooks run: `tracepoint` (one `syscalls/sys_enter_*` program per
-    /// hooked syscall) or `raw` (one `tp_btf/sys_enter` program for every syscall, dispatching
-    /// by number: cheaper per write, dearer on every other syscall; Linux 6.2+). Default:
-    /// SNAPMON_SYSCALL_HOOK, else `tracepoint`. `started` and `snapmon doctor` say which runs.
+    /// hooked syscall), `raw` (one `tp_btf/sys_enter` program for every syscall, dispatching
+    /// by number: cheaper per write, dearer on every other syscall; Linux 6.2+) or `auto`
+    /// (raw where it loads and no VFS write hook attaches, else tracepoint). Default:
+    /// SNAPMON_SYSCALL_HOOK, else `auto`. `started` and `snapmon doctor` say which runs.
     #[arg(long, value_name = "MODE", value_parser = parse_syscall_hook)]
     pub syscall_hook: Option<SyscallHook>,
     /// Deny tampering with --protect stores in the kernel (BPF LSM). Without BPF LSM the agent
@@ -714,7 +715,7 @@ fn replay(a: ReplayArgs) -> anyhow::Result<()> {
 
 /// `--syscall-hook MODE`.
 fn parse_syscall_hook(s: &str) -> Result<SyscallHook, String> {
-    SyscallHook::parse(s).ok_or_else(|| format!("`{s}`: expected `tracepoint` or `raw`"))
+    SyscallHook::parse(s).ok_or_else(|| format!("`{s}`: expected `auto`, `tracepoint` or `raw`"))
 }
 
 #[cfg(test)]

@@ -274,6 +274,10 @@ pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<(
         Some(false) => "BPF LSM is not in the active LSM list (boot with lsm=...,bpf): enforcement is impossible, detection only",
         None => "securityfs not mounted: cannot tell whether BPF LSM is enabled",
     };
+    // The mode that ran: `auto` resolved by the load.
+    let syscall_hook = loaded
+        .as_ref()
+        .map_or(syscall_hook, |k| k.info.syscall_hook);
     drop(loaded);
     // What keeps the agent from running here: the exit status says so (the package's
     // postinst does not start the service then).
@@ -326,6 +330,7 @@ pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<(
     println!(
         "syscall hook  {}",
         match syscall_hook {
+            loader::SyscallHook::Auto => "auto (the load failed before it chose)",
             loader::SyscallHook::Tracepoint => "tracepoint (one syscalls/sys_enter_* program per syscall)",
             loader::SyscallHook::Raw => "raw (tp_btf/sys_enter for every syscall, handlers by number; the rest on tracepoints)",
         }

@@ -108,9 +108,13 @@ pub const COMPAT: &[(u32, &str)] = &[
 /// How the syscall entry hooks run (`--syscall-hook`, `SNAPMON_SYSCALL_HOOK`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyscallHook {
+    /// `Raw` where it runs and the syscalls' tracepoints are the write route: the direct fd
+    /// walk, the argument registers in BTF and no VFS write hook (fentry refused). Else
+    /// `Tracepoint`. The bench's VM-host syscall mix is what decided it (#19 item 3).
+    #[default]
+    Auto,
     /// One `tracepoint/syscalls/sys_enter_*` program per hooked syscall: nothing runs on the
     /// syscalls nobody hooks.
-    #[default]
     Tracepoint,
     /// One `tp_btf/sys_enter` program (`syscall_enter`) for every syscall, tail-calling the
     /// handler of the syscall's number ([`RAW`]): cheaper per hooked syscall, dearer on
@@ -119,10 +123,12 @@ pub enum SyscallHook {
 }
 
 impl SyscallHook {
-    pub const ALL: [SyscallHook; 2] = [SyscallHook::Tracepoint, SyscallHook::Raw];
+    pub const ALL: [SyscallHook; 3] =
+        [SyscallHook::Auto, SyscallHook::Tracepoint, SyscallHook::Raw];
 
     pub fn name(self) -> &'static str {
         match self {
+            SyscallHook::Auto => "auto",
             SyscallHook::Tracepoint => "tracepoint",
             SyscallHook::Raw => "raw",
         }
@@ -137,12 +143,25 @@ impl SyscallHook {
     pub fn from_env() -> anyhow::Result<SyscallHook> {
         match std::env::var("SNAPMON_SYSCALL_HOOK") {
             Ok(v) if !v.is_empty() => Self::parse(&v).with_context(|| {
-                format!("SNAPMON_SYSCALL_HOOK={v}: expected `tracepoint` or `raw`")
+                format!("SNAPMON_SYSCALL_HOOK={v}: expected `auto`, `tracepoint` or `raw`")
             }),
             _ => Ok(SyscallHook::default()),
         }
     }
+
+    /// The mode `Auto` stands for, given what this load has: `raw_runs` (direct walk and
+    /// argument registers) and whether the VFS write hook attached.
+    fn resolve(self, raw_runs: bool, vfs: bool) -> SyscallHook {
+        match self {
+            SyscallHook::Auto if raw_runs && !vfs => SyscallHook::Raw,
+            SyscallHook::Auto => SyscallHook::Tracepoint,
+            m => m,
+        }
+    }
 }
+
+/// The VFS write hook (fentry): where it attaches, it owns writes.
+const VFS_WRITE_HOOK: &str = "rw_verify_area";
 
 /// The raw hook's handlers: (x86_64 syscall number, the tracepoint program whose code it runs,
 /// the `tp_btf/sys_enter` program): every `sys_enter_*` hook. The exit hooks (`sys_exit_*`)
@@ -767,7 +786,27 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let mut links = Vec::new();
     release_stale();
     let debug = std::env::var_os("SNAPMON_DEBUG_LOAD").is_some();
-    if opts.syscall_hook == SyscallHook::Raw {
+    let raw_runs =
+        walk.mode == fd_walk::DIRECT && offsets.valid & snapmon_common::valid::REGS_ARGS != 0;
+    // `auto` follows the VFS write hook, so that one is attached first.
+    let mut early = None;
+    if opts.syscall_hook == SyscallHook::Auto && raw_runs {
+        if let Some(spec) = HOOKS.iter().find(|s| s.program == VFS_WRITE_HOOK) {
+            early = Some(attach_one(
+                &mut ebpf,
+                spec,
+                None,
+                &aya_btf,
+                &mut lsm_links,
+                &mut links,
+            ));
+        }
+    }
+    let mode = opts.syscall_hook.resolve(
+        raw_runs,
+        early.as_ref().is_some_and(|h| h.attached_to.is_some()),
+    );
+    if mode == SyscallHook::Raw {
         hooks.push(raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links)?);
     }
     // Everything `attach_one` would load, verified up front on several threads.
@@ -775,9 +814,8 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let jobs: Vec<(&'static str, Load)> = HOOKS
         .iter()
         .filter(|spec| !skipped(spec, opts, &offsets))
-        .filter(|spec| {
-            !(opts.syscall_hook == SyscallHook::Raw && raw_handler(spec.program).is_some())
-        })
+        .filter(|spec| !(mode == SyscallHook::Raw && raw_handler(spec.program).is_some()))
+        .filter(|spec| !(early.is_some() && spec.program == VFS_WRITE_HOOK))
         .filter_map(|spec| Some((code_of(spec), load_of(&spec.attach)?)))
         .collect();
     let preloaded = verify::load_all(&mut ebpf, &aya_btf, &jobs, &verify::sizes(&object), debug);
@@ -789,7 +827,13 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         if skipped(spec, opts, &offsets) {
             continue;
         }
-        if let (SyscallHook::Raw, Some(raw)) = (opts.syscall_hook, raw_handler(spec.program)) {
+        if spec.program == VFS_WRITE_HOOK {
+            if let Some(st) = early.take() {
+                hooks.push(st);
+                continue;
+            }
+        }
+        if let (SyscallHook::Raw, Some(raw)) = (mode, raw_handler(spec.program)) {
             hooks.push(HookStatus {
                 program: spec.program,
                 attached_to: Some(raw_attached_to(spec.program)),
@@ -806,11 +850,11 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             // The VFS write hook sees 32-bit writes already; do not pay for every syscall.
             if hooks
                 .iter()
-                .any(|h: &HookStatus| h.program == "rw_verify_area" && h.attached_to.is_some())
+                .any(|h: &HookStatus| h.program == VFS_WRITE_HOOK && h.attached_to.is_some())
             {
                 continue;
             }
-            let raw = opts.syscall_hook == SyscallHook::Raw;
+            let raw = mode == SyscallHook::Raw;
             if raw {
                 match raw_compat_table(&mut ebpf, &aya_btf, &offsets) {
                     Ok(None) => {
@@ -858,7 +902,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         let pre = preloaded.get(code_of(spec));
         let mut status = attach_one(&mut ebpf, spec, pre, &aya_btf, &mut lsm_links, &mut links);
         if let (Attach::Compat, SyscallHook::Raw, Some(at)) =
-            (&spec.attach, opts.syscall_hook, status.attached_to.as_mut())
+            (&spec.attach, mode, status.attached_to.as_mut())
         {
             at.push_str("; the raw handlers' by tp_btf/sys_enter (RAW_COMPAT_TAIL)");
         }
@@ -880,7 +924,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     // Tell the programs which backend owns io_uring writes now that we know what attached.
     let vfs = hooks
         .iter()
-        .any(|h| h.program == "rw_verify_area" && h.attached_to.is_some());
+        .any(|h| h.program == VFS_WRITE_HOOK && h.attached_to.is_some());
     // Enforcement needs every enforcing hook; observation-only ones may be missing.
     let enforcing = |p: &str| {
         HOOKS.iter().any(|s| {
@@ -1009,7 +1053,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             fd_walk: walk.name(),
             fixed_files: walk.mode == fd_walk::DIRECT
                 && offsets.valid & snapmon_common::valid::IO_URING_FIXED != 0,
-            syscall_hook: opts.syscall_hook,
+            syscall_hook: mode,
         },
         links: Links {
             lsm: lsm_links,
@@ -1849,7 +1893,28 @@ mod tests {
             assert_eq!(SyscallHook::parse(m.name()), Some(m));
         }
         assert_eq!(SyscallHook::parse("Raw"), None);
-        assert_eq!(SyscallHook::default(), SyscallHook::Tracepoint);
+        assert_eq!(SyscallHook::default(), SyscallHook::Auto);
+    }
+
+    /// `auto` is raw only where raw loads and no VFS write hook owns writes; an explicit
+    /// mode is kept whatever the load has (raw then fails with its reason).
+    #[test]
+    fn auto_is_raw_only_without_the_vfs_hook_and_where_raw_runs() {
+        use SyscallHook::*;
+        for (mode, raw_runs, vfs, want) in [
+            (Auto, true, false, Raw),
+            (Auto, true, true, Tracepoint),
+            (Auto, false, false, Tracepoint),
+            (Auto, false, true, Tracepoint),
+            (Tracepoint, true, false, Tracepoint),
+            (Raw, false, true, Raw),
+        ] {
+            assert_eq!(
+                mode.resolve(raw_runs, vfs),
+                want,
+                "{mode:?} {raw_runs} {vfs}"
+            );
+        }
     }
 
     #[test]

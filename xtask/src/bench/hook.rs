@@ -47,8 +47,9 @@ pub const LEGEND: &[(&str, &str)] = &[
     ),
     (
         "snapmon",
-        "the agent, default policy with the loop's executable as a trusted `qemu` writer; \
-         `watched` is the preallocated qcow2 in a watched store, written in its data clusters",
+        "the agent in tracepoint mode (`SNAPMON_SYSCALL_HOOK=tracepoint`), default policy with \
+         the loop's executable as a trusted `qemu` writer; `watched` is the preallocated qcow2 \
+         in a watched store, written in its data clusters",
     ),
     (
         "snapmon-raw",
@@ -281,10 +282,13 @@ pub(super) fn arm(
             "snapmon-raw" => &agent::RAW_HOOK_ARGS,
             _ => &[],
         };
-        let env: &[(&str, &str)] = if config == "snapmon-probe" {
-            &[("SNAPMON_FD_WALK", "probe_read")]
-        } else {
-            &[]
+        // The tracepoint configs pin their mode: the agent's default (`auto`) is raw where
+        // raw runs. An environment variable, so a build from before the flag takes it too.
+        const TP: (&str, &str) = ("SNAPMON_SYSCALL_HOOK", "tracepoint");
+        let env: &[(&str, &str)] = match config {
+            "snapmon-probe" => &[("SNAPMON_FD_WALK", "probe_read"), TP],
+            "snapmon-raw" => &[],
+            _ => &[TP],
         };
         a.agent = Some(agent::Agent::start_env(
             s.bin,

@@ -53,7 +53,7 @@ pub const LEGEND: &[(&str, &str)] = &[
     ),
     (
         "snapmon",
-        "the agent as in the hook-cost phase (default, per-syscall tracepoints)",
+        "the agent as in the hook-cost phase (tracepoint mode, per-syscall tracepoints)",
     ),
     ("snapmon-raw", "the agent with `--syscall-hook raw`"),
 ];
