@@ -298,3 +298,51 @@ fn a_file_named_like_an_image_elsewhere_is_not_reported() {
         SOON,
     );
 }
+
+/// `nobody` plants a hidden entry in the store through a symlink it makes in /tmp and removes
+/// at once (T1564): `how` is `create` (a dot-file), `rename` (one from /tmp renamed in) or
+/// `mkdir` (a dot-directory). It must be SM-H001 on the store's name.
+fn plant_through_a_symlink(t: &mut Suite, how: &str) {
+    let store = open_store(&t.agent);
+    let via = scratch(&format!("hide-{how}"));
+    let outside = scratch(&format!("hide-{how}-src"));
+    let leaf = format!(".{how}-{}", std::process::id());
+    let body = match how {
+        "create" => "open(v + '/' + n, 'w').write('x')",
+        "rename" => "open(o, 'w').write('x'); os.rename(o, v + '/' + n)",
+        _ => "os.mkdir(v + '/' + n)",
+    };
+    let mark = t.agent.mark();
+    let r = nobody_py(&format!(
+        "import os\nv = {v:?}\no = {o:?}\nn = {leaf:?}\nos.symlink({store:?}, v)\n{body}\nos.unlink(v)",
+        v = s(&via),
+        o = s(&outside),
+        store = s(&store),
+    ));
+    t.agent.expect(
+        Expect::alert("SM-H001")
+            .pid(r.pid)
+            .path(&store.join(&leaf))
+            .since(mark),
+        SOON,
+    );
+}
+
+/// A dot-file created through a symlink to the store: the open hook judges a create by its
+/// directory's identity, whatever name reached it.
+#[test]
+fn nobody_creating_a_hidden_file_through_a_symlink_is_caught() {
+    plant_through_a_symlink(&mut suite(), "create");
+}
+
+/// Renamed in, or made as a directory, through a symlink: not seen on the syscall route. The
+/// rename's and mkdir's paths are judged at syscall entry by prefix or by a watched last
+/// component, and a new hidden name is neither. (The guests' LSM hooks see both by the
+/// directory's identity.)
+#[test]
+#[ignore = "open in #14: a new name made through another name of a store, by rename or mkdir, is unseen on the syscall route"]
+fn nobody_renaming_or_mkdiring_a_hidden_entry_through_a_symlink_is_caught() {
+    let mut t = suite();
+    plant_through_a_symlink(&mut t, "rename");
+    plant_through_a_symlink(&mut t, "mkdir");
+}
