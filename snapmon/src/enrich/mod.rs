@@ -129,6 +129,16 @@ pub struct EnrichStats {
     pub dropped_outside_watch: u64,
 }
 
+/// How a path given through another name of a store was placed on the store's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Its directory, looked up, is a watched one.
+    Directory,
+    /// Its directory no longer leads there: the one watched name of its last component that
+    /// no longer names its file.
+    VanishedName,
+}
+
 pub struct Enricher {
     pub clock: Clock,
     pub watch: WatchSet,
@@ -578,7 +588,7 @@ impl Enricher {
     /// known by identity), or, for an unlink or rename whose directory no longer leads there
     /// (the symlink removed, the bind mount undone at once), the one watched name of that last
     /// component that no longer names its file.
-    fn through_link(&self, p: &Path, tgid: u32, op: Option<NsOp>) -> Option<PathBuf> {
+    fn through_link(&self, p: &Path, tgid: u32, op: Option<NsOp>) -> Option<(PathBuf, Via)> {
         let (dir, leaf) = (p.parent()?, p.file_name()?);
         let rel = dir.strip_prefix("/").ok()?.to_path_buf();
         let found = crate::classify::fileread::bounded(None, dir, move || {
@@ -595,13 +605,13 @@ impl Enricher {
             .and_then(|k| Some(self.watch.path_of(&k)?.join(leaf)))
             .filter(|q| self.watch.covers(q))
         {
-            return Some(q);
+            return Some((q, Via::Directory));
         }
         if !matches!(op, Some(NsOp::Unlink | NsOp::Rename)) {
             return None;
         }
         match self.watch.gone_by_leaf(leaf).as_slice() {
-            [(_, q)] => Some(q.clone()),
+            [(_, q)] => Some((q.clone(), Via::VanishedName)),
             _ => None,
         }
     }
@@ -1020,8 +1030,17 @@ impl Enricher {
                         && n.flags & (ns_flags::LEAF_MATCH | ns_flags::LEAF2_MATCH) != 0
                         && !self.watch.covers(&p) =>
                 {
-                    match self.through_link(&p, tgid, op) {
-                        Some(q) => {
+                    // A file renamed over a watched one of the same last component: that
+                    // name is gone because of this very rename, so it does not place path1
+                    // (a rename onto itself is no rename).
+                    let target = (op == Some(NsOp::Rename) && cut2.is_none() && n.path2_len > 0)
+                        .then(|| res(cstr(&n.path2, n.path2_len as usize), n.base2))
+                        .flatten();
+                    match self
+                        .through_link(&p, tgid, op)
+                        .filter(|(q, via)| *via == Via::Directory || target.as_ref() != Some(q))
+                    {
+                        Some((q, _)) => {
                             linked.push(p.display().to_string());
                             moved = p
                                 .parent()
@@ -1075,7 +1094,7 @@ impl Enricher {
                     // A rename's target that replaced a watched file: that file's name is
                     // gone by leaf too, when the symlink went before we looked.
                     let op2 = op.filter(|o| matches!(o, NsOp::Rename));
-                    match same_dir.or_else(|| self.through_link(&p, tgid, op2)) {
+                    match same_dir.or_else(|| self.through_link(&p, tgid, op2).map(|(q, _)| q)) {
                         Some(q) => {
                             linked.push(p.display().to_string());
                             Some(q)
