@@ -11,7 +11,8 @@
 //! - `snapmon_hooks{state}`: programs loaded, `attached`/`missing` (the count `doctor` and the
 //!   status line give); `snapmon_hook_attached{program}`: 1 attached, 0 not
 //! - `snapmon_hook_runs_total{program,attach}`, `snapmon_hook_run_seconds_total{program,attach}`:
-//!   kernel BPF run statistics per attached program, refreshed every status interval;
+//!   kernel BPF run statistics per attached program (raw mode's tail-called handlers are
+//!   counted in `syscall_enter`), refreshed every status interval;
 //!   `snapmon_hook_stats_enabled` says whether the kernel is counting (0: those series are absent)
 //! - `snapmon_sink_{received,filtered,written,dropped}_total{sink[,cause]}`,
 //!   `snapmon_sink_up{sink,state}` (state: open, connected, sending, connecting,

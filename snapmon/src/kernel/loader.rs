@@ -993,14 +993,16 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     } else {
         RunStats::passive()
     };
-    // One fd per program: hooks that share one (`Attach::SyscallShared`) name it alike.
+    // One fd per program: hooks that share one (`Attach::SyscallShared`) name it alike. Raw
+    // mode's handlers are not among them: the kernel counts no runs for a tail call, so
+    // their statistics would read 0 forever (their runs are `syscall_enter`'s).
     let mut kept = std::collections::HashSet::new();
     let programs = hooks
         .iter()
         .filter(|h| h.attached_to.is_some())
         .filter_map(|h| {
             let name = h.handler.unwrap_or(h.program);
-            if !kept.insert(name) {
+            if tail_called(name) || !kept.insert(name) {
                 return None;
             }
             let fd = ebpf.program(name)?.fd().ok()?.try_clone().ok()?;
@@ -1262,6 +1264,11 @@ fn compat_table(
             .with_context(|| format!("compat slot {nr}"))?;
     }
     Ok(refused)
+}
+
+/// A raw-mode handler: run by tail call from `syscall_enter`, never attached itself.
+fn tail_called(program: &str) -> bool {
+    RAW.iter().any(|&(_, _, raw)| raw == program)
 }
 
 /// Where a hook runs in raw mode: its handler, by the native syscall number.
@@ -1894,6 +1901,13 @@ mod tests {
         }
         assert_eq!(SyscallHook::parse("Raw"), None);
         assert_eq!(SyscallHook::default(), SyscallHook::Auto);
+    }
+
+    #[test]
+    fn raw_handlers_are_tail_called_and_attached_programs_are_not() {
+        assert!(tail_called("raw_pwrite64"));
+        assert!(!tail_called("syscall_enter"));
+        assert!(!tail_called("sys_enter_pwrite64"));
     }
 
     /// `auto` is raw only where raw loads and no VFS write hook owns writes; an explicit
