@@ -322,7 +322,7 @@ fn plant_through_a_symlink(t: &mut Suite, how: &str) {
     t.agent.expect(
         Expect::alert("SM-H001")
             .pid(r.pid)
-            .path(&store.join(&leaf))
+            .path(store.join(&leaf))
             .since(mark),
         SOON,
     );
