@@ -802,12 +802,24 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
             ));
         }
     }
-    let mode = opts.syscall_hook.resolve(
+    let mut mode = opts.syscall_hook.resolve(
         raw_runs,
         early.as_ref().is_some_and(|h| h.attached_to.is_some()),
     );
     if mode == SyscallHook::Raw {
-        hooks.push(raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links)?);
+        // `syscall_enter` is attached last: a failure before it leaves nothing running.
+        match raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links) {
+            Ok(st) => hooks.push(st),
+            // Asked for, raw mode refuses to start without it; chosen by `auto`, the
+            // tracepoints stand in and say why.
+            Err(e) if opts.syscall_hook == SyscallHook::Auto => {
+                eprintln!(
+                    "snapmon: raw syscall hook unavailable, using the syscall tracepoints: {e:#}"
+                );
+                mode = SyscallHook::Tracepoint;
+            }
+            Err(e) => return Err(e),
+        }
     }
     // Everything `attach_one` would load, verified up front on several threads.
     let t = std::time::Instant::now();
