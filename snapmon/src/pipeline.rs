@@ -1056,6 +1056,53 @@ mod linked {
         assert!(maps.leaves.contains(&h("vm2.qcow2")), "{:?}", maps.leaves);
     }
 
+    /// The by-leaf fallback looks only at names with that last component (a flood of junk
+    /// unlinks named like a watched image scanned every watched name before: 2.1 s of agent
+    /// CPU for 20 000 by nobody with 5 000 images watched), and follows renames.
+    #[test]
+    fn gone_by_leaf_finds_the_vanished_name_among_those_of_its_last_component() {
+        let d = TmpDir::new("byleaf");
+        let s = d.path("store");
+        for sub in ["a", "b"] {
+            std::fs::create_dir_all(s.join(sub)).unwrap();
+            std::fs::write(s.join(sub).join("vm1.qcow2"), b"x").unwrap();
+        }
+        for i in 0..50 {
+            std::fs::write(s.join(format!("other-{i}.qcow2")), b"x").unwrap();
+        }
+        let (mut maps, mut pipe) = pipe_on(&s);
+        let gone = |pipe: &Pipeline, leaf: &str| -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = pipe
+                .enricher
+                .watch
+                .gone_by_leaf(std::ffi::OsStr::new(leaf))
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(gone(&pipe, "vm1.qcow2").is_empty());
+        // Removed behind the agent's back (as through a symlink since undone): found.
+        std::fs::remove_file(s.join("b/vm1.qcow2")).unwrap();
+        assert_eq!(gone(&pipe, "vm1.qcow2"), vec![s.join("b/vm1.qcow2")]);
+        assert!(gone(&pipe, "other-1.qcow2").is_empty());
+        // A rename the agent saw moves the name to its new last component.
+        std::fs::rename(s.join("a/vm1.qcow2"), s.join("a/vm9.qcow2")).unwrap();
+        let r = ns(
+            NsOp::Rename,
+            9,
+            &s.join("a/vm1.qcow2"),
+            Some(&s.join("a/vm9.qcow2")),
+            ns_flags::ABS_PREFIX_MATCH | ns_flags::PATH2_MATCH,
+        );
+        pipe.handle(&r, &mut maps);
+        pipe.poll(Instant::now(), &mut maps);
+        std::fs::remove_file(s.join("a/vm9.qcow2")).unwrap();
+        assert_eq!(gone(&pipe, "vm9.qcow2"), vec![s.join("a/vm9.qcow2")]);
+        assert!(!gone(&pipe, "vm1.qcow2").contains(&s.join("a/vm1.qcow2")));
+    }
+
     /// The finding: renames through a symlink to the store matched no watched prefix and
     /// went unheard, five images to `.locked` included.
     #[test]

@@ -308,6 +308,8 @@ pub struct WatchSet {
     leaves: HashMap<u64, u32>,
     /// Leaf hashes to put into (true) or take out of the kernel's set.
     leaf_changes: Vec<(u64, bool)>,
+    /// The same names by last component: `gone_by_leaf` looks at these, not at every name.
+    by_leaf: HashMap<std::ffi::OsString, Vec<PathBuf>>,
 }
 
 /// Names looked at for one `gone_by_leaf`.
@@ -467,6 +469,17 @@ impl WatchSet {
             return;
         };
         let h = snapmon_common::leaf_hash(name.as_bytes());
+        if added {
+            self.by_leaf
+                .entry(name.to_os_string())
+                .or_default()
+                .push(p.to_path_buf());
+        } else if let Some(named) = self.by_leaf.get_mut(name) {
+            named.retain(|x| x != p);
+            if named.is_empty() {
+                self.by_leaf.remove(name);
+            }
+        }
         let n = self.leaves.entry(h).or_default();
         let was = *n > 0;
         if added {
@@ -503,12 +516,23 @@ impl WatchSet {
 
     /// Watched image and metadata names whose last component is `leaf` and that no longer
     /// name their file: what an unlink or rename through another path to the store took.
+    /// Looked up by that component: a flood of junk names that end like a watched one costs
+    /// a map lookup each, however many files are watched.
     pub fn gone_by_leaf(&self, leaf: &std::ffi::OsStr) -> Vec<(FileKey, PathBuf)> {
-        self.known()
-            .filter(|(_, p)| p.file_name() == Some(leaf) && self.precious.admits(p))
+        self.by_leaf
+            .get(leaf)
+            .into_iter()
+            .flatten()
+            .flat_map(|p| {
+                self.by_path
+                    .get(p)
+                    .into_iter()
+                    .flatten()
+                    .map(move |k| (*k, p))
+            })
             .take(GONE_BY_LEAF)
-            .filter(|(k, p)| !resolves(p, **k))
-            .map(|(k, p)| (*k, p.clone()))
+            .filter(|(k, p)| !resolves(p, *k))
+            .map(|(k, p)| (k, p.clone()))
             .collect()
     }
 
