@@ -1436,7 +1436,9 @@ fn an_exiting_agent_hands_its_hooks_over_and_leaves_nothing_behind() {
     assert!(!stale.exists(), "a dead agent's pins are removed at start");
     let pid = a.pid();
     let progs = prog_ids(pid);
-    assert!(progs.len() > 10, "the agent holds programs: {progs:?}");
+    // Raw mode holds 7 here: one syscall_enter stands for every sys_enter hook, and its
+    // tail-called handlers are held by the prog array, not by the agent.
+    assert!(progs.len() > 5, "the agent holds programs: {progs:?}");
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.stop(Duration::from_secs(60)), "the agent did not exit 0");
     let recs = a.records();
