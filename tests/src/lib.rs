@@ -227,6 +227,13 @@ impl Agent {
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
 
+    /// Stop the agent (SIGSTOP) until the guard is dropped: it then handles what happened
+    /// meanwhile only after all of it, the order a busy agent meets.
+    pub fn hold(&self) -> Held {
+        self.signal(libc::SIGSTOP);
+        Held(self.pid())
+    }
+
     /// The test directory `name` under the watched root, made on first use. Returns once
     /// the agent has recorded the mkdir: from then on it sees what happens inside.
     pub fn dir(&mut self, name: &str) -> PathBuf {
@@ -727,6 +734,37 @@ pub struct Ran {
 }
 
 /// Run a command to completion, failing the test if it fails.
+/// A held agent (`Agent::hold`): SIGCONT when dropped, also when the test fails.
+pub struct Held(u32);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// The default policy with a copy of python3 (`<temp>/snapmon-<tag>-<pid>-policy/libvirtd`)
+/// among the `libvirt` actor's executables: the trusted identity that writes snapshot XML
+/// the way libvirt does, on a host without libvirtd. Returns the policy file and the copy.
+pub fn policy_with_libvirtd(tag: &str) -> (PathBuf, PathBuf) {
+    let base = std::env::temp_dir().join(format!("snapmon-{tag}-{}-policy", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let libvirtd = base.join("libvirtd");
+    std::fs::copy("/usr/bin/python3", &libvirtd).unwrap();
+    let default = run(bin().to_str().unwrap(), &["policy", "default"]).stdout;
+    let policy = default.replace(
+        "\"/usr/sbin/libvirtd\",",
+        &format!("\"/usr/sbin/libvirtd\", {:?},", libvirtd.to_str().unwrap()),
+    );
+    assert_ne!(
+        policy, default,
+        "the default policy names no /usr/sbin/libvirtd"
+    );
+    let p = base.join("policy.toml");
+    std::fs::write(&p, policy).unwrap();
+    (p, libvirtd)
+}
+
 pub fn run(cmd: &str, args: &[&str]) -> Ran {
     let child = Command::new(cmd)
         .args(args)

@@ -29,19 +29,7 @@ struct Suite {
 fn suite() -> std::sync::MutexGuard<'static, Suite> {
     static S: OnceLock<Mutex<Suite>> = OnceLock::new();
     S.get_or_init(|| {
-        let base =
-            std::env::temp_dir().join(format!("snapmon-linked-{}-policy", std::process::id()));
-        std::fs::create_dir_all(&base).unwrap();
-        let libvirtd = base.join("libvirtd");
-        std::fs::copy("/usr/bin/python3", &libvirtd).unwrap();
-        let default = run(snapmon_e2e::bin().to_str().unwrap(), &["policy", "default"]).stdout;
-        let policy = default.replace(
-            "\"/usr/sbin/libvirtd\",",
-            &format!("\"/usr/sbin/libvirtd\", {:?},", libvirtd.to_str().unwrap()),
-        );
-        assert_ne!(policy, default);
-        let p = base.join("policy.toml");
-        std::fs::write(&p, policy).unwrap();
+        let (p, libvirtd) = snapmon_e2e::policy_with_libvirtd("linked");
         let agent = Agent::spawn("linked", &["--config", p.to_str().unwrap()], &[])
             .expect("agent with a trusted libvirtd");
         Mutex::new(Suite { agent, libvirtd })
@@ -188,10 +176,7 @@ fn replace_through_link(
     let via = scratch(dom);
     std::os::unix::fs::symlink(xml.parent().unwrap(), &via).unwrap();
     let mark = t.agent.mark();
-    let resume = held.then(|| {
-        t.agent.signal(libc::SIGSTOP);
-        Resume(t.agent.pid())
-    });
+    let resume = held.then(|| t.agent.hold());
     let r = run(
         exe,
         &[
@@ -209,15 +194,6 @@ fn replace_through_link(
     let _ = std::fs::remove_file(&via);
     drop(resume);
     (xml, via, r.pid, mark)
-}
-
-/// Sends SIGCONT to a stopped agent when dropped (also when the test fails).
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
 }
 
 /// The benign mirror: libvirt writing `s2.xml.new` and renaming it over its XML, through a

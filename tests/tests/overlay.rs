@@ -168,8 +168,7 @@ fn an_image_made_through_a_view_before_the_agent_saw_the_mount_is_found() {
     let mut a = agent();
     settled(&mut a);
     let made = l.merged.join("early.qcow2");
-    a.signal(libc::SIGSTOP);
-    let resume = Resume(a.pid());
+    let resume = a.hold();
     let m = mount(&l);
     run(
         "qemu-img",
@@ -183,15 +182,6 @@ fn an_image_made_through_a_view_before_the_agent_saw_the_mount_is_found() {
     hide_through(&mut a, &l.store.join("early.qcow2"), &made);
     drop(a);
     drop(m);
-}
-
-/// Sends SIGCONT to a stopped agent when dropped (also when the test fails).
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
 }
 
 /// The ordinary order: the agent has the overlay's aliases before the image is made.

@@ -491,19 +491,7 @@ struct Trusted {
 fn trusted() -> std::sync::MutexGuard<'static, Trusted> {
     static T: OnceLock<Mutex<Trusted>> = OnceLock::new();
     T.get_or_init(|| {
-        let base =
-            std::env::temp_dir().join(format!("snapmon-replace-{}-policy", std::process::id()));
-        std::fs::create_dir_all(&base).unwrap();
-        let libvirtd = base.join("libvirtd");
-        std::fs::copy("/usr/bin/python3", &libvirtd).unwrap();
-        let default = run(snapmon_e2e::bin().to_str().unwrap(), &["policy", "default"]).stdout;
-        let policy = default.replace(
-            "\"/usr/sbin/libvirtd\",",
-            &format!("\"/usr/sbin/libvirtd\", {:?},", libvirtd.to_str().unwrap()),
-        );
-        assert_ne!(policy, default);
-        let p = base.join("policy.toml");
-        std::fs::write(&p, policy).unwrap();
+        let (p, libvirtd) = snapmon_e2e::policy_with_libvirtd("replace");
         let agent = Agent::spawn("replace-trusted", &["--config", p.to_str().unwrap()], &[])
             .expect("agent with the libvirt overlay");
         Mutex::new(Trusted { agent, libvirtd })
