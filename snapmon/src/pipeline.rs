@@ -1025,6 +1025,21 @@ mod linked {
         (maps, pipe)
     }
 
+    /// `from` renamed to `to` on disk, and the record of it as the kernel sends it when the
+    /// store's own names were used, handled.
+    fn renamed_in_sight(pipe: &mut Pipeline, maps: &mut MemMaps, from: &Path, to: &Path) {
+        std::fs::rename(from, to).unwrap();
+        let r = ns(
+            NsOp::Rename,
+            9,
+            from,
+            Some(to),
+            ns_flags::ABS_PREFIX_MATCH | ns_flags::PATH2_MATCH,
+        );
+        pipe.handle(&r, maps);
+        pipe.poll(Instant::now(), maps);
+    }
+
     fn path_of(f: Option<&crate::event::FileInfo>) -> Option<String> {
         f.and_then(|f| f.path.as_ref()).map(|p| p.display())
     }
@@ -1042,16 +1057,12 @@ mod linked {
         assert!(maps.leaves.contains(&h("vm1.qcow2")), "{:?}", maps.leaves);
         assert!(!maps.leaves.contains(&h("notes.txt")));
         // Its name gone (seen), it is withdrawn; a new image's name comes in.
-        std::fs::rename(s.join("vm1.qcow2"), s.join("vm2.qcow2")).unwrap();
-        let r = ns(
-            NsOp::Rename,
-            9,
+        renamed_in_sight(
+            &mut pipe,
+            &mut maps,
             &s.join("vm1.qcow2"),
-            Some(&s.join("vm2.qcow2")),
-            ns_flags::ABS_PREFIX_MATCH | ns_flags::PATH2_MATCH,
+            &s.join("vm2.qcow2"),
         );
-        pipe.handle(&r, &mut maps);
-        pipe.poll(Instant::now(), &mut maps);
         assert!(!maps.leaves.contains(&h("vm1.qcow2")), "{:?}", maps.leaves);
         assert!(maps.leaves.contains(&h("vm2.qcow2")), "{:?}", maps.leaves);
     }
@@ -1088,16 +1099,12 @@ mod linked {
         assert_eq!(gone(&pipe, "vm1.qcow2"), vec![s.join("b/vm1.qcow2")]);
         assert!(gone(&pipe, "other-1.qcow2").is_empty());
         // A rename the agent saw moves the name to its new last component.
-        std::fs::rename(s.join("a/vm1.qcow2"), s.join("a/vm9.qcow2")).unwrap();
-        let r = ns(
-            NsOp::Rename,
-            9,
+        renamed_in_sight(
+            &mut pipe,
+            &mut maps,
             &s.join("a/vm1.qcow2"),
-            Some(&s.join("a/vm9.qcow2")),
-            ns_flags::ABS_PREFIX_MATCH | ns_flags::PATH2_MATCH,
+            &s.join("a/vm9.qcow2"),
         );
-        pipe.handle(&r, &mut maps);
-        pipe.poll(Instant::now(), &mut maps);
         std::fs::remove_file(s.join("a/vm9.qcow2")).unwrap();
         assert_eq!(gone(&pipe, "vm9.qcow2"), vec![s.join("a/vm9.qcow2")]);
         assert!(!gone(&pipe, "vm1.qcow2").contains(&s.join("a/vm1.qcow2")));
