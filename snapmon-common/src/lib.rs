@@ -1070,6 +1070,11 @@ pub struct AgentConfig {
     pub fd_walk: u32,
     /// vmlinux BTF id of `struct file`, the `bpf_rdonly_cast` target of the direct walk.
     pub btf_file: u32,
+    /// vmlinux BTF id of `struct mm_struct` (0: unknown). The direct walk casts the fd slot's
+    /// address, less `exe_file`'s offset, to it, so the slot is one plain load of a typed
+    /// `struct file *` instead of a `bpf_probe_read_kernel` call.
+    pub btf_mm: u32,
+    pub _pad: u32,
 }
 
 /// The fd → file → inode walk the programs run (`AgentConfig::fd_walk`).
@@ -1134,7 +1139,7 @@ const _: () = {
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
-    assert!(size_of::<AgentConfig>() == 16);
+    assert!(size_of::<AgentConfig>() == 24);
     assert!(size_of::<OpenStash>() == 16);
     assert!(size_of::<Blinded>() == 64);
     assert!(offset_of!(Blinded, file) == 8);

@@ -78,7 +78,7 @@ pub(crate) unsafe fn on_ioctl<C: crate::emit::SysArgs>(ctx: &C) {
     // Not in a 32-bit syscall: handed here by `compat`, which has no exit hook to finish it.
     if loop_binding(cmd) && !in_compat() {
         // The circuit breaker judges before the effect; the record waits for the outcome.
-        if let Some(w) = watched_fd(Task::current(), fd, true) {
+        if let Some(w) = watched_fd(fd, true) {
             crate::respond::on_ioctl(&w, cmd);
         }
         let call = LoopCall {
@@ -98,7 +98,7 @@ pub(crate) unsafe fn on_ioctl<C: crate::emit::SysArgs>(ctx: &C) {
     if loop_ioctl::attaches(cmd) && on_loop_attach(fd, cmd, arg) {
         return;
     }
-    let Some(w) = watched_fd(Task::current(), fd, true) else {
+    let Some(w) = watched_fd(fd, true) else {
         return;
     };
     if !w.is_dir && sets_generation(cmd) {
@@ -135,7 +135,7 @@ unsafe fn on_ioctl_exit(ctx: &TracePointContext) {
     if loop_ioctl::attaches(c.cmd) && on_loop_attach(c.fd, c.cmd, c.arg) {
         return;
     }
-    if let Some(w) = watched_fd(Task::current(), c.fd, true) {
+    if let Some(w) = watched_fd(c.fd, true) {
         report(&w, c.fd, c.cmd, c.arg);
     }
 }
@@ -223,8 +223,7 @@ unsafe fn on_loop_attach(fd: i64, cmd: u32, arg: u64) -> bool {
     } else {
         arg as u32 as i64
     };
-    let task = Task::current();
-    let Some(w) = watched_fd(task, backing, false) else {
+    let Some(w) = watched_fd(backing, false) else {
         return false;
     };
     let Some(ev) = SCRATCH_IOCTL.get_ptr_mut(0) else {
@@ -237,7 +236,7 @@ unsafe fn on_loop_attach(fd: i64, cmd: u32, arg: u64) -> bool {
         0
     };
     fill(ev, fd, cmd, w.key, arg, write_flags::LOOP_BACKING, want, 0);
-    let node = task.fd_file(fd).and_then(|f| f.inode());
+    let node = Task::current().fd_file(fd).and_then(|f| f.inode());
     ev.parent = node.and_then(|i| i.key()).unwrap_or_default();
     if ev.parent.ino != 0 {
         // Watch the device node now: the attacker's first write through it may come before

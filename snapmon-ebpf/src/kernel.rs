@@ -192,7 +192,7 @@ impl Task {
     pub unsafe fn fd_file(self, fd: i64) -> Option<File> {
         if direct_walk() {
             // A BTF pointer: the probe reads callers make through it work as on a scalar.
-            return direct_file(fd).map(|(_, f)| f);
+            return direct_file(fd);
         }
         if fd < 0 {
             return None;
@@ -226,7 +226,7 @@ impl Task {
                 }
                 Dentry::non_null(ld(fs, off!(fs_pwd_dentry)))
             } else {
-                direct_file(dirfd)?.1.direct_dentry()
+                direct_file(dirfd)?.direct_dentry()
             };
         }
         let d = if dirfd as i32 as i64 == AT_FDCWD {
@@ -612,11 +612,13 @@ unsafe fn ld<T: Copy>(base: *const u8, off: usize) -> T {
     core::ptr::read_volatile(base.add(off) as *const T)
 }
 
-/// `task->files->fdt->fd[fd]` by BTF loads: only the fd slot, a `struct file **` the
-/// verifier types as a scalar, is a helper read. The file as that scalar and cast back to a
-/// BTF pointer with `bpf_rdonly_cast`.
+/// `task->files->fdt->fd[fd]` by BTF loads. The slot is a `struct file **` the verifier types
+/// as a scalar: its address, less `mm_struct.exe_file`'s offset, is cast to a `struct
+/// mm_struct` (`bpf_rdonly_cast`), and `exe_file` loaded from that is the slot, typed
+/// `struct file *`: a plain load, not a ~25 ns helper call on every write. Without
+/// `mm_struct`'s id the slot is a probe read and the file cast back to BTF.
 #[inline(always)]
-unsafe fn direct_file(fd: i64) -> Option<(u64, File)> {
+unsafe fn direct_file(fd: i64) -> Option<File> {
     if fd < 0 {
         return None;
     }
@@ -637,37 +639,43 @@ unsafe fn direct_file(fd: i64) -> Option<(u64, File)> {
     if fds == 0 {
         return None;
     }
-    let file: u64 = bpf_probe_read_kernel((fds as *const u64).add(fd as usize)).ok()?;
+    let slot = fds + fd as u64 * 8;
+    let btf_mm = core::ptr::read_volatile(&CONFIG.btf_mm);
+    if btf_mm != 0 {
+        let mm = rdonly_cast(slot - off!(mm_exe_file) as u64, btf_mm);
+        let file: *const u8 = ld(mm, off!(mm_exe_file));
+        return (!file.is_null()).then_some(File(file));
+    }
+    let file: u64 = bpf_probe_read_kernel(slot as *const u64).ok()?;
     if file == 0 {
         return None;
     }
-    Some((
+    Some(File(rdonly_cast(
         file,
-        File(rdonly_cast(
-            file,
-            core::ptr::read_volatile(&CONFIG.btf_file),
-        )),
-    ))
+        core::ptr::read_volatile(&CONFIG.btf_file),
+    )))
 }
 
 /// `direct_file`, on to (file, inode, sb, ino) by plain loads.
 #[inline(always)]
 unsafe fn direct_inode(fd: i64) -> Option<(File, Inode, SuperBlock, u64)> {
-    let (file, f) = direct_file(fd)?;
+    let f = direct_file(fd)?;
     let inode = f.direct_inode()?;
     let ino: u64 = ld(inode.0, off!(inode_ino));
     let sb: SuperBlock = SuperBlock(ld(inode.0, off!(inode_sb)));
-    // The file as the scalar the fd table held: probe reads only.
-    Some((File(file as *const u8), inode, sb, ino))
+    Some((f, inode, sb, ino))
 }
 
-/// The fd's file when it is a watched file, device or (with `dirs`) a watched directory.
+/// The current task's fd's file when it is a watched file, device or (with `dirs`) a
+/// watched directory. The task is fetched here, by the walk that reads through it: the
+/// direct walk's BTF task is not the probe-read walk's, and a helper call neither uses is a
+/// few ns on every write.
 #[inline(always)]
-pub unsafe fn watched_fd(task: Task, fd: i64, dirs: bool) -> Option<Watched> {
+pub unsafe fn watched_fd(fd: i64, dirs: bool) -> Option<Watched> {
     let (file, inode, sb, ino) = if direct_walk() {
         direct_inode(fd)?
     } else {
-        let file = task.fd_file(fd)?;
+        let file = Task::current().fd_file(fd)?;
         let inode = file.inode()?;
         let (sb, ino) = inode.sb_ino()?;
         (file, inode, sb, ino)

@@ -41,7 +41,8 @@ pub unsafe fn ns_paths_from(
     aux2: u64,
     uring: bool,
 ) {
-    let Some(task) = enter() else { return };
+    let Some(()) = enter() else { return };
+    let task = crate::kernel::Task::current();
     let Some(ev) = SCRATCH_NS.get_ptr_mut(0) else {
         return;
     };
@@ -108,8 +109,8 @@ pub unsafe fn ns_paths_from(
 /// Attribute change through a file descriptor (fchmod, fchown, futimens).
 #[inline(always)]
 unsafe fn ns_fd(op: NsOp, fd: u64, aux: u64, aux2: u64) {
-    let Some(task) = enter() else { return };
-    let Some(w) = watched_fd(task, fd as i64, true) else {
+    let Some(()) = enter() else { return };
+    let Some(w) = watched_fd(fd as i64, true) else {
         crate::observe::mark(false);
         return;
     };

@@ -15,7 +15,7 @@ use snapmon_common::{uring_register as ur, valid as v, write_flags, EventKind, N
 
 use crate::{
     emit::{count_lost, fill_header, output_watched, sc_arg},
-    kernel::{enter, fixed_file, off, rbtf, rk, valid, watched_fd, Fixed, Task},
+    kernel::{enter, fixed_file, off, rbtf, rk, valid, watched_fd, Fixed},
     namespace::ns_paths_from,
     write::{emit_write, iov_sum, Pos, WriteRec},
     REG_WALK, SCRATCH_URING,
@@ -194,7 +194,7 @@ unsafe fn on_submit(req: *const u8, opcode: u8) {
             }
         }
     } else {
-        let Some(w) = watched_fd(Task::current(), fd as i64, false) else {
+        let Some(w) = watched_fd(fd as i64, false) else {
             return;
         };
         (w, 0)
@@ -353,7 +353,7 @@ extern "C" fn register_step(i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
         if fd < 0 {
             return 0;
         }
-        let Some(f) = watched_fd(Task::current(), fd as i64, false) else {
+        let Some(f) = watched_fd(fd as i64, false) else {
             return 0;
         };
         if f.is_dir {

@@ -8,7 +8,7 @@ use snapmon_common::{
 
 use crate::{
     emit::{copy_user, fill_header, output_watched, sc_arg, SysArgs},
-    kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Task, Watched},
+    kernel::{current_exe, enter as enter_hook, valid, watched_fd, File, Inode, Watched},
     FILTERED, SCRATCH_WRITE, TRUSTED_WRITERS, WRITE_FILTER,
 };
 use snapmon_common::valid as v;
@@ -238,11 +238,10 @@ pub unsafe fn emit_write_file(
     emit_write_from(&w, r, crate::emit::BACKEND_VFS);
 }
 
-/// `kernel::enter` for the fd hooks: the current task, whose fds they look up.
+/// `kernel::enter` for the fd hooks, which look up the current task's fds (`watched_fd`).
 #[inline(always)]
-pub(crate) fn enter() -> Option<Task> {
-    enter_hook(v::FILES)?;
-    Some(Task::current())
+pub(crate) fn enter() -> Option<()> {
+    enter_hook(v::FILES).map(|_| ())
 }
 
 /// The lengths of an iovec array summed (`iov_sum`).
@@ -258,9 +257,9 @@ pub struct IovSum {
 /// `enter`, then the fd in argument `slot` when it is a watched file (`watched_fd`).
 #[inline(always)]
 pub(crate) unsafe fn watched_arg<C: SysArgs>(ctx: &C, slot: usize) -> Option<(i64, Watched)> {
-    let task = enter()?;
+    enter()?;
     let fd = sc_arg(ctx, slot) as i64;
-    Some((fd, watched_fd(task, fd, false)?))
+    Some((fd, watched_fd(fd, false)?))
 }
 
 /// Sum the lengths of up to IOV_MAX_SUMMED iovecs.
@@ -489,8 +488,8 @@ pub(crate) unsafe fn mmap_shared(len: u64, prot: u64, flags: u64, fd: i64, off: 
     if prot & PROT_WRITE == 0 || flags & MAP_SHARED == 0 {
         return;
     }
-    let Some(task) = enter() else { return };
-    let Some(w) = watched_fd(task, fd, false) else {
+    let Some(()) = enter() else { return };
+    let Some(w) = watched_fd(fd, false) else {
         return;
     };
     let r = WriteRec::new(fd, WriteOp::MmapShared, Pos::At(off), len);
@@ -515,7 +514,7 @@ pub fn sys_enter_io_submit(ctx: TracePointContext) -> u32 {
 pub(crate) unsafe fn aio_submit<C: SysArgs>(ctx: &C, abi: Abi) {
     const IOCB_CMD_PWRITE: u16 = 1;
     const IOCB_CMD_PWRITEV: u16 = 8;
-    let Some(task) = enter() else { return };
+    let Some(()) = enter() else { return };
     let (nr, iocbpp) = (sc_arg(ctx, 1), sc_arg(ctx, 2));
     for i in 0..AIO_MAX_IOCBS as u64 {
         if i >= nr {
@@ -533,7 +532,7 @@ pub(crate) unsafe fn aio_submit<C: SysArgs>(ctx: &C, abi: Abi) {
             continue;
         }
         let fd: u32 = bpf_probe_read_user((iocb + 20) as *const u32).unwrap_or(u32::MAX);
-        let Some(w) = watched_fd(task, fd as i64, false) else {
+        let Some(w) = watched_fd(fd as i64, false) else {
             continue;
         };
         let buf: u64 = bpf_probe_read_user((iocb + 24) as *const u64).unwrap_or(0);

@@ -593,6 +593,9 @@ pub struct LoadOptions {
 pub struct FdWalk {
     pub mode: u32,
     pub btf_file: u32,
+    /// vmlinux BTF id of `struct mm_struct`, through whose `exe_file` member the fd slot is
+    /// read by a plain load (0: the slot is a probe read, as on the probe-read walk).
+    pub btf_mm: u32,
     /// vmlinux BTF id of the `bpf_rdonly_cast` FUNC (0 for the probe-read walk).
     pub rdonly_cast: u32,
 }
@@ -602,6 +605,7 @@ impl FdWalk {
         FdWalk {
             mode: fd_walk::PROBE_READ,
             btf_file: 0,
+            btf_mm: 0,
             rdonly_cast: 0,
         }
     }
@@ -621,6 +625,11 @@ impl FdWalk {
             (Ok(rdonly_cast), Ok(btf_file)) => FdWalk {
                 mode: fd_walk::DIRECT,
                 btf_file,
+                // Without it (or `exe_file`'s offset: `valid::ARGS`) the slot stays a probe read.
+                btf_mm: match btf.struct_id("mm_struct") {
+                    Ok(id) if valid & snapmon_common::valid::ARGS != 0 => id,
+                    _ => 0,
+                },
                 rdonly_cast,
             },
             _ => PROBE,
@@ -769,6 +778,8 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         process_events: opts.process_events as u32,
         fd_walk: walk.mode,
         btf_file: walk.btf_file,
+        btf_mm: walk.btf_mm,
+        _pad: 0,
     };
     let object = walk.patch(OBJECT)?;
     let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
@@ -1781,6 +1792,7 @@ mod tests {
         let direct = FdWalk {
             mode: fd_walk::DIRECT,
             btf_file: 7,
+            btf_mm: 9,
             rdonly_cast: 0x1234,
         };
         let mut t = text();
@@ -1794,6 +1806,7 @@ mod tests {
         let probe = FdWalk {
             mode: fd_walk::PROBE_READ,
             btf_file: 0,
+            btf_mm: 0,
             rdonly_cast: 0,
         };
         let mut t = text();
@@ -1960,5 +1973,7 @@ mod tests {
         let w = FdWalk::choose(&btf, snapmon_common::valid::FILES);
         assert_eq!(w.name(), "direct");
         assert_ne!(w.btf_file, 0);
+        let all = FdWalk::choose(&btf, snapmon_common::valid::FILES | snapmon_common::valid::ARGS);
+        assert_ne!(all.btf_mm, 0, "the fd slot by a plain load where `exe_file`'s offset is known");
     }
 }
