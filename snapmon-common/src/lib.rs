@@ -711,7 +711,8 @@ pub struct KernelOffsets {
     pub req_sync_off: u32,
     pub req_sync_len: u32,
     pub req_sync_mode: u32,
-    /// Offset of the first argument in `syscalls/sys_enter_*` records.
+    /// Offset of the first argument in `syscalls/sys_enter_*` records (`SC_ARGS_USUAL` on
+    /// every kernel seen so far).
     pub sc_args: u32,
     /// Offset of `ret` in `syscalls/sys_exit_*` records.
     pub sc_ret: u32,
@@ -796,6 +797,14 @@ pub struct KernelOffsets {
 
 /// `OVERLAYFS_SUPER_MAGIC` (include/uapi/linux/magic.h).
 pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+
+/// Where the arguments of a `syscalls/sys_enter_*` record start, and `ret` of a
+/// `sys_exit_*` one, in the layout every kernel since 2.6.33 has (`struct
+/// syscall_trace_enter`/`_exit`: the 8-byte `trace_entry`, then the number in an 8-byte
+/// slot). When the format files agree, the programs read arguments by context loads at
+/// constant offsets instead of a `bpf_probe_read_kernel` call each.
+pub const SC_ARGS_USUAL: u32 = 16;
+pub const SC_RET_USUAL: u32 = 16;
 
 /// Groups of offsets; a hook family runs only when its group resolved.
 pub mod valid {

@@ -214,10 +214,23 @@ pub trait SysArgs {
 }
 
 impl SysArgs for aya_ebpf::programs::TracePointContext {
-    /// At `OFFSETS.sc_args` (from the format files) + 8 per argument.
+    /// At `OFFSETS.sc_args` (from the format files) + 8 per argument: a context load at a
+    /// constant offset where that is the usual layout (the verifier sees the frozen global as
+    /// the constant it is and prunes the other read), else a probe read. The load saves a
+    /// helper call per argument on every write hook.
     #[inline(always)]
     fn arg(&self, i: usize) -> u64 {
         let base = crate::kernel::off!(sc_args);
+        if base == snapmon_common::SC_ARGS_USUAL as usize {
+            // SAFETY: a tracepoint context is readable at any aligned offset inside the
+            // record, which holds six arguments from here; `i` is a constant at each call.
+            return unsafe {
+                core::ptr::read_volatile(
+                    (aya_ebpf::EbpfContext::as_ptr(self) as *const u8).add(snapmon_common::SC_ARGS_USUAL as usize + 8 * (i % 6))
+                        as *const u64,
+                )
+            };
+        }
         unsafe { self.read_at::<u64>(base + 8 * i).unwrap_or(0) }
     }
 }
@@ -231,5 +244,13 @@ pub fn sc_arg<C: SysArgs>(ctx: &C, i: usize) -> u64 {
 #[inline(always)]
 pub fn sc_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
     let base = crate::kernel::off!(sc_ret);
+    if base == snapmon_common::SC_RET_USUAL as usize {
+        // SAFETY: as `arg`'s context load.
+        return unsafe {
+            core::ptr::read_volatile(
+                (aya_ebpf::EbpfContext::as_ptr(ctx) as *const u8).add(snapmon_common::SC_RET_USUAL as usize) as *const i64,
+            )
+        };
+    }
     unsafe { ctx.read_at::<i64>(base).unwrap_or(-1) }
 }

@@ -1962,6 +1962,17 @@ mod tests {
         assert!(patch_marks(&mut OBJECT.to_vec(), FdWalk::probe()) > 0);
     }
 
+    /// The programs read syscall arguments by context loads only at the usual layout
+    /// (`SC_ARGS_USUAL`); elsewhere every argument is a helper call again.
+    #[test]
+    fn this_kernels_syscall_records_have_the_usual_layout() {
+        let Ok((args, ret)) = syscall_arg_offsets("/sys/kernel/tracing") else {
+            return; // no tracefs here (an unprivileged build)
+        };
+        assert_eq!(args, snapmon_common::SC_ARGS_USUAL);
+        assert_eq!(ret, snapmon_common::SC_RET_USUAL);
+    }
+
     #[test]
     fn this_kernel_gets_the_direct_walk() {
         let data = Btf::from_sys_fs().expect("kernel BTF at /sys/kernel/btf/vmlinux");
