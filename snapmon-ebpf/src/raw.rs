@@ -45,6 +45,23 @@ pub fn syscall_enter(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Tracepoint mode's 32-bit hook where the raw handlers load: only ia32 syscalls are handed
+/// on (`RAW_COMPAT_TAIL`), native ones return at once. On `tp_btf/sys_enter` it costs every
+/// syscall on the host a raw tracepoint's run, where `compat::raw_sys_enter` on the classic
+/// `raw_syscalls/sys_enter` costs a perf trace record first.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn compat_enter(ctx: BtfTracePointContext) -> u32 {
+    let id: i64 = ctx.arg(1);
+    if (0..RAW_SLOTS as i64).contains(&id) {
+        unsafe {
+            if in_compat() {
+                RAW_COMPAT_TAIL.tail_call(&ctx, id as u32);
+            }
+        }
+    }
+    0
+}
+
 /// The six arguments of the syscall being entered, read once from `pt_regs` (the first
 /// argument of `sys_enter`, a trusted BTF pointer) in the ABI the task is in.
 pub struct RegArgs([u64; 6]);

@@ -120,6 +120,17 @@ fn tracepoint_mode_when_asked_runs_per_syscall_tracepoints_and_still_alerts() {
         h["attached_to"], "tracepoint/syscalls/sys_enter_pwrite64",
         "{h}"
     );
+    // Where fentry is refused the 32-bit hook runs on every syscall: on `tp_btf` where the
+    // raw handlers load (a raw tracepoint's run per syscall, not a perf record's too).
+    if !a.hook_live("rw_verify_area") && st["fd_walk"] == "direct" {
+        let c = hooks
+            .iter()
+            .find(|h| h["program"] == "raw_sys_enter")
+            .unwrap_or_else(|| panic!("no 32-bit hook listed: {hooks:?}"));
+        let at = c["attached_to"].as_str().unwrap_or("");
+        assert!(at.starts_with("tp_btf/sys_enter (compat_enter"), "{c}");
+        assert_eq!(c["handler"], "compat_enter", "{c}");
+    }
     alerts_natively_and_from_32_bit_code(&mut a);
 }
 

@@ -878,6 +878,15 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
                 continue;
             }
             let raw = mode == SyscallHook::Raw;
+            // Tracepoint mode, where the raw handlers load: the 32-bit hook on
+            // `tp_btf/sys_enter`, which every syscall on the host pays less for than the
+            // classic `raw_syscalls/sys_enter`. Failing that, the classic one below.
+            if !raw && raw_runs {
+                if let Ok(st) = compat_enter(&mut ebpf, &aya_btf, &offsets, spec, &mut links) {
+                    hooks.push(st);
+                    continue;
+                }
+            }
             if raw {
                 match raw_compat_table(&mut ebpf, &aya_btf, &offsets) {
                     Ok(None) => {
@@ -1371,6 +1380,37 @@ fn raw_hook(
         covers: "raw syscall hook: hands each hooked syscall to its handler by number",
         error: None,
         handler: None,
+    })
+}
+
+/// Tracepoint mode's 32-bit hook as `compat_enter` on `tp_btf/sys_enter`, handing ia32
+/// syscalls to the raw handlers (`RAW_COMPAT_TAIL`). An error where any 32-bit slot lacks a
+/// raw handler, or anything fails to load: the caller then attaches the classic hook.
+fn compat_enter(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    offsets: &KernelOffsets,
+    spec: &HookSpec,
+    links: &mut Vec<(&'static str, HookLink)>,
+) -> anyhow::Result<HookStatus> {
+    if let Some(rest) = raw_compat_table(ebpf, btf, offsets)? {
+        bail!("no raw handler for {rest:?}");
+    }
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("compat_enter")
+        .context("program compat_enter missing from the eBPF object")?
+        .try_into()?;
+    prog.load("sys_enter", btf).map_err(verbose)?;
+    let id = prog.attach().map_err(verbose)?;
+    links.push(("compat_enter", HookLink::Btf(prog.take_link(id)?)));
+    Ok(HookStatus {
+        program: spec.program,
+        attached_to: Some(
+            "tp_btf/sys_enter (compat_enter, 32-bit syscalls by RAW_COMPAT_TAIL)".into(),
+        ),
+        covers: spec.covers,
+        error: None,
+        handler: Some("compat_enter"),
     })
 }
 
