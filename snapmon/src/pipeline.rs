@@ -49,6 +49,8 @@ pub struct Pipeline {
     /// Events judged once their syscall landed (see `classify::recheck`), oldest first.
     held: VecDeque<(Event, Hold)>,
     deleted_exe: crate::enrich::lineage::DeletedExe,
+    /// Names made lately, so the fanotify route (`dirwatch`) adds only what this one missed.
+    pub recent: crate::dirwatch::Recent,
 }
 
 impl Pipeline {
@@ -77,6 +79,7 @@ impl Pipeline {
             decode_errs: BTreeMap::new(),
             held: VecDeque::new(),
             deleted_exe: Default::default(),
+            recent: Default::default(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Pipeline {
         self.seq += 1;
         ev.seq = self.seq;
         let now = Instant::now();
+        self.recent.note(&ev, now);
         // Held events on the same file go first, judged as they stand: this event must
         // not be diffed against a shadow they have not updated yet.
         let mut out = self.complete_held(now, Some(&ev), maps);

@@ -52,6 +52,8 @@ pub struct StartInfo<'a> {
     pub response: Value,
     /// Where alert evidence is saved (None: off).
     pub evidence_dir: Option<String>,
+    /// The fanotify route (`dirwatch`): on with how many directories, or off and why.
+    pub dir_marks: String,
 }
 
 /// Enforcement as start-up found it: active or not, why not, and the settings it runs with.
@@ -99,6 +101,7 @@ struct Started<'a> {
     roots: Vec<String>,
     files: usize,
     dirs: usize,
+    dir_marks: &'a str,
     startup_ms: u64,
     enforcement_active: bool,
     response_active: bool,
@@ -309,6 +312,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         roots: roots_shown,
         files: i.watch.files,
         dirs: i.watch.dirs,
+        dir_marks: &i.dir_marks,
         startup_ms: i.startup_ms,
         enforcement_active: enf["active"] == true,
         response_active: resp["active"] == true,
@@ -496,6 +500,7 @@ pub(crate) mod tests {
                 "kernel_classes": ["header", "ioctl"], "agent_rules": ["SM-R001"], "objects": 3,
                 "images": 2, "trusted_count": 4, "notes": ["a note"]}),
             evidence_dir: Some("/var/lib/snapmon/evidence".into()),
+            dir_marks: "fanotify (12 directories)".into(),
         }
     }
 
