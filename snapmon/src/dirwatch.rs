@@ -523,7 +523,7 @@ fn header_of(pid: u32) -> Header {
     let mut h = Header {
         kind: EventKind::Namespace as u32,
         backend: snapmon_common::Backend::Tracepoint as u32,
-        ts_ns: boot_ns(),
+        ts_ns: crate::lineage::boottime_ns(),
         pid,
         tgid: pid,
         uid: 0,
@@ -545,16 +545,6 @@ fn header_of(pid: u32) -> Header {
         h.comm[..n].copy_from_slice(&c[..n]);
     }
     h
-}
-
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The namespace record the syscall route would have written for `op` on `path` (absolute,

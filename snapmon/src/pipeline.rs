@@ -1234,4 +1234,69 @@ mod linked {
         );
         assert!(pipe.enricher.watch.key_at(&s.join("vm1.qcow2")).is_none());
     }
+
+    /// A fanotify event's record (`dirwatch`): a hidden name renamed or made in the store
+    /// through another name of it is the store's, said `via: fanotify`, and SM-H001; a name
+    /// the syscall route reported is noted, so the fanotify route leaves it alone.
+    #[test]
+    fn fanotify_records_are_the_stores_names_and_the_syscall_routes_are_noted() {
+        let d = TmpDir::new("fanotify");
+        let s = d.path("store");
+        std::fs::create_dir(&s).unwrap();
+        let (mut maps, mut pipe) = pipe_on(&s);
+        pipe.recent.on = true;
+        std::fs::write(s.join(".x"), b"x").unwrap();
+        std::fs::create_dir(s.join(".d")).unwrap();
+        let mut hdr: snapmon_common::Header = unsafe { std::mem::zeroed() };
+        (hdr.kind, hdr.backend, hdr.pid, hdr.tgid, hdr.uid) =
+            (EventKind::Namespace as u32, 1, 4343, 4343, 65534);
+        hdr.ts_ns = crate::lineage::boottime_ns();
+        let mut out = pipe.handle(
+            &crate::dirwatch::record(NsOp::Rename, &s.join(".x"), hdr),
+            &mut maps,
+        );
+        out.extend(pipe.handle(
+            &crate::dirwatch::record(NsOp::Mkdir, &s.join(".d"), hdr),
+            &mut maps,
+        ));
+        out.extend(pipe.flush_held(&mut maps));
+        let evs: Vec<&Event> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evs.len(), 2, "{out:?}");
+        assert_eq!(
+            path_of(evs[0].target.as_ref()),
+            Some(s.join(".x").display().to_string())
+        );
+        assert_eq!(path_of(evs[0].file.as_ref()), None);
+        assert_eq!(
+            path_of(evs[1].file.as_ref()),
+            Some(s.join(".d").display().to_string())
+        );
+        for e in &evs {
+            assert_eq!(e.detail_value(crate::vocab::DetailKey::Via), Some("fanotify"));
+            assert_eq!(e.process.pid, 4343);
+        }
+        let rules: Vec<&str> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Alert(a) => Some(a.rule_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rules, ["SM-H001", "SM-H001"], "{out:?}");
+        // The syscall route's rename by the store's own path: its name is noted.
+        let now = Instant::now();
+        assert!(!pipe.recent.seen(s.join(".y").as_os_str().as_encoded_bytes(), now));
+        let outside = d.path("y-src");
+        std::fs::write(&outside, b"y").unwrap();
+        renamed_in_sight(&mut pipe, &mut maps, &outside, &s.join(".y"));
+        assert!(pipe
+            .recent
+            .seen(s.join(".y").as_os_str().as_encoded_bytes(), Instant::now()));
+    }
 }
