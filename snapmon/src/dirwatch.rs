@@ -268,7 +268,10 @@ impl Recent {
 struct Held {
     read_at: Instant,
     op: NsOp,
-    path: PathBuf,
+    /// The directory by identity: its path is looked up when the event is fed, so a
+    /// directory renamed since it was marked is named as it is now.
+    dir: FileKey,
+    name: Vec<u8>,
     hdr: Header,
 }
 
@@ -286,10 +289,10 @@ pub struct DirWatchLoss {
 /// The fanotify group, its marks and the events waiting to be judged.
 pub struct DirWatch {
     fd: OwnedFd,
-    /// Marked directories by handle, with their watched path.
-    dirs: HashMap<DirId, PathBuf>,
-    /// Watched directories already marked (or tried), by identity.
-    marked: HashSet<FileKey>,
+    /// Marked directories by handle.
+    dirs: HashMap<DirId, FileKey>,
+    /// Watched directories already marked (or tried: None), with their handle.
+    marked: HashMap<FileKey, Option<DirId>>,
     held: VecDeque<Held>,
     buf: Vec<u8>,
     loss: DirWatchLoss,
@@ -316,7 +319,7 @@ impl DirWatch {
         Ok(DirWatch {
             fd,
             dirs: HashMap::new(),
-            marked: HashSet::new(),
+            marked: HashMap::new(),
             held: VecDeque::new(),
             buf: vec![0; 64 * 1024],
             loss: DirWatchLoss::default(),
@@ -336,24 +339,44 @@ impl DirWatch {
     }
 
     /// Mark the watched directories not marked yet: at start, then as the watch set grows.
-    /// Cheap when nothing changed (one comparison).
-    pub fn sync(&mut self, dirs: &HashSet<FileKey>, path_of: impl Fn(&FileKey) -> Option<PathBuf>) {
-        if dirs.len() == self.marked.len() && dirs.iter().all(|k| self.marked.contains(k)) {
+    /// Without `full`, only a change in their number is looked for (one comparison, run
+    /// after every drain pass); `full` (each status tick) compares them one by one.
+    pub fn sync(
+        &mut self,
+        dirs: &HashSet<FileKey>,
+        path_of: impl Fn(&FileKey) -> Option<PathBuf>,
+        full: bool,
+    ) {
+        if dirs.len() == self.marked.len()
+            && (!full || dirs.iter().all(|k| self.marked.contains_key(k)))
+        {
             return;
         }
-        self.marked.retain(|k| dirs.contains(k));
+        // Gone from the watch set: the kernel dropped the mark with the inode, or it stays
+        // and its events name a directory no longer known (not fed).
+        let dirs_by_handle = &mut self.dirs;
+        self.marked.retain(|k, id| {
+            let keep = dirs.contains(k);
+            if let (false, Some(id)) = (keep, id) {
+                dirs_by_handle.remove(id);
+            }
+            keep
+        });
         for k in dirs {
-            if self.marked.contains(k) {
+            if self.marked.contains_key(k) {
                 continue;
             }
-            self.marked.insert(*k);
-            let Some(p) = path_of(k) else { continue };
-            match mark(&self.fd, &p, k.ino) {
-                Ok(id) => {
-                    self.dirs.insert(id, p);
+            let id = path_of(k).and_then(|p| match mark(&self.fd, &p, k.ino) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    self.loss.mark_failed += 1;
+                    None
                 }
-                Err(_) => self.loss.mark_failed += 1,
+            });
+            if let Some(id) = &id {
+                self.dirs.insert(id.clone(), *k);
             }
+            self.marked.insert(*k, id);
         }
     }
 
@@ -385,7 +408,7 @@ impl DirWatch {
 
     fn hold(&mut self, e: FanEvent, now: Instant) {
         let Some((id, name)) = e.dir else { return };
-        let Some(dir) = self.dirs.get(&id) else { return };
+        let Some(&dir) = self.dirs.get(&id) else { return };
         let op = if e.mask & libc::FAN_MOVED_TO != 0 {
             NsOp::Rename
         } else if e.mask & libc::FAN_CREATE != 0 && e.mask & libc::FAN_ONDIR != 0 {
@@ -397,11 +420,11 @@ impl DirWatch {
         if name.is_empty() || name.contains(&b'/') {
             return;
         }
-        let path = dir.join(std::ffi::OsStr::from_bytes(&name));
         self.held.push_back(Held {
             read_at: now,
             op,
-            path,
+            dir,
+            name,
             hdr: header_of(e.pid),
         });
     }
@@ -418,21 +441,29 @@ impl DirWatch {
             .is_some_and(|h| now.duration_since(h.read_at) >= HOLD_MAX)
     }
 
-    /// Namespace records for the events due, less those whose name the pipeline saw.
-    pub fn take_due(&mut self, now: Instant, recent: &Recent) -> Vec<Vec<u8>> {
+    /// Namespace records for the events due, less those whose name the pipeline saw, each
+    /// on its directory's watched path (`path_of`) as it is now.
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+        recent: &Recent,
+        path_of: impl Fn(&FileKey) -> Option<PathBuf>,
+    ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while self
             .held
             .front()
-            .is_some_and(|h| now.duration_since(h.read_at) >= HOLD)
+            .is_some_and(|h| now.saturating_duration_since(h.read_at) >= HOLD)
         {
             let Some(h) = self.held.pop_front() else { break };
-            if recent.seen(h.path.as_os_str().as_bytes(), now) {
+            let Some(dir) = path_of(&h.dir) else { continue };
+            let path = dir.join(std::ffi::OsStr::from_bytes(&h.name));
+            if recent.seen(path.as_os_str().as_bytes(), now) {
                 self.duplicates += 1;
                 continue;
             }
             self.fed += 1;
-            out.push(record(h.op, &h.path, h.hdr));
+            out.push(record(h.op, &path, h.hdr));
         }
         out
     }

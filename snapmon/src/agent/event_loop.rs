@@ -77,6 +77,8 @@ pub(super) async fn run(
         None => None,
     };
     let mut buf = Chunk::default();
+    // A status tick compares the watched directories with the marked ones one by one.
+    let mut full_sync = false;
     // Records left in the ring buffer by a drain pass cut short (a flood): drained again
     // on the loop's next turn, after whatever else is due.
     let mut backlog = false;
@@ -113,6 +115,7 @@ pub(super) async fn run(
             _ = int.recv() => { reason = "SIGINT"; break; }
             _ = stdout_closed(&stdout_err) => return Ok(()),
             _ = tick.tick() => {
+                full_sync = true;
                 let dir_loss = dirwatch.as_mut().and_then(|d| d.take_loss());
                 if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0, dir_loss).is_err() { return Ok(()); }
                 if report_filtered(&k.counters, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
@@ -193,9 +196,10 @@ pub(super) async fn run(
             }
         }
         if let Some(d) = dirwatch.as_mut() {
-            if feed_dirwatch(d, backlog, &mut k, &mut pipe, &mut responder, &sinks).is_err() {
+            if feed_dirwatch(d, backlog, full_sync, &mut k, &mut pipe, &mut responder, &sinks).is_err() {
                 return Ok(());
             }
+            full_sync = false;
         }
     }
     notify.stopping();
@@ -217,6 +221,19 @@ pub(super) async fn run(
         Ok(n) => n,
         Err(BrokenPipe) => return Ok(()),
     };
+    // Fanotify events queued at the stop, after the ring's records of the same names.
+    if let Some(d) = dirwatch.as_mut() {
+        let now = Instant::now();
+        d.read(now);
+        let w = &pipe.enricher.watch;
+        let raws = d.take_due(now + crate::dirwatch::HOLD, &pipe.recent, |key| w.path_of(key).cloned());
+        for raw in raws {
+            let recs = pipe.handle(&raw, &mut KernelMaps::of(&mut k));
+            if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
+                return Ok(());
+            }
+        }
+    }
     let recs = pipe.flush_held(&mut KernelMaps::of(&mut k));
     if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
         return Ok(());
@@ -480,18 +497,21 @@ async fn dir_readable(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
 fn feed_dirwatch(
     d: &mut crate::dirwatch::DirWatch,
     backlog: bool,
+    full: bool,
     k: &mut Kernel,
     pipe: &mut Pipeline,
     responder: &mut crate::respond::act::Responder,
     sinks: &SinkSet,
 ) -> Result<(), BrokenPipe> {
     let w = &pipe.enricher.watch;
-    d.sync(&w.dirs, |key| w.path_of(key).cloned());
+    d.sync(&w.dirs, |key| w.path_of(key).cloned(), full);
     let now = Instant::now();
     if d.next_due().is_none_or(|t| t > now) || (backlog && !d.overdue(now)) {
         return Ok(());
     }
-    for raw in d.take_due(now, &pipe.recent) {
+    let w = &pipe.enricher.watch;
+    let recs = d.take_due(now, &pipe.recent, |key| w.path_of(key).cloned());
+    for raw in recs {
         let recs = pipe.handle(&raw, &mut KernelMaps::of(k));
         deliver(recs, pipe, responder, sinks)?;
     }

@@ -278,7 +278,7 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
     let (mut dirwatch, dir_marks) = crate::dirwatch::route(k.info.lsm_observes());
     if let Some(d) = dirwatch.as_mut() {
         let w = &pipe.enricher.watch;
-        d.sync(&w.dirs, |k| w.path_of(k).cloned());
+        d.sync(&w.dirs, |k| w.path_of(k).cloned(), true);
         pipe.recent.on = true;
     }
     let dir_marks = crate::dirwatch::describe(&dirwatch, &dir_marks);
