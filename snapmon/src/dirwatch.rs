@@ -48,6 +48,9 @@ pub const HOLD: Duration = Duration::from_millis(100);
 /// Longest an event waits while the ring buffer is backlogged (a flood): then it is judged
 /// anyway, a duplicate being better than a miss.
 pub const HOLD_MAX: Duration = Duration::from_secs(1);
+/// Most events held at once (as many as the kernel's default queue): past it, a flood of
+/// names made in a store is counted as overflow rather than held without bound.
+const MAX_HELD: usize = 16_384;
 /// How long a name the pipeline saw covers fanotify events about it.
 const RECENT_KEEP: Duration = Duration::from_secs(5);
 
@@ -222,7 +225,7 @@ pub fn parse_all(mut buf: &[u8]) -> Vec<Result<FanRecord, ParseError>> {
     out
 }
 
-/// Names of new entries the pipeline saw lately (creates, mkdirs, rename and link targets):
+/// Names the pipeline saw made lately by mkdir or rename (the only events this route feeds):
 /// a fanotify event about one of them was the syscall route's too.
 #[derive(Default)]
 pub struct Recent {
@@ -233,20 +236,18 @@ pub struct Recent {
 }
 
 impl Recent {
-    /// Note the names `ev` made.
+    /// Note the name `ev` made, if by mkdir or rename (a flood of creates costs nothing).
     pub fn note(&mut self, ev: &Event, now: Instant) {
-        if !self.on
-            || !matches!(
-                ev.action,
-                Action::Create | Action::Mkdir | Action::Rename | Action::Link | Action::Symlink
-            )
-        {
+        if !self.on {
             return;
         }
-        for f in [ev.file.as_ref(), ev.target.as_ref()].into_iter().flatten() {
-            if let Some(p) = &f.path {
-                self.names.insert(p.0.clone(), now);
-            }
+        let made = match ev.action {
+            Action::Mkdir => ev.file.as_ref(),
+            Action::Rename => ev.target.as_ref(),
+            _ => return,
+        };
+        if let Some(p) = made.and_then(|f| f.path.as_ref()) {
+            self.names.insert(p.0.clone(), now);
         }
         if self.last_prune.is_none_or(|t| now.duration_since(t) >= RECENT_KEEP) {
             self.names
@@ -272,13 +273,17 @@ struct Held {
     /// directory renamed since it was marked is named as it is now.
     dir: FileKey,
     name: Vec<u8>,
-    hdr: Header,
+    pid: u32,
+    /// CLOCK_BOOTTIME when read, as near the operation as this route knows: the lineage
+    /// names the process that ran then, also once it has exited.
+    ts_ns: u64,
 }
 
 /// Counters for the `lost` record and the status line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DirWatchLoss {
-    /// `FAN_Q_OVERFLOW` records: events the kernel dropped.
+    /// `FAN_Q_OVERFLOW` records (events the kernel dropped), and events dropped past
+    /// `MAX_HELD`.
     pub overflow: u64,
     /// Records that did not parse (the rest of their read is dropped).
     pub parse_errors: u64,
@@ -420,12 +425,17 @@ impl DirWatch {
         if name.is_empty() || name.contains(&b'/') {
             return;
         }
+        if self.held.len() >= MAX_HELD {
+            self.loss.overflow += 1;
+            return;
+        }
         self.held.push_back(Held {
             read_at: now,
             op,
             dir,
             name,
-            hdr: header_of(e.pid),
+            pid: e.pid,
+            ts_ns: crate::lineage::boottime_ns(),
         });
     }
 
@@ -463,7 +473,8 @@ impl DirWatch {
                 continue;
             }
             self.fed += 1;
-            out.push(record(h.op, &path, h.hdr));
+            // The actor from /proc only now: most events are duplicates, dropped above.
+            out.push(record(h.op, &path, header_of(h.pid, h.ts_ns)));
         }
         out
     }
@@ -550,11 +561,11 @@ fn mark(fan: &OwnedFd, p: &Path, ino: u64) -> std::io::Result<DirId> {
 }
 
 /// The actor as /proc says while it lives (it may be gone; the lineage knows it then).
-fn header_of(pid: u32) -> Header {
+fn header_of(pid: u32, ts_ns: u64) -> Header {
     let mut h = Header {
         kind: EventKind::Namespace as u32,
         backend: snapmon_common::Backend::Tracepoint as u32,
-        ts_ns: crate::lineage::boottime_ns(),
+        ts_ns,
         pid,
         tgid: pid,
         uid: 0,
@@ -737,7 +748,7 @@ mod tests {
 
     #[test]
     fn records_decode_as_the_namespace_records_the_pipeline_reads() {
-        let h = header_of(std::process::id());
+        let h = header_of(std::process::id(), crate::lineage::boottime_ns());
         let raw = record(NsOp::Rename, Path::new("/s/.x"), h);
         let Ok(crate::decode::RawEvent::Namespace(n)) = crate::decode::decode(&raw) else {
             panic!("not a namespace record")
@@ -781,9 +792,9 @@ mod tests {
         assert!(r.seen(b"/s/.x", now + Duration::from_millis(200)));
         assert!(!r.seen(b"/s/.y", now));
         assert!(!r.seen(b"/s/.x", now + RECENT_KEEP));
-        // A write names no new entry.
+        // A create is the open hook's, judged by its directory: not this route's to feed.
         let w = Event {
-            action: Action::Write,
+            action: Action::Create,
             file: Some(crate::event::FileInfo {
                 path: Some(crate::event::Bytes(b"/s/img".to_vec())),
                 ..Default::default()
