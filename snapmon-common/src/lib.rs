@@ -217,6 +217,9 @@ pub mod ns_flags {
     pub const LEAF_MATCH: u16 = 1 << 10;
     /// The same for path2.
     pub const LEAF2_MATCH: u16 = 1 << 11;
+    /// Made by the agent from a fanotify event on a watched directory (`dirwatch`), never
+    /// by a program: the path is the store's own name, whatever name the process used.
+    pub const VIA_FANOTIFY: u16 = 1 << 12;
 }
 
 /// `FileWriteEvent::flags` bits.

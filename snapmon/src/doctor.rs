@@ -274,6 +274,12 @@ pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<(
         Some(false) => "BPF LSM is not in the active LSM list (boot with lsm=...,bpf): enforcement is impossible, detection only",
         None => "securityfs not mounted: cannot tell whether BPF LSM is enabled",
     };
+    // The fanotify route for names made through another name of a store (`dirwatch`): tried
+    // as the agent would, where the LSM hooks do not see them.
+    let dir_marks = match &loaded {
+        Ok(k) => crate::dirwatch::route(k.info.lsm_observes()).1,
+        Err(_) => "unknown (load failed)".to_string(),
+    };
     // The mode that ran: `auto` resolved by the load.
     let syscall_hook = loaded
         .as_ref()
@@ -296,7 +302,7 @@ pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<(
             "kernel": kernel, "btf": btf, "lsm": lsm, "lockdown": lockdown,
             "unprivileged_bpf_disabled": unpriv, "backend": backend, "fd_walk": fd_walk,
             "syscall_hook": syscall_hook.name(), "load_error": load_error,
-            "io_uring_fixed_files": fixed_files_note(fixed_files, fd_walk),
+            "io_uring_fixed_files": fixed_files_note(fixed_files, fd_walk), "dir_marks": dir_marks,
             "hooks": hooks, "missing_kernel_fields": missing, "coverage": coverage, "enforcement": enforcement,
             "hook_run_stats": hook_stats,
         });
@@ -336,6 +342,7 @@ pub fn run(as_json: bool, syscall_hook: loader::SyscallHook) -> anyhow::Result<(
         }
     );
     println!("enforcement   {enforcement}");
+    println!("dir marks     {dir_marks}");
     println!("hook stats    {hook_stats}");
     if let Some(e) = &load_error {
         println!("\nload failed: {e}");

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod dirwatch;
 pub mod dist;
 pub mod doctor;
 pub mod enforce;

@@ -203,7 +203,7 @@ impl Registry {
                     self.lost.fetch_add(n, Relaxed);
                     *l.lost_by_cause.entry((source, c)).or_default() += n;
                 };
-                for source in ["kernel", "decoder", "watch", "agent"] {
+                for source in ["kernel", "decoder", "watch", "agent", "dirwatch"] {
                     for (cause, n) in m.detail[source].as_object().into_iter().flatten() {
                         add(source, cause, n.as_u64().unwrap_or(0));
                     }
@@ -443,6 +443,7 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
     ("decoder", &["decode_truncated", "decode_unknown_kind"]),
     ("watch", &["watch_full"]),
     ("agent", &["stop_unread"]),
+    ("dirwatch", &["overflow", "parse_errors", "mark_failed"]),
     (
         "sinks",
         &[

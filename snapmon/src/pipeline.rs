@@ -49,6 +49,8 @@ pub struct Pipeline {
     /// Events judged once their syscall landed (see `classify::recheck`), oldest first.
     held: VecDeque<(Event, Hold)>,
     deleted_exe: crate::enrich::lineage::DeletedExe,
+    /// Names made lately, so the fanotify route (`dirwatch`) adds only what this one missed.
+    pub recent: crate::dirwatch::Recent,
 }
 
 impl Pipeline {
@@ -77,6 +79,7 @@ impl Pipeline {
             decode_errs: BTreeMap::new(),
             held: VecDeque::new(),
             deleted_exe: Default::default(),
+            recent: Default::default(),
         }
     }
 
@@ -104,6 +107,7 @@ impl Pipeline {
         self.seq += 1;
         ev.seq = self.seq;
         let now = Instant::now();
+        self.recent.note(&ev, now);
         // Held events on the same file go first, judged as they stand: this event must
         // not be diffed against a shadow they have not updated yet.
         let mut out = self.complete_held(now, Some(&ev), maps);
@@ -1229,5 +1233,70 @@ mod linked {
             Some(s.join("vm1.qcow2").display().to_string())
         );
         assert!(pipe.enricher.watch.key_at(&s.join("vm1.qcow2")).is_none());
+    }
+
+    /// A fanotify event's record (`dirwatch`): a hidden name renamed or made in the store
+    /// through another name of it is the store's, said `via: fanotify`, and SM-H001; a name
+    /// the syscall route reported is noted, so the fanotify route leaves it alone.
+    #[test]
+    fn fanotify_records_are_the_stores_names_and_the_syscall_routes_are_noted() {
+        let d = TmpDir::new("fanotify");
+        let s = d.path("store");
+        std::fs::create_dir(&s).unwrap();
+        let (mut maps, mut pipe) = pipe_on(&s);
+        pipe.recent.on = true;
+        std::fs::write(s.join(".x"), b"x").unwrap();
+        std::fs::create_dir(s.join(".d")).unwrap();
+        let mut hdr: snapmon_common::Header = unsafe { std::mem::zeroed() };
+        (hdr.kind, hdr.backend, hdr.pid, hdr.tgid, hdr.uid) =
+            (EventKind::Namespace as u32, 1, 4343, 4343, 65534);
+        hdr.ts_ns = crate::lineage::boottime_ns();
+        let mut out = pipe.handle(
+            &crate::dirwatch::record(NsOp::Rename, &s.join(".x"), hdr),
+            &mut maps,
+        );
+        out.extend(pipe.handle(
+            &crate::dirwatch::record(NsOp::Mkdir, &s.join(".d"), hdr),
+            &mut maps,
+        ));
+        out.extend(pipe.flush_held(&mut maps));
+        let evs: Vec<&Event> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(evs.len(), 2, "{out:?}");
+        assert_eq!(
+            path_of(evs[0].target.as_ref()),
+            Some(s.join(".x").display().to_string())
+        );
+        assert_eq!(path_of(evs[0].file.as_ref()), None);
+        assert_eq!(
+            path_of(evs[1].file.as_ref()),
+            Some(s.join(".d").display().to_string())
+        );
+        for e in &evs {
+            assert_eq!(e.detail_value(crate::vocab::DetailKey::Via), Some("fanotify"));
+            assert_eq!(e.process.pid, 4343);
+        }
+        let rules: Vec<&str> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Alert(a) => Some(a.rule_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rules, ["SM-H001", "SM-H001"], "{out:?}");
+        // The syscall route's rename by the store's own path: its name is noted.
+        let now = Instant::now();
+        assert!(!pipe.recent.seen(s.join(".y").as_os_str().as_encoded_bytes(), now));
+        let outside = d.path("y-src");
+        std::fs::write(&outside, b"y").unwrap();
+        renamed_in_sight(&mut pipe, &mut maps, &outside, &s.join(".y"));
+        assert!(pipe
+            .recent
+            .seen(s.join(".y").as_os_str().as_encoded_bytes(), Instant::now()));
     }
 }

@@ -52,6 +52,8 @@ pub struct StartInfo<'a> {
     pub response: Value,
     /// Where alert evidence is saved (None: off).
     pub evidence_dir: Option<String>,
+    /// The fanotify route (`dirwatch`): on with how many directories, or off and why.
+    pub dir_marks: String,
 }
 
 /// Enforcement as start-up found it: active or not, why not, and the settings it runs with.
@@ -99,6 +101,7 @@ struct Started<'a> {
     roots: Vec<String>,
     files: usize,
     dirs: usize,
+    dir_marks: &'a str,
     startup_ms: u64,
     enforcement_active: bool,
     response_active: bool,
@@ -309,6 +312,7 @@ pub fn started(i: &StartInfo) -> Vec<StateRecord> {
         roots: roots_shown,
         files: i.watch.files,
         dirs: i.watch.dirs,
+        dir_marks: &i.dir_marks,
         startup_ms: i.startup_ms,
         enforcement_active: enf["active"] == true,
         response_active: resp["active"] == true,
@@ -496,6 +500,7 @@ pub(crate) mod tests {
                 "kernel_classes": ["header", "ioctl"], "agent_rules": ["SM-R001"], "objects": 3,
                 "images": 2, "trusted_count": 4, "notes": ["a note"]}),
             evidence_dir: Some("/var/lib/snapmon/evidence".into()),
+            dir_marks: "fanotify (12 directories marked)".into(),
         }
     }
 
@@ -621,7 +626,7 @@ pub(crate) mod tests {
         );
     }
 
-    const STARTED: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":"/var/lib/snapmon/evidence","fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","previous_run":{"clean":false,"logs":[{"clean":false,"file":"/var/log/snapmon.jsonl","last_record_at":"2026-12-04T17:00:00Z","last_seq":4211}]},"response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"syscall_hook":"tracepoint","version":"*","warnings":[]}"#;
-    const STARTED_BARE: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dirs":900,"enforcement_active":false,"evidence_dir":null,"fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"syscall_hook":"tracepoint","version":"*","warnings":[]}"#;
+    const STARTED: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dir_marks":"fanotify (12 directories marked)","dirs":900,"enforcement_active":false,"evidence_dir":"/var/lib/snapmon/evidence","fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","previous_run":{"clean":false,"logs":[{"clean":false,"file":"/var/log/snapmon.jsonl","last_record_at":"2026-12-04T17:00:00Z","last_seq":4211}]},"response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"syscall_hook":"tracepoint","version":"*","warnings":[]}"#;
+    const STARTED_BARE: &str = r#"{"backend":"tracepoint","build_date":"*","commit":"*","details":["hooks","coverage","stores","kernel_fields","enforcement","response","rule_warnings","sinks"],"dir_marks":"fanotify (12 directories marked)","dirs":900,"enforcement_active":false,"evidence_dir":null,"fd_walk":"direct","files":60000,"gaps":["shared writable mmap","create/open for write","io_uring rename/unlink/link/mkdir","ioctl (dm, btrfs, zfs, reflink, freeze)","writes through an overlayfs merged view of a store (overlays mounted in other mount namespaces)","kernel-internal reflink (overlayfs copy-up, nfsd CLONE)"],"hook_stats":{"enabled":false,"note":"off"},"hooks_attached":46,"hooks_total":69,"missing_hooks_reason":"Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not permitted (os error 1) Operation not perm…","missing_kernel_fields":0,"pid":"*","policy":"<embedded default>","response_active":true,"roots":["/srv/images/pool0/vm-disks","/srv/images/pool1/vm-disks","/srv/images/pool2/vm-disks"],"rule_warning_count":50,"sink_count":1,"startup_ms":850,"stores":200,"syscall_hook":"tracepoint","version":"*","warnings":[]}"#;
     const ENFORCEMENT: &str = r#"{"active":false,"dry_run":false,"keep_enforcing":false,"monitor_only":false,"part":1,"parts":1,"protected":2,"trusted":["/usr/bin/qemu-img"]}"#;
 }

@@ -143,7 +143,7 @@ pub enum DetailKey {
     OpenFlags,
     RenameFlags,
     Length,
-    /// `io_uring`, `lsm`: the path a namespace operation was seen on.
+    /// `io_uring`, `lsm`, `fanotify`: the path a namespace operation was seen on.
     Via,
     /// `classify::recheck`: a follow-up event from a later look at the file.
     Recheck,

@@ -997,6 +997,15 @@ fn doctor_explains_this_kernels_hooks_and_gaps() {
     );
     let lsm = expect_lsm();
     assert_eq!(covered("namespace changes through an alias"), lsm, "{d}");
+    // Without the LSM hooks, fanotify marks see names made through an alias (rename, mkdir).
+    let marks = d["dir_marks"].as_str().unwrap_or("");
+    assert_eq!(marks.starts_with("fanotify"), !lsm, "{d}");
+    let started = &agent().started["snapmon"]["state"]["dir_marks"];
+    assert_eq!(
+        started.as_str().unwrap_or("").starts_with("fanotify ("),
+        !lsm,
+        "{started}"
+    );
     // Writes through io_uring fixed files: the VFS hook, or the submit hook where it reads
     // the ring's file table (the direct fd walk; 6.1's probe-read walk does not).
     let fixed = d["fd_walk"] == "direct";

@@ -38,6 +38,7 @@ pub(super) async fn run(
         notify,
         signals,
         mounts: mounts_fd,
+        mut dirwatch,
     } = running;
     let Signals {
         mut term,
@@ -65,7 +66,19 @@ pub(super) async fn run(
     // SAFETY: as above.
     let urgent_fd = unsafe { AsyncFd::register(owned) }
         .map_err(|e| anyhow::anyhow!("polling the urgent ring buffer: {e}"))?;
+    // Fanotify marks on the watched directories (`dirwatch`): polled as the ring buffers are.
+    let dir_fd = match dirwatch.as_ref().map(|d| d.fd().try_clone_to_owned()) {
+        // SAFETY: as above.
+        Some(Ok(owned)) => Some(
+            unsafe { AsyncFd::register(owned) }
+                .map_err(|e| anyhow::anyhow!("polling the fanotify group: {e}"))?,
+        ),
+        Some(Err(e)) => return Err(e.into()),
+        None => None,
+    };
     let mut buf = Chunk::default();
+    // A status tick compares the watched directories with the marked ones one by one.
+    let mut full_sync = false;
     // Records left in the ring buffer by a drain pass cut short (a flood): drained again
     // on the loop's next turn, after whatever else is due.
     let mut backlog = false;
@@ -82,6 +95,17 @@ pub(super) async fn run(
                 None => std::future::pending().await,
             }
         };
+        // Fanotify events held for the syscall route's records of the same names.
+        let dir_due = dirwatch
+            .as_ref()
+            .and_then(|d| d.next_due())
+            .map(tokio::time::Instant::from_std);
+        let dir_later = async move {
+            match dir_due {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         // Biased: signals, the tick (stats, loss, watchdog) and timers come before the ring
         // buffer, and a drain pass is bounded (DRAIN_SLICE), so a flood delays none of them.
         // Every branch but the ring buffers' says `false`: those three share one drain pass.
@@ -91,7 +115,9 @@ pub(super) async fn run(
             _ = int.recv() => { reason = "SIGINT"; break; }
             _ = stdout_closed(&stdout_err) => return Ok(()),
             _ = tick.tick() => {
-                if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err() { return Ok(()); }
+                full_sync = true;
+                let dir_loss = dirwatch.as_mut().and_then(|d| d.take_loss());
+                if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0, dir_loss).is_err() { return Ok(()); }
                 if report_filtered(&k.counters, &mut last_filtered, &pipe, &sinks).is_err() { return Ok(()); }
                 refresh_hook_runs(&k, &registry);
                 registry.watch_ordinary.store(ordinary_entries(&k.watch.share), std::sync::atomic::Ordering::Relaxed);
@@ -122,7 +148,7 @@ pub(super) async fn run(
                 use snapmon_common::lost::{NAMESPACE_DROPPED, PRECIOUS_DROPPED};
                 let grew = |c: u32| k.counters.lost_count(c) > last_lost[c as usize];
                 if (grew(PRECIOUS_DROPPED) || grew(NAMESPACE_DROPPED))
-                    && report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0).is_err()
+                    && report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0, None).is_err()
                 {
                     return Ok(());
                 }
@@ -138,6 +164,12 @@ pub(super) async fn run(
             }
             _ = usr1.recv() => { sinks.reopen(); false }
             _ = mount_table_changed(&mounts_fd) => { rescan_overlays(&mut pipe, &mut k); false }
+            _ = dir_readable(&dir_fd) => {
+                if let Some(d) = dirwatch.as_mut() { d.read(Instant::now()); }
+                false
+            }
+            // Drain first: the syscall route's records of these names are in the ring.
+            _ = dir_later => true,
             _ = later => {
                 let recs = pipe.poll(Instant::now(), &mut KernelMaps::of(&mut k));
                 if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() { return Ok(()); }
@@ -163,6 +195,12 @@ pub(super) async fn run(
                 Err(BrokenPipe) => return Ok(()),
             }
         }
+        if let Some(d) = dirwatch.as_mut() {
+            if feed_dirwatch(d, backlog, full_sync, &mut k, &mut pipe, &mut responder, &sinks).is_err() {
+                return Ok(());
+            }
+            full_sync = false;
+        }
     }
     notify.stopping();
     // Drain what the kernel had queued when the stop came (what it writes after is not
@@ -183,10 +221,24 @@ pub(super) async fn run(
         Ok(n) => n,
         Err(BrokenPipe) => return Ok(()),
     };
+    // Fanotify events queued at the stop, after the ring's records of the same names.
+    if let Some(d) = dirwatch.as_mut() {
+        let now = Instant::now();
+        d.read(now);
+        let w = &pipe.enricher.watch;
+        let raws = d.take_due(now + crate::dirwatch::HOLD, &pipe.recent, |key| w.path_of(key).cloned());
+        for raw in raws {
+            let recs = pipe.handle(&raw, &mut KernelMaps::of(&mut k));
+            if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
+                return Ok(());
+            }
+        }
+    }
     let recs = pipe.flush_held(&mut KernelMaps::of(&mut k));
     if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
         return Ok(());
     }
+    let dir_loss = dirwatch.as_mut().and_then(|d| d.take_loss());
     let _ = report_loss(
         &mut k,
         &mut last_lost,
@@ -194,6 +246,7 @@ pub(super) async fn run(
         &mut responder,
         &sinks,
         unread,
+        dir_loss,
     );
     refresh_hook_runs(&k, &registry);
     let hooks = registry.hook_runs().unwrap_or_default();
@@ -427,6 +480,44 @@ fn drain(
     }
 }
 
+/// Fanotify events can be read (never, without the route).
+async fn dir_readable(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
+    let Some(w) = w else {
+        return std::future::pending().await;
+    };
+    match w.readable().await {
+        // Cleared before the read, which empties the queue: a later event wakes us again.
+        Ok(mut g) => g.clear_ready(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Mark directories the watch set gained, and feed the held fanotify events that are due
+/// into the pipeline, once the ring buffers were drained (or they waited `HOLD_MAX`).
+fn feed_dirwatch(
+    d: &mut crate::dirwatch::DirWatch,
+    backlog: bool,
+    full: bool,
+    k: &mut Kernel,
+    pipe: &mut Pipeline,
+    responder: &mut crate::respond::act::Responder,
+    sinks: &SinkSet,
+) -> Result<(), BrokenPipe> {
+    let w = &pipe.enricher.watch;
+    d.sync(&w.dirs, |key| w.path_of(key).cloned(), full);
+    let now = Instant::now();
+    if d.next_due().is_none_or(|t| t > now) || (backlog && !d.overdue(now)) {
+        return Ok(());
+    }
+    let w = &pipe.enricher.watch;
+    let recs = d.take_due(now, &pipe.recent, |key| w.path_of(key).cloned());
+    for raw in recs {
+        let recs = pipe.handle(&raw, &mut KernelMaps::of(k));
+        deliver(recs, pipe, responder, sinks)?;
+    }
+    Ok(())
+}
+
 /// A watch on stdout for its reader going away (EPOLLERR on a pipe's write end), when stdout
 /// is something epoll takes (a pipe or socket; not a file or /dev/null).
 fn stdout_watch() -> Option<AsyncFd<std::os::fd::OwnedFd>> {
@@ -481,6 +572,7 @@ fn report_loss(
     responder: &mut crate::respond::act::Responder,
     sinks: &SinkSet,
     stop_unread: u64,
+    dir_loss: Option<crate::dirwatch::DirWatchLoss>,
 ) -> Result<(), BrokenPipe> {
     // Sink drops are loss too: their own `lost` record, per sink and cause.
     if let Some(r) = sinks.loss_record() {
@@ -498,7 +590,12 @@ fn report_loss(
         .collect();
     let decode = pipe.take_decode_errors();
     let watch = pipe.enricher.watch.take_loss();
-    if delta.is_empty() && decode.is_empty() && watch.watch_full == 0 && stop_unread == 0 {
+    if delta.is_empty()
+        && decode.is_empty()
+        && watch.watch_full == 0
+        && stop_unread == 0
+        && dir_loss.is_none()
+    {
         return Ok(());
     }
     let blinded = dropped(snapmon_common::lost::PRECIOUS_DROPPED, &now, last);
@@ -508,6 +605,12 @@ fn report_loss(
     if watch.watch_full > 0 {
         // Files the agent could not put into the kernel's file map (see watch::admit).
         detail["watch"] = json!({"watch_full": watch.watch_full});
+    }
+    if let Some(l) = &dir_loss {
+        // Fanotify events the kernel dropped (queue full), could not parse, or directories
+        // that could not be marked: names made through another name of a store may be unseen.
+        detail["dirwatch"] = json!({"overflow": l.overflow, "parse_errors": l.parse_errors,
+                                    "mark_failed": l.mark_failed});
     }
     if stop_unread > 0 {
         // Queued before the stop, left unhandled when the stop drain ran out of time.

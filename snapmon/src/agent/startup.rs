@@ -133,6 +133,8 @@ pub(super) struct Running {
     pub(super) signals: Signals,
     /// The mount table, polled for overlays mounted over a store (None: it cannot be).
     pub(super) mounts: Option<AsyncFd<std::os::fd::OwnedFd>>,
+    /// Fanotify marks on the watched directories (None: not needed or not possible).
+    pub(super) dirwatch: Option<crate::dirwatch::DirWatch>,
 }
 
 /// The signals the loop answers, their handlers installed before `started` is out.
@@ -272,6 +274,14 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
         .apply(&mut k, respond_plan, &pipe.classifier)
         .context("loading the circuit breaker into the kernel")?;
 
+    // Names made in a store through another name of it, where no LSM hook sees them.
+    let (mut dirwatch, dir_marks) = crate::dirwatch::route(k.info.lsm_observes());
+    if let Some(d) = dirwatch.as_mut() {
+        let w = &pipe.enricher.watch;
+        d.sync(&w.dirs, |k| w.path_of(k).cloned(), true);
+        pipe.recent.on = true;
+    }
+    let dir_marks = crate::dirwatch::describe(&dirwatch, &dir_marks);
     let (stats_on, stats_note) = k.counters.run_stats.describe();
     let started = crate::state::started(&crate::state::StartInfo {
         backend: k.info.backend,
@@ -296,6 +306,7 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
         previous_run: sinks.previous_run(),
         response: response.clone(),
         evidence_dir: responder.evidence.dir().map(|d| d.display().to_string()),
+        dir_marks,
     });
     // One line for the LSM family: on a kernel that refuses them they all fail alike.
     let (lsm_bad, other_bad): (Vec<_>, Vec<_>) = k
@@ -312,9 +323,14 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
         );
     }
     if let Some(first) = lsm_bad.first() {
+        let seen = if dirwatch.is_some() {
+            "are observed by watched names and, for new names made by rename or mkdir, by fanotify marks"
+        } else {
+            "are not observed"
+        };
         eprintln!(
             "snapmon: {} BPF LSM hooks not attached ({}): namespace changes through aliases \
-             of watched directories are not observed; see `snapmon doctor`",
+             of watched directories {seen}; see `snapmon doctor`",
             lsm_bad.len(),
             first.error.as_deref().unwrap_or("")
         );
@@ -369,5 +385,6 @@ pub(super) fn start(opts: &RunOptions, sinks: &SinkSet) -> anyhow::Result<Option
             usr1,
         },
         mounts: mounts_fd,
+        dirwatch,
     }))
 }

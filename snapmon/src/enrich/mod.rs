@@ -1220,6 +1220,8 @@ impl Enricher {
             ev.detail.push((DetailKey::Via, "io_uring".into()));
         } else if n.flags & ns_flags::VIA_VFS != 0 {
             ev.detail.push((DetailKey::Via, "lsm".into()));
+        } else if n.flags & ns_flags::VIA_FANOTIFY != 0 {
+            ev.detail.push((DetailKey::Via, "fanotify".into()));
         }
         self.stats.emitted += 1;
         Some(ev)

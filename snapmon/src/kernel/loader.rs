@@ -481,6 +481,14 @@ pub struct LoadInfo {
     pub syscall_hook: SyscallHook,
 }
 
+impl LoadInfo {
+    /// The LSM hooks report namespace operations by the directory's identity (the backend
+    /// says `+lsm`): names made through another name of a store are seen there.
+    pub fn lsm_observes(&self) -> bool {
+        self.backend.ends_with("+lsm")
+    }
+}
+
 /// The attached hooks' links.
 pub struct Links {
     /// The LSM links: pinned by `--keep-enforcing`, else detached on drop.
