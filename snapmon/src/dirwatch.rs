@@ -114,6 +114,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
+/// Reads of the fanotify queue per loop turn (64 KiB each, about 900 events).
+const READS_PER_TURN: usize = 8;
+
 /// The first record of `buf` and its length. Never panics on bad input.
 pub fn parse_one(buf: &[u8]) -> Result<(FanRecord, usize), ParseError> {
     if buf.len() < META_LEN {
@@ -385,9 +388,11 @@ impl DirWatch {
         }
     }
 
-    /// Read what is queued (the fd is non-blocking): relevant events are held.
-    pub fn read(&mut self, now: Instant) {
-        loop {
+    /// Read what is queued (the fd is non-blocking): relevant events are held. At most
+    /// `READS_PER_TURN` reads, so a flood of creates in a store does not hold the event
+    /// loop: true when it stopped there, with more perhaps queued.
+    pub fn read(&mut self, now: Instant) -> bool {
+        for _ in 0..READS_PER_TURN {
             // SAFETY: reads into our own buffer, at most its length.
             let n = unsafe {
                 libc::read(
@@ -396,9 +401,11 @@ impl DirWatch {
                     self.buf.len(),
                 )
             };
-            let Ok(n) = usize::try_from(n) else { return };
+            let Ok(n) = usize::try_from(n) else {
+                return false;
+            };
             if n == 0 {
-                return;
+                return false;
             }
             let recs = parse_all(&self.buf[..n]);
             for r in recs {
@@ -409,6 +416,7 @@ impl DirWatch {
                 }
             }
         }
+        true
     }
 
     fn hold(&mut self, e: FanEvent, now: Instant) {

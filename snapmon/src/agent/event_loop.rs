@@ -79,6 +79,9 @@ pub(super) async fn run(
     let mut buf = Chunk::default();
     // A status tick compares the watched directories with the marked ones one by one.
     let mut full_sync = false;
+    // The fanotify queue was left unread at a turn's bound (a flood of creates): read on
+    // at the next turn, the readiness edge having been taken.
+    let mut dir_more = false;
     // Records left in the ring buffer by a drain pass cut short (a flood): drained again
     // on the loop's next turn, after whatever else is due.
     let mut backlog = false;
@@ -165,7 +168,7 @@ pub(super) async fn run(
             _ = usr1.recv() => { sinks.reopen(); false }
             _ = mount_table_changed(&mounts_fd) => { rescan_overlays(&mut pipe, &mut k); false }
             _ = dir_readable(&dir_fd) => {
-                if let Some(d) = dirwatch.as_mut() { d.read(Instant::now()); }
+                if let Some(d) = dirwatch.as_mut() { dir_more = d.read(Instant::now()); }
                 false
             }
             // Drain first: the syscall route's records of these names are in the ring.
@@ -177,7 +180,7 @@ pub(super) async fn run(
             }
             // A yield, not a ready future: the runtime turns its timer and signal drivers
             // only when the task gives way, so the branches above would never become ready.
-            _ = tokio::task::yield_now(), if backlog => true,
+            _ = tokio::task::yield_now(), if backlog || dir_more => true,
             // The urgent lane first (a drain pass reads it before the shared lane anyway).
             r = urgent_fd.readable() => { r?.clear_ready(); true }
             r = fd.readable() => { r?.clear_ready(); true }
@@ -196,6 +199,9 @@ pub(super) async fn run(
             }
         }
         if let Some(d) = dirwatch.as_mut() {
+            if dir_more {
+                dir_more = d.read(Instant::now());
+            }
             if feed_dirwatch(d, backlog, full_sync, &mut k, &mut pipe, &mut responder, &sinks).is_err() {
                 return Ok(());
             }
