@@ -226,7 +226,8 @@ impl SysArgs for aya_ebpf::programs::TracePointContext {
             // record, which holds six arguments from here; `i` is a constant at each call.
             return unsafe {
                 core::ptr::read_volatile(
-                    (aya_ebpf::EbpfContext::as_ptr(self) as *const u8).add(snapmon_common::SC_ARGS_USUAL as usize + 8 * (i % 6))
+                    (aya_ebpf::EbpfContext::as_ptr(self) as *const u8)
+                        .add(snapmon_common::SC_ARGS_USUAL as usize + 8 * (i % 6))
                         as *const u64,
                 )
             };
@@ -248,7 +249,8 @@ pub fn sc_ret(ctx: &aya_ebpf::programs::TracePointContext) -> i64 {
         // SAFETY: as `arg`'s context load.
         return unsafe {
             core::ptr::read_volatile(
-                (aya_ebpf::EbpfContext::as_ptr(ctx) as *const u8).add(snapmon_common::SC_RET_USUAL as usize) as *const i64,
+                (aya_ebpf::EbpfContext::as_ptr(ctx) as *const u8)
+                    .add(snapmon_common::SC_RET_USUAL as usize) as *const i64,
             )
         };
     }

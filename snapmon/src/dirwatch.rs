@@ -252,7 +252,10 @@ impl Recent {
         if let Some(p) = made.and_then(|f| f.path.as_ref()) {
             self.names.insert(p.0.clone(), now);
         }
-        if self.last_prune.is_none_or(|t| now.duration_since(t) >= RECENT_KEEP) {
+        if self
+            .last_prune
+            .is_none_or(|t| now.duration_since(t) >= RECENT_KEEP)
+        {
             self.names
                 .retain(|_, t| now.duration_since(*t) < RECENT_KEEP);
             self.last_prune = Some(now);
@@ -421,7 +424,9 @@ impl DirWatch {
 
     fn hold(&mut self, e: FanEvent, now: Instant) {
         let Some((id, name)) = e.dir else { return };
-        let Some(&dir) = self.dirs.get(&id) else { return };
+        let Some(&dir) = self.dirs.get(&id) else {
+            return;
+        };
         let op = if e.mask & libc::FAN_MOVED_TO != 0 {
             NsOp::Rename
         } else if e.mask & libc::FAN_CREATE != 0 && e.mask & libc::FAN_ONDIR != 0 {
@@ -473,7 +478,9 @@ impl DirWatch {
             .front()
             .is_some_and(|h| now.saturating_duration_since(h.read_at) >= HOLD)
         {
-            let Some(h) = self.held.pop_front() else { break };
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
             let Some(dir) = path_of(&h.dir) else { continue };
             let path = dir.join(std::ffi::OsStr::from_bytes(&h.name));
             if recent.seen(path.as_os_str().as_bytes(), now) {
@@ -548,7 +555,11 @@ fn mark(fan: &OwnedFd, p: &Path, ino: u64) -> std::io::Result<DirId> {
         return Err(std::io::Error::last_os_error());
     }
     let len = (h[0] as usize).min(MAX_HANDLE);
-    let bytes: Vec<u8> = h[2..].iter().flat_map(|w| w.to_ne_bytes()).take(len).collect();
+    let bytes: Vec<u8> = h[2..]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .take(len)
+        .collect();
     // SAFETY: plain syscall on two valid fds; a NULL path with a dirfd marks that inode.
     let r = unsafe {
         libc::fanotify_mark(
@@ -664,7 +675,12 @@ mod tests {
 
     #[test]
     fn parses_a_rename_in_with_its_directory_handle_and_name() {
-        let b = event(libc::FAN_MOVED_TO, 4242, &[1, 2, 3, 4, 5, 6, 7, 8], b".hidden");
+        let b = event(
+            libc::FAN_MOVED_TO,
+            4242,
+            &[1, 2, 3, 4, 5, 6, 7, 8],
+            b".hidden",
+        );
         let (r, n) = parse_one(&b).unwrap();
         assert_eq!(n, b.len());
         let FanRecord::Event(e) = r else {
@@ -679,15 +695,14 @@ mod tests {
 
     #[test]
     fn every_cut_is_a_typed_error_and_never_a_panic() {
-        let b = event(
-            libc::FAN_CREATE | libc::FAN_ONDIR,
-            7,
-            &[9; 12],
-            b".dir",
-        );
+        let b = event(libc::FAN_CREATE | libc::FAN_ONDIR, 7, &[9; 12], b".dir");
         for cut in 0..b.len() {
             let err = parse_one(&b[..cut]).unwrap_err();
-            let what = if cut < META_LEN { "event metadata" } else { "event" };
+            let what = if cut < META_LEN {
+                "event metadata"
+            } else {
+                "event"
+            };
             assert!(
                 matches!(err, ParseError::Truncated { what: w, have, .. } if w == what && have == cut),
                 "cut at {cut}: {err:?}"
@@ -703,7 +718,10 @@ mod tests {
         c[..4].copy_from_slice(&((META_LEN + 2) as u32).to_ne_bytes());
         assert!(matches!(
             parse_one(&c[..META_LEN + 2]),
-            Err(ParseError::Truncated { what: "info header", .. })
+            Err(ParseError::Truncated {
+                what: "info header",
+                ..
+            })
         ));
     }
 
@@ -721,14 +739,20 @@ mod tests {
         i[META_LEN + 2..META_LEN + 4].copy_from_slice(&999u16.to_ne_bytes());
         assert!(matches!(
             parse_one(&i),
-            Err(ParseError::BadLength { what: "info record", .. })
+            Err(ParseError::BadLength {
+                what: "info record",
+                ..
+            })
         ));
         // A handle longer than its record.
         let mut h = b.clone();
         h[META_LEN + 12..META_LEN + 16].copy_from_slice(&200u32.to_ne_bytes());
         assert!(matches!(
             parse_one(&h),
-            Err(ParseError::Truncated { what: "file handle", .. })
+            Err(ParseError::Truncated {
+                what: "file handle",
+                ..
+            })
         ));
     }
 
@@ -763,14 +787,20 @@ mod tests {
         };
         assert_eq!(n.op, NsOp::Rename as u16);
         assert_eq!(n.path1_len, 0);
-        assert_eq!(crate::decode::cstr(&n.path2, n.path2_len as usize), b"/s/.x");
+        assert_eq!(
+            crate::decode::cstr(&n.path2, n.path2_len as usize),
+            b"/s/.x"
+        );
         assert_ne!(n.flags & ns_flags::VIA_FANOTIFY, 0);
         assert_eq!(n.hdr.tgid, std::process::id());
         let raw = record(NsOp::Mkdir, Path::new("/s/.d"), h);
         let Ok(crate::decode::RawEvent::Namespace(n)) = crate::decode::decode(&raw) else {
             panic!("not a namespace record")
         };
-        assert_eq!(crate::decode::cstr(&n.path1, n.path1_len as usize), b"/s/.d");
+        assert_eq!(
+            crate::decode::cstr(&n.path1, n.path1_len as usize),
+            b"/s/.d"
+        );
         // A name longer than the record holds is marked cut, with its whole length.
         let long = format!("/s/{}", "a".repeat(400));
         let raw = record(NsOp::Mkdir, Path::new(&long), h);

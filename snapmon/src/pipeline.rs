@@ -985,6 +985,16 @@ mod linked {
     use snapmon_common::{ns_flags, EventKind, NamespaceEvent, NsOp, PATH_LEN};
     use std::path::Path;
 
+    /// The ids of the alerts among `out`.
+    fn rule_ids(out: &[Record]) -> Vec<&str> {
+        out.iter()
+            .filter_map(|r| match r {
+                Record::Alert(a) => Some(a.rule_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The record of `op` on `p1` (and `p2`) by pid `pid`, as the kernel sends it when the
     /// paths matched by their last component only (`leaf`, `leaf2`).
     fn ns(op: NsOp, pid: u32, p1: &Path, p2: Option<&Path>, flags: u16) -> Vec<u8> {
@@ -1168,13 +1178,7 @@ mod linked {
                 .as_str()
             )
         );
-        let rules: Vec<&str> = out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Alert(a) => Some(a.rule_id.as_str()),
-                _ => None,
-            })
-            .collect();
+        let rules = rule_ids(&out);
         assert!(rules.contains(&"SM-R001"), "{rules:?}");
     }
 
@@ -1278,20 +1282,19 @@ mod linked {
             Some(s.join(".d").display().to_string())
         );
         for e in &evs {
-            assert_eq!(e.detail_value(crate::vocab::DetailKey::Via), Some("fanotify"));
+            assert_eq!(
+                e.detail_value(crate::vocab::DetailKey::Via),
+                Some("fanotify")
+            );
             assert_eq!(e.process.pid, 4343);
         }
-        let rules: Vec<&str> = out
-            .iter()
-            .filter_map(|r| match r {
-                Record::Alert(a) => Some(a.rule_id.as_str()),
-                _ => None,
-            })
-            .collect();
+        let rules = rule_ids(&out);
         assert_eq!(rules, ["SM-H001", "SM-H001"], "{out:?}");
         // The syscall route's rename by the store's own path: its name is noted.
         let now = Instant::now();
-        assert!(!pipe.recent.seen(s.join(".y").as_os_str().as_encoded_bytes(), now));
+        assert!(!pipe
+            .recent
+            .seen(s.join(".y").as_os_str().as_encoded_bytes(), now));
         let outside = d.path("y-src");
         std::fs::write(&outside, b"y").unwrap();
         renamed_in_sight(&mut pipe, &mut maps, &outside, &s.join(".y"));

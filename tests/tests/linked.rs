@@ -376,6 +376,10 @@ fn a_hidden_entry_made_by_the_store_path_is_reported_once() {
             .filter(|v| snapmon_e2e::about(v, p))
             .collect();
         assert_eq!(events.len(), 1, "{events:#?}");
-        assert!(events[0]["snapmon"]["detail"]["via"].is_null(), "{:#}", events[0]);
+        assert!(
+            events[0]["snapmon"]["detail"]["via"].is_null(),
+            "{:#}",
+            events[0]
+        );
     }
 }

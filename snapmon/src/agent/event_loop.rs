@@ -215,7 +215,17 @@ pub(super) async fn run(
             if dir_more {
                 dir_more = d.read(Instant::now());
             }
-            if feed_dirwatch(d, backlog, full_sync, &mut k, &mut pipe, &mut responder, &sinks).is_err() {
+            if feed_dirwatch(
+                d,
+                backlog,
+                full_sync,
+                &mut k,
+                &mut pipe,
+                &mut responder,
+                &sinks,
+            )
+            .is_err()
+            {
                 return Ok(());
             }
             full_sync = false;
@@ -245,7 +255,9 @@ pub(super) async fn run(
         let now = Instant::now();
         d.read(now);
         let w = &pipe.enricher.watch;
-        let raws = d.take_due(now + crate::dirwatch::HOLD, &pipe.recent, |key| w.path_of(key).cloned());
+        let raws = d.take_due(now + crate::dirwatch::HOLD, &pipe.recent, |key| {
+            w.path_of(key).cloned()
+        });
         for raw in raws {
             let recs = pipe.handle(&raw, &mut KernelMaps::of(&mut k));
             if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {

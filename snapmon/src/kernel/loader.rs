@@ -2032,7 +2032,13 @@ mod tests {
         let w = FdWalk::choose(&btf, snapmon_common::valid::FILES);
         assert_eq!(w.name(), "direct");
         assert_ne!(w.btf_file, 0);
-        let all = FdWalk::choose(&btf, snapmon_common::valid::FILES | snapmon_common::valid::ARGS);
-        assert_ne!(all.btf_mm, 0, "the fd slot by a plain load where `exe_file`'s offset is known");
+        let all = FdWalk::choose(
+            &btf,
+            snapmon_common::valid::FILES | snapmon_common::valid::ARGS,
+        );
+        assert_ne!(
+            all.btf_mm, 0,
+            "the fd slot by a plain load where `exe_file`'s offset is known"
+        );
     }
 }
