@@ -172,6 +172,14 @@ impl Floor {
         Ok(Floor { _fds: fds })
     }
 
+    /// Both: the floor of tracepoint mode with its 32-bit hook, which the per-syscall
+    /// tracepoints cannot be (they skip ia32 syscalls) and which runs on every syscall.
+    pub fn attach_with_compat() -> anyhow::Result<Floor> {
+        let mut f = Self::attach()?;
+        f._fds.extend(Self::attach_raw()?._fds);
+        Ok(f)
+    }
+
     /// On the raw `sys_enter` tracepoint: called for every syscall, with no trace buffer.
     /// The floor of a design that hooks all syscalls once and picks the writes by number.
     pub fn attach_raw() -> anyhow::Result<Floor> {

@@ -20,6 +20,7 @@ pub const CONFIGS: &[&str] = &[
     "slowpath",
     "floor",
     "floor-raw",
+    "floor+compat",
     "snapmon",
     "snapmon-raw",
     "snapmon-probe",
@@ -44,6 +45,12 @@ pub const LEGEND: &[(&str, &str)] = &[
     (
         "floor-raw",
         "the same program on raw `sys_enter` (every syscall, no trace buffer)",
+    ),
+    (
+        "floor+compat",
+        "`floor` and `floor-raw` together: the floor of tracepoint mode with its 32-bit hook \
+         (the syscall tracepoints skip ia32 syscalls, so tracepoint mode sees `int 0x80` \
+         through a program on raw `sys_enter`, which runs on every syscall)",
     ),
     (
         "snapmon",
@@ -264,6 +271,7 @@ pub(super) fn arm(
         "slowpath" => Some(floor::Floor::attach_to(&["syscalls/sys_enter_sync"])),
         "floor" => Some(floor::Floor::attach()),
         "floor-raw" => Some(floor::Floor::attach_raw()),
+        "floor+compat" => Some(floor::Floor::attach_with_compat()),
         _ => None,
     };
     match f {
