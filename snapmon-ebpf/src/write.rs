@@ -254,12 +254,18 @@ pub struct IovSum {
     pub partial: bool,
 }
 
-/// `enter`, then the fd in argument `slot` when it is a watched file (`watched_fd`).
+/// The fd in argument `slot` when it is a watched file (`watched_fd`) and the writer is not
+/// the agent (`enter`). The file first: most writes are to unwatched files, and the lookup
+/// has no side effect, so they skip the pid helper call.
 #[inline(always)]
 pub(crate) unsafe fn watched_arg<C: SysArgs>(ctx: &C, slot: usize) -> Option<(i64, Watched)> {
-    enter()?;
+    if !valid(v::FILES) {
+        return None;
+    }
     let fd = sc_arg(ctx, slot) as i64;
-    Some((fd, watched_fd(fd, false)?))
+    let w = watched_fd(fd, false)?;
+    enter()?;
+    Some((fd, w))
 }
 
 /// Sum the lengths of up to IOV_MAX_SUMMED iovecs.
