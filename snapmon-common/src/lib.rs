@@ -1087,6 +1087,30 @@ pub struct AgentConfig {
     /// `struct file *` instead of a `bpf_probe_read_kernel` call.
     pub btf_mm: u32,
     pub _pad: u32,
+    /// ia32 syscall numbers with a raw handler (`RAW_COMPAT_TAIL`), one bit each
+    /// ([`SyscallSet`]): the 32-bit hooks skip the ia32 test for any other syscall.
+    pub compat_ids: SyscallSet,
+    /// Numbers with a raw handler on either ABI: raw mode's `syscall_enter` returns at once
+    /// for any other syscall.
+    pub hooked_ids: SyscallSet,
+}
+
+/// A set of syscall numbers below [`RAW_SLOTS`], one bit each.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyscallSet(pub [u64; RAW_SLOTS as usize / 64]);
+
+impl SyscallSet {
+    pub fn insert(&mut self, nr: u32) {
+        if nr < RAW_SLOTS {
+            self.0[(nr / 64) as usize] |= 1 << (nr % 64);
+        }
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, nr: u32) -> bool {
+        nr < RAW_SLOTS && self.0[(nr / 64) as usize & 7] & (1 << (nr % 64)) != 0
+    }
 }
 
 /// The fd → file → inode walk the programs run (`AgentConfig::fd_walk`).
@@ -1151,7 +1175,9 @@ const _: () = {
     assert!(offset_of!(KernelOffsets, inode_uid) == 71 * 4);
     assert!(offset_of!(KernelOffsets, inode_rdev) == 72 * 4);
     assert!(size_of::<NsMark>() == 24);
-    assert!(size_of::<AgentConfig>() == 24);
+    assert!(offset_of!(AgentConfig, compat_ids) == 24);
+    assert!(size_of::<SyscallSet>() == RAW_SLOTS as usize / 8);
+    assert!(size_of::<AgentConfig>() == 24 + 2 * RAW_SLOTS as usize / 8);
     assert!(size_of::<OpenStash>() == 16);
     assert!(size_of::<Blinded>() == 64);
     assert!(offset_of!(Blinded, file) == 8);

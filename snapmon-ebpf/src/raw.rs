@@ -12,12 +12,13 @@ use aya_ebpf::{
     maps::ProgramArray,
     programs::BtfTracePointContext,
 };
-use snapmon_common::{WriteOp, RAW_SLOTS};
+use snapmon_common::{SyscallSet, WriteOp, RAW_SLOTS};
 
 use crate::{
     emit::SysArgs,
     kernel::{in_compat, regs_args},
     write::{self, Abi},
+    CONFIG,
 };
 
 /// Handlers by native syscall number, filled by the loader.
@@ -39,7 +40,8 @@ const NR_PWRITE64: i64 = 18;
 #[btf_tracepoint(function = "sys_enter")]
 pub fn syscall_enter(ctx: BtfTracePointContext) -> u32 {
     let id: i64 = ctx.arg(1);
-    if (0..RAW_SLOTS as i64).contains(&id) {
+    // Most syscalls have no handler on either ABI: no ia32 test for them.
+    if (0..RAW_SLOTS as i64).contains(&id) && hooked(id as u32) {
         unsafe {
             if in_compat() {
                 RAW_COMPAT_TAIL.tail_call(&ctx, id as u32);
@@ -62,7 +64,7 @@ pub fn syscall_enter(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sys_enter")]
 pub fn compat_enter(ctx: BtfTracePointContext) -> u32 {
     let id: i64 = ctx.arg(1);
-    if (0..RAW_SLOTS as i64).contains(&id) {
+    if (0..RAW_SLOTS as i64).contains(&id) && compat_hooked(id as u32) {
         unsafe {
             if in_compat() {
                 RAW_COMPAT_TAIL.tail_call(&ctx, id as u32);
@@ -70,6 +72,26 @@ pub fn compat_enter(ctx: BtfTracePointContext) -> u32 {
         }
     }
     0
+}
+
+/// `nr` (below `RAW_SLOTS`) has a raw handler on either ABI (`AgentConfig::hooked_ids`).
+#[inline(always)]
+fn hooked(nr: u32) -> bool {
+    in_set(&CONFIG.hooked_ids, nr)
+}
+
+/// `nr` (below `RAW_SLOTS`) has an ia32 raw handler (`AgentConfig::compat_ids`).
+#[inline(always)]
+fn compat_hooked(nr: u32) -> bool {
+    in_set(&CONFIG.compat_ids, nr)
+}
+
+/// One bit of a set in `CONFIG`, read as the loader froze it: a volatile load, so the
+/// compiler does not fold the zeroed placeholder.
+#[inline(always)]
+fn in_set(set: &SyscallSet, nr: u32) -> bool {
+    let word = unsafe { core::ptr::read_volatile(&set.0[(nr / 64) as usize & 7]) };
+    word & (1 << (nr % 64)) != 0
 }
 
 /// The six arguments of the syscall being entered, read once from `pt_regs` (the first

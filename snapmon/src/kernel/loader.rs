@@ -10,7 +10,7 @@ use aya::{
     },
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
-use snapmon_common::{fd_walk, AgentConfig, FileKey, KernelOffsets};
+use snapmon_common::{fd_walk, AgentConfig, FileKey, KernelOffsets, SyscallSet};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use super::{
@@ -211,6 +211,27 @@ pub const RAW: &[(u32, &str, &str)] = &[
     (235, "sys_enter_utimes", "raw_utimes"),
     (261, "sys_enter_futimesat", "raw_futimesat"),
 ];
+
+/// The ia32 numbers with a raw handler: every slot `raw_compat_table` can fill.
+pub fn compat_ids() -> SyscallSet {
+    let mut set = SyscallSet::default();
+    for &(nr, name) in COMPAT {
+        if raw_handler(name).is_some() {
+            set.insert(nr);
+        }
+    }
+    set
+}
+
+/// The numbers with a raw handler on either ABI: every slot `raw_hook` and
+/// `raw_compat_table` can fill (raw mode's `syscall_enter` returns at once for the others).
+pub fn hooked_ids() -> SyscallSet {
+    let mut set = compat_ids();
+    for &(nr, _, _) in RAW {
+        set.insert(nr);
+    }
+    set
+}
 
 /// The raw handler of a tracepoint or compat program ([`RAW`], `compat_*` → `raw_compat_*`).
 pub fn raw_handler(program: &str) -> Option<&'static str> {
@@ -788,6 +809,8 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         btf_file: walk.btf_file,
         btf_mm: walk.btf_mm,
         _pad: 0,
+        compat_ids: compat_ids(),
+        hooked_ids: hooked_ids(),
     };
     let object = walk.patch(OBJECT)?;
     let rb = opts.ring_buffer_bytes.next_power_of_two().max(4096);
@@ -1985,6 +2008,34 @@ mod tests {
 
     /// `auto` is raw only where raw loads and no VFS write hook owns writes; an explicit
     /// mode is kept whatever the load has (raw then fails with its reason).
+    /// The programs skip the ia32 test, or return at once, for a number outside these sets:
+    /// a slot the loader fills that is missing from them would be a syscall never seen.
+    #[test]
+    fn the_syscall_sets_hold_every_slot_the_loader_fills() {
+        let (compat, hooked) = (compat_ids(), hooked_ids());
+        for &(nr, name) in COMPAT {
+            if raw_handler(name).is_some() {
+                assert!(
+                    compat.contains(nr) && hooked.contains(nr),
+                    "ia32 {nr} {name}"
+                );
+            }
+        }
+        for &(nr, tp, _) in RAW {
+            assert!(hooked.contains(nr), "{nr} {tp}");
+        }
+        // And nothing else: getppid (110) has no handler on either ABI.
+        assert!(!hooked.contains(110) && !compat.contains(110));
+        let n = |s: SyscallSet| s.0.iter().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!(
+            n(compat) as usize,
+            COMPAT
+                .iter()
+                .filter(|(_, p)| raw_handler(p).is_some())
+                .count()
+        );
+    }
+
     #[test]
     fn auto_is_raw_only_without_the_vfs_hook_and_where_raw_runs() {
         use SyscallHook::*;
