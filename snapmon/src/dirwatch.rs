@@ -228,14 +228,26 @@ pub fn parse_all(mut buf: &[u8]) -> Vec<Result<FanRecord, ParseError>> {
     out
 }
 
+/// Most names `Recent` keeps, and most bytes of them: a rename flood by any user fills it
+/// within the window. At the bound the oldest go first; a name gone early can only make a
+/// fanotify event fed that the syscall route reported too (a duplicate), never one dropped.
+const RECENT_MAX: usize = 16_384;
+const RECENT_MAX_BYTES: usize = 4 << 20;
+
 /// Names the pipeline saw made lately by mkdir or rename (the only events this route feeds):
 /// a fanotify event about one of them was the syscall route's too.
 #[derive(Default)]
 pub struct Recent {
     /// Noting costs a hash insert per namespace event: only while the route is on.
     pub on: bool,
-    names: HashMap<Vec<u8>, Instant>,
-    last_prune: Option<Instant>,
+    /// Each name's newest note: when, and its number.
+    names: HashMap<Vec<u8>, (Instant, u64)>,
+    /// Notes oldest first (a name noted again is here twice; the older is passed over).
+    order: VecDeque<(Vec<u8>, Instant, u64)>,
+    bytes: usize,
+    notes: u64,
+    /// Names let go at the bound before their window ended.
+    pub evicted: u64,
 }
 
 impl Recent {
@@ -250,15 +262,33 @@ impl Recent {
             _ => return,
         };
         if let Some(p) = made.and_then(|f| f.path.as_ref()) {
-            self.names.insert(p.0.clone(), now);
+            self.insert(&p.0, now);
         }
-        if self
-            .last_prune
-            .is_none_or(|t| now.duration_since(t) >= RECENT_KEEP)
-        {
-            self.names
-                .retain(|_, t| now.duration_since(*t) < RECENT_KEEP);
-            self.last_prune = Some(now);
+    }
+
+    fn insert(&mut self, name: &[u8], now: Instant) {
+        self.notes += 1;
+        self.names.insert(name.to_vec(), (now, self.notes));
+        self.order.push_back((name.to_vec(), now, self.notes));
+        self.bytes += name.len();
+        // Expired notes first, then the oldest while past a bound.
+        while let Some((_, t, _)) = self.order.front() {
+            let expired = now.saturating_duration_since(*t) >= RECENT_KEEP;
+            let over = self.order.len() > RECENT_MAX || self.bytes > RECENT_MAX_BYTES;
+            if !expired && !over {
+                break;
+            }
+            let Some((n, _, no)) = self.order.pop_front() else {
+                break;
+            };
+            self.bytes -= n.len();
+            // Only the name's newest note takes it out.
+            if self.names.get(&n).is_some_and(|&(_, newest)| newest == no) {
+                self.names.remove(&n);
+                if !expired {
+                    self.evicted += 1;
+                }
+            }
         }
     }
 
@@ -266,7 +296,16 @@ impl Recent {
     pub fn seen(&self, path: &[u8], now: Instant) -> bool {
         self.names
             .get(path)
-            .is_some_and(|t| now.saturating_duration_since(*t) < RECENT_KEEP)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < RECENT_KEEP)
+    }
+
+    /// Names kept.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 }
 
@@ -1054,5 +1093,85 @@ mod tests {
         let mut d = DirWatch::on(null_fd(), &[]);
         assert!(!d.read(Instant::now()));
         assert!(d.take_loss().is_none());
+    }
+
+    fn rename_to(p: &[u8]) -> Event {
+        Event {
+            action: Action::Rename,
+            target: Some(crate::event::FileInfo {
+                path: Some(crate::event::Bytes(p.to_vec())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A rename flood cannot grow `Recent` past its bound: the oldest go first, the newest
+    /// (those whose fanotify events are still held) stay, and a name noted again is kept by
+    /// its newest note.
+    #[test]
+    fn recent_is_bounded_and_lets_the_oldest_go() {
+        let now = Instant::now();
+        let mut r = Recent {
+            on: true,
+            ..Default::default()
+        };
+        r.note(&rename_to(b"/s/.kept"), now);
+        for i in 0..RECENT_MAX + 100 {
+            if i == RECENT_MAX / 2 {
+                // Noted again half way: its first note's eviction must not take it.
+                r.note(&rename_to(b"/s/.kept"), now);
+            }
+            r.note(&rename_to(format!("/s/junk{i}").as_bytes()), now);
+        }
+        assert_eq!(r.len(), RECENT_MAX);
+        assert!(r.order.len() <= RECENT_MAX);
+        assert!(!r.seen(b"/s/junk0", now));
+        assert!(r.seen(format!("/s/junk{}", RECENT_MAX + 99).as_bytes(), now));
+        assert!(r.seen(b"/s/.kept", now));
+        assert!(r.evicted > 0);
+        // Bytes bound too: long names keep fewer.
+        let mut r = Recent {
+            on: true,
+            ..Default::default()
+        };
+        let long = "x".repeat(4000);
+        for i in 0..2000 {
+            r.note(&rename_to(format!("/s/{i}{long}").as_bytes()), now);
+        }
+        assert!(r.bytes <= RECENT_MAX_BYTES, "{}", r.bytes);
+        assert!(r.len() < 2000);
+        // Expired notes go as new ones come, whatever the bound.
+        r.note(&rename_to(b"/s/late"), now + RECENT_KEEP);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.bytes, b"/s/late".len());
+    }
+
+    /// At the bound a name let go early makes the fanotify event about it fed (a duplicate
+    /// of the syscall route's record), never dropped: eviction can't hide a name.
+    #[test]
+    fn an_evicted_name_is_fed_not_dropped() {
+        let a = dir(4);
+        let mut d = DirWatch::on(null_fd(), std::slice::from_ref(&a));
+        let now = Instant::now();
+        let mut r = Recent {
+            on: true,
+            ..Default::default()
+        };
+        r.note(&rename_to(b"/s/.x"), now);
+        d.hold(
+            FanEvent {
+                mask: libc::FAN_MOVED_TO,
+                pid: 9,
+                dir: Some((a.0.clone(), b".x".to_vec())),
+            },
+            now,
+        );
+        for i in 0..RECENT_MAX {
+            r.note(&rename_to(format!("/s/j{i}").as_bytes()), now);
+        }
+        let out = d.take_due(now + HOLD, &r, |_| Some(PathBuf::from("/s")));
+        assert_eq!(out.len(), 1);
+        assert_eq!((d.fed, d.duplicates), (1, 0));
     }
 }
