@@ -228,14 +228,26 @@ pub fn parse_all(mut buf: &[u8]) -> Vec<Result<FanRecord, ParseError>> {
     out
 }
 
+/// Most names `Recent` keeps, and most bytes of them: a rename flood by any user fills it
+/// within the window. At the bound the oldest go first; a name gone early can only make a
+/// fanotify event fed that the syscall route reported too (a duplicate), never one dropped.
+const RECENT_MAX: usize = 16_384;
+const RECENT_MAX_BYTES: usize = 4 << 20;
+
 /// Names the pipeline saw made lately by mkdir or rename (the only events this route feeds):
 /// a fanotify event about one of them was the syscall route's too.
 #[derive(Default)]
 pub struct Recent {
     /// Noting costs a hash insert per namespace event: only while the route is on.
     pub on: bool,
-    names: HashMap<Vec<u8>, Instant>,
-    last_prune: Option<Instant>,
+    /// Each name's newest note: when, and its number.
+    names: HashMap<Vec<u8>, (Instant, u64)>,
+    /// Notes oldest first (a name noted again is here twice; the older is passed over).
+    order: VecDeque<(Vec<u8>, Instant, u64)>,
+    bytes: usize,
+    notes: u64,
+    /// Names let go at the bound before their window ended.
+    pub evicted: u64,
 }
 
 impl Recent {
@@ -250,15 +262,33 @@ impl Recent {
             _ => return,
         };
         if let Some(p) = made.and_then(|f| f.path.as_ref()) {
-            self.names.insert(p.0.clone(), now);
+            self.insert(&p.0, now);
         }
-        if self
-            .last_prune
-            .is_none_or(|t| now.duration_since(t) >= RECENT_KEEP)
-        {
-            self.names
-                .retain(|_, t| now.duration_since(*t) < RECENT_KEEP);
-            self.last_prune = Some(now);
+    }
+
+    fn insert(&mut self, name: &[u8], now: Instant) {
+        self.notes += 1;
+        self.names.insert(name.to_vec(), (now, self.notes));
+        self.order.push_back((name.to_vec(), now, self.notes));
+        self.bytes += name.len();
+        // Expired notes first, then the oldest while past a bound.
+        while let Some((_, t, _)) = self.order.front() {
+            let expired = now.saturating_duration_since(*t) >= RECENT_KEEP;
+            let over = self.order.len() > RECENT_MAX || self.bytes > RECENT_MAX_BYTES;
+            if !expired && !over {
+                break;
+            }
+            let Some((n, _, no)) = self.order.pop_front() else {
+                break;
+            };
+            self.bytes -= n.len();
+            // Only the name's newest note takes it out.
+            if self.names.get(&n).is_some_and(|&(_, newest)| newest == no) {
+                self.names.remove(&n);
+                if !expired {
+                    self.evicted += 1;
+                }
+            }
         }
     }
 
@@ -266,7 +296,16 @@ impl Recent {
     pub fn seen(&self, path: &[u8], now: Instant) -> bool {
         self.names
             .get(path)
-            .is_some_and(|t| now.saturating_duration_since(*t) < RECENT_KEEP)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) < RECENT_KEEP)
+    }
+
+    /// Names kept.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 }
 
@@ -295,6 +334,40 @@ pub struct DirWatchLoss {
     pub parse_errors: u64,
     /// Directories that could not be marked.
     pub mark_failed: u64,
+    /// Reads of the fanotify fd that failed (not EAGAIN): what they held is gone.
+    pub read_errors: u64,
+    /// Where the overflow was, as far as this route knows: the directories the events read
+    /// last before a `FAN_Q_OVERFLOW` were about (the flood's, not surely the hidden
+    /// name's: any marked directory may have lost events), and those of events dropped past
+    /// `MAX_HELD`. At most `MAX_UNHEARD`.
+    pub unheard: Vec<Unheard>,
+}
+
+impl DirWatchLoss {
+    /// Namespace events about watched directories were lost (SM-A001).
+    pub fn blinding(&self) -> bool {
+        self.overflow > 0
+    }
+
+    fn unheard(&mut self, u: Unheard) {
+        if let Some(have) = self.unheard.iter_mut().find(|h| h.dir == u.dir) {
+            *have = u;
+        } else if self.unheard.len() < MAX_UNHEARD {
+            self.unheard.push(u);
+        }
+    }
+}
+
+/// Most directories one loss names.
+const MAX_UNHEARD: usize = 8;
+
+/// A directory whose namespace events were lost, and the last actor seen there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unheard {
+    pub dir: FileKey,
+    pub pid: u32,
+    /// CLOCK_BOOTTIME when that actor's event was read.
+    pub ts_ns: u64,
 }
 
 /// The fanotify group, its marks and the events waiting to be judged.
@@ -307,6 +380,9 @@ pub struct DirWatch {
     held: VecDeque<Held>,
     buf: Vec<u8>,
     loss: DirWatchLoss,
+    /// The directories of the events read since the queue was last empty (any kind, at most
+    /// `MAX_UNHEARD`, newest last), with their actor: what an overflow record names.
+    last_dirs: VecDeque<Unheard>,
     /// Events whose name the syscall route had reported (not fed again).
     pub duplicates: u64,
     /// Events fed into the pipeline.
@@ -334,9 +410,26 @@ impl DirWatch {
             held: VecDeque::new(),
             buf: vec![0; 64 * 1024],
             loss: DirWatchLoss::default(),
+            last_dirs: VecDeque::new(),
             duplicates: 0,
             fed: 0,
         })
+    }
+
+    /// A group on `fd` (a test's stand-in) with `dirs` marked.
+    #[cfg(test)]
+    fn on(fd: OwnedFd, dirs: &[(DirId, FileKey)]) -> DirWatch {
+        DirWatch {
+            fd,
+            dirs: dirs.iter().cloned().collect(),
+            marked: dirs.iter().map(|(id, k)| (*k, Some(id.clone()))).collect(),
+            held: VecDeque::new(),
+            buf: vec![0; 64 * 1024],
+            loss: DirWatchLoss::default(),
+            last_dirs: VecDeque::new(),
+            duplicates: 0,
+            fed: 0,
+        }
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -404,22 +497,46 @@ impl DirWatch {
                     self.buf.len(),
                 )
             };
-            let Ok(n) = usize::try_from(n) else {
-                return false;
-            };
-            if n == 0 {
-                return false;
-            }
-            let recs = parse_all(&self.buf[..n]);
-            for r in recs {
-                match r {
-                    Ok(FanRecord::Overflow) => self.loss.overflow += 1,
-                    Ok(FanRecord::Event(e)) => self.hold(e, now),
-                    Err(_) => self.loss.parse_errors += 1,
+            let n = match usize::try_from(n) {
+                Ok(0) => {
+                    self.last_dirs.clear();
+                    return false;
                 }
-            }
+                Ok(n) => n,
+                Err(_) => {
+                    let e = std::io::Error::last_os_error();
+                    match e.kind() {
+                        // Emptied: a later overflow comes after a full queue of events read
+                        // from now on, so the directories seen so far are not its.
+                        std::io::ErrorKind::WouldBlock => self.last_dirs.clear(),
+                        std::io::ErrorKind::Interrupted => continue,
+                        // Counted, and the loop goes on: the next readiness tries again.
+                        _ => self.loss.read_errors += 1,
+                    }
+                    return false;
+                }
+            };
+            let buf = std::mem::take(&mut self.buf);
+            self.absorb(&buf[..n], now);
+            self.buf = buf;
         }
         true
+    }
+
+    /// The records of one read.
+    fn absorb(&mut self, buf: &[u8], now: Instant) {
+        for r in parse_all(buf) {
+            match r {
+                Ok(FanRecord::Overflow) => {
+                    self.loss.overflow += 1;
+                    for u in self.last_dirs.clone() {
+                        self.loss.unheard(u);
+                    }
+                }
+                Ok(FanRecord::Event(e)) => self.hold(e, now),
+                Err(_) => self.loss.parse_errors += 1,
+            }
+        }
     }
 
     fn hold(&mut self, e: FanEvent, now: Instant) {
@@ -427,6 +544,18 @@ impl DirWatch {
         let Some(&dir) = self.dirs.get(&id) else {
             return;
         };
+        let seen = Unheard {
+            dir,
+            pid: e.pid,
+            ts_ns: crate::lineage::boottime_ns(),
+        };
+        // A file's create too: a flood of them is what fills the queue.
+        if let Some(i) = self.last_dirs.iter().position(|u| u.dir == dir) {
+            self.last_dirs.remove(i);
+        } else if self.last_dirs.len() >= MAX_UNHEARD {
+            self.last_dirs.pop_front();
+        }
+        self.last_dirs.push_back(seen.clone());
         let op = if e.mask & libc::FAN_MOVED_TO != 0 {
             NsOp::Rename
         } else if e.mask & libc::FAN_CREATE != 0 && e.mask & libc::FAN_ONDIR != 0 {
@@ -440,6 +569,7 @@ impl DirWatch {
         }
         if self.held.len() >= MAX_HELD {
             self.loss.overflow += 1;
+            self.loss.unheard(seen);
             return;
         }
         self.held.push_back(Held {
@@ -492,6 +622,12 @@ impl DirWatch {
             out.push(record(h.op, &path, header_of(h.pid, h.ts_ns)));
         }
         out
+    }
+
+    /// Whether events were lost since the last `take_loss` (an overflow): said within the
+    /// loop's blind check, not at the next status tick.
+    pub fn blinded(&self) -> bool {
+        self.loss.blinding()
     }
 
     /// What was lost since the last call (None: nothing).
@@ -580,7 +716,7 @@ fn mark(fan: &OwnedFd, p: &Path, ino: u64) -> std::io::Result<DirId> {
 }
 
 /// The actor as /proc says while it lives (it may be gone; the lineage knows it then).
-fn header_of(pid: u32, ts_ns: u64) -> Header {
+pub(crate) fn header_of(pid: u32, ts_ns: u64) -> Header {
     let mut h = Header {
         kind: EventKind::Namespace as u32,
         backend: snapmon_common::Backend::Tracepoint as u32,
@@ -841,5 +977,201 @@ mod tests {
         };
         r.note(&w, now);
         assert!(!r.seen(b"/s/img", now));
+    }
+
+    fn overflow_record() -> Vec<u8> {
+        let mut o = vec![0u8; META_LEN];
+        o[..4].copy_from_slice(&(META_LEN as u32).to_ne_bytes());
+        o[4] = META_VERSION;
+        o[6..8].copy_from_slice(&(META_LEN as u16).to_ne_bytes());
+        o[8..16].copy_from_slice(&libc::FAN_Q_OVERFLOW.to_ne_bytes());
+        o
+    }
+
+    fn null_fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    fn dir(n: u8) -> (DirId, FileKey) {
+        (
+            DirId {
+                handle_type: 1,
+                handle: vec![n; 8],
+            },
+            FileKey {
+                dev: 1,
+                ino: n as u64,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A flood of file creates in one marked directory fills the kernel's queue: the
+    /// overflow is a blinding (SM-A001) naming that directory and the flooder, not only a
+    /// count in `lost`.
+    #[test]
+    fn an_overflow_is_a_blinding_naming_the_flooded_directory() {
+        let (a, b) = (dir(1), dir(2));
+        let mut d = DirWatch::on(null_fd(), &[a.clone(), b.clone()]);
+        let now = Instant::now();
+        let mut buf = event(libc::FAN_CREATE, 70, &a.0.handle, b"junk1");
+        buf.extend(event(libc::FAN_CREATE, 77, &a.0.handle, b"junk2"));
+        d.absorb(&buf, now);
+        // Nothing lost yet: no blinding.
+        assert!(!d.blinded());
+        assert!(d.take_loss().is_none());
+        d.absorb(&overflow_record(), now);
+        assert!(d.blinded());
+        let l = d.take_loss().unwrap();
+        assert!(l.blinding());
+        assert_eq!(l.overflow, 1);
+        assert_eq!(
+            l.unheard.iter().map(|u| (u.dir, u.pid)).collect::<Vec<_>>(),
+            [(a.1, 77)]
+        );
+        // Said once: the next check starts afresh.
+        assert!(!d.blinded());
+        // Events read before the queue was last emptied are not a later overflow's.
+        d.absorb(&event(libc::FAN_CREATE, 70, &a.0.handle, b"junk3"), now);
+        assert!(!d.read(now));
+        d.absorb(&event(libc::FAN_CREATE, 80, &b.0.handle, b"junk4"), now);
+        d.absorb(&overflow_record(), now);
+        let l = d.take_loss().unwrap();
+        assert_eq!(
+            l.unheard.iter().map(|u| (u.dir, u.pid)).collect::<Vec<_>>(),
+            [(b.1, 80)]
+        );
+        // An overflow with no event read before it still says so, naming no directory.
+        let mut fresh = DirWatch::on(null_fd(), std::slice::from_ref(&b));
+        fresh.absorb(&overflow_record(), now);
+        let l = fresh.take_loss().unwrap();
+        assert!(l.blinding() && l.unheard.is_empty());
+    }
+
+    /// Past `MAX_HELD` the agent drops renames-in itself: the same blinding, naming where.
+    #[test]
+    fn events_dropped_past_the_hold_are_a_blinding_naming_their_directory() {
+        let a = dir(3);
+        let mut d = DirWatch::on(null_fd(), std::slice::from_ref(&a));
+        let now = Instant::now();
+        for i in 0..MAX_HELD {
+            d.hold(
+                FanEvent {
+                    mask: libc::FAN_MOVED_TO,
+                    pid: 5,
+                    dir: Some((a.0.clone(), format!(".n{i}").into_bytes())),
+                },
+                now,
+            );
+        }
+        assert!(!d.blinded());
+        d.hold(
+            FanEvent {
+                mask: libc::FAN_MOVED_TO,
+                pid: 6,
+                dir: Some((a.0.clone(), b".hidden".to_vec())),
+            },
+            now,
+        );
+        let l = d.take_loss().unwrap();
+        assert_eq!(l.overflow, 1);
+        assert_eq!(l.unheard.len(), 1);
+        assert_eq!((l.unheard[0].dir, l.unheard[0].pid), (a.1, 6));
+    }
+
+    /// A read that fails (here EISDIR) is counted and ends the turn; the loop goes on.
+    #[test]
+    fn a_failed_read_is_counted_not_fatal() {
+        let dirfd: OwnedFd = std::fs::File::open("/").unwrap().into();
+        let mut d = DirWatch::on(dirfd, &[]);
+        assert!(!d.read(Instant::now()));
+        assert!(!d.read(Instant::now()));
+        let l = d.take_loss().unwrap();
+        assert_eq!(l.read_errors, 2);
+        assert!(!l.blinding());
+        // EOF or EAGAIN is no error.
+        let mut d = DirWatch::on(null_fd(), &[]);
+        assert!(!d.read(Instant::now()));
+        assert!(d.take_loss().is_none());
+    }
+
+    fn rename_to(p: &[u8]) -> Event {
+        Event {
+            action: Action::Rename,
+            target: Some(crate::event::FileInfo {
+                path: Some(crate::event::Bytes(p.to_vec())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A rename flood cannot grow `Recent` past its bound: the oldest go first, the newest
+    /// (those whose fanotify events are still held) stay, and a name noted again is kept by
+    /// its newest note.
+    #[test]
+    fn recent_is_bounded_and_lets_the_oldest_go() {
+        let now = Instant::now();
+        let mut r = Recent {
+            on: true,
+            ..Default::default()
+        };
+        r.note(&rename_to(b"/s/.kept"), now);
+        for i in 0..RECENT_MAX + 100 {
+            if i == RECENT_MAX / 2 {
+                // Noted again half way: its first note's eviction must not take it.
+                r.note(&rename_to(b"/s/.kept"), now);
+            }
+            r.note(&rename_to(format!("/s/junk{i}").as_bytes()), now);
+        }
+        assert_eq!(r.len(), RECENT_MAX);
+        assert!(r.order.len() <= RECENT_MAX);
+        assert!(!r.seen(b"/s/junk0", now));
+        assert!(r.seen(format!("/s/junk{}", RECENT_MAX + 99).as_bytes(), now));
+        assert!(r.seen(b"/s/.kept", now));
+        assert!(r.evicted > 0);
+        // Bytes bound too: long names keep fewer.
+        let mut r = Recent {
+            on: true,
+            ..Default::default()
+        };
+        let long = "x".repeat(4000);
+        for i in 0..2000 {
+            r.note(&rename_to(format!("/s/{i}{long}").as_bytes()), now);
+        }
+        assert!(r.bytes <= RECENT_MAX_BYTES, "{}", r.bytes);
+        assert!(r.len() < 2000);
+        // Expired notes go as new ones come, whatever the bound.
+        r.note(&rename_to(b"/s/late"), now + RECENT_KEEP);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.bytes, b"/s/late".len());
+    }
+
+    /// At the bound a name let go early makes the fanotify event about it fed (a duplicate
+    /// of the syscall route's record), never dropped: eviction can't hide a name.
+    #[test]
+    fn an_evicted_name_is_fed_not_dropped() {
+        let a = dir(4);
+        let mut d = DirWatch::on(null_fd(), std::slice::from_ref(&a));
+        let now = Instant::now();
+        let mut r = Recent {
+            on: true,
+            ..Default::default()
+        };
+        r.note(&rename_to(b"/s/.x"), now);
+        d.hold(
+            FanEvent {
+                mask: libc::FAN_MOVED_TO,
+                pid: 9,
+                dir: Some((a.0.clone(), b".x".to_vec())),
+            },
+            now,
+        );
+        for i in 0..RECENT_MAX {
+            r.note(&rename_to(format!("/s/j{i}").as_bytes()), now);
+        }
+        let out = d.take_due(now + HOLD, &r, |_| Some(PathBuf::from("/s")));
+        assert_eq!(out.len(), 1);
+        assert_eq!((d.fed, d.duplicates), (1, 0));
     }
 }

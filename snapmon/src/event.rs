@@ -489,6 +489,9 @@ impl Serialize for EventType {
 /// `dropped_record` of a `blinded` event for an image whose name went with dropped path
 /// records (`Enricher::blinded_names`); SM-A001 words it apart.
 pub const DROPPED_PATH: &str = "path";
+/// `dropped_record` of a `blinded` event for fanotify events lost (`dirwatch`): names made
+/// in a store through another name of it may have gone unseen; SM-A001 words it apart.
+pub const DROPPED_FANOTIFY: &str = "fanotify";
 
 /// One observed operation, enriched.
 #[derive(Debug, Clone, Default)]

@@ -443,7 +443,10 @@ pub const LOSS_CAUSES: &[(&str, &[&str])] = &[
     ("decoder", &["decode_truncated", "decode_unknown_kind"]),
     ("watch", &["watch_full"]),
     ("agent", &["stop_unread"]),
-    ("dirwatch", &["overflow", "parse_errors", "mark_failed"]),
+    (
+        "dirwatch",
+        &["overflow", "parse_errors", "mark_failed", "read_errors"],
+    ),
     (
         "sinks",
         &[

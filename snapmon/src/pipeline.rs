@@ -313,6 +313,21 @@ impl Pipeline {
         self.judge_own(evs, maps)
     }
 
+    /// Fanotify events were lost (`dirwatch`: a full queue): `blinded` events, judged by
+    /// the rules (SM-A001), for the directories known to be affected (else one naming none).
+    /// Nothing when none was lost.
+    pub fn blinded_fanotify(
+        &mut self,
+        loss: &crate::dirwatch::DirWatchLoss,
+        maps: &mut dyn WatchMaps,
+    ) -> Vec<Record> {
+        if !loss.blinding() {
+            return Vec::new();
+        }
+        let evs = self.enricher.blinded_fanotify(&loss.unheard, loss.overflow);
+        self.judge_own(evs, maps)
+    }
+
     /// Events the agent makes itself (no ring record): numbered and judged like any other.
     fn judge_own(
         &mut self,
@@ -595,6 +610,70 @@ mod blinded {
             a[0].message
         );
         assert!(a[0].message.contains("(3 records"), "{}", a[0].message);
+    }
+
+    /// The fanotify route's queue overflowed (`dirwatch`): SM-A001 naming the route, that
+    /// namespace events were lost, the flooded directory and its last actor; with no
+    /// directory known, the marked directories. Nothing without an overflow.
+    #[test]
+    fn a_fanotify_overflow_is_sm_a001_naming_the_route_and_directory() {
+        let d = TmpDir::new("blinded-fanotify");
+        let (mut maps, mut pipe) = header_only_pipe(&d.0);
+        let dir = crate::paths::key_for(&d.0, &std::fs::metadata(&d.0).unwrap());
+        // Not the agent's own pid (its own events are not judged), and gone: the lineage's.
+        let me = 4_000_001;
+        let mut loss = crate::dirwatch::DirWatchLoss {
+            parse_errors: 3,
+            mark_failed: 1,
+            ..Default::default()
+        };
+        assert!(pipe.blinded_fanotify(&loss, &mut maps).is_empty());
+        loss.overflow = 2;
+        loss.unheard.push(crate::dirwatch::Unheard {
+            dir,
+            pid: me,
+            ts_ns: crate::lineage::boottime_ns(),
+        });
+        let out = pipe.blinded_fanotify(&loss, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert_eq!(a[0].rule_id, "SM-A001");
+        assert_eq!(a[0].severity, Severity::High);
+        let m = &a[0].message;
+        assert!(
+            m.starts_with(&format!(
+                "namespace events lost on the fanotify route in {} (and any other marked \
+                 directory) (its event queue was full: 2 overflows and events dropped; last \
+                 actor ",
+                d.0.display()
+            )),
+            "{m}"
+        );
+        assert!(m.contains(&format!("pid {me})")), "{m}");
+        assert!(
+            m.ends_with("through a symlink or bind mount may be hidden"),
+            "{m}"
+        );
+        let ev = &a[0].event;
+        assert_eq!(
+            ev.detail_value(crate::event::DetailKey::Via),
+            Some("fanotify")
+        );
+        assert_eq!(
+            ev.detail_value(crate::event::DetailKey::DroppedRecord),
+            Some(crate::event::DROPPED_FANOTIFY)
+        );
+        // No event read before the overflow: no directory or actor to name, still said.
+        loss.unheard.clear();
+        let out = pipe.blinded_fanotify(&loss, &mut maps);
+        let a = alerts(&out);
+        assert_eq!(a.len(), 1, "{out:?}");
+        assert_eq!(
+            a[0].message,
+            "namespace events lost on the fanotify route in the marked directories (its event \
+             queue was full: 2 overflows and events dropped): a name renamed or made in a store \
+             through a symlink or bind mount may be hidden"
+        );
     }
 
     /// A path record the kernel dropped in the store `dir` (`blinded_slot::NAMESPACE`).

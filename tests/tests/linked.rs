@@ -383,3 +383,75 @@ fn a_hidden_entry_made_by_the_store_path_is_reported_once() {
         );
     }
 }
+
+/// Sets `fs.fanotify.max_queued_events` for the groups made while it lives (the kernel reads
+/// it at `fanotify_init`), and puts the old value back.
+struct FanQueue(String);
+
+impl FanQueue {
+    const PATH: &str = "/proc/sys/fs/fanotify/max_queued_events";
+    fn set(n: u32) -> FanQueue {
+        let old = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, n.to_string()).unwrap();
+        FanQueue(old)
+    }
+}
+
+impl Drop for FanQueue {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
+/// `nobody` blinds the fanotify route by flooding a 1777 store with file creates until the
+/// group's queue overflows (`FAN_Q_OVERFLOW`): a rename-in or mkdir made through a symlink
+/// meanwhile is lost. That is SM-A001 naming the route and the store, and the `lost` record
+/// counts it. The agent's queue is made 256 events long so the flood is short; the default
+/// 16 384 takes the same flood, longer.
+#[test]
+fn a_fanotify_queue_overflow_by_nobody_is_sm_a001() {
+    // The suite's lock: one flood at a time on the host.
+    let _t = suite();
+    let agent = {
+        let _small = FanQueue::set(256);
+        Agent::spawn("fanov", &[], &[]).expect("agent")
+    };
+    let mut agent = agent;
+    let store = open_store(&agent);
+    // Marks come as the watch set grows (checked after every drain pass and each tick).
+    std::thread::sleep(Duration::from_secs(1));
+    let mark = agent.mark();
+    let r = nobody_py(&format!(
+        "import os\nd = {d:?}\nfor i in range(20000):\n    os.close(os.open(d + '/f%d' % i, os.O_CREAT | os.O_WRONLY, 0o600))",
+        d = s(&store),
+    ));
+    let a = agent
+        .wait_from(mark, Duration::from_secs(10), |v| {
+            v["rule"]["id"] == "SM-A001"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("fanotify route"))
+                && v["file"]["path"] == s(&store)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no SM-A001 for the fanotify overflow: {:#?}",
+                agent
+                    .since(mark)
+                    .into_iter()
+                    .filter(|v| v["event"]["action"] == "lost" || v["rule"]["id"].is_string())
+                    .collect::<Vec<_>>()
+            )
+        });
+    let m = a["message"].as_str().unwrap();
+    assert!(m.contains(s(&store)), "{m}");
+    assert!(m.contains(&format!("pid {}", r.pid)), "{m}");
+    assert_eq!(a["snapmon"]["detail"]["dropped_record"], "fanotify", "{a}");
+    let lost: u64 = agent
+        .since(mark)
+        .into_iter()
+        .filter(|v| v["event"]["action"] == "lost")
+        .filter_map(|v| v["snapmon"]["metric"]["dirwatch"]["overflow"].as_u64())
+        .sum();
+    assert!(lost > 0, "no dirwatch overflow in `lost`");
+}

@@ -158,10 +158,13 @@ pub(super) async fn run(
             _ = blind_check.tick() => {
                 use snapmon_common::lost::{NAMESPACE_DROPPED, PRECIOUS_DROPPED};
                 let grew = |c: u32| k.counters.lost_count(c) > last_lost[c as usize];
-                if (grew(PRECIOUS_DROPPED) || grew(NAMESPACE_DROPPED))
-                    && report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0, None).is_err()
-                {
-                    return Ok(());
+                // The fanotify route's overflow too: namespace events about stores lost.
+                let dir_blind = dirwatch.as_ref().is_some_and(|d| d.blinded());
+                if grew(PRECIOUS_DROPPED) || grew(NAMESPACE_DROPPED) || dir_blind {
+                    let dir_loss = if dir_blind { dirwatch.as_mut().and_then(|d| d.take_loss()) } else { None };
+                    if report_loss(&mut k, &mut last_lost, &mut pipe, &mut responder, &sinks, 0, dir_loss).is_err() {
+                        return Ok(());
+                    }
                 }
                 false
             }
@@ -659,7 +662,7 @@ fn report_loss(
         // Fanotify events the kernel dropped (queue full), could not parse, or directories
         // that could not be marked: names made through another name of a store may be unseen.
         detail["dirwatch"] = json!({"overflow": l.overflow, "parse_errors": l.parse_errors,
-                                    "mark_failed": l.mark_failed});
+                                    "mark_failed": l.mark_failed, "read_errors": l.read_errors});
     }
     if stop_unread > 0 {
         // Queued before the stop, left unhandled when the stop drain ran out of time.
@@ -683,6 +686,11 @@ fn report_loss(
             let recs = pipe.blinded_names(&b, names, &mut KernelMaps::of(k));
             deliver(recs, pipe, responder, sinks)?;
         }
+    }
+    // Fanotify events lost: names made in a store through another name of it may be unseen.
+    if let Some(l) = dir_loss.as_ref().filter(|l| l.blinding()) {
+        let recs = pipe.blinded_fanotify(l, &mut KernelMaps::of(k));
+        deliver(recs, pipe, responder, sinks)?;
     }
     Ok(())
 }

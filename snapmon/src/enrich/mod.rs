@@ -561,6 +561,62 @@ impl Enricher {
         out
     }
 
+    /// The `blinded` events for fanotify events lost (`dirwatch`: its queue overflowed, or
+    /// the agent's hold was full), `dropped` how many overflows and drops: one per directory
+    /// named, with the last actor seen there, else one naming none.
+    pub fn blinded_fanotify(
+        &mut self,
+        unheard: &[crate::dirwatch::Unheard],
+        dropped: u64,
+    ) -> Vec<Event> {
+        let record = crate::event::DROPPED_FANOTIFY;
+        let mut out: Vec<Event> = unheard
+            .iter()
+            .map(|u| {
+                // The agent's own events are not judged: it is never named as the actor.
+                let pid = if u.pid == std::process::id() {
+                    0
+                } else {
+                    u.pid
+                };
+                let h = crate::dirwatch::header_of(pid, u.ts_ns);
+                let b = snapmon_common::Blinded {
+                    ts_ns: u.ts_ns,
+                    file: u.dir,
+                    kind: h.kind,
+                    pid: h.pid,
+                    tgid: h.tgid,
+                    uid: h.uid,
+                    gid: h.gid,
+                    op: 0,
+                    comm: h.comm,
+                };
+                let process = self.dropper(&b);
+                let file = self.file(u.dir, None);
+                self.blinded_event(&b, process, file, dropped, record)
+            })
+            .collect();
+        if out.is_empty() {
+            let b = snapmon_common::Blinded {
+                ts_ns: crate::lineage::boottime_ns(),
+                ..Default::default()
+            };
+            let mut ev = self.blinded_event(
+                &b,
+                ProcessInfo::default(),
+                FileInfo::default(),
+                dropped,
+                record,
+            );
+            ev.file = None;
+            out.push(ev);
+        }
+        for ev in &mut out {
+            ev.detail.push((DetailKey::Via, "fanotify".into()));
+        }
+        out
+    }
+
     fn file(&self, key: FileKey, size: Option<u64>) -> FileInfo {
         FileInfo {
             path: self.watch.path_of(&key).map(|p| Bytes::from_path(p)),

@@ -26,7 +26,7 @@ pub const A001: RuleDef = RuleDef {
     default_enabled: true,
     supersedes: &[],
     eval: a001,
-    summary: "the kernel dropped records about a watched image or metadata file because both ring-buffer lanes were full (a flood): whatever those records said went unjudged; names the last such file and its actor. Also when path records in a watched store were dropped and a watched image or metadata file of that store is no longer at its name (a delete or rename went unheard): names that file and the last dropper",
+    summary: "the kernel dropped records about a watched image or metadata file because both ring-buffer lanes were full (a flood): whatever those records said went unjudged; names the last such file and its actor. Also when path records in a watched store were dropped and a watched image or metadata file of that store is no longer at its name (a delete or rename went unheard): names that file and the last dropper. Also when the fanotify route's event queue overflowed: names made in a store through another name of it may have gone unseen; names the directory the flood was in and its last actor",
 };
 
 pub const U001: RuleDef = RuleDef {
@@ -59,6 +59,32 @@ fn a001(ctx: &mut Ctx) -> Option<Hit> {
         _ => leaf(ev),
     };
     let p = &ev.process;
+    if ev.detail_value(DetailKey::DroppedRecord) == Some(crate::event::DROPPED_FANOTIFY) {
+        // Which names were lost the kernel does not say: the directory is where the flood
+        // was, and an actor only when an event there was read.
+        let place = match ev.file.as_ref().and_then(|f| f.path.as_ref()) {
+            Some(d) => format!(
+                "{} (and any other marked directory)",
+                crate::event::escape_bytes(&d.0)
+            ),
+            None => "the marked directories".into(),
+        };
+        let last = if p.pid == 0 {
+            String::new()
+        } else {
+            format!(
+                "; last actor {} uid {} pid {}",
+                process_name(p),
+                p.uid,
+                p.pid
+            )
+        };
+        return Some(Hit::msg(format!(
+            "namespace events lost on the fanotify route in {place} (its event queue \
+             was full: {dropped} overflows and events dropped{last}): a name renamed or made in a store through a \
+             symlink or bind mount may be hidden"
+        )));
+    }
     if ev.detail_value(DetailKey::DroppedRecord) == Some(crate::event::DROPPED_PATH) {
         return Some(Hit::msg(format!(
             "{file} went from its store unheard while the ring buffer was full ({dropped} \
