@@ -499,12 +499,15 @@ fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) 
     out.push(b'}');
 }
 
-fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
+/// The `file` object; for a named file, whether its path is plain text (`text::plain`):
+/// known from the render cache, so `snapmon.file_path_hex` needs no second scan of the path.
+fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) -> Option<bool> {
     let mut first = true;
+    let mut plain = None;
     out.push(b'{');
     match &f.path {
         Some(p) => {
-            file_named(out, f.dev, f.ino, p);
+            plain = Some(file_named(out, f.dev, f.ino, p));
             first = false;
         }
         None if f.ino != 0 => {
@@ -526,14 +529,15 @@ fn write_file(out: &mut Vec<u8>, f: &FileInfo, ty: Option<&str>) {
         js(out, t);
     }
     out.push(b'}');
+    plain
 }
 
 /// Files rendered lately by this sink thread: the same image is written over and over, and
 /// escaping its path three ways cost more than the rest of the `file` object.
 const FILE_CACHE_MAX: usize = 256;
 
-/// A file's path and its members rendered.
-type RenderedFile = std::rc::Rc<(Bytes, Vec<u8>)>;
+/// A file's path, its members rendered, and whether the path is plain text.
+type RenderedFile = std::rc::Rc<(Bytes, Vec<u8>, bool)>;
 
 /// (dev, ino) → the path rendered and its bytes.
 type FileCache = std::collections::HashMap<(u32, u64), RenderedFile>;
@@ -545,25 +549,29 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file.
-fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
+/// `"device":…,"directory":…,"inode":…,"name":…,"path":…` of a named file; returns
+/// whether the path is plain text.
+fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) -> bool {
     let hit = LAST_FILE.with(|l| {
         let l = l.try_borrow().ok()?;
         let (k, r) = l.as_ref()?;
-        (*k == (dev, ino) && r.0 == *p).then(|| out.extend_from_slice(&r.1))
+        (*k == (dev, ino) && r.0 == *p).then(|| {
+            out.extend_from_slice(&r.1);
+            r.2
+        })
     });
-    if hit.is_some() {
-        return;
+    if let Some(plain) = hit {
+        return plain;
     }
-    let r = FILE_CACHE.with(|c| {
+    let (plain, r) = FILE_CACHE.with(|c| {
         let Ok(mut c) = c.try_borrow_mut() else {
             file_named_uncached(out, dev, ino, p);
-            return None;
+            return (crate::text::plain(&p.0).is_some(), None);
         };
         if let Some(r) = c.get(&(dev, ino)) {
             if r.0 == *p {
                 out.extend_from_slice(&r.1);
-                return Some(r.clone());
+                return (r.2, Some(r.clone()));
             }
         }
         let mut bytes = Vec::with_capacity(64 + 3 * p.0.len());
@@ -572,9 +580,10 @@ fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
         if c.len() >= FILE_CACHE_MAX {
             c.clear();
         }
-        let r = std::rc::Rc::new((p.clone(), bytes));
+        let plain = crate::text::plain(&p.0).is_some();
+        let r = std::rc::Rc::new((p.clone(), bytes, plain));
         c.insert((dev, ino), r.clone());
-        Some(r)
+        (plain, Some(r))
     });
     if let Some(r) = r {
         LAST_FILE.with(|l| {
@@ -583,6 +592,7 @@ fn file_named(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
             }
         });
     }
+    plain
 }
 
 fn file_named_uncached(out: &mut Vec<u8>, dev: u32, ino: u64, p: &Bytes) {
@@ -896,9 +906,9 @@ fn write_event(
         out.push(b']');
         key(out, "dataset", &mut f);
         out.extend_from_slice(b"\"snapmon.");
-        // `snapmon.` + category, escaped as one string.
-        let cat = serde_json::to_string(e.category.as_str()).unwrap_or_default();
-        out.extend_from_slice(&cat.as_bytes()[1..]);
+        // `snapmon.` + category as one string; category names are ASCII words (test below).
+        out.extend_from_slice(e.category.as_str().as_bytes());
+        out.push(b'"');
         if let Some(id) = id {
             key(out, "id", &mut f);
             js(out, id);
@@ -926,9 +936,10 @@ fn write_event(
         out.push(b'}');
     }
     let target = e.target.as_ref().and_then(|t| t.path.as_ref());
+    let mut file_plain = None;
     if let Some(f) = &e.file {
         key(out, "file", &mut root);
-        write_file(out, f, file_type(e));
+        file_plain = write_file(out, f, file_type(e));
     }
     key(out, "host", &mut root);
     write_host(out, host);
@@ -996,7 +1007,7 @@ fn write_event(
         }
         if let Some(pth) = e.file.as_ref().and_then(|fi| fi.path.as_ref()) {
             // Invalid UTF-8 or anything escaped, as `file_json` asks, without escaping.
-            if crate::text::plain(&pth.0).is_none() {
+            if file_plain == Some(false) {
                 key(out, "file_path_hex", &mut f);
                 js(out, &pth.hex());
             }
@@ -1277,6 +1288,48 @@ mod tests {
             r.snapmon.file_path_hex,
             Some(Bytes("/s/\u{202E}2woqc.gol".into()).hex())
         );
+    }
+
+    #[test]
+    fn the_path_hex_follows_the_path_when_its_render_is_cached() {
+        // Alternating files, each twice in a row: the `file` render comes from the last-file
+        // slot and from the cache, and `file_path_hex` must still match the path's bytes.
+        let ev = |path: &[u8], ino: u64| {
+            let mut e = crate::sink::fixtures::event(ino);
+            if let Some(f) = &mut e.file {
+                f.path = Some(Bytes(path.to_vec()));
+                f.ino = ino;
+            }
+            Record::Event(e)
+        };
+        for _ in 0..2 {
+            for (path, ino, hex) in [
+                (&b"/s/bad\xff.qcow2"[..], 5, true),
+                (&b"/s/good.qcow2"[..], 6, false),
+                (&b"/s/back\\slash"[..], 7, true),
+            ] {
+                for _ in 0..2 {
+                    let mut out = Vec::new();
+                    write_record(&mut out, &ev(path, ino), "h");
+                    let v: Value = serde_json::from_slice(&out).unwrap();
+                    let want = hex.then(|| json!(Bytes(path.to_vec()).hex()));
+                    assert_eq!(v["snapmon"].get("file_path_hex"), want.as_ref(), "{v}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dataset_names_need_no_escaping() {
+        // `write_event` writes `snapmon.<category>` between quotes as it is.
+        use strum::IntoEnumIterator;
+        for c in crate::event::Category::iter() {
+            let s = c.as_str();
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+        }
     }
 
     /// The ECS record as a consumer would type it: unknown fields are errors, so a field
