@@ -2,6 +2,7 @@
 //! stats, watchdog) and timers, and at a stop drain what was queued and say `stopped`.
 
 use std::{
+    collections::VecDeque,
     os::fd::AsFd as _,
     time::{Duration, Instant},
 };
@@ -82,6 +83,8 @@ pub(super) async fn run(
     // The fanotify queue was left unread at a turn's bound (a flood of creates): read on
     // at the next turn, the readiness edge having been taken.
     let mut dir_more = false;
+    // Fanotify events taken due and not yet judged: fed a slice per turn (`feed_dirwatch`).
+    let mut dir_fed: VecDeque<Vec<u8>> = VecDeque::new();
     // Records left in the ring buffer by a drain pass cut short (a flood): drained again
     // on the loop's next turn, after whatever else is due.
     let mut backlog = false;
@@ -188,7 +191,7 @@ pub(super) async fn run(
             }
             // A yield, not a ready future: the runtime turns its timer and signal drivers
             // only when the task gives way, so the branches above would never become ready.
-            _ = tokio::task::yield_now(), if backlog || dir_more => true,
+            _ = tokio::task::yield_now(), if backlog || dir_more || !dir_fed.is_empty() => true,
             // Readiness that comes meanwhile stays set: the pass after the linger reads it.
             _ = lingered, if linger.is_some() => true,
             // The urgent lane first (a drain pass reads it before the shared lane anyway).
@@ -217,6 +220,7 @@ pub(super) async fn run(
             }
             if feed_dirwatch(
                 d,
+                &mut dir_fed,
                 backlog,
                 full_sync,
                 &mut k,
@@ -258,7 +262,8 @@ pub(super) async fn run(
         let raws = d.take_due(now + crate::dirwatch::HOLD, &pipe.recent, |key| {
             w.path_of(key).cloned()
         });
-        for raw in raws {
+        // Those taken before the stop first: they are the older.
+        for raw in std::mem::take(&mut dir_fed).into_iter().chain(raws) {
             let recs = pipe.handle(&raw, &mut KernelMaps::of(&mut k));
             if deliver(recs, &mut pipe, &mut responder, &sinks).is_err() {
                 return Ok(());
@@ -542,9 +547,11 @@ async fn dir_readable(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
 }
 
 /// Mark directories the watch set gained, and feed the held fanotify events that are due
-/// into the pipeline, once the ring buffers were drained (or they waited `HOLD_MAX`).
+/// into the pipeline, once the ring buffers were drained (or they waited `HOLD_MAX`); at
+/// most a `DRAIN_SLICE` of them per turn, the rest left in `fed` for the next.
 fn feed_dirwatch(
     d: &mut crate::dirwatch::DirWatch,
+    fed: &mut VecDeque<Vec<u8>>,
     backlog: bool,
     full: bool,
     k: &mut Kernel,
@@ -555,14 +562,33 @@ fn feed_dirwatch(
     let w = &pipe.enricher.watch;
     d.sync(&w.dirs, |key| w.path_of(key).cloned(), full);
     let now = Instant::now();
-    if d.next_due().is_none_or(|t| t > now) || (backlog && !d.overdue(now)) {
-        return Ok(());
+    let due = d.next_due().is_some_and(|t| t <= now) && (!backlog || d.overdue(now));
+    if fed.is_empty() && due {
+        let w = &pipe.enricher.watch;
+        fed.extend(d.take_due(now, &pipe.recent, |key| w.path_of(key).cloned()));
     }
-    let w = &pipe.enricher.watch;
-    let recs = d.take_due(now, &pipe.recent, |key| w.path_of(key).cloned());
-    for raw in recs {
+    // Renames by anyone in a store fill `fed` (16 384 held at most, ~4 s of judging in a
+    // debug build): all in one turn, the ring buffers and their urgent lane went unread
+    // that long.
+    take_slice(fed, now + DRAIN_SLICE, Instant::now, |raw| {
         let recs = pipe.handle(&raw, &mut KernelMaps::of(k));
-        deliver(recs, pipe, responder, sinks)?;
+        deliver(recs, pipe, responder, sinks)
+    })
+}
+
+/// Hand queued items to `f`, oldest first, until the queue is empty or `until` has passed
+/// (read from `clock` after each; at least one is handed per call, so the queue drains).
+fn take_slice<T, E>(
+    q: &mut VecDeque<T>,
+    until: Instant,
+    mut clock: impl FnMut() -> Instant,
+    mut f: impl FnMut(T) -> Result<(), E>,
+) -> Result<(), E> {
+    while let Some(item) = q.pop_front() {
+        f(item)?;
+        if clock() >= until {
+            break;
+        }
     }
     Ok(())
 }
@@ -700,6 +726,42 @@ mod tests {
         assert!(lingers(Drained::Empty, LINGER_MIN));
         // A backlog is drained on the loop's next turn, not after a wait.
         assert!(!lingers(Drained::More, 10 * LINGER_MIN));
+    }
+
+    #[test]
+    fn a_deep_fanotify_queue_is_fed_a_slice_per_turn() {
+        // 10 000 renames came due at once, each taking 1 ms to judge: one turn takes 20,
+        // oldest first, and leaves the rest (in order) for the next turns.
+        let mut q: VecDeque<u32> = (0..10_000).collect();
+        let t0 = Instant::now();
+        let clock = std::cell::Cell::new(t0);
+        let mut fed = Vec::new();
+        let tick = || {
+            clock.set(clock.get() + Duration::from_millis(1));
+            clock.get()
+        };
+        let r: Result<(), ()> = take_slice(&mut q, t0 + DRAIN_SLICE, tick, |i| {
+            fed.push(i);
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(fed, (0..20).collect::<Vec<_>>());
+        assert_eq!(q.len(), 10_000 - 20);
+        assert_eq!(q.front(), Some(&20));
+        // Past its deadline already (a slow turn): one still goes, so the queue drains.
+        let r: Result<(), ()> = take_slice(&mut q, t0, tick, |i| {
+            fed.push(i);
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(fed.last(), Some(&20));
+        assert_eq!(q.len(), 10_000 - 21);
+        // A broken pipe stops the feed at once.
+        assert_eq!(
+            take_slice(&mut q, t0 + DRAIN_SLICE, tick, |_| Err(7)),
+            Err(7)
+        );
+        assert_eq!(q.len(), 10_000 - 22);
     }
 
     #[test]
