@@ -218,21 +218,23 @@ pub(super) async fn run(
             if dir_more {
                 dir_more = d.read(Instant::now());
             }
-            if feed_dirwatch(
-                d,
+            take_dirwatch(d, &mut dir_fed, backlog, full_sync, &pipe);
+            full_sync = false;
+            // Renames by anyone in a store fill `dir_fed` (16 384 held at most, ~4 s of
+            // judging in a debug build): all in one turn, the ring buffers and their urgent
+            // lane went unread that long.
+            let fed = take_slice(
                 &mut dir_fed,
-                backlog,
-                full_sync,
-                &mut k,
-                &mut pipe,
-                &mut responder,
-                &sinks,
-            )
-            .is_err()
-            {
+                Instant::now() + DRAIN_SLICE,
+                Instant::now,
+                |raw| {
+                    let recs = pipe.handle(&raw, &mut KernelMaps::of(&mut k));
+                    deliver(recs, &mut pipe, &mut responder, &sinks)
+                },
+            );
+            if fed.is_err() {
                 return Ok(());
             }
-            full_sync = false;
         }
     }
     notify.stopping();
@@ -529,17 +531,14 @@ fn drain(
         // One hand-off (one wake-up and one flush per sink) per chunk, not per record.
         let out_of_time = sinks.batch(|| -> Result<bool, BrokenPipe> {
             let mut since = Instant::now();
-            loop {
-                let Some(raw) = chunk.next_raw(|b| {
-                    let Some(item) = k.rings.urgent.next() else {
-                        return false;
-                    };
-                    b.clear();
-                    b.extend_from_slice(&item);
-                    true
-                }) else {
-                    break;
+            while let Some(raw) = chunk.next_raw(|b| {
+                let Some(item) = k.rings.urgent.next() else {
+                    return false;
                 };
+                b.clear();
+                b.extend_from_slice(&item);
+                true
+            }) {
                 handled += 1;
                 let recs = pipe.handle(raw, &mut KernelMaps::of(k));
                 deliver(recs, pipe, responder, sinks)?;
@@ -575,19 +574,16 @@ async fn dir_readable(w: &Option<AsyncFd<std::os::fd::OwnedFd>>) {
     }
 }
 
-/// Mark directories the watch set gained, and feed the held fanotify events that are due
-/// into the pipeline, once the ring buffers were drained (or they waited `HOLD_MAX`); at
-/// most a `DRAIN_SLICE` of them per turn, the rest left in `fed` for the next.
-fn feed_dirwatch(
+/// Mark directories the watch set gained, and take the held fanotify events that are due
+/// into `fed` once the ring buffers were drained (or they waited `HOLD_MAX`) and what was
+/// taken before is fed: the loop feeds them to the pipeline a `DRAIN_SLICE` per turn.
+fn take_dirwatch(
     d: &mut crate::dirwatch::DirWatch,
     fed: &mut VecDeque<Vec<u8>>,
     backlog: bool,
     full: bool,
-    k: &mut Kernel,
-    pipe: &mut Pipeline,
-    responder: &mut crate::respond::act::Responder,
-    sinks: &SinkSet,
-) -> Result<(), BrokenPipe> {
+    pipe: &Pipeline,
+) {
     let w = &pipe.enricher.watch;
     d.sync(&w.dirs, |key| w.path_of(key).cloned(), full);
     let now = Instant::now();
@@ -596,13 +592,6 @@ fn feed_dirwatch(
         let w = &pipe.enricher.watch;
         fed.extend(d.take_due(now, &pipe.recent, |key| w.path_of(key).cloned()));
     }
-    // Renames by anyone in a store fill `fed` (16 384 held at most, ~4 s of judging in a
-    // debug build): all in one turn, the ring buffers and their urgent lane went unread
-    // that long.
-    take_slice(fed, now + DRAIN_SLICE, Instant::now, |raw| {
-        let recs = pipe.handle(&raw, &mut KernelMaps::of(k));
-        deliver(recs, pipe, responder, sinks)
-    })
 }
 
 /// Hand queued items to `f`, oldest first, until the queue is empty or `until` has passed
