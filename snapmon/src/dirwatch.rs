@@ -117,6 +117,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// Reads of the fanotify queue per loop turn (64 KiB each, about 900 events).
 const READS_PER_TURN: usize = 8;
 
+/// Held events made into records per loop turn (`take_due`).
+pub const TAKE_PER_TURN: usize = 256;
+
 /// The first record of `buf` and its length. Never panics on bad input.
 pub fn parse_one(buf: &[u8]) -> Result<(FanRecord, usize), ParseError> {
     if buf.len() < META_LEN {
@@ -594,19 +597,23 @@ impl DirWatch {
             .is_some_and(|h| now.duration_since(h.read_at) >= HOLD_MAX)
     }
 
-    /// Namespace records for the events due, less those whose name the pipeline saw, each
-    /// on its directory's watched path (`path_of`) as it is now.
+    /// Namespace records for up to `max` of the events due, less those whose name the
+    /// pipeline saw, each on its directory's watched path (`path_of`) as it is now. Each
+    /// record reads the actor from /proc: the loop takes `TAKE_PER_TURN` at a time, so a
+    /// flood of renames does not keep it from the ring buffers.
     pub fn take_due(
         &mut self,
         now: Instant,
+        max: usize,
         recent: &Recent,
         path_of: impl Fn(&FileKey) -> Option<PathBuf>,
     ) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while self
-            .held
-            .front()
-            .is_some_and(|h| now.saturating_duration_since(h.read_at) >= HOLD)
+        while out.len() < max
+            && self
+                .held
+                .front()
+                .is_some_and(|h| now.saturating_duration_since(h.read_at) >= HOLD)
         {
             let Some(h) = self.held.pop_front() else {
                 break;
@@ -1170,8 +1177,36 @@ mod tests {
         for i in 0..RECENT_MAX {
             r.note(&rename_to(format!("/s/j{i}").as_bytes()), now);
         }
-        let out = d.take_due(now + HOLD, &r, |_| Some(PathBuf::from("/s")));
+        let out = d.take_due(now + HOLD, usize::MAX, &r, |_| Some(PathBuf::from("/s")));
         assert_eq!(out.len(), 1);
         assert_eq!((d.fed, d.duplicates), (1, 0));
+    }
+
+    /// A flood's worth of due renames is taken `max` at a time, oldest first, the rest
+    /// left held: each record reads /proc, and the loop must get back to the ring buffers.
+    #[test]
+    fn due_events_are_taken_at_most_max_at_a_time() {
+        let a = dir(4);
+        let mut d = DirWatch::on(null_fd(), std::slice::from_ref(&a));
+        let now = Instant::now();
+        let r = Recent::default();
+        for i in 0..1000 {
+            let ev = FanEvent {
+                mask: libc::FAN_MOVED_TO,
+                pid: 9,
+                dir: Some((a.0.clone(), format!("n{i}").into_bytes())),
+            };
+            d.hold(ev, now);
+        }
+        let path = |_: &FileKey| Some(PathBuf::from("/s"));
+        let first = d.take_due(now + HOLD, TAKE_PER_TURN, &r, path);
+        assert_eq!(first.len(), TAKE_PER_TURN);
+        assert_eq!(d.held.len(), 1000 - TAKE_PER_TURN);
+        assert!(first[0].windows(5).any(|w| w == b"/s/n0"));
+        let mut n = first.len();
+        while !d.held.is_empty() {
+            n += d.take_due(now + HOLD, TAKE_PER_TURN, &r, path).len();
+        }
+        assert_eq!((n, d.fed), (1000, 1000));
     }
 }

@@ -264,9 +264,12 @@ pub(super) async fn run(
         let now = Instant::now();
         d.read(now);
         let w = &pipe.enricher.watch;
-        let raws = d.take_due(now + crate::dirwatch::HOLD, &pipe.recent, |key| {
-            w.path_of(key).cloned()
-        });
+        let raws = d.take_due(
+            now + crate::dirwatch::HOLD,
+            usize::MAX,
+            &pipe.recent,
+            |key| w.path_of(key).cloned(),
+        );
         // Those taken before the stop first: they are the older.
         for raw in std::mem::take(&mut dir_fed).into_iter().chain(raws) {
             let recs = pipe.handle(&raw, &mut KernelMaps::of(&mut k));
@@ -593,7 +596,11 @@ fn take_dirwatch(
     let due = d.next_due().is_some_and(|t| t <= now) && (!backlog || d.overdue(now));
     if fed.is_empty() && due {
         let w = &pipe.enricher.watch;
-        fed.extend(d.take_due(now, &pipe.recent, |key| w.path_of(key).cloned()));
+        fed.extend(
+            d.take_due(now, crate::dirwatch::TAKE_PER_TURN, &pipe.recent, |key| {
+                w.path_of(key).cloned()
+            }),
+        );
     }
 }
 
