@@ -961,15 +961,7 @@ mod tests {
             on: true,
             ..Default::default()
         };
-        let ev = Event {
-            action: Action::Rename,
-            target: Some(crate::event::FileInfo {
-                path: Some(crate::event::Bytes(b"/s/.x".to_vec())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        r.note(&ev, now);
+        r.note(&rename_to(b"/s/.x"), now);
         assert!(r.seen(b"/s/.x", now + Duration::from_millis(200)));
         assert!(!r.seen(b"/s/.y", now));
         assert!(!r.seen(b"/s/.x", now + RECENT_KEEP));
