@@ -477,27 +477,6 @@ struct Chunk {
     bufs: Vec<Vec<u8>>,
     next: usize,
     len: usize,
-    /// An urgent record taken while the chunk is handled (`next_raw`), and how many were.
-    cut: Vec<u8>,
-    cut_in: usize,
-}
-
-impl Chunk {
-    /// The next record to handle: one `urgent` copies in when it has one, else the chunk's
-    /// next. A chunk of a flood's records took up to 390 ms in a debug build under load,
-    /// and an urgent record that came meanwhile waited for all of it; now it waits for one
-    /// record. At most CHUNK cut in per chunk, so a stream of them cannot starve the chunk.
-    fn next_raw(&mut self, urgent: impl FnOnce(&mut Vec<u8>) -> bool) -> Option<&[u8]> {
-        if self.next == self.len {
-            return None;
-        }
-        if self.cut_in < CHUNK && urgent(&mut self.cut) {
-            self.cut_in += 1;
-            return Some(&self.cut);
-        }
-        self.next += 1;
-        Some(&self.bufs[self.next - 1])
-    }
 }
 
 /// Read what is queued, chunk by chunk (one flush per chunk), until the ring buffers are
@@ -529,7 +508,7 @@ fn drain(
                     n += 1;
                 }
             }
-            (chunk.next, chunk.len, chunk.cut_in) = (0, n, 0);
+            (chunk.next, chunk.len) = (0, n);
             if n == 0 {
                 return Ok((Drained::Empty, handled));
             }
@@ -537,14 +516,9 @@ fn drain(
         // One hand-off (one wake-up and one flush per sink) per chunk, not per record.
         let out_of_time = sinks.batch(|| -> Result<bool, BrokenPipe> {
             let mut since = Instant::now();
-            while let Some(raw) = chunk.next_raw(|b| {
-                let Some(item) = k.rings.urgent.next() else {
-                    return false;
-                };
-                b.clear();
-                b.extend_from_slice(&item);
-                true
-            }) {
+            while chunk.next < chunk.len {
+                let raw = &chunk.bufs[chunk.next];
+                chunk.next += 1;
                 handled += 1;
                 let recs = pipe.handle(raw, &mut KernelMaps::of(k));
                 deliver(recs, pipe, responder, sinks)?;
@@ -795,47 +769,6 @@ mod tests {
             Err(7)
         );
         assert_eq!(q.len(), 10_000 - 22);
-    }
-
-    #[test]
-    fn an_urgent_record_cuts_into_the_chunk_being_handled() {
-        let mut c = Chunk {
-            bufs: vec![vec![1], vec![2], vec![3]],
-            len: 3,
-            ..Default::default()
-        };
-        let mut order = Vec::new();
-        // The urgent lane gets a record (9) after the chunk's first one was handled.
-        let mut lane = vec![9u8];
-        let mut calls = 0;
-        while let Some(r) = c.next_raw(|b| {
-            calls += 1;
-            match (calls > 1).then(|| lane.pop()).flatten() {
-                Some(x) => {
-                    *b = vec![x];
-                    true
-                }
-                None => false,
-            }
-        }) {
-            order.push(r[0]);
-        }
-        assert_eq!(order, [1, 9, 2, 3]);
-        // A stream of urgent records cuts in CHUNK times, then the chunk goes on.
-        c.next = 0;
-        c.cut_in = 0;
-        let mut n = 0;
-        while let Some(r) = c.next_raw(|b| {
-            *b = vec![7];
-            true
-        }) {
-            n += 1;
-            if r[0] != 7 {
-                break;
-            }
-        }
-        assert_eq!(n, CHUNK + 1);
-        assert_eq!(c.next, 1);
     }
 
     #[test]
