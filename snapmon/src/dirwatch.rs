@@ -957,10 +957,7 @@ mod tests {
     #[test]
     fn a_name_the_pipeline_saw_lately_is_not_fed_twice() {
         let now = Instant::now();
-        let mut r = Recent {
-            on: true,
-            ..Default::default()
-        };
+        let mut r = recent_on();
         r.note(&rename_to(b"/s/.x"), now);
         assert!(r.seen(b"/s/.x", now + Duration::from_millis(200)));
         assert!(!r.seen(b"/s/.y", now));
@@ -1094,6 +1091,14 @@ mod tests {
         assert!(d.take_loss().is_none());
     }
 
+    /// A `Recent` that notes, as the pipeline's is where the route runs.
+    fn recent_on() -> Recent {
+        Recent {
+            on: true,
+            ..Default::default()
+        }
+    }
+
     fn rename_to(p: &[u8]) -> Event {
         Event {
             action: Action::Rename,
@@ -1111,10 +1116,7 @@ mod tests {
     #[test]
     fn recent_is_bounded_and_lets_the_oldest_go() {
         let now = Instant::now();
-        let mut r = Recent {
-            on: true,
-            ..Default::default()
-        };
+        let mut r = recent_on();
         r.note(&rename_to(b"/s/.kept"), now);
         for i in 0..RECENT_MAX + 100 {
             if i == RECENT_MAX / 2 {
@@ -1130,10 +1132,7 @@ mod tests {
         assert!(r.seen(b"/s/.kept", now));
         assert!(r.evicted > 0);
         // Bytes bound too: long names keep fewer.
-        let mut r = Recent {
-            on: true,
-            ..Default::default()
-        };
+        let mut r = recent_on();
         let long = "x".repeat(4000);
         for i in 0..2000 {
             r.note(&rename_to(format!("/s/{i}{long}").as_bytes()), now);
@@ -1153,10 +1152,7 @@ mod tests {
         let a = dir(4);
         let mut d = DirWatch::on(null_fd(), std::slice::from_ref(&a));
         let now = Instant::now();
-        let mut r = Recent {
-            on: true,
-            ..Default::default()
-        };
+        let mut r = recent_on();
         r.note(&rename_to(b"/s/.x"), now);
         d.hold(
             FanEvent {
