@@ -746,17 +746,17 @@ fn mix_verdict_text(v: &super::mix::Verdict, mix: &[super::hook::HookRun]) -> St
             by_ns,
             faster_reps,
             reps,
-        } => format!("raw wins: {by_ns:.0} ns less per mix iteration than tracepoint mode (faster in {faster_reps} of {reps} repetitions)"),
+        } => format!("raw wins: {by_ns:.0} ns less per mix iteration than tracepoint mode (faster in {faster_reps} of {reps} repetitions); `auto` is tracepoint mode: make raw the default once a quiet-machine run agrees"),
         V::TracepointWins {
             by_ns,
             faster_reps,
             reps,
-        } => format!("tracepoint mode wins: raw costs {by_ns:.0} ns more per mix iteration (slower in {faster_reps} of {reps} repetitions); keep tracepoints the default"),
+        } => format!("tracepoint mode wins: raw costs {by_ns:.0} ns more per mix iteration (slower in {faster_reps} of {reps} repetitions); tracepoint mode stays the default (`auto`)"),
         V::NoClearWinner {
             raw_minus_tracepoint_ns,
             raw_faster_reps,
             reps,
-        } => format!("no clear winner: raw {raw_minus_tracepoint_ns:+.0} ns per mix iteration against tracepoint mode, faster in {raw_faster_reps} of {reps} repetitions (a winner needs ≥5 repetitions and 3 in 4 of them); keep tracepoints the default until a quieter run decides"),
+        } => format!("no clear winner: raw {raw_minus_tracepoint_ns:+.0} ns per mix iteration against tracepoint mode, faster in {raw_faster_reps} of {reps} repetitions (a winner needs ≥5 repetitions and 3 in 4 of them); tracepoint mode stays the default (`auto`)"),
         V::RawNotMeasured => format!(
             "no verdict: snapmon-raw {}",
             super::hook::unmeasured(mix, &["snapmon-raw"])
