@@ -21,6 +21,8 @@ pub enum Kind {
     Delete,
     Attr,
     Ioctl,
+    /// A watched file opened for writing (SM-K006: qemu-nbd serving it).
+    Open,
     /// The agent's own `blinded` event: records about an image were lost (SM-A001).
     Loss,
     /// A watched file put into an io_uring registered-file table (SM-U001).
@@ -28,7 +30,7 @@ pub enum Kind {
     Other,
 }
 
-pub(super) const KINDS: usize = 9;
+pub(super) const KINDS: usize = 10;
 
 impl Kind {
     /// Which rules an action reaches. Exhaustive: a new action must be placed here.
@@ -42,7 +44,8 @@ impl Kind {
             A::Ioctl => Kind::Ioctl,
             A::Blinded => Kind::Loss,
             A::IoUringRegisterFiles => Kind::Register,
-            A::OpenWrite | A::Fork | A::Exec | A::Exit | A::Unset => Kind::Other,
+            A::OpenWrite => Kind::Open,
+            A::Fork | A::Exec | A::Exit | A::Unset => Kind::Other,
             // The agent's own word that an alias ended: no actor to judge.
             A::LoopDetached => Kind::Other,
             // Circuit-breaker records: alerts of their own.
@@ -128,6 +131,9 @@ pub struct Trust {
     pub identity: bool,
     /// A QEMU block-layer tool trusted as `qemu` (qemu-io, qemu-nbd, qemu-storage-daemon).
     pub qemu_tool: Option<qemu_tools::Tool>,
+    /// The block-layer tool the executable is, by the `qemu` identity it resolved from,
+    /// trusted or not (`-f raw` too): what it serves, not how it writes (SM-K006).
+    pub block_tool: Option<qemu_tools::Tool>,
 }
 
 impl Trust {

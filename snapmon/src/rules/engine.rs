@@ -241,7 +241,8 @@ impl Engine {
             .find_map(|g| g.ids.get(&(p.exe_dev, p.exe_ino)))
             .and_then(|path| qemu_tools::Tool::of_path(path));
         let mut qemu_tool = None;
-        if let Some(t) = tool.filter(|t| qemu_tools::BLOCK_TOOLS.contains(t)) {
+        let block_tool = tool.filter(|t| qemu_tools::BLOCK_TOOLS.contains(t));
+        if let Some(t) = block_tool {
             let args: Vec<&[u8]> = p.args.iter().map(|a| a.0.as_slice()).collect();
             if qemu_tools::opens_raw(&args) {
                 // Raw bytes of the image, not the qcow2 driver: a header edit like any other.
@@ -257,6 +258,7 @@ impl Engine {
                 .iter()
                 .any(|g| g.has_identity(p.exe_dev, p.exe_ino)),
             qemu_tool,
+            block_tool,
         }
     }
 

@@ -24,6 +24,7 @@ pub static RULES: &[RuleDef] = &[
     kernel::K003,
     kernel::K004,
     kernel::K005,
+    kernel::K006,
     lineage::L001,
     lineage::L002,
     timestamps::T001,

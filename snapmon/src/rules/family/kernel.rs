@@ -1,10 +1,14 @@
-//! Rules stage, kernel snapshot facilities (SM-K001–K005): device-mapper, btrfs, ZFS, filesystem
-//! freeze and loop-device ioctls by untrusted processes.
+//! Rules stage, kernel snapshot facilities (SM-K001–K006): device-mapper, btrfs, ZFS, filesystem
+//! freeze and loop-device ioctls by untrusted processes, and qemu-nbd serving an image for one.
 
 use crate::rules::{
-    ctx::{Ctx, Hit, Kind::Ioctl},
+    ctx::{
+        Ctx, Hit,
+        Kind::{Ioctl, Open},
+    },
     def::RuleDef,
     helpers::{actor, cls, ioctl_is, ioctl_name, leaf, path_bytes},
+    qemu_tools::Tool,
 };
 use crate::{
     event::{DetailKey, Event},
@@ -84,6 +88,21 @@ pub const K005: RuleDef = RuleDef {
     supersedes: &[],
     eval: k005,
     summary: "LOOP_SET_FD, LOOP_CONFIGURE or LOOP_CHANGE_FD with a watched file as the backing file, by a non-`loop` actor: the image's bytes become writable as a block device (its writes are then watched and judged as the image's, whoever attached it)",
+};
+
+pub const K006: RuleDef = RuleDef {
+    id: "SM-K006",
+    name: "watched image served writable by qemu-nbd for an untrusted process",
+    severity: Severity::Medium,
+    technique: &["T1006"],
+    kinds: &[Open],
+    rate: None,
+    windowed: false,
+    default_window: 0,
+    default_enabled: true,
+    supersedes: &[],
+    eval: k006,
+    summary: "qemu-nbd opens a watched file for writing (`-c /dev/nbdN`, or an export on a socket or port) and the `nbd` actor group does not trust it (default: started by libvirt or systemd): its clients' writes reach the image as qemu-nbd's, a trusted `qemu` writer whose data writes are not judged",
 };
 
 fn k001(ctx: &mut Ctx) -> Option<Hit> {
@@ -170,6 +189,42 @@ fn k005(ctx: &mut Ctx) -> Option<Hit> {
         String::from_utf8_lossy(path_bytes(ev)),
         ioctl_name(ev)
     )))
+}
+
+fn k006(ctx: &mut Ctx) -> Option<Hit> {
+    let ev = ctx.ev;
+    if ctx.trust.block_tool != Some(Tool::QemuNbd) || ctx.trust.by("nbd") || ev.file.is_none() {
+        return None;
+    }
+    let how = match nbd_device(&ev.process.args) {
+        Some(dev) => format!("connected it to {dev}"),
+        None => "exported it over NBD".into(),
+    };
+    Some(Hit::msg(format!(
+        "{} opened {} for writing and {how}: its clients write the image as a trusted qemu writer",
+        actor(ev),
+        String::from_utf8_lossy(path_bytes(ev)),
+    )))
+}
+
+/// The device of `qemu-nbd -c DEV` / `--connect=DEV` / `-cDEV`, if it connects one.
+fn nbd_device(args: &[crate::event::Bytes]) -> Option<String> {
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| String::from_utf8_lossy(&a.0).into_owned())
+        .collect();
+    for (i, w) in words.iter().enumerate() {
+        if w == "-c" || w == "--connect" {
+            return words.get(i + 1).cloned();
+        }
+        if let Some(d) = w.strip_prefix("--connect=") {
+            return Some(d.to_string());
+        }
+        if let Some(d) = w.strip_prefix("-c").filter(|d| d.starts_with('/')) {
+            return Some(d.to_string());
+        }
+    }
+    None
 }
 
 /// The message for a freeze that was not undone in time.
