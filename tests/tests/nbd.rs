@@ -190,7 +190,12 @@ fn connecting_an_image_to_dev_nbd_from_a_shell_is_sm_k006_naming_the_device() {
     let a = &mut st.agent;
     let img = image(a, "connected.qcow2");
     let mark = a.mark();
-    run("qemu-nbd", &["-c", "/dev/nbd0", "-f", "qcow2", s(&img)]);
+    // Its own socket: the default one is under /var/lock, which the guests' root lacks.
+    let sock = socket("connect");
+    run(
+        "qemu-nbd",
+        &["-c", "/dev/nbd0", "-k", s(&sock), "-f", "qcow2", s(&img)],
+    );
     let v = a.expect(Expect::alert("SM-K006").path(&img).since(mark), WITHIN);
     run("qemu-nbd", &["-d", "/dev/nbd0"]);
     let msg = v["message"].as_str().unwrap_or("");

@@ -1,12 +1,12 @@
 #!/bin/bash
 # snapmon vm-test: runs inside the guest's chroot of the host root. Loads the device-mapper
-# modules (LVM cannot load them itself when the host has no /lib/modules), then runs each
+# and nbd modules (LVM cannot load them itself when the host has no /lib/modules), then runs each
 # test binary serially and prints a result marker per binary.
 set -u
 . /run/snapmon-vm.env
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 echo "SNAPMON-VM-GUEST $(uname -r) nproc=$(nproc) mem=$(awk '/MemTotal/{print $2}' /proc/meminfo)kB"
-for m in loop dm-mod dm-snapshot dm-thin-pool dm-bufio dm-persistent-data; do
+for m in loop nbd dm-mod dm-snapshot dm-thin-pool dm-bufio dm-persistent-data; do
     modprobe -d "$VM_MODROOT" "$m" || echo "SNAPMON-VM-WARN modprobe $m failed"
 done
 for m in ext4 btrfs overlay; do
