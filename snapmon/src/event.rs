@@ -201,6 +201,7 @@ pub struct IoctlRaw {
     strum::IntoStaticStr,
     strum::EnumString,
     strum::EnumIter,
+    strum::EnumCount,
     strum::Display,
 )]
 #[strum(serialize_all = "snake_case")]

@@ -35,7 +35,10 @@ use std::{
 
 use snapmon_common::lost::LostCause;
 
+use strum::{EnumCount as _, IntoEnumIterator as _};
+
 use crate::{
+    event::Action,
     record::{Record, Severity},
     sink::counters::{Cause, SinkCounters},
 };
@@ -50,6 +53,8 @@ pub struct Registry {
     pub hooks_total: AtomicU64,
     /// Ordinary entries of the kernel's watched-files map (`snapmon_common::watch_share`).
     pub watch_ordinary: AtomicU64,
+    /// Events by `Action` discriminant: counted for every event, so no lock and no map.
+    events_by_action: [AtomicU64; Action::COUNT],
     labelled: Mutex<Labelled>,
     sinks: Mutex<Vec<Arc<SinkCounters>>>,
     /// None until the agent has loaded its programs.
@@ -93,7 +98,6 @@ impl HookRuns {
 
 #[derive(Debug, Default)]
 struct Labelled {
-    events_by_action: BTreeMap<String, u64>,
     alerts_by_rule: BTreeMap<(String, &'static str), u64>,
     lost_by_cause: BTreeMap<(&'static str, &'static str), u64>,
     hooks: BTreeMap<String, bool>,
@@ -121,6 +125,7 @@ impl Default for Registry {
             hooks_attached: AtomicU64::new(0),
             hooks_total: AtomicU64::new(0),
             watch_ordinary: AtomicU64::new(0),
+            events_by_action: std::array::from_fn(|_| AtomicU64::new(0)),
             labelled: Mutex::new(Labelled::default()),
             sinks: Mutex::new(Vec::new()),
             hook_runs: Mutex::new(None),
@@ -153,20 +158,16 @@ impl Registry {
 
     /// Count one record on its way to the sinks (SinkSet::send calls this).
     pub fn observe(&self, r: &Record) {
+        if let Record::Event(e) = r {
+            self.events.fetch_add(1, Relaxed);
+            self.events_by_action[e.action as usize].fetch_add(1, Relaxed);
+            return;
+        }
         let Ok(mut l) = self.labelled.lock() else {
             return;
         };
         match r {
-            Record::Event(e) => {
-                self.events.fetch_add(1, Relaxed);
-                // Looked up by `&str`: `entry` would allocate the key for every event.
-                match l.events_by_action.get_mut(e.action.as_str()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        l.events_by_action.insert(e.action.as_str().to_string(), 1);
-                    }
-                }
-            }
+            Record::Event(_) => {}
             Record::Alert(a) => {
                 self.alerts.fetch_add(1, Relaxed);
                 if a.severity >= Severity::High {
@@ -259,13 +260,17 @@ impl Registry {
             "counter",
             "Events by operation.",
         );
-        if let Ok(l) = &l {
-            for (a, n) in &l.events_by_action {
-                o.push_str(&format!(
-                    "snapmon_events_total{{action=\"{}\"}} {n}\n",
-                    esc(a)
-                ));
-            }
+        // By name, as the map they were kept in gave them; actions never seen are left out.
+        let mut by_action: Vec<(&str, u64)> = Action::iter()
+            .map(|a| (a.as_str(), self.events_by_action[a as usize].load(Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        by_action.sort_unstable();
+        for (a, n) in by_action {
+            o.push_str(&format!(
+                "snapmon_events_total{{action=\"{}\"}} {n}\n",
+                esc(a)
+            ));
         }
         family(
             &mut o,

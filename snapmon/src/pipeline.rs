@@ -85,13 +85,21 @@ impl Pipeline {
 
     /// One ring-buffer record in, zero or more output records out.
     pub fn handle(&mut self, bytes: &[u8], maps: &mut dyn WatchMaps) -> Vec<Record> {
+        let mut out = Vec::new();
+        self.handle_into(bytes, maps, &mut out);
+        out
+    }
+
+    /// [`Pipeline::handle`], its records appended to `out`: the event loop reuses one buffer
+    /// rather than allocate one per ring-buffer record.
+    pub fn handle_into(&mut self, bytes: &[u8], maps: &mut dyn WatchMaps, out: &mut Vec<Record>) {
         self.stats.received += 1;
         let raw = match decode(bytes) {
             Ok(r) => r,
             Err(e) => {
                 self.stats.decode_errors += 1;
                 *self.decode_errs.entry(e.cause()).or_default() += 1;
-                return Vec::new();
+                return;
             }
         };
         self.stats.decoded += 1;
@@ -102,7 +110,7 @@ impl Pipeline {
         // (a rename through a symlinked store right after the create).
         self.enricher.watch.publish_leaves(maps);
         let Some(mut ev) = ev else {
-            return Vec::new();
+            return;
         };
         self.seq += 1;
         ev.seq = self.seq;
@@ -110,7 +118,7 @@ impl Pipeline {
         self.recent.note(&ev, now);
         // Held events on the same file go first, judged as they stand: this event must
         // not be diffed against a shadow they have not updated yet.
-        let mut out = self.complete_held(now, Some(&ev), maps);
+        out.extend(self.complete_held(now, Some(&ev), maps));
         let path = ev
             .file
             .as_ref()
@@ -122,19 +130,18 @@ impl Pipeline {
         match verdict {
             Verdict::Now(c) => {
                 ev.classification = c;
-                self.finish(ev, now, maps, &mut out);
+                self.finish(ev, now, maps, out);
             }
             Verdict::Hold(h) => {
                 self.stats.held += 1;
                 self.held.push_back((ev, h));
                 if self.held.len() > crate::classify::recheck::MAX_HELD {
                     if let Some((ev, h)) = self.held.pop_front() {
-                        self.complete_one(ev, h, maps, &mut out);
+                        self.complete_one(ev, h, maps, out);
                     }
                 }
             }
         }
-        out
     }
 
     /// Filter updates, rules, records: the tail every judged event goes through.

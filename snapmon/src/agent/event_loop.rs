@@ -14,7 +14,7 @@ use super::{
     kernel_maps::{ordinary_entries, KernelMaps},
     memory::purge_when_quiet,
     mounts::{mount_table_changed, rescan_overlays},
-    output::{deliver, emit, refresh_hook_runs},
+    output::{deliver, deliver_from, emit, refresh_hook_runs},
     reload::reload,
     startup::{RunOptions, Running, Signals},
 };
@@ -477,6 +477,8 @@ struct Chunk {
     bufs: Vec<Vec<u8>>,
     next: usize,
     len: usize,
+    /// What the pipeline made of one record, on its way to the sinks (empty between).
+    recs: Vec<Record>,
 }
 
 /// Read what is queued, chunk by chunk (one flush per chunk), until the ring buffers are
@@ -520,8 +522,8 @@ fn drain(
                 let raw = &chunk.bufs[chunk.next];
                 chunk.next += 1;
                 handled += 1;
-                let recs = pipe.handle(raw, &mut KernelMaps::of(k));
-                deliver(recs, pipe, responder, sinks)?;
+                pipe.handle_into(raw, &mut KernelMaps::of(k), &mut chunk.recs);
+                deliver_from(&mut chunk.recs, pipe, responder, sinks)?;
                 // One clock read per record serves both checks.
                 let now = Instant::now();
                 if now >= until {

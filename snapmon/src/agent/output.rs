@@ -29,13 +29,23 @@ pub(super) fn emit(sinks: &SinkSet, r: Record) -> Result<(), BrokenPipe> {
 /// decisions as alerts, the circuit breaker's answer and evidence. One path, so no alert
 /// reaches the sinks without the responder having seen it.
 pub(super) fn deliver(
-    recs: Vec<Record>,
+    mut recs: Vec<Record>,
     pipe: &mut Pipeline,
     responder: &mut crate::respond::act::Responder,
     sinks: &SinkSet,
 ) -> Result<(), BrokenPipe> {
-    let follow = responder.after(&recs, &mut pipe.classifier);
-    for r in recs.into_iter().chain(follow) {
+    deliver_from(&mut recs, pipe, responder, sinks)
+}
+
+/// [`deliver`], taking the records out of `recs` (left empty, its capacity kept for reuse).
+pub(super) fn deliver_from(
+    recs: &mut Vec<Record>,
+    pipe: &mut Pipeline,
+    responder: &mut crate::respond::act::Responder,
+    sinks: &SinkSet,
+) -> Result<(), BrokenPipe> {
+    let follow = responder.after(recs, &mut pipe.classifier);
+    for r in recs.drain(..).chain(follow) {
         let decision = match &r {
             Record::Event(ev) => crate::enforce::decision_alert(ev),
             _ => None,

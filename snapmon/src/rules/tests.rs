@@ -632,6 +632,31 @@ fn every_hidden_snapshot_is_named_up_to_a_bound() {
     assert!(q.message.contains(", s63 and 6 more)"), "{}", q.message);
 }
 
+/// SM-H002's metadata directories are matched in the path's bytes, so a name that is not
+/// UTF-8 under one is still seen, and an image under a store is not.
+#[test]
+fn a_qcow2_in_a_metadata_directory_is_disguised_whatever_its_bytes() {
+    let h002 = |path: &[u8]| {
+        let mut e = engine(&Policy::embedded());
+        let mut ev = hide_event(4242);
+        ev.file.as_mut().unwrap().path = Some(Bytes(path.to_vec()));
+        let a = e.process(&ev);
+        a.into_iter()
+            .find(|a| a.rule_id == "SM-H002")
+            .map(|a| a.message)
+    };
+    for p in [
+        &b"/var/lib/libvirt/qemu/snapshot/vm1.qcow2"[..],
+        b"/var/lib/libvirt/qemu/checkpoint/\xffvm1.qcow2",
+        b"/etc/lvm/\xfe\xff/vm1.qcow2",
+    ] {
+        let m = h002(p).unwrap_or_else(|| panic!("no SM-H002 for {p:?}"));
+        assert!(m.contains("metadata directory"), "{m}");
+    }
+    assert_eq!(h002(b"/var/lib/libvirt/images/vm1.qcow2"), None);
+    assert_eq!(h002(b"/var/lib/libvirt/qemu/snapshotx/vm1.qcow2"), None);
+}
+
 /// Renames whose names the kernel cut (unresolved, marked `path_truncated`): the cut name has
 /// lost its extension, and SM-R001 must not take that for "not an image".
 #[test]

@@ -60,9 +60,12 @@ fn hash_of(prev: &[u8; 32], seq: u64, r: &[u8]) -> [u8; 32] {
 /// Lower-case hex, as `hex::encode` writes it, straight into the line.
 fn push_hex(out: &mut Vec<u8>, b: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &x in b {
-        out.push(DIGITS[(x >> 4) as usize]);
-        out.push(DIGITS[(x & 15) as usize]);
+    // Grown once and filled in place: two hashes per line, a capacity check per digit showed.
+    let start = out.len();
+    out.resize(start + 2 * b.len(), 0);
+    for (d, &x) in out[start..].chunks_exact_mut(2).zip(b) {
+        d[0] = DIGITS[(x >> 4) as usize];
+        d[1] = DIGITS[(x & 15) as usize];
     }
 }
 

@@ -89,6 +89,8 @@ pub struct FileSink {
     /// Buffered lines, or lines the kernel has that were not fsynced yet.
     dirty: bool,
     chain: Option<Chain>,
+    /// The record id's text, rebuilt in place for each record.
+    id_text: String,
     /// Chain state after the last stored line: a failed write rolls back to it.
     durable: (u64, [u8; 32]),
     loss: Option<Loss>,
@@ -184,6 +186,7 @@ impl FileSink {
             last_sync: Instant::now(),
             dirty: false,
             chain,
+            id_text: String::new(),
             durable,
             loss: None,
             partial: false,
@@ -487,13 +490,11 @@ impl FileSink {
     /// Append `r` to the write buffer, unsealed and without its newline.
     fn render_into(&mut self, id: RecordId, r: &Record, lean: bool) {
         match self.format {
-            Format::Json => json::write_record_lean(
-                &mut self.buf,
-                r,
-                &self.host,
-                Some(id.text().as_str()),
-                lean,
-            ),
+            Format::Json => {
+                self.id_text.clear();
+                id.push_text(&mut self.id_text);
+                json::write_record_lean(&mut self.buf, r, &self.host, Some(&self.id_text), lean)
+            }
             _ => self.buf.extend_from_slice(&render_id(
                 self.format,
                 r,

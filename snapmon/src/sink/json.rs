@@ -481,7 +481,15 @@ fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) 
     }
     if !c.regions.is_empty() {
         key(out, "regions", &mut first);
-        let _ = serde_json::to_writer(&mut *out, &c.regions);
+        // By `js`, not serde's sequence writer: the same bytes, for most records.
+        out.push(b'[');
+        for (i, r) in c.regions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            js(out, r);
+        }
+        out.push(b']');
     }
     if let Some(e) = c.sample_entropy {
         key(out, "sample_entropy", &mut first);

@@ -55,6 +55,13 @@ impl RecordId {
 impl RecordId {
     /// As `to_string`, without the formatting machinery: every record's JSON carries one.
     pub fn text(self) -> String {
+        let mut s = String::with_capacity(run_id().len() + 21);
+        self.push_text(&mut s);
+        s
+    }
+
+    /// [`RecordId::text`] appended to `s` (a sink reuses one buffer for every record).
+    pub fn push_text(self, s: &mut String) {
         let run = run_id();
         let mut digits = [0u8; 20];
         let mut at = digits.len();
@@ -67,11 +74,9 @@ impl RecordId {
                 break;
             }
         }
-        let mut s = String::with_capacity(run.len() + 1 + digits.len() - at);
         s.push_str(run);
         s.push('-');
         s.extend(digits[at..].iter().map(|&d| char::from(d)));
-        s
     }
 }
 

@@ -98,14 +98,15 @@ fn h002(ctx: &mut Ctx) -> Option<Hit> {
     let f = ev.file.as_ref()?;
     let p = path_bytes(ev);
     let name = leaf_bytes(p);
-    let ps = String::from_utf8_lossy(p);
+    // On the bytes: the directories are ASCII, which a lossy text copy keeps as it is, and
+    // this runs for every qcow2 write.
     let wrong_place = [
         "/etc/lvm/",
         "/libvirt/qemu/snapshot/",
         "/libvirt/qemu/checkpoint/",
     ]
     .iter()
-    .any(|d| ps.contains(d));
+    .any(|d| p.windows(d.len()).any(|w| w == d.as_bytes()));
     let wrong_name =
         !has_image_ext(name, &ctx.det.image_extensions) && !name.is_empty() && !ev.path_cut("file");
     if !wrong_place && !wrong_name {
