@@ -907,7 +907,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     target_table(w, &targets)?;
 
     writeln!(w, "## Targets (issue #19)\n")?;
-    writeln!(w, "Each row from this run alone: hook costs are medians over repetitions of (config − its floor) paired within a repetition (the hook-cost phase below), capacity rows from the 150 000/s and 100 000/s capacity steps. Load average at start / end {} / {} on {} CPUs: on a loaded machine these numbers are noisy in both directions, so a verdict close to its limit needs a quiet-machine run to stand.\n", m.loadavg_start, m.loadavg_end, m.nproc)?;
+    writeln!(w, "The backend in use by default is tracepoint mode (`--syscall-hook auto`; raw mode is `--syscall-hook raw`, the default only where it wins the syscall-mix row). Each row from this run alone: hook costs are medians over repetitions of (config − its floor) paired within a repetition (the hook-cost phase below), capacity rows from the 150 000/s and 100 000/s capacity steps. Load average at start / end {} / {} on {} CPUs: on a loaded machine these numbers are noisy in both directions, so a verdict close to its limit needs a quiet-machine run to stand.\n", m.loadavg_start, m.loadavg_end, m.nproc)?;
     target_table(w, &t19)?;
 
     writeln!(w, "## Overhead (fio)\n")?;
