@@ -231,7 +231,7 @@ pub struct RunArgs {
     /// How the syscall entry hooks run: `tracepoint` (one `syscalls/sys_enter_*` program per
     /// hooked syscall), `raw` (one `tp_btf/sys_enter` program for every syscall, dispatching
     /// by number: cheaper per write, dearer on every other syscall; Linux 6.2+) or `auto`
-    /// (tracepoint: raw did not win the bench's VM-host syscall mix). Default:
+    /// (raw where it loads and no VFS write hook attaches, else tracepoint). Default:
     /// SNAPMON_SYSCALL_HOOK, else `auto`. `started` and `snapmon doctor` say which runs.
     #[arg(long, value_name = "MODE", value_parser = parse_syscall_hook)]
     pub syscall_hook: Option<SyscallHook>,

@@ -108,8 +108,9 @@ pub const COMPAT: &[(u32, &str)] = &[
 /// How the syscall entry hooks run (`--syscall-hook`, `SNAPMON_SYSCALL_HOOK`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyscallHook {
-    /// `Tracepoint`: the bench's VM-host syscall mix decides (#19 item 3), and raw mode has
-    /// not won it since tracepoint mode's 32-bit hook skips syscalls no handler takes.
+    /// `Raw` where it runs and the syscalls' tracepoints are the write route: the direct fd
+    /// walk, the argument registers in BTF and no VFS write hook (fentry refused). Else
+    /// `Tracepoint`. The bench's VM-host syscall mix is what decided it (#19 item 3).
     #[default]
     Auto,
     /// One `tracepoint/syscalls/sys_enter_*` program per hooked syscall: nothing runs on the
@@ -148,10 +149,11 @@ impl SyscallHook {
         }
     }
 
-    /// The mode `Auto` stands for: tracepoint mode. Raw mode did not win the bench's VM-host
-    /// syscall mix (#19 item 3: the default only where it wins), so it is a choice.
-    fn resolve(self) -> SyscallHook {
+    /// The mode `Auto` stands for, given what this load has: `raw_runs` (direct walk and
+    /// argument registers) and whether the VFS write hook attached.
+    fn resolve(self, raw_runs: bool, vfs: bool) -> SyscallHook {
         match self {
+            SyscallHook::Auto if raw_runs && !vfs => SyscallHook::Raw,
             SyscallHook::Auto => SyscallHook::Tracepoint,
             m => m,
         }
@@ -828,11 +830,38 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
     let debug = std::env::var_os("SNAPMON_DEBUG_LOAD").is_some();
     let raw_runs =
         walk.mode == fd_walk::DIRECT && offsets.valid & snapmon_common::valid::REGS_ARGS != 0;
-    let mode = opts.syscall_hook.resolve();
+    // `auto` follows the VFS write hook, so that one is attached first.
+    let mut early = None;
+    if opts.syscall_hook == SyscallHook::Auto && raw_runs {
+        if let Some(spec) = HOOKS.iter().find(|s| s.program == VFS_WRITE_HOOK) {
+            early = Some(attach_one(
+                &mut ebpf,
+                spec,
+                None,
+                &aya_btf,
+                &mut lsm_links,
+                &mut links,
+            ));
+        }
+    }
+    let mut mode = opts.syscall_hook.resolve(
+        raw_runs,
+        early.as_ref().is_some_and(|h| h.attached_to.is_some()),
+    );
     if mode == SyscallHook::Raw {
         // `syscall_enter` is attached last: a failure before it leaves nothing running.
-        // Asked for, raw mode refuses to start without it.
-        hooks.push(raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links)?);
+        match raw_hook(&mut ebpf, &aya_btf, walk, &offsets, &mut links) {
+            Ok(st) => hooks.push(st),
+            // Asked for, raw mode refuses to start without it; chosen by `auto`, the
+            // tracepoints stand in and say why.
+            Err(e) if opts.syscall_hook == SyscallHook::Auto => {
+                eprintln!(
+                    "snapmon: raw syscall hook unavailable, using the syscall tracepoints: {e:#}"
+                );
+                mode = SyscallHook::Tracepoint;
+            }
+            Err(e) => return Err(e),
+        }
     }
     // Everything `attach_one` would load, verified up front on several threads.
     let t = std::time::Instant::now();
@@ -840,6 +869,7 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         .iter()
         .filter(|spec| !skipped(spec, opts, &offsets))
         .filter(|spec| !(mode == SyscallHook::Raw && raw_handler(spec.program).is_some()))
+        .filter(|spec| !(early.is_some() && spec.program == VFS_WRITE_HOOK))
         .filter_map(|spec| Some((code_of(spec), load_of(&spec.attach)?)))
         .collect();
     let preloaded = verify::load_all(&mut ebpf, &aya_btf, &jobs, &verify::sizes(&object), debug);
@@ -850,6 +880,12 @@ fn load_walk(opts: &LoadOptions, probe_read: bool) -> anyhow::Result<Kernel> {
         let t = std::time::Instant::now();
         if skipped(spec, opts, &offsets) {
             continue;
+        }
+        if spec.program == VFS_WRITE_HOOK {
+            if let Some(st) = early.take() {
+                hooks.push(st);
+                continue;
+            }
         }
         if let (SyscallHook::Raw, Some(raw)) = (mode, raw_handler(spec.program)) {
             hooks.push(HookStatus {
@@ -1970,6 +2006,8 @@ mod tests {
         assert!(!tail_called("sys_enter_pwrite64"));
     }
 
+    /// `auto` is raw only where raw loads and no VFS write hook owns writes; an explicit
+    /// mode is kept whatever the load has (raw then fails with its reason).
     /// The programs skip the ia32 test, or return at once, for a number outside these sets:
     /// a slot the loader fills that is missing from them would be a syscall never seen.
     #[test]
@@ -1998,13 +2036,22 @@ mod tests {
         );
     }
 
-    /// `auto` is tracepoint mode; an explicit mode is kept whatever the load has (raw then
-    /// fails with its reason).
     #[test]
-    fn auto_is_tracepoint_mode_and_an_asked_mode_is_kept() {
+    fn auto_is_raw_only_without_the_vfs_hook_and_where_raw_runs() {
         use SyscallHook::*;
-        for (mode, want) in [(Auto, Tracepoint), (Tracepoint, Tracepoint), (Raw, Raw)] {
-            assert_eq!(mode.resolve(), want, "{mode:?}");
+        for (mode, raw_runs, vfs, want) in [
+            (Auto, true, false, Raw),
+            (Auto, true, true, Tracepoint),
+            (Auto, false, false, Tracepoint),
+            (Auto, false, true, Tracepoint),
+            (Tracepoint, true, false, Tracepoint),
+            (Raw, false, true, Raw),
+        ] {
+            assert_eq!(
+                mode.resolve(raw_runs, vfs),
+                want,
+                "{mode:?} {raw_runs} {vfs}"
+            );
         }
     }
 
