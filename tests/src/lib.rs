@@ -743,6 +743,26 @@ impl Drop for Held {
     }
 }
 
+/// An agent on [`policy_with_libvirtd`]'s policy, and the trusted copy of python3.
+pub struct WithLibvirtd {
+    pub agent: Agent,
+    pub libvirtd: PathBuf,
+}
+
+/// The suite's one agent with a trusted libvirtd (a static per test binary: each suite is
+/// one), started on first use with `tag` naming its policy and agent.
+pub fn with_libvirtd(tag: &str) -> std::sync::MutexGuard<'static, WithLibvirtd> {
+    static S: OnceLock<Mutex<WithLibvirtd>> = OnceLock::new();
+    S.get_or_init(|| {
+        let (p, libvirtd) = policy_with_libvirtd(tag);
+        let agent = Agent::spawn(tag, &["--config", p.to_str().unwrap()], &[])
+            .expect("agent with a trusted libvirtd");
+        Mutex::new(WithLibvirtd { agent, libvirtd })
+    })
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+}
+
 /// The default policy with a copy of python3 (`<temp>/snapmon-<tag>-<pid>-policy/libvirtd`)
 /// among the `libvirt` actor's executables: the trusted identity that writes snapshot XML
 /// the way libvirt does, on a host without libvirtd. Returns the policy file and the copy.

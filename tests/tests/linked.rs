@@ -10,32 +10,18 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, OnceLock},
     time::Duration,
 };
 
 use serde_json::Value;
-use snapmon_e2e::{loud, nobody_py, open_store, run, Agent, Expect};
+use snapmon_e2e::{loud, nobody_py, open_store, run, Agent, Expect, WithLibvirtd};
 
 const SOON: Duration = Duration::from_secs(5);
 
 /// One agent for the suite, on the default policy with a copy of python3 in the `libvirt`
 /// group (the trusted side of the benign tests).
-struct Suite {
-    agent: Agent,
-    libvirtd: PathBuf,
-}
-
-fn suite() -> std::sync::MutexGuard<'static, Suite> {
-    static S: OnceLock<Mutex<Suite>> = OnceLock::new();
-    S.get_or_init(|| {
-        let (p, libvirtd) = snapmon_e2e::policy_with_libvirtd("linked");
-        let agent = Agent::spawn("linked", &["--config", p.to_str().unwrap()], &[])
-            .expect("agent with a trusted libvirtd");
-        Mutex::new(Suite { agent, libvirtd })
-    })
-    .lock()
-    .unwrap_or_else(|e| e.into_inner())
+fn suite() -> std::sync::MutexGuard<'static, WithLibvirtd> {
+    snapmon_e2e::with_libvirtd("linked")
 }
 
 fn s(p: &Path) -> &str {
@@ -170,7 +156,7 @@ fn root_removing_snapshot_metadata_through_a_bind_mount_is_caught() {
 /// across all of it, so it handles every record after the symlink is gone: the order a busy
 /// agent met about 1 run in 6. Returns the XML, the symlink, the writer's pid and the mark.
 fn replace_through_link(
-    t: &mut Suite,
+    t: &mut WithLibvirtd,
     exe: &str,
     dom: &str,
     held: bool,
@@ -271,7 +257,7 @@ fn a_file_named_like_an_image_elsewhere_is_not_reported() {
 /// `nobody` plants a hidden entry in the store through a symlink it makes in /tmp and removes
 /// at once (T1564): `how` is `create` (a dot-file), `rename` (one from /tmp renamed in) or
 /// `mkdir` (a dot-directory). It must be SM-H001 on the store's name.
-fn plant_through_a_symlink(t: &mut Suite, how: &str) {
+fn plant_through_a_symlink(t: &mut WithLibvirtd, how: &str) {
     let store = open_store(&t.agent);
     let via = scratch(&format!("hide-{how}"));
     let outside = scratch(&format!("hide-{how}-src"));

@@ -12,7 +12,6 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -22,23 +21,10 @@ use snapmon_e2e::{image_with_3_snapshots, loud, open_store, run, Agent, Expect, 
 /// Issue #14: a side door alerts within 1 s (generous under TCG in the guests).
 const WITHIN: Duration = Duration::from_secs(10);
 
-struct Suite {
-    agent: Agent,
-    libvirtd: PathBuf,
-}
-
 /// One agent for the suite, on the default policy with a copy of python3 as a trusted
 /// libvirtd (also a trusted `nbd` launcher: the policy names libvirtd in both groups).
-fn suite() -> std::sync::MutexGuard<'static, Suite> {
-    static S: OnceLock<Mutex<Suite>> = OnceLock::new();
-    S.get_or_init(|| {
-        let (p, libvirtd) = snapmon_e2e::policy_with_libvirtd("nbd");
-        let agent = Agent::spawn("nbd", &["--config", p.to_str().unwrap()], &[])
-            .expect("agent with a trusted libvirtd");
-        Mutex::new(Suite { agent, libvirtd })
-    })
-    .lock()
-    .unwrap_or_else(|e| e.into_inner())
+fn suite() -> std::sync::MutexGuard<'static, snapmon_e2e::WithLibvirtd> {
+    snapmon_e2e::with_libvirtd("nbd")
 }
 
 fn s(p: &Path) -> &str {

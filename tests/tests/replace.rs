@@ -8,7 +8,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, OnceLock},
     time::Duration,
 };
 
@@ -483,21 +482,8 @@ fn routine_qemu_img_work_and_a_template_copy_raise_nothing() {
 
 /// An agent whose policy makes a copy of python3 the `libvirt` actor (no libvirtd here):
 /// the trusted identity writing snapshot XML the way libvirt does.
-struct Trusted {
-    agent: Agent,
-    libvirtd: PathBuf,
-}
-
-fn trusted() -> std::sync::MutexGuard<'static, Trusted> {
-    static T: OnceLock<Mutex<Trusted>> = OnceLock::new();
-    T.get_or_init(|| {
-        let (p, libvirtd) = snapmon_e2e::policy_with_libvirtd("replace");
-        let agent = Agent::spawn("replace-trusted", &["--config", p.to_str().unwrap()], &[])
-            .expect("agent with the libvirt overlay");
-        Mutex::new(Trusted { agent, libvirtd })
-    })
-    .lock()
-    .unwrap_or_else(|e| e.into_inner())
+fn trusted() -> std::sync::MutexGuard<'static, snapmon_e2e::WithLibvirtd> {
+    snapmon_e2e::with_libvirtd("replace-trusted")
 }
 
 #[test]
