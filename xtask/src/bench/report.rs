@@ -746,17 +746,17 @@ fn mix_verdict_text(v: &super::mix::Verdict, mix: &[super::hook::HookRun]) -> St
             by_ns,
             faster_reps,
             reps,
-        } => format!("raw wins: {by_ns:.0} ns less per mix iteration than tracepoint mode (faster in {faster_reps} of {reps} repetitions); `auto` is tracepoint mode: make raw the default once a quiet-machine run agrees"),
+        } => format!("raw wins: {by_ns:.0} ns less per mix iteration than tracepoint mode (faster in {faster_reps} of {reps} repetitions); `auto` picks raw mode where it loads"),
         V::TracepointWins {
             by_ns,
             faster_reps,
             reps,
-        } => format!("tracepoint mode wins: raw costs {by_ns:.0} ns more per mix iteration (slower in {faster_reps} of {reps} repetitions); tracepoint mode stays the default (`auto`)"),
+        } => format!("tracepoint mode wins: raw costs {by_ns:.0} ns more per mix iteration (slower in {faster_reps} of {reps} repetitions); `auto` should not pick raw mode (docs/benchmarks-notes.md: the runs behind it)"),
         V::NoClearWinner {
             raw_minus_tracepoint_ns,
             raw_faster_reps,
             reps,
-        } => format!("no clear winner: raw {raw_minus_tracepoint_ns:+.0} ns per mix iteration against tracepoint mode, faster in {raw_faster_reps} of {reps} repetitions (a winner needs ≥5 repetitions and 3 in 4 of them); tracepoint mode stays the default (`auto`)"),
+        } => format!("no clear winner: raw {raw_minus_tracepoint_ns:+.0} ns per mix iteration against tracepoint mode, faster in {raw_faster_reps} of {reps} repetitions (a winner needs ≥5 repetitions and 3 in 4 of them); not a verdict alone (docs/benchmarks-notes.md: the runs behind `auto`)"),
         V::RawNotMeasured => format!(
             "no verdict: snapmon-raw {}",
             super::hook::unmeasured(mix, &["snapmon-raw"])
@@ -907,7 +907,7 @@ pub fn write(r: &Results, dir: &Path) -> anyhow::Result<()> {
     target_table(w, &targets)?;
 
     writeln!(w, "## Targets (issue #19)\n")?;
-    writeln!(w, "The backend in use by default is tracepoint mode (`--syscall-hook auto`; raw mode is `--syscall-hook raw`, the default only where it wins the syscall-mix row). Each row from this run alone: hook costs are medians over repetitions of (config − its floor) paired within a repetition (the hook-cost phase below), capacity rows from the 150 000/s and 100 000/s capacity steps. Load average at start / end {} / {} on {} CPUs: on a loaded machine these numbers are noisy in both directions, so a verdict close to its limit needs a quiet-machine run to stand.\n", m.loadavg_start, m.loadavg_end, m.nproc)?;
+    writeln!(w, "By default (`--syscall-hook auto`) raw mode runs where it loads and no VFS write hook attaches, tracepoint mode elsewhere. Raw mode's floor (`floor-raw`) is lower than tracepoint mode's (`floor`), so the two modes also compare against `none` in the hook-cost table. Each row from this run alone: hook costs are medians over repetitions of (config − its floor) paired within a repetition (the hook-cost phase below), capacity rows from the 150 000/s and 100 000/s capacity steps. Load average at start / end {} / {} on {} CPUs: on a loaded machine these numbers are noisy in both directions, so a verdict close to its limit needs a quiet-machine run to stand.\n", m.loadavg_start, m.loadavg_end, m.nproc)?;
     target_table(w, &t19)?;
 
     writeln!(w, "## Overhead (fio)\n")?;
