@@ -848,3 +848,32 @@ fn remembered_trust_belongs_to_one_build() {
     );
     assert!(e.trust_for(&qemu).by("qemu"));
 }
+
+/// SM-K006 trusts qemu-nbd by who started it: the recorded export (root's shell) re-parented
+/// to each launcher. libvirt's daemons are the `nbd` group; systemd is not (any root shell
+/// can `systemd-run qemu-nbd`), nor is the shell it was recorded from.
+#[test]
+fn k006_trusts_qemu_nbd_started_by_libvirt_not_by_systemd_or_a_shell() {
+    let text = std::fs::read_to_string(
+        fixtures().join("SM-K006/positive-root-shell-qemu-nbd-export.jsonl"),
+    )
+    .unwrap();
+    let k006 = |parent: &str| {
+        let lines: String = text
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["process"]["parent"]["executable"] = parent.into();
+                format!("{v}\n")
+            })
+            .collect();
+        let mut e = engine(&Policy::embedded());
+        let (alerts, st) = super::replay::run(&mut e, lines.as_bytes());
+        assert!(st.errors.is_empty() && st.events > 0, "{:?}", st.errors);
+        alerts.iter().filter(|a| a.rule_id == "SM-K006").count()
+    };
+    assert_eq!(k006("/usr/bin/bash"), 1);
+    assert_eq!(k006("/usr/lib/systemd/systemd"), 1);
+    assert_eq!(k006("/usr/sbin/libvirtd"), 0);
+    assert_eq!(k006("/usr/sbin/virtqemud"), 0);
+}

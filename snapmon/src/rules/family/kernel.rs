@@ -102,7 +102,7 @@ pub const K006: RuleDef = RuleDef {
     default_enabled: true,
     supersedes: &[],
     eval: k006,
-    summary: "qemu-nbd opens a watched file for writing (`-c /dev/nbdN`, or an export on a socket or port) and the `nbd` actor group does not trust it (default: started by libvirt or systemd): its clients' writes reach the image as qemu-nbd's, a trusted `qemu` writer whose data writes are not judged",
+    summary: "qemu-nbd opens a watched file for writing (`-c /dev/nbdN`, or an export on a socket or port) and the `nbd` actor group does not trust it (default: started by libvirt's daemons): its clients' writes reach the image as qemu-nbd's, a trusted `qemu` writer whose data writes are not judged",
 };
 
 fn k001(ctx: &mut Ctx) -> Option<Hit> {
