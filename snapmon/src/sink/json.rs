@@ -414,6 +414,18 @@ pub fn write_record_lean(out: &mut Vec<u8>, r: &Record, host: &str, id: Option<&
 }
 
 /// A JSON string exactly as serde_json escapes it.
+/// A JSON array of strings, each by [`js`].
+fn js_list<S: AsRef<str>>(out: &mut Vec<u8>, items: impl IntoIterator<Item = S>) {
+    out.push(b'[');
+    for (i, s) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        js(out, s.as_ref());
+    }
+    out.push(b']');
+}
+
 fn js(out: &mut Vec<u8>, v: &str) {
     // serde_json escapes only `"`, `\` and C0 controls: without them the bytes go as they
     // are, skipping its serializer (a dozen strings per record).
@@ -482,14 +494,7 @@ fn write_classification(out: &mut Vec<u8>, c: &crate::classify::Classification) 
     if !c.regions.is_empty() {
         key(out, "regions", &mut first);
         // By `js`, not serde's sequence writer: the same bytes, for most records.
-        out.push(b'[');
-        for (i, r) in c.regions.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            js(out, r);
-        }
-        out.push(b']');
+        js_list(out, &c.regions);
     }
     if let Some(e) = c.sample_entropy {
         key(out, "sample_entropy", &mut first);
@@ -725,14 +730,7 @@ fn process_head(out: &mut Vec<u8>, p: &ProcessInfo) {
     let mut f = true;
     out.push(b'{');
     key(out, "args", &mut f);
-    out.push(b'[');
-    for (i, a) in p.args.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        js(out, &a.display());
-    }
-    out.push(b']');
+    js_list(out, p.args.iter().map(|a| a.display()));
     if !p.entity_id.is_empty() {
         key(out, "entity_id", &mut f);
         js(out, &p.entity_id);
