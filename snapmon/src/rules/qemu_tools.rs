@@ -140,9 +140,48 @@ pub fn opens_raw(args: &[&[u8]]) -> bool {
     })
 }
 
+/// The device of `qemu-nbd -c DEV` / `--connect=DEV` / `--connect DEV` / `-cDEV`, if the
+/// command line connects one (else it serves a socket or port).
+pub fn nbd_device(args: &[&[u8]]) -> Option<String> {
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    for (i, w) in words.iter().enumerate() {
+        if w == "-c" || w == "--connect" {
+            return words.get(i + 1).cloned();
+        }
+        if let Some(d) = w.strip_prefix("--connect=") {
+            return Some(d.to_string());
+        }
+        if let Some(d) = w.strip_prefix("-c").filter(|d| d.starts_with('/')) {
+            return Some(d.to_string());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connected_nbd_device_in_each_spelling_and_none_for_an_export() {
+        let dev = |cmd: &str| {
+            let v: Vec<&[u8]> = cmd.split(' ').map(str::as_bytes).collect();
+            nbd_device(&v)
+        };
+        for cmd in [
+            "qemu-nbd -c /dev/nbd0 -f qcow2 /s/vm.qcow2",
+            "qemu-nbd --connect /dev/nbd0 /s/vm.qcow2",
+            "qemu-nbd --connect=/dev/nbd0 /s/vm.qcow2",
+            "qemu-nbd -c/dev/nbd0 /s/vm.qcow2",
+        ] {
+            assert_eq!(dev(cmd).as_deref(), Some("/dev/nbd0"), "{cmd}");
+        }
+        assert_eq!(dev("qemu-nbd -k /tmp/s -f qcow2 /s/vm.qcow2"), None);
+        assert_eq!(dev("qemu-nbd --cache=none -p 10809 /s/vm.qcow2"), None);
+    }
 
     fn raw(cmd: &str) -> bool {
         let v: Vec<&[u8]> = cmd.split(' ').map(str::as_bytes).collect();

@@ -8,7 +8,7 @@ use crate::rules::{
     },
     def::RuleDef,
     helpers::{actor, cls, ioctl_is, ioctl_name, leaf, path_bytes},
-    qemu_tools::Tool,
+    qemu_tools::{self, Tool},
 };
 use crate::{
     event::{DetailKey, Event},
@@ -196,7 +196,8 @@ fn k006(ctx: &mut Ctx) -> Option<Hit> {
     if ctx.trust.block_tool != Some(Tool::QemuNbd) || ctx.trust.by("nbd") || ev.file.is_none() {
         return None;
     }
-    let how = match nbd_device(&ev.process.args) {
+    let args: Vec<&[u8]> = ev.process.args.iter().map(|a| a.0.as_slice()).collect();
+    let how = match qemu_tools::nbd_device(&args) {
         Some(dev) => format!("connected it to {dev}"),
         None => "exported it over NBD".into(),
     };
@@ -205,26 +206,6 @@ fn k006(ctx: &mut Ctx) -> Option<Hit> {
         actor(ev),
         String::from_utf8_lossy(path_bytes(ev)),
     )))
-}
-
-/// The device of `qemu-nbd -c DEV` / `--connect=DEV` / `-cDEV`, if it connects one.
-fn nbd_device(args: &[crate::event::Bytes]) -> Option<String> {
-    let words: Vec<String> = args
-        .iter()
-        .map(|a| String::from_utf8_lossy(&a.0).into_owned())
-        .collect();
-    for (i, w) in words.iter().enumerate() {
-        if w == "-c" || w == "--connect" {
-            return words.get(i + 1).cloned();
-        }
-        if let Some(d) = w.strip_prefix("--connect=") {
-            return Some(d.to_string());
-        }
-        if let Some(d) = w.strip_prefix("-c").filter(|d| d.starts_with('/')) {
-            return Some(d.to_string());
-        }
-    }
-    None
 }
 
 /// The message for a freeze that was not undone in time.
